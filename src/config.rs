@@ -1,0 +1,591 @@
+//! The TOML configuration: the contract in DESIGN.md. Unknown keys are errors; every error names
+//! the file, the line and the key.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Banner, Received, DSN Reporting-MTA.
+    pub hostname: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: Vec<Listen>,
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub access: Access,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub route: Vec<Route>,
+    #[serde(default)]
+    pub dkim: Vec<DkimKey>,
+    #[serde(default)]
+    pub signing: Signing,
+    #[serde(default)]
+    pub pool: Vec<Pool>,
+    #[serde(default)]
+    pub log: Log,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenTls {
+    /// Plain start, STARTTLS offered when a certificate is configured (25/587-style).
+    Starttls,
+    /// TLS from the first byte (465-style, RFC 8314).
+    Implicit,
+    /// Plain; STARTTLS still offered if `[tls]` is set.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenAuth {
+    /// Relay only after AUTH (trusted networks still relay).
+    Required,
+    /// AUTH offered; trusted networks relay without it.
+    Optional,
+    /// No AUTH offered; only trusted networks relay.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub address: SocketAddr,
+    #[serde(default = "default_listen_tls")]
+    pub tls: ListenTls,
+    #[serde(default = "default_listen_auth")]
+    pub auth: ListenAuth,
+}
+
+fn default_listen_tls() -> ListenTls {
+    ListenTls::Starttls
+}
+fn default_listen_auth() -> ListenAuth {
+    ListenAuth::Optional
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// Clients in these networks may relay without AUTH.
+    #[serde(default)]
+    pub networks: Vec<IpNet>,
+    pub users_file: Option<PathBuf>,
+    /// Failed AUTH attempts from one address before it is locked out.
+    #[serde(default = "default_auth_failures")]
+    pub auth_max_failures: u32,
+    #[serde(default = "default_auth_lockout")]
+    pub auth_lockout: DurationStr,
+    /// Put the authenticated user name into the Received header.
+    #[serde(default)]
+    pub received_auth_user: bool,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            networks: Vec::new(),
+            users_file: None,
+            auth_max_failures: default_auth_failures(),
+            auth_lockout: default_auth_lockout(),
+            received_auth_user: false,
+        }
+    }
+}
+
+fn default_auth_failures() -> u32 {
+    5
+}
+fn default_auth_lockout() -> DurationStr {
+    DurationStr(Duration::from_secs(600))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_message_size")]
+    pub message_size: Size,
+    #[serde(default = "default_recipients")]
+    pub recipients_per_message: usize,
+    /// Messages per authenticated user per day; 0 = no cap.
+    #[serde(default)]
+    pub per_user_daily: u64,
+    /// Concurrent inbound sessions across all listeners.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Errors in one session before it is ended.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+    /// RFC 5321 §4.5.3.2 server timeout for commands.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: DurationStr,
+    /// Timeout waiting for the next chunk of DATA.
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout: DurationStr,
+}
+
+fn default_message_size() -> Size {
+    Size(50 * 1000 * 1000)
+}
+fn default_recipients() -> usize {
+    100
+}
+fn default_max_sessions() -> usize {
+    2000
+}
+fn default_max_errors() -> u32 {
+    10
+}
+fn default_command_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(300))
+}
+fn default_data_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(180))
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_size: default_message_size(),
+            recipients_per_message: default_recipients(),
+            per_user_daily: 0,
+            max_sessions: default_max_sessions(),
+            max_errors: default_max_errors(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// `ip:port` of resolvers; empty = the system resolver.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    None,
+    Opportunistic,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// Port used for MX hosts (tests use another).
+    #[serde(default = "default_delivery_port")]
+    pub port: u16,
+    #[serde(default = "default_tls_policy")]
+    pub tls: TlsPolicy,
+    /// Extra trust anchors (PEM) for `tls = "required"`, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_retry")]
+    pub retry: Vec<DurationStr>,
+    #[serde(default = "default_max_age")]
+    pub max_age: DurationStr,
+    /// Send a delay DSN once a recipient has been deferred this long; unset = never.
+    pub delay_warning: Option<DurationStr>,
+    #[serde(default = "default_per_destination")]
+    pub concurrency_per_destination: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: DurationStr,
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: DurationStr,
+}
+
+fn default_delivery_port() -> u16 {
+    25
+}
+fn default_tls_policy() -> TlsPolicy {
+    TlsPolicy::Opportunistic
+}
+fn default_retry() -> Vec<DurationStr> {
+    ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+        .iter()
+        .map(|s| DurationStr(humantime::parse_duration(s).expect("static duration")))
+        .collect()
+}
+fn default_max_age() -> DurationStr {
+    DurationStr(Duration::from_secs(5 * 86400))
+}
+fn default_per_destination() -> usize {
+    20
+}
+fn default_concurrency() -> usize {
+    200
+}
+fn default_connect_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(30))
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            port: default_delivery_port(),
+            tls: default_tls_policy(),
+            ca_file: None,
+            retry: default_retry(),
+            max_age: default_max_age(),
+            delay_warning: None,
+            concurrency_per_destination: default_per_destination(),
+            concurrency: default_concurrency(),
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+        }
+    }
+}
+
+/// A static route, like a Postfix transport map entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `example.org`, `*.example.org`, or `*` for everything.
+    pub domain: String,
+    /// `host:port` or `[ip]:port`; a host name is resolved with A/AAAA (no MX).
+    pub host: String,
+    /// Overrides `delivery.tls` for this route.
+    pub tls: Option<TlsPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    pub domain: String,
+    pub selector: String,
+    pub private_key: PathBuf,
+    /// Also sign for subdomains of `domain`.
+    #[serde(default)]
+    pub subdomains: bool,
+    /// Signature lifetime (`x=`); unset = no expiry.
+    pub expire: Option<DurationStr>,
+}
+
+/// `[[dkim]]` is an array of keys, so the signing policy lives in its own table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signing {
+    /// Refuse (5xx at DATA) a message whose From domain has no key.
+    #[serde(default)]
+    pub require: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: String,
+    #[serde(default)]
+    pub ip: Vec<PoolIp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolIp {
+    pub address: IpAddr,
+    /// EHLO name for this IP; should equal its reverse DNS.
+    pub helo: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub warmup: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A duration written like `90s`, `15m`, `24h`, `5d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(DurationStr)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
+    }
+}
+
+/// A byte size written like `50MB`, `512KB`, `1GiB` or a plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "m" | "mb" => 1000 * 1000,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            _ => return None,
+        };
+        n.checked_mul(mult)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => Size::parse(&s)
+                .map(Size)
+                .ok_or_else(|| serde::de::Error::custom(format!("bad size {s:?} (e.g. \"50MB\")"))),
+        }
+    }
+}
+
+/// A config error pointing at the file, line and key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and checks a config file. Relative paths inside it are taken relative to the
+    /// current directory, as Postfix does, so the README's commands run from the checkout.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.to_owned(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            vec![ConfigError {
+                file: path.to_owned(),
+                line,
+                message: e.message().trim().to_string(),
+            }]
+        })?;
+        let errors = config.validate(path, text);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Checks that need more than one key; each error points at the first line naming the key.
+    fn validate(&self, path: &Path, text: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |key: &str, message: String| {
+            errors.push(ConfigError {
+                file: path.to_owned(),
+                line: find_key_line(text, key),
+                message: format!("{key}: {message}"),
+            })
+        };
+        if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
+            err("hostname", "must be a host name".into());
+        }
+        if self.listen.is_empty() {
+            err("listen", "at least one [[listen]] is needed".into());
+        }
+        for l in &self.listen {
+            if l.tls == ListenTls::Implicit && self.tls.is_none() {
+                err(
+                    "tls",
+                    format!(
+                        "listener {} uses implicit TLS but [tls] is missing",
+                        l.address
+                    ),
+                );
+            }
+            if l.auth != ListenAuth::None && self.access.users_file.is_none() {
+                err(
+                    "auth",
+                    format!(
+                        "listener {} offers AUTH but access.users_file is not set",
+                        l.address
+                    ),
+                );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (key, p) in [
+                ("certificate", &tls.certificate),
+                ("private_key", &tls.private_key),
+            ] {
+                if !p.is_file() {
+                    err(key, format!("file {} not found", p.display()));
+                }
+            }
+        }
+        if let Some(users) = &self.access.users_file
+            && !users.is_file()
+        {
+            err("users_file", format!("file {} not found", users.display()));
+        }
+        if self.delivery.retry.is_empty() {
+            err("retry", "needs at least one interval".into());
+        }
+        if let Some(ca) = &self.delivery.ca_file
+            && !ca.is_file()
+        {
+            err("ca_file", format!("file {} not found", ca.display()));
+        }
+        for r in &self.route {
+            if crate::routing::parse_route_host(&r.host).is_none() {
+                err("host", format!("route host {:?} is not host:port", r.host));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.pool {
+            if !seen.insert(p.name.as_str()) {
+                err("name", format!("pool {:?} is defined twice", p.name));
+            }
+            if p.ip.is_empty() {
+                err("pool", format!("pool {:?} has no [[pool.ip]]", p.name));
+            }
+        }
+        errors
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The first line that sets `key` (`key =`) or opens a `[key]`/`[[key]]` table.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let bare = l.trim_start_matches('[').trim_end().trim_end_matches(']');
+            bare == key
+                || bare.ends_with(&format!(".{key}"))
+                || l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(Path::new("t.toml"), s)
+    }
+
+    const MIN: &str = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.limits.message_size.0, 50_000_000);
+        assert_eq!(c.delivery.retry.len(), 7);
+        assert_eq!(c.delivery.max_age.0, Duration::from_secs(5 * 86400));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse(&format!("{MIN}[limits]\nmesage_size = 5\n")).unwrap_err();
+        let s = e[0].to_string();
+        assert!(s.starts_with("t.toml:7:"), "{s}");
+        assert!(s.contains("mesage_size"), "{s}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_lines() {
+        let e = parse(&format!("{MIN}[access]\nnetworks = [\"10.0.0.0/33\"]\n")).unwrap_err();
+        assert!(e[0].to_string().starts_with("t.toml:7:"), "{}", e[0]);
+        let e = parse(&format!("{MIN}[delivery]\nmax_age = \"5 parsecs\"\n")).unwrap_err();
+        assert!(e[0].to_string().contains("bad duration"), "{}", e[0]);
+        let e = parse(&format!("{MIN}[limits]\nmessage_size = \"5XB\"\n")).unwrap_err();
+        assert!(e[0].to_string().contains("bad size"), "{}", e[0]);
+    }
+
+    #[test]
+    fn cross_key_errors_point_at_the_key() {
+        let e = parse("hostname = \"r.test\"\n\n[[listen]]\naddress = \"127.0.0.1:1\"\ntls = \"implicit\"\nauth = \"none\"\n").unwrap_err();
+        assert_eq!(e[0].line, Some(5), "{}", e[0]);
+        assert!(e[0].message.contains("implicit TLS"), "{}", e[0]);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(Size::parse("50MB"), Some(50_000_000));
+        assert_eq!(Size::parse("1KiB"), Some(1024));
+        assert_eq!(Size::parse("10"), Some(10));
+        assert_eq!(Size::parse("x"), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! poolrelay: an SMTP smarthost relay that sends through a pool of source IPs.
+//!
+//! One message's path, one module per stage:
+//! inbound → spool → signing → routing → pool → delivery → outcome (→ reputation).
+
+pub mod config;
+pub mod delivery;
+pub mod inbound;
+pub mod outcome;
+pub mod pool;
+pub mod reply;
+pub mod routing;
+pub mod server;
+pub mod signing;
+pub mod spool;
+pub mod state;
+pub mod tls;

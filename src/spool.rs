@@ -1,0 +1,424 @@
+//! The durable queue. A message is two files in `spool/queue/`: `ID.msg` (the bytes as received,
+//! our Received header first) and `ID.env` (the envelope as JSON, rewritten atomically as delivery
+//! progresses). Both are written under `spool/tmp/`, fsynced, renamed into `queue/` (message
+//! first, envelope last) and the directory is fsynced before the client hears 250. An `.env` in
+//! `queue/` therefore marks a complete message; anything else is debris of a crash and removed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    /// Unix seconds.
+    pub received_at: u64,
+    /// Empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Client IP address, or "local" for messages poolrelay made itself (DSNs).
+    pub client: String,
+    #[serde(default)]
+    pub helo: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Bytes in the `.msg` file.
+    pub size: u64,
+    #[serde(default)]
+    pub smtputf8: bool,
+    #[serde(default)]
+    pub body_8bit: bool,
+    /// CRLF-terminated header lines sent before the `.msg` bytes (DKIM-Signature).
+    #[serde(default)]
+    pub prepend: String,
+    /// DSN `RET=` and `ENVID=` from MAIL FROM.
+    #[serde(default)]
+    pub ret: Option<String>,
+    #[serde(default)]
+    pub envid: Option<String>,
+    /// A DSN poolrelay generated: never bounced itself.
+    #[serde(default)]
+    pub is_dsn: bool,
+    /// Pool chosen for this message, if any rule picked one.
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub delay_warned: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    #[default]
+    Pending,
+    Sent,
+    Bounced,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    #[serde(default)]
+    pub orcpt: Option<String>,
+    #[serde(default)]
+    pub notify: Option<String>,
+    #[serde(default)]
+    pub state: RcptState,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix seconds; 0 = as soon as possible.
+    #[serde(default)]
+    pub next_attempt: u64,
+    #[serde(default)]
+    pub last_reply: Option<RemoteReply>,
+}
+
+impl Recipient {
+    pub fn new(address: String) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: None,
+            state: RcptState::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+        }
+    }
+}
+
+/// What the remote side (or poolrelay, for local failures) said about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteReply {
+    pub code: u16,
+    pub status: String,
+    pub text: String,
+    /// MX host name (or route host); empty when no host was reached.
+    #[serde(default)]
+    pub host: String,
+    /// Remote address, when connected.
+    #[serde(default)]
+    pub addr: String,
+    /// Source IP used.
+    #[serde(default)]
+    pub source_ip: String,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Spool {
+    tmp: PathBuf,
+    queue: PathBuf,
+    committed: mpsc::UnboundedSender<Envelope>,
+}
+
+static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Spool {
+    /// Opens (creating) `data_dir/spool`. Every committed envelope is also sent on the returned
+    /// channel, which the delivery scheduler reads.
+    pub fn open(data_dir: &Path) -> io::Result<(Arc<Spool>, mpsc::UnboundedReceiver<Envelope>)> {
+        let root = data_dir.join("spool");
+        let tmp = root.join("tmp");
+        let queue = root.join("queue");
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(&queue)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok((
+            Arc::new(Spool {
+                tmp,
+                queue,
+                committed: tx,
+            }),
+            rx,
+        ))
+    }
+
+    /// A queue id: microseconds since the epoch plus a process-wide counter, in upper-case hex,
+    /// so ids sort by arrival and never repeat within a process.
+    pub fn new_id() -> String {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let n = ID_COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfffff;
+        format!("{micros:013X}{n:05X}")
+    }
+
+    pub fn message_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.msg"))
+    }
+
+    fn envelope_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.env"))
+    }
+
+    /// Starts writing a new message under `tmp/`.
+    pub async fn writer(self: &Arc<Self>, id: &str) -> io::Result<MessageWriter> {
+        let path = self.tmp.join(format!("{id}.msg"));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(MessageWriter {
+            spool: self.clone(),
+            id: id.to_string(),
+            file: Some(tokio::io::BufWriter::with_capacity(64 * 1024, file)),
+            path,
+            len: 0,
+            done: false,
+        })
+    }
+
+    /// Writes a whole message (for DSNs poolrelay makes itself) and commits it.
+    pub async fn store(
+        self: &Arc<Self>,
+        envelope: Envelope,
+        message: &[u8],
+    ) -> io::Result<Envelope> {
+        let mut w = self.writer(&envelope.id).await?;
+        w.write(message).await?;
+        w.commit(envelope).await
+    }
+
+    /// Every complete message, oldest first; removes what a crash left half-written.
+    pub fn recover(&self) -> io::Result<Vec<Envelope>> {
+        for entry in std::fs::read_dir(&self.tmp)? {
+            let path = entry?.path();
+            tracing::info!(file = %path.display(), "spool: removing unfinished message");
+            std::fs::remove_file(&path)?;
+        }
+        let mut envelopes = Vec::new();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.queue)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        for path in &names {
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("msg") if !self.envelope_path(id).exists() => {
+                    tracing::info!(queue_id = id, "spool: removing message without envelope");
+                    std::fs::remove_file(path)?;
+                }
+                Some("env") => {
+                    let text = std::fs::read(path)?;
+                    match serde_json::from_slice::<Envelope>(&text) {
+                        Ok(env) if self.message_path(id).exists() => envelopes.push(env),
+                        Ok(_) => {
+                            tracing::error!(
+                                queue_id = id,
+                                "spool: envelope without message, removed"
+                            );
+                            std::fs::remove_file(path)?;
+                        }
+                        Err(e) => {
+                            // Never delete what we cannot read: an operator must look at it.
+                            tracing::error!(queue_id = id, error = %e, "spool: unreadable envelope left in place");
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(envelopes)
+    }
+
+    /// Replaces the envelope atomically (tmp, fsync, rename, fsync dir).
+    pub async fn save_envelope(&self, env: &Envelope) -> io::Result<()> {
+        let tmp = self.tmp.join(format!("{}.env", env.id));
+        write_synced(&tmp, &serde_json::to_vec(env)?).await?;
+        tokio::fs::rename(&tmp, self.envelope_path(&env.id)).await?;
+        sync_dir(&self.queue).await
+    }
+
+    /// Removes a finished message: envelope first, so a crash in between leaves only debris that
+    /// recovery deletes, never a message delivered twice for lack of its envelope.
+    pub async fn remove(&self, id: &str) -> io::Result<()> {
+        tokio::fs::remove_file(self.envelope_path(id)).await?;
+        let _ = tokio::fs::remove_file(self.message_path(id)).await;
+        sync_dir(&self.queue).await
+    }
+
+    /// Number of messages in the queue (for tests and status).
+    pub fn queued_count(&self) -> usize {
+        std::fs::read_dir(&self.queue)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "env"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+async fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = tokio::fs::File::create(path).await?;
+    f.write_all(data).await?;
+    f.sync_all().await
+}
+
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// A message being received. Dropped without `commit`, its file is removed.
+pub struct MessageWriter {
+    spool: Arc<Spool>,
+    id: String,
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    path: PathBuf,
+    len: u64,
+    done: bool,
+}
+
+impl MessageWriter {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("writer finished"))?;
+        file.write_all(buf).await?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the message file; returns its path so it can be read (DKIM signing)
+    /// before `commit`.
+    pub async fn finish(&mut self) -> io::Result<&Path> {
+        if let Some(mut file) = self.file.take() {
+            file.flush().await?;
+            file.get_mut().sync_all().await?;
+        }
+        Ok(&self.path)
+    }
+
+    /// Makes the message durable and hands it to delivery. Only after this returns Ok may the
+    /// client be told 250.
+    pub async fn commit(mut self, mut envelope: Envelope) -> io::Result<Envelope> {
+        self.finish().await?;
+        envelope.id = self.id.clone();
+        envelope.size = self.len;
+        let env_tmp = self.spool.tmp.join(format!("{}.env", self.id));
+        let result = async {
+            write_synced(&env_tmp, &serde_json::to_vec(&envelope)?).await?;
+            tokio::fs::rename(&self.path, self.spool.message_path(&self.id)).await?;
+            tokio::fs::rename(&env_tmp, self.spool.envelope_path(&self.id)).await?;
+            sync_dir(&self.spool.queue).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&env_tmp).await;
+            let _ = tokio::fs::remove_file(self.spool.envelope_path(&self.id)).await;
+            let _ = tokio::fs::remove_file(self.spool.message_path(&self.id)).await;
+            return Err(e);
+        }
+        self.done = true;
+        let _ = self.spool.committed.send(envelope.clone());
+        Ok(envelope)
+    }
+}
+
+impl Drop for MessageWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: String::new(),
+            received_at: now_unix(),
+            sender: "a@b.test".into(),
+            recipients: vec![Recipient::new("c@d.test".into())],
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            user: None,
+            size: 0,
+            smtputf8: false,
+            body_8bit: false,
+            prepend: String::new(),
+            ret: None,
+            envid: None,
+            is_dsn: false,
+            pool: None,
+            delay_warned: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_then_recover_and_debris_is_removed() {
+        let dir = tempdir();
+        let (spool, mut rx) = Spool::open(&dir).unwrap();
+        let id = Spool::new_id();
+        let mut w = spool.writer(&id).await.unwrap();
+        w.write(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
+        let env = w.commit(envelope()).await.unwrap();
+        assert_eq!(env.size, 20);
+        assert_eq!(rx.recv().await.unwrap().id, id);
+
+        // An aborted writer leaves nothing; debris in tmp and a lone .msg are cleaned up.
+        let w2 = spool.writer(&Spool::new_id()).await.unwrap();
+        drop(w2);
+        std::fs::write(dir.join("spool/tmp/X.msg"), b"half").unwrap();
+        std::fs::write(dir.join("spool/queue/Y.msg"), b"half").unwrap();
+        let (spool2, _rx) = Spool::open(&dir).unwrap();
+        let rec = spool2.recover().unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].id, id);
+        assert!(!dir.join("spool/queue/Y.msg").exists());
+        assert_eq!(std::fs::read_dir(dir.join("spool/tmp")).unwrap().count(), 0);
+
+        spool2.remove(&id).await.unwrap();
+        assert_eq!(spool2.queued_count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_are_unique_and_sortable() {
+        let a = Spool::new_id();
+        let b = Spool::new_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 18);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("poolrelay-spool-{}", Spool::new_id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

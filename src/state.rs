@@ -1,0 +1,108 @@
+//! Small durable state that is not a message: counters that must survive restarts (per-user daily
+//! caps now; warm-up days, outcome windows and quarantine records later). Kept in redb.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+pub struct State {
+    db: Database,
+}
+
+#[derive(Debug)]
+pub struct StateError(pub String);
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "state store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StateError {}
+
+fn err(e: impl std::fmt::Display) -> StateError {
+    StateError(e.to_string())
+}
+
+impl State {
+    pub fn open(data_dir: &Path) -> Result<State, StateError> {
+        std::fs::create_dir_all(data_dir).map_err(err)?;
+        let db = Database::create(data_dir.join("state.redb")).map_err(err)?;
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(COUNTERS).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(State { db })
+    }
+
+    pub fn counter(&self, key: &str) -> Result<u64, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(COUNTERS).map_err(err)?;
+        Ok(table.get(key).map_err(err)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Adds `by` to `key` unless that would pass `limit`; returns the new value, or None when the
+    /// limit is reached. Check and increment are one transaction, so concurrent sessions of one
+    /// user cannot both slip under the cap.
+    pub fn add_within(&self, key: &str, by: u64, limit: u64) -> Result<Option<u64>, StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let new = {
+            let mut table = tx.open_table(COUNTERS).map_err(err)?;
+            let cur = table.get(key).map_err(err)?.map(|v| v.value()).unwrap_or(0);
+            if cur + by > limit {
+                None
+            } else {
+                table.insert(key, cur + by).map_err(err)?;
+                Some(cur + by)
+            }
+        };
+        if new.is_some() {
+            tx.commit().map_err(err)?;
+        } else {
+            tx.abort().map_err(err)?;
+        }
+        Ok(new)
+    }
+
+    /// Removes every counter whose key starts with `prefix` but is not `keep` (old days).
+    pub fn prune(&self, prefix: &str, keep: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(COUNTERS).map_err(err)?;
+            let stale: Vec<String> = table
+                .iter()
+                .map_err(err)?
+                .filter_map(|r| r.ok())
+                .map(|(k, _)| k.value().to_string())
+                .filter(|k| k.starts_with(prefix) && !k.starts_with(keep))
+                .collect();
+            for k in stale {
+                table.remove(k.as_str()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_respect_limit_and_persist() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-state-{}", crate::spool::Spool::new_id()));
+        {
+            let s = State::open(&dir).unwrap();
+            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(1));
+            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(2));
+            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), None);
+        }
+        let s = State::open(&dir).unwrap();
+        assert_eq!(s.counter("u|1").unwrap(), 2);
+        s.prune("u|", "u|2").unwrap();
+        assert_eq!(s.counter("u|1").unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
