@@ -1,0 +1,3 @@
+//! accept integration tests.
+
+mod common;

@@ -1,0 +1,3 @@
+//! deliver integration tests.
+
+mod common;

@@ -1,0 +1,3 @@
+//! dkim integration tests.
+
+mod common;

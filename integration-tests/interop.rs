@@ -1,0 +1,3 @@
+//! interop integration tests.
+
+mod common;
