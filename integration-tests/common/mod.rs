@@ -1,2 +1,56 @@
-//! Shared test kit: certificates, the relay process, SMTP sinks, a DNS server.
-#![allow(dead_code)]
+//! Shared test kit: certificates, the relay process, a test SMTP client, SMTP sinks, a DNS server.
+//!
+//! ```ignore
+//! mod common;
+//! use common::*;
+//!
+//! let dir = tempdir("accept-auth");
+//! let certs = make_certs(&dir, &["relay.test"]);          // Certs { ca, cert, key, chain }
+//! let users = write_users(&dir, &[("alice", "secret")]);   // via `poolrelay hash-password`
+//! let port = free_port();
+//! let relay = Relay::start(&dir, &format!(r#"
+//!     hostname = "relay.test"
+//!     [[listen]]
+//!     address = "127.0.0.1:{port}"
+//!     tls = "starttls"
+//!     auth = "required"
+//!     [tls]
+//!     certificate = "{}"
+//!     private_key = "{}"
+//!     [access]
+//!     networks = ["127.0.0.1/32"]
+//!     users_file = "{}"
+//! "#, certs.cert.display(), certs.key.display(), users.display()));
+//!
+//! let mut c = SmtpClient::connect_from(relay.addr(), lo(66));   // untrusted 127.0.0.66
+//! c.ehlo("client.test");
+//! c.starttls("relay.test", &certs.ca);
+//! let caps = c.ehlo("client.test");                  // ["PIPELINING", "AUTH PLAIN LOGIN", …]
+//! c.auth_plain("alice", "secret").expect(235);
+//! let r = c.send_mail("a@example.com", &["b@example.org"], b"Subject: t\r\n\r\nhi\r\n");
+//! assert_eq!(r.code, 250, "{r}");
+//! assert!(relay.wait_for_log("queued", std::time::Duration::from_secs(5)));
+//! ```
+//!
+//! - `Relay::start(dir, toml)` writes `dir/poolrelay.toml`, runs the binary with cwd `dir`,
+//!   `POOLRELAY_LOG=debug`, output in `dir/relay.log`, and waits for every `[[listen]]` address.
+//!   `kill()` = crash (SIGKILL), `stop()` = SIGTERM, `restart()`, `log()`, `log_current()`,
+//!   `wait_for_log(needle, timeout)` (current run), `data_dir()`, `spool_files("env")`, `addr()`.
+//!   `Relay::start_expect_exit(dir, toml, timeout)` for configs that must be refused.
+//! - `SmtpClient`: `connect`, `connect_from(addr, ip)`, `connect_tls(addr, name, ca)`,
+//!   `greeting`, `cmd(line) -> Reply { code, text }`, `send_raw`, `read_reply`, `ehlo`,
+//!   `starttls`, `auth_plain`, `auth_login`, `send_mail`, `data`, `is_closed`, `try_*` variants
+//!   that return errors instead of panicking. `Reply::expect(code)` asserts.
+//! - `Sink` (SMTP destination servers on 127.0.0.20+) and `DnsServer`: see sink.rs / dns.rs.
+//! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod client;
+pub mod net;
+pub mod relay;
+
+pub use certs::{Certs, make_certs};
+pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
+pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
+pub use relay::{Relay, listen_addresses, write_users};

@@ -1,0 +1,71 @@
+//! Temp dirs, free ports, polling.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A fresh, empty directory under the system temp dir (kept after the test for post-mortems).
+pub fn tempdir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "poolrelay-{name}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create tempdir");
+    dir
+}
+
+/// A TCP port currently free on 127.0.0.1.
+pub fn free_port() -> u16 {
+    free_port_on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+}
+
+/// A TCP port free on every one of `addrs` (e.g. all sink addresses sharing one port).
+pub fn free_port_on(addrs: &[IpAddr]) -> u16 {
+    assert!(!addrs.is_empty(), "free_port_on needs an address");
+    for _ in 0..200 {
+        let first = TcpListener::bind(SocketAddr::new(addrs[0], 0)).expect("bind :0");
+        let port = first.local_addr().expect("local addr").port();
+        let others: Result<Vec<_>, _> = addrs[1..]
+            .iter()
+            .map(|a| TcpListener::bind(SocketAddr::new(*a, port)))
+            .collect();
+        if others.is_ok() && udp_free(addrs, port) {
+            return port;
+        }
+    }
+    panic!("no port free on all of {addrs:?}");
+}
+
+fn udp_free(addrs: &[IpAddr], port: u16) -> bool {
+    // Not needed for SMTP, but it lets a caller use the same port for a DNS server too.
+    addrs
+        .iter()
+        .all(|a| std::net::UdpSocket::bind(SocketAddr::new(*a, port)).is_ok())
+}
+
+/// Polls `cond` every 20 ms until it is true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Loopback address `127.0.0.n`.
+pub fn lo(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}

@@ -1,0 +1,268 @@
+//! The real `poolrelay` binary as a child process.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::net::wait_until;
+
+/// A running `poolrelay serve` with its config in `dir/poolrelay.toml`, cwd `dir`, log in
+/// `dir/relay.log` (appended across restarts). Dropping it kills the process.
+pub struct Relay {
+    dir: PathBuf,
+    config: String,
+    child: Option<Child>,
+    /// Byte offset in relay.log where the current run's output starts.
+    log_start: u64,
+}
+
+impl Relay {
+    /// Writes the config, starts the relay and waits until every `[[listen]]` address accepts
+    /// TCP connections (20 s; panics with the log otherwise).
+    pub fn start(dir: &Path, config_toml: &str) -> Relay {
+        let mut r = Relay {
+            dir: dir.to_path_buf(),
+            config: config_toml.to_string(),
+            child: None,
+            log_start: 0,
+        };
+        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        r.spawn();
+        r
+    }
+
+    /// Like `start` but does not wait for the listeners: returns the exit status and log if the
+    /// process ends within `timeout` (for config-error tests), else `None` (still running).
+    pub fn start_expect_exit(
+        dir: &Path,
+        config_toml: &str,
+        timeout: Duration,
+    ) -> (Option<std::process::ExitStatus>, String) {
+        let mut r = Relay {
+            dir: dir.to_path_buf(),
+            config: config_toml.to_string(),
+            child: None,
+            log_start: 0,
+        };
+        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        r.spawn_child();
+        let mut status = None;
+        wait_until(timeout, || {
+            status = r.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            status.is_some()
+        });
+        if status.is_some() {
+            r.child = None;
+        }
+        (status, r.log())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("relay.log")
+    }
+
+    fn spawn_child(&mut self) {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open relay.log");
+        self.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        if self.log_start > 0 {
+            let _ = writeln!(log, "===== test kit: relay restart =====");
+            self.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        let err: File = log.try_clone().expect("clone log fd");
+        let child = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+            .args(["serve", "--config", "poolrelay.toml"])
+            .current_dir(&self.dir)
+            .env("POOLRELAY_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn poolrelay");
+        self.child = Some(child);
+    }
+
+    fn spawn(&mut self) {
+        self.spawn_child();
+        let addrs = listen_addresses(&self.config);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in addrs {
+            loop {
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    self.child = None;
+                    panic!(
+                        "poolrelay exited ({status}) before listening on {addr}; log:\n{}",
+                        self.log()
+                    );
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "poolrelay not listening on {addr} after 20 s; log:\n{}",
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+
+    /// SIGKILL (a crash) and wait for the process to end.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (a clean stop) and wait up to 20 s; panics (after SIGKILL) if it does not end.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("relay is not running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("poolrelay ignored SIGTERM for 20 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the relay again with the same dir and config (after `kill` or `stop`; kills a
+    /// running one first) and waits for its listeners.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Replaces the config file (takes effect on the next `restart`).
+    pub fn set_config(&mut self, config_toml: &str) {
+        self.config = config_toml.to_string();
+        std::fs::write(self.dir.join("poolrelay.toml"), config_toml).expect("write config");
+    }
+
+    /// Process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True if the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The whole log (all runs).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+    }
+
+    /// The log of the current run only (since the last start/restart).
+    pub fn log_current(&self) -> String {
+        let all = std::fs::read(self.log_path()).unwrap_or_default();
+        let start = (self.log_start as usize).min(all.len());
+        String::from_utf8_lossy(&all[start..]).into_owned()
+    }
+
+    /// Polls the current run's log until it contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log_current().contains(needle))
+    }
+
+    /// The relay's working directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `data_dir` from the config, resolved against the relay's cwd (default `data`).
+    pub fn data_dir(&self) -> PathBuf {
+        let v: toml::Value = toml::from_str(&self.config).expect("config is TOML");
+        let d = v.get("data_dir").and_then(|d| d.as_str()).unwrap_or("data");
+        self.dir.join(d)
+    }
+
+    /// Files in `data_dir/spool/queue` with the given extension (`"env"` = complete messages).
+    pub fn spool_files(&self, ext: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.data_dir().join("spool").join("queue"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == ext))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The first `[[listen]]` address (convenience for single-listener configs).
+    pub fn addr(&self) -> SocketAddr {
+        listen_addresses(&self.config)[0]
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every `[[listen]] address` in a config.
+pub fn listen_addresses(config_toml: &str) -> Vec<SocketAddr> {
+    let v: toml::Value = toml::from_str(config_toml).expect("config is TOML");
+    v.get("listen")
+        .and_then(|l| l.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.get("address")?.as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes a users file (`user:hash` lines, hashed by `poolrelay hash-password`) into `dir`.
+pub fn write_users(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let mut out = String::new();
+    for (user, pass) in users {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hash-password");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(pass.as_bytes())
+            .expect("write password");
+        let o = child.wait_with_output().expect("hash-password");
+        assert!(
+            o.status.success(),
+            "hash-password failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out.push_str(&format!(
+            "{user}:{}\n",
+            String::from_utf8_lossy(&o.stdout).trim()
+        ));
+    }
+    let path = dir.join("users");
+    std::fs::write(&path, out).expect("write users");
+    path
+}
