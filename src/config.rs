@@ -222,6 +222,16 @@ pub struct Delivery {
     pub connect_timeout: DurationStr,
     #[serde(default = "default_command_timeout")]
     pub command_timeout: DurationStr,
+    /// EHLO name when no `[[pool]]` is configured; default: `hostname`.
+    #[serde(default)]
+    pub helo: Option<String>,
+    /// How long an idle outbound connection is kept for reuse; "0s" = no reuse.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: DurationStr,
+}
+
+fn default_idle_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(5))
 }
 
 fn default_delivery_port() -> u16 {
@@ -262,6 +272,8 @@ impl Default for Delivery {
             concurrency: default_concurrency(),
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
+            helo: None,
+            idle_timeout: default_idle_timeout(),
         }
     }
 }

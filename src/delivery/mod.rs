@@ -1,19 +1,432 @@
-//! delivery stage.
+//! Delivery: takes every queued message to its destinations. `queue` schedules messages by next
+//! attempt time; this module runs one attempt of one message (route, group per destination, one
+//! transaction per destination, record every recipient's outcome); `client` is the SMTP session.
 
-use std::sync::Arc;
+pub mod client;
+pub mod queue;
+pub mod tls;
 
-use tokio::sync::mpsc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use crate::config::Config;
-use crate::spool::{Envelope, Spool};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::{Config, TlsPolicy};
+use crate::outcome::{self, DsnKind, Status};
+use crate::pool::{Pools, Source};
+use crate::routing::{Destination, Router, domain_of};
+use crate::spool::{Envelope, RcptState, RemoteReply, Spool, now_unix};
 use crate::state::State;
+use client::{OpenError, Session, Timeouts, local_reply};
 
 pub async fn start(
-    _config: Arc<Config>,
-    _spool: Arc<Spool>,
+    config: Arc<Config>,
+    spool: Arc<Spool>,
     _state: Arc<State>,
-    _committed: mpsc::UnboundedReceiver<Envelope>,
-    _recovered: Vec<Envelope>,
+    committed: mpsc::UnboundedReceiver<Envelope>,
+    recovered: Vec<Envelope>,
 ) -> Result<(), String> {
+    let d = Arc::new(Deliverer::new(config, spool)?);
+    tokio::spawn(queue::run(d.clone(), committed, recovered));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            d.reap_idle();
+        }
+    });
     Ok(())
+}
+
+pub struct Deliverer {
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    router: Router,
+    pools: Pools,
+    tls: tls::Connectors,
+    timeouts: Timeouts,
+    global: Arc<Semaphore>,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Sessions kept open after a transaction, by destination and pool, for reuse.
+    idle: Mutex<HashMap<String, Vec<(Session, Instant)>>>,
+}
+
+/// What a destination attempt gave each of its recipients, and the TLS used.
+struct Attempt {
+    replies: Vec<RemoteReply>,
+    tls: String,
+}
+
+impl Deliverer {
+    pub fn new(config: Arc<Config>, spool: Arc<Spool>) -> Result<Deliverer, String> {
+        Ok(Deliverer {
+            router: Router::new(&config)?,
+            pools: Pools::from_config(&config),
+            tls: tls::connectors(&config.delivery)?,
+            timeouts: Timeouts {
+                connect: config.delivery.connect_timeout.0,
+                command: config.delivery.command_timeout.0,
+            },
+            global: Arc::new(Semaphore::new(config.delivery.concurrency.max(1))),
+            per_destination: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+            config,
+            spool,
+        })
+    }
+
+    fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
+        let mut map = self.per_destination.lock().expect("lock");
+        map.entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.config.delivery.concurrency_per_destination.max(1),
+                ))
+            })
+            .clone()
+    }
+
+    fn take_idle(&self, key: &str) -> Option<Session> {
+        let mut map = self.idle.lock().expect("lock");
+        let list = map.get_mut(key)?;
+        let ttl = self.config.delivery.idle_timeout.0;
+        while let Some((s, since)) = list.pop() {
+            if since.elapsed() < ttl {
+                return Some(s);
+            }
+            tokio::spawn(s.quit());
+        }
+        None
+    }
+
+    fn put_idle(&self, key: String, session: Session) {
+        if self.config.delivery.idle_timeout.0.is_zero() {
+            tokio::spawn(session.quit());
+            return;
+        }
+        self.idle
+            .lock()
+            .expect("lock")
+            .entry(key)
+            .or_default()
+            .push((session, Instant::now()));
+    }
+
+    fn reap_idle(&self) {
+        let ttl = self.config.delivery.idle_timeout.0;
+        let mut expired = Vec::new();
+        {
+            let mut map = self.idle.lock().expect("lock");
+            for list in map.values_mut() {
+                let (old, keep): (Vec<_>, Vec<_>) =
+                    list.drain(..).partition(|(_, since)| since.elapsed() >= ttl);
+                *list = keep;
+                expired.extend(old.into_iter().map(|(s, _)| s));
+            }
+            map.retain(|_, l| !l.is_empty());
+        }
+        for s in expired {
+            tokio::spawn(s.quit());
+        }
+    }
+
+    /// One attempt for every due recipient of `env`. Returns the envelope while recipients are
+    /// still pending; `None` once the message is finished and removed from the spool.
+    pub async fn deliver_message(self: &Arc<Self>, mut env: Envelope) -> Option<Envelope> {
+        let now = now_unix();
+        let due: Vec<usize> = (0..env.recipients.len())
+            .filter(|&i| {
+                let r = &env.recipients[i];
+                r.state == RcptState::Pending && r.next_attempt <= now
+            })
+            .collect();
+        if !due.is_empty() {
+            self.attempt(&mut env, due).await;
+        }
+        self.maybe_delay_warning(&mut env).await;
+        if env
+            .recipients
+            .iter()
+            .any(|r| r.state == RcptState::Pending)
+        {
+            return Some(env);
+        }
+        self.finish(env).await
+    }
+
+    async fn attempt(self: &Arc<Self>, env: &mut Envelope, due: Vec<usize>) {
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for i in due {
+            by_domain
+                .entry(domain_of(&env.recipients[i].address))
+                .or_default()
+                .push(i);
+        }
+        let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
+        let mut routing_failed = false;
+        for (domain, idxs) in by_domain {
+            match self.router.resolve(&domain).await {
+                Ok(dest) => groups
+                    .entry(dest.key.clone())
+                    .or_insert_with(|| (dest, Vec::new()))
+                    .1
+                    .extend(idxs),
+                Err(reply) => {
+                    routing_failed = true;
+                    let reply = local_reply(reply.code, &reply.status, reply.text);
+                    for i in idxs {
+                        self.record(env, i, reply.clone(), "none");
+                    }
+                }
+            }
+        }
+        if routing_failed {
+            self.save(env).await;
+        }
+        let snapshot = Arc::new(env.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, (dest, idxs)) in groups {
+            let me = self.clone();
+            let snapshot = snapshot.clone();
+            tasks.spawn(async move {
+                let attempt = me.deliver_to(&dest, &snapshot, &idxs).await;
+                (idxs, attempt)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((idxs, attempt)) = joined else {
+                tracing::error!(queue_id = %env.id, "delivery task failed");
+                continue;
+            };
+            for (i, reply) in idxs.into_iter().zip(attempt.replies) {
+                self.record(env, i, reply, &attempt.tls);
+            }
+            // Persist before moving on: a crash now must not lose this destination's outcome.
+            self.save(env).await;
+        }
+    }
+
+    /// Applies one reply to one recipient and logs the attempt.
+    fn record(&self, env: &mut Envelope, i: usize, reply: RemoteReply, tls: &str) {
+        let now = now_unix();
+        let received_at = env.received_at;
+        let rcpt = &mut env.recipients[i];
+        let status = outcome::apply(rcpt, reply, &self.config.delivery, received_at, now);
+        let r = rcpt.last_reply.as_ref().expect("apply sets last_reply");
+        let line = format!("{} {} {}", r.code, r.status, r.text);
+        let fields = (
+            env.id.as_str(),
+            rcpt.address.as_str(),
+            r.source_ip.as_str(),
+            r.host.as_str(),
+            r.addr.as_str(),
+        );
+        match status {
+            Status::Sent => tracing::info!(
+                queue_id = fields.0, recipient = fields.1, source_ip = fields.2, mx = fields.3,
+                addr = fields.4, tls, reply = %line, status = status.as_str(),
+                delay = now.saturating_sub(received_at), attempt = rcpt.attempts,
+                "delivery attempt"
+            ),
+            _ => tracing::warn!(
+                queue_id = fields.0, recipient = fields.1, source_ip = fields.2, mx = fields.3,
+                addr = fields.4, tls, reply = %line, status = status.as_str(),
+                delay = now.saturating_sub(received_at), attempt = rcpt.attempts,
+                next_attempt = rcpt.next_attempt,
+                "delivery attempt"
+            ),
+        }
+    }
+
+    async fn save(&self, env: &Envelope) {
+        if let Err(e) = self.spool.save_envelope(env).await {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot save envelope");
+        }
+    }
+
+    /// Sends the message to one destination: a reused session, else MX by MX, address by
+    /// address, pool IP by pool IP until a session opens.
+    async fn deliver_to(&self, dest: &Destination, env: &Envelope, idxs: &[usize]) -> Attempt {
+        let rcpts: Vec<&str> = idxs
+            .iter()
+            .map(|&i| env.recipients[i].address.as_str())
+            .collect();
+        let all = |r: RemoteReply, tls: &str| Attempt {
+            replies: vec![r; idxs.len()],
+            tls: tls.to_string(),
+        };
+        let _global = self.global.clone().acquire_owned().await;
+        let _local = self.destination_limit(&dest.key).acquire_owned().await;
+        let path = self.spool.message_path(&env.id);
+        let idle_key = format!("{}|{}", dest.key, env.pool.as_deref().unwrap_or(""));
+
+        while let Some(mut s) = self.take_idle(&idle_key) {
+            if !s.reset().await {
+                continue;
+            }
+            tracing::debug!(queue_id = %env.id, mx = %s.host, source_ip = %s.source.label(), "reusing connection");
+            return self.transact(s, env, &rcpts, &path, idle_key).await;
+        }
+
+        let mut errors: Vec<RemoteReply> = Vec::new();
+        'hosts: for host in &dest.hosts {
+            if host.addrs.is_empty() {
+                let mut r = host.error.clone().map_or_else(
+                    || local_reply(451, "4.4.4", format!("no address for {}", host.name)),
+                    |e| local_reply(e.code, &e.status, e.text),
+                );
+                r.host = host.name.clone();
+                errors.push(r);
+                continue;
+            }
+            for ip in &host.addrs {
+                let addr = SocketAddr::new(*ip, host.port);
+                let sources = self.pools.next_ips(env.pool.as_deref(), ip.is_ipv6());
+                if sources.is_empty() {
+                    let mut r = local_reply(
+                        451,
+                        "4.4.4",
+                        format!("no pool IP of the address family of {addr}"),
+                    );
+                    r.host = host.name.clone();
+                    errors.push(r);
+                    continue;
+                }
+                let mut connect_failures = 0;
+                for source in &sources {
+                    match self.open(&host.name, addr, source, dest.tls).await {
+                        Ok(s) => return self.transact(s, env, &rcpts, &path, idle_key).await,
+                        Err(OpenError::Bind(e)) => {
+                            tracing::warn!(queue_id = %env.id, source_ip = %source.label(), error = %e, "cannot bind source IP, trying the next one");
+                            let mut r = local_reply(
+                                451,
+                                "4.4.0",
+                                format!("cannot bind source IP {}: {e}", source.label()),
+                            );
+                            r.host = host.name.clone();
+                            r.source_ip = source.label();
+                            errors.push(r);
+                        }
+                        Err(OpenError::Connect(r)) => {
+                            tracing::warn!(queue_id = %env.id, source_ip = %source.label(), mx = %host.name, %addr, reply = %r.text, "connection failed");
+                            errors.push(r);
+                            connect_failures += 1;
+                            // The destination is likely down: one more source, then move on.
+                            if connect_failures >= 2 {
+                                break;
+                            }
+                        }
+                        Err(OpenError::Refused(r))
+                        | Err(OpenError::TlsRequired(r))
+                        | Err(OpenError::Handshake(r)) => {
+                            tracing::warn!(queue_id = %env.id, source_ip = %source.label(), mx = %host.name, %addr, reply = %format!("{} {} {}", r.code, r.status, r.text), "session refused, trying the next MX");
+                            errors.push(r);
+                            continue 'hosts;
+                        }
+                    }
+                }
+            }
+        }
+        // Any temporary error means another attempt may succeed: never bounce then.
+        let reply = errors
+            .iter()
+            .rev()
+            .find(|r| r.code < 500)
+            .or(errors.last())
+            .cloned()
+            .unwrap_or_else(|| local_reply(451, "4.4.4", "no destination host"));
+        all(reply, "none")
+    }
+
+    /// Opens a session; an opportunistic STARTTLS whose handshake fails is retried in plaintext.
+    async fn open(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        source: &Source,
+        policy: TlsPolicy,
+    ) -> Result<Session, OpenError> {
+        let connector = match policy {
+            TlsPolicy::Required => self.tls.required.as_ref(),
+            _ => Some(&self.tls.opportunistic),
+        };
+        match client::open(host, addr, source, policy, connector, &self.timeouts).await {
+            Err(OpenError::Handshake(r)) => {
+                tracing::warn!(mx = %host, %addr, source_ip = %source.label(), error = %r.text, "TLS handshake failed, delivering in plaintext");
+                client::open(host, addr, source, TlsPolicy::None, None, &self.timeouts).await
+            }
+            other => other,
+        }
+    }
+
+    async fn transact(
+        &self,
+        mut s: Session,
+        env: &Envelope,
+        rcpts: &[&str],
+        path: &std::path::Path,
+        idle_key: String,
+    ) -> Attempt {
+        let result = s.send(env, rcpts, path).await;
+        let tls = s.tls.clone();
+        if result.reusable {
+            self.put_idle(idle_key, s);
+        }
+        Attempt {
+            replies: result.replies,
+            tls,
+        }
+    }
+
+    async fn maybe_delay_warning(&self, env: &mut Envelope) {
+        let Some(after) = self.config.delivery.delay_warning else {
+            return;
+        };
+        if env.delay_warned || now_unix() < env.received_at + after.0.as_secs() {
+            return;
+        }
+        let pending: Vec<_> = env
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending && r.attempts > 0)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        match outcome::send_dsn(&self.config, &self.spool, env, &pending, DsnKind::Delay).await {
+            Ok(_) => {
+                env.delay_warned = true;
+                self.save(env).await;
+            }
+            Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue delay DSN"),
+        }
+    }
+
+    /// Every recipient is final: bounce what bounced, then remove the message.
+    async fn finish(&self, env: Envelope) -> Option<Envelope> {
+        let bounced: Vec<_> = env
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Bounced)
+            .collect();
+        if !bounced.is_empty()
+            && let Err(e) =
+                outcome::send_dsn(&self.config, &self.spool, &env, &bounced, DsnKind::Failure).await
+        {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot queue DSN, keeping the message");
+            return Some(env);
+        }
+        match self.spool.remove(&env.id).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %env.id, "message finished, removed from queue");
+                None
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot remove finished message");
+                Some(env)
+            }
+        }
+    }
 }

@@ -1,1 +1,202 @@
-//! outcome stage.
+//! What a reply means for a recipient: sent, deferred (retry schedule, expiry) or bounced, and the
+//! DSNs that follow.
+
+pub mod dsn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Delivery};
+use crate::spool::{Envelope, RcptState, Recipient, RemoteReply, Spool};
+
+pub use dsn::DsnKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    Deferred,
+    Bounced,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        }
+    }
+}
+
+/// The wait before attempt `attempts + 1`, after `attempts` failed ones (1-based into the
+/// schedule; the last interval repeats).
+pub fn retry_delay(retry: &[crate::config::DurationStr], attempts: u32) -> Duration {
+    let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
+    retry.get(i).map(|d| d.0).unwrap_or(Duration::from_secs(300))
+}
+
+/// Records one attempt's reply on a recipient and returns what became of it. A deferral past
+/// `max_age` turns into a bounce (4.4.7); the next attempt is never scheduled after expiry.
+pub fn apply(
+    rcpt: &mut Recipient,
+    mut reply: RemoteReply,
+    delivery: &Delivery,
+    received_at: u64,
+    now: u64,
+) -> Status {
+    rcpt.attempts += 1;
+    let expires = received_at + delivery.max_age.0.as_secs();
+    let status = match reply.code {
+        200..=299 => Status::Sent,
+        500..=599 => Status::Bounced,
+        _ if now >= expires => {
+            reply.text = format!(
+                "message expired after {}: last reply: {} {} {}",
+                humantime::format_duration(delivery.max_age.0),
+                reply.code,
+                reply.status,
+                reply.text
+            );
+            // Postfix style: the last 4xx code, with the expiry status.
+            reply.status = "4.4.7".into();
+            Status::Bounced
+        }
+        _ => Status::Deferred,
+    };
+    match status {
+        Status::Sent => rcpt.state = RcptState::Sent,
+        Status::Bounced => rcpt.state = RcptState::Bounced,
+        Status::Deferred => {
+            let wait = retry_delay(&delivery.retry, rcpt.attempts).as_secs();
+            rcpt.next_attempt = (now + wait).min(expires.max(now + 1));
+        }
+    }
+    rcpt.last_reply = Some(reply);
+    status
+}
+
+/// Whether `notify` (RCPT NOTIFY=) asks for this kind of DSN; unset means failures only
+/// (RFC 3461 §4.1 leaves delay to the MTA: we send it when configured).
+fn wants(rcpt: &Recipient, kind: DsnKind) -> bool {
+    let Some(n) = rcpt.notify.as_deref() else {
+        return true;
+    };
+    let n = n.to_ascii_uppercase();
+    match kind {
+        DsnKind::Failure => n.contains("FAILURE"),
+        DsnKind::Delay => n.contains("DELAY"),
+    }
+}
+
+/// Queues a DSN about `recipients` to the envelope sender, unless the sender is null, the
+/// message is itself a DSN, or no recipient asked for one. Returns the DSN's queue id.
+pub async fn send_dsn(
+    config: &Config,
+    spool: &Arc<Spool>,
+    env: &Envelope,
+    recipients: &[&Recipient],
+    kind: DsnKind,
+) -> std::io::Result<Option<String>> {
+    if env.sender.is_empty() || env.is_dsn {
+        return Ok(None);
+    }
+    let recipients: Vec<&Recipient> = recipients
+        .iter()
+        .copied()
+        .filter(|r| wants(r, kind))
+        .collect();
+    if recipients.is_empty() {
+        return Ok(None);
+    }
+    let head = read_head(&spool.message_path(&env.id), &env.prepend).await;
+    let bytes = dsn::build_dsn(&config.hostname, env, &head, &recipients, kind);
+    let dsn_env = Envelope {
+        id: Spool::new_id(),
+        received_at: crate::spool::now_unix(),
+        sender: String::new(),
+        recipients: vec![Recipient::new(env.sender.clone())],
+        client: "local".into(),
+        helo: String::new(),
+        user: None,
+        size: 0,
+        smtputf8: !bytes.is_ascii() || !env.sender.is_ascii(),
+        body_8bit: !bytes.is_ascii(),
+        prepend: String::new(),
+        ret: None,
+        envid: None,
+        is_dsn: true,
+        pool: env.pool.clone(),
+        delay_warned: false,
+    };
+    let stored = spool.store(dsn_env, &bytes).await?;
+    tracing::info!(
+        queue_id = %env.id,
+        dsn_id = %stored.id,
+        kind = ?kind,
+        to = %env.sender,
+        "dsn queued"
+    );
+    Ok(Some(stored.id))
+}
+
+/// The message's header block (up to 64 KiB), DKIM prepend first.
+async fn read_head(path: &std::path::Path, prepend: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = prepend.as_bytes().to_vec();
+    if let Ok(f) = tokio::fs::File::open(path).await {
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        let _ = f.take(64 * 1024).read_to_end(&mut chunk).await;
+        let end = chunk
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 2)
+            .unwrap_or(chunk.len());
+        buf.extend_from_slice(&chunk[..end]);
+    }
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DurationStr;
+
+    fn delivery() -> Delivery {
+        Delivery {
+            retry: vec![
+                DurationStr(Duration::from_secs(60)),
+                DurationStr(Duration::from_secs(300)),
+            ],
+            max_age: DurationStr(Duration::from_secs(3600)),
+            ..Delivery::default()
+        }
+    }
+
+    fn reply(code: u16) -> RemoteReply {
+        RemoteReply {
+            code,
+            status: format!("{}.0.0", code / 100),
+            text: "x".into(),
+            host: String::new(),
+            addr: String::new(),
+            source_ip: String::new(),
+        }
+    }
+
+    #[test]
+    fn schedule_and_expiry() {
+        let d = delivery();
+        let mut r = Recipient::new("a@b".into());
+        assert_eq!(apply(&mut r, reply(451), &d, 1000, 1000), Status::Deferred);
+        assert_eq!((r.attempts, r.next_attempt), (1, 1060));
+        assert_eq!(apply(&mut r, reply(421), &d, 1000, 1100), Status::Deferred);
+        assert_eq!(r.next_attempt, 1400);
+        assert_eq!(apply(&mut r, reply(421), &d, 1000, 1500), Status::Deferred);
+        assert_eq!(r.next_attempt, 1800, "last interval repeats");
+        assert_eq!(apply(&mut r, reply(421), &d, 1000, 4600), Status::Bounced);
+        assert_eq!(r.last_reply.as_ref().unwrap().status, "4.4.7");
+        let mut s = Recipient::new("a@b".into());
+        assert_eq!(apply(&mut s, reply(550), &d, 1000, 1000), Status::Bounced);
+        assert_eq!(apply(&mut s, reply(250), &d, 1000, 1000), Status::Sent);
+    }
+}

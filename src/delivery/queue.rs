@@ -1,0 +1,171 @@
+//! The scheduler: every queued message waits in a heap keyed by its earliest next attempt; when
+//! it is due, one task runs the attempt and hands the envelope back (or reports it finished).
+//! Concurrency is limited per connection (global and per destination) in `Deliverer`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use super::Deliverer;
+use crate::spool::{Envelope, RcptState, now_unix};
+
+/// Retry delay for a message whose recipients are all final but that could not be finished
+/// (DSN or removal failed: disk trouble).
+const FINISH_RETRY: u64 = 30;
+
+fn due_of(env: &Envelope) -> Option<u64> {
+    env.recipients
+        .iter()
+        .filter(|r| r.state == RcptState::Pending)
+        .map(|r| r.next_attempt)
+        .min()
+}
+
+fn now_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(u64, String)>>,
+    /// Messages waiting, with the due time their heap entry was pushed with (stale entries are
+    /// skipped on pop).
+    waiting: HashMap<String, (u64, Envelope)>,
+}
+
+impl Queue {
+    fn push(&mut self, env: Envelope, due: u64) {
+        self.heap.push(Reverse((due, env.id.clone())));
+        self.waiting.insert(env.id.clone(), (due, env));
+    }
+
+    fn pop_due(&mut self, now: u64) -> Option<Envelope> {
+        while let Some(Reverse((due, _))) = self.heap.peek() {
+            if *due > now {
+                return None;
+            }
+            let Reverse((due, id)) = self.heap.pop().expect("peeked");
+            match self.waiting.get(&id) {
+                Some((d, _)) if *d == due => return self.waiting.remove(&id).map(|(_, e)| e),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse((d, _))| *d)
+    }
+}
+
+pub async fn run(
+    d: Arc<Deliverer>,
+    mut committed: mpsc::UnboundedReceiver<Envelope>,
+    recovered: Vec<Envelope>,
+) {
+    let mut queue = Queue::default();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Envelope>, bool)>();
+    for env in recovered {
+        let due = due_of(&env).unwrap_or(0);
+        queue.push(env, due);
+    }
+    loop {
+        let now = now_unix();
+        while let Some(env) = queue.pop_due(now) {
+            let id = env.id.clone();
+            let d = d.clone();
+            let tx = done_tx.clone();
+            let backup = env.clone();
+            tokio::spawn(async move {
+                let handle = tokio::spawn(async move { d.deliver_message(env).await });
+                match handle.await {
+                    Ok(next) => {
+                        let _ = tx.send((id, next, false));
+                    }
+                    Err(e) => {
+                        tracing::error!(queue_id = %id, error = %e, "delivery attempt crashed");
+                        let _ = tx.send((id, Some(backup), true));
+                    }
+                }
+            });
+        }
+        let sleep = match queue.next_due() {
+            Some(due) => {
+                let ms = (due as u128 * 1000).saturating_sub(now_millis());
+                Duration::from_millis(ms.min(3_600_000) as u64)
+            }
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            env = committed.recv() => match env {
+                Some(env) => {
+                    let due = due_of(&env).unwrap_or(0);
+                    tracing::debug!(queue_id = %env.id, due, "queued for delivery");
+                    queue.push(env, due);
+                }
+                None => {
+                    // Spool gone: the process is stopping.
+                    std::future::pending::<()>().await;
+                }
+            },
+            Some((_id, next, crashed)) = done_rx.recv() => {
+                if let Some(env) = next {
+                    let due = match due_of(&env) {
+                        Some(due) if !crashed => due,
+                        _ => now_unix() + FINISH_RETRY,
+                    };
+                    queue.push(env, due);
+                }
+            }
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::Recipient;
+
+    fn env(id: &str, next: u64) -> Envelope {
+        let mut r = Recipient::new("a@b.test".into());
+        r.next_attempt = next;
+        Envelope {
+            id: id.into(),
+            received_at: 0,
+            sender: String::new(),
+            recipients: vec![r],
+            client: "local".into(),
+            helo: String::new(),
+            user: None,
+            size: 0,
+            smtputf8: false,
+            body_8bit: false,
+            prepend: String::new(),
+            ret: None,
+            envid: None,
+            is_dsn: false,
+            pool: None,
+            delay_warned: false,
+        }
+    }
+
+    #[test]
+    fn pops_in_due_order_and_skips_stale_entries() {
+        let mut q = Queue::default();
+        q.push(env("b", 20), 20);
+        q.push(env("a", 10), 10);
+        q.push(env("b", 5), 5); // rescheduled: the 20 entry is stale
+        assert_eq!(q.next_due(), Some(5));
+        assert_eq!(q.pop_due(9).unwrap().id, "b");
+        assert!(q.pop_due(9).is_none());
+        assert_eq!(q.pop_due(30).unwrap().id, "a");
+        assert!(q.pop_due(30).is_none());
+    }
+}
