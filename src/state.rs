@@ -65,6 +65,18 @@ impl State {
         Ok(new)
     }
 
+    /// Subtracts `by` from `key` (not below zero): gives back what `add_within` took when the
+    /// work it counted did not happen.
+    pub fn sub(&self, key: &str, by: u64) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(COUNTERS).map_err(err)?;
+            let cur = table.get(key).map_err(err)?.map(|v| v.value()).unwrap_or(0);
+            table.insert(key, cur.saturating_sub(by)).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
     /// Removes every counter whose key starts with `prefix` but is not `keep` (old days).
     pub fn prune(&self, prefix: &str, keep: &str) -> Result<(), StateError> {
         let tx = self.db.begin_write().map_err(err)?;

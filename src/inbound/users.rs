@@ -1,4 +1,22 @@
 //! The users file: `user:hash` lines; argon2id, bcrypt and sha512-crypt hashes.
+//!
+//! A hash costs ~100 ms, so verification runs on the blocking pool and a successful
+//! (user, password) pair is remembered for a few minutes as an HMAC under a per-process key
+//! (never the password itself).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::hmac;
+
+/// How long a successful verification is remembered.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+const CACHE_MAX: usize = 10_000;
+
+/// Verified against for unknown users, so a wrong user name costs as much as a wrong password.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$6zqZ8d9Q2w4m1tq3rj3n4B0mX6cQk0bXxOQ8f0s3y3E";
 
 /// An argon2id hash (PHC string) with a random salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -8,4 +26,179 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+pub struct Users {
+    hashes: HashMap<String, String>,
+    cache_key: hmac::Key,
+    cache: Mutex<HashMap<String, (hmac::Tag, Instant)>>,
+}
+
+impl Users {
+    /// Loads `user:hash` lines (blank lines and `#` comments ignored). Errors name file and line.
+    pub fn load(path: &Path) -> Result<Users, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read users file: {e}", path.display()))?;
+        Self::parse(&text).map_err(|(line, msg)| format!("{}:{line}: {msg}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Users, (usize, String)> {
+        let mut hashes = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) = line
+                .split_once(':')
+                .ok_or((n + 1, "expected user:hash".to_string()))?;
+            if user.is_empty() || user.contains(char::is_whitespace) {
+                return Err((n + 1, "bad user name".into()));
+            }
+            scheme(hash).ok_or((
+                n + 1,
+                format!("user {user}: unknown hash (argon2id, bcrypt $2b$/$2y$, sha512-crypt $6$)"),
+            ))?;
+            if hashes.insert(user.to_string(), hash.to_string()).is_some() {
+                return Err((n + 1, format!("user {user} listed twice")));
+            }
+        }
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let cache_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .map_err(|_| (0, "no randomness for the AUTH cache key".to_string()))?;
+        Ok(Users {
+            hashes,
+            cache_key,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    fn tag(&self, user: &str, password: &str) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.cache_key);
+        ctx.update(user.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.as_bytes());
+        ctx.sign()
+    }
+
+    /// Checks a password (on the blocking pool unless cached).
+    pub async fn check(self: &Arc<Self>, user: &str, password: &str) -> bool {
+        let tag = self.tag(user, password);
+        if let Some((t, at)) = self.cache.lock().expect("cache lock").get(user)
+            && at.elapsed() < CACHE_TTL
+            && aws_lc_rs::constant_time::verify_slices_are_equal(t.as_ref(), tag.as_ref()).is_ok()
+        {
+            return true;
+        }
+        let this = self.clone();
+        let (u, p) = (user.to_string(), password.to_string());
+        let ok = tokio::task::spawn_blocking(move || this.verify(&u, &p))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            }
+            if cache.len() < CACHE_MAX {
+                cache.insert(user.to_string(), (tag, Instant::now()));
+            }
+        }
+        ok
+    }
+
+    /// Blocking verification against the stored hash.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        match self.hashes.get(user) {
+            Some(hash) => verify_hash(hash, password),
+            None => {
+                let _ = verify_hash(DUMMY_HASH, password);
+                false
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Argon2,
+    Bcrypt,
+    Sha512Crypt,
+}
+
+fn scheme(hash: &str) -> Option<Scheme> {
+    if hash.starts_with("$argon2") {
+        argon2::PasswordHash::new(hash).ok()?;
+        Some(Scheme::Argon2)
+    } else if ["$2b$", "$2y$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+        Some(Scheme::Bcrypt)
+    } else if hash.starts_with("$6$") {
+        Some(Scheme::Sha512Crypt)
+    } else {
+        None
+    }
+}
+
+fn verify_hash(hash: &str, password: &str) -> bool {
+    use argon2::PasswordVerifier;
+    match scheme(hash) {
+        Some(Scheme::Argon2) => argon2::PasswordHash::new(hash).is_ok_and(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        }),
+        Some(Scheme::Bcrypt) => bcrypt::verify(password, hash).unwrap_or(false),
+        Some(Scheme::Sha512Crypt) => sha_crypt::sha512_check(password, hash).is_ok(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_three_schemes_verify() {
+        let argon = hash_password("s3cret").unwrap();
+        let bcrypt_h = bcrypt::hash("s3cret", 4).unwrap();
+        let bcrypt_y = bcrypt_h.replacen("$2b$", "$2y$", 1);
+        let params = sha_crypt::Sha512Params::new(5000).unwrap();
+        let sha = sha_crypt::sha512_simple("s3cret", &params).unwrap();
+        let text =
+            format!("# comment\n\nalice:{argon}\nbob:{bcrypt_h}\ncarol:{bcrypt_y}\ndave:{sha}\n");
+        let users = Users::parse(&text).unwrap();
+        assert_eq!(users.len(), 4);
+        for u in ["alice", "bob", "carol", "dave"] {
+            assert!(users.verify(u, "s3cret"), "{u}");
+            assert!(!users.verify(u, "wrong"), "{u}");
+        }
+        assert!(!users.verify("nobody", "s3cret"));
+    }
+
+    #[test]
+    fn bad_lines_are_errors_with_line_numbers() {
+        assert_eq!(Users::parse("a:b\n").err().unwrap().0, 1);
+        assert_eq!(Users::parse("\n\nnocolon\n").err().unwrap().0, 3);
+        let h = hash_password("x").unwrap();
+        assert_eq!(Users::parse(&format!("a:{h}\na:{h}\n")).err().unwrap().0, 2);
+    }
+
+    #[tokio::test]
+    async fn cache_remembers_only_success() {
+        let h = hash_password("pw").unwrap();
+        let users = Arc::new(Users::parse(&format!("u:{h}\n")).unwrap());
+        assert!(!users.check("u", "nope").await);
+        assert!(users.cache.lock().unwrap().is_empty());
+        assert!(users.check("u", "pw").await);
+        assert!(users.check("u", "pw").await);
+        assert!(!users.check("u", "pw2").await);
+    }
 }
