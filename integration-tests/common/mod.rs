@@ -47,10 +47,14 @@
 
 pub mod certs;
 pub mod client;
+pub mod dns;
 pub mod net;
 pub mod relay;
+pub mod sink;
 
 pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
+pub use dns::{DnsServer, RecordType};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, write_users};
+pub use sink::{Message, Session, Sink, SinkTls, Stage, Step};
