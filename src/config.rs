@@ -57,7 +57,8 @@ pub enum ListenTls {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenAuth {
-    /// Relay only after AUTH (trusted networks still relay).
+    /// Every client must AUTH before MAIL (530 5.7.0 otherwise), trusted networks included:
+    /// submission ports, where per-user caps must apply.
     Required,
     /// AUTH offered; trusted networks relay without it.
     Optional,

@@ -22,9 +22,8 @@ pub struct ReceivedInfo<'a> {
 fn clean(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_ascii_graphic() && !"()\\;<>\"".contains(c) {
-                c
-            } else if !c.is_ascii() && !c.is_control() {
+            let ok_ascii = c.is_ascii_graphic() && !"()\\;<>\"".contains(c);
+            if ok_ascii || (!c.is_ascii() && !c.is_control()) {
                 c
             } else {
                 '_'

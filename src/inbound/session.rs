@@ -571,10 +571,7 @@ impl Session {
                 self.decode_sasl(&initial)?
             };
             let Some(raw) = raw else { return Ok(()) };
-            match parse_plain(&raw) {
-                Some(up) => up,
-                None => (String::new(), String::new()),
-            }
+            parse_plain(&raw).unwrap_or_default()
         } else if mechanism == AUTH_LOGIN {
             let user = if initial.is_empty() {
                 self.sasl_line("VXNlcm5hbWU6").await?
