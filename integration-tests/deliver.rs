@@ -1,3 +1,616 @@
-//! deliver integration tests.
+//! Delivery: routing (static routes, MX order and fallback, null MX, A fallback), source IPs from
+//! the pool with their own EHLO names, STARTTLS policies, retries that survive restarts, and
+//! RFC 3464 bounces. The real binary delivers to sinks on 127.0.0.20+ (all on one port, the
+//! relay's `delivery.port`), with MX/A records from the in-process DNS server.
 
 mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use mail_parser::MimeHeaders;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A relay config: trusted 127/8 without AUTH, test DNS, `delivery.port` = the sinks' port,
+/// short timeouts and a 1 s retry. `delivery` adds `[delivery]` keys; `rest` adds tables.
+fn config(port: u16, dns: &DnsServer, sink_port: u16, delivery: &str, rest: &str) -> String {
+    format!(
+        r#"
+hostname = "relay.test"
+data_dir = "data"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+tls = "none"
+auth = "none"
+
+[access]
+networks = ["127.0.0.0/8"]
+
+[dns]
+nameservers = ["{dns}"]
+
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+connect_timeout = "2s"
+command_timeout = "5s"
+{delivery}
+
+{rest}
+"#,
+        dns = dns.nameserver()
+    )
+}
+
+const POOL: &str = r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out1.relay.test"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out2.relay.test"
+"#;
+
+fn start(dir: &Path, dns: &DnsServer, sink_port: u16, delivery: &str, rest: &str) -> Relay {
+    let port = free_port();
+    Relay::start(dir, &config(port, dns, sink_port, delivery, rest))
+}
+
+fn body(subject: &str) -> Vec<u8> {
+    format!(
+        "From: <sender@snd.test>\r\nTo: <rcpt@example.test>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nHello.\r\n.leading dot line\r\n"
+    )
+    .into_bytes()
+}
+
+/// Submits one message to the relay; asserts the 250.
+fn submit(relay: &Relay, from: &str, rcpts: &[&str], subject: &str) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    let r = c.send_mail(from, rcpts, &body(subject));
+    assert_eq!(r.code, 250, "submit: {r}");
+    c.quit();
+}
+
+fn wait_queue_empty(relay: &Relay) {
+    assert!(
+        wait_until(WAIT, || relay.spool_files("env").is_empty()),
+        "queue not empty: {:?}\n{}",
+        relay.spool_files("env"),
+        relay.log()
+    );
+}
+
+fn envelope_json(relay: &Relay) -> serde_json::Value {
+    let files = relay.spool_files("env");
+    assert_eq!(files.len(), 1, "{files:?}");
+    serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap()
+}
+
+/// The relay's log without ANSI colour codes, so `field=value` can be searched.
+fn log_text(relay: &Relay) -> String {
+    strip_ansi(&relay.log())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn ip(n: u8) -> IpAddr {
+    lo(n)
+}
+
+fn at(sink: &Sink, n: u8) -> Vec<Message> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| m.local.ip() == ip(n))
+        .collect()
+}
+
+/// The `message/delivery-status` part of a DSN, checked to be an RFC 3464 report.
+fn delivery_status(dsn: &Message) -> String {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&dsn.data)
+        .expect("DSN parses as MIME");
+    let ct = parsed.content_type().expect("Content-Type");
+    assert_eq!(ct.ctype(), "multipart");
+    assert_eq!(ct.subtype(), Some("report"));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let part = parsed
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
+        })
+        .expect("message/delivery-status part");
+    String::from_utf8_lossy(part.contents()).into_owned()
+}
+
+#[test]
+fn source_ip_helo_round_robin_and_starttls() {
+    let dir = tempdir("deliver-pool");
+    let certs = make_certs(&dir, &["mx.dest.test"]);
+    let dns = DnsServer::start();
+    let sink = Sink::builder(&[ip(20)]).starttls(&certs).start();
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    // No connection reuse here: each message opens its own session, so round-robin shows.
+    let relay = start(&dir, &dns, sink.port(), "idle_timeout = \"0s\"", POOL);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "rr1");
+    sink.wait_for_messages(1, WAIT);
+    submit(&relay, "sender@snd.test", &["b@dest.test"], "rr2");
+    let msgs = sink.wait_for_messages(2, WAIT);
+    let mut peers: Vec<IpAddr> = msgs.iter().map(|m| m.peer).collect();
+    peers.sort();
+    assert_eq!(
+        peers,
+        vec![ip(10), ip(11)],
+        "round-robin over both pool IPs"
+    );
+    for m in &msgs {
+        let want = if m.peer == ip(10) {
+            "out1.relay.test"
+        } else {
+            "out2.relay.test"
+        };
+        assert_eq!(m.ehlo, want, "EHLO is the source IP's own helo");
+        assert!(m.tls.is_some(), "STARTTLS used when offered");
+        assert!(
+            m.data_str().contains("\r\n.leading dot line\r\n"),
+            "dot-stuffing round trip"
+        );
+        assert!(
+            m.data_str().ends_with("leading dot line\r\n"),
+            "no extra line"
+        );
+    }
+    wait_queue_empty(&relay);
+    let log = log_text(&relay);
+    assert!(log.contains("source_ip=127.0.0.10"), "{log}");
+    assert!(log.contains("status=\"sent\""), "{log}");
+    assert!(
+        log.contains("tls=TLSv1_3/TLS13_"),
+        "TLS version and cipher logged: {log}"
+    );
+}
+
+#[test]
+fn unbindable_pool_ip_fails_over_to_the_next() {
+    let dir = tempdir("deliver-bind");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let pool = r#"
+[[pool]]
+name = "p"
+[[pool.ip]]
+address = "192.0.2.1"
+helo = "unbindable.relay.test"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out2.relay.test"
+"#;
+    let relay = start(&dir, &dns, sink.port(), "idle_timeout = \"0s\"", pool);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "b1");
+    submit(&relay, "sender@snd.test", &["b@dest.test"], "b2");
+    let msgs = sink.wait_for_messages(2, WAIT);
+    for m in &msgs {
+        assert_eq!(m.peer, ip(11));
+        assert_eq!(m.ehlo, "out2.relay.test");
+    }
+    assert!(
+        log_text(&relay).contains("cannot bind source IP"),
+        "{}",
+        relay.log()
+    );
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn plaintext_without_starttls_and_after_a_broken_handshake() {
+    let dir = tempdir("deliver-tls");
+    let dns = DnsServer::start();
+    let port = free_port_on(&[ip(20), ip(21)]);
+    let plain = Sink::builder(&[ip(20)]).port(port).start();
+    let broken = Sink::builder(&[ip(21)])
+        .port(port)
+        .tls(SinkTls::BrokenGarbage)
+        .start();
+    dns.add_mx("plain.test", 10, "mx.plain.test");
+    dns.add_ip("mx.plain.test", ip(20));
+    dns.add_mx("broken.test", 10, "mx.broken.test");
+    dns.add_ip("mx.broken.test", ip(21));
+    let relay = start(&dir, &dns, port, "", POOL);
+    submit(&relay, "sender@snd.test", &["a@plain.test"], "p");
+    submit(&relay, "sender@snd.test", &["b@broken.test"], "b");
+    let p = plain.wait_for_messages(1, WAIT);
+    assert_eq!(p[0].tls, None);
+    let b = broken.wait_for_messages(1, WAIT);
+    assert_eq!(
+        b[0].tls, None,
+        "delivered in plaintext after the failed handshake"
+    );
+    assert!(
+        broken.sessions().len() >= 2,
+        "one session with STARTTLS, then a plaintext one:\n{}",
+        broken.transcripts()
+    );
+    assert!(
+        broken.transcripts().contains("C: STARTTLS"),
+        "{}",
+        broken.transcripts()
+    );
+    assert!(log_text(&relay).contains("TLS handshake failed, delivering in plaintext"));
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn required_tls_defers_without_starttls_and_verifies_the_mx_name() {
+    let dir = tempdir("deliver-required");
+    let certs = make_certs(&dir, &["mx.secure.test"]);
+    let dns = DnsServer::start();
+    let port = free_port_on(&[ip(20), ip(21)]);
+    let plain = Sink::builder(&[ip(20)]).port(port).start();
+    let secure = Sink::builder(&[ip(21)]).port(port).starttls(&certs).start();
+    dns.add_mx("plain.test", 10, "mx.plain.test");
+    dns.add_ip("mx.plain.test", ip(20));
+    dns.add_ip("mx.secure.test", ip(21));
+    let routes = format!(
+        r#"
+[[route]]
+domain = "plain.test"
+host = "mx.plain.test:{port}"
+tls = "required"
+
+[[route]]
+domain = "secure.test"
+host = "mx.secure.test:{port}"
+tls = "required"
+"#
+    );
+    // A long retry so the deferral stays visible in the spool.
+    let delivery = format!("ca_file = \"{}\"", certs.ca.display());
+    let text = config(
+        free_port(),
+        &dns,
+        port,
+        &delivery,
+        &format!("{POOL}{routes}"),
+    )
+    .replace("[\"1s\"]", "[\"1h\"]");
+    let relay = Relay::start(&dir, &text);
+    submit(&relay, "sender@snd.test", &["a@secure.test"], "s");
+    let m = secure.wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some(), "verified TLS to the route host");
+
+    submit(&relay, "sender@snd.test", &["b@plain.test"], "p");
+    assert!(
+        wait_until(WAIT, || log_text(&relay).contains("4.7.5")),
+        "{}",
+        relay.log()
+    );
+    let env = envelope_json(&relay);
+    let r = &env["recipients"][0];
+    assert_eq!(r["state"], "pending");
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(r["last_reply"]["status"], "4.7.5");
+    assert!(plain.messages().is_empty(), "nothing sent in plaintext");
+}
+
+#[test]
+fn mx_order_fallback_and_greeting_4xx() {
+    let dir = tempdir("deliver-mx");
+    let dns = DnsServer::start();
+    // 127.0.0.23 has no listener: connection refused.
+    let port = free_port_on(&[ip(20), ip(21), ip(22), ip(23)]);
+    let sink = Sink::builder(&[ip(20), ip(21), ip(22)])
+        .port(port)
+        .script(move |s: &Step| match s.stage {
+            Stage::Connect if s.local.ip() == lo(22) => Some("421 4.3.2 busy".into()),
+            _ => None,
+        })
+        .start();
+    // order.test: 20 → .21, 10 → .20 (lowest preference first).
+    dns.add_mx("order.test", 20, "mx2.order.test");
+    dns.add_mx("order.test", 10, "mx1.order.test");
+    dns.add_ip("mx1.order.test", ip(20));
+    dns.add_ip("mx2.order.test", ip(21));
+    // down.test: first MX refuses connections, second works.
+    dns.add_mx("down.test", 10, "mx1.down.test");
+    dns.add_mx("down.test", 20, "mx2.down.test");
+    dns.add_ip("mx1.down.test", ip(23));
+    dns.add_ip("mx2.down.test", ip(21));
+    // busy.test: first MX greets with 421, second works.
+    dns.add_mx("busy.test", 10, "mx1.busy.test");
+    dns.add_mx("busy.test", 20, "mx2.busy.test");
+    dns.add_ip("mx1.busy.test", ip(22));
+    dns.add_ip("mx2.busy.test", ip(21));
+    let relay = start(&dir, &dns, port, "", POOL);
+    submit(&relay, "sender@snd.test", &["a@order.test"], "o");
+    submit(&relay, "sender@snd.test", &["b@down.test"], "d");
+    submit(&relay, "sender@snd.test", &["c@busy.test"], "b");
+    sink.wait_for_messages(3, WAIT);
+    let first = at(&sink, 20);
+    assert_eq!(first.len(), 1, "{}", sink.transcripts());
+    assert_eq!(first[0].rcpt_to, vec!["a@order.test"]);
+    let second = at(&sink, 21);
+    let mut rcpts: Vec<String> = second.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, vec!["b@down.test", "c@busy.test"]);
+    assert!(at(&sink, 22).is_empty());
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn null_mx_nxdomain_bounce_a_fallback_delivers_and_one_dsn_reports_both() {
+    let dir = tempdir("deliver-nullmx");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20), ip(24)]);
+    dns.add_ip("nomx.test", ip(20)); // no MX: the A record is the implicit MX
+    dns.null_mx("null.test");
+    dns.add_mx("snd.test", 10, "mx.snd.test");
+    dns.add_ip("mx.snd.test", ip(24));
+    let relay = start(&dir, &dns, sink.port(), "", POOL);
+    submit(
+        &relay,
+        "sender@snd.test",
+        &["a@nomx.test", "b@null.test", "c@nx.test"],
+        "n",
+    );
+    sink.wait_for_messages(2, WAIT);
+    let direct = at(&sink, 20);
+    assert_eq!(direct.len(), 1);
+    assert_eq!(direct[0].rcpt_to, vec!["a@nomx.test"]);
+    let dsn = at(&sink, 24);
+    assert_eq!(dsn.len(), 1, "one DSN for both failures");
+    assert_eq!(dsn[0].mail_from, "", "DSN has the null sender");
+    assert_eq!(dsn[0].rcpt_to, vec!["sender@snd.test"]);
+    let status = delivery_status(&dsn[0]);
+    assert!(
+        status.contains("Final-Recipient: rfc822; b@null.test"),
+        "{status}"
+    );
+    assert!(status.contains("Status: 5.1.10"), "{status}");
+    assert!(
+        status.contains("Final-Recipient: rfc822; c@nx.test"),
+        "{status}"
+    );
+    assert!(status.contains("Status: 5.1.2"), "{status}");
+    assert!(!status.contains("a@nomx.test"), "{status}");
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn temporary_failure_then_success_on_retry() {
+    let dir = tempdir("deliver-retry");
+    let dns = DnsServer::start();
+    let sink = Sink::builder(&[ip(20)])
+        .script(|s: &Step| match s.stage {
+            Stage::RcptTo(_) if s.session == 0 => Some("451 4.7.1 greylisted, try later".into()),
+            _ => None,
+        })
+        .start();
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let relay = start(&dir, &dns, sink.port(), "idle_timeout = \"0s\"", POOL);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "t");
+    let m = sink.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].session, 1, "delivered by the second attempt");
+    wait_queue_empty(&relay);
+    let log = log_text(&relay);
+    assert!(log.contains("greylisted"), "{log}");
+    assert!(log.contains("attempt=2"), "{log}");
+}
+
+#[test]
+fn permanent_failure_sends_rfc3464_dsn_but_never_for_the_null_sender() {
+    let dir = tempdir("deliver-dsn");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20), ip(24)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    dns.add_mx("snd.test", 10, "mx.snd.test");
+    dns.add_ip("mx.snd.test", ip(24));
+    let relay = start(&dir, &dns, sink.port(), "", POOL);
+    submit(
+        &relay,
+        "sender@snd.test",
+        &["ok@dest.test", "permfail@dest.test"],
+        "dsn",
+    );
+    sink.wait_for_messages(2, WAIT);
+    let delivered = at(&sink, 20);
+    assert_eq!(delivered.len(), 1, "one transaction for both recipients");
+    assert_eq!(delivered[0].rcpt_to, vec!["ok@dest.test"]);
+    let dsn = at(&sink, 24);
+    assert_eq!(dsn.len(), 1);
+    assert_eq!(dsn[0].mail_from, "");
+    let status = delivery_status(&dsn[0]);
+    for want in [
+        "Reporting-MTA: dns; relay.test",
+        "Final-Recipient: rfc822; permfail@dest.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: dns; mx.dest.test",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+    ] {
+        assert!(status.contains(want), "{want} missing in:\n{status}");
+    }
+    assert!(!status.contains("ok@dest.test"), "{status}");
+    assert!(
+        dsn[0].data_str().contains("Subject: dsn"),
+        "original headers"
+    );
+    wait_queue_empty(&relay);
+
+    // A bounce of a bounce: nothing goes back to the null sender.
+    sink.clear();
+    submit(&relay, "", &["permfail@dest.test"], "null");
+    wait_queue_empty(&relay);
+    assert!(
+        wait_until(Duration::from_secs(2), || log_text(&relay)
+            .contains("message finished")),
+        "{}",
+        relay.log()
+    );
+    assert!(sink.messages().is_empty(), "no DSN to <>");
+}
+
+#[test]
+fn restart_keeps_attempts_and_next_attempt() {
+    let dir = tempdir("deliver-restart");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20)]);
+    let refuse = Arc::new(AtomicBool::new(true));
+    let r2 = refuse.clone();
+    sink.set_script(Some(Arc::new(move |s: &Step| match s.stage {
+        Stage::RcptTo(_) if r2.load(Ordering::SeqCst) => Some("451 4.3.0 later".into()),
+        _ => None,
+    })));
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let port = free_port();
+    let text = config(port, &dns, sink.port(), "", POOL).replace("[\"1s\"]", "[\"3s\"]");
+    let mut relay = Relay::start(&dir, &text);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "r");
+    assert!(wait_until(WAIT, || {
+        relay.spool_files("env").len() == 1
+            && envelope_json(&relay)["recipients"][0]["attempts"] == 1
+    }));
+    relay.kill();
+    let env = envelope_json(&relay);
+    let next = env["recipients"][0]["next_attempt"].as_u64().unwrap();
+    assert!(next > 0);
+    assert_eq!(env["recipients"][0]["last_reply"]["code"], 451);
+    refuse.store(false, Ordering::SeqCst);
+    let sessions_before = sink.sessions().len();
+    relay.restart();
+    let m = sink.wait_for_messages(1, WAIT);
+    let arrived = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        arrived >= next,
+        "not retried before next_attempt ({arrived} < {next})"
+    );
+    assert_eq!(m[0].rcpt_to, vec!["a@dest.test"]);
+    assert_eq!(sink.sessions().len(), sessions_before + 1);
+    wait_queue_empty(&relay);
+    let current = strip_ansi(&relay.log_current());
+    assert!(current.contains("attempt=2"), "{current}");
+}
+
+#[test]
+fn kill_during_delivery_loses_nothing() {
+    let dir = tempdir("deliver-kill");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20)]);
+    let release = Arc::new(AtomicBool::new(false));
+    let rel = release.clone();
+    // The first session stalls at DATA until the relay has been killed.
+    sink.set_script(Some(Arc::new(move |s: &Step| {
+        if s.stage == Stage::Data && s.session == 0 {
+            wait_until(Duration::from_secs(10), || rel.load(Ordering::SeqCst));
+            return Some("451 4.3.0 too late".into());
+        }
+        None
+    })));
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let mut relay = start(&dir, &dns, sink.port(), "", POOL);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "k");
+    assert!(wait_until(WAIT, || sink.transcripts().contains("C: DATA")));
+    relay.kill();
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(
+        relay.spool_files("env").len(),
+        1,
+        "still queued after the crash"
+    );
+    relay.restart();
+    let m = sink.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].rcpt_to, vec!["a@dest.test"]);
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn static_routes_wildcard_and_catch_all() {
+    let dir = tempdir("deliver-routes");
+    let dns = DnsServer::start();
+    let port = free_port_on(&[ip(20), ip(21), ip(22)]);
+    let sink = Sink::builder(&[ip(20), ip(21), ip(22)]).port(port).start();
+    dns.add_ip("hub.test", ip(21));
+    let routes = format!(
+        r#"
+[[route]]
+domain = "routed.test"
+host = "[127.0.0.20]:{port}"
+
+[[route]]
+domain = "*.sub.test"
+host = "hub.test:{port}"
+
+[[route]]
+domain = "*"
+host = "[127.0.0.22]:{port}"
+"#
+    );
+    let relay = start(&dir, &dns, port, "", &format!("{POOL}{routes}"));
+    submit(
+        &relay,
+        "sender@snd.test",
+        &["a@routed.test", "b@x.sub.test", "c@anywhere.test"],
+        "routes",
+    );
+    sink.wait_for_messages(3, WAIT);
+    assert_eq!(at(&sink, 20)[0].rcpt_to, vec!["a@routed.test"]);
+    assert_eq!(at(&sink, 21)[0].rcpt_to, vec!["b@x.sub.test"]);
+    assert_eq!(at(&sink, 22)[0].rcpt_to, vec!["c@anywhere.test"]);
+    assert!(
+        !dns.queries().iter().any(|(n, _)| n == "anywhere.test"),
+        "no MX lookup for a routed domain"
+    );
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn connection_reused_for_the_next_message() {
+    let dir = tempdir("deliver-reuse");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let relay = start(&dir, &dns, sink.port(), "idle_timeout = \"30s\"", POOL);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "u1");
+    sink.wait_for_messages(1, WAIT);
+    submit(&relay, "sender@snd.test", &["b@dest.test"], "u2");
+    let m = sink.wait_for_messages(2, WAIT);
+    assert_eq!(m[0].session, m[1].session, "{}", sink.transcripts());
+    assert_eq!(sink.sessions().len(), 1);
+    assert!(sink.transcripts().contains("C: RSET"));
+    let _: SocketAddr = sink.addr(0);
+}

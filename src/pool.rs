@@ -17,7 +17,9 @@ pub struct Source {
 
 impl Source {
     pub fn label(&self) -> String {
-        self.ip.map(|i| i.to_string()).unwrap_or_else(|| "any".into())
+        self.ip
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "any".into())
     }
 }
 
@@ -40,14 +42,13 @@ impl Pools {
             .pool
             .iter()
             .map(|p| {
-                let ips = p
-                    .ip
-                    .iter()
-                    .map(|ip| Source {
-                        ip: Some(ip.address),
-                        helo: ip.helo.clone(),
-                    })
-                    .collect();
+                let ips =
+                    p.ip.iter()
+                        .map(|ip| Source {
+                            ip: Some(ip.address),
+                            helo: ip.helo.clone(),
+                        })
+                        .collect();
                 (
                     p.name.clone(),
                     PoolState {

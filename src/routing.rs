@@ -132,13 +132,9 @@ impl Router {
                 .strip_prefix("ipv6:")
                 .or_else(|| lit.strip_prefix("IPv6:"))
                 .unwrap_or(lit);
-            let ip: IpAddr = lit.parse().map_err(|_| {
-                Reply::new(
-                    550,
-                    "5.1.2",
-                    format!("bad address literal {domain}"),
-                )
-            })?;
+            let ip: IpAddr = lit
+                .parse()
+                .map_err(|_| Reply::new(550, "5.1.2", format!("bad address literal {domain}")))?;
             return Ok(Destination {
                 key: format!("lit:{ip}"),
                 hosts: vec![Host {
@@ -159,7 +155,10 @@ impl Router {
                     .filter_map(|r| match &r.data {
                         RData::MX(mx) => Some((
                             mx.preference,
-                            mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                            mx.exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
                         )),
                         _ => None,
                     })
@@ -247,7 +246,10 @@ impl Router {
 
 /// Exact domain, then the longest matching `*.suffix` (subdomains only), then `*`.
 pub fn find_route<'a>(routes: &'a [Route], domain: &str) -> Option<&'a Route> {
-    if let Some(r) = routes.iter().find(|r| r.domain.eq_ignore_ascii_case(domain)) {
+    if let Some(r) = routes
+        .iter()
+        .find(|r| r.domain.eq_ignore_ascii_case(domain))
+    {
         return Some(r);
     }
     routes

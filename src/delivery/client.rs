@@ -94,7 +94,7 @@ pub struct Session {
     pub source: Source,
     pub host: String,
     pub addr: SocketAddr,
-    /// "TLSv1_3 TLS13_AES_256_GCM_SHA384" or "none".
+    /// "TLSv1_3/TLS13_AES_256_GCM_SHA384" or "none".
     pub tls: String,
     pub transactions: u32,
 }
@@ -191,7 +191,9 @@ pub async fn open(
         let _ = client.cmd(b"QUIT\r\n").await;
         return Err(OpenError::Refused(tag(to_reply(&greeting))));
     }
-    let mut ehlo = hello(&mut client, &source.helo).await.map_err(|r| OpenError::Refused(tag(r)))?;
+    let mut ehlo = hello(&mut client, &source.helo)
+        .await
+        .map_err(|r| OpenError::Refused(tag(r)))?;
     let mut tls_info = "none".to_string();
     if tls != TlsPolicy::None {
         if !ehlo.has_capability(EXT_START_TLS) {
@@ -221,42 +223,44 @@ pub async fn open(
                 let Stream::Plain(tcp) = client.stream else {
                     unreachable!("STARTTLS on a plain stream only")
                 };
-                let name = ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
-                    ServerName::IpAddress(addr.ip().into())
-                });
-                let tls_stream =
-                    match tokio::time::timeout(timeouts.command, connector.connect(name, tcp)).await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            let reply = tag(local_reply(
-                                451,
-                                "4.7.5",
-                                format!("TLS handshake with {host}[{addr}] failed: {e}"),
-                            ));
-                            return Err(if tls == TlsPolicy::Required {
-                                OpenError::TlsRequired(reply)
-                            } else {
-                                OpenError::Handshake(reply)
-                            });
-                        }
-                        Err(_) => {
-                            let reply = tag(local_reply(
-                                451,
-                                "4.7.5",
-                                format!("TLS handshake with {host}[{addr}] timed out"),
-                            ));
-                            return Err(if tls == TlsPolicy::Required {
-                                OpenError::TlsRequired(reply)
-                            } else {
-                                OpenError::Handshake(reply)
-                            });
-                        }
-                    };
+                let name = ServerName::try_from(host.to_string())
+                    .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+                let tls_stream = match tokio::time::timeout(
+                    timeouts.command,
+                    connector.connect(name, tcp),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let reply = tag(local_reply(
+                            451,
+                            "4.7.5",
+                            format!("TLS handshake with {host}[{addr}] failed: {e}"),
+                        ));
+                        return Err(if tls == TlsPolicy::Required {
+                            OpenError::TlsRequired(reply)
+                        } else {
+                            OpenError::Handshake(reply)
+                        });
+                    }
+                    Err(_) => {
+                        let reply = tag(local_reply(
+                            451,
+                            "4.7.5",
+                            format!("TLS handshake with {host}[{addr}] timed out"),
+                        ));
+                        return Err(if tls == TlsPolicy::Required {
+                            OpenError::TlsRequired(reply)
+                        } else {
+                            OpenError::Handshake(reply)
+                        });
+                    }
+                };
                 {
                     let conn = tls_stream.get_ref().1;
                     tls_info = format!(
-                        "{} {}",
+                        "{}/{}",
                         conn.protocol_version()
                             .map(|v| format!("{v:?}"))
                             .unwrap_or_default(),
@@ -427,13 +431,15 @@ impl Session {
                 continue;
             }
             let mut cmd = format!("RCPT TO:<{rcpt}>");
-            if dsn
-                && let Some(r) = env.recipients.iter().find(|r| r.address == *rcpt)
-            {
+            if dsn && let Some(r) = env.recipients.iter().find(|r| r.address == *rcpt) {
                 if let Some(notify) = r.notify.as_deref().filter(|v| is_safe_param(v)) {
                     cmd.push_str(&format!(" NOTIFY={notify}"));
                 }
-                if let Some(orcpt) = r.orcpt.as_deref().filter(|v| is_safe_param(v) && v.contains(';')) {
+                if let Some(orcpt) = r
+                    .orcpt
+                    .as_deref()
+                    .filter(|v| is_safe_param(v) && v.contains(';'))
+                {
                     cmd.push_str(&format!(" ORCPT={orcpt}"));
                 }
             }
@@ -462,7 +468,10 @@ impl Session {
             }
         }
         let finish = |replies: Vec<Option<RemoteReply>>, reusable| TxResult {
-            replies: replies.into_iter().map(|r| r.expect("every rcpt answered")).collect(),
+            replies: replies
+                .into_iter()
+                .map(|r| r.expect("every rcpt answered"))
+                .collect(),
             reusable,
         };
         if accepted.is_empty() {
@@ -567,10 +576,22 @@ mod tests {
 
     #[tokio::test]
     async fn dot_stuffing_and_terminator() {
-        assert_eq!(stuff("", "A: b\r\n\r\nx\r\n").await, "A: b\r\n\r\nx\r\n.\r\n");
-        assert_eq!(stuff("", "A: b\r\n\r\n.\r\n").await, "A: b\r\n\r\n..\r\n.\r\n");
-        assert_eq!(stuff("", "A: b\r\n\r\nno eol").await, "A: b\r\n\r\nno eol\r\n.\r\n");
-        assert_eq!(stuff("D: s\r\n", ".x\r\n..y\r\n").await, "D: s\r\n..x\r\n...y\r\n.\r\n");
+        assert_eq!(
+            stuff("", "A: b\r\n\r\nx\r\n").await,
+            "A: b\r\n\r\nx\r\n.\r\n"
+        );
+        assert_eq!(
+            stuff("", "A: b\r\n\r\n.\r\n").await,
+            "A: b\r\n\r\n..\r\n.\r\n"
+        );
+        assert_eq!(
+            stuff("", "A: b\r\n\r\nno eol").await,
+            "A: b\r\n\r\nno eol\r\n.\r\n"
+        );
+        assert_eq!(
+            stuff("D: s\r\n", ".x\r\n..y\r\n").await,
+            "D: s\r\n..x\r\n...y\r\n.\r\n"
+        );
         assert_eq!(stuff("", "a\n.\r\nMAIL").await, "a\n..\r\nMAIL\r\n.\r\n");
         assert_eq!(stuff("", "").await, ".\r\n");
     }

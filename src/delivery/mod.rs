@@ -120,8 +120,9 @@ impl Deliverer {
         {
             let mut map = self.idle.lock().expect("lock");
             for list in map.values_mut() {
-                let (old, keep): (Vec<_>, Vec<_>) =
-                    list.drain(..).partition(|(_, since)| since.elapsed() >= ttl);
+                let (old, keep): (Vec<_>, Vec<_>) = list
+                    .drain(..)
+                    .partition(|(_, since)| since.elapsed() >= ttl);
                 *list = keep;
                 expired.extend(old.into_iter().map(|(s, _)| s));
             }
@@ -146,11 +147,7 @@ impl Deliverer {
             self.attempt(&mut env, due).await;
         }
         self.maybe_delay_warning(&mut env).await;
-        if env
-            .recipients
-            .iter()
-            .any(|r| r.state == RcptState::Pending)
-        {
+        if env.recipients.iter().any(|r| r.state == RcptState::Pending) {
             return Some(env);
         }
         self.finish(env).await
@@ -216,27 +213,21 @@ impl Deliverer {
         let status = outcome::apply(rcpt, reply, &self.config.delivery, received_at, now);
         let r = rcpt.last_reply.as_ref().expect("apply sets last_reply");
         let line = format!("{} {} {}", r.code, r.status, r.text);
-        let fields = (
-            env.id.as_str(),
-            rcpt.address.as_str(),
-            r.source_ip.as_str(),
-            r.host.as_str(),
-            r.addr.as_str(),
-        );
+        let delay = now.saturating_sub(received_at);
+        // Display (unquoted) for single-token fields; the reply text stays quoted.
+        macro_rules! attempt_event {
+            ($level:ident) => {
+                tracing::$level!(
+                    queue_id = %env.id, recipient = %rcpt.address, source_ip = %r.source_ip,
+                    mx = %r.host, addr = %r.addr, tls = %tls, reply = ?line,
+                    status = status.as_str(), delay, attempt = rcpt.attempts,
+                    next_attempt = rcpt.next_attempt, "delivery attempt"
+                )
+            };
+        }
         match status {
-            Status::Sent => tracing::info!(
-                queue_id = fields.0, recipient = fields.1, source_ip = fields.2, mx = fields.3,
-                addr = fields.4, tls, reply = %line, status = status.as_str(),
-                delay = now.saturating_sub(received_at), attempt = rcpt.attempts,
-                "delivery attempt"
-            ),
-            _ => tracing::warn!(
-                queue_id = fields.0, recipient = fields.1, source_ip = fields.2, mx = fields.3,
-                addr = fields.4, tls, reply = %line, status = status.as_str(),
-                delay = now.saturating_sub(received_at), attempt = rcpt.attempts,
-                next_attempt = rcpt.next_attempt,
-                "delivery attempt"
-            ),
+            Status::Sent => attempt_event!(info),
+            _ => attempt_event!(warn),
         }
     }
 

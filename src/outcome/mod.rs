@@ -32,7 +32,10 @@ impl Status {
 /// schedule; the last interval repeats).
 pub fn retry_delay(retry: &[crate::config::DurationStr], attempts: u32) -> Duration {
     let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
-    retry.get(i).map(|d| d.0).unwrap_or(Duration::from_secs(300))
+    retry
+        .get(i)
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(300))
 }
 
 /// Records one attempt's reply on a recipient and returns what became of it. A deferral past
