@@ -28,13 +28,47 @@ enum Command {
     },
     /// Read a password on stdin and print an argon2id hash for the users file.
     HashPassword,
+    /// DKIM key management.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Generate a signing key (PKCS#8 PEM, mode 0600) and print the DNS TXT record to publish.
+    Keygen {
+        /// Signing domain (d=), e.g. example.com.
+        #[arg(long)]
+        domain: String,
+        /// Selector (s=), e.g. s2026.
+        #[arg(long)]
+        selector: String,
+        /// ed25519, rsa2048 or rsa4096. RSA is what every receiver verifies; Ed25519 is best
+        /// published next to an RSA key.
+        #[arg(long, default_value = "rsa2048")]
+        algorithm: poolrelay::signing::keygen::Algorithm,
+        /// Key file; default config/dkim/DOMAIN.SELECTOR.pem. Never overwritten.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    out,
+                },
+        } => dkim_keygen(&domain, &selector, algorithm, out),
+        Command::CheckConfig { file } => match load_checked(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
@@ -72,8 +106,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config plus what only loading can check (DKIM keys), so check-config and start agree.
+fn load_checked(path: &std::path::Path) -> Result<Config, Vec<poolrelay::config::ConfigError>> {
+    let config = Config::load(path)?;
+    poolrelay::signing::Signer::from_config(&config)?;
+    Ok(config)
+}
+
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: poolrelay::signing::keygen::Algorithm,
+    out: Option<PathBuf>,
+) -> ExitCode {
+    match poolrelay::signing::keygen::run(domain, selector, algorithm, out.as_deref()) {
+        Ok((path, record)) => {
+            eprintln!(
+                "wrote private key to {} (mode 0600); publish this record, then add to the config:\n\
+                 [[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nprivate_key = \"{}\"\n",
+                path.display(),
+                path.display()
+            );
+            println!("{record}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("poolrelay dkim keygen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let config = match load_checked(&path) {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {

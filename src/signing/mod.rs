@@ -1,25 +1,373 @@
-//! DKIM signing (filled in by the DKIM issue).
+//! DKIM signing: once per message, after DATA and before the 250, so every retry and every source
+//! IP carries the same signatures. The key is chosen by the `From:` domain; every `[[dkim]]` entry
+//! for that domain signs (Ed25519 and RSA side by side, or two selectors during a rotation).
+//!
+//! mail-auth does the canonicalisation (relaxed/relaxed) and the crypto (aws-lc-rs); this module
+//! only picks keys and headers. Signing never touches the message: `sign` returns the
+//! `DKIM-Signature:` lines that delivery sends in front of the spooled bytes.
+
+pub mod keygen;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mail_auth::common::crypto::{DkimKey as AuthKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderWriter, Writable};
+use mail_auth::dkim::{Canonicalization, DkimSigner, Signature};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 
 use crate::config::{Config, ConfigError};
+use crate::reply::Reply;
 
-pub struct Signer {}
+/// Headers signed when present (`h=`). Absent ones are not listed, so a receiver's later
+/// additions (e.g. a mailing list's List-Unsubscribe) do not break the signature.
+pub const SIGNED_HEADERS: &[&str] = &[
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "In-Reply-To",
+    "References",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
+/// RSA sizes accepted (bits). aws-lc-rs refuses to sign with keys under 2048 bits.
+const RSA_MIN_BITS: usize = 2048;
+const RSA_MAX_BITS: usize = 4096;
+
+pub struct Signer {
+    keys: Vec<Key>,
+    require: bool,
+}
+
+struct Key {
+    /// Lower case, no trailing dot; this is `d=`.
+    domain: String,
+    selector: String,
+    subdomains: bool,
+    /// Seconds from signing to `x=`; 0 = no expiry.
+    expire: u64,
+    key: SharedKey,
+}
+
+/// One loaded key shared by every signature it makes (mail-auth's signer takes its key by value).
+#[derive(Clone)]
+struct SharedKey(Arc<AuthKey>);
+
+impl SigningKey for SharedKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+        self.0.algorithm()
+    }
+}
 
 /// What signing added to a message.
+#[derive(Debug, Default)]
 pub struct Signed {
     /// CRLF-terminated `DKIM-Signature:` header lines to put before the message.
     pub headers: String,
+    /// The `From:` domain (lower case), if the message has a usable one: for the log line.
+    pub from_domain: Option<String>,
+    /// `(d=, s=)` of each signature added.
+    pub signed_by: Vec<(String, String)>,
+    /// `(d=, s=)` of keys skipped because the message already carries their signature.
+    pub already_signed: Vec<(String, String)>,
+}
+
+impl Signed {
+    /// Whether the message leaves with at least one of our signatures (added now or already there).
+    pub fn is_signed(&self) -> bool {
+        !self.signed_by.is_empty() || !self.already_signed.is_empty()
+    }
 }
 
 impl Signer {
-    pub fn from_config(_config: &Config) -> Result<Signer, Vec<ConfigError>> {
-        Ok(Signer {})
+    /// Loads and checks every `[[dkim]]` key. Each error names the key file.
+    pub fn from_config(config: &Config) -> Result<Signer, Vec<ConfigError>> {
+        let mut keys = Vec::new();
+        let mut errors = Vec::new();
+        for entry in &config.dkim {
+            let domain = normalize_domain(&entry.domain);
+            let what = format!(
+                "[[dkim]] domain {:?} selector {:?}",
+                entry.domain, entry.selector
+            );
+            let mut err = |message: String| {
+                errors.push(ConfigError {
+                    file: entry.private_key.clone(),
+                    line: None,
+                    message: format!("{what}: {message}"),
+                })
+            };
+            if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
+                err("domain must be a domain name like example.com".into());
+                continue;
+            }
+            if !is_selector(&entry.selector) {
+                err("selector must be letters, digits, '-' and '.' (e.g. s2026)".into());
+                continue;
+            }
+            match load_key(&entry.private_key) {
+                Ok(key) => keys.push(Key {
+                    domain,
+                    selector: entry.selector.clone(),
+                    subdomains: entry.subdomains,
+                    expire: entry.expire.map(|d| d.0.as_secs().max(1)).unwrap_or(0),
+                    key: SharedKey(Arc::new(key)),
+                }),
+                Err(e) => err(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Signer {
+                keys,
+                require: config.signing.require,
+            })
+        } else {
+            Err(errors)
+        }
     }
 
-    /// Signs `message` (headers + body as received). `Err` carries the reply to send at DATA when
-    /// signing is required and impossible.
-    pub fn sign(&self, _message: &[u8]) -> Result<Signed, crate::reply::Reply> {
-        Ok(Signed {
-            headers: String::new(),
-        })
+    /// Number of configured keys.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Signs `message` (headers + body as received, our Received first). `Err` carries the reply
+    /// to send at DATA when signing is required and impossible. `Ok` with no signatures means the
+    /// message goes out unsigned: the caller logs that with the queue id.
+    pub fn sign(&self, message: &[u8]) -> Result<Signed, Reply> {
+        let scan = scan(message);
+        let mut signed = Signed {
+            from_domain: scan.from_domain.clone(),
+            ..Signed::default()
+        };
+        let Some(domain) = signed.from_domain.clone() else {
+            return if self.require {
+                Err(Reply::new(
+                    554,
+                    "5.7.1",
+                    "Message has no From: address to DKIM-sign for",
+                ))
+            } else {
+                Ok(signed)
+            };
+        };
+        let keys = self.keys_for(&domain);
+        if keys.is_empty() {
+            return if self.require {
+                Err(Reply::new(
+                    554,
+                    "5.7.1",
+                    format!("No DKIM key for domain {domain}"),
+                ))
+            } else {
+                Ok(signed)
+            };
+        }
+
+        let mut h: Vec<&str> = SIGNED_HEADERS
+            .iter()
+            .copied()
+            .filter(|name| scan.names.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            .collect();
+        // Over-sign From: mail-auth signs every From present, and lists a name it did not find
+        // once more, so a second From added later breaks the signature.
+        h.push("From");
+
+        for key in keys {
+            let id = (key.domain.clone(), key.selector.clone());
+            if scan
+                .existing
+                .iter()
+                .any(|(d, s)| d.eq_ignore_ascii_case(&id.0) && s.eq_ignore_ascii_case(&id.1))
+            {
+                signed.already_signed.push(id);
+                continue;
+            }
+            let mut signer = DkimSigner::from_key(key.key.clone())
+                .domain(key.domain.clone())
+                .selector(key.selector.clone())
+                .headers(h.iter().copied())
+                .header_canonicalization(Canonicalization::Relaxed)
+                .body_canonicalization(Canonicalization::Relaxed);
+            if key.expire > 0 {
+                signer = signer.expiration(key.expire);
+            }
+            match signer.sign(message) {
+                Ok(sig) => {
+                    signed.headers.push_str(&sig.to_header());
+                    signed.signed_by.push(id);
+                }
+                Err(e) => {
+                    // Not expected (the From header is there); never send a half-signed message
+                    // when signing is required.
+                    tracing::warn!(domain = %key.domain, selector = %key.selector, error = %e, "dkim: signing failed");
+                    if self.require {
+                        return Err(Reply::new(451, "4.7.0", "Temporary DKIM signing failure"));
+                    }
+                }
+            }
+        }
+        Ok(signed)
+    }
+
+    /// The keys for `domain`: entries for the domain itself, else those of the closest parent
+    /// with `subdomains = true`.
+    fn keys_for(&self, domain: &str) -> Vec<&Key> {
+        let exact: Vec<&Key> = self.keys.iter().filter(|k| k.domain == domain).collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        let parent = self
+            .keys
+            .iter()
+            .filter(|k| k.subdomains && domain.ends_with(&format!(".{}", k.domain)))
+            .map(|k| k.domain.len())
+            .max();
+        match parent {
+            Some(len) => self
+                .keys
+                .iter()
+                .filter(|k| {
+                    k.subdomains
+                        && k.domain.len() == len
+                        && domain.ends_with(&format!(".{}", k.domain))
+                })
+                .collect(),
+            None => Vec::new(),
+        }
     }
 }
+
+fn normalize_domain(d: &str) -> String {
+    d.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// RFC 6376 selector: dot-separated sub-domain labels.
+pub(crate) fn is_selector(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 2048–4096 bits) or Ed25519 (PKCS#8).
+pub(crate) fn load_key(path: &Path) -> Result<AuthKey, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read key file: {e}"))?;
+    parse_key(&pem)
+}
+
+pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        format!("not a PEM private key ({e}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"")
+    })?;
+    match der {
+        PrivateKeyDer::Pkcs1(pkcs1) => rsa_key(PrivateKeyDer::Pkcs1(pkcs1)),
+        PrivateKeyDer::Pkcs8(pkcs8) => {
+            // Ed25519 first; "maybe_unchecked" also takes OpenSSL's PKCS#8 v1 (no public key).
+            if let Ok(key) = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
+                return Ok(AuthKey::Ed25519(key));
+            }
+            rsa_key(PrivateKeyDer::Pkcs8(pkcs8))
+        }
+        _ => Err("unsupported key type (only RSA and Ed25519 keys can sign DKIM)".into()),
+    }
+}
+
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<AuthKey, String> {
+    let bits = rsa_bits(&der)?;
+    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
+        return Err(format!(
+            "RSA key of {bits} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits \
+             (`poolrelay dkim keygen` makes one)"
+        ));
+    }
+    RsaKey::<Sha256>::from_key_der(der)
+        .map(AuthKey::Rsa)
+        .map_err(|e| format!("unusable RSA key: {e}"))
+}
+
+/// The modulus size, read by aws-lc-rs without its own 2048-bit floor getting in the way of a
+/// clear message.
+fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
+    let parsed = match der {
+        PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
+        _ => return Err("unsupported key type".into()),
+    };
+    match parsed {
+        Ok(k) => Ok(k.public_modulus_len() * 8),
+        Err(e) if e.description_() == "TooSmall" => Err(format!(
+            "RSA key smaller than {RSA_MIN_BITS} bits (the crypto backend refuses to sign with it; \
+             `poolrelay dkim keygen` makes a 2048-bit one)"
+        )),
+        Err(e) if e.description_() == "TooLarge" => {
+            Err(format!("RSA key larger than {RSA_MAX_BITS} bits"))
+        }
+        Err(e) => Err(format!("not a valid RSA or Ed25519 private key ({e})")),
+    }
+}
+
+/// What signing needs to know about the message's header section.
+#[derive(Default)]
+struct Scan {
+    /// Domain of the first address in the first `From:` header, lower case.
+    from_domain: Option<String>,
+    /// Names of all header fields.
+    names: Vec<String>,
+    /// `(d=, s=)` of the DKIM-Signatures already present.
+    existing: Vec<(String, String)>,
+}
+
+/// mail-parser reads the header section (folding, comments, quoted names, encoded words, groups).
+fn scan(message: &[u8]) -> Scan {
+    let mut scan = Scan::default();
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+        return scan;
+    };
+    for header in parsed.headers() {
+        let name = header.name.as_str();
+        if name.eq_ignore_ascii_case("From") && scan.from_domain.is_none() {
+            scan.from_domain = header
+                .value
+                .as_address()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .and_then(|a| a.trim().rsplit_once('@'))
+                .map(|(_, d)| normalize_domain(d.trim_start_matches('[').trim_end_matches(']')))
+                .filter(|d| !d.is_empty());
+        } else if name.eq_ignore_ascii_case("DKIM-Signature") {
+            let raw = message
+                .get(header.offset_start as usize..header.offset_end as usize)
+                .unwrap_or_default();
+            if let Ok(sig) = Signature::parse(raw) {
+                scan.existing
+                    .push((normalize_domain(&sig.d), sig.s.trim().to_string()));
+            }
+        }
+        scan.names.push(name.to_string());
+    }
+    scan
+}
+
+#[cfg(test)]
+mod tests;
