@@ -168,3 +168,582 @@ fn kit_dns_server_answers_and_changes() {
             .contains(&("dest.test".to_string(), RecordType::MX))
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interop with real tools (installed by .ci/run). A missing tool fails the test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const INTEROP_WAIT: Duration = Duration::from_secs(60);
+
+/// The path of an external tool; panics (the test fails) if it is not installed.
+fn tool(name: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("interop tool `{name}` is not installed (run .ci/run)"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const POOL: &str = r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out1.relay.test"
+"#;
+
+/// A private Postfix instance (own config, queue and data directories under `dir`), relaying
+/// everything to `relayhost` with SASL and mandatory TLS. Stopped on drop.
+struct Postfix {
+    etc: PathBuf,
+    root: PathBuf,
+    smtpd: SocketAddr,
+}
+
+impl Postfix {
+    fn start(dir: &Path, relay_port: u16, user: &str, pass: &str, ca: &Path) -> Postfix {
+        let postfix = tool("postfix");
+        let postconf = tool("postconf");
+        let root = dir.join("postfix");
+        let etc = root.join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(root.join("queue")).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        // master.lock lives in data_directory, which must belong to mail_owner.
+        let o = run(Command::new("chown").arg("postfix").arg(root.join("data")));
+        assert!(o.status.success(), "chown: {}", text(&o));
+        let master = [
+            "/etc/postfix/master.cf",
+            "/usr/share/postfix/master.cf.dist",
+        ]
+        .iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("postfix master.cf template");
+        std::fs::copy(master, etc.join("master.cf")).unwrap();
+        std::fs::write(etc.join("main.cf"), "").unwrap();
+        let relayhost = format!("[127.0.0.1]:{relay_port}");
+        std::fs::write(
+            etc.join("sasl_passwd"),
+            format!("{relayhost} {user}:{pass}\n"),
+        )
+        .unwrap();
+        let smtpd = SocketAddr::new(lo(1), free_port());
+        let r = root.display();
+        let settings = [
+            "compatibility_level = 3.6".to_string(),
+            format!("queue_directory = {r}/queue"),
+            format!("data_directory = {r}/data"),
+            format!("maillog_file = {r}/maillog"),
+            format!("maillog_file_prefixes = {r}"),
+            "myhostname = postfix.client.test".into(),
+            "mydomain = client.test".into(),
+            "myorigin = client.test".into(),
+            "mydestination =".into(),
+            "alias_maps =".into(),
+            "alias_database =".into(),
+            "local_transport = error:local delivery disabled".into(),
+            "inet_interfaces = 127.0.0.1".into(),
+            "inet_protocols = ipv4".into(),
+            "mynetworks = 127.0.0.0/8".into(),
+            "smtpd_peername_lookup = no".into(),
+            "smtp_dns_support_level = disabled".into(),
+            format!("relayhost = {relayhost}"),
+            "smtp_sasl_auth_enable = yes".into(),
+            format!(
+                "smtp_sasl_password_maps = texthash:{}/sasl_passwd",
+                etc.display()
+            ),
+            "smtp_sasl_security_options = noanonymous".into(),
+            "smtp_sasl_tls_security_options = noanonymous".into(),
+            "smtp_tls_security_level = encrypt".into(),
+            format!("smtp_tls_CAfile = {}", ca.display()),
+            "smtp_tls_loglevel = 1".into(),
+            // Retry quickly if the first attempt is deferred.
+            "minimal_backoff_time = 1s".into(),
+            "maximal_backoff_time = 2s".into(),
+            "queue_run_delay = 1s".into(),
+        ];
+        let o = run(Command::new(&postconf)
+            .arg("-c")
+            .arg(&etc)
+            .arg("-e")
+            .args(&settings));
+        assert!(o.status.success(), "postconf -e: {}", text(&o));
+        // No chroot: nothing to copy into a jail. Our own loopback listener instead of port 25.
+        for args in [
+            vec!["-F".to_string(), "*/*/chroot = n".into()],
+            vec!["-MX".into(), "smtp/inet".into()],
+            vec![
+                "-M".into(),
+                format!("{smtpd}/inet={smtpd} inet n - n - - smtpd"),
+            ],
+        ] {
+            let o = run(Command::new(&postconf).arg("-c").arg(&etc).args(&args));
+            assert!(o.status.success(), "postconf {args:?}: {}", text(&o));
+        }
+        let pf = Postfix { etc, root, smtpd };
+        let o = run(Command::new(&postfix).arg("-c").arg(&pf.etc).arg("start"));
+        assert!(
+            o.status.success(),
+            "postfix start: {}\nmaillog:\n{}",
+            text(&o),
+            pf.maillog()
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(
+                smtpd
+            )
+            .is_ok()),
+            "postfix smtpd not listening on {smtpd}; maillog:\n{}",
+            pf.maillog()
+        );
+        pf
+    }
+
+    fn maillog(&self) -> String {
+        std::fs::read_to_string(self.root.join("maillog")).unwrap_or_default()
+    }
+
+    /// Local submission through Postfix's own sendmail(1).
+    fn sendmail(&self, from: &str, to: &str, message: &str) {
+        use std::io::Write;
+        let mut child = Command::new(tool("sendmail"))
+            .arg("-C")
+            .arg(&self.etc)
+            .arg("-f")
+            .arg(from)
+            .arg(to)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sendmail");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(message.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "sendmail: {}", text(&o));
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Postfix with `relayhost = [127.0.0.1]:PORT`, SASL and `smtp_tls_security_level = encrypt`
+/// relays a normal message (local sendmail) and a bounce (null sender, via its smtpd) through
+/// poolrelay, which accepts only authenticated clients here, to a sink.
+#[test]
+#[ignore = "interop: run by .ci/run"]
+fn interop_postfix_relayhost_with_sasl_and_tls() {
+    let dir = tempdir("interop-postfix");
+    let certs = make_certs(&dir, &["relay.test"]);
+    let users = write_users(&dir, &[("postfix-client", "pf-S3cret")]);
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[lo(20)]);
+    let port = free_port();
+    let relay = Relay::start(
+        &dir,
+        &format!(
+            r#"
+hostname = "relay.test"
+[[listen]]
+address = "127.0.0.1:{port}"
+tls = "starttls"
+auth = "required"
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+[access]
+networks = []
+users_file = "{users}"
+[dns]
+nameservers = ["{ns}"]
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+[[route]]
+domain = "*"
+host = "127.0.0.20:{sink_port}"
+{POOL}
+"#,
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+            users = users.display(),
+            ns = dns.nameserver(),
+            sink_port = sink.port(),
+        ),
+    );
+    let pf = Postfix::start(&dir, port, "postfix-client", "pf-S3cret", &certs.ca);
+
+    pf.sendmail(
+        "sender@client.test",
+        "rcpt@dest.test",
+        "From: <sender@client.test>\nTo: <rcpt@dest.test>\nSubject: via postfix token-7f3a\n\nHello through a real Postfix.\n.dot line\n",
+    );
+    let mut c = SmtpClient::connect(pf.smtpd);
+    c.ehlo("app.client.test");
+    let r = c.send_mail(
+        "",
+        &["bounced-sender@dest.test"],
+        b"From: MAILER-DAEMON@client.test\r\nTo: <bounced-sender@dest.test>\r\nSubject: Undelivered Mail Returned to Sender token-9b1c\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--b1--\r\n",
+    );
+    assert_eq!(r.code, 250, "postfix smtpd: {r}");
+    c.quit();
+
+    let wait = wait_until(INTEROP_WAIT, || sink.messages().len() >= 2);
+    assert!(
+        wait,
+        "sink got {} of 2 messages\n--- postfix maillog:\n{}\n--- relay log:\n{}\n--- sink:\n{}",
+        sink.messages().len(),
+        pf.maillog(),
+        relay.log(),
+        sink.transcripts()
+    );
+    let msgs = sink.messages();
+    let normal = msgs
+        .iter()
+        .find(|m| m.data_str().contains("token-7f3a"))
+        .expect("normal message");
+    assert_eq!(normal.mail_from, "sender@client.test");
+    assert_eq!(normal.rcpt_to, vec!["rcpt@dest.test"]);
+    assert!(normal.data_str().contains("\r\n.dot line\r\n"));
+    let bounce = msgs
+        .iter()
+        .find(|m| m.data_str().contains("token-9b1c"))
+        .expect("bounce message");
+    assert_eq!(bounce.mail_from, "", "null sender must stay null");
+    assert_eq!(bounce.rcpt_to, vec!["bounced-sender@dest.test"]);
+
+    // Postfix itself says it used TLS and that both were accepted by the relayhost.
+    let log = pf.maillog();
+    assert!(
+        log.contains(&format!(
+            "TLS connection established to 127.0.0.1[127.0.0.1]:{port}"
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(
+                |l| l.contains(&format!("relay=127.0.0.1[127.0.0.1]:{port}"))
+                    && l.contains("status=sent")
+            )
+            .count(),
+        2,
+        "{log}"
+    );
+}
+
+/// A relay with a STARTTLS listener and an implicit-TLS listener, AUTH optional, trusting only
+/// 127.0.0.1: swaks from the untrusted 127.0.0.66 relays after AUTH, and is refused without.
+struct SwaksBench {
+    certs: Certs,
+    _dns: DnsServer,
+    sink: Sink,
+    relay: Relay,
+    starttls: SocketAddr,
+    implicit: SocketAddr,
+}
+
+fn swaks_bench(name: &str) -> SwaksBench {
+    let dir = tempdir(name);
+    let certs = make_certs(&dir, &["relay.test"]);
+    let users = write_users(&dir, &[("alice", "Alice-pw-1")]);
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[lo(20)]);
+    let (p1, p2) = (free_port(), free_port());
+    let relay = Relay::start(
+        &dir,
+        &format!(
+            r#"
+hostname = "relay.test"
+[[listen]]
+address = "127.0.0.1:{p1}"
+tls = "starttls"
+auth = "optional"
+[[listen]]
+address = "127.0.0.1:{p2}"
+tls = "implicit"
+auth = "optional"
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+[access]
+networks = ["127.0.0.1/32"]
+users_file = "{users}"
+[dns]
+nameservers = ["{ns}"]
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+[[route]]
+domain = "*"
+host = "127.0.0.20:{sink_port}"
+{POOL}
+"#,
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+            users = users.display(),
+            ns = dns.nameserver(),
+            sink_port = sink.port(),
+        ),
+    );
+    let starttls = SocketAddr::new(lo(1), p1);
+    let implicit = SocketAddr::new(lo(1), p2);
+    SwaksBench {
+        certs,
+        _dns: dns,
+        sink,
+        relay,
+        starttls,
+        implicit,
+    }
+}
+
+fn swaks(args: &[&str]) -> Output {
+    run(Command::new(tool("swaks"))
+        .args(["--timeout", "20"])
+        .args(args))
+}
+
+#[test]
+#[ignore = "interop: run by .ci/run"]
+fn interop_swaks_auth_plain_over_starttls_and_implicit_tls() {
+    let b = swaks_bench("interop-swaks-auth");
+    let ca = b.certs.ca.display().to_string();
+    let cases: [(&str, SocketAddr, &str, &str); 3] = [
+        ("--tls", b.starttls, "PLAIN", "token-starttls-plain"),
+        (
+            "--tls-on-connect",
+            b.implicit,
+            "PLAIN",
+            "token-implicit-plain",
+        ),
+        ("--tls", b.starttls, "LOGIN", "token-starttls-login"),
+    ];
+    for (mode, addr, mech, token) in cases {
+        let server = addr.to_string();
+        let o = swaks(&[
+            "--server",
+            &server,
+            mode,
+            "--tls-verify",
+            "--tls-ca-path",
+            &ca,
+            "--tls-sni",
+            "relay.test",
+            "-li",
+            "127.0.0.66",
+            "--ehlo",
+            "swaks.client.test",
+            "-a",
+            mech,
+            "-au",
+            "alice",
+            "-ap",
+            "Alice-pw-1",
+            "--from",
+            "alice@client.test",
+            "--to",
+            "rcpt@dest.test",
+            "--header",
+            &format!("Subject: {token}"),
+        ]);
+        let out = text(&o);
+        assert!(
+            o.status.success(),
+            "swaks {mode} {mech}: {out}\n{}",
+            b.relay.log()
+        );
+        assert!(out.contains("<~  235 "), "AUTH over TLS: {out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("<~  250 2.0.0")),
+            "queued: {out}"
+        );
+    }
+    let msgs = b.sink.wait_for_messages(3, INTEROP_WAIT);
+    for token in [
+        "token-starttls-plain",
+        "token-implicit-plain",
+        "token-starttls-login",
+    ] {
+        let m = msgs
+            .iter()
+            .find(|m| m.data_str().contains(token))
+            .unwrap_or_else(|| panic!("{token} not delivered"));
+        assert_eq!(m.mail_from, "alice@client.test");
+    }
+    assert!(
+        !b.relay.log().contains("Alice-pw-1"),
+        "password in the relay log"
+    );
+}
+
+#[test]
+#[ignore = "interop: run by .ci/run"]
+fn interop_swaks_untrusted_without_auth_is_refused() {
+    let b = swaks_bench("interop-swaks-noauth");
+    for (mode, addr) in [("--tls", b.starttls), ("", b.starttls)] {
+        let server = addr.to_string();
+        let mut args = vec![
+            "--server",
+            &server,
+            "-li",
+            "127.0.0.66",
+            "--from",
+            "someone@client.test",
+            "--to",
+            "victim@dest.test",
+        ];
+        if !mode.is_empty() {
+            args.push(mode);
+        }
+        let o = swaks(&args);
+        let out = text(&o);
+        assert!(!o.status.success(), "relay refused? {out}");
+        let rcpt_reply = out
+            .lines()
+            .skip_while(|l| !l.contains("RCPT TO:<victim@dest.test>"))
+            .nth(1)
+            .unwrap_or("");
+        assert!(
+            rcpt_reply.contains(" 554 5.7.1"),
+            "RCPT reply {rcpt_reply:?} in: {out}"
+        );
+    }
+    // The trusted address relays without AUTH (the control case).
+    let server = b.starttls.to_string();
+    let o = swaks(&[
+        "--server",
+        &server,
+        "-li",
+        "127.0.0.1",
+        "--from",
+        "app@client.test",
+        "--to",
+        "ok@dest.test",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let msgs = b.sink.wait_for_messages(1, INTEROP_WAIT);
+    assert!(msgs.iter().all(|m| m.rcpt_to != vec!["victim@dest.test"]));
+}
+
+/// dnsmasq (a DNS server we did not write) serves MX and A records; the relay resolves the MX
+/// through it and delivers to the sink on the MX host's address.
+#[test]
+#[ignore = "interop: run by .ci/run"]
+fn interop_dnsmasq_mx_routing() {
+    let dir = tempdir("interop-dnsmasq");
+    let sink = Sink::start(&[lo(21), lo(22)]);
+    let dns_port = free_port();
+    let mut dnsmasq = Command::new(tool("dnsmasq"))
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--user=root",
+            "--log-queries",
+        ])
+        .arg(format!("--port={dns_port}"))
+        .arg(format!(
+            "--log-facility={}",
+            dir.join("dnsmasq.log").display()
+        ))
+        .args([
+            "--local=/dm.test/",
+            "--mx-host=dm.test,mx1.dm.test,10",
+            "--mx-host=dm.test,mx2.dm.test,20",
+            "--host-record=mx1.dm.test,127.0.0.22",
+            "--host-record=mx2.dm.test,127.0.0.21",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dnsmasq");
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = KillOnDrop(&mut dnsmasq);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", dns_port)).is_ok()
+        }),
+        "dnsmasq not listening"
+    );
+    let port = free_port();
+    let relay = Relay::start(
+        &dir,
+        &format!(
+            r#"
+hostname = "relay.test"
+[[listen]]
+address = "127.0.0.1:{port}"
+tls = "none"
+auth = "none"
+[access]
+networks = ["127.0.0.0/8"]
+[dns]
+nameservers = ["127.0.0.1:{dns_port}"]
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+{POOL}
+"#,
+            sink_port = sink.port()
+        ),
+    );
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    let r = c.send_mail(
+        "a@client.test",
+        &["user@dm.test"],
+        b"Subject: via dnsmasq MX\r\n\r\nhi\r\n",
+    );
+    assert_eq!(r.code, 250, "{r}");
+    c.quit();
+    let m = &sink.wait_for_messages(1, INTEROP_WAIT)[0];
+    assert_eq!(m.local.ip(), lo(22), "lowest-preference MX first");
+    assert_eq!(m.rcpt_to, vec!["user@dm.test"]);
+    let qlog = std::fs::read_to_string(dir.join("dnsmasq.log")).unwrap_or_default();
+    assert!(qlog.contains("dm.test"), "dnsmasq saw no query: {qlog}");
+    drop(guard);
+}
