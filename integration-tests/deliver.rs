@@ -477,6 +477,11 @@ fn permanent_failure_sends_rfc3464_dsn_but_never_for_the_null_sender() {
         relay.log()
     );
     assert!(sink.messages().is_empty(), "no DSN to <>");
+    assert_eq!(
+        log_text(&relay).matches("dsn queued").count(),
+        1,
+        "only the first message bounced to its sender"
+    );
 }
 
 #[test]
@@ -613,4 +618,117 @@ fn connection_reused_for_the_next_message() {
     assert_eq!(sink.sessions().len(), 1);
     assert!(sink.transcripts().contains("C: RSET"));
     let _: SocketAddr = sink.addr(0);
+}
+
+#[test]
+fn delay_warning_once_then_expiry_bounce() {
+    let dir = tempdir("deliver-expire");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20), ip(24)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    dns.add_mx("snd.test", 10, "mx.snd.test");
+    dns.add_ip("mx.snd.test", ip(24));
+    let relay = start(
+        &dir,
+        &dns,
+        sink.port(),
+        "delay_warning = \"1s\"\nmax_age = \"4s\"",
+        POOL,
+    );
+    // `tempfail@` always gets 451 from the sink.
+    submit(&relay, "sender@snd.test", &["tempfail@dest.test"], "late");
+    let dsns = sink.wait_for_messages(2, Duration::from_secs(20));
+    wait_queue_empty(&relay);
+    let dsns: Vec<Message> = dsns
+        .into_iter()
+        .filter(|m| m.local.ip() == ip(24))
+        .collect();
+    assert_eq!(dsns.len(), 2, "one delay warning, one failure");
+    let delay = delivery_status(&dsns[0]);
+    assert!(delay.contains("Action: delayed"), "{delay}");
+    assert!(
+        delay.contains("Final-Recipient: rfc822; tempfail@dest.test"),
+        "{delay}"
+    );
+    let failed = delivery_status(&dsns[1]);
+    assert!(failed.contains("Action: failed"), "{failed}");
+    assert!(failed.contains("Status: 4.4.7"), "{failed}");
+    assert!(failed.contains("4.3.0"), "last remote reply kept: {failed}");
+    assert!(at(&sink, 20).is_empty());
+}
+
+#[test]
+fn ipv6_pool_address_for_an_ipv6_destination() {
+    let dir = tempdir("deliver-v6");
+    let dns = DnsServer::start();
+    let v6: IpAddr = "::1".parse().unwrap();
+    let port = free_port_on(&[ip(20), v6]);
+    let sink = Sink::builder(&[ip(20), v6]).port(port).start();
+    dns.add_mx("six.test", 10, "mx.six.test");
+    dns.add_ip("mx.six.test", v6);
+    dns.add_mx("four.test", 10, "mx.four.test");
+    dns.add_ip("mx.four.test", ip(20));
+    let pool = r#"
+[[pool]]
+name = "dual"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out4.relay.test"
+[[pool.ip]]
+address = "::1"
+helo = "out6.relay.test"
+"#;
+    let relay = start(&dir, &dns, port, "", pool);
+    submit(
+        &relay,
+        "sender@snd.test",
+        &["a@six.test", "b@four.test"],
+        "v6",
+    );
+    sink.wait_for_messages(2, WAIT);
+    let m6: Vec<Message> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| m.local.ip() == v6)
+        .collect();
+    assert_eq!(m6.len(), 1);
+    assert_eq!(m6[0].peer, v6);
+    assert_eq!(m6[0].ehlo, "out6.relay.test");
+    let m4 = at(&sink, 20);
+    assert_eq!(m4[0].peer, ip(10));
+    assert_eq!(m4[0].ehlo, "out4.relay.test");
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn eight_bit_and_smtputf8_parameters_are_passed_on() {
+    let dir = tempdir("deliver-8bit");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let relay = start(&dir, &dns, sink.port(), "", POOL);
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<s\u{e9}nder@snd.test> BODY=8BITMIME SMTPUTF8")
+        .expect(250);
+    c.cmd("RCPT TO:<j\u{f6}rg@dest.test>").expect(250);
+    let r = c.data("Subject: gr\u{fc}\u{df}e\r\n\r\nk\u{e4}se\r\n".as_bytes());
+    assert_eq!(r.code, 250, "{r}");
+    let m = sink.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].mail_from, "s\u{e9}nder@snd.test");
+    assert_eq!(m[0].rcpt_to, vec!["j\u{f6}rg@dest.test"]);
+    assert!(
+        m[0].mail_params.contains("BODY=8BITMIME"),
+        "{}",
+        m[0].mail_params
+    );
+    assert!(
+        m[0].mail_params.contains("SMTPUTF8"),
+        "{}",
+        m[0].mail_params
+    );
+    assert!(m[0].data_str().ends_with("k\u{e4}se\r\n"));
+    wait_queue_empty(&relay);
 }

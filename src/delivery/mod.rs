@@ -115,6 +115,12 @@ impl Deliverer {
     }
 
     fn reap_idle(&self) {
+        // Limits nobody holds or waits on (only the map has the Arc): drop them, so the map
+        // does not grow with every destination ever seen. Clones happen under this lock.
+        self.per_destination
+            .lock()
+            .expect("lock")
+            .retain(|_, s| Arc::strong_count(s) > 1);
         let ttl = self.config.delivery.idle_timeout.0;
         let mut expired = Vec::new();
         {

@@ -54,7 +54,7 @@ pub fn apply(
         500..=599 => Status::Bounced,
         _ if now >= expires => {
             reply.text = format!(
-                "message expired after {}: last reply: {} {} {}",
+                "message expired after {}; last reply: {} {} {}",
                 humantime::format_duration(delivery.max_age.0),
                 reply.code,
                 reply.status,
