@@ -988,3 +988,57 @@ fn a_bad_users_file_is_a_startup_error() {
     assert!(log.contains("users:1: user alice: unknown hash"), "{log}");
     assert!(!log.contains("plaintext-password"), "{log}");
 }
+
+#[test]
+fn ipv6_clients_are_matched_against_v6_networks() {
+    let dir = tempdir("ipv6");
+    let (p6, p4) = (free_port(), free_port());
+    let relay = Relay::start(
+        &dir,
+        &format!(
+            r#"hostname = "{HOST}"
+data_dir = "data"
+
+[[listen]]
+address = "[::1]:{p6}"
+tls = "none"
+auth = "none"
+
+[[listen]]
+address = "127.0.0.1:{p4}"
+tls = "none"
+auth = "none"
+
+[access]
+networks = ["::1/128"]
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+
+[[route]]
+domain = "*"
+host = "127.0.0.1:9"
+"#
+        ),
+    );
+    let mut c = SmtpClient::connect(format!("[::1]:{p6}").parse().unwrap());
+    c.ehlo("client.test");
+    let id = queued(
+        &relay,
+        &c.send_mail(
+            "a@example.com",
+            &["b@example.org"],
+            b"Subject: v6\r\n\r\nx\r\n",
+        ),
+    );
+    assert_eq!(envelope(&relay, &id)["client"], "::1");
+    let msg = String::from_utf8(msg_bytes(&relay, &id)).unwrap();
+    assert!(msg.contains("from client.test ([::1])"), "{msg}");
+    c.quit();
+    // 127.0.0.1 is not in networks here.
+    let mut c = SmtpClient::connect(format!("127.0.0.1:{p4}").parse().unwrap());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<a@example.com>").expect(250);
+    c.cmd("RCPT TO:<b@example.org>").expect(554);
+    c.quit();
+}
