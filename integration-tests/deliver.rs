@@ -117,6 +117,14 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The queued envelope whose first recipient is `rcpt`, if any.
+fn envelope_for(relay: &Relay, rcpt: &str) -> Option<serde_json::Value> {
+    relay.spool_files("env").iter().find_map(|f| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).ok()?).ok()?;
+        (v["recipients"][0]["address"] == rcpt).then_some(v)
+    })
+}
+
 fn ip(n: u8) -> IpAddr {
     lo(n)
 }
@@ -278,11 +286,17 @@ fn required_tls_defers_without_starttls_and_verifies_the_mx_name() {
     dns.add_mx("plain.test", 10, "mx.plain.test");
     dns.add_ip("mx.plain.test", ip(20));
     dns.add_ip("mx.secure.test", ip(21));
+    dns.add_ip("mx.wrong.test", ip(21));
     let routes = format!(
         r#"
 [[route]]
 domain = "plain.test"
 host = "mx.plain.test:{port}"
+tls = "required"
+
+[[route]]
+domain = "wrong.test"
+host = "mx.wrong.test:{port}"
 tls = "required"
 
 [[route]]
@@ -306,17 +320,26 @@ tls = "required"
     let m = secure.wait_for_messages(1, WAIT);
     assert!(m[0].tls.is_some(), "verified TLS to the route host");
 
+    // The certificate is for mx.secure.test: reached as mx.wrong.test it must not verify.
+    submit(&relay, "sender@snd.test", &["w@wrong.test"], "w");
+    // And mx.plain.test offers no STARTTLS at all.
     submit(&relay, "sender@snd.test", &["b@plain.test"], "p");
-    assert!(
-        wait_until(WAIT, || log_text(&relay).contains("4.7.5")),
-        "{}",
-        relay.log()
-    );
-    let env = envelope_json(&relay);
-    let r = &env["recipients"][0];
-    assert_eq!(r["state"], "pending");
-    assert_eq!(r["attempts"], 1);
-    assert_eq!(r["last_reply"]["status"], "4.7.5");
+    for rcpt in ["w@wrong.test", "b@plain.test"] {
+        assert!(
+            wait_until(WAIT, || envelope_for(&relay, rcpt)
+                .is_some_and(|e| e["recipients"][0]["attempts"] == 1)),
+            "{rcpt}: {}",
+            relay.log()
+        );
+        let env = envelope_for(&relay, rcpt).unwrap();
+        let r = &env["recipients"][0];
+        assert_eq!(r["state"], "pending", "{rcpt} deferred");
+        assert_eq!(r["last_reply"]["status"], "4.7.5", "{rcpt}: {r}");
+    }
+    let log = log_text(&relay);
+    assert!(log.contains("TLS handshake with mx.wrong.test"), "{log}");
+    assert!(log.contains("does not offer STARTTLS"), "{log}");
+    assert_eq!(secure.messages().len(), 1, "nothing sent to the wrong name");
     assert!(plain.messages().is_empty(), "nothing sent in plaintext");
 }
 
@@ -730,5 +753,53 @@ fn eight_bit_and_smtputf8_parameters_are_passed_on() {
         m[0].mail_params
     );
     assert!(m[0].data_str().ends_with("k\u{e4}se\r\n"));
+    wait_queue_empty(&relay);
+}
+
+#[test]
+fn per_destination_concurrency_limit() {
+    use std::sync::atomic::AtomicUsize;
+    let dir = tempdir("deliver-concurrency");
+    let dns = DnsServer::start();
+    let active = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (a, m) = (active.clone(), max.clone());
+    // A transaction counts from EHLO to the end of DATA; DATA is slow so overlaps would show.
+    let sink = Sink::builder(&[ip(20)])
+        .script(move |s: &Step| {
+            match s.stage {
+                Stage::Ehlo(_) => {
+                    let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                }
+                Stage::Data => std::thread::sleep(Duration::from_millis(300)),
+                Stage::DataEnd(_) => {
+                    a.fetch_sub(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+            None
+        })
+        .start();
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let relay = start(
+        &dir,
+        &dns,
+        sink.port(),
+        "idle_timeout = \"0s\"\nconcurrency_per_destination = 1",
+        POOL,
+    );
+    for i in 0..3 {
+        submit(
+            &relay,
+            "sender@snd.test",
+            &[&format!("r{i}@dest.test")],
+            "c",
+        );
+    }
+    sink.wait_for_messages(3, WAIT);
+    assert_eq!(max.load(Ordering::SeqCst), 1, "{}", sink.transcripts());
+    assert_eq!(sink.sessions().len(), 3);
     wait_queue_empty(&relay);
 }

@@ -101,10 +101,10 @@ impl Deliverer {
         None
     }
 
-    fn put_idle(&self, key: String, session: Session) {
+    /// Keeps the session for reuse; hands it back when reuse is off.
+    fn put_idle(&self, key: String, session: Session) -> Option<Session> {
         if self.config.delivery.idle_timeout.0.is_zero() {
-            tokio::spawn(session.quit());
-            return;
+            return Some(session);
         }
         self.idle
             .lock()
@@ -112,6 +112,7 @@ impl Deliverer {
             .entry(key)
             .or_default()
             .push((session, Instant::now()));
+        None
     }
 
     fn reap_idle(&self) {
@@ -368,8 +369,12 @@ impl Deliverer {
     ) -> Attempt {
         let result = s.send(env, rcpts, path).await;
         let tls = s.tls.clone();
-        if result.reusable {
-            self.put_idle(idle_key, s);
+        if result.reusable
+            && let Some(s) = self.put_idle(idle_key, s)
+        {
+            // QUIT while the concurrency permits are still held, so the limit covers the
+            // whole connection.
+            s.quit().await;
         }
         Attempt {
             replies: result.replies,
