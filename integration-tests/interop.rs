@@ -747,3 +747,15 @@ retry = ["1s"]
     assert!(qlog.contains("dm.test"), "dnsmasq saw no query: {qlog}");
     drop(guard);
 }
+
+/// A scripted delay holds the reply back (for timeout tests).
+#[test]
+fn kit_sink_delayed_greeting() {
+    let sink = Sink::builder(&[lo(23)])
+        .script(|s: &Step| (s.stage == Stage::Connect).then(|| "DELAY:300:220 slow sink".into()))
+        .start();
+    let t = std::time::Instant::now();
+    let c = SmtpClient::connect(sink.addr(0));
+    assert_eq!(c.greeting.text, "220 slow sink");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}

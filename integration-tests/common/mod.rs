@@ -41,7 +41,20 @@
 //!   `greeting`, `cmd(line) -> Reply { code, text }`, `send_raw`, `read_reply`, `ehlo`,
 //!   `starttls`, `auth_plain`, `auth_login`, `send_mail`, `data`, `is_closed`, `try_*` variants
 //!   that return errors instead of panicking. `Reply::expect(code)` asserts.
-//! - `Sink` (SMTP destination servers on 127.0.0.20+) and `DnsServer`: see sink.rs / dns.rs.
+//! - `Sink::start(&[lo(20), lo(21)])` or `Sink::builder(&ips).starttls(&certs)
+//!   .tls(SinkTls::BrokenClose | BrokenGarbage).script(|s: &Step| …).hostname(..).port(..)
+//!   .start()`: SMTP destinations on those addresses sharing `sink.port()` (the relay's
+//!   `delivery.port`). `messages() -> Vec<Message { peer, local, ehlo, tls, mail_from,
+//!   mail_params, rcpt_to, data, session }>`, `wait_for_messages(n, timeout)` (panics with the
+//!   transcripts), `sessions()`, `transcripts()`, `set_script(..)`, `clear()`. A script gets
+//!   `Step { stage: Stage::{Connect, Ehlo, MailFrom, RcptTo, Data, DataEnd}, peer, local, tls,
+//!   session }` and returns `Some("550 5.7.1 …")`, `Some("DROP")`, `Some("DELAY:ms:reply")` or
+//!   `None` (defaults; RCPT local part `tempfail` → 451 4.3.0, `permfail` → 550 5.1.1).
+//! - `DnsServer::start()`: `nameserver()` for `[dns] nameservers`; `add_mx(domain, pref, host)`,
+//!   `null_mx(domain)`, `add_a`, `add_aaaa`, `add_ip`, `add_txt` (long text split in 255-byte
+//!   strings), `remove(name, RecordType::MX)`, `remove_name`, `add_empty_name`,
+//!   `set_fail(name, bool)` (SERVFAIL), `set_ttl` (default 0), `queries()`. Unknown names are
+//!   NXDOMAIN, known names without the type NOERROR/no data.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 

@@ -17,7 +17,7 @@
 //! Default replies: RCPT to local part `tempfail` → `451 4.3.0`, `permfail` → `550 5.1.1`.
 //! Script replies: the full reply text (`"550 5.7.1 …"`, several lines joined by `\n`);
 //! `"DROP"` closes the connection without a reply; a `421` reply or a non-2xx greeting closes the
-//! connection after it is sent.
+//! connection after it is sent; `"DELAY:<ms>:<reply>"` waits before replying (timeouts).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -411,6 +411,7 @@ async fn run_session(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let greeting = st
         .ask(Stage::Connect)
         .unwrap_or_else(|| format!("220 {} ESMTP test sink", ctx.hostname));
+    let greeting = delayed(greeting).await;
     if greeting == "DROP" {
         return finish(&st);
     }
@@ -606,6 +607,7 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ => "502 5.5.2 command not implemented".into(),
         };
+        let reply = delayed(reply).await;
         if reply == "DROP" {
             st.log("-- dropped".into());
             return End::Close;
@@ -614,6 +616,18 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(
             return End::Close;
         }
     }
+}
+
+/// `DELAY:<ms>:<reply>` waits, then gives `<reply>` (for timeout tests).
+async fn delayed(reply: String) -> String {
+    if let Some(rest) = reply.strip_prefix("DELAY:")
+        && let Some((ms, r)) = rest.split_once(':')
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return r.to_string();
+    }
+    reply
 }
 
 /// Reads DATA lines up to `.` CRLF and undoes dot-stuffing; `None` on EOF/timeout.
