@@ -207,7 +207,7 @@ fn greeting_and_ehlo_capabilities_before_and_after_tls() {
         !caps.iter().any(|c| c.starts_with("AUTH")),
         "AUTH before TLS: {caps:?}"
     );
-    assert!(!caps.iter().any(|c| c == "CHUNKING"), "{caps:?}");
+    assert!(caps.iter().any(|c| c == "CHUNKING"), "{caps:?}");
     c.starttls(HOST, &e.certs.ca);
     assert_eq!(c.tls_version().as_deref(), Some("TLSv1_3"));
     let caps = c.ehlo("client.test");
@@ -1041,4 +1041,78 @@ host = "127.0.0.1:9"
     c.cmd("MAIL FROM:<a@example.com>").expect(250);
     c.cmd("RCPT TO:<b@example.org>").expect(554);
     c.quit();
+}
+
+#[test]
+fn bdat_chunks_are_stored_exactly_and_checked_like_data() {
+    let (_e, relay) = simple("bdat", "", "message_size = 2000");
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    // Pipelined: chunk octets follow each BDAT command; dots are not special in BDAT.
+    let (c1, c2) = (
+        &b"Subject: b\r\n\r\n.x\r\n"[..],
+        &b"\r\n.\r\nMAIL FROM:<e@x.test>\r\n"[..],
+    );
+    let mut wire = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n".to_vec();
+    wire.extend_from_slice(format!("BDAT {}\r\n", c1.len()).as_bytes());
+    wire.extend_from_slice(c1);
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n", c2.len()).as_bytes());
+    wire.extend_from_slice(c2);
+    c.send_raw(&wire);
+    c.read_reply().expect(250);
+    c.read_reply().expect(250);
+    let r = c.read_reply().expect(250);
+    assert!(
+        r.text.contains(&format!("{} octets received", c1.len())),
+        "{r}"
+    );
+    let id = queued(&relay, &c.read_reply());
+    assert_eq!(without_received(&msg_bytes(&relay, &id)), [c1, c2].concat());
+    c.cmd("NOOP").expect(250);
+
+    // Refused BDAT still swallows its octets: "NOOP\r\n" here is data, not a command.
+    c.send_raw(b"BDAT 6\r\nNOOP\r\n");
+    c.read_reply().expect(503);
+    c.cmd("RSET").expect(250);
+
+    // Bare LF inside a chunk, bare CR across a chunk boundary, a lone CR at the end.
+    for chunks in [
+        vec![&b"Subject: x\r\n\r\nbare\nlf\r\n"[..]],
+        vec![&b"Subject: x\r\n\r\nsplit\r"[..], b"x\r\n"],
+        vec![&b"Subject: x\r\n\r\nend\r"[..]],
+    ] {
+        c.cmd("MAIL FROM:<a@example.com>").expect(250);
+        c.cmd("RCPT TO:<b@example.org>").expect(250);
+        let mut last = None;
+        for (i, ch) in chunks.iter().enumerate() {
+            let tail = if i + 1 == chunks.len() { " LAST" } else { "" };
+            c.send_raw(format!("BDAT {}{tail}\r\n", ch.len()).as_bytes());
+            c.send_raw(ch);
+            let r = c.read_reply();
+            if r.code != 250 {
+                last = Some(r);
+                break;
+            }
+        }
+        let r = last.expect("bare CR/LF accepted in BDAT");
+        assert!(r.text.contains("550 5.6.11"), "{chunks:?}: {r}");
+    }
+
+    // Over the size limit; DATA cannot follow BDAT.
+    c.cmd("MAIL FROM:<a@example.com>").expect(250);
+    c.cmd("RCPT TO:<b@example.org>").expect(250);
+    let big = vec![b'x'; 2500];
+    c.send_raw(b"BDAT 2500 LAST\r\n");
+    c.send_raw(&big);
+    let r = c.read_reply().expect(552);
+    assert!(r.text.contains("5.3.4"), "{r}");
+    c.cmd("MAIL FROM:<a@example.com>").expect(250);
+    c.cmd("RCPT TO:<b@example.org>").expect(250);
+    c.send_raw(b"BDAT 3\r\nab\r");
+    c.read_reply().expect(250);
+    c.cmd("DATA").expect(503);
+    c.cmd("RSET").expect(250);
+    c.quit();
+    assert_eq!(relay.spool_files("env").len(), 1);
+    assert!(wait_until(WAIT, || tmp_files(&relay) == 0));
 }

@@ -21,7 +21,7 @@ use super::data::DataReader;
 use super::received::{ReceivedInfo, header};
 use crate::config::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
-use crate::spool::{Envelope, Recipient, Spool, now_unix};
+use crate::spool::{Envelope, MessageWriter, Recipient, Spool, now_unix};
 
 /// Longest command line accepted, CRLF excluded (RFC 5321 asks for at least 512).
 pub const MAX_LINE: usize = 4096;
@@ -116,6 +116,30 @@ struct Tx {
     ret: Option<String>,
     envid: Option<String>,
     rcpts: Vec<Recipient>,
+    /// The message being received with BDAT, between chunks.
+    bdat: Option<Bdat>,
+}
+
+struct Bdat {
+    id: String,
+    /// None after a write error (the reply at the end is 452).
+    writer: Option<MessageWriter>,
+    size: u64,
+    bare: bool,
+    prev_cr: bool,
+}
+
+impl Bdat {
+    /// Flags bare CR / bare LF, also across chunk boundaries.
+    fn scan(&mut self, piece: &[u8]) {
+        self.size += piece.len() as u64;
+        for &c in piece {
+            if (self.prev_cr && c != b'\n') || (!self.prev_cr && c == b'\n') {
+                self.bare = true;
+            }
+            self.prev_cr = c == b'\r';
+        }
+    }
 }
 
 struct Session {
@@ -423,6 +447,10 @@ impl Session {
             Request::Ehlo { host } => self.hello(host, true),
             Request::Helo { host } => self.hello(host, false),
             Request::Data => self.data().await,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last).await,
             Request::Rset => {
                 self.tx = None;
                 self.send(Reply::new(250, "2.0.0", "Ok"))
@@ -456,6 +484,7 @@ impl Session {
             "8BITMIME".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
         ];
         if self.tls.is_none() && self.ctx.tls.is_some() {
             lines.push("STARTTLS".to_string());
@@ -648,6 +677,7 @@ impl Session {
             ret: None,
             envid: None,
             rcpts: Vec::new(),
+            bdat: None,
         };
         let max = self.cfg().limits.message_size.0;
         for (key, value) in params {
@@ -786,24 +816,15 @@ impl Session {
         self.send(Reply::new(250, "2.1.5", "Ok"))
     }
 
-    async fn data(&mut self) -> Flow {
-        match &self.tx {
-            None => return self.send(Reply::new(503, "5.5.1", "Need MAIL command")),
-            Some(tx) if tx.rcpts.is_empty() => {
-                return self.send(Reply::new(554, "5.5.1", "No valid recipients"));
-            }
-            Some(_) => {}
-        }
+    /// Creates the spool file for the current transaction and writes our Received header.
+    async fn start_message(&mut self) -> Result<(String, MessageWriter), Reply> {
         let id = Spool::new_id();
-        let mut writer = match self.ctx.spool.writer(&id).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "spool: cannot create message file");
-                return self.refuse("data", storage_reply());
-            }
-        };
+        let mut writer = self.ctx.spool.writer(&id).await.map_err(|e| {
+            tracing::error!(error = %e, "spool: cannot create message file");
+            storage_reply()
+        })?;
         let received = {
-            let tx = self.tx.as_ref().expect("checked above");
+            let tx = self.tx.as_ref().expect("transaction present");
             header(&ReceivedInfo {
                 helo: self.helo.as_deref().unwrap_or(""),
                 ip: self.peer,
@@ -821,10 +842,128 @@ impl Session {
                 now: now_unix(),
             })
         };
-        if let Err(e) = writer.write(received.as_bytes()).await {
+        writer.write(received.as_bytes()).await.map_err(|e| {
             tracing::error!(queue_id = %id, error = %e, "spool: write failed");
-            return self.refuse("data", storage_reply());
+            storage_reply()
+        })?;
+        Ok((id, writer))
+    }
+
+    /// BDAT (RFC 3030): exactly `size` octets follow the command, always read (even when the
+    /// command is refused) so they are never taken as commands. The same rules as DATA apply:
+    /// CRLF line endings only, size limit, 250 only after the commit of the LAST chunk.
+    async fn bdat(&mut self, size: usize, last: bool) -> Flow {
+        let mut problem = match &self.tx {
+            None => Some(Reply::new(503, "5.5.1", "Need MAIL command")),
+            Some(t) if t.rcpts.is_empty() => Some(Reply::new(554, "5.5.1", "No valid recipients")),
+            Some(_) => None,
+        };
+        if problem.is_none() && self.tx.as_ref().is_some_and(|t| t.bdat.is_none()) {
+            match self.start_message().await {
+                Ok((id, writer)) => {
+                    if let Some(t) = self.tx.as_mut() {
+                        t.bdat = Some(Bdat {
+                            id,
+                            writer: Some(writer),
+                            size: 0,
+                            bare: false,
+                            prev_cr: false,
+                        });
+                    }
+                }
+                Err(r) => {
+                    self.tx = None;
+                    problem = Some(r);
+                }
+            }
         }
+        let mut st = self.tx.as_mut().and_then(|t| t.bdat.take());
+        let max = self.cfg().limits.message_size.0;
+        let timeout = self.cfg().limits.data_timeout.0;
+        let mut left = size;
+        let mut pending = Vec::with_capacity(CHUNK.min(size) + READ_SIZE);
+        while left > 0 {
+            if self.rpos == self.rbuf.len() {
+                if !self.fill(timeout).await? {
+                    tracing::info!(client = %self.peer, "connection lost in BDAT");
+                    return Err(End);
+                }
+                continue;
+            }
+            let n = (self.rbuf.len() - self.rpos).min(left);
+            if let Some(b) = st.as_mut() {
+                let piece = &self.rbuf[self.rpos..self.rpos + n];
+                b.scan(piece);
+                if !b.bare && b.size <= max && b.writer.is_some() {
+                    pending.extend_from_slice(piece);
+                }
+            }
+            self.rpos += n;
+            left -= n;
+            if pending.len() >= CHUNK || (left == 0 && !pending.is_empty()) {
+                if let Some(b) = st.as_mut()
+                    && let Some(w) = b.writer.as_mut()
+                    && let Err(e) = w.write(&pending).await
+                {
+                    tracing::error!(queue_id = %b.id, error = %e, "spool: write failed");
+                    b.writer = None;
+                }
+                pending.clear();
+            }
+        }
+        if let Some(r) = problem {
+            return self.refuse("bdat", r);
+        }
+        let Some(mut b) = st else {
+            return Err(End);
+        };
+        if last && b.prev_cr {
+            b.bare = true; // the message ends in a lone CR
+        }
+        let refusal = if b.bare {
+            Some(Reply::new(550, "5.6.11", "Bare LF/CR not allowed"))
+        } else if b.size > max {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ))
+        } else if b.writer.is_none() {
+            Some(storage_reply())
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            // RFC 3030 §2: after a refused chunk the transaction is over.
+            let tx = self.tx.take().expect("transaction present");
+            return self.refuse_msg(&tx, r);
+        }
+        if !last {
+            if let Some(t) = self.tx.as_mut() {
+                t.bdat = Some(b);
+            }
+            return self.send(Reply::new(250, "2.0.0", format!("{size} octets received")));
+        }
+        let tx = self.tx.take().expect("transaction present");
+        let writer = b.writer.take().expect("checked above");
+        self.queue(b.id, writer, tx).await
+    }
+
+    async fn data(&mut self) -> Flow {
+        match &self.tx {
+            None => return self.send(Reply::new(503, "5.5.1", "Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => {
+                return self.send(Reply::new(554, "5.5.1", "No valid recipients"));
+            }
+            Some(_) => {}
+        }
+        if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            return self.send(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
+        }
+        let (id, writer) = match self.start_message().await {
+            Ok(w) => w,
+            Err(r) => return self.refuse("data", r),
+        };
         self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
 
         let mut reader = DataReader::new(self.cfg().limits.message_size.0);
@@ -893,7 +1032,7 @@ impl Session {
     }
 
     /// Signs, reserves the daily-cap slot and commits; 250 only after the commit.
-    async fn queue(&mut self, id: String, mut writer: crate::spool::MessageWriter, tx: Tx) -> Flow {
+    async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
         let path = match writer.finish().await {
             Ok(p) => p.to_path_buf(),
             Err(e) => {
