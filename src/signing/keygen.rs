@@ -152,7 +152,7 @@ pub fn run(
     algorithm: Algorithm,
     out: Option<&Path>,
 ) -> Result<(std::path::PathBuf, String), String> {
-    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let domain = super::normalize_domain(domain);
     if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
         return Err(format!("--domain {domain:?} is not a domain name"));
     }

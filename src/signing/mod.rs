@@ -92,6 +92,30 @@ impl Signed {
     pub fn is_signed(&self) -> bool {
         !self.signed_by.is_empty() || !self.already_signed.is_empty()
     }
+
+    /// One log event for the signing outcome of message `queue_id`.
+    pub fn log(&self, queue_id: &str) {
+        let list = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(d, s)| format!("{d}/{s}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let from_domain = self.from_domain.as_deref().unwrap_or("");
+        if !self.signed_by.is_empty() {
+            tracing::info!(queue_id, dkim = %list(&self.signed_by), "dkim: signed");
+        } else if !self.already_signed.is_empty() {
+            tracing::info!(queue_id, dkim = %list(&self.already_signed), "dkim: already signed by our key");
+        } else if from_domain.is_empty() {
+            tracing::info!(queue_id, "dkim: unsigned, no From: domain");
+        } else {
+            tracing::info!(
+                queue_id,
+                from_domain,
+                "dkim: unsigned, no key for the From: domain"
+            );
+        }
+    }
 }
 
 impl Signer {
@@ -253,8 +277,14 @@ impl Signer {
     }
 }
 
+/// Lower case, no trailing dot, IDNs as A-labels (`xn--…`), so a UTF-8 `From:` domain
+/// (SMTPUTF8) finds the key configured under either spelling, and `d=` is always ASCII.
 fn normalize_domain(d: &str) -> String {
-    d.trim().trim_end_matches('.').to_ascii_lowercase()
+    let d = d.trim().trim_end_matches('.');
+    if d.is_ascii() {
+        return d.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(d).unwrap_or_else(|_| d.to_lowercase())
 }
 
 /// RFC 6376 selector: dot-separated sub-domain labels.

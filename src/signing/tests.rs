@@ -448,6 +448,7 @@ fn key_choice_by_from_domain_and_subdomains() {
             ("example.com", "parent", &ed, true),
             ("mail.example.com", "child", &ed, true),
             ("exact.test", "e", &ed, false),
+            ("xn--bcher-kva.test", "idn", &ed, false),
         ],
         false,
     ))
@@ -486,6 +487,8 @@ fn key_choice_by_from_domain_and_subdomains() {
         by(sign("Team: a@exact.test, b@other.test;")),
         ["exact.test/e"]
     );
+    // IDN: the UTF-8 spelling finds the key configured as A-label, d= stays ASCII.
+    assert_eq!(by(sign("a@bücher.test")), ["xn--bcher-kva.test/idn"]);
     let unsigned = sign("a@other.test");
     assert!(unsigned.headers.is_empty() && !unsigned.is_signed());
     assert_eq!(unsigned.from_domain.as_deref(), Some("other.test"));
@@ -553,4 +556,58 @@ fn long_folded_headers_and_8bit_body_verify() {
         verify(&table, &joined(&signed, msg.as_bytes())),
         [DkimResult::Pass]
     );
+}
+
+/// Signing cost per message (README benchmark table):
+/// `cargo test --release --lib signing -- --ignored --nocapture sign_cost`.
+#[test]
+#[ignore = "benchmark: prints signatures/s"]
+fn sign_cost() {
+    let dir = tempdir("bench");
+    let rsa = write(
+        &dir,
+        "rsa.pem",
+        &keygen::generate(Algorithm::Rsa2048).unwrap(),
+    );
+    let ed = write(
+        &dir,
+        "ed.pem",
+        &keygen::generate(Algorithm::Ed25519).unwrap(),
+    );
+    // A 5 KB message, like the relay benchmark's.
+    let mut msg = MESSAGE.to_vec();
+    while msg.len() < 5000 {
+        msg.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do.\r\n",
+        );
+    }
+    for (name, entries) in [
+        ("rsa-2048", vec![("example.com", "r", rsa.as_path(), false)]),
+        ("ed25519", vec![("example.com", "e", ed.as_path(), false)]),
+        (
+            "rsa-2048 + ed25519",
+            vec![
+                ("example.com", "r", rsa.as_path(), false),
+                ("example.com", "e", ed.as_path(), false),
+            ],
+        ),
+    ] {
+        let signer = Signer::from_config(&config(&entries, false)).unwrap();
+        for _ in 0..50 {
+            signer.sign(&msg).unwrap();
+        }
+        let start = std::time::Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < std::time::Duration::from_secs(2) {
+            assert!(!signer.sign(&msg).unwrap().headers.is_empty());
+            n += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "sign_cost {name}: {:.0} messages/s on one core ({:.1} µs per message, {} bytes)",
+            f64::from(n) / secs,
+            secs * 1e6 / f64::from(n),
+            msg.len()
+        );
+    }
 }
