@@ -1116,3 +1116,56 @@ fn bdat_chunks_are_stored_exactly_and_checked_like_data() {
     assert_eq!(relay.spool_files("env").len(), 1);
     assert!(wait_until(WAIT, || tmp_files(&relay) == 0));
 }
+
+#[test]
+fn storage_errors_give_452_and_leave_nothing_behind() {
+    let e = env("storage");
+    let port = free_port();
+    let relay = Relay::start(
+        &e.dir,
+        &config(
+            &e,
+            &[(port, "starttls", "required")],
+            "",
+            "per_user_daily = 1",
+        ),
+    );
+    let spool = relay.data_dir().join("spool");
+    let mut c = tls_client(&relay, &e, 66);
+    c.auth_plain("alice", "secret").expect(235);
+
+    // The message file cannot be created: refused at DATA.
+    std::fs::remove_dir(spool.join("tmp")).unwrap();
+    std::fs::write(spool.join("tmp"), b"not a directory").unwrap();
+    c.cmd("MAIL FROM:<alice@example.com>").expect(250);
+    c.cmd("RCPT TO:<x@example.org>").expect(250);
+    let r = c.cmd("DATA").expect(452);
+    assert!(r.text.contains("4.3.1 Insufficient system storage"), "{r}");
+    std::fs::remove_file(spool.join("tmp")).unwrap();
+    std::fs::create_dir(spool.join("tmp")).unwrap();
+
+    // The commit into queue/ fails: 452 at the end of DATA, the tmp file is gone, and the
+    // daily allowance (1) was given back.
+    std::fs::rename(spool.join("queue"), spool.join("queue.away")).unwrap();
+    std::fs::write(spool.join("queue"), b"not a directory").unwrap();
+    let r = c.send_mail(
+        "alice@example.com",
+        &["x@example.org"],
+        b"Subject: s\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 452, "{r}");
+    assert!(r.text.contains("4.3.1"), "{r}");
+    assert_eq!(tmp_files(&relay), 0);
+    std::fs::remove_file(spool.join("queue")).unwrap();
+    std::fs::rename(spool.join("queue.away"), spool.join("queue")).unwrap();
+    assert!(relay.spool_files("msg").is_empty());
+
+    let r = c.send_mail(
+        "alice@example.com",
+        &["x@example.org"],
+        b"Subject: s\r\n\r\nx\r\n",
+    );
+    queued(&relay, &r);
+    c.cmd("MAIL FROM:<alice@example.com>").expect(452);
+    c.quit();
+}

@@ -962,7 +962,12 @@ impl Session {
         }
         let (id, writer) = match self.start_message().await {
             Ok(w) => w,
-            Err(r) => return self.refuse("data", r),
+            Err(r) => {
+                // The transaction cannot go on; the client starts again with MAIL.
+                let res = self.refuse("data", r);
+                self.tx = None;
+                return res;
+            }
         };
         self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
 
