@@ -803,3 +803,30 @@ fn per_destination_concurrency_limit() {
     assert_eq!(sink.sessions().len(), 3);
     wait_queue_empty(&relay);
 }
+
+#[test]
+fn bounce_is_reported_while_other_recipients_wait_for_retry() {
+    let dir = tempdir("deliver-early-dsn");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20), ip(24)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    dns.add_mx("snd.test", 10, "mx.snd.test");
+    dns.add_ip("mx.snd.test", ip(24));
+    let text = config(free_port(), &dns, sink.port(), "", POOL).replace("[\"1s\"]", "[\"1h\"]");
+    let relay = Relay::start(&dir, &text);
+    submit(
+        &relay,
+        "sender@snd.test",
+        &["permfail@dest.test", "tempfail@dest.test"],
+        "early",
+    );
+    let dsn = sink.wait_for_messages(1, WAIT);
+    assert_eq!(dsn[0].local.ip(), ip(24));
+    let status = delivery_status(&dsn[0]);
+    assert!(status.contains("permfail@dest.test"), "{status}");
+    assert!(!status.contains("tempfail@dest.test"), "{status}");
+    let env = envelope_for(&relay, "permfail@dest.test").expect("still queued");
+    assert_eq!(env["recipients"][0]["state"], "bounced");
+    assert_eq!(env["recipients"][1]["state"], "pending");
+}

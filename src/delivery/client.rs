@@ -188,7 +188,7 @@ pub async fn open(
         }
     };
     if greeting.code != 220 {
-        let _ = client.cmd(b"QUIT\r\n").await;
+        quick_quit(&mut client).await;
         return Err(OpenError::Refused(tag(to_reply(&greeting))));
     }
     let mut ehlo = hello(&mut client, &source.helo)
@@ -198,7 +198,7 @@ pub async fn open(
     if tls != TlsPolicy::None {
         if !ehlo.has_capability(EXT_START_TLS) {
             if tls == TlsPolicy::Required {
-                let _ = client.cmd(b"QUIT\r\n").await;
+                quick_quit(&mut client).await;
                 return Err(OpenError::TlsRequired(tag(local_reply(
                     451,
                     "4.7.5",
@@ -295,6 +295,11 @@ pub async fn open(
         tls: tls_info,
         transactions: 0,
     })
+}
+
+/// QUIT without waiting long for a server that is already refusing us.
+async fn quick_quit(client: &mut SmtpClient<Stream>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.cmd(b"QUIT\r\n")).await;
 }
 
 /// EHLO, falling back to HELO when EHLO is not understood (5xx).

@@ -169,7 +169,7 @@ impl Deliverer {
                 .push(i);
         }
         let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
-        let mut routing_failed = false;
+        let mut routing_failed = Vec::new();
         for (domain, idxs) in by_domain {
             match self.router.resolve(&domain).await {
                 Ok(dest) => groups
@@ -178,15 +178,16 @@ impl Deliverer {
                     .1
                     .extend(idxs),
                 Err(reply) => {
-                    routing_failed = true;
                     let reply = local_reply(reply.code, &reply.status, reply.text);
                     for i in idxs {
                         self.record(env, i, reply.clone(), "none");
+                        routing_failed.push(i);
                     }
                 }
             }
         }
-        if routing_failed {
+        if !routing_failed.is_empty() {
+            self.bounce(env, &routing_failed).await;
             self.save(env).await;
         }
         let snapshot = Arc::new(env.clone());
@@ -204,11 +205,37 @@ impl Deliverer {
                 tracing::error!(queue_id = %env.id, "delivery task failed");
                 continue;
             };
-            for (i, reply) in idxs.into_iter().zip(attempt.replies) {
+            for (&i, reply) in idxs.iter().zip(attempt.replies) {
                 self.record(env, i, reply, &attempt.tls);
             }
+            self.bounce(env, &idxs).await;
             // Persist before moving on: a crash now must not lose this destination's outcome.
             self.save(env).await;
+        }
+    }
+
+    /// Queues one failure DSN for those of `idxs` that just bounced, before their state is
+    /// saved: a crash in between means a second DSN, never none. If the DSN cannot be stored
+    /// they go back to pending, to bounce again on the next attempt.
+    async fn bounce(&self, env: &mut Envelope, idxs: &[usize]) {
+        let bounced: Vec<usize> = idxs
+            .iter()
+            .copied()
+            .filter(|&i| env.recipients[i].state == RcptState::Bounced)
+            .collect();
+        if bounced.is_empty() {
+            return;
+        }
+        let rcpts: Vec<_> = bounced.iter().map(|&i| &env.recipients[i]).collect();
+        if let Err(e) =
+            outcome::send_dsn(&self.config, &self.spool, env, &rcpts, DsnKind::Failure).await
+        {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot queue DSN, will bounce again");
+            let retry = now_unix() + 60;
+            for i in bounced {
+                env.recipients[i].state = RcptState::Pending;
+                env.recipients[i].next_attempt = retry;
+            }
         }
     }
 
@@ -406,20 +433,8 @@ impl Deliverer {
         }
     }
 
-    /// Every recipient is final: bounce what bounced, then remove the message.
+    /// Every recipient is final (bounces were reported when they happened): remove the message.
     async fn finish(&self, env: Envelope) -> Option<Envelope> {
-        let bounced: Vec<_> = env
-            .recipients
-            .iter()
-            .filter(|r| r.state == RcptState::Bounced)
-            .collect();
-        if !bounced.is_empty()
-            && let Err(e) =
-                outcome::send_dsn(&self.config, &self.spool, &env, &bounced, DsnKind::Failure).await
-        {
-            tracing::error!(queue_id = %env.id, error = %e, "cannot queue DSN, keeping the message");
-            return Some(env);
-        }
         match self.spool.remove(&env.id).await {
             Ok(()) => {
                 tracing::info!(queue_id = %env.id, "message finished, removed from queue");
