@@ -1169,3 +1169,31 @@ fn storage_errors_give_452_and_leave_nothing_behind() {
     c.cmd("MAIL FROM:<alice@example.com>").expect(452);
     c.quit();
 }
+
+#[test]
+fn hundreds_of_concurrent_sessions_cost_no_thread_each() {
+    let (_e, relay) = simple("concurrent", "", "");
+    let mut clients: Vec<SmtpClient> = (0..300)
+        .map(|_| {
+            let mut c = SmtpClient::connect(relay.addr());
+            assert_eq!(c.greeting.code, 220, "{}", c.greeting);
+            c.ehlo("client.test");
+            c
+        })
+        .collect();
+    let pid = relay.pid().expect("relay running");
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert!(threads < 64, "{threads} threads for 300 open sessions");
+    // Every session is still served, in whatever order clients speak.
+    for (i, c) in clients.iter_mut().enumerate().rev() {
+        c.cmd("MAIL FROM:<a@example.com>").expect(250);
+        c.cmd(&format!("RCPT TO:<r{i}@example.org>")).expect(250);
+    }
+    for c in clients.iter_mut().step_by(10) {
+        let r = c.data(b"Subject: c\r\n\r\nx\r\n");
+        queued(&relay, &r);
+    }
+    assert_eq!(relay.spool_files("env").len(), 30);
+}
