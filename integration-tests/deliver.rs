@@ -830,3 +830,29 @@ fn bounce_is_reported_while_other_recipients_wait_for_retry() {
     assert_eq!(env["recipients"][0]["state"], "bounced");
     assert_eq!(env["recipients"][1]["state"], "pending");
 }
+
+#[test]
+fn dns_failure_defers_and_never_bounces() {
+    let dir = tempdir("deliver-servfail");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[ip(20)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    dns.set_fail("dest.test", true);
+    let relay = start(&dir, &dns, sink.port(), "", POOL);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "sf");
+    assert!(
+        wait_until(WAIT, || envelope_for(&relay, "a@dest.test")
+            .is_some_and(|e| e["recipients"][0]["attempts"] == 1)),
+        "{}",
+        relay.log()
+    );
+    let env = envelope_for(&relay, "a@dest.test").unwrap();
+    assert_eq!(env["recipients"][0]["state"], "pending");
+    assert_eq!(env["recipients"][0]["last_reply"]["status"], "4.4.3");
+    dns.set_fail("dest.test", false);
+    let m = sink.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].rcpt_to, vec!["a@dest.test"]);
+    wait_queue_empty(&relay);
+    assert!(!log_text(&relay).contains("dsn queued"));
+}
