@@ -698,7 +698,14 @@ fn smtp_smuggling_is_impossible() {
     let smuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n\
                     Subject: smuggled\r\n\r\nevil\r\n.\r\n";
     for fake_end in [
-        "\n.\r\n", "\n.\n", "\r.\r", "\r.\r\n", "\r\n.\n", "\r\n.\r", "\n.\r",
+        "\n.\r\n",
+        "\n.\n",
+        "\r.\r",
+        "\r.\r\n",
+        "\r\n.\n",
+        "\r\n.\r",
+        "\n.\r",
+        "\r\n.\r\r\n",
     ] {
         c.cmd("MAIL FROM:<a@example.com>").expect(250);
         c.cmd("RCPT TO:<b@example.org>").expect(250);

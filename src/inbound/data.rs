@@ -178,6 +178,8 @@ mod tests {
             b"a\r.\r\nb",
             b"a\n.\rb",
             b"a\r\n. \r\nb",
+            // smtp-proto 0.2's DataReceiver ends the message here; it must not.
+            b"a\r\n.\r\r\nb",
         ] {
             let mut input = fake.to_vec();
             input.extend_from_slice(b"\r\nMAIL FROM:<x@y.z>\r\n.\r\n");

@@ -181,6 +181,8 @@ mod tests {
             assert!(!users.verify(u, "wrong"), "{u}");
         }
         assert!(!users.verify("nobody", "s3cret"));
+        // Unknown users cost a real verification too.
+        assert_eq!(scheme(DUMMY_HASH), Some(Scheme::Argon2));
     }
 
     #[test]
