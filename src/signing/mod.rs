@@ -8,6 +8,7 @@
 
 pub mod keygen;
 
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -172,69 +173,80 @@ impl Signer {
 
     /// Signs `message` (headers + body as received, our Received first). `Err` carries the reply
     /// to send at DATA when signing is required and impossible. `Ok` with no signatures means the
-    /// message goes out unsigned: the caller logs that with the queue id.
+    /// message goes out unsigned: the caller logs that with the queue id (`Signed::log`).
     pub fn sign(&self, message: &[u8]) -> Result<Signed, Reply> {
-        let scan = scan(message);
-        let mut signed = Signed {
-            from_domain: scan.from_domain.clone(),
-            ..Signed::default()
+        self.sign_reader(message)
+    }
+
+    /// `sign` for a spooled message file, read in 64 KiB chunks: memory stays at the header
+    /// section plus one chunk, whatever the message size. Blocking: call it from
+    /// `spawn_blocking`.
+    pub fn sign_file(&self, path: &Path) -> Result<Signed, Reply> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            tracing::error!(file = %path.display(), error = %e, "dkim: cannot read message");
+            read_failure()
+        })?;
+        self.sign_reader(file)
+    }
+
+    /// `sign` over any reader: the header section is read first (it decides the keys), then the
+    /// body is streamed through one mail-auth signing stream per key.
+    pub fn sign_reader(&self, mut reader: impl Read) -> Result<Signed, Reply> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut head = Vec::with_capacity(8 * 1024);
+        let header_end = loop {
+            let n = read_some(&mut reader, &mut chunk)?;
+            if n == 0 {
+                break head.len();
+            }
+            let from = head.len().saturating_sub(3);
+            head.extend_from_slice(&chunk[..n]);
+            if let Some(p) = find(&head[from..], b"\r\n\r\n") {
+                break from + p + 4;
+            }
         };
-        let Some(domain) = signed.from_domain.clone() else {
-            return if self.require {
-                Err(Reply::new(
-                    554,
-                    "5.7.1",
-                    "Message has no From: address to DKIM-sign for",
-                ))
-            } else {
-                Ok(signed)
-            };
-        };
-        let keys = self.keys_for(&domain);
+        let (mut signed, keys, h) = self.plan(&head[..header_end])?;
         if keys.is_empty() {
-            return if self.require {
-                Err(Reply::new(
-                    554,
-                    "5.7.1",
-                    format!("No DKIM key for domain {domain}"),
-                ))
-            } else {
-                Ok(signed)
-            };
+            return Ok(signed);
         }
 
-        let mut h: Vec<&str> = SIGNED_HEADERS
+        let signers: Vec<_> = keys
             .iter()
-            .copied()
-            .filter(|name| scan.names.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            .map(|key| {
+                let signer = DkimSigner::from_key(key.key.clone())
+                    .domain(key.domain.clone())
+                    .selector(key.selector.clone())
+                    .headers(h.iter().copied())
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed);
+                if key.expire > 0 {
+                    signer.expiration(key.expire)
+                } else {
+                    signer
+                }
+            })
             .collect();
-        // Over-sign From: mail-auth signs every From present, and lists a name it did not find
-        // once more, so a second From added later breaks the signature.
-        h.push("From");
-
-        for key in keys {
-            let id = (key.domain.clone(), key.selector.clone());
-            if scan
-                .existing
-                .iter()
-                .any(|(d, s)| d.eq_ignore_ascii_case(&id.0) && s.eq_ignore_ascii_case(&id.1))
-            {
-                signed.already_signed.push(id);
-                continue;
+        let mut streams: Vec<_> = signers.iter().map(|s| s.sign_streaming()).collect();
+        for stream in &mut streams {
+            stream.write(&head);
+        }
+        drop(head);
+        loop {
+            let n = read_some(&mut reader, &mut chunk)?;
+            if n == 0 {
+                break;
             }
-            let mut signer = DkimSigner::from_key(key.key.clone())
-                .domain(key.domain.clone())
-                .selector(key.selector.clone())
-                .headers(h.iter().copied())
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed);
-            if key.expire > 0 {
-                signer = signer.expiration(key.expire);
+            for stream in &mut streams {
+                stream.write(&chunk[..n]);
             }
-            match signer.sign(message) {
+        }
+        for (stream, key) in streams.into_iter().zip(keys) {
+            match stream.finish() {
                 Ok(sig) => {
                     signed.headers.push_str(&sig.to_header());
-                    signed.signed_by.push(id);
+                    signed
+                        .signed_by
+                        .push((key.domain.clone(), key.selector.clone()));
                 }
                 Err(e) => {
                     // Not expected (the From header is there); never send a half-signed message
@@ -247,6 +259,61 @@ impl Signer {
             }
         }
         Ok(signed)
+    }
+
+    /// From the header section: the outcome so far, the keys that still have to sign, and `h=`.
+    #[allow(clippy::type_complexity)]
+    fn plan(&self, headers: &[u8]) -> Result<(Signed, Vec<&Key>, Vec<&'static str>), Reply> {
+        let scan = scan(headers);
+        let mut signed = Signed {
+            from_domain: scan.from_domain.clone(),
+            ..Signed::default()
+        };
+        let Some(domain) = signed.from_domain.clone() else {
+            return if self.require {
+                Err(Reply::new(
+                    554,
+                    "5.7.1",
+                    "Message has no From: address to DKIM-sign for",
+                ))
+            } else {
+                Ok((signed, Vec::new(), Vec::new()))
+            };
+        };
+        let keys = self.keys_for(&domain);
+        if keys.is_empty() {
+            return if self.require {
+                Err(Reply::new(
+                    554,
+                    "5.7.1",
+                    format!("No DKIM key for domain {domain}"),
+                ))
+            } else {
+                Ok((signed, Vec::new(), Vec::new()))
+            };
+        }
+        let mut todo = Vec::with_capacity(keys.len());
+        for key in keys {
+            let id = (key.domain.clone(), key.selector.clone());
+            if scan
+                .existing
+                .iter()
+                .any(|(d, s)| d.eq_ignore_ascii_case(&id.0) && s.eq_ignore_ascii_case(&id.1))
+            {
+                signed.already_signed.push(id);
+            } else {
+                todo.push(key);
+            }
+        }
+        let mut h: Vec<&'static str> = SIGNED_HEADERS
+            .iter()
+            .copied()
+            .filter(|name| scan.names.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            .collect();
+        // Over-sign From: mail-auth signs every From present, and lists a name it did not find
+        // once more, so a second From added later breaks the signature.
+        h.push("From");
+        Ok((signed, todo, h))
     }
 
     /// The keys for `domain`: entries for the domain itself, else those of the closest parent
@@ -279,6 +346,27 @@ impl Signer {
 
 /// Lower case, no trailing dot, IDNs as A-labels (`xn--…`), so a UTF-8 `From:` domain
 /// (SMTPUTF8) finds the key configured under either spelling, and `d=` is always ASCII.
+fn read_failure() -> Reply {
+    Reply::new(451, "4.3.0", "Temporary local problem reading the message")
+}
+
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, Reply> {
+    loop {
+        match reader.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "dkim: cannot read message");
+                return Err(read_failure());
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 fn normalize_domain(d: &str) -> String {
     let d = d.trim().trim_end_matches('.');
     if d.is_ascii() {

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -610,4 +611,64 @@ fn sign_cost() {
             msg.len()
         );
     }
+}
+
+/// Hands out a message a few bytes at a time, so the header/body boundary falls across reads.
+struct Trickle<'a>(&'a [u8], usize);
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.1.min(buf.len()).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn streaming_from_a_file_and_odd_chunks_verifies() {
+    let dir = tempdir("stream");
+    let rsa = write(&dir, "rsa.pem", RSA_PKCS1);
+    let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
+    let signer = Signer::from_config(&config(
+        &[
+            ("example.com", "rsa", &rsa, false),
+            ("example.com", "ed", &ed, false),
+        ],
+        false,
+    ))
+    .unwrap();
+    let table = Table::default();
+    table.add(
+        "example.com",
+        "rsa",
+        &keygen::txt_value(RSA_PKCS1.as_bytes()).unwrap(),
+    );
+    table.add(
+        "example.com",
+        "ed",
+        &keygen::txt_value(ED25519_OPENSSL.as_bytes()).unwrap(),
+    );
+    for step in [1, 3, 7, 64] {
+        let signed = signer.sign_reader(Trickle(MESSAGE, step)).unwrap();
+        assert_eq!(
+            verify(&table, &joined(&signed, MESSAGE)),
+            [DkimResult::Pass, DkimResult::Pass],
+            "chunks of {step}"
+        );
+    }
+    // A 3 MB message from disk: several 64 KiB reads.
+    let mut big = MESSAGE.to_vec();
+    while big.len() < 3_000_000 {
+        big.extend_from_slice(b"0123456789 abcdefghij   KLMNOPQRST\t uvwxyz .,;:!?\r\n");
+    }
+    let path = dir.join("big.msg");
+    std::fs::write(&path, &big).unwrap();
+    let signed = signer.sign_file(&path).unwrap();
+    assert_eq!(
+        verify(&table, &joined(&signed, &big)),
+        [DkimResult::Pass, DkimResult::Pass]
+    );
+    let err = signer.sign_file(&dir.join("missing.msg")).unwrap_err();
+    assert_eq!(err.code, 451);
 }
