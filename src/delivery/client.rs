@@ -12,7 +12,8 @@ use std::time::Duration;
 use mail_send::SmtpClient;
 use rustls_pki_types::ServerName;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_DSN, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse, Response,
+    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+    Response,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -415,17 +416,8 @@ impl Session {
             }
         }
         mail.push_str("\r\n");
-        match self.client.cmd(mail).await {
-            Ok(r) if r.code / 100 == 2 => {}
-            Ok(r) => {
-                let reply = to_reply(&r);
-                let ok = self.reset().await;
-                return fail_all(self, reply, ok);
-            }
-            Err(e) => return fail_all(self, err_reply(&e, "after MAIL FROM"), false),
-        }
         let mut replies: Vec<Option<RemoteReply>> = vec![None; n];
-        let mut accepted = Vec::new();
+        let mut commands: Vec<(usize, String)> = Vec::with_capacity(n);
         for (i, rcpt) in rcpts.iter().enumerate() {
             if !rcpt.is_ascii() && !utf8 {
                 replies[i] = Some(self.tag(local_reply(
@@ -449,28 +441,92 @@ impl Session {
                 }
             }
             cmd.push_str("\r\n");
-            match self.client.cmd(cmd).await {
+            commands.push((i, cmd));
+        }
+        if commands.is_empty() {
+            return TxResult {
+                replies: replies.into_iter().flatten().collect(),
+                reusable: true,
+            };
+        }
+        // RFC 2920: MAIL and every RCPT in one write when the server allows it.
+        let answers = if self.caps & EXT_PIPELINING != 0 {
+            let mut all = vec![mail];
+            all.extend(commands.iter().map(|(_, c)| c.clone()));
+            self.client.cmds(all).await.map_err(|e| (e, 0))
+        } else {
+            let mut got = Vec::with_capacity(commands.len() + 1);
+            let mut result = Ok(());
+            match self.client.cmd(mail).await {
                 Ok(r) => {
-                    if r.code / 100 == 2 {
-                        accepted.push(i);
+                    let go_on = r.code / 100 == 2;
+                    got.push(r);
+                    if go_on {
+                        for (_, c) in &commands {
+                            match self.client.cmd(c).await {
+                                Ok(r) => got.push(r),
+                                Err(e) => {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                        }
                     }
-                    replies[i] = Some(self.tag(to_reply(&r)));
                 }
+                Err(e) => result = Err(e),
+            }
+            match result {
+                Ok(()) => Ok(got),
                 Err(e) => {
-                    let reply = self.tag(err_reply(&e, "after RCPT TO"));
-                    return TxResult {
-                        replies: replies
-                            .into_iter()
-                            .map(|r| match r {
-                                // Accepted but never sent: defer with the connection error.
-                                Some(r) if r.code / 100 != 2 => r,
-                                _ => reply.clone(),
-                            })
-                            .collect(),
-                        reusable: false,
-                    };
+                    let answered = got.len().saturating_sub(1);
+                    // Keep the RCPT replies that did arrive.
+                    for ((i, _), r) in commands.iter().zip(got.iter().skip(1)) {
+                        replies[*i] = Some(self.tag(to_reply(r)));
+                    }
+                    Err((e, answered))
                 }
             }
+        };
+        let answers = match answers {
+            Ok(a) => a,
+            Err((e, answered)) => {
+                let what = if answered == 0 && replies.iter().all(Option::is_none) {
+                    "after MAIL FROM"
+                } else {
+                    "after RCPT TO"
+                };
+                let reply = self.tag(err_reply(&e, what));
+                return TxResult {
+                    replies: replies
+                        .into_iter()
+                        .map(|r| match r {
+                            // A refusal stands; anything else is deferred with the error.
+                            Some(r) if r.code / 100 != 2 => r,
+                            _ => reply.clone(),
+                        })
+                        .collect(),
+                    reusable: false,
+                };
+            }
+        };
+        let mail_reply = &answers[0];
+        if mail_reply.code / 100 != 2 {
+            let reply = self.tag(to_reply(mail_reply));
+            for (i, _) in &commands {
+                replies[*i] = Some(reply.clone());
+            }
+            let ok = self.reset().await;
+            return TxResult {
+                replies: replies.into_iter().flatten().collect(),
+                reusable: ok,
+            };
+        }
+        let mut accepted = Vec::new();
+        for ((i, _), r) in commands.iter().zip(answers.iter().skip(1)) {
+            if r.code / 100 == 2 {
+                accepted.push(*i);
+            }
+            replies[*i] = Some(self.tag(to_reply(r)));
         }
         let finish = |replies: Vec<Option<RemoteReply>>, reusable| TxResult {
             replies: replies
@@ -599,6 +655,122 @@ mod tests {
         );
         assert_eq!(stuff("", "a\n.\r\nMAIL").await, "a\n..\r\nMAIL\r\n.\r\n");
         assert_eq!(stuff("", "").await, ".\r\n");
+    }
+
+    /// A scripted server without PIPELINING or SMTPUTF8: commands go one by one, and a UTF-8
+    /// recipient fails permanently with 5.6.7 without being sent.
+    #[tokio::test]
+    async fn sequential_session_keeps_per_recipient_replies() {
+        use tokio::io::AsyncBufReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            let mut seen = Vec::new();
+            s.get_mut().write_all(b"220 test\r\n").await.unwrap();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if s.read_line(&mut line).await.unwrap() == 0 {
+                    break;
+                }
+                let cmd = line.trim_end().to_string();
+                seen.push(cmd.clone());
+                let reply: &[u8] = if cmd.starts_with("EHLO") {
+                    b"250-test\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
+                } else if cmd.starts_with("RCPT TO:<bad@") {
+                    b"550 5.1.1 no such user\r\n"
+                } else if cmd == "DATA" {
+                    s.get_mut().write_all(b"354 go\r\n").await.unwrap();
+                    let mut body = String::new();
+                    while !body.ends_with("\r\n.\r\n") {
+                        if s.read_line(&mut body).await.unwrap() == 0 {
+                            break;
+                        }
+                    }
+                    seen.push(body);
+                    b"250 2.0.0 queued\r\n"
+                } else if cmd == "QUIT" {
+                    s.get_mut().write_all(b"221 bye\r\n").await.unwrap();
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                s.get_mut().write_all(reply).await.unwrap();
+            }
+            seen
+        });
+        let source = Source {
+            ip: Some("127.0.0.1".parse().unwrap()),
+            helo: "out.test".into(),
+        };
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            command: Duration::from_secs(5),
+        };
+        let mut session = open(
+            "mx.test",
+            addr,
+            &source,
+            TlsPolicy::Opportunistic,
+            None,
+            &timeouts,
+        )
+        .await
+        .unwrap();
+        assert_eq!(session.tls, "none");
+        let dir = std::env::temp_dir().join(format!("poolrelay-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let msg = dir.join("m.msg");
+        std::fs::write(&msg, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let env = Envelope {
+            id: "T".into(),
+            received_at: 0,
+            sender: "s@a.test".into(),
+            recipients: Vec::new(),
+            client: "local".into(),
+            helo: String::new(),
+            user: None,
+            size: 21,
+            smtputf8: true,
+            body_8bit: true,
+            prepend: "DKIM-Signature: v=1\r\n".into(),
+            ret: None,
+            envid: None,
+            is_dsn: false,
+            pool: None,
+            delay_warned: false,
+        };
+        let r = session
+            .send(
+                &env,
+                &["good@b.test", "bad@b.test", "j\u{f6}rg@b.test"],
+                &msg,
+            )
+            .await;
+        assert!(r.reusable);
+        let codes: Vec<(u16, &str)> = r
+            .replies
+            .iter()
+            .map(|r| (r.code, r.status.as_str()))
+            .collect();
+        assert_eq!(codes, vec![(250, "2.0.0"), (550, "5.1.1"), (553, "5.6.7")]);
+        assert_eq!(r.replies[0].host, "mx.test");
+        assert_eq!(r.replies[0].source_ip, "127.0.0.1");
+        session.quit().await;
+        let seen = server.await.unwrap();
+        assert_eq!(seen[0], "EHLO out.test");
+        assert_eq!(seen[1], "MAIL FROM:<s@a.test> BODY=8BITMIME SIZE=42");
+        assert_eq!(seen[2], "RCPT TO:<good@b.test>");
+        assert_eq!(seen[3], "RCPT TO:<bad@b.test>");
+        assert_eq!(seen[4], "DATA");
+        assert_eq!(
+            seen[5],
+            "DKIM-Signature: v=1\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
+        );
+        assert!(!seen.iter().any(|l| l.contains("j\u{f6}rg")), "{seen:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
