@@ -1060,11 +1060,18 @@ impl Session {
             Ok(s) => s.headers,
             Err(r) => return self.refuse_msg(&tx, r),
         };
-        let reserved = match &self.user {
-            Some(user) => match self.ctx.cap.reserve(&self.ctx.state, user) {
-                Ok(k) => k,
-                Err(r) => return self.refuse_msg(&tx, r),
-            },
+        // The state store fsyncs its commits: keep that off the async workers.
+        let reserved = match self.user.clone() {
+            Some(user) => {
+                let ctx = self.ctx.clone();
+                match tokio::task::spawn_blocking(move || ctx.cap.reserve(&ctx.state, &user))
+                    .await
+                    .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
+                {
+                    Ok(k) => k,
+                    Err(r) => return self.refuse_msg(&tx, r),
+                }
+            }
             None => None,
         };
         let envelope = Envelope {
@@ -1106,7 +1113,9 @@ impl Session {
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "spool: commit failed");
                 if let Some(k) = reserved {
-                    self.ctx.cap.release(&self.ctx.state, &k);
+                    let ctx = self.ctx.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || ctx.cap.release(&ctx.state, &k)).await;
                 }
                 self.refuse_msg(&tx, storage_reply())
             }
