@@ -260,12 +260,34 @@ fn is_enhanced_status(s: &str) -> bool {
             .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// ORCPT arrives as `addr-type;xtext`; a bare address is taken as rfc822.
+/// ORCPT arrives as `addr-type;xtext` (RFC 3461 §4.2); the DSN carries it decoded. A bare
+/// address is taken as rfc822.
 fn address_field(orcpt: &str) -> String {
     match orcpt.split_once(';') {
-        Some((kind, addr)) => format!("{}; {}", clean(kind), clean(addr)),
+        Some((kind, addr)) => format!("{}; {}", clean(kind), clean(&xtext_decode(addr))),
         None => format!("rfc822; {}", clean(orcpt)),
     }
+}
+
+/// `+XX` hex escapes back to bytes; anything malformed is kept as written.
+fn xtext_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Folds one field at spaces so no line exceeds 78 characters where possible; CRLF-terminated.
@@ -351,7 +373,7 @@ mod tests {
             "bob@dest.test",
             Some(reply(550, "5.1.1", "No such user\nreally", "mx.dest.test")),
         );
-        r1.orcpt = Some("rfc822;Bob@Dest.test".into());
+        r1.orcpt = Some("rfc822;Bob+2Btag@Dest.test".into());
         let r2 = rcpt(
             "carol@dest.test",
             Some(reply(552, "", "full", "mx.dest.test")),
@@ -437,7 +459,7 @@ mod tests {
         assert_eq!(groups.len(), 4, "{status}");
         let bob = groups[1];
         assert!(
-            bob.contains("Original-Recipient: rfc822; Bob@Dest.test\r\n"),
+            bob.contains("Original-Recipient: rfc822; Bob+tag@Dest.test\r\n"),
             "{bob}"
         );
         assert!(
