@@ -210,8 +210,8 @@ address = "127.0.0.10"
 helo = "out1.relay.test"
 "#;
 
-/// A private Postfix instance (own config, queue and data directories under `dir`), relaying
-/// everything to `relayhost` with SASL and mandatory TLS. Stopped on drop.
+/// A private Postfix instance (own config, queue and data directories under `dir/postfix`,
+/// no chroot, no DNS, its smtpd on `smtpd`). Stopped on drop.
 struct Postfix {
     etc: PathBuf,
     root: PathBuf,
@@ -219,7 +219,8 @@ struct Postfix {
 }
 
 impl Postfix {
-    fn start(dir: &Path, relay_port: u16, user: &str, pass: &str, ca: &Path) -> Postfix {
+    /// Starts an instance with the common settings plus `extra` main.cf lines.
+    fn start(dir: &Path, smtpd: SocketAddr, extra: &[String]) -> Postfix {
         let postfix = tool("postfix");
         let postconf = tool("postconf");
         let root = dir.join("postfix");
@@ -238,56 +239,40 @@ impl Postfix {
         .find(|p| Path::new(p).is_file())
         .expect("postfix master.cf template");
         std::fs::copy(master, etc.join("master.cf")).unwrap();
-        std::fs::write(etc.join("main.cf"), "").unwrap();
-        let relayhost = format!("[127.0.0.1]:{relay_port}");
-        std::fs::write(
-            etc.join("sasl_passwd"),
-            format!("{relayhost} {user}:{pass}\n"),
-        )
-        .unwrap();
-        let smtpd = SocketAddr::new(lo(1), free_port());
+        if !etc.join("main.cf").exists() {
+            std::fs::write(etc.join("main.cf"), "").unwrap();
+        }
         let r = root.display();
-        let settings = [
+        let mut settings = vec![
             "compatibility_level = 3.6".to_string(),
             format!("queue_directory = {r}/queue"),
             format!("data_directory = {r}/data"),
             format!("maillog_file = {r}/maillog"),
             format!("maillog_file_prefixes = {r}"),
-            "myhostname = postfix.client.test".into(),
-            "mydomain = client.test".into(),
-            "myorigin = client.test".into(),
             "mydestination =".into(),
             "alias_maps =".into(),
             "alias_database =".into(),
             "local_transport = error:local delivery disabled".into(),
+            // Must name a configured interface; the smtpd entry below binds its own address.
             "inet_interfaces = 127.0.0.1".into(),
             "inet_protocols = ipv4".into(),
-            "mynetworks = 127.0.0.0/8".into(),
             "smtpd_peername_lookup = no".into(),
             "smtp_dns_support_level = disabled".into(),
-            format!("relayhost = {relayhost}"),
-            "smtp_sasl_auth_enable = yes".into(),
-            format!(
-                "smtp_sasl_password_maps = texthash:{}/sasl_passwd",
-                etc.display()
-            ),
-            "smtp_sasl_security_options = noanonymous".into(),
-            "smtp_sasl_tls_security_options = noanonymous".into(),
-            "smtp_tls_security_level = encrypt".into(),
-            format!("smtp_tls_CAfile = {}", ca.display()),
             "smtp_tls_loglevel = 1".into(),
+            "smtpd_tls_loglevel = 1".into(),
             // Retry quickly if the first attempt is deferred.
             "minimal_backoff_time = 1s".into(),
             "maximal_backoff_time = 2s".into(),
             "queue_run_delay = 1s".into(),
         ];
+        settings.extend(extra.iter().cloned());
         let o = run(Command::new(&postconf)
             .arg("-c")
             .arg(&etc)
             .arg("-e")
             .args(&settings));
         assert!(o.status.success(), "postconf -e: {}", text(&o));
-        // No chroot: nothing to copy into a jail. Our own loopback listener instead of port 25.
+        // No chroot: nothing to copy into a jail. Our own listener instead of port 25.
         for args in [
             vec!["-F".to_string(), "*/*/chroot = n".into()],
             vec!["-MX".into(), "smtp/inet".into()],
@@ -316,6 +301,95 @@ impl Postfix {
             pf.maillog()
         );
         pf
+    }
+
+    /// A client relaying everything to `[127.0.0.1]:relay_port` with SASL and mandatory TLS.
+    fn client(dir: &Path, relay_port: u16, user: &str, pass: &str, ca: &Path) -> Postfix {
+        let etc = dir.join("postfix").join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        let relayhost = format!("[127.0.0.1]:{relay_port}");
+        std::fs::write(
+            etc.join("sasl_passwd"),
+            format!("{relayhost} {user}:{pass}\n"),
+        )
+        .unwrap();
+        let smtpd = SocketAddr::new(lo(1), free_port());
+        Postfix::start(
+            dir,
+            smtpd,
+            &[
+                "myhostname = postfix.client.test".into(),
+                "mydomain = client.test".into(),
+                "myorigin = client.test".into(),
+                "mynetworks = 127.0.0.0/8".into(),
+                format!("relayhost = {relayhost}"),
+                "smtp_sasl_auth_enable = yes".into(),
+                format!(
+                    "smtp_sasl_password_maps = texthash:{}/sasl_passwd",
+                    etc.display()
+                ),
+                "smtp_sasl_security_options = noanonymous".into(),
+                "smtp_sasl_tls_security_options = noanonymous".into(),
+                "smtp_tls_security_level = encrypt".into(),
+                format!("smtp_tls_CAfile = {}", ca.display()),
+            ],
+        )
+    }
+
+    /// A destination MX for `domain` on `smtpd`, offering STARTTLS with `certs`, delivering
+    /// `users` of `domain` into Maildirs under `dir/postfix/mail/<user>/`.
+    fn destination(
+        dir: &Path,
+        smtpd: SocketAddr,
+        domain: &str,
+        users: &[&str],
+        certs: &Certs,
+    ) -> Postfix {
+        let root = dir.join("postfix");
+        let mail = root.join("mail");
+        std::fs::create_dir_all(&mail).unwrap();
+        let o = run(Command::new("chown").arg("postfix").arg(&mail));
+        assert!(o.status.success(), "chown: {}", text(&o));
+        let uid = String::from_utf8(run(Command::new("id").args(["-u", "postfix"])).stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        let maps = root.join("vmailbox");
+        let entries: String = users
+            .iter()
+            .map(|u| format!("{u}@{domain} {u}/\n"))
+            .collect();
+        std::fs::write(&maps, entries).unwrap();
+        Postfix::start(
+            dir,
+            smtpd,
+            &[
+                format!("myhostname = mx.{domain}"),
+                format!("mynetworks = {}/32", smtpd.ip()),
+                format!("virtual_mailbox_domains = {domain}"),
+                format!("virtual_mailbox_base = {}", mail.display()),
+                format!("virtual_mailbox_maps = texthash:{}", maps.display()),
+                format!("virtual_uid_maps = static:{uid}"),
+                format!("virtual_gid_maps = static:{uid}"),
+                "smtpd_tls_security_level = may".into(),
+                format!("smtpd_tls_cert_file = {}", certs.chain.display()),
+                format!("smtpd_tls_key_file = {}", certs.key.display()),
+                "smtpd_tls_received_header = yes".into(),
+            ],
+        )
+    }
+
+    /// Files delivered into `mail/<user>/new/`, read.
+    fn mailbox(&self, user: &str) -> Vec<String> {
+        let new = self.root.join("mail").join(user).join("new");
+        let mut files: Vec<_> = std::fs::read_dir(new)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
     }
 
     fn maillog(&self) -> String {
@@ -403,7 +477,7 @@ host = "127.0.0.20:{sink_port}"
             sink_port = sink.port(),
         ),
     );
-    let pf = Postfix::start(&dir, port, "postfix-client", "pf-S3cret", &certs.ca);
+    let pf = Postfix::client(&dir, port, "postfix-client", "pf-S3cret", &certs.ca);
 
     pf.sendmail(
         "sender@client.test",
@@ -758,4 +832,77 @@ fn kit_sink_delayed_greeting() {
     let c = SmtpClient::connect(sink.addr(0));
     assert_eq!(c.greeting.text, "220 slow sink");
     assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+/// A real Postfix as the destination MX: poolrelay resolves the MX through the test DNS, sends
+/// from its pool address with STARTTLS (`tls = "required"`, verified against the test CA) and
+/// Postfix writes the message into a Maildir.
+#[test]
+#[ignore = "interop: run by .ci/run"]
+fn interop_postfix_as_destination_mx_over_starttls() {
+    let dir = tempdir("interop-postfix-mx");
+    let certs = make_certs(&dir, &["mx.dest.test"]);
+    let mx = SocketAddr::new(lo(24), free_port_on(&[lo(24)]));
+    let pf = Postfix::destination(&dir, mx, "dest.test", &["alice"], &certs);
+    let dns = DnsServer::start();
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_a("mx.dest.test", "127.0.0.24".parse().unwrap());
+    let port = free_port();
+    let relay = Relay::start(
+        &dir,
+        &format!(
+            r#"
+hostname = "relay.test"
+[[listen]]
+address = "127.0.0.1:{port}"
+tls = "none"
+auth = "none"
+[access]
+networks = ["127.0.0.0/8"]
+[dns]
+nameservers = ["{ns}"]
+[delivery]
+port = {mx_port}
+tls = "required"
+ca_file = "{ca}"
+retry = ["1s"]
+{POOL}
+"#,
+            ns = dns.nameserver(),
+            mx_port = mx.port(),
+            ca = certs.ca.display(),
+        ),
+    );
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("app.client.test");
+    let r = c.send_mail(
+        "app@client.test",
+        &["alice@dest.test"],
+        b"From: <app@client.test>\r\nTo: <alice@dest.test>\r\nSubject: to a real MX token-44d1\r\n\r\nHello Postfix.\r\n..two dots\r\n",
+    );
+    assert_eq!(r.code, 250, "{r}");
+    c.quit();
+
+    let got = wait_until(INTEROP_WAIT, || !pf.mailbox("alice").is_empty());
+    assert!(
+        got,
+        "nothing in alice's Maildir\n--- postfix maillog:\n{}\n--- relay log:\n{}",
+        pf.maillog(),
+        relay.log()
+    );
+    let mail = &pf.mailbox("alice")[0];
+    assert!(mail.contains("token-44d1"), "{mail}");
+    assert!(mail.contains("\n..two dots\n"), "dot-stuffing kept: {mail}");
+    assert!(mail.contains("Return-Path: <app@client.test>"), "{mail}");
+    let log = pf.maillog();
+    assert!(
+        log.contains("TLS connection established from unknown[127.0.0.10]"),
+        "delivered from the pool address over TLS: {log}"
+    );
+    // Postfix's own Received line: the pool IP's EHLO name, its address, TLS.
+    assert!(
+        mail.contains("Received: from out1.relay.test (unknown [127.0.0.10])"),
+        "{mail}"
+    );
+    assert!(mail.contains("with ESMTPS"), "{mail}");
 }
