@@ -635,6 +635,8 @@ fn connection_reused_for_the_next_message() {
     let relay = start(&dir, &dns, sink.port(), "idle_timeout = \"30s\"", POOL);
     submit(&relay, "sender@snd.test", &["a@dest.test"], "u1");
     sink.wait_for_messages(1, WAIT);
+    // Logged after the session went back to the idle pool.
+    assert!(wait_until(WAIT, || log_text(&relay).contains("status=\"sent\"")));
     submit(&relay, "sender@snd.test", &["b@dest.test"], "u2");
     let m = sink.wait_for_messages(2, WAIT);
     assert_eq!(m[0].session, m[1].session, "{}", sink.transcripts());
