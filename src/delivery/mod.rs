@@ -282,8 +282,9 @@ impl Deliverer {
             replies: vec![r; idxs.len()],
             tls: tls.to_string(),
         };
-        let _global = self.global.clone().acquire_owned().await;
+        // Destination first: a saturated destination must not sit on global permits.
         let _local = self.destination_limit(&dest.key).acquire_owned().await;
+        let _global = self.global.clone().acquire_owned().await;
         let path = self.spool.message_path(&env.id);
         let idle_key = format!("{}|{}", dest.key, env.pool.as_deref().unwrap_or(""));
 
