@@ -1045,19 +1045,13 @@ impl Session {
                 return self.refuse_msg(&tx, storage_reply());
             }
         };
-        let message = match tokio::fs::read(&path).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "spool: cannot read back message");
-                return self.refuse_msg(&tx, storage_reply());
-            }
-        };
+        // DKIM reads the finished file in chunks (memory stays bounded) on the blocking pool.
         let signer = self.ctx.signer.clone();
-        let signed = tokio::task::spawn_blocking(move || signer.sign(&message))
+        let signed = tokio::task::spawn_blocking(move || signer.sign_file(&path))
             .await
             .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")));
-        let prepend = match signed {
-            Ok(s) => s.headers,
+        let mut signed = match signed {
+            Ok(s) => s,
             Err(r) => return self.refuse_msg(&tx, r),
         };
         // The state store fsyncs its commits: keep that off the async workers.
@@ -1085,7 +1079,7 @@ impl Session {
             size: 0,
             smtputf8: tx.smtputf8,
             body_8bit: tx.body_8bit,
-            prepend,
+            prepend: std::mem::take(&mut signed.headers),
             ret: tx.ret.clone(),
             envid: tx.envid.clone(),
             is_dsn: false,
@@ -1094,6 +1088,7 @@ impl Session {
         };
         match writer.commit(envelope).await {
             Ok(env) => {
+                signed.log(&env.id);
                 tracing::info!(
                     queue_id = %env.id,
                     client = %self.peer,
