@@ -906,3 +906,23 @@ retry = ["1s"]
     );
     assert!(mail.contains("with ESMTPS"), "{mail}");
 }
+
+/// The kit works from async tests too (no nested runtime).
+#[tokio::test]
+async fn kit_usable_from_async_tests() {
+    let dns = DnsServer::start();
+    dns.add_a("a.test", "127.0.0.20".parse().unwrap());
+    let sink = Sink::start(&[lo(25)]);
+    let addr = sink.addr(0);
+    let r = tokio::task::spawn_blocking(move || {
+        let mut c = SmtpClient::connect_from(addr, lo(13));
+        c.ehlo("x.test");
+        c.send_mail("a@b.test", &["c@d.test"], b"x\r\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.code, 250);
+    assert_eq!(sink.messages()[0].peer, lo(13));
+    drop(sink);
+    drop(dns);
+}

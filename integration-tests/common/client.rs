@@ -81,22 +81,15 @@ fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
     let s = match local {
         None => TcpStream::connect_timeout(&addr, Duration::from_secs(10))?,
         Some(ip) => {
-            // std has no bind-before-connect; tokio's TcpSocket does, driven on a tiny runtime.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let s = rt.block_on(async {
-                let sock = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                sock.bind(SocketAddr::new(ip, 0))?;
-                sock.connect(addr).await
-            })?;
-            let s = s.into_std()?;
-            s.set_nonblocking(false)?;
-            s
+            // std has no bind-before-connect; socket2 does (and works inside async tests too).
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+            sock.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+            TcpStream::from(sock)
         }
     };
     s.set_read_timeout(Some(Duration::from_secs(30)))?;

@@ -78,18 +78,21 @@ impl DnsServer {
             .build()
             .expect("dns runtime");
         let zone = Arc::new(Mutex::new(Zone::default()));
-        let (udp, tcp) = rt.block_on(async {
-            for _ in 0..50 {
-                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind udp");
-                let port = udp.local_addr().expect("addr").port();
-                if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                    return (udp, tcp);
-                }
-            }
-            panic!("no port free for DNS on both UDP and TCP");
-        });
+        // std sockets + from_std under `enter`: works even when called from an async test.
+        let guard = rt.enter();
+        let (udp, tcp) = (0..50)
+            .find_map(|_| {
+                let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = udp.local_addr().ok()?.port();
+                let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+                udp.set_nonblocking(true).ok()?;
+                tcp.set_nonblocking(true).ok()?;
+                Some((
+                    tokio::net::UdpSocket::from_std(udp).ok()?,
+                    tokio::net::TcpListener::from_std(tcp).ok()?,
+                ))
+            })
+            .expect("no port free for DNS on both UDP and TCP");
         let addr = udp.local_addr().expect("dns addr");
         let udp = Arc::new(udp);
         let z = zone.clone();
@@ -133,6 +136,7 @@ impl DnsServer {
                 });
             }
         });
+        drop(guard);
         DnsServer {
             addr,
             zone,

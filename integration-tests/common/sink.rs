@@ -219,11 +219,14 @@ impl Sink {
             script: script.clone(),
             hostname: b.hostname,
         });
+        // std bind + from_std under `enter`: works even when called from an async test.
+        let guard = rt.enter();
         for ip in &b.addrs {
             let addr = SocketAddr::new(*ip, port);
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind(addr))
+            let std_listener = std::net::TcpListener::bind(addr)
                 .unwrap_or_else(|e| panic!("sink bind {addr}: {e}"));
+            std_listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
             let ctx = ctx.clone();
             rt.spawn(async move {
                 loop {
@@ -235,6 +238,7 @@ impl Sink {
                 }
             });
         }
+        drop(guard);
         Sink {
             addrs: b.addrs,
             port,
