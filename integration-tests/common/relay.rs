@@ -80,6 +80,8 @@ impl Relay {
             .args(["serve", "--config", "poolrelay.toml"])
             .current_dir(&self.dir)
             .env("POOLRELAY_LOG", "debug")
+            // Plain text in relay.log, so `key=value` needles match.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
