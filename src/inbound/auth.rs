@@ -1,5 +1,5 @@
-//! AUTH PLAIN / LOGIN decoding (RFC 4616, draft-murchison-sasl-login) and the per-address
-//! failure counter that locks out password guessers.
+//! AUTH: the command, PLAIN / LOGIN decoding (RFC 4616, draft-murchison-sasl-login) and the
+//! per-address failure counter that locks out password guessers.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
+
+use super::session::{End, Flow, Line, Session};
+use crate::reply::Reply;
 
 /// Decodes one base64 SASL line. `=` is the RFC 4954 empty response.
 pub fn decode_b64(line: &str) -> Option<Vec<u8>> {
@@ -108,6 +112,126 @@ impl AuthGuard {
             Failure::Counted
         }
     }
+}
+
+/// The AUTH command: only over TLS, PLAIN and LOGIN, verification off the async workers.
+impl Session {
+    /// Reads one SASL response line; `None` when the client cancelled or sent garbage (already
+    /// answered).
+    async fn sasl_line(&mut self, prompt: &str) -> Result<Option<Vec<u8>>, End> {
+        self.send(Reply::new(334, "", prompt))?;
+        let line = match self.next_line().await? {
+            Line::Cmd(l) => l,
+            Line::Eof => return Err(End),
+            Line::Bad(_) | Line::TooLong => {
+                self.send(Reply::new(501, "5.5.2", "Invalid AUTH response"))?;
+                return Ok(None);
+            }
+        };
+        if line == b"*" {
+            self.send(Reply::new(501, "5.0.0", "Authentication cancelled"))?;
+            return Ok(None);
+        }
+        self.decode_sasl(&String::from_utf8_lossy(&line))
+    }
+
+    fn decode_sasl(&mut self, text: &str) -> Result<Option<Vec<u8>>, End> {
+        match decode_b64(text) {
+            Some(v) => Ok(Some(v)),
+            None => {
+                self.send(Reply::new(501, "5.5.2", "Invalid base64 data"))?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) async fn auth(&mut self, mechanism: u64, initial: String) -> Flow {
+        if !self.auth_offered() {
+            return self.send(Reply::new(502, "5.5.1", "AUTH not available"));
+        }
+        if self.tls.is_none() {
+            return self.send(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if !self.esmtp {
+            return self.send(Reply::new(503, "5.5.1", "Send EHLO first"));
+        }
+        if self.user.is_some() {
+            return self.send(Reply::new(503, "5.5.1", "Already authenticated"));
+        }
+        if self.tx.is_some() {
+            return self.send(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not allowed during a mail transaction",
+            ));
+        }
+        if self.ctx.guard.is_locked(self.peer) {
+            return self.close_with(lockout_reply());
+        }
+        let (user, password) = if mechanism == AUTH_PLAIN {
+            let raw = if initial.is_empty() {
+                self.sasl_line("").await?
+            } else {
+                self.decode_sasl(&initial)?
+            };
+            let Some(raw) = raw else { return Ok(()) };
+            parse_plain(&raw).unwrap_or_default()
+        } else if mechanism == AUTH_LOGIN {
+            let user = if initial.is_empty() {
+                self.sasl_line("VXNlcm5hbWU6").await?
+            } else {
+                self.decode_sasl(&initial)?
+            };
+            let Some(user) = user else { return Ok(()) };
+            let Some(pass) = self.sasl_line("UGFzc3dvcmQ6").await? else {
+                return Ok(());
+            };
+            (
+                String::from_utf8(user).unwrap_or_default(),
+                String::from_utf8(pass).unwrap_or_default(),
+            )
+        } else {
+            return self.send(Reply::new(504, "5.5.4", "Unrecognized authentication type"));
+        };
+        let users = self.ctx.users.clone().ok_or(End)?;
+        let ok = !user.is_empty() && !password.is_empty() && users.check(&user, &password).await;
+        if ok {
+            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.user = Some(user);
+            return self.send(Reply::new(235, "2.7.0", "Authentication successful"));
+        }
+        match self.ctx.guard.fail(self.peer) {
+            Failure::Counted => {
+                tracing::info!(client = %self.peer, "authentication failed");
+                self.send(Reply::new(
+                    535,
+                    "5.7.8",
+                    "Authentication credentials invalid",
+                ))
+            }
+            Failure::LockedOut => {
+                tracing::warn!(
+                    client = %self.peer,
+                    failures = self.cfg().access.auth_max_failures,
+                    lockout = ?self.cfg().access.auth_lockout.0,
+                    "AUTH lockout: too many failed attempts from this address"
+                );
+                self.close_with(lockout_reply())
+            }
+        }
+    }
+}
+
+fn lockout_reply() -> Reply {
+    Reply::new(
+        454,
+        "4.7.0",
+        "Too many authentication failures, try again later",
+    )
 }
 
 #[cfg(test)]

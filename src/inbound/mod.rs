@@ -1,5 +1,6 @@
 //! inbound stage: the SMTP server. One file per concern:
-//! `session` (the command loop, EHLO, STARTTLS, MAIL/RCPT/DATA), `auth` (SASL, lockout),
+//! `session` (connection, command loop, EHLO, STARTTLS), `auth` (AUTH, SASL, lockout),
+//! `envelope` (MAIL FROM, RCPT TO), `message` (DATA, BDAT, signing, commit),
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
 //! `received` (the Received header).
@@ -11,7 +12,9 @@ pub mod access;
 pub mod address;
 pub mod auth;
 pub mod data;
+mod envelope;
 pub mod limits;
+mod message;
 pub mod received;
 mod session;
 pub mod users;

@@ -9,27 +9,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Request};
+use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Inbound;
-use super::address::{AddrError, is_xtext, parse_params, parse_path, split_command};
-use super::auth::{Failure, decode_b64, parse_plain};
-use super::data::DataReader;
-use super::received::{ReceivedInfo, header};
+use super::envelope::{Tx, relay_denied};
 use crate::config::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
-use crate::spool::{Envelope, MessageWriter, Recipient, Spool, now_unix};
 
 /// Longest command line accepted, CRLF excluded (RFC 5321 asks for at least 512).
 pub const MAX_LINE: usize = 4096;
 /// An overlong line is skipped up to its end; past this the client is not talking SMTP.
 const MAX_DISCARD: usize = 64 * 1024;
 /// DATA is written to the spool in chunks of about this size.
-const CHUNK: usize = 64 * 1024;
-const READ_SIZE: usize = 16 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
+pub(super) const READ_SIZE: usize = 16 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub enum Conn {
@@ -97,66 +93,32 @@ fn tls_info(s: &TlsStream<TcpStream>) -> (String, String) {
 }
 
 /// The session ends (the last reply, if any, is already queued).
-struct End;
+pub(super) struct End;
 
-type Flow = Result<(), End>;
+pub(super) type Flow = Result<(), End>;
 
-enum Line {
+pub(super) enum Line {
     Cmd(Vec<u8>),
     Bad(&'static str),
     TooLong,
     Eof,
 }
 
-/// The mail transaction between MAIL FROM and the end of DATA.
-struct Tx {
-    sender: String,
-    smtputf8: bool,
-    body_8bit: bool,
-    ret: Option<String>,
-    envid: Option<String>,
-    rcpts: Vec<Recipient>,
-    /// The message being received with BDAT, between chunks.
-    bdat: Option<Bdat>,
-}
-
-struct Bdat {
-    id: String,
-    /// None after a write error (the reply at the end is 452).
-    writer: Option<MessageWriter>,
-    size: u64,
-    bare: bool,
-    prev_cr: bool,
-}
-
-impl Bdat {
-    /// Flags bare CR / bare LF, also across chunk boundaries.
-    fn scan(&mut self, piece: &[u8]) {
-        self.size += piece.len() as u64;
-        for &c in piece {
-            if (self.prev_cr && c != b'\n') || (!self.prev_cr && c == b'\n') {
-                self.bare = true;
-            }
-            self.prev_cr = c == b'\r';
-        }
-    }
-}
-
-struct Session {
-    ctx: Arc<Inbound>,
-    listen: Listen,
-    peer: IpAddr,
-    conn: Option<Conn>,
-    rbuf: Vec<u8>,
-    rpos: usize,
-    out: Vec<u8>,
-    helo: Option<String>,
-    esmtp: bool,
-    user: Option<String>,
-    tls: Option<(String, String)>,
-    trusted: bool,
-    tx: Option<Tx>,
-    errors: u32,
+pub(super) struct Session {
+    pub(super) ctx: Arc<Inbound>,
+    pub(super) listen: Listen,
+    pub(super) peer: IpAddr,
+    pub(super) conn: Option<Conn>,
+    pub(super) rbuf: Vec<u8>,
+    pub(super) rpos: usize,
+    pub(super) out: Vec<u8>,
+    pub(super) helo: Option<String>,
+    pub(super) esmtp: bool,
+    pub(super) user: Option<String>,
+    pub(super) tls: Option<(String, String)>,
+    pub(super) trusted: bool,
+    pub(super) tx: Option<Tx>,
+    pub(super) errors: u32,
 }
 
 /// Answers a client when `limits.max_sessions` sessions are running.
@@ -239,20 +201,20 @@ pub async fn run(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: Soc
 }
 
 impl Session {
-    fn cfg(&self) -> &crate::config::Config {
+    pub(super) fn cfg(&self) -> &crate::config::Config {
         &self.ctx.config
     }
 
-    fn may_relay(&self) -> bool {
+    pub(super) fn may_relay(&self) -> bool {
         self.user.is_some() || (self.trusted && self.listen.auth != ListenAuth::Required)
     }
 
-    fn auth_offered(&self) -> bool {
+    pub(super) fn auth_offered(&self) -> bool {
         self.listen.auth != ListenAuth::None && self.ctx.users.is_some()
     }
 
     /// Queues a reply; negative ones count as errors, and too many end the session.
-    fn send(&mut self, r: Reply) -> Flow {
+    pub(super) fn send(&mut self, r: Reply) -> Flow {
         self.out.extend_from_slice(r.to_wire().as_bytes());
         if r.code >= 400 {
             self.errors += 1;
@@ -274,7 +236,7 @@ impl Session {
     }
 
     /// A refused envelope step or message: one log event with the reply sent.
-    fn refuse(&mut self, stage: &'static str, r: Reply) -> Flow {
+    pub(super) fn refuse(&mut self, stage: &'static str, r: Reply) -> Flow {
         tracing::info!(
             client = %self.peer,
             user = self.user.as_deref().unwrap_or(""),
@@ -287,12 +249,12 @@ impl Session {
     }
 
     /// Replies, then ends the session.
-    fn close_with(&mut self, r: Reply) -> Flow {
+    pub(super) fn close_with(&mut self, r: Reply) -> Flow {
         self.out.extend_from_slice(r.to_wire().as_bytes());
         Err(End)
     }
 
-    async fn flush(&mut self) -> Flow {
+    pub(super) async fn flush(&mut self) -> Flow {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -311,7 +273,7 @@ impl Session {
     }
 
     /// Flushes pending replies, then reads more input. `Ok(false)` at end of input.
-    async fn fill(&mut self, timeout: Duration) -> Result<bool, End> {
+    pub(super) async fn fill(&mut self, timeout: Duration) -> Result<bool, End> {
         self.flush().await?;
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
@@ -343,7 +305,7 @@ impl Session {
     }
 
     /// The next command line: CRLF-terminated, no other CR or LF inside, at most MAX_LINE bytes.
-    async fn next_line(&mut self) -> Result<Line, End> {
+    pub(super) async fn next_line(&mut self) -> Result<Line, End> {
         let timeout = self.cfg().limits.command_timeout.0;
         loop {
             let avail = &self.rbuf[self.rpos..];
@@ -536,622 +498,4 @@ impl Session {
         self.tx = None;
         Ok(())
     }
-
-    /// Reads one SASL response line; `None` when the client cancelled or sent garbage (already
-    /// answered).
-    async fn sasl_line(&mut self, prompt: &str) -> Result<Option<Vec<u8>>, End> {
-        self.send(Reply::new(334, "", prompt))?;
-        let line = match self.next_line().await? {
-            Line::Cmd(l) => l,
-            Line::Eof => return Err(End),
-            Line::Bad(_) | Line::TooLong => {
-                self.send(Reply::new(501, "5.5.2", "Invalid AUTH response"))?;
-                return Ok(None);
-            }
-        };
-        if line == b"*" {
-            self.send(Reply::new(501, "5.0.0", "Authentication cancelled"))?;
-            return Ok(None);
-        }
-        self.decode_sasl(&String::from_utf8_lossy(&line))
-    }
-
-    fn decode_sasl(&mut self, text: &str) -> Result<Option<Vec<u8>>, End> {
-        match decode_b64(text) {
-            Some(v) => Ok(Some(v)),
-            None => {
-                self.send(Reply::new(501, "5.5.2", "Invalid base64 data"))?;
-                Ok(None)
-            }
-        }
-    }
-
-    async fn auth(&mut self, mechanism: u64, initial: String) -> Flow {
-        if !self.auth_offered() {
-            return self.send(Reply::new(502, "5.5.1", "AUTH not available"));
-        }
-        if self.tls.is_none() {
-            return self.send(Reply::new(
-                538,
-                "5.7.11",
-                "Encryption required for requested authentication mechanism",
-            ));
-        }
-        if !self.esmtp {
-            return self.send(Reply::new(503, "5.5.1", "Send EHLO first"));
-        }
-        if self.user.is_some() {
-            return self.send(Reply::new(503, "5.5.1", "Already authenticated"));
-        }
-        if self.tx.is_some() {
-            return self.send(Reply::new(
-                503,
-                "5.5.1",
-                "AUTH not allowed during a mail transaction",
-            ));
-        }
-        if self.ctx.guard.is_locked(self.peer) {
-            return self.close_with(lockout_reply());
-        }
-        let (user, password) = if mechanism == AUTH_PLAIN {
-            let raw = if initial.is_empty() {
-                self.sasl_line("").await?
-            } else {
-                self.decode_sasl(&initial)?
-            };
-            let Some(raw) = raw else { return Ok(()) };
-            parse_plain(&raw).unwrap_or_default()
-        } else if mechanism == AUTH_LOGIN {
-            let user = if initial.is_empty() {
-                self.sasl_line("VXNlcm5hbWU6").await?
-            } else {
-                self.decode_sasl(&initial)?
-            };
-            let Some(user) = user else { return Ok(()) };
-            let Some(pass) = self.sasl_line("UGFzc3dvcmQ6").await? else {
-                return Ok(());
-            };
-            (
-                String::from_utf8(user).unwrap_or_default(),
-                String::from_utf8(pass).unwrap_or_default(),
-            )
-        } else {
-            return self.send(Reply::new(504, "5.5.4", "Unrecognized authentication type"));
-        };
-        let users = self.ctx.users.clone().ok_or(End)?;
-        let ok = !user.is_empty() && !password.is_empty() && users.check(&user, &password).await;
-        if ok {
-            tracing::info!(client = %self.peer, user = %user, "authenticated");
-            self.user = Some(user);
-            return self.send(Reply::new(235, "2.7.0", "Authentication successful"));
-        }
-        match self.ctx.guard.fail(self.peer) {
-            Failure::Counted => {
-                tracing::info!(client = %self.peer, "authentication failed");
-                self.send(Reply::new(
-                    535,
-                    "5.7.8",
-                    "Authentication credentials invalid",
-                ))
-            }
-            Failure::LockedOut => {
-                tracing::warn!(
-                    client = %self.peer,
-                    failures = self.cfg().access.auth_max_failures,
-                    lockout = ?self.cfg().access.auth_lockout.0,
-                    "AUTH lockout: too many failed attempts from this address"
-                );
-                self.close_with(lockout_reply())
-            }
-        }
-    }
-
-    fn mail(&mut self, args: &str) -> Flow {
-        if self.helo.is_none() {
-            return self.send(Reply::new(503, "5.5.1", "Send EHLO/HELO first"));
-        }
-        if self.tx.is_some() {
-            return self.send(Reply::new(503, "5.5.1", "Nested MAIL command"));
-        }
-        if self.listen.auth == ListenAuth::Required && self.user.is_none() {
-            return self.refuse("mail", Reply::new(530, "5.7.0", "Authentication required"));
-        }
-        let Some((path, params)) = split_command(args, "FROM") else {
-            return self.send(Reply::new(
-                501,
-                "5.5.4",
-                "Syntax: MAIL FROM:<address> [parameters]",
-            ));
-        };
-        let params = match parse_params(params) {
-            Ok(p) => p,
-            Err(r) => return self.send(r),
-        };
-        if !self.esmtp && !params.is_empty() {
-            return self.send(Reply::new(555, "5.5.4", "Parameters need EHLO"));
-        }
-        let mut tx = Tx {
-            sender: String::new(),
-            smtputf8: false,
-            body_8bit: false,
-            ret: None,
-            envid: None,
-            rcpts: Vec::new(),
-            bdat: None,
-        };
-        let max = self.cfg().limits.message_size.0;
-        for (key, value) in params {
-            let v = value.as_deref();
-            match (key.as_str(), v) {
-                ("SIZE", Some(n)) => match n.parse::<u64>() {
-                    Ok(n) if n > max => {
-                        return self.refuse(
-                            "mail",
-                            Reply::new(
-                                552,
-                                "5.3.4",
-                                "Message size exceeds fixed maximum message size",
-                            ),
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(_) => return self.send(Reply::new(501, "5.5.4", "Bad SIZE value")),
-                },
-                ("BODY", Some(b)) if b.eq_ignore_ascii_case("8BITMIME") => tx.body_8bit = true,
-                ("BODY", Some(b)) if b.eq_ignore_ascii_case("7BIT") => {}
-                ("BODY", _) => {
-                    return self.send(Reply::new(555, "5.5.4", "Unsupported BODY type"));
-                }
-                ("SMTPUTF8", None) => tx.smtputf8 = true,
-                ("RET", Some(r))
-                    if r.eq_ignore_ascii_case("FULL") || r.eq_ignore_ascii_case("HDRS") =>
-                {
-                    tx.ret = Some(r.to_ascii_uppercase());
-                }
-                ("ENVID", Some(e)) if e.len() <= 100 && is_xtext(e) => {
-                    tx.envid = Some(e.to_string());
-                }
-                // RFC 4954 §5: accepted and not passed on (we are not a trusted submitter).
-                ("AUTH", Some(a)) if a == "<>" || is_xtext(a) => {}
-                ("SIZE" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH", _) => {
-                    return self.send(Reply::new(501, "5.5.4", format!("Bad {key} parameter")));
-                }
-                _ => {
-                    return self.send(Reply::new(
-                        555,
-                        "5.5.4",
-                        format!("Unsupported parameter {key}"),
-                    ));
-                }
-            }
-        }
-        match parse_path(path, tx.smtputf8) {
-            Ok(sender) => tx.sender = sender,
-            Err(AddrError::NeedsUtf8) => {
-                return self.refuse("mail", needs_utf8());
-            }
-            Err(AddrError::Syntax(why)) => {
-                return self.refuse(
-                    "mail",
-                    Reply::new(501, "5.1.7", format!("Bad sender address syntax: {why}")),
-                );
-            }
-        }
-        if let Some(user) = self.user.clone()
-            && let Err(r) = self.ctx.cap.check(&self.ctx.state, &user)
-        {
-            return self.refuse("mail", r);
-        }
-        self.tx = Some(tx);
-        self.send(Reply::new(250, "2.1.0", "Ok"))
-    }
-
-    fn rcpt(&mut self, args: &str) -> Flow {
-        let Some(smtputf8) = self.tx.as_ref().map(|t| t.smtputf8) else {
-            return self.send(Reply::new(503, "5.5.1", "Need MAIL command"));
-        };
-        // Whatever the address looks like: no relay without AUTH or a trusted address.
-        if !self.may_relay() {
-            return self.refuse("rcpt", relay_denied());
-        }
-        let Some((path, params)) = split_command(args, "TO") else {
-            return self.send(Reply::new(
-                501,
-                "5.5.4",
-                "Syntax: RCPT TO:<address> [parameters]",
-            ));
-        };
-        let params = match parse_params(params) {
-            Ok(p) => p,
-            Err(r) => return self.send(r),
-        };
-        if !self.esmtp && !params.is_empty() {
-            return self.send(Reply::new(555, "5.5.4", "Parameters need EHLO"));
-        }
-        let (mut notify, mut orcpt) = (None, None);
-        for (key, value) in params {
-            match (key.as_str(), value) {
-                ("NOTIFY", Some(n)) if valid_notify(&n) => notify = Some(n.to_ascii_uppercase()),
-                ("ORCPT", Some(o)) if valid_orcpt(&o) => orcpt = Some(o),
-                ("NOTIFY" | "ORCPT", _) => {
-                    return self.send(Reply::new(501, "5.5.4", format!("Bad {key} parameter")));
-                }
-                _ => {
-                    return self.send(Reply::new(
-                        555,
-                        "5.5.4",
-                        format!("Unsupported parameter {key}"),
-                    ));
-                }
-            }
-        }
-        let address = match parse_path(path, smtputf8) {
-            Ok(a) if a.is_empty() => {
-                return self.refuse("rcpt", Reply::new(501, "5.1.3", "Null recipient"));
-            }
-            Ok(a) => a,
-            Err(AddrError::NeedsUtf8) => return self.refuse("rcpt", needs_utf8()),
-            Err(AddrError::Syntax(why)) => {
-                return self.refuse(
-                    "rcpt",
-                    Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {why}")),
-                );
-            }
-        };
-        let count = self.tx.as_ref().map(|t| t.rcpts.len()).unwrap_or(0);
-        if count >= self.cfg().limits.recipients_per_message {
-            return self.refuse("rcpt", Reply::new(452, "4.5.3", "Too many recipients"));
-        }
-        if let Some(user) = self.user.clone()
-            && let Err(r) = self.ctx.cap.check(&self.ctx.state, &user)
-        {
-            return self.refuse("rcpt", r);
-        }
-        let mut r = Recipient::new(address);
-        r.notify = notify;
-        r.orcpt = orcpt;
-        if let Some(tx) = self.tx.as_mut() {
-            tx.rcpts.push(r);
-        }
-        self.send(Reply::new(250, "2.1.5", "Ok"))
-    }
-
-    /// Creates the spool file for the current transaction and writes our Received header.
-    async fn start_message(&mut self) -> Result<(String, MessageWriter), Reply> {
-        let id = Spool::new_id();
-        let mut writer = self.ctx.spool.writer(&id).await.map_err(|e| {
-            tracing::error!(error = %e, "spool: cannot create message file");
-            storage_reply()
-        })?;
-        let received = {
-            let tx = self.tx.as_ref().expect("transaction present");
-            header(&ReceivedInfo {
-                helo: self.helo.as_deref().unwrap_or(""),
-                ip: self.peer,
-                hostname: &self.ctx.config.hostname,
-                esmtp: self.esmtp,
-                smtputf8: tx.smtputf8,
-                tls: self.tls.as_ref().map(|(v, c)| (v.as_str(), c.as_str())),
-                authenticated: self.user.is_some(),
-                show_user: self
-                    .user
-                    .as_deref()
-                    .filter(|_| self.ctx.config.access.received_auth_user),
-                id: &id,
-                rcpt: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
-                now: now_unix(),
-            })
-        };
-        writer.write(received.as_bytes()).await.map_err(|e| {
-            tracing::error!(queue_id = %id, error = %e, "spool: write failed");
-            storage_reply()
-        })?;
-        Ok((id, writer))
-    }
-
-    /// BDAT (RFC 3030): exactly `size` octets follow the command, always read (even when the
-    /// command is refused) so they are never taken as commands. The same rules as DATA apply:
-    /// CRLF line endings only, size limit, 250 only after the commit of the LAST chunk.
-    async fn bdat(&mut self, size: usize, last: bool) -> Flow {
-        let mut problem = match &self.tx {
-            None => Some(Reply::new(503, "5.5.1", "Need MAIL command")),
-            Some(t) if t.rcpts.is_empty() => Some(Reply::new(554, "5.5.1", "No valid recipients")),
-            Some(_) => None,
-        };
-        if problem.is_none() && self.tx.as_ref().is_some_and(|t| t.bdat.is_none()) {
-            match self.start_message().await {
-                Ok((id, writer)) => {
-                    if let Some(t) = self.tx.as_mut() {
-                        t.bdat = Some(Bdat {
-                            id,
-                            writer: Some(writer),
-                            size: 0,
-                            bare: false,
-                            prev_cr: false,
-                        });
-                    }
-                }
-                Err(r) => {
-                    self.tx = None;
-                    problem = Some(r);
-                }
-            }
-        }
-        let mut st = self.tx.as_mut().and_then(|t| t.bdat.take());
-        let max = self.cfg().limits.message_size.0;
-        let timeout = self.cfg().limits.data_timeout.0;
-        let mut left = size;
-        let mut pending = Vec::with_capacity(CHUNK.min(size) + READ_SIZE);
-        while left > 0 {
-            if self.rpos == self.rbuf.len() {
-                if !self.fill(timeout).await? {
-                    tracing::info!(client = %self.peer, "connection lost in BDAT");
-                    return Err(End);
-                }
-                continue;
-            }
-            let n = (self.rbuf.len() - self.rpos).min(left);
-            if let Some(b) = st.as_mut() {
-                let piece = &self.rbuf[self.rpos..self.rpos + n];
-                b.scan(piece);
-                if !b.bare && b.size <= max && b.writer.is_some() {
-                    pending.extend_from_slice(piece);
-                }
-            }
-            self.rpos += n;
-            left -= n;
-            if pending.len() >= CHUNK || (left == 0 && !pending.is_empty()) {
-                if let Some(b) = st.as_mut()
-                    && let Some(w) = b.writer.as_mut()
-                    && let Err(e) = w.write(&pending).await
-                {
-                    tracing::error!(queue_id = %b.id, error = %e, "spool: write failed");
-                    b.writer = None;
-                }
-                pending.clear();
-            }
-        }
-        if let Some(r) = problem {
-            return self.refuse("bdat", r);
-        }
-        let Some(mut b) = st else {
-            return Err(End);
-        };
-        if last && b.prev_cr {
-            b.bare = true; // the message ends in a lone CR
-        }
-        let refusal = if b.bare {
-            Some(Reply::new(550, "5.6.11", "Bare LF/CR not allowed"))
-        } else if b.size > max {
-            Some(Reply::new(
-                552,
-                "5.3.4",
-                "Message size exceeds fixed maximum message size",
-            ))
-        } else if b.writer.is_none() {
-            Some(storage_reply())
-        } else {
-            None
-        };
-        if let Some(r) = refusal {
-            // RFC 3030 §2: after a refused chunk the transaction is over.
-            let tx = self.tx.take().expect("transaction present");
-            return self.refuse_msg(&tx, r);
-        }
-        if !last {
-            if let Some(t) = self.tx.as_mut() {
-                t.bdat = Some(b);
-            }
-            return self.send(Reply::new(250, "2.0.0", format!("{size} octets received")));
-        }
-        let tx = self.tx.take().expect("transaction present");
-        let writer = b.writer.take().expect("checked above");
-        self.queue(b.id, writer, tx).await
-    }
-
-    async fn data(&mut self) -> Flow {
-        match &self.tx {
-            None => return self.send(Reply::new(503, "5.5.1", "Need MAIL command")),
-            Some(tx) if tx.rcpts.is_empty() => {
-                return self.send(Reply::new(554, "5.5.1", "No valid recipients"));
-            }
-            Some(_) => {}
-        }
-        if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
-            return self.send(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
-        }
-        let (id, writer) = match self.start_message().await {
-            Ok(w) => w,
-            Err(r) => {
-                // The transaction cannot go on; the client starts again with MAIL.
-                let res = self.refuse("data", r);
-                self.tx = None;
-                return res;
-            }
-        };
-        self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
-
-        let mut reader = DataReader::new(self.cfg().limits.message_size.0);
-        let mut writer = Some(writer);
-        let mut chunk = Vec::with_capacity(CHUNK + READ_SIZE);
-        let timeout = self.cfg().limits.data_timeout.0;
-        loop {
-            let done = match reader.feed(&self.rbuf[self.rpos..], &mut chunk) {
-                Some(n) => {
-                    self.rpos += n;
-                    true
-                }
-                None => {
-                    self.rpos = self.rbuf.len();
-                    false
-                }
-            };
-            if (done || chunk.len() >= CHUNK) && !chunk.is_empty() {
-                if let Some(w) = writer.as_mut()
-                    && let Err(e) = w.write(&chunk).await
-                {
-                    tracing::error!(queue_id = %id, error = %e, "spool: write failed");
-                    writer = None;
-                }
-                chunk.clear();
-            }
-            if done {
-                break;
-            }
-            if !self.fill(timeout).await? {
-                tracing::info!(client = %self.peer, queue_id = %id, "connection lost in DATA");
-                return Err(End);
-            }
-        }
-        let tx = self.tx.take().expect("transaction present");
-        if reader.bare {
-            return self.refuse_msg(&tx, Reply::new(550, "5.6.11", "Bare LF/CR not allowed"));
-        }
-        if reader.too_big() {
-            return self.refuse_msg(
-                &tx,
-                Reply::new(
-                    552,
-                    "5.3.4",
-                    "Message size exceeds fixed maximum message size",
-                ),
-            );
-        }
-        let Some(writer) = writer else {
-            return self.refuse_msg(&tx, storage_reply());
-        };
-        self.queue(id, writer, tx).await
-    }
-
-    fn refuse_msg(&mut self, tx: &Tx, r: Reply) -> Flow {
-        tracing::info!(
-            client = %self.peer,
-            user = self.user.as_deref().unwrap_or(""),
-            sender = %tx.sender,
-            rcpts = tx.rcpts.len(),
-            stage = "data",
-            reply = %r,
-            "message refused"
-        );
-        self.send(r)
-    }
-
-    /// Signs, reserves the daily-cap slot and commits; 250 only after the commit.
-    async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
-        let path = match writer.finish().await {
-            Ok(p) => p.to_path_buf(),
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "spool: fsync failed");
-                return self.refuse_msg(&tx, storage_reply());
-            }
-        };
-        // DKIM reads the finished file in chunks (memory stays bounded) on the blocking pool.
-        let signer = self.ctx.signer.clone();
-        let signed = tokio::task::spawn_blocking(move || signer.sign_file(&path))
-            .await
-            .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")));
-        let mut signed = match signed {
-            Ok(s) => s,
-            Err(r) => return self.refuse_msg(&tx, r),
-        };
-        // The state store fsyncs its commits: keep that off the async workers.
-        let reserved = match self.user.clone() {
-            Some(user) => {
-                let ctx = self.ctx.clone();
-                match tokio::task::spawn_blocking(move || ctx.cap.reserve(&ctx.state, &user))
-                    .await
-                    .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
-                {
-                    Ok(k) => k,
-                    Err(r) => return self.refuse_msg(&tx, r),
-                }
-            }
-            None => None,
-        };
-        let envelope = Envelope {
-            id: id.clone(),
-            received_at: now_unix(),
-            sender: tx.sender.clone(),
-            recipients: tx.rcpts.clone(),
-            client: self.peer.to_string(),
-            helo: self.helo.clone().unwrap_or_default(),
-            user: self.user.clone(),
-            size: 0,
-            smtputf8: tx.smtputf8,
-            body_8bit: tx.body_8bit,
-            prepend: std::mem::take(&mut signed.headers),
-            ret: tx.ret.clone(),
-            envid: tx.envid.clone(),
-            is_dsn: false,
-            pool: None,
-            delay_warned: false,
-        };
-        match writer.commit(envelope).await {
-            Ok(env) => {
-                signed.log(&env.id);
-                tracing::info!(
-                    queue_id = %env.id,
-                    client = %self.peer,
-                    user = self.user.as_deref().unwrap_or(""),
-                    sender = %env.sender,
-                    rcpts = env.recipients.len(),
-                    size = env.size,
-                    tls = self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
-                    "message accepted"
-                );
-                self.send(Reply::new(
-                    250,
-                    "2.0.0",
-                    format!("Ok: queued as {}", env.id),
-                ))
-            }
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "spool: commit failed");
-                if let Some(k) = reserved {
-                    let ctx = self.ctx.clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || ctx.cap.release(&ctx.state, &k)).await;
-                }
-                self.refuse_msg(&tx, storage_reply())
-            }
-        }
-    }
-}
-
-fn relay_denied() -> Reply {
-    Reply::new(554, "5.7.1", "Relay access denied")
-}
-
-fn needs_utf8() -> Reply {
-    Reply::new(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
-}
-
-fn storage_reply() -> Reply {
-    Reply::new(452, "4.3.1", "Insufficient system storage")
-}
-
-fn lockout_reply() -> Reply {
-    Reply::new(
-        454,
-        "4.7.0",
-        "Too many authentication failures, try again later",
-    )
-}
-
-/// RFC 3461 §4.1: `NEVER`, or a comma list of SUCCESS / FAILURE / DELAY.
-fn valid_notify(v: &str) -> bool {
-    let v = v.to_ascii_uppercase();
-    v == "NEVER"
-        || v.split(',')
-            .all(|p| matches!(p, "SUCCESS" | "FAILURE" | "DELAY"))
-}
-
-/// RFC 3461 §4.2: `addr-type ";" xtext`.
-fn valid_orcpt(v: &str) -> bool {
-    v.split_once(';').is_some_and(|(t, a)| {
-        !t.is_empty()
-            && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-            && is_xtext(a)
-            && !a.is_empty()
-    })
 }

@@ -1,0 +1,218 @@
+//! MAIL FROM and RCPT TO: the envelope of one transaction, relay access and per-user caps.
+
+use super::address::{AddrError, is_xtext, parse_params, parse_path, split_command};
+use super::message::Bdat;
+use super::session::{Flow, Session};
+use crate::config::ListenAuth;
+use crate::reply::Reply;
+use crate::spool::Recipient;
+
+/// The mail transaction between MAIL FROM and the end of DATA.
+pub(super) struct Tx {
+    pub(super) sender: String,
+    pub(super) smtputf8: bool,
+    pub(super) body_8bit: bool,
+    pub(super) ret: Option<String>,
+    pub(super) envid: Option<String>,
+    pub(super) rcpts: Vec<Recipient>,
+    /// The message being received with BDAT, between chunks.
+    pub(super) bdat: Option<Bdat>,
+}
+
+impl Session {
+    pub(super) fn mail(&mut self, args: &str) -> Flow {
+        if self.helo.is_none() {
+            return self.send(Reply::new(503, "5.5.1", "Send EHLO/HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.send(Reply::new(503, "5.5.1", "Nested MAIL command"));
+        }
+        if self.listen.auth == ListenAuth::Required && self.user.is_none() {
+            return self.refuse("mail", Reply::new(530, "5.7.0", "Authentication required"));
+        }
+        let Some((path, params)) = split_command(args, "FROM") else {
+            return self.send(Reply::new(
+                501,
+                "5.5.4",
+                "Syntax: MAIL FROM:<address> [parameters]",
+            ));
+        };
+        let params = match parse_params(params) {
+            Ok(p) => p,
+            Err(r) => return self.send(r),
+        };
+        if !self.esmtp && !params.is_empty() {
+            return self.send(Reply::new(555, "5.5.4", "Parameters need EHLO"));
+        }
+        let mut tx = Tx {
+            sender: String::new(),
+            smtputf8: false,
+            body_8bit: false,
+            ret: None,
+            envid: None,
+            rcpts: Vec::new(),
+            bdat: None,
+        };
+        let max = self.cfg().limits.message_size.0;
+        for (key, value) in params {
+            let v = value.as_deref();
+            match (key.as_str(), v) {
+                ("SIZE", Some(n)) => match n.parse::<u64>() {
+                    Ok(n) if n > max => {
+                        return self.refuse(
+                            "mail",
+                            Reply::new(
+                                552,
+                                "5.3.4",
+                                "Message size exceeds fixed maximum message size",
+                            ),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.send(Reply::new(501, "5.5.4", "Bad SIZE value")),
+                },
+                ("BODY", Some(b)) if b.eq_ignore_ascii_case("8BITMIME") => tx.body_8bit = true,
+                ("BODY", Some(b)) if b.eq_ignore_ascii_case("7BIT") => {}
+                ("BODY", _) => {
+                    return self.send(Reply::new(555, "5.5.4", "Unsupported BODY type"));
+                }
+                ("SMTPUTF8", None) => tx.smtputf8 = true,
+                ("RET", Some(r))
+                    if r.eq_ignore_ascii_case("FULL") || r.eq_ignore_ascii_case("HDRS") =>
+                {
+                    tx.ret = Some(r.to_ascii_uppercase());
+                }
+                ("ENVID", Some(e)) if e.len() <= 100 && is_xtext(e) => {
+                    tx.envid = Some(e.to_string());
+                }
+                // RFC 4954 §5: accepted and not passed on (we are not a trusted submitter).
+                ("AUTH", Some(a)) if a == "<>" || is_xtext(a) => {}
+                ("SIZE" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH", _) => {
+                    return self.send(Reply::new(501, "5.5.4", format!("Bad {key} parameter")));
+                }
+                _ => {
+                    return self.send(Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("Unsupported parameter {key}"),
+                    ));
+                }
+            }
+        }
+        match parse_path(path, tx.smtputf8) {
+            Ok(sender) => tx.sender = sender,
+            Err(AddrError::NeedsUtf8) => {
+                return self.refuse("mail", needs_utf8());
+            }
+            Err(AddrError::Syntax(why)) => {
+                return self.refuse(
+                    "mail",
+                    Reply::new(501, "5.1.7", format!("Bad sender address syntax: {why}")),
+                );
+            }
+        }
+        if let Some(user) = self.user.clone()
+            && let Err(r) = self.ctx.cap.check(&self.ctx.state, &user)
+        {
+            return self.refuse("mail", r);
+        }
+        self.tx = Some(tx);
+        self.send(Reply::new(250, "2.1.0", "Ok"))
+    }
+
+    pub(super) fn rcpt(&mut self, args: &str) -> Flow {
+        let Some(smtputf8) = self.tx.as_ref().map(|t| t.smtputf8) else {
+            return self.send(Reply::new(503, "5.5.1", "Need MAIL command"));
+        };
+        // Whatever the address looks like: no relay without AUTH or a trusted address.
+        if !self.may_relay() {
+            return self.refuse("rcpt", relay_denied());
+        }
+        let Some((path, params)) = split_command(args, "TO") else {
+            return self.send(Reply::new(
+                501,
+                "5.5.4",
+                "Syntax: RCPT TO:<address> [parameters]",
+            ));
+        };
+        let params = match parse_params(params) {
+            Ok(p) => p,
+            Err(r) => return self.send(r),
+        };
+        if !self.esmtp && !params.is_empty() {
+            return self.send(Reply::new(555, "5.5.4", "Parameters need EHLO"));
+        }
+        let (mut notify, mut orcpt) = (None, None);
+        for (key, value) in params {
+            match (key.as_str(), value) {
+                ("NOTIFY", Some(n)) if valid_notify(&n) => notify = Some(n.to_ascii_uppercase()),
+                ("ORCPT", Some(o)) if valid_orcpt(&o) => orcpt = Some(o),
+                ("NOTIFY" | "ORCPT", _) => {
+                    return self.send(Reply::new(501, "5.5.4", format!("Bad {key} parameter")));
+                }
+                _ => {
+                    return self.send(Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("Unsupported parameter {key}"),
+                    ));
+                }
+            }
+        }
+        let address = match parse_path(path, smtputf8) {
+            Ok(a) if a.is_empty() => {
+                return self.refuse("rcpt", Reply::new(501, "5.1.3", "Null recipient"));
+            }
+            Ok(a) => a,
+            Err(AddrError::NeedsUtf8) => return self.refuse("rcpt", needs_utf8()),
+            Err(AddrError::Syntax(why)) => {
+                return self.refuse(
+                    "rcpt",
+                    Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {why}")),
+                );
+            }
+        };
+        let count = self.tx.as_ref().map(|t| t.rcpts.len()).unwrap_or(0);
+        if count >= self.cfg().limits.recipients_per_message {
+            return self.refuse("rcpt", Reply::new(452, "4.5.3", "Too many recipients"));
+        }
+        if let Some(user) = self.user.clone()
+            && let Err(r) = self.ctx.cap.check(&self.ctx.state, &user)
+        {
+            return self.refuse("rcpt", r);
+        }
+        let mut r = Recipient::new(address);
+        r.notify = notify;
+        r.orcpt = orcpt;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts.push(r);
+        }
+        self.send(Reply::new(250, "2.1.5", "Ok"))
+    }
+}
+
+pub(super) fn relay_denied() -> Reply {
+    Reply::new(554, "5.7.1", "Relay access denied")
+}
+
+fn needs_utf8() -> Reply {
+    Reply::new(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
+}
+
+/// RFC 3461 §4.1: `NEVER`, or a comma list of SUCCESS / FAILURE / DELAY.
+fn valid_notify(v: &str) -> bool {
+    let v = v.to_ascii_uppercase();
+    v == "NEVER"
+        || v.split(',')
+            .all(|p| matches!(p, "SUCCESS" | "FAILURE" | "DELAY"))
+}
+
+/// RFC 3461 §4.2: `addr-type ";" xtext`.
+fn valid_orcpt(v: &str) -> bool {
+    v.split_once(';').is_some_and(|(t, a)| {
+        !t.is_empty()
+            && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && is_xtext(a)
+            && !a.is_empty()
+    })
+}

@@ -1,0 +1,338 @@
+//! DATA and BDAT: the message itself, streamed to the spool, signed and committed; 250 only
+//! after the commit.
+
+use super::data::DataReader;
+use super::envelope::Tx;
+use super::received::{ReceivedInfo, header};
+use super::session::{CHUNK, End, Flow, READ_SIZE, Session};
+use crate::reply::Reply;
+use crate::spool::{Envelope, MessageWriter, Spool, now_unix};
+
+pub(super) struct Bdat {
+    id: String,
+    /// None after a write error (the reply at the end is 452).
+    writer: Option<MessageWriter>,
+    size: u64,
+    bare: bool,
+    prev_cr: bool,
+}
+
+impl Bdat {
+    /// Flags bare CR / bare LF, also across chunk boundaries.
+    fn scan(&mut self, piece: &[u8]) {
+        self.size += piece.len() as u64;
+        for &c in piece {
+            if (self.prev_cr && c != b'\n') || (!self.prev_cr && c == b'\n') {
+                self.bare = true;
+            }
+            self.prev_cr = c == b'\r';
+        }
+    }
+}
+
+impl Session {
+    /// Creates the spool file for the current transaction and writes our Received header.
+    async fn start_message(&mut self) -> Result<(String, MessageWriter), Reply> {
+        let id = Spool::new_id();
+        let mut writer = self.ctx.spool.writer(&id).await.map_err(|e| {
+            tracing::error!(error = %e, "spool: cannot create message file");
+            storage_reply()
+        })?;
+        let received = {
+            let tx = self.tx.as_ref().expect("transaction present");
+            header(&ReceivedInfo {
+                helo: self.helo.as_deref().unwrap_or(""),
+                ip: self.peer,
+                hostname: &self.ctx.config.hostname,
+                esmtp: self.esmtp,
+                smtputf8: tx.smtputf8,
+                tls: self.tls.as_ref().map(|(v, c)| (v.as_str(), c.as_str())),
+                authenticated: self.user.is_some(),
+                show_user: self
+                    .user
+                    .as_deref()
+                    .filter(|_| self.ctx.config.access.received_auth_user),
+                id: &id,
+                rcpt: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
+                now: now_unix(),
+            })
+        };
+        writer.write(received.as_bytes()).await.map_err(|e| {
+            tracing::error!(queue_id = %id, error = %e, "spool: write failed");
+            storage_reply()
+        })?;
+        Ok((id, writer))
+    }
+
+    /// BDAT (RFC 3030): exactly `size` octets follow the command, always read (even when the
+    /// command is refused) so they are never taken as commands. The same rules as DATA apply:
+    /// CRLF line endings only, size limit, 250 only after the commit of the LAST chunk.
+    pub(super) async fn bdat(&mut self, size: usize, last: bool) -> Flow {
+        let mut problem = match &self.tx {
+            None => Some(Reply::new(503, "5.5.1", "Need MAIL command")),
+            Some(t) if t.rcpts.is_empty() => Some(Reply::new(554, "5.5.1", "No valid recipients")),
+            Some(_) => None,
+        };
+        if problem.is_none() && self.tx.as_ref().is_some_and(|t| t.bdat.is_none()) {
+            match self.start_message().await {
+                Ok((id, writer)) => {
+                    if let Some(t) = self.tx.as_mut() {
+                        t.bdat = Some(Bdat {
+                            id,
+                            writer: Some(writer),
+                            size: 0,
+                            bare: false,
+                            prev_cr: false,
+                        });
+                    }
+                }
+                Err(r) => {
+                    self.tx = None;
+                    problem = Some(r);
+                }
+            }
+        }
+        let mut st = self.tx.as_mut().and_then(|t| t.bdat.take());
+        let max = self.cfg().limits.message_size.0;
+        let timeout = self.cfg().limits.data_timeout.0;
+        let mut left = size;
+        let mut pending = Vec::with_capacity(CHUNK.min(size) + READ_SIZE);
+        while left > 0 {
+            if self.rpos == self.rbuf.len() {
+                if !self.fill(timeout).await? {
+                    tracing::info!(client = %self.peer, "connection lost in BDAT");
+                    return Err(End);
+                }
+                continue;
+            }
+            let n = (self.rbuf.len() - self.rpos).min(left);
+            if let Some(b) = st.as_mut() {
+                let piece = &self.rbuf[self.rpos..self.rpos + n];
+                b.scan(piece);
+                if !b.bare && b.size <= max && b.writer.is_some() {
+                    pending.extend_from_slice(piece);
+                }
+            }
+            self.rpos += n;
+            left -= n;
+            if pending.len() >= CHUNK || (left == 0 && !pending.is_empty()) {
+                if let Some(b) = st.as_mut()
+                    && let Some(w) = b.writer.as_mut()
+                    && let Err(e) = w.write(&pending).await
+                {
+                    tracing::error!(queue_id = %b.id, error = %e, "spool: write failed");
+                    b.writer = None;
+                }
+                pending.clear();
+            }
+        }
+        if let Some(r) = problem {
+            return self.refuse("bdat", r);
+        }
+        let Some(mut b) = st else {
+            return Err(End);
+        };
+        if last && b.prev_cr {
+            b.bare = true; // the message ends in a lone CR
+        }
+        let refusal = if b.bare {
+            Some(Reply::new(550, "5.6.11", "Bare LF/CR not allowed"))
+        } else if b.size > max {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ))
+        } else if b.writer.is_none() {
+            Some(storage_reply())
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            // RFC 3030 §2: after a refused chunk the transaction is over.
+            let tx = self.tx.take().expect("transaction present");
+            return self.refuse_msg(&tx, r);
+        }
+        if !last {
+            if let Some(t) = self.tx.as_mut() {
+                t.bdat = Some(b);
+            }
+            return self.send(Reply::new(250, "2.0.0", format!("{size} octets received")));
+        }
+        let tx = self.tx.take().expect("transaction present");
+        let writer = b.writer.take().expect("checked above");
+        self.queue(b.id, writer, tx).await
+    }
+
+    pub(super) async fn data(&mut self) -> Flow {
+        match &self.tx {
+            None => return self.send(Reply::new(503, "5.5.1", "Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => {
+                return self.send(Reply::new(554, "5.5.1", "No valid recipients"));
+            }
+            Some(_) => {}
+        }
+        if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            return self.send(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
+        }
+        let (id, writer) = match self.start_message().await {
+            Ok(w) => w,
+            Err(r) => {
+                // The transaction cannot go on; the client starts again with MAIL.
+                let res = self.refuse("data", r);
+                self.tx = None;
+                return res;
+            }
+        };
+        self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
+
+        let mut reader = DataReader::new(self.cfg().limits.message_size.0);
+        let mut writer = Some(writer);
+        let mut chunk = Vec::with_capacity(CHUNK + READ_SIZE);
+        let timeout = self.cfg().limits.data_timeout.0;
+        loop {
+            let done = match reader.feed(&self.rbuf[self.rpos..], &mut chunk) {
+                Some(n) => {
+                    self.rpos += n;
+                    true
+                }
+                None => {
+                    self.rpos = self.rbuf.len();
+                    false
+                }
+            };
+            if (done || chunk.len() >= CHUNK) && !chunk.is_empty() {
+                if let Some(w) = writer.as_mut()
+                    && let Err(e) = w.write(&chunk).await
+                {
+                    tracing::error!(queue_id = %id, error = %e, "spool: write failed");
+                    writer = None;
+                }
+                chunk.clear();
+            }
+            if done {
+                break;
+            }
+            if !self.fill(timeout).await? {
+                tracing::info!(client = %self.peer, queue_id = %id, "connection lost in DATA");
+                return Err(End);
+            }
+        }
+        let tx = self.tx.take().expect("transaction present");
+        if reader.bare {
+            return self.refuse_msg(&tx, Reply::new(550, "5.6.11", "Bare LF/CR not allowed"));
+        }
+        if reader.too_big() {
+            return self.refuse_msg(
+                &tx,
+                Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ),
+            );
+        }
+        let Some(writer) = writer else {
+            return self.refuse_msg(&tx, storage_reply());
+        };
+        self.queue(id, writer, tx).await
+    }
+
+    pub(super) fn refuse_msg(&mut self, tx: &Tx, r: Reply) -> Flow {
+        tracing::info!(
+            client = %self.peer,
+            user = self.user.as_deref().unwrap_or(""),
+            sender = %tx.sender,
+            rcpts = tx.rcpts.len(),
+            stage = "data",
+            reply = %r,
+            "message refused"
+        );
+        self.send(r)
+    }
+
+    /// Signs, reserves the daily-cap slot and commits; 250 only after the commit.
+    async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
+        let path = match writer.finish().await {
+            Ok(p) => p.to_path_buf(),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "spool: fsync failed");
+                return self.refuse_msg(&tx, storage_reply());
+            }
+        };
+        // DKIM reads the finished file in chunks (memory stays bounded) on the blocking pool.
+        let signer = self.ctx.signer.clone();
+        let signed = tokio::task::spawn_blocking(move || signer.sign_file(&path))
+            .await
+            .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")));
+        let mut signed = match signed {
+            Ok(s) => s,
+            Err(r) => return self.refuse_msg(&tx, r),
+        };
+        // The state store fsyncs its commits: keep that off the async workers.
+        let reserved = match self.user.clone() {
+            Some(user) => {
+                let ctx = self.ctx.clone();
+                match tokio::task::spawn_blocking(move || ctx.cap.reserve(&ctx.state, &user))
+                    .await
+                    .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
+                {
+                    Ok(k) => k,
+                    Err(r) => return self.refuse_msg(&tx, r),
+                }
+            }
+            None => None,
+        };
+        let envelope = Envelope {
+            id: id.clone(),
+            received_at: now_unix(),
+            sender: tx.sender.clone(),
+            recipients: tx.rcpts.clone(),
+            client: self.peer.to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            user: self.user.clone(),
+            size: 0,
+            smtputf8: tx.smtputf8,
+            body_8bit: tx.body_8bit,
+            prepend: std::mem::take(&mut signed.headers),
+            ret: tx.ret.clone(),
+            envid: tx.envid.clone(),
+            is_dsn: false,
+            pool: None,
+            delay_warned: false,
+        };
+        match writer.commit(envelope).await {
+            Ok(env) => {
+                signed.log(&env.id);
+                tracing::info!(
+                    queue_id = %env.id,
+                    client = %self.peer,
+                    user = self.user.as_deref().unwrap_or(""),
+                    sender = %env.sender,
+                    rcpts = env.recipients.len(),
+                    size = env.size,
+                    tls = self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
+                    "message accepted"
+                );
+                self.send(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("Ok: queued as {}", env.id),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "spool: commit failed");
+                if let Some(k) = reserved {
+                    let ctx = self.ctx.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || ctx.cap.release(&ctx.state, &k)).await;
+                }
+                self.refuse_msg(&tx, storage_reply())
+            }
+        }
+    }
+}
+
+fn storage_reply() -> Reply {
+    Reply::new(452, "4.3.1", "Insufficient system storage")
+}
