@@ -73,6 +73,9 @@ pub async fn start(
                 l.address
             ));
         }
+        if l.tls == ListenTls::Starttls && tls.is_none() {
+            tracing::warn!(address = %l.address, "tls = \"starttls\" but no [tls]: STARTTLS and AUTH are not offered");
+        }
     }
     let mut bound = Vec::new();
     for l in &config.listen {
