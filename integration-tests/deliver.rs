@@ -603,6 +603,10 @@ domain = "*.sub.test"
 host = "hub.test:{port}"
 
 [[route]]
+domain = "broken.test"
+host = "missing.hub.test:{port}"
+
+[[route]]
 domain = "*"
 host = "[127.0.0.22]:{port}"
 "#
@@ -622,7 +626,17 @@ host = "[127.0.0.22]:{port}"
         !dns.queries().iter().any(|(n, _)| n == "anywhere.test"),
         "no MX lookup for a routed domain"
     );
-    wait_queue_empty(&relay);
+    // A route host that does not resolve defers (configuration error), it does not bounce.
+    submit(&relay, "sender@snd.test", &["d@broken.test"], "broken");
+    assert!(
+        wait_until(WAIT, || envelope_for(&relay, "d@broken.test")
+            .is_some_and(|e| e["recipients"][0]["attempts"] == 1)),
+        "{}",
+        relay.log()
+    );
+    let env = envelope_for(&relay, "d@broken.test").unwrap();
+    assert_eq!(env["recipients"][0]["state"], "pending");
+    assert_eq!(env["recipients"][0]["last_reply"]["status"], "4.4.3");
 }
 
 #[test]

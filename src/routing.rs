@@ -119,7 +119,13 @@ impl Router {
             let (host, port) = parse_route_host(&route.host).ok_or_else(|| {
                 Reply::new(451, "4.3.5", format!("bad route host {:?}", route.host))
             })?;
-            let resolved = self.host(&host, port).await;
+            let mut resolved = self.host(&host, port).await;
+            // A route host that does not resolve is a configuration problem: defer, never bounce.
+            if let Some(e) = resolved.error.as_mut()
+                && e.is_permanent()
+            {
+                *e = Reply::new(451, "4.4.3", format!("route host: {}", e.text));
+            }
             return Ok(Destination {
                 key: format!("route:{}", route.host.to_ascii_lowercase()),
                 hosts: vec![resolved],
