@@ -190,7 +190,18 @@ pub async fn open(
     };
     if greeting.code != 220 {
         quick_quit(&mut client).await;
-        return Err(OpenError::Refused(tag(to_reply(&greeting))));
+        let r = to_reply(&greeting);
+        // Like Postfix (smtp_skip_5xx_greeting): a refusal at greeting is about this host, not
+        // the recipients; it defers, with the server's words kept in the text.
+        let r = local_reply(
+            451,
+            "4.4.2",
+            format!(
+                "{host} refused to talk to me: {} {} {}",
+                r.code, r.status, r.text
+            ),
+        );
+        return Err(OpenError::Refused(tag(r)));
     }
     let mut ehlo = hello(&mut client, &source.helo)
         .await
