@@ -1,0 +1,3 @@
+//! Pool: warm-up caps, providers, drain/undrain, failover, state across restarts. Real binary.
+
+mod common;
