@@ -383,6 +383,22 @@ fn unsigned_domain_passes_unless_signing_is_required() {
     // subdomains = false: a subdomain of rsa.test is not covered.
     let data = relay_one(&b, "", &message("a@x.rsa.test", "u2", "", "Hi.\r\n"));
     assert_eq!(signature_count(&data), 0);
+    // The log says so, per queue id; and names the keys that did sign.
+    relay_one(&b, "", &message("a@rsa.test", "u3", "", "Hi.\r\n"));
+    let log = b.relay.log();
+    let unsigned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dkim: unsigned, no key for the From: domain"))
+        .collect();
+    assert_eq!(unsigned.len(), 2, "{log}");
+    assert!(unsigned[0].contains("from_domain=nokey.test"), "{log}");
+    assert!(unsigned[1].contains("from_domain=x.rsa.test"), "{log}");
+    assert!(unsigned.iter().all(|l| l.contains("queue_id=")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("dkim: signed") && l.contains("rsa.test/r2026")),
+        "{log}"
+    );
     drop(b);
 
     let b = bench("dkim-require", "[signing]\nrequire = true\n");

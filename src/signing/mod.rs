@@ -104,15 +104,15 @@ impl Signed {
         };
         let from_domain = self.from_domain.as_deref().unwrap_or("");
         if !self.signed_by.is_empty() {
-            tracing::info!(queue_id, dkim = %list(&self.signed_by), "dkim: signed");
+            tracing::info!(queue_id = %queue_id, dkim = %list(&self.signed_by), "dkim: signed");
         } else if !self.already_signed.is_empty() {
-            tracing::info!(queue_id, dkim = %list(&self.already_signed), "dkim: already signed by our key");
+            tracing::info!(queue_id = %queue_id, dkim = %list(&self.already_signed), "dkim: already signed by our key");
         } else if from_domain.is_empty() {
-            tracing::info!(queue_id, "dkim: unsigned, no From: domain");
+            tracing::info!(queue_id = %queue_id, "dkim: unsigned, no From: domain");
         } else {
             tracing::info!(
-                queue_id,
-                from_domain,
+                queue_id = %queue_id,
+                from_domain = %from_domain,
                 "dkim: unsigned, no key for the From: domain"
             );
         }
