@@ -510,6 +510,12 @@ fn require_refuses_unsigned_mail_with_5xx() {
         .unwrap_err();
     assert_eq!(r.code, 554);
     assert!(signer.sign(MESSAGE).is_ok());
+    // Header section only (no blank line, no body) and an empty message: no panic.
+    let s = signer
+        .sign(b"From: a@example.com\r\nSubject: x\r\n")
+        .unwrap();
+    assert_eq!(s.signed_by.len(), 1);
+    assert_eq!(signer.sign(b"").unwrap_err().code, 554);
 
     // Without require the same messages pass unsigned.
     let lax = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
