@@ -271,3 +271,314 @@ fn zero_loss_under_sigkill() {
         tmp_files(&relay)
     );
 }
+
+/// Opens a session and sends one message; the reply to the final dot (or the first refusal).
+fn submit(addr: SocketAddr, rcpt: &str, id: &str) -> Reply {
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let r = try_send(&mut c, "sender@snd.test", rcpt, &body(id))
+        .unwrap_or_else(|e| panic!("submit {id}: {e}"));
+    c.quit();
+    r
+}
+
+/// Parsed `.env` files of the queue.
+fn envelopes(relay: &Relay) -> Vec<serde_json::Value> {
+    relay
+        .spool_files("env")
+        .iter()
+        .filter_map(|f| serde_json::from_slice(&std::fs::read(f).ok()?).ok())
+        .collect()
+}
+
+/// True once `n` messages are queued and every recipient was tried at least `attempts` times
+/// and is still pending (deferred, not bounced).
+fn all_deferred(relay: &Relay, n: usize, attempts: u64) -> bool {
+    let envs = envelopes(relay);
+    envs.len() == n
+        && envs.iter().all(|e| {
+            e["recipients"].as_array().is_some_and(|rs| {
+                rs.iter().all(|r| {
+                    r["state"] == "pending" && r["attempts"].as_u64().unwrap_or(0) >= attempts
+                })
+            })
+        })
+}
+
+/// A DSN (null sender) reached the sink: something bounced.
+fn bounces(sink: &Sink) -> Vec<Message> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| m.mail_from.is_empty())
+        .collect()
+}
+
+/// The destination refuses connections for a while (several retries), then comes up: every
+/// queued message is delivered, none bounced.
+#[test]
+fn destination_down_then_up_delivers_everything() {
+    let dir = tempdir("proof-dest-down");
+    let dns = DnsServer::start();
+    let sink_port = free_port_on(&[lo(20)]);
+    let port = free_port();
+    let cfg = config(port, sink_port, dns.nameserver(), "", "") + &route_all(sink_port);
+    let relay = Relay::start(&dir, &cfg);
+    let n = 10;
+    for i in 0..n {
+        let r = submit(
+            relay.addr(),
+            "rcpt@dest.test",
+            &format!("<down{i}@proof.test>"),
+        );
+        assert_eq!(r.code, 250, "{r}");
+    }
+    // Nothing listens on the destination: each message is deferred, retried, deferred again.
+    assert!(
+        wait_until(Duration::from_secs(20), || all_deferred(&relay, n, 2)),
+        "not all deferred twice: {:#?}\n{}",
+        envelopes(&relay),
+        relay.log()
+    );
+    let sink = Sink::builder(&[lo(20)]).port(sink_port).start();
+    let msgs = sink.wait_for_messages(n, Duration::from_secs(20));
+    let ids: HashSet<String> = message_ids(&sink).into_iter().collect();
+    for i in 0..n {
+        assert!(ids.contains(&format!("<down{i}@proof.test>")), "{ids:?}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || queue_empty(&relay)),
+        "{:?}",
+        relay.spool_files("env")
+    );
+    assert!(bounces(&sink).is_empty(), "bounced: {:?}", bounces(&sink));
+    assert_eq!(msgs.len(), n, "no duplicates in this test");
+}
+
+/// A UDP DNS forwarder to the kit's DnsServer on a fixed port, so "the DNS server" can be absent
+/// (nothing bound on the port) and come back later on the same address.
+struct DnsForwarder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsForwarder {
+    fn start(listen: SocketAddr, upstream: SocketAddr) -> DnsForwarder {
+        let sock = std::net::UdpSocket::bind(listen).expect("bind DNS forwarder port");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            up.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut ans = [0u8; 65535];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if up.send_to(&buf[..n], upstream).is_ok()
+                    && let Ok(m) = up.recv(&mut ans)
+                {
+                    let _ = sock.send_to(&ans[..m], peer);
+                }
+            }
+        });
+        DnsForwarder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DnsForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The configured DNS server is down: MX lookups fail, the message is deferred (4xx kept in
+/// the envelope), never bounced; once the server answers again the message is delivered.
+#[test]
+fn dns_down_defers_then_delivers() {
+    let dir = tempdir("proof-dns-down");
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[lo(20)]);
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_mx("snd.test", 10, "mx.dest.test");
+    dns.add_a("mx.dest.test", std::net::Ipv4Addr::new(127, 0, 0, 20));
+    // A port with nothing behind it (free for UDP and TCP now); the forwarder takes it later.
+    let dns_port = free_port();
+    let dns_addr: SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
+    let port = free_port();
+    let relay = Relay::start(&dir, &config(port, sink.port(), dns_addr, "", ""));
+    let r = submit(relay.addr(), "rcpt@dest.test", "<dns-down@proof.test>");
+    assert_eq!(r.code, 250, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(40), || all_deferred(&relay, 1, 1)),
+        "not deferred: {:#?}\n{}",
+        envelopes(&relay),
+        relay.log()
+    );
+    let env = &envelopes(&relay)[0];
+    let status = env["recipients"][0]["last_reply"]["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(status.starts_with('4'), "a temporary status: {env:#}");
+    assert!(sink.messages().is_empty());
+
+    let _fwd = DnsForwarder::start(dns_addr, dns.nameserver());
+    sink.wait_for_messages(1, Duration::from_secs(40));
+    assert_eq!(
+        message_ids(&sink),
+        vec!["<dns-down@proof.test>".to_string()]
+    );
+    assert!(wait_until(Duration::from_secs(10), || queue_empty(&relay)));
+    assert!(bounces(&sink).is_empty(), "bounced: {:?}", bounces(&sink));
+}
+
+/// A small tmpfs mounted on a directory for the disk-full test; unmounted (lazily) on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts or panics: this test must fail, not skip, where it cannot run.
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount (needs root)");
+        assert!(
+            o.status.success(),
+            "mount -t tmpfs failed (this test needs root): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `path` with one file until the kernel says ENOSPC.
+fn fill_disk(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    // Fill the last partial block too.
+    while f.write(b"x").is_ok_and(|n| n == 1) {}
+}
+
+/// The spool's filesystem is full while receiving: `452 4.3.1`, nothing half-written left in
+/// spool/tmp or the queue, the session goes on, and what was queued before is still delivered
+/// while the disk stays full.
+#[test]
+#[ignore = "interop: run by .ci/run"]
+fn disk_full_gives_452_and_queued_mail_still_leaves() {
+    let dir = tempdir("proof-disk-full");
+    let _fs = Tmpfs::mount(&dir.join("data"), "2m");
+    let dns = DnsServer::start();
+    let sink_port = free_port_on(&[lo(20)]);
+    let port = free_port();
+    let cfg = config(port, sink_port, dns.nameserver(), "", "") + &route_all(sink_port);
+    let relay = Relay::start(&dir, &cfg);
+    for i in 0..3 {
+        let r = submit(
+            relay.addr(),
+            "rcpt@dest.test",
+            &format!("<queued{i}@proof.test>"),
+        );
+        assert_eq!(r.code, 250, "{r}");
+    }
+    // The destination is down: they wait in the queue.
+    assert!(
+        wait_until(Duration::from_secs(20), || all_deferred(&relay, 3, 1)),
+        "{:#?}",
+        envelopes(&relay)
+    );
+
+    // A message larger than the whole filesystem.
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    let mut big = body("<big@proof.test>");
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n";
+    while big.len() < 3 * 1024 * 1024 {
+        big.extend_from_slice(line);
+    }
+    let r = try_send(&mut c, "sender@snd.test", "rcpt@dest.test", &big).unwrap();
+    assert_eq!(r.code, 452, "{r}");
+    assert!(r.text.contains("4.3.1"), "{r}");
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_files(&relay).is_empty()),
+        "half-written files left: {:?}",
+        tmp_files(&relay)
+    );
+    assert_eq!(relay.spool_files("env").len(), 3);
+    assert_eq!(
+        relay.spool_files("msg").len(),
+        3,
+        "no partial .msg in the queue"
+    );
+
+    // Now the disk is full before the message starts: a small one is refused the same way,
+    // in the same session (which still works afterwards).
+    fill_disk(&relay.data_dir().join("filler"));
+    let r = try_send(
+        &mut c,
+        "sender@snd.test",
+        "rcpt@dest.test",
+        &body("<small@proof.test>"),
+    )
+    .unwrap();
+    assert_eq!(r.code, 452, "{r}");
+    assert!(r.text.contains("4.3.1"), "{r}");
+    c.cmd("NOOP").expect(250);
+    c.quit();
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_files(&relay).is_empty()),
+        "half-written files left: {:?}",
+        tmp_files(&relay)
+    );
+
+    // The destination comes up while the disk is still full: the queue still drains.
+    let sink = Sink::builder(&[lo(20)]).port(sink_port).start();
+    sink.wait_for_messages(3, Duration::from_secs(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || queue_empty(&relay)),
+        "{:?}\n{}",
+        relay.spool_files("env"),
+        relay.log()
+    );
+    let ids: HashSet<String> = message_ids(&sink).into_iter().collect();
+    for i in 0..3 {
+        assert!(ids.contains(&format!("<queued{i}@proof.test>")), "{ids:?}");
+    }
+    assert!(!ids.contains("<big@proof.test>") && !ids.contains("<small@proof.test>"));
+
+    // Space again: mail is accepted again.
+    std::fs::remove_file(relay.data_dir().join("filler")).unwrap();
+    let r = submit(relay.addr(), "rcpt@dest.test", "<after@proof.test>");
+    assert_eq!(r.code, 250, "{r}");
+    sink.wait_for_messages(4, Duration::from_secs(20));
+}

@@ -37,6 +37,9 @@ pub struct Config {
     pub pool: Vec<Pool>,
     #[serde(default)]
     pub log: Log,
+    /// DNSBL monitoring, reply classification rules, outcome rates (see `reputation::Settings`).
+    #[serde(default)]
+    pub reputation: crate::reputation::Settings,
 }
 
 fn default_data_dir() -> PathBuf {

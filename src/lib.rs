@@ -9,6 +9,7 @@ pub mod inbound;
 pub mod outcome;
 pub mod pool;
 pub mod reply;
+pub mod reputation;
 pub mod routing;
 pub mod server;
 pub mod signing;

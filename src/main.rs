@@ -28,6 +28,8 @@ enum Command {
     },
     /// Read a password on stdin and print an argon2id hash for the users file.
     HashPassword,
+    /// Explain an SMTP reply or a bounce message: class, whom it blames, the rule that matched.
+    Classify(poolrelay::reputation::cli::ClassifyArgs),
     /// DKIM key management.
     Dkim {
         #[command(subcommand)]
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Dkim {
             command:
                 DkimCommand::Keygen {

@@ -1,6 +1,7 @@
 //! What a reply means for a recipient: sent, deferred (retry schedule, expiry) or bounced, and the
 //! DSNs that follow.
 
+pub mod classify;
 pub mod dsn;
 
 use std::sync::Arc;

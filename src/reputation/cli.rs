@@ -1,0 +1,174 @@
+//! `poolrelay classify`: explains a reply or a whole bounce the way an operator reads one by hand.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::outcome::classify::{Classification, Classifier, parse_reply};
+use crate::reputation::bounce;
+
+#[derive(clap::Args, Debug)]
+pub struct ClassifyArgs {
+    /// The SMTP reply, e.g. "550 5.7.1 … block list (S3150)"; read from stdin when absent.
+    pub reply: Option<String>,
+    /// Read whole bounce messages (RFC 3464 DSN or free text) instead of a reply.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub message: Vec<PathBuf>,
+    /// Config file whose `[reputation]` rules are used in front of the built-in ones.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// JSON output (one object per reply or message, one per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ClassifyArgs) -> ExitCode {
+    let classifier = match &args.config {
+        None => Classifier::builtin(),
+        Some(path) => match crate::config::Config::load(path) {
+            Ok(c) => match c.reputation.classifier() {
+                Ok(cl) => cl,
+                Err(e) => {
+                    eprintln!("poolrelay classify: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if !args.message.is_empty() {
+        let mut status = ExitCode::SUCCESS;
+        for path in &args.message {
+            match std::fs::read(path) {
+                Ok(raw) => print_bounce(path, &bounce::parse(&raw, &classifier), args.json),
+                Err(e) => {
+                    eprintln!("poolrelay classify: {}: {e}", path.display());
+                    status = ExitCode::FAILURE;
+                }
+            }
+        }
+        return status;
+    }
+    let reply = match args.reply {
+        Some(r) => r,
+        None => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                eprintln!("poolrelay classify: cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            s
+        }
+    };
+    if reply.trim().is_empty() {
+        eprintln!("poolrelay classify: no reply given (argument or stdin)");
+        return ExitCode::from(2);
+    }
+    let p = parse_reply(&reply);
+    let c = classifier.classify(p.code, &p.status, &p.text);
+    if args.json {
+        let mut v = class_json(&c);
+        v["code"] = json!(p.code);
+        v["status"] = json!(p.status);
+        v["text"] = json!(p.text);
+        println!("{v}");
+    } else {
+        let code = if p.code == 0 {
+            "-".to_string()
+        } else {
+            p.code.to_string()
+        };
+        println!("reply:     {code} {} {}", or_dash(&p.status), p.text);
+        print_class(&c, "");
+    }
+    ExitCode::SUCCESS
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn class_json(c: &Classification) -> serde_json::Value {
+    json!({
+        "class": c.class.as_str(),
+        "scope": c.scope.as_str(),
+        "blames": c.scope.blame(),
+        "blames_ip": c.class.blames_ip() || c.scope == crate::outcome::classify::Scope::Ip,
+        "provider": c.provider,
+        "rule": c.rule,
+    })
+}
+
+fn print_class(c: &Classification, indent: &str) {
+    println!("{indent}class:     {}", c.class);
+    println!(
+        "{indent}provider:  {}",
+        c.provider
+            .as_deref()
+            .unwrap_or("any (not provider-specific)")
+    );
+    println!(
+        "{indent}blames:    {} (scope {})",
+        c.scope.blame(),
+        c.scope.as_str()
+    );
+    println!("{indent}rule:      {}", c.rule);
+}
+
+fn print_bounce(path: &std::path::Path, b: &bounce::Bounce, as_json: bool) {
+    if as_json {
+        let reports: Vec<_> = b
+            .reports
+            .iter()
+            .map(|r| {
+                let mut v = class_json(&r.classification);
+                v["recipient"] = json!(r.recipient);
+                v["action"] = json!(r.action);
+                v["failure"] = json!(r.is_failure());
+                v["status"] = json!(r.status);
+                v["code"] = json!(r.code);
+                v["diagnostic"] = json!(r.diagnostic);
+                v["remote_mta"] = json!(r.remote_mta);
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "file": path.display().to_string(), "kind": b.kind, "reports": reports })
+        );
+        return;
+    }
+    let kind = match b.kind {
+        bounce::Kind::Dsn => "delivery status notification (RFC 3464)",
+        bounce::Kind::FreeText => "free-text bounce",
+        bounce::Kind::Feedback => "feedback (abuse) report, not a delivery failure",
+        bounce::Kind::AutoReply => "auto-reply, not a delivery failure",
+    };
+    println!("{}: {kind}", path.display());
+    if b.reports.is_empty() && matches!(b.kind, bounce::Kind::Dsn | bounce::Kind::FreeText) {
+        println!("  no failed recipient found");
+    }
+    for r in &b.reports {
+        println!("  recipient: {}", or_dash(&r.recipient));
+        println!("  action:    {}", r.action);
+        let code = if r.code == 0 {
+            "-".to_string()
+        } else {
+            r.code.to_string()
+        };
+        println!("  status:    {code} {}", or_dash(&r.status));
+        if let Some(m) = &r.remote_mta {
+            println!("  remote:    {m}");
+        }
+        println!("  diagnostic: {}", r.diagnostic);
+        print_class(&r.classification, "  ");
+        println!();
+    }
+}
