@@ -35,6 +35,17 @@ pub struct Config {
     pub signing: Signing,
     #[serde(default)]
     pub pool: Vec<Pool>,
+    /// Which pool a message uses; first match wins, else the default pool.
+    #[serde(default)]
+    pub pool_rule: Vec<PoolRule>,
+    /// Providers added to (or replacing, by name) the built-in table `config/providers.toml`.
+    #[serde(default)]
+    pub provider: Vec<Provider>,
+    #[serde(default)]
+    pub warmup: Warmup,
+    #[serde(default)]
+    pub throttle: Throttle,
+    pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
     /// DNSBL monitoring, reply classification rules, outcome rates (see `reputation::Settings`).
@@ -339,6 +350,118 @@ fn default_weight() -> u32 {
     1
 }
 
+/// `[[pool_rule]]`: every condition given must match (globs: `*` and `?`, case-insensitive).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRule {
+    pub pool: String,
+    /// Authenticated user name.
+    pub user: Option<String>,
+    /// Envelope sender domain (`example.com`, `*.example.com`).
+    pub sender_domain: Option<String>,
+    /// Envelope sender address pattern (`news-*@example.com`).
+    pub sender: Option<String>,
+}
+
+/// `[[provider]]`: MX host suffixes grouped under one name, with its throttles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub name: String,
+    #[serde(default)]
+    pub mx_suffixes: Vec<String>,
+    /// Concurrent connections per source IP; 0 = no limit.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Messages per source IP per hour (a warm-up day / 24); 0 = no limit.
+    #[serde(default)]
+    pub max_per_hour: u64,
+    /// Messages per connection before it is closed; 0 = no limit.
+    #[serde(default)]
+    pub max_per_connection: u32,
+    /// Pause for an IP after a "slow down" reply from this provider; default `throttle.backoff`.
+    pub backoff: Option<DurationStr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Length of a warm-up day; hourly windows are a 24th of it.
+    #[serde(default = "default_warmup_day")]
+    pub day: DurationStr,
+    /// An IP × provider idle this many days starts warming again from day 0.
+    #[serde(default = "default_idle_days")]
+    pub idle_days: u64,
+    /// Hourly cap = ceil(daily / 24) × burst.
+    #[serde(default = "default_burst")]
+    pub burst: u64,
+    #[serde(default)]
+    pub schedule: Vec<WarmupSchedule>,
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Warmup {
+            day: default_warmup_day(),
+            idle_days: default_idle_days(),
+            burst: default_burst(),
+            schedule: Vec::new(),
+        }
+    }
+}
+
+fn default_warmup_day() -> DurationStr {
+    DurationStr(Duration::from_secs(86400))
+}
+fn default_idle_days() -> u64 {
+    30
+}
+fn default_burst() -> u64 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSchedule {
+    pub name: String,
+    /// Daily cap per IP × provider for day 0, 1, 2, …; after the last day the IP is active.
+    pub daily: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    /// Default pause after a "slow down" reply (421, 4.7.x rate limits).
+    #[serde(default = "default_backoff")]
+    pub backoff: DurationStr,
+    /// How often "pool has no usable IP" is logged while mail is held.
+    #[serde(default = "default_hold_warning")]
+    pub hold_warning_interval: DurationStr,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            backoff: default_backoff(),
+            hold_warning_interval: default_hold_warning(),
+        }
+    }
+}
+
+fn default_backoff() -> DurationStr {
+    DurationStr(Duration::from_secs(600))
+}
+fn default_hold_warning() -> DurationStr {
+    DurationStr(Duration::from_secs(300))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// HTTP JSON API (no authentication: keep it on loopback).
+    pub listen: SocketAddr,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
@@ -530,6 +653,53 @@ impl Config {
             }
             if p.ip.is_empty() {
                 err("pool", format!("pool {:?} has no [[pool.ip]]", p.name));
+            }
+            for ip in &p.ip {
+                if let Some(w) = &ip.warmup
+                    && w != "standard"
+                    && !self.warmup.schedule.iter().any(|s| &s.name == w)
+                {
+                    err(
+                        "warmup",
+                        format!("IP {} uses unknown warm-up schedule {w:?}", ip.address),
+                    );
+                }
+                if ip.weight == 0 {
+                    err(
+                        "weight",
+                        format!("IP {}: weight must be at least 1", ip.address),
+                    );
+                }
+            }
+        }
+        for r in &self.pool_rule {
+            if !self.pool.iter().any(|p| p.name == r.pool) {
+                err("pool_rule", format!("rule names unknown pool {:?}", r.pool));
+            }
+            if r.user.is_none() && r.sender_domain.is_none() && r.sender.is_none() {
+                err(
+                    "pool_rule",
+                    format!(
+                        "rule for pool {:?} needs user, sender_domain or sender",
+                        r.pool
+                    ),
+                );
+            }
+        }
+        for s in &self.warmup.schedule {
+            if s.daily.is_empty() {
+                err(
+                    "daily",
+                    format!("warm-up schedule {:?} has no days", s.name),
+                );
+            }
+        }
+        if self.warmup.day.0 < Duration::from_millis(24) {
+            err("day", "warm-up day must be at least 24ms".into());
+        }
+        for p in &self.provider {
+            if p.name.trim().is_empty() {
+                err("provider", "provider needs a name".into());
             }
         }
         errors

@@ -3,6 +3,7 @@
 //! One message's path, one module per stage:
 //! inbound → spool → signing → routing → pool → delivery → outcome (→ reputation).
 
+pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod inbound;

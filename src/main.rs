@@ -35,6 +35,39 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
+    Pool {
+        /// Config file (TOML), read for `admin.listen`.
+        #[arg(long, short, default_value = "config/poolrelay.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Every IP: state, hold reason, warm-up day, used/cap per provider, outcome counts.
+    Status {
+        /// Print the raw JSON of GET /api/pool.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an IP out of rotation (in-flight deliveries finish; held mail waits, never bounces).
+    Drain {
+        ip: String,
+        /// Only for this provider (default: all providers).
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Put a drained IP back into rotation; held mail flows again at once.
+    Undrain {
+        ip: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +95,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
+        Command::Pool { config, command } => pool_command(&config, command),
         Command::Dkim {
             command:
                 DkimCommand::Keygen {
@@ -138,6 +172,69 @@ fn dkim_keygen(
             ExitCode::FAILURE
         }
     }
+}
+
+fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
+    use poolrelay::admin::client;
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let Some(admin) = config.admin else {
+        eprintln!("poolrelay pool: the config has no [admin] listen address");
+        return ExitCode::from(2);
+    };
+    let (method, path, body) = match &command {
+        PoolCommand::Status { .. } => ("GET", "/api/pool".to_string(), None),
+        PoolCommand::Drain {
+            ip,
+            provider,
+            reason,
+        } => (
+            "POST",
+            "/api/pool/drain".to_string(),
+            Some(serde_json::json!({ "ip": ip, "provider": provider, "reason": reason })),
+        ),
+        PoolCommand::Undrain { ip, provider } => (
+            "POST",
+            "/api/pool/undrain".to_string(),
+            Some(serde_json::json!({ "ip": ip, "provider": provider })),
+        ),
+    };
+    let (code, text) = match client::request(admin.listen, method, &path, body.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("poolrelay pool: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if code != 200 {
+        let msg = value["error"].as_str().unwrap_or(text.as_str());
+        eprintln!("poolrelay pool: {msg} (HTTP {code})");
+        return ExitCode::FAILURE;
+    }
+    match command {
+        PoolCommand::Status { json: true } => println!("{text}"),
+        PoolCommand::Status { json: false } => print!("{}", client::format_status(&value)),
+        _ => println!(
+            "{} {} (scope {}){}",
+            value["ip"].as_str().unwrap_or("?"),
+            value["state"].as_str().unwrap_or("?"),
+            value["scope"].as_str().unwrap_or("all"),
+            if value["changed"] == false {
+                ", no change"
+            } else {
+                ""
+            }
+        ),
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(path: PathBuf) -> ExitCode {

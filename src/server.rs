@@ -24,10 +24,27 @@ pub async fn run(config: Config) -> Result<(), String> {
         })?,
     );
 
+    let pools = Arc::new(crate::pool::Pools::new(&config, Some(state.clone()))?);
+    {
+        // Counters reach the store once a second (a crash loses at most that much).
+        let pools = pools.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let p = pools.clone();
+                let _ = tokio::task::spawn_blocking(move || p.flush()).await;
+            }
+        });
+    }
+    if let Some(admin) = &config.admin {
+        crate::admin::start(admin.listen, pools.clone()).await?;
+    }
     crate::delivery::start(
         config.clone(),
         spool.clone(),
         state.clone(),
+        pools.clone(),
         committed,
         recovered,
     )
@@ -37,6 +54,7 @@ pub async fn run(config: Config) -> Result<(), String> {
 
     shutdown_signal().await;
     tracing::info!("poolrelay stopping");
+    pools.flush();
     Ok(())
 }
 

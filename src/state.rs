@@ -6,6 +6,8 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition};
 
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Pool state (src/pool/store.rs): JSON records keyed `ipp|IP|PROVIDER` and `hold|IP|SCOPE`.
+const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
 
 pub struct State {
     db: Database,
@@ -32,6 +34,7 @@ impl State {
         let db = Database::create(data_dir.join("state.redb")).map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(COUNTERS).map_err(err)?;
+        tx.open_table(POOL).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
     }
@@ -91,6 +94,39 @@ impl State {
                 .collect();
             for k in stale {
                 table.remove(k.as_str()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// Every pool record.
+    pub fn pool_load(&self) -> Result<Vec<(String, String)>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(POOL).map_err(err)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(err)? {
+            let (k, v) = r.map_err(err)?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Writes (`Some`) or removes (`None`) pool records in one transaction.
+    pub fn pool_write(&self, records: &[(String, Option<String>)]) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(POOL).map_err(err)?;
+            for (k, v) in records {
+                match v {
+                    Some(v) => {
+                        table.insert(k.as_str(), v.as_str()).map_err(err)?;
+                    }
+                    None => {
+                        table.remove(k.as_str()).map_err(err)?;
+                    }
+                }
             }
         }
         tx.commit().map_err(err)

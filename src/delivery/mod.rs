@@ -6,7 +6,7 @@ pub mod client;
 pub mod queue;
 pub mod tls;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Config, TlsPolicy};
 use crate::outcome::{self, DsnKind, Status};
-use crate::pool::{Pools, Source};
+use crate::pool::{Lease, Pools, Source};
 use crate::routing::{Destination, Router, domain_of};
 use crate::spool::{Envelope, RcptState, RemoteReply, Spool, now_unix};
 use crate::state::State;
@@ -25,10 +25,11 @@ pub async fn start(
     config: Arc<Config>,
     spool: Arc<Spool>,
     _state: Arc<State>,
+    pools: Arc<Pools>,
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: Vec<Envelope>,
 ) -> Result<(), String> {
-    let d = Arc::new(Deliverer::new(config, spool)?);
+    let d = Arc::new(Deliverer::new(config, spool, pools)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -44,7 +45,9 @@ pub struct Deliverer {
     config: Arc<Config>,
     spool: Arc<Spool>,
     router: Router,
-    pools: Pools,
+    pub pools: Arc<Pools>,
+    /// Messages held because no pool IP could take them: woken when an IP comes back.
+    held: Mutex<HashSet<String>>,
     tls: tls::Connectors,
     timeouts: Timeouts,
     global: Arc<Semaphore>,
@@ -57,13 +60,20 @@ pub struct Deliverer {
 struct Attempt {
     replies: Vec<RemoteReply>,
     tls: String,
+    /// No pool IP could take it: not an attempt; look again at this unix time.
+    hold: Option<u64>,
 }
 
 impl Deliverer {
-    pub fn new(config: Arc<Config>, spool: Arc<Spool>) -> Result<Deliverer, String> {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        pools: Arc<Pools>,
+    ) -> Result<Deliverer, String> {
         Ok(Deliverer {
             router: Router::new(&config)?,
-            pools: Pools::from_config(&config),
+            pools,
+            held: Mutex::new(HashSet::new()),
             tls: tls::connectors(&config.delivery)?,
             timeouts: Timeouts {
                 connect: config.delivery.connect_timeout.0,
@@ -205,6 +215,14 @@ impl Deliverer {
                 tracing::error!(queue_id = %env.id, "delivery task failed");
                 continue;
             };
+            if let Some(retry_at) = attempt.hold {
+                for (&i, reply) in idxs.iter().zip(attempt.replies) {
+                    self.hold(env, i, reply, retry_at);
+                }
+                self.held.lock().expect("lock").insert(env.id.clone());
+                self.save(env).await;
+                continue;
+            }
             for (&i, reply) in idxs.iter().zip(attempt.replies) {
                 self.record(env, i, reply, &attempt.tls);
             }
@@ -237,6 +255,29 @@ impl Deliverer {
                 env.recipients[i].next_attempt = retry;
             }
         }
+    }
+
+    /// No pool IP can take this recipient now: it waits, without counting an attempt, so it
+    /// never bounces or expires for that.
+    fn hold(&self, env: &mut Envelope, i: usize, reply: RemoteReply, retry_at: u64) {
+        let rcpt = &mut env.recipients[i];
+        let first = !rcpt
+            .last_reply
+            .as_ref()
+            .is_some_and(crate::pool::is_hold_reply);
+        rcpt.next_attempt = retry_at;
+        let text = reply.text.clone();
+        rcpt.last_reply = Some(reply);
+        if first {
+            tracing::info!(queue_id = %env.id, recipient = %rcpt.address, reason = %text, next_attempt = retry_at, status = "held", "delivery held");
+        } else {
+            tracing::debug!(queue_id = %env.id, recipient = %rcpt.address, reason = %text, next_attempt = retry_at, "delivery still held");
+        }
+    }
+
+    /// Ids of held messages, emptied: the queue retries them now.
+    pub fn take_held(&self) -> Vec<String> {
+        self.held.lock().expect("lock").drain().collect()
     }
 
     /// Applies one reply to one recipient and logs the attempt.
@@ -281,22 +322,37 @@ impl Deliverer {
         let all = |r: RemoteReply, tls: &str| Attempt {
             replies: vec![r; idxs.len()],
             tls: tls.to_string(),
+            hold: None,
         };
+        let pool = self
+            .pools
+            .pool_for(env.pool.as_deref(), env.user.as_deref(), &env.sender)
+            .map(str::to_string);
         // Destination first: a saturated destination must not sit on global permits.
         let _local = self.destination_limit(&dest.key).acquire_owned().await;
         let _global = self.global.clone().acquire_owned().await;
         let path = self.spool.message_path(&env.id);
-        let idle_key = format!("{}|{}", dest.key, env.pool.as_deref().unwrap_or(""));
+        let idle_key = format!("{}|{}", dest.key, pool.as_deref().unwrap_or(""));
 
         while let Some(mut s) = self.take_idle(&idle_key) {
+            // A reused connection passes the same checks as a new one (drain, caps).
+            let provider = self.pools.provider_of(&s.host).to_string();
+            let Some(lease) = self.pools.take(&s.source, &provider) else {
+                tokio::spawn(s.quit());
+                continue;
+            };
             if !s.reset().await {
+                lease.refund();
                 continue;
             }
             tracing::debug!(queue_id = %env.id, mx = %s.host, source_ip = %s.source.label(), "reusing connection");
-            return self.transact(s, env, &rcpts, &path, idle_key).await;
+            return self
+                .transact(s, env, &rcpts, &path, idle_key, &provider, lease)
+                .await;
         }
 
         let mut errors: Vec<RemoteReply> = Vec::new();
+        let mut held: Option<crate::pool::Held> = None;
         'hosts: for host in &dest.hosts {
             if host.addrs.is_empty() {
                 let mut r = host.error.clone().map_or_else(
@@ -307,9 +363,18 @@ impl Deliverer {
                 errors.push(r);
                 continue;
             }
+            let provider = self.pools.provider_of(&host.name).to_string();
             for ip in &host.addrs {
                 let addr = SocketAddr::new(*ip, host.port);
-                let sources = self.pools.next_ips(env.pool.as_deref(), ip.is_ipv6());
+                let sources = match self.pools.select(pool.as_deref(), &provider, ip.is_ipv6()) {
+                    Ok(s) => s,
+                    Err(h) => {
+                        if held.as_ref().is_none_or(|o| h.retry_at < o.retry_at) {
+                            held = Some(h);
+                        }
+                        continue;
+                    }
+                };
                 if sources.is_empty() {
                     let mut r = local_reply(
                         451,
@@ -322,9 +387,26 @@ impl Deliverer {
                 }
                 let mut connect_failures = 0;
                 for source in &sources {
-                    match self.open(&host.name, addr, source, dest.tls).await {
-                        Ok(s) => return self.transact(s, env, &rcpts, &path, idle_key).await,
-                        Err(OpenError::Bind(e)) => {
+                    // Another delivery may have used the last slot since `select`.
+                    let Some(lease) = self.pools.take(source, &provider) else {
+                        continue;
+                    };
+                    let opened = match self.open(&host.name, addr, source, dest.tls).await {
+                        Ok(s) => {
+                            return self
+                                .transact(s, env, &rcpts, &path, idle_key, &provider, lease)
+                                .await;
+                        }
+                        Err(e) => {
+                            lease.refund();
+                            e
+                        }
+                    };
+                    if let (OpenError::Refused(r), Some(ip)) = (&opened, source.ip) {
+                        self.pools.record_reply(ip, &provider, r);
+                    }
+                    match opened {
+                        OpenError::Bind(e) => {
                             tracing::warn!(queue_id = %env.id, source_ip = %source.label(), error = %e, "cannot bind source IP, trying the next one");
                             let mut r = local_reply(
                                 451,
@@ -335,7 +417,7 @@ impl Deliverer {
                             r.source_ip = source.label();
                             errors.push(r);
                         }
-                        Err(OpenError::Connect(r)) => {
+                        OpenError::Connect(r) => {
                             tracing::warn!(queue_id = %env.id, source_ip = %source.label(), mx = %host.name, %addr, reply = %r.text, "connection failed");
                             errors.push(r);
                             connect_failures += 1;
@@ -344,9 +426,9 @@ impl Deliverer {
                                 break;
                             }
                         }
-                        Err(OpenError::Refused(r))
-                        | Err(OpenError::TlsRequired(r))
-                        | Err(OpenError::Handshake(r)) => {
+                        OpenError::Refused(r)
+                        | OpenError::TlsRequired(r)
+                        | OpenError::Handshake(r) => {
                             tracing::warn!(queue_id = %env.id, source_ip = %source.label(), mx = %host.name, %addr, reply = %format!("{} {} {}", r.code, r.status, r.text), "session refused, trying the next MX");
                             errors.push(r);
                             continue 'hosts;
@@ -354,6 +436,17 @@ impl Deliverer {
                     }
                 }
             }
+        }
+        // Our own capacity, not the destination, stopped it: hold, whatever else failed.
+        if let Some(h) = held {
+            return Attempt {
+                replies: vec![
+                    local_reply(crate::pool::HOLD_CODE, crate::pool::HOLD_STATUS, h.text);
+                    idxs.len()
+                ],
+                tls: "none".into(),
+                hold: Some(h.retry_at),
+            };
         }
         // Any temporary error means another attempt may succeed: never bounce then.
         let reply = errors
@@ -387,6 +480,7 @@ impl Deliverer {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn transact(
         &self,
         mut s: Session,
@@ -394,19 +488,32 @@ impl Deliverer {
         rcpts: &[&str],
         path: &std::path::Path,
         idle_key: String,
+        provider: &str,
+        lease: Lease,
     ) -> Attempt {
         let result = s.send(env, rcpts, path).await;
         let tls = s.tls.clone();
-        if result.reusable
+        if let Some(ip) = s.source.ip {
+            for r in &result.replies {
+                self.pools.record_reply(ip, provider, r);
+            }
+        }
+        let max = self.pools.max_per_connection(provider);
+        let under_max = max == 0 || s.transactions < max;
+        if !under_max && result.reusable {
+            s.quit().await;
+        } else if result.reusable
             && let Some(s) = self.put_idle(idle_key, s)
         {
             // QUIT while the concurrency permits are still held, so the limit covers the
             // whole connection.
             s.quit().await;
         }
+        drop(lease);
         Attempt {
             replies: result.replies,
             tls,
+            hold: None,
         }
     }
 

@@ -123,6 +123,23 @@ pub async fn run(
                     queue.push(env, due);
                 }
             }
+            _ = d.pools.wake.notified() => {
+                // An IP came back (undrain, reinstate): held mail goes now.
+                let now = now_unix();
+                for id in d.take_held() {
+                    if let Some((_, mut env)) = queue.waiting.remove(&id) {
+                        for r in env.recipients.iter_mut() {
+                            if r.state == RcptState::Pending
+                                && r.last_reply.as_ref().is_some_and(crate::pool::is_hold_reply)
+                            {
+                                r.next_attempt = r.next_attempt.min(now);
+                            }
+                        }
+                        let due = due_of(&env).unwrap_or(now);
+                        queue.push(env, due);
+                    }
+                }
+            }
             _ = tokio::time::sleep(sleep) => {}
         }
     }

@@ -1,0 +1,172 @@
+//! Per IP × provider counters: messages this day and this hour (for warm-up and throttle caps),
+//! the warm-up position, outcome counts and a "slow down" back-off. Persisted as JSON.
+
+use serde::{Deserialize, Serialize};
+
+use super::warmup::{Clock, Progress};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    #[serde(default)]
+    pub warmup: Progress,
+    /// Absolute day and the messages taken in it.
+    #[serde(default)]
+    pub day: u64,
+    #[serde(default)]
+    pub day_count: u64,
+    #[serde(default)]
+    pub hour: u64,
+    #[serde(default)]
+    pub hour_count: u64,
+    #[serde(default)]
+    pub sent: u64,
+    #[serde(default)]
+    pub deferred: u64,
+    #[serde(default)]
+    pub bounced: u64,
+    /// Unix millis until which this IP × provider takes nothing ("slow down" reply).
+    #[serde(default)]
+    pub backoff_until: u64,
+    #[serde(default)]
+    pub backoff_reason: String,
+}
+
+/// The caps that apply to one IP × provider right now (`None` = no cap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub daily: Option<u64>,
+    pub hourly: Option<u64>,
+    pub connections: Option<u32>,
+}
+
+/// Why an IP × provider cannot take a message now, and from when it may (unix millis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Full {
+    pub why: &'static str,
+    pub until: u64,
+}
+
+impl Counters {
+    pub fn used_today(&self, clock: &Clock, now: u64) -> u64 {
+        if self.day == clock.day(now) {
+            self.day_count
+        } else {
+            0
+        }
+    }
+
+    pub fn used_hour(&self, clock: &Clock, now: u64) -> u64 {
+        if self.hour == clock.hour(now) {
+            self.hour_count
+        } else {
+            0
+        }
+    }
+
+    /// Checks every cap; `active` is the number of connections in use.
+    pub fn check(&self, caps: &Caps, active: u32, clock: &Clock, now: u64) -> Result<(), Full> {
+        if self.backoff_until > now {
+            return Err(Full {
+                why: "backing off after a slow-down reply",
+                until: self.backoff_until,
+            });
+        }
+        if let Some(d) = caps.daily
+            && self.used_today(clock, now) >= d
+        {
+            return Err(Full {
+                why: "daily warm-up cap reached",
+                until: clock.next_day_start(now),
+            });
+        }
+        if let Some(h) = caps.hourly
+            && self.used_hour(clock, now) >= h
+        {
+            return Err(Full {
+                why: "hourly cap reached",
+                until: clock.next_hour_start(now),
+            });
+        }
+        if let Some(c) = caps.connections
+            && active >= c
+        {
+            return Err(Full {
+                why: "connection limit reached",
+                until: now + 1000,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts one message taken now.
+    pub fn take(&mut self, clock: &Clock, now: u64, idle_days: u64) {
+        let (day, hour) = (clock.day(now), clock.hour(now));
+        self.warmup.sent_on(day, idle_days);
+        if self.day != day {
+            self.day = day;
+            self.day_count = 0;
+        }
+        if self.hour != hour {
+            self.hour = hour;
+            self.hour_count = 0;
+        }
+        self.day_count += 1;
+        self.hour_count += 1;
+    }
+
+    /// Gives back a message taken at `(day, hour)` that was never sent (the connection failed).
+    pub fn refund(&mut self, day: u64, hour: u64) {
+        if self.day == day {
+            self.day_count = self.day_count.saturating_sub(1);
+        }
+        if self.hour == hour {
+            self.hour_count = self.hour_count.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_and_hourly_caps_reset_with_their_windows() {
+        let clock = Clock { day_ms: 2400 };
+        let caps = Caps {
+            daily: Some(3),
+            hourly: Some(2),
+            connections: Some(1),
+        };
+        let mut c = Counters::default();
+        let t = 10_000; // day 4, hour 100
+        assert!(c.check(&caps, 0, &clock, t).is_ok());
+        c.take(&clock, t, 30);
+        c.take(&clock, t + 10, 30);
+        let full = c.check(&caps, 0, &clock, t + 20).unwrap_err();
+        assert_eq!(full.until, 10_100, "next hour");
+        // Next hour: one more, then the day is full until the next day.
+        c.take(&clock, t + 100, 30);
+        let full = c.check(&caps, 0, &clock, t + 150).unwrap_err();
+        assert_eq!(full.until, 12_000);
+        assert!(c.check(&caps, 0, &clock, 12_000).is_ok());
+        assert!(c.check(&caps, 1, &clock, 12_000).is_err(), "connection cap");
+        c.refund(clock.day(t + 100), clock.hour(t + 100));
+        assert_eq!(c.used_today(&clock, t + 150), 2);
+    }
+
+    #[test]
+    fn backoff_blocks_until_it_ends() {
+        let clock = Clock { day_ms: 86_400_000 };
+        let c = Counters {
+            backoff_until: 5000,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.check(&Caps::default(), 0, &clock, 4000)
+                .unwrap_err()
+                .until,
+            5000
+        );
+        assert!(c.check(&Caps::default(), 0, &clock, 5000).is_ok());
+    }
+}

@@ -1,0 +1,160 @@
+//! Warm-up schedules and the one clock that warm-up and throttle windows read. A "day" is
+//! `warmup.day` long (24 h in production, seconds in tests); an "hour" is a 24th of it. Days and
+//! hours are numbered from the unix epoch, so every window is plain integer division.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+
+/// SparkPost-style ramp: daily messages per IP × provider on day 0, 1, 2, …; after the last day
+/// the IP is active (no warm-up cap).
+pub const STANDARD: &[u64] = &[
+    200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 40_000, 70_000, 100_000, 150_000, 250_000,
+    400_000, 600_000, 1_000_000,
+];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub day_ms: u64,
+}
+
+impl Clock {
+    pub fn from_config(config: &Config) -> Clock {
+        Clock {
+            day_ms: (config.warmup.day.0.as_millis() as u64).max(24),
+        }
+    }
+
+    pub fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn hour_ms(&self) -> u64 {
+        self.day_ms / 24
+    }
+
+    pub fn day(&self, now_ms: u64) -> u64 {
+        now_ms / self.day_ms
+    }
+
+    pub fn hour(&self, now_ms: u64) -> u64 {
+        now_ms / self.hour_ms()
+    }
+
+    pub fn next_day_start(&self, now_ms: u64) -> u64 {
+        (self.day(now_ms) + 1) * self.day_ms
+    }
+
+    pub fn next_hour_start(&self, now_ms: u64) -> u64 {
+        (self.hour(now_ms) + 1) * self.hour_ms()
+    }
+}
+
+/// Named schedules: `standard` plus `[[warmup.schedule]]` (which may redefine `standard`).
+pub fn schedules(config: &Config) -> Vec<(String, Vec<u64>)> {
+    let mut v: Vec<(String, Vec<u64>)> = config
+        .warmup
+        .schedule
+        .iter()
+        .map(|s| (s.name.clone(), s.daily.clone()))
+        .collect();
+    if !v.iter().any(|(n, _)| n == "standard") {
+        v.push(("standard".into(), STANDARD.to_vec()));
+    }
+    v
+}
+
+/// Hourly share of a daily cap: ceil(daily / 24) × burst, so a day's volume is spread over
+/// the day instead of leaving in its first minute.
+pub fn hourly_cap(daily: u64, burst: u64) -> u64 {
+    daily.div_ceil(24).max(1) * burst.max(1)
+}
+
+/// The warm-up position of one IP × provider, persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// Index into the schedule of the current sending day.
+    pub day_index: u32,
+    /// Absolute day number (Clock::day) of the last day with a send.
+    pub last_send_day: Option<u64>,
+}
+
+impl Progress {
+    /// The schedule index that applies to a send on absolute day `today`: the index moves on by
+    /// one after a day that had sends (idle days do not count); `idle_days` or more without a
+    /// send start the warm-up over from day 0.
+    pub fn index_on(&self, today: u64, idle_days: u64) -> u32 {
+        match self.last_send_day {
+            None => self.day_index,
+            Some(last) if last >= today => self.day_index,
+            Some(last) if today - last >= idle_days => 0,
+            Some(_) => self.day_index.saturating_add(1),
+        }
+    }
+
+    /// Records a send on `today`.
+    pub fn sent_on(&mut self, today: u64, idle_days: u64) {
+        self.day_index = self.index_on(today, idle_days);
+        self.last_send_day = Some(self.last_send_day.map_or(today, |l| l.max(today)));
+    }
+}
+
+/// The daily cap on `index` of `schedule`; `None` once the schedule is over (active).
+pub fn daily_cap(schedule: &[u64], index: u32) -> Option<u64> {
+    schedule.get(index as usize).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_windows() {
+        let c = Clock { day_ms: 2400 };
+        assert_eq!(c.hour_ms(), 100);
+        assert_eq!(c.day(4799), 1);
+        assert_eq!(c.day(4800), 2);
+        assert_eq!(c.hour(250), 2);
+        assert_eq!(c.next_hour_start(250), 300);
+        assert_eq!(c.next_day_start(250), 2400);
+    }
+
+    #[test]
+    fn day_advances_only_after_sending_days() {
+        let mut p = Progress::default();
+        assert_eq!(p.index_on(100, 30), 0);
+        p.sent_on(100, 30);
+        p.sent_on(100, 30);
+        assert_eq!(p.day_index, 0, "same day: no advance");
+        assert_eq!(p.index_on(101, 30), 1);
+        // Three idle days: still only one step.
+        assert_eq!(p.index_on(104, 30), 1);
+        p.sent_on(104, 30);
+        assert_eq!(p.day_index, 1);
+        p.sent_on(105, 30);
+        assert_eq!(p.day_index, 2);
+        // Idle 30 days or more: warming again from day 0.
+        assert_eq!(p.index_on(134, 30), 3);
+        assert_eq!(p.index_on(135, 30), 0);
+        p.sent_on(135, 30);
+        assert_eq!(p.day_index, 0);
+    }
+
+    #[test]
+    fn caps_and_end_of_schedule() {
+        let s = [200, 500, 1000];
+        assert_eq!(daily_cap(&s, 0), Some(200));
+        assert_eq!(daily_cap(&s, 2), Some(1000));
+        assert_eq!(daily_cap(&s, 3), None, "schedule over: active");
+        assert_eq!(hourly_cap(200, 2), 18);
+        assert_eq!(hourly_cap(5, 2), 2);
+        assert_eq!(hourly_cap(48, 1), 2);
+        assert_eq!(
+            &STANDARD[..8],
+            &[200, 500, 1000, 2000, 5000, 10000, 20000, 40000]
+        );
+    }
+}
