@@ -553,6 +553,12 @@ fn size_limit_declared_and_actual() {
     assert!(caps.iter().any(|c| c == "SIZE 2000"), "{caps:?}");
     let r = c.cmd("MAIL FROM:<a@example.com> SIZE=2001").expect(552);
     assert!(r.text.contains("5.3.4"), "{r}");
+    // Too large even for a u64 is still "too large" (RFC 1870), not a syntax error.
+    let r = c
+        .cmd("MAIL FROM:<a@example.com> SIZE=99999999999999999999999")
+        .expect(552);
+    assert!(r.text.contains("5.3.4"), "{r}");
+    c.cmd("MAIL FROM:<a@example.com> SIZE=12x").expect(501);
     c.cmd("MAIL FROM:<a@example.com> SIZE=1000").expect(250);
     c.cmd("RCPT TO:<b@example.org>").expect(250);
     let mut big = b"Subject: big\r\n\r\n".to_vec();
@@ -1203,4 +1209,23 @@ fn hundreds_of_concurrent_sessions_cost_no_thread_each() {
         queued(&relay, &r);
     }
     assert_eq!(relay.spool_files("env").len(), 30);
+}
+
+/// smtp-proto reads `BDAT 999999999999999999995` as a 5-octet chunk (its saturating parser wraps
+/// back to the last digit); a count that does not fit must never be read as a smaller one, or
+/// the octets after it would be taken as commands.
+#[test]
+fn bdat_chunk_size_too_large_to_represent_is_not_misread() {
+    let (_e, relay) = simple("bdatbig", "", "");
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<a@example.com>").expect(250);
+    c.cmd("RCPT TO:<b@example.org>").expect(250);
+    c.send_raw(b"BDAT 999999999999999999995 LAST\r\nhello");
+    let r = c.read_reply();
+    assert_eq!(r.code, 501, "{r}");
+    assert!(r.text.contains("5.5.4"), "{r}");
+    // The following octets are of unknown length: the session cannot go on.
+    assert!(c.is_closed(WAIT));
+    assert!(relay.spool_files("env").is_empty());
 }

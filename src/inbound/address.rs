@@ -129,6 +129,14 @@ fn check_domain(d: &str) -> Result<(), AddrError> {
     if d.len() > MAX_DOMAIN {
         return Err(AddrError::Syntax("domain too long"));
     }
+    // RFC 3696 §2: a top-level label is never all digits; `u@10.1.2.3` is an address literal
+    // in disguise, which resolvers and routing may take as an address.
+    if d.rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|c| c.is_ascii_digit()))
+    {
+        return Err(AddrError::Syntax("numeric top-level domain"));
+    }
     for label in d.split('.') {
         if label.is_empty() {
             return Err(AddrError::Syntax("empty label in domain"));
@@ -252,6 +260,8 @@ mod tests {
         assert_eq!(ok("\"john doe\"@example.com"), "\"john doe\"@example.com");
         assert_eq!(ok("\"a\\\"b\"@example.com"), "\"a\\\"b\"@example.com");
         assert_eq!(ok("x@localhost"), "x@localhost");
+        assert_eq!(ok("x@123.example.com"), "x@123.example.com");
+        assert_eq!(ok("x@1e100.net"), "x@1e100.net");
         assert_eq!(ok(""), "");
     }
 
@@ -295,6 +305,10 @@ mod tests {
             "\"ctl\u{1}\"@example.com",
             "user(comment)@example.com",
             "<user@example.com",
+            // A dotted quad without brackets: resolvers and routing may take it as an address.
+            "user@127.0.0.1",
+            "user@10.1.2.3",
+            "user@example.123",
         ] {
             bad(s);
         }

@@ -40,8 +40,17 @@ pub fn parse_plain(raw: &[u8]) -> Option<(String, String)> {
     ))
 }
 
-/// AUTH failures per client address. After `max` failures within `window` the address is locked
-/// out for `window`.
+/// An IPv6 host usually holds a whole /64 and can pick a fresh address per attempt: count
+/// failures per /64 there, per address for IPv4.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+        v4 => v4,
+    }
+}
+
+/// AUTH failures per client address (per /64 for IPv6). After `max` failures within `window`
+/// the address is locked out for `window`.
 pub struct AuthGuard {
     max: u32,
     window: Duration,
@@ -74,6 +83,7 @@ impl AuthGuard {
     }
 
     pub fn is_locked(&self, ip: IpAddr) -> bool {
+        let ip = client_key(ip);
         let mut map = self.entries.lock().expect("auth guard lock");
         match map.get(&ip).and_then(|e| e.locked_until) {
             Some(until) if Instant::now() < until => true,
@@ -86,6 +96,7 @@ impl AuthGuard {
     }
 
     pub fn fail(&self, ip: IpAddr) -> Failure {
+        let ip = client_key(ip);
         let now = Instant::now();
         let mut map = self.entries.lock().expect("auth guard lock");
         if map.len() >= MAX_TRACKED {
@@ -268,5 +279,17 @@ mod tests {
         assert!(g.is_locked(ip));
         assert_eq!(g.fail(ip), Failure::Counted);
         assert!(!g.is_locked("127.0.0.8".parse().unwrap()));
+    }
+
+    /// One IPv6 host owns a whole /64: walking through it must not reset the count.
+    #[test]
+    fn ipv6_lockout_covers_the_64() {
+        let g = AuthGuard::new(3, Duration::from_secs(60));
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert_eq!(g.fail(ip("2001:db8:1:2::1")), Failure::Counted);
+        assert_eq!(g.fail(ip("2001:db8:1:2::2")), Failure::Counted);
+        assert_eq!(g.fail(ip("2001:db8:1:2:ffff::3")), Failure::LockedOut);
+        assert!(g.is_locked(ip("2001:db8:1:2::99")));
+        assert!(!g.is_locked(ip("2001:db8:1:3::1")));
     }
 }

@@ -57,8 +57,9 @@ impl Session {
         for (key, value) in params {
             let v = value.as_deref();
             match (key.as_str(), v) {
-                ("SIZE", Some(n)) => match n.parse::<u64>() {
-                    Ok(n) if n > max => {
+                ("SIZE", Some(n)) if n.bytes().all(|c| c.is_ascii_digit()) => {
+                    // Digits past u64 are over any limit too (RFC 1870: 552, not a syntax error).
+                    if n.parse::<u64>().map_or(true, |n| n > max) {
                         return self.refuse(
                             "mail",
                             Reply::new(
@@ -68,9 +69,7 @@ impl Session {
                             ),
                         );
                     }
-                    Ok(_) => {}
-                    Err(_) => return self.send(Reply::new(501, "5.5.4", "Bad SIZE value")),
-                },
+                }
                 ("BODY", Some(b)) if b.eq_ignore_ascii_case("8BITMIME") => tx.body_8bit = true,
                 ("BODY", Some(b)) if b.eq_ignore_ascii_case("7BIT") => {}
                 ("BODY", _) => {

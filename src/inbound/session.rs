@@ -306,7 +306,9 @@ impl Session {
 
     /// The next command line: CRLF-terminated, no other CR or LF inside, at most MAX_LINE bytes.
     pub(super) async fn next_line(&mut self) -> Result<Line, End> {
-        let timeout = self.cfg().limits.command_timeout.0;
+        // One deadline for the whole line, not one per read: a client trickling a byte at a
+        // time (slowloris) is cut after command_timeout instead of being kept for ever.
+        let deadline = tokio::time::Instant::now() + self.cfg().limits.command_timeout.0;
         loop {
             let avail = &self.rbuf[self.rpos..];
             let window = &avail[..avail.len().min(MAX_LINE + 2)];
@@ -322,17 +324,16 @@ impl Session {
                 return Ok(Line::Cmd(body.to_vec()));
             }
             if avail.len() >= MAX_LINE + 2 {
-                return self.skip_line().await;
+                return self.skip_line(deadline).await;
             }
-            if !self.fill(timeout).await? {
+            if !self.fill(deadline - tokio::time::Instant::now()).await? {
                 return Ok(Line::Eof);
             }
         }
     }
 
     /// Drops the rest of an overlong line (bounded), so the next command starts cleanly.
-    async fn skip_line(&mut self) -> Result<Line, End> {
-        let timeout = self.cfg().limits.command_timeout.0;
+    async fn skip_line(&mut self, deadline: tokio::time::Instant) -> Result<Line, End> {
         let mut skipped = 0;
         loop {
             let avail = &self.rbuf[self.rpos..];
@@ -353,7 +354,7 @@ impl Session {
                     ))
                     .map(|_| Line::Eof);
             }
-            if !self.fill(timeout).await? {
+            if !self.fill(deadline - tokio::time::Instant::now()).await? {
                 return Ok(Line::Eof);
             }
         }
@@ -390,6 +391,10 @@ impl Session {
                 self.rcpt(&rest)
             };
         }
+        if verb == b"BDAT" {
+            let args = line.get(verb_end + 1..).unwrap_or_default();
+            return self.bdat_command(args).await;
+        }
         let mut with_crlf = line;
         with_crlf.extend_from_slice(b"\r\n");
         let req = match Request::parse(&mut with_crlf.iter()) {
@@ -409,10 +414,6 @@ impl Session {
             Request::Ehlo { host } => self.hello(host, true),
             Request::Helo { host } => self.hello(host, false),
             Request::Data => self.data().await,
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => self.bdat(chunk_size, is_last).await,
             Request::Rset => {
                 self.tx = None;
                 self.send(Reply::new(250, "2.0.0", "Ok"))
