@@ -40,8 +40,10 @@ pub const SIGNED_HEADERS: &[&str] = &[
     "List-Unsubscribe-Post",
 ];
 
-/// RSA sizes accepted (bits). aws-lc-rs refuses to sign with keys under 2048 bits.
-const RSA_MIN_BITS: usize = 2048;
+/// RSA sizes accepted (bits). aws-lc-rs refuses to sign under 2048 bits, so 1024–2047-bit keys
+/// (still valid per RFC 8301, still published by some domains) sign through RustCrypto's `rsa`.
+const RSA_MIN_BITS: usize = 1024;
+const RSA_AWS_LC_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 4096;
 
 pub struct Signer {
@@ -59,19 +61,47 @@ struct Key {
     key: SharedKey,
 }
 
+/// A private key as loaded: mail-auth's own (aws-lc-rs), or a short legacy RSA key.
+pub(crate) enum LoadedKey {
+    Auth(AuthKey),
+    /// 1024–2047 bits: PKCS#1 v1.5 SHA-256 with RustCrypto `rsa`, blinded.
+    LegacyRsa(rsa::RsaPrivateKey),
+}
+
 /// One loaded key shared by every signature it makes (mail-auth's signer takes its key by value).
 #[derive(Clone)]
-struct SharedKey(Arc<AuthKey>);
+struct SharedKey(Arc<LoadedKey>);
 
 impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        self.0.sign(input)
+        match &*self.0 {
+            LoadedKey::Auth(key) => key.sign(input),
+            LoadedKey::LegacyRsa(key) => {
+                use sha2::Digest;
+                let mut data = Vec::with_capacity(256);
+                input.write(&mut data);
+                let digest = sha2::Sha256::digest(&data);
+                key.sign_with_rng(
+                    &mut rand::thread_rng(),
+                    rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+                    &digest,
+                )
+                .map_err(|e| {
+                    mail_auth::Error::Crypto(mail_auth::common::crypto::CryptoError::Library(
+                        e.to_string(),
+                    ))
+                })
+            }
+        }
     }
 
     fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
-        self.0.algorithm()
+        match &*self.0 {
+            LoadedKey::Auth(key) => key.algorithm(),
+            LoadedKey::LegacyRsa(_) => mail_auth::common::crypto::Algorithm::RsaSha256,
+        }
     }
 }
 
@@ -388,13 +418,13 @@ pub(crate) fn is_selector(s: &str) -> bool {
         })
 }
 
-/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 2048–4096 bits) or Ed25519 (PKCS#8).
-pub(crate) fn load_key(path: &Path) -> Result<AuthKey, String> {
+/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 1024–4096 bits) or Ed25519 (PKCS#8).
+pub(crate) fn load_key(path: &Path) -> Result<LoadedKey, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read key file: {e}"))?;
     parse_key(&pem)
 }
 
-pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
+pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
     let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         format!("not a PEM private key ({e}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"")
     })?;
@@ -403,7 +433,7 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
         PrivateKeyDer::Pkcs8(pkcs8) => {
             // Ed25519 first; "maybe_unchecked" also takes OpenSSL's PKCS#8 v1 (no public key).
             if let Ok(key) = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
-                return Ok(AuthKey::Ed25519(key));
+                return Ok(LoadedKey::Auth(AuthKey::Ed25519(key)));
             }
             rsa_key(PrivateKeyDer::Pkcs8(pkcs8))
         }
@@ -411,38 +441,53 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
     }
 }
 
-fn rsa_key(der: PrivateKeyDer<'_>) -> Result<AuthKey, String> {
-    let bits = rsa_bits(&der)?;
-    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
-        return Err(format!(
-            "RSA key of {bits} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits \
-             (`poolrelay dkim keygen` makes one)"
-        ));
-    }
-    RsaKey::<Sha256>::from_key_der(der)
-        .map(AuthKey::Rsa)
-        .map_err(|e| format!("unusable RSA key: {e}"))
-}
-
-/// The modulus size, read by aws-lc-rs without its own 2048-bit floor getting in the way of a
-/// clear message.
-fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
-    let parsed = match der {
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
+    let parsed = match &der {
         PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
         _ => return Err("unsupported key type".into()),
     };
     match parsed {
-        Ok(k) => Ok(k.public_modulus_len() * 8),
-        Err(e) if e.description_() == "TooSmall" => Err(format!(
-            "RSA key smaller than {RSA_MIN_BITS} bits (the crypto backend refuses to sign with it; \
-             `poolrelay dkim keygen` makes a 2048-bit one)"
+        Ok(k) if k.public_modulus_len() * 8 > RSA_MAX_BITS => Err(format!(
+            "RSA key of {} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits",
+            k.public_modulus_len() * 8
         )),
+        Ok(_) => RsaKey::<Sha256>::from_key_der(der)
+            .map(|k| LoadedKey::Auth(AuthKey::Rsa(k)))
+            .map_err(|e| format!("unusable RSA key: {e}")),
+        Err(e) if e.description_() == "TooSmall" => legacy_rsa_key(&der),
         Err(e) if e.description_() == "TooLarge" => {
             Err(format!("RSA key larger than {RSA_MAX_BITS} bits"))
         }
         Err(e) => Err(format!("not a valid RSA or Ed25519 private key ({e})")),
     }
+}
+
+/// A key under aws-lc-rs's 2048-bit floor: accepted from 1024 bits, with a warning.
+fn legacy_rsa_key(der: &PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let key = match der {
+        PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
+            .map_err(|e| format!("not a valid RSA private key ({e})"))?,
+        PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
+            .map_err(|e| format!("not a valid RSA private key ({e})"))?,
+        _ => return Err("unsupported key type".into()),
+    };
+    let bits = key.size() * 8;
+    if bits < RSA_MIN_BITS {
+        return Err(format!(
+            "RSA key of {bits} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits \
+             (`poolrelay dkim keygen` makes a 2048-bit one)"
+        ));
+    }
+    debug_assert!(bits < RSA_AWS_LC_MIN_BITS);
+    tracing::warn!(
+        bits,
+        "dkim: RSA key under 2048 bits is legacy (RFC 8301 recommends 2048); rotate it"
+    );
+    Ok(LoadedKey::LegacyRsa(key))
 }
 
 /// What signing needs to know about the message's header section.

@@ -14,6 +14,7 @@ use super::*;
 
 const RSA_PKCS1: &str = include_str!("testdata/rsa2048-pkcs1.pem");
 const RSA_1024: &str = include_str!("testdata/rsa1024-pkcs1.pem");
+const RSA_512: &str = include_str!("testdata/rsa512-pkcs1.pem");
 const ED25519_OPENSSL: &str = include_str!("testdata/ed25519-openssl.pem");
 
 const MESSAGE: &[u8] = b"Received: from client.test (127.0.0.1)\r\n\tby relay.test; Mon, 23 Nov 2026 17:00:00 +0000\r\n\
@@ -206,6 +207,26 @@ fn rsa_pkcs1_signature_verifies_and_message_is_untouched() {
 }
 
 #[test]
+fn legacy_rsa_1024_key_signs_and_verifies() {
+    let dir = tempdir("rsa1024");
+    let key = write(&dir, "k.pem", RSA_1024);
+    let signer =
+        Signer::from_config(&config(&[("example.com", "old", &key, false)], false)).unwrap();
+    let signed = signer.sign(MESSAGE).unwrap();
+    assert_eq!(tags(&signed.headers)["a"], "rsa-sha256");
+    let table = Table::default();
+    table.add(
+        "example.com",
+        "old",
+        &keygen::txt_value(RSA_1024.as_bytes()).unwrap(),
+    );
+    assert_eq!(
+        verify(&table, &joined(&signed, MESSAGE)),
+        [DkimResult::Pass]
+    );
+}
+
+#[test]
 fn ed25519_and_rsa_side_by_side_give_two_signatures() {
     let dir = tempdir("dual");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
@@ -343,7 +364,7 @@ fn key_loading_errors_name_the_file() {
         "cert.pem",
         "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ==\n-----END CERTIFICATE-----\n",
     );
-    let small = write(&dir, "small.pem", RSA_1024);
+    let small = write(&dir, "small.pem", RSA_512);
     let truncated = write(&dir, "trunc.pem", &RSA_PKCS1[..RSA_PKCS1.len() / 2]);
     let bad_b64 = write(
         &dir,
@@ -377,7 +398,7 @@ fn key_loading_errors_name_the_file() {
     assert!(texts[0].contains("cannot read"), "{}", texts[0]);
     assert!(texts[1].contains("not a PEM private key"), "{}", texts[1]);
     assert!(texts[2].contains("not a PEM private key"), "{}", texts[2]);
-    assert!(texts[3].contains("smaller than 2048 bits"), "{}", texts[3]);
+    assert!(texts[3].contains("RSA key of 512 bits"), "{}", texts[3]);
     assert!(texts[6].contains("domain must be"), "{}", texts[6]);
     assert!(texts[7].contains("selector"), "{}", texts[7]);
     for t in &texts {
