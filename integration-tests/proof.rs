@@ -582,3 +582,346 @@ fn disk_full_gives_452_and_queued_mail_still_leaves() {
     assert_eq!(r.code, 250, "{r}");
     sink.wait_for_messages(4, Duration::from_secs(20));
 }
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Samples a process's RSS every 20 ms until dropped; `max()` is the highest seen.
+struct RssSampler {
+    max: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let (max, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (m, s) = (max.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    m.fetch_max(kib as usize, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssSampler {
+            max,
+            stop,
+            thread: Some(thread),
+        }
+    }
+    fn max_mib(&self) -> f64 {
+        self.max.load(Ordering::Relaxed) as f64 / 1024.0
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads replies until the connection closes (or `limit` replies); returns the codes.
+fn drain_replies(c: &mut SmtpClient, limit: usize) -> (Vec<u16>, bool) {
+    let mut codes = Vec::new();
+    while codes.len() < limit {
+        match c.try_read_reply() {
+            Ok(r) => codes.push(r.code),
+            Err(_) => return (codes, true),
+        }
+    }
+    (codes, false)
+}
+
+/// Seeded bytes without CR and LF.
+fn garbage(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| match (rng.next() >> 24) as u8 {
+            b'\r' | b'\n' => b'?',
+            b => b,
+        })
+        .collect()
+}
+
+/// Hostile clients, one after another against one relay: each gets the right reply and is cut
+/// where it should be; afterwards the relay still serves a normal session, nothing is left in
+/// spool/tmp and its RSS stayed bounded throughout.
+#[test]
+fn hostile_sessions_are_cut_and_the_relay_survives() {
+    let dir = tempdir("proof-hostile");
+    let certs = make_certs(&dir, &["relay.test"]);
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[lo(20)]);
+    let (port, tls_port) = (free_port(), free_port());
+    let cfg = format!(
+        r#"
+hostname = "relay.test"
+data_dir = "data"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+tls = "starttls"
+auth = "none"
+
+[[listen]]
+address = "127.0.0.1:{tls_port}"
+tls = "implicit"
+auth = "none"
+
+[tls]
+certificate = "{cert}"
+private_key = "{key}"
+
+[access]
+networks = ["127.0.0.0/8"]
+
+[limits]
+command_timeout = "2s"
+data_timeout = "2s"
+
+[dns]
+nameservers = ["{dns}"]
+
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+{route}
+"#,
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+        dns = dns.nameserver(),
+        sink_port = sink.port(),
+        route = route_all(sink.port()),
+    );
+    let relay = Relay::start(&dir, &cfg);
+    let addr = relay.addr();
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let rss = RssSampler::start(relay.pid().unwrap());
+    let mut rng = Rng(0x0BAD_F00D);
+
+    // 1. Garbage lines: each refused with 5xx, then 421 and the connection is closed once the
+    //    error limit is reached.
+    let mut c = SmtpClient::connect(addr);
+    for _ in 0..20 {
+        let mut line = garbage(&mut rng, 200);
+        line.extend_from_slice(b"\r\n");
+        let _ = c.try_send_raw(&line);
+    }
+    let (codes, closed) = drain_replies(&mut c, 30);
+    assert!(closed, "still open after 20 garbage lines: {codes:?}");
+    assert!(
+        codes
+            .iter()
+            .take(codes.len() - 1)
+            .all(|&x| (500..600).contains(&x)),
+        "{codes:?}"
+    );
+    assert_eq!(codes.last(), Some(&421), "{codes:?}");
+
+    // 2. NUL bytes in commands and in addresses: refused, never taken as a command end.
+    let mut c = SmtpClient::connect(addr);
+    let r = c.cmd("EHLO client.test\0MAIL FROM:<a@b.test>");
+    assert!(r.code == 250 || r.code >= 500, "{r}");
+    let r = c.cmd("MAIL FROM:<a\0@snd.test>");
+    assert!((500..600).contains(&r.code), "NUL in address: {r}");
+    let r = c.cmd("\0\0\0\0");
+    assert!((500..600).contains(&r.code), "{r}");
+    c.cmd("RSET").expect(250);
+    c.quit();
+
+    // 3. A 1 MB command line: the session is cut (421) once the line passes the discard bound.
+    let mut c = SmtpClient::connect(addr);
+    let mut huge = vec![b'A'; 1 << 20];
+    huge.extend_from_slice(b"\r\n");
+    let _ = c.try_send_raw(&huge); // may fail: the relay closes before reading it all
+    let (codes, closed) = drain_replies(&mut c, 5);
+    assert!(closed, "1 MB line: still open, replies {codes:?}");
+    assert!(codes.iter().all(|&x| x == 421 || x == 500), "{codes:?}");
+
+    // 4. A 1 MB line inside DATA is message content: stored in bounded memory, accepted.
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let mut msg = body("<longline@proof.test>");
+    msg.extend_from_slice(&vec![b'L'; 1 << 20]);
+    msg.extend_from_slice(b"\r\n");
+    let r = try_send(&mut c, "sender@snd.test", "rcpt@dest.test", &msg).unwrap();
+    assert!(r.code == 250 || r.code == 552 || r.code == 554, "{r}");
+    c.quit();
+
+    // 5. Unfinished DATA, then disconnect: nothing stays in spool/tmp, nothing is queued.
+    let queued_before = message_ids(&sink).len() + relay.spool_files("env").len();
+    for _ in 0..5 {
+        let mut c = SmtpClient::connect(addr);
+        c.ehlo("client.test");
+        c.cmd("MAIL FROM:<sender@snd.test>").expect(250);
+        c.cmd("RCPT TO:<rcpt@dest.test>").expect(250);
+        c.cmd("DATA").expect(354);
+        c.send_raw(b"Subject: unfinished\r\n\r\n");
+        c.send_raw(&vec![b'u'; 100_000]);
+        drop(c);
+    }
+
+    // 6. Pipelined abuse: 5,000 commands in one write are all answered, in order.
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let mut burst = Vec::new();
+    for _ in 0..5000 {
+        burst.extend_from_slice(b"NOOP\r\n");
+    }
+    burst.extend_from_slice(b"QUIT\r\n");
+    let writer = {
+        let mut c2 = std::net::TcpStream::connect(addr).unwrap();
+        // The same burst on a second raw connection, never read: the relay must not buffer
+        // replies without bound for a client that does not read.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut big = Vec::new();
+            for _ in 0..200_000 {
+                big.extend_from_slice(b"NOOP\r\n");
+            }
+            c2.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c2.write_all(&big);
+            std::thread::sleep(Duration::from_secs(3));
+        })
+    };
+    c.send_raw(&burst);
+    let (codes, closed) = drain_replies(&mut c, 5001);
+    assert_eq!(codes.len(), 5001, "closed={closed}");
+    assert!(codes[..5000].iter().all(|&x| x == 250), "NOOP replies");
+    assert_eq!(codes[5000], 221);
+    // Invalid commands pipelined: the error limit ends it after a handful of replies.
+    let mut c = SmtpClient::connect(addr);
+    let mut burst = Vec::new();
+    for _ in 0..10_000 {
+        burst.extend_from_slice(b"RCPT TO:<x@dest.test>\r\n");
+    }
+    let _ = c.try_send_raw(&burst);
+    let (codes, closed) = drain_replies(&mut c, 10_000);
+    assert!(closed && codes.len() < 50, "{} replies", codes.len());
+    assert_eq!(codes.last(), Some(&421));
+
+    // 7. TLS garbage: on the implicit TLS port, and after STARTTLS.
+    for _ in 0..3 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(tls_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&garbage(&mut rng, 16 * 1024));
+        let mut buf = [0u8; 1024];
+        let mut total = 0;
+        // The relay must close: EOF or reset, with at most a TLS alert before it.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            assert!(total < 1024, "replied to TLS garbage with {total} bytes");
+        }
+    }
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    c.cmd("STARTTLS").expect(220);
+    let _ = c.try_send_raw(&garbage(&mut rng, 16 * 1024));
+    assert!(
+        c.is_closed(Duration::from_secs(10)),
+        "open after TLS garbage"
+    );
+
+    // 8. Slowloris: 50 clients each sending one byte of a command every 300 ms. With
+    //    command_timeout = 2s each must be cut within a few seconds, whatever it trickles.
+    let started = Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let text = b"EHLO slow.client.test.example.org.and.more.and.more.and.more\r\n";
+    let mut open = vec![true; slow.len()];
+    let mut i = 0;
+    while open.iter().any(|&o| o) && started.elapsed() < Duration::from_secs(12) {
+        use std::io::{Read, Write};
+        for (k, s) in slow.iter_mut().enumerate() {
+            if !open[k] {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        open[k] = false;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        open[k] = false;
+                        break;
+                    }
+                }
+            }
+            if open[k] && s.write(&text[i % (text.len() - 2)..][..1]).is_err() {
+                open[k] = false;
+            }
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let cut_after = started.elapsed();
+    assert!(
+        open.iter().all(|&o| !o),
+        "{} slowloris sessions still open after {cut_after:?}",
+        open.iter().filter(|&&o| o).count()
+    );
+    assert!(
+        cut_after < Duration::from_secs(8),
+        "cut after {cut_after:?}"
+    );
+    drop(slow);
+
+    writer.join().unwrap();
+    // The relay is alive and serves a normal session; nothing leaked.
+    let r = submit(addr, "rcpt@dest.test", "<after-hostile@proof.test>");
+    assert_eq!(r.code, 250, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(15), || message_ids(&sink)
+            .contains(&"<after-hostile@proof.test>".to_string())),
+        "{}",
+        relay.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || tmp_files(&relay).is_empty()),
+        "leaked in spool/tmp: {:?}",
+        tmp_files(&relay)
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || queue_empty(&relay)),
+        "{:?}",
+        relay.spool_files("env")
+    );
+    let delivered = message_ids(&sink);
+    assert!(
+        !delivered.iter().any(|m| m.contains("unfinished")),
+        "unfinished DATA delivered"
+    );
+    assert!(delivered.len() <= queued_before + 1, "{delivered:?}");
+    let max = rss.max_mib();
+    println!("hostile sessions: relay peak RSS {max:.1} MiB, slowloris cut after {cut_after:?}");
+    assert!(max < 100.0, "RSS reached {max:.1} MiB");
+}
