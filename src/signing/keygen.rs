@@ -75,7 +75,7 @@ pub fn txt_value(private_pem: &[u8]) -> Result<String, String> {
     // Check it the same way the relay will load it.
     if let super::LoadedKey::LegacyRsa(key) = super::parse_key(private_pem)? {
         use rsa::pkcs8::EncodePublicKey;
-        let spki = rsa::RsaPublicKey::from(&key)
+        let spki = rsa::RsaPublicKey::from(&*key)
             .to_public_key_der()
             .map_err(|e| format!("cannot encode the public key: {e}"))?;
         return Ok(format!("v=DKIM1; k=rsa; p={}", B64.encode(spki.as_bytes())));

@@ -65,7 +65,7 @@ struct Key {
 pub(crate) enum LoadedKey {
     Auth(AuthKey),
     /// 1024–2047 bits: PKCS#1 v1.5 SHA-256 with RustCrypto `rsa`, blinded.
-    LegacyRsa(rsa::RsaPrivateKey),
+    LegacyRsa(Box<rsa::RsaPrivateKey>),
 }
 
 /// One loaded key shared by every signature it makes (mail-auth's signer takes its key by value).
@@ -487,7 +487,7 @@ fn legacy_rsa_key(der: &PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
         bits,
         "dkim: RSA key under 2048 bits is legacy (RFC 8301 recommends 2048); rotate it"
     );
-    Ok(LoadedKey::LegacyRsa(key))
+    Ok(LoadedKey::LegacyRsa(Box::new(key)))
 }
 
 /// What signing needs to know about the message's header section.
