@@ -1,3 +1,650 @@
-//! Pool: warm-up caps, providers, drain/undrain, failover, state across restarts. Real binary.
+//! Pool: warm-up caps per IP × provider (daily and hourly, counted at the destination by peer
+//! address), day advance only after sending days, overflow to warm IPs, holding (never
+//! bouncing) when no IP can take a message, pool rules, drain/undrain through the CLI and the
+//! admin API, state across restarts, and back-off after a "slow down" reply. Source IPs are
+//! 127.0.0.10–12; the sinks' MX names map to test providers `alpha` and `beta`.
 
 mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Bench {
+    dns: DnsServer,
+    sink: Sink,
+}
+
+/// A DNS server and one sink: `a.test` → mx.alpha.test (127.0.0.20, provider alpha),
+/// `b.test` → mx.beta.test (127.0.0.21, provider beta).
+fn bench(script: Option<fn(&Step) -> Option<String>>) -> Bench {
+    let dns = DnsServer::start();
+    let mut b = Sink::builder(&[lo(20), lo(21)]);
+    if let Some(s) = script {
+        b = b.script(s);
+    }
+    let sink = b.start();
+    dns.add_mx("a.test", 10, "mx.alpha.test");
+    dns.add_ip("mx.alpha.test", lo(20));
+    dns.add_mx("b.test", 10, "mx.beta.test");
+    dns.add_ip("mx.beta.test", lo(21));
+    Bench { dns, sink }
+}
+
+/// Relay config: trusted 127/8, no connection reuse (so every message is a fresh selection),
+/// admin API on a free port, providers alpha/beta; `rest` adds pools, warm-up, rules.
+fn config(port: u16, admin: u16, b: &Bench, listen: &str, rest: &str) -> String {
+    format!(
+        r#"
+hostname = "relay.test"
+data_dir = "data"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+{listen}
+
+[access]
+networks = ["127.0.0.0/8"]
+
+[dns]
+nameservers = ["{dns}"]
+
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+connect_timeout = "2s"
+command_timeout = "5s"
+idle_timeout = "0s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[provider]]
+name = "alpha"
+mx_suffixes = ["alpha.test"]
+
+[[provider]]
+name = "beta"
+mx_suffixes = ["beta.test"]
+
+{rest}
+"#,
+        dns = b.dns.nameserver(),
+        sink_port = b.sink.port(),
+    )
+}
+
+const PLAIN: &str = "tls = \"none\"\nauth = \"none\"";
+
+fn start(name: &str, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
+    let dir = tempdir(name);
+    let admin = free_port();
+    let relay = Relay::start(&dir, &config(free_port(), admin, b, PLAIN, rest));
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(admin).is_ok()),
+        "admin API not listening\n{}",
+        relay.log()
+    );
+    (relay, admin)
+}
+
+fn body(subject: &str) -> Vec<u8> {
+    format!("From: <s@snd.test>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nHello.\r\n")
+        .into_bytes()
+}
+
+/// Submits one message per recipient over one session; asserts every 250.
+fn submit(relay: &Relay, from: &str, rcpts: &[String]) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    for (i, r) in rcpts.iter().enumerate() {
+        let reply = c.send_mail(
+            from,
+            &[r.as_str()],
+            &body(&format!("m{i}-{}", r.replace('@', "."))),
+        );
+        assert_eq!(reply.code, 250, "submit {r}: {reply}");
+    }
+    c.quit();
+}
+
+fn rcpts(prefix: &str, domain: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
+}
+
+/// Messages at the sink from source `src` to MX address `dst`.
+fn count(sink: &Sink, src: u8, dst: u8) -> usize {
+    sink.messages()
+        .iter()
+        .filter(|m| m.peer == lo(src) && m.local.ip() == lo(dst))
+        .count()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until a window of `len_ms` (epoch-aligned, as the relay counts them) has just begun,
+/// so a step of the test fits inside one window; returns the window number.
+fn fresh_window(len_ms: u64) -> u64 {
+    assert!(wait_until(Duration::from_millis(len_ms + 1000), || now_ms(
+    )
+        % len_ms
+        < 300));
+    now_ms() / len_ms
+}
+
+/// One HTTP/1.1 request to the admin API; returns (status, JSON body).
+fn http(admin: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut s = TcpStream::connect(admin).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("HTTP head");
+    let code: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("chunked"),
+        "expected a sized body: {head}"
+    );
+    (code, serde_json::from_str(rest).unwrap_or(Value::Null))
+}
+
+fn status(admin: SocketAddr) -> Value {
+    let (code, v) = http(admin, "GET", "/api/pool", None);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn ip_status(st: &Value, ip: &str) -> Value {
+    st["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["ips"].as_array().unwrap().iter())
+        .find(|i| i["ip"] == ip)
+        .unwrap_or_else(|| panic!("{ip} not in {st}"))
+        .clone()
+}
+
+/// `poolrelay pool ARGS --config poolrelay.toml`, run in the relay's directory.
+fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .arg("pool")
+        .args(args)
+        .args(["--config", "poolrelay.toml"])
+        .current_dir(dir)
+        .output()
+        .expect("run poolrelay pool");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Queued envelopes (JSON).
+fn envelopes(relay: &Relay) -> Vec<Value> {
+    relay
+        .spool_files("env")
+        .iter()
+        .filter_map(|f| serde_json::from_slice(&std::fs::read(f).ok()?).ok())
+        .collect()
+}
+
+/// True when `n` messages are queued, every recipient pending with no counted attempt and a
+/// hold reply containing `needle`.
+fn held(relay: &Relay, n: usize, needle: &str) -> bool {
+    let envs = envelopes(relay);
+    envs.len() == n
+        && envs.iter().all(|e| {
+            e["recipients"].as_array().unwrap().iter().all(|r| {
+                r["state"] == "pending"
+                    && r["attempts"] == 0
+                    && r["last_reply"]["status"] == "4.7.0"
+                    && r["last_reply"]["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(needle))
+            })
+        })
+}
+
+#[test]
+fn warming_ip_cap_per_provider_overflows_to_the_warm_ip() {
+    let b = bench(None);
+    let (relay, admin) = start(
+        "pool-overflow",
+        &b,
+        r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+warmup = "t"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out11.relay.test"
+
+[warmup]
+day = "24h"
+burst = 24
+[[warmup.schedule]]
+name = "t"
+daily = [3, 6]
+"#,
+    );
+    submit(&relay, "s@snd.test", &rcpts("x", "a.test", 10));
+    submit(&relay, "s@snd.test", &rcpts("y", "b.test", 10));
+    b.sink.wait_for_messages(20, WAIT);
+    // The warming IP sends its daily cap to each provider, no more; the rest overflows.
+    assert_eq!(count(&b.sink, 10, 20), 3, "warming IP to alpha");
+    assert_eq!(count(&b.sink, 11, 20), 7, "warm IP to alpha");
+    assert_eq!(count(&b.sink, 10, 21), 3, "warming IP to beta");
+    assert_eq!(count(&b.sink, 11, 21), 7, "warm IP to beta");
+    for m in b.sink.messages() {
+        let want = if m.peer == lo(10) {
+            "out10.relay.test"
+        } else {
+            "out11.relay.test"
+        };
+        assert_eq!(m.ehlo, want);
+    }
+
+    let ip10 = ip_status(&status(admin), "127.0.0.10");
+    assert_eq!(ip10["state"], "warming", "{ip10}");
+    let alpha = &ip10["providers"]["alpha"];
+    assert_eq!(alpha["warmup_day"], 0, "{ip10}");
+    assert_eq!(alpha["used_today"], 3, "{ip10}");
+    assert_eq!(alpha["cap_today"], 3, "{ip10}");
+    assert_eq!(alpha["state"], "warming", "{ip10}");
+    let ip11 = ip_status(&status(admin), "127.0.0.11");
+    assert_eq!(ip11["state"], "active", "{ip11}");
+    assert!(
+        wait_until(
+            WAIT,
+            || ip_status(&status(admin), "127.0.0.11")["providers"]["alpha"]["sent"] == 7
+        ),
+        "{}",
+        status(admin)
+    );
+
+    let (ok, table, err) = cli(relay.dir(), &["status"]);
+    assert!(ok, "{err}");
+    let line = table
+        .lines()
+        .find(|l| l.contains("127.0.0.10") && l.contains("alpha"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("warming") && line.contains("3/3"), "{table}");
+}
+
+#[test]
+fn day_advances_only_after_sending_days_and_capped_mail_waits() {
+    const DAY: u64 = 4000;
+    let b = bench(None);
+    let (relay, admin) = start(
+        "pool-days",
+        &b,
+        r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+warmup = "t"
+
+[warmup]
+day = "4s"
+burst = 24
+[[warmup.schedule]]
+name = "t"
+daily = [2, 3, 5]
+"#,
+    );
+    // Day D: cap 2. Four messages: two go, two wait (held, not counted as attempts).
+    let d = fresh_window(DAY);
+    submit(&relay, "s@snd.test", &rcpts("d0-", "a.test", 4));
+    b.sink.wait_for_messages(2, WAIT);
+    assert!(
+        wait_until(Duration::from_secs(2), || held(
+            &relay,
+            2,
+            "pool default: no source IP has capacity for provider alpha"
+        )),
+        "{:#?}\n{}",
+        envelopes(&relay),
+        relay.log()
+    );
+    assert_eq!(now_ms() / DAY, d, "test step outran the day");
+    assert_eq!(b.sink.messages().len(), 2, "daily cap 2 on day 0");
+
+    // Day D+1 (a sending day came before): index 1, cap 3, the two held ones go.
+    b.sink
+        .wait_for_messages(4, Duration::from_millis(2 * DAY + 2000));
+    assert!(now_ms() / DAY > d);
+    let alpha = ip_status(&status(admin), "127.0.0.10")["providers"]["alpha"].clone();
+    assert_eq!(alpha["warmup_day"], 1, "{alpha}");
+    assert_eq!(alpha["cap_today"], 3, "{alpha}");
+    let send_day = now_ms() / DAY;
+
+    // Two idle days, then send: the index moves by one (to 2, cap 5), not by the idle days.
+    assert!(wait_until(Duration::from_millis(4 * DAY), || now_ms()
+        / DAY
+        >= send_day + 3));
+    let d2 = fresh_window(DAY);
+    submit(&relay, "s@snd.test", &rcpts("d2-", "a.test", 6));
+    b.sink.wait_for_messages(9, WAIT);
+    assert!(
+        wait_until(Duration::from_secs(2), || held(
+            &relay,
+            1,
+            "no source IP has capacity"
+        )),
+        "{:#?}",
+        envelopes(&relay)
+    );
+    let alpha = ip_status(&status(admin), "127.0.0.10")["providers"]["alpha"].clone();
+    assert_eq!(now_ms() / DAY, d2, "test step outran the day");
+    assert_eq!(alpha["warmup_day"], 2, "{alpha}");
+    assert_eq!(alpha["used_today"], 5, "{alpha}");
+    assert_eq!(alpha["cap_today"], 5, "{alpha}");
+    assert_eq!(b.sink.messages().len(), 9);
+    assert!(b.sink.messages().iter().all(|m| m.peer == lo(10)));
+}
+
+#[test]
+fn hourly_cap_spreads_the_daily_cap_over_the_day() {
+    // Day 120 s → an "hour" of 5 s; daily 48 → hourly ceil(48/24) × burst 1 = 2.
+    const HOUR: u64 = 5000;
+    let b = bench(None);
+    let (relay, _admin) = start(
+        "pool-hourly",
+        &b,
+        r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+warmup = "t"
+
+[warmup]
+day = "120s"
+burst = 1
+[[warmup.schedule]]
+name = "t"
+daily = [48]
+"#,
+    );
+    fresh_window(HOUR);
+    submit(&relay, "s@snd.test", &rcpts("h", "a.test", 5));
+    // Record the hour window of each arrival.
+    let mut per_window: std::collections::BTreeMap<u64, usize> = Default::default();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_millis(4 * HOUR + 5000);
+    while seen < 5 && Instant::now() < deadline {
+        let n = b.sink.messages().len();
+        if n > seen {
+            *per_window.entry(now_ms() / HOUR).or_default() += n - seen;
+            seen = n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        seen,
+        5,
+        "all delivered in the end: {per_window:?}\n{}",
+        relay.log()
+    );
+    assert!(
+        per_window.values().all(|&n| n <= 2),
+        "at most 2 per hour: {per_window:?}"
+    );
+    assert!(per_window.len() >= 3, "spread over 3 hours: {per_window:?}");
+}
+
+#[test]
+fn pool_rules_by_sender_domain_pattern_and_authenticated_user() {
+    let b = bench(None);
+    let dir = tempdir("pool-rules");
+    let certs = make_certs(&dir, &["relay.test"]);
+    let users = write_users(&dir, &[("bulkuser", "secret")]);
+    let listen = format!(
+        "tls = \"starttls\"\nauth = \"optional\"\n\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"",
+        certs.cert.display(),
+        certs.key.display()
+    );
+    let rest = r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+[[pool]]
+name = "bulk"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out11.relay.test"
+[[pool]]
+name = "vip"
+[[pool.ip]]
+address = "127.0.0.12"
+helo = "out12.relay.test"
+
+[[pool_rule]]
+user = "bulkuser"
+pool = "bulk"
+[[pool_rule]]
+sender_domain = "news.test"
+pool = "bulk"
+[[pool_rule]]
+sender = "ceo@*"
+pool = "vip"
+"#;
+    let mut cfg = config(free_port(), free_port(), &b, &listen, rest);
+    cfg = cfg.replace(
+        "networks = [\"127.0.0.0/8\"]",
+        &format!(
+            "networks = [\"127.0.0.1/32\"]\nusers_file = \"{}\"",
+            users.display()
+        ),
+    );
+    let relay = Relay::start(&dir, &cfg);
+    submit(&relay, "a@shop.test", &["p1@a.test".to_string()]);
+    submit(&relay, "a@news.test", &["p2@a.test".to_string()]);
+    submit(&relay, "ceo@shop.test", &["p3@a.test".to_string()]);
+    // An authenticated user from an untrusted address.
+    let mut c = SmtpClient::connect_from(relay.addr(), lo(66));
+    c.ehlo("client.test");
+    c.starttls("relay.test", &certs.ca);
+    c.ehlo("client.test");
+    c.auth_plain("bulkuser", "secret").expect(235);
+    let r = c.send_mail("b@shop.test", &["p4@a.test"], &body("auth"));
+    assert_eq!(r.code, 250, "{r}");
+    c.quit();
+    let msgs = b.sink.wait_for_messages(4, WAIT);
+    let peer_of = |rcpt: &str| {
+        msgs.iter()
+            .find(|m| m.rcpt_to.iter().any(|r| r == rcpt))
+            .unwrap_or_else(|| panic!("{rcpt} not delivered"))
+            .peer
+    };
+    assert_eq!(peer_of("p1@a.test"), lo(10), "no rule: default pool");
+    assert_eq!(peer_of("p2@a.test"), lo(11), "sender_domain rule");
+    assert_eq!(peer_of("p3@a.test"), lo(12), "sender pattern rule");
+    assert_eq!(peer_of("p4@a.test"), lo(11), "user rule");
+}
+
+#[test]
+fn drain_undrain_at_run_time_hold_without_bounce_and_survive_restart() {
+    let b = bench(None);
+    let (mut relay, admin) = start(
+        "pool-drain",
+        &b,
+        r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out11.relay.test"
+[[pool.ip]]
+address = "127.0.0.12"
+helo = "out12.relay.test"
+
+[throttle]
+hold_warning_interval = "1h"
+"#,
+    );
+    let dir = relay.dir().to_path_buf();
+    let (ok, out, err) = cli(&dir, &["drain", "127.0.0.10"]);
+    assert!(ok && out.contains("drained"), "{out}{err}");
+    submit(&relay, "s@snd.test", &rcpts("a", "a.test", 6));
+    b.sink.wait_for_messages(6, WAIT);
+    assert_eq!(count(&b.sink, 10, 20), 0, "drained IP takes nothing");
+    assert_eq!(count(&b.sink, 11, 20) + count(&b.sink, 12, 20), 6);
+
+    // Drain the rest (API and CLI): mail is held, never bounced.
+    let (code, v) = http(admin, "POST", "/api/pool/127.0.0.11/drain", None);
+    assert_eq!(code, 200, "{v}");
+    let (ok, out, err) = cli(&dir, &["drain", "127.0.0.12", "--reason", "maintenance"]);
+    assert!(ok, "{out}{err}");
+    submit(&relay, "s@snd.test", &rcpts("h", "a.test", 2));
+    assert!(
+        wait_until(WAIT, || held(
+            &relay,
+            2,
+            "pool default: every source IP is drained or quarantined for provider alpha"
+        )),
+        "{:#?}\n{}",
+        envelopes(&relay),
+        relay.log()
+    );
+    assert!(relay.wait_for_log("no usable source IP", WAIT));
+    assert_eq!(b.sink.messages().len(), 6);
+
+    // Restart: drains and counters come back from the state store; mail stays held.
+    relay.stop();
+    relay.restart();
+    assert!(wait_until(WAIT, || TcpStream::connect(admin).is_ok()));
+    let st = status(admin);
+    for ip in ["127.0.0.10", "127.0.0.11", "127.0.0.12"] {
+        assert_eq!(ip_status(&st, ip)["state"], "drained", "{st}");
+    }
+    assert_eq!(
+        ip_status(&st, "127.0.0.12")["reason"],
+        "maintenance",
+        "{st}"
+    );
+    let sent = |st: &Value, ip: &str| {
+        ip_status(st, ip)["providers"]["alpha"]["sent"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(sent(&st, "127.0.0.11") + sent(&st, "127.0.0.12"), 6, "{st}");
+    let (ok, table, _) = cli(&dir, &["status"]);
+    assert!(ok);
+    assert_eq!(
+        table.lines().filter(|l| l.contains("drained")).count(),
+        3,
+        "{table}"
+    );
+    assert!(held(&relay, 2, "drained or quarantined"));
+
+    // Undrain one IP through the API: held mail goes at once (not at its 5-minute recheck).
+    let (code, v) = http(
+        admin,
+        "POST",
+        "/api/pool/undrain",
+        Some(json!({"ip": "127.0.0.11"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    b.sink.wait_for_messages(8, WAIT);
+    assert_eq!(count(&b.sink, 11, 20), 6 - count(&b.sink, 12, 20) + 2);
+    assert!(wait_until(WAIT, || relay.spool_files("env").is_empty()));
+    assert!(
+        b.sink.messages().iter().all(|m| !m.mail_from.is_empty()),
+        "no bounce was sent"
+    );
+    assert!(!relay.log().contains("status=bounced") && !relay.log().contains("status=\"bounced\""));
+
+    let (ok, _, err) = cli(&dir, &["undrain", "127.0.0.99"]);
+    assert!(!ok && err.contains("not in any pool"), "{err}");
+    let (code, _) = http(
+        admin,
+        "POST",
+        "/api/pool/drain",
+        Some(json!({"ip": "bogus"})),
+    );
+    assert_eq!(code, 400);
+}
+
+fn slow_down_alpha_from_10(s: &Step) -> Option<String> {
+    (s.peer == lo(10) && s.local.ip() == lo(20) && matches!(s.stage, Stage::RcptTo(_)))
+        .then(|| "421 4.7.28 Our system has detected an unusual rate of unsolicited mail".into())
+}
+
+#[test]
+fn slow_down_reply_backs_off_that_ip_for_that_provider_only() {
+    let b = bench(Some(slow_down_alpha_from_10));
+    let (relay, admin) = start(
+        "pool-backoff",
+        &b,
+        r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out11.relay.test"
+"#,
+    );
+    submit(&relay, "s@snd.test", &rcpts("a", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    assert_eq!(count(&b.sink, 11, 20), 4, "alpha mail went through .11");
+    let alpha = ip_status(&status(admin), "127.0.0.10")["providers"]["alpha"].clone();
+    assert_eq!(alpha["state"], "backoff", "{alpha}");
+    assert!(
+        alpha["backoff_reason"].as_str().unwrap().contains("4.7.28"),
+        "{alpha}"
+    );
+    let sessions_10_alpha = || {
+        b.sink
+            .sessions()
+            .iter()
+            .filter(|s| {
+                s.peer.is_some_and(|p| p.ip() == lo(10))
+                    && s.local.is_some_and(|l| l.ip() == lo(20))
+            })
+            .count()
+    };
+    let before = sessions_10_alpha();
+    // More alpha mail: .10 is not tried; beta still gets mail from .10.
+    submit(&relay, "s@snd.test", &rcpts("b", "a.test", 4));
+    submit(&relay, "s@snd.test", &rcpts("c", "b.test", 4));
+    b.sink.wait_for_messages(12, WAIT);
+    assert_eq!(sessions_10_alpha(), before, "no new alpha session from .10");
+    assert_eq!(count(&b.sink, 11, 20), 8);
+    assert!(count(&b.sink, 10, 21) >= 1, "beta is not backed off");
+}

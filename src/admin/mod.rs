@@ -61,15 +61,15 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn parse_body(body: &str) -> Result<HoldRequest, Response> {
-    if body.trim().is_empty() {
-        return Ok(HoldRequest::default());
-    }
-    serde_json::from_str(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
-}
-
-async fn change(pools: Arc<Pools>, ip: Option<String>, req: HoldRequest, drain: bool) -> Response {
+async fn change(pools: Arc<Pools>, ip: Option<String>, body: String, drain: bool) -> Response {
+    let req: HoldRequest = if body.trim().is_empty() {
+        HoldRequest::default()
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
+        }
+    };
     let Some(ip) = ip.or(req.ip) else {
         return error(StatusCode::BAD_REQUEST, "missing \"ip\"");
     };
@@ -107,17 +107,11 @@ async fn change(pools: Arc<Pools>, ip: Option<String>, req: HoldRequest, drain: 
 }
 
 async fn drain(State(pools): State<Arc<Pools>>, body: String) -> Response {
-    match parse_body(&body) {
-        Ok(req) => change(pools, None, req, true).await,
-        Err(r) => r,
-    }
+    change(pools, None, body, true).await
 }
 
 async fn undrain(State(pools): State<Arc<Pools>>, body: String) -> Response {
-    match parse_body(&body) {
-        Ok(req) => change(pools, None, req, false).await,
-        Err(r) => r,
-    }
+    change(pools, None, body, false).await
 }
 
 async fn drain_ip(
@@ -125,10 +119,7 @@ async fn drain_ip(
     Path(ip): Path<String>,
     body: String,
 ) -> Response {
-    match parse_body(&body) {
-        Ok(req) => change(pools, Some(ip), req, true).await,
-        Err(r) => r,
-    }
+    change(pools, Some(ip), body, true).await
 }
 
 async fn undrain_ip(
@@ -136,8 +127,5 @@ async fn undrain_ip(
     Path(ip): Path<String>,
     body: String,
 ) -> Response {
-    match parse_body(&body) {
-        Ok(req) => change(pools, Some(ip), req, false).await,
-        Err(r) => r,
-    }
+    change(pools, Some(ip), body, false).await
 }

@@ -275,6 +275,11 @@ impl Deliverer {
         }
     }
 
+    /// Remembers a held message (recovered from the spool) for the next wake-up.
+    pub fn mark_held(&self, id: &str) {
+        self.held.lock().expect("lock").insert(id.to_string());
+    }
+
     /// Ids of held messages, emptied: the queue retries them now.
     pub fn take_held(&self) -> Vec<String> {
         self.held.lock().expect("lock").drain().collect()

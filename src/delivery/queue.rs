@@ -72,6 +72,14 @@ pub async fn run(
     let mut queue = Queue::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Envelope>, bool)>();
     for env in recovered {
+        if env.recipients.iter().any(|r| {
+            r.state == RcptState::Pending
+                && r.last_reply
+                    .as_ref()
+                    .is_some_and(crate::pool::is_hold_reply)
+        }) {
+            d.mark_held(&env.id);
+        }
         let due = due_of(&env).unwrap_or(0);
         queue.push(env, due);
     }
