@@ -387,6 +387,27 @@ fn wrong_passwords_lock_the_address_out() {
     assert!(!log.contains("wrongpw"), "password in the log");
 }
 
+/// Guesses sent at once on parallel sessions must not all pass the lockout check before the
+/// first failure is counted: the limit holds for the address, not per session.
+#[test]
+fn parallel_sessions_cannot_outrun_the_lockout() {
+    use base64::Engine;
+    let (e, relay) = simple(
+        "lockpar",
+        "auth_max_failures = 3\nauth_lockout = \"1h\"",
+        "",
+    );
+    let mut clients: Vec<SmtpClient> = (0..10).map(|_| tls_client(&relay, &e, 69)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let guess = base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0guess{i}"));
+        c.send_raw(format!("AUTH PLAIN {guess}\r\n").as_bytes());
+    }
+    let codes: Vec<u16> = clients.iter_mut().map(|c| c.read_reply().code).collect();
+    let guesses_refused = codes.iter().filter(|&&c| c == 535).count();
+    assert_eq!(guesses_refused, 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 454).count(), 8, "{codes:?}");
+}
+
 /// Every relay trick a scanner tries (nmap smtp-open-relay style).
 const TRICKS: &[&str] = &[
     "<user@example.org>",
@@ -1124,6 +1145,8 @@ fn bdat_chunks_are_stored_exactly_and_checked_like_data() {
     c.send_raw(b"BDAT 3\r\nab\r");
     c.read_reply().expect(250);
     c.cmd("DATA").expect(503);
+    // RFC 3030: the recipients are fixed once the first chunk is in.
+    c.cmd("RCPT TO:<late@example.org>").expect(503);
     c.cmd("RSET").expect(250);
     c.quit();
     assert_eq!(relay.spool_files("env").len(), 1);

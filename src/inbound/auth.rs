@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -55,6 +55,9 @@ pub struct AuthGuard {
     max: u32,
     window: Duration,
     entries: Mutex<HashMap<IpAddr, Entry>>,
+    /// One password check at a time per client: otherwise parallel sessions all pass the
+    /// lockout check before the first failure is counted.
+    turns: Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 struct Entry {
@@ -79,7 +82,21 @@ impl AuthGuard {
             max: max.max(1),
             window,
             entries: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no other password check from this client is running.
+    pub async fn turn(&self, ip: IpAddr) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.turns.lock().expect("auth turns lock");
+            if turns.len() >= MAX_TRACKED {
+                // Only the map holds an idle client's lock.
+                turns.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            turns.entry(client_key(ip)).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     pub fn is_locked(&self, ip: IpAddr) -> bool {
@@ -209,6 +226,11 @@ impl Session {
             return self.send(Reply::new(504, "5.5.4", "Unrecognized authentication type"));
         };
         let users = self.ctx.users.clone().ok_or(End)?;
+        let ctx = self.ctx.clone();
+        let _turn = ctx.guard.turn(self.peer).await;
+        if ctx.guard.is_locked(self.peer) {
+            return self.close_with(lockout_reply());
+        }
         let ok = !user.is_empty() && !password.is_empty() && users.check(&user, &password).await;
         if ok {
             tracing::info!(client = %self.peer, user = %user, "authenticated");

@@ -123,6 +123,9 @@ impl Session {
         let Some(smtputf8) = self.tx.as_ref().map(|t| t.smtputf8) else {
             return self.send(Reply::new(503, "5.5.1", "Need MAIL command"));
         };
+        if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            return self.send(Reply::new(503, "5.5.1", "RCPT after BDAT"));
+        }
         // Whatever the address looks like: no relay without AUTH or a trusted address.
         if !self.may_relay() {
             return self.refuse("rcpt", relay_denied());
