@@ -279,14 +279,12 @@ impl Session {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let mut buf = [0u8; READ_SIZE];
+        // Straight into rbuf's spare room: no copy through a stack buffer.
+        self.rbuf.reserve(READ_SIZE);
         let conn = self.conn.as_mut().ok_or(End)?;
-        match tokio::time::timeout(timeout, conn.read(&mut buf)).await {
+        match tokio::time::timeout(timeout, conn.read_buf(&mut self.rbuf)).await {
             Ok(Ok(0)) => Ok(false),
-            Ok(Ok(n)) => {
-                self.rbuf.extend_from_slice(&buf[..n]);
-                Ok(true)
-            }
+            Ok(Ok(_)) => Ok(true),
             Ok(Err(e)) => {
                 tracing::debug!(client = %self.peer, error = %e, "read error");
                 Err(End)
@@ -313,15 +311,19 @@ impl Session {
             let avail = &self.rbuf[self.rpos..];
             let window = &avail[..avail.len().min(MAX_LINE + 2)];
             if let Some(i) = window.iter().position(|&b| b == b'\n') {
-                let line = avail[..i].to_vec();
-                self.rpos += i + 1;
-                let Some((b'\r', body)) = line.split_last() else {
+                let Some((b'\r', body)) = avail[..i].split_last() else {
+                    self.rpos += i + 1;
                     return Ok(Line::Bad("bare LF in command"));
                 };
                 if body.contains(&b'\r') {
+                    self.rpos += i + 1;
                     return Ok(Line::Bad("bare CR in command"));
                 }
-                return Ok(Line::Cmd(body.to_vec()));
+                // One copy, with room for the CRLF smtp-proto wants back.
+                let mut cmd = Vec::with_capacity(i + 1);
+                cmd.extend_from_slice(body);
+                self.rpos += i + 1;
+                return Ok(Line::Cmd(cmd));
             }
             if avail.len() >= MAX_LINE + 2 {
                 return self.skip_line(deadline).await;
@@ -375,23 +377,23 @@ impl Session {
 
     async fn command(&mut self, line: Vec<u8>) -> Flow {
         let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-        let verb = line[..verb_end].to_ascii_uppercase();
-        if verb == b"MAIL" || verb == b"RCPT" {
+        let is = |name: &[u8]| line[..verb_end].eq_ignore_ascii_case(name);
+        let (mail, rcpt, is_auth) = (is(b"MAIL"), is(b"RCPT"), is(b"AUTH"));
+        if mail || rcpt {
             let rest = line.get(verb_end + 1..).unwrap_or_default();
             let Ok(rest) = std::str::from_utf8(rest) else {
-                if verb == b"RCPT" && self.tx.is_some() && !self.may_relay() {
+                if rcpt && self.tx.is_some() && !self.may_relay() {
                     return self.refuse("rcpt", relay_denied());
                 }
                 return self.send(Reply::new(501, "5.6.7", "Invalid UTF-8 in command"));
             };
-            let rest = rest.to_string();
-            return if verb == b"MAIL" {
-                self.mail(&rest)
+            return if mail {
+                self.mail(rest)
             } else {
-                self.rcpt(&rest)
+                self.rcpt(rest)
             };
         }
-        if verb == b"BDAT" {
+        if is(b"BDAT") {
             let args = line.get(verb_end + 1..).unwrap_or_default();
             return self.bdat_command(args).await;
         }
@@ -402,10 +404,10 @@ impl Session {
             Err(smtp_proto::Error::UnknownCommand) => {
                 return self.send(Reply::new(500, "5.5.1", "Unknown command"));
             }
-            Err(smtp_proto::Error::SyntaxError { syntax }) if verb != b"AUTH" => {
+            Err(smtp_proto::Error::SyntaxError { syntax }) if !is_auth => {
                 return self.send(Reply::new(501, "5.5.4", format!("Syntax: {syntax}")));
             }
-            Err(_) if verb == b"AUTH" => {
+            Err(_) if is_auth => {
                 return self.send(Reply::new(504, "5.5.4", "Unrecognized authentication type"));
             }
             Err(_) => return self.send(Reply::new(501, "5.5.4", "Syntax error")),
