@@ -147,6 +147,7 @@ fn main() -> ExitCode {
 fn load_checked(path: &std::path::Path) -> Result<Config, Vec<poolrelay::config::ConfigError>> {
     let config = Config::load(path)?;
     poolrelay::signing::Signer::from_config(&config)?;
+    poolrelay::reputation::check_config(path, &config)?;
     Ok(config)
 }
 

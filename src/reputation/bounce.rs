@@ -51,6 +51,14 @@ pub struct Bounce {
     pub reports: Vec<Report>,
 }
 
+static BOUNCE_FROM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"mailer-daemon|postmaster|post_master|mail delivery|mmdf|root@|daemon@|bounce")
+        .expect("from regex")
+});
+static BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"fail|undeliver|undelivered|returned|delivery|not delivered|bounce|error|rejected|delayed|warning|could not|unable|problem|notification|non.?remis|ndr")
+        .expect("subject regex")
+});
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
         .expect("email regex")
@@ -72,7 +80,7 @@ pub fn parse(raw: &[u8], classifier: &Classifier) -> Bounce {
     let Some(msg) = MessageParser::default().parse(raw) else {
         return Bounce {
             kind: Kind::FreeText,
-            reports: free_text(&String::from_utf8_lossy(raw), &[], classifier),
+            reports: free_text(&String::from_utf8_lossy(raw), &[], true, classifier),
         };
     };
     let mut dsn_fields: Option<String> = None;
@@ -121,6 +129,15 @@ pub fn parse(raw: &[u8], classifier: &Classifier) -> Bounce {
         .filter_map(|h| msg.header_raw(*h))
         .flat_map(|v| EMAIL.find_iter(v).map(|m| m.as_str().to_ascii_lowercase()))
         .collect::<Vec<_>>();
+    // A broken MIME structure (wrong boundary) hides the report part: look for its fields.
+    let raw_text;
+    if dsn_fields.is_none() {
+        raw_text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+        dsn_fields = raw_dsn(&raw_text);
+        if dsn_fields.is_some() && text.trim().is_empty() {
+            text = raw_text.clone();
+        }
+    }
     if let Some(fields) = dsn_fields {
         let reports = dsn(&fields, &text, classifier);
         if !reports.is_empty() {
@@ -130,13 +147,18 @@ pub fn parse(raw: &[u8], classifier: &Classifier) -> Bounce {
             };
         }
     }
-    let auto = msg
-        .header_raw("auto-submitted")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("auto-replied"))
-        || msg.header_raw("x-autoreply").is_some()
-        || msg
-            .subject()
-            .is_some_and(|s| s.to_ascii_lowercase().contains("out of office"));
+    // Bounces carry `Auto-Submitted: auto-replied` too (Exim): only a reply that does not come
+    // from a mailer daemon and does not say "failure" is a vacation message.
+    let from = msg.header_raw("from").unwrap_or("").to_ascii_lowercase();
+    let subject = msg.subject().unwrap_or("").to_ascii_lowercase();
+    let bounce_like = BOUNCE_FROM.is_match(&from) || BOUNCE_SUBJECT.is_match(&subject);
+    let auto = !bounce_like
+        && (msg
+            .header_raw("auto-submitted")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("auto-replied"))
+            || msg.header_raw("x-autoreply").is_some()
+            || subject.contains("out of office")
+            || subject.contains("auto"));
     if auto {
         return Bounce {
             kind: Kind::AutoReply,
@@ -150,7 +172,7 @@ pub fn parse(raw: &[u8], classifier: &Classifier) -> Bounce {
     };
     Bounce {
         kind: Kind::FreeText,
-        reports: free_text(&body, &own, classifier),
+        reports: free_text(&body, &own, bounce_like, classifier),
     }
 }
 
@@ -217,6 +239,23 @@ fn dsn(fields: &str, text: &str, classifier: &Classifier) -> Vec<Report> {
     out
 }
 
+/// The `message/delivery-status` fields found in the raw text, for messages whose MIME structure
+/// does not parse (the per-message group first, as `dsn` expects).
+fn raw_dsn(raw: &str) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    let at = |name: &str| {
+        lower
+            .match_indices(name)
+            .find(|(i, _)| *i == 0 || lower.as_bytes()[i - 1] == b'\n')
+            .map(|(i, _)| i)
+    };
+    let first = at("final-recipient:").or_else(|| at("original-recipient:"))?;
+    match at("reporting-mta:") {
+        Some(r) if r < first => Some(raw[r..].to_string()),
+        _ => Some(format!("\n\n{}", &raw[first..])),
+    }
+}
+
 /// `Name: value` lines with continuations joined.
 fn unfold(block: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -253,24 +292,34 @@ fn cut_original(text: &str) -> &str {
 
 /// A prose bounce: addresses in the report part (not the bounce's own From/To), each with the
 /// text that follows it up to the next address.
-fn free_text(text: &str, own: &[String], classifier: &Classifier) -> Vec<Report> {
+fn free_text(
+    text: &str,
+    own: &[String],
+    bounce_like: bool,
+    classifier: &Classifier,
+) -> Vec<Report> {
     let text = cut_original(text);
     let ignore = |a: &str| {
         let l = a.to_ascii_lowercase();
         own.contains(&l)
             || l.starts_with("mailer-daemon@")
-            || l.starts_with("postmaster@")
             || l.starts_with("mail-daemon@")
             || l.contains("-request@")
     };
-    let mut found: Vec<(usize, String)> = Vec::new();
+    let mut found: Vec<(usize, String, bool)> = Vec::new();
     for m in EMAIL.find_iter(text) {
         let a = m.as_str().trim_end_matches('.').to_string();
-        if ignore(&a) || found.iter().any(|(_, f)| f.eq_ignore_ascii_case(&a)) {
+        if ignore(&a) || found.iter().any(|(_, f, _)| f.eq_ignore_ascii_case(&a)) {
             continue;
         }
-        found.push((m.start(), a));
+        found.push((m.start(), a, strong_position(text, m.start())));
     }
+    // Addresses where MTAs put failed recipients (line start, `RCPT TO:`, `<a>:`) win over the
+    // ones quoted in prose or in the returned headers.
+    if found.iter().any(|f| f.2) {
+        found.retain(|f| f.2);
+    }
+    let found: Vec<(usize, String)> = found.into_iter().map(|(p, a, _)| (p, a)).collect();
     // Boilerplate above the first address ("could not be delivered…", "permanent error") says
     // nothing about the reason; the text after each address does.
     let mut out = Vec::new();
@@ -296,10 +345,29 @@ fn free_text(text: &str, own: &[String], classifier: &Classifier) -> Vec<Report>
         }
         out.push(report_from_text(addr, &block, classifier));
     }
-    if out.is_empty() && has_reason(text) {
+    if out.is_empty() && (bounce_like || has_reason(text)) {
         out.push(report_from_text("", text, classifier));
     }
     out
+}
+
+/// Whether the address at `pos` sits where a failed recipient is written: first thing on its
+/// line (after blanks, `<`, quotes), or right after `RCPT TO:` / `recipient:` / `to <`.
+fn strong_position(text: &str, pos: usize) -> bool {
+    let line_start = text[..pos].rfind('\n').map_or(0, |n| n + 1);
+    let before = text[line_start..pos].to_ascii_lowercase();
+    let b = before.trim_end_matches(['<', '"', '\'', ' ', '\t']);
+    b.trim().is_empty()
+        || b.ends_with("rcpt to:")
+        || b.ends_with("recipient:")
+        || b.ends_with("recipients:")
+        || b.ends_with("to:")
+        || b.ends_with("delivery to")
+        || b.ends_with("message to")
+        || b.ends_with("address:")
+        || b.ends_with("errors:")
+        || b.ends_with("failed:")
+        || b.ends_with("user")
 }
 
 fn has_reason(block: &str) -> bool {

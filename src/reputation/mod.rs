@@ -132,3 +132,17 @@ impl Settings {
         Classifier::from_sources(&self.rule, self.rules_file.as_deref())
     }
 }
+
+/// What only building the rules can check (regexes, the rules file), as config errors.
+pub fn check_config(
+    path: &std::path::Path,
+    config: &crate::config::Config,
+) -> Result<(), Vec<crate::config::ConfigError>> {
+    config.reputation.classifier().map(|_| ()).map_err(|e| {
+        vec![crate::config::ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("reputation: {e}"),
+        }]
+    })
+}
