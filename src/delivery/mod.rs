@@ -391,11 +391,13 @@ impl Deliverer {
                     continue;
                 }
                 let mut connect_failures = 0;
+                let mut taken = 0;
                 for source in &sources {
                     // Another delivery may have used the last slot since `select`.
                     let Some(lease) = self.pools.take(source, &provider) else {
                         continue;
                     };
+                    taken += 1;
                     let opened = match self.open(&host.name, addr, source, dest.tls).await {
                         Ok(s) => {
                             return self
@@ -439,6 +441,16 @@ impl Deliverer {
                             continue 'hosts;
                         }
                     }
+                }
+                if taken == 0 && held.is_none() {
+                    // Every selected IP filled up meanwhile: wait for capacity, no failed attempt.
+                    held = Some(crate::pool::Held {
+                        text: format!(
+                            "pool {}: no source IP has capacity for provider {provider} (all in use)",
+                            pool.as_deref().unwrap_or("-")
+                        ),
+                        retry_at: crate::spool::now_unix() + 1,
+                    });
                 }
             }
         }

@@ -545,6 +545,29 @@ impl Pools {
         inner.dirty.insert(key);
     }
 
+    /// Every pool IP once (for DNSBL checks and the like).
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = Vec::new();
+        for c in self.pools.iter().flat_map(|p| &p.ips) {
+            if !v.contains(&c.address) {
+                v.push(c.address);
+            }
+        }
+        v
+    }
+
+    /// Drains and quarantines in force, by IP.
+    pub fn holds(&self) -> Vec<(IpAddr, Hold)> {
+        let now = now_s();
+        let inner = self.inner.lock().expect("pool lock");
+        inner
+            .holds
+            .iter()
+            .filter(|(_, h)| h.in_force(now))
+            .map(|((ip, _), h)| (*ip, h.clone()))
+            .collect()
+    }
+
     fn knows(&self, ip: IpAddr) -> bool {
         self.pools
             .iter()
@@ -912,6 +935,51 @@ mod tests {
             p.drain("127.0.0.99".parse().unwrap(), Scope::All, "x")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn expired_quarantine_ends_by_itself_and_holds_persist() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-pool-{}", crate::spool::Spool::new_id()));
+        let c = config(
+            "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n",
+        );
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        {
+            let st = Arc::new(State::open(&dir).unwrap());
+            let p = Pools::new(&c, Some(st)).unwrap();
+            p.quarantine(
+                ip,
+                Scope::All,
+                "listed",
+                "zen 127.0.0.2",
+                Some(now_s() + 3600),
+            )
+            .unwrap();
+            p.quarantine(
+                ip,
+                Scope::Provider("gmail".into()),
+                "old",
+                "",
+                Some(now_s() - 1),
+            )
+            .unwrap();
+            assert!(p.select(Some("a"), "other", false).is_err());
+        }
+        let st = Arc::new(State::open(&dir).unwrap());
+        let p = Pools::new(&c, Some(st)).unwrap();
+        let holds = p.holds();
+        assert_eq!(holds.len(), 1, "the expired one is not in force: {holds:?}");
+        assert_eq!(holds[0].1.evidence, "zen 127.0.0.2");
+        let h = p.select(Some("a"), "other", false).unwrap_err();
+        assert!(
+            h.retry_at >= now_s() + 299,
+            "looks again within the 5-minute cap"
+        );
+        assert!(p.reinstate(ip, Scope::All).unwrap());
+        assert_eq!(p.select(Some("a"), "gmail", false).unwrap().len(), 1);
+        assert_eq!(p.ips(), vec![ip]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
