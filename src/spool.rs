@@ -134,6 +134,14 @@ impl Spool {
         let queue = root.join("queue");
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(&queue)?;
+        // Directories made just now must be durable too, or the first messages' 250 is a lie.
+        for dir in [&root, data_dir] {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        // data_dir's own entry: best effort, the parent may not be ours to read.
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Spool {
@@ -178,6 +186,7 @@ impl Spool {
             file: Some(tokio::io::BufWriter::with_capacity(64 * 1024, file)),
             path,
             len: 0,
+            synced: false,
             done: false,
         })
     }
@@ -285,6 +294,7 @@ pub struct MessageWriter {
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     path: PathBuf,
     len: u64,
+    synced: bool,
     done: bool,
 }
 
@@ -317,6 +327,11 @@ impl MessageWriter {
         if let Some(mut file) = self.file.take() {
             file.flush().await?;
             file.get_mut().sync_all().await?;
+            self.synced = true;
+        }
+        if !self.synced {
+            // A failed flush or fsync is never retried into a success: the data may be gone.
+            return Err(io::Error::other("message file was not synced"));
         }
         Ok(&self.path)
     }
