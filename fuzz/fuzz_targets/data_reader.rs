@@ -1,0 +1,76 @@
+//! The streaming DATA reader on arbitrary bytes, split into arbitrary chunks: the result must not
+//! depend on how the socket cut the stream, the end must be exactly at CRLF "." CRLF, and
+//! a message with a bare CR or LF must be flagged.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use poolrelay_parsers::inbound::data::DataReader;
+
+/// Feeds `input` in chunks of the given sizes; returns (stored bytes, end offset, size, bare).
+fn run(input: &[u8], cuts: &[u8], max: u64) -> (Vec<u8>, Option<usize>, u64, bool) {
+    let mut r = DataReader::new(max);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    while pos < input.len() {
+        let step = if cuts.is_empty() {
+            input.len()
+        } else {
+            (cuts[k % cuts.len()] as usize % 17) + 1
+        };
+        k += 1;
+        let end = (pos + step).min(input.len());
+        if let Some(n) = r.feed(&input[pos..end], &mut out) {
+            assert!(n <= end - pos);
+            return (out, Some(pos + n), r.size, r.bare);
+        }
+        pos = end;
+    }
+    (out, None, r.size, r.bare)
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let ncuts = (data[0] as usize % 8).min(data.len() - 1);
+    let (cuts, input) = data[1..].split_at(ncuts);
+    let max = 1 << 20;
+    let whole = run(input, &[], max);
+    let pieces = run(input, cuts, max);
+    assert_eq!(whole, pieces, "chunking changed the result");
+
+    let (out, end, size, bare) = whole;
+    if let Some(n) = end {
+        // The CRLF ending the DATA command counts as the first CRLF of the end marker.
+        let mut seen = b"\r\n".to_vec();
+        seen.extend_from_slice(&input[..n]);
+        assert!(seen.ends_with(b"\r\n.\r\n"), "ended without CRLF.CRLF: {:?}", &input[..n]);
+        // No earlier end marker in a message that had no bare CR/LF.
+        if !bare {
+            let body = &seen[..seen.len() - 3];
+            assert!(!body.windows(5).any(|w| w == b"\r\n.\r\n"), "missed an earlier end");
+        }
+    }
+    if !bare {
+        assert_eq!(out.len() as u64, size);
+        // Stored bytes have CRLF line endings only.
+        for (i, &c) in out.iter().enumerate() {
+            if c == b'\n' {
+                assert!(i > 0 && out[i - 1] == b'\r', "bare LF stored");
+            }
+            if c == b'\r' {
+                assert!(out.get(i + 1) == Some(&b'\n') || i + 1 == out.len(), "bare CR stored");
+            }
+        }
+    } else {
+        // Input with a lone LF or CR (outside CRLF) must be what set the flag.
+        let upto = end.unwrap_or(input.len());
+        let mut s = b"\r\n".to_vec();
+        s.extend_from_slice(&input[..upto]);
+        let has_bare = s.iter().enumerate().any(|(i, &c)| {
+            (c == b'\n' && s[i - 1] != b'\r') || (c == b'\r' && s.get(i + 1).is_some_and(|&d| d != b'\n'))
+        });
+        assert!(has_bare, "bare flagged without a bare CR/LF");
+    }
+});
