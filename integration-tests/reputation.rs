@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -336,5 +336,289 @@ fn classify_message_finds_recipients_in_dsn_and_prose() {
             Some("5.7.1"),
             Some("block")
         )
+    );
+}
+
+// ------------------------------------------------------------------ relay-level tests
+
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// DNS with `a.test` → mx.alpha.test (127.0.0.20) and `b.test` → mx.beta.test (127.0.0.21),
+/// and one sink on both.
+struct Bench {
+    dns: DnsServer,
+    sink: Sink,
+}
+
+fn bench(script: Option<fn(&Step) -> Option<String>>) -> Bench {
+    let dns = DnsServer::start();
+    let mut b = Sink::builder(&[lo(20), lo(21)]);
+    if let Some(s) = script {
+        b = b.script(s);
+    }
+    let sink = b.start();
+    dns.add_mx("a.test", 10, "mx.alpha.test");
+    dns.add_ip("mx.alpha.test", lo(20));
+    dns.add_mx("b.test", 10, "mx.beta.test");
+    dns.add_ip("mx.beta.test", lo(21));
+    Bench { dns, sink }
+}
+
+/// A relay sending from 127.0.0.10 and 127.0.0.11, providers alpha and beta, admin API on;
+/// `rest` adds `[reputation]`.
+fn start(name: &str, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
+    let dir = tempdir(name);
+    let (port, admin) = (free_port(), free_port());
+    let relay = Relay::start(
+        &dir,
+        &format!(
+            r#"
+hostname = "relay.test"
+data_dir = "data"
+[[listen]]
+address = "127.0.0.1:{port}"
+tls = "none"
+auth = "none"
+[access]
+networks = ["127.0.0.0/8"]
+[dns]
+nameservers = ["{dns}"]
+[delivery]
+port = {sink_port}
+retry = ["1s"]
+connect_timeout = "2s"
+command_timeout = "5s"
+idle_timeout = "0s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[provider]]
+name = "alpha"
+mx_suffixes = ["alpha.test"]
+[[provider]]
+name = "beta"
+mx_suffixes = ["beta.test"]
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.test"
+[[pool.ip]]
+address = "127.0.0.11"
+helo = "out11.test"
+{rest}
+"#,
+            dns = b.dns.nameserver(),
+            sink_port = b.sink.port(),
+        ),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(admin).is_ok()),
+        "admin API not listening\n{}",
+        relay.log()
+    );
+    (relay, admin)
+}
+
+fn pool_status(admin: SocketAddr) -> Value {
+    let mut s = TcpStream::connect(admin).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /api/pool HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).expect("JSON")
+}
+
+fn ip_entry(st: &Value, ip: &str) -> Value {
+    st["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["ips"].as_array().unwrap().iter())
+        .find(|i| i["ip"] == ip)
+        .unwrap_or_else(|| panic!("{ip} not in {st}"))
+        .clone()
+}
+
+/// The hold of `ip` for `scope` in GET /api/pool, if any.
+fn hold(admin: SocketAddr, ip: &str, scope: &str) -> Option<Value> {
+    ip_entry(&pool_status(admin), ip)["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["scope"] == scope)
+        .cloned()
+}
+
+fn submit(relay: &Relay, rcpts: &[String]) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    for (i, r) in rcpts.iter().enumerate() {
+        let body = format!(
+            "From: <s@snd.test>\r\nSubject: m{i}\r\nMessage-ID: <m{i}.{r}>\r\n\r\nHello.\r\n"
+        );
+        let reply = c.send_mail("s@snd.test", &[r.as_str()], body.as_bytes());
+        assert_eq!(reply.code, 250, "submit {r}: {reply}");
+    }
+    c.quit();
+}
+
+fn rcpts(prefix: &str, domain: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
+}
+
+fn from_ip(sink: &Sink, src: u8) -> usize {
+    sink.messages().iter().filter(|m| m.peer == lo(src)).count()
+}
+
+#[test]
+fn dnsbl_listing_quarantines_and_delisting_reinstates() {
+    let b = bench(None);
+    // 127.0.0.10 listed from the start, with a reason; 127.0.0.11 answers a Spamhaus-style
+    // "query refused" code on the Spamhaus-named zone, which is not a listing.
+    b.dns
+        .add_ip("10.0.0.127.dnsbl.test", "127.0.0.2".parse().unwrap());
+    b.dns
+        .add_txt("10.0.0.127.dnsbl.test", "Listed: see https://dnsbl.test/10");
+    b.dns.add_ip(
+        "11.0.0.127.zen.spamhaus.test",
+        "127.255.255.254".parse().unwrap(),
+    );
+    let (relay, admin) = start(
+        "rep-dnsbl",
+        &b,
+        "[reputation]\ndnsbl = [\"dnsbl.test\", \"zen.spamhaus.test\"]\ncheck_interval = \"1s\"\nclean_checks = 2\n",
+    );
+    assert!(
+        wait_until(WAIT, || hold(admin, "127.0.0.10", "all").is_some()),
+        "127.0.0.10 not quarantined\n{}",
+        relay.log()
+    );
+    let h = hold(admin, "127.0.0.10", "all").unwrap();
+    assert_eq!(h["kind"], "quarantined", "{h}");
+    let ev = h["evidence"].as_str().unwrap();
+    assert!(
+        ev.contains("dnsbl.test 127.0.0.2") && ev.contains("https://dnsbl.test/10"),
+        "{h}"
+    );
+    assert_eq!(
+        ip_entry(&pool_status(admin), "127.0.0.10")["state"],
+        "quarantined"
+    );
+
+    // The refused answer was seen (logged as a failed check) and quarantined nothing.
+    assert!(
+        relay.wait_for_log("not a listing code of zen.spamhaus.test", WAIT),
+        "{}",
+        relay.log()
+    );
+    assert!(hold(admin, "127.0.0.11", "all").is_none());
+    assert_eq!(
+        ip_entry(&pool_status(admin), "127.0.0.11")["state"],
+        "active"
+    );
+
+    // Mail flows through the other IP only.
+    submit(&relay, &rcpts("x", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    assert_eq!((from_ip(&b.sink, 10), from_ip(&b.sink, 11)), (0, 4));
+
+    // Delisted: back after two clean checks, and in rotation again.
+    b.dns.remove_name("10.0.0.127.dnsbl.test");
+    assert!(
+        wait_until(WAIT, || hold(admin, "127.0.0.10", "all").is_none()),
+        "not reinstated\n{}",
+        relay.log()
+    );
+    assert!(relay.log().contains("DNSBL delisted: reinstating"));
+    submit(&relay, &rcpts("y", "a.test", 4));
+    b.sink.wait_for_messages(8, WAIT);
+    assert!(
+        from_ip(&b.sink, 10) >= 1,
+        "127.0.0.10 unused after reinstatement"
+    );
+}
+
+#[test]
+fn dnsbl_listing_mid_run_with_provider_scope_and_dns_errors() {
+    let b = bench(None);
+    // DQS: zen.spamhaus.org is asked as KEY.zen.dq.spamhaus.net (on the test server only).
+    let (relay, admin) = start(
+        "rep-dnsbl-mid",
+        &b,
+        "[reputation]\nspamhaus_dqs_key = \"t3stkey\"\ncheck_interval = \"1s\"\nclean_checks = 1\ndnsbl = [\"zen.spamhaus.org\", { zone = \"ms.test\", providers = [\"alpha\"] }]\n",
+    );
+    // A SERVFAILing list is an error, not a listing.
+    b.dns.set_fail("11.0.0.127.ms.test", true);
+    assert!(
+        relay.wait_for_log("DNSBL check failed", WAIT),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(
+        ip_entry(&pool_status(admin), "127.0.0.11")["holds"],
+        serde_json::json!([])
+    );
+
+    // Listed mid-run on the provider-scoped list: quarantined for alpha only.
+    b.dns.set_fail("11.0.0.127.ms.test", false);
+    b.dns
+        .add_ip("11.0.0.127.ms.test", "127.0.0.3".parse().unwrap());
+    assert!(
+        wait_until(WAIT, || hold(admin, "127.0.0.11", "alpha").is_some()),
+        "{}",
+        relay.log()
+    );
+    assert!(hold(admin, "127.0.0.11", "all").is_none());
+    // Listed on Spamhaus through DQS: every provider.
+    b.dns.add_ip(
+        "10.0.0.127.t3stkey.zen.dq.spamhaus.net",
+        "127.0.0.4".parse().unwrap(),
+    );
+    assert!(
+        wait_until(WAIT, || hold(admin, "127.0.0.10", "all").is_some()),
+        "{}",
+        relay.log()
+    );
+    let ev = hold(admin, "127.0.0.10", "all").unwrap()["evidence"].clone();
+    assert!(
+        ev.as_str()
+            .unwrap()
+            .starts_with("zen.spamhaus.org 127.0.0.4"),
+        "{ev}"
+    );
+    let queried: Vec<String> = b.dns.queries().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !queried
+            .iter()
+            .any(|n| n.ends_with("zen.spamhaus.org.") || n.ends_with("zen.spamhaus.org")),
+        "the public zone was asked: {queried:?}"
+    );
+    // beta mail still goes from 127.0.0.11 (listed for alpha only); alpha mail has no IP left
+    // and waits (held, not bounced).
+    submit(&relay, &rcpts("b", "b.test", 2));
+    submit(&relay, &rcpts("a", "a.test", 1));
+    b.sink.wait_for_messages(2, WAIT);
+    assert_eq!(from_ip(&b.sink, 11), 2);
+    assert!(b.sink.messages().iter().all(|m| m.local.ip() == lo(21)));
+    // Delisting releases the alpha mail.
+    b.dns.remove_name("10.0.0.127.t3stkey.zen.dq.spamhaus.net");
+    b.sink.wait_for_messages(3, WAIT);
+    assert_eq!(
+        b.sink
+            .messages()
+            .iter()
+            .filter(|m| m.local.ip() == lo(20))
+            .count(),
+        1
     );
 }

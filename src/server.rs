@@ -40,6 +40,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Some(admin) = &config.admin {
         crate::admin::start(admin.listen, pools.clone()).await?;
     }
+    crate::reputation::dnsbl::start(&config, pools.clone())?;
     crate::delivery::start(
         config.clone(),
         spool.clone(),

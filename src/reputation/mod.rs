@@ -3,6 +3,7 @@
 
 pub mod bounce;
 pub mod cli;
+pub mod dnsbl;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -138,7 +139,12 @@ pub fn check_config(
     path: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<(), Vec<crate::config::ConfigError>> {
-    config.reputation.classifier().map(|_| ()).map_err(|e| {
+    let checked = config
+        .reputation
+        .classifier()
+        .map(|_| ())
+        .and_then(|_| dnsbl::List::from_settings(&config.reputation).map(|_| ()));
+    checked.map_err(|e| {
         vec![crate::config::ConfigError {
             file: path.to_path_buf(),
             line: None,
