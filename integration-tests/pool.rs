@@ -598,8 +598,9 @@ hold_warning_interval = "1h"
     assert_eq!(code, 400);
 }
 
+/// Gmail/Yahoo style: `421` to MAIL FROM (pipelined with RCPT), then the connection closes.
 fn slow_down_alpha_from_10(s: &Step) -> Option<String> {
-    (s.peer == lo(10) && s.local.ip() == lo(20) && matches!(s.stage, Stage::RcptTo(_)))
+    (s.peer == lo(10) && s.local.ip() == lo(20) && matches!(s.stage, Stage::MailFrom(_)))
         .then(|| "421 4.7.28 Our system has detected an unusual rate of unsolicited mail".into())
 }
 

@@ -464,7 +464,18 @@ impl Session {
         let answers = if self.caps & EXT_PIPELINING != 0 {
             let mut all = vec![mail];
             all.extend(commands.iter().map(|(_, c)| c.clone()));
-            self.client.cmds(all).await.map_err(|e| (e, 0))
+            match self.pipeline(&all).await {
+                (got, None) => Ok(got),
+                // MAIL refused, then the server closed (a `421 4.7.0 [TSS04]` and close): the
+                // refusal is the answer for every recipient.
+                (got, Some(_)) if got.first().is_some_and(|r| r.code / 100 != 2) => Ok(got),
+                (got, Some(e)) => {
+                    for ((i, _), r) in commands.iter().zip(got.iter().skip(1)) {
+                        replies[*i] = Some(self.tag(to_reply(r)));
+                    }
+                    Err((e, got.len().saturating_sub(1)))
+                }
+            }
         } else {
             let mut got = Vec::with_capacity(commands.len() + 1);
             let mut result = Ok(());
@@ -563,6 +574,49 @@ impl Session {
             replies[i] = Some(reply.clone());
         }
         finish(replies, reusable)
+    }
+
+    /// Writes every command at once (RFC 2920) and reads the replies, keeping those that
+    /// arrived when the server closes early (mail-send's `cmds` drops them).
+    async fn pipeline(
+        &mut self,
+        cmds: &[String],
+    ) -> (Vec<Response<String>>, Option<mail_send::Error>) {
+        use smtp_proto::response::parser::ResponseReceiver;
+        let timeout = self.client.timeout;
+        let stream = &mut self.client.stream;
+        let mut got = Vec::with_capacity(cmds.len());
+        let work = async {
+            for c in cmds {
+                stream.write_all(c.as_bytes()).await?;
+            }
+            stream.flush().await?;
+            let mut buf = vec![0u8; 4096];
+            let mut parser = ResponseReceiver::default();
+            while got.len() < cmds.len() {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(mail_send::Error::UnparseableReply);
+                }
+                let mut iter = buf[..n].iter();
+                while got.len() < cmds.len() {
+                    match parser.parse(&mut iter) {
+                        Ok(r) => {
+                            got.push(r);
+                            parser.reset();
+                        }
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
+                        Err(_) => return Err(mail_send::Error::UnparseableReply),
+                    }
+                }
+            }
+            Ok::<(), mail_send::Error>(())
+        };
+        let result = match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r.err(),
+            Err(_) => Some(mail_send::Error::Timeout),
+        };
+        (got, result)
     }
 
     async fn write_data(
