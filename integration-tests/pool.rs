@@ -649,3 +649,74 @@ helo = "out11.relay.test"
     assert_eq!(count(&b.sink, 11, 20), 8);
     assert!(count(&b.sink, 10, 21) >= 1, "beta is not backed off");
 }
+
+#[test]
+fn provider_throttles_messages_per_connection_and_per_hour() {
+    // Day 120 s → an "hour" of 5 s. alpha: 2 messages per connection; beta: 2 per hour.
+    const HOUR: u64 = 5000;
+    let b = bench(None);
+    let dir = tempdir("pool-throttle");
+    let admin = free_port();
+    let cfg = config(
+        free_port(),
+        admin,
+        &b,
+        PLAIN,
+        r#"
+[[pool]]
+name = "default"
+[[pool.ip]]
+address = "127.0.0.10"
+helo = "out10.relay.test"
+
+[warmup]
+day = "120s"
+"#,
+    )
+    .replace("idle_timeout = \"0s\"", "idle_timeout = \"30s\"")
+    .replace(
+        "mx_suffixes = [\"alpha.test\"]",
+        "mx_suffixes = [\"alpha.test\"]\nmax_per_connection = 2",
+    )
+    .replace(
+        "mx_suffixes = [\"beta.test\"]",
+        "mx_suffixes = [\"beta.test\"]\nmax_per_hour = 2",
+    );
+    let relay = Relay::start(&dir, &cfg);
+    // One after the other, so each could reuse the previous connection.
+    for i in 0..5 {
+        submit(&relay, "s@snd.test", &[format!("c{i}@a.test")]);
+        b.sink.wait_for_messages(i + 1, WAIT);
+    }
+    let mut per_session: std::collections::BTreeMap<usize, usize> = Default::default();
+    for m in b.sink.messages() {
+        *per_session.entry(m.session).or_default() += 1;
+    }
+    assert!(
+        per_session.values().all(|&n| n <= 2),
+        "at most 2 per connection: {per_session:?}"
+    );
+    assert!(
+        per_session.values().any(|&n| n == 2),
+        "connections are reused: {per_session:?}"
+    );
+
+    b.sink.clear();
+    fresh_window(HOUR);
+    let w = now_ms() / HOUR;
+    submit(&relay, "s@snd.test", &rcpts("h", "b.test", 3));
+    b.sink.wait_for_messages(2, WAIT);
+    assert!(
+        wait_until(Duration::from_secs(2), || held(
+            &relay,
+            1,
+            "no source IP has capacity for provider beta (127.0.0.10 hourly cap reached)"
+        )),
+        "{:#?}",
+        envelopes(&relay)
+    );
+    assert_eq!(now_ms() / HOUR, w, "test step outran the hour");
+    assert_eq!(b.sink.messages().len(), 2);
+    b.sink.wait_for_messages(3, Duration::from_millis(2 * HOUR));
+    assert!(now_ms() / HOUR > w);
+}
