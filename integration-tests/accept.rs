@@ -408,6 +408,38 @@ fn parallel_sessions_cannot_outrun_the_lockout() {
     assert_eq!(codes.iter().filter(|&&c| c == 454).count(), 8, "{codes:?}");
 }
 
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An argon2id check takes ~19 MiB: guesses from many addresses at once must not each get
+/// their own (40 here took ~760 MiB), nor leave it behind in the allocator (~350 MiB): the
+/// relay checks passwords on one thread per core, each reusing its memory.
+#[test]
+fn password_checks_from_many_addresses_use_bounded_memory() {
+    use base64::Engine;
+    let (e, relay) = simple("authmem", "", "");
+    let mut clients: Vec<SmtpClient> = (0..40).map(|i| tls_client(&relay, &e, 100 + i)).collect();
+    let pid = relay.pid().expect("relay running");
+    let before = peak_rss_kib(pid);
+    let guess = base64::engine::general_purpose::STANDARD.encode("\0alice\0wrong");
+    for c in clients.iter_mut() {
+        c.send_raw(format!("AUTH PLAIN {guess}\r\n").as_bytes());
+    }
+    for c in clients.iter_mut() {
+        c.read_reply().expect(535);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let grown_mib = peak_rss_kib(pid).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < cores * 20 + 50,
+        "peak RSS grew by {grown_mib} MiB"
+    );
+}
+
 /// Every relay trick a scanner tries (nmap smtp-open-relay style).
 const TRICKS: &[&str] = &[
     "<user@example.org>",
