@@ -622,3 +622,141 @@ fn dnsbl_listing_mid_run_with_provider_scope_and_dns_errors() {
         1
     );
 }
+
+/// Microsoft's block-list reply to 127.0.0.10 at alpha's MX (127.0.0.20) only.
+fn s3150_from_10_at_alpha(s: &Step) -> Option<String> {
+    (matches!(s.stage, Stage::RcptTo(_)) && s.peer == lo(10) && s.local.ip() == lo(20)).then(|| {
+        "550 5.7.1 Unfortunately, messages from [127.0.0.10] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).".to_string()
+    })
+}
+
+fn to_alpha_from(sink: &Sink, src: u8) -> usize {
+    sink.messages()
+        .iter()
+        .filter(|m| m.peer == lo(src) && m.local.ip() == lo(20))
+        .count()
+}
+
+#[test]
+fn block_reply_quarantines_for_that_provider_and_redelivers_from_another_ip() {
+    let b = bench(Some(s3150_from_10_at_alpha));
+    let (relay, admin) = start("rep-block", &b, "[reputation]\ncooldown = \"4s\"\n");
+    // Enough alpha mail that the round robin gives some to 127.0.0.10.
+    submit(&relay, &rcpts("a", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    let h = hold(admin, "127.0.0.10", "alpha")
+        .unwrap_or_else(|| panic!("not quarantined\n{}", relay.log()));
+    assert_eq!(
+        (h["kind"].as_str(), h["reason"].as_str()),
+        (Some("quarantined"), Some("block reply")),
+        "{h}"
+    );
+    assert!(h["evidence"].as_str().unwrap().contains("S3150"), "{h}");
+    assert!(h["until"].as_u64().is_some(), "{h}");
+    assert!(
+        hold(admin, "127.0.0.10", "all").is_none() && hold(admin, "127.0.0.10", "beta").is_none()
+    );
+    // Every alpha recipient arrived from 127.0.0.11, none bounced, and the blocked one was
+    // moved at once (well inside the 1 s retry schedule's second step).
+    assert_eq!(
+        (to_alpha_from(&b.sink, 10), to_alpha_from(&b.sink, 11)),
+        (0, 4)
+    );
+    let log = relay.log();
+    assert!(log.contains("retrying from another source IP"), "{log}");
+    assert!(!log.contains("dsn queued"), "a recipient bounced:\n{log}");
+    assert!(
+        log.contains("class=block") && log.contains("rule=microsoft-blocklist"),
+        "{log}"
+    );
+
+    // 127.0.0.10 still serves beta.
+    submit(&relay, &rcpts("b", "b.test", 4));
+    b.sink.wait_for_messages(8, WAIT);
+    assert!(
+        b.sink
+            .messages()
+            .iter()
+            .any(|m| m.peer == lo(10) && m.local.ip() == lo(21)),
+        "127.0.0.10 sent nothing to beta"
+    );
+
+    // After the cool-down mail probes 127.0.0.10 at alpha again; now accepted, it stays in.
+    b.sink.set_script(None);
+    let until = h["until"].as_u64().unwrap();
+    assert!(wait_until(WAIT, || hold(admin, "127.0.0.10", "alpha").is_none()));
+    assert!(now_s() >= until);
+    let mut n = 8;
+    assert!(
+        wait_until(WAIT, || {
+            submit(&relay, &rcpts(&format!("p{n}-"), "a.test", 2));
+            n += 2;
+            b.sink.wait_for_messages(n, WAIT);
+            to_alpha_from(&b.sink, 10) > 0
+        }),
+        "no probe from 127.0.0.10 after the cool-down\n{}",
+        relay.log()
+    );
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Content rejections for 127.0.0.10 at alpha; `permfail…@` is an unknown user everywhere.
+fn spam_from_10_at_alpha(s: &Step) -> Option<String> {
+    if let Stage::RcptTo(a) = &s.stage
+        && a.starts_with("permfail")
+    {
+        return Some(format!(
+            "550 5.1.1 <{a}>: Recipient address rejected: User unknown"
+        ));
+    }
+    (matches!(s.stage, Stage::RcptTo(_)) && s.peer == lo(10) && s.local.ip() == lo(20))
+        .then(|| "554 5.7.1 Message rejected as spam by content filter".to_string())
+}
+
+#[test]
+fn hard_bounce_rate_quarantines_bad_recipients_only_warn() {
+    let b = bench(Some(spam_from_10_at_alpha));
+    let (relay, admin) = start(
+        "rep-rate",
+        &b,
+        "[reputation]\nwindow = 10\nmin_samples = 4\nmax_bounce_rate = 0.3\nbad_recipient_warning = 0.5\n",
+    );
+    // Unknown recipients at beta from both IPs: the list's fault, never the IP's.
+    submit(
+        &relay,
+        &(0..8)
+            .map(|i| format!("permfail{i}@b.test"))
+            .collect::<Vec<_>>(),
+    );
+    assert!(relay.wait_for_log("list hygiene", WAIT), "{}", relay.log());
+    assert!(relay.log().contains("sender=s@snd.test"));
+    assert!(
+        hold(admin, "127.0.0.10", "beta").is_none() && hold(admin, "127.0.0.11", "beta").is_none()
+    );
+
+    // Content rejections of 127.0.0.10 at alpha: a hard-bounce rate, quarantined once the
+    // window has 4 samples.
+    submit(&relay, &rcpts("c", "a.test", 12));
+    assert!(
+        wait_until(WAIT, || hold(admin, "127.0.0.10", "alpha").is_some()),
+        "{}",
+        relay.log()
+    );
+    let h = hold(admin, "127.0.0.10", "alpha").unwrap();
+    assert_eq!(h["reason"], "hard-bounce rate", "{h}");
+    assert!(
+        h["evidence"].as_str().unwrap().contains("4 hard bounces"),
+        "{h}"
+    );
+    // Those were real bounces (the content's fault); the rest went from 127.0.0.11.
+    assert!(wait_until(WAIT, || relay.spool_files("env").is_empty()));
+    assert_eq!(to_alpha_from(&b.sink, 10), 0);
+    assert_eq!(to_alpha_from(&b.sink, 11), 8);
+    assert!(hold(admin, "127.0.0.11", "alpha").is_none());
+}

@@ -46,6 +46,8 @@ pub struct Deliverer {
     spool: Arc<Spool>,
     router: Router,
     pub pools: Arc<Pools>,
+    /// Classifies every remote reply; quarantines on block replies and bad rates.
+    reputation: crate::reputation::rates::Tracker,
     /// Messages held because no pool IP could take them: woken when an IP comes back.
     held: Mutex<HashSet<String>>,
     tls: tls::Connectors,
@@ -72,6 +74,7 @@ impl Deliverer {
     ) -> Result<Deliverer, String> {
         Ok(Deliverer {
             router: Router::new(&config)?,
+            reputation: crate::reputation::rates::Tracker::new(&config, pools.clone())?,
             pools,
             held: Mutex::new(HashSet::new()),
             tls: tls::connectors(&config.delivery)?,
@@ -409,8 +412,12 @@ impl Deliverer {
                             e
                         }
                     };
-                    if let (OpenError::Refused(r), Some(ip)) = (&opened, source.ip) {
+                    let mut opened = opened;
+                    if let (OpenError::Refused(r), Some(ip)) = (&mut opened, source.ip) {
                         self.pools.record_reply(ip, &provider, r);
+                        // A blocked greeting quarantines the IP: the next MX gets another one.
+                        let sender = env.user.as_deref().unwrap_or(&env.sender);
+                        self.reputation.observe(ip, &provider, sender, r);
                     }
                     match opened {
                         OpenError::Bind(e) => {
@@ -508,11 +515,14 @@ impl Deliverer {
         provider: &str,
         lease: Lease,
     ) -> Attempt {
-        let result = s.send(env, rcpts, path).await;
+        let mut result = s.send(env, rcpts, path).await;
         let tls = s.tls.clone();
         if let Some(ip) = s.source.ip {
-            for r in &result.replies {
+            let sender = env.user.as_deref().unwrap_or(&env.sender);
+            for r in &mut result.replies {
                 self.pools.record_reply(ip, provider, r);
+                // Block replies become "retry from another IP" deferrals here.
+                self.reputation.observe(ip, provider, sender, r);
             }
         }
         let max = self.pools.max_per_connection(provider);

@@ -71,7 +71,15 @@ pub fn apply(
         Status::Sent => rcpt.state = RcptState::Sent,
         Status::Bounced => rcpt.state = RcptState::Bounced,
         Status::Deferred => {
-            let wait = retry_delay(&delivery.retry, rcpt.attempts).as_secs();
+            // Moved off a blocked IP: go again at once from another one.
+            let elsewhere = reply
+                .text
+                .starts_with(crate::reputation::rates::RETRY_ELSEWHERE);
+            let wait = if elsewhere {
+                1
+            } else {
+                retry_delay(&delivery.retry, rcpt.attempts).as_secs()
+            };
             rcpt.next_attempt = (now + wait).min(expires.max(now + 1));
         }
     }

@@ -4,6 +4,7 @@
 pub mod bounce;
 pub mod cli;
 pub mod dnsbl;
+pub mod rates;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,329 @@
+//! What remote replies say about each IP × provider: block/reputation replies quarantine at once
+//! (after `block_threshold`), and a sliding window of outcomes quarantines on a hard-bounce rate
+//! (bad-recipient excluded) or deferral rate over its threshold. Bad-recipient rates per sender
+//! are list-hygiene warnings, not the IP's fault. Quarantines end after a cool-down that doubles
+//! for repeat offenders; mail then probes the IP again, and a new offence quarantines it longer.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::outcome::classify::{Class, Classification, Classifier};
+use crate::pool::{Pools, Scope};
+use crate::reputation::Settings;
+use crate::spool::RemoteReply;
+
+/// Reply texts of recipients moved off a blocked IP start with this (and read as a pool hold).
+pub const RETRY_ELSEWHERE: &str = "pool: retrying from another source IP";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sent,
+    Deferred,
+    HardBounce,
+    BadRecipient,
+}
+
+#[derive(Default)]
+struct Window {
+    outcomes: VecDeque<Kind>,
+    /// Block/reputation replies since the last quarantine.
+    blocks: u32,
+    /// Quarantines so far (the cool-down doubles with each).
+    offences: u32,
+}
+
+#[derive(Default)]
+struct Hygiene {
+    outcomes: VecDeque<bool>,
+    warned: bool,
+}
+
+pub struct Tracker {
+    classifier: Classifier,
+    settings: Settings,
+    pools: Arc<Pools>,
+    windows: Mutex<HashMap<(IpAddr, String), Window>>,
+    senders: Mutex<HashMap<String, Hygiene>>,
+}
+
+/// What delivery does with one reply.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub classification: Classification,
+    /// The reply was rewritten: the recipient goes again soon, from another IP.
+    pub retry_elsewhere: bool,
+}
+
+impl Tracker {
+    pub fn new(config: &Config, pools: Arc<Pools>) -> Result<Tracker, String> {
+        Ok(Tracker {
+            classifier: config.reputation.classifier()?,
+            settings: config.reputation.clone(),
+            pools,
+            windows: Mutex::new(HashMap::new()),
+            senders: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Classifies one remote reply to one recipient sent from `ip` to `provider`, counts it, and
+    /// quarantines the IP × provider when the reply or the rates say so. A block/reputation
+    /// reply is rewritten into a deferral: it is not the recipient's fault, and the recipient
+    /// goes again at once from another IP (or waits for one).
+    pub fn observe(
+        &self,
+        ip: IpAddr,
+        provider: &str,
+        sender: &str,
+        reply: &mut RemoteReply,
+    ) -> Verdict {
+        let c = self
+            .classifier
+            .classify(reply.code, &reply.status, &reply.text);
+        let kind = match (reply.code, c.class) {
+            (200..=399, _) => Kind::Sent,
+            (500..=599, Class::BadRecipient) => Kind::BadRecipient,
+            (500..=599, _) => Kind::HardBounce,
+            _ => Kind::Deferred,
+        };
+        if reply.code >= 400 {
+            tracing::info!(source_ip = %ip, provider = %provider, class = %c.class, rule = %c.rule, reply = %format!("{} {} {}", reply.code, reply.status, reply.text), "reply classified");
+        }
+        if matches!(kind, Kind::Sent | Kind::BadRecipient | Kind::HardBounce) {
+            self.hygiene(sender, kind == Kind::BadRecipient);
+        }
+        let blames_ip = c.class.blames_ip() && reply.code >= 400;
+        let quarantine = {
+            let mut windows = self.windows.lock().expect("lock");
+            let w = windows.entry((ip, provider.to_string())).or_default();
+            if blames_ip {
+                w.blocks += 1;
+            } else {
+                w.outcomes.push_back(kind);
+                while w.outcomes.len() > self.settings.window.max(1) {
+                    w.outcomes.pop_front();
+                }
+            }
+            let why = if blames_ip && w.blocks >= self.settings.block_threshold.max(1) {
+                Some((
+                    format!("{} reply", c.class),
+                    format!(
+                        "{} {} {} (rule {}, {} such replies)",
+                        reply.code, reply.status, reply.text, c.rule, w.blocks
+                    ),
+                ))
+            } else {
+                self.rate_verdict(w)
+            };
+            why.map(|(reason, evidence)| {
+                w.offences += 1;
+                w.blocks = 0;
+                w.outcomes.clear();
+                let factor = 1u32 << (w.offences - 1).min(16);
+                let cool = self
+                    .settings
+                    .cooldown
+                    .0
+                    .saturating_mul(factor)
+                    .min(self.settings.max_cooldown.0);
+                (reason, evidence, cool, w.offences)
+            })
+        };
+        if let Some((reason, evidence, cool, offences)) = quarantine {
+            let until = crate::spool::now_unix() + cool.as_secs().max(1);
+            tracing::warn!(source_ip = %ip, provider = %provider, reason = %reason, offences, cooldown = %humantime::format_duration(cool), "quarantining IP for provider");
+            if let Err(e) = self.pools.quarantine(
+                ip,
+                Scope::Provider(provider.to_string()),
+                &reason,
+                &evidence,
+                Some(until),
+            ) {
+                tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
+            }
+        }
+        let retry_elsewhere = blames_ip;
+        if retry_elsewhere {
+            reply.text = format!(
+                "{RETRY_ELSEWHERE} ({ip} got a {} reply from {provider}: {} {} {})",
+                c.class, reply.code, reply.status, reply.text
+            );
+            reply.code = crate::pool::HOLD_CODE;
+            reply.status = crate::pool::HOLD_STATUS.to_string();
+        }
+        Verdict {
+            classification: c,
+            retry_elsewhere,
+        }
+    }
+
+    /// Hard-bounce or deferral rate over its threshold with enough samples.
+    fn rate_verdict(&self, w: &Window) -> Option<(String, String)> {
+        let n = w.outcomes.len();
+        if n < self.settings.min_samples.max(1) {
+            return None;
+        }
+        let count = |k: Kind| w.outcomes.iter().filter(|o| **o == k).count();
+        let (hard, deferred) = (count(Kind::HardBounce), count(Kind::Deferred));
+        let pct = |x: usize| 100.0 * x as f64 / n as f64;
+        if hard as f64 > self.settings.max_bounce_rate * n as f64 {
+            return Some((
+                "hard-bounce rate".into(),
+                format!(
+                    "{hard} hard bounces (bad recipients not counted) in the last {n} outcomes = {:.1}% > {:.1}%",
+                    pct(hard),
+                    100.0 * self.settings.max_bounce_rate
+                ),
+            ));
+        }
+        if deferred as f64 > self.settings.max_deferral_rate * n as f64 {
+            return Some((
+                "deferral rate".into(),
+                format!(
+                    "{deferred} deferrals in the last {n} outcomes = {:.1}% > {:.1}%",
+                    pct(deferred),
+                    100.0 * self.settings.max_deferral_rate
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Bad-recipient share per sender (authenticated user or envelope sender): a warning to
+    /// clean the list, logged when it crosses the threshold (again after it fell back).
+    fn hygiene(&self, sender: &str, bad: bool) {
+        let mut senders = self.senders.lock().expect("lock");
+        let h = senders.entry(sender.to_ascii_lowercase()).or_default();
+        h.outcomes.push_back(bad);
+        while h.outcomes.len() > self.settings.window.max(1) {
+            h.outcomes.pop_front();
+        }
+        let n = h.outcomes.len();
+        let bad_n = h.outcomes.iter().filter(|b| **b).count();
+        let over = n >= self.settings.min_samples.max(1)
+            && bad_n as f64 > self.settings.bad_recipient_warning * n as f64;
+        if over && !h.warned {
+            tracing::warn!(sender = %sender, bad_recipients = bad_n, of = n, rate = %format!("{:.1}%", 100.0 * bad_n as f64 / n as f64), "list hygiene: many unknown recipients from this sender");
+        }
+        h.warned = over;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn tracker(extra: &str) -> Tracker {
+        let text = format!(
+            "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"p\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o\"\n[reputation]\n{extra}"
+        );
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        Tracker::new(&config, pools).unwrap()
+    }
+
+    fn reply(code: u16, status: &str, text: &str) -> RemoteReply {
+        RemoteReply {
+            code,
+            status: status.into(),
+            text: text.into(),
+            host: "mx".into(),
+            addr: String::new(),
+            source_ip: String::new(),
+        }
+    }
+
+    fn quarantined(t: &Tracker, provider: &str) -> Option<crate::pool::Hold> {
+        t.pools
+            .holds()
+            .into_iter()
+            .find(|(_, h)| h.scope == provider)
+            .map(|(_, h)| h)
+    }
+
+    #[test]
+    fn block_reply_quarantines_for_that_provider_and_is_rewritten() {
+        let t = tracker("block_threshold = 2\ncooldown = \"10m\"");
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        let mut r = reply(
+            550,
+            "5.7.1",
+            "Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org",
+        );
+        let v = t.observe(ip, "microsoft", "s@x", &mut r);
+        assert!(v.retry_elsewhere);
+        assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
+        assert!(
+            r.text.starts_with(RETRY_ELSEWHERE) && r.text.contains("blocked using"),
+            "{}",
+            r.text
+        );
+        assert!(quarantined(&t, "microsoft").is_none(), "threshold is 2");
+        let mut r = reply(550, "5.7.1", "blocked using zen.spamhaus.org");
+        t.observe(ip, "microsoft", "s@x", &mut r);
+        let h = quarantined(&t, "microsoft").expect("quarantined");
+        assert_eq!(h.reason, "block reply");
+        assert!(
+            h.evidence.contains("blocked using") && h.evidence.contains("dnsbl-blocked-using"),
+            "{}",
+            h.evidence
+        );
+        let cool = h.until.unwrap() - h.since;
+        assert!((590..=610).contains(&cool), "{cool}");
+        assert!(quarantined(&t, "gmail").is_none());
+        // A repeat offender waits twice as long.
+        t.observe(
+            ip,
+            "microsoft",
+            "s@x",
+            &mut reply(550, "5.7.1", "blocked using x"),
+        );
+        t.observe(
+            ip,
+            "microsoft",
+            "s@x",
+            &mut reply(550, "5.7.1", "blocked using x"),
+        );
+        let h = quarantined(&t, "microsoft").unwrap();
+        let cool = h.until.unwrap() - h.since;
+        assert!((1190..=1210).contains(&cool), "{cool}");
+    }
+
+    #[test]
+    fn hard_bounce_rate_needs_samples_and_ignores_bad_recipients() {
+        let t = tracker("window = 20\nmin_samples = 10\nmax_bounce_rate = 0.2");
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        // Bad recipients, however many, are the list's problem.
+        for _ in 0..15 {
+            t.observe(ip, "gmail", "s@x", &mut reply(550, "5.1.1", "user unknown"));
+        }
+        assert!(quarantined(&t, "gmail").is_none());
+        for _ in 0..5 {
+            t.observe(ip, "gmail", "s@x", &mut reply(250, "2.0.0", "ok"));
+        }
+        // 20 in the window: 4 content rejections = 20% (not over), the 5th is over.
+        for i in 0..5 {
+            t.observe(
+                ip,
+                "gmail",
+                "s@x",
+                &mut reply(554, "5.7.1", "message looks like spam"),
+            );
+            assert_eq!(
+                quarantined(&t, "gmail").is_some(),
+                i == 4,
+                "after {}",
+                i + 1
+            );
+        }
+        let h = quarantined(&t, "gmail").unwrap();
+        assert_eq!(h.reason, "hard-bounce rate");
+        assert!(h.evidence.contains("5 hard bounces"), "{}", h.evidence);
+    }
+}
