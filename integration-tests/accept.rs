@@ -728,6 +728,12 @@ fn bare_lf_and_bare_cr_in_data_are_refused() {
     assert!(relay.spool_files("msg").is_empty());
     assert!(wait_until(WAIT, || tmp_files(&relay) == 0));
     assert!(relay.wait_for_log("message refused", WAIT));
+    // Like an accepted one, a refused message is logged with its queue id, size and TLS.
+    let log = plain_log(&relay);
+    let line = log.lines().find(|l| l.contains("message refused")).unwrap();
+    for field in ["queue_id=", "size=", "tls=no", "rcpts=1", "reply="] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
 }
 
 #[test]

@@ -203,7 +203,7 @@ impl Session {
         if let Some(r) = refusal {
             // RFC 3030 §2: after a refused chunk the transaction is over.
             let tx = self.tx.take().expect("transaction present");
-            return self.refuse_msg(&tx, r);
+            return self.refuse_msg(&b.id, b.size, &tx, r);
         }
         if !last {
             if let Some(t) = self.tx.as_mut() {
@@ -272,10 +272,13 @@ impl Session {
         }
         let tx = self.tx.take().expect("transaction present");
         if reader.bare {
-            return self.refuse_msg(&tx, Reply::new(550, "5.6.11", "Bare LF/CR not allowed"));
+            let r = Reply::new(550, "5.6.11", "Bare LF/CR not allowed");
+            return self.refuse_msg(&id, reader.size, &tx, r);
         }
         if reader.too_big() {
             return self.refuse_msg(
+                &id,
+                reader.size,
                 &tx,
                 Reply::new(
                     552,
@@ -285,17 +288,21 @@ impl Session {
             );
         }
         let Some(writer) = writer else {
-            return self.refuse_msg(&tx, storage_reply());
+            return self.refuse_msg(&id, reader.size, &tx, storage_reply());
         };
         self.queue(id, writer, tx).await
     }
 
-    pub(super) fn refuse_msg(&mut self, tx: &Tx, r: Reply) -> Flow {
+    /// One log event per refused message, with the same fields as an accepted one.
+    fn refuse_msg(&mut self, id: &str, size: u64, tx: &Tx, r: Reply) -> Flow {
         tracing::info!(
+            queue_id = %id,
             client = %self.peer,
             user = self.user.as_deref().unwrap_or(""),
             sender = %tx.sender,
             rcpts = tx.rcpts.len(),
+            size,
+            tls = %self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
             stage = "data",
             reply = %r,
             "message refused"
@@ -305,11 +312,12 @@ impl Session {
 
     /// Signs, reserves the daily-cap slot and commits; 250 only after the commit.
     async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
+        let size = writer.len();
         let path = match writer.finish().await {
             Ok(p) => p.to_path_buf(),
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "spool: fsync failed");
-                return self.refuse_msg(&tx, storage_reply());
+                return self.refuse_msg(&id, size, &tx, storage_reply());
             }
         };
         // DKIM reads the finished file in chunks (memory stays bounded) on the blocking pool.
@@ -319,7 +327,7 @@ impl Session {
             .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")));
         let mut signed = match signed {
             Ok(s) => s,
-            Err(r) => return self.refuse_msg(&tx, r),
+            Err(r) => return self.refuse_msg(&id, size, &tx, r),
         };
         // The state store fsyncs its commits: keep that off the async workers.
         let reserved = match self.user.clone() {
@@ -330,7 +338,7 @@ impl Session {
                     .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
                 {
                     Ok(k) => k,
-                    Err(r) => return self.refuse_msg(&tx, r),
+                    Err(r) => return self.refuse_msg(&id, size, &tx, r),
                 }
             }
             None => None,
@@ -363,7 +371,7 @@ impl Session {
                     sender = %env.sender,
                     rcpts = env.recipients.len(),
                     size = env.size,
-                    tls = self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
+                    tls = %self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
                     "message accepted"
                 );
                 self.send(Reply::new(
@@ -379,7 +387,7 @@ impl Session {
                     let _ =
                         tokio::task::spawn_blocking(move || ctx.cap.release(&ctx.state, &k)).await;
                 }
-                self.refuse_msg(&tx, storage_reply())
+                self.refuse_msg(&id, size, &tx, storage_reply())
             }
         }
     }
