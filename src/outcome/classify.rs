@@ -495,6 +495,165 @@ mod tests {
         }
     }
 
+    /// One real-world-shaped sample per default rule: each rule is reachable (no rule before it
+    /// swallows its sample) and says what it should.
+    #[test]
+    fn every_default_rule_matches_its_sample() {
+        let samples: &[(&str, &str)] = &[
+            (
+                "microsoft-blocklist",
+                "550 5.7.1 Unfortunately, messages from [203.0.113.5] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).",
+            ),
+            (
+                "microsoft-dbeb-no-such-recipient",
+                "550 5.4.1 Recipient address rejected: Access denied. AS(201806281) [DB5EUR03FT012.eop-EUR03.prod.protection.outlook.com]",
+            ),
+            (
+                "microsoft-banned-ip",
+                "550 5.7.606 Access denied, banned sending IP [203.0.113.5]. To request removal from this list please visit https://sender.office.com/",
+            ),
+            (
+                "microsoft-ip-reputation",
+                "451 4.7.650 The mail server [203.0.113.5] has been temporarily rate limited due to IP reputation. (S775)",
+            ),
+            (
+                "microsoft-server-busy",
+                "421 4.7.500 Server busy. Please try again later from [203.0.113.5]. (S77719)",
+            ),
+            (
+                "gmail-unsolicited-rate",
+                "421-4.7.28 [203.0.113.5] Our system has detected an unusual rate of\n421 4.7.28 unsolicited mail originating from your IP address.",
+            ),
+            (
+                "gmail-4.7.28",
+                "421 4.7.28 Please visit https://support.google.com/mail/answer/188131 for more information.",
+            ),
+            (
+                "gmail-unsolicited-message",
+                "550-5.7.1 [203.0.113.5] Our system has detected that this message is\n550 5.7.1 likely unsolicited mail.",
+            ),
+            (
+                "gmail-ptr",
+                "550 5.7.25 [203.0.113.5] The IP address sending this message does not have a PTR record setup",
+            ),
+            (
+                "yahoo-tss",
+                "421 4.7.0 [TSS04] Messages from 203.0.113.5 temporarily deferred due to unexpected volume or user complaints",
+            ),
+            (
+                "orange-ip-blocked",
+                "550 5.2.0 Mail rejete. Mail rejected. ofr_506 [506]",
+            ),
+            (
+                "orange-spam-content",
+                "550 5.7.1 Service refuse. Veuillez essayer plus tard. service refused, please try later. OFR004_104 [104]",
+            ),
+            (
+                "orange-laposte-service-refused",
+                "421 mwinf5c77 ME Service refuse. Veuillez essayer plus tard. Service refused, please try later. OFR_999 [999]",
+            ),
+            (
+                "qq-content",
+                "550 Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000726",
+            ),
+            (
+                "qq-frequency",
+                "550 Ip frequency limited. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000722",
+            ),
+            (
+                "apple-icloud-policy",
+                "554 5.7.1 [CS01] Message rejected due to local policy. Please visit https://support.apple.com/en-us/HT204137",
+            ),
+            (
+                "proofpoint-cloudmark-ip",
+                "554 Blocked - see https://ipcheck.proofpoint.com/?ip=203.0.113.5",
+            ),
+            (
+                "dnsbl-blocked-using",
+                "554 5.7.1 Service unavailable; Client host [203.0.113.5] blocked using zen.spamhaus.org",
+            ),
+            (
+                "ptr-rdns",
+                "450 4.7.1 Client host rejected: cannot find your hostname, [203.0.113.5]",
+            ),
+            (
+                "ip-on-blocklist",
+                "554 5.7.1 Your IP address 203.0.113.5 has been blacklisted by our administrators",
+            ),
+            (
+                "reputation",
+                "550 5.7.1 Mail from 203.0.113.5 refused due to poor sender reputation",
+            ),
+            (
+                "rate-limit",
+                "421 Too many concurrent SMTP connections from this IP address; please try again later",
+            ),
+            (
+                "rate-limit-status",
+                "421 4.7.0 Try again later, closing connection.",
+            ),
+            (
+                "status-expired",
+                "554 4.4.7 Message expired: unable to deliver in 840 minutes",
+            ),
+            ("status-media", "554 5.6.0 Media error"),
+            ("status-mailbox-full-early", "552 5.2.2 mailbox full"),
+            (
+                "content-format",
+                "550 5.7.1 Messages with multiple addresses in From: header are not accepted",
+            ),
+            (
+                "auth-dmarc-spf-dkim",
+                "550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC policy",
+            ),
+            (
+                "auth-status",
+                "550 5.7.23 The message was rejected because of Sender Policy Framework violation",
+            ),
+            ("tls", "530 5.7.0 Must issue a STARTTLS command first"),
+            ("tls-status", "454 4.7.10 Encryption too weak"),
+            ("dns", "451 DNS lookup for example.org failed"),
+            ("mailbox-full", "550 Requested mailbox is full"),
+            ("bad-recipient", "550 5.1.1 <a@example.org>: user unknown"),
+            (
+                "content-size",
+                "552 Message size exceeds fixed maximum message size",
+            ),
+            (
+                "content",
+                "554 5.7.1 Message rejected as spam by content filter",
+            ),
+            ("relaying", "554 5.7.1 <a@example.org>: Relay access denied"),
+            (
+                "sender-rejected",
+                "553 5.7.1 <s@example.com>: Sender address rejected: not owned by user",
+            ),
+            ("policy", "550 5.7.1 Policy reason"),
+            ("transient-network", "421 4.4.2 Connection timed out"),
+            (
+                "status-bad-recipient",
+                "550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+            ),
+            ("status-dns", "550 5.1.2 Bad destination system address"),
+            ("status-content", "550 5.2.3 Too long"),
+            ("status-policy", "550 5.7.0 Not today"),
+            ("status-transient", "450 4.3.2 Please come back"),
+            ("code-transient", "450 Please come back"),
+            ("catch-all", "554 5.3.0 Something odd"),
+        ];
+        let cl = Classifier::builtin();
+        for (rule, line) in samples {
+            assert_eq!(cl.classify_line(line).1.rule, *rule, "{line}");
+        }
+        for spec in parse_rules(DEFAULT_RULES).unwrap() {
+            assert!(
+                samples.iter().any(|(r, _)| *r == spec.name),
+                "rule {} has no sample",
+                spec.name
+            );
+        }
+    }
+
     #[test]
     fn every_class_has_a_default_rule() {
         let specs = parse_rules(DEFAULT_RULES).unwrap();

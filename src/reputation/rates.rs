@@ -326,4 +326,40 @@ mod tests {
         assert_eq!(h.reason, "hard-bounce rate");
         assert!(h.evidence.contains("5 hard bounces"), "{}", h.evidence);
     }
+
+    #[test]
+    fn deferral_rate_quarantines_and_sender_hygiene_warns_once() {
+        let t = tracker("window = 10\nmin_samples = 10\nmax_deferral_rate = 0.5");
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        for _ in 0..5 {
+            t.observe(ip, "yahoo", "u", &mut reply(250, "2.0.0", "ok"));
+        }
+        for i in 0..6 {
+            t.observe(
+                ip,
+                "yahoo",
+                "u",
+                &mut reply(451, "4.3.0", "try again later"),
+            );
+            // 5 of 10 is not over half; the 6th (window slid: 4 sent, 6 deferred) is.
+            assert_eq!(
+                quarantined(&t, "yahoo").is_some(),
+                i == 5,
+                "after {}",
+                i + 1
+            );
+        }
+        assert_eq!(quarantined(&t, "yahoo").unwrap().reason, "deferral rate");
+        // Bad recipients are counted per sender, not against the IP.
+        for _ in 0..10 {
+            t.observe(
+                ip,
+                "gmail",
+                "list@x",
+                &mut reply(550, "5.1.1", "no such user"),
+            );
+        }
+        assert!(t.senders.lock().unwrap()["list@x"].warned);
+        assert!(quarantined(&t, "gmail").is_none());
+    }
 }
