@@ -7,6 +7,9 @@ use crate::config::ListenAuth;
 use crate::reply::Reply;
 use crate::spool::Recipient;
 
+/// ESMTP parameters: upper-cased keyword, value.
+type Params = Vec<(String, Option<String>)>;
+
 /// The mail transaction between MAIL FROM and the end of DATA.
 pub(super) struct Tx {
     pub(super) sender: String,
@@ -20,6 +23,27 @@ pub(super) struct Tx {
 }
 
 impl Session {
+    /// `FROM:<path> params` / `TO:<path> params`: the path's inside and the parsed parameters.
+    fn path_and_params<'a>(
+        &self,
+        args: &'a str,
+        keyword: &str,
+    ) -> Result<(&'a str, Params), Reply> {
+        let verb = if keyword == "FROM" { "MAIL" } else { "RCPT" };
+        let (path, params) = split_command(args, keyword).ok_or_else(|| {
+            Reply::new(
+                501,
+                "5.5.4",
+                format!("Syntax: {verb} {keyword}:<address> [parameters]"),
+            )
+        })?;
+        let params = parse_params(params)?;
+        if !self.esmtp && !params.is_empty() {
+            return Err(Reply::new(555, "5.5.4", "Parameters need EHLO"));
+        }
+        Ok((path, params))
+    }
+
     pub(super) fn mail(&mut self, args: &str) -> Flow {
         if self.helo.is_none() {
             return self.send(Reply::new(503, "5.5.1", "Send EHLO/HELO first"));
@@ -30,20 +54,10 @@ impl Session {
         if self.listen.auth == ListenAuth::Required && self.user.is_none() {
             return self.refuse("mail", Reply::new(530, "5.7.0", "Authentication required"));
         }
-        let Some((path, params)) = split_command(args, "FROM") else {
-            return self.send(Reply::new(
-                501,
-                "5.5.4",
-                "Syntax: MAIL FROM:<address> [parameters]",
-            ));
-        };
-        let params = match parse_params(params) {
+        let (path, params) = match self.path_and_params(args, "FROM") {
             Ok(p) => p,
             Err(r) => return self.send(r),
         };
-        if !self.esmtp && !params.is_empty() {
-            return self.send(Reply::new(555, "5.5.4", "Parameters need EHLO"));
-        }
         let mut tx = Tx {
             sender: String::new(),
             smtputf8: false,
@@ -130,20 +144,10 @@ impl Session {
         if !self.may_relay() {
             return self.refuse("rcpt", relay_denied());
         }
-        let Some((path, params)) = split_command(args, "TO") else {
-            return self.send(Reply::new(
-                501,
-                "5.5.4",
-                "Syntax: RCPT TO:<address> [parameters]",
-            ));
-        };
-        let params = match parse_params(params) {
+        let (path, params) = match self.path_and_params(args, "TO") {
             Ok(p) => p,
             Err(r) => return self.send(r),
         };
-        if !self.esmtp && !params.is_empty() {
-            return self.send(Reply::new(555, "5.5.4", "Parameters need EHLO"));
-        }
         let (mut notify, mut orcpt) = (None, None);
         for (key, value) in params {
             match (key.as_str(), value) {

@@ -19,6 +19,11 @@ fn today() -> u64 {
     crate::spool::now_unix() / 86400
 }
 
+fn store_error(e: crate::state::StateError) -> Reply {
+    tracing::error!(error = %e, "daily cap: state store error");
+    Reply::new(451, "4.3.0", "Temporary local problem, try later")
+}
+
 fn key(day: u64, user: &str) -> String {
     format!("{PREFIX}{day}|{user}")
 }
@@ -50,14 +55,7 @@ impl DailyCap {
         match state.counter(&key(today(), user)) {
             Ok(n) if n >= self.limit => Err(self.refusal(user)),
             Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "daily cap: state store error");
-                Err(Reply::new(
-                    451,
-                    "4.3.0",
-                    "Temporary local problem, try later",
-                ))
-            }
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -76,14 +74,7 @@ impl DailyCap {
         match state.add_within(&k, 1, self.limit) {
             Ok(Some(_)) => Ok(Some(k)),
             Ok(None) => Err(self.refusal(user)),
-            Err(e) => {
-                tracing::error!(error = %e, "daily cap: state store error");
-                Err(Reply::new(
-                    451,
-                    "4.3.0",
-                    "Temporary local problem, try later",
-                ))
-            }
+            Err(e) => Err(store_error(e)),
         }
     }
 
