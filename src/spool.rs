@@ -121,6 +121,8 @@ pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
     committed: mpsc::UnboundedSender<Envelope>,
+    /// fsync of `queue/`, shared by the renames of concurrent sessions (group commit).
+    queue_sync: Arc<GroupSync>,
 }
 
 static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -145,6 +147,7 @@ impl Spool {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Spool {
+                queue_sync: Arc::new(GroupSync::new(queue.clone())),
                 tmp,
                 queue,
                 committed: tx,
@@ -249,17 +252,29 @@ impl Spool {
     /// Replaces the envelope atomically (tmp, fsync, rename, fsync dir).
     pub async fn save_envelope(&self, env: &Envelope) -> io::Result<()> {
         let tmp = self.tmp.join(format!("{}.env", env.id));
-        write_synced(&tmp, &serde_json::to_vec(env)?).await?;
-        tokio::fs::rename(&tmp, self.envelope_path(&env.id)).await?;
-        sync_dir(&self.queue).await
+        let bytes = serde_json::to_vec(env)?;
+        let dest = self.envelope_path(&env.id);
+        let sync = self.queue_sync.clone();
+        // One trip to the blocking pool for the whole sequence, not one per file operation.
+        blocking(move || {
+            write_synced(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &dest)?;
+            sync.sync()
+        })
+        .await
     }
 
     /// Removes a finished message: envelope first, so a crash in between leaves only debris that
     /// recovery deletes, never a message delivered twice for lack of its envelope.
     pub async fn remove(&self, id: &str) -> io::Result<()> {
-        tokio::fs::remove_file(self.envelope_path(id)).await?;
-        let _ = tokio::fs::remove_file(self.message_path(id)).await;
-        sync_dir(&self.queue).await
+        let (env, msg) = (self.envelope_path(id), self.message_path(id));
+        let sync = self.queue_sync.clone();
+        blocking(move || {
+            std::fs::remove_file(&env)?;
+            let _ = std::fs::remove_file(&msg);
+            sync.sync()
+        })
+        .await
     }
 
     /// Number of messages in the queue (for tests and status).
@@ -274,17 +289,78 @@ impl Spool {
     }
 }
 
-async fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = tokio::fs::File::create(path).await?;
-    f.write_all(data).await?;
-    f.sync_all().await
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+async fn blocking(f: impl FnOnce() -> io::Result<()> + Send + 'static) -> io::Result<()> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(io::Error::other)?
+}
+
+/// Group commit of a directory's fsync. Each caller has already renamed or removed its entries;
+/// it returns once an fsync of the directory that *started after* its call has succeeded. While
+/// one fsync runs, later callers queue up and the next single fsync covers all of them, so N
+/// concurrent sessions cost about one directory fsync per round instead of N.
+struct GroupSync {
+    dir: PathBuf,
+    state: std::sync::Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+struct SyncState {
+    /// Tickets handed out so far (ticket n = the n-th caller, counted from 0).
+    next: u64,
+    /// Every ticket below this is durable.
+    durable: u64,
+    running: bool,
+}
+
+impl GroupSync {
+    fn new(dir: PathBuf) -> GroupSync {
+        GroupSync {
+            dir,
+            state: std::sync::Mutex::new(SyncState {
+                next: 0,
+                durable: 0,
+                running: false,
+            }),
+            done: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Blocking: call from the blocking pool.
+    fn sync(&self) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = st.next;
+        st.next += 1;
+        loop {
+            if st.durable > ticket {
+                return Ok(());
+            }
+            if !st.running {
+                // Our change happened before we took the ticket, and this fsync starts after
+                // every ticket below `upto` was taken: it covers them all.
+                st.running = true;
+                let upto = st.next;
+                drop(st);
+                let result = std::fs::File::open(&self.dir).and_then(|d| d.sync_all());
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.running = false;
+                if result.is_ok() {
+                    st.durable = st.durable.max(upto);
+                }
+                self.done.notify_all();
+                // On failure the waiters try their own fsync; this caller reports the error.
+                return result;
+            }
+            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// A message being received. Dropped without `commit`, its file is removed.
@@ -343,13 +419,24 @@ impl MessageWriter {
         envelope.id = self.id.clone();
         envelope.size = self.len;
         let env_tmp = self.spool.tmp.join(format!("{}.env", self.id));
-        let result = async {
-            write_synced(&env_tmp, &serde_json::to_vec(&envelope)?).await?;
-            tokio::fs::rename(&self.path, self.spool.message_path(&self.id)).await?;
-            tokio::fs::rename(&env_tmp, self.spool.envelope_path(&self.id)).await?;
-            sync_dir(&self.spool.queue).await
-        }
-        .await;
+        let result = match serde_json::to_vec(&envelope) {
+            Ok(bytes) => {
+                let (msg_tmp, env_tmp) = (self.path.clone(), env_tmp.clone());
+                let msg = self.spool.message_path(&self.id);
+                let env = self.spool.envelope_path(&self.id);
+                let sync = self.spool.queue_sync.clone();
+                // One trip to the blocking pool; the directory fsync is shared with the
+                // commits of other sessions running at the same time.
+                blocking(move || {
+                    write_synced(&env_tmp, &bytes)?;
+                    std::fs::rename(&msg_tmp, &msg)?;
+                    std::fs::rename(&env_tmp, &env)?;
+                    sync.sync()
+                })
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&env_tmp).await;
             let _ = tokio::fs::remove_file(self.spool.envelope_path(&self.id)).await;
@@ -420,6 +507,30 @@ mod tests {
 
         spool2.remove(&id).await.unwrap();
         assert_eq!(spool2.queued_count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn group_sync_serves_concurrent_callers_with_fewer_fsyncs() {
+        let dir = tempdir();
+        let gs = Arc::new(GroupSync::new(dir.clone()));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let gs = gs.clone();
+                std::thread::spawn(move || (0..20).for_each(|_| gs.sync().unwrap()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = gs.state.lock().unwrap();
+        assert_eq!(st.next, 320);
+        assert_eq!(st.durable, 320, "every ticket is covered by a later fsync");
+        assert!(!st.running);
+        drop(st);
+        // A directory that cannot be opened reports the error to the caller.
+        let gone = Arc::new(GroupSync::new(dir.join("missing")));
+        assert!(gone.sync().is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
