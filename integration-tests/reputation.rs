@@ -760,3 +760,102 @@ fn hard_bounce_rate_quarantines_bad_recipients_only_warn() {
     assert_eq!(to_alpha_from(&b.sink, 11), 8);
     assert!(hold(admin, "127.0.0.11", "alpha").is_none());
 }
+
+fn rcpt_attempts(sink: &Sink, addr: &str) -> usize {
+    sink.transcripts()
+        .to_ascii_lowercase()
+        .matches(&format!("rcpt to:<{addr}>"))
+        .count()
+}
+
+fn suppression_cli(relay: &Relay, args: &[&str]) -> String {
+    let out = poolrelay()
+        .arg("suppression")
+        .args(args)
+        .args(["--config", "poolrelay.toml"])
+        .current_dir(relay.dir())
+        .output()
+        .expect("run poolrelay suppression");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn send_from(relay: &Relay, from: &str, to: &str, subject: &str) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    let body = format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nHello.\r\n");
+    c.send_mail(from, &[to], body.as_bytes()).expect(250);
+    c.quit();
+}
+
+#[test]
+fn bad_recipient_bounce_suppresses_the_address_until_removed() {
+    let b = bench(None);
+    // The sender's domain is deliverable, so the DSNs land at the sink.
+    b.dns.add_mx("c.test", 10, "mx.beta.test");
+    let (mut relay, admin) = start("rep-suppress", &b, "[reputation]\nsuppress_for = \"1h\"\n");
+    send_from(&relay, "s@c.test", "permfail@b.test", "first");
+    let dsn_about = |n: usize| {
+        b.sink.wait_for_messages(n, WAIT);
+        b.sink
+            .messages()
+            .into_iter()
+            .filter(|m| m.mail_from.is_empty() && m.rcpt_to == ["s@c.test"])
+            .map(|m| m.data_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(dsn_about(1).len(), 1);
+    assert_eq!(rcpt_attempts(&b.sink, "permfail@b.test"), 1);
+
+    // Listed by the API and the CLI, with the bounce that caused it.
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(b"GET /api/suppressions HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let v: Value = serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let list = v["suppressions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["address"], "permfail@b.test");
+    assert!(
+        list[0]["reason"].as_str().unwrap().starts_with("550 5.1.1"),
+        "{v}"
+    );
+    let out = suppression_cli(&relay, &["list"]);
+    assert!(
+        out.contains("permfail@b.test") && out.contains("550 5.1.1"),
+        "{out}"
+    );
+
+    // The next message to it fails at once, with a DSN that says why; nothing is sent.
+    send_from(&relay, "s@c.test", "PermFail@b.test", "second");
+    let dsns = dsn_about(2);
+    assert_eq!(dsns.len(), 2, "{dsns:?}");
+    assert!(
+        dsns.iter()
+            .any(|d| d.contains("suppressed until") && d.contains("poolrelay suppression remove")),
+        "{dsns:?}"
+    );
+    assert_eq!(rcpt_attempts(&b.sink, "permfail@b.test"), 1);
+
+    // Removed: tried again.
+    let out = suppression_cli(&relay, &["remove", "permfail@b.test"]);
+    assert!(out.contains("suppression removed"), "{out}");
+    assert!(suppression_cli(&relay, &["list"]).contains("no suppressed recipients"));
+    send_from(&relay, "s@c.test", "permfail@b.test", "third");
+    assert!(
+        wait_until(WAIT, || rcpt_attempts(&b.sink, "permfail@b.test") == 2),
+        "{}",
+        b.sink.transcripts()
+    );
+    // It bounced again, so it is back on the list, and the list survives a restart.
+    assert!(wait_until(WAIT, || suppression_cli(&relay, &["list"])
+        .contains("permfail@b.test")));
+    relay.restart();
+    assert!(wait_until(WAIT, || TcpStream::connect(admin).is_ok()));
+    assert!(suppression_cli(&relay, &["list"]).contains("permfail@b.test"));
+}

@@ -30,6 +30,8 @@ enum Command {
     HashPassword,
     /// Explain an SMTP reply or a bounce message: class, whom it blames, the rule that matched.
     Classify(poolrelay::reputation::cli::ClassifyArgs),
+    /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
+    Suppression(poolrelay::reputation::cli::SuppressionArgs),
     /// DKIM key management.
     Dkim {
         #[command(subcommand)]
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
+        Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Dkim {
             command:

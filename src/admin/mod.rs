@@ -51,6 +51,7 @@ pub fn router(pools: Arc<Pools>) -> Router {
         .route("/api/pool/{ip}/drain", post(drain_ip))
         .route("/api/pool/{ip}/undrain", post(undrain_ip))
         .with_state(pools)
+        .merge(crate::reputation::suppress::routes())
 }
 
 async fn status(State(pools): State<Arc<Pools>>) -> Response {

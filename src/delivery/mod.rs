@@ -175,14 +175,21 @@ impl Deliverer {
 
     async fn attempt(self: &Arc<Self>, env: &mut Envelope, due: Vec<usize>) {
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut suppressed = Vec::new();
         for i in due {
+            // An address that hard-bounced as unknown before fails at once, saying why.
+            if let Some(reply) = self.reputation.suppressed(&env.recipients[i].address) {
+                self.record(env, i, reply, "none");
+                suppressed.push(i);
+                continue;
+            }
             by_domain
                 .entry(domain_of(&env.recipients[i].address))
                 .or_default()
                 .push(i);
         }
         let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
-        let mut routing_failed = Vec::new();
+        let mut routing_failed = suppressed;
         for (domain, idxs) in by_domain {
             match self.router.resolve(&domain).await {
                 Ok(dest) => groups
@@ -417,7 +424,7 @@ impl Deliverer {
                         self.pools.record_reply(ip, &provider, r);
                         // A blocked greeting quarantines the IP: the next MX gets another one.
                         let sender = env.user.as_deref().unwrap_or(&env.sender);
-                        self.reputation.observe(ip, &provider, sender, r);
+                        self.reputation.observe(ip, &provider, sender, "", r);
                     }
                     match opened {
                         OpenError::Bind(e) => {
@@ -519,10 +526,10 @@ impl Deliverer {
         let tls = s.tls.clone();
         if let Some(ip) = s.source.ip {
             let sender = env.user.as_deref().unwrap_or(&env.sender);
-            for r in &mut result.replies {
+            for (r, rcpt) in result.replies.iter_mut().zip(rcpts) {
                 self.pools.record_reply(ip, provider, r);
                 // Block replies become "retry from another IP" deferrals here.
-                self.reputation.observe(ip, provider, sender, r);
+                self.reputation.observe(ip, provider, sender, rcpt, r);
             }
         }
         let max = self.pools.max_per_connection(provider);

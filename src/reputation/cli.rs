@@ -172,3 +172,89 @@ fn print_bounce(path: &std::path::Path, b: &bounce::Bounce, as_json: bool) {
         println!();
     }
 }
+
+#[derive(clap::Args, Debug)]
+pub struct SuppressionArgs {
+    /// Config file (TOML), read for `admin.listen`.
+    #[arg(long, short, default_value = "config/poolrelay.toml", global = true)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: SuppressionCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SuppressionCommand {
+    /// Every suppressed address with the bounce that caused it and when it ends.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lets mail to ADDRESS be tried again.
+    Remove { address: String },
+}
+
+/// `poolrelay suppression …`, through the running relay's admin API.
+pub fn suppression(args: SuppressionArgs) -> ExitCode {
+    use crate::admin::client;
+    let config = match crate::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let Some(admin) = config.admin else {
+        eprintln!("poolrelay suppression: the config has no [admin] listen address");
+        return ExitCode::from(2);
+    };
+    let (method, path, body) = match &args.command {
+        SuppressionCommand::List { .. } => ("GET", "/api/suppressions", None),
+        SuppressionCommand::Remove { address } => (
+            "POST",
+            "/api/suppressions/remove",
+            Some(json!({ "address": address })),
+        ),
+    };
+    let (code, text) = match client::request(admin.listen, method, path, body.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("poolrelay suppression: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if code != 200 {
+        eprintln!("poolrelay suppression: HTTP {code}: {text}");
+        return ExitCode::FAILURE;
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match args.command {
+        SuppressionCommand::List { json: true } => println!("{v}"),
+        SuppressionCommand::List { json: false } => {
+            let items = v["suppressions"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                println!("no suppressed recipients");
+            }
+            for i in items {
+                println!(
+                    "{}  until {}  {}",
+                    i["address"].as_str().unwrap_or(""),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(i["until"].as_u64().unwrap_or(0))
+                    ),
+                    i["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        SuppressionCommand::Remove { address } => {
+            if v["removed"] == true {
+                println!("{address}: suppression removed");
+            } else {
+                println!("{address}: was not suppressed");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -5,6 +5,7 @@ pub mod bounce;
 pub mod cli;
 pub mod dnsbl;
 pub mod rates;
+pub mod suppress;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub struct Settings {
     pub cooldown: DurationStr,
     #[serde(default = "default_max_cooldown")]
     pub max_cooldown: DurationStr,
+    /// How long a bad-recipient hard bounce suppresses the address ("0s": never).
+    #[serde(default = "default_suppress_for")]
+    pub suppress_for: DurationStr,
 }
 
 impl Default for Settings {
@@ -90,6 +94,9 @@ fn default_bad_recipient_rate() -> f64 {
 }
 fn default_cooldown() -> DurationStr {
     DurationStr(Duration::from_secs(3600))
+}
+fn default_suppress_for() -> DurationStr {
+    DurationStr(Duration::from_secs(30 * 24 * 3600))
 }
 fn default_max_cooldown() -> DurationStr {
     DurationStr(Duration::from_secs(24 * 3600))

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::outcome::classify::{Class, Classification, Classifier};
 use crate::pool::{Pools, Scope};
 use crate::reputation::Settings;
+use crate::reputation::suppress::Suppressions;
 use crate::spool::RemoteReply;
 
 /// Reply texts of recipients moved off a blocked IP start with this (and read as a pool hold).
@@ -46,6 +47,7 @@ pub struct Tracker {
     pools: Arc<Pools>,
     windows: Mutex<HashMap<(IpAddr, String), Window>>,
     senders: Mutex<HashMap<String, Hygiene>>,
+    suppressions: Arc<Suppressions>,
 }
 
 /// What delivery does with one reply.
@@ -64,6 +66,11 @@ impl Tracker {
             pools,
             windows: Mutex::new(HashMap::new()),
             senders: Mutex::new(HashMap::new()),
+            suppressions: {
+                let s = Arc::new(Suppressions::open(&config.data_dir));
+                s.publish();
+                s
+            },
         })
     }
 
@@ -71,15 +78,17 @@ impl Tracker {
         &self.classifier
     }
 
-    /// Classifies one remote reply to one recipient sent from `ip` to `provider`, counts it, and
-    /// quarantines the IP × provider when the reply or the rates say so. A block/reputation
-    /// reply is rewritten into a deferral: it is not the recipient's fault, and the recipient
-    /// goes again at once from another IP (or waits for one).
+    /// Classifies one remote reply to `recipient` (empty: a reply to the whole session) sent from
+    /// `ip` to `provider`, counts it, and quarantines the IP × provider when the reply or the
+    /// rates say so. A block/reputation reply is rewritten into a deferral: it is not the
+    /// recipient's fault, and the recipient goes again at once from another IP (or waits for
+    /// one). A bad-recipient hard bounce suppresses the address.
     pub fn observe(
         &self,
         ip: IpAddr,
         provider: &str,
         sender: &str,
+        recipient: &str,
         reply: &mut RemoteReply,
     ) -> Verdict {
         let c = self
@@ -96,6 +105,11 @@ impl Tracker {
         }
         if matches!(kind, Kind::Sent | Kind::BadRecipient | Kind::HardBounce) {
             self.hygiene(sender, kind == Kind::BadRecipient);
+        }
+        let suppress_for = self.settings.suppress_for.0.as_secs();
+        if kind == Kind::BadRecipient && !recipient.is_empty() && suppress_for > 0 {
+            let why = format!("{} {} {}", reply.code, reply.status, reply.text);
+            self.suppressions.add(recipient, &why, suppress_for);
         }
         let blames_ip = c.class.blames_ip() && reply.code >= 400;
         let quarantine = {
@@ -160,6 +174,29 @@ impl Tracker {
             classification: c,
             retry_elsewhere,
         }
+    }
+
+    /// The immediate failure for a suppressed recipient, saying why and how to lift it.
+    pub fn suppressed(&self, recipient: &str) -> Option<RemoteReply> {
+        let e = self.suppressions.get(recipient)?;
+        let date = |t: u64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+        };
+        Some(RemoteReply {
+            code: 550,
+            status: "5.1.1".into(),
+            text: format!(
+                "recipient suppressed until {}: it bounced as unknown on {} (\"{}\"); lift with `poolrelay suppression remove {recipient}`",
+                date(e.until),
+                date(e.since),
+                e.reason
+            ),
+            host: String::new(),
+            addr: String::new(),
+            source_ip: String::new(),
+        })
     }
 
     /// Hard-bounce or deferral rate over its threshold with enough samples.
@@ -256,7 +293,7 @@ mod tests {
             "5.7.1",
             "Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org",
         );
-        let v = t.observe(ip, "microsoft", "s@x", &mut r);
+        let v = t.observe(ip, "microsoft", "s@x", "", &mut r);
         assert!(v.retry_elsewhere);
         assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
         assert!(
@@ -266,7 +303,7 @@ mod tests {
         );
         assert!(quarantined(&t, "microsoft").is_none(), "threshold is 2");
         let mut r = reply(550, "5.7.1", "blocked using zen.spamhaus.org");
-        t.observe(ip, "microsoft", "s@x", &mut r);
+        t.observe(ip, "microsoft", "s@x", "", &mut r);
         let h = quarantined(&t, "microsoft").expect("quarantined");
         assert_eq!(h.reason, "block reply");
         assert!(
@@ -282,12 +319,14 @@ mod tests {
             ip,
             "microsoft",
             "s@x",
+            "",
             &mut reply(550, "5.7.1", "blocked using x"),
         );
         t.observe(
             ip,
             "microsoft",
             "s@x",
+            "",
             &mut reply(550, "5.7.1", "blocked using x"),
         );
         let h = quarantined(&t, "microsoft").unwrap();
@@ -301,11 +340,17 @@ mod tests {
         let ip: IpAddr = "127.0.0.10".parse().unwrap();
         // Bad recipients, however many, are the list's problem.
         for _ in 0..15 {
-            t.observe(ip, "gmail", "s@x", &mut reply(550, "5.1.1", "user unknown"));
+            t.observe(
+                ip,
+                "gmail",
+                "s@x",
+                "",
+                &mut reply(550, "5.1.1", "user unknown"),
+            );
         }
         assert!(quarantined(&t, "gmail").is_none());
         for _ in 0..5 {
-            t.observe(ip, "gmail", "s@x", &mut reply(250, "2.0.0", "ok"));
+            t.observe(ip, "gmail", "s@x", "", &mut reply(250, "2.0.0", "ok"));
         }
         // 20 in the window: 4 content rejections = 20% (not over), the 5th is over.
         for i in 0..5 {
@@ -313,6 +358,7 @@ mod tests {
                 ip,
                 "gmail",
                 "s@x",
+                "",
                 &mut reply(554, "5.7.1", "message looks like spam"),
             );
             assert_eq!(
@@ -332,13 +378,14 @@ mod tests {
         let t = tracker("window = 10\nmin_samples = 10\nmax_deferral_rate = 0.5");
         let ip: IpAddr = "127.0.0.10".parse().unwrap();
         for _ in 0..5 {
-            t.observe(ip, "yahoo", "u", &mut reply(250, "2.0.0", "ok"));
+            t.observe(ip, "yahoo", "u", "", &mut reply(250, "2.0.0", "ok"));
         }
         for i in 0..6 {
             t.observe(
                 ip,
                 "yahoo",
                 "u",
+                "",
                 &mut reply(451, "4.3.0", "try again later"),
             );
             // 5 of 10 is not over half; the 6th (window slid: 4 sent, 6 deferred) is.
@@ -356,6 +403,7 @@ mod tests {
                 ip,
                 "gmail",
                 "list@x",
+                "",
                 &mut reply(550, "5.1.1", "no such user"),
             );
         }

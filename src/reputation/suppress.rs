@@ -1,0 +1,174 @@
+//! Suppression: an address that hard-bounced as a bad recipient is not tried again for
+//! `reputation.suppress_for`; later mail to it fails at once with a DSN saying why (so a stale
+//! list does not keep hurting the pool's reputation). Listed and removable through the admin API
+//! (`GET /api/suppressions`, `POST /api/suppressions/remove {"address": …}`) and
+//! `poolrelay suppression list|remove`.
+//!
+//! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::spool::now_unix;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    /// The reply that caused it.
+    pub reason: String,
+    /// Unix seconds.
+    pub since: u64,
+    pub until: u64,
+}
+
+pub struct Suppressions {
+    path: PathBuf,
+    map: Mutex<BTreeMap<String, Entry>>,
+}
+
+/// The running relay's list, for the admin API (set once by the delivery stage).
+static CURRENT: OnceLock<Arc<Suppressions>> = OnceLock::new();
+
+impl Suppressions {
+    pub fn open(data_dir: &Path) -> Suppressions {
+        let path = data_dir.join("suppressions.json");
+        let map = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Suppressions {
+            path,
+            map: Mutex::new(map),
+        }
+    }
+
+    /// Makes this list the one the admin API shows.
+    pub fn publish(self: &Arc<Self>) {
+        let _ = CURRENT.set(self.clone());
+    }
+
+    pub fn add(&self, address: &str, reason: &str, for_secs: u64) {
+        let now = now_unix();
+        let entry = Entry {
+            reason: reason.to_string(),
+            since: now,
+            until: now + for_secs,
+        };
+        let snapshot = {
+            let mut map = self.map.lock().expect("lock");
+            map.retain(|_, e| e.until > now);
+            map.insert(address.to_ascii_lowercase(), entry.clone());
+            map.clone()
+        };
+        tracing::warn!(recipient = %address, reason, until = entry.until, "recipient suppressed");
+        self.save(&snapshot);
+    }
+
+    /// The suppression in force for `address`, if any.
+    pub fn get(&self, address: &str) -> Option<Entry> {
+        let map = self.map.lock().expect("lock");
+        map.get(&address.to_ascii_lowercase())
+            .filter(|e| e.until > now_unix())
+            .cloned()
+    }
+
+    pub fn remove(&self, address: &str) -> bool {
+        let (removed, snapshot) = {
+            let mut map = self.map.lock().expect("lock");
+            let removed = map.remove(&address.to_ascii_lowercase()).is_some();
+            (removed, map.clone())
+        };
+        if removed {
+            tracing::info!(recipient = %address, "suppression removed");
+            self.save(&snapshot);
+        }
+        removed
+    }
+
+    pub fn list(&self) -> Vec<(String, Entry)> {
+        let now = now_unix();
+        let map = self.map.lock().expect("lock");
+        map.iter()
+            .filter(|(_, e)| e.until > now)
+            .map(|(a, e)| (a.clone(), e.clone()))
+            .collect()
+    }
+
+    fn save(&self, map: &BTreeMap<String, Entry>) {
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(map).expect("serialises"))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot save suppressions");
+        }
+    }
+}
+
+/// `/api/suppressions` routes (merged into the admin API).
+pub fn routes() -> Router {
+    Router::new()
+        .route("/api/suppressions", get(list))
+        .route("/api/suppressions/remove", post(remove))
+        .with_state(())
+}
+
+fn current() -> Option<&'static Arc<Suppressions>> {
+    CURRENT.get()
+}
+
+fn not_loaded() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": "suppression list not loaded"})),
+    )
+        .into_response()
+}
+
+async fn list(State(()): State<()>) -> Response {
+    let Some(s) = current() else {
+        return not_loaded();
+    };
+    let items: Vec<_> = s
+        .list()
+        .into_iter()
+        .map(|(a, e)| json!({"address": a, "reason": e.reason, "since": e.since, "until": e.until}))
+        .collect();
+    axum::Json(json!({ "suppressions": items })).into_response()
+}
+
+#[derive(Deserialize)]
+struct RemoveRequest {
+    address: String,
+}
+
+async fn remove(State(()): State<()>, body: String) -> Response {
+    let Some(s) = current() else {
+        return not_loaded();
+    };
+    let Ok(req) = serde_json::from_str::<RemoveRequest>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "expected {\"address\": \"…\"}"})),
+        )
+            .into_response();
+    };
+    let removed = s.remove(req.address.trim());
+    axum::Json(json!({ "address": req.address.trim(), "removed": removed })).into_response()
+}
