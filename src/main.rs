@@ -32,10 +32,6 @@ enum Command {
     Classify(poolrelay::reputation::cli::ClassifyArgs),
     /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
-    /// Explain an SMTP reply or a bounce message: class, whom it blames, the rule that matched.
-    Classify(poolrelay::reputation::cli::ClassifyArgs),
-    /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
-    Suppression(poolrelay::reputation::cli::SuppressionArgs),
     /// DKIM key management.
     Dkim {
         #[command(subcommand)]
