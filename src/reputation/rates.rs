@@ -1,6 +1,6 @@
 //! What remote replies say about each IP × provider: block/reputation replies quarantine at once
 //! (after `block_threshold`), and a sliding window of outcomes quarantines on a hard-bounce rate
-//! (bad-recipient excluded) or deferral rate over its threshold. Bad-recipient rates per sender
+//! (bad-recipient, mailbox-full and dns excluded) or deferral rate over its threshold. Bad-recipient rates per sender
 //! are list-hygiene warnings, not the IP's fault. Quarantines end after a cool-down that doubles
 //! for repeat offenders; mail then probes the IP again, and a new offence quarantines it longer.
 
@@ -24,6 +24,7 @@ enum Kind {
     Deferred,
     HardBounce,
     BadRecipient,
+    RecipientSide,
 }
 
 #[derive(Default)]
@@ -91,12 +92,23 @@ impl Tracker {
         recipient: &str,
         reply: &mut RemoteReply,
     ) -> Verdict {
-        let c = self
-            .classifier
-            .classify(reply.code, &reply.status, &reply.text);
+        // Successes need no rules (the hot path).
+        let c = if reply.code < 400 {
+            Classification {
+                class: Class::Other,
+                scope: crate::outcome::classify::Scope::Recipient,
+                provider: None,
+                rule: "success".into(),
+            }
+        } else {
+            self.classifier
+                .classify(reply.code, &reply.status, &reply.text)
+        };
         let kind = match (reply.code, c.class) {
             (200..=399, _) => Kind::Sent,
             (500..=599, Class::BadRecipient) => Kind::BadRecipient,
+            // The recipient's side (full mailbox, domain gone): not the IP's doing either.
+            (500..=599, Class::MailboxFull | Class::Dns) => Kind::RecipientSide,
             (500..=599, _) => Kind::HardBounce,
             _ => Kind::Deferred,
         };
