@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,17 +175,25 @@ impl Spool {
     }
 
     /// Starts writing a new message under `tmp/`.
+    /// Creates the file now (so a client hears about a full disk before it sends the message);
+    /// the bytes are buffered and written past `WRITE_BUFFER` or at `finish`.
     pub async fn writer(self: &Arc<Self>, id: &str) -> io::Result<MessageWriter> {
         let path = self.tmp.join(format!("{id}.msg"));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?;
+        let p = path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(MessageWriter {
             spool: self.clone(),
             id: id.to_string(),
-            file: Some(tokio::io::BufWriter::with_capacity(64 * 1024, file)),
+            file: Some(file),
+            buf: Vec::new(),
+            closed: false,
             path,
             len: 0,
             synced: false,
@@ -364,10 +371,18 @@ impl GroupSync {
 }
 
 /// A message being received. Dropped without `commit`, its file is removed.
+/// Bytes a message keeps in memory before its file is written: a typical message is created,
+/// written and fsynced in a single trip to the blocking pool, at `finish`.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 pub struct MessageWriter {
     spool: Arc<Spool>,
     id: String,
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    /// The file under `tmp/`, once something was written to it.
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
+    /// After `finish` or a failed write: no more writes.
+    closed: bool,
     path: PathBuf,
     len: u64,
     synced: bool,
@@ -388,22 +403,67 @@ impl MessageWriter {
     }
 
     pub async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("writer finished"))?;
-        file.write_all(buf).await?;
+        if self.closed {
+            return Err(io::Error::other("writer finished"));
+        }
+        if self.buf.len() + buf.len() <= WRITE_BUFFER {
+            self.buf.extend_from_slice(buf);
+        } else {
+            self.spill(buf, false).await?;
+        }
         self.len += buf.len() as u64;
         Ok(())
     }
 
-    /// Flushes and fsyncs the message file; returns its path so it can be read (DKIM signing)
+    /// Writes the buffer plus `extra` to the file (creating it), optionally fsyncing, in one
+    /// blocking-pool trip. Any failure closes the writer for good.
+    async fn spill(&mut self, extra: &[u8], sync: bool) -> io::Result<()> {
+        use std::io::Write as _;
+        let mut data = std::mem::take(&mut self.buf);
+        data.extend_from_slice(extra);
+        let file = self.file.take();
+        let path = self.path.clone();
+        let res = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Vec<u8>)> {
+            let mut f = match file {
+                Some(f) => f,
+                None => std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?,
+            };
+            f.write_all(&data)?;
+            if sync {
+                f.sync_all()?;
+            }
+            data.clear();
+            Ok((f, data))
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        match res {
+            Ok((f, mut data)) => {
+                self.file = Some(f);
+                data.shrink_to(WRITE_BUFFER);
+                self.buf = data;
+                Ok(())
+            }
+            Err(e) => {
+                self.closed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes and fsyncs the message file; returns its path so it can be read (DKIM signing)
     /// before `commit`.
     pub async fn finish(&mut self) -> io::Result<&Path> {
-        if let Some(mut file) = self.file.take() {
-            file.flush().await?;
-            file.get_mut().sync_all().await?;
+        if !self.closed {
+            self.closed = true;
+            self.spill(&[], true).await?;
             self.synced = true;
+            self.file = None;
+            self.buf = Vec::new();
         }
         if !self.synced {
             // A failed flush or fsync is never retried into a success: the data may be gone.
@@ -507,6 +567,43 @@ mod tests {
 
         spool2.remove(&id).await.unwrap();
         assert_eq!(spool2.queued_count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn large_messages_stream_to_disk_and_small_ones_wait_for_finish() {
+        let dir = tempdir();
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let small_id = Spool::new_id();
+        let mut small = spool.writer(&small_id).await.unwrap();
+        small.write(b"Subject: s\r\n\r\nhi\r\n").await.unwrap();
+        let tmp = dir.join("spool/tmp");
+        let on_disk = |id: &str| {
+            std::fs::metadata(tmp.join(format!("{id}.msg")))
+                .unwrap()
+                .len()
+        };
+        assert_eq!(on_disk(&small_id), 0, "kept in memory until finish");
+        let big_id = Spool::new_id();
+        let mut big = spool.writer(&big_id).await.unwrap();
+        let chunk = vec![b'x'; 40_000];
+        for _ in 0..5 {
+            big.write(&chunk).await.unwrap();
+        }
+        assert!(on_disk(&big_id) >= 120_000, "streamed before finish");
+        let env = big.commit(envelope()).await.unwrap();
+        assert_eq!(env.size, 200_000);
+        assert_eq!(
+            std::fs::read(spool.message_path(&big_id)).unwrap().len(),
+            200_000
+        );
+        let env = small.commit(envelope()).await.unwrap();
+        assert_eq!(
+            std::fs::read(spool.message_path(&small_id)).unwrap(),
+            b"Subject: s\r\n\r\nhi\r\n"
+        );
+        assert_eq!(env.size, 18);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
