@@ -33,6 +33,8 @@ pub struct Entry {
 pub struct Suppressions {
     path: PathBuf,
     map: Mutex<BTreeMap<String, Entry>>,
+    /// One writer at a time (they share the temp file); each writes the latest list.
+    save_lock: Mutex<()>,
 }
 
 /// The running relay's list, for the admin API (set once by the delivery stage).
@@ -48,6 +50,7 @@ impl Suppressions {
         Suppressions {
             path,
             map: Mutex::new(map),
+            save_lock: Mutex::new(()),
         }
     }
 
@@ -63,14 +66,13 @@ impl Suppressions {
             since: now,
             until: now + for_secs,
         };
-        let snapshot = {
+        {
             let mut map = self.map.lock().expect("lock");
             map.retain(|_, e| e.until > now);
             map.insert(address.to_ascii_lowercase(), entry.clone());
-            map.clone()
-        };
+        }
         tracing::warn!(recipient = %address, reason, until = entry.until, "recipient suppressed");
-        self.save(&snapshot);
+        self.save();
     }
 
     /// The suppression in force for `address`, if any.
@@ -82,14 +84,15 @@ impl Suppressions {
     }
 
     pub fn remove(&self, address: &str) -> bool {
-        let (removed, snapshot) = {
-            let mut map = self.map.lock().expect("lock");
-            let removed = map.remove(&address.to_ascii_lowercase()).is_some();
-            (removed, map.clone())
-        };
+        let removed = self
+            .map
+            .lock()
+            .expect("lock")
+            .remove(&address.to_ascii_lowercase())
+            .is_some();
         if removed {
             tracing::info!(recipient = %address, "suppression removed");
-            self.save(&snapshot);
+            self.save();
         }
         removed
     }
@@ -103,11 +106,13 @@ impl Suppressions {
             .collect()
     }
 
-    fn save(&self, map: &BTreeMap<String, Entry>) {
+    fn save(&self) {
+        let _one = self.save_lock.lock().expect("lock");
+        let map = self.map.lock().expect("lock").clone();
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(map).expect("serialises"))?;
+            f.write_all(&serde_json::to_vec_pretty(&map).expect("serialises"))?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
             if let Some(dir) = self.path.parent() {
