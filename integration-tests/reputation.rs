@@ -871,3 +871,30 @@ fn bad_recipient_bounce_suppresses_the_address_until_removed() {
     assert!(wait_until(WAIT, || TcpStream::connect(admin).is_ok()));
     assert!(suppression_cli(&relay, &["list"]).contains("permfail@b.test"));
 }
+
+/// A DNSBL refusal in the greeting to 127.0.0.10 at alpha's MX.
+fn greeting_block_10_at_alpha(s: &Step) -> Option<String> {
+    (matches!(s.stage, Stage::Connect) && s.peer == lo(10) && s.local.ip() == lo(20)).then(|| {
+        "554 5.7.1 Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org"
+            .to_string()
+    })
+}
+
+#[test]
+fn blocked_greeting_quarantines_and_the_mail_goes_from_another_ip() {
+    let b = bench(Some(greeting_block_10_at_alpha));
+    let (relay, admin) = start("rep-greeting", &b, "");
+    submit(&relay, &rcpts("g", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    let h = hold(admin, "127.0.0.10", "alpha")
+        .unwrap_or_else(|| panic!("not quarantined\n{}", relay.log()));
+    assert!(
+        h["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("dnsbl-blocked-using"),
+        "{h}"
+    );
+    assert_eq!(to_alpha_from(&b.sink, 11), 4);
+    assert!(!relay.log().contains("dsn queued"), "{}", relay.log());
+}
