@@ -23,6 +23,10 @@ pub enum Kind {
     Feedback,
     /// A vacation / auto-reply (RFC 3834): not a failure.
     AutoReply,
+    /// A delivery notification (e.g. Amazon SES `Delivery`): not a failure.
+    Delivered,
+    /// An Amazon SES JSON bounce notification.
+    SesNotification,
 }
 
 /// One recipient the bounce reports on.
@@ -123,6 +127,9 @@ pub fn parse(raw: &[u8], classifier: &Classifier) -> Bounce {
             kind: Kind::Feedback,
             reports: Vec::new(),
         };
+    }
+    if let Some(b) = ses_notification(&text, classifier) {
+        return b;
     }
     let own: Vec<String> = ["from", "to", "reply-to", "sender"]
         .iter()
@@ -237,6 +244,60 @@ fn dsn(fields: &str, text: &str, classifier: &Classifier) -> Vec<Report> {
         });
     }
     out
+}
+
+/// Amazon SES notifications (JSON, possibly inside an SNS envelope's `Message` string).
+fn ses_notification(text: &str, classifier: &Classifier) -> Option<Bounce> {
+    if !text.contains("notificationType") {
+        return None;
+    }
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    // Mailers fold lines over 998 octets as `!` CRLF SP; raw newlines cannot be inside JSON.
+    let json = text
+        .get(start..=end)?
+        .replace("!\r\n ", "")
+        .replace("!\n ", "");
+    let mut v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    if let Some(inner) = v.get("Message").and_then(|m| m.as_str()) {
+        v = serde_json::from_str(inner).ok()?;
+    }
+    let kind = match v.get("notificationType")?.as_str()? {
+        "Bounce" => Kind::SesNotification,
+        "Complaint" => Kind::Feedback,
+        "Delivery" => Kind::Delivered,
+        _ => return None,
+    };
+    let reports = v["bounce"]["bouncedRecipients"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    let field = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                    let diag = field("diagnosticCode");
+                    let p = parse_reply(&diag);
+                    let status = match field("status") {
+                        s if is_status(&s) => s,
+                        _ => p.status.clone(),
+                    };
+                    let classification = classifier.classify(p.code, &status, &p.text);
+                    Report {
+                        recipient: field("emailAddress"),
+                        action: match field("action") {
+                            a if a.is_empty() => "failed".into(),
+                            a => a.to_ascii_lowercase(),
+                        },
+                        status,
+                        code: p.code,
+                        diagnostic: diag,
+                        remote_mta: v["bounce"]["remoteMtaIp"].as_str().map(str::to_string),
+                        classification,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Bounce { kind, reports })
 }
 
 /// The `message/delivery-status` fields found in the raw text, for messages whose MIME structure
@@ -444,5 +505,21 @@ mod tests {
             (552, "5.2.2")
         );
         assert_eq!(b.reports[0].classification.class, Class::MailboxFull);
+    }
+
+    #[test]
+    fn amazon_ses_json_notifications() {
+        let bounce = b"From: no-reply@sns.amazonaws.com\r\nTo: s@example.com\r\nSubject: AWS Notification Message\r\n\r\n{\"notificationType\":\"Bounce\",\"bounce\":{\"bounceType\":\"Permanent\",\"bouncedRecipients\":[{\"emailAddress\":\"a@example.org\",\"action\":\"failed\",\"status\":\"5.1.1\",\"diagnosticCode\":\"smtp; 550 5.1.1 user!\r\n  unknown\"}]}}\r\n";
+        let b = parse(bounce, &Classifier::builtin());
+        assert_eq!(b.kind, Kind::SesNotification);
+        assert_eq!(b.reports.len(), 1);
+        assert_eq!(
+            (b.reports[0].recipient.as_str(), b.reports[0].code),
+            ("a@example.org", 550)
+        );
+        assert_eq!(b.reports[0].classification.class, Class::BadRecipient);
+        let delivery = b"From: no-reply@sns.amazonaws.com\r\nSubject: AWS Notification Message\r\n\r\n{\"notificationType\":\"Delivery\",\"delivery\":{}}\r\n";
+        let b = parse(delivery, &Classifier::builtin());
+        assert_eq!((b.kind, b.reports.len()), (Kind::Delivered, 0));
     }
 }

@@ -150,9 +150,16 @@ fn print_bounce(path: &std::path::Path, b: &bounce::Bounce, as_json: bool) {
         bounce::Kind::FreeText => "free-text bounce",
         bounce::Kind::Feedback => "feedback (abuse) report, not a delivery failure",
         bounce::Kind::AutoReply => "auto-reply, not a delivery failure",
+        bounce::Kind::Delivered => "delivery notification, not a failure",
+        bounce::Kind::SesNotification => "Amazon SES bounce notification (JSON)",
     };
     println!("{}: {kind}", path.display());
-    if b.reports.is_empty() && matches!(b.kind, bounce::Kind::Dsn | bounce::Kind::FreeText) {
+    if b.reports.is_empty()
+        && matches!(
+            b.kind,
+            bounce::Kind::Dsn | bounce::Kind::FreeText | bounce::Kind::SesNotification
+        )
+    {
         println!("  no failed recipient found");
     }
     for r in &b.reports {
