@@ -495,7 +495,7 @@ fn dnsbl_listing_quarantines_and_delisting_reinstates() {
         "11.0.0.127.zen.spamhaus.test",
         "127.255.255.254".parse().unwrap(),
     );
-    let (relay, admin) = start(
+    let (mut relay, admin) = start(
         "rep-dnsbl",
         &b,
         "[reputation]\ndnsbl = [\"dnsbl.test\", \"zen.spamhaus.test\"]\ncheck_interval = \"1s\"\nclean_checks = 2\n",
@@ -534,8 +534,11 @@ fn dnsbl_listing_quarantines_and_delisting_reinstates() {
     b.sink.wait_for_messages(4, WAIT);
     assert_eq!((from_ip(&b.sink, 10), from_ip(&b.sink, 11)), (0, 4));
 
-    // Delisted: back after two clean checks, and in rotation again.
+    // Delisted while the relay is down: after the restart the monitor still knows the
+    // quarantine is its own, and lifts it after two clean checks; back in rotation.
+    relay.kill();
     b.dns.remove_name("10.0.0.127.dnsbl.test");
+    relay.restart();
     assert!(
         wait_until(WAIT, || hold(admin, "127.0.0.10", "all").is_none()),
         "not reinstated\n{}",
