@@ -428,16 +428,23 @@ helo = "out11.test"
     (relay, admin)
 }
 
-fn pool_status(admin: SocketAddr) -> Value {
+fn get_json(admin: SocketAddr, path: &str) -> Value {
     let mut s = TcpStream::connect(admin).expect("admin connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /api/pool HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     serde_json::from_str(body).expect("JSON")
+}
+
+fn pool_status(admin: SocketAddr) -> Value {
+    get_json(admin, "/api/pool")
 }
 
 fn ip_entry(st: &Value, ip: &str) -> Value {
@@ -760,6 +767,23 @@ fn hard_bounce_rate_quarantines_bad_recipients_only_warn() {
         ev.contains("4 hard bounces") && ev.contains("in the last 4 outcomes"),
         "{h}"
     );
+    // The numbers behind it: GET /api/reputation.
+    let rep = get_json(admin, "/api/reputation");
+    let row = |provider: &str| {
+        rep["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ip"] == "127.0.0.10" && r["provider"] == provider)
+            .unwrap_or_else(|| panic!("{rep}"))
+            .clone()
+    };
+    assert_eq!(row("alpha")["offences"], 1, "{rep}");
+    assert!(
+        row("beta")["bad_recipients"].as_u64().unwrap() >= 1,
+        "{rep}"
+    );
+    assert_eq!(row("beta")["hard_bounces"], 0, "{rep}");
     // Those were real bounces (the content's fault); deliveries already under way from
     // 127.0.0.10 finish (and bounce), the rest went from 127.0.0.11.
     assert!(wait_until(WAIT, || relay.spool_files("env").is_empty()));

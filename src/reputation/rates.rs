@@ -32,8 +32,43 @@ struct Window {
     outcomes: VecDeque<Kind>,
     /// Block/reputation replies since the last quarantine.
     blocks: u32,
-    /// Quarantines so far (the cool-down doubles with each).
+    /// Quarantines so far (the cool-down doubles with each)…
     offences: u32,
+    /// … forgiven after a clean stretch of twice `max_cooldown` since the last (unix s).
+    last_offence: u64,
+}
+
+type Windows = Arc<Mutex<HashMap<(IpAddr, String), Window>>>;
+
+/// The running relay's windows, for `GET /api/reputation`.
+static CURRENT: std::sync::OnceLock<Windows> = std::sync::OnceLock::new();
+
+/// Per IP × provider: what the window holds now, block replies, offences.
+pub fn status_json() -> serde_json::Value {
+    let Some(w) = CURRENT.get() else {
+        return serde_json::json!({ "windows": [] });
+    };
+    let w = w.lock().expect("lock");
+    let mut rows: Vec<serde_json::Value> = w
+        .iter()
+        .map(|((ip, provider), w)| {
+            let count = |k: Kind| w.outcomes.iter().filter(|o| **o == k).count();
+            serde_json::json!({
+                "ip": ip.to_string(),
+                "provider": provider,
+                "samples": w.outcomes.len(),
+                "sent": count(Kind::Sent),
+                "deferred": count(Kind::Deferred),
+                "hard_bounces": count(Kind::HardBounce),
+                "bad_recipients": count(Kind::BadRecipient),
+                "recipient_side": count(Kind::RecipientSide),
+                "block_replies": w.blocks,
+                "offences": w.offences,
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| (r["ip"].to_string(), r["provider"].to_string()));
+    serde_json::json!({ "windows": rows })
 }
 
 #[derive(Default)]
@@ -46,7 +81,7 @@ pub struct Tracker {
     classifier: Classifier,
     settings: Settings,
     pools: Arc<Pools>,
-    windows: Mutex<HashMap<(IpAddr, String), Window>>,
+    windows: Windows,
     senders: Mutex<HashMap<String, Hygiene>>,
     suppressions: Arc<Suppressions>,
 }
@@ -65,7 +100,11 @@ impl Tracker {
             classifier: config.reputation.classifier()?,
             settings: config.reputation.clone(),
             pools,
-            windows: Mutex::new(HashMap::new()),
+            windows: {
+                let w: Windows = Arc::default();
+                let _ = CURRENT.set(w.clone());
+                w
+            },
             senders: Mutex::new(HashMap::new()),
             suppressions: {
                 let s = Arc::new(Suppressions::open(&config.data_dir));
@@ -147,6 +186,11 @@ impl Tracker {
                 self.rate_verdict(w)
             };
             why.map(|(reason, evidence)| {
+                let now = crate::spool::now_unix();
+                if now.saturating_sub(w.last_offence) > 2 * self.settings.max_cooldown.0.as_secs() {
+                    w.offences = 0;
+                }
+                w.last_offence = now;
                 w.offences += 1;
                 w.blocks = 0;
                 w.outcomes.clear();

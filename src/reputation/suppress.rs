@@ -126,11 +126,12 @@ impl Suppressions {
     }
 }
 
-/// `/api/suppressions` routes (merged into the admin API).
+/// `/api/suppressions` and `/api/reputation` routes (merged into the admin API).
 pub fn routes() -> Router {
     Router::new()
         .route("/api/suppressions", get(list))
         .route("/api/suppressions/remove", post(remove))
+        .route("/api/reputation", get(reputation))
         .with_state(())
 }
 
@@ -144,6 +145,11 @@ fn not_loaded() -> Response {
         axum::Json(json!({"error": "suppression list not loaded"})),
     )
         .into_response()
+}
+
+/// Outcome windows per IP × provider (the numbers behind rate quarantines).
+async fn reputation(State(()): State<()>) -> Response {
+    axum::Json(crate::reputation::rates::status_json()).into_response()
 }
 
 async fn list(State(()): State<()>) -> Response {
