@@ -163,6 +163,7 @@ impl Tracker {
             self.suppressions.add(recipient, &why, suppress_for);
         }
         let blames_ip = c.class.blames_ip() && reply.code >= 400;
+        let known = provider != crate::pool::provider::OTHER;
         let quarantine = {
             let mut windows = self.windows.lock().expect("lock");
             let w = windows.entry((ip, provider.to_string())).or_default();
@@ -174,7 +175,9 @@ impl Tracker {
                     w.outcomes.pop_front();
                 }
             }
-            let why = if blames_ip && w.blocks >= self.settings.block_threshold.max(1) {
+            // Destinations outside the provider table share one name ("other"): one of them
+            // blocking an IP must not take it out for all the others.
+            let why = if blames_ip && known && w.blocks >= self.settings.block_threshold.max(1) {
                 Some((
                     format!("{} reply", c.class),
                     format!(
@@ -217,12 +220,20 @@ impl Tracker {
                 tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
             }
         }
-        let retry_elsewhere = blames_ip;
-        if retry_elsewhere {
-            reply.text = format!(
-                "{RETRY_ELSEWHERE} ({ip} got a {} reply from {provider}: {} {} {})",
+        // Not the recipient's fault: never a bounce. Known providers: again at once (the IP is
+        // quarantined for them, or soon will be); others: on the retry schedule, so a
+        // destination that blocks every IP is not asked again every second.
+        let retry_elsewhere = blames_ip && known;
+        if blames_ip {
+            let what = format!(
+                "{ip} got a {} reply from {provider}: {} {} {}",
                 c.class, reply.code, reply.status, reply.text
             );
+            reply.text = if retry_elsewhere {
+                format!("{RETRY_ELSEWHERE} ({what})")
+            } else {
+                format!("deferred, not the recipient's fault ({what})")
+            };
             reply.code = crate::pool::HOLD_CODE;
             reply.status = crate::pool::HOLD_STATUS.to_string();
         }
@@ -465,5 +476,21 @@ mod tests {
         }
         assert!(t.senders.lock().unwrap()["list@x"].warned);
         assert!(quarantined(&t, "gmail").is_none());
+    }
+
+    #[test]
+    fn block_reply_from_an_unlisted_destination_defers_without_quarantine() {
+        let t = tracker("");
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        let mut r = reply(554, "5.7.1", "Client host blocked using bl.example");
+        let v = t.observe(ip, "other", "s@x", "a@b", &mut r);
+        assert!(!v.retry_elsewhere);
+        assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
+        assert!(
+            r.text.starts_with("deferred, not the recipient's fault"),
+            "{}",
+            r.text
+        );
+        assert!(quarantined(&t, "other").is_none());
     }
 }
