@@ -57,6 +57,10 @@ pub struct Settings {
     pub cooldown: DurationStr,
     #[serde(default = "default_max_cooldown")]
     pub max_cooldown: DurationStr,
+    /// After a quarantine ends, the rates are judged after this many outcomes (not
+    /// `min_samples`): a probe that fails extends the quarantine quickly.
+    #[serde(default = "default_probe_samples")]
+    pub probe_samples: usize,
     /// How long a bad-recipient hard bounce suppresses the address ("0s": never).
     #[serde(default = "default_suppress_for")]
     pub suppress_for: DurationStr,
@@ -94,6 +98,9 @@ fn default_bad_recipient_rate() -> f64 {
 }
 fn default_cooldown() -> DurationStr {
     DurationStr(Duration::from_secs(3600))
+}
+fn default_probe_samples() -> usize {
+    10
 }
 fn default_suppress_for() -> DurationStr {
     DurationStr(Duration::from_secs(30 * 24 * 3600))

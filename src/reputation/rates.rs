@@ -36,6 +36,9 @@ struct Window {
     offences: u32,
     /// … forgiven after a clean stretch of twice `max_cooldown` since the last (unix s).
     last_offence: u64,
+    /// When the last quarantine ends (unix s; 0: none). From then until the window is full
+    /// again the IP is on probation: the rates count after `probe_samples` outcomes.
+    probe_from: u64,
 }
 
 type Windows = Arc<Mutex<HashMap<(IpAddr, String), Window>>>;
@@ -186,7 +189,7 @@ impl Tracker {
                     ),
                 ))
             } else {
-                self.rate_verdict(w)
+                self.rate_verdict(w, crate::spool::now_unix())
             };
             why.map(|(reason, evidence)| {
                 let now = crate::spool::now_unix();
@@ -204,6 +207,7 @@ impl Tracker {
                     .0
                     .saturating_mul(factor)
                     .min(self.settings.max_cooldown.0);
+                w.probe_from = now + cool.as_secs().max(1);
                 (reason, evidence, cool, w.offences)
             })
         };
@@ -267,9 +271,20 @@ impl Tracker {
     }
 
     /// Hard-bounce or deferral rate over its threshold with enough samples.
-    fn rate_verdict(&self, w: &Window) -> Option<(String, String)> {
+    fn rate_verdict(&self, w: &mut Window, now: u64) -> Option<(String, String)> {
         let n = w.outcomes.len();
-        if n < self.settings.min_samples.max(1) {
+        let min = self.settings.min_samples.max(1);
+        if w.probe_from != 0 && n >= min {
+            w.probe_from = 0; // probation over
+        }
+        // Back from a quarantine: a few outcomes decide whether it is extended.
+        let probing = w.probe_from != 0 && now >= w.probe_from;
+        let min = if probing {
+            self.settings.probe_samples.clamp(1, min)
+        } else {
+            min
+        };
+        if n < min {
             return None;
         }
         let count = |k: Kind| w.outcomes.iter().filter(|o| **o == k).count();
@@ -492,5 +507,47 @@ mod tests {
             r.text
         );
         assert!(quarantined(&t, "other").is_none());
+    }
+
+    #[test]
+    fn probe_after_quarantine_judges_on_few_samples() {
+        let t = tracker(
+            "window = 20\nmin_samples = 20\nprobe_samples = 3\nmax_bounce_rate = 0.2\ncooldown = \"10m\"",
+        );
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        let spam = || reply(554, "5.7.1", "message looks like spam");
+        for i in 0..20 {
+            let mut r = if i % 4 == 0 {
+                spam()
+            } else {
+                reply(250, "2.0.0", "ok")
+            };
+            t.observe(ip, "gmail", "s", "", &mut r);
+        }
+        let first = quarantined(&t, "gmail").expect("25% of 20");
+        // The cool-down is over (set back by hand instead of waiting).
+        t.windows
+            .lock()
+            .unwrap()
+            .get_mut(&(ip, "gmail".to_string()))
+            .unwrap()
+            .probe_from = 1;
+        t.pools
+            .reinstate(ip, Scope::Provider("gmail".into()))
+            .unwrap();
+        t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
+        t.observe(ip, "gmail", "s", "", &mut spam());
+        assert!(
+            quarantined(&t, "gmail").is_none(),
+            "2 outcomes: no verdict yet"
+        );
+        t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
+        let again = quarantined(&t, "gmail").expect("probe failed: 1 of 3");
+        assert_eq!(again.reason, "hard-bounce rate");
+        let (c1, c2) = (
+            first.until.unwrap() - first.since,
+            again.until.unwrap() - again.since,
+        );
+        assert!(c2 >= 2 * c1 - 2, "extended: {c1} then {c2}");
     }
 }
