@@ -76,7 +76,7 @@ static STATUS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b([245]\.\d{1,3}\.\d{1,3})\b").expect("status regex"));
 /// Where the returned original message starts in a prose bounce.
 static ORIGINAL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?mi)^[\s>-]*(-+ ?(original message|this is a copy|below this line|the header of the original message|message headers? follow|original message follows|start of returned message|returned mail follows|undelivered message follows)|--- below this line is a copy|------ this is a copy of the message|original message headers?:?\s*$|\s*received: from |return-path: <)")
+    Regex::new(r"(?mi)^[\s>-]*(-+ ?(original message|this is a copy|below this line|the header of the original message|message headers? follow|original message follows|start of returned message|returned mail follows|undelivered message follows)|--- below this line is a copy|------ this is a copy of the message|original message headers?:?\s*$|\s*received: (from |\(|by )|return-path: <)")
         .expect("original regex")
 });
 
