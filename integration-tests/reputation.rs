@@ -896,6 +896,10 @@ fn bad_recipient_bounce_suppresses_the_address_until_removed() {
         "{}",
         relay.log()
     );
+    // (Written within a second; a crash before that would lose only the newest ones.)
+    let file = relay.data_dir().join("suppressions.json");
+    assert!(wait_until(WAIT, || std::fs::read_to_string(&file)
+        .is_ok_and(|t| t.contains("permfail@b.test"))));
     relay.restart();
     assert!(wait_until(WAIT, || TcpStream::connect(admin).is_ok()));
     assert!(suppression_cli(&relay, &["list"]).contains("permfail@b.test"));

@@ -112,6 +112,7 @@ impl Tracker {
             suppressions: {
                 let s = Arc::new(Suppressions::open(&config.data_dir));
                 s.publish();
+                s.start_flusher();
                 s
             },
         })

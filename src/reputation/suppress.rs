@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
@@ -35,6 +36,10 @@ pub struct Suppressions {
     map: Mutex<BTreeMap<String, Entry>>,
     /// One writer at a time (they share the temp file); each writes the latest list.
     save_lock: Mutex<()>,
+    /// Additions are written by a background flusher once a second (a burst of bounces from a
+    /// stale list must not rewrite the file per bounce on the delivery path).
+    batched: AtomicBool,
+    dirty: AtomicBool,
 }
 
 /// The running relay's list, for the admin API (set once by the delivery stage).
@@ -51,6 +56,8 @@ impl Suppressions {
             path,
             map: Mutex::new(map),
             save_lock: Mutex::new(()),
+            batched: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -66,13 +73,36 @@ impl Suppressions {
             since: now,
             until: now + for_secs,
         };
-        {
-            let mut map = self.map.lock().expect("lock");
-            map.retain(|_, e| e.until > now);
-            map.insert(address.to_ascii_lowercase(), entry.clone());
-        }
+        self.map
+            .lock()
+            .expect("lock")
+            .insert(address.to_ascii_lowercase(), entry.clone());
         tracing::warn!(recipient = %address, reason, until = entry.until, "recipient suppressed");
-        self.save();
+        if self.batched.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        } else {
+            self.save();
+        }
+    }
+
+    /// Writes additions once a second from now on (needs a tokio runtime; without one every
+    /// addition is written at once).
+    pub fn start_flusher(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.batched.store(true, Ordering::Relaxed);
+        let me = self.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if me.dirty.swap(false, Ordering::Relaxed) {
+                    let m = me.clone();
+                    let _ = tokio::task::spawn_blocking(move || m.save()).await;
+                }
+            }
+        });
     }
 
     /// The suppression in force for `address`, if any.
@@ -108,7 +138,12 @@ impl Suppressions {
 
     fn save(&self) {
         let _one = self.save_lock.lock().expect("lock");
-        let map = self.map.lock().expect("lock").clone();
+        let map = {
+            let mut map = self.map.lock().expect("lock");
+            let now = now_unix();
+            map.retain(|_, e| e.until > now);
+            map.clone()
+        };
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
