@@ -15,7 +15,11 @@ use crate::reputation::Settings;
 use crate::reputation::suppress::Suppressions;
 use crate::spool::RemoteReply;
 
-/// Reply texts of recipients moved off a blocked IP start with this (and read as a pool hold).
+/// Senders tracked for list hygiene at most.
+const MAX_SENDERS: usize = 10_000;
+
+/// Reply texts of recipients moved off a blocked IP start with this (`outcome::apply` then
+/// schedules them again at once).
 pub const RETRY_ELSEWHERE: &str = "pool: retrying from another source IP";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,11 +318,28 @@ impl Tracker {
         None
     }
 
-    /// Bad-recipient share per sender (authenticated user or envelope sender): a warning to
+    /// Bad-recipient share per sender (authenticated user, or envelope sender domain): a warning to
     /// clean the list, logged when it crosses the threshold (again after it fell back).
     fn hygiene(&self, sender: &str, bad: bool) {
+        // An envelope sender counts by its domain (VERP addresses are unique per message); an
+        // authenticated user by name.
+        let key = match sender.rsplit_once('@') {
+            Some((_, domain)) => domain.to_ascii_lowercase(),
+            None => sender.to_ascii_lowercase(),
+        };
         let mut senders = self.senders.lock().expect("lock");
-        let h = senders.entry(sender.to_ascii_lowercase()).or_default();
+        if senders.len() >= MAX_SENDERS && !senders.contains_key(&key) {
+            // Bounded memory: forget one sender that is not being warned about.
+            if let Some(k) = senders
+                .iter()
+                .find(|(_, h)| !h.warned)
+                .map(|(k, _)| k.clone())
+            {
+                senders.remove(&k);
+            }
+        }
+        let sender = key.as_str();
+        let h = senders.entry(key.clone()).or_default();
         h.outcomes.push_back(bad);
         while h.outcomes.len() > self.settings.window.max(1) {
             h.outcomes.pop_front();
@@ -490,7 +511,7 @@ mod tests {
                 &mut reply(550, "5.1.1", "no such user"),
             );
         }
-        assert!(t.senders.lock().unwrap()["list@x"].warned);
+        assert!(t.senders.lock().unwrap()["x"].warned);
         assert!(quarantined(&t, "gmail").is_none());
     }
 
