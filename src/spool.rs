@@ -325,6 +325,22 @@ struct SyncState {
     /// Every ticket below this is durable.
     durable: u64,
     running: bool,
+    /// Ticket ranges a failed fsync covered. Their renames may be lost even if a later fsync
+    /// succeeds (Linux reports a writeback error once), so those callers get the error.
+    failed: Vec<std::ops::Range<u64>>,
+}
+
+impl SyncState {
+    /// The outcome for `ticket`, once a round has covered it.
+    fn settled(&self, ticket: u64) -> Option<io::Result<()>> {
+        if self.failed.iter().any(|r| r.contains(&ticket)) {
+            Some(Err(io::Error::other("spool directory fsync failed")))
+        } else if self.durable > ticket {
+            Some(Ok(()))
+        } else {
+            None
+        }
+    }
 }
 
 impl GroupSync {
@@ -335,6 +351,7 @@ impl GroupSync {
                 next: 0,
                 durable: 0,
                 running: false,
+                failed: Vec::new(),
             }),
             done: std::sync::Condvar::new(),
         }
@@ -346,8 +363,8 @@ impl GroupSync {
         let ticket = st.next;
         st.next += 1;
         loop {
-            if st.durable > ticket {
-                return Ok(());
+            if let Some(result) = st.settled(ticket) {
+                return result;
             }
             if !st.running {
                 // Our change happened before we took the ticket, and this fsync starts after
@@ -358,11 +375,15 @@ impl GroupSync {
                 let result = std::fs::File::open(&self.dir).and_then(|d| d.sync_all());
                 st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 st.running = false;
-                if result.is_ok() {
-                    st.durable = st.durable.max(upto);
+                match &result {
+                    Ok(()) => st.durable = st.durable.max(upto),
+                    // Only one round runs at a time, so `durable` is where this one started.
+                    Err(_) => {
+                        let from = st.durable;
+                        st.failed.push(from..upto);
+                    }
                 }
                 self.done.notify_all();
-                // On failure the waiters try their own fsync; this caller reports the error.
                 return result;
             }
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -628,6 +649,25 @@ mod tests {
         // A directory that cannot be opened reports the error to the caller.
         let gone = Arc::new(GroupSync::new(dir.join("missing")));
         assert!(gone.sync().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_round_fails_every_ticket_it_covered_even_after_a_later_success() {
+        let dir = tempdir();
+        let gs = GroupSync::new(dir.join("late"));
+        // Tickets 0 and 1 are waiters whose renames the failing round covers.
+        gs.state.lock().unwrap().next = 2;
+        assert!(gs.sync().is_err());
+        std::fs::create_dir(dir.join("late")).unwrap();
+        gs.sync().unwrap();
+        let st = gs.state.lock().unwrap();
+        assert!(
+            st.settled(1).unwrap().is_err(),
+            "a later fsync must not vouch for it"
+        );
+        assert!(st.settled(3).unwrap().is_ok());
+        drop(st);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
