@@ -931,3 +931,101 @@ fn blocked_greeting_quarantines_and_the_mail_goes_from_another_ip() {
     assert_eq!(to_alpha_from(&b.sink, 11), 4);
     assert!(!relay.log().contains("dsn queued"), "{}", relay.log());
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits for the start of the next pool "hour" (`hour_ms` long, counted from the epoch).
+fn next_hour(hour_ms: u64) {
+    let next = (now_ms() / hour_ms + 1) * hour_ms;
+    assert!(wait_until(WAIT, || now_ms() >= next));
+}
+
+fn alpha_10(admin: SocketAddr) -> Value {
+    ip_entry(&pool_status(admin), "127.0.0.10")["providers"]["alpha"].clone()
+}
+
+#[test]
+fn after_the_cooldown_a_probing_ip_takes_a_trickle_until_probes_reinstate_it() {
+    // A warm-up day of 240 s: a pool "hour" of 10 s.
+    const HOUR_MS: u64 = 10_000;
+    let b = bench(Some(s3150_from_10_at_alpha));
+    let (relay, admin) = start(
+        "rep-probe",
+        &b,
+        "[warmup]\nday = \"240s\"\n[reputation]\ncooldown = \"3s\"\nprobe_per_hour = 2\nprobe_samples = 3\n",
+    );
+    submit(&relay, &rcpts("a", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    assert!(
+        hold(admin, "127.0.0.10", "alpha").is_some(),
+        "not quarantined\n{}",
+        relay.log()
+    );
+    b.sink.set_script(None);
+    assert!(wait_until(WAIT, || hold(admin, "127.0.0.10", "alpha").is_none()));
+
+    // Probation: within one hour 127.0.0.10 sends 2 probes to alpha, 127.0.0.11 the other 8.
+    next_hour(HOUR_MS);
+    let hour = now_ms() / HOUR_MS;
+    let (from10, from11) = (to_alpha_from(&b.sink, 10), to_alpha_from(&b.sink, 11));
+    submit(&relay, &rcpts("p", "a.test", 10));
+    b.sink.wait_for_messages(14, WAIT);
+    assert_eq!(
+        now_ms() / HOUR_MS,
+        hour,
+        "the probe phase outlasted its hour"
+    );
+    assert_eq!(
+        (
+            to_alpha_from(&b.sink, 10) - from10,
+            to_alpha_from(&b.sink, 11) - from11
+        ),
+        (2, 8),
+        "{}",
+        relay.log()
+    );
+    let a = alpha_10(admin);
+    assert_eq!(
+        (a["state"].as_str(), a["probation"].as_bool()),
+        (Some("probation"), Some(true)),
+        "{a}"
+    );
+    assert_eq!(
+        (a["used_hour"].as_u64(), a["cap_hour"].as_u64()),
+        (Some(2), Some(2)),
+        "{a}"
+    );
+
+    // Next hour: the third clean probe reinstates it.
+    next_hour(HOUR_MS);
+    let mut n = 14;
+    assert!(
+        wait_until(WAIT, || {
+            submit(&relay, &rcpts(&format!("q{n}-"), "a.test", 2));
+            n += 2;
+            b.sink.wait_for_messages(n, WAIT);
+            alpha_10(admin)["probation"] == false
+        }),
+        "probes did not reinstate 127.0.0.10\n{}",
+        relay.log()
+    );
+    assert!(relay.log().contains("probe succeeded: pool IP reinstated"));
+    let a = alpha_10(admin);
+    assert_eq!(
+        (a["state"].as_str(), a["cap_hour"].as_u64()),
+        (Some("active"), None),
+        "{a}"
+    );
+
+    // Its full share again: more than the trickle of 2 out of 10.
+    let from10 = to_alpha_from(&b.sink, 10);
+    submit(&relay, &rcpts("r", "a.test", 10));
+    b.sink.wait_for_messages(n + 10, WAIT);
+    let got = to_alpha_from(&b.sink, 10) - from10;
+    assert!(got >= 4, "127.0.0.10 sent {got} of 10\n{}", relay.log());
+}

@@ -157,6 +157,8 @@ pub struct Pools {
     clock: Clock,
     idle_days: u64,
     burst: u64,
+    /// Messages per hour an IP × provider takes while on probation after a quarantine.
+    probe_per_hour: u64,
     hold_warning_ms: u64,
     fallback_helo: String,
     state: Option<Arc<State>>,
@@ -276,6 +278,7 @@ impl Pools {
             clock: Clock::from_config(config),
             idle_days: config.warmup.idle_days,
             burst: config.warmup.burst,
+            probe_per_hour: config.reputation.probe_per_hour.max(1),
             hold_warning_ms: config.throttle.hold_warning_interval.0.as_millis() as u64,
             fallback_helo: config
                 .delivery
@@ -322,7 +325,14 @@ impl Pools {
             .unwrap_or(0)
     }
 
-    fn caps(&self, ip: &IpConf, provider: &str, counters: Option<&Counters>, now: u64) -> Caps {
+    fn caps(
+        &self,
+        ip: &IpConf,
+        provider: &str,
+        counters: Option<&Counters>,
+        probation: bool,
+        now: u64,
+    ) -> Caps {
         let p = self.providers.get(provider);
         let mut caps = Caps {
             daily: None,
@@ -340,7 +350,37 @@ impl Pools {
                 caps.hourly = Some(caps.hourly.map_or(h, |x| x.min(h)));
             }
         }
+        // Back from a quarantine: only a trickle of probes until the outcomes reinstate it.
+        if probation {
+            let h = self.probe_per_hour;
+            caps.hourly = Some(caps.hourly.map_or(h, |x| x.min(h)));
+        }
         caps
+    }
+
+    /// On probation: a quarantine of `ip` for `provider` whose cool-down is over, not yet ended
+    /// by good outcomes (`end_probation`) nor extended by a new quarantine.
+    fn probation_of(inner: &Inner, ip: IpAddr, provider: &str, now_s: u64) -> bool {
+        inner
+            .holds
+            .get(&(ip, provider.to_string()))
+            .is_some_and(|h| h.kind == HoldKind::Quarantined && !h.in_force(now_s))
+    }
+
+    /// Whether `ip` × `provider` is on probation (taking only `probe_per_hour`).
+    pub fn in_probation(&self, ip: IpAddr, provider: &str) -> bool {
+        let inner = self.inner.lock().expect("pool lock");
+        Self::probation_of(&inner, ip, provider, now_s())
+    }
+
+    /// The probes went well: `ip` takes its full share for `provider` again. Returns whether
+    /// it was on probation.
+    pub fn end_probation(&self, ip: IpAddr, provider: &str) -> Result<bool, String> {
+        if !self.in_probation(ip, provider) {
+            return Ok(false);
+        }
+        tracing::info!(source_ip = %ip, provider, "probe succeeded: pool IP reinstated");
+        self.set_hold(ip, &Scope::Provider(provider.to_string()), None)
     }
 
     /// The drain or quarantine keeping `ip` from `provider`, if any (expired ones are ignored).
@@ -366,7 +406,8 @@ impl Pools {
         }
         let key = (ip.address, provider.to_string());
         let counters = inner.counters.get(&key);
-        let caps = self.caps(ip, provider, counters, now);
+        let probation = Self::probation_of(inner, ip.address, provider, now / 1000);
+        let caps = self.caps(ip, provider, counters, probation, now);
         let active = inner.active.get(&key).copied().unwrap_or(0);
         counters
             .cloned()
@@ -739,7 +780,8 @@ impl Pools {
         for provider in names {
             let key = (ip.address, provider.clone());
             let c = &inner.counters[&key];
-            let caps = self.caps(ip, provider, Some(c), now);
+            let probation = Self::probation_of(inner, ip.address, provider, now_s);
+            let caps = self.caps(ip, provider, Some(c), probation, now);
             let index = c.warmup.index_on(today, self.idle_days);
             let warming = schedule.is_some_and(|s| (index as usize) < s.len());
             if !seen_any {
@@ -751,6 +793,7 @@ impl Pools {
                 Some(h) if h.kind == HoldKind::Drained => "drained",
                 Some(_) => "quarantined",
                 None if c.backoff_until > now => "backoff",
+                None if probation => "probation",
                 None if warming => "warming",
                 None => "active",
             };
@@ -758,6 +801,7 @@ impl Pools {
                 provider.clone(),
                 json!({
                     "state": state,
+                    "probation": probation,
                     "warmup_day": if schedule.is_some() { Some(index) } else { None },
                     "used_today": c.used_today(&self.clock, now),
                     "cap_today": caps.daily,
@@ -1023,6 +1067,55 @@ mod tests {
         assert_eq!(
             p.status()["pools"][0]["ips"][0]["providers"]["gmail"]["deferred"],
             1
+        );
+    }
+
+    #[test]
+    fn ip_on_probation_takes_only_a_trickle_until_reinstated() {
+        let c = config(
+            "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[reputation]\nprobe_per_hour = 2\n",
+        );
+        let p = Arc::new(Pools::from_config(&c));
+        let ip10: IpAddr = "127.0.0.10".parse().unwrap();
+        // Cool-down over: probation.
+        p.quarantine(
+            ip10,
+            Scope::Provider("gmail".into()),
+            "block reply",
+            "",
+            Some(now_s() - 1),
+        )
+        .unwrap();
+        let count = |p: &Arc<Pools>, provider: &str| {
+            let mut count: HashMap<String, u32> = HashMap::new();
+            for _ in 0..10 {
+                let s = p.select(Some("a"), provider, false).unwrap();
+                let _lease = p.take(&s[0], provider).expect("selected IP takes");
+                *count.entry(s[0].label()).or_default() += 1;
+            }
+            count
+        };
+        let n = count(&p, "gmail");
+        assert_eq!((n["127.0.0.10"], n["127.0.0.11"]), (2, 8));
+        let gmail = &p.status()["pools"][0]["ips"][0]["providers"]["gmail"];
+        assert_eq!(gmail["state"], "probation");
+        assert_eq!(gmail["probation"], true);
+        assert_eq!(
+            (gmail["used_hour"].as_u64(), gmail["cap_hour"].as_u64()),
+            (Some(2), Some(2))
+        );
+        // Other providers are not on probation.
+        let n = count(&p, "yahoo");
+        assert_eq!((n["127.0.0.10"], n["127.0.0.11"]), (5, 5));
+        // Probes went well: the full share again.
+        assert!(p.end_probation(ip10, "gmail").unwrap());
+        assert!(!p.end_probation(ip10, "gmail").unwrap());
+        let n = count(&p, "gmail");
+        assert!(n["127.0.0.10"] >= 4, "{n:?}");
+        let gmail = &p.status()["pools"][0]["ips"][0]["providers"]["gmail"];
+        assert_eq!(
+            (gmail["probation"].as_bool(), gmail["cap_hour"].as_u64()),
+            (Some(false), None)
         );
     }
 }

@@ -61,6 +61,10 @@ pub struct Settings {
     /// `min_samples`): a probe that fails extends the quarantine quickly.
     #[serde(default = "default_probe_samples")]
     pub probe_samples: usize,
+    /// While on probation the IP × provider takes at most this many new messages per hour (an
+    /// hour is a 24th of `[warmup] day`); the pool's other IPs take the rest.
+    #[serde(default = "default_probe_per_hour")]
+    pub probe_per_hour: u64,
     /// How long a bad-recipient hard bounce suppresses the address ("0s": never).
     #[serde(default = "default_suppress_for")]
     pub suppress_for: DurationStr,
@@ -100,6 +104,9 @@ fn default_cooldown() -> DurationStr {
     DurationStr(Duration::from_secs(3600))
 }
 fn default_probe_samples() -> usize {
+    10
+}
+fn default_probe_per_hour() -> u64 {
     10
 }
 fn default_suppress_for() -> DurationStr {

@@ -172,9 +172,15 @@ impl Tracker {
         }
         let blames_ip = c.class.blames_ip() && reply.code >= 400;
         let known = provider != crate::pool::provider::OTHER;
+        // The pool keeps probation across restarts; the window may not know of it.
+        let on_probation = !blames_ip && self.pools.in_probation(ip, provider);
+        let probe_passed;
         let quarantine = {
             let mut windows = self.windows.lock().expect("lock");
             let w = windows.entry((ip, provider.to_string())).or_default();
+            if on_probation && w.probe_from == 0 {
+                w.probe_from = crate::spool::now_unix();
+            }
             if blames_ip {
                 w.blocks += 1;
             } else {
@@ -196,6 +202,12 @@ impl Tracker {
             } else {
                 self.rate_verdict(w, crate::spool::now_unix())
             };
+            // Enough probes judged and none failed: the trickle ends.
+            let probes = self
+                .settings
+                .probe_samples
+                .clamp(1, self.settings.min_samples.max(1));
+            probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
             why.map(|(reason, evidence)| {
                 let now = crate::spool::now_unix();
                 if now.saturating_sub(w.last_offence) > 2 * self.settings.max_cooldown.0.as_secs() {
@@ -216,6 +228,9 @@ impl Tracker {
                 (reason, evidence, cool, w.offences)
             })
         };
+        if probe_passed && let Err(e) = self.pools.end_probation(ip, provider) {
+            tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
+        }
         if let Some((reason, evidence, cool, offences)) = quarantine {
             let until = crate::spool::now_unix() + cool.as_secs().max(1);
             tracing::warn!(source_ip = %ip, provider = %provider, reason = %reason, offences, cooldown = %humantime::format_duration(cool), "quarantining IP for provider");
@@ -571,5 +586,35 @@ mod tests {
             again.until.unwrap() - again.since,
         );
         assert!(c2 >= 2 * c1 - 2, "extended: {c1} then {c2}");
+    }
+
+    #[test]
+    fn clean_probes_end_probation() {
+        let t = tracker(
+            "probe_samples = 3
+probe_per_hour = 5",
+        );
+        let ip: IpAddr = "127.0.0.10".parse().unwrap();
+        // A quarantine whose cool-down is over (as after a restart: the window knows nothing).
+        t.pools
+            .quarantine(
+                ip,
+                Scope::Provider("gmail".into()),
+                "block reply",
+                "",
+                Some(crate::spool::now_unix() - 1),
+            )
+            .unwrap();
+        assert!(t.pools.in_probation(ip, "gmail"));
+        for _ in 0..2 {
+            t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
+        }
+        assert!(t.pools.in_probation(ip, "gmail"), "2 of 3 probes");
+        t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
+        assert!(
+            !t.pools.in_probation(ip, "gmail"),
+            "3 clean probes reinstate"
+        );
+        assert!(t.pools.holds().is_empty());
     }
 }
