@@ -951,13 +951,13 @@ fn alpha_10(admin: SocketAddr) -> Value {
 
 #[test]
 fn after_the_cooldown_a_probing_ip_takes_a_trickle_until_probes_reinstate_it() {
-    // A warm-up day of 240 s: a pool "hour" of 10 s.
-    const HOUR_MS: u64 = 10_000;
+    // A warm-up day of 480 s: a pool "hour" of 20 s (margin for a loaded CI machine).
+    const HOUR_MS: u64 = 20_000;
     let b = bench(Some(s3150_from_10_at_alpha));
     let (relay, admin) = start(
         "rep-probe",
         &b,
-        "[warmup]\nday = \"240s\"\n[reputation]\ncooldown = \"3s\"\nprobe_per_hour = 2\nprobe_samples = 3\n",
+        "[warmup]\nday = \"480s\"\n[reputation]\ncooldown = \"3s\"\nprobe_per_hour = 2\nprobe_samples = 3\n",
     );
     submit(&relay, &rcpts("a", "a.test", 4));
     b.sink.wait_for_messages(4, WAIT);
