@@ -582,13 +582,24 @@ impl Session {
         message: &Path,
     ) -> mail_send::Result<Response<String>> {
         let timeout = self.client.timeout;
-        let file = tokio::fs::File::open(message)
-            .await
-            .map_err(mail_send::Error::Io)?;
+        // Small messages (most) are read in one trip to the blocking pool; large ones stream.
+        let body: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = if env.size <= 64 * 1024 {
+            Box::pin(std::io::Cursor::new(
+                tokio::fs::read(message)
+                    .await
+                    .map_err(mail_send::Error::Io)?,
+            ))
+        } else {
+            Box::pin(
+                tokio::fs::File::open(message)
+                    .await
+                    .map_err(mail_send::Error::Io)?,
+            )
+        };
         match tokio::time::timeout(
             // A generous bound for the whole body; each reply still has `timeout`.
             timeout * 4 + Duration::from_secs(env.size / 10_000),
-            write_dot_stuffed(&mut self.client.stream, env.prepend.as_bytes(), file),
+            write_dot_stuffed(&mut self.client.stream, env.prepend.as_bytes(), body),
         )
         .await
         {

@@ -237,6 +237,12 @@ impl Deliverer {
                 self.record(env, i, reply, &attempt.tls);
             }
             self.bounce(env, &idxs).await;
+            if env.recipients.iter().all(|r| r.state == RcptState::Sent) {
+                // Every recipient delivered: the caller removes the message next, so this save
+                // would be rewritten and deleted at once. A crash in between redelivers
+                // (at-least-once), it never loses anything.
+                continue;
+            }
             // Persist before moving on: a crash now must not lose this destination's outcome.
             self.save(env).await;
         }
