@@ -21,7 +21,11 @@ fn check_path(inner: &str, utf8: bool) {
                 "routing trick accepted: {inner:?} -> {path:?}"
             );
         }
-        assert_eq!(parse_path(&path, utf8).as_deref(), Ok(path.as_str()), "not stable: {inner:?}");
+        assert_eq!(
+            parse_path(&path, utf8).as_deref(),
+            Ok(path.as_str()),
+            "not stable: {inner:?}"
+        );
     }
 }
 
@@ -37,8 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let verb_end = body.iter().position(|&b| b == b' ').unwrap_or(body.len());
         let verb = body[..verb_end].to_ascii_uppercase();
         if verb == b"MAIL" || verb == b"RCPT" {
-            let Ok(rest) = std::str::from_utf8(body.get(verb_end + 1..).unwrap_or_default())
-            else {
+            let Ok(rest) = std::str::from_utf8(body.get(verb_end + 1..).unwrap_or_default()) else {
                 continue;
             };
             let kw = if verb == b"MAIL" { "FROM" } else { "TO" };

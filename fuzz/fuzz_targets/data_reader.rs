@@ -45,11 +45,18 @@ fuzz_target!(|data: &[u8]| {
         // The CRLF ending the DATA command counts as the first CRLF of the end marker.
         let mut seen = b"\r\n".to_vec();
         seen.extend_from_slice(&input[..n]);
-        assert!(seen.ends_with(b"\r\n.\r\n"), "ended without CRLF.CRLF: {:?}", &input[..n]);
+        assert!(
+            seen.ends_with(b"\r\n.\r\n"),
+            "ended without CRLF.CRLF: {:?}",
+            &input[..n]
+        );
         // No earlier end marker in a message that had no bare CR/LF.
         if !bare {
             let body = &seen[..seen.len() - 3];
-            assert!(!body.windows(5).any(|w| w == b"\r\n.\r\n"), "missed an earlier end");
+            assert!(
+                !body.windows(5).any(|w| w == b"\r\n.\r\n"),
+                "missed an earlier end"
+            );
         }
     }
     if !bare {
@@ -60,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(i > 0 && out[i - 1] == b'\r', "bare LF stored");
             }
             if c == b'\r' {
-                assert!(out.get(i + 1) == Some(&b'\n') || i + 1 == out.len(), "bare CR stored");
+                assert!(
+                    out.get(i + 1) == Some(&b'\n') || i + 1 == out.len(),
+                    "bare CR stored"
+                );
             }
         }
     } else {
@@ -69,7 +79,8 @@ fuzz_target!(|data: &[u8]| {
         let mut s = b"\r\n".to_vec();
         s.extend_from_slice(&input[..upto]);
         let has_bare = s.iter().enumerate().any(|(i, &c)| {
-            (c == b'\n' && s[i - 1] != b'\r') || (c == b'\r' && s.get(i + 1).is_some_and(|&d| d != b'\n'))
+            (c == b'\n' && s[i - 1] != b'\r')
+                || (c == b'\r' && s.get(i + 1).is_some_and(|&d| d != b'\n'))
         });
         assert!(has_bare, "bare flagged without a bare CR/LF");
     }

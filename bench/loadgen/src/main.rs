@@ -135,7 +135,10 @@ async fn main() {
             let mb = num(3);
             let t = Instant::now();
             match one(addr, 0, mb << 20).await {
-                Ok(_) => println!("big: {mb} MB accepted in {:.2} s", t.elapsed().as_secs_f64()),
+                Ok(_) => println!(
+                    "big: {mb} MB accepted in {:.2} s",
+                    t.elapsed().as_secs_f64()
+                ),
                 Err(e) => {
                     println!("big: failed: {e}");
                     std::process::exit(1);
