@@ -264,8 +264,11 @@ impl Spool {
         let sync = self.queue_sync.clone();
         // One trip to the blocking pool for the whole sequence, not one per file operation.
         blocking(move || {
-            write_synced(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &dest)?;
+            // On a full disk the old envelope stays in force; leave no partial copy behind.
+            if let Err(e) = write_synced(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &dest)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             sync.sync()
         })
         .await
