@@ -82,17 +82,17 @@ fn submit(relay: &Relay, from: &str, rcpts: &[&str], subject: &str) {
 
 fn wait_queue_empty(relay: &Relay) {
     assert!(
-        wait_until(WAIT, || relay.spool_files("env").is_empty()),
+        wait_until(WAIT, || relay.queued_ids().is_empty()),
         "queue not empty: {:?}\n{}",
-        relay.spool_files("env"),
+        relay.queued_ids(),
         relay.log()
     );
 }
 
 fn envelope_json(relay: &Relay) -> serde_json::Value {
-    let files = relay.spool_files("env");
-    assert_eq!(files.len(), 1, "{files:?}");
-    serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap()
+    let mut envs = relay.queued_envelopes();
+    assert_eq!(envs.len(), 1, "{envs:?}");
+    envs.remove(0)
 }
 
 /// The relay's log without ANSI colour codes, so `field=value` can be searched.
@@ -119,10 +119,10 @@ fn strip_ansi(s: &str) -> String {
 
 /// The queued envelope whose first recipient is `rcpt`, if any.
 fn envelope_for(relay: &Relay, rcpt: &str) -> Option<serde_json::Value> {
-    relay.spool_files("env").iter().find_map(|f| {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).ok()?).ok()?;
-        (v["recipients"][0]["address"] == rcpt).then_some(v)
-    })
+    relay
+        .queued_envelopes()
+        .into_iter()
+        .find(|v| v["recipients"][0]["address"] == rcpt)
 }
 
 fn ip(n: u8) -> IpAddr {
@@ -525,8 +525,7 @@ fn restart_keeps_attempts_and_next_attempt() {
     let mut relay = Relay::start(&dir, &text);
     submit(&relay, "sender@snd.test", &["a@dest.test"], "r");
     assert!(wait_until(WAIT, || {
-        relay.spool_files("env").len() == 1
-            && envelope_json(&relay)["recipients"][0]["attempts"] == 1
+        relay.queued_ids().len() == 1 && envelope_json(&relay)["recipients"][0]["attempts"] == 1
     }));
     relay.kill();
     let env = envelope_json(&relay);
@@ -574,11 +573,7 @@ fn kill_during_delivery_loses_nothing() {
     assert!(wait_until(WAIT, || sink.transcripts().contains("C: DATA")));
     relay.kill();
     release.store(true, Ordering::SeqCst);
-    assert_eq!(
-        relay.spool_files("env").len(),
-        1,
-        "still queued after the crash"
-    );
+    assert_eq!(relay.queued_ids().len(), 1, "still queued after the crash");
     relay.restart();
     let m = sink.wait_for_messages(1, WAIT);
     assert_eq!(m[0].rcpt_to, vec!["a@dest.test"]);

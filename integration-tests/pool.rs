@@ -202,11 +202,7 @@ fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
 
 /// Queued envelopes (JSON).
 fn envelopes(relay: &Relay) -> Vec<Value> {
-    relay
-        .spool_files("env")
-        .iter()
-        .filter_map(|f| serde_json::from_slice(&std::fs::read(f).ok()?).ok())
-        .collect()
+    relay.queued_envelopes()
 }
 
 /// True when `n` messages are queued, every recipient pending with no counted attempt and a
@@ -580,7 +576,7 @@ hold_warning_interval = "1h"
     assert_eq!(code, 200, "{v}");
     b.sink.wait_for_messages(8, WAIT);
     assert_eq!(count(&b.sink, 11, 20), 6 - count(&b.sink, 12, 20) + 2);
-    assert!(wait_until(WAIT, || relay.spool_files("env").is_empty()));
+    assert!(wait_until(WAIT, || relay.queued_ids().is_empty()));
     assert!(
         b.sink.messages().iter().all(|m| !m.mail_from.is_empty()),
         "no bounce was sent"

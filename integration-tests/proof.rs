@@ -101,7 +101,7 @@ fn try_send(c: &mut SmtpClient, from: &str, rcpt: &str, data: &[u8]) -> io::Resu
 }
 
 fn queue_empty(relay: &Relay) -> bool {
-    relay.spool_files("env").is_empty() && relay.spool_files("msg").is_empty()
+    relay.queued_ids().is_empty() && relay.spool_files("msg").is_empty()
 }
 
 fn tmp_files(relay: &Relay) -> Vec<String> {
@@ -256,14 +256,10 @@ fn zero_loss_under_sigkill() {
         "{} acknowledged messages never reached the sink (first: {:?}); queue: {:?}\n{}",
         lost.len(),
         lost.iter().take(5).collect::<Vec<_>>(),
-        relay.spool_files("env"),
+        relay.queued_ids(),
         relay.log_current()
     );
-    assert!(
-        drained,
-        "queue did not drain: {:?}",
-        relay.spool_files("env")
-    );
+    assert!(drained, "queue did not drain: {:?}", relay.queued_ids());
     assert!(acked.len() >= 100, "too little load to prove anything");
     assert!(
         tmp_files(&relay).is_empty(),
@@ -284,11 +280,7 @@ fn submit(addr: SocketAddr, rcpt: &str, id: &str) -> Reply {
 
 /// Parsed `.env` files of the queue.
 fn envelopes(relay: &Relay) -> Vec<serde_json::Value> {
-    relay
-        .spool_files("env")
-        .iter()
-        .filter_map(|f| serde_json::from_slice(&std::fs::read(f).ok()?).ok())
-        .collect()
+    relay.queued_envelopes()
 }
 
 /// True once `n` messages are queued and every recipient was tried at least `attempts` times
@@ -348,7 +340,7 @@ fn destination_down_then_up_delivers_everything() {
     assert!(
         wait_until(Duration::from_secs(10), || queue_empty(&relay)),
         "{:?}",
-        relay.spool_files("env")
+        relay.queued_ids()
     );
     assert!(bounces(&sink).is_empty(), "bounced: {:?}", bounces(&sink));
     assert_eq!(msgs.len(), n, "no duplicates in this test");
@@ -534,7 +526,7 @@ fn disk_full_gives_452_and_queued_mail_still_leaves() {
         "half-written files left: {:?}",
         tmp_files(&relay)
     );
-    assert_eq!(relay.spool_files("env").len(), 3);
+    assert_eq!(relay.queued_ids().len(), 3);
     assert_eq!(
         relay.spool_files("msg").len(),
         3,
@@ -567,7 +559,7 @@ fn disk_full_gives_452_and_queued_mail_still_leaves() {
     assert!(
         wait_until(Duration::from_secs(10), || queue_empty(&relay)),
         "{:?}\n{}",
-        relay.spool_files("env"),
+        relay.queued_ids(),
         relay.log()
     );
     let ids: HashSet<String> = message_ids(&sink).into_iter().collect();
@@ -765,7 +757,7 @@ retry = ["1s"]
     c.quit();
 
     // 5. Unfinished DATA, then disconnect: nothing stays in spool/tmp, nothing is queued.
-    let queued_before = message_ids(&sink).len() + relay.spool_files("env").len();
+    let queued_before = message_ids(&sink).len() + relay.queued_ids().len();
     for _ in 0..5 {
         let mut c = SmtpClient::connect(addr);
         c.ehlo("client.test");
@@ -913,7 +905,7 @@ retry = ["1s"]
     assert!(
         wait_until(Duration::from_secs(15), || queue_empty(&relay)),
         "{:?}",
-        relay.spool_files("env")
+        relay.queued_ids()
     );
     let delivered = message_ids(&sink);
     assert!(

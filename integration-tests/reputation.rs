@@ -786,7 +786,7 @@ fn hard_bounce_rate_quarantines_bad_recipients_only_warn() {
     assert_eq!(row("beta")["hard_bounces"], 0, "{rep}");
     // Those were real bounces (the content's fault); deliveries already under way from
     // 127.0.0.10 finish (and bounce), the rest went from 127.0.0.11.
-    assert!(wait_until(WAIT, || relay.spool_files("env").is_empty()));
+    assert!(wait_until(WAIT, || relay.queued_ids().is_empty()));
     assert_eq!(to_alpha_from(&b.sink, 10), 0);
     let delivered = to_alpha_from(&b.sink, 11);
     assert!((6..=8).contains(&delivered), "{delivered}");

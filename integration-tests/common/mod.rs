@@ -35,7 +35,7 @@
 //! - `Relay::start(dir, toml)` writes `dir/poolrelay.toml`, runs the binary with cwd `dir`,
 //!   `POOLRELAY_LOG=debug`, output in `dir/relay.log`, and waits for every `[[listen]]` address.
 //!   `kill()` = crash (SIGKILL), `stop()` = SIGTERM, `restart()`, `log()`, `log_current()`,
-//!   `wait_for_log(needle, timeout)` (current run), `data_dir()`, `spool_files("env")`, `addr()`.
+//!   `wait_for_log(needle, timeout)` (current run), `data_dir()`, `queued_ids()`, `addr()`.
 //!   `Relay::start_expect_exit(dir, toml, timeout)` for configs that must be refused.
 //! - `SmtpClient`: `connect`, `connect_from(addr, ip)`, `connect_tls(addr, name, ca)`,
 //!   `greeting`, `cmd(line) -> Reply { code, text }`, `send_raw`, `read_reply`, `ehlo`,

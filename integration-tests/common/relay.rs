@@ -198,7 +198,30 @@ impl Relay {
         self.dir.join(d)
     }
 
-    /// Files in `data_dir/spool/queue` with the given extension (`"env"` = complete messages).
+    /// Queued messages (envelope as JSON, message bytes): the spool log and `spool/queue`.
+    pub fn queued(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        poolrelay::spool::inspect(&self.data_dir())
+            .expect("spool readable")
+            .into_iter()
+            .map(|(env, msg)| (serde_json::to_value(&env).expect("envelope as JSON"), msg))
+            .collect()
+    }
+
+    /// Queued envelopes (JSON), oldest first.
+    pub fn queued_envelopes(&self) -> Vec<serde_json::Value> {
+        self.queued().into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// Queue ids of the queued messages, oldest first.
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.queued_envelopes()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Files in `data_dir/spool/queue` with the given extension: messages that left the log
+    /// (deferred, held) or were too large for it.
     pub fn spool_files(&self, ext: &str) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.data_dir().join("spool").join("queue"))
             .map(|rd| {

@@ -4,7 +4,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+
+use crate::spool::Body;
 use std::time::Duration;
 
 use mail_send::SmtpClient;
@@ -325,7 +326,7 @@ impl Session {
 
     /// MAIL, one RCPT per recipient, DATA with the spooled message (prepend first), streamed
     /// and dot-stuffed.
-    pub async fn send(&mut self, env: &Envelope, rcpts: &[&str], message: &Path) -> TxResult {
+    pub async fn send(&mut self, env: &Envelope, rcpts: &[&str], message: &Body) -> TxResult {
         self.transactions += 1;
         let n = rcpts.len();
         let fail_all = |s: &Self, r: RemoteReply, reusable: bool| TxResult {
@@ -579,22 +580,21 @@ impl Session {
     async fn write_data(
         &mut self,
         env: &Envelope,
-        message: &Path,
+        message: &Body,
     ) -> mail_send::Result<Response<String>> {
         let timeout = self.client.timeout;
-        // Small messages (most) are read in one trip to the blocking pool; large ones stream.
-        let body: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>> = if env.size <= 64 * 1024 {
-            Box::pin(std::io::Cursor::new(
-                tokio::fs::read(message)
+        // Log messages are in memory; small files are read in one trip to the blocking pool;
+        // large ones stream.
+        let body: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send + '_>> = match message {
+            Body::Memory(bytes) => Box::pin(&bytes[..]),
+            Body::File(path) if env.size <= 64 * 1024 => Box::pin(std::io::Cursor::new(
+                tokio::fs::read(path).await.map_err(mail_send::Error::Io)?,
+            )),
+            Body::File(path) => Box::pin(
+                tokio::fs::File::open(path)
                     .await
                     .map_err(mail_send::Error::Io)?,
-            ))
-        } else {
-            Box::pin(
-                tokio::fs::File::open(message)
-                    .await
-                    .map_err(mail_send::Error::Io)?,
-            )
+            ),
         };
         match tokio::time::timeout(
             // A generous bound for the whole body; each reply still has `timeout`.
@@ -779,7 +779,7 @@ mod tests {
             .send(
                 &env,
                 &["good@b.test", "bad@b.test", "j\u{f6}rg@b.test"],
-                &msg,
+                &Body::File(msg.clone()),
             )
             .await;
         assert!(r.reusable);

@@ -352,7 +352,16 @@ impl Deliverer {
         // Destination first: a saturated destination must not sit on global permits.
         let _local = self.destination_limit(&dest.key).acquire_owned().await;
         let _global = self.global.clone().acquire_owned().await;
-        let path = self.spool.message_path(&env.id);
+        let path = match self.spool.body(&env.id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot read the queued message");
+                return all(
+                    local_reply(451, "4.3.0", "cannot read the queued message"),
+                    "none",
+                );
+            }
+        };
         let idle_key = format!("{}|{}", dest.key, pool.as_deref().unwrap_or(""));
 
         while let Some(mut s) = self.take_idle(&idle_key) {
@@ -523,7 +532,7 @@ impl Deliverer {
         mut s: Session,
         env: &Envelope,
         rcpts: &[&str],
-        path: &std::path::Path,
+        path: &crate::spool::Body,
         idle_key: String,
         provider: &str,
         lease: Lease,

@@ -120,7 +120,7 @@ pub async fn send_dsn(
     if recipients.is_empty() {
         return Ok(None);
     }
-    let head = read_head(&spool.message_path(&env.id), &env.prepend).await;
+    let head = read_head(spool, &env.id, &env.prepend).await;
     let bytes = dsn::build_dsn(&config.hostname, env, &head, &recipients, kind);
     let dsn_env = Envelope {
         id: Spool::new_id(),
@@ -152,19 +152,25 @@ pub async fn send_dsn(
 }
 
 /// The message's header block (up to 64 KiB), DKIM prepend first.
-async fn read_head(path: &std::path::Path, prepend: &str) -> Vec<u8> {
+async fn read_head(spool: &Spool, id: &str, prepend: &str) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
-    let mut buf = prepend.as_bytes().to_vec();
-    if let Ok(f) = tokio::fs::File::open(path).await {
-        let mut chunk = Vec::with_capacity(64 * 1024);
-        let _ = f.take(64 * 1024).read_to_end(&mut chunk).await;
-        let end = chunk
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 2)
-            .unwrap_or(chunk.len());
-        buf.extend_from_slice(&chunk[..end]);
+    let mut chunk = Vec::with_capacity(64 * 1024);
+    match spool.body(id).await {
+        Ok(crate::spool::Body::Memory(b)) => chunk.extend_from_slice(&b[..b.len().min(64 * 1024)]),
+        Ok(crate::spool::Body::File(path)) => {
+            if let Ok(f) = tokio::fs::File::open(path).await {
+                let _ = f.take(64 * 1024).read_to_end(&mut chunk).await;
+            }
+        }
+        Err(e) => tracing::error!(queue_id = id, error = %e, "dsn: cannot read the message"),
     }
+    let end = chunk
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(chunk.len());
+    let mut buf = prepend.as_bytes().to_vec();
+    buf.extend_from_slice(&chunk[..end]);
     buf
 }
 

@@ -1,13 +1,23 @@
-//! The durable queue. A message is two files in `spool/queue/`: `ID.msg` (the bytes as received,
-//! our Received header first) and `ID.env` (the envelope as JSON, rewritten atomically as delivery
-//! progresses). Both are written under `spool/tmp/`, fsynced, renamed into `queue/` (message
-//! first, envelope last) and the directory is fsynced before the client hears 250. An `.env` in
-//! `queue/` therefore marks a complete message; anything else is debris of a crash and removed.
+//! The durable queue, in two forms:
+//! - the log (`spool/log/`, see `log.rs`): a message that fits in memory (64 KiB) is appended
+//!   with its envelope to a segment file, many messages per fdatasync, before the client hears
+//!   250. Most messages are delivered at the first attempt and never leave it.
+//! - files (`spool/queue/`): `ID.msg` (the bytes as received, our Received header first) and
+//!   `ID.env` (the envelope as JSON, rewritten atomically as delivery progresses). Larger
+//!   messages are written this way from the start (streamed through `spool/tmp/`), and a log
+//!   message moves here the first time its envelope must change (deferred, held). Both files are
+//!   fsynced, renamed into `queue/` (message first, envelope last) and the directory is fsynced
+//!   before anyone relies on them. An `.env` in `queue/` marks a complete message; anything else
+//!   is debris of a crash and removed. A message in both places (a crash during the move) is
+//!   taken from `queue/`.
 
+mod log;
+
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -122,6 +132,32 @@ pub struct Spool {
     committed: mpsc::UnboundedSender<Envelope>,
     /// fsync of `queue/`, shared by the renames of concurrent sessions (group commit).
     queue_sync: Arc<GroupSync>,
+    log: Arc<log::Log>,
+    /// Log messages found at open, handed out by `recover`.
+    from_log: Mutex<Vec<Envelope>>,
+    /// Bytes of recently committed log messages, so the first delivery attempt reads no disk.
+    bodies: Mutex<Bodies>,
+}
+
+/// The bytes of a queued message, for delivery and DSNs.
+pub enum Body {
+    Memory(Arc<Vec<u8>>),
+    File(PathBuf),
+}
+
+#[derive(Default)]
+struct Bodies {
+    map: HashMap<String, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+/// Memory for `Bodies` at most; past it, delivery reads the log (page cache, usually).
+const BODY_CACHE_MAX: usize = 64 << 20;
+
+/// What `MessageWriter::finish` leaves: the bytes in memory (log-bound) or a synced file.
+pub enum Finished<'a> {
+    Memory(&'a [u8]),
+    File(&'a Path),
 }
 
 static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -143,6 +179,7 @@ impl Spool {
         if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
         }
+        let (log, found) = log::Log::open(&root.join("log"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Spool {
@@ -150,9 +187,48 @@ impl Spool {
                 tmp,
                 queue,
                 committed: tx,
+                log: Arc::new(log),
+                from_log: Mutex::new(found.into_iter().map(|f| f.envelope).collect()),
+                bodies: Mutex::new(Bodies::default()),
             }),
             rx,
         ))
+    }
+
+    fn cache_body(&self, id: &str, body: Vec<u8>) {
+        let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        if b.bytes + body.len() <= BODY_CACHE_MAX {
+            b.bytes += body.len();
+            b.map.insert(id.to_string(), Arc::new(body));
+        }
+    }
+
+    fn uncache_body(&self, id: &str) {
+        let mut b = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(body) = b.map.remove(id) {
+            b.bytes -= body.len();
+        }
+    }
+
+    /// The message bytes of a queued message.
+    pub async fn body(&self, id: &str) -> io::Result<Body> {
+        if let Some(b) = self
+            .bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .get(id)
+        {
+            return Ok(Body::Memory(b.clone()));
+        }
+        if self.log.contains(id) {
+            let (log, id) = (self.log.clone(), id.to_string());
+            let bytes = tokio::task::spawn_blocking(move || log.read(&id))
+                .await
+                .map_err(io::Error::other)??;
+            return Ok(Body::Memory(Arc::new(bytes)));
+        }
+        Ok(Body::File(self.message_path(id)))
     }
 
     /// A queue id: microseconds since the epoch plus a process-wide counter, in upper-case hex,
@@ -174,27 +250,18 @@ impl Spool {
         self.queue.join(format!("{id}.env"))
     }
 
-    /// Starts writing a new message under `tmp/`.
-    /// Creates the file now (so a client hears about a full disk before it sends the message);
-    /// the bytes are buffered and written past `WRITE_BUFFER` or at `finish`.
+    /// Starts a new message. Its bytes stay in memory up to `WRITE_BUFFER` (then the log takes
+    /// it at `commit`); a larger message streams to a file under `tmp/` from there on.
     pub async fn writer(self: &Arc<Self>, id: &str) -> io::Result<MessageWriter> {
-        let path = self.tmp.join(format!("{id}.msg"));
-        let p = path.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-        })
-        .await
-        .map_err(io::Error::other)??;
         Ok(MessageWriter {
             spool: self.clone(),
             id: id.to_string(),
-            file: Some(file),
-            buf: Vec::new(),
+            file: None,
+            created: false,
+            failed: false,
+            buf: Vec::with_capacity(8 * 1024),
             closed: false,
-            path,
+            path: self.tmp.join(format!("{id}.msg")),
             len: 0,
             synced: false,
             done: false,
@@ -253,11 +320,28 @@ impl Spool {
                 _ => {}
             }
         }
+        let in_files: HashSet<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+        let from_log =
+            std::mem::take(&mut *self.from_log.lock().unwrap_or_else(|e| e.into_inner()));
+        for env in from_log {
+            if in_files.contains(&env.id) {
+                // Moved to files just before a crash: the files are newer.
+                self.log.done(&env.id);
+            } else {
+                envelopes.push(env);
+            }
+        }
+        // Ids sort by arrival.
+        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(envelopes)
     }
 
-    /// Replaces the envelope atomically (tmp, fsync, rename, fsync dir).
+    /// Replaces the envelope atomically (tmp, fsync, rename, fsync dir). A message still in
+    /// the log moves to its own files first.
     pub async fn save_envelope(&self, env: &Envelope) -> io::Result<()> {
+        if self.log.contains(&env.id) {
+            return self.move_from_log(env).await;
+        }
         let tmp = self.tmp.join(format!("{}.env", env.id));
         let bytes = serde_json::to_vec(env)?;
         let dest = self.envelope_path(&env.id);
@@ -274,9 +358,49 @@ impl Spool {
         .await
     }
 
+    /// Writes a log message and its new envelope as files in `queue/`, then marks it done in
+    /// the log. A crash in between leaves it in both; recovery takes the files.
+    async fn move_from_log(&self, env: &Envelope) -> io::Result<()> {
+        let body = match self.body(&env.id).await? {
+            Body::Memory(b) => b,
+            Body::File(_) => return Err(io::Error::other("message not in the log")),
+        };
+        let bytes = serde_json::to_vec(env)?;
+        let (tmp_msg, tmp_env) = (
+            self.tmp.join(format!("{}.msg", env.id)),
+            self.tmp.join(format!("{}.env", env.id)),
+        );
+        let (msg, dest) = (self.message_path(&env.id), self.envelope_path(&env.id));
+        let sync = self.queue_sync.clone();
+        blocking(move || {
+            let moved = write_synced(&tmp_msg, &body)
+                .and_then(|()| write_synced(&tmp_env, &bytes))
+                .and_then(|()| std::fs::rename(&tmp_msg, &msg))
+                .and_then(|()| std::fs::rename(&tmp_env, &dest));
+            if let Err(e) = moved {
+                // The log copy stays in force; leave nothing half-moved behind.
+                for p in [&tmp_msg, &tmp_env, &msg] {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+            sync.sync()
+        })
+        .await?;
+        self.log.done(&env.id);
+        self.uncache_body(&env.id);
+        Ok(())
+    }
+
     /// Removes a finished message: envelope first, so a crash in between leaves only debris that
-    /// recovery deletes, never a message delivered twice for lack of its envelope.
+    /// recovery deletes, never a message delivered twice for lack of its envelope. A log
+    /// message is marked done (no disk wait: a crash before the record is written only
+    /// delivers it again).
     pub async fn remove(&self, id: &str) -> io::Result<()> {
+        self.uncache_body(id);
+        if self.log.done(id) {
+            return Ok(());
+        }
         let (env, msg) = (self.envelope_path(id), self.message_path(id));
         let sync = self.queue_sync.clone();
         blocking(move || {
@@ -296,7 +420,39 @@ impl Spool {
                     .count()
             })
             .unwrap_or(0)
+            + self.log.live_count()
     }
+}
+
+/// Every queued message under `data_dir` (envelope and bytes), read without changing anything:
+/// for tests and for inspecting a stopped or running relay's queue.
+pub fn inspect(data_dir: &Path) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
+    let spool = data_dir.join("spool");
+    // The log first: a message moving to files is marked done in the log only after its
+    // files exist, so reading in this order never misses it.
+    let mut found: HashMap<String, (Envelope, Vec<u8>)> = log::inspect(&spool.join("log"))?
+        .into_iter()
+        .map(|(env, msg)| (env.id.clone(), (env, msg)))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(spool.join("queue")) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "env") {
+                let (Ok(text), Ok(msg)) = (
+                    std::fs::read(&path),
+                    std::fs::read(path.with_extension("msg")),
+                ) else {
+                    continue;
+                };
+                if let Ok(env) = serde_json::from_slice::<Envelope>(&text) {
+                    found.insert(env.id.clone(), (env, msg));
+                }
+            }
+        }
+    }
+    let mut out: Vec<_> = found.into_values().collect();
+    out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    Ok(out)
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
@@ -402,8 +558,11 @@ const WRITE_BUFFER: usize = 64 * 1024;
 pub struct MessageWriter {
     spool: Arc<Spool>,
     id: String,
-    /// The file under `tmp/`, once something was written to it.
+    /// The file under `tmp/`, once the message outgrew `WRITE_BUFFER`.
     file: Option<std::fs::File>,
+    created: bool,
+    /// A write to the file failed: the message cannot be committed.
+    failed: bool,
     buf: Vec<u8>,
     /// After `finish` or a failed write: no more writes.
     closed: bool,
@@ -447,6 +606,7 @@ impl MessageWriter {
         data.extend_from_slice(extra);
         let file = self.file.take();
         let path = self.path.clone();
+        self.created = true;
         let res = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Vec<u8>)> {
             let mut f = match file {
                 Some(f) => f,
@@ -474,26 +634,35 @@ impl MessageWriter {
             }
             Err(e) => {
                 self.closed = true;
+                self.failed = true;
                 Err(e)
             }
         }
     }
 
-    /// Writes and fsyncs the message file; returns its path so it can be read (DKIM signing)
-    /// before `commit`.
-    pub async fn finish(&mut self) -> io::Result<&Path> {
+    /// Ends the message: a small one stays in memory for the log; a file is written out and
+    /// fsynced. Either can be read (DKIM signing) before `commit`.
+    pub async fn finish(&mut self) -> io::Result<Finished<'_>> {
         if !self.closed {
             self.closed = true;
-            self.spill(&[], true).await?;
-            self.synced = true;
-            self.file = None;
-            self.buf = Vec::new();
+            if self.created {
+                self.spill(&[], true).await?;
+                self.synced = true;
+                self.file = None;
+                self.buf = Vec::new();
+            }
         }
-        if !self.synced {
+        if self.failed {
             // A failed flush or fsync is never retried into a success: the data may be gone.
             return Err(io::Error::other("message file was not synced"));
         }
-        Ok(&self.path)
+        if !self.created {
+            return Ok(Finished::Memory(&self.buf));
+        }
+        if !self.synced {
+            return Err(io::Error::other("message file was not synced"));
+        }
+        Ok(Finished::File(&self.path))
     }
 
     /// Makes the message durable and hands it to delivery. Only after this returns Ok may the
@@ -502,6 +671,14 @@ impl MessageWriter {
         self.finish().await?;
         envelope.id = self.id.clone();
         envelope.size = self.len;
+        if !self.created {
+            let body = std::mem::take(&mut self.buf);
+            self.spool.log.append(&envelope, &body).await?;
+            self.done = true;
+            self.spool.cache_body(&envelope.id, body);
+            let _ = self.spool.committed.send(envelope.clone());
+            return Ok(envelope);
+        }
         let env_tmp = self.spool.tmp.join(format!("{}.env", self.id));
         let result = match serde_json::to_vec(&envelope) {
             Ok(bytes) => {
@@ -535,7 +712,7 @@ impl MessageWriter {
 
 impl Drop for MessageWriter {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.created {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -607,7 +784,10 @@ mod tests {
                 .unwrap()
                 .len()
         };
-        assert_eq!(on_disk(&small_id), 0, "kept in memory until finish");
+        assert!(
+            !tmp.join(format!("{small_id}.msg")).exists(),
+            "a small message stays in memory (then goes to the log)"
+        );
         let big_id = Spool::new_id();
         let mut big = spool.writer(&big_id).await.unwrap();
         let chunk = vec![b'x'; 40_000];
@@ -622,12 +802,75 @@ mod tests {
             200_000
         );
         let env = small.commit(envelope()).await.unwrap();
-        assert_eq!(
-            std::fs::read(spool.message_path(&small_id)).unwrap(),
-            b"Subject: s\r\n\r\nhi\r\n"
+        assert!(
+            !spool.message_path(&small_id).exists(),
+            "in the log, not a file"
         );
         assert_eq!(env.size, 18);
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        let queued = inspect(&dir).unwrap();
+        assert_eq!(queued.len(), 2);
+        let small_q = queued.iter().find(|(e, _)| e.id == small_id).unwrap();
+        assert_eq!(small_q.1, b"Subject: s\r\n\r\nhi\r\n");
+        assert!(matches!(spool.body(&small_id).await.unwrap(), Body::Memory(b) if b.len() == 18));
+        assert!(matches!(spool.body(&big_id).await.unwrap(), Body::File(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A log message whose envelope changes moves to files; the log copy is done. After a
+    /// crash in the middle of the move (both copies), recovery takes the files.
+    #[tokio::test]
+    async fn a_log_message_moves_to_files_when_its_envelope_changes() {
+        let dir = tempdir();
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let a = spool
+            .store(
+                Envelope {
+                    id: Spool::new_id(),
+                    ..envelope()
+                },
+                b"Subject: a\r\n\r\na\r\n",
+            )
+            .await
+            .unwrap();
+        let b = spool
+            .store(
+                Envelope {
+                    id: Spool::new_id(),
+                    ..envelope()
+                },
+                b"Subject: b\r\n\r\nb\r\n",
+            )
+            .await
+            .unwrap();
+        let mut a2 = a.clone();
+        a2.recipients[0].attempts = 1;
+        spool.save_envelope(&a2).await.unwrap();
+        assert!(spool.message_path(&a.id).exists());
+        assert!(!spool.log.contains(&a.id));
+        assert!(spool.log.contains(&b.id));
+        assert_eq!(spool.queued_count(), 2);
+        // The move's files again, as if the crash came before the done record was written.
+        let env_file = spool.envelope_path(&b.id);
+        let mut b2 = b.clone();
+        b2.recipients[0].attempts = 7;
+        std::fs::write(spool.message_path(&b.id), b"Subject: b\r\n\r\nb\r\n").unwrap();
+        std::fs::write(&env_file, serde_json::to_vec(&b2).unwrap()).unwrap();
+        drop(spool);
+
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let rec = spool.recover().unwrap();
+        assert_eq!(rec.len(), 2, "{rec:?}");
+        assert_eq!(rec[0].id, a.id);
+        assert_eq!(rec[0].recipients[0].attempts, 1);
+        assert_eq!(rec[1].id, b.id);
+        assert_eq!(rec[1].recipients[0].attempts, 7, "the files win");
+        assert!(!spool.log.contains(&b.id));
+        for id in [&a.id, &b.id] {
+            spool.remove(id).await.unwrap();
+        }
+        assert_eq!(spool.queued_count(), 0);
+        assert!(inspect(&dir).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
