@@ -650,8 +650,61 @@ fn connection_reused_for_the_next_message() {
     let m = sink.wait_for_messages(2, WAIT);
     assert_eq!(m[0].session, m[1].session, "{}", sink.transcripts());
     assert_eq!(sink.sessions().len(), 1);
-    assert!(sink.transcripts().contains("C: RSET"));
+    // Reused at once: no RSET round trip; MAIL, RCPT and DATA went in one write.
+    assert!(
+        !sink.transcripts().contains("C: RSET"),
+        "{}",
+        sink.transcripts()
+    );
+    // Idle for a while (past REUSE_WITHOUT_RSET, 2 s): RSET proves it is still there.
+    assert!(wait_until(WAIT, || log_text(&relay)
+        .matches("status=\"sent\"")
+        .count()
+        == 2));
+    std::thread::sleep(Duration::from_millis(2500));
+    submit(&relay, "sender@snd.test", &["c@dest.test"], "u3");
+    let m = sink.wait_for_messages(3, WAIT);
+    assert_eq!(m[2].session, m[0].session, "{}", sink.transcripts());
+    assert!(
+        sink.transcripts().contains("C: RSET"),
+        "{}",
+        sink.transcripts()
+    );
     let _: SocketAddr = sink.addr(0);
+}
+
+/// The server closed a connection that was reused without RSET: the message goes on a new
+/// connection at once, not deferred.
+#[test]
+fn a_reused_connection_found_closed_is_replaced_without_deferral() {
+    let dir = tempdir("deliver-stale");
+    let dns = DnsServer::start();
+    let mails = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = mails.clone();
+    let sink = Sink::builder(&[ip(20)])
+        .script(move |s: &Step| match s.stage {
+            // The second transaction on the first connection: gone without a word.
+            Stage::MailFrom(_) if seen.fetch_add(1, Ordering::SeqCst) == 1 => Some("DROP".into()),
+            _ => None,
+        })
+        .start();
+    dns.add_mx("dest.test", 10, "mx.dest.test");
+    dns.add_ip("mx.dest.test", ip(20));
+    let relay = start(&dir, &dns, sink.port(), "idle_timeout = \"30s\"", POOL);
+    submit(&relay, "sender@snd.test", &["a@dest.test"], "s1");
+    sink.wait_for_messages(1, WAIT);
+    assert!(wait_until(WAIT, || log_text(&relay).contains("status=\"sent\"")));
+    submit(&relay, "sender@snd.test", &["b@dest.test"], "s2");
+    let m = sink.wait_for_messages(2, WAIT);
+    assert_eq!(m[1].rcpt_to, ["b@dest.test"]);
+    assert_ne!(m[0].session, m[1].session, "{}", sink.transcripts());
+    assert!(relay.wait_for_log("reused connection was closed", WAIT));
+    wait_queue_empty(&relay);
+    assert!(
+        !log_text(&relay).contains("status=\"deferred\""),
+        "{}",
+        relay.log()
+    );
 }
 
 #[test]

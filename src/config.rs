@@ -162,6 +162,10 @@ pub struct Limits {
     /// Timeout waiting for the next chunk of DATA.
     #[serde(default = "default_data_timeout")]
     pub data_timeout: DurationStr,
+    /// Free space the spool's filesystem keeps for the queue's own work (moving deferred
+    /// messages, DSNs): below it plus a declared SIZE, new mail gets `452 4.3.1`.
+    #[serde(default = "default_spool_min_free")]
+    pub spool_min_free: Size,
 }
 
 fn default_message_size() -> Size {
@@ -179,6 +183,9 @@ fn default_max_errors() -> u32 {
 fn default_command_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(300))
 }
+fn default_spool_min_free() -> Size {
+    Size(1 << 20)
+}
 fn default_data_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(180))
 }
@@ -193,6 +200,7 @@ impl Default for Limits {
             max_errors: default_max_errors(),
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
+            spool_min_free: default_spool_min_free(),
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct Session {
     /// "TLSv1_3/TLS13_AES_256_GCM_SHA384" or "none".
     pub tls: String,
     pub transactions: u32,
+    /// Reused without an RSET first: if it turns out closed before any reply, `send` says
+    /// `stale` and the caller takes another connection.
+    pub unchecked: bool,
 }
 
 /// A reply made up locally (no server reply to report).
@@ -264,6 +267,7 @@ pub async fn open(
         addr,
         tls: tls_info,
         transactions: 0,
+        unchecked: false,
     })
 }
 
@@ -301,6 +305,9 @@ async fn hello(
 pub struct TxResult {
     pub replies: Vec<RemoteReply>,
     pub reusable: bool,
+    /// An unchecked reused connection was closed (no reply at all, or 421 to MAIL): nothing
+    /// was delivered or refused; send again on another connection.
+    pub stale: bool,
 }
 
 fn is_safe_param(v: &str) -> bool {
@@ -327,11 +334,23 @@ impl Session {
     /// MAIL, one RCPT per recipient, DATA with the spooled message (prepend first), streamed
     /// and dot-stuffed.
     pub async fn send(&mut self, env: &Envelope, rcpts: &[&str], message: &Body) -> TxResult {
+        let unchecked = std::mem::take(&mut self.unchecked);
+        let mut result = self.send_checked(env, rcpts, message).await;
+        if unchecked && result.stale {
+            // Not a transaction: the count of this connection stays as it was.
+            self.transactions -= 1;
+        }
+        result.stale &= unchecked;
+        result
+    }
+
+    async fn send_checked(&mut self, env: &Envelope, rcpts: &[&str], message: &Body) -> TxResult {
         self.transactions += 1;
         let n = rcpts.len();
         let fail_all = |s: &Self, r: RemoteReply, reusable: bool| TxResult {
             replies: vec![s.tag(r); n],
             reusable,
+            stale: false,
         };
         let utf8 = self.caps & EXT_SMTP_UTF8 != 0;
         let need_utf8 = !env.sender.is_ascii();
@@ -416,18 +435,23 @@ impl Session {
             return TxResult {
                 replies: replies.into_iter().flatten().collect(),
                 reusable: true,
+                stale: false,
             };
         }
-        // RFC 2920: MAIL and every RCPT in one write when the server allows it.
-        let answers = if self.caps & EXT_PIPELINING != 0 {
+        let mut stale = false;
+        // RFC 2920: MAIL, every RCPT and DATA in one write when the server allows it.
+        let pipelined = self.caps & EXT_PIPELINING != 0;
+        let answers = if pipelined {
             let mut all = vec![mail];
             all.extend(commands.iter().map(|(_, c)| c.clone()));
+            all.push("DATA\r\n".into());
             match self.pipeline(&all).await {
                 (got, None) => Ok(got),
                 // MAIL refused, then the server closed (a `421 4.7.0 [TSS04]` and close): the
                 // refusal is the answer for every recipient.
                 (got, Some(_)) if got.first().is_some_and(|r| r.code / 100 != 2) => Ok(got),
                 (got, Some(e)) => {
+                    stale = got.is_empty();
                     for ((i, _), r) in commands.iter().zip(got.iter().skip(1)) {
                         replies[*i] = Some(self.tag(to_reply(r)));
                     }
@@ -453,7 +477,10 @@ impl Session {
                         }
                     }
                 }
-                Err(e) => result = Err(e),
+                Err(e) => {
+                    stale = true;
+                    result = Err(e);
+                }
             }
             match result {
                 Ok(()) => Ok(got),
@@ -486,19 +513,23 @@ impl Session {
                         })
                         .collect(),
                     reusable: false,
+                    stale,
                 };
             }
         };
         let mail_reply = &answers[0];
         if mail_reply.code / 100 != 2 {
+            // 421 first thing: the server is closing this (idle) connection.
+            let closing = mail_reply.code == 421;
             let reply = self.tag(to_reply(mail_reply));
             for (i, _) in &commands {
                 replies[*i] = Some(reply.clone());
             }
-            let ok = self.reset().await;
+            let ok = !closing && self.reset().await;
             return TxResult {
                 replies: replies.into_iter().flatten().collect(),
                 reusable: ok,
+                stale: closing,
             };
         }
         let mut accepted = Vec::new();
@@ -514,12 +545,34 @@ impl Session {
                 .map(|r| r.expect("every rcpt answered"))
                 .collect(),
             reusable,
+            stale: false,
+        };
+        let data_answer = if pipelined {
+            answers
+                .get(commands.len() + 1)
+                .cloned()
+                .ok_or(mail_send::Error::UnparseableReply)
+        } else if accepted.is_empty() {
+            // Not asked: nothing to send.
+            Err(mail_send::Error::UnparseableReply)
+        } else {
+            self.client.cmd(b"DATA\r\n").await
         };
         if accepted.is_empty() {
-            let ok = self.reset().await;
+            let ok = match data_answer {
+                // Every recipient refused yet DATA accepted (pipelined): end it empty, as
+                // RFC 2920 says, and let the server refuse the empty message.
+                Ok(r) if r.code == 354 => {
+                    let ended = self.client.cmd(b".\r\n").await;
+                    ended.is_ok() && self.reset().await
+                }
+                Ok(_) => self.reset().await,
+                Err(_) if pipelined => false,
+                Err(_) => self.reset().await,
+            };
             return finish(replies, ok);
         }
-        let data_reply = match self.client.cmd(b"DATA\r\n").await {
+        let data_reply = match data_answer {
             Ok(r) if r.code == 354 => self.write_data(env, message).await,
             Ok(r) => Ok(r),
             Err(e) => Err(e),
@@ -545,9 +598,8 @@ impl Session {
         let stream = &mut self.client.stream;
         let mut got = Vec::with_capacity(cmds.len());
         let work = async {
-            for c in cmds {
-                stream.write_all(c.as_bytes()).await?;
-            }
+            // One write: one segment on the wire, one syscall.
+            stream.write_all(cmds.concat().as_bytes()).await?;
             stream.flush().await?;
             let mut buf = vec![0u8; 4096];
             let mut parser = ResponseReceiver::default();

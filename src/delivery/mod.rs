@@ -9,7 +9,7 @@ pub mod tls;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
@@ -59,6 +59,10 @@ pub struct Deliverer {
 }
 
 /// What a destination attempt gave each of its recipients, and the TLS used.
+/// An idle connection reused within this is not checked with RSET first (servers keep idle
+/// sessions for tens of seconds at least; a closed one is noticed before anything is sent).
+const REUSE_WITHOUT_RSET: Duration = Duration::from_secs(2);
+
 struct Attempt {
     replies: Vec<RemoteReply>,
     tls: String,
@@ -101,13 +105,15 @@ impl Deliverer {
             .clone()
     }
 
-    fn take_idle(&self, key: &str) -> Option<Session> {
+    /// An idle session for `key`, and how long it sat idle.
+    fn take_idle(&self, key: &str) -> Option<(Session, Duration)> {
         let mut map = self.idle.lock().expect("lock");
         let list = map.get_mut(key)?;
         let ttl = self.config.delivery.idle_timeout.0;
         while let Some((s, since)) = list.pop() {
-            if since.elapsed() < ttl {
-                return Some(s);
+            let idle = since.elapsed();
+            if idle < ttl {
+                return Some((s, idle));
             }
             tokio::spawn(s.quit());
         }
@@ -364,21 +370,29 @@ impl Deliverer {
         };
         let idle_key = format!("{}|{}", dest.key, pool.as_deref().unwrap_or(""));
 
-        while let Some(mut s) = self.take_idle(&idle_key) {
+        while let Some((mut s, idle)) = self.take_idle(&idle_key) {
             // A reused connection passes the same checks as a new one (drain, caps).
             let provider = self.pools.provider_of(&s.host).to_string();
             let Some(lease) = self.pools.take(&s.source, &provider) else {
                 tokio::spawn(s.quit());
                 continue;
             };
-            if !s.reset().await {
+            // One used a moment ago goes without the RSET round trip; if the server closed it
+            // meanwhile, `send` finds out before anything is sent and it is dropped.
+            if idle < REUSE_WITHOUT_RSET {
+                s.unchecked = true;
+            } else if !s.reset().await {
                 lease.refund();
                 continue;
             }
             tracing::debug!(queue_id = %env.id, mx = %s.host, source_ip = %s.source.label(), "reusing connection");
-            return self
-                .transact(s, env, &rcpts, &path, idle_key, &provider, lease)
-                .await;
+            match self
+                .transact(s, env, &rcpts, &path, idle_key.clone(), &provider, lease)
+                .await
+            {
+                Some(attempt) => return attempt,
+                None => continue,
+            }
         }
 
         let mut errors: Vec<RemoteReply> = Vec::new();
@@ -425,9 +439,14 @@ impl Deliverer {
                     taken += 1;
                     let opened = match self.open(&host.name, addr, source, dest.tls).await {
                         Ok(s) => {
-                            return self
-                                .transact(s, env, &rcpts, &path, idle_key, &provider, lease)
-                                .await;
+                            // A new session is never stale; `None` cannot come back here.
+                            match self
+                                .transact(s, env, &rcpts, &path, idle_key.clone(), &provider, lease)
+                                .await
+                            {
+                                Some(attempt) => return attempt,
+                                None => continue,
+                            }
                         }
                         Err(e) => {
                             lease.refund();
@@ -536,8 +555,13 @@ impl Deliverer {
         idle_key: String,
         provider: &str,
         lease: Lease,
-    ) -> Attempt {
+    ) -> Option<Attempt> {
         let mut result = s.send(env, rcpts, path).await;
+        if result.stale {
+            tracing::debug!(mx = %s.host, source_ip = %s.source.label(), "reused connection was closed, taking another");
+            lease.refund();
+            return None;
+        }
         let tls = s.tls.clone();
         if let Some(ip) = s.source.ip {
             let sender = env.user.as_deref().unwrap_or(&env.sender);
@@ -559,11 +583,11 @@ impl Deliverer {
             s.quit().await;
         }
         drop(lease);
-        Attempt {
+        Some(Attempt {
             replies: result.replies,
             tls,
             hold: None,
-        }
+        })
     }
 
     async fn maybe_delay_warning(&self, env: &mut Envelope) {

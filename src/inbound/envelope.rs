@@ -20,6 +20,8 @@ pub(super) struct Tx {
     pub(super) rcpts: Vec<Recipient>,
     /// The message being received with BDAT, between chunks.
     pub(super) bdat: Option<Bdat>,
+    /// `SIZE=` from MAIL FROM, 0 if none.
+    pub(super) declared_size: u64,
 }
 
 impl Session {
@@ -66,6 +68,7 @@ impl Session {
             envid: None,
             rcpts: Vec::new(),
             bdat: None,
+            declared_size: 0,
         };
         let max = self.cfg().limits.message_size.0;
         for (key, value) in params {
@@ -73,7 +76,7 @@ impl Session {
             match (key.as_str(), v) {
                 ("SIZE", Some(n)) if n.bytes().all(|c| c.is_ascii_digit()) => {
                     // Digits past u64 are over any limit too (RFC 1870: 552, not a syntax error).
-                    if n.parse::<u64>().map_or(true, |n| n > max) {
+                    let Some(n) = n.parse::<u64>().ok().filter(|&n| n <= max) else {
                         return self.refuse(
                             "mail",
                             Reply::new(
@@ -82,7 +85,12 @@ impl Session {
                                 "Message size exceeds fixed maximum message size",
                             ),
                         );
+                    };
+                    // RFC 1870 §6.1: too big for the space left now is a temporary 452.
+                    if let Err(r) = self.spool_has_room(n) {
+                        return self.refuse("mail", r);
                     }
+                    tx.declared_size = n;
                 }
                 ("BODY", Some(b)) if b.eq_ignore_ascii_case("8BITMIME") => tx.body_8bit = true,
                 ("BODY", Some(b)) if b.eq_ignore_ascii_case("7BIT") => {}

@@ -65,8 +65,27 @@ pub(super) fn parse_bdat(args: &[u8]) -> BdatArgs {
 }
 
 impl Session {
-    /// Creates the spool file for the current transaction and writes our Received header.
+    /// `452 4.3.1` unless the spool's filesystem has room for `size` bytes beyond
+    /// `limits.spool_min_free`.
+    pub(super) fn spool_has_room(&self, size: u64) -> Result<(), Reply> {
+        let need = self.cfg().limits.spool_min_free.0.saturating_add(size);
+        match self.ctx.spool.free_space() {
+            Ok(free) if free >= need => Ok(()),
+            Ok(free) => {
+                tracing::warn!(free, need, "spool: filesystem nearly full, refusing mail");
+                Err(storage_reply())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool: cannot read free space");
+                Err(storage_reply())
+            }
+        }
+    }
+
+    /// Starts the spool writer for the current transaction and writes our Received header.
     async fn start_message(&mut self) -> Result<(String, MessageWriter), Reply> {
+        let declared = self.tx.as_ref().map_or(0, |t| t.declared_size);
+        self.spool_has_room(declared)?;
         let id = Spool::new_id();
         let mut writer = self.ctx.spool.writer(&id).await.map_err(|e| {
             tracing::error!(error = %e, "spool: cannot create message file");

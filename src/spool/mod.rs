@@ -210,6 +210,18 @@ impl Spool {
         }
     }
 
+    /// Bytes free for unprivileged use on the spool's filesystem.
+    pub fn free_space(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(self.queue.as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path and a zeroed out-struct, as statvfs(3) wants.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+
     /// The message bytes of a queued message.
     pub async fn body(&self, id: &str) -> io::Result<Body> {
         if let Some(b) = self
