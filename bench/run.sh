@@ -196,7 +196,7 @@ stop_poolrelay() {
         PR_PID=""
     fi
 }
-poolrelay_queued() { find "$PR_DATA/spool/queue" -name '*.env' 2>/dev/null | wc -l; }
+poolrelay_queued() { "$BIN" queue --count --config "$PR_DATA/../poolrelay.toml"; }
 rss_mib() { awk '/^VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 

@@ -946,6 +946,27 @@ fn restart_recovers_committed_and_removes_half_written() {
         without_received(&msg_bytes(&relay, &id)),
         b"Subject: keep\r\n\r\nx\r\n"
     );
+    // `poolrelay queue` (mailq) shows the same, without touching the spool.
+    let queue = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+            .arg("queue")
+            .args(args)
+            .args(["--config", "poolrelay.toml"])
+            .current_dir(&relay.dir)
+            .output()
+            .expect("run poolrelay queue");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(queue(&["--count"]).trim(), "1");
+    let listing = queue(&[]);
+    assert!(
+        listing.contains(&id)
+            && listing.contains("a@example.com")
+            && listing.contains("b@example.org"),
+        "{listing}"
+    );
+    assert!(listing.ends_with("-- 1 messages\n"), "{listing}");
 }
 
 #[test]

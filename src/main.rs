@@ -37,6 +37,19 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// The queue under `data_dir` (spool log and files), read without changing anything: one
+    /// line per message (id, size, arrival, sender, recipients with their state).
+    Queue {
+        /// Config file (TOML), read for `data_dir`.
+        #[arg(long, short, default_value = "config/poolrelay.toml")]
+        config: PathBuf,
+        /// Print only the number of queued messages.
+        #[arg(long)]
+        count: bool,
+        /// Print the envelopes as JSON.
+        #[arg(long, conflicts_with = "count")]
+        json: bool,
+    },
     /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
     Pool {
         /// Config file (TOML), read for `admin.listen`.
@@ -99,6 +112,11 @@ fn main() -> ExitCode {
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
         Command::Pool { config, command } => pool_command(&config, command),
+        Command::Queue {
+            config,
+            count,
+            json,
+        } => queue_command(&config, count, json),
         Command::Dkim {
             command:
                 DkimCommand::Keygen {
@@ -176,6 +194,60 @@ fn dkim_keygen(
             ExitCode::FAILURE
         }
     }
+}
+
+fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let queued = match poolrelay::spool::inspect(&config.data_dir) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!(
+                "poolrelay queue: cannot read the spool under {}: {e}",
+                config.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if count {
+        println!("{}", queued.len());
+    } else if json {
+        let envs: Vec<_> = queued.iter().map(|(e, _)| e).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&envs).unwrap_or_default()
+        );
+    } else {
+        for (env, _) in &queued {
+            let sender = if env.sender.is_empty() {
+                "<>"
+            } else {
+                &env.sender
+            };
+            let rcpts: Vec<String> = env
+                .recipients
+                .iter()
+                .map(|r| format!("{} ({:?}, {} attempts)", r.address, r.state, r.attempts))
+                .collect();
+            println!(
+                "{}  {:>8}  {}  {}  {}",
+                env.id,
+                env.size,
+                env.received_at,
+                sender,
+                rcpts.join(", ")
+            );
+        }
+        println!("-- {} messages", queued.len());
+    }
+    ExitCode::SUCCESS
 }
 
 fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {

@@ -12,7 +12,7 @@ use super::net::wait_until;
 /// A running `poolrelay serve` with its config in `dir/poolrelay.toml`, cwd `dir`, log in
 /// `dir/relay.log` (appended across restarts). Dropping it kills the process.
 pub struct Relay {
-    dir: PathBuf,
+    pub dir: PathBuf,
     config: String,
     child: Option<Child>,
     /// Byte offset in relay.log where the current run's output starts.
