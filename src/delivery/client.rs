@@ -651,7 +651,12 @@ impl Session {
         match tokio::time::timeout(
             // A generous bound for the whole body; each reply still has `timeout`.
             timeout * 4 + Duration::from_secs(env.size / 10_000),
-            write_dot_stuffed(&mut self.client.stream, env.prepend.as_bytes(), body),
+            write_dot_stuffed_sized(
+                &mut self.client.stream,
+                env.prepend.as_bytes(),
+                body,
+                env.size,
+            ),
         )
         .await
         {
@@ -671,20 +676,48 @@ impl Session {
 pub async fn write_dot_stuffed<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     out: &mut W,
     prepend: &[u8],
-    mut body: R,
+    body: R,
 ) -> io::Result<()> {
+    write_dot_stuffed_sized(out, prepend, body, 64 * 1024).await
+}
+
+/// `write_dot_stuffed` with buffers sized for a body of about `size` bytes (64 KiB at most):
+/// a small message costs small allocations (large ones were a measurable share of the CPU).
+pub async fn write_dot_stuffed_sized<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    out: &mut W,
+    prepend: &[u8],
+    mut body: R,
+    size: u64,
+) -> io::Result<()> {
+    let size = usize::try_from(size).unwrap_or(usize::MAX).min(64 * 1024);
     let mut line_start = true;
     let mut last_two = [0u8; 2];
-    let mut outbuf = Vec::with_capacity(70 * 1024);
-    let mut inbuf = vec![0u8; 64 * 1024];
+    let mut outbuf = Vec::with_capacity(prepend.len() + size + size / 16 + 8);
+    let mut inbuf = vec![0u8; size + 1];
     let mut feed = |chunk: &[u8], outbuf: &mut Vec<u8>| {
-        for &b in chunk {
-            if b == b'.' && line_start {
+        // Line by line (up to each CR or LF), not byte by byte.
+        let mut rest = chunk;
+        while let Some(&first) = rest.first() {
+            if first == b'.' && line_start {
                 outbuf.push(b'.');
             }
-            outbuf.push(b);
-            line_start = b == b'\n' || b == b'\r';
-            last_two = [last_two[1], b];
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(i) => {
+                    outbuf.extend_from_slice(&rest[..=i]);
+                    line_start = true;
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    outbuf.extend_from_slice(rest);
+                    line_start = false;
+                    rest = &[];
+                }
+            }
+        }
+        match *chunk {
+            [.., a, b] => last_two = [a, b],
+            [b] => last_two = [last_two[1], b],
+            [] => {}
         }
     };
     feed(prepend, &mut outbuf);
@@ -740,6 +773,37 @@ mod tests {
         );
         assert_eq!(stuff("", "a\n.\r\nMAIL").await, "a\n..\r\nMAIL\r\n.\r\n");
         assert_eq!(stuff("", "").await, ".\r\n");
+    }
+
+    /// The same bytes whatever the read size: dots, CRs and LFs split across reads.
+    #[tokio::test]
+    async fn dot_stuffing_does_not_depend_on_read_boundaries() {
+        let bodies = [
+            ".a\r\n.\r\n..\r\nx.\r\n.",
+            "a\r.b\n.c\r\n\r\n.\r\n",
+            "no newline at all",
+            "ends in cr\r",
+            "\r\n",
+            ".",
+        ];
+        for body in bodies {
+            let mut whole = Vec::new();
+            write_dot_stuffed(&mut whole, b"P: q\r\n", body.as_bytes())
+                .await
+                .unwrap();
+            for size in [0, 1, 2, 3] {
+                let mut pieces = Vec::new();
+                write_dot_stuffed_sized(&mut pieces, b"P: q\r\n", body.as_bytes(), size)
+                    .await
+                    .unwrap();
+                assert_eq!(pieces, whole, "{body:?} read {} at a time", size + 1);
+            }
+        }
+        let mut out = Vec::new();
+        write_dot_stuffed(&mut out, b"", &b".a\r\n.\r\n..\r\nx.\r\n."[..])
+            .await
+            .unwrap();
+        assert_eq!(out, b"..a\r\n..\r\n...\r\nx.\r\n..\r\n.\r\n");
     }
 
     /// A scripted server without PIPELINING or SMTPUTF8: commands go one by one, and a UTF-8

@@ -205,7 +205,9 @@ impl Signer {
     /// to send at DATA when signing is required and impossible. `Ok` with no signatures means the
     /// message goes out unsigned: the caller logs that with the queue id (`Signed::log`).
     pub fn sign(&self, message: &[u8]) -> Result<Signed, Reply> {
-        self.sign_reader(message)
+        // In memory: no copy of the header section, no read buffer.
+        let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
+        self.sign_with(&message[..header_end], message, |_| Ok(()))
     }
 
     /// `sign` for a spooled message file, read in 64 KiB chunks: memory stays at the header
@@ -235,7 +237,26 @@ impl Signer {
                 break from + p + 4;
             }
         };
-        let (mut signed, keys, h) = self.plan(&head[..header_end])?;
+        self.sign_with(&head[..header_end], &head, |write| {
+            loop {
+                let n = read_some(&mut reader, &mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                write(&chunk[..n]);
+            }
+        })
+    }
+
+    /// Signs a message whose header section is `header`: `start` (the message's first bytes,
+    /// the header section and maybe some of the body), then whatever `rest` feeds.
+    fn sign_with(
+        &self,
+        header: &[u8],
+        start: &[u8],
+        rest: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), Reply>,
+    ) -> Result<Signed, Reply> {
+        let (mut signed, keys, h) = self.plan(header)?;
         if keys.is_empty() {
             return Ok(signed);
         }
@@ -258,18 +279,13 @@ impl Signer {
             .collect();
         let mut streams: Vec<_> = signers.iter().map(|s| s.sign_streaming()).collect();
         for stream in &mut streams {
-            stream.write(&head);
+            stream.write(start);
         }
-        drop(head);
-        loop {
-            let n = read_some(&mut reader, &mut chunk)?;
-            if n == 0 {
-                break;
-            }
+        rest(&mut |piece: &[u8]| {
             for stream in &mut streams {
-                stream.write(&chunk[..n]);
+                stream.write(piece);
             }
-        }
+        })?;
         for (stream, key) in streams.into_iter().zip(keys) {
             match stream.finish() {
                 Ok(sig) => {

@@ -514,7 +514,6 @@ impl Writer {
                 continue;
             }
             let ops = messages;
-            let before = self.seq;
             let result = self.try_write(&ops, &mut buf, true);
             let mut replies = Vec::new();
             match &result {
@@ -546,9 +545,6 @@ impl Writer {
             if self.len >= self.segment_max {
                 self.broken = true;
             }
-            if self.seq != before {
-                delete_finished(&self.dir, &self.state);
-            }
         }
         if !self.pending_done.is_empty() {
             let _ = self.try_write(&[], &mut buf, false);
@@ -575,6 +571,8 @@ impl Writer {
             self.seq = seq;
             self.len = 0;
             self.broken = false;
+            // The old segment may be finished already: nobody else would look at it now.
+            delete_finished(&self.dir, &self.state);
         }
         buf.clear();
         buf.extend_from_slice(&self.pending_done);
@@ -804,8 +802,7 @@ mod tests {
             }
             panic!("segments {:?}, want {want:?}", segments(&dir));
         };
-        // The done record went to segment 3; segment 2 is finished but 1
-        // is not.
+        // The done record went to segment 3; segment 2 is finished but 1 is not.
         wait(vec![segment_name(1), segment_name(2), segment_name(3)]);
         log.done("A");
         wait(vec![segment_name(3)]);
