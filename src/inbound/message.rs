@@ -387,7 +387,7 @@ impl Session {
         };
         match writer.commit(envelope).await {
             Ok(env) => {
-                signed.log(&env.id);
+                // One event for the state change, DKIM outcome included.
                 tracing::info!(
                     queue_id = %env.id,
                     client = %self.peer,
@@ -396,6 +396,7 @@ impl Session {
                     rcpts = env.recipients.len(),
                     size = env.size,
                     tls = %self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
+                    dkim = %signed.summary(),
                     "message accepted"
                 );
                 self.send(Reply::new(

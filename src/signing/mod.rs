@@ -125,7 +125,10 @@ impl Signed {
     }
 
     /// One log event for the signing outcome of message `queue_id`.
-    pub fn log(&self, queue_id: &str) {
+    /// What signing did, for the message's "accepted" log event: `signed d/s,…`,
+    /// `already signed d/s`, `unsigned: no From: domain` or `unsigned: no key for the From:
+    /// domain D`.
+    pub fn summary(&self) -> String {
         let list = |v: &[(String, String)]| {
             v.iter()
                 .map(|(d, s)| format!("{d}/{s}"))
@@ -134,17 +137,13 @@ impl Signed {
         };
         let from_domain = self.from_domain.as_deref().unwrap_or("");
         if !self.signed_by.is_empty() {
-            tracing::info!(queue_id = %queue_id, dkim = %list(&self.signed_by), "dkim: signed");
+            format!("signed {}", list(&self.signed_by))
         } else if !self.already_signed.is_empty() {
-            tracing::info!(queue_id = %queue_id, dkim = %list(&self.already_signed), "dkim: already signed by our key");
+            format!("already signed {}", list(&self.already_signed))
         } else if from_domain.is_empty() {
-            tracing::info!(queue_id = %queue_id, "dkim: unsigned, no From: domain");
+            "unsigned: no From: domain".into()
         } else {
-            tracing::info!(
-                queue_id = %queue_id,
-                from_domain = %from_domain,
-                "dkim: unsigned, no key for the From: domain"
-            );
+            format!("unsigned: no key for the From: domain {from_domain}")
         }
     }
 }

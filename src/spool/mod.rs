@@ -137,6 +137,10 @@ pub struct Spool {
     from_log: Mutex<Vec<Envelope>>,
     /// Bytes of recently committed log messages, so the first delivery attempt reads no disk.
     bodies: Mutex<Bodies>,
+    /// `free_space` cache: bytes, and when (ms since `opened`, 0 = never).
+    free_bytes: std::sync::atomic::AtomicU64,
+    free_checked_at: std::sync::atomic::AtomicU64,
+    opened: std::time::Instant,
 }
 
 /// The bytes of a queued message, for delivery and DSNs.
@@ -190,6 +194,9 @@ impl Spool {
                 log: Arc::new(log),
                 from_log: Mutex::new(found.into_iter().map(|f| f.envelope).collect()),
                 bodies: Mutex::new(Bodies::default()),
+                free_bytes: std::sync::atomic::AtomicU64::new(0),
+                free_checked_at: std::sync::atomic::AtomicU64::new(0),
+                opened: std::time::Instant::now(),
             }),
             rx,
         ))
@@ -210,16 +217,20 @@ impl Spool {
         }
     }
 
-    /// Bytes free for unprivileged use on the spool's filesystem.
+    /// Bytes free for unprivileged use on the spool's filesystem. While plenty is free (64 MiB
+    /// or more) a reading is reused for 100 ms (a syscall per message otherwise); near full,
+    /// every call reads it again. A write that still finds the disk full fails with 452.
     pub fn free_space(&self) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt as _;
-        let path = std::ffi::CString::new(self.queue.as_os_str().as_bytes())?;
-        // SAFETY: a valid NUL-terminated path and a zeroed out-struct, as statvfs(3) wants.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
+        let now = self.opened.elapsed().as_millis() as u64;
+        let checked = self.free_checked_at.load(Ordering::Relaxed);
+        let cached = self.free_bytes.load(Ordering::Relaxed);
+        if checked != 0 && now.saturating_sub(checked) < 100 && cached >= 64 << 20 {
+            return Ok(cached);
         }
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        let free = statvfs_free(&self.queue)?;
+        self.free_bytes.store(free, Ordering::Relaxed);
+        self.free_checked_at.store(now.max(1), Ordering::Relaxed);
+        Ok(free)
     }
 
     /// The message bytes of a queued message.
@@ -465,6 +476,17 @@ pub fn inspect(data_dir: &Path) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
     let mut out: Vec<_> = found.into_values().collect();
     out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     Ok(out)
+}
+
+fn statvfs_free(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct, as statvfs(3) wants.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
