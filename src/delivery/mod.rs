@@ -217,19 +217,35 @@ impl Deliverer {
             self.save(env).await;
         }
         let snapshot = Arc::new(env.clone());
+        // One destination (most messages): delivered in this task; several go in parallel.
+        let mut inline = None;
         let mut tasks = tokio::task::JoinSet::new();
-        for (_, (dest, idxs)) in groups {
-            let me = self.clone();
-            let snapshot = snapshot.clone();
-            tasks.spawn(async move {
-                let attempt = me.deliver_to(&dest, &snapshot, &idxs).await;
-                (idxs, attempt)
-            });
+        if groups.len() == 1 {
+            for (_, (dest, idxs)) in groups {
+                let attempt = self.deliver_to(&dest, &snapshot, &idxs).await;
+                inline = Some((idxs, attempt));
+            }
+        } else {
+            for (_, (dest, idxs)) in groups {
+                let me = self.clone();
+                let snapshot = snapshot.clone();
+                tasks.spawn(async move {
+                    let attempt = me.deliver_to(&dest, &snapshot, &idxs).await;
+                    (idxs, attempt)
+                });
+            }
         }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((idxs, attempt)) = joined else {
-                tracing::error!(queue_id = %env.id, "delivery task failed");
-                continue;
+        loop {
+            let (idxs, attempt) = match inline.take() {
+                Some(done) => done,
+                None => match tasks.join_next().await {
+                    None => break,
+                    Some(Ok(done)) => done,
+                    Some(Err(_)) => {
+                        tracing::error!(queue_id = %env.id, "delivery task failed");
+                        continue;
+                    }
+                },
             };
             if let Some(retry_at) = attempt.hold {
                 for (&i, reply) in idxs.iter().zip(attempt.replies) {

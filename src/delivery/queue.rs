@@ -90,14 +90,15 @@ pub async fn run(
             let d = d.clone();
             let tx = done_tx.clone();
             let backup = env.clone();
+            // One task per attempt; a panic in it is caught here (not by a second task around
+            // it) and the message is retried later.
             tokio::spawn(async move {
-                let handle = tokio::spawn(async move { d.deliver_message(env).await });
-                match handle.await {
+                match CatchUnwind(Box::pin(d.deliver_message(env))).await {
                     Ok(next) => {
                         let _ = tx.send((id, next, false));
                     }
-                    Err(e) => {
-                        tracing::error!(queue_id = %id, error = %e, "delivery attempt crashed");
+                    Err(()) => {
+                        tracing::error!(queue_id = %id, "delivery attempt crashed");
                         let _ = tx.send((id, Some(backup), true));
                     }
                 }
@@ -153,6 +154,25 @@ pub async fn run(
     }
 }
 
+/// A future that turns a panic while polling the inner one into `Err(())`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +199,20 @@ mod tests {
             pool: None,
             delay_warned: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_is_caught() {
+        let ok = CatchUnwind(Box::pin(async { 7 })).await;
+        assert_eq!(ok, Ok(7));
+        let crashed = CatchUnwind(Box::pin(async {
+            if now_unix() > 0 {
+                panic!("attempt crashed");
+            }
+            7
+        }))
+        .await;
+        assert_eq!(crashed, Err(()));
     }
 
     #[test]
