@@ -206,7 +206,7 @@ fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode 
             return ExitCode::from(2);
         }
     };
-    let queued = match poolrelay::spool::inspect(&config.data_dir) {
+    let queued = match poolrelay::spool::inspect_envelopes(&config.data_dir) {
         Ok(q) => q,
         Err(e) => {
             eprintln!(
@@ -219,13 +219,12 @@ fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode 
     if count {
         println!("{}", queued.len());
     } else if json {
-        let envs: Vec<_> = queued.iter().map(|(e, _)| e).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&envs).unwrap_or_default()
+            serde_json::to_string_pretty(&queued).unwrap_or_default()
         );
     } else {
-        for (env, _) in &queued {
+        for env in &queued {
             let sender = if env.sender.is_empty() {
                 "<>"
             } else {

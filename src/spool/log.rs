@@ -84,6 +84,7 @@ pub struct Log {
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     state: Arc<Mutex<State>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    deleting: Arc<Mutex<()>>,
 }
 
 impl Drop for Log {
@@ -189,7 +190,16 @@ fn parse_at(data: &[u8], pos: usize) -> Option<(Parsed<'_>, usize)> {
 
 /// Reads every segment in order: the messages not yet done, and per segment its live count.
 /// Read-only (also used to inspect a running relay's queue).
-fn scan(dir: &Path) -> io::Result<(Vec<Found>, BTreeMap<u64, usize>)> {
+/// What `scan` found.
+struct Scan {
+    found: Vec<Found>,
+    /// Live messages per segment.
+    live: BTreeMap<u64, usize>,
+    /// Segments with something unreadable besides a torn tail.
+    damaged: Vec<u64>,
+}
+
+fn scan(dir: &Path) -> io::Result<Scan> {
     let mut seqs: Vec<u64> = Vec::new();
     match std::fs::read_dir(dir) {
         Ok(rd) => {
@@ -211,6 +221,8 @@ fn scan(dir: &Path) -> io::Result<(Vec<Found>, BTreeMap<u64, usize>)> {
     let mut live: HashMap<String, Found> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut segs = BTreeMap::new();
+    // Segments with something unreadable besides a torn tail: kept for the operator.
+    let mut damaged = Vec::new();
     for seq in seqs {
         let data = match std::fs::read(dir.join(segment_name(seq))) {
             Ok(d) => d,
@@ -239,6 +251,7 @@ fn scan(dir: &Path) -> io::Result<(Vec<Found>, BTreeMap<u64, usize>)> {
                     }
                     Err(e) => {
                         tracing::error!(queue_id = id, error = %e, segment = seq, "spool log: unreadable envelope, skipped");
+                        damaged.push(seq);
                     }
                 },
                 Parsed::Done { id } => {
@@ -247,7 +260,15 @@ fn scan(dir: &Path) -> io::Result<(Vec<Found>, BTreeMap<u64, usize>)> {
             }
             pos += n;
         }
-        if pos < data.len() {
+        // A valid record after the bad spot means damage, not a torn tail.
+        if pos < data.len() && (pos + 1..data.len()).any(|p| parse_at(&data, p).is_some()) {
+            tracing::error!(
+                segment = seq,
+                offset = pos,
+                "spool log: damaged record in the middle of a segment; records after it are skipped"
+            );
+            damaged.push(seq);
+        } else if pos < data.len() {
             // Normal after a crash mid-batch (never acknowledged) or a failed write.
             tracing::info!(
                 segment = seq,
@@ -264,13 +285,24 @@ fn scan(dir: &Path) -> io::Result<(Vec<Found>, BTreeMap<u64, usize>)> {
             found.push(f);
         }
     }
-    Ok((found, segs))
+    damaged.dedup();
+    Ok(Scan {
+        found,
+        live: segs,
+        damaged,
+    })
 }
 
 /// Messages in the log of `data_dir/spool/log` that are not done, without changing anything.
-pub fn inspect(log_dir: &Path) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
-    let (found, _) = scan(log_dir)?;
+pub fn inspect(log_dir: &Path, bodies: bool) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
+    let found = scan(log_dir)?.found;
     let mut out = Vec::with_capacity(found.len());
+    if !bodies {
+        return Ok(found
+            .into_iter()
+            .map(|f| (f.envelope, Vec::new()))
+            .collect());
+    }
     for f in found {
         let file = match File::open(log_dir.join(segment_name(f.loc.seg))) {
             Ok(f) => f,
@@ -293,7 +325,24 @@ impl Log {
 
     fn open_with(dir: &Path, segment_max: u64) -> io::Result<(Log, Vec<Found>)> {
         std::fs::create_dir_all(dir)?;
-        let (found, counts) = scan(dir)?;
+        let Scan {
+            found,
+            live: counts,
+            damaged,
+        } = scan(dir)?;
+        for seq in damaged {
+            // A hard link: the bytes stay for the operator when the segment itself goes.
+            let keep = dir.join(format!("damaged-{}", segment_name(seq)));
+            match std::fs::hard_link(dir.join(segment_name(seq)), &keep) {
+                Ok(()) => {
+                    tracing::error!(segment = seq, copy = %keep.display(), "spool log: kept a copy of a damaged segment")
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    tracing::error!(segment = seq, error = %e, "spool log: cannot keep a copy of a damaged segment")
+                }
+            }
+        }
         let mut state = State::default();
         for (seq, live) in counts {
             let reader = Arc::new(File::open(dir.join(segment_name(seq)))?);
@@ -306,6 +355,7 @@ impl Log {
         let state = Arc::new(Mutex::new(state));
         let mut writer = Writer::start(dir, next, &state)?;
         writer.segment_max = segment_max;
+        let deleting = writer.deleting.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("spool-log".into())
@@ -315,6 +365,7 @@ impl Log {
             ops: Mutex::new(Some(tx)),
             state,
             thread: Some(thread),
+            deleting,
         };
         log.delete_finished_segments();
         Ok((log, found))
@@ -406,11 +457,14 @@ impl Log {
 
     /// Deletes segments from the oldest while every message in them is done.
     fn delete_finished_segments(&self) {
-        delete_finished(&self.dir, &self.state);
+        delete_finished(&self.dir, &self.state, &self.deleting);
     }
 }
 
-fn delete_finished(dir: &Path, state: &Mutex<State>) {
+fn delete_finished(dir: &Path, state: &Mutex<State>, deleting: &Mutex<()>) {
+    // Two deleters must not unlink out of order (a crash between could keep an old segment
+    // whose done records were in a newer one already gone).
+    let _one_at_a_time = deleting.lock().unwrap_or_else(|e| e.into_inner());
     let doomed: Vec<u64> = {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         let current = st.current;
@@ -445,6 +499,10 @@ struct Writer {
     len: u64,
     /// A write or sync failed, or the segment is full: start a new one before the next batch.
     broken: bool,
+    /// Number of the next segment to create.
+    next_seq: u64,
+    /// Serialises segment deletion with `Log::done`'s.
+    deleting: Arc<Mutex<()>>,
     segment_max: u64,
     /// Done records gathered for the next write.
     pending_done: Vec<u8>,
@@ -462,6 +520,8 @@ impl Writer {
             seq,
             len: 0,
             broken: false,
+            next_seq: seq + 1,
+            deleting: Arc::default(),
             segment_max: SEGMENT_MAX,
             pending_done: Vec::new(),
             unsynced_since: None,
@@ -566,13 +626,19 @@ impl Writer {
     /// fdatasync; the message locations of `ops`.
     fn try_write(&mut self, ops: &[Op], buf: &mut Vec<u8>, sync: bool) -> io::Result<Vec<Loc>> {
         if self.broken {
-            let seq = self.seq + 1;
+            // Done records written without a sync are synced before the segment is left.
+            if self.unsynced_since.take().is_some() {
+                let _ = self.file.sync_data();
+            }
+            // A number is never tried twice (a failed creation may leave the name taken).
+            let seq = self.next_seq;
+            self.next_seq += 1;
             self.file = new_segment(&self.dir, seq, &self.state)?;
             self.seq = seq;
             self.len = 0;
             self.broken = false;
             // The old segment may be finished already: nobody else would look at it now.
-            delete_finished(&self.dir, &self.state);
+            delete_finished(&self.dir, &self.state, &self.deleting);
         }
         buf.clear();
         buf.extend_from_slice(&self.pending_done);
@@ -595,14 +661,22 @@ impl Writer {
             });
             buf.extend_from_slice(op.record());
         }
-        let written = self
-            .file
-            .write_all_at(buf, self.len)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
-            // Cut the partial batch off so nothing follows garbage; the segment is done with.
+        if let Err(e) = self.file.write_all_at(buf, self.len) {
+            // Cut the partial batch off so nothing follows garbage. A segment cut back cleanly
+            // goes on being used: a full disk must not make a new segment per failed write.
+            let cut = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data());
+            if cut.is_err() {
+                self.broken = true;
+            }
+            return Err(e);
+        }
+        if sync && let Err(e) = self.file.sync_data() {
+            // What the failed sync covered is uncertain: this batch is cut off and the
+            // segment left for a new one.
             let _ = self.file.set_len(self.len);
-            let _ = self.file.sync_data();
             self.broken = true;
             return Err(e);
         }
@@ -633,7 +707,13 @@ fn new_segment(dir: &Path, seq: u64, state: &Mutex<State>) -> io::Result<File> {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    let reader = Arc::new(file.try_clone()?);
+    let reader = match file.try_clone() {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.segs.insert(seq, SegInfo { live: 0, reader });
     st.current = seq;
@@ -708,7 +788,7 @@ mod tests {
         assert_eq!(ids(&found), ["A", "C"]);
         assert_eq!(log.read("A").unwrap(), b"A".repeat(100));
         assert_eq!(log.live_count(), 2);
-        assert_eq!(inspect(&dir).unwrap().len(), 2);
+        assert_eq!(inspect(&dir, true).unwrap().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -731,11 +811,53 @@ mod tests {
             .unwrap();
         let (log, found) = Log::open(&dir).unwrap();
         assert_eq!(ids(&found), ["A"]);
+        assert!(
+            segments(&dir).iter().all(|n| !n.starts_with("damaged-")),
+            "a torn tail is not damage"
+        );
         log.append(&env("C"), b"cccc").await.unwrap();
         drop(log);
         let (_log, found) = Log::open(&dir).unwrap();
         assert_eq!(ids(&found), ["A", "C"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A bad record with good ones after it is damage, not a torn tail: recovery keeps what it
+    /// can read and a hard-linked copy of the segment for the operator, as it does for a
+    /// record whose envelope it cannot read.
+    #[tokio::test]
+    async fn damaged_segments_are_kept_for_the_operator() {
+        let dir = tempdir("damaged");
+        let (log, _) = Log::open(&dir).unwrap();
+        let a = log.append(&env("A"), b"aaaa").await.unwrap();
+        log.append(&env("B"), b"bbbb").await.unwrap();
+        drop(log);
+        let seg = dir.join(segment_name(1));
+        let mut data = std::fs::read(&seg).unwrap();
+        data[a.offset as usize] ^= 0xff; // A's body: its CRC no longer matches
+        std::fs::write(&seg, &data).unwrap();
+        let (log, found) = Log::open(&dir).unwrap();
+        assert!(ids(&found).is_empty(), "nothing after the damage is trusted");
+        assert!(dir.join(format!("damaged-{}", segment_name(1))).exists());
+        drop(log);
+
+        let dir2 = tempdir("badenv");
+        let (log, _) = Log::open(&dir2).unwrap();
+        log.append(&env("A"), b"aaaa").await.unwrap();
+        drop(log);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir2.join(segment_name(1)))
+            .unwrap();
+        let (rec, _) = message_record("X", b"{not an envelope", b"x");
+        std::io::Write::write_all(&mut f, &rec).unwrap();
+        drop(f);
+        let (_log, found) = Log::open(&dir2).unwrap();
+        assert_eq!(ids(&found), ["A"]);
+        assert!(dir2.join(format!("damaged-{}", segment_name(1))).exists());
+        for d in [dir, dir2] {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 
     /// A full disk (here /dev/full as the segment): the batch fails, nothing is recorded, and
@@ -778,7 +900,7 @@ mod tests {
             .unwrap();
         assert_eq!(locs[0].seg, 2);
         assert_eq!(state.lock().unwrap().current, 2);
-        let (found, _) = scan(&dir).unwrap();
+        let found = scan(&dir).unwrap().found;
         assert_eq!(ids(&found), ["B"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

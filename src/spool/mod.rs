@@ -175,6 +175,8 @@ impl Spool {
         let queue = root.join("queue");
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(&queue)?;
+        // Made here, before `root` is fsynced: its entry must be durable with the others.
+        std::fs::create_dir_all(root.join("log"))?;
         // Directories made just now must be durable too, or the first messages' 250 is a lie.
         for dir in [&root, data_dir] {
             std::fs::File::open(dir)?.sync_all()?;
@@ -245,11 +247,16 @@ impl Spool {
             return Ok(Body::Memory(b.clone()));
         }
         if self.log.contains(id) {
-            let (log, id) = (self.log.clone(), id.to_string());
-            let bytes = tokio::task::spawn_blocking(move || log.read(&id))
+            let (log, key) = (self.log.clone(), id.to_string());
+            match tokio::task::spawn_blocking(move || log.read(&key))
                 .await
-                .map_err(io::Error::other)??;
-            return Ok(Body::Memory(Arc::new(bytes)));
+                .map_err(io::Error::other)?
+            {
+                Ok(bytes) => return Ok(Body::Memory(Arc::new(bytes))),
+                // Moved to files meanwhile (another destination's task saved it).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(Body::File(self.message_path(id)))
     }
@@ -400,14 +407,15 @@ impl Spool {
                 .and_then(|()| write_synced(&tmp_env, &bytes))
                 .and_then(|()| std::fs::rename(&tmp_msg, &msg))
                 .and_then(|()| std::fs::rename(&tmp_env, &dest));
-            if let Err(e) = moved {
-                // The log copy stays in force; leave nothing half-moved behind.
-                for p in [&tmp_msg, &tmp_env, &msg] {
+            if let Err(e) = moved.and_then(|()| sync.sync()) {
+                // The log copy stays in force; leave nothing half-moved behind (files left
+                // after a failed directory fsync would later come back as a second copy).
+                for p in [&tmp_msg, &tmp_env, &dest, &msg] {
                     let _ = std::fs::remove_file(p);
                 }
                 return Err(e);
             }
-            sync.sync()
+            Ok(())
         })
         .await?;
         self.log.done(&env.id);
@@ -450,32 +458,54 @@ impl Spool {
 /// Every queued message under `data_dir` (envelope and bytes), read without changing anything:
 /// for tests and for inspecting a stopped or running relay's queue.
 pub fn inspect(data_dir: &Path) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
+    inspect_queue(data_dir, true)
+}
+
+/// `inspect` without the message bytes (memory stays small for a large queue).
+pub fn inspect_envelopes(data_dir: &Path) -> io::Result<Vec<Envelope>> {
+    Ok(inspect_queue(data_dir, false)?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect())
+}
+
+fn inspect_queue(data_dir: &Path, bodies: bool) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
     let spool = data_dir.join("spool");
     // The log first: a message moving to files is marked done in the log only after its
     // files exist, so reading in this order never misses it.
-    let mut found: HashMap<String, (Envelope, Vec<u8>)> = log::inspect(&spool.join("log"))?
+    let mut found: HashMap<String, (Envelope, Vec<u8>)> = log::inspect(&spool.join("log"), bodies)?
         .into_iter()
         .map(|(env, msg)| (env.id.clone(), (env, msg)))
         .collect();
-    if let Ok(rd) = std::fs::read_dir(spool.join("queue")) {
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.extension().is_some_and(|x| x == "env") {
-                let (Ok(text), Ok(msg)) = (
-                    std::fs::read(&path),
-                    std::fs::read(path.with_extension("msg")),
-                ) else {
-                    continue;
-                };
-                if let Ok(env) = serde_json::from_slice::<Envelope>(&text) {
-                    found.insert(env.id.clone(), (env, msg));
-                }
+    let entries = match std::fs::read_dir(spool.join("queue")) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(sorted(found)),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "env") {
+            let msg = if bodies {
+                std::fs::read(path.with_extension("msg"))
+            } else {
+                std::fs::metadata(path.with_extension("msg")).map(|_| Vec::new())
+            };
+            // Either gone meanwhile (finished) or not complete yet.
+            let (Ok(text), Ok(msg)) = (std::fs::read(&path), msg) else {
+                continue;
+            };
+            if let Ok(env) = serde_json::from_slice::<Envelope>(&text) {
+                found.insert(env.id.clone(), (env, msg));
             }
         }
     }
+    Ok(sorted(found))
+}
+
+fn sorted(found: HashMap<String, (Envelope, Vec<u8>)>) -> Vec<(Envelope, Vec<u8>)> {
     let mut out: Vec<_> = found.into_values().collect();
     out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-    Ok(out)
+    out
 }
 
 fn statvfs_free(path: &Path) -> io::Result<u64> {
