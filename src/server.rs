@@ -15,6 +15,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .recover()
         .map_err(|e| format!("spool recovery failed: {e}"))?;
     tracing::info!(messages = recovered.len(), "spool recovered");
+    spool.start_compaction();
     let signer = Arc::new(
         crate::signing::Signer::from_config(&config).map_err(|errs| {
             errs.iter()

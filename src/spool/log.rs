@@ -43,6 +43,8 @@ pub struct Loc {
     pub seg: u64,
     pub offset: u64,
     pub len: u64,
+    /// Where the whole record starts (header), for reading the envelope back.
+    pub record: u64,
 }
 
 struct SegInfo {
@@ -245,6 +247,7 @@ fn scan(dir: &Path) -> io::Result<Scan> {
                             seg: seq,
                             offset: body_at as u64,
                             len: body_len as u64,
+                            record: pos as u64,
                         };
                         order.push(id.to_string());
                         live.insert(id.to_string(), Found { envelope, loc });
@@ -323,7 +326,7 @@ impl Log {
         Self::open_with(dir, SEGMENT_MAX)
     }
 
-    fn open_with(dir: &Path, segment_max: u64) -> io::Result<(Log, Vec<Found>)> {
+    pub(super) fn open_with(dir: &Path, segment_max: u64) -> io::Result<(Log, Vec<Found>)> {
         std::fs::create_dir_all(dir)?;
         let Scan {
             found,
@@ -438,18 +441,59 @@ impl Log {
         true
     }
 
+    /// Messages that keep finished segments from being deleted: when more than `max_old`
+    /// segments wait behind the oldest one still holding a message, that segment's messages
+    /// (a slow first attempt, a message stuck behind a busy destination) are returned so they
+    /// can move to files and the segments can go.
+    pub fn pinning(&self, max_old: usize) -> Vec<String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let old = st.segs.keys().filter(|&&s| s != st.current).count();
+        let Some((&oldest, _)) = st.segs.first_key_value() else {
+            return Vec::new();
+        };
+        if old <= max_old || oldest == st.current {
+            return Vec::new();
+        }
+        st.live
+            .iter()
+            .filter(|(_, loc)| loc.seg == oldest)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The envelope as committed and the message bytes (blocking read).
+    pub fn read_message(&self, id: &str) -> io::Result<(Envelope, Vec<u8>)> {
+        let (loc, file) = self.locate(id)?;
+        let len = HEADER as u64 + (loc.offset - loc.record - HEADER as u64) + loc.len;
+        let mut buf = vec![0; len as usize];
+        file.read_exact_at(&mut buf, loc.record)?;
+        match parse_at(&buf, 0) {
+            Some((Parsed::Message { envelope, .. }, _)) => {
+                let env = serde_json::from_slice(envelope).map_err(io::Error::other)?;
+                let body = buf[loc.offset as usize - loc.record as usize..].to_vec();
+                Ok((env, body))
+            }
+            _ => Err(io::Error::other("spool log: record unreadable")),
+        }
+    }
+
+    fn locate(&self, id: &str) -> io::Result<(Loc, Arc<File>)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let loc = *st
+            .live
+            .get(id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the log"))?;
+        let file = st
+            .segs
+            .get(&loc.seg)
+            .map(|s| s.reader.clone())
+            .ok_or_else(|| io::Error::other("segment missing"))?;
+        Ok((loc, file))
+    }
+
     /// The message bytes (blocking read from the page cache or disk).
     pub fn read(&self, id: &str) -> io::Result<Vec<u8>> {
-        let (loc, file) = {
-            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let loc = *st
-                .live
-                .get(id)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in the log"))?;
-            let file = st.segs.get(&loc.seg).map(|s| s.reader.clone());
-            (loc, file)
-        };
-        let file = file.ok_or_else(|| io::Error::other("segment missing"))?;
+        let (loc, file) = self.locate(id)?;
         let mut buf = vec![0; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)?;
         Ok(buf)
@@ -652,11 +696,13 @@ impl Writer {
                     seg: self.seq,
                     offset: at + *body_at as u64,
                     len: (record.len() - body_at) as u64,
+                    record: at,
                 },
                 Op::Done { .. } => Loc {
                     seg: self.seq,
                     offset: at,
                     len: 0,
+                    record: at,
                 },
             });
             buf.extend_from_slice(op.record());
@@ -837,7 +883,10 @@ mod tests {
         data[a.offset as usize] ^= 0xff; // A's body: its CRC no longer matches
         std::fs::write(&seg, &data).unwrap();
         let (log, found) = Log::open(&dir).unwrap();
-        assert!(ids(&found).is_empty(), "nothing after the damage is trusted");
+        assert!(
+            ids(&found).is_empty(),
+            "nothing after the damage is trusted"
+        );
         assert!(dir.join(format!("damaged-{}", segment_name(1))).exists());
         drop(log);
 

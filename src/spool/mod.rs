@@ -137,6 +137,8 @@ pub struct Spool {
     from_log: Mutex<Vec<Envelope>>,
     /// Bytes of recently committed log messages, so the first delivery attempt reads no disk.
     bodies: Mutex<Bodies>,
+    /// One move from the log to files at a time (compaction, a deferral, a removal).
+    moves: tokio::sync::Mutex<()>,
     /// `free_space` cache: bytes, and when (ms since `opened`, 0 = never).
     free_bytes: std::sync::atomic::AtomicU64,
     free_checked_at: std::sync::atomic::AtomicU64,
@@ -155,6 +157,9 @@ struct Bodies {
     bytes: usize,
 }
 
+/// Finished log segments allowed to wait behind the oldest live one before its messages move.
+const MAX_PINNED_SEGMENTS: usize = 4;
+
 /// Memory for `Bodies` at most; past it, delivery reads the log (page cache, usually).
 const BODY_CACHE_MAX: usize = 64 << 20;
 
@@ -170,6 +175,13 @@ impl Spool {
     /// Opens (creating) `data_dir/spool`. Every committed envelope is also sent on the returned
     /// channel, which the delivery scheduler reads.
     pub fn open(data_dir: &Path) -> io::Result<(Arc<Spool>, mpsc::UnboundedReceiver<Envelope>)> {
+        Self::open_with(data_dir, None)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        segment_max: Option<u64>,
+    ) -> io::Result<(Arc<Spool>, mpsc::UnboundedReceiver<Envelope>)> {
         let root = data_dir.join("spool");
         let tmp = root.join("tmp");
         let queue = root.join("queue");
@@ -185,7 +197,10 @@ impl Spool {
         if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
         }
-        let (log, found) = log::Log::open(&root.join("log"))?;
+        let (log, found) = match segment_max {
+            Some(max) => log::Log::open_with(&root.join("log"), max)?,
+            None => log::Log::open(&root.join("log"))?,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Arc::new(Spool {
@@ -196,6 +211,7 @@ impl Spool {
                 log: Arc::new(log),
                 from_log: Mutex::new(found.into_iter().map(|f| f.envelope).collect()),
                 bodies: Mutex::new(Bodies::default()),
+                moves: tokio::sync::Mutex::new(()),
                 free_bytes: std::sync::atomic::AtomicU64::new(0),
                 free_checked_at: std::sync::atomic::AtomicU64::new(0),
                 opened: std::time::Instant::now(),
@@ -391,10 +407,25 @@ impl Spool {
     /// Writes a log message and its new envelope as files in `queue/`, then marks it done in
     /// the log. A crash in between leaves it in both; recovery takes the files.
     async fn move_from_log(&self, env: &Envelope) -> io::Result<()> {
+        let _one_move = self.moves.lock().await;
+        if !self.log.contains(&env.id) {
+            // Moved meanwhile (compaction): the files take the new envelope.
+            drop(_one_move);
+            return Box::pin(self.save_envelope(env)).await;
+        }
         let body = match self.body(&env.id).await? {
             Body::Memory(b) => b,
             Body::File(_) => return Err(io::Error::other("message not in the log")),
         };
+        self.write_files(env, body).await?;
+        self.log.done(&env.id);
+        self.uncache_body(&env.id);
+        Ok(())
+    }
+
+    /// `ID.msg` and `ID.env` into `queue/` (tmp, fsync, rename, directory fsync), for a message
+    /// leaving the log. On any failure nothing of it is left in `queue/`.
+    async fn write_files(&self, env: &Envelope, body: Arc<Vec<u8>>) -> io::Result<()> {
         let bytes = serde_json::to_vec(env)?;
         let (tmp_msg, tmp_env) = (
             self.tmp.join(format!("{}.msg", env.id)),
@@ -417,10 +448,50 @@ impl Spool {
             }
             Ok(())
         })
-        .await?;
-        self.log.done(&env.id);
-        self.uncache_body(&env.id);
-        Ok(())
+        .await
+    }
+
+    /// Moves the messages that keep old finished log segments alive to files, so those
+    /// segments can be deleted (one slow first attempt must not pin the disk behind it).
+    pub async fn compact(&self) {
+        for id in self.log.pinning(MAX_PINNED_SEGMENTS) {
+            let _one_move = self.moves.lock().await;
+            if !self.log.contains(&id) {
+                continue;
+            }
+            let (log, key) = (self.log.clone(), id.clone());
+            let read = tokio::task::spawn_blocking(move || log.read_message(&key))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+            let moved = match read {
+                Ok((env, body)) => self.write_files(&env, Arc::new(body)).await,
+                Err(e) => Err(e),
+            };
+            match moved {
+                Ok(()) => {
+                    self.log.done(&id);
+                    self.uncache_body(&id);
+                    tracing::info!(queue_id = %id, "spool: moved from the log to files (it kept old log segments alive)");
+                }
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "spool: cannot move a message out of the log");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs `compact` every few seconds.
+    pub fn start_compaction(self: &Arc<Self>) {
+        let spool = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                spool.compact().await;
+            }
+        });
     }
 
     /// Removes a finished message: envelope first, so a crash in between leaves only debris that
@@ -429,8 +500,12 @@ impl Spool {
     /// delivers it again).
     pub async fn remove(&self, id: &str) -> io::Result<()> {
         self.uncache_body(id);
-        if self.log.done(id) {
-            return Ok(());
+        {
+            // Not while the message is being moved to files (it would leave them behind).
+            let _no_move = self.moves.lock().await;
+            if self.log.done(id) {
+                return Ok(());
+            }
         }
         let (env, msg) = (self.envelope_path(id), self.message_path(id));
         let sync = self.queue_sync.clone();
@@ -978,6 +1053,58 @@ mod tests {
         );
         assert!(st.settled(3).unwrap().is_ok());
         drop(st);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One message stuck in its first attempt must not keep every later log segment: past
+    /// MAX_PINNED_SEGMENTS finished ones behind it, it moves to files and they are deleted.
+    #[tokio::test]
+    async fn a_message_pinning_old_segments_moves_to_files() {
+        let dir = tempdir();
+        // Every batch fills a segment: one message per segment.
+        let (spool, _rx) = Spool::open_with(&dir, Some(1)).unwrap();
+        let store = |body: &'static [u8]| {
+            let spool = spool.clone();
+            async move {
+                spool
+                    .store(
+                        Envelope {
+                            id: Spool::new_id(),
+                            ..envelope()
+                        },
+                        body,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let stuck = store(b"Subject: stuck\r\n\r\nx\r\n").await;
+        spool.compact().await;
+        assert!(!spool.message_path(&stuck.id).exists(), "nothing to do yet");
+        for _ in 0..(MAX_PINNED_SEGMENTS + 2) {
+            let e = store(b"Subject: quick\r\n\r\ny\r\n").await;
+            spool.remove(&e.id).await.unwrap();
+        }
+        let log_dir = dir.join("spool/log");
+        let segments = || std::fs::read_dir(&log_dir).unwrap().count();
+        assert!(
+            segments() > MAX_PINNED_SEGMENTS,
+            "kept alive by the stuck one"
+        );
+        spool.compact().await;
+        assert!(spool.message_path(&stuck.id).exists());
+        assert!(!spool.log.contains(&stuck.id));
+        assert!(segments() <= 2, "{} segments left", segments());
+        // Its delivery goes on as before: the files hold it; removal removes them.
+        assert!(matches!(
+            spool.body(&stuck.id).await.unwrap(),
+            Body::File(_)
+        ));
+        let q = inspect(&dir).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].1, b"Subject: stuck\r\n\r\nx\r\n");
+        spool.remove(&stuck.id).await.unwrap();
+        assert!(inspect(&dir).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
