@@ -196,15 +196,20 @@ fn dkim_keygen(
     }
 }
 
-fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode {
-    let config = match Config::load(config) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(2);
+/// The config, or its errors printed (file:line) and exit code 2.
+fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        for e in errors {
+            eprintln!("{e}");
         }
+        ExitCode::from(2)
+    })
+}
+
+fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode {
+    let config = match load_or_report(config) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let queued = match poolrelay::spool::inspect_envelopes(&config.data_dir) {
         Ok(q) => q,
@@ -251,14 +256,9 @@ fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode 
 
 fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
     use poolrelay::admin::client;
-    let config = match Config::load(config) {
+    let config = match load_or_report(config) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let Some(admin) = config.admin else {
         eprintln!("poolrelay pool: the config has no [admin] listen address");

@@ -176,29 +176,11 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::Recipient;
 
     fn env(id: &str, next: u64) -> Envelope {
-        let mut r = Recipient::new("a@b.test".into());
-        r.next_attempt = next;
-        Envelope {
-            id: id.into(),
-            received_at: 0,
-            sender: String::new(),
-            recipients: vec![r],
-            client: "local".into(),
-            helo: String::new(),
-            user: None,
-            size: 0,
-            smtputf8: false,
-            body_8bit: false,
-            prepend: String::new(),
-            ret: None,
-            envid: None,
-            is_dsn: false,
-            pool: None,
-            delay_warned: false,
-        }
+        let mut e = crate::spool::test_envelope(id);
+        e.recipients[0].next_attempt = next;
+        e
     }
 
     #[tokio::test]

@@ -769,27 +769,9 @@ fn new_segment(dir: &Path, seq: u64, state: &Mutex<State>) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::Recipient;
 
     fn env(id: &str) -> Envelope {
-        Envelope {
-            id: id.into(),
-            received_at: 1,
-            sender: "a@b.test".into(),
-            recipients: vec![Recipient::new("c@d.test".into())],
-            client: "127.0.0.1".into(),
-            helo: String::new(),
-            user: None,
-            size: 0,
-            smtputf8: false,
-            body_8bit: false,
-            prepend: String::new(),
-            ret: None,
-            envid: None,
-            is_dsn: false,
-            pool: None,
-            delay_warned: false,
-        }
+        crate::spool::test_envelope(id)
     }
 
     fn tempdir(name: &str) -> PathBuf {

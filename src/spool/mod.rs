@@ -857,29 +857,35 @@ impl Drop for MessageWriter {
     }
 }
 
+/// An envelope for unit tests: one recipient, nothing else set.
+#[cfg(test)]
+pub(crate) fn test_envelope(id: &str) -> Envelope {
+    Envelope {
+        id: id.into(),
+        received_at: now_unix(),
+        sender: "a@b.test".into(),
+        recipients: vec![Recipient::new("c@d.test".into())],
+        client: "127.0.0.1".into(),
+        helo: String::new(),
+        user: None,
+        size: 0,
+        smtputf8: false,
+        body_8bit: false,
+        prepend: String::new(),
+        ret: None,
+        envid: None,
+        is_dsn: false,
+        pool: None,
+        delay_warned: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn envelope() -> Envelope {
-        Envelope {
-            id: String::new(),
-            received_at: now_unix(),
-            sender: "a@b.test".into(),
-            recipients: vec![Recipient::new("c@d.test".into())],
-            client: "127.0.0.1".into(),
-            helo: "h".into(),
-            user: None,
-            size: 0,
-            smtputf8: false,
-            body_8bit: false,
-            prepend: String::new(),
-            ret: None,
-            envid: None,
-            is_dsn: false,
-            pool: None,
-            delay_warned: false,
-        }
+        test_envelope("")
     }
 
     #[tokio::test]
