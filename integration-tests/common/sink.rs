@@ -157,6 +157,13 @@ impl SinkBuilder {
 }
 
 /// rustls server config from PEM files.
+fn bind_all(addrs: &[IpAddr], port: u16) -> std::io::Result<Vec<std::net::TcpListener>> {
+    addrs
+        .iter()
+        .map(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, port)))
+        .collect()
+}
+
 pub fn server_tls_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
     super::client::install_crypto_provider();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -205,7 +212,20 @@ impl Sink {
     }
 
     fn start_with(b: SinkBuilder) -> Sink {
-        let port = b.port.unwrap_or_else(|| free_port_on(&b.addrs));
+        // A port found free can be taken again before the listeners bind (parallel tests, a
+        // real Postfix's connections): with no port asked for, bind first, then keep them.
+        let (port, std_listeners) = match b.port {
+            Some(p) => (
+                p,
+                bind_all(&b.addrs, p).unwrap_or_else(|e| panic!("sink bind {p}: {e}")),
+            ),
+            None => (0..20)
+                .find_map(|_| {
+                    let p = free_port_on(&b.addrs);
+                    bind_all(&b.addrs, p).ok().map(|l| (p, l))
+                })
+                .expect("sink: no port free on all its addresses"),
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -221,10 +241,7 @@ impl Sink {
         });
         // std bind + from_std under `enter`: works even when called from an async test.
         let guard = rt.enter();
-        for ip in &b.addrs {
-            let addr = SocketAddr::new(*ip, port);
-            let std_listener = std::net::TcpListener::bind(addr)
-                .unwrap_or_else(|e| panic!("sink bind {addr}: {e}"));
+        for std_listener in std_listeners {
             std_listener.set_nonblocking(true).expect("nonblocking");
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
             let ctx = ctx.clone();
