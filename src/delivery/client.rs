@@ -635,31 +635,35 @@ impl Session {
         message: &Body,
     ) -> mail_send::Result<Response<String>> {
         let timeout = self.client.timeout;
-        // Log messages are in memory; small files are read in one trip to the blocking pool;
-        // large ones stream.
-        let body: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send + '_>> = match message {
-            Body::Memory(bytes) => Box::pin(&bytes[..]),
-            Body::File(path) if env.size <= 64 * 1024 => Box::pin(std::io::Cursor::new(
-                tokio::fs::read(path).await.map_err(mail_send::Error::Io)?,
-            )),
-            Body::File(path) => Box::pin(
-                tokio::fs::File::open(path)
+        // A bound for the whole body; each reply still has `timeout`.
+        let limit = timeout * 4 + Duration::from_secs(env.size / 10_000);
+        let prepend = env.prepend.as_bytes();
+        let stream = &mut self.client.stream;
+        // Log messages are in memory and small files are read in one trip to the blocking
+        // pool: stuffed into one buffer, one write. Large ones stream.
+        let written = match message {
+            Body::File(path) if env.size > 64 * 1024 => {
+                let file = tokio::fs::File::open(path)
                     .await
-                    .map_err(mail_send::Error::Io)?,
-            ),
+                    .map_err(mail_send::Error::Io)?;
+                tokio::time::timeout(limit, write_dot_stuffed(stream, prepend, file)).await
+            }
+            small => {
+                let out = match small {
+                    Body::Memory(bytes) => dot_stuffed(prepend, bytes),
+                    Body::File(path) => dot_stuffed(
+                        prepend,
+                        &tokio::fs::read(path).await.map_err(mail_send::Error::Io)?,
+                    ),
+                };
+                tokio::time::timeout(limit, async {
+                    stream.write_all(&out).await?;
+                    stream.flush().await
+                })
+                .await
+            }
         };
-        match tokio::time::timeout(
-            // A generous bound for the whole body; each reply still has `timeout`.
-            timeout * 4 + Duration::from_secs(env.size / 10_000),
-            write_dot_stuffed_sized(
-                &mut self.client.stream,
-                env.prepend.as_bytes(),
-                body,
-                env.size,
-            ),
-        )
-        .await
-        {
+        match written {
             Ok(r) => r.map_err(mail_send::Error::Io)?,
             Err(_) => return Err(mail_send::Error::Timeout),
         }
@@ -690,55 +694,88 @@ pub async fn write_dot_stuffed_sized<W: AsyncWrite + Unpin, R: AsyncRead + Unpin
     size: u64,
 ) -> io::Result<()> {
     let size = usize::try_from(size).unwrap_or(usize::MAX).min(64 * 1024);
-    let mut line_start = true;
-    let mut last_two = [0u8; 2];
+    let mut stuffer = DotStuffer::default();
     let mut outbuf = Vec::with_capacity(prepend.len() + size + size / 16 + 8);
     let mut inbuf = vec![0u8; size + 1];
-    let mut feed = |chunk: &[u8], outbuf: &mut Vec<u8>| {
-        // Line by line (up to each CR or LF), not byte by byte.
-        let mut rest = chunk;
-        while let Some(&first) = rest.first() {
-            if first == b'.' && line_start {
-                outbuf.push(b'.');
-            }
-            match memchr::memchr2(b'\n', b'\r', rest) {
-                Some(i) => {
-                    outbuf.extend_from_slice(&rest[..=i]);
-                    line_start = true;
-                    rest = &rest[i + 1..];
-                }
-                None => {
-                    outbuf.extend_from_slice(rest);
-                    line_start = false;
-                    rest = &[];
-                }
-            }
-        }
-        match *chunk {
-            [.., a, b] => last_two = [a, b],
-            [b] => last_two = [last_two[1], b],
-            [] => {}
-        }
-    };
-    feed(prepend, &mut outbuf);
+    stuffer.feed(prepend, &mut outbuf);
     loop {
         let n = body.read(&mut inbuf).await?;
         if n == 0 {
             break;
         }
-        feed(&inbuf[..n], &mut outbuf);
+        stuffer.feed(&inbuf[..n], &mut outbuf);
         if outbuf.len() >= 64 * 1024 {
             out.write_all(&outbuf).await?;
             outbuf.clear();
         }
     }
-    let empty = last_two == [0, 0];
-    if !empty && last_two != *b"\r\n" {
-        outbuf.extend_from_slice(b"\r\n");
-    }
-    outbuf.extend_from_slice(b".\r\n");
+    stuffer.finish(&mut outbuf);
     out.write_all(&outbuf).await?;
     out.flush().await
+}
+
+/// `prepend` then `body` dot-stuffed and terminated, in one buffer: for a message already in
+/// memory (no read buffer, no second copy).
+pub fn dot_stuffed(prepend: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prepend.len() + body.len() + body.len() / 16 + 8);
+    let mut stuffer = DotStuffer::default();
+    stuffer.feed(prepend, &mut out);
+    stuffer.feed(body, &mut out);
+    stuffer.finish(&mut out);
+    out
+}
+
+/// Dot-stuffing state carried across chunks.
+struct DotStuffer {
+    line_start: bool,
+    last_two: [u8; 2],
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            line_start: true,
+            last_two: [0, 0],
+        }
+    }
+}
+
+impl DotStuffer {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        // Line by line (up to each CR or LF), not byte by byte.
+        let mut rest = chunk;
+        while let Some(&first) = rest.first() {
+            if first == b'.' && self.line_start {
+                out.push(b'.');
+            }
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..=i]);
+                    self.line_start = true;
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    self.line_start = false;
+                    rest = &[];
+                }
+            }
+        }
+        match *chunk {
+            [.., a, b] => self.last_two = [a, b],
+            [b] => self.last_two = [self.last_two[1], b],
+            [] => {}
+        }
+    }
+
+    /// CRLF unless the content ends in one (or is empty), then the terminating dot.
+    fn finish(&self, out: &mut Vec<u8>) {
+        let empty = self.last_two == [0, 0];
+        if !empty && self.last_two != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 #[cfg(test)]
@@ -798,6 +835,11 @@ mod tests {
                     .unwrap();
                 assert_eq!(pieces, whole, "{body:?} read {} at a time", size + 1);
             }
+            assert_eq!(
+                dot_stuffed(b"P: q\r\n", body.as_bytes()),
+                whole,
+                "{body:?} in memory"
+            );
         }
         let mut out = Vec::new();
         write_dot_stuffed(&mut out, b"", &b".a\r\n.\r\n..\r\nx.\r\n."[..])
