@@ -55,11 +55,16 @@
 //!   strings), `remove(name, RecordType::MX)`, `remove_name`, `add_empty_name`,
 //!   `set_fail(name, bool)` (SERVFAIL), `set_ttl` (default 0), `queries()`. Unknown names are
 //!   NXDOMAIN, known names without the type NOERROR/no data.
+//! - `RelayConfig::new().dns(&dns).delivery_port(p).admin().provider(..).pool(..)
+//!   .section(raw).to_toml()`: the one config builder (`config.rs`); `admin::{http,
+//!   pool_status, ip_entry, hold_of}` talk to the admin API.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin;
 pub mod certs;
 pub mod client;
+pub mod config;
 pub mod dns;
 pub mod net;
 pub mod relay;
@@ -67,6 +72,7 @@ pub mod sink;
 
 pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
+pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, write_users};
