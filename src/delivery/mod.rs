@@ -9,8 +9,10 @@ pub mod client;
 mod connections;
 mod deliverer;
 mod destination;
+mod dotstuff;
 pub mod queue;
 pub mod tls;
+mod transaction;
 
 use std::sync::Arc;
 
