@@ -313,6 +313,19 @@ pub struct Route {
     pub tls: Option<TlsPolicy>,
 }
 
+impl Route {
+    /// The target as (host, port): `host:port` or `[ip]:port`.
+    pub fn target(&self) -> Option<(String, u16)> {
+        let (host, port) = self.host.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some((host.to_string(), port))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimKey {
@@ -650,7 +663,7 @@ impl Config {
             err("ca_file", format!("file {} not found", ca.display()));
         }
         for r in &self.route {
-            if crate::routing::parse_route_host(&r.host).is_none() {
+            if r.target().is_none() {
                 err("host", format!("route host {:?} is not host:port", r.host));
             }
         }
