@@ -77,8 +77,15 @@ enum PoolCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Put a drained IP back into rotation; held mail flows again at once.
+    /// End the operator's drain of an IP; held mail flows again at once (quarantines stay).
     Undrain {
+        ip: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// End every reputation quarantine of an IP at once, without probation (an override: the
+    /// DNSBL monitor quarantines it again at its next check if it is still listed).
+    Reinstate {
         ip: String,
         #[arg(long)]
         provider: Option<String>,
@@ -278,6 +285,11 @@ fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
         PoolCommand::Undrain { ip, provider } => (
             "POST",
             "/api/pool/undrain".to_string(),
+            Some(serde_json::json!({ "ip": ip, "provider": provider })),
+        ),
+        PoolCommand::Reinstate { ip, provider } => (
+            "POST",
+            "/api/pool/reinstate".to_string(),
             Some(serde_json::json!({ "ip": ip, "provider": provider })),
         ),
     };
