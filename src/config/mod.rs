@@ -9,6 +9,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub mod reputation;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -48,9 +50,9 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
-    /// DNSBL monitoring, reply classification rules, outcome rates (see `reputation::Settings`).
+    /// DNSBL monitoring, reply classification rules, outcome rates (`config/reputation.rs`).
     #[serde(default)]
-    pub reputation: crate::reputation::Settings,
+    pub reputation: reputation::Settings,
 }
 
 fn default_data_dir() -> PathBuf {
