@@ -46,14 +46,7 @@ fn config(b: &Bench, ips: &[PoolIp]) -> RelayConfig {
 }
 
 fn start(name: &str, cfg: &RelayConfig) -> (Relay, SocketAddr) {
-    let relay = Relay::start(&tempdir(name), &cfg.to_toml());
-    let admin = cfg.admin_addr().unwrap();
-    assert!(
-        wait_until(WAIT, || std::net::TcpStream::connect(admin).is_ok()),
-        "admin API not listening\n{}",
-        relay.log()
-    );
-    (relay, admin)
+    admin::start(&tempdir(name), cfg, WAIT)
 }
 
 fn body(tag: &str) -> Vec<u8> {
