@@ -17,37 +17,10 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Bench {
-    dns: DnsServer,
-    sink: Sink,
-}
-
-/// A DNS server and one sink: `a.test` → mx.alpha.test (127.0.0.20, provider alpha),
-/// `b.test` → mx.beta.test (127.0.0.21, provider beta).
-fn bench(script: Option<fn(&Step) -> Option<String>>) -> Bench {
-    let dns = DnsServer::start();
-    let mut b = Sink::builder(&[lo(20), lo(21)]);
-    if let Some(s) = script {
-        b = b.script(s);
-    }
-    let sink = b.start();
-    dns.add_mx("a.test", 10, "mx.alpha.test");
-    dns.add_ip("mx.alpha.test", lo(20));
-    dns.add_mx("b.test", 10, "mx.beta.test");
-    dns.add_ip("mx.beta.test", lo(21));
-    Bench { dns, sink }
-}
-
 /// Relay config: trusted 127/8, no connection reuse (so every message is a fresh selection),
 /// admin API on a free port, providers alpha/beta; tests add pools, warm-up, rules.
 fn config(b: &Bench) -> RelayConfig {
-    RelayConfig::new()
-        .dns(&b.dns)
-        .delivery_port(b.sink.port())
-        .delivery("idle_timeout", "\"0s\"")
-        .admin()
-        .provider("alpha", &["alpha.test"])
-        .provider("beta", &["beta.test"])
+    b.config().delivery("idle_timeout", "\"0s\"")
 }
 
 /// Source IP 127.0.0.`n` saying `out{n}.relay.test`.

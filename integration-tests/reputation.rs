@@ -351,37 +351,12 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// DNS with `a.test` → mx.alpha.test (127.0.0.20) and `b.test` → mx.beta.test (127.0.0.21),
-/// and one sink on both.
-struct Bench {
-    dns: DnsServer,
-    sink: Sink,
-}
-
-fn bench(script: Option<fn(&Step) -> Option<String>>) -> Bench {
-    let dns = DnsServer::start();
-    let mut b = Sink::builder(&[lo(20), lo(21)]);
-    if let Some(s) = script {
-        b = b.script(s);
-    }
-    let sink = b.start();
-    dns.add_mx("a.test", 10, "mx.alpha.test");
-    dns.add_ip("mx.alpha.test", lo(20));
-    dns.add_mx("b.test", 10, "mx.beta.test");
-    dns.add_ip("mx.beta.test", lo(21));
-    Bench { dns, sink }
-}
-
 /// A relay sending from 127.0.0.10 and 127.0.0.11, providers alpha and beta, admin API on;
 /// `rest` adds `[reputation]`.
 fn start(name: &str, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
-    let cfg = RelayConfig::new()
-        .dns(&b.dns)
-        .delivery_port(b.sink.port())
+    let cfg = b
+        .config()
         .delivery("idle_timeout", "\"0s\"")
-        .admin()
-        .provider("alpha", &["alpha.test"])
-        .provider("beta", &["beta.test"])
         .pool(
             "default",
             &[PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")],
