@@ -14,46 +14,15 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Bench {
-    dns: DnsServer,
-    sink: Sink,
-}
-
-fn bench(script: Option<fn(&Step) -> Option<String>>) -> Bench {
-    let dns = DnsServer::start();
-    let mut b = Sink::builder(&[lo(20), lo(21)]);
-    if let Some(s) = script {
-        b = b.script(s);
-    }
-    let sink = b.start();
-    dns.add_mx("a.test", 10, "mx.alpha.test");
-    dns.add_ip("mx.alpha.test", lo(20));
-    dns.add_mx("b.test", 10, "mx.beta.test");
-    dns.add_ip("mx.beta.test", lo(21));
-    Bench { dns, sink }
-}
-
 /// Connection reuse on (idle sessions kept 30 s), admin API, providers alpha and beta.
 fn config(b: &Bench, ips: &[PoolIp]) -> RelayConfig {
-    RelayConfig::new()
-        .dns(&b.dns)
-        .delivery_port(b.sink.port())
+    b.config()
         .delivery("idle_timeout", "\"30s\"")
-        .admin()
-        .provider("alpha", &["alpha.test"])
-        .provider("beta", &["beta.test"])
         .pool("default", ips)
 }
 
 fn start(name: &str, cfg: &RelayConfig) -> (Relay, SocketAddr) {
-    let relay = Relay::start(&tempdir(name), &cfg.to_toml());
-    let admin = cfg.admin_addr().unwrap();
-    assert!(
-        wait_until(WAIT, || std::net::TcpStream::connect(admin).is_ok()),
-        "admin API not listening\n{}",
-        relay.log()
-    );
-    (relay, admin)
+    admin::start(&tempdir(name), cfg, WAIT)
 }
 
 fn body(tag: &str) -> Vec<u8> {

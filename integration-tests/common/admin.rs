@@ -2,9 +2,27 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use super::config::RelayConfig;
+use super::net::wait_until;
+use super::relay::Relay;
+
+/// Starts the relay of `cfg` (built with `.admin()`) in `dir`; waits up to `wait` for the admin
+/// API (panics with the log otherwise) and returns its address.
+pub fn start(dir: &Path, cfg: &RelayConfig, wait: Duration) -> (Relay, SocketAddr) {
+    let relay = Relay::start(dir, &cfg.to_toml());
+    let admin = cfg.admin_addr().expect("config without .admin()");
+    assert!(
+        wait_until(wait, || TcpStream::connect(admin).is_ok()),
+        "admin API not listening\n{}",
+        relay.log()
+    );
+    (relay, admin)
+}
 
 /// One request; returns (status, JSON body or `Null`).
 pub fn http(admin: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -28,11 +46,16 @@ pub fn http(admin: SocketAddr, method: &str, path: &str, body: Option<Value>) ->
     (code, serde_json::from_str(rest).unwrap_or(Value::Null))
 }
 
+/// `GET path`, asserting a 200.
+pub fn get(admin: SocketAddr, path: &str) -> Value {
+    let (code, v) = http(admin, "GET", path, None);
+    assert_eq!(code, 200, "GET {path}: {v}");
+    v
+}
+
 /// `GET /api/pool`.
 pub fn pool_status(admin: SocketAddr) -> Value {
-    let (code, v) = http(admin, "GET", "/api/pool", None);
-    assert_eq!(code, 200, "{v}");
-    v
+    get(admin, "/api/pool")
 }
 
 /// One IP's entry of `GET /api/pool`.
@@ -47,12 +70,21 @@ pub fn ip_entry(st: &Value, ip: &str) -> Value {
         .clone()
 }
 
+/// The first hold of `ip` for `scope` in force (any cause), if any.
+pub fn hold(admin: SocketAddr, ip: &str, scope: &str) -> Option<Value> {
+    find_hold(admin, ip, |h| h["scope"] == scope)
+}
+
 /// The hold of `ip` for `scope` with `cause` in force, if any.
 pub fn hold_of(admin: SocketAddr, ip: &str, scope: &str, cause: &str) -> Option<Value> {
+    find_hold(admin, ip, |h| h["scope"] == scope && h["cause"] == cause)
+}
+
+fn find_hold(admin: SocketAddr, ip: &str, pred: impl Fn(&Value) -> bool) -> Option<Value> {
     ip_entry(&pool_status(admin), ip)["holds"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|h| h["scope"] == scope && h["cause"] == cause)
+        .find(|h| pred(h))
         .cloned()
 }

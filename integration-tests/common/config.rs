@@ -8,17 +8,37 @@
 //!     .delivery_port(sink.port())
 //!     .admin()
 //!     .provider("alpha", &["alpha.test"])
+//!     .provider_key("alpha", "max_per_hour", 2)
 //!     .pool("default", &[PoolIp::new(10, "out10.test").weight(3), PoolIp::new(11, "out11.test")])
+//!     .route("*", "[127.0.0.20]:2525")
 //!     .section("[warmup]\nday = \"240h\"");
 //! let relay = Relay::start(&dir, &cfg.to_toml());
 //! let admin = cfg.admin_addr().unwrap();
+//!
+//! // TLS, AUTH, a second listener, [limits], no [delivery] at all:
+//! let cfg = RelayConfig::new()
+//!     .listen("starttls", "optional")
+//!     .listener(format!("127.0.0.1:{p2}"), "implicit", "required")
+//!     .tls(&certs)
+//!     .networks(&["127.0.0.1/32"])
+//!     .users_file(&users)
+//!     .access("received_auth_user", true)
+//!     .limit("max_errors", 100)
+//!     .no_delivery();
 //! ```
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::path::Path;
 
+use super::certs::Certs;
 use super::dns::DnsServer;
 use super::net::{free_port, lo};
+
+/// A TOML string value (`"…"`) for a path.
+fn quoted(path: &Path) -> String {
+    format!("\"{}\"", path.display())
+}
 
 #[derive(Debug, Clone)]
 pub struct PoolIp {
@@ -30,8 +50,13 @@ pub struct PoolIp {
 impl PoolIp {
     /// 127.0.0.`n` saying `helo`.
     pub fn new(n: u8, helo: &str) -> PoolIp {
+        PoolIp::at(lo(n), helo)
+    }
+
+    /// Any address (`"192.0.2.1"`, `"::1"`) saying `helo`.
+    pub fn at(address: impl Display, helo: &str) -> PoolIp {
         PoolIp {
-            address: lo(n).to_string(),
+            address: address.to_string(),
             helo: helo.to_string(),
             extra: Vec::new(),
         }
@@ -48,15 +73,44 @@ impl PoolIp {
     }
 }
 
+/// The keys of one table in order; setting a key again replaces its value.
+#[derive(Debug, Clone, Default)]
+struct Table(Vec<(String, String)>);
+
+impl Table {
+    fn set(&mut self, key: &str, value: impl Display) {
+        let value = value.to_string();
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value,
+            None => self.0.push((key.into(), value)),
+        }
+    }
+
+    /// `[name]` and its keys; nothing for an empty table.
+    fn write(&self, out: &mut String, name: &str) {
+        if self.0.is_empty() {
+            return;
+        }
+        out.push_str(&format!("\n[{name}]\n"));
+        for (k, v) in &self.0 {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
+    /// The first listener's port (on 127.0.0.1).
     pub port: u16,
     hostname: String,
-    listen: String,
-    networks: Vec<String>,
+    /// `[[listen]]` tables: address, `tls`, `auth`.
+    listeners: Vec<(String, String, String)>,
+    /// `[tls]` certificate and private key.
+    tls: Option<(String, String)>,
+    access: Table,
+    limits: Table,
     nameserver: Option<String>,
-    /// `[delivery]` keys in order; a later `delivery()` call replaces a key.
-    delivery: Vec<(String, String)>,
+    delivery: Table,
     admin: Option<u16>,
     sections: Vec<String>,
 }
@@ -71,17 +125,22 @@ impl RelayConfig {
     /// `relay.test` on a free port of 127.0.0.1, no TLS, no AUTH, 127/8 trusted; delivery
     /// retries every second with short timeouts.
     pub fn new() -> RelayConfig {
+        let port = free_port();
+        let mut access = Table::default();
+        access.set("networks", "[\"127.0.0.0/8\"]");
+        let mut delivery = Table::default();
+        delivery.set("retry", "[\"1s\"]");
+        delivery.set("connect_timeout", "\"2s\"");
+        delivery.set("command_timeout", "\"5s\"");
         RelayConfig {
-            port: free_port(),
+            port,
             hostname: "relay.test".into(),
-            listen: "tls = \"none\"\nauth = \"none\"".into(),
-            networks: vec!["127.0.0.0/8".into()],
+            listeners: vec![(format!("127.0.0.1:{port}"), "none".into(), "none".into())],
+            tls: None,
+            access,
+            limits: Table::default(),
             nameserver: None,
-            delivery: vec![
-                ("retry".into(), "[\"1s\"]".into()),
-                ("connect_timeout".into(), "\"2s\"".into()),
-                ("command_timeout".into(), "\"5s\"".into()),
-            ],
+            delivery,
             admin: None,
             sections: Vec::new(),
         }
@@ -96,29 +155,67 @@ impl RelayConfig {
         self
     }
 
-    /// The listener's lines other than `address` (default: no TLS, no AUTH).
-    pub fn listen(mut self, lines: &str) -> Self {
-        self.listen = lines.into();
+    /// The first listener's `tls` (`none`, `starttls`, `implicit`) and `auth` (`none`,
+    /// `optional`, `required`); default none and none.
+    pub fn listen(mut self, tls: &str, auth: &str) -> Self {
+        self.listeners[0].1 = tls.into();
+        self.listeners[0].2 = auth.into();
         self
     }
 
-    pub fn networks(mut self, nets: &[&str]) -> Self {
-        self.networks = nets.iter().map(|s| s.to_string()).collect();
+    /// Another `[[listen]]` on `address` (`127.0.0.1:2525`, `[::1]:2525`).
+    pub fn listener(mut self, address: impl Display, tls: &str, auth: &str) -> Self {
+        self.listeners
+            .push((address.to_string(), tls.into(), auth.into()));
         self
     }
 
-    pub fn dns(mut self, dns: &DnsServer) -> Self {
-        self.nameserver = Some(dns.nameserver().to_string());
+    /// `[tls]` with the certificate and key of `certs`.
+    pub fn tls(mut self, certs: &Certs) -> Self {
+        self.tls = Some((quoted(&certs.cert), quoted(&certs.key)));
+        self
+    }
+
+    pub fn networks(self, nets: &[&str]) -> Self {
+        let nets: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
+        self.access("networks", format!("[{}]", nets.join(", ")))
+    }
+
+    /// Sets one `[access]` key to a TOML value.
+    pub fn access(mut self, key: &str, value: impl Display) -> Self {
+        self.access.set(key, value);
+        self
+    }
+
+    pub fn users_file(self, path: &Path) -> Self {
+        self.access("users_file", quoted(path))
+    }
+
+    /// Sets one `[limits]` key to a TOML value (no `[limits]` table without one).
+    pub fn limit(mut self, key: &str, value: impl Display) -> Self {
+        self.limits.set(key, value);
+        self
+    }
+
+    pub fn dns(self, dns: &DnsServer) -> Self {
+        self.nameserver(dns.nameserver())
+    }
+
+    /// `[dns] nameservers = ["addr"]` for a server that is not a `DnsServer`.
+    pub fn nameserver(mut self, addr: impl Display) -> Self {
+        self.nameserver = Some(addr.to_string());
         self
     }
 
     /// Sets one `[delivery]` key to a TOML value (`"\"5s\""`, `25`, `"[\"1s\"]"`).
     pub fn delivery(mut self, key: &str, value: impl Display) -> Self {
-        let value = value.to_string();
-        match self.delivery.iter_mut().find(|(k, _)| k == key) {
-            Some(kv) => kv.1 = value,
-            None => self.delivery.push((key.into(), value)),
-        }
+        self.delivery.set(key, value);
+        self
+    }
+
+    /// Drops the default `[delivery]` keys (the table is left out until one is set again).
+    pub fn no_delivery(mut self) -> Self {
+        self.delivery = Table::default();
         self
     }
 
@@ -144,6 +241,18 @@ impl RelayConfig {
         ))
     }
 
+    /// Adds `key = value` to the provider `name` added before.
+    pub fn provider_key(mut self, name: &str, key: &str, value: impl Display) -> Self {
+        let head = format!("[[provider]]\nname = \"{name}\"\n");
+        let sec = self
+            .sections
+            .iter_mut()
+            .find(|s| s.starts_with(&head))
+            .unwrap_or_else(|| panic!("no provider {name}"));
+        sec.push_str(&format!("\n{key} = {value}"));
+        self
+    }
+
     pub fn pool(self, name: &str, ips: &[PoolIp]) -> Self {
         let mut s = format!("[[pool]]\nname = \"{name}\"");
         for ip in ips {
@@ -159,6 +268,13 @@ impl RelayConfig {
         self.section(&s)
     }
 
+    /// A `[[route]]` for `domain` (`"*"`, `"*.sub.test"`) to `host` (`"[127.0.0.20]:2525"`).
+    pub fn route(self, domain: &str, host: &str) -> Self {
+        self.section(&format!(
+            "[[route]]\ndomain = \"{domain}\"\nhost = \"{host}\""
+        ))
+    }
+
     /// Raw TOML appended as it is (tables after the built-in ones).
     pub fn section(mut self, toml: &str) -> Self {
         self.sections.push(toml.trim().to_string());
@@ -166,21 +282,23 @@ impl RelayConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        let nets: Vec<String> = self.networks.iter().map(|n| format!("\"{n}\"")).collect();
-        let mut s = format!(
-            "hostname = \"{}\"\ndata_dir = \"data\"\n\n[[listen]]\naddress = \"127.0.0.1:{}\"\n{}\n\n[access]\nnetworks = [{}]\n",
-            self.hostname,
-            self.port,
-            self.listen,
-            nets.join(", ")
-        );
+        let mut s = format!("hostname = \"{}\"\ndata_dir = \"data\"\n", self.hostname);
+        for (address, tls, auth) in &self.listeners {
+            s.push_str(&format!(
+                "\n[[listen]]\naddress = \"{address}\"\ntls = \"{tls}\"\nauth = \"{auth}\"\n"
+            ));
+        }
+        if let Some((cert, key)) = &self.tls {
+            s.push_str(&format!(
+                "\n[tls]\ncertificate = {cert}\nprivate_key = {key}\n"
+            ));
+        }
+        self.access.write(&mut s, "access");
+        self.limits.write(&mut s, "limits");
         if let Some(ns) = &self.nameserver {
             s.push_str(&format!("\n[dns]\nnameservers = [\"{ns}\"]\n"));
         }
-        s.push_str("\n[delivery]\n");
-        for (k, v) in &self.delivery {
-            s.push_str(&format!("{k} = {v}\n"));
-        }
+        self.delivery.write(&mut s, "delivery");
         if let Some(p) = self.admin {
             s.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{p}\"\n"));
         }
