@@ -185,20 +185,19 @@ fn a_warming_ip_gets_exactly_its_cap_at_concurrency_one_and_twenty() {
     );
 }
 
-/// Provider alpha blocks 127.0.0.12 (a Spamhaus-style block reply at RCPT).
-fn alpha_blocks_12(s: &Step) -> Option<String> {
+/// Provider alpha refuses source 127.0.0.`src` with a Spamhaus-style block reply at RCPT.
+fn alpha_blocks(s: &Step, src: u8) -> Option<String> {
     match &s.stage {
-        Stage::RcptTo(_) if s.peer == lo(12) && s.local.ip() == lo(20) => Some(
-            "550 5.7.1 Service unavailable; Client host [127.0.0.12] blocked using zen.spamhaus.org"
-                .into(),
-        ),
+        Stage::RcptTo(_) if s.peer == lo(src) && s.local.ip() == lo(20) => Some(format!(
+            "550 5.7.1 Service unavailable; Client host [127.0.0.{src}] blocked using zen.spamhaus.org"
+        )),
         _ => None,
     }
 }
 
 #[test]
 fn an_ip_quarantined_for_one_provider_keeps_its_share_elsewhere() {
-    let b = bench(Some(alpha_blocks_12));
+    let b = bench(Some(|s| alpha_blocks(s, 12)));
     let cfg = config(
         &b,
         &[
@@ -233,23 +232,12 @@ fn an_ip_quarantined_for_one_provider_keeps_its_share_elsewhere() {
     assert_eq!(from(&b.sink, 10, 20) + from(&b.sink, 11, 20), 10);
 }
 
-/// Provider alpha blocks 127.0.0.10.
-fn alpha_blocks_10(s: &Step) -> Option<String> {
-    match &s.stage {
-        Stage::RcptTo(_) if s.peer == lo(10) && s.local.ip() == lo(20) => Some(
-            "550 5.7.1 Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org"
-                .into(),
-        ),
-        _ => None,
-    }
-}
-
 /// A block-reply quarantine for alpha and a DNSBL listing of the same IP are two records: the
 /// delisting ends only the second, and puts the IP on probation (a trickle), not straight back
 /// at full share.
 #[test]
 fn a_delisting_leaves_a_block_reply_quarantine_in_place_and_means_probation() {
-    let b = bench(Some(alpha_blocks_10));
+    let b = bench(Some(|s| alpha_blocks(s, 10)));
     let cfg = config(&b, &[PoolIp::new(10, "o10.test"), PoolIp::new(11, "o11.test")]).section(
         "[warmup]\nday = \"240h\"\n[reputation]\nblock_threshold = 1\ndnsbl = [\"dnsbl.test\"]\ncheck_interval = \"1s\"\nclean_checks = 1\nprobe_per_hour = 2\nprobe_samples = 50",
     );
