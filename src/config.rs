@@ -51,6 +51,9 @@ pub struct Config {
     /// DNSBL monitoring, reply classification rules, outcome rates (see `reputation::Settings`).
     #[serde(default)]
     pub reputation: crate::reputation::Settings,
+    /// Receiver-side checks of IPs and domains (see `doctor::Settings`).
+    #[serde(default)]
+    pub doctor: crate::doctor::Settings,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -50,6 +50,10 @@ enum Command {
         #[arg(long, conflicts_with = "count")]
         json: bool,
     },
+    /// Check what receivers check (PTR, FCrDNS, HELO, DNSBL, SPF, DKIM, DMARC, MX, postmaster@)
+    /// before they refuse: a table per IP and domain, each failure with its fix. Exit 0 when
+    /// nothing fails, 1 on a failure, 2 on a usage error.
+    Doctor(poolrelay::doctor::cli::DoctorArgs),
     /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
     Pool {
         /// Config file (TOML), read for `admin.listen`.
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
+        Command::Doctor(args) => poolrelay::doctor::cli::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Queue {
             config,

@@ -42,6 +42,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         crate::admin::start(admin.listen, pools.clone()).await?;
     }
     crate::reputation::dnsbl::start(&config, pools.clone())?;
+    crate::doctor::start(config.clone(), pools.clone())?;
     crate::delivery::start(
         config.clone(),
         spool.clone(),

@@ -52,6 +52,7 @@ pub fn router(pools: Arc<Pools>) -> Router {
         .route("/api/pool/{ip}/undrain", post(undrain_ip))
         .with_state(pools)
         .merge(crate::reputation::suppress::routes())
+        .merge(crate::doctor::routes())
 }
 
 async fn status(State(pools): State<Arc<Pools>>) -> Response {
