@@ -36,17 +36,29 @@ fn key_tags(record: &str) -> Option<(String, Vec<u8>)> {
     Some((k, p?))
 }
 
-/// RSA public keys are published as SubjectPublicKeyInfo, sometimes as bare PKCS#1: compare
-/// the modulus and exponent, not the encoding.
-fn same_rsa_key(a: &[u8], b: &[u8]) -> bool {
+/// RSA public keys are published as SubjectPublicKeyInfo, sometimes as bare PKCS#1.
+fn rsa_key(der: &[u8]) -> Option<rsa::RsaPublicKey> {
     use rsa::pkcs1::DecodeRsaPublicKey;
     use rsa::pkcs8::DecodePublicKey;
-    let parse = |d: &[u8]| {
-        rsa::RsaPublicKey::from_public_key_der(d)
-            .or_else(|_| rsa::RsaPublicKey::from_pkcs1_der(d))
-            .ok()
-    };
-    matches!((parse(a), parse(b)), (Some(x), Some(y)) if x == y)
+    rsa::RsaPublicKey::from_public_key_der(der)
+        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_der(der))
+        .ok()
+}
+
+/// Same RSA key: the modulus and exponent compared, not the encoding.
+fn same_rsa_key(a: &[u8], b: &[u8]) -> bool {
+    matches!((rsa_key(a), rsa_key(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Why `p=` cannot be a key of type `k=` (mail-auth only decodes RSA keys when verifying).
+fn unusable_key(k: &str, p: &[u8]) -> Option<String> {
+    match k {
+        "rsa" if rsa_key(p).is_none() => Some("p= is not an RSA public key".into()),
+        "ed25519" if p.len() != 32 => {
+            Some(format!("p= is {} bytes, an Ed25519 key is 32", p.len()))
+        }
+        _ => None,
+    }
 }
 
 pub async fn check(resolver: &TokioResolver, key: &DkimKey) -> Check {
@@ -89,7 +101,9 @@ pub async fn check(resolver: &TokioResolver, key: &DkimKey) -> Check {
             problems.push(format!("malformed key record: \"{}\"", short(text)));
             continue;
         };
-        if k != want_k {
+        if let Some(why) = unusable_key(&k, &p) {
+            problems.push(format!("malformed key record ({why}): \"{}\"", short(text)));
+        } else if k != want_k {
             problems.push(format!("published k={k}, the configured key is {want_k}"));
         } else if p == want_p || (k == "rsa" && same_rsa_key(&p, &want_p)) {
             return Check::pass(

@@ -1,10 +1,17 @@
 //! The few lookups the checks make, with "does not exist", "exists without this type" and
 //! "could not ask" kept apart: only the first two are verdicts.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use futures_util::StreamExt;
+use hickory_resolver::config::{NameServerConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::xfer::DnsHandle;
+use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found<T> {
@@ -82,13 +89,76 @@ pub fn reverse_name(ip: IpAddr) -> String {
     format!("{}.{zone}", crate::reputation::dnsbl::reversed(ip))
 }
 
-/// PTR names of `ip` (lower case, no trailing dot).
-pub async fn ptr(resolver: &TokioResolver, ip: IpAddr) -> Found<String> {
-    lookup(resolver, &reverse_name(ip), RecordType::PTR, |d| match d {
-        RData::PTR(p) => Some(norm(&p.0.to_ascii())),
-        _ => None,
-    })
-    .await
+/// PTR lookups sent to the nameservers themselves. hickory's resolver answers `localhost` for
+/// every 127.0.0.0/8 and ::1 address without asking (RFC 6761), which would hide the real PTR
+/// of a pool IP on loopback (labs, the test bench); its name server pool has no such shortcut.
+#[derive(Clone)]
+pub struct PtrClient(NameServerPool<TokioRuntimeProvider>);
+
+impl PtrClient {
+    /// The same servers as `routing::build_resolver`: `[dns] nameservers`, else the system's.
+    pub fn new(nameservers: &[SocketAddr]) -> Result<PtrClient, String> {
+        let servers: Vec<NameServerConfig> = if nameservers.is_empty() {
+            let (config, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("system DNS configuration: {e}"))?;
+            config.name_servers().to_vec()
+        } else {
+            nameservers
+                .iter()
+                .map(|sa| {
+                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
+                    for c in &mut ns.connections {
+                        c.port = sa.port();
+                    }
+                    ns
+                })
+                .collect()
+        };
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(5);
+        opts.attempts = 2;
+        let tls = TlsConfig::new().map_err(|e| format!("DNS client: {e}"))?;
+        let cx = Arc::new(PoolContext::new(opts, tls));
+        Ok(PtrClient(NameServerPool::from_config(
+            servers,
+            cx,
+            TokioRuntimeProvider::default(),
+        )))
+    }
+
+    /// PTR names of `ip` (lower case, no trailing dot).
+    pub async fn ptr(&self, ip: IpAddr) -> Found<String> {
+        let rname = reverse_name(ip);
+        let name = match Name::from_ascii(fqdn(&rname)) {
+            Ok(n) => n,
+            Err(e) => return Found::Error(format!("{rname}: {e}")),
+        };
+        let query = Query::query(name, RecordType::PTR);
+        let mut responses = self.0.lookup(query, DnsRequestOptions::default());
+        match responses.next().await {
+            Some(Ok(r)) if r.metadata.response_code == ResponseCode::NXDomain => Found::NxDomain,
+            Some(Ok(r)) if r.metadata.response_code == ResponseCode::NoError => {
+                let names: Vec<String> = r
+                    .answers
+                    .iter()
+                    .filter_map(|a| match &a.data {
+                        RData::PTR(p) => Some(norm(&p.0.to_ascii())),
+                        _ => None,
+                    })
+                    .collect();
+                if names.is_empty() {
+                    Found::NoData
+                } else {
+                    Found::Records(names)
+                }
+            }
+            Some(Ok(r)) => Found::Error(format!("{rname} PTR: {}", r.metadata.response_code)),
+            Some(Err(e)) if e.is_nx_domain() => Found::NxDomain,
+            Some(Err(e)) if e.is_no_records_found() => Found::NoData,
+            Some(Err(e)) => Found::Error(format!("{rname} PTR: {e}")),
+            None => Found::Error(format!("{rname} PTR: no answer")),
+        }
+    }
 }
 
 /// A or AAAA records of `name`, the family of `like`.

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use hickory_resolver::TokioResolver;
 
-use super::dns::{self, Found};
+use super::dns::{self, Found, PtrClient};
 use super::report::Check;
 
 fn address_record(name: &str, ip: IpAddr) -> String {
@@ -17,10 +17,15 @@ fn address_record(name: &str, ip: IpAddr) -> String {
 }
 
 /// The three naming checks of one IP whose EHLO name is `helo`.
-pub async fn check(resolver: &TokioResolver, ip: IpAddr, helo: &str) -> Vec<Check> {
+pub async fn check(
+    resolver: &TokioResolver,
+    ptrs: &PtrClient,
+    ip: IpAddr,
+    helo: &str,
+) -> Vec<Check> {
     let rname = dns::reverse_name(ip);
     let helo = dns::norm(helo);
-    let names = match dns::ptr(resolver, ip).await {
+    let names = match ptrs.ptr(ip).await {
         Found::Records(names) => names,
         Found::Error(e) => {
             let why = format!("PTR lookup failed: {e}");

@@ -7,6 +7,7 @@ use hickory_resolver::TokioResolver;
 use mail_auth::MessageAuthenticator;
 use tokio_rustls::TlsConnector;
 
+use super::dns::PtrClient;
 use super::report::{DomainReport, IpReport, Report};
 use super::targets::{self, DomainTarget, IpTarget};
 use super::{blocklist, dkim, dmarc, mx, probe, ptr, spf};
@@ -26,6 +27,7 @@ pub struct Options {
 pub struct Doctor {
     config: Arc<Config>,
     resolver: TokioResolver,
+    ptrs: PtrClient,
     lists: Vec<List>,
     router: Router,
     tls: Option<TlsConnector>,
@@ -40,6 +42,7 @@ impl Doctor {
             .ok()
             .map(|c| c.opportunistic);
         Ok(Doctor {
+            ptrs: PtrClient::new(&config.dns.nameservers)?,
             config,
             resolver,
             lists,
@@ -74,7 +77,7 @@ impl Doctor {
 
     async fn check_ip(&self, t: IpTarget) -> IpReport {
         let (mut checks, listed) = tokio::join!(
-            ptr::check(&self.resolver, t.ip, &t.helo),
+            ptr::check(&self.resolver, &self.ptrs, t.ip, &t.helo),
             blocklist::check(&self.resolver, &self.lists, t.ip)
         );
         checks.extend(listed);

@@ -125,21 +125,28 @@ pub async fn check(
             return out;
         }
     };
-    match strict(&text).and_then(|_| Spf::parse(text.as_bytes()).map_err(|e| e.to_string())) {
-        Ok(spf) => {
-            out.push(Check::pass("spf", format!("\"{text}\"")));
-            out.push(lookups(resolver, domain, spf, &ips).await);
-        }
-        Err(e) => out.push(Check::fail(
-            "spf",
-            format!("not valid SPF ({e}): \"{text}\""),
-            format!(
-                "publish a valid record, e.g. {}",
-                dns::zone_txt(domain, &new_record(&ips_or_example(&ips)))
-            ),
-        )),
-    }
-    out.extend(evaluate(auth, domain, senders, host, Some(&text)).await);
+    let valid =
+        match strict(&text).and_then(|_| Spf::parse(text.as_bytes()).map_err(|e| e.to_string())) {
+            Ok(spf) => {
+                out.push(Check::pass("spf", format!("\"{text}\"")));
+                out.push(lookups(resolver, domain, spf, &ips).await);
+                true
+            }
+            Err(e) => {
+                out.push(Check::fail(
+                    "spf",
+                    format!("not valid SPF ({e}): \"{text}\""),
+                    format!(
+                        "publish a valid record, e.g. {}",
+                        dns::zone_txt(domain, &new_record(&ips_or_example(&ips)))
+                    ),
+                ));
+                false
+            }
+        };
+    // An invalid record is not worth amending: the fix is a new one.
+    let record = valid.then_some(text.as_str());
+    out.extend(evaluate(auth, domain, senders, host, record).await);
     out
 }
 
@@ -220,10 +227,16 @@ async fn evaluate(
         let params = SpfParameters::verify_mail_from(s.ip, &s.helo, host, &mailbox);
         results.push(auth.verify_spf(params).await.result());
     }
+    // permerror is the record's own fault (see spf / spf_lookups): adding IPs cannot fix it.
     let failing: Vec<IpAddr> = senders
         .iter()
         .zip(&results)
-        .filter(|(_, r)| !matches!(r, SpfResult::Pass | SpfResult::TempError))
+        .filter(|(_, r)| {
+            !matches!(
+                r,
+                SpfResult::Pass | SpfResult::TempError | SpfResult::PermError
+            )
+        })
         .map(|(s, _)| s.ip)
         .collect();
     let fixed = match record {
@@ -241,6 +254,14 @@ async fn evaluate(
                 SpfResult::TempError => {
                     Check::warn("spf_pass", "temperror: a DNS lookup failed, try again")
                 }
+                SpfResult::PermError if record.is_some() => Check::fail(
+                    "spf_pass",
+                    format!("permerror for MAIL FROM:<{mailbox}> from {}", s.ip),
+                    format!(
+                        "fix the record first (see spf_lookups); it must then still cover {}",
+                        term(s.ip)
+                    ),
+                ),
                 other => Check::fail(
                     "spf_pass",
                     format!(
