@@ -69,13 +69,16 @@ pub fn start(config: Arc<Config>, pools: Arc<Pools>) -> Result<(), String> {
     if !settings.background {
         return Ok(());
     }
+    // Bad `[doctor] domains` stop the start, like any config error.
+    let domains = super::targets::domains(&config, &[])?;
+    if domains.is_empty() && super::targets::ips(&config).is_empty() {
+        return Ok(());
+    }
     let doctor = Arc::new(Doctor::new(config.clone())?);
     let opts = Options {
         domains: Vec::new(),
         probe: settings.probe && settings.background_probe,
     };
-    // Bad `[doctor] domains` stop the start, like any config error.
-    super::targets::domains(&config, &[])?;
     let shared = LATEST
         .get_or_init(|| Arc::new(Mutex::new(Latest::default())))
         .clone();
@@ -230,5 +233,87 @@ fn release_all(pools: &Pools) {
                 tracing::error!(source_ip = %ip, error = %e, "doctor: cannot undrain");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::report::{Check, DomainReport, IpReport};
+    use std::path::Path;
+
+    const A: &str = "127.0.0.10";
+    const B: &str = "127.0.0.11";
+
+    fn pools() -> Pools {
+        let text = format!(
+            "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"{A}\"\nhelo = \"a.test\"\n[[pool.ip]]\naddress = \"{B}\"\nhelo = \"b.test\"\n"
+        );
+        Pools::from_config(&Config::parse(Path::new("t.toml"), &text).unwrap())
+    }
+
+    /// A report where A passes everything and B's FCrDNS and SPF are as given.
+    fn report(fcrdns: Status, spf: Status) -> Report {
+        let ip = |ip: &str, s: Status| IpReport {
+            ip: ip.parse().unwrap(),
+            helo: "x".into(),
+            pools: vec!["default".into()],
+            checks: vec![Check::new("fcrdns", s, "…")],
+        };
+        let domain = DomainReport {
+            domain: "d.test".into(),
+            sources: vec!["dkim".into()],
+            ips: vec![A.parse().unwrap(), B.parse().unwrap()],
+            checks: vec![
+                Check::pass("spf_pass", "pass").about(A),
+                Check::new("spf_pass", spf, "…").about(B),
+            ],
+        };
+        Report::new(vec![ip(A, Status::Pass), ip(B, fcrdns)], vec![domain])
+    }
+
+    fn hold_of(p: &Pools, ip: &str) -> Option<String> {
+        let ip: IpAddr = ip.parse().unwrap();
+        p.holds()
+            .into_iter()
+            .find(|(i, h)| *i == ip && h.scope == "all")
+            .map(|(_, h)| h.reason)
+    }
+
+    #[test]
+    fn holds_on_fcrdns_or_spf_failure_and_releases_when_all_pass() {
+        let p = pools();
+        let held = apply(&p, &report(Status::Fail, Status::Pass));
+        assert_eq!(held.len(), 1);
+        assert!(held[0].1.starts_with("fcrdns"), "{held:?}");
+        assert_eq!(hold_of(&p, B).as_deref(), Some(REASON));
+        assert_eq!(hold_of(&p, A), None);
+        // An undecided round (DNS error) keeps the hold; an SPF failure alone keeps it too.
+        assert_eq!(apply(&p, &report(Status::Warn, Status::Pass)).len(), 1);
+        assert_eq!(hold_of(&p, B).as_deref(), Some(REASON));
+        let held = apply(&p, &report(Status::Pass, Status::Fail));
+        assert!(held[0].1.starts_with("spf d.test"), "{held:?}");
+        assert!(apply(&p, &report(Status::Pass, Status::Pass)).is_empty());
+        assert_eq!(hold_of(&p, B), None);
+        // A warning alone never takes an IP out.
+        assert!(apply(&p, &report(Status::Warn, Status::Warn)).is_empty());
+        assert_eq!(hold_of(&p, B), None);
+    }
+
+    #[test]
+    fn never_overrides_or_lifts_another_hold() {
+        let p = pools();
+        let b: IpAddr = B.parse().unwrap();
+        p.drain(b, Scope::All, "operator").unwrap();
+        assert!(apply(&p, &report(Status::Fail, Status::Fail)).is_empty());
+        assert_eq!(hold_of(&p, B).as_deref(), Some("operator"));
+        apply(&p, &report(Status::Pass, Status::Pass));
+        release_all(&p);
+        assert_eq!(hold_of(&p, B).as_deref(), Some("operator"));
+        // Its own hold is lifted when enforcement is turned off.
+        p.undrain(b, Scope::All).unwrap();
+        apply(&p, &report(Status::Fail, Status::Pass));
+        release_all(&p);
+        assert_eq!(hold_of(&p, B), None);
     }
 }
