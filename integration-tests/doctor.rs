@@ -581,6 +581,17 @@ fn all_good_exits_zero_and_usage_errors_exit_two() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // A bad `[doctor] domains` entry is a config error for check-config, doctor and serve alike.
+    let bad = format!("{rest}\n[doctor]\ndomains = [\"not a domain\"]\n");
+    std::fs::write(dir.join("bad.toml"), base_config(&dns, sink.port(), &bad)).unwrap();
+    let o = Command::new(BIN)
+        .args(["check-config", "bad.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("doctor.domains"));
+    assert_eq!(doctor(&dir, &["--config", "bad.toml"]).0, 2);
 }
 
 /// One HTTP/1.1 request to the admin API; (status, JSON body).

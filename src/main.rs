@@ -174,6 +174,7 @@ fn load_checked(path: &std::path::Path) -> Result<Config, Vec<poolrelay::config:
     let config = Config::load(path)?;
     poolrelay::signing::Signer::from_config(&config)?;
     poolrelay::reputation::check_config(path, &config)?;
+    poolrelay::doctor::check_config(path, &config)?;
     Ok(config)
 }
 

@@ -83,7 +83,9 @@ pub async fn check(resolver: &TokioResolver, key: &DkimKey) -> Check {
         "publish {}",
         keygen::dns_record(&domain, &key.selector, &expected)
     );
-    let (want_k, want_p) = key_tags(&expected).expect("keygen writes k= and p=");
+    let Some((want_k, want_p)) = key_tags(&expected) else {
+        return Check::fail("dkim", "cannot derive the public key", publish).about(about);
+    };
     let records = match dns::txt(resolver, &name).await {
         Found::Error(e) => return Check::warn("dkim", format!("lookup failed: {e}")).about(about),
         Found::NoData | Found::NxDomain => {

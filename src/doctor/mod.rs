@@ -22,4 +22,4 @@ pub mod targets;
 pub use monitor::{REASON, routes, start};
 pub use report::{Check, DomainReport, IpReport, Report, Status};
 pub use run::{Doctor, Options};
-pub use settings::Settings;
+pub use settings::{Settings, check_config};

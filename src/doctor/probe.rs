@@ -48,8 +48,8 @@ fn all(domain: &str, status: Status, detail: &str) -> Vec<Check> {
 }
 
 impl Prober<'_> {
-    /// One `rcpt` check per mailbox of `domain`, sent from `source` (IP, EHLO name) if given.
-    pub async fn check(&self, domain: &str, source: Option<(IpAddr, &str)>) -> Vec<Check> {
+    /// One `rcpt` check per mailbox of `domain`, from `source` (IP if any, EHLO name).
+    pub async fn check(&self, domain: &str, source: (Option<IpAddr>, &str)) -> Vec<Check> {
         let dest = match self.router.resolve(domain).await {
             Ok(d) => d,
             Err(r) => {
@@ -70,8 +70,7 @@ impl Prober<'_> {
                 return v;
             }
         };
-        let helo = source.map(|(_, h)| h).unwrap_or("localhost");
-        let local = source.map(|(ip, _)| ip);
+        let (local, helo) = source;
         let tls = if dest.tls == TlsPolicy::None {
             None
         } else {

@@ -122,7 +122,17 @@ impl Doctor {
                 sender,
                 timeout: self.config.doctor.probe_timeout.0,
             };
-            let source = t.senders.first().map(|s| (s.ip, s.helo.as_str()));
+            // No pool: the OS picks the address, the relay says its own name.
+            let fallback = self
+                .config
+                .delivery
+                .helo
+                .as_deref()
+                .unwrap_or(&self.config.hostname);
+            let source = match t.senders.first() {
+                Some(s) => (Some(s.ip), s.helo.as_str()),
+                None => (None, fallback),
+            };
             prober.check(d, source).await
         };
         let (spf, dkim, dmarc, mx, sts, rpt, rcpt) = tokio::join!(

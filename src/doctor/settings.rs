@@ -37,6 +37,30 @@ pub struct Settings {
     pub probe_timeout: DurationStr,
 }
 
+/// What the TOML types cannot check: `[doctor] domains` are domain names (as config errors, so
+/// `check-config` and `serve` agree).
+pub fn check_config(
+    path: &std::path::Path,
+    config: &crate::config::Config,
+) -> Result<(), Vec<crate::config::ConfigError>> {
+    let errors: Vec<_> = config
+        .doctor
+        .domains
+        .iter()
+        .filter(|d| !super::targets::valid_domain(d.trim()))
+        .map(|d| crate::config::ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("doctor.domains: {d:?} is not a domain name"),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         toml::from_str("").expect("defaults")

@@ -16,7 +16,7 @@ use mail_auth::spf::{Macro, Mechanism, Spf};
 use mail_auth::{MessageAuthenticator, SpfResult};
 
 use super::dns::{self, Found};
-use super::report::{Check, Status};
+use super::report::Check;
 
 /// RFC 7208 §4.6.4.
 const MAX_LOOKUPS: u32 = 10;
@@ -30,19 +30,26 @@ pub struct Sender {
     pub helo: String,
 }
 
-/// The SPF record of `domain`: `Ok(None)` when it has none, `Err` when several or unreadable.
-async fn record(resolver: &TokioResolver, domain: &str) -> Result<Option<String>, String> {
+/// What a domain publishes as SPF.
+enum Record {
+    Absent,
+    One(String),
+    /// Several `v=spf1` records: permerror (RFC 7208 §4.5).
+    Several(usize),
+    /// The lookup failed: no verdict.
+    Unreadable(String),
+}
+
+async fn record(resolver: &TokioResolver, domain: &str) -> Record {
     let all = match dns::txt(resolver, domain).await {
-        Found::Error(e) => return Err(format!("lookup failed: {e}")),
+        Found::Error(e) => return Record::Unreadable(e),
         f => f.records().unwrap_or_default(),
     };
     let mut spf = dns::with_prefix(all, "v=spf1");
     match spf.len() {
-        0 => Ok(None),
-        1 => Ok(spf.pop()),
-        n => Err(format!(
-            "{n} SPF records at {domain}: receivers treat that as permerror (RFC 7208 §4.5); merge them into one"
-        )),
+        0 => Record::Absent,
+        1 => Record::One(spf.pop().unwrap_or_default()),
+        n => Record::Several(n),
     }
 }
 
@@ -92,35 +99,19 @@ pub async fn check(
     let resolver = &auth.0;
     let mut out = Vec::new();
     let ips: Vec<IpAddr> = senders.iter().map(|s| s.ip).collect();
+    let suggested = dns::zone_txt(domain, &new_record(&ips_or_example(&ips)));
     let text = match record(resolver, domain).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            let fix = format!(
-                "publish {}",
-                dns::zone_txt(domain, &new_record(&ips_or_example(&ips)))
-            );
-            out.push(Check::fail(
-                "spf",
-                format!("no SPF record at {domain}"),
-                fix,
-            ));
-            out.extend(evaluate(auth, domain, senders, host, None).await);
-            return out;
-        }
-        Err(e) => {
-            let status = if e.starts_with("lookup failed") {
-                Status::Warn
-            } else {
-                Status::Fail
-            };
-            let mut c = Check::new("spf", status, e);
-            if status == Status::Fail {
-                c = c.fix(format!(
-                    "keep one: {}",
-                    dns::zone_txt(domain, &new_record(&ips_or_example(&ips)))
-                ));
-            }
-            out.push(c);
+        Record::One(t) => t,
+        other => {
+            out.push(match other {
+                Record::Several(n) => Check::fail(
+                    "spf",
+                    format!("{n} SPF records at {domain}: receivers treat that as permerror (RFC 7208 §4.5)"),
+                    format!("merge them into one, e.g. {suggested}"),
+                ),
+                Record::Unreadable(e) => Check::warn("spf", format!("lookup failed: {e}")),
+                _ => Check::fail("spf", format!("no SPF record at {domain}"), format!("publish {suggested}")),
+            });
             out.extend(evaluate(auth, domain, senders, host, None).await);
             return out;
         }
@@ -345,7 +336,7 @@ fn visit<'a>(
             }
             let from = chain.last().cloned().unwrap_or_default();
             match record(resolver, &t).await {
-                Ok(Some(text)) => match Spf::parse(text.as_bytes()) {
+                Record::One(text) => match Spf::parse(text.as_bytes()) {
                     Ok(inner) => {
                         let mut next = chain.clone();
                         next.push(t);
@@ -355,13 +346,15 @@ fn visit<'a>(
                         .broken
                         .push(format!("{kind}:{t} (from {from}) is not valid SPF: {e}")),
                 },
-                Ok(None) => {
+                Record::Absent => {
                     w.void += 1;
                     w.broken
                         .push(format!("{kind}:{t} (from {from}) has no SPF record"));
                 }
-                Err(e) if e.starts_with("lookup failed") => w.errors.push(format!("{t}: {e}")),
-                Err(e) => w.broken.push(format!("{kind}:{t} (from {from}): {e}")),
+                Record::Several(n) => w
+                    .broken
+                    .push(format!("{kind}:{t} (from {from}) has {n} SPF records")),
+                Record::Unreadable(e) => w.errors.push(e),
             }
         }
     })
