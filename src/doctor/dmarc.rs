@@ -52,26 +52,31 @@ fn with_policy(record: &str, policy: &str) -> String {
     tags.join("; ")
 }
 
+/// The domain's own DMARC records, else the nearest parent's (its `sp=` covers subdomains),
+/// with the name they were found at; `Ok(None)` when no level has one.
+async fn find(
+    resolver: &TokioResolver,
+    domain: &str,
+) -> Result<Option<(String, Vec<String>)>, String> {
+    let labels: Vec<&str> = domain.split('.').collect();
+    for skip in 0..labels.len().saturating_sub(1) {
+        let at = labels[skip..].join(".");
+        let r = records(resolver, &at).await?;
+        if !r.is_empty() {
+            return Ok(Some((at, r)));
+        }
+    }
+    Ok(None)
+}
+
 pub async fn check(resolver: &TokioResolver, domain: &str) -> Check {
     let name = format!("_dmarc.{domain}");
     let suggested = format!("v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}");
     let publish = format!("publish {}", dns::zone_txt(&name, &suggested));
-    // The domain's own record, else the nearest parent's (its sp= covers subdomains).
-    let labels: Vec<&str> = domain.split('.').collect();
-    let mut found = None;
-    for skip in 0..labels.len().saturating_sub(1) {
-        let at = labels[skip..].join(".");
-        match records(resolver, &at).await {
-            Err(e) => return Check::warn("dmarc", format!("lookup failed: {e}")),
-            Ok(r) if r.is_empty() => continue,
-            Ok(r) => {
-                found = Some((at, r));
-                break;
-            }
-        }
-    }
-    let Some((at, recs)) = found else {
-        return Check::fail("dmarc", format!("no DMARC record at {name}"), publish);
+    let (at, recs) = match find(resolver, domain).await {
+        Err(e) => return Check::warn("dmarc", format!("lookup failed: {e}")),
+        Ok(None) => return Check::fail("dmarc", format!("no DMARC record at {name}"), publish),
+        Ok(Some(found)) => found,
     };
     let own = at == domain;
     if recs.len() > 1 {
