@@ -195,9 +195,11 @@ dnsbl = ["bl.test"]
     )
 }
 
-/// Sinks: 127.0.0.20 accepts every RCPT; 127.0.0.21 refuses postmaster@.
-fn sinks() -> Sink {
+/// Sinks offering STARTTLS: 127.0.0.20 accepts every RCPT; 127.0.0.21 refuses postmaster@.
+fn sinks(dir: &Path) -> Sink {
+    let certs = make_certs(dir, &["mx.good.test"]);
     Sink::builder(&[lo(20), lo(21)])
+        .starttls(&certs)
         .script(|s: &Step| match &s.stage {
             Stage::RcptTo(a) if s.local.ip() == lo(21) && a.starts_with("postmaster@") => Some(
                 format!("550 5.1.1 <{a}>: Recipient address rejected: User unknown"),
@@ -460,7 +462,7 @@ fn assert_broken_domains(r: &Value) {
 fn every_check_passes_for_the_good_ip_and_domain_and_fails_each_broken_one() {
     let dir = tempdir("doctor-all");
     let dns = DnsServer::start();
-    let sink = sinks();
+    let sink = sinks(&dir);
     let mut dkim = publish_good(&dns, &dir);
     publish_broken_ips(&dns);
     dkim.push_str(&publish_broken_domains(&dns, &dir));
@@ -504,6 +506,10 @@ fn every_check_passes_for_the_good_ip_and_domain_and_fails_each_broken_one() {
 
     // The probes stopped before DATA: no message, a RSET and QUIT after the RCPTs.
     assert!(sink.messages().is_empty());
+    assert!(
+        sink.sessions().iter().all(|s| s.tls.is_some()),
+        "STARTTLS when offered"
+    );
     let t = sink.transcripts();
     assert!(
         t.contains("RCPT TO:<postmaster@good.test>") && t.contains("RCPT TO:<abuse@good.test>"),
@@ -536,7 +542,7 @@ fn every_check_passes_for_the_good_ip_and_domain_and_fails_each_broken_one() {
 fn all_good_exits_zero_and_usage_errors_exit_two() {
     let dir = tempdir("doctor-good");
     let dns = DnsServer::start();
-    let sink = sinks();
+    let sink = sinks(&dir);
     let dkim = publish_good(&dns, &dir);
     let rest = format!(
         "{dkim}\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"out10.good.test\"\n"

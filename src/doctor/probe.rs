@@ -27,6 +27,13 @@ pub struct Prober<'a> {
     pub timeout: Duration,
 }
 
+/// Why a server could not be asked.
+enum Unasked {
+    /// STARTTLS failed: worth asking again in plaintext.
+    Tls(String),
+    Other(String),
+}
+
 /// The local parts probed, in order.
 pub const MAILBOXES: [&str; 2] = ["postmaster", "abuse"];
 
@@ -88,7 +95,7 @@ impl Prober<'_> {
                     .await;
                 // A broken STARTTLS: delivery would go on in plaintext, so does the probe.
                 let result = match first {
-                    Err(e) if e.starts_with("TLS") => {
+                    Err(Unasked::Tls(_)) => {
                         self.session(domain, &host.name, addr, local, helo, None)
                             .await
                     }
@@ -96,7 +103,9 @@ impl Prober<'_> {
                 };
                 match result {
                     Ok(replies) => return self.verdicts(domain, &host.name, addr, replies),
-                    Err(e) => tried.push(format!("{}[{addr}]: {e}", host.name)),
+                    Err(Unasked::Tls(e) | Unasked::Other(e)) => {
+                        tried.push(format!("{}[{addr}]: {e}", host.name))
+                    }
                 }
             }
         }
@@ -152,7 +161,7 @@ impl Prober<'_> {
     }
 
     /// One session: `Ok(Ok(RCPT replies))`, `Ok(Err(MAIL reply))` when MAIL is refused,
-    /// `Err` when the server could not be asked (connect, greeting, EHLO, TLS).
+    /// `Err` when the server could not be asked.
     async fn session(
         &self,
         domain: &str,
@@ -161,7 +170,7 @@ impl Prober<'_> {
         local: Option<IpAddr>,
         helo: &str,
         tls: Option<&TlsConnector>,
-    ) -> Result<Result<Vec<Response<String>>, Response<String>>, String> {
+    ) -> Result<Result<Vec<Response<String>>, Response<String>>, Unasked> {
         let connected = match local.filter(|l| l.is_ipv4() == addr.is_ipv4()) {
             Some(l) => match SmtpClient::connect_using(l, addr, self.timeout).await {
                 // Run on a machine without the pool IPs: ask from its own address.
@@ -174,22 +183,23 @@ impl Prober<'_> {
             },
             None => SmtpClient::connect(addr, self.timeout).await,
         };
-        let mut client = connected.map_err(|e| format!("connect: {e}"))?;
+        let other = Unasked::Other;
+        let mut client = connected.map_err(|e| other(format!("connect: {e}")))?;
         let greeting = tokio::time::timeout(self.timeout, client.read())
             .await
-            .map_err(|_| "greeting: timeout".to_string())?
-            .map_err(|e| format!("greeting: {e}"))?;
+            .map_err(|_| other("greeting: timeout".into()))?
+            .map_err(|e| other(format!("greeting: {e}")))?;
         if greeting.code != 220 {
-            return Err(format!("greeting {}", reply_text(&greeting)));
+            return Err(other(format!("greeting {}", reply_text(&greeting))));
         }
-        let ehlo = hello(&mut client, helo).await?;
+        let ehlo = hello(&mut client, helo).await.map_err(other)?;
         match tls {
             Some(connector) if ehlo & EXT_START_TLS != 0 => {
                 let mut client = client
                     .start_tls(connector, host)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                hello(&mut client, helo).await?;
+                    .map_err(|e| Unasked::Tls(format!("STARTTLS: {e}")))?;
+                hello(&mut client, helo).await.map_err(Unasked::Tls)?;
                 Ok(self.transaction(&mut client, domain).await)
             }
             _ => Ok(self.transaction(&mut client, domain).await),
