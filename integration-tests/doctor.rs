@@ -578,6 +578,35 @@ fn all_good_exits_zero_and_usage_errors_exit_two() {
         "publish extra.test. IN TXT \"v=spf1 ip4:127.0.0.10 ~all\""
     );
 
+    // The probe goes where delivery would: a static route wins over the MX (which here
+    // refuses postmaster@).
+    domain(
+        &dns,
+        "routed.test",
+        Some("v=spf1 ip4:127.0.0.10 -all"),
+        Some(REJECT),
+        lo(21),
+    );
+    let port = sink.port();
+    let routed =
+        format!("{rest}\n[[route]]\ndomain = \"routed.test\"\nhost = \"[127.0.0.20]:{port}\"\n");
+    std::fs::write(dir.join("routed.toml"), base_config(&dns, port, &routed)).unwrap();
+    let (code, out, err) = doctor(
+        &dir,
+        &[
+            "--config",
+            "routed.toml",
+            "--json",
+            "--domain",
+            "routed.test",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let pm = Some("postmaster@routed.test");
+    assert_eq!(status(&r, "routed.test", "rcpt", pm), "pass");
+    assert!(detail(&r, "routed.test", "rcpt", pm).contains("[127.0.0.20:"));
+
     for args in [
         &["--config", "poolrelay.toml", "--domain", "not a domain"][..],
         &["--config", "missing.toml"],

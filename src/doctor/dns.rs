@@ -39,9 +39,14 @@ pub fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
 }
 
-/// Lower case, no trailing dot.
+/// Lower case, no trailing dot, IDN labels in their A-label (`xn--`) form.
 pub fn norm(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+    let n = name.trim().trim_end_matches('.');
+    if n.is_ascii() {
+        n.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(n).unwrap_or_else(|_| n.to_lowercase())
+    }
 }
 
 async fn lookup<T>(

@@ -47,7 +47,7 @@ pub fn check_config(
         .doctor
         .domains
         .iter()
-        .filter(|d| !super::targets::valid_domain(d.trim()))
+        .filter(|d| !super::targets::valid_domain(&super::dns::norm(d)))
         .map(|d| crate::config::ConfigError {
             file: path.to_path_buf(),
             line: None,

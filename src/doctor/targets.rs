@@ -95,10 +95,10 @@ pub fn domains(config: &Config, extra: &[String]) -> Result<Vec<DomainTarget>, S
         (&extra.to_vec(), "argument"),
     ] {
         for d in list {
-            if !valid_domain(d.trim()) {
+            if !valid_domain(&norm(d)) {
                 return Err(format!("{d:?} is not a domain name"));
             }
-            add(d.trim(), why);
+            add(d, why);
         }
     }
     Ok(found
@@ -201,5 +201,7 @@ mod tests {
         assert_eq!(ips, ["127.0.0.12", "127.0.0.11", "127.0.0.10"]);
         assert!(domains(&c, &["not a domain".into()]).is_err());
         assert!(domains(&c, &["nodot".into()]).is_err());
+        let idn = domains(&c, &["Bücher.example".into()]).unwrap();
+        assert_eq!(idn.last().unwrap().domain, "xn--bcher-kva.example");
     }
 }
