@@ -53,8 +53,8 @@
 //! - `DnsServer::start()`: `nameserver()` for `[dns] nameservers`; `add_mx(domain, pref, host)`,
 //!   `null_mx(domain)`, `add_a`, `add_aaaa`, `add_ip`, `add_txt` (long text split in 255-byte
 //!   strings), `add_ptr(ip, host)` (in-addr.arpa / ip6.arpa), `remove(name, RecordType::MX)`,
-//!   `remove_name`, `add_empty_name`, `set_fail(name, bool)` (SERVFAIL), `set_ttl` (default 0), `queries()`. Unknown names are
-//!   NXDOMAIN, known names without the type NOERROR/no data.
+//!   `remove_name`, `add_empty_name`, `set_fail(name, bool)` (SERVFAIL), `set_ttl` (default 0),
+//!   `queries()`. Unknown names are NXDOMAIN, known names without the type NOERROR/no data.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
