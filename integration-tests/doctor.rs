@@ -150,6 +150,12 @@ fn assert_broken_ips(r: &Value) {
     assert!(fix(r, "127.0.0.12", "fcrdns", None).contains("out12.good.test. IN A 127.0.0.12"));
     assert_eq!(status(r, "127.0.0.13", "fcrdns", None), "pass");
     assert_eq!(status(r, "127.0.0.13", "helo", None), "fail");
+    // No SPF at the HELO name: a note (only the relay's own bounces are judged by it).
+    assert_eq!(status(r, "127.0.0.13", "spf_helo", None), "info");
+    assert!(
+        fix(r, "127.0.0.13", "spf_helo", None)
+            .contains("mail13.good.test. IN TXT \"v=spf1 ip4:127.0.0.13 -all\"")
+    );
     assert!(fix(r, "127.0.0.13", "helo", None).contains("helo = \"out13.good.test\""));
     assert_eq!(status(r, "127.0.0.14", "fcrdns", None), "pass");
     assert_eq!(status(r, "127.0.0.14", "dnsbl", Some("bl.test")), "fail");

@@ -53,6 +53,7 @@ pub const GOOD_SPF: &str = "v=spf1 include:_spf.good.test -all";
 /// The good IP and domain: everything a receiver checks is in order.
 pub fn publish_good(dns: &DnsServer, dir: &Path) -> String {
     named_ip(dns, lo(10), "out10.good.test");
+    dns.add_txt("out10.good.test", "v=spf1 a -all"); // the HELO identity's SPF
     dns.add_txt("_spf.good.test", "v=spf1 ip4:127.0.0.10 ip6:::1 ~all");
     domain(dns, "good.test", Some(GOOD_SPF), Some(REJECT), lo(20));
     dns.add_txt("_mta-sts.good.test", "v=STSv1; id=20260101T000000");
@@ -128,6 +129,7 @@ pub fn publish_broken_ips(dns: &DnsServer) {
         "Listed for testing: see https://bl.test/14",
     );
     named_ip(dns, v6(), "out6.good.test"); // IPv6 in ip6.arpa, all good
+    dns.add_txt("out6.good.test", "v=spf1 a -all");
 }
 
 /// Domains broken in each way, everything else in order; returns their `[[dkim]]` entries.

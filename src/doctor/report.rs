@@ -33,8 +33,8 @@ impl Status {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// Stable identifier: ptr, fcrdns, helo, dnsbl, spf, spf_lookups, spf_pass, dkim, dmarc,
-    /// mx, mta_sts, tls_rpt, rcpt.
+    /// Stable identifier: ptr, fcrdns, helo, spf_helo, dnsbl, spf, spf_lookups, spf_pass, dkim,
+    /// dmarc, mx, mta_sts, tls_rpt, rcpt.
     pub name: &'static str,
     /// What the check is about when a name has several: a zone, an IP, a selector, an address.
     #[serde(skip_serializing_if = "Option::is_none")]

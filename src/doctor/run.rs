@@ -76,10 +76,13 @@ impl Doctor {
     }
 
     async fn check_ip(&self, t: IpTarget) -> IpReport {
-        let (mut checks, listed) = tokio::join!(
+        let auth = MessageAuthenticator(self.resolver.clone());
+        let (mut checks, helo_spf, listed) = tokio::join!(
             ptr::check(&self.resolver, &self.ptrs, t.ip, &t.helo),
+            spf::check_helo(&auth, t.ip, &t.helo, &self.config.hostname),
             blocklist::check(&self.resolver, &self.lists, t.ip)
         );
+        checks.push(helo_spf);
         checks.extend(listed);
         IpReport {
             ip: t.ip,

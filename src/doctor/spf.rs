@@ -268,6 +268,34 @@ async fn evaluate(
         .collect()
 }
 
+/// `spf_helo`: SPF of the HELO identity (RFC 7208 §2.3). Receivers judge the relay's own
+/// bounces (`MAIL FROM:<>`) by it; never a failure, since mail with a sender is judged by the
+/// sender's domain.
+pub async fn check_helo(auth: &MessageAuthenticator, ip: IpAddr, helo: &str, host: &str) -> Check {
+    let params = SpfParameters::verify_ehlo(ip, helo, host);
+    let publish = format!(
+        "publish {}",
+        dns::zone_txt(helo, &with_ips("v=spf1 -all", &[ip]))
+    );
+    match auth.verify_spf(params).await.result() {
+        SpfResult::Pass => Check::pass("spf_helo", format!("{helo}: pass")),
+        SpfResult::None => Check::info(
+            "spf_helo",
+            format!("no SPF record at {helo}: bounces from this IP get SPF none"),
+        )
+        .fix(publish),
+        SpfResult::TempError => Check::warn("spf_helo", "temperror: a DNS lookup failed"),
+        other => Check::warn(
+            "spf_helo",
+            format!(
+                "{} for HELO {helo}: bounces from this IP fail SPF",
+                result_name(other)
+            ),
+        )
+        .fix(publish),
+    }
+}
+
 /// What walking the include tree found.
 #[derive(Debug, Default)]
 struct Walk {
