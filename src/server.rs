@@ -47,10 +47,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         pools.clone(),
         suppressions,
     )?);
+    let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {
             pools: pools.clone(),
             reputation: reputation.clone(),
+            doctor,
         };
         crate::admin::start(admin.listen, admin_state).await?;
     }

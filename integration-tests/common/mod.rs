@@ -44,7 +44,8 @@
 //!   `None` (defaults; RCPT local part `tempfail` → 451 4.3.0, `permfail` → 550 5.1.1).
 //! - `DnsServer::start()`: `nameserver()` for `[dns] nameservers`; `add_mx(domain, pref, host)`,
 //!   `null_mx(domain)`, `add_a`, `add_aaaa`, `add_ip`, `add_txt` (long text split in 255-byte
-//!   strings), `remove(name, RecordType::MX)`, `remove_name`, `add_empty_name`,
+//!   strings), `add_ptr(ip, host)` (in-addr.arpa / ip6.arpa), `remove(name, RecordType::MX)`,
+//!   `remove_name`, `add_empty_name`,
 //!   `set_fail(name, bool)` (SERVFAIL), `set_ttl` (default 0), `queries()`. Unknown names are
 //!   NXDOMAIN, known names without the type NOERROR/no data.
 //! - `RelayConfig::new()`: the one config builder (`config.rs`): a plain listener trusting

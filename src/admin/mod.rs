@@ -3,11 +3,13 @@
 //!   `{"ip": "…", "provider": "gmail", "reason": "…"}` (provider and reason optional), or
 //!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
-//!   (`reputation.rs`).
+//!   (`reputation.rs`);
+//! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`).
 //!
 //! `client` is the CLI side.
 
 pub mod client;
+mod doctor;
 mod pool;
 mod reputation;
 
@@ -27,6 +29,8 @@ use crate::reputation::rates::Tracker;
 pub struct AdminState {
     pub pools: Arc<Pools>,
     pub reputation: Arc<Tracker>,
+    /// The background doctor's last round (`None`: not running).
+    pub doctor: Option<Arc<crate::doctor::Latest>>,
 }
 
 /// Binds `listen` and serves the API in the background. A bind failure stops the start.
@@ -47,7 +51,10 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> Result<(), String> 
 }
 
 pub fn router(state: AdminState) -> Router {
-    pool::routes().merge(reputation::routes()).with_state(state)
+    pool::routes()
+        .merge(reputation::routes())
+        .merge(doctor::routes())
+        .with_state(state)
 }
 
 #[derive(Serialize)]

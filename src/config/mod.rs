@@ -53,6 +53,9 @@ pub struct Config {
     /// DNSBL monitoring, reply classification rules, outcome rates (`config/reputation.rs`).
     #[serde(default)]
     pub reputation: reputation::Settings,
+    /// Receiver-side checks of IPs and domains (see `doctor::Settings`).
+    #[serde(default)]
+    pub doctor: crate::doctor::Settings,
 }
 
 fn default_data_dir() -> PathBuf {
