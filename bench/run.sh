@@ -185,6 +185,10 @@ domain = "bench.test"
 selector = "$sel"
 private_key = "$key"
 EOF
+    if "$BIN" doctor --help >/dev/null 2>&1; then
+        # No background DNS checks of the pool IPs and domains during the run.
+        printf '\n[doctor]\nbackground = false\n' >>"$d/poolrelay.toml"
+    fi
     if [ -n "$POOL" ]; then
         # Every message gets its source IP from the pool (smooth weighted round-robin).
         printf '\n[[pool]]\nname = "default"\n' >>"$d/poolrelay.toml"
