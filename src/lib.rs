@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod inbound;
+pub mod metrics;
 pub mod outcome;
 pub mod pool;
 pub mod reply;

@@ -47,10 +47,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         pools.clone(),
         suppressions,
     )?);
+    let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {
             pools: pools.clone(),
             reputation: reputation.clone(),
+            queue,
+            spool: spool.clone(),
+            config: config.clone(),
         };
         crate::admin::start(admin.listen, admin_state).await?;
     }
@@ -62,6 +66,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         reputation,
         committed,
         recovered,
+        control,
     )
     .await?;
     crate::inbound::start(config.clone(), spool, state, signer).await?;

@@ -8,6 +8,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Pool state (src/pool/store.rs): JSON records keyed `ipp|IP|PROVIDER` and `hold|IP|SCOPE`.
 const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
+/// Queue ids the operator holds (`poolrelay queue hold`).
+const QUEUE_HOLD: TableDefinition<&str, u64> = TableDefinition::new("queue_hold");
 
 pub struct State {
     db: Database,
@@ -35,6 +37,7 @@ impl State {
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(COUNTERS).map_err(err)?;
         tx.open_table(POOL).map_err(err)?;
+        tx.open_table(QUEUE_HOLD).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
     }
@@ -126,6 +129,39 @@ impl State {
                     None => {
                         table.remove(k.as_str()).map_err(err)?;
                     }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// Queue ids on hold.
+    pub fn queue_holds(&self) -> Result<Vec<String>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(QUEUE_HOLD).map_err(err)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(err)? {
+            out.push(r.map_err(err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Puts `ids` on hold (`on`) or takes them off, in one transaction.
+    pub fn queue_hold_set(&self, ids: &[String], on: bool) -> Result<(), StateError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(QUEUE_HOLD).map_err(err)?;
+            let now = crate::spool::now_unix();
+            for id in ids {
+                if on {
+                    table.insert(id.as_str(), now).map_err(err)?;
+                } else {
+                    table.remove(id.as_str()).map_err(err)?;
                 }
             }
         }

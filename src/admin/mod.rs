@@ -8,7 +8,10 @@
 //! `client` is the CLI side.
 
 pub mod client;
+mod metrics;
 mod pool;
+mod queue;
+pub mod queue_cli;
 mod reputation;
 
 use std::net::SocketAddr;
@@ -19,14 +22,21 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::config::Config;
+use crate::delivery::queue::QueueHandle;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
+use crate::spool::Spool;
 
 /// What the handlers act on: the running relay's stages.
 #[derive(Clone)]
 pub struct AdminState {
     pub pools: Arc<Pools>,
     pub reputation: Arc<Tracker>,
+    /// Commands into the delivery scheduler, which owns the queued envelopes.
+    pub queue: QueueHandle,
+    pub spool: Arc<Spool>,
+    pub config: Arc<Config>,
 }
 
 /// Binds `listen` and serves the API in the background. A bind failure stops the start.
@@ -38,7 +48,8 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> Result<(), String> 
         tracing::warn!(%listen, "admin API is not on loopback and has no authentication");
     }
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(state)).await {
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });
@@ -47,7 +58,11 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> Result<(), String> 
 }
 
 pub fn router(state: AdminState) -> Router {
-    pool::routes().merge(reputation::routes()).with_state(state)
+    pool::routes()
+        .merge(reputation::routes())
+        .merge(queue::routes())
+        .merge(metrics::routes())
+        .with_state(state)
 }
 
 #[derive(Serialize)]

@@ -33,6 +33,17 @@ enum Kind {
     RecipientSide,
 }
 
+/// The class a reply counts as in `poolrelay_delivery_outcomes_total` and the history.
+fn metric_class(kind: Kind, blames_ip: bool) -> crate::metrics::Class {
+    use crate::metrics::Class;
+    match kind {
+        _ if blames_ip => Class::Block,
+        Kind::Sent => Class::Sent,
+        Kind::Deferred => Class::Deferred,
+        Kind::HardBounce | Kind::BadRecipient | Kind::RecipientSide => Class::Bounced,
+    }
+}
+
 #[derive(Default)]
 struct Window {
     outcomes: VecDeque<Kind>,
@@ -186,6 +197,7 @@ impl Tracker {
             self.suppressions.add(recipient, &why, suppress_for);
         }
         let blames_ip = c.class.blames_ip() && reply.code >= 400;
+        crate::metrics::outcome(&ip.to_string(), provider, metric_class(kind, blames_ip));
         let known = provider != crate::pool::provider::OTHER;
         // The pool keeps probation across restarts; the window may not know of it.
         let on_probation = !blames_ip && self.pools.in_probation(ip, provider);
