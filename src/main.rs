@@ -48,7 +48,7 @@ enum Command {
         #[arg(long)]
         count: bool,
         /// Print JSON.
-        #[arg(long, conflicts_with = "count", global = true)]
+        #[arg(long, global = true)]
         json: bool,
         /// Counts by state, destination domain and provider, from the running relay.
         #[arg(long, conflicts_with = "count")]

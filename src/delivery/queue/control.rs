@@ -35,6 +35,17 @@ pub enum Action {
     Delete,
 }
 
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Hold => "hold",
+            Action::Release => "release",
+            Action::Delete => "delete",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Request {
     /// Counts by destination domain, provider and state, and the levels for `/metrics`.
@@ -101,6 +112,9 @@ impl QueueHandle {
 pub(super) struct Back {
     envs: Vec<Envelope>,
     held: bool,
+    /// Deleted.
+    gone: Vec<String>,
+    reply: Option<(oneshot::Sender<Answer>, Value)>,
 }
 
 /// The scheduler's end.
@@ -160,7 +174,15 @@ impl Control {
 
     pub(super) fn handle(&mut self, queue: &mut Queue, d: &Arc<Deliverer>, event: Event) {
         match event {
-            Event::Back(Back { envs, held }) => {
+            Event::Back(Back {
+                envs,
+                held,
+                gone,
+                reply,
+            }) => {
+                for id in gone {
+                    queue.busy.remove(&id);
+                }
                 for env in envs {
                     queue.busy.remove(&env.id);
                     if held {
@@ -170,18 +192,37 @@ impl Control {
                         queue.push(env, due);
                     }
                 }
+                // Answered once the queue shows the change.
+                if let Some((tx, answer)) = reply {
+                    let _ = tx.send(Ok(answer));
+                }
             }
             Event::Command(c) => {
-                let answer = self.command(queue, d, c.req, &c.client);
-                let _ = c.reply.send(answer);
+                let Command { req, client, reply } = c;
+                match self.command(queue, d, req, &client) {
+                    Ok((answer, Some(io))) => self.finish(d, io, answer, reply),
+                    Ok((answer, None)) => {
+                        let _ = reply.send(Ok(answer));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
         }
     }
 
-    fn command(&mut self, q: &mut Queue, d: &Arc<Deliverer>, req: Request, client: &str) -> Answer {
+    /// The answer, and the I/O still to do before it is given.
+    fn command(
+        &mut self,
+        q: &mut Queue,
+        d: &Arc<Deliverer>,
+        req: Request,
+        client: &str,
+    ) -> Result<(Value, Option<Io>), Failure> {
         match req {
-            Request::Summary => Ok(summary(q, d)),
-            Request::Show(id) => show(q, &id),
+            Request::Summary => Ok((summary(q, d), None)),
+            Request::Show(id) => show(q, &id).map(|v| (v, None)),
             Request::Change {
                 action,
                 select,
@@ -200,7 +241,7 @@ impl Control {
                     };
                     match ok {
                         Some(env) => {
-                            tracing::info!(queue_id = %id, client, action = ?action, dsn, "queue: operator action");
+                            tracing::info!(queue_id = %id, client = %client, action = action.as_str(), dsn, "queue: operator action");
                             done.push(id);
                             if action != Action::Retry {
                                 taken.push(env);
@@ -211,74 +252,74 @@ impl Control {
                 }
                 if let (Select::Id(id), true) = (&select, done.is_empty()) {
                     let state = q.held.get(id).map_or("queued", |_| "on hold");
-                    let why = format!("cannot {action:?} message {id}: it is {state}");
-                    return Err(Failure::Conflict(why.to_lowercase()));
+                    let why = format!("cannot {} message {id}: it is {state}", action.as_str());
+                    return Err(Failure::Conflict(why));
                 }
                 for env in &taken {
                     q.busy.insert(env.id.clone(), env.clone());
                 }
-                self.finish(d, action, dsn, taken);
-                Ok(json!({ "ok": true, "action": action, "done": done, "skipped": skipped }))
+                let answer =
+                    json!({ "ok": true, "action": action, "done": done, "skipped": skipped });
+                let io = (!taken.is_empty()).then_some(Io {
+                    action,
+                    dsn,
+                    envs: taken,
+                });
+                Ok((answer, io))
             }
         }
     }
 
     /// The I/O of a hold, release or delete, off the loop; the envelopes come back through
-    /// `Back` (a delete that fails comes back to the queue).
-    fn finish(&self, d: &Arc<Deliverer>, action: Action, dsn: bool, envs: Vec<Envelope>) {
-        if envs.is_empty() {
-            return;
-        }
+    /// `Back` (a delete that fails comes back to the queue). The answer goes once it is done.
+    fn finish(&self, d: &Arc<Deliverer>, io: Io, answer: Value, reply: oneshot::Sender<Answer>) {
+        let Io { action, dsn, envs } = io;
         let (back, state, d) = (self.back_tx.clone(), self.state.clone(), d.clone());
         tokio::spawn(async move {
             let ids: Vec<String> = envs.iter().map(|e| e.id.clone()).collect();
-            let mark = |on: bool| {
-                let (state, ids) = (state.clone(), ids.clone());
-                tokio::task::spawn_blocking(move || match state {
-                    Some(s) => s.queue_hold_set(&ids, on).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                })
-            };
-            let held = match action {
-                Action::Hold => {
-                    if let Ok(Err(e)) = mark(true).await {
-                        tracing::error!(error = %e, "queue hold not stored: lost on restart");
-                    }
-                    true
-                }
-                Action::Release => {
-                    let _ = mark(false).await;
-                    false
-                }
-                _ => {
-                    let mut failed = Vec::new();
-                    for env in envs {
-                        if let Err(e) = delete(&d, env.clone(), dsn).await {
-                            tracing::error!(queue_id = %env.id, error = %e, "cannot delete");
-                            failed.push(env);
-                        }
-                    }
-                    let _ = mark(false).await;
-                    let _ = back.send(Back {
-                        envs: failed,
-                        held: false,
-                    });
-                    return;
-                }
+            let on_hold = action == Action::Hold;
+            let state2 = state.clone();
+            let stored = tokio::task::spawn_blocking(move || match state2 {
+                Some(s) => s.queue_hold_set(&ids, on_hold).map_err(|e| e.to_string()),
+                None => Ok(()),
+            })
+            .await;
+            if let Ok(Err(e)) = stored {
+                tracing::error!(error = %e, "queue hold not stored in the state store");
+            }
+            let mut b = Back {
+                envs: Vec::new(),
+                held: on_hold,
+                gone: Vec::new(),
+                reply: Some((reply, answer)),
             };
             let now = now_unix();
-            let envs = envs
-                .into_iter()
-                .map(|mut env| {
-                    if !held {
+            for mut env in envs {
+                match action {
+                    Action::Delete => match delete(&d, env.clone(), dsn).await {
+                        Ok(()) => b.gone.push(env.id),
+                        Err(e) => {
+                            tracing::error!(queue_id = %env.id, error = %e, "cannot delete");
+                            b.envs.push(env);
+                        }
+                    },
+                    Action::Release => {
                         due_now(&mut env, now);
+                        b.envs.push(env);
                     }
-                    env
-                })
-                .collect();
-            let _ = back.send(Back { envs, held });
+                    _ => b.envs.push(env),
+                }
+            }
+            let _ = back.send(b);
         });
     }
+}
+
+/// Hold, release or delete work for `finish`.
+pub(super) struct Io {
+    action: Action,
+    dsn: bool,
+    envs: Vec<Envelope>,
 }
 
 /// Removes a message from the spool, with a failure DSN for its pending recipients if asked.
