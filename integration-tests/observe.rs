@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::admin::{get_text, http};
+use common::admin::{get_text, hold_of, http};
 use common::*;
 use serde_json::{Value, json};
 
@@ -358,4 +358,96 @@ fn queue_retry_hold_release_delete_round_trips() {
         .filter(|l| l.contains("queue: operator action") && l.contains("client=127.0.0.1:"))
         .count();
     assert!(actions >= 6, "{log}");
+}
+
+fn history(admin: SocketAddr, ip: &str) -> Value {
+    let (code, v) = http(admin, "GET", &format!("/api/history?ip={ip}"), None);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn events(v: &Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap(),
+                e["scope"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn hour_sum(v: &Value, provider: &str, key: &str) -> u64 {
+    v["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["provider"] == provider)
+        .map(|h| h[key].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn history_after_quarantine_and_reinstatement_survives_a_restart() {
+    let mut b = bench(
+        "observe-history",
+        block_10_at_alpha,
+        "1s",
+        "[reputation]\ncooldown = \"1h\"",
+    );
+    submit(&b.relay, &rcpts("a", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    assert!(wait_until(WAIT, || {
+        hold_of(b.admin, "127.0.0.10", "alpha", "block-reply").is_some()
+    }));
+    let (code, v) = http(
+        b.admin,
+        "POST",
+        "/api/pool/127.0.0.10/reinstate",
+        Some(json!({"provider": "alpha"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = http(
+        b.admin,
+        "POST",
+        "/api/pool/127.0.0.11/drain",
+        Some(json!({"reason": "maintenance"})),
+    );
+    assert_eq!(code, 200, "{v}");
+
+    let check = |v: &Value| {
+        // Two blocked attempts in flight at once: the second extends the quarantine.
+        let mut ev = events(v);
+        ev.retain(|e| e != "extended alpha");
+        assert_eq!(ev, ["quarantined alpha", "reinstated alpha"], "{v}");
+        let q = &v["events"][0];
+        assert_eq!(q["reason"], "block reply", "{v}");
+        assert!(q["evidence"].as_str().unwrap().contains("S3150"), "{v}");
+        assert!(q["until"].as_u64().is_some(), "{v}");
+        assert!(hour_sum(v, "alpha", "blocks") >= 1, "{v}");
+        assert_eq!(hour_sum(v, "alpha", "sent"), 0, "{v}");
+    };
+    let ten = history(b.admin, "127.0.0.10");
+    check(&ten);
+    let eleven = history(b.admin, "127.0.0.11");
+    assert_eq!(hour_sum(&eleven, "alpha", "sent"), 4, "{eleven}");
+    assert_eq!(events(&eleven), ["drained all"], "{eleven}");
+    assert_eq!(eleven["events"][0]["reason"], "maintenance");
+
+    // Kept in the state store: the same after a crash and a restart.
+    b.relay.restart();
+    assert!(wait_until(WAIT, || std::net::TcpStream::connect(b.admin).is_ok()));
+    check(&history(b.admin, "127.0.0.10"));
+    assert_eq!(
+        hour_sum(&history(b.admin, "127.0.0.11"), "alpha", "sent"),
+        4
+    );
+    assert_eq!(
+        http(b.admin, "GET", "/api/history?ip=192.0.2.99", None).0,
+        404
+    );
 }

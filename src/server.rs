@@ -42,11 +42,25 @@ pub async fn run(config: Config) -> Result<(), String> {
         &config.data_dir,
     ));
     suppressions.start_flusher();
-    let reputation = Arc::new(crate::reputation::rates::Tracker::new(
-        &config.reputation,
-        pools.clone(),
-        suppressions,
-    )?);
+    let history = Arc::new(crate::reputation::history::History::new(Some(
+        state.clone(),
+    )));
+    let reputation = Arc::new(
+        crate::reputation::rates::Tracker::new(&config.reputation, pools.clone(), suppressions)?
+            .with_history(history.clone()),
+    );
+    {
+        // Outcome counts reach the history every 10 s (a crash loses at most that much).
+        let (history, pools) = (history.clone(), pools.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let (h, p) = (history.clone(), pools.clone());
+                let _ = tokio::task::spawn_blocking(move || h.flush(&p)).await;
+            }
+        });
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {
@@ -75,6 +89,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     shutdown_signal().await;
     tracing::info!("poolrelay stopping");
     pools.flush();
+    history.flush(&pools);
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! `client` is the CLI side.
 
 pub mod client;
+mod history;
 mod metrics;
 mod pool;
 mod queue;
@@ -62,6 +63,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(reputation::routes())
         .merge(queue::routes())
         .merge(metrics::routes())
+        .merge(history::routes())
         .with_state(state)
 }
 
