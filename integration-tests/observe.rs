@@ -16,13 +16,24 @@ const WAIT: Duration = Duration::from_secs(20);
 /// DNS with `a.test` → mx.alpha.test (127.0.0.20) and `b.test` → mx.beta.test (127.0.0.21), one
 /// sink on both, and a relay sending from 127.0.0.10 and .11 with providers alpha and beta.
 struct Bench {
-    _dns: DnsServer,
+    dns: DnsServer,
     sink: Sink,
     relay: Relay,
     admin: SocketAddr,
 }
 
 fn bench(name: &str, script: fn(&Step) -> Option<String>, retry: &str, rest: &str) -> Bench {
+    let ips = [PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")];
+    bench_with(name, script, retry, rest, &ips)
+}
+
+fn bench_with(
+    name: &str,
+    script: fn(&Step) -> Option<String>,
+    retry: &str,
+    rest: &str,
+    ips: &[PoolIp],
+) -> Bench {
     let dns = DnsServer::start();
     let sink = Sink::builder(&[lo(20), lo(21)]).script(script).start();
     dns.add_mx("a.test", 10, "mx.alpha.test");
@@ -39,10 +50,7 @@ fn bench(name: &str, script: fn(&Step) -> Option<String>, retry: &str, rest: &st
         .admin()
         .provider("alpha", &["alpha.test"])
         .provider("beta", &["beta.test"])
-        .pool(
-            "default",
-            &[PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")],
-        )
+        .pool("default", ips)
         .section(rest);
     let relay = Relay::start(&tempdir(name), &cfg.to_toml());
     let admin = cfg.admin_addr().unwrap();
@@ -52,7 +60,7 @@ fn bench(name: &str, script: fn(&Step) -> Option<String>, retry: &str, rest: &st
         relay.log()
     );
     Bench {
-        _dns: dns,
+        dns,
         sink,
         relay,
         admin,
@@ -450,4 +458,152 @@ fn history_after_quarantine_and_reinstatement_survives_a_restart() {
         http(b.admin, "GET", "/api/history?ip=192.0.2.99", None).0,
         404
     );
+}
+
+/// Block replies to 127.0.0.11 at alpha only.
+fn block_11_at_alpha(s: &Step) -> Option<String> {
+    (matches!(s.stage, Stage::RcptTo(_)) && s.peer == lo(11) && s.local.ip() == lo(20)).then(|| {
+        "550 5.7.1 Service unavailable; client host [127.0.0.11] blocked using Spamhaus".to_string()
+    })
+}
+
+/// 127.0.0.10 warming (cap 50 today), 127.0.0.11 blocked at alpha and then listed on the
+/// DNSBL (quarantined for every provider); traffic from both.
+fn page_bench(name: &str) -> Bench {
+    let ips = [
+        PoolIp::new(10, "out10.test").warmup("new"),
+        PoolIp::new(11, "out11.test"),
+    ];
+    let rest = "[warmup]\nday = \"240h\"\n[[warmup.schedule]]\nname = \"new\"\ndaily = [50, 100]\n\
+        [reputation]\ncooldown = \"1h\"\ndnsbl = [\"dnsbl.test\"]\ncheck_interval = \"1s\"";
+    let b = bench_with(name, block_11_at_alpha, "1s", rest, &ips);
+    submit(&b.relay, &rcpts("a", "a.test", 4));
+    submit(&b.relay, &rcpts("b", "b.test", 2));
+    b.sink.wait_for_messages(6, WAIT);
+    b.dns
+        .add_ip("11.0.0.127.dnsbl.test", "127.0.0.2".parse().unwrap());
+    assert!(
+        wait_until(WAIT, || hold_of(
+            b.admin,
+            "127.0.0.11",
+            "all",
+            "dnsbl:dnsbl.test"
+        )
+        .is_some()),
+        "{}",
+        b.relay.log()
+    );
+    b
+}
+
+/// The `<section>` of one IP in the page.
+fn section<'a>(page: &'a str, ip: &str) -> &'a str {
+    let start = page
+        .find(&format!("<section class=\"ip\" data-ip=\"{ip}\""))
+        .unwrap_or_else(|| panic!("no section for {ip} in\n{page}"));
+    let end = page[start..].find("</section>").unwrap() + start;
+    &page[start..end]
+}
+
+/// What must hold of the page, as served or as Chromium built its DOM.
+fn check_page(page: &str) {
+    assert_eq!(page.matches("<section class=\"ip\"").count(), 2, "{page}");
+    let ten = section(page, "127.0.0.10");
+    let eleven = section(page, "127.0.0.11");
+    assert!(ten.contains("data-state=\"warming\""), "{ten}");
+    assert!(eleven.contains("data-state=\"quarantined\""), "{eleven}");
+    assert!(eleven.contains("dnsbl listing"), "{eleven}");
+    // 10 is warming at alpha: day 0, cap 50 today.
+    assert!(
+        ten.contains("<td>0</td>") && ten.contains("/50</td>"),
+        "{ten}"
+    );
+    assert!(ten.contains("data-action=\"drain\""), "{ten}");
+    for s in [ten, eleven] {
+        assert_eq!(s.matches("class=\"plot warmup\"").count(), 1, "{s}");
+        assert_eq!(s.matches("class=\"plot rates\"").count(), 1, "{s}");
+        assert!(s.contains("class=\"point sent\""), "no warm-up points: {s}");
+        assert!(
+            s.contains("class=\"point deferral\""),
+            "no rate points: {s}"
+        );
+        assert!(s.contains("class=\"threshold bounce\""), "{s}");
+    }
+    // 10's cap line; 11's quarantine shaded.
+    assert!(ten.contains("class=\"cap\""), "{ten}");
+    assert!(eleven.contains("class=\"quarantine\""), "{eleven}");
+}
+
+#[test]
+fn pool_page_shows_states_rates_and_plots() {
+    let b = page_bench("observe-page");
+    check_page(&get_text(b.admin, "/"));
+    // The page's buttons call these.
+    let (code, v) = http(
+        b.admin,
+        "POST",
+        "/api/pool/127.0.0.10/drain",
+        Some(json!({})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let page = get_text(b.admin, "/");
+    let ten = section(&page, "127.0.0.10");
+    assert!(
+        ten.contains("data-state=\"drained\"") && ten.contains("data-action=\"undrain\""),
+        "{ten}"
+    );
+}
+
+/// Runs headless Chromium on `url` with `args`; its stdout.
+fn chromium(dir: &std::path::Path, args: &[&str], url: &str) -> String {
+    let profile = dir.join(format!("chromium-profile-{}", args.len()));
+    std::fs::create_dir_all(&profile).unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium must be installed (Debian package chromium): .ci/run installs it");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page in real headless Chromium: the DOM it builds, and a screenshot at phone width
+/// (target/screenshots/pool-page.png, kept by CI).
+#[test]
+#[ignore = "needs chromium; run by .ci/run"]
+fn pool_page_in_chromium() {
+    let b = page_bench("observe-chromium");
+    let url = format!("http://{}/", b.admin);
+    let dom = chromium(b.relay.dir(), &["--dump-dom"], &url);
+    check_page(&dom);
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    for (name, size) in [
+        ("pool-page.png", "412,2000"),
+        ("pool-page-laptop.png", "1280,1400"),
+    ] {
+        let path = shots.join(name);
+        let _ = std::fs::remove_file(&path);
+        let shot = format!("--screenshot={}", path.display());
+        let window = format!("--window-size={size}");
+        chromium(b.relay.dir(), &[&shot, &window], &url);
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "screenshot {} is {len} bytes", path.display());
+    }
 }

@@ -10,6 +10,8 @@
 pub mod client;
 mod history;
 mod metrics;
+mod page;
+mod plot;
 mod pool;
 mod queue;
 pub mod queue_cli;
@@ -64,6 +66,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(queue::routes())
         .merge(metrics::routes())
         .merge(history::routes())
+        .merge(page::routes())
         .with_state(state)
 }
 
