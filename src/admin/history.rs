@@ -23,13 +23,18 @@ struct HistoryQuery {
     days: Option<u64>,
 }
 
-/// The history of `ip` over the last `days` days, with what is still in memory written first.
-pub(super) async fn load(st: &AdminState, ip: IpAddr, days: u64) -> Result<HistoryView, String> {
+/// The history of each of `ips` over the last `days` days, with what is still in memory
+/// written first (one flush for all).
+pub(super) async fn load(
+    st: &AdminState,
+    ips: Vec<IpAddr>,
+    days: u64,
+) -> Result<Vec<HistoryView>, String> {
     let (h, pools) = (st.reputation.history().clone(), st.pools.clone());
     let since = crate::spool::now_unix().saturating_sub(days.clamp(1, KEEP_DAYS) * 86_400);
     tokio::task::spawn_blocking(move || {
         h.flush(&pools);
-        h.view(ip, since)
+        ips.into_iter().map(|ip| h.view(ip, since)).collect()
     })
     .await
     .map_err(|e| e.to_string())?
@@ -48,8 +53,8 @@ async fn history(State(st): State<AdminState>, Query(q): Query<HistoryQuery>) ->
     if !st.pools.ips().contains(&addr) {
         return error(StatusCode::NOT_FOUND, format!("{addr} is not in any pool"));
     }
-    match load(&st, addr, q.days.unwrap_or(KEEP_DAYS)).await {
-        Ok(v) => axum::Json(v).into_response(),
+    match load(&st, vec![addr], q.days.unwrap_or(KEEP_DAYS)).await {
+        Ok(mut v) => axum::Json(v.pop()).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -77,16 +77,21 @@ async fn page(State(st): State<AdminState>) -> Response {
     };
     let windows = st.reputation.status();
     let now = crate::spool::now_unix();
+    let ips: Vec<std::net::IpAddr> = view
+        .pools
+        .iter()
+        .flat_map(|p| &p.ips)
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    let histories = history::load(&st, ips, WARMUP_DAYS)
+        .await
+        .unwrap_or_default();
     let mut body = String::new();
     for pool in &view.pools {
         let _ = write!(body, "<h1>Pool {}</h1>", esc(&pool.name));
         for ip in &pool.ips {
-            let addr = ip.ip.parse().ok();
-            let h = match addr {
-                Some(a) => history::load(&st, a, WARMUP_DAYS).await.ok(),
-                None => None,
-            };
-            ip_section(&mut body, &st, ip, &windows, h.as_ref(), now);
+            let h = histories.iter().find(|h| h.ip == ip.ip);
+            ip_section(&mut body, &st, ip, &windows, h, now);
         }
     }
     Html(format!(
