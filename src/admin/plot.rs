@@ -171,6 +171,16 @@ pub fn warmup(h: &HistoryView, now: u64, days: u64) -> String {
         polyline(&mut out, "sent", colour, &sent, false);
         polyline(&mut out, "cap", colour, &cap, true);
         for (d, (s, c)) in days {
+            // A tick per day, so a cap of a single day shows too.
+            if let Some(c) = c {
+                let (x, y) = (f.x(*d), f.y(*c as f64));
+                let _ = write!(
+                    out,
+                    "<line class=\"cap-tick\" x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{colour}\" stroke-width=\"2\"/>",
+                    x - 6.0,
+                    x + 6.0
+                );
+            }
             let cap = c.map(|c| format!(" of cap {c}")).unwrap_or_default();
             let title = format!("{provider}, day {}: {s} sent{cap}", d / DAY);
             point(&mut out, "sent", colour, f.x(*d), f.y(*s as f64), &title);
@@ -219,9 +229,11 @@ pub fn rates(h: &HistoryView, now: u64, hours: u64, max_bounce: f64, max_deferra
     // Quarantine periods first, under the lines.
     for (from, to) in quarantines(h, now) {
         let (x0, x1) = (f.x(from.max(t0)), f.x(to.min(f.t1)));
-        if to <= t0 || x1 <= x0 {
+        if to <= t0 {
             continue;
         }
+        // At least a few pixels: a quarantine of minutes is still seen.
+        let x0 = x0.min(x1 - 3.0);
         let _ = write!(
             out,
             "<rect class=\"quarantine\" x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{}\" fill=\"#d62728\" fill-opacity=\"0.15\"/>",
