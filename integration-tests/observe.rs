@@ -538,6 +538,26 @@ fn check_page(page: &str) {
 fn pool_page_shows_states_rates_and_plots() {
     let b = page_bench("observe-page");
     check_page(&get_text(b.admin, "/"));
+    // The same states in /metrics: DNSBL listing, warm-up cap, the IP overall.
+    let m = scrape(b.admin);
+    let listed = |ip| {
+        value(
+            &m,
+            "poolrelay_dnsbl_listed",
+            &[("ip", ip), ("zone", "dnsbl.test")],
+        )
+    };
+    assert_eq!((listed("127.0.0.10"), listed("127.0.0.11")), (0.0, 1.0));
+    let cap = [("ip", "127.0.0.10"), ("provider", "alpha")];
+    assert_eq!(value(&m, "poolrelay_warmup_cap_today", &cap), 50.0);
+    let all = |state| [("ip", "127.0.0.11"), ("provider", "all"), ("state", state)];
+    assert_eq!(value(&m, "poolrelay_ip_state", &all("quarantined")), 1.0);
+    let warming = [
+        ("ip", "127.0.0.10"),
+        ("provider", "all"),
+        ("state", "warming"),
+    ];
+    assert_eq!(value(&m, "poolrelay_ip_state", &warming), 1.0);
     // The page's buttons call these.
     let (code, v) = http(
         b.admin,
