@@ -8,6 +8,7 @@ pub mod config;
 pub mod delivery;
 pub mod doctor;
 pub mod inbound;
+pub mod metrics;
 pub mod outcome;
 pub mod pool;
 pub mod reply;

@@ -37,18 +37,24 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
-    /// The queue under `data_dir` (spool log and files), read without changing anything: one
-    /// line per message (id, size, arrival, sender, recipients with their state).
+    /// The queue. Without a subcommand: the queue under `data_dir` (spool log and files), read
+    /// without changing anything, one line per message. `--summary` and the subcommands ask
+    /// the running relay through its admin API (`[admin] listen`).
     Queue {
-        /// Config file (TOML), read for `data_dir`.
-        #[arg(long, short, default_value = "config/poolrelay.toml")]
+        /// Config file (TOML), read for `data_dir` and `admin.listen`.
+        #[arg(long, short, default_value = "config/poolrelay.toml", global = true)]
         config: PathBuf,
         /// Print only the number of queued messages.
         #[arg(long)]
         count: bool,
-        /// Print the envelopes as JSON.
-        #[arg(long, conflicts_with = "count")]
+        /// Print JSON.
+        #[arg(long, global = true)]
         json: bool,
+        /// Counts by state, destination domain and provider, from the running relay.
+        #[arg(long, conflicts_with = "count")]
+        summary: bool,
+        #[command(subcommand)]
+        command: Option<poolrelay::admin::queue_cli::QueueCommand>,
     },
     /// Check what receivers check (PTR, FCrDNS, HELO, DNSBL, SPF, DKIM, DMARC, MX, postmaster@)
     /// before they refuse: a table per IP and domain, each failure with its fix. Exit 0 when
@@ -128,7 +134,18 @@ fn main() -> ExitCode {
             config,
             count,
             json,
-        } => queue_command(&config, count, json),
+            summary,
+            command,
+        } => {
+            if summary || command.is_some() {
+                match load_or_report(&config) {
+                    Ok(c) => poolrelay::admin::queue_cli::run(&c, command, json),
+                    Err(code) => code,
+                }
+            } else {
+                queue_command(&config, count, json)
+            }
+        }
         Command::Dkim {
             command:
                 DkimCommand::Keygen {

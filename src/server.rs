@@ -42,17 +42,35 @@ pub async fn run(config: Config) -> Result<(), String> {
         &config.data_dir,
     ));
     suppressions.start_flusher();
-    let reputation = Arc::new(crate::reputation::rates::Tracker::new(
-        &config.reputation,
-        pools.clone(),
-        suppressions,
-    )?);
+    let history = Arc::new(crate::reputation::history::History::new(Some(
+        state.clone(),
+    )));
+    let reputation = Arc::new(
+        crate::reputation::rates::Tracker::new(&config.reputation, pools.clone(), suppressions)?
+            .with_history(history.clone()),
+    );
+    {
+        // Outcome counts reach the history every 10 s (a crash loses at most that much).
+        let (history, pools) = (history.clone(), pools.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let (h, p) = (history.clone(), pools.clone());
+                let _ = tokio::task::spawn_blocking(move || h.flush(&p)).await;
+            }
+        });
+    }
+    let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {
             pools: pools.clone(),
             reputation: reputation.clone(),
             doctor,
+            queue,
+            spool: spool.clone(),
+            config: config.clone(),
         };
         crate::admin::start(admin.listen, admin_state).await?;
     }
@@ -64,6 +82,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         reputation,
         committed,
         recovered,
+        control,
     )
     .await?;
     crate::inbound::start(config.clone(), spool, state, signer).await?;
@@ -72,6 +91,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     shutdown_signal().await;
     tracing::info!("poolrelay stopping");
     pools.flush();
+    history.flush(&pools);
     Ok(())
 }
 

@@ -8,6 +8,12 @@ use redb::{Database, ReadableTable, TableDefinition};
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Pool state (src/pool/store.rs): JSON records keyed `ipp|IP|PROVIDER` and `hold|IP|SCOPE`.
 const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
+/// Queue ids the operator holds (`poolrelay queue hold`).
+const QUEUE_HOLD: TableDefinition<&str, u64> = TableDefinition::new("queue_hold");
+/// History (src/reputation/history.rs): hourly buckets keyed `IP|PROVIDER|HOUR` (JSON).
+const HISTORY_HOURS: TableDefinition<&str, &str> = TableDefinition::new("history_hours");
+/// Hold change events keyed `IP|AT|SEQ` (JSON).
+const HISTORY_EVENTS: TableDefinition<&str, &str> = TableDefinition::new("history_events");
 
 pub struct State {
     db: Database,
@@ -35,6 +41,9 @@ impl State {
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(COUNTERS).map_err(err)?;
         tx.open_table(POOL).map_err(err)?;
+        tx.open_table(QUEUE_HOLD).map_err(err)?;
+        tx.open_table(HISTORY_HOURS).map_err(err)?;
+        tx.open_table(HISTORY_EVENTS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
     }
@@ -125,6 +134,155 @@ impl State {
                     }
                     None => {
                         table.remove(k.as_str()).map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// Queue ids on hold.
+    pub fn queue_holds(&self) -> Result<Vec<String>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(QUEUE_HOLD).map_err(err)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(err)? {
+            out.push(r.map_err(err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Puts `ids` on hold (`on`) or takes them off, in one transaction.
+    pub fn queue_hold_set(&self, ids: &[String], on: bool) -> Result<(), StateError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(QUEUE_HOLD).map_err(err)?;
+            let now = crate::spool::now_unix();
+            for id in ids {
+                if on {
+                    table.insert(id.as_str(), now).map_err(err)?;
+                } else {
+                    table.remove(id.as_str()).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+/// Keys of `table` from `prefix` up to the end of that prefix (`|` < `}`).
+fn prefixed<T: ReadableTable<&'static str, &'static str>>(
+    table: &T,
+    prefix: &str,
+) -> Result<Vec<(String, String)>, StateError> {
+    let end = format!("{}}}", prefix.trim_end_matches('|'));
+    let mut out = Vec::new();
+    for r in table.range(prefix..end.as_str()).map_err(err)? {
+        let (k, v) = r.map_err(err)?;
+        out.push((k.value().to_string(), v.value().to_string()));
+    }
+    Ok(out)
+}
+
+impl State {
+    /// Merges history buckets into what is stored, in one transaction.
+    pub fn history_merge(
+        &self,
+        records: &[(String, String)],
+        merge: impl Fn(Option<&str>, &str) -> String,
+    ) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(HISTORY_HOURS).map_err(err)?;
+            for (k, v) in records {
+                let old = table
+                    .get(k.as_str())
+                    .map_err(err)?
+                    .map(|o| o.value().to_string());
+                let merged = merge(old.as_deref(), v);
+                table.insert(k.as_str(), merged.as_str()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Appends events `(ip, json)`.
+    pub fn history_events(&self, events: &[(String, String)]) -> Result<(), StateError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(HISTORY_EVENTS).map_err(err)?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            for (i, (ip, json)) in events.iter().enumerate() {
+                let key = format!("{ip}|{nanos:024}|{i:04}");
+                table.insert(key.as_str(), json.as_str()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Hourly buckets `(key, json)` and events (json, oldest first) of one IP.
+    #[allow(clippy::type_complexity)]
+    pub fn history_of(&self, ip: &str) -> Result<(Vec<(String, String)>, Vec<String>), StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let prefix = format!("{ip}|");
+        let hours = prefixed(&tx.open_table(HISTORY_HOURS).map_err(err)?, &prefix)?;
+        let events = prefixed(&tx.open_table(HISTORY_EVENTS).map_err(err)?, &prefix)?;
+        Ok((hours, events.into_iter().map(|(_, v)| v).collect()))
+    }
+
+    /// Drops buckets of hours before `cutoff` (unix seconds), events before it, and the oldest
+    /// events of an IP past `max_events`.
+    pub fn history_prune(&self, cutoff: u64, max_events: usize) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut hours = tx.open_table(HISTORY_HOURS).map_err(err)?;
+            let mut stale = Vec::new();
+            for r in hours.iter().map_err(err)? {
+                let (k, _) = r.map_err(err)?;
+                let k = k.value().to_string();
+                let hour: u64 = k
+                    .rsplit('|')
+                    .next()
+                    .and_then(|h| h.parse().ok())
+                    .unwrap_or(0);
+                if hour < cutoff {
+                    stale.push(k);
+                }
+            }
+            for k in stale {
+                hours.remove(k.as_str()).map_err(err)?;
+            }
+            let mut events = tx.open_table(HISTORY_EVENTS).map_err(err)?;
+            let cutoff_ns = u128::from(cutoff) * 1_000_000_000;
+            let mut per_ip: std::collections::HashMap<String, Vec<(String, u128)>> =
+                std::collections::HashMap::new();
+            for r in events.iter().map_err(err)? {
+                let (k, _) = r.map_err(err)?;
+                let k = k.value().to_string();
+                let mut parts = k.split('|');
+                let ip = parts.next().unwrap_or("").to_string();
+                let at: u128 = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                per_ip.entry(ip).or_default().push((k, at));
+            }
+            for (_, list) in per_ip {
+                let excess = list.len().saturating_sub(max_events);
+                for (i, (k, at)) in list.iter().enumerate() {
+                    if i < excess || *at < cutoff_ns {
+                        events.remove(k.as_str()).map_err(err)?;
                     }
                 }
             }

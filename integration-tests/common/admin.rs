@@ -88,3 +88,26 @@ fn find_hold(admin: SocketAddr, ip: &str, pred: impl Fn(&Value) -> bool) -> Opti
         .find(|h| pred(h))
         .cloned()
 }
+
+/// `GET path` as text (`/metrics`, the pool page); panics unless 200.
+pub fn get_text(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("HTTP head");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {head}\n{rest}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("chunked"),
+        "expected a sized body: {head}"
+    );
+    rest.to_string()
+}

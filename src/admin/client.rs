@@ -1,63 +1,47 @@
-//! The CLI side of the admin API (`poolrelay pool …`): one HTTP/1.1 request over a plain TCP
-//! connection to `admin.listen` (loopback), and the status table.
+//! The CLI side of the admin API (`poolrelay pool …`, `poolrelay queue …`): requests with
+//! ureq to `admin.listen` (loopback), and the status table.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// Sends one request and returns (status code, body). `Connection: close` keeps it simple.
+/// Sends one request and returns (status code, body).
 pub fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("cannot connect to the admin API at {addr}: {e} (is poolrelay running with [admin] listen = \"{addr}\"?)"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("admin API {addr}: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("admin API {addr}: {e}"))?;
-    parse_response(&raw).ok_or_else(|| format!("admin API {addr}: malformed HTTP response"))
-}
-
-fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let code: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let mut body = &raw[end + 4..];
-    let text = if chunked {
-        let mut out = Vec::new();
-        loop {
-            let nl = body.windows(2).position(|w| w == b"\r\n")?;
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&body[..nl]).ok()?.trim(), 16).ok()?;
-            body = &body[nl + 2..];
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(body.get(..size)?);
-            body = body.get(size + 2..)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let sent = match method {
+        "POST" => {
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.as_str())
         }
-        String::from_utf8_lossy(&out).into_owned()
-    } else {
-        String::from_utf8_lossy(body).into_owned()
+        _ => agent.get(&url).call(),
     };
-    Some((code, text))
+    let mut response = sent.map_err(|e| match e {
+        ureq::Error::Io(e) => format!(
+            "cannot reach the admin API at {addr}: {e} (is poolrelay running with [admin] listen = \"{addr}\"?)"
+        ),
+        e => format!("admin API {addr}: {e}"),
+    })?;
+    let code = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("admin API {addr}: {e}"))?;
+    Ok((code, text))
 }
 
 fn cell(v: &Value) -> String {
@@ -136,17 +120,6 @@ pub fn format_status(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_plain_and_chunked_responses() {
-        let (c, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((c, b.as_str()), (200, "{}"));
-        let (c, b) = parse_response(
-            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((c, b.as_str()), (404, "abcde"));
-    }
 
     #[test]
     fn table_has_a_line_per_ip_and_provider() {

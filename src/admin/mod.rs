@@ -10,7 +10,13 @@
 
 pub mod client;
 mod doctor;
+mod history;
+mod metrics;
+mod page;
+mod plot;
 mod pool;
+mod queue;
+pub mod queue_cli;
 mod reputation;
 
 use std::net::SocketAddr;
@@ -21,8 +27,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::config::Config;
+use crate::delivery::queue::QueueHandle;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
+use crate::spool::Spool;
 
 /// What the handlers act on: the running relay's stages.
 #[derive(Clone)]
@@ -31,6 +40,10 @@ pub struct AdminState {
     pub reputation: Arc<Tracker>,
     /// The background doctor's last round (`None`: not running).
     pub doctor: Option<Arc<crate::doctor::Latest>>,
+    /// Commands into the delivery scheduler, which owns the queued envelopes.
+    pub queue: QueueHandle,
+    pub spool: Arc<Spool>,
+    pub config: Arc<Config>,
 }
 
 /// Binds `listen` and serves the API in the background. A bind failure stops the start.
@@ -42,7 +55,8 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> Result<(), String> 
         tracing::warn!(%listen, "admin API is not on loopback and has no authentication");
     }
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(state)).await {
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });
@@ -54,6 +68,10 @@ pub fn router(state: AdminState) -> Router {
     pool::routes()
         .merge(reputation::routes())
         .merge(doctor::routes())
+        .merge(queue::routes())
+        .merge(metrics::routes())
+        .merge(history::routes())
+        .merge(page::routes())
         .with_state(state)
 }
 

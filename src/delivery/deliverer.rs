@@ -239,6 +239,9 @@ impl Deliverer {
             return;
         }
         let line = format!("{} {} {}", r.code, r.status, r.text);
+        if !r.addr.is_empty() {
+            crate::metrics::outbound(tls != "none");
+        }
         let delay = now.saturating_sub(received_at);
         // Display (unquoted) for single-token fields; the reply text stays quoted.
         macro_rules! attempt_event {

@@ -32,9 +32,10 @@ pub async fn start(
     reputation: Arc<Tracker>,
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: Vec<Envelope>,
+    control: queue::Control,
 ) -> Result<(), String> {
     let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
-    tokio::spawn(queue::run(d.clone(), committed, recovered));
+    tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {

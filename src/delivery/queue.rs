@@ -9,6 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
+mod control;
+
+pub use control::{Action, Control, Failure, QueueHandle, Request, Select, channel};
+
 use super::Deliverer;
 use crate::spool::{Envelope, RcptState, now_unix};
 
@@ -37,6 +41,10 @@ struct Queue {
     /// Messages waiting, with the due time their heap entry was pushed with (stale entries are
     /// skipped on pop).
     waiting: HashMap<String, (u64, Envelope)>,
+    /// Held by the operator (`queue hold`): not scheduled until released.
+    held: HashMap<String, Envelope>,
+    /// Out of the heap for a while: an attempt or an operator action running.
+    busy: HashMap<String, Envelope>,
 }
 
 impl Queue {
@@ -68,8 +76,16 @@ pub async fn run(
     d: Arc<Deliverer>,
     mut committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: Vec<Envelope>,
+    mut control: control::Control,
 ) {
     let mut queue = Queue::default();
+    let on_hold: std::collections::HashSet<String> = control.held_ids().into_iter().collect();
+    let stale: Vec<String> = on_hold
+        .iter()
+        .filter(|id| !recovered.iter().any(|e| &e.id == *id))
+        .cloned()
+        .collect();
+    control.forget(&stale);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Envelope>, bool)>();
     for env in recovered {
         if env
@@ -78,6 +94,10 @@ pub async fn run(
             .any(|r| r.state == RcptState::Pending && r.held)
         {
             d.mark_held(&env.id);
+        }
+        if on_hold.contains(&env.id) {
+            queue.held.insert(env.id.clone(), env);
+            continue;
         }
         let due = due_of(&env).unwrap_or(0);
         queue.push(env, due);
@@ -89,6 +109,7 @@ pub async fn run(
             let d = d.clone();
             let tx = done_tx.clone();
             let backup = env.clone();
+            queue.busy.insert(id.clone(), env.clone());
             // One task per attempt; a panic in it is caught here (not by a second task around
             // it) and the message is retried later.
             tokio::spawn(async move {
@@ -122,7 +143,8 @@ pub async fn run(
                     std::future::pending::<()>().await;
                 }
             },
-            Some((_id, next, crashed)) = done_rx.recv() => {
+            Some((id, next, crashed)) = done_rx.recv() => {
+                queue.busy.remove(&id);
                 if let Some(env) = next {
                     let due = match due_of(&env) {
                         Some(due) if !crashed => due,
@@ -146,6 +168,7 @@ pub async fn run(
                     }
                 }
             }
+            event = control.next() => control.handle(&mut queue, &d, event),
             _ = tokio::time::sleep(sleep) => {}
         }
     }

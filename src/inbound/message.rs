@@ -314,6 +314,7 @@ impl Session {
 
     /// One log event per refused message, with the same fields as an accepted one.
     fn refuse_msg(&mut self, id: &str, size: u64, tx: &Tx, r: Reply) -> Flow {
+        crate::metrics::refused("data", r.code);
         tracing::info!(
             queue_id = %id,
             client = %self.peer,
@@ -387,6 +388,7 @@ impl Session {
         };
         match writer.commit(envelope).await {
             Ok(env) => {
+                crate::metrics::accepted(self.tls.is_some(), !signed.signed_by.is_empty());
                 // One event for the state change, DKIM outcome included.
                 tracing::info!(
                     queue_id = %env.id,

@@ -119,7 +119,10 @@ async fn accept_loop(
                 let (ctx, listen) = (ctx.clone(), listen.clone());
                 tokio::spawn(async move {
                     match permit {
-                        Ok(_permit) => session::run(ctx, listen, stream, peer).await,
+                        Ok(_permit) => {
+                            let _open = crate::metrics::session();
+                            session::run(ctx, listen, stream, peer).await
+                        }
                         Err(_) => session::refuse_busy(ctx, listen, stream, peer).await,
                     }
                 });

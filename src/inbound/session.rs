@@ -191,6 +191,7 @@ impl Session {
 
     /// A refused envelope step or message: one log event with the reply sent.
     pub(super) fn refuse(&mut self, stage: &'static str, r: Reply) -> Flow {
+        crate::metrics::refused(stage, r.code);
         tracing::info!(
             client = %self.peer,
             user = self.user.as_deref().unwrap_or(""),

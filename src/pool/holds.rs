@@ -221,16 +221,21 @@ impl Pools {
         if changes.is_empty() {
             return Ok(());
         }
+        let mut events = Vec::new();
         {
             let mut inner = self.lock();
             for (k, h) in &changes {
-                match h {
+                let old = match h {
                     Some(h) => inner.holds.insert(k.clone(), h.clone()),
                     None => inner.holds.remove(k),
                 };
+                events.push((k.0, old, h.clone()));
             }
         }
         self.store_holds(&changes)?;
+        if let Some(state) = &self.state {
+            crate::reputation::history::hold_events(state, &events);
+        }
         self.wake.notify_one();
         Ok(())
     }

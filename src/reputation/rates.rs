@@ -33,6 +33,28 @@ enum Kind {
     RecipientSide,
 }
 
+/// The class a reply counts as in `poolrelay_delivery_outcomes_total` and the history.
+fn metric_class(kind: Kind, blames_ip: bool) -> crate::metrics::Class {
+    use crate::metrics::Class;
+    match kind {
+        _ if blames_ip => Class::Block,
+        Kind::Sent => Class::Sent,
+        Kind::Deferred => Class::Deferred,
+        Kind::HardBounce | Kind::BadRecipient | Kind::RecipientSide => Class::Bounced,
+    }
+}
+
+fn history_count(kind: Kind, blames_ip: bool) -> super::history::Count {
+    use super::history::Count;
+    match kind {
+        _ if blames_ip => Count::Block,
+        Kind::Sent => Count::Sent,
+        Kind::Deferred => Count::Deferred,
+        Kind::HardBounce => Count::HardBounce,
+        Kind::BadRecipient | Kind::RecipientSide => Count::RecipientBounce,
+    }
+}
+
 #[derive(Default)]
 struct Window {
     outcomes: VecDeque<Kind>,
@@ -82,6 +104,8 @@ pub struct Tracker {
     windows: Windows,
     senders: Mutex<HashMap<String, Hygiene>>,
     suppressions: Arc<Suppressions>,
+    /// Hourly outcome counts per IP × provider (in memory only unless `with_history`).
+    history: Arc<super::history::History>,
 }
 
 /// What delivery does with one reply.
@@ -105,7 +129,18 @@ impl Tracker {
             windows: Mutex::default(),
             senders: Mutex::new(HashMap::new()),
             suppressions,
+            history: Arc::new(super::history::History::new(None)),
         })
+    }
+
+    /// Counts every classified reply into `history` too.
+    pub fn with_history(mut self, history: Arc<super::history::History>) -> Tracker {
+        self.history = history;
+        self
+    }
+
+    pub fn history(&self) -> &Arc<super::history::History> {
+        &self.history
     }
 
     pub fn suppressions(&self) -> &Arc<Suppressions> {
@@ -186,6 +221,9 @@ impl Tracker {
             self.suppressions.add(recipient, &why, suppress_for);
         }
         let blames_ip = c.class.blames_ip() && reply.code >= 400;
+        crate::metrics::outcome(&ip.to_string(), provider, metric_class(kind, blames_ip));
+        self.history
+            .count(ip, provider, history_count(kind, blames_ip));
         let known = provider != crate::pool::provider::OTHER;
         // The pool keeps probation across restarts; the window may not know of it.
         let on_probation = !blames_ip && self.pools.in_probation(ip, provider);

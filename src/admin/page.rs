@@ -1,0 +1,197 @@
+//! The pool page (`GET /`): every IP with its state, reason and evidence, per provider its
+//! warm-up day, today's used/cap and the window's bounce and deferral rates; two plots per IP
+//! (`plot.rs`); drain and undrain buttons (a few lines of inline script calling the API).
+//! Everything is in the one response: it works with no internet access.
+
+use std::fmt::Write as _;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use super::{AdminState, history, plot};
+use crate::pool::{IpState, IpView};
+use crate::reputation::rates::WindowsView;
+
+pub(super) fn routes() -> Router<AdminState> {
+    Router::new().route("/", get(page))
+}
+
+const WARMUP_DAYS: u64 = 14;
+const RATE_HOURS: u64 = 48;
+
+const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:8px;color:#222}\
+h1{font-size:1.3em}h2{font-size:1.1em;margin:0}section.ip{border:1px solid #ccc;border-radius:6px;padding:10px;margin:12px 0}\
+.head{display:flex;flex-wrap:wrap;gap:8px;align-items:center}.state{padding:2px 8px;border-radius:10px;font-weight:600}\
+.active{background:#dfd}.warming{background:#def}.probation{background:#ffd}.backoff{background:#fed}.quarantined{background:#fdd}.drained{background:#ddd}\
+.why{margin:6px 0;word-break:break-word}.evidence{color:#555;font-size:.9em}.tbl{overflow-x:auto}\
+table{border-collapse:collapse;min-width:100%}td,th{padding:3px 8px;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}\
+.plots{display:flex;flex-wrap:wrap;gap:8px}.plots figure{flex:1 1 320px;margin:0}figcaption{font-size:.9em;color:#555}\
+svg.plot{width:100%;height:auto;background:#fafafa}svg text{font-size:11px;fill:#444}.axis{stroke:#888}\
+button{font-size:1em;padding:4px 12px;margin-left:auto}";
+
+const SCRIPT: &str = "document.querySelectorAll('button[data-action]').forEach(function(b){\
+b.addEventListener('click',function(){b.disabled=true;\
+fetch('/api/pool/'+encodeURIComponent(b.dataset.ip)+'/'+b.dataset.action,{method:'POST',\
+headers:{'Content-Type':'application/json'},body:JSON.stringify({reason:'operator (pool page)'})})\
+.then(function(r){if(!r.ok){return r.text().then(function(t){alert(t);});}}).finally(function(){location.reload();});});});";
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn state_name(s: IpState) -> &'static str {
+    match s {
+        IpState::Active => "active",
+        IpState::Warming => "warming",
+        IpState::Probation => "probation",
+        IpState::Backoff => "backoff",
+        IpState::Quarantined => "quarantined",
+        IpState::Drained => "drained",
+    }
+}
+
+fn pct(n: usize, of: usize) -> String {
+    if of == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", n as f64 * 100.0 / of as f64)
+    }
+}
+
+async fn page(State(st): State<AdminState>) -> Response {
+    let pools = st.pools.clone();
+    let view = match tokio::task::spawn_blocking(move || pools.status()).await {
+        Ok(v) => v,
+        Err(e) => {
+            return Html(format!(
+                "<p>pool status failed: {}</p>",
+                esc(&e.to_string())
+            ))
+            .into_response();
+        }
+    };
+    let windows = st.reputation.status();
+    let now = crate::spool::now_unix();
+    let ips: Vec<std::net::IpAddr> = view
+        .pools
+        .iter()
+        .flat_map(|p| &p.ips)
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    let histories = history::load(&st, ips, WARMUP_DAYS)
+        .await
+        .unwrap_or_default();
+    let mut body = String::new();
+    for pool in &view.pools {
+        let _ = write!(body, "<h1>Pool {}</h1>", esc(&pool.name));
+        for ip in &pool.ips {
+            let h = histories.iter().find(|h| h.ip == ip.ip);
+            ip_section(&mut body, &st, ip, &windows, h, now);
+        }
+    }
+    Html(format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>poolrelay: pool</title><style>{STYLE}</style></head><body>\
+         <p>poolrelay {} · {} IPs · <a href=\"/metrics\">metrics</a></p>{body}<script>{SCRIPT}</script></body></html>",
+        esc(&st.config.hostname),
+        view.pools.iter().map(|p| p.ips.len()).sum::<usize>(),
+    ))
+    .into_response()
+}
+
+fn ip_section(
+    out: &mut String,
+    st: &AdminState,
+    ip: &IpView,
+    windows: &WindowsView,
+    h: Option<&crate::reputation::history::HistoryView>,
+    now: u64,
+) {
+    let state = state_name(ip.state);
+    let (action, label) = if ip.state == IpState::Drained {
+        ("undrain", "Undrain")
+    } else {
+        ("drain", "Drain")
+    };
+    let _ = write!(
+        out,
+        "<section class=\"ip\" data-ip=\"{ip_}\" data-state=\"{state}\"><div class=\"head\">\
+         <h2>{ip_}</h2><span class=\"state {state}\">{state}</span><span>{helo} · weight {w}{warm}</span>\
+         <button data-action=\"{action}\" data-ip=\"{ip_}\">{label}</button></div>",
+        ip_ = esc(&ip.ip),
+        helo = esc(&ip.helo),
+        w = ip.weight,
+        warm = ip
+            .warmup
+            .as_ref()
+            .map(|s| format!(" · warm-up {}", esc(s)))
+            .unwrap_or_default(),
+    );
+    for hold in &ip.holds {
+        let _ = write!(
+            out,
+            "<p class=\"why\"><b>{kind:?} ({scope})</b>: {reason}{until}<br><span class=\"evidence\">{evidence}</span></p>",
+            kind = hold.kind,
+            scope = esc(&hold.scope),
+            reason = esc(&hold.reason),
+            until = hold
+                .until
+                .map(|u| format!(
+                    ", until {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u)
+                    )
+                ))
+                .unwrap_or_default(),
+            evidence = esc(&hold.evidence),
+        );
+    }
+    out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th></tr>");
+    for (name, p) in &ip.providers {
+        let w = windows
+            .windows
+            .iter()
+            .find(|w| w.ip == ip.ip && &w.provider == name);
+        let (bounce, defer) = match w {
+            Some(w) => (pct(w.hard_bounces, w.samples), pct(w.deferred, w.samples)),
+            None => ("-".into(), "-".into()),
+        };
+        let cap = p
+            .cap_today
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into());
+        let day = p
+            .warmup_day
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into());
+        let s = state_name(p.state);
+        let _ = write!(
+            out,
+            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}</td><td>{bounce}</td><td>{defer}</td><td>{}</td></tr>",
+            p.used_today,
+            p.sent,
+            n = esc(name),
+        );
+    }
+    out.push_str("</table></div><div class=\"plots\">");
+    let r = &st.config.reputation;
+    match h {
+        Some(h) => {
+            let _ = write!(
+                out,
+                "<figure>{}<figcaption>Warm-up: sent (solid) vs cap (dashed) per day, last {WARMUP_DAYS} days</figcaption></figure>\
+                 <figure>{}<figcaption>Bounce and deferral rate per hour, last {RATE_HOURS} h; dashed: quarantine thresholds; shaded: quarantined</figcaption></figure>",
+                plot::warmup(h, now, WARMUP_DAYS),
+                plot::rates(h, now, RATE_HOURS, r.max_bounce_rate, r.max_deferral_rate),
+            );
+        }
+        None => out.push_str("<p>no history</p>"),
+    }
+    out.push_str("</div></section>");
+}

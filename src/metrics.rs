@@ -1,0 +1,353 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener).
+//!
+//! Events are counted where they happen, one call each, into one process-wide set of counters
+//! (like a global recorder: the hot paths need no handle threaded through them). Levels (queue,
+//! spool, pool states, warm-up, DNSBL listings) are read when scraped, from a `Levels` snapshot
+//! the admin side takes, so they are never stale and cost nothing between scrapes.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::pool::{IpState, PoolsView};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Tls {
+    tls: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refused {
+    stage: &'static str,
+    /// The SMTP reply code: a small fixed set.
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    ip: String,
+    provider: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Dkim {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpProvider {
+    ip: String,
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpProviderState {
+    ip: String,
+    provider: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpZone {
+    ip: String,
+    zone: String,
+}
+
+/// Delivery outcome classes (label `class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Sent,
+    Deferred,
+    Bounced,
+    /// A block or reputation reply: the IP was refused, not the recipient.
+    Block,
+}
+
+impl Class {
+    fn as_str(self) -> &'static str {
+        match self {
+            Class::Sent => "sent",
+            Class::Deferred => "deferred",
+            Class::Bounced => "bounced",
+            Class::Block => "block",
+        }
+    }
+}
+
+struct Events {
+    registry: Registry,
+    accepted: Family<Tls, Counter>,
+    refused: Family<Refused, Counter>,
+    outcomes: Family<Outcome, Counter>,
+    outbound: Family<Tls, Counter>,
+    dkim: Family<Dkim, Counter>,
+    sessions: Gauge,
+}
+
+fn events() -> &'static Events {
+    static EVENTS: OnceLock<Events> = OnceLock::new();
+    EVENTS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("poolrelay");
+        let e = Events {
+            registry: Registry::default(),
+            accepted: Family::default(),
+            refused: Family::default(),
+            outcomes: Family::default(),
+            outbound: Family::default(),
+            dkim: Family::default(),
+            sessions: Gauge::default(),
+        };
+        registry.register(
+            "messages_accepted",
+            "Messages accepted (250 after the spool commit), by whether the session used TLS",
+            e.accepted.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Commands and messages refused, by SMTP stage and reply code",
+            e.refused.clone(),
+        );
+        registry.register(
+            "delivery_outcomes",
+            "Remote replies per recipient, by source IP, provider and class (sent, deferred, bounced, block)",
+            e.outcomes.clone(),
+        );
+        registry.register(
+            "outbound_transactions",
+            "Outbound delivery results per recipient, by whether the session used TLS",
+            e.outbound.clone(),
+        );
+        registry.register(
+            "dkim_messages",
+            "Accepted messages by DKIM result (signed or unsigned)",
+            e.dkim.clone(),
+        );
+        registry.register(
+            "inbound_sessions",
+            "SMTP sessions open now",
+            e.sessions.clone(),
+        );
+        Events { registry, ..e }
+    })
+}
+
+/// A message was accepted; `tls`: the session is encrypted.
+pub fn accepted(tls: bool, dkim_signed: bool) {
+    let e = events();
+    e.accepted.get_or_create(&Tls { tls: yes(tls) }).inc();
+    let result = if dkim_signed { "signed" } else { "unsigned" };
+    e.dkim.get_or_create(&Dkim { result }).inc();
+}
+
+/// A command or message was refused at `stage` with reply `code`.
+pub fn refused(stage: &'static str, code: u16) {
+    let code = code.to_string();
+    events()
+        .refused
+        .get_or_create(&Refused { stage, code })
+        .inc();
+}
+
+/// One recipient's remote reply, as the reputation tracker classified it.
+pub fn outcome(ip: &str, provider: &str, class: Class) {
+    events()
+        .outcomes
+        .get_or_create(&Outcome {
+            ip: ip.to_string(),
+            provider: provider.to_string(),
+            class: class.as_str(),
+        })
+        .inc();
+}
+
+/// One recipient's delivery result over a session with (or without) TLS.
+pub fn outbound(tls: bool) {
+    events()
+        .outbound
+        .get_or_create(&Tls { tls: yes(tls) })
+        .inc();
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Counts an inbound session while alive.
+pub struct SessionGuard(());
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        events().sessions.dec();
+    }
+}
+
+pub fn session() -> SessionGuard {
+    events().sessions.inc();
+    SessionGuard(())
+}
+
+/// What is read at scrape time.
+#[derive(Debug, Default)]
+pub struct Levels {
+    pub queue_messages: u64,
+    /// Unix seconds of the oldest queued message's arrival.
+    pub queue_oldest: Option<u64>,
+    pub spool_bytes: u64,
+    pub spool_free_bytes: Option<u64>,
+    pub pools: Option<PoolsView>,
+    /// Configured DNSBL zones (a listed IP without a hold for a zone reads 0).
+    pub dnsbl_zones: Vec<String>,
+    pub now: u64,
+}
+
+const STATES: [(IpState, &str); 6] = [
+    (IpState::Active, "active"),
+    (IpState::Warming, "warming"),
+    (IpState::Probation, "probation"),
+    (IpState::Backoff, "backoff"),
+    (IpState::Quarantined, "quarantined"),
+    (IpState::Drained, "drained"),
+];
+
+/// The text exposition: the event counters, then the levels.
+pub fn render(levels: &Levels) -> String {
+    let mut out = String::new();
+    let _ = encode_registry(&mut out, &events().registry);
+    let _ = encode_registry(&mut out, &levels_registry(levels));
+    let _ = encode_eof(&mut out);
+    out
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    match unit {
+        Some(u) => registry.register_with_unit(name, help, u, g),
+        None => registry.register(name, help, g),
+    }
+}
+
+fn levels_registry(l: &Levels) -> Registry {
+    let mut r = Registry::with_prefix("poolrelay");
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(
+        &mut r,
+        "queue_messages",
+        "Messages in the queue",
+        None,
+        n(l.queue_messages),
+    );
+    let age = l.queue_oldest.map(|t| l.now.saturating_sub(t)).unwrap_or(0);
+    let help = "Age of the oldest queued message (0 when the queue is empty)";
+    gauge(
+        &mut r,
+        "queue_oldest_age",
+        help,
+        Some(Unit::Seconds),
+        n(age),
+    );
+    let help = "Bytes of queued messages";
+    gauge(&mut r, "spool", help, Some(Unit::Bytes), n(l.spool_bytes));
+    if let Some(free) = l.spool_free_bytes {
+        let help = "Bytes free on the spool's filesystem";
+        gauge(&mut r, "spool_free", help, Some(Unit::Bytes), n(free));
+    }
+    let Some(view) = &l.pools else { return r };
+    let used = Family::<IpProvider, Gauge>::default();
+    let cap = Family::<IpProvider, Gauge>::default();
+    let state = Family::<IpProviderState, Gauge>::default();
+    let dnsbl = Family::<IpZone, Gauge>::default();
+    for ip in view.pools.iter().flat_map(|p| &p.ips) {
+        let states = std::iter::once(("all", ip.state))
+            .chain(ip.providers.iter().map(|(p, v)| (p.as_str(), v.state)));
+        for (provider, s) in states {
+            for (st, name) in STATES {
+                let labels = IpProviderState {
+                    ip: ip.ip.clone(),
+                    provider: provider.to_string(),
+                    state: name,
+                };
+                state.get_or_create(&labels).set(i64::from(st == s));
+            }
+        }
+        for (provider, p) in &ip.providers {
+            let labels = IpProvider {
+                ip: ip.ip.clone(),
+                provider: provider.clone(),
+            };
+            used.get_or_create(&labels).set(n(p.used_today));
+            if let Some(c) = p.cap_today {
+                cap.get_or_create(&labels).set(n(c));
+            }
+        }
+        for zone in &l.dnsbl_zones {
+            let listed = ip.holds.iter().any(|h| {
+                matches!(&h.cause, crate::pool::Cause::Dnsbl(z) if z == zone) && h.in_force(l.now)
+            });
+            let labels = IpZone {
+                ip: ip.ip.clone(),
+                zone: zone.clone(),
+            };
+            dnsbl.get_or_create(&labels).set(i64::from(listed));
+        }
+    }
+    r.register(
+        "warmup_used_today",
+        "Messages sent today per source IP and provider (counted against the warm-up cap)",
+        used,
+    );
+    r.register(
+        "warmup_cap_today",
+        "Today's warm-up cap per source IP and provider (absent when not capped)",
+        cap,
+    );
+    r.register(
+        "ip_state",
+        "1 for the state a source IP is in, per provider (provider=\"all\": the IP overall)",
+        state,
+    );
+    r.register(
+        "dnsbl_listed",
+        "1 while a source IP is listed on a DNSBL zone",
+        dnsbl,
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_levels_render_as_text_exposition() {
+        accepted(true, false);
+        refused("rcpt", 554);
+        outcome("192.0.2.1", "gmail", Class::Block);
+        let _s = session();
+        let text = render(&Levels {
+            queue_messages: 3,
+            queue_oldest: Some(100),
+            now: 160,
+            ..Levels::default()
+        });
+        for want in [
+            "poolrelay_messages_accepted_total{tls=\"yes\"}",
+            "poolrelay_messages_refused_total{stage=\"rcpt\",code=\"554\"}",
+            "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"block\"}",
+            "poolrelay_dkim_messages_total{result=\"unsigned\"}",
+            "poolrelay_queue_messages 3",
+            "poolrelay_queue_oldest_age_seconds 60",
+            "poolrelay_inbound_sessions ",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

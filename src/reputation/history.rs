@@ -1,0 +1,323 @@
+//! History kept by the relay itself (`GET /api/history?ip=…`, the pool page's plots): per IP ×
+//! provider hourly buckets of outcomes and the warm-up cap, and every hold change (quarantined,
+//! probation, reinstated, drained, undrained) with its reason and evidence.
+//!
+//! Counts gather in memory and reach the state store with `flush` (every few seconds); events
+//! are written when they happen. Kept `KEEP_DAYS` days; at most `MAX_EVENTS_PER_IP` events per
+//! IP, so the store stays bounded by IPs × providers × hours.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{Hold, HoldKind, Pools};
+use crate::spool::now_unix;
+use crate::state::State;
+
+pub const KEEP_DAYS: u64 = 90;
+pub const MAX_EVENTS_PER_IP: usize = 5_000;
+const HOUR: u64 = 3600;
+
+/// One hour of one IP × provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub sent: u64,
+    pub deferred: u64,
+    /// Hard bounces that count against the IP (bounce-rate quarantine).
+    pub hard_bounces: u64,
+    /// Bounces that are the recipient's doing (unknown user, mailbox full).
+    #[serde(default)]
+    pub recipient_bounces: u64,
+    /// Block or reputation replies.
+    pub blocks: u64,
+    /// The day's warm-up cap while this hour was sampled (None: not capped).
+    #[serde(default)]
+    pub cap: Option<u64>,
+}
+
+impl Bucket {
+    fn add(&mut self, o: &Bucket) {
+        self.sent += o.sent;
+        self.deferred += o.deferred;
+        self.hard_bounces += o.hard_bounces;
+        self.recipient_bounces += o.recipient_bounces;
+        self.blocks += o.blocks;
+        if o.cap.is_some() {
+            self.cap = o.cap;
+        }
+    }
+}
+
+/// What `count` is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Sent,
+    Deferred,
+    HardBounce,
+    RecipientBounce,
+    Block,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HourView {
+    pub provider: String,
+    /// Unix seconds at the start of the hour.
+    pub hour: u64,
+    #[serde(flatten)]
+    pub bucket: Bucket,
+}
+
+/// One change of a hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub at: u64,
+    /// quarantined, extended, probation, reinstated, drained, undrained.
+    pub event: String,
+    /// `all` or a provider.
+    pub scope: String,
+    pub cause: String,
+    pub reason: String,
+    pub evidence: String,
+    /// A quarantine's end, if it ends by itself.
+    pub until: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub ip: String,
+    pub since: u64,
+    pub hours: Vec<HourView>,
+    pub events: Vec<Event>,
+}
+
+type Key = (IpAddr, String, u64);
+
+pub struct History {
+    state: Option<Arc<State>>,
+    pending: Mutex<HashMap<Key, Bucket>>,
+    /// Hour of the last pruning.
+    pruned: Mutex<u64>,
+}
+
+fn hour_key(ip: &str, provider: &str, hour: u64) -> String {
+    format!("{ip}|{provider}|{hour:012}")
+}
+
+impl History {
+    pub fn new(state: Option<Arc<State>>) -> History {
+        History {
+            state,
+            pending: Mutex::default(),
+            pruned: Mutex::new(0),
+        }
+    }
+
+    /// One classified reply.
+    pub fn count(&self, ip: IpAddr, provider: &str, what: Count) {
+        let hour = now_unix() / HOUR * HOUR;
+        let mut p = self.pending.lock().expect("lock");
+        let b = p.entry((ip, provider.to_string(), hour)).or_default();
+        match what {
+            Count::Sent => b.sent += 1,
+            Count::Deferred => b.deferred += 1,
+            Count::HardBounce => b.hard_bounces += 1,
+            Count::RecipientBounce => b.recipient_bounces += 1,
+            Count::Block => b.blocks += 1,
+        }
+    }
+
+    /// Notes today's warm-up caps and writes the gathered counts (blocking I/O); prunes old
+    /// history once an hour.
+    pub fn flush(&self, pools: &Pools) {
+        let Some(state) = &self.state else { return };
+        let now = now_unix();
+        let hour = now / HOUR * HOUR;
+        {
+            let view = pools.status();
+            let mut p = self.pending.lock().expect("lock");
+            for ip in view.pools.iter().flat_map(|p| &p.ips) {
+                let Ok(addr) = ip.ip.parse::<IpAddr>() else {
+                    continue;
+                };
+                for (provider, pv) in &ip.providers {
+                    if let Some(cap) = pv.cap_today {
+                        p.entry((addr, provider.clone(), hour)).or_default().cap = Some(cap);
+                    }
+                }
+            }
+        }
+        let pending = std::mem::take(&mut *self.pending.lock().expect("lock"));
+        let records: Vec<(String, String)> = pending
+            .into_iter()
+            .map(|((ip, provider, h), b)| {
+                let json = serde_json::to_string(&b).unwrap_or_default();
+                (hour_key(&ip.to_string(), &provider, h), json)
+            })
+            .collect();
+        let merged = state.history_merge(&records, |old, new| {
+            let mut b: Bucket = old
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or_default();
+            b.add(&serde_json::from_str(new).unwrap_or_default());
+            serde_json::to_string(&b).unwrap_or_default()
+        });
+        if let Err(e) = merged {
+            tracing::error!(error = %e, "cannot store history");
+        }
+        let mut pruned = self.pruned.lock().expect("lock");
+        if *pruned != hour {
+            *pruned = hour;
+            let cutoff = now.saturating_sub(KEEP_DAYS * 86_400);
+            if let Err(e) = state.history_prune(cutoff, MAX_EVENTS_PER_IP) {
+                tracing::error!(error = %e, "cannot prune history");
+            }
+        }
+    }
+
+    /// `ip`'s buckets and events since `since` (unix seconds), oldest first.
+    pub fn view(&self, ip: IpAddr, since: u64) -> Result<HistoryView, String> {
+        let ip_s = ip.to_string();
+        let mut view = HistoryView {
+            ip: ip_s.clone(),
+            since,
+            hours: Vec::new(),
+            events: Vec::new(),
+        };
+        let Some(state) = &self.state else {
+            return Ok(view);
+        };
+        let (hours, events) = state.history_of(&ip_s).map_err(|e| e.to_string())?;
+        for (k, v) in hours {
+            let mut parts = k.rsplitn(2, '|');
+            let hour: u64 = parts.next().and_then(|h| h.parse().ok()).unwrap_or(0);
+            let provider = parts
+                .next()
+                .and_then(|rest| rest.strip_prefix(&format!("{ip_s}|")))
+                .unwrap_or("")
+                .to_string();
+            if hour + HOUR <= since {
+                continue;
+            }
+            if let Ok(bucket) = serde_json::from_str(&v) {
+                view.hours.push(HourView {
+                    provider,
+                    hour,
+                    bucket,
+                });
+            }
+        }
+        view.hours.sort_by_key(|h| h.hour);
+        view.events = events
+            .iter()
+            .filter_map(|v| serde_json::from_str::<Event>(v).ok())
+            .filter(|e| e.at >= since)
+            .collect();
+        Ok(view)
+    }
+}
+
+/// What a hold change means, for the event log: `old` → `new` of one record.
+fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> &'static str {
+    match (old, new) {
+        (_, Some(h)) if h.kind == HoldKind::Drained => "drained",
+        (_, Some(h)) if h.until.is_some_and(|u| u <= now) => "probation",
+        // Another offence while quarantined: a longer cool-down.
+        (Some(o), Some(_)) if o.kind == HoldKind::Quarantined && o.in_force(now) => "extended",
+        (_, Some(_)) => "quarantined",
+        (Some(h), None) if h.kind == HoldKind::Drained => "undrained",
+        _ => "reinstated",
+    }
+}
+
+/// Writes one event per hold change (called by the pool as it changes holds).
+pub fn hold_events(state: &State, changes: &[(IpAddr, Option<Hold>, Option<Hold>)]) {
+    let now = now_unix();
+    let records: Vec<(String, String)> = changes
+        .iter()
+        .filter_map(|(ip, old, new)| {
+            let h = new.as_ref().or(old.as_ref())?;
+            let e = Event {
+                at: now,
+                event: event_name(old.as_ref(), new.as_ref(), now).to_string(),
+                scope: h.scope.clone(),
+                cause: h.cause.to_string(),
+                reason: h.reason.clone(),
+                evidence: h.evidence.clone(),
+                until: new.as_ref().and_then(|n| n.until),
+            };
+            Some((ip.to_string(), serde_json::to_string(&e).ok()?))
+        })
+        .collect();
+    if let Err(e) = state.history_events(&records) {
+        tracing::error!(error = %e, "cannot store pool history events");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Cause;
+
+    fn hold(kind: HoldKind, until: Option<u64>) -> Hold {
+        Hold {
+            kind,
+            scope: "gmail".into(),
+            cause: if kind == HoldKind::Drained {
+                Cause::Operator
+            } else {
+                Cause::BlockReply
+            },
+            reason: "block reply".into(),
+            evidence: "550 5.7.1 S3150".into(),
+            since: 1,
+            until,
+        }
+    }
+
+    #[test]
+    fn counts_merge_into_hourly_buckets_and_events_persist() {
+        let dir = std::env::temp_dir().join(format!(
+            "poolrelay-history-{}",
+            crate::spool::Spool::new_id()
+        ));
+        let state = Arc::new(State::open(&dir).unwrap());
+        let h = History::new(Some(state.clone()));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let pools = Pools::from_config(&config);
+        for what in [Count::Sent, Count::Sent, Count::Block] {
+            h.count(ip, "gmail", what);
+        }
+        h.flush(&pools);
+        h.count(ip, "gmail", Count::Sent);
+        h.flush(&pools);
+        let q = hold(HoldKind::Quarantined, Some(now_unix() + 60));
+        hold_events(&state, &[(ip, None, Some(q.clone()))]);
+        hold_events(&state, &[(ip, Some(q), None)]);
+        let v = History::new(Some(state)).view(ip, 0).unwrap();
+        assert_eq!(v.hours.len(), 1, "{v:?}");
+        assert_eq!((v.hours[0].bucket.sent, v.hours[0].bucket.blocks), (3, 1));
+        assert_eq!(v.hours[0].provider, "gmail");
+        let names: Vec<&str> = v.events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(names, ["quarantined", "reinstated"]);
+        assert_eq!(v.events[0].evidence, "550 5.7.1 S3150");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn event_names() {
+        let now = 100;
+        let d = hold(HoldKind::Drained, None);
+        let q = hold(HoldKind::Quarantined, Some(200));
+        let ended = hold(HoldKind::Quarantined, Some(100));
+        assert_eq!(event_name(None, Some(&d), now), "drained");
+        assert_eq!(event_name(Some(&d), None, now), "undrained");
+        assert_eq!(event_name(None, Some(&q), now), "quarantined");
+        assert_eq!(event_name(Some(&q), Some(&ended), now), "probation");
+        assert_eq!(event_name(Some(&q), Some(&q), now), "extended");
+        assert_eq!(event_name(Some(&q), None, now), "reinstated");
+    }
+}
