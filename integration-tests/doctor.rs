@@ -6,8 +6,7 @@ mod common;
 #[path = "doctor/zones.rs"]
 mod zones;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -422,20 +421,8 @@ fn all_good_exits_zero_and_usage_errors_exit_two() {
     assert_eq!(doctor(&dir, &["--config", "bad.toml"]).0, 2);
 }
 
-/// One HTTP/1.1 request to the admin API; (status, JSON body).
 fn http(admin: SocketAddr, path: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(admin).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head");
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    admin::http(admin, "GET", path, None)
 }
 
 fn pool_ip(admin: SocketAddr, ip: &str) -> Value {
@@ -514,6 +501,18 @@ enforce = true
         check(&d["report"], "127.0.0.12", "fcrdns", None)["status"],
         "fail"
     );
+    // The pool page and /metrics show the doctor's verdicts too.
+    let page = admin::get_text(admin, "/");
+    assert!(
+        page.contains("doctor Fail") && page.contains("fcrdns"),
+        "{page}"
+    );
+    let metrics = admin::get_text(admin, "/metrics");
+    let fails = metrics
+        .lines()
+        .find(|l| l.starts_with("poolrelay_doctor_checks{status=\"fail\"}"))
+        .unwrap_or_else(|| panic!("no doctor_checks in\n{metrics}"));
+    assert!(!fails.ends_with(" 0"), "{fails}");
 
     // Half fixed (A record, SPF still without the IP): still held, for SPF alone.
     dns.add_a("out12.good.test", "127.0.0.12".parse().unwrap());

@@ -54,6 +54,11 @@ struct IpProviderState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DoctorStatus {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IpZone {
     ip: String,
     zone: String,
@@ -203,6 +208,8 @@ pub struct Levels {
     pub pools: Option<PoolsView>,
     /// Configured DNSBL zones (a listed IP without a hold for a zone reads 0).
     pub dnsbl_zones: Vec<String>,
+    /// The background doctor's last round: checks per status (pass, info, warn, fail).
+    pub doctor: Option<crate::doctor::report::Summary>,
     pub now: u64,
 }
 
@@ -257,6 +264,24 @@ fn levels_registry(l: &Levels) -> Registry {
     if let Some(free) = l.spool_free_bytes {
         let help = "Bytes free on the spool's filesystem";
         gauge(&mut r, "spool_free", help, Some(Unit::Bytes), n(free));
+    }
+    if let Some(d) = &l.doctor {
+        let checks = Family::<DoctorStatus, Gauge>::default();
+        for (status, count) in [
+            ("pass", d.pass),
+            ("info", d.info),
+            ("warn", d.warn),
+            ("fail", d.fail),
+        ] {
+            checks
+                .get_or_create(&DoctorStatus { status })
+                .set(n(count as u64));
+        }
+        r.register(
+            "doctor_checks",
+            "Checks of the background doctor's last round, by status (see GET /api/doctor)",
+            checks,
+        );
     }
     let Some(view) = &l.pools else { return r };
     let used = Family::<IpProvider, Gauge>::default();

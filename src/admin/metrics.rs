@@ -30,6 +30,10 @@ async fn scrape(State(st): State<AdminState>) -> Response {
         dnsbl_zones: crate::reputation::dnsbl::List::from_settings(&st.config.reputation)
             .map(|lists| lists.into_iter().map(|l| l.zone).collect())
             .unwrap_or_default(),
+        doctor: st
+            .doctor
+            .as_ref()
+            .and_then(|d| d.view().report.map(|r| r.summary)),
         now: crate::spool::now_unix(),
     };
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";

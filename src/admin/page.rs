@@ -152,6 +152,7 @@ fn ip_section(
             evidence = esc(&hold.evidence),
         );
     }
+    doctor_lines(out, st, &ip.ip);
     out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th></tr>");
     for (name, p) in &ip.providers {
         let w = windows
@@ -194,4 +195,38 @@ fn ip_section(
         None => out.push_str("<p>no history</p>"),
     }
     out.push_str("</div></section>");
+}
+
+/// The background doctor's failing and warning checks of this IP (FCrDNS, HELO, DNSBL, SPF of
+/// the domains it sends for), with the fix.
+fn doctor_lines(out: &mut String, st: &AdminState, ip: &str) {
+    let Some(report) = st.doctor.as_ref().and_then(|d| d.view().report) else {
+        return;
+    };
+    use crate::doctor::Status;
+    let own = report
+        .ips
+        .iter()
+        .filter(|r| r.ip.to_string() == ip)
+        .flat_map(|r| r.checks.iter().map(|c| (String::new(), c)));
+    let spf = report.domains.iter().flat_map(|d| {
+        d.checks
+            .iter()
+            .filter(|c| c.subject.as_deref() == Some(ip))
+            .map(move |c| (format!("{} ", d.domain), c))
+    });
+    for (domain, c) in own.chain(spf) {
+        if !matches!(c.status, Status::Fail | Status::Warn) {
+            continue;
+        }
+        let _ = write!(
+            out,
+            "<p class=\"why doctor\"><b>doctor {status:?}</b>: {domain}{name} {detail}<br><span class=\"evidence\">{fix}</span></p>",
+            status = c.status,
+            domain = esc(&domain),
+            name = c.name,
+            detail = esc(&c.detail),
+            fix = esc(c.fix.as_deref().unwrap_or("")),
+        );
+    }
 }
