@@ -100,6 +100,68 @@ fn classify_reply_from_argument_and_stdin() {
 }
 
 #[test]
+fn classify_explain_names_status_stage_and_rule() {
+    let out = poolrelay()
+        .args([
+            "classify",
+            "--explain",
+            "550 5.7.1 Access denied (in reply to MAIL FROM command)",
+        ])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "class:     block",
+        "status:    5.7.1 (security or policy status",
+        "stage:     mail (read from the text)",
+        "decided:   fallback rule refused-early, matching \"Access denied\"",
+        "specific rules: no match",
+        "[[reputation.rule]]",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    // A stage given on the command line; the JSON carries the same signals.
+    let v = &run_json(
+        &[
+            "classify",
+            "--json",
+            "--explain",
+            "--stage",
+            "rcpt",
+            "550 5.7.1 Access denied",
+        ],
+        None,
+    )[0];
+    assert_eq!(v["class"], "policy", "{v}");
+    let e = &v["explain"];
+    assert_eq!(
+        (e["stage"].as_str(), e["stage_source"].as_str()),
+        (Some("rcpt"), Some("caller")),
+        "{v}"
+    );
+    assert_eq!(e["decided_by"], "fallback rule", "{v}");
+    // A status with one meaning decides before any wording.
+    let v = &run_json(
+        &["classify", "--json", "--explain", "552 5.2.2 denied"],
+        None,
+    )[0];
+    assert_eq!(
+        (
+            v["class"].as_str(),
+            v["rule"].as_str(),
+            v["explain"]["decided_by"].as_str()
+        ),
+        (Some("mailbox-full"), Some("status:5.2.2"), Some("status")),
+        "{v}"
+    );
+    let out = poolrelay()
+        .args(["classify", "--stage", "bogus", "550 x"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn classify_uses_operator_rules_from_the_config() {
     let dir = tempdir("classify-rules");
     std::fs::write(
