@@ -268,3 +268,72 @@ fn corpus_family_split_generalisation() {
     assert!(held.1 >= 50, "held-out fold too small: {}", held.1);
     assert!(pct(held) >= 90.0, "held-out agreement {:.1}%", pct(held));
 }
+
+/// Replies of every kind, as the delivery path hands them to the classifier.
+const BENCH_REPLIES: &[&str] = &[
+    "550 5.7.1 Unfortunately, messages from [203.0.113.5] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).",
+    "550 5.2.0 Mail rejete. Mail rejected. ofr_506 [506]",
+    "421-4.7.28 [203.0.113.5] Our system has detected an unusual rate of\r\n421 4.7.28 unsolicited mail originating from your IP address.",
+    "421 4.7.0 [TSS04] Messages from 203.0.113.5 temporarily deferred due to unexpected volume or user complaints",
+    "554 5.7.1 Service unavailable; Client host [203.0.113.5] blocked using zen.spamhaus.org",
+    "550 5.1.1 <a@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+    "550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n550 5.1.1 double-checking the recipient's email address for typos",
+    "552 5.2.2 <a@example.org>: mailbox full",
+    "452 4.2.2 The email account that you tried to reach is over quota.",
+    "550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC policy",
+    "450 4.7.1 Client host rejected: cannot find your hostname, [203.0.113.5]",
+    "553 5.1.8 <s@example.com>: Sender address rejected: Domain not found",
+    "554 5.7.1 Message rejected as spam by content filter",
+    "550 5.7.1 Policy reason",
+    "550 Mail content denied. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000726",
+    "421 Too many concurrent SMTP connections from this IP address; please try again later",
+    "451 4.3.0 Temporary local problem, try again later",
+    "550 5.7.1 Access denied",
+    "554 5.3.0 Something odd",
+    "450 4.2.0 <a@example.org>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.org.html",
+];
+
+/// Replies classified per second on one thread. Meaningful in release mode, where it must be
+/// at least 50,000: `cargo test --release --test bounces -- --ignored --nocapture throughput`.
+#[test]
+#[ignore = "a benchmark: run in release mode"]
+fn classify_throughput() {
+    let classifier = Classifier::builtin();
+    let parsed: Vec<_> = BENCH_REPLIES
+        .iter()
+        .map(|r| poolrelay::outcome::classify::parse_reply(r))
+        .collect();
+    let rounds = if cfg!(debug_assertions) { 200 } else { 10_000 };
+    // Warm up (lazy regex caches).
+    for p in &parsed {
+        std::hint::black_box(classifier.classify(p.code, &p.status, &p.text));
+    }
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    for _ in 0..rounds {
+        for p in &parsed {
+            std::hint::black_box(classifier.classify(p.code, &p.status, &p.text));
+            n += 1;
+        }
+    }
+    let per_s = n as f64 / start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        for r in BENCH_REPLIES {
+            std::hint::black_box(classifier.classify_line(r));
+        }
+    }
+    let lines_per_s = n as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "classify: {per_s:.0} replies/s (parsed); classify_line: {lines_per_s:.0} replies/s (raw text); {n} replies, {} kinds, one thread{}",
+        BENCH_REPLIES.len(),
+        if cfg!(debug_assertions) {
+            ", DEBUG build: not the figure"
+        } else {
+            ""
+        }
+    );
+    if !cfg!(debug_assertions) {
+        assert!(per_s >= 50_000.0, "{per_s:.0} replies/s below 50,000");
+    }
+}

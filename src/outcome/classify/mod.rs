@@ -811,9 +811,10 @@ mod tests {
                 "554 5.7.0 Virus found in message: Eicar-Test-Signature",
             ),
             (
-                "spam-content",
+                "spam-message",
                 "554 5.7.1 Message rejected as spam by content filter",
             ),
+            ("spam-content", "550 No spam here"),
             (
                 "content-format",
                 "550 5.7.1 Messages with multiple addresses in From: header are not accepted",
@@ -865,9 +866,9 @@ mod tests {
             step(Stage::Unknown, "552 5.2.2 <a@example.org> denied"),
             (Class::MailboxFull, "status:5.2.2".into(), "status")
         );
-        // 5.7.25 (no PTR) blames the host: policy, scope ip.
+        // 5.7.25 (no PTR) blames the host.
         let c = Classifier::builtin().classify(550, "5.7.25", "go away");
-        assert_eq!((c.class, c.scope), (Class::Policy, Scope::Ip));
+        assert_eq!((c.class, c.scope), (Class::Block, Scope::Ip));
         assert_eq!(
             step(Stage::Unknown, "421 4.7.28 rejected").0,
             Class::Reputation
@@ -995,11 +996,11 @@ mod tests {
             ),
             (
                 "550 5.7.1 Access denied. IP name lookup failed [198.51.100.7]",
-                Class::Policy,
+                Class::Block,
             ),
             (
                 "450 4.7.1 Client host rejected: cannot find your reverse hostname, [198.51.100.7]",
-                Class::Policy,
+                Class::Block,
             ),
             // The sender address, never the recipient.
             (

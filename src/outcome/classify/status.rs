@@ -137,12 +137,8 @@ pub fn meaning(status: &str) -> Option<Meaning> {
             strength: Definite,
             what: "sender authentication (DKIM, SPF, DMARC, ARC) failed",
         }),
-        (7, 25) => Some(Meaning {
-            class: Policy,
-            scope: Some(Scope::Ip),
-            strength: Definite,
-            what: "reverse DNS validation failed",
-        }),
+        // The host is refused: another IP of the pool may have a PTR.
+        (7, 25) => m(Block, Definite, "reverse DNS validation failed"),
         (7, 27) => Some(Meaning {
             class: Policy,
             scope: Some(Scope::Sender),
@@ -169,7 +165,7 @@ mod tests {
         assert_eq!(cls("5.2.2"), (Class::MailboxFull, Strength::Definite));
         assert_eq!(cls("4.2.2"), (Class::MailboxFull, Strength::Definite));
         assert_eq!(cls("5.7.26"), (Class::Policy, Strength::Definite));
-        assert_eq!(meaning("5.7.25").unwrap().scope, Some(Scope::Ip));
+        assert_eq!(cls("5.7.25"), (Class::Block, Strength::Definite));
         assert_eq!(cls("4.7.28"), (Class::Reputation, Strength::Definite));
         assert_eq!(cls("4.4.7"), (Class::Transient, Strength::Definite));
         assert_eq!(cls("5.3.4"), (Class::Content, Strength::Definite));
