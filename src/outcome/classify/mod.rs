@@ -733,6 +733,18 @@ mod tests {
                 "421 4.7.0 [TSS04] Messages from 203.0.113.5 temporarily deferred due to unexpected volume or user complaints",
             ),
             (
+                "yahoo-ip-blocked",
+                "553 5.7.1 [BL21] Connections will not be accepted from 203.0.113.5",
+            ),
+            (
+                "comcast-ip-blocked",
+                "554 resimta-po-01v.sys.comcast.net comcast 203.0.113.5 found on one or more RBLs. BL000001",
+            ),
+            (
+                "comcast-rate",
+                "421 4.7.0 comcast 203.0.113.5 too fast RL000001",
+            ),
+            (
                 "orange-ip-blocked",
                 "550 5.2.0 Mail rejete. Mail rejected. ofr_506 [506]",
             ),
@@ -1030,6 +1042,26 @@ mod tests {
                 Class::Content,
             ),
             ("550 5.7.1 Blacklisted URL in message", Class::Content),
+            (
+                "554 5.7.9 Message not accepted for policy reasons. See https://postmaster.yahooinc.com/error-codes",
+                Class::Policy,
+            ),
+            (
+                "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+                Class::BadRecipient,
+            ),
+            (
+                "550 5.7.1 <x>: Helo command rejected: Host not found",
+                Class::Block,
+            ),
+            (
+                "421 4.7.0 <unknown[203.0.113.5]>: Client host rejected: too many connections",
+                Class::RateLimit,
+            ),
+            (
+                "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.",
+                Class::Block,
+            ),
             // A suspended mailbox is the recipient's.
             (
                 "550 5.2.1 The email account that you tried to reach is disabled",

@@ -90,7 +90,12 @@ pub fn meaning(status: &str) -> Option<Meaning> {
             strength: Definite,
             what: "bad sender's system address",
         }),
-        (1, 10) => m(Dns, Definite, "recipient address has null MX"),
+        // Null MX in the registry, but Exchange Online sends it for any unknown recipient.
+        (1, 10) => m(
+            BadRecipient,
+            Likely,
+            "recipient address has null MX / not found",
+        ),
         (1, _) => m(temp_or(BadRecipient), Subject, "addressing status"),
         (2, 1) => m(
             BadRecipient,
@@ -169,7 +174,7 @@ mod tests {
         assert_eq!(cls("4.7.28"), (Class::Reputation, Strength::Definite));
         assert_eq!(cls("4.4.7"), (Class::Transient, Strength::Definite));
         assert_eq!(cls("5.3.4"), (Class::Content, Strength::Definite));
-        assert_eq!(cls("5.1.10"), (Class::Dns, Strength::Definite));
+        assert_eq!(cls("5.1.10"), (Class::BadRecipient, Strength::Likely));
         assert_eq!(cls("5.1.8").0, Class::Policy);
         assert_eq!(cls("5.1.1"), (Class::BadRecipient, Strength::Likely));
         assert_eq!(cls("5.2.1"), (Class::BadRecipient, Strength::Likely));
