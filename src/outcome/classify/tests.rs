@@ -565,3 +565,30 @@ fn operator_rules_come_first_and_bad_regex_is_an_error() {
     let e = Classifier::from_sources(&bad, None).unwrap_err();
     assert!(e.contains("mine") && e.contains("text regex"), "{e}");
 }
+
+/// Whatever a remote server or a bounce sends: an answer, never a panic.
+#[test]
+fn junk_gets_an_answer() {
+    let cl = Classifier::builtin();
+    let long = "x".repeat(100_000);
+    let junk = [
+        "",
+        " ",
+        "5",
+        "550-",
+        "550 5.",
+        "550 5.7.99999999999",
+        "\u{0}\u{1}550",
+        "ümlaut 550 ü5.1.1ü",
+        ">>> <<< 550",
+        "in reply to",
+        long.as_str(),
+    ];
+    for j in junk {
+        let _ = cl.classify_line(j);
+        for stage in Stage::ALL {
+            let _ = cl.explain(stage, 550, j, j);
+            let _ = cl.classify_at(stage, 0, "9.9.9", j);
+        }
+    }
+}
