@@ -191,14 +191,21 @@ struct Rule {
     /// Bit per `Stage` (0: any stage).
     stages: u8,
     tier: Tier,
+    /// Built-in: the text regex is lower-case and runs on the lower-cased text (a case-sensitive
+    /// automaton is about twice as fast as a case-insensitive one).
+    lower: bool,
 }
 
 impl Rule {
-    fn matches(&self, code: &str, status: &str, text: &str, stage: Stage) -> bool {
+    /// `texts`: the text as given and lower-cased.
+    fn matches(&self, code: &str, status: &str, texts: (&str, &str), stage: Stage) -> bool {
         (self.stages == 0 || self.stages & stage_bit(stage) != 0)
             && self.code.as_ref().is_none_or(|re| re.is_match(code))
             && self.status.as_ref().is_none_or(|re| re.is_match(status))
-            && self.text.as_ref().is_none_or(|re| re.is_match(text))
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|re| re.is_match(if self.lower { texts.1 } else { texts.0 }))
     }
 
     fn classification(&self) -> Classification {
@@ -277,7 +284,11 @@ impl Classifier {
         }
         let operator = specs.len();
         specs.extend(parse_rules(DEFAULT_RULES).map_err(|e| format!("built-in rules: {e}"))?);
-        let rules = specs.iter().map(compile).collect::<Result<_, _>>()?;
+        let rules = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| compile(s, i >= operator))
+            .collect::<Result<_, _>>()?;
         Ok(Classifier { rules, operator })
     }
 
@@ -321,6 +332,7 @@ impl Classifier {
         let status = status.trim();
         let status = if is_status(status) { status } else { "" };
         let text = reply::normalise_text(text);
+        let lower = text.to_lowercase();
         let (stage, stage_source) = match stage {
             Stage::Unknown => (stage::detect(&text), "text"),
             s => (s, "caller"),
@@ -348,14 +360,14 @@ impl Classifier {
             self.rules[range]
                 .iter()
                 .filter(|r| tier.is_none_or(|t| r.tier == t))
-                .find(|r| r.matches(&code_s, status, &text, stage))
+                .find(|r| r.matches(&code_s, status, (&text, &lower), stage))
                 .map(|r| {
                     // A second search, only for `explain` (the hot path needs no position).
                     let matched = r
                         .text
                         .as_ref()
                         .filter(|_| explaining)
-                        .and_then(|re| re.find(&text))
+                        .and_then(|re| re.find(if r.lower { &lower } else { &text }))
                         .map(|m| m.as_str().to_string());
                     (r.classification(), step, matched)
                 })
@@ -396,7 +408,7 @@ impl Classifier {
                 rules(self.operator..n, Some(Tier::Fallback), "fallback rule")
             }),
             ("stage", &|| {
-                stage_default(stage, code, status, &text).map(|(class, scope)| {
+                stage_default(stage, code, status, &lower).map(|(class, scope)| {
                     (
                         structural(class, scope, format!("stage:{}", stage.as_str())),
                         "stage",
@@ -490,8 +502,8 @@ fn stage_veto(stage: Stage, class: Class) -> Option<(Class, Scope, &'static str)
     }
 }
 
-/// What the stage alone says about a permanent refusal whose status and text named no cause
-/// (a 4xx says nothing by its stage: a busy greeting is not a block).
+/// What the stage alone says about a permanent refusal whose status and text (lower-cased)
+/// named no cause (a 4xx says nothing by its stage: a busy greeting is not a block).
 fn stage_default(
     stage: Stage,
     code: u16,
@@ -519,7 +531,7 @@ fn stage_default(
 /// The reply talks about the envelope sender (address, domain), not the connecting host. Not
 /// "from" or "@": the MTAs' stage prose ("after MAIL FROM:<s@example.com>") has them.
 static SENDER_WORDS: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
-    Regex::new(r"(?i)sender|return.path|envelope|originator|\bdomain\b|\baddress\b")
+    Regex::new(r"sender|return.path|envelope|originator|\bdomain\b|\baddress\b")
         .expect("sender regex")
 });
 
@@ -528,7 +540,9 @@ pub fn parse_rules(text: &str) -> Result<Vec<RuleSpec>, String> {
     Ok(f.rule)
 }
 
-fn compile(s: &RuleSpec) -> Result<Rule, String> {
+/// `builtin`: the text regex is lower-cased and matched case-sensitively against the lower-cased
+/// text (the built-in patterns use no upper-case escapes such as `\S`; a test checks).
+fn compile(s: &RuleSpec, builtin: bool) -> Result<Rule, String> {
     if s.code.is_none() && s.status.is_none() && s.text.is_none() && s.stage.is_none() {
         return Err(format!(
             "rule {:?}: needs at least one of code, status, text, stage",
@@ -538,10 +552,15 @@ fn compile(s: &RuleSpec) -> Result<Rule, String> {
     let re = |what: &str, p: &Option<String>| -> Result<Option<Regex>, String> {
         p.as_deref()
             .map(|p| {
-                RegexBuilder::new(p)
-                    .case_insensitive(true)
-                    .build()
-                    .map_err(|e| format!("rule {:?}: bad {what} regex: {e}", s.name))
+                let lower = builtin && what == "text";
+                RegexBuilder::new(&if lower {
+                    p.to_lowercase()
+                } else {
+                    p.to_string()
+                })
+                .case_insensitive(!lower)
+                .build()
+                .map_err(|e| format!("rule {:?}: bad {what} regex: {e}", s.name))
             })
             .transpose()
     };
@@ -569,6 +588,7 @@ fn compile(s: &RuleSpec) -> Result<Rule, String> {
         } else {
             Tier::Specific
         }),
+        lower: builtin,
     })
 }
 

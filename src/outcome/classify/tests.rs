@@ -592,3 +592,20 @@ fn junk_gets_an_answer() {
         }
     }
 }
+
+/// Built-in text regexes are lower-cased before compiling: an upper-case escape (`\S`, `\D`,
+/// `\W`, `\B`, `\P`) would change meaning.
+#[test]
+fn builtin_patterns_survive_lower_casing() {
+    for spec in parse_rules(DEFAULT_RULES).unwrap() {
+        let t = spec.text.unwrap_or_default();
+        let b = t.as_bytes();
+        for i in 1..b.len() {
+            assert!(
+                !(b[i - 1] == b'\\' && b[i].is_ascii_uppercase()),
+                "rule {}: upper-case escape in {t}",
+                spec.name
+            );
+        }
+    }
+}
