@@ -332,7 +332,8 @@ impl Classifier {
         let status = status.trim();
         let status = if is_status(status) { status } else { "" };
         let text = reply::normalise_text(text);
-        let lower = text.to_lowercase();
+        // ASCII only: byte offsets stay those of `text` (the built-in patterns are ASCII).
+        let lower = text.to_ascii_lowercase();
         let (stage, stage_source) = match stage {
             Stage::Unknown => (stage::detect(&text), "text"),
             s => (s, "caller"),
@@ -368,7 +369,8 @@ impl Classifier {
                         .as_ref()
                         .filter(|_| explaining)
                         .and_then(|re| re.find(if r.lower { &lower } else { &text }))
-                        .map(|m| m.as_str().to_string());
+                        .and_then(|m| text.get(m.range()))
+                        .map(str::to_string);
                     (r.classification(), step, matched)
                 })
         };
@@ -554,7 +556,7 @@ fn compile(s: &RuleSpec, builtin: bool) -> Result<Rule, String> {
             .map(|p| {
                 let lower = builtin && what == "text";
                 RegexBuilder::new(&if lower {
-                    p.to_lowercase()
+                    p.to_ascii_lowercase()
                 } else {
                     p.to_string()
                 })
