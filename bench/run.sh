@@ -13,6 +13,8 @@
 #   N=20000 S=50 ROUNDS=3 bench/run.sh    ROUNDS repeats a..d interleaved; medians are printed
 #   ONLY=abcd EXTRA=0 bench/run.sh    choose the throughput cases; skip RSS/latency with EXTRA=0
 #   BUILD=0 bench/run.sh              use the existing target/release/poolrelay
+#   BIN=/path/to/poolrelay BUILD=0 bench/run.sh    measure another build (before/after)
+#   POOL="127.0.0.10 127.0.0.11"      poolrelay sends from this pool (default; "" = no pool)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -68,7 +70,8 @@ if [ "${BUILD:-1}" = 1 ]; then
     cargo build --release --quiet
 fi
 (cd bench/loadgen && CARGO_TARGET_DIR=$ROOT/target/loadgen cargo build --release --quiet)
-BIN=$ROOT/target/release/poolrelay
+BIN=${BIN:-$ROOT/target/release/poolrelay}
+POOL=${POOL-127.0.0.10 127.0.0.11}
 LG=$ROOT/target/loadgen/release/poolrelay-loadgen
 
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -182,6 +185,17 @@ domain = "bench.test"
 selector = "$sel"
 private_key = "$key"
 EOF
+    if "$BIN" doctor --help >/dev/null 2>&1; then
+        # No background DNS checks of the pool IPs and domains during the run.
+        printf '\n[doctor]\nbackground = false\n' >>"$d/poolrelay.toml"
+    fi
+    if [ -n "$POOL" ]; then
+        # Every message gets its source IP from the pool (smooth weighted round-robin).
+        printf '\n[[pool]]\nname = "default"\n' >>"$d/poolrelay.toml"
+        for ip in $POOL; do
+            printf '[[pool.ip]]\naddress = "%s"\nhelo = "out-%s.bench.test"\n' "$ip" "$ip" >>"$d/poolrelay.toml"
+        done
+    fi
     PR_DATA=$d/data
     "$BIN" check-config "$d/poolrelay.toml" >/dev/null
     (cd "$d" && NO_COLOR=1 exec "$BIN" serve --config poolrelay.toml >"$d/relay.log" 2>&1) &

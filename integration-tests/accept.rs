@@ -31,47 +31,22 @@ fn env(name: &str) -> Env {
     Env { dir, certs, users }
 }
 
-/// `listeners`: (port, tls, auth). `access` / `limits` add keys to those tables.
-fn config(e: &Env, listeners: &[(u16, &str, &str)], access: &str, limits: &str) -> String {
-    let mut l = String::new();
-    for (port, tls, auth) in listeners {
-        l.push_str(&format!(
-            "[[listen]]\naddress = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\nauth = \"{auth}\"\n\n"
-        ));
-    }
-    format!(
-        r#"hostname = "{HOST}"
-data_dir = "data"
+/// A STARTTLS listener with optional AUTH, the users file, only 127.0.0.1 trusted, 100 errors
+/// per session; DNS and every route point at the closed 127.0.0.1:9 (no `[delivery]` keys).
+fn config(e: &Env) -> RelayConfig {
+    RelayConfig::new()
+        .listen("starttls", "optional")
+        .tls(&e.certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&e.users)
+        .limit("max_errors", 100)
+        .nameserver("127.0.0.1:9")
+        .no_delivery()
+        .route("*", "127.0.0.1:9")
+}
 
-{l}
-[tls]
-certificate = "{cert}"
-private_key = "{key}"
-
-[access]
-networks = ["127.0.0.1/32"]
-users_file = "{users}"
-{access}
-
-[limits]
-{limits}
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-
-[[route]]
-domain = "*"
-host = "127.0.0.1:9"
-"#,
-        cert = e.certs.cert.display(),
-        key = e.certs.key.display(),
-        users = e.users.display(),
-        limits = if limits.contains("max_errors") {
-            limits.to_string()
-        } else {
-            format!("max_errors = 100\n{limits}")
-        },
-    )
+fn start(e: &Env, cfg: &RelayConfig) -> Relay {
+    Relay::start(&e.dir, &cfg.to_toml())
 }
 
 /// The relay's log without ANSI colour codes.
@@ -94,13 +69,14 @@ fn plain_log(relay: &Relay) -> String {
 }
 
 /// One relay with a plain-start listener (STARTTLS offered, AUTH optional).
-fn simple(name: &str, access: &str, limits: &str) -> (Env, Relay) {
+fn simple(name: &str) -> (Env, Relay) {
+    simple_with(name, |c| c)
+}
+
+/// `simple` with `tune` applied to the config.
+fn simple_with(name: &str, tune: impl FnOnce(RelayConfig) -> RelayConfig) -> (Env, Relay) {
     let e = env(name);
-    let port = free_port();
-    let relay = Relay::start(
-        &e.dir,
-        &config(&e, &[(port, "starttls", "optional")], access, limits),
-    );
+    let relay = start(&e, &tune(config(&e)));
     (e, relay)
 }
 
@@ -176,15 +152,12 @@ fn tls_client(relay: &Relay, e: &Env, from: u8) -> SmtpClient {
 #[test]
 fn greeting_and_ehlo_capabilities_before_and_after_tls() {
     let e = env("caps");
-    let (p1, p2) = (free_port(), free_port());
-    let relay = Relay::start(
-        &e.dir,
-        &config(
-            &e,
-            &[(p1, "starttls", "optional"), (p2, "none", "none")],
-            "",
-            "message_size = \"1234567\"",
-        ),
+    let p2 = free_port();
+    let relay = start(
+        &e,
+        &config(&e)
+            .listener(format!("127.0.0.1:{p2}"), "none", "none")
+            .limit("message_size", "\"1234567\""),
     );
     let mut c = SmtpClient::connect(relay.addr());
     assert_eq!(c.greeting.text, "220 relay.test ESMTP poolrelay");
@@ -244,15 +217,13 @@ fn greeting_and_ehlo_capabilities_before_and_after_tls() {
 #[test]
 fn auth_plain_and_login_over_starttls_and_implicit_tls() {
     let e = env("auth");
-    let (p1, p2) = (free_port(), free_port());
-    let relay = Relay::start(
-        &e.dir,
-        &config(
-            &e,
-            &[(p1, "starttls", "required"), (p2, "implicit", "required")],
-            "received_auth_user = true",
-            "",
-        ),
+    let p2 = free_port();
+    let relay = start(
+        &e,
+        &config(&e)
+            .listen("starttls", "required")
+            .listener(format!("127.0.0.1:{p2}"), "implicit", "required")
+            .access("received_auth_user", true),
     );
     // STARTTLS + AUTH PLAIN (initial response), from an untrusted address.
     let mut c = tls_client(&relay, &e, 66);
@@ -333,7 +304,7 @@ fn auth_plain_and_login_over_starttls_and_implicit_tls() {
 
 #[test]
 fn auth_before_tls_is_refused_with_538() {
-    let (e, relay) = simple("auth538", "", "");
+    let (e, relay) = simple("auth538");
     let mut c = SmtpClient::connect_from(relay.addr(), lo(66));
     c.ehlo("client.test");
     let r = c.auth_plain("alice", "secret").expect(538);
@@ -352,11 +323,10 @@ fn auth_before_tls_is_refused_with_538() {
 
 #[test]
 fn wrong_passwords_lock_the_address_out() {
-    let (e, relay) = simple(
-        "lockout",
-        "auth_max_failures = 3\nauth_lockout = \"1h\"",
-        "",
-    );
+    let (e, relay) = simple_with("lockout", |c| {
+        c.access("auth_max_failures", 3)
+            .access("auth_lockout", "\"1h\"")
+    });
     let mut c = tls_client(&relay, &e, 67);
     let r = c.auth_plain("alice", "wrongpw1").expect(535);
     assert!(r.text.contains("5.7.8"), "{r}");
@@ -393,11 +363,10 @@ fn wrong_passwords_lock_the_address_out() {
 #[test]
 fn parallel_sessions_cannot_outrun_the_lockout() {
     use base64::Engine;
-    let (e, relay) = simple(
-        "lockpar",
-        "auth_max_failures = 3\nauth_lockout = \"1h\"",
-        "",
-    );
+    let (e, relay) = simple_with("lockpar", |c| {
+        c.access("auth_max_failures", 3)
+            .access("auth_lockout", "\"1h\"")
+    });
     let mut clients: Vec<SmtpClient> = (0..10).map(|_| tls_client(&relay, &e, 69)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         let guess = base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0guess{i}"));
@@ -422,7 +391,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn password_checks_from_many_addresses_use_bounded_memory() {
     use base64::Engine;
-    let (e, relay) = simple("authmem", "", "");
+    let (e, relay) = simple("authmem");
     let mut clients: Vec<SmtpClient> = (0..24).map(|i| tls_client(&relay, &e, 100 + i)).collect();
     let pid = relay.pid().expect("relay running");
     let before = peak_rss_kib(pid);
@@ -465,7 +434,7 @@ const TRICKS: &[&str] = &[
 
 #[test]
 fn untrusted_client_is_refused_relay_whatever_the_address() {
-    let (_e, relay) = simple("relaydeny", "", "");
+    let (_e, relay) = simple("relaydeny");
     let mut c = SmtpClient::connect_from(relay.addr(), lo(66));
     c.ehlo("client.test");
     c.cmd("MAIL FROM:<a@example.com>").expect(250);
@@ -482,7 +451,7 @@ fn untrusted_client_is_refused_relay_whatever_the_address() {
 
 #[test]
 fn trusted_network_relays_without_auth_and_addresses_are_strict() {
-    let (_e, relay) = simple("trusted", "", "");
+    let (_e, relay) = simple("trusted");
     let mut c = SmtpClient::connect(relay.addr()); // 127.0.0.1 is in networks
     c.ehlo("client.test");
     c.cmd("MAIL FROM:<a@example.com>").expect(250);
@@ -540,7 +509,7 @@ fn trusted_network_relays_without_auth_and_addresses_are_strict() {
 
 #[test]
 fn null_sender_and_envelope_parameters() {
-    let (_e, relay) = simple("params", "", "");
+    let (_e, relay) = simple("params");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     c.cmd("MAIL FROM:<> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=QQ+2B1 AUTH=<>")
@@ -578,7 +547,7 @@ fn null_sender_and_envelope_parameters() {
 
 #[test]
 fn utf8_addresses_need_smtputf8() {
-    let (_e, relay) = simple("utf8", "", "");
+    let (_e, relay) = simple("utf8");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let r = c.cmd("MAIL FROM:<jörg@exämple.de>").expect(553);
@@ -601,7 +570,7 @@ fn utf8_addresses_need_smtputf8() {
 
 #[test]
 fn size_limit_declared_and_actual() {
-    let (_e, relay) = simple("size", "", "message_size = 2000");
+    let (_e, relay) = simple_with("size", |c| c.limit("message_size", 2000));
     let mut c = SmtpClient::connect(relay.addr());
     let caps = c.ehlo("client.test");
     assert!(caps.iter().any(|c| c == "SIZE 2000"), "{caps:?}");
@@ -633,7 +602,7 @@ fn size_limit_declared_and_actual() {
 
 #[test]
 fn recipients_per_message_limit() {
-    let (_e, relay) = simple("rcptlimit", "", "recipients_per_message = 2");
+    let (_e, relay) = simple_with("rcptlimit", |c| c.limit("recipients_per_message", 2));
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     c.cmd("MAIL FROM:<a@example.com>").expect(250);
@@ -655,15 +624,11 @@ fn recipients_per_message_limit() {
 #[test]
 fn per_user_daily_cap_survives_restart() {
     let e = env("dailycap");
-    let port = free_port();
-    let mut relay = Relay::start(
-        &e.dir,
-        &config(
-            &e,
-            &[(port, "starttls", "required")],
-            "",
-            "per_user_daily = 2",
-        ),
+    let mut relay = start(
+        &e,
+        &config(&e)
+            .listen("starttls", "required")
+            .limit("per_user_daily", 2),
     );
     let mut c = tls_client(&relay, &e, 66);
     c.auth_plain("alice", "secret").expect(235);
@@ -704,7 +669,7 @@ fn per_user_daily_cap_survives_restart() {
 
 #[test]
 fn bare_lf_and_bare_cr_in_data_are_refused() {
-    let (_e, relay) = simple("bare", "", "");
+    let (_e, relay) = simple("bare");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     for body in [
@@ -739,7 +704,7 @@ fn bare_lf_and_bare_cr_in_data_are_refused() {
 
 #[test]
 fn bare_lf_and_bare_cr_in_commands_are_not_executed() {
-    let (_e, relay) = simple("barecmd", "", "");
+    let (_e, relay) = simple("barecmd");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     c.send_raw(b"MAIL FROM:<a@example.com>\n");
@@ -758,7 +723,7 @@ fn bare_lf_and_bare_cr_in_commands_are_not_executed() {
 
 #[test]
 fn smtp_smuggling_is_impossible() {
-    let (_e, relay) = simple("smuggle", "", "");
+    let (_e, relay) = simple("smuggle");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let smuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n\
@@ -798,7 +763,7 @@ fn smtp_smuggling_is_impossible() {
 
 #[test]
 fn dot_unstuffing_is_exact() {
-    let (_e, relay) = simple("dots", "", "");
+    let (_e, relay) = simple("dots");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let body = b"Subject: dots\r\n\r\n.\r\n..\r\n...x\r\n.y\r\nmid.dle\r\n. \r\n\r\n.\r\nend";
@@ -835,7 +800,7 @@ fn dot_unstuffing_is_exact() {
 
 #[test]
 fn pipelined_commands_are_answered_in_order() {
-    let (_e, relay) = simple("pipe", "", "");
+    let (_e, relay) = simple("pipe");
     let mut c = SmtpClient::connect(relay.addr());
     c.send_raw(b"EHLO client.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<bad%x@example.org>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n");
     assert_eq!(c.read_reply().code, 250);
@@ -879,7 +844,7 @@ fn read_raw_reply(s: &mut dyn Read) -> String {
 /// hand (the kit's client refuses to, rightly).
 #[test]
 fn commands_pipelined_after_starttls_are_discarded() {
-    let (e, relay) = simple("inject", "", "");
+    let (e, relay) = simple("inject");
     let mut tcp = TcpStream::connect(relay.addr()).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     assert!(read_raw_reply(&mut tcp).starts_with("220 "));
@@ -911,7 +876,7 @@ fn commands_pipelined_after_starttls_are_discarded() {
 
 #[test]
 fn restart_recovers_committed_and_removes_half_written() {
-    let (_e, mut relay) = simple("recover", "", "");
+    let (_e, mut relay) = simple("recover");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let id = queued(
@@ -971,7 +936,7 @@ fn restart_recovers_committed_and_removes_half_written() {
 
 #[test]
 fn overlong_lines_and_too_many_errors_end_the_session() {
-    let (_e, relay) = simple("errors", "", "max_errors = 3");
+    let (_e, relay) = simple_with("errors", |c| c.limit("max_errors", 3));
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let long = format!("NOOP {}\r\n", "x".repeat(5000));
@@ -1003,11 +968,10 @@ fn overlong_lines_and_too_many_errors_end_the_session() {
 
 #[test]
 fn command_and_data_timeouts() {
-    let (_e, relay) = simple(
-        "timeouts",
-        "",
-        "command_timeout = \"1s\"\ndata_timeout = \"1s\"",
-    );
+    let (_e, relay) = simple_with("timeouts", |c| {
+        c.limit("command_timeout", "\"1s\"")
+            .limit("data_timeout", "\"1s\"")
+    });
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let r = c.read_reply(); // nothing sent: the server times out
@@ -1030,7 +994,7 @@ fn command_and_data_timeouts() {
 
 #[test]
 fn session_limit_refuses_with_421() {
-    let (_e, relay) = simple("sessions", "", "max_sessions = 2");
+    let (_e, relay) = simple_with("sessions", |c| c.limit("max_sessions", 2));
     // The launcher's readiness probes may still hold a slot for a moment: retry until 220.
     let mut open = Vec::new();
     for _ in 0..2 {
@@ -1058,13 +1022,10 @@ fn session_limit_refuses_with_421() {
 #[test]
 fn a_listener_that_cannot_bind_is_a_startup_error() {
     let e = env("bind");
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let (status, log) = Relay::start_expect_exit(
-        &e.dir,
-        &config(&e, &[(port, "starttls", "optional")], "", ""),
-        WAIT,
-    );
+    let cfg = config(&e);
+    let port = cfg.port;
+    let _taken = std::net::TcpListener::bind(cfg.addr()).unwrap();
+    let (status, log) = Relay::start_expect_exit(&e.dir, &cfg.to_toml(), WAIT);
     let status = status.expect("relay kept running");
     assert!(!status.success());
     assert!(
@@ -1077,11 +1038,7 @@ fn a_listener_that_cannot_bind_is_a_startup_error() {
 fn a_bad_users_file_is_a_startup_error() {
     let e = env("badusers");
     std::fs::write(&e.users, "alice:plaintext-password\n").unwrap();
-    let (status, log) = Relay::start_expect_exit(
-        &e.dir,
-        &config(&e, &[(free_port(), "starttls", "optional")], "", ""),
-        WAIT,
-    );
+    let (status, log) = Relay::start_expect_exit(&e.dir, &config(&e).to_toml(), WAIT);
     assert!(!status.expect("relay kept running").success());
     assert!(log.contains("users:1: user alice: unknown hash"), "{log}");
     assert!(!log.contains("plaintext-password"), "{log}");
@@ -1090,35 +1047,15 @@ fn a_bad_users_file_is_a_startup_error() {
 #[test]
 fn ipv6_clients_are_matched_against_v6_networks() {
     let dir = tempdir("ipv6");
-    let (p6, p4) = (free_port(), free_port());
-    let relay = Relay::start(
-        &dir,
-        &format!(
-            r#"hostname = "{HOST}"
-data_dir = "data"
-
-[[listen]]
-address = "[::1]:{p6}"
-tls = "none"
-auth = "none"
-
-[[listen]]
-address = "127.0.0.1:{p4}"
-tls = "none"
-auth = "none"
-
-[access]
-networks = ["::1/128"]
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-
-[[route]]
-domain = "*"
-host = "127.0.0.1:9"
-"#
-        ),
-    );
+    let p6 = free_port();
+    let cfg = RelayConfig::new()
+        .listener(format!("[::1]:{p6}"), "none", "none")
+        .networks(&["::1/128"])
+        .nameserver("127.0.0.1:9")
+        .no_delivery()
+        .route("*", "127.0.0.1:9");
+    let p4 = cfg.port;
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let mut c = SmtpClient::connect(format!("[::1]:{p6}").parse().unwrap());
     c.ehlo("client.test");
     let id = queued(
@@ -1143,7 +1080,7 @@ host = "127.0.0.1:9"
 
 #[test]
 fn bdat_chunks_are_stored_exactly_and_checked_like_data() {
-    let (_e, relay) = simple("bdat", "", "message_size = 2000");
+    let (_e, relay) = simple_with("bdat", |c| c.limit("message_size", 2000));
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     // Pipelined: chunk octets follow each BDAT command; dots are not special in BDAT.
@@ -1220,15 +1157,11 @@ fn bdat_chunks_are_stored_exactly_and_checked_like_data() {
 #[test]
 fn storage_errors_give_452_and_leave_nothing_behind() {
     let e = env("storage");
-    let port = free_port();
-    let relay = Relay::start(
-        &e.dir,
-        &config(
-            &e,
-            &[(port, "starttls", "required")],
-            "",
-            "per_user_daily = 1",
-        ),
+    let relay = start(
+        &e,
+        &config(&e)
+            .listen("starttls", "required")
+            .limit("per_user_daily", 1),
     );
     let spool = relay.data_dir().join("spool");
     let mut c = tls_client(&relay, &e, 66);
@@ -1274,7 +1207,7 @@ fn storage_errors_give_452_and_leave_nothing_behind() {
 
 #[test]
 fn hundreds_of_concurrent_sessions_cost_no_thread_each() {
-    let (_e, relay) = simple("concurrent", "", "");
+    let (_e, relay) = simple("concurrent");
     let mut clients: Vec<SmtpClient> = (0..300)
         .map(|_| {
             let mut c = SmtpClient::connect(relay.addr());
@@ -1305,7 +1238,7 @@ fn hundreds_of_concurrent_sessions_cost_no_thread_each() {
 /// the octets after it would be taken as commands.
 #[test]
 fn bdat_chunk_size_too_large_to_represent_is_not_misread() {
-    let (_e, relay) = simple("bdatbig", "", "");
+    let (_e, relay) = simple("bdatbig");
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     c.cmd("MAIL FROM:<a@example.com>").expect(250);

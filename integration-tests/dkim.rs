@@ -111,48 +111,17 @@ fn bench(name: &str, extra: &str) -> Bench {
             k.subdomains
         ));
     }
-    let port = free_port();
-    let relay = Relay::start(
-        &dir,
-        &format!(
-            r#"
-hostname = "relay.test"
-data_dir = "data"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-tls = "none"
-auth = "none"
-
-[access]
-networks = ["127.0.0.0/8"]
-
-[dns]
-nameservers = ["{dns}"]
-
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-connect_timeout = "2s"
-command_timeout = "5s"
-
-[[route]]
-domain = "*"
-host = "[127.0.0.20]:{sink_port}"
-
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out1.relay.test"
-
-{dkim}
-{extra}
-"#,
-            dns = dns.nameserver(),
-            sink_port = sink.port(),
-        ),
-    );
+    let cfg = RelayConfig::new()
+        .dns(&dns)
+        .delivery_port(sink.port())
+        .route("*", &format!("[127.0.0.20]:{}", sink.port()))
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")])
+        // The doctor's own DKIM lookups would answer "the key came from DNS" below for the
+        // verifier.
+        .section("[doctor]\nbackground = false")
+        .section(&dkim)
+        .section(extra);
+    let relay = Relay::start(&dir, &cfg.to_toml());
     Bench {
         dir,
         dns,

@@ -202,13 +202,15 @@ fn text(o: &Output) -> String {
     )
 }
 
-const POOL: &str = r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out1.relay.test"
-"#;
+/// A relay config: plain listener, trusted 127/8, `delivery.port` = `port`, 1 s retry (no
+/// delivery timeouts), one source IP 127.0.0.10 (`out1.relay.test`).
+fn config(port: u16) -> RelayConfig {
+    RelayConfig::new()
+        .no_delivery()
+        .delivery_port(port)
+        .delivery("retry", "[\"1s\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")])
+}
 
 /// A private Postfix instance (own config, queue and data directories under `dir/postfix`,
 /// no chroot, no DNS, its smtpd on `smtpd`). Stopped on drop.
@@ -444,39 +446,15 @@ fn interop_postfix_relayhost_with_sasl_and_tls() {
     let users = write_users(&dir, &[("postfix-client", "pf-S3cret")]);
     let dns = DnsServer::start();
     let sink = Sink::start(&[lo(20)]);
-    let port = free_port();
-    let relay = Relay::start(
-        &dir,
-        &format!(
-            r#"
-hostname = "relay.test"
-[[listen]]
-address = "127.0.0.1:{port}"
-tls = "starttls"
-auth = "required"
-[tls]
-certificate = "{cert}"
-private_key = "{key}"
-[access]
-networks = []
-users_file = "{users}"
-[dns]
-nameservers = ["{ns}"]
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-[[route]]
-domain = "*"
-host = "127.0.0.20:{sink_port}"
-{POOL}
-"#,
-            cert = certs.cert.display(),
-            key = certs.key.display(),
-            users = users.display(),
-            ns = dns.nameserver(),
-            sink_port = sink.port(),
-        ),
-    );
+    let cfg = config(sink.port())
+        .listen("starttls", "required")
+        .tls(&certs)
+        .networks(&[])
+        .users_file(&users)
+        .dns(&dns)
+        .route("*", &format!("127.0.0.20:{}", sink.port()));
+    let port = cfg.port;
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let pf = Postfix::client(&dir, port, "postfix-client", "pf-S3cret", &certs.ca);
 
     pf.sendmail(
@@ -555,43 +533,17 @@ fn swaks_bench(name: &str) -> SwaksBench {
     let users = write_users(&dir, &[("alice", "Alice-pw-1")]);
     let dns = DnsServer::start();
     let sink = Sink::start(&[lo(20)]);
-    let (p1, p2) = (free_port(), free_port());
-    let relay = Relay::start(
-        &dir,
-        &format!(
-            r#"
-hostname = "relay.test"
-[[listen]]
-address = "127.0.0.1:{p1}"
-tls = "starttls"
-auth = "optional"
-[[listen]]
-address = "127.0.0.1:{p2}"
-tls = "implicit"
-auth = "optional"
-[tls]
-certificate = "{cert}"
-private_key = "{key}"
-[access]
-networks = ["127.0.0.1/32"]
-users_file = "{users}"
-[dns]
-nameservers = ["{ns}"]
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-[[route]]
-domain = "*"
-host = "127.0.0.20:{sink_port}"
-{POOL}
-"#,
-            cert = certs.cert.display(),
-            key = certs.key.display(),
-            users = users.display(),
-            ns = dns.nameserver(),
-            sink_port = sink.port(),
-        ),
-    );
+    let p2 = free_port();
+    let cfg = config(sink.port())
+        .listen("starttls", "optional")
+        .listener(format!("127.0.0.1:{p2}"), "implicit", "optional")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&users)
+        .dns(&dns)
+        .route("*", &format!("127.0.0.20:{}", sink.port()));
+    let p1 = cfg.port;
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let starttls = SocketAddr::new(lo(1), p1);
     let implicit = SocketAddr::new(lo(1), p2);
     SwaksBench {
@@ -783,28 +735,8 @@ fn interop_dnsmasq_mx_routing() {
         }),
         "dnsmasq not listening"
     );
-    let port = free_port();
-    let relay = Relay::start(
-        &dir,
-        &format!(
-            r#"
-hostname = "relay.test"
-[[listen]]
-address = "127.0.0.1:{port}"
-tls = "none"
-auth = "none"
-[access]
-networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["127.0.0.1:{dns_port}"]
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-{POOL}
-"#,
-            sink_port = sink.port()
-        ),
-    );
+    let cfg = config(sink.port()).nameserver(format!("127.0.0.1:{dns_port}"));
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     let r = c.send_mail(
@@ -847,32 +779,11 @@ fn interop_postfix_as_destination_mx_over_starttls() {
     let dns = DnsServer::start();
     dns.add_mx("dest.test", 10, "mx.dest.test");
     dns.add_a("mx.dest.test", "127.0.0.24".parse().unwrap());
-    let port = free_port();
-    let relay = Relay::start(
-        &dir,
-        &format!(
-            r#"
-hostname = "relay.test"
-[[listen]]
-address = "127.0.0.1:{port}"
-tls = "none"
-auth = "none"
-[access]
-networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["{ns}"]
-[delivery]
-port = {mx_port}
-tls = "required"
-ca_file = "{ca}"
-retry = ["1s"]
-{POOL}
-"#,
-            ns = dns.nameserver(),
-            mx_port = mx.port(),
-            ca = certs.ca.display(),
-        ),
-    );
+    let cfg = config(mx.port())
+        .dns(&dns)
+        .delivery("tls", "\"required\"")
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()));
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("app.client.test");
     let r = c.send_mail(

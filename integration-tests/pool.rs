@@ -6,94 +6,37 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::admin::{http, ip_entry, pool_status};
 use common::*;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Bench {
-    dns: DnsServer,
-    sink: Sink,
-}
-
-/// A DNS server and one sink: `a.test` → mx.alpha.test (127.0.0.20, provider alpha),
-/// `b.test` → mx.beta.test (127.0.0.21, provider beta).
-fn bench(script: Option<fn(&Step) -> Option<String>>) -> Bench {
-    let dns = DnsServer::start();
-    let mut b = Sink::builder(&[lo(20), lo(21)]);
-    if let Some(s) = script {
-        b = b.script(s);
-    }
-    let sink = b.start();
-    dns.add_mx("a.test", 10, "mx.alpha.test");
-    dns.add_ip("mx.alpha.test", lo(20));
-    dns.add_mx("b.test", 10, "mx.beta.test");
-    dns.add_ip("mx.beta.test", lo(21));
-    Bench { dns, sink }
-}
-
 /// Relay config: trusted 127/8, no connection reuse (so every message is a fresh selection),
-/// admin API on a free port, providers alpha/beta; `rest` adds pools, warm-up, rules.
-fn config(port: u16, admin: u16, b: &Bench, listen: &str, rest: &str) -> String {
+/// admin API on a free port, providers alpha/beta; tests add pools, warm-up, rules.
+fn config(b: &Bench) -> RelayConfig {
+    b.config().delivery("idle_timeout", "\"0s\"")
+}
+
+/// Source IP 127.0.0.`n` saying `out{n}.relay.test`.
+fn pool_ip(n: u8) -> PoolIp {
+    PoolIp::new(n, &format!("out{n}.relay.test"))
+}
+
+/// `[warmup]` with a day of `day`, `burst`, and the schedule `t` of `daily` caps.
+fn warmup(day: &str, burst: u32, daily: &str) -> String {
     format!(
-        r#"
-hostname = "relay.test"
-data_dir = "data"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-{listen}
-
-[access]
-networks = ["127.0.0.0/8"]
-
-[dns]
-nameservers = ["{dns}"]
-
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-connect_timeout = "2s"
-command_timeout = "5s"
-idle_timeout = "0s"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[provider]]
-name = "alpha"
-mx_suffixes = ["alpha.test"]
-
-[[provider]]
-name = "beta"
-mx_suffixes = ["beta.test"]
-
-{rest}
-"#,
-        dns = b.dns.nameserver(),
-        sink_port = b.sink.port(),
+        "[warmup]\nday = \"{day}\"\nburst = {burst}\n[[warmup.schedule]]\nname = \"t\"\ndaily = {daily}"
     )
 }
 
-const PLAIN: &str = "tls = \"none\"\nauth = \"none\"";
-
-fn start(name: &str, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
-    let dir = tempdir(name);
-    let admin = free_port();
-    let relay = Relay::start(&dir, &config(free_port(), admin, b, PLAIN, rest));
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    assert!(
-        wait_until(WAIT, || TcpStream::connect(admin).is_ok()),
-        "admin API not listening\n{}",
-        relay.log()
-    );
-    (relay, admin)
+fn start(name: &str, cfg: &RelayConfig) -> (Relay, SocketAddr) {
+    admin::start(&tempdir(name), cfg, WAIT)
 }
 
 fn body(subject: &str) -> Vec<u8> {
@@ -145,45 +88,6 @@ fn fresh_window(len_ms: u64) -> u64 {
     now_ms() / len_ms
 }
 
-/// One HTTP/1.1 request to the admin API; returns (status, JSON body).
-fn http(admin: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(admin).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").expect("HTTP head");
-    let code: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(
-        !head.to_ascii_lowercase().contains("chunked"),
-        "expected a sized body: {head}"
-    );
-    (code, serde_json::from_str(rest).unwrap_or(Value::Null))
-}
-
-fn status(admin: SocketAddr) -> Value {
-    let (code, v) = http(admin, "GET", "/api/pool", None);
-    assert_eq!(code, 200, "{v}");
-    v
-}
-
-fn ip_status(st: &Value, ip: &str) -> Value {
-    st["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["ips"].as_array().unwrap().iter())
-        .find(|i| i["ip"] == ip)
-        .unwrap_or_else(|| panic!("{ip} not in {st}"))
-        .clone()
-}
-
 /// `poolrelay pool ARGS --config poolrelay.toml`, run in the relay's directory.
 fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
@@ -225,28 +129,10 @@ fn held(relay: &Relay, n: usize, needle: &str) -> bool {
 #[test]
 fn warming_ip_cap_per_provider_overflows_to_the_warm_ip() {
     let b = bench(None);
-    let (relay, admin) = start(
-        "pool-overflow",
-        &b,
-        r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-warmup = "t"
-[[pool.ip]]
-address = "127.0.0.11"
-helo = "out11.relay.test"
-
-[warmup]
-day = "24h"
-burst = 24
-[[warmup.schedule]]
-name = "t"
-daily = [3, 6]
-"#,
-    );
+    let cfg = config(&b)
+        .pool("default", &[pool_ip(10).warmup("t"), pool_ip(11)])
+        .section(&warmup("24h", 24, "[3, 6]"));
+    let (relay, admin) = start("pool-overflow", &cfg);
     submit(&relay, "s@snd.test", &rcpts("x", "a.test", 10));
     submit(&relay, "s@snd.test", &rcpts("y", "b.test", 10));
     b.sink.wait_for_messages(20, WAIT);
@@ -264,22 +150,22 @@ daily = [3, 6]
         assert_eq!(m.ehlo, want);
     }
 
-    let ip10 = ip_status(&status(admin), "127.0.0.10");
+    let ip10 = ip_entry(&pool_status(admin), "127.0.0.10");
     assert_eq!(ip10["state"], "warming", "{ip10}");
     let alpha = &ip10["providers"]["alpha"];
     assert_eq!(alpha["warmup_day"], 0, "{ip10}");
     assert_eq!(alpha["used_today"], 3, "{ip10}");
     assert_eq!(alpha["cap_today"], 3, "{ip10}");
     assert_eq!(alpha["state"], "warming", "{ip10}");
-    let ip11 = ip_status(&status(admin), "127.0.0.11");
+    let ip11 = ip_entry(&pool_status(admin), "127.0.0.11");
     assert_eq!(ip11["state"], "active", "{ip11}");
     assert!(
         wait_until(
             WAIT,
-            || ip_status(&status(admin), "127.0.0.11")["providers"]["alpha"]["sent"] == 7
+            || ip_entry(&pool_status(admin), "127.0.0.11")["providers"]["alpha"]["sent"] == 7
         ),
         "{}",
-        status(admin)
+        pool_status(admin)
     );
 
     let (ok, table, err) = cli(relay.dir(), &["status"]);
@@ -295,25 +181,10 @@ daily = [3, 6]
 fn day_advances_only_after_sending_days_and_capped_mail_waits() {
     const DAY: u64 = 4000;
     let b = bench(None);
-    let (relay, admin) = start(
-        "pool-days",
-        &b,
-        r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-warmup = "t"
-
-[warmup]
-day = "4s"
-burst = 24
-[[warmup.schedule]]
-name = "t"
-daily = [2, 3, 5]
-"#,
-    );
+    let cfg = config(&b)
+        .pool("default", &[pool_ip(10).warmup("t")])
+        .section(&warmup("4s", 24, "[2, 3, 5]"));
+    let (relay, admin) = start("pool-days", &cfg);
     // Day D: cap 2. Four messages: two go, two wait (held, not counted as attempts).
     let d = fresh_window(DAY);
     submit(&relay, "s@snd.test", &rcpts("d0-", "a.test", 4));
@@ -335,7 +206,7 @@ daily = [2, 3, 5]
     b.sink
         .wait_for_messages(4, Duration::from_millis(2 * DAY + 2000));
     assert!(now_ms() / DAY > d);
-    let alpha = ip_status(&status(admin), "127.0.0.10")["providers"]["alpha"].clone();
+    let alpha = ip_entry(&pool_status(admin), "127.0.0.10")["providers"]["alpha"].clone();
     assert_eq!(alpha["warmup_day"], 1, "{alpha}");
     assert_eq!(alpha["cap_today"], 3, "{alpha}");
     let send_day = now_ms() / DAY;
@@ -356,7 +227,7 @@ daily = [2, 3, 5]
         "{:#?}",
         envelopes(&relay)
     );
-    let alpha = ip_status(&status(admin), "127.0.0.10")["providers"]["alpha"].clone();
+    let alpha = ip_entry(&pool_status(admin), "127.0.0.10")["providers"]["alpha"].clone();
     assert_eq!(now_ms() / DAY, d2, "test step outran the day");
     assert_eq!(alpha["warmup_day"], 2, "{alpha}");
     assert_eq!(alpha["used_today"], 5, "{alpha}");
@@ -370,25 +241,10 @@ fn hourly_cap_spreads_the_daily_cap_over_the_day() {
     // Day 120 s → an "hour" of 5 s; daily 48 → hourly ceil(48/24) × burst 1 = 2.
     const HOUR: u64 = 5000;
     let b = bench(None);
-    let (relay, _admin) = start(
-        "pool-hourly",
-        &b,
-        r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-warmup = "t"
-
-[warmup]
-day = "120s"
-burst = 1
-[[warmup.schedule]]
-name = "t"
-daily = [48]
-"#,
-    );
+    let cfg = config(&b)
+        .pool("default", &[pool_ip(10).warmup("t")])
+        .section(&warmup("120s", 1, "[48]"));
+    let (relay, _admin) = start("pool-hourly", &cfg);
     fresh_window(HOUR);
     submit(&relay, "s@snd.test", &rcpts("h", "a.test", 5));
     // Record the hour window of each arrival.
@@ -422,28 +278,16 @@ fn pool_rules_by_sender_domain_pattern_and_authenticated_user() {
     let dir = tempdir("pool-rules");
     let certs = make_certs(&dir, &["relay.test"]);
     let users = write_users(&dir, &[("bulkuser", "secret")]);
-    let listen = format!(
-        "tls = \"starttls\"\nauth = \"optional\"\n\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"",
-        certs.cert.display(),
-        certs.key.display()
-    );
-    let rest = r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-[[pool]]
-name = "bulk"
-[[pool.ip]]
-address = "127.0.0.11"
-helo = "out11.relay.test"
-[[pool]]
-name = "vip"
-[[pool.ip]]
-address = "127.0.0.12"
-helo = "out12.relay.test"
-
+    let cfg = config(&b)
+        .listen("starttls", "optional")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&users)
+        .pool("default", &[pool_ip(10)])
+        .pool("bulk", &[pool_ip(11)])
+        .pool("vip", &[pool_ip(12)])
+        .section(
+            r#"
 [[pool_rule]]
 user = "bulkuser"
 pool = "bulk"
@@ -453,16 +297,9 @@ pool = "bulk"
 [[pool_rule]]
 sender = "ceo@*"
 pool = "vip"
-"#;
-    let mut cfg = config(free_port(), free_port(), &b, &listen, rest);
-    cfg = cfg.replace(
-        "networks = [\"127.0.0.0/8\"]",
-        &format!(
-            "networks = [\"127.0.0.1/32\"]\nusers_file = \"{}\"",
-            users.display()
-        ),
-    );
-    let relay = Relay::start(&dir, &cfg);
+"#,
+        );
+    let relay = Relay::start(&dir, &cfg.to_toml());
     submit(&relay, "a@shop.test", &["p1@a.test".to_string()]);
     submit(&relay, "a@news.test", &["p2@a.test".to_string()]);
     submit(&relay, "ceo@shop.test", &["p3@a.test".to_string()]);
@@ -491,26 +328,10 @@ pool = "vip"
 #[test]
 fn drain_undrain_at_run_time_hold_without_bounce_and_survive_restart() {
     let b = bench(None);
-    let (mut relay, admin) = start(
-        "pool-drain",
-        &b,
-        r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-[[pool.ip]]
-address = "127.0.0.11"
-helo = "out11.relay.test"
-[[pool.ip]]
-address = "127.0.0.12"
-helo = "out12.relay.test"
-
-[throttle]
-hold_warning_interval = "1h"
-"#,
-    );
+    let cfg = config(&b)
+        .pool("default", &[pool_ip(10), pool_ip(11), pool_ip(12)])
+        .section("[throttle]\nhold_warning_interval = \"1h\"");
+    let (mut relay, admin) = start("pool-drain", &cfg);
     let dir = relay.dir().to_path_buf();
     let (ok, out, err) = cli(&dir, &["drain", "127.0.0.10"]);
     assert!(ok && out.contains("drained"), "{out}{err}");
@@ -542,17 +363,13 @@ hold_warning_interval = "1h"
     relay.stop();
     relay.restart();
     assert!(wait_until(WAIT, || TcpStream::connect(admin).is_ok()));
-    let st = status(admin);
+    let st = pool_status(admin);
     for ip in ["127.0.0.10", "127.0.0.11", "127.0.0.12"] {
-        assert_eq!(ip_status(&st, ip)["state"], "drained", "{st}");
+        assert_eq!(ip_entry(&st, ip)["state"], "drained", "{st}");
     }
-    assert_eq!(
-        ip_status(&st, "127.0.0.12")["reason"],
-        "maintenance",
-        "{st}"
-    );
+    assert_eq!(ip_entry(&st, "127.0.0.12")["reason"], "maintenance", "{st}");
     let sent = |st: &Value, ip: &str| {
-        ip_status(st, ip)["providers"]["alpha"]["sent"]
+        ip_entry(st, ip)["providers"]["alpha"]["sent"]
             .as_u64()
             .unwrap_or(0)
     };
@@ -603,24 +420,12 @@ fn slow_down_alpha_from_10(s: &Step) -> Option<String> {
 #[test]
 fn slow_down_reply_backs_off_that_ip_for_that_provider_only() {
     let b = bench(Some(slow_down_alpha_from_10));
-    let (relay, admin) = start(
-        "pool-backoff",
-        &b,
-        r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-[[pool.ip]]
-address = "127.0.0.11"
-helo = "out11.relay.test"
-"#,
-    );
+    let cfg = config(&b).pool("default", &[pool_ip(10), pool_ip(11)]);
+    let (relay, admin) = start("pool-backoff", &cfg);
     submit(&relay, "s@snd.test", &rcpts("a", "a.test", 4));
     b.sink.wait_for_messages(4, WAIT);
     assert_eq!(count(&b.sink, 11, 20), 4, "alpha mail went through .11");
-    let alpha = ip_status(&status(admin), "127.0.0.10")["providers"]["alpha"].clone();
+    let alpha = ip_entry(&pool_status(admin), "127.0.0.10")["providers"]["alpha"].clone();
     // Backed off (the Reputation stage may also quarantine it for alpha on such a reply).
     assert!(
         alpha["state"] == "backoff" || alpha["state"] == "quarantined",
@@ -656,33 +461,13 @@ fn provider_throttles_messages_per_connection_and_per_hour() {
     const HOUR: u64 = 5000;
     let b = bench(None);
     let dir = tempdir("pool-throttle");
-    let admin = free_port();
-    let cfg = config(
-        free_port(),
-        admin,
-        &b,
-        PLAIN,
-        r#"
-[[pool]]
-name = "default"
-[[pool.ip]]
-address = "127.0.0.10"
-helo = "out10.relay.test"
-
-[warmup]
-day = "120s"
-"#,
-    )
-    .replace("idle_timeout = \"0s\"", "idle_timeout = \"30s\"")
-    .replace(
-        "mx_suffixes = [\"alpha.test\"]",
-        "mx_suffixes = [\"alpha.test\"]\nmax_per_connection = 2",
-    )
-    .replace(
-        "mx_suffixes = [\"beta.test\"]",
-        "mx_suffixes = [\"beta.test\"]\nmax_per_hour = 2",
-    );
-    let relay = Relay::start(&dir, &cfg);
+    let cfg = config(&b)
+        .delivery("idle_timeout", "\"30s\"")
+        .provider_key("alpha", "max_per_connection", 2)
+        .provider_key("beta", "max_per_hour", 2)
+        .pool("default", &[pool_ip(10)])
+        .section("[warmup]\nday = \"120s\"");
+    let relay = Relay::start(&dir, &cfg.to_toml());
     // One after the other, so each could reuse the previous connection.
     for i in 0..5 {
         submit(&relay, "s@snd.test", &[format!("c{i}@a.test")]);

@@ -13,40 +13,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A relay config: plain listener, trusted 127/8, everything routed to `[127.0.0.20]:sink_port`,
-/// 1 s retry. `limits` and `delivery` add keys to those tables, `rest` adds tables.
-fn config(port: u16, sink_port: u16, dns: SocketAddr, limits: &str, delivery: &str) -> String {
-    format!(
-        r#"
-hostname = "relay.test"
-data_dir = "data"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-tls = "none"
-auth = "none"
-
-[access]
-networks = ["127.0.0.0/8"]
-
-[limits]
-{limits}
-
-[dns]
-nameservers = ["{dns}"]
-
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-connect_timeout = "2s"
-command_timeout = "5s"
-{delivery}
-"#
-    )
+/// A relay config: plain listener, trusted 127/8, DNS at `dns`, `delivery.port` = `sink_port`,
+/// 1 s retry.
+fn config(sink_port: u16, dns: SocketAddr) -> RelayConfig {
+    RelayConfig::new().nameserver(dns).delivery_port(sink_port)
 }
 
-fn route_all(sink_port: u16) -> String {
-    format!("\n[[route]]\ndomain = \"*\"\nhost = \"[127.0.0.20]:{sink_port}\"\n")
+/// `config` with every domain routed to `[127.0.0.20]:sink_port`.
+fn routed(sink_port: u16, dns: SocketAddr) -> RelayConfig {
+    config(sink_port, dns).route("*", &format!("[127.0.0.20]:{sink_port}"))
 }
 
 /// Message-ID values of what the sink received (one entry per delivered copy).
@@ -143,9 +118,8 @@ fn zero_loss_under_sigkill() {
     let dir = tempdir("proof-zero-loss");
     let dns = DnsServer::start();
     let sink = Sink::start(&[lo(20)]);
-    let port = free_port();
-    let cfg = config(port, sink.port(), dns.nameserver(), "", "") + &route_all(sink.port());
-    let mut relay = Relay::start(&dir, &cfg);
+    let cfg = routed(sink.port(), dns.nameserver());
+    let mut relay = Relay::start(&dir, &cfg.to_toml());
     let addr = relay.addr();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -312,9 +286,8 @@ fn destination_down_then_up_delivers_everything() {
     let dir = tempdir("proof-dest-down");
     let dns = DnsServer::start();
     let sink_port = free_port_on(&[lo(20)]);
-    let port = free_port();
-    let cfg = config(port, sink_port, dns.nameserver(), "", "") + &route_all(sink_port);
-    let relay = Relay::start(&dir, &cfg);
+    let cfg = routed(sink_port, dns.nameserver());
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let n = 10;
     for i in 0..n {
         let r = submit(
@@ -405,8 +378,7 @@ fn dns_down_defers_then_delivers() {
     // A port with nothing behind it (free for UDP and TCP now); the forwarder takes it later.
     let dns_port = free_port();
     let dns_addr: SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
-    let port = free_port();
-    let relay = Relay::start(&dir, &config(port, sink.port(), dns_addr, "", ""));
+    let relay = Relay::start(&dir, &config(sink.port(), dns_addr).to_toml());
     let r = submit(relay.addr(), "rcpt@dest.test", "<dns-down@proof.test>");
     assert_eq!(r.code, 250, "{r}");
     assert!(
@@ -492,9 +464,8 @@ fn disk_full_gives_452_and_queued_mail_still_leaves() {
     let _fs = Tmpfs::mount(&dir.join("data"), "2m");
     let dns = DnsServer::start();
     let sink_port = free_port_on(&[lo(20)]);
-    let port = free_port();
-    let cfg = config(port, sink_port, dns.nameserver(), "", "") + &route_all(sink_port);
-    let relay = Relay::start(&dir, &cfg);
+    let cfg = routed(sink_port, dns.nameserver());
+    let relay = Relay::start(&dir, &cfg.to_toml());
     for i in 0..3 {
         let r = submit(
             relay.addr(),
@@ -660,48 +631,17 @@ fn hostile_sessions_are_cut_and_the_relay_survives() {
     let certs = make_certs(&dir, &["relay.test"]);
     let dns = DnsServer::start();
     let sink = Sink::start(&[lo(20)]);
-    let (port, tls_port) = (free_port(), free_port());
-    let cfg = format!(
-        r#"
-hostname = "relay.test"
-data_dir = "data"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-tls = "starttls"
-auth = "none"
-
-[[listen]]
-address = "127.0.0.1:{tls_port}"
-tls = "implicit"
-auth = "none"
-
-[tls]
-certificate = "{cert}"
-private_key = "{key}"
-
-[access]
-networks = ["127.0.0.0/8"]
-
-[limits]
-command_timeout = "2s"
-data_timeout = "2s"
-
-[dns]
-nameservers = ["{dns}"]
-
-[delivery]
-port = {sink_port}
-retry = ["1s"]
-{route}
-"#,
-        cert = certs.cert.display(),
-        key = certs.key.display(),
-        dns = dns.nameserver(),
-        sink_port = sink.port(),
-        route = route_all(sink.port()),
-    );
-    let relay = Relay::start(&dir, &cfg);
+    let tls_port = free_port();
+    let cfg = routed(sink.port(), dns.nameserver())
+        .listen("starttls", "none")
+        .listener(format!("127.0.0.1:{tls_port}"), "implicit", "none")
+        .tls(&certs)
+        .limit("command_timeout", "\"2s\"")
+        .limit("data_timeout", "\"2s\"")
+        .no_delivery()
+        .delivery_port(sink.port())
+        .delivery("retry", "[\"1s\"]");
+    let relay = Relay::start(&dir, &cfg.to_toml());
     let addr = relay.addr();
     let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let rss = RssSampler::start(relay.pid().unwrap());

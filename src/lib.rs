@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod doctor;
 pub mod inbound;
 pub mod outcome;
 pub mod pool;

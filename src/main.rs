@@ -50,6 +50,10 @@ enum Command {
         #[arg(long, conflicts_with = "count")]
         json: bool,
     },
+    /// Check what receivers check (PTR, FCrDNS, HELO, DNSBL, SPF, DKIM, DMARC, MX, postmaster@)
+    /// before they refuse: a table per IP and domain, each failure with its fix. Exit 0 when
+    /// nothing fails, 1 on a failure, 2 on a usage error.
+    Doctor(poolrelay::doctor::cli::DoctorArgs),
     /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
     Pool {
         /// Config file (TOML), read for `admin.listen`.
@@ -77,8 +81,15 @@ enum PoolCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Put a drained IP back into rotation; held mail flows again at once.
+    /// End the operator's drain of an IP; held mail flows again at once (quarantines stay).
     Undrain {
+        ip: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// End every reputation quarantine of an IP at once, without probation (an override: the
+    /// DNSBL monitor quarantines it again at its next check if it is still listed).
+    Reinstate {
         ip: String,
         #[arg(long)]
         provider: Option<String>,
@@ -111,6 +122,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
+        Command::Doctor(args) => poolrelay::doctor::cli::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Queue {
             config,
@@ -169,6 +181,7 @@ fn load_checked(path: &std::path::Path) -> Result<Config, Vec<poolrelay::config:
     let config = Config::load(path)?;
     poolrelay::signing::Signer::from_config(&config)?;
     poolrelay::reputation::check_config(path, &config)?;
+    poolrelay::doctor::check_config(path, &config)?;
     Ok(config)
 }
 
@@ -278,6 +291,11 @@ fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
         PoolCommand::Undrain { ip, provider } => (
             "POST",
             "/api/pool/undrain".to_string(),
+            Some(serde_json::json!({ "ip": ip, "provider": provider })),
+        ),
+        PoolCommand::Reinstate { ip, provider } => (
+            "POST",
+            "/api/pool/reinstate".to_string(),
             Some(serde_json::json!({ "ip": ip, "provider": provider })),
         ),
     };

@@ -14,17 +14,6 @@ use rand::seq::SliceRandom;
 use crate::config::{Config, Route, TlsPolicy};
 use crate::reply::Reply;
 
-/// Parses a route target `host:port` or `[ip]:port` into (host, port).
-pub fn parse_route_host(s: &str) -> Option<(String, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.to_string(), port))
-}
-
 /// One host to connect to (an MX, the route target, or the domain itself for A fallback).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -116,7 +105,7 @@ impl Router {
     /// permanent for NXDOMAIN and null MX, temporary for DNS failures (never a bounce).
     pub async fn resolve(&self, domain: &str) -> Result<Destination, Reply> {
         if let Some(route) = self.route_for(domain) {
-            let (host, port) = parse_route_host(&route.host).ok_or_else(|| {
+            let (host, port) = route.target().ok_or_else(|| {
                 Reply::new(451, "4.3.5", format!("bad route host {:?}", route.host))
             })?;
             let mut resolved = self.host(&host, port).await;
@@ -322,6 +311,15 @@ mod tests {
             (10, "a".into()),
         ]);
         assert_eq!(o, vec!["a", "b", "c"]);
+    }
+
+    fn parse_route_host(host: &str) -> Option<(String, u16)> {
+        crate::config::Route {
+            domain: "*".into(),
+            host: host.into(),
+            tls: None,
+        }
+        .target()
     }
 
     #[test]

@@ -38,15 +38,30 @@ pub async fn run(config: Config) -> Result<(), String> {
             }
         });
     }
+    let suppressions = Arc::new(crate::reputation::suppress::Suppressions::open(
+        &config.data_dir,
+    ));
+    suppressions.start_flusher();
+    let reputation = Arc::new(crate::reputation::rates::Tracker::new(
+        &config.reputation,
+        pools.clone(),
+        suppressions,
+    )?);
+    let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     if let Some(admin) = &config.admin {
-        crate::admin::start(admin.listen, pools.clone()).await?;
+        let admin_state = crate::admin::AdminState {
+            pools: pools.clone(),
+            reputation: reputation.clone(),
+            doctor,
+        };
+        crate::admin::start(admin.listen, admin_state).await?;
     }
     crate::reputation::dnsbl::start(&config, pools.clone())?;
     crate::delivery::start(
         config.clone(),
         spool.clone(),
-        state.clone(),
         pools.clone(),
+        reputation,
         committed,
         recovered,
     )

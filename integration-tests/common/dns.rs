@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 pub use hickory_proto::rr::RecordType;
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,6 +22,7 @@ enum Rec {
     Aaaa(Ipv6Addr),
     Mx(u16, String),
     Txt(String),
+    Ptr(String),
 }
 
 impl Rec {
@@ -31,6 +32,7 @@ impl Rec {
             Rec::Aaaa(_) => RecordType::AAAA,
             Rec::Mx(..) => RecordType::MX,
             Rec::Txt(_) => RecordType::TXT,
+            Rec::Ptr(_) => RecordType::PTR,
         }
     }
 }
@@ -194,6 +196,24 @@ impl DnsServer {
         self.add(name, Rec::Txt(text.to_string()))
     }
 
+    /// `ip`'s PTR record (in-addr.arpa, or ip6.arpa nibbles for IPv6) pointing at `host`.
+    pub fn add_ptr(&self, ip: IpAddr, host: &str) {
+        let name = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+            }
+            IpAddr::V6(v6) => {
+                let mut n = String::new();
+                for b in v6.octets().iter().rev() {
+                    n.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+                }
+                n + "ip6.arpa"
+            }
+        };
+        self.add(&name, Rec::Ptr(key(host)))
+    }
+
     /// Removes every record of `rtype` at `name` (the name still exists if others remain).
     pub fn remove(&self, name: &str, rtype: RecordType) {
         self.with(|z| {
@@ -266,6 +286,7 @@ fn rdata(rec: &Rec) -> RData {
         Rec::A(ip) => RData::A(A(*ip)),
         Rec::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
         Rec::Mx(pref, host) => RData::MX(MX::new(*pref, name(host))),
+        Rec::Ptr(host) => RData::PTR(PTR(name(host))),
         Rec::Txt(text) => {
             let bytes = text.as_bytes();
             let parts = if bytes.is_empty() {

@@ -7,20 +7,12 @@
 //! let dir = tempdir("accept-auth");
 //! let certs = make_certs(&dir, &["relay.test"]);          // Certs { ca, cert, key, chain }
 //! let users = write_users(&dir, &[("alice", "secret")]);   // via `poolrelay hash-password`
-//! let port = free_port();
-//! let relay = Relay::start(&dir, &format!(r#"
-//!     hostname = "relay.test"
-//!     [[listen]]
-//!     address = "127.0.0.1:{port}"
-//!     tls = "starttls"
-//!     auth = "required"
-//!     [tls]
-//!     certificate = "{}"
-//!     private_key = "{}"
-//!     [access]
-//!     networks = ["127.0.0.1/32"]
-//!     users_file = "{}"
-//! "#, certs.cert.display(), certs.key.display(), users.display()));
+//! let cfg = RelayConfig::new()                          // relay.test on 127.0.0.1:free port
+//!     .listen("starttls", "required")
+//!     .tls(&certs)
+//!     .networks(&["127.0.0.1/32"])
+//!     .users_file(&users);
+//! let relay = Relay::start(&dir, &cfg.to_toml());
 //!
 //! let mut c = SmtpClient::connect_from(relay.addr(), lo(66));   // untrusted 127.0.0.66
 //! c.ehlo("client.test");
@@ -52,21 +44,39 @@
 //!   `None` (defaults; RCPT local part `tempfail` → 451 4.3.0, `permfail` → 550 5.1.1).
 //! - `DnsServer::start()`: `nameserver()` for `[dns] nameservers`; `add_mx(domain, pref, host)`,
 //!   `null_mx(domain)`, `add_a`, `add_aaaa`, `add_ip`, `add_txt` (long text split in 255-byte
-//!   strings), `remove(name, RecordType::MX)`, `remove_name`, `add_empty_name`,
+//!   strings), `add_ptr(ip, host)` (in-addr.arpa / ip6.arpa), `remove(name, RecordType::MX)`,
+//!   `remove_name`, `add_empty_name`,
 //!   `set_fail(name, bool)` (SERVFAIL), `set_ttl` (default 0), `queries()`. Unknown names are
 //!   NXDOMAIN, known names without the type NOERROR/no data.
+//! - `RelayConfig::new()`: the one config builder (`config.rs`): a plain listener trusting
+//!   127/8, 1 s retry, short delivery timeouts. `listen(tls, auth)`, `listener(addr, tls, auth)`,
+//!   `tls(&certs)`, `networks`, `users_file`, `access(key, v)`, `limit(key, v)`, `dns(&dns)` or
+//!   `nameserver(addr)`, `delivery(key, v)`, `delivery_port`, `no_delivery()`, `admin()`,
+//!   `provider(name, suffixes)`, `provider_key(name, key, v)`, `pool(name, &[PoolIp::new(n,
+//!   helo) | PoolIp::at(addr, helo)])`, `route(domain, host)`, `section(raw)`, then
+//!   `to_toml()`; `port`, `addr()`, `admin_addr()`.
+//! - `admin::{start, http, get, pool_status, ip_entry, hold, hold_of}` talk to the admin API
+//!   (`start` runs a relay and waits for its API).
+//! - `bench(script)`: a test DNS with `a.test` → mx.alpha.test (127.0.0.20) and `b.test` →
+//!   mx.beta.test (127.0.0.21), one sink on both; `Bench::config()` delivers there with the
+//!   admin API and providers alpha and beta.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
+pub mod admin;
+pub mod bench;
 pub mod certs;
 pub mod client;
+pub mod config;
 pub mod dns;
 pub mod net;
 pub mod relay;
 pub mod sink;
 
+pub use bench::{Bench, bench};
 pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
+pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, write_users};

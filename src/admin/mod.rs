@@ -1,33 +1,40 @@
-//! Operator surface over HTTP (JSON, no authentication: bind it to loopback):
-//! `GET /api/pool`, `POST /api/pool/drain` and `/api/pool/undrain` with
-//! `{"ip": "…", "provider": "gmail", "reason": "…"}` (provider and reason optional), or
-//! `POST /api/pool/{ip}/drain` / `…/undrain` with an optional body. `client` is the CLI side.
+//! Operator surface over HTTP (JSON, no authentication: bind it to loopback). Routes:
+//! - `GET /api/pool`; `POST /api/pool/drain`, `/api/pool/undrain`, `/api/pool/reinstate` with
+//!   `{"ip": "…", "provider": "gmail", "reason": "…"}` (provider and reason optional), or
+//!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
+//! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
+//!   (`reputation.rs`);
+//! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`).
+//!
+//! `client` is the CLI side.
 
 pub mod client;
+mod doctor;
+mod pool;
+mod reputation;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::json;
+use serde::Serialize;
 
-use crate::pool::{Pools, Scope};
+use crate::pool::Pools;
+use crate::reputation::rates::Tracker;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HoldRequest {
-    ip: Option<String>,
-    provider: Option<String>,
-    reason: Option<String>,
+/// What the handlers act on: the running relay's stages.
+#[derive(Clone)]
+pub struct AdminState {
+    pub pools: Arc<Pools>,
+    pub reputation: Arc<Tracker>,
+    /// The background doctor's last round (`None`: not running).
+    pub doctor: Option<Arc<crate::doctor::Latest>>,
 }
 
 /// Binds `listen` and serves the API in the background. A bind failure stops the start.
-pub async fn start(listen: SocketAddr, pools: Arc<Pools>) -> Result<(), String> {
+pub async fn start(listen: SocketAddr, state: AdminState) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("admin: cannot listen on {listen}: {e}"))?;
@@ -35,7 +42,7 @@ pub async fn start(listen: SocketAddr, pools: Arc<Pools>) -> Result<(), String> 
         tracing::warn!(%listen, "admin API is not on loopback and has no authentication");
     }
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(pools)).await {
+        if let Err(e) = axum::serve(listener, router(state)).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });
@@ -43,90 +50,21 @@ pub async fn start(listen: SocketAddr, pools: Arc<Pools>) -> Result<(), String> 
     Ok(())
 }
 
-pub fn router(pools: Arc<Pools>) -> Router {
-    Router::new()
-        .route("/api/pool", get(status))
-        .route("/api/pool/drain", post(drain))
-        .route("/api/pool/undrain", post(undrain))
-        .route("/api/pool/{ip}/drain", post(drain_ip))
-        .route("/api/pool/{ip}/undrain", post(undrain_ip))
-        .with_state(pools)
-        .merge(crate::reputation::suppress::routes())
+pub fn router(state: AdminState) -> Router {
+    pool::routes()
+        .merge(reputation::routes())
+        .merge(doctor::routes())
+        .with_state(state)
 }
 
-async fn status(State(pools): State<Arc<Pools>>) -> Response {
-    axum::Json(pools.status()).into_response()
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, axum::Json(json!({ "error": message.into() }))).into_response()
-}
-
-async fn change(pools: Arc<Pools>, ip: Option<String>, body: String, drain: bool) -> Response {
-    let req: HoldRequest = if body.trim().is_empty() {
-        HoldRequest::default()
-    } else {
-        match serde_json::from_str(&body) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")),
-        }
+    let body = ErrorBody {
+        error: message.into(),
     };
-    let Some(ip) = ip.or(req.ip) else {
-        return error(StatusCode::BAD_REQUEST, "missing \"ip\"");
-    };
-    let Ok(addr) = ip.trim().parse::<IpAddr>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("not an IP address: {ip:?}"),
-        );
-    };
-    let scope = Scope::parse(req.provider.as_deref());
-    let reason = req.reason.unwrap_or_else(|| "operator".into());
-    // The store write is blocking I/O.
-    let scope2 = scope.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        if drain {
-            pools.drain(addr, scope2, &reason).map(|_| true)
-        } else {
-            pools.undrain(addr, scope2)
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    match result {
-        Ok(changed) => axum::Json(json!({
-            "ok": true,
-            "ip": addr.to_string(),
-            "scope": scope.as_str(),
-            "state": if drain { "drained" } else { "undrained" },
-            "changed": changed,
-        }))
-        .into_response(),
-        Err(e) if e.contains("not in any pool") => error(StatusCode::NOT_FOUND, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
-}
-
-async fn drain(State(pools): State<Arc<Pools>>, body: String) -> Response {
-    change(pools, None, body, true).await
-}
-
-async fn undrain(State(pools): State<Arc<Pools>>, body: String) -> Response {
-    change(pools, None, body, false).await
-}
-
-async fn drain_ip(
-    State(pools): State<Arc<Pools>>,
-    Path(ip): Path<String>,
-    body: String,
-) -> Response {
-    change(pools, Some(ip), body, true).await
-}
-
-async fn undrain_ip(
-    State(pools): State<Arc<Pools>>,
-    Path(ip): Path<String>,
-    body: String,
-) -> Response {
-    change(pools, Some(ip), body, false).await
+    (code, axum::Json(body)).into_response()
 }

@@ -72,12 +72,11 @@ pub async fn run(
     let mut queue = Queue::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Envelope>, bool)>();
     for env in recovered {
-        if env.recipients.iter().any(|r| {
-            r.state == RcptState::Pending
-                && r.last_reply
-                    .as_ref()
-                    .is_some_and(crate::pool::is_hold_reply)
-        }) {
+        if env
+            .recipients
+            .iter()
+            .any(|r| r.state == RcptState::Pending && r.held)
+        {
             d.mark_held(&env.id);
         }
         let due = due_of(&env).unwrap_or(0);
@@ -138,9 +137,7 @@ pub async fn run(
                 for id in d.take_held() {
                     if let Some((_, mut env)) = queue.waiting.remove(&id) {
                         for r in env.recipients.iter_mut() {
-                            if r.state == RcptState::Pending
-                                && r.last_reply.as_ref().is_some_and(crate::pool::is_hold_reply)
-                            {
+                            if r.state == RcptState::Pending && r.held {
                                 r.next_attempt = r.next_attempt.min(now);
                             }
                         }

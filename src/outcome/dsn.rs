@@ -351,6 +351,7 @@ mod tests {
             attempts: 3,
             next_attempt: 0,
             last_reply: reply,
+            held: false,
         }
     }
 

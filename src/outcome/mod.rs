@@ -12,19 +12,56 @@ use crate::spool::{Envelope, RcptState, Recipient, RemoteReply, Spool};
 
 pub use dsn::DsnKind;
 
+/// What became of one recipient after one try: the one type that delivery, pool and
+/// reputation hand to this stage (the reply text is for people, never parsed for meaning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Sent,
+    /// Temporary failure: again on the retry schedule (bounced once past `max_age`).
     Deferred,
+    /// The source IP was refused (block reply): again at once, from another IP.
+    RetryElsewhere,
+    /// No pool IP could take it: not an attempt; look again at this unix time.
+    Held {
+        until: u64,
+    },
     Bounced,
 }
 
 impl Status {
+    /// What a reply code alone means.
+    pub fn of_code(code: u16) -> Status {
+        match code {
+            200..=299 => Status::Sent,
+            500..=599 => Status::Bounced,
+            _ => Status::Deferred,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Sent => "sent",
             Status::Deferred => "deferred",
+            Status::RetryElsewhere => "retry-elsewhere",
+            Status::Held { .. } => "held",
             Status::Bounced => "bounced",
+        }
+    }
+}
+
+/// One recipient's result of a try: the reply to report and what it means.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub reply: RemoteReply,
+    pub status: Status,
+}
+
+impl Outcome {
+    /// A reply whose code says it all.
+    pub fn of_reply(reply: RemoteReply) -> Outcome {
+        Outcome {
+            status: Status::of_code(reply.code),
+            reply,
         }
     }
 }
@@ -39,21 +76,28 @@ pub fn retry_delay(retry: &[crate::config::DurationStr], attempts: u32) -> Durat
         .unwrap_or(Duration::from_secs(300))
 }
 
-/// Records one attempt's reply on a recipient and returns what became of it. A deferral past
-/// `max_age` turns into a bounce (4.4.7); the next attempt is never scheduled after expiry.
+/// Records one try on a recipient and returns what became of it. A hold is not an attempt (it
+/// never counts toward bounce or expiry); a deferral past `max_age` turns into a bounce (4.4.7);
+/// the next attempt is never scheduled after expiry.
 pub fn apply(
     rcpt: &mut Recipient,
-    mut reply: RemoteReply,
+    outcome: Outcome,
     delivery: &Delivery,
     received_at: u64,
     now: u64,
 ) -> Status {
+    let Outcome { mut reply, status } = outcome;
+    if let Status::Held { until } = status {
+        rcpt.next_attempt = until;
+        rcpt.held = true;
+        rcpt.last_reply = Some(reply);
+        return status;
+    }
+    rcpt.held = false;
     rcpt.attempts += 1;
     let expires = received_at + delivery.max_age.0.as_secs();
-    let status = match reply.code {
-        200..=299 => Status::Sent,
-        500..=599 => Status::Bounced,
-        _ if now >= expires => {
+    let status = match status {
+        Status::Deferred | Status::RetryElsewhere if now >= expires => {
             reply.text = format!(
                 "message expired after {}; last reply: {} {} {}",
                 humantime::format_duration(delivery.max_age.0),
@@ -65,23 +109,21 @@ pub fn apply(
             reply.status = "4.4.7".into();
             Status::Bounced
         }
-        _ => Status::Deferred,
+        other => other,
     };
     match status {
         Status::Sent => rcpt.state = RcptState::Sent,
         Status::Bounced => rcpt.state = RcptState::Bounced,
-        Status::Deferred => {
+        Status::Deferred | Status::RetryElsewhere => {
             // Moved off a blocked IP: go again at once from another one.
-            let elsewhere = reply
-                .text
-                .starts_with(crate::reputation::rates::RETRY_ELSEWHERE);
-            let wait = if elsewhere {
+            let wait = if status == Status::RetryElsewhere {
                 1
             } else {
                 retry_delay(&delivery.retry, rcpt.attempts).as_secs()
             };
             rcpt.next_attempt = (now + wait).min(expires.max(now + 1));
         }
+        Status::Held { .. } => unreachable!("handled above"),
     }
     rcpt.last_reply = Some(reply);
     status
@@ -205,16 +247,60 @@ mod tests {
     fn schedule_and_expiry() {
         let d = delivery();
         let mut r = Recipient::new("a@b".into());
-        assert_eq!(apply(&mut r, reply(451), &d, 1000, 1000), Status::Deferred);
+        assert_eq!(
+            apply(&mut r, Outcome::of_reply(reply(451)), &d, 1000, 1000),
+            Status::Deferred
+        );
         assert_eq!((r.attempts, r.next_attempt), (1, 1060));
-        assert_eq!(apply(&mut r, reply(421), &d, 1000, 1100), Status::Deferred);
+        assert_eq!(
+            apply(&mut r, Outcome::of_reply(reply(421)), &d, 1000, 1100),
+            Status::Deferred
+        );
         assert_eq!(r.next_attempt, 1400);
-        assert_eq!(apply(&mut r, reply(421), &d, 1000, 1500), Status::Deferred);
+        assert_eq!(
+            apply(&mut r, Outcome::of_reply(reply(421)), &d, 1000, 1500),
+            Status::Deferred
+        );
         assert_eq!(r.next_attempt, 1800, "last interval repeats");
-        assert_eq!(apply(&mut r, reply(421), &d, 1000, 4600), Status::Bounced);
+        assert_eq!(
+            apply(&mut r, Outcome::of_reply(reply(421)), &d, 1000, 4600),
+            Status::Bounced
+        );
         assert_eq!(r.last_reply.as_ref().unwrap().status, "4.4.7");
         let mut s = Recipient::new("a@b".into());
-        assert_eq!(apply(&mut s, reply(550), &d, 1000, 1000), Status::Bounced);
-        assert_eq!(apply(&mut s, reply(250), &d, 1000, 1000), Status::Sent);
+        assert_eq!(
+            apply(&mut s, Outcome::of_reply(reply(550)), &d, 1000, 1000),
+            Status::Bounced
+        );
+        assert_eq!(
+            apply(&mut s, Outcome::of_reply(reply(250)), &d, 1000, 1000),
+            Status::Sent
+        );
+    }
+
+    #[test]
+    fn a_hold_is_not_an_attempt_and_retry_elsewhere_goes_at_once() {
+        let d = delivery();
+        let mut r = Recipient::new("a@b".into());
+        let held = Outcome {
+            reply: reply(451),
+            status: Status::Held { until: 5000 },
+        };
+        // Even past max_age: held mail waits, it never expires for our own lack of capacity.
+        assert_eq!(
+            apply(&mut r, held, &d, 1000, 4700),
+            Status::Held { until: 5000 }
+        );
+        assert_eq!((r.attempts, r.next_attempt, r.held), (0, 5000, true));
+        let elsewhere = Outcome {
+            reply: reply(451),
+            status: Status::RetryElsewhere,
+        };
+        assert_eq!(
+            apply(&mut r, elsewhere, &d, 1000, 1200),
+            Status::RetryElsewhere
+        );
+        assert_eq!((r.attempts, r.next_attempt, r.held), (1, 1201, false));
+        assert_eq!(r.state, RcptState::Pending);
     }
 }

@@ -1,7 +1,8 @@
 //! DNSBL monitor: every pool IP against every configured zone, every `check_interval`, through
-//! the relay's own resolver. A listing quarantines the IP (all providers, or the list's); after
-//! `clean_checks` clean answers in a row it is reinstated. DNS errors, timeouts and a list's
-//! "query refused" codes are never listings.
+//! the relay's own resolver. A listing quarantines the IP (all providers, or the list's) with a
+//! record of its own per zone; after `clean_checks` clean answers in a row that record is
+//! released: the IP goes on probation (unless other records still hold it), like after any
+//! quarantine. DNS errors, timeouts and a list's "query refused" codes are never listings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,7 +13,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{RData, RecordType};
 
 use crate::config::Config;
-use crate::pool::{HoldKind, Pools, Scope};
+use crate::pool::{Cause, Pools, Scope};
 use crate::reputation::Settings;
 
 /// The reason text of DNSBL quarantines (how they are recognised after a restart).
@@ -199,8 +200,8 @@ pub struct Monitor {
     clean_checks: u32,
     /// (IP, zone) → state.
     states: HashMap<(IpAddr, String), ListState>,
-    /// Quarantines this monitor put in place: IP → scope → evidence.
-    applied: HashMap<IpAddr, BTreeMap<String, String>>,
+    /// Quarantines this monitor put in place: IP → (scope, zone) → evidence.
+    applied: HashMap<IpAddr, BTreeMap<(String, String), String>>,
 }
 
 impl Monitor {
@@ -225,19 +226,17 @@ impl Monitor {
     /// After a restart: DNSBL quarantines still in force count as listings until clean checks.
     fn resume(&mut self) {
         for (ip, hold) in self.pools.holds() {
-            if hold.kind != HoldKind::Quarantined || hold.reason != REASON {
+            let Cause::Dnsbl(zone) = &hold.cause else {
                 continue;
-            }
-            for l in &self.lists {
-                if hold.evidence.contains(&format!("{} ", l.zone)) {
-                    self.states.entry((ip, l.zone.clone())).or_default().listed =
-                        Some(hold.evidence.clone());
-                }
+            };
+            if self.lists.iter().any(|l| &l.zone == zone) {
+                self.states.entry((ip, zone.clone())).or_default().listed =
+                    Some(hold.evidence.clone());
             }
             self.applied
                 .entry(ip)
                 .or_default()
-                .insert(hold.scope.clone(), hold.evidence.clone());
+                .insert((hold.scope.clone(), zone.clone()), hold.evidence.clone());
         }
     }
 
@@ -289,9 +288,10 @@ impl Monitor {
         }
     }
 
-    /// Quarantines `ip` for every scope some list lists it for; reinstates scopes no list does.
+    /// Quarantines `ip` for every (scope, zone) some list lists it for; releases the records
+    /// of lists that no longer do.
     fn apply(&mut self, ip: IpAddr) {
-        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        let mut want: BTreeMap<(String, String), String> = BTreeMap::new();
         for l in &self.lists {
             let Some(ev) = self
                 .states
@@ -301,27 +301,29 @@ impl Monitor {
                 continue;
             };
             for scope in l.scopes() {
-                let e = want.entry(scope.as_str().to_string()).or_default();
-                if !e.is_empty() {
-                    e.push_str("; ");
-                }
-                e.push_str(&ev);
+                want.insert((scope.as_str().to_string(), l.zone.clone()), ev.clone());
             }
         }
         let have = self.applied.remove(&ip).unwrap_or_default();
-        for (scope, ev) in &want {
-            if have.get(scope) != Some(ev)
-                && let Err(e) =
-                    self.pools
-                        .quarantine(ip, Scope::parse(Some(scope)), REASON, ev, None)
+        for ((scope, zone), ev) in &want {
+            if have.get(&(scope.clone(), zone.clone())) != Some(ev)
+                && let Err(e) = self.pools.quarantine(
+                    ip,
+                    Scope::parse(Some(scope)),
+                    Cause::Dnsbl(zone.clone()),
+                    REASON,
+                    ev,
+                    None,
+                )
             {
                 tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
             }
         }
-        for scope in have.keys().filter(|s| !want.contains_key(*s)) {
-            tracing::info!(source_ip = %ip, scope = %scope, "DNSBL delisted: reinstating");
-            if let Err(e) = self.pools.reinstate(ip, Scope::parse(Some(scope))) {
-                tracing::error!(source_ip = %ip, error = %e, "cannot reinstate");
+        for (scope, zone) in have.keys().filter(|k| !want.contains_key(*k)) {
+            tracing::info!(source_ip = %ip, scope = %scope, zone = %zone, "DNSBL delisted: on probation");
+            let cause = Cause::Dnsbl(zone.clone());
+            if let Err(e) = self.pools.release(ip, Scope::parse(Some(scope)), cause) {
+                tracing::error!(source_ip = %ip, error = %e, "cannot release the DNSBL quarantine");
             }
         }
         if !want.is_empty() {

@@ -8,9 +8,11 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::Status;
 use crate::outcome::classify::{Class, Classification, Classifier};
-use crate::pool::{Pools, Scope};
+use crate::pool::{Cause, Pools, Scope};
 use crate::reputation::Settings;
 use crate::reputation::suppress::Suppressions;
 use crate::spool::RemoteReply;
@@ -18,8 +20,8 @@ use crate::spool::RemoteReply;
 /// Senders tracked for list hygiene at most.
 const MAX_SENDERS: usize = 10_000;
 
-/// Reply texts of recipients moved off a blocked IP start with this (`outcome::apply` then
-/// schedules them again at once).
+/// Reply texts of recipients moved off a blocked IP start with this (for people reading the
+/// queue; the meaning travels as `Status::RetryElsewhere`).
 pub const RETRY_ELSEWHERE: &str = "pool: retrying from another source IP";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,37 +47,26 @@ struct Window {
     probe_from: u64,
 }
 
-type Windows = Arc<Mutex<HashMap<(IpAddr, String), Window>>>;
+type Windows = Mutex<HashMap<(IpAddr, String), Window>>;
 
-/// The running relay's windows, for `GET /api/reputation`.
-static CURRENT: std::sync::OnceLock<Windows> = std::sync::OnceLock::new();
+/// One IP × provider's outcome window (`GET /api/reputation`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowView {
+    pub ip: String,
+    pub provider: String,
+    pub samples: usize,
+    pub sent: usize,
+    pub deferred: usize,
+    pub hard_bounces: usize,
+    pub bad_recipients: usize,
+    pub recipient_side: usize,
+    pub block_replies: u32,
+    pub offences: u32,
+}
 
-/// Per IP × provider: what the window holds now, block replies, offences.
-pub fn status_json() -> serde_json::Value {
-    let Some(w) = CURRENT.get() else {
-        return serde_json::json!({ "windows": [] });
-    };
-    let w = w.lock().expect("lock");
-    let mut rows: Vec<serde_json::Value> = w
-        .iter()
-        .map(|((ip, provider), w)| {
-            let count = |k: Kind| w.outcomes.iter().filter(|o| **o == k).count();
-            serde_json::json!({
-                "ip": ip.to_string(),
-                "provider": provider,
-                "samples": w.outcomes.len(),
-                "sent": count(Kind::Sent),
-                "deferred": count(Kind::Deferred),
-                "hard_bounces": count(Kind::HardBounce),
-                "bad_recipients": count(Kind::BadRecipient),
-                "recipient_side": count(Kind::RecipientSide),
-                "block_replies": w.blocks,
-                "offences": w.offences,
-            })
-        })
-        .collect();
-    rows.sort_by_key(|r| (r["ip"].to_string(), r["provider"].to_string()));
-    serde_json::json!({ "windows": rows })
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowsView {
+    pub windows: Vec<WindowView>,
 }
 
 #[derive(Default)]
@@ -97,29 +88,53 @@ pub struct Tracker {
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub classification: Classification,
-    /// The reply was rewritten: the recipient goes again soon, from another IP.
-    pub retry_elsewhere: bool,
+    /// What the reply means for the recipient (a block reply: not its fault, never a bounce).
+    pub status: Status,
 }
 
 impl Tracker {
-    pub fn new(config: &Config, pools: Arc<Pools>) -> Result<Tracker, String> {
+    pub fn new(
+        settings: &Settings,
+        pools: Arc<Pools>,
+        suppressions: Arc<Suppressions>,
+    ) -> Result<Tracker, String> {
         Ok(Tracker {
-            classifier: config.reputation.classifier()?,
-            settings: config.reputation.clone(),
+            classifier: settings.classifier()?,
+            settings: settings.clone(),
             pools,
-            windows: {
-                let w: Windows = Arc::default();
-                let _ = CURRENT.set(w.clone());
-                w
-            },
+            windows: Mutex::default(),
             senders: Mutex::new(HashMap::new()),
-            suppressions: {
-                let s = Arc::new(Suppressions::open(&config.data_dir));
-                s.publish();
-                s.start_flusher();
-                s
-            },
+            suppressions,
         })
+    }
+
+    pub fn suppressions(&self) -> &Arc<Suppressions> {
+        &self.suppressions
+    }
+
+    /// Per IP × provider: what the window holds now, block replies, offences.
+    pub fn status(&self) -> WindowsView {
+        let w = self.windows.lock().expect("lock");
+        let mut windows: Vec<WindowView> = w
+            .iter()
+            .map(|((ip, provider), w)| {
+                let count = |k: Kind| w.outcomes.iter().filter(|o| **o == k).count();
+                WindowView {
+                    ip: ip.to_string(),
+                    provider: provider.clone(),
+                    samples: w.outcomes.len(),
+                    sent: count(Kind::Sent),
+                    deferred: count(Kind::Deferred),
+                    hard_bounces: count(Kind::HardBounce),
+                    bad_recipients: count(Kind::BadRecipient),
+                    recipient_side: count(Kind::RecipientSide),
+                    block_replies: w.blocks,
+                    offences: w.offences,
+                }
+            })
+            .collect();
+        windows.sort_by(|a, b| (&a.ip, &a.provider).cmp(&(&b.ip, &b.provider)));
+        WindowsView { windows }
     }
 
     pub fn classifier(&self) -> &Classifier {
@@ -193,6 +208,7 @@ impl Tracker {
             // blocking an IP must not take it out for all the others.
             let why = if blames_ip && known && w.blocks >= self.settings.block_threshold.max(1) {
                 Some((
+                    Cause::BlockReply,
                     format!("{} reply", c.class),
                     format!(
                         "{} {} {} (rule {}, {} such replies)",
@@ -208,7 +224,7 @@ impl Tracker {
                 .probe_samples
                 .clamp(1, self.settings.min_samples.max(1));
             probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
-            why.map(|(reason, evidence)| {
+            why.map(|(cause, reason, evidence)| {
                 let now = crate::spool::now_unix();
                 if now.saturating_sub(w.last_offence) > 2 * self.settings.max_cooldown.0.as_secs() {
                     w.offences = 0;
@@ -225,18 +241,19 @@ impl Tracker {
                     .saturating_mul(factor)
                     .min(self.settings.max_cooldown.0);
                 w.probe_from = now + cool.as_secs().max(1);
-                (reason, evidence, cool, w.offences)
+                (cause, reason, evidence, cool, w.offences)
             })
         };
         if probe_passed && let Err(e) = self.pools.end_probation(ip, provider) {
             tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
         }
-        if let Some((reason, evidence, cool, offences)) = quarantine {
+        if let Some((cause, reason, evidence, cool, offences)) = quarantine {
             let until = crate::spool::now_unix() + cool.as_secs().max(1);
             tracing::warn!(source_ip = %ip, provider = %provider, reason = %reason, offences, cooldown = %humantime::format_duration(cool), "quarantining IP for provider");
             if let Err(e) = self.pools.quarantine(
                 ip,
                 Scope::Provider(provider.to_string()),
+                cause,
                 &reason,
                 &evidence,
                 Some(until),
@@ -248,6 +265,11 @@ impl Tracker {
         // quarantined for them, or soon will be); others: on the retry schedule, so a
         // destination that blocks every IP is not asked again every second.
         let retry_elsewhere = blames_ip && known;
+        let status = match (blames_ip, retry_elsewhere) {
+            (false, _) => Status::of_code(reply.code),
+            (true, true) => Status::RetryElsewhere,
+            (true, false) => Status::Deferred,
+        };
         if blames_ip {
             let what = format!(
                 "{ip} got a {} reply from {provider}: {} {} {}",
@@ -258,12 +280,12 @@ impl Tracker {
             } else {
                 format!("deferred, not the recipient's fault ({what})")
             };
-            reply.code = crate::pool::HOLD_CODE;
-            reply.status = crate::pool::HOLD_STATUS.to_string();
+            reply.code = 451;
+            reply.status = "4.7.0".to_string();
         }
         Verdict {
             classification: c,
-            retry_elsewhere,
+            status,
         }
     }
 
@@ -291,7 +313,7 @@ impl Tracker {
     }
 
     /// Hard-bounce or deferral rate over its threshold with enough samples.
-    fn rate_verdict(&self, w: &mut Window, now: u64) -> Option<(String, String)> {
+    fn rate_verdict(&self, w: &mut Window, now: u64) -> Option<(Cause, String, String)> {
         let n = w.outcomes.len();
         let min = self.settings.min_samples.max(1);
         if w.probe_from != 0 && n >= min {
@@ -312,6 +334,7 @@ impl Tracker {
         let pct = |x: usize| 100.0 * x as f64 / n as f64;
         if hard as f64 > self.settings.max_bounce_rate * n as f64 {
             return Some((
+                Cause::BounceRate,
                 "hard-bounce rate".into(),
                 format!(
                     "{hard} hard bounces (bad recipients not counted) in the last {n} outcomes = {:.1}% > {:.1}%",
@@ -322,6 +345,7 @@ impl Tracker {
         }
         if deferred as f64 > self.settings.max_deferral_rate * n as f64 {
             return Some((
+                Cause::DeferralRate,
                 "deferral rate".into(),
                 format!(
                     "{deferred} deferrals in the last {n} outcomes = {:.1}% > {:.1}%",
@@ -379,9 +403,13 @@ mod tests {
         let text = format!(
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"p\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o\"\n[reputation]\n{extra}"
         );
-        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
         let pools = Arc::new(Pools::new(&config, None).unwrap());
-        Tracker::new(&config, pools).unwrap()
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-rates-{}", crate::spool::Spool::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let suppressions = Arc::new(Suppressions::open(&dir));
+        Tracker::new(&config.reputation, pools, suppressions).unwrap()
     }
 
     fn reply(code: u16, status: &str, text: &str) -> RemoteReply {
@@ -413,7 +441,7 @@ mod tests {
             "Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org",
         );
         let v = t.observe(ip, "microsoft", "s@x", "", &mut r);
-        assert!(v.retry_elsewhere);
+        assert_eq!(v.status, Status::RetryElsewhere);
         assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
         assert!(
             r.text.starts_with(RETRY_ELSEWHERE) && r.text.contains("blocked using"),
@@ -536,7 +564,7 @@ mod tests {
         let ip: IpAddr = "127.0.0.10".parse().unwrap();
         let mut r = reply(554, "5.7.1", "Client host blocked using bl.example");
         let v = t.observe(ip, "other", "s@x", "a@b", &mut r);
-        assert!(!v.retry_elsewhere);
+        assert_eq!(v.status, Status::Deferred);
         assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
         assert!(
             r.text.starts_with("deferred, not the recipient's fault"),
@@ -600,6 +628,7 @@ probe_per_hour = 5",
             .quarantine(
                 ip,
                 Scope::Provider("gmail".into()),
+                Cause::BlockReply,
                 "block reply",
                 "",
                 Some(crate::spool::now_unix() - 1),

@@ -10,15 +10,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::spool::now_unix;
 
@@ -42,9 +36,6 @@ pub struct Suppressions {
     dirty: AtomicBool,
 }
 
-/// The running relay's list, for the admin API (set once by the delivery stage).
-static CURRENT: OnceLock<Arc<Suppressions>> = OnceLock::new();
-
 impl Suppressions {
     pub fn open(data_dir: &Path) -> Suppressions {
         let path = data_dir.join("suppressions.json");
@@ -59,11 +50,6 @@ impl Suppressions {
             batched: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
         }
-    }
-
-    /// Makes this list the one the admin API shows.
-    pub fn publish(self: &Arc<Self>) {
-        let _ = CURRENT.set(self.clone());
     }
 
     pub fn add(&self, address: &str, reason: &str, for_secs: u64) {
@@ -159,62 +145,4 @@ impl Suppressions {
             tracing::error!(path = %self.path.display(), error = %e, "cannot save suppressions");
         }
     }
-}
-
-/// `/api/suppressions` and `/api/reputation` routes (merged into the admin API).
-pub fn routes() -> Router {
-    Router::new()
-        .route("/api/suppressions", get(list))
-        .route("/api/suppressions/remove", post(remove))
-        .route("/api/reputation", get(reputation))
-        .with_state(())
-}
-
-fn current() -> Option<&'static Arc<Suppressions>> {
-    CURRENT.get()
-}
-
-fn not_loaded() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"error": "suppression list not loaded"})),
-    )
-        .into_response()
-}
-
-/// Outcome windows per IP × provider (the numbers behind rate quarantines).
-async fn reputation(State(()): State<()>) -> Response {
-    axum::Json(crate::reputation::rates::status_json()).into_response()
-}
-
-async fn list(State(()): State<()>) -> Response {
-    let Some(s) = current() else {
-        return not_loaded();
-    };
-    let items: Vec<_> = s
-        .list()
-        .into_iter()
-        .map(|(a, e)| json!({"address": a, "reason": e.reason, "since": e.since, "until": e.until}))
-        .collect();
-    axum::Json(json!({ "suppressions": items })).into_response()
-}
-
-#[derive(Deserialize)]
-struct RemoveRequest {
-    address: String,
-}
-
-async fn remove(State(()): State<()>, body: String) -> Response {
-    let Some(s) = current() else {
-        return not_loaded();
-    };
-    let Ok(req) = serde_json::from_str::<RemoveRequest>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "expected {\"address\": \"…\"}"})),
-        )
-            .into_response();
-    };
-    let removed = s.remove(req.address.trim());
-    axum::Json(json!({ "address": req.address.trim(), "removed": removed })).into_response()
 }

@@ -86,6 +86,9 @@ pub struct Recipient {
     pub next_attempt: u64,
     #[serde(default)]
     pub last_reply: Option<RemoteReply>,
+    /// Waiting for pool capacity (not an attempt): retried early when an IP comes back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Recipient {
@@ -98,6 +101,7 @@ impl Recipient {
             attempts: 0,
             next_attempt: 0,
             last_reply: None,
+            held: false,
         }
     }
 }

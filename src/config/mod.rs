@@ -9,6 +9,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub mod reputation;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -48,9 +50,12 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
-    /// DNSBL monitoring, reply classification rules, outcome rates (see `reputation::Settings`).
+    /// DNSBL monitoring, reply classification rules, outcome rates (`config/reputation.rs`).
     #[serde(default)]
-    pub reputation: crate::reputation::Settings,
+    pub reputation: reputation::Settings,
+    /// Receiver-side checks of IPs and domains (see `doctor::Settings`).
+    #[serde(default)]
+    pub doctor: crate::doctor::Settings,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -311,6 +316,19 @@ pub struct Route {
     pub host: String,
     /// Overrides `delivery.tls` for this route.
     pub tls: Option<TlsPolicy>,
+}
+
+impl Route {
+    /// The target as (host, port): `host:port` or `[ip]:port`.
+    pub fn target(&self) -> Option<(String, u16)> {
+        let (host, port) = self.host.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some((host.to_string(), port))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,7 +668,7 @@ impl Config {
             err("ca_file", format!("file {} not found", ca.display()));
         }
         for r in &self.route {
-            if crate::routing::parse_route_host(&r.host).is_none() {
+            if r.target().is_none() {
                 err("host", format!("route host {:?} is not host:port", r.host));
             }
         }

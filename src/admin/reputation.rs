@@ -1,0 +1,71 @@
+//! `/api/reputation` (outcome windows per IP × provider, the numbers behind rate quarantines)
+//! and `/api/suppressions` (list, remove).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::{AdminState, error};
+
+pub(super) fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/api/reputation", get(windows))
+        .route("/api/suppressions", get(list))
+        .route("/api/suppressions/remove", post(remove))
+}
+
+async fn windows(State(st): State<AdminState>) -> Response {
+    axum::Json(st.reputation.status()).into_response()
+}
+
+#[derive(Serialize)]
+struct Suppressed {
+    address: String,
+    reason: String,
+    since: u64,
+    until: u64,
+}
+
+#[derive(Serialize)]
+struct SuppressionList {
+    suppressions: Vec<Suppressed>,
+}
+
+async fn list(State(st): State<AdminState>) -> Response {
+    let suppressions = st
+        .reputation
+        .suppressions()
+        .list()
+        .into_iter()
+        .map(|(address, e)| Suppressed {
+            address,
+            reason: e.reason,
+            since: e.since,
+            until: e.until,
+        })
+        .collect();
+    axum::Json(SuppressionList { suppressions }).into_response()
+}
+
+#[derive(Deserialize)]
+struct RemoveRequest {
+    address: String,
+}
+
+#[derive(Serialize)]
+struct Removed {
+    address: String,
+    removed: bool,
+}
+
+async fn remove(State(st): State<AdminState>, body: String) -> Response {
+    let Ok(req) = serde_json::from_str::<RemoveRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"address\": \"…\"}");
+    };
+    let address = req.address.trim().to_string();
+    let removed = st.reputation.suppressions().remove(&address);
+    axum::Json(Removed { address, removed }).into_response()
+}

@@ -1,0 +1,76 @@
+//! Idle outbound sessions kept for reuse, per (source IP, destination). The source is chosen per
+//! message first (`Pools::pick`); only then is a session of that source reused, so reuse never
+//! decides which IP sends. Sessions idle past `idle_timeout` are closed by `reap`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::client::Session;
+use crate::pool::Source;
+
+/// (source label, destination key).
+type Key = (String, String);
+
+pub struct Connections {
+    ttl: Duration,
+    idle: Mutex<HashMap<Key, Vec<(Session, Instant)>>>,
+}
+
+impl Connections {
+    pub fn new(ttl: Duration) -> Connections {
+        Connections {
+            ttl,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An idle session from `source` to `destination`, and how long it sat idle.
+    pub fn take(&self, source: &Source, destination: &str) -> Option<(Session, Duration)> {
+        let key = (source.label(), destination.to_string());
+        let mut map = self.idle.lock().expect("lock");
+        let list = map.get_mut(&key)?;
+        while let Some((s, since)) = list.pop() {
+            let idle = since.elapsed();
+            if idle < self.ttl {
+                return Some((s, idle));
+            }
+            tokio::spawn(s.quit());
+        }
+        None
+    }
+
+    /// Keeps the session for reuse; hands it back when reuse is off.
+    pub fn put(&self, destination: &str, session: Session) -> Option<Session> {
+        if self.ttl.is_zero() {
+            return Some(session);
+        }
+        let key = (session.source.label(), destination.to_string());
+        self.idle
+            .lock()
+            .expect("lock")
+            .entry(key)
+            .or_default()
+            .push((session, Instant::now()));
+        None
+    }
+
+    /// Closes sessions idle for `idle_timeout`.
+    pub fn reap(&self) {
+        let mut expired = Vec::new();
+        {
+            let mut map = self.idle.lock().expect("lock");
+            for list in map.values_mut() {
+                let (old, keep): (Vec<_>, Vec<_>) = list
+                    .drain(..)
+                    .partition(|(_, since)| since.elapsed() >= self.ttl);
+                *list = keep;
+                expired.extend(old.into_iter().map(|(s, _)| s));
+            }
+            map.retain(|_, l| !l.is_empty());
+        }
+        for s in expired {
+            tokio::spawn(s.quit());
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! One attempt of one message: due recipients are routed and grouped per destination, each
+//! destination gets one transaction (`destination`), and every recipient's typed outcome is
+//! recorded (`outcome::apply`), bounced with a DSN, held, or finished.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use super::client::{Timeouts, local_reply};
+use super::connections::Connections;
+use super::tls;
+use crate::config::Config;
+use crate::outcome::{self, DsnKind, Outcome, Status};
+use crate::pool::Pools;
+use crate::reputation::rates::Tracker;
+use crate::routing::{Destination, Router, domain_of};
+use crate::spool::{Envelope, RcptState, Spool, now_unix};
+
+pub struct Deliverer {
+    pub(super) config: Arc<Config>,
+    pub(super) spool: Arc<Spool>,
+    router: Router,
+    pub pools: Arc<Pools>,
+    /// Classifies every remote reply; quarantines on block replies and bad rates.
+    pub(super) reputation: Arc<Tracker>,
+    /// Messages held because no pool IP could take them: woken when an IP comes back.
+    held: Mutex<HashSet<String>>,
+    pub(super) tls: tls::Connectors,
+    pub(super) timeouts: Timeouts,
+    pub(super) global: Arc<Semaphore>,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Sessions kept open after a transaction, per source IP and destination, for reuse.
+    pub(super) connections: Connections,
+}
+
+impl Deliverer {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        pools: Arc<Pools>,
+        reputation: Arc<Tracker>,
+    ) -> Result<Deliverer, String> {
+        Ok(Deliverer {
+            router: Router::new(&config)?,
+            reputation,
+            pools,
+            held: Mutex::new(HashSet::new()),
+            tls: tls::connectors(&config.delivery)?,
+            timeouts: Timeouts {
+                connect: config.delivery.connect_timeout.0,
+                command: config.delivery.command_timeout.0,
+            },
+            global: Arc::new(Semaphore::new(config.delivery.concurrency.max(1))),
+            per_destination: Mutex::new(HashMap::new()),
+            connections: Connections::new(config.delivery.idle_timeout.0),
+            config,
+            spool,
+        })
+    }
+
+    pub(super) fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
+        let mut map = self.per_destination.lock().expect("lock");
+        map.entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.config.delivery.concurrency_per_destination.max(1),
+                ))
+            })
+            .clone()
+    }
+
+    pub(super) fn reap_idle(&self) {
+        // Limits nobody holds or waits on (only the map has the Arc): drop them, so the map
+        // does not grow with every destination ever seen. Clones happen under this lock.
+        self.per_destination
+            .lock()
+            .expect("lock")
+            .retain(|_, s| Arc::strong_count(s) > 1);
+        self.connections.reap();
+    }
+
+    /// One attempt for every due recipient of `env`. Returns the envelope while recipients are
+    /// still pending; `None` once the message is finished and removed from the spool.
+    pub async fn deliver_message(self: &Arc<Self>, mut env: Envelope) -> Option<Envelope> {
+        let now = now_unix();
+        let due: Vec<usize> = (0..env.recipients.len())
+            .filter(|&i| {
+                let r = &env.recipients[i];
+                r.state == RcptState::Pending && r.next_attempt <= now
+            })
+            .collect();
+        if !due.is_empty() {
+            self.attempt(&mut env, due).await;
+        }
+        self.maybe_delay_warning(&mut env).await;
+        if env.recipients.iter().any(|r| r.state == RcptState::Pending) {
+            return Some(env);
+        }
+        self.finish(env).await
+    }
+
+    async fn attempt(self: &Arc<Self>, env: &mut Envelope, due: Vec<usize>) {
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut suppressed = Vec::new();
+        for i in due {
+            // An address that hard-bounced as unknown before fails at once, saying why.
+            if let Some(reply) = self.reputation.suppressed(&env.recipients[i].address) {
+                self.record(env, i, Outcome::of_reply(reply), "none");
+                suppressed.push(i);
+                continue;
+            }
+            by_domain
+                .entry(domain_of(&env.recipients[i].address))
+                .or_default()
+                .push(i);
+        }
+        let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
+        let mut routing_failed = suppressed;
+        for (domain, idxs) in by_domain {
+            match self.router.resolve(&domain).await {
+                Ok(dest) => groups
+                    .entry(dest.key.clone())
+                    .or_insert_with(|| (dest, Vec::new()))
+                    .1
+                    .extend(idxs),
+                Err(reply) => {
+                    let reply = local_reply(reply.code, &reply.status, reply.text);
+                    for i in idxs {
+                        self.record(env, i, Outcome::of_reply(reply.clone()), "none");
+                        routing_failed.push(i);
+                    }
+                }
+            }
+        }
+        if !routing_failed.is_empty() {
+            self.bounce(env, &routing_failed).await;
+            self.save(env).await;
+        }
+        let snapshot = Arc::new(env.clone());
+        // One destination (most messages): delivered in this task; several go in parallel.
+        let mut inline = None;
+        let mut tasks = tokio::task::JoinSet::new();
+        if groups.len() == 1 {
+            for (_, (dest, idxs)) in groups {
+                let attempt = self.deliver_to(&dest, &snapshot, &idxs).await;
+                inline = Some((idxs, attempt));
+            }
+        } else {
+            for (_, (dest, idxs)) in groups {
+                let me = self.clone();
+                let snapshot = snapshot.clone();
+                tasks.spawn(async move {
+                    let attempt = me.deliver_to(&dest, &snapshot, &idxs).await;
+                    (idxs, attempt)
+                });
+            }
+        }
+        loop {
+            let (idxs, attempt) = match inline.take() {
+                Some(done) => done,
+                None => match tasks.join_next().await {
+                    None => break,
+                    Some(Ok(done)) => done,
+                    Some(Err(_)) => {
+                        tracing::error!(queue_id = %env.id, "delivery task failed");
+                        continue;
+                    }
+                },
+            };
+            for (&i, outcome) in idxs.iter().zip(attempt.outcomes) {
+                self.record(env, i, outcome, &attempt.tls);
+            }
+            if idxs.iter().any(|&i| env.recipients[i].held) {
+                self.held.lock().expect("lock").insert(env.id.clone());
+            }
+            self.bounce(env, &idxs).await;
+            if env.recipients.iter().all(|r| r.state == RcptState::Sent) {
+                // Every recipient delivered: the caller removes the message next, so this save
+                // would be rewritten and deleted at once. A crash in between redelivers
+                // (at-least-once), it never loses anything.
+                continue;
+            }
+            // Persist before moving on: a crash now must not lose this destination's outcome.
+            self.save(env).await;
+        }
+    }
+
+    /// Queues one failure DSN for those of `idxs` that just bounced, before their state is
+    /// saved: a crash in between means a second DSN, never none. If the DSN cannot be stored
+    /// they go back to pending, to bounce again on the next attempt.
+    async fn bounce(&self, env: &mut Envelope, idxs: &[usize]) {
+        let bounced: Vec<usize> = idxs
+            .iter()
+            .copied()
+            .filter(|&i| env.recipients[i].state == RcptState::Bounced)
+            .collect();
+        if bounced.is_empty() {
+            return;
+        }
+        let rcpts: Vec<_> = bounced.iter().map(|&i| &env.recipients[i]).collect();
+        if let Err(e) =
+            outcome::send_dsn(&self.config, &self.spool, env, &rcpts, DsnKind::Failure).await
+        {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot queue DSN, will bounce again");
+            let retry = now_unix() + 60;
+            for i in bounced {
+                env.recipients[i].state = RcptState::Pending;
+                env.recipients[i].next_attempt = retry;
+            }
+        }
+    }
+
+    /// Remembers a held message (recovered from the spool) for the next wake-up.
+    pub fn mark_held(&self, id: &str) {
+        self.held.lock().expect("lock").insert(id.to_string());
+    }
+
+    /// Ids of held messages, emptied: the queue retries them now.
+    pub fn take_held(&self) -> Vec<String> {
+        self.held.lock().expect("lock").drain().collect()
+    }
+
+    /// Applies one outcome to one recipient and logs it.
+    fn record(&self, env: &mut Envelope, i: usize, outcome: Outcome, tls: &str) {
+        let now = now_unix();
+        let received_at = env.received_at;
+        let rcpt = &mut env.recipients[i];
+        let was_held = rcpt.held;
+        let status = outcome::apply(rcpt, outcome, &self.config.delivery, received_at, now);
+        let r = rcpt.last_reply.as_ref().expect("apply sets last_reply");
+        if let Status::Held { until } = status {
+            // Held is not an attempt: one line when it starts, debug while it lasts.
+            if was_held {
+                tracing::debug!(queue_id = %env.id, recipient = %rcpt.address, reason = %r.text, next_attempt = until, "delivery still held");
+            } else {
+                tracing::info!(queue_id = %env.id, recipient = %rcpt.address, reason = %r.text, next_attempt = until, status = "held", "delivery held");
+            }
+            return;
+        }
+        let line = format!("{} {} {}", r.code, r.status, r.text);
+        let delay = now.saturating_sub(received_at);
+        // Display (unquoted) for single-token fields; the reply text stays quoted.
+        macro_rules! attempt_event {
+            ($level:ident) => {
+                tracing::$level!(
+                    queue_id = %env.id, recipient = %rcpt.address, source_ip = %r.source_ip,
+                    mx = %r.host, addr = %r.addr, tls = %tls, reply = ?line,
+                    status = status.as_str(), delay, attempt = rcpt.attempts,
+                    next_attempt = rcpt.next_attempt, "delivery attempt"
+                )
+            };
+        }
+        match status {
+            Status::Sent => attempt_event!(info),
+            _ => attempt_event!(warn),
+        }
+    }
+
+    async fn save(&self, env: &Envelope) {
+        if let Err(e) = self.spool.save_envelope(env).await {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot save envelope");
+        }
+    }
+
+    async fn maybe_delay_warning(&self, env: &mut Envelope) {
+        let Some(after) = self.config.delivery.delay_warning else {
+            return;
+        };
+        if env.delay_warned || now_unix() < env.received_at + after.0.as_secs() {
+            return;
+        }
+        let pending: Vec<_> = env
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending && r.attempts > 0)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        match outcome::send_dsn(&self.config, &self.spool, env, &pending, DsnKind::Delay).await {
+            Ok(_) => {
+                env.delay_warned = true;
+                self.save(env).await;
+            }
+            Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue delay DSN"),
+        }
+    }
+
+    /// Every recipient is final (bounces were reported when they happened): remove the message.
+    async fn finish(&self, env: Envelope) -> Option<Envelope> {
+        match self.spool.remove(&env.id).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %env.id, "message finished, removed from queue");
+                None
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot remove finished message");
+                Some(env)
+            }
+        }
+    }
+}

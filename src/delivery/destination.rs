@@ -1,0 +1,375 @@
+//! One destination transaction.
+//!
+//! Rules:
+//! - MX by MX (in order), address by address: for each address the pool picks the source IP
+//!   for this message (`Pools::pick`); then an idle session of that IP to this destination is
+//!   reused, or a session is opened from that IP to the address.
+//! - A source that cannot be bound is skipped for the rest of the message; one whose connection
+//!   fails is skipped for that address (after two connect failures the address is given up:
+//!   the destination is likely down). A refusal at greeting/EHLO or a TLS failure moves on to
+//!   the next MX (a blocked greeting also feeds reputation, which may quarantine the IP).
+//! - No eligible source anywhere → every recipient is `Held` until the earliest time capacity
+//!   may return: our own capacity, not the destination, stopped it.
+//! - Otherwise, when no transaction happened, the last temporary error is reported (never a
+//!   bounce while another attempt may succeed), else the last error.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::client::{self, OpenError, Session, local_reply};
+use super::deliverer::Deliverer;
+use crate::config::TlsPolicy;
+use crate::outcome::{Outcome, Status};
+use crate::pool::{Held, Pick, Selection, Source};
+use crate::routing::{Destination, Host};
+use crate::spool::{Body, Envelope, RemoteReply};
+
+/// An idle connection reused within this is not checked with RSET first (servers keep idle
+/// sessions for tens of seconds at least; a closed one is noticed before anything is sent).
+const REUSE_WITHOUT_RSET: Duration = Duration::from_secs(2);
+
+/// What one destination attempt gave each of its recipients, and the TLS used.
+pub(super) struct Attempt {
+    pub outcomes: Vec<Outcome>,
+    pub tls: String,
+}
+
+/// The message as one destination transaction sends it.
+struct Message<'a> {
+    env: &'a Envelope,
+    rcpts: Vec<&'a str>,
+    body: Body,
+    pool: Option<String>,
+    dest: &'a Destination,
+}
+
+/// What was learned on the way while no transaction happened.
+#[derive(Default)]
+struct Tried {
+    errors: Vec<Outcome>,
+    held: Option<Held>,
+    unbindable: Vec<IpAddr>,
+}
+
+impl Tried {
+    fn error(&mut self, reply: RemoteReply) {
+        self.errors.push(Outcome::of_reply(reply));
+    }
+
+    fn hold(&mut self, h: Held) {
+        if self.held.as_ref().is_none_or(|o| h.retry_at < o.retry_at) {
+            self.held = Some(h);
+        }
+    }
+
+    /// The outcome for every recipient when no transaction happened.
+    fn give_up(self, n: usize) -> Attempt {
+        let outcome = if let Some(h) = self.held {
+            Outcome {
+                reply: local_reply(451, "4.7.0", h.text),
+                status: Status::Held { until: h.retry_at },
+            }
+        } else {
+            self.errors
+                .iter()
+                .rev()
+                .find(|o| o.reply.code < 500)
+                .or(self.errors.last())
+                .cloned()
+                .unwrap_or_else(|| {
+                    Outcome::of_reply(local_reply(451, "4.4.4", "no destination host"))
+                })
+        };
+        Attempt {
+            outcomes: vec![outcome; n],
+            tls: "none".into(),
+        }
+    }
+}
+
+/// Where to go after one address.
+enum Next {
+    Done(Attempt),
+    /// On to the next address (of this MX, else the next MX).
+    Address,
+    /// On to the next MX.
+    Host,
+}
+
+impl Deliverer {
+    /// Sends the message to one destination; see the rules at the top of this file.
+    pub(super) async fn deliver_to(
+        &self,
+        dest: &Destination,
+        env: &Envelope,
+        idxs: &[usize],
+    ) -> Attempt {
+        // Destination first: a saturated destination must not sit on global permits.
+        let _local = self.destination_limit(&dest.key).acquire_owned().await;
+        let _global = self.global.clone().acquire_owned().await;
+        let body = match self.spool.body(&env.id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot read the queued message");
+                let reply = local_reply(451, "4.3.0", "cannot read the queued message");
+                return Attempt {
+                    outcomes: vec![Outcome::of_reply(reply); idxs.len()],
+                    tls: "none".into(),
+                };
+            }
+        };
+        let msg = Message {
+            env,
+            rcpts: idxs
+                .iter()
+                .map(|&i| env.recipients[i].address.as_str())
+                .collect(),
+            body,
+            pool: self
+                .pools
+                .pool_for(env.pool.as_deref(), env.user.as_deref(), &env.sender)
+                .map(str::to_string),
+            dest,
+        };
+        let mut tried = Tried::default();
+        'hosts: for host in &dest.hosts {
+            if host.addrs.is_empty() {
+                let mut r = host.error.clone().map_or_else(
+                    || local_reply(451, "4.4.4", format!("no address for {}", host.name)),
+                    |e| local_reply(e.code, &e.status, e.text),
+                );
+                r.host = host.name.clone();
+                tried.error(r);
+                continue;
+            }
+            for ip in &host.addrs {
+                let addr = SocketAddr::new(*ip, host.port);
+                match self.via_address(&msg, host, addr, &mut tried).await {
+                    Next::Done(attempt) => return attempt,
+                    Next::Address => {}
+                    Next::Host => continue 'hosts,
+                }
+            }
+        }
+        tried.give_up(idxs.len())
+    }
+
+    /// Picks a source for the message and sends over a session of it to `addr` (reused or
+    /// new), trying other sources while sessions cannot be opened.
+    async fn via_address(
+        &self,
+        msg: &Message<'_>,
+        host: &Host,
+        addr: SocketAddr,
+        tried: &mut Tried,
+    ) -> Next {
+        let provider = self.pools.provider_of(&host.name).to_string();
+        let mut failed = tried.unbindable.clone();
+        let mut connect_failures = 0;
+        loop {
+            let pick = self
+                .pools
+                .pick(msg.pool.as_deref(), &provider, addr.is_ipv6(), &failed);
+            let Pick { source, lease } = match pick {
+                Selection::Picked(p) => p,
+                Selection::Exhausted => return Next::Address,
+                Selection::Held(h) => {
+                    tried.hold(h);
+                    return Next::Address;
+                }
+                Selection::NoFamily => {
+                    let text = format!("no pool IP of the address family of {addr}");
+                    let mut r = local_reply(451, "4.4.4", text);
+                    r.host = host.name.clone();
+                    tried.error(r);
+                    return Next::Address;
+                }
+            };
+            if let Some(attempt) = self.reuse(msg, &source).await {
+                return Next::Done(attempt);
+            }
+            let error = match self.open(&host.name, addr, &source, msg.dest.tls).await {
+                Ok(s) => match self.transact(s, msg).await {
+                    Some(attempt) => return Next::Done(attempt),
+                    // A new session is never stale; should it be, the next source goes.
+                    None => continue,
+                },
+                Err(e) => e,
+            };
+            lease.refund();
+            let Some(ip) = source.ip else {
+                // No pool: the OS's address is the only source.
+                self.opening_failed(msg, host, addr, &source, &provider, error, tried);
+                return Next::Address;
+            };
+            failed.push(ip);
+            match self.opening_failed(msg, host, addr, &source, &provider, error, tried) {
+                Failure::Source => tried.unbindable.push(ip),
+                Failure::Connect => {
+                    connect_failures += 1;
+                    // The destination is likely down: one more source, then move on.
+                    if connect_failures >= 2 {
+                        return Next::Address;
+                    }
+                }
+                Failure::Host => return Next::Host,
+            }
+        }
+    }
+
+    /// Sends over an idle session of `source` to this destination, if one is still open.
+    async fn reuse(&self, msg: &Message<'_>, source: &Source) -> Option<Attempt> {
+        while let Some((mut s, idle)) = self.connections.take(source, &msg.dest.key) {
+            // One used a moment ago goes without the RSET round trip; if the server closed it
+            // meanwhile, `send` finds out before anything is sent and it is dropped.
+            if idle < REUSE_WITHOUT_RSET {
+                s.unchecked = true;
+            } else if !s.reset().await {
+                continue;
+            }
+            tracing::debug!(queue_id = %msg.env.id, mx = %s.host, source_ip = %source.label(), "reusing connection");
+            if let Some(attempt) = self.transact(s, msg).await {
+                return Some(attempt);
+            }
+        }
+        None
+    }
+
+    /// Opens a session; an opportunistic STARTTLS whose handshake fails is retried in plaintext.
+    async fn open(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        source: &Source,
+        policy: TlsPolicy,
+    ) -> Result<Session, OpenError> {
+        let connector = match policy {
+            TlsPolicy::Required => self.tls.required.as_ref(),
+            _ => Some(&self.tls.opportunistic),
+        };
+        match client::open(host, addr, source, policy, connector, &self.timeouts).await {
+            Err(OpenError::Handshake(r)) => {
+                tracing::warn!(mx = %host, %addr, source_ip = %source.label(), error = %r.text, "TLS handshake failed, delivering in plaintext");
+                client::open(host, addr, source, TlsPolicy::None, None, &self.timeouts).await
+            }
+            other => other,
+        }
+    }
+
+    /// Records why a session could not be opened and says what to try next.
+    #[allow(clippy::too_many_arguments)]
+    fn opening_failed(
+        &self,
+        msg: &Message<'_>,
+        host: &Host,
+        addr: SocketAddr,
+        source: &Source,
+        provider: &str,
+        error: OpenError,
+        tried: &mut Tried,
+    ) -> Failure {
+        let id = &msg.env.id;
+        match error {
+            OpenError::Bind(e) => {
+                tracing::warn!(queue_id = %id, source_ip = %source.label(), error = %e, "cannot bind source IP, trying the next one");
+                let text = format!("cannot bind source IP {}: {e}", source.label());
+                let mut r = local_reply(451, "4.4.0", text);
+                r.host = host.name.clone();
+                r.source_ip = source.label();
+                tried.error(r);
+                Failure::Source
+            }
+            OpenError::Connect(r) => {
+                tracing::warn!(queue_id = %id, source_ip = %source.label(), mx = %host.name, %addr, reply = %r.text, "connection failed");
+                tried.error(r);
+                Failure::Connect
+            }
+            OpenError::Refused(mut r) => {
+                let mut status = Status::of_code(r.code);
+                if let Some(ip) = source.ip {
+                    self.pools.record_reply(ip, provider, &r);
+                    // A blocked greeting quarantines the IP: the next MX gets another one.
+                    let sender = msg.env.user.as_deref().unwrap_or(&msg.env.sender);
+                    status = self
+                        .reputation
+                        .observe(ip, provider, sender, "", &mut r)
+                        .status;
+                }
+                self.session_refused(id, host, addr, source, &r);
+                tried.errors.push(Outcome { reply: r, status });
+                Failure::Host
+            }
+            OpenError::TlsRequired(r) | OpenError::Handshake(r) => {
+                self.session_refused(id, host, addr, source, &r);
+                tried.error(r);
+                Failure::Host
+            }
+        }
+    }
+
+    fn session_refused(
+        &self,
+        id: &str,
+        host: &Host,
+        addr: SocketAddr,
+        source: &Source,
+        r: &RemoteReply,
+    ) {
+        tracing::warn!(queue_id = %id, source_ip = %source.label(), mx = %host.name, %addr, reply = %format!("{} {} {}", r.code, r.status, r.text), "session refused, trying the next MX");
+    }
+
+    /// One transaction on an open session; `None` when a reused session turned out closed
+    /// before anything was sent (the caller takes another). The session is kept for reuse
+    /// when it can carry more.
+    async fn transact(&self, mut s: Session, msg: &Message<'_>) -> Option<Attempt> {
+        let result = s.send(msg.env, &msg.rcpts, &msg.body).await;
+        if result.stale {
+            tracing::debug!(mx = %s.host, source_ip = %s.source.label(), "reused connection was closed, taking another");
+            return None;
+        }
+        let provider = self.pools.provider_of(&s.host).to_string();
+        let sender = msg.env.user.as_deref().unwrap_or(&msg.env.sender);
+        let outcomes = result
+            .replies
+            .into_iter()
+            .zip(&msg.rcpts)
+            .map(|(mut reply, rcpt)| {
+                let status = match s.source.ip {
+                    Some(ip) => {
+                        self.pools.record_reply(ip, &provider, &reply);
+                        // Block replies become "retry from another IP" here.
+                        self.reputation
+                            .observe(ip, &provider, sender, rcpt, &mut reply)
+                            .status
+                    }
+                    None => Status::of_code(reply.code),
+                };
+                Outcome { reply, status }
+            })
+            .collect();
+        let tls = s.tls.clone();
+        let max = self.pools.max_per_connection(&provider);
+        let under_max = max == 0 || s.transactions < max;
+        if !under_max && result.reusable {
+            s.quit().await;
+        } else if result.reusable
+            && let Some(s) = self.connections.put(&msg.dest.key, s)
+        {
+            // QUIT while the concurrency permits are still held, so the limit covers the
+            // whole connection.
+            s.quit().await;
+        }
+        Some(Attempt { outcomes, tls })
+    }
+}
+
+/// Why a session could not be opened, as far as the next step goes.
+enum Failure {
+    /// This source cannot send at all (bind failed): skip it for the message.
+    Source,
+    /// TCP connect failed: another source, or the next address.
+    Connect,
+    /// The server refused us, or TLS failed: the next MX.
+    /// On to the next MX.
+    Host,
+}

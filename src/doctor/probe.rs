@@ -1,0 +1,263 @@
+//! Would `postmaster@` and `abuse@` of a sending domain accept mail? RFC 5321 §4.5.1 requires
+//! postmaster, RFC 2142 abuse; receivers and blocklist operators write to them, and some
+//! (e.g. RFC-Ignorant-style lists) list domains that refuse them. The probe talks to the
+//! domain's mail server as delivery would (static routes first, else MX, `[delivery] port`,
+//! from a pool IP with its EHLO name, STARTTLS when offered) and stops before DATA:
+//! EHLO, MAIL FROM, RCPT per address, RSET, QUIT. No message is sent.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use mail_send::SmtpClient;
+use smtp_proto::{EXT_START_TLS, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+
+use super::report::{Check, Status};
+use crate::config::TlsPolicy;
+use crate::routing::Router;
+
+/// Where and how to probe from.
+pub struct Prober<'a> {
+    pub router: &'a Router,
+    /// Opportunistic STARTTLS (no certificate check: only the RCPT answer matters here).
+    pub tls: Option<&'a TlsConnector>,
+    /// MAIL FROM; empty = `<>`.
+    pub sender: &'a str,
+    pub timeout: Duration,
+}
+
+/// Why a server could not be asked.
+enum Unasked {
+    /// STARTTLS failed: worth asking again in plaintext.
+    Tls(String),
+    Other(String),
+}
+
+/// The local parts probed, in order.
+pub const MAILBOXES: [&str; 2] = ["postmaster", "abuse"];
+
+fn reply_text(r: &Response<String>) -> String {
+    let esc = if r.esc[0] == 0 {
+        String::new()
+    } else {
+        format!(" {}.{}.{}", r.esc[0], r.esc[1], r.esc[2])
+    };
+    format!("{}{esc} {}", r.code, r.message.trim().replace('\n', " "))
+}
+
+/// The same verdict for every mailbox (the server could not be asked).
+fn all(domain: &str, status: Status, detail: &str) -> Vec<Check> {
+    MAILBOXES
+        .iter()
+        .map(|m| Check::new("rcpt", status, detail).about(format!("{m}@{domain}")))
+        .collect()
+}
+
+impl Prober<'_> {
+    /// One `rcpt` check per mailbox of `domain`, from `source` (IP if any, EHLO name).
+    pub async fn check(&self, domain: &str, source: (Option<IpAddr>, &str)) -> Vec<Check> {
+        let dest = match self.router.resolve(domain).await {
+            Ok(d) => d,
+            Err(r) => {
+                let status = if r.is_permanent() {
+                    Status::Fail
+                } else {
+                    Status::Warn
+                };
+                let mut v = all(domain, status, &format!("no mail server: {}", r.text));
+                for c in &mut v {
+                    if status == Status::Fail {
+                        c.fix = Some(format!(
+                            "publish an MX for {domain} pointing at a server that accepts {}",
+                            c.subject.as_deref().unwrap_or("")
+                        ));
+                    }
+                }
+                return v;
+            }
+        };
+        let (local, helo) = source;
+        let tls = if dest.tls == TlsPolicy::None {
+            None
+        } else {
+            self.tls
+        };
+        let mut tried = Vec::new();
+        for host in &dest.hosts {
+            if let Some(e) = &host.error {
+                tried.push(format!("{}: {}", host.name, e.text));
+            }
+            for ip in &host.addrs {
+                let addr = SocketAddr::new(*ip, host.port);
+                let first = self
+                    .session(domain, &host.name, addr, local, helo, tls)
+                    .await;
+                // A broken STARTTLS: delivery would go on in plaintext, so does the probe.
+                let result = match first {
+                    Err(Unasked::Tls(_)) => {
+                        self.session(domain, &host.name, addr, local, helo, None)
+                            .await
+                    }
+                    other => other,
+                };
+                match result {
+                    Ok(replies) => return self.verdicts(domain, &host.name, addr, replies),
+                    Err(Unasked::Tls(e) | Unasked::Other(e)) => {
+                        tried.push(format!("{}[{addr}]: {e}", host.name))
+                    }
+                }
+            }
+        }
+        all(
+            domain,
+            Status::Warn,
+            &format!("could not ask any mail server: {}", tried.join("; ")),
+        )
+    }
+
+    fn verdicts(
+        &self,
+        domain: &str,
+        host: &str,
+        addr: SocketAddr,
+        replies: Result<Vec<Response<String>>, Response<String>>,
+    ) -> Vec<Check> {
+        let replies = match replies {
+            Ok(r) => r,
+            Err(mail) => {
+                return all(
+                    domain,
+                    Status::Warn,
+                    &format!(
+                        "{host}[{addr}] refused MAIL FROM:<{}>: {} (cannot tell)",
+                        self.sender,
+                        reply_text(&mail)
+                    ),
+                );
+            }
+        };
+        MAILBOXES
+            .iter()
+            .zip(replies)
+            .map(|(m, r)| {
+                let mailbox = format!("{m}@{domain}");
+                let text = format!("{host}[{addr}]: {}", reply_text(&r));
+                let c = match r.code {
+                    200..=299 => Check::pass("rcpt", format!("accepted by {text}")),
+                    500..=599 => Check::fail(
+                        "rcpt",
+                        format!("refused by {text}"),
+                        format!(
+                            "create the mailbox or an alias {mailbox} on {host} (RFC {} requires it)",
+                            if *m == "postmaster" { "5321 §4.5.1" } else { "2142" }
+                        ),
+                    ),
+                    _ => Check::warn("rcpt", format!("deferred by {text} (try again later)")),
+                };
+                c.about(mailbox)
+            })
+            .collect()
+    }
+
+    /// One session: `Ok(Ok(RCPT replies))`, `Ok(Err(MAIL reply))` when MAIL is refused,
+    /// `Err` when the server could not be asked.
+    async fn session(
+        &self,
+        domain: &str,
+        host: &str,
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        helo: &str,
+        tls: Option<&TlsConnector>,
+    ) -> Result<Result<Vec<Response<String>>, Response<String>>, Unasked> {
+        let connected = match local.filter(|l| l.is_ipv4() == addr.is_ipv4()) {
+            Some(l) => match SmtpClient::connect_using(l, addr, self.timeout).await {
+                // Run on a machine without the pool IPs: ask from its own address.
+                Err(mail_send::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
+                    SmtpClient::connect(addr, self.timeout).await
+                }
+                other => other,
+            },
+            None => SmtpClient::connect(addr, self.timeout).await,
+        };
+        let other = Unasked::Other;
+        let mut client = connected.map_err(|e| other(format!("connect: {e}")))?;
+        let greeting = tokio::time::timeout(self.timeout, client.read())
+            .await
+            .map_err(|_| other("greeting: timeout".into()))?
+            .map_err(|e| other(format!("greeting: {e}")))?;
+        if greeting.code != 220 {
+            return Err(other(format!("greeting {}", reply_text(&greeting))));
+        }
+        let ehlo = hello(&mut client, helo).await.map_err(other)?;
+        match tls {
+            Some(connector) if ehlo & EXT_START_TLS != 0 => {
+                let mut client = client
+                    .start_tls(connector, host)
+                    .await
+                    .map_err(|e| Unasked::Tls(format!("STARTTLS: {e}")))?;
+                hello(&mut client, helo).await.map_err(Unasked::Tls)?;
+                Ok(self.transaction(&mut client, domain).await)
+            }
+            _ => Ok(self.transaction(&mut client, domain).await),
+        }
+    }
+
+    /// MAIL FROM, one RCPT per mailbox, RSET, QUIT. `Err` is a refused MAIL.
+    async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<T>,
+        domain: &str,
+    ) -> Result<Vec<Response<String>>, Response<String>> {
+        let lost = |e: mail_send::Error| Response {
+            code: 451,
+            esc: [4, 4, 2],
+            message: format!("no reply: {e}"),
+        };
+        let mail = client
+            .cmd(format!("MAIL FROM:<{}>\r\n", self.sender))
+            .await
+            .map_err(lost)?;
+        if mail.code / 100 != 2 {
+            quit(client).await;
+            return Err(mail);
+        }
+        let mut replies = Vec::with_capacity(MAILBOXES.len());
+        for m in MAILBOXES {
+            let r = client.cmd(format!("RCPT TO:<{m}@{domain}>\r\n")).await;
+            replies.push(r.unwrap_or_else(lost));
+        }
+        let _ = client.cmd(b"RSET\r\n").await;
+        quit(client).await;
+        Ok(replies)
+    }
+}
+
+async fn quit<T: AsyncRead + AsyncWrite + Unpin>(client: &mut SmtpClient<T>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.cmd(b"QUIT\r\n")).await;
+}
+
+/// EHLO (HELO if EHLO is refused); the capability bits.
+async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    name: &str,
+) -> Result<u32, String> {
+    match client.ehlo(name).await {
+        Ok(r) => Ok(r.capabilities),
+        Err(mail_send::Error::UnexpectedReply(r)) if r.code >= 500 => {
+            let h = client
+                .cmd(format!("HELO {name}\r\n"))
+                .await
+                .map_err(|e| format!("HELO: {e}"))?;
+            if h.code == 250 {
+                Ok(0)
+            } else {
+                Err(format!("HELO refused: {}", reply_text(&h)))
+            }
+        }
+        Err(e) => Err(format!("EHLO: {e}")),
+    }
+}

@@ -1,0 +1,350 @@
+//! Holds: what keeps an IP from sending, one record per cause.
+//!
+//! Rules:
+//! - Every cause is its own record per IP × scope: an operator drain, a DNSBL listing (one per
+//!   zone), a block reply, a hard-bounce rate, a deferral rate, a failing doctor check. The IP
+//!   takes mail for a provider only when no record for that provider or for `all` is in force.
+//! - A quarantine (any reputation cause) ends by its `until` or when its cause is released (a
+//!   DNSBL delisting). Either way the record stays, expired: the IP × provider is then on
+//!   probation (a trickle of `probe_per_hour`) until clean outcomes end it (`end_probation`).
+//! - A drain (operator, doctor) has no probation: undrained, the IP takes its full share.
+//! - An operator `reinstate` removes quarantine records outright (no probation).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::pools::{Inner, Pools, now_s};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldKind {
+    /// Taken out by the operator (`pool drain`) or a failing doctor check: no probation after.
+    Drained,
+    /// Taken out by reputation signals (listing, block replies, bounce rate): probation after.
+    Quarantined,
+}
+
+/// Which providers a drain or quarantine covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    All,
+    Provider(String),
+}
+
+impl Scope {
+    pub fn parse(s: Option<&str>) -> Scope {
+        match s.map(str::trim) {
+            None | Some("") | Some("all") | Some("*") => Scope::All,
+            Some(p) => Scope::Provider(p.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Scope::All => "all",
+            Scope::Provider(p) => p,
+        }
+    }
+}
+
+/// Why an IP is held: each cause is a record of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    Operator,
+    Doctor,
+    Dnsbl(String),
+    BlockReply,
+    BounceRate,
+    DeferralRate,
+}
+
+impl Cause {
+    pub fn kind(&self) -> HoldKind {
+        match self {
+            Cause::Operator | Cause::Doctor => HoldKind::Drained,
+            _ => HoldKind::Quarantined,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Cause> {
+        Some(match s {
+            "operator" => Cause::Operator,
+            "doctor" => Cause::Doctor,
+            "block-reply" => Cause::BlockReply,
+            "bounce-rate" => Cause::BounceRate,
+            "deferral-rate" => Cause::DeferralRate,
+            _ => Cause::Dnsbl(s.strip_prefix("dnsbl:")?.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Operator => f.write_str("operator"),
+            Cause::Doctor => f.write_str("doctor"),
+            Cause::Dnsbl(zone) => write!(f, "dnsbl:{zone}"),
+            Cause::BlockReply => f.write_str("block-reply"),
+            Cause::BounceRate => f.write_str("bounce-rate"),
+            Cause::DeferralRate => f.write_str("deferral-rate"),
+        }
+    }
+}
+
+impl Serialize for Cause {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cause {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cause::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown cause {s:?}")))
+    }
+}
+
+/// One record keeping an IP from one scope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hold {
+    pub kind: HoldKind,
+    pub scope: String,
+    pub cause: Cause,
+    pub reason: String,
+    #[serde(default)]
+    pub evidence: String,
+    /// Unix seconds.
+    pub since: u64,
+    /// Unix seconds; a quarantine ends by itself then. `None` = until released.
+    #[serde(default)]
+    pub until: Option<u64>,
+}
+
+impl Hold {
+    pub fn in_force(&self, now_s: u64) -> bool {
+        self.until.is_none_or(|u| u > now_s)
+    }
+}
+
+/// (IP, scope, cause): one hold record.
+pub type HoldKey = (IpAddr, String, Cause);
+
+impl Inner {
+    /// Records of `ip` covering `provider` (its own scope and `all`).
+    fn covering<'a>(
+        &'a self,
+        ip: IpAddr,
+        provider: &'a str,
+    ) -> impl Iterator<Item = &'a Hold> + 'a {
+        self.holds
+            .iter()
+            .filter(move |((a, scope, _), _)| *a == ip && (scope == "all" || scope == provider))
+            .map(|(_, h)| h)
+    }
+
+    /// The hold keeping `ip` from `provider` now, if any (a drain first: it says most).
+    pub(super) fn hold_of<'a>(
+        &'a self,
+        ip: IpAddr,
+        provider: &'a str,
+        now_s: u64,
+    ) -> Option<&'a Hold> {
+        self.covering(ip, provider)
+            .filter(|h| h.in_force(now_s))
+            .min_by_key(|h| (h.kind != HoldKind::Drained, h.until.unwrap_or(u64::MAX)))
+    }
+
+    /// On probation: nothing in force, but a quarantine whose time is over and whose probes
+    /// have not yet ended it.
+    pub(super) fn probation_of(&self, ip: IpAddr, provider: &str, now_s: u64) -> bool {
+        self.hold_of(ip, provider, now_s).is_none()
+            && self
+                .covering(ip, provider)
+                .any(|h| h.kind == HoldKind::Quarantined && !h.in_force(now_s))
+    }
+}
+
+impl Pools {
+    /// Whether `ip` × `provider` is on probation (taking only `probe_per_hour`).
+    pub fn in_probation(&self, ip: IpAddr, provider: &str) -> bool {
+        self.lock().probation_of(ip, provider, now_s())
+    }
+
+    /// The probes went well: `ip` takes its full share for `provider` again (expired quarantine
+    /// records of that provider and of `all` are removed). Returns whether it was on probation.
+    pub fn end_probation(&self, ip: IpAddr, provider: &str) -> Result<bool, String> {
+        if !self.in_probation(ip, provider) {
+            return Ok(false);
+        }
+        let now = now_s();
+        let keys: Vec<HoldKey> = self
+            .lock()
+            .holds
+            .iter()
+            .filter(|((a, scope, _), h)| {
+                *a == ip
+                    && (scope == "all" || scope == provider)
+                    && h.kind == HoldKind::Quarantined
+                    && !h.in_force(now)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        tracing::info!(source_ip = %ip, provider, "probe succeeded: pool IP reinstated");
+        self.write_holds(keys.into_iter().map(|k| (k, None)).collect())?;
+        Ok(true)
+    }
+
+    /// Drains and quarantines in force, by IP.
+    pub fn holds(&self) -> Vec<(IpAddr, Hold)> {
+        let now = now_s();
+        self.lock()
+            .holds
+            .iter()
+            .filter(|(_, h)| h.in_force(now))
+            .map(|((ip, _, _), h)| (*ip, h.clone()))
+            .collect()
+    }
+
+    fn knows(&self, ip: IpAddr) -> Result<(), String> {
+        if self.ips().contains(&ip) {
+            Ok(())
+        } else {
+            Err(format!("{ip} is not in any pool"))
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) hold records, in memory and in the store, and wakes
+    /// the queue: held mail may go now (or elsewhere).
+    fn write_holds(&self, changes: Vec<(HoldKey, Option<Hold>)>) -> Result<(), String> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut inner = self.lock();
+            for (k, h) in &changes {
+                match h {
+                    Some(h) => inner.holds.insert(k.clone(), h.clone()),
+                    None => inner.holds.remove(k),
+                };
+            }
+        }
+        self.store_holds(&changes)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        ip: IpAddr,
+        scope: &Scope,
+        cause: Cause,
+        reason: &str,
+        evidence: &str,
+        until: Option<u64>,
+    ) -> Result<(), String> {
+        self.knows(ip)?;
+        let hold = Hold {
+            kind: cause.kind(),
+            scope: scope.as_str().to_string(),
+            cause: cause.clone(),
+            reason: reason.to_string(),
+            evidence: evidence.to_string(),
+            since: now_s(),
+            until,
+        };
+        self.write_holds(vec![((ip, scope.as_str().to_string(), cause), Some(hold))])
+    }
+
+    /// Takes `ip` out of rotation for `scope` for one reputation `cause`. In-flight deliveries
+    /// finish; `until` (unix seconds) ends it by itself (then probation).
+    pub fn quarantine(
+        &self,
+        ip: IpAddr,
+        scope: Scope,
+        cause: Cause,
+        reason: &str,
+        evidence: &str,
+        until: Option<u64>,
+    ) -> Result<(), String> {
+        tracing::warn!(source_ip = %ip, scope = scope.as_str(), cause = %cause, reason, evidence, until, "pool IP quarantined");
+        self.put(ip, &scope, cause, reason, evidence, until)
+    }
+
+    /// One cause of a quarantine is over (a delisting): its record expires now, so the IP goes
+    /// on probation for that scope unless other records still hold it. Returns whether there
+    /// was such a record in force.
+    pub fn release(&self, ip: IpAddr, scope: Scope, cause: Cause) -> Result<bool, String> {
+        let key = (ip, scope.as_str().to_string(), cause);
+        let now = now_s();
+        let hold = self.lock().holds.get(&key).cloned();
+        let Some(mut hold) = hold.filter(|h| h.in_force(now)) else {
+            return Ok(false);
+        };
+        let change = if hold.kind == HoldKind::Quarantined {
+            hold.until = Some(now);
+            Some(hold)
+        } else {
+            None
+        };
+        self.write_holds(vec![(key, change)])?;
+        Ok(true)
+    }
+
+    /// Operator: ends every quarantine of `ip` for `scope` at once, without probation. Returns
+    /// whether there was one.
+    pub fn reinstate(&self, ip: IpAddr, scope: Scope) -> Result<bool, String> {
+        self.knows(ip)?;
+        let keys: Vec<HoldKey> = self
+            .lock()
+            .holds
+            .iter()
+            .filter(|((a, s, _), h)| {
+                *a == ip && s == scope.as_str() && h.kind == HoldKind::Quarantined
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(source_ip = %ip, scope = scope.as_str(), "pool IP reinstated");
+        self.write_holds(keys.into_iter().map(|k| (k, None)).collect())?;
+        Ok(true)
+    }
+
+    /// A drain: no new deliveries from `ip` for `scope` until it is undrained. `cause` is
+    /// `Operator` or `Doctor`.
+    pub fn drain_for(
+        &self,
+        ip: IpAddr,
+        scope: Scope,
+        cause: Cause,
+        reason: &str,
+    ) -> Result<(), String> {
+        tracing::warn!(source_ip = %ip, scope = scope.as_str(), cause = %cause, reason, "pool IP drained");
+        self.put(ip, &scope, cause, reason, "", None)
+    }
+
+    /// Operator drain.
+    pub fn drain(&self, ip: IpAddr, scope: Scope, reason: &str) -> Result<(), String> {
+        self.drain_for(ip, scope, Cause::Operator, reason)
+    }
+
+    /// Ends a drain of `cause` for `scope`. Returns whether there was one.
+    pub fn undrain_for(&self, ip: IpAddr, scope: Scope, cause: Cause) -> Result<bool, String> {
+        self.knows(ip)?;
+        let key = (ip, scope.as_str().to_string(), cause);
+        if !self.lock().holds.contains_key(&key) {
+            return Ok(false);
+        }
+        tracing::info!(source_ip = %ip, scope = scope.as_str(), cause = %key.2, "pool IP undrained");
+        self.write_holds(vec![(key, None)])?;
+        Ok(true)
+    }
+
+    /// Ends the operator's drain of `ip` for `scope`; quarantines stay (see `reinstate`).
+    pub fn undrain(&self, ip: IpAddr, scope: Scope) -> Result<bool, String> {
+        self.undrain_for(ip, scope, Cause::Operator)
+    }
+}

@@ -1,0 +1,290 @@
+//! The pools as configured, their live state behind one lock, and what every pick checks: an
+//! IP × provider's caps (warm-up daily and hourly, provider throttles, probation trickle) and
+//! its holds.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::holds::{Hold, HoldKey, HoldKind};
+use super::provider::Providers;
+use super::rules;
+use super::throttle::{Caps, Counters, Full};
+use super::warmup::{self, Clock};
+use crate::config::{Config, PoolRule};
+use crate::outcome::Status;
+use crate::spool::RemoteReply;
+use crate::state::State;
+
+/// One address to send from. `ip: None` means "let the OS pick" (no pool configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub ip: Option<IpAddr>,
+    /// EHLO name said from this address.
+    pub helo: String,
+}
+
+impl Source {
+    pub fn label(&self) -> String {
+        self.ip
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "any".into())
+    }
+}
+
+pub(super) struct IpConf {
+    pub address: IpAddr,
+    pub helo: String,
+    pub weight: u32,
+    pub warmup: Option<String>,
+}
+
+pub(super) struct PoolConf {
+    pub name: String,
+    pub ips: Vec<IpConf>,
+}
+
+/// (IP, provider).
+pub(super) type Key = (IpAddr, String);
+
+#[derive(Default)]
+pub(super) struct Inner {
+    pub counters: HashMap<Key, Counters>,
+    pub dirty: HashSet<Key>,
+    pub holds: HashMap<HoldKey, Hold>,
+    /// Messages in flight per IP × provider.
+    pub active: HashMap<Key, u32>,
+    /// Smooth weighted round-robin state per pool × provider × family, one weight per IP.
+    pub swrr: HashMap<String, Vec<i64>>,
+    /// Last "pool has no usable IP" warning per pool × provider (unix millis).
+    pub warned: HashMap<String, u64>,
+}
+
+pub struct Pools {
+    pub(super) pools: Vec<PoolConf>,
+    default: Option<usize>,
+    rules: Vec<PoolRule>,
+    providers: Providers,
+    pub(super) schedules: HashMap<String, Vec<u64>>,
+    pub(super) clock: Clock,
+    pub(super) idle_days: u64,
+    burst: u64,
+    /// Messages per hour an IP × provider takes while on probation after a quarantine.
+    probe_per_hour: u64,
+    pub(super) hold_warning_ms: u64,
+    pub(super) fallback_helo: String,
+    pub(super) state: Option<Arc<State>>,
+    inner: Mutex<Inner>,
+    /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
+    pub wake: Notify,
+}
+
+pub(super) fn now_s() -> u64 {
+    Clock::now_ms() / 1000
+}
+
+impl Pools {
+    /// Pools without persistence (unit tests).
+    pub fn from_config(config: &Config) -> Pools {
+        Pools::new(config, None).expect("no store, no error")
+    }
+
+    /// Pools with their state loaded from the store.
+    pub fn new(config: &Config, state: Option<Arc<State>>) -> Result<Pools, String> {
+        let pools: Vec<PoolConf> = config
+            .pool
+            .iter()
+            .map(|p| PoolConf {
+                name: p.name.clone(),
+                ips: p
+                    .ip
+                    .iter()
+                    .map(|ip| IpConf {
+                        address: ip.address,
+                        helo: ip.helo.clone(),
+                        weight: ip.weight.max(1),
+                        warmup: ip.warmup.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let default = pools
+            .iter()
+            .position(|p| p.name == "default")
+            .or(if pools.is_empty() { None } else { Some(0) });
+        let inner = match &state {
+            Some(st) => super::store::load(st)?,
+            None => Inner::default(),
+        };
+        Ok(Pools {
+            pools,
+            default,
+            rules: config.pool_rule.clone(),
+            providers: Providers::from_config(config),
+            schedules: warmup::schedules(config).into_iter().collect(),
+            clock: Clock::from_config(config),
+            idle_days: config.warmup.idle_days,
+            burst: config.warmup.burst,
+            probe_per_hour: config.reputation.probe_per_hour.max(1),
+            hold_warning_ms: config.throttle.hold_warning_interval.0.as_millis() as u64,
+            fallback_helo: config
+                .delivery
+                .helo
+                .clone()
+                .unwrap_or_else(|| config.hostname.clone()),
+            state,
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("pool lock")
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// The pool for a message: the one set on the envelope (if known), else the first matching
+    /// `[[pool_rule]]`, else the default pool (named "default", else the first). `None` when no
+    /// pool is configured.
+    pub fn pool_for(&self, set: Option<&str>, user: Option<&str>, sender: &str) -> Option<&str> {
+        if let Some(p) = set {
+            if let Some(c) = self.pools.iter().find(|c| c.name == p) {
+                return Some(&c.name);
+            }
+            tracing::warn!(pool = p, "unknown pool, using the rules");
+        }
+        if let Some(r) = self.rules.iter().find(|r| rules::matches(r, user, sender))
+            && let Some(c) = self.pools.iter().find(|c| c.name == r.pool)
+        {
+            return Some(&c.name);
+        }
+        self.default.map(|i| self.pools[i].name.as_str())
+    }
+
+    pub fn provider_of(&self, mx_host: &str) -> &str {
+        self.providers.of(mx_host)
+    }
+
+    /// Messages per connection to this provider before it is closed; 0 = no limit.
+    pub fn max_per_connection(&self, provider: &str) -> u32 {
+        self.providers
+            .get(provider)
+            .map(|p| p.max_per_connection)
+            .unwrap_or(0)
+    }
+
+    pub(super) fn caps(
+        &self,
+        ip: &IpConf,
+        provider: &str,
+        counters: Option<&Counters>,
+        probation: bool,
+        now: u64,
+    ) -> Caps {
+        let p = self.providers.get(provider);
+        let mut caps = Caps {
+            daily: None,
+            hourly: p.map(|p| p.max_per_hour).filter(|&h| h > 0),
+            connections: p.map(|p| p.max_connections).filter(|&c| c > 0),
+        };
+        if let Some(schedule) = ip.warmup.as_ref().and_then(|w| self.schedules.get(w)) {
+            let index = counters
+                .map(|c| c.warmup)
+                .unwrap_or_default()
+                .index_on(self.clock.day(now), self.idle_days);
+            if let Some(daily) = warmup::daily_cap(schedule, index) {
+                caps.daily = Some(daily);
+                let h = warmup::hourly_cap(daily, self.burst);
+                caps.hourly = Some(caps.hourly.map_or(h, |x| x.min(h)));
+            }
+        }
+        // Back from a quarantine: only a trickle of probes until the outcomes reinstate it.
+        if probation {
+            let h = self.probe_per_hour;
+            caps.hourly = Some(caps.hourly.map_or(h, |x| x.min(h)));
+        }
+        caps
+    }
+
+    /// Whether `ip` can take one more message for `provider` now (holds first, then caps).
+    pub(super) fn check(
+        &self,
+        inner: &Inner,
+        ip: &IpConf,
+        provider: &str,
+        now: u64,
+    ) -> Result<(), Full> {
+        if let Some(h) = inner.hold_of(ip.address, provider, now / 1000) {
+            return Err(Full {
+                why: match h.kind {
+                    HoldKind::Drained => "drained",
+                    HoldKind::Quarantined => "quarantined",
+                },
+                until: h.until.map_or(u64::MAX, |u| u * 1000),
+            });
+        }
+        let key = (ip.address, provider.to_string());
+        let counters = inner.counters.get(&key);
+        let probation = inner.probation_of(ip.address, provider, now / 1000);
+        let caps = self.caps(ip, provider, counters, probation, now);
+        let active = inner.active.get(&key).copied().unwrap_or(0);
+        counters
+            .cloned()
+            .unwrap_or_default()
+            .check(&caps, active, &self.clock, now)
+    }
+
+    /// Counts one recipient's outcome on `ip` × `provider` (API for the Reputation stage).
+    pub fn record_outcome(&self, ip: IpAddr, provider: &str, outcome: Status) {
+        let key = (ip, provider.to_string());
+        let mut inner = self.lock();
+        let c = inner.counters.entry(key.clone()).or_default();
+        match outcome {
+            Status::Sent => c.sent += 1,
+            Status::Bounced => c.bounced += 1,
+            Status::Deferred | Status::RetryElsewhere => c.deferred += 1,
+            // Not an attempt: nothing left this IP.
+            Status::Held { .. } => return,
+        }
+        inner.dirty.insert(key);
+    }
+
+    /// Counts a remote reply and backs the IP × provider off on a "slow down" reply.
+    pub fn record_reply(&self, ip: IpAddr, provider: &str, reply: &RemoteReply) {
+        self.record_outcome(ip, provider, Status::of_code(reply.code));
+        if self.providers.is_slowdown(reply) {
+            self.back_off(ip, provider, reply);
+        }
+    }
+
+    /// A "slow down" reply: this IP × provider takes nothing for the provider's back-off.
+    pub fn back_off(&self, ip: IpAddr, provider: &str, reply: &RemoteReply) {
+        let wait = self.providers.backoff(provider);
+        let until = Clock::now_ms() + wait.as_millis() as u64;
+        let key = (ip, provider.to_string());
+        let mut inner = self.lock();
+        let c = inner.counters.entry(key.clone()).or_default();
+        if c.backoff_until < until {
+            c.backoff_until = until;
+            c.backoff_reason = format!("{} {} {}", reply.code, reply.status, reply.text);
+            tracing::warn!(source_ip = %ip, provider, reply = %c.backoff_reason, wait = %humantime::format_duration(wait), "slow-down reply: backing off");
+        }
+        inner.dirty.insert(key);
+    }
+
+    /// Every pool IP once (for DNSBL checks and the like).
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = Vec::new();
+        for c in self.pools.iter().flat_map(|p| &p.ips) {
+            if !v.contains(&c.address) {
+                v.push(c.address);
+            }
+        }
+        v
+    }
+}

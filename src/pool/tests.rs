@@ -1,0 +1,383 @@
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::pools::now_s;
+use super::*;
+use crate::config::Config;
+use crate::spool::RemoteReply;
+use crate::state::State;
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n{extra}"
+    );
+    Config::parse(Path::new("t.toml"), &text).unwrap()
+}
+
+const TWO: &str = "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One pick, its lease dropped at once (the message "went"): the source's label or the hold.
+fn pick(p: &Arc<Pools>, provider: &str) -> Result<String, Held> {
+    pick_except(p, provider, &[])
+}
+
+fn pick_except(p: &Arc<Pools>, provider: &str, exclude: &[IpAddr]) -> Result<String, Held> {
+    match p.pick(Some("a"), provider, false, exclude) {
+        Selection::Picked(pk) => Ok(pk.source.label()),
+        Selection::Held(h) => Err(h),
+        Selection::NoFamily => panic!("no address of the family"),
+        Selection::Exhausted => Ok("exhausted".into()),
+    }
+}
+
+fn counts(p: &Arc<Pools>, provider: &str, n: usize) -> HashMap<String, u32> {
+    let mut count: HashMap<String, u32> = HashMap::new();
+    for _ in 0..n {
+        *count.entry(pick(p, provider).unwrap()).or_default() += 1;
+    }
+    count
+}
+
+fn status_json(p: &Pools) -> serde_json::Value {
+    serde_json::to_value(p.status()).unwrap()
+}
+
+#[test]
+fn round_robin_per_family_and_exclusions() {
+    let c = config(&format!(
+        "{TWO}[[pool.ip]]\naddress = \"::1\"\nhelo = \"o6\"\n"
+    ));
+    let p = Arc::new(Pools::from_config(&c));
+    let first = pick(&p, "other").unwrap();
+    let second = pick(&p, "other").unwrap();
+    assert_ne!(first, second);
+    let Selection::Picked(v6) = p.pick(Some("a"), "other", true, &[]) else {
+        panic!("v6 pick")
+    };
+    assert_eq!(v6.source.helo, "o6");
+    // A failed IP is skipped for the rest of that message; none left → exhausted, not held.
+    assert_eq!(
+        pick_except(&p, "other", &[ip("127.0.0.10")]).unwrap(),
+        "127.0.0.11"
+    );
+    assert_eq!(
+        pick_except(&p, "other", &[ip("127.0.0.10"), ip("127.0.0.11")]).unwrap(),
+        "exhausted"
+    );
+    let only_v4 = Arc::new(Pools::from_config(&config(TWO)));
+    assert!(matches!(
+        only_v4.pick(Some("a"), "other", true, &[]),
+        Selection::NoFamily
+    ));
+}
+
+#[test]
+fn no_pool_lets_the_os_pick() {
+    let p = Arc::new(Pools::from_config(&config("")));
+    assert_eq!(p.pool_for(None, None, "a@b"), None);
+    let Selection::Picked(pk) = p.pick(None, "other", false, &[]) else {
+        panic!("no pool picks the OS's address")
+    };
+    assert_eq!(
+        pk.source,
+        Source {
+            ip: None,
+            helo: "relay.test".into()
+        }
+    );
+}
+
+#[test]
+fn weighted_selection_is_smooth_and_deterministic() {
+    let c = config(
+        "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\nweight = 3\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n",
+    );
+    let p = Arc::new(Pools::from_config(&c));
+    let picks: Vec<String> = (0..8).map(|_| pick(&p, "other").unwrap()).collect();
+    assert_eq!(
+        picks,
+        [
+            "127.0.0.10",
+            "127.0.0.10",
+            "127.0.0.11",
+            "127.0.0.10",
+            "127.0.0.10",
+            "127.0.0.10",
+            "127.0.0.11",
+            "127.0.0.10"
+        ]
+    );
+}
+
+#[test]
+fn equal_weights_share_exactly_while_messages_are_in_flight() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    // Twenty picks held at once (twenty concurrent deliveries), then released.
+    for round in 1..=5u32 {
+        let leases: Vec<Pick> = (0..20)
+            .map(|_| match p.pick(Some("a"), "other", false, &[]) {
+                Selection::Picked(pk) => pk,
+                _ => panic!("picked"),
+            })
+            .collect();
+        let n10 = leases
+            .iter()
+            .filter(|l| l.source.label() == "127.0.0.10")
+            .count();
+        assert_eq!(n10, 10, "round {round}");
+    }
+    let st = status_json(&p);
+    assert_eq!(
+        st["pools"][0]["ips"][0]["providers"]["other"]["connections"],
+        0
+    );
+}
+
+#[test]
+fn warming_ip_gets_its_cap_then_overflow_goes_to_warm_ips_then_hold() {
+    let c = config(
+        "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\nwarmup = \"t\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[warmup]\nday = \"240h\"\nburst = 100\n[[warmup.schedule]]\nname = \"t\"\ndaily = [3]\n[[provider]]\nname = \"p\"\nmx_suffixes = [\"p.test\"]\nmax_per_hour = 5\n",
+    );
+    let p = Arc::new(Pools::from_config(&c));
+    let mut count: HashMap<String, u32> = HashMap::new();
+    let mut held = None;
+    for _ in 0..20 {
+        match pick(&p, "p") {
+            Ok(s) => *count.entry(s).or_default() += 1,
+            Err(h) => {
+                held = Some(h);
+                break;
+            }
+        }
+    }
+    // Warming IP: its daily cap of 3 and no more; the warm IP: its hourly throttle of 5.
+    assert_eq!(count["127.0.0.10"], 3);
+    assert_eq!(count["127.0.0.11"], 5);
+    let h = held.expect("held once both are full");
+    assert!(
+        h.text
+            .starts_with("pool a: no source IP has capacity for provider p"),
+        "{}",
+        h.text
+    );
+    let st = status_json(&p);
+    let ip0 = &st["pools"][0]["ips"][0];
+    assert_eq!(ip0["state"], "warming");
+    assert_eq!(ip0["providers"]["p"]["used_today"], 3);
+    assert_eq!(ip0["providers"]["p"]["cap_today"], 3);
+}
+
+#[test]
+fn drained_and_quarantined_ips_take_nothing_for_their_scope() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let (ip10, ip11) = (ip("127.0.0.10"), ip("127.0.0.11"));
+    p.quarantine(
+        ip10,
+        Scope::Provider("gmail".into()),
+        Cause::BlockReply,
+        "S3150",
+        "550 …",
+        None,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(pick(&p, "gmail").unwrap(), "127.0.0.11");
+    }
+    // Another provider keeps both IPs in rotation.
+    let other = counts(&p, "other", 4);
+    assert_eq!((other["127.0.0.10"], other["127.0.0.11"]), (2, 2));
+    p.drain(ip11, Scope::All, "operator").unwrap();
+    let h = pick(&p, "gmail").unwrap_err();
+    assert!(h.text.contains("drained or quarantined"), "{}", h.text);
+    assert!(p.undrain(ip11, Scope::All).unwrap());
+    assert!(p.reinstate(ip10, Scope::Provider("gmail".into())).unwrap());
+    let gmail = counts(&p, "gmail", 4);
+    assert_eq!(gmail.len(), 2, "{gmail:?}");
+    assert!(p.drain(ip("127.0.0.99"), Scope::All, "x").is_err());
+}
+
+#[test]
+fn each_cause_is_its_own_record_and_a_delisting_means_probation() {
+    let c = config(&format!("{TWO}[reputation]\nprobe_per_hour = 2\n"));
+    let p = Arc::new(Pools::from_config(&c));
+    let ip10 = ip("127.0.0.10");
+    let gmail = || Scope::Provider("gmail".into());
+    let zone = || Cause::Dnsbl("zen.test".into());
+    p.quarantine(
+        ip10,
+        Scope::All,
+        zone(),
+        "dnsbl listing",
+        "zen.test 127.0.0.2",
+        None,
+    )
+    .unwrap();
+    p.quarantine(
+        ip10,
+        gmail(),
+        Cause::BlockReply,
+        "block reply",
+        "550 S3150",
+        None,
+    )
+    .unwrap();
+    p.drain(ip10, gmail(), "looking into it").unwrap();
+    assert_eq!(p.holds().len(), 3);
+    // Delisted: the block-reply quarantine (and the drain) still hold it for gmail.
+    assert!(p.release(ip10, Scope::All, zone()).unwrap());
+    assert!(!p.release(ip10, Scope::All, zone()).unwrap(), "once");
+    assert_eq!(counts(&p, "gmail", 4)["127.0.0.11"], 4);
+    // The drain ends; the quarantine still holds.
+    assert!(p.undrain(ip10, gmail()).unwrap());
+    assert_eq!(counts(&p, "gmail", 4)["127.0.0.11"], 4);
+    // For another provider the delisting left probation: a trickle, not the full share.
+    assert!(p.in_probation(ip10, "yahoo"));
+    let yahoo = counts(&p, "yahoo", 10);
+    assert_eq!((yahoo["127.0.0.10"], yahoo["127.0.0.11"]), (2, 8));
+    let v = status_json(&p);
+    assert_eq!(
+        v["pools"][0]["ips"][0]["providers"]["yahoo"]["state"],
+        "probation"
+    );
+    let held = &v["pools"][0]["ips"][0]["holds"];
+    assert_eq!(held.as_array().unwrap().len(), 1, "{held}");
+    assert_eq!(held[0]["cause"], "block-reply");
+}
+
+#[test]
+fn expired_quarantine_ends_by_itself_and_holds_persist() {
+    let dir =
+        std::env::temp_dir().join(format!("poolrelay-pool-{}", crate::spool::Spool::new_id()));
+    let c =
+        config("[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n");
+    let ip10 = ip("127.0.0.10");
+    {
+        let st = Arc::new(State::open(&dir).unwrap());
+        let p = Arc::new(Pools::new(&c, Some(st.clone())).unwrap());
+        p.quarantine(
+            ip10,
+            Scope::All,
+            Cause::Dnsbl("zen".into()),
+            "listed",
+            "zen 127.0.0.2",
+            Some(now_s() + 3600),
+        )
+        .unwrap();
+        p.quarantine(
+            ip10,
+            Scope::Provider("gmail".into()),
+            Cause::BounceRate,
+            "old",
+            "",
+            Some(now_s() - 1),
+        )
+        .unwrap();
+        assert!(pick(&p, "other").is_err());
+        // A record of the one-hold-per-scope layout is read with a derived cause.
+        let legacy = r#"{"kind":"quarantined","scope":"yahoo","reason":"deferral rate","evidence":"","since":1,"until":null}"#;
+        st.pool_write(&[("hold|127.0.0.10|yahoo".into(), Some(legacy.into()))])
+            .unwrap();
+    }
+    let st = Arc::new(State::open(&dir).unwrap());
+    let p = Arc::new(Pools::new(&c, Some(st)).unwrap());
+    let mut holds = p.holds();
+    holds.sort_by_key(|(_, h)| h.scope.clone());
+    assert_eq!(holds.len(), 2, "the expired one is not in force: {holds:?}");
+    assert_eq!(holds[0].1.evidence, "zen 127.0.0.2");
+    assert_eq!(holds[1].1.cause, Cause::DeferralRate);
+    let h = pick(&p, "other").unwrap_err();
+    assert!(
+        h.retry_at >= now_s() + 299,
+        "looks again within the 5-minute cap"
+    );
+    assert!(p.reinstate(ip10, Scope::All).unwrap());
+    assert!(p.in_probation(ip10, "gmail"), "the expired one: probation");
+    assert_eq!(pick(&p, "gmail").unwrap(), "127.0.0.10");
+    assert_eq!(p.ips(), vec![ip10]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pool_rules_first_match_else_default() {
+    let c = config(
+        "[[pool]]\nname = \"main\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[[pool]]\nname = \"bulk\"\n[[pool.ip]]\naddress = \"127.0.0.12\"\nhelo = \"o3\"\n[[pool_rule]]\nuser = \"newsletter\"\npool = \"bulk\"\n[[pool_rule]]\nsender_domain = \"*.news.test\"\npool = \"bulk\"\n[[pool_rule]]\nsender = \"*@main.test\"\npool = \"main\"\n",
+    );
+    let p = Pools::from_config(&c);
+    assert_eq!(
+        p.pool_for(None, Some("newsletter"), "a@x.test"),
+        Some("bulk")
+    );
+    assert_eq!(p.pool_for(None, None, "a@m.news.test"), Some("bulk"));
+    assert_eq!(p.pool_for(None, None, "a@main.test"), Some("main"));
+    assert_eq!(p.pool_for(None, None, "a@x.test"), Some("default"));
+    assert_eq!(p.pool_for(Some("main"), None, "a@x.test"), Some("main"));
+}
+
+#[test]
+fn slowdown_reply_backs_off_that_ip_for_that_provider() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let r = RemoteReply {
+        code: 421,
+        status: "4.7.28".into(),
+        text: "unusual rate of unsolicited mail".into(),
+        host: String::new(),
+        addr: String::new(),
+        source_ip: String::new(),
+    };
+    p.record_reply(ip("127.0.0.10"), "gmail", &r);
+    for _ in 0..3 {
+        assert_eq!(pick(&p, "gmail").unwrap(), "127.0.0.11");
+    }
+    assert_eq!(counts(&p, "yahoo", 2).len(), 2);
+    assert_eq!(
+        status_json(&p)["pools"][0]["ips"][0]["providers"]["gmail"]["deferred"],
+        1
+    );
+}
+
+#[test]
+fn ip_on_probation_takes_only_a_trickle_until_reinstated() {
+    let c = config(&format!("{TWO}[reputation]\nprobe_per_hour = 2\n"));
+    let p = Arc::new(Pools::from_config(&c));
+    let ip10 = ip("127.0.0.10");
+    // Cool-down over: probation.
+    p.quarantine(
+        ip10,
+        Scope::Provider("gmail".into()),
+        Cause::BlockReply,
+        "block reply",
+        "",
+        Some(now_s() - 1),
+    )
+    .unwrap();
+    let n = counts(&p, "gmail", 10);
+    assert_eq!((n["127.0.0.10"], n["127.0.0.11"]), (2, 8));
+    let st = status_json(&p);
+    let gmail = &st["pools"][0]["ips"][0]["providers"]["gmail"];
+    assert_eq!(gmail["state"], "probation");
+    assert_eq!(gmail["probation"], true);
+    assert_eq!(
+        (gmail["used_hour"].as_u64(), gmail["cap_hour"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // Other providers are not on probation.
+    let n = counts(&p, "yahoo", 10);
+    assert_eq!((n["127.0.0.10"], n["127.0.0.11"]), (5, 5));
+    // Probes went well: the full share again.
+    assert!(p.end_probation(ip10, "gmail").unwrap());
+    assert!(!p.end_probation(ip10, "gmail").unwrap());
+    let n = counts(&p, "gmail", 10);
+    assert!(n["127.0.0.10"] >= 4, "{n:?}");
+    let st = status_json(&p);
+    let gmail = &st["pools"][0]["ips"][0]["providers"]["gmail"];
+    assert_eq!(
+        (gmail["probation"].as_bool(), gmail["cap_hour"].as_u64()),
+        (Some(false), None)
+    );
+}
