@@ -9,7 +9,7 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 use regex::Regex;
 use serde::Serialize;
 
-use crate::outcome::classify::{Classification, Classifier, is_status, parse_reply};
+use crate::outcome::classify::{Classification, Classifier, Stage, is_status, parse_reply, stage};
 
 /// What kind of report the message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +39,11 @@ pub struct Report {
     pub code: u16,
     pub diagnostic: String,
     pub remote_mta: Option<String>,
+    /// The SMTP stage the reply came at, as the bounce's prose names it.
+    pub stage: Stage,
+    /// The text the classifier read (the diagnostic, or the prose about this recipient).
+    #[serde(skip)]
+    pub words: String,
     pub classification: Classification,
 }
 
@@ -227,19 +232,31 @@ fn dsn(fields: &str, text: &str, classifier: &Classifier) -> Vec<Report> {
             words.push(' ');
             words.push_str(&around(text, &recipient));
         }
-        let status = if is_status(&status) {
+        // The remote server's own code says more than the reporting MTA's summary (4.4.7 for
+        // an expiry, 5.0.0), unless it is the generic X.0.0.
+        let status = if !p.status.is_empty() && !p.status.ends_with(".0.0") {
+            p.status.clone()
+        } else if is_status(&status) {
             status
         } else {
             p.status.clone()
         };
-        let classification = classifier.classify(p.code, &status, &words);
+        // The stage: from the diagnostic, else from the prose about this recipient (Postfix
+        // writes "in reply to RCPT TO command" there, not in the report part).
+        let stage = match stage::detect(&diag) {
+            Stage::Unknown => stage::detect(&around(text, &recipient)),
+            s => s,
+        };
+        let classification = classifier.classify_at(stage, p.code, &status, &words);
         out.push(Report {
             recipient,
             action,
             status,
             code: p.code,
-            diagnostic: if diag.is_empty() { words } else { diag },
+            diagnostic: if diag.is_empty() { words.clone() } else { diag },
             remote_mta,
+            stage,
+            words,
             classification,
         });
     }
@@ -280,7 +297,8 @@ fn ses_notification(text: &str, classifier: &Classifier) -> Option<Bounce> {
                         s if is_status(&s) => s,
                         _ => p.status.clone(),
                     };
-                    let classification = classifier.classify(p.code, &status, &p.text);
+                    let stage = stage::detect(&p.text);
+                    let classification = classifier.classify_at(stage, p.code, &status, &p.text);
                     Report {
                         recipient: field("emailAddress"),
                         action: match field("action") {
@@ -291,6 +309,8 @@ fn ses_notification(text: &str, classifier: &Classifier) -> Option<Bounce> {
                         code: p.code,
                         diagnostic: diag,
                         remote_mta: v["bounce"]["remoteMtaIp"].as_str().map(str::to_string),
+                        stage,
+                        words: p.text.clone(),
                         classification,
                     }
                 })
@@ -446,7 +466,8 @@ fn report_from_text(addr: &str, block: &str, classifier: &Classifier) -> Report 
         .find(|s| is_status(s))
         .unwrap_or_default();
     let words: String = block.split_whitespace().collect::<Vec<_>>().join(" ");
-    let classification = classifier.classify(code, &status, &words);
+    let stage = stage::detect(&words);
+    let classification = classifier.classify_at(stage, code, &status, &words);
     Report {
         recipient: addr.to_string(),
         action: "failed".into(),
@@ -454,6 +475,8 @@ fn report_from_text(addr: &str, block: &str, classifier: &Classifier) -> Report 
         code,
         diagnostic: words.chars().take(400).collect(),
         remote_mta: None,
+        stage,
+        words,
         classification,
     }
 }

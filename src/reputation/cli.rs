@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::outcome::classify::{Classification, Classifier, parse_reply};
+use crate::outcome::classify::{Classification, Classifier, Explanation, Stage, parse_reply};
 use crate::reputation::bounce;
 
 #[derive(clap::Args, Debug)]
@@ -22,6 +22,18 @@ pub struct ClassifyArgs {
     /// JSON output (one object per reply or message, one per line).
     #[arg(long)]
     pub json: bool,
+    /// Show which signals decided: status code meaning, SMTP stage, the rule and what it matched,
+    /// every step of the decision.
+    #[arg(long)]
+    pub explain: bool,
+    /// The SMTP stage the reply came at (connect, helo, mail, rcpt, data); default: read from
+    /// the text when it names one.
+    #[arg(long, value_parser = parse_stage)]
+    pub stage: Option<Stage>,
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::parse(s).ok_or_else(|| format!("unknown stage {s:?} (connect, helo, mail, rcpt, data)"))
 }
 
 pub fn run(args: ClassifyArgs) -> ExitCode {
@@ -47,7 +59,12 @@ pub fn run(args: ClassifyArgs) -> ExitCode {
         let mut status = ExitCode::SUCCESS;
         for path in &args.message {
             match std::fs::read(path) {
-                Ok(raw) => print_bounce(path, &bounce::parse(&raw, &classifier), args.json),
+                Ok(raw) => print_bounce(
+                    path,
+                    &bounce::parse(&raw, &classifier),
+                    args.json,
+                    args.explain.then_some(&classifier),
+                ),
                 Err(e) => {
                     eprintln!("poolrelay classify: {}: {e}", path.display());
                     status = ExitCode::FAILURE;
@@ -72,12 +89,16 @@ pub fn run(args: ClassifyArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let p = parse_reply(&reply);
-    let c = classifier.classify(p.code, &p.status, &p.text);
+    let stage = args.stage.unwrap_or_default();
+    let (c, e) = classifier.explain(stage, p.code, &p.status, &p.text);
     if args.json {
         let mut v = class_json(&c);
         v["code"] = json!(p.code);
         v["status"] = json!(p.status);
         v["text"] = json!(p.text);
+        if args.explain {
+            v["explain"] = json!(e);
+        }
         println!("{v}");
     } else {
         let code = if p.code == 0 {
@@ -87,6 +108,9 @@ pub fn run(args: ClassifyArgs) -> ExitCode {
         };
         println!("reply:     {code} {} {}", or_dash(&p.status), p.text);
         print_class(&c, "");
+        if args.explain {
+            print_explanation(&c, &e, "");
+        }
     }
     ExitCode::SUCCESS
 }
@@ -122,7 +146,49 @@ fn print_class(c: &Classification, indent: &str) {
     println!("{indent}rule:      {}", c.rule);
 }
 
-fn print_bounce(path: &std::path::Path, b: &bounce::Bounce, as_json: bool) {
+/// The signals behind a classification, for an operator writing an override rule.
+fn print_explanation(c: &Classification, e: &Explanation, indent: &str) {
+    println!(
+        "{indent}status:    {}",
+        match &e.status_meaning {
+            Some(m) => format!("{} ({m})", e.status),
+            None if e.status.is_empty() => "none".to_string(),
+            None => e.status.clone(),
+        }
+    );
+    println!(
+        "{indent}stage:     {} ({})",
+        e.stage.as_str(),
+        match e.stage_source {
+            "caller" => "given",
+            "text" => "read from the text",
+            _ => "not known",
+        }
+    );
+    match &e.matched {
+        Some(m) => println!(
+            "{indent}decided:   {} {}, matching {m:?}",
+            e.decided_by, c.rule
+        ),
+        None => println!("{indent}decided:   {} ({})", e.decided_by, c.rule),
+    }
+    println!("{indent}steps:");
+    for s in &e.steps {
+        println!("{indent}  {s}");
+    }
+    println!(
+        "{indent}override:  [[reputation.rule]] with `name`, `class` and regexes on `code`, `status`, `text` (and `stage`) goes before all of these"
+    );
+}
+
+fn print_bounce(
+    path: &std::path::Path,
+    b: &bounce::Bounce,
+    as_json: bool,
+    explain: Option<&Classifier>,
+) {
+    let explanation =
+        |r: &bounce::Report| explain.map(|cl| cl.explain(r.stage, r.code, &r.status, &r.words).1);
     if as_json {
         let reports: Vec<_> = b
             .reports
@@ -136,6 +202,10 @@ fn print_bounce(path: &std::path::Path, b: &bounce::Bounce, as_json: bool) {
                 v["code"] = json!(r.code);
                 v["diagnostic"] = json!(r.diagnostic);
                 v["remote_mta"] = json!(r.remote_mta);
+                v["stage"] = json!(r.stage);
+                if let Some(e) = explanation(r) {
+                    v["explain"] = json!(e);
+                }
                 v
             })
             .collect();
@@ -176,6 +246,9 @@ fn print_bounce(path: &std::path::Path, b: &bounce::Bounce, as_json: bool) {
         }
         println!("  diagnostic: {}", r.diagnostic);
         print_class(&r.classification, "  ");
+        if let Some(e) = explanation(r) {
+            print_explanation(&r.classification, &e, "  ");
+        }
         println!();
     }
 }
