@@ -66,31 +66,6 @@ struct Bench {
     records: Vec<(String, String)>,
 }
 
-/// Runs `poolrelay dkim keygen`; returns the key path and the TXT value from its output.
-fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String) {
-    let out = dir.join(format!("keys/{domain}.{selector}.pem"));
-    let o = Command::new(BIN)
-        .args(["dkim", "keygen", "--domain", domain, "--selector", selector])
-        .args(["--algorithm", algorithm, "--out"])
-        .arg(&out)
-        .output()
-        .expect("run poolrelay dkim keygen");
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "keygen: {stdout}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let name = format!("{selector}._domainkey.{domain}. IN TXT ( \"");
-    assert!(stdout.starts_with(&name), "{stdout}");
-    (out, txt_of(&stdout))
-}
-
-/// The TXT value of a zone-file record: its quoted strings, concatenated.
-fn txt_of(record: &str) -> String {
-    record.split('"').skip(1).step_by(2).collect()
-}
-
 /// Keys, DNS, a sink on 127.0.0.20 and the relay (trusted 127/8, route `*` to the sink).
 fn bench(name: &str, extra: &str) -> Bench {
     let dir = tempdir(name);

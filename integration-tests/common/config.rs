@@ -302,6 +302,10 @@ impl RelayConfig {
         if let Some(p) = self.admin {
             s.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{p}\"\n"));
         }
+        if self.nameserver.is_none() {
+            // No test DNS: the background doctor must not ask the system's resolver.
+            s.push_str("\n[doctor]\nbackground = false\n");
+        }
         for sec in &self.sections {
             s.push('\n');
             s.push_str(sec);

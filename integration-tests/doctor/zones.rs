@@ -2,29 +2,13 @@
 //! way a receiver checks.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use crate::V6;
 use crate::common::*;
-use crate::{BIN, V6};
 
 pub fn v6() -> IpAddr {
     V6.parse().unwrap()
-}
-
-/// Runs `poolrelay dkim keygen`; returns the key path and the TXT value it prints.
-pub fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String) {
-    let out = dir.join(format!("keys/{domain}.{selector}.pem"));
-    let o = Command::new(BIN)
-        .args(["dkim", "keygen", "--domain", domain, "--selector", selector])
-        .args(["--algorithm", algorithm, "--out"])
-        .arg(&out)
-        .output()
-        .expect("run poolrelay dkim keygen");
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "keygen: {stdout}");
-    // The record's quoted strings, concatenated.
-    (out, stdout.split('"').skip(1).step_by(2).collect())
 }
 
 /// A pool IP named `host` both ways (PTR and A/AAAA).
