@@ -1,0 +1,137 @@
+//! The pool stage's sections: `[[pool]]` with its IPs, `[[pool_rule]]`, `[[provider]]`
+//! throttles, `[warmup]` schedules and `[throttle]`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::DurationStr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: String,
+    #[serde(default)]
+    pub ip: Vec<PoolIp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolIp {
+    pub address: IpAddr,
+    /// EHLO name for this IP; should equal its reverse DNS.
+    pub helo: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub warmup: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `[[pool_rule]]`: every condition given must match (globs: `*` and `?`, case-insensitive).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRule {
+    pub pool: String,
+    /// Authenticated user name.
+    pub user: Option<String>,
+    /// Envelope sender domain (`example.com`, `*.example.com`).
+    pub sender_domain: Option<String>,
+    /// Envelope sender address pattern (`news-*@example.com`).
+    pub sender: Option<String>,
+}
+
+/// `[[provider]]`: MX host suffixes grouped under one name, with its throttles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub name: String,
+    #[serde(default)]
+    pub mx_suffixes: Vec<String>,
+    /// Concurrent connections per source IP; 0 = no limit.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Messages per source IP per hour (a warm-up day / 24); 0 = no limit.
+    #[serde(default)]
+    pub max_per_hour: u64,
+    /// Messages per connection before it is closed; 0 = no limit.
+    #[serde(default)]
+    pub max_per_connection: u32,
+    /// Pause for an IP after a "slow down" reply from this provider; default `throttle.backoff`.
+    pub backoff: Option<DurationStr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Length of a warm-up day; hourly windows are a 24th of it.
+    #[serde(default = "default_warmup_day")]
+    pub day: DurationStr,
+    /// An IP × provider idle this many days starts warming again from day 0.
+    #[serde(default = "default_idle_days")]
+    pub idle_days: u64,
+    /// Hourly cap = ceil(daily / 24) × burst.
+    #[serde(default = "default_burst")]
+    pub burst: u64,
+    #[serde(default)]
+    pub schedule: Vec<WarmupSchedule>,
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Warmup {
+            day: default_warmup_day(),
+            idle_days: default_idle_days(),
+            burst: default_burst(),
+            schedule: Vec::new(),
+        }
+    }
+}
+
+fn default_warmup_day() -> DurationStr {
+    DurationStr(Duration::from_secs(86400))
+}
+fn default_idle_days() -> u64 {
+    30
+}
+fn default_burst() -> u64 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSchedule {
+    pub name: String,
+    /// Daily cap per IP × provider for day 0, 1, 2, …; after the last day the IP is active.
+    pub daily: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    /// Default pause after a "slow down" reply (421, 4.7.x rate limits).
+    #[serde(default = "default_backoff")]
+    pub backoff: DurationStr,
+    /// How often "pool has no usable IP" is logged while mail is held.
+    #[serde(default = "default_hold_warning")]
+    pub hold_warning_interval: DurationStr,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            backoff: default_backoff(),
+            hold_warning_interval: default_hold_warning(),
+        }
+    }
+}
+
+fn default_backoff() -> DurationStr {
+    DurationStr(Duration::from_secs(600))
+}
+fn default_hold_warning() -> DurationStr {
+    DurationStr(Duration::from_secs(300))
+}
