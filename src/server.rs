@@ -72,7 +72,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             spool: spool.clone(),
             config: config.clone(),
         };
-        crate::admin::start(admin.listen, admin_state).await?;
+        crate::admin::start(admin, admin_state).await?;
     }
     crate::reputation::dnsbl::start(&config, pools.clone())?;
     crate::delivery::start(

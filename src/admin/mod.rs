@@ -1,4 +1,7 @@
-//! Operator surface over HTTP (JSON, no authentication: bind it to loopback). Routes:
+//! Operator surface over HTTP (JSON; every request needs the bearer token of `[admin]
+//! token_file`, see `guard.rs`; TLS off loopback, see `serve.rs`). Routes:
+//! - `GET /`: the pool page's shell, which asks for the token and loads `GET /api/page`
+//!   (`page.rs`);
 //! - `GET /api/pool`; `POST /api/pool/drain`, `/api/pool/undrain`, `/api/pool/reinstate` with
 //!   `{"ip": "…", "provider": "gmail", "reason": "…"}` (provider and reason optional), or
 //!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
@@ -10,6 +13,7 @@
 
 pub mod client;
 mod doctor;
+pub mod guard;
 mod history;
 mod metrics;
 mod page;
@@ -18,6 +22,11 @@ mod pool;
 mod queue;
 pub mod queue_cli;
 mod reputation;
+mod serve;
+mod settings;
+pub mod token;
+
+pub use settings::{Settings, TlsMode};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,25 +55,40 @@ pub struct AdminState {
     pub config: Arc<Config>,
 }
 
-/// Binds `listen` and serves the API in the background. A bind failure stops the start.
-pub async fn start(listen: SocketAddr, state: AdminState) -> Result<(), String> {
+/// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
+/// A bind, token or certificate failure stops the start.
+pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String> {
+    let listen = settings.listen;
+    let token = token::load_or_create(&settings.token_path(&state.config.data_dir))?;
+    let tls = if settings.uses_tls() {
+        let files = state.config.tls.as_ref().ok_or_else(|| {
+            format!("admin: listen {listen} needs TLS but [tls] has no certificate")
+        })?;
+        let config = crate::tls::server_config(&files.certificate, &files.private_key)?;
+        Some(tokio_rustls::TlsAcceptor::from(config))
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("admin: cannot listen on {listen}: {e}"))?;
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "admin API is not on loopback and has no authentication");
-    }
-    tokio::spawn(async move {
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
-    tracing::info!(%listen, "admin API listening");
+    let policy = guard::Policy {
+        token: token.secret().to_string(),
+        loopback_pool_status_without_token: settings.loopback_pool_status_without_token,
+        max_body: settings::MAX_BODY,
+    };
+    let app = router(state, policy);
+    let limits = serve::Limits {
+        header_timeout: settings.header_timeout.0,
+        max_connections: settings.max_connections,
+    };
+    tracing::info!(%listen, tls = tls.is_some(), "admin API listening");
+    tokio::spawn(serve::accept_loop(listener, app, tls, limits));
     Ok(())
 }
 
-pub fn router(state: AdminState) -> Router {
+/// The routes behind the guard (`guard.rs`) and the body cap.
+pub fn router(state: AdminState, policy: guard::Policy) -> Router {
     pool::routes()
         .merge(reputation::routes())
         .merge(doctor::routes())
@@ -73,6 +97,47 @@ pub fn router(state: AdminState) -> Router {
         .merge(history::routes())
         .merge(page::routes())
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(policy),
+            guarded,
+        ))
+}
+
+/// Runs `guard::check` before the handler; a refusal is a JSON error (401 with
+/// `WWW-Authenticate: Bearer`), logged with the peer and path (never the token).
+async fn guarded(
+    axum::extract::State(policy): axum::extract::State<Arc<guard::Policy>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let head = guard::RequestHead {
+        method: req.method(),
+        path: req.uri().path(),
+        headers: req.headers(),
+        peer_is_loopback: peer.is_some_and(|p| p.ip().is_loopback()),
+    };
+    match guard::check(&head, &policy) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::info!(%peer, method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused");
+            let code = StatusCode::from_u16(refusal.status())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = error(code, refusal.message());
+            if code == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"poolrelay admin\""),
+                );
+            }
+            response
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -356,12 +356,8 @@ pub struct Signing {
     pub require: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Admin {
-    /// HTTP JSON API (no authentication: keep it on loopback).
-    pub listen: SocketAddr,
-}
+/// `[admin]`, beside its code.
+pub use crate::admin::Settings as Admin;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -533,6 +529,11 @@ impl Config {
             && !users.is_file()
         {
             err("users_file", format!("file {} not found", users.display()));
+        }
+        if let Some(admin) = &self.admin {
+            for (key, message) in admin.problems(self.tls.is_some()) {
+                err(key, message);
+            }
         }
         if self.delivery.retry.is_empty() {
             err("retry", "needs at least one interval".into());

@@ -1,0 +1,103 @@
+//! The admin bearer token: one line in a file readable by its owner only. `serve` creates it on
+//! first start (32 random bytes from the OS RNG, base64url); the CLI reads the same file.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine as _;
+use rand::RngCore;
+
+/// The secret (compared in `guard`). `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+impl Token {
+    pub fn new(secret: &str) -> Token {
+        Token(secret.to_string())
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Reads the token from `path` (first line, trimmed).
+pub fn read(path: &Path) -> Result<Token, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim();
+    if secret.len() < 16 {
+        return Err(format!(
+            "admin token file {}: the token must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(Token::new(secret))
+}
+
+/// Reads the token, or creates the file with a new random one (mode 0600, never replacing a
+/// file that appeared meanwhile). Warns when an existing file is readable by others.
+pub fn load_or_create(path: &Path) -> Result<Token, String> {
+    if path.exists() {
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(file = %path.display(), "admin token file is readable by group or others; chmod 600 it");
+        }
+        return read(path);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("admin token file {}: cannot create: {e}", path.display()))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    tracing::info!(file = %path.display(), "admin token created");
+    Ok(Token(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_private_and_reused() {
+        let dir = std::env::temp_dir().join(format!("poolrelay-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/admin.token");
+        let a = load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(a.secret().len(), 43);
+        let b = load_or_create(&path).unwrap();
+        assert_eq!(a.secret(), b.secret());
+        assert!(!format!("{a:?}").contains(a.secret()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn short_token_file_refused() {
+        let path = std::env::temp_dir().join(format!("poolrelay-short-{}", std::process::id()));
+        std::fs::write(&path, "abc\n").unwrap();
+        assert!(read(&path).unwrap_err().contains("at least 16"));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
