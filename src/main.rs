@@ -290,10 +290,10 @@ fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(admin) = config.admin else {
+    if config.admin.is_none() {
         eprintln!("poolrelay pool: the config has no [admin] listen address");
         return ExitCode::from(2);
-    };
+    }
     let (method, path, body) = match &command {
         PoolCommand::Status { .. } => ("GET", "/api/pool".to_string(), None),
         PoolCommand::Drain {
@@ -316,7 +316,7 @@ fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
             Some(serde_json::json!({ "ip": ip, "provider": provider })),
         ),
     };
-    let (code, text) = match client::request(admin.listen, method, &path, body.as_ref()) {
+    let (code, text) = match client::request(&config, method, &path, body.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poolrelay pool: {e}");

@@ -1,40 +1,68 @@
 //! The CLI side of the admin API (`poolrelay pool …`, `poolrelay queue …`): requests with
-//! ureq to `admin.listen` (loopback), and the status table.
+//! ureq to `[admin] listen` carrying the token of `[admin] token_file`, and the status table.
+//! When the API speaks TLS the CLI asks for the relay's `hostname` (the name its certificate
+//! carries) at the listen address, and trusts the system roots, `[admin] ca_file` and the
+//! certificates in `[tls] certificate` (so a self-signed relay certificate works as it is).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-/// Sends one request and returns (status code, body).
+use crate::config::Config;
+
+/// Sends one request to the API of `config` and returns (status code, body).
 pub fn request(
-    addr: SocketAddr,
+    config: &Config,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let admin = config
+        .admin
+        .as_ref()
+        .ok_or("the config has no [admin] listen address")?;
+    let token = super::token::read(&admin.token_path(&config.data_dir)).map_err(|e| {
+        format!("{e} (the relay creates it on first start; run this as the relay's user)")
+    })?;
+    let addr = connect_address(admin.listen);
+    let mut builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(5)))
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let url = format!("http://{addr}{path}");
+        .timeout_global(Some(Duration::from_secs(30)));
+    let url = if admin.uses_tls() {
+        crate::tls::install_crypto_provider();
+        builder = builder.tls_config(
+            TlsConfig::builder()
+                .root_certs(trust_anchors(config)?)
+                .build(),
+        );
+        format!("https://{}:{}{path}", config.hostname, addr.port())
+    } else {
+        format!("http://{addr}{path}")
+    };
+    let agent = ureq::Agent::with_parts(builder.build(), DefaultConnector::new(), Pinned(addr));
+    let bearer = format!("Bearer {}", token.secret());
     let sent = match method {
         "POST" => {
             let body = body.map(|b| b.to_string()).unwrap_or_default();
             agent
                 .post(&url)
+                .header("Authorization", &bearer)
                 .header("Content-Type", "application/json")
                 .send(body.as_str())
         }
-        _ => agent.get(&url).call(),
+        _ => agent.get(&url).header("Authorization", &bearer).call(),
     };
     let mut response = sent.map_err(|e| match e {
         ureq::Error::Io(e) => format!(
-            "cannot reach the admin API at {addr}: {e} (is poolrelay running with [admin] listen = \"{addr}\"?)"
+            "cannot reach the admin API at {addr}: {e} (is poolrelay running with [admin] listen = \"{}\"?)",
+            admin.listen
         ),
-        e => format!("admin API {addr}: {e}"),
+        e => format!("admin API {url}: {e}"),
     })?;
     let code = response.status().as_u16();
     let text = response
@@ -42,6 +70,53 @@ pub fn request(
         .read_to_string()
         .map_err(|e| format!("admin API {addr}: {e}"))?;
     Ok((code, text))
+}
+
+/// Where to connect for `listen`: a wildcard address means this host's loopback.
+fn connect_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+fn trust_anchors(config: &Config) -> Result<RootCerts, String> {
+    let mut anchors: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    let files = config
+        .admin
+        .as_ref()
+        .and_then(|a| a.ca_file.clone())
+        .into_iter()
+        .chain(config.tls.as_ref().map(|t| t.certificate.clone()));
+    for file in files {
+        for c in crate::tls::load_certs(&file)? {
+            anchors.push(Certificate::from_der(c.as_ref()).to_owned());
+        }
+    }
+    Ok(RootCerts::new_with_certs(&anchors))
+}
+
+/// Resolves every name to the admin listen address: the URL names the relay's hostname for
+/// TLS verification, the connection goes to `[admin] listen`.
+#[derive(Debug)]
+struct Pinned(SocketAddr);
+
+impl Resolver for Pinned {
+    fn resolve(
+        &self,
+        _uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(self.0);
+        Ok(addrs)
+    }
 }
 
 fn cell(v: &Value) -> String {

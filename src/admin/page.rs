@@ -1,7 +1,9 @@
-//! The pool page (`GET /`): every IP with its state, reason and evidence, per provider its
-//! warm-up day, today's used/cap and the window's bounce and deferral rates; two plots per IP
-//! (`plot.rs`); drain and undrain buttons (a few lines of inline script calling the API).
-//! Everything is in the one response: it works with no internet access.
+//! The pool page. `GET /` is a shell without data: it asks for the admin token once (kept in the
+//! tab's sessionStorage; a `#token=…` link fills it too) and loads `GET /api/page` with it.
+//! That fragment holds every IP with its state, reason and evidence, per provider its warm-up
+//! day, today's used/cap and the window's bounce and deferral rates; two plots per IP
+//! (`plot.rs`); drain and undrain buttons (JSON POSTs with the token). Everything is inline: it
+//! works with no internet access.
 
 use std::fmt::Write as _;
 
@@ -15,7 +17,9 @@ use crate::pool::{IpState, IpView};
 use crate::reputation::rates::WindowsView;
 
 pub(super) fn routes() -> Router<AdminState> {
-    Router::new().route("/", get(page))
+    Router::new()
+        .route("/", get(shell))
+        .route("/api/page", get(content))
 }
 
 const WARMUP_DAYS: u64 = 14;
@@ -31,11 +35,41 @@ table{border-collapse:collapse;min-width:100%}td,th{padding:3px 8px;text-align:l
 svg.plot{width:100%;height:auto;background:#fafafa}svg text{font-size:11px;fill:#444}.axis{stroke:#888}\
 button{font-size:1em;padding:4px 12px;margin-left:auto}";
 
-const SCRIPT: &str = "document.querySelectorAll('button[data-action]').forEach(function(b){\
+const SHELL_STYLE: &str = "#login{max-width:420px;margin:40px auto;display:flex;flex-direction:column;gap:8px}\
+#login input{font-size:1em;padding:6px}#login button{margin:0}.msg{color:#a00}";
+
+/// Token handling and the page's actions; the token goes only into `Authorization` headers.
+const SCRIPT: &str = "var K='poolrelay-admin-token';\
+var m=location.hash.match(/^#token=(.+)$/);if(m){sessionStorage.setItem(K,decodeURIComponent(m[1]));\
+history.replaceState(null,'',location.pathname+location.search);}\
+function login(msg){document.getElementById('content').innerHTML='';document.getElementById('login').hidden=false;\
+document.getElementById('msg').textContent=msg||'';}\
+function api(path,opts){opts=opts||{};opts.headers=Object.assign({'Authorization':'Bearer '+sessionStorage.getItem(K)},opts.headers||{});\
+return fetch(path,opts).then(function(r){if(r.status===401){sessionStorage.removeItem(K);login('Wrong or missing token.');throw new Error('401');}return r;});}\
+function bind(c){c.querySelectorAll('button[data-action]').forEach(function(b){\
 b.addEventListener('click',function(){b.disabled=true;\
-fetch('/api/pool/'+encodeURIComponent(b.dataset.ip)+'/'+b.dataset.action,{method:'POST',\
+api('/api/pool/'+encodeURIComponent(b.dataset.ip)+'/'+b.dataset.action,{method:'POST',\
 headers:{'Content-Type':'application/json'},body:JSON.stringify({reason:'operator (pool page)'})})\
-.then(function(r){if(!r.ok){return r.text().then(function(t){alert(t);});}}).finally(function(){location.reload();});});});";
+.then(function(r){if(!r.ok){return r.text().then(function(t){alert(t);});}}).finally(load);});});}\
+function load(){if(!sessionStorage.getItem(K)){login();return;}document.getElementById('login').hidden=true;\
+api('/api/page').then(function(r){if(!r.ok){throw new Error('HTTP '+r.status);}return r.text();})\
+.then(function(h){var c=document.getElementById('content');c.innerHTML=h;bind(c);})\
+.catch(function(e){if(e.message!=='401'){document.getElementById('content').textContent='Loading failed: '+e.message;}});}\
+document.getElementById('login').addEventListener('submit',function(e){e.preventDefault();\
+var t=document.getElementById('token');sessionStorage.setItem(K,t.value.trim());t.value='';load();});\
+load();";
+
+/// `GET /`: the login form and an empty container the script fills.
+async fn shell() -> Html<String> {
+    Html(format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>poolrelay: pool</title><style>{STYLE}{SHELL_STYLE}</style></head><body>\
+         <form id=\"login\" hidden><h1>poolrelay</h1><label for=\"token\">Admin token (the file named by <code>[admin] token_file</code>)</label>\
+         <input id=\"token\" type=\"password\" autocomplete=\"current-password\" required><button type=\"submit\">Open</button>\
+         <p id=\"msg\" class=\"msg\"></p></form><div id=\"content\"></div><script>{SCRIPT}</script></body></html>"
+    ))
+}
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -63,7 +97,8 @@ fn pct(n: usize, of: usize) -> String {
     }
 }
 
-async fn page(State(st): State<AdminState>) -> Response {
+/// `GET /api/page`: the page's content as an HTML fragment.
+async fn content(State(st): State<AdminState>) -> Response {
     let pools = st.pools.clone();
     let view = match tokio::task::spawn_blocking(move || pools.status()).await {
         Ok(v) => v,
@@ -95,10 +130,7 @@ async fn page(State(st): State<AdminState>) -> Response {
         }
     }
     Html(format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>poolrelay: pool</title><style>{STYLE}</style></head><body>\
-         <p>poolrelay {} · {} IPs · <a href=\"/metrics\">metrics</a></p>{body}<script>{SCRIPT}</script></body></html>",
+        "<p>poolrelay {} · {} IPs · metrics at <code>/metrics</code> (with the token)</p>{body}",
         esc(&st.config.hostname),
         view.pools.iter().map(|p| p.ips.len()).sum::<usize>(),
     ))

@@ -58,10 +58,10 @@ impl Target {
 
 /// Runs one command (or the summary when `command` is None) against `[admin] listen`.
 pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> ExitCode {
-    let Some(admin) = &config.admin else {
+    if config.admin.is_none() {
         eprintln!("poolrelay queue: the config has no [admin] listen address");
         return ExitCode::from(2);
-    };
+    }
     let (method, path, body) = match &command {
         None => ("GET", "/api/queue".to_string(), None),
         Some(QueueCommand::Show { id }) => ("GET", format!("/api/queue/message/{id}"), None),
@@ -74,7 +74,7 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
             ("POST", "/api/queue/delete".into(), Some(target.body(*dsn)))
         }
     };
-    let (code, text) = match client::request(admin.listen, method, &path, body.as_ref()) {
+    let (code, text) = match client::request(config, method, &path, body.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poolrelay queue: {e}");

@@ -285,10 +285,10 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(admin) = config.admin else {
+    if config.admin.is_none() {
         eprintln!("poolrelay suppression: the config has no [admin] listen address");
         return ExitCode::from(2);
-    };
+    }
     let (method, path, body) = match &args.command {
         SuppressionCommand::List { .. } => ("GET", "/api/suppressions", None),
         SuppressionCommand::Remove { address } => (
@@ -297,7 +297,7 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
             Some(json!({ "address": address })),
         ),
     };
-    let (code, text) = match client::request(admin.listen, method, path, body.as_ref()) {
+    let (code, text) = match client::request(&config, method, path, body.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poolrelay suppression: {e}");
