@@ -502,7 +502,7 @@ enforce = true
         "fail"
     );
     // The pool page and /metrics show the doctor's verdicts too.
-    let page = admin::get_text(admin, "/");
+    let page = admin::get_text(admin, "/api/page");
     assert!(
         page.contains("doctor Fail") && page.contains("fcrdns"),
         "{page}"

@@ -248,6 +248,8 @@ fn queue_cli(b: &Bench, args: &[&str]) -> (bool, String) {
         .arg("queue")
         .args(["-c", config.to_str().unwrap()])
         .args(args)
+        // The config's data_dir (and so the admin token file) is relative to the relay's dir.
+        .current_dir(b.relay.dir())
         .output()
         .expect("run poolrelay queue");
     let text = format!(
@@ -537,7 +539,7 @@ fn check_page(page: &str) {
 #[test]
 fn pool_page_shows_states_rates_and_plots() {
     let b = page_bench("observe-page");
-    check_page(&get_text(b.admin, "/"));
+    check_page(&get_text(b.admin, "/api/page"));
     // The same states in /metrics: DNSBL listing, warm-up cap, the IP overall.
     let m = scrape(b.admin);
     let listed = |ip| {
@@ -566,7 +568,7 @@ fn pool_page_shows_states_rates_and_plots() {
         Some(json!({})),
     );
     assert_eq!(code, 200, "{v}");
-    let page = get_text(b.admin, "/");
+    let page = get_text(b.admin, "/api/page");
     let ten = section(&page, "127.0.0.10");
     assert!(
         ten.contains("data-state=\"drained\"") && ten.contains("data-action=\"undrain\""),

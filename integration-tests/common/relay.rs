@@ -76,6 +76,7 @@ impl Relay {
             self.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         }
         let err: File = log.try_clone().expect("clone log fd");
+        super::admin::register(&self.dir, &self.config);
         let child = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
             .args(["serve", "--config", "poolrelay.toml"])
             .current_dir(&self.dir)
