@@ -1,5 +1,6 @@
-//! The inbound parsers under test, compiled straight from the project's own source files (they
-//! depend on nothing but std), so the fuzz build does not drag in TLS, DKIM and tokio.
+//! The parsers under test, compiled straight from the project's own source files (they depend on
+//! nothing but std, or `http` and `subtle` for the admin guard), so the fuzz build does not drag
+//! in TLS, DKIM and tokio.
 
 #[path = "../../src/reply.rs"]
 pub mod reply;
@@ -15,4 +16,13 @@ pub mod data;
 pub mod inbound {
     pub use super::address;
     pub use super::data;
+}
+
+#[path = "../../src/admin/guard.rs"]
+#[doc(hidden)]
+pub mod guard;
+
+/// The admin API's request guard (`poolrelay::admin::guard`).
+pub mod admin {
+    pub use super::guard;
 }

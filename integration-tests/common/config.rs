@@ -112,6 +112,8 @@ pub struct RelayConfig {
     nameserver: Option<String>,
     delivery: Table,
     admin: Option<u16>,
+    /// Further `[admin]` keys.
+    admin_keys: Table,
     sections: Vec<String>,
 }
 
@@ -142,6 +144,7 @@ impl RelayConfig {
             nameserver: None,
             delivery,
             admin: None,
+            admin_keys: Table::default(),
             sections: Vec::new(),
         }
     }
@@ -229,6 +232,12 @@ impl RelayConfig {
         self
     }
 
+    /// Sets `key = value` in `[admin]` (value as TOML: `"\"on\""`, `3`, `true`).
+    pub fn admin_key(mut self, key: &str, value: impl Display) -> Self {
+        self.admin_keys.set(key, value);
+        self
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
     }
@@ -301,6 +310,9 @@ impl RelayConfig {
         self.delivery.write(&mut s, "delivery");
         if let Some(p) = self.admin {
             s.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{p}\"\n"));
+            for (k, v) in &self.admin_keys.0 {
+                s.push_str(&format!("{k} = {v}\n"));
+            }
         }
         if self.nameserver.is_none() {
             // No test DNS: the background doctor must not ask the system's resolver.
