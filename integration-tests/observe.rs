@@ -576,6 +576,9 @@ fn pool_page_shows_states_rates_and_plots() {
     );
 }
 
+/// Lets the page's `fetch` of its content finish before Chromium dumps or shoots it.
+const WAIT_FETCH: &str = "--virtual-time-budget=15000";
+
 /// Runs headless Chromium on `url` with `args`; its stdout.
 fn chromium(dir: &std::path::Path, args: &[&str], url: &str) -> String {
     let profile = dir.join(format!("chromium-profile-{}", args.len()));
@@ -611,9 +614,17 @@ fn chromium(dir: &std::path::Path, args: &[&str], url: &str) -> String {
 #[ignore = "needs chromium; run by .ci/run"]
 fn pool_page_in_chromium() {
     let b = page_bench("observe-chromium");
-    let url = format!("http://{}/", b.admin);
-    let dom = chromium(b.relay.dir(), &["--dump-dom"], &url);
+    // Without the token the shell shows only its login form.
+    let bare = format!("http://{}/", b.admin);
+    let dom = chromium(b.relay.dir(), &["--dump-dom", WAIT_FETCH], &bare);
+    assert!(dom.contains("id=\"login\"") && !dom.contains("id=\"login\" hidden"), "{dom}");
+    assert!(!dom.contains("<section class=\"ip\""), "data without a token: {dom}");
+    // A login link (`#token=…`, never sent to the server) fills the session's token; the page
+    // then loads its content with it.
+    let url = format!("http://{}/#token={}", b.admin, common::admin::token(b.admin));
+    let dom = chromium(b.relay.dir(), &["--dump-dom", WAIT_FETCH], &url);
     check_page(&dom);
+    assert!(dom.contains("id=\"login\" hidden"), "login form still shown: {dom}");
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     for (name, size) in [
@@ -624,7 +635,7 @@ fn pool_page_in_chromium() {
         let _ = std::fs::remove_file(&path);
         let shot = format!("--screenshot={}", path.display());
         let window = format!("--window-size={size}");
-        chromium(b.relay.dir(), &[&shot, &window], &url);
+        chromium(b.relay.dir(), &[&shot, &window, WAIT_FETCH], &url);
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         assert!(len > 10_000, "screenshot {} is {len} bytes", path.display());
     }
