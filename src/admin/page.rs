@@ -36,7 +36,7 @@ svg.plot{width:100%;height:auto;background:#fafafa}svg text{font-size:11px;fill:
 button{font-size:1em;padding:4px 12px;margin-left:auto}";
 
 const SHELL_STYLE: &str = "#login{max-width:420px;margin:40px auto;display:flex;flex-direction:column;gap:8px}\
-#login input{font-size:1em;padding:6px}#login button{margin:0}.msg{color:#a00}";
+#login[hidden]{display:none}#login input{font-size:1em;padding:6px}#login button{margin:0}.msg{color:#a00}";
 
 /// Token handling and the page's actions; the token goes only into `Authorization` headers.
 const SCRIPT: &str = "var K='poolrelay-admin-token';\
