@@ -64,11 +64,18 @@ fn every_request_needs_the_token_which_survives_restarts() {
         relay.log()
     );
 
-    for path in ["/api/pool", "/api/queue", "/metrics", "/api/page", "/api/doctor"] {
+    for path in [
+        "/api/pool",
+        "/api/queue",
+        "/metrics",
+        "/api/page",
+        "/api/doctor",
+    ] {
         let (code, head, body) = request(admin, "GET", path, &[], "");
         assert_eq!(code, 401, "GET {path} without token: {head}\n{body}");
         assert!(
-            head.to_ascii_lowercase().contains("www-authenticate: bearer"),
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
             "{head}"
         );
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
@@ -77,7 +84,10 @@ fn every_request_needs_the_token_which_survives_restarts() {
             admin,
             "GET",
             path,
-            &[("Authorization", "Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")],
+            &[(
+                "Authorization",
+                "Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            )],
             "",
         );
         assert_eq!(code, 401, "GET {path} with a wrong token");
@@ -95,7 +105,10 @@ fn every_request_needs_the_token_which_survives_restarts() {
     // The shell page is open but holds no data.
     let (code, _, shell) = request(admin, "GET", "/", &[], "");
     assert_eq!(code, 200);
-    assert!(shell.contains("id=\"login\"") && !shell.contains("127.0.0.10"), "{shell}");
+    assert!(
+        shell.contains("id=\"login\"") && !shell.contains("127.0.0.10"),
+        "{shell}"
+    );
 
     // The CLI reads the token file named by the config.
     let (ok, out) = cli(relay.dir(), "poolrelay.toml", &["pool", "status"]);
@@ -268,7 +281,11 @@ fn tls_admin_for_clients_and_cli() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("127.0.0.10"), "{raw}");
 
-    let (ok, out) = cli(relay.dir(), "poolrelay.toml", &["pool", "drain", "127.0.0.10"]);
+    let (ok, out) = cli(
+        relay.dir(),
+        "poolrelay.toml",
+        &["pool", "drain", "127.0.0.10"],
+    );
     assert!(ok, "{out}");
     let (ok, out) = cli(relay.dir(), "poolrelay.toml", &["pool", "status"]);
     assert!(ok && out.contains("drained"), "{out}");
@@ -276,7 +293,10 @@ fn tls_admin_for_clients_and_cli() {
     std::fs::write(relay.dir().join("noca.toml"), base.to_toml()).unwrap();
     let (ok, out) = cli(relay.dir(), "noca.toml", &["pool", "status"]);
     assert!(!ok, "CLI trusted an unverifiable certificate: {out}");
-    assert!(out.to_lowercase().contains("certificate") || out.contains("UnknownIssuer"), "{out}");
+    assert!(
+        out.to_lowercase().contains("certificate") || out.contains("UnknownIssuer"),
+        "{out}"
+    );
 }
 
 fn client_tls(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {

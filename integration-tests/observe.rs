@@ -617,14 +617,27 @@ fn pool_page_in_chromium() {
     // Without the token the shell shows only its login form.
     let bare = format!("http://{}/", b.admin);
     let dom = chromium(b.relay.dir(), &["--dump-dom", WAIT_FETCH], &bare);
-    assert!(dom.contains("id=\"login\"") && !dom.contains("id=\"login\" hidden"), "{dom}");
-    assert!(!dom.contains("<section class=\"ip\""), "data without a token: {dom}");
+    assert!(
+        dom.contains("id=\"login\"") && !dom.contains("id=\"login\" hidden"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("<section class=\"ip\""),
+        "data without a token: {dom}"
+    );
     // A login link (`#token=…`, never sent to the server) fills the session's token; the page
     // then loads its content with it.
-    let url = format!("http://{}/#token={}", b.admin, common::admin::token(b.admin));
+    let url = format!(
+        "http://{}/#token={}",
+        b.admin,
+        common::admin::token(b.admin)
+    );
     let dom = chromium(b.relay.dir(), &["--dump-dom", WAIT_FETCH], &url);
     check_page(&dom);
-    assert!(dom.contains("id=\"login\" hidden"), "login form still shown: {dom}");
+    assert!(
+        dom.contains("id=\"login\" hidden"),
+        "login form still shown: {dom}"
+    );
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     for (name, size) in [

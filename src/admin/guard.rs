@@ -155,7 +155,12 @@ mod tests {
         }
     }
 
-    fn run(method: Method, path: &str, headers: &[(&str, &str)], loopback: bool) -> Result<(), Refusal> {
+    fn run(
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        loopback: bool,
+    ) -> Result<(), Refusal> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -177,23 +182,44 @@ mod tests {
 
     #[test]
     fn token_needed_except_shell_and_allowed_pool_read() {
-        assert_eq!(run(Method::GET, "/api/queue", &[], true), Err(Refusal::NoToken));
         assert_eq!(
-            run(Method::GET, "/metrics", &[("authorization", "Bearer nope")], true),
+            run(Method::GET, "/api/queue", &[], true),
+            Err(Refusal::NoToken)
+        );
+        assert_eq!(
+            run(
+                Method::GET,
+                "/metrics",
+                &[("authorization", "Bearer nope")],
+                true
+            ),
             Err(Refusal::WrongToken)
         );
         assert_eq!(
-            run(Method::GET, "/metrics", &[("authorization", "Basic eDp5")], true),
+            run(
+                Method::GET,
+                "/metrics",
+                &[("authorization", "Basic eDp5")],
+                true
+            ),
             Err(Refusal::NoToken)
         );
         assert_eq!(run(Method::GET, "/metrics", &[AUTH], false), Ok(()));
         assert_eq!(
-            run(Method::GET, "/metrics", &[("authorization", &format!("bearer  {TOKEN} "))], false),
+            run(
+                Method::GET,
+                "/metrics",
+                &[("authorization", &format!("bearer  {TOKEN} "))],
+                false
+            ),
             Ok(())
         );
         assert_eq!(run(Method::GET, "/", &[], false), Ok(()));
         assert_eq!(run(Method::GET, "/api/pool", &[], true), Ok(()));
-        assert_eq!(run(Method::GET, "/api/pool", &[], false), Err(Refusal::NoToken));
+        assert_eq!(
+            run(Method::GET, "/api/pool", &[], false),
+            Err(Refusal::NoToken)
+        );
         assert_eq!(
             run(Method::POST, "/api/pool", &[JSON], true),
             Err(Refusal::NoToken)
@@ -203,11 +229,25 @@ mod tests {
     #[test]
     fn post_must_be_json_and_small() {
         let text = ("content-type", "text/plain");
-        assert_eq!(run(Method::POST, "/api/pool/drain", &[AUTH, text], true), Err(Refusal::NotJson));
-        assert_eq!(run(Method::POST, "/api/pool/drain", &[AUTH], true), Err(Refusal::NotJson));
-        assert_eq!(run(Method::POST, "/api/pool/drain", &[AUTH, JSON], true), Ok(()));
         assert_eq!(
-            run(Method::POST, "/api/pool/drain", &[AUTH, JSON, ("content-length", "70000")], true),
+            run(Method::POST, "/api/pool/drain", &[AUTH, text], true),
+            Err(Refusal::NotJson)
+        );
+        assert_eq!(
+            run(Method::POST, "/api/pool/drain", &[AUTH], true),
+            Err(Refusal::NotJson)
+        );
+        assert_eq!(
+            run(Method::POST, "/api/pool/drain", &[AUTH, JSON], true),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                Method::POST,
+                "/api/pool/drain",
+                &[AUTH, JSON, ("content-length", "70000")],
+                true
+            ),
             Err(Refusal::TooLarge)
         );
     }
@@ -216,19 +256,39 @@ mod tests {
     fn cross_site_refused_same_origin_allowed() {
         let host = ("host", "127.0.0.1:8025");
         assert_eq!(
-            run(Method::POST, "/api/pool/drain", &[AUTH, JSON, host, ("origin", "http://evil.test")], true),
+            run(
+                Method::POST,
+                "/api/pool/drain",
+                &[AUTH, JSON, host, ("origin", "http://evil.test")],
+                true
+            ),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            run(Method::POST, "/api/pool/drain", &[AUTH, JSON, host, ("origin", "null")], true),
+            run(
+                Method::POST,
+                "/api/pool/drain",
+                &[AUTH, JSON, host, ("origin", "null")],
+                true
+            ),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            run(Method::GET, "/", &[host, ("sec-fetch-site", "cross-site")], true),
+            run(
+                Method::GET,
+                "/",
+                &[host, ("sec-fetch-site", "cross-site")],
+                true
+            ),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            run(Method::POST, "/api/pool/drain", &[AUTH, JSON, host, ("origin", "http://127.0.0.1:8025")], true),
+            run(
+                Method::POST,
+                "/api/pool/drain",
+                &[AUTH, JSON, host, ("origin", "http://127.0.0.1:8025")],
+                true
+            ),
             Ok(())
         );
     }

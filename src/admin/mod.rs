@@ -126,8 +126,7 @@ async fn guarded(
         Err(refusal) => {
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
             tracing::info!(%peer, method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused");
-            let code = StatusCode::from_u16(refusal.status())
-                .unwrap_or(StatusCode::BAD_REQUEST);
+            let code = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
             let mut response = error(code, refusal.message());
             if code == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
