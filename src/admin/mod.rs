@@ -28,7 +28,6 @@ pub mod token;
 
 pub use settings::{Settings, TlsMode};
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -100,43 +99,8 @@ pub fn router(state: AdminState, policy: guard::Policy) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(policy),
-            guarded,
+            serve::guarded,
         ))
-}
-
-/// Runs `guard::check` before the handler; a refusal is a JSON error (401 with
-/// `WWW-Authenticate: Bearer`), logged with the peer and path (never the token).
-async fn guarded(
-    axum::extract::State(policy): axum::extract::State<Arc<guard::Policy>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let head = guard::RequestHead {
-        method: req.method(),
-        path: req.uri().path(),
-        headers: req.headers(),
-        peer_is_loopback: peer.is_some_and(|p| p.ip().is_loopback()),
-    };
-    match guard::check(&head, &policy) {
-        Ok(()) => next.run(req).await,
-        Err(refusal) => {
-            let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-            tracing::info!(%peer, method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused");
-            let code = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let mut response = error(code, refusal.message());
-            if code == StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
-                    axum::http::header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Bearer realm=\"poolrelay admin\""),
-                );
-            }
-            response
-        }
-    }
 }
 
 #[derive(Serialize)]

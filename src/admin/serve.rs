@@ -1,7 +1,7 @@
 //! The admin listener: hyper's HTTP/1 server driven by hand for what `axum::serve` lacks — a
 //! request-header timeout (slowloris; idle keep-alive connections end with it too), a cap on
 //! connections served at once (more get 503 and are closed), a lifetime cap per connection, and
-//! TLS with the relay's certificate.
+//! TLS with the relay's certificate; and the middleware that puts `guard.rs` before every route.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::guard;
 use super::settings::MAX_CONNECTION_TIME;
 
 pub(super) struct Limits {
@@ -98,5 +102,40 @@ where
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "admin: connection ended");
+    }
+}
+
+/// Runs `guard::check` before the handler; a refusal is a JSON error (401 with
+/// `WWW-Authenticate: Bearer`), logged with the peer and path (never the token).
+pub(super) async fn guarded(
+    axum::extract::State(policy): axum::extract::State<Arc<guard::Policy>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let head = guard::RequestHead {
+        method: req.method(),
+        path: req.uri().path(),
+        headers: req.headers(),
+        peer_is_loopback: peer.is_some_and(|p| p.ip().is_loopback()),
+    };
+    match guard::check(&head, &policy) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::info!(%peer, method = %req.method(), path = req.uri().path(), ?refusal, "admin request refused");
+            let code = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = super::error(code, refusal.message());
+            if code == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"poolrelay admin\""),
+                );
+            }
+            response
+        }
     }
 }
