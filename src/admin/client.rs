@@ -197,6 +197,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wildcard_listen_connects_to_loopback() {
+        let at = |s: &str| connect_address(s.parse().unwrap()).to_string();
+        assert_eq!(at("0.0.0.0:8025"), "127.0.0.1:8025");
+        assert_eq!(at("[::]:8025"), "[::1]:8025");
+        assert_eq!(at("192.0.2.1:8025"), "192.0.2.1:8025");
+    }
+
+    #[test]
     fn table_has_a_line_per_ip_and_provider() {
         let v: Value = serde_json::from_str(
             r#"{"pools":[{"name":"default","ips":[

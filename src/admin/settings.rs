@@ -102,3 +102,36 @@ impl Settings {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Settings {
+        toml::from_str(&format!("{extra}\n")).unwrap()
+    }
+
+    #[test]
+    fn tls_auto_means_off_loopback_only() {
+        assert!(!parse("listen = \"127.0.0.1:8025\"").uses_tls());
+        assert!(!parse("listen = \"[::1]:8025\"").uses_tls());
+        assert!(parse("listen = \"0.0.0.0:8025\"").uses_tls());
+        assert!(parse("listen = \"127.0.0.1:8025\"\ntls = \"on\"").uses_tls());
+        assert!(!parse("listen = \"192.0.2.1:8025\"\ntls = \"off\"").uses_tls());
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let s = parse("listen = \"0.0.0.0:8025\"\nmax_connections = 0\nheader_timeout = \"0s\"");
+        let keys: Vec<&str> = s.problems(false).iter().map(|p| p.0).collect();
+        assert_eq!(keys, ["tls", "max_connections", "header_timeout"]);
+        let ok = parse("listen = \"127.0.0.1:8025\"");
+        assert!(ok.problems(false).is_empty());
+        assert_eq!(
+            ok.token_path(Path::new("data")),
+            Path::new("data/admin.token")
+        );
+        assert_eq!(ok.max_connections, 32);
+        assert_eq!(ok.header_timeout.0, Duration::from_secs(10));
+    }
+}
