@@ -52,11 +52,14 @@
 //!   127/8, 1 s retry, short delivery timeouts. `listen(tls, auth)`, `listener(addr, tls, auth)`,
 //!   `tls(&certs)`, `networks`, `users_file`, `access(key, v)`, `limit(key, v)`, `dns(&dns)` or
 //!   `nameserver(addr)`, `delivery(key, v)`, `delivery_port`, `no_delivery()`, `admin()`,
+//!   `admin_key(key, v)`,
 //!   `provider(name, suffixes)`, `provider_key(name, key, v)`, `pool(name, &[PoolIp::new(n,
 //!   helo) | PoolIp::at(addr, helo)])`, `route(domain, host)`, `section(raw)`, then
 //!   `to_toml()`; `port`, `addr()`, `admin_addr()`.
-//! - `admin::{start, http, get, pool_status, ip_entry, hold, hold_of}` talk to the admin API
-//!   (`start` runs a relay and waits for its API).
+//! - `admin::{start, http, get, get_text, pool_status, ip_entry, hold, hold_of}` talk to the
+//!   admin API with the relay's bearer token (`start` runs a relay and waits for its API);
+//!   `request(addr, method, path, headers, body)` and `raw(addr, bytes)` send exactly what a
+//!   test gives (no token); `token(addr)`, `token_file(addr)`.
 //! - `bench(script)`: a test DNS with `a.test` → mx.alpha.test (127.0.0.20) and `b.test` →
 //!   mx.beta.test (127.0.0.21), one sink on both; `Bench::config()` delivers there with the
 //!   admin API and providers alpha and beta.
