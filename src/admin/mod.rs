@@ -4,7 +4,8 @@
 //!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
-//! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`).
+//! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
+//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
 //!
 //! `client` is the CLI side.
 
@@ -17,6 +18,7 @@ mod plot;
 mod pool;
 mod queue;
 pub mod queue_cli;
+mod reload;
 mod reputation;
 
 use std::net::SocketAddr;
@@ -44,6 +46,8 @@ pub struct AdminState {
     pub queue: QueueHandle,
     pub spool: Arc<Spool>,
     pub config: Arc<Config>,
+    /// Hot reload requests (`POST /api/reload`); `None`: not offered.
+    pub reload: Option<crate::reload::Trigger>,
 }
 
 /// Binds `listen` and serves the API in the background. A bind failure stops the start.
@@ -72,6 +76,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(metrics::routes())
         .merge(history::routes())
         .merge(page::routes())
+        .merge(reload::routes())
         .with_state(state)
 }
 
