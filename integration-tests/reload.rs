@@ -54,7 +54,8 @@ fn sighup(relay: &Relay, outcome: &str) {
     let before = relay.log_current().matches(needle).count();
     signal(relay, libc::SIGHUP);
     assert!(
-        wait_until(WAIT, || relay.log_current().matches(needle).count() > before),
+        wait_until(WAIT, || relay.log_current().matches(needle).count()
+            > before),
         "no {needle:?} after SIGHUP\n{}",
         relay.log_current()
     );
@@ -139,15 +140,22 @@ fn reload_under_load_refuses_and_drops_nothing() {
     let count = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..20)
         .map(|t| {
-            let (stop, accepted, failures, count) =
-                (stop.clone(), accepted.clone(), failures.clone(), count.clone());
+            let (stop, accepted, failures, count) = (
+                stop.clone(),
+                accepted.clone(),
+                failures.clone(),
+                count.clone(),
+            );
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let mut c = match SmtpClient::try_connect(addr, None) {
                         Ok(c) if c.greeting.code == 220 => c,
                         Ok(c) => {
-                            failures.lock().unwrap().push(format!("greeting {}", c.greeting));
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("greeting {}", c.greeting));
                             continue;
                         }
                         Err(e) => {
@@ -159,7 +167,8 @@ fn reload_under_load_refuses_and_drops_nothing() {
                     for _ in 0..3 {
                         let id = format!("load-{t}-{n}");
                         n += 1;
-                        let r = c.send_mail("sender@client.test", &["rcpt@dest.test"], &message(&id));
+                        let r =
+                            c.send_mail("sender@client.test", &["rcpt@dest.test"], &message(&id));
                         if r.code == 250 {
                             accepted.lock().unwrap().push(id);
                             count.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +193,10 @@ fn reload_under_load_refuses_and_drops_nothing() {
     // Five changes while 20 clients send: weights; an added IP; limits and a second route
     // address; a removed IP (through SIGHUP); a new listener.
     wait_progress(&relay);
-    let weighted = [PoolIp::new(10, "out10.test").weight(3), PoolIp::new(11, "out11.test")];
+    let weighted = [
+        PoolIp::new(10, "out10.test").weight(3),
+        PoolIp::new(11, "out11.test"),
+    ];
     reload_to(&mut relay, &base().pool("default", &weighted).to_toml());
     wait_progress(&relay);
     let three = [
@@ -212,7 +224,10 @@ fn reload_under_load_refuses_and_drops_nothing() {
         .to_toml();
     reload_to(&mut relay, &with_listener);
     wait_progress(&relay);
-    send_one(SocketAddr::from(([127, 0, 0, 1], extra)), "via-new-listener");
+    send_one(
+        SocketAddr::from(([127, 0, 0, 1], extra)),
+        "via-new-listener",
+    );
 
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -238,15 +253,20 @@ fn reload_under_load_refuses_and_drops_nothing() {
         *seen.entry(id_of(m)).or_default() += 1;
     }
     for id in &accepted {
-        assert_eq!(seen.get(id), Some(&1), "{id} delivered {:?} times", seen.get(id));
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "{id} delivered {:?} times",
+            seen.get(id)
+        );
     }
     assert_eq!(msgs.len(), accepted.len(), "extra deliveries");
     // The route change took: the last messages went to the second sink address.
-    assert!(msgs.iter().any(|m| m.local.ip() == lo(21)), "route not reloaded");
     assert!(
-        msgs.iter().any(|m| m.peer == lo(12)),
-        "added IP never used"
+        msgs.iter().any(|m| m.local.ip() == lo(21)),
+        "route not reloaded"
     );
+    assert!(msgs.iter().any(|m| m.peer == lo(12)), "added IP never used");
 }
 
 #[test]
@@ -257,7 +277,9 @@ fn reload_adds_and_removes_pool_ips_keeping_drains_and_counters() {
         .delivery_port(sink.port())
         .admin()
         .route("*", &format!("[127.0.0.20]:{}", sink.port()));
-    let cfg = base.clone().pool("default", &[PoolIp::new(10, "out10.test")]);
+    let cfg = base
+        .clone()
+        .pool("default", &[PoolIp::new(10, "out10.test")]);
     let (mut relay, admin) = admin::start(&dir, &cfg, WAIT);
     let ids = |tag: &str, n: usize| (0..n).map(|i| format!("{tag}-{i}")).collect::<Vec<_>>();
     let from = sources_of(&relay, &sink, &ids("one", 2));
@@ -289,7 +311,11 @@ fn reload_adds_and_removes_pool_ips_keeping_drains_and_counters() {
     let ip11 = admin::ip_entry(&st, "127.0.0.11");
     assert_eq!(ip11["state"], "drained", "{ip11}");
     assert_eq!(sent_total(&ip11), sent_11, "{ip11}");
-    assert_eq!(admin::ip_entry(&st, "127.0.0.12")["state"], "warming", "{st}");
+    assert_eq!(
+        admin::ip_entry(&st, "127.0.0.12")["state"],
+        "warming",
+        "{st}"
+    );
     assert!(!st.to_string().contains("127.0.0.10"), "{st}");
     let from = sources_of(&relay, &sink, &ids("three", 4));
     assert!(from.iter().all(|ip| *ip == lo(12)), "{from:?}");
@@ -307,7 +333,9 @@ fn reload_adds_and_removes_pool_ips_keeping_drains_and_counters() {
 }
 
 fn der(path: &Path) -> Vec<u8> {
-    CertificateDer::from_pem_file(path).expect("cert PEM").to_vec()
+    CertificateDer::from_pem_file(path)
+        .expect("cert PEM")
+        .to_vec()
 }
 
 #[test]
@@ -360,7 +388,11 @@ fn reload_swaps_password_and_certificate_for_new_sessions() {
     reload_to(&mut relay, &next);
 
     // The session from before goes on, with what it had.
-    let r = before.send_mail("sender@client.test", &["rcpt@dest.test"], &message("before"));
+    let r = before.send_mail(
+        "sender@client.test",
+        &["rcpt@dest.test"],
+        &message("before"),
+    );
     assert_eq!(r.code, 250, "{r}");
     before.quit();
     // New sessions: the new certificate, the new password only.
@@ -459,7 +491,12 @@ fn dkim_swap(name: &str) -> DkimSwap {
     send_one(relay.addr(), "signed-new");
     let msgs = sink.wait_for_messages(2, WAIT);
     let after = msgs[1].data.clone();
-    assert_eq!(selectors(&after), ["new"], "{}", String::from_utf8_lossy(&after));
+    assert_eq!(
+        selectors(&after),
+        ["new"],
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
     DkimSwap {
         dir,
         dns,
@@ -514,7 +551,11 @@ print(json.dumps(bool(dkim.DKIM(raw).verify(idx=0, dnsfunc=dnsfunc))))
         .arg(&recs)
         .output()
         .unwrap();
-    assert!(o.status.success(), "dkimpy: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "true");
 }
 
@@ -534,17 +575,17 @@ fn broken_config_is_refused_with_file_line_and_the_old_one_stays() {
         "{}\n[[pool_rule]]\nsender_domain = \"x.test\"\npool = \"nope\"\n",
         good.replace("relay.test", "broken.test")
     );
-    let line = broken
-        .lines()
-        .position(|l| l == "[[pool_rule]]")
-        .unwrap()
-        + 1;
+    let line = broken.lines().position(|l| l == "[[pool_rule]]").unwrap() + 1;
     relay.set_config(&broken);
     let (code, out) = reload_cli(&relay);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains(&format!("poolrelay.toml:{line}:")), "{out}");
     assert!(out.contains("nope"), "{out}");
-    assert!(relay.log_current().contains("reload refused"), "{}", relay.log_current());
+    assert!(
+        relay.log_current().contains("reload refused"),
+        "{}",
+        relay.log_current()
+    );
 
     // A users file with a bad line: refused, naming that file and line.
     std::fs::write(dir.join("users"), "alice:not-a-hash\n").unwrap();
@@ -586,9 +627,10 @@ fn reload_opens_added_listeners_and_closes_removed_ones() {
     open.ehlo("client.test");
 
     let new = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let moved = cfg
-        .to_toml()
-        .replace(&format!("address = \"{old}\""), &format!("address = \"{new}\""));
+    let moved = cfg.to_toml().replace(
+        &format!("address = \"{old}\""),
+        &format!("address = \"{new}\""),
+    );
     reload_to(&mut relay, &moved);
     send_one(new, "on-new");
     assert!(
@@ -596,7 +638,11 @@ fn reload_opens_added_listeners_and_closes_removed_ones() {
         "removed listener still accepts"
     );
     // The session on the closed listener finishes its message.
-    let r = open.send_mail("sender@client.test", &["rcpt@dest.test"], &message("on-old"));
+    let r = open.send_mail(
+        "sender@client.test",
+        &["rcpt@dest.test"],
+        &message("on-old"),
+    );
     assert_eq!(r.code, 250, "{r}");
     open.quit();
     sink.wait_for_messages(2, WAIT);
@@ -626,13 +672,19 @@ fn sigterm_lets_open_transactions_finish_and_loses_nothing() {
         c.send_raw(&msg[..half]);
         (c, msg[half..].to_vec())
     };
-    let mut open: Vec<_> = (0..20).map(|i| (format!("open-{i}"), open_tx(&format!("open-{i}")))).collect();
+    let mut open: Vec<_> = (0..20)
+        .map(|i| (format!("open-{i}"), open_tx(&format!("open-{i}"))))
+        .collect();
     let (mut stuck, _) = open_tx("stuck");
     let mut idle = SmtpClient::connect(addr);
     idle.ehlo("client.test");
 
     signal(&relay, libc::SIGTERM);
-    assert!(relay.wait_for_log("poolrelay stopping", WAIT), "{}", relay.log_current());
+    assert!(
+        relay.wait_for_log("poolrelay stopping", WAIT),
+        "{}",
+        relay.log_current()
+    );
     assert!(
         wait_until(WAIT, || TcpStream::connect(addr).is_err()),
         "still accepting after SIGTERM"
@@ -656,9 +708,17 @@ fn sigterm_lets_open_transactions_finish_and_loses_nothing() {
 
     // Whatever was not delivered before the stop goes after the restart: each once.
     relay.restart();
-    let ok = wait_until(Duration::from_secs(60), || sink.messages().len() >= open.len());
+    let ok = wait_until(Duration::from_secs(60), || {
+        sink.messages().len() >= open.len()
+    });
     let msgs = sink.messages();
-    assert!(ok, "{} of {} delivered\n{}", msgs.len(), open.len(), relay.log());
+    assert!(
+        ok,
+        "{} of {} delivered\n{}",
+        msgs.len(),
+        open.len(),
+        relay.log()
+    );
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in &msgs {
         *seen.entry(id_of(m)).or_default() += 1;

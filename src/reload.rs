@@ -246,3 +246,61 @@ fn admin_listen(path: &Path) -> Option<std::net::SocketAddr> {
     let table: toml::Table = toml::from_str(&text).ok()?;
     table.get("admin")?.get("listen")?.as_str()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Config {
+        let text = format!(
+            "hostname = \"r.test\"\n{extra}\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n"
+        );
+        Config::parse(Path::new("t.toml"), &text).expect("parses")
+    }
+
+    #[test]
+    fn restart_needed_names_only_what_a_reload_cannot_apply() {
+        let old = parse("");
+        assert!(restart_needed(&old, &parse("")).is_empty());
+        assert_eq!(
+            restart_needed(&old, &parse("data_dir = \"other\"")),
+            ["data_dir"]
+        );
+        assert_eq!(
+            restart_needed(&old, &parse("shutdown_grace = \"5s\"")),
+            ["shutdown_grace"]
+        );
+        // Applied by the reload: no restart.
+        let mut new = parse("");
+        new.delivery.port = 2526;
+        new.limits.max_sessions = 10;
+        assert!(restart_needed(&old, &new).is_empty());
+        new.delivery.concurrency = 1;
+        assert_eq!(
+            restart_needed(&old, &new),
+            ["delivery (except port and tls)"]
+        );
+    }
+
+    #[test]
+    fn load_checked_loads_the_users_file() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-reload-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        std::fs::write(&users, "alice:not-a-hash\n").unwrap();
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "hostname = \"r.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[access]\nusers_file = \"{}\"\n",
+                users.display()
+            ),
+        )
+        .unwrap();
+        let errors = load_checked(&config).unwrap_err();
+        let text = errors[0].to_string();
+        assert!(text.contains("users:1:"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

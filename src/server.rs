@@ -53,7 +53,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
             pools.clone(),
             suppressions.clone(),
         )?
-            .with_history(history.clone()),
+        .with_history(history.clone()),
     );
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
@@ -113,7 +113,10 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let started = tokio::time::Instant::now();
     listeners.stop(grace).await;
     let left = grace.saturating_sub(started.elapsed());
-    if !deliverer.quiesce(left.max(std::time::Duration::from_secs(1))).await {
+    if !deliverer
+        .quiesce(left.max(std::time::Duration::from_secs(1)))
+        .await
+    {
         tracing::warn!("stop: deliveries still in flight; their recipients stay queued");
     }
     let flush = tokio::task::spawn_blocking(move || {

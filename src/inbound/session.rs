@@ -287,7 +287,10 @@ impl Session {
             Reply::new(
                 421,
                 "4.3.2",
-                format!("{} Service shutting down, try again later", self.cfg().hostname),
+                format!(
+                    "{} Service shutting down, try again later",
+                    self.cfg().hostname
+                ),
             )
         })
     }

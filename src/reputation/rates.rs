@@ -255,18 +255,19 @@ impl Tracker {
             }
             // Destinations outside the provider table share one name ("other"): one of them
             // blocking an IP must not take it out for all the others.
-            let why = if blames_ip && known && w.blocks >= self.settings.load().block_threshold.max(1) {
-                Some((
-                    Cause::BlockReply,
-                    format!("{} reply", c.class),
-                    format!(
-                        "{} {} {} (rule {}, {} such replies)",
-                        reply.code, reply.status, reply.text, c.rule, w.blocks
-                    ),
-                ))
-            } else {
-                self.rate_verdict(w, crate::spool::now_unix())
-            };
+            let why =
+                if blames_ip && known && w.blocks >= self.settings.load().block_threshold.max(1) {
+                    Some((
+                        Cause::BlockReply,
+                        format!("{} reply", c.class),
+                        format!(
+                            "{} {} {} (rule {}, {} such replies)",
+                            reply.code, reply.status, reply.text, c.rule, w.blocks
+                        ),
+                    ))
+                } else {
+                    self.rate_verdict(w, crate::spool::now_unix())
+                };
             // Enough probes judged and none failed: the trickle ends.
             let probes = self
                 .settings
@@ -276,7 +277,9 @@ impl Tracker {
             probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
             why.map(|(cause, reason, evidence)| {
                 let now = crate::spool::now_unix();
-                if now.saturating_sub(w.last_offence) > 2 * self.settings.load().max_cooldown.0.as_secs() {
+                if now.saturating_sub(w.last_offence)
+                    > 2 * self.settings.load().max_cooldown.0.as_secs()
+                {
                     w.offences = 0;
                 }
                 w.last_offence = now;
