@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outcome;
 pub mod pool;
+pub mod reload;
 pub mod reply;
 pub mod reputation;
 pub mod routing;

@@ -60,6 +60,14 @@ enum Command {
     /// before they refuse: a table per IP and domain, each failure with its fix. Exit 0 when
     /// nothing fails, 1 on a failure, 2 on a usage error.
     Doctor(poolrelay::doctor::cli::DoctorArgs),
+    /// Hot reload of a running relay (as SIGHUP does), through its admin API: the new config is
+    /// checked in full first; on error the relay keeps the running one and this prints each
+    /// error (file:line) and exits 2.
+    Reload {
+        /// The config to load (default: the one in use); read here too for `admin.listen`.
+        #[arg(long, short, default_value = "config/poolrelay.toml")]
+        config: PathBuf,
+    },
     /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
     Pool {
         /// Config file (TOML), read for `admin.listen`.
@@ -130,6 +138,7 @@ fn main() -> ExitCode {
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
         Command::Doctor(args) => poolrelay::doctor::cli::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
+        Command::Reload { config } => poolrelay::reload::command(&config),
         Command::Queue {
             config,
             count,
@@ -193,13 +202,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config plus what only loading can check (DKIM keys), so check-config and start agree.
+/// The config plus what only loading can check (DKIM keys, users file, TLS material), so
+/// check-config, start and reload agree.
 fn load_checked(path: &std::path::Path) -> Result<Config, Vec<poolrelay::config::ConfigError>> {
-    let config = Config::load(path)?;
-    poolrelay::signing::Signer::from_config(&config)?;
-    poolrelay::reputation::check_config(path, &config)?;
-    poolrelay::doctor::check_config(path, &config)?;
-    Ok(config)
+    poolrelay::reload::load_checked(path)
 }
 
 fn dkim_keygen(
@@ -374,7 +380,7 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(poolrelay::server::run(config)) {
+    match runtime.block_on(poolrelay::server::run(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -1,12 +1,14 @@
 //! Wires the stages together for `poolrelay serve`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::spool::Spool;
 use crate::state::State;
 
-pub async fn run(config: Config) -> Result<(), String> {
+/// Runs the relay from `config` (read from `path`, which SIGHUP reads again) until SIGTERM/SIGINT.
+pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let config = Arc::new(config);
     let (spool, committed) = Spool::open(&config.data_dir)
         .map_err(|e| format!("cannot open spool under {}: {e}", config.data_dir.display()))?;
@@ -46,8 +48,12 @@ pub async fn run(config: Config) -> Result<(), String> {
         state.clone(),
     )));
     let reputation = Arc::new(
-        crate::reputation::rates::Tracker::new(&config.reputation, pools.clone(), suppressions)?
-            .with_history(history.clone()),
+        crate::reputation::rates::Tracker::new(
+            &config.reputation,
+            pools.clone(),
+            suppressions.clone(),
+        )?
+        .with_history(history.clone()),
     );
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
@@ -63,6 +69,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {
             pools: pools.clone(),
@@ -71,35 +78,87 @@ pub async fn run(config: Config) -> Result<(), String> {
             queue,
             spool: spool.clone(),
             config: config.clone(),
+            reload: Some(crate::reload::Trigger(reload_tx)),
         };
         crate::admin::start(admin, admin_state).await?;
     }
     crate::reputation::dnsbl::start(&config, pools.clone())?;
-    crate::delivery::start(
+    let deliverer = crate::delivery::start(
         config.clone(),
         spool.clone(),
         pools.clone(),
-        reputation,
+        reputation.clone(),
         committed,
         recovered,
         control,
     )
     .await?;
-    crate::inbound::start(config.clone(), spool, state, signer).await?;
+    let listeners = Arc::new(crate::inbound::start(config.clone(), spool, state, signer).await?);
     tracing::info!(hostname = %config.hostname, "poolrelay ready");
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
 
-    shutdown_signal().await;
-    tracing::info!("poolrelay stopping");
-    pools.flush();
-    history.flush(&pools);
+    let grace = config.shutdown_grace.0;
+    let mut reloader = crate::reload::Reloader {
+        path,
+        current: config,
+        listeners: listeners.clone(),
+        pools: pools.clone(),
+        deliverer: deliverer.clone(),
+        reputation,
+    };
+    serve_signals(&mut reloader, &mut reload_rx).await;
+
+    tracing::info!(grace = %humantime::format_duration(grace), "poolrelay stopping");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let started = tokio::time::Instant::now();
+    listeners.stop(grace).await;
+    let left = grace.saturating_sub(started.elapsed());
+    if !deliverer
+        .quiesce(left.max(std::time::Duration::from_secs(1)))
+        .await
+    {
+        tracing::warn!("stop: deliveries still in flight; their recipients stay queued");
+    }
+    let flush = tokio::task::spawn_blocking(move || {
+        pools.flush();
+        history.flush(&pools);
+        suppressions.flush();
+    });
+    let _ = flush.await;
+    tracing::info!("poolrelay stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Serves reloads (SIGHUP, the admin API) until SIGTERM or SIGINT.
+async fn serve_signals(
+    reloader: &mut crate::reload::Reloader,
+    requests: &mut tokio::sync::mpsc::Receiver<crate::reload::Request>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                let _ = reloader.reload(None).await;
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+            Some(req) = requests.recv() => {
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                let _ = req.reply.send(reloader.reload(req.config).await);
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) where the relay is; nothing without `NOTIFY_SOCKET`.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
     }
 }

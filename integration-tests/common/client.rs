@@ -306,6 +306,14 @@ impl SmtpClient {
         }
     }
 
+    /// The server's leaf certificate (DER) once TLS is up.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            Stream::Tls(s) => s.conn.peer_certificates()?.first().map(|c| c.to_vec()),
+            _ => None,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self.stream, Stream::Tls(_))
     }

@@ -7,7 +7,8 @@
 //!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
-//! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`).
+//! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
+//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
 //!
 //! `client` is the CLI side.
 
@@ -21,6 +22,7 @@ mod plot;
 mod pool;
 mod queue;
 pub mod queue_cli;
+mod reload;
 mod reputation;
 mod serve;
 mod settings;
@@ -52,6 +54,8 @@ pub struct AdminState {
     pub queue: QueueHandle,
     pub spool: Arc<Spool>,
     pub config: Arc<Config>,
+    /// Hot reload requests (`POST /api/reload`); `None`: not offered.
+    pub reload: Option<crate::reload::Trigger>,
 }
 
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
@@ -95,6 +99,7 @@ pub fn router(state: AdminState, policy: guard::Policy) -> Router {
         .merge(metrics::routes())
         .merge(history::routes())
         .merge(page::routes())
+        .merge(reload::routes())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

@@ -59,10 +59,17 @@ pub struct Config {
     /// Receiver-side checks of IPs and domains (see `doctor::Settings`).
     #[serde(default)]
     pub doctor: crate::doctor::Settings,
+    /// On SIGTERM: how long transactions in progress (and deliveries in flight) may take to
+    /// finish before sessions get `421 4.3.2` and the relay exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: DurationStr,
 }
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
+}
+fn default_shutdown_grace() -> DurationStr {
+    DurationStr(Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -20,7 +20,8 @@ use crate::spool::{Envelope, RcptState, Spool, now_unix};
 pub struct Deliverer {
     pub(super) config: Arc<Config>,
     pub(super) spool: Arc<Spool>,
-    router: Router,
+    /// Routes and resolver: replaced on reload; an attempt keeps the one it started with.
+    router: arc_swap::ArcSwap<Router>,
     pub pools: Arc<Pools>,
     /// Classifies every remote reply; quarantines on block replies and bad rates.
     pub(super) reputation: Arc<Tracker>,
@@ -42,7 +43,7 @@ impl Deliverer {
         reputation: Arc<Tracker>,
     ) -> Result<Deliverer, String> {
         Ok(Deliverer {
-            router: Router::new(&config)?,
+            router: arc_swap::ArcSwap::from_pointee(Router::new(&config)?),
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
@@ -57,6 +58,26 @@ impl Deliverer {
             config,
             spool,
         })
+    }
+
+    /// Reload: new routes and DNS servers for the next attempts.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        self.router.store(Arc::new(Router::new(config)?));
+        Ok(())
+    }
+
+    /// Graceful stop: waits up to `grace` for the transactions in flight, and lets no new one
+    /// start (they queue behind this for every permit). `false` when the grace ran out.
+    pub async fn quiesce(&self, grace: std::time::Duration) -> bool {
+        let all = self.config.delivery.concurrency.max(1) as u32;
+        match tokio::time::timeout(grace, self.global.clone().acquire_many_owned(all)).await {
+            Ok(Ok(permits)) => {
+                // Never given back: nothing new starts before exit.
+                permits.forget();
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn destination_limit(&self, key: &str) -> Arc<Semaphore> {
@@ -118,7 +139,7 @@ impl Deliverer {
         let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
         let mut routing_failed = suppressed;
         for (domain, idxs) in by_domain {
-            match self.router.resolve(&domain).await {
+            match self.router.load_full().resolve(&domain).await {
                 Ok(dest) => groups
                     .entry(dest.key.clone())
                     .or_insert_with(|| (dest, Vec::new()))

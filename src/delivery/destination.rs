@@ -127,8 +127,7 @@ impl Deliverer {
             body,
             pool: self
                 .pools
-                .pool_for(env.pool.as_deref(), env.user.as_deref(), &env.sender)
-                .map(str::to_string),
+                .pool_for(env.pool.as_deref(), env.user.as_deref(), &env.sender),
             dest,
         };
         let mut tried = Tried::default();
@@ -163,7 +162,7 @@ impl Deliverer {
         addr: SocketAddr,
         tried: &mut Tried,
     ) -> Next {
-        let provider = self.pools.provider_of(&host.name).to_string();
+        let provider = self.pools.provider_of(&host.name);
         let mut failed = tried.unbindable.clone();
         let mut connect_failures = 0;
         loop {
@@ -327,7 +326,7 @@ impl Deliverer {
             tracing::debug!(mx = %s.host, source_ip = %s.source.label(), "reused connection was closed, taking another");
             return None;
         }
-        let provider = self.pools.provider_of(&s.host).to_string();
+        let provider = self.pools.provider_of(&s.host);
         let sender = msg.env.user.as_deref().unwrap_or(&msg.env.sender);
         let outcomes = result
             .replies

@@ -33,9 +33,10 @@ pub async fn start(
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: Vec<Envelope>,
     control: queue::Control,
-) -> Result<(), String> {
+) -> Result<Arc<Deliverer>, String> {
     let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
+    let deliverer = d.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
@@ -43,5 +44,5 @@ pub async fn start(
             d.reap_idle();
         }
     });
-    Ok(())
+    Ok(deliverer)
 }

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod data;
 mod envelope;
 pub mod limits;
+mod listeners;
 mod message;
 pub mod received;
 mod session;
@@ -22,6 +23,7 @@ pub mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -31,7 +33,10 @@ use crate::signing::Signer;
 use crate::spool::Spool;
 use crate::state::State;
 
-/// What every session shares.
+pub use listeners::{Listeners, Stop};
+
+/// What every session shares: a snapshot of the config taken when the session starts (a reload
+/// swaps in a new one for the next sessions; see `listeners`).
 pub(crate) struct Inbound {
     pub config: Arc<Config>,
     pub spool: Arc<Spool>,
@@ -39,18 +44,22 @@ pub(crate) struct Inbound {
     pub signer: Arc<Signer>,
     pub users: Option<Arc<users::Users>>,
     pub tls: Option<TlsAcceptor>,
-    pub guard: auth::AuthGuard,
+    pub guard: Arc<auth::AuthGuard>,
     pub cap: limits::DailyCap,
+    /// Graceful stop: sessions end between transactions, and every one at the grace's end.
+    pub stop: tokio::sync::watch::Receiver<Stop>,
 }
 
-/// Binds every listener (an error naming the address if one cannot be bound) and spawns their
-/// accept loops.
-pub async fn start(
+/// Loads the users file and TLS material of a checked config into what sessions share. `prev`
+/// is the running snapshot on reload: its AUTH lockouts carry over while their settings stay.
+pub(crate) fn build(
     config: Arc<Config>,
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
-) -> Result<(), String> {
+    stop: tokio::sync::watch::Receiver<Stop>,
+    prev: Option<&Inbound>,
+) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
             let u = users::Users::load(path)?;
@@ -77,36 +86,45 @@ pub async fn start(
             tracing::warn!(address = %l.address, "tls = \"starttls\" but no [tls]: STARTTLS and AUTH are not offered");
         }
     }
-    let mut bound = Vec::new();
-    for l in &config.listen {
-        let sock = TcpListener::bind(l.address)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
-        bound.push((l.clone(), sock));
-    }
-    let ctx = Arc::new(Inbound {
-        guard: auth::AuthGuard::new(
-            config.access.auth_max_failures,
-            config.access.auth_lockout.0,
-        ),
+    let access = &config.access;
+    let guard = match prev {
+        Some(p)
+            if p.config.access.auth_max_failures == access.auth_max_failures
+                && p.config.access.auth_lockout == access.auth_lockout =>
+        {
+            p.guard.clone()
+        }
+        _ => Arc::new(auth::AuthGuard::new(
+            access.auth_max_failures,
+            access.auth_lockout.0,
+        )),
+    };
+    Ok(Inbound {
+        guard,
         cap: limits::DailyCap::new(config.limits.per_user_daily),
-        config: config.clone(),
+        config,
         spool,
         state,
         signer,
         users,
         tls,
-    });
-    let sessions = Arc::new(Semaphore::new(config.limits.max_sessions.max(1)));
-    for (l, sock) in bound {
-        tracing::info!(address = %l.address, tls = ?l.tls, auth = ?l.auth, "listening");
-        tokio::spawn(accept_loop(ctx.clone(), l, sock, sessions.clone()));
-    }
-    Ok(())
+        stop,
+    })
+}
+
+/// Binds every listener (an error naming the address if one cannot be bound) and spawns their
+/// accept loops; the handle reloads and stops them.
+pub async fn start(
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    state: Arc<State>,
+    signer: Arc<Signer>,
+) -> Result<Listeners, String> {
+    Listeners::start(config, spool, state, signer).await
 }
 
 async fn accept_loop(
-    ctx: Arc<Inbound>,
+    live: Arc<ArcSwap<Inbound>>,
     listen: Listen,
     sock: TcpListener,
     sessions: Arc<Semaphore>,
@@ -116,7 +134,15 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let permit = sessions.clone().try_acquire_owned();
-                let (ctx, listen) = (ctx.clone(), listen.clone());
+                // The config as it is now: a reload applies from the next session on.
+                let ctx = live.load_full();
+                let listen = ctx
+                    .config
+                    .listen
+                    .iter()
+                    .find(|l| l.address == listen.address)
+                    .unwrap_or(&listen)
+                    .clone();
                 tokio::spawn(async move {
                     match permit {
                         Ok(_permit) => {

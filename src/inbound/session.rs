@@ -236,25 +236,63 @@ impl Session {
         }
         // Straight into rbuf's spare room: no copy through a stack buffer.
         self.rbuf.reserve(READ_SIZE);
-        let conn = self.conn.as_mut().ok_or(End)?;
-        match tokio::time::timeout(timeout, conn.read_buf(&mut self.rbuf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => {
-                tracing::debug!(client = %self.peer, error = %e, "read error");
-                Err(End)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stop = self.ctx.stop.clone();
+        loop {
+            if let Some(r) = self.stop_reply(*stop.borrow_and_update()) {
+                tracing::info!(client = %self.peer, "relay stopping, closing session");
+                return self.close_with(r).map(|_| false);
             }
-            Err(_) => {
-                tracing::info!(client = %self.peer, "timeout, closing");
-                let host = self.cfg().hostname.clone();
-                self.close_with(Reply::new(
-                    421,
-                    "4.4.2",
-                    format!("{host} Error: timeout exceeded"),
-                ))
-                .map(|_| false)
-            }
+            let conn = self.conn.as_mut().ok_or(End)?;
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, conn.read_buf(&mut self.rbuf)) => read,
+                // Reads are cancel-safe: look at the stop state, then read on. (No sender:
+                // the relay is not stopping through it; never wake.)
+                _ = async {
+                    if stop.changed().await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                } => continue,
+            };
+            return match read {
+                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(_)) => Ok(true),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %self.peer, error = %e, "read error");
+                    Err(End)
+                }
+                Err(_) => {
+                    tracing::info!(client = %self.peer, "timeout, closing");
+                    let host = self.cfg().hostname.clone();
+                    self.close_with(Reply::new(
+                        421,
+                        "4.4.2",
+                        format!("{host} Error: timeout exceeded"),
+                    ))
+                    .map(|_| false)
+                }
+            };
         }
+    }
+
+    /// While the relay stops: the reply that ends this session now, if any (idle sessions at
+    /// once, a transaction in progress only when the grace is over).
+    fn stop_reply(&self, stop: super::Stop) -> Option<Reply> {
+        let now = match stop {
+            super::Stop::Running => false,
+            super::Stop::Draining => self.tx.is_none(),
+            super::Stop::Closing => true,
+        };
+        now.then(|| {
+            Reply::new(
+                421,
+                "4.3.2",
+                format!(
+                    "{} Service shutting down, try again later",
+                    self.cfg().hostname
+                ),
+            )
+        })
     }
 
     /// The next command line: CRLF-terminated, no other CR or LF inside, at most MAX_LINE bytes.

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
+
 use tokio::sync::Notify;
 
 use super::holds::{Hold, HoldKey, HoldKind};
@@ -62,19 +64,25 @@ pub(super) struct Inner {
     pub warned: HashMap<String, u64>,
 }
 
-pub struct Pools {
-    pub(super) pools: Vec<PoolConf>,
+/// What the config says about the pools: replaced whole on reload (`Pools::reload`), while
+/// the live state (`Inner`: counters, warm-up days, holds) stays.
+pub(super) struct Conf {
+    pub pools: Vec<PoolConf>,
     default: Option<usize>,
     rules: Vec<PoolRule>,
-    providers: Providers,
-    pub(super) schedules: HashMap<String, Vec<u64>>,
-    pub(super) clock: Clock,
-    pub(super) idle_days: u64,
+    pub providers: Providers,
+    pub schedules: HashMap<String, Vec<u64>>,
+    pub clock: Clock,
+    pub idle_days: u64,
     burst: u64,
     /// Messages per hour an IP × provider takes while on probation after a quarantine.
     probe_per_hour: u64,
-    pub(super) hold_warning_ms: u64,
-    pub(super) fallback_helo: String,
+    pub hold_warning_ms: u64,
+    pub fallback_helo: String,
+}
+
+pub struct Pools {
+    conf: ArcSwap<Conf>,
     pub(super) state: Option<Arc<State>>,
     inner: Mutex<Inner>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
@@ -85,14 +93,8 @@ pub(super) fn now_s() -> u64 {
     Clock::now_ms() / 1000
 }
 
-impl Pools {
-    /// Pools without persistence (unit tests).
-    pub fn from_config(config: &Config) -> Pools {
-        Pools::new(config, None).expect("no store, no error")
-    }
-
-    /// Pools with their state loaded from the store.
-    pub fn new(config: &Config, state: Option<Arc<State>>) -> Result<Pools, String> {
+impl Conf {
+    fn new(config: &Config) -> Conf {
         let pools: Vec<PoolConf> = config
             .pool
             .iter()
@@ -114,11 +116,7 @@ impl Pools {
             .iter()
             .position(|p| p.name == "default")
             .or(if pools.is_empty() { None } else { Some(0) });
-        let inner = match &state {
-            Some(st) => super::store::load(st)?,
-            None => Inner::default(),
-        };
-        Ok(Pools {
+        Conf {
             pools,
             default,
             rules: config.pool_rule.clone(),
@@ -134,48 +132,7 @@ impl Pools {
                 .helo
                 .clone()
                 .unwrap_or_else(|| config.hostname.clone()),
-            state,
-            inner: Mutex::new(inner),
-            wake: Notify::new(),
-        })
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().expect("pool lock")
-    }
-
-    pub fn clock(&self) -> Clock {
-        self.clock
-    }
-
-    /// The pool for a message: the one set on the envelope (if known), else the first matching
-    /// `[[pool_rule]]`, else the default pool (named "default", else the first). `None` when no
-    /// pool is configured.
-    pub fn pool_for(&self, set: Option<&str>, user: Option<&str>, sender: &str) -> Option<&str> {
-        if let Some(p) = set {
-            if let Some(c) = self.pools.iter().find(|c| c.name == p) {
-                return Some(&c.name);
-            }
-            tracing::warn!(pool = p, "unknown pool, using the rules");
         }
-        if let Some(r) = self.rules.iter().find(|r| rules::matches(r, user, sender))
-            && let Some(c) = self.pools.iter().find(|c| c.name == r.pool)
-        {
-            return Some(&c.name);
-        }
-        self.default.map(|i| self.pools[i].name.as_str())
-    }
-
-    pub fn provider_of(&self, mx_host: &str) -> &str {
-        self.providers.of(mx_host)
-    }
-
-    /// Messages per connection to this provider before it is closed; 0 = no limit.
-    pub fn max_per_connection(&self, provider: &str) -> u32 {
-        self.providers
-            .get(provider)
-            .map(|p| p.max_per_connection)
-            .unwrap_or(0)
     }
 
     pub(super) fn caps(
@@ -238,6 +195,94 @@ impl Pools {
             .unwrap_or_default()
             .check(&caps, active, &self.clock, now)
     }
+}
+
+impl Pools {
+    /// Pools without persistence (unit tests).
+    pub fn from_config(config: &Config) -> Pools {
+        Pools::new(config, None).expect("no store, no error")
+    }
+
+    /// Pools with their state loaded from the store.
+    pub fn new(config: &Config, state: Option<Arc<State>>) -> Result<Pools, String> {
+        let inner = match &state {
+            Some(st) => super::store::load(st)?,
+            None => Inner::default(),
+        };
+        Ok(Pools {
+            conf: ArcSwap::from_pointee(Conf::new(config)),
+            state,
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Applies a reloaded config: pools, IPs, weights, rules, providers, warm-up schedules at
+    /// once. Counters, warm-up days and holds of IPs that stay are kept; a removed IP is no
+    /// longer picked (its leases in flight finish); an added one starts on its schedule.
+    pub fn reload(&self, config: &Config) {
+        let old = self.ips();
+        self.conf.store(Arc::new(Conf::new(config)));
+        let new = self.ips();
+        for ip in new.iter().filter(|ip| !old.contains(ip)) {
+            tracing::info!(source_ip = %ip, "reload: pool IP added");
+        }
+        for ip in old.iter().filter(|ip| !new.contains(ip)) {
+            tracing::info!(source_ip = %ip, "reload: pool IP removed (finishes what it has)");
+        }
+        {
+            // Round-robin positions are per IP index: the lists may have changed.
+            let mut inner = self.lock();
+            inner.swrr.clear();
+            inner.warned.clear();
+        }
+        // Held mail may fit on an added IP or a raised cap.
+        self.wake.notify_one();
+    }
+
+    pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
+        self.conf.load()
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("pool lock")
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.conf().clock
+    }
+
+    /// The pool for a message: the one set on the envelope (if known), else the first matching
+    /// `[[pool_rule]]`, else the default pool (named "default", else the first). `None` when no
+    /// pool is configured.
+    pub fn pool_for(&self, set: Option<&str>, user: Option<&str>, sender: &str) -> Option<String> {
+        let conf = self.conf();
+        if let Some(p) = set {
+            if let Some(c) = conf.pools.iter().find(|c| c.name == p) {
+                return Some(c.name.clone());
+            }
+            tracing::warn!(pool = p, "unknown pool, using the rules");
+        }
+        if let Some(r) = conf.rules.iter().find(|r| rules::matches(r, user, sender))
+            && let Some(c) = conf.pools.iter().find(|c| c.name == r.pool)
+        {
+            return Some(c.name.clone());
+        }
+        conf.default.map(|i| conf.pools[i].name.clone())
+    }
+
+    pub fn provider_of(&self, mx_host: &str) -> String {
+        self.conf().providers.of(mx_host).to_string()
+    }
+
+    /// Messages per connection to this provider before it is closed; 0 = no limit.
+    pub fn max_per_connection(&self, provider: &str) -> u32 {
+        self.conf()
+            .providers
+            .get(provider)
+            .map(|p| p.max_per_connection)
+            .unwrap_or(0)
+    }
 
     /// Counts one recipient's outcome on `ip` × `provider` (API for the Reputation stage).
     pub fn record_outcome(&self, ip: IpAddr, provider: &str, outcome: Status) {
@@ -257,14 +302,14 @@ impl Pools {
     /// Counts a remote reply and backs the IP × provider off on a "slow down" reply.
     pub fn record_reply(&self, ip: IpAddr, provider: &str, reply: &RemoteReply) {
         self.record_outcome(ip, provider, Status::of_code(reply.code));
-        if self.providers.is_slowdown(reply) {
+        if self.conf().providers.is_slowdown(reply) {
             self.back_off(ip, provider, reply);
         }
     }
 
     /// A "slow down" reply: this IP × provider takes nothing for the provider's back-off.
     pub fn back_off(&self, ip: IpAddr, provider: &str, reply: &RemoteReply) {
-        let wait = self.providers.backoff(provider);
+        let wait = self.conf().providers.backoff(provider);
         let until = Clock::now_ms() + wait.as_millis() as u64;
         let key = (ip, provider.to_string());
         let mut inner = self.lock();
@@ -279,8 +324,9 @@ impl Pools {
 
     /// Every pool IP once (for DNSBL checks and the like).
     pub fn ips(&self) -> Vec<IpAddr> {
+        let conf = self.conf();
         let mut v: Vec<IpAddr> = Vec::new();
-        for c in self.pools.iter().flat_map(|p| &p.ips) {
+        for c in conf.pools.iter().flat_map(|p| &p.ips) {
             if !v.contains(&c.address) {
                 v.push(c.address);
             }

@@ -85,10 +85,11 @@ impl Pools {
         want_v6: bool,
         exclude: &[IpAddr],
     ) -> Selection {
-        let Some(pc) = pool.and_then(|n| self.pools.iter().find(|p| p.name == n)) else {
+        let conf = self.conf();
+        let Some(pc) = pool.and_then(|n| conf.pools.iter().find(|p| p.name == n)) else {
             let source = super::Source {
                 ip: None,
-                helo: self.fallback_helo.clone(),
+                helo: conf.fallback_helo.clone(),
             };
             if exclude.is_empty() {
                 let lease = Lease {
@@ -115,7 +116,7 @@ impl Pools {
         let mut all_out = true;
         let mut excluded = false;
         for &i in &family {
-            match self.check(&inner, &pc.ips[i], provider, now) {
+            match conf.check(&inner, &pc.ips[i], provider, now) {
                 Ok(()) if exclude.contains(&pc.ips[i].address) => excluded = true,
                 Ok(()) => eligible.push(i),
                 Err(full) => {
@@ -152,7 +153,7 @@ impl Pools {
             };
             let wkey = format!("{}|{provider}", pc.name);
             let last = inner.warned.get(&wkey).copied().unwrap_or(0);
-            if all_out && (last == 0 || now.saturating_sub(last) >= self.hold_warning_ms) {
+            if all_out && (last == 0 || now.saturating_sub(last) >= conf.hold_warning_ms) {
                 inner.warned.insert(wkey, now);
                 tracing::warn!(pool = %pc.name, provider, reason = %text, "no usable source IP: holding mail");
             } else {
@@ -180,7 +181,7 @@ impl Pools {
             .counters
             .entry(key.clone())
             .or_default()
-            .take(&self.clock, now, self.idle_days);
+            .take(&conf.clock, now, conf.idle_days);
         *inner.active.entry(key.clone()).or_default() += 1;
         inner.dirty.insert(key.clone());
         Selection::Picked(Pick {
@@ -191,8 +192,8 @@ impl Pools {
             lease: Lease {
                 pools: Some(self.clone()),
                 key: Some(key),
-                day: self.clock.day(now),
-                hour: self.clock.hour(now),
+                day: conf.clock.day(now),
+                hour: conf.clock.hour(now),
             },
         })
     }

@@ -310,13 +310,25 @@ fn pool_rules_first_match_else_default() {
     );
     let p = Pools::from_config(&c);
     assert_eq!(
-        p.pool_for(None, Some("newsletter"), "a@x.test"),
+        p.pool_for(None, Some("newsletter"), "a@x.test").as_deref(),
         Some("bulk")
     );
-    assert_eq!(p.pool_for(None, None, "a@m.news.test"), Some("bulk"));
-    assert_eq!(p.pool_for(None, None, "a@main.test"), Some("main"));
-    assert_eq!(p.pool_for(None, None, "a@x.test"), Some("default"));
-    assert_eq!(p.pool_for(Some("main"), None, "a@x.test"), Some("main"));
+    assert_eq!(
+        p.pool_for(None, None, "a@m.news.test").as_deref(),
+        Some("bulk")
+    );
+    assert_eq!(
+        p.pool_for(None, None, "a@main.test").as_deref(),
+        Some("main")
+    );
+    assert_eq!(
+        p.pool_for(None, None, "a@x.test").as_deref(),
+        Some("default")
+    );
+    assert_eq!(
+        p.pool_for(Some("main"), None, "a@x.test").as_deref(),
+        Some("main")
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::holds::{Hold, HoldKind};
-use super::pools::{Inner, IpConf, Pools};
+use super::pools::{Conf, Inner, IpConf, Pools};
 use super::warmup::Clock;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,12 +71,13 @@ impl Pools {
     /// Every pool IP with its state, holds and per-provider warm-up and counters.
     pub fn status(&self) -> PoolsView {
         let now = Clock::now_ms();
-        let today = self.clock.day(now);
+        let conf = self.conf();
+        let today = conf.clock.day(now);
         let inner = self.lock();
         PoolsView {
-            day_ms: self.clock.day_ms,
+            day_ms: conf.clock.day_ms,
             day: today,
-            pools: self
+            pools: conf
                 .pools
                 .iter()
                 .map(|pc| PoolView {
@@ -84,100 +85,100 @@ impl Pools {
                     ips: pc
                         .ips
                         .iter()
-                        .map(|ip| self.ip_view(&inner, ip, now, today))
+                        .map(|ip| ip_view(&conf, &inner, ip, now, today))
                         .collect(),
                 })
                 .collect(),
         }
     }
+}
 
-    fn provider_view(
-        &self,
-        inner: &Inner,
-        ip: &IpConf,
-        provider: &str,
-        now: u64,
-        today: u64,
-    ) -> ProviderView {
-        let now_s = now / 1000;
-        let key = (ip.address, provider.to_string());
-        let c = &inner.counters[&key];
-        let probation = inner.probation_of(ip.address, provider, now_s);
-        let caps = self.caps(ip, provider, Some(c), probation, now);
-        let schedule = ip.warmup.as_ref().and_then(|w| self.schedules.get(w));
-        let index = c.warmup.index_on(today, self.idle_days);
-        let warming = schedule.is_some_and(|s| (index as usize) < s.len());
-        let backoff = c.backoff_until > now;
-        ProviderView {
-            state: match inner.hold_of(ip.address, provider, now_s) {
-                Some(h) if h.kind == HoldKind::Drained => IpState::Drained,
-                Some(_) => IpState::Quarantined,
-                None if backoff => IpState::Backoff,
-                None if probation => IpState::Probation,
-                None if warming => IpState::Warming,
-                None => IpState::Active,
-            },
-            probation,
-            warmup_day: schedule.map(|_| index),
-            used_today: c.used_today(&self.clock, now),
-            cap_today: caps.daily,
-            used_hour: c.used_hour(&self.clock, now),
-            cap_hour: caps.hourly,
-            connections: inner.active.get(&key).copied().unwrap_or(0),
-            sent: c.sent,
-            deferred: c.deferred,
-            bounced: c.bounced,
-            backoff_until: backoff.then_some(c.backoff_until / 1000),
-            backoff_reason: backoff.then(|| c.backoff_reason.clone()),
-        }
-    }
-
-    fn ip_view(&self, inner: &Inner, ip: &IpConf, now: u64, today: u64) -> IpView {
-        let now_s = now / 1000;
-        let mut holds: Vec<Hold> = inner
-            .holds
-            .iter()
-            .filter(|((a, _, _), h)| *a == ip.address && h.in_force(now_s))
-            .map(|(_, h)| h.clone())
-            .collect();
-        holds.sort_by(|a, b| (&a.scope, &a.cause).cmp(&(&b.scope, &b.cause)));
-        let providers: BTreeMap<String, ProviderView> = inner
-            .counters
-            .keys()
-            .filter(|(a, _)| *a == ip.address)
-            .map(|(_, p)| (p.clone(), self.provider_view(inner, ip, p, now, today)))
-            .collect();
-        // Warming: by schedule until a provider has been seen, then while any still warms.
-        let warming = if providers.is_empty() {
-            ip.warmup
-                .as_ref()
-                .is_some_and(|w| self.schedules.contains_key(w))
-        } else {
-            providers
-                .values()
-                .any(|p| p.warmup_day.is_some() && p.cap_today.is_some())
-        };
-        let all = holds
-            .iter()
-            .filter(|h| h.scope == "all")
-            .min_by_key(|h| h.kind != HoldKind::Drained);
-        let state = match all {
+fn provider_view(
+    conf: &Conf,
+    inner: &Inner,
+    ip: &IpConf,
+    provider: &str,
+    now: u64,
+    today: u64,
+) -> ProviderView {
+    let now_s = now / 1000;
+    let key = (ip.address, provider.to_string());
+    let c = &inner.counters[&key];
+    let probation = inner.probation_of(ip.address, provider, now_s);
+    let caps = conf.caps(ip, provider, Some(c), probation, now);
+    let schedule = ip.warmup.as_ref().and_then(|w| conf.schedules.get(w));
+    let index = c.warmup.index_on(today, conf.idle_days);
+    let warming = schedule.is_some_and(|s| (index as usize) < s.len());
+    let backoff = c.backoff_until > now;
+    ProviderView {
+        state: match inner.hold_of(ip.address, provider, now_s) {
             Some(h) if h.kind == HoldKind::Drained => IpState::Drained,
             Some(_) => IpState::Quarantined,
+            None if backoff => IpState::Backoff,
+            None if probation => IpState::Probation,
             None if warming => IpState::Warming,
             None => IpState::Active,
-        };
-        let first = all.or(holds.first()).cloned();
-        IpView {
-            ip: ip.address.to_string(),
-            helo: ip.helo.clone(),
-            weight: ip.weight,
-            warmup: ip.warmup.clone(),
-            state,
-            reason: first.as_ref().map(|h| h.reason.clone()),
-            evidence: first.map(|h| h.evidence),
-            holds,
-            providers,
-        }
+        },
+        probation,
+        warmup_day: schedule.map(|_| index),
+        used_today: c.used_today(&conf.clock, now),
+        cap_today: caps.daily,
+        used_hour: c.used_hour(&conf.clock, now),
+        cap_hour: caps.hourly,
+        connections: inner.active.get(&key).copied().unwrap_or(0),
+        sent: c.sent,
+        deferred: c.deferred,
+        bounced: c.bounced,
+        backoff_until: backoff.then_some(c.backoff_until / 1000),
+        backoff_reason: backoff.then(|| c.backoff_reason.clone()),
+    }
+}
+
+fn ip_view(conf: &Conf, inner: &Inner, ip: &IpConf, now: u64, today: u64) -> IpView {
+    let now_s = now / 1000;
+    let mut holds: Vec<Hold> = inner
+        .holds
+        .iter()
+        .filter(|((a, _, _), h)| *a == ip.address && h.in_force(now_s))
+        .map(|(_, h)| h.clone())
+        .collect();
+    holds.sort_by(|a, b| (&a.scope, &a.cause).cmp(&(&b.scope, &b.cause)));
+    let providers: BTreeMap<String, ProviderView> = inner
+        .counters
+        .keys()
+        .filter(|(a, _)| *a == ip.address)
+        .map(|(_, p)| (p.clone(), provider_view(conf, inner, ip, p, now, today)))
+        .collect();
+    // Warming: by schedule until a provider has been seen, then while any still warms.
+    let warming = if providers.is_empty() {
+        ip.warmup
+            .as_ref()
+            .is_some_and(|w| conf.schedules.contains_key(w))
+    } else {
+        providers
+            .values()
+            .any(|p| p.warmup_day.is_some() && p.cap_today.is_some())
+    };
+    let all = holds
+        .iter()
+        .filter(|h| h.scope == "all")
+        .min_by_key(|h| h.kind != HoldKind::Drained);
+    let state = match all {
+        Some(h) if h.kind == HoldKind::Drained => IpState::Drained,
+        Some(_) => IpState::Quarantined,
+        None if warming => IpState::Warming,
+        None => IpState::Active,
+    };
+    let first = all.or(holds.first()).cloned();
+    IpView {
+        ip: ip.address.to_string(),
+        helo: ip.helo.clone(),
+        weight: ip.weight,
+        warmup: ip.warmup.clone(),
+        state,
+        reason: first.as_ref().map(|h| h.reason.clone()),
+        evidence: first.map(|h| h.evidence),
+        holds,
+        providers,
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::Status;
@@ -98,8 +99,9 @@ struct Hygiene {
 }
 
 pub struct Tracker {
-    classifier: Classifier,
-    settings: Settings,
+    /// Rules and thresholds: replaced on reload; windows and quarantines stay.
+    classifier: ArcSwap<Classifier>,
+    settings: ArcSwap<Settings>,
     pools: Arc<Pools>,
     windows: Windows,
     senders: Mutex<HashMap<String, Hygiene>>,
@@ -123,8 +125,8 @@ impl Tracker {
         suppressions: Arc<Suppressions>,
     ) -> Result<Tracker, String> {
         Ok(Tracker {
-            classifier: settings.classifier()?,
-            settings: settings.clone(),
+            classifier: ArcSwap::from_pointee(settings.classifier()?),
+            settings: ArcSwap::from_pointee(settings.clone()),
             pools,
             windows: Mutex::default(),
             senders: Mutex::new(HashMap::new()),
@@ -172,8 +174,16 @@ impl Tracker {
         WindowsView { windows }
     }
 
-    pub fn classifier(&self) -> &Classifier {
-        &self.classifier
+    pub fn classifier(&self) -> Arc<Classifier> {
+        self.classifier.load_full()
+    }
+
+    /// Reload: new classification rules and rate thresholds for the next replies.
+    pub fn reload(&self, settings: &Settings) -> Result<(), String> {
+        let classifier = settings.classifier()?;
+        self.classifier.store(Arc::new(classifier));
+        self.settings.store(Arc::new(settings.clone()));
+        Ok(())
     }
 
     /// Classifies one remote reply to `recipient` (empty: a reply to the whole session) sent from
@@ -199,6 +209,7 @@ impl Tracker {
             }
         } else {
             self.classifier
+                .load()
                 .classify(reply.code, &reply.status, &reply.text)
         };
         let kind = match (reply.code, c.class) {
@@ -215,7 +226,7 @@ impl Tracker {
         if matches!(kind, Kind::Sent | Kind::BadRecipient | Kind::HardBounce) {
             self.hygiene(sender, kind == Kind::BadRecipient);
         }
-        let suppress_for = self.settings.suppress_for.0.as_secs();
+        let suppress_for = self.settings.load().suppress_for.0.as_secs();
         if kind == Kind::BadRecipient && !recipient.is_empty() && suppress_for > 0 {
             let why = format!("{} {} {}", reply.code, reply.status, reply.text);
             self.suppressions.add(recipient, &why, suppress_for);
@@ -238,33 +249,37 @@ impl Tracker {
                 w.blocks += 1;
             } else {
                 w.outcomes.push_back(kind);
-                while w.outcomes.len() > self.settings.window.max(1) {
+                while w.outcomes.len() > self.settings.load().window.max(1) {
                     w.outcomes.pop_front();
                 }
             }
             // Destinations outside the provider table share one name ("other"): one of them
             // blocking an IP must not take it out for all the others.
-            let why = if blames_ip && known && w.blocks >= self.settings.block_threshold.max(1) {
-                Some((
-                    Cause::BlockReply,
-                    format!("{} reply", c.class),
-                    format!(
-                        "{} {} {} (rule {}, {} such replies)",
-                        reply.code, reply.status, reply.text, c.rule, w.blocks
-                    ),
-                ))
-            } else {
-                self.rate_verdict(w, crate::spool::now_unix())
-            };
+            let why =
+                if blames_ip && known && w.blocks >= self.settings.load().block_threshold.max(1) {
+                    Some((
+                        Cause::BlockReply,
+                        format!("{} reply", c.class),
+                        format!(
+                            "{} {} {} (rule {}, {} such replies)",
+                            reply.code, reply.status, reply.text, c.rule, w.blocks
+                        ),
+                    ))
+                } else {
+                    self.rate_verdict(w, crate::spool::now_unix())
+                };
             // Enough probes judged and none failed: the trickle ends.
             let probes = self
                 .settings
+                .load()
                 .probe_samples
-                .clamp(1, self.settings.min_samples.max(1));
+                .clamp(1, self.settings.load().min_samples.max(1));
             probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
             why.map(|(cause, reason, evidence)| {
                 let now = crate::spool::now_unix();
-                if now.saturating_sub(w.last_offence) > 2 * self.settings.max_cooldown.0.as_secs() {
+                if now.saturating_sub(w.last_offence)
+                    > 2 * self.settings.load().max_cooldown.0.as_secs()
+                {
                     w.offences = 0;
                 }
                 w.last_offence = now;
@@ -274,10 +289,11 @@ impl Tracker {
                 let factor = 1u32 << (w.offences - 1).min(16);
                 let cool = self
                     .settings
+                    .load()
                     .cooldown
                     .0
                     .saturating_mul(factor)
-                    .min(self.settings.max_cooldown.0);
+                    .min(self.settings.load().max_cooldown.0);
                 w.probe_from = now + cool.as_secs().max(1);
                 (cause, reason, evidence, cool, w.offences)
             })
@@ -353,14 +369,14 @@ impl Tracker {
     /// Hard-bounce or deferral rate over its threshold with enough samples.
     fn rate_verdict(&self, w: &mut Window, now: u64) -> Option<(Cause, String, String)> {
         let n = w.outcomes.len();
-        let min = self.settings.min_samples.max(1);
+        let min = self.settings.load().min_samples.max(1);
         if w.probe_from != 0 && n >= min {
             w.probe_from = 0; // probation over
         }
         // Back from a quarantine: a few outcomes decide whether it is extended.
         let probing = w.probe_from != 0 && now >= w.probe_from;
         let min = if probing {
-            self.settings.probe_samples.clamp(1, min)
+            self.settings.load().probe_samples.clamp(1, min)
         } else {
             min
         };
@@ -370,25 +386,25 @@ impl Tracker {
         let count = |k: Kind| w.outcomes.iter().filter(|o| **o == k).count();
         let (hard, deferred) = (count(Kind::HardBounce), count(Kind::Deferred));
         let pct = |x: usize| 100.0 * x as f64 / n as f64;
-        if hard as f64 > self.settings.max_bounce_rate * n as f64 {
+        if hard as f64 > self.settings.load().max_bounce_rate * n as f64 {
             return Some((
                 Cause::BounceRate,
                 "hard-bounce rate".into(),
                 format!(
                     "{hard} hard bounces (bad recipients not counted) in the last {n} outcomes = {:.1}% > {:.1}%",
                     pct(hard),
-                    100.0 * self.settings.max_bounce_rate
+                    100.0 * self.settings.load().max_bounce_rate
                 ),
             ));
         }
-        if deferred as f64 > self.settings.max_deferral_rate * n as f64 {
+        if deferred as f64 > self.settings.load().max_deferral_rate * n as f64 {
             return Some((
                 Cause::DeferralRate,
                 "deferral rate".into(),
                 format!(
                     "{deferred} deferrals in the last {n} outcomes = {:.1}% > {:.1}%",
                     pct(deferred),
-                    100.0 * self.settings.max_deferral_rate
+                    100.0 * self.settings.load().max_deferral_rate
                 ),
             ));
         }
@@ -418,13 +434,13 @@ impl Tracker {
         let sender = key.as_str();
         let h = senders.entry(key.clone()).or_default();
         h.outcomes.push_back(bad);
-        while h.outcomes.len() > self.settings.window.max(1) {
+        while h.outcomes.len() > self.settings.load().window.max(1) {
             h.outcomes.pop_front();
         }
         let n = h.outcomes.len();
         let bad_n = h.outcomes.iter().filter(|b| **b).count();
-        let over = n >= self.settings.min_samples.max(1)
-            && bad_n as f64 > self.settings.bad_recipient_warning * n as f64;
+        let over = n >= self.settings.load().min_samples.max(1)
+            && bad_n as f64 > self.settings.load().bad_recipient_warning * n as f64;
         if over && !h.warned {
             tracing::warn!(sender = %sender, bad_recipients = bad_n, of = n, rate = %format!("{:.1}%", 100.0 * bad_n as f64 / n as f64), "list hygiene: many unknown recipients from this sender");
         }

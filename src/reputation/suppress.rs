@@ -91,6 +91,13 @@ impl Suppressions {
         });
     }
 
+    /// Writes pending additions now (graceful stop).
+    pub fn flush(&self) {
+        if self.dirty.swap(false, Ordering::Relaxed) {
+            self.save();
+        }
+    }
+
     /// The suppression in force for `address`, if any.
     pub fn get(&self, address: &str) -> Option<Entry> {
         let map = self.map.lock().expect("lock");

@@ -456,7 +456,7 @@ fn summary(q: &Queue, d: &Deliverer) -> Value {
             recipients += 1;
             *by_domain.entry(domain_of(&r.address)).or_default() += 1;
             let provider = match r.last_reply.as_ref().filter(|r| !r.host.is_empty()) {
-                Some(reply) => d.pools.provider_of(&reply.host).to_string(),
+                Some(reply) => d.pools.provider_of(&reply.host),
                 None => "unknown".to_string(),
             };
             *by_provider.entry(provider).or_default() += 1;
