@@ -3,13 +3,16 @@
 //! `envelope` (MAIL FROM, RCPT TO), `message` (DATA, BDAT, signing, commit),
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
-//! `received` (the Received header).
+//! `received` (the Received header), `anvil` (per-client counters), `admission` (session slots
+//! and their reserve).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
 
 pub mod access;
 pub mod address;
+pub mod admission;
+pub mod anvil;
 pub mod auth;
 pub mod data;
 mod envelope;
@@ -23,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Listen, ListenTls};
@@ -41,6 +43,8 @@ pub(crate) struct Inbound {
     pub tls: Option<TlsAcceptor>,
     pub guard: auth::AuthGuard,
     pub cap: limits::DailyCap,
+    pub anvil: Arc<anvil::Anvil>,
+    pub slots: Arc<admission::Slots>,
 }
 
 /// Binds every listener (an error naming the address if one cannot be bound) and spawns their
@@ -90,6 +94,8 @@ pub async fn start(
             config.access.auth_lockout.0,
         ),
         cap: limits::DailyCap::new(config.limits.per_user_daily),
+        anvil: anvil::Anvil::new((&config.limits).into()),
+        slots: admission::Slots::new(config.limits.max_sessions, config.limits.reserved()),
         config: config.clone(),
         spool,
         state,
@@ -97,40 +103,64 @@ pub async fn start(
         users,
         tls,
     });
-    let sessions = Arc::new(Semaphore::new(config.limits.max_sessions.max(1)));
     for (l, sock) in bound {
         tracing::info!(address = %l.address, tls = ?l.tls, auth = ?l.auth, "listening");
-        tokio::spawn(accept_loop(ctx.clone(), l, sock, sessions.clone()));
+        tokio::spawn(accept_loop(ctx.clone(), l, sock));
     }
     Ok(())
 }
 
-async fn accept_loop(
-    ctx: Arc<Inbound>,
-    listen: Listen,
-    sock: TcpListener,
-    sessions: Arc<Semaphore>,
-) {
+async fn accept_loop(ctx: Arc<Inbound>, listen: Listen, sock: TcpListener) {
+    let auth_offered = listen.auth != crate::config::ListenAuth::None && ctx.users.is_some();
+    let mut failures: u32 = 0;
     loop {
         match sock.accept().await {
             Ok((stream, peer)) => {
+                failures = 0;
                 let _ = stream.set_nodelay(true);
-                let permit = sessions.clone().try_acquire_owned();
+                let ip = access::normalise(peer.ip());
+                let trusted = access::is_trusted(&ctx.config.access.networks, ip);
                 let (ctx, listen) = (ctx.clone(), listen.clone());
                 tokio::spawn(async move {
-                    match permit {
-                        Ok(_permit) => {
-                            let _open = crate::metrics::session();
-                            session::run(ctx, listen, stream, peer).await
+                    let ticket = if trusted {
+                        None
+                    } else {
+                        match ctx.anvil.connect(ip, std::time::Instant::now()) {
+                            Ok(t) => Some(t),
+                            Err((why, log)) => {
+                                if let Some(unlogged) = log {
+                                    tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
+                                }
+                                let reply = why.reply(&ctx.config.hostname, ip);
+                                return session::refuse_connection(ctx, listen, stream, reply).await;
+                            }
                         }
-                        Err(_) => session::refuse_busy(ctx, listen, stream, peer).await,
+                    };
+                    match ctx.slots.admit(trusted, auth_offered) {
+                        Some((_slot, admitted)) => {
+                            let _open = crate::metrics::session();
+                            session::run(ctx, listen, stream, peer, admitted).await;
+                            drop(ticket);
+                        }
+                        None => {
+                            if ctx.slots.log_busy() {
+                                tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
+                            }
+                            let reply = session::busy_reply(&ctx.config.hostname);
+                            session::refuse_connection(ctx, listen, stream, reply).await
+                        }
                     }
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(address = %listen.address, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors (EMFILE) and the like: back off instead of spinning,
+                // longer while it lasts; log the first failure of a run and every 100th.
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures % 100 == 0 {
+                    tracing::warn!(address = %listen.address, error = %e, failures, "accept failed");
+                }
+                let pause = 100u64.saturating_mul(u64::from(failures.min(10)));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }
     }

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Inbound;
+use super::admission::Admitted;
 use super::envelope::{Tx, relay_denied};
 use crate::config::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
@@ -73,20 +74,22 @@ pub(super) struct Session {
     pub(super) trusted: bool,
     pub(super) tx: Option<Tx>,
     pub(super) errors: u32,
+    /// Admitted on probation (`admission`): closed unless authenticated by then.
+    pub(super) probation: Option<tokio::time::Instant>,
 }
 
-/// Answers a client when `limits.max_sessions` sessions are running.
-pub async fn refuse_busy(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: SocketAddr) {
-    tracing::warn!(client = %peer.ip(), "session limit reached, connection refused");
-    let msg = Reply::new(
+/// The reply when all `limits.max_sessions` slots this client may take are in use.
+pub fn busy_reply(hostname: &str) -> Reply {
+    Reply::new(
         421,
         "4.3.2",
-        format!(
-            "{} Too many connections, try again later",
-            ctx.config.hostname
-        ),
+        format!("{hostname} Too many connections, try again later"),
     )
-    .to_wire();
+}
+
+/// Answers a client that gets no session (the caller logs why) and closes the connection.
+pub async fn refuse_connection(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, reply: Reply) {
+    let msg = reply.to_wire();
     let work = async {
         match (&ctx.tls, listen.tls) {
             (Some(acceptor), ListenTls::Implicit) => {
@@ -105,10 +108,20 @@ pub async fn refuse_busy(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, p
     let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
 }
 
-pub async fn run(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: SocketAddr) {
+pub async fn run(
+    ctx: Arc<Inbound>,
+    listen: Listen,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+) {
     let ip = super::access::normalise(peer.ip());
     let trusted = super::access::is_trusted(&ctx.config.access.networks, ip);
-    tracing::debug!(client = %ip, listener = %listen.address, trusted, "session start");
+    tracing::debug!(client = %ip, listener = %listen.address, trusted, ?admitted, "session start");
+    let probation = (admitted == Admitted::Probation).then(|| {
+        tracing::info!(client = %ip, "session admitted on probation: must authenticate soon");
+        tokio::time::Instant::now() + ctx.config.limits.stress_command_timeout.0
+    });
     let (conn, tls) = match (&ctx.tls, listen.tls) {
         (Some(acceptor), ListenTls::Implicit) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -143,6 +156,7 @@ pub async fn run(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: Soc
         trusted,
         tx: None,
         errors: 0,
+        probation,
     };
     let greeting = format!("220 {} ESMTP poolrelay\r\n", s.ctx.config.hostname);
     s.out.extend_from_slice(greeting.as_bytes());
@@ -244,6 +258,7 @@ impl Session {
                 tracing::debug!(client = %self.peer, error = %e, "read error");
                 Err(End)
             }
+            Err(_) if self.probation_over() => self.end_probation().map(|_| false),
             Err(_) => {
                 tracing::info!(client = %self.peer, "timeout, closing");
                 let host = self.cfg().hostname.clone();
@@ -261,7 +276,10 @@ impl Session {
     pub(super) async fn next_line(&mut self) -> Result<Line, End> {
         // One deadline for the whole line, not one per read: a client trickling a byte at a
         // time (slowloris) is cut after command_timeout instead of being kept for ever.
-        let deadline = tokio::time::Instant::now() + self.cfg().limits.command_timeout.0;
+        let deadline = self.command_deadline();
+        if self.probation_over() {
+            return self.end_probation().map(|_| Line::Eof);
+        }
         loop {
             let avail = &self.rbuf[self.rpos..];
             let window = &avail[..avail.len().min(MAX_LINE + 2)];
@@ -287,6 +305,43 @@ impl Session {
                 return Ok(Line::Eof);
             }
         }
+    }
+
+    /// When the next command line must be complete: `command_timeout`, shorter under stress
+    /// (`admission`), and no later than the end of a probation.
+    fn command_deadline(&self) -> tokio::time::Instant {
+        let limits = &self.cfg().limits;
+        let mut timeout = limits.command_timeout.0;
+        if self.ctx.slots.stressed() {
+            timeout = timeout.min(limits.stress_command_timeout.0);
+        }
+        let now = tokio::time::Instant::now();
+        // A huge command_timeout must not overflow the clock: a year is "for ever" here.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86400));
+        match self.probation {
+            Some(p) if self.user.is_none() => deadline.min(p),
+            _ => deadline,
+        }
+    }
+
+    /// On probation, unauthenticated, and its time is up.
+    fn probation_over(&self) -> bool {
+        self.user.is_none()
+            && self
+                .probation
+                .is_some_and(|p| tokio::time::Instant::now() >= p)
+    }
+
+    fn end_probation(&mut self) -> Flow {
+        tracing::info!(client = %self.peer, "not authenticated in time on a reserved session slot, closing");
+        let host = self.cfg().hostname.clone();
+        self.close_with(Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Too many connections: authenticate sooner, closing connection"),
+        ))
     }
 
     /// Drops the rest of an overlong line (bounded), so the next command starts cleanly.
