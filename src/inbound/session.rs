@@ -243,6 +243,14 @@ impl Session {
 
     /// Flushes pending replies, then reads more input. `Ok(false)` at end of input.
     pub(super) async fn fill(&mut self, timeout: Duration) -> Result<bool, End> {
+        match self.read_more(timeout).await? {
+            Some(more) => Ok(more),
+            None => self.timed_out(),
+        }
+    }
+
+    /// `fill` that reports a timeout as `Ok(None)`.
+    async fn read_more(&mut self, timeout: Duration) -> Result<Option<bool>, End> {
         self.flush().await?;
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
@@ -252,22 +260,42 @@ impl Session {
         self.rbuf.reserve(READ_SIZE);
         let conn = self.conn.as_mut().ok_or(End)?;
         match tokio::time::timeout(timeout, conn.read_buf(&mut self.rbuf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
+            Ok(Ok(0)) => Ok(Some(false)),
+            Ok(Ok(_)) => Ok(Some(true)),
             Ok(Err(e)) => {
                 tracing::debug!(client = %self.peer, error = %e, "read error");
                 Err(End)
             }
-            Err(_) if self.probation_over() => self.end_probation().map(|_| false),
-            Err(_) => {
-                tracing::info!(client = %self.peer, "timeout, closing");
-                let host = self.cfg().hostname.clone();
-                self.close_with(Reply::new(
-                    421,
-                    "4.4.2",
-                    format!("{host} Error: timeout exceeded"),
-                ))
-                .map(|_| false)
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn timed_out(&mut self) -> Result<bool, End> {
+        if self.probation_over() {
+            return self.end_probation().map(|_| false);
+        }
+        tracing::info!(client = %self.peer, "timeout, closing");
+        let host = self.cfg().hostname.clone();
+        self.close_with(Reply::new(
+            421,
+            "4.4.2",
+            format!("{host} Error: timeout exceeded"),
+        ))
+        .map(|_| false)
+    }
+
+    /// Reads more of a command line begun at `started`. The deadline is looked at again every
+    /// second, so a session already idle notices when stress begins or its probation ends.
+    async fn fill_line(&mut self, started: tokio::time::Instant) -> Result<bool, End> {
+        loop {
+            let deadline = self.command_deadline(started);
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return self.timed_out();
+            }
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            if let Some(more) = self.read_more(wait).await? {
+                return Ok(more);
             }
         }
     }
@@ -276,7 +304,7 @@ impl Session {
     pub(super) async fn next_line(&mut self) -> Result<Line, End> {
         // One deadline for the whole line, not one per read: a client trickling a byte at a
         // time (slowloris) is cut after command_timeout instead of being kept for ever.
-        let deadline = self.command_deadline();
+        let started = tokio::time::Instant::now();
         if self.probation_over() {
             return self.end_probation().map(|_| Line::Eof);
         }
@@ -299,9 +327,9 @@ impl Session {
                 return Ok(Line::Cmd(cmd));
             }
             if avail.len() >= MAX_LINE + 2 {
-                return self.skip_line(deadline).await;
+                return self.skip_line(started).await;
             }
-            if !self.fill(deadline - tokio::time::Instant::now()).await? {
+            if !self.fill_line(started).await? {
                 return Ok(Line::Eof);
             }
         }
@@ -309,17 +337,16 @@ impl Session {
 
     /// When the next command line must be complete: `command_timeout`, shorter under stress
     /// (`admission`), and no later than the end of a probation.
-    fn command_deadline(&self) -> tokio::time::Instant {
+    fn command_deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
         let limits = &self.cfg().limits;
         let mut timeout = limits.command_timeout.0;
         if self.ctx.slots.stressed() {
             timeout = timeout.min(limits.stress_command_timeout.0);
         }
-        let now = tokio::time::Instant::now();
         // A huge command_timeout must not overflow the clock: a year is "for ever" here.
-        let deadline = now
+        let deadline = started
             .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 86400));
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 86400));
         match self.probation {
             Some(p) if self.user.is_none() => deadline.min(p),
             _ => deadline,
@@ -345,7 +372,7 @@ impl Session {
     }
 
     /// Drops the rest of an overlong line (bounded), so the next command starts cleanly.
-    async fn skip_line(&mut self, deadline: tokio::time::Instant) -> Result<Line, End> {
+    async fn skip_line(&mut self, started: tokio::time::Instant) -> Result<Line, End> {
         let mut skipped = 0;
         loop {
             let avail = &self.rbuf[self.rpos..];
@@ -366,7 +393,7 @@ impl Session {
                     ))
                     .map(|_| Line::Eof);
             }
-            if !self.fill(deadline - tokio::time::Instant::now()).await? {
+            if !self.fill_line(started).await? {
                 return Ok(Line::Eof);
             }
         }
