@@ -356,3 +356,70 @@ fn a_header_section_over_header_size_is_refused_and_the_session_goes_on() {
         "{log}"
     );
 }
+
+/// Starts `poolrelay serve` in `dir` with RLIMIT_NOFILE set to (soft, hard) for it alone.
+fn spawn_with_nofile(dir: &std::path::Path, soft: u64, hard: u64) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join("relay.log")).expect("relay.log");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"));
+    cmd.args(["serve", "--config", "poolrelay.toml"])
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log);
+    // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn poolrelay")
+}
+
+#[test]
+fn the_open_file_limit_is_raised_or_the_start_refused() {
+    let e = env("limits-nofile");
+    // 3000 sessions + 200 deliveries + 256: more than a hard limit of 1024 allows.
+    let cfg = config(&e).limit("max_sessions", 3000);
+    std::fs::write(e.dir.join("poolrelay.toml"), cfg.to_toml()).unwrap();
+    let mut child = spawn_with_nofile(&e.dir, 512, 1024);
+    let mut status = None;
+    assert!(wait_until(WAIT, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    }));
+    assert!(!status.unwrap().success());
+    let log = std::fs::read_to_string(e.dir.join("relay.log")).unwrap();
+    assert!(log.contains("open file limit too low"), "{log}");
+    assert!(log.contains("LimitNOFILE=3456"), "{log}");
+    assert!(log.contains("ulimit -n 3456"), "{log}");
+
+    // 500 + 200 + 256 = 956 fit under the hard limit: the soft limit is raised to that.
+    let cfg = config(&e).limit("max_sessions", 500);
+    std::fs::write(e.dir.join("poolrelay.toml"), cfg.to_toml()).unwrap();
+    let mut child = spawn_with_nofile(&e.dir, 256, 2048);
+    let limits = format!("/proc/{}/limits", child.id());
+    let raised = wait_until(WAIT, || {
+        std::fs::read_to_string(&limits).is_ok_and(|l| {
+            l.lines().any(|line| {
+                line.starts_with("Max open files")
+                    && line.split_whitespace().collect::<Vec<_>>()[3..5] == ["956", "2048"]
+            })
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        raised,
+        "{}",
+        std::fs::read_to_string(e.dir.join("relay.log")).unwrap_or_default()
+    );
+}

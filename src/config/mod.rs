@@ -723,6 +723,26 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_have_defaults_and_checked_values() {
+        let c = parse(MIN).unwrap();
+        let l = &c.limits;
+        assert_eq!(l.header_size.0, 102_400);
+        assert_eq!((l.client_sessions, l.reserved()), (50, 200));
+        assert_eq!(l.stress_command_timeout.0, Duration::from_secs(10));
+        for (toml, line, what) in [
+            ("max_sessions = 10\nreserved_sessions = 10\n", 8, "reserved_sessions"),
+            ("header_size = 100\n", 7, "header_size"),
+            ("stress_command_timeout = \"0s\"\n", 7, "stress_command_timeout"),
+        ] {
+            let e = parse(&format!("{MIN}[limits]\n{toml}")).unwrap_err();
+            assert_eq!(e[0].line, Some(line), "{}", e[0]);
+            assert!(e[0].message.starts_with(what), "{}", e[0]);
+        }
+        let e = parse(&format!("{MIN}[limits]\nclient_sessions = -1\n")).unwrap_err();
+        assert_eq!(e[0].line, Some(7), "{}", e[0]);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(Size::parse("50MB"), Some(50_000_000));
         assert_eq!(Size::parse("1KiB"), Some(1024));
