@@ -109,12 +109,18 @@ fn a_flood_from_one_address_hits_its_own_limit_and_others_get_through() {
     }
     for i in 0..20 {
         // Both listeners count for the same client.
-        let addr = if i % 2 == 0 { relay.addr() } else { e.submission };
+        let addr = if i % 2 == 0 {
+            relay.addr()
+        } else {
+            e.submission
+        };
         let c = SmtpClient::connect_from(addr, lo(5));
         assert_eq!(c.greeting.code, 421, "{}", c.greeting);
         assert!(c.greeting.text.contains("4.7.0"), "{}", c.greeting);
         assert!(
-            c.greeting.text.contains("Too many connections from 127.0.0.5"),
+            c.greeting
+                .text
+                .contains("Too many connections from 127.0.0.5"),
             "{}",
             c.greeting
         );
@@ -140,8 +146,7 @@ fn a_flood_from_one_address_hits_its_own_limit_and_others_get_through() {
     // A session given back frees a place for that client.
     held.pop().unwrap().quit();
     assert!(wait_until(WAIT, || {
-        SmtpClient::try_connect(relay.addr(), Some(lo(5)))
-            .is_ok_and(|c| c.greeting.code == 220)
+        SmtpClient::try_connect(relay.addr(), Some(lo(5))).is_ok_and(|c| c.greeting.code == 220)
     }));
 }
 
@@ -166,7 +171,11 @@ fn the_reserve_keeps_trusted_and_authenticated_clients_in() {
     }
     let refused = SmtpClient::connect_from(relay.addr(), lo(5));
     assert_eq!(refused.greeting.code, 421, "{}", refused.greeting);
-    assert!(refused.greeting.text.contains("4.3.2"), "{}", refused.greeting);
+    assert!(
+        refused.greeting.text.contains("4.3.2"),
+        "{}",
+        refused.greeting
+    );
 
     // A user on submission gets a reserved slot on probation and authenticates.
     user_sends(&e).quit();
@@ -319,7 +328,11 @@ fn a_header_section_over_header_size_is_refused_and_the_session_goes_on() {
     let fits = message_with_header(2000);
     let header_len = |m: &[u8]| m.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 2;
     assert!(header_len(&long) > 2048);
-    assert!((1900..=2048).contains(&header_len(&fits)), "{}", header_len(&fits));
+    assert!(
+        (1900..=2048).contains(&header_len(&fits)),
+        "{}",
+        header_len(&fits)
+    );
 
     let mut c = SmtpClient::connect_from(relay.addr(), lo(1));
     c.ehlo("trusted.test");

@@ -117,7 +117,7 @@ fn raise_open_file_limit(config: &Config) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    let (soft, hard) = (lim.rlim_cur as u64, lim.rlim_max as u64);
+    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
     if soft >= need {
         return Ok(());
     }
@@ -129,7 +129,7 @@ fn raise_open_file_limit(config: &Config) -> Result<(), String> {
             config.limits.max_sessions, config.delivery.concurrency
         ));
     }
-    lim.rlim_cur = need as libc::rlim_t;
+    lim.rlim_cur = need;
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(format!(

@@ -730,9 +730,17 @@ mod tests {
         assert_eq!((l.client_sessions, l.reserved()), (50, 200));
         assert_eq!(l.stress_command_timeout.0, Duration::from_secs(10));
         for (toml, line, what) in [
-            ("max_sessions = 10\nreserved_sessions = 10\n", 8, "reserved_sessions"),
+            (
+                "max_sessions = 10\nreserved_sessions = 10\n",
+                8,
+                "reserved_sessions",
+            ),
             ("header_size = 100\n", 7, "header_size"),
-            ("stress_command_timeout = \"0s\"\n", 7, "stress_command_timeout"),
+            (
+                "stress_command_timeout = \"0s\"\n",
+                7,
+                "stress_command_timeout",
+            ),
         ] {
             let e = parse(&format!("{MIN}[limits]\n{toml}")).unwrap_err();
             assert_eq!(e[0].line, Some(line), "{}", e[0]);

@@ -111,7 +111,9 @@ impl Refusal {
             Refusal::ConnectionRate => Reply::new(
                 421,
                 "4.7.0",
-                format!("{hostname} Too many connections per minute from {client}, try again later"),
+                format!(
+                    "{hostname} Too many connections per minute from {client}, try again later"
+                ),
             ),
             Refusal::MessageRate => Reply::new(
                 450,

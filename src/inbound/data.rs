@@ -330,7 +330,8 @@ mod tests {
         // Exactly at the limit: accepted whole.
         let mut r = DataReader::new(u64::MAX, 12);
         let mut out = Vec::new();
-        r.feed(b"Subject: x\r\n\r\nbody\r\n.\r\n", &mut out).unwrap();
+        r.feed(b"Subject: x\r\n\r\nbody\r\n.\r\n", &mut out)
+            .unwrap();
         assert!(!r.header.too_long());
         assert_eq!(out, b"Subject: x\r\n\r\nbody\r\n");
     }

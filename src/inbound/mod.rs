@@ -132,7 +132,8 @@ async fn accept_loop(ctx: Arc<Inbound>, listen: Listen, sock: TcpListener) {
                                     tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
                                 }
                                 let reply = why.reply(&ctx.config.hostname, ip);
-                                return session::refuse_connection(ctx, listen, stream, reply).await;
+                                return session::refuse_connection(ctx, listen, stream, reply)
+                                    .await;
                             }
                         }
                     };
@@ -156,7 +157,7 @@ async fn accept_loop(ctx: Arc<Inbound>, listen: Listen, sock: TcpListener) {
                 // Out of file descriptors (EMFILE) and the like: back off instead of spinning,
                 // longer while it lasts; log the first failure of a run and every 100th.
                 failures = failures.saturating_add(1);
-                if failures == 1 || failures % 100 == 0 {
+                if failures == 1 || failures.is_multiple_of(100) {
                     tracing::warn!(address = %listen.address, error = %e, failures, "accept failed");
                 }
                 let pause = 100u64.saturating_mul(u64::from(failures.min(10)));
