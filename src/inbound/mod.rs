@@ -132,6 +132,7 @@ async fn accept_loop(ctx: Arc<Inbound>, listen: Listen, sock: TcpListener) {
                                     tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
                                 }
                                 let reply = why.reply(&ctx.config.hostname, ip);
+                                crate::metrics::refused("connect", reply.code);
                                 return session::refuse_connection(ctx, listen, stream, reply)
                                     .await;
                             }
@@ -148,6 +149,7 @@ async fn accept_loop(ctx: Arc<Inbound>, listen: Listen, sock: TcpListener) {
                                 tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
                             }
                             let reply = session::busy_reply(&ctx.config.hostname);
+                            crate::metrics::refused("connect", reply.code);
                             session::refuse_connection(ctx, listen, stream, reply).await
                         }
                     }
