@@ -9,6 +9,7 @@ use crate::state::State;
 
 /// Runs the relay from `config` (read from `path`, which SIGHUP reads again) until SIGTERM/SIGINT.
 pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
+    raise_open_file_limit(&config)?;
     let config = Arc::new(config);
     let (spool, committed) = Spool::open(&config.data_dir)
         .map_err(|e| format!("cannot open spool under {}: {e}", config.data_dir.display()))?;
@@ -126,6 +127,51 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     });
     let _ = flush.await;
     tracing::info!("poolrelay stopped");
+    Ok(())
+}
+
+/// Descriptors beyond sessions and delivery connections: listeners, spool and state files,
+/// admin API, DNS, the log.
+const FD_MARGIN: u64 = 256;
+
+/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it), or
+/// refuses to start when the hard limit is below that.
+fn raise_open_file_limit(config: &Config) -> Result<(), String> {
+    let need = (config.limits.max_sessions as u64)
+        .saturating_add(config.delivery.concurrency as u64)
+        .saturating_add(FD_MARGIN);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!(
+            "cannot read the open file limit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        return Err(format!(
+            "open file limit too low: limits.max_sessions ({}) + delivery.concurrency ({}) + {FD_MARGIN} \
+             need {need} descriptors, the hard limit is {hard}; raise it (systemd: LimitNOFILE={need}; \
+             shell: ulimit -n {need}) or lower max_sessions",
+            config.limits.max_sessions, config.delivery.concurrency
+        ));
+    }
+    lim.rlim_cur = need;
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "cannot raise the open file limit to {need}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!(from = soft, to = need, "open file limit raised");
     Ok(())
 }
 

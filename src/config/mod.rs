@@ -181,6 +181,41 @@ pub struct Limits {
     /// messages, DSNs): below it plus a declared SIZE, new mail gets `452 4.3.1`.
     #[serde(default = "default_spool_min_free")]
     pub spool_min_free: Size,
+    /// Longest header section (up to the first empty line) a client may send: `552 5.3.4`.
+    #[serde(default = "default_header_size")]
+    pub header_size: Size,
+    /// Concurrent sessions per client address (IPv6: per /64); 0 = no limit.
+    #[serde(default = "default_client_sessions")]
+    pub client_sessions: usize,
+    /// New connections per client address per minute; 0 = no limit.
+    #[serde(default)]
+    pub client_connection_rate: u32,
+    /// Messages (MAIL FROM) per client address per minute; 0 = no limit.
+    #[serde(default)]
+    pub client_message_rate: u32,
+    /// Sessions untrusted clients cannot take (see `inbound::admission`); default 10 %.
+    #[serde(default)]
+    pub reserved_sessions: Option<usize>,
+    /// Command timeout while more than 80 % of `max_sessions` are in use.
+    #[serde(default = "default_stress_command_timeout")]
+    pub stress_command_timeout: DurationStr,
+}
+
+fn default_header_size() -> Size {
+    Size(102_400)
+}
+fn default_client_sessions() -> usize {
+    50
+}
+fn default_stress_command_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(10))
+}
+
+impl Limits {
+    /// `reserved_sessions`, or 10 % of `max_sessions` when unset.
+    pub fn reserved(&self) -> usize {
+        self.reserved_sessions.unwrap_or(self.max_sessions / 10)
+    }
 }
 
 fn default_message_size() -> Size {
@@ -216,6 +251,12 @@ impl Default for Limits {
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
             spool_min_free: default_spool_min_free(),
+            header_size: default_header_size(),
+            client_sessions: default_client_sessions(),
+            client_connection_rate: 0,
+            client_message_rate: 0,
+            reserved_sessions: None,
+            stress_command_timeout: default_stress_command_timeout(),
         }
     }
 }
@@ -606,6 +647,19 @@ impl Config {
         if self.warmup.day.0 < Duration::from_millis(24) {
             err("day", "warm-up day must be at least 24ms".into());
         }
+        let l = &self.limits;
+        if l.reserved_sessions.is_some() && l.reserved() >= l.max_sessions.max(1) {
+            err(
+                "reserved_sessions",
+                format!("must be less than max_sessions ({})", l.max_sessions),
+            );
+        }
+        if l.header_size.0 < 1024 {
+            err("header_size", "must be at least 1KB".into());
+        }
+        if l.stress_command_timeout.0 < Duration::from_secs(1) {
+            err("stress_command_timeout", "must be at least 1s".into());
+        }
         for p in &self.provider {
             if p.name.trim().is_empty() {
                 err("provider", "provider needs a name".into());
@@ -674,6 +728,34 @@ mod tests {
         let e = parse("hostname = \"r.test\"\n\n[[listen]]\naddress = \"127.0.0.1:1\"\ntls = \"implicit\"\nauth = \"none\"\n").unwrap_err();
         assert_eq!(e[0].line, Some(5), "{}", e[0]);
         assert!(e[0].message.contains("implicit TLS"), "{}", e[0]);
+    }
+
+    #[test]
+    fn client_limits_have_defaults_and_checked_values() {
+        let c = parse(MIN).unwrap();
+        let l = &c.limits;
+        assert_eq!(l.header_size.0, 102_400);
+        assert_eq!((l.client_sessions, l.reserved()), (50, 200));
+        assert_eq!(l.stress_command_timeout.0, Duration::from_secs(10));
+        for (toml, line, what) in [
+            (
+                "max_sessions = 10\nreserved_sessions = 10\n",
+                8,
+                "reserved_sessions",
+            ),
+            ("header_size = 100\n", 7, "header_size"),
+            (
+                "stress_command_timeout = \"0s\"\n",
+                7,
+                "stress_command_timeout",
+            ),
+        ] {
+            let e = parse(&format!("{MIN}[limits]\n{toml}")).unwrap_err();
+            assert_eq!(e[0].line, Some(line), "{}", e[0]);
+            assert!(e[0].message.starts_with(what), "{}", e[0]);
+        }
+        let e = parse(&format!("{MIN}[limits]\nclient_sessions = -1\n")).unwrap_err();
+        assert_eq!(e[0].line, Some(7), "{}", e[0]);
     }
 
     #[test]

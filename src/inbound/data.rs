@@ -7,6 +7,63 @@
 //! CR or LF marks the message as refused: the SMTP smuggling defence (the bytes after such a fake
 //! end stay message content, never commands).
 
+/// Measures a message's header section: its bytes up to the first empty line (CRLF CRLF), or
+/// the whole message when there is none. That is where the DKIM signer and mail-auth look for
+/// the end of the headers (and hold what comes before it), so a section over `limits.header_size`
+/// is refused (`552 5.3.4`), never stored past the limit, and never reaches them.
+#[derive(Debug, Clone)]
+pub struct HeaderSection {
+    /// Bytes of "\r\n\r\n" matched so far; starts at 2 (the CRLF before the message), so a
+    /// message opening with an empty line has an empty header section.
+    matched: u8,
+    pub len: u64,
+    max: u64,
+    done: bool,
+}
+
+impl HeaderSection {
+    pub fn new(max: u64) -> HeaderSection {
+        HeaderSection {
+            matched: 2,
+            len: 0,
+            max,
+            done: false,
+        }
+    }
+
+    /// Message bytes in order; cheap once the header section is over.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.done {
+            return;
+        }
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for &b in bytes {
+            self.matched = if b == END[self.matched as usize] {
+                self.matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.matched == 4 {
+                self.len -= 1; // the empty line's CR, counted below
+                self.done = true;
+                return;
+            }
+            self.len += 1;
+            // A CR that may start the empty line does not count yet.
+            if self.len > self.max.saturating_add(u64::from(self.matched == 3)) {
+                self.done = true;
+                return;
+            }
+        }
+    }
+
+    pub fn too_long(&self) -> bool {
+        self.len > self.max
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
     /// After CRLF (or at the very start).
@@ -29,15 +86,17 @@ pub struct DataReader {
     max: u64,
     /// A bare CR or LF was seen: the message will be refused.
     pub bare: bool,
+    pub header: HeaderSection,
 }
 
 impl DataReader {
-    pub fn new(max: u64) -> DataReader {
+    pub fn new(max: u64, max_header: u64) -> DataReader {
         DataReader {
             st: St::LineStart,
             size: 0,
             max,
             bare: false,
+            header: HeaderSection::new(max_header),
         }
     }
 
@@ -47,8 +106,9 @@ impl DataReader {
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         self.size += bytes.len() as u64;
+        self.header.feed(bytes);
         // A message that will be refused is not stored any further.
-        if !self.bare && self.size <= self.max {
+        if !self.bare && self.size <= self.max && !self.header.too_long() {
             out.extend_from_slice(bytes);
         }
     }
@@ -129,7 +189,7 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes; returns (message, bytes consumed, bare) or None.
     fn run(input: &[u8], step: usize) -> Option<(Vec<u8>, usize, bool)> {
-        let mut r = DataReader::new(u64::MAX);
+        let mut r = DataReader::new(u64::MAX, u64::MAX);
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < input.len() {
@@ -221,12 +281,58 @@ mod tests {
 
     #[test]
     fn size_limit_stops_storing_but_finds_the_end() {
-        let mut r = DataReader::new(5);
+        let mut r = DataReader::new(5, u64::MAX);
         let mut out = Vec::new();
         let n = r.feed(b"0123456789\r\n.\r\nNOOP\r\n", &mut out).unwrap();
         assert_eq!(n, 15);
         assert!(r.too_big());
         assert_eq!(r.size, 12);
         assert!(out.len() <= 5);
+    }
+
+    fn header_len(message: &[u8], step: usize) -> u64 {
+        let mut h = HeaderSection::new(u64::MAX);
+        for piece in message.chunks(step) {
+            h.feed(piece);
+        }
+        h.len
+    }
+
+    #[test]
+    fn header_section_ends_at_the_first_empty_line() {
+        for (message, len) in [
+            (&b"Subject: x\r\nFrom: a@b\r\n\r\nbody\r\n\r\nmore"[..], 23),
+            (b"\r\nbody only", 0),
+            (b"Subject: x\r\n", 12),
+            (b"Subject: x\r\n folded\r\n\r\n", 21),
+            (b"no empty line at all", 20),
+            (b"a\r\r\n\r\n", 4),
+        ] {
+            for step in 1..6 {
+                assert_eq!(header_len(message, step), len, "{message:?} step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_header_section_stops_storing_but_finds_the_end() {
+        let mut input = Vec::new();
+        for i in 0..200 {
+            input.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"\r\nbody\r\n.\r\nNOOP\r\n");
+        let mut r = DataReader::new(u64::MAX, 100);
+        let mut out = Vec::new();
+        let n = r.feed(&input, &mut out).unwrap();
+        assert_eq!(n, input.len() - 6);
+        assert!(r.header.too_long());
+        assert!(out.len() <= 100 + 16, "stored {}", out.len());
+        // Exactly at the limit: accepted whole.
+        let mut r = DataReader::new(u64::MAX, 12);
+        let mut out = Vec::new();
+        r.feed(b"Subject: x\r\n\r\nbody\r\n.\r\n", &mut out)
+            .unwrap();
+        assert!(!r.header.too_long());
+        assert_eq!(out, b"Subject: x\r\n\r\nbody\r\n");
     }
 }

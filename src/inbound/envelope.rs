@@ -60,6 +60,16 @@ impl Session {
             Ok(p) => p,
             Err(r) => return self.send(r),
         };
+        if !self.trusted
+            && let Err((why, log)) = self.ctx.anvil.message(self.peer, std::time::Instant::now())
+        {
+            let r = why.reply(&self.cfg().hostname, self.peer);
+            crate::metrics::refused("mail", r.code);
+            if let Some(unlogged) = log {
+                tracing::warn!(client = %self.peer, user = self.user.as_deref().unwrap_or(""), limit = why.as_str(), unlogged, reply = %r, "per-client limit reached, message refused");
+            }
+            return self.send(r);
+        }
         let mut tx = Tx {
             sender: String::new(),
             smtputf8: false,

@@ -1,7 +1,7 @@
 //! DATA and BDAT: the message itself, streamed to the spool, signed and committed; 250 only
 //! after the commit.
 
-use super::data::DataReader;
+use super::data::{DataReader, HeaderSection};
 use super::envelope::Tx;
 use super::received::{ReceivedInfo, header};
 use super::session::{CHUNK, End, Flow, READ_SIZE, Session};
@@ -15,12 +15,14 @@ pub(super) struct Bdat {
     size: u64,
     bare: bool,
     prev_cr: bool,
+    header: HeaderSection,
 }
 
 impl Bdat {
-    /// Flags bare CR / bare LF, also across chunk boundaries.
+    /// Flags bare CR / bare LF, also across chunk boundaries, and measures the header section.
     fn scan(&mut self, piece: &[u8]) {
         self.size += piece.len() as u64;
+        self.header.feed(piece);
         for &c in piece {
             if (self.prev_cr && c != b'\n') || (!self.prev_cr && c == b'\n') {
                 self.bare = true;
@@ -147,6 +149,7 @@ impl Session {
         if problem.is_none() && self.tx.as_ref().is_some_and(|t| t.bdat.is_none()) {
             match self.start_message().await {
                 Ok((id, writer)) => {
+                    let max_header = self.cfg().limits.header_size.0;
                     if let Some(t) = self.tx.as_mut() {
                         t.bdat = Some(Bdat {
                             id,
@@ -154,6 +157,7 @@ impl Session {
                             size: 0,
                             bare: false,
                             prev_cr: false,
+                            header: HeaderSection::new(max_header),
                         });
                     }
                 }
@@ -180,7 +184,7 @@ impl Session {
             if let Some(b) = st.as_mut() {
                 let piece = &self.rbuf[self.rpos..self.rpos + n];
                 b.scan(piece);
-                if !b.bare && b.size <= max && b.writer.is_some() {
+                if !b.bare && b.size <= max && !b.header.too_long() && b.writer.is_some() {
                     pending.extend_from_slice(piece);
                 }
             }
@@ -214,6 +218,8 @@ impl Session {
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
             ))
+        } else if b.header.too_long() {
+            Some(header_too_long())
         } else if b.writer.is_none() {
             Some(storage_reply())
         } else {
@@ -257,7 +263,8 @@ impl Session {
         };
         self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
 
-        let mut reader = DataReader::new(self.cfg().limits.message_size.0);
+        let limits = &self.cfg().limits;
+        let mut reader = DataReader::new(limits.message_size.0, limits.header_size.0);
         let mut writer = Some(writer);
         let mut chunk = Vec::with_capacity(CHUNK + READ_SIZE);
         let timeout = self.cfg().limits.data_timeout.0;
@@ -305,6 +312,9 @@ impl Session {
                     "Message size exceeds fixed maximum message size",
                 ),
             );
+        }
+        if reader.header.too_long() {
+            return self.refuse_msg(&id, reader.size, &tx, header_too_long());
         }
         let Some(writer) = writer else {
             return self.refuse_msg(&id, reader.size, &tx, storage_reply());
@@ -418,6 +428,14 @@ impl Session {
             }
         }
     }
+}
+
+fn header_too_long() -> Reply {
+    Reply::new(
+        552,
+        "5.3.4",
+        "Message header section exceeds fixed maximum size",
+    )
 }
 
 fn storage_reply() -> Reply {

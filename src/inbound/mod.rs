@@ -3,13 +3,16 @@
 //! `envelope` (MAIL FROM, RCPT TO), `message` (DATA, BDAT, signing, commit),
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
-//! `received` (the Received header).
+//! `received` (the Received header), `anvil` (per-client counters), `admission` (session slots
+//! and their reserve).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
 
 pub mod access;
 pub mod address;
+pub mod admission;
+pub mod anvil;
 pub mod auth;
 pub mod data;
 mod envelope;
@@ -48,6 +51,8 @@ pub(crate) struct Inbound {
     pub cap: limits::DailyCap,
     /// Graceful stop: sessions end between transactions, and every one at the grace's end.
     pub stop: tokio::sync::watch::Receiver<Stop>,
+    pub anvil: Arc<anvil::Anvil>,
+    pub slots: Arc<admission::Slots>,
 }
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
@@ -99,9 +104,33 @@ pub(crate) fn build(
             access.auth_lockout.0,
         )),
     };
+    // Per-client counters and the session slots carry over while their settings stay: a reload
+    // must not forget who holds what.
+    let limits = &config.limits;
+    let anvil = match prev {
+        Some(p)
+            if p.config.limits.client_sessions == limits.client_sessions
+                && p.config.limits.client_connection_rate == limits.client_connection_rate
+                && p.config.limits.client_message_rate == limits.client_message_rate =>
+        {
+            p.anvil.clone()
+        }
+        _ => anvil::Anvil::new(limits.into()),
+    };
+    let slots = match prev {
+        Some(p)
+            if p.config.limits.max_sessions == limits.max_sessions
+                && p.config.limits.reserved() == limits.reserved() =>
+        {
+            p.slots.clone()
+        }
+        _ => admission::Slots::new(limits.max_sessions, limits.reserved()),
+    };
     Ok(Inbound {
         guard,
         cap: limits::DailyCap::new(config.limits.per_user_daily),
+        anvil,
+        slots,
         config,
         spool,
         state,
@@ -129,11 +158,12 @@ async fn accept_loop(
     sock: TcpListener,
     sessions: Arc<Semaphore>,
 ) {
+    let mut failures: u32 = 0;
     loop {
         match sock.accept().await {
             Ok((stream, peer)) => {
+                failures = 0;
                 let _ = stream.set_nodelay(true);
-                let permit = sessions.clone().try_acquire_owned();
                 // The config as it is now: a reload applies from the next session on.
                 let ctx = live.load_full();
                 let listen = ctx
@@ -143,20 +173,60 @@ async fn accept_loop(
                     .find(|l| l.address == listen.address)
                     .unwrap_or(&listen)
                     .clone();
+                // The relay-wide bound (resized on reload, awaited by a graceful stop); the
+                // slots below decide who may take one.
+                let permit = sessions.clone().try_acquire_owned();
+                let auth_offered =
+                    listen.auth != crate::config::ListenAuth::None && ctx.users.is_some();
+                let ip = access::normalise(peer.ip());
+                let trusted = access::is_trusted(&ctx.config.access.networks, ip);
                 tokio::spawn(async move {
-                    match permit {
-                        Ok(_permit) => {
-                            let _open = crate::metrics::session();
-                            session::run(ctx, listen, stream, peer).await
+                    let ticket = if trusted {
+                        None
+                    } else {
+                        match ctx.anvil.connect(ip, std::time::Instant::now()) {
+                            Ok(t) => Some(t),
+                            Err((why, log)) => {
+                                if let Some(unlogged) = log {
+                                    tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
+                                }
+                                let reply = why.reply(&ctx.config.hostname, ip);
+                                crate::metrics::refused("connect", reply.code);
+                                return session::refuse_connection(ctx, listen, stream, reply)
+                                    .await;
+                            }
                         }
-                        Err(_) => session::refuse_busy(ctx, listen, stream, peer).await,
+                    };
+                    let admitted = match permit {
+                        Ok(permit) => ctx.slots.admit(trusted, auth_offered).map(|a| (a, permit)),
+                        Err(_) => None,
+                    };
+                    match admitted {
+                        Some(((_slot, admitted), _permit)) => {
+                            let _open = crate::metrics::session();
+                            session::run(ctx, listen, stream, peer, admitted).await;
+                            drop(ticket);
+                        }
+                        None => {
+                            if ctx.slots.log_busy() {
+                                tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
+                            }
+                            let reply = session::busy_reply(&ctx.config.hostname);
+                            crate::metrics::refused("connect", reply.code);
+                            session::refuse_connection(ctx, listen, stream, reply).await
+                        }
                     }
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(address = %listen.address, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of file descriptors (EMFILE) and the like: back off instead of spinning,
+                // longer while it lasts; log the first failure of a run and every 100th.
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_multiple_of(100) {
+                    tracing::warn!(address = %listen.address, error = %e, failures, "accept failed");
+                }
+                let pause = 100u64.saturating_mul(u64::from(failures.min(10)));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }
     }

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Inbound;
+use super::admission::Admitted;
 use super::envelope::{Tx, relay_denied};
 use crate::config::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
@@ -73,20 +74,22 @@ pub(super) struct Session {
     pub(super) trusted: bool,
     pub(super) tx: Option<Tx>,
     pub(super) errors: u32,
+    /// Admitted on probation (`admission`): closed unless authenticated by then.
+    pub(super) probation: Option<tokio::time::Instant>,
 }
 
-/// Answers a client when `limits.max_sessions` sessions are running.
-pub async fn refuse_busy(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: SocketAddr) {
-    tracing::warn!(client = %peer.ip(), "session limit reached, connection refused");
-    let msg = Reply::new(
+/// The reply when all `limits.max_sessions` slots this client may take are in use.
+pub fn busy_reply(hostname: &str) -> Reply {
+    Reply::new(
         421,
         "4.3.2",
-        format!(
-            "{} Too many connections, try again later",
-            ctx.config.hostname
-        ),
+        format!("{hostname} Too many connections, try again later"),
     )
-    .to_wire();
+}
+
+/// Answers a client that gets no session (the caller logs why) and closes the connection.
+pub async fn refuse_connection(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, reply: Reply) {
+    let msg = reply.to_wire();
     let work = async {
         match (&ctx.tls, listen.tls) {
             (Some(acceptor), ListenTls::Implicit) => {
@@ -105,10 +108,20 @@ pub async fn refuse_busy(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, p
     let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
 }
 
-pub async fn run(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: SocketAddr) {
+pub async fn run(
+    ctx: Arc<Inbound>,
+    listen: Listen,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+) {
     let ip = super::access::normalise(peer.ip());
     let trusted = super::access::is_trusted(&ctx.config.access.networks, ip);
-    tracing::debug!(client = %ip, listener = %listen.address, trusted, "session start");
+    tracing::debug!(client = %ip, listener = %listen.address, trusted, ?admitted, "session start");
+    let probation = (admitted == Admitted::Probation).then(|| {
+        tracing::info!(client = %ip, "session admitted on probation: must authenticate soon");
+        tokio::time::Instant::now() + ctx.config.limits.stress_command_timeout.0
+    });
     let (conn, tls) = match (&ctx.tls, listen.tls) {
         (Some(acceptor), ListenTls::Implicit) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -143,6 +156,7 @@ pub async fn run(ctx: Arc<Inbound>, listen: Listen, stream: TcpStream, peer: Soc
         trusted,
         tx: None,
         errors: 0,
+        probation,
     };
     let greeting = format!("220 {} ESMTP poolrelay\r\n", s.ctx.config.hostname);
     s.out.extend_from_slice(greeting.as_bytes());
@@ -229,6 +243,14 @@ impl Session {
 
     /// Flushes pending replies, then reads more input. `Ok(false)` at end of input.
     pub(super) async fn fill(&mut self, timeout: Duration) -> Result<bool, End> {
+        match self.read_more(timeout).await? {
+            Some(more) => Ok(more),
+            None => self.timed_out(),
+        }
+    }
+
+    /// `fill` that reports a timeout as `Ok(None)`.
+    async fn read_more(&mut self, timeout: Duration) -> Result<Option<bool>, End> {
         self.flush().await?;
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
@@ -236,12 +258,16 @@ impl Session {
         }
         // Straight into rbuf's spare room: no copy through a stack buffer.
         self.rbuf.reserve(READ_SIZE);
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A huge timeout must not overflow the clock: a year is "for ever" here.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86400));
         let mut stop = self.ctx.stop.clone();
         loop {
             if let Some(r) = self.stop_reply(*stop.borrow_and_update()) {
                 tracing::info!(client = %self.peer, "relay stopping, closing session");
-                return self.close_with(r).map(|_| false);
+                return self.close_with(r).map(|_| None);
             }
             let conn = self.conn.as_mut().ok_or(End)?;
             let read = tokio::select! {
@@ -255,23 +281,44 @@ impl Session {
                 } => continue,
             };
             return match read {
-                Ok(Ok(0)) => Ok(false),
-                Ok(Ok(_)) => Ok(true),
+                Ok(Ok(0)) => Ok(Some(false)),
+                Ok(Ok(_)) => Ok(Some(true)),
                 Ok(Err(e)) => {
                     tracing::debug!(client = %self.peer, error = %e, "read error");
                     Err(End)
                 }
-                Err(_) => {
-                    tracing::info!(client = %self.peer, "timeout, closing");
-                    let host = self.cfg().hostname.clone();
-                    self.close_with(Reply::new(
-                        421,
-                        "4.4.2",
-                        format!("{host} Error: timeout exceeded"),
-                    ))
-                    .map(|_| false)
-                }
+                Err(_) => Ok(None),
             };
+        }
+    }
+
+    fn timed_out(&mut self) -> Result<bool, End> {
+        if self.probation_over() {
+            return self.end_probation().map(|_| false);
+        }
+        tracing::info!(client = %self.peer, "timeout, closing");
+        let host = self.cfg().hostname.clone();
+        self.close_with(Reply::new(
+            421,
+            "4.4.2",
+            format!("{host} Error: timeout exceeded"),
+        ))
+        .map(|_| false)
+    }
+
+    /// Reads more of a command line begun at `started`. The deadline is looked at again every
+    /// second, so a session already idle notices when stress begins or its probation ends.
+    async fn fill_line(&mut self, started: tokio::time::Instant) -> Result<bool, End> {
+        loop {
+            let deadline = self.command_deadline(started);
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return self.timed_out();
+            }
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            if let Some(more) = self.read_more(wait).await? {
+                return Ok(more);
+            }
         }
     }
 
@@ -299,7 +346,10 @@ impl Session {
     pub(super) async fn next_line(&mut self) -> Result<Line, End> {
         // One deadline for the whole line, not one per read: a client trickling a byte at a
         // time (slowloris) is cut after command_timeout instead of being kept for ever.
-        let deadline = tokio::time::Instant::now() + self.cfg().limits.command_timeout.0;
+        let started = tokio::time::Instant::now();
+        if self.probation_over() {
+            return self.end_probation().map(|_| Line::Eof);
+        }
         loop {
             let avail = &self.rbuf[self.rpos..];
             let window = &avail[..avail.len().min(MAX_LINE + 2)];
@@ -319,16 +369,52 @@ impl Session {
                 return Ok(Line::Cmd(cmd));
             }
             if avail.len() >= MAX_LINE + 2 {
-                return self.skip_line(deadline).await;
+                return self.skip_line(started).await;
             }
-            if !self.fill(deadline - tokio::time::Instant::now()).await? {
+            if !self.fill_line(started).await? {
                 return Ok(Line::Eof);
             }
         }
     }
 
+    /// When the next command line must be complete: `command_timeout`, shorter under stress
+    /// (`admission`), and no later than the end of a probation.
+    fn command_deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
+        let limits = &self.cfg().limits;
+        let mut timeout = limits.command_timeout.0;
+        if self.ctx.slots.stressed() {
+            timeout = timeout.min(limits.stress_command_timeout.0);
+        }
+        // A huge command_timeout must not overflow the clock: a year is "for ever" here.
+        let deadline = started
+            .checked_add(timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 86400));
+        match self.probation {
+            Some(p) if self.user.is_none() => deadline.min(p),
+            _ => deadline,
+        }
+    }
+
+    /// On probation, unauthenticated, and its time is up.
+    fn probation_over(&self) -> bool {
+        self.user.is_none()
+            && self
+                .probation
+                .is_some_and(|p| tokio::time::Instant::now() >= p)
+    }
+
+    fn end_probation(&mut self) -> Flow {
+        tracing::info!(client = %self.peer, "not authenticated in time on a reserved session slot, closing");
+        let host = self.cfg().hostname.clone();
+        self.close_with(Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Too many connections: authenticate sooner, closing connection"),
+        ))
+    }
+
     /// Drops the rest of an overlong line (bounded), so the next command starts cleanly.
-    async fn skip_line(&mut self, deadline: tokio::time::Instant) -> Result<Line, End> {
+    async fn skip_line(&mut self, started: tokio::time::Instant) -> Result<Line, End> {
         let mut skipped = 0;
         loop {
             let avail = &self.rbuf[self.rpos..];
@@ -349,7 +435,7 @@ impl Session {
                     ))
                     .map(|_| Line::Eof);
             }
-            if !self.fill(deadline - tokio::time::Instant::now()).await? {
+            if !self.fill_line(started).await? {
                 return Ok(Line::Eof);
             }
         }

@@ -1,0 +1,373 @@
+//! Per-client counters, in the spirit of Postfix's anvil. Rules:
+//! - A client is its address; IPv6 clients are grouped per /64 (one host usually owns a /64).
+//! - Concurrent sessions per client: `limits.client_sessions` → `421 4.7.0` at connect.
+//! - New connections per client per minute: `limits.client_connection_rate` → `421 4.7.0`.
+//! - Messages (MAIL FROM) per client per minute: `limits.client_message_rate` → `450 4.7.1`.
+//! - Rates count in fixed one-minute windows opened by a client's first event (as anvil does);
+//!   refused attempts are not counted. 0 turns a limit off.
+//! - Trusted networks are exempt (Postfix's `smtpd_client_event_limit_exceptions`).
+//! - A refusal is logged at most once per client and minute, with the number left unlogged.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+use crate::reply::Reply;
+
+const WINDOW: Duration = Duration::from_secs(60);
+/// Idle entries are dropped at most this often (a scan of the map).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Events in the current fixed window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            start: now,
+            count: 0,
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.start) >= WINDOW
+    }
+
+    /// Counts one event unless `limit` (non-zero) events are already in the window.
+    fn take(&mut self, now: Instant, limit: u32) -> bool {
+        if self.expired(now) {
+            *self = Window::new(now);
+        }
+        if limit > 0 && self.count >= limit {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    sessions: usize,
+    connections: Window,
+    messages: Window,
+    /// When a refusal was last logged, and refusals since then not logged.
+    logged: Option<Instant>,
+    unlogged: u32,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry {
+            sessions: 0,
+            connections: Window::new(now),
+            messages: Window::new(now),
+            logged: None,
+            unlogged: 0,
+        }
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.sessions == 0
+            && self.connections.expired(now)
+            && self.messages.expired(now)
+            && self.logged.is_none_or(|t| now.duration_since(t) >= WINDOW)
+    }
+}
+
+/// Which per-client limit refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Sessions,
+    ConnectionRate,
+    MessageRate,
+}
+
+impl Refusal {
+    pub fn reply(self, hostname: &str, client: IpAddr) -> Reply {
+        match self {
+            Refusal::Sessions => Reply::new(
+                421,
+                "4.7.0",
+                format!("{hostname} Too many connections from {client}, try again later"),
+            ),
+            Refusal::ConnectionRate => Reply::new(
+                421,
+                "4.7.0",
+                format!(
+                    "{hostname} Too many connections per minute from {client}, try again later"
+                ),
+            ),
+            Refusal::MessageRate => Reply::new(
+                450,
+                "4.7.1",
+                format!("Too many messages per minute from {client}, try again later"),
+            ),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Sessions => "client_sessions",
+            Refusal::ConnectionRate => "client_connection_rate",
+            Refusal::MessageRate => "client_message_rate",
+        }
+    }
+}
+
+/// What a refusal should log: nothing (already logged this minute), or a line with the number
+/// of refusals left unlogged since the last one.
+pub type LogNow = Option<u32>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub sessions: usize,
+    pub connection_rate: u32,
+    pub message_rate: u32,
+}
+
+impl From<&Limits> for ClientLimits {
+    fn from(l: &Limits) -> Self {
+        ClientLimits {
+            sessions: l.client_sessions,
+            connection_rate: l.client_connection_rate,
+            message_rate: l.client_message_rate,
+        }
+    }
+}
+
+struct Table {
+    clients: HashMap<IpAddr, Entry>,
+    pruned: Instant,
+}
+
+pub struct Anvil {
+    limits: ClientLimits,
+    table: Mutex<Table>,
+}
+
+/// One session counted against its client; dropping it gives the session back.
+pub struct SessionTicket {
+    anvil: Arc<Anvil>,
+    key: IpAddr,
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        let mut t = self.anvil.lock();
+        if let Some(e) = t.clients.get_mut(&self.key) {
+            e.sessions = e.sessions.saturating_sub(1);
+        }
+    }
+}
+
+impl Anvil {
+    pub fn new(limits: ClientLimits) -> Arc<Anvil> {
+        Arc::new(Anvil {
+            limits,
+            table: Mutex::new(Table {
+                clients: HashMap::new(),
+                pruned: Instant::now(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // The table holds only counters: a panic elsewhere cannot leave it unusable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection from `ip`: counts it and one session, or says which limit refuses it.
+    pub fn connect(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<SessionTicket, (Refusal, LogNow)> {
+        let key = client_key(ip);
+        let mut t = self.lock();
+        t.prune(now);
+        let e = t.clients.entry(key).or_insert_with(|| Entry::new(now));
+        let refusal = if self.limits.sessions > 0 && e.sessions >= self.limits.sessions {
+            Some(Refusal::Sessions)
+        } else if !e.connections.take(now, self.limits.connection_rate) {
+            Some(Refusal::ConnectionRate)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            return Err((r, e.log_now(now)));
+        }
+        e.sessions += 1;
+        Ok(SessionTicket {
+            anvil: self.clone(),
+            key,
+        })
+    }
+
+    /// A new message (MAIL FROM) from `ip`.
+    pub fn message(&self, ip: IpAddr, now: Instant) -> Result<(), (Refusal, LogNow)> {
+        if self.limits.message_rate == 0 {
+            return Ok(());
+        }
+        let key = client_key(ip);
+        let mut t = self.lock();
+        let e = t.clients.entry(key).or_insert_with(|| Entry::new(now));
+        if e.messages.take(now, self.limits.message_rate) {
+            Ok(())
+        } else {
+            Err((Refusal::MessageRate, e.log_now(now)))
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().clients.len()
+    }
+}
+
+impl Table {
+    fn prune(&mut self, now: Instant) {
+        if now.duration_since(self.pruned) < PRUNE_EVERY {
+            return;
+        }
+        self.pruned = now;
+        self.clients.retain(|_, e| !e.idle(now));
+    }
+}
+
+impl Entry {
+    fn log_now(&mut self, now: Instant) -> LogNow {
+        if self.logged.is_some_and(|t| now.duration_since(t) < WINDOW) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anvil(sessions: usize, connection_rate: u32, message_rate: u32) -> Arc<Anvil> {
+        Anvil::new(ClientLimits {
+            sessions,
+            connection_rate,
+            message_rate,
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_is_grouped_per_64_and_ipv4_per_address() {
+        assert_eq!(client_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(client_key(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        // Mapped IPv4 counts as that IPv4 address, not as the ::ffff:0:0/64.
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(
+            client_key(ip("::ffff:192.0.2.7")),
+            client_key(ip("::ffff:192.0.2.8"))
+        );
+    }
+
+    #[test]
+    fn concurrent_sessions_per_client_and_per_64() {
+        let a = anvil(2, 0, 0);
+        let now = Instant::now();
+        let t1 = a.connect(ip("2001:db8::1"), now).unwrap();
+        let _t2 = a.connect(ip("2001:db8::2"), now).unwrap();
+        let (r, log) = a.connect(ip("2001:db8::3"), now).err().unwrap();
+        assert_eq!((r, log), (Refusal::Sessions, Some(0)));
+        // Another /64 and another IPv4 address are separate clients.
+        let _other = a.connect(ip("2001:db8:0:1::1"), now).unwrap();
+        let _v4 = a.connect(ip("192.0.2.1"), now).unwrap();
+        drop(t1);
+        let _t3 = a.connect(ip("2001:db8::3"), now).unwrap();
+    }
+
+    #[test]
+    fn connection_rate_window_expires() {
+        let a = anvil(0, 3, 0);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            drop(a.connect(ip("192.0.2.1"), t0).unwrap());
+        }
+        let (r, _) = a.connect(ip("192.0.2.1"), t0).err().unwrap();
+        assert_eq!(r, Refusal::ConnectionRate);
+        let almost = t0 + WINDOW - Duration::from_millis(1);
+        assert!(a.connect(ip("192.0.2.1"), almost).is_err());
+        assert!(a.connect(ip("192.0.2.2"), almost).is_ok());
+        // A new window opens a minute after the first.
+        assert!(a.connect(ip("192.0.2.1"), t0 + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn message_rate_window_expires() {
+        let a = anvil(0, 0, 2);
+        let t0 = Instant::now();
+        assert!(a.message(ip("192.0.2.1"), t0).is_ok());
+        assert!(a.message(ip("192.0.2.1"), t0).is_ok());
+        let (r, _) = a.message(ip("192.0.2.1"), t0).unwrap_err();
+        assert_eq!(r, Refusal::MessageRate);
+        assert!(a.message(ip("192.0.2.1"), t0 + WINDOW).is_ok());
+        // Off: never refused.
+        let off = anvil(0, 0, 0);
+        for _ in 0..1000 {
+            assert!(off.message(ip("192.0.2.1"), t0).is_ok());
+        }
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_minute_with_the_count_left_out() {
+        let a = anvil(1, 0, 0);
+        let t0 = Instant::now();
+        let _held = a.connect(ip("192.0.2.1"), t0).unwrap();
+        assert_eq!(a.connect(ip("192.0.2.1"), t0).err().unwrap().1, Some(0));
+        for _ in 0..5 {
+            assert_eq!(a.connect(ip("192.0.2.1"), t0).err().unwrap().1, None);
+        }
+        let later = t0 + WINDOW;
+        assert_eq!(a.connect(ip("192.0.2.1"), later).err().unwrap().1, Some(5));
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten() {
+        let a = anvil(5, 10, 0);
+        let t0 = Instant::now();
+        for i in 0..100u8 {
+            drop(a.connect(IpAddr::from([192, 0, 2, i]), t0).unwrap());
+        }
+        let held = a.connect(ip("198.51.100.1"), t0).unwrap();
+        assert_eq!(a.len(), 101);
+        // After the windows expire only the client still connected is kept.
+        let _ = a.connect(ip("198.51.100.2"), t0 + WINDOW + PRUNE_EVERY);
+        assert_eq!(a.len(), 2);
+        drop(held);
+    }
+}
