@@ -18,4 +18,5 @@ pub mod server;
 pub mod signing;
 pub mod spool;
 pub mod state;
+pub mod text;
 pub mod tls;

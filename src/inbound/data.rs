@@ -5,7 +5,8 @@
 //! to refuse them. Here the message ends only at CRLF "." CRLF (the CRLF of the DATA command
 //! counts as the first one); `\n.\n`, `\r.\r`, `\n.\r\n`, `\r\n.\n` … never end it, and any bare
 //! CR or LF marks the message as refused: the SMTP smuggling defence (the bytes after such a fake
-//! end stay message content, never commands).
+//! end stay message content, never commands). A NUL byte marks it as refused too: a next hop that
+//! strips NULs would read a NUL-dot line as the end of data.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
@@ -29,6 +30,8 @@ pub struct DataReader {
     max: u64,
     /// A bare CR or LF was seen: the message will be refused.
     pub bare: bool,
+    /// A NUL byte was seen: the message will be refused.
+    pub nul: bool,
 }
 
 impl DataReader {
@@ -38,7 +41,13 @@ impl DataReader {
             size: 0,
             max,
             bare: false,
+            nul: false,
         }
+    }
+
+    /// A bare CR/LF or a NUL was seen.
+    pub fn refused(&self) -> bool {
+        self.bare || self.nul
     }
 
     pub fn too_big(&self) -> bool {
@@ -47,8 +56,11 @@ impl DataReader {
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         self.size += bytes.len() as u64;
+        if bytes.contains(&0) {
+            self.nul = true;
+        }
         // A message that will be refused is not stored any further.
-        if !self.bare && self.size <= self.max {
+        if !self.refused() && self.size <= self.max {
             out.extend_from_slice(bytes);
         }
     }
@@ -210,6 +222,22 @@ mod tests {
             assert_eq!(n, input.len(), "{body:?}");
             assert!(bare, "{body:?}");
         }
+    }
+
+    #[test]
+    fn nul_is_flagged_and_not_stored() {
+        for body in [&b"\0.\r\nafter"[..], b"a\0b", b"\0", b".\0", b"x\r\n\0\r\n."] {
+            let mut input = body.to_vec();
+            input.extend_from_slice(b"\r\nMAIL FROM:<x@y.z>\r\n.\r\n");
+            let mut r = DataReader::new(u64::MAX);
+            let mut out = Vec::new();
+            assert_eq!(r.feed(&input, &mut out), Some(input.len()), "{body:?}");
+            assert!(r.nul && r.refused() && !r.bare, "{body:?}");
+            assert!(!out.contains(&0), "{body:?}");
+        }
+        let mut r = DataReader::new(u64::MAX);
+        r.feed(b"clean\r\n.\r\n", &mut Vec::new());
+        assert!(!r.refused());
     }
 
     #[test]

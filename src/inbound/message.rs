@@ -14,13 +14,17 @@ pub(super) struct Bdat {
     writer: Option<MessageWriter>,
     size: u64,
     bare: bool,
+    nul: bool,
     prev_cr: bool,
 }
 
 impl Bdat {
-    /// Flags bare CR / bare LF, also across chunk boundaries.
+    /// Flags bare CR / bare LF (also across chunk boundaries) and NUL.
     fn scan(&mut self, piece: &[u8]) {
         self.size += piece.len() as u64;
+        if piece.contains(&0) {
+            self.nul = true;
+        }
         for &c in piece {
             if (self.prev_cr && c != b'\n') || (!self.prev_cr && c == b'\n') {
                 self.bare = true;
@@ -153,6 +157,7 @@ impl Session {
                             writer: Some(writer),
                             size: 0,
                             bare: false,
+                            nul: false,
                             prev_cr: false,
                         });
                     }
@@ -180,7 +185,7 @@ impl Session {
             if let Some(b) = st.as_mut() {
                 let piece = &self.rbuf[self.rpos..self.rpos + n];
                 b.scan(piece);
-                if !b.bare && b.size <= max && b.writer.is_some() {
+                if !b.bare && !b.nul && b.size <= max && b.writer.is_some() {
                     pending.extend_from_slice(piece);
                 }
             }
@@ -208,6 +213,8 @@ impl Session {
         }
         let refusal = if b.bare {
             Some(Reply::new(550, "5.6.11", "Bare LF/CR not allowed"))
+        } else if b.nul {
+            Some(nul_reply())
         } else if b.size > max {
             Some(Reply::new(
                 552,
@@ -293,6 +300,9 @@ impl Session {
         if reader.bare {
             let r = Reply::new(550, "5.6.11", "Bare LF/CR not allowed");
             return self.refuse_msg(&id, reader.size, &tx, r);
+        }
+        if reader.nul {
+            return self.refuse_msg(&id, reader.size, &tx, nul_reply());
         }
         if reader.too_big() {
             return self.refuse_msg(
@@ -418,6 +428,11 @@ impl Session {
             }
         }
     }
+}
+
+/// A NUL-dot line is an end-of-data look-alike for a next hop that strips NULs.
+fn nul_reply() -> Reply {
+    Reply::new(550, "5.6.0", "NUL characters not allowed")
 }
 
 fn storage_reply() -> Reply {
