@@ -9,6 +9,10 @@
 //! the others as `\u{HHHH}`; everything else (printable ASCII and other Unicode) is kept.
 //! JSON output: serde escapes only C0, so [`json`] also writes DEL, C1 and the format characters as
 //! `\uHHHH` (the same JSON value, nothing raw on the terminal).
+//! Logs: [`LogWriter`] sits under the tracing subscriber and escapes every event the same way, so
+//! no field (EHLO name, address, remote reply) can add a line or a control to the log; only the
+//! newline that ends an event and, on a colour terminal, the subscriber's own ESC stay raw
+//! (tracing-subscriber escapes ESC inside field values itself).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -82,6 +86,52 @@ pub fn json(serialized: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An `io::Write` for the log subscriber: one `write` is one formatted event.
+pub struct LogWriter<W> {
+    inner: W,
+    /// Keep ESC raw: the subscriber colours a terminal.
+    ansi: bool,
+}
+
+impl<W: std::io::Write> LogWriter<W> {
+    pub fn new(inner: W, ansi: bool) -> LogWriter<W> {
+        LogWriter { inner, ansi }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for LogWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (body, end) = match text.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (&*text, ""),
+        };
+        if !body
+            .chars()
+            .any(|c| is_unsafe(c) && !(self.ansi && c == '\x1b'))
+        {
+            self.inner.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = String::with_capacity(buf.len() + 16);
+        for c in body.chars() {
+            if self.ansi && c == '\x1b' {
+                out.push(c);
+            } else {
+                let mut tmp = [0u8; 4];
+                out.push_str(&escape(c.encode_utf8(&mut tmp)));
+            }
+        }
+        out.push_str(end);
+        self.inner.write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +149,25 @@ mod tests {
         );
         assert_eq!(escape("\u{feff}\u{e0041}"), "\\u{feff}\\u{e0041}");
         assert_eq!(format!("{}", Escaped("ok\x00")), "ok\\x00");
+    }
+
+    #[test]
+    fn log_writer_keeps_one_line_per_event() {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let mut w = LogWriter::new(&mut out, false);
+        w.write_all("INFO helo=a\nFAKE line\u{202e}\x1b[2J\n".as_bytes())
+            .unwrap();
+        w.write_all(b"INFO plain\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INFO helo=a\\x0aFAKE line\\u{202e}\\x1b[2J\nINFO plain\n"
+        );
+        let mut out = Vec::new();
+        LogWriter::new(&mut out, true)
+            .write_all(b"\x1b[32mINFO\x1b[0m \x07\n")
+            .unwrap();
+        assert_eq!(out, b"\x1b[32mINFO\x1b[0m \\x07\n");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::client;
-use crate::text::{Escaped, escape};
 use crate::config::Config;
+use crate::text::{Escaped, escape};
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {

@@ -226,7 +226,13 @@ mod tests {
 
     #[test]
     fn nul_is_flagged_and_not_stored() {
-        for body in [&b"\0.\r\nafter"[..], b"a\0b", b"\0", b".\0", b"x\r\n\0\r\n."] {
+        for body in [
+            &b"\0.\r\nafter"[..],
+            b"a\0b",
+            b"\0",
+            b".\0",
+            b"x\r\n\0\r\n.",
+        ] {
             let mut input = body.to_vec();
             input.extend_from_slice(b"\r\nMAIL FROM:<x@y.z>\r\n.\r\n");
             let mut r = DataReader::new(u64::MAX);
