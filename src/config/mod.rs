@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub mod pool;
+pub mod ranges;
 pub mod reputation;
 
 pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
@@ -127,6 +128,9 @@ pub struct Access {
     /// Put the authenticated user name into the Received header.
     #[serde(default)]
     pub received_auth_user: bool,
+    /// Which senders each user (or network) may use; none = no restriction.
+    #[serde(default)]
+    pub sender_login: Vec<crate::inbound::sender_login::SenderLogin>,
 }
 
 impl Default for Access {
@@ -137,6 +141,7 @@ impl Default for Access {
             auth_max_failures: default_auth_failures(),
             auth_lockout: default_auth_lockout(),
             received_auth_user: false,
+            sender_login: Vec::new(),
         }
     }
 }
@@ -386,9 +391,15 @@ pub struct DurationStr(pub Duration);
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(DurationStr)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))?;
+        if d > ranges::MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is too long (at most {})",
+                humantime::format_duration(ranges::MAX_DURATION)
+            )));
+        }
+        Ok(DurationStr(d))
     }
 }
 
@@ -475,7 +486,8 @@ impl Config {
                 message: e.message().trim().to_string(),
             }]
         })?;
-        let errors = config.validate(path, text);
+        let mut errors = config.validate(path, text);
+        errors.extend(ranges::check(&config, path, text));
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -533,6 +545,11 @@ impl Config {
             && !users.is_file()
         {
             err("users_file", format!("file {} not found", users.display()));
+        }
+        for s in &self.access.sender_login {
+            if let Some(p) = s.problem() {
+                err("sender_login", p);
+            }
         }
         if self.delivery.retry.is_empty() {
             err("retry", "needs at least one interval".into());

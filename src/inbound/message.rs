@@ -344,14 +344,18 @@ impl Session {
     async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
         let size = writer.len();
         let signer = self.ctx.signer.clone();
+        // `From:` is checked against the login before a key is chosen (sender_login).
+        let senders = self.senders();
         let signed = match writer.finish().await {
             // In memory (most messages): signed right here, a few hundred microseconds at most
             // (RSA-2048), cheaper than a trip to the blocking pool.
-            Ok(Finished::Memory(bytes)) => signer.sign(bytes),
+            Ok(Finished::Memory(bytes)) => signer.sign_checked(bytes, &|a| senders.allows(a)),
             // DKIM reads a large message's file in chunks (memory stays bounded).
             Ok(Finished::File(path)) => {
                 let path = path.to_path_buf();
-                tokio::task::spawn_blocking(move || signer.sign_file(&path))
+                tokio::task::spawn_blocking(move || {
+                    signer.sign_file_checked(&path, &|a| senders.allows(a))
+                })
                     .await
                     .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
             }

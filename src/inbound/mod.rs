@@ -3,7 +3,7 @@
 //! `envelope` (MAIL FROM, RCPT TO), `message` (DATA, BDAT, signing, commit),
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
-//! `received` (the Received header).
+//! `received` (the Received header), `sender_login` (which senders each login may use).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -16,6 +16,7 @@ mod envelope;
 pub mod limits;
 mod message;
 pub mod received;
+pub mod sender_login;
 mod session;
 pub mod users;
 
