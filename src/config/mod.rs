@@ -480,10 +480,20 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
+            let message = e.message().trim();
+            // A bad value: name the key its line sets (the message only describes the value).
+            let key = line
+                .and_then(|n| text.lines().nth(n - 1))
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(*k));
             vec![ConfigError {
                 file: path.to_owned(),
                 line,
-                message: e.message().trim().to_string(),
+                message: match key {
+                    Some(k) => format!("{k}: {message}"),
+                    None => message.to_string(),
+                },
             }]
         })?;
         let mut errors = config.validate(path, text);
