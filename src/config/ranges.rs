@@ -23,23 +23,71 @@ const TERA: u64 = 1_000_000_000_000;
 fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
     let (l, d, w, r) = (&c.limits, &c.delivery, &c.warmup, &c.reputation);
     let mut v = vec![
-        ("access", "auth_max_failures", c.access.auth_max_failures.into(), 1, MILLION),
+        (
+            "access",
+            "auth_max_failures",
+            c.access.auth_max_failures.into(),
+            1,
+            MILLION,
+        ),
         ("limits", "message_size", l.message_size.0, 1, TERA),
-        ("limits", "recipients_per_message", l.recipients_per_message as u64, 1, 100_000),
+        (
+            "limits",
+            "recipients_per_message",
+            l.recipients_per_message as u64,
+            1,
+            100_000,
+        ),
         ("limits", "per_user_daily", l.per_user_daily, 0, TERA),
         ("limits", "max_sessions", l.max_sessions as u64, 1, MILLION),
         ("limits", "max_errors", l.max_errors.into(), 1, MILLION),
-        ("limits", "spool_min_free", l.spool_min_free.0, 0, 1000 * TERA),
+        (
+            "limits",
+            "spool_min_free",
+            l.spool_min_free.0,
+            0,
+            1000 * TERA,
+        ),
         ("delivery", "port", d.port.into(), 1, 65535),
-        ("delivery", "concurrency_per_destination", d.concurrency_per_destination as u64, 1, 100_000),
+        (
+            "delivery",
+            "concurrency_per_destination",
+            d.concurrency_per_destination as u64,
+            1,
+            100_000,
+        ),
         ("delivery", "concurrency", d.concurrency as u64, 1, 100_000),
         ("warmup", "idle_days", w.idle_days, 1, 3650),
         ("warmup", "burst", w.burst, 1, 1000),
-        ("reputation", "clean_checks", r.clean_checks.into(), 1, 10_000),
-        ("reputation", "block_threshold", r.block_threshold.into(), 1, MILLION),
+        (
+            "reputation",
+            "clean_checks",
+            r.clean_checks.into(),
+            1,
+            10_000,
+        ),
+        (
+            "reputation",
+            "block_threshold",
+            r.block_threshold.into(),
+            1,
+            MILLION,
+        ),
         ("reputation", "window", r.window as u64, 1, MILLION),
-        ("reputation", "min_samples", r.min_samples as u64, 1, MILLION),
-        ("reputation", "probe_samples", r.probe_samples as u64, 1, MILLION),
+        (
+            "reputation",
+            "min_samples",
+            r.min_samples as u64,
+            1,
+            MILLION,
+        ),
+        (
+            "reputation",
+            "probe_samples",
+            r.probe_samples as u64,
+            1,
+            MILLION,
+        ),
         ("reputation", "probe_per_hour", r.probe_per_hour, 0, BILLION),
     ];
     for s in &w.schedule {
@@ -48,9 +96,21 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
         }
     }
     for p in &c.provider {
-        v.push(("provider", "max_connections", p.max_connections.into(), 0, 100_000));
+        v.push((
+            "provider",
+            "max_connections",
+            p.max_connections.into(),
+            0,
+            100_000,
+        ));
         v.push(("provider", "max_per_hour", p.max_per_hour, 0, TERA));
-        v.push(("provider", "max_per_connection", p.max_per_connection.into(), 0, BILLION));
+        v.push((
+            "provider",
+            "max_per_connection",
+            p.max_per_connection.into(),
+            0,
+            BILLION,
+        ));
     }
     for p in &c.pool {
         for ip in &p.ip {
@@ -66,15 +126,50 @@ fn timers(c: &Config) -> Vec<(&'static str, &'static str, Duration, Duration)> {
     let mut v = vec![
         ("limits", "command_timeout", l.command_timeout.0, MIN_TIMER),
         ("limits", "data_timeout", l.data_timeout.0, MIN_TIMER),
-        ("delivery", "connect_timeout", d.connect_timeout.0, MIN_TIMER),
-        ("delivery", "command_timeout", d.command_timeout.0, MIN_TIMER),
+        (
+            "delivery",
+            "connect_timeout",
+            d.connect_timeout.0,
+            MIN_TIMER,
+        ),
+        (
+            "delivery",
+            "command_timeout",
+            d.command_timeout.0,
+            MIN_TIMER,
+        ),
         ("delivery", "max_age", d.max_age.0, Duration::from_secs(1)),
-        ("reputation", "check_interval", c.reputation.check_interval.0, MIN_TIMER),
+        (
+            "reputation",
+            "check_interval",
+            c.reputation.check_interval.0,
+            MIN_TIMER,
+        ),
         ("reputation", "cooldown", c.reputation.cooldown.0, MIN_TIMER),
-        ("reputation", "max_cooldown", c.reputation.max_cooldown.0, MIN_TIMER),
-        ("throttle", "hold_warning_interval", c.throttle.hold_warning_interval.0, MIN_TIMER),
-        ("doctor", "check_interval", c.doctor.check_interval.0, MIN_TIMER),
-        ("doctor", "probe_timeout", c.doctor.probe_timeout.0, MIN_TIMER),
+        (
+            "reputation",
+            "max_cooldown",
+            c.reputation.max_cooldown.0,
+            MIN_TIMER,
+        ),
+        (
+            "throttle",
+            "hold_warning_interval",
+            c.throttle.hold_warning_interval.0,
+            MIN_TIMER,
+        ),
+        (
+            "doctor",
+            "check_interval",
+            c.doctor.check_interval.0,
+            MIN_TIMER,
+        ),
+        (
+            "doctor",
+            "probe_timeout",
+            c.doctor.probe_timeout.0,
+            MIN_TIMER,
+        ),
     ];
     if let Some(w) = d.delay_warning {
         v.push(("delivery", "delay_warning", w.0, Duration::from_secs(1)));
@@ -96,7 +191,11 @@ pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<Confi
     };
     for (section, key, value, min, max) in counts(c) {
         if value < min || value > max {
-            err(section, key, format!("{value} is out of range ({min} to {max})"));
+            err(
+                section,
+                key,
+                format!("{value} is out of range ({min} to {max})"),
+            );
         }
     }
     for (section, key, value, min) in timers(c) {
@@ -119,7 +218,11 @@ pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<Confi
         ("bad_recipient_warning", r.bad_recipient_warning),
     ] {
         if !(0.0..=1.0).contains(&rate) {
-            err("reputation", key, format!("{rate} is not a share from 0 to 1"));
+            err(
+                "reputation",
+                key,
+                format!("{rate} is not a share from 0 to 1"),
+            );
         }
     }
     errors
@@ -162,14 +265,20 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("t.toml:7: limits.max_sessions:"), "{e:?}");
         // The same key name in two tables: the line of the right one.
-        let e = errors("[limits]\ncommand_timeout = \"1s\"\n[delivery]\ncommand_timeout = \"0s\"\n");
-        assert!(e[0].starts_with("t.toml:9: delivery.command_timeout:"), "{e:?}");
+        let e =
+            errors("[limits]\ncommand_timeout = \"1s\"\n[delivery]\ncommand_timeout = \"0s\"\n");
+        assert!(
+            e[0].starts_with("t.toml:9: delivery.command_timeout:"),
+            "{e:?}"
+        );
         let e = errors("[reputation]\nmax_bounce_rate = nan\n");
         assert!(e[0].contains("reputation.max_bounce_rate"), "{e:?}");
         let e = errors("[limits]\ncommand_timeout = \"999999999999d\"\n");
         assert!(e[0].starts_with("t.toml:7:"), "{e:?}");
         let e = errors("[limits]\ncommand_timeout = \"3651d\"\n");
         assert!(e[0].contains("at most"), "{e:?}");
-        assert!(errors("[limits]\ncommand_timeout = \"3650d\"\nmax_sessions = 1000000\n").is_empty());
+        assert!(
+            errors("[limits]\ncommand_timeout = \"3650d\"\nmax_sessions = 1000000\n").is_empty()
+        );
     }
 }

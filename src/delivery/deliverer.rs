@@ -32,6 +32,8 @@ pub struct Deliverer {
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Sessions kept open after a transaction, per source IP and destination, for reuse.
     pub(super) connections: Connections,
+    /// Signs the DSNs the relay writes (key for the hostname's domain).
+    pub(super) signer: Arc<crate::signing::Signer>,
 }
 
 impl Deliverer {
@@ -40,8 +42,10 @@ impl Deliverer {
         spool: Arc<Spool>,
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
+        signer: Arc<crate::signing::Signer>,
     ) -> Result<Deliverer, String> {
         Ok(Deliverer {
+            signer,
             router: Router::new(&config)?,
             reputation,
             pools,
@@ -199,8 +203,15 @@ impl Deliverer {
             return;
         }
         let rcpts: Vec<_> = bounced.iter().map(|&i| &env.recipients[i]).collect();
-        if let Err(e) =
-            outcome::send_dsn(&self.config, &self.spool, env, &rcpts, DsnKind::Failure).await
+        if let Err(e) = outcome::send_dsn(
+            &self.config,
+            &self.spool,
+            &self.signer,
+            env,
+            &rcpts,
+            DsnKind::Failure,
+        )
+        .await
         {
             tracing::error!(queue_id = %env.id, error = %e, "cannot queue DSN, will bounce again");
             let retry = now_unix() + 60;
@@ -281,7 +292,15 @@ impl Deliverer {
         if pending.is_empty() {
             return;
         }
-        match outcome::send_dsn(&self.config, &self.spool, env, &pending, DsnKind::Delay).await {
+        let dsn = outcome::send_dsn(
+            &self.config,
+            &self.spool,
+            &self.signer,
+            env,
+            &pending,
+            DsnKind::Delay,
+        );
+        match dsn.await {
             Ok(_) => {
                 env.delay_warned = true;
                 self.save(env).await;

@@ -356,8 +356,8 @@ impl Session {
                 tokio::task::spawn_blocking(move || {
                     signer.sign_file_checked(&path, &|a| senders.allows(a))
                 })
-                    .await
-                    .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
+                .await
+                .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
             }
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "spool: fsync failed");
