@@ -1,13 +1,14 @@
 //! The streaming DATA reader on arbitrary bytes, split into arbitrary chunks: the result must not
 //! depend on how the socket cut the stream, the end must be exactly at CRLF "." CRLF, and
-//! a message with a bare CR or LF must be flagged.
+//! a message with a bare CR or LF must be flagged (and one with a NUL refused).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use poolrelay_parsers::inbound::data::DataReader;
 
-/// Feeds `input` in chunks of the given sizes; returns (stored bytes, end offset, size, bare).
-fn run(input: &[u8], cuts: &[u8], max: u64) -> (Vec<u8>, Option<usize>, u64, bool) {
+/// Feeds `input` in chunks of the given sizes; returns (stored bytes, end offset, size, bare,
+/// nul).
+fn run(input: &[u8], cuts: &[u8], max: u64) -> (Vec<u8>, Option<usize>, u64, bool, bool) {
     let mut r = DataReader::new(max);
     let mut out = Vec::new();
     let mut pos = 0;
@@ -22,11 +23,11 @@ fn run(input: &[u8], cuts: &[u8], max: u64) -> (Vec<u8>, Option<usize>, u64, boo
         let end = (pos + step).min(input.len());
         if let Some(n) = r.feed(&input[pos..end], &mut out) {
             assert!(n <= end - pos);
-            return (out, Some(pos + n), r.size, r.bare);
+            return (out, Some(pos + n), r.size, r.bare, r.nul);
         }
         pos = end;
     }
-    (out, None, r.size, r.bare)
+    (out, None, r.size, r.bare, r.nul)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -40,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
     let pieces = run(input, cuts, max);
     assert_eq!(whole, pieces, "chunking changed the result");
 
-    let (out, end, size, bare) = whole;
+    let (out, end, size, bare, nul) = whole;
+    // NUL flagged exactly when the message (up to its end) has one; never stored.
+    assert_eq!(nul, input[..end.unwrap_or(input.len())].contains(&0));
+    assert!(!out.contains(&0), "NUL stored");
     if let Some(n) = end {
         // The CRLF ending the DATA command counts as the first CRLF of the end marker.
         let mut seen = b"\r\n".to_vec();
@@ -59,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    if !bare {
+    if !bare && !nul {
         assert_eq!(out.len() as u64, size);
         // Stored bytes have CRLF line endings only.
         for (i, &c) in out.iter().enumerate() {

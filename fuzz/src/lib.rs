@@ -1,5 +1,6 @@
-//! The inbound parsers under test, compiled straight from the project's own source files (they
-//! depend on nothing but std), so the fuzz build does not drag in TLS, DKIM and tokio.
+//! The parsers under test, compiled straight from the project's own source files: the inbound
+//! ones depend on nothing but std, the bounce parser on mail-parser, regex, serde and toml; the
+//! fuzz build does not drag in TLS, DKIM and tokio.
 
 #[path = "../../src/reply.rs"]
 pub mod reply;
@@ -15,4 +16,15 @@ pub mod data;
 pub mod inbound {
     pub use super::address;
     pub use super::data;
+}
+
+/// The bounce parser and the reply classifier it uses (mail-parser, regex, serde, toml).
+pub mod outcome {
+    #[path = "../../../src/outcome/classify/mod.rs"]
+    pub mod classify;
+}
+
+pub mod reputation {
+    #[path = "../../../src/reputation/bounce.rs"]
+    pub mod bounce;
 }

@@ -56,6 +56,11 @@ pub async fn start(
         Some(path) => {
             let u = users::Users::load(path)?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
+            if config.access.sender_login.is_empty() {
+                tracing::warn!(
+                    "no [[access.sender_login]]: every login may send as any address (and get DKIM signatures for every configured domain)"
+                );
+            }
             Some(Arc::new(u))
         }
         None => None,
