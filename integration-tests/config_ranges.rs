@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use common::*;
 

@@ -83,7 +83,6 @@ pub async fn run(config: Config) -> Result<(), String> {
         committed,
         recovered,
         control,
-        signer.clone(),
     )
     .await?;
     crate::inbound::start(config.clone(), spool, state, signer).await?;

@@ -42,10 +42,16 @@ impl Deliverer {
         spool: Arc<Spool>,
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
-        signer: Arc<crate::signing::Signer>,
     ) -> Result<Deliverer, String> {
+        // Its own copy of the keys (the inbound side has one too): loaded once, at start.
+        let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
         Ok(Deliverer {
-            signer,
+            signer: Arc::new(signer),
             router: Router::new(&config)?,
             reputation,
             pools,

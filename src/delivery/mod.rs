@@ -33,9 +33,8 @@ pub async fn start(
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: Vec<Envelope>,
     control: queue::Control,
-    signer: Arc<crate::signing::Signer>,
 ) -> Result<(), String> {
-    let d = Arc::new(Deliverer::new(config, spool, pools, reputation, signer)?);
+    let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
