@@ -19,12 +19,18 @@ pub mod inbound {
 }
 
 /// The bounce parser and the reply classifier it uses (mail-parser, regex, serde, toml).
+#[path = "../../src/outcome/classify/mod.rs"]
+#[doc(hidden)]
+pub mod classify;
+#[path = "../../src/reputation/bounce.rs"]
+#[doc(hidden)]
+pub mod bounce;
+
+/// The same paths as in poolrelay (`poolrelay::outcome::classify`, `poolrelay::reputation::…`).
 pub mod outcome {
-    #[path = "../../../src/outcome/classify/mod.rs"]
-    pub mod classify;
+    pub use super::classify;
 }
 
 pub mod reputation {
-    #[path = "../../../src/reputation/bounce.rs"]
-    pub mod bounce;
+    pub use super::bounce;
 }

@@ -231,7 +231,7 @@ mod tests {
             b"a\0b",
             b"\0",
             b".\0",
-            b"x\r\n\0\r\n.",
+            b"x\r\n\0\r\n.x",
         ] {
             let mut input = body.to_vec();
             input.extend_from_slice(b"\r\nMAIL FROM:<x@y.z>\r\n.\r\n");
