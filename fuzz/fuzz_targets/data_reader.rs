@@ -77,7 +77,8 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
-    } else {
+    }
+    if bare {
         // Input with a lone LF or CR (outside CRLF) must be what set the flag.
         let upto = end.unwrap_or(input.len());
         let mut s = b"\r\n".to_vec();

@@ -55,14 +55,19 @@ impl DataReader {
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        self.size += bytes.len() as u64;
-        if bytes.contains(&0) {
-            self.nul = true;
-        }
+        // The bytes before a NUL are stored like any others, so what is stored does not depend
+        // on where the socket cut the stream.
+        let (before, nul) = match bytes.iter().position(|&b| b == 0) {
+            Some(p) => (&bytes[..p], true),
+            None => (bytes, false),
+        };
+        self.size += before.len() as u64;
         // A message that will be refused is not stored any further.
         if !self.refused() && self.size <= self.max {
-            out.extend_from_slice(bytes);
+            out.extend_from_slice(before);
         }
+        self.size += (bytes.len() - before.len()) as u64;
+        self.nul |= nul;
     }
 
     /// Consumes `input`, appending message bytes to `out`. Returns `Some(n)` when the end marker
