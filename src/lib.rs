@@ -19,4 +19,5 @@ pub mod server;
 pub mod signing;
 pub mod spool;
 pub mod state;
+pub mod text;
 pub mod tls;

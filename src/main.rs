@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use poolrelay::config::{Config, LogFormat};
+use poolrelay::text::Escaped;
 
 /// poolrelay: SMTP smarthost relay with a pool of source IPs.
 #[derive(Parser)]
@@ -260,10 +261,8 @@ fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode 
     if count {
         println!("{}", queued.len());
     } else if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&queued).unwrap_or_default()
-        );
+        let text = serde_json::to_string_pretty(&queued).unwrap_or_default();
+        println!("{}", poolrelay::text::json(&text));
     } else {
         for env in &queued {
             let sender = if env.sender.is_empty() {
@@ -274,14 +273,17 @@ fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode 
             let rcpts: Vec<String> = env
                 .recipients
                 .iter()
-                .map(|r| format!("{} ({:?}, {} attempts)", r.address, r.state, r.attempts))
+                .map(|r| {
+                    let address = Escaped(&r.address);
+                    format!("{address} ({:?}, {} attempts)", r.state, r.attempts)
+                })
                 .collect();
             println!(
                 "{}  {:>8}  {}  {}  {}",
                 env.id,
                 env.size,
                 env.received_at,
-                sender,
+                Escaped(sender),
                 rcpts.join(", ")
             );
         }
@@ -332,17 +334,17 @@ fn pool_command(config: &std::path::Path, command: PoolCommand) -> ExitCode {
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if code != 200 {
         let msg = value["error"].as_str().unwrap_or(text.as_str());
-        eprintln!("poolrelay pool: {msg} (HTTP {code})");
+        eprintln!("poolrelay pool: {} (HTTP {code})", Escaped(msg));
         return ExitCode::FAILURE;
     }
     match command {
-        PoolCommand::Status { json: true } => println!("{text}"),
+        PoolCommand::Status { json: true } => println!("{}", poolrelay::text::json(&text)),
         PoolCommand::Status { json: false } => print!("{}", client::format_status(&value)),
         _ => println!(
             "{} {} (scope {}){}",
-            value["ip"].as_str().unwrap_or("?"),
-            value["state"].as_str().unwrap_or("?"),
-            value["scope"].as_str().unwrap_or("all"),
+            Escaped(value["ip"].as_str().unwrap_or("?")),
+            Escaped(value["state"].as_str().unwrap_or("?")),
+            Escaped(value["scope"].as_str().unwrap_or("all")),
             if value["changed"] == false {
                 ", no change"
             } else {
@@ -393,11 +395,13 @@ fn serve(path: PathBuf) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POOLRELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: log files and journald get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        // Text from outside in a field never adds a line or a control (see `text`).
+        .with_writer(move || poolrelay::text::LogWriter::new(std::io::stderr(), ansi))
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

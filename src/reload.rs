@@ -149,12 +149,13 @@ impl Reloader {
         };
         let signer = crate::signing::Signer::from_config(&new)
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
+        let signer = Arc::new(signer);
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
-            .reload(new.clone(), Arc::new(signer))
+            .reload(new.clone(), signer.clone())
             .await
             .map_err(|e| self.refuse([format!("{}: {e}", path.display())]))?;
-        if let Err(e) = self.deliverer.reload(&new) {
+        if let Err(e) = self.deliverer.reload(&new, signer) {
             tracing::error!(error = %e, "reload: routes not replaced (the rest applied)");
         }
         if let Err(e) = self.reputation.reload(&new.reputation) {

@@ -1,14 +1,17 @@
 //! The streaming DATA reader on arbitrary bytes, split into arbitrary chunks: the result must not
 //! depend on how the socket cut the stream, the end must be exactly at CRLF "." CRLF, and
-//! a message with a bare CR or LF must be flagged.
+//! a message with a bare CR or LF must be flagged (and one with a NUL refused).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use poolrelay_parsers::inbound::data::DataReader;
 
-/// Feeds `input` in chunks of the given sizes; returns (stored bytes, end offset, size, bare).
-fn run(input: &[u8], cuts: &[u8], max: u64) -> (Vec<u8>, Option<usize>, u64, bool) {
-    let mut r = DataReader::new(max);
+type Result = (Vec<u8>, Option<usize>, u64, bool, bool, bool);
+
+/// Feeds `input` in chunks of the given sizes; returns (stored bytes, end offset, size, bare,
+/// nul, header section too long).
+fn run(input: &[u8], cuts: &[u8], max: u64, max_header: u64) -> Result {
+    let mut r = DataReader::new(max, max_header);
     let mut out = Vec::new();
     let mut pos = 0;
     let mut k = 0;
@@ -22,11 +25,11 @@ fn run(input: &[u8], cuts: &[u8], max: u64) -> (Vec<u8>, Option<usize>, u64, boo
         let end = (pos + step).min(input.len());
         if let Some(n) = r.feed(&input[pos..end], &mut out) {
             assert!(n <= end - pos);
-            return (out, Some(pos + n), r.size, r.bare);
+            return (out, Some(pos + n), r.size, r.bare, r.nul, r.header.too_long());
         }
         pos = end;
     }
-    (out, None, r.size, r.bare)
+    (out, None, r.size, r.bare, r.nul, r.header.too_long())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -36,11 +39,29 @@ fuzz_target!(|data: &[u8]| {
     let ncuts = (data[0] as usize % 8).min(data.len() - 1);
     let (cuts, input) = data[1..].split_at(ncuts);
     let max = 1 << 20;
-    let whole = run(input, &[], max);
-    let pieces = run(input, cuts, max);
-    assert_eq!(whole, pieces, "chunking changed the result");
+    // A header limit the input can reach (16 B … 512 B).
+    let max_header = 16 * (1 + u64::from(data[0] >> 3));
+    let whole = run(input, &[], max, max_header);
+    let pieces = run(input, cuts, max, max_header);
+    if whole.5 {
+        // Refused (552): how much was stored before the limit may depend on the cuts, never
+        // more than the limit allows.
+        assert!(pieces.5, "chunking changed the header verdict");
+        for stored in [&whole.0, &pieces.0] {
+            assert!(stored.len() as u64 <= max_header + 4, "stored past the header limit");
+        }
+        assert_eq!(
+            (whole.1, whole.2, whole.3, whole.4),
+            (pieces.1, pieces.2, pieces.3, pieces.4)
+        );
+    } else {
+        assert_eq!(whole, pieces, "chunking changed the result");
+    }
 
-    let (out, end, size, bare) = whole;
+    let (out, end, size, bare, nul, too_long) = whole;
+    // NUL flagged exactly when the message (up to its end) has one; never stored.
+    assert_eq!(nul, input[..end.unwrap_or(input.len())].contains(&0));
+    assert!(!out.contains(&0), "NUL stored");
     if let Some(n) = end {
         // The CRLF ending the DATA command counts as the first CRLF of the end marker.
         let mut seen = b"\r\n".to_vec();
@@ -59,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    if !bare {
+    if !bare && !nul && !too_long {
         assert_eq!(out.len() as u64, size);
         // Stored bytes have CRLF line endings only.
         for (i, &c) in out.iter().enumerate() {
@@ -73,7 +94,8 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
-    } else {
+    }
+    if bare {
         // Input with a lone LF or CR (outside CRLF) must be what set the flag.
         let upto = end.unwrap_or(input.len());
         let mut s = b"\r\n".to_vec();

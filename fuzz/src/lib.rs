@@ -1,6 +1,6 @@
-//! The parsers under test, compiled straight from the project's own source files (they depend on
-//! nothing but std, or `http` and `subtle` for the admin guard), so the fuzz build does not drag
-//! in TLS, DKIM and tokio.
+//! The parsers under test, compiled straight from the project's own source files: the inbound
+//! ones depend on nothing but std, the admin guard on `http` and `subtle`, the bounce parser on
+//! mail-parser, regex, serde and toml; the fuzz build does not drag in TLS, DKIM and tokio.
 
 #[path = "../../src/reply.rs"]
 pub mod reply;
@@ -25,4 +25,21 @@ pub mod guard;
 /// The admin API's request guard (`poolrelay::admin::guard`).
 pub mod admin {
     pub use super::guard;
+}
+
+/// The bounce parser and the reply classifier it uses (mail-parser, regex, serde, toml).
+#[path = "../../src/outcome/classify/mod.rs"]
+#[doc(hidden)]
+pub mod classify;
+#[path = "../../src/reputation/bounce.rs"]
+#[doc(hidden)]
+pub mod bounce;
+
+/// The same paths as in poolrelay (`poolrelay::outcome::classify`, `poolrelay::reputation::…`).
+pub mod outcome {
+    pub use super::classify;
+}
+
+pub mod reputation {
+    pub use super::bounce;
 }

@@ -122,8 +122,8 @@ impl Resolver for Pinned {
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => crate::text::escape(s).into_owned(),
+        other => crate::text::escape(&other.to_string()).into_owned(),
     }
 }
 
@@ -141,7 +141,9 @@ pub fn format_status(status: &Value) -> String {
     for pool in status["pools"].as_array().into_iter().flatten() {
         for ip in pool["ips"].as_array().into_iter().flatten() {
             let reason = match (&ip["reason"], &ip["evidence"]) {
-                (Value::String(r), Value::String(e)) if !e.is_empty() => format!("{r} ({e})"),
+                (Value::String(r), Value::String(e)) if !e.is_empty() => {
+                    format!("{} ({})", crate::text::Escaped(r), crate::text::Escaped(e))
+                }
                 (r, _) => cell(r),
             };
             let head = [cell(&pool["name"]), cell(&ip["ip"]), cell(&ip["state"])];
@@ -159,7 +161,7 @@ pub fn format_status(status: &Value) -> String {
                 };
                 let mut row = head.to_vec();
                 row.extend([
-                    name,
+                    crate::text::escape(&name).into_owned(),
                     cell(&p["state"]),
                     cell(&p["warmup_day"]),
                     used(&p["used_today"], &p["cap_today"]),
@@ -168,7 +170,7 @@ pub fn format_status(status: &Value) -> String {
                     cell(&p["deferred"]),
                     cell(&p["bounced"]),
                     match &p["backoff_reason"] {
-                        Value::String(b) => format!("backoff: {b}"),
+                        Value::String(b) => format!("backoff: {}", crate::text::Escaped(b)),
                         _ => reason.clone(),
                     },
                 ]);

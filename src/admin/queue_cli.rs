@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::client;
 use crate::config::Config;
+use crate::text::{Escaped, escape};
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
@@ -84,11 +85,11 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if code != 200 {
         let msg = value["error"].as_str().unwrap_or(text.as_str());
-        eprintln!("poolrelay queue: {msg} (HTTP {code})");
+        eprintln!("poolrelay queue: {} (HTTP {code})", Escaped(msg));
         return ExitCode::FAILURE;
     }
     if json_out {
-        println!("{text}");
+        println!("{}", crate::text::json(&text));
         return ExitCode::SUCCESS;
     }
     match command {
@@ -102,12 +103,13 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
                     .unwrap_or_default()
             };
             let (done, skipped) = (list("done"), list("skipped"));
-            let action = value["action"].as_str().unwrap_or("?");
-            println!("{action}: {} message(s) {}", done.len(), done.join(" "));
+            let action = Escaped(value["action"].as_str().unwrap_or("?"));
+            let done_ids = escape(&done.join(" ")).into_owned();
+            println!("{action}: {} message(s) {done_ids}", done.len());
             if !skipped.is_empty() {
                 println!(
                     "skipped (being delivered or not in a state for it): {}",
-                    skipped.join(" ")
+                    Escaped(&skipped.join(" "))
                 );
             }
         }
@@ -135,7 +137,7 @@ fn format_summary(v: &Value) -> String {
             .collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         for (k, n) in rows {
-            out.push_str(&format!("  {n:>8}  {k}\n"));
+            out.push_str(&format!("  {n:>8}  {}\n", Escaped(k)));
         }
     }
     out
@@ -145,10 +147,10 @@ fn format_show(v: &Value) -> String {
     let e = &v["envelope"];
     let mut out = format!(
         "{}  {}  {} bytes  from <{}>  received {}  next attempt {}\n",
-        e["id"].as_str().unwrap_or("?"),
-        v["state"].as_str().unwrap_or("?"),
+        Escaped(e["id"].as_str().unwrap_or("?")),
+        Escaped(v["state"].as_str().unwrap_or("?")),
         e["size"],
-        e["sender"].as_str().unwrap_or(""),
+        Escaped(e["sender"].as_str().unwrap_or("")),
         e["received_at"],
         v["due"],
     );
@@ -160,14 +162,14 @@ fn format_show(v: &Value) -> String {
             format!(
                 "  last: {} {} {}",
                 reply["code"],
-                reply["status"].as_str().unwrap_or(""),
-                reply["text"].as_str().unwrap_or("")
+                Escaped(reply["status"].as_str().unwrap_or("")),
+                Escaped(reply["text"].as_str().unwrap_or(""))
             )
         };
         out.push_str(&format!(
             "  {}  {}  {} attempts{last}\n",
-            r["address"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?"),
+            Escaped(r["address"].as_str().unwrap_or("?")),
+            Escaped(r["state"].as_str().unwrap_or("?")),
             r["attempts"],
         ));
     }

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub mod pool;
+pub mod ranges;
 pub mod reputation;
 
 pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
@@ -134,6 +135,9 @@ pub struct Access {
     /// Put the authenticated user name into the Received header.
     #[serde(default)]
     pub received_auth_user: bool,
+    /// Which senders each user (or network) may use; none = no restriction.
+    #[serde(default)]
+    pub sender_login: Vec<crate::inbound::sender_login::SenderLogin>,
 }
 
 impl Default for Access {
@@ -144,6 +148,7 @@ impl Default for Access {
             auth_max_failures: default_auth_failures(),
             auth_lockout: default_auth_lockout(),
             received_auth_user: false,
+            sender_login: Vec::new(),
         }
     }
 }
@@ -430,9 +435,15 @@ pub struct DurationStr(pub Duration);
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(DurationStr)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))?;
+        if d > ranges::MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is too long (at most {})",
+                humantime::format_duration(ranges::MAX_DURATION)
+            )));
+        }
+        Ok(DurationStr(d))
     }
 }
 
@@ -513,13 +524,24 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
+            let message = e.message().trim();
+            // A bad value: name the key its line sets (the message only describes the value).
+            let key = line
+                .and_then(|n| text.lines().nth(n - 1))
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && !k.starts_with('[') && !message.contains(*k));
             vec![ConfigError {
                 file: path.to_owned(),
                 line,
-                message: e.message().trim().to_string(),
+                message: match key {
+                    Some(k) => format!("{k}: {message}"),
+                    None => message.to_string(),
+                },
             }]
         })?;
-        let errors = config.validate(path, text);
+        let mut errors = config.validate(path, text);
+        errors.extend(ranges::check(&config, path, text));
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -581,6 +603,11 @@ impl Config {
         if let Some(admin) = &self.admin {
             for (key, message) in admin.problems(self.tls.is_some()) {
                 err(key, message);
+            }
+        }
+        for s in &self.access.sender_login {
+            if let Some(p) = s.problem() {
+                err("sender_login", p);
             }
         }
         if self.delivery.retry.is_empty() {

@@ -33,6 +33,8 @@ pub struct Deliverer {
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Sessions kept open after a transaction, per source IP and destination, for reuse.
     pub(super) connections: Connections,
+    /// Signs the DSNs the relay writes (key for the hostname's domain).
+    pub(super) signer: arc_swap::ArcSwap<crate::signing::Signer>,
 }
 
 impl Deliverer {
@@ -42,7 +44,15 @@ impl Deliverer {
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
     ) -> Result<Deliverer, String> {
+        // Its own copy of the keys (the inbound side has one too): loaded once, at start.
+        let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
         Ok(Deliverer {
+            signer: arc_swap::ArcSwap::from_pointee(signer),
             router: arc_swap::ArcSwap::from_pointee(Router::new(&config)?),
             reputation,
             pools,
@@ -60,8 +70,9 @@ impl Deliverer {
         })
     }
 
-    /// Reload: new routes and DNS servers for the next attempts.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
+    /// Reload: new routes and DNS servers for the next attempts, new keys for the next DSNs.
+    pub fn reload(&self, config: &Config, signer: Arc<crate::signing::Signer>) -> Result<(), String> {
+        self.signer.store(signer);
         self.router.store(Arc::new(Router::new(config)?));
         Ok(())
     }
@@ -220,8 +231,15 @@ impl Deliverer {
             return;
         }
         let rcpts: Vec<_> = bounced.iter().map(|&i| &env.recipients[i]).collect();
-        if let Err(e) =
-            outcome::send_dsn(&self.config, &self.spool, env, &rcpts, DsnKind::Failure).await
+        if let Err(e) = outcome::send_dsn(
+            &self.config,
+            &self.spool,
+            &self.signer.load_full(),
+            env,
+            &rcpts,
+            DsnKind::Failure,
+        )
+        .await
         {
             tracing::error!(queue_id = %env.id, error = %e, "cannot queue DSN, will bounce again");
             let retry = now_unix() + 60;
@@ -302,7 +320,16 @@ impl Deliverer {
         if pending.is_empty() {
             return;
         }
-        match outcome::send_dsn(&self.config, &self.spool, env, &pending, DsnKind::Delay).await {
+        let signer = self.signer.load_full();
+        let dsn = outcome::send_dsn(
+            &self.config,
+            &self.spool,
+            &signer,
+            env,
+            &pending,
+            DsnKind::Delay,
+        );
+        match dsn.await {
             Ok(_) => {
                 env.delay_warned = true;
                 self.save(env).await;

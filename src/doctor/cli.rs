@@ -68,7 +68,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => println!("{}", crate::text::json(&s)),
             Err(e) => {
                 eprintln!("poolrelay doctor: {e}");
                 return ExitCode::FAILURE;

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::text::Escaped;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -202,8 +204,9 @@ impl Report {
 }
 
 fn table(out: &mut String, checks: &[Check]) {
+    // Details, subjects and fixes quote DNS records and remote replies: escaped for the terminal.
     let label = |c: &Check| match &c.subject {
-        Some(s) => format!("{} {s}", c.name),
+        Some(s) => format!("{} {}", c.name, Escaped(s)),
         None => c.name.to_string(),
     };
     let width = checks.iter().map(|c| label(c).len()).max().unwrap_or(0);
@@ -213,11 +216,12 @@ fn table(out: &mut String, checks: &[Check]) {
             "  {:<4}  {:<width$}  {}",
             c.status.label(),
             label(c),
-            c.detail
+            Escaped(&c.detail)
         );
         if let Some(fix) = &c.fix {
             for (i, line) in fix.lines().enumerate() {
                 let head = if i == 0 { "fix:" } else { "" };
+                let line = Escaped(line);
                 let _ = writeln!(out, "  {:<4}  {:<width$}  {head:<4} {line}", "", "");
             }
         }

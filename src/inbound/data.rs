@@ -5,7 +5,8 @@
 //! to refuse them. Here the message ends only at CRLF "." CRLF (the CRLF of the DATA command
 //! counts as the first one); `\n.\n`, `\r.\r`, `\n.\r\n`, `\r\n.\n` … never end it, and any bare
 //! CR or LF marks the message as refused: the SMTP smuggling defence (the bytes after such a fake
-//! end stay message content, never commands).
+//! end stay message content, never commands). A NUL byte marks it as refused too: a next hop that
+//! strips NULs would read a NUL-dot line as the end of data.
 
 /// Measures a message's header section: its bytes up to the first empty line (CRLF CRLF), or
 /// the whole message when there is none. That is where the DKIM signer and mail-auth look for
@@ -87,6 +88,8 @@ pub struct DataReader {
     /// A bare CR or LF was seen: the message will be refused.
     pub bare: bool,
     pub header: HeaderSection,
+    /// A NUL byte was seen: the message will be refused.
+    pub nul: bool,
 }
 
 impl DataReader {
@@ -97,7 +100,13 @@ impl DataReader {
             max,
             bare: false,
             header: HeaderSection::new(max_header),
+            nul: false,
         }
+    }
+
+    /// A bare CR/LF or a NUL was seen.
+    pub fn refused(&self) -> bool {
+        self.bare || self.nul
     }
 
     pub fn too_big(&self) -> bool {
@@ -105,12 +114,20 @@ impl DataReader {
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        self.size += bytes.len() as u64;
         self.header.feed(bytes);
+        // The bytes before a NUL are stored like any others, so what is stored does not depend
+        // on where the socket cut the stream.
+        let (before, nul) = match bytes.iter().position(|&b| b == 0) {
+            Some(p) => (&bytes[..p], true),
+            None => (bytes, false),
+        };
+        self.size += before.len() as u64;
         // A message that will be refused is not stored any further.
-        if !self.bare && self.size <= self.max && !self.header.too_long() {
-            out.extend_from_slice(bytes);
+        if !self.refused() && self.size <= self.max && !self.header.too_long() {
+            out.extend_from_slice(before);
         }
+        self.size += (bytes.len() - before.len()) as u64;
+        self.nul |= nul;
     }
 
     /// Consumes `input`, appending message bytes to `out`. Returns `Some(n)` when the end marker
@@ -270,6 +287,28 @@ mod tests {
             assert_eq!(n, input.len(), "{body:?}");
             assert!(bare, "{body:?}");
         }
+    }
+
+    #[test]
+    fn nul_is_flagged_and_not_stored() {
+        for body in [
+            &b"\0.\r\nafter"[..],
+            b"a\0b",
+            b"\0",
+            b".\0",
+            b"x\r\n\0\r\n.x",
+        ] {
+            let mut input = body.to_vec();
+            input.extend_from_slice(b"\r\nMAIL FROM:<x@y.z>\r\n.\r\n");
+            let mut r = DataReader::new(u64::MAX, u64::MAX);
+            let mut out = Vec::new();
+            assert_eq!(r.feed(&input, &mut out), Some(input.len()), "{body:?}");
+            assert!(r.nul && r.refused() && !r.bare, "{body:?}");
+            assert!(!out.contains(&0), "{body:?}");
+        }
+        let mut r = DataReader::new(u64::MAX, u64::MAX);
+        r.feed(b"clean\r\n.\r\n", &mut Vec::new());
+        assert!(!r.refused());
     }
 
     #[test]

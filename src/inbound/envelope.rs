@@ -142,6 +142,9 @@ impl Session {
                 );
             }
         }
+        if let Err(r) = self.senders().check_mail_from(&tx.sender) {
+            return self.refuse("mail", r);
+        }
         if let Some(user) = self.user.clone()
             && let Err(r) = self.ctx.cap.check(&self.ctx.state, &user)
         {

@@ -14,15 +14,20 @@ pub(super) struct Bdat {
     writer: Option<MessageWriter>,
     size: u64,
     bare: bool,
+    nul: bool,
     prev_cr: bool,
     header: HeaderSection,
 }
 
 impl Bdat {
-    /// Flags bare CR / bare LF, also across chunk boundaries, and measures the header section.
+    /// Flags bare CR / bare LF (also across chunk boundaries) and NUL, and measures the header
+    /// section.
     fn scan(&mut self, piece: &[u8]) {
         self.size += piece.len() as u64;
         self.header.feed(piece);
+        if piece.contains(&0) {
+            self.nul = true;
+        }
         for &c in piece {
             if (self.prev_cr && c != b'\n') || (!self.prev_cr && c == b'\n') {
                 self.bare = true;
@@ -156,6 +161,7 @@ impl Session {
                             writer: Some(writer),
                             size: 0,
                             bare: false,
+                            nul: false,
                             prev_cr: false,
                             header: HeaderSection::new(max_header),
                         });
@@ -184,7 +190,8 @@ impl Session {
             if let Some(b) = st.as_mut() {
                 let piece = &self.rbuf[self.rpos..self.rpos + n];
                 b.scan(piece);
-                if !b.bare && b.size <= max && !b.header.too_long() && b.writer.is_some() {
+                if !b.bare && !b.nul && b.size <= max && !b.header.too_long() && b.writer.is_some()
+                {
                     pending.extend_from_slice(piece);
                 }
             }
@@ -212,6 +219,8 @@ impl Session {
         }
         let refusal = if b.bare {
             Some(Reply::new(550, "5.6.11", "Bare LF/CR not allowed"))
+        } else if b.nul {
+            Some(nul_reply())
         } else if b.size > max {
             Some(Reply::new(
                 552,
@@ -301,6 +310,9 @@ impl Session {
             let r = Reply::new(550, "5.6.11", "Bare LF/CR not allowed");
             return self.refuse_msg(&id, reader.size, &tx, r);
         }
+        if reader.nul {
+            return self.refuse_msg(&id, reader.size, &tx, nul_reply());
+        }
         if reader.too_big() {
             return self.refuse_msg(
                 &id,
@@ -344,16 +356,20 @@ impl Session {
     async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
         let size = writer.len();
         let signer = self.ctx.signer.clone();
+        // `From:` is checked against the login before a key is chosen (sender_login).
+        let senders = self.senders();
         let signed = match writer.finish().await {
             // In memory (most messages): signed right here, a few hundred microseconds at most
             // (RSA-2048), cheaper than a trip to the blocking pool.
-            Ok(Finished::Memory(bytes)) => signer.sign(bytes),
+            Ok(Finished::Memory(bytes)) => signer.sign_checked(bytes, &|a| senders.allows(a)),
             // DKIM reads a large message's file in chunks (memory stays bounded).
             Ok(Finished::File(path)) => {
                 let path = path.to_path_buf();
-                tokio::task::spawn_blocking(move || signer.sign_file(&path))
-                    .await
-                    .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
+                tokio::task::spawn_blocking(move || {
+                    signer.sign_file_checked(&path, &|a| senders.allows(a))
+                })
+                .await
+                .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))
             }
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "spool: fsync failed");
@@ -436,6 +452,11 @@ fn header_too_long() -> Reply {
         "5.3.4",
         "Message header section exceeds fixed maximum size",
     )
+}
+
+/// A NUL-dot line is an end-of-data look-alike for a next hop that strips NULs.
+fn nul_reply() -> Reply {
+    Reply::new(550, "5.6.0", "NUL characters not allowed")
 }
 
 fn storage_reply() -> Reply {

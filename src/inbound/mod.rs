@@ -4,7 +4,7 @@
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
 //! `received` (the Received header), `anvil` (per-client counters), `admission` (session slots
-//! and their reserve).
+//! and their reserve), `sender_login` (which senders each login may use).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -20,6 +20,7 @@ pub mod limits;
 mod listeners;
 mod message;
 pub mod received;
+pub mod sender_login;
 mod session;
 pub mod users;
 
@@ -69,6 +70,11 @@ pub(crate) fn build(
         Some(path) => {
             let u = users::Users::load(path)?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
+            if config.access.sender_login.is_empty() {
+                tracing::warn!(
+                    "no [[access.sender_login]]: every login may send as any address (and get DKIM signatures for every configured domain)"
+                );
+            }
             Some(Arc::new(u))
         }
         None => None,

@@ -1,5 +1,11 @@
 //! The `Received:` header poolrelay puts first in every message (RFC 5321 §4.4, RFC 3848 "with"
 //! keywords, RFC 6531 UTF8SMTP variants). One `;` only: the date follows it.
+//!
+//! Client-chosen text (EHLO name, AUTH user, recipient) never breaks its structure: only printable
+//! ASCII other than `()\;<>"` is kept, plus non-ASCII UTF-8 when the message is SMTPUTF8 (never
+//! controls, C1 or bidi/format characters, see `crate::text`); anything else in the EHLO name or
+//! user becomes `_`, and a recipient with such characters (e.g. a quoted local part with `;`) is
+//! left out (`for` is optional).
 
 pub struct ReceivedInfo<'a> {
     pub helo: &'a str,
@@ -18,17 +24,19 @@ pub struct ReceivedInfo<'a> {
     pub now: u64,
 }
 
+/// A character client-chosen text may keep in the header.
+fn allowed(c: char, utf8: bool) -> bool {
+    if c.is_ascii() {
+        c.is_ascii_graphic() && !"()\\;<>\"".contains(c)
+    } else {
+        utf8 && !crate::text::is_unsafe(c)
+    }
+}
+
 /// Keeps client-chosen text from breaking the header's structure.
-fn clean(s: &str) -> String {
+fn clean(s: &str, utf8: bool) -> String {
     s.chars()
-        .map(|c| {
-            let ok_ascii = c.is_ascii_graphic() && !"()\\;<>\"".contains(c);
-            if ok_ascii || (!c.is_ascii() && !c.is_control()) {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if allowed(c, utf8) { c } else { '_' })
         .collect()
 }
 
@@ -44,19 +52,20 @@ pub fn header(r: &ReceivedInfo<'_>) -> String {
     if r.authenticated && (r.esmtp || r.smtputf8) {
         with.push('A');
     }
-    let mut h = format!("Received: from {} ([{}])\r\n", clean(r.helo), r.ip);
+    let utf8 = r.smtputf8;
+    let mut h = format!("Received: from {} ([{}])\r\n", clean(r.helo, utf8), r.ip);
     if let Some((version, cipher)) = r.tls {
         h.push_str(&format!("\t(using {version} with cipher {cipher})\r\n"));
     }
     if let Some(user) = r.show_user {
-        h.push_str(&format!("\t(authenticated as {})\r\n", clean(user)));
+        h.push_str(&format!("\t(authenticated as {})\r\n", clean(user, utf8)));
     }
     h.push_str(&format!(
         "\tby {} (poolrelay) with {with} id {}",
         r.hostname, r.id
     ));
-    if let Some(rcpt) = r.rcpt {
-        h.push_str(&format!("\r\n\tfor <{}>", rcpt.replace(['\r', '\n'], "")));
+    if let Some(rcpt) = r.rcpt.filter(|a| a.chars().all(|c| allowed(c, utf8))) {
+        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
     }
     h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(r.now)));
     h
@@ -133,5 +142,41 @@ mod tests {
         );
         assert_eq!(h.matches(';').count(), 1);
         assert!(h.ends_with("\r\n"));
+    }
+
+    fn hostile(smtputf8: bool, rcpt: &str) -> String {
+        header(&ReceivedInfo {
+            helo: "a(b)c;\u{85}\u{9b}\u{202e}\u{2066}x\"\x1bü",
+            ip: "127.0.0.1".parse().unwrap(),
+            hostname: "relay.test",
+            esmtp: true,
+            smtputf8,
+            tls: None,
+            authenticated: true,
+            show_user: Some("u)(;\u{200f}"),
+            id: "ABC",
+            rcpt: Some(rcpt),
+            now: 0,
+        })
+    }
+
+    #[test]
+    fn hostile_text_cannot_break_the_structure() {
+        let h = hostile(false, "\"a;b\"@example.com");
+        assert!(h.is_ascii(), "{h}");
+        assert!(h.starts_with("Received: from a_b_c_____x___ ("), "{h}");
+        assert!(h.contains("(authenticated as u____)"), "{h}");
+        assert!(!h.contains("for <"), "{h}");
+        assert_eq!(h.matches(';').count(), 1, "{h}");
+        assert_eq!(h.matches('(').count(), h.matches(')').count(), "{h}");
+        // SMTPUTF8: UTF-8 letters stay, controls and bidi characters still go.
+        let h = hostile(true, "jörg@exämple.com");
+        assert!(h.contains("x__ü ("), "{h}");
+        assert!(h.contains("for <jörg@exämple.com>;"), "{h}");
+        assert!(
+            !h.chars()
+                .any(|c| crate::text::is_unsafe(c) && c != '\r' && c != '\n' && c != '\t')
+        );
+        assert!(!hostile(false, "jörg@exämple.com").contains("for <"));
     }
 }

@@ -173,6 +173,15 @@ impl Session {
         &self.ctx.config
     }
 
+    /// The senders this client may use now (`[[access.sender_login]]`).
+    pub(super) fn senders(&self) -> super::sender_login::Senders {
+        super::sender_login::Senders::for_client(
+            &self.cfg().access.sender_login,
+            self.user.as_deref(),
+            self.peer,
+        )
+    }
+
     pub(super) fn may_relay(&self) -> bool {
         self.user.is_some() || (self.trusted && self.listen.auth != ListenAuth::Required)
     }

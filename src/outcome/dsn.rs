@@ -2,12 +2,19 @@
 //! with a human-readable part, the machine-readable `message/delivery-status` part and the
 //! original message's headers as `text/rfc822-headers`.
 //!
+//! Only the headers come back, at most `HEAD_LIMIT` of them cut at a field boundary, whatever
+//! `RET=` asked: `RET=FULL` is treated as `RET=HDRS`. The DSN goes to an envelope sender anyone
+//! can forge, so returning whole bodies would make the relay a reflector of other people's mail.
+//!
 //! Built by hand rather than with mail-builder: every part must stay 7bit/8bit (message/* parts
 //! may not be base64- or QP-encoded, RFC 2046 §5.2), and the layout is fixed and small.
 
 use std::fmt::Write as _;
 
 use crate::spool::{Envelope, Recipient, RemoteReply};
+
+/// The most of the original message a DSN returns: its header section up to 64 KiB.
+pub const HEAD_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnKind {
@@ -189,6 +196,20 @@ fn header_block(message_head: &[u8]) -> Vec<u8> {
     head
 }
 
+/// Where the last complete header field of `head` (cut at `HEAD_LIMIT`) ends: after a CRLF not
+/// followed by a continuation line.
+pub(super) fn last_field_end(head: &[u8]) -> usize {
+    let mut end = head.len();
+    while let Some(p) = head[..end].windows(2).rposition(|w| w == b"\r\n") {
+        let cut = p + 2;
+        if cut == head.len() || !matches!(head[cut], b' ' | b'\t') {
+            return cut;
+        }
+        end = p;
+    }
+    0
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -207,10 +228,11 @@ fn boundary_for(head: &[u8]) -> String {
     }
 }
 
-/// One line of text for a header: control characters (CR, LF, …) become spaces.
+/// One line of text for a header: control and bidi/format characters (CR, LF, ESC, U+202E …,
+/// see `crate::text`) become spaces.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if crate::text::is_unsafe(c) { ' ' } else { c })
         .collect::<String>()
         .trim()
         .to_string()
@@ -537,6 +559,15 @@ mod tests {
             text.contains("Content-Transfer-Encoding: 8bit\r\n\r\nThis is a MIME"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cut_header_section_ends_at_a_whole_field() {
+        let cut = b"Subject: a\r\nTo: b\r\n\tfolded\r\nX-Long: abcdef";
+        assert_eq!(last_field_end(cut), 28);
+        // Cut inside a folded field: the whole field goes.
+        assert_eq!(last_field_end(b"Subject: a\r\nTo: b\r\n\tfold"), 12);
+        assert_eq!(last_field_end(b"no line end at all"), 0);
     }
 
     #[test]

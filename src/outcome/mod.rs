@@ -147,6 +147,7 @@ fn wants(rcpt: &Recipient, kind: DsnKind) -> bool {
 pub async fn send_dsn(
     config: &Config,
     spool: &Arc<Spool>,
+    signer: &crate::signing::Signer,
     env: &Envelope,
     recipients: &[&Recipient],
     kind: DsnKind,
@@ -164,6 +165,10 @@ pub async fn send_dsn(
     }
     let head = read_head(spool, &env.id, &env.prepend).await;
     let bytes = dsn::build_dsn(&config.hostname, env, &head, &recipients, kind);
+    // From: MAILER-DAEMON@hostname: signed when a key covers the hostname's domain. Without one
+    // the DSN still goes (unsigned), even with `signing.require`: a bounce is never dropped.
+    let signed = signer.sign(&bytes).unwrap_or_default();
+    let signed_summary = signed.summary();
     let dsn_env = Envelope {
         id: Spool::new_id(),
         received_at: crate::spool::now_unix(),
@@ -175,7 +180,7 @@ pub async fn send_dsn(
         size: 0,
         smtputf8: !bytes.is_ascii() || !env.sender.is_ascii(),
         body_8bit: !bytes.is_ascii(),
-        prepend: String::new(),
+        prepend: signed.headers,
         ret: None,
         envid: None,
         is_dsn: true,
@@ -188,29 +193,35 @@ pub async fn send_dsn(
         dsn_id = %stored.id,
         kind = ?kind,
         to = %env.sender,
+        dkim = %signed_summary,
         "dsn queued"
     );
     Ok(Some(stored.id))
 }
 
-/// The message's header block (up to 64 KiB), DKIM prepend first.
+/// The message's header block (up to `dsn::HEAD_LIMIT`), DKIM prepend first.
 async fn read_head(spool: &Spool, id: &str, prepend: &str) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
-    let mut chunk = Vec::with_capacity(64 * 1024);
+    const LIMIT: usize = dsn::HEAD_LIMIT;
+    let mut chunk = Vec::with_capacity(LIMIT);
     match spool.body(id).await {
-        Ok(crate::spool::Body::Memory(b)) => chunk.extend_from_slice(&b[..b.len().min(64 * 1024)]),
+        Ok(crate::spool::Body::Memory(b)) => chunk.extend_from_slice(&b[..b.len().min(LIMIT)]),
         Ok(crate::spool::Body::File(path)) => {
             if let Ok(f) = tokio::fs::File::open(path).await {
-                let _ = f.take(64 * 1024).read_to_end(&mut chunk).await;
+                let _ = f.take(LIMIT as u64).read_to_end(&mut chunk).await;
             }
         }
         Err(e) => tracing::error!(queue_id = id, error = %e, "dsn: cannot read the message"),
     }
+    // No blank line within the bound: keep the whole fields only.
     let end = chunk
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| p + 2)
-        .unwrap_or(chunk.len());
+        .unwrap_or_else(|| match chunk.len() {
+            LIMIT => dsn::last_field_end(&chunk),
+            n => n,
+        });
     let mut buf = prepend.as_bytes().to_vec();
     buf.extend_from_slice(&chunk[..end]);
     buf

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::outcome::classify::{Classification, Classifier, Explanation, Stage, parse_reply};
 use crate::reputation::bounce;
+use crate::text::{Escaped, json as safe_json};
 
 #[derive(clap::Args, Debug)]
 pub struct ClassifyArgs {
@@ -99,14 +100,18 @@ pub fn run(args: ClassifyArgs) -> ExitCode {
         if args.explain {
             v["explain"] = json!(e);
         }
-        println!("{v}");
+        println!("{}", safe_json(&v.to_string()));
     } else {
         let code = if p.code == 0 {
             "-".to_string()
         } else {
             p.code.to_string()
         };
-        println!("reply:     {code} {} {}", or_dash(&p.status), p.text);
+        println!(
+            "reply:     {code} {} {}",
+            Escaped(or_dash(&p.status)),
+            Escaped(&p.text)
+        );
         print_class(&c, "");
         if args.explain {
             print_explanation(&c, &e, "");
@@ -167,14 +172,16 @@ fn print_explanation(c: &Classification, e: &Explanation, indent: &str) {
     );
     match &e.matched {
         Some(m) => println!(
-            "{indent}decided:   {} {}, matching {m:?}",
-            e.decided_by, c.rule
+            "{indent}decided:   {} {}, matching \"{}\"",
+            e.decided_by,
+            c.rule,
+            Escaped(m)
         ),
         None => println!("{indent}decided:   {} ({})", e.decided_by, c.rule),
     }
     println!("{indent}steps:");
     for s in &e.steps {
-        println!("{indent}  {s}");
+        println!("{indent}  {}", Escaped(s));
     }
     println!(
         "{indent}override:  [[reputation.rule]] with `name`, `class` and regexes on `code`, `status`, `text` (and `stage`) goes before all of these"
@@ -209,10 +216,8 @@ fn print_bounce(
                 v
             })
             .collect();
-        println!(
-            "{}",
-            json!({ "file": path.display().to_string(), "kind": b.kind, "reports": reports })
-        );
+        let v = json!({ "file": path.display().to_string(), "kind": b.kind, "reports": reports });
+        println!("{}", safe_json(&v.to_string()));
         return;
     }
     let kind = match b.kind {
@@ -233,18 +238,18 @@ fn print_bounce(
         println!("  no failed recipient found");
     }
     for r in &b.reports {
-        println!("  recipient: {}", or_dash(&r.recipient));
+        println!("  recipient: {}", Escaped(or_dash(&r.recipient)));
         println!("  action:    {}", r.action);
         let code = if r.code == 0 {
             "-".to_string()
         } else {
             r.code.to_string()
         };
-        println!("  status:    {code} {}", or_dash(&r.status));
+        println!("  status:    {code} {}", Escaped(or_dash(&r.status)));
         if let Some(m) = &r.remote_mta {
-            println!("  remote:    {m}");
+            println!("  remote:    {}", Escaped(m));
         }
-        println!("  diagnostic: {}", r.diagnostic);
+        println!("  diagnostic: {}", Escaped(&r.diagnostic));
         print_class(&r.classification, "  ");
         if let Some(e) = explanation(r) {
             print_explanation(&r.classification, &e, "  ");
@@ -305,12 +310,12 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
         }
     };
     if code != 200 {
-        eprintln!("poolrelay suppression: HTTP {code}: {text}");
+        eprintln!("poolrelay suppression: HTTP {code}: {}", Escaped(&text));
         return ExitCode::FAILURE;
     }
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     match args.command {
-        SuppressionCommand::List { json: true } => println!("{v}"),
+        SuppressionCommand::List { json: true } => println!("{}", safe_json(&v.to_string())),
         SuppressionCommand::List { json: false } => {
             let items = v["suppressions"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
@@ -319,20 +324,20 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
             for i in items {
                 println!(
                     "{}  until {}  {}",
-                    i["address"].as_str().unwrap_or(""),
+                    Escaped(i["address"].as_str().unwrap_or("")),
                     humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH
                             + std::time::Duration::from_secs(i["until"].as_u64().unwrap_or(0))
                     ),
-                    i["reason"].as_str().unwrap_or("")
+                    Escaped(i["reason"].as_str().unwrap_or(""))
                 );
             }
         }
         SuppressionCommand::Remove { address } => {
             if v["removed"] == true {
-                println!("{address}: suppression removed");
+                println!("{}: suppression removed", Escaped(&address));
             } else {
-                println!("{address}: was not suppressed");
+                println!("{}: was not suppressed", Escaped(&address));
             }
         }
     }

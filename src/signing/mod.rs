@@ -5,6 +5,8 @@
 //! mail-auth does the canonicalisation (relaxed/relaxed) and the crypto (aws-lc-rs); this module
 //! only picks keys and headers. Signing never touches the message: `sign` returns the
 //! `DKIM-Signature:` lines that delivery sends in front of the spooled bytes.
+//! The `_checked` variants first ask whether every `From:` address may be used by the sender's
+//! login (`inbound::sender_login`): a refusal comes before any key is chosen.
 
 pub mod keygen;
 
@@ -105,6 +107,9 @@ impl SigningKey for SharedKey {
     }
 }
 
+/// Whether one `From:` address may be used (see `sign_checked`).
+pub type FromCheck<'a> = &'a dyn Fn(&str) -> bool;
+
 /// What signing added to a message.
 #[derive(Debug, Default)]
 pub struct Signed {
@@ -204,25 +209,44 @@ impl Signer {
     /// to send at DATA when signing is required and impossible. `Ok` with no signatures means the
     /// message goes out unsigned: the caller logs that with the queue id (`Signed::log`).
     pub fn sign(&self, message: &[u8]) -> Result<Signed, Reply> {
+        self.sign_checked(message, &|_| true)
+    }
+
+    /// `sign`, refusing (`550 5.7.1`) a message with a `From:` address `from_ok` rejects (an
+    /// unreadable `From:` is asked as "").
+    pub fn sign_checked(&self, message: &[u8], from_ok: FromCheck<'_>) -> Result<Signed, Reply> {
         // In memory: no copy of the header section, no read buffer.
         let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
-        self.sign_with(&message[..header_end], message, |_| Ok(()))
+        self.sign_with(&message[..header_end], message, from_ok, |_| Ok(()))
     }
 
     /// `sign` for a spooled message file, read in 64 KiB chunks: memory stays at the header
     /// section plus one chunk, whatever the message size. Blocking: call it from
     /// `spawn_blocking`.
     pub fn sign_file(&self, path: &Path) -> Result<Signed, Reply> {
+        self.sign_file_checked(path, &|_| true)
+    }
+
+    /// `sign_file` with the `From:` check of `sign_checked`.
+    pub fn sign_file_checked(&self, path: &Path, from_ok: FromCheck<'_>) -> Result<Signed, Reply> {
         let file = std::fs::File::open(path).map_err(|e| {
             tracing::error!(file = %path.display(), error = %e, "dkim: cannot read message");
             read_failure()
         })?;
-        self.sign_reader(file)
+        self.sign_reader_checked(file, from_ok)
     }
 
     /// `sign` over any reader: the header section is read first (it decides the keys), then the
     /// body is streamed through one mail-auth signing stream per key.
-    pub fn sign_reader(&self, mut reader: impl Read) -> Result<Signed, Reply> {
+    pub fn sign_reader(&self, reader: impl Read) -> Result<Signed, Reply> {
+        self.sign_reader_checked(reader, &|_| true)
+    }
+
+    fn sign_reader_checked(
+        &self,
+        mut reader: impl Read,
+        from_ok: FromCheck<'_>,
+    ) -> Result<Signed, Reply> {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut head = Vec::with_capacity(8 * 1024);
         let header_end = loop {
@@ -236,7 +260,7 @@ impl Signer {
                 break from + p + 4;
             }
         };
-        self.sign_with(&head[..header_end], &head, |write| {
+        self.sign_with(&head[..header_end], &head, from_ok, |write| {
             loop {
                 let n = read_some(&mut reader, &mut chunk)?;
                 if n == 0 {
@@ -253,9 +277,10 @@ impl Signer {
         &self,
         header: &[u8],
         start: &[u8],
+        from_ok: FromCheck<'_>,
         rest: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), Reply>,
     ) -> Result<Signed, Reply> {
-        let (mut signed, keys, h) = self.plan(header)?;
+        let (mut signed, keys, h) = self.plan(header, from_ok)?;
         if keys.is_empty() {
             return Ok(signed);
         }
@@ -308,8 +333,15 @@ impl Signer {
 
     /// From the header section: the outcome so far, the keys that still have to sign, and `h=`.
     #[allow(clippy::type_complexity)]
-    fn plan(&self, headers: &[u8]) -> Result<(Signed, Vec<&Key>, Vec<&'static str>), Reply> {
+    fn plan(
+        &self,
+        headers: &[u8],
+        from_ok: FromCheck<'_>,
+    ) -> Result<(Signed, Vec<&Key>, Vec<&'static str>), Reply> {
         let scan = scan(headers);
+        if !scan.from_addresses.iter().all(|a| from_ok(a)) {
+            return Err(crate::inbound::sender_login::from_refused());
+        }
         let mut signed = Signed {
             from_domain: scan.from_domain.clone(),
             ..Signed::default()
@@ -510,6 +542,8 @@ fn legacy_rsa_key(der: &PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
 struct Scan {
     /// Domain of the first address in the first `From:` header, lower case.
     from_domain: Option<String>,
+    /// Every address of every `From:` header; "" for a `From:` without a readable address.
+    from_addresses: Vec<String>,
     /// Names of all header fields.
     names: Vec<String>,
     /// `(d=, s=)` of the DKIM-Signatures already present.
@@ -524,6 +558,21 @@ fn scan(message: &[u8]) -> Scan {
     };
     for header in parsed.headers() {
         let name = header.name.as_str();
+        if name.eq_ignore_ascii_case("From") {
+            let found: Vec<String> = header
+                .value
+                .as_address()
+                .into_iter()
+                .flat_map(|a| a.iter())
+                .filter_map(|a| a.address())
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if found.is_empty() {
+                scan.from_addresses.push(String::new());
+            }
+            scan.from_addresses.extend(found);
+        }
         if name.eq_ignore_ascii_case("From") && scan.from_domain.is_none() {
             scan.from_domain = header
                 .value

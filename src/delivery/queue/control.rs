@@ -344,7 +344,15 @@ async fn delete(d: &Deliverer, mut env: Envelope, dsn: bool) -> std::io::Result<
             .iter()
             .filter(|r| r.last_reply.as_ref() == Some(&reply))
             .collect();
-        outcome::send_dsn(&d.config, &d.spool, &env, &pending, DsnKind::Failure).await?;
+        outcome::send_dsn(
+            &d.config,
+            &d.spool,
+            &d.signer.load_full(),
+            &env,
+            &pending,
+            DsnKind::Failure,
+        )
+        .await?;
     }
     d.spool.remove(&env.id).await
 }

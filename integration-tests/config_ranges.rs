@@ -1,0 +1,244 @@
+//! Config ranges (issue 18): every numeric and duration key, fed extreme values. `check-config`
+//! either refuses the value with `file:line` naming the key, or `serve` starts with it and takes a
+//! message; never a panic (a huge `command_timeout` once overflowed a deadline in every session,
+//! a huge `max_sessions` panicked at start).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::*;
+
+/// Where a key lives: a plain table, or an array-of-tables entry that needs its other keys.
+#[derive(Clone, Copy)]
+enum At {
+    Table(&'static str),
+    Provider,
+    PoolIp,
+    Schedule,
+    Dkim,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Int,
+    Duration,
+    Rate,
+    Size,
+}
+
+const KEYS: &[(At, &str, Kind)] = &[
+    (At::Table("access"), "auth_max_failures", Kind::Int),
+    (At::Table("access"), "auth_lockout", Kind::Duration),
+    (At::Table("limits"), "message_size", Kind::Size),
+    (At::Table("limits"), "recipients_per_message", Kind::Int),
+    (At::Table("limits"), "per_user_daily", Kind::Int),
+    (At::Table("limits"), "max_sessions", Kind::Int),
+    (At::Table("limits"), "max_errors", Kind::Int),
+    (At::Table("limits"), "command_timeout", Kind::Duration),
+    (At::Table("limits"), "data_timeout", Kind::Duration),
+    (At::Table("limits"), "spool_min_free", Kind::Size),
+    (At::Table("delivery"), "port", Kind::Int),
+    (At::Table("delivery"), "max_age", Kind::Duration),
+    (At::Table("delivery"), "delay_warning", Kind::Duration),
+    (
+        At::Table("delivery"),
+        "concurrency_per_destination",
+        Kind::Int,
+    ),
+    (At::Table("delivery"), "concurrency", Kind::Int),
+    (At::Table("delivery"), "connect_timeout", Kind::Duration),
+    (At::Table("delivery"), "command_timeout", Kind::Duration),
+    (At::Table("delivery"), "idle_timeout", Kind::Duration),
+    (At::Table("delivery"), "retry", Kind::Duration),
+    (At::Table("warmup"), "day", Kind::Duration),
+    (At::Table("warmup"), "idle_days", Kind::Int),
+    (At::Table("warmup"), "burst", Kind::Int),
+    (At::Table("throttle"), "backoff", Kind::Duration),
+    (
+        At::Table("throttle"),
+        "hold_warning_interval",
+        Kind::Duration,
+    ),
+    (At::Table("reputation"), "check_interval", Kind::Duration),
+    (At::Table("reputation"), "clean_checks", Kind::Int),
+    (At::Table("reputation"), "block_threshold", Kind::Int),
+    (At::Table("reputation"), "window", Kind::Int),
+    (At::Table("reputation"), "min_samples", Kind::Int),
+    (At::Table("reputation"), "max_bounce_rate", Kind::Rate),
+    (At::Table("reputation"), "max_deferral_rate", Kind::Rate),
+    (At::Table("reputation"), "bad_recipient_warning", Kind::Rate),
+    (At::Table("reputation"), "cooldown", Kind::Duration),
+    (At::Table("reputation"), "max_cooldown", Kind::Duration),
+    (At::Table("reputation"), "probe_samples", Kind::Int),
+    (At::Table("reputation"), "probe_per_hour", Kind::Int),
+    (At::Table("reputation"), "suppress_for", Kind::Duration),
+    (At::Table("doctor"), "check_interval", Kind::Duration),
+    (At::Table("doctor"), "probe_timeout", Kind::Duration),
+    (At::Provider, "max_connections", Kind::Int),
+    (At::Provider, "max_per_hour", Kind::Int),
+    (At::Provider, "max_per_connection", Kind::Int),
+    (At::Provider, "backoff", Kind::Duration),
+    (At::PoolIp, "weight", Kind::Int),
+    (At::Schedule, "daily", Kind::Int),
+    (At::Dkim, "expire", Kind::Duration),
+];
+
+fn values(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Int => &["0", "-1", "4294967296", "9223372036854775807"],
+        Kind::Duration => &[
+            "\"0s\"",
+            "\"-1s\"",
+            "\"3650d\"",
+            "\"999999999999d\"",
+            "\"18446744073709551615s\"",
+            "5",
+        ],
+        Kind::Rate => &["-1", "1.5", "nan", "inf"],
+        Kind::Size => &["0", "-1", "\"999999999999GB\"", "9223372036854775807"],
+    }
+}
+
+/// The test config with `key = value` put where the key lives.
+fn config_with(dir: &Path, at: At, key: &str, value: &str) -> String {
+    let list = |v: &str| {
+        if key == "retry" || key == "daily" {
+            format!("[{v}]")
+        } else {
+            v.to_string()
+        }
+    };
+    let kv = format!("{key} = {}", list(value));
+    let mut cfg = RelayConfig::new()
+        .nameserver("127.0.0.1:9")
+        .no_delivery()
+        .route("*", "127.0.0.1:9");
+    let mut doctor = "[doctor]\nprobe = false\n".to_string();
+    let mut pool_weight = String::new();
+    let mut schedule = "daily = [10, 20]".to_string();
+    let mut provider = String::new();
+    let mut dkim = String::new();
+    match at {
+        At::Table("access") => cfg = cfg.access(key, list(value)),
+        At::Table("limits") => cfg = cfg.limit(key, list(value)),
+        At::Table("delivery") => cfg = cfg.delivery(key, list(value)),
+        At::Table("doctor") => doctor.push_str(&format!("{kv}\n")),
+        At::Table(t) => cfg = cfg.section(&format!("[{t}]\n{kv}")),
+        At::Provider => provider = format!("{kv}\n"),
+        At::PoolIp => pool_weight = format!("{kv}\n"),
+        At::Schedule => schedule = kv,
+        At::Dkim => dkim = format!("{kv}\n"),
+    }
+    let (key_path, _) = keygen(dir, "example.com", "s1", "ed25519");
+    cfg.section(&doctor)
+        .section(&format!(
+            "[[provider]]\nname = \"alpha\"\nmx_suffixes = [\"alpha.test\"]\n{provider}"
+        ))
+        .section(&format!(
+            "[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"out.test\"\nwarmup = \"slow\"\n{pool_weight}"
+        ))
+        .section(&format!("[[warmup.schedule]]\nname = \"slow\"\n{schedule}"))
+        .section(&format!(
+            "[[dkim]]\ndomain = \"example.com\"\nselector = \"s1\"\nprivate_key = \"{}\"\n{dkim}",
+            key_path.display()
+        ))
+        .to_toml()
+}
+
+/// One case: None when it behaved, else what went wrong.
+fn check_case(n: usize, at: At, key: &str, value: &str) -> Option<String> {
+    let dir = tempdir(&format!("ranges-{n}"));
+    let toml = config_with(&dir, at, key, value);
+    let file = dir.join("check.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let case = format!("{key} = {value}");
+    if err.contains("panicked") {
+        return Some(format!("{case}: check-config panicked: {err}"));
+    }
+    match o.status.code() {
+        Some(2) => {
+            // `check.toml:LINE: …` naming the key.
+            let located = err.lines().any(|l| {
+                l.strip_prefix(&format!("{}:", file.display()))
+                    .and_then(|rest| rest.split(':').next())
+                    .is_some_and(|line| line.parse::<usize>().is_ok())
+            });
+            if !located || !err.contains(key) {
+                return Some(format!("{case}: refused without file:line and key: {err}"));
+            }
+            None
+        }
+        Some(0) => serve_case(&dir, &toml, &case),
+        other => Some(format!("{case}: check-config exit {other:?}: {err}")),
+    }
+}
+
+/// `serve` with an accepted config: it listens, takes a message and does not panic.
+fn serve_case(dir: &Path, toml: &str, case: &str) -> Option<String> {
+    let log_of = || std::fs::read_to_string(dir.join("relay.log")).unwrap_or_default();
+    let run = std::panic::catch_unwind(|| {
+        let relay = Relay::start(dir, toml);
+        let mut c = SmtpClient::connect(relay.addr());
+        c.ehlo("client.test");
+        let r = c.send_mail(
+            "a@example.com",
+            &["b@example.org"],
+            b"From: a@example.com\r\nSubject: t\r\n\r\nhi\r\n",
+        );
+        c.quit();
+        r
+    });
+    let log = log_of();
+    match run {
+        _ if log.contains("panicked") => Some(format!("{case}: serve panicked: {log}")),
+        Err(_) => Some(format!("{case}: serve failed: {log}")),
+        Ok(r) if r.code != 250 => Some(format!("{case}: message not taken: {r}")),
+        Ok(_) => None,
+    }
+}
+
+#[test]
+fn extreme_values_are_refused_with_a_line_or_served_without_panic() {
+    let cases: Vec<(At, &str, &str)> = KEYS
+        .iter()
+        .flat_map(|&(at, key, kind)| values(kind).iter().map(move |v| (at, key, *v)))
+        .collect();
+    let next = Mutex::new(0usize);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let mut n = next.lock().unwrap();
+                        *n += 1;
+                        *n - 1
+                    };
+                    let Some(&(at, key, value)) = cases.get(i) else {
+                        return;
+                    };
+                    if let Some(f) = check_case(i, at, key, value) {
+                        failures.lock().unwrap().push(f);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}

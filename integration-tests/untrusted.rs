@@ -1,0 +1,316 @@
+//! What outside parties control (issue 18), against the real binary: NUL bytes in DATA/BDAT,
+//! control characters from a remote reply on the operator's terminal, logins sending as other
+//! customers (`[[access.sender_login]]`), and the DSNs the relay writes (signed, headers only).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+
+const WAIT: Duration = Duration::from_secs(20);
+const HOST: &str = "relay.test";
+
+fn poolrelay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+}
+
+#[test]
+fn nul_bytes_in_data_and_bdat_are_refused() {
+    let dir = tempdir("untrusted-nul");
+    let cfg = RelayConfig::new()
+        .nameserver("127.0.0.1:9")
+        .no_delivery()
+        .route("*", "127.0.0.1:9");
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    // A line of NUL and a dot: an end-of-data look-alike for a next hop that strips NULs.
+    c.cmd("MAIL FROM:<a@example.com>").expect(250);
+    c.cmd("RCPT TO:<b@example.org>").expect(250);
+    c.cmd("DATA").expect(354);
+    c.send_raw(b"Subject: nul\r\n\r\nbefore\r\n\0.\r\nMAIL FROM:<x@evil.test>\r\n.\r\n");
+    let r = c.read_reply();
+    assert_eq!(r.code, 550, "{r}");
+    assert!(r.text.contains("5.6.0"), "{r}");
+    // BDAT: the same.
+    c.cmd("MAIL FROM:<a@example.com>").expect(250);
+    c.cmd("RCPT TO:<b@example.org>").expect(250);
+    let chunk = b"Subject: nul\r\n\r\nx\0y\r\n";
+    c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes());
+    c.send_raw(chunk);
+    let r = c.read_reply();
+    assert_eq!(r.code, 550, "{r}");
+    assert!(r.text.contains("5.6.0"), "{r}");
+    // The session goes on; a clean message still passes.
+    let r = c.send_mail(
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: ok\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r}");
+    c.quit();
+    assert_eq!(relay.queued_ids().len(), 1);
+}
+
+/// The sink refuses the recipient with a reply full of terminal controls.
+fn hostile_reply(step: &Step) -> Option<String> {
+    matches!(step.stage, Stage::RcptTo(_)).then(|| {
+        "550 5.1.1 no such user \x1b]0;pwned\x07\x1b[2J\u{9b}31m\u{85}\u{202e}gnp.exe\u{2066}"
+            .to_string()
+    })
+}
+
+const RAW: &[char] = &['\x1b', '\x07', '\u{9b}', '\u{85}', '\u{202e}', '\u{2066}'];
+
+#[test]
+fn a_reply_full_of_controls_reaches_the_cli_escaped() {
+    let b = bench(Some(hostile_reply));
+    let dir = tempdir("untrusted-controls");
+    let cfg = b.config().pool("default", &[PoolIp::new(10, "out10.test")]);
+    let (relay, admin) = admin::start(&dir, &cfg, WAIT);
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.send_mail(
+        "s@a.test",
+        &["gone@b.test"],
+        b"From: <s@a.test>\r\nSubject: t\r\n\r\nhi\r\n",
+    )
+    .expect(250);
+    c.quit();
+    // Stored raw (it is what the remote said) ...
+    assert!(wait_until(WAIT, || {
+        admin::get(admin, "/api/suppressions")["suppressions"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    }));
+    let list = |json: bool| {
+        let mut cmd = poolrelay();
+        cmd.args(["suppression", "list", "--config", "poolrelay.toml"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.current_dir(relay.dir()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // ... and printed escaped: nothing that moves the cursor or reorders text.
+    let text = list(false);
+    assert!(text.contains("gone@b.test"), "{text}");
+    assert!(
+        text.contains("\\x1b]0;pwned\\x07\\x1b[2J\\u{009b}31m"),
+        "{text}"
+    );
+    assert!(text.contains("\\u{202e}gnp.exe\\u{2066}"), "{text}");
+    assert!(!text.contains(RAW), "{text:?}");
+    // JSON: the same value, every control as a \u escape.
+    let json = list(true);
+    assert!(!json.contains(RAW), "{json:?}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let reason = v["suppressions"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("\u{9b}31m") && reason.contains('\u{202e}'),
+        "{v}"
+    );
+    // The relay's own log: one line per event, no raw control.
+    let log = relay.log();
+    assert!(log.contains("gone@b.test"), "{log}");
+    assert!(!log.contains(RAW), "{log:?}");
+}
+
+/// A STARTTLS submission listener with AUTH, users alice / bob / carol, and DKIM keys for both
+/// customers' domains. alice may send as example.com, bob as other.example; carol has no entry.
+fn login_relay(name: &str) -> (Relay, Certs, DnsServer) {
+    let dir = tempdir(name);
+    let certs = make_certs(&dir, &[HOST]);
+    let users = write_users(
+        &dir,
+        &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")],
+    );
+    let dns = DnsServer::start();
+    let mut dkim = String::new();
+    for domain in ["example.com", "other.example"] {
+        let (key, txt) = keygen(&dir, domain, "s1", "ed25519");
+        dns.add_txt(&format!("s1._domainkey.{domain}"), &txt);
+        dkim.push_str(&format!(
+            "[[dkim]]\ndomain = \"{domain}\"\nselector = \"s1\"\nprivate_key = \"{}\"\n\n",
+            key.display()
+        ));
+    }
+    let cfg = RelayConfig::new()
+        .listen("starttls", "required")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&users)
+        .nameserver("127.0.0.1:9")
+        .no_delivery()
+        .route("*", "127.0.0.1:9")
+        .section(
+            "[[access.sender_login]]\nuser = \"alice\"\nsenders = [\"example.com\"]\n\n\
+             [[access.sender_login]]\nuser = \"bob\"\nsenders = [\"other.example\", \"*.other.example\"]",
+        )
+        .section(&dkim);
+    (Relay::start(&dir, &cfg.to_toml()), certs, dns)
+}
+
+fn login(relay: &Relay, certs: &Certs, user: &str, pw: &str) -> SmtpClient {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.starttls(HOST, &certs.ca);
+    c.ehlo("client.test");
+    c.auth_plain(user, pw).expect(235);
+    c
+}
+
+fn verify(dns: &DnsServer, data: &[u8]) -> Vec<DkimResult> {
+    use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ns = dns.nameserver();
+        let mut server = NameServerConfig::udp_and_tcp(ns.ip());
+        for c in &mut server.connections {
+            c.port = ns.port();
+        }
+        let auth = MessageAuthenticator::new(
+            ResolverConfig::from_parts(None, vec![], vec![server]),
+            ResolverOpts::default(),
+        )
+        .unwrap();
+        let msg = AuthenticatedMessage::parse(data).expect("parses");
+        auth.verify_dkim(&msg)
+            .await
+            .into_iter()
+            .map(|o| o.result().clone())
+            .collect()
+    })
+}
+
+/// The queued message as it will leave: DKIM prepend first, then the spooled bytes.
+fn outgoing(relay: &Relay, id: &str) -> Vec<u8> {
+    let (env, body) = relay
+        .queued()
+        .into_iter()
+        .find(|(e, _)| e["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not queued"));
+    let mut out = env["prepend"].as_str().unwrap_or("").as_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn queued_id(r: &Reply) -> String {
+    assert_eq!(r.code, 250, "{r}");
+    r.text.rsplit(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn logins_send_only_as_their_own_domains_and_get_only_their_signatures() {
+    let (relay, certs, dns) = login_relay("untrusted-login");
+    let mut alice = login(&relay, &certs, "alice", "a-pw");
+    // Another customer's domain: refused at MAIL FROM.
+    let r = alice.cmd("MAIL FROM:<ceo@other.example>");
+    assert_eq!((r.code, r.text.contains("5.7.1")), (553, true), "{r}");
+    alice.cmd("RSET").expect(250);
+    // Her own domain with her own From: accepted and signed d=example.com, verifiable.
+    let r = alice.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"From: News <news@example.com>\r\nSubject: ok\r\n\r\nhi\r\n",
+    );
+    let id = queued_id(&r);
+    let sent = outgoing(&relay, &id);
+    let results = verify(&dns, &sent);
+    assert_eq!(
+        results,
+        vec![DkimResult::Pass],
+        "{}",
+        String::from_utf8_lossy(&sent)
+    );
+    // Her envelope with another customer's From: refused at the end of DATA, nothing signed.
+    let r = alice.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"From: CEO <ceo@other.example>\r\nSubject: spoof\r\n\r\nhi\r\n",
+    );
+    assert_eq!((r.code, r.text.contains("5.7.1")), (550, true), "{r}");
+    // Two From: addresses, one not hers: refused too.
+    let r = alice.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"From: a@example.com, ceo@other.example\r\nSubject: two\r\n\r\nhi\r\n",
+    );
+    assert_eq!(r.code, 550, "{r}");
+    alice.quit();
+
+    // bob may use his domain and its subdomains, not alice's.
+    let mut bob = login(&relay, &certs, "bob", "b-pw");
+    bob.cmd("MAIL FROM:<a@example.com>").expect(553);
+    bob.cmd("RSET").expect(250);
+    let r = bob.send_mail(
+        "b@mail.other.example",
+        &["x@dest.test"],
+        b"From: <b@other.example>\r\nSubject: ok\r\n\r\nhi\r\n",
+    );
+    queued_id(&r);
+    bob.quit();
+
+    // A login without an entry may use no sender at all (the null sender passes MAIL FROM).
+    let mut carol = login(&relay, &certs, "carol", "c-pw");
+    carol.cmd("MAIL FROM:<c@example.com>").expect(553);
+    carol.cmd("RSET").expect(250);
+    carol.cmd("MAIL FROM:<>").expect(250);
+    carol.quit();
+    assert_eq!(relay.queued_ids().len(), 2);
+}
+
+#[test]
+fn dsns_are_signed_for_the_hostname_and_return_only_headers() {
+    let b = bench(None);
+    let dir = tempdir("untrusted-dsn");
+    let (key, txt) = keygen(&dir, HOST, "dsn", "ed25519");
+    b.dns.add_txt(&format!("dsn._domainkey.{HOST}"), &txt);
+    // The sender's domain is deliverable, so the DSN lands at the sink.
+    b.dns.add_mx("c.test", 10, "mx.beta.test");
+    let cfg = b
+        .config()
+        .pool("default", &[PoolIp::new(10, "out10.test")])
+        .section(&format!(
+            "[[dkim]]\ndomain = \"{HOST}\"\nselector = \"dsn\"\nprivate_key = \"{}\"",
+            key.display()
+        ));
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    // RET=FULL asked: only the headers come back all the same.
+    c.cmd("MAIL FROM:<s@c.test> RET=FULL").expect(250);
+    c.cmd("RCPT TO:<permfail@b.test>").expect(250);
+    c.data(b"From: <s@c.test>\r\nSubject: private\r\n\r\nSECRET-BODY-LINE\r\n")
+        .expect(250);
+    c.quit();
+    b.sink.wait_for_messages(1, WAIT);
+    assert!(wait_until(WAIT, || b
+        .sink
+        .messages()
+        .iter()
+        .any(|m| m.mail_from.is_empty())));
+    let dsn = b
+        .sink
+        .messages()
+        .into_iter()
+        .find(|m| m.mail_from.is_empty())
+        .unwrap();
+    let text = dsn.data_str();
+    assert_eq!(dsn.rcpt_to, ["s@c.test"]);
+    assert!(text.contains("Subject: private"), "{text}");
+    assert!(!text.contains("SECRET-BODY-LINE"), "{text}");
+    assert!(text.contains("text/rfc822-headers"), "{text}");
+    assert_eq!(verify(&b.dns, &dsn.data), vec![DkimResult::Pass], "{text}");
+}

@@ -1,0 +1,284 @@
+//! Ranges of every number and duration in the config: what `serve` can handle, checked by
+//! `Config::parse` so `check-config` and `serve` agree and no value can make `serve` panic.
+//!
+//! Rules: every duration is at most [`MAX_DURATION`] (checked when it is read); timeouts and
+//! intervals are at least 100 ms (a zero interval panics a timer, a zero timeout ends every
+//! session); counts that size a semaphore, a table or a window have an upper bound far above any
+//! real use; rates are finite shares from 0 to 1. Each error names the section's key and its line.
+
+use std::time::Duration;
+
+use super::{Config, ConfigError};
+
+/// The longest duration any key takes (10 years): far beyond any timeout or retention, and far
+/// from overflowing a deadline (`Instant + Duration`) or a count of milliseconds.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
+const MIN_TIMER: Duration = Duration::from_millis(100);
+const MILLION: u64 = 1_000_000;
+const BILLION: u64 = 1_000_000_000;
+const TERA: u64 = 1_000_000_000_000;
+
+/// `(section, key, value, min, max)` for every count.
+fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
+    let (l, d, w, r) = (&c.limits, &c.delivery, &c.warmup, &c.reputation);
+    let mut v = vec![
+        (
+            "access",
+            "auth_max_failures",
+            c.access.auth_max_failures.into(),
+            1,
+            MILLION,
+        ),
+        ("limits", "message_size", l.message_size.0, 1, TERA),
+        (
+            "limits",
+            "recipients_per_message",
+            l.recipients_per_message as u64,
+            1,
+            100_000,
+        ),
+        ("limits", "per_user_daily", l.per_user_daily, 0, TERA),
+        ("limits", "max_sessions", l.max_sessions as u64, 1, MILLION),
+        ("limits", "max_errors", l.max_errors.into(), 1, MILLION),
+        (
+            "limits",
+            "spool_min_free",
+            l.spool_min_free.0,
+            0,
+            1000 * TERA,
+        ),
+        ("delivery", "port", d.port.into(), 1, 65535),
+        (
+            "delivery",
+            "concurrency_per_destination",
+            d.concurrency_per_destination as u64,
+            1,
+            100_000,
+        ),
+        ("delivery", "concurrency", d.concurrency as u64, 1, 100_000),
+        ("warmup", "idle_days", w.idle_days, 1, 3650),
+        ("warmup", "burst", w.burst, 1, 1000),
+        (
+            "reputation",
+            "clean_checks",
+            r.clean_checks.into(),
+            1,
+            10_000,
+        ),
+        (
+            "reputation",
+            "block_threshold",
+            r.block_threshold.into(),
+            1,
+            MILLION,
+        ),
+        ("reputation", "window", r.window as u64, 1, MILLION),
+        (
+            "reputation",
+            "min_samples",
+            r.min_samples as u64,
+            1,
+            MILLION,
+        ),
+        (
+            "reputation",
+            "probe_samples",
+            r.probe_samples as u64,
+            1,
+            MILLION,
+        ),
+        ("reputation", "probe_per_hour", r.probe_per_hour, 0, BILLION),
+    ];
+    for s in &w.schedule {
+        for &n in &s.daily {
+            v.push(("warmup.schedule", "daily", n, 0, BILLION));
+        }
+    }
+    for p in &c.provider {
+        v.push((
+            "provider",
+            "max_connections",
+            p.max_connections.into(),
+            0,
+            100_000,
+        ));
+        v.push(("provider", "max_per_hour", p.max_per_hour, 0, TERA));
+        v.push((
+            "provider",
+            "max_per_connection",
+            p.max_per_connection.into(),
+            0,
+            BILLION,
+        ));
+    }
+    for p in &c.pool {
+        for ip in &p.ip {
+            v.push(("pool.ip", "weight", ip.weight.into(), 1, MILLION));
+        }
+    }
+    v
+}
+
+/// `(section, key, value, min)` for every duration with a floor.
+fn timers(c: &Config) -> Vec<(&'static str, &'static str, Duration, Duration)> {
+    let (l, d) = (&c.limits, &c.delivery);
+    let mut v = vec![
+        ("limits", "command_timeout", l.command_timeout.0, MIN_TIMER),
+        ("limits", "data_timeout", l.data_timeout.0, MIN_TIMER),
+        (
+            "delivery",
+            "connect_timeout",
+            d.connect_timeout.0,
+            MIN_TIMER,
+        ),
+        (
+            "delivery",
+            "command_timeout",
+            d.command_timeout.0,
+            MIN_TIMER,
+        ),
+        ("delivery", "max_age", d.max_age.0, Duration::from_secs(1)),
+        (
+            "reputation",
+            "check_interval",
+            c.reputation.check_interval.0,
+            MIN_TIMER,
+        ),
+        ("reputation", "cooldown", c.reputation.cooldown.0, MIN_TIMER),
+        (
+            "reputation",
+            "max_cooldown",
+            c.reputation.max_cooldown.0,
+            MIN_TIMER,
+        ),
+        (
+            "throttle",
+            "hold_warning_interval",
+            c.throttle.hold_warning_interval.0,
+            MIN_TIMER,
+        ),
+        (
+            "doctor",
+            "check_interval",
+            c.doctor.check_interval.0,
+            MIN_TIMER,
+        ),
+        (
+            "doctor",
+            "probe_timeout",
+            c.doctor.probe_timeout.0,
+            MIN_TIMER,
+        ),
+    ];
+    if let Some(w) = d.delay_warning {
+        v.push(("delivery", "delay_warning", w.0, Duration::from_secs(1)));
+    }
+    for r in &d.retry {
+        v.push(("delivery", "retry", r.0, MIN_TIMER));
+    }
+    v
+}
+
+pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |section: &str, key: &str, message: String| {
+        errors.push(ConfigError {
+            file: path.to_owned(),
+            line: key_line(text, section, key),
+            message: format!("{section}.{key}: {message}"),
+        })
+    };
+    for (section, key, value, min, max) in counts(c) {
+        if value < min || value > max {
+            err(
+                section,
+                key,
+                format!("{value} is out of range ({min} to {max})"),
+            );
+        }
+    }
+    for (section, key, value, min) in timers(c) {
+        if value < min {
+            err(
+                section,
+                key,
+                format!(
+                    "{} is too short (at least {})",
+                    humantime::format_duration(value),
+                    humantime::format_duration(min)
+                ),
+            );
+        }
+    }
+    let r = &c.reputation;
+    for (key, rate) in [
+        ("max_bounce_rate", r.max_bounce_rate),
+        ("max_deferral_rate", r.max_deferral_rate),
+        ("bad_recipient_warning", r.bad_recipient_warning),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            err(
+                "reputation",
+                key,
+                format!("{rate} is not a share from 0 to 1"),
+            );
+        }
+    }
+    errors
+}
+
+/// The line setting `key` inside `[section]` / `[[section]]` (the first such table), else the
+/// first line setting `key` anywhere.
+pub(super) fn key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            current = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        } else if current == section
+            && l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    super::find_key_line(text, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const MIN: &str = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+
+    fn errors(extra: &str) -> Vec<String> {
+        match super::Config::parse(Path::new("t.toml"), &format!("{MIN}{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_name_section_key_and_line() {
+        let e = errors("[limits]\nmax_sessions = 10000000000\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:7: limits.max_sessions:"), "{e:?}");
+        // The same key name in two tables: the line of the right one.
+        let e =
+            errors("[limits]\ncommand_timeout = \"1s\"\n[delivery]\ncommand_timeout = \"0s\"\n");
+        assert!(
+            e[0].starts_with("t.toml:9: delivery.command_timeout:"),
+            "{e:?}"
+        );
+        let e = errors("[reputation]\nmax_bounce_rate = nan\n");
+        assert!(e[0].contains("reputation.max_bounce_rate"), "{e:?}");
+        let e = errors("[limits]\ncommand_timeout = \"999999999999d\"\n");
+        assert!(e[0].starts_with("t.toml:7:"), "{e:?}");
+        let e = errors("[limits]\ncommand_timeout = \"3651d\"\n");
+        assert!(e[0].contains("at most"), "{e:?}");
+        assert!(
+            errors("[limits]\ncommand_timeout = \"3650d\"\nmax_sessions = 1000000\n").is_empty()
+        );
+    }
+}
