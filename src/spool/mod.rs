@@ -144,8 +144,10 @@ pub struct Spool {
     started_now: Mutex<Option<HashSet<String>>>,
     /// Bytes of recently committed log messages, so the first delivery attempt reads no disk.
     bodies: Mutex<Bodies>,
-    /// One move from the log to files at a time (compaction, a deferral, a removal).
-    moves: tokio::sync::Mutex<()>,
+    /// One move from the log to files at a time per message (compaction, a deferral, a
+    /// removal). Striped by id: different messages move at the same time (each move waits for
+    /// fsyncs; one at a time made deferrals the bottleneck of a filling queue).
+    moves: Vec<tokio::sync::Mutex<()>>,
     /// `free_space` cache: bytes, and when (ms since `opened`, 0 = never).
     free_bytes: std::sync::atomic::AtomicU64,
     free_checked_at: std::sync::atomic::AtomicU64,
@@ -166,6 +168,9 @@ struct Bodies {
 
 /// Finished log segments allowed to wait behind the oldest live one before its messages move.
 const MAX_PINNED_SEGMENTS: usize = 4;
+
+/// Moves from the log to files that may run at once (of different messages).
+const MOVE_STRIPES: usize = 32;
 
 /// Memory for `Bodies` at most; past it, delivery reads the log (page cache, usually).
 const BODY_CACHE_MAX: usize = 64 << 20;
@@ -219,13 +224,23 @@ impl Spool {
                 from_log: Mutex::new(found.into_iter().map(|f| f.envelope).collect()),
                 started_now: Mutex::new(Some(HashSet::new())),
                 bodies: Mutex::new(Bodies::default()),
-                moves: tokio::sync::Mutex::new(()),
+                moves: (0..MOVE_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 free_bytes: std::sync::atomic::AtomicU64::new(0),
                 free_checked_at: std::sync::atomic::AtomicU64::new(0),
                 opened: std::time::Instant::now(),
             }),
             rx,
         ))
+    }
+
+    /// The lock for moves of message `id`.
+    fn move_lock(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let h = id
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.moves[h % MOVE_STRIPES]
     }
 
     fn cache_body(&self, id: &str, body: Vec<u8>) {
@@ -519,7 +534,7 @@ impl Spool {
     /// Writes a log message and its new envelope as files in `queue/`, then marks it done in
     /// the log. A crash in between leaves it in both; recovery takes the files.
     async fn move_from_log(&self, env: &Envelope) -> io::Result<()> {
-        let _one_move = self.moves.lock().await;
+        let _one_move = self.move_lock(&env.id).lock().await;
         if !self.log.contains(&env.id) {
             // Moved meanwhile (compaction): the files take the new envelope.
             drop(_one_move);
@@ -567,7 +582,7 @@ impl Spool {
     /// segments can be deleted (one slow first attempt must not pin the disk behind it).
     pub async fn compact(&self) {
         for id in self.log.pinning(MAX_PINNED_SEGMENTS) {
-            let _one_move = self.moves.lock().await;
+            let _one_move = self.move_lock(&id).lock().await;
             if !self.log.contains(&id) {
                 continue;
             }
@@ -614,7 +629,7 @@ impl Spool {
         self.uncache_body(id);
         {
             // Not while the message is being moved to files (it would leave them behind).
-            let _no_move = self.moves.lock().await;
+            let _no_move = self.move_lock(id).lock().await;
             if self.log.done(id) {
                 return Ok(());
             }
