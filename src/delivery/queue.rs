@@ -50,7 +50,7 @@ pub(crate) struct Queue {
 enum Done {
     Gone(Qid),
     /// Recipients pending; retry at the given time instead of the envelope's (after a crash).
-    Pending(Qid, Envelope, Option<u64>),
+    Pending(Qid, Box<Envelope>, Option<u64>),
     /// The envelope could not be read: again at this time.
     RetryAt(Qid, u64),
 }
@@ -177,11 +177,11 @@ async fn attempt(
     // A panic in the attempt is caught here (not by a second task around it) and the message
     // is retried later.
     let done = match CatchUnwind(Box::pin(d.deliver_message(env))).await {
-        Ok(Some(env)) => Done::Pending(q, env, None),
+        Ok(Some(env)) => Done::Pending(q, Box::new(env), None),
         Ok(None) => Done::Gone(q),
         Err(()) => {
             tracing::error!(queue_id = %id, "delivery attempt crashed");
-            Done::Pending(q, backup, Some(now_unix() + FINISH_RETRY))
+            Done::Pending(q, Box::new(backup), Some(now_unix() + FINISH_RETRY))
         }
     };
     let _ = tx.send(done);

@@ -1280,6 +1280,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Recovery runs while the relay works: what was started since the spool was opened is
+    /// queued already and skipped; envelopes are read back from the log or the files.
+    #[tokio::test]
+    async fn recovery_skips_new_messages_and_envelopes_are_read_back() {
+        let dir = tempdir();
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let mut env = envelope();
+        env.id = Spool::new_id();
+        let old = spool.store(env.clone(), b"Subject: old\r\n\r\n").await.unwrap();
+        let mut moved = old.clone();
+        moved.recipients[0].attempts = 3;
+        spool.save_envelope(&moved).await.unwrap();
+        drop(spool);
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        env.id = Spool::new_id();
+        let new = spool.store(env, b"Subject: new\r\n\r\n").await.unwrap();
+        let mut batches = Vec::new();
+        let n = spool.recover_each(1, |b| batches.push(b)).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0][0].id, old.id);
+        assert_eq!(spool.envelope(&old.id).await.unwrap().recipients[0].attempts, 3);
+        assert_eq!(spool.envelope(&new.id).await.unwrap().id, new.id, "from the log");
+        assert!(spool.message_path(&old.id).exists());
+        let gone = spool.envelope("000000000000000000").await.unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn ids_are_unique_and_sortable() {
         let a = Spool::new_id();
