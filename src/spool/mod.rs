@@ -1288,7 +1288,10 @@ mod tests {
         let (spool, _rx) = Spool::open(&dir).unwrap();
         let mut env = envelope();
         env.id = Spool::new_id();
-        let old = spool.store(env.clone(), b"Subject: old\r\n\r\n").await.unwrap();
+        let old = spool
+            .store(env.clone(), b"Subject: old\r\n\r\n")
+            .await
+            .unwrap();
         let mut moved = old.clone();
         moved.recipients[0].attempts = 3;
         spool.save_envelope(&moved).await.unwrap();
@@ -1301,8 +1304,15 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0][0].id, old.id);
-        assert_eq!(spool.envelope(&old.id).await.unwrap().recipients[0].attempts, 3);
-        assert_eq!(spool.envelope(&new.id).await.unwrap().id, new.id, "from the log");
+        assert_eq!(
+            spool.envelope(&old.id).await.unwrap().recipients[0].attempts,
+            3
+        );
+        assert_eq!(
+            spool.envelope(&new.id).await.unwrap().id,
+            new.id,
+            "from the log"
+        );
         assert!(spool.message_path(&old.id).exists());
         let gone = spool.envelope("000000000000000000").await.unwrap_err();
         assert_eq!(gone.kind(), io::ErrorKind::NotFound);
