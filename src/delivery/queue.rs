@@ -79,7 +79,7 @@ pub async fn run(
         queue.index.promote(now);
         while let Some(q) = queue.index.next_active() {
             let env = queue.fresh.remove(&q);
-            let due = queue.index.entries.get(&q).map_or(now, |e| e.due);
+            let due = queue.index.entries.get(&q).map_or(now, |e| e.due.into());
             let id = queue.index.ids.name(q);
             tokio::spawn(attempt(d.clone(), q, id, env, due, done_tx.clone()));
         }

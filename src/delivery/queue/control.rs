@@ -233,7 +233,7 @@ impl Control {
                 Ok(Then::Show(Show {
                     id,
                     state: state_of(e),
-                    due: e.due,
+                    due: e.due.into(),
                 }))
             }
             Request::Change {
@@ -461,8 +461,9 @@ fn summary(queue: &Queue) -> Value {
     let mut oldest: Option<u64> = None;
     for e in ix.entries.values() {
         messages += 1;
-        bytes += e.size;
-        oldest = Some(oldest.map_or(e.received_at, |o| o.min(e.received_at)));
+        bytes += u64::from(e.size);
+        let received = u64::from(e.received_at);
+        oldest = Some(oldest.map_or(received, |o| o.min(received)));
         *by_state.entry(state_of(e)).or_default() += 1;
         recipients += e.rcpts as u64;
         for dom in e.domains() {
