@@ -14,11 +14,40 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let (spool, committed) = Spool::open(&config.data_dir)
         .map_err(|e| format!("cannot open spool under {}: {e}", config.data_dir.display()))?;
     let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
-    let recovered = spool
-        .recover()
+    spool
+        .clean_tmp()
         .map_err(|e| format!("spool recovery failed: {e}"))?;
-    tracing::info!(messages = recovered.len(), "spool recovered");
-    spool.start_compaction();
+    // The queue is indexed in the background (a million messages take a while to read);
+    // new mail is accepted and delivered meanwhile.
+    let (recovered_tx, recovered) = tokio::sync::mpsc::channel(8);
+    {
+        let spool = spool.clone();
+        tokio::spawn(async move {
+            let s = spool.clone();
+            let started = std::time::Instant::now();
+            let result = tokio::task::spawn_blocking(move || {
+                s.recover_each(crate::delivery::queue::RECOVERY_BATCH, |batch| {
+                    let _ = recovered_tx.blocking_send(batch);
+                })
+            })
+            .await;
+            match result {
+                Ok(Ok(n)) => {
+                    tracing::info!(
+                        messages = n,
+                        ms = started.elapsed().as_millis() as u64,
+                        "spool recovered"
+                    )
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "spool recovery failed; restart to retry")
+                }
+                Err(e) => tracing::error!(error = %e, "spool recovery crashed; restart to retry"),
+            }
+            // Not before: a move to files while the queue is listed could look like debris.
+            spool.start_compaction();
+        });
+    }
     let signer = Arc::new(
         crate::signing::Signer::from_config(&config).map_err(|errs| {
             errs.iter()

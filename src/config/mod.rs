@@ -312,6 +312,14 @@ pub struct Delivery {
     /// How long an idle outbound connection is kept for reuse; "0s" = no reuse.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: DurationStr,
+    /// Messages in delivery at once (envelope in memory), like Postfix's
+    /// `qmgr_message_active_limit`; the rest of the queue waits as small index entries.
+    #[serde(default = "default_active_limit")]
+    pub active_limit: usize,
+}
+
+fn default_active_limit() -> usize {
+    10_000
 }
 
 fn default_idle_timeout() -> DurationStr {
@@ -358,6 +366,7 @@ impl Default for Delivery {
             command_timeout: default_command_timeout(),
             helo: None,
             idle_timeout: default_idle_timeout(),
+            active_limit: default_active_limit(),
         }
     }
 }

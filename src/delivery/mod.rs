@@ -31,7 +31,7 @@ pub async fn start(
     pools: Arc<Pools>,
     reputation: Arc<Tracker>,
     committed: mpsc::UnboundedReceiver<Envelope>,
-    recovered: Vec<Envelope>,
+    recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
 ) -> Result<Arc<Deliverer>, String> {
     let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);

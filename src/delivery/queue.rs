@@ -1,32 +1,35 @@
-//! The scheduler: every queued message waits in a heap keyed by its earliest next attempt; when
-//! it is due, one task runs the attempt and hands the envelope back (or reports it finished).
-//! Concurrency is limited per connection (global and per destination) in `Deliverer`.
+//! The scheduler. Every queued message has a small entry in the `index` (no envelope, no
+//! body); when it is due and its destination has a free slot (see `index` for the rules), a
+//! task reads its envelope from the spool, runs the attempt and reports what is left.
+//! Concurrency per connection (global and per destination) is limited in `Deliverer`.
+//! At startup the spool is indexed in the background (`recovered`), while new mail flows.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
 mod control;
+mod index;
 
 pub use control::{Action, Control, Failure, QueueHandle, Request, Select, channel};
+pub(crate) use index::due_of;
 
 use super::Deliverer;
 use crate::spool::{Envelope, RcptState, now_unix};
+use index::{After, Index, Qid};
 
 /// Retry delay for a message whose recipients are all final but that could not be finished
-/// (DSN or removal failed: disk trouble).
+/// (DSN or removal failed: disk trouble), or whose envelope could not be read.
 const FINISH_RETRY: u64 = 30;
 
-fn due_of(env: &Envelope) -> Option<u64> {
-    env.recipients
-        .iter()
-        .filter(|r| r.state == RcptState::Pending)
-        .map(|r| r.next_attempt)
-        .min()
-}
+/// Envelopes of just-committed messages kept for their first attempt (no read back from the
+/// spool); past this many they are read back like any other.
+const FRESH_MAX: usize = 4096;
+
+/// Recovered envelopes are handed over in batches of this many.
+pub const RECOVERY_BATCH: usize = 512;
 
 fn now_millis() -> u128 {
     SystemTime::now()
@@ -35,96 +38,52 @@ fn now_millis() -> u128 {
         .unwrap_or(0)
 }
 
-#[derive(Default)]
-struct Queue {
-    heap: BinaryHeap<Reverse<(u64, String)>>,
-    /// Messages waiting, with the due time their heap entry was pushed with (stale entries are
-    /// skipped on pop).
-    waiting: HashMap<String, (u64, Envelope)>,
-    /// Held by the operator (`queue hold`): not scheduled until released.
-    held: HashMap<String, Envelope>,
-    /// Out of the heap for a while: an attempt or an operator action running.
-    busy: HashMap<String, Envelope>,
+pub(crate) struct Queue {
+    pub(crate) index: Index,
+    /// Envelopes of new messages not yet attempted (bounded by FRESH_MAX).
+    fresh: HashMap<Qid, Envelope>,
+    /// The spool is still being indexed.
+    pub(crate) indexing: bool,
 }
 
-impl Queue {
-    fn push(&mut self, env: Envelope, due: u64) {
-        self.heap.push(Reverse((due, env.id.clone())));
-        self.waiting.insert(env.id.clone(), (due, env));
-    }
-
-    fn pop_due(&mut self, now: u64) -> Option<Envelope> {
-        while let Some(Reverse((due, _))) = self.heap.peek() {
-            if *due > now {
-                return None;
-            }
-            let Reverse((due, id)) = self.heap.pop().expect("peeked");
-            match self.waiting.get(&id) {
-                Some((d, _)) if *d == due => return self.waiting.remove(&id).map(|(_, e)| e),
-                _ => continue,
-            }
-        }
-        None
-    }
-
-    fn next_due(&self) -> Option<u64> {
-        self.heap.peek().map(|Reverse((d, _))| *d)
-    }
+/// What an attempt task reports.
+enum Done {
+    Gone(Qid),
+    /// Recipients pending; retry at the given time instead of the envelope's (after a crash).
+    Pending(Qid, Box<Envelope>, Option<u64>),
+    /// The envelope could not be read: again at this time.
+    RetryAt(Qid, u64),
 }
 
 pub async fn run(
     d: Arc<Deliverer>,
     mut committed: mpsc::UnboundedReceiver<Envelope>,
-    recovered: Vec<Envelope>,
+    mut recovered: mpsc::Receiver<Vec<Envelope>>,
     mut control: control::Control,
 ) {
-    let mut queue = Queue::default();
-    let on_hold: std::collections::HashSet<String> = control.held_ids().into_iter().collect();
-    let stale: Vec<String> = on_hold
-        .iter()
-        .filter(|id| !recovered.iter().any(|e| &e.id == *id))
-        .cloned()
-        .collect();
-    control.forget(&stale);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<Envelope>, bool)>();
-    for env in recovered {
-        if env
-            .recipients
-            .iter()
-            .any(|r| r.state == RcptState::Pending && r.held)
-        {
-            d.mark_held(&env.id);
-        }
-        if on_hold.contains(&env.id) {
-            queue.held.insert(env.id.clone(), env);
-            continue;
-        }
-        let due = due_of(&env).unwrap_or(0);
-        queue.push(env, due);
-    }
+    let limits = &d.config.delivery;
+    let mut queue = Queue {
+        index: Index::new(limits.active_limit, 2 * limits.concurrency_per_destination),
+        fresh: HashMap::new(),
+        indexing: true,
+    };
+    let on_hold: HashSet<String> = control.held_ids().into_iter().collect();
+    let mut holds_seen: HashSet<String> = HashSet::new();
+    let provider_of = {
+        let d = d.clone();
+        move |host: &str| d.pools.provider_of(host).to_string()
+    };
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     loop {
         let now = now_unix();
-        while let Some(env) = queue.pop_due(now) {
-            let id = env.id.clone();
-            let d = d.clone();
-            let tx = done_tx.clone();
-            let backup = env.clone();
-            queue.busy.insert(id.clone(), env.clone());
-            // One task per attempt; a panic in it is caught here (not by a second task around
-            // it) and the message is retried later.
-            tokio::spawn(async move {
-                match CatchUnwind(Box::pin(d.deliver_message(env))).await {
-                    Ok(next) => {
-                        let _ = tx.send((id, next, false));
-                    }
-                    Err(()) => {
-                        tracing::error!(queue_id = %id, "delivery attempt crashed");
-                        let _ = tx.send((id, Some(backup), true));
-                    }
-                }
-            });
+        queue.index.promote(now);
+        while let Some(q) = queue.index.next_active() {
+            let env = queue.fresh.remove(&q);
+            let due = queue.index.entries.get(&q).map_or(now, |e| e.due.into());
+            let id = queue.index.ids.name(q);
+            tokio::spawn(attempt(d.clone(), q, id, env, due, done_tx.clone()));
         }
-        let sleep = match queue.next_due() {
+        let sleep = match queue.index.next_due() {
             Some(due) => {
                 let ms = (due as u128 * 1000).saturating_sub(now_millis());
                 Duration::from_millis(ms.min(3_600_000) as u64)
@@ -134,37 +93,51 @@ pub async fn run(
         tokio::select! {
             env = committed.recv() => match env {
                 Some(env) => {
-                    let due = due_of(&env).unwrap_or(0);
-                    tracing::debug!(queue_id = %env.id, due, "queued for delivery");
-                    queue.push(env, due);
+                    tracing::debug!(queue_id = %env.id, "queued for delivery");
+                    if queue.index.insert(&env, false, &provider_of) && queue.fresh.len() < FRESH_MAX {
+                        let q = queue.index.ids.pack(&env.id);
+                        queue.fresh.insert(q, env);
+                    }
                 }
                 None => {
                     // Spool gone: the process is stopping.
                     std::future::pending::<()>().await;
                 }
             },
-            Some((id, next, crashed)) = done_rx.recv() => {
-                queue.busy.remove(&id);
-                if let Some(env) = next {
-                    let due = match due_of(&env) {
-                        Some(due) if !crashed => due,
-                        _ => now_unix() + FINISH_RETRY,
-                    };
-                    queue.push(env, due);
+            batch = recovered.recv(), if queue.indexing => match batch {
+                Some(envs) => {
+                    for env in envs {
+                        let held = on_hold.contains(&env.id);
+                        if held {
+                            holds_seen.insert(env.id.clone());
+                        }
+                        if env.recipients.iter().any(|r| r.state == RcptState::Pending && r.held) {
+                            d.mark_held(&env.id);
+                        }
+                        queue.index.insert(&env, held, &provider_of);
+                    }
                 }
+                None => {
+                    queue.indexing = false;
+                    let stale: Vec<String> = on_hold.difference(&holds_seen).cloned().collect();
+                    control.forget(&stale);
+                    tracing::info!(messages = queue.index.len(), "queue indexed");
+                }
+            },
+            Some(done) = done_rx.recv() => {
+                let (q, after) = match &done {
+                    Done::Gone(q) => (*q, After::Gone),
+                    Done::Pending(q, env, due) => (*q, After::Pending(env, *due)),
+                    Done::RetryAt(q, due) => (*q, After::RetryAt(*due)),
+                };
+                queue.index.finished(q, after, &provider_of);
             }
             _ = d.pools.wake.notified() => {
                 // An IP came back (undrain, reinstate): held mail goes now.
                 let now = now_unix();
                 for id in d.take_held() {
-                    if let Some((_, mut env)) = queue.waiting.remove(&id) {
-                        for r in env.recipients.iter_mut() {
-                            if r.state == RcptState::Pending && r.held {
-                                r.next_attempt = r.next_attempt.min(now);
-                            }
-                        }
-                        let due = due_of(&env).unwrap_or(now);
-                        queue.push(env, due);
+                    if let Some(q) = queue.index.ids.find(&id) {
+                        queue.index.hurry(q, now);
                     }
                 }
             }
@@ -172,6 +145,59 @@ pub async fn run(
             _ = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+/// One attempt: the envelope (kept from the commit, or read from the spool), then delivery.
+async fn attempt(
+    d: Arc<Deliverer>,
+    q: Qid,
+    id: String,
+    env: Option<Envelope>,
+    due: u64,
+    tx: mpsc::UnboundedSender<Done>,
+) {
+    let env = match env {
+        Some(env) => env,
+        None => match d.spool.envelope(&id).await {
+            Ok(env) => env,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::error!(queue_id = %id, "queued message is gone from the spool");
+                let _ = tx.send(Done::Gone(q));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot read the queued envelope, will retry");
+                let _ = tx.send(Done::RetryAt(q, now_unix() + FINISH_RETRY));
+                return;
+            }
+        },
+    };
+    let env = due_by(env, due);
+    let backup = env.clone();
+    // A panic in the attempt is caught here (not by a second task around it) and the message
+    // is retried later.
+    let done = match CatchUnwind(Box::pin(d.deliver_message(env))).await {
+        Ok(Some(env)) => Done::Pending(q, Box::new(env), None),
+        Ok(None) => Done::Gone(q),
+        Err(()) => {
+            tracing::error!(queue_id = %id, "delivery attempt crashed");
+            Done::Pending(q, Box::new(backup), Some(now_unix() + FINISH_RETRY))
+        }
+    };
+    let _ = tx.send(done);
+}
+
+/// The scheduler made the message due before its envelope says (retry, release, an IP came
+/// back): its pending recipients go now.
+fn due_by(mut env: Envelope, due: u64) -> Envelope {
+    if due_of(&env).is_some_and(|d| d > due) {
+        for r in env.recipients.iter_mut() {
+            if r.state == RcptState::Pending {
+                r.next_attempt = r.next_attempt.min(due);
+            }
+        }
+    }
+    env
 }
 
 /// A future that turns a panic while polling the inner one into `Err(())`.
@@ -197,12 +223,6 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
 mod tests {
     use super::*;
 
-    fn env(id: &str, next: u64) -> Envelope {
-        let mut e = crate::spool::test_envelope(id);
-        e.recipients[0].next_attempt = next;
-        e
-    }
-
     #[tokio::test]
     async fn a_panicking_attempt_is_caught() {
         let ok = CatchUnwind(Box::pin(async { 7 })).await;
@@ -218,15 +238,10 @@ mod tests {
     }
 
     #[test]
-    fn pops_in_due_order_and_skips_stale_entries() {
-        let mut q = Queue::default();
-        q.push(env("b", 20), 20);
-        q.push(env("a", 10), 10);
-        q.push(env("b", 5), 5); // rescheduled: the 20 entry is stale
-        assert_eq!(q.next_due(), Some(5));
-        assert_eq!(q.pop_due(9).unwrap().id, "b");
-        assert!(q.pop_due(9).is_none());
-        assert_eq!(q.pop_due(30).unwrap().id, "a");
-        assert!(q.pop_due(30).is_none());
+    fn an_earlier_due_time_brings_pending_recipients_forward() {
+        let mut e = crate::spool::test_envelope("x");
+        e.recipients[0].next_attempt = 500;
+        assert_eq!(due_by(e.clone(), 600).recipients[0].next_attempt, 500);
+        assert_eq!(due_by(e, 100).recipients[0].next_attempt, 100);
     }
 }

@@ -139,10 +139,15 @@ pub struct Spool {
     log: Arc<log::Log>,
     /// Log messages found at open, handed out by `recover`.
     from_log: Mutex<Vec<Envelope>>,
+    /// Ids of messages started while the queue is being recovered (None after): recovery
+    /// skips them, they are queued already.
+    started_now: Mutex<Option<HashSet<String>>>,
     /// Bytes of recently committed log messages, so the first delivery attempt reads no disk.
     bodies: Mutex<Bodies>,
-    /// One move from the log to files at a time (compaction, a deferral, a removal).
-    moves: tokio::sync::Mutex<()>,
+    /// One move from the log to files at a time per message (compaction, a deferral, a
+    /// removal). Striped by id: different messages move at the same time (each move waits for
+    /// fsyncs; one at a time made deferrals the bottleneck of a filling queue).
+    moves: Vec<tokio::sync::Mutex<()>>,
     /// `free_space` cache: bytes, and when (ms since `opened`, 0 = never).
     free_bytes: std::sync::atomic::AtomicU64,
     free_checked_at: std::sync::atomic::AtomicU64,
@@ -163,6 +168,9 @@ struct Bodies {
 
 /// Finished log segments allowed to wait behind the oldest live one before its messages move.
 const MAX_PINNED_SEGMENTS: usize = 4;
+
+/// Moves from the log to files that may run at once (of different messages).
+const MOVE_STRIPES: usize = 32;
 
 /// Memory for `Bodies` at most; past it, delivery reads the log (page cache, usually).
 const BODY_CACHE_MAX: usize = 64 << 20;
@@ -214,14 +222,25 @@ impl Spool {
                 committed: tx,
                 log: Arc::new(log),
                 from_log: Mutex::new(found.into_iter().map(|f| f.envelope).collect()),
+                started_now: Mutex::new(Some(HashSet::new())),
                 bodies: Mutex::new(Bodies::default()),
-                moves: tokio::sync::Mutex::new(()),
+                moves: (0..MOVE_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 free_bytes: std::sync::atomic::AtomicU64::new(0),
                 free_checked_at: std::sync::atomic::AtomicU64::new(0),
                 opened: std::time::Instant::now(),
             }),
             rx,
         ))
+    }
+
+    /// The lock for moves of message `id`.
+    fn move_lock(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let h = id
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.moves[h % MOVE_STRIPES]
     }
 
     fn cache_body(&self, id: &str, body: Vec<u8>) {
@@ -303,6 +322,14 @@ impl Spool {
     /// Starts a new message. Its bytes stay in memory up to `WRITE_BUFFER` (then the log takes
     /// it at `commit`); a larger message streams to a file under `tmp/` from there on.
     pub async fn writer(self: &Arc<Self>, id: &str) -> io::Result<MessageWriter> {
+        if let Some(ids) = self
+            .started_now
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            ids.insert(id.to_string());
+        }
         Ok(MessageWriter {
             spool: self.clone(),
             id: id.to_string(),
@@ -329,61 +356,157 @@ impl Spool {
         w.commit(envelope).await
     }
 
-    /// Every complete message, oldest first; removes what a crash left half-written.
-    pub fn recover(&self) -> io::Result<Vec<Envelope>> {
+    /// The envelope of a queued message as last saved (its log record or `.env` file).
+    pub async fn envelope(&self, id: &str) -> io::Result<Envelope> {
+        let (log, key, path) = (self.log.clone(), id.to_string(), self.envelope_path(id));
+        tokio::task::spawn_blocking(move || {
+            if log.contains(&key) {
+                match log.read_message(&key) {
+                    Ok((env, _)) => return Ok(env),
+                    // Moved to files meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let text = std::fs::read(&path)?;
+            serde_json::from_slice(&text).map_err(io::Error::other)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Removes what a crash left half-written in `tmp/`: before anything new is written there.
+    pub fn clean_tmp(&self) -> io::Result<()> {
         for entry in std::fs::read_dir(&self.tmp)? {
             let path = entry?.path();
             tracing::info!(file = %path.display(), "spool: removing unfinished message");
             std::fs::remove_file(&path)?;
         }
+        Ok(())
+    }
+
+    /// Every complete message, oldest first (`clean_tmp` first); removes what a crash left
+    /// half-written.
+    pub fn recover(&self) -> io::Result<Vec<Envelope>> {
+        self.clean_tmp()?;
         let mut envelopes = Vec::new();
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.queue)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        names.sort();
-        for path in &names {
-            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("msg") if !self.envelope_path(id).exists() => {
-                    tracing::info!(queue_id = id, "spool: removing message without envelope");
-                    std::fs::remove_file(path)?;
-                }
-                Some("env") => {
-                    let text = std::fs::read(path)?;
-                    match serde_json::from_slice::<Envelope>(&text) {
-                        Ok(env) if self.message_path(id).exists() => envelopes.push(env),
-                        Ok(_) => {
-                            tracing::error!(
-                                queue_id = id,
-                                "spool: envelope without message, removed"
-                            );
-                            std::fs::remove_file(path)?;
-                        }
-                        Err(e) => {
-                            // Never delete what we cannot read: an operator must look at it.
-                            tracing::error!(queue_id = id, error = %e, "spool: unreadable envelope left in place");
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let in_files: HashSet<String> = envelopes.iter().map(|e| e.id.clone()).collect();
+        self.recover_each(1024, |batch| envelopes.extend(batch))?;
+        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(envelopes)
+    }
+
+    /// Every complete message, in batches of `batch` to `each`: the log's first, then the
+    /// files' oldest first. May run while the relay works: messages started since the spool
+    /// was opened are skipped (they are queued already), and a file is removed as debris of a
+    /// crash only after a second look. Returns the number of messages.
+    pub fn recover_each(
+        &self,
+        batch: usize,
+        mut each: impl FnMut(Vec<Envelope>),
+    ) -> io::Result<usize> {
+        let mut out = Vec::with_capacity(batch);
+        let mut count = 0;
         let from_log =
             std::mem::take(&mut *self.from_log.lock().unwrap_or_else(|e| e.into_inner()));
         for env in from_log {
-            if in_files.contains(&env.id) {
+            if self.envelope_path(&env.id).exists() {
                 // Moved to files just before a crash: the files are newer.
                 self.log.done(&env.id);
-            } else {
-                envelopes.push(env);
+                continue;
+            }
+            out.push(env);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        count += out.len();
+        if !out.is_empty() {
+            each(std::mem::replace(&mut out, Vec::with_capacity(batch)));
+        }
+        let l = self.list_queue()?;
+        let lone = difference(&l.odd_msgs, &l.odd_envs).into_iter().chain(
+            difference(&l.msgs, &l.envs)
+                .into_iter()
+                .map(|q| format!("{q:018X}")),
+        );
+        for id in lone {
+            // A move from the log writes the message file first: not debris while in the log.
+            if !self.envelope_path(&id).exists() && !self.log.contains(&id) && !self.is_new(&id) {
+                tracing::info!(queue_id = %id, "spool: removing message without envelope");
+                remove_if_there(&self.message_path(&id))?;
             }
         }
-        // Ids sort by arrival.
-        envelopes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(envelopes)
+        let packed = l.envs.into_iter().map(|q| format!("{q:018X}"));
+        for id in l.odd_envs.into_iter().chain(packed) {
+            let path = self.envelope_path(&id);
+            let text = match std::fs::read(&path) {
+                Ok(t) => t,
+                // Finished meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            match serde_json::from_slice::<Envelope>(&text) {
+                Ok(env) if self.message_path(&id).exists() => {
+                    out.push(env);
+                    count += 1;
+                    if out.len() >= batch {
+                        each(std::mem::replace(&mut out, Vec::with_capacity(batch)));
+                    }
+                }
+                Ok(_) => {
+                    tracing::error!(queue_id = %id, "spool: envelope without message, removed");
+                    remove_if_there(&path)?;
+                }
+                Err(e) => {
+                    // Never delete what we cannot read: an operator must look at it.
+                    tracing::error!(queue_id = %id, error = %e, "spool: unreadable envelope left in place");
+                }
+            }
+        }
+        if !out.is_empty() {
+            each(out);
+        }
+        self.started_now
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(count)
+    }
+
+    fn is_new(&self, id: &str) -> bool {
+        self.started_now
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|ids| ids.contains(id))
+    }
+
+    /// Ids of the `.env` and `.msg` files in `queue/`, each sorted, without the messages
+    /// started since the spool was opened. Canonical ids are kept packed (16 bytes): a listing
+    /// of a million messages stays small.
+    fn list_queue(&self) -> io::Result<Listing> {
+        let mut l = Listing::default();
+        for entry in std::fs::read_dir(&self.queue)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let (id, env) = match (name.strip_suffix(".env"), name.strip_suffix(".msg")) {
+                (Some(id), _) => (id, true),
+                (_, Some(id)) => (id, false),
+                _ => continue,
+            };
+            if self.is_new(id) {
+                continue;
+            }
+            match (pack_id(id), env) {
+                (Some(q), true) => l.envs.push(q),
+                (Some(q), false) => l.msgs.push(q),
+                (None, true) => l.odd_envs.push(id.to_string()),
+                (None, false) => l.odd_msgs.push(id.to_string()),
+            }
+        }
+        l.envs.sort_unstable();
+        l.msgs.sort_unstable();
+        l.odd_envs.sort();
+        l.odd_msgs.sort();
+        Ok(l)
     }
 
     /// Replaces the envelope atomically (tmp, fsync, rename, fsync dir). A message still in
@@ -411,7 +534,7 @@ impl Spool {
     /// Writes a log message and its new envelope as files in `queue/`, then marks it done in
     /// the log. A crash in between leaves it in both; recovery takes the files.
     async fn move_from_log(&self, env: &Envelope) -> io::Result<()> {
-        let _one_move = self.moves.lock().await;
+        let _one_move = self.move_lock(&env.id).lock().await;
         if !self.log.contains(&env.id) {
             // Moved meanwhile (compaction): the files take the new envelope.
             drop(_one_move);
@@ -459,7 +582,7 @@ impl Spool {
     /// segments can be deleted (one slow first attempt must not pin the disk behind it).
     pub async fn compact(&self) {
         for id in self.log.pinning(MAX_PINNED_SEGMENTS) {
-            let _one_move = self.moves.lock().await;
+            let _one_move = self.move_lock(&id).lock().await;
             if !self.log.contains(&id) {
                 continue;
             }
@@ -506,7 +629,7 @@ impl Spool {
         self.uncache_body(id);
         {
             // Not while the message is being moved to files (it would leave them behind).
-            let _no_move = self.moves.lock().await;
+            let _no_move = self.move_lock(id).lock().await;
             if self.log.done(id) {
                 return Ok(());
             }
@@ -585,6 +708,45 @@ fn sorted(found: HashMap<String, (Envelope, Vec<u8>)>) -> Vec<(Envelope, Vec<u8>
     let mut out: Vec<_> = found.into_values().collect();
     out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     out
+}
+
+/// A canonical queue id (18 upper-case hex digits, `Spool::new_id`) packed into 16 bytes;
+/// its `{:018X}` formatting gives the id back.
+pub fn pack_id(id: &str) -> Option<u128> {
+    (id.len() == 18 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')))
+        .then(|| u128::from_str_radix(id, 16).ok())
+        .flatten()
+}
+
+/// What `list_queue` found: canonical ids packed, any others as they are.
+#[derive(Default)]
+struct Listing {
+    envs: Vec<u128>,
+    msgs: Vec<u128>,
+    odd_envs: Vec<String>,
+    odd_msgs: Vec<String>,
+}
+
+/// Items of sorted `a` not in sorted `b`.
+fn difference<T: Ord + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for x in a {
+        while j < b.len() && b[j] < *x {
+            j += 1;
+        }
+        if b.get(j) != Some(x) {
+            out.push(x.clone());
+        }
+    }
+    out
+}
+
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn statvfs_free(path: &Path) -> io::Result<u64> {
@@ -1115,6 +1277,45 @@ mod tests {
         assert_eq!(q[0].1, b"Subject: stuck\r\n\r\nx\r\n");
         spool.remove(&stuck.id).await.unwrap();
         assert!(inspect(&dir).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Recovery runs while the relay works: what was started since the spool was opened is
+    /// queued already and skipped; envelopes are read back from the log or the files.
+    #[tokio::test]
+    async fn recovery_skips_new_messages_and_envelopes_are_read_back() {
+        let dir = tempdir();
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let mut env = envelope();
+        env.id = Spool::new_id();
+        let old = spool
+            .store(env.clone(), b"Subject: old\r\n\r\n")
+            .await
+            .unwrap();
+        let mut moved = old.clone();
+        moved.recipients[0].attempts = 3;
+        spool.save_envelope(&moved).await.unwrap();
+        drop(spool);
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        env.id = Spool::new_id();
+        let new = spool.store(env, b"Subject: new\r\n\r\n").await.unwrap();
+        let mut batches = Vec::new();
+        let n = spool.recover_each(1, |b| batches.push(b)).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0][0].id, old.id);
+        assert_eq!(
+            spool.envelope(&old.id).await.unwrap().recipients[0].attempts,
+            3
+        );
+        assert_eq!(
+            spool.envelope(&new.id).await.unwrap().id,
+            new.id,
+            "from the log"
+        );
+        assert!(spool.message_path(&old.id).exists());
+        let gone = spool.envelope("000000000000000000").await.unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Deliverer, Queue, due_of};
+use super::index::{Entry, Index, Place, Qid};
+use super::{Deliverer, Queue};
 use crate::outcome::{self, DsnKind};
-use crate::routing::domain_of;
-use crate::spool::{Envelope, RcptState, RemoteReply, now_unix};
+use crate::spool::{RcptState, RemoteReply, now_unix};
 use crate::state::State;
 
 /// Which messages a request is about.
@@ -108,12 +108,14 @@ impl QueueHandle {
     }
 }
 
-/// Envelopes a hold, release or failed delete hands back to the loop once its I/O is done.
+/// What a hold, release or delete hands back to the loop once its I/O is done.
 pub(super) struct Back {
-    envs: Vec<Envelope>,
-    held: bool,
+    /// Held (hold), or waiting again and due now (release), or back where it was (a delete
+    /// that failed).
+    ids: Vec<Qid>,
+    to: Place,
     /// Deleted.
-    gone: Vec<String>,
+    gone: Vec<Qid>,
     reply: Option<(oneshot::Sender<Answer>, Value)>,
 }
 
@@ -175,21 +177,20 @@ impl Control {
     pub(super) fn handle(&mut self, queue: &mut Queue, d: &Arc<Deliverer>, event: Event) {
         match event {
             Event::Back(Back {
-                envs,
-                held,
+                ids,
+                to,
                 gone,
                 reply,
             }) => {
-                for id in gone {
-                    queue.busy.remove(&id);
+                for q in gone {
+                    queue.index.remove(q);
                 }
-                for env in envs {
-                    queue.busy.remove(&env.id);
-                    if held {
-                        queue.held.insert(env.id.clone(), env);
-                    } else {
-                        let due = due_of(&env).unwrap_or(0);
-                        queue.push(env, due);
+                let now = now_unix();
+                for q in ids {
+                    match to {
+                        Place::Held => queue.index.put_back(q, true, None),
+                        Place::Ready => queue.index.put_back(q, false, Some(now)),
+                        _ => queue.index.put_back(q, false, None),
                     }
                 }
                 // Answered once the queue shows the change.
@@ -199,10 +200,16 @@ impl Control {
             }
             Event::Command(c) => {
                 let Command { req, client, reply } = c;
-                match self.command(queue, d, req, &client) {
-                    Ok((answer, Some(io))) => self.finish(d, io, answer, reply),
-                    Ok((answer, None)) => {
+                match self.command(queue, req, &client) {
+                    Ok(Then::Answer(answer)) => {
                         let _ = reply.send(Ok(answer));
+                    }
+                    Ok(Then::Io(io, answer)) => self.finish(d, io, answer, reply),
+                    Ok(Then::Show(show)) => {
+                        let d = d.clone();
+                        tokio::spawn(async move {
+                            let _ = reply.send(show.read(&d).await);
+                        });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -212,102 +219,120 @@ impl Control {
         }
     }
 
-    /// The answer, and the I/O still to do before it is given.
-    fn command(
-        &mut self,
-        q: &mut Queue,
-        d: &Arc<Deliverer>,
-        req: Request,
-        client: &str,
-    ) -> Result<(Value, Option<Io>), Failure> {
+    /// The answer, or what is still to do before it is given.
+    fn command(&mut self, queue: &mut Queue, req: Request, client: &str) -> Result<Then, Failure> {
+        let ix = &mut queue.index;
         match req {
-            Request::Summary => Ok((summary(q, d), None)),
-            Request::Show(id) => show(q, &id).map(|v| (v, None)),
+            Request::Summary => Ok(Then::Answer(summary(queue))),
+            Request::Show(id) => {
+                let e = ix
+                    .ids
+                    .find(&id)
+                    .and_then(|q| ix.entries.get(&q))
+                    .ok_or_else(|| Failure::NotFound(id.clone()))?;
+                Ok(Then::Show(Show {
+                    id,
+                    state: state_of(e),
+                    due: e.due.into(),
+                }))
+            }
             Request::Change {
                 action,
                 select,
                 dsn,
             } => {
-                let ids = select_ids(q, &select)?;
+                let ids = select_ids(ix, &select)?;
                 let mut done = Vec::new();
                 let mut skipped = Vec::new();
                 let mut taken = Vec::new();
-                for id in ids {
+                let now = now_unix();
+                for q in ids {
                     let ok = match action {
-                        Action::Retry => retry(q, &id),
-                        Action::Hold => take(q, &id, false),
-                        Action::Release => take(q, &id, true),
-                        Action::Delete => take(q, &id, true).or_else(|| take(q, &id, false)),
+                        Action::Retry => ix.hurry(q, now),
+                        Action::Hold => ix.take_waiting(q),
+                        Action::Release => ix.take_held(q),
+                        Action::Delete => ix.take_held(q) || ix.take_waiting(q),
                     };
-                    match ok {
-                        Some(env) => {
-                            tracing::info!(queue_id = %id, client = %client, action = action.as_str(), dsn, "queue: operator action");
-                            done.push(id);
-                            if action != Action::Retry {
-                                taken.push(env);
-                            }
+                    let id = ix.ids.name(q);
+                    if ok {
+                        tracing::info!(queue_id = %id, client = %client, action = action.as_str(), dsn, "queue: operator action");
+                        done.push(id);
+                        if action != Action::Retry {
+                            taken.push(q);
                         }
-                        None => skipped.push(id),
+                    } else {
+                        skipped.push(id);
                     }
                 }
                 if let (Select::Id(id), true) = (&select, done.is_empty()) {
-                    let state = q.held.get(id).map_or("queued", |_| "on hold");
+                    let held = ix
+                        .ids
+                        .find(id)
+                        .and_then(|q| ix.entries.get(&q))
+                        .is_some_and(|e| e.place == Place::Held);
+                    let state = if held { "on hold" } else { "queued" };
                     let why = format!("cannot {} message {id}: it is {state}", action.as_str());
                     return Err(Failure::Conflict(why));
                 }
-                for env in &taken {
-                    q.busy.insert(env.id.clone(), env.clone());
+                for q in &taken {
+                    queue.fresh.remove(q);
                 }
                 let answer =
                     json!({ "ok": true, "action": action, "done": done, "skipped": skipped });
-                let io = (!taken.is_empty()).then_some(Io {
-                    action,
-                    dsn,
-                    envs: taken,
-                });
-                Ok((answer, io))
+                if taken.is_empty() {
+                    return Ok(Then::Answer(answer));
+                }
+                let named = taken.iter().map(|&q| (q, ix.ids.name(q))).collect();
+                Ok(Then::Io(
+                    Io {
+                        action,
+                        dsn,
+                        ids: named,
+                    },
+                    answer,
+                ))
             }
         }
     }
 
-    /// The I/O of a hold, release or delete, off the loop; the envelopes come back through
+    /// The I/O of a hold, release or delete, off the loop; the messages come back through
     /// `Back` (a delete that fails comes back to the queue). The answer goes once it is done.
     fn finish(&self, d: &Arc<Deliverer>, io: Io, answer: Value, reply: oneshot::Sender<Answer>) {
-        let Io { action, dsn, envs } = io;
+        let Io { action, dsn, ids } = io;
         let (back, state, d) = (self.back_tx.clone(), self.state.clone(), d.clone());
         tokio::spawn(async move {
-            let ids: Vec<String> = envs.iter().map(|e| e.id.clone()).collect();
+            let names: Vec<String> = ids.iter().map(|(_, id)| id.clone()).collect();
             let on_hold = action == Action::Hold;
-            let state2 = state.clone();
-            let stored = tokio::task::spawn_blocking(move || match state2 {
-                Some(s) => s.queue_hold_set(&ids, on_hold).map_err(|e| e.to_string()),
+            let stored = tokio::task::spawn_blocking(move || match state {
+                Some(s) => s.queue_hold_set(&names, on_hold).map_err(|e| e.to_string()),
                 None => Ok(()),
             })
             .await;
             if let Ok(Err(e)) = stored {
                 tracing::error!(error = %e, "queue hold not stored in the state store");
             }
+            let to = match action {
+                Action::Hold => Place::Held,
+                Action::Release => Place::Ready,
+                _ => Place::Waiting,
+            };
             let mut b = Back {
-                envs: Vec::new(),
-                held: on_hold,
+                ids: Vec::new(),
+                to,
                 gone: Vec::new(),
                 reply: Some((reply, answer)),
             };
-            let now = now_unix();
-            for mut env in envs {
-                match action {
-                    Action::Delete => match delete(&d, env.clone(), dsn).await {
-                        Ok(()) => b.gone.push(env.id),
-                        Err(e) => {
-                            tracing::error!(queue_id = %env.id, error = %e, "cannot delete");
-                            b.envs.push(env);
-                        }
-                    },
-                    Action::Release => {
-                        due_now(&mut env, now);
-                        b.envs.push(env);
+            for (q, id) in ids {
+                if action != Action::Delete {
+                    b.ids.push(q);
+                    continue;
+                }
+                match delete(&d, &id, dsn).await {
+                    Ok(()) => b.gone.push(q),
+                    Err(e) => {
+                        tracing::error!(queue_id = %id, error = %e, "cannot delete");
+                        b.ids.push(q);
                     }
-                    _ => b.envs.push(env),
                 }
             }
             let _ = back.send(b);
@@ -315,16 +340,44 @@ impl Control {
     }
 }
 
+/// What a command still needs after the loop has done its part.
+enum Then {
+    Answer(Value),
+    Io(Io, Value),
+    Show(Show),
+}
+
 /// Hold, release or delete work for `finish`.
 pub(super) struct Io {
     action: Action,
     dsn: bool,
-    envs: Vec<Envelope>,
+    ids: Vec<(Qid, String)>,
+}
+
+/// `queue show`: the envelope is read from the spool, off the loop.
+struct Show {
+    id: String,
+    state: &'static str,
+    due: u64,
+}
+
+impl Show {
+    async fn read(self, d: &Deliverer) -> Answer {
+        match d.spool.envelope(&self.id).await {
+            Ok(env) => Ok(json!({ "state": self.state, "due": self.due, "envelope": env })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::NotFound(self.id)),
+            Err(e) => Err(Failure::Conflict(format!(
+                "cannot read message {}: {e}",
+                self.id
+            ))),
+        }
+    }
 }
 
 /// Removes a message from the spool, with a failure DSN for its pending recipients if asked.
-async fn delete(d: &Deliverer, mut env: Envelope, dsn: bool) -> std::io::Result<()> {
+async fn delete(d: &Deliverer, id: &str, dsn: bool) -> std::io::Result<()> {
     if dsn {
+        let mut env = d.spool.envelope(id).await?;
         let reply = RemoteReply {
             code: 550,
             status: "5.0.0".into(),
@@ -354,121 +407,93 @@ async fn delete(d: &Deliverer, mut env: Envelope, dsn: bool) -> std::io::Result<
         )
         .await?;
     }
-    d.spool.remove(&env.id).await
+    d.spool.remove(id).await
 }
 
-fn due_now(env: &mut Envelope, now: u64) {
-    for r in env.recipients.iter_mut() {
-        if r.state == RcptState::Pending {
-            r.next_attempt = r.next_attempt.min(now);
-        }
-    }
-}
-
-/// Ids matching `select` among waiting, held and busy messages.
-fn select_ids(q: &Queue, select: &Select) -> Result<Vec<String>, Failure> {
-    let all = q.waiting.values().map(|(_, e)| e).chain(q.held.values());
-    let mut ids: Vec<String> = match select {
+/// Messages matching `select` among waiting, held and busy ones.
+fn select_ids(ix: &Index, select: &Select) -> Result<Vec<Qid>, Failure> {
+    let mut ids: Vec<Qid> = match select {
         Select::Id(id) => {
-            if q.busy.contains_key(id) {
-                return Err(Failure::Busy(id.clone()));
+            let e = ix
+                .ids
+                .find(id)
+                .and_then(|q| ix.entries.get(&q).map(|e| (q, e)));
+            match e {
+                None => return Err(Failure::NotFound(id.clone())),
+                Some((_, e)) if matches!(e.place, Place::Active | Place::Busy) => {
+                    return Err(Failure::Busy(id.clone()));
+                }
+                Some((q, _)) => vec![q],
             }
-            all.filter(|e| &e.id == id).map(|e| e.id.clone()).collect()
         }
-        Select::All => all.map(|e| e.id.clone()).collect(),
+        Select::All => ix
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(e.place, Place::Active | Place::Busy))
+            .map(|(q, _)| *q)
+            .collect(),
         Select::Domain(dom) => {
             let dom = dom.trim().trim_end_matches('.').to_ascii_lowercase();
-            all.filter(|e| {
-                e.recipients
-                    .iter()
-                    .any(|r| r.state == RcptState::Pending && domain_of(&r.address) == dom)
-            })
-            .map(|e| e.id.clone())
-            .collect()
+            let Some(n) = ix.names.find(&dom) else {
+                return Ok(Vec::new());
+            };
+            ix.entries
+                .iter()
+                .filter(|(_, e)| !matches!(e.place, Place::Active | Place::Busy))
+                .filter(|(_, e)| e.domains().any(|d| d == n))
+                .map(|(q, _)| *q)
+                .collect()
         }
     };
-    if let (Select::Id(id), true) = (select, ids.is_empty()) {
-        return Err(Failure::NotFound(id.clone()));
-    }
-    ids.sort();
+    ids.sort_by_key(|&q| ix.ids.name(q));
     Ok(ids)
 }
 
-/// Due now (a waiting message; held ones need a release first).
-fn retry(q: &mut Queue, id: &str) -> Option<Envelope> {
-    let (_, mut env) = q.waiting.remove(id)?;
-    due_now(&mut env, now_unix());
-    let due = due_of(&env).unwrap_or(0);
-    q.push(env.clone(), due);
-    Some(env)
-}
-
-/// Takes a message out of the held set (`from_held`) or out of the waiting ones.
-fn take(q: &mut Queue, id: &str, from_held: bool) -> Option<Envelope> {
-    if from_held {
-        q.held.remove(id)
-    } else {
-        q.waiting.remove(id).map(|(_, e)| e)
+fn state_of(e: &Entry) -> &'static str {
+    match e.place {
+        Place::Active | Place::Busy => "delivering",
+        Place::Held => "on-hold",
+        _ if e.pool_held => "pool-held",
+        _ => "queued",
     }
 }
 
-fn state_of(q: &Queue, env: &Envelope) -> &'static str {
-    if q.busy.contains_key(&env.id) {
-        "delivering"
-    } else if q.held.contains_key(&env.id) {
-        "on-hold"
-    } else if env
-        .recipients
-        .iter()
-        .any(|r| r.state == RcptState::Pending && r.held)
-    {
-        "pool-held"
-    } else {
-        "queued"
-    }
-}
-
-fn show(q: &Queue, id: &str) -> Answer {
-    let env = q
-        .waiting
-        .get(id)
-        .map(|(_, e)| e)
-        .or_else(|| q.held.get(id))
-        .or_else(|| q.busy.get(id))
-        .ok_or_else(|| Failure::NotFound(id.to_string()))?;
-    Ok(json!({ "state": state_of(q, env), "due": due_of(env), "envelope": env }))
-}
-
-fn summary(q: &Queue, d: &Deliverer) -> Value {
-    let mut by_domain: BTreeMap<String, u64> = BTreeMap::new();
-    let mut by_provider: BTreeMap<String, u64> = BTreeMap::new();
+/// Counts over the whole index (no envelope is read): fast at a million messages.
+fn summary(queue: &Queue) -> Value {
+    let ix = &queue.index;
+    let names = &ix.names.list;
+    let mut by_name: Vec<(u64, u64)> = vec![(0, 0); names.len()];
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut messages, mut recipients, mut bytes) = (0u64, 0u64, 0u64);
+    let mut unknown = 0u64;
     let mut oldest: Option<u64> = None;
-    let envs = q
-        .waiting
-        .values()
-        .map(|(_, e)| e)
-        .chain(q.held.values())
-        .chain(q.busy.values());
-    for env in envs {
+    for e in ix.entries.values() {
         messages += 1;
-        bytes += env.size;
-        oldest = Some(oldest.map_or(env.received_at, |o| o.min(env.received_at)));
-        *by_state.entry(state_of(q, env)).or_default() += 1;
-        for r in env
-            .recipients
-            .iter()
-            .filter(|r| r.state == RcptState::Pending)
-        {
-            recipients += 1;
-            *by_domain.entry(domain_of(&r.address)).or_default() += 1;
-            let provider = match r.last_reply.as_ref().filter(|r| !r.host.is_empty()) {
-                Some(reply) => d.pools.provider_of(&reply.host),
-                None => "unknown".to_string(),
-            };
-            *by_provider.entry(provider).or_default() += 1;
+        bytes += u64::from(e.size);
+        let received = u64::from(e.received_at);
+        oldest = Some(oldest.map_or(received, |o| o.min(received)));
+        *by_state.entry(state_of(e)).or_default() += 1;
+        recipients += e.rcpts as u64;
+        for dom in e.domains() {
+            by_name[dom as usize].0 += 1;
         }
+        match by_name.get_mut(e.provider as usize) {
+            Some(p) => p.1 += e.rcpts as u64,
+            None => unknown += e.rcpts as u64,
+        }
+    }
+    let mut by_domain: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut by_provider: BTreeMap<&str, u64> = BTreeMap::new();
+    for (name, &(dom, prov)) in names.iter().zip(&by_name) {
+        if dom > 0 {
+            by_domain.insert(name, dom);
+        }
+        if prov > 0 {
+            *by_provider.entry(name).or_default() += prov;
+        }
+    }
+    if unknown > 0 {
+        *by_provider.entry("unknown").or_default() += unknown;
     }
     json!({
         "messages": messages,
@@ -478,5 +503,8 @@ fn summary(q: &Queue, d: &Deliverer) -> Value {
         "by_state": by_state,
         "by_domain": by_domain,
         "by_provider": by_provider,
+        "active": ix.active,
+        "active_limit": ix.active_limit,
+        "indexing": queue.indexing,
     })
 }

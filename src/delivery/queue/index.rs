@@ -1,0 +1,579 @@
+//! The scheduler's index of queued messages: a few dozen bytes per message, never the envelope
+//! or the body (both are read from the spool when an attempt starts).
+//!
+//! Rules:
+//! - A waiting message sits in `timer`, ordered by (due, id). Once due it moves to the ready
+//!   queue of its destination (the domain of its first pending recipient), in that order, so a
+//!   backlog drains oldest first.
+//! - An attempt takes an active slot: at most `active_limit` in all (like Postfix's
+//!   `qmgr_message_active_limit`) and at most `per_destination` for one destination.
+//!   Destinations with ready messages and a free slot take turns (round robin), so one
+//!   destination's backlog never holds the slots another destination needs.
+//! - A message held by the operator is in no queue until released.
+//! - Work per delivered message is O(log n): no scan of the backlog.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::routing::domain_of;
+use crate::spool::{Envelope, RcptState};
+
+/// A queue id, packed: a canonical id (18 upper-case hex digits, `Spool::new_id`) is its value;
+/// any other is an index into `Ids::odd` with the top bit set.
+pub(crate) type Qid = u128;
+
+const ODD: u128 = 1 << 127;
+
+#[derive(Default)]
+pub(crate) struct Ids {
+    odd: HashMap<String, Qid>,
+    odd_names: Vec<String>,
+}
+
+/// The packed form of a canonical id, if it is one.
+pub(crate) fn canonical(id: &str) -> Option<Qid> {
+    crate::spool::pack_id(id)
+}
+
+impl Ids {
+    pub(crate) fn pack(&mut self, id: &str) -> Qid {
+        if let Some(q) = canonical(id) {
+            return q;
+        }
+        if let Some(&q) = self.odd.get(id) {
+            return q;
+        }
+        let q = ODD | self.odd_names.len() as u128;
+        self.odd_names.push(id.to_string());
+        self.odd.insert(id.to_string(), q);
+        q
+    }
+
+    /// The packed id if known (never adds one).
+    pub(crate) fn find(&self, id: &str) -> Option<Qid> {
+        canonical(id).or_else(|| self.odd.get(id).copied())
+    }
+
+    pub(crate) fn name(&self, q: Qid) -> String {
+        if q & ODD == 0 {
+            format!("{q:018X}")
+        } else {
+            self.odd_names[(q & !ODD) as usize].clone()
+        }
+    }
+}
+
+/// Domain and provider names, each stored once.
+#[derive(Default)]
+pub(crate) struct Names {
+    ids: HashMap<Box<str>, u32>,
+    pub(crate) list: Vec<Box<str>>,
+}
+
+impl Names {
+    pub(crate) fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&n) = self.ids.get(name) {
+            return n;
+        }
+        let n = self.list.len() as u32;
+        self.list.push(name.into());
+        self.ids.insert(name.into(), n);
+        n
+    }
+
+    pub(crate) fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In `timer`.
+    Waiting,
+    /// In its destination's ready queue.
+    Ready,
+    /// An attempt is running (holds an active slot).
+    Active,
+    /// Held by the operator.
+    Held,
+    /// An operator action's I/O is running (hold, release, delete).
+    Busy,
+}
+
+/// What the index keeps of one queued message.
+pub(crate) struct Entry {
+    /// Unix seconds (u32: until 2106) when the next attempt may start.
+    pub(crate) due: u32,
+    pub(crate) received_at: u32,
+    /// Bytes (saturating: a count for the summary).
+    pub(crate) size: u32,
+    /// Domain of the first pending recipient: the ready queue it waits in.
+    pub(crate) dest: u32,
+    /// Provider of the last reply's host (`Names`), `u32::MAX` when none.
+    pub(crate) provider: u32,
+    pub(crate) rcpts: u16,
+    /// Domains of pending recipients other than the first (multi-domain messages only; a
+    /// thin pointer keeps the entry at 32 bytes).
+    #[allow(clippy::box_collection)] // 8 bytes here, not 24 (a Vec) or 16 (a boxed slice)
+    pub(crate) more_domains: Option<Box<Vec<u32>>>,
+    pub(crate) place: Place,
+    /// A recipient waits for pool capacity.
+    pub(crate) pool_held: bool,
+}
+
+impl Entry {
+    /// Every pending recipient's domain.
+    pub(crate) fn domains(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.dest)
+            .take(self.rcpts.min(1) as usize)
+            .chain(self.more_domains.iter().flat_map(|d| d.iter().copied()))
+    }
+}
+
+/// How an attempt ended.
+pub(crate) enum After<'a> {
+    /// Finished and removed from the spool.
+    Gone,
+    /// Recipients still pending: the envelope as saved, and a due time overriding its own.
+    Pending(&'a Envelope, Option<u64>),
+    /// Not attempted (the envelope could not be read): again at this time.
+    RetryAt(u64),
+}
+
+#[derive(Default)]
+struct DestQueue {
+    ready: VecDeque<Qid>,
+    active: usize,
+    /// In `turns` now.
+    queued: bool,
+}
+
+pub(crate) struct Index {
+    pub(crate) entries: HashMap<Qid, Entry>,
+    timer: BTreeSet<(u64, Qid)>,
+    dests: Vec<DestQueue>,
+    /// Destinations with a ready message and a free slot, in turn order.
+    turns: VecDeque<u32>,
+    pub(crate) names: Names,
+    pub(crate) ids: Ids,
+    pub(crate) active: usize,
+    pub(crate) active_limit: usize,
+    per_destination: usize,
+}
+
+/// Seconds or bytes in 32 bits (saturating).
+fn secs(v: u64) -> u32 {
+    v.min(u32::MAX as u64) as u32
+}
+
+/// The earliest next attempt of the pending recipients.
+pub(crate) fn due_of(env: &Envelope) -> Option<u64> {
+    env.recipients
+        .iter()
+        .filter(|r| r.state == RcptState::Pending)
+        .map(|r| r.next_attempt)
+        .min()
+}
+
+impl Index {
+    pub(crate) fn new(active_limit: usize, per_destination: usize) -> Index {
+        Index {
+            entries: HashMap::new(),
+            timer: BTreeSet::new(),
+            dests: Vec::new(),
+            turns: VecDeque::new(),
+            names: Names::default(),
+            ids: Ids::default(),
+            active: 0,
+            active_limit: active_limit.max(1),
+            per_destination: per_destination.max(1),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The entry's fields for `env` (place and due left to the caller).
+    fn describe(&mut self, env: &Envelope, provider_of: &dyn Fn(&str) -> String) -> Entry {
+        let mut domains = env
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .map(|r| domain_of(&r.address));
+        // No pending recipient (finishing failed): a queue of its own, named "".
+        let first = domains.next().unwrap_or_default();
+        let dest = self.names.intern(&first);
+        let more: Vec<u32> = domains.map(|d| self.names.intern(&d)).collect();
+        let pending = || {
+            env.recipients
+                .iter()
+                .filter(|r| r.state == RcptState::Pending)
+        };
+        let host = pending()
+            .filter_map(|r| r.last_reply.as_ref())
+            .find(|r| !r.host.is_empty())
+            .map(|r| provider_of(&r.host));
+        let provider = host.map_or(u32::MAX, |p| self.names.intern(&p));
+        Entry {
+            due: secs(due_of(env).unwrap_or(0)),
+            received_at: secs(env.received_at),
+            size: secs(env.size),
+            dest,
+            provider,
+            rcpts: pending().count().min(u16::MAX as usize) as u16,
+            more_domains: (!more.is_empty()).then(|| Box::new(more)),
+            place: Place::Waiting,
+            pool_held: pending().any(|r| r.held),
+        }
+    }
+
+    /// Adds a message, waiting (or held by the operator). False if it is already indexed.
+    pub(crate) fn insert(
+        &mut self,
+        env: &Envelope,
+        on_hold: bool,
+        provider_of: &dyn Fn(&str) -> String,
+    ) -> bool {
+        let q = self.ids.pack(&env.id);
+        if self.entries.contains_key(&q) {
+            return false;
+        }
+        let mut e = self.describe(env, provider_of);
+        if on_hold {
+            e.place = Place::Held;
+        } else {
+            self.timer.insert((e.due.into(), q));
+        }
+        self.entries.insert(q, e);
+        true
+    }
+
+    /// Moves every message due by `now` to its destination's ready queue.
+    pub(crate) fn promote(&mut self, now: u64) {
+        while let Some(&(due, q)) = self.timer.first() {
+            if due > now {
+                break;
+            }
+            self.timer.pop_first();
+            let Some(e) = self.entries.get_mut(&q) else {
+                continue;
+            };
+            e.place = Place::Ready;
+            let dest = e.dest as usize;
+            if self.dests.len() <= dest {
+                self.dests.resize_with(dest + 1, DestQueue::default);
+            }
+            self.dests[dest].ready.push_back(q);
+            self.offer(dest as u32);
+        }
+    }
+
+    /// Gives `dest` a turn if it has a ready message and a free slot.
+    fn offer(&mut self, dest: u32) {
+        let Some(dq) = self.dests.get_mut(dest as usize) else {
+            return;
+        };
+        if !dq.queued && !dq.ready.is_empty() && dq.active < self.per_destination {
+            dq.queued = true;
+            self.turns.push_back(dest);
+        }
+    }
+
+    /// The next message to attempt, if a slot is free: it becomes active.
+    pub(crate) fn next_active(&mut self) -> Option<Qid> {
+        while self.active < self.active_limit {
+            let dest = self.turns.pop_front()?;
+            let dq = &mut self.dests[dest as usize];
+            dq.queued = false;
+            // Entries held, deleted or rescheduled since they were queued are skipped.
+            while let Some(q) = dq.ready.pop_front() {
+                let Some(e) = self.entries.get_mut(&q) else {
+                    continue;
+                };
+                if e.place != Place::Ready || e.dest != dest {
+                    continue;
+                }
+                e.place = Place::Active;
+                dq.active += 1;
+                self.active += 1;
+                self.offer(dest);
+                return Some(q);
+            }
+        }
+        None
+    }
+
+    /// An attempt ended.
+    pub(crate) fn finished(
+        &mut self,
+        q: Qid,
+        after: After<'_>,
+        provider_of: &dyn Fn(&str) -> String,
+    ) {
+        let Some(e) = self.entries.get(&q) else {
+            return;
+        };
+        if e.place == Place::Active {
+            let dest = e.dest;
+            self.active -= 1;
+            self.dests[dest as usize].active -= 1;
+            self.offer(dest);
+        }
+        match after {
+            After::Gone => {
+                self.entries.remove(&q);
+            }
+            After::Pending(env, due) => {
+                let mut e = self.describe(env, provider_of);
+                if let Some(due) = due {
+                    e.due = secs(due);
+                }
+                self.timer.insert((e.due.into(), q));
+                self.entries.insert(q, e);
+            }
+            After::RetryAt(due) => {
+                if let Some(e) = self.entries.get_mut(&q) {
+                    e.place = Place::Waiting;
+                    e.due = secs(due);
+                    self.timer.insert((e.due.into(), q));
+                }
+            }
+        }
+    }
+
+    /// Makes a waiting message due at `due` at the latest (retry, release, pool wake-up).
+    pub(crate) fn hurry(&mut self, q: Qid, due: u64) -> bool {
+        let Some(e) = self.entries.get_mut(&q) else {
+            return false;
+        };
+        match e.place {
+            Place::Waiting => {
+                if u64::from(e.due) > due {
+                    self.timer.remove(&(e.due.into(), q));
+                    e.due = secs(due);
+                    self.timer.insert((e.due.into(), q));
+                }
+                true
+            }
+            Place::Ready => true,
+            _ => false,
+        }
+    }
+
+    /// Takes a waiting or ready message out of the queues for an operator action.
+    pub(crate) fn take_waiting(&mut self, q: Qid) -> bool {
+        let Some(e) = self.entries.get_mut(&q) else {
+            return false;
+        };
+        match e.place {
+            Place::Waiting => {
+                self.timer.remove(&(e.due.into(), q));
+            }
+            // Its copy in the ready queue is skipped (place is no longer Ready).
+            Place::Ready => {}
+            _ => return false,
+        }
+        e.place = Place::Busy;
+        true
+    }
+
+    /// Takes a message held by the operator for an operator action.
+    pub(crate) fn take_held(&mut self, q: Qid) -> bool {
+        match self.entries.get_mut(&q) {
+            Some(e) if e.place == Place::Held => {
+                e.place = Place::Busy;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After an operator action: held, or waiting again (due at `due` at the latest).
+    pub(crate) fn put_back(&mut self, q: Qid, held: bool, due: Option<u64>) {
+        let Some(e) = self.entries.get_mut(&q) else {
+            return;
+        };
+        if held {
+            e.place = Place::Held;
+            return;
+        }
+        e.place = Place::Waiting;
+        if let Some(due) = due {
+            e.due = e.due.min(secs(due));
+        }
+        self.timer.insert((e.due.into(), q));
+    }
+
+    pub(crate) fn remove(&mut self, q: Qid) {
+        if let Some(e) = self.entries.remove(&q)
+            && e.place == Place::Waiting
+        {
+            self.timer.remove(&(e.due.into(), q));
+        }
+    }
+
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        self.timer.first().map(|&(d, _)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(id: &str, domain: &str, next: u64) -> Envelope {
+        let mut e = crate::spool::test_envelope(id);
+        e.recipients[0].address = format!("u@{domain}");
+        e.recipients[0].next_attempt = next;
+        e
+    }
+
+    fn none(_: &str) -> String {
+        "unknown".into()
+    }
+
+    fn id(n: u32) -> String {
+        format!("{:018X}", 0x1000 + n as u128)
+    }
+
+    #[test]
+    fn ids_pack_and_unpack() {
+        let mut ids = Ids::default();
+        let real = crate::spool::Spool::new_id();
+        let q = ids.pack(&real);
+        assert_eq!(q & ODD, 0);
+        assert_eq!(ids.name(q), real);
+        let odd = ids.pack("a-test-id");
+        assert_eq!(ids.name(odd), "a-test-id");
+        assert_eq!(ids.pack("a-test-id"), odd);
+        assert_eq!(ids.find("nope"), None);
+        assert!(
+            canonical("0123456789abcdef01").is_none(),
+            "lower case is not canonical"
+        );
+    }
+
+    /// One destination with a huge due backlog and a slot limit of 2 cannot take the slots of
+    /// another destination: they take turns.
+    #[test]
+    fn destinations_take_turns_within_the_limits() {
+        let mut ix = Index::new(4, 2);
+        for n in 0..100 {
+            ix.insert(&env(&id(n), "down.test", 10), false, &none);
+        }
+        for n in 100..103 {
+            ix.insert(&env(&id(n), "up.test", 20), false, &none);
+        }
+        ix.promote(30);
+        let mut got = Vec::new();
+        while let Some(q) = ix.next_active() {
+            got.push(q);
+        }
+        assert_eq!(got.len(), 4, "the active limit");
+        let up = got.iter().filter(|&&q| q >= 0x1000 + 100).count();
+        assert_eq!(up, 2, "the other destination got its share: {got:X?}");
+        // Oldest first within a destination.
+        assert_eq!(got[0], 0x1000);
+        // An attempt to up.test ends: its slot goes to up.test's next message.
+        let (a, _) = (got[1], ());
+        ix.finished(a, After::Gone, &none);
+        assert_eq!(ix.next_active(), Some(0x1000 + 102));
+        assert_eq!(ix.next_active(), None, "full again");
+        let ready = ix.entries.values().filter(|e| e.place == Place::Ready);
+        assert_eq!(ready.count(), 98);
+    }
+
+    #[test]
+    fn waiting_messages_become_ready_in_due_order_and_can_be_hurried() {
+        let mut ix = Index::new(10, 10);
+        ix.insert(&env(&id(1), "a.test", 50), false, &none);
+        ix.insert(&env(&id(2), "a.test", 40), false, &none);
+        ix.insert(&env(&id(3), "a.test", 100), true, &none);
+        assert!(!ix.insert(&env(&id(2), "a.test", 40), false, &none), "once");
+        assert_eq!(ix.next_due(), Some(40));
+        ix.promote(45);
+        assert_eq!(ix.next_active(), Some(0x1002));
+        assert_eq!(ix.next_active(), None);
+        assert!(ix.hurry(0x1001, 45));
+        ix.promote(45);
+        assert_eq!(ix.next_active(), Some(0x1001));
+        assert_eq!(ix.next_due(), None, "the held one is in no queue");
+        // Rescheduled after its attempt.
+        let mut later = env(&id(1), "a.test", 500);
+        later.recipients[0].attempts = 1;
+        ix.finished(0x1001, After::Pending(&later, None), &none);
+        assert_eq!(ix.next_due(), Some(500));
+        assert_eq!(ix.active, 1);
+        // A taken message's stale ready copy is skipped.
+        ix.promote(600);
+        assert!(ix.take_waiting(0x1001));
+        assert_eq!(ix.next_active(), None);
+        ix.put_back(0x1001, false, Some(600));
+        ix.promote(600);
+        assert_eq!(ix.next_active(), Some(0x1001));
+    }
+
+    /// The in-memory cost per queued message (entry, timer, hash table), measured: the target
+    /// is at most 300 bytes. Run with `--nocapture` to see the figure.
+    #[test]
+    fn an_index_entry_is_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        let n = 200_000u32;
+        let before = allocated();
+        let mut ix = Index::new(100, 10);
+        let mut e = env(&id(0), "example.com", 100);
+        e.recipients[0].last_reply = Some(crate::spool::RemoteReply {
+            code: 451,
+            status: "4.4.1".into(),
+            text: "connection refused".into(),
+            host: "mx.example.com".into(),
+            addr: "127.0.0.1:25".into(),
+            source_ip: "127.0.0.10".into(),
+        });
+        for n in 0..n {
+            e.id = id(n);
+            e.recipients[0].next_attempt = 100 + (n % 1000) as u64;
+            ix.insert(&e, false, &|_| "example".into());
+        }
+        let per = (allocated() - before) / n as usize;
+        println!("index: {per} bytes per queued message");
+        assert!(per <= 300, "{per} bytes per entry");
+        assert_eq!(ix.len(), n as usize);
+    }
+
+    /// Bytes this thread has allocated and not freed (other tests run in parallel).
+    fn allocated() -> usize {
+        COUNTED.with(|c| c.get()) as usize
+    }
+
+    thread_local! {
+        static COUNTED: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The system allocator, counting per thread (the lib's unit tests only).
+    struct Counting;
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    fn count(n: isize) {
+        // try_with: no counting while the thread's locals are torn down.
+        let _ = COUNTED.try_with(|c| c.set(c.get() + n));
+    }
+
+    // SAFETY: every call goes to the system allocator unchanged; only sizes are counted.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+            count(l.size() as isize);
+            unsafe { std::alloc::System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+            count(-(l.size() as isize));
+            unsafe { std::alloc::System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+            count(new as isize - l.size() as isize);
+            unsafe { std::alloc::System.realloc(p, l, new) }
+        }
+    }
+}
