@@ -207,7 +207,8 @@ log "accepting after $T_ACCEPT s, first delivery $T_DELIVER s, indexed $T_INDEXE
 log "destination back: draining $QUEUED"
 t0=$(now)
 # The API directly: the answer lists every id (over 10 MB at a million, more than the CLI takes).
-python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$ADMIN/api/queue/retry', data=b'{\"domain\": \"down.test\"}', headers={'content-type': 'application/json'}, method='POST'), timeout=600).read()"
+TOKEN=$(head -n1 "$D/data/admin.token")
+python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$ADMIN/api/queue/retry', data=b'{\"domain\": \"down.test\"}', headers={'content-type': 'application/json', 'authorization': 'Bearer $TOKEN'}, method='POST'), timeout=600).read()"
 peak=0
 while [ "$(sink_count down)" -lt "$QUEUED" ]; do
     r=$(rss_mib "$PR_PID")
