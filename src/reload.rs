@@ -255,7 +255,9 @@ fn admin_config(path: &Path) -> Option<Config> {
         "{}\n[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\nauth = \"none\"\n",
         toml::to_string(&reach).ok()?
     );
-    Config::parse(path, &text).ok().filter(|c| c.admin.is_some())
+    Config::parse(path, &text)
+        .ok()
+        .filter(|c| c.admin.is_some())
 }
 
 #[cfg(test)]

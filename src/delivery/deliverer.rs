@@ -71,7 +71,11 @@ impl Deliverer {
     }
 
     /// Reload: new routes and DNS servers for the next attempts, new keys for the next DSNs.
-    pub fn reload(&self, config: &Config, signer: Arc<crate::signing::Signer>) -> Result<(), String> {
+    pub fn reload(
+        &self,
+        config: &Config,
+        signer: Arc<crate::signing::Signer>,
+    ) -> Result<(), String> {
         self.signer.store(signer);
         self.router.store(Arc::new(Router::new(config)?));
         Ok(())
