@@ -67,14 +67,16 @@ impl fmt::Debug for Escaped<'_> {
 }
 
 /// Serialized JSON with DEL, C1 and format characters written as `\uHHHH`. Outside strings JSON
-/// is plain ASCII, so every such character is inside a string where the escape means the same.
+/// is plain ASCII, so every such character is inside a string where the escape means the same;
+/// serde escapes C0 inside strings, so a raw tab, CR or LF is the pretty printer's whitespace.
 pub fn json(serialized: &str) -> Cow<'_, str> {
-    if !serialized.chars().any(is_unsafe) {
+    let unsafe_in_json = |c: char| is_unsafe(c) && !matches!(c, '\t' | '\r' | '\n');
+    if !serialized.chars().any(unsafe_in_json) {
         return Cow::Borrowed(serialized);
     }
     let mut out = String::with_capacity(serialized.len() + 16);
     for c in serialized.chars() {
-        if is_unsafe(c) {
+        if unsafe_in_json(c) {
             let mut units = [0u16; 2];
             for u in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{u:04x}"));
@@ -179,5 +181,10 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
         assert_eq!(back, v);
         assert!(matches!(json("{\"a\":\"ü\"}"), Cow::Borrowed(_)));
+        // Pretty-printed: the layout's newlines stay newlines.
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        let safe = json(&pretty);
+        assert!(safe.lines().count() > 1, "{safe}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&safe).unwrap(), v);
     }
 }
