@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use mail_auth::DkimResult;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -407,33 +407,6 @@ fn reload_swaps_password_and_certificate_for_new_sessions() {
     assert_eq!(msgs.len(), 2);
 }
 
-/// mail-auth's verifier, keys from the test DNS server.
-fn verify_mail_auth(dns: &DnsServer, data: &[u8]) -> Vec<DkimResult> {
-    use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ns = dns.nameserver();
-        let mut server = NameServerConfig::udp_and_tcp(ns.ip());
-        for c in &mut server.connections {
-            c.port = ns.port();
-        }
-        let auth = MessageAuthenticator::new(
-            ResolverConfig::from_parts(None, vec![], vec![server]),
-            ResolverOpts::default(),
-        )
-        .unwrap();
-        let msg = AuthenticatedMessage::parse(data).expect("parses");
-        auth.verify_dkim(&msg)
-            .await
-            .into_iter()
-            .map(|o| o.result().clone())
-            .collect()
-    })
-}
-
 /// The `s=` of every DKIM-Signature in a delivered message.
 fn selectors(data: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(data);
@@ -507,7 +480,7 @@ fn dkim_swap(name: &str) -> DkimSwap {
 #[test]
 fn reload_swaps_the_dkim_key() {
     let s = dkim_swap("reload-dkim");
-    assert_eq!(verify_mail_auth(&s.dns, &s.after), [DkimResult::Pass]);
+    assert_eq!(verify_dkim(&s.dns, &s.after), [DkimResult::Pass]);
 }
 
 /// dkimpy (a verifier we did not write) on the message signed after the swap. Needs python3

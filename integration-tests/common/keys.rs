@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+
+use super::DnsServer;
+
 /// Runs `poolrelay dkim keygen`; returns the key path and the TXT value from its output.
 pub fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf, String) {
     let out = dir.join(format!("keys/{domain}.{selector}.pem"));
@@ -26,4 +30,31 @@ pub fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (Pat
 /// The TXT value of a zone-file record: its quoted strings, concatenated.
 pub fn txt_of(record: &str) -> String {
     record.split('"').skip(1).step_by(2).collect()
+}
+
+/// DKIM results of `data` by mail-auth's verifier, keys from the test DNS server.
+pub fn verify_dkim(dns: &DnsServer, data: &[u8]) -> Vec<DkimResult> {
+    use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ns = dns.nameserver();
+        let mut server = NameServerConfig::udp_and_tcp(ns.ip());
+        for c in &mut server.connections {
+            c.port = ns.port();
+        }
+        let auth = MessageAuthenticator::new(
+            ResolverConfig::from_parts(None, vec![], vec![server]),
+            ResolverOpts::default(),
+        )
+        .unwrap();
+        let msg = AuthenticatedMessage::parse(data).expect("parses");
+        auth.verify_dkim(&msg)
+            .await
+            .into_iter()
+            .map(|o| o.result().clone())
+            .collect()
+    })
 }

@@ -82,7 +82,7 @@ pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
 pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
-pub use keys::{keygen, txt_of};
+pub use keys::{keygen, txt_of, verify_dkim};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, write_users};
 pub use sink::{Message, Session, Sink, SinkTls, Stage, Step};
