@@ -1,0 +1,140 @@
+//! Settings of the delivery and routing stages: resolvers, TLS policy, retries, routes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::DurationStr;
+use super::inbound::default_command_timeout;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// `ip:port` of resolvers; empty = the system resolver.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    None,
+    Opportunistic,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// Port used for MX hosts (tests use another).
+    #[serde(default = "default_delivery_port")]
+    pub port: u16,
+    #[serde(default = "default_tls_policy")]
+    pub tls: TlsPolicy,
+    /// Extra trust anchors (PEM) for `tls = "required"`, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_retry")]
+    pub retry: Vec<DurationStr>,
+    #[serde(default = "default_max_age")]
+    pub max_age: DurationStr,
+    /// Send a delay DSN once a recipient has been deferred this long; unset = never.
+    pub delay_warning: Option<DurationStr>,
+    #[serde(default = "default_per_destination")]
+    pub concurrency_per_destination: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: DurationStr,
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: DurationStr,
+    /// EHLO name when no `[[pool]]` is configured; default: `hostname`.
+    #[serde(default)]
+    pub helo: Option<String>,
+    /// How long an idle outbound connection is kept for reuse; "0s" = no reuse.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: DurationStr,
+    /// Messages in delivery at once (envelope in memory), like Postfix's
+    /// `qmgr_message_active_limit`; the rest of the queue waits as small index entries.
+    #[serde(default = "default_active_limit")]
+    pub active_limit: usize,
+}
+
+fn default_active_limit() -> usize {
+    10_000
+}
+
+fn default_idle_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(5))
+}
+
+fn default_delivery_port() -> u16 {
+    25
+}
+fn default_tls_policy() -> TlsPolicy {
+    TlsPolicy::Opportunistic
+}
+fn default_retry() -> Vec<DurationStr> {
+    ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+        .iter()
+        .map(|s| DurationStr(humantime::parse_duration(s).expect("static duration")))
+        .collect()
+}
+fn default_max_age() -> DurationStr {
+    DurationStr(Duration::from_secs(5 * 86400))
+}
+fn default_per_destination() -> usize {
+    20
+}
+fn default_concurrency() -> usize {
+    200
+}
+fn default_connect_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(30))
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            port: default_delivery_port(),
+            tls: default_tls_policy(),
+            ca_file: None,
+            retry: default_retry(),
+            max_age: default_max_age(),
+            delay_warning: None,
+            concurrency_per_destination: default_per_destination(),
+            concurrency: default_concurrency(),
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+            helo: None,
+            idle_timeout: default_idle_timeout(),
+            active_limit: default_active_limit(),
+        }
+    }
+}
+
+/// A static route, like a Postfix transport map entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `example.org`, `*.example.org`, or `*` for everything.
+    pub domain: String,
+    /// `host:port` or `[ip]:port`; a host name is resolved with A/AAAA (no MX).
+    pub host: String,
+    /// Overrides `delivery.tls` for this route.
+    pub tls: Option<TlsPolicy>,
+}
+
+impl Route {
+    /// The target as (host, port): `host:port` or `[ip]:port`.
+    pub fn target(&self) -> Option<(String, u16)> {
+        let (host, port) = self.host.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some((host.to_string(), port))
+    }
+}
