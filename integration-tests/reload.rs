@@ -67,28 +67,14 @@ fn reload_to(relay: &mut Relay, toml: &str) {
     assert_eq!(code, 0, "reload refused: {out}\n{}", relay.log_current());
 }
 
-fn message(id: &str) -> Vec<u8> {
-    format!(
-        "From: <sender@client.test>\r\nTo: <rcpt@dest.test>\r\nSubject: {id}\r\n\
-         Message-ID: <{id}@client.test>\r\n\r\nbody of {id}\r\n"
-    )
-    .into_bytes()
-}
-
-/// `Subject:` of a delivered message: the id the test gave it.
-fn id_of(m: &sink::Message) -> String {
-    let text = m.data_str();
-    text.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
 fn send_one(addr: SocketAddr, id: &str) {
     let mut c = SmtpClient::connect(addr);
     c.ehlo("client.test");
-    let r = c.send_mail("sender@client.test", &["rcpt@dest.test"], &message(id));
+    let r = c.send_mail(
+        "sender@client.test",
+        &["rcpt@dest.test"],
+        &tagged_message(id),
+    );
     assert_eq!(r.code, 250, "{id}: {r}");
     c.quit();
 }
@@ -100,12 +86,12 @@ fn sources_of(relay: &Relay, sink: &Sink, ids: &[String]) -> Vec<IpAddr> {
     }
     let ok = wait_until(WAIT, || {
         let got = sink.messages();
-        ids.iter().all(|id| got.iter().any(|m| &id_of(m) == id))
+        ids.iter().all(|id| got.iter().any(|m| &m.subject() == id))
     });
     assert!(ok, "not delivered: {ids:?}\n{}", relay.log_current());
     sink.messages()
         .iter()
-        .filter(|m| ids.contains(&id_of(m)))
+        .filter(|m| ids.contains(&m.subject()))
         .map(|m| m.peer)
         .collect()
 }
@@ -166,8 +152,11 @@ fn reload_under_load_refuses_and_drops_nothing() {
                     for _ in 0..3 {
                         let id = format!("load-{t}-{n}");
                         n += 1;
-                        let r =
-                            c.send_mail("sender@client.test", &["rcpt@dest.test"], &message(&id));
+                        let r = c.send_mail(
+                            "sender@client.test",
+                            &["rcpt@dest.test"],
+                            &tagged_message(&id),
+                        );
                         if r.code == 250 {
                             accepted.lock().unwrap().push(id);
                             count.fetch_add(1, Ordering::Relaxed);
@@ -249,7 +238,7 @@ fn reload_under_load_refuses_and_drops_nothing() {
     );
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in &msgs {
-        *seen.entry(id_of(m)).or_default() += 1;
+        *seen.entry(m.subject()).or_default() += 1;
     }
     for id in &accepted {
         assert_eq!(
@@ -390,7 +379,7 @@ fn reload_swaps_password_and_certificate_for_new_sessions() {
     let r = before.send_mail(
         "sender@client.test",
         &["rcpt@dest.test"],
-        &message("before"),
+        &tagged_message("before"),
     );
     assert_eq!(r.code, 250, "{r}");
     before.quit();
@@ -400,7 +389,11 @@ fn reload_swaps_password_and_certificate_for_new_sessions() {
     assert_eq!(c.peer_certificate(), Some(der(&new_certs.cert)));
     let r = c.auth_plain("alice", "new-secret");
     assert_eq!(r.code, 235, "{r}");
-    let r = c.send_mail("sender@client.test", &["rcpt@dest.test"], &message("after"));
+    let r = c.send_mail(
+        "sender@client.test",
+        &["rcpt@dest.test"],
+        &tagged_message("after"),
+    );
     assert_eq!(r.code, 250, "{r}");
     c.quit();
     let msgs = sink.wait_for_messages(2, WAIT);
@@ -576,7 +569,11 @@ fn broken_config_is_refused_with_file_line_and_the_old_one_stays() {
     let mut c = SmtpClient::connect(cfg.addr());
     assert!(c.greeting.text.contains("relay.test"), "{}", c.greeting);
     c.ehlo("client.test");
-    let r = c.send_mail("sender@client.test", &["rcpt@dest.test"], &message("still"));
+    let r = c.send_mail(
+        "sender@client.test",
+        &["rcpt@dest.test"],
+        &tagged_message("still"),
+    );
     assert_eq!(r.code, 250, "{r}");
     c.quit();
     sink.wait_for_messages(1, WAIT);
@@ -613,7 +610,7 @@ fn reload_opens_added_listeners_and_closes_removed_ones() {
     let r = open.send_mail(
         "sender@client.test",
         &["rcpt@dest.test"],
-        &message("on-old"),
+        &tagged_message("on-old"),
     );
     assert_eq!(r.code, 250, "{r}");
     open.quit();

@@ -12,24 +12,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn message(id: &str) -> Vec<u8> {
-    format!(
-        "From: <sender@client.test>\r\nTo: <rcpt@dest.test>\r\nSubject: {id}\r\n\
-         Message-ID: <{id}@client.test>\r\n\r\nbody of {id}\r\n"
-    )
-    .into_bytes()
-}
-
-/// `Subject:` of a delivered message: the id the test gave it.
-fn id_of(m: &sink::Message) -> String {
-    let text = m.data_str();
-    text.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn sigterm_lets_open_transactions_finish_and_loses_nothing() {
     let dir = tempdir("reload-stop");
@@ -49,7 +31,7 @@ fn sigterm_lets_open_transactions_finish_and_loses_nothing() {
         c.cmd("MAIL FROM:<sender@client.test>").expect(250);
         c.cmd("RCPT TO:<rcpt@dest.test>").expect(250);
         c.cmd("DATA").expect(354);
-        let msg = message(id);
+        let msg = tagged_message(id);
         let half = msg.len() / 2;
         c.send_raw(&msg[..half]);
         (c, msg[half..].to_vec())
@@ -107,7 +89,7 @@ fn sigterm_lets_open_transactions_finish_and_loses_nothing() {
     );
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in &msgs {
-        *seen.entry(id_of(m)).or_default() += 1;
+        *seen.entry(m.subject()).or_default() += 1;
     }
     for (id, _) in &open {
         assert_eq!(seen.get(id), Some(&1), "{id}: {seen:?}");

@@ -85,4 +85,4 @@ pub use dns::{DnsServer, RecordType};
 pub use keys::{keygen, txt_of, verify_dkim};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, write_users};
-pub use sink::{Message, Session, Sink, SinkTls, Stage, Step};
+pub use sink::{Message, Session, Sink, SinkTls, Stage, Step, tagged_message};

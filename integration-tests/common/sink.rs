@@ -99,6 +99,16 @@ impl Message {
     pub fn data_str(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
     }
+
+    /// `Subject:` of the message (the id a test gave it with `tagged_message`).
+    pub fn subject(&self) -> String {
+        self.data_str()
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
 }
 
 /// One connection.
@@ -688,4 +698,13 @@ impl StripCi for String {
         head.eq_ignore_ascii_case(prefix)
             .then(|| self[prefix.len()..].trim_start())
     }
+}
+
+/// A small message whose `Subject:` and `Message-ID` carry `id`, to tell deliveries apart.
+pub fn tagged_message(id: &str) -> Vec<u8> {
+    format!(
+        "From: <sender@client.test>\r\nTo: <rcpt@dest.test>\r\nSubject: {id}\r\n\
+         Message-ID: <{id}@client.test>\r\n\r\nbody of {id}\r\n"
+    )
+    .into_bytes()
 }
