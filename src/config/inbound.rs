@@ -71,7 +71,8 @@ pub struct Access {
     /// Put the authenticated user name into the Received header.
     #[serde(default)]
     pub received_auth_user: bool,
-    /// Which senders each user (or network) may use; none = no restriction.
+    /// Which senders each user (or network) may use beyond a login's own domain (see
+    /// `inbound::sender_login`).
     #[serde(default)]
     pub sender_login: Vec<crate::inbound::sender_login::SenderLogin>,
 }

@@ -70,11 +70,7 @@ pub(crate) fn build(
         Some(path) => {
             let u = users::Users::load(path)?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
-            if config.access.sender_login.is_empty() {
-                tracing::warn!(
-                    "no [[access.sender_login]]: every login may send as any address (and get DKIM signatures for every configured domain)"
-                );
-            }
+            sender_login::warn_logins_without_senders(u.names(), &config.access.sender_login);
             Some(Arc::new(u))
         }
         None => None,

@@ -108,6 +108,10 @@ impl Users {
         self.hashes.is_empty()
     }
 
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.hashes.keys().map(String::as_str)
+    }
+
     fn tag(&self, user: &str, password: &str) -> hmac::Tag {
         let mut ctx = hmac::Context::with_key(&self.cache_key);
         ctx.update(user.as_bytes());
