@@ -39,6 +39,8 @@ fn config(e: &Env) -> RelayConfig {
         .tls(&e.certs)
         .networks(&["127.0.0.1/32"])
         .users_file(&e.users)
+        .sender_login("alice", &["example.com"])
+        .sender_login("bob", &["example.com"])
         .limit("max_errors", 100)
         .nameserver("127.0.0.1:9")
         .no_delivery()

@@ -44,6 +44,7 @@ fn config(e: &Env) -> RelayConfig {
         .tls(&e.certs)
         .networks(&["127.0.0.1/32"])
         .users_file(&e.users)
+        .sender_login("alice", &["example.com"])
         .nameserver("127.0.0.1:9")
         .no_delivery()
         .route("*", "127.0.0.1:9")

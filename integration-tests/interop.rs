@@ -451,6 +451,7 @@ fn interop_postfix_relayhost_with_sasl_and_tls() {
         .tls(&certs)
         .networks(&[])
         .users_file(&users)
+        .sender_login("postfix-client", &["client.test"])
         .dns(&dns)
         .route("*", &format!("127.0.0.20:{}", sink.port()));
     let port = cfg.port;
@@ -540,6 +541,7 @@ fn swaks_bench(name: &str) -> SwaksBench {
         .tls(&certs)
         .networks(&["127.0.0.1/32"])
         .users_file(&users)
+        .sender_login("alice", &["client.test"])
         .dns(&dns)
         .route("*", &format!("127.0.0.20:{}", sink.port()));
     let p1 = cfg.port;

@@ -283,6 +283,7 @@ fn pool_rules_by_sender_domain_pattern_and_authenticated_user() {
         .tls(&certs)
         .networks(&["127.0.0.1/32"])
         .users_file(&users)
+        .sender_login("bulkuser", &["shop.test", "snd.test"])
         .pool("default", &[pool_ip(10)])
         .pool("bulk", &[pool_ip(11)])
         .pool("vip", &[pool_ip(12)])

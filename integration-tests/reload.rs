@@ -339,6 +339,7 @@ fn reload_swaps_password_and_certificate_for_new_sessions() {
             .listen("starttls", "required")
             .tls(certs)
             .users_file(users)
+            .sender_login("alice", &["client.test"])
             .delivery_port(sink.port())
             .admin()
             .route("*", &format!("[127.0.0.20]:{}", sink.port()))

@@ -124,15 +124,23 @@ fn a_reply_full_of_controls_reaches_the_cli_escaped() {
     assert!(!log.contains(RAW), "{log:?}");
 }
 
-/// A STARTTLS submission listener with AUTH, users alice / bob / carol, and DKIM keys for both
-/// customers' domains. alice may send as example.com, bob as other.example; carol has no entry.
-fn login_relay(name: &str) -> (Relay, Certs, DnsServer) {
+/// A STARTTLS submission listener with AUTH for `users` (password `pw-` + name) and DKIM keys
+/// for both customers' domains, example.com and other.example; `entries` tunes the config (the
+/// `[[access.sender_login]]` entries).
+fn login_relay(
+    name: &str,
+    users: &[&str],
+    entries: impl FnOnce(RelayConfig) -> RelayConfig,
+) -> (Relay, Certs, DnsServer) {
     let dir = tempdir(name);
     let certs = make_certs(&dir, &[HOST]);
-    let users = write_users(
-        &dir,
-        &[("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")],
-    );
+    let passwords: Vec<String> = users.iter().map(|u| format!("pw-{u}")).collect();
+    let users: Vec<(&str, &str)> = users
+        .iter()
+        .zip(&passwords)
+        .map(|(u, p)| (*u, p.as_str()))
+        .collect();
+    let users = write_users(&dir, &users);
     let dns = DnsServer::start();
     let mut dkim = String::new();
     for domain in ["example.com", "other.example"] {
@@ -151,20 +159,16 @@ fn login_relay(name: &str) -> (Relay, Certs, DnsServer) {
         .nameserver("127.0.0.1:9")
         .no_delivery()
         .route("*", "127.0.0.1:9")
-        .section(
-            "[[access.sender_login]]\nuser = \"alice\"\nsenders = [\"example.com\"]\n\n\
-             [[access.sender_login]]\nuser = \"bob\"\nsenders = [\"other.example\", \"*.other.example\"]",
-        )
         .section(&dkim);
-    (Relay::start(&dir, &cfg.to_toml()), certs, dns)
+    (Relay::start(&dir, &entries(cfg).to_toml()), certs, dns)
 }
 
-fn login(relay: &Relay, certs: &Certs, user: &str, pw: &str) -> SmtpClient {
+fn login(relay: &Relay, certs: &Certs, user: &str) -> SmtpClient {
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     c.starttls(HOST, &certs.ca);
     c.ehlo("client.test");
-    c.auth_plain(user, pw).expect(235);
+    c.auth_plain(user, &format!("pw-{user}")).expect(235);
     c
 }
 
@@ -187,8 +191,12 @@ fn queued_id(r: &Reply) -> String {
 
 #[test]
 fn logins_send_only_as_their_own_domains_and_get_only_their_signatures() {
-    let (relay, certs, dns) = login_relay("untrusted-login");
-    let mut alice = login(&relay, &certs, "alice", "a-pw");
+    // alice may send as example.com, bob as other.example and its subdomains; carol has no entry.
+    let (relay, certs, dns) = login_relay("untrusted-login", &["alice", "bob", "carol"], |c| {
+        c.sender_login("alice", &["example.com"])
+            .sender_login("bob", &["other.example", "*.other.example"])
+    });
+    let mut alice = login(&relay, &certs, "alice");
     // Another customer's domain: refused at MAIL FROM.
     let r = alice.cmd("MAIL FROM:<ceo@other.example>");
     assert_eq!((r.code, r.text.contains("5.7.1")), (553, true), "{r}");
@@ -225,7 +233,7 @@ fn logins_send_only_as_their_own_domains_and_get_only_their_signatures() {
     alice.quit();
 
     // bob may use his domain and its subdomains, not alice's.
-    let mut bob = login(&relay, &certs, "bob", "b-pw");
+    let mut bob = login(&relay, &certs, "bob");
     bob.cmd("MAIL FROM:<a@example.com>").expect(553);
     bob.cmd("RSET").expect(250);
     let r = bob.send_mail(
@@ -237,12 +245,74 @@ fn logins_send_only_as_their_own_domains_and_get_only_their_signatures() {
     bob.quit();
 
     // A login without an entry may use no sender at all (the null sender passes MAIL FROM).
-    let mut carol = login(&relay, &certs, "carol", "c-pw");
+    let mut carol = login(&relay, &certs, "carol");
     carol.cmd("MAIL FROM:<c@example.com>").expect(553);
     carol.cmd("RSET").expect(250);
     carol.cmd("MAIL FROM:<>").expect(250);
     carol.quit();
     assert_eq!(relay.queued_ids().len(), 2);
+}
+
+#[test]
+fn without_any_entry_a_login_gets_only_its_own_domain() {
+    // No [[access.sender_login]] at all: the default binds logins all the same.
+    let (relay, certs, dns) = login_relay(
+        "untrusted-login-default",
+        &["shop@example.com", "carol"],
+        |c| c,
+    );
+    let warned =
+        |log: String| log.contains("these logins may use no sender") && log.contains("carol");
+    assert!(
+        wait_until(WAIT, || warned(relay.log())),
+        "start warning: {}",
+        relay.log()
+    );
+    let mut shop = login(&relay, &certs, "shop@example.com");
+    // Another customer's domain: refused at MAIL FROM, and as From: at the end of DATA.
+    let r = shop.cmd("MAIL FROM:<ceo@other.example>");
+    assert_eq!((r.code, r.text.contains("5.7.1")), (553, true), "{r}");
+    shop.cmd("RSET").expect(250);
+    let r = shop.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"From: CEO <ceo@other.example>\r\nSubject: spoof\r\n\r\nhi\r\n",
+    );
+    assert_eq!((r.code, r.text.contains("5.7.1")), (550, true), "{r}");
+    // Its own domain's subdomains are not implied.
+    shop.cmd("MAIL FROM:<a@mail.example.com>").expect(553);
+    shop.cmd("RSET").expect(250);
+    // Its own domain: accepted and signed d=example.com, verifiable.
+    let r = shop.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"From: News <news@example.com>\r\nSubject: ok\r\n\r\nhi\r\n",
+    );
+    let id = queued_id(&r);
+    let sent = outgoing(&relay, &id);
+    assert_eq!(
+        verify_dkim(&dns, &sent),
+        vec![DkimResult::Pass],
+        "{}",
+        String::from_utf8_lossy(&sent)
+    );
+    assert!(
+        String::from_utf8_lossy(&sent).contains("d=example.com;"),
+        "{}",
+        String::from_utf8_lossy(&sent)
+    );
+    shop.quit();
+
+    // A login that is not an address may use nothing, and the reply says what to configure.
+    let mut carol = login(&relay, &certs, "carol");
+    let r = carol.cmd("MAIL FROM:<c@example.com>").expect(553);
+    assert!(
+        r.text.contains("5.7.1") && r.text.contains("[[access.sender_login]]"),
+        "{r}"
+    );
+    carol.quit();
+    // Only the own-domain message was queued: nothing was signed for other.example.
+    assert_eq!(relay.queued_ids(), vec![id]);
 }
 
 #[test]

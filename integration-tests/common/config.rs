@@ -22,6 +22,7 @@
 //!     .tls(&certs)
 //!     .networks(&["127.0.0.1/32"])
 //!     .users_file(&users)
+//!     .sender_login("alice", &["example.com"])
 //!     .access("received_auth_user", true)
 //!     .limit("max_errors", 100)
 //!     .no_delivery();
@@ -192,6 +193,16 @@ impl RelayConfig {
 
     pub fn users_file(self, path: &Path) -> Self {
         self.access("users_file", quoted(path))
+    }
+
+    /// An `[[access.sender_login]]` entry: `user` may send as `senders` (domains or address
+    /// globs; `["*"]` for any). Without one, a login that is not an address may use no sender.
+    pub fn sender_login(self, user: &str, senders: &[&str]) -> Self {
+        let senders: Vec<String> = senders.iter().map(|s| format!("\"{s}\"")).collect();
+        self.section(&format!(
+            "[[access.sender_login]]\nuser = \"{user}\"\nsenders = [{}]",
+            senders.join(", ")
+        ))
     }
 
     /// Sets one `[limits]` key to a TOML value (no `[limits]` table without one).
