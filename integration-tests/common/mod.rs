@@ -11,7 +11,8 @@
 //!     .listen("starttls", "required")
 //!     .tls(&certs)
 //!     .networks(&["127.0.0.1/32"])
-//!     .users_file(&users);
+//!     .users_file(&users)
+//!     .sender_login("alice", &["example.com"]);  // else "alice" may use no sender (553)
 //! let relay = Relay::start(&dir, &cfg.to_toml());
 //!
 //! let mut c = SmtpClient::connect_from(relay.addr(), lo(66));   // untrusted 127.0.0.66
@@ -50,7 +51,7 @@
 //!   NXDOMAIN, known names without the type NOERROR/no data.
 //! - `RelayConfig::new()`: the one config builder (`config.rs`): a plain listener trusting
 //!   127/8, 1 s retry, short delivery timeouts. `listen(tls, auth)`, `listener(addr, tls, auth)`,
-//!   `tls(&certs)`, `networks`, `users_file`, `access(key, v)`, `limit(key, v)`, `dns(&dns)` or
+//!   `tls(&certs)`, `networks`, `users_file`, `sender_login(user, &patterns)`, `access(key, v)`, `limit(key, v)`, `dns(&dns)` or
 //!   `nameserver(addr)`, `delivery(key, v)`, `delivery_port`, `no_delivery()`, `admin()`,
 //!   `admin_key(key, v)`,
 //!   `provider(name, suffixes)`, `provider_key(name, key, v)`, `pool(name, &[PoolIp::new(n,
