@@ -1405,9 +1405,15 @@ mod tests {
         let mut env = test_envelope(&Spool::new_id());
         let logged = test_envelope(&Spool::new_id());
         env = spool.store(env, b"Subject: a\r\n\r\na\r\n").await.unwrap();
-        let logged = spool.store(logged, b"Subject: b\r\n\r\nb\r\n").await.unwrap();
+        let logged = spool
+            .store(logged, b"Subject: b\r\n\r\nb\r\n")
+            .await
+            .unwrap();
         assert!(
-            !spool.defer_in_place(&env.id, now_unix() + 60).await.unwrap(),
+            !spool
+                .defer_in_place(&env.id, now_unix() + 60)
+                .await
+                .unwrap(),
             "in the log: the first deferral must save"
         );
         env.recipients[0].attempts = 1;

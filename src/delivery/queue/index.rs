@@ -574,12 +574,20 @@ mod tests {
         let mut later = both.clone();
         later.recipients[0].next_attempt = 100;
         later.recipients[1].next_attempt = 100;
-        ix.finished(0x1001, After::Pending(&later, None, Written::InPlace), &none);
+        ix.finished(
+            0x1001,
+            After::Pending(&later, None, Written::InPlace),
+            &none,
+        );
         assert_eq!(ix.entries[&0x1001].unsaved, 1);
         ix.hurry(0x1001, 20);
         ix.promote(20);
         assert_eq!(ix.next_active(), Some(0x1001), "up.test again");
-        ix.finished(0x1001, After::Pending(&later, None, Written::InPlace), &none);
+        ix.finished(
+            0x1001,
+            After::Pending(&later, None, Written::InPlace),
+            &none,
+        );
         assert_eq!(ix.entries[&0x1001].unsaved, 2);
         ix.finished(0x1000, After::Gone, &none);
         ix.hurry(0x1001, 20);
