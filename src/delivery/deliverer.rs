@@ -291,6 +291,10 @@ impl Deliverer {
         if saved {
             return Written::Saved;
         }
+        if !env.recipients.iter().any(|r| r.state == RcptState::Pending) {
+            // Every recipient delivered: the removal that follows records it.
+            return Written::Unchanged;
+        }
         // Held recipients are not attempts: their counts must not move with the others'.
         let none_held = !env
             .recipients
