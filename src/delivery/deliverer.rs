@@ -22,7 +22,7 @@ pub enum Attempted {
     /// Every recipient final; removed from the spool.
     Finished,
     /// Recipients pending, and what the envelope file holds of this attempt.
-    Pending(Envelope, Written),
+    Pending(Box<Envelope>, Written),
 }
 
 /// How an attempt was recorded in the spool.
@@ -175,11 +175,11 @@ impl Deliverer {
             written = Written::Saved;
         }
         if env.recipients.iter().any(|r| r.state == RcptState::Pending) {
-            return Attempted::Pending(env, written);
+            return Attempted::Pending(Box::new(env), written);
         }
         match self.finish(env).await {
             None => Attempted::Finished,
-            Some(env) => Attempted::Pending(env, written),
+            Some(env) => Attempted::Pending(Box::new(env), written),
         }
     }
 

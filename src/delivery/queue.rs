@@ -190,7 +190,7 @@ async fn attempt(
     // A panic in the attempt is caught here (not by a second task around it) and the message
     // is retried later.
     let done = match CatchUnwind(Box::pin(d.deliver_message(env))).await {
-        Ok(Attempted::Pending(env, written)) => Done::Pending(q, Box::new(env), None, written),
+        Ok(Attempted::Pending(env, written)) => Done::Pending(q, env, None, written),
         Ok(Attempted::Finished) => Done::Gone(q),
         Err(()) => {
             tracing::error!(queue_id = %id, "delivery attempt crashed");
