@@ -288,6 +288,13 @@ impl Deliverer {
                 saved = true;
             }
         }
+        self.written(env, saved, every_pending_due).await
+    }
+
+    /// How an attempt ends up in the spool: saved already, nothing to write (the removal that
+    /// follows records it), in place (a plain deferral of every pending recipient), or saved
+    /// now.
+    async fn written(&self, env: &Envelope, saved: bool, every_pending_due: bool) -> Written {
         if saved {
             return Written::Saved;
         }
