@@ -7,7 +7,12 @@
 #     during the backlog (median of LAT_N, send to the sink's count);
 #   - kill -9, then restart: time to accepting, to the first delivery (a new message to the
 #     healthy destination), to the backlog fully indexed;
-#   - the destination comes back (`queue retry --domain`): drain rate, compared with the
+#   - deferral cost at depth: DEFER_N more messages to a third destination (down too), tried
+#     once (a first deferral moves a message from the log to files), then all retried at once
+#     (`queue retry --domain`): deferrals/s and bytes written per deferral (/proc/PID/io
+#     write_bytes less the relay's own log);
+#   - the destination comes back (`queue retry --all`, answered with a count): drain rate,
+#     compared with the
 #     normal rate (NORMAL messages to the healthy destination with an empty queue), RSS while
 #     draining;
 #   - zero loss: every accepted message reached a sink, the queue is empty.
@@ -25,6 +30,7 @@ S=${S:-20}
 SIZE=${SIZE:-5120}
 LAT_N=${LAT_N:-10}
 NORMAL=${NORMAL:-20000}
+DEFER_N=${DEFER_N:-10000}
 
 for t in smtp-source smtp-sink cargo python3; do
     command -v "$t" >/dev/null 2>&1 || { echo "bench/queue-depth.sh: missing $t (Debian: apt-get install postfix)" >&2; exit 1; }
@@ -114,6 +120,10 @@ host = "[$UP_IP]:$UP_PORT"
 domain = "down.test"
 host = "[$DOWN_IP]:$DOWN_PORT"
 
+[[route]]
+domain = "later.test"
+host = "[$DOWN_IP]:$DOWN_PORT"
+
 [admin]
 listen = "127.0.0.1:$ADMIN"
 
@@ -185,6 +195,33 @@ SUMMARY_MS=$(calc "round(($(now)-$t0)*1000)")
 LAT_DEEP=$(latency)
 log "filled in $FILL_S s (settled $SETTLE_S s); RSS $RSS_FULL MiB (peak $HWM_FILL); summary $SUMMARY_MS ms; latency ${LAT_DEEP} ms"
 
+# Deferral cost at depth: bytes the relay wrote (less its log) and time per deferral.
+written() { awk '/^write_bytes/{print $2}' "/proc/$PR_PID/io"; }
+log_size() { stat -c %s "$D/relay.log"; }
+settled() { # $1 = messages expected
+    local s
+    while :; do
+        s=$(summary)
+        [ "$(echo "$s" | field active)" = 0 ] && [ "$(echo "$s" | field messages)" -ge "$1" ] && return
+        sleep 0.5
+    done
+}
+# Attempts logged for later.test since log offset $1.
+later_attempts() { tail -c +"$(($1 + 1))" "$D/relay.log" | grep -c 'recipient=rcpt@later.test' || true; }
+log "deferral cost: $DEFER_N messages to later.test (down), then all retried"
+w0=$(written) l0=$(log_size) t0=$(now)
+send "$DEFER_N" later.test "$S"
+settled $((N + DEFER_N))
+while [ "$(later_attempts "$l0")" -lt "$DEFER_N" ]; do sleep 0.5; done
+FIRST_B=$(calc "round(($(written)-$w0-($(log_size)-$l0))/$DEFER_N)")
+w0=$(written) l0=$(log_size) t0=$(now)
+"$BIN" queue --config "$D/poolrelay.toml" retry --domain later.test >/dev/null
+while [ "$(later_attempts "$l0")" -lt "$DEFER_N" ]; do sleep 0.2; done
+settled $((N + DEFER_N))
+DEFER_RATE=$(calc "round($DEFER_N/($(now)-$t0))")
+AGAIN_B=$(calc "round(($(written)-$w0-($(log_size)-$l0))/$DEFER_N)")
+log "deferral: first $FIRST_B bytes written per message (log to files); repeated $AGAIN_B bytes, $DEFER_RATE deferrals/s"
+
 log "kill -9 at depth, restart"
 kill -9 "$PR_PID"
 wait "$PR_PID" 2>/dev/null || true
@@ -206,9 +243,9 @@ log "accepting after $T_ACCEPT s, first delivery $T_DELIVER s, indexed $T_INDEXE
 
 log "destination back: draining $QUEUED"
 t0=$(now)
-# The API directly: the answer lists every id (over 10 MB at a million, more than the CLI takes).
-TOKEN=$(head -n1 "$D/data/admin.token")
-python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$ADMIN/api/queue/retry', data=b'{\"domain\": \"down.test\"}', headers={'content-type': 'application/json', 'authorization': 'Bearer $TOKEN'}, method='POST'), timeout=600).read()"
+# The CLI: `--all` is answered with a count, not every id.
+"$BIN" queue --config "$D/poolrelay.toml" retry --all >&2
+RETRY_MS=$(calc "round(($(now)-$t0)*1000)")
 peak=0
 while [ "$(sink_count down)" -lt "$QUEUED" ]; do
     r=$(rss_mib "$PR_PID")
@@ -235,5 +272,7 @@ echo "| latency to the healthy destination, empty queue / during the backlog | $
 echo "| kill -9 at depth, restart: accepting / first delivery / backlog indexed | $T_ACCEPT / $T_DELIVER / $T_INDEXED s |"
 echo "| RSS after restart / peak while draining | $RSS_RESTART / $peak MiB |"
 echo "| drain rate (destination back) vs normal rate | $DRAIN_RATE vs $NORMAL_RATE msg/s ($(calc "round(100*$DRAIN_RATE/$NORMAL_RATE)") %) |"
+echo "| deferral at depth: bytes written per first / repeated deferral; repeated deferrals/s | $FIRST_B / $AGAIN_B B; $DEFER_RATE /s |"
+echo "| \`queue retry --all\` (answer: a count) | $RETRY_MS ms |"
 echo "| zero loss: queued at kill / delivered / left | $QUEUED / $GOT / $LEFT |"
-[ "$QUEUED" -eq "$N" ] && [ "$GOT" -ge "$N" ] && [ "$LEFT" -eq 0 ] || { echo "LOSS: accepted $N, queued $QUEUED, delivered $GOT, left $LEFT" >&2; exit 1; }
+[ "$QUEUED" -eq $((N + DEFER_N)) ] && [ "$GOT" -ge "$QUEUED" ] && [ "$LEFT" -eq 0 ] || { echo "LOSS: accepted $((N + DEFER_N)), queued $QUEUED, delivered $GOT, left $LEFT" >&2; exit 1; }

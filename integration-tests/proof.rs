@@ -257,16 +257,22 @@ fn envelopes(relay: &Relay) -> Vec<serde_json::Value> {
     relay.queued_envelopes()
 }
 
-/// True once `n` messages are queued and every recipient was tried at least `attempts` times
-/// and is still pending (deferred, not bounced).
-fn all_deferred(relay: &Relay, n: usize, attempts: u64) -> bool {
+/// True once `n` messages are queued, every recipient is still pending (deferred, not
+/// bounced) and was tried at least once, and the log shows `n × attempts` deferrals. (A
+/// repeated deferral is not written to the `.env` file: only the first one is.)
+fn all_deferred(relay: &Relay, n: usize, attempts: usize) -> bool {
     let envs = envelopes(relay);
+    let deferrals = relay
+        .log()
+        .lines()
+        .filter(|l| l.contains("delivery attempt") && l.contains("status=\"deferred\""))
+        .count();
     envs.len() == n
+        && deferrals >= n * attempts
         && envs.iter().all(|e| {
             e["recipients"].as_array().is_some_and(|rs| {
-                rs.iter().all(|r| {
-                    r["state"] == "pending" && r["attempts"].as_u64().unwrap_or(0) >= attempts
-                })
+                rs.iter()
+                    .all(|r| r["state"] == "pending" && r["attempts"].as_u64() >= Some(1))
             })
         })
 }

@@ -229,3 +229,87 @@ fn a_backlog_survives_kill_9_and_is_delivered_once() {
     assert!(relay.log().contains("spool recovered"), "{}", relay.log());
     assert!(relay.queued_ids().is_empty());
 }
+
+/// A message for a hanging destination and a healthy one waits in both destinations' queues:
+/// its healthy recipient is delivered at once, not behind the other destination's backlog.
+#[test]
+fn a_message_for_two_destinations_does_not_wait_behind_ones_backlog() {
+    let sink = Sink::start(&[lo(21)]);
+    let hole = blackhole();
+    let cfg = RelayConfig::new()
+        .delivery("retry", "[\"1h\"]")
+        .delivery("active_limit", 6)
+        .delivery("concurrency_per_destination", 1)
+        .delivery("command_timeout", "\"5m\"")
+        .admin()
+        .route("slow.test", &hole.to_string())
+        .route("fast.test", &sink.addr(0).to_string());
+    let relay = Relay::start(&tempdir("queue-multi"), &cfg.to_toml());
+    let admin = cfg.admin_addr().unwrap();
+    submit(&relay, "slow", "slow.test", 30);
+    assert!(
+        wait_until(WAIT, || summary(admin)["active"].as_u64() == Some(2)),
+        "{}",
+        summary(admin)
+    );
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    // The hanging destination's recipient first: the message used to wait in its queue only.
+    let body = b"From: <s@snd.test>\r\nSubject: both\r\n\r\nBody of both.\r\n";
+    let reply = c.send_mail("s@snd.test", &["both@slow.test", "both@fast.test"], body);
+    assert_eq!(reply.code, 250, "{reply}");
+    c.quit();
+    assert!(
+        wait_until(WAIT, || sink.messages().len() == 1),
+        "the healthy destination's recipient was delivered\n{}\n{}",
+        summary(admin),
+        relay.log()
+    );
+    assert_eq!(sink.messages()[0].rcpt_to, ["both@fast.test"]);
+    let s = summary(admin);
+    assert_eq!(
+        s["by_domain"]["slow.test"], 31,
+        "its other recipient waits: {s}"
+    );
+}
+
+/// A deferral that changes nothing but the attempt count and the next attempt does not
+/// rewrite the envelope file; the count is still right, and a kill -9 loses nothing.
+#[test]
+fn a_repeated_deferral_does_not_rewrite_the_envelope() {
+    let sink = Sink::builder(&[lo(20)]).script(defer_all).start();
+    let cfg = RelayConfig::new()
+        .delivery("retry", "[\"1s\"]")
+        .admin()
+        .route("a.test", &sink.addr(0).to_string());
+    let mut relay = Relay::start(&tempdir("queue-defer"), &cfg.to_toml());
+    let admin = cfg.admin_addr().unwrap();
+    submit(&relay, "m", "a.test", 1);
+    assert!(wait_until(WAIT, || rcpt_attempts(&sink) >= 4));
+    let envs = relay.spool_files("env");
+    assert_eq!(envs.len(), 1, "moved to files at its first deferral");
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&envs[0]).unwrap()).unwrap();
+    assert_eq!(
+        on_disk["recipients"][0]["attempts"], 1,
+        "written once, at the first deferral: {on_disk}"
+    );
+    let id = on_disk["id"].as_str().unwrap().to_string();
+    assert!(
+        wait_until(WAIT, || {
+            let v = get(admin, &format!("/api/queue/message/{id}"));
+            v["envelope"]["recipients"][0]["attempts"].as_u64() >= Some(3)
+        }),
+        "the scheduler counts the attempts not in the file"
+    );
+    relay.kill();
+    sink.set_script(None);
+    relay.restart();
+    assert!(
+        wait_until(WAIT, || sink.messages().len() == 1
+            && summary(admin)["messages"] == 0),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(delivered(&sink).get("m0"), Some(&1));
+}

@@ -96,6 +96,16 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
         None => print!("{}", format_summary(&value)),
         Some(QueueCommand::Show { .. }) => print!("{}", format_show(&value)),
         Some(_) => {
+            let action = Escaped(value["action"].as_str().unwrap_or("?"));
+            // `--all` and `--domain` answer with counts, one message with its id.
+            if let (Some(done), Some(skipped)) = (value["done"].as_u64(), value["skipped"].as_u64())
+            {
+                println!("{action}: {done} message(s)");
+                if skipped > 0 {
+                    println!("skipped (being delivered or not in a state for it): {skipped}");
+                }
+                return ExitCode::SUCCESS;
+            }
             let list = |k: &str| {
                 value[k]
                     .as_array()
@@ -103,7 +113,6 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
                     .unwrap_or_default()
             };
             let (done, skipped) = (list("done"), list("skipped"));
-            let action = Escaped(value["action"].as_str().unwrap_or("?"));
             let done_ids = escape(&done.join(" ")).into_owned();
             println!("{action}: {} message(s) {done_ids}", done.len());
             if !skipped.is_empty() {

@@ -17,6 +17,48 @@ use crate::reputation::rates::Tracker;
 use crate::routing::{Destination, Router, domain_of};
 use crate::spool::{Envelope, RcptState, Spool, now_unix};
 
+/// What an attempt left of a message.
+pub enum Attempted {
+    /// Every recipient final; removed from the spool.
+    Finished,
+    /// Recipients pending, and what the envelope file holds of this attempt.
+    Pending(Box<Envelope>, Written),
+}
+
+/// How an attempt was recorded in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The envelope file holds it.
+    Saved,
+    /// Only the next attempt time (`Spool::defer_in_place`): the file's attempt counts are one
+    /// behind for every pending recipient.
+    InPlace,
+    /// Nothing was attempted.
+    Unchanged,
+}
+
+/// What of a recipient is worth a rewrite of the envelope when it changes.
+#[derive(PartialEq, Eq)]
+struct Durable {
+    state: RcptState,
+    held: bool,
+    /// The last reply's code, status and host (a repeated deferral keeps them).
+    reply: Option<(u16, String, String)>,
+}
+
+impl Durable {
+    fn of(r: &crate::spool::Recipient) -> Durable {
+        Durable {
+            state: r.state,
+            held: r.held,
+            reply: r
+                .last_reply
+                .as_ref()
+                .map(|r| (r.code, r.status.clone(), r.host.clone())),
+        }
+    }
+}
+
 pub struct Deliverer {
     pub(super) config: Arc<Config>,
     pub(super) spool: Arc<Spool>,
@@ -116,9 +158,8 @@ impl Deliverer {
         self.connections.reap();
     }
 
-    /// One attempt for every due recipient of `env`. Returns the envelope while recipients are
-    /// still pending; `None` once the message is finished and removed from the spool.
-    pub async fn deliver_message(self: &Arc<Self>, mut env: Envelope) -> Option<Envelope> {
+    /// One attempt for every due recipient of `env`: what is left of the message.
+    pub async fn deliver_message(self: &Arc<Self>, mut env: Envelope) -> Attempted {
         let now = now_unix();
         let due: Vec<usize> = (0..env.recipients.len())
             .filter(|&i| {
@@ -126,17 +167,35 @@ impl Deliverer {
                 r.state == RcptState::Pending && r.next_attempt <= now
             })
             .collect();
+        let mut written = Written::Unchanged;
         if !due.is_empty() {
-            self.attempt(&mut env, due).await;
+            written = self.attempt(&mut env, due).await;
         }
-        self.maybe_delay_warning(&mut env).await;
+        if self.maybe_delay_warning(&mut env).await {
+            written = Written::Saved;
+        }
         if env.recipients.iter().any(|r| r.state == RcptState::Pending) {
-            return Some(env);
+            return Attempted::Pending(Box::new(env), written);
         }
-        self.finish(env).await
+        match self.finish(env).await {
+            None => Attempted::Finished,
+            Some(env) => Attempted::Pending(Box::new(env), written),
+        }
     }
 
-    async fn attempt(self: &Arc<Self>, env: &mut Envelope, due: Vec<usize>) {
+    /// Runs the attempt and records its outcomes: saved as they come in whenever a
+    /// recipient's state changes (delivered, bounced, held, a new kind of reply); an attempt
+    /// that only deferred every pending recipient as before is recorded in place
+    /// (`Spool::defer_in_place`), not with a rewrite of the envelope.
+    async fn attempt(self: &Arc<Self>, env: &mut Envelope, due: Vec<usize>) -> Written {
+        let before: Vec<Durable> = env.recipients.iter().map(Durable::of).collect();
+        let every_pending_due = env
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .count()
+            == due.len();
+        let mut saved = false;
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut suppressed = Vec::new();
         for i in due {
@@ -172,6 +231,7 @@ impl Deliverer {
         if !routing_failed.is_empty() {
             self.bounce(env, &routing_failed).await;
             self.save(env).await;
+            saved = true;
         }
         let snapshot = Arc::new(env.clone());
         // One destination (most messages): delivered in this task; several go in parallel.
@@ -217,9 +277,50 @@ impl Deliverer {
                 // (at-least-once), it never loses anything.
                 continue;
             }
-            // Persist before moving on: a crash now must not lose this destination's outcome.
-            self.save(env).await;
+            let changed = idxs
+                .iter()
+                .any(|&i| Durable::of(&env.recipients[i]) != before[i]);
+            if changed || saved {
+                // Persist before moving on: a crash now must not lose this destination's
+                // outcome. (After one save, every group is saved: the file's attempt counts
+                // stay those of one whole attempt.)
+                self.save(env).await;
+                saved = true;
+            }
         }
+        self.written(env, saved, every_pending_due).await
+    }
+
+    /// How an attempt ends up in the spool: saved already, nothing to write (the removal that
+    /// follows records it), in place (a plain deferral of every pending recipient), or saved
+    /// now.
+    async fn written(&self, env: &Envelope, saved: bool, every_pending_due: bool) -> Written {
+        if saved {
+            return Written::Saved;
+        }
+        if !env.recipients.iter().any(|r| r.state == RcptState::Pending) {
+            // Every recipient delivered: the removal that follows records it.
+            return Written::Unchanged;
+        }
+        // Held recipients are not attempts: their counts must not move with the others'.
+        let none_held = !env
+            .recipients
+            .iter()
+            .any(|r| r.state == RcptState::Pending && r.held);
+        match crate::delivery::queue::due_of(env) {
+            Some(next) if every_pending_due && none_held => {
+                match self.spool.defer_in_place(&env.id, next).await {
+                    Ok(true) => return Written::InPlace,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(queue_id = %env.id, error = %e, "deferral not recorded in place, saving");
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.save(env).await;
+        Written::Saved
     }
 
     /// Queues one failure DSN for those of `idxs` that just bounced, before their state is
@@ -309,12 +410,13 @@ impl Deliverer {
         }
     }
 
-    async fn maybe_delay_warning(&self, env: &mut Envelope) {
+    /// True when it saved the envelope.
+    async fn maybe_delay_warning(&self, env: &mut Envelope) -> bool {
         let Some(after) = self.config.delivery.delay_warning else {
-            return;
+            return false;
         };
         if env.delay_warned || now_unix() < env.received_at + after.0.as_secs() {
-            return;
+            return false;
         }
         let pending: Vec<_> = env
             .recipients
@@ -322,7 +424,7 @@ impl Deliverer {
             .filter(|r| r.state == RcptState::Pending && r.attempts > 0)
             .collect();
         if pending.is_empty() {
-            return;
+            return false;
         }
         let signer = self.signer.load_full();
         let dsn = outcome::send_dsn(
@@ -337,8 +439,12 @@ impl Deliverer {
             Ok(_) => {
                 env.delay_warned = true;
                 self.save(env).await;
+                true
             }
-            Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue delay DSN"),
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot queue delay DSN");
+                false
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
 use crate::spool::{Envelope, Spool};
 
-pub use deliverer::Deliverer;
+pub use deliverer::{Attempted, Deliverer, Written};
 
 pub async fn start(
     config: Arc<Config>,

@@ -16,7 +16,7 @@ mod index;
 pub use control::{Action, Control, Failure, QueueHandle, Request, Select, channel};
 pub(crate) use index::due_of;
 
-use super::Deliverer;
+use super::{Attempted, Deliverer, Written};
 use crate::spool::{Envelope, RcptState, now_unix};
 use index::{After, Index, Qid};
 
@@ -49,8 +49,9 @@ pub(crate) struct Queue {
 /// What an attempt task reports.
 enum Done {
     Gone(Qid),
-    /// Recipients pending; retry at the given time instead of the envelope's (after a crash).
-    Pending(Qid, Box<Envelope>, Option<u64>),
+    /// Recipients pending; retry at the given time instead of the envelope's (after a crash);
+    /// how the attempt was recorded.
+    Pending(Qid, Box<Envelope>, Option<u64>, Written),
     /// The envelope could not be read: again at this time.
     RetryAt(Qid, u64),
 }
@@ -79,9 +80,14 @@ pub async fn run(
         queue.index.promote(now);
         while let Some(q) = queue.index.next_active() {
             let env = queue.fresh.remove(&q);
-            let due = queue.index.entries.get(&q).map_or(now, |e| e.due.into());
+            let (due, unsaved) = queue
+                .index
+                .entries
+                .get(&q)
+                .map_or((now, 0), |e| (e.due.into(), e.unsaved));
             let id = queue.index.ids.name(q);
-            tokio::spawn(attempt(d.clone(), q, id, env, due, done_tx.clone()));
+            let plan = Plan { due, unsaved };
+            tokio::spawn(attempt(d.clone(), q, id, env, plan, done_tx.clone()));
         }
         let sleep = match queue.index.next_due() {
             Some(due) => {
@@ -127,7 +133,7 @@ pub async fn run(
             Some(done) = done_rx.recv() => {
                 let (q, after) = match &done {
                     Done::Gone(q) => (*q, After::Gone),
-                    Done::Pending(q, env, due) => (*q, After::Pending(env, *due)),
+                    Done::Pending(q, env, due, w) => (*q, After::Pending(env, *due, *w)),
                     Done::RetryAt(q, due) => (*q, After::RetryAt(*due)),
                 };
                 queue.index.finished(q, after, &provider_of);
@@ -147,19 +153,26 @@ pub async fn run(
     }
 }
 
+/// What the index knows of an attempt's message beyond its envelope file.
+struct Plan {
+    due: u64,
+    /// Deferrals recorded in place since the file was written (`Written::InPlace`).
+    unsaved: u8,
+}
+
 /// One attempt: the envelope (kept from the commit, or read from the spool), then delivery.
 async fn attempt(
     d: Arc<Deliverer>,
     q: Qid,
     id: String,
     env: Option<Envelope>,
-    due: u64,
+    plan: Plan,
     tx: mpsc::UnboundedSender<Done>,
 ) {
     let env = match env {
         Some(env) => env,
         None => match d.spool.envelope(&id).await {
-            Ok(env) => env,
+            Ok(env) => with_unsaved(env, plan.unsaved),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::error!(queue_id = %id, "queued message is gone from the spool");
                 let _ = tx.send(Done::Gone(q));
@@ -172,19 +185,31 @@ async fn attempt(
             }
         },
     };
-    let env = due_by(env, due);
+    let env = due_by(env, plan.due);
     let backup = env.clone();
     // A panic in the attempt is caught here (not by a second task around it) and the message
     // is retried later.
     let done = match CatchUnwind(Box::pin(d.deliver_message(env))).await {
-        Ok(Some(env)) => Done::Pending(q, Box::new(env), None),
-        Ok(None) => Done::Gone(q),
+        Ok(Attempted::Pending(env, written)) => Done::Pending(q, env, None, written),
+        Ok(Attempted::Finished) => Done::Gone(q),
         Err(()) => {
             tracing::error!(queue_id = %id, "delivery attempt crashed");
-            Done::Pending(q, Box::new(backup), Some(now_unix() + FINISH_RETRY))
+            let retry = Some(now_unix() + FINISH_RETRY);
+            Done::Pending(q, Box::new(backup), retry, Written::Unchanged)
         }
     };
     let _ = tx.send(done);
+}
+
+/// The envelope file is `unsaved` deferrals behind (each deferred every pending recipient):
+/// their attempts count, so the retry schedule and the logs go on from the true count.
+pub(crate) fn with_unsaved(mut env: Envelope, unsaved: u8) -> Envelope {
+    for r in env.recipients.iter_mut() {
+        if r.state == RcptState::Pending {
+            r.attempts += u32::from(unsaved);
+        }
+    }
+    env
 }
 
 /// The scheduler made the message due before its envelope says (retry, release, an IP came

@@ -296,6 +296,50 @@ fn scan(dir: &Path) -> io::Result<Scan> {
     })
 }
 
+/// Ids of the messages in the log that are not done, from the record headers only (no envelope
+/// is parsed), without changing anything.
+pub fn live_ids(log_dir: &Path) -> io::Result<Vec<String>> {
+    let mut seqs: Vec<u64> = Vec::new();
+    match std::fs::read_dir(log_dir) {
+        Ok(rd) => {
+            for e in rd {
+                let name = e?.file_name();
+                if let Some(seq) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .and_then(|n| n.parse().ok())
+                {
+                    seqs.push(seq);
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    seqs.sort_unstable();
+    let mut live = std::collections::HashSet::new();
+    for seq in seqs {
+        let data = match std::fs::read(log_dir.join(segment_name(seq))) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut pos = 0;
+        while let Some((rec, n)) = parse_at(&data, pos) {
+            match rec {
+                Parsed::Message { id, .. } => {
+                    live.insert(id.to_string());
+                }
+                Parsed::Done { id } => {
+                    live.remove(id);
+                }
+            }
+            pos += n;
+        }
+    }
+    Ok(live.into_iter().collect())
+}
+
 /// Messages in the log of `data_dir/spool/log` that are not done, without changing anything.
 pub fn inspect(log_dir: &Path, bodies: bool) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
     let found = scan(log_dir)?.found;

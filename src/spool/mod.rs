@@ -437,14 +437,15 @@ impl Spool {
         let packed = l.envs.into_iter().map(|q| format!("{q:018X}"));
         for id in l.odd_envs.into_iter().chain(packed) {
             let path = self.envelope_path(&id);
-            let text = match std::fs::read(&path) {
+            let (text, modified) = match read_with_mtime(&path) {
                 Ok(t) => t,
                 // Finished meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
             match serde_json::from_slice::<Envelope>(&text) {
-                Ok(env) if self.message_path(&id).exists() => {
+                Ok(mut env) if self.message_path(&id).exists() => {
+                    deferred_until(&mut env, modified);
                     out.push(env);
                     count += 1;
                     if out.len() >= batch {
@@ -529,6 +530,26 @@ impl Spool {
             sync.sync()
         })
         .await
+    }
+
+    /// Records a deferral that changed nothing but attempt counts and times, without rewriting
+    /// the envelope: the `.env` file's mtime is set to the next attempt (metadata only, no
+    /// fsync; Postfix does the same with its queue files), and recovery takes it from there
+    /// (`deferred_until`). Lost in a crash, the message is only tried earlier. False when the
+    /// message is still in the log: its first deferral moves it to files (`save_envelope`).
+    pub async fn defer_in_place(&self, id: &str, next_attempt: u64) -> io::Result<bool> {
+        if self.log.contains(id) {
+            return Ok(false);
+        }
+        let path = self.envelope_path(id);
+        let when = UNIX_EPOCH + std::time::Duration::from_secs(next_attempt);
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            file.set_modified(when)?;
+            Ok(true)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Writes a log message and its new envelope as files in `queue/`, then marks it done in
@@ -708,6 +729,62 @@ fn sorted(found: HashMap<String, (Envelope, Vec<u8>)>) -> Vec<(Envelope, Vec<u8>
     let mut out: Vec<_> = found.into_values().collect();
     out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     out
+}
+
+/// Queued messages under `data_dir`, counted from file names and the log's record headers
+/// (no envelope is parsed): cheap at a million.
+pub fn count_queued(data_dir: &Path) -> io::Result<usize> {
+    let spool = data_dir.join("spool");
+    let queue = spool.join("queue");
+    let mut count = match std::fs::read_dir(&queue) {
+        Ok(rd) => {
+            let mut n = 0;
+            for e in rd {
+                if e?.file_name().as_encoded_bytes().ends_with(b".env") {
+                    n += 1;
+                }
+            }
+            n
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    // A message in both places (a crash during its move) counts once: the files win.
+    for id in log::live_ids(&spool.join("log"))? {
+        if !queue.join(format!("{id}.env")).exists() {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// A file's bytes and its mtime (one open: the mtime from the same file).
+fn read_with_mtime(path: &Path) -> io::Result<(Vec<u8>, SystemTime)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let modified = file.metadata()?.modified()?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    Ok((text, modified))
+}
+
+/// An envelope file's mtime in the future is the next attempt of a deferral recorded in place
+/// (`Spool::defer_in_place`): pending recipients wait until then. (The attempt counts of those
+/// deferrals are not in the file: after a restart the retry schedule restarts from the count
+/// last saved, so the next delays may be shorter; expiry goes by `received_at` and is exact.)
+fn deferred_until(env: &mut Envelope, modified: SystemTime) {
+    let Ok(at) = modified.duration_since(UNIX_EPOCH) else {
+        return;
+    };
+    let at = at.as_secs();
+    if at <= now_unix() {
+        return;
+    }
+    for r in env.recipients.iter_mut() {
+        if r.state == RcptState::Pending {
+            r.next_attempt = r.next_attempt.max(at);
+        }
+    }
 }
 
 /// A canonical queue id (18 upper-case hex digits, `Spool::new_id`) packed into 16 bytes;
@@ -1316,6 +1393,49 @@ mod tests {
         assert!(spool.message_path(&old.id).exists());
         let gone = spool.envelope("000000000000000000").await.unwrap_err();
         assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A deferral recorded in place leaves the envelope's bytes alone; its next attempt (the
+    /// file's mtime) survives a restart. The offline count reads no envelope.
+    #[tokio::test]
+    async fn a_deferral_in_place_writes_no_envelope_and_survives_a_restart() {
+        let dir = tempdir();
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let mut env = test_envelope(&Spool::new_id());
+        let logged = test_envelope(&Spool::new_id());
+        env = spool.store(env, b"Subject: a\r\n\r\na\r\n").await.unwrap();
+        let logged = spool
+            .store(logged, b"Subject: b\r\n\r\nb\r\n")
+            .await
+            .unwrap();
+        assert!(
+            !spool
+                .defer_in_place(&env.id, now_unix() + 60)
+                .await
+                .unwrap(),
+            "in the log: the first deferral must save"
+        );
+        env.recipients[0].attempts = 1;
+        env.recipients[0].next_attempt = now_unix() + 60;
+        spool.save_envelope(&env).await.unwrap();
+        let path = spool.envelope_path(&env.id);
+        let bytes = std::fs::read(&path).unwrap();
+        let later = now_unix() + 3600;
+        assert!(spool.defer_in_place(&env.id, later).await.unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "not rewritten");
+        assert_eq!(count_queued(&dir).unwrap(), 2);
+        drop(spool);
+
+        let (spool, _rx) = Spool::open(&dir).unwrap();
+        let rec = spool.recover().unwrap();
+        let got = rec.iter().find(|e| e.id == env.id).unwrap();
+        assert_eq!(got.recipients[0].next_attempt, later);
+        assert_eq!(got.recipients[0].attempts, 1, "the count last saved");
+        let other = rec.iter().find(|e| e.id == logged.id).unwrap();
+        assert_eq!(other.recipients[0].next_attempt, 0, "untouched");
+        spool.remove(&logged.id).await.unwrap();
+        assert_eq!(count_queued(&dir).unwrap(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

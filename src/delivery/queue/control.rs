@@ -234,6 +234,7 @@ impl Control {
                     id,
                     state: state_of(e),
                     due: e.due.into(),
+                    unsaved: e.unsaved,
                 }))
             }
             Request::Change {
@@ -277,8 +278,15 @@ impl Control {
                 for q in &taken {
                     queue.fresh.remove(q);
                 }
-                let answer =
-                    json!({ "ok": true, "action": action, "done": done, "skipped": skipped });
+                // A million ids would be an answer of tens of MB: many messages get counts.
+                let answer = match select {
+                    Select::Id(_) => {
+                        json!({ "ok": true, "action": action, "done": done, "skipped": skipped })
+                    }
+                    Select::All | Select::Domain(_) => {
+                        json!({ "ok": true, "action": action, "done": done.len(), "skipped": skipped.len() })
+                    }
+                };
                 if taken.is_empty() {
                     return Ok(Then::Answer(answer));
                 }
@@ -359,12 +367,24 @@ struct Show {
     id: String,
     state: &'static str,
     due: u64,
+    /// Deferrals not in the file yet: shown as the scheduler knows them.
+    unsaved: u8,
 }
 
 impl Show {
     async fn read(self, d: &Deliverer) -> Answer {
         match d.spool.envelope(&self.id).await {
-            Ok(env) => Ok(json!({ "state": self.state, "due": self.due, "envelope": env })),
+            Ok(env) => {
+                let mut env = super::with_unsaved(env, self.unsaved);
+                if self.unsaved > 0 {
+                    for r in env.recipients.iter_mut() {
+                        if r.state == RcptState::Pending {
+                            r.next_attempt = self.due;
+                        }
+                    }
+                }
+                Ok(json!({ "state": self.state, "due": self.due, "envelope": env }))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::NotFound(self.id)),
             Err(e) => Err(Failure::Conflict(format!(
                 "cannot read message {}: {e}",
@@ -445,7 +465,8 @@ fn select_ids(ix: &Index, select: &Select) -> Result<Vec<Qid>, Failure> {
                 .collect()
         }
     };
-    ids.sort_by_key(|&q| ix.ids.name(q));
+    // Canonical ids sort by value as by name (fixed-width hex); odd ones after them.
+    ids.sort_unstable();
     Ok(ids)
 }
 
@@ -462,7 +483,8 @@ fn state_of(e: &Entry) -> &'static str {
 fn summary(queue: &Queue) -> Value {
     let ix = &queue.index;
     let names = &ix.names.list;
-    let mut by_name: Vec<(u64, u64)> = vec![(0, 0); names.len()];
+    let mut by_domain_n: Vec<u64> = vec![0; names.len()];
+    let mut by_provider_n: Vec<u64> = vec![0; ix.providers.list.len()];
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut messages, mut recipients, mut bytes) = (0u64, 0u64, 0u64);
     let mut unknown = 0u64;
@@ -475,21 +497,23 @@ fn summary(queue: &Queue) -> Value {
         *by_state.entry(state_of(e)).or_default() += 1;
         recipients += e.rcpts as u64;
         for dom in e.domains() {
-            by_name[dom as usize].0 += 1;
+            by_domain_n[dom as usize] += 1;
         }
-        match by_name.get_mut(e.provider as usize) {
-            Some(p) => p.1 += e.rcpts as u64,
+        match by_provider_n.get_mut(e.provider as usize) {
+            Some(p) => *p += e.rcpts as u64,
             None => unknown += e.rcpts as u64,
         }
     }
     let mut by_domain: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut by_provider: BTreeMap<&str, u64> = BTreeMap::new();
-    for (name, &(dom, prov)) in names.iter().zip(&by_name) {
-        if dom > 0 {
-            by_domain.insert(name, dom);
+    for (name, &n) in names.iter().zip(&by_domain_n) {
+        if n > 0 {
+            by_domain.insert(name, n);
         }
-        if prov > 0 {
-            *by_provider.entry(name).or_default() += prov;
+    }
+    let mut by_provider: BTreeMap<&str, u64> = BTreeMap::new();
+    for (name, &n) in ix.providers.list.iter().zip(&by_provider_n) {
+        if n > 0 {
+            *by_provider.entry(name).or_default() += n;
         }
     }
     if unknown > 0 {

@@ -3,8 +3,11 @@
 //!
 //! Rules:
 //! - A waiting message sits in `timer`, ordered by (due, id). Once due it moves to the ready
-//!   queue of its destination (the domain of its first pending recipient), in that order, so a
-//!   backlog drains oldest first.
+//!   queue of each destination it has pending recipients at (their domains), in that order, so
+//!   a backlog drains oldest first. A message for several destinations is attempted when the
+//!   first of them gives it a turn (all its due recipients go then, each to its destination);
+//!   its copies in the other queues are skipped. So a recipient at a healthy destination never
+//!   waits behind another destination's backlog.
 //! - An attempt takes an active slot: at most `active_limit` in all (like Postfix's
 //!   `qmgr_message_active_limit`) and at most `per_destination` for one destination.
 //!   Destinations with ready messages and a free slot take turns (round robin), so one
@@ -14,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use crate::delivery::Written;
 use crate::routing::domain_of;
 use crate::spool::{Envelope, RcptState};
 
@@ -106,11 +110,14 @@ pub(crate) struct Entry {
     pub(crate) received_at: u32,
     /// Bytes (saturating: a count for the summary).
     pub(crate) size: u32,
-    /// Domain of the first pending recipient: the ready queue it waits in.
+    /// Domain of a pending recipient: the first one's, or the one whose turn started the
+    /// running attempt (its active slot).
     pub(crate) dest: u32,
-    /// Provider of the last reply's host (`Names`), `u32::MAX` when none.
-    pub(crate) provider: u32,
+    /// Provider of the last reply's host (`Index::providers`), `u16::MAX` when none.
+    pub(crate) provider: u16,
     pub(crate) rcpts: u16,
+    /// Attempts since the envelope file was last written (deferrals recorded in place).
+    pub(crate) unsaved: u8,
     /// Domains of pending recipients other than the first (multi-domain messages only; a
     /// thin pointer keeps the entry at 32 bytes).
     #[allow(clippy::box_collection)] // 8 bytes here, not 24 (a Vec) or 16 (a boxed slice)
@@ -133,8 +140,9 @@ impl Entry {
 pub(crate) enum After<'a> {
     /// Finished and removed from the spool.
     Gone,
-    /// Recipients still pending: the envelope as saved, and a due time overriding its own.
-    Pending(&'a Envelope, Option<u64>),
+    /// Recipients still pending: the envelope after the attempt, a due time overriding its
+    /// own, and how the attempt was recorded.
+    Pending(&'a Envelope, Option<u64>, Written),
     /// Not attempted (the envelope could not be read): again at this time.
     RetryAt(u64),
 }
@@ -154,6 +162,7 @@ pub(crate) struct Index {
     /// Destinations with a ready message and a free slot, in turn order.
     turns: VecDeque<u32>,
     pub(crate) names: Names,
+    pub(crate) providers: Names,
     pub(crate) ids: Ids,
     pub(crate) active: usize,
     pub(crate) active_limit: usize,
@@ -182,6 +191,7 @@ impl Index {
             dests: Vec::new(),
             turns: VecDeque::new(),
             names: Names::default(),
+            providers: Names::default(),
             ids: Ids::default(),
             active: 0,
             active_limit: active_limit.max(1),
@@ -203,7 +213,13 @@ impl Index {
         // No pending recipient (finishing failed): a queue of its own, named "".
         let first = domains.next().unwrap_or_default();
         let dest = self.names.intern(&first);
-        let more: Vec<u32> = domains.map(|d| self.names.intern(&d)).collect();
+        let mut more: Vec<u32> = Vec::new();
+        for d in domains {
+            let n = self.names.intern(&d);
+            if n != dest && !more.contains(&n) {
+                more.push(n);
+            }
+        }
         let pending = || {
             env.recipients
                 .iter()
@@ -213,7 +229,9 @@ impl Index {
             .filter_map(|r| r.last_reply.as_ref())
             .find(|r| !r.host.is_empty())
             .map(|r| provider_of(&r.host));
-        let provider = host.map_or(u32::MAX, |p| self.names.intern(&p));
+        let provider = host.map_or(u16::MAX, |p| {
+            self.providers.intern(&p).min(u16::MAX as u32 - 1) as u16
+        });
         Entry {
             due: secs(due_of(env).unwrap_or(0)),
             received_at: secs(env.received_at),
@@ -222,6 +240,7 @@ impl Index {
             provider,
             rcpts: pending().count().min(u16::MAX as usize) as u16,
             more_domains: (!more.is_empty()).then(|| Box::new(more)),
+            unsaved: 0,
             place: Place::Waiting,
             pool_held: pending().any(|r| r.held),
         }
@@ -259,12 +278,16 @@ impl Index {
                 continue;
             };
             e.place = Place::Ready;
-            let dest = e.dest as usize;
-            if self.dests.len() <= dest {
-                self.dests.resize_with(dest + 1, DestQueue::default);
+            let mut dests = vec![e.dest];
+            dests.extend(e.more_domains.iter().flat_map(|d| d.iter().copied()));
+            for dest in dests {
+                let at = dest as usize;
+                if self.dests.len() <= at {
+                    self.dests.resize_with(at + 1, DestQueue::default);
+                }
+                self.dests[at].ready.push_back(q);
+                self.offer(dest);
             }
-            self.dests[dest].ready.push_back(q);
-            self.offer(dest as u32);
         }
     }
 
@@ -290,8 +313,18 @@ impl Index {
                 let Some(e) = self.entries.get_mut(&q) else {
                     continue;
                 };
-                if e.place != Place::Ready || e.dest != dest {
+                if e.place != Place::Ready {
                     continue;
+                }
+                if e.dest != dest {
+                    // Another of its destinations: that one's turn starts it (and its slot).
+                    let Some(more) = e.more_domains.as_mut() else {
+                        continue;
+                    };
+                    let Some(slot) = more.iter_mut().find(|d| **d == dest) else {
+                        continue;
+                    };
+                    *slot = std::mem::replace(&mut e.dest, dest);
                 }
                 e.place = Place::Active;
                 dq.active += 1;
@@ -313,6 +346,7 @@ impl Index {
         let Some(e) = self.entries.get(&q) else {
             return;
         };
+        let unsaved = e.unsaved;
         if e.place == Place::Active {
             let dest = e.dest;
             self.active -= 1;
@@ -323,11 +357,16 @@ impl Index {
             After::Gone => {
                 self.entries.remove(&q);
             }
-            After::Pending(env, due) => {
+            After::Pending(env, due, written) => {
                 let mut e = self.describe(env, provider_of);
                 if let Some(due) = due {
                     e.due = secs(due);
                 }
+                e.unsaved = match written {
+                    Written::Saved => 0,
+                    Written::InPlace => unsaved.saturating_add(1),
+                    Written::Unchanged => unsaved,
+                };
                 self.timer.insert((e.due.into(), q));
                 self.entries.insert(q, e);
             }
@@ -501,7 +540,7 @@ mod tests {
         // Rescheduled after its attempt.
         let mut later = env(&id(1), "a.test", 500);
         later.recipients[0].attempts = 1;
-        ix.finished(0x1001, After::Pending(&later, None), &none);
+        ix.finished(0x1001, After::Pending(&later, None, Written::Saved), &none);
         assert_eq!(ix.next_due(), Some(500));
         assert_eq!(ix.active, 1);
         // A taken message's stale ready copy is skipped.
@@ -511,6 +550,53 @@ mod tests {
         ix.put_back(0x1001, false, Some(600));
         ix.promote(600);
         assert_eq!(ix.next_active(), Some(0x1001));
+    }
+
+    /// A message for a busy destination and a free one waits in both ready queues: the free
+    /// one's turn starts it (and takes the slot), its copy in the busy queue is skipped.
+    #[test]
+    fn a_message_for_several_destinations_waits_in_each_queue() {
+        let mut ix = Index::new(10, 1);
+        ix.insert(&env(&id(0), "down.test", 10), false, &none);
+        let mut both = env(&id(1), "down.test", 10);
+        let mut up = both.recipients[0].clone();
+        up.address = "v@up.test".into();
+        both.recipients.push(up);
+        ix.insert(&both, false, &none);
+        ix.promote(20);
+        assert_eq!(ix.next_active(), Some(0x1000), "down.test's only slot");
+        assert_eq!(ix.next_active(), Some(0x1001), "up.test's turn");
+        assert_eq!(ix.next_active(), None);
+        let up_n = ix.names.find("up.test").unwrap();
+        assert_eq!(ix.entries[&0x1001].dest, up_n, "up.test's slot");
+        assert_eq!(ix.entries[&0x1001].domains().count(), 2);
+        // The deferral was recorded in place twice, then saved.
+        let mut later = both.clone();
+        later.recipients[0].next_attempt = 100;
+        later.recipients[1].next_attempt = 100;
+        ix.finished(
+            0x1001,
+            After::Pending(&later, None, Written::InPlace),
+            &none,
+        );
+        assert_eq!(ix.entries[&0x1001].unsaved, 1);
+        ix.hurry(0x1001, 20);
+        ix.promote(20);
+        assert_eq!(ix.next_active(), Some(0x1001), "up.test again");
+        ix.finished(
+            0x1001,
+            After::Pending(&later, None, Written::InPlace),
+            &none,
+        );
+        assert_eq!(ix.entries[&0x1001].unsaved, 2);
+        ix.finished(0x1000, After::Gone, &none);
+        ix.hurry(0x1001, 20);
+        ix.promote(20);
+        assert_eq!(ix.next_active(), Some(0x1001));
+        assert_eq!(ix.next_active(), None, "one attempt at a time");
+        ix.finished(0x1001, After::Pending(&later, None, Written::Saved), &none);
+        assert_eq!(ix.entries[&0x1001].unsaved, 0);
+        assert_eq!(ix.active, 0);
     }
 
     /// The in-memory cost per queued message (entry, timer, hash table), measured: the target
