@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -15,6 +15,8 @@ use super::provider::Providers;
 use super::rules;
 use super::throttle::{Caps, Counters, Full};
 use super::warmup::{self, Clock};
+use crate::cluster::events::Outbox;
+use crate::cluster::farm::FarmView;
 use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
@@ -56,6 +58,9 @@ pub(super) struct Inner {
     pub counters: HashMap<Key, Counters>,
     pub dirty: HashSet<Key>,
     pub holds: HashMap<HoldKey, Hold>,
+    /// When each hold record last changed (unix millis), removals included: the farm's merge
+    /// rule compares these (`cluster::events`).
+    pub stamps: HashMap<HoldKey, u64>,
     /// Messages in flight per IP × provider.
     pub active: HashMap<Key, u32>,
     /// Smooth weighted round-robin state per pool × provider × family, one weight per IP.
@@ -87,7 +92,14 @@ pub struct Pools {
     inner: Mutex<Inner>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
+    /// Where hold changes go to the farm (`[cluster]`), set once at start.
+    pub(super) outbox: OnceLock<Outbox>,
+    /// The farm's nodes for the operator's view (`[cluster]`), set once at start.
+    pub(super) farm: OnceLock<FarmSource>,
 }
+
+/// What the farm looks like now (its nodes, their IPs).
+pub type FarmSource = Box<dyn Fn() -> FarmView + Send + Sync>;
 
 pub(super) fn now_s() -> u64 {
     Clock::now_ms() / 1000
@@ -214,6 +226,8 @@ impl Pools {
             state,
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            outbox: OnceLock::new(),
+            farm: OnceLock::new(),
         })
     }
 
@@ -238,6 +252,16 @@ impl Pools {
         }
         // Held mail may fit on an added IP or a raised cap.
         self.wake.notify_one();
+    }
+
+    /// Hold changes made here go to the farm from now on.
+    pub fn share_holds(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// The pools' view shows the farm from now on.
+    pub fn show_farm(&self, farm: FarmSource) {
+        let _ = self.farm.set(farm);
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {

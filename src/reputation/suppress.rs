@@ -4,16 +4,20 @@
 //! (`GET /api/suppressions`, `POST /api/suppressions/remove {"address": …}`) and
 //! `poolrelay suppression list|remove`.
 //!
-//! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed).
+//! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed). With
+//! `[cluster]`, additions and removals go to the farm too (`cluster::sync`), and the farm's are
+//! applied here by the merge rule of `cluster::events` (the later change wins).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::events::{Change, Newer, Outbox, newer};
+use crate::pool::warmup::Clock;
 use crate::spool::now_unix;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -34,6 +38,11 @@ pub struct Suppressions {
     /// stale list must not rewrite the file per bounce on the delivery path).
     batched: AtomicBool,
     dirty: AtomicBool,
+    /// When each address's suppression last changed (unix millis), removals included; locked
+    /// after `map`.
+    stamps: Mutex<HashMap<String, u64>>,
+    /// Where changes go to the farm (`[cluster]`), set once at start.
+    outbox: OnceLock<Outbox>,
 }
 
 impl Suppressions {
@@ -49,7 +58,86 @@ impl Suppressions {
             save_lock: Mutex::new(()),
             batched: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            stamps: Mutex::default(),
+            outbox: OnceLock::new(),
         }
+    }
+
+    /// Additions and removals made here go to the farm from now on.
+    pub fn share(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Stamps a change made here and hands it to the farm (called under the `map` lock).
+    fn changed(&self, address: &str, entry: Option<Entry>) {
+        let mut stamps = self.stamps.lock().expect("lock");
+        let now = Clock::now_ms();
+        let stamp = stamps.get(address).map_or(now, |s| now.max(s + 1));
+        stamps.insert(address.to_string(), stamp);
+        if let Some(outbox) = self.outbox.get() {
+            let address = address.to_string();
+            outbox.send(Change::Suppression { address, entry }, stamp);
+        }
+    }
+
+    /// A change made on another node: applied when later than this node's (the merge rule).
+    /// Returns whether it was.
+    pub fn apply_remote(&self, address: &str, entry: Option<Entry>, at_ms: u64) -> bool {
+        let address = address.to_ascii_lowercase();
+        {
+            let mut map = self.map.lock().expect("lock");
+            let mut stamps = self.stamps.lock().expect("lock");
+            let local = stamps
+                .get(&address)
+                .copied()
+                .or_else(|| map.get(&address).map(|e| e.since * 1000));
+            if newer(local, Some(at_ms)) != Newer::Remote {
+                return false;
+            }
+            stamps.insert(address.clone(), at_ms);
+            match &entry {
+                Some(e) => {
+                    tracing::info!(recipient = %address, reason = %e.reason, until = e.until, "recipient suppressed (from the farm)");
+                    map.insert(address, e.clone());
+                }
+                None => {
+                    tracing::info!(recipient = %address, "suppression removed (from the farm)");
+                    map.remove(&address);
+                }
+            }
+        }
+        if self.batched.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        } else {
+            self.save();
+        }
+        true
+    }
+
+    /// Every suppression this node knows, removals included, each with its stamp: what a
+    /// resync compares with the farm's.
+    pub fn changes(&self) -> Vec<(Change, u64)> {
+        let map = self.map.lock().expect("lock");
+        let stamps = self.stamps.lock().expect("lock");
+        let mut addresses: Vec<&String> = map.keys().chain(stamps.keys()).collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+            .into_iter()
+            .map(|a| {
+                let entry = map.get(a).cloned();
+                let stamp = stamps
+                    .get(a)
+                    .copied()
+                    .or_else(|| entry.as_ref().map(|e| e.since * 1000))
+                    .unwrap_or(0);
+                let change = Change::Suppression {
+                    address: a.clone(),
+                    entry,
+                };
+                (change, stamp)
+            })
+            .collect()
     }
 
     pub fn add(&self, address: &str, reason: &str, for_secs: u64) {
@@ -59,10 +147,12 @@ impl Suppressions {
             since: now,
             until: now + for_secs,
         };
-        self.map
-            .lock()
-            .expect("lock")
-            .insert(address.to_ascii_lowercase(), entry.clone());
+        {
+            let address = address.to_ascii_lowercase();
+            let mut map = self.map.lock().expect("lock");
+            map.insert(address.clone(), entry.clone());
+            self.changed(&address, Some(entry.clone()));
+        }
         tracing::warn!(recipient = %address, reason, until = entry.until, "recipient suppressed");
         if self.batched.load(Ordering::Relaxed) {
             self.dirty.store(true, Ordering::Relaxed);
@@ -107,12 +197,15 @@ impl Suppressions {
     }
 
     pub fn remove(&self, address: &str) -> bool {
-        let removed = self
-            .map
-            .lock()
-            .expect("lock")
-            .remove(&address.to_ascii_lowercase())
-            .is_some();
+        let removed = {
+            let address = address.to_ascii_lowercase();
+            let mut map = self.map.lock().expect("lock");
+            let removed = map.remove(&address).is_some();
+            if removed {
+                self.changed(&address, None);
+            }
+            removed
+        };
         if removed {
             tracing::info!(recipient = %address, "suppression removed");
             self.save();
