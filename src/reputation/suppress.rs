@@ -246,3 +246,43 @@ impl Suppressions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn farm_suppressions_apply_by_the_later_stamp() {
+        let dir = std::env::temp_dir().join(format!(
+            "poolrelay-suppress-{}",
+            crate::spool::Spool::new_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Suppressions::open(&dir);
+        let (outbox, mut rx) = Outbox::new("here");
+        s.share(outbox);
+        s.add("Bad@Example.com", "550 5.1.1 no such user", 3600);
+        let added = rx.try_recv().unwrap();
+        assert_eq!(added.change.field(), "bad@example.com");
+        // Removed elsewhere before it was added here: stays.
+        assert!(!s.apply_remote("bad@example.com", None, added.at_ms - 1));
+        assert!(s.get("bad@example.com").is_some());
+        // Removed elsewhere later: gone, and the file says so.
+        assert!(s.apply_remote("BAD@example.com", None, added.at_ms + 1));
+        assert!(s.get("bad@example.com").is_none());
+        assert!(!std::fs::read_to_string(dir.join("suppressions.json"))
+            .unwrap()
+            .contains("bad@example.com"));
+        // Added elsewhere: in force here, without going back out.
+        let entry = Entry {
+            reason: "550 5.1.1".into(),
+            since: now_unix(),
+            until: now_unix() + 60,
+        };
+        assert!(s.apply_remote("new@example.com", Some(entry), Clock::now_ms()));
+        assert!(s.get("new@example.com").is_some());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(s.changes().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
