@@ -87,6 +87,8 @@ pub struct Pools {
     inner: Mutex<Inner>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
+    /// The farm's Redis (`[cluster]`), set once at start; `None` = this relay alone.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 pub(super) fn now_s() -> u64 {
@@ -214,6 +216,7 @@ impl Pools {
             state,
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -236,8 +239,20 @@ impl Pools {
             inner.swrr.clear();
             inner.warned.clear();
         }
+        if let Some(c) = self.cluster() {
+            c.set_ips(new);
+        }
         // Held mail may fit on an added IP or a raised cap.
         self.wake.notify_one();
+    }
+
+    /// Shares counters and state with the farm from now on (once, at start).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
