@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Cluster;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FarmView {
     /// This node.
@@ -22,6 +24,22 @@ pub struct NodeView {
 }
 
 impl FarmView {
+    pub fn of(cluster: &Cluster) -> FarmView {
+        FarmView {
+            node: cluster.node().to_string(),
+            redis_up: cluster.is_up(),
+            nodes: cluster
+                .nodes()
+                .into_iter()
+                .map(|n| NodeView {
+                    name: n.name,
+                    last_seen: n.last_seen / 1000,
+                    ips: n.ips.iter().map(|ip| ip.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// The nodes sending from `ip` (more than one while an IP moves), `None` if none does.
     pub fn node_of(&self, ip: &str) -> Option<String> {
         let on: Vec<&str> = self

@@ -83,36 +83,41 @@ pub fn start(cluster: Arc<Cluster>, shared: Shared, resync_every: Duration) {
     tokio::spawn(resync_loop(cluster, shared, resync, resync_every));
 }
 
-/// Writes one change unless the farm has a later one; publishes it when written.
-async fn write(
-    cluster: &Cluster,
-    conn: &mut redis::aio::ConnectionManager,
-    event: &Event,
-) -> redis::RedisResult<bool> {
-    let written: i64 = redis::Script::new(WRITE_SCRIPT)
-        .key(cluster.key(event.change.table().name()))
-        .arg(event.change.field())
-        .arg(event.record())
-        .arg(channel(cluster))
-        .arg(event.to_json())
-        .invoke_async(conn)
-        .await?;
-    Ok(written == 1)
+/// Writes one change unless the farm has a later one, and publishes it when written. `None`
+/// when Redis did not answer (the cluster is then down until the heartbeat gets through).
+async fn write(cluster: &Cluster, event: &Event) -> Option<bool> {
+    let key = cluster.key(event.change.table().name());
+    let (field, record, channel, json) = (
+        event.change.field(),
+        event.record(),
+        channel(cluster),
+        event.to_json(),
+    );
+    cluster
+        .run("share a change", |mut conn| async move {
+            let written: i64 = redis::Script::new(WRITE_SCRIPT)
+                .key(key)
+                .arg(field)
+                .arg(record)
+                .arg(channel)
+                .arg(json)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(written == 1)
+        })
+        .await
 }
 
 /// This node's changes, in order. One that cannot be written now is left to the resync (the
 /// local copy has it, stamped later than the farm's).
 async fn push_loop(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<Event>) {
     while let Some(event) = rx.recv().await {
-        let Some(mut conn) = cluster.conn() else {
-            continue;
-        };
-        match write(&cluster, &mut conn, &event).await {
-            Ok(written) => {
+        match write(&cluster, &event).await {
+            Some(written) => {
                 tracing::debug!(field = %event.change.field(), written, "cluster: change shared")
             }
-            Err(e) => {
-                tracing::warn!(error = %e, field = %event.change.field(), "cluster: cannot share a change now; the next resync will")
+            None => {
+                tracing::debug!(field = %event.change.field(), "cluster: Redis down; the change is shared when it returns")
             }
         }
     }
@@ -175,9 +180,8 @@ async fn resync_loop(cluster: Arc<Cluster>, shared: Shared, resync: Arc<Notify>,
                 }
             }
         }
-        if let Err(e) = resync_once(&cluster, &shared).await {
-            tracing::warn!(error = %e, "cluster: resync failed; retrying at the next one");
-        }
+        // Redis down: the cluster logs it; its return triggers the next one.
+        resync_once(&cluster, &shared).await;
     }
 }
 
@@ -186,15 +190,19 @@ fn stamp_of(record: &str) -> Option<u64> {
     record.split_once('|')?.0.parse().ok()
 }
 
-/// Compares every record of both sides: the later change wins on both.
-pub async fn resync_once(cluster: &Cluster, shared: &Shared) -> redis::RedisResult<()> {
-    let Some(mut conn) = cluster.conn() else {
-        return Ok(());
-    };
+/// Compares every record of both sides: the later change wins on both. Returns false when
+/// Redis did not answer.
+pub async fn resync_once(cluster: &Cluster, shared: &Shared) -> bool {
     let (mut pulled, mut pushed) = (0, 0);
     for table in Table::ALL {
         let key = cluster.key(table.name());
-        let remote: HashMap<String, String> = conn.hgetall(&key).await?;
+        let k = key.clone();
+        let remote: Option<HashMap<String, String>> = cluster
+            .run("resync", |mut conn| async move { conn.hgetall(k).await })
+            .await;
+        let Some(remote) = remote else {
+            return false;
+        };
         let local: HashMap<String, (Change, u64)> = shared
             .local(table)
             .into_iter()
@@ -230,15 +238,22 @@ pub async fn resync_once(cluster: &Cluster, shared: &Shared) -> redis::RedisResu
                     at_ms,
                     change,
                 };
-                pushed += write(cluster, &mut conn, &event).await? as u32;
+                match write(cluster, &event).await {
+                    Some(written) => pushed += written as u32,
+                    None => return false,
+                }
             }
         }
         if !stale.is_empty() {
-            let _: () = conn.hdel(&key, stale).await?;
+            cluster
+                .run("resync", |mut conn| async move {
+                    conn.hdel::<_, _, ()>(key, stale).await
+                })
+                .await;
         }
     }
     if pulled + pushed > 0 {
-        tracing::info!(pulled, pushed, "cluster: resynced holds and suppressions");
+        tracing::info!(pulled, pushed, "cluster: holds and suppressions resynced with the farm");
     }
-    Ok(())
+    true
 }

@@ -16,7 +16,6 @@ use super::rules;
 use super::throttle::{Caps, Counters, Full};
 use super::warmup::{self, Clock};
 use crate::cluster::events::Outbox;
-use crate::cluster::farm::FarmView;
 use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
@@ -94,12 +93,9 @@ pub struct Pools {
     pub wake: Notify,
     /// Where hold changes go to the farm (`[cluster]`), set once at start.
     pub(super) outbox: OnceLock<Outbox>,
-    /// The farm's nodes for the operator's view (`[cluster]`), set once at start.
-    pub(super) farm: OnceLock<FarmSource>,
+    /// The farm's Redis (`[cluster]`), set once at start; `None` = this relay alone.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
-
-/// What the farm looks like now (its nodes, their IPs).
-pub type FarmSource = Box<dyn Fn() -> FarmView + Send + Sync>;
 
 pub(super) fn now_s() -> u64 {
     Clock::now_ms() / 1000
@@ -227,7 +223,7 @@ impl Pools {
             inner: Mutex::new(inner),
             wake: Notify::new(),
             outbox: OnceLock::new(),
-            farm: OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -250,6 +246,9 @@ impl Pools {
             inner.swrr.clear();
             inner.warned.clear();
         }
+        if let Some(c) = self.cluster() {
+            c.set_ips(new);
+        }
         // Held mail may fit on an added IP or a raised cap.
         self.wake.notify_one();
     }
@@ -259,9 +258,13 @@ impl Pools {
         let _ = self.outbox.set(outbox);
     }
 
-    /// The pools' view shows the farm from now on.
-    pub fn show_farm(&self, farm: FarmSource) {
-        let _ = self.farm.set(farm);
+    /// Shares counters and state with the farm from now on (once, at start).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {

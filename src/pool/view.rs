@@ -81,7 +81,7 @@ impl Pools {
         let now = Clock::now_ms();
         let conf = self.conf();
         let today = conf.clock.day(now);
-        let farm = self.farm.get().map(|f| f());
+        let farm = self.cluster().map(|c| FarmView::of(c));
         let inner = self.lock();
         let mut view = PoolsView {
             day_ms: conf.clock.day_ms,

@@ -1,0 +1,169 @@
+//! A private `redis-server` for cluster tests: on 127.0.0.1 at a free port, no persistence,
+//! never a system instance. Redis is an installed tool: tests using it are `#[ignore]`d and
+//! this helper panics (the test fails) when `redis-server` is missing.
+//!
+//! ```ignore
+//! let mut redis = RedisServer::start(&dir);          // or start_with_password(&dir, "pw")
+//! let url = redis.url();                             // redis://[:pw@]127.0.0.1:PORT/0
+//! redis.kill();                                      // SIGKILL (an outage)
+//! redis.restart();                                   // same port, empty data
+//! let v: Option<String> = redis.query(&["GET", "k"]);
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::net::{free_port, wait_until};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    password: Option<String>,
+    dir: PathBuf,
+}
+
+/// Where the test finds `redis-server` (PATH, then the Debian package's path).
+fn binary() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("redis-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    let debian = PathBuf::from("/usr/bin/redis-server");
+    assert!(
+        debian.is_file(),
+        "redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
+    );
+    debian
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> RedisServer {
+        Self::launch(dir, None)
+    }
+
+    pub fn start_with_password(dir: &Path, password: &str) -> RedisServer {
+        Self::launch(dir, Some(password.to_string()))
+    }
+
+    fn launch(dir: &Path, password: Option<String>) -> RedisServer {
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            password,
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(binary());
+        cmd.current_dir(&self.dir)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.display().to_string()])
+            .args(["--logfile", "redis.log"]);
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server");
+        self.child = Some(child);
+        assert!(
+            self.wait_ready(Duration::from_secs(20)),
+            "redis-server on port {} did not answer PING; see {}/redis.log",
+            self.port,
+            self.dir.display()
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The URL for `[cluster] redis` (with the password, if any).
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// Polls PING until Redis answers PONG.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
+                && self.try_query::<String>(&["PING"]).as_deref() == Ok("PONG")
+        })
+    }
+
+    /// A crash: SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: nothing is saved).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url())?;
+        let conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(conn)
+    }
+
+    pub fn try_query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut conn = self.connection()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+
+    /// One command (`["GET", "k"]`); panics on an error.
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_query(args)
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    /// Keys matching `pattern`, sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut k: Vec<String> = self.query(&["KEYS", pattern]);
+        k.sort();
+        k
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
