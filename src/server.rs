@@ -91,6 +91,9 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let history = Arc::new(crate::reputation::history::History::new(Some(
         state.clone(),
     )));
+    if let Some(c) = &cluster {
+        history.share(c.clone());
+    }
     let reputation = Arc::new(
         crate::reputation::rates::Tracker::new(
             &config.reputation,

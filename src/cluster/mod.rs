@@ -4,6 +4,7 @@
 mod conn;
 pub mod events;
 pub mod farm;
+pub mod history;
 pub mod settings;
 pub mod sync;
 

@@ -312,7 +312,7 @@ impl Pools {
         }
         self.store_holds(&changes)?;
         if let Some(state) = &self.state {
-            crate::reputation::history::hold_events(state, &events);
+            crate::reputation::history::hold_events(state, self.cluster(), &events);
         }
         self.wake.notify_one();
         Ok(())
