@@ -206,7 +206,12 @@ fn format_farm(farm: &Value) -> String {
     let mut rows = vec![["NODE", "LAST-SEEN", "IPS"].map(String::from).to_vec()];
     for n in farm["nodes"].as_array().into_iter().flatten() {
         let ago = now.saturating_sub(n["last_seen"].as_u64().unwrap_or(0));
-        let ips: Vec<String> = n["ips"].as_array().into_iter().flatten().map(cell).collect();
+        let ips: Vec<String> = n["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(cell)
+            .collect();
         rows.push(vec![cell(&n["name"]), format!("{ago}s ago"), ips.join(" ")]);
     }
     out.push_str(&table(rows));
@@ -256,10 +261,18 @@ mod tests {
         .unwrap();
         let t = format_status(&v);
         assert!(t.starts_with("farm: this node relay-1, redis up\n"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("relay-2") && l.ends_with("127.0.0.10")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("relay-2") && l.ends_with("127.0.0.10")),
+            "{t}"
+        );
         let ip_line = t.lines().find(|l| l.starts_with("default")).unwrap();
         assert!(ip_line.contains("127.0.0.10  relay-2  drained"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("POOL") && l.contains("IP          NODE")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("POOL") && l.contains("IP          NODE")),
+            "{t}"
+        );
     }
 
     #[test]

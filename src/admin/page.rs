@@ -146,7 +146,11 @@ fn farm_section(out: &mut String, farm: &crate::cluster::farm::FarmView, now: u6
         out,
         "<section class=\"farm\"><h1>Farm</h1><p>This node: {} · Redis {}</p><div class=\"tbl\"><table><tr><th>node</th><th>last seen</th><th>IPs</th></tr>",
         esc(&farm.node),
-        if farm.redis_up { "up" } else { "down: holds and suppressions are local until it returns" },
+        if farm.redis_up {
+            "up"
+        } else {
+            "down: holds and suppressions are local until it returns"
+        },
     );
     for n in &farm.nodes {
         let _ = write!(

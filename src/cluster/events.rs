@@ -207,12 +207,18 @@ mod tests {
         let hold = drain();
         let json = hold.to_json();
         assert!(json.contains(r#""kind":"hold""#), "{json}");
-        assert!(json.contains(r#""cause":"dnsbl:zen.spamhaus.org""#), "{json}");
+        assert!(
+            json.contains(r#""cause":"dnsbl:zen.spamhaus.org""#),
+            "{json}"
+        );
         assert_eq!(Event::from_json(&json).unwrap(), hold);
         let record = hold.record();
         assert!(record.starts_with("1700000000123|{"), "{record}");
         assert_eq!(Event::from_record(&record).unwrap(), hold);
-        assert_eq!(hold.change.field(), "192.0.2.7|gmail|dnsbl:zen.spamhaus.org");
+        assert_eq!(
+            hold.change.field(),
+            "192.0.2.7|gmail|dnsbl:zen.spamhaus.org"
+        );
         assert_eq!(hold.change.table(), Table::Holds);
 
         let removed = Event {

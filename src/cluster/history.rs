@@ -113,7 +113,10 @@ pub async fn prune(c: &Cluster, ips: &[IpAddr], cutoff: u64) {
         let k = key.clone();
         let Some(fields) = c
             .run("history", |mut conn| async move {
-                redis::cmd("HKEYS").arg(k).query_async::<Vec<String>>(&mut conn).await
+                redis::cmd("HKEYS")
+                    .arg(k)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
             })
             .await
         else {
@@ -130,7 +133,11 @@ pub async fn prune(c: &Cluster, ips: &[IpAddr], cutoff: u64) {
             .collect();
         if !stale.is_empty() {
             c.run("history", |mut conn| async move {
-                redis::cmd("HDEL").arg(key).arg(stale).query_async::<()>(&mut conn).await
+                redis::cmd("HDEL")
+                    .arg(key)
+                    .arg(stale)
+                    .query_async::<()>(&mut conn)
+                    .await
             })
             .await;
         }

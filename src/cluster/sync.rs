@@ -18,9 +18,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Cluster;
-use super::events::{
-    Change, Event, Newer, Outbox, TOMBSTONE_KEEP_MS, Table, WRITE_SCRIPT, newer,
-};
+use super::events::{Change, Event, Newer, Outbox, TOMBSTONE_KEEP_MS, Table, WRITE_SCRIPT, newer};
 use crate::pool::Pools;
 use crate::pool::warmup::Clock;
 use crate::reputation::suppress::Suppressions;
@@ -52,8 +50,7 @@ impl Shared {
                 .pools
                 .apply_remote((ip, scope, cause), hold, event.at_ms),
             Change::Suppression { address, entry } => {
-                self.suppressions
-                    .apply_remote(&address, entry, event.at_ms)
+                self.suppressions.apply_remote(&address, entry, event.at_ms)
             }
         }
     }
@@ -145,7 +142,10 @@ async fn subscribe_loop(cluster: Arc<Cluster>, shared: Shared, resync: Arc<Notif
             }
         };
         logged = false;
-        tracing::info!(node = cluster.node(), "cluster: subscribed to the farm's changes");
+        tracing::info!(
+            node = cluster.node(),
+            "cluster: subscribed to the farm's changes"
+        );
         // What was published while not subscribed.
         resync.notify_one();
         let mut messages = pubsub.into_on_message();
@@ -253,7 +253,11 @@ pub async fn resync_once(cluster: &Cluster, shared: &Shared) -> bool {
         }
     }
     if pulled + pushed > 0 {
-        tracing::info!(pulled, pushed, "cluster: holds and suppressions resynced with the farm");
+        tracing::info!(
+            pulled,
+            pushed,
+            "cluster: holds and suppressions resynced with the farm"
+        );
     }
     true
 }

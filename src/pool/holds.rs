@@ -224,9 +224,11 @@ impl Pools {
     pub fn apply_remote(&self, key: HoldKey, hold: Option<Hold>, at_ms: u64) -> bool {
         {
             let mut inner = self.lock();
-            let local = inner.stamps.get(&key).copied().or_else(|| {
-                inner.holds.get(&key).map(|h| h.since * 1000)
-            });
+            let local = inner
+                .stamps
+                .get(&key)
+                .copied()
+                .or_else(|| inner.holds.get(&key).map(|h| h.since * 1000));
             if newer(local, Some(at_ms)) != Newer::Remote {
                 return false;
             }

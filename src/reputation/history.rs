@@ -132,7 +132,11 @@ impl History {
 
     /// Sends the counts not yet in Redis (blocking: called where `flush` is, off the runtime's
     /// workers). Prunes the farm's old buckets of this node's IPs with `prune_before`.
-    fn share_counts(&self, pending: &HashMap<Key, Bucket>, prune_before: Option<(Vec<IpAddr>, u64)>) {
+    fn share_counts(
+        &self,
+        pending: &HashMap<Key, Bucket>,
+        prune_before: Option<(Vec<IpAddr>, u64)>,
+    ) {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
@@ -143,7 +147,10 @@ impl History {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let buckets: Vec<(Key, Bucket)> = unshared.iter().map(|(k, b)| (k.clone(), b.clone())).collect();
+        let buckets: Vec<(Key, Bucket)> = unshared
+            .iter()
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
         if rt.block_on(crate::cluster::history::push_hours(cluster, &buckets)) {
             unshared.clear();
         }

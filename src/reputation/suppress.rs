@@ -270,9 +270,11 @@ mod tests {
         // Removed elsewhere later: gone, and the file says so.
         assert!(s.apply_remote("BAD@example.com", None, added.at_ms + 1));
         assert!(s.get("bad@example.com").is_none());
-        assert!(!std::fs::read_to_string(dir.join("suppressions.json"))
-            .unwrap()
-            .contains("bad@example.com"));
+        assert!(
+            !std::fs::read_to_string(dir.join("suppressions.json"))
+                .unwrap()
+                .contains("bad@example.com")
+        );
         // Added elsewhere: in force here, without going back out.
         let entry = Entry {
             reason: "550 5.1.1".into(),
