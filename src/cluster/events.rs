@@ -73,6 +73,15 @@ impl Change {
         }
     }
 
+    /// Nothing left to share: a removal older than `TOMBSTONE_KEEP_MS`, or a suppression that
+    /// has ended by itself. Resyncs drop these from Redis and do not push them.
+    pub fn is_stale(&self, at_ms: u64, now_ms: u64) -> bool {
+        match self {
+            Change::Suppression { entry: Some(e), .. } => e.until * 1000 <= now_ms,
+            _ => self.is_removal() && at_ms + TOMBSTONE_KEEP_MS < now_ms,
+        }
+    }
+
     pub fn is_removal(&self) -> bool {
         match self {
             Change::Hold { hold, .. } => hold.is_none(),
@@ -243,6 +252,13 @@ mod tests {
             ..removed.clone()
         };
         assert!(!added.change.is_removal());
+        // An ended suppression and an old removal are not shared any more; a hold record
+        // stays (a quarantine past its end is probation).
+        assert!(added.change.is_stale(1, 2_000));
+        assert!(!added.change.is_stale(1, 1_999));
+        assert!(!removed.change.is_stale(5, 5 + TOMBSTONE_KEEP_MS));
+        assert!(removed.change.is_stale(5, 6 + TOMBSTONE_KEEP_MS));
+        assert!(!hold.change.is_stale(1, u64::MAX / 2));
         assert_eq!(Event::from_json(&added.to_json()).unwrap(), added);
         assert_eq!(added.change.table(), Table::Suppressions);
     }

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Cluster;
-use super::events::{Change, Event, Newer, Outbox, TOMBSTONE_KEEP_MS, Table, WRITE_SCRIPT, newer};
+use super::events::{Change, Event, Newer, Outbox, Table, WRITE_SCRIPT, newer};
 use crate::pool::Pools;
 use crate::pool::warmup::Clock;
 use crate::reputation::suppress::Suppressions;
@@ -218,8 +218,9 @@ pub async fn resync_once(cluster: &Cluster, shared: &Shared) -> bool {
                     continue;
                 }
             };
-            if event.change.is_removal() && event.at_ms + TOMBSTONE_KEEP_MS < now {
+            if event.change.is_stale(event.at_ms, now) {
                 stale.push(field.clone());
+                continue;
             }
             let local_at = local.get(field).map(|(_, at)| *at);
             if newer(local_at, Some(event.at_ms)) == Newer::Remote {
@@ -231,6 +232,9 @@ pub async fn resync_once(cluster: &Cluster, shared: &Shared) -> bool {
             }
         }
         for (field, (change, at_ms)) in local {
+            if change.is_stale(at_ms, now) {
+                continue;
+            }
             let remote_at = remote.get(&field).and_then(|r| stamp_of(r));
             if newer(Some(at_ms), remote_at) == Newer::Local {
                 let event = Event {

@@ -280,8 +280,14 @@ impl Pools {
             .collect()
     }
 
+    /// An IP of this node's pools, or (`[cluster]`) of another node's: a farm's operator
+    /// holds any of them from any node.
     fn knows(&self, ip: IpAddr) -> Result<(), String> {
-        if self.ips().contains(&ip) {
+        let on_farm = || {
+            self.cluster()
+                .is_some_and(|c| c.nodes().iter().any(|n| n.ips.contains(&ip)))
+        };
+        if self.ips().contains(&ip) || on_farm() {
             Ok(())
         } else {
             Err(format!("{ip} is not in any pool"))

@@ -84,6 +84,10 @@ impl Suppressions {
     /// Returns whether it was.
     pub fn apply_remote(&self, address: &str, entry: Option<Entry>, at_ms: u64) -> bool {
         let address = address.to_ascii_lowercase();
+        if entry.as_ref().is_some_and(|e| e.until <= now_unix()) {
+            // Over already: nothing to apply.
+            return false;
+        }
         {
             let mut map = self.map.lock().expect("lock");
             let mut stamps = self.stamps.lock().expect("lock");
@@ -228,6 +232,13 @@ impl Suppressions {
             let mut map = self.map.lock().expect("lock");
             let now = now_unix();
             map.retain(|_, e| e.until > now);
+            // Stamps of what is gone are kept only as long as the farm keeps removals.
+            let keep_ms = crate::cluster::events::TOMBSTONE_KEEP_MS;
+            let now_ms = Clock::now_ms();
+            self.stamps
+                .lock()
+                .expect("lock")
+                .retain(|a, at| map.contains_key(a) || *at + keep_ms > now_ms);
             map.clone()
         };
         let tmp = self.path.with_extension("json.tmp");
