@@ -125,7 +125,7 @@ pub async fn prune(c: &Cluster, ips: &[IpAddr], cutoff: u64) {
         let stale: Vec<String> = fields
             .into_iter()
             .filter(|f| {
-                f.rsplitn(3, '|')
+                f.rsplit('|')
                     .nth(1)
                     .and_then(|h| h.parse::<u64>().ok())
                     .is_some_and(|h| h < cutoff)
