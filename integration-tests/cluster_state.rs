@@ -133,6 +133,17 @@ fn greeting_block_10_at_alpha(s: &Step) -> Option<String> {
     })
 }
 
+/// `poolrelay pool status` of a running node.
+fn pool_status_cli(relay: &Relay) -> String {
+    let o = Command::new(BIN)
+        .current_dir(relay.dir())
+        .args(["pool", "status", "--config", "poolrelay.toml"])
+        .output()
+        .expect("run poolrelay pool status");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn drained(admin: SocketAddr, ip: &str) -> bool {
     hold_of(admin, ip, "all", "operator").is_some()
 }
@@ -156,6 +167,25 @@ fn a_drain_or_quarantine_on_one_node_stops_the_ip_on_the_others_within_a_second(
     assert_eq!(st["farm"]["redis_up"], true, "{st}");
     assert_eq!(ip_entry(&st, "127.0.0.10")["node"], "a, b, c", "{st}");
     assert_eq!(ip_entry(&st, "127.0.0.11")["node"], "b, c", "{st}");
+    let out = pool_status_cli(&n_b.relay);
+    assert!(out.starts_with("farm: this node b, redis up\n"), "{out}");
+    for node in ["a", "b", "c"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{node} "))),
+            "{out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("127.0.0.11") && l.contains(" b, c ")),
+        "{out}"
+    );
+    let page = admin::get_text(n_b.admin, "/api/page");
+    assert!(
+        page.contains("<h1>Farm</h1>") && page.contains("data-node=\"c\""),
+        "{page}"
+    );
+    assert!(page.contains(" · on a, b, c"), "{page}");
 
     // An operator's drain on a: in force on b and c within a second.
     post(
