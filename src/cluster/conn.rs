@@ -45,6 +45,7 @@ pub struct Cluster {
     up: watch::Sender<bool>,
     ips: Mutex<Vec<IpAddr>>,
     nodes: Mutex<Vec<NodeSeen>>,
+    pub(super) counters: super::counters::Counters,
 }
 
 fn now_ms() -> u64 {
@@ -67,6 +68,7 @@ impl Cluster {
             up: watch::channel(false).0,
             ips: Mutex::new(ips),
             nodes: Mutex::new(Vec::new()),
+            counters: Default::default(),
         });
         tracing::info!(redis = %cluster.redis_shown, node = %cluster.node, "cluster: joining the farm");
         if !cluster.beat().await {
@@ -138,7 +140,8 @@ impl Cluster {
         self.set_up(false, Some((what, error.to_string())));
     }
 
-    fn set_up(&self, up: bool, why: Option<(&str, String)>) {
+    /// Returns true when Redis has just come back.
+    fn set_up(&self, up: bool, why: Option<(&str, String)>) -> bool {
         let was = self.up.send_replace(up);
         if was && !up {
             let (what, error) = why.unwrap_or_default();
@@ -146,6 +149,7 @@ impl Cluster {
         } else if !was && up {
             tracing::info!(redis = %self.redis_shown, nodes = self.nodes().len(), "cluster: Redis up; shared counters in force");
         }
+        !was && up
     }
 
     /// Runs `f` on the connection within the timeout; `None` (and down) on any failure.
@@ -238,7 +242,9 @@ impl Cluster {
                     .collect();
                 seen.sort_by(|a, b| a.name.cmp(&b.name));
                 *self.nodes.lock().expect("cluster nodes") = seen;
-                self.set_up(true, None);
+                if self.set_up(true, None) {
+                    self.reconcile().await;
+                }
                 true
             }
             Ok(Err(e)) => {
