@@ -15,7 +15,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_port, wait_until};
+use super::net::wait_until;
+
+/// A free port below the kernel's ephemeral range (32768+), where `free_port()` picks the
+/// relays' ports: a Redis that keeps its port for the whole test never takes a port a relay of
+/// a test running beside it has chosen but not yet bound.
+fn redis_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1000) as u16 * 10;
+    for _ in 0..12_000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for redis-server in 20000-31999");
+}
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -54,7 +70,7 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut r = RedisServer {
             child: None,
-            port: free_port(),
+            port: redis_port(),
             password,
             dir,
         };
