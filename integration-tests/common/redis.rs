@@ -6,6 +6,7 @@
 //! let mut redis = RedisServer::start(&dir);          // or start_with_password(&dir, "pw")
 //! let url = redis.url();                             // redis://[:pw@]127.0.0.1:PORT/0
 //! redis.kill();                                      // SIGKILL (an outage)
+//! redis.pause(); redis.resume();                     // SIGSTOP/SIGCONT (a hung server)
 //! redis.restart();                                   // same port, empty data
 //! let v: Option<String> = redis.query(&["GET", "k"]);
 //! ```
@@ -131,9 +132,31 @@ impl RedisServer {
     /// A crash: SIGKILL, and waits for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid (a stopped one dies on SIGKILL too).
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// A hung server: SIGSTOP (connections stay open, nothing answers).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`: it answers again, with its data.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(pid as libc::pid_t, sig) },
+            0,
+            "kill {sig}"
+        );
     }
 
     /// Starts again on the same port (empty: nothing is saved).

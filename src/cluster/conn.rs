@@ -25,6 +25,17 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node not heard from for this long is gone (the key's expiry).
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 
+/// Why a Redis call gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunError {
+    /// Down already: nothing was sent.
+    Down,
+    /// Redis answered with an error, or the connection broke: not applied.
+    Failed,
+    /// No answer in time: Redis may still apply it once it answers again.
+    TimedOut,
+}
+
 /// One node's heartbeat as last read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSeen {
@@ -158,16 +169,25 @@ impl Cluster {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.conn()?;
+        self.try_run(what, f).await.ok()
+    }
+
+    /// `run`, telling why it failed: a request that timed out may still reach Redis later.
+    pub async fn try_run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, RunError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().ok_or(RunError::Down)?;
         match tokio::time::timeout(self.timeout, f(conn)).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.failed(what, &e);
-                None
+                Err(RunError::Failed)
             }
             Err(_) => {
                 self.failed(what, &"timed out");
-                None
+                Err(RunError::TimedOut)
             }
         }
     }

@@ -11,14 +11,15 @@
 //!   only while (a) its own count in the window is below its share, cap ÷ nodes last seen,
 //!   rounded down, at least 1; and (b) the farm count it last read plus what it took since stays
 //!   below the cap. So the farm passes a cap by at most one share of it. Those takes are
-//!   counted here and added to Redis when it returns (`reconcile`), once.
+//!   counted here and added to Redis when it returns (`reconcile`), once. A take that timed
+//!   out is not counted here: Redis may still apply it when it answers again (a hung server).
 //! - A message given back (never sent, or not queued) is taken off again, in Redis or from
 //!   what waits for reconciliation.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::Cluster;
+use super::{Cluster, RunError};
 use crate::pool::warmup::Progress;
 
 /// cap ÷ nodes, rounded down, at least 1 (a node alone gets the whole cap; a tiny cap still
@@ -178,8 +179,9 @@ impl Cluster {
     ) -> Result<Taken, Refused> {
         let result = self.run_script(limits, 1, true, progress).await;
         let now = now_ms();
-        let Some(out) = result else {
-            return self.take_locally(limits, progress, now);
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => return self.take_locally(limits, progress, now, e != RunError::TimedOut),
         };
         let (taken, index) = (out[0] == 1, out[1].max(0) as usize);
         let farm_progress = progress.map(|_| progress_of(out[2], out[3]));
@@ -204,6 +206,7 @@ impl Cluster {
         limits: &[Limit],
         progress: Option<&ProgressMove>,
         now: u64,
+        count: bool,
     ) -> Result<Taken, Refused> {
         let nodes = self.nodes().len().max(1);
         let mut local = self.counters.local();
@@ -216,6 +219,9 @@ impl Cluster {
             if l.own >= share(cap, nodes) || seen + since >= cap {
                 return Err(Refused::Share { index });
             }
+        }
+        if !count {
+            return Ok(Taken::Local);
         }
         for l in limits {
             let p = local.pending.entry(l.key.clone()).or_default();
@@ -258,7 +264,10 @@ impl Cluster {
                 own: 0,
             })
             .collect();
-        if self.run_script(&limits, -1, false, None).await.is_none() {
+        // Timed out: Redis may still apply it, so it is not kept for reconciliation too.
+        if let Err(RunError::Down | RunError::Failed) =
+            self.run_script(&limits, -1, false, None).await
+        {
             let mut local = self.counters.local();
             let now = now_ms();
             for (k, ttl) in keys {
@@ -302,7 +311,11 @@ impl Cluster {
                 ttl_ms: p.ttl_ms,
                 own: 0,
             };
-            if self.run_script(&[limit], p.by, false, None).await.is_none() {
+            // Timed out: taken as added (Redis may still apply it); counting it again could
+            // pass the cap later, leaving it out only lets a few more through.
+            if let Err(RunError::Down | RunError::Failed) =
+                self.run_script(&[limit], p.by, false, None).await
+            {
                 return;
             }
             let mut local = self.counters.local();
@@ -354,7 +367,7 @@ impl Cluster {
         by: i64,
         check: bool,
         progress: Option<&ProgressMove>,
-    ) -> Option<Vec<i64>> {
+    ) -> Result<Vec<i64>, RunError> {
         let script = &self.counters.script;
         let mut inv = script.prepare_invoke();
         for l in limits {
@@ -370,11 +383,15 @@ impl Cluster {
             inv.arg(&m.field).arg(m.today).arg(m.idle_days);
         }
         let out = self
-            .run("counters", |mut c| async move {
+            .try_run("counters", |mut c| async move {
                 inv.invoke_async::<Vec<i64>>(&mut c).await
             })
             .await?;
-        (out.len() == 4 + limits.len()).then_some(out)
+        if out.len() == 4 + limits.len() {
+            Ok(out)
+        } else {
+            Err(RunError::Failed)
+        }
     }
 }
 

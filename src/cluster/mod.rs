@@ -6,6 +6,6 @@ mod conn;
 pub mod counters;
 pub mod settings;
 
-pub use conn::{Cluster, NodeSeen};
+pub use conn::{Cluster, NodeSeen, RunError};
 pub use counters::{Limit, ProgressMove, Refused, Taken};
 pub use settings::Settings;

@@ -231,3 +231,35 @@ impl Pools {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn farm_max_per_hour_without_a_cluster_caps_this_relays_ips_together() {
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[[provider]]\nname = \"alpha\"\nmx_suffixes = [\"alpha.test\"]\nfarm_max_per_hour = 3\n";
+        let p = Arc::new(Pools::from_config(
+            &Config::parse(Path::new("t.toml"), text).unwrap(),
+        ));
+        let mut from = Vec::new();
+        for _ in 0..3 {
+            match p.pick(Some("a"), "alpha", false, &[]) {
+                Selection::Picked(pk) => from.push(pk.source.label()),
+                _ => panic!("room for three"),
+            }
+        }
+        assert!(from.contains(&"127.0.0.10".into()) && from.contains(&"127.0.0.11".into()));
+        let Selection::Held(h) = p.pick(Some("a"), "alpha", false, &[]) else {
+            panic!("the fourth is held");
+        };
+        assert!(h.text.contains("farm_max_per_hour"), "{}", h.text);
+        assert!(matches!(
+            p.pick(Some("a"), "other", false, &[]),
+            Selection::Picked(_)
+        ));
+    }
+}
