@@ -355,7 +355,7 @@ impl Cluster {
             self.counters.local().moves.remove(field);
         }
         tracing::info!(
-            messages = added,
+            increments = added,
             warmup_moves = moves.len(),
             "cluster: counts made while Redis was down added to the farm's"
         );
