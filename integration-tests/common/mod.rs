@@ -64,7 +64,7 @@
 //!   mx.beta.test (127.0.0.21), one sink on both; `Bench::config()` delivers there with the
 //!   admin API and providers alpha and beta.
 //! - `RedisServer::start(dir)` (`redis.rs`): a private redis-server on a free loopback port for
-//!   `[cluster]` tests; `url()`, `kill()`, `restart()`, `query(&["GET", k])`, `keys(pattern)`.
+//!   `[cluster]` tests; `url()`, `kill()`, `restart()`, `pause()`/`resume()`, `query(&["GET", k])`, `keys(pattern)`.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 

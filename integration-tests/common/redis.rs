@@ -6,6 +6,7 @@
 //! let mut redis = RedisServer::start(&dir);          // or start_with_password(&dir, "pw")
 //! let url = redis.url();                             // redis://[:pw@]127.0.0.1:PORT/0
 //! redis.kill();                                      // SIGKILL (an outage)
+//! redis.pause(); redis.resume();                     // SIGSTOP/SIGCONT (a hung server)
 //! redis.restart();                                   // same port, empty data
 //! let v: Option<String> = redis.query(&["GET", "k"]);
 //! ```
@@ -15,7 +16,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_port, wait_until};
+use super::net::wait_until;
+
+/// A free port below the kernel's ephemeral range (32768+), where `free_port()` picks the
+/// relays' ports: a Redis that keeps its port for the whole test never takes a port a relay of
+/// a test running beside it has chosen but not yet bound.
+fn redis_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1000) as u16 * 10;
+    for _ in 0..12_000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for redis-server in 20000-31999");
+}
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -54,7 +71,7 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut r = RedisServer {
             child: None,
-            port: free_port(),
+            port: redis_port(),
             password,
             dir,
         };
@@ -115,9 +132,31 @@ impl RedisServer {
     /// A crash: SIGKILL, and waits for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid (a stopped one dies on SIGKILL too).
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// A hung server: SIGSTOP (connections stay open, nothing answers).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`: it answers again, with its data.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(pid as libc::pid_t, sig) },
+            0,
+            "kill {sig}"
+        );
     }
 
     /// Starts again on the same port (empty: nothing is saved).

@@ -25,6 +25,17 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node not heard from for this long is gone (the key's expiry).
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 
+/// Why a Redis call gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunError {
+    /// Down already: nothing was sent.
+    Down,
+    /// Redis answered with an error, or the connection broke: not applied.
+    Failed,
+    /// No answer in time: Redis may still apply it once it answers again.
+    TimedOut,
+}
+
 /// One node's heartbeat as last read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSeen {
@@ -45,6 +56,7 @@ pub struct Cluster {
     up: watch::Sender<bool>,
     ips: Mutex<Vec<IpAddr>>,
     nodes: Mutex<Vec<NodeSeen>>,
+    pub(super) counters: super::counters::Counters,
 }
 
 fn now_ms() -> u64 {
@@ -67,6 +79,7 @@ impl Cluster {
             up: watch::channel(false).0,
             ips: Mutex::new(ips),
             nodes: Mutex::new(Vec::new()),
+            counters: Default::default(),
         });
         tracing::info!(redis = %cluster.redis_shown, node = %cluster.node, "cluster: joining the farm");
         if !cluster.beat().await {
@@ -138,7 +151,8 @@ impl Cluster {
         self.set_up(false, Some((what, error.to_string())));
     }
 
-    fn set_up(&self, up: bool, why: Option<(&str, String)>) {
+    /// Returns true when Redis has just come back.
+    fn set_up(&self, up: bool, why: Option<(&str, String)>) -> bool {
         let was = self.up.send_replace(up);
         if was && !up {
             let (what, error) = why.unwrap_or_default();
@@ -146,6 +160,7 @@ impl Cluster {
         } else if !was && up {
             tracing::info!(redis = %self.redis_shown, nodes = self.nodes().len(), "cluster: Redis up; shared counters in force");
         }
+        !was && up
     }
 
     /// Runs `f` on the connection within the timeout; `None` (and down) on any failure.
@@ -154,16 +169,25 @@ impl Cluster {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.conn()?;
+        self.try_run(what, f).await.ok()
+    }
+
+    /// `run`, telling why it failed: a request that timed out may still reach Redis later.
+    pub async fn try_run<T, F, Fut>(&self, what: &str, f: F) -> Result<T, RunError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().ok_or(RunError::Down)?;
         match tokio::time::timeout(self.timeout, f(conn)).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.failed(what, &e);
-                None
+                Err(RunError::Failed)
             }
             Err(_) => {
                 self.failed(what, &"timed out");
-                None
+                Err(RunError::TimedOut)
             }
         }
     }
@@ -238,7 +262,9 @@ impl Cluster {
                     .collect();
                 seen.sort_by(|a, b| a.name.cmp(&b.name));
                 *self.nodes.lock().expect("cluster nodes") = seen;
-                self.set_up(true, None);
+                if self.set_up(true, None) {
+                    self.reconcile().await;
+                }
                 true
             }
             Ok(Err(e)) => {

@@ -137,7 +137,7 @@ pub(crate) fn build(
     };
     Ok(Inbound {
         guard,
-        cap: limits::DailyCap::new(config.limits.per_user_daily),
+        cap: limits::DailyCap::new(config.limits.per_user_daily, cluster.clone()),
         cluster,
         anvil,
         slots,

@@ -198,6 +198,13 @@ impl Conf {
         let probation = inner.probation_of(ip.address, provider, now / 1000);
         let caps = self.caps(ip, provider, counters, probation, now);
         let active = inner.active.get(&key).copied().unwrap_or(0);
+        let farm_max = self
+            .providers
+            .get(provider)
+            .map_or(0, |p| p.farm_max_per_hour);
+        if let Some(full) = inner.farm_hour_full(farm_max, provider, &self.clock, now) {
+            return Err(full);
+        }
         counters
             .cloned()
             .unwrap_or_default()
@@ -259,7 +266,8 @@ impl Pools {
     }
 
     /// Shares counters and state with the farm from now on (once, at start).
-    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+    pub fn set_cluster(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>) {
+        self.watch_cluster(&cluster);
         let _ = self.cluster.set(cluster);
     }
 
