@@ -435,6 +435,11 @@ fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
         json!({"reason": "old"}),
     );
     assert!(wait_until(WAIT, || drained(n_b.admin, "127.0.0.11")));
+    submit(&a.relay, &["permfail@b.test".to_string()]);
+    assert!(wait_until(WAIT, || suppressed(
+        n_b.admin,
+        "permfail@b.test"
+    )));
 
     redis.kill();
     for n in [&a, &n_b] {
@@ -445,6 +450,14 @@ fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
         );
     }
     // While it is down each node still changes its holds and suppressions, locally.
+    submit(&a.relay, &["permfail@a.test".to_string()]);
+    assert!(wait_until(WAIT, || suppressed(a.admin, "permfail@a.test")));
+    post(
+        n_b.admin,
+        "/api/suppressions/remove",
+        json!({"address": "permfail@b.test"}),
+    );
+    assert!(!suppressed(n_b.admin, "permfail@b.test"));
     post(
         a.admin,
         "/api/pool/127.0.0.10/drain",
@@ -476,6 +489,14 @@ fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
     assert!(drained(a.admin, "127.0.0.10") && !drained(n_b.admin, "127.0.0.11"));
     let h = hold_of(n_b.admin, "127.0.0.10", "all", "operator").unwrap();
     assert_eq!(h["reason"], "during the outage", "{h}");
+    // The same for suppressions: b's removal and a's addition reach the other.
+    assert!(
+        wait_until(WAIT, || !suppressed(a.admin, "permfail@b.test")
+            && suppressed(n_b.admin, "permfail@a.test")),
+        "a: {}\nb: {}",
+        get(a.admin, "/api/suppressions"),
+        get(n_b.admin, "/api/suppressions")
+    );
     // Redis has both records again: the drain, and 11's release (a tombstone).
     let holds: Vec<String> = redis.query(&["HKEYS", "farm:holds"]);
     assert!(
