@@ -124,12 +124,16 @@ async fn push_loop(cluster: Arc<Cluster>, mut rx: UnboundedReceiver<Event>) {
 async fn subscribe_loop(cluster: Arc<Cluster>, shared: Shared, resync: Arc<Notify>) {
     let mut logged = false;
     loop {
-        let subscribed = async {
+        let subscribe = async {
             let mut pubsub = cluster.client().get_async_pubsub().await?;
             pubsub.subscribe(channel(&cluster)).await?;
             redis::RedisResult::Ok(pubsub)
-        }
-        .await;
+        };
+        // A hung Redis must not hold this loop: try again after a while.
+        let subscribed = tokio::time::timeout(cluster.timeout() * 4, subscribe)
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         let pubsub = match subscribed {
             Ok(p) => p,
             Err(e) => {
