@@ -201,5 +201,15 @@ mod tests {
         .unwrap();
         let keys: Vec<&str> = s.problems().iter().map(|p| p.0).collect();
         assert_eq!(keys, ["node", "prefix", "redis_timeout"]);
+        let s: Settings =
+            toml::from_str("redis = \"redis://h:1\"\nca_file = \"/nonexistent/ca.pem\"").unwrap();
+        assert!(
+            s.problems()[0].1.contains("not found"),
+            "{:?}",
+            s.problems()
+        );
+        let s: Settings =
+            toml::from_str("redis = \"redis://h:1\"\nca_file = \"Cargo.toml\"").unwrap();
+        assert_eq!(s.problems()[0].1, "needs a rediss:// (TLS) URL");
     }
 }
