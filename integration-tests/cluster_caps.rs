@@ -67,6 +67,49 @@ fn nodes_beat_and_outages_are_logged_once_without_the_password() {
     assert!(log.contains(":***@127.0.0.1"), "{log}");
 }
 
+/// `rediss://` with `ca_file`: the heartbeat and the counters go over TLS.
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn redis_over_tls_with_a_private_ca() {
+    let dir = tempdir("cluster-tls");
+    let certs = make_certs(&dir, &["redis.test"]);
+    let redis = RedisServer::start_tls(&dir, &certs);
+    assert!(redis.url().starts_with("rediss://"));
+    let b = bench(None);
+    let cfg = b
+        .config()
+        .pool("default", &[PoolIp::new(10, "out10.test")])
+        .section(&format!(
+            "{}ca_file = \"{}\"\n",
+            cluster_section(&redis, "tls-node"),
+            certs.ca.display()
+        ));
+    let relay = Relay::start(&node_dir(&dir, "a"), &cfg.to_toml());
+    assert!(
+        wait_until(WAIT, || redis.keys("farm:node:*") == ["farm:node:tls-node"]),
+        "{}",
+        relay.log()
+    );
+    send_one_by_one(&relay, &b.sink, "a.test", "tls", 2);
+    assert!(wait_until(WAIT, || day_count(
+        &redis,
+        "127.0.0.10",
+        "alpha"
+    ) == 2));
+    // Without the CA the certificate is not trusted: the relay starts down, and says so.
+    let bad = b
+        .config()
+        .pool("default", &[PoolIp::new(10, "out10.test")])
+        .section(&cluster_section(&redis, "untrusting"));
+    let untrusting = Relay::start(&node_dir(&dir, "b"), &bad.to_toml());
+    assert!(
+        untrusting.wait_for_log("Redis unreachable at start", WAIT),
+        "{}",
+        untrusting.log()
+    );
+    assert!(redis.keys("farm:node:untrusting").is_empty());
+}
+
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn a_relay_starts_and_accepts_while_redis_is_unreachable() {

@@ -38,6 +38,9 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     password: Option<String>,
+    /// TLS on `port` with these certificate and key files; a plain port beside it for the
+    /// test's own queries.
+    tls: Option<(PathBuf, PathBuf, u16)>,
     dir: PathBuf,
 }
 
@@ -66,13 +69,33 @@ impl RedisServer {
         Self::launch(dir, Some(password.to_string()))
     }
 
+    /// TLS only on its port, with `certs` (from `make_certs`, valid for 127.0.0.1); clients
+    /// need no certificate.
+    pub fn start_tls(dir: &Path, certs: &super::certs::Certs) -> RedisServer {
+        let plain = redis_port();
+        Self::launch_with(
+            dir,
+            None,
+            Some((certs.cert.clone(), certs.key.clone(), plain)),
+        )
+    }
+
     fn launch(dir: &Path, password: Option<String>) -> RedisServer {
+        Self::launch_with(dir, password, None)
+    }
+
+    fn launch_with(
+        dir: &Path,
+        password: Option<String>,
+        tls: Option<(PathBuf, PathBuf, u16)>,
+    ) -> RedisServer {
         let dir = dir.join("redis");
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut r = RedisServer {
             child: None,
             port: redis_port(),
             password,
+            tls,
             dir,
         };
         r.spawn();
@@ -81,9 +104,20 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(binary());
-        cmd.current_dir(&self.dir)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        cmd.current_dir(&self.dir);
+        match &self.tls {
+            Some((cert, key, plain)) => {
+                cmd.args(["--port", &plain.to_string()])
+                    .args(["--tls-port", &self.port.to_string()])
+                    .args(["--tls-cert-file", &cert.display().to_string()])
+                    .args(["--tls-key-file", &key.display().to_string()])
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.display().to_string()])
             .args(["--logfile", "redis.log"]);
@@ -113,11 +147,16 @@ impl RedisServer {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
-    /// The URL for `[cluster] redis` (with the password, if any).
+    /// The URL for `[cluster] redis` (with the password, if any; `rediss://` with TLS).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("{scheme}://127.0.0.1:{}/0", self.port),
         }
     }
 
@@ -172,7 +211,12 @@ impl RedisServer {
     }
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
+        let port = self.tls.as_ref().map_or(self.port, |t| t.2);
+        let url = match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{port}/0"),
+            None => format!("redis://127.0.0.1:{port}/0"),
+        };
+        let client = redis::Client::open(url)?;
         let conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(conn)

@@ -59,6 +59,31 @@ pub struct Cluster {
     pub(super) counters: super::counters::Counters,
 }
 
+/// The client for the URL, with `ca_file` as its only trust anchor when set.
+fn client(settings: &Settings) -> redis::Client {
+    let url = settings.redis.secret();
+    if let Some(ca) = &settings.ca_file {
+        match std::fs::read(ca) {
+            Ok(pem) => {
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                match redis::Client::build_with_tls(url, certs) {
+                    Ok(c) => return c,
+                    Err(e) => {
+                        tracing::error!(ca_file = %ca.display(), error = %e, "cluster: bad ca_file; using the system roots")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(ca_file = %ca.display(), error = %e, "cluster: cannot read ca_file; using the system roots")
+            }
+        }
+    }
+    redis::Client::open(url).expect("URL checked by the config")
+}
+
 fn now_ms() -> u64 {
     crate::pool::warmup::Clock::now_ms()
 }
@@ -67,8 +92,7 @@ impl Cluster {
     /// Connects (or starts down) and spawns the heartbeat; never fails.
     pub async fn start(settings: &Settings, ips: Vec<IpAddr>) -> Arc<Cluster> {
         crate::tls::install_crypto_provider();
-        let client =
-            redis::Client::open(settings.redis.secret()).expect("URL checked by the config");
+        let client = client(settings);
         let cluster = Arc::new(Cluster {
             client,
             node: settings.node.clone(),

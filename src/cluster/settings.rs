@@ -2,6 +2,7 @@
 //! every counter in the local state store as before.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,6 +26,9 @@ pub struct Settings {
     /// The longest one Redis round trip may take before the relay uses its local share.
     #[serde(default = "default_redis_timeout")]
     pub redis_timeout: DurationStr,
+    /// With `rediss://`: the CA (PEM) that signed Redis's certificate, instead of the system
+    /// trust roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -72,6 +76,13 @@ impl Settings {
         let t = self.redis_timeout.0;
         if t < Duration::from_millis(10) || t > Duration::from_secs(60) {
             out.push(("redis_timeout", "must be 10ms to 60s".into()));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !ca.is_file() {
+                out.push(("ca_file", format!("file {} not found", ca.display())));
+            } else if !self.redis.is_tls() {
+                out.push(("ca_file", "needs a rediss:// (TLS) URL".into()));
+            }
         }
         let r = self.resync_interval.0;
         if r < Duration::from_secs(1) || r > Duration::from_secs(3600) {
@@ -190,5 +201,15 @@ mod tests {
         .unwrap();
         let keys: Vec<&str> = s.problems().iter().map(|p| p.0).collect();
         assert_eq!(keys, ["node", "prefix", "redis_timeout"]);
+        let s: Settings =
+            toml::from_str("redis = \"redis://h:1\"\nca_file = \"/nonexistent/ca.pem\"").unwrap();
+        assert!(
+            s.problems()[0].1.contains("not found"),
+            "{:?}",
+            s.problems()
+        );
+        let s: Settings =
+            toml::from_str("redis = \"redis://h:1\"\nca_file = \"Cargo.toml\"").unwrap();
+        assert_eq!(s.problems()[0].1, "needs a rediss:// (TLS) URL");
     }
 }
