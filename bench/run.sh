@@ -4,6 +4,8 @@
 #   (b) smtp-source -> stock Postfix relay (fsync) -> smtp-sink
 #   (c) smtp-source -> poolrelay (RSA-2048 DKIM, fsync) -> smtp-sink
 #   (d) smtp-source -> poolrelay (Ed25519 DKIM, fsync) -> smtp-sink
+#   (e) the same as (d) with `[cluster] redis` (issue 19): a private redis-server on loopback
+#       holds the shared counters; not in the default ONLY (`ONLY=de` compares the two)
 # then, on poolrelay: RSS with 1,000 idle sessions, RSS while one 50 MB message arrives, and
 # accept latency (final dot -> 250) at half of the peak accept rate measured in (c).
 #
@@ -33,6 +35,7 @@ for t in smtp-source smtp-sink postfix postconf; do
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 command -v cargo >/dev/null 2>&1 || missing+=(cargo)
+case $ONLY in *e*) command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) ;; esac
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bench/run.sh: missing ${missing[*]}" >&2
     echo "  Debian: echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections" >&2
@@ -58,6 +61,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     [ -n "$PF_ETC" ] && postfix -c "$PF_ETC" stop >/dev/null 2>&1 || true
+    [ -n "${REDIS_PID:-}" ] && kill "$REDIS_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -149,9 +153,21 @@ keys() {
     [ -f "$W/keys/rsa.pem" ] || "$BIN" dkim keygen --domain bench.test --selector rsa --algorithm rsa2048 --out "$W/keys/rsa.pem" >/dev/null 2>&1
     [ -f "$W/keys/ed.pem" ] || "$BIN" dkim keygen --domain bench.test --selector ed --algorithm ed25519 --out "$W/keys/ed.pem" >/dev/null 2>&1
 }
-start_poolrelay() { # $1 = rsa | ed25519
+REDIS_PID=""
+REDIS_PORT=""
+start_redis() { # the farm's Redis for case e: loopback, no persistence
+    [ -n "$REDIS_PID" ] && return 0
+    REDIS_PORT=$(free_port 127.0.0.1)
+    mkdir -p "$W/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$W/redis" --logfile "$W/redis/redis.log" &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_port 127.0.0.1 "$REDIS_PORT"
+}
+start_poolrelay() { # $1 = rsa | ed25519, $2 = cluster (optional: [cluster] redis)
     stop_poolrelay
-    local d=$W/poolrelay-$1 key sel
+    local d=$W/poolrelay-$1${2:+-$2} key sel
     rm -rf "$d"
     mkdir -p "$d"
     if [ "$1" = rsa ]; then key=$W/keys/rsa.pem sel=rsa; else key=$W/keys/ed.pem sel=ed; fi
@@ -195,6 +211,10 @@ EOF
         for ip in $POOL; do
             printf '[[pool.ip]]\naddress = "%s"\nhelo = "out-%s.bench.test"\n' "$ip" "$ip" >>"$d/poolrelay.toml"
         done
+    fi
+    if [ "${2:-}" = cluster ]; then
+        start_redis
+        printf '\n[cluster]\nredis = "redis://127.0.0.1:%s/0"\nnode = "bench"\n' "$REDIS_PORT" >>"$d/poolrelay.toml"
     fi
     PR_DATA=$d/data
     "$BIN" check-config "$d/poolrelay.toml" >/dev/null
@@ -265,6 +285,7 @@ for round in $(seq "$ROUNDS"); do
         b) start_postfix; run_case postfix "127.0.0.1:$PF_PORT" postfix_queued; stop_postfix ;;
         c) start_poolrelay rsa; run_case poolrelay-rsa "127.0.0.1:$PR_PORT" poolrelay_queued; stop_poolrelay ;;
         d) start_poolrelay ed25519; run_case poolrelay-ed25519 "127.0.0.1:$PR_PORT" poolrelay_queued; stop_poolrelay ;;
+        e) start_poolrelay ed25519 cluster; run_case poolrelay-ed25519-redis "127.0.0.1:$PR_PORT" poolrelay_queued; stop_poolrelay ;;
         esac
         r=$RES
         log "round $round case $c: accepted/s delivered/s = $r"
@@ -275,7 +296,7 @@ done
 stop_sink
 
 med() { echo "$1" | tr ' ' '\n' | grep . | median; }
-declare -A NAME=([a]="smtp-source -> smtp-sink (ceiling)" [b]="stock Postfix relay, fsync" [c]="poolrelay, RSA-2048 DKIM, fsync" [d]="poolrelay, Ed25519 DKIM, fsync")
+declare -A NAME=([a]="smtp-source -> smtp-sink (ceiling)" [b]="stock Postfix relay, fsync" [c]="poolrelay, RSA-2048 DKIM, fsync" [d]="poolrelay, Ed25519 DKIM, fsync" [e]="poolrelay, Ed25519 DKIM, fsync, [cluster] redis")
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r), $(df -T "$W" | awk 'NR==2{print $2}') disk"
 echo "command: N=$N S=$S SIZE=$SIZE ROUNDS=$ROUNDS bench/run.sh   ($(date -u '+%Y-%m-%d %H:%M UTC'))"
@@ -288,6 +309,7 @@ done
 ratio() { [ -n "${DEL[$1]:-}" ] && [ -n "${DEL[$2]:-}" ] && calc "round($(med "${DEL[$1]}")/$(med "${DEL[$2]}"),2)" || echo "-"; }
 echo
 echo "ratios (delivered end to end): poolrelay RSA / Postfix = $(ratio c b)x (target >= 4); poolrelay Ed25519 / direct = $(ratio d a) (target >= 0.40); poolrelay RSA / direct = $(ratio c a)"
+case $ONLY in *e*) echo "with [cluster] redis / without (Ed25519) = $(ratio e d) (target >= 0.90)" ;; esac
 
 [ "$EXTRA" = 1 ] || exit 0
 

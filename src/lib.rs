@@ -4,6 +4,7 @@
 //! inbound → spool → signing → routing → pool → delivery → outcome (→ reputation).
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod doctor;

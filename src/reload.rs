@@ -88,6 +88,7 @@ const RESTART_KEYS: &[&str] = &[
     "reputation.dnsbl, check_interval",
     "doctor",
     "shutdown_grace",
+    "cluster",
 ];
 
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
@@ -106,6 +107,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             &c.reputation.spamhaus_dqs_key,
         ))
     };
+    // The URL in full: its Debug form hides the password.
+    let cluster = |c: &Config| {
+        c.cluster
+            .as_ref()
+            .map(|s| format!("{s:?} {}", s.redis.secret()))
+    };
     let changed = [
         old.data_dir != new.data_dir,
         dbg(&old.admin) != dbg(&new.admin),
@@ -114,6 +121,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         dnsbl(old) != dnsbl(new),
         dbg(&old.doctor) != dbg(&new.doctor),
         old.shutdown_grace != new.shutdown_grace,
+        cluster(old) != cluster(new),
     ];
     RESTART_KEYS
         .iter()
@@ -283,6 +291,10 @@ mod tests {
             restart_needed(&old, &parse("shutdown_grace = \"5s\"")),
             ["shutdown_grace"]
         );
+        let redis = parse("[cluster]\nredis = \"redis://:a@h:1\"");
+        assert_eq!(restart_needed(&old, &redis), ["cluster"]);
+        let password = parse("[cluster]\nredis = \"redis://:b@h:1\"");
+        assert_eq!(restart_needed(&redis, &password), ["cluster"]);
         // Applied by the reload: no restart.
         let mut new = parse("");
         new.delivery.port = 2526;

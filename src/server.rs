@@ -58,6 +58,13 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     );
 
     let pools = Arc::new(crate::pool::Pools::new(&config, Some(state.clone()))?);
+    let cluster = match &config.cluster {
+        Some(settings) => Some(crate::cluster::Cluster::start(settings, pools.ips()).await),
+        None => None,
+    };
+    if let Some(c) = &cluster {
+        pools.set_cluster(c.clone());
+    }
     {
         // Counters reach the store once a second (a crash loses at most that much).
         let pools = pools.clone();
@@ -74,9 +81,19 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         &config.data_dir,
     ));
     suppressions.start_flusher();
+    if let (Some(c), Some(settings)) = (&cluster, &config.cluster) {
+        let shared = crate::cluster::sync::Shared {
+            pools: pools.clone(),
+            suppressions: suppressions.clone(),
+        };
+        crate::cluster::sync::start(c.clone(), shared, settings.resync_interval.0);
+    }
     let history = Arc::new(crate::reputation::history::History::new(Some(
         state.clone(),
     )));
+    if let Some(c) = &cluster {
+        history.share(c.clone());
+    }
     let reputation = Arc::new(
         crate::reputation::rates::Tracker::new(
             &config.reputation,
@@ -123,7 +140,8 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         control,
     )
     .await?;
-    let listeners = Arc::new(crate::inbound::start(config.clone(), spool, state, signer).await?);
+    let listeners =
+        Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
     tracing::info!(hostname = %config.hostname, "poolrelay ready");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 

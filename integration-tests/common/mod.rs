@@ -64,6 +64,8 @@
 //! - `bench(script)`: a test DNS with `a.test` → mx.alpha.test (127.0.0.20) and `b.test` →
 //!   mx.beta.test (127.0.0.21), one sink on both; `Bench::config()` delivers there with the
 //!   admin API and providers alpha and beta.
+//! - `RedisServer::start(dir)` (`redis.rs`): a private redis-server on a free loopback port for
+//!   `[cluster]` tests; `url()`, `kill()`, `restart()`, `pause()`/`resume()`, `query(&["GET", k])`, `keys(pattern)`.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
@@ -75,9 +77,11 @@ pub mod config;
 pub mod dns;
 pub mod keys;
 pub mod net;
+pub mod redis;
 pub mod relay;
 pub mod sink;
 
+pub use self::redis::RedisServer;
 pub use bench::{Bench, bench};
 pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};

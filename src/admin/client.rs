@@ -128,8 +128,10 @@ fn cell(v: &Value) -> String {
 }
 
 /// `GET /api/pool` as a table: one line per IP × provider (one line for an IP without
-/// traffic yet), with the hold reason last.
+/// traffic yet), with the hold reason last. With `[cluster]`: the farm's nodes first, and the
+/// node each IP is on.
 pub fn format_status(status: &Value) -> String {
+    let farm = status.get("farm").filter(|f| f.is_object());
     let mut rows = vec![
         [
             "POOL", "IP", "STATE", "PROVIDER", "P-STATE", "DAY", "TODAY", "HOUR", "SENT", "DEFER",
@@ -138,6 +140,9 @@ pub fn format_status(status: &Value) -> String {
         .map(String::from)
         .to_vec(),
     ];
+    if farm.is_some() {
+        rows[0].insert(2, "NODE".into());
+    }
     for pool in status["pools"].as_array().into_iter().flatten() {
         for ip in pool["ips"].as_array().into_iter().flatten() {
             let reason = match (&ip["reason"], &ip["evidence"]) {
@@ -146,7 +151,10 @@ pub fn format_status(status: &Value) -> String {
                 }
                 (r, _) => cell(r),
             };
-            let head = [cell(&pool["name"]), cell(&ip["ip"]), cell(&ip["state"])];
+            let mut head = vec![cell(&pool["name"]), cell(&ip["ip"]), cell(&ip["state"])];
+            if farm.is_some() {
+                head.insert(2, cell(&ip["node"]));
+            }
             let providers = ip["providers"].as_object().cloned().unwrap_or_default();
             if providers.is_empty() {
                 let mut row = head.to_vec();
@@ -178,6 +186,41 @@ pub fn format_status(status: &Value) -> String {
             }
         }
     }
+    let mut out = farm.map(format_farm).unwrap_or_default();
+    out.push_str(&table(rows));
+    out
+}
+
+/// The farm's nodes, one line each, before the pool table.
+fn format_farm(farm: &Value) -> String {
+    let now = crate::spool::now_unix();
+    let mut out = format!(
+        "farm: this node {}, redis {}\n",
+        cell(&farm["node"]),
+        if farm["redis_up"] == Value::Bool(true) {
+            "up"
+        } else {
+            "DOWN (holds and suppressions local until it returns)"
+        }
+    );
+    let mut rows = vec![["NODE", "LAST-SEEN", "IPS"].map(String::from).to_vec()];
+    for n in farm["nodes"].as_array().into_iter().flatten() {
+        let ago = now.saturating_sub(n["last_seen"].as_u64().unwrap_or(0));
+        let ips: Vec<String> = n["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(cell)
+            .collect();
+        rows.push(vec![cell(&n["name"]), format!("{ago}s ago"), ips.join(" ")]);
+    }
+    out.push_str(&table(rows));
+    out.push('\n');
+    out
+}
+
+/// Rows as aligned columns.
+fn table(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
@@ -204,6 +247,32 @@ mod tests {
         assert_eq!(at("0.0.0.0:8025"), "127.0.0.1:8025");
         assert_eq!(at("[::]:8025"), "[::1]:8025");
         assert_eq!(at("192.0.2.1:8025"), "192.0.2.1:8025");
+    }
+
+    #[test]
+    fn the_farm_comes_first_and_each_ip_says_its_node() {
+        let v: Value = serde_json::from_str(
+            r#"{"pools":[{"name":"default","ips":[
+              {"ip":"127.0.0.10","state":"drained","reason":"operator","evidence":"","providers":{},"node":"relay-2"}]}],
+              "farm":{"node":"relay-1","redis_up":true,"nodes":[
+                {"name":"relay-1","last_seen":1,"ips":["127.0.0.11"]},
+                {"name":"relay-2","last_seen":1,"ips":["127.0.0.10"]}]}}"#,
+        )
+        .unwrap();
+        let t = format_status(&v);
+        assert!(t.starts_with("farm: this node relay-1, redis up\n"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("relay-2") && l.ends_with("127.0.0.10")),
+            "{t}"
+        );
+        let ip_line = t.lines().find(|l| l.starts_with("default")).unwrap();
+        assert!(ip_line.contains("127.0.0.10  relay-2  drained"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("POOL") && l.contains("IP          NODE")),
+            "{t}"
+        );
     }
 
     #[test]

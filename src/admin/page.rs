@@ -122,6 +122,9 @@ async fn content(State(st): State<AdminState>) -> Response {
         .await
         .unwrap_or_default();
     let mut body = String::new();
+    if let Some(farm) = &view.farm {
+        farm_section(&mut body, farm, now);
+    }
     for pool in &view.pools {
         let _ = write!(body, "<h1>Pool {}</h1>", esc(&pool.name));
         for ip in &pool.ips {
@@ -135,6 +138,30 @@ async fn content(State(st): State<AdminState>) -> Response {
         view.pools.iter().map(|p| p.ips.len()).sum::<usize>(),
     ))
     .into_response()
+}
+
+/// The farm (`[cluster]`): every node last seen and the IPs it sends from.
+fn farm_section(out: &mut String, farm: &crate::cluster::farm::FarmView, now: u64) {
+    let _ = write!(
+        out,
+        "<section class=\"farm\"><h1>Farm</h1><p>This node: {} · Redis {}</p><div class=\"tbl\"><table><tr><th>node</th><th>last seen</th><th>IPs</th></tr>",
+        esc(&farm.node),
+        if farm.redis_up {
+            "up"
+        } else {
+            "down: holds and suppressions are local until it returns"
+        },
+    );
+    for n in &farm.nodes {
+        let _ = write!(
+            out,
+            "<tr class=\"node\" data-node=\"{name}\"><td>{name}</td><td>{ago} s ago</td><td>{ips}</td></tr>",
+            name = esc(&n.name),
+            ago = now.saturating_sub(n.last_seen),
+            ips = esc(&n.ips.join(" ")),
+        );
+    }
+    out.push_str("</table></div></section>");
 }
 
 fn ip_section(
@@ -154,7 +181,7 @@ fn ip_section(
     let _ = write!(
         out,
         "<section class=\"ip\" data-ip=\"{ip_}\" data-state=\"{state}\"><div class=\"head\">\
-         <h2>{ip_}</h2><span class=\"state {state}\">{state}</span><span>{helo} · weight {w}{warm}</span>\
+         <h2>{ip_}</h2><span class=\"state {state}\">{state}</span><span>{helo} · weight {w}{warm}{node}</span>\
          <button data-action=\"{action}\" data-ip=\"{ip_}\">{label}</button></div>",
         ip_ = esc(&ip.ip),
         helo = esc(&ip.helo),
@@ -163,6 +190,11 @@ fn ip_section(
             .warmup
             .as_ref()
             .map(|s| format!(" · warm-up {}", esc(s)))
+            .unwrap_or_default(),
+        node = ip
+            .node
+            .as_ref()
+            .map(|n| format!(" · on {}", esc(n)))
             .unwrap_or_default(),
     );
     for hold in &ip.holds {

@@ -66,6 +66,9 @@ pub struct Config {
     /// finish before sessions get `421 4.3.2` and the relay exits.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: DurationStr,
+    /// Several relays sharing counters and state through Redis (`cluster::Settings`); absent =
+    /// this relay alone, everything in the local state store.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -210,7 +213,7 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             let message = e.message().trim();
             // A bad value: name the key its line sets (the message only describes the value).
@@ -228,6 +231,10 @@ impl Config {
                 },
             }]
         })?;
+        config.cluster = config
+            .cluster
+            .take()
+            .map(|c| c.with_defaults(&config.hostname));
         let mut errors = config.validate(path, text);
         errors.extend(ranges::check(&config, path, text));
         if errors.is_empty() {
@@ -375,6 +382,11 @@ impl Config {
         if l.stress_command_timeout.0 < Duration::from_secs(1) {
             err("stress_command_timeout", "must be at least 1s".into());
         }
+        if let Some(cluster) = &self.cluster {
+            for (key, message) in cluster.problems() {
+                err(key, message);
+            }
+        }
         for p in &self.provider {
             if p.name.trim().is_empty() {
                 err("provider", "provider needs a name".into());
@@ -471,6 +483,29 @@ mod tests {
         }
         let e = parse(&format!("{MIN}[limits]\nclient_sessions = -1\n")).unwrap_err();
         assert_eq!(e[0].line, Some(7), "{}", e[0]);
+    }
+
+    #[test]
+    fn cluster_section_errors_name_file_and_line() {
+        let c = parse(&format!(
+            "{MIN}[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"
+        ))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node, "relay.test", "node defaults to the hostname");
+        let e = parse(&format!(
+            "{MIN}[cluster]\nredis = \"redis://:hunter2@127.0.0.1:notaport\"\n"
+        ))
+        .unwrap_err();
+        let s = e[0].to_string();
+        assert!(s.starts_with("t.toml:7:"), "{s}");
+        assert!(s.contains("bad Redis URL") && !s.contains("hunter2"), "{s}");
+        let e = parse(&format!(
+            "{MIN}[cluster]\nredis = \"redis://h:1\"\nredis_timeout = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e[0].line, Some(8), "{}", e[0]);
+        assert!(parse(MIN).unwrap().cluster.is_none());
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct Provider {
     /// Messages per source IP per hour (a warm-up day / 24); 0 = no limit.
     #[serde(default)]
     pub max_per_hour: u64,
+    /// Messages per hour to this provider from the whole farm (every IP of every relay sharing
+    /// `[cluster]`; this relay's IPs alone without it); 0 = no limit.
+    #[serde(default)]
+    pub farm_max_per_hour: u64,
     /// Messages per connection before it is closed; 0 = no limit.
     #[serde(default)]
     pub max_per_connection: u32,

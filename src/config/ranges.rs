@@ -106,6 +106,13 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
         v.push(("provider", "max_per_hour", p.max_per_hour, 0, TERA));
         v.push((
             "provider",
+            "farm_max_per_hour",
+            p.farm_max_per_hour,
+            0,
+            TERA,
+        ));
+        v.push((
+            "provider",
             "max_per_connection",
             p.max_per_connection.into(),
             0,

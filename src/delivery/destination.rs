@@ -168,7 +168,8 @@ impl Deliverer {
         loop {
             let pick = self
                 .pools
-                .pick(msg.pool.as_deref(), &provider, addr.is_ipv6(), &failed);
+                .pick_shared(msg.pool.as_deref(), &provider, addr.is_ipv6(), &failed)
+                .await;
             let Pick { source, lease } = match pick {
                 Selection::Picked(p) => p,
                 Selection::Exhausted => return Next::Address,

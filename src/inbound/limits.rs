@@ -1,9 +1,15 @@
 //! The per-user daily message cap (`limits.per_user_daily`), kept in the state store so it
 //! survives restarts. A message is counted once, when it is queued: the slot is reserved just
 //! before the spool commit and given back if the commit fails.
+//!
+//! With `[cluster]` the state store keeps this relay's own count and the farm's count is in
+//! Redis (`<prefix>:user:<user>:d:<day>`): a message needs room in both, so 300 a day is 300
+//! across the farm. Redis down: this relay's share of the cap (`cluster::counters::share`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::cluster::{Cluster, Limit};
 use crate::reply::Reply;
 use crate::state::State;
 
@@ -11,7 +17,11 @@ pub struct DailyCap {
     limit: u64,
     /// Last UTC day whose older counters were pruned.
     pruned_day: AtomicU64,
+    cluster: Option<Arc<Cluster>>,
 }
+
+/// A farm key lives two days (the day and the next, for late give-backs).
+const FARM_TTL_MS: u64 = 2 * 86_400_000;
 
 const PREFIX: &str = "daily|";
 
@@ -29,11 +39,17 @@ fn key(day: u64, user: &str) -> String {
 }
 
 impl DailyCap {
-    pub fn new(limit: u64) -> DailyCap {
+    pub fn new(limit: u64, cluster: Option<Arc<Cluster>>) -> DailyCap {
         DailyCap {
             limit,
             pruned_day: AtomicU64::new(0),
+            cluster,
         }
+    }
+
+    /// The farm's counter of `user` on `day`.
+    fn farm_key(cluster: &Cluster, day: u64, user: &str) -> String {
+        cluster.key(&format!("user:{user}:d:{day}"))
     }
 
     fn refusal(&self, user: &str) -> Reply {
@@ -52,7 +68,13 @@ impl DailyCap {
         if self.limit == 0 {
             return Ok(());
         }
-        match state.counter(&key(today(), user)) {
+        let day = today();
+        if let Some(c) = &self.cluster
+            && c.seen_at_cap(&Self::farm_key(c, day, user), self.limit)
+        {
+            return Err(self.refusal(user));
+        }
+        match state.counter(&key(day, user)) {
             Ok(n) if n >= self.limit => Err(self.refusal(user)),
             Ok(_) => Ok(()),
             Err(e) => Err(store_error(e)),
@@ -60,6 +82,8 @@ impl DailyCap {
     }
 
     /// Takes one message from today's allowance; returns the key to give back on failure.
+    /// Blocks (with `[cluster]`, on a Redis round trip bounded by `redis_timeout`): call it
+    /// from a blocking task.
     pub fn reserve(&self, state: &State, user: &str) -> Result<Option<String>, Reply> {
         if self.limit == 0 {
             return Ok(None);
@@ -71,16 +95,47 @@ impl DailyCap {
             tracing::warn!(error = %e, "daily cap: pruning old counters failed");
         }
         let k = key(day, user);
-        match state.add_within(&k, 1, self.limit) {
-            Ok(Some(_)) => Ok(Some(k)),
-            Ok(None) => Err(self.refusal(user)),
-            Err(e) => Err(store_error(e)),
+        let own = match state.add_within(&k, 1, self.limit) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Err(self.refusal(user)),
+            Err(e) => return Err(store_error(e)),
+        };
+        let Some(c) = &self.cluster else {
+            return Ok(Some(k));
+        };
+        let limit = Limit {
+            key: Self::farm_key(c, day, user),
+            cap: Some(self.limit),
+            ttl_ms: FARM_TTL_MS,
+            own: own.saturating_sub(1),
+        };
+        let taken = tokio::runtime::Handle::current().block_on(c.take(&[limit], None));
+        match taken {
+            Ok(_) => Ok(Some(k)),
+            Err(refused) => {
+                if let Err(e) = state.sub(&k, 1) {
+                    tracing::error!(error = %e, "daily cap: could not give back a reserved message");
+                }
+                tracing::debug!(user, ?refused, "daily cap: the farm has no room");
+                Err(self.refusal(user))
+            }
         }
     }
 
+    /// Gives back what `reserve` took (the message was not queued). Blocks like `reserve`.
     pub fn release(&self, state: &State, key: &str) {
         if let Err(e) = state.sub(key, 1) {
             tracing::error!(error = %e, "daily cap: could not give back a reserved message");
         }
+        let Some(c) = &self.cluster else { return };
+        let Some((day, user)) = key
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split_once('|'))
+            .and_then(|(d, u)| Some((d.parse::<u64>().ok()?, u)))
+        else {
+            return;
+        };
+        let farm = [(Self::farm_key(c, day, user), FARM_TTL_MS)];
+        tokio::runtime::Handle::current().block_on(c.give_back(&farm));
     }
 }

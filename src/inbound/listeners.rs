@@ -62,9 +62,10 @@ impl Listeners {
         spool: Arc<Spool>,
         state: Arc<State>,
         signer: Arc<Signer>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Result<Listeners, String> {
         let (stop, stop_rx) = watch::channel(Stop::Running);
-        let ctx = build(config.clone(), spool, state, signer, stop_rx, None)?;
+        let ctx = build(config.clone(), spool, state, signer, stop_rx, None, cluster)?;
         let bound = bind(&config.listen, &[]).await?;
         let max = config.limits.max_sessions.max(1);
         let listeners = Listeners {
@@ -103,6 +104,7 @@ impl Listeners {
             signer,
             self.stop.subscribe(),
             Some(&old),
+            old.cluster.clone(),
         )?;
         let open: Vec<SocketAddr> = self
             .open

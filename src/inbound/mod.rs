@@ -54,6 +54,8 @@ pub(crate) struct Inbound {
     pub stop: tokio::sync::watch::Receiver<Stop>,
     pub anvil: Arc<anvil::Anvil>,
     pub slots: Arc<admission::Slots>,
+    /// The farm's Redis (`[cluster]`): the daily cap counts across relays.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
@@ -65,6 +67,7 @@ pub(crate) fn build(
     signer: Arc<Signer>,
     stop: tokio::sync::watch::Receiver<Stop>,
     prev: Option<&Inbound>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
@@ -130,7 +133,8 @@ pub(crate) fn build(
     };
     Ok(Inbound {
         guard,
-        cap: limits::DailyCap::new(config.limits.per_user_daily),
+        cap: limits::DailyCap::new(config.limits.per_user_daily, cluster.clone()),
+        cluster,
         anvil,
         slots,
         config,
@@ -150,8 +154,9 @@ pub async fn start(
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer).await
+    Listeners::start(config, spool, state, signer, cluster).await
 }
 
 async fn accept_loop(

@@ -16,6 +16,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::pools::{Inner, Pools, now_s};
+use super::warmup::Clock;
+use crate::cluster::events::{Change, Newer, newer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +109,7 @@ impl<'de> Deserialize<'de> for Cause {
 }
 
 /// One record keeping an IP from one scope.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
     pub kind: HoldKind,
     pub scope: String,
@@ -130,6 +132,16 @@ impl Hold {
 
 /// (IP, scope, cause): one hold record.
 pub type HoldKey = (IpAddr, String, Cause);
+
+/// A hold record's change as the farm shares it.
+pub fn hold_change(k: &HoldKey, hold: Option<Hold>) -> Change {
+    Change::Hold {
+        ip: k.0,
+        scope: k.1.clone(),
+        cause: k.2.clone(),
+        hold,
+    }
+}
 
 impl Inner {
     /// Records of `ip` covering `provider` (its own scope and `all`).
@@ -207,8 +219,75 @@ impl Pools {
             .collect()
     }
 
+    /// A change made on another node (an event or a resync): applied when it is later than
+    /// what this node has (the merge rule in `cluster::events`). Returns whether it was.
+    pub fn apply_remote(&self, key: HoldKey, hold: Option<Hold>, at_ms: u64) -> bool {
+        {
+            let mut inner = self.lock();
+            let local = inner
+                .stamps
+                .get(&key)
+                .copied()
+                .or_else(|| inner.holds.get(&key).map(|h| h.since * 1000));
+            if newer(local, Some(at_ms)) != Newer::Remote {
+                return false;
+            }
+            inner.stamps.insert(key.clone(), at_ms);
+            // Already so here (a restart's stamps are the records' `since`, in seconds).
+            if inner.holds.get(&key) == hold.as_ref() {
+                return false;
+            }
+            match &hold {
+                Some(h) => inner.holds.insert(key.clone(), h.clone()),
+                None => inner.holds.remove(&key),
+            };
+            inner.stamps.insert(key.clone(), at_ms);
+        }
+        let (ip, scope, cause) = &key;
+        match &hold {
+            Some(h) => {
+                tracing::info!(source_ip = %ip, scope = %scope, cause = %cause, kind = ?h.kind, reason = %h.reason, until = h.until, "pool IP held (from the farm)")
+            }
+            None => {
+                tracing::info!(source_ip = %ip, scope = %scope, cause = %cause, "pool IP hold ended (from the farm)")
+            }
+        }
+        if let Err(e) = self.store_holds(&[(key, hold)]) {
+            tracing::error!(error = %e, "cannot save a hold from the farm");
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// Every hold record this node knows, removals included, each with its stamp: what a
+    /// resync compares with the farm's.
+    pub fn hold_changes(&self) -> Vec<(Change, u64)> {
+        let inner = self.lock();
+        let mut keys: Vec<&HoldKey> = inner.holds.keys().chain(inner.stamps.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| {
+                let hold = inner.holds.get(k).cloned();
+                let stamp = inner
+                    .stamps
+                    .get(k)
+                    .copied()
+                    .or_else(|| hold.as_ref().map(|h| h.since * 1000))
+                    .unwrap_or(0);
+                (hold_change(k, hold), stamp)
+            })
+            .collect()
+    }
+
+    /// An IP of this node's pools, or (`[cluster]`) of another node's: a farm's operator
+    /// holds any of them from any node.
     fn knows(&self, ip: IpAddr) -> Result<(), String> {
-        if self.ips().contains(&ip) {
+        let on_farm = || {
+            self.cluster()
+                .is_some_and(|c| c.nodes().iter().any(|n| n.ips.contains(&ip)))
+        };
+        if self.ips().contains(&ip) || on_farm() {
             Ok(())
         } else {
             Err(format!("{ip} is not in any pool"))
@@ -222,6 +301,7 @@ impl Pools {
             return Ok(());
         }
         let mut events = Vec::new();
+        let at_ms = Clock::now_ms();
         {
             let mut inner = self.lock();
             for (k, h) in &changes {
@@ -229,12 +309,18 @@ impl Pools {
                     Some(h) => inner.holds.insert(k.clone(), h.clone()),
                     None => inner.holds.remove(k),
                 };
+                // Never behind a stamp from the farm (clocks of nodes differ a little).
+                let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
+                inner.stamps.insert(k.clone(), stamp);
                 events.push((k.0, old, h.clone()));
+                if let Some(outbox) = self.outbox.get() {
+                    outbox.send(hold_change(k, h.clone()), stamp);
+                }
             }
         }
         self.store_holds(&changes)?;
         if let Some(state) = &self.state {
-            crate::reputation::history::hold_events(state, &events);
+            crate::reputation::history::hold_events(state, self.cluster(), &events);
         }
         self.wake.notify_one();
         Ok(())

@@ -6,6 +6,7 @@
 //!
 //! - `pools`: the configured pools, live state behind one lock, caps and checks;
 //! - `select`: the per-message pick and its lease;
+//! - `shared`: the pick's farm counters with `[cluster]`, `farm_max_per_hour`;
 //! - `holds`: drains, quarantines and probation;
 //! - `store`: persistence in the redb store;
 //! - `view`: the operator's view (`GET /api/pool`).
@@ -15,6 +16,7 @@ mod pools;
 pub mod provider;
 pub mod rules;
 mod select;
+mod shared;
 mod store;
 pub mod throttle;
 mod view;

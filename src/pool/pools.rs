@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -15,6 +15,7 @@ use super::provider::Providers;
 use super::rules;
 use super::throttle::{Caps, Counters, Full};
 use super::warmup::{self, Clock};
+use crate::cluster::events::Outbox;
 use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
@@ -56,6 +57,9 @@ pub(super) struct Inner {
     pub counters: HashMap<Key, Counters>,
     pub dirty: HashSet<Key>,
     pub holds: HashMap<HoldKey, Hold>,
+    /// When each hold record last changed (unix millis), removals included: the farm's merge
+    /// rule compares these (`cluster::events`).
+    pub stamps: HashMap<HoldKey, u64>,
     /// Messages in flight per IP × provider.
     pub active: HashMap<Key, u32>,
     /// Smooth weighted round-robin state per pool × provider × family, one weight per IP.
@@ -87,6 +91,10 @@ pub struct Pools {
     inner: Mutex<Inner>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
+    /// Where hold changes go to the farm (`[cluster]`), set once at start.
+    pub(super) outbox: OnceLock<Outbox>,
+    /// The farm's Redis (`[cluster]`), set once at start; `None` = this relay alone.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 pub(super) fn now_s() -> u64 {
@@ -190,6 +198,13 @@ impl Conf {
         let probation = inner.probation_of(ip.address, provider, now / 1000);
         let caps = self.caps(ip, provider, counters, probation, now);
         let active = inner.active.get(&key).copied().unwrap_or(0);
+        let farm_max = self
+            .providers
+            .get(provider)
+            .map_or(0, |p| p.farm_max_per_hour);
+        if let Some(full) = inner.farm_hour_full(farm_max, provider, &self.clock, now) {
+            return Err(full);
+        }
         counters
             .cloned()
             .unwrap_or_default()
@@ -214,6 +229,8 @@ impl Pools {
             state,
             inner: Mutex::new(inner),
             wake: Notify::new(),
+            outbox: OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -236,8 +253,26 @@ impl Pools {
             inner.swrr.clear();
             inner.warned.clear();
         }
+        if let Some(c) = self.cluster() {
+            c.set_ips(new);
+        }
         // Held mail may fit on an added IP or a raised cap.
         self.wake.notify_one();
+    }
+
+    /// Hold changes made here go to the farm from now on.
+    pub fn share_holds(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Shares counters and state with the farm from now on (once, at start).
+    pub fn set_cluster(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>) {
+        self.watch_cluster(&cluster);
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {

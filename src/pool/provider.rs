@@ -46,6 +46,7 @@ impl Providers {
                 mx_suffixes: Vec::new(),
                 max_connections: 0,
                 max_per_hour: 0,
+                farm_max_per_hour: 0,
                 max_per_connection: 0,
                 backoff: None,
             });

@@ -12,6 +12,9 @@
 //!   gets its cap exactly, never more, however many deliveries pick at once.
 //! - Nothing eligible → `Held` with the earliest time capacity may return: delivery holds the
 //!   message without counting an attempt (never a bounce).
+//! - With `[cluster]` (`pick_shared`), the local pick is then taken in the farm's counters too
+//!   (`shared.rs`); a farm refusal marks that IP × provider full until its window ends and the
+//!   pick goes again among the others.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,13 +35,23 @@ pub struct Held {
 /// gives the slot back when nothing was sent from it.
 pub struct Lease {
     pools: Option<Arc<Pools>>,
-    key: Option<Key>,
+    pub(super) key: Option<Key>,
     day: u64,
     hour: u64,
+    /// The farm's counters this message took (`[cluster]`): Redis keys and their lifetimes.
+    pub(super) farm: Vec<(String, u64)>,
 }
 
 impl Lease {
-    pub fn refund(self) {
+    pub fn refund(mut self) {
+        let farm = std::mem::take(&mut self.farm);
+        if let (Some(c), false) = (
+            self.pools.as_ref().and_then(|p| p.cluster()),
+            farm.is_empty(),
+        ) {
+            let c = c.clone();
+            tokio::spawn(async move { c.give_back(&farm).await });
+        }
         if let (Some(p), Some(k)) = (&self.pools, &self.key) {
             let mut inner = p.lock();
             if let Some(c) = inner.counters.get_mut(k) {
@@ -97,6 +110,7 @@ impl Pools {
                     key: None,
                     day: 0,
                     hour: 0,
+                    farm: Vec::new(),
                 };
                 return Selection::Picked(Pick { source, lease });
             }
@@ -194,6 +208,7 @@ impl Pools {
                 key: Some(key),
                 day: conf.clock.day(now),
                 hour: conf.clock.hour(now),
+                farm: Vec::new(),
             },
         })
     }

@@ -393,3 +393,50 @@ fn ip_on_probation_takes_only_a_trickle_until_reinstated() {
         (Some(false), None)
     );
 }
+
+#[test]
+fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
+    p.share_holds(outbox);
+    let a = ip("127.0.0.10");
+    p.drain(a, Scope::All, "maintenance").unwrap();
+    let sent = rx.try_recv().expect("the drain goes to the farm");
+    assert_eq!(sent.node, "here");
+    assert_eq!(sent.change.field(), "127.0.0.10|all|operator");
+    let key = (a, "all".to_string(), Cause::Operator);
+
+    // An older release from another node (made before this drain) loses.
+    assert!(!p.apply_remote(key.clone(), None, sent.at_ms - 1));
+    assert!(pick(&p, "gmail").is_ok_and(|s| s == "127.0.0.11"));
+    // A later one wins: the IP takes mail again; nothing goes back out.
+    assert!(p.apply_remote(key.clone(), None, sent.at_ms + 1));
+    assert_eq!(counts(&p, "gmail", 4)["127.0.0.10"], 2);
+    assert!(rx.try_recv().is_err());
+    // The removal is remembered with its stamp, for the next resync.
+    let known = p.hold_changes();
+    assert_eq!(known.len(), 1, "{known:?}");
+    assert!(known[0].0.is_removal() && known[0].1 == sent.at_ms + 1);
+
+    // A quarantine from the farm of an IP this node does not send from is kept too (it may
+    // move here).
+    let other = ip("192.0.2.99");
+    let q = Hold {
+        kind: HoldKind::Quarantined,
+        scope: "gmail".into(),
+        cause: Cause::BlockReply,
+        reason: "block reply".into(),
+        evidence: "554 5.7.1".into(),
+        since: now_s(),
+        until: Some(now_s() + 3600),
+    };
+    let qkey = (other, "gmail".to_string(), Cause::BlockReply);
+    assert!(p.apply_remote(qkey.clone(), Some(q.clone()), now_s() * 1000 + 5));
+    // The same change twice (event and resync) applies once.
+    assert!(!p.apply_remote(qkey, Some(q), now_s() * 1000 + 5));
+    assert_eq!(p.holds().len(), 1);
+    // A local change after a farm one is stamped later than it, even with a clock behind.
+    p.drain(a, Scope::All, "again").unwrap();
+    let again = rx.try_recv().unwrap();
+    assert!(again.at_ms > sent.at_ms + 1);
+}

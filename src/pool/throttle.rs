@@ -1,5 +1,7 @@
 //! Per IP × provider counters: messages this day and this hour (for warm-up and throttle caps),
-//! the warm-up position, outcome counts and a "slow down" back-off. Persisted as JSON.
+//! the warm-up position, outcome counts and a "slow down" back-off. Persisted as JSON. With
+//! `[cluster]` these counts are this relay's own; the farm's are in Redis, and a refusal from
+//! there (or from the local share while Redis is down) is kept here until its window ends.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,11 @@ pub struct Counters {
     pub backoff_until: u64,
     #[serde(default)]
     pub backoff_reason: String,
+    /// Unix millis until which the farm (`[cluster]`) has no room on this IP × provider.
+    #[serde(skip)]
+    pub farm_full_until: u64,
+    #[serde(skip)]
+    pub farm_full_why: &'static str,
 }
 
 /// The caps that apply to one IP × provider right now (`None` = no cap).
@@ -69,6 +76,12 @@ impl Counters {
             return Err(Full {
                 why: "backing off after a slow-down reply",
                 until: self.backoff_until,
+            });
+        }
+        if self.farm_full_until > now {
+            return Err(Full {
+                why: self.farm_full_why,
+                until: self.farm_full_until,
             });
         }
         if let Some(d) = caps.daily
@@ -152,6 +165,19 @@ mod tests {
         assert!(c.check(&caps, 1, &clock, 12_000).is_err(), "connection cap");
         c.refund(clock.day(t + 100), clock.hour(t + 100));
         assert_eq!(c.used_today(&clock, t + 150), 2);
+    }
+
+    #[test]
+    fn a_farm_refusal_blocks_until_its_window_ends() {
+        let clock = Clock { day_ms: 2400 };
+        let c = Counters {
+            farm_full_until: 300,
+            farm_full_why: "farm hourly cap reached",
+            ..Default::default()
+        };
+        let full = c.check(&Caps::default(), 0, &clock, 250).unwrap_err();
+        assert_eq!((full.why, full.until), ("farm hourly cap reached", 300));
+        assert!(c.check(&Caps::default(), 0, &clock, 300).is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the operator sees of the pools (`GET /api/pool`, `poolrelay pool status`): every IP with
 //! its state, the holds in force, and per provider its warm-up position, caps and counters.
+//! With `[cluster]`, also the farm: every node last seen, and the node each IP is on.
 
 use std::collections::BTreeMap;
 
@@ -8,12 +9,16 @@ use serde::{Deserialize, Serialize};
 use super::holds::{Hold, HoldKind};
 use super::pools::{Conf, Inner, IpConf, Pools};
 use super::warmup::Clock;
+use crate::cluster::farm::FarmView;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolsView {
     pub day_ms: u64,
     pub day: u64,
     pub pools: Vec<PoolView>,
+    /// `[cluster]` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub farm: Option<FarmView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +52,9 @@ pub struct IpView {
     /// Every hold in force, one per cause and scope.
     pub holds: Vec<Hold>,
     pub providers: BTreeMap<String, ProviderView>,
+    /// `[cluster]` only: the node(s) sending from this IP, as their heartbeats say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,8 +81,9 @@ impl Pools {
         let now = Clock::now_ms();
         let conf = self.conf();
         let today = conf.clock.day(now);
+        let farm = self.cluster().map(|c| FarmView::of(c));
         let inner = self.lock();
-        PoolsView {
+        let mut view = PoolsView {
             day_ms: conf.clock.day_ms,
             day: today,
             pools: conf
@@ -89,7 +98,15 @@ impl Pools {
                         .collect(),
                 })
                 .collect(),
+            farm: None,
+        };
+        if let Some(farm) = farm {
+            for ip in view.pools.iter_mut().flat_map(|p| &mut p.ips) {
+                ip.node = farm.node_of(&ip.ip);
+            }
+            view.farm = Some(farm);
         }
+        view
     }
 }
 
@@ -180,5 +197,6 @@ fn ip_view(conf: &Conf, inner: &Inner, ip: &IpConf, now: u64, today: u64) -> IpV
         evidence: first.map(|h| h.evidence),
         holds,
         providers,
+        node: None,
     }
 }

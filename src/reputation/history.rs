@@ -5,13 +5,18 @@
 //! Counts gather in memory and reach the state store with `flush` (every few seconds); events
 //! are written when they happen. Kept `KEEP_DAYS` days; at most `MAX_EVENTS_PER_IP` events per
 //! IP, so the store stays bounded by IPs × providers × hours.
+//!
+//! With `[cluster]` the farm shares it (`cluster::history`): counts and events go to Redis too
+//! (counts not taken while it is down are kept and sent with the next flush), and the view is
+//! the farm's while Redis answers, this node's local copy while it does not.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::Cluster;
 use crate::pool::{Hold, HoldKind, Pools};
 use crate::spool::now_unix;
 use crate::state::State;
@@ -99,6 +104,10 @@ pub struct History {
     pending: Mutex<HashMap<Key, Bucket>>,
     /// Hour of the last pruning.
     pruned: Mutex<u64>,
+    /// The farm (`[cluster]`), set once at start.
+    cluster: OnceLock<Arc<Cluster>>,
+    /// Counts Redis has not taken yet (it was down).
+    unshared: Mutex<HashMap<Key, Bucket>>,
 }
 
 fn hour_key(ip: &str, provider: &str, hour: u64) -> String {
@@ -111,6 +120,42 @@ impl History {
             state,
             pending: Mutex::default(),
             pruned: Mutex::new(0),
+            cluster: OnceLock::new(),
+            unshared: Mutex::default(),
+        }
+    }
+
+    /// Shares counts and events with the farm from now on, and shows the farm's.
+    pub fn share(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Sends the counts not yet in Redis (blocking: called where `flush` is, off the runtime's
+    /// workers). Prunes the farm's old buckets of this node's IPs with `prune_before`.
+    fn share_counts(
+        &self,
+        pending: &HashMap<Key, Bucket>,
+        prune_before: Option<(Vec<IpAddr>, u64)>,
+    ) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let mut unshared = self.unshared.lock().expect("lock");
+        for (k, b) in pending {
+            unshared.entry(k.clone()).or_default().add(b);
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let buckets: Vec<(Key, Bucket)> = unshared
+            .iter()
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
+        if rt.block_on(crate::cluster::history::push_hours(cluster, &buckets)) {
+            unshared.clear();
+        }
+        if let Some((ips, cutoff)) = prune_before {
+            rt.block_on(crate::cluster::history::prune(cluster, &ips, cutoff));
         }
     }
 
@@ -149,6 +194,9 @@ impl History {
             }
         }
         let pending = std::mem::take(&mut *self.pending.lock().expect("lock"));
+        let prune_farm = (*self.pruned.lock().expect("lock") != hour)
+            .then(|| (pools.ips(), now.saturating_sub(KEEP_DAYS * 86_400)));
+        self.share_counts(&pending, prune_farm);
         let records: Vec<(String, String)> = pending
             .into_iter()
             .map(|((ip, provider, h), b)| {
@@ -185,6 +233,21 @@ impl History {
             hours: Vec::new(),
             events: Vec::new(),
         };
+        if let Some(farm) = self.farm_view(ip) {
+            let (hours, events) = farm;
+            view.hours = hours
+                .into_iter()
+                .filter(|(_, hour, _)| hour + HOUR > since)
+                .map(|(provider, hour, bucket)| HourView {
+                    provider,
+                    hour,
+                    bucket,
+                })
+                .collect();
+            view.hours.sort_by_key(|h| h.hour);
+            view.events = parse_events(&events, since);
+            return Ok(view);
+        }
         let Some(state) = &self.state else {
             return Ok(view);
         };
@@ -209,13 +272,28 @@ impl History {
             }
         }
         view.hours.sort_by_key(|h| h.hour);
-        view.events = events
-            .iter()
-            .filter_map(|v| serde_json::from_str::<Event>(v).ok())
-            .filter(|e| e.at >= since)
-            .collect();
+        view.events = parse_events(&events, since);
         Ok(view)
     }
+
+    /// The farm's history of `ip` while Redis answers (blocking, like `view`).
+    #[allow(clippy::type_complexity)]
+    fn farm_view(&self, ip: IpAddr) -> Option<(Vec<(String, u64, Bucket)>, Vec<String>)> {
+        let cluster = self.cluster.get()?;
+        if !cluster.is_up() {
+            return None;
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        rt.block_on(crate::cluster::history::read(cluster, ip))
+    }
+}
+
+fn parse_events(events: &[String], since: u64) -> Vec<Event> {
+    events
+        .iter()
+        .filter_map(|v| serde_json::from_str::<Event>(v).ok())
+        .filter(|e| e.at >= since)
+        .collect()
 }
 
 /// What a hold change means, for the event log: `old` → `new` of one record.
@@ -231,8 +309,13 @@ fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> &'static str 
     }
 }
 
-/// Writes one event per hold change (called by the pool as it changes holds).
-pub fn hold_events(state: &State, changes: &[(IpAddr, Option<Hold>, Option<Hold>)]) {
+/// Writes one event per hold change (called by the pool as it changes holds), to the farm's
+/// history too with `[cluster]` (in the background; lost there, not here, if Redis is down).
+pub fn hold_events(
+    state: &State,
+    cluster: Option<&Arc<Cluster>>,
+    changes: &[(IpAddr, Option<Hold>, Option<Hold>)],
+) {
     let now = now_unix();
     let records: Vec<(String, String)> = changes
         .iter()
@@ -252,6 +335,14 @@ pub fn hold_events(state: &State, changes: &[(IpAddr, Option<Hold>, Option<Hold>
         .collect();
     if let Err(e) = state.history_events(&records) {
         tracing::error!(error = %e, "cannot store pool history events");
+    }
+    if let (Some(c), Ok(rt)) = (cluster, tokio::runtime::Handle::try_current()) {
+        let c = c.clone();
+        let events: Vec<(IpAddr, String)> = records
+            .into_iter()
+            .filter_map(|(ip, json)| Some((ip.parse().ok()?, json)))
+            .collect();
+        rt.spawn(async move { crate::cluster::history::push_events(&c, events).await });
     }
 }
 
@@ -295,8 +386,8 @@ mod tests {
         h.count(ip, "gmail", Count::Sent);
         h.flush(&pools);
         let q = hold(HoldKind::Quarantined, Some(now_unix() + 60));
-        hold_events(&state, &[(ip, None, Some(q.clone()))]);
-        hold_events(&state, &[(ip, Some(q), None)]);
+        hold_events(&state, None, &[(ip, None, Some(q.clone()))]);
+        hold_events(&state, None, &[(ip, Some(q), None)]);
         let v = History::new(Some(state)).view(ip, 0).unwrap();
         assert_eq!(v.hours.len(), 1, "{v:?}");
         assert_eq!((v.hours[0].bucket.sent, v.hours[0].bucket.blocks), (3, 1));

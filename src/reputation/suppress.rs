@@ -4,16 +4,20 @@
 //! (`GET /api/suppressions`, `POST /api/suppressions/remove {"address": …}`) and
 //! `poolrelay suppression list|remove`.
 //!
-//! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed).
+//! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed). With
+//! `[cluster]`, additions and removals go to the farm too (`cluster::sync`), and the farm's are
+//! applied here by the merge rule of `cluster::events` (the later change wins).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::events::{Change, Newer, Outbox, newer};
+use crate::pool::warmup::Clock;
 use crate::spool::now_unix;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -34,6 +38,11 @@ pub struct Suppressions {
     /// stale list must not rewrite the file per bounce on the delivery path).
     batched: AtomicBool,
     dirty: AtomicBool,
+    /// When each address's suppression last changed (unix millis), removals included; locked
+    /// after `map`.
+    stamps: Mutex<HashMap<String, u64>>,
+    /// Where changes go to the farm (`[cluster]`), set once at start.
+    outbox: OnceLock<Outbox>,
 }
 
 impl Suppressions {
@@ -49,7 +58,90 @@ impl Suppressions {
             save_lock: Mutex::new(()),
             batched: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            stamps: Mutex::default(),
+            outbox: OnceLock::new(),
         }
+    }
+
+    /// Additions and removals made here go to the farm from now on.
+    pub fn share(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Stamps a change made here and hands it to the farm (called under the `map` lock).
+    fn changed(&self, address: &str, entry: Option<Entry>) {
+        let mut stamps = self.stamps.lock().expect("lock");
+        let now = Clock::now_ms();
+        let stamp = stamps.get(address).map_or(now, |s| now.max(s + 1));
+        stamps.insert(address.to_string(), stamp);
+        if let Some(outbox) = self.outbox.get() {
+            let address = address.to_string();
+            outbox.send(Change::Suppression { address, entry }, stamp);
+        }
+    }
+
+    /// A change made on another node: applied when later than this node's (the merge rule).
+    /// Returns whether it was.
+    pub fn apply_remote(&self, address: &str, entry: Option<Entry>, at_ms: u64) -> bool {
+        let address = address.to_ascii_lowercase();
+        if entry.as_ref().is_some_and(|e| e.until <= now_unix()) {
+            // Over already: nothing to apply.
+            return false;
+        }
+        {
+            let mut map = self.map.lock().expect("lock");
+            let mut stamps = self.stamps.lock().expect("lock");
+            let local = stamps
+                .get(&address)
+                .copied()
+                .or_else(|| map.get(&address).map(|e| e.since * 1000));
+            if newer(local, Some(at_ms)) != Newer::Remote {
+                return false;
+            }
+            stamps.insert(address.clone(), at_ms);
+            match &entry {
+                Some(e) => {
+                    tracing::info!(recipient = %address, reason = %e.reason, until = e.until, "recipient suppressed (from the farm)");
+                    map.insert(address, e.clone());
+                }
+                None => {
+                    tracing::info!(recipient = %address, "suppression removed (from the farm)");
+                    map.remove(&address);
+                }
+            }
+        }
+        if self.batched.load(Ordering::Relaxed) {
+            self.dirty.store(true, Ordering::Relaxed);
+        } else {
+            self.save();
+        }
+        true
+    }
+
+    /// Every suppression this node knows, removals included, each with its stamp: what a
+    /// resync compares with the farm's.
+    pub fn changes(&self) -> Vec<(Change, u64)> {
+        let map = self.map.lock().expect("lock");
+        let stamps = self.stamps.lock().expect("lock");
+        let mut addresses: Vec<&String> = map.keys().chain(stamps.keys()).collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+            .into_iter()
+            .map(|a| {
+                let entry = map.get(a).cloned();
+                let stamp = stamps
+                    .get(a)
+                    .copied()
+                    .or_else(|| entry.as_ref().map(|e| e.since * 1000))
+                    .unwrap_or(0);
+                let change = Change::Suppression {
+                    address: a.clone(),
+                    entry,
+                };
+                (change, stamp)
+            })
+            .collect()
     }
 
     pub fn add(&self, address: &str, reason: &str, for_secs: u64) {
@@ -59,10 +151,12 @@ impl Suppressions {
             since: now,
             until: now + for_secs,
         };
-        self.map
-            .lock()
-            .expect("lock")
-            .insert(address.to_ascii_lowercase(), entry.clone());
+        {
+            let address = address.to_ascii_lowercase();
+            let mut map = self.map.lock().expect("lock");
+            map.insert(address.clone(), entry.clone());
+            self.changed(&address, Some(entry.clone()));
+        }
         tracing::warn!(recipient = %address, reason, until = entry.until, "recipient suppressed");
         if self.batched.load(Ordering::Relaxed) {
             self.dirty.store(true, Ordering::Relaxed);
@@ -107,12 +201,15 @@ impl Suppressions {
     }
 
     pub fn remove(&self, address: &str) -> bool {
-        let removed = self
-            .map
-            .lock()
-            .expect("lock")
-            .remove(&address.to_ascii_lowercase())
-            .is_some();
+        let removed = {
+            let address = address.to_ascii_lowercase();
+            let mut map = self.map.lock().expect("lock");
+            let removed = map.remove(&address).is_some();
+            if removed {
+                self.changed(&address, None);
+            }
+            removed
+        };
         if removed {
             tracing::info!(recipient = %address, "suppression removed");
             self.save();
@@ -135,6 +232,13 @@ impl Suppressions {
             let mut map = self.map.lock().expect("lock");
             let now = now_unix();
             map.retain(|_, e| e.until > now);
+            // Stamps of what is gone are kept only as long as the farm keeps removals.
+            let keep_ms = crate::cluster::events::TOMBSTONE_KEEP_MS;
+            let now_ms = Clock::now_ms();
+            self.stamps
+                .lock()
+                .expect("lock")
+                .retain(|a, at| map.contains_key(a) || *at + keep_ms > now_ms);
             map.clone()
         };
         let tmp = self.path.with_extension("json.tmp");
@@ -151,5 +255,47 @@ impl Suppressions {
         if let Err(e) = write() {
             tracing::error!(path = %self.path.display(), error = %e, "cannot save suppressions");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn farm_suppressions_apply_by_the_later_stamp() {
+        let dir = std::env::temp_dir().join(format!(
+            "poolrelay-suppress-{}",
+            crate::spool::Spool::new_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Suppressions::open(&dir);
+        let (outbox, mut rx) = Outbox::new("here");
+        s.share(outbox);
+        s.add("Bad@Example.com", "550 5.1.1 no such user", 3600);
+        let added = rx.try_recv().unwrap();
+        assert_eq!(added.change.field(), "bad@example.com");
+        // Removed elsewhere before it was added here: stays.
+        assert!(!s.apply_remote("bad@example.com", None, added.at_ms - 1));
+        assert!(s.get("bad@example.com").is_some());
+        // Removed elsewhere later: gone, and the file says so.
+        assert!(s.apply_remote("BAD@example.com", None, added.at_ms + 1));
+        assert!(s.get("bad@example.com").is_none());
+        assert!(
+            !std::fs::read_to_string(dir.join("suppressions.json"))
+                .unwrap()
+                .contains("bad@example.com")
+        );
+        // Added elsewhere: in force here, without going back out.
+        let entry = Entry {
+            reason: "550 5.1.1".into(),
+            since: now_unix(),
+            until: now_unix() + 60,
+        };
+        assert!(s.apply_remote("new@example.com", Some(entry), Clock::now_ms()));
+        assert!(s.get("new@example.com").is_some());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(s.changes().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,517 @@
+//! Several relays, one farm (issue 19): holds, suppressions and history that propagate through a
+//! real `redis-server` (started by each test on a free loopback port, never a system one), the
+//! farm view, an IP moved between nodes, Redis killed and restarted. Redis is an installed tool,
+//! so every test here is `#[ignore]`d (run by .ci/run) and fails when `redis-server` is missing.
+//! Source IPs 127.0.0.10–12; `a.test` → mx.alpha.test (127.0.0.20, provider alpha), `b.test` →
+//! mx.beta.test (127.0.0.21, provider beta).
+//!
+//! Propagation is asserted within 1 s plus `MARGIN`: the time is measured by polling each
+//! node's admin API (one HTTP request per node and poll, on a loaded 2-core machine), which
+//! adds its own delay to what the relays take.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::admin::{self, get, hold, hold_of, http, ip_entry, pool_status};
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PROPAGATION: Duration = Duration::from_secs(1);
+/// What polling the admin APIs adds to the measurement (see the file's comment).
+const MARGIN: Duration = Duration::from_secs(1);
+const BIN: &str = env!("CARGO_BIN_EXE_poolrelay");
+
+fn node_dir(dir: &Path, node: &str) -> PathBuf {
+    let d = dir.join(node);
+    std::fs::create_dir_all(&d).expect("node dir");
+    d
+}
+
+/// One node's config without its pool (`with_pool` adds it): the same ports on reload.
+fn node_config(b: &Bench, redis: &RedisServer, node: &str) -> RelayConfig {
+    b.config()
+        .delivery("idle_timeout", "\"0s\"")
+        .section(&format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[reputation]\nsuppress_for = \"1h\"\n",
+            redis.url()
+        ))
+}
+
+fn with_pool(cfg: &RelayConfig, ips: &[u8]) -> RelayConfig {
+    let ips: Vec<PoolIp> = ips
+        .iter()
+        .map(|n| PoolIp::new(*n, &format!("out{n}.test")))
+        .collect();
+    cfg.clone().pool("default", &ips)
+}
+
+struct Node {
+    relay: Relay,
+    admin: SocketAddr,
+    base: RelayConfig,
+}
+
+fn start_node(dir: &Path, b: &Bench, redis: &RedisServer, name: &str, ips: &[u8]) -> Node {
+    let base = node_config(b, redis, name);
+    let (relay, admin) = admin::start(&node_dir(dir, name), &with_pool(&base, ips), WAIT);
+    Node { relay, admin, base }
+}
+
+/// Waits until every node sees all of them and listens to the farm's changes.
+fn wait_for_farm(nodes: &[&Node]) {
+    for n in nodes {
+        assert!(
+            n.relay
+                .wait_for_log("cluster: subscribed to the farm's changes", WAIT),
+            "{}",
+            n.relay.log()
+        );
+        assert!(
+            wait_until(WAIT, || pool_status(n.admin)["farm"]["nodes"]
+                .as_array()
+                .is_some_and(|a| a.len() == nodes.len())),
+            "{}",
+            pool_status(n.admin)
+        );
+    }
+}
+
+fn post(admin: SocketAddr, path: &str, body: Value) -> Value {
+    let (code, v) = http(admin, "POST", path, Some(body));
+    assert_eq!(code, 200, "POST {path}: {v}");
+    v
+}
+
+/// Polls `cond` until it holds; returns how long that took (panics after `WAIT`).
+fn time_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    assert!(wait_until(WAIT, &mut cond), "never: {what}");
+    t.elapsed()
+}
+
+fn assert_quick(what: &str, took: Duration) {
+    eprintln!("propagation: {what}: {took:?}");
+    assert!(
+        took <= PROPAGATION + MARGIN,
+        "{what} took {took:?} (> {PROPAGATION:?} + {MARGIN:?})"
+    );
+}
+
+fn submit(relay: &Relay, rcpts: &[String]) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    for (i, r) in rcpts.iter().enumerate() {
+        let body = format!("From: <s@c.test>\r\nSubject: m{i}\r\n\r\nHello.\r\n");
+        let reply = c.send_mail("s@c.test", &[r.as_str()], body.as_bytes());
+        assert_eq!(reply.code, 250, "submit {r}: {reply}");
+    }
+    c.quit();
+}
+
+fn rcpts(prefix: &str, domain: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
+}
+
+/// Messages the sink got at alpha's MX from 127.0.0.`src` (DSNs to c.test excluded).
+fn to_alpha_from(sink: &Sink, src: u8) -> usize {
+    sink.messages()
+        .iter()
+        .filter(|m| m.peer == lo(src) && m.local.ip() == lo(20))
+        .count()
+}
+
+/// A DNSBL refusal in the greeting to 127.0.0.10 at alpha's MX.
+fn greeting_block_10_at_alpha(s: &Step) -> Option<String> {
+    (matches!(s.stage, Stage::Connect) && s.peer == lo(10) && s.local.ip() == lo(20)).then(|| {
+        "554 5.7.1 Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org"
+            .to_string()
+    })
+}
+
+/// `poolrelay pool status` of a running node.
+fn pool_status_cli(relay: &Relay) -> String {
+    let o = Command::new(BIN)
+        .current_dir(relay.dir())
+        .args(["pool", "status", "--config", "poolrelay.toml"])
+        .output()
+        .expect("run poolrelay pool status");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn drained(admin: SocketAddr, ip: &str) -> bool {
+    hold_of(admin, ip, "all", "operator").is_some()
+}
+
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn a_drain_or_quarantine_on_one_node_stops_the_ip_on_the_others_within_a_second() {
+    let dir = tempdir("cluster-holds");
+    let redis = RedisServer::start(&dir);
+    let b = bench(Some(greeting_block_10_at_alpha));
+    // Node a sends from 127.0.0.10 only; b and c share it with 127.0.0.11 (NAT, or an IP
+    // that moves).
+    let a = start_node(&dir, &b, &redis, "a", &[10]);
+    let n_b = start_node(&dir, &b, &redis, "b", &[10, 11]);
+    let c = start_node(&dir, &b, &redis, "c", &[10, 11]);
+    wait_for_farm(&[&a, &n_b, &c]);
+
+    // The farm view: every node, and the node(s) each IP is on.
+    let st = pool_status(n_b.admin);
+    assert_eq!(st["farm"]["node"], "b", "{st}");
+    assert_eq!(st["farm"]["redis_up"], true, "{st}");
+    assert_eq!(ip_entry(&st, "127.0.0.10")["node"], "a, b, c", "{st}");
+    assert_eq!(ip_entry(&st, "127.0.0.11")["node"], "b, c", "{st}");
+    let out = pool_status_cli(&n_b.relay);
+    assert!(out.starts_with("farm: this node b, redis up\n"), "{out}");
+    for node in ["a", "b", "c"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{node} "))),
+            "{out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("127.0.0.11") && l.contains(" b, c ")),
+        "{out}"
+    );
+    let page = admin::get_text(n_b.admin, "/api/page");
+    assert!(
+        page.contains("<h1>Farm</h1>") && page.contains("data-node=\"c\""),
+        "{page}"
+    );
+    assert!(page.contains(" · on a, b, c"), "{page}");
+
+    // An operator's drain on a: in force on b and c within a second.
+    post(
+        a.admin,
+        "/api/pool/127.0.0.10/drain",
+        json!({"reason": "maintenance"}),
+    );
+    let took = time_until("drain on b and c", || {
+        drained(n_b.admin, "127.0.0.10") && drained(c.admin, "127.0.0.10")
+    });
+    assert_quick("drain a → b, c", took);
+    let h = hold_of(c.admin, "127.0.0.10", "all", "operator").unwrap();
+    assert_eq!(h["reason"], "maintenance", "{h}");
+    assert_eq!(h["kind"], "drained", "{h}");
+    // b sends nothing from it.
+    submit(&n_b.relay, &rcpts("d", "a.test", 3));
+    b.sink.wait_for_messages(3, WAIT);
+    assert_eq!(to_alpha_from(&b.sink, 11), 3);
+    assert_eq!(to_alpha_from(&b.sink, 10), 0);
+    // Undrained on c: released on a and b as quickly.
+    post(c.admin, "/api/pool/127.0.0.10/undrain", json!({}));
+    let took = time_until("undrain on a and b", || {
+        !drained(a.admin, "127.0.0.10") && !drained(n_b.admin, "127.0.0.10")
+    });
+    assert_quick("undrain c → a, b", took);
+
+    // A quarantine made by reputation on a (alpha's greeting blocks 127.0.0.10).
+    submit(&a.relay, &rcpts("q", "a.test", 1));
+    time_until("quarantine on a", || {
+        hold(a.admin, "127.0.0.10", "alpha").is_some()
+    });
+    let took = time_until("quarantine on b and c", || {
+        hold(n_b.admin, "127.0.0.10", "alpha").is_some()
+            && hold(c.admin, "127.0.0.10", "alpha").is_some()
+    });
+    assert_quick("quarantine a → b, c", took);
+    let h = hold(c.admin, "127.0.0.10", "alpha").unwrap();
+    assert_eq!(h["kind"], "quarantined", "{h}");
+    assert!(
+        h["evidence"].as_str().unwrap().contains("zen.spamhaus.org"),
+        "{h}"
+    );
+    // b and c send alpha mail from 127.0.0.11 only (the sink would have refused 10 anyway,
+    // but then a quarantine of their own would show in their logs).
+    submit(&n_b.relay, &rcpts("e", "a.test", 2));
+    submit(&c.relay, &rcpts("f", "a.test", 2));
+    assert!(wait_until(WAIT, || to_alpha_from(&b.sink, 11) == 7));
+    for n in [&n_b, &c] {
+        let log = n.relay.log();
+        assert!(!log.contains("pool IP quarantined"), "{log}");
+        assert!(log.contains("pool IP held (from the farm)"), "{log}");
+    }
+    // The source of truth holds it by IP, not by node.
+    let fields: Vec<String> = redis.query(&["HKEYS", "farm:holds"]);
+    assert!(
+        fields.iter().any(|f| f.starts_with("127.0.0.10|alpha|")),
+        "{fields:?}"
+    );
+}
+
+fn rcpt_attempts(sink: &Sink, addr: &str) -> usize {
+    sink.transcripts()
+        .to_ascii_lowercase()
+        .matches(&format!("rcpt to:<{addr}>"))
+        .count()
+}
+
+fn suppressed(admin: SocketAddr, address: &str) -> bool {
+    get(admin, "/api/suppressions")["suppressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["address"] == address)
+}
+
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn a_suppression_made_on_one_node_refuses_on_another() {
+    let dir = tempdir("cluster-suppress");
+    let redis = RedisServer::start(&dir);
+    let b = bench(None);
+    // The senders' domain is deliverable, so the DSNs land at the sink.
+    b.dns.add_mx("c.test", 10, "mx.beta.test");
+    let a = start_node(&dir, &b, &redis, "a", &[10]);
+    let n_b = start_node(&dir, &b, &redis, "b", &[11]);
+    wait_for_farm(&[&a, &n_b]);
+
+    // A bad recipient bounces on a: suppressed there, and on b within a second.
+    submit(&a.relay, &["permfail@b.test".to_string()]);
+    time_until("suppressed on a", || suppressed(a.admin, "permfail@b.test"));
+    let took = time_until("suppressed on b", || {
+        suppressed(n_b.admin, "permfail@b.test")
+    });
+    assert_quick("suppression a → b", took);
+    assert_eq!(rcpt_attempts(&b.sink, "permfail@b.test"), 1);
+
+    // Mail to it through b fails at once with a DSN that says why; nothing is tried.
+    submit(&n_b.relay, &["PermFail@b.test".to_string()]);
+    assert!(
+        wait_until(WAIT, || b.sink.messages().iter().any(|m| {
+            m.mail_from.is_empty() && m.data_str().contains("suppressed until") && m.peer == lo(11)
+        })),
+        "{}",
+        n_b.relay.log()
+    );
+    assert_eq!(rcpt_attempts(&b.sink, "permfail@b.test"), 1);
+
+    // Removed on b: removed on a too; mail through a tries it again.
+    post(
+        n_b.admin,
+        "/api/suppressions/remove",
+        json!({"address": "permfail@b.test"}),
+    );
+    let took = time_until("removed on a", || !suppressed(a.admin, "permfail@b.test"));
+    assert_quick("removal b → a", took);
+    submit(&a.relay, &["permfail@b.test".to_string()]);
+    assert!(wait_until(WAIT, || rcpt_attempts(
+        &b.sink,
+        "permfail@b.test"
+    ) == 2));
+}
+
+fn reload(relay: &mut Relay, toml: &str) {
+    relay.set_config(toml);
+    let o = Command::new(BIN)
+        .current_dir(relay.dir())
+        .args(["reload", "--config", "poolrelay.toml"])
+        .output()
+        .expect("run poolrelay reload");
+    assert!(
+        o.status.success(),
+        "reload: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn history(admin: SocketAddr, ip: &str) -> Value {
+    get(admin, &format!("/api/history?ip={ip}"))
+}
+
+fn sent_in(h: &Value) -> u64 {
+    h["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["sent"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn an_ip_moved_by_reload_keeps_its_hold_and_history() {
+    let dir = tempdir("cluster-move");
+    let redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let mut a = start_node(&dir, &b, &redis, "a", &[10, 12]);
+    let mut n_b = start_node(&dir, &b, &redis, "b", &[11]);
+    wait_for_farm(&[&a, &n_b]);
+
+    // 127.0.0.10 sends on a and is then drained for beta there.
+    submit(&a.relay, &rcpts("h", "b.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    let from_10 = b
+        .sink
+        .messages()
+        .iter()
+        .filter(|m| m.peer == lo(10))
+        .count() as u64;
+    assert!(from_10 >= 1, "round robin over 10 and 12");
+    post(
+        a.admin,
+        "/api/pool/127.0.0.10/drain",
+        json!({"provider": "beta", "reason": "moving to b"}),
+    );
+    assert!(wait_until(WAIT, || sent_in(&history(
+        a.admin,
+        "127.0.0.10"
+    )) == from_10));
+
+    // The IP moves: off a's pool, into b's (as keepalived would move the address).
+    reload(&mut a.relay, &with_pool(&a.base, &[12]).to_toml());
+    reload(&mut n_b.relay, &with_pool(&n_b.base, &[11, 10]).to_toml());
+    assert!(
+        wait_until(
+            WAIT,
+            || ip_entry(&pool_status(n_b.admin), "127.0.0.10")["node"] == "b"
+        ),
+        "{}",
+        pool_status(n_b.admin)
+    );
+    // Its drain came with it: b's beta mail goes from 11 only, its alpha mail from both.
+    let h = hold_of(n_b.admin, "127.0.0.10", "beta", "operator")
+        .unwrap_or_else(|| panic!("{}", pool_status(n_b.admin)));
+    assert_eq!(h["reason"], "moving to b", "{h}");
+    let before = b.sink.messages().len();
+    submit(&n_b.relay, &rcpts("m", "b.test", 3));
+    b.sink.wait_for_messages(before + 3, WAIT);
+    let new: Vec<_> = b.sink.messages()[before..].to_vec();
+    assert!(
+        new.iter().all(|m| m.peer == lo(11)),
+        "{:?}",
+        new.iter().map(|m| m.peer).collect::<Vec<_>>()
+    );
+    // And its history: what a sent from it, and the drain, seen from b.
+    let hist = history(n_b.admin, "127.0.0.10");
+    assert_eq!(sent_in(&hist), from_10, "{hist}");
+    assert!(
+        hist["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "drained" && e["reason"] == "moving to b"),
+        "{hist}"
+    );
+    // Undrained on b (where it is now): the farm's record says so, and a (which no longer
+    // sends from it) hears of it too.
+    post(
+        n_b.admin,
+        "/api/pool/127.0.0.10/undrain",
+        json!({"provider": "beta"}),
+    );
+    assert!(wait_until(WAIT, || {
+        let r: Option<String> = redis.query(&["HGET", "farm:holds", "127.0.0.10|beta|operator"]);
+        r.is_some_and(|r| r.contains(r#""hold":null"#) && r.contains(r#""node":"b""#))
+    }));
+    assert!(
+        a.relay
+            .wait_for_log("pool IP hold ended (from the farm)", WAIT),
+        "{}",
+        a.relay.log()
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
+    let dir = tempdir("cluster-outage");
+    let mut redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let a = start_node(&dir, &b, &redis, "a", &[10, 11]);
+    let n_b = start_node(&dir, &b, &redis, "b", &[10, 11]);
+    wait_for_farm(&[&a, &n_b]);
+    post(
+        a.admin,
+        "/api/pool/127.0.0.11/drain",
+        json!({"reason": "old"}),
+    );
+    assert!(wait_until(WAIT, || drained(n_b.admin, "127.0.0.11")));
+    submit(&a.relay, &["permfail@b.test".to_string()]);
+    assert!(wait_until(WAIT, || suppressed(
+        n_b.admin,
+        "permfail@b.test"
+    )));
+
+    redis.kill();
+    for n in [&a, &n_b] {
+        assert!(
+            n.relay.wait_for_log("cluster: Redis down", WAIT),
+            "{}",
+            n.relay.log()
+        );
+    }
+    // While it is down each node still changes its holds and suppressions, locally.
+    submit(&a.relay, &["permfail@a.test".to_string()]);
+    assert!(wait_until(WAIT, || suppressed(a.admin, "permfail@a.test")));
+    post(
+        n_b.admin,
+        "/api/suppressions/remove",
+        json!({"address": "permfail@b.test"}),
+    );
+    assert!(!suppressed(n_b.admin, "permfail@b.test"));
+    post(
+        a.admin,
+        "/api/pool/127.0.0.10/drain",
+        json!({"reason": "during the outage"}),
+    );
+    assert!(drained(a.admin, "127.0.0.10"));
+    post(n_b.admin, "/api/pool/127.0.0.11/undrain", json!({}));
+    assert!(!drained(n_b.admin, "127.0.0.11"));
+    // Each still has the other's old state.
+    assert!(drained(a.admin, "127.0.0.11") && !drained(n_b.admin, "127.0.0.10"));
+    // Mail keeps flowing through b; a accepts and holds its own (both its IPs are drained
+    // there), never bouncing it.
+    submit(&n_b.relay, &rcpts("o", "a.test", 2));
+    b.sink.wait_for_messages(2, WAIT);
+    submit(&a.relay, &rcpts("p", "a.test", 1));
+
+    // Redis returns empty (nothing saved): each node pushes what it changed and pulls the
+    // other's; the later change of each record wins on both.
+    redis.restart();
+    let took = Instant::now();
+    assert!(
+        wait_until(WAIT, || drained(n_b.admin, "127.0.0.10")
+            && !drained(a.admin, "127.0.0.11")),
+        "a: {}\nb: {}",
+        pool_status(a.admin),
+        pool_status(n_b.admin)
+    );
+    eprintln!("reconciled {:?} after Redis returned", took.elapsed());
+    assert!(drained(a.admin, "127.0.0.10") && !drained(n_b.admin, "127.0.0.11"));
+    let h = hold_of(n_b.admin, "127.0.0.10", "all", "operator").unwrap();
+    assert_eq!(h["reason"], "during the outage", "{h}");
+    // The same for suppressions: b's removal and a's addition reach the other.
+    assert!(
+        wait_until(WAIT, || !suppressed(a.admin, "permfail@b.test")
+            && suppressed(n_b.admin, "permfail@a.test")),
+        "a: {}\nb: {}",
+        get(a.admin, "/api/suppressions"),
+        get(n_b.admin, "/api/suppressions")
+    );
+    // Redis has both records again: the drain, and 11's release (a tombstone).
+    let holds: Vec<String> = redis.query(&["HKEYS", "farm:holds"]);
+    assert!(
+        holds.contains(&"127.0.0.10|all|operator".to_string())
+            && holds.contains(&"127.0.0.11|all|operator".to_string()),
+        "{holds:?}"
+    );
+    // And a's held mail goes now, from 11.
+    assert!(wait_until(WAIT, || to_alpha_from(&b.sink, 11) >= 1
+        && b.sink.messages().len() == 3));
+    assert_eq!(
+        a.relay
+            .log()
+            .matches("pool IP hold ended (from the farm)")
+            .count(),
+        1
+    );
+}
