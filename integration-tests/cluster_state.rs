@@ -515,3 +515,77 @@ fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
         1
     );
 }
+
+/// Schedule `new`: 4, 6, then 40 a day, in a 10-day "day" (no window ends during a test).
+const WARMUP: &str =
+    "[warmup]\nday = \"240h\"\nburst = 1000\n[[warmup.schedule]]\nname = \"new\"\ndaily = [4, 6, 40]\n";
+const WARMUP_DAY_MS: u64 = 240 * 3600 * 1000;
+
+fn warming_pool(base: &RelayConfig, ip: u8) -> RelayConfig {
+    base.clone()
+        .pool("default", &[PoolIp::new(ip, &format!("out{ip}.test")).warmup("new")])
+}
+
+/// The warming IP 127.0.0.12 moves from a to b by reload (as keepalived would move the address):
+/// its warm-up day and today's count come with it. The farm has it on day 1 (cap 6: yesterday
+/// was its day 0); a sends 4 from it, so b may send only 2 more today. A relay that counted
+/// alone would be on day 0 with nothing sent (4 more from b).
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
+    let dir = tempdir("cluster-move-warmup");
+    let redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let yesterday = now_ms / WARMUP_DAY_MS - 1;
+    let _: () = redis.query(&[
+        "HSET",
+        "farm:warmup",
+        "127.0.0.12|alpha",
+        &format!("0:{yesterday}"),
+    ]);
+    let a_base = node_config(&b, &redis, "a").section(WARMUP);
+    let b_base = node_config(&b, &redis, "b").section(WARMUP);
+    let start = |name: &str, base: &RelayConfig, pool: RelayConfig| {
+        let (relay, admin) = admin::start(&node_dir(&dir, name), &pool, WAIT);
+        Node { relay, admin, base: base.clone() }
+    };
+    let mut a = start("a", &a_base, warming_pool(&a_base, 12));
+    let mut n_b = start("b", &b_base, with_pool(&b_base, &[11]));
+    wait_for_farm(&[&a, &n_b]);
+    let b_admin = n_b.admin;
+
+    submit(&a.relay, &rcpts("a", "a.test", 4));
+    b.sink.wait_for_messages(4, WAIT);
+    assert_eq!(to_alpha_from(&b.sink, 12), 4);
+
+    // The IP moves: a sends from 10 now, b from 12 alone.
+    reload(&mut a.relay, &with_pool(&a.base, &[10]).to_toml());
+    reload(&mut n_b.relay, &warming_pool(&n_b.base, 12).to_toml());
+    assert!(
+        wait_until(WAIT, || ip_entry(&pool_status(b_admin), "127.0.0.12")["node"] == "b"),
+        "{}",
+        pool_status(b_admin)
+    );
+    submit(&n_b.relay, &rcpts("b", "a.test", 5));
+    assert!(
+        n_b.relay.wait_for_log("farm daily warm-up cap reached", WAIT),
+        "{}",
+        n_b.relay.log()
+    );
+    b.sink.wait_for_messages(6, WAIT);
+    assert_eq!(to_alpha_from(&b.sink, 12), 6, "the farm's day-1 cap of 6");
+    let st = pool_status(b_admin);
+    let alpha = &ip_entry(&st, "127.0.0.12")["providers"]["alpha"];
+    assert_eq!(alpha["warmup_day"], 1, "{st}");
+    let keys = redis.keys("farm:ipp:127.0.0.12|alpha:d:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let count: Option<u64> = redis.query(&["GET", &keys[0]]);
+    assert_eq!(count, Some(6));
+    // The other 3 wait on b (held by the cap), not lost.
+    let q = get(b_admin, "/api/queue");
+    assert_eq!(q["messages"], 3, "{q}");
+}

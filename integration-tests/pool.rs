@@ -238,12 +238,13 @@ fn day_advances_only_after_sending_days_and_capped_mail_waits() {
 
 #[test]
 fn hourly_cap_spreads_the_daily_cap_over_the_day() {
-    // Day 120 s → an "hour" of 5 s; daily 48 → hourly ceil(48/24) × burst 1 = 2.
+    // Day 120 s → an "hour" of 5 s; daily 48 → hourly ceil(48/24) × burst 1 = 2. The test can
+    // cross a "day", which moves the warm-up on a day: 48 on every day it can reach.
     const HOUR: u64 = 5000;
     let b = bench(None);
     let cfg = config(&b)
         .pool("default", &[pool_ip(10).warmup("t")])
-        .section(&warmup("120s", 1, "[48]"));
+        .section(&warmup("120s", 1, "[48, 48, 48]"));
     let (relay, _admin) = start("pool-hourly", &cfg);
     fresh_window(HOUR);
     submit(&relay, "s@snd.test", &rcpts("h", "a.test", 5));
