@@ -79,6 +79,7 @@ const KEYS: &[(At, &str, Kind)] = &[
     (At::Table("doctor"), "probe_timeout", Kind::Duration),
     (At::Provider, "max_connections", Kind::Int),
     (At::Provider, "max_per_hour", Kind::Int),
+    (At::Provider, "farm_max_per_hour", Kind::Int),
     (At::Provider, "max_per_connection", Kind::Int),
     (At::Provider, "backoff", Kind::Duration),
     (At::PoolIp, "weight", Kind::Int),
