@@ -517,13 +517,14 @@ fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
 }
 
 /// Schedule `new`: 4, 6, then 40 a day, in a 10-day "day" (no window ends during a test).
-const WARMUP: &str =
-    "[warmup]\nday = \"240h\"\nburst = 1000\n[[warmup.schedule]]\nname = \"new\"\ndaily = [4, 6, 40]\n";
+const WARMUP: &str = "[warmup]\nday = \"240h\"\nburst = 1000\n[[warmup.schedule]]\nname = \"new\"\ndaily = [4, 6, 40]\n";
 const WARMUP_DAY_MS: u64 = 240 * 3600 * 1000;
 
 fn warming_pool(base: &RelayConfig, ip: u8) -> RelayConfig {
-    base.clone()
-        .pool("default", &[PoolIp::new(ip, &format!("out{ip}.test")).warmup("new")])
+    base.clone().pool(
+        "default",
+        &[PoolIp::new(ip, &format!("out{ip}.test")).warmup("new")],
+    )
 }
 
 /// The warming IP 127.0.0.12 moves from a to b by reload (as keepalived would move the address):
@@ -551,7 +552,11 @@ fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
     let b_base = node_config(&b, &redis, "b").section(WARMUP);
     let start = |name: &str, base: &RelayConfig, pool: RelayConfig| {
         let (relay, admin) = admin::start(&node_dir(&dir, name), &pool, WAIT);
-        Node { relay, admin, base: base.clone() }
+        Node {
+            relay,
+            admin,
+            base: base.clone(),
+        }
     };
     let mut a = start("a", &a_base, warming_pool(&a_base, 12));
     let mut n_b = start("b", &b_base, with_pool(&b_base, &[11]));
@@ -566,13 +571,17 @@ fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
     reload(&mut a.relay, &with_pool(&a.base, &[10]).to_toml());
     reload(&mut n_b.relay, &warming_pool(&n_b.base, 12).to_toml());
     assert!(
-        wait_until(WAIT, || ip_entry(&pool_status(b_admin), "127.0.0.12")["node"] == "b"),
+        wait_until(
+            WAIT,
+            || ip_entry(&pool_status(b_admin), "127.0.0.12")["node"] == "b"
+        ),
         "{}",
         pool_status(b_admin)
     );
     submit(&n_b.relay, &rcpts("b", "a.test", 5));
     assert!(
-        n_b.relay.wait_for_log("farm daily warm-up cap reached", WAIT),
+        n_b.relay
+            .wait_for_log("farm daily warm-up cap reached", WAIT),
         "{}",
         n_b.relay.log()
     );
