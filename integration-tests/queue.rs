@@ -155,10 +155,9 @@ fn blackhole() -> SocketAddr {
     addr
 }
 
-/// A destination that hangs every attempt has a backlog that could fill the whole active set;
-/// it gets at most its share, and mail to another destination is delivered meanwhile.
-#[test]
-fn a_hanging_destinations_backlog_does_not_hold_up_another() {
+/// A sink for `fast.test`, a destination that hangs every attempt for `slow.test`, and a relay
+/// config with an active set of 6 and one slot per destination.
+fn slow_and_fast() -> (Sink, RelayConfig) {
     let sink = Sink::start(&[lo(21)]);
     let hole = blackhole();
     let cfg = RelayConfig::new()
@@ -169,6 +168,14 @@ fn a_hanging_destinations_backlog_does_not_hold_up_another() {
         .admin()
         .route("slow.test", &hole.to_string())
         .route("fast.test", &sink.addr(0).to_string());
+    (sink, cfg)
+}
+
+/// A destination that hangs every attempt has a backlog that could fill the whole active set;
+/// it gets at most its share, and mail to another destination is delivered meanwhile.
+#[test]
+fn a_hanging_destinations_backlog_does_not_hold_up_another() {
+    let (sink, cfg) = slow_and_fast();
     let relay = Relay::start(&tempdir("queue-fair"), &cfg.to_toml());
     let admin = cfg.admin_addr().unwrap();
     let backlog = 60;
@@ -234,16 +241,7 @@ fn a_backlog_survives_kill_9_and_is_delivered_once() {
 /// its healthy recipient is delivered at once, not behind the other destination's backlog.
 #[test]
 fn a_message_for_two_destinations_does_not_wait_behind_ones_backlog() {
-    let sink = Sink::start(&[lo(21)]);
-    let hole = blackhole();
-    let cfg = RelayConfig::new()
-        .delivery("retry", "[\"1h\"]")
-        .delivery("active_limit", 6)
-        .delivery("concurrency_per_destination", 1)
-        .delivery("command_timeout", "\"5m\"")
-        .admin()
-        .route("slow.test", &hole.to_string())
-        .route("fast.test", &sink.addr(0).to_string());
+    let (sink, cfg) = slow_and_fast();
     let relay = Relay::start(&tempdir("queue-multi"), &cfg.to_toml());
     let admin = cfg.admin_addr().unwrap();
     submit(&relay, "slow", "slow.test", 30);

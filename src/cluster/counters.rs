@@ -157,6 +157,17 @@ fn now_ms() -> u64 {
     crate::pool::warmup::Clock::now_ms()
 }
 
+/// Keeps a give-back for reconciliation: one message less on each of `keys`.
+fn pend_give_back(pending: &mut HashMap<String, Pending>, keys: &[(String, u64)]) {
+    let now = now_ms();
+    for (k, ttl) in keys {
+        let p = pending.entry(k.clone()).or_default();
+        p.by -= 1;
+        p.ttl_ms = *ttl;
+        p.expires = p.expires.max(now + ttl);
+    }
+}
+
 fn progress_of(idx: i64, last: i64) -> Progress {
     Progress {
         day_index: idx.clamp(0, u32::MAX as i64) as u32,
@@ -245,13 +256,7 @@ impl Cluster {
             // Still waiting for reconciliation: take it off there.
             let mut local = self.counters.local();
             if !self.is_up() || keys.iter().all(|(k, _)| local.pending.contains_key(k)) {
-                let now = now_ms();
-                for (k, ttl) in keys {
-                    let p = local.pending.entry(k.clone()).or_default();
-                    p.by -= 1;
-                    p.ttl_ms = *ttl;
-                    p.expires = p.expires.max(now + ttl);
-                }
+                pend_give_back(&mut local.pending, keys);
                 return;
             }
         }
@@ -268,14 +273,7 @@ impl Cluster {
         if let Err(RunError::Down | RunError::Failed) =
             self.run_script(&limits, -1, false, None).await
         {
-            let mut local = self.counters.local();
-            let now = now_ms();
-            for (k, ttl) in keys {
-                let p = local.pending.entry(k.clone()).or_default();
-                p.by -= 1;
-                p.ttl_ms = *ttl;
-                p.expires = p.expires.max(now + ttl);
-            }
+            pend_give_back(&mut self.counters.local().pending, keys);
         }
     }
 

@@ -201,7 +201,8 @@ struct Scan {
     damaged: Vec<u64>,
 }
 
-fn scan(dir: &Path) -> io::Result<Scan> {
+/// The log's segment numbers, oldest first (none when the directory does not exist).
+fn segment_seqs(dir: &Path) -> io::Result<Vec<u64>> {
     let mut seqs: Vec<u64> = Vec::new();
     match std::fs::read_dir(dir) {
         Ok(rd) => {
@@ -220,6 +221,11 @@ fn scan(dir: &Path) -> io::Result<Scan> {
         Err(e) => return Err(e),
     }
     seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn scan(dir: &Path) -> io::Result<Scan> {
+    let seqs = segment_seqs(dir)?;
     let mut live: HashMap<String, Found> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut segs = BTreeMap::new();
@@ -299,24 +305,7 @@ fn scan(dir: &Path) -> io::Result<Scan> {
 /// Ids of the messages in the log that are not done, from the record headers only (no envelope
 /// is parsed), without changing anything.
 pub fn live_ids(log_dir: &Path) -> io::Result<Vec<String>> {
-    let mut seqs: Vec<u64> = Vec::new();
-    match std::fs::read_dir(log_dir) {
-        Ok(rd) => {
-            for e in rd {
-                let name = e?.file_name();
-                if let Some(seq) = name
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".log"))
-                    .and_then(|n| n.parse().ok())
-                {
-                    seqs.push(seq);
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    }
-    seqs.sort_unstable();
+    let seqs = segment_seqs(log_dir)?;
     let mut live = std::collections::HashSet::new();
     for seq in seqs {
         let data = match std::fs::read(log_dir.join(segment_name(seq))) {
