@@ -1,0 +1,113 @@
+//! The envelope of a queued message (`ID.env` as JSON, or a log record) and each recipient's
+//! state.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: String,
+    /// Unix seconds.
+    pub received_at: u64,
+    /// Empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Client IP address, or "local" for messages poolrelay made itself (DSNs).
+    pub client: String,
+    #[serde(default)]
+    pub helo: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Bytes in the `.msg` file.
+    pub size: u64,
+    #[serde(default)]
+    pub smtputf8: bool,
+    #[serde(default)]
+    pub body_8bit: bool,
+    /// CRLF-terminated header lines sent before the `.msg` bytes (DKIM-Signature).
+    #[serde(default)]
+    pub prepend: String,
+    /// DSN `RET=` and `ENVID=` from MAIL FROM.
+    #[serde(default)]
+    pub ret: Option<String>,
+    #[serde(default)]
+    pub envid: Option<String>,
+    /// A DSN poolrelay generated: never bounced itself.
+    #[serde(default)]
+    pub is_dsn: bool,
+    /// Pool chosen for this message, if any rule picked one.
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub delay_warned: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    #[default]
+    Pending,
+    Sent,
+    Bounced,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    #[serde(default)]
+    pub orcpt: Option<String>,
+    #[serde(default)]
+    pub notify: Option<String>,
+    #[serde(default)]
+    pub state: RcptState,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix seconds; 0 = as soon as possible.
+    #[serde(default)]
+    pub next_attempt: u64,
+    #[serde(default)]
+    pub last_reply: Option<RemoteReply>,
+    /// Waiting for pool capacity (not an attempt): retried early when an IP comes back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+}
+
+impl Recipient {
+    pub fn new(address: String) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: None,
+            state: RcptState::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+            held: false,
+        }
+    }
+}
+
+/// What the remote side (or poolrelay, for local failures) said about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteReply {
+    pub code: u16,
+    pub status: String,
+    pub text: String,
+    /// MX host name (or route host); empty when no host was reached.
+    #[serde(default)]
+    pub host: String,
+    /// Remote address, when connected.
+    #[serde(default)]
+    pub addr: String,
+    /// Source IP used.
+    #[serde(default)]
+    pub source_ip: String,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
