@@ -330,6 +330,7 @@ fn a_per_user_cap_holds_across_nodes() {
             .tls(&certs)
             .networks(&["127.0.0.1/32"])
             .users_file(&users)
+            .sender_login("alice", &["example.com"])
             .limit("per_user_daily", 5)
             .nameserver("127.0.0.1:9")
             .no_delivery()
@@ -350,7 +351,7 @@ fn a_per_user_cap_holds_across_nodes() {
         c.send_mail(
             "alice@example.com",
             &["x@example.org"],
-            format!("Subject: {n}\r\n\r\nx\r\n").as_bytes(),
+            format!("From: <alice@example.com>\r\nSubject: {n}\r\n\r\nx\r\n").as_bytes(),
         )
     };
     let mut ca = client(&a);
