@@ -258,23 +258,38 @@ impl Cluster {
             ips: self.ips.lock().expect("cluster ips").clone(),
         };
         let key = self.key(&format!("node:{}", self.node));
-        let pattern = self.key("node:*");
+        // The names in a set, not a SCAN: a SCAN walks the whole keyspace, and Redis may hold
+        // many other keys (counters, history, other farms).
+        let names_key = self.key("nodes");
         let json = serde_json::to_string(&me).expect("heartbeat serialises");
         let work = async {
-            let _: () = conn
+            let (names,): (Vec<String>,) = redis::pipe()
                 .pset_ex(&key, json, NODE_TTL.as_millis() as u64)
+                .ignore()
+                .sadd(&names_key, &self.node)
+                .ignore()
+                .smembers(&names_key)
+                .query_async(&mut conn)
                 .await?;
-            let mut keys: Vec<String> = Vec::new();
-            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-            while let Some(k) = iter.next_item().await {
-                keys.push(k?);
-            }
-            drop(iter);
+            let keys: Vec<String> = names
+                .iter()
+                .map(|n| self.key(&format!("node:{n}")))
+                .collect();
             let values: Vec<Option<String>> = if keys.is_empty() {
                 Vec::new()
             } else {
                 conn.mget(&keys).await?
             };
+            // Names whose heartbeat expired leave the set (they add themselves again).
+            let gone: Vec<&String> = names
+                .iter()
+                .zip(&values)
+                .filter(|(_, v)| v.is_none())
+                .map(|(n, _)| n)
+                .collect();
+            if !gone.is_empty() {
+                let _: () = conn.srem(&names_key, gone).await?;
+            }
             redis::RedisResult::Ok(values)
         };
         match tokio::time::timeout(self.timeout * 2, work).await {

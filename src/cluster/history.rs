@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::Cluster;
+use super::{Cluster, RunError};
 use crate::reputation::history::{Bucket, KEEP_DAYS, MAX_EVENTS_PER_IP};
 
 const KEEP_S: i64 = (KEEP_DAYS * 86_400) as i64;
@@ -19,7 +19,8 @@ fn events_key(c: &Cluster, ip: IpAddr) -> String {
     c.key(&format!("history:events:{ip}"))
 }
 
-/// Adds counts to the farm's buckets; false when Redis did not take them (kept for the next).
+/// Adds counts to the farm's buckets; false when Redis did not take them (kept for the next;
+/// a timed-out request counts as taken).
 pub async fn push_hours(c: &Cluster, buckets: &[((IpAddr, String, u64), Bucket)]) -> bool {
     if buckets.is_empty() {
         return true;
@@ -44,11 +45,15 @@ pub async fn push_hours(c: &Cluster, buckets: &[((IpAddr, String, u64), Bucket)]
         }
         pipe.expire(&key, KEEP_S).ignore();
     }
-    c.run("history", |mut conn| async move {
-        pipe.query_async::<()>(&mut conn).await
-    })
-    .await
-    .is_some()
+    // A request that timed out may still be applied when Redis wakes: not sent again (as for
+    // the counters), so the farm's plots never count an hour twice.
+    !matches!(
+        c.try_run("history", |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await,
+        Err(RunError::Down | RunError::Failed)
+    )
 }
 
 /// Appends hold changes (`(ip, json)`) to the farm's event lists.

@@ -129,17 +129,17 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not a URL)".into();
     };
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    // The user part ends at the last `@` anywhere: a password may hold `/` (unescaped), and
+    // hosts and paths hold no `@`.
+    match rest.rsplit_once('@') {
+        Some((userinfo, host_path)) => {
             let user = userinfo.split(':').next().unwrap_or("");
             let hidden = if userinfo.contains(':') {
                 format!("{user}:***")
             } else {
                 "***".into()
             };
-            format!("{scheme}://{hidden}@{host}{path}")
+            format!("{scheme}://{hidden}@{host_path}")
         }
         None => url.to_string(),
     }
@@ -180,11 +180,18 @@ mod tests {
             RedisUrl::parse("redis://127.0.0.1").unwrap().to_string(),
             "redis://127.0.0.1"
         );
-        for bad in ["127.0.0.1:6379", "http://x", "redis://:pw@host:notaport"] {
+        for bad in [
+            "127.0.0.1:6379",
+            "http://x",
+            "redis://:pw@host:notaport",
+            "redis://:p/w@host:6379/0",
+        ] {
             let e = RedisUrl::parse(bad).unwrap_err();
             assert!(e.contains("bad Redis URL"), "{bad}: {e}");
-            assert!(!e.contains("pw@"), "{e}");
+            assert!(!e.contains("pw@") && !e.contains("p/w"), "{e}");
         }
+        // A `/` in the password does not end the user part.
+        assert_eq!(redact("redis://:s3/cr@et@h:1/0"), "redis://:***@h:1/0");
     }
 
     #[test]

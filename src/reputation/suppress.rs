@@ -99,6 +99,10 @@ impl Suppressions {
                 return false;
             }
             stamps.insert(address.clone(), at_ms);
+            // Already the same here (after a restart local times are coarser): nothing to do.
+            if map.get(&address) == entry.as_ref() {
+                return false;
+            }
             match &entry {
                 Some(e) => {
                     tracing::info!(recipient = %address, reason = %e.reason, until = e.until, "recipient suppressed (from the farm)");
