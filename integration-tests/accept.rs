@@ -51,25 +51,6 @@ fn start(e: &Env, cfg: &RelayConfig) -> Relay {
     Relay::start(&e.dir, &cfg.to_toml())
 }
 
-/// The relay's log without ANSI colour codes.
-fn plain_log(relay: &Relay) -> String {
-    let log = relay.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// One relay with a plain-start listener (STARTTLS offered, AUTH optional).
 fn simple(name: &str) -> (Env, Relay) {
     simple_with(name, |c| c)
@@ -346,7 +327,7 @@ fn wrong_passwords_lock_the_address_out() {
     c.quit();
 
     assert!(relay.wait_for_log("AUTH lockout", WAIT));
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     assert_eq!(
         log.matches("AUTH lockout").count(),
         1,
@@ -492,7 +473,7 @@ fn trusted_network_relays_without_auth_and_addresses_are_strict() {
     c.cmd("MAIL FROM:<a@b@example.com>").expect(501);
     c.quit();
     assert!(relay.wait_for_log("message accepted", WAIT));
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     let line = log
         .lines()
         .find(|l| l.contains("message accepted"))
@@ -697,7 +678,7 @@ fn bare_lf_and_bare_cr_in_data_are_refused() {
     assert!(wait_until(WAIT, || tmp_files(&relay) == 0));
     assert!(relay.wait_for_log("message refused", WAIT));
     // Like an accepted one, a refused message is logged with its queue id, size and TLS.
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     let line = log.lines().find(|l| l.contains("message refused")).unwrap();
     for field in ["queue_id=", "size=", "tls=no", "rcpts=1", "reply="] {
         assert!(line.contains(field), "{field} missing: {line}");

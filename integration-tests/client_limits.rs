@@ -50,25 +50,6 @@ fn config(e: &Env) -> RelayConfig {
         .route("*", "127.0.0.1:9")
 }
 
-/// The relay's log without ANSI colour codes.
-fn plain_log(relay: &Relay) -> String {
-    let log = relay.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 const MESSAGE: &[u8] = b"From: a@example.com\r\nSubject: t\r\n\r\nhi\r\n";
 
 /// A trusted client on the port-25 listener sends one message.
@@ -136,7 +117,7 @@ fn a_flood_from_one_address_hits_its_own_limit_and_others_get_through() {
     // The flood's sessions still work.
     held[0].cmd("NOOP").expect(250);
     // 20 refusals, one log line.
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("per-client limit reached") && l.contains("127.0.0.5"))
@@ -208,7 +189,7 @@ fn the_reserve_keeps_trusted_and_authenticated_clients_in() {
         assert!(bye.text.contains("4.7.0"), "{bye}");
         assert!(bye.text.contains("authenticate"), "{bye}");
     }
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     assert!(log.contains("session admitted on probation"), "{log}");
     assert!(
         log.contains("not authenticated in time on a reserved session slot"),
@@ -299,7 +280,7 @@ fn connection_and_message_rates_per_client() {
         c.cmd("MAIL FROM:<a@example.com>").expect(250);
         c.quit();
     }
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     assert!(log.contains("client_connection_rate"), "{log}");
     assert!(log.contains("client_message_rate"), "{log}");
 }
@@ -362,7 +343,7 @@ fn a_header_section_over_header_size_is_refused_and_the_session_goes_on() {
         queued[0].1.windows(12).any(|w| w == b"X-Fill-00000"),
         "the accepted message is whole"
     );
-    let log = plain_log(&relay);
+    let log = relay.plain_log();
     assert_eq!(
         log.matches("Message header section exceeds fixed maximum size")
             .count(),

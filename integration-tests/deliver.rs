@@ -74,24 +74,7 @@ fn envelope_json(relay: &Relay) -> serde_json::Value {
 
 /// The relay's log without ANSI colour codes, so `field=value` can be searched.
 fn log_text(relay: &Relay) -> String {
-    strip_ansi(&relay.log())
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    relay.plain_log()
 }
 
 /// The queued envelope whose first recipient is `rcpt`, if any.

@@ -175,6 +175,11 @@ impl Relay {
         String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
     }
 
+    /// The log without ANSI colour codes, so `field=value` can be searched.
+    pub fn plain_log(&self) -> String {
+        strip_ansi(&self.log())
+    }
+
     /// The log of the current run only (since the last start/restart).
     pub fn log_current(&self) -> String {
         let all = std::fs::read(self.log_path()).unwrap_or_default();
@@ -291,4 +296,22 @@ pub fn write_users(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     let path = dir.join("users");
     std::fs::write(&path, out).expect("write users");
     path
+}
+
+/// `s` without ANSI escape sequences (the log's colours).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
