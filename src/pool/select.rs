@@ -176,10 +176,12 @@ impl Pools {
             return Selection::Held(Held { text, retry_at });
         }
         let wkey = format!("{}|{provider}|{want_v6}", pc.name);
-        let current = inner
-            .swrr
-            .entry(wkey)
-            .or_insert_with(|| vec![0; pc.ips.len()]);
+        let current = inner.swrr.entry(wkey).or_default();
+        // A pick that read the config before a reload may have made this list for another
+        // number of IPs: start the round over rather than index past it.
+        if current.len() != pc.ips.len() {
+            *current = vec![0; pc.ips.len()];
+        }
         let total: i64 = eligible.iter().map(|&i| pc.ips[i].weight as i64).sum();
         for &i in &eligible {
             current[i] += pc.ips[i].weight as i64;

@@ -440,3 +440,20 @@ fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
     let again = rx.try_recv().unwrap();
     assert!(again.at_ms > sent.at_ms + 1);
 }
+
+/// A pick that read the config before a reload can leave the round-robin list of the old
+/// number of IPs; the next pick with the new config (one IP more) must not index past it.
+#[test]
+fn a_round_robin_list_from_before_a_reload_is_started_over() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    pick(&p, "other").unwrap();
+    let three = config(&format!(
+        "{TWO}[[pool.ip]]\naddress = \"127.0.0.12\"\nhelo = \"o3\"\n"
+    ));
+    p.reload(&three);
+    // As the racing pick would have left it: the list for two IPs, after the reload's clear.
+    p.lock().swrr.insert("a|other|false".into(), vec![0, 0]);
+    let seen: std::collections::HashSet<String> =
+        (0..3).map(|_| pick(&p, "other").unwrap()).collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
