@@ -111,6 +111,44 @@ pub struct WarmupSchedule {
     pub name: String,
     /// Daily cap per IP × provider for day 0, 1, 2, …; after the last day the IP is active.
     pub daily: Vec<u64>,
+    /// Adaptive ramp (issue 24): the receivers' answers move the ramp (`pool::ramp`); the table
+    /// is the plan for a receiver that says nothing.
+    #[serde(default)]
+    pub adaptive: bool,
+    /// A sending day counts only if it used at least this share of its cap (0 < x ≤ 1).
+    #[serde(default = "default_advance_at")]
+    pub advance_at: f64,
+    /// Throttled share of the day's replies above which the day is held (not advanced).
+    #[serde(default = "default_hold_above")]
+    pub hold_above: f64,
+    /// Throttled share above which the ramp steps back (≥ `hold_above`).
+    #[serde(default = "default_step_back_above")]
+    pub step_back_above: f64,
+    /// Days of the table a step back goes back.
+    #[serde(default = "default_step_back_days")]
+    pub step_back_days: u32,
+    /// After a clean full day the next cap may be up to this × what the receiver accepted.
+    #[serde(default = "default_max_growth")]
+    pub max_growth: f64,
+    /// The table day an IP × provider idle `warmup.idle_days` starts again at.
+    #[serde(default)]
+    pub rewarm_day: u32,
+}
+
+fn default_advance_at() -> f64 {
+    0.8
+}
+fn default_hold_above() -> f64 {
+    0.05
+}
+fn default_step_back_above() -> f64 {
+    0.2
+}
+fn default_step_back_days() -> u32 {
+    2
+}
+fn default_max_growth() -> f64 {
+    2.0
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -14,6 +14,7 @@
 pub mod holds;
 mod pools;
 pub mod provider;
+pub mod ramp;
 pub mod rules;
 mod select;
 mod shared;
@@ -24,6 +25,7 @@ pub mod warmup;
 
 pub use holds::{Cause, Hold, HoldKind, Scope};
 pub use pools::{Pools, Source};
+pub use ramp::RampOutcome;
 pub use select::{Held, Lease, Pick, Selection};
 pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};
 
