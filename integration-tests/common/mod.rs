@@ -66,6 +66,9 @@
 //!   admin API and providers alpha and beta.
 //! - `RedisServer::start(dir)` (`redis.rs`): a private redis-server on a free loopback port for
 //!   `[cluster]` tests; `url()`, `kill()`, `restart()`, `pause()`/`resume()`, `query(&["GET", k])`, `keys(pattern)`.
+//! - `Receiver::start(&[lo(20)], day_ms, Model { .. })` (`receiver.rs`): a simulated receiving
+//!   provider with a hidden acceptance model per source IP (allowance, hourly pace, throttling
+//!   `421 4.7.28` / `451 4.7.650`, blocks `550 5.7.1`); `days(ip)`, `accepted(ip)`, `blocks(ip)`.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
@@ -77,6 +80,7 @@ pub mod config;
 pub mod dns;
 pub mod keys;
 pub mod net;
+pub mod receiver;
 pub mod redis;
 pub mod relay;
 pub mod sink;
