@@ -11,6 +11,7 @@ mod deliverer;
 mod destination;
 mod dotstuff;
 pub mod queue;
+pub(crate) mod recorded;
 pub mod tls;
 mod transaction;
 
