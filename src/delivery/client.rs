@@ -180,12 +180,9 @@ pub async fn open(
                 ))));
             }
         } else if let Some(connector) = connector {
-            let r = client
-                .cmd(b"STARTTLS\r\n")
-                .await
-                .map_err(|e| {
-                    OpenError::Connect(tag(err_reply(&client.stream, &e, "after STARTTLS")))
-                })?;
+            let r = client.cmd(b"STARTTLS\r\n").await.map_err(|e| {
+                OpenError::Connect(tag(err_reply(&client.stream, &e, "after STARTTLS")))
+            })?;
             if r.code != 220 {
                 if tls == TlsPolicy::Required {
                     return Err(OpenError::TlsRequired(tag(local_reply(
@@ -399,7 +396,12 @@ mod tests {
         let r = session
             .send(
                 &env,
-                &["good@b.test", "bad@b.test", "slow@b.test", "j\u{f6}rg@b.test"],
+                &[
+                    "good@b.test",
+                    "bad@b.test",
+                    "slow@b.test",
+                    "j\u{f6}rg@b.test",
+                ],
                 &Body::File(msg.clone()),
             )
             .await;

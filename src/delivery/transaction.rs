@@ -361,7 +361,10 @@ impl Session {
         };
         let (reply, reusable) = match data_reply {
             Ok(r) => (self.tag(r), true),
-            Err(e) => (self.tag(err_reply(&self.client.stream, &e, "after DATA")), false),
+            Err(e) => (
+                self.tag(err_reply(&self.client.stream, &e, "after DATA")),
+                false,
+            ),
         };
         for &i in accepted {
             replies[i] = Some(reply.clone());
