@@ -21,6 +21,7 @@
 #   RAMP_DAY_MS=6000 bench/ramp.sh          longer days (a busy machine: fewer late deliveries)
 #   RAMP_TABLE=16,32,64,128 RAMP_DAYS=6 RAMP_MAX_GROWTH=2.0 bench/ramp.sh   another table
 #   RAMP_TIGHTEN_DAY=3 RAMP_TIGHTEN_FACTOR=0.5 bench/ramp.sh                 scenario c's receiver
+#   RAMP_PERSIST_DAYS=2 RAMP_PERSIST_SHARE=0.1 bench/ramp.sh   the receiver's escalation to a block
 #   RELEASE=1 bench/ramp.sh                 the release build (throughput is not measured here:
 #                                           the debug build is the default, it is already built
 #                                           by `cargo test`)

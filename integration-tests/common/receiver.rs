@@ -26,9 +26,13 @@
 //!    pace_burst` (0 = no hourly pace).
 //! 2. Each RCPT is accepted while the day's accepted count is below the allowance and the hour's
 //!    is below the pace; otherwise it is **throttled** (`421 4.7.28` or `451 4.7.650`).
-//! 3. When the day's **offered volume** (distinct recipients offered that day: a retry of the
-//!    same message is not new volume) goes above `block_above × allowance`, the IP is **blocked**
-//!    (`550 5.7.1`) for the rest of that day and `block_days − 1` more days.
+//! 3. The IP is **blocked** (`550 5.7.1`, for the rest of that day and `block_days − 1` more
+//!    days) when the day's **offered volume** (distinct recipients offered that day: a retry of
+//!    the same message is not new volume) goes above `block_above × allowance`, or when it
+//!    goes over the allowance again after `persist_days` sending days in a row (idle days do not
+//!    break the run) on which more than `persist_share` of the volume it offered was refused
+//!    (told to slow down for days, it did not: the escalation from deferrals to blocks that the
+//!    providers describe).
 //! 4. At the end of a day: a clean day (nothing refused) grows the allowance by `growth ×
 //!    accepted` (reputation builds with good volume, so a day limited by demand grows it less); a
 //!    day with refused volume shrinks it by `shrink × refused` (distinct messages refused and not
@@ -82,6 +86,10 @@ pub struct Model {
     pub block_above: f64,
     /// A block lasts the rest of its day and this many days minus one more.
     pub block_days: u64,
+    /// Days in a row with more than `persist_share` of the offered volume refused after which
+    /// going over the allowance again is blocked, not throttled; 0 = never.
+    pub persist_days: u64,
+    pub persist_share: f64,
     /// The allowance after a day with a block: × this.
     pub after_block: f64,
     pub tighten: Option<Tighten>,
@@ -98,6 +106,8 @@ impl Default for Model {
             pace_burst: 4.0,
             block_above: 2.0,
             block_days: 1,
+            persist_days: 2,
+            persist_share: 0.1,
             after_block: 0.5,
             tighten: None,
             style: Style::Gmail,
@@ -138,12 +148,14 @@ impl Model {
     }
 
     /// Rules 2 and 3: the answer to one RCPT, given the day so far (`day.offered` already
-    /// counts this recipient), the hour's accepted count and whether the IP is blocked.
+    /// counts this recipient), the hour's accepted count, the days in a row before today that
+    /// were `pushed` and whether the IP is blocked.
     pub fn answer(
         &self,
         allowance: f64,
         day: &DayCounts,
         hour_accepted: u64,
+        pushed_days: u64,
         blocked: bool,
     ) -> Answer {
         if blocked || day.offered as f64 > self.block_above * allowance {
@@ -151,9 +163,16 @@ impl Model {
         } else if (day.accepted as f64) < allowance.floor() && hour_accepted < self.pace(allowance)
         {
             Answer::Accept
+        } else if self.persist_days > 0 && pushed_days >= self.persist_days {
+            Answer::Block
         } else {
             Answer::Throttle
         }
+    }
+
+    /// Rule 3: a day on which more than `persist_share` of the offered volume was refused.
+    pub fn pushed(&self, day: &DayCounts) -> bool {
+        day.offered > 0 && day.refused as f64 > self.persist_share * day.offered as f64
     }
 
     /// Rule 4: the allowance for the next day after a day with `day`'s counts.
@@ -234,6 +253,8 @@ struct IpSim {
     hour: u64,
     hour_accepted: u64,
     blocked_until: u64,
+    /// Days in a row before today that were pushed (rule 3).
+    pushed_days: u64,
     history: Vec<DayRecord>,
 }
 
@@ -249,6 +270,7 @@ impl IpSim {
             hour: 0,
             hour_accepted: 0,
             blocked_until: 0,
+            pushed_days: 0,
             history: Vec::new(),
         }
     }
@@ -267,6 +289,12 @@ impl IpSim {
         while self.day < today {
             self.counts.refused = self.seen.len() as u64 - self.accepted_rcpts.len() as u64;
             self.history.push(self.record());
+            // An idle day neither adds to a run of pushed days nor ends it.
+            if model.pushed(&self.counts) {
+                self.pushed_days += 1;
+            } else if self.counts.offered > 0 {
+                self.pushed_days = 0;
+            }
             let next = model.next_allowance(self.allowance, &self.counts);
             self.day += 1;
             self.allowance = model.allowance_on(self.day - self.first_day, next);
@@ -288,7 +316,13 @@ impl IpSim {
             self.counts.offered += 1;
         }
         let blocked = self.day < self.blocked_until;
-        let a = model.answer(self.allowance, &self.counts, self.hour_accepted, blocked);
+        let a = model.answer(
+            self.allowance,
+            &self.counts,
+            self.hour_accepted,
+            self.pushed_days,
+            blocked,
+        );
         match a {
             Answer::Accept => {
                 // A message accepted again (the relay lost the connection before the end of
