@@ -12,7 +12,7 @@
 # generator per relay that keeps demand above its cap (SMTP to the relay's listener), and the
 # receiver simulator of integration-tests/common/receiver.rs on 127.0.0.20 (a model with a
 # hidden allowance per source IP: throttles with 421 4.7.28 above it, blocks with 550 5.7.1 far
-# above it). Warm-up days are RAMP_DAY_MS long; the relay's state is read from its admin API.
+# above it or when a sender goes on pushing after days of refusals). Warm-up days are RAMP_DAY_MS long; the relay's state is read from its admin API.
 # The driver is the `--ignored` test `ramp_bench` in integration-tests/ramp_sim.rs.
 #
 # Needs cargo only; talks to loopback only. About 3 minutes with the defaults.
@@ -22,6 +22,7 @@
 #   RAMP_TABLE=16,32,64,128 RAMP_DAYS=6 RAMP_MAX_GROWTH=2.0 bench/ramp.sh   another table
 #   RAMP_TIGHTEN_DAY=3 RAMP_TIGHTEN_FACTOR=0.5 bench/ramp.sh                 scenario c's receiver
 #   RAMP_PERSIST_DAYS=2 RAMP_PERSIST_SHARE=0.1 bench/ramp.sh   the receiver's escalation to a block
+#   RAMP_STYLE=microsoft bench/ramp.sh      throttle with 451 4.7.650 (default gmail: 421 4.7.28)
 #   RELEASE=1 bench/ramp.sh                 the release build (throughput is not measured here:
 #                                           the debug build is the default, it is already built
 #                                           by `cargo test`)
@@ -32,6 +33,6 @@ PROFILE=()
 [ "${RELEASE:-0}" = 1 ] && PROFILE=(--release)
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "command: RAMP_ONLY=${RAMP_ONLY:-abc} RAMP_DAY_MS=${RAMP_DAY_MS:-4000} ${RAMP_TABLE:+RAMP_TABLE=$RAMP_TABLE }bench/ramp.sh   ($(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "command: $(env | grep '^RAMP_' | sort | tr '\n' ' ')bench/ramp.sh   ($(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo
 exec cargo test "${PROFILE[@]}" --quiet --test ramp_sim -- --ignored --exact ramp_bench --nocapture --test-threads 1

@@ -619,6 +619,10 @@ fn scenarios() -> Vec<Scenario> {
     // Rule 3's escalation: blocked after RAMP_PERSIST_DAYS days in a row with more than
     // RAMP_PERSIST_SHARE of the offered volume refused.
     let base = Model {
+        style: match std::env::var("RAMP_STYLE").as_deref() {
+            Ok("microsoft") => Style::Microsoft,
+            _ => Style::Gmail,
+        },
         persist_days: env_u64("RAMP_PERSIST_DAYS", Model::default().persist_days),
         persist_share: env_f64("RAMP_PERSIST_SHARE", Model::default().persist_share),
         ..Model::default()
