@@ -172,6 +172,7 @@ fn progress_of(idx: i64, last: i64) -> Progress {
     Progress {
         day_index: idx.clamp(0, u32::MAX as i64) as u32,
         last_send_day: (last >= 0).then_some(last as u64),
+        ..Progress::default()
     }
 }
 
@@ -413,7 +414,8 @@ mod tests {
             progress_of(3, 20_000),
             Progress {
                 day_index: 3,
-                last_send_day: Some(20_000)
+                last_send_day: Some(20_000),
+                ..Progress::default()
             }
         );
         assert_eq!(progress_of(0, -1), Progress::default());
