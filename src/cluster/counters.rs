@@ -61,7 +61,7 @@ pub enum Refused {
     /// `limits[index]` is at its cap in the farm; the farm's progress (unchanged).
     Farm {
         index: usize,
-        progress: Option<Progress>,
+        progress: Option<Box<Progress>>,
     },
     /// Redis down and this node's share of `limits[index]` is used up.
     Share { index: usize },
@@ -208,7 +208,7 @@ impl Cluster {
         } else {
             Err(Refused::Farm {
                 index: index.saturating_sub(1),
-                progress: farm_progress,
+                progress: farm_progress.map(Box::new),
             })
         }
     }

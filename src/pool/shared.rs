@@ -114,7 +114,7 @@ impl Pools {
                     if let Some(p) = progress
                         && p.index_on(m.today, m.idle_days) != plan.index
                     {
-                        self.set_progress(&key, p);
+                        self.set_progress(&key, *p);
                         continue;
                     }
                     let (why, until) = plan.kinds[index];
