@@ -12,7 +12,7 @@
 //!   accepted; throttled share = throttling deferrals ÷ all replies):
 //!   - a block or quarantine, or a throttled share above `step_back_above` → step back
 //!     `step_back_days` days of the table;
-//!   - a throttled share of `hold_above` or more → held;
+//!   - a throttled share of `hold_above` or more (any, with `hold_above = 0`) → held;
 //!   - less than `advance_at` of the cap taken (limited by demand) → held;
 //!   - else advanced: the next cap is `max_growth` × accepted, at least the table's next step,
 //!     at most the table's last entry; the day becomes the furthest table day at or below that
@@ -349,7 +349,8 @@ pub fn decide(
         cap: Some(cap),
         by,
     };
-    if throttled >= rules.hold_above {
+    // "Clean" is below `hold_above`; with `hold_above = 0`, any throttling holds.
+    if throttled > 0.0 && throttled >= rules.hold_above {
         return Some(held(HeldBy::Throttling { throttled }));
     }
     if used < rules.advance_at {
@@ -505,6 +506,19 @@ mod tests {
             ..tally(40, 35, 5)
         };
         assert_eq!(decide_on(&adaptive(), at(2, None), t).kind(), "advanced");
+        // hold_above = 0: any throttling holds, none is clean.
+        let strict = Rules {
+            hold_above: 0.0,
+            ..adaptive()
+        };
+        assert_eq!(
+            decide_on(&strict, at(2, None), tally(40, 39, 1)).kind(),
+            "held"
+        );
+        assert_eq!(
+            decide_on(&strict, at(2, None), tally(40, 40, 0)).kind(),
+            "advanced"
+        );
     }
 
     #[test]
