@@ -210,6 +210,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_sending_day_keeps_the_decision_and_starts_a_fresh_tally() {
+        let rules = Rules {
+            adaptive: true,
+            ..Rules::fixed(30)
+        };
+        let table = [4, 8, 16, 32];
+        let mut p = Progress::default();
+        assert_eq!(p.take(&rules, &table, 100), None, "the first day ever");
+        for _ in 0..4 {
+            assert_eq!(p.take(&rules, &table, 100), None);
+        }
+        p.refund(100);
+        p.refund(99);
+        assert_eq!(p.tally.taken, 4, "one refund of today's five");
+        p.tally.accepted = 4;
+        // Before the next day's first send, the cap it will have is already known.
+        assert_eq!(p.peek(&rules, &table, 101), (1, Some(8)));
+        let (d, day, cap) = p.take(&rules, &table, 101).expect("a decision");
+        assert_eq!((d.kind(), day.accepted, cap), ("advanced", 4, Some(4)));
+        assert_eq!((p.day_index, p.last_send_day, p.cap), (1, Some(101), None));
+        assert_eq!(p.tally.taken, 1, "today's first message");
+        assert_eq!(p.tally.accepted, 0);
+        assert_eq!(p.peek(&rules, &table, 101), (1, Some(8)));
+    }
+
+    #[test]
     fn caps_and_end_of_schedule() {
         let s = [200, 500, 1000];
         assert_eq!(daily_cap(&s, 0), Some(200));
