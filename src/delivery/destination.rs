@@ -322,7 +322,6 @@ impl Deliverer {
     /// before anything was sent (the caller takes another). The session is kept for reuse
     /// when it can carry more.
     async fn transact(&self, mut s: Session, msg: &Message<'_>) -> Option<Attempt> {
-        let began = crate::pool::warmup::Clock::now_ms();
         let result = s.send(msg.env, &msg.rcpts, &msg.body).await;
         if result.stale {
             tracing::debug!(mx = %s.host, source_ip = %s.source.label(), "reused connection was closed, taking another");
@@ -337,16 +336,6 @@ impl Deliverer {
             .map(|(mut reply, rcpt)| {
                 let status = match s.source.ip {
                     Some(ip) => {
-                        // TEMP (until engineer B's reputation-stage calls are merged).
-                        use crate::pool::RampOutcome as R;
-                        let o = match (reply.code / 100, reply.status.starts_with("4.7.")) {
-                            (2, _) => R::Accepted,
-                            (4, true) => R::Throttled,
-                            (4, false) => R::Deferred,
-                            _ if reply.status.starts_with("5.7.") => R::Blocked,
-                            _ => R::Bounced,
-                        };
-                        self.pools.ramp_outcome(ip, &provider, began, o);
                         self.pools.record_reply(ip, &provider, &reply);
                         // Block replies become "retry from another IP" here.
                         self.reputation
