@@ -135,7 +135,7 @@ pub fn format_status(status: &Value) -> String {
     let mut rows = vec![
         [
             "POOL", "IP", "STATE", "PROVIDER", "P-STATE", "DAY", "TODAY", "HOUR", "SENT", "DEFER",
-            "BOUNCE", "REASON",
+            "BOUNCE", "RAMP", "REASON",
         ]
         .map(String::from)
         .to_vec(),
@@ -158,7 +158,7 @@ pub fn format_status(status: &Value) -> String {
             let providers = ip["providers"].as_object().cloned().unwrap_or_default();
             if providers.is_empty() {
                 let mut row = head.to_vec();
-                row.extend(["-"; 8].map(String::from));
+                row.extend(["-"; 9].map(String::from));
                 row.push(reason.clone());
                 rows.push(row);
             }
@@ -177,6 +177,7 @@ pub fn format_status(status: &Value) -> String {
                     cell(&p["sent"]),
                     cell(&p["deferred"]),
                     cell(&p["bounced"]),
+                    ramp(&p),
                     match &p["backoff_reason"] {
                         Value::String(b) => format!("backoff: {}", crate::text::Escaped(b)),
                         _ => reason.clone(),
@@ -189,6 +190,17 @@ pub fn format_status(status: &Value) -> String {
     let mut out = farm.map(format_farm).unwrap_or_default();
     out.push_str(&table(rows));
     out
+}
+
+/// The warm-up ramp's last decision ("adaptive:" first on an adaptive schedule).
+fn ramp(p: &Value) -> String {
+    let adaptive = p["adaptive"] == Value::Bool(true);
+    match (&p["warmup_decision"], adaptive) {
+        (Value::String(d), true) => format!("adaptive: {}", crate::text::Escaped(d)),
+        (Value::String(d), false) => crate::text::escape(d).into_owned(),
+        (_, true) => "adaptive".into(),
+        _ => "-".into(),
+    }
 }
 
 /// The farm's nodes, one line each, before the pool table.
@@ -280,7 +292,8 @@ mod tests {
         let v: Value = serde_json::from_str(
             r#"{"pools":[{"name":"default","ips":[
               {"ip":"127.0.0.10","state":"warming","reason":null,"evidence":null,"providers":{
-                "gmail":{"state":"warming","warmup_day":2,"used_today":5,"cap_today":1000,"used_hour":1,"cap_hour":84,"sent":5,"deferred":0,"bounced":1}}},
+                "gmail":{"state":"warming","warmup_day":2,"used_today":5,"cap_today":1000,"used_hour":1,"cap_hour":84,"sent":5,"deferred":0,"bounced":1,
+                  "adaptive":true,"warmup_decision":"held at day 2: 12 % throttled"}}},
               {"ip":"127.0.0.11","state":"drained","reason":"operator","evidence":"","providers":{}}]}]}"#,
         )
         .unwrap();
@@ -289,6 +302,10 @@ mod tests {
         assert_eq!(lines.len(), 3, "{t}");
         assert!(
             lines[1].contains("127.0.0.10") && lines[1].contains("5/1000"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("adaptive: held at day 2: 12 % throttled"),
             "{t}"
         );
         assert!(
