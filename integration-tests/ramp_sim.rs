@@ -501,7 +501,7 @@ fn report(sc: &Scenario, res: &[ArmResult]) -> String {
         sc.days,
         sc.model
     );
-    s.push_str("| arm | days to target | block replies (days) | deferred share | days the relay held the IP |\n|---|---|---|---|---|\n");
+    s.push_str("| arm | days to target | block replies (days) | replies deferred (throttled or blocked) | days the relay held the IP |\n|---|---|---|---|---|\n");
     for r in res {
         s.push_str(&format!(
             "| {} | {} | {} ({}) | {:.1} % | {} |\n",
