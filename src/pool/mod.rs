@@ -27,6 +27,7 @@ pub use holds::{Cause, Hold, HoldKind, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::RampOutcome;
 pub use select::{Held, Lease, Pick, Selection};
+pub use view::CountsFrom;
 pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 //! - Redis down → the fallback share (`cluster::counters`); a share used up marks the IP ×
 //!   provider full until its window ends or Redis returns, whichever is first.
 //! - `farm_max_per_hour` without `[cluster]` caps this relay's IPs together.
+//! - The operator's views (`farm_counts`) show the farm's day and hour counts per IP × provider,
+//!   read from Redis when the view is built (this relay's own beside them), and why the farm
+//!   refuses: the refusal this relay was given, else a farm count at its cap. Redis down: the
+//!   count last read plus this relay's takes since, and no refusal is guessed from it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use std::sync::Arc;
 use super::pools::{Inner, Key, Pools};
 use super::select::{Held, Selection};
 use super::throttle::Full;
+use super::view::{CountsFrom, PoolsView, ProviderView};
 use super::warmup::{Clock, Progress};
 use crate::cluster::{Cluster, Limit, ProgressMove, Refused, Taken};
 
@@ -36,6 +41,19 @@ const WHY: [(&str, &str); 3] = [
         "local share of the provider's farm_max_per_hour reached (Redis down)",
     ),
 ];
+
+/// The farm's counter keys of an IP × provider (day, hour) and of a provider's hour.
+fn day_key(cluster: &Cluster, ip: IpAddr, provider: &str, day: u64) -> String {
+    cluster.key(&format!("ipp:{ip}|{provider}:d:{day}"))
+}
+
+fn hour_key(cluster: &Cluster, ip: IpAddr, provider: &str, hour: u64) -> String {
+    cluster.key(&format!("ipp:{ip}|{provider}:h:{hour}"))
+}
+
+fn provider_key(cluster: &Cluster, provider: &str, hour: u64) -> String {
+    cluster.key(&format!("provider:{provider}:h:{hour}"))
+}
 
 /// What one message takes in the farm's counters.
 struct Plan {
@@ -153,13 +171,13 @@ impl Pools {
         let (ip_s, provider) = (key.0, key.1.as_str());
         let mut limits = vec![
             Limit {
-                key: cluster.key(&format!("ipp:{ip_s}|{provider}:d:{day}")),
+                key: day_key(cluster, ip_s, provider, day),
                 cap: caps.daily,
                 ttl_ms: day_ttl,
                 own: counters.used_today(&clock, now).saturating_sub(1),
             },
             Limit {
-                key: cluster.key(&format!("ipp:{ip_s}|{provider}:h:{hour}")),
+                key: hour_key(cluster, ip_s, provider, hour),
                 cap: caps.hourly,
                 ttl_ms: hour_ttl,
                 own: counters.used_hour(&clock, now).saturating_sub(1),
@@ -175,7 +193,7 @@ impl Pools {
             .map_or(0, |p| p.farm_max_per_hour);
         if farm_max > 0 {
             limits.push(Limit {
-                key: cluster.key(&format!("provider:{provider}:h:{hour}")),
+                key: provider_key(cluster, provider, hour),
                 cap: Some(farm_max),
                 ttl_ms: hour_ttl,
                 own: inner.provider_hour(provider, &clock, now).saturating_sub(1),
@@ -232,12 +250,203 @@ impl Pools {
     }
 }
 
+/// The farm's counts of one IP × provider as read for a view.
+#[derive(Debug, Clone, Copy, Default)]
+struct FarmRead {
+    day: Option<u64>,
+    hour: Option<u64>,
+    /// The provider's hour count across the farm, and its `farm_max_per_hour`.
+    provider_hour: Option<(u64, u64)>,
+    live: bool,
+    /// Unix seconds at which the day and the hour end.
+    day_end: u64,
+    hour_end: u64,
+}
+
+/// Puts the farm's counts into `p` (this relay's own kept as `*_here`) and, read live, a
+/// refusal the farm would give now if this relay was not given one yet.
+fn fill(p: &mut ProviderView, r: FarmRead) {
+    p.used_today_here = Some(p.used_today);
+    p.used_hour_here = Some(p.used_hour);
+    p.counts_from = Some(match (r.day, r.live) {
+        (None, _) => CountsFrom::Here,
+        (Some(_), true) => CountsFrom::Farm,
+        (Some(_), false) => CountsFrom::FarmLastRead,
+    });
+    p.used_today = r.day.unwrap_or(p.used_today);
+    p.used_hour = r.hour.unwrap_or(p.used_hour);
+    if p.farm_full.is_some() || !r.live {
+        return;
+    }
+    let at = |n: u64, cap: Option<u64>| cap.is_some_and(|c| n >= c);
+    let full = if at(p.used_today, p.cap_today) {
+        Some((WHY[0].0, r.day_end))
+    } else if at(p.used_hour, p.cap_hour) {
+        Some((WHY[1].0, r.hour_end))
+    } else {
+        r.provider_hour
+            .filter(|(n, max)| n >= max)
+            .map(|_| (WHY[2].0, r.hour_end))
+    };
+    if let Some((why, until)) = full {
+        p.farm_full = Some(why.to_string());
+        p.farm_full_until = Some(until);
+    }
+}
+
+impl Pools {
+    /// With `[cluster]`, the farm's counts and refusals in `view` (see the module's rules);
+    /// without it, nothing changes.
+    pub async fn farm_counts(&self, view: &mut PoolsView) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let conf = self.conf();
+        let (clock, now) = (conf.clock, Clock::now_ms());
+        let (day, hour) = (clock.day(now), clock.hour(now));
+        let farm_max = |provider: &str| {
+            conf.providers
+                .get(provider)
+                .map_or(0, |p| p.farm_max_per_hour)
+        };
+        // Per IP × provider its day and hour keys, then one key per capped provider.
+        let mut keys = Vec::new();
+        let mut capped: Vec<String> = Vec::new();
+        for ip in view.pools.iter().flat_map(|p| &p.ips) {
+            let Ok(addr) = ip.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            for provider in ip.providers.keys() {
+                keys.push(day_key(&cluster, addr, provider, day));
+                keys.push(hour_key(&cluster, addr, provider, hour));
+                if farm_max(provider) > 0 && !capped.contains(provider) {
+                    capped.push(provider.clone());
+                }
+            }
+        }
+        let ipp = keys.len();
+        keys.extend(capped.iter().map(|p| provider_key(&cluster, p, hour)));
+        let (counts, live) = cluster.counts(&keys).await;
+        let (day_end, hour_end) = (
+            clock.next_day_start(now) / 1000,
+            clock.next_hour_start(now) / 1000,
+        );
+        let mut at = 0;
+        for ip in view.pools.iter_mut().flat_map(|p| &mut p.ips) {
+            if ip.ip.parse::<IpAddr>().is_err() {
+                continue;
+            }
+            for (provider, p) in ip.providers.iter_mut() {
+                let provider_hour = capped
+                    .iter()
+                    .position(|c| c == provider)
+                    .and_then(|i| counts.get(ipp + i).copied().flatten())
+                    .map(|n| (n, farm_max(provider)));
+                let read = FarmRead {
+                    day: counts.get(at).copied().flatten(),
+                    hour: counts.get(at + 1).copied().flatten(),
+                    provider_hour,
+                    live,
+                    day_end,
+                    hour_end,
+                };
+                fill(p, read);
+                at += 2;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
     use crate::config::Config;
+
+    fn provider(used_today: u64, cap_today: Option<u64>, used_hour: u64) -> ProviderView {
+        ProviderView {
+            state: crate::pool::IpState::Warming,
+            probation: false,
+            warmup_day: Some(0),
+            used_today,
+            cap_today,
+            used_hour,
+            cap_hour: Some(1000),
+            connections: 0,
+            sent: used_today,
+            deferred: 0,
+            bounced: 0,
+            backoff_until: None,
+            backoff_reason: None,
+            used_today_here: None,
+            used_hour_here: None,
+            counts_from: None,
+            farm_full: None,
+            farm_full_until: None,
+        }
+    }
+
+    fn read(day: u64, hour: u64, live: bool) -> FarmRead {
+        FarmRead {
+            day: Some(day),
+            hour: Some(hour),
+            provider_hour: None,
+            live,
+            day_end: 500,
+            hour_end: 50,
+        }
+    }
+
+    #[test]
+    fn a_view_shows_the_farms_counts_and_a_cap_the_farm_reached() {
+        // This relay sent 9 of the 10; the farm is at 10 and refuses.
+        let mut p = provider(9, Some(10), 2);
+        fill(&mut p, read(10, 3, true));
+        assert_eq!((p.used_today, p.used_today_here), (10, Some(9)));
+        assert_eq!((p.used_hour, p.used_hour_here), (3, Some(2)));
+        assert_eq!(p.counts_from, Some(CountsFrom::Farm));
+        assert_eq!(
+            p.farm_full.as_deref(),
+            Some("farm daily warm-up cap reached")
+        );
+        assert_eq!(p.farm_full_until, Some(500));
+
+        let mut p = provider(4, Some(10), 1);
+        fill(&mut p, read(6, 2, true));
+        assert_eq!(p.farm_full, None, "room left");
+        let mut p = provider(4, Some(10), 1);
+        fill(
+            &mut p,
+            FarmRead {
+                provider_hour: Some((6, 6)),
+                ..read(6, 2, true)
+            },
+        );
+        assert_eq!(
+            p.farm_full.as_deref(),
+            Some("provider's farm_max_per_hour reached")
+        );
+        assert_eq!(p.farm_full_until, Some(50));
+    }
+
+    #[test]
+    fn a_refusal_given_stays_and_none_is_guessed_while_redis_is_down() {
+        let mut p = provider(3, Some(10), 1);
+        p.farm_full = Some(WHY[1].0.into());
+        fill(&mut p, read(10, 3, true));
+        assert_eq!(p.farm_full.as_deref(), Some("farm hourly cap reached"));
+
+        let mut p = provider(3, Some(10), 1);
+        fill(&mut p, read(10, 3, false));
+        assert_eq!(p.counts_from, Some(CountsFrom::FarmLastRead));
+        assert_eq!((p.used_today, p.farm_full), (10, None));
+
+        let mut p = provider(3, Some(10), 1);
+        fill(&mut p, FarmRead::default());
+        assert_eq!(p.counts_from, Some(CountsFrom::Here));
+        assert_eq!((p.used_today, p.used_today_here), (3, Some(3)));
+    }
 
     #[test]
     fn farm_max_per_hour_without_a_cluster_caps_this_relays_ips_together() {
@@ -261,5 +470,14 @@ mod tests {
             p.pick(Some("a"), "other", false, &[]),
             Selection::Picked(_)
         ));
+        // Without [cluster] the view keeps this relay's counts and adds nothing.
+        let mut view = p.status();
+        futures_util::FutureExt::now_or_never(p.farm_counts(&mut view)).expect("no I/O");
+        let v = serde_json::to_value(&view).unwrap();
+        let alpha = &v["pools"][0]["ips"][0]["providers"]["alpha"];
+        assert!(alpha["used_today"].as_u64().is_some_and(|n| n > 0), "{v}");
+        for field in ["used_today_here", "counts_from", "farm_full"] {
+            assert!(alpha.get(field).is_none(), "{field}: {v}");
+        }
     }
 }
