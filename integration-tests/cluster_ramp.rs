@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use poolrelay::cluster::ramp::{FarmRamp, Rolled, Tally, tally_ttl};
-use poolrelay::cluster::{Cluster, RunError, Settings};
+use poolrelay::cluster::{Cluster, Limit, RunError, Settings, Taken};
 use poolrelay::pool::RampOutcome;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,22 @@ fn count(c: &Cluster, day: u64, o: RampOutcome, n: usize) {
     }
 }
 
+/// `n` messages taken on `day` as the take's script counts them, with the day's other counters.
+async fn take(c: &Cluster, day: u64, n: usize) {
+    let limit = Limit {
+        key: c.ramp_taken_key(ip(), "alpha", day),
+        cap: None,
+        ttl_ms: tally_ttl(60_000, 30),
+        own: 0,
+    };
+    for _ in 0..n {
+        assert_eq!(
+            c.take(std::slice::from_ref(&limit), None).await,
+            Ok(Taken::Shared(None))
+        );
+    }
+}
+
 fn farm_tally(redis: &RedisServer, day: u64) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> =
         redis.query(&["HGETALL", &format!("farm:ramp:127.0.0.12|alpha:d:{day}")]);
@@ -92,6 +108,10 @@ async fn two_relays_share_one_ramp_decided_once_on_the_farms_tally() {
         "the farm's state, not b's own"
     );
 
+    take(&a, 100, 7).await;
+    take(&b, 100, 5).await;
+    b.give_back(&[(b.ramp_taken_key(ip(), "alpha", 100), 60_000)])
+        .await;
     count(&a, 100, RampOutcome::Accepted, 6);
     count(&a, 100, RampOutcome::Throttled, 1);
     count(&b, 100, RampOutcome::Accepted, 3);
@@ -144,7 +164,11 @@ async fn two_relays_share_one_ramp_decided_once_on_the_farms_tally() {
         unreachable!()
     };
     assert_eq!((state, before), (&day1, &day0));
-    assert_eq!((tally.accepted, tally.throttled, tally.blocked), (9, 2, 1));
+    assert_eq!(
+        (tally.taken, tally.accepted, tally.throttled, tally.blocked),
+        (11, 9, 2, 1),
+        "the farm's day"
+    );
     for r in [&ra, &rb] {
         let state = match r.as_ref().unwrap() {
             Rolled::Decided { state, .. } | Rolled::Farm(state) => state,

@@ -5,7 +5,9 @@
 //! - The state is the ramp's own JSON, one field per IP × provider (`<ip>|<provider>`) of the
 //!   hash `<prefix>:ramp`, with no expiry (like the warm-up progress).
 //! - Each reply counts into `<prefix>:ramp:<ip>|<provider>:d:<day>` (a hash: accepted,
-//!   throttled, deferred, bounced, blocked), on the day its delivery began. Counts wait here
+//!   throttled, deferred, bounced, blocked), on the day its delivery began; the messages taken
+//!   count in `<prefix>:ramp:<ip>|<provider>:t:<day>`, one more counter of the take's script
+//!   (`counters`: given back with the others, kept while Redis is down). Replies wait here
 //!   and go in batches (at once, and every second while any wait), one MULTI per batch. A batch
 //!   that timed out is taken as sent: Redis may still apply it, and counting twice is worse.
 //!   A tally lives `idle_days + 2` days: a decision after the longest gap that does not re-warm
@@ -34,6 +36,8 @@ use crate::pool::RampOutcome;
 /// One IP × provider's replies on one sending day.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Tally {
+    /// Messages taken (picked and not given back).
+    pub taken: u64,
     pub accepted: u64,
     pub throttled: u64,
     pub deferred: u64,
@@ -66,6 +70,7 @@ impl Tally {
 
     fn from_counts(c: [u64; 5]) -> Tally {
         Tally {
+            taken: 0,
             accepted: c[0],
             throttled: c[1],
             deferred: c[2],
@@ -77,22 +82,29 @@ impl Tally {
     pub fn add(&mut self, o: RampOutcome, n: u64) {
         let mut c = self.counts();
         c[index(o)] += n;
-        *self = Tally::from_counts(c);
+        *self = Tally {
+            taken: self.taken,
+            ..Tally::from_counts(c)
+        };
     }
 
+    /// No reply counted (`taken` aside).
     pub fn is_empty(&self) -> bool {
         self.counts() == [0; 5]
     }
 
-    /// `self` less `sent` (what a batch carried), never below 0.
+    /// The replies of `self` less `sent` (what a batch carried), never below 0.
     fn minus(&self, sent: &Tally) -> Tally {
         let (a, b) = (self.counts(), sent.counts());
         Tally::from_counts(std::array::from_fn(|i| a[i].saturating_sub(b[i])))
     }
 
-    /// From a tally hash as `HGETALL` returns it (unknown fields ignored).
-    fn from_hash(pairs: &HashMap<String, u64>) -> Tally {
-        Tally::from_counts(FIELDS.map(|f| pairs.get(f).copied().unwrap_or(0)))
+    /// From a tally hash as `HGETALL` returns it (unknown fields ignored) and the taken count.
+    fn from_hash(pairs: &HashMap<String, u64>, taken: Option<i64>) -> Tally {
+        Tally {
+            taken: taken.unwrap_or(0).max(0) as u64,
+            ..Tally::from_counts(FIELDS.map(|f| pairs.get(f).copied().unwrap_or(0)))
+        }
     }
 }
 
@@ -165,6 +177,11 @@ impl Cluster {
         self.key(&format!("ramp:{}:d:{day}", field(ip, provider)))
     }
 
+    /// The counter of messages taken on `day` (a `Limit` without cap, `tally_ttl` long).
+    pub fn ramp_taken_key(&self, ip: IpAddr, provider: &str, day: u64) -> String {
+        self.key(&format!("ramp:{}:t:{day}", field(ip, provider)))
+    }
+
     /// Counts one reply into the farm's tally of `day` (sent in the next batch).
     pub fn ramp_count(&self, ip: IpAddr, provider: &str, day: u64, o: RampOutcome, ttl_ms: u64) {
         let key = self.tally_key(ip, provider, day);
@@ -235,16 +252,20 @@ impl Cluster {
         if let Err(e @ (RunError::Down | RunError::Failed)) = self.ramp_flush().await {
             return Err(e);
         }
-        let key = self.tally_key(ip, provider, day);
-        let pairs = self
+        let (key, taken) = (
+            self.tally_key(ip, provider, day),
+            self.ramp_taken_key(ip, provider, day),
+        );
+        let (pairs, taken) = self
             .try_run("ramp tally", |mut c| async move {
-                redis::cmd("HGETALL")
-                    .arg(&key)
-                    .query_async::<HashMap<String, u64>>(&mut c)
+                redis::pipe()
+                    .hgetall(&key)
+                    .get(&taken)
+                    .query_async::<(HashMap<String, u64>, Option<i64>)>(&mut c)
                     .await
             })
             .await?;
-        Ok(Tally::from_hash(&pairs))
+        Ok(Tally::from_hash(&pairs, taken))
     }
 
     /// The farm's stored state of `ip` × `provider` as text (`None`: nothing stored).
@@ -395,8 +416,12 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let farm = Tally::from_hash(&hash);
-        assert_eq!((farm.accepted, farm.deferred, farm.bounced), (7, 2, 0));
+        let farm = Tally::from_hash(&hash, Some(12));
+        assert_eq!(
+            (farm.taken, farm.accepted, farm.deferred, farm.bounced),
+            (12, 7, 2, 0)
+        );
+        assert_eq!(Tally::from_hash(&hash, Some(-1)).taken, 0);
     }
 
     #[test]
