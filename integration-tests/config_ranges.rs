@@ -84,6 +84,12 @@ const KEYS: &[(At, &str, Kind)] = &[
     (At::Provider, "backoff", Kind::Duration),
     (At::PoolIp, "weight", Kind::Int),
     (At::Schedule, "daily", Kind::Int),
+    (At::Schedule, "advance_at", Kind::Rate),
+    (At::Schedule, "hold_above", Kind::Rate),
+    (At::Schedule, "step_back_above", Kind::Rate),
+    (At::Schedule, "max_growth", Kind::Rate),
+    (At::Schedule, "step_back_days", Kind::Int),
+    (At::Schedule, "rewarm_day", Kind::Int),
     (At::Dkim, "expire", Kind::Duration),
 ];
 
@@ -130,7 +136,9 @@ fn config_with(dir: &Path, at: At, key: &str, value: &str) -> String {
         At::Table(t) => cfg = cfg.section(&format!("[{t}]\n{kv}")),
         At::Provider => provider = format!("{kv}\n"),
         At::PoolIp => pool_weight = format!("{kv}\n"),
-        At::Schedule => schedule = kv,
+        At::Schedule if key == "daily" => schedule = kv,
+        // The ramp keys on an adaptive schedule with its table.
+        At::Schedule => schedule = format!("{schedule}\nadaptive = true\n{kv}"),
         At::Dkim => dkim = format!("{kv}\n"),
     }
     let (key_path, _) = keygen(dir, "example.com", "s1", "ed25519");

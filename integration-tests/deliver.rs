@@ -899,3 +899,124 @@ fn a_burst_shares_a_few_reused_connections() {
     assert_eq!((from10, msgs.len() - from10), (15, 15));
     wait_queue_empty(&relay);
 }
+
+/// Microsoft's IP-reputation deferral (a three-digit status detail).
+const S775: &str = "451 4.7.650 The mail server [127.0.0.10] has been temporarily rate limited due to IP reputation. (S775)";
+
+/// The log lines that contain every one of `needles`.
+fn log_lines_with(relay: &Relay, needles: &[&str]) -> Vec<String> {
+    log_text(relay)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// smtp-proto keeps each status part in a byte (4.7.650 became 4.7.255): the live replies of a
+/// pipelined batch are logged, classified by the status rules and stored whole.
+#[test]
+fn three_digit_status_details_are_kept_whole_on_live_replies() {
+    let dir = tempdir("deliver-status-whole");
+    let dns = DnsServer::start();
+    let sink = Sink::builder(&[ip(20)])
+        .script(|s: &Step| {
+            match &s.stage {
+            Stage::RcptTo(a) if a.starts_with("rl@") => Some(S775.into()),
+            Stage::RcptTo(a) if a.starts_with("ban@") => Some(
+                "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP."
+                    .into(),
+            ),
+            _ => None,
+        }
+        })
+        .start();
+    dns.add_mx("m.test", 10, "mx.microsoft.test");
+    dns.add_ip("mx.microsoft.test", ip(20));
+    let cfg = config(&dns, sink.port())
+        .pool("default", &pool_ips()[..1])
+        .provider("microsoft", &["microsoft.test"]);
+    let relay = start(&dir, &cfg);
+    submit(
+        &relay,
+        "sender@snd.test",
+        &["rl@m.test", "ban@m.test"],
+        "st",
+    );
+    assert!(
+        wait_until(WAIT, || log_lines_with(&relay, &["reply classified"]).len()
+            >= 2),
+        "{}",
+        relay.log()
+    );
+    let rl = log_lines_with(
+        &relay,
+        &["reply classified", "reply=451 4.7.650 The mail server"],
+    );
+    assert!(
+        rl.iter()
+            .any(|l| l.contains("provider=microsoft") && l.contains("rule=microsoft-")),
+        "{rl:?}\n{}",
+        relay.log()
+    );
+    // Only its status (not its text) names 5.7.708: the status rule decided.
+    let ban = log_lines_with(&relay, &["reply classified", "reply=550 5.7.708"]);
+    assert!(
+        ban.iter()
+            .any(|l| l.contains("rule=microsoft-banned-ip-status")),
+        "{ban:?}\n{}",
+        relay.log()
+    );
+    // Stored whole: the deferred recipient's last reply (its status, or the reply quoted when
+    // it counted against the IP).
+    assert!(
+        wait_until(WAIT, || {
+            let env = envelope_json(&relay);
+            let last = env["recipients"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["address"] == "rl@m.test"))
+                .map(|r| r["last_reply"].to_string())
+                .unwrap_or_default();
+            last.contains("4.7.650")
+        }),
+        "{:?}",
+        relay.queued_envelopes()
+    );
+    let log = log_text(&relay);
+    assert!(!log.contains(".255"), "a cut status:\n{log}");
+}
+
+/// A permanent refusal with a three-digit detail reaches the sender's DSN whole.
+#[test]
+fn three_digit_status_detail_is_kept_whole_in_the_dsn() {
+    let dir = tempdir("deliver-status-dsn");
+    let dns = DnsServer::start();
+    let sink = Sink::builder(&[ip(20), ip(24)])
+        .script(|s: &Step| {
+            (matches!(s.stage, Stage::RcptTo(_)) && s.local.ip() == ip(20))
+                .then(|| "550 5.7.606 Access denied, banned sending IP [127.0.0.10]".to_string())
+        })
+        .start();
+    dns.add_mx("m.test", 10, "mx.microsoft.test");
+    dns.add_ip("mx.microsoft.test", ip(20));
+    dns.add_mx("snd.test", 10, "mx.snd.test");
+    dns.add_ip("mx.snd.test", ip(24));
+    // No pool: the refusal is the recipient's answer (a pool IP would be blamed and retried).
+    let relay = start(&dir, &config(&dns, sink.port()));
+    submit(&relay, "sender@snd.test", &["banned@m.test"], "dsn-st");
+    let dsn = sink.wait_for_messages(1, WAIT);
+    assert_eq!(dsn[0].local.ip(), ip(24));
+    let status = delivery_status(&dsn[0]);
+    for want in [
+        "Final-Recipient: rfc822; banned@m.test",
+        "Status: 5.7.606",
+        "Diagnostic-Code: smtp; 550 5.7.606 Access denied",
+    ] {
+        assert!(status.contains(want), "{want} missing in:\n{status}");
+    }
+    assert!(
+        !dsn[0].data_str().contains("5.7.255"),
+        "{}",
+        dsn[0].data_str()
+    );
+    wait_queue_empty(&relay);
+}

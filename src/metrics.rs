@@ -36,6 +36,13 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RampDecision {
+    ip: String,
+    provider: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Dkim {
     result: &'static str,
 }
@@ -93,6 +100,7 @@ struct Events {
     outbound: Family<Tls, Counter>,
     dkim: Family<Dkim, Counter>,
     sessions: Gauge,
+    warmup_decisions: Family<RampDecision, Counter>,
 }
 
 fn events() -> &'static Events {
@@ -107,6 +115,7 @@ fn events() -> &'static Events {
             outbound: Family::default(),
             dkim: Family::default(),
             sessions: Gauge::default(),
+            warmup_decisions: Family::default(),
         };
         registry.register(
             "messages_accepted",
@@ -138,6 +147,11 @@ fn events() -> &'static Events {
             "SMTP sessions open now",
             e.sessions.clone(),
         );
+        registry.register(
+            "warmup_decisions",
+            "Warm-up ramp decisions per source IP and provider (advanced, held, stepped-back, rewarmed)",
+            e.warmup_decisions.clone(),
+        );
         Events { registry, ..e }
     })
 }
@@ -167,6 +181,18 @@ pub fn outcome(ip: &str, provider: &str, class: Class) {
             ip: ip.to_string(),
             provider: provider.to_string(),
             class: class.as_str(),
+        })
+        .inc();
+}
+
+/// A warm-up ramp decision (`pool::ramp`) for `ip` × `provider`.
+pub fn warmup_decision(ip: &str, provider: &str, decision: &'static str) {
+    events()
+        .warmup_decisions
+        .get_or_create(&RampDecision {
+            ip: ip.to_string(),
+            provider: provider.to_string(),
+            decision,
         })
         .inc();
 }
@@ -286,6 +312,7 @@ fn levels_registry(l: &Levels) -> Registry {
     let Some(view) = &l.pools else { return r };
     let used = Family::<IpProvider, Gauge>::default();
     let cap = Family::<IpProvider, Gauge>::default();
+    let ramp_day = Family::<IpProvider, Gauge>::default();
     let state = Family::<IpProviderState, Gauge>::default();
     let dnsbl = Family::<IpZone, Gauge>::default();
     for ip in view.pools.iter().flat_map(|p| &p.ips) {
@@ -310,6 +337,9 @@ fn levels_registry(l: &Levels) -> Registry {
             if let Some(c) = p.cap_today {
                 cap.get_or_create(&labels).set(n(c));
             }
+            if let Some(d) = p.warmup_day {
+                ramp_day.get_or_create(&labels).set(i64::from(d));
+            }
         }
         for zone in &l.dnsbl_zones {
             let listed = ip.holds.iter().any(|h| {
@@ -333,6 +363,11 @@ fn levels_registry(l: &Levels) -> Registry {
         cap,
     );
     r.register(
+        "warmup_day",
+        "The warm-up ramp's day (index into its schedule) per source IP and provider",
+        ramp_day,
+    );
+    r.register(
         "ip_state",
         "1 for the state a source IP is in, per provider (provider=\"all\": the IP overall)",
         state,
@@ -354,6 +389,7 @@ mod tests {
         accepted(true, false);
         refused("rcpt", 554);
         outcome("192.0.2.1", "gmail", Class::Block);
+        warmup_decision("192.0.2.1", "gmail", "held");
         let _s = session();
         let text = render(&Levels {
             queue_messages: 3,
@@ -366,6 +402,7 @@ mod tests {
             "poolrelay_messages_refused_total{stage=\"rcpt\",code=\"554\"}",
             "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"block\"}",
             "poolrelay_dkim_messages_total{result=\"unsigned\"}",
+            "poolrelay_warmup_decisions_total{ip=\"192.0.2.1\",provider=\"gmail\",decision=\"held\"} 1",
             "poolrelay_queue_messages 3",
             "poolrelay_queue_oldest_age_seconds 60",
             "poolrelay_inbound_sessions ",

@@ -136,7 +136,7 @@ pub fn format_status(status: &Value) -> String {
     let mut rows = vec![
         [
             "POOL", "IP", "STATE", "PROVIDER", "P-STATE", "DAY", "TODAY", "HOUR", "SENT", "DEFER",
-            "BOUNCE", "REASON",
+            "BOUNCE", "RAMP", "REASON",
         ]
         .map(String::from)
         .to_vec(),
@@ -161,7 +161,7 @@ pub fn format_status(status: &Value) -> String {
             let providers = ip["providers"].as_object().cloned().unwrap_or_default();
             if providers.is_empty() {
                 let mut row = head.to_vec();
-                row.extend(["-"; 8].map(String::from));
+                row.extend(["-"; 9].map(String::from));
                 if farm.is_some() {
                     row.push("-".into());
                 }
@@ -183,6 +183,7 @@ pub fn format_status(status: &Value) -> String {
                     cell(&p["sent"]),
                     cell(&p["deferred"]),
                     cell(&p["bounced"]),
+                    ramp(&p),
                     match (&p["backoff_reason"], &p["farm_full"]) {
                         (Value::String(b), _) => format!("backoff: {}", crate::text::Escaped(b)),
                         (_, Value::String(f)) => crate::text::escape(f).into_owned(),
@@ -199,6 +200,17 @@ pub fn format_status(status: &Value) -> String {
     let mut out = farm.map(format_farm).unwrap_or_default();
     out.push_str(&table(rows));
     out
+}
+
+/// The warm-up ramp's last decision ("adaptive:" first on an adaptive schedule).
+fn ramp(p: &Value) -> String {
+    let adaptive = p["adaptive"] == Value::Bool(true);
+    match (&p["warmup_decision"], adaptive) {
+        (Value::String(d), true) => format!("adaptive: {}", crate::text::Escaped(d)),
+        (Value::String(d), false) => crate::text::escape(d).into_owned(),
+        (_, true) => "adaptive".into(),
+        _ => "-".into(),
+    }
 }
 
 /// The farm's nodes, one line each, before the pool table.
@@ -312,7 +324,8 @@ mod tests {
         let v: Value = serde_json::from_str(
             r#"{"pools":[{"name":"default","ips":[
               {"ip":"127.0.0.10","state":"warming","reason":null,"evidence":null,"providers":{
-                "gmail":{"state":"warming","warmup_day":2,"used_today":5,"cap_today":1000,"used_hour":1,"cap_hour":84,"sent":5,"deferred":0,"bounced":1}}},
+                "gmail":{"state":"warming","warmup_day":2,"used_today":5,"cap_today":1000,"used_hour":1,"cap_hour":84,"sent":5,"deferred":0,"bounced":1,
+                  "adaptive":true,"warmup_decision":"held at day 2: 12 % throttled"}}},
               {"ip":"127.0.0.11","state":"drained","reason":"operator","evidence":"","providers":{}}]}]}"#,
         )
         .unwrap();
@@ -321,6 +334,10 @@ mod tests {
         assert_eq!(lines.len(), 3, "{t}");
         assert!(
             lines[1].contains("127.0.0.10") && lines[1].contains("5/1000"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("adaptive: held at day 2: 12 % throttled"),
             "{t}"
         );
         assert!(

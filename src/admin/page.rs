@@ -1,9 +1,9 @@
 //! The pool page. `GET /` is a shell without data: it asks for the admin token once (kept in the
 //! tab's sessionStorage; a `#token=…` link fills it too) and loads `GET /api/page` with it.
 //! That fragment holds every IP with its state, reason and evidence, per provider its warm-up
-//! day, today's used/cap and the window's bounce and deferral rates; two plots per IP
-//! (`plot.rs`); drain and undrain buttons (JSON POSTs with the token). Everything is inline: it
-//! works with no internet access.
+//! day, today's used/cap, the window's bounce and deferral rates and the ramp's last decision;
+//! two plots per IP (`plot.rs`; ramp decisions marked on the warm-up one); drain and undrain
+//! buttons (JSON POSTs with the token). Everything is inline: it works with no internet access.
 
 use std::fmt::Write as _;
 
@@ -219,7 +219,7 @@ fn ip_section(
         );
     }
     doctor_lines(out, st, &ip.ip);
-    out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th></tr>");
+    out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th><th>warm-up ramp</th></tr>");
     for (name, p) in &ip.providers {
         let w = windows
             .windows
@@ -240,11 +240,12 @@ fn ip_section(
         let s = state_name(p.state);
         let _ = write!(
             out,
-            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}{farm}</td><td>{bounce}</td><td>{defer}</td><td>{}</td></tr>",
+            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}{farm}</td><td>{bounce}</td><td>{defer}</td><td>{}</td><td class=\"ramp\">{ramp}</td></tr>",
             p.used_today,
             p.sent,
             n = esc(name),
             farm = farm_counts(p),
+            ramp = ramp_cell(p),
         );
     }
     out.push_str("</table></div><div class=\"plots\">");
@@ -253,7 +254,7 @@ fn ip_section(
         Some(h) => {
             let _ = write!(
                 out,
-                "<figure>{}<figcaption>Warm-up: sent (solid) vs cap (dashed) per day, last {WARMUP_DAYS} days</figcaption></figure>\
+                "<figure>{}<figcaption>Warm-up: sent (solid) vs cap (dashed) per day, last {WARMUP_DAYS} days; triangles: ramp decisions</figcaption></figure>\
                  <figure>{}<figcaption>Bounce and deferral rate per hour, last {RATE_HOURS} h; dashed: quarantine thresholds; shaded: quarantined</figcaption></figure>",
                 plot::warmup(h, now, WARMUP_DAYS),
                 plot::rates(h, now, RATE_HOURS, r.max_bounce_rate, r.max_deferral_rate),
@@ -280,6 +281,17 @@ fn farm_counts(p: &crate::pool::ProviderView) -> String {
         let _ = write!(out, "<br><span class=\"farm-full\">{}</span>", esc(why));
     }
     out
+}
+
+/// The ramp's last decision ("adaptive" first on an adaptive schedule), "-" without one.
+fn ramp_cell(p: &crate::pool::ProviderView) -> String {
+    let decision = p.warmup_decision.as_deref().map(esc);
+    match (p.adaptive, decision) {
+        (true, Some(d)) => format!("adaptive: {d}"),
+        (true, None) => "adaptive".into(),
+        (false, Some(d)) => d,
+        (false, None) => "-".into(),
+    }
 }
 
 /// The background doctor's failing and warning checks of this IP (FCrDNS, HELO, DNSBL, SPF of

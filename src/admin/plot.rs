@@ -190,6 +190,8 @@ pub fn warmup(h: &HistoryView, now: u64, days: u64) -> String {
             items.push((format!("{provider} cap"), colour, true));
         }
     }
+    let colours: Vec<&str> = per.keys().copied().collect();
+    ramp_markers(&mut out, h, &f, &colours);
     if per.is_empty() {
         let _ = write!(
             out,
@@ -201,6 +203,31 @@ pub fn warmup(h: &HistoryView, now: u64, days: u64) -> String {
     legend(&mut out, &items);
     out.push_str("</svg>");
     out
+}
+
+/// A marker on the x axis per warm-up ramp decision (history event `warmup`), in its
+/// provider's colour, with the decision's text as its title.
+fn ramp_markers(out: &mut String, h: &HistoryView, f: &Frame, providers: &[&str]) {
+    for e in h
+        .events
+        .iter()
+        .filter(|e| e.event == "warmup" && e.at >= f.t0)
+    {
+        let colour = providers
+            .iter()
+            .position(|p| *p == e.scope)
+            .map_or("#777", |i| COLOURS[i % COLOURS.len()]);
+        let (x, y) = (f.x(e.at), H - BOTTOM);
+        let _ = write!(
+            out,
+            "<path class=\"ramp-decision {}\" d=\"M{x:.1},{:.1} l-5,-9 h10 z\" fill=\"{colour}\" data-provider=\"{}\"><title>{}: {}</title></path>",
+            esc(&e.cause),
+            y - 1.0,
+            esc(&e.scope),
+            esc(&e.scope),
+            esc(&e.reason)
+        );
+    }
 }
 
 /// Rates: per hour (every provider together), bounce and deferral rate, the quarantine
@@ -317,4 +344,40 @@ fn quarantines(h: &HistoryView, now: u64) -> Vec<(u64, u64)> {
             .map(|(from, until)| (from, until.min(now))),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reputation::history::Event;
+
+    #[test]
+    fn ramp_decisions_are_markers_with_their_text() {
+        let now = 100 * DAY + 5000;
+        let event = |at, event: &str, cause: &str, reason: &str| Event {
+            at,
+            event: event.into(),
+            scope: "gmail".into(),
+            cause: cause.into(),
+            reason: reason.into(),
+            evidence: String::new(),
+            until: None,
+        };
+        let h = HistoryView {
+            ip: "127.0.0.10".into(),
+            since: 0,
+            hours: Vec::new(),
+            events: vec![
+                event(now - 100, "warmup", "held", "held at day 5: 12 % throttled"),
+                event(now - 50, "quarantined", "block-reply", "block reply"),
+                event(now - 40 * DAY, "warmup", "advanced", "too old"),
+            ],
+        };
+        let svg = warmup(&h, now, 14);
+        assert_eq!(svg.matches("class=\"ramp-decision").count(), 1, "{svg}");
+        assert!(
+            svg.contains("<title>gmail: held at day 5: 12 % throttled</title>"),
+            "{svg}"
+        );
+    }
 }

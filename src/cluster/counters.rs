@@ -61,7 +61,7 @@ pub enum Refused {
     /// `limits[index]` is at its cap in the farm; the farm's progress (unchanged).
     Farm {
         index: usize,
-        progress: Option<Progress>,
+        progress: Option<Box<Progress>>,
     },
     /// Redis down and this node's share of `limits[index]` is used up.
     Share { index: usize },
@@ -172,6 +172,7 @@ fn progress_of(idx: i64, last: i64) -> Progress {
     Progress {
         day_index: idx.clamp(0, u32::MAX as i64) as u32,
         last_send_day: (last >= 0).then_some(last as u64),
+        ..Progress::default()
     }
 }
 
@@ -207,7 +208,7 @@ impl Cluster {
         } else {
             Err(Refused::Farm {
                 index: index.saturating_sub(1),
-                progress: farm_progress,
+                progress: farm_progress.map(Box::new),
             })
         }
     }
@@ -447,7 +448,8 @@ mod tests {
             progress_of(3, 20_000),
             Progress {
                 day_index: 3,
-                last_send_day: Some(20_000)
+                last_send_day: Some(20_000),
+                ..Progress::default()
             }
         );
         assert_eq!(progress_of(0, -1), Progress::default());

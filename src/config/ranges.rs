@@ -94,6 +94,8 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
         for &n in &s.daily {
             v.push(("warmup.schedule", "daily", n, 0, BILLION));
         }
+        let back = s.step_back_days.into();
+        v.push(("warmup.schedule", "step_back_days", back, 0, 10_000));
     }
     for p in &c.provider {
         v.push((
@@ -232,7 +234,99 @@ pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<Confi
             );
         }
     }
+    for (n, s) in c.warmup.schedule.iter().enumerate() {
+        for (key, message) in schedule_problems(s) {
+            errors.push(ConfigError {
+                file: path.to_owned(),
+                line: nth_table_key_line(text, "warmup.schedule", n, key)
+                    .or_else(|| key_line(text, "warmup.schedule", key)),
+                message: format!("warmup.schedule.{key}: schedule {:?}: {message}", s.name),
+            });
+        }
+    }
     errors
+}
+
+/// The largest `max_growth` taken: a day's accepted volume × 100 is already no ramp at all.
+const MAX_GROWTH: f64 = 100.0;
+
+/// The ramp keys of one `[[warmup.schedule]]` (`pool::ramp`): (key, problem).
+fn schedule_problems(s: &super::WarmupSchedule) -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+    let share = |x: f64| (0.0..=1.0).contains(&x);
+    if !(s.advance_at > 0.0 && s.advance_at <= 1.0) {
+        v.push((
+            "advance_at",
+            format!("{} is not a share above 0 and at most 1", s.advance_at),
+        ));
+    }
+    for (key, x) in [
+        ("hold_above", s.hold_above),
+        ("step_back_above", s.step_back_above),
+    ] {
+        if !share(x) {
+            v.push((key, format!("{x} is not a share from 0 to 1")));
+        }
+    }
+    if share(s.hold_above) && share(s.step_back_above) && s.step_back_above < s.hold_above {
+        v.push((
+            "step_back_above",
+            format!(
+                "{} is below hold_above ({}): a day would step back before it is held",
+                s.step_back_above, s.hold_above
+            ),
+        ));
+    }
+    if !(1.0..=MAX_GROWTH).contains(&s.max_growth) {
+        v.push((
+            "max_growth",
+            format!("{} is out of range (1 to {MAX_GROWTH})", s.max_growth),
+        ));
+    }
+    if s.adaptive && s.daily.is_empty() {
+        v.push((
+            "adaptive",
+            "an adaptive schedule needs a table (daily): it is the plan for a receiver that says nothing".into(),
+        ));
+    }
+    if !s.daily.is_empty() && s.rewarm_day as usize >= s.daily.len() {
+        v.push((
+            "rewarm_day",
+            format!(
+                "day {} is beyond the table (days 0 to {})",
+                s.rewarm_day,
+                s.daily.len() - 1
+            ),
+        ));
+    }
+    v
+}
+
+/// The line setting `key` inside the `n`th `[[section]]` table (from 0).
+fn nth_table_key_line(text: &str, section: &str, n: usize, key: &str) -> Option<usize> {
+    let header = format!("[[{section}]]");
+    let mut seen = None;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            if l.replace(' ', "") == header {
+                seen = Some(seen.map_or(0, |k| k + 1));
+            } else if !l.starts_with(&format!("[{section}."))
+                && !l.starts_with(&format!("[[{section}."))
+            {
+                // Another table: keys below are not this schedule's until the next header.
+                if seen == Some(n) {
+                    return None;
+                }
+            }
+        } else if seen == Some(n)
+            && l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// The line setting `key` inside `[section]` / `[[section]]` (the first such table), else the
@@ -286,6 +380,51 @@ mod tests {
         assert!(e[0].contains("at most"), "{e:?}");
         assert!(
             errors("[limits]\ncommand_timeout = \"3650d\"\nmax_sessions = 1000000\n").is_empty()
+        );
+    }
+
+    const TWO: &str = "[[warmup.schedule]]\nname = \"a\"\ndaily = [10, 20]\n[[warmup.schedule]]\nname = \"b\"\ndaily = [10, 20, 40]\nadaptive = true\n";
+
+    #[test]
+    fn adaptive_ramp_keys_are_checked_on_their_schedules_line() {
+        // MIN is 5 lines, TWO 7 more: the extra keys start on line 13, in the second schedule.
+        for (extra, line, key) in [
+            ("advance_at = 0\n", 13, "advance_at"),
+            ("advance_at = 1.2\n", 13, "advance_at"),
+            ("hold_above = -0.1\n", 13, "hold_above"),
+            ("step_back_above = 1.5\n", 13, "step_back_above"),
+            (
+                "hold_above = 0.3\nstep_back_above = 0.2\n",
+                14,
+                "step_back_above",
+            ),
+            ("max_growth = 0.5\n", 13, "max_growth"),
+            ("max_growth = 1000\n", 13, "max_growth"),
+            ("max_growth = nan\n", 13, "max_growth"),
+            ("rewarm_day = 3\n", 13, "rewarm_day"),
+            ("step_back_days = 100000\n", 13, "step_back_days"),
+        ] {
+            let e = errors(&format!("{TWO}{extra}"));
+            assert_eq!(e.len(), 1, "{extra}: {e:?}");
+            assert!(
+                e[0].starts_with(&format!("t.toml:{line}: warmup.schedule.{key}:")),
+                "{extra}: {e:?}"
+            );
+        }
+        let e = errors("[[warmup.schedule]]\nname = \"a\"\ndaily = []\nadaptive = true\n");
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("t.toml:9: warmup.schedule.adaptive:")
+                    && e.contains("needs a table")),
+            "{e:?}"
+        );
+        // The defaults and a full set of sane keys pass.
+        assert!(errors(TWO).is_empty());
+        assert!(
+            errors(&format!(
+                "{TWO}advance_at = 1\nhold_above = 0\nstep_back_above = 0\nmax_growth = 1\nrewarm_day = 2\nstep_back_days = 0\n"
+            ))
+            .is_empty()
         );
     }
 }

@@ -14,12 +14,15 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::recorded::Recorded;
 use crate::config::TlsPolicy;
 use crate::pool::Source;
 use crate::spool::RemoteReply;
+use crate::tls::MaybeTls;
 
-/// Plain TCP or TLS after STARTTLS, so one `SmtpClient` type covers both.
-pub type Stream = crate::tls::MaybeTls<TlsStream<TcpStream>>;
+/// Plain TCP or TLS after STARTTLS, so one `SmtpClient` type covers both; `Recorded` keeps the
+/// replies' bytes so their statuses are read whole.
+pub type Stream = Recorded<MaybeTls<TlsStream<TcpStream>>>;
 
 /// Why a session could not be set up; decides what the caller tries next.
 #[derive(Debug)]
@@ -68,18 +71,15 @@ pub fn local_reply(code: u16, status: &str, text: impl Into<String>) -> RemoteRe
     }
 }
 
-pub(super) fn to_reply(r: &Response<String>) -> RemoteReply {
-    let status = if r.esc[0] == 0 {
-        format!("{}.0.0", r.code / 100)
-    } else {
-        format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2])
-    };
-    local_reply(r.code, &status, r.message.trim().to_string())
+/// `r`, the `n`-th reply read on `stream` since the last command, with its status whole. Call
+/// it before the next command is written: that starts a new record.
+pub(super) fn to_reply(stream: &Stream, r: &Response<String>, n: usize) -> RemoteReply {
+    local_reply(r.code, &stream.status(r, n), r.message.trim().to_string())
 }
 
-pub(super) fn err_reply(e: &mail_send::Error, what: &str) -> RemoteReply {
+pub(super) fn err_reply(stream: &Stream, e: &mail_send::Error, what: &str) -> RemoteReply {
     match e {
-        mail_send::Error::UnexpectedReply(r) => to_reply(r),
+        mail_send::Error::UnexpectedReply(r) => to_reply(stream, r, 0),
         mail_send::Error::Timeout => local_reply(451, "4.4.2", format!("timeout {what}")),
         other => local_reply(451, "4.4.2", format!("connection lost {what}: {other}")),
     }
@@ -130,12 +130,18 @@ pub async fn open(
     };
     let _ = tcp.set_nodelay(true);
     let mut client = SmtpClient {
-        stream: Stream::Plain(tcp),
+        stream: Recorded::new(MaybeTls::Plain(tcp)),
         timeout: timeouts.command,
     };
     let greeting = match tokio::time::timeout(timeouts.command, client.read()).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(OpenError::Connect(tag(err_reply(&e, "at greeting")))),
+        Ok(Err(e)) => {
+            return Err(OpenError::Connect(tag(err_reply(
+                &client.stream,
+                &e,
+                "at greeting",
+            ))));
+        }
         Err(_) => {
             return Err(OpenError::Connect(tag(local_reply(
                 451,
@@ -145,8 +151,8 @@ pub async fn open(
         }
     };
     if greeting.code != 220 {
+        let r = to_reply(&client.stream, &greeting, 0);
         quick_quit(&mut client).await;
-        let r = to_reply(&greeting);
         // Like Postfix (smtp_skip_5xx_greeting): a refusal at greeting is about this host, not
         // the recipients; it defers, with the server's words kept in the text.
         let r = local_reply(
@@ -174,10 +180,9 @@ pub async fn open(
                 ))));
             }
         } else if let Some(connector) = connector {
-            let r = client
-                .cmd(b"STARTTLS\r\n")
-                .await
-                .map_err(|e| OpenError::Connect(tag(err_reply(&e, "after STARTTLS"))))?;
+            let r = client.cmd(b"STARTTLS\r\n").await.map_err(|e| {
+                OpenError::Connect(tag(err_reply(&client.stream, &e, "after STARTTLS")))
+            })?;
             if r.code != 220 {
                 if tls == TlsPolicy::Required {
                     return Err(OpenError::TlsRequired(tag(local_reply(
@@ -188,7 +193,7 @@ pub async fn open(
                 }
                 // Opportunistic: the session is still usable in plaintext.
             } else {
-                let Stream::Plain(tcp) = client.stream else {
+                let MaybeTls::Plain(tcp) = client.stream.into_inner() else {
                     unreachable!("STARTTLS on a plain stream only")
                 };
                 let name = ServerName::try_from(host.to_string())
@@ -238,7 +243,7 @@ pub async fn open(
                     );
                 }
                 client = SmtpClient {
-                    stream: Stream::Tls(Box::new(tls_stream)),
+                    stream: Recorded::new(MaybeTls::Tls(Box::new(tls_stream))),
                     timeout: timeouts.command,
                 };
                 ehlo = hello(&mut client, &source.helo)
@@ -282,16 +287,16 @@ async fn hello(
             let h = client
                 .cmd(format!("HELO {name}\r\n"))
                 .await
-                .map_err(|e| err_reply(&e, "after HELO"))?;
+                .map_err(|e| err_reply(&client.stream, &e, "after HELO"))?;
             if h.code == 250 {
                 let mut e = EhloResponse::new(h.message);
                 e.capabilities = 0;
                 Ok(e)
             } else {
-                Err(to_reply(&h))
+                Err(to_reply(&client.stream, &h, 0))
             }
         }
-        Err(e) => Err(err_reply(&e, "after EHLO")),
+        Err(e) => Err(err_reply(&client.stream, &e, "after EHLO")),
     }
 }
 
@@ -300,8 +305,9 @@ mod tests {
     use super::*;
     use crate::spool::{Body, Envelope};
     use tokio::io::AsyncWriteExt;
-    /// A scripted server without PIPELINING or SMTPUTF8: commands go one by one, and a UTF-8
-    /// recipient fails permanently with 5.6.7 without being sent.
+    /// A scripted server without PIPELINING or SMTPUTF8: commands go one by one, a UTF-8
+    /// recipient fails permanently with 5.6.7 without being sent, and a three-digit status
+    /// detail (4.7.650) is kept whole.
     #[tokio::test]
     async fn sequential_session_keeps_per_recipient_replies() {
         use tokio::io::AsyncBufReadExt;
@@ -324,6 +330,8 @@ mod tests {
                     b"250-test\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
                 } else if cmd.starts_with("RCPT TO:<bad@") {
                     b"550 5.1.1 no such user\r\n"
+                } else if cmd.starts_with("RCPT TO:<slow@") {
+                    b"451-4.7.650 The mail server [127.0.0.1] has been temporarily\r\n451 4.7.650 rate limited due to IP reputation. (S775)\r\n"
                 } else if cmd == "DATA" {
                     s.get_mut().write_all(b"354 go\r\n").await.unwrap();
                     let mut body = String::new();
@@ -388,7 +396,12 @@ mod tests {
         let r = session
             .send(
                 &env,
-                &["good@b.test", "bad@b.test", "j\u{f6}rg@b.test"],
+                &[
+                    "good@b.test",
+                    "bad@b.test",
+                    "slow@b.test",
+                    "j\u{f6}rg@b.test",
+                ],
                 &Body::File(msg.clone()),
             )
             .await;
@@ -398,7 +411,15 @@ mod tests {
             .iter()
             .map(|r| (r.code, r.status.as_str()))
             .collect();
-        assert_eq!(codes, vec![(250, "2.0.0"), (550, "5.1.1"), (553, "5.6.7")]);
+        assert_eq!(
+            codes,
+            vec![
+                (250, "2.0.0"),
+                (550, "5.1.1"),
+                (451, "4.7.650"),
+                (553, "5.6.7")
+            ]
+        );
         assert_eq!(r.replies[0].host, "mx.test");
         assert_eq!(r.replies[0].source_ip, "127.0.0.1");
         session.quit().await;
@@ -407,9 +428,10 @@ mod tests {
         assert_eq!(seen[1], "MAIL FROM:<s@a.test> BODY=8BITMIME SIZE=42");
         assert_eq!(seen[2], "RCPT TO:<good@b.test>");
         assert_eq!(seen[3], "RCPT TO:<bad@b.test>");
-        assert_eq!(seen[4], "DATA");
+        assert_eq!(seen[4], "RCPT TO:<slow@b.test>");
+        assert_eq!(seen[5], "DATA");
         assert_eq!(
-            seen[5],
+            seen[6],
             "DKIM-Signature: v=1\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
         );
         assert!(!seen.iter().any(|l| l.contains("j\u{f6}rg")), "{seen:?}");

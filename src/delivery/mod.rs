@@ -4,6 +4,8 @@
 //!   recipient's outcome, DSNs, removal);
 //! - `destination` is one destination transaction: the pool picks the source IP for the
 //!   message, then a session of that IP is reused (`connections`) or opened (`client`).
+//! - `recorded` keeps the bytes of the replies a session reads, so an enhanced status code is
+//!   read whole (smtp-proto 0.2 cuts a detail past 255: `4.7.650` → `4.7.255`).
 
 pub mod client;
 mod connections;
@@ -11,6 +13,7 @@ mod deliverer;
 mod destination;
 mod dotstuff;
 pub mod queue;
+pub(crate) mod recorded;
 pub mod tls;
 mod transaction;
 

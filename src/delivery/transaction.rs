@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, Response};
+use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{Session, err_reply, local_reply, to_reply};
@@ -13,7 +13,8 @@ use crate::spool::{Body, Envelope, RemoteReply};
 
 /// A session that broke before every reply of the exchange came.
 struct BrokenOff {
-    got: Vec<Response<String>>,
+    /// The replies that came (untagged).
+    got: Vec<RemoteReply>,
     error: mail_send::Error,
     /// Nothing at all came back (a reused connection that was closed).
     stale: bool,
@@ -39,6 +40,12 @@ impl Session {
         r.addr = self.addr.to_string();
         r.source_ip = self.source.label();
         r
+    }
+
+    /// One command and its reply (untagged), read before anything else is written.
+    async fn ask(&mut self, cmd: impl AsRef<[u8]>) -> mail_send::Result<RemoteReply> {
+        let r = self.client.cmd(cmd).await?;
+        Ok(to_reply(&self.client.stream, &r, 0))
     }
 
     /// RSET before reusing the session for another message.
@@ -98,7 +105,7 @@ impl Session {
         if mail_reply.code / 100 != 2 {
             // 421 first thing: the server is closing this (idle) connection.
             let closing = mail_reply.code == 421;
-            let reply = self.tag(to_reply(mail_reply));
+            let reply = self.tag(mail_reply.clone());
             for (i, _) in &commands {
                 replies[*i] = Some(reply.clone());
             }
@@ -114,7 +121,7 @@ impl Session {
             if r.code / 100 == 2 {
                 accepted.push(*i);
             }
-            replies[*i] = Some(self.tag(to_reply(r)));
+            replies[*i] = Some(self.tag(r.clone()));
         }
         let data_answer = if pipelined {
             answers
@@ -125,7 +132,7 @@ impl Session {
             // Not asked: nothing to send.
             Err(mail_send::Error::UnparseableReply)
         } else {
-            self.client.cmd(b"DATA\r\n").await
+            self.ask(b"DATA\r\n").await
         };
         let reusable = self
             .data(
@@ -240,7 +247,7 @@ impl Session {
         &mut self,
         mail: String,
         commands: &[(usize, String)],
-    ) -> Result<Vec<Response<String>>, BrokenOff> {
+    ) -> Result<Vec<RemoteReply>, BrokenOff> {
         let mut all = vec![mail];
         all.extend(commands.iter().map(|(_, c)| c.clone()));
         all.push("DATA\r\n".into());
@@ -262,15 +269,15 @@ impl Session {
         &mut self,
         mail: String,
         commands: &[(usize, String)],
-    ) -> Result<Vec<Response<String>>, BrokenOff> {
+    ) -> Result<Vec<RemoteReply>, BrokenOff> {
         let mut got = Vec::with_capacity(commands.len() + 1);
-        match self.client.cmd(mail).await {
+        match self.ask(mail).await {
             Ok(r) => {
                 let go_on = r.code / 100 == 2;
                 got.push(r);
                 if go_on {
                     for (_, c) in commands {
-                        match self.client.cmd(c).await {
+                        match self.ask(c).await {
                             Ok(r) => got.push(r),
                             Err(error) => {
                                 return Err(BrokenOff {
@@ -302,7 +309,7 @@ impl Session {
     ) -> TxResult {
         // Keep the RCPT replies that did arrive (the first reply is MAIL's).
         for ((i, _), r) in commands.iter().zip(broken.got.iter().skip(1)) {
-            replies[*i] = Some(self.tag(to_reply(r)));
+            replies[*i] = Some(self.tag(r.clone()));
         }
         let answered = broken.got.len().saturating_sub(1);
         let what = if answered == 0 && replies.iter().all(Option::is_none) {
@@ -310,7 +317,7 @@ impl Session {
         } else {
             "after RCPT TO"
         };
-        let reply = self.tag(err_reply(&broken.error, what));
+        let reply = self.tag(err_reply(&self.client.stream, &broken.error, what));
         TxResult {
             replies: replies
                 .into_iter()
@@ -330,7 +337,7 @@ impl Session {
         &mut self,
         env: &Envelope,
         message: &Body,
-        data_answer: mail_send::Result<Response<String>>,
+        data_answer: mail_send::Result<RemoteReply>,
         pipelined: bool,
         accepted: &[usize],
         replies: &mut [Option<RemoteReply>],
@@ -353,8 +360,11 @@ impl Session {
             other => other,
         };
         let (reply, reusable) = match data_reply {
-            Ok(r) => (self.tag(to_reply(&r)), true),
-            Err(e) => (self.tag(err_reply(&e, "after DATA")), false),
+            Ok(r) => (self.tag(r), true),
+            Err(e) => (
+                self.tag(err_reply(&self.client.stream, &e, "after DATA")),
+                false,
+            ),
         };
         for &i in accepted {
             replies[i] = Some(reply.clone());
@@ -362,12 +372,9 @@ impl Session {
         reusable
     }
 
-    /// Writes every command at once (RFC 2920) and reads the replies, keeping those that
-    /// arrived when the server closes early (mail-send's `cmds` drops them).
-    async fn pipeline(
-        &mut self,
-        cmds: &[String],
-    ) -> (Vec<Response<String>>, Option<mail_send::Error>) {
+    /// Writes every command at once (RFC 2920) and reads the replies (untagged), keeping those
+    /// that arrived when the server closes early (mail-send's `cmds` drops them).
+    async fn pipeline(&mut self, cmds: &[String]) -> (Vec<RemoteReply>, Option<mail_send::Error>) {
         use smtp_proto::response::parser::ResponseReceiver;
         let timeout = self.client.timeout;
         let stream = &mut self.client.stream;
@@ -387,7 +394,7 @@ impl Session {
                 while got.len() < cmds.len() {
                     match parser.parse(&mut iter) {
                         Ok(r) => {
-                            got.push(r);
+                            got.push(to_reply(stream, &r, got.len()));
                             parser.reset();
                         }
                         Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
@@ -408,7 +415,7 @@ impl Session {
         &mut self,
         env: &Envelope,
         message: &Body,
-    ) -> mail_send::Result<Response<String>> {
+    ) -> mail_send::Result<RemoteReply> {
         let timeout = self.client.timeout;
         // A bound for the whole body; each reply still has `timeout`.
         let limit = timeout * 4 + Duration::from_secs(env.size / 10_000);
@@ -442,8 +449,9 @@ impl Session {
             Ok(r) => r.map_err(mail_send::Error::Io)?,
             Err(_) => return Err(mail_send::Error::Timeout),
         }
-        tokio::time::timeout(timeout, self.client.read())
+        let r = tokio::time::timeout(timeout, self.client.read())
             .await
-            .map_err(|_| mail_send::Error::Timeout)?
+            .map_err(|_| mail_send::Error::Timeout)??;
+        Ok(to_reply(&self.client.stream, &r, 0))
     }
 }

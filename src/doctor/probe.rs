@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use super::report::{Check, Status};
 use crate::config::TlsPolicy;
+use crate::delivery::recorded::Recorded;
 use crate::routing::Router;
 
 /// Where and how to probe from.
@@ -37,13 +38,34 @@ enum Unasked {
 /// The local parts probed, in order.
 pub const MAILBOXES: [&str; 2] = ["postmaster", "abuse"];
 
-fn reply_text(r: &Response<String>) -> String {
+/// A reply as the report shows it: `code [status] text`, the status read whole (`Recorded`).
+struct Answer {
+    code: u16,
+    text: String,
+}
+
+/// `r`, the reply to the last command written on `client`.
+fn answer<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &SmtpClient<Recorded<T>>,
+    r: &Response<String>,
+) -> Answer {
     let esc = if r.esc[0] == 0 {
         String::new()
     } else {
-        format!(" {}.{}.{}", r.esc[0], r.esc[1], r.esc[2])
+        format!(" {}", client.stream.status(r, 0))
     };
-    format!("{}{esc} {}", r.code, r.message.trim().replace('\n', " "))
+    Answer {
+        code: r.code,
+        text: format!("{}{esc} {}", r.code, r.message.trim().replace('\n', " ")),
+    }
+}
+
+/// The same `SmtpClient` with its replies' bytes kept (`Recorded`).
+fn recorded<T: AsyncRead + AsyncWrite + Unpin>(c: SmtpClient<T>) -> SmtpClient<Recorded<T>> {
+    SmtpClient {
+        stream: Recorded::new(c.stream),
+        timeout: c.timeout,
+    }
 }
 
 /// The same verdict for every mailbox (the server could not be asked).
@@ -121,7 +143,7 @@ impl Prober<'_> {
         domain: &str,
         host: &str,
         addr: SocketAddr,
-        replies: Result<Vec<Response<String>>, Response<String>>,
+        replies: Result<Vec<Answer>, Answer>,
     ) -> Vec<Check> {
         let replies = match replies {
             Ok(r) => r,
@@ -131,8 +153,7 @@ impl Prober<'_> {
                     Status::Warn,
                     &format!(
                         "{host}[{addr}] refused MAIL FROM:<{}>: {} (cannot tell)",
-                        self.sender,
-                        reply_text(&mail)
+                        self.sender, mail.text
                     ),
                 );
             }
@@ -142,7 +163,7 @@ impl Prober<'_> {
             .zip(replies)
             .map(|(m, r)| {
                 let mailbox = format!("{m}@{domain}");
-                let text = format!("{host}[{addr}]: {}", reply_text(&r));
+                let text = format!("{host}[{addr}]: {}", r.text);
                 let c = match r.code {
                     200..=299 => Check::pass("rcpt", format!("accepted by {text}")),
                     500..=599 => Check::fail(
@@ -170,7 +191,7 @@ impl Prober<'_> {
         local: Option<IpAddr>,
         helo: &str,
         tls: Option<&TlsConnector>,
-    ) -> Result<Result<Vec<Response<String>>, Response<String>>, Unasked> {
+    ) -> Result<Result<Vec<Answer>, Answer>, Unasked> {
         let connected = match local.filter(|l| l.is_ipv4() == addr.is_ipv4()) {
             Some(l) => match SmtpClient::connect_using(l, addr, self.timeout).await {
                 // Run on a machine without the pool IPs: ask from its own address.
@@ -184,21 +205,30 @@ impl Prober<'_> {
             None => SmtpClient::connect(addr, self.timeout).await,
         };
         let other = Unasked::Other;
-        let mut client = connected.map_err(|e| other(format!("connect: {e}")))?;
+        let mut client = recorded(connected.map_err(|e| other(format!("connect: {e}")))?);
         let greeting = tokio::time::timeout(self.timeout, client.read())
             .await
             .map_err(|_| other("greeting: timeout".into()))?
             .map_err(|e| other(format!("greeting: {e}")))?;
         if greeting.code != 220 {
-            return Err(other(format!("greeting {}", reply_text(&greeting))));
+            return Err(other(format!(
+                "greeting {}",
+                answer(&client, &greeting).text
+            )));
         }
         let ehlo = hello(&mut client, helo).await.map_err(other)?;
         match tls {
             Some(connector) if ehlo & EXT_START_TLS != 0 => {
-                let mut client = client
-                    .start_tls(connector, host)
-                    .await
-                    .map_err(|e| Unasked::Tls(format!("STARTTLS: {e}")))?;
+                let plain = SmtpClient {
+                    stream: client.stream.into_inner(),
+                    timeout: client.timeout,
+                };
+                let mut client = recorded(
+                    plain
+                        .start_tls(connector, host)
+                        .await
+                        .map_err(|e| Unasked::Tls(format!("STARTTLS: {e}")))?,
+                );
                 hello(&mut client, helo).await.map_err(Unasked::Tls)?;
                 Ok(self.transaction(&mut client, domain).await)
             }
@@ -209,18 +239,18 @@ impl Prober<'_> {
     /// MAIL FROM, one RCPT per mailbox, RSET, QUIT. `Err` is a refused MAIL.
     async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        client: &mut SmtpClient<T>,
+        client: &mut SmtpClient<Recorded<T>>,
         domain: &str,
-    ) -> Result<Vec<Response<String>>, Response<String>> {
-        let lost = |e: mail_send::Error| Response {
+    ) -> Result<Vec<Answer>, Answer> {
+        let lost = |e: mail_send::Error| Answer {
             code: 451,
-            esc: [4, 4, 2],
-            message: format!("no reply: {e}"),
+            text: format!("451 4.4.2 no reply: {e}"),
         };
         let mail = client
             .cmd(format!("MAIL FROM:<{}>\r\n", self.sender))
             .await
             .map_err(lost)?;
+        let mail = answer(client, &mail);
         if mail.code / 100 != 2 {
             quit(client).await;
             return Err(mail);
@@ -228,7 +258,7 @@ impl Prober<'_> {
         let mut replies = Vec::with_capacity(MAILBOXES.len());
         for m in MAILBOXES {
             let r = client.cmd(format!("RCPT TO:<{m}@{domain}>\r\n")).await;
-            replies.push(r.unwrap_or_else(lost));
+            replies.push(r.map_or_else(lost, |r| answer(client, &r)));
         }
         let _ = client.cmd(b"RSET\r\n").await;
         quit(client).await;
@@ -242,7 +272,7 @@ async fn quit<T: AsyncRead + AsyncWrite + Unpin>(client: &mut SmtpClient<T>) {
 
 /// EHLO (HELO if EHLO is refused); the capability bits.
 async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut SmtpClient<T>,
+    client: &mut SmtpClient<Recorded<T>>,
     name: &str,
 ) -> Result<u32, String> {
     match client.ehlo(name).await {
@@ -255,9 +285,42 @@ async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
             if h.code == 250 {
                 Ok(0)
             } else {
-                Err(format!("HELO refused: {}", reply_text(&h)))
+                Err(format!("HELO refused: {}", answer(client, &h).text))
             }
         }
         Err(e) => Err(format!("EHLO: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// The report quotes a reply's status whole (smtp-proto alone says 5.7.255).
+    #[tokio::test]
+    async fn answers_keep_three_digit_status_details() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut client = recorded(SmtpClient {
+            stream: ours,
+            timeout: Duration::from_secs(5),
+        });
+        theirs
+            .write_all(b"550-5.7.606 Access denied, banned sending IP [127.0.0.10].\r\n550 5.7.606 To request removal visit https://sender.office.com/\r\n")
+            .await
+            .unwrap();
+        let r = client
+            .cmd(b"RCPT TO:<postmaster@m.test>\r\n")
+            .await
+            .unwrap();
+        assert_eq!(r.esc, [5, 7, 255]);
+        let a = answer(&client, &r);
+        assert_eq!(a.code, 550);
+        assert!(
+            a.text
+                .starts_with("550 5.7.606 Access denied, banned sending IP"),
+            "{}",
+            a.text
+        );
     }
 }

@@ -7,10 +7,12 @@
 //! - `pools`: the configured pools, live state behind one lock, caps and checks;
 //! - `select`: the per-message pick and its lease;
 //! - `shared`: the pick's farm counters with `[cluster]`, `farm_max_per_hour`;
+//! - `ramp`: the warm-up ramp's rules (a pure decision per sending day), `decisions` its record;
 //! - `holds`: drains, quarantines and probation;
 //! - `store`: persistence in the redb store;
 //! - `view`: the operator's view (`GET /api/pool`).
 
+mod decisions;
 pub mod holds;
 mod pools;
 pub mod provider;
@@ -25,7 +27,7 @@ pub mod warmup;
 
 pub use holds::{Cause, Hold, HoldKind, Scope};
 pub use pools::{Pools, Source};
-pub use ramp::RampOutcome;
+pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
 pub use view::CountsFrom;
 pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
+use super::ramp::Rules;
 use super::rules;
 use super::throttle::{Caps, Counters, Full};
 use super::warmup::{self, Clock};
@@ -76,6 +77,8 @@ pub(super) struct Conf {
     rules: Vec<PoolRule>,
     pub providers: Providers,
     pub schedules: HashMap<String, Vec<u64>>,
+    /// Each schedule's ramp rules (`pool::ramp`).
+    pub ramps: HashMap<String, Rules>,
     pub clock: Clock,
     pub idle_days: u64,
     burst: u64,
@@ -130,6 +133,19 @@ impl Conf {
             rules: config.pool_rule.clone(),
             providers: Providers::from_config(config),
             schedules: warmup::schedules(config).into_iter().collect(),
+            ramps: warmup::schedules(config)
+                .into_iter()
+                .map(|(name, _)| {
+                    let idle = config.warmup.idle_days;
+                    let rules = config
+                        .warmup
+                        .schedule
+                        .iter()
+                        .find(|s| s.name == name)
+                        .map_or(Rules::fixed(idle), |s| Rules::of(s, idle));
+                    (name, rules)
+                })
+                .collect(),
             clock: Clock::from_config(config),
             idle_days: config.warmup.idle_days,
             burst: config.warmup.burst,
@@ -157,12 +173,12 @@ impl Conf {
             hourly: p.map(|p| p.max_per_hour).filter(|&h| h > 0),
             connections: p.map(|p| p.max_connections).filter(|&c| c > 0),
         };
-        if let Some(schedule) = ip.warmup.as_ref().and_then(|w| self.schedules.get(w)) {
-            let index = counters
-                .map(|c| c.warmup)
-                .unwrap_or_default()
-                .index_on(self.clock.day(now), self.idle_days);
-            if let Some(daily) = warmup::daily_cap(schedule, index) {
+        if let Some((table, rules)) = self.ramp_of(ip) {
+            let progress = counters.map(|c| &c.warmup);
+            let (_, cap) = progress.map_or((0, table.first().copied()), |p| {
+                p.peek(rules, table, self.clock.day(now))
+            });
+            if let Some(daily) = cap {
                 caps.daily = Some(daily);
                 let h = warmup::hourly_cap(daily, self.burst);
                 caps.hourly = Some(caps.hourly.map_or(h, |x| x.min(h)));
@@ -174,6 +190,12 @@ impl Conf {
             caps.hourly = Some(caps.hourly.map_or(h, |x| x.min(h)));
         }
         caps
+    }
+
+    /// The warm-up table and ramp rules of `ip`, if it warms up.
+    pub(super) fn ramp_of(&self, ip: &IpConf) -> Option<(&Vec<u64>, &Rules)> {
+        let name = ip.warmup.as_ref()?;
+        Some((self.schedules.get(name)?, self.ramps.get(name)?))
     }
 
     /// Whether `ip` can take one more message for `provider` now (holds first, then caps).

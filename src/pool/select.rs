@@ -56,6 +56,7 @@ impl Lease {
             let mut inner = p.lock();
             if let Some(c) = inner.counters.get_mut(k) {
                 c.refund(self.day, self.hour);
+                c.warmup.refund(self.day);
             }
             inner.dirty.insert(k.clone());
         }
@@ -193,13 +194,20 @@ impl Pools {
         current[best] -= total;
         let ip = &pc.ips[best];
         let key = (ip.address, provider.to_string());
-        inner
-            .counters
-            .entry(key.clone())
-            .or_default()
-            .take(&conf.clock, now, conf.idle_days);
+        let c = inner.counters.entry(key.clone()).or_default();
+        // A new sending day of a scheduled IP first decides on the last one (`ramp`).
+        let decided = conf.ramp_of(ip).and_then(|(table, rules)| {
+            let d = c.warmup.take(rules, table, conf.clock.day(now))?;
+            c.warmup.decided = Some((now / 1000, d.0.to_string()));
+            Some((d, rules.adaptive))
+        });
+        c.take(&conf.clock, now, conf.idle_days);
         *inner.active.entry(key.clone()).or_default() += 1;
         inner.dirty.insert(key.clone());
+        drop(inner);
+        if let Some(((d, tally, cap), adaptive)) = decided {
+            self.ramp_decided(ip.address, provider, d, &tally, cap, adaptive);
+        }
         Selection::Picked(Pick {
             source: super::Source {
                 ip: Some(ip.address),

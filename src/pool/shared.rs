@@ -132,7 +132,7 @@ impl Pools {
                     if let Some(p) = progress
                         && p.index_on(m.today, m.idle_days) != plan.index
                     {
-                        self.set_progress(&key, p);
+                        self.set_progress(&key, *p);
                         continue;
                     }
                     let (why, until) = plan.kinds[index];
@@ -212,10 +212,11 @@ impl Pools {
         })
     }
 
-    /// The farm's warm-up position replaces this relay's.
+    /// The farm's warm-up position replaces this relay's (the day's tally stays this relay's).
     fn set_progress(&self, key: &Key, p: Progress) {
         let mut inner = self.lock();
-        inner.counters.entry(key.clone()).or_default().warmup = p;
+        let w = &mut inner.counters.entry(key.clone()).or_default().warmup;
+        (w.day_index, w.last_send_day) = (p.day_index, p.last_send_day);
         inner.dirty.insert(key.clone());
     }
 
@@ -369,6 +370,9 @@ mod tests {
             state: crate::pool::IpState::Warming,
             probation: false,
             warmup_day: Some(0),
+            adaptive: false,
+            warmup_decision: None,
+            warmup_decision_at: None,
             used_today,
             cap_today,
             used_hour,

@@ -457,3 +457,51 @@ fn a_round_robin_list_from_before_a_reload_is_started_over() {
         (0..3).map(|_| pick(&p, "other").unwrap()).collect();
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+const ADAPTIVE: &str = "[warmup]\nburst = 24\n[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\nwarmup = \"t\"\n[[warmup.schedule]]\nname = \"t\"\ndaily = [5, 10]\nadaptive = true\n";
+
+#[test]
+fn ramp_counts_replies_into_the_day_their_delivery_began() {
+    let p = Arc::new(Pools::from_config(&config(ADAPTIVE)));
+    let (a, key) = (ip("127.0.0.10"), (ip("127.0.0.10"), "alpha".to_string()));
+    let now = super::warmup::Clock::now_ms();
+    for _ in 0..2 {
+        pick(&p, "alpha").unwrap();
+    }
+    let Selection::Picked(unsent) = p.pick(Some("a"), "alpha", false, &[]) else {
+        panic!("cap 5: room for a third");
+    };
+    unsent.lease.refund();
+    p.ramp_outcome(a, "alpha", now, RampOutcome::Accepted);
+    p.ramp_outcome(a, "alpha", now, RampOutcome::Throttled);
+    // A delivery begun yesterday belongs to a day already decided.
+    p.ramp_outcome(a, "alpha", now - 86_400_000, RampOutcome::Blocked);
+    // No counters for a provider never picked: nothing to count into.
+    p.ramp_outcome(a, "beta", now, RampOutcome::Accepted);
+    let inner = p.lock();
+    let t = inner.counters[&key].warmup.tally;
+    assert_eq!((t.taken, t.accepted, t.throttled, t.blocked), (2, 1, 1, 0));
+    assert!(!inner.counters.contains_key(&(a, "beta".to_string())));
+    drop(inner);
+    let v = status_json(&p);
+    let alpha = &v["pools"][0]["ips"][0]["providers"]["alpha"];
+    assert_eq!(
+        (alpha["adaptive"].as_bool(), alpha["cap_today"].as_u64()),
+        (Some(true), Some(5))
+    );
+}
+
+#[test]
+fn counters_stored_before_the_ramp_still_load() {
+    let old = r#"{"warmup":{"day_index":3,"last_send_day":20000},"day":20000,"day_count":5}"#;
+    let c: super::throttle::Counters = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        (c.warmup.day_index, c.warmup.last_send_day),
+        (3, Some(20_000))
+    );
+    assert_eq!(c.warmup.tally, super::ramp::DayTally::default());
+    assert_eq!((c.warmup.cap, &c.warmup.decided), (None, &None));
+    let back = serde_json::to_string(&c).unwrap();
+    let again: super::throttle::Counters = serde_json::from_str(&back).unwrap();
+    assert_eq!(again.warmup, c.warmup);
+}

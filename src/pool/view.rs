@@ -63,6 +63,15 @@ pub struct ProviderView {
     pub state: IpState,
     pub probation: bool,
     pub warmup_day: Option<u32>,
+    /// The schedule's ramp follows the receivers' answers (`adaptive = true`).
+    #[serde(default)]
+    pub adaptive: bool,
+    /// The ramp's last decision ("day 6 reached: 2 % throttled, 96 % of cap used") and when
+    /// (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_decision_at: Option<u64>,
     /// The counts the caps apply to: with `[cluster]` the farm's (`Pools::farm_counts`), else
     /// this relay's.
     pub used_today: u64,
@@ -150,9 +159,11 @@ fn provider_view(
     let c = &inner.counters[&key];
     let probation = inner.probation_of(ip.address, provider, now_s);
     let caps = conf.caps(ip, provider, Some(c), probation, now);
-    let schedule = ip.warmup.as_ref().and_then(|w| conf.schedules.get(w));
-    let index = c.warmup.index_on(today, conf.idle_days);
-    let warming = schedule.is_some_and(|s| (index as usize) < s.len());
+    let ramp = conf.ramp_of(ip);
+    let index = ramp.map(|(table, rules)| c.warmup.peek(rules, table, today).0);
+    let warming = ramp
+        .zip(index)
+        .is_some_and(|((t, _), i)| (i as usize) < t.len());
     let backoff = c.backoff_until > now;
     ProviderView {
         state: match inner.hold_of(ip.address, provider, now_s) {
@@ -164,7 +175,10 @@ fn provider_view(
             None => IpState::Active,
         },
         probation,
-        warmup_day: schedule.map(|_| index),
+        warmup_day: index,
+        adaptive: ramp.is_some_and(|(_, r)| r.adaptive),
+        warmup_decision: c.warmup.decided.as_ref().map(|d| d.1.clone()),
+        warmup_decision_at: c.warmup.decided.as_ref().map(|d| d.0),
         used_today: c.used_today(&conf.clock, now),
         cap_today: caps.daily,
         used_hour: c.used_hour(&conf.clock, now),

@@ -4,6 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
+use super::ramp::{self, DayTally, Decision, RampState, Rules};
 use crate::config::Config;
 
 /// SparkPost-style ramp: daily messages per IP × provider on day 0, 1, 2, …; after the last day
@@ -73,19 +76,29 @@ pub fn hourly_cap(daily: u64, burst: u64) -> u64 {
     daily.div_ceil(24).max(1) * burst.max(1)
 }
 
-/// The warm-up position of one IP × provider, persisted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The warm-up position of one IP × provider, persisted (fields added later read as default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Index into the schedule of the current sending day.
     pub day_index: u32,
     /// Absolute day number (Clock::day) of the last day with a send.
     pub last_send_day: Option<u64>,
+    /// The current day's cap when an adaptive ramp set one off the table.
+    #[serde(default)]
+    pub cap: Option<u64>,
+    /// Deliveries begun on `last_send_day` and their replies.
+    #[serde(default)]
+    pub tally: DayTally,
+    /// The last ramp decision: unix seconds and its text.
+    #[serde(default)]
+    pub decided: Option<(u64, String)>,
 }
 
 impl Progress {
     /// The schedule index that applies to a send on absolute day `today`: the index moves on by
     /// one after a day that had sends (idle days do not count); `idle_days` or more without a
-    /// send start the warm-up over from day 0.
+    /// send start the warm-up over from day 0. (IPs without a schedule; `ramp` decides for
+    /// the others.)
     pub fn index_on(&self, today: u64, idle_days: u64) -> u32 {
         match self.last_send_day {
             None => self.day_index,
@@ -99,6 +112,59 @@ impl Progress {
     pub fn sent_on(&mut self, today: u64, idle_days: u64) {
         self.day_index = self.index_on(today, idle_days);
         self.last_send_day = Some(self.last_send_day.map_or(today, |l| l.max(today)));
+    }
+
+    pub fn state(&self) -> RampState {
+        RampState {
+            day_index: self.day_index,
+            cap: self.cap,
+            last_send_day: self.last_send_day,
+        }
+    }
+
+    /// The ramp's position and cap for a send on `today` (deciding, without keeping, what the
+    /// first send of a new day will decide).
+    pub fn peek(&self, rules: &Rules, table: &[u64], today: u64) -> (u32, Option<u64>) {
+        let state = self.state();
+        match ramp::decide(rules, table, &state, &self.tally, today) {
+            Some(d) => (d.day(), d.cap()),
+            None => (state.day_index, state.cap_of(table)),
+        }
+    }
+
+    /// A message taken on `today` from a scheduled IP: a new sending day first takes the
+    /// decision for the last one (returned, with that day's tally and cap, for the record).
+    pub fn take(
+        &mut self,
+        rules: &Rules,
+        table: &[u64],
+        today: u64,
+    ) -> Option<(Decision, DayTally, Option<u64>)> {
+        let state = self.state();
+        let decided = ramp::decide(rules, table, &state, &self.tally, today);
+        if self.last_send_day.is_none_or(|l| l < today) {
+            let next = match &decided {
+                Some(d) => d.next(today, table),
+                None => RampState {
+                    last_send_day: Some(today),
+                    ..state
+                },
+            };
+            (self.day_index, self.cap, self.last_send_day) =
+                (next.day_index, next.cap, next.last_send_day);
+            let old = std::mem::take(&mut self.tally);
+            self.tally.taken = 1;
+            return decided.map(|d| (d, old, state.cap_of(table)));
+        }
+        self.tally.taken += 1;
+        None
+    }
+
+    /// Gives back a message taken on `day` that was never sent.
+    pub fn refund(&mut self, day: u64) {
+        if self.last_send_day == Some(day) {
+            self.tally.taken = self.tally.taken.saturating_sub(1);
+        }
     }
 }
 
@@ -141,6 +207,32 @@ mod tests {
         assert_eq!(p.index_on(135, 30), 0);
         p.sent_on(135, 30);
         assert_eq!(p.day_index, 0);
+    }
+
+    #[test]
+    fn a_new_sending_day_keeps_the_decision_and_starts_a_fresh_tally() {
+        let rules = Rules {
+            adaptive: true,
+            ..Rules::fixed(30)
+        };
+        let table = [4, 8, 16, 32];
+        let mut p = Progress::default();
+        assert_eq!(p.take(&rules, &table, 100), None, "the first day ever");
+        for _ in 0..4 {
+            assert_eq!(p.take(&rules, &table, 100), None);
+        }
+        p.refund(100);
+        p.refund(99);
+        assert_eq!(p.tally.taken, 4, "one refund of today's five");
+        p.tally.accepted = 4;
+        // Before the next day's first send, the cap it will have is already known.
+        assert_eq!(p.peek(&rules, &table, 101), (1, Some(8)));
+        let (d, day, cap) = p.take(&rules, &table, 101).expect("a decision");
+        assert_eq!((d.kind(), day.accepted, cap), ("advanced", 4, Some(4)));
+        assert_eq!((p.day_index, p.last_send_day, p.cap), (1, Some(101), None));
+        assert_eq!(p.tally.taken, 1, "today's first message");
+        assert_eq!(p.tally.accepted, 0);
+        assert_eq!(p.peek(&rules, &table, 101), (1, Some(8)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! History kept by the relay itself (`GET /api/history?ip=…`, the pool page's plots): per IP ×
-//! provider hourly buckets of outcomes and the warm-up cap, and every hold change (quarantined,
-//! probation, reinstated, drained, undrained) with its reason and evidence.
+//! provider hourly buckets of outcomes and the warm-up cap, every hold change (quarantined,
+//! probation, reinstated, drained, undrained) with its reason and evidence, and every warm-up
+//! ramp decision (event `warmup`, scope = provider).
 //!
 //! Counts gather in memory and reach the state store with `flush` (every few seconds); events
 //! are written when they happen. Kept `KEEP_DAYS` days; at most `MAX_EVENTS_PER_IP` events per
@@ -74,11 +75,12 @@ pub struct HourView {
     pub bucket: Bucket,
 }
 
-/// One change of a hold.
+/// One change of a hold, or a warm-up ramp decision.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub at: u64,
-    /// quarantined, extended, probation, reinstated, drained, undrained.
+    /// quarantined, extended, probation, reinstated, drained, undrained; `warmup` for a ramp
+    /// decision (cause: advanced, held, stepped-back, rewarmed).
     pub event: String,
     /// `all` or a provider.
     pub scope: String,
@@ -333,6 +335,37 @@ pub fn hold_events(
             Some((ip.to_string(), serde_json::to_string(&e).ok()?))
         })
         .collect();
+    store_events(state, cluster, records);
+}
+
+/// One warm-up ramp decision of `ip` × `provider` (event `warmup`, cause: the decision's kind,
+/// reason: its text, evidence: the day's counts), stored and shared like hold events.
+pub fn warmup_event(
+    state: &State,
+    cluster: Option<&Arc<Cluster>>,
+    ip: IpAddr,
+    provider: &str,
+    kind: &str,
+    text: &str,
+    evidence: &str,
+) {
+    let e = Event {
+        at: now_unix(),
+        event: "warmup".into(),
+        scope: provider.to_string(),
+        cause: kind.to_string(),
+        reason: text.to_string(),
+        evidence: evidence.to_string(),
+        until: None,
+    };
+    if let Ok(json) = serde_json::to_string(&e) {
+        store_events(state, cluster, vec![(ip.to_string(), json)]);
+    }
+}
+
+/// Writes events (IP, JSON) here, and to the farm's history with `[cluster]` (in the
+/// background; lost there, not here, if Redis is down).
+fn store_events(state: &State, cluster: Option<&Arc<Cluster>>, records: Vec<(String, String)>) {
     if let Err(e) = state.history_events(&records) {
         tracing::error!(error = %e, "cannot store pool history events");
     }
