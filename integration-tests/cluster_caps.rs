@@ -267,11 +267,9 @@ fn two_nodes_through_one_warming_ip_stay_within_its_cap() {
     assert_eq!(from(&b.sink, 12), 10, "the farm's cap on the warming IP");
     assert_eq!(from(&b.sink, 10), 14);
     assert_eq!(day_count(&redis, "127.0.0.12", "alpha"), 10);
-    let progress: Option<String> = redis.query(&["HGET", "farm:warmup", "127.0.0.12|alpha"]);
-    assert!(
-        progress.is_some_and(|p| p.starts_with("0:")),
-        "warm-up day shared"
-    );
+    let ramp: Option<String> = redis.query(&["HGET", "farm:ramp", "127.0.0.12|alpha"]);
+    let ramp: serde_json::Value = serde_json::from_str(&ramp.expect("the farm's ramp")).unwrap();
+    assert_eq!(ramp["day_index"], 0, "warm-up day shared: {ramp}");
 }
 
 /// `farm_max_per_hour` caps provider alpha for the whole farm: two relays with an IP each send

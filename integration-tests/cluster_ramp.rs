@@ -1,7 +1,7 @@
 //! The adaptive ramp across a farm (issue 24): one ramp state per IP × provider, each day's
 //! tallies summed across relays and each day decided once, through a real `redis-server`
-//! (started by each test on a free loopback port, never a system one). These drive the farm
-//! side (`poolrelay::cluster::ramp`) with two `Cluster`s as two relays would. Redis is an
+//! (started by each test on a free loopback port, never a system one): two relays through one
+//! IP, and the farm side (`poolrelay::cluster::ramp`) driven by two `Cluster`s. Redis is an
 //! installed tool, so every test here is `#[ignore]`d (run by .ci/run) and fails when
 //! `redis-server` is missing.
 
@@ -229,4 +229,103 @@ async fn counts_made_while_redis_is_down_reach_the_farm_when_it_returns() {
     );
     let stored: Option<Ramp> = a.ramp_state(ip(), "alpha").await.unwrap();
     assert_eq!(stored, Some(day0));
+}
+
+/// Two relays sending through the warming IP 127.0.0.12 on an adaptive schedule [4, 8, 16, 32]
+/// with 8-second days. On day D each sends 2: the farm used its cap of 4 (100 %, all accepted),
+/// each relay alone only half of it (which would hold it on day 0, "limited by demand"). At
+/// the first send of D+1 the farm decides once: both relays show day 1 with the cap of 8, the
+/// same decision, told by one of them; the day's tally in Redis is both relays'.
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn two_relays_through_one_ip_move_on_the_farms_ramp() {
+    const DAY: u64 = 8000;
+    let dir = tempdir("cluster-ramp-relays");
+    let redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let node = |name: &str| {
+        b.config()
+            .pool("default", &[PoolIp::new(12, "o12.test").warmup("ramp")])
+            .section("[warmup]\nday = \"8s\"\nburst = 1000\n[[warmup.schedule]]\nname = \"ramp\"\ndaily = [4, 8, 16, 32]\nadaptive = true\n")
+            .section(&format!(
+                "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nprefix = \"farm\"\n",
+                redis.url()
+            ))
+    };
+    let start = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        common::admin::start(&d, &node(name), WAIT)
+    };
+    let ((a, a_admin), (bb, b_admin)) = (start("a"), start("b"));
+    assert!(
+        wait_until(WAIT, || [a_admin, b_admin].iter().all(|&ad| {
+            common::admin::pool_status(ad)["farm"]["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+        })),
+        "both relays in the farm"
+    );
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    assert!(wait_until(Duration::from_millis(DAY + 1000), || now_ms()
+        % DAY
+        < 500));
+    let d = now_ms() / DAY;
+    send(&a, &b.sink, "d0-a", 2);
+    send(&bb, &b.sink, "d0-b", 2);
+    assert_eq!(now_ms() / DAY, d, "test step outran the day");
+    assert!(b.sink.messages().iter().all(|m| m.peer == lo(12)));
+
+    assert!(wait_until(Duration::from_millis(2 * DAY), || now_ms()
+        / DAY
+        > d));
+    send(&a, &b.sink, "d1-a", 1);
+    send(&bb, &b.sink, "d1-b", 1);
+    for admin in [a_admin, b_admin] {
+        let st = common::admin::pool_status(admin);
+        let alpha = &common::admin::ip_entry(&st, "127.0.0.12")["providers"]["alpha"];
+        assert_eq!(alpha["warmup_day"], 1, "{st}");
+        assert_eq!(alpha["cap_today"], 8, "{st}");
+        assert_eq!(
+            alpha["warmup_decision"], "day 1 reached: 0 % throttled, 100 % of cap used",
+            "{st}"
+        );
+    }
+    let told = [&a, &bb]
+        .iter()
+        .map(|r| r.plain_log().matches("warm-up: day 1 reached").count())
+        .sum::<usize>();
+    assert_eq!(
+        told,
+        1,
+        "one decision for the farm\n{}\n{}",
+        a.log(),
+        bb.log()
+    );
+    assert_eq!(farm_tally(&redis, d), vec![("accepted".to_string(), 4)]);
+    let taken: Option<u64> = redis.query(&["GET", &format!("farm:ramp:127.0.0.12|alpha:t:{d}")]);
+    assert_eq!(taken, Some(4));
+}
+
+/// `n` messages to a.test through `relay`, each at the sink before the next.
+fn send(relay: &Relay, sink: &Sink, tag: &str, n: usize) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    for i in 0..n {
+        let before = sink.messages().len();
+        let body = format!("From: <s@snd.test>\r\nSubject: {tag}{i}\r\n\r\nHi.\r\n");
+        let r = c.send_mail(
+            "s@snd.test",
+            &[&format!("{tag}{i}@a.test")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.code, 250, "{r}");
+        sink.wait_for_messages(before + 1, WAIT);
+    }
+    c.quit();
 }

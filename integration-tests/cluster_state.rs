@@ -544,9 +544,9 @@ fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
     let yesterday = now_ms / WARMUP_DAY_MS - 1;
     let _: () = redis.query(&[
         "HSET",
-        "farm:warmup",
+        "farm:ramp",
         "127.0.0.12|alpha",
-        &format!("0:{yesterday}"),
+        &format!("{{\"day_index\":0,\"last_send_day\":{yesterday}}}"),
     ]);
     let a_base = node_config(&b, &redis, "a").section(WARMUP);
     let b_base = node_config(&b, &redis, "b").section(WARMUP);

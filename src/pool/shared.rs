@@ -2,9 +2,11 @@
 //!
 //! Rules:
 //! - The local pick runs first, exactly as on a relay alone (holds, caps on this relay's own
-//!   counts, weights); its IP × provider is then taken in the farm's counters in one Redis
-//!   script: the daily and hourly caps of the IP × provider and the provider's
-//!   `farm_max_per_hour`. The farm's warm-up day comes back with it and replaces this relay's.
+//!   counts, weights). A new sending day of an IP on a schedule is then decided by the farm
+//!   (`farm_ramp`), so the caps are the farm's ramp's. The IP × provider is then taken in the
+//!   farm's counters in one Redis script: the daily and hourly caps of the IP × provider, the
+//!   provider's `farm_max_per_hour`, and for a ramp its day's messages taken. For an IP without
+//!   a schedule the script moves the shared warm-up progress, which replaces this relay's.
 //! - The farm refuses → the slot is given back, the IP × provider is marked full until that
 //!   window ends, and the pick goes again among the others (nothing left → held, as always).
 //!   A refusal because the farm is on another warm-up day only corrects the day and retries.
@@ -24,6 +26,7 @@ use super::select::{Held, Selection};
 use super::throttle::Full;
 use super::view::{CountsFrom, PoolsView, ProviderView};
 use super::warmup::{Clock, Progress};
+use crate::cluster::ramp::tally_ttl;
 use crate::cluster::{Cluster, Limit, ProgressMove, Refused, Taken};
 
 /// Why an IP × provider is full, per counter: (the farm refused, the local share is used up).
@@ -60,7 +63,8 @@ struct Plan {
     limits: Vec<Limit>,
     /// Per limit: index into `WHY`, and the end of its window (unix millis).
     kinds: Vec<(usize, u64)>,
-    progress: ProgressMove,
+    /// The warm-up progress of an IP without a ramp (a ramp's is `farm_ramp`'s).
+    progress: Option<ProgressMove>,
     /// The warm-up day index the caps were computed for.
     index: u32,
 }
@@ -111,10 +115,14 @@ impl Pools {
             let Some(key) = pick.lease.key.clone() else {
                 return Selection::Picked(pick);
             };
+            // A new sending day: the farm's ramp first, so the caps below are the farm's.
+            if let Some(roll) = pick.lease.ramp.take() {
+                self.farm_roll(&cluster, &key, *roll).await;
+            }
             let Some(plan) = self.plan(&cluster, &key) else {
                 return Selection::Picked(pick);
             };
-            match cluster.take(&plan.limits, Some(&plan.progress)).await {
+            match cluster.take(&plan.limits, plan.progress.as_ref()).await {
                 Ok(taken) => {
                     if let Taken::Shared(Some(p)) = taken {
                         self.set_progress(&key, p);
@@ -128,8 +136,7 @@ impl Pools {
                 }
                 Err(Refused::Farm { index, progress }) => {
                     pick.lease.refund();
-                    let m = &plan.progress;
-                    if let Some(p) = progress
+                    if let (Some(p), Some(m)) = (progress, &plan.progress)
                         && p.index_on(m.today, m.idle_days) != plan.index
                     {
                         self.set_progress(&key, *p);
@@ -200,14 +207,25 @@ impl Pools {
             });
             kinds.push((2, clock.next_hour_start(now)));
         }
+        // A ramp's day counts the farm's messages taken (`farm_ramp`); no cap, never refused.
+        let ramp = conf.ramp_of(ip).is_some();
+        if ramp {
+            limits.push(Limit {
+                key: cluster.ramp_taken_key(ip_s, provider, day),
+                cap: None,
+                ttl_ms: tally_ttl(clock.day_ms, conf.idle_days),
+                own: 0,
+            });
+            kinds.push((0, clock.next_day_start(now)));
+        }
         Some(Plan {
             limits,
             kinds,
-            progress: ProgressMove {
+            progress: (!ramp).then(|| ProgressMove {
                 field: format!("{ip_s}|{provider}"),
                 today: day,
                 idle_days: conf.idle_days,
-            },
+            }),
             index: counters.warmup.index_on(day, conf.idle_days),
         })
     }
