@@ -133,14 +133,13 @@ impl Pools {
         }
     }
 
-    /// The farm's ramp replaces this relay's (today's own tally stays, for a Redis outage).
+    /// The farm's ramp and last decision replace this relay's (its own decision was never
+    /// told; today's own tally stays, for a Redis outage).
     fn set_ramp(&self, key: &Key, s: &FarmState) {
         let mut inner = self.lock();
         let w = &mut inner.counters.entry(key.clone()).or_default().warmup;
         (w.day_index, w.cap, w.last_send_day) = (s.day_index, s.cap, s.last_send_day);
-        if s.decided.is_some() {
-            w.decided = s.decided.clone();
-        }
+        w.decided = s.decided.clone();
         inner.dirty.insert(key.clone());
     }
 
