@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use poolrelay::cluster::ramp::{FarmRamp, Rolled, Tally, tally_ttl};
 use poolrelay::cluster::{Cluster, Limit, RunError, Settings, Taken};
 use poolrelay::pool::RampOutcome;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -231,75 +232,105 @@ async fn counts_made_while_redis_is_down_reach_the_farm_when_it_returns() {
     assert_eq!(stored, Some(day0));
 }
 
-/// Two relays sending through the warming IP 127.0.0.12 on an adaptive schedule [4, 8, 16, 32]
-/// with 8-second days. On day D each sends 2: the farm used its cap of 4 (100 %, all accepted),
-/// each relay alone only half of it (which would hold it on day 0, "limited by demand"). At
-/// the first send of D+1 the farm decides once: both relays show day 1 with the cap of 8, the
-/// same decision, told by one of them; the day's tally in Redis is both relays'.
-#[test]
-#[ignore = "needs redis-server (run by .ci/run)"]
-fn two_relays_through_one_ip_move_on_the_farms_ramp() {
-    const DAY: u64 = 8000;
-    let dir = tempdir("cluster-ramp-relays");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
-    let node = |name: &str| {
-        b.config()
-            .pool("default", &[PoolIp::new(12, "o12.test").warmup("ramp")])
-            .section("[warmup]\nday = \"8s\"\nburst = 1000\n[[warmup.schedule]]\nname = \"ramp\"\ndaily = [4, 8, 16, 32]\nadaptive = true\n")
-            .section(&format!(
-                "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nprefix = \"farm\"\n",
-                redis.url()
-            ))
-    };
-    let start = |name: &str| {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        common::admin::start(&d, &node(name), WAIT)
-    };
-    let ((a, a_admin), (bb, b_admin)) = (start("a"), start("b"));
+const DAY: u64 = 10_000;
+
+/// A relay sending from the warming IP 127.0.0.12 alone, on the adaptive schedule [4, 8, 16,
+/// 32] with 10-second days (`DAY`), in the farm of `redis`.
+fn ramp_relay(
+    dir: &std::path::Path,
+    b: &Bench,
+    redis: &RedisServer,
+    name: &str,
+) -> (Relay, SocketAddr) {
+    let cfg = b
+        .config()
+        .pool("default", &[PoolIp::new(12, "o12.test").warmup("ramp")])
+        .section("[warmup]\nday = \"10s\"\nburst = 1000\n[[warmup.schedule]]\nname = \"ramp\"\ndaily = [4, 8, 16, 32]\nadaptive = true\n")
+        .section(&format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nprefix = \"farm\"\n",
+            redis.url()
+        ));
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    common::admin::start(&d, &cfg, WAIT)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Two relays a and b in one farm that each sent 2 of day 0's cap of 4 on day D (returned), and
+/// the first second of D+1.
+fn two_relays_after_day_0(
+    dir: &std::path::Path,
+    b: &Bench,
+    redis: &RedisServer,
+) -> ((Relay, SocketAddr), (Relay, SocketAddr), u64) {
+    let (a, bb) = (
+        ramp_relay(dir, b, redis, "a"),
+        ramp_relay(dir, b, redis, "b"),
+    );
     assert!(
-        wait_until(WAIT, || [a_admin, b_admin].iter().all(|&ad| {
+        wait_until(WAIT, || [a.1, bb.1].iter().all(|&ad| {
             common::admin::pool_status(ad)["farm"]["nodes"]
                 .as_array()
                 .is_some_and(|n| n.len() == 2)
         })),
         "both relays in the farm"
     );
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
     assert!(wait_until(Duration::from_millis(DAY + 1000), || now_ms()
         % DAY
         < 500));
     let d = now_ms() / DAY;
-    send(&a, &b.sink, "d0-a", 2);
-    send(&bb, &b.sink, "d0-b", 2);
+    send(&a.0, &b.sink, "d0-a", 2);
+    send(&bb.0, &b.sink, "d0-b", 2);
     assert_eq!(now_ms() / DAY, d, "test step outran the day");
     assert!(b.sink.messages().iter().all(|m| m.peer == lo(12)));
-
     assert!(wait_until(Duration::from_millis(2 * DAY), || now_ms()
         / DAY
         > d));
+    (a, bb, d)
+}
+
+fn alpha_of(admin: SocketAddr) -> Value {
+    let st = common::admin::pool_status(admin);
+    common::admin::ip_entry(&st, "127.0.0.12")["providers"]["alpha"].clone()
+}
+
+/// How many times `relays` logged `needle`.
+fn logged(relays: &[&Relay], needle: &str) -> usize {
+    relays
+        .iter()
+        .map(|r| r.plain_log().matches(needle).count())
+        .sum()
+}
+
+/// On day D each of two relays sends 2 through one IP: the farm used its cap of 4 (100 %, all
+/// accepted), each relay alone only half of it (which would hold it on day 0, "limited by
+/// demand"). At the first send of D+1 the farm decides once: both relays show day 1 with the
+/// cap of 8, the same decision, told by one of them; the day's tally in Redis is both relays'.
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn two_relays_through_one_ip_move_on_the_farms_ramp() {
+    let dir = tempdir("cluster-ramp-relays");
+    let redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let ((a, a_admin), (bb, b_admin), d) = two_relays_after_day_0(&dir, &b, &redis);
     send(&a, &b.sink, "d1-a", 1);
     send(&bb, &b.sink, "d1-b", 1);
     for admin in [a_admin, b_admin] {
-        let st = common::admin::pool_status(admin);
-        let alpha = &common::admin::ip_entry(&st, "127.0.0.12")["providers"]["alpha"];
-        assert_eq!(alpha["warmup_day"], 1, "{st}");
-        assert_eq!(alpha["cap_today"], 8, "{st}");
+        let alpha = alpha_of(admin);
+        assert_eq!(alpha["warmup_day"], 1, "{alpha}");
+        assert_eq!(alpha["cap_today"], 8, "{alpha}");
         assert_eq!(
             alpha["warmup_decision"], "day 1 reached: 0 % throttled, 100 % of cap used",
-            "{st}"
+            "{alpha}"
         );
     }
-    let told = [&a, &bb]
-        .iter()
-        .map(|r| r.plain_log().matches("warm-up: day 1 reached").count())
-        .sum::<usize>();
+    let told = logged(&[&a, &bb], "warm-up: day 1 reached");
     assert_eq!(
         told,
         1,
@@ -307,9 +338,36 @@ fn two_relays_through_one_ip_move_on_the_farms_ramp() {
         a.log(),
         bb.log()
     );
+    assert_eq!(logged(&[&a, &bb], "warm-up: held"), 0);
     assert_eq!(farm_tally(&redis, d), vec![("accepted".to_string(), 4)]);
     let taken: Option<u64> = redis.query(&["GET", &format!("farm:ramp:127.0.0.12|alpha:t:{d}")]);
     assert_eq!(taken, Some(4));
+}
+
+/// The same day D, then Redis is killed: at D+1 each relay decides on its own replies (2 of 4:
+/// held at day 0, limited by demand) and tells it; mail still leaves.
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn with_redis_down_each_relay_decides_on_its_own_replies() {
+    let dir = tempdir("cluster-ramp-down");
+    let mut redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let ((a, a_admin), (bb, b_admin), _) = two_relays_after_day_0(&dir, &b, &redis);
+    redis.kill();
+    for r in [&a, &bb] {
+        assert!(r.wait_for_log("cluster: Redis down", WAIT), "{}", r.log());
+    }
+    send(&a, &b.sink, "d1-a", 1);
+    send(&bb, &b.sink, "d1-b", 1);
+    for admin in [a_admin, b_admin] {
+        let alpha = alpha_of(admin);
+        assert_eq!(alpha["warmup_day"], 0, "{alpha}");
+        assert_eq!(
+            alpha["warmup_decision"], "held at day 0: 50 % of cap used (demand)",
+            "{alpha}"
+        );
+    }
+    assert_eq!(logged(&[&a, &bb], "warm-up: held at day 0"), 2);
 }
 
 /// `n` messages to a.test through `relay`, each at the sink before the next.
