@@ -70,8 +70,10 @@ pub enum Class {
     Sent,
     Deferred,
     Bounced,
-    /// A block or reputation reply: the IP was refused, not the recipient.
+    /// A block reply (the classifier's `Signal::Block`): the IP was refused, not the recipient.
     Block,
+    /// A throttling reply (`Signal::Throttle`): a deferral that slows the IP × provider.
+    Throttle,
 }
 
 impl Class {
@@ -81,6 +83,7 @@ impl Class {
             Class::Deferred => "deferred",
             Class::Bounced => "bounced",
             Class::Block => "block",
+            Class::Throttle => "throttle",
         }
     }
 }

@@ -429,6 +429,8 @@ fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
         evidence: "554 5.7.1".into(),
         since: now_s(),
         until: Some(now_s() + 3600),
+        offence: 1,
+        replies: 1,
     };
     let qkey = (other, "gmail".to_string(), Cause::BlockReply);
     assert!(p.apply_remote(qkey.clone(), Some(q.clone()), now_s() * 1000 + 5));

@@ -73,6 +73,9 @@ pub struct ProviderView {
     pub bounced: u64,
     pub backoff_until: Option<u64>,
     pub backoff_reason: Option<String>,
+    /// Messages an hour since throttling replies cut the pace (until the day ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_per_hour: Option<u64>,
 }
 
 impl Pools {
@@ -148,6 +151,7 @@ fn provider_view(
         bounced: c.bounced,
         backoff_until: backoff.then_some(c.backoff_until / 1000),
         backoff_reason: backoff.then(|| c.backoff_reason.clone()),
+        pace_per_hour: c.pace(&conf.clock, now),
     }
 }
 
