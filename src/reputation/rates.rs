@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::Status;
 use crate::outcome::classify::{Class, Classification, Classifier, Signal};
 use crate::pool::throttle::PaceCut;
-use crate::pool::{Cause, Hold, HoldKey, HoldKind, Incident, Pools, RampOutcome};
+use crate::pool::{Cause, Incident, Pools, RampOutcome};
 use crate::reputation::Settings;
 use crate::reputation::suppress::Suppressions;
 use crate::spool::RemoteReply;
@@ -89,15 +89,37 @@ fn ramp_of(kind: Kind, signal: Signal, quarantined: bool) -> Option<RampOutcome>
     })
 }
 
-/// A quarantine to make: why, and which offence it is.
-struct Offence {
-    cause: Cause,
-    reason: String,
-    evidence: String,
-    /// Replies of its incident so far.
-    replies: u32,
-    number: u32,
-    cool: std::time::Duration,
+/// What a reply means for its recipient. A block is not the recipient's fault: never a bounce.
+/// Known providers: again at once from another IP (this one is quarantined for them, or soon
+/// will be), the reply rewritten to say so; others: on the retry schedule, so a destination
+/// that blocks every IP is not asked again every second.
+fn retry_status(
+    signal: Signal,
+    known: bool,
+    ip: IpAddr,
+    provider: &str,
+    c: &Classification,
+    reply: &mut RemoteReply,
+) -> Status {
+    if signal != Signal::Block {
+        return Status::of_code(reply.code);
+    }
+    let what = format!(
+        "{ip} got a {} reply from {provider}: {} {} {}",
+        c.class, reply.code, reply.status, reply.text
+    );
+    reply.text = if known {
+        format!("{RETRY_ELSEWHERE} ({what})")
+    } else {
+        format!("deferred, not the recipient's fault ({what})")
+    };
+    reply.code = 451;
+    reply.status = "4.7.0".to_string();
+    if known {
+        Status::RetryElsewhere
+    } else {
+        Status::Deferred
+    }
 }
 
 #[derive(Default)]
@@ -112,6 +134,16 @@ struct Window {
     /// When the last quarantine ends (unix s; 0: none). From then until the window is full
     /// again the IP is on probation: the rates count after `probe_samples` outcomes.
     probe_from: u64,
+}
+
+impl Window {
+    /// One outcome into the sliding window of `size`.
+    fn push(&mut self, kind: Kind, size: usize) {
+        self.outcomes.push_back(kind);
+        while self.outcomes.len() > size.max(1) {
+            self.outcomes.pop_front();
+        }
+    }
 }
 
 type Windows = Mutex<HashMap<(IpAddr, String), Window>>;
@@ -283,7 +315,7 @@ impl Tracker {
             .count(ip, provider, history_count(kind, signal));
         let known = provider != crate::pool::provider::OTHER;
         let incident = self.pools.incident(ip, provider, sent_at_ms);
-        let offence = match &incident.of {
+        let offence: Option<incident::Offence> = match &incident.of {
             Some((key, hold)) => {
                 self.in_incident(ip, provider, key, hold, signal);
                 None
@@ -302,52 +334,10 @@ impl Tracker {
         {
             self.pools.ramp_outcome(ip, provider, sent_at_ms, o);
         }
-        // Not the recipient's fault: never a bounce. Known providers: again at once (the IP is
-        // quarantined for them, or soon will be); others: on the retry schedule, so a
-        // destination that blocks every IP is not asked again every second.
-        let blocked = signal == Signal::Block;
-        let retry_elsewhere = blocked && known;
-        let status = match (blocked, retry_elsewhere) {
-            (false, _) => Status::of_code(reply.code),
-            (true, true) => Status::RetryElsewhere,
-            (true, false) => Status::Deferred,
-        };
-        if blocked {
-            let what = format!(
-                "{ip} got a {} reply from {provider}: {} {} {}",
-                c.class, reply.code, reply.status, reply.text
-            );
-            reply.text = if retry_elsewhere {
-                format!("{RETRY_ELSEWHERE} ({what})")
-            } else {
-                format!("deferred, not the recipient's fault ({what})")
-            };
-            reply.code = 451;
-            reply.status = "4.7.0".to_string();
-        }
+        let status = retry_status(signal, known, ip, provider, &c, reply);
         Verdict {
             classification: c,
             status,
-        }
-    }
-
-    /// A reply to a delivery in flight for the quarantine `key`: no new offence; a block or
-    /// throttling reply is counted in the record (the one its cause is about).
-    fn in_incident(&self, ip: IpAddr, provider: &str, key: &HoldKey, hold: &Hold, signal: Signal) {
-        let counts = match (&hold.cause, signal) {
-            (_, Signal::None) => false,
-            (Cause::BlockReply, s) => s == Signal::Block,
-            (Cause::Throttling, s) => s == Signal::Throttle,
-            _ => hold.kind == HoldKind::Quarantined && hold.scope == provider,
-        };
-        if !counts {
-            return;
-        }
-        match self.pools.count_in_incident(key) {
-            Ok(n) => {
-                tracing::info!(source_ip = %ip, provider, cause = %hold.cause, replies = n, "reply counted in the quarantine's incident (no new offence)")
-            }
-            Err(e) => tracing::error!(source_ip = %ip, error = %e, "cannot count a reply"),
         }
     }
 
@@ -364,7 +354,7 @@ impl Tracker {
         reply: &RemoteReply,
         c: &Classification,
         incident: &Incident,
-    ) -> Option<Offence> {
+    ) -> Option<incident::Offence> {
         let settings = self.settings.load();
         let pace = (signal == Signal::Throttle).then(|| {
             self.pools
@@ -406,10 +396,7 @@ impl Tracker {
                 // Slowed, not judged: a throttling reply is not in the deferral rate.
                 (Signal::Throttle, _) => None,
                 (Signal::None, _) => {
-                    w.outcomes.push_back(kind);
-                    while w.outcomes.len() > settings.window.max(1) {
-                        w.outcomes.pop_front();
-                    }
+                    w.push(kind, settings.window);
                     None
                 }
             };
@@ -422,7 +409,7 @@ impl Tracker {
             let probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
             let offence = why.map(|(cause, reason, evidence, replies)| {
                 let (number, cool) = self.next_offence(w, incident, now);
-                Offence {
+                incident::Offence {
                     cause,
                     reason,
                     evidence,
@@ -437,64 +424,6 @@ impl Tracker {
             tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
         }
         offence
-    }
-
-    /// The offence a new quarantine is, and its cool-down (module doc); starts the window
-    /// over.
-    fn next_offence(
-        &self,
-        w: &mut Window,
-        incident: &Incident,
-        now: u64,
-    ) -> (u32, std::time::Duration) {
-        let settings = self.settings.load();
-        let forgive = 2 * settings.max_cooldown.0.as_secs();
-        if now.saturating_sub(w.last_offence) > forgive {
-            w.offences = 0;
-        }
-        // Another relay of the farm may have counted the last one.
-        let recorded = if now.saturating_sub(incident.offence_since) > forgive {
-            0
-        } else {
-            incident.offence
-        };
-        w.offences = w.offences.max(recorded) + 1;
-        w.last_offence = now;
-        w.blocks = 0;
-        w.outcomes.clear();
-        let factor = 1u32 << (w.offences - 1).min(16);
-        let cool = settings
-            .cooldown
-            .0
-            .saturating_mul(factor)
-            .min(settings.max_cooldown.0);
-        w.probe_from = now + cool.as_secs().max(1);
-        (w.offences, cool)
-    }
-
-    fn quarantine(&self, ip: IpAddr, provider: &str, o: Offence) {
-        let now = crate::spool::now_unix();
-        let until = now + o.cool.as_secs().max(1);
-        let evidence = if o.replies > 0 {
-            crate::pool::holds::incident_evidence(&o.evidence, &o.cause, o.replies)
-        } else {
-            o.evidence
-        };
-        tracing::warn!(source_ip = %ip, provider = %provider, reason = %o.reason, offence = o.number, cooldown = %humantime::format_duration(o.cool), "quarantining IP for provider");
-        let hold = Hold {
-            kind: HoldKind::Quarantined,
-            scope: provider.to_string(),
-            cause: o.cause,
-            reason: o.reason,
-            evidence,
-            since: now,
-            until: Some(until),
-            offence: o.number,
-            replies: o.replies,
-        };
-        if let Err(e) = self.pools.quarantine_record(ip, hold) {
-            tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
-        }
     }
 
     /// The immediate failure for a suppressed recipient, saying why and how to lift it.
@@ -602,5 +531,6 @@ impl Tracker {
     }
 }
 
+mod incident;
 #[cfg(test)]
 mod tests;

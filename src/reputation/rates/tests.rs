@@ -1,7 +1,7 @@
 //! The outcome windows, quarantines and incidents of `Tracker::observe`.
 
 use super::*;
-use crate::pool::Scope;
+use crate::pool::{Hold, HoldKind, Scope};
 use std::path::Path;
 
 fn tracker(extra: &str) -> Tracker {
