@@ -255,6 +255,13 @@ fn throttling_slows_the_ip_without_quarantine() {
         "{log}"
     );
     assert!(!log.contains("quarantin"), "{log}");
+    let metrics = admin::get_text(admin, "/metrics");
+    assert!(
+        metrics.contains(
+            "poolrelay_delivery_outcomes_total{ip=\"127.0.0.10\",provider=\"gmail\",class=\"throttle\"} 1"
+        ),
+        "{metrics}"
+    );
     // The next hour takes the rest.
     b.sink.wait_for_messages(16, WAIT);
     assert!(now_ms() / HOUR_MS > hour);

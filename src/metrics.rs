@@ -357,6 +357,7 @@ mod tests {
         accepted(true, false);
         refused("rcpt", 554);
         outcome("192.0.2.1", "gmail", Class::Block);
+        outcome("192.0.2.1", "gmail", Class::Throttle);
         let _s = session();
         let text = render(&Levels {
             queue_messages: 3,
@@ -368,6 +369,7 @@ mod tests {
             "poolrelay_messages_accepted_total{tls=\"yes\"}",
             "poolrelay_messages_refused_total{stage=\"rcpt\",code=\"554\"}",
             "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"block\"}",
+            "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"throttle\"}",
             "poolrelay_dkim_messages_total{result=\"unsigned\"}",
             "poolrelay_queue_messages 3",
             "poolrelay_queue_oldest_age_seconds 60",
