@@ -360,8 +360,9 @@ impl Tracker {
             self.pools
                 .throttled(ip, provider, sent_at_ms, reply, settings.throttle_cuts)
         });
-        // The pool keeps probation across restarts; the window may not know of it.
-        let on_probation = signal != Signal::Block && self.pools.in_probation(ip, provider);
+        // The pool keeps probation across restarts; the window may not know of it. Only the
+        // window's outcomes are probes (a throttling reply never ends probation).
+        let on_probation = signal == Signal::None && self.pools.in_probation(ip, provider);
         let what = format!(
             "{} {} {} (rule {})",
             reply.code, reply.status, reply.text, c.rule

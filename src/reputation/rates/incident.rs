@@ -34,7 +34,10 @@ impl Tracker {
             (_, Signal::None) => false,
             (Cause::BlockReply, s) => s == Signal::Block,
             (Cause::Throttling, s) => s == Signal::Throttle,
-            _ => hold.kind == HoldKind::Quarantined && hold.scope == provider,
+            // The rate quarantines are this tracker's too; a DNSBL listing's record is its
+            // monitor's (its evidence is the listing).
+            (Cause::BounceRate | Cause::DeferralRate, _) => hold.scope == provider,
+            _ => false,
         };
         if !counts {
             return;
