@@ -55,7 +55,8 @@ pub struct Counters {
 /// Rules:
 /// - a throttling reply halves the hourly pace (the current hourly cap, or when uncapped the
 ///   messages taken this hour; at least 1) until the end of the warm-up day;
-/// - a reply to a delivery that began before the last cut is of the same episode: no new cut;
+/// - a reply to a delivery that began before the last cut (or in its millisecond) is of the
+///   same episode: no new cut;
 /// - after `max_cuts` cuts in a day, a throttling reply to a delivery begun after the last cut
 ///   is persistent throttling: the reputation stage quarantines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,8 @@ impl Counters {
         sent_at_ms: u64,
         max_cuts: u32,
     ) -> PaceCut {
-        if sent_at_ms < self.pace_cut_at {
+        // Began in the millisecond of the cut or before: in flight when it was made.
+        if self.pace_cut_at > 0 && sent_at_ms <= self.pace_cut_at {
             return PaceCut::Episode;
         }
         let pace = self.pace(clock, now);

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::Status;
 use crate::outcome::classify::{Class, Classification, Classifier, Signal};
 use crate::pool::throttle::PaceCut;
-use crate::pool::{Cause, Incident, Pools, RampOutcome};
+use crate::pool::{Cause, Hold, HoldKey, Pools, RampOutcome};
 use crate::reputation::Settings;
 use crate::reputation::suppress::Suppressions;
 use crate::spool::RemoteReply;
@@ -120,6 +120,23 @@ fn retry_status(
     } else {
         Status::Deferred
     }
+}
+
+/// The reply as evidence: code, status, text and the rule that read it.
+fn what(reply: &RemoteReply, c: &Classification) -> String {
+    format!(
+        "{} {} {} (rule {})",
+        reply.code, reply.status, reply.text, c.rule
+    )
+}
+
+/// What `Tracker::judge` made of a reply.
+enum Judged {
+    /// It belongs to this quarantine's incident.
+    InIncident(HoldKey, Hold),
+    Judged {
+        quarantined: bool,
+    },
 }
 
 #[derive(Default)]
@@ -314,20 +331,14 @@ impl Tracker {
         self.history
             .count(ip, provider, history_count(kind, signal));
         let known = provider != crate::pool::provider::OTHER;
-        let incident = self.pools.incident(ip, provider, sent_at_ms);
-        let offence: Option<incident::Offence> = match &incident.of {
-            Some((key, hold)) => {
-                self.in_incident(ip, provider, key, hold, signal);
-                None
+        let quarantined = match self.judge(ip, provider, kind, signal, known, sent_at_ms, reply, &c)
+        {
+            Judged::InIncident(key, hold) => {
+                self.in_incident(ip, provider, &key, &hold, signal);
+                false
             }
-            None => self.judge(
-                ip, provider, kind, signal, known, sent_at_ms, reply, &c, &incident,
-            ),
+            Judged::Judged { quarantined } => quarantined,
         };
-        let quarantined = offence.is_some();
-        if let Some(o) = offence {
-            self.quarantine(ip, provider, o);
-        }
         for o in ramp_of(kind, signal, quarantined)
             .into_iter()
             .chain(quarantined.then_some(RampOutcome::Blocked))
@@ -341,7 +352,9 @@ impl Tracker {
         }
     }
 
-    /// A reply outside any incident: counts it and says whether it makes a new offence.
+    /// Whether the reply belongs to a quarantine's incident; if not, counts it and quarantines
+    /// when it makes a new offence. One reply at a time decides (under the windows' lock, the
+    /// quarantine written before it is released): two replies at once cannot both start one.
     #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,
@@ -353,9 +366,14 @@ impl Tracker {
         sent_at_ms: u64,
         reply: &RemoteReply,
         c: &Classification,
-        incident: &Incident,
-    ) -> Option<incident::Offence> {
+    ) -> Judged {
         let settings = self.settings.load();
+        let now = crate::spool::now_unix();
+        let mut windows = self.windows.lock().expect("lock");
+        let incident = self.pools.incident(ip, provider, sent_at_ms);
+        if let Some((key, hold)) = incident.of {
+            return Judged::InIncident(key, hold);
+        }
         let pace = (signal == Signal::Throttle).then(|| {
             self.pools
                 .throttled(ip, provider, sent_at_ms, reply, settings.throttle_cuts)
@@ -363,68 +381,58 @@ impl Tracker {
         // The pool keeps probation across restarts; the window may not know of it. Only the
         // window's outcomes are probes (a throttling reply never ends probation).
         let on_probation = signal == Signal::None && self.pools.in_probation(ip, provider);
-        let what = format!(
-            "{} {} {} (rule {})",
-            reply.code, reply.status, reply.text, c.rule
-        );
-        let now = crate::spool::now_unix();
-        let (offence, probe_passed) = {
-            let mut windows = self.windows.lock().expect("lock");
-            let w = windows.entry((ip, provider.to_string())).or_default();
-            if on_probation && w.probe_from == 0 {
-                w.probe_from = now;
+        let w = windows.entry((ip, provider.to_string())).or_default();
+        if on_probation && w.probe_from == 0 {
+            w.probe_from = now;
+        }
+        let why = match (signal, pace) {
+            (Signal::Block, _) => {
+                w.blocks += 1;
+                // Destinations outside the provider table share one name ("other"): one of
+                // them blocking an IP must not take it out for all the others.
+                (known && w.blocks >= settings.block_threshold.max(1)).then(|| {
+                    let reason = format!("{} reply", c.class);
+                    (Cause::BlockReply, reason, what(reply, c), w.blocks)
+                })
             }
-            let why = match (signal, pace) {
-                (Signal::Block, _) => {
-                    w.blocks += 1;
-                    // Destinations outside the provider table share one name ("other"): one
-                    // of them blocking an IP must not take it out for all the others.
-                    (known && w.blocks >= settings.block_threshold.max(1)).then(|| {
-                        (
-                            Cause::BlockReply,
-                            format!("{} reply", c.class),
-                            what,
-                            w.blocks,
-                        )
-                    })
-                }
-                (_, Some(PaceCut::Persistent { cuts })) if known => Some((
-                    Cause::Throttling,
-                    "throttling".to_string(),
-                    format!("{what}, after {cuts} pace cuts today"),
-                    1,
-                )),
-                // Slowed, not judged: a throttling reply is not in the deferral rate.
-                (Signal::Throttle, _) => None,
-                (Signal::None, _) => {
-                    w.push(kind, settings.window);
-                    None
-                }
-            };
-            let why = why.or_else(|| {
-                self.rate_verdict(w, now)
-                    .map(|(cause, reason, evidence)| (cause, reason, evidence, 0))
-            });
-            // Enough probes judged and none failed: the trickle ends.
-            let probes = settings.probe_samples.clamp(1, settings.min_samples.max(1));
-            let probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
-            let offence = why.map(|(cause, reason, evidence, replies)| {
-                let (number, cool) = self.next_offence(w, incident, now);
-                incident::Offence {
-                    cause,
-                    reason,
-                    evidence,
-                    replies,
-                    number,
-                    cool,
-                }
-            });
-            (offence, probe_passed)
+            (_, Some(PaceCut::Persistent { cuts })) if known => Some((
+                Cause::Throttling,
+                "throttling".to_string(),
+                format!("{}, after {cuts} pace cuts today", what(reply, c)),
+                1,
+            )),
+            // Slowed, not judged: a throttling reply is not in the deferral rate.
+            (Signal::Throttle, _) => None,
+            (Signal::None, _) => {
+                w.push(kind, settings.window);
+                None
+            }
         };
+        let why = why.or_else(|| {
+            self.rate_verdict(w, now)
+                .map(|(cause, reason, evidence)| (cause, reason, evidence, 0))
+        });
+        // Enough probes judged and none failed: the trickle ends.
+        let probes = settings.probe_samples.clamp(1, settings.min_samples.max(1));
+        let probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
+        let quarantined = why.is_some();
+        if let Some((cause, reason, evidence, replies)) = why {
+            let (number, cool) = self.next_offence(w, &incident, now);
+            let o = incident::Offence {
+                cause,
+                reason,
+                evidence,
+                replies,
+                number,
+                cool,
+            };
+            self.quarantine(ip, provider, o);
+        }
+        drop(windows);
         if probe_passed && let Err(e) = self.pools.end_probation(ip, provider) {
             tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
         }
-        offence
+        Judged::Judged { quarantined }
     }
 
     /// The immediate failure for a suppressed recipient, saying why and how to lift it.

@@ -241,7 +241,8 @@ fn throttling_that_persists_after_the_cuts_quarantines() {
     };
     // Each throttled delivery began after the last cut: two cuts, then the third quarantines.
     for i in 0..3 {
-        t.observe(ip, "microsoft", "s", "", now_ms(), &mut throttle());
+        let after_the_cut = now_ms() + 1000 * (i + 1);
+        t.observe(ip, "microsoft", "s", "", after_the_cut, &mut throttle());
         assert_eq!(
             quarantined(&t, "microsoft").is_some(),
             i == 2,
@@ -478,4 +479,26 @@ probe_per_hour = 5",
         "3 clean probes reinstate"
     );
     assert!(t.pools.holds().is_empty());
+}
+
+#[test]
+fn block_replies_arriving_at_once_start_one_incident() {
+    let t = Arc::new(tracker("cooldown = \"1h\""));
+    let ip: IpAddr = "127.0.0.10".parse().unwrap();
+    let began = now_ms();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut r = reply(550, "5.7.1", "blocked using zen.spamhaus.org");
+                t.observe(ip, "gmail", "s@x", "", began, &mut r);
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let h = quarantined(&t, "gmail").unwrap();
+    assert_eq!((h.offence, h.replies), (1, 8), "{h:?}");
+    assert_eq!(h.until.unwrap() - h.since, 3600);
 }
