@@ -133,7 +133,7 @@ fn what(reply: &RemoteReply, c: &Classification) -> String {
 /// What `Tracker::judge` made of a reply.
 enum Judged {
     /// It belongs to this quarantine's incident.
-    InIncident(HoldKey, Hold),
+    InIncident(Box<(HoldKey, Hold)>),
     Judged {
         quarantined: bool,
     },
@@ -333,8 +333,8 @@ impl Tracker {
         let known = provider != crate::pool::provider::OTHER;
         let quarantined = match self.judge(ip, provider, kind, signal, known, sent_at_ms, reply, &c)
         {
-            Judged::InIncident(key, hold) => {
-                self.in_incident(ip, provider, &key, &hold, signal);
+            Judged::InIncident(of) => {
+                self.in_incident(ip, provider, &of.0, &of.1, signal);
                 false
             }
             Judged::Judged { quarantined } => quarantined,
@@ -371,8 +371,8 @@ impl Tracker {
         let now = crate::spool::now_unix();
         let mut windows = self.windows.lock().expect("lock");
         let incident = self.pools.incident(ip, provider, sent_at_ms);
-        if let Some((key, hold)) = incident.of {
-            return Judged::InIncident(key, hold);
+        if let Some(of) = incident.of {
+            return Judged::InIncident(Box::new(of));
         }
         let pace = (signal == Signal::Throttle).then(|| {
             self.pools
