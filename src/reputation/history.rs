@@ -300,15 +300,16 @@ fn parse_events(events: &[String], since: u64) -> Vec<Event> {
 /// (the same quarantine with more replies counted in its incident).
 fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> Option<&'static str> {
     Some(match (old, new) {
-        (_, Some(h)) if h.kind == HoldKind::Drained => "drained",
-        (_, Some(h)) if h.until.is_some_and(|u| u <= now) => "probation",
+        // More replies counted in the same quarantine's incident (in force or over).
         (Some(o), Some(n))
             if o.kind == HoldKind::Quarantined
-                && o.in_force(now)
+                && o.replies != n.replies
                 && (o.since, o.until, o.offence) == (n.since, n.until, n.offence) =>
         {
             return None;
         }
+        (_, Some(h)) if h.kind == HoldKind::Drained => "drained",
+        (_, Some(h)) if h.until.is_some_and(|u| u <= now) => "probation",
         // Another offence while quarantined: a longer cool-down.
         (Some(o), Some(n))
             if o.kind == HoldKind::Quarantined
@@ -437,6 +438,12 @@ mod tests {
             ..q.clone()
         };
         assert_eq!(event_name(Some(&q), Some(&counted), now), None);
+        // … also once it is over: not another "probation".
+        let counted_after = Hold {
+            replies: 6,
+            ..ended.clone()
+        };
+        assert_eq!(event_name(Some(&ended), Some(&counted_after), now), None);
         assert_eq!(event_name(Some(&q), None, now), Some("reinstated"));
     }
 }
