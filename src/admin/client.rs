@@ -179,7 +179,10 @@ pub fn format_status(status: &Value) -> String {
                     cell(&p["state"]),
                     cell(&p["warmup_day"]),
                     used(&p["used_today"], &p["cap_today"]),
-                    used(&p["used_hour"], &p["cap_hour"]),
+                    match &p["pace_per_hour"] {
+                        Value::Null => used(&p["used_hour"], &p["cap_hour"]),
+                        pace => format!("{} (paced)", used(&p["used_hour"], pace)),
+                    },
                     cell(&p["sent"]),
                     cell(&p["deferred"]),
                     cell(&p["bounced"]),
@@ -325,23 +328,25 @@ mod tests {
             r#"{"pools":[{"name":"default","ips":[
               {"ip":"127.0.0.10","state":"warming","reason":null,"evidence":null,"providers":{
                 "gmail":{"state":"warming","warmup_day":2,"used_today":5,"cap_today":1000,"used_hour":1,"cap_hour":84,"sent":5,"deferred":0,"bounced":1,
-                  "adaptive":true,"warmup_decision":"held at day 2: 12 % throttled"}}},
+                  "adaptive":true,"warmup_decision":"held at day 2: 12 % throttled"},
+                "yahoo":{"state":"active","used_today":9,"used_hour":3,"cap_hour":null,"pace_per_hour":2,"sent":9,"deferred":1,"bounced":0}}},
               {"ip":"127.0.0.11","state":"drained","reason":"operator","evidence":"","providers":{}}]}]}"#,
         )
         .unwrap();
         let t = format_status(&v);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines.len(), 4, "{t}");
         assert!(
             lines[1].contains("127.0.0.10") && lines[1].contains("5/1000"),
             "{t}"
         );
+        assert!(lines[2].contains("3/2 (paced)"), "{t}");
         assert!(
             lines[1].contains("adaptive: held at day 2: 12 % throttled"),
             "{t}"
         );
         assert!(
-            lines[2].contains("drained") && lines[2].ends_with("operator"),
+            lines[3].contains("drained") && lines[3].ends_with("operator"),
             "{t}"
         );
     }

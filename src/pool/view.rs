@@ -97,6 +97,9 @@ pub struct ProviderView {
     pub bounced: u64,
     pub backoff_until: Option<u64>,
     pub backoff_reason: Option<String>,
+    /// Messages an hour since throttling replies cut the pace (until the day ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_per_hour: Option<u64>,
 }
 
 /// Where a `[cluster]` view's `used_today` and `used_hour` come from.
@@ -194,6 +197,7 @@ fn provider_view(
         counts_from: None,
         farm_full: (c.farm_full_until > now).then(|| c.farm_full_why.to_string()),
         farm_full_until: (c.farm_full_until > now).then_some(c.farm_full_until / 1000),
+        pace_per_hour: c.pace(&conf.clock, now),
     }
 }
 
