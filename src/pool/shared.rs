@@ -406,6 +406,7 @@ mod tests {
             counts_from: None,
             farm_full: None,
             farm_full_until: None,
+            pace_per_hour: None,
         }
     }
 
