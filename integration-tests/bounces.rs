@@ -227,7 +227,8 @@ fn corpus_agreement_per_reason_and_family() {
     let ip_blamed: Vec<String> = rows
         .iter()
         .filter(|r| {
-            r.got.is_some_and(Class::blames_ip)
+            r.got
+                .is_some_and(|c| matches!(c, Class::Block | Class::Reputation))
                 && RECIPIENT_OR_CONTENT.contains(&r.reason.as_str())
                 && r.provider.is_none()
         })

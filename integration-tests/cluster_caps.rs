@@ -267,11 +267,9 @@ fn two_nodes_through_one_warming_ip_stay_within_its_cap() {
     assert_eq!(from(&b.sink, 12), 10, "the farm's cap on the warming IP");
     assert_eq!(from(&b.sink, 10), 14);
     assert_eq!(day_count(&redis, "127.0.0.12", "alpha"), 10);
-    let progress: Option<String> = redis.query(&["HGET", "farm:warmup", "127.0.0.12|alpha"]);
-    assert!(
-        progress.is_some_and(|p| p.starts_with("0:")),
-        "warm-up day shared"
-    );
+    let ramp: Option<String> = redis.query(&["HGET", "farm:ramp", "127.0.0.12|alpha"]);
+    let ramp: serde_json::Value = serde_json::from_str(&ramp.expect("the farm's ramp")).unwrap();
+    assert_eq!(ramp["day_index"], 0, "warm-up day shared: {ramp}");
 }
 
 /// `farm_max_per_hour` caps provider alpha for the whole farm: two relays with an IP each send
@@ -461,4 +459,69 @@ fn a_hung_redis_costs_a_timeout_then_the_local_share() {
         day_count(&redis, "127.0.0.12", "alpha")
     );
     assert_eq!(b.sink.messages().len(), 10);
+}
+
+/// `poolrelay pool status` of a running relay.
+fn pool_status_cli(relay: &Relay) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .current_dir(relay.dir())
+        .args(["pool", "status", "--config", "poolrelay.toml"])
+        .output()
+        .expect("run poolrelay pool status");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The warming IP 127.0.0.12 alone (day-0 cap 4) on two relays: a sends 3, b 1, and b's next
+/// is refused by the farm. Both relays' views (API, `pool status`, the page) show the farm's
+/// 4/4 beside their own count, and why the farm refuses, a included (never refused itself).
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn both_relays_show_the_farms_counts_and_its_refusal() {
+    let dir = tempdir("cluster-view");
+    let redis = RedisServer::start(&dir);
+    let b = bench(None);
+    let node = |name: &str| {
+        b.config()
+            .pool("default", &[PoolIp::new(12, "o12.test").warmup("new")])
+            .section("[warmup]\nday = \"240h\"\nburst = 1000\n[[warmup.schedule]]\nname = \"new\"\ndaily = [4, 40]\n")
+            .section(&cluster_section(&redis, name))
+    };
+    let (a, a_admin) = common::admin::start(&node_dir(&dir, "a"), &node("a"), WAIT);
+    let (bb, b_admin) = common::admin::start(&node_dir(&dir, "b"), &node("b"), WAIT);
+    wait_for_farm(&redis, &["a", "b"]);
+    send_one_by_one(&a, &b.sink, "a.test", "a", 3);
+    send_one_by_one(&bb, &b.sink, "a.test", "b", 1);
+    submit(bb.addr(), "a.test", "held", 1);
+    assert!(
+        bb.wait_for_log("farm daily warm-up cap reached", WAIT),
+        "{}",
+        bb.log()
+    );
+    assert_eq!(b.sink.messages().len(), 4);
+    for (relay, admin, here) in [(&a, a_admin, 3), (&bb, b_admin, 1)] {
+        let st = common::admin::pool_status(admin);
+        let alpha = &common::admin::ip_entry(&st, "127.0.0.12")["providers"]["alpha"];
+        assert_eq!(alpha["used_today"], 4, "{st}");
+        assert_eq!(alpha["cap_today"], 4, "{st}");
+        assert_eq!(alpha["used_today_here"], here, "{st}");
+        assert_eq!(alpha["counts_from"], "farm", "{st}");
+        assert_eq!(alpha["farm_full"], "farm daily warm-up cap reached", "{st}");
+        let cli = pool_status_cli(relay);
+        let line = cli
+            .lines()
+            .find(|l| l.starts_with("default") && l.contains("alpha"))
+            .unwrap_or_else(|| panic!("{cli}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let today = cells.iter().position(|c| *c == "4/4").expect(&cli);
+        assert_eq!(cells[today + 1], here.to_string(), "HERE: {cli}");
+        assert!(line.ends_with("farm daily warm-up cap reached"), "{cli}");
+        let page = common::admin::get_text(admin, "/api/page");
+        assert!(
+            page.contains("4/4 <span class=\"farm-counts\">(farm; here"),
+            "{page}"
+        );
+        assert!(page.contains("farm daily warm-up cap reached"), "{page}");
+    }
+    assert_eq!(bb.queued_ids().len(), 1, "held, not lost");
 }

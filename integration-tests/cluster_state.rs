@@ -544,9 +544,9 @@ fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
     let yesterday = now_ms / WARMUP_DAY_MS - 1;
     let _: () = redis.query(&[
         "HSET",
-        "farm:warmup",
+        "farm:ramp",
         "127.0.0.12|alpha",
-        &format!("0:{yesterday}"),
+        &format!("{{\"day_index\":0,\"last_send_day\":{yesterday}}}"),
     ]);
     let a_base = node_config(&b, &redis, "a").section(WARMUP);
     let b_base = node_config(&b, &redis, "b").section(WARMUP);
@@ -597,4 +597,76 @@ fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
     // The other 3 wait on b (held by the cap), not lost.
     let q = get(b_admin, "/api/queue");
     assert_eq!(q["messages"], 3, "{q}");
+}
+
+/// Every RCPT at alpha's MX answered after a second with a Spamhaus block.
+fn delayed_block_at_alpha(s: &Step) -> Option<String> {
+    (matches!(s.stage, Stage::RcptTo(_)) && s.local.ip() == lo(20)).then(|| {
+        "DELAY:1000:550 5.7.1 Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org"
+            .to_string()
+    })
+}
+
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn two_relays_seeing_one_block_at_once_make_one_offence() {
+    let dir = tempdir("cluster-incident");
+    let redis = RedisServer::start(&dir);
+    let b = bench(Some(delayed_block_at_alpha));
+    let nodes: Vec<Node> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let base = b
+                .config()
+                .delivery("idle_timeout", "\"0s\"")
+                .section(&format!(
+                    "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[reputation]\ncooldown = \"1h\"\n",
+                    redis.url()
+                ));
+            let (relay, admin) =
+                admin::start(&node_dir(&dir, name), &with_pool(&base, &[10]), WAIT);
+            Node { relay, admin, base }
+        })
+        .collect();
+    wait_for_farm(&[&nodes[0], &nodes[1]]);
+    // Three deliveries from 127.0.0.10 in flight on each relay when the receiver answers.
+    std::thread::scope(|s| {
+        for (i, n) in nodes.iter().enumerate() {
+            s.spawn(move || submit(&n.relay, &rcpts(&format!("n{i}-"), "a.test", 3)));
+        }
+    });
+    assert!(
+        wait_until(WAIT, || b.sink.transcripts().matches("RCPT TO:<").count()
+            == 6),
+        "{}",
+        b.sink.transcripts()
+    );
+    let hold_on = |n: &Node| hold_of(n.admin, "127.0.0.10", "alpha", "block-reply");
+    // Every reply answered and counted, and both relays agree on the record.
+    assert!(
+        wait_until(WAIT, || {
+            let (x, y) = (hold_on(&nodes[0]), hold_on(&nodes[1]));
+            x.is_some()
+                && x == y
+                && nodes
+                    .iter()
+                    .all(|n| n.relay.plain_log().matches("reply classified").count() == 3)
+        }),
+        "{:?}\n{:?}\n{}\n{}",
+        hold_on(&nodes[0]),
+        hold_on(&nodes[1]),
+        nodes[0].relay.log(),
+        nodes[1].relay.log()
+    );
+    let h = hold_on(&nodes[0]).unwrap();
+    assert_eq!(h["offence"], 1, "one offence: {h}");
+    assert_eq!(
+        h["until"].as_u64().unwrap() - h["since"].as_u64().unwrap(),
+        3600,
+        "the configured cool-down, not doubled: {h}"
+    );
+    for n in &nodes {
+        let log = n.relay.plain_log();
+        assert!(!log.contains("offence=2"), "{log}");
+    }
 }

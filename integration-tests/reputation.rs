@@ -47,6 +47,7 @@ fn classify_reply_from_argument_and_stdin() {
     assert_eq!(v["class"], "block", "{v}");
     assert_eq!(v["scope"], "ip");
     assert_eq!(v["blames_ip"], true);
+    assert_eq!(v["signal"], "block");
     assert_eq!(v["provider"], "microsoft");
     assert_eq!(v["rule"], "microsoft-blocklist");
     assert_eq!(
@@ -62,6 +63,8 @@ fn classify_reply_from_argument_and_stdin() {
         (Some("reputation"), Some("gmail")),
         "{v}"
     );
+    // A temporary reputation reply slows the IP down; it does not block it.
+    assert_eq!(v["signal"], "throttle", "{v}");
 
     let v = &run_json(
         &[
@@ -90,6 +93,7 @@ fn classify_reply_from_argument_and_stdin() {
     for needle in [
         "class:     mailbox-full",
         "blames:    the recipient",
+        "signal:    none",
         "rule:      ",
     ] {
         assert!(text.contains(needle), "{needle:?} in\n{text}");

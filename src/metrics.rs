@@ -77,8 +77,10 @@ pub enum Class {
     Sent,
     Deferred,
     Bounced,
-    /// A block or reputation reply: the IP was refused, not the recipient.
+    /// A block reply (the classifier's `Signal::Block`): the IP was refused, not the recipient.
     Block,
+    /// A throttling reply (`Signal::Throttle`): a deferral that slows the IP × provider.
+    Throttle,
 }
 
 impl Class {
@@ -88,6 +90,7 @@ impl Class {
             Class::Deferred => "deferred",
             Class::Bounced => "bounced",
             Class::Block => "block",
+            Class::Throttle => "throttle",
         }
     }
 }
@@ -390,6 +393,7 @@ mod tests {
         refused("rcpt", 554);
         outcome("192.0.2.1", "gmail", Class::Block);
         warmup_decision("192.0.2.1", "gmail", "held");
+        outcome("192.0.2.1", "gmail", Class::Throttle);
         let _s = session();
         let text = render(&Levels {
             queue_messages: 3,
@@ -401,6 +405,7 @@ mod tests {
             "poolrelay_messages_accepted_total{tls=\"yes\"}",
             "poolrelay_messages_refused_total{stage=\"rcpt\",code=\"554\"}",
             "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"block\"}",
+            "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"throttle\"}",
             "poolrelay_dkim_messages_total{result=\"unsigned\"}",
             "poolrelay_warmup_decisions_total{ip=\"192.0.2.1\",provider=\"gmail\",decision=\"held\"} 1",
             "poolrelay_queue_messages 3",

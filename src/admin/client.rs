@@ -128,8 +128,9 @@ fn cell(v: &Value) -> String {
 }
 
 /// `GET /api/pool` as a table: one line per IP × provider (one line for an IP without
-/// traffic yet), with the hold reason last. With `[cluster]`: the farm's nodes first, and the
-/// node each IP is on.
+/// traffic yet), with the hold reason last. With `[cluster]`: the farm's nodes first, the
+/// node each IP is on, TODAY and HOUR the farm's with this relay's own today (HERE) beside
+/// them, and why the farm refuses as the reason.
 pub fn format_status(status: &Value) -> String {
     let farm = status.get("farm").filter(|f| f.is_object());
     let mut rows = vec![
@@ -142,6 +143,8 @@ pub fn format_status(status: &Value) -> String {
     ];
     if farm.is_some() {
         rows[0].insert(2, "NODE".into());
+        // TODAY and HOUR are the farm's; HERE is this relay's own today.
+        rows[0].insert(8, "HERE".into());
     }
     for pool in status["pools"].as_array().into_iter().flatten() {
         for ip in pool["ips"].as_array().into_iter().flatten() {
@@ -159,6 +162,9 @@ pub fn format_status(status: &Value) -> String {
             if providers.is_empty() {
                 let mut row = head.to_vec();
                 row.extend(["-"; 9].map(String::from));
+                if farm.is_some() {
+                    row.push("-".into());
+                }
                 row.push(reason.clone());
                 rows.push(row);
             }
@@ -173,16 +179,23 @@ pub fn format_status(status: &Value) -> String {
                     cell(&p["state"]),
                     cell(&p["warmup_day"]),
                     used(&p["used_today"], &p["cap_today"]),
-                    used(&p["used_hour"], &p["cap_hour"]),
+                    match &p["pace_per_hour"] {
+                        Value::Null => used(&p["used_hour"], &p["cap_hour"]),
+                        pace => format!("{} (paced)", used(&p["used_hour"], pace)),
+                    },
                     cell(&p["sent"]),
                     cell(&p["deferred"]),
                     cell(&p["bounced"]),
                     ramp(&p),
-                    match &p["backoff_reason"] {
-                        Value::String(b) => format!("backoff: {}", crate::text::Escaped(b)),
+                    match (&p["backoff_reason"], &p["farm_full"]) {
+                        (Value::String(b), _) => format!("backoff: {}", crate::text::Escaped(b)),
+                        (_, Value::String(f)) => crate::text::escape(f).into_owned(),
                         _ => reason.clone(),
                     },
                 ]);
+                if farm.is_some() {
+                    row.insert(8, cell(&p["used_today_here"]));
+                }
                 rows.push(row);
             }
         }
@@ -288,28 +301,52 @@ mod tests {
     }
 
     #[test]
+    fn with_a_farm_today_is_the_farms_beside_this_relays_and_says_why_it_refuses() {
+        let v: Value = serde_json::from_str(
+            r#"{"pools":[{"name":"default","ips":[
+              {"ip":"127.0.0.12","state":"warming","reason":null,"evidence":null,"node":"a, b","providers":{
+                "alpha":{"state":"warming","warmup_day":0,"used_today":10,"cap_today":10,"used_hour":10,"cap_hour":1000,
+                  "used_today_here":9,"used_hour_here":9,"counts_from":"farm","farm_full":"farm daily warm-up cap reached",
+                  "sent":9,"deferred":0,"bounced":0}}}]}],
+              "farm":{"node":"a","redis_up":true,"nodes":[]}}"#,
+        )
+        .unwrap();
+        let t = format_status(&v);
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("POOL") && l.contains("TODAY  HERE  HOUR")),
+            "{t}"
+        );
+        let line = t.lines().find(|l| l.starts_with("default")).unwrap();
+        assert!(line.contains("10/10  9     10/1000"), "{t}");
+        assert!(line.ends_with("farm daily warm-up cap reached"), "{t}");
+    }
+
+    #[test]
     fn table_has_a_line_per_ip_and_provider() {
         let v: Value = serde_json::from_str(
             r#"{"pools":[{"name":"default","ips":[
               {"ip":"127.0.0.10","state":"warming","reason":null,"evidence":null,"providers":{
                 "gmail":{"state":"warming","warmup_day":2,"used_today":5,"cap_today":1000,"used_hour":1,"cap_hour":84,"sent":5,"deferred":0,"bounced":1,
-                  "adaptive":true,"warmup_decision":"held at day 2: 12 % throttled"}}},
+                  "adaptive":true,"warmup_decision":"held at day 2: 12 % throttled"},
+                "yahoo":{"state":"active","used_today":9,"used_hour":3,"cap_hour":null,"pace_per_hour":2,"sent":9,"deferred":1,"bounced":0}}},
               {"ip":"127.0.0.11","state":"drained","reason":"operator","evidence":"","providers":{}}]}]}"#,
         )
         .unwrap();
         let t = format_status(&v);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines.len(), 4, "{t}");
         assert!(
             lines[1].contains("127.0.0.10") && lines[1].contains("5/1000"),
             "{t}"
         );
+        assert!(lines[2].contains("3/2 (paced)"), "{t}");
         assert!(
             lines[1].contains("adaptive: held at day 2: 12 % throttled"),
             "{t}"
         );
         assert!(
-            lines[2].contains("drained") && lines[2].ends_with("operator"),
+            lines[3].contains("drained") && lines[3].ends_with("operator"),
             "{t}"
         );
     }

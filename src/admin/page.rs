@@ -100,7 +100,7 @@ fn pct(n: usize, of: usize) -> String {
 /// `GET /api/page`: the page's content as an HTML fragment.
 async fn content(State(st): State<AdminState>) -> Response {
     let pools = st.pools.clone();
-    let view = match tokio::task::spawn_blocking(move || pools.status()).await {
+    let mut view = match tokio::task::spawn_blocking(move || pools.status()).await {
         Ok(v) => v,
         Err(e) => {
             return Html(format!(
@@ -110,6 +110,8 @@ async fn content(State(st): State<AdminState>) -> Response {
             .into_response();
         }
     };
+    // `[cluster]`: the farm's counts, read from Redis.
+    st.pools.farm_counts(&mut view).await;
     let windows = st.reputation.status();
     let now = crate::spool::now_unix();
     let ips: Vec<std::net::IpAddr> = view
@@ -238,10 +240,11 @@ fn ip_section(
         let s = state_name(p.state);
         let _ = write!(
             out,
-            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}</td><td>{bounce}</td><td>{defer}</td><td>{}</td><td class=\"ramp\">{ramp}</td></tr>",
+            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}{farm}</td><td>{bounce}</td><td>{defer}</td><td>{}</td><td class=\"ramp\">{ramp}</td></tr>",
             p.used_today,
             p.sent,
             n = esc(name),
+            farm = farm_counts(p),
             ramp = ramp_cell(p),
         );
     }
@@ -260,6 +263,24 @@ fn ip_section(
         None => out.push_str("<p>no history</p>"),
     }
     out.push_str("</div></section>");
+}
+
+/// `[cluster]`: beside the farm's count, this relay's own, and why the farm refuses.
+fn farm_counts(p: &crate::pool::ProviderView) -> String {
+    use crate::pool::CountsFrom;
+    let Some(here) = p.used_today_here else {
+        return String::new();
+    };
+    let from = match p.counts_from {
+        Some(CountsFrom::Farm) => "farm",
+        Some(CountsFrom::FarmLastRead) => "farm, last read: Redis down",
+        _ => "this relay only: Redis down",
+    };
+    let mut out = format!(" <span class=\"farm-counts\">({from}; here {here})</span>");
+    if let Some(why) = &p.farm_full {
+        let _ = write!(out, "<br><span class=\"farm-full\">{}</span>", esc(why));
+    }
+    out
 }
 
 /// The ramp's last decision ("adaptive" first on an adaptive schedule), "-" without one.

@@ -65,7 +65,9 @@ struct ChangeReply {
 }
 
 async fn status(State(st): State<AdminState>) -> Response {
-    axum::Json(st.pools.status()).into_response()
+    let mut view = st.pools.status();
+    st.pools.farm_counts(&mut view).await;
+    axum::Json(view).into_response()
 }
 
 async fn change_body(

@@ -57,6 +57,7 @@ pub struct Cluster {
     ips: Mutex<Vec<IpAddr>>,
     nodes: Mutex<Vec<NodeSeen>>,
     pub(super) counters: super::counters::Counters,
+    pub(super) ramp: super::ramp::Tallies,
 }
 
 /// The client for the URL, with `ca_file` as its only trust anchor when set.
@@ -104,11 +105,13 @@ impl Cluster {
             ips: Mutex::new(ips),
             nodes: Mutex::new(Vec::new()),
             counters: Default::default(),
+            ramp: Default::default(),
         });
         tracing::info!(redis = %cluster.redis_shown, node = %cluster.node, "cluster: joining the farm");
         if !cluster.beat().await {
             tracing::warn!(redis = %cluster.redis_shown, "cluster: Redis unreachable at start; using local shares of every cap until it answers");
         }
+        super::ramp::spawn_flusher(&cluster);
         let weak = Arc::downgrade(&cluster);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);

@@ -288,6 +288,40 @@ impl Cluster {
             .is_some_and(|(n, exp)| *n >= cap && *exp > now_ms())
     }
 
+    /// The farm's counts of `keys` for the operator's view (a missing key counts 0), and
+    /// whether they were read now. Redis down: per key the count last read plus what this node
+    /// took since (`None` if nothing was read this window).
+    pub async fn counts(&self, keys: &[String]) -> (Vec<Option<u64>>, bool) {
+        if keys.is_empty() {
+            return (Vec::new(), true);
+        }
+        let ks = keys.to_vec();
+        let read = self
+            .try_run("view counts", |mut c| async move {
+                redis::cmd("MGET")
+                    .arg(&ks)
+                    .query_async::<Vec<Option<u64>>>(&mut c)
+                    .await
+            })
+            .await;
+        if let Ok(v) = read
+            && v.len() == keys.len()
+        {
+            return (v.into_iter().map(|n| Some(n.unwrap_or(0))).collect(), true);
+        }
+        let now = now_ms();
+        let local = self.counters.local();
+        let last = keys
+            .iter()
+            .map(|k| {
+                let seen = local.seen.get(k).filter(|s| s.1 > now).map(|s| s.0)?;
+                let since = local.pending.get(k).map_or(0, |p| p.by.max(0) as u64);
+                Some(seen + since)
+            })
+            .collect();
+        (last, false)
+    }
+
     /// Adds what was counted while Redis was down (once: an entry leaves only when Redis took it).
     pub(super) async fn reconcile(&self) {
         let (pending, moves) = {

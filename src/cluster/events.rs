@@ -206,6 +206,8 @@ mod tests {
                     evidence: "zen.spamhaus.org 127.0.0.2".into(),
                     since: 1_700_000_000,
                     until: Some(1_700_003_600),
+                    offence: 0,
+                    replies: 0,
                 }),
             },
         }

@@ -89,6 +89,7 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
             MILLION,
         ),
         ("reputation", "probe_per_hour", r.probe_per_hour, 0, BILLION),
+        ("reputation", "throttle_cuts", r.throttle_cuts.into(), 1, 64),
     ];
     for s in &w.schedule {
         for &n in &s.daily {
@@ -370,6 +371,11 @@ mod tests {
             errors("[limits]\ncommand_timeout = \"1s\"\n[delivery]\ncommand_timeout = \"0s\"\n");
         assert!(
             e[0].starts_with("t.toml:9: delivery.command_timeout:"),
+            "{e:?}"
+        );
+        let e = errors("[reputation]\nthrottle_cuts = 0\n");
+        assert!(
+            e[0].starts_with("t.toml:7: reputation.throttle_cuts:"),
             "{e:?}"
         );
         let e = errors("[reputation]\nmax_bounce_rate = nan\n");

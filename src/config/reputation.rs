@@ -59,6 +59,10 @@ pub struct Settings {
     /// hour is a 24th of `[warmup] day`); the pool's other IPs take the rest.
     #[serde(default = "default_probe_per_hour")]
     pub probe_per_hour: u64,
+    /// Throttling replies halve an IP × provider's hourly pace; after this many cuts in a
+    /// warm-up day, throttling that goes on quarantines it (cause `throttling`).
+    #[serde(default = "default_throttle_cuts")]
+    pub throttle_cuts: u32,
     /// How long a bad-recipient hard bounce suppresses the address ("0s": never).
     #[serde(default = "default_suppress_for")]
     pub suppress_for: DurationStr,
@@ -78,6 +82,9 @@ fn default_clean_checks() -> u32 {
 }
 fn one() -> u32 {
     1
+}
+fn default_throttle_cuts() -> u32 {
+    4
 }
 fn default_window() -> usize {
     200

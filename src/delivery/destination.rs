@@ -185,11 +185,14 @@ impl Deliverer {
                     return Next::Address;
                 }
             };
-            if let Some(attempt) = self.reuse(msg, &source).await {
+            // The delivery attempt begins: its replies belong to any quarantine that ends later
+            // (reputation's incidents).
+            let sent_at_ms = crate::pool::warmup::Clock::now_ms();
+            if let Some(attempt) = self.reuse(msg, &source, sent_at_ms).await {
                 return Next::Done(attempt);
             }
             let error = match self.open(&host.name, addr, &source, msg.dest.tls).await {
-                Ok(s) => match self.transact(s, msg).await {
+                Ok(s) => match self.transact(s, msg, sent_at_ms).await {
                     Some(attempt) => return Next::Done(attempt),
                     // A new session is never stale; should it be, the next source goes.
                     None => continue,
@@ -199,11 +202,15 @@ impl Deliverer {
             lease.refund();
             let Some(ip) = source.ip else {
                 // No pool: the OS's address is the only source.
-                self.opening_failed(msg, host, addr, &source, &provider, error, tried);
+                self.opening_failed(
+                    msg, host, addr, &source, &provider, error, sent_at_ms, tried,
+                );
                 return Next::Address;
             };
             failed.push(ip);
-            match self.opening_failed(msg, host, addr, &source, &provider, error, tried) {
+            match self.opening_failed(
+                msg, host, addr, &source, &provider, error, sent_at_ms, tried,
+            ) {
                 Failure::Source => tried.unbindable.push(ip),
                 Failure::Connect => {
                     connect_failures += 1;
@@ -218,7 +225,7 @@ impl Deliverer {
     }
 
     /// Sends over an idle session of `source` to this destination, if one is still open.
-    async fn reuse(&self, msg: &Message<'_>, source: &Source) -> Option<Attempt> {
+    async fn reuse(&self, msg: &Message<'_>, source: &Source, sent_at_ms: u64) -> Option<Attempt> {
         while let Some((mut s, idle)) = self.connections.take(source, &msg.dest.key) {
             // One used a moment ago goes without the RSET round trip; if the server closed it
             // meanwhile, `send` finds out before anything is sent and it is dropped.
@@ -228,7 +235,7 @@ impl Deliverer {
                 continue;
             }
             tracing::debug!(queue_id = %msg.env.id, mx = %s.host, source_ip = %source.label(), "reusing connection");
-            if let Some(attempt) = self.transact(s, msg).await {
+            if let Some(attempt) = self.transact(s, msg, sent_at_ms).await {
                 return Some(attempt);
             }
         }
@@ -266,6 +273,7 @@ impl Deliverer {
         source: &Source,
         provider: &str,
         error: OpenError,
+        sent_at_ms: u64,
         tried: &mut Tried,
     ) -> Failure {
         let id = &msg.env.id;
@@ -292,7 +300,7 @@ impl Deliverer {
                     let sender = msg.env.user.as_deref().unwrap_or(&msg.env.sender);
                     status = self
                         .reputation
-                        .observe(ip, provider, sender, "", &mut r)
+                        .observe(ip, provider, sender, "", sent_at_ms, &mut r)
                         .status;
                 }
                 self.session_refused(id, host, addr, source, &r);
@@ -321,7 +329,12 @@ impl Deliverer {
     /// One transaction on an open session; `None` when a reused session turned out closed
     /// before anything was sent (the caller takes another). The session is kept for reuse
     /// when it can carry more.
-    async fn transact(&self, mut s: Session, msg: &Message<'_>) -> Option<Attempt> {
+    async fn transact(
+        &self,
+        mut s: Session,
+        msg: &Message<'_>,
+        sent_at_ms: u64,
+    ) -> Option<Attempt> {
         let result = s.send(msg.env, &msg.rcpts, &msg.body).await;
         if result.stale {
             tracing::debug!(mx = %s.host, source_ip = %s.source.label(), "reused connection was closed, taking another");
@@ -339,7 +352,7 @@ impl Deliverer {
                         self.pools.record_reply(ip, &provider, &reply);
                         // Block replies become "retry from another IP" here.
                         self.reputation
-                            .observe(ip, &provider, sender, rcpt, &mut reply)
+                            .observe(ip, &provider, sender, rcpt, sent_at_ms, &mut reply)
                             .status
                     }
                     None => Status::of_code(reply.code),

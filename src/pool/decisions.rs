@@ -13,6 +13,7 @@ impl Pools {
     /// day of that IP × provider. A reply to a day already decided is too late to count.
     pub fn ramp_outcome(&self, ip: IpAddr, provider: &str, sent_at_ms: u64, outcome: RampOutcome) {
         let day = self.clock().day(sent_at_ms);
+        self.farm_outcome(ip, provider, day, outcome);
         let key = (ip, provider.to_string());
         let mut inner = self.lock();
         let Some(c) = inner.counters.get_mut(&key) else {

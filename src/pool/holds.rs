@@ -9,6 +9,9 @@
 //!   probation (a trickle of `probe_per_hour`) until clean outcomes end it (`end_probation`).
 //! - A drain (operator, doctor) has no probation: undrained, the IP takes its full share.
 //! - An operator `reinstate` removes quarantine records outright (no probation).
+//! - Incidents: replies to deliveries that began before the latest quarantine covering an IP ×
+//!   provider ended belong to it (`incident`); the record counts them (`replies`, its evidence)
+//!   and keeps its offence number (`offence`, shared with the farm in the record itself).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -60,6 +63,8 @@ pub enum Cause {
     BlockReply,
     BounceRate,
     DeferralRate,
+    /// Throttling replies that went on after the pace was cut `throttle_cuts` times in a day.
+    Throttling,
 }
 
 impl Cause {
@@ -77,6 +82,7 @@ impl Cause {
             "block-reply" => Cause::BlockReply,
             "bounce-rate" => Cause::BounceRate,
             "deferral-rate" => Cause::DeferralRate,
+            "throttling" => Cause::Throttling,
             _ => Cause::Dnsbl(s.strip_prefix("dnsbl:")?.to_string()),
         })
     }
@@ -91,6 +97,7 @@ impl fmt::Display for Cause {
             Cause::BlockReply => f.write_str("block-reply"),
             Cause::BounceRate => f.write_str("bounce-rate"),
             Cause::DeferralRate => f.write_str("deferral-rate"),
+            Cause::Throttling => f.write_str("throttling"),
         }
     }
 }
@@ -122,12 +129,52 @@ pub struct Hold {
     /// Unix seconds; a quarantine ends by itself then. `None` = until released.
     #[serde(default)]
     pub until: Option<u64>,
+    /// A reputation quarantine's offence number (1: first; its cool-down doubles with each).
+    #[serde(default)]
+    pub offence: u32,
+    /// Replies counted into this quarantine's incident (the one that started it included).
+    #[serde(default)]
+    pub replies: u32,
 }
 
 impl Hold {
     pub fn in_force(&self, now_s: u64) -> bool {
         self.until.is_none_or(|u| u > now_s)
     }
+
+    /// Unix millis when it ends (`u64::MAX`: when released).
+    fn end_ms(&self) -> u64 {
+        self.until.map_or(u64::MAX, |u| u.saturating_mul(1000))
+    }
+}
+
+/// `evidence` with the incident's count of replies (`…; 7 block replies in one incident`),
+/// replacing a count it had.
+pub fn incident_evidence(evidence: &str, cause: &Cause, replies: u32) -> String {
+    let base = match evidence.rsplit_once("; ") {
+        Some((b, tail)) if tail.ends_with(" in one incident") => b,
+        _ => evidence,
+    };
+    let noun = match (cause, replies) {
+        (Cause::BlockReply, 1) => "block reply",
+        (Cause::BlockReply, _) => "block replies",
+        (Cause::Throttling, 1) => "throttling reply",
+        (Cause::Throttling, _) => "throttling replies",
+        (_, 1) => "reply",
+        _ => "replies",
+    };
+    format!("{base}; {replies} {noun} in one incident")
+}
+
+/// What the quarantines covering an IP × provider say about one reply (`Pools::incident`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Incident {
+    /// The quarantine record the reply's delivery was in flight for (it began before the
+    /// latest quarantine ended): the reply belongs to it, no new offence.
+    pub of: Option<(HoldKey, Hold)>,
+    /// The highest offence number of the records, and when that quarantine began (unix s).
+    pub offence: u32,
+    pub offence_since: u64,
 }
 
 /// (IP, scope, cause): one hold record.
@@ -179,6 +226,41 @@ impl Inner {
 }
 
 impl Pools {
+    /// The incident a reply to a delivery from `ip` to `provider` that began at `sent_at_ms`
+    /// belongs to, and the last offence number (module doc, rules on incidents).
+    pub fn incident(&self, ip: IpAddr, provider: &str, sent_at_ms: u64) -> Incident {
+        let inner = self.lock();
+        let records = || {
+            inner.holds.iter().filter(move |((a, scope, _), h)| {
+                *a == ip && (scope == "all" || scope == provider) && h.kind == HoldKind::Quarantined
+            })
+        };
+        let mut incident = Incident {
+            of: records()
+                .max_by_key(|(_, h)| h.end_ms())
+                .filter(|(_, h)| sent_at_ms < h.end_ms())
+                .map(|(k, h)| (k.clone(), h.clone())),
+            ..Incident::default()
+        };
+        if let Some((_, h)) = records().max_by_key(|(_, h)| (h.offence, h.since)) {
+            (incident.offence, incident.offence_since) = (h.offence, h.since);
+        }
+        incident
+    }
+
+    /// One more reply of the incident of record `key`: counted in the record and its evidence,
+    /// and shared like any hold change; not a new offence (no history event). Returns the count.
+    pub fn count_in_incident(&self, key: &HoldKey) -> Result<u32, String> {
+        let Some(mut hold) = self.lock().holds.get(key).cloned() else {
+            return Ok(0);
+        };
+        hold.replies = hold.replies.max(1) + 1;
+        hold.evidence = incident_evidence(&hold.evidence, &hold.cause, hold.replies);
+        let n = hold.replies;
+        self.write_holds(vec![(key.clone(), Some(hold))])?;
+        Ok(n)
+    }
+
     /// Whether `ip` × `provider` is on probation (taking only `probe_per_hour`).
     pub fn in_probation(&self, ip: IpAddr, provider: &str) -> bool {
         self.lock().probation_of(ip, provider, now_s())
@@ -344,8 +426,19 @@ impl Pools {
             evidence: evidence.to_string(),
             since: now_s(),
             until,
+            offence: 0,
+            replies: 0,
         };
         self.write_holds(vec![((ip, scope.as_str().to_string(), cause), Some(hold))])
+    }
+
+    /// A reputation quarantine as the reputation stage made it (offence number, replies):
+    /// `hold.scope` and `hold.cause` name the record.
+    pub fn quarantine_record(&self, ip: IpAddr, hold: Hold) -> Result<(), String> {
+        self.knows(ip)?;
+        tracing::warn!(source_ip = %ip, scope = %hold.scope, cause = %hold.cause, reason = %hold.reason, evidence = %hold.evidence, until = hold.until, offence = hold.offence, "pool IP quarantined");
+        let key = (ip, hold.scope.clone(), hold.cause.clone());
+        self.write_holds(vec![(key, Some(hold))])
     }
 
     /// Takes `ip` out of rotation for `scope` for one reputation `cause`. In-flight deliveries

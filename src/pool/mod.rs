@@ -7,12 +7,14 @@
 //! - `pools`: the configured pools, live state behind one lock, caps and checks;
 //! - `select`: the per-message pick and its lease;
 //! - `shared`: the pick's farm counters with `[cluster]`, `farm_max_per_hour`;
+//! - `farm_ramp`: the ramp's state and day decisions shared by the farm (`[cluster]`);
 //! - `ramp`: the warm-up ramp's rules (a pure decision per sending day), `decisions` its record;
 //! - `holds`: drains, quarantines and probation;
 //! - `store`: persistence in the redb store;
 //! - `view`: the operator's view (`GET /api/pool`).
 
 mod decisions;
+mod farm_ramp;
 pub mod holds;
 mod pools;
 pub mod provider;
@@ -25,10 +27,11 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
-pub use holds::{Cause, Hold, HoldKind, Scope};
+pub use holds::{Cause, Hold, HoldKey, HoldKind, Incident, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
+pub use view::CountsFrom;
 pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
-use super::throttle::{Caps, Counters, Full};
+use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
 use crate::cluster::events::Outbox;
 use crate::config::{Config, PoolRule};
@@ -356,12 +356,44 @@ impl Pools {
         inner.dirty.insert(key);
     }
 
-    /// Counts a remote reply and backs the IP × provider off on a "slow down" reply.
+    /// Counts a remote reply (its meaning for the IP is the reputation stage's: `throttled`).
     pub fn record_reply(&self, ip: IpAddr, provider: &str, reply: &RemoteReply) {
         self.record_outcome(ip, provider, Status::of_code(reply.code));
-        if self.conf().providers.is_slowdown(reply) {
-            self.back_off(ip, provider, reply);
+    }
+
+    /// A throttling reply (the classifier's `Signal::Throttle`) to a delivery that began at
+    /// `sent_at_ms`: the IP × provider pauses for the provider's back-off and its hourly pace
+    /// is cut (rules at `PaceCut`); `max_cuts` is `[reputation] throttle_cuts`.
+    pub fn throttled(
+        &self,
+        ip: IpAddr,
+        provider: &str,
+        sent_at_ms: u64,
+        reply: &RemoteReply,
+        max_cuts: u32,
+    ) -> PaceCut {
+        self.back_off(ip, provider, reply);
+        let now = Clock::now_ms();
+        let conf = self.conf();
+        let key = (ip, provider.to_string());
+        let mut inner = self.lock();
+        let probation = inner.probation_of(ip, provider, now / 1000);
+        let hourly = conf
+            .pools
+            .iter()
+            .flat_map(|p| &p.ips)
+            .find(|c| c.address == ip)
+            .and_then(|c| {
+                conf.caps(c, provider, inner.counters.get(&key), probation, now)
+                    .hourly
+            });
+        let c = inner.counters.entry(key.clone()).or_default();
+        let cut = c.cut_pace(hourly, &conf.clock, now, sent_at_ms, max_cuts);
+        if let PaceCut::Cut { per_hour, cuts } = cut {
+            tracing::warn!(source_ip = %ip, provider, per_hour, cuts, until_day_ends = %humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(conf.clock.next_day_start(now))), "throttling reply: hourly pace cut");
         }
+        inner.dirty.insert(key);
+        cut
     }
 
     /// A "slow down" reply: this IP × provider takes nothing for the provider's back-off.

@@ -6,7 +6,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{Config, Provider};
-use crate::spool::RemoteReply;
 
 const BUILT_IN: &str = include_str!("../../config/providers.toml");
 
@@ -17,8 +16,6 @@ pub const OTHER: &str = "other";
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    slowdown: Vec<String>,
-    #[serde(default)]
     provider: Vec<Provider>,
 }
 
@@ -26,7 +23,6 @@ pub struct Providers {
     list: Vec<Provider>,
     /// (suffix, index into `list`), longest suffix first.
     suffixes: Vec<(String, usize)>,
-    slowdown: Vec<String>,
     default_backoff: Duration,
 }
 
@@ -66,11 +62,6 @@ impl Providers {
         Providers {
             list,
             suffixes,
-            slowdown: file
-                .slowdown
-                .iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
             default_backoff: config.throttle.backoff.0,
         }
     }
@@ -100,15 +91,6 @@ impl Providers {
             .map(|d| d.0)
             .unwrap_or(self.default_backoff)
     }
-
-    /// A "slow down" reply: 421 or 4.7.x, with a rate-limit phrase from the table.
-    pub fn is_slowdown(&self, reply: &RemoteReply) -> bool {
-        if !(reply.code == 421 || (reply.code / 100 == 4 && reply.status.starts_with("4.7."))) {
-            return false;
-        }
-        let text = format!("{} {}", reply.status, reply.text).to_ascii_lowercase();
-        self.slowdown.iter().any(|p| text.contains(p.as_str()))
-    }
 }
 
 fn normalise(s: &str) -> &str {
@@ -125,17 +107,6 @@ mod tests {
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n{extra}"
         );
         Providers::from_config(&Config::parse(Path::new("t.toml"), &text).unwrap())
-    }
-
-    fn reply(code: u16, status: &str, text: &str) -> RemoteReply {
-        RemoteReply {
-            code,
-            status: status.into(),
-            text: text.into(),
-            host: String::new(),
-            addr: String::new(),
-            source_ip: String::new(),
-        }
     }
 
     #[test]
@@ -163,24 +134,5 @@ mod tests {
         assert_eq!(p.of("aspmx.l.google.com"), "other", "replaced entry");
         assert_eq!(p.backoff("gmail"), Duration::from_secs(60));
         assert_eq!(p.backoff("testmail"), Duration::from_secs(600));
-    }
-
-    #[test]
-    fn slowdown_replies() {
-        let p = providers("");
-        assert!(p.is_slowdown(&reply(
-            421,
-            "4.7.28",
-            "Gmail has detected an unusual rate of unsolicited mail"
-        )));
-        assert!(p.is_slowdown(&reply(
-            421,
-            "4.7.0",
-            "[TSS04] Messages from 1.2.3.4 temporarily deferred"
-        )));
-        assert!(p.is_slowdown(&reply(451, "4.7.0", "Too many connections")));
-        assert!(!p.is_slowdown(&reply(451, "4.7.1", "Greylisted")));
-        assert!(!p.is_slowdown(&reply(550, "5.7.1", "too many recipients")));
-        assert!(!p.is_slowdown(&reply(451, "4.3.0", "rate limit")));
     }
 }

@@ -40,6 +40,8 @@ pub struct Lease {
     hour: u64,
     /// The farm's counters this message took (`[cluster]`): Redis keys and their lifetimes.
     pub(super) farm: Vec<(String, u64)>,
+    /// `[cluster]`: the new sending day this pick began, for the farm to decide (`farm_ramp`).
+    pub(super) ramp: Option<Box<super::farm_ramp::LocalRoll>>,
 }
 
 impl Lease {
@@ -112,6 +114,7 @@ impl Pools {
                     day: 0,
                     hour: 0,
                     farm: Vec::new(),
+                    ramp: None,
                 };
                 return Selection::Picked(Pick { source, lease });
             }
@@ -195,12 +198,25 @@ impl Pools {
         let ip = &pc.ips[best];
         let key = (ip.address, provider.to_string());
         let c = inner.counters.entry(key.clone()).or_default();
+        let (before, today) = (c.warmup.state(), conf.clock.day(now));
         // A new sending day of a scheduled IP first decides on the last one (`ramp`).
         let decided = conf.ramp_of(ip).and_then(|(table, rules)| {
-            let d = c.warmup.take(rules, table, conf.clock.day(now))?;
+            let d = c.warmup.take(rules, table, today)?;
             c.warmup.decided = Some((now / 1000, d.0.to_string()));
             Some((d, rules.adaptive))
         });
+        // `[cluster]`: the farm decides the day (`farm_ramp`); this decision waits for it.
+        let ramp = (self.cluster().is_some()
+            && conf.ramp_of(ip).is_some()
+            && before.last_send_day != Some(today))
+        .then(|| {
+            Box::new(super::farm_ramp::LocalRoll {
+                before,
+                decided: decided.as_ref().map(|(d, _)| *d),
+                today,
+            })
+        });
+        let decided = decided.filter(|_| ramp.is_none());
         c.take(&conf.clock, now, conf.idle_days);
         *inner.active.entry(key.clone()).or_default() += 1;
         inner.dirty.insert(key.clone());
@@ -219,6 +235,7 @@ impl Pools {
                 day: conf.clock.day(now),
                 hour: conf.clock.hour(now),
                 farm: Vec::new(),
+                ramp,
             },
         })
     }

@@ -2,15 +2,21 @@
 //!
 //! Rules:
 //! - The local pick runs first, exactly as on a relay alone (holds, caps on this relay's own
-//!   counts, weights); its IP × provider is then taken in the farm's counters in one Redis
-//!   script: the daily and hourly caps of the IP × provider and the provider's
-//!   `farm_max_per_hour`. The farm's warm-up day comes back with it and replaces this relay's.
+//!   counts, weights). A new sending day of an IP on a schedule is then decided by the farm
+//!   (`farm_ramp`), so the caps are the farm's ramp's. The IP × provider is then taken in the
+//!   farm's counters in one Redis script: the daily and hourly caps of the IP × provider, the
+//!   provider's `farm_max_per_hour`, and for a ramp its day's messages taken. For an IP without
+//!   a schedule the script moves the shared warm-up progress, which replaces this relay's.
 //! - The farm refuses → the slot is given back, the IP × provider is marked full until that
 //!   window ends, and the pick goes again among the others (nothing left → held, as always).
 //!   A refusal because the farm is on another warm-up day only corrects the day and retries.
 //! - Redis down → the fallback share (`cluster::counters`); a share used up marks the IP ×
 //!   provider full until its window ends or Redis returns, whichever is first.
 //! - `farm_max_per_hour` without `[cluster]` caps this relay's IPs together.
+//! - The operator's views (`farm_counts`) show the farm's day and hour counts per IP × provider,
+//!   read from Redis when the view is built (this relay's own beside them), and why the farm
+//!   refuses: the refusal this relay was given, else a farm count at its cap. Redis down: the
+//!   count last read plus this relay's takes since, and no refusal is guessed from it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +24,9 @@ use std::sync::Arc;
 use super::pools::{Inner, Key, Pools};
 use super::select::{Held, Selection};
 use super::throttle::Full;
+use super::view::{CountsFrom, PoolsView, ProviderView};
 use super::warmup::{Clock, Progress};
+use crate::cluster::ramp::tally_ttl;
 use crate::cluster::{Cluster, Limit, ProgressMove, Refused, Taken};
 
 /// Why an IP × provider is full, per counter: (the farm refused, the local share is used up).
@@ -37,12 +45,26 @@ const WHY: [(&str, &str); 3] = [
     ),
 ];
 
+/// The farm's counter keys of an IP × provider (day, hour) and of a provider's hour.
+fn day_key(cluster: &Cluster, ip: IpAddr, provider: &str, day: u64) -> String {
+    cluster.key(&format!("ipp:{ip}|{provider}:d:{day}"))
+}
+
+fn hour_key(cluster: &Cluster, ip: IpAddr, provider: &str, hour: u64) -> String {
+    cluster.key(&format!("ipp:{ip}|{provider}:h:{hour}"))
+}
+
+fn provider_key(cluster: &Cluster, provider: &str, hour: u64) -> String {
+    cluster.key(&format!("provider:{provider}:h:{hour}"))
+}
+
 /// What one message takes in the farm's counters.
 struct Plan {
     limits: Vec<Limit>,
     /// Per limit: index into `WHY`, and the end of its window (unix millis).
     kinds: Vec<(usize, u64)>,
-    progress: ProgressMove,
+    /// The warm-up progress of an IP without a ramp (a ramp's is `farm_ramp`'s).
+    progress: Option<ProgressMove>,
     /// The warm-up day index the caps were computed for.
     index: u32,
 }
@@ -93,10 +115,14 @@ impl Pools {
             let Some(key) = pick.lease.key.clone() else {
                 return Selection::Picked(pick);
             };
+            // A new sending day: the farm's ramp first, so the caps below are the farm's.
+            if let Some(roll) = pick.lease.ramp.take() {
+                self.farm_roll(&cluster, &key, *roll).await;
+            }
             let Some(plan) = self.plan(&cluster, &key) else {
                 return Selection::Picked(pick);
             };
-            match cluster.take(&plan.limits, Some(&plan.progress)).await {
+            match cluster.take(&plan.limits, plan.progress.as_ref()).await {
                 Ok(taken) => {
                     if let Taken::Shared(Some(p)) = taken {
                         self.set_progress(&key, p);
@@ -110,8 +136,7 @@ impl Pools {
                 }
                 Err(Refused::Farm { index, progress }) => {
                     pick.lease.refund();
-                    let m = &plan.progress;
-                    if let Some(p) = progress
+                    if let (Some(p), Some(m)) = (progress, &plan.progress)
                         && p.index_on(m.today, m.idle_days) != plan.index
                     {
                         self.set_progress(&key, *p);
@@ -153,13 +178,13 @@ impl Pools {
         let (ip_s, provider) = (key.0, key.1.as_str());
         let mut limits = vec![
             Limit {
-                key: cluster.key(&format!("ipp:{ip_s}|{provider}:d:{day}")),
+                key: day_key(cluster, ip_s, provider, day),
                 cap: caps.daily,
                 ttl_ms: day_ttl,
                 own: counters.used_today(&clock, now).saturating_sub(1),
             },
             Limit {
-                key: cluster.key(&format!("ipp:{ip_s}|{provider}:h:{hour}")),
+                key: hour_key(cluster, ip_s, provider, hour),
                 cap: caps.hourly,
                 ttl_ms: hour_ttl,
                 own: counters.used_hour(&clock, now).saturating_sub(1),
@@ -175,21 +200,32 @@ impl Pools {
             .map_or(0, |p| p.farm_max_per_hour);
         if farm_max > 0 {
             limits.push(Limit {
-                key: cluster.key(&format!("provider:{provider}:h:{hour}")),
+                key: provider_key(cluster, provider, hour),
                 cap: Some(farm_max),
                 ttl_ms: hour_ttl,
                 own: inner.provider_hour(provider, &clock, now).saturating_sub(1),
             });
             kinds.push((2, clock.next_hour_start(now)));
         }
+        // A ramp's day counts the farm's messages taken (`farm_ramp`); no cap, never refused.
+        let ramp = conf.ramp_of(ip).is_some();
+        if ramp {
+            limits.push(Limit {
+                key: cluster.ramp_taken_key(ip_s, provider, day),
+                cap: None,
+                ttl_ms: tally_ttl(clock.day_ms, conf.idle_days),
+                own: 0,
+            });
+            kinds.push((0, clock.next_day_start(now)));
+        }
         Some(Plan {
             limits,
             kinds,
-            progress: ProgressMove {
+            progress: (!ramp).then(|| ProgressMove {
                 field: format!("{ip_s}|{provider}"),
                 today: day,
                 idle_days: conf.idle_days,
-            },
+            }),
             index: counters.warmup.index_on(day, conf.idle_days),
         })
     }
@@ -233,12 +269,207 @@ impl Pools {
     }
 }
 
+/// The farm's counts of one IP × provider as read for a view.
+#[derive(Debug, Clone, Copy, Default)]
+struct FarmRead {
+    day: Option<u64>,
+    hour: Option<u64>,
+    /// The provider's hour count across the farm, and its `farm_max_per_hour`.
+    provider_hour: Option<(u64, u64)>,
+    live: bool,
+    /// Unix seconds at which the day and the hour end.
+    day_end: u64,
+    hour_end: u64,
+}
+
+/// Puts the farm's counts into `p` (this relay's own kept as `*_here`) and, read live, a
+/// refusal the farm would give now if this relay was not given one yet.
+fn fill(p: &mut ProviderView, r: FarmRead) {
+    p.used_today_here = Some(p.used_today);
+    p.used_hour_here = Some(p.used_hour);
+    p.counts_from = Some(match (r.day, r.live) {
+        (None, _) => CountsFrom::Here,
+        (Some(_), true) => CountsFrom::Farm,
+        (Some(_), false) => CountsFrom::FarmLastRead,
+    });
+    p.used_today = r.day.unwrap_or(p.used_today);
+    p.used_hour = r.hour.unwrap_or(p.used_hour);
+    if p.farm_full.is_some() || !r.live {
+        return;
+    }
+    let at = |n: u64, cap: Option<u64>| cap.is_some_and(|c| n >= c);
+    let full = if at(p.used_today, p.cap_today) {
+        Some((WHY[0].0, r.day_end))
+    } else if at(p.used_hour, p.cap_hour) {
+        Some((WHY[1].0, r.hour_end))
+    } else {
+        r.provider_hour
+            .filter(|(n, max)| n >= max)
+            .map(|_| (WHY[2].0, r.hour_end))
+    };
+    if let Some((why, until)) = full {
+        p.farm_full = Some(why.to_string());
+        p.farm_full_until = Some(until);
+    }
+}
+
+impl Pools {
+    /// With `[cluster]`, the farm's counts and refusals in `view` (see the module's rules);
+    /// without it, nothing changes.
+    pub async fn farm_counts(&self, view: &mut PoolsView) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let conf = self.conf();
+        let (clock, now) = (conf.clock, Clock::now_ms());
+        let (day, hour) = (clock.day(now), clock.hour(now));
+        let farm_max = |provider: &str| {
+            conf.providers
+                .get(provider)
+                .map_or(0, |p| p.farm_max_per_hour)
+        };
+        // Per IP × provider its day and hour keys, then one key per capped provider.
+        let mut keys = Vec::new();
+        let mut capped: Vec<String> = Vec::new();
+        for ip in view.pools.iter().flat_map(|p| &p.ips) {
+            let Ok(addr) = ip.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            for provider in ip.providers.keys() {
+                keys.push(day_key(&cluster, addr, provider, day));
+                keys.push(hour_key(&cluster, addr, provider, hour));
+                if farm_max(provider) > 0 && !capped.contains(provider) {
+                    capped.push(provider.clone());
+                }
+            }
+        }
+        let ipp = keys.len();
+        keys.extend(capped.iter().map(|p| provider_key(&cluster, p, hour)));
+        let (counts, live) = cluster.counts(&keys).await;
+        let (day_end, hour_end) = (
+            clock.next_day_start(now) / 1000,
+            clock.next_hour_start(now) / 1000,
+        );
+        let mut at = 0;
+        for ip in view.pools.iter_mut().flat_map(|p| &mut p.ips) {
+            if ip.ip.parse::<IpAddr>().is_err() {
+                continue;
+            }
+            for (provider, p) in ip.providers.iter_mut() {
+                let provider_hour = capped
+                    .iter()
+                    .position(|c| c == provider)
+                    .and_then(|i| counts.get(ipp + i).copied().flatten())
+                    .map(|n| (n, farm_max(provider)));
+                let read = FarmRead {
+                    day: counts.get(at).copied().flatten(),
+                    hour: counts.get(at + 1).copied().flatten(),
+                    provider_hour,
+                    live,
+                    day_end,
+                    hour_end,
+                };
+                fill(p, read);
+                at += 2;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
     use crate::config::Config;
+
+    fn provider(used_today: u64, cap_today: Option<u64>, used_hour: u64) -> ProviderView {
+        ProviderView {
+            state: crate::pool::IpState::Warming,
+            probation: false,
+            warmup_day: Some(0),
+            adaptive: false,
+            warmup_decision: None,
+            warmup_decision_at: None,
+            used_today,
+            cap_today,
+            used_hour,
+            cap_hour: Some(1000),
+            connections: 0,
+            sent: used_today,
+            deferred: 0,
+            bounced: 0,
+            backoff_until: None,
+            backoff_reason: None,
+            used_today_here: None,
+            used_hour_here: None,
+            counts_from: None,
+            farm_full: None,
+            farm_full_until: None,
+            pace_per_hour: None,
+        }
+    }
+
+    fn read(day: u64, hour: u64, live: bool) -> FarmRead {
+        FarmRead {
+            day: Some(day),
+            hour: Some(hour),
+            provider_hour: None,
+            live,
+            day_end: 500,
+            hour_end: 50,
+        }
+    }
+
+    #[test]
+    fn a_view_shows_the_farms_counts_and_a_cap_the_farm_reached() {
+        // This relay sent 9 of the 10; the farm is at 10 and refuses.
+        let mut p = provider(9, Some(10), 2);
+        fill(&mut p, read(10, 3, true));
+        assert_eq!((p.used_today, p.used_today_here), (10, Some(9)));
+        assert_eq!((p.used_hour, p.used_hour_here), (3, Some(2)));
+        assert_eq!(p.counts_from, Some(CountsFrom::Farm));
+        assert_eq!(
+            p.farm_full.as_deref(),
+            Some("farm daily warm-up cap reached")
+        );
+        assert_eq!(p.farm_full_until, Some(500));
+
+        let mut p = provider(4, Some(10), 1);
+        fill(&mut p, read(6, 2, true));
+        assert_eq!(p.farm_full, None, "room left");
+        let mut p = provider(4, Some(10), 1);
+        fill(
+            &mut p,
+            FarmRead {
+                provider_hour: Some((6, 6)),
+                ..read(6, 2, true)
+            },
+        );
+        assert_eq!(
+            p.farm_full.as_deref(),
+            Some("provider's farm_max_per_hour reached")
+        );
+        assert_eq!(p.farm_full_until, Some(50));
+    }
+
+    #[test]
+    fn a_refusal_given_stays_and_none_is_guessed_while_redis_is_down() {
+        let mut p = provider(3, Some(10), 1);
+        p.farm_full = Some(WHY[1].0.into());
+        fill(&mut p, read(10, 3, true));
+        assert_eq!(p.farm_full.as_deref(), Some("farm hourly cap reached"));
+
+        let mut p = provider(3, Some(10), 1);
+        fill(&mut p, read(10, 3, false));
+        assert_eq!(p.counts_from, Some(CountsFrom::FarmLastRead));
+        assert_eq!((p.used_today, p.farm_full), (10, None));
+
+        let mut p = provider(3, Some(10), 1);
+        fill(&mut p, FarmRead::default());
+        assert_eq!(p.counts_from, Some(CountsFrom::Here));
+        assert_eq!((p.used_today, p.used_today_here), (3, Some(3)));
+    }
 
     #[test]
     fn farm_max_per_hour_without_a_cluster_caps_this_relays_ips_together() {
@@ -262,5 +493,14 @@ mod tests {
             p.pick(Some("a"), "other", false, &[]),
             Selection::Picked(_)
         ));
+        // Without [cluster] the view keeps this relay's counts and adds nothing.
+        let mut view = p.status();
+        futures_util::FutureExt::now_or_never(p.farm_counts(&mut view)).expect("no I/O");
+        let v = serde_json::to_value(&view).unwrap();
+        let alpha = &v["pools"][0]["ips"][0]["providers"]["alpha"];
+        assert!(alpha["used_today"].as_u64().is_some_and(|n| n > 0), "{v}");
+        for field in ["used_today_here", "counts_from", "farm_full"] {
+            assert!(alpha.get(field).is_none(), "{field}: {v}");
+        }
     }
 }

@@ -332,7 +332,7 @@ fn pool_rules_first_match_else_default() {
 }
 
 #[test]
-fn slowdown_reply_backs_off_that_ip_for_that_provider() {
+fn throttling_reply_backs_off_that_ip_for_that_provider() {
     let p = Arc::new(Pools::from_config(&config(TWO)));
     let r = RemoteReply {
         code: 421,
@@ -343,13 +343,25 @@ fn slowdown_reply_backs_off_that_ip_for_that_provider() {
         source_ip: String::new(),
     };
     p.record_reply(ip("127.0.0.10"), "gmail", &r);
+    // Counted only: which replies throttle is the classifier's word (the reputation stage).
+    assert_eq!(pick(&p, "gmail").unwrap(), "127.0.0.10");
+    let began = super::warmup::Clock::now_ms();
+    assert_eq!(
+        p.throttled(ip("127.0.0.10"), "gmail", began, &r, 4),
+        super::throttle::PaceCut::Cut {
+            per_hour: 1,
+            cuts: 1
+        }
+    );
     for _ in 0..3 {
         assert_eq!(pick(&p, "gmail").unwrap(), "127.0.0.11");
     }
     assert_eq!(counts(&p, "yahoo", 2).len(), 2);
+    let gmail = &status_json(&p)["pools"][0]["ips"][0]["providers"]["gmail"];
     assert_eq!(
-        status_json(&p)["pools"][0]["ips"][0]["providers"]["gmail"]["deferred"],
-        1
+        (gmail["deferred"].as_u64(), gmail["pace_per_hour"].as_u64()),
+        (Some(1), Some(1)),
+        "{gmail}"
     );
 }
 
@@ -429,6 +441,8 @@ fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
         evidence: "554 5.7.1".into(),
         since: now_s(),
         until: Some(now_s() + 3600),
+        offence: 1,
+        replies: 1,
     };
     let qkey = (other, "gmail".to_string(), Cause::BlockReply);
     assert!(p.apply_remote(qkey.clone(), Some(q.clone()), now_s() * 1000 + 5));

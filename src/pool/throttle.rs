@@ -1,5 +1,6 @@
 //! Per IP × provider counters: messages this day and this hour (for warm-up and throttle caps),
-//! the warm-up position, outcome counts and a "slow down" back-off. Persisted as JSON. With
+//! the warm-up position, outcome counts, a "slow down" back-off and the pace cut by throttling
+//! replies. Persisted as JSON. With
 //! `[cluster]` these counts are this relay's own; the farm's are in Redis, and a refusal from
 //! there (or from the local share while Redis is down) is kept here until its window ends.
 
@@ -36,6 +37,36 @@ pub struct Counters {
     pub farm_full_until: u64,
     #[serde(skip)]
     pub farm_full_why: &'static str,
+    // Pace cuts after throttling replies (`cut_pace`): until day `pace_day` ends, at most
+    // `pace_per_hour` messages an hour; `pace_cuts` cuts that day, the last at `pace_cut_at`
+    // (unix millis).
+    #[serde(default)]
+    pub pace_day: u64,
+    #[serde(default)]
+    pub pace_per_hour: u64,
+    #[serde(default)]
+    pub pace_cuts: u32,
+    #[serde(default)]
+    pub pace_cut_at: u64,
+}
+
+/// What one throttling reply did to the pace of its IP × provider (`Counters::cut_pace`).
+///
+/// Rules:
+/// - a throttling reply halves the hourly pace (the current hourly cap, or when uncapped the
+///   messages taken this hour; at least 1) until the end of the warm-up day;
+/// - a reply to a delivery that began before the last cut (or in its millisecond) is of the
+///   same episode: no new cut;
+/// - after `max_cuts` cuts in a day, a throttling reply to a delivery begun after the last cut
+///   is persistent throttling: the reputation stage quarantines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceCut {
+    /// The pace is now `per_hour`, the `cuts`-th cut today.
+    Cut { per_hour: u64, cuts: u32 },
+    /// Answered by the last cut.
+    Episode,
+    /// Cut `cuts` times today and still throttled.
+    Persistent { cuts: u32 },
 }
 
 /// The caps that apply to one IP × provider right now (`None` = no cap).
@@ -70,6 +101,45 @@ impl Counters {
         }
     }
 
+    /// The hourly pace set by throttling replies, while its day lasts.
+    pub fn pace(&self, clock: &Clock, now: u64) -> Option<u64> {
+        (self.pace_cuts > 0 && self.pace_day == clock.day(now)).then_some(self.pace_per_hour)
+    }
+
+    /// A throttling reply to a delivery that began at `sent_at_ms`; `hourly` is the hourly cap
+    /// in force (`None`: uncapped). See `PaceCut` for the rules.
+    pub fn cut_pace(
+        &mut self,
+        hourly: Option<u64>,
+        clock: &Clock,
+        now: u64,
+        sent_at_ms: u64,
+        max_cuts: u32,
+    ) -> PaceCut {
+        // Began in the millisecond of the cut or before: in flight when it was made.
+        if self.pace_cut_at > 0 && sent_at_ms <= self.pace_cut_at {
+            return PaceCut::Episode;
+        }
+        let pace = self.pace(clock, now);
+        let cuts = if pace.is_some() { self.pace_cuts } else { 0 };
+        if cuts >= max_cuts.max(1) {
+            return PaceCut::Persistent { cuts };
+        }
+        let current = match (hourly, pace) {
+            (Some(h), Some(p)) => h.min(p),
+            (Some(x), None) | (None, Some(x)) => x,
+            (None, None) => self.used_hour(clock, now),
+        };
+        self.pace_day = clock.day(now);
+        self.pace_per_hour = (current / 2).max(1);
+        self.pace_cuts = cuts + 1;
+        self.pace_cut_at = now;
+        PaceCut::Cut {
+            per_hour: self.pace_per_hour,
+            cuts: self.pace_cuts,
+        }
+    }
+
     /// Checks every cap; `active` is the number of connections in use.
     pub fn check(&self, caps: &Caps, active: u32, clock: &Clock, now: u64) -> Result<(), Full> {
         if self.backoff_until > now {
@@ -97,6 +167,14 @@ impl Counters {
         {
             return Err(Full {
                 why: "hourly cap reached",
+                until: clock.next_hour_start(now),
+            });
+        }
+        if let Some(p) = self.pace(clock, now)
+            && self.used_hour(clock, now) >= p
+        {
+            return Err(Full {
+                why: "hourly pace cut after throttling replies",
                 until: clock.next_hour_start(now),
             });
         }
@@ -194,5 +272,60 @@ mod tests {
             5000
         );
         assert!(c.check(&Caps::default(), 0, &clock, 5000).is_ok());
+    }
+
+    #[test]
+    fn throttling_halves_the_pace_once_per_episode_until_the_day_ends() {
+        let clock = Clock { day_ms: 2400 }; // an hour is 100 ms
+        let mut c = Counters::default();
+        let t = 10_000; // day 4
+        for i in 0..6 {
+            c.take(&clock, t + i, 30);
+        }
+        // Uncapped: half of what this hour took.
+        assert_eq!(
+            c.cut_pace(None, &clock, t + 10, t + 5, 3),
+            PaceCut::Cut {
+                per_hour: 3,
+                cuts: 1
+            }
+        );
+        let full = c.check(&Caps::default(), 0, &clock, t + 20).unwrap_err();
+        assert_eq!(full.until, 10_100, "next hour");
+        // Deliveries in flight before the cut: the same episode.
+        assert_eq!(c.cut_pace(None, &clock, t + 30, t + 9, 3), PaceCut::Episode);
+        // Capped at 10 an hour, paced at 3: half of 3.
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 40, t + 35, 3),
+            PaceCut::Cut {
+                per_hour: 1,
+                cuts: 2
+            }
+        );
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 50, t + 45, 3),
+            PaceCut::Cut {
+                per_hour: 1,
+                cuts: 3
+            }
+        );
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 60, t + 55, 3),
+            PaceCut::Persistent { cuts: 3 }
+        );
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 70, t + 45, 3),
+            PaceCut::Episode
+        );
+        // The next day: the table's pace again, and a fresh count of cuts.
+        assert_eq!(c.pace(&clock, 12_000), None);
+        assert!(c.check(&Caps::default(), 0, &clock, 12_000).is_ok());
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, 12_000, 11_990, 3),
+            PaceCut::Cut {
+                per_hour: 5,
+                cuts: 1
+            }
+        );
     }
 }

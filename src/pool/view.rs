@@ -1,6 +1,7 @@
 //! What the operator sees of the pools (`GET /api/pool`, `poolrelay pool status`): every IP with
 //! its state, the holds in force, and per provider its warm-up position, caps and counters.
-//! With `[cluster]`, also the farm: every node last seen, and the node each IP is on.
+//! With `[cluster]`, also the farm: every node last seen, and the node each IP is on; the
+//! handlers then put in the farm's counts and refusals (`Pools::farm_counts`, in `shared`).
 
 use std::collections::BTreeMap;
 
@@ -71,10 +72,24 @@ pub struct ProviderView {
     pub warmup_decision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_decision_at: Option<u64>,
+    /// The counts the caps apply to: with `[cluster]` the farm's (`Pools::farm_counts`), else
+    /// this relay's.
     pub used_today: u64,
     pub cap_today: Option<u64>,
     pub used_hour: u64,
     pub cap_hour: Option<u64>,
+    /// `[cluster]` only: this relay's own counts, and where `used_*` come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_today_here: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_hour_here: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts_from: Option<CountsFrom>,
+    /// Why the farm takes nothing more on this IP × provider now, and until when (unix s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub farm_full: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub farm_full_until: Option<u64>,
     /// Messages in flight.
     pub connections: u32,
     pub sent: u64,
@@ -82,6 +97,21 @@ pub struct ProviderView {
     pub bounced: u64,
     pub backoff_until: Option<u64>,
     pub backoff_reason: Option<String>,
+    /// Messages an hour since throttling replies cut the pace (until the day ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_per_hour: Option<u64>,
+}
+
+/// Where a `[cluster]` view's `used_today` and `used_hour` come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountsFrom {
+    /// Read from Redis as the view was built.
+    Farm,
+    /// Redis down: the farm's count last read plus what this relay took since.
+    FarmLastRead,
+    /// Redis down and nothing read this window: this relay's own.
+    Here,
 }
 
 impl Pools {
@@ -162,6 +192,12 @@ fn provider_view(
         bounced: c.bounced,
         backoff_until: backoff.then_some(c.backoff_until / 1000),
         backoff_reason: backoff.then(|| c.backoff_reason.clone()),
+        used_today_here: None,
+        used_hour_here: None,
+        counts_from: None,
+        farm_full: (c.farm_full_until > now).then(|| c.farm_full_why.to_string()),
+        farm_full_until: (c.farm_full_until > now).then_some(c.farm_full_until / 1000),
+        pace_per_hour: c.pace(&conf.clock, now),
     }
 }
 

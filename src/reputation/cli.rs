@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::outcome::classify::{Classification, Classifier, Explanation, Stage, parse_reply};
+use crate::outcome::classify::{
+    Classification, Classifier, Explanation, Signal, Stage, parse_reply,
+};
 use crate::reputation::bounce;
 use crate::text::{Escaped, json as safe_json};
 
@@ -93,7 +95,7 @@ pub fn run(args: ClassifyArgs) -> ExitCode {
     let stage = args.stage.unwrap_or_default();
     let (c, e) = classifier.explain(stage, p.code, &p.status, &p.text);
     if args.json {
-        let mut v = class_json(&c);
+        let mut v = class_json(&c, p.code, &p.status);
         v["code"] = json!(p.code);
         v["status"] = json!(p.status);
         v["text"] = json!(p.text);
@@ -112,7 +114,7 @@ pub fn run(args: ClassifyArgs) -> ExitCode {
             Escaped(or_dash(&p.status)),
             Escaped(&p.text)
         );
-        print_class(&c, "");
+        print_class(&c, p.code, &p.status, "");
         if args.explain {
             print_explanation(&c, &e, "");
         }
@@ -124,18 +126,20 @@ fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
-fn class_json(c: &Classification) -> serde_json::Value {
+fn class_json(c: &Classification, code: u16, status: &str) -> serde_json::Value {
+    let signal = c.signal(code, status);
     json!({
         "class": c.class.as_str(),
         "scope": c.scope.as_str(),
         "blames": c.scope.blame(),
-        "blames_ip": c.class.blames_ip() || c.scope == crate::outcome::classify::Scope::Ip,
+        "blames_ip": signal == Signal::Block || c.scope == crate::outcome::classify::Scope::Ip,
+        "signal": signal,
         "provider": c.provider,
         "rule": c.rule,
     })
 }
 
-fn print_class(c: &Classification, indent: &str) {
+fn print_class(c: &Classification, code: u16, status: &str, indent: &str) {
     println!("{indent}class:     {}", c.class);
     println!(
         "{indent}provider:  {}",
@@ -147,6 +151,15 @@ fn print_class(c: &Classification, indent: &str) {
         "{indent}blames:    {} (scope {})",
         c.scope.blame(),
         c.scope.as_str()
+    );
+    let signal = c.signal(code, status);
+    println!(
+        "{indent}signal:    {signal} ({})",
+        match signal {
+            Signal::Block => "quarantines the sending IP for this provider",
+            Signal::Throttle => "slows the sending IP's pace for this provider",
+            Signal::None => "nothing about the sending IP",
+        }
     );
     println!("{indent}rule:      {}", c.rule);
 }
@@ -201,7 +214,7 @@ fn print_bounce(
             .reports
             .iter()
             .map(|r| {
-                let mut v = class_json(&r.classification);
+                let mut v = class_json(&r.classification, r.code, &r.status);
                 v["recipient"] = json!(r.recipient);
                 v["action"] = json!(r.action);
                 v["failure"] = json!(r.is_failure());
@@ -250,7 +263,7 @@ fn print_bounce(
             println!("  remote:    {}", Escaped(m));
         }
         println!("  diagnostic: {}", Escaped(&r.diagnostic));
-        print_class(&r.classification, "  ");
+        print_class(&r.classification, r.code, &r.status, "  ");
         if let Some(e) = explanation(r) {
             print_explanation(&r.classification, &e, "  ");
         }

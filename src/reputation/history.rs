@@ -298,17 +298,32 @@ fn parse_events(events: &[String], since: u64) -> Vec<Event> {
         .collect()
 }
 
-/// What a hold change means, for the event log: `old` → `new` of one record.
-fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> &'static str {
-    match (old, new) {
+/// What a hold change means, for the event log: `old` → `new` of one record. `None`: no event
+/// (the same quarantine with more replies counted in its incident).
+fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> Option<&'static str> {
+    Some(match (old, new) {
+        // More replies counted in the same quarantine's incident (in force or over).
+        (Some(o), Some(n))
+            if o.kind == HoldKind::Quarantined
+                && o.replies != n.replies
+                && (o.since, o.until, o.offence) == (n.since, n.until, n.offence) =>
+        {
+            return None;
+        }
         (_, Some(h)) if h.kind == HoldKind::Drained => "drained",
         (_, Some(h)) if h.until.is_some_and(|u| u <= now) => "probation",
         // Another offence while quarantined: a longer cool-down.
-        (Some(o), Some(_)) if o.kind == HoldKind::Quarantined && o.in_force(now) => "extended",
+        (Some(o), Some(n))
+            if o.kind == HoldKind::Quarantined
+                && o.in_force(now)
+                && n.until.is_none_or(|u| o.until.is_some_and(|ou| u > ou)) =>
+        {
+            "extended"
+        }
         (_, Some(_)) => "quarantined",
         (Some(h), None) if h.kind == HoldKind::Drained => "undrained",
         _ => "reinstated",
-    }
+    })
 }
 
 /// Writes one event per hold change (called by the pool as it changes holds), to the farm's
@@ -325,7 +340,7 @@ pub fn hold_events(
             let h = new.as_ref().or(old.as_ref())?;
             let e = Event {
                 at: now,
-                event: event_name(old.as_ref(), new.as_ref(), now).to_string(),
+                event: event_name(old.as_ref(), new.as_ref(), now)?.to_string(),
                 scope: h.scope.clone(),
                 cause: h.cause.to_string(),
                 reason: h.reason.clone(),
@@ -397,6 +412,8 @@ mod tests {
             evidence: "550 5.7.1 S3150".into(),
             since: 1,
             until,
+            offence: 1,
+            replies: 0,
         }
     }
 
@@ -437,11 +454,29 @@ mod tests {
         let d = hold(HoldKind::Drained, None);
         let q = hold(HoldKind::Quarantined, Some(200));
         let ended = hold(HoldKind::Quarantined, Some(100));
-        assert_eq!(event_name(None, Some(&d), now), "drained");
-        assert_eq!(event_name(Some(&d), None, now), "undrained");
-        assert_eq!(event_name(None, Some(&q), now), "quarantined");
-        assert_eq!(event_name(Some(&q), Some(&ended), now), "probation");
-        assert_eq!(event_name(Some(&q), Some(&q), now), "extended");
-        assert_eq!(event_name(Some(&q), None, now), "reinstated");
+        assert_eq!(event_name(None, Some(&d), now), Some("drained"));
+        assert_eq!(event_name(Some(&d), None, now), Some("undrained"));
+        assert_eq!(event_name(None, Some(&q), now), Some("quarantined"));
+        assert_eq!(event_name(Some(&q), Some(&ended), now), Some("probation"));
+        let longer = Hold {
+            until: Some(400),
+            offence: 2,
+            ..q.clone()
+        };
+        assert_eq!(event_name(Some(&q), Some(&longer), now), Some("extended"));
+        // More replies counted in the same incident: no event, least of all "extended".
+        let counted = Hold {
+            replies: 5,
+            evidence: "…; 5 block replies in one incident".into(),
+            ..q.clone()
+        };
+        assert_eq!(event_name(Some(&q), Some(&counted), now), None);
+        // … also once it is over: not another "probation".
+        let counted_after = Hold {
+            replies: 6,
+            ..ended.clone()
+        };
+        assert_eq!(event_name(Some(&ended), Some(&counted_after), now), None);
+        assert_eq!(event_name(Some(&q), None, now), Some("reinstated"));
     }
 }

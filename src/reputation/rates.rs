@@ -1,8 +1,24 @@
-//! What remote replies say about each IP × provider: block/reputation replies quarantine at once
-//! (after `block_threshold`), and a sliding window of outcomes quarantines on a hard-bounce rate
-//! (bad-recipient, mailbox-full and dns excluded) or deferral rate over its threshold. Bad-recipient rates per sender
-//! are list-hygiene warnings, not the IP's fault. Quarantines end after a cool-down that doubles
-//! for repeat offenders; mail then probes the IP again, and a new offence quarantines it longer.
+//! What remote replies say about each IP × provider.
+//!
+//! Rules:
+//! - The classifier's signal decides (`Classification::signal`): a block reply counts against
+//!   the IP (quarantine after `block_threshold`); a throttling reply slows it (the pool halves
+//!   its hourly pace, `Pools::throttled`) and is a deferral for the recipient, never a block and
+//!   never in the deferral rate; throttling that goes on after `throttle_cuts` cuts in a day
+//!   quarantines (cause `throttling`).
+//! - A sliding window of the other outcomes quarantines on a hard-bounce rate (bad-recipient,
+//!   mailbox-full and dns excluded) or a deferral rate over its threshold. Bad-recipient rates
+//!   per sender are list-hygiene warnings, not the IP's fault.
+//! - One incident is one offence: a reply to a delivery that began (`sent_at_ms`) before the
+//!   latest quarantine covering that IP × provider ended (any cause, its scope or `all`) belongs
+//!   to that quarantine. It is counted in the record ("7 block replies in one incident"), never
+//!   a new offence, and its outcome is not pushed into the window.
+//! - Offences: the cool-down doubles per offence, up to `max_cooldown`; the next offence number
+//!   is one past the larger of this relay's count and the last record's (`Hold::offence`, shared
+//!   with the farm), so relays seeing one block at once write the same offence. A clean stretch
+//!   of twice `max_cooldown` forgives. A failed probe during probation is a new offence.
+//! - The ramp hears every reply (`Pools::ramp_outcome`): accepted, throttled, deferred,
+//!   bounced, and blocked once per quarantine (block replies that make none count as deferred).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -12,8 +28,9 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::Status;
-use crate::outcome::classify::{Class, Classification, Classifier};
-use crate::pool::{Cause, Pools, Scope};
+use crate::outcome::classify::{Class, Classification, Classifier, Signal};
+use crate::pool::throttle::PaceCut;
+use crate::pool::{Cause, Hold, HoldKey, Pools, RampOutcome};
 use crate::reputation::Settings;
 use crate::reputation::suppress::Suppressions;
 use crate::spool::RemoteReply;
@@ -34,26 +51,92 @@ enum Kind {
     RecipientSide,
 }
 
-/// The class a reply counts as in `poolrelay_delivery_outcomes_total` and the history.
-fn metric_class(kind: Kind, blames_ip: bool) -> crate::metrics::Class {
+/// The class a reply counts as in `poolrelay_delivery_outcomes_total`.
+fn metric_class(kind: Kind, signal: Signal) -> crate::metrics::Class {
     use crate::metrics::Class;
-    match kind {
-        _ if blames_ip => Class::Block,
-        Kind::Sent => Class::Sent,
-        Kind::Deferred => Class::Deferred,
-        Kind::HardBounce | Kind::BadRecipient | Kind::RecipientSide => Class::Bounced,
+    match (signal, kind) {
+        (Signal::Block, _) => Class::Block,
+        (Signal::Throttle, _) => Class::Throttle,
+        (_, Kind::Sent) => Class::Sent,
+        (_, Kind::Deferred) => Class::Deferred,
+        _ => Class::Bounced,
     }
 }
 
-fn history_count(kind: Kind, blames_ip: bool) -> super::history::Count {
+/// The class a reply counts as in the history (a throttling reply is a deferral there).
+fn history_count(kind: Kind, signal: Signal) -> super::history::Count {
     use super::history::Count;
-    match kind {
-        _ if blames_ip => Count::Block,
-        Kind::Sent => Count::Sent,
-        Kind::Deferred => Count::Deferred,
-        Kind::HardBounce => Count::HardBounce,
-        Kind::BadRecipient | Kind::RecipientSide => Count::RecipientBounce,
+    match (signal, kind) {
+        (Signal::Block, _) => Count::Block,
+        (Signal::Throttle, _) => Count::Deferred,
+        (_, Kind::Sent) => Count::Sent,
+        (_, Kind::Deferred) => Count::Deferred,
+        (_, Kind::HardBounce) => Count::HardBounce,
+        _ => Count::RecipientBounce,
     }
+}
+
+/// What a reply is for the ramp; `None` for a block reply that made a quarantine (its
+/// `Blocked` is sent once, for the quarantine).
+fn ramp_of(kind: Kind, signal: Signal, quarantined: bool) -> Option<RampOutcome> {
+    Some(match (signal, kind) {
+        (Signal::Block, _) if quarantined => return None,
+        (Signal::Block, _) => RampOutcome::Deferred,
+        (Signal::Throttle, _) => RampOutcome::Throttled,
+        (_, Kind::Sent) => RampOutcome::Accepted,
+        (_, Kind::Deferred) => RampOutcome::Deferred,
+        _ => RampOutcome::Bounced,
+    })
+}
+
+/// What a reply means for its recipient. A block is not the recipient's fault: never a bounce.
+/// Known providers: again at once from another IP (this one is quarantined for them, or soon
+/// will be), the reply rewritten to say so; others: on the retry schedule, so a destination
+/// that blocks every IP is not asked again every second.
+fn retry_status(
+    signal: Signal,
+    known: bool,
+    ip: IpAddr,
+    provider: &str,
+    c: &Classification,
+    reply: &mut RemoteReply,
+) -> Status {
+    if signal != Signal::Block {
+        return Status::of_code(reply.code);
+    }
+    let what = format!(
+        "{ip} got a {} reply from {provider}: {} {} {}",
+        c.class, reply.code, reply.status, reply.text
+    );
+    reply.text = if known {
+        format!("{RETRY_ELSEWHERE} ({what})")
+    } else {
+        format!("deferred, not the recipient's fault ({what})")
+    };
+    reply.code = 451;
+    reply.status = "4.7.0".to_string();
+    if known {
+        Status::RetryElsewhere
+    } else {
+        Status::Deferred
+    }
+}
+
+/// The reply as evidence: code, status, text and the rule that read it.
+fn what(reply: &RemoteReply, c: &Classification) -> String {
+    format!(
+        "{} {} {} (rule {})",
+        reply.code, reply.status, reply.text, c.rule
+    )
+}
+
+/// What `Tracker::judge` made of a reply.
+enum Judged {
+    /// It belongs to this quarantine's incident.
+    InIncident(Box<(HoldKey, Hold)>),
+    Judged {
+        quarantined: bool,
+    },
 }
 
 #[derive(Default)]
@@ -68,6 +151,16 @@ struct Window {
     /// When the last quarantine ends (unix s; 0: none). From then until the window is full
     /// again the IP is on probation: the rates count after `probe_samples` outcomes.
     probe_from: u64,
+}
+
+impl Window {
+    /// One outcome into the sliding window of `size`.
+    fn push(&mut self, kind: Kind, size: usize) {
+        self.outcomes.push_back(kind);
+        while self.outcomes.len() > size.max(1) {
+            self.outcomes.pop_front();
+        }
+    }
 }
 
 type Windows = Mutex<HashMap<(IpAddr, String), Window>>;
@@ -187,16 +280,18 @@ impl Tracker {
     }
 
     /// Classifies one remote reply to `recipient` (empty: a reply to the whole session) sent from
-    /// `ip` to `provider`, counts it, and quarantines the IP × provider when the reply or the
-    /// rates say so. A block/reputation reply is rewritten into a deferral: it is not the
-    /// recipient's fault, and the recipient goes again at once from another IP (or waits for
-    /// one). A bad-recipient hard bounce suppresses the address.
+    /// `ip` to `provider` by a delivery that began at `sent_at_ms` (unix millis), counts it, and
+    /// quarantines the IP × provider when the reply or the rates say so (module doc). A block
+    /// reply is rewritten into a deferral: it is not the recipient's fault, and the recipient
+    /// goes again at once from another IP (or waits for one). A bad-recipient hard bounce
+    /// suppresses the address.
     pub fn observe(
         &self,
         ip: IpAddr,
         provider: &str,
         sender: &str,
         recipient: &str,
+        sent_at_ms: u64,
         reply: &mut RemoteReply,
     ) -> Verdict {
         // Successes need no rules (the hot path).
@@ -212,6 +307,7 @@ impl Tracker {
                 .load()
                 .classify(reply.code, &reply.status, &reply.text)
         };
+        let signal = c.signal(reply.code, &reply.status);
         let kind = match (reply.code, c.class) {
             (200..=399, _) => Kind::Sent,
             (500..=599, Class::BadRecipient) => Kind::BadRecipient,
@@ -221,7 +317,7 @@ impl Tracker {
             _ => Kind::Deferred,
         };
         if reply.code >= 400 {
-            tracing::info!(source_ip = %ip, provider = %provider, class = %c.class, rule = %c.rule, reply = %format!("{} {} {}", reply.code, reply.status, reply.text), "reply classified");
+            tracing::info!(source_ip = %ip, provider = %provider, class = %c.class, signal = %signal, rule = %c.rule, reply = %format!("{} {} {}", reply.code, reply.status, reply.text), "reply classified");
         }
         if matches!(kind, Kind::Sent | Kind::BadRecipient | Kind::HardBounce) {
             self.hygiene(sender, kind == Kind::BadRecipient);
@@ -231,116 +327,112 @@ impl Tracker {
             let why = format!("{} {} {}", reply.code, reply.status, reply.text);
             self.suppressions.add(recipient, &why, suppress_for);
         }
-        let blames_ip = c.class.blames_ip() && reply.code >= 400;
-        crate::metrics::outcome(&ip.to_string(), provider, metric_class(kind, blames_ip));
+        crate::metrics::outcome(&ip.to_string(), provider, metric_class(kind, signal));
         self.history
-            .count(ip, provider, history_count(kind, blames_ip));
+            .count(ip, provider, history_count(kind, signal));
         let known = provider != crate::pool::provider::OTHER;
-        // The pool keeps probation across restarts; the window may not know of it.
-        let on_probation = !blames_ip && self.pools.in_probation(ip, provider);
-        let probe_passed;
-        let quarantine = {
-            let mut windows = self.windows.lock().expect("lock");
-            let w = windows.entry((ip, provider.to_string())).or_default();
-            if on_probation && w.probe_from == 0 {
-                w.probe_from = crate::spool::now_unix();
+        let quarantined = match self.judge(ip, provider, kind, signal, known, sent_at_ms, reply, &c)
+        {
+            Judged::InIncident(of) => {
+                self.in_incident(ip, provider, &of.0, &of.1, signal);
+                false
             }
-            if blames_ip {
-                w.blocks += 1;
-            } else {
-                w.outcomes.push_back(kind);
-                while w.outcomes.len() > self.settings.load().window.max(1) {
-                    w.outcomes.pop_front();
-                }
-            }
-            // Destinations outside the provider table share one name ("other"): one of them
-            // blocking an IP must not take it out for all the others.
-            let why =
-                if blames_ip && known && w.blocks >= self.settings.load().block_threshold.max(1) {
-                    Some((
-                        Cause::BlockReply,
-                        format!("{} reply", c.class),
-                        format!(
-                            "{} {} {} (rule {}, {} such replies)",
-                            reply.code, reply.status, reply.text, c.rule, w.blocks
-                        ),
-                    ))
-                } else {
-                    self.rate_verdict(w, crate::spool::now_unix())
-                };
-            // Enough probes judged and none failed: the trickle ends.
-            let probes = self
-                .settings
-                .load()
-                .probe_samples
-                .clamp(1, self.settings.load().min_samples.max(1));
-            probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
-            why.map(|(cause, reason, evidence)| {
-                let now = crate::spool::now_unix();
-                if now.saturating_sub(w.last_offence)
-                    > 2 * self.settings.load().max_cooldown.0.as_secs()
-                {
-                    w.offences = 0;
-                }
-                w.last_offence = now;
-                w.offences += 1;
-                w.blocks = 0;
-                w.outcomes.clear();
-                let factor = 1u32 << (w.offences - 1).min(16);
-                let cool = self
-                    .settings
-                    .load()
-                    .cooldown
-                    .0
-                    .saturating_mul(factor)
-                    .min(self.settings.load().max_cooldown.0);
-                w.probe_from = now + cool.as_secs().max(1);
-                (cause, reason, evidence, cool, w.offences)
-            })
+            Judged::Judged { quarantined } => quarantined,
         };
-        if probe_passed && let Err(e) = self.pools.end_probation(ip, provider) {
-            tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
+        for o in ramp_of(kind, signal, quarantined)
+            .into_iter()
+            .chain(quarantined.then_some(RampOutcome::Blocked))
+        {
+            self.pools.ramp_outcome(ip, provider, sent_at_ms, o);
         }
-        if let Some((cause, reason, evidence, cool, offences)) = quarantine {
-            let until = crate::spool::now_unix() + cool.as_secs().max(1);
-            tracing::warn!(source_ip = %ip, provider = %provider, reason = %reason, offences, cooldown = %humantime::format_duration(cool), "quarantining IP for provider");
-            if let Err(e) = self.pools.quarantine(
-                ip,
-                Scope::Provider(provider.to_string()),
-                cause,
-                &reason,
-                &evidence,
-                Some(until),
-            ) {
-                tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
-            }
-        }
-        // Not the recipient's fault: never a bounce. Known providers: again at once (the IP is
-        // quarantined for them, or soon will be); others: on the retry schedule, so a
-        // destination that blocks every IP is not asked again every second.
-        let retry_elsewhere = blames_ip && known;
-        let status = match (blames_ip, retry_elsewhere) {
-            (false, _) => Status::of_code(reply.code),
-            (true, true) => Status::RetryElsewhere,
-            (true, false) => Status::Deferred,
-        };
-        if blames_ip {
-            let what = format!(
-                "{ip} got a {} reply from {provider}: {} {} {}",
-                c.class, reply.code, reply.status, reply.text
-            );
-            reply.text = if retry_elsewhere {
-                format!("{RETRY_ELSEWHERE} ({what})")
-            } else {
-                format!("deferred, not the recipient's fault ({what})")
-            };
-            reply.code = 451;
-            reply.status = "4.7.0".to_string();
-        }
+        let status = retry_status(signal, known, ip, provider, &c, reply);
         Verdict {
             classification: c,
             status,
         }
+    }
+
+    /// Whether the reply belongs to a quarantine's incident; if not, counts it and quarantines
+    /// when it makes a new offence. One reply at a time decides (under the windows' lock, the
+    /// quarantine written before it is released): two replies at once cannot both start one.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        ip: IpAddr,
+        provider: &str,
+        kind: Kind,
+        signal: Signal,
+        known: bool,
+        sent_at_ms: u64,
+        reply: &RemoteReply,
+        c: &Classification,
+    ) -> Judged {
+        let settings = self.settings.load();
+        let now = crate::spool::now_unix();
+        let mut windows = self.windows.lock().expect("lock");
+        let incident = self.pools.incident(ip, provider, sent_at_ms);
+        if let Some(of) = incident.of {
+            return Judged::InIncident(Box::new(of));
+        }
+        let pace = (signal == Signal::Throttle).then(|| {
+            self.pools
+                .throttled(ip, provider, sent_at_ms, reply, settings.throttle_cuts)
+        });
+        // The pool keeps probation across restarts; the window may not know of it. Only the
+        // window's outcomes are probes (a throttling reply never ends probation).
+        let on_probation = signal == Signal::None && self.pools.in_probation(ip, provider);
+        let w = windows.entry((ip, provider.to_string())).or_default();
+        if on_probation && w.probe_from == 0 {
+            w.probe_from = now;
+        }
+        let why = match (signal, pace) {
+            (Signal::Block, _) => {
+                w.blocks += 1;
+                // Destinations outside the provider table share one name ("other"): one of
+                // them blocking an IP must not take it out for all the others.
+                (known && w.blocks >= settings.block_threshold.max(1)).then(|| {
+                    let reason = format!("{} reply", c.class);
+                    (Cause::BlockReply, reason, what(reply, c), w.blocks)
+                })
+            }
+            (_, Some(PaceCut::Persistent { cuts })) if known => Some((
+                Cause::Throttling,
+                "throttling".to_string(),
+                format!("{}, after {cuts} pace cuts today", what(reply, c)),
+                1,
+            )),
+            // Slowed, not judged: a throttling reply is not in the deferral rate.
+            (Signal::Throttle, _) => None,
+            (Signal::None, _) => {
+                w.push(kind, settings.window);
+                None
+            }
+        };
+        let why = why.or_else(|| {
+            self.rate_verdict(w, now)
+                .map(|(cause, reason, evidence)| (cause, reason, evidence, 0))
+        });
+        // Enough probes judged and none failed: the trickle ends.
+        let probes = settings.probe_samples.clamp(1, settings.min_samples.max(1));
+        let probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
+        let quarantined = why.is_some();
+        if let Some((cause, reason, evidence, replies)) = why {
+            let (number, cool) = self.next_offence(w, &incident, now);
+            let o = incident::Offence {
+                cause,
+                reason,
+                evidence,
+                replies,
+                number,
+                cool,
+            };
+            self.quarantine(ip, provider, o);
+        }
+        drop(windows);
+        if probe_passed && let Err(e) = self.pools.end_probation(ip, provider) {
+            tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
+        }
+        Judged::Judged { quarantined }
     }
 
     /// The immediate failure for a suppressed recipient, saying why and how to lift it.
@@ -448,256 +540,6 @@ impl Tracker {
     }
 }
 
+mod incident;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn tracker(extra: &str) -> Tracker {
-        let text = format!(
-            "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"p\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o\"\n[reputation]\n{extra}"
-        );
-        let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
-        let pools = Arc::new(Pools::new(&config, None).unwrap());
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-rates-{}", crate::spool::Spool::new_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let suppressions = Arc::new(Suppressions::open(&dir));
-        Tracker::new(&config.reputation, pools, suppressions).unwrap()
-    }
-
-    fn reply(code: u16, status: &str, text: &str) -> RemoteReply {
-        RemoteReply {
-            code,
-            status: status.into(),
-            text: text.into(),
-            host: "mx".into(),
-            addr: String::new(),
-            source_ip: String::new(),
-        }
-    }
-
-    fn quarantined(t: &Tracker, provider: &str) -> Option<crate::pool::Hold> {
-        t.pools
-            .holds()
-            .into_iter()
-            .find(|(_, h)| h.scope == provider)
-            .map(|(_, h)| h)
-    }
-
-    #[test]
-    fn block_reply_quarantines_for_that_provider_and_is_rewritten() {
-        let t = tracker("block_threshold = 2\ncooldown = \"10m\"");
-        let ip: IpAddr = "127.0.0.10".parse().unwrap();
-        let mut r = reply(
-            550,
-            "5.7.1",
-            "Service unavailable; Client host [127.0.0.10] blocked using zen.spamhaus.org",
-        );
-        let v = t.observe(ip, "microsoft", "s@x", "", &mut r);
-        assert_eq!(v.status, Status::RetryElsewhere);
-        assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
-        assert!(
-            r.text.starts_with(RETRY_ELSEWHERE) && r.text.contains("blocked using"),
-            "{}",
-            r.text
-        );
-        assert!(quarantined(&t, "microsoft").is_none(), "threshold is 2");
-        let mut r = reply(550, "5.7.1", "blocked using zen.spamhaus.org");
-        t.observe(ip, "microsoft", "s@x", "", &mut r);
-        let h = quarantined(&t, "microsoft").expect("quarantined");
-        assert_eq!(h.reason, "block reply");
-        assert!(
-            h.evidence.contains("blocked using") && h.evidence.contains("dnsbl-blocked-using"),
-            "{}",
-            h.evidence
-        );
-        let cool = h.until.unwrap() - h.since;
-        assert!((590..=610).contains(&cool), "{cool}");
-        assert!(quarantined(&t, "gmail").is_none());
-        // A repeat offender waits twice as long.
-        t.observe(
-            ip,
-            "microsoft",
-            "s@x",
-            "",
-            &mut reply(550, "5.7.1", "blocked using x"),
-        );
-        t.observe(
-            ip,
-            "microsoft",
-            "s@x",
-            "",
-            &mut reply(550, "5.7.1", "blocked using x"),
-        );
-        let h = quarantined(&t, "microsoft").unwrap();
-        let cool = h.until.unwrap() - h.since;
-        assert!((1190..=1210).contains(&cool), "{cool}");
-    }
-
-    #[test]
-    fn hard_bounce_rate_needs_samples_and_ignores_bad_recipients() {
-        let t = tracker("window = 20\nmin_samples = 10\nmax_bounce_rate = 0.2");
-        let ip: IpAddr = "127.0.0.10".parse().unwrap();
-        // Bad recipients, however many, are the list's problem.
-        for _ in 0..15 {
-            t.observe(
-                ip,
-                "gmail",
-                "s@x",
-                "",
-                &mut reply(550, "5.1.1", "user unknown"),
-            );
-        }
-        assert!(quarantined(&t, "gmail").is_none());
-        for _ in 0..5 {
-            t.observe(ip, "gmail", "s@x", "", &mut reply(250, "2.0.0", "ok"));
-        }
-        // 20 in the window: 4 content rejections = 20% (not over), the 5th is over.
-        for i in 0..5 {
-            t.observe(
-                ip,
-                "gmail",
-                "s@x",
-                "",
-                &mut reply(554, "5.7.1", "message looks like spam"),
-            );
-            assert_eq!(
-                quarantined(&t, "gmail").is_some(),
-                i == 4,
-                "after {}",
-                i + 1
-            );
-        }
-        let h = quarantined(&t, "gmail").unwrap();
-        assert_eq!(h.reason, "hard-bounce rate");
-        assert!(h.evidence.contains("5 hard bounces"), "{}", h.evidence);
-    }
-
-    #[test]
-    fn deferral_rate_quarantines_and_sender_hygiene_warns_once() {
-        let t = tracker("window = 10\nmin_samples = 10\nmax_deferral_rate = 0.5");
-        let ip: IpAddr = "127.0.0.10".parse().unwrap();
-        for _ in 0..5 {
-            t.observe(ip, "yahoo", "u", "", &mut reply(250, "2.0.0", "ok"));
-        }
-        for i in 0..6 {
-            t.observe(
-                ip,
-                "yahoo",
-                "u",
-                "",
-                &mut reply(451, "4.3.0", "try again later"),
-            );
-            // 5 of 10 is not over half; the 6th (window slid: 4 sent, 6 deferred) is.
-            assert_eq!(
-                quarantined(&t, "yahoo").is_some(),
-                i == 5,
-                "after {}",
-                i + 1
-            );
-        }
-        assert_eq!(quarantined(&t, "yahoo").unwrap().reason, "deferral rate");
-        // Bad recipients are counted per sender, not against the IP.
-        for _ in 0..10 {
-            t.observe(
-                ip,
-                "gmail",
-                "list@x",
-                "",
-                &mut reply(550, "5.1.1", "no such user"),
-            );
-        }
-        assert!(t.senders.lock().unwrap()["x"].warned);
-        assert!(quarantined(&t, "gmail").is_none());
-    }
-
-    #[test]
-    fn block_reply_from_an_unlisted_destination_defers_without_quarantine() {
-        let t = tracker("");
-        let ip: IpAddr = "127.0.0.10".parse().unwrap();
-        let mut r = reply(554, "5.7.1", "Client host blocked using bl.example");
-        let v = t.observe(ip, "other", "s@x", "a@b", &mut r);
-        assert_eq!(v.status, Status::Deferred);
-        assert_eq!((r.code, r.status.as_str()), (451, "4.7.0"));
-        assert!(
-            r.text.starts_with("deferred, not the recipient's fault"),
-            "{}",
-            r.text
-        );
-        assert!(quarantined(&t, "other").is_none());
-    }
-
-    #[test]
-    fn probe_after_quarantine_judges_on_few_samples() {
-        let t = tracker(
-            "window = 20\nmin_samples = 20\nprobe_samples = 3\nmax_bounce_rate = 0.2\ncooldown = \"10m\"",
-        );
-        let ip: IpAddr = "127.0.0.10".parse().unwrap();
-        let spam = || reply(554, "5.7.1", "message looks like spam");
-        for i in 0..20 {
-            let mut r = if i % 4 == 0 {
-                spam()
-            } else {
-                reply(250, "2.0.0", "ok")
-            };
-            t.observe(ip, "gmail", "s", "", &mut r);
-        }
-        let first = quarantined(&t, "gmail").expect("25% of 20");
-        // The cool-down is over (set back by hand instead of waiting).
-        t.windows
-            .lock()
-            .unwrap()
-            .get_mut(&(ip, "gmail".to_string()))
-            .unwrap()
-            .probe_from = 1;
-        t.pools
-            .reinstate(ip, Scope::Provider("gmail".into()))
-            .unwrap();
-        t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
-        t.observe(ip, "gmail", "s", "", &mut spam());
-        assert!(
-            quarantined(&t, "gmail").is_none(),
-            "2 outcomes: no verdict yet"
-        );
-        t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
-        let again = quarantined(&t, "gmail").expect("probe failed: 1 of 3");
-        assert_eq!(again.reason, "hard-bounce rate");
-        let (c1, c2) = (
-            first.until.unwrap() - first.since,
-            again.until.unwrap() - again.since,
-        );
-        assert!(c2 >= 2 * c1 - 2, "extended: {c1} then {c2}");
-    }
-
-    #[test]
-    fn clean_probes_end_probation() {
-        let t = tracker(
-            "probe_samples = 3
-probe_per_hour = 5",
-        );
-        let ip: IpAddr = "127.0.0.10".parse().unwrap();
-        // A quarantine whose cool-down is over (as after a restart: the window knows nothing).
-        t.pools
-            .quarantine(
-                ip,
-                Scope::Provider("gmail".into()),
-                Cause::BlockReply,
-                "block reply",
-                "",
-                Some(crate::spool::now_unix() - 1),
-            )
-            .unwrap();
-        assert!(t.pools.in_probation(ip, "gmail"));
-        for _ in 0..2 {
-            t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
-        }
-        assert!(t.pools.in_probation(ip, "gmail"), "2 of 3 probes");
-        t.observe(ip, "gmail", "s", "", &mut reply(250, "2.0.0", "ok"));
-        assert!(
-            !t.pools.in_probation(ip, "gmail"),
-            "3 clean probes reinstate"
-        );
-        assert!(t.pools.holds().is_empty());
-    }
-}
+mod tests;

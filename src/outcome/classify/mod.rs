@@ -15,7 +15,8 @@
 //! 8. the status code's subject alone (X.7 → policy, X.6 → content, …), then the reply code.
 //!
 //! Rules are data (`config/bounce-rules.toml`, built in). The class is not the disposition: a
-//! `5xx` `block` bounces nobody by itself, it blames the IP.
+//! `5xx` `block` bounces nobody by itself, it blames the IP; `Classification::signal` says what
+//! the reply means for the sending IP (block, throttle, nothing).
 
 use std::fmt;
 use std::path::Path;
@@ -91,11 +92,6 @@ impl Class {
             Class::Content => Scope::Content,
             _ => Scope::Recipient,
         }
-    }
-
-    /// Replies that say the sending IP is unwelcome: they count against the IP, not the recipient.
-    pub fn blames_ip(self) -> bool {
-        matches!(self, Class::Block | Class::Reputation)
     }
 }
 
@@ -231,6 +227,56 @@ pub struct Classification {
     /// The rule's name, or for a structural decision `status:5.2.2`, `stage:mail`,
     /// `status-subject:5.7`, `code:4xx`.
     pub rule: String,
+}
+
+/// What a reply tells about the sending IP × provider (beyond the recipient's fate).
+///
+/// Rules, by structure (the reply code and the class the rules gave), not by new text lists:
+/// - a temporary reply (4xx) of class `reputation` or `rate-limit` is throttling: slow down
+///   (Gmail 421 4.7.28, Microsoft 451 4.7.650, Yahoo 421 [TSS04], Orange OFR_999, Comcast RL…,
+///   QQ frequency limits: the providers' rules in `config/bounce-rules.toml` give the class);
+/// - class `block` at any code, and `reputation` at 5xx, is a block: the IP is unwelcome;
+/// - anything else (successes included) says nothing about the IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    Block,
+    Throttle,
+    None,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Block => "block",
+            Signal::Throttle => "throttle",
+            Signal::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Classification {
+    /// The signal of a reply with this classification and reply `code` (0: none given, then
+    /// the enhanced `status`'s first digit says temporary or permanent).
+    pub fn signal(&self, code: u16, status: &str) -> Signal {
+        let class = match code {
+            0 => status.trim().chars().next().and_then(|c| c.to_digit(10)),
+            c => Some(u32::from(c / 100)),
+        };
+        match (class, self.class) {
+            (Some(2 | 3), _) => Signal::None,
+            (_, Class::Block) => Signal::Block,
+            (Some(4), Class::Reputation | Class::RateLimit) => Signal::Throttle,
+            (Some(5), Class::Reputation) => Signal::Block,
+            _ => Signal::None,
+        }
+    }
 }
 
 /// Which signals the decision saw and which one decided (`poolrelay classify --explain`).

@@ -611,3 +611,60 @@ fn builtin_patterns_survive_lower_casing() {
         }
     }
 }
+
+/// Throttling replies slow the IP; blocks and 5xx reputation replies take it out (issue 24).
+#[test]
+fn signals_of_the_providers_replies() {
+    let cases: &[(&str, Signal)] = &[
+        (
+            "421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address. https://support.google.com/mail/?p=UnsolicitedRateLimitError",
+            Signal::Throttle,
+        ),
+        (
+            "451 4.7.650 The mail server [203.0.113.5] has been temporarily rate limited due to IP reputation.",
+            Signal::Throttle,
+        ),
+        (
+            "421 4.7.0 [TSS04] Messages from 203.0.113.5 temporarily deferred due to unexpected volume or user complaints",
+            Signal::Throttle,
+        ),
+        (
+            "421 mwinf5c10 ME Service refuse. Veuillez essayer plus tard. Service refused, please try later. OFR_999 [999]",
+            Signal::Throttle,
+        ),
+        (
+            "421 4.7.0 RL000001 Too many sessions opened",
+            Signal::Throttle,
+        ),
+        ("451 Ip frequency limited", Signal::Throttle),
+        (
+            "550 5.7.1 Service unavailable; Client host [203.0.113.5] blocked using zen.spamhaus.org",
+            Signal::Block,
+        ),
+        (
+            "550 5.7.606 Access denied, banned sending IP [203.0.113.5]",
+            Signal::Block,
+        ),
+        (
+            "550 5.7.1 Our system has detected an unusual rate of unsolicited mail originating from your IP address.",
+            Signal::Block,
+        ),
+        ("550 5.1.1 user unknown", Signal::None),
+        ("451 4.3.0 try again later", Signal::None),
+        ("250 2.0.0 ok", Signal::None),
+    ];
+    for (line, want) in cases {
+        let (p, got) = Classifier::builtin().classify_line(line);
+        assert_eq!(
+            got.signal(p.code, &p.status),
+            *want,
+            "{line}: {} ({})",
+            got.class,
+            got.rule
+        );
+    }
+    // No reply code (a DSN's status only): the status's class decides.
+    let c = Classifier::builtin().classify(0, "4.7.28", "unusual rate of unsolicited mail");
+    assert_eq!(c.signal(0, "4.7.28"), Signal::Throttle);
+    assert_eq!(c.signal(0, "5.7.1"), Signal::Block);
+}
