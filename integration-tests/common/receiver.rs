@@ -4,15 +4,16 @@
 //!
 //! **This is a model, not the world.** It exists to test poolrelay's warm-up logic against a
 //! receiver that answers the way the providers say they do; its numbers are ours, not theirs.
-//! What it follows:
+//! What it follows (cited from what those pages say as we remember them, not re-read for this
+//! file; none of them publishes thresholds):
 //! - Google's postmaster guidance for senders (support.google.com/mail, "Email sender
 //!   guidelines", the `4.7.28` "unusual rate of unsolicited mail" error page): increase volume
 //!   slowly on a new IP; a sudden rise is rate limited with `421 4.7.28` first; mail keeps being
 //!   refused while the volume stays up.
 //! - Microsoft's postmaster guidance (sendersupport.olc.protection.outlook.com, the Outlook.com
 //!   "warming up" and NDR pages): a new IP is throttled (`451 4.7.650 … temporarily rate limited
-//!   due to IP reputation`) until it builds a history of good volume; a sender that keeps pushing
-//!   gets blocked.
+//!   due to IP reputation`) until it builds a history of good volume; going on at the same rate
+//!   makes the throttling last longer and can end in a block.
 //! - SparkPost's and MailerQ's warm-up documentation: reputation builds with volume that is
 //!   delivered cleanly, daily volumes grow step by step, and throttling is the first signal to
 //!   slow down, before blocks.
