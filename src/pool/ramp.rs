@@ -13,10 +13,14 @@
 //!   - a block or quarantine, or a throttled share above `step_back_above` → step back
 //!     `step_back_days` days of the table;
 //!   - a throttled share of `hold_above` or more (any, with `hold_above = 0`) → held;
+//!   - after a step back or a hold for throttling, the next cap is at most what the receiver
+//!     accepted that day, below the table (even below its first day) if need be: a receiver
+//!     that said "slow down" is not offered the same volume again;
 //!   - less than `advance_at` of the cap taken (limited by demand) → held;
-//!   - else advanced: the next cap is `max_growth` × accepted, at least the table's next step,
-//!     at most the table's last entry; the day becomes the furthest table day at or below that
-//!     cap. Past the table's last day the IP is active (no cap).
+//!   - else advanced. Below the table (a cap the receiver set): up to `max_growth` × accepted,
+//!     at most back to the table's day. On the table: the next cap is `max_growth` × accepted,
+//!     at least the table's next step, at most the table's last entry; the day becomes the
+//!     furthest table day at or below that cap. Past the table's last day the IP is active.
 //! - Each decision is explained (`Decision::text`) for the history, the log and the page.
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +101,12 @@ impl RampState {
     pub fn cap_of(&self, table: &[u64]) -> Option<u64> {
         let step = table.get(self.day_index as usize).copied()?;
         Some(self.cap.unwrap_or(step))
+    }
+
+    /// Below its table day: a cap the receiver set (what it took on a day it refused some).
+    /// Such a ramp regrows by `max_growth` until it is back on the table.
+    pub fn limited(&self, table: &[u64]) -> bool {
+        matches!((self.cap, table.get(self.day_index as usize)), (Some(c), Some(&s)) if c < s)
     }
 }
 
@@ -328,11 +338,13 @@ pub fn decide(
         });
     }
     let back = state.day_index.saturating_sub(rules.step_back_days);
+    // What the receiver took on a day it refused some: never offered more the next day.
+    let taken_by_receiver = |c: Option<u64>| c.map(|c| c.min(day.accepted.max(1)));
     if day.blocked > 0 {
         let by = BackBy::Blocked;
         return Some(Decision::SteppedBack {
             day: back,
-            cap: cap_at(back),
+            cap: taken_by_receiver(cap_at(back)),
             by,
         });
     }
@@ -340,21 +352,33 @@ pub fn decide(
         let by = BackBy::Throttling { throttled };
         return Some(Decision::SteppedBack {
             day: back,
-            cap: cap_at(back),
+            cap: taken_by_receiver(cap_at(back)),
             by,
         });
     }
-    let held = |by| Decision::Held {
+    let held = |by, cap| Decision::Held {
         day: state.day_index,
         cap: Some(cap),
         by,
     };
     // "Clean" is below `hold_above`; with `hold_above = 0`, any throttling holds.
     if throttled > 0.0 && throttled >= rules.hold_above {
-        return Some(held(HeldBy::Throttling { throttled }));
+        let cap = cap.min(day.accepted.max(1));
+        return Some(held(HeldBy::Throttling { throttled }, cap));
     }
     if used < rules.advance_at {
-        return Some(held(HeldBy::Demand { used }));
+        return Some(held(HeldBy::Demand { used }, cap));
+    }
+    if state.limited(table) {
+        return Some(regrow(
+            rules,
+            table,
+            state.day_index,
+            cap,
+            day.accepted,
+            throttled,
+            used,
+        ));
     }
     Some(advance(
         rules,
@@ -366,7 +390,28 @@ pub fn decide(
     ))
 }
 
-/// A clean full day: the table's next step, or more up to `max_growth` × accepted.
+/// A clean full day below the table (the receiver set the cap): up to `max_growth` ×
+/// accepted, at most back to the table's day, never less than one more than the cap.
+fn regrow(
+    rules: &Rules,
+    table: &[u64],
+    index: u32,
+    cap: u64,
+    accepted: u64,
+    throttled: f64,
+    used: f64,
+) -> Decision {
+    let step = table[index as usize];
+    let grown = (rules.max_growth * accepted as f64).floor() as u64;
+    Decision::Advanced {
+        day: index,
+        cap: Some(grown.max(cap + 1).min(step)),
+        throttled,
+        used,
+    }
+}
+
+/// A clean full day on the table: the table's next step, or more up to `max_growth` × accepted.
 fn advance(
     rules: &Rules,
     table: &[u64],
@@ -534,6 +579,27 @@ mod tests {
         assert_eq!((d.day(), d.cap()), (0, Some(10)));
         assert_eq!(d.next(101, TABLE).cap, None, "back on the table");
         assert_eq!(d.to_string(), "back to day 0: blocked");
+    }
+
+    #[test]
+    fn a_receiver_that_refused_sets_the_next_cap_and_the_ramp_regrows_from_it() {
+        // Held at day 2 (cap 40): 12 % throttled, 30 accepted → 30 tomorrow, below the table.
+        let d = decide_on(&adaptive(), at(2, None), tally(40, 30, 4));
+        assert_eq!((d.kind(), d.day(), d.cap()), ("held", 2, Some(30)));
+        let s = d.next(101, TABLE);
+        assert!(s.limited(TABLE));
+        // Stepped back below the table's first day: the receiver took 6.
+        let d = decide_on(&adaptive(), at(1, None), tally(20, 6, 14));
+        assert_eq!((d.kind(), d.day(), d.cap()), ("stepped-back", 0, Some(6)));
+        // A clean full day below the table grows by max_growth, no further than the table day.
+        let d = decide_on(&adaptive(), at(0, Some(6)), tally(6, 6, 0));
+        assert_eq!((d.kind(), d.day(), d.cap()), ("advanced", 0, Some(10)));
+        assert!(!d.next(101, TABLE).limited(TABLE), "back on the table");
+        let d = decide_on(&adaptive(), at(2, Some(12)), tally(12, 12, 0));
+        assert_eq!((d.day(), d.cap()), (2, Some(24)));
+        // A clean day that already took the table's day: not limited, the table's next step.
+        let d = decide_on(&adaptive(), at(2, Some(40)), tally(40, 40, 0));
+        assert_eq!((d.day(), d.cap()), (3, Some(80)));
     }
 
     #[test]
