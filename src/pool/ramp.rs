@@ -13,7 +13,7 @@
 //!   - a block or quarantine, or a throttled share above `step_back_above` → step back
 //!     `step_back_days` days of the table;
 //!   - a throttled share of `hold_above` or more (any, with `hold_above = 0`) → held;
-//!   - after a step back or a hold for throttling, the next cap is at most what the receiver
+//!   - after a hold or a step back for throttling, the next cap is at most what the receiver
 //!     accepted that day, below the table (even below its first day) if need be: a receiver
 //!     that said "slow down" is not offered the same volume again;
 //!   - less than `advance_at` of the cap taken (limited by demand) → held;
@@ -338,13 +338,14 @@ pub fn decide(
         });
     }
     let back = state.day_index.saturating_sub(rules.step_back_days);
-    // What the receiver took on a day it refused some: never offered more the next day.
+    // What the receiver took on a day it throttled: never offered more the next day.
     let taken_by_receiver = |c: Option<u64>| c.map(|c| c.min(day.accepted.max(1)));
     if day.blocked > 0 {
+        // The quarantine spoke already; what it let through that day says nothing.
         let by = BackBy::Blocked;
         return Some(Decision::SteppedBack {
             day: back,
-            cap: taken_by_receiver(cap_at(back)),
+            cap: cap_at(back),
             by,
         });
     }
