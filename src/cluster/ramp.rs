@@ -33,17 +33,8 @@ use tokio::sync::Notify;
 use super::{Cluster, RunError};
 use crate::pool::RampOutcome;
 
-/// One IP × provider's replies on one sending day.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Tally {
-    /// Messages taken (picked and not given back).
-    pub taken: u64,
-    pub accepted: u64,
-    pub throttled: u64,
-    pub deferred: u64,
-    pub bounced: u64,
-    pub blocked: u64,
-}
+/// One IP × provider's replies on one sending day: the ramp's own tally.
+pub use crate::pool::ramp::DayTally as Tally;
 
 const FIELDS: [&str; 5] = ["accepted", "throttled", "deferred", "bounced", "blocked"];
 
@@ -79,7 +70,8 @@ impl Tally {
         }
     }
 
-    pub fn add(&mut self, o: RampOutcome, n: u64) {
+    /// `n` replies of one kind (a batch of them).
+    pub fn add_n(&mut self, o: RampOutcome, n: u64) {
         let mut c = self.counts();
         c[index(o)] += n;
         *self = Tally {
@@ -188,7 +180,7 @@ impl Cluster {
         {
             let mut waiting = self.ramp.waiting.lock().expect("ramp tallies");
             let w = waiting.entry(key).or_default();
-            w.tally.add(o, 1);
+            w.tally.add_n(o, 1);
             w.ttl_ms = ttl_ms.max(1);
             w.expires = w.expires.max(now_ms() + w.ttl_ms);
         }
@@ -400,9 +392,9 @@ mod tests {
     fn a_tally_counts_each_outcome_in_its_field() {
         let mut t = Tally::default();
         assert!(t.is_empty());
-        t.add(RampOutcome::Accepted, 3);
-        t.add(RampOutcome::Throttled, 1);
-        t.add(RampOutcome::Blocked, 1);
+        t.add_n(RampOutcome::Accepted, 3);
+        t.add_n(RampOutcome::Throttled, 1);
+        t.add_n(RampOutcome::Blocked, 1);
         assert_eq!(
             t,
             Tally {
@@ -427,10 +419,10 @@ mod tests {
     #[test]
     fn what_a_batch_carried_leaves_only_the_counts_made_during_it() {
         let mut waiting = Tally::default();
-        waiting.add(RampOutcome::Accepted, 5);
+        waiting.add_n(RampOutcome::Accepted, 5);
         let sent = waiting;
-        waiting.add(RampOutcome::Accepted, 2);
-        waiting.add(RampOutcome::Deferred, 1);
+        waiting.add_n(RampOutcome::Accepted, 2);
+        waiting.add_n(RampOutcome::Deferred, 1);
         let left = waiting.minus(&sent);
         assert_eq!((left.accepted, left.deferred), (2, 1));
         assert!(sent.minus(&waiting).is_empty(), "never below 0");

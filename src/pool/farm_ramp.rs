@@ -70,17 +70,6 @@ pub(super) struct LocalRoll {
     pub today: u64,
 }
 
-fn day_tally(t: &Tally) -> DayTally {
-    DayTally {
-        taken: t.taken,
-        accepted: t.accepted,
-        throttled: t.throttled,
-        deferred: t.deferred,
-        bounced: t.bounced,
-        blocked: t.blocked,
-    }
-}
-
 impl Pools {
     /// The farm decides the new sending day `roll` began on `key` (see the module's rules).
     pub(super) async fn farm_roll(&self, cluster: &Cluster, key: &Key, roll: LocalRoll) {
@@ -99,7 +88,7 @@ impl Pools {
         let (today, now_s) = (roll.today, super::pools::now_s());
         let made: Mutex<Option<(Decision, DayTally, Option<u64>)>> = Mutex::new(None);
         let decide = |s: &FarmState, t: &Tally| {
-            let (state, tally) = (s.state(), day_tally(t));
+            let (state, tally) = (s.state(), *t);
             let d = ramp::decide(rules, table, &state, &tally, today);
             let next = match d {
                 Some(d) => FarmState::of(d.next(today, table), Some((now_s, d.to_string()))),
@@ -194,7 +183,7 @@ mod tests {
             bounced: 0,
             blocked: 0,
         };
-        let d = day_tally(&t);
+        let d = t;
         assert_eq!(
             (d.taken, d.accepted, d.throttled, d.deferred),
             (10, 8, 1, 1)
