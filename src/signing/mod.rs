@@ -42,10 +42,9 @@ pub const SIGNED_HEADERS: &[&str] = &[
     "List-Unsubscribe-Post",
 ];
 
-/// RSA sizes accepted (bits). aws-lc-rs refuses to sign under 2048 bits, so 1024–2047-bit keys
-/// (still valid per RFC 8301, still published by some domains) sign through RustCrypto's `rsa`.
-const RSA_MIN_BITS: usize = 1024;
-const RSA_AWS_LC_MIN_BITS: usize = 2048;
+/// RSA sizes accepted (bits). All signing goes through aws-lc-rs, whose floor is 2048 bits too;
+/// shorter keys would need RustCrypto's `rsa` (RUSTSEC-2023-0071, no fixed release).
+const RSA_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 4096;
 
 pub struct Signer {
@@ -63,47 +62,20 @@ struct Key {
     key: SharedKey,
 }
 
-/// A private key as loaded: mail-auth's own (aws-lc-rs), or a short legacy RSA key.
-pub(crate) enum LoadedKey {
-    Auth(AuthKey),
-    /// 1024–2047 bits: PKCS#1 v1.5 SHA-256 with RustCrypto `rsa`, blinded.
-    LegacyRsa(Box<rsa::RsaPrivateKey>),
-}
-
-/// One loaded key shared by every signature it makes (mail-auth's signer takes its key by value).
+/// One loaded key (mail-auth's, aws-lc-rs) shared by every signature it makes (mail-auth's
+/// signer takes its key by value).
 #[derive(Clone)]
-struct SharedKey(Arc<LoadedKey>);
+struct SharedKey(Arc<AuthKey>);
 
 impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        match &*self.0 {
-            LoadedKey::Auth(key) => key.sign(input),
-            LoadedKey::LegacyRsa(key) => {
-                use sha2::Digest;
-                let mut data = Vec::with_capacity(256);
-                input.write(&mut data);
-                let digest = sha2::Sha256::digest(&data);
-                key.sign_with_rng(
-                    &mut rand::thread_rng(),
-                    rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
-                    &digest,
-                )
-                .map_err(|e| {
-                    mail_auth::Error::Crypto(mail_auth::common::crypto::CryptoError::Library(
-                        e.to_string(),
-                    ))
-                })
-            }
-        }
+        self.0.sign(input)
     }
 
     fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
-        match &*self.0 {
-            LoadedKey::Auth(key) => key.algorithm(),
-            LoadedKey::LegacyRsa(_) => mail_auth::common::crypto::Algorithm::RsaSha256,
-        }
+        self.0.algorithm()
     }
 }
 
@@ -465,13 +437,13 @@ pub(crate) fn is_selector(s: &str) -> bool {
         })
 }
 
-/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 1024–4096 bits) or Ed25519 (PKCS#8).
-pub(crate) fn load_key(path: &Path) -> Result<LoadedKey, String> {
+/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 2048–4096 bits) or Ed25519 (PKCS#8).
+pub(crate) fn load_key(path: &Path) -> Result<AuthKey, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read key file: {e}"))?;
     parse_key(&pem)
 }
 
-pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
+pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
     let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         format!("not a PEM private key ({e}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"")
     })?;
@@ -480,7 +452,7 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
         PrivateKeyDer::Pkcs8(pkcs8) => {
             // Ed25519 first; "maybe_unchecked" also takes OpenSSL's PKCS#8 v1 (no public key).
             if let Ok(key) = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
-                return Ok(LoadedKey::Auth(AuthKey::Ed25519(key)));
+                return Ok(AuthKey::Ed25519(key));
             }
             rsa_key(PrivateKeyDer::Pkcs8(pkcs8))
         }
@@ -488,7 +460,7 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
     }
 }
 
-fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<AuthKey, String> {
     let parsed = match &der {
         PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
@@ -500,9 +472,9 @@ fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
             k.public_modulus_len() * 8
         )),
         Ok(_) => RsaKey::<Sha256>::from_key_der(der)
-            .map(|k| LoadedKey::Auth(AuthKey::Rsa(k)))
+            .map(AuthKey::Rsa)
             .map_err(|e| format!("unusable RSA key: {e}")),
-        Err(e) if e.description_() == "TooSmall" => legacy_rsa_key(&der),
+        Err(e) if e.description_() == "TooSmall" => Err(too_small()),
         Err(e) if e.description_() == "TooLarge" => {
             Err(format!("RSA key larger than {RSA_MAX_BITS} bits"))
         }
@@ -510,31 +482,14 @@ fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
     }
 }
 
-/// A key under aws-lc-rs's 2048-bit floor: accepted from 1024 bits, with a warning.
-fn legacy_rsa_key(der: &PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::traits::PublicKeyParts;
-    let key = match der {
-        PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
-            .map_err(|e| format!("not a valid RSA private key ({e})"))?,
-        PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
-            .map_err(|e| format!("not a valid RSA private key ({e})"))?,
-        _ => return Err("unsupported key type".into()),
-    };
-    let bits = key.size() * 8;
-    if bits < RSA_MIN_BITS {
-        return Err(format!(
-            "RSA key of {bits} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits \
-             (`poolrelay dkim keygen` makes a 2048-bit one)"
-        ));
-    }
-    debug_assert!(bits < RSA_AWS_LC_MIN_BITS);
-    tracing::warn!(
-        bits,
-        "dkim: RSA key under 2048 bits is legacy (RFC 8301 recommends 2048); rotate it"
-    );
-    Ok(LoadedKey::LegacyRsa(Box::new(key)))
+/// Why a key under 2048 bits is refused (aws-lc-rs does not parse it, so its size is unknown).
+fn too_small() -> String {
+    format!(
+        "RSA key under {RSA_MIN_BITS} bits: RSA keys under {RSA_MIN_BITS} bits are not allowed for \
+         DKIM signing (RFC 8301: signers MUST use at least 1024 bits and SHOULD use at least \
+         2048; poolrelay signs with {RSA_MIN_BITS} to {RSA_MAX_BITS}); make a new key with \
+         `poolrelay dkim keygen` and publish it under a new selector"
+    )
 }
 
 /// What signing needs to know about the message's header section.

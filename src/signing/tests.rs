@@ -14,6 +14,7 @@ use super::*;
 
 const RSA_PKCS1: &str = include_str!("testdata/rsa2048-pkcs1.pem");
 const RSA_1024: &str = include_str!("testdata/rsa1024-pkcs1.pem");
+const RSA_1024_PKCS8: &str = include_str!("testdata/rsa1024-pkcs8.pem");
 const RSA_512: &str = include_str!("testdata/rsa512-pkcs1.pem");
 const ED25519_OPENSSL: &str = include_str!("testdata/ed25519-openssl.pem");
 
@@ -206,24 +207,34 @@ fn rsa_pkcs1_signature_verifies_and_message_is_untouched() {
     );
 }
 
+/// Issue 25: signing is aws-lc-rs only; a 1024-bit key (allowed by RFC 8301, below its SHOULD)
+/// is refused with the reason, in PKCS#1 and PKCS#8 alike.
 #[test]
-fn legacy_rsa_1024_key_signs_and_verifies() {
+fn rsa_keys_under_2048_bits_are_refused_with_the_reason() {
     let dir = tempdir("rsa1024");
-    let key = write(&dir, "k.pem", RSA_1024);
-    let signer =
-        Signer::from_config(&config(&[("example.com", "old", &key, false)], false)).unwrap();
-    let signed = signer.sign(MESSAGE).unwrap();
-    assert_eq!(tags(&signed.headers)["a"], "rsa-sha256");
-    let table = Table::default();
-    table.add(
-        "example.com",
-        "old",
-        &keygen::txt_value(RSA_1024.as_bytes()).unwrap(),
-    );
-    assert_eq!(
-        verify(&table, &joined(&signed, MESSAGE)),
-        [DkimResult::Pass]
-    );
+    let pkcs1 = write(&dir, "k1.pem", RSA_1024);
+    let pkcs8 = write(&dir, "k8.pem", RSA_1024_PKCS8);
+    for key in [&pkcs1, &pkcs8] {
+        let errors = match Signer::from_config(&config(&[("example.com", "old", key, false)], false))
+        {
+            Err(e) => e,
+            Ok(_) => panic!("a 1024-bit key must be refused: {}", key.display()),
+        };
+        assert_eq!(errors.len(), 1);
+        let text = errors[0].to_string();
+        assert_eq!(&errors[0].file, key);
+        for part in [
+            "RSA keys under 2048 bits are not allowed for DKIM signing",
+            "RFC 8301",
+            "at least 1024",
+            "SHOULD use at least 2048",
+            "poolrelay dkim keygen",
+        ] {
+            assert!(text.contains(part), "{part:?} missing: {text}");
+        }
+    }
+    // The DNS record helper refuses it as well: no TXT for a key that cannot sign.
+    assert!(keygen::txt_value(RSA_1024.as_bytes()).is_err());
 }
 
 #[test]
@@ -398,7 +409,7 @@ fn key_loading_errors_name_the_file() {
     assert!(texts[0].contains("cannot read"), "{}", texts[0]);
     assert!(texts[1].contains("not a PEM private key"), "{}", texts[1]);
     assert!(texts[2].contains("not a PEM private key"), "{}", texts[2]);
-    assert!(texts[3].contains("RSA key of 512 bits"), "{}", texts[3]);
+    assert!(texts[3].contains("RSA key under 2048 bits"), "{}", texts[3]);
     assert!(texts[6].contains("domain must be"), "{}", texts[6]);
     assert!(texts[7].contains("selector"), "{}", texts[7]);
     for t in &texts {
