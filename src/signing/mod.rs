@@ -5,8 +5,9 @@
 //! mail-auth does the canonicalisation (relaxed/relaxed) and the crypto (aws-lc-rs); this module
 //! only picks keys and headers. Signing never touches the message: `sign` returns the
 //! `DKIM-Signature:` lines that delivery sends in front of the spooled bytes.
-//! The `_checked` variants first ask whether every `From:` address may be used by the sender's
-//! login (`inbound::sender_login`): a refusal comes before any key is chosen.
+//! Every message's `From:` and `Sender:` are read first (`inbound::author`): a malformed one is
+//! refused, never signed. The `_checked` variants also ask whether those addresses may be used
+//! by the sender's login (`inbound::sender_login`): a refusal comes before any key is chosen.
 
 pub mod keygen;
 
@@ -21,6 +22,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{Config, ConfigError};
+use crate::inbound::author::{self, Authors, MissingFrom};
 use crate::reply::Reply;
 
 /// Headers signed when present (`h=`). Absent ones are not listed, so a receiver's later
@@ -50,6 +52,7 @@ const RSA_MAX_BITS: usize = 4096;
 pub struct Signer {
     keys: Vec<Key>,
     require: bool,
+    missing_from: MissingFrom,
 }
 
 struct Key {
@@ -166,6 +169,7 @@ impl Signer {
             Ok(Signer {
                 keys,
                 require: config.signing.require,
+                missing_from: config.signing.missing_from,
             })
         } else {
             Err(errors)
@@ -184,8 +188,8 @@ impl Signer {
         self.sign_checked(message, &|_| true)
     }
 
-    /// `sign`, refusing (`550 5.7.1`) a message with a `From:` address `from_ok` rejects (an
-    /// unreadable `From:` is asked as "").
+    /// `sign`, refusing (`550 5.7.1`) a message with a `From:` or `Sender:` address `from_ok`
+    /// rejects.
     pub fn sign_checked(&self, message: &[u8], from_ok: FromCheck<'_>) -> Result<Signed, Reply> {
         // In memory: no copy of the header section, no read buffer.
         let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
@@ -310,12 +314,13 @@ impl Signer {
         headers: &[u8],
         from_ok: FromCheck<'_>,
     ) -> Result<(Signed, Vec<&Key>, Vec<&'static str>), Reply> {
-        let scan = scan(headers);
-        if !scan.from_addresses.iter().all(|a| from_ok(a)) {
-            return Err(crate::inbound::sender_login::from_refused());
+        let scan = scan(headers)?;
+        if scan.authors == Authors::Missing && self.missing_from == MissingFrom::Refuse {
+            return Err(author::missing());
         }
+        scan.authors.check_owned(from_ok)?;
         let mut signed = Signed {
-            from_domain: scan.from_domain.clone(),
+            from_domain: scan.authors.signing_domain().map(normalize_domain),
             ..Signed::default()
         };
         let Some(domain) = signed.from_domain.clone() else {
@@ -493,51 +498,32 @@ fn too_small() -> String {
 }
 
 /// What signing needs to know about the message's header section.
-#[derive(Default)]
 struct Scan {
-    /// Domain of the first address in the first `From:` header, lower case.
-    from_domain: Option<String>,
-    /// Every address of every `From:` header; "" for a `From:` without a readable address.
-    from_addresses: Vec<String>,
+    authors: Authors,
     /// Names of all header fields.
     names: Vec<String>,
     /// `(d=, s=)` of the DKIM-Signatures already present.
     existing: Vec<(String, String)>,
 }
 
-/// mail-parser reads the header section (folding, comments, quoted names, encoded words, groups).
-fn scan(message: &[u8]) -> Scan {
-    let mut scan = Scan::default();
+/// mail-parser reads the header section (folding, names, offsets); `author` reads `From:` and
+/// `Sender:` strictly.
+fn scan(message: &[u8]) -> Result<Scan, Reply> {
     let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
-        return scan;
+        return Ok(Scan {
+            authors: Authors::Missing,
+            names: Vec::new(),
+            existing: Vec::new(),
+        });
+    };
+    let mut scan = Scan {
+        authors: Authors::read(message, parsed.headers())?,
+        names: Vec::new(),
+        existing: Vec::new(),
     };
     for header in parsed.headers() {
         let name = header.name.as_str();
-        if name.eq_ignore_ascii_case("From") {
-            let found: Vec<String> = header
-                .value
-                .as_address()
-                .into_iter()
-                .flat_map(|a| a.iter())
-                .filter_map(|a| a.address())
-                .map(|a| a.trim().to_string())
-                .filter(|a| !a.is_empty())
-                .collect();
-            if found.is_empty() {
-                scan.from_addresses.push(String::new());
-            }
-            scan.from_addresses.extend(found);
-        }
-        if name.eq_ignore_ascii_case("From") && scan.from_domain.is_none() {
-            scan.from_domain = header
-                .value
-                .as_address()
-                .and_then(|a| a.first())
-                .and_then(|a| a.address())
-                .and_then(|a| a.trim().rsplit_once('@'))
-                .map(|(_, d)| normalize_domain(d.trim_start_matches('[').trim_end_matches(']')))
-                .filter(|d| !d.is_empty());
-        } else if name.eq_ignore_ascii_case("DKIM-Signature") {
+        if name.eq_ignore_ascii_case("DKIM-Signature") {
             let raw = message
                 .get(header.offset_start as usize..header.offset_end as usize)
                 .unwrap_or_default();
@@ -548,7 +534,7 @@ fn scan(message: &[u8]) -> Scan {
         }
         scan.names.push(name.to_string());
     }
-    scan
+    Ok(scan)
 }
 
 #[cfg(test)]
