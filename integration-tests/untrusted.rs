@@ -410,6 +410,11 @@ fn malformed_from_headers_are_refused_before_signing() {
             "comment that is not closed",
         ),
         (
+            b"From: news@example.com (Mallory <ceo@victim.example>\r\n",
+            "5.6.0",
+            "comment that is not closed",
+        ),
+        (
             b"From: \"CEO <ceo@victim.example> news@example.com\r\n",
             "5.6.0",
             "quoted string that is not closed",
