@@ -378,6 +378,8 @@ fn author_relay(name: &str, missing_from: &str) -> (Relay, Certs, DnsServer, Sin
         .tls(&certs)
         .networks(&["127.0.0.1/32"])
         .users_file(&users)
+        // Every refused variant is an error of the session.
+        .limit("max_errors", 100)
         .dns(&dns)
         .delivery_port(sink.port())
         .route("*", &format!("[127.0.0.20]:{}", sink.port()))
