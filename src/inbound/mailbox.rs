@@ -407,4 +407,47 @@ mod tests {
             assert!(mailbox_list(value.as_bytes()).is_err(), "{value:?}");
         }
     }
+
+    /// Client bytes: no input panics, and whatever passes is re-read the same.
+    #[test]
+    fn random_values_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"@",
+            b".",
+            b",",
+            b"<",
+            b">",
+            b"(",
+            b")",
+            b"\"",
+            b"\\",
+            b" ",
+            b"\r\n ",
+            b"\r\n",
+            b":",
+            b";",
+            b"[",
+            b"]",
+            b"\xc3\xbc",
+            b"\xff",
+            b"\x01",
+            b"=?",
+            b"\t",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(25);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..24);
+            let value: Vec<u8> = (0..len)
+                .flat_map(|_| alphabet[rng.gen_range(0..alphabet.len())].iter().copied())
+                .collect();
+            if let Ok(list) = mailbox_list(&value) {
+                let again: Vec<String> = list.iter().map(Mailbox::address).collect();
+                let joined = again.join(", ");
+                let reread = mailbox_list(joined.as_bytes());
+                assert_eq!(reread, Ok(list), "{:?}", String::from_utf8_lossy(&value));
+            }
+        }
+    }
 }
