@@ -473,6 +473,23 @@ fn malformed_from_headers_are_refused_before_signing() {
             "{shown:?}: {r}"
         );
     }
+    // A large message (a spool file, signed from disk) and BDAT take the same check.
+    let mut big = b"From: ceo@victim.example@example.com\r\nSubject: spoof\r\n\r\n".to_vec();
+    while big.len() < 300 * 1024 {
+        big.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
+    }
+    let r = c.send_mail("news@example.com", &["x@dest.test"], &big);
+    assert_eq!((r.code, r.text.contains("5.6.0")), (550, true), "{r}");
+    c.cmd("MAIL FROM:<news@example.com>").expect(250);
+    c.cmd("RCPT TO:<x@dest.test>").expect(250);
+    let chunk =
+        b"From: (Mallory <ceo@victim.example> news@example.com\r\nSubject: spoof\r\n\r\nhi\r\n";
+    c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes());
+    c.send_raw(chunk);
+    let r = c.read_reply();
+    assert_eq!((r.code, r.text.contains("5.6.0")), (550, true), "{r}");
     // Nothing reached the spool: no queued message, no message file.
     assert!(relay.queued_ids().is_empty(), "{:?}", relay.queued_ids());
     assert!(relay.spool_files("msg").is_empty());
