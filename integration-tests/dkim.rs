@@ -450,6 +450,63 @@ fn bad_key_is_a_config_error_naming_the_file() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// Issue 25: DKIM signs through aws-lc-rs only. A 1024-bit RSA key is refused by `check-config`,
+/// at start and on reload (SIGHUP), with the reason; the running relay keeps its old key.
+#[test]
+fn rsa_keys_under_2048_bits_are_refused_everywhere_with_the_reason() {
+    const REASON: &str = "RSA keys under 2048 bits are not allowed for DKIM signing";
+    let dir = tempdir("dkim-rsa1024");
+    let short = dir.join("rsa1024.pem");
+    std::fs::write(
+        &short,
+        include_str!("../src/signing/testdata/rsa1024-pkcs1.pem"),
+    )
+    .unwrap();
+    let (good, _) = keygen(&dir, "example.com", "s1", "ed25519");
+    let cfg = |key: &Path| {
+        RelayConfig::new().section(&format!(
+            "[[dkim]]\ndomain = \"example.com\"\nselector = \"s1\"\nprivate_key = \"{}\"",
+            key.display()
+        ))
+    };
+    let bad = cfg(&short).to_toml();
+    let file = dir.join("check.toml");
+    std::fs::write(&file, &bad).unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(REASON) && err.contains("RFC 8301"), "{err}");
+    assert!(err.contains("rsa1024.pem"), "{err}");
+
+    let (status, log) = Relay::start_expect_exit(&dir, &bad, Duration::from_secs(10));
+    let status = status.unwrap_or_else(|| panic!("relay started with a 1024-bit key: {log}"));
+    assert!(!status.success());
+    assert!(log.contains(REASON), "{log}");
+
+    let mut relay = Relay::start(&dir, &cfg(&good).to_toml());
+    relay.set_config(&bad);
+    let pid = relay.pid().expect("relay running") as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+    assert!(
+        wait_until(WAIT, || relay.log_current().contains("reload refused")),
+        "{}",
+        relay.log_current()
+    );
+    assert!(
+        relay.log_current().contains(REASON),
+        "{}",
+        relay.log_current()
+    );
+    assert!(relay.is_running());
+}
+
 #[test]
 fn keygen_writes_a_private_0600_key_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;

@@ -362,3 +362,213 @@ fn dsns_are_signed_for_the_hostname_and_return_only_headers() {
         "{text}"
     );
 }
+
+/// Issue 25: a login bound to example.com (its own domain, `shop@example.com`), a DKIM key for
+/// example.com, delivery to a sink; `missing_from` as given.
+fn author_relay(name: &str, missing_from: &str) -> (Relay, Certs, DnsServer, Sink) {
+    let dir = tempdir(name);
+    let certs = make_certs(&dir, &[HOST]);
+    let users = write_users(&dir, &[("shop@example.com", "pw-shop@example.com")]);
+    let dns = DnsServer::start();
+    let sink = Sink::start(&[lo(20)]);
+    let (key, txt) = keygen(&dir, "example.com", "s1", "ed25519");
+    dns.add_txt("s1._domainkey.example.com", &txt);
+    let cfg = RelayConfig::new()
+        .listen("starttls", "required")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&users)
+        // Every refused variant is an error of the session.
+        .limit("max_errors", 100)
+        .dns(&dns)
+        .delivery_port(sink.port())
+        .route("*", &format!("[127.0.0.20]:{}", sink.port()))
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")])
+        .signing("missing_from", format!("\"{missing_from}\""))
+        .section("[doctor]\nbackground = false")
+        .section(&format!(
+            "[[dkim]]\ndomain = \"example.com\"\nselector = \"s1\"\nprivate_key = \"{}\"",
+            key.display()
+        ));
+    (Relay::start(&dir, &cfg.to_toml()), certs, dns, sink)
+}
+
+/// Issue 25: `From:` holds exactly one valid mailbox (several only with a `Sender:` the login
+/// owns); anything else is refused at the end of DATA with 550 and a reason, before signing,
+/// leaving nothing in the spool and nothing for delivery.
+#[test]
+fn malformed_from_headers_are_refused_before_signing() {
+    let (relay, certs, dns, sink) = author_relay("untrusted-from", "refuse");
+    let mut c = login(&relay, &certs, "shop@example.com");
+    let refused: &[(&[u8], &str, &str)] = &[
+        (
+            b"From: ceo@victim.example@example.com\r\n",
+            "5.6.0",
+            "more than one '@'",
+        ),
+        (
+            b"From: (Mallory <ceo@victim.example> news@example.com\r\n",
+            "5.6.0",
+            "comment that is not closed",
+        ),
+        (
+            b"From: news@example.com (Mallory <ceo@victim.example>\r\n",
+            "5.6.0",
+            "comment that is not closed",
+        ),
+        (
+            b"From: \"CEO <ceo@victim.example> news@example.com\r\n",
+            "5.6.0",
+            "quoted string that is not closed",
+        ),
+        (
+            b"From: ceo@victim.example <news@example.com>\r\n",
+            "5.6.0",
+            "display name",
+        ),
+        (b"From:\r\n", "5.6.0", "is empty"),
+        (b"From: undisclosed-recipients:;\r\n", "5.6.0", "group"),
+        (
+            b"From: news@example.com\r\nFrom: ceo@victim.example\r\n",
+            "5.6.0",
+            "2 From: headers",
+        ),
+        (
+            b"From: \xff\xfe\xfd <news@example.com>\r\n",
+            "5.6.0",
+            "not UTF-8",
+        ),
+        (
+            b"From: a@example.com, b@example.com\r\n",
+            "5.6.0",
+            "Sender:",
+        ),
+        (b"To: x@dest.test\r\n", "5.6.0", "no From: header"),
+        (
+            b"From: CEO <ceo@victim.example>\r\n",
+            "5.7.1",
+            "From: address not owned",
+        ),
+        (
+            b"From: a@example.com, b@example.com\r\nSender: ceo@victim.example\r\n",
+            "5.7.1",
+            "Sender: address not owned",
+        ),
+        (
+            b"From: a@example.com, ceo@victim.example\r\nSender: a@example.com\r\n",
+            "5.7.1",
+            "From: address not owned",
+        ),
+    ];
+    for (headers, status, why) in refused {
+        let msg = [*headers, b"Subject: spoof\r\n\r\nhi\r\n"].concat();
+        c.cmd("MAIL FROM:<news@example.com> BODY=8BITMIME")
+            .expect(250);
+        c.cmd("RCPT TO:<x@dest.test>").expect(250);
+        let r = c.data(&msg);
+        let shown = String::from_utf8_lossy(headers);
+        assert_eq!(r.code, 550, "{shown:?}: {r}");
+        assert!(
+            r.text.contains(status) && r.text.contains(why),
+            "{shown:?}: {r}"
+        );
+    }
+    // A large message (a spool file, signed from disk) and BDAT take the same check.
+    let mut big = b"From: ceo@victim.example@example.com\r\nSubject: spoof\r\n\r\n".to_vec();
+    while big.len() < 300 * 1024 {
+        big.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
+    }
+    let r = c.send_mail("news@example.com", &["x@dest.test"], &big);
+    assert_eq!((r.code, r.text.contains("5.6.0")), (550, true), "{r}");
+    c.cmd("MAIL FROM:<news@example.com>").expect(250);
+    c.cmd("RCPT TO:<x@dest.test>").expect(250);
+    let chunk =
+        b"From: (Mallory <ceo@victim.example> news@example.com\r\nSubject: spoof\r\n\r\nhi\r\n";
+    c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes());
+    c.send_raw(chunk);
+    let r = c.read_reply();
+    assert_eq!((r.code, r.text.contains("5.6.0")), (550, true), "{r}");
+    // Nothing reached the spool: no queued message, no message file.
+    assert!(relay.queued_ids().is_empty(), "{:?}", relay.queued_ids());
+    assert!(relay.spool_files("msg").is_empty());
+
+    // A valid From:, and several authors with a Sender: the login owns: signed, verifiable.
+    for headers in [
+        &b"From: News <news@example.com>\r\n"[..],
+        b"From: a@example.com, \"B, Sales\" <b@example.com>\r\nSender: news@example.com\r\n",
+    ] {
+        let msg = [headers, b"To: x@dest.test\r\nSubject: ok\r\n\r\nhi\r\n"].concat();
+        let r = c.send_mail("news@example.com", &["x@dest.test"], &msg);
+        queued_id(&r);
+    }
+    c.quit();
+    let delivered = sink.wait_for_messages(2, WAIT);
+    assert_eq!(delivered.len(), 2);
+    for m in &delivered {
+        assert_eq!(
+            verify_dkim(&dns, &m.data),
+            vec![DkimResult::Pass],
+            "{}",
+            m.data_str()
+        );
+        assert!(m.data_str().contains("d=example.com;"), "{}", m.data_str());
+    }
+    // None of the refused ones was delivered after all.
+    assert!(!wait_until(Duration::from_millis(500), || sink
+        .messages()
+        .len()
+        > 2));
+    assert!(
+        sink.messages()
+            .iter()
+            .all(|m| !m.data_str().contains("Subject: spoof"))
+    );
+}
+
+/// Issue 25: `missing_from = "accept-unsigned"` lets a message without `From:` through, unsigned;
+/// it lets nothing malformed through. The key is checked at config load.
+#[test]
+fn missing_from_can_be_accepted_unsigned_and_is_checked_at_load() {
+    let (relay, certs, _dns, sink) = author_relay("untrusted-no-from", "accept-unsigned");
+    let mut c = login(&relay, &certs, "shop@example.com");
+    let r = c.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"Subject: no from\r\n\r\nhi\r\n",
+    );
+    queued_id(&r);
+    let r = c.send_mail(
+        "news@example.com",
+        &["x@dest.test"],
+        b"From: ceo@victim.example@example.com\r\nSubject: spoof\r\n\r\nhi\r\n",
+    );
+    assert_eq!((r.code, r.text.contains("5.6.0")), (550, true), "{r}");
+    c.quit();
+    let delivered = sink.wait_for_messages(1, WAIT);
+    assert!(delivered[0].data_str().contains("Subject: no from"));
+    assert!(
+        !delivered[0].data_str().contains("DKIM-Signature:"),
+        "{}",
+        delivered[0].data_str()
+    );
+
+    let dir = tempdir("untrusted-no-from-config");
+    let base = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+    for (signing, needle) in [
+        ("[signing]\nmissing_from = \"sometimes\"\n", "missing_from"),
+        (
+            "[signing]\nrequire = true\nmissing_from = \"accept-unsigned\"\n",
+            "contradicts require",
+        ),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, format!("{base}{signing}")).unwrap();
+        let out = poolrelay().arg("check-config").arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{signing}: {text}");
+        assert!(text.contains(needle), "{signing}: {text}");
+    }
+}

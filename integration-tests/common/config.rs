@@ -115,6 +115,10 @@ pub struct RelayConfig {
     admin: Option<u16>,
     /// Further `[admin]` keys.
     admin_keys: Table,
+    /// `[signing]`: most tests' messages are bare `Subject:` lines, so the kit accepts a message
+    /// without `From:` (unsigned); the tests of the `From:` rules set `missing_from = "refuse"`.
+    /// A test's own `[signing]` section replaces this table.
+    signing: Table,
     sections: Vec<String>,
 }
 
@@ -135,6 +139,8 @@ impl RelayConfig {
         delivery.set("retry", "[\"1s\"]");
         delivery.set("connect_timeout", "\"2s\"");
         delivery.set("command_timeout", "\"5s\"");
+        let mut signing = Table::default();
+        signing.set("missing_from", "\"accept-unsigned\"");
         RelayConfig {
             port,
             hostname: "relay.test".into(),
@@ -146,6 +152,7 @@ impl RelayConfig {
             delivery,
             admin: None,
             admin_keys: Table::default(),
+            signing,
             sections: Vec::new(),
         }
     }
@@ -230,6 +237,12 @@ impl RelayConfig {
     /// Drops the default `[delivery]` keys (the table is left out until one is set again).
     pub fn no_delivery(mut self) -> Self {
         self.delivery = Table::default();
+        self
+    }
+
+    /// Sets `key = value` in `[signing]` (value as TOML).
+    pub fn signing(mut self, key: &str, value: impl Display) -> Self {
+        self.signing.set(key, value);
         self
     }
 
@@ -319,6 +332,9 @@ impl RelayConfig {
             s.push_str(&format!("\n[dns]\nnameservers = [\"{ns}\"]\n"));
         }
         self.delivery.write(&mut s, "delivery");
+        if !self.sections.iter().any(|sec| sec.starts_with("[signing]")) {
+            self.signing.write(&mut s, "signing");
+        }
         if let Some(p) = self.admin {
             s.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{p}\"\n"));
             for (k, v) in &self.admin_keys.0 {

@@ -98,6 +98,9 @@ pub struct Signing {
     /// Refuse (5xx at DATA) a message whose From domain has no key.
     #[serde(default)]
     pub require: bool,
+    /// A message without `From:`: refused (default) or accepted unsigned (`inbound::author`).
+    #[serde(default)]
+    pub missing_from: crate::inbound::author::MissingFrom,
 }
 
 /// `[admin]`, beside its code.
@@ -304,6 +307,15 @@ impl Config {
             if let Some(p) = s.problem() {
                 err("sender_login", p);
             }
+        }
+        if self.signing.require
+            && self.signing.missing_from == crate::inbound::author::MissingFrom::AcceptUnsigned
+        {
+            err(
+                "missing_from",
+                "\"accept-unsigned\" contradicts require = true (every message must be signed)"
+                    .into(),
+            );
         }
         if self.delivery.retry.is_empty() {
             err("retry", "needs at least one interval".into());

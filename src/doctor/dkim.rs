@@ -36,18 +36,15 @@ fn key_tags(record: &str) -> Option<(String, Vec<u8>)> {
     Some((k, p?))
 }
 
-/// RSA public keys are published as SubjectPublicKeyInfo, sometimes as bare PKCS#1.
-fn rsa_key(der: &[u8]) -> Option<rsa::RsaPublicKey> {
-    use rsa::pkcs1::DecodeRsaPublicKey;
-    use rsa::pkcs8::DecodePublicKey;
-    rsa::RsaPublicKey::from_public_key_der(der)
-        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_der(der))
-        .ok()
+/// RSA public keys are published as SubjectPublicKeyInfo, sometimes as bare PKCS#1; aws-lc-rs
+/// reads both.
+fn rsa_key(der: &[u8]) -> Option<aws_lc_rs::rsa::PublicKey> {
+    aws_lc_rs::rsa::PublicKey::from_der(der).ok()
 }
 
-/// Same RSA key: the modulus and exponent compared, not the encoding.
+/// Same RSA key: the canonical PKCS#1 encodings (modulus and exponent) compared.
 fn same_rsa_key(a: &[u8], b: &[u8]) -> bool {
-    matches!((rsa_key(a), rsa_key(b)), (Some(x), Some(y)) if x == y)
+    matches!((rsa_key(a), rsa_key(b)), (Some(x), Some(y)) if x.as_ref() == y.as_ref())
 }
 
 /// Why `p=` cannot be a key of type `k=` (mail-auth only decodes RSA keys when verifying).
@@ -147,18 +144,17 @@ mod tests {
 
     #[test]
     fn rsa_encodings_compare_equal() {
-        use rsa::pkcs1::EncodeRsaPublicKey;
-        use rsa::pkcs8::EncodePublicKey;
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
         let pem = keygen::generate(keygen::Algorithm::Rsa2048).unwrap();
         let (_, spki) = key_tags(&keygen::txt_value(pem.as_bytes()).unwrap()).unwrap();
-        let public = {
-            use rsa::pkcs8::DecodePublicKey;
-            rsa::RsaPublicKey::from_public_key_der(&spki).unwrap()
-        };
-        let pkcs1 = public.to_pkcs1_der().unwrap();
-        assert!(same_rsa_key(&spki, pkcs1.as_bytes()));
-        let again = public.to_public_key_der().unwrap();
-        assert!(same_rsa_key(again.as_bytes(), &spki));
+        let public = rsa_key(&spki).unwrap();
+        // The bare PKCS#1 form is not the SPKI bytes, and still the same key.
+        let pkcs1 = public.as_ref().to_vec();
+        assert_ne!(pkcs1, spki);
+        assert!(same_rsa_key(&spki, &pkcs1));
+        let again: PublicKeyX509Der = public.as_der().unwrap();
+        assert!(same_rsa_key(again.as_ref(), &spki));
+        assert!(!same_rsa_key(&spki, b"not a key"));
         let other = keygen::generate(keygen::Algorithm::Rsa2048).unwrap();
         let (_, other) = key_tags(&keygen::txt_value(other.as_bytes()).unwrap()).unwrap();
         assert!(!same_rsa_key(&spki, &other));

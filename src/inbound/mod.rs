@@ -4,7 +4,8 @@
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
 //! `received` (the Received header), `anvil` (per-client counters), `admission` (session slots
-//! and their reserve), `sender_login` (which senders each login may use).
+//! and their reserve), `sender_login` (which senders each login may use), `author` (the `From:`
+//! and `Sender:` rules, read strictly by `mailbox`).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -14,10 +15,12 @@ pub mod address;
 pub mod admission;
 pub mod anvil;
 pub mod auth;
+pub mod author;
 pub mod data;
 mod envelope;
 pub mod limits;
 mod listeners;
+pub mod mailbox;
 mod message;
 pub mod received;
 pub mod sender_login;

@@ -12,9 +12,10 @@
 //! - A pattern is a case-insensitive glob (`*`, `?`) on the whole address; one without `@` names
 //!   a domain (`example.com` = `*@example.com`; `*.example.com` = its subdomains).
 //! - The null sender `<>` passes MAIL FROM (bounces); the message's `From:` is still checked.
-//! - A sender not allowed gets `553 5.7.1` at MAIL FROM; a `From:` address not allowed (or a
-//!   `From:` without a readable address) gets `550 5.7.1` at the end of DATA, before any DKIM
-//!   key is chosen: nothing is signed for a domain the login may not use.
+//! - A sender not allowed gets `553 5.7.1` at MAIL FROM; a `From:` or `Sender:` address not
+//!   allowed gets `550 5.7.1` at the end of DATA, before any DKIM key is chosen: nothing is signed
+//!   for a domain the login may not use. A malformed or missing `From:` is refused before that
+//!   (`author`).
 
 use std::net::IpAddr;
 

@@ -73,13 +73,7 @@ pub fn txt_value(private_pem: &[u8]) -> Result<String, String> {
     use rustls_pki_types::PrivateKeyDer;
     use rustls_pki_types::pem::PemObject;
     // Check it the same way the relay will load it.
-    if let super::LoadedKey::LegacyRsa(key) = super::parse_key(private_pem)? {
-        use rsa::pkcs8::EncodePublicKey;
-        let spki = rsa::RsaPublicKey::from(&*key)
-            .to_public_key_der()
-            .map_err(|e| format!("cannot encode the public key: {e}"))?;
-        return Ok(format!("v=DKIM1; k=rsa; p={}", B64.encode(spki.as_bytes())));
-    }
+    super::parse_key(private_pem)?;
     let der = PrivateKeyDer::from_pem_slice(private_pem).map_err(|e| e.to_string())?;
     let (k, public) = match &der {
         PrivateKeyDer::Pkcs8(p) => {

@@ -5,8 +5,9 @@
 //! mail-auth does the canonicalisation (relaxed/relaxed) and the crypto (aws-lc-rs); this module
 //! only picks keys and headers. Signing never touches the message: `sign` returns the
 //! `DKIM-Signature:` lines that delivery sends in front of the spooled bytes.
-//! The `_checked` variants first ask whether every `From:` address may be used by the sender's
-//! login (`inbound::sender_login`): a refusal comes before any key is chosen.
+//! Every message's `From:` and `Sender:` are read first (`inbound::author`): a malformed one is
+//! refused, never signed. The `_checked` variants also ask whether those addresses may be used
+//! by the sender's login (`inbound::sender_login`): a refusal comes before any key is chosen.
 
 pub mod keygen;
 
@@ -21,6 +22,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{Config, ConfigError};
+use crate::inbound::author::{self, Authors, MissingFrom};
 use crate::reply::Reply;
 
 /// Headers signed when present (`h=`). Absent ones are not listed, so a receiver's later
@@ -42,15 +44,15 @@ pub const SIGNED_HEADERS: &[&str] = &[
     "List-Unsubscribe-Post",
 ];
 
-/// RSA sizes accepted (bits). aws-lc-rs refuses to sign under 2048 bits, so 1024–2047-bit keys
-/// (still valid per RFC 8301, still published by some domains) sign through RustCrypto's `rsa`.
-const RSA_MIN_BITS: usize = 1024;
-const RSA_AWS_LC_MIN_BITS: usize = 2048;
+/// RSA sizes accepted (bits). All signing goes through aws-lc-rs, whose floor is 2048 bits too;
+/// shorter keys would need RustCrypto's `rsa` (RUSTSEC-2023-0071, no fixed release).
+const RSA_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 4096;
 
 pub struct Signer {
     keys: Vec<Key>,
     require: bool,
+    missing_from: MissingFrom,
 }
 
 struct Key {
@@ -63,47 +65,20 @@ struct Key {
     key: SharedKey,
 }
 
-/// A private key as loaded: mail-auth's own (aws-lc-rs), or a short legacy RSA key.
-pub(crate) enum LoadedKey {
-    Auth(AuthKey),
-    /// 1024–2047 bits: PKCS#1 v1.5 SHA-256 with RustCrypto `rsa`, blinded.
-    LegacyRsa(Box<rsa::RsaPrivateKey>),
-}
-
-/// One loaded key shared by every signature it makes (mail-auth's signer takes its key by value).
+/// One loaded key (mail-auth's, aws-lc-rs) shared by every signature it makes (mail-auth's
+/// signer takes its key by value).
 #[derive(Clone)]
-struct SharedKey(Arc<LoadedKey>);
+struct SharedKey(Arc<AuthKey>);
 
 impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        match &*self.0 {
-            LoadedKey::Auth(key) => key.sign(input),
-            LoadedKey::LegacyRsa(key) => {
-                use sha2::Digest;
-                let mut data = Vec::with_capacity(256);
-                input.write(&mut data);
-                let digest = sha2::Sha256::digest(&data);
-                key.sign_with_rng(
-                    &mut rand::thread_rng(),
-                    rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
-                    &digest,
-                )
-                .map_err(|e| {
-                    mail_auth::Error::Crypto(mail_auth::common::crypto::CryptoError::Library(
-                        e.to_string(),
-                    ))
-                })
-            }
-        }
+        self.0.sign(input)
     }
 
     fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
-        match &*self.0 {
-            LoadedKey::Auth(key) => key.algorithm(),
-            LoadedKey::LegacyRsa(_) => mail_auth::common::crypto::Algorithm::RsaSha256,
-        }
+        self.0.algorithm()
     }
 }
 
@@ -194,6 +169,7 @@ impl Signer {
             Ok(Signer {
                 keys,
                 require: config.signing.require,
+                missing_from: config.signing.missing_from,
             })
         } else {
             Err(errors)
@@ -212,8 +188,8 @@ impl Signer {
         self.sign_checked(message, &|_| true)
     }
 
-    /// `sign`, refusing (`550 5.7.1`) a message with a `From:` address `from_ok` rejects (an
-    /// unreadable `From:` is asked as "").
+    /// `sign`, refusing (`550 5.7.1`) a message with a `From:` or `Sender:` address `from_ok`
+    /// rejects.
     pub fn sign_checked(&self, message: &[u8], from_ok: FromCheck<'_>) -> Result<Signed, Reply> {
         // In memory: no copy of the header section, no read buffer.
         let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
@@ -338,12 +314,13 @@ impl Signer {
         headers: &[u8],
         from_ok: FromCheck<'_>,
     ) -> Result<(Signed, Vec<&Key>, Vec<&'static str>), Reply> {
-        let scan = scan(headers);
-        if !scan.from_addresses.iter().all(|a| from_ok(a)) {
-            return Err(crate::inbound::sender_login::from_refused());
+        let scan = scan(headers)?;
+        if scan.authors == Authors::Missing && self.missing_from == MissingFrom::Refuse {
+            return Err(author::missing());
         }
+        scan.authors.check_owned(from_ok)?;
         let mut signed = Signed {
-            from_domain: scan.from_domain.clone(),
+            from_domain: scan.authors.signing_domain().map(normalize_domain),
             ..Signed::default()
         };
         let Some(domain) = signed.from_domain.clone() else {
@@ -465,13 +442,13 @@ pub(crate) fn is_selector(s: &str) -> bool {
         })
 }
 
-/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 1024–4096 bits) or Ed25519 (PKCS#8).
-pub(crate) fn load_key(path: &Path) -> Result<LoadedKey, String> {
+/// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 2048–4096 bits) or Ed25519 (PKCS#8).
+pub(crate) fn load_key(path: &Path) -> Result<AuthKey, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read key file: {e}"))?;
     parse_key(&pem)
 }
 
-pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
+pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
     let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         format!("not a PEM private key ({e}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"")
     })?;
@@ -480,7 +457,7 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
         PrivateKeyDer::Pkcs8(pkcs8) => {
             // Ed25519 first; "maybe_unchecked" also takes OpenSSL's PKCS#8 v1 (no public key).
             if let Ok(key) = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
-                return Ok(LoadedKey::Auth(AuthKey::Ed25519(key)));
+                return Ok(AuthKey::Ed25519(key));
             }
             rsa_key(PrivateKeyDer::Pkcs8(pkcs8))
         }
@@ -488,7 +465,7 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
     }
 }
 
-fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<AuthKey, String> {
     let parsed = match &der {
         PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
@@ -500,9 +477,9 @@ fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
             k.public_modulus_len() * 8
         )),
         Ok(_) => RsaKey::<Sha256>::from_key_der(der)
-            .map(|k| LoadedKey::Auth(AuthKey::Rsa(k)))
+            .map(AuthKey::Rsa)
             .map_err(|e| format!("unusable RSA key: {e}")),
-        Err(e) if e.description_() == "TooSmall" => legacy_rsa_key(&der),
+        Err(e) if e.description_() == "TooSmall" => Err(too_small()),
         Err(e) if e.description_() == "TooLarge" => {
             Err(format!("RSA key larger than {RSA_MAX_BITS} bits"))
         }
@@ -510,79 +487,43 @@ fn rsa_key(der: PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
     }
 }
 
-/// A key under aws-lc-rs's 2048-bit floor: accepted from 1024 bits, with a warning.
-fn legacy_rsa_key(der: &PrivateKeyDer<'_>) -> Result<LoadedKey, String> {
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::traits::PublicKeyParts;
-    let key = match der {
-        PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
-            .map_err(|e| format!("not a valid RSA private key ({e})"))?,
-        PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
-            .map_err(|e| format!("not a valid RSA private key ({e})"))?,
-        _ => return Err("unsupported key type".into()),
-    };
-    let bits = key.size() * 8;
-    if bits < RSA_MIN_BITS {
-        return Err(format!(
-            "RSA key of {bits} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits \
-             (`poolrelay dkim keygen` makes a 2048-bit one)"
-        ));
-    }
-    debug_assert!(bits < RSA_AWS_LC_MIN_BITS);
-    tracing::warn!(
-        bits,
-        "dkim: RSA key under 2048 bits is legacy (RFC 8301 recommends 2048); rotate it"
-    );
-    Ok(LoadedKey::LegacyRsa(Box::new(key)))
+/// Why a key under 2048 bits is refused (aws-lc-rs does not parse it, so its size is unknown).
+fn too_small() -> String {
+    format!(
+        "RSA key under {RSA_MIN_BITS} bits: RSA keys under {RSA_MIN_BITS} bits are not allowed for \
+         DKIM signing (RFC 8301: signers MUST use at least 1024 bits and SHOULD use at least \
+         2048; poolrelay signs with {RSA_MIN_BITS} to {RSA_MAX_BITS}); make a new key with \
+         `poolrelay dkim keygen` and publish it under a new selector"
+    )
 }
 
 /// What signing needs to know about the message's header section.
-#[derive(Default)]
 struct Scan {
-    /// Domain of the first address in the first `From:` header, lower case.
-    from_domain: Option<String>,
-    /// Every address of every `From:` header; "" for a `From:` without a readable address.
-    from_addresses: Vec<String>,
+    authors: Authors,
     /// Names of all header fields.
     names: Vec<String>,
     /// `(d=, s=)` of the DKIM-Signatures already present.
     existing: Vec<(String, String)>,
 }
 
-/// mail-parser reads the header section (folding, comments, quoted names, encoded words, groups).
-fn scan(message: &[u8]) -> Scan {
-    let mut scan = Scan::default();
+/// mail-parser reads the header section (folding, names, offsets); `author` reads `From:` and
+/// `Sender:` strictly.
+fn scan(message: &[u8]) -> Result<Scan, Reply> {
     let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
-        return scan;
+        return Ok(Scan {
+            authors: Authors::Missing,
+            names: Vec::new(),
+            existing: Vec::new(),
+        });
+    };
+    let mut scan = Scan {
+        authors: Authors::read(message, parsed.headers())?,
+        names: Vec::new(),
+        existing: Vec::new(),
     };
     for header in parsed.headers() {
         let name = header.name.as_str();
-        if name.eq_ignore_ascii_case("From") {
-            let found: Vec<String> = header
-                .value
-                .as_address()
-                .into_iter()
-                .flat_map(|a| a.iter())
-                .filter_map(|a| a.address())
-                .map(|a| a.trim().to_string())
-                .filter(|a| !a.is_empty())
-                .collect();
-            if found.is_empty() {
-                scan.from_addresses.push(String::new());
-            }
-            scan.from_addresses.extend(found);
-        }
-        if name.eq_ignore_ascii_case("From") && scan.from_domain.is_none() {
-            scan.from_domain = header
-                .value
-                .as_address()
-                .and_then(|a| a.first())
-                .and_then(|a| a.address())
-                .and_then(|a| a.trim().rsplit_once('@'))
-                .map(|(_, d)| normalize_domain(d.trim_start_matches('[').trim_end_matches(']')))
-                .filter(|d| !d.is_empty());
-        } else if name.eq_ignore_ascii_case("DKIM-Signature") {
+        if name.eq_ignore_ascii_case("DKIM-Signature") {
             let raw = message
                 .get(header.offset_start as usize..header.offset_end as usize)
                 .unwrap_or_default();
@@ -593,7 +534,7 @@ fn scan(message: &[u8]) -> Scan {
         }
         scan.names.push(name.to_string());
     }
-    scan
+    Ok(scan)
 }
 
 #[cfg(test)]

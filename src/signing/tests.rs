@@ -14,6 +14,7 @@ use super::*;
 
 const RSA_PKCS1: &str = include_str!("testdata/rsa2048-pkcs1.pem");
 const RSA_1024: &str = include_str!("testdata/rsa1024-pkcs1.pem");
+const RSA_1024_PKCS8: &str = include_str!("testdata/rsa1024-pkcs8.pem");
 const RSA_512: &str = include_str!("testdata/rsa512-pkcs1.pem");
 const ED25519_OPENSSL: &str = include_str!("testdata/ed25519-openssl.pem");
 
@@ -206,24 +207,34 @@ fn rsa_pkcs1_signature_verifies_and_message_is_untouched() {
     );
 }
 
+/// Issue 25: signing is aws-lc-rs only; a 1024-bit key (allowed by RFC 8301, below its SHOULD)
+/// is refused with the reason, in PKCS#1 and PKCS#8 alike.
 #[test]
-fn legacy_rsa_1024_key_signs_and_verifies() {
+fn rsa_keys_under_2048_bits_are_refused_with_the_reason() {
     let dir = tempdir("rsa1024");
-    let key = write(&dir, "k.pem", RSA_1024);
-    let signer =
-        Signer::from_config(&config(&[("example.com", "old", &key, false)], false)).unwrap();
-    let signed = signer.sign(MESSAGE).unwrap();
-    assert_eq!(tags(&signed.headers)["a"], "rsa-sha256");
-    let table = Table::default();
-    table.add(
-        "example.com",
-        "old",
-        &keygen::txt_value(RSA_1024.as_bytes()).unwrap(),
-    );
-    assert_eq!(
-        verify(&table, &joined(&signed, MESSAGE)),
-        [DkimResult::Pass]
-    );
+    let pkcs1 = write(&dir, "k1.pem", RSA_1024);
+    let pkcs8 = write(&dir, "k8.pem", RSA_1024_PKCS8);
+    for key in [&pkcs1, &pkcs8] {
+        let errors =
+            match Signer::from_config(&config(&[("example.com", "old", key, false)], false)) {
+                Err(e) => e,
+                Ok(_) => panic!("a 1024-bit key must be refused: {}", key.display()),
+            };
+        assert_eq!(errors.len(), 1);
+        let text = errors[0].to_string();
+        assert_eq!(&errors[0].file, key);
+        for part in [
+            "RSA keys under 2048 bits are not allowed for DKIM signing",
+            "RFC 8301",
+            "at least 1024",
+            "SHOULD use at least 2048",
+            "poolrelay dkim keygen",
+        ] {
+            assert!(text.contains(part), "{part:?} missing: {text}");
+        }
+    }
+    // The DNS record helper refuses it as well: no TXT for a key that cannot sign.
+    assert!(keygen::txt_value(RSA_1024.as_bytes()).is_err());
 }
 
 #[test]
@@ -398,7 +409,7 @@ fn key_loading_errors_name_the_file() {
     assert!(texts[0].contains("cannot read"), "{}", texts[0]);
     assert!(texts[1].contains("not a PEM private key"), "{}", texts[1]);
     assert!(texts[2].contains("not a PEM private key"), "{}", texts[2]);
-    assert!(texts[3].contains("RSA key of 512 bits"), "{}", texts[3]);
+    assert!(texts[3].contains("RSA key under 2048 bits"), "{}", texts[3]);
     assert!(texts[6].contains("domain must be"), "{}", texts[6]);
     assert!(texts[7].contains("selector"), "{}", texts[7]);
     for t in &texts {
@@ -490,7 +501,7 @@ fn key_choice_by_from_domain_and_subdomains() {
     // The closest parent wins.
     assert_eq!(by(sign("a@x.mail.example.com")), ["mail.example.com/child"]);
     assert_eq!(
-        by(sign("A <a@MAIL.Example.COM.>")),
+        by(sign("A <a@MAIL.Example.COM>")),
         ["mail.example.com/child"]
     );
     // subdomains = false covers only the domain itself; look-alikes are not subdomains.
@@ -505,10 +516,12 @@ fn key_choice_by_from_domain_and_subdomains() {
         by(sign("=?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n <a@exact.test>")),
         ["exact.test/e"]
     );
-    assert_eq!(
-        by(sign("Team: a@exact.test, b@other.test;")),
-        ["exact.test/e"]
-    );
+    // Issue 25: RFC 5322 has no trailing dot in a From: domain and no group in From:.
+    for bad in ["a@example.com.", "Team: a@exact.test, b@other.test;"] {
+        let msg = format!("From: {bad}\r\nSubject: x\r\n\r\nbody\r\n");
+        let r = signer.sign(msg.as_bytes()).unwrap_err();
+        assert_eq!((r.code, r.status.as_str()), (550, "5.6.0"), "{bad}: {r}");
+    }
     // IDN: the UTF-8 spelling finds the key configured as A-label, d= stays ASCII.
     assert_eq!(by(sign("a@bücher.test")), ["xn--bcher-kva.test/idn"]);
     let unsigned = sign("a@other.test");
@@ -529,22 +542,74 @@ fn require_refuses_unsigned_mail_with_5xx() {
     let r = signer
         .sign(b"Subject: no from\r\n\r\nbody\r\n")
         .unwrap_err();
-    assert_eq!(r.code, 554);
+    assert_eq!((r.code, r.status.as_str()), (550, "5.6.0"), "{r}");
     assert!(signer.sign(MESSAGE).is_ok());
     // Header section only (no blank line, no body) and an empty message: no panic.
     let s = signer
         .sign(b"From: a@example.com\r\nSubject: x\r\n")
         .unwrap();
     assert_eq!(s.signed_by.len(), 1);
-    assert_eq!(signer.sign(b"").unwrap_err().code, 554);
+    assert_eq!(signer.sign(b"").unwrap_err().code, 550);
 
-    // Without require the same messages pass unsigned.
-    let lax = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
-    assert!(
-        lax.sign(b"Subject: no from\r\n\r\nbody\r\n")
-            .unwrap()
-            .headers
-            .is_empty()
+    // Without require a From domain without a key passes unsigned; a message without From: is
+    // still refused unless `missing_from = "accept-unsigned"`.
+    let mut cfg = config(&[("example.com", "ed", &ed, false)], false);
+    let lax = Signer::from_config(&cfg).unwrap();
+    let other = lax
+        .sign(b"From: a@other.test\r\nSubject: x\r\n\r\nbody\r\n")
+        .unwrap();
+    assert!(other.headers.is_empty() && !other.is_signed());
+    let no_from = b"Subject: no from\r\n\r\nbody\r\n";
+    assert_eq!(lax.sign(no_from).unwrap_err().status, "5.6.0");
+    cfg.signing.missing_from = MissingFrom::AcceptUnsigned;
+    let lax = Signer::from_config(&cfg).unwrap();
+    let unsigned = lax.sign(no_from).unwrap();
+    assert!(unsigned.headers.is_empty() && !unsigned.is_signed());
+    assert_eq!(unsigned.summary(), "unsigned: no From: domain");
+    // A malformed From: is never let through by that key.
+    let r = lax
+        .sign(b"From: ceo@victim.example@example.com\r\n\r\nbody\r\n")
+        .unwrap_err();
+    assert_eq!((r.code, r.status.as_str()), (550, "5.6.0"), "{r}");
+}
+
+/// Issue 25: the login's binding is checked on the author fields the strict reader found.
+#[test]
+fn checked_signing_refuses_malformed_and_foreign_authors() {
+    let dir = tempdir("authors");
+    let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
+    let signer = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
+    let ours = |a: &str| a.to_ascii_lowercase().ends_with("@example.com");
+    let sign = |headers: &str| {
+        let msg = format!("{headers}Subject: x\r\n\r\nbody\r\n");
+        signer.sign_checked(msg.as_bytes(), &ours)
+    };
+    for (headers, status) in [
+        ("From: ceo@victim.example@example.com\r\n", "5.6.0"),
+        ("From: (x <ceo@victim.example> a@example.com\r\n", "5.6.0"),
+        ("From: a@example.com\r\nFrom: b@example.com\r\n", "5.6.0"),
+        ("From: a@example.com, b@example.com\r\n", "5.6.0"),
+        ("From: ceo@victim.example\r\n", "5.7.1"),
+        (
+            "From: a@example.com, ceo@victim.example\r\nSender: a@example.com\r\n",
+            "5.7.1",
+        ),
+        (
+            "From: a@example.com\r\nSender: ceo@victim.example\r\n",
+            "5.7.1",
+        ),
+    ] {
+        let r = sign(headers).unwrap_err();
+        assert_eq!(
+            (r.code, r.status.as_str()),
+            (550, status),
+            "{headers:?}: {r}"
+        );
+    }
+    let ok = sign("From: a@example.com, b@example.com\r\nSender: a@example.com\r\n").unwrap();
+    assert_eq!(
+        ok.signed_by,
+        [("example.com".to_string(), "ed".to_string())]
     );
 }
 
