@@ -9,7 +9,8 @@
 //!   `max_sessions` + `delivery.concurrency` + a margin; an existing admin token file is a
 //!   readable regular file holding a token; `data_dir` is a directory (or does not exist yet);
 //! - nothing changes: no file is created, no limit raised (start does that afterwards);
-//! - every error is reported, each once, at its own line when it has one.
+//! - every error is reported, each once, at the line of its key (a file it names, like the
+//!   users file, is named with its own line).
 
 use std::path::Path;
 
@@ -93,6 +94,31 @@ pub fn open_file_limits() -> std::io::Result<(u64, u64)> {
 
 /// The checks beyond the file itself (module doc).
 fn environment(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
+    let mut errors = system(config, path, text);
+    errors.extend(loaded(config, path).into_iter().map(|mut e| {
+        // `section.key: …` about this file: the key's line.
+        if e.line.is_none() && e.file == path {
+            let name = e.message.split(':').next().unwrap_or("");
+            e.line = match name.rsplit_once('.') {
+                Some((section, key)) => key_line(text, section, key),
+                None => header_line(text, name),
+            };
+        }
+        e
+    }));
+    errors
+}
+
+/// The line of the `[section]` header.
+fn header_line(text: &str, section: &str) -> Option<usize> {
+    let header = format!("[{section}]");
+    text.lines()
+        .position(|l| l.split('#').next().unwrap_or("").trim() == header)
+        .map(|i| i + 1)
+}
+
+/// What start needs from the system: descriptors, token file, data_dir, CA file, DNS conf.
+fn system(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut at = |line: Option<usize>, message: String| {
         errors.push(ConfigError {
@@ -132,15 +158,20 @@ fn environment(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
     {
         at(None, format!("dns: system DNS configuration: {e}"));
     }
-    // Their messages name the file (and line) at fault.
-    let mut loaded = |result: Result<(), Vec<ConfigError>>| {
-        if let Err(e) = result {
-            errors.extend(e)
-        }
-    };
-    loaded(crate::signing::Signer::from_config(config).map(|_| ()));
-    loaded(crate::reputation::check_config(path, config));
-    loaded(crate::doctor::check_config(path, config));
+    errors
+}
+
+/// What start loads: keys, users, certificate, reply rules, DNSBL zones, doctor domains. Their
+/// messages name the file (and line) at fault when it is another file.
+fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for result in [
+        crate::signing::Signer::from_config(config).map(|_| ()),
+        crate::reputation::check_config(path, config),
+        crate::doctor::check_config(path, config),
+    ] {
+        errors.extend(result.err().unwrap_or_default());
+    }
     let mut at = |key: &str, message: String| {
         errors.push(ConfigError {
             file: path.to_owned(),
@@ -170,4 +201,81 @@ fn trust_anchors(ca: &Path) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", ca.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "hostname = \"r.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+
+    fn load(dir: &Path, extra: &str) -> Vec<String> {
+        let file = dir.join("c.toml");
+        std::fs::write(&file, format!("{MIN}{extra}")).unwrap();
+        match Checked::load(&file) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn what_start_refuses_is_refused_at_its_line_and_nothing_is_created() {
+        let dir = std::env::temp_dir().join(format!("poolrelay-checked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = dir.join("c.toml").display().to_string();
+        let admin =
+            |token: &str| format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"{token}\"\n");
+        for token in [dir.display().to_string(), "/dev/null".into()] {
+            let e = load(&dir, &admin(&token));
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].starts_with(&format!("{c}:8: admin.token_file:")),
+                "{e:?}"
+            );
+            assert!(e[0].contains("not a regular file"), "{e:?}");
+        }
+        // A missing token file is fine (start creates it); the check creates nothing.
+        let missing = dir.join("sub/admin.token");
+        assert!(load(&dir, &admin(&missing.display().to_string())).is_empty());
+        assert!(!dir.join("sub").exists());
+        // The users file: this file's line, and the users file's own.
+        std::fs::write(dir.join("users"), "alice:not-a-hash\n").unwrap();
+        let users = format!(
+            "[access]\nusers_file = \"{}\"\n",
+            dir.join("users").display()
+        );
+        let e = load(&dir, &users);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("{c}:7: access.users_file:")),
+            "{e:?}"
+        );
+        assert!(e[0].contains("users:1:"), "{e:?}");
+        // data_dir a file.
+        let top = format!("data_dir = \"{}\"\n{MIN}", dir.join("users").display());
+        std::fs::write(dir.join("c.toml"), top).unwrap();
+        let e = Checked::load(&dir.join("c.toml")).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].line, Some(1), "{}", e[0]);
+        assert!(e[0].message.contains("is not a directory"), "{}", e[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_open_file_limit_is_checked_without_raising_it() {
+        let config = Config::parse(Path::new("t.toml"), MIN).unwrap();
+        let before = open_file_limits().unwrap();
+        let mut big = config.clone();
+        big.limits.max_sessions = usize::MAX;
+        let problem = open_file_problem(&big);
+        assert!(
+            before.1 == libc::RLIM_INFINITY
+                || problem
+                    .as_deref()
+                    .is_some_and(|p| p.contains("LimitNOFILE=")),
+            "{problem:?}"
+        );
+        assert_eq!(open_file_limits().unwrap(), before, "nothing raised");
+    }
 }
