@@ -1,7 +1,9 @@
 //! Config ranges (issue 18): every numeric and duration key, fed extreme values. `check-config`
 //! either refuses the value with `file:line` naming the key, or `serve` starts with it and takes a
 //! message; never a panic (a huge `command_timeout` once overflowed a deadline in every session,
-//! a huge `max_sessions` panicked at start).
+//! a huge `max_sessions` panicked at start). And one check for every path (issue 25): each bad
+//! config is refused alike by `check-config`, by `serve` at start and by a running relay's
+//! reload (SIGHUP and `poolrelay reload`), each error once at its own line, every refusal logged.
 
 mod common;
 
@@ -250,4 +252,184 @@ fn extreme_values_are_refused_with_a_line_or_served_without_panic() {
         cases.len(),
         failures.join("\n\n")
     );
+}
+
+/// A bad config: what it adds to the base, the error it must get, and the line (its text) the
+/// error must point at.
+struct Bad {
+    name: &'static str,
+    cfg: RelayConfig,
+    needle: &'static str,
+    line: &'static str,
+    /// `poolrelay reload` reaches the relay (it cannot when the token file is the fault).
+    via_api: bool,
+}
+
+fn bad_cases(base: &RelayConfig, dir: &Path) -> Vec<Bad> {
+    let mut cases = vec![
+        Bad {
+            name: "not TOML",
+            cfg: base.clone().section("[reputation]\nwindow = = 3"),
+            needle: "window",
+            line: "window = = 3",
+            via_api: true,
+        },
+        Bad {
+            name: "token file is a directory",
+            cfg: base
+                .clone()
+                .admin_key("token_file", format!("\"{}\"", dir.display())),
+            needle: "not a regular file",
+            line: "token_file = ",
+            via_api: false,
+        },
+        Bad {
+            name: "token file is /dev/null",
+            cfg: base.clone().admin_key("token_file", "\"/dev/null\""),
+            needle: "not a regular file",
+            line: "token_file = ",
+            via_api: false,
+        },
+        Bad {
+            name: "second pool IP",
+            cfg: base.clone().pool(
+                "p",
+                &[
+                    PoolIp::new(10, "a.test").weight(1),
+                    PoolIp::new(11, "b.test").weight(0),
+                ],
+            ),
+            needle: "pool.ip.weight: 0 is out of range",
+            line: "weight = 0",
+            via_api: true,
+        },
+        Bad {
+            name: "second route",
+            cfg: base
+                .clone()
+                .route("a.test", "127.0.0.1:9")
+                .route("b.test", "nope"),
+            needle: "route host \"nope\"",
+            line: "host = \"nope\"",
+            via_api: true,
+        },
+    ];
+    // More sessions than the hard open-file limit can serve (unless it is unlimited here).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let hard =
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 }.then_some(lim.rlim_max);
+    if hard.is_some_and(|h| h < 1_000_000) {
+        cases.push(Bad {
+            name: "max_sessions beyond the open-file limit",
+            cfg: base.clone().limit("max_sessions", 1_000_000),
+            needle: "open file limit too low",
+            line: "max_sessions = 1000000",
+            via_api: true,
+        });
+    }
+    cases
+}
+
+/// `FILE:LINE: ` of `line` in `toml`.
+fn at_line(toml: &str, line: &str) -> String {
+    let n = toml
+        .lines()
+        .position(|l| l.starts_with(line))
+        .unwrap_or_else(|| panic!("{line:?} not in\n{toml}"));
+    format!("poolrelay.toml:{}: ", n + 1)
+}
+
+/// Lines of `out` with the error of `case`: its line, then its text.
+fn errors_of(out: &str, at: &str, needle: &str) -> usize {
+    out.lines()
+        .filter(|l| l.contains(at) && l.contains(needle))
+        .count()
+}
+
+fn run_cli(dir: &Path, args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_config_start_and_reload_refuse_the_same_configs_each_error_once() {
+    let wait = std::time::Duration::from_secs(30);
+    let dir = tempdir("paths-relay");
+    let base = RelayConfig::new().admin();
+    let (mut relay, _admin) = admin::start(&dir, &base, wait);
+    for case in bad_cases(&base, &dir) {
+        let toml = case.cfg.to_toml();
+        let at = at_line(&toml, case.line);
+        let what = case.name;
+
+        // check-config: exit 2, the error once, at its line.
+        let cdir = tempdir("paths-case");
+        std::fs::write(cdir.join("poolrelay.toml"), &toml).unwrap();
+        let (code, out) = run_cli(&cdir, &["check-config", "poolrelay.toml"]);
+        assert_eq!(code, 2, "{what}: {out}");
+        assert_eq!(
+            errors_of(&out, &at, case.needle),
+            1,
+            "{what}: {at} in\n{out}"
+        );
+        assert_eq!(out.lines().count(), 1, "{what}: one error, once\n{out}");
+
+        // serve: refuses to start with the same error, once.
+        let (status, log) = Relay::start_expect_exit(&cdir, &toml, wait);
+        let status = status.unwrap_or_else(|| panic!("{what}: serve started\n{log}"));
+        assert!(!status.success(), "{what}: {log}");
+        let log = strip_ansi(&log);
+        assert_eq!(
+            errors_of(&log, &at, case.needle),
+            1,
+            "{what}: {at} in\n{log}"
+        );
+
+        // SIGHUP: refused, logged with the error.
+        relay.set_config(&toml);
+        let logged = |r: &Relay| errors_of(&strip_ansi(&r.log_current()), &at, case.needle);
+        let before = logged(&relay);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(relay.pid().unwrap() as i32, libc::SIGHUP) };
+        assert!(
+            wait_until(wait, || logged(&relay) > before),
+            "{what}: SIGHUP refusal not logged\n{}",
+            relay.log_current()
+        );
+        assert_eq!(logged(&relay), before + 1, "{what}: logged once");
+
+        // `poolrelay reload`: refused (exit 2), printed once, logged by the relay once more.
+        let (code, out) = run_cli(relay.dir(), &["reload", "--config", "poolrelay.toml"]);
+        assert_ne!(code, 0, "{what}: {out}");
+        let printed = out.lines().filter(|l| l.contains(case.needle)).count();
+        if case.via_api {
+            assert_eq!(code, 2, "{what}: {out}");
+            assert!(
+                wait_until(wait, || logged(&relay) > before + 1),
+                "{what}: `poolrelay reload` refusal not logged\n{}",
+                relay.log_current()
+            );
+            assert_eq!(printed, 1, "{what}: {out}");
+        } else {
+            assert!(printed >= 1, "{what}: {out}");
+        }
+        assert!(relay.is_running(), "{what}");
+    }
+    // The running config is the good one still: it reloads.
+    relay.set_config(&base.to_toml());
+    let (code, out) = run_cli(relay.dir(), &["reload", "--config", "poolrelay.toml"]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -206,6 +206,15 @@ fn assert_broken_domains(r: &Value) {
         "fail"
     );
     assert_eq!(status(r, "spfsyntax.test", "spf", None), "fail");
+    // A record that is a permanent error is one for every IP too, as receivers see it.
+    for d in ["spfunknown.test", "spftwo.test", "spfsyntax.test"] {
+        assert_eq!(status(r, d, "spf", None), "fail");
+        let spf = detail(r, d, "spf", None);
+        let per_ip = detail(r, d, "spf_pass", Some("127.0.0.10"));
+        assert!(per_ip.starts_with("permerror "), "{d}: {per_ip} ({spf})");
+        assert!(fix(r, d, "spf_pass", Some("127.0.0.10")).contains("see spf"));
+    }
+    assert!(detail(r, "spftwo.test", "spf", None).contains("permerror"));
     assert_eq!(status(r, "dkimother.test", "dkim", Some("s1")), "fail");
     assert!(detail(r, "dkimother.test", "dkim", Some("s1")).contains("another ed25519 key"));
     assert!(
@@ -236,6 +245,8 @@ fn assert_broken_domains(r: &Value) {
         ("spflong.test", &["spf_lookups ", "spf_pass 127.0.0.10"]),
         ("spfloop.test", &["spf_lookups ", "spf_pass 127.0.0.10"]),
         ("spfsyntax.test", &["spf ", "spf_pass 127.0.0.10"]),
+        ("spfunknown.test", &["spf ", "spf_pass 127.0.0.10"]),
+        ("spftwo.test", &["spf ", "spf_pass 127.0.0.10"]),
         ("dkimother.test", &["dkim s1"]),
         ("dkimbad.test", &["dkim s1"]),
         ("nodmarc.test", &["dmarc "]),

@@ -541,7 +541,8 @@ fn broken_config_is_refused_with_file_line_and_the_old_one_stays() {
         "{}\n[[pool_rule]]\nsender_domain = \"x.test\"\npool = \"nope\"\n",
         good.replace("relay.test", "broken.test")
     );
-    let line = broken.lines().position(|l| l == "[[pool_rule]]").unwrap() + 1;
+    // At the key in its own entry.
+    let line = broken.lines().position(|l| l == "pool = \"nope\"").unwrap() + 1;
     relay.set_config(&broken);
     let (code, out) = reload_cli(&relay);
     assert_eq!(code, 2, "{out}");

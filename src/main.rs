@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use poolrelay::config::{Config, LogFormat};
+use poolrelay::config::{Checked, Config, LogFormat};
 use poolrelay::text::Escaped;
 
 /// poolrelay: SMTP smarthost relay with a pool of source IPs.
@@ -203,10 +203,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config plus what only loading can check (DKIM keys, users file, TLS material), so
-/// check-config, start and reload agree.
-fn load_checked(path: &std::path::Path) -> Result<Config, Vec<poolrelay::config::ConfigError>> {
-    poolrelay::reload::load_checked(path)
+/// Every check start makes (`config::Checked`), so check-config, start and reload agree.
+fn load_checked(path: &std::path::Path) -> Result<Checked, Vec<poolrelay::config::ConfigError>> {
+    Checked::load(path)
 }
 
 fn dkim_keygen(
@@ -399,8 +398,8 @@ fn serve(path: PathBuf) -> ExitCode {
     match runtime.block_on(poolrelay::server::run(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("poolrelay: {e}");
+            // The log is stderr: once is enough.
+            tracing::error!("poolrelay: {e}");
             ExitCode::FAILURE
         }
     }

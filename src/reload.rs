@@ -1,7 +1,9 @@
 //! Hot reload (SIGHUP, `POST /api/reload`). Rules:
-//! - The new file is read and checked in full first, with the checks of `check-config` (DKIM
-//!   keys, users file, TLS certificate and key loaded); any error and the running config stays,
-//!   the error (`file:line: …`) is logged and returned.
+//! - The new file is read and checked in full first, by `config::Checked` as `check-config` and
+//!   start check it (DKIM keys, users file, TLS material, open-file limit, token file…); any
+//!   error and the running config stays, every error (`file:line: …`) is logged at ERROR and
+//!   returned, whether SIGHUP or `poolrelay reload` asked (the CLI reaches the relay even when
+//!   the file is not TOML, so the relay logs that refusal too).
 //! - Then it applies without dropping a session or a queued message: listeners, users,
 //!   networks, limits, TLS certificate and DKIM keys for the next sessions; routes, DNS servers,
 //!   providers, pools, weights and warm-up schedules for the next picks; reply classification
@@ -15,35 +17,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Checked, Config};
 use crate::delivery::Deliverer;
 use crate::inbound::Listeners;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
-
-/// The config plus what only loading can check (DKIM keys, users file, TLS material), so
-/// check-config, start and reload agree.
-pub fn load_checked(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    let config = Config::load(path)?;
-    crate::signing::Signer::from_config(&config)?;
-    crate::reputation::check_config(path, &config)?;
-    crate::doctor::check_config(path, &config)?;
-    // Their messages already name the file (and line) at fault.
-    let at = |key: &str, message: String| {
-        vec![ConfigError {
-            file: path.to_owned(),
-            line: None,
-            message: format!("{key}: {message}"),
-        }]
-    };
-    if let Some(users) = &config.access.users_file {
-        crate::inbound::users::Users::load(users).map_err(|e| at("access.users_file", e))?;
-    }
-    if let Some(tls) = &config.tls {
-        crate::tls::server_config(&tls.certificate, &tls.private_key).map_err(|e| at("tls", e))?;
-    }
-    Ok(config)
-}
 
 /// What a reload did.
 #[derive(Debug, Clone, Serialize)]
@@ -148,16 +126,18 @@ impl Reloader {
         tracing::info!(config = %path.display(), "reload: reading the config");
         let checked = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || load_checked(&path)).await
+            tokio::task::spawn_blocking(move || Checked::load(&path)).await
         };
         let new = match checked {
-            Ok(Ok(c)) => Arc::new(c),
+            Ok(Ok(c)) => Arc::new(c.into_inner()),
             Ok(Err(errors)) => return Err(self.refuse(errors.iter().map(|e| e.to_string()))),
             Err(e) => return Err(self.refuse([format!("{}: {e}", path.display())])),
         };
         let signer = crate::signing::Signer::from_config(&new)
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
         let signer = Arc::new(signer);
+        // A larger max_sessions needs its descriptors now, as it would at start.
+        crate::server::raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
             .reload(new.clone(), signer.clone())
@@ -252,13 +232,19 @@ fn admin_config(path: &Path) -> Option<Config> {
         return c.admin.is_some().then_some(c);
     }
     let text = std::fs::read_to_string(path).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
+    let table: toml::Table = toml::from_str(&text)
+        .or_else(|_| toml::from_str(&reach_lines(&text)))
+        .ok()?;
     let mut reach = toml::Table::new();
     for key in ["hostname", "data_dir", "admin", "tls"] {
         if let Some(value) = table.get(key) {
             reach.insert(key.to_owned(), value.clone());
         }
     }
+    // Only the admin address matters here; the relay checks the real file.
+    reach
+        .entry("hostname")
+        .or_insert_with(|| "reload.invalid".into());
     let text = format!(
         "{}\n[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\nauth = \"none\"\n",
         toml::to_string(&reach).ok()?
@@ -266,6 +252,29 @@ fn admin_config(path: &Path) -> Option<Config> {
     Config::parse(path, &text)
         .ok()
         .filter(|c| c.admin.is_some())
+}
+
+/// The lines of `data_dir`, `[admin]` and `[tls]` of a file that is not TOML as a whole:
+/// enough to reach the relay when the error is elsewhere.
+fn reach_lines(text: &str) -> String {
+    // The table a line is in; None before the first header.
+    let mut table: Option<String> = None;
+    let mut out = String::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            table = Some(l.replace(' ', ""));
+        }
+        let keep = match table.as_deref() {
+            None => l.starts_with("data_dir") && toml::from_str::<toml::Table>(l).is_ok(),
+            Some(t) => t == "[admin]" || t == "[tls]",
+        };
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -308,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn load_checked_loads_the_users_file() {
+    fn checked_load_loads_the_users_file() {
         let dir =
             std::env::temp_dir().join(format!("poolrelay-reload-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -323,7 +332,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let errors = load_checked(&config).unwrap_err();
+        let errors = Checked::load(&config).unwrap_err();
         let text = errors[0].to_string();
         assert!(text.contains("users:1:"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Checked, Config, checked};
 use crate::spool::Spool;
 use crate::state::State;
 
 /// Runs the relay from `config` (read from `path`, which SIGHUP reads again) until SIGTERM/SIGINT.
-pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
+pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     raise_open_file_limit(&config)?;
-    let config = Arc::new(config);
+    let config = Arc::new(config.into_inner());
     let (spool, committed) = Spool::open(&config.data_dir)
         .map_err(|e| format!("cannot open spool under {}: {e}", config.data_dir.display()))?;
     let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
@@ -177,40 +177,22 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-/// Descriptors beyond sessions and delivery connections: listeners, spool and state files,
-/// admin API, DNS, the log.
-const FD_MARGIN: u64 = 256;
-
-/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it), or
-/// refuses to start when the hard limit is below that.
-fn raise_open_file_limit(config: &Config) -> Result<(), String> {
-    let need = (config.limits.max_sessions as u64)
-        .saturating_add(config.delivery.concurrency as u64)
-        .saturating_add(FD_MARGIN);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(format!(
-            "cannot read the open file limit: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
+/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);
+/// `Checked` made sure the hard limit allows it. Start and every reload call it.
+pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
+    let need = checked::open_files_needed(config);
+    let (soft, hard) =
+        checked::open_file_limits().map_err(|e| format!("cannot read the open file limit: {e}"))?;
     if soft >= need {
         return Ok(());
     }
     if hard < need {
-        return Err(format!(
-            "open file limit too low: limits.max_sessions ({}) + delivery.concurrency ({}) + {FD_MARGIN} \
-             need {need} descriptors, the hard limit is {hard}; raise it (systemd: LimitNOFILE={need}; \
-             shell: ulimit -n {need}) or lower max_sessions",
-            config.limits.max_sessions, config.delivery.concurrency
-        ));
+        return Err(checked::open_file_problem(config).unwrap_or_default());
     }
-    lim.rlim_cur = need;
+    let lim = libc::rlimit {
+        rlim_cur: need,
+        rlim_max: hard,
+    };
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         return Err(format!(

@@ -139,6 +139,14 @@ pub fn publish_broken_domains(dns: &DnsServer, dir: &Path) -> String {
             Some(REJECT),
             20,
         ),
+        // Permanent errors mail-auth's evaluator passes: an unknown mechanism; two records.
+        (
+            "spfunknown.test",
+            "v=spf1 ip4:127.0.0.10 frob -all",
+            Some(REJECT),
+            20,
+        ),
+        ("spftwo.test", SPF, Some(REJECT), 20),
         ("dkimother.test", SPF, Some(REJECT), 20),
         ("dkimbad.test", SPF, Some(REJECT), 20),
         ("nodmarc.test", SPF, None, 20),
@@ -152,6 +160,7 @@ pub fn publish_broken_domains(dns: &DnsServer, dir: &Path) -> String {
         dns.add_txt(&format!("i{i}.spflong.test"), &format!("v=spf1 {body}-all"));
     }
     dns.add_txt("a.spfloop.test", "v=spf1 include:spfloop.test -all");
+    dns.add_txt("spftwo.test", "v=spf1 ip4:127.0.0.10 ~all");
     // dkimother.test publishes another key than its own; dkimbad.test a truncated one.
     let (other_key, _) = keygen(dir, "dkimother.test", "s1", "ed25519");
     let (_, other) = keygen(dir, "dkimother.test", "unused", "ed25519");
@@ -207,5 +216,6 @@ sender_domain = "spfmiss.test"
 pool = "mixed"
 
 [doctor]
-domains = ["spflong.test", "spfloop.test", "spfsyntax.test", "nodmarc.test", "pnone.test"]
+domains = ["spflong.test", "spfloop.test", "spfsyntax.test", "spfunknown.test", "spftwo.test",
+  "nodmarc.test", "pnone.test"]
 "#;

@@ -29,8 +29,37 @@ impl Token {
     }
 }
 
-/// Reads the token from `path` (first line, trimmed).
+/// Whether `serve` can use `path`, changing nothing: an existing file must be a readable
+/// regular file holding a token (not a directory, not `/dev/null`); a missing one is created at
+/// start, so its nearest existing parent must be a directory.
+pub fn check(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return read(path).map(|_| ());
+    }
+    let parent = path
+        .ancestors()
+        .skip(1)
+        .find(|p| p.as_os_str().is_empty() || p.exists());
+    match parent {
+        Some(p) if !p.as_os_str().is_empty() && !p.is_dir() => Err(format!(
+            "admin token file {}: {} is not a directory",
+            path.display(),
+            p.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the token from `path` (first line, trimmed); a regular file only.
 pub fn read(path: &Path) -> Result<Token, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "admin token file {}: not a regular file",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
     let secret = text.lines().next().unwrap_or("").trim();
@@ -90,6 +119,25 @@ mod tests {
         let b = load_or_create(&path).unwrap();
         assert_eq!(a.secret(), b.secret());
         assert!(!format!("{a:?}").contains(a.secret()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_refuses_what_serve_cannot_use_and_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("poolrelay-tcheck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for bad in [dir.as_path(), Path::new("/dev/null")] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let missing = dir.join("sub/admin.token");
+        check(&missing).unwrap();
+        assert!(!dir.join("sub").exists(), "check creates nothing");
+        std::fs::write(dir.join("file"), "x").unwrap();
+        assert!(check(&dir.join("file/admin.token")).is_err());
+        std::fs::write(dir.join("ok"), "0123456789abcdef\n").unwrap();
+        check(&dir.join("ok")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

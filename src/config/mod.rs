@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod checked;
 pub mod delivery;
+mod entries;
 pub mod inbound;
 pub mod pool;
 pub mod ranges;
 pub mod reputation;
 
+pub use checked::Checked;
 pub use delivery::{Delivery, Dns, Route, TlsPolicy};
 pub use inbound::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
 pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
@@ -239,6 +242,7 @@ impl Config {
             .take()
             .map(|c| c.with_defaults(&config.hostname));
         let mut errors = config.validate(path, text);
+        errors.extend(entries::check(&config, path, text));
         errors.extend(ranges::check(&config, path, text));
         if errors.is_empty() {
             Ok(config)
@@ -247,41 +251,23 @@ impl Config {
         }
     }
 
-    /// Checks that need more than one key; each error points at the first line naming the key.
+    /// Checks that need more than one key (entries of arrays of tables: `entries`); each error
+    /// points at the first line naming the key.
     fn validate(&self, path: &Path, text: &str) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        let mut err = |key: &str, message: String| {
+        // (section, key): the line setting the key in its own table.
+        let mut err = |(section, key): (&str, &str), message: String| {
             errors.push(ConfigError {
                 file: path.to_owned(),
-                line: find_key_line(text, key),
+                line: ranges::key_line(text, section, key),
                 message: format!("{key}: {message}"),
             })
         };
         if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
-            err("hostname", "must be a host name".into());
+            err(("", "hostname"), "must be a host name".into());
         }
         if self.listen.is_empty() {
-            err("listen", "at least one [[listen]] is needed".into());
-        }
-        for l in &self.listen {
-            if l.tls == ListenTls::Implicit && self.tls.is_none() {
-                err(
-                    "tls",
-                    format!(
-                        "listener {} uses implicit TLS but [tls] is missing",
-                        l.address
-                    ),
-                );
-            }
-            if l.auth != ListenAuth::None && self.access.users_file.is_none() {
-                err(
-                    "auth",
-                    format!(
-                        "listener {} offers AUTH but access.users_file is not set",
-                        l.address
-                    ),
-                );
-            }
+            err(("", "listen"), "at least one [[listen]] is needed".into());
         }
         if let Some(tls) = &self.tls {
             for (key, p) in [
@@ -289,23 +275,21 @@ impl Config {
                 ("private_key", &tls.private_key),
             ] {
                 if !p.is_file() {
-                    err(key, format!("file {} not found", p.display()));
+                    err(("tls", key), format!("file {} not found", p.display()));
                 }
             }
         }
         if let Some(users) = &self.access.users_file
             && !users.is_file()
         {
-            err("users_file", format!("file {} not found", users.display()));
+            err(
+                ("access", "users_file"),
+                format!("file {} not found", users.display()),
+            );
         }
         if let Some(admin) = &self.admin {
             for (key, message) in admin.problems(self.tls.is_some()) {
-                err(key, message);
-            }
-        }
-        for s in &self.access.sender_login {
-            if let Some(p) = s.problem() {
-                err("sender_login", p);
+                err(("admin", key), message);
             }
         }
         if self.signing.require
@@ -318,90 +302,41 @@ impl Config {
             );
         }
         if self.delivery.retry.is_empty() {
-            err("retry", "needs at least one interval".into());
+            err(("delivery", "retry"), "needs at least one interval".into());
         }
         if let Some(ca) = &self.delivery.ca_file
             && !ca.is_file()
         {
-            err("ca_file", format!("file {} not found", ca.display()));
-        }
-        for r in &self.route {
-            if r.target().is_none() {
-                err("host", format!("route host {:?} is not host:port", r.host));
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for p in &self.pool {
-            if !seen.insert(p.name.as_str()) {
-                err("name", format!("pool {:?} is defined twice", p.name));
-            }
-            if p.ip.is_empty() {
-                err("pool", format!("pool {:?} has no [[pool.ip]]", p.name));
-            }
-            for ip in &p.ip {
-                if let Some(w) = &ip.warmup
-                    && w != "standard"
-                    && !self.warmup.schedule.iter().any(|s| &s.name == w)
-                {
-                    err(
-                        "warmup",
-                        format!("IP {} uses unknown warm-up schedule {w:?}", ip.address),
-                    );
-                }
-                if ip.weight == 0 {
-                    err(
-                        "weight",
-                        format!("IP {}: weight must be at least 1", ip.address),
-                    );
-                }
-            }
-        }
-        for r in &self.pool_rule {
-            if !self.pool.iter().any(|p| p.name == r.pool) {
-                err("pool_rule", format!("rule names unknown pool {:?}", r.pool));
-            }
-            if r.user.is_none() && r.sender_domain.is_none() && r.sender.is_none() {
-                err(
-                    "pool_rule",
-                    format!(
-                        "rule for pool {:?} needs user, sender_domain or sender",
-                        r.pool
-                    ),
-                );
-            }
-        }
-        for s in &self.warmup.schedule {
-            if s.daily.is_empty() {
-                err(
-                    "daily",
-                    format!("warm-up schedule {:?} has no days", s.name),
-                );
-            }
+            err(
+                ("delivery", "ca_file"),
+                format!("file {} not found", ca.display()),
+            );
         }
         if self.warmup.day.0 < Duration::from_millis(24) {
-            err("day", "warm-up day must be at least 24ms".into());
+            err(
+                ("warmup", "day"),
+                "warm-up day must be at least 24ms".into(),
+            );
         }
         let l = &self.limits;
         if l.reserved_sessions.is_some() && l.reserved() >= l.max_sessions.max(1) {
             err(
-                "reserved_sessions",
+                ("limits", "reserved_sessions"),
                 format!("must be less than max_sessions ({})", l.max_sessions),
             );
         }
         if l.header_size.0 < 1024 {
-            err("header_size", "must be at least 1KB".into());
+            err(("limits", "header_size"), "must be at least 1KB".into());
         }
         if l.stress_command_timeout.0 < Duration::from_secs(1) {
-            err("stress_command_timeout", "must be at least 1s".into());
+            err(
+                ("limits", "stress_command_timeout"),
+                "must be at least 1s".into(),
+            );
         }
         if let Some(cluster) = &self.cluster {
             for (key, message) in cluster.problems() {
-                err(key, message);
-            }
-        }
-        for p in &self.provider {
-            if p.name.trim().is_empty() {
-                err("provider", "provider needs a name".into());
+                err(("cluster", key), message);
             }
         }
         errors

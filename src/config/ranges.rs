@@ -22,7 +22,7 @@ const TERA: u64 = 1_000_000_000_000;
 /// `(section, key, value, min, max)` for every count.
 fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
     let (l, d, w, r) = (&c.limits, &c.delivery, &c.warmup, &c.reputation);
-    let mut v = vec![
+    let v = vec![
         (
             "access",
             "auth_max_failures",
@@ -91,41 +91,32 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
         ("reputation", "probe_per_hour", r.probe_per_hour, 0, BILLION),
         ("reputation", "throttle_cuts", r.throttle_cuts.into(), 1, 64),
     ];
-    for s in &w.schedule {
-        for &n in &s.daily {
-            v.push(("warmup.schedule", "daily", n, 0, BILLION));
+    v
+}
+
+/// `(section, entry, key, value, min, max)` for every count in an array of tables; `entry`
+/// counts `[[section]]` headers from 0 (for `pool.ip`, over all pools).
+fn entry_counts(c: &Config) -> Vec<(&'static str, usize, &'static str, u64, u64, u64)> {
+    let mut v = Vec::new();
+    for (n, s) in c.warmup.schedule.iter().enumerate() {
+        for &d in &s.daily {
+            v.push(("warmup.schedule", n, "daily", d, 0, BILLION));
         }
         let back = s.step_back_days.into();
-        v.push(("warmup.schedule", "step_back_days", back, 0, 10_000));
+        v.push(("warmup.schedule", n, "step_back_days", back, 0, 10_000));
     }
-    for p in &c.provider {
-        v.push((
-            "provider",
-            "max_connections",
-            p.max_connections.into(),
-            0,
-            100_000,
-        ));
-        v.push(("provider", "max_per_hour", p.max_per_hour, 0, TERA));
-        v.push((
-            "provider",
-            "farm_max_per_hour",
-            p.farm_max_per_hour,
-            0,
-            TERA,
-        ));
-        v.push((
-            "provider",
-            "max_per_connection",
-            p.max_per_connection.into(),
-            0,
-            BILLION,
-        ));
+    for (n, p) in c.provider.iter().enumerate() {
+        let conns = p.max_connections.into();
+        v.push(("provider", n, "max_connections", conns, 0, 100_000));
+        v.push(("provider", n, "max_per_hour", p.max_per_hour, 0, TERA));
+        let farm = p.farm_max_per_hour;
+        v.push(("provider", n, "farm_max_per_hour", farm, 0, TERA));
+        let per_conn = p.max_per_connection.into();
+        v.push(("provider", n, "max_per_connection", per_conn, 0, BILLION));
     }
-    for p in &c.pool {
-        for ip in &p.ip {
-            v.push(("pool.ip", "weight", ip.weight.into(), 1, MILLION));
-        }
+    let ips = c.pool.iter().flat_map(|p| &p.ip);
+    for (n, ip) in ips.enumerate() {
+        v.push(("pool.ip", n, "weight", ip.weight.into(), 1, MILLION));
     }
     v
 }
@@ -192,6 +183,7 @@ fn timers(c: &Config) -> Vec<(&'static str, &'static str, Duration, Duration)> {
 
 pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<ConfigError> {
     let mut errors = Vec::new();
+    let mut entries = Vec::new();
     let mut err = |section: &str, key: &str, message: String| {
         errors.push(ConfigError {
             file: path.to_owned(),
@@ -206,6 +198,15 @@ pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<Confi
                 key,
                 format!("{value} is out of range ({min} to {max})"),
             );
+        }
+    }
+    for (section, n, key, value, min, max) in entry_counts(c) {
+        if value < min || value > max {
+            entries.push(ConfigError {
+                file: path.to_owned(),
+                line: entry_line(text, section, n, key).or_else(|| key_line(text, section, key)),
+                message: format!("{section}.{key}: {value} is out of range ({min} to {max})"),
+            });
         }
     }
     for (section, key, value, min) in timers(c) {
@@ -235,11 +236,12 @@ pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<Confi
             );
         }
     }
+    errors.append(&mut entries);
     for (n, s) in c.warmup.schedule.iter().enumerate() {
         for (key, message) in schedule_problems(s) {
             errors.push(ConfigError {
                 file: path.to_owned(),
-                line: nth_table_key_line(text, "warmup.schedule", n, key)
+                line: entry_line(text, "warmup.schedule", n, key)
                     .or_else(|| key_line(text, "warmup.schedule", key)),
                 message: format!("warmup.schedule.{key}: schedule {:?}: {message}", s.name),
             });
@@ -284,11 +286,14 @@ fn schedule_problems(s: &super::WarmupSchedule) -> Vec<(&'static str, String)> {
             format!("{} is out of range (1 to {MAX_GROWTH})", s.max_growth),
         ));
     }
+    // One error for an empty table, the one that says why it is needed.
     if s.adaptive && s.daily.is_empty() {
         v.push((
             "adaptive",
             "an adaptive schedule needs a table (daily): it is the plan for a receiver that says nothing".into(),
         ));
+    } else if s.daily.is_empty() {
+        v.push(("daily", "has no days".into()));
     }
     if !s.daily.is_empty() && s.rewarm_day as usize >= s.daily.len() {
         v.push((
@@ -303,31 +308,38 @@ fn schedule_problems(s: &super::WarmupSchedule) -> Vec<(&'static str, String)> {
     v
 }
 
-/// The line setting `key` inside the `n`th `[[section]]` table (from 0).
-fn nth_table_key_line(text: &str, section: &str, n: usize, key: &str) -> Option<usize> {
+/// The line setting `key` in the `n`th `[[section]]` entry (from 0), else that entry's header
+/// line; None when the file has no such header (an inline array).
+pub(super) fn entry_line(text: &str, section: &str, n: usize, key: &str) -> Option<usize> {
     let header = format!("[[{section}]]");
-    let mut seen = None;
+    let mut entry: Option<usize> = None;
+    let mut inside = false;
+    let mut found = None;
     for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
+        let l = line.split('#').next().unwrap_or("").trim();
         if l.starts_with('[') {
-            if l.replace(' ', "") == header {
-                seen = Some(seen.map_or(0, |k| k + 1));
-            } else if !l.starts_with(&format!("[{section}."))
-                && !l.starts_with(&format!("[[{section}."))
-            {
-                // Another table: keys below are not this schedule's until the next header.
-                if seen == Some(n) {
-                    return None;
+            // Keys under a subtable or another table are not this entry's.
+            inside = l.replace(' ', "") == header;
+            if inside {
+                let k = entry.map_or(0, |k| k + 1);
+                if k > n {
+                    break;
+                }
+                entry = Some(k);
+                if k == n {
+                    found = Some(i + 1);
                 }
             }
-        } else if seen == Some(n)
+        } else if inside
+            && entry == Some(n)
+            && !key.is_empty()
             && l.strip_prefix(key)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         {
             return Some(i + 1);
         }
     }
-    None
+    found
 }
 
 /// The line setting `key` inside `[section]` / `[[section]]` (the first such table), else the

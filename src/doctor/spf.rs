@@ -4,6 +4,9 @@
 //!   the whole include tree, no include/redirect loop, every included domain has a record;
 //! - `spf_pass` per pool IP that sends for the domain: mail-auth's evaluator (include,
 //!   redirect, macros) says `pass`. Its failures come with the record to publish, IPs added.
+//!   A record that `spf` finds a permanent error (several records, bad syntax) is `permerror`
+//!   for every IP, as receivers see it: mail-auth's evaluator picks one of several records
+//!   and skips unknown mechanisms, so it would say `pass`.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -103,6 +106,10 @@ pub async fn check(
     let text = match record(resolver, domain).await {
         Record::One(t) => t,
         other => {
+            let basis = match &other {
+                Record::Several(n) => Basis::PermError(format!("{n} SPF records")),
+                _ => Basis::Missing,
+            };
             out.push(match other {
                 Record::Several(n) => Check::fail(
                     "spf",
@@ -112,18 +119,19 @@ pub async fn check(
                 Record::Unreadable(e) => Check::warn("spf", format!("lookup failed: {e}")),
                 _ => Check::fail("spf", format!("no SPF record at {domain}"), format!("publish {suggested}")),
             });
-            out.extend(evaluate(auth, domain, senders, host, None).await);
+            out.extend(evaluate(auth, domain, senders, host, basis).await);
             return out;
         }
     };
-    let valid =
+    let basis =
         match strict(&text).and_then(|_| Spf::parse(text.as_bytes()).map_err(|e| e.to_string())) {
             Ok(spf) => {
                 out.push(Check::pass("spf", format!("\"{text}\"")));
                 out.push(lookups(resolver, domain, spf, &ips).await);
-                true
+                Basis::Valid(&text)
             }
             Err(e) => {
+                let why = format!("the record is not valid SPF ({e})");
                 out.push(Check::fail(
                     "spf",
                     format!("not valid SPF ({e}): \"{text}\""),
@@ -132,13 +140,21 @@ pub async fn check(
                         dns::zone_txt(domain, &new_record(&ips_or_example(&ips)))
                     ),
                 ));
-                false
+                Basis::PermError(why)
             }
         };
-    // An invalid record is not worth amending: the fix is a new one.
-    let record = valid.then_some(text.as_str());
-    out.extend(evaluate(auth, domain, senders, host, record).await);
+    out.extend(evaluate(auth, domain, senders, host, basis).await);
     out
+}
+
+/// What the per-IP verdicts rest on.
+enum Basis<'a> {
+    /// The domain's one valid record: mail-auth's verdict, fixes amend the record.
+    Valid(&'a str),
+    /// No record, or none readable: mail-auth's verdict, the fix is a new record.
+    Missing,
+    /// The record is a permanent error by itself (why): `permerror` for every IP.
+    PermError(String),
 }
 
 /// RFC 7208 §12 term syntax, stricter than mail-auth's parser (it accepts unknown mechanisms
@@ -210,9 +226,14 @@ async fn evaluate(
     domain: &str,
     senders: &[Sender],
     host: &str,
-    record: Option<&str>,
+    basis: Basis<'_>,
 ) -> Vec<Check> {
     let mailbox = format!("postmaster@{domain}");
+    let record = match basis {
+        Basis::Valid(r) => Some(r),
+        Basis::Missing => None,
+        Basis::PermError(why) => return permerror(&mailbox, senders, &why),
+    };
     let mut results = Vec::with_capacity(senders.len());
     for s in senders {
         let params = SpfParameters::verify_mail_from(s.ip, &s.helo, host, &mailbox);
@@ -266,6 +287,22 @@ async fn evaluate(
             c.about(s.ip.to_string())
         })
         .collect()
+}
+
+/// Every sender's `spf_pass` when the record itself is a permanent error.
+fn permerror(mailbox: &str, senders: &[Sender], why: &str) -> Vec<Check> {
+    let check = |s: &Sender| {
+        Check::fail(
+            "spf_pass",
+            format!("permerror for MAIL FROM:<{mailbox}> from {}: {why}", s.ip),
+            format!(
+                "fix the record first (see spf); it must then still cover {}",
+                term(s.ip)
+            ),
+        )
+        .about(s.ip.to_string())
+    };
+    senders.iter().map(check).collect()
 }
 
 /// `spf_helo`: SPF of the HELO identity (RFC 7208 §2.3). Receivers judge the relay's own
