@@ -296,7 +296,7 @@ impl Config {
             && self.signing.missing_from == crate::inbound::author::MissingFrom::AcceptUnsigned
         {
             err(
-                "missing_from",
+                ("signing", "missing_from"),
                 "\"accept-unsigned\" contradicts require = true (every message must be signed)"
                     .into(),
             );
