@@ -1,5 +1,5 @@
 //! The parsers under test, compiled straight from the project's own source files: the inbound
-//! ones depend on nothing but std, the admin guard on `http` and `subtle`, the bounce parser on
+//! ones depend on nothing but std, the admin guard (and its `Host` rule) on `http` and `subtle`, the bounce parser on
 //! mail-parser, regex, serde and toml; the fuzz build does not drag in TLS, DKIM and tokio.
 
 #[path = "../../src/reply.rs"]
@@ -21,10 +21,15 @@ pub mod inbound {
 #[path = "../../src/admin/guard.rs"]
 #[doc(hidden)]
 pub mod guard;
+/// The guard's `Host` rule (`super::host` from `guard.rs`, as in poolrelay's `admin`).
+#[path = "../../src/admin/host.rs"]
+#[doc(hidden)]
+pub mod host;
 
-/// The admin API's request guard (`poolrelay::admin::guard`).
+/// The admin API's request guard (`poolrelay::admin::guard`, `poolrelay::admin::host`).
 pub mod admin {
     pub use super::guard;
+    pub use super::host;
 }
 
 /// The bounce parser and the reply classifier it uses (mail-parser, regex, serde, toml).
