@@ -200,15 +200,25 @@ fn connection_flood_at_the_cap_is_logged_in_bounded_lines() {
         .admin_key("max_connections_per_client", 2);
     let (relay, admin) = adm::start(&dir, &cfg, WAIT);
     let bearer = format!("Bearer {}", token(admin));
-    // Two POSTs whose bodies never finish: busy until they end.
-    let mut busy: Vec<TcpStream> = (0..2)
+    // Two POSTs whose bodies never finish: busy until they end. `100 Continue` tells that the
+    // handler is reading the body (before that, an idle connection would be closed for a probe).
+    let busy: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = connect_from(admin, lo(5));
             write!(
                 s,
-                "POST /api/pool/drain HTTP/1.1\r\nHost: {admin}\r\nAuthorization: {bearer}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+                "POST /api/pool/drain HTTP/1.1\r\nHost: {admin}\r\nAuthorization: {bearer}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
             )
             .unwrap();
+            let mut got = Vec::new();
+            let mut b = [0u8; 256];
+            while !String::from_utf8_lossy(&got).contains("100 Continue") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => panic!("no 100 Continue: {}", String::from_utf8_lossy(&got)),
+                    Ok(k) => got.extend_from_slice(&b[..k]),
+                }
+            }
+            s.write_all(b"{").unwrap();
             s
         })
         .collect();
@@ -254,7 +264,7 @@ fn connection_flood_at_the_cap_is_logged_in_bounded_lines() {
     assert!(grown.len() < 16 * 1024, "{} bytes:\n{grown}", grown.len());
     assert!(grown.contains("from 127.0.0.9"), "{grown}");
     // The slots come back when the slow bodies end.
-    busy.clear();
+    drop(busy);
     assert!(wait_until(WAIT, || probe() == 200), "slots not released");
 }
 
@@ -364,7 +374,7 @@ fn refused_requests_from_many_clients_are_a_bounded_number_of_lines() {
             ),
         };
         let (code, _, _) = raw_from(admin, from, req.as_bytes());
-        assert!(matches!(code, 404 | 405 | 421), "{code}");
+        assert!(matches!(code, 400 | 404 | 415 | 421), "{code}");
     }
     let grown = log_since(&relay, before);
     eprintln!(
