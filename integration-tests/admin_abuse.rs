@@ -144,7 +144,8 @@ fn closed(s: &TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let mut b = [0u8; 256];
     match (&mut &*s).read(&mut b) {
-        Ok(_) => true,
+        // EOF; an answer (a refusal) counts as closed too: idle clients send nothing.
+        Ok(0) | Ok(_) => true,
         Err(e) => !matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

@@ -17,6 +17,10 @@ const MAX_BODY: usize = 64 * 1024;
 const HOSTNAME: &str = "relay.fuzz";
 const LISTED: &str = "admin.fuzz";
 
+fn text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a [u8]> {
+    headers.get(name).map(|v| v.as_bytes())
+}
+
 /// Written apart from `host.rs`: the host part of `authority`, lower case, without the port
 /// and one trailing dot, if it is one the listener answers to.
 fn names_listener(authority: &[u8], local: IpAddr) -> bool {
@@ -102,18 +106,29 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     match hosts[..] {
         [h] => assert!(names_listener(h, local), "a foreign Host let through"),
-        [] => assert_eq!(version, Version::HTTP_10, "HTTP/1.1 without Host let through"),
+        [] => assert_eq!(
+            version,
+            Version::HTTP_10,
+            "HTTP/1.1 without Host let through"
+        ),
         _ => panic!("several Host headers let through"),
     }
     if let Some(a) = uri.authority() {
-        assert!(names_listener(a.as_str().as_bytes(), local), "a foreign target let through");
+        assert!(
+            names_listener(a.as_str().as_bytes(), local),
+            "a foreign target let through"
+        );
     }
     let read_only = method == Method::GET || method == Method::HEAD;
     let open = read_only && (uri.path() == "/" || (uri.path() == "/api/pool" && flags & 3 == 3));
     if !open {
         let auth = text(&headers, header::AUTHORIZATION).expect("let through without a token");
         assert!(auth.len() > 7 && auth[..7].eq_ignore_ascii_case(b"bearer "));
-        assert_eq!(auth[7..].trim_ascii(), TOKEN.as_bytes(), "wrong token let through");
+        assert_eq!(
+            auth[7..].trim_ascii(),
+            TOKEN.as_bytes(),
+            "wrong token let through"
+        );
     }
     if !read_only {
         let ct = text(&headers, header::CONTENT_TYPE).expect("a POST without a content type");
@@ -123,7 +138,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(origin) = text(&headers, header::ORIGIN) {
         let host = text(&headers, header::HOST).expect("an Origin without a Host");
         let origin = String::from_utf8_lossy(origin);
-        let authority = origin.split_once("://").map(|(_, a)| a.trim_end_matches('/'));
+        let authority = origin
+            .split_once("://")
+            .map(|(_, a)| a.trim_end_matches('/'));
         assert_eq!(
             authority.map(|a| a.to_ascii_lowercase()),
             Some(String::from_utf8_lossy(host).to_ascii_lowercase()),

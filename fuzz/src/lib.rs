@@ -32,13 +32,13 @@ pub mod admin {
     pub use super::host;
 }
 
+#[path = "../../src/reputation/bounce.rs"]
+#[doc(hidden)]
+pub mod bounce;
 /// The bounce parser and the reply classifier it uses (mail-parser, regex, serde, toml).
 #[path = "../../src/outcome/classify/mod.rs"]
 #[doc(hidden)]
 pub mod classify;
-#[path = "../../src/reputation/bounce.rs"]
-#[doc(hidden)]
-pub mod bounce;
 
 /// The same paths as in poolrelay (`poolrelay::outcome::classify`, `poolrelay::reputation::…`).
 pub mod outcome {
