@@ -110,11 +110,9 @@ impl Settings {
         if !(1..=10_000).contains(&self.max_connections) {
             out.push(("max_connections", "must be 1 to 10000".into()));
         }
-        if !(1..=self.max_connections.max(1)).contains(&self.max_connections_per_client) {
-            out.push((
-                "max_connections_per_client",
-                "must be 1 to max_connections".into(),
-            ));
+        // Above max_connections it is max_connections: lowering only the total stays valid.
+        if !(1..=10_000).contains(&self.max_connections_per_client) {
+            out.push(("max_connections_per_client", "must be 1 to 10000".into()));
         }
         if self.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
             out.push((
@@ -169,7 +167,6 @@ mod tests {
             [
                 "tls",
                 "max_connections",
-                "max_connections_per_client",
                 "allowed_hosts",
                 "allowed_hosts",
                 "header_timeout"
