@@ -172,9 +172,10 @@ mod tests {
                 "header_timeout"
             ]
         );
-        let s =
-            parse("listen = \"127.0.0.1:1\"\nmax_connections = 8\nmax_connections_per_client = 9");
+        let s = parse("listen = \"127.0.0.1:1\"\nmax_connections_per_client = 0");
         assert_eq!(s.problems(false)[0].0, "max_connections_per_client");
+        let s = parse("listen = \"127.0.0.1:1\"\nmax_connections = 2");
+        assert!(s.problems(false).is_empty());
         let ok = parse("listen = \"127.0.0.1:8025\"");
         assert!(ok.problems(false).is_empty());
         assert_eq!(
