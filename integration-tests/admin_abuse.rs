@@ -112,6 +112,14 @@ fn host_must_name_the_listener_even_for_the_open_status() {
         "refusal not logged:\n{}",
         relay.plain_log()
     );
+    // What hyper refuses itself (400 before any route) is counted too.
+    let (code, _, _) = raw_from(admin, lo(44), b"GET /\x01 HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 400);
+    assert!(
+        relay.wait_for_log("refused requests from 127.0.0.44", WAIT),
+        "{}",
+        relay.plain_log()
+    );
 }
 
 #[test]

@@ -126,6 +126,7 @@ pub(super) async fn accept_loop(
         let local = stream.local_addr().map(|a| a.ip()).unwrap_or(listen_ip);
         let ticket = Arc::new(ticket);
         let (app, tls, header_timeout) = (app.clone(), tls.clone(), limits.header_timeout);
+        let tally = tally.clone();
         tokio::spawn(async move {
             let shed = ticket.shed.clone();
             let conn = Conn {
@@ -134,6 +135,7 @@ pub(super) async fn accept_loop(
                 app,
                 header_timeout,
                 ticket,
+                tally,
             };
             let served = tokio::time::timeout(MAX_CONNECTION_TIME, connection(stream, conn, tls));
             tokio::select! {
@@ -175,6 +177,7 @@ struct Conn {
     app: Router,
     header_timeout: Duration,
     ticket: Arc<Ticket>,
+    tally: SharedTally,
 }
 
 async fn connection(stream: TcpStream, conn: Conn, tls: Option<tokio_rustls::TlsAcceptor>) {
@@ -202,6 +205,7 @@ where
         app,
         header_timeout,
         ticket,
+        tally,
     } = conn;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -227,6 +231,11 @@ where
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {
         tracing::trace!(%peer, error = %e, "admin: connection ended");
+        // hyper answered these itself (400, 431): counted like the rest. (A header timeout is
+        // also how idle keep-alive connections end: not a refusal.)
+        if e.is_parse() || e.is_parse_too_large() {
+            note(&tally, peer.ip(), format!("malformed request: {e}"));
+        }
     }
 }
 
