@@ -181,8 +181,9 @@ fn posts_must_be_json_same_origin_and_small() {
     assert_eq!(state(admin), "drained");
 }
 
-/// Half a request line holds a connection only until the header timeout; past the cap new
-/// connections get 503 at once; SMTP is unaffected; slots come back.
+/// Half a request line holds a connection only until the header timeout; past the cap a new
+/// connection takes the slot of the oldest idle one (issue 25; 503 with every slot busy is in
+/// `admin_abuse.rs`); SMTP is unaffected; slots come back.
 #[test]
 fn slow_headers_are_cut_and_connections_capped() {
     let dir = tempdir("admin-slow");
@@ -198,21 +199,14 @@ fn slow_headers_are_cut_and_connections_capped() {
             s
         })
         .collect();
-    // Past the cap: refused with 503 (poll: the three may not all be accepted yet).
-    let mut refused = String::new();
-    assert!(
-        wait_until(WAIT, || {
-            let (code, head, _) = request(admin, "GET", "/", &[], "");
-            refused = head;
-            code == 503
-        }),
-        "no 503 past the cap: {refused}"
-    );
+    // Past the cap: served, in the slot of the oldest slow connection.
+    let (code, head, _) = request(admin, "GET", "/", &[], "");
+    assert_eq!(code, 200, "{head}");
     // The relay still serves mail meanwhile.
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
     c.quit();
-    // Each slow client is cut (EOF) by the header timeout, not left hanging.
+    // Each slow client is closed (for the new one, or by the header timeout), not left hanging.
     for s in &mut slow {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = Vec::new();

@@ -25,7 +25,14 @@ fn run(input: &[u8], cuts: &[u8], max: u64, max_header: u64) -> Result {
         let end = (pos + step).min(input.len());
         if let Some(n) = r.feed(&input[pos..end], &mut out) {
             assert!(n <= end - pos);
-            return (out, Some(pos + n), r.size, r.bare, r.nul, r.header.too_long());
+            return (
+                out,
+                Some(pos + n),
+                r.size,
+                r.bare,
+                r.nul,
+                r.header.too_long(),
+            );
         }
         pos = end;
     }
@@ -48,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
         // more than the limit allows.
         assert!(pieces.5, "chunking changed the header verdict");
         for stored in [&whole.0, &pieces.0] {
-            assert!(stored.len() as u64 <= max_header + 4, "stored past the header limit");
+            assert!(
+                stored.len() as u64 <= max_header + 4,
+                "stored past the header limit"
+            );
         }
         assert_eq!(
             (whole.1, whole.2, whole.3, whole.4),

@@ -203,3 +203,33 @@ pub fn get_text(admin: SocketAddr, path: &str) -> String {
     );
     rest
 }
+
+/// A connection to the admin API from a chosen loopback address (bind before connect).
+pub fn connect_from(admin: SocketAddr, local: std::net::IpAddr) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(admin),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("socket");
+    sock.bind(&SocketAddr::new(local, 0).into())
+        .expect("bind the client address");
+    sock.connect_timeout(&admin.into(), Duration::from_secs(10))
+        .expect("admin connect");
+    let s = TcpStream::from(sock);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// `raw` from a chosen loopback address.
+pub fn raw_from(
+    admin: SocketAddr,
+    local: std::net::IpAddr,
+    request: &[u8],
+) -> (u16, String, String) {
+    let mut s = connect_from(admin, local);
+    let _ = s.write_all(request);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&String::from_utf8_lossy(&raw))
+}

@@ -1,4 +1,7 @@
 //! Who may ask what of the admin API. Rules, in order:
+//! 0. `Host` (and an absolute request target) must name the listener (`host.rs`): 400 when
+//!    missing or malformed on HTTP/1.1, 421 when it names anything else — before every route,
+//!    the open ones included (DNS rebinding).
 //! 1. A request with an `Origin` whose host:port differs from `Host`, or that a browser marks
 //!    `Sec-Fetch-Site: cross-site`, is refused (403): web pages cannot drive the API.
 //! 2. Every request carries `Authorization: Bearer <token>` (compared in constant time), else 401
@@ -10,11 +13,17 @@
 //!
 //! Pure over the request head (no I/O), so the fuzz target runs it on arbitrary requests.
 
-use http::{HeaderMap, Method, header};
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method, Version, header};
 use subtle::ConstantTimeEq;
+
+use super::host::{self, Allowed};
 
 /// What the guard knows besides the request.
 pub struct Policy {
+    /// The names `Host` may give (rule 0).
+    pub hosts: Allowed,
     pub token: String,
     pub loopback_pool_status_without_token: bool,
     pub max_body: usize,
@@ -23,14 +32,24 @@ pub struct Policy {
 /// The parts of a request the rules look at.
 pub struct RequestHead<'a> {
     pub method: &'a Method,
+    pub version: Version,
+    /// The request target's authority when it is in absolute form.
+    pub authority: Option<&'a str>,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub peer_is_loopback: bool,
+    /// The address the connection reached (the listener's, or one of the host's for a
+    /// wildcard listener).
+    pub local: IpAddr,
 }
 
 /// Why a request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// No `Host` on HTTP/1.1, several, or not `host[:port]`.
+    BadHost,
+    /// A `Host` that does not name the listener.
+    ForeignHost,
     CrossSite,
     NoToken,
     WrongToken,
@@ -41,6 +60,8 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(self) -> u16 {
         match self {
+            Refusal::BadHost => 400,
+            Refusal::ForeignHost => 421,
             Refusal::CrossSite => 403,
             Refusal::NoToken | Refusal::WrongToken => 401,
             Refusal::NotJson => 415,
@@ -50,6 +71,10 @@ impl Refusal {
 
     pub fn message(self) -> &'static str {
         match self {
+            Refusal::BadHost => "missing or malformed Host header",
+            Refusal::ForeignHost => {
+                "Host does not name this listener (add the name to [admin] allowed_hosts)"
+            }
             Refusal::CrossSite => "cross-site request refused (Origin does not match Host)",
             Refusal::NoToken => {
                 "authentication required: send Authorization: Bearer <token> (the [admin] token_file)"
@@ -63,6 +88,7 @@ impl Refusal {
 
 /// Applies the rules above; `Ok` means the handler may run.
 pub fn check(req: &RequestHead<'_>, policy: &Policy) -> Result<(), Refusal> {
+    check_host(req, &policy.hosts)?;
     if is_cross_site(req.headers) {
         return Err(Refusal::CrossSite);
     }
@@ -91,6 +117,23 @@ pub fn check(req: &RequestHead<'_>, policy: &Policy) -> Result<(), Refusal> {
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > policy.max_body as u64) {
         return Err(Refusal::TooLarge);
+    }
+    Ok(())
+}
+
+/// Rule 0: every authority the request gives names the listener.
+fn check_host(req: &RequestHead<'_>, hosts: &Allowed) -> Result<(), Refusal> {
+    let mut values = req.headers.get_all(header::HOST).iter();
+    let given = match (values.next(), values.next()) {
+        (Some(v), None) => Some(v.to_str().map_err(|_| Refusal::BadHost)?),
+        (None, _) if req.version <= Version::HTTP_10 => None,
+        _ => return Err(Refusal::BadHost),
+    };
+    for authority in req.authority.into_iter().chain(given) {
+        let (name, _port) = host::parse_authority(authority).ok_or(Refusal::BadHost)?;
+        if !hosts.admits(&name, req.local) {
+            return Err(Refusal::ForeignHost);
+        }
     }
     Ok(())
 }
@@ -149,6 +192,7 @@ mod tests {
 
     fn policy(open_pool: bool) -> Policy {
         Policy {
+            hosts: Allowed::new("127.0.0.1".parse().unwrap(), "relay.test", &[]),
             token: TOKEN.into(),
             loopback_pool_status_without_token: open_pool,
             max_body: 64 * 1024,
@@ -162,6 +206,9 @@ mod tests {
         loopback: bool,
     ) -> Result<(), Refusal> {
         let mut map = HeaderMap::new();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            map.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8025"));
+        }
         for (k, v) in headers {
             map.append(
                 http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -170,9 +217,12 @@ mod tests {
         }
         let head = RequestHead {
             method: &method,
+            version: Version::HTTP_11,
+            authority: None,
             path,
             headers: &map,
             peer_is_loopback: loopback,
+            local: "127.0.0.1".parse().unwrap(),
         };
         check(&head, &policy(path == "/api/pool"))
     }
@@ -291,5 +341,53 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn host_must_name_the_listener_before_any_route() {
+        let evil = ("host", "evil.example:8025");
+        // Even the open routes: a rebound page sends its own name.
+        assert_eq!(
+            run(Method::GET, "/api/pool", &[evil], true),
+            Err(Refusal::ForeignHost)
+        );
+        assert_eq!(
+            run(Method::GET, "/", &[evil], true),
+            Err(Refusal::ForeignHost)
+        );
+        assert_eq!(
+            run(Method::GET, "/api/pool", &[("host", "relay.test")], true),
+            Ok(())
+        );
+        assert_eq!(
+            run(Method::GET, "/api/pool", &[("host", "localhost:1")], true),
+            Ok(())
+        );
+        assert_eq!(
+            run(Method::GET, "/", &[("host", "a b")], true),
+            Err(Refusal::BadHost)
+        );
+        let two = [("host", "127.0.0.1"), ("host", "127.0.0.1")];
+        assert_eq!(run(Method::GET, "/", &two, true), Err(Refusal::BadHost));
+        assert_eq!(Refusal::ForeignHost.status(), 421);
+
+        let map = HeaderMap::new();
+        let mut head = RequestHead {
+            method: &Method::GET,
+            version: Version::HTTP_11,
+            authority: None,
+            path: "/",
+            headers: &map,
+            peer_is_loopback: true,
+            local: "127.0.0.1".parse().unwrap(),
+        };
+        assert_eq!(check(&head, &policy(false)), Err(Refusal::BadHost));
+        head.version = Version::HTTP_10;
+        assert_eq!(check(&head, &policy(false)), Ok(()));
+        // An absolute target names the host that counts.
+        head.authority = Some("evil.example");
+        assert_eq!(check(&head, &policy(false)), Err(Refusal::ForeignHost));
+        head.authority = Some("127.0.0.1:8025");
+        assert_eq!(check(&head, &policy(false)), Ok(()));
     }
 }

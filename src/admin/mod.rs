@@ -16,6 +16,7 @@ pub mod client;
 mod doctor;
 pub mod guard;
 mod history;
+pub mod host;
 mod metrics;
 mod page;
 mod plot;
@@ -26,6 +27,8 @@ mod reload;
 mod reputation;
 mod serve;
 mod settings;
+mod slots;
+mod tally;
 pub mod token;
 
 pub use settings::{Settings, TlsMode};
@@ -76,22 +79,34 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
         .await
         .map_err(|e| format!("admin: cannot listen on {listen}: {e}"))?;
     let policy = guard::Policy {
+        hosts: host::Allowed::new(listen.ip(), &state.config.hostname, &settings.allowed_hosts),
         token: token.secret().to_string(),
         loopback_pool_status_without_token: settings.loopback_pool_status_without_token,
         max_body: settings::MAX_BODY,
     };
-    let app = router(state, policy);
+    let tally = Arc::new(std::sync::Mutex::new(tally::Tally::new(
+        std::time::Instant::now(),
+    )));
+    let app = router(
+        state,
+        serve::Guarded {
+            policy,
+            tally: tally.clone(),
+        },
+    );
     let limits = serve::Limits {
         header_timeout: settings.header_timeout.0,
         max_connections: settings.max_connections,
+        max_connections_per_client: settings.max_connections_per_client,
     };
     tracing::info!(%listen, tls = tls.is_some(), "admin API listening");
-    tokio::spawn(serve::accept_loop(listener, app, tls, limits));
+    tokio::spawn(serve::flush_loop(tally.clone()));
+    tokio::spawn(serve::accept_loop(listener, app, tls, limits, tally));
     Ok(())
 }
 
 /// The routes behind the guard (`guard.rs`) and the body cap.
-pub fn router(state: AdminState, policy: guard::Policy) -> Router {
+fn router(state: AdminState, guarded: serve::Guarded) -> Router {
     pool::routes()
         .merge(reputation::routes())
         .merge(doctor::routes())
@@ -103,7 +118,7 @@ pub fn router(state: AdminState, policy: guard::Policy) -> Router {
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(policy),
+            Arc::new(guarded),
             serve::guarded,
         ))
 }

@@ -32,7 +32,18 @@ pub struct Settings {
     /// Connections served at once; more are refused (503) until one ends.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client (IPv4 address, IPv6 /64) holds at once; a new one closes the
+    /// client's oldest idle one (`serve.rs`).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Names `Host` may give besides the listener's address, the relay's `hostname` and
+    /// `localhost` on loopback (`host.rs`): what the operator types in the browser.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
+
+/// Entries `allowed_hosts` may list.
+pub const MAX_ALLOWED_HOSTS: usize = 64;
 
 /// Request bodies larger than this get 413: every API body is a small JSON object.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -56,6 +67,10 @@ fn default_header_timeout() -> DurationStr {
 
 fn default_max_connections() -> usize {
     32
+}
+
+fn default_max_connections_per_client() -> usize {
+    4
 }
 
 impl Settings {
@@ -95,6 +110,27 @@ impl Settings {
         if !(1..=10_000).contains(&self.max_connections) {
             out.push(("max_connections", "must be 1 to 10000".into()));
         }
+        // Above max_connections it is max_connections: lowering only the total stays valid.
+        if !(1..=10_000).contains(&self.max_connections_per_client) {
+            out.push(("max_connections_per_client", "must be 1 to 10000".into()));
+        }
+        if self.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
+            out.push((
+                "allowed_hosts",
+                format!("at most {MAX_ALLOWED_HOSTS} names"),
+            ));
+        }
+        for h in &self.allowed_hosts {
+            if super::host::parse_entry(h).is_none() {
+                out.push((
+                    "allowed_hosts",
+                    format!(
+                        "{:?} is not a host name or IP address (no port, no wildcard)",
+                        crate::text::escape(h)
+                    ),
+                ));
+            }
+        }
         let t = self.header_timeout.0;
         if t < Duration::from_millis(100) || t > Duration::from_secs(3600) {
             out.push(("header_timeout", "must be 100ms to 1h".into()));
@@ -122,9 +158,24 @@ mod tests {
 
     #[test]
     fn problems_name_their_key() {
-        let s = parse("listen = \"0.0.0.0:8025\"\nmax_connections = 0\nheader_timeout = \"0s\"");
+        let s = parse(
+            "listen = \"0.0.0.0:8025\"\nmax_connections = 0\nheader_timeout = \"0s\"\nallowed_hosts = [\"ok.example\", \"*.example\", \"a.example:80\"]",
+        );
         let keys: Vec<&str> = s.problems(false).iter().map(|p| p.0).collect();
-        assert_eq!(keys, ["tls", "max_connections", "header_timeout"]);
+        assert_eq!(
+            keys,
+            [
+                "tls",
+                "max_connections",
+                "allowed_hosts",
+                "allowed_hosts",
+                "header_timeout"
+            ]
+        );
+        let s = parse("listen = \"127.0.0.1:1\"\nmax_connections_per_client = 0");
+        assert_eq!(s.problems(false)[0].0, "max_connections_per_client");
+        let s = parse("listen = \"127.0.0.1:1\"\nmax_connections = 2");
+        assert!(s.problems(false).is_empty());
         let ok = parse("listen = \"127.0.0.1:8025\"");
         assert!(ok.problems(false).is_empty());
         assert_eq!(
@@ -132,6 +183,7 @@ mod tests {
             Path::new("data/admin.token")
         );
         assert_eq!(ok.max_connections, 32);
+        assert_eq!(ok.max_connections_per_client, 4);
         assert_eq!(ok.header_timeout.0, Duration::from_secs(10));
     }
 }
