@@ -1,6 +1,11 @@
 //! Per-client counters, in the spirit of Postfix's anvil. Rules:
 //! - A client is its address; IPv6 clients are grouped per /64 (one host usually owns a /64).
+//! - A client's network is its IPv4 /`limits.network_prefix_v4` (default /24) or IPv6
+//!   /`limits.network_prefix_v6` (default /48): one attacker usually holds a whole one.
 //! - Concurrent sessions per client: `limits.client_sessions` → `421 4.7.0` at connect.
+//! - Concurrent unauthenticated sessions per network: `limits.network_sessions` → `421 4.7.0` at
+//!   connect. A session that authenticates stops counting there, so users are never refused
+//!   because of the sessions of users beside them.
 //! - New connections per client per minute: `limits.client_connection_rate` → `421 4.7.0`.
 //! - Messages (MAIL FROM) per client per minute: `limits.client_message_rate` → `450 4.7.1`.
 //! - Rates count in fixed one-minute windows opened by a client's first event (as anvil does);
@@ -28,6 +33,39 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(bits.into())
         }
         v4 => v4,
+    }
+}
+
+/// A client network: its first address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// The network of `ip`: IPv4 (mapped IPv6 included) per /`v4`, IPv6 per /`v6`.
+    pub fn of(ip: IpAddr, v4: u8, v6: u8) -> Network {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                let prefix = v4.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                let addr = IpAddr::V4((u32::from(a) & mask).into());
+                Network { addr, prefix }
+            }
+            IpAddr::V6(a) => {
+                let prefix = v6.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                let addr = IpAddr::V6((u128::from(a) & mask).into());
+                Network { addr, prefix }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -96,6 +134,7 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Sessions,
+    NetworkSessions(Network),
     ConnectionRate,
     MessageRate,
 }
@@ -107,6 +146,11 @@ impl Refusal {
                 421,
                 "4.7.0",
                 format!("{hostname} Too many connections from {client}, try again later"),
+            ),
+            Refusal::NetworkSessions(net) => Reply::new(
+                421,
+                "4.7.0",
+                format!("{hostname} Too many connections from network {net}, try again later"),
             ),
             Refusal::ConnectionRate => Reply::new(
                 421,
@@ -126,6 +170,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Sessions => "client_sessions",
+            Refusal::NetworkSessions(_) => "network_sessions",
             Refusal::ConnectionRate => "client_connection_rate",
             Refusal::MessageRate => "client_message_rate",
         }
@@ -141,6 +186,9 @@ pub struct ClientLimits {
     pub sessions: usize,
     pub connection_rate: u32,
     pub message_rate: u32,
+    pub network_sessions: usize,
+    pub network_prefix_v4: u8,
+    pub network_prefix_v6: u8,
 }
 
 impl From<&Limits> for ClientLimits {
@@ -149,12 +197,18 @@ impl From<&Limits> for ClientLimits {
             sessions: l.client_sessions,
             connection_rate: l.client_connection_rate,
             message_rate: l.client_message_rate,
+            network_sessions: l.network_sessions,
+            // Range-checked in `config::ranges` (8–32, 16–64).
+            network_prefix_v4: l.network_prefix_v4.min(32) as u8,
+            network_prefix_v6: l.network_prefix_v6.min(128) as u8,
         }
     }
 }
 
 struct Table {
     clients: HashMap<IpAddr, Entry>,
+    /// Unauthenticated sessions per network (entries at 0 are removed).
+    networks: HashMap<Network, usize>,
     pruned: Instant,
 }
 
@@ -167,6 +221,17 @@ pub struct Anvil {
 pub struct SessionTicket {
     anvil: Arc<Anvil>,
     key: IpAddr,
+    /// Counted against this network until the session authenticates.
+    network: Option<Network>,
+}
+
+impl SessionTicket {
+    /// The session authenticated: it no longer counts against its network.
+    pub fn authenticated(&mut self) {
+        if let Some(net) = self.network.take() {
+            self.anvil.lock().leave_network(net);
+        }
+    }
 }
 
 impl Drop for SessionTicket {
@@ -174,6 +239,9 @@ impl Drop for SessionTicket {
         let mut t = self.anvil.lock();
         if let Some(e) = t.clients.get_mut(&self.key) {
             e.sessions = e.sessions.saturating_sub(1);
+        }
+        if let Some(net) = self.network.take() {
+            t.leave_network(net);
         }
     }
 }
@@ -184,6 +252,7 @@ impl Anvil {
             limits,
             table: Mutex::new(Table {
                 clients: HashMap::new(),
+                networks: HashMap::new(),
                 pruned: Instant::now(),
             }),
         })
@@ -194,6 +263,15 @@ impl Anvil {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The network `ip` is counted under.
+    pub fn network(&self, ip: IpAddr) -> Network {
+        Network::of(
+            ip,
+            self.limits.network_prefix_v4,
+            self.limits.network_prefix_v6,
+        )
+    }
+
     /// A new connection from `ip`: counts it and one session, or says which limit refuses it.
     pub fn connect(
         self: &Arc<Self>,
@@ -201,11 +279,15 @@ impl Anvil {
         now: Instant,
     ) -> Result<SessionTicket, (Refusal, LogNow)> {
         let key = client_key(ip);
+        let network = self.network(ip);
         let mut t = self.lock();
         t.prune(now);
+        let on_network = t.networks.get(&network).copied().unwrap_or(0);
         let e = t.clients.entry(key).or_insert_with(|| Entry::new(now));
         let refusal = if self.limits.sessions > 0 && e.sessions >= self.limits.sessions {
             Some(Refusal::Sessions)
+        } else if self.limits.network_sessions > 0 && on_network >= self.limits.network_sessions {
+            Some(Refusal::NetworkSessions(network))
         } else if !e.connections.take(now, self.limits.connection_rate) {
             Some(Refusal::ConnectionRate)
         } else {
@@ -215,9 +297,11 @@ impl Anvil {
             return Err((r, e.log_now(now)));
         }
         e.sessions += 1;
+        *t.networks.entry(network).or_default() += 1;
         Ok(SessionTicket {
             anvil: self.clone(),
             key,
+            network: Some(network),
         })
     }
 
@@ -243,6 +327,15 @@ impl Anvil {
 }
 
 impl Table {
+    fn leave_network(&mut self, net: Network) {
+        if let Some(n) = self.networks.get_mut(&net) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.networks.remove(&net);
+            }
+        }
+    }
+
     fn prune(&mut self, now: Instant) {
         if now.duration_since(self.pruned) < PRUNE_EVERY {
             return;
@@ -272,6 +365,16 @@ mod tests {
             sessions,
             connection_rate,
             message_rate,
+            network_sessions: 0,
+            network_prefix_v4: 24,
+            network_prefix_v6: 48,
+        })
+    }
+
+    fn per_network(n: usize) -> Arc<Anvil> {
+        Anvil::new(ClientLimits {
+            network_sessions: n,
+            ..anvil(0, 0, 0).limits
         })
     }
 
@@ -354,6 +457,66 @@ mod tests {
         }
         let later = t0 + WINDOW;
         assert_eq!(a.connect(ip("192.0.2.1"), later).err().unwrap().1, Some(5));
+    }
+
+    #[test]
+    fn networks_are_ipv4_24_and_ipv6_48_by_default() {
+        let net = |s: &str| Network::of(ip(s), 24, 48).to_string();
+        assert_eq!(net("192.0.2.77"), "192.0.2.0/24");
+        assert_eq!(net("::ffff:192.0.2.77"), "192.0.2.0/24");
+        assert_eq!(net("2001:db8:1:2:3::9"), "2001:db8:1::/48");
+        assert_eq!(net("2001:db8:1:ffff::1"), "2001:db8:1::/48");
+        assert_eq!(
+            Network::of(ip("10.1.2.3"), 32, 64).to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(Network::of(ip("10.1.2.3"), 8, 64).to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn sessions_per_network_across_many_addresses_and_64s() {
+        let a = per_network(3);
+        let now = Instant::now();
+        // Three addresses of one /24, then a fourth is refused; another /24 is not.
+        let mut held: Vec<_> = (1..=3u8)
+            .map(|i| a.connect(IpAddr::from([192, 0, 2, i]), now).unwrap())
+            .collect();
+        let (r, log) = a.connect(ip("192.0.2.200"), now).err().unwrap();
+        assert_eq!(
+            r,
+            Refusal::NetworkSessions(Network::of(ip("192.0.2.0"), 24, 48))
+        );
+        assert_eq!(log, Some(0));
+        let reply = r.reply("relay.test", ip("192.0.2.200"));
+        assert_eq!((reply.code, reply.status.as_str()), (421, "4.7.0"));
+        assert!(
+            reply.text.contains("network 192.0.2.0/24"),
+            "{}",
+            reply.text
+        );
+        let _other = a.connect(ip("192.0.3.1"), now).unwrap();
+        // IPv6: three /64s of one /48 fill it; the next /64 there is refused.
+        let _v6: Vec<_> = (1..=3u16)
+            .map(|i| {
+                a.connect(format!("2001:db8:7:{i}::1").parse().unwrap(), now)
+                    .unwrap()
+            })
+            .collect();
+        assert!(a.connect(ip("2001:db8:7:99::1"), now).is_err());
+        assert!(a.connect(ip("2001:db8:8::1"), now).is_ok());
+        // A session that authenticates leaves room in its network; one that ends too.
+        held[0].authenticated();
+        let fourth = a.connect(ip("192.0.2.4"), now).unwrap();
+        assert!(a.connect(ip("192.0.2.5"), now).is_err());
+        held[0].authenticated(); // twice: no double give-back
+        assert!(a.connect(ip("192.0.2.5"), now).is_err());
+        drop(held.remove(0));
+        assert!(
+            a.connect(ip("192.0.2.5"), now).is_err(),
+            "it had left already"
+        );
+        drop(fourth);
+        assert!(a.connect(ip("192.0.2.5"), now).is_ok());
     }
 
     #[test]
