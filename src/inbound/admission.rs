@@ -10,10 +10,11 @@
 //!   shed too; an untrusted client on a listener without AUTH does not (it can never log in) and
 //!   gets `421 4.3.2` instead.
 //! - The victim, in this order: a session past `limits.preauth_timeout` (too slow to be a user
-//!   logging in); then one of the network (`anvil::Network`, /24 or /48) holding the most
-//!   pre-auth sessions older than [`SETTLED`] (a network parking sessions, not users who log in
-//!   within a second); then the one idle longest since its last complete command (a partial
-//!   line, slowloris-style, is no activity). A session checking a password is never chosen.
+//!   logging in); then one of the most crowded network (`anvil::Network`, /24 or /48): the most
+//!   pre-auth sessions older than [`SETTLED`] (parked, not users who log in within a second)
+//!   plus the most new connections over the last minute (reconnect loops); then the one idle
+//!   longest since its last complete command (a partial line, slowloris-style, is no activity).
+//!   A session checking a password is never chosen.
 //! - Under stress (more than 80 % of the slots in use) idle sessions are cut sooner: the command
 //!   timeout becomes `limits.stress_command_timeout` (Postfix's `smtpd_timeout` stress value).
 //! - Per-client and per-network limits (`anvil`) apply before any of this, except to trusted
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::anvil::Network;
+use super::anvil::{Anvil, Network};
 
 /// A pre-auth session younger than this counts as a client logging in, not one parked: it does
 /// not make its network a target of shedding.
@@ -148,6 +149,7 @@ impl Slots {
         trusted: bool,
         auth_offered: bool,
         now: Instant,
+        anvil: &Anvil,
     ) -> Option<(Slot, bool)> {
         let mut map = self.lock();
         let in_use = self.in_use.load(Ordering::Acquire);
@@ -161,7 +163,7 @@ impl Slots {
             if !trusted && !auth_offered {
                 return None;
             }
-            let victim = self.victim(&map, now)?;
+            let victim = self.victim(&map, now, anvil)?;
             map.remove(&victim.id);
             victim.shed.notify_one();
             self.count_shed();
@@ -184,18 +186,24 @@ impl Slots {
     }
 
     /// The pre-auth session to shed (see the module rules), if any may be.
-    fn victim(&self, map: &HashMap<u64, Arc<PreAuth>>, now: Instant) -> Option<Arc<PreAuth>> {
-        let mut settled: HashMap<Network, usize> = HashMap::new();
+    fn victim(
+        &self,
+        map: &HashMap<u64, Arc<PreAuth>>,
+        now: Instant,
+        anvil: &Anvil,
+    ) -> Option<Arc<PreAuth>> {
+        let mut crowd: HashMap<Network, u64> = map.values().map(|p| (p.network, 0)).collect();
+        anvil.network_rates(&mut crowd, now);
         for p in map.values() {
             if now.saturating_duration_since(p.admitted) >= SETTLED {
-                *settled.entry(p.network).or_default() += 1;
+                *crowd.entry(p.network).or_default() += 1;
             }
         }
         map.values()
             .filter(|p| !p.verifying.load(Ordering::Acquire))
             .max_by_key(|p| {
                 let late = now.saturating_duration_since(p.admitted) >= self.budget;
-                let crowd = settled.get(&p.network).copied().unwrap_or(0);
+                let crowd = crowd.get(&p.network).copied().unwrap_or(0);
                 let idle = u64::MAX - p.active_ms.load(Ordering::Acquire);
                 // Ties (equal keys) go to the older session, for a stable choice.
                 (late, crowd, idle, u64::MAX - p.id)

@@ -8,6 +8,8 @@
 //!   because of the sessions of users beside them.
 //! - New connections per client per minute: `limits.client_connection_rate` → `421 4.7.0`.
 //! - Messages (MAIL FROM) per client per minute: `limits.client_message_rate` → `450 4.7.1`.
+//! - Each network's new connections are counted too (not a limit): `admission` sheds first from
+//!   the networks that connect the most ([`Anvil::network_rates`]).
 //! - Rates count in fixed one-minute windows opened by a client's first event (as anvil does);
 //!   refused attempts are not counted. 0 turns a limit off.
 //! - Trusted networks are exempt (Postfix's `smtpd_client_event_limit_exceptions`).
@@ -130,6 +132,44 @@ impl Entry {
     }
 }
 
+#[derive(Debug)]
+struct NetEntry {
+    /// Unauthenticated sessions now.
+    sessions: usize,
+    connections: Window,
+    /// The window before `connections`.
+    previous: Option<Window>,
+}
+
+impl NetEntry {
+    fn connected(&mut self, now: Instant) {
+        if self.connections.expired(now) {
+            self.previous = Some(std::mem::replace(&mut self.connections, Window::new(now)));
+        }
+        self.connections.count = self.connections.count.saturating_add(1);
+    }
+
+    /// Connections over about the last minute: a window's count, in the share of it still
+    /// within the last minute (a sliding estimate, so it does not drop to 0 at a window's end).
+    fn rate(&self, now: Instant) -> u64 {
+        let w = WINDOW.as_millis() as u64;
+        let share = |win: &Window| {
+            let elapsed = now.duration_since(win.start).as_millis() as u64;
+            let count = u64::from(win.count);
+            match elapsed {
+                e if e < w => count,
+                e if e >= 2 * w => 0,
+                e => count * (2 * w - e) / w,
+            }
+        };
+        share(&self.connections) + self.previous.as_ref().map_or(0, share)
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.sessions == 0 && now.duration_since(self.connections.start) >= 2 * WINDOW
+    }
+}
+
 /// Which per-client limit refused a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -207,8 +247,7 @@ impl From<&Limits> for ClientLimits {
 
 struct Table {
     clients: HashMap<IpAddr, Entry>,
-    /// Unauthenticated sessions per network (entries at 0 are removed).
-    networks: HashMap<Network, usize>,
+    networks: HashMap<Network, NetEntry>,
     pruned: Instant,
 }
 
@@ -282,7 +321,7 @@ impl Anvil {
         let network = self.network(ip);
         let mut t = self.lock();
         t.prune(now);
-        let on_network = t.networks.get(&network).copied().unwrap_or(0);
+        let on_network = t.networks.get(&network).map_or(0, |n| n.sessions);
         let e = t.clients.entry(key).or_insert_with(|| Entry::new(now));
         let refusal = if self.limits.sessions > 0 && e.sessions >= self.limits.sessions {
             Some(Refusal::Sessions)
@@ -297,7 +336,13 @@ impl Anvil {
             return Err((r, e.log_now(now)));
         }
         e.sessions += 1;
-        *t.networks.entry(network).or_default() += 1;
+        let net = t.networks.entry(network).or_insert_with(|| NetEntry {
+            sessions: 0,
+            connections: Window::new(now),
+            previous: None,
+        });
+        net.sessions += 1;
+        net.connected(now);
         Ok(SessionTicket {
             anvil: self.clone(),
             key,
@@ -320,6 +365,14 @@ impl Anvil {
         }
     }
 
+    /// Fills in, for each network in `rates`, its new connections over about the last minute.
+    pub fn network_rates(&self, rates: &mut HashMap<Network, u64>, now: Instant) {
+        let t = self.lock();
+        for (net, rate) in rates.iter_mut() {
+            *rate = t.networks.get(net).map_or(0, |n| n.rate(now));
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().clients.len()
@@ -329,10 +382,7 @@ impl Anvil {
 impl Table {
     fn leave_network(&mut self, net: Network) {
         if let Some(n) = self.networks.get_mut(&net) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.networks.remove(&net);
-            }
+            n.sessions = n.sessions.saturating_sub(1);
         }
     }
 
@@ -342,6 +392,7 @@ impl Table {
         }
         self.pruned = now;
         self.clients.retain(|_, e| !e.idle(now));
+        self.networks.retain(|_, n| !n.idle(now));
     }
 }
 
@@ -517,6 +568,34 @@ mod tests {
         );
         drop(fourth);
         assert!(a.connect(ip("192.0.2.5"), now).is_ok());
+    }
+
+    #[test]
+    fn network_connection_rates_slide_over_a_minute() {
+        let a = per_network(0);
+        let t0 = Instant::now();
+        for i in 0..30u8 {
+            drop(a.connect(IpAddr::from([192, 0, 2, i]), t0).unwrap());
+        }
+        drop(a.connect(ip("198.51.100.1"), t0).unwrap());
+        let (busy, quiet, unknown) = (
+            Network::of(ip("192.0.2.0"), 24, 48),
+            Network::of(ip("198.51.100.0"), 24, 48),
+            Network::of(ip("203.0.113.0"), 24, 48),
+        );
+        let rates = |now| {
+            let mut m: HashMap<Network, u64> = [(busy, 9), (quiet, 9), (unknown, 9)].into();
+            a.network_rates(&mut m, now);
+            (m[&busy], m[&quiet], m[&unknown])
+        };
+        assert_eq!(rates(t0), (30, 1, 0));
+        // A new window opens: the old one still counts for the part within a minute.
+        drop(
+            a.connect(ip("192.0.2.1"), t0 + WINDOW + WINDOW / 2)
+                .unwrap(),
+        );
+        assert_eq!(rates(t0 + WINDOW + WINDOW / 2), (16, 0, 0));
+        assert_eq!(rates(t0 + 3 * WINDOW), (0, 0, 0));
     }
 
     #[test]

@@ -237,7 +237,9 @@ async fn admit(
     let auth_offered = listen.auth != crate::config::ListenAuth::None && ctx.users.is_some();
     let network = ctx.anvil.network(ip);
     let now = std::time::Instant::now();
-    let admitted = ctx.slots.admit(network, trusted, auth_offered, now);
+    let admitted = ctx
+        .slots
+        .admit(network, trusted, auth_offered, now, &ctx.anvil);
     // The relay-wide bound (resized on reload, awaited by a graceful stop). A shed session
     // gives its permit back once it has closed: wait for it (the semaphore is first come,
     // first served, so no later connection takes it).
