@@ -245,7 +245,7 @@ fn users_log_in_and_trusted_clients_send_through_a_flood_from_many_networks() {
     assert!(wait_until(WAIT, || {
         flood.seen.shed.load(Ordering::Relaxed) >= shed_before + 50
     }));
-    for c in &mut sessions {
+    for mut c in sessions {
         c.cmd("NOOP").expect(250);
         c.send_mail("a@example.com", &["b@example.org"], MESSAGE)
             .expect(250);
