@@ -68,7 +68,11 @@ fn note(seen: &Seen, r: &Reply) {
 
 /// One holder: opens a session (kind by `i % 4`) and keeps it busy-looking; reconnects when closed.
 fn holder(t: Target, ip: IpAddr, i: usize, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
-    let addr = if i % 2 == 0 { t.submission } else { t.port25 };
+    let addr = if i.is_multiple_of(2) {
+        t.submission
+    } else {
+        t.port25
+    };
     let mut session: Option<SmtpClient> = None;
     let mut round = 0u32;
     while !stop.load(Ordering::Relaxed) {
