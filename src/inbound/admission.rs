@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::anvil::{Anvil, Network};
+use super::anvil::{Anvil, Network, SessionTicket};
 
 /// A pre-auth session younger than this counts as a client logging in, not one parked: it does
 /// not make its network a target of shedding.
@@ -111,6 +111,23 @@ impl Slot {
     /// What to wait on for this session being shed (`None`: it cannot be).
     pub fn shed_notice(&self) -> Option<Arc<PreAuth>> {
         self.preauth.clone()
+    }
+}
+
+/// A session's slot (`admission`) and its count against its client and network (`anvil`; none
+/// for trusted networks). Both are given back when the session ends.
+pub struct Place {
+    pub slot: Slot,
+    pub ticket: Option<SessionTicket>,
+}
+
+impl Place {
+    /// The session authenticated: it leaves the pre-auth share and its network's count.
+    pub fn authenticated(&mut self) {
+        self.slot.authenticated();
+        if let Some(t) = &mut self.ticket {
+            t.authenticated();
+        }
     }
 }
 

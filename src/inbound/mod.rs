@@ -3,8 +3,9 @@
 //! `envelope` (MAIL FROM, RCPT TO), `message` (DATA, BDAT, signing, commit),
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
-//! `received` (the Received header), `anvil` (per-client counters), `admission` (session slots
-//! and their reserve), `sender_login` (which senders each login may use).
+//! `received` (the Received header), `anvil` (per-client and per-network counters), `admission`
+//! (session slots, their reserve, shedding unauthenticated sessions), `sender_login` (which
+//! senders each login may use).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -234,7 +235,9 @@ async fn admit(
             }
         }
     };
-    let auth_offered = listen.auth != crate::config::ListenAuth::None && ctx.users.is_some();
+    // AUTH needs TLS: without a certificate no client here can ever log in.
+    let auth_offered =
+        listen.auth != crate::config::ListenAuth::None && ctx.users.is_some() && ctx.tls.is_some();
     let network = ctx.anvil.network(ip);
     let now = std::time::Instant::now();
     let admitted = ctx
@@ -262,7 +265,7 @@ async fn admit(
     match (admitted, permit) {
         (Some((slot, _)), Some(_permit)) => {
             let _open = crate::metrics::session();
-            let place = session::Place { slot, ticket };
+            let place = admission::Place { slot, ticket };
             session::run(ctx, listen, stream, peer, place).await;
         }
         _ => {

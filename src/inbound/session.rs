@@ -12,8 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Inbound;
-use super::admission::Slot;
-use super::anvil::SessionTicket;
+use super::admission::Place;
 use super::envelope::{Tx, relay_denied};
 use crate::config::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
@@ -76,23 +75,6 @@ pub(super) struct Session {
     pub(super) tx: Option<Tx>,
     pub(super) errors: u32,
     pub(super) place: Place,
-}
-
-/// A session's slot (`admission`) and its count against its client and network (`anvil`; none
-/// for trusted networks). Both are given back when the session ends.
-pub(super) struct Place {
-    pub slot: Slot,
-    pub ticket: Option<SessionTicket>,
-}
-
-impl Place {
-    /// The session authenticated: it leaves the pre-auth share and its network's count.
-    pub(super) fn authenticated(&mut self) {
-        self.slot.authenticated();
-        if let Some(t) = &mut self.ticket {
-            t.authenticated();
-        }
-    }
 }
 
 /// How long a shed session may take to say goodbye: its slot is someone else's already.
