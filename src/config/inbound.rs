@@ -135,12 +135,38 @@ pub struct Limits {
     /// Messages (MAIL FROM) per client address per minute; 0 = no limit.
     #[serde(default)]
     pub client_message_rate: u32,
-    /// Sessions untrusted clients cannot take (see `inbound::admission`); default 10 %.
+    /// Slots only authenticated sessions and trusted networks may hold (see
+    /// `inbound::admission`); default 10 %.
     #[serde(default)]
     pub reserved_sessions: Option<usize>,
     /// Command timeout while more than 80 % of `max_sessions` are in use.
     #[serde(default = "default_stress_command_timeout")]
     pub stress_command_timeout: DurationStr,
+    /// Concurrent unauthenticated sessions per client network; 0 = no limit.
+    #[serde(default = "default_network_sessions")]
+    pub network_sessions: usize,
+    /// The IPv4 network a client is counted in (`network_sessions`, shedding): /24.
+    #[serde(default = "default_network_prefix_v4")]
+    pub network_prefix_v4: u32,
+    /// The IPv6 network a client is counted in: /48.
+    #[serde(default = "default_network_prefix_v6")]
+    pub network_prefix_v6: u32,
+    /// An unauthenticated session older than this is shed first when slots run short.
+    #[serde(default = "default_preauth_timeout")]
+    pub preauth_timeout: DurationStr,
+}
+
+fn default_network_sessions() -> usize {
+    100
+}
+fn default_network_prefix_v4() -> u32 {
+    24
+}
+fn default_network_prefix_v6() -> u32 {
+    48
+}
+fn default_preauth_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(10))
 }
 
 fn default_header_size() -> Size {
@@ -199,6 +225,10 @@ impl Default for Limits {
             client_message_rate: 0,
             reserved_sessions: None,
             stress_command_timeout: default_stress_command_timeout(),
+            network_sessions: default_network_sessions(),
+            network_prefix_v4: default_network_prefix_v4(),
+            network_prefix_v6: default_network_prefix_v6(),
+            preauth_timeout: default_preauth_timeout(),
         }
     }
 }

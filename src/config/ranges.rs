@@ -43,6 +43,27 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
         ("limits", "max_errors", l.max_errors.into(), 1, MILLION),
         (
             "limits",
+            "network_sessions",
+            l.network_sessions as u64,
+            0,
+            MILLION,
+        ),
+        (
+            "limits",
+            "network_prefix_v4",
+            l.network_prefix_v4.into(),
+            8,
+            32,
+        ),
+        (
+            "limits",
+            "network_prefix_v6",
+            l.network_prefix_v6.into(),
+            16,
+            64,
+        ),
+        (
+            "limits",
             "spool_min_free",
             l.spool_min_free.0,
             0,
@@ -127,6 +148,12 @@ fn timers(c: &Config) -> Vec<(&'static str, &'static str, Duration, Duration)> {
     let mut v = vec![
         ("limits", "command_timeout", l.command_timeout.0, MIN_TIMER),
         ("limits", "data_timeout", l.data_timeout.0, MIN_TIMER),
+        (
+            "limits",
+            "preauth_timeout",
+            l.preauth_timeout.0,
+            Duration::from_secs(1),
+        ),
         (
             "delivery",
             "connect_timeout",
@@ -399,6 +426,33 @@ mod tests {
         assert!(
             errors("[limits]\ncommand_timeout = \"3650d\"\nmax_sessions = 1000000\n").is_empty()
         );
+    }
+
+    #[test]
+    fn network_limits_are_range_checked() {
+        for (extra, key) in [
+            (
+                "network_prefix_v4 = 33\n",
+                "limits.network_prefix_v4: 33 is out of range (8 to 32)",
+            ),
+            ("network_prefix_v4 = 7\n", "limits.network_prefix_v4"),
+            (
+                "network_prefix_v6 = 65\n",
+                "limits.network_prefix_v6: 65 is out of range (16 to 64)",
+            ),
+            ("network_prefix_v6 = 15\n", "limits.network_prefix_v6"),
+            ("network_sessions = 1000001\n", "limits.network_sessions"),
+            (
+                "preauth_timeout = \"500ms\"\n",
+                "limits.preauth_timeout: 500ms is too short",
+            ),
+        ] {
+            let e = errors(&format!("[limits]\nmax_sessions = 10\n{extra}"));
+            assert_eq!(e.len(), 1, "{extra}: {e:?}");
+            assert!(e[0].starts_with(&format!("t.toml:8: {key}")), "{e:?}");
+        }
+        let ok = "[limits]\nnetwork_prefix_v4 = 32\nnetwork_prefix_v6 = 64\nnetwork_sessions = 0\npreauth_timeout = \"1s\"\n";
+        assert!(errors(ok).is_empty());
     }
 
     const TWO: &str = "[[warmup.schedule]]\nname = \"a\"\ndaily = [10, 20]\n[[warmup.schedule]]\nname = \"b\"\ndaily = [10, 20, 40]\nadaptive = true\n";

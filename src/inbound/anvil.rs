@@ -1,8 +1,15 @@
 //! Per-client counters, in the spirit of Postfix's anvil. Rules:
 //! - A client is its address; IPv6 clients are grouped per /64 (one host usually owns a /64).
+//! - A client's network is its IPv4 /`limits.network_prefix_v4` (default /24) or IPv6
+//!   /`limits.network_prefix_v6` (default /48): one attacker usually holds a whole one.
 //! - Concurrent sessions per client: `limits.client_sessions` → `421 4.7.0` at connect.
+//! - Concurrent unauthenticated sessions per network: `limits.network_sessions` → `421 4.7.0` at
+//!   connect. A session that authenticates stops counting there, so users are never refused
+//!   because of the sessions of users beside them.
 //! - New connections per client per minute: `limits.client_connection_rate` → `421 4.7.0`.
 //! - Messages (MAIL FROM) per client per minute: `limits.client_message_rate` → `450 4.7.1`.
+//! - Each network's new connections are counted too (not a limit): `admission` sheds first from
+//!   the networks that connect the most ([`Anvil::network_rates`]).
 //! - Rates count in fixed one-minute windows opened by a client's first event (as anvil does);
 //!   refused attempts are not counted. 0 turns a limit off.
 //! - Trusted networks are exempt (Postfix's `smtpd_client_event_limit_exceptions`).
@@ -28,6 +35,39 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(bits.into())
         }
         v4 => v4,
+    }
+}
+
+/// A client network: its first address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// The network of `ip`: IPv4 (mapped IPv6 included) per /`v4`, IPv6 per /`v6`.
+    pub fn of(ip: IpAddr, v4: u8, v6: u8) -> Network {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                let prefix = v4.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                let addr = IpAddr::V4((u32::from(a) & mask).into());
+                Network { addr, prefix }
+            }
+            IpAddr::V6(a) => {
+                let prefix = v6.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                let addr = IpAddr::V6((u128::from(a) & mask).into());
+                Network { addr, prefix }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -92,10 +132,49 @@ impl Entry {
     }
 }
 
+#[derive(Debug)]
+struct NetEntry {
+    /// Unauthenticated sessions now.
+    sessions: usize,
+    connections: Window,
+    /// The window before `connections`.
+    previous: Option<Window>,
+}
+
+impl NetEntry {
+    fn connected(&mut self, now: Instant) {
+        if self.connections.expired(now) {
+            self.previous = Some(std::mem::replace(&mut self.connections, Window::new(now)));
+        }
+        self.connections.count = self.connections.count.saturating_add(1);
+    }
+
+    /// Connections over about the last minute: a window's count, in the share of it still
+    /// within the last minute (a sliding estimate, so it does not drop to 0 at a window's end).
+    fn rate(&self, now: Instant) -> u64 {
+        let w = WINDOW.as_millis() as u64;
+        let share = |win: &Window| {
+            let elapsed = now.duration_since(win.start).as_millis() as u64;
+            let count = u64::from(win.count);
+            match elapsed {
+                e if e < w => count,
+                e if e >= 2 * w => 0,
+                e => count * (2 * w - e) / w,
+            }
+        };
+        share(&self.connections) + self.previous.as_ref().map_or(0, share)
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.sessions == 0 && now.duration_since(self.connections.start) >= 2 * WINDOW
+    }
+}
+
 /// Which per-client limit refused a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Sessions,
+    NetworkSessions(Network),
     ConnectionRate,
     MessageRate,
 }
@@ -107,6 +186,11 @@ impl Refusal {
                 421,
                 "4.7.0",
                 format!("{hostname} Too many connections from {client}, try again later"),
+            ),
+            Refusal::NetworkSessions(net) => Reply::new(
+                421,
+                "4.7.0",
+                format!("{hostname} Too many connections from network {net}, try again later"),
             ),
             Refusal::ConnectionRate => Reply::new(
                 421,
@@ -126,6 +210,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Sessions => "client_sessions",
+            Refusal::NetworkSessions(_) => "network_sessions",
             Refusal::ConnectionRate => "client_connection_rate",
             Refusal::MessageRate => "client_message_rate",
         }
@@ -141,6 +226,9 @@ pub struct ClientLimits {
     pub sessions: usize,
     pub connection_rate: u32,
     pub message_rate: u32,
+    pub network_sessions: usize,
+    pub network_prefix_v4: u8,
+    pub network_prefix_v6: u8,
 }
 
 impl From<&Limits> for ClientLimits {
@@ -149,12 +237,17 @@ impl From<&Limits> for ClientLimits {
             sessions: l.client_sessions,
             connection_rate: l.client_connection_rate,
             message_rate: l.client_message_rate,
+            network_sessions: l.network_sessions,
+            // Range-checked in `config::ranges` (8–32, 16–64).
+            network_prefix_v4: l.network_prefix_v4.min(32) as u8,
+            network_prefix_v6: l.network_prefix_v6.min(128) as u8,
         }
     }
 }
 
 struct Table {
     clients: HashMap<IpAddr, Entry>,
+    networks: HashMap<Network, NetEntry>,
     pruned: Instant,
 }
 
@@ -167,6 +260,17 @@ pub struct Anvil {
 pub struct SessionTicket {
     anvil: Arc<Anvil>,
     key: IpAddr,
+    /// Counted against this network until the session authenticates.
+    network: Option<Network>,
+}
+
+impl SessionTicket {
+    /// The session authenticated: it no longer counts against its network.
+    pub fn authenticated(&mut self) {
+        if let Some(net) = self.network.take() {
+            self.anvil.lock().leave_network(net);
+        }
+    }
 }
 
 impl Drop for SessionTicket {
@@ -174,6 +278,9 @@ impl Drop for SessionTicket {
         let mut t = self.anvil.lock();
         if let Some(e) = t.clients.get_mut(&self.key) {
             e.sessions = e.sessions.saturating_sub(1);
+        }
+        if let Some(net) = self.network.take() {
+            t.leave_network(net);
         }
     }
 }
@@ -184,6 +291,7 @@ impl Anvil {
             limits,
             table: Mutex::new(Table {
                 clients: HashMap::new(),
+                networks: HashMap::new(),
                 pruned: Instant::now(),
             }),
         })
@@ -194,6 +302,15 @@ impl Anvil {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The network `ip` is counted under.
+    pub fn network(&self, ip: IpAddr) -> Network {
+        Network::of(
+            ip,
+            self.limits.network_prefix_v4,
+            self.limits.network_prefix_v6,
+        )
+    }
+
     /// A new connection from `ip`: counts it and one session, or says which limit refuses it.
     pub fn connect(
         self: &Arc<Self>,
@@ -201,11 +318,15 @@ impl Anvil {
         now: Instant,
     ) -> Result<SessionTicket, (Refusal, LogNow)> {
         let key = client_key(ip);
+        let network = self.network(ip);
         let mut t = self.lock();
         t.prune(now);
+        let on_network = t.networks.get(&network).map_or(0, |n| n.sessions);
         let e = t.clients.entry(key).or_insert_with(|| Entry::new(now));
         let refusal = if self.limits.sessions > 0 && e.sessions >= self.limits.sessions {
             Some(Refusal::Sessions)
+        } else if self.limits.network_sessions > 0 && on_network >= self.limits.network_sessions {
+            Some(Refusal::NetworkSessions(network))
         } else if !e.connections.take(now, self.limits.connection_rate) {
             Some(Refusal::ConnectionRate)
         } else {
@@ -215,9 +336,17 @@ impl Anvil {
             return Err((r, e.log_now(now)));
         }
         e.sessions += 1;
+        let net = t.networks.entry(network).or_insert_with(|| NetEntry {
+            sessions: 0,
+            connections: Window::new(now),
+            previous: None,
+        });
+        net.sessions += 1;
+        net.connected(now);
         Ok(SessionTicket {
             anvil: self.clone(),
             key,
+            network: Some(network),
         })
     }
 
@@ -236,6 +365,14 @@ impl Anvil {
         }
     }
 
+    /// Fills in, for each network in `rates`, its new connections over about the last minute.
+    pub fn network_rates(&self, rates: &mut HashMap<Network, u64>, now: Instant) {
+        let t = self.lock();
+        for (net, rate) in rates.iter_mut() {
+            *rate = t.networks.get(net).map_or(0, |n| n.rate(now));
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().clients.len()
@@ -243,12 +380,19 @@ impl Anvil {
 }
 
 impl Table {
+    fn leave_network(&mut self, net: Network) {
+        if let Some(n) = self.networks.get_mut(&net) {
+            n.sessions = n.sessions.saturating_sub(1);
+        }
+    }
+
     fn prune(&mut self, now: Instant) {
         if now.duration_since(self.pruned) < PRUNE_EVERY {
             return;
         }
         self.pruned = now;
         self.clients.retain(|_, e| !e.idle(now));
+        self.networks.retain(|_, n| !n.idle(now));
     }
 }
 
@@ -264,110 +408,4 @@ impl Entry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn anvil(sessions: usize, connection_rate: u32, message_rate: u32) -> Arc<Anvil> {
-        Anvil::new(ClientLimits {
-            sessions,
-            connection_rate,
-            message_rate,
-        })
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn ipv6_is_grouped_per_64_and_ipv4_per_address() {
-        assert_eq!(client_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_eq!(
-            client_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
-            ip("2001:db8:1:2::")
-        );
-        assert_ne!(client_key(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
-        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
-        // Mapped IPv4 counts as that IPv4 address, not as the ::ffff:0:0/64.
-        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
-        assert_ne!(
-            client_key(ip("::ffff:192.0.2.7")),
-            client_key(ip("::ffff:192.0.2.8"))
-        );
-    }
-
-    #[test]
-    fn concurrent_sessions_per_client_and_per_64() {
-        let a = anvil(2, 0, 0);
-        let now = Instant::now();
-        let t1 = a.connect(ip("2001:db8::1"), now).unwrap();
-        let _t2 = a.connect(ip("2001:db8::2"), now).unwrap();
-        let (r, log) = a.connect(ip("2001:db8::3"), now).err().unwrap();
-        assert_eq!((r, log), (Refusal::Sessions, Some(0)));
-        // Another /64 and another IPv4 address are separate clients.
-        let _other = a.connect(ip("2001:db8:0:1::1"), now).unwrap();
-        let _v4 = a.connect(ip("192.0.2.1"), now).unwrap();
-        drop(t1);
-        let _t3 = a.connect(ip("2001:db8::3"), now).unwrap();
-    }
-
-    #[test]
-    fn connection_rate_window_expires() {
-        let a = anvil(0, 3, 0);
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            drop(a.connect(ip("192.0.2.1"), t0).unwrap());
-        }
-        let (r, _) = a.connect(ip("192.0.2.1"), t0).err().unwrap();
-        assert_eq!(r, Refusal::ConnectionRate);
-        let almost = t0 + WINDOW - Duration::from_millis(1);
-        assert!(a.connect(ip("192.0.2.1"), almost).is_err());
-        assert!(a.connect(ip("192.0.2.2"), almost).is_ok());
-        // A new window opens a minute after the first.
-        assert!(a.connect(ip("192.0.2.1"), t0 + WINDOW).is_ok());
-    }
-
-    #[test]
-    fn message_rate_window_expires() {
-        let a = anvil(0, 0, 2);
-        let t0 = Instant::now();
-        assert!(a.message(ip("192.0.2.1"), t0).is_ok());
-        assert!(a.message(ip("192.0.2.1"), t0).is_ok());
-        let (r, _) = a.message(ip("192.0.2.1"), t0).unwrap_err();
-        assert_eq!(r, Refusal::MessageRate);
-        assert!(a.message(ip("192.0.2.1"), t0 + WINDOW).is_ok());
-        // Off: never refused.
-        let off = anvil(0, 0, 0);
-        for _ in 0..1000 {
-            assert!(off.message(ip("192.0.2.1"), t0).is_ok());
-        }
-    }
-
-    #[test]
-    fn refusals_are_logged_once_a_minute_with_the_count_left_out() {
-        let a = anvil(1, 0, 0);
-        let t0 = Instant::now();
-        let _held = a.connect(ip("192.0.2.1"), t0).unwrap();
-        assert_eq!(a.connect(ip("192.0.2.1"), t0).err().unwrap().1, Some(0));
-        for _ in 0..5 {
-            assert_eq!(a.connect(ip("192.0.2.1"), t0).err().unwrap().1, None);
-        }
-        let later = t0 + WINDOW;
-        assert_eq!(a.connect(ip("192.0.2.1"), later).err().unwrap().1, Some(5));
-    }
-
-    #[test]
-    fn idle_clients_are_forgotten() {
-        let a = anvil(5, 10, 0);
-        let t0 = Instant::now();
-        for i in 0..100u8 {
-            drop(a.connect(IpAddr::from([192, 0, 2, i]), t0).unwrap());
-        }
-        let held = a.connect(ip("198.51.100.1"), t0).unwrap();
-        assert_eq!(a.len(), 101);
-        // After the windows expire only the client still connected is kept.
-        let _ = a.connect(ip("198.51.100.2"), t0 + WINDOW + PRUNE_EVERY);
-        assert_eq!(a.len(), 2);
-        drop(held);
-    }
-}
+mod tests;

@@ -231,9 +231,14 @@ impl Session {
         if ctx.guard.is_locked(self.peer) {
             return self.close_with(lockout_reply());
         }
+        // Never shed while the password is checked (`admission`); not while waiting for the
+        // turn either, or parallel guesses from one client could park sessions there.
+        self.place.slot.verifying(true);
         let ok = !user.is_empty() && !password.is_empty() && users.check(&user, &password).await;
+        self.place.slot.verifying(false);
         if ok {
             tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.place.authenticated();
             self.user = Some(user);
             return self.send(Reply::new(235, "2.7.0", "Authentication successful"));
         }

@@ -3,9 +3,10 @@
 //! `envelope` (MAIL FROM, RCPT TO), `message` (DATA, BDAT, signing, commit),
 //! `users` (users file, password hashes), `access` (trusted networks), `address` (strict path
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
-//! `received` (the Received header), `anvil` (per-client counters), `admission` (session slots
-//! and their reserve), `sender_login` (which senders each login may use), `author` (the `From:`
-//! and `Sender:` rules, read strictly by `mailbox`).
+//! `received` (the Received header), `anvil` (per-client and per-network counters), `admission`
+//! (session slots, their reserve, shedding unauthenticated sessions), `sender_login` (which
+//! senders each login may use), `author` (the `From:` and `Sender:` rules, read strictly by
+//! `mailbox`).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -119,7 +120,10 @@ pub(crate) fn build(
         Some(p)
             if p.config.limits.client_sessions == limits.client_sessions
                 && p.config.limits.client_connection_rate == limits.client_connection_rate
-                && p.config.limits.client_message_rate == limits.client_message_rate =>
+                && p.config.limits.client_message_rate == limits.client_message_rate
+                && p.config.limits.network_sessions == limits.network_sessions
+                && p.config.limits.network_prefix_v4 == limits.network_prefix_v4
+                && p.config.limits.network_prefix_v6 == limits.network_prefix_v6 =>
         {
             p.anvil.clone()
         }
@@ -128,11 +132,16 @@ pub(crate) fn build(
     let slots = match prev {
         Some(p)
             if p.config.limits.max_sessions == limits.max_sessions
-                && p.config.limits.reserved() == limits.reserved() =>
+                && p.config.limits.reserved() == limits.reserved()
+                && p.config.limits.preauth_timeout == limits.preauth_timeout =>
         {
             p.slots.clone()
         }
-        _ => admission::Slots::new(limits.max_sessions, limits.reserved()),
+        _ => admission::Slots::new(
+            limits.max_sessions,
+            limits.reserved(),
+            limits.preauth_timeout.0,
+        ),
     };
     Ok(Inbound {
         guard,
@@ -183,50 +192,9 @@ async fn accept_loop(
                     .find(|l| l.address == listen.address)
                     .unwrap_or(&listen)
                     .clone();
-                // The relay-wide bound (resized on reload, awaited by a graceful stop); the
-                // slots below decide who may take one.
-                let permit = sessions.clone().try_acquire_owned();
-                let auth_offered =
-                    listen.auth != crate::config::ListenAuth::None && ctx.users.is_some();
-                let ip = access::normalise(peer.ip());
-                let trusted = access::is_trusted(&ctx.config.access.networks, ip);
-                tokio::spawn(async move {
-                    let ticket = if trusted {
-                        None
-                    } else {
-                        match ctx.anvil.connect(ip, std::time::Instant::now()) {
-                            Ok(t) => Some(t),
-                            Err((why, log)) => {
-                                if let Some(unlogged) = log {
-                                    tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
-                                }
-                                let reply = why.reply(&ctx.config.hostname, ip);
-                                crate::metrics::refused("connect", reply.code);
-                                return session::refuse_connection(ctx, listen, stream, reply)
-                                    .await;
-                            }
-                        }
-                    };
-                    let admitted = match permit {
-                        Ok(permit) => ctx.slots.admit(trusted, auth_offered).map(|a| (a, permit)),
-                        Err(_) => None,
-                    };
-                    match admitted {
-                        Some(((_slot, admitted), _permit)) => {
-                            let _open = crate::metrics::session();
-                            session::run(ctx, listen, stream, peer, admitted).await;
-                            drop(ticket);
-                        }
-                        None => {
-                            if ctx.slots.log_busy() {
-                                tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
-                            }
-                            let reply = session::busy_reply(&ctx.config.hostname);
-                            crate::metrics::refused("connect", reply.code);
-                            session::refuse_connection(ctx, listen, stream, reply).await
-                        }
-                    }
-                });
+                let trusted =
+                    access::is_trusted(&ctx.config.access.networks, access::normalise(peer.ip()));
+                tokio::spawn(admit(ctx, listen, stream, peer, sessions.clone(), trusted));
             }
             Err(e) => {
                 // Out of file descriptors (EMFILE) and the like: back off instead of spinning,
@@ -238,6 +206,78 @@ async fn accept_loop(
                 let pause = 100u64.saturating_mul(u64::from(failures.min(10)));
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
+        }
+    }
+}
+
+/// How long a newcomer waits for the relay-wide permit of a session shed for it.
+const SHED_WAIT: Duration = Duration::from_secs(5);
+
+/// Per-client limits, then a session slot (`anvil`, `admission`); runs the session or refuses.
+async fn admit(
+    ctx: Arc<Inbound>,
+    listen: Listen,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    sessions: Arc<Semaphore>,
+    trusted: bool,
+) {
+    let ip = access::normalise(peer.ip());
+    let ticket = if trusted {
+        None
+    } else {
+        match ctx.anvil.connect(ip, std::time::Instant::now()) {
+            Ok(t) => Some(t),
+            Err((why, log)) => {
+                if let Some(unlogged) = log {
+                    tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
+                }
+                let reply = why.reply(&ctx.config.hostname, ip);
+                crate::metrics::refused("connect", reply.code);
+                return session::refuse_connection(ctx, listen, stream, reply).await;
+            }
+        }
+    };
+    // AUTH needs TLS: without a certificate no client here can ever log in.
+    let auth_offered =
+        listen.auth != crate::config::ListenAuth::None && ctx.users.is_some() && ctx.tls.is_some();
+    let network = ctx.anvil.network(ip);
+    let now = std::time::Instant::now();
+    let admitted = ctx
+        .slots
+        .admit(network, trusted, auth_offered, now, &ctx.anvil);
+    // The relay-wide bound (resized on reload, awaited by a graceful stop). A shed session
+    // gives its permit back once it has closed: wait for it (the semaphore is first come,
+    // first served, so no later connection takes it).
+    let permit = match &admitted {
+        None => None,
+        Some((_, shed)) => match sessions.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if *shed => tokio::time::timeout(SHED_WAIT, sessions.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        },
+    };
+    if let Some((_, true)) = &admitted
+        && let Some(shed) = ctx.slots.log_shed()
+    {
+        tracing::info!(client = %ip, shed, preauth = ctx.slots.preauth(), "unauthenticated sessions shed to make room (logged once a second)");
+    }
+    match (admitted, permit) {
+        (Some((slot, _)), Some(_permit)) => {
+            let _open = crate::metrics::session();
+            let place = admission::Place { slot, ticket };
+            session::run(ctx, listen, stream, peer, place).await;
+        }
+        _ => {
+            if ctx.slots.log_busy() {
+                tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
+            }
+            let reply = session::busy_reply(&ctx.config.hostname);
+            crate::metrics::refused("connect", reply.code);
+            session::refuse_connection(ctx, listen, stream, reply).await
         }
     }
 }

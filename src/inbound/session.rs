@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::Inbound;
-use super::admission::Admitted;
+use super::admission::Place;
 use super::envelope::{Tx, relay_denied};
 use crate::config::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
@@ -74,9 +74,11 @@ pub(super) struct Session {
     pub(super) trusted: bool,
     pub(super) tx: Option<Tx>,
     pub(super) errors: u32,
-    /// Admitted on probation (`admission`): closed unless authenticated by then.
-    pub(super) probation: Option<tokio::time::Instant>,
+    pub(super) place: Place,
 }
+
+/// How long a shed session may take to say goodbye: its slot is someone else's already.
+const SHED_GOODBYE: Duration = Duration::from_secs(1);
 
 /// The reply when all `limits.max_sessions` slots this client may take are in use.
 pub fn busy_reply(hostname: &str) -> Reply {
@@ -113,18 +115,28 @@ pub async fn run(
     listen: Listen,
     stream: TcpStream,
     peer: SocketAddr,
-    admitted: Admitted,
+    place: Place,
 ) {
     let ip = super::access::normalise(peer.ip());
     let trusted = super::access::is_trusted(&ctx.config.access.networks, ip);
-    tracing::debug!(client = %ip, listener = %listen.address, trusted, ?admitted, "session start");
-    let probation = (admitted == Admitted::Probation).then(|| {
-        tracing::info!(client = %ip, "session admitted on probation: must authenticate soon");
-        tokio::time::Instant::now() + ctx.config.limits.stress_command_timeout.0
-    });
+    tracing::debug!(client = %ip, listener = %listen.address, trusted, "session start");
+    // Shedding (`admission`) may end the session at any await, the TLS handshakes included.
+    let shed = place.slot.shed_notice();
+    let shed = async move {
+        match shed {
+            Some(p) => p.shed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(shed);
     let (conn, tls) = match (&ctx.tls, listen.tls) {
         (Some(acceptor), ListenTls::Implicit) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let done = tokio::select! {
+                done = handshake => done,
+                _ = &mut shed => return,
+            };
+            match done {
                 Ok(Ok(s)) => {
                     let info = tls_info(&s);
                     (Conn::Tls(Box::new(s)), Some(info))
@@ -156,14 +168,29 @@ pub async fn run(
         trusted,
         tx: None,
         errors: 0,
-        probation,
+        place,
     };
     let greeting = format!("220 {} ESMTP poolrelay\r\n", s.ctx.config.hostname);
     s.out.extend_from_slice(greeting.as_bytes());
-    let _ = s.serve().await;
-    let _ = s.flush().await;
+    let was_shed = tokio::select! {
+        _ = s.serve() => false,
+        _ = &mut shed => true,
+    };
+    let mut goodbye = Duration::from_secs(5);
+    if was_shed {
+        goodbye = SHED_GOODBYE;
+        tracing::debug!(client = %s.peer, "unauthenticated session shed to make room");
+        let host = s.cfg().hostname.clone();
+        s.out.clear();
+        let _ = s.close_with(Reply::new(
+            421,
+            "4.3.2",
+            format!("{host} Too many connections, making room for users who log in"),
+        ));
+    }
+    let _ = tokio::time::timeout(goodbye, s.flush()).await;
     if let Some(mut c) = s.conn.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), c.shutdown()).await;
+        let _ = tokio::time::timeout(goodbye, c.shutdown()).await;
     }
     tracing::debug!(client = %s.peer, "session end");
 }
@@ -302,9 +329,6 @@ impl Session {
     }
 
     fn timed_out(&mut self) -> Result<bool, End> {
-        if self.probation_over() {
-            return self.end_probation().map(|_| false);
-        }
         tracing::info!(client = %self.peer, "timeout, closing");
         let host = self.cfg().hostname.clone();
         self.close_with(Reply::new(
@@ -316,7 +340,7 @@ impl Session {
     }
 
     /// Reads more of a command line begun at `started`. The deadline is looked at again every
-    /// second, so a session already idle notices when stress begins or its probation ends.
+    /// second, so a session already idle notices when stress begins.
     async fn fill_line(&mut self, started: tokio::time::Instant) -> Result<bool, End> {
         loop {
             let deadline = self.command_deadline(started);
@@ -356,9 +380,6 @@ impl Session {
         // One deadline for the whole line, not one per read: a client trickling a byte at a
         // time (slowloris) is cut after command_timeout instead of being kept for ever.
         let started = tokio::time::Instant::now();
-        if self.probation_over() {
-            return self.end_probation().map(|_| Line::Eof);
-        }
         loop {
             let avail = &self.rbuf[self.rpos..];
             let window = &avail[..avail.len().min(MAX_LINE + 2)];
@@ -375,6 +396,7 @@ impl Session {
                 let mut cmd = Vec::with_capacity(i + 1);
                 cmd.extend_from_slice(body);
                 self.rpos += i + 1;
+                self.place.slot.touch();
                 return Ok(Line::Cmd(cmd));
             }
             if avail.len() >= MAX_LINE + 2 {
@@ -387,7 +409,7 @@ impl Session {
     }
 
     /// When the next command line must be complete: `command_timeout`, shorter under stress
-    /// (`admission`), and no later than the end of a probation.
+    /// (`admission`).
     fn command_deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
         let limits = &self.cfg().limits;
         let mut timeout = limits.command_timeout.0;
@@ -395,31 +417,9 @@ impl Session {
             timeout = timeout.min(limits.stress_command_timeout.0);
         }
         // A huge command_timeout must not overflow the clock: a year is "for ever" here.
-        let deadline = started
+        started
             .checked_add(timeout)
-            .unwrap_or_else(|| started + Duration::from_secs(365 * 86400));
-        match self.probation {
-            Some(p) if self.user.is_none() => deadline.min(p),
-            _ => deadline,
-        }
-    }
-
-    /// On probation, unauthenticated, and its time is up.
-    fn probation_over(&self) -> bool {
-        self.user.is_none()
-            && self
-                .probation
-                .is_some_and(|p| tokio::time::Instant::now() >= p)
-    }
-
-    fn end_probation(&mut self) -> Flow {
-        tracing::info!(client = %self.peer, "not authenticated in time on a reserved session slot, closing");
-        let host = self.cfg().hostname.clone();
-        self.close_with(Reply::new(
-            421,
-            "4.7.0",
-            format!("{host} Too many connections: authenticate sooner, closing connection"),
-        ))
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 86400))
     }
 
     /// Drops the rest of an overlong line (bounded), so the next command starts cleanly.
