@@ -5,7 +5,8 @@
 //! - The state is the ramp's own JSON, one field per IP × provider (`<ip>|<provider>`) of the
 //!   hash `<prefix>:ramp`, with no expiry (like the warm-up progress).
 //! - Each reply counts into `<prefix>:ramp:<ip>|<provider>:d:<day>` (a hash: accepted,
-//!   throttled, deferred, bounced, blocked), on the day its delivery began; the messages taken
+//!   throttled, deferred, bounced, blocked), on the day the pool gives (the day its delivery
+//!   began, or the open day for a late block or throttling reply); the messages taken
 //!   count in `<prefix>:ramp:<ip>|<provider>:t:<day>`, one more counter of the take's script
 //!   (`counters`: given back with the others, kept while Redis is down). Replies wait here
 //!   and go in batches (at once, and every second while any wait), one MULTI per batch. A batch

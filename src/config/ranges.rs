@@ -4,7 +4,7 @@
 //! Rules: every duration is at most [`MAX_DURATION`] (checked when it is read); timeouts and
 //! intervals are at least 100 ms (a zero interval panics a timer, a zero timeout ends every
 //! session); counts that size a semaphore, a table or a window have an upper bound far above any
-//! real use; rates are finite shares from 0 to 1. Each error names the section's key and its line.
+//! real use; rates are finite shares from 0 to 1; warm-up `daily` caps are at least 1. Each error names the section's key and its line.
 
 use std::time::Duration;
 
@@ -121,7 +121,8 @@ fn entry_counts(c: &Config) -> Vec<(&'static str, usize, &'static str, u64, u64,
     let mut v = Vec::new();
     for (n, s) in c.warmup.schedule.iter().enumerate() {
         for &d in &s.daily {
-            v.push(("warmup.schedule", n, "daily", d, 0, BILLION));
+            // A cap of 0 can never be a sending day: the ramp would never move again.
+            v.push(("warmup.schedule", n, "daily", d, 1, BILLION));
         }
         let back = s.step_back_days.into();
         v.push(("warmup.schedule", n, "step_back_days", back, 0, 10_000));
@@ -456,6 +457,18 @@ mod tests {
     }
 
     const TWO: &str = "[[warmup.schedule]]\nname = \"a\"\ndaily = [10, 20]\n[[warmup.schedule]]\nname = \"b\"\ndaily = [10, 20, 40]\nadaptive = true\n";
+
+    #[test]
+    fn a_daily_warmup_cap_of_zero_is_refused() {
+        // A cap of 0 is never a sending day: the ramp landing on it would hold mail forever.
+        let e = errors("[[warmup.schedule]]\nname = \"a\"\ndaily = [10, 0, 40]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:8: warmup.schedule.daily:"),
+            "{e:?}"
+        );
+        assert!(errors("[[warmup.schedule]]\nname = \"a\"\ndaily = [1, 40]\n").is_empty());
+    }
 
     #[test]
     fn adaptive_ramp_keys_are_checked_on_their_schedules_line() {

@@ -10,21 +10,35 @@ use super::ramp::{DayTally, Decision, RampOutcome};
 
 impl Pools {
     /// Counts one reply to a delivery that began at `sent_at_ms` (unix millis) into the ramp's
-    /// day of that IP × provider. A reply to a day already decided is too late to count.
+    /// day of that IP × provider. A reply to a day already decided is too late to count, except
+    /// a block or throttling reply: it goes to the open day (a quarantine's one `Blocked` must
+    /// not be lost at a day change, or the ramp never steps back).
     pub fn ramp_outcome(&self, ip: IpAddr, provider: &str, sent_at_ms: u64, outcome: RampOutcome) {
-        let day = self.clock().day(sent_at_ms);
-        self.farm_outcome(ip, provider, day, outcome);
+        let began = self.clock().day(sent_at_ms);
         let key = (ip, provider.to_string());
         let mut inner = self.lock();
-        let Some(c) = inner.counters.get_mut(&key) else {
-            return;
+        let open = inner
+            .counters
+            .get(&key)
+            .and_then(|c| c.warmup.last_send_day);
+        let day = match open {
+            Some(open) if open > began && carried(outcome) => open,
+            _ => began,
         };
-        if c.warmup.last_send_day != Some(day) {
+        let counted = match inner.counters.get_mut(&key) {
+            Some(c) if open == Some(day) => {
+                c.warmup.tally.add(outcome);
+                inner.dirty.insert(key);
+                true
+            }
+            _ => false,
+        };
+        drop(inner);
+        if open.is_some() && !counted {
             tracing::debug!(source_ip = %ip, provider, ?outcome, "ramp: reply to a day already decided");
-            return;
         }
-        c.warmup.tally.add(outcome);
-        inner.dirty.insert(key);
+        // The farm's tally takes the same day (this relay's view of the farm's open day).
+        self.farm_outcome(ip, provider, day, outcome);
     }
 
     /// Makes one decision known: history event `warmup`, an info log line, the metric.
@@ -53,4 +67,9 @@ impl Pools {
             );
         }
     }
+}
+
+/// Outcomes that still count when their delivery's day is already decided.
+fn carried(o: RampOutcome) -> bool {
+    matches!(o, RampOutcome::Blocked | RampOutcome::Throttled)
 }

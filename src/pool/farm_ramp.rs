@@ -11,7 +11,8 @@
 //! - Redis down at a new sending day: this relay's own decision stands and is told as on a
 //!   relay alone; the farm's state is read again at the next sending day.
 //! - Every reply to a delivery from an IP on a schedule counts into the farm's tally of the
-//!   day its delivery began; the messages taken count in the take's script (`shared`).
+//!   day its delivery began, or (a block or throttling reply to a day this relay knows is
+//!   decided) of the open day; the messages taken count in the take's script (`shared`).
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -132,7 +133,7 @@ impl Pools {
         inner.dirty.insert(key.clone());
     }
 
-    /// `[cluster]`: one reply into the farm's tally of the day its delivery began (IPs on a
+    /// `[cluster]`: one reply into the farm's tally of `day` (`ramp_outcome` chose it; IPs on a
     /// schedule only).
     pub(super) fn farm_outcome(&self, ip: IpAddr, provider: &str, day: u64, o: RampOutcome) {
         let Some(cluster) = self.cluster() else {

@@ -8,7 +8,8 @@
 //! - Idle `warmup.idle_days` or more → re-warm at the schedule's `rewarm_day` (fixed schedules
 //!   too; default 0).
 //! - Fixed schedule: every sending day moves the ramp one day of the table on.
-//! - Adaptive schedule (per day of deliveries begun on it; volume = what the receiver
+//! - Adaptive schedule (per day of deliveries begun on it, except that a block or throttling
+//!   reply to a day already decided counts in the open day; volume = what the receiver
 //!   accepted; throttled share = throttling deferrals ÷ all replies):
 //!   - a block or quarantine, or a throttled share above `step_back_above` → step back
 //!     `step_back_days` days of the table;
@@ -21,6 +22,8 @@
 //!     at most back to the table's day. On the table: the next cap is `max_growth` × accepted,
 //!     at least the table's next step, at most the table's last entry; the day becomes the
 //!     furthest table day at or below that cap. Past the table's last day the IP is active.
+//! - A table entry of 0 (refused by the config) counts as a cap of 1: a day must be able to
+//!   be a sending day, or the ramp never moves again.
 //! - Each decision is explained (`Decision::text`) for the history, the log and the page.
 
 use serde::{Deserialize, Serialize};
@@ -99,15 +102,21 @@ pub struct RampState {
 impl RampState {
     /// The cap of the current day: `None` once past the table (active).
     pub fn cap_of(&self, table: &[u64]) -> Option<u64> {
-        let step = table.get(self.day_index as usize).copied()?;
+        let step = table_cap(table, self.day_index)?;
         Some(self.cap.unwrap_or(step))
     }
 
     /// Below its table day: a cap the receiver set (what it took on a day it refused some).
     /// Such a ramp regrows by `max_growth` until it is back on the table.
     pub fn limited(&self, table: &[u64]) -> bool {
-        matches!((self.cap, table.get(self.day_index as usize)), (Some(c), Some(&s)) if c < s)
+        matches!((self.cap, table_cap(table, self.day_index)), (Some(c), Some(s)) if c < s)
     }
+}
+
+/// The table's cap on day `index`; a 0 (refused by the config) counts as 1: a day of cap 0
+/// could never be a sending day, and the ramp would never move again.
+fn table_cap(table: &[u64], index: u32) -> Option<u64> {
+    table.get(index as usize).map(|&c| c.max(1))
 }
 
 /// One sending day of deliveries (by the day each delivery began), persisted with the counters.
@@ -232,7 +241,7 @@ impl Decision {
     pub fn next(&self, today: u64, table: &[u64]) -> RampState {
         let day = self.day();
         // Keep only a cap that differs from the table's (growth); None reads the table.
-        let cap = self.cap().filter(|&c| table.get(day as usize) != Some(&c));
+        let cap = self.cap().filter(|&c| table_cap(table, day) != Some(c));
         RampState {
             day_index: day,
             cap,
@@ -310,7 +319,7 @@ pub fn decide(
     if last >= today {
         return None;
     }
-    let cap_at = |i: u32| table.get(i as usize).copied();
+    let cap_at = |i: u32| table_cap(table, i);
     let end = table.len() as u32;
     if today - last >= rules.idle_days {
         let d = rules.rewarm_day.min(end.saturating_sub(1));
@@ -402,7 +411,7 @@ fn regrow(
     throttled: f64,
     used: f64,
 ) -> Decision {
-    let step = table[index as usize];
+    let step = table_cap(table, index).unwrap_or(1);
     let grown = (rules.max_growth * accepted as f64).floor() as u64;
     Decision::Advanced {
         day: index,
@@ -422,7 +431,8 @@ fn advance(
     used: f64,
 ) -> Decision {
     let next = index + 1;
-    let (Some(&step), Some(&full)) = (table.get(next as usize), table.last()) else {
+    let last = (table.len() as u32).saturating_sub(1);
+    let (Some(step), Some(full)) = (table_cap(table, next), table_cap(table, last)) else {
         let day = table.len() as u32;
         return Decision::Advanced {
             day,
@@ -435,7 +445,7 @@ fn advance(
     let cap = grown.max(step).min(full.max(step));
     // The furthest table day at or below the new cap (at least the next one).
     let day = (next..table.len() as u32)
-        .take_while(|&i| table[i as usize] <= cap)
+        .take_while(|&i| table_cap(table, i).is_some_and(|s| s <= cap))
         .last()
         .unwrap_or(next);
     Decision::Advanced {
@@ -478,6 +488,19 @@ mod tests {
 
     fn decide_on(rules: &Rules, s: RampState, t: DayTally) -> Decision {
         decide(rules, TABLE, &s, &t, 101).expect("a decision")
+    }
+
+    #[test]
+    fn a_zero_in_the_table_is_a_cap_of_one() {
+        let table = &[0, 10, 20];
+        assert_eq!(at(0, None).cap_of(table), Some(1), "the first day can send");
+        let mut blocked = tally(10, 10, 0);
+        blocked.blocked = 1;
+        let d = decide(&adaptive(), table, &at(1, None), &blocked, 101).unwrap();
+        assert_eq!((d.day(), d.cap()), (0, Some(1)), "stepped back onto a 0");
+        // From that day, a clean full day moves on.
+        let d = decide(&adaptive(), table, &at(0, None), &tally(1, 1, 0), 102).unwrap();
+        assert_eq!((d.day(), d.cap()), (1, Some(10)));
     }
 
     #[test]

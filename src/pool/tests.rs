@@ -489,7 +489,7 @@ fn ramp_counts_replies_into_the_day_their_delivery_began() {
     p.ramp_outcome(a, "alpha", now, RampOutcome::Accepted);
     p.ramp_outcome(a, "alpha", now, RampOutcome::Throttled);
     // A delivery begun yesterday belongs to a day already decided.
-    p.ramp_outcome(a, "alpha", now - 86_400_000, RampOutcome::Blocked);
+    p.ramp_outcome(a, "alpha", now - 86_400_000, RampOutcome::Accepted);
     // No counters for a provider never picked: nothing to count into.
     p.ramp_outcome(a, "beta", now, RampOutcome::Accepted);
     let inner = p.lock();
@@ -502,6 +502,27 @@ fn ramp_counts_replies_into_the_day_their_delivery_began() {
     assert_eq!(
         (alpha["adaptive"].as_bool(), alpha["cap_today"].as_u64()),
         (Some(true), Some(5))
+    );
+}
+
+#[test]
+fn a_late_block_or_throttling_reply_counts_in_the_open_day() {
+    let p = Arc::new(Pools::from_config(&config(ADAPTIVE)));
+    let (a, key) = (ip("127.0.0.10"), (ip("127.0.0.10"), "alpha".to_string()));
+    let now = super::warmup::Clock::now_ms();
+    // Today is the open day: yesterday was decided at today's first pick.
+    pick(&p, "alpha").unwrap();
+    let yesterday = now - 86_400_000;
+    // The quarantine's one `Blocked`, for a delivery begun yesterday.
+    p.ramp_outcome(a, "alpha", yesterday, RampOutcome::Blocked);
+    p.ramp_outcome(a, "alpha", yesterday, RampOutcome::Throttled);
+    // Other late replies are still too late.
+    p.ramp_outcome(a, "alpha", yesterday, RampOutcome::Accepted);
+    p.ramp_outcome(a, "alpha", yesterday, RampOutcome::Deferred);
+    let t = p.lock().counters[&key].warmup.tally;
+    assert_eq!(
+        (t.taken, t.accepted, t.throttled, t.deferred, t.blocked),
+        (1, 0, 1, 0, 1)
     );
 }
 

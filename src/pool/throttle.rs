@@ -21,6 +21,9 @@ pub struct Counters {
     pub hour: u64,
     #[serde(default)]
     pub hour_count: u64,
+    /// Messages taken in hour `hour - 1`: the pace an uncapped cut halves early in an hour.
+    #[serde(default)]
+    pub prev_hour_count: u64,
     #[serde(default)]
     pub sent: u64,
     #[serde(default)]
@@ -54,7 +57,8 @@ pub struct Counters {
 ///
 /// Rules:
 /// - a throttling reply halves the hourly pace (the current hourly cap, or when uncapped the
-///   messages taken this hour; at least 1) until the end of the warm-up day;
+///   larger of the messages taken this hour and last hour; at least 1) until the end of the
+///   warm-up day;
 /// - a reply to a delivery that began before the last cut (or in its millisecond) is of the
 ///   same episode: no new cut;
 /// - after `max_cuts` cuts in a day, a throttling reply to a delivery begun after the last cut
@@ -101,6 +105,18 @@ impl Counters {
         }
     }
 
+    /// Messages taken in the hour before the current one.
+    pub fn used_prev_hour(&self, clock: &Clock, now: u64) -> u64 {
+        let hour = clock.hour(now);
+        if self.hour == hour {
+            self.prev_hour_count
+        } else if self.hour + 1 == hour {
+            self.hour_count
+        } else {
+            0
+        }
+    }
+
     /// The hourly pace set by throttling replies, while its day lasts.
     pub fn pace(&self, clock: &Clock, now: u64) -> Option<u64> {
         (self.pace_cuts > 0 && self.pace_day == clock.day(now)).then_some(self.pace_per_hour)
@@ -128,7 +144,10 @@ impl Counters {
         let current = match (hourly, pace) {
             (Some(h), Some(p)) => h.min(p),
             (Some(x), None) | (None, Some(x)) => x,
-            (None, None) => self.used_hour(clock, now),
+            // Early in an hour its count is near 0: last hour's is the pace actually sent at.
+            (None, None) => self
+                .used_hour(clock, now)
+                .max(self.used_prev_hour(clock, now)),
         };
         self.pace_day = clock.day(now);
         self.pace_per_hour = (current / 2).max(1);
@@ -198,6 +217,11 @@ impl Counters {
             self.day_count = 0;
         }
         if self.hour != hour {
+            self.prev_hour_count = if self.hour + 1 == hour {
+                self.hour_count
+            } else {
+                0
+            };
             self.hour = hour;
             self.hour_count = 0;
         }
@@ -212,6 +236,8 @@ impl Counters {
         }
         if self.hour == hour {
             self.hour_count = self.hour_count.saturating_sub(1);
+        } else if self.hour == hour + 1 {
+            self.prev_hour_count = self.prev_hour_count.saturating_sub(1);
         }
     }
 }
@@ -327,5 +353,43 @@ mod tests {
                 cuts: 1
             }
         );
+    }
+
+    #[test]
+    fn an_uncapped_cut_early_in_an_hour_halves_last_hours_pace() {
+        let clock = Clock { day_ms: 2400 }; // an hour is 100 ms
+        let mut c = Counters::default();
+        let t = 10_000; // day 4, hour 100
+        for i in 0..40 {
+            c.take(&clock, t + i, 30);
+        }
+        // Hour 101 begins; one message so far, the reply comes in its first moments.
+        c.take(&clock, t + 100, 30);
+        assert_eq!(
+            c.cut_pace(None, &clock, t + 101, t + 100, 3),
+            PaceCut::Cut {
+                per_hour: 20,
+                cuts: 1
+            }
+        );
+        // Nothing taken yet this hour: last hour's count still answers.
+        let mut c = Counters::default();
+        for i in 0..40 {
+            c.take(&clock, t + i, 30);
+        }
+        assert_eq!(
+            c.cut_pace(None, &clock, t + 100, t + 50, 3),
+            PaceCut::Cut {
+                per_hour: 20,
+                cuts: 1
+            }
+        );
+        // An idle hour in between: last hour took nothing.
+        let mut c = Counters::default();
+        for i in 0..40 {
+            c.take(&clock, t + i, 30);
+        }
+        c.take(&clock, t + 200, 30);
+        assert_eq!(c.used_prev_hour(&clock, t + 201), 0);
     }
 }

@@ -5,7 +5,8 @@
 //!   the IP (quarantine after `block_threshold`); a throttling reply slows it (the pool halves
 //!   its hourly pace, `Pools::throttled`) and is a deferral for the recipient, never a block and
 //!   never in the deferral rate; throttling that goes on after `throttle_cuts` cuts in a day
-//!   quarantines (cause `throttling`).
+//!   quarantines (cause `throttling`). For unlisted destinations (provider `other`, shared by
+//!   all of them) a throttling reply only pauses for the back-off: no pace cut, no quarantine.
 //! - A sliding window of the other outcomes quarantines on a hard-bounce rate (bad-recipient,
 //!   mailbox-full and dns excluded) or a deferral rate over its threshold. Bad-recipient rates
 //!   per sender are list-hygiene warnings, not the IP's fault.
@@ -374,10 +375,21 @@ impl Tracker {
         if let Some(of) = incident.of {
             return Judged::InIncident(Box::new(of));
         }
-        let pace = (signal == Signal::Throttle).then(|| {
-            self.pools
-                .throttled(ip, provider, sent_at_ms, reply, settings.throttle_cuts)
-        });
+        // Unlisted destinations share "other": one of them throttling gets the back-off
+        // pause only, no pace cut for all the others (and so no throttling quarantine).
+        let pace = match signal {
+            Signal::Throttle if known => {
+                Some(
+                    self.pools
+                        .throttled(ip, provider, sent_at_ms, reply, settings.throttle_cuts),
+                )
+            }
+            Signal::Throttle => {
+                self.pools.back_off(ip, provider, reply);
+                None
+            }
+            _ => None,
+        };
         // The pool keeps probation across restarts; the window may not know of it. Only the
         // window's outcomes are probes (a throttling reply never ends probation).
         let on_probation = signal == Signal::None && self.pools.in_probation(ip, provider);

@@ -270,6 +270,25 @@ fn throttling_that_persists_after_the_cuts_quarantines() {
 }
 
 #[test]
+fn throttling_from_an_unlisted_destination_only_backs_off() {
+    let t = tracker("throttle_cuts = 2\ncooldown = \"10m\"");
+    let ip: IpAddr = "127.0.0.10".parse().unwrap();
+    // Each began after the last would-be cut: for a listed provider the third quarantines.
+    for i in 0..4 {
+        let mut r = reply(421, "4.7.28", "rate limited, try again later");
+        let v = t.observe(ip, "other", "s", "a@b", now_ms() + 1000 * (i + 1), &mut r);
+        assert_eq!(v.status, Status::Deferred);
+    }
+    assert!(quarantined(&t, "other").is_none(), "{:?}", t.pools.holds());
+    let pv = &t.pools.status().pools[0].ips[0].providers["other"];
+    assert_eq!(
+        pv.pace_per_hour, None,
+        "no pace cut for all unlisted: {pv:?}"
+    );
+    assert!(pv.backoff_until.is_some(), "{pv:?}");
+}
+
+#[test]
 fn hard_bounce_rate_needs_samples_and_ignores_bad_recipients() {
     let t = tracker("window = 20\nmin_samples = 10\nmax_bounce_rate = 0.2");
     let ip: IpAddr = "127.0.0.10".parse().unwrap();
