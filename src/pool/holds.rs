@@ -230,19 +230,30 @@ impl Pools {
     /// belongs to, and the last offence number (module doc, rules on incidents).
     pub fn incident(&self, ip: IpAddr, provider: &str, sent_at_ms: u64) -> Incident {
         let inner = self.lock();
-        let records = || {
-            inner.holds.iter().filter(move |((a, scope, _), h)| {
-                *a == ip && (scope == "all" || scope == provider) && h.kind == HoldKind::Quarantined
-            })
-        };
+        // Called on every reply: most relays hold no record at all, and then nothing to scan.
+        if inner.holds.is_empty() {
+            return Incident::default();
+        }
+        // One pass: the record that ends last and the one with the last offence.
+        let (mut latest, mut last_offence): (Option<(&HoldKey, &Hold)>, Option<&Hold>) =
+            (None, None);
+        for (k, h) in inner.holds.iter().filter(|((a, scope, _), h)| {
+            *a == ip && (scope == "all" || scope == provider) && h.kind == HoldKind::Quarantined
+        }) {
+            if latest.is_none_or(|(_, l)| h.end_ms() >= l.end_ms()) {
+                latest = Some((k, h));
+            }
+            if last_offence.is_none_or(|l| (h.offence, h.since) >= (l.offence, l.since)) {
+                last_offence = Some(h);
+            }
+        }
         let mut incident = Incident {
-            of: records()
-                .max_by_key(|(_, h)| h.end_ms())
+            of: latest
                 .filter(|(_, h)| sent_at_ms < h.end_ms())
                 .map(|(k, h)| (k.clone(), h.clone())),
             ..Incident::default()
         };
-        if let Some((_, h)) = records().max_by_key(|(_, h)| (h.offence, h.since)) {
+        if let Some(h) = last_offence {
             (incident.offence, incident.offence_since) = (h.offence, h.since);
         }
         incident
