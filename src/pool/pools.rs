@@ -92,6 +92,8 @@ pub struct Pools {
     conf: ArcSwap<Conf>,
     pub(super) state: Option<Arc<State>>,
     inner: Mutex<Inner>,
+    /// Taken while hold records are written to the store (`Pools::store_current`).
+    pub(super) store_lock: Mutex<()>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
     /// Where hold changes go to the farm (`[cluster]`), set once at start.
@@ -250,6 +252,7 @@ impl Pools {
             conf: ArcSwap::from_pointee(Conf::new(config)),
             state,
             inner: Mutex::new(inner),
+            store_lock: Mutex::new(()),
             wake: Notify::new(),
             outbox: OnceLock::new(),
             cluster: std::sync::OnceLock::new(),

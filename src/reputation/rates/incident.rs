@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::{Tracker, Window};
 use crate::outcome::classify::Signal;
-use crate::pool::{Cause, Hold, HoldKey, HoldKind, Incident};
+use crate::pool::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident};
 
 /// A quarantine to make: why, and which offence it is.
 pub(super) struct Offence {
@@ -42,7 +42,9 @@ impl Tracker {
         if !counts {
             return;
         }
-        match self.pools.count_in_incident(key) {
+        match self.pools.count_in_incident(key, hold.since, hold.offence) {
+            // Replaced by a newer offence meanwhile: not this reply's incident any more.
+            Ok(0) => {}
             Ok(n) => {
                 tracing::info!(source_ip = %ip, provider, cause = %hold.cause, replies = n, "reply counted in the quarantine's incident (no new offence)")
             }
@@ -83,7 +85,9 @@ impl Tracker {
         (w.offences, cool)
     }
 
-    pub(super) fn quarantine(&self, ip: IpAddr, provider: &str, o: Offence) {
+    /// Makes the quarantine in the pool's memory only (under the windows' lock, so the next
+    /// reply sees it); the caller persists the result after releasing that lock.
+    pub(super) fn quarantine(&self, ip: IpAddr, provider: &str, o: Offence) -> Option<HoldWrite> {
         let now = crate::spool::now_unix();
         let until = now + o.cool.as_secs().max(1);
         let evidence = if o.replies > 0 {
@@ -103,8 +107,9 @@ impl Tracker {
             offence: o.number,
             replies: o.replies,
         };
-        if let Err(e) = self.pools.quarantine_record(ip, hold) {
-            tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
-        }
+        self.pools
+            .quarantine_in_memory(ip, hold)
+            .inspect_err(|e| tracing::error!(source_ip = %ip, error = %e, "cannot quarantine"))
+            .ok()
     }
 }
