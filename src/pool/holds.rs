@@ -17,6 +17,9 @@
 //!   dropped, so a late reply never writes an older offence over a newer one.
 //! - Hold writes change memory under the lock and reach the store outside it, one writer at a
 //!   time, always with what memory holds then.
+//! - Incident counts are written at most once a second per record (`flush_counts`): memory
+//!   has them at once; the store and the farm get the sum. A farm's later record or a whole
+//!   write of the record supersedes a pending count.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -261,35 +264,50 @@ impl Pools {
     }
 
     /// One more reply of the incident of record `key`, read as offence `offence` begun at
-    /// `since`: counted in the record and its evidence, and shared like any hold change; not a
-    /// new offence (no history event). Returns the count, or 0 when the record is gone or is
-    /// another offence now (the count is dropped: writing it back would erase the newer one).
-    pub fn count_in_incident(
-        &self,
-        key: &HoldKey,
-        since: u64,
-        offence: u32,
-    ) -> Result<u32, String> {
-        // Read, check and write under one lock: a copy written back later could undo a newer
+    /// `since`: counted in the record and its evidence in memory at once, stored and shared
+    /// like any hold change by the next `flush_counts`; not a new offence (no history event).
+    /// Returns the count, or 0 when the record is gone or is another offence now (the count
+    /// is dropped: writing it back would erase the newer one).
+    pub fn count_in_incident(&self, key: &HoldKey, since: u64, offence: u32) -> u32 {
+        // Read, check and change under one lock: a copy written back later could undo a newer
         // offence on the same key, or lose a concurrent count.
-        let written = {
-            let mut inner = self.lock();
-            let Some(mut hold) = inner.holds.get(key).cloned() else {
-                return Ok(0);
-            };
-            if (hold.since, hold.offence) != (since, offence) {
-                return Ok(0);
-            }
-            hold.replies = hold.replies.max(1) + 1;
-            hold.evidence = incident_evidence(&hold.evidence, &hold.cause, hold.replies);
-            let n = hold.replies;
-            (
-                self.hold_in_memory(&mut inner, vec![(key.clone(), Some(hold))]),
-                n,
-            )
+        let mut inner = self.lock();
+        let Some(hold) = inner.holds.get_mut(key) else {
+            return 0;
         };
-        self.persist_holds(written.0)?;
-        Ok(written.1)
+        if (hold.since, hold.offence) != (since, offence) {
+            return 0;
+        }
+        hold.replies = hold.replies.max(1) + 1;
+        hold.evidence = incident_evidence(&hold.evidence, &hold.cause, hold.replies);
+        let n = hold.replies;
+        inner.counted.insert(key.clone());
+        n
+    }
+
+    /// Incident counts since the last call to the farm and the store, one write per record
+    /// (twenty replies in flight: one commit, not twenty). Called by `flush`, once a second.
+    pub(super) fn flush_counts(&self) -> Result<(), String> {
+        let keys: Vec<HoldKey> = {
+            let mut inner = self.lock();
+            let keys: Vec<HoldKey> = inner.counted.drain().collect();
+            let at_ms = Clock::now_ms();
+            for k in &keys {
+                let Some(h) = inner.holds.get(k).cloned() else {
+                    continue;
+                };
+                let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
+                inner.stamps.insert(k.clone(), stamp);
+                if let Some(outbox) = self.outbox.get() {
+                    outbox.send(hold_change(k, Some(h)), stamp);
+                }
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.store_current(keys)
     }
 
     /// Whether `ip` × `provider` is on probation (taking only `probe_per_hour`).
@@ -362,6 +380,8 @@ impl Pools {
                 return false;
             }
             inner.stamps.insert(key.clone(), at_ms);
+            // The farm's later record replaces a count not yet shared.
+            inner.counted.remove(&key);
             // Already so here (a restart's stamps are the records' `since`, in seconds).
             if inner.holds.get(&key) == hold.as_ref() {
                 return false;
@@ -443,6 +463,8 @@ impl Pools {
         let at_ms = Clock::now_ms();
         let mut events = Vec::new();
         for (k, h) in &changes {
+            // Written whole here: a pending count of it goes with this write.
+            inner.counted.remove(k);
             let old = match h {
                 Some(h) => inner.holds.insert(k.clone(), h.clone()),
                 None => inner.holds.remove(k),

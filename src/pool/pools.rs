@@ -61,6 +61,8 @@ pub(super) struct Inner {
     /// When each hold record last changed (unix millis), removals included: the farm's merge
     /// rule compares these (`cluster::events`).
     pub stamps: HashMap<HoldKey, u64>,
+    /// Hold records whose incident count changed since the last `flush_counts`.
+    pub counted: HashSet<HoldKey>,
     /// Messages in flight per IP × provider.
     pub active: HashMap<Key, u32>,
     /// Smooth weighted round-robin state per pool × provider × family, one weight per IP.

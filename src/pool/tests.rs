@@ -550,11 +550,11 @@ fn a_late_count_never_writes_an_older_offence_over_a_newer_one() {
         ..first.clone()
     };
     p.quarantine_record(a, second.clone()).unwrap();
-    assert_eq!(p.count_in_incident(&key, of.since, of.offence).unwrap(), 0);
+    assert_eq!(p.count_in_incident(&key, of.since, of.offence), 0);
     let held: Vec<Hold> = p.holds().into_iter().map(|(_, h)| h).collect();
     assert_eq!(held, vec![second.clone()], "offence 2 stays in force");
     // A count of offence 2 itself is kept.
-    assert_eq!(p.count_in_incident(&key, now, 2).unwrap(), 2);
+    assert_eq!(p.count_in_incident(&key, now, 2), 2);
     assert_eq!(p.holds()[0].1.replies, 2);
 }
 
@@ -601,4 +601,44 @@ fn a_throttling_quarantine_starts_the_pace_cuts_over() {
         p.throttled(a, "microsoft", until * 1000 + 1, &r, 1),
         throttle::PaceCut::Cut { cuts: 1, .. }
     ));
+}
+
+#[test]
+fn incident_counts_go_out_once_per_flush() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
+    p.share_holds(outbox);
+    let a = ip("127.0.0.10");
+    let now = now_s();
+    let hold = Hold {
+        kind: HoldKind::Quarantined,
+        scope: "gmail".into(),
+        cause: Cause::BlockReply,
+        reason: "block reply".into(),
+        evidence: "550 5.7.1 blocked".into(),
+        since: now,
+        until: Some(now + 3600),
+        offence: 1,
+        replies: 1,
+    };
+    p.quarantine_record(a, hold).unwrap();
+    let made = rx.try_recv().expect("the quarantine goes out at once");
+    let key = (a, "gmail".to_string(), Cause::BlockReply);
+    for n in 2..=4 {
+        assert_eq!(p.count_in_incident(&key, now, 1), n);
+    }
+    assert_eq!(p.holds()[0].1.replies, 4, "memory has every count at once");
+    assert!(rx.try_recv().is_err(), "nothing shared before the flush");
+    p.flush();
+    let counted = rx.try_recv().expect("one event for three counts");
+    assert!(counted.at_ms > made.at_ms);
+    match &counted.change {
+        crate::cluster::events::Change::Hold { hold: Some(h), .. } => assert_eq!(h.replies, 4),
+        other => panic!("{other:?}"),
+    }
+    assert!(rx.try_recv().is_err());
+    let known = p.hold_changes();
+    assert_eq!(known[0].1, counted.at_ms);
+    p.flush();
+    assert!(rx.try_recv().is_err(), "nothing new, nothing sent");
 }

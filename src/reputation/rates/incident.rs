@@ -44,11 +44,10 @@ impl Tracker {
         }
         match self.pools.count_in_incident(key, hold.since, hold.offence) {
             // Replaced by a newer offence meanwhile: not this reply's incident any more.
-            Ok(0) => {}
-            Ok(n) => {
+            0 => {}
+            n => {
                 tracing::info!(source_ip = %ip, provider, cause = %hold.cause, replies = n, "reply counted in the quarantine's incident (no new offence)")
             }
-            Err(e) => tracing::error!(source_ip = %ip, error = %e, "cannot count a reply"),
         }
     }
 
