@@ -12,6 +12,14 @@
 //! - Incidents: replies to deliveries that began before the latest quarantine covering an IP ×
 //!   provider ended belong to it (`incident`); the record counts them (`replies`, its evidence)
 //!   and keeps its offence number (`offence`, shared with the farm in the record itself).
+//! - A count goes into the record only while it is still the offence the reply was judged
+//!   against (same `since` and `offence`), read and written under one lock; otherwise it is
+//!   dropped, so a late reply never writes an older offence over a newer one.
+//! - Hold writes change memory under the lock and reach the store outside it, one writer at a
+//!   time, always with what memory holds then.
+//! - Incident counts are written at most once a second per record (`flush_counts`): memory
+//!   has them at once; the store and the farm get the sum. A farm's later record or a whole
+//!   write of the record supersedes a pending count.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -177,6 +185,13 @@ pub struct Incident {
     pub offence_since: u64,
 }
 
+/// Hold records changed in memory, still to be stored (`Pools::persist_holds`).
+#[must_use = "persist it with `Pools::persist_holds`"]
+pub struct HoldWrite {
+    keys: Vec<HoldKey>,
+    events: Vec<(IpAddr, Option<Hold>, Option<Hold>)>,
+}
+
 /// (IP, scope, cause): one hold record.
 pub type HoldKey = (IpAddr, String, Cause);
 
@@ -259,17 +274,51 @@ impl Pools {
         incident
     }
 
-    /// One more reply of the incident of record `key`: counted in the record and its evidence,
-    /// and shared like any hold change; not a new offence (no history event). Returns the count.
-    pub fn count_in_incident(&self, key: &HoldKey) -> Result<u32, String> {
-        let Some(mut hold) = self.lock().holds.get(key).cloned() else {
-            return Ok(0);
+    /// One more reply of the incident of record `key`, read as offence `offence` begun at
+    /// `since`: counted in the record and its evidence in memory at once, stored and shared
+    /// like any hold change by the next `flush_counts`; not a new offence (no history event).
+    /// Returns the count, or 0 when the record is gone or is another offence now (the count
+    /// is dropped: writing it back would erase the newer one).
+    pub fn count_in_incident(&self, key: &HoldKey, since: u64, offence: u32) -> u32 {
+        // Read, check and change under one lock: a copy written back later could undo a newer
+        // offence on the same key, or lose a concurrent count.
+        let mut inner = self.lock();
+        let Some(hold) = inner.holds.get_mut(key) else {
+            return 0;
         };
+        if (hold.since, hold.offence) != (since, offence) {
+            return 0;
+        }
         hold.replies = hold.replies.max(1) + 1;
         hold.evidence = incident_evidence(&hold.evidence, &hold.cause, hold.replies);
         let n = hold.replies;
-        self.write_holds(vec![(key.clone(), Some(hold))])?;
-        Ok(n)
+        inner.counted.insert(key.clone());
+        n
+    }
+
+    /// Incident counts since the last call to the farm and the store, one write per record
+    /// (twenty replies in flight: one commit, not twenty). Called by `flush`, once a second.
+    pub(super) fn flush_counts(&self) -> Result<(), String> {
+        let keys: Vec<HoldKey> = {
+            let mut inner = self.lock();
+            let keys: Vec<HoldKey> = inner.counted.drain().collect();
+            let at_ms = Clock::now_ms();
+            for k in &keys {
+                let Some(h) = inner.holds.get(k).cloned() else {
+                    continue;
+                };
+                let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
+                inner.stamps.insert(k.clone(), stamp);
+                if let Some(outbox) = self.outbox.get() {
+                    outbox.send(hold_change(k, Some(h)), stamp);
+                }
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.store_current(keys)
     }
 
     /// Whether `ip` × `provider` is on probation (taking only `probe_per_hour`).
@@ -301,6 +350,22 @@ impl Pools {
         Ok(true)
     }
 
+    /// Stores what memory holds now for `keys`, one writer at a time: writes finishing out of
+    /// order never leave an older record in the store.
+    fn store_current(&self, keys: Vec<HoldKey>) -> Result<(), String> {
+        let _store = self.store_lock.lock().expect("lock");
+        let changes: Vec<(HoldKey, Option<Hold>)> = {
+            let inner = self.lock();
+            keys.into_iter()
+                .map(|k| {
+                    let h = inner.holds.get(&k).cloned();
+                    (k, h)
+                })
+                .collect()
+        };
+        self.store_holds(&changes)
+    }
+
     /// Drains and quarantines in force, by IP.
     pub fn holds(&self) -> Vec<(IpAddr, Hold)> {
         let now = now_s();
@@ -326,6 +391,8 @@ impl Pools {
                 return false;
             }
             inner.stamps.insert(key.clone(), at_ms);
+            // The farm's later record replaces a count not yet shared.
+            inner.counted.remove(&key);
             // Already so here (a restart's stamps are the records' `since`, in seconds).
             if inner.holds.get(&key) == hold.as_ref() {
                 return false;
@@ -345,7 +412,7 @@ impl Pools {
                 tracing::info!(source_ip = %ip, scope = %scope, cause = %cause, "pool IP hold ended (from the farm)")
             }
         }
-        if let Err(e) = self.store_holds(&[(key, hold)]) {
+        if let Err(e) = self.store_current(vec![key]) {
             tracing::error!(error = %e, "cannot save a hold from the farm");
         }
         self.wake.notify_one();
@@ -393,27 +460,49 @@ impl Pools {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut events = Vec::new();
+        let written = self.hold_in_memory(&mut self.lock(), changes);
+        self.persist_holds(written)
+    }
+
+    /// The in-memory half of `write_holds`: records and stamps changed, the farm told (in
+    /// stamp order, under the lock). What is returned must go to `persist_holds`.
+    fn hold_in_memory(
+        &self,
+        inner: &mut Inner,
+        changes: Vec<(HoldKey, Option<Hold>)>,
+    ) -> HoldWrite {
         let at_ms = Clock::now_ms();
-        {
-            let mut inner = self.lock();
-            for (k, h) in &changes {
-                let old = match h {
-                    Some(h) => inner.holds.insert(k.clone(), h.clone()),
-                    None => inner.holds.remove(k),
-                };
-                // Never behind a stamp from the farm (clocks of nodes differ a little).
-                let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
-                inner.stamps.insert(k.clone(), stamp);
-                events.push((k.0, old, h.clone()));
-                if let Some(outbox) = self.outbox.get() {
-                    outbox.send(hold_change(k, h.clone()), stamp);
-                }
+        let mut events = Vec::new();
+        for (k, h) in &changes {
+            // Written whole here: a pending count of it goes with this write.
+            inner.counted.remove(k);
+            let old = match h {
+                Some(h) => inner.holds.insert(k.clone(), h.clone()),
+                None => inner.holds.remove(k),
+            };
+            // Never behind a stamp from the farm (clocks of nodes differ a little).
+            let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
+            inner.stamps.insert(k.clone(), stamp);
+            events.push((k.0, old, h.clone()));
+            if let Some(outbox) = self.outbox.get() {
+                outbox.send(hold_change(k, h.clone()), stamp);
             }
         }
-        self.store_holds(&changes)?;
+        HoldWrite {
+            keys: changes.into_iter().map(|(k, _)| k).collect(),
+            events,
+        }
+    }
+
+    /// The slow half of `write_holds`, outside any lock: the store, the history, the queue's
+    /// wake.
+    pub fn persist_holds(&self, w: HoldWrite) -> Result<(), String> {
+        if w.keys.is_empty() {
+            return Ok(());
+        }
+        self.store_current(w.keys)?;
         if let Some(state) = &self.state {
-            crate::reputation::history::hold_events(state, self.cluster(), &events);
+            crate::reputation::history::hold_events(state, self.cluster(), &w.events);
         }
         self.wake.notify_one();
         Ok(())
@@ -446,10 +535,28 @@ impl Pools {
     /// A reputation quarantine as the reputation stage made it (offence number, replies):
     /// `hold.scope` and `hold.cause` name the record.
     pub fn quarantine_record(&self, ip: IpAddr, hold: Hold) -> Result<(), String> {
+        let written = self.quarantine_in_memory(ip, hold)?;
+        self.persist_holds(written)
+    }
+
+    /// `quarantine_record` in memory only (`incident` sees it at once); the caller persists
+    /// the result (`persist_holds`) once it holds no lock of its own. A throttling quarantine
+    /// starts its IP × provider's pace cuts over (`Counters::quarantined`).
+    pub fn quarantine_in_memory(&self, ip: IpAddr, hold: Hold) -> Result<HoldWrite, String> {
         self.knows(ip)?;
         tracing::warn!(source_ip = %ip, scope = %hold.scope, cause = %hold.cause, reason = %hold.reason, evidence = %hold.evidence, until = hold.until, offence = hold.offence, "pool IP quarantined");
         let key = (ip, hold.scope.clone(), hold.cause.clone());
-        self.write_holds(vec![(key, Some(hold))])
+        let mut inner = self.lock();
+        if let (Cause::Throttling, Some(until)) = (&hold.cause, hold.until) {
+            let k = (ip, hold.scope.clone());
+            inner
+                .counters
+                .entry(k.clone())
+                .or_default()
+                .quarantined(until.saturating_mul(1000));
+            inner.dirty.insert(k);
+        }
+        Ok(self.hold_in_memory(&mut inner, vec![(key, Some(hold))]))
     }
 
     /// Takes `ip` out of rotation for `scope` for one reputation `cause`. In-flight deliveries

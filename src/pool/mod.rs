@@ -27,7 +27,7 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
-pub use holds::{Cause, Hold, HoldKey, HoldKind, Incident, Scope};
+pub use holds::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};

@@ -61,6 +61,8 @@ pub(super) struct Inner {
     /// When each hold record last changed (unix millis), removals included: the farm's merge
     /// rule compares these (`cluster::events`).
     pub stamps: HashMap<HoldKey, u64>,
+    /// Hold records whose incident count changed since the last `flush_counts`.
+    pub counted: HashSet<HoldKey>,
     /// Messages in flight per IP × provider.
     pub active: HashMap<Key, u32>,
     /// Smooth weighted round-robin state per pool × provider × family, one weight per IP.
@@ -92,6 +94,8 @@ pub struct Pools {
     conf: ArcSwap<Conf>,
     pub(super) state: Option<Arc<State>>,
     inner: Mutex<Inner>,
+    /// Taken while hold records are written to the store (`Pools::store_current`).
+    pub(super) store_lock: Mutex<()>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
     /// Where hold changes go to the farm (`[cluster]`), set once at start.
@@ -250,6 +254,7 @@ impl Pools {
             conf: ArcSwap::from_pointee(Conf::new(config)),
             state,
             inner: Mutex::new(inner),
+            store_lock: Mutex::new(()),
             wake: Notify::new(),
             outbox: OnceLock::new(),
             cluster: std::sync::OnceLock::new(),

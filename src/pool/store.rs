@@ -1,5 +1,6 @@
 //! Pool state in the redb store: counters per IP × provider (`ipp|IP|PROVIDER`, written by
-//! `flush` once a second) and hold records (`hold|IP|SCOPE|CAUSE`, written at once).
+//! `flush` once a second) and hold records (`hold|IP|SCOPE|CAUSE`, written at once; incident
+//! counts by `flush` too).
 //! Records of the one-hold-per-scope layout (`hold|IP|SCOPE`) are read with a cause derived
 //! from their kind and reason, and rewritten under the new key.
 
@@ -97,8 +98,11 @@ impl Pools {
         st.pool_write(&records).map_err(|e| e.to_string())
     }
 
-    /// Writes changed counters to the store.
+    /// Writes changed counters and incident counts (`flush_counts`) to the store.
     pub fn flush(&self) {
+        if let Err(e) = self.flush_counts() {
+            tracing::error!(error = %e, "cannot save incident counts");
+        }
         let Some(st) = &self.state else { return };
         let records: Vec<(String, Option<String>)> = {
             let mut inner = self.lock();

@@ -540,3 +540,126 @@ fn counters_stored_before_the_ramp_still_load() {
     let again: super::throttle::Counters = serde_json::from_str(&back).unwrap();
     assert_eq!(again.warmup, c.warmup);
 }
+
+#[test]
+fn a_late_count_never_writes_an_older_offence_over_a_newer_one() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let a = ip("127.0.0.10");
+    let key = (a, "gmail".to_string(), Cause::BlockReply);
+    let now = now_s();
+    let first = Hold {
+        kind: HoldKind::Quarantined,
+        scope: "gmail".into(),
+        cause: Cause::BlockReply,
+        reason: "block reply".into(),
+        evidence: "550 5.7.1 blocked".into(),
+        since: now - 100,
+        until: Some(now - 1),
+        offence: 1,
+        replies: 1,
+    };
+    p.quarantine_record(a, first.clone()).unwrap();
+    // A reply of offence 1's incident was judged (it read `first`)…
+    let incident = p.incident(a, "gmail", (now - 50) * 1000);
+    let (_, of) = incident.of.expect("in flight for offence 1");
+    // … then a failed probe made offence 2 on the same key before it was counted.
+    let second = Hold {
+        since: now,
+        until: Some(now + 7200),
+        offence: 2,
+        replies: 1,
+        ..first.clone()
+    };
+    p.quarantine_record(a, second.clone()).unwrap();
+    assert_eq!(p.count_in_incident(&key, of.since, of.offence), 0);
+    let held: Vec<Hold> = p.holds().into_iter().map(|(_, h)| h).collect();
+    assert_eq!(held, vec![second.clone()], "offence 2 stays in force");
+    // A count of offence 2 itself is kept.
+    assert_eq!(p.count_in_incident(&key, now, 2), 2);
+    assert_eq!(p.holds()[0].1.replies, 2);
+}
+
+#[test]
+fn a_throttling_quarantine_starts_the_pace_cuts_over() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let a = ip("127.0.0.10");
+    let r = RemoteReply {
+        code: 451,
+        status: "4.7.650".into(),
+        text: "rate limited".into(),
+        host: "mx".into(),
+        addr: String::new(),
+        source_ip: String::new(),
+    };
+    let t = warmup::Clock::now_ms();
+    assert!(matches!(
+        p.throttled(a, "microsoft", t, &r, 1),
+        throttle::PaceCut::Cut { cuts: 1, .. }
+    ));
+    let now = now_s();
+    let until = now + 600;
+    p.quarantine_record(
+        a,
+        Hold {
+            kind: HoldKind::Quarantined,
+            scope: "microsoft".into(),
+            cause: Cause::Throttling,
+            reason: "throttling".into(),
+            evidence: String::new(),
+            since: now,
+            until: Some(until),
+            offence: 1,
+            replies: 1,
+        },
+    )
+    .unwrap();
+    // In flight until it ended: its episode; begun after: a first cut again, not persistent.
+    assert_eq!(
+        p.throttled(a, "microsoft", until * 1000, &r, 1),
+        throttle::PaceCut::Episode
+    );
+    assert!(matches!(
+        p.throttled(a, "microsoft", until * 1000 + 1, &r, 1),
+        throttle::PaceCut::Cut { cuts: 1, .. }
+    ));
+}
+
+#[test]
+fn incident_counts_go_out_once_per_flush() {
+    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
+    p.share_holds(outbox);
+    let a = ip("127.0.0.10");
+    let now = now_s();
+    let hold = Hold {
+        kind: HoldKind::Quarantined,
+        scope: "gmail".into(),
+        cause: Cause::BlockReply,
+        reason: "block reply".into(),
+        evidence: "550 5.7.1 blocked".into(),
+        since: now,
+        until: Some(now + 3600),
+        offence: 1,
+        replies: 1,
+    };
+    p.quarantine_record(a, hold).unwrap();
+    let made = rx.try_recv().expect("the quarantine goes out at once");
+    let key = (a, "gmail".to_string(), Cause::BlockReply);
+    for n in 2..=4 {
+        assert_eq!(p.count_in_incident(&key, now, 1), n);
+    }
+    assert_eq!(p.holds()[0].1.replies, 4, "memory has every count at once");
+    assert!(rx.try_recv().is_err(), "nothing shared before the flush");
+    p.flush();
+    let counted = rx.try_recv().expect("one event for three counts");
+    assert!(counted.at_ms > made.at_ms);
+    match &counted.change {
+        crate::cluster::events::Change::Hold { hold: Some(h), .. } => assert_eq!(h.replies, 4),
+        other => panic!("{other:?}"),
+    }
+    assert!(rx.try_recv().is_err());
+    let known = p.hold_changes();
+    assert_eq!(known[0].1, counted.at_ms);
+    p.flush();
+    assert!(rx.try_recv().is_err(), "nothing new, nothing sent");
+}

@@ -62,7 +62,10 @@ pub struct Counters {
 /// - a reply to a delivery that began before the last cut (or in its millisecond) is of the
 ///   same episode: no new cut;
 /// - after `max_cuts` cuts in a day, a throttling reply to a delivery begun after the last cut
-///   is persistent throttling: the reputation stage quarantines.
+///   is persistent throttling: the reputation stage quarantines;
+/// - a throttling quarantine starts the cuts over (`Counters::quarantined`): after it ends the
+///   next throttling reply cuts the pace again; replies to deliveries begun before its end are
+///   of its episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaceCut {
     /// The pace is now `per_hour`, the `cuts`-th cut today.
@@ -157,6 +160,13 @@ impl Counters {
             per_hour: self.pace_per_hour,
             cuts: self.pace_cuts,
         }
+    }
+
+    /// A throttling quarantine until `until_ms` was made: the cuts start over, and deliveries
+    /// begun before it ends are of its episode.
+    pub fn quarantined(&mut self, until_ms: u64) {
+        self.pace_cuts = 0;
+        self.pace_cut_at = self.pace_cut_at.max(until_ms);
     }
 
     /// Checks every cap; `active` is the number of connections in use.
@@ -391,5 +401,36 @@ mod tests {
         }
         c.take(&clock, t + 200, 30);
         assert_eq!(c.used_prev_hour(&clock, t + 201), 0);
+    }
+
+    #[test]
+    fn a_throttling_quarantine_starts_the_cuts_over() {
+        let clock = Clock { day_ms: 2400 };
+        let mut c = Counters::default();
+        let t = 10_000;
+        for i in 0..2 {
+            assert!(matches!(
+                c.cut_pace(Some(10), &clock, t + 10 * i, t + 10 * i - 1, 2),
+                PaceCut::Cut { .. }
+            ));
+        }
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 30, t + 25, 2),
+            PaceCut::Persistent { cuts: 2 }
+        );
+        c.quarantined(t + 100);
+        // In flight until the quarantine ended: its episode.
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 200, t + 100, 2),
+            PaceCut::Episode
+        );
+        // Begun after it, the same day: a first cut, not persistent throttling.
+        assert_eq!(
+            c.cut_pace(Some(10), &clock, t + 210, t + 150, 2),
+            PaceCut::Cut {
+                per_hour: 5,
+                cuts: 1
+            }
+        );
     }
 }

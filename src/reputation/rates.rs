@@ -355,7 +355,8 @@ impl Tracker {
 
     /// Whether the reply belongs to a quarantine's incident; if not, counts it and quarantines
     /// when it makes a new offence. One reply at a time decides (under the windows' lock, the
-    /// quarantine written before it is released): two replies at once cannot both start one.
+    /// quarantine put in the pool's memory before it is released; stored after): two replies
+    /// at once cannot both start one.
     #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,
@@ -428,6 +429,7 @@ impl Tracker {
         let probes = settings.probe_samples.clamp(1, settings.min_samples.max(1));
         let probe_passed = on_probation && why.is_none() && w.outcomes.len() >= probes;
         let quarantined = why.is_some();
+        let mut written = None;
         if let Some((cause, reason, evidence, replies)) = why {
             let (number, cool) = self.next_offence(w, &incident, now);
             let o = incident::Offence {
@@ -438,9 +440,15 @@ impl Tracker {
                 number,
                 cool,
             };
-            self.quarantine(ip, provider, o);
+            written = self.quarantine(ip, provider, o);
         }
         drop(windows);
+        // Disk and farm after the lock: other replies need not wait out the commits.
+        if let Some(w) = written
+            && let Err(e) = self.pools.persist_holds(w)
+        {
+            tracing::error!(source_ip = %ip, error = %e, "cannot store a quarantine");
+        }
         if probe_passed && let Err(e) = self.pools.end_probation(ip, provider) {
             tracing::error!(source_ip = %ip, error = %e, "cannot end probation");
         }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::{Tracker, Window};
 use crate::outcome::classify::Signal;
-use crate::pool::{Cause, Hold, HoldKey, HoldKind, Incident};
+use crate::pool::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident};
 
 /// A quarantine to make: why, and which offence it is.
 pub(super) struct Offence {
@@ -42,11 +42,12 @@ impl Tracker {
         if !counts {
             return;
         }
-        match self.pools.count_in_incident(key) {
-            Ok(n) => {
+        match self.pools.count_in_incident(key, hold.since, hold.offence) {
+            // Replaced by a newer offence meanwhile: not this reply's incident any more.
+            0 => {}
+            n => {
                 tracing::info!(source_ip = %ip, provider, cause = %hold.cause, replies = n, "reply counted in the quarantine's incident (no new offence)")
             }
-            Err(e) => tracing::error!(source_ip = %ip, error = %e, "cannot count a reply"),
         }
     }
 
@@ -83,7 +84,9 @@ impl Tracker {
         (w.offences, cool)
     }
 
-    pub(super) fn quarantine(&self, ip: IpAddr, provider: &str, o: Offence) {
+    /// Makes the quarantine in the pool's memory only (under the windows' lock, so the next
+    /// reply sees it); the caller persists the result after releasing that lock.
+    pub(super) fn quarantine(&self, ip: IpAddr, provider: &str, o: Offence) -> Option<HoldWrite> {
         let now = crate::spool::now_unix();
         let until = now + o.cool.as_secs().max(1);
         let evidence = if o.replies > 0 {
@@ -103,8 +106,9 @@ impl Tracker {
             offence: o.number,
             replies: o.replies,
         };
-        if let Err(e) = self.pools.quarantine_record(ip, hold) {
-            tracing::error!(source_ip = %ip, error = %e, "cannot quarantine");
-        }
+        self.pools
+            .quarantine_in_memory(ip, hold)
+            .inspect_err(|e| tracing::error!(source_ip = %ip, error = %e, "cannot quarantine"))
+            .ok()
     }
 }

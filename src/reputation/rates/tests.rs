@@ -267,6 +267,10 @@ fn throttling_that_persists_after_the_cuts_quarantines() {
         "{}",
         h.evidence
     );
+    // After it ends, the same day: the first throttling reply cuts the pace, no offence 2.
+    let after = h.until.unwrap() * 1000 + 1;
+    t.observe(ip, "microsoft", "s", "", after, &mut throttle());
+    assert_eq!(quarantined(&t, "microsoft").unwrap(), h);
 }
 
 #[test]
