@@ -126,11 +126,24 @@ impl Pools {
     /// The farm's ramp and last decision replace this relay's (its own decision was never
     /// told; today's own tally stays, for a Redis outage).
     fn set_ramp(&self, key: &Key, s: &FarmState) {
-        let mut inner = self.lock();
-        let w = &mut inner.counters.entry(key.clone()).or_default().warmup;
-        (w.day_index, w.cap, w.last_send_day) = (s.day_index, s.cap, s.last_send_day);
-        w.decided = s.decided.clone();
-        inner.dirty.insert(key.clone());
+        let moved = {
+            let mut inner = self.lock();
+            let c = inner.counters.entry(key.clone()).or_default();
+            let w = &mut c.warmup;
+            let moved = (w.day_index, w.cap) != (s.day_index, s.cap);
+            (w.day_index, w.cap, w.last_send_day) = (s.day_index, s.cap, s.last_send_day);
+            w.decided = s.decided.clone();
+            // A farm refusal made under the old day's cap does not stand under the new one: the
+            // next pick asks the farm again.
+            if moved {
+                c.farm_full_until = 0;
+            }
+            inner.dirty.insert(key.clone());
+            moved
+        };
+        if moved {
+            self.wake.notify_one();
+        }
     }
 
     /// `[cluster]`: one reply into the farm's tally of `day` (`ramp_outcome` chose it; IPs on a

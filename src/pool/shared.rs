@@ -142,6 +142,15 @@ impl Pools {
                         self.set_progress(&key, *p);
                         continue;
                     }
+                    // Another pick adopted the farm's ramp while this one was asking (a new
+                    // day, or an IP new to this relay): the cap it asked with is stale.
+                    let cap = |p: &Plan| p.limits.first().and_then(|l| l.cap);
+                    if self
+                        .plan(&cluster, &key)
+                        .is_some_and(|now| cap(&now) != cap(&plan))
+                    {
+                        continue;
+                    }
                     let (why, until) = plan.kinds[index];
                     self.mark_full(&key, WHY[why].0, until);
                     tracing::debug!(source_ip = %key.0, provider, why = WHY[why].0, "farm refused");
