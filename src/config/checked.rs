@@ -27,13 +27,7 @@ pub struct Checked(Config);
 impl Checked {
     /// Reads `path` and runs every check (module doc), without side effects.
     pub fn load(path: &Path) -> Result<Checked, Vec<ConfigError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError {
-                file: path.to_owned(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            }]
-        })?;
+        let text = super::read_text(path)?;
         let config = Config::parse(path, &text)?;
         let errors = environment(&config, path, &text);
         if errors.is_empty() {

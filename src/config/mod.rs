@@ -204,18 +204,22 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A config file's text, or the error saying it cannot be read.
+pub(crate) fn read_text(path: &Path) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_owned(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        }]
+    })
+}
+
 impl Config {
     /// Reads, parses and checks a config file. Relative paths inside it are taken relative to the
     /// current directory, as Postfix does, so the README's commands run from the checkout.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError {
-                file: path.to_owned(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            }]
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_text(path)?)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
