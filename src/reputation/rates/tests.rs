@@ -32,6 +32,11 @@ fn reply(code: u16, status: &str, text: &str) -> RemoteReply {
     }
 }
 
+/// One reply to a delivery that began now, to no recipient in particular.
+fn see(t: &Tracker, ip: IpAddr, provider: &str, sender: &str, mut r: RemoteReply) -> Verdict {
+    t.observe(ip, provider, sender, "", now_ms(), &mut r)
+}
+
 fn quarantined(t: &Tracker, provider: &str) -> Option<crate::pool::Hold> {
     t.pools
         .holds()
@@ -97,13 +102,12 @@ fn block_reply_quarantines_for_that_provider_and_is_rewritten() {
         .release(ip, Scope::Provider("microsoft".into()), Cause::BlockReply)
         .unwrap();
     for _ in 0..2 {
-        t.observe(
+        see(
+            &t,
             ip,
             "microsoft",
             "s@x",
-            "",
-            now_ms(),
-            &mut reply(550, "5.7.1", "blocked using x"),
+            reply(550, "5.7.1", "blocked using x"),
         );
     }
     let h = quarantined(&t, "microsoft").unwrap();
@@ -159,13 +163,12 @@ fn another_relays_offence_counts_for_the_next_one() {
         replies: 1,
     };
     t.pools.quarantine_record(ip, farm).unwrap();
-    t.observe(
+    see(
+        &t,
         ip,
         "gmail",
         "s@x",
-        "",
-        now_ms(),
-        &mut reply(550, "5.7.1", "blocked using x"),
+        reply(550, "5.7.1", "blocked using x"),
     );
     let h = quarantined(&t, "gmail").unwrap();
     assert_eq!(h.offence, 4);
@@ -298,35 +301,20 @@ fn hard_bounce_rate_needs_samples_and_ignores_bad_recipients() {
     let ip: IpAddr = "127.0.0.10".parse().unwrap();
     // Bad recipients, however many, are the list's problem.
     for _ in 0..15 {
-        t.observe(
-            ip,
-            "gmail",
-            "s@x",
-            "",
-            now_ms(),
-            &mut reply(550, "5.1.1", "user unknown"),
-        );
+        see(&t, ip, "gmail", "s@x", reply(550, "5.1.1", "user unknown"));
     }
     assert!(quarantined(&t, "gmail").is_none());
     for _ in 0..5 {
-        t.observe(
-            ip,
-            "gmail",
-            "s@x",
-            "",
-            now_ms(),
-            &mut reply(250, "2.0.0", "ok"),
-        );
+        see(&t, ip, "gmail", "s@x", reply(250, "2.0.0", "ok"));
     }
     // 20 in the window: 4 content rejections = 20% (not over), the 5th is over.
     for i in 0..5 {
-        t.observe(
+        see(
+            &t,
             ip,
             "gmail",
             "s@x",
-            "",
-            now_ms(),
-            &mut reply(554, "5.7.1", "message looks like spam"),
+            reply(554, "5.7.1", "message looks like spam"),
         );
         assert_eq!(
             quarantined(&t, "gmail").is_some(),
@@ -345,24 +333,10 @@ fn deferral_rate_quarantines_and_sender_hygiene_warns_once() {
     let t = tracker("window = 10\nmin_samples = 10\nmax_deferral_rate = 0.5");
     let ip: IpAddr = "127.0.0.10".parse().unwrap();
     for _ in 0..5 {
-        t.observe(
-            ip,
-            "yahoo",
-            "u",
-            "",
-            now_ms(),
-            &mut reply(250, "2.0.0", "ok"),
-        );
+        see(&t, ip, "yahoo", "u", reply(250, "2.0.0", "ok"));
     }
     for i in 0..6 {
-        t.observe(
-            ip,
-            "yahoo",
-            "u",
-            "",
-            now_ms(),
-            &mut reply(451, "4.3.0", "try again later"),
-        );
+        see(&t, ip, "yahoo", "u", reply(451, "4.3.0", "try again later"));
         // 5 of 10 is not over half; the 6th (window slid: 4 sent, 6 deferred) is.
         assert_eq!(
             quarantined(&t, "yahoo").is_some(),
@@ -374,13 +348,12 @@ fn deferral_rate_quarantines_and_sender_hygiene_warns_once() {
     assert_eq!(quarantined(&t, "yahoo").unwrap().reason, "deferral rate");
     // Bad recipients are counted per sender, not against the IP.
     for _ in 0..10 {
-        t.observe(
+        see(
+            &t,
             ip,
             "gmail",
             "list@x",
-            "",
-            now_ms(),
-            &mut reply(550, "5.1.1", "no such user"),
+            reply(550, "5.1.1", "no such user"),
         );
     }
     assert!(t.senders.lock().unwrap()["x"].warned);
@@ -429,27 +402,13 @@ fn probe_after_quarantine_judges_on_few_samples() {
     t.pools
         .reinstate(ip, Scope::Provider("gmail".into()))
         .unwrap();
-    t.observe(
-        ip,
-        "gmail",
-        "s",
-        "",
-        now_ms(),
-        &mut reply(250, "2.0.0", "ok"),
-    );
+    see(&t, ip, "gmail", "s", reply(250, "2.0.0", "ok"));
     t.observe(ip, "gmail", "s", "", now_ms(), &mut spam());
     assert!(
         quarantined(&t, "gmail").is_none(),
         "2 outcomes: no verdict yet"
     );
-    t.observe(
-        ip,
-        "gmail",
-        "s",
-        "",
-        now_ms(),
-        &mut reply(250, "2.0.0", "ok"),
-    );
+    see(&t, ip, "gmail", "s", reply(250, "2.0.0", "ok"));
     let again = quarantined(&t, "gmail").expect("probe failed: 1 of 3");
     assert_eq!(again.reason, "hard-bounce rate");
     let (c1, c2) = (
@@ -479,24 +438,10 @@ probe_per_hour = 5",
         .unwrap();
     assert!(t.pools.in_probation(ip, "gmail"));
     for _ in 0..2 {
-        t.observe(
-            ip,
-            "gmail",
-            "s",
-            "",
-            now_ms(),
-            &mut reply(250, "2.0.0", "ok"),
-        );
+        see(&t, ip, "gmail", "s", reply(250, "2.0.0", "ok"));
     }
     assert!(t.pools.in_probation(ip, "gmail"), "2 of 3 probes");
-    t.observe(
-        ip,
-        "gmail",
-        "s",
-        "",
-        now_ms(),
-        &mut reply(250, "2.0.0", "ok"),
-    );
+    see(&t, ip, "gmail", "s", reply(250, "2.0.0", "ok"));
     assert!(
         !t.pools.in_probation(ip, "gmail"),
         "3 clean probes reinstate"
