@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod doctor;
+pub mod feedback;
 pub mod inbound;
 pub mod metrics;
 pub mod outcome;
