@@ -12,6 +12,7 @@ mod connections;
 mod deliverer;
 mod destination;
 mod dotstuff;
+pub mod policy;
 pub mod queue;
 pub(crate) mod recorded;
 pub mod tls;
