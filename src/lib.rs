@@ -4,6 +4,7 @@
 //! inbound → spool → signing → routing → pool → delivery → outcome (→ reputation).
 
 pub mod admin;
+pub mod capture;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
@@ -17,6 +18,7 @@ pub mod reload;
 pub mod reply;
 pub mod reputation;
 pub mod routing;
+pub mod send;
 pub mod server;
 pub mod signing;
 pub mod spool;

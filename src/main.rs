@@ -33,6 +33,11 @@ enum Command {
     Classify(poolrelay::reputation::cli::ClassifyArgs),
     /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
+    /// A local SMTP destination for trying routes: writes each message it receives to DIR as a
+    /// .eml file (with the sending peer's address on top) and prints one line per message.
+    Capture(poolrelay::capture::CaptureArgs),
+    /// Submit one test message to a relay listener that trusts this address (no TLS, no AUTH).
+    Send(poolrelay::send::SendArgs),
     /// DKIM key management.
     Dkim {
         #[command(subcommand)]
@@ -138,6 +143,8 @@ fn main() -> ExitCode {
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
         Command::Doctor(args) => poolrelay::doctor::cli::run(args),
+        Command::Capture(args) => poolrelay::capture::run(args),
+        Command::Send(args) => poolrelay::send::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Reload { config } => poolrelay::reload::command(&config),
         Command::Queue {
