@@ -2,7 +2,8 @@
 //! `.eml` file and prints one line per message. It lets a new operator see a delivered,
 //! DKIM-signed message (and the source IP it came from) on a machine with no internet, by
 //! routing a test domain to it (README "A first message"). Not a mail server: it accepts every
-//! recipient, offers no TLS and no AUTH, and should listen on loopback only.
+//! recipient but `bounce@…` (refused with 550 5.1.1, to show a bounce and its DSN), offers no
+//! TLS and no AUTH, and should listen on loopback only.
 //!
 //! The SMTP parsing is the inbound stage's own: `smtp_proto::Request` for commands,
 //! `inbound::address` for MAIL/RCPT paths, `inbound::data::DataReader` for DATA (strict CRLF,
@@ -259,6 +260,14 @@ fn command(line: &[u8], helo: &mut Option<String>, tx: &mut Option<Tx>) -> Step 
             Some(t) if t.to.len() >= MAX_RECIPIENTS => {
                 Step::Reply(Reply::new(452, "4.5.3", "Too many recipients"))
             }
+            // A way to see a bounce and its DSN without the internet (README "A first message").
+            Some(_) if address.to_ascii_lowercase().starts_with("bounce@") => {
+                Step::Reply(Reply::new(
+                    550,
+                    "5.1.1",
+                    "No such user here (the capture refuses bounce@)",
+                ))
+            }
             Some(t) => {
                 t.to.push(address);
                 ok()
@@ -446,6 +455,10 @@ mod tests {
             250
         );
         assert_eq!(code(command(b"RCPT TO:<bad", &mut helo, &mut tx)), 501);
+        assert_eq!(
+            code(command(b"RCPT TO:<Bounce@y.test>", &mut helo, &mut tx)),
+            550
+        );
         assert_eq!(code(command(b"DATA", &mut helo, &mut tx)), 354);
         assert_eq!(code(command(b"QUIT", &mut helo, &mut tx)), 221);
     }

@@ -35,6 +35,7 @@ enum Command {
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
     /// A local SMTP destination for trying routes: writes each message it receives to DIR as a
     /// .eml file (with the sending peer's address on top) and prints one line per message.
+    /// Every recipient is accepted but bounce@… (550 5.1.1, to see a bounce and its DSN).
     Capture(poolrelay::capture::CaptureArgs),
     /// Submit one test message to a relay listener that trusts this address (no TLS, no AUTH).
     Send(poolrelay::send::SendArgs),
