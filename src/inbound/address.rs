@@ -1,6 +1,6 @@
 //! MAIL FROM / RCPT TO arguments: a strict RFC 5321 path parser plus ESMTP parameters.
 //!
-//! Policy (see README "Addresses"): poolrelay routes only on the domain after the single `@`, and
+//! Policy (see docs/accepting.md, "Addresses"): poolrelay routes only on the domain after the single `@`, and
 //! refuses everything downstream servers might read as a routing trick: `%` and `!` in local parts,
 //! a quoted local part holding `@`, several `@`, IP-literal domains, empty or trailing-dot labels.
 //! A source route (`<@a,@b:u@c>`) is syntactically checked and then dropped, as RFC 5321 §C allows.

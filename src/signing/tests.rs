@@ -651,7 +651,7 @@ fn long_folded_headers_and_8bit_body_verify() {
     );
 }
 
-/// Signing cost per message (README benchmark table):
+/// Signing cost per message (docs/benchmarks.md):
 /// `cargo test --release --lib signing -- --ignored --nocapture sign_cost`.
 #[test]
 #[ignore = "benchmark: prints signatures/s"]
