@@ -1,5 +1,5 @@
-//! The TOML configuration: the contract in DESIGN.md. Unknown keys are errors; every error names
-//! the file, the line and the key.
+//! The TOML configuration: the contract (docs/configuration.md). Unknown keys are errors; every
+//! error names the file, the line and the key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
