@@ -33,9 +33,11 @@ enum Command {
     Classify(poolrelay::reputation::cli::ClassifyArgs),
     /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
-    /// A local SMTP destination for trying routes: writes each message it receives to DIR as a
-    /// .eml file (with the sending peer's address on top) and prints one line per message.
-    /// Every recipient is accepted but bounce@… (550 5.1.1, to see a bounce and its DSN).
+    /// A local SMTP destination for trying routes: one .eml file per message received.
+    ///
+    /// Writes each message to DIR with the envelope and the sending peer's address on top, and
+    /// prints one line per message. Every recipient is accepted but bounce@… (550 5.1.1, to see
+    /// a bounce and its DSN). No TLS, no AUTH: keep it on loopback.
     Capture(poolrelay::capture::CaptureArgs),
     /// Submit one test message to a relay listener that trusts this address (no TLS, no AUTH).
     Send(poolrelay::send::SendArgs),
