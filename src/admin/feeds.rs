@@ -36,7 +36,10 @@ async fn status(State(st): State<AdminState>) -> Response {
 
 async fn poll(State(st): State<AdminState>) -> Response {
     let Some(feeds) = &st.feeds else {
-        return error(StatusCode::NOT_FOUND, "no feed is configured ([feeds.snds], [feeds.postmaster])");
+        return error(
+            StatusCode::NOT_FOUND,
+            "no feed is configured ([feeds.snds], [feeds.postmaster])",
+        );
     };
     let view = feeds.poll_now().await;
     axum::Json(Status {

@@ -33,9 +33,8 @@ pub fn checks(config: &Config) -> Vec<Check> {
         let check = match status {
             None => Check::info("feed", "not polled yet (poolrelay feeds poll polls now)"),
             Some(s) => match (s.last_fetch, &s.error) {
-                (_, Some(e)) => Check::warn("feed", format!("last poll failed: {e}")).fix(
-                    "check the key and the URL in [feeds]; poolrelay feeds poll tries again",
-                ),
+                (_, Some(e)) => Check::warn("feed", format!("last poll failed: {e}"))
+                    .fix("check the key and the URL in [feeds]; poolrelay feeds poll tries again"),
                 (Some(t), None) if now.saturating_sub(t) > stale_after => {
                     Check::warn("feed", format!("last poll {}s ago", now - t))
                         .fix("is the relay running? poolrelay feeds poll polls now")

@@ -119,8 +119,7 @@ impl Client {
                 r.send(v.to_string().as_str())
             }
         };
-        let mut response =
-            sent.map_err(|e| FetchError::new(format!("{shown}: {}", cause(&e))))?;
+        let mut response = sent.map_err(|e| FetchError::new(format!("{shown}: {}", cause(&e))))?;
         let status = response.status();
         let text = response
             .body_mut()

@@ -6,8 +6,9 @@
 //! - `snds`, `postmaster`: each feed's format and rules;
 //! - `verdict`: the typed verdicts, how the pool hears them, `OnDomainVerdict`;
 //! - `poller`: the schedule, the status (`GET /api/feeds`), `POST /api/feeds/poll`;
-//! - `doctor`: the feeds' section of `poolrelay doctor`.
+//! - `doctor`: the feeds' section of `poolrelay doctor`; `cli`: `poolrelay feeds status|poll`.
 
+pub mod cli;
 pub mod doctor;
 pub mod fetch;
 pub mod poller;
@@ -23,10 +24,7 @@ pub use verdict::{DomainVerdict, IpVerdict, Level, OnDomainVerdict, Verdict};
 use std::sync::Arc;
 
 /// Starts the feeds `config` names (`None`: no `[feeds]` feed configured).
-pub fn start(
-    config: &crate::config::Config,
-    pools: Arc<crate::pool::Pools>,
-) -> Option<Arc<Feeds>> {
+pub fn start(config: &crate::config::Config, pools: Arc<crate::pool::Pools>) -> Option<Arc<Feeds>> {
     let settings = config.feeds.clone()?;
     if settings.snds.is_none() && settings.postmaster.is_none() {
         return None;

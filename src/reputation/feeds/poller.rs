@@ -248,7 +248,12 @@ impl Feeds {
         };
         match &status.error {
             None => {
-                tracing::info!(feed, rows = status.rows, actions = status.actions.len(), "provider feed polled")
+                tracing::info!(
+                    feed,
+                    rows = status.rows,
+                    actions = status.actions.len(),
+                    "provider feed polled"
+                )
             }
             Some(e) => {
                 tracing::warn!(feed, rows = status.rows, error = %e, "provider feed: fetch failed or unreadable (no change from it)")
@@ -315,9 +320,9 @@ fn poll_snds(client: &Client, s: &Snds, pool: &[IpAddr]) -> Round {
     round.rows = data.len() + status.len();
     let others = data.iter().filter(|r| !pool.contains(&r.ip)).count();
     if others > 0 {
-        round
-            .notes
-            .push(format!("{others} data rows for IPs outside the pool (ignored)"));
+        round.notes.push(format!(
+            "{others} data rows for IPs outside the pool (ignored)"
+        ));
     }
     round.verdicts = snds::judge(&data, &status, pool, &s.provider, s.trap_hits_max);
     round

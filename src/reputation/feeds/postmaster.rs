@@ -306,10 +306,7 @@ pub fn poll_domain(
                 spam_rate: rate,
                 level,
                 date: day.to_string(),
-                evidence: format!(
-                    "Postmaster {day} {domain}: spam rate {:.2} %",
-                    rate * 100.0
-                ),
+                evidence: format!("Postmaster {day} {domain}: spam rate {:.2} %", rate * 100.0),
             });
         }
         Ok(None) => round
@@ -320,7 +317,10 @@ pub fn poll_domain(
     if !s.ip_reputation {
         return round;
     }
-    let url = format!("{base}/v1/domains/{domain}/trafficStats/{}", yesterday.compact());
+    let url = format!(
+        "{base}/v1/domains/{domain}/trafficStats/{}",
+        yesterday.compact()
+    );
     match client.request(&url, &url, Some(token), Body::None) {
         Ok(text) => match parse_ip_reputations(&text) {
             Ok(buckets) => {
@@ -349,7 +349,10 @@ mod tests {
         assert_eq!(Day::before(now, 7).compact(), "20261130");
         let q = spam_rate_query(&[Day::before(now, 1)]);
         assert_eq!(q["timeQuery"]["dateList"]["dates"][0]["day"], 6);
-        assert_eq!(q["metricDefinitions"][0]["baseMetric"]["standardMetric"], "SPAM_RATE");
+        assert_eq!(
+            q["metricDefinitions"][0]["baseMetric"]["standardMetric"],
+            "SPAM_RATE"
+        );
     }
 
     #[test]
@@ -373,12 +376,19 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let day = Day { year: 2026, month: 12, day: 6 };
+        let day = Day {
+            year: 2026,
+            month: 12,
+            day: 6,
+        };
         let v = judge_ips(&b, &pool, "gmail", "a.test", day);
         let got: Vec<(String, Verdict)> = v.iter().map(|v| (v.ip.to_string(), v.verdict)).collect();
         assert_eq!(
             got,
-            [("127.0.0.12".into(), Verdict::Quarantine), ("127.0.0.13".into(), Verdict::Probation)]
+            [
+                ("127.0.0.12".into(), Verdict::Quarantine),
+                ("127.0.0.13".into(), Verdict::Probation)
+            ]
         );
         assert!(parse_ip_reputations(r#"{"ipReputations":[{"reputation":"TERRIBLE"}]}"#).is_err());
     }

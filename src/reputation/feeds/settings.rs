@@ -131,7 +131,11 @@ impl Settings {
         if let Some(ca) = &self.ca_file
             && !ca.is_file()
         {
-            out.push(("feeds", "ca_file", format!("file {} not found", ca.display())));
+            out.push((
+                "feeds",
+                "ca_file",
+                format!("file {} not found", ca.display()),
+            ));
         }
         if let Some(s) = &self.snds {
             if s.key.trim().is_empty() {
@@ -153,7 +157,11 @@ impl Settings {
                 out.push(("feeds.postmaster", "domains", m));
             }
             if !https(&p.api_base) {
-                out.push(("feeds.postmaster", "api_base", "must be an https:// URL".into()));
+                out.push((
+                    "feeds.postmaster",
+                    "api_base",
+                    "must be an https:// URL".into(),
+                ));
             }
             let rate_ok = |r: f64| r > 0.0 && r < 1.0;
             if !rate_ok(p.spam_rate_warning) {

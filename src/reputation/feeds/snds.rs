@@ -259,7 +259,10 @@ mod tests {
         let rows = parse_data(DATA).unwrap();
         assert_eq!(rows.len(), 5);
         assert_eq!(rows[3].helo, "out4.test, really");
-        let status = parse_status("127.0.0.14,127.0.0.15,Yes,Blocked due to user complaints\n127.0.0.13,127.0.0.13,No,\n").unwrap();
+        let status = parse_status(
+            "127.0.0.14,127.0.0.15,Yes,Blocked due to user complaints\n127.0.0.13,127.0.0.13,No,\n",
+        )
+        .unwrap();
         let pool: Vec<IpAddr> = (10..=16).map(|n| ip(&format!("127.0.0.{n}"))).collect();
         let v = judge(&rows, &status, &pool, "microsoft", 0);
         let got: Vec<(String, Verdict)> = v.iter().map(|v| (v.ip.to_string(), v.verdict)).collect();
@@ -273,17 +276,31 @@ mod tests {
                 ("127.0.0.15".to_string(), Verdict::Quarantine),
             ]
         );
-        assert!(v[0].evidence.contains("filter RED, complaint rate 0.5%"), "{}", v[0].evidence);
+        assert!(
+            v[0].evidence.contains("filter RED, complaint rate 0.5%"),
+            "{}",
+            v[0].evidence
+        );
         assert!(v[2].evidence.contains("trap hits 3"), "{}", v[2].evidence);
-        assert!(v[3].evidence.contains("blocked: Blocked due to user complaints"));
+        assert!(
+            v[3].evidence
+                .contains("blocked: Blocked due to user complaints")
+        );
         // A higher threshold lets the trap row pass.
-        assert_eq!(judge(&rows, &[], &[ip("127.0.0.12")], "microsoft", 5).len(), 0);
+        assert_eq!(
+            judge(&rows, &[], &[ip("127.0.0.12")], "microsoft", 5).len(),
+            0
+        );
     }
 
     #[test]
     fn garbled_files_are_refused_whole() {
         let shifted = "127.0.0.10,a,b,1,1,1,1,RED,0.1%,,,0,h\n";
-        assert!(parse_data(shifted).unwrap_err().contains("unknown filter result"));
+        assert!(
+            parse_data(shifted)
+                .unwrap_err()
+                .contains("unknown filter result")
+        );
         assert!(parse_data("<html>Service unavailable</html>\n").is_err());
         assert!(parse_data("Date,Clicks,Opens\n1,2,3\n").is_err());
         let header = "IP Address,Activity start,Activity end,RCPT,DATA,Recipients,Filter,Complaint,Trap start,Trap end,Trap hits,HELO,From,Comments\n";

@@ -38,7 +38,10 @@ pub struct IpVerdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Applied {
-    Quarantined { offence: u32, until: u64 },
+    Quarantined {
+        offence: u32,
+        until: u64,
+    },
     Probation,
     /// Probation asked while a hold of that provider is in force: nothing written.
     AlreadyHeld,
