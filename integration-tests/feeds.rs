@@ -490,6 +490,43 @@ fn postmaster_bad_ip_quarantines_for_gmail_and_the_domain_spam_rate_is_a_verdict
         "{d}"
     );
 
+    // `poolrelay doctor` shows the feed's last poll and fails the domain over 0.3 %.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args([
+            "doctor",
+            "--config",
+            "poolrelay.toml",
+            "--json",
+            "--no-probe",
+        ])
+        .current_dir(relay.dir())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    let feed_check = |name: &str, subject: &str| {
+        report["feeds"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c["name"] == name && c["subject"] == subject)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} {subject} in {report}"))
+    };
+    assert_eq!(
+        feed_check("feed", "postmaster")["status"],
+        "pass",
+        "{report}"
+    );
+    let rate = feed_check("spam_rate", "snd.test");
+    assert_eq!(rate["status"], "fail", "{rate}");
+    assert!(
+        rate["detail"].as_str().unwrap().contains("0.42 %"),
+        "{rate}"
+    );
+    assert_eq!(o.status.code(), Some(1));
+
     // A token refusal (the key is not the one Google knows): an error, nothing changes.
     let (other_pem, _) = feeds::rsa_key();
     write_key_file(&key_file, &other_pem, &server.token_uri());
@@ -529,4 +566,30 @@ fn without_feeds_the_api_says_so() {
     assert_eq!(get(admin, "/api/feeds")["configured"], false);
     let (code, v) = http(admin, "POST", "/api/feeds/poll", None);
     assert_eq!(code, 404, "{v}");
+}
+
+#[test]
+fn bad_feed_settings_are_config_errors_with_file_and_line() {
+    let dir = tempdir("feeds-config");
+    let cfg = RelayConfig::new().section(
+        "[feeds]\ninterval = \"24h\"\n[feeds.snds]\nkey = \"\"\ndata_url = \"http://snds.example/data?key={key}\"\n[feeds.postmaster]\nkey_file = \"missing.json\"\ndomains = [\"example.com\"]\n",
+    );
+    let text = cfg.to_toml();
+    std::fs::write(dir.join("bad.toml"), &text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(["check-config", "bad.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (key, needle, message) in [
+        ("key", "key = \"\"", "must not be empty"),
+        ("data_url", "data_url", "must be an https:// URL"),
+        ("key_file", "key_file", "file missing.json not found"),
+    ] {
+        let expected = format!("bad.toml:{}: {key}: {message}", line_of(needle));
+        assert!(err.contains(&expected), "{expected}\n{err}");
+    }
 }
