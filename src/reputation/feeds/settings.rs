@@ -32,7 +32,7 @@ pub struct Settings {
 }
 
 /// Microsoft SNDS automated data access.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snds {
     /// The automated-access key (a secret: never logged; `{key}` in the URLs).
@@ -70,6 +70,19 @@ pub struct Postmaster {
     /// Read IP reputation from the v1 traffic stats (`ipReputations`).
     #[serde(default = "yes")]
     pub ip_reputation: bool,
+}
+
+/// Without the key (a secret).
+impl std::fmt::Debug for Snds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snds")
+            .field("key", &"…")
+            .field("data_url", &self.data_url)
+            .field("status_url", &self.status_url)
+            .field("trap_hits_max", &self.trap_hits_max)
+            .field("provider", &self.provider)
+            .finish()
+    }
 }
 
 fn default_interval() -> DurationStr {
