@@ -324,7 +324,8 @@ fn garbled_failing_or_slow_feeds_change_nothing_and_say_why() {
         "/snds/ipStatus.aspx",
         Answer::Body(200, feeds::GARBLED.into()),
     );
-    let (relay, admin) = start("feeds-bad", &w, &[10, 11], &server, &snds_toml(&server));
+    let toml = format!("max_size = \"2KB\"\n{}", snds_toml(&server));
+    let (relay, admin) = start("feeds-bad", &w, &[10, 11], &server, &toml);
     let nothing_held = || {
         let st = pool_status(admin);
         ["127.0.0.10", "127.0.0.11"].iter().all(|ip| {
@@ -359,6 +360,20 @@ fn garbled_failing_or_slow_feeds_change_nothing_and_say_why() {
     );
     assert!(nothing_held());
 
+    // An answer larger than max_size (2 KB): refused, even with its rows well formed.
+    let big = feeds::SNDS_DATA_RED_10.repeat(40);
+    assert!(big.len() > 2048);
+    server.set("/snds/data.aspx", Answer::Body(200, big));
+    let v = poll(admin);
+    assert!(
+        feed(&v, "snds")["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 2000 bytes"),
+        "{v}"
+    );
+    assert!(nothing_held());
+
     // A server that does not answer within the timeout (2 s).
     server.set("/snds/data.aspx", Answer::Hang(6000));
     let v = poll(admin);
@@ -373,7 +388,7 @@ fn garbled_failing_or_slow_feeds_change_nothing_and_say_why() {
     // The fetch results are counted.
     let metrics = admin::get_text(admin, "/metrics");
     assert!(
-        metrics.contains("poolrelay_feed_fetches_total{feed=\"snds\",result=\"error\"} 3"),
+        metrics.contains("poolrelay_feed_fetches_total{feed=\"snds\",result=\"error\"} 4"),
         "{metrics}"
     );
     drop(relay);

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::doctor::Check;
 
 use super::poller::{FeedsView, status_path};
+use super::verdict::Level;
 
 /// One check per configured feed and per domain verdict; empty without `[feeds]`.
 pub fn checks(config: &Config) -> Vec<Check> {
@@ -53,15 +54,15 @@ pub fn checks(config: &Config) -> Vec<Check> {
         out.push(check.about(feed));
     }
     for d in view.iter().flat_map(|v| &v.domains) {
-        let detail = format!("{} (level {})", d.evidence, d.level);
-        let check = match d.level.as_str() {
-            "over" => Check::fail(
+        let detail = format!("{} (level {})", d.evidence, d.level.as_str());
+        let check = match d.level {
+            Level::Over => Check::fail(
                 "spam_rate",
                 detail,
                 "find the logins sending for this domain and stop the mail people mark as spam",
             ),
-            "warning" => Check::warn("spam_rate", detail),
-            _ => Check::pass("spam_rate", detail),
+            Level::Warning => Check::warn("spam_rate", detail),
+            Level::Ok => Check::pass("spam_rate", detail),
         };
         out.push(check.about(&d.domain));
     }

@@ -69,6 +69,8 @@ impl Client {
         let timeout = settings.timeout.0;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirect to http:// would skip the certificate check.
+            .https_only(true)
             .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
             .timeout_global(Some(timeout))
             .tls_config(

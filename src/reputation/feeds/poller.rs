@@ -54,35 +54,10 @@ pub struct FeedsView {
     /// Seconds between polls.
     pub interval: u64,
     pub feeds: Vec<FeedStatus>,
-    pub domains: Vec<DomainVerdictView>,
+    pub domains: Vec<DomainVerdict>,
     /// Evidence already acted on (kept across restarts).
     #[serde(default)]
     pub acted: VecDeque<String>,
-}
-
-/// A domain verdict as stored (the typed one is `verdict::DomainVerdict`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DomainVerdictView {
-    pub domain: String,
-    pub spam_rate: f64,
-    pub level: String,
-    pub date: String,
-    pub evidence: String,
-}
-
-impl From<&DomainVerdict> for DomainVerdictView {
-    fn from(v: &DomainVerdict) -> Self {
-        DomainVerdictView {
-            domain: v.domain.clone(),
-            spam_rate: v.spam_rate,
-            level: serde_json::to_value(v.level)
-                .ok()
-                .and_then(|l| l.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            date: v.date.clone(),
-            evidence: v.evidence.clone(),
-        }
-    }
 }
 
 /// The file the status is kept in under `data_dir`.
@@ -134,8 +109,12 @@ impl Feeds {
         }
     }
 
-    /// Adds a listener told every domain verdict (the accounts stage).
+    /// Adds a listener told every domain verdict of every poll (the accounts stage); it is
+    /// told the latest ones at once (they survive a restart in `feeds.json`).
     pub fn subscribe(&self, listener: Arc<dyn OnDomainVerdict>) {
+        for d in self.domain_verdicts() {
+            listener.on_domain_verdict(&d);
+        }
         self.listeners.lock().expect("lock").push(listener);
     }
 
@@ -145,8 +124,8 @@ impl Feeds {
         v
     }
 
-    /// The latest domain verdicts, typed (what a listener would have been told).
-    pub fn domain_verdicts(&self) -> Vec<DomainVerdictView> {
+    /// The latest verdict per domain.
+    pub fn domain_verdicts(&self) -> Vec<DomainVerdict> {
         self.view.lock().expect("lock").domains.clone()
     }
 
@@ -265,7 +244,7 @@ impl Feeds {
         view.feeds.sort_by(|a, b| a.feed.cmp(&b.feed));
         for d in &round.domains {
             view.domains.retain(|v| v.domain != d.domain);
-            view.domains.push(d.into());
+            view.domains.push(d.clone());
         }
         view.domains.sort_by(|a, b| a.domain.cmp(&b.domain));
     }
@@ -318,13 +297,19 @@ fn poll_snds(client: &Client, s: &Snds, pool: &[IpAddr]) -> Round {
         Vec::new()
     });
     round.rows = data.len() + status.len();
+    if data.is_empty() && round.errors.is_empty() {
+        round
+            .notes
+            .push("no data rows (the day not published yet?)".to_string());
+    }
     let others = data.iter().filter(|r| !pool.contains(&r.ip)).count();
     if others > 0 {
         round.notes.push(format!(
             "{others} data rows for IPs outside the pool (ignored)"
         ));
     }
-    round.verdicts = snds::judge(&data, &status, pool, &s.provider, s.trap_hits_max);
+    let today = postmaster::Day::before(crate::spool::now_unix(), 0).to_string();
+    round.verdicts = snds::judge(&data, &status, pool, &s.provider, s.trap_hits_max, &today);
     round
 }
 
@@ -349,4 +334,85 @@ fn poll_postmaster(client: &Client, s: &Postmaster, pool: &[IpAddr]) -> Round {
         round.notes.extend(d.notes);
     }
     round
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reputation::feeds::{Level, Verdict};
+
+    struct Heard(Mutex<Vec<DomainVerdict>>);
+
+    impl OnDomainVerdict for Heard {
+        fn on_domain_verdict(&self, v: &DomainVerdict) {
+            self.0.lock().unwrap().push(v.clone());
+        }
+    }
+
+    fn feeds(dir: &std::path::Path) -> Feeds {
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[feeds]\n";
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        Feeds::new(
+            config.feeds.clone().unwrap(),
+            pools,
+            &config.reputation,
+            dir,
+        )
+    }
+
+    fn over(day: &str) -> DomainVerdict {
+        DomainVerdict {
+            domain: "a.test".into(),
+            spam_rate: 0.004,
+            level: Level::Over,
+            date: day.into(),
+            evidence: format!("Postmaster {day} a.test: spam rate 0.40 %"),
+        }
+    }
+
+    #[test]
+    fn listeners_hear_every_domain_verdict_and_a_late_one_the_latest() {
+        let dir = std::env::temp_dir().join(format!("poolrelay-feeds-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = feeds(&dir);
+        let early = Arc::new(Heard(Mutex::new(Vec::new())));
+        f.subscribe(early.clone());
+        let red = IpVerdict {
+            ip: "127.0.0.10".parse().unwrap(),
+            provider: "gmail".into(),
+            verdict: Verdict::Quarantine,
+            evidence: "Postmaster 2026-12-06 a.test: IP reputation BAD".into(),
+        };
+        let round = |day: &str| Round {
+            rows: 2,
+            verdicts: vec![red.clone()],
+            domains: vec![over(day)],
+            ..Round::default()
+        };
+        f.act("postmaster", round("2026-12-05"));
+        f.act("postmaster", round("2026-12-06"));
+        f.save();
+        assert_eq!(early.0.lock().unwrap().len(), 2);
+        let view = f.view();
+        let results: Vec<&str> = view.feeds[0]
+            .actions
+            .iter()
+            .map(|a| a.result.as_str())
+            .collect();
+        assert_eq!(
+            results,
+            ["already-acted"],
+            "the second poll of the same data"
+        );
+        assert_eq!(f.domain_verdicts(), [over("2026-12-06")]);
+        // After a restart: the verdict and the evidence acted on come back from feeds.json.
+        let again = feeds(&dir);
+        let late = Arc::new(Heard(Mutex::new(Vec::new())));
+        again.subscribe(late.clone());
+        assert_eq!(*late.0.lock().unwrap(), [over("2026-12-06")]);
+        again.act("postmaster", round("2026-12-06"));
+        assert_eq!(again.view().feeds[0].actions[0].result, "already-acted");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

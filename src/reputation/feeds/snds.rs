@@ -168,13 +168,16 @@ pub fn parse_status(text: &str) -> Result<Vec<StatusRow>, String> {
     Ok(rows)
 }
 
-/// The verdicts on pool IPs (module doc); `provider` and `trap_hits_max` from `[feeds.snds]`.
+/// The verdicts on pool IPs (module doc); `provider` and `trap_hits_max` from `[feeds.snds]`;
+/// `today` (`YYYY-MM-DD`) dates the IP status list, which has no date of its own (a block
+/// that lasts is a verdict each day).
 pub fn judge(
     data: &[DataRow],
     status: &[StatusRow],
     pool: &[IpAddr],
     provider: &str,
     trap_hits_max: u64,
+    today: &str,
 ) -> Vec<IpVerdict> {
     let mut out = Vec::new();
     for &ip in pool {
@@ -199,7 +202,7 @@ pub fn judge(
             .filter(|r| r.blocked && r.first <= ip && ip <= r.last)
         {
             let evidence = format!(
-                "SNDS IP status: {}-{} blocked{}",
+                "SNDS IP status {today}: {}-{} blocked{}",
                 row.first,
                 row.last,
                 if row.details.is_empty() {
@@ -264,7 +267,7 @@ mod tests {
         )
         .unwrap();
         let pool: Vec<IpAddr> = (10..=16).map(|n| ip(&format!("127.0.0.{n}"))).collect();
-        let v = judge(&rows, &status, &pool, "microsoft", 0);
+        let v = judge(&rows, &status, &pool, "microsoft", 0, "2026-12-07");
         let got: Vec<(String, Verdict)> = v.iter().map(|v| (v.ip.to_string(), v.verdict)).collect();
         assert_eq!(
             got,
@@ -288,7 +291,15 @@ mod tests {
         );
         // A higher threshold lets the trap row pass.
         assert_eq!(
-            judge(&rows, &[], &[ip("127.0.0.12")], "microsoft", 5).len(),
+            judge(
+                &rows,
+                &[],
+                &[ip("127.0.0.12")],
+                "microsoft",
+                5,
+                "2026-12-07"
+            )
+            .len(),
             0
         );
     }

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pool::{Cause, Hold, HoldKind, Pools, Scope};
 
@@ -114,7 +114,7 @@ pub fn apply(
 }
 
 /// Where a domain's spam rate stands against Google's lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -124,8 +124,18 @@ pub enum Level {
     Over,
 }
 
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Over => "over",
+        }
+    }
+}
+
 /// The Postmaster verdict on one sending domain for one day.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainVerdict {
     pub domain: String,
     /// A fraction (0.003 = 0.3 %).
