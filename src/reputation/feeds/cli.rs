@@ -105,6 +105,9 @@ fn format(v: &Value) -> String {
                 s(&a["result"]),
                 s(&a["evidence"])
             );
+            if !a["error"].is_null() {
+                let _ = writeln!(out, "    error: {}", s(&a["error"]));
+            }
         }
     }
     for d in v["domains"].as_array().into_iter().flatten() {

@@ -17,7 +17,7 @@ pub mod settings;
 pub mod snds;
 pub mod verdict;
 
-pub use poller::{FeedStatus, Feeds, FeedsView};
+pub use poller::{Action, Done, FeedStatus, Feeds, FeedsView, PollResult};
 pub use settings::Settings;
 pub use verdict::{DomainVerdict, IpVerdict, Level, OnDomainVerdict, Verdict};
 

@@ -15,21 +15,45 @@ use super::fetch::{Body, Client, redact};
 use super::postmaster::{self, ServiceAccount};
 use super::settings::{Postmaster, Settings, Snds};
 use super::snds;
-use super::verdict::{self, Applied, Cooldown, DomainVerdict, IpVerdict, OnDomainVerdict};
+use super::verdict::{self, Applied, Cooldown, DomainVerdict, IpVerdict, OnDomainVerdict, Verdict};
 use crate::pool::Pools;
 
 /// Evidence remembered as acted on (a few days of every pool IP × feed).
 const ACTED_KEPT: usize = 4096;
+
+/// What acting on one verdict did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Done {
+    Quarantined,
+    Probation,
+    /// Probation asked while a hold of the provider is in force: nothing written.
+    AlreadyHeld,
+    /// The same evidence was acted on by an earlier poll.
+    AlreadyActed,
+    /// The pool refused it (see `error`).
+    Failed,
+}
 
 /// One verdict as the status shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Action {
     pub ip: IpAddr,
     pub provider: String,
-    pub verdict: String,
+    pub verdict: Verdict,
     pub evidence: String,
-    /// `quarantined`, `probation`, `already-held`, `already-acted`, or the error.
-    pub result: String,
+    pub result: Done,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Whether a feed's last poll fetched and read everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollResult {
+    Ok,
+    #[default]
+    Error,
 }
 
 /// One feed's last poll.
@@ -38,8 +62,7 @@ pub struct FeedStatus {
     pub feed: String,
     /// Unix seconds of the last poll's end.
     pub last_fetch: Option<u64>,
-    /// `ok` or `error`.
-    pub result: String,
+    pub result: PollResult,
     /// What went wrong (several requests: joined with "; ").
     pub error: Option<String>,
     /// Not errors: data not published yet, rows for IPs outside the pool.
@@ -152,7 +175,23 @@ impl Feeds {
         let client = match Client::new(&self.settings) {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                tracing::warn!(error = %e, "provider feeds: no HTTPS client");
+                // A CA file that went missing since the start: every feed fails, visibly.
+                for (feed, on) in [
+                    ("snds", self.settings.snds.is_some()),
+                    ("postmaster", self.settings.postmaster.is_some()),
+                ] {
+                    if on {
+                        let errors = vec![format!("no HTTPS client: {e}")];
+                        self.act(
+                            feed,
+                            Round {
+                                errors,
+                                ..Round::default()
+                            },
+                        );
+                    }
+                }
+                self.save();
                 return self.view();
             }
         };
@@ -173,44 +212,15 @@ impl Feeds {
     /// Acts on a round's verdicts and records the feed's status.
     fn act(&self, feed: &'static str, round: Round) {
         let now = crate::spool::now_unix();
-        let mut actions = Vec::new();
-        for v in &round.verdicts {
-            let key = format!("{feed}|{}|{}|{}", v.ip, v.provider, v.evidence);
-            let seen = self.view.lock().expect("lock").acted.contains(&key);
-            let result = if seen {
-                "already-acted".to_string()
-            } else {
-                match verdict::apply(&self.pools, self.cooldown, feed, v, now) {
-                    Ok(applied) => {
-                        let mut view = self.view.lock().expect("lock");
-                        view.acted.push_back(key);
-                        while view.acted.len() > ACTED_KEPT {
-                            view.acted.pop_front();
-                        }
-                        match applied {
-                            Applied::Quarantined { .. } => "quarantined".to_string(),
-                            Applied::Probation => "probation".to_string(),
-                            Applied::AlreadyHeld => "already-held".to_string(),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(feed, source_ip = %v.ip, error = %e, "provider feed: cannot act on a verdict");
-                        format!("error: {e}")
-                    }
-                }
-            };
-            actions.push(Action {
-                ip: v.ip,
-                provider: v.provider.clone(),
-                verdict: format!("{:?}", v.verdict).to_lowercase(),
-                evidence: v.evidence.clone(),
-                result,
-            });
-        }
+        let actions: Vec<Action> = round
+            .verdicts
+            .iter()
+            .map(|v| self.act_on(feed, v, now))
+            .collect();
+        let listeners = self.listeners.lock().expect("lock").clone();
         for d in &round.domains {
-            tracing::info!(feed, domain = %d.domain, spam_rate = d.spam_rate, level = ?d.level, date = %d.date, "provider feed: domain spam rate");
-            let listeners = self.listeners.lock().expect("lock").clone();
-            for l in listeners {
+            tracing::info!(feed, domain = %d.domain, spam_rate = d.spam_rate, level = d.level.as_str(), date = %d.date, "provider feed: domain spam rate");
+            for l in &listeners {
                 l.on_domain_verdict(d);
             }
         }
@@ -219,7 +229,11 @@ impl Feeds {
         let status = FeedStatus {
             feed: feed.to_string(),
             last_fetch: Some(now),
-            result: if ok { "ok" } else { "error" }.to_string(),
+            result: if ok {
+                PollResult::Ok
+            } else {
+                PollResult::Error
+            },
             error: (!ok).then(|| round.errors.join("; ")),
             notes: round.notes,
             rows: round.rows,
@@ -242,11 +256,48 @@ impl Feeds {
         view.feeds.retain(|f| f.feed != feed);
         view.feeds.push(status);
         view.feeds.sort_by(|a, b| a.feed.cmp(&b.feed));
-        for d in &round.domains {
+        for d in round.domains {
             view.domains.retain(|v| v.domain != d.domain);
-            view.domains.push(d.clone());
+            view.domains.push(d);
         }
         view.domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+    }
+
+    /// One verdict into the pool, unless its evidence was acted on already.
+    fn act_on(&self, feed: &str, v: &IpVerdict, now: u64) -> Action {
+        let key = format!("{feed}|{}|{}|{}", v.ip, v.provider, v.evidence);
+        let seen = self.view.lock().expect("lock").acted.contains(&key);
+        let (result, error) = if seen {
+            (Done::AlreadyActed, None)
+        } else {
+            match verdict::apply(&self.pools, self.cooldown, feed, v, now) {
+                Ok(applied) => {
+                    let mut view = self.view.lock().expect("lock");
+                    view.acted.push_back(key);
+                    while view.acted.len() > ACTED_KEPT {
+                        view.acted.pop_front();
+                    }
+                    let done = match applied {
+                        Applied::Quarantined { .. } => Done::Quarantined,
+                        Applied::Probation => Done::Probation,
+                        Applied::AlreadyHeld => Done::AlreadyHeld,
+                    };
+                    (done, None)
+                }
+                Err(e) => {
+                    tracing::error!(feed, source_ip = %v.ip, error = %e, "provider feed: cannot act on a verdict");
+                    (Done::Failed, Some(e))
+                }
+            }
+        };
+        Action {
+            ip: v.ip,
+            provider: v.provider.clone(),
+            verdict: v.verdict,
+            evidence: v.evidence.clone(),
+            result,
+            error,
+        }
     }
 
     /// Writes the status for `poolrelay doctor` (a failed write is only logged).
@@ -339,7 +390,7 @@ fn poll_postmaster(client: &Client, s: &Postmaster, pool: &[IpAddr]) -> Round {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reputation::feeds::{Level, Verdict};
+    use crate::reputation::feeds::Level;
 
     struct Heard(Mutex<Vec<DomainVerdict>>);
 
@@ -395,14 +446,10 @@ mod tests {
         f.save();
         assert_eq!(early.0.lock().unwrap().len(), 2);
         let view = f.view();
-        let results: Vec<&str> = view.feeds[0]
-            .actions
-            .iter()
-            .map(|a| a.result.as_str())
-            .collect();
+        let results: Vec<Done> = view.feeds[0].actions.iter().map(|a| a.result).collect();
         assert_eq!(
             results,
-            ["already-acted"],
+            [Done::AlreadyActed],
             "the second poll of the same data"
         );
         assert_eq!(f.domain_verdicts(), [over("2026-12-06")]);
@@ -412,7 +459,7 @@ mod tests {
         again.subscribe(late.clone());
         assert_eq!(*late.0.lock().unwrap(), [over("2026-12-06")]);
         again.act("postmaster", round("2026-12-06"));
-        assert_eq!(again.view().feeds[0].actions[0].result, "already-acted");
+        assert_eq!(again.view().feeds[0].actions[0].result, Done::AlreadyActed);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pool::{Cause, Hold, HoldKind, Pools, Scope};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Probation,
