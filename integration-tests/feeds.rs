@@ -229,6 +229,42 @@ fn snds_red_traps_and_blocked_range_quarantine_for_microsoft_yellow_is_probation
         file.contains("filter RED") && !file.contains(feeds::SNDS_KEY),
         "{file}"
     );
+    // GREEN the next day: nothing special, the quarantine ends by its own cool-down.
+    let green = feeds::SNDS_DATA
+        .replace("RED", "GREEN")
+        .replace("YELLOW", "GREEN")
+        .replace(",3,out12", ",0,out12");
+    server.set(
+        "/snds/data.aspx",
+        Answer::Body(200, green.replace("12/6/2026", "12/7/2026")),
+    );
+    server.set("/snds/ipStatus.aspx", Answer::Body(200, String::new()));
+    // Through the CLI this time (`poolrelay feeds poll`).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(["feeds", "poll", "--config", "poolrelay.toml"])
+        .current_dir(relay.dir())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.starts_with("snds: ok at ") && out.contains("(5 rows)"),
+        "{out}"
+    );
+    let still = hold_of(admin, "127.0.0.10", "microsoft", "feed:snds").expect("still quarantined");
+    assert_eq!(still["evidence"], h["evidence"]);
+    assert!(
+        feed(&get(admin, "/api/feeds"), "snds")["actions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
     // The requests carried the key where the URL template put it.
     assert!(
         server
