@@ -77,6 +77,8 @@ enum Command {
         #[arg(long, short, default_value = "config/poolrelay.toml")]
         config: PathBuf,
     },
+    /// Provider feeds (SNDS, Postmaster Tools) of a running relay: `status`, or `poll` now.
+    Feeds(poolrelay::reputation::feeds::cli::FeedsArgs),
     /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
     Pool {
         /// Config file (TOML), read for `admin.listen`.
@@ -149,6 +151,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => poolrelay::capture::run(args),
         Command::Send(args) => poolrelay::send::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
+        Command::Feeds(args) => poolrelay::reputation::feeds::cli::run(args),
         Command::Reload { config } => poolrelay::reload::command(&config),
         Command::Queue {
             config,

@@ -66,6 +66,12 @@ struct DoctorStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedFetch {
+    feed: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IpZone {
     ip: String,
     zone: String,
@@ -104,6 +110,7 @@ struct Events {
     dkim: Family<Dkim, Counter>,
     sessions: Gauge,
     warmup_decisions: Family<RampDecision, Counter>,
+    feed_fetches: Family<FeedFetch, Counter>,
 }
 
 fn events() -> &'static Events {
@@ -119,6 +126,7 @@ fn events() -> &'static Events {
             dkim: Family::default(),
             sessions: Gauge::default(),
             warmup_decisions: Family::default(),
+            feed_fetches: Family::default(),
         };
         registry.register(
             "messages_accepted",
@@ -155,6 +163,11 @@ fn events() -> &'static Events {
             "Warm-up ramp decisions per source IP and provider (advanced, held, stepped-back, rewarmed)",
             e.warmup_decisions.clone(),
         );
+        registry.register(
+            "feed_fetches",
+            "Provider feed polls (snds, postmaster) by result (ok, error)",
+            e.feed_fetches.clone(),
+        );
         Events { registry, ..e }
     })
 }
@@ -185,6 +198,16 @@ pub fn outcome(ip: &str, provider: &str, class: Class) {
             provider: provider.to_string(),
             class: class.as_str(),
         })
+        .inc();
+}
+
+/// A provider feed's poll (`reputation::feeds`): `ok` false when a request failed or its
+/// answer could not be read.
+pub fn feed_fetch(feed: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    events()
+        .feed_fetches
+        .get_or_create(&FeedFetch { feed, result })
         .inc();
 }
 

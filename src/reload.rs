@@ -67,6 +67,7 @@ const RESTART_KEYS: &[&str] = &[
     "doctor",
     "shutdown_grace",
     "cluster",
+    "feeds",
 ];
 
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
@@ -91,6 +92,13 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             .as_ref()
             .map(|s| format!("{s:?} {}", s.redis.secret()))
     };
+    // The SNDS key in full: its Debug form hides it.
+    let feeds = |c: &Config| {
+        c.feeds.as_ref().map(|f| {
+            let key = f.snds.as_ref().map(|s| s.key.as_str()).unwrap_or("");
+            format!("{f:?} {key}")
+        })
+    };
     let changed = [
         old.data_dir != new.data_dir,
         dbg(&old.admin) != dbg(&new.admin),
@@ -100,6 +108,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         dbg(&old.doctor) != dbg(&new.doctor),
         old.shutdown_grace != new.shutdown_grace,
         cluster(old) != cluster(new),
+        feeds(old) != feeds(new),
     ];
     RESTART_KEYS
         .iter()
@@ -314,6 +323,13 @@ mod tests {
             restart_needed(&old, &new),
             ["delivery (except port and tls)"]
         );
+        // A new SNDS key (hidden in the Debug form) is still a change.
+        let a = parse("[feeds.snds]\nkey = \"a\"");
+        assert_eq!(
+            restart_needed(&a, &parse("[feeds.snds]\nkey = \"b\"")),
+            ["feeds"]
+        );
+        assert!(!format!("{:?}", a.feeds).contains("key: \"a\""));
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
+    // Domain verdicts reach the accounts stage through `feeds.subscribe(…)`.
+    let feeds = crate::reputation::feeds::start(&config, pools.clone());
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {
@@ -126,6 +128,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             spool: spool.clone(),
             config: config.clone(),
             reload: Some(crate::reload::Trigger(reload_tx)),
+            feeds: feeds.clone(),
         };
         crate::admin::start(admin, admin_state).await?;
     }

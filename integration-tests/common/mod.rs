@@ -78,6 +78,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod feeds;
 pub mod keys;
 pub mod net;
 pub mod receiver;

@@ -8,12 +8,14 @@
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
 //! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
+//! - `GET /api/feeds`, `POST /api/feeds/poll`: provider feeds' status, a poll now (`feeds.rs`);
 //! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
 //!
 //! `client` is the CLI side.
 
 pub mod client;
 mod doctor;
+mod feeds;
 pub mod guard;
 mod history;
 pub mod host;
@@ -59,6 +61,8 @@ pub struct AdminState {
     pub config: Arc<Config>,
     /// Hot reload requests (`POST /api/reload`); `None`: not offered.
     pub reload: Option<crate::reload::Trigger>,
+    /// Provider feeds (`None`: none configured).
+    pub feeds: Option<Arc<crate::reputation::feeds::Feeds>>,
 }
 
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
@@ -110,6 +114,7 @@ fn router(state: AdminState, guarded: serve::Guarded) -> Router {
     pool::routes()
         .merge(reputation::routes())
         .merge(doctor::routes())
+        .merge(feeds::routes())
         .merge(queue::routes())
         .merge(metrics::routes())
         .merge(history::routes())

@@ -72,6 +72,8 @@ pub struct Config {
     /// Several relays sharing counters and state through Redis (`cluster::Settings`); absent =
     /// this relay alone, everything in the local state store.
     pub cluster: Option<crate::cluster::Settings>,
+    /// Provider feeds, SNDS and Postmaster Tools (`reputation::feeds::Settings`); absent = none.
+    pub feeds: Option<crate::reputation::feeds::Settings>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -341,6 +343,11 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             for (key, message) in cluster.problems() {
                 err(("cluster", key), message);
+            }
+        }
+        if let Some(feeds) = &self.feeds {
+            for (section, key, message) in feeds.problems() {
+                err((section, key), message);
             }
         }
         errors

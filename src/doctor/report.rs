@@ -119,15 +119,23 @@ pub struct Report {
     pub summary: Summary,
     pub ips: Vec<IpReport>,
     pub domains: Vec<DomainReport>,
+    /// Provider feeds' last polls and domain spam rates (`reputation::feeds::doctor`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<Check>,
 }
 
 impl Report {
     pub fn new(ips: Vec<IpReport>, domains: Vec<DomainReport>) -> Report {
+        Report::with_feeds(ips, domains, Vec::new())
+    }
+
+    pub fn with_feeds(ips: Vec<IpReport>, domains: Vec<DomainReport>, feeds: Vec<Check>) -> Report {
         let mut summary = Summary::default();
         let all = ips
             .iter()
             .flat_map(|i| &i.checks)
-            .chain(domains.iter().flat_map(|d| &d.checks));
+            .chain(domains.iter().flat_map(|d| &d.checks))
+            .chain(&feeds);
         for c in all {
             match c.status {
                 Status::Pass => summary.pass += 1,
@@ -142,6 +150,7 @@ impl Report {
             summary,
             ips,
             domains,
+            feeds,
         }
     }
 
@@ -156,7 +165,8 @@ impl Report {
                 .iter()
                 .map(move |c| (format!("domain {}", d.domain), c))
         });
-        ips.chain(domains)
+        let feeds = self.feeds.iter().map(|c| ("feeds".to_string(), c));
+        ips.chain(domains).chain(feeds)
     }
 
     /// The human table: one block per IP and per domain, a fix line under each failure.
@@ -187,6 +197,11 @@ impl Report {
                 }
             );
             table(&mut out, &d.checks);
+            out.push('\n');
+        }
+        if !self.feeds.is_empty() {
+            let _ = writeln!(out, "provider feeds");
+            table(&mut out, &self.feeds);
             out.push('\n');
         }
         let s = &self.summary;

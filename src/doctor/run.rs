@@ -69,9 +69,10 @@ impl Doctor {
         let mut domain_reports: Vec<(usize, DomainReport)> = domain_jobs.join_all().await;
         ip_reports.sort_by_key(|(i, _)| *i);
         domain_reports.sort_by_key(|(i, _)| *i);
-        Ok(Report::new(
+        Ok(Report::with_feeds(
             ip_reports.into_iter().map(|(_, r)| r).collect(),
             domain_reports.into_iter().map(|(_, r)| r).collect(),
+            crate::reputation::feeds::doctor::checks(&self.config),
         ))
     }
 

@@ -73,6 +73,8 @@ pub enum Cause {
     DeferralRate,
     /// Throttling replies that went on after the pace was cut `throttle_cuts` times in a day.
     Throttling,
+    /// A provider's feed (`reputation::feeds`): `snds`, `postmaster`.
+    Feed(String),
 }
 
 impl Cause {
@@ -91,7 +93,10 @@ impl Cause {
             "bounce-rate" => Cause::BounceRate,
             "deferral-rate" => Cause::DeferralRate,
             "throttling" => Cause::Throttling,
-            _ => Cause::Dnsbl(s.strip_prefix("dnsbl:")?.to_string()),
+            _ => match s.strip_prefix("feed:") {
+                Some(feed) => Cause::Feed(feed.to_string()),
+                None => Cause::Dnsbl(s.strip_prefix("dnsbl:")?.to_string()),
+            },
         })
     }
 }
@@ -106,6 +111,7 @@ impl fmt::Display for Cause {
             Cause::BounceRate => f.write_str("bounce-rate"),
             Cause::DeferralRate => f.write_str("deferral-rate"),
             Cause::Throttling => f.write_str("throttling"),
+            Cause::Feed(feed) => write!(f, "feed:{feed}"),
         }
     }
 }
@@ -572,6 +578,39 @@ impl Pools {
     ) -> Result<(), String> {
         tracing::warn!(source_ip = %ip, scope = scope.as_str(), cause = %cause, reason, evidence, until, "pool IP quarantined");
         self.put(ip, &scope, cause, reason, evidence, until)
+    }
+
+    /// Puts `ip` × `scope` on probation for `cause` (a record that has already ended, so the
+    /// trickle of `probe_per_hour` applies at once), unless a record of that scope or of
+    /// `all` is in force: a quarantine in force ends by itself, then probation. Returns
+    /// whether the record was written.
+    pub fn probation(
+        &self,
+        ip: IpAddr,
+        scope: Scope,
+        cause: Cause,
+        reason: &str,
+        evidence: &str,
+    ) -> Result<bool, String> {
+        self.knows(ip)?;
+        let now = now_s();
+        if self.lock().hold_of(ip, scope.as_str(), now).is_some() {
+            return Ok(false);
+        }
+        tracing::warn!(source_ip = %ip, scope = scope.as_str(), cause = %cause, reason, evidence, "pool IP on probation");
+        let hold = Hold {
+            kind: HoldKind::Quarantined,
+            scope: scope.as_str().to_string(),
+            cause: cause.clone(),
+            reason: reason.to_string(),
+            evidence: evidence.to_string(),
+            since: now,
+            until: Some(now),
+            offence: 0,
+            replies: 0,
+        };
+        self.write_holds(vec![((ip, scope.as_str().to_string(), cause), Some(hold))])?;
+        Ok(true)
     }
 
     /// One cause of a quarantine is over (a delisting): its record expires now, so the IP goes

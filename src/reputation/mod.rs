@@ -4,6 +4,7 @@
 pub mod bounce;
 pub mod cli;
 pub mod dnsbl;
+pub mod feeds;
 pub mod history;
 pub mod rates;
 pub mod suppress;
