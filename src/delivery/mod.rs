@@ -37,11 +37,12 @@ pub async fn start(
     spool: Arc<Spool>,
     pools: Arc<Pools>,
     reputation: Arc<Tracker>,
+    state: Option<Arc<crate::state::State>>,
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
 ) -> Result<Arc<Deliverer>, String> {
-    let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
+    let d = Arc::new(Deliverer::new(config, spool, pools, reputation, state)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     let deliverer = d.clone();
     tokio::spawn(async move {
