@@ -32,6 +32,7 @@ use crate::spool::{Envelope, Spool};
 
 pub use deliverer::{Attempted, Deliverer, Written};
 
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: Arc<Config>,
     spool: Arc<Spool>,
