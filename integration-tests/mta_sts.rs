@@ -357,3 +357,87 @@ fn a_hanging_policy_does_not_delay_another_domain_on_the_same_mx() {
         "hang.test still waits for its policy"
     );
 }
+
+/// The check named `name` of domain `domain` in `poolrelay doctor --json` output.
+fn doctor_check(report: &serde_json::Value, domain: &str, name: &str) -> serde_json::Value {
+    report["domains"]
+        .as_array()
+        .expect("domains")
+        .iter()
+        .find(|d| d["domain"] == domain)
+        .and_then(|d| d["checks"].as_array())
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{domain} {name}: {report:#}"))
+}
+
+#[test]
+fn doctor_fetches_and_checks_the_operators_own_policies() {
+    let dir = tempdir("mta-sts-doctor");
+    let w = World::start(&dir);
+    w.dns.add_mx("enforce.test", 10, "mx.good.test");
+    w.publish("enforce.test", "1", policy("enforce", &["mx.good.test"]));
+    w.dns.add_txt(
+        "_smtp._tls.enforce.test",
+        "v=TLSRPTv1; rua=mailto:tls@enforce.test",
+    );
+    // An enforce policy that leaves out one of the domain's MX hosts.
+    w.dns.add_mx("stripped.test", 10, "mx.good.test");
+    w.dns.add_mx("stripped.test", 20, "mx.plain.test");
+    w.publish("stripped.test", "1", policy("enforce", &["mx.good.test"]));
+    w.publish("cache.test", "1", Served::text("<html>not a policy</html>"));
+    std::fs::write(dir.join("poolrelay.toml"), w.config("10s").to_toml()).unwrap();
+    let mut args = vec![
+        "doctor",
+        "--config",
+        "poolrelay.toml",
+        "--json",
+        "--no-probe",
+    ];
+    for d in ["enforce.test", "stripped.test", "cache.test"] {
+        args.extend(["--domain", d]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(&args)
+        .current_dir(&dir)
+        .output()
+        .expect("run poolrelay doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+
+    let c = doctor_check(&r, "enforce.test", "mta_sts");
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("id=1"), "{c}");
+    let c = doctor_check(&r, "enforce.test", "mta_sts_policy");
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mode=enforce, mx=mx.good.test, max_age=86400"),
+        "{c}"
+    );
+    assert_eq!(
+        doctor_check(&r, "enforce.test", "tls_rpt")["status"],
+        "pass"
+    );
+
+    let c = doctor_check(&r, "stripped.test", "mta_sts_policy");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("mx.plain.test"),
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("mx: mx.plain.test"),
+        "{c}"
+    );
+
+    let c = doctor_check(&r, "cache.test", "mta_sts_policy");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("sts-policy-invalid"),
+        "{c}"
+    );
+}

@@ -185,6 +185,15 @@ impl MtaSts {
         }
     }
 
+    /// Fetches and parses the policy of `domain` now, past the cache (the doctor).
+    pub async fn fetch_now(
+        &self,
+        domain: &str,
+        resolver: &TokioResolver,
+    ) -> Result<Policy, (TlsFailure, String)> {
+        self.fetcher.fetch(domain, resolver).await
+    }
+
     fn slot(&self, domain: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         self.slots
             .lock()
@@ -216,7 +225,7 @@ impl MtaSts {
 
 /// The `id` of the domain's `_mta-sts` TXT record: None when there is no single valid one
 /// (or DNS failed).
-async fn txt_id(domain: &str, resolver: &TokioResolver) -> Option<String> {
+pub async fn txt_id(domain: &str, resolver: &TokioResolver) -> Option<String> {
     let name = format!("_mta-sts.{domain}.");
     let lookup = match resolver.txt_lookup(name.as_str()).await {
         Ok(l) => l,
