@@ -173,7 +173,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         "1",
         policy("testing", &["mx.wrongname.test"]),
     );
-    let relay = Relay::start(&dir, &w.config("10s").to_toml());
+    let (relay, admin) = admin::start(&dir, &w.config("10s").admin(), WAIT);
 
     submit(&relay, "a@enforce.test", "enforce");
     submit(&relay, "b@wrongname.test", "wrongname");
@@ -240,6 +240,15 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
     }
     // The policy is fetched once per domain and kept (same id).
     assert_eq!(w.web.requests_for("mta-sts.enforce.test"), 1);
+
+    let metrics = admin::get_text(admin, "/metrics");
+    for needle in [
+        "poolrelay_tls_deliveries_total{policy=\"mta-sts\",result=\"tls\"} 2",
+        "poolrelay_tls_deliveries_total{policy=\"mta-sts\",result=\"certificate-host-mismatch\"}",
+        "poolrelay_tls_deliveries_total{policy=\"mta-sts\",result=\"starttls-not-supported\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle}:\n{metrics}");
+    }
 }
 
 #[test]
