@@ -66,6 +66,11 @@ impl Policies {
         self.results.store(Arc::new(sink));
     }
 
+    /// Shares MTA-STS policies with the farm (`[cluster]`).
+    pub fn share_through(&self, cluster: Arc<crate::cluster::Cluster>) {
+        self.sts.share_through(cluster);
+    }
+
     pub fn dane(&self) -> &Dane {
         &self.dane
     }
