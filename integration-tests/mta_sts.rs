@@ -219,7 +219,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         r["last_reply"]["text"]
             .as_str()
             .unwrap()
-            .contains("TLS handshake with mx.wrongname.test"),
+            .contains("mta-sts policy: TLS handshake with mx.wrongname.test"),
         "{r}"
     );
     let env = deferred(&relay, "c@stripped.test", 2);
