@@ -293,6 +293,35 @@ fn an_opportunistic_session_is_not_reused_for_an_enforced_delivery() {
 }
 
 #[test]
+fn a_route_tls_setting_wins_over_the_domain_policy() {
+    let dir = tempdir("mta-sts-route");
+    let w = World::start(&dir);
+    // enforce.test's policy allows only mx.good.test; the route sends to the wrong name with
+    // opportunistic TLS, and the route wins.
+    w.dns.add_mx("enforce.test", 10, "mx.good.test");
+    w.publish("enforce.test", "1", policy("enforce", &["mx.good.test"]));
+    let cfg = w.config("10s").section(&format!(
+        "[[route]]\ndomain = \"enforce.test\"\nhost = \"mx.wrongname.test:{}\"\ntls = \"opportunistic\"",
+        w.port
+    ));
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    submit(&relay, "a@enforce.test", "routed");
+    let m = w.sink(WRONG).wait_for_messages(1, WAIT);
+    assert_eq!(m[0].rcpt_to, ["a@enforce.test"]);
+    assert!(w.sink(GOOD).messages().is_empty());
+    assert_eq!(
+        w.web.requests_for("mta-sts.enforce.test"),
+        0,
+        "no policy looked up"
+    );
+    assert!(
+        relay.plain_log().contains("tls_policy=route"),
+        "{}",
+        relay.plain_log()
+    );
+}
+
+#[test]
 fn a_broken_policy_keeps_the_cached_one_and_a_new_id_replaces_it() {
     let dir = tempdir("mta-sts-cache");
     let w = World::start(&dir);
