@@ -33,6 +33,8 @@ pub struct Destination {
     pub key: String,
     pub hosts: Vec<Host>,
     pub tls: TlsPolicy,
+    /// `tls` is all that decides (a route or an address literal): no DANE, no MTA-STS.
+    pub static_tls: bool,
 }
 
 pub struct Router {
@@ -96,6 +98,11 @@ impl Router {
         })
     }
 
+    /// The resolver delivery uses (MTA-STS lookups go through it too).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// The static route for a domain: exact match, then the longest `*.suffix`, then `*`.
     pub fn route_for(&self, domain: &str) -> Option<&Route> {
         find_route(&self.routes, domain)
@@ -119,6 +126,7 @@ impl Router {
                 key: format!("route:{}", route.host.to_ascii_lowercase()),
                 hosts: vec![resolved],
                 tls: route.tls.unwrap_or(self.default_tls),
+                static_tls: true,
             });
         }
         // Address literal `[1.2.3.4]` / `[IPv6:…]`: straight to that address.
@@ -139,6 +147,7 @@ impl Router {
                     error: None,
                 }],
                 tls: self.default_tls,
+                static_tls: true,
             });
         }
         let fqdn = format!("{domain}.");
@@ -190,6 +199,7 @@ impl Router {
                 key: format!("a:{domain}:{}", self.port),
                 hosts: vec![h],
                 tls: self.default_tls,
+                static_tls: false,
             });
         }
         let mut hosts = Vec::with_capacity(mxs.len());
@@ -202,6 +212,7 @@ impl Router {
             key: format!("mx:{}:{}", names.join(","), self.port),
             hosts,
             tls: self.default_tls,
+            static_tls: false,
         })
     }
 

@@ -138,11 +138,15 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         spool.clone(),
         pools.clone(),
         reputation.clone(),
+        Some(state.clone()),
         committed,
         recovered,
         control,
     )
     .await?;
+    if let Some(c) = &cluster {
+        deliverer.policies.share_through(c.clone());
+    }
     let listeners =
         Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
     tracing::info!(hostname = %config.hostname, "poolrelay ready");

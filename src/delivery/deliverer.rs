@@ -9,6 +9,8 @@ use tokio::sync::Semaphore;
 
 use super::client::{Timeouts, local_reply};
 use super::connections::Connections;
+use super::destination::TlsUsed;
+use super::policy::{DomainPolicy, Policies};
 use super::tls;
 use crate::config::Config;
 use crate::outcome::{self, DsnKind, Outcome, Status};
@@ -16,6 +18,9 @@ use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
 use crate::routing::{Destination, Router, domain_of};
 use crate::spool::{Envelope, RcptState, Spool, now_unix};
+
+/// The recipients of one destination transaction: where, under which policy, who.
+type Group = (Destination, DomainPolicy, Vec<usize>);
 
 /// What an attempt left of a message.
 pub enum Attempted {
@@ -70,6 +75,8 @@ pub struct Deliverer {
     /// Messages held because no pool IP could take them: woken when an IP comes back.
     held: Mutex<HashSet<String>>,
     pub(super) tls: tls::Connectors,
+    /// Which TLS each destination domain and MX host needs; TLS-RPT plugs its sink here.
+    pub policies: Arc<Policies>,
     pub(super) timeouts: Timeouts,
     pub(super) global: Arc<Semaphore>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -85,7 +92,9 @@ impl Deliverer {
         spool: Arc<Spool>,
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
+        state: Option<Arc<crate::state::State>>,
     ) -> Result<Deliverer, String> {
+        let tls = tls::connectors(&config.delivery)?;
         // Its own copy of the keys (the inbound side has one too): loaded once, at start.
         let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
             errs.iter()
@@ -99,7 +108,8 @@ impl Deliverer {
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
-            tls: tls::connectors(&config.delivery)?,
+            policies: Arc::new(Policies::new(&config, tls.required.clone(), state)?),
+            tls,
             timeouts: Timeouts {
                 connect: config.delivery.connect_timeout.0,
                 command: config.delivery.command_timeout.0,
@@ -201,7 +211,7 @@ impl Deliverer {
         for i in due {
             // An address that hard-bounced as unknown before fails at once, saying why.
             if let Some(reply) = self.reputation.suppressed(&env.recipients[i].address) {
-                self.record(env, i, Outcome::of_reply(reply), "none");
+                self.record(env, i, Outcome::of_reply(reply), &TlsUsed::none());
                 suppressed.push(i);
                 continue;
             }
@@ -210,24 +220,8 @@ impl Deliverer {
                 .or_default()
                 .push(i);
         }
-        let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
-        let mut routing_failed = suppressed;
-        for (domain, idxs) in by_domain {
-            match self.router.load_full().resolve(&domain).await {
-                Ok(dest) => groups
-                    .entry(dest.key.clone())
-                    .or_insert_with(|| (dest, Vec::new()))
-                    .1
-                    .extend(idxs),
-                Err(reply) => {
-                    let reply = local_reply(reply.code, &reply.status, reply.text);
-                    for i in idxs {
-                        self.record(env, i, Outcome::of_reply(reply.clone()), "none");
-                        routing_failed.push(i);
-                    }
-                }
-            }
-        }
+        let (groups, mut routing_failed) = self.route_all(env, by_domain).await;
+        routing_failed.extend(suppressed);
         if !routing_failed.is_empty() {
             self.bounce(env, &routing_failed).await;
             self.save(env).await;
@@ -238,16 +232,16 @@ impl Deliverer {
         let mut inline = None;
         let mut tasks = tokio::task::JoinSet::new();
         if groups.len() == 1 {
-            for (_, (dest, idxs)) in groups {
-                let attempt = self.deliver_to(&dest, &snapshot, &idxs).await;
+            for (_, (dest, policy, idxs)) in groups {
+                let attempt = self.deliver_to(&dest, &policy, &snapshot, &idxs).await;
                 inline = Some((idxs, attempt));
             }
         } else {
-            for (_, (dest, idxs)) in groups {
+            for (_, (dest, policy, idxs)) in groups {
                 let me = self.clone();
                 let snapshot = snapshot.clone();
                 tasks.spawn(async move {
-                    let attempt = me.deliver_to(&dest, &snapshot, &idxs).await;
+                    let attempt = me.deliver_to(&dest, &policy, &snapshot, &idxs).await;
                     (idxs, attempt)
                 });
             }
@@ -289,6 +283,50 @@ impl Deliverer {
             }
         }
         self.written(env, saved, every_pending_due).await
+    }
+
+    /// Routes every domain and looks up its TLS policy, grouping recipients per transaction;
+    /// those whose domain cannot be routed get the reply recorded and are returned apart.
+    async fn route_all(
+        &self,
+        env: &mut Envelope,
+        by_domain: BTreeMap<String, Vec<usize>>,
+    ) -> (HashMap<String, Group>, Vec<usize>) {
+        let router = self.router.load_full();
+        let mut failed = Vec::new();
+        let mut routed = Vec::new();
+        for (domain, idxs) in by_domain {
+            match router.resolve(&domain).await {
+                Ok(dest) => routed.push((domain, dest, idxs)),
+                Err(reply) => {
+                    let reply = local_reply(reply.code, &reply.status, reply.text);
+                    for i in idxs {
+                        self.record(env, i, Outcome::of_reply(reply.clone()), &TlsUsed::none());
+                        failed.push(i);
+                    }
+                }
+            }
+        }
+        // Every domain's policy at once: one slow policy fetch costs the others no more.
+        let policies =
+            futures_util::future::join_all(routed.iter().map(|(domain, dest, _)| {
+                self.policies.for_domain(domain, dest, router.resolver())
+            }))
+            .await;
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        for ((_, dest, idxs), policy) in routed.into_iter().zip(policies) {
+            // A domain with a policy of its own goes in a transaction of its own.
+            let key = match policy.own_group() {
+                Some(domain) => format!("{}|{domain}", dest.key),
+                None => dest.key.clone(),
+            };
+            groups
+                .entry(key)
+                .or_insert_with(|| (dest, policy, Vec::new()))
+                .2
+                .extend(idxs);
+        }
+        (groups, failed)
     }
 
     /// How an attempt ends up in the spool: saved already, nothing to write (the removal that
@@ -366,7 +404,8 @@ impl Deliverer {
     }
 
     /// Applies one outcome to one recipient and logs it.
-    fn record(&self, env: &mut Envelope, i: usize, outcome: Outcome, tls: &str) {
+    fn record(&self, env: &mut Envelope, i: usize, outcome: Outcome, used: &TlsUsed) {
+        let tls = used.tls.as_str();
         let now = now_unix();
         let received_at = env.received_at;
         let rcpt = &mut env.recipients[i];
@@ -386,13 +425,24 @@ impl Deliverer {
         if !r.addr.is_empty() {
             crate::metrics::outbound(tls != "none");
         }
+        if let Some(policy) = used.policy {
+            let result = match used.failure {
+                Some(f) => f.as_str(),
+                None if tls != "none" => "tls",
+                None => "plaintext",
+            };
+            crate::metrics::tls_delivery(policy.as_str(), result);
+        }
+        let tls_policy = used.policy.map_or("none", |p| p.as_str());
+        let tls_failure = used.failure.map_or("", |f| f.as_str());
         let delay = now.saturating_sub(received_at);
         // Display (unquoted) for single-token fields; the reply text stays quoted.
         macro_rules! attempt_event {
             ($level:ident) => {
                 tracing::$level!(
                     queue_id = %env.id, recipient = %rcpt.address, source_ip = %r.source_ip,
-                    mx = %r.host, addr = %r.addr, tls = %tls, reply = ?line,
+                    mx = %r.host, addr = %r.addr, tls = %tls, tls_policy = %tls_policy, tls_failure = %tls_failure,
+                    reply = ?line,
                     status = status.as_str(), delay, attempt = rcpt.attempts,
                     next_attempt = rcpt.next_attempt, "delivery attempt"
                 )

@@ -1,0 +1,326 @@
+//! The decision per destination domain, then per MX host, in the order of the rules in
+//! `policy/mod.rs`: route, DANE, MTA-STS, opportunistic.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::dane::{Dane, DaneLookup};
+use super::mta_sts::{self, Found, Mode, MtaSts};
+use super::{
+    Applied, HostPolicy, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement, SessionResult,
+    TlsFailure, TlsResults,
+};
+use crate::config::{Config, TlsPolicy};
+use crate::routing::Destination;
+use crate::state::State;
+use hickory_resolver::TokioResolver;
+use tokio_rustls::TlsConnector;
+
+/// What holds for a whole destination domain before its MX hosts are looked at.
+#[derive(Debug, Clone)]
+pub struct DomainPolicy {
+    /// The recipient domain (TLS-RPT `policy-domain`).
+    pub domain: String,
+    /// A static setting decides every host (route, `[delivery] tls`, address literal).
+    pub fixed: Option<TlsPolicy>,
+    /// The MTA-STS policy in force, if any.
+    pub sts: Option<Arc<mta_sts::Active>>,
+    /// The MTA-STS policy could not be had (none cached): reported, delivery goes on.
+    pub sts_failure: Option<(TlsFailure, String)>,
+}
+
+impl DomainPolicy {
+    /// Recipients of domains sharing a destination go in one transaction only when neither
+    /// has a policy of its own: `Some(domain)` keeps this domain's recipients apart.
+    pub fn own_group(&self) -> Option<&str> {
+        self.sts.as_ref().map(|_| self.domain.as_str())
+    }
+}
+
+/// The TLS policy service the `Deliverer` holds.
+pub struct Policies {
+    dane: Dane,
+    sts: MtaSts,
+    results: ArcSwap<Box<dyn TlsResults>>,
+}
+
+impl Policies {
+    /// `verifying`: the web PKI connector (policy fetches use it); `state`: where MTA-STS
+    /// policies persist.
+    pub fn new(
+        config: &Config,
+        verifying: Option<TlsConnector>,
+        state: Option<Arc<State>>,
+    ) -> Result<Policies, String> {
+        Ok(Policies {
+            dane: Dane::new(config)?,
+            sts: MtaSts::new(config, verifying, state),
+            results: ArcSwap::from_pointee(Box::new(NoResults)),
+        })
+    }
+
+    /// Where session results go from now on (TLS-RPT).
+    pub fn set_results(&self, sink: Box<dyn TlsResults>) {
+        self.results.store(Arc::new(sink));
+    }
+
+    /// Shares MTA-STS policies with the farm (`[cluster]`).
+    pub fn share_through(&self, cluster: Arc<crate::cluster::Cluster>) {
+        self.sts.share_through(cluster);
+    }
+
+    pub fn dane(&self) -> &Dane {
+        &self.dane
+    }
+
+    /// The policy of `domain`, whose recipients go to `dest` (`resolver`: delivery's).
+    pub async fn for_domain(
+        &self,
+        domain: &str,
+        dest: &Destination,
+        resolver: &TokioResolver,
+    ) -> DomainPolicy {
+        let mut p = DomainPolicy {
+            domain: domain.to_string(),
+            fixed: None,
+            sts: None,
+            sts_failure: None,
+        };
+        if dest.static_tls || dest.tls != TlsPolicy::Opportunistic {
+            p.fixed = Some(dest.tls);
+            return p;
+        }
+        match self.sts.lookup(domain, resolver).await {
+            Found::None => {}
+            Found::Policy(a) => p.sts = Some(a),
+            Found::Failed(f, why) => {
+                // No session is about this: reported once per lookup, without an MX host.
+                self.record(SessionResult {
+                    policy: Arc::new(ReportPolicy {
+                        domain: domain.to_string(),
+                        kind: PolicyKind::Sts,
+                        strings: Vec::new(),
+                        mx_patterns: Vec::new(),
+                    }),
+                    mx_host: String::new(),
+                    receiving_ip: None,
+                    sending_ip: None,
+                    result: Err(f),
+                });
+                p.sts_failure = Some((f, why));
+            }
+        }
+        p
+    }
+
+    /// The policy for one MX host of the domain.
+    pub async fn for_host(&self, domain: &DomainPolicy, mx: &str) -> HostPolicy {
+        if let Some(tls) = domain.fixed {
+            return HostPolicy {
+                applied: Applied::Route,
+                requirement: match tls {
+                    TlsPolicy::None => Requirement::Plain,
+                    TlsPolicy::Opportunistic => Requirement::Opportunistic,
+                    TlsPolicy::Required => Requirement::WebPki,
+                },
+                report_only: false,
+                report: None,
+            };
+        }
+        if let Some(dane) = self.dane_policy(domain, mx).await {
+            return dane;
+        }
+        let Some(sts) = &domain.sts else {
+            return HostPolicy::opportunistic();
+        };
+        let report = Some(sts.report.clone());
+        match sts.policy.mode {
+            Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
+                applied: Applied::MtaSts,
+                requirement: Requirement::WebPki,
+                report_only: false,
+                report,
+            },
+            Mode::Enforce => HostPolicy {
+                applied: Applied::MtaSts,
+                requirement: Requirement::Refuse(Refusal {
+                    failure: TlsFailure::ValidationFailure,
+                    reason: format!(
+                        "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                        domain.domain
+                    ),
+                }),
+                report_only: false,
+                report,
+            },
+            Mode::Testing => HostPolicy {
+                applied: Applied::MtaSts,
+                requirement: Requirement::Opportunistic,
+                report_only: true,
+                report,
+            },
+            Mode::None => HostPolicy::opportunistic(),
+        }
+    }
+
+    /// The DANE policy of `mx`, when its TLSA lookup is usable or bogus.
+    async fn dane_policy(&self, domain: &DomainPolicy, mx: &str) -> Option<HostPolicy> {
+        let requirement = match self.dane.lookup(mx).await {
+            DaneLookup::Usable(tlsa) => Requirement::Dane(tlsa),
+            DaneLookup::Bogus(why) => Requirement::Refuse(Refusal {
+                failure: TlsFailure::DnssecInvalid,
+                reason: format!("DANE: TLSA lookup for {mx} failed validation: {why}"),
+            }),
+            DaneLookup::Insecure | DaneLookup::Absent => return None,
+        };
+        Some(HostPolicy {
+            applied: Applied::Dane,
+            requirement,
+            report_only: false,
+            report: Some(Arc::new(ReportPolicy {
+                domain: domain.domain.clone(),
+                kind: PolicyKind::Tlsa,
+                strings: Vec::new(),
+                mx_patterns: Vec::new(),
+            })),
+        })
+    }
+
+    /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.
+    pub fn report(
+        &self,
+        policy: &HostPolicy,
+        mx: &str,
+        receiving_ip: Option<IpAddr>,
+        sending_ip: Option<IpAddr>,
+        result: Result<(), TlsFailure>,
+    ) {
+        let Some(report) = &policy.report else {
+            return;
+        };
+        self.record(SessionResult {
+            policy: report.clone(),
+            mx_host: mx.to_string(),
+            receiving_ip,
+            sending_ip,
+            result,
+        });
+    }
+
+    fn record(&self, r: SessionResult) {
+        let result = r.result.err().map_or("success", TlsFailure::as_str);
+        tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result = %result, "TLS session result");
+        self.results.load().record(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Assurance;
+    use super::*;
+
+    fn policies() -> Policies {
+        let config: Config = toml::from_str("hostname = \"relay.test\"").expect("config");
+        Policies::new(&config, None, None).expect("policies")
+    }
+
+    fn domain(fixed: Option<TlsPolicy>, policy: Option<&str>) -> DomainPolicy {
+        DomainPolicy {
+            domain: "d.test".into(),
+            fixed,
+            sts: policy.map(|text| {
+                let p = mta_sts::Policy::parse(text).expect("policy");
+                Arc::new(mta_sts::Active::new("d.test", "1".into(), p))
+            }),
+            sts_failure: None,
+        }
+    }
+
+    const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.d.test\nmax_age: 60\n";
+
+    #[tokio::test]
+    async fn a_static_setting_wins_over_a_policy() {
+        let p = policies();
+        for (tls, plain) in [(TlsPolicy::None, true), (TlsPolicy::Required, false)] {
+            let h = p
+                .for_host(&domain(Some(tls), Some(ENFORCE)), "other.test")
+                .await;
+            assert_eq!(h.applied, Applied::Route);
+            assert!(h.report.is_none());
+            assert_eq!(matches!(h.requirement, Requirement::Plain), plain);
+            assert_eq!(matches!(h.requirement, Requirement::WebPki), !plain);
+        }
+    }
+
+    #[tokio::test]
+    async fn enforce_verifies_listed_hosts_and_refuses_the_others() {
+        let p = policies();
+        let d = domain(None, Some(ENFORCE));
+        let h = p.for_host(&d, "MX1.d.test").await;
+        assert_eq!(h.applied, Applied::MtaSts);
+        assert!(matches!(h.requirement, Requirement::WebPki));
+        assert!(!h.report_only);
+        assert_eq!(h.report.as_ref().unwrap().mx_patterns, ["*.d.test"]);
+        let h = p.for_host(&d, "mx.elsewhere.test").await;
+        let Requirement::Refuse(r) = h.requirement else {
+            panic!("{h:?}")
+        };
+        assert_eq!(r.failure, TlsFailure::ValidationFailure);
+        assert!(r.reason.contains("mx.elsewhere.test"), "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn testing_reports_only_and_none_or_absent_is_opportunistic() {
+        let p = policies();
+        let testing = ENFORCE.replace("enforce", "testing");
+        let h = p
+            .for_host(&domain(None, Some(&testing)), "mx.other.test")
+            .await;
+        assert!(matches!(h.requirement, Requirement::Opportunistic));
+        assert!(h.report_only && h.report.is_some());
+        let none = "version: STSv1\nmode: none\nmax_age: 60\n";
+        for d in [domain(None, Some(none)), domain(None, None)] {
+            let h = p.for_host(&d, "mx.d.test").await;
+            assert_eq!(h.applied, Applied::Opportunistic);
+            assert!(!h.report_only && h.report.is_none());
+        }
+    }
+
+    #[test]
+    fn reuse_needs_the_same_verification_for_the_same_host() {
+        let web = Requirement::WebPki;
+        assert!(web.accepts("mx.d.test", "MX.d.test", Assurance::WebPki));
+        assert!(!web.accepts("mx.d.test", "mx.d.test", Assurance::Encrypted));
+        assert!(!web.accepts("mx.d.test", "mx2.d.test", Assurance::WebPki));
+        assert!(!web.accepts("mx.d.test", "mx.d.test", Assurance::Dane));
+        for a in [Assurance::Plain, Assurance::Encrypted, Assurance::WebPki] {
+            assert!(Requirement::Opportunistic.accepts("a", "b", a));
+        }
+    }
+
+    #[test]
+    fn handshake_errors_map_to_rfc_8460_result_types() {
+        use rustls::CertificateError as C;
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        for (e, want) in [
+            (C::NotValidForName, TlsFailure::CertificateHostMismatch),
+            (C::Expired, TlsFailure::CertificateExpired),
+            (C::UnknownIssuer, TlsFailure::CertificateNotTrusted),
+            (C::BadEncoding, TlsFailure::ValidationFailure),
+        ] {
+            let got = TlsFailure::of_handshake(&io(rustls::Error::InvalidCertificate(e)));
+            assert_eq!(got, want);
+        }
+        let other = std::io::Error::other("reset");
+        assert_eq!(
+            TlsFailure::of_handshake(&other),
+            TlsFailure::ValidationFailure
+        );
+        assert_eq!(
+            TlsFailure::StarttlsNotSupported.as_str(),
+            "starttls-not-supported"
+        );
+    }
+}
