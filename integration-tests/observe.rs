@@ -99,6 +99,29 @@ fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
 }
 
+/// `GET /metrics` with `Accept: accept` (none when empty): (Content-Type, body).
+fn scrape_as(admin: SocketAddr, accept: &str) -> (String, String) {
+    let bearer = format!("Bearer {}", common::admin::token(admin));
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    if !accept.is_empty() {
+        headers.push(("Accept", accept));
+    }
+    let (code, head, body) = common::admin::request(admin, "GET", "/metrics", &headers, "");
+    assert_eq!(code, 200, "{head}\n{body}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (content_type, body)
+}
+
+const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Sum of the samples of `name` whose labels include every one of `labels`.
 fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
@@ -231,6 +254,96 @@ fn metrics_count_known_traffic() {
     assert_eq!(v("poolrelay_queue_oldest_age_seconds", &[]), 0.0);
     assert!(v("poolrelay_spool_free_bytes", &[]) > 0.0);
     assert_eq!(v("poolrelay_inbound_sessions", &[]), 0.0);
+
+    // Negotiated: text 0.0.4 for a client that asks for it (every family with its HELP, a
+    // counter named by its `_total` samples), OpenMetrics otherwise.
+    let (ct, text) = scrape_as(b.admin, "text/plain; version=0.0.4");
+    assert_eq!(ct, TEXT_004);
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP poolrelay_messages_accepted_total ")
+            && text.contains("# TYPE poolrelay_messages_accepted_total counter\n"),
+        "{text}"
+    );
+    let t = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert_eq!(
+        value(&t, "poolrelay_messages_accepted_total", &[("tls", "no")]),
+        6.0
+    );
+    for accept in ["", "*/*", "application/openmetrics-text; version=1.0.0"] {
+        let (ct, text) = scrape_as(b.admin, accept);
+        assert_eq!(ct, OPENMETRICS, "Accept: {accept}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
+
+/// `promtool check metrics` on both forms of a scrape with traffic in every counter.
+#[test]
+#[ignore = "needs promtool; run by .ci/run"]
+fn metrics_pass_promtool() {
+    let b = bench(
+        "observe-promtool",
+        block_10_at_alpha,
+        "1s",
+        "[reputation]\ncooldown = \"1h\"",
+    );
+    let mut c = SmtpClient::connect(b.relay.addr());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<s@snd.test>").expect(250);
+    c.cmd("RCPT TO:<>").expect(501);
+    c.quit();
+    submit(&b.relay, &rcpts("a", "a.test", 2));
+    b.sink.wait_for_messages(2, WAIT);
+    assert!(wait_until(WAIT, || {
+        value(&scrape(b.admin), "poolrelay_delivery_outcomes_total", &[]) >= 2.0
+    }));
+    let promtool = |text: &str| {
+        use std::io::Write as _;
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool must be installed (Debian package prometheus): .ci/run installs it");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ct, text) = scrape_as(b.admin, "text/plain; version=0.0.4");
+    assert_eq!(ct, TEXT_004);
+    let (ok, said) = promtool(&text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    // promtool lints the 0.0.4 grammar only: in OpenMetrics a counter's HELP names its family
+    // (`x`), its samples are `x_total`, which promtool reports as "no help text". That must
+    // be all it says, and each such family must have its HELP.
+    let (ct, om) = scrape_as(b.admin, "");
+    assert_eq!(ct, OPENMETRICS);
+    let (_, said) = promtool(&om);
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        let family = line
+            .strip_suffix(" no help text")
+            .and_then(|n| n.strip_suffix("_total"))
+            .unwrap_or_else(|| panic!("promtool on OpenMetrics: {line}\n{om}"));
+        assert!(
+            om.contains(&format!("# HELP {family} "))
+                && om.contains(&format!("# TYPE {family} counter\n")),
+            "{line}\n{om}"
+        );
+    }
 }
 
 /// Every RCPT deferred: messages stay queued (retry every hour) until the operator acts.
