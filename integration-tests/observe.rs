@@ -333,6 +333,7 @@ fn metrics_pass_promtool() {
     let (ct, om) = scrape_as(b.admin, "");
     assert_eq!(ct, OPENMETRICS);
     let (_, said) = promtool(&om);
+    eprintln!("promtool on OpenMetrics:\n{said}");
     for line in said.lines().filter(|l| !l.trim().is_empty()) {
         let family = line
             .strip_suffix(" no help text")
