@@ -202,24 +202,7 @@ fn ip_section(
             .map(|n| format!(" · on {}", esc(n)))
             .unwrap_or_default(),
     );
-    for hold in &ip.holds {
-        let _ = write!(
-            out,
-            "<p class=\"why\"><b>{kind} ({scope})</b>: {reason}{until}<br><span class=\"evidence\">{evidence}</span></p>",
-            kind = format!("{:?}", hold.kind).to_lowercase(),
-            scope = esc(&hold.scope),
-            reason = esc(&hold.reason),
-            until = hold
-                .until
-                .map(|u| format!(
-                    ", until {} ({})",
-                    crate::text::utc(u),
-                    crate::text::relative(u, now)
-                ))
-                .unwrap_or_default(),
-            evidence = esc(&hold.evidence),
-        );
-    }
+    hold_lines(out, ip, now);
     doctor_lines(out, st, &ip.ip);
     out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th><th>warm-up ramp</th></tr>");
     for (name, p) in &ip.providers {
@@ -265,6 +248,28 @@ fn ip_section(
         None => out.push_str("<p>no history</p>"),
     }
     out.push_str("</div></section>");
+}
+
+/// Why the IP is held: each drain or quarantine with its scope, reason, end and evidence.
+fn hold_lines(out: &mut String, ip: &IpView, now: u64) {
+    for hold in &ip.holds {
+        let _ = write!(
+            out,
+            "<p class=\"why\"><b>{kind} ({scope})</b>: {reason}{until}<br><span class=\"evidence\">{evidence}</span></p>",
+            kind = format!("{:?}", hold.kind).to_lowercase(),
+            scope = esc(&hold.scope),
+            reason = esc(&hold.reason),
+            until = hold
+                .until
+                .map(|u| format!(
+                    ", until {} ({})",
+                    crate::text::utc(u),
+                    crate::text::relative(u, now)
+                ))
+                .unwrap_or_default(),
+            evidence = esc(&hold.evidence),
+        );
+    }
 }
 
 /// `[cluster]`: beside the farm's count, this relay's own, and why the farm refuses.

@@ -165,12 +165,11 @@ fn legend(out: &mut String, items: &[(String, &str, bool)]) {
     out.push_str("</ul>");
 }
 
-/// Warm-up: per day and provider, a bar of messages sent and the day's cap (dashed, with a
-/// tick across the day), one slot per day so a single day is a visible bar.
-pub fn warmup(h: &HistoryView, now: u64, days: u64) -> String {
-    let t0 = (now / DAY).saturating_sub(days - 1) * DAY;
-    // provider → day → (sent, cap)
-    let mut per: BTreeMap<&str, BTreeMap<u64, (u64, Option<u64>)>> = BTreeMap::new();
+/// provider → day → (sent, cap) from `t0` on.
+type Daily<'a> = BTreeMap<&'a str, BTreeMap<u64, (u64, Option<u64>)>>;
+
+fn daily(h: &HistoryView, t0: u64) -> Daily<'_> {
+    let mut per = Daily::new();
     for b in h.hours.iter().filter(|b| b.hour >= t0) {
         let d = per
             .entry(&b.provider)
@@ -182,6 +181,14 @@ pub fn warmup(h: &HistoryView, now: u64, days: u64) -> String {
             d.1 = d.1.max(b.bucket.cap);
         }
     }
+    per
+}
+
+/// Warm-up: per day and provider, a bar of messages sent and the day's cap (dashed, with a
+/// tick across the day), one slot per day so a single day is a visible bar.
+pub fn warmup(h: &HistoryView, now: u64, days: u64) -> String {
+    let t0 = (now / DAY).saturating_sub(days - 1) * DAY;
+    let per = daily(h, t0);
     let max = per
         .values()
         .flat_map(|d| d.values())
@@ -284,28 +291,7 @@ fn ramp_markers(out: &mut String, h: &HistoryView, f: &Frame, providers: &[&str]
 /// shaded.
 pub fn rates(h: &HistoryView, now: u64, hours: u64, max_bounce: f64, max_deferral: f64) -> String {
     let t0 = (now / HOUR).saturating_sub(hours - 1) * HOUR;
-    let mut per: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
-    for b in h.hours.iter().filter(|b| b.hour >= t0) {
-        let e = per.entry(b.hour).or_default();
-        let all = b.bucket.sent
-            + b.bucket.deferred
-            + b.bucket.hard_bounces
-            + b.bucket.recipient_bounces
-            + b.bucket.blocks;
-        e.0 += all;
-        e.1 += b.bucket.hard_bounces;
-        e.2 += b.bucket.deferred + b.bucket.blocks;
-    }
-    let series = |idx: usize| -> Vec<(u64, f64)> {
-        per.iter()
-            .filter(|(_, v)| v.0 > 0)
-            .map(|(t, v)| {
-                let n = if idx == 1 { v.1 } else { v.2 };
-                (*t, n as f64 / v.0 as f64)
-            })
-            .collect()
-    };
-    let (bounce, deferral) = (series(1), series(2));
+    let (bounce, deferral) = hourly_rates(h, t0);
     // The thresholds with room above, and every rate seen (percent).
     let seen = bounce
         .iter()
@@ -324,20 +310,7 @@ pub fn rates(h: &HistoryView, now: u64, hours: u64, max_bounce: f64, max_deferra
     let mut out = String::new();
     open(&mut out, "rates", "Bounce and deferral rate per hour");
     // Quarantine periods first, under the lines.
-    for (from, to) in quarantines(h, now) {
-        let (x0, x1) = (f.x(from.max(t0)), f.x(to.min(f.t1)));
-        if to <= t0 {
-            continue;
-        }
-        // At least a few pixels: a quarantine of minutes is still seen.
-        let x0 = x0.min(x1 - 3.0);
-        let _ = write!(
-            out,
-            "<rect class=\"quarantine\" x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{}\" fill=\"#d62728\" fill-opacity=\"0.15\"/>",
-            x1 - x0,
-            H - TOP - BOTTOM
-        );
-    }
+    shade_quarantines(&mut out, h, &f, now);
     let step = ys.get(1).copied().unwrap_or(1.0);
     let decimals = if step < 0.01 { 1 } else { 0 };
     f.axes(
@@ -382,6 +355,51 @@ pub fn rates(h: &HistoryView, now: u64, hours: u64, max_bounce: f64, max_deferra
         ],
     );
     out
+}
+
+/// (bounce rate, deferral rate) per hour with traffic from `t0` on, every provider together.
+type Rates = Vec<(u64, f64)>;
+
+fn hourly_rates(h: &HistoryView, t0: u64) -> (Rates, Rates) {
+    let mut per: BTreeMap<u64, (u64, u64, u64)> = BTreeMap::new();
+    for b in h.hours.iter().filter(|b| b.hour >= t0) {
+        let e = per.entry(b.hour).or_default();
+        let all = b.bucket.sent
+            + b.bucket.deferred
+            + b.bucket.hard_bounces
+            + b.bucket.recipient_bounces
+            + b.bucket.blocks;
+        e.0 += all;
+        e.1 += b.bucket.hard_bounces;
+        e.2 += b.bucket.deferred + b.bucket.blocks;
+    }
+    let with_traffic = || per.iter().filter(|(_, v)| v.0 > 0);
+    (
+        with_traffic()
+            .map(|(t, v)| (*t, v.1 as f64 / v.0 as f64))
+            .collect(),
+        with_traffic()
+            .map(|(t, v)| (*t, v.2 as f64 / v.0 as f64))
+            .collect(),
+    )
+}
+
+/// Quarantine periods as shaded bands.
+fn shade_quarantines(out: &mut String, h: &HistoryView, f: &Frame, now: u64) {
+    for (from, to) in quarantines(h, now) {
+        if to <= f.t0 {
+            continue;
+        }
+        let (x0, x1) = (f.x(from.max(f.t0)), f.x(to.min(f.t1)));
+        // At least a few pixels: a quarantine of minutes is still seen.
+        let x0 = x0.min(x1 - 3.0);
+        let _ = write!(
+            out,
+            "<rect class=\"quarantine\" x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{}\" fill=\"#d62728\" fill-opacity=\"0.15\"/>",
+            x1 - x0,
+            H - TOP - BOTTOM
+        );
+    }
 }
 
 /// (start, end) of every quarantine in the events: until its `until`, an earlier reinstatement
