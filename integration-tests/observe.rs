@@ -429,6 +429,39 @@ fn queue_retry_hold_release_delete_round_trips() {
     assert_eq!(sum["by_state"]["on-hold"], 1, "{sum}");
     assert_eq!(sum["by_domain"]["a.test"], 3, "{sum}");
     assert_eq!(sum["by_provider"]["alpha"], 3, "{sum}");
+    // The same for people: totals with plurals, a header row per table, UTC dates, one word
+    // per state (the API's).
+    let (ok, out) = queue_cli(&b, &["--summary"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with("3 messages, 3 recipients pending, ") && out.contains(", oldest received "),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nSTATE    MESSAGES\n") && out.contains("\non-hold  1\n"),
+        "{out}"
+    );
+    let (ok, out) = queue_cli(&b, &["show", &ids[1]]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\nstate:         on-hold\n"), "{out}");
+    assert!(
+        out.contains("\nreceived:      20") && out.contains(" UTC ("),
+        "{out}"
+    );
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("RECIPIENT"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        header.contains("STATE") && header.contains("LAST REPLY"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("x1@a.test")
+            && l.contains(" pending ")
+            && l.contains("451 4.3.0 try later")),
+        "{out}"
+    );
     let attempts = rcpt_attempts(&b.sink);
     let (ok, out) = queue_cli(&b, &["retry", "--all", "--json"]);
     assert!(ok, "{out}");
