@@ -36,8 +36,12 @@ fn date(t: u64) -> String {
 
 /// `2026-12-07 14:00 UTC` (the hour starting at `t`).
 fn date_hour(t: u64) -> String {
-    let s = crate::text::utc(t);
-    format!("{} UTC", &s[..16])
+    date_minute(t / HOUR * HOUR)
+}
+
+/// `2026-12-07 14:03 UTC`.
+fn date_minute(t: u64) -> String {
+    format!("{} UTC", &crate::text::utc(t)[..16])
 }
 
 /// Round ticks from 0 covering `max`: steps of 1, 2 or 5 × 10^k, about four of them. The
@@ -276,11 +280,12 @@ fn ramp_markers(out: &mut String, h: &HistoryView, f: &Frame, providers: &[&str]
         let (x, y) = (f.x(e.at), H - BOTTOM);
         let _ = write!(
             out,
-            "<path class=\"ramp-decision {}\" d=\"M{x:.1},{:.1} l-5,-9 h10 z\" fill=\"{colour}\" data-provider=\"{}\"><title>{}: {}</title></path>",
+            "<path class=\"ramp-decision {}\" d=\"M{x:.1},{:.1} l-5,-9 h10 z\" fill=\"{colour}\" data-provider=\"{}\"><title>{}, {}: {}</title></path>",
             esc(&e.cause),
             y - 1.0,
             esc(&e.scope),
             esc(&e.scope),
+            date_minute(e.at),
             esc(&e.reason)
         );
     }
@@ -535,7 +540,9 @@ mod tests {
         let svg = warmup(&h, now, 14);
         assert_eq!(svg.matches("class=\"ramp-decision").count(), 1, "{svg}");
         assert!(
-            svg.contains("<title>gmail: held at day 5: 12 % throttled</title>"),
+            svg.contains(
+                "<title>gmail, 1970-04-11 01:21 UTC: held at day 5: 12 % throttled</title>"
+            ),
             "{svg}"
         );
     }
