@@ -42,6 +42,21 @@ fn a_second_relay_on_the_same_data_dir_says_another_one_runs() {
         "{log}"
     );
     assert!(!log.contains("Database already open"), "{log}");
+    // The usual slip: the same command twice (same config, same listen address). The lock is
+    // taken before any listener, so the message is the same.
+    let config = std::fs::read_to_string(first.dir().join("poolrelay.toml")).unwrap();
+    let again = tempdir("operator-again");
+    let toml = config.replace(
+        "data_dir = \"data\"",
+        &format!("data_dir = \"{}\"", data_dir.display()),
+    );
+    let (status, log) = Relay::start_expect_exit(&again, &toml, Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("another poolrelay is running with data_dir")
+            && !log.contains("Address already in use"),
+        "{log}"
+    );
     // The first one is untouched: it still takes mail.
     let mut c = SmtpClient::connect(first.addr());
     c.ehlo("client.test");
