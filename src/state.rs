@@ -40,12 +40,16 @@ impl State {
         let path = data_dir.join("state.redb");
         let db = Database::create(&path).map_err(|e| match e {
             // redb's own words ("Database already open") do not say who holds it.
-            redb::DatabaseError::DatabaseAlreadyOpen => StateError(format!(
-                "another poolrelay is running with data_dir {} (it holds the lock on {}); \
-                 stop it first, or give this relay its own data_dir",
-                data_dir.display(),
-                path.display()
-            )),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                // Absolute: the other relay may have been started from another directory.
+                let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.into());
+                StateError(format!(
+                    "another poolrelay is running with data_dir {} (it holds the lock on \
+                     {}); stop it first, or give this relay its own data_dir",
+                    dir.display(),
+                    dir.join("state.redb").display()
+                ))
+            }
             e => StateError(format!("{}: {e}", path.display())),
         })?;
         let tx = db.begin_write().map_err(err)?;
