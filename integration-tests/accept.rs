@@ -474,6 +474,12 @@ fn trusted_network_relays_without_auth_and_addresses_are_strict() {
     c.quit();
     assert!(relay.wait_for_log("message accepted", WAIT));
     let log = relay.plain_log();
+    // A refused MAIL FROM is logged with the address the client gave.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused") && l.contains("sender=\"a%b@example.com\"")),
+        "{log}"
+    );
     let line = log
         .lines()
         .find(|l| l.contains("message accepted"))
@@ -914,7 +920,16 @@ fn restart_recovers_committed_and_removes_half_written() {
             && listing.contains("b@example.org"),
         "{listing}"
     );
-    assert!(listing.ends_with("-- 1 messages\n"), "{listing}");
+    // A header row, the arrival as a UTC date, one word per state, a correct plural.
+    assert!(listing.starts_with("ID "), "{listing}");
+    assert!(
+        listing.contains(" UTC ") && listing.contains("(pending, "),
+        "{listing}"
+    );
+    assert!(
+        listing.ends_with("-- 1 message, 1 recipient\n"),
+        "{listing}"
+    );
 }
 
 #[test]

@@ -526,7 +526,7 @@ enforce = true
     // The pool page and /metrics show the doctor's verdicts too.
     let page = admin::get_text(admin, "/api/page");
     assert!(
-        page.contains("doctor Fail") && page.contains("fcrdns"),
+        page.contains("doctor fail") && page.contains("fcrdns"),
         "{page}"
     );
     let metrics = admin::get_text(admin, "/metrics");

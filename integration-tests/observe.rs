@@ -99,6 +99,29 @@ fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
 }
 
+/// `GET /metrics` with `Accept: accept` (none when empty): (Content-Type, body).
+fn scrape_as(admin: SocketAddr, accept: &str) -> (String, String) {
+    let bearer = format!("Bearer {}", common::admin::token(admin));
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    if !accept.is_empty() {
+        headers.push(("Accept", accept));
+    }
+    let (code, head, body) = common::admin::request(admin, "GET", "/metrics", &headers, "");
+    assert_eq!(code, 200, "{head}\n{body}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (content_type, body)
+}
+
+const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Sum of the samples of `name` whose labels include every one of `labels`.
 fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
@@ -231,6 +254,97 @@ fn metrics_count_known_traffic() {
     assert_eq!(v("poolrelay_queue_oldest_age_seconds", &[]), 0.0);
     assert!(v("poolrelay_spool_free_bytes", &[]) > 0.0);
     assert_eq!(v("poolrelay_inbound_sessions", &[]), 0.0);
+
+    // Negotiated: text 0.0.4 for a client that asks for it (every family with its HELP, a
+    // counter named by its `_total` samples), OpenMetrics otherwise.
+    let (ct, text) = scrape_as(b.admin, "text/plain; version=0.0.4");
+    assert_eq!(ct, TEXT_004);
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP poolrelay_messages_accepted_total ")
+            && text.contains("# TYPE poolrelay_messages_accepted_total counter\n"),
+        "{text}"
+    );
+    let t = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert_eq!(
+        value(&t, "poolrelay_messages_accepted_total", &[("tls", "no")]),
+        6.0
+    );
+    for accept in ["", "*/*", "application/openmetrics-text; version=1.0.0"] {
+        let (ct, text) = scrape_as(b.admin, accept);
+        assert_eq!(ct, OPENMETRICS, "Accept: {accept}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
+
+/// `promtool check metrics` on both forms of a scrape with traffic in every counter.
+#[test]
+#[ignore = "needs promtool; run by .ci/run"]
+fn metrics_pass_promtool() {
+    let b = bench(
+        "observe-promtool",
+        block_10_at_alpha,
+        "1s",
+        "[reputation]\ncooldown = \"1h\"",
+    );
+    let mut c = SmtpClient::connect(b.relay.addr());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<s@snd.test>").expect(250);
+    c.cmd("RCPT TO:<>").expect(501);
+    c.quit();
+    submit(&b.relay, &rcpts("a", "a.test", 2));
+    b.sink.wait_for_messages(2, WAIT);
+    assert!(wait_until(WAIT, || {
+        value(&scrape(b.admin), "poolrelay_delivery_outcomes_total", &[]) >= 2.0
+    }));
+    let promtool = |text: &str| {
+        use std::io::Write as _;
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool must be installed (Debian package prometheus): .ci/run installs it");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ct, text) = scrape_as(b.admin, "text/plain; version=0.0.4");
+    assert_eq!(ct, TEXT_004);
+    let (ok, said) = promtool(&text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    // promtool lints the 0.0.4 grammar only: in OpenMetrics a counter's HELP names its family
+    // (`x`), its samples are `x_total`, which promtool reports as "no help text". That must
+    // be all it says, and each such family must have its HELP.
+    let (ct, om) = scrape_as(b.admin, "");
+    assert_eq!(ct, OPENMETRICS);
+    let (_, said) = promtool(&om);
+    eprintln!("promtool on OpenMetrics:\n{said}");
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        let family = line
+            .strip_suffix(" no help text")
+            .and_then(|n| n.strip_suffix("_total"))
+            .unwrap_or_else(|| panic!("promtool on OpenMetrics: {line}\n{om}"));
+        assert!(
+            om.contains(&format!("# HELP {family} "))
+                && om.contains(&format!("# TYPE {family} counter\n")),
+            "{line}\n{om}"
+        );
+    }
 }
 
 /// Every RCPT deferred: messages stay queued (retry every hour) until the operator acts.
@@ -315,6 +429,39 @@ fn queue_retry_hold_release_delete_round_trips() {
     assert_eq!(sum["by_state"]["on-hold"], 1, "{sum}");
     assert_eq!(sum["by_domain"]["a.test"], 3, "{sum}");
     assert_eq!(sum["by_provider"]["alpha"], 3, "{sum}");
+    // The same for people: totals with plurals, a header row per table, UTC dates, one word
+    // per state (the API's).
+    let (ok, out) = queue_cli(&b, &["--summary"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with("3 messages, 3 recipients pending, ") && out.contains(", oldest received "),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nSTATE    MESSAGES\n") && out.contains("\non-hold  1\n"),
+        "{out}"
+    );
+    let (ok, out) = queue_cli(&b, &["show", &ids[1]]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\nstate:         on-hold\n"), "{out}");
+    assert!(
+        out.contains("\nreceived:      20") && out.contains(" UTC ("),
+        "{out}"
+    );
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("RECIPIENT"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        header.contains("STATE") && header.contains("LAST REPLY"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("x1@a.test")
+            && l.contains(" pending ")
+            && l.contains("451 4.3.0 try later")),
+        "{out}"
+    );
     let attempts = rcpt_attempts(&b.sink);
     let (ok, out) = queue_cli(&b, &["retry", "--all", "--json"]);
     assert!(ok, "{out}");
@@ -526,12 +673,19 @@ fn check_page(page: &str) {
     for s in [ten, eleven] {
         assert_eq!(s.matches("class=\"plot warmup\"").count(), 1, "{s}");
         assert_eq!(s.matches("class=\"plot rates\"").count(), 1, "{s}");
-        assert!(s.contains("class=\"point sent\""), "no warm-up points: {s}");
+        assert!(s.contains("class=\"bar sent\""), "no warm-up bars: {s}");
         assert!(
             s.contains("class=\"point deferral\""),
             "no rate points: {s}"
         );
         assert!(s.contains("class=\"threshold bounce\""), "{s}");
+        // Legends are HTML that wraps; hover text says dates, not day or hour numbers.
+        assert_eq!(s.matches("<ul class=\"legend\">").count(), 2, "{s}");
+        assert!(!s.contains(", day ") && !s.contains("<title>hour "), "{s}");
+        assert!(
+            s.contains(" UTC: "),
+            "no date in the rates' hover text: {s}"
+        );
     }
     // 10's cap line; 11's quarantine shaded.
     assert!(ten.contains("class=\"cap\""), "{ten}");
@@ -640,18 +794,141 @@ fn pool_page_in_chromium() {
         dom.contains("id=\"login\" hidden"),
         "login form still shown: {dom}"
     );
+    // Layout measured by Chromium itself at a phone's and a laptop's width.
+    let page = measured_page(&b);
+    for width in [390, 1280] {
+        let report = layout(b.relay.dir(), &page, width);
+        eprintln!("layout at {width} px: {report}");
+        assert_eq!(report["width"], width, "{report}");
+        assert_eq!(report["problems"], json!([]), "at {width} px: {report:#}");
+        let counts = &report["counts"];
+        // Not vacuous: both IPs' plots, legends and tables were measured.
+        assert!(counts["svgText"].as_u64().unwrap() >= 16, "{report}");
+        assert!(counts["legend"].as_u64().unwrap() >= 8, "{report}");
+        assert!(counts["tables"].as_u64().unwrap() >= 2, "{report}");
+        assert!(report["minFont"].as_f64().unwrap() >= 11.0, "{report}");
+        assert!(report["plotWidth"].as_f64().unwrap() >= 300.0, "{report}");
+    }
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    for (name, size) in [
-        ("pool-page.png", "412,2000"),
-        ("pool-page-laptop.png", "1280,1400"),
+    // The phone's width in a frame (Chromium makes no narrower window): the picture is 500 px
+    // wide, the page in it 390.
+    let phone = format!(
+        "file://{}",
+        frame(b.relay.dir(), &page, 390, 2000).display()
+    );
+    for (name, size, url) in [
+        ("pool-page.png", "500,2000", &phone),
+        ("pool-page-laptop.png", "1280,1400", &url),
     ] {
         let path = shots.join(name);
         let _ = std::fs::remove_file(&path);
         let shot = format!("--screenshot={}", path.display());
         let window = format!("--window-size={size}");
-        chromium(b.relay.dir(), &[&shot, &window, WAIT_FETCH], &url);
+        chromium(b.relay.dir(), &[&shot, &window, WAIT_FETCH], url);
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         assert!(len > 10_000, "screenshot {} is {len} bytes", path.display());
     }
+}
+
+/// Measures, in the page it runs in, what a reader sees: rendered text sizes (SVG text scaled
+/// with its plot), text overlapping text in a plot or leaving it, legend items clipped or
+/// overlapping, tables without a scrolling wrapper, anything past the right edge. Posts the
+/// report as JSON to the frame around the page (`layout`).
+const MEASURE: &str = r#"window.addEventListener('load',function(){
+var P=[],W=innerWidth,minFont=1e9,plotWidth=1e9,n={svgText:0,legend:0,tables:0,html:0};
+function r(e){return e.getBoundingClientRect();}
+function overlap(a,b){return Math.min(a.right,b.right)-Math.max(a.left,b.left)>1&&Math.min(a.bottom,b.bottom)-Math.max(a.top,b.top)>1;}
+function inside(a,b){return a.left>=b.left-0.5&&a.right<=b.right+0.5&&a.top>=b.top-0.5&&a.bottom<=b.bottom+0.5;}
+function name(e){return e.tagName+' "'+e.textContent.slice(0,40)+'"';}
+document.querySelectorAll('svg.plot').forEach(function(svg){
+ var s=svg.getScreenCTM().a,box=r(svg),ts=[].slice.call(svg.querySelectorAll('text'));
+ plotWidth=Math.min(plotWidth,box.width);
+ if(box.right>W+0.5)P.push('plot past the right edge: '+box.right);
+ ts.forEach(function(t,i){n.svgText++;
+  var px=parseFloat(getComputedStyle(t).fontSize)*s;minFont=Math.min(minFont,px);
+  if(px<11)P.push('svg text of '+px.toFixed(1)+' px: '+name(t));
+  if(!inside(r(t),box))P.push('svg text outside its plot: '+name(t));
+  ts.slice(i+1).forEach(function(u){if(overlap(r(t),r(u)))P.push('svg text overlaps: '+name(t)+' / '+name(u));});});});
+document.querySelectorAll('ul.legend').forEach(function(ul){
+ var box=r(ul),lis=[].slice.call(ul.children);
+ if(box.right>W+0.5)P.push('legend past the right edge: '+name(ul));
+ lis.forEach(function(li,i){n.legend++;var b=r(li);
+  if(!inside(b,box)||b.right>W+0.5||li.scrollWidth>li.clientWidth+1)P.push('legend item clipped: '+name(li));
+  lis.slice(i+1).forEach(function(m){if(overlap(b,r(m)))P.push('legend items overlap: '+name(li)+' / '+name(m));});});});
+document.querySelectorAll('#content *').forEach(function(e){
+ if(e.closest('svg'))return;
+ var own=[].some.call(e.childNodes,function(c){return c.nodeType===3&&c.textContent.trim();});
+ if(!own)return;n.html++;
+ var px=parseFloat(getComputedStyle(e).fontSize);minFont=Math.min(minFont,px);
+ if(px<11)P.push('text of '+px+' px: '+name(e));
+ if(!e.closest('.tbl')&&r(e).right>W+0.5)P.push('cut at the right edge: '+name(e));});
+document.querySelectorAll('#content table').forEach(function(t){n.tables++;var w=t.parentElement;
+ if(!w.classList.contains('tbl')||getComputedStyle(w).overflowX!=='auto')P.push('table without a scrolling wrapper');
+ if(r(w).right>W+0.5)P.push('table wrapper past the right edge: '+r(w).right);});
+if(document.documentElement.scrollWidth>W)P.push('page scrolls sideways: '+document.documentElement.scrollWidth+' > '+W);
+parent.postMessage(JSON.stringify({width:W,minFont:minFont,plotWidth:plotWidth,counts:n,problems:P}),'*');});"#;
+
+/// The served shell (its style) with the content `/api/page` serves in it and `MEASURE` in
+/// place of the shell's script (which would ask for a token on a file:// page), as a file.
+fn measured_page(b: &Bench) -> std::path::PathBuf {
+    let (code, _, shell) = common::admin::request(b.admin, "GET", "/", &[], "");
+    assert_eq!(code, 200, "{shell}");
+    let content = get_text(b.admin, "/api/page");
+    let script = shell.find("<script>").expect("shell script");
+    let end = shell.find("</script>").expect("shell script end") + "</script>".len();
+    let page = format!(
+        "{}<script>{MEASURE}</script>{}",
+        &shell[..script],
+        &shell[end..]
+    )
+    .replace(
+        "<div id=\"content\"></div>",
+        &format!("<div id=\"content\">{content}</div>"),
+    );
+    assert!(page.contains("<section class=\"ip\""), "{page}");
+    let path = b.relay.dir().join("measured-page.html");
+    std::fs::write(&path, page).unwrap();
+    path
+}
+
+/// An outer page holding `page` in a frame `width` × `height` px that shows the report
+/// `page` posts to it.
+fn frame(
+    dir: &std::path::Path,
+    page: &std::path::Path,
+    width: u32,
+    height: u32,
+) -> std::path::PathBuf {
+    let frame = dir.join(format!("frame-{width}.html"));
+    std::fs::write(
+        &frame,
+        format!(
+            "<!DOCTYPE html><html><body style=\"margin:0\"><iframe src=\"{}\" style=\"border:0;width:{width}px;height:{height}px\"></iframe>\
+             <script>addEventListener('message',function(e){{var o=document.createElement('pre');o.id='layout';o.textContent=e.data;document.body.appendChild(o);}});</script></body></html>",
+            page.file_name().unwrap().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    frame
+}
+
+/// Chromium's layout report of `page` in a frame `width` px wide: headless Chromium makes no
+/// window narrower than 500 px, a frame can be; the frame's page is laid out at its width
+/// (media queries included) and posts its report to this outer page, which shows it.
+fn layout(dir: &std::path::Path, page: &std::path::Path, width: u32) -> Value {
+    let frame = frame(dir, page, width, 900);
+    let window = format!("--window-size={},1000", width.max(500) + 20);
+    let url = format!("file://{}", frame.display());
+    let dom = chromium(dir, &["--dump-dom", &window, WAIT_FETCH], &url);
+    let start = dom
+        .find("<pre id=\"layout\">")
+        .unwrap_or_else(|| panic!("no layout report in {dom}"))
+        + 17;
+    let end = dom[start..].find("</pre>").unwrap() + start;
+    let json = dom[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
 }

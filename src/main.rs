@@ -24,8 +24,12 @@ enum Command {
     },
     /// Check a config file; prints each error with file, line and key.
     CheckConfig {
-        /// Config file (TOML).
-        file: PathBuf,
+        /// Config file (TOML); default config/poolrelay.toml.
+        #[arg(long, short, conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// The same as --config (the older positional form).
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Read a password on stdin and print an argon2id hash for the users file.
     HashPassword,
@@ -178,18 +182,12 @@ fn main() -> ExitCode {
                     out,
                 },
         } => dkim_keygen(&domain, &selector, algorithm, out),
-        Command::CheckConfig { file } => match load_checked(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("{e}");
-                }
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { config, file } => {
+            let file = config
+                .or(file)
+                .unwrap_or_else(|| PathBuf::from("config/poolrelay.toml"));
+            check_config(&file)
+        }
         Command::HashPassword => {
             let mut input = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut input) {
@@ -212,6 +210,21 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match load_checked(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::from(2)
         }
     }
 }
@@ -290,30 +303,11 @@ fn queue_command(config: &std::path::Path, count: bool, json: bool) -> ExitCode 
         let text = serde_json::to_string_pretty(&queued).unwrap_or_default();
         println!("{}", poolrelay::text::json(&text));
     } else {
-        for env in &queued {
-            let sender = if env.sender.is_empty() {
-                "<>"
-            } else {
-                &env.sender
-            };
-            let rcpts: Vec<String> = env
-                .recipients
-                .iter()
-                .map(|r| {
-                    let address = Escaped(&r.address);
-                    format!("{address} ({:?}, {} attempts)", r.state, r.attempts)
-                })
-                .collect();
-            println!(
-                "{}  {:>8}  {}  {}  {}",
-                env.id,
-                env.size,
-                env.received_at,
-                Escaped(sender),
-                rcpts.join(", ")
-            );
-        }
-        println!("-- {} messages", queued.len());
+        let now = poolrelay::spool::now_unix();
+        print!(
+            "{}",
+            poolrelay::admin::queue_cli::format_listing(&queued, now)
+        );
     }
     ExitCode::SUCCESS
 }

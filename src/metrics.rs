@@ -305,6 +305,42 @@ pub fn render(levels: &Levels) -> String {
     out
 }
 
+/// The Prometheus text format 0.0.4 of `render`'s OpenMetrics, for scrapers that ask for it:
+/// a counter's HELP and TYPE name its samples (`_total`, as 0.0.4 wants), no `# UNIT`, no
+/// `# EOF`. Only counters and gauges are registered, so that is all there is to convert.
+pub fn render_text_004(levels: &Levels) -> String {
+    openmetrics_to_004(&render(levels))
+}
+
+fn openmetrics_to_004(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<(&str, String)> = None;
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            // OpenMetrics escapes `"` in HELP; 0.0.4 escapes only `\` and newlines.
+            help = Some((name, text.replace("\\\"", "\"")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (kind, full) = match kind {
+                "counter" => ("counter", format!("{name}_total")),
+                "gauge" => ("gauge", name.to_string()),
+                _ => ("untyped", name.to_string()),
+            };
+            if let Some((_, text)) = help.take().filter(|(n, _)| *n == name) {
+                out.push_str(&format!("# HELP {full} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {full} {kind}\n"));
+        } else if line.starts_with('#') {
+            // `# UNIT` and `# EOF` have no 0.0.4 form.
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, v: i64) {
     let g: Gauge = Gauge::default();
     g.set(v);
@@ -461,5 +497,37 @@ mod tests {
         }
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn text_004_names_counters_by_their_samples_and_keeps_every_help() {
+        accepted(false, true);
+        let text = render_text_004(&Levels {
+            spool_bytes: 7,
+            ..Levels::default()
+        });
+        for want in [
+            "# HELP poolrelay_messages_accepted_total Messages accepted",
+            "# TYPE poolrelay_messages_accepted_total counter\n",
+            "# HELP poolrelay_spool_bytes Bytes of queued messages.\n",
+            "# TYPE poolrelay_spool_bytes gauge\npoolrelay_spool_bytes 7\n",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every family has its HELP just before its TYPE.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    i > 0 && lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                    "{name} without HELP in\n{text}"
+                );
+            }
+        }
     }
 }

@@ -11,9 +11,10 @@ use crate::state::State;
 pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     raise_open_file_limit(&config)?;
     let config = Arc::new(config.into_inner());
+    // The state store's lock first: a second relay on this data_dir stops before the spool.
+    let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
     let (spool, committed) = Spool::open(&config.data_dir)
         .map_err(|e| format!("cannot open spool under {}: {e}", config.data_dir.display()))?;
-    let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
     spool
         .clean_tmp()
         .map_err(|e| format!("spool recovery failed: {e}"))?;

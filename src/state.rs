@@ -39,7 +39,21 @@ fn err(e: impl std::fmt::Display) -> StateError {
 impl State {
     pub fn open(data_dir: &Path) -> Result<State, StateError> {
         std::fs::create_dir_all(data_dir).map_err(err)?;
-        let db = Database::create(data_dir.join("state.redb")).map_err(err)?;
+        let path = data_dir.join("state.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            // redb's own words ("Database already open") do not say who holds it.
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                // Absolute: the other relay may have been started from another directory.
+                let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.into());
+                StateError(format!(
+                    "another poolrelay is running with data_dir {} (it holds the lock on \
+                     {}); stop it first, or give this relay its own data_dir",
+                    dir.display(),
+                    dir.join("state.redb").display()
+                ))
+            }
+            e => StateError(format!("{}: {e}", path.display())),
+        })?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(COUNTERS).map_err(err)?;
         tx.open_table(POOL).map_err(err)?;

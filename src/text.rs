@@ -134,6 +134,70 @@ impl<W: std::io::Write> std::io::Write for LogWriter<W> {
     }
 }
 
+/// Unix seconds as a UTC date and time for people: `2026-12-07 14:03:12 UTC`.
+pub fn utc(t: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+    let s = humantime::format_rfc3339_seconds(at).to_string();
+    format!("{} UTC", s.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// `t` relative to `now` in one unit: `in 4m`, `3h ago`, `now` (within a second).
+pub fn relative(t: u64, now: u64) -> String {
+    let (d, future) = if t >= now {
+        (t - now, true)
+    } else {
+        (now - t, false)
+    };
+    let span = match d {
+        0 => return "now".into(),
+        1..120 => format!("{d}s"),
+        120..7200 => format!("{}m", d / 60),
+        7200..172_800 => format!("{}h", d / 3600),
+        _ => format!("{}d", d / 86_400),
+    };
+    if future {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// `1 message`, `2 messages`, `0 messages` (regular plurals only).
+pub fn count(n: impl Into<u64>, word: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// Rows as columns aligned on the widest cell (the first row is the header); no trailing
+/// spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +250,22 @@ mod tests {
         let safe = json(&pretty);
         assert!(safe.lines().count() > 1, "{safe}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&safe).unwrap(), v);
+    }
+
+    #[test]
+    fn times_for_people() {
+        assert_eq!(utc(1_796_652_192), "2026-12-07 14:03:12 UTC");
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(340, 100), "in 4m");
+        assert_eq!(relative(100, 100 + 3 * 3600 + 5), "3h ago");
+        assert_eq!(relative(100, 159), "59s ago");
+        assert_eq!(relative(100 + 3 * 86_400, 100), "in 3d");
+        assert_eq!(count(1u64, "message"), "1 message");
+        assert_eq!(count(0u64, "message"), "0 messages");
+        let t = table(&[
+            vec!["ID".into(), "STATE".into()],
+            vec!["abc".into(), "pending".into()],
+        ]);
+        assert_eq!(t, "ID   STATE\nabc  pending\n");
     }
 }

@@ -201,7 +201,7 @@ pub fn format_status(status: &Value) -> String {
         }
     }
     let mut out = farm.map(format_farm).unwrap_or_default();
-    out.push_str(&table(rows));
+    out.push_str(&crate::text::table(&rows));
     out
 }
 
@@ -230,35 +230,17 @@ fn format_farm(farm: &Value) -> String {
     );
     let mut rows = vec![["NODE", "LAST-SEEN", "IPS"].map(String::from).to_vec()];
     for n in farm["nodes"].as_array().into_iter().flatten() {
-        let ago = now.saturating_sub(n["last_seen"].as_u64().unwrap_or(0));
         let ips: Vec<String> = n["ips"]
             .as_array()
             .into_iter()
             .flatten()
             .map(cell)
             .collect();
-        rows.push(vec![cell(&n["name"]), format!("{ago}s ago"), ips.join(" ")]);
+        let seen = crate::text::relative(n["last_seen"].as_u64().unwrap_or(0), now);
+        rows.push(vec![cell(&n["name"]), seen, ips.join(" ")]);
     }
-    out.push_str(&table(rows));
+    out.push_str(&crate::text::table(&rows));
     out.push('\n');
-    out
-}
-
-/// Rows as aligned columns.
-fn table(rows: Vec<Vec<String>>) -> String {
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
     out
 }
 

@@ -32,8 +32,11 @@ h1{font-size:1.3em}h2{font-size:1.1em;margin:0}section.ip{border:1px solid #ccc;
 .why{margin:6px 0;word-break:break-word}.evidence{color:#555;font-size:.9em}.tbl{overflow-x:auto}\
 table{border-collapse:collapse;min-width:100%}td,th{padding:3px 8px;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}\
 .plots{display:flex;flex-wrap:wrap;gap:8px}.plots figure{flex:1 1 320px;margin:0}figcaption{font-size:.9em;color:#555}\
-svg.plot{width:100%;height:auto;background:#fafafa}svg text{font-size:11px;fill:#444}.axis{stroke:#888}\
-button{font-size:1em;padding:4px 12px;margin-left:auto}";
+svg.plot{display:block;width:100%;height:auto;background:#fafafa}svg text{fill:#444}.axis{stroke:#888}\
+.legend{display:flex;flex-wrap:wrap;gap:2px 14px;list-style:none;margin:4px 0;padding:0;font-size:13px}\
+.legend li{white-space:nowrap}.swatch{display:inline-block;width:18px;vertical-align:middle;margin-right:5px}\
+button{font-size:1em;padding:4px 12px;margin-left:auto}\
+@media (max-width:600px){body{padding:4px}section.ip{padding:6px}td,th{padding:3px 5px}}";
 
 const SHELL_STYLE: &str = "#login{max-width:420px;margin:40px auto;display:flex;flex-direction:column;gap:8px}\
 #login[hidden]{display:none}#login input{font-size:1em;padding:6px}#login button{margin:0}.msg{color:#a00}";
@@ -157,9 +160,9 @@ fn farm_section(out: &mut String, farm: &crate::cluster::farm::FarmView, now: u6
     for n in &farm.nodes {
         let _ = write!(
             out,
-            "<tr class=\"node\" data-node=\"{name}\"><td>{name}</td><td>{ago} s ago</td><td>{ips}</td></tr>",
+            "<tr class=\"node\" data-node=\"{name}\"><td>{name}</td><td>{ago}</td><td>{ips}</td></tr>",
             name = esc(&n.name),
-            ago = now.saturating_sub(n.last_seen),
+            ago = crate::text::relative(n.last_seen, now),
             ips = esc(&n.ips.join(" ")),
         );
     }
@@ -199,25 +202,7 @@ fn ip_section(
             .map(|n| format!(" · on {}", esc(n)))
             .unwrap_or_default(),
     );
-    for hold in &ip.holds {
-        let _ = write!(
-            out,
-            "<p class=\"why\"><b>{kind:?} ({scope})</b>: {reason}{until}<br><span class=\"evidence\">{evidence}</span></p>",
-            kind = hold.kind,
-            scope = esc(&hold.scope),
-            reason = esc(&hold.reason),
-            until = hold
-                .until
-                .map(|u| format!(
-                    ", until {}",
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u)
-                    )
-                ))
-                .unwrap_or_default(),
-            evidence = esc(&hold.evidence),
-        );
-    }
+    hold_lines(out, ip, now);
     doctor_lines(out, st, &ip.ip);
     out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th><th>warm-up ramp</th></tr>");
     for (name, p) in &ip.providers {
@@ -254,7 +239,7 @@ fn ip_section(
         Some(h) => {
             let _ = write!(
                 out,
-                "<figure>{}<figcaption>Warm-up: sent (solid) vs cap (dashed) per day, last {WARMUP_DAYS} days; triangles: ramp decisions</figcaption></figure>\
+                "<figure>{}<figcaption>Warm-up: sent (bars) vs cap (dashed) per day (UTC), last {WARMUP_DAYS} days; triangles: ramp decisions</figcaption></figure>\
                  <figure>{}<figcaption>Bounce and deferral rate per hour, last {RATE_HOURS} h; dashed: quarantine thresholds; shaded: quarantined</figcaption></figure>",
                 plot::warmup(h, now, WARMUP_DAYS),
                 plot::rates(h, now, RATE_HOURS, r.max_bounce_rate, r.max_deferral_rate),
@@ -263,6 +248,28 @@ fn ip_section(
         None => out.push_str("<p>no history</p>"),
     }
     out.push_str("</div></section>");
+}
+
+/// Why the IP is held: each drain or quarantine with its scope, reason, end and evidence.
+fn hold_lines(out: &mut String, ip: &IpView, now: u64) {
+    for hold in &ip.holds {
+        let _ = write!(
+            out,
+            "<p class=\"why\"><b>{kind} ({scope})</b>: {reason}{until}<br><span class=\"evidence\">{evidence}</span></p>",
+            kind = format!("{:?}", hold.kind).to_lowercase(),
+            scope = esc(&hold.scope),
+            reason = esc(&hold.reason),
+            until = hold
+                .until
+                .map(|u| format!(
+                    ", until {} ({})",
+                    crate::text::utc(u),
+                    crate::text::relative(u, now)
+                ))
+                .unwrap_or_default(),
+            evidence = esc(&hold.evidence),
+        );
+    }
 }
 
 /// `[cluster]`: beside the farm's count, this relay's own, and why the farm refuses.
@@ -318,8 +325,8 @@ fn doctor_lines(out: &mut String, st: &AdminState, ip: &str) {
         }
         let _ = write!(
             out,
-            "<p class=\"why doctor\"><b>doctor {status:?}</b>: {domain}{name} {detail}<br><span class=\"evidence\">{fix}</span></p>",
-            status = c.status,
+            "<p class=\"why doctor\"><b>doctor {status}</b>: {domain}{name} {detail}<br><span class=\"evidence\">{fix}</span></p>",
+            status = format!("{:?}", c.status).to_lowercase(),
             domain = esc(&domain),
             name = c.name,
             detail = esc(&c.detail),

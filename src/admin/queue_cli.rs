@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use super::client;
 use crate::config::Config;
-use crate::text::{Escaped, escape};
+use crate::spool::Envelope;
+use crate::text::{Escaped, count, escape, relative, table, utc};
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
@@ -92,15 +93,16 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
         println!("{}", crate::text::json(&text));
         return ExitCode::SUCCESS;
     }
+    let now = crate::spool::now_unix();
     match command {
-        None => print!("{}", format_summary(&value)),
-        Some(QueueCommand::Show { .. }) => print!("{}", format_show(&value)),
+        None => print!("{}", format_summary(&value, now)),
+        Some(QueueCommand::Show { .. }) => print!("{}", format_show(&value, now)),
         Some(_) => {
             let action = Escaped(value["action"].as_str().unwrap_or("?"));
             // `--all` and `--domain` answer with counts, one message with its id.
             if let (Some(done), Some(skipped)) = (value["done"].as_u64(), value["skipped"].as_u64())
             {
-                println!("{action}: {done} message(s)");
+                println!("{action}: {}", count(done, "message"));
                 if skipped > 0 {
                     println!("skipped (being delivered or not in a state for it): {skipped}");
                 }
@@ -114,7 +116,10 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
             };
             let (done, skipped) = (list("done"), list("skipped"));
             let done_ids = escape(&done.join(" ")).into_owned();
-            println!("{action}: {} message(s) {done_ids}", done.len());
+            println!(
+                "{action}: {} {done_ids}",
+                count(done.len() as u64, "message")
+            );
             if !skipped.is_empty() {
                 println!(
                     "skipped (being delivered or not in a state for it): {}",
@@ -126,61 +131,195 @@ pub fn run(config: &Config, command: Option<QueueCommand>, json_out: bool) -> Ex
     ExitCode::SUCCESS
 }
 
-fn format_summary(v: &Value) -> String {
+/// The offline `poolrelay queue`: a header row, one line per message (received as a UTC
+/// date, each recipient with its state, attempts and next attempt), then the count.
+pub fn format_listing(queued: &[Envelope], now: u64) -> String {
+    let mut rows = vec![
+        ["ID", "SIZE", "RECEIVED", "SENDER", "RECIPIENTS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let mut recipients = 0u64;
+    for env in queued {
+        let sender = if env.sender.is_empty() {
+            "<>"
+        } else {
+            &env.sender
+        };
+        let rcpts: Vec<String> = env
+            .recipients
+            .iter()
+            .map(|r| {
+                let next = match r.state {
+                    crate::spool::RcptState::Pending if r.next_attempt > now => {
+                        format!(", next {}", relative(r.next_attempt, now))
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "{} ({}, {}{next})",
+                    Escaped(&r.address),
+                    r.state.as_str(),
+                    count(r.attempts, "attempt")
+                )
+            })
+            .collect();
+        recipients += env.recipients.len() as u64;
+        rows.push(vec![
+            escape(&env.id).into_owned(),
+            env.size.to_string(),
+            utc(env.received_at),
+            escape(sender).into_owned(),
+            rcpts.join(", "),
+        ]);
+    }
+    let mut out = if queued.is_empty() {
+        String::new()
+    } else {
+        table(&rows)
+    };
+    out.push_str(&format!(
+        "-- {}, {}\n",
+        count(queued.len() as u64, "message"),
+        count(recipients, "recipient")
+    ));
+    out
+}
+
+/// `queue --summary`: totals, then a table per grouping (largest first).
+fn format_summary(v: &Value, now: u64) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let mut out = format!(
-        "{} messages, {} pending recipients, {} bytes\n",
-        v["messages"], v["recipients"], v["bytes"]
+        "{}, {} pending, {} bytes",
+        count(n("messages"), "message"),
+        count(n("recipients"), "recipient"),
+        n("bytes")
     );
-    for (title, key) in [
-        ("state", "by_state"),
-        ("domain", "by_domain"),
-        ("provider", "by_provider"),
+    if let Some(oldest) = v["oldest"].as_u64() {
+        out.push_str(&format!(", oldest received {}", relative(oldest, now)));
+    }
+    out.push('\n');
+    for (title, key, unit) in [
+        ("STATE", "by_state", "MESSAGES"),
+        ("DOMAIN", "by_domain", "MESSAGES"),
+        ("PROVIDER", "by_provider", "RECIPIENTS"),
     ] {
         let Some(map) = v[key].as_object().filter(|m| !m.is_empty()) else {
             continue;
         };
-        out.push_str(&format!("by {title}:\n"));
-        let mut rows: Vec<(&String, u64)> = map
+        let mut counts: Vec<(&String, u64)> = map
             .iter()
             .map(|(k, n)| (k, n.as_u64().unwrap_or(0)))
             .collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        for (k, n) in rows {
-            out.push_str(&format!("  {n:>8}  {}\n", Escaped(k)));
-        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let mut rows = vec![vec![title.to_string(), unit.to_string()]];
+        rows.extend(
+            counts
+                .into_iter()
+                .map(|(k, n)| vec![escape(k).into_owned(), n.to_string()]),
+        );
+        out.push('\n');
+        out.push_str(&table(&rows));
     }
     out
 }
 
-fn format_show(v: &Value) -> String {
+/// A time field of the API (unix seconds) as `2026-12-07 14:03:12 UTC (3h ago)`.
+fn when(v: &Value, now: u64) -> String {
+    match v.as_u64() {
+        Some(t) if t > 0 => format!("{} ({})", utc(t), relative(t, now)),
+        _ => "-".into(),
+    }
+}
+
+/// `queue show`: the message's fields, then a table of its recipients.
+fn format_show(v: &Value, now: u64) -> String {
     let e = &v["envelope"];
+    let sender = e["sender"].as_str().unwrap_or("");
+    let state = v["state"].as_str().unwrap_or("?");
+    let next = match (state, v["due"].as_u64()) {
+        ("on-hold", _) => "none while on hold (release it)".to_string(),
+        ("delivering", _) => "being delivered now".to_string(),
+        (_, Some(t)) if t <= now => "now".to_string(),
+        (_, due) => when(&due.into(), now),
+    };
     let mut out = format!(
-        "{}  {}  {} bytes  from <{}>  received {}  next attempt {}\n",
+        "id:            {}\nstate:         {}\nsize:          {} bytes\nsender:        <{}>\n\
+         received:      {}\nnext attempt:  {next}\n\n",
         Escaped(e["id"].as_str().unwrap_or("?")),
-        Escaped(v["state"].as_str().unwrap_or("?")),
+        Escaped(state),
         e["size"],
-        Escaped(e["sender"].as_str().unwrap_or("")),
-        e["received_at"],
-        v["due"],
+        Escaped(sender),
+        when(&e["received_at"], now),
     );
+    let mut rows = vec![
+        ["RECIPIENT", "STATE", "ATTEMPTS", "LAST REPLY"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for r in e["recipients"].as_array().into_iter().flatten() {
         let reply = &r["last_reply"];
         let last = if reply.is_null() {
-            String::new()
+            "-".to_string()
         } else {
             format!(
-                "  last: {} {} {}",
+                "{} {} {}",
                 reply["code"],
                 Escaped(reply["status"].as_str().unwrap_or("")),
                 Escaped(reply["text"].as_str().unwrap_or(""))
             )
         };
-        out.push_str(&format!(
-            "  {}  {}  {} attempts{last}\n",
-            Escaped(r["address"].as_str().unwrap_or("?")),
-            Escaped(r["state"].as_str().unwrap_or("?")),
-            r["attempts"],
-        ));
+        rows.push(vec![
+            escape(r["address"].as_str().unwrap_or("?")).into_owned(),
+            escape(r["state"].as_str().unwrap_or("?")).into_owned(),
+            r["attempts"].as_u64().unwrap_or(0).to_string(),
+            last,
+        ]);
     }
+    out.push_str(&table(&rows));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_has_dates_a_header_and_one_word_per_state() {
+        let now = 1_796_652_192;
+        let v = json!({"state": "queued", "due": now + 240, "envelope": {
+            "id": "Q1", "size": 120, "sender": "a@x.test", "received_at": now - 3 * 3600,
+            "recipients": [{"address": "b@y.test", "state": "pending", "attempts": 1,
+              "last_reply": {"code": 451, "status": "4.3.0", "text": "try later"}}]}});
+        let t = format_show(&v, now);
+        assert!(
+            t.contains("received:      2026-12-07 11:03:12 UTC (3h ago)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("next attempt:  2026-12-07 14:07:12 UTC (in 4m)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("RECIPIENT  STATE    ATTEMPTS  LAST REPLY\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("b@y.test   pending  1         451 4.3.0 try later\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn summary_counts_with_plurals_and_headers() {
+        let v = json!({"messages": 1, "recipients": 2, "bytes": 10, "oldest": 100,
+            "by_state": {"on-hold": 1}, "by_domain": {}, "by_provider": {"alpha": 2}});
+        let t = format_summary(&v, 100 + 7200);
+        assert!(
+            t.starts_with("1 message, 2 recipients pending, 10 bytes, oldest received 2h ago\n"),
+            "{t}"
+        );
+        assert!(t.contains("STATE    MESSAGES\non-hold  1\n"), "{t}");
+        assert!(t.contains("PROVIDER  RECIPIENTS\nalpha     2\n"), "{t}");
+    }
 }

@@ -53,6 +53,8 @@ impl Session {
         if self.tx.is_some() {
             return self.send(Reply::new(503, "5.5.1", "Nested MAIL command"));
         }
+        // For the log of a refusal; cleared once accepted (then `tx.sender` is logged).
+        self.mail_from = split_command(args, "FROM").map(|(p, _)| p.to_string());
         if self.listen.auth == ListenAuth::Required && self.user.is_none() {
             return self.refuse("mail", Reply::new(530, "5.7.0", "Authentication required"));
         }
@@ -151,6 +153,7 @@ impl Session {
             return self.refuse("mail", r);
         }
         self.tx = Some(tx);
+        self.mail_from = None;
         self.send(Reply::new(250, "2.1.0", "Ok"))
     }
 

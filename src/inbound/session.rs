@@ -73,6 +73,8 @@ pub(super) struct Session {
     pub(super) tls: Option<(String, String)>,
     pub(super) trusted: bool,
     pub(super) tx: Option<Tx>,
+    /// The path of the MAIL FROM being handled, so a refusal logs the sender the client gave.
+    pub(super) mail_from: Option<String>,
     pub(super) errors: u32,
     pub(super) place: Place,
 }
@@ -167,6 +169,7 @@ pub async fn run(
         tls,
         trusted,
         tx: None,
+        mail_from: None,
         errors: 0,
         place,
     };
@@ -245,7 +248,12 @@ impl Session {
         tracing::info!(
             client = %self.peer,
             user = self.user.as_deref().unwrap_or(""),
-            sender = self.tx.as_ref().map(|t| t.sender.as_str()).unwrap_or(""),
+            sender = self
+                .tx
+                .as_ref()
+                .map(|t| t.sender.as_str())
+                .or(self.mail_from.as_deref())
+                .unwrap_or(""),
             stage,
             reply = %r,
             "refused"

@@ -331,20 +331,7 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
         SuppressionCommand::List { json: true } => println!("{}", safe_json(&v.to_string())),
         SuppressionCommand::List { json: false } => {
             let items = v["suppressions"].as_array().cloned().unwrap_or_default();
-            if items.is_empty() {
-                println!("no suppressed recipients");
-            }
-            for i in items {
-                println!(
-                    "{}  until {}  {}",
-                    Escaped(i["address"].as_str().unwrap_or("")),
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_secs(i["until"].as_u64().unwrap_or(0))
-                    ),
-                    Escaped(i["reason"].as_str().unwrap_or(""))
-                );
-            }
+            print!("{}", format_suppressions(&items, crate::spool::now_unix()));
         }
         SuppressionCommand::Remove { address } => {
             if v["removed"] == true {
@@ -355,4 +342,57 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `suppression list`: a header row, one line per address, times as UTC dates with how far.
+fn format_suppressions(items: &[serde_json::Value], now: u64) -> String {
+    use crate::text::{escape, relative, table, utc};
+    if items.is_empty() {
+        return "no suppressed recipients\n".into();
+    }
+    let at = |v: &serde_json::Value| {
+        let t = v.as_u64().unwrap_or(0);
+        format!("{} ({})", utc(t), relative(t, now))
+    };
+    let mut rows = vec![
+        ["ADDRESS", "SINCE", "UNTIL", "REASON"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for i in items {
+        rows.push(vec![
+            escape(i["address"].as_str().unwrap_or("")).into_owned(),
+            at(&i["since"]),
+            at(&i["until"]),
+            escape(i["reason"].as_str().unwrap_or("")).into_owned(),
+        ]);
+    }
+    let mut out = table(&rows);
+    out.push_str(&format!(
+        "-- {}\n",
+        crate::text::count(items.len() as u64, "suppressed recipient")
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn suppressions_are_a_table_with_dates() {
+        let now = 1_796_652_192;
+        let items = vec![
+            serde_json::json!({"address": "gone@b.test", "reason": "550 5.1.1 no such user",
+            "since": now - 7200, "until": now + 29 * 86_400}),
+        ];
+        let t = super::format_suppressions(&items, now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ADDRESS      SINCE"), "{t}");
+        assert!(
+            lines[1].contains(
+                "2026-12-07 12:03:12 UTC (2h ago)  2027-01-05 14:03:12 UTC (in 29d)  550 5.1.1"
+            ),
+            "{t}"
+        );
+        assert_eq!(lines[2], "-- 1 suppressed recipient");
+    }
 }

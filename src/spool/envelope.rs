@@ -52,6 +52,17 @@ pub enum RcptState {
     Bounced,
 }
 
+impl RcptState {
+    /// The word used in JSON, the CLI and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RcptState::Pending => "pending",
+            RcptState::Sent => "sent",
+            RcptState::Bounced => "bounced",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recipient {
     pub address: String,

@@ -271,7 +271,7 @@ impl Control {
                         .find(id)
                         .and_then(|q| ix.entries.get(&q))
                         .is_some_and(|e| e.place == Place::Held);
-                    let state = if held { "on hold" } else { "queued" };
+                    let state = if held { "on-hold" } else { "queued" };
                     let why = format!("cannot {} message {id}: it is {state}", action.as_str());
                     return Err(Failure::Conflict(why));
                 }
