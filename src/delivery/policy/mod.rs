@@ -13,6 +13,7 @@
 
 pub mod dane;
 pub mod mta_sts;
+pub mod requiretls;
 
 use std::sync::Arc;
 
