@@ -23,3 +23,4 @@ pub mod spool;
 pub mod state;
 pub mod text;
 pub mod tls;
+pub mod tls_reports;

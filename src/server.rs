@@ -114,6 +114,11 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
+    let tls_reports =
+        crate::tls_reports::Service::new(&config, state.clone(), spool.clone(), signer.clone())?;
+    if let Some(t) = &tls_reports {
+        crate::tls_reports::send::start(t.clone());
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
@@ -126,6 +131,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             spool: spool.clone(),
             config: config.clone(),
             reload: Some(crate::reload::Trigger(reload_tx)),
+            tls_reports: tls_reports.clone(),
         };
         crate::admin::start(admin, admin_state).await?;
     }
@@ -168,6 +174,11 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         tracing::warn!("stop: deliveries still in flight; their recipients stay queued");
     }
     let flush = tokio::task::spawn_blocking(move || {
+        if let Some(t) = &tls_reports
+            && let Err(e) = t.collector().flush()
+        {
+            tracing::error!(error = %e, "tls-reports: cannot save results");
+        }
         pools.flush();
         history.flush(&pools);
         suppressions.flush();

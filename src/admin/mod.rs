@@ -8,7 +8,8 @@
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
 //! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
-//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
+//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`);
+//! - `POST /api/tls-reports/send`: send the TLS reports collected so far now (`tls_reports.rs`).
 //!
 //! `client` is the CLI side.
 
@@ -29,6 +30,7 @@ mod serve;
 mod settings;
 mod slots;
 mod tally;
+pub mod tls_reports;
 pub mod token;
 
 pub use settings::{Settings, TlsMode};
@@ -59,6 +61,8 @@ pub struct AdminState {
     pub config: Arc<Config>,
     /// Hot reload requests (`POST /api/reload`); `None`: not offered.
     pub reload: Option<crate::reload::Trigger>,
+    /// TLS reporting (`[tls_reports]`); `None`: not enabled.
+    pub tls_reports: Option<Arc<crate::tls_reports::Service>>,
 }
 
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
@@ -115,6 +119,7 @@ fn router(state: AdminState, guarded: serve::Guarded) -> Router {
         .merge(history::routes())
         .merge(page::routes())
         .merge(reload::routes())
+        .merge(tls_reports::routes())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

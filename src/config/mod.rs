@@ -72,6 +72,9 @@ pub struct Config {
     /// Several relays sharing counters and state through Redis (`cluster::Settings`); absent =
     /// this relay alone, everything in the local state store.
     pub cluster: Option<crate::cluster::Settings>,
+    /// TLS reporting (RFC 8460) to destination domains (`tls_reports::Settings`).
+    #[serde(default)]
+    pub tls_reports: crate::tls_reports::Settings,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -304,6 +307,9 @@ impl Config {
                 "\"accept-unsigned\" contradicts require = true (every message must be signed)"
                     .into(),
             );
+        }
+        for (key, message) in self.tls_reports.problems() {
+            err(("tls_reports", key), message);
         }
         if self.delivery.retry.is_empty() {
             err(("delivery", "retry"), "needs at least one interval".into());
