@@ -146,6 +146,10 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         control,
     )
     .await?;
+    if let Some(t) = &tls_reports {
+        let sink = crate::tls_reports::Sink(t.collector().clone());
+        deliverer.policies.set_results(Box::new(sink));
+    }
     let listeners =
         Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
     tracing::info!(hostname = %config.hostname, "poolrelay ready");

@@ -10,7 +10,7 @@ pub mod send;
 pub mod settings;
 pub mod store;
 
-pub use results::{Failure, PolicyId, SessionResult};
+pub use results::Sink;
 pub use send::{Sent, Service};
 pub use settings::Settings;
 pub use store::Collector;

@@ -107,8 +107,9 @@ pub fn message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls_reports::results::{Failure, PolicyId, ResultType, SessionResult};
+    use crate::delivery::policy::{PolicyKind, ReportPolicy, SessionResult, TlsFailure};
     use crate::tls_reports::store::Collector;
+    use std::sync::Arc;
 
     #[test]
     fn the_record_says_where_reports_go() {
@@ -138,19 +139,20 @@ mod tests {
     fn the_json_has_the_rfc_field_names_and_no_nulls() {
         let c = Collector::new(None, std::time::Duration::from_secs(86_400));
         let fail = SessionResult {
-            domain: "d.test".into(),
-            policy: PolicyId::no_policy(),
+            policy: Arc::new(ReportPolicy {
+                domain: "d.test".into(),
+                kind: PolicyKind::NoPolicyFound,
+                strings: Vec::new(),
+                mx_patterns: Vec::new(),
+            }),
             sending_ip: None,
             mx_host: "mx.d.test".into(),
             receiving_ip: Some("127.0.0.20".parse().unwrap()),
-            outcome: Err(Failure {
-                result_type: ResultType::StartTlsNotSupported,
-                reason: None,
-            }),
+            result: Err(TlsFailure::StarttlsNotSupported),
         };
         c.record(&fail, 86_400 + 7);
         let mut ok = fail.clone();
-        ok.outcome = Ok(());
+        ok.result = Ok(());
         c.record(&ok, 86_400 + 8);
         let dp = &c.collected(None).unwrap()[0];
         let who = Reporter {

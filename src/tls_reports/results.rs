@@ -1,50 +1,71 @@
-//! What one SMTP session to an MX host of a policy domain reports to TLS-RPT (RFC 8460 §4.3):
-//! which policy applied, where the session went, and success or the failure's result type.
+//! Delivery's session results (`delivery::policy::SessionResult`, one per TLS session attempt
+//! to a host under DANE or MTA-STS) in RFC 8460's terms, and the sink that counts them.
 
-use std::net::IpAddr;
+use std::sync::Arc;
 
-pub use mail_auth::report::tlsrpt::{PolicyType, ResultType};
+use mail_auth::report::tlsrpt::{PolicyType, ResultType};
 
-/// The policy a session was held to, as the report names it (`policy` object, §4.4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyId {
-    /// `sts`, `tlsa` or `no-policy-found`.
-    pub policy_type: PolicyType,
-    /// `policy-string`: the MTA-STS policy's lines, or the TLSA records in presentation form.
-    pub strings: Vec<String>,
-    /// `mx-host`: the MTA-STS policy's `mx` patterns (empty for the other types).
-    pub mx_host: Vec<String>,
-}
+use super::store::Collector;
+use crate::delivery::policy::{PolicyKind, SessionResult, TlsFailure, TlsResults};
 
-impl PolicyId {
-    pub fn no_policy() -> PolicyId {
-        PolicyId {
-            policy_type: PolicyType::NoPolicyFound,
-            strings: Vec::new(),
-            mx_host: Vec::new(),
-        }
+/// RFC 8460 §4.4 `policy-type`.
+pub fn policy_type(kind: PolicyKind) -> PolicyType {
+    match kind {
+        PolicyKind::Sts => PolicyType::Sts,
+        PolicyKind::Tlsa => PolicyType::Tlsa,
+        PolicyKind::NoPolicyFound => PolicyType::NoPolicyFound,
     }
 }
 
-/// Why a session failed, as RFC 8460 §4.3 types it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub result_type: ResultType,
-    /// `failure-reason-code`: a short text for people (e.g. the TLS alert).
-    pub reason: Option<String>,
+/// RFC 8460 §4.3 `result-type`.
+pub fn result_type(f: TlsFailure) -> ResultType {
+    match f {
+        TlsFailure::StarttlsNotSupported => ResultType::StartTlsNotSupported,
+        TlsFailure::CertificateHostMismatch => ResultType::CertificateHostMismatch,
+        TlsFailure::CertificateExpired => ResultType::CertificateExpired,
+        TlsFailure::CertificateNotTrusted => ResultType::CertificateNotTrusted,
+        TlsFailure::ValidationFailure => ResultType::ValidationFailure,
+        TlsFailure::TlsaInvalid => ResultType::TlsaInvalid,
+        TlsFailure::DnssecInvalid => ResultType::DnssecInvalid,
+        TlsFailure::DaneRequired => ResultType::DaneRequired,
+        TlsFailure::StsPolicyFetchError => ResultType::StsPolicyFetchError,
+        TlsFailure::StsPolicyInvalid => ResultType::StsPolicyInvalid,
+        TlsFailure::StsWebpkiInvalid => ResultType::StsWebpkiInvalid,
+    }
 }
 
-/// One session attempt to one MX host of `domain`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionResult {
-    /// The policy domain (the recipient domain).
-    pub domain: String,
-    pub policy: PolicyId,
-    /// Our source IP.
-    pub sending_ip: Option<IpAddr>,
-    /// The MX host name.
-    pub mx_host: String,
-    pub receiving_ip: Option<IpAddr>,
-    /// `Ok` = TLS as the policy asks.
-    pub outcome: Result<(), Failure>,
+/// The `TlsResults` sink delivery reports to: counts each result now (memory only; the
+/// collector's flush saves them).
+pub struct Sink(pub Arc<Collector>);
+
+impl TlsResults for Sink {
+    fn record(&self, result: SessionResult) {
+        self.0.record(&result, crate::spool::now_unix());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every failure type has its own RFC 8460 name (none falls into mail-auth's `Other`).
+    #[test]
+    fn every_failure_maps_to_its_rfc_name() {
+        for f in [
+            TlsFailure::StarttlsNotSupported,
+            TlsFailure::CertificateHostMismatch,
+            TlsFailure::CertificateExpired,
+            TlsFailure::CertificateNotTrusted,
+            TlsFailure::ValidationFailure,
+            TlsFailure::TlsaInvalid,
+            TlsFailure::DnssecInvalid,
+            TlsFailure::DaneRequired,
+            TlsFailure::StsPolicyFetchError,
+            TlsFailure::StsPolicyInvalid,
+            TlsFailure::StsWebpkiInvalid,
+        ] {
+            let json = serde_json::to_value(result_type(f)).unwrap();
+            assert_eq!(json, f.as_str());
+        }
+    }
 }

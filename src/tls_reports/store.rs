@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use mail_auth::report::tlsrpt::{FailureDetails, Policy, PolicyDetails, Summary};
 
-use super::results::SessionResult;
+use super::results::{policy_type, result_type};
+use crate::delivery::policy::SessionResult;
 use crate::state::{State, StateError};
 
 /// The results of one policy domain in one period, ready to report.
@@ -52,10 +53,10 @@ impl Collector {
     /// Counts one session at `now` (unix seconds).
     pub fn record(&self, r: &SessionResult, now: u64) {
         let details = PolicyDetails {
-            policy_type: r.policy.policy_type,
+            policy_type: policy_type(r.policy.kind),
             policy_string: r.policy.strings.clone(),
-            policy_domain: r.domain.to_ascii_lowercase(),
-            mx_host: r.policy.mx_host.clone(),
+            policy_domain: r.policy.domain.to_ascii_lowercase(),
+            mx_host: r.policy.mx_patterns.clone(),
         };
         let key = format!(
             "{:012}|{}|{}",
@@ -71,19 +72,19 @@ impl Collector {
             },
             failure_details: Vec::new(),
         };
-        match &r.outcome {
+        match r.result {
             Ok(()) => one.summary.total_success = 1,
             Err(f) => {
                 one.summary.total_failure = 1;
                 one.failure_details.push(FailureDetails {
-                    result_type: f.result_type,
+                    result_type: result_type(f),
                     sending_mta_ip: r.sending_ip,
                     receiving_mx_hostname: Some(r.mx_host.clone()).filter(|h| !h.is_empty()),
                     receiving_mx_helo: None,
                     receiving_ip: r.receiving_ip,
                     failed_session_count: 1,
                     additional_information: None,
-                    failure_reason_code: f.reason.clone(),
+                    failure_reason_code: None,
                 });
             }
         }
@@ -244,26 +245,24 @@ fn add(to: &mut Policy, more: &Policy) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::results::{Failure, PolicyId, PolicyType, ResultType};
     use super::*;
+    use crate::delivery::policy::{PolicyKind, ReportPolicy, TlsFailure};
+    use mail_auth::report::tlsrpt::ResultType;
 
-    fn result(domain: &str, fail: Option<ResultType>) -> SessionResult {
+    fn result(domain: &str, fail: Option<TlsFailure>) -> SessionResult {
         SessionResult {
-            domain: domain.into(),
-            policy: PolicyId {
-                policy_type: PolicyType::Sts,
+            policy: Arc::new(ReportPolicy {
+                domain: domain.into(),
+                kind: PolicyKind::Sts,
                 strings: vec!["version: STSv1".into(), "mode: enforce".into()],
-                mx_host: vec!["mx.d.test".into()],
-            },
+                mx_patterns: vec!["mx.d.test".into()],
+            }),
             sending_ip: Some("127.0.0.10".parse().unwrap()),
             mx_host: "mx.d.test".into(),
             receiving_ip: Some("127.0.0.20".parse().unwrap()),
-            outcome: match fail {
+            result: match fail {
                 None => Ok(()),
-                Some(t) => Err(Failure {
-                    result_type: t,
-                    reason: None,
-                }),
+                Some(t) => Err(t),
             },
         }
     }
@@ -281,15 +280,15 @@ mod tests {
             c.record(&result("d.test", None), t + 1);
             c.flush().unwrap();
             c.record(
-                &result("D.test", Some(ResultType::CertificateExpired)),
+                &result("D.test", Some(TlsFailure::CertificateExpired)),
                 t + 2,
             );
             c.record(
-                &result("d.test", Some(ResultType::CertificateExpired)),
+                &result("d.test", Some(TlsFailure::CertificateExpired)),
                 t + 3,
             );
             c.record(
-                &result("d.test", Some(ResultType::StartTlsNotSupported)),
+                &result("d.test", Some(TlsFailure::StarttlsNotSupported)),
                 t + 4,
             );
             // The next day is another period.

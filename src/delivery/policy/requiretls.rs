@@ -14,10 +14,10 @@
 //!   bounce like any other); a `Refuse` stays a refusal.
 //! - The DSN of a REQUIRETLS message is itself REQUIRETLS (§5) and returns headers only.
 //! - `TLS-Required: No` (§5) with no REQUIRETLS: the sender asks that MTA-STS and DANE failures
-//!   not stop delivery. Honoured: failures are still reported (TLS-RPT) and STARTTLS is still
-//!   used when offered, but a verified requirement becomes report-only and an MTA-STS or DANE
-//!   refusal becomes opportunistic. A route's own `tls` setting is the operator's and stays.
-//!   When both are present, REQUIRETLS wins and the header is ignored (§4.1).
+//!   not stop delivery. Honoured, with STARTTLS still used whenever offered: an MTA-STS host is
+//!   handled as under `testing` (verified first, a failure reported, then opportunistic); a
+//!   DANE host and a host refused by MTA-STS or DANE become opportunistic. A route's own `tls`
+//!   setting is the operator's and stays. With REQUIRETLS too, the header is ignored (§4.1).
 
 use super::{Applied, HostPolicy, Requirement};
 use crate::spool::TlsRequest;
@@ -39,28 +39,28 @@ pub fn is_tls_required_no(value: &[u8]) -> bool {
 
 /// Why a REQUIRETLS message cannot go to a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Unmet {
     /// The host's policy does not verify its identity (no MTA-STS, no DANE).
     NoVerifiedPolicy,
     /// The server did not advertise REQUIRETLS after STARTTLS.
     NotAdvertised,
 }
 
-impl Refusal {
+impl Unmet {
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::NoVerifiedPolicy => "no-verified-policy",
-            Refusal::NotAdvertised => "requiretls-not-advertised",
+            Unmet::NoVerifiedPolicy => "no-verified-policy",
+            Unmet::NotAdvertised => "requiretls-not-advertised",
         }
     }
 
     /// The local reply recorded for the recipient (a permanent failure, RFC 8689 §5).
     pub fn reply_text(self, domain: &str) -> String {
         match self {
-            Refusal::NoVerifiedPolicy => format!(
+            Unmet::NoVerifiedPolicy => format!(
                 "REQUIRETLS support required: {domain} has no MTA-STS or DANE policy to verify its servers"
             ),
-            Refusal::NotAdvertised => {
+            Unmet::NotAdvertised => {
                 "REQUIRETLS support required: the server does not offer REQUIRETLS".into()
             }
         }
@@ -79,7 +79,7 @@ pub enum ForMessage {
         requiretls: bool,
     },
     /// Do not connect: the message bounces.
-    Bounce(Refusal),
+    Bounce(Unmet),
 }
 
 /// Applies the sender's request to the host's policy (the rules above).
@@ -109,19 +109,22 @@ pub fn for_message(policy: &HostPolicy, request: TlsRequest) -> ForMessage {
                     requiretls: true,
                 }
             } else {
-                ForMessage::Bounce(Refusal::NoVerifiedPolicy)
+                ForMessage::Bounce(Unmet::NoVerifiedPolicy)
             }
         }
         TlsRequest::NotRequired => {
-            if policy.applied != Applied::Route {
-                match policy.requirement {
-                    Requirement::WebPki | Requirement::Dane(_) => policy.report_only = true,
-                    Requirement::Refuse(_) => {
-                        policy.requirement = Requirement::Opportunistic;
-                        policy.report_only = true;
-                    }
-                    Requirement::Plain | Requirement::Opportunistic => {}
+            match (&policy.applied, &policy.requirement) {
+                (Applied::Route, _) => {}
+                (Applied::MtaSts, Requirement::WebPki) => {
+                    // Verified first and reported, then opportunistic: as `testing` does.
+                    policy.requirement = Requirement::Opportunistic;
+                    policy.report_only = true;
                 }
+                (_, Requirement::Dane(_) | Requirement::Refuse(_) | Requirement::WebPki) => {
+                    policy.requirement = Requirement::Opportunistic;
+                    policy.report_only = false;
+                }
+                (_, Requirement::Plain | Requirement::Opportunistic) => {}
             }
             ForMessage::Go {
                 policy,
@@ -140,7 +143,15 @@ mod tests {
             applied,
             requirement,
             report_only,
+            report: None,
         }
+    }
+
+    fn refuse(why: &str) -> Requirement {
+        Requirement::Refuse(super::super::Refusal {
+            failure: super::super::TlsFailure::DnssecInvalid,
+            reason: why.into(),
+        })
     }
 
     #[test]
@@ -160,12 +171,12 @@ mod tests {
         let opportunistic = policy(Applied::Opportunistic, Requirement::Opportunistic, false);
         assert!(matches!(
             for_message(&opportunistic, TlsRequest::Required),
-            ForMessage::Bounce(Refusal::NoVerifiedPolicy)
+            ForMessage::Bounce(Unmet::NoVerifiedPolicy)
         ));
         let plain = policy(Applied::Route, Requirement::Plain, false);
         assert!(matches!(
             for_message(&plain, TlsRequest::Required),
-            ForMessage::Bounce(Refusal::NoVerifiedPolicy)
+            ForMessage::Bounce(Unmet::NoVerifiedPolicy)
         ));
         let enforce = policy(Applied::MtaSts, Requirement::WebPki, false);
         assert!(matches!(
@@ -181,7 +192,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let refuse = policy(Applied::Dane, Requirement::Refuse("bogus".into()), false);
+        let refuse = policy(Applied::Dane, refuse("bogus"), false);
         assert!(matches!(
             for_message(&refuse, TlsRequest::Required),
             ForMessage::Go { policy, .. } if matches!(policy.requirement, Requirement::Refuse(_))
@@ -193,9 +204,10 @@ mod tests {
         let enforce = policy(Applied::MtaSts, Requirement::WebPki, false);
         assert!(matches!(
             for_message(&enforce, TlsRequest::NotRequired),
-            ForMessage::Go { policy, requiretls: false } if policy.report_only
+            ForMessage::Go { policy, requiretls: false }
+                if policy.report_only && matches!(policy.requirement, Requirement::Opportunistic)
         ));
-        let refuse = policy(Applied::MtaSts, Requirement::Refuse("mx".into()), false);
+        let refuse = policy(Applied::MtaSts, refuse("mx"), false);
         assert!(matches!(
             for_message(&refuse, TlsRequest::NotRequired),
             ForMessage::Go { policy, .. } if matches!(policy.requirement, Requirement::Opportunistic)
