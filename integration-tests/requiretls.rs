@@ -93,3 +93,150 @@ fn tls_required_no_is_kept_unless_requiretls_was_asked() {
     assert_eq!(envelope(&relay, &id)["tls_request"], "required");
     c.quit();
 }
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Routes `domain.test` to `mx.domain.test` on the sinks' port with `tls = "required"` (web PKI
+/// against the test CA): a verified destination.
+fn verified_route(cfg: RelayConfig, domain: &str, port: u16) -> RelayConfig {
+    cfg.section(&format!(
+        "[[route]]\ndomain = \"{domain}.test\"\nhost = \"mx.{domain}.test:{port}\"\ntls = \"required\""
+    ))
+}
+
+/// Sends one message over STARTTLS with `MAIL FROM:<..> REQUIRETLS` (or without); asserts 250.
+fn submit_tls(relay: &Relay, certs: &Certs, requiretls: bool, rcpts: &[&str], subject: &str) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.starttls(HOST, &certs.ca);
+    c.ehlo("client.test");
+    let param = if requiretls { " REQUIRETLS" } else { "" };
+    c.cmd(&format!("MAIL FROM:<sender@snd.test>{param}"))
+        .expect(250);
+    for r in rcpts {
+        c.cmd(&format!("RCPT TO:<{r}>")).expect(250);
+    }
+    let body = format!(
+        "From: <sender@snd.test>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nSecret body.\r\n"
+    );
+    let r = c.data(body.as_bytes());
+    assert_eq!(r.code, 250, "{r}");
+    c.quit();
+}
+
+#[test]
+fn requiretls_goes_only_to_verified_servers_that_offer_it_else_bounces() {
+    let dir = tempdir("requiretls-delivery");
+    let names = [HOST, "mx.secure.test", "mx.norq.test", "mx.snd.test"];
+    let certs = make_certs(&dir, &names);
+    let dns = DnsServer::start();
+    let ips = [lo(20), lo(21), lo(22), lo(23), lo(24)];
+    let port = free_port_on(&ips);
+    // Verified (route tls = required), offers REQUIRETLS: the one place it may go.
+    let secure = Sink::builder(&[lo(20)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    // Verified, but no REQUIRETLS in its EHLO reply.
+    let norq = Sink::builder(&[lo(21)]).port(port).starttls(&certs).start();
+    // Opportunistic (MX, no policy), even though it offers STARTTLS and REQUIRETLS.
+    let opp = Sink::builder(&[lo(22)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    // No STARTTLS at all.
+    let plain = Sink::builder(&[lo(23)]).port(port).start();
+    // The sender's domain, verified and offering REQUIRETLS: where the DSN goes.
+    let back = Sink::builder(&[lo(24)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    dns.add_ip("mx.secure.test", lo(20));
+    dns.add_ip("mx.norq.test", lo(21));
+    dns.add_mx("opp.test", 10, "mx.opp.test");
+    dns.add_ip("mx.opp.test", lo(22));
+    dns.add_mx("plain.test", 10, "mx.plain.test");
+    dns.add_ip("mx.plain.test", lo(23));
+    dns.add_ip("mx.snd.test", lo(24));
+    let mut cfg = RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(&dns)
+        .delivery_port(port)
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    for d in ["secure", "norq", "snd"] {
+        cfg = verified_route(cfg, d, port);
+    }
+    let relay = Relay::start(&dir, &cfg.to_toml());
+
+    // Without REQUIRETLS the same destinations take it: the control.
+    submit_tls(&relay, &certs, false, &["a@plain.test"], "control");
+    let m = plain.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].subject(), "control");
+
+    let rcpts = ["a@secure.test", "b@norq.test", "c@opp.test", "d@plain.test"];
+    submit_tls(&relay, &certs, true, &rcpts, "secret");
+    let m = secure.wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some(), "{}", secure.transcripts());
+    assert!(
+        m[0].mail_params
+            .split_whitespace()
+            .any(|p| p == "REQUIRETLS"),
+        "REQUIRETLS on MAIL FROM: {:?}",
+        m[0].mail_params
+    );
+
+    // A DSN for the three others (one per destination), itself REQUIRETLS (RFC 8689 §5),
+    // each recipient with 5.7.30.
+    let failed = &rcpts[1..];
+    let all_reported = || {
+        let text: String = back.messages().iter().map(|m| m.data_str()).collect();
+        failed
+            .iter()
+            .all(|r| text.contains(&format!("Final-Recipient: rfc822; {r}")))
+    };
+    assert!(wait_until(WAIT, all_reported), "{}", back.transcripts());
+    let dsns = back.messages();
+    for d in &dsns {
+        assert!(
+            d.mail_params.split_whitespace().any(|p| p == "REQUIRETLS"),
+            "{:?}",
+            d.mail_params
+        );
+    }
+    let text: String = dsns.iter().map(|m| m.data_str()).collect();
+    assert_eq!(text.matches("Status: 5.7.30").count(), 3, "{text}");
+    assert!(
+        text.contains("mx.norq.test does not offer REQUIRETLS"),
+        "{text}"
+    );
+    assert!(!text.contains("Secret body."), "headers only: {text}");
+    assert!(
+        wait_until(WAIT, || relay.queued_ids().is_empty()),
+        "{}",
+        relay.log()
+    );
+
+    // Never sent anywhere else; the opportunistic and plaintext hosts were not even contacted
+    // for it, the verified one without REQUIRETLS got no MAIL FROM.
+    assert!(norq.messages().is_empty(), "{}", norq.transcripts());
+    assert!(
+        !norq.transcripts().contains("C: MAIL"),
+        "{}",
+        norq.transcripts()
+    );
+    assert!(opp.sessions().is_empty(), "{}", opp.transcripts());
+    assert_eq!(
+        plain.messages().len(),
+        1,
+        "only the control: {}",
+        plain.transcripts()
+    );
+    assert_eq!(plain.sessions().len(), 1, "{}", plain.transcripts());
+}

@@ -295,28 +295,6 @@ impl State {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_respect_limit_and_persist() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-state-{}", crate::spool::Spool::new_id()));
-        {
-            let s = State::open(&dir).unwrap();
-            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(1));
-            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(2));
-            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), None);
-        }
-        let s = State::open(&dir).unwrap();
-        assert_eq!(s.counter("u|1").unwrap(), 2);
-        s.prune("u|", "u|2").unwrap();
-        assert_eq!(s.counter("u|1").unwrap(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 impl State {
     /// Every TLS-RPT record (key, JSON).
     pub fn tls_reports_load(&self) -> Result<Vec<(String, String)>, StateError> {
@@ -365,5 +343,27 @@ impl State {
             }
         }
         tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_respect_limit_and_persist() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-state-{}", crate::spool::Spool::new_id()));
+        {
+            let s = State::open(&dir).unwrap();
+            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(1));
+            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(2));
+            assert_eq!(s.add_within("u|1", 1, 2).unwrap(), None);
+        }
+        let s = State::open(&dir).unwrap();
+        assert_eq!(s.counter("u|1").unwrap(), 2);
+        s.prune("u|", "u|2").unwrap();
+        assert_eq!(s.counter("u|1").unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

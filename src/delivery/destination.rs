@@ -169,9 +169,8 @@ impl Deliverer {
                 requiretls::ForMessage::Bounce(unmet) => {
                     tracing::warn!(queue_id = %env.id, mx = %host.name, tls_policy = hp.applied.as_str(), requiretls = unmet.as_str(), "REQUIRETLS message not sent to this MX host");
                     let text = unmet.reply_text(&policy.domain);
-                    let mut r =
-                        local_reply(requiretls::Unmet::CODE, requiretls::Unmet::STATUS, text);
-                    r.host = host.name.clone();
+                    // A local verdict: no host said it (the DSN must not claim one did).
+                    let r = local_reply(requiretls::Unmet::CODE, requiretls::Unmet::STATUS, text);
                     tried.error(r);
                     continue;
                 }

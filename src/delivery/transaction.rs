@@ -184,8 +184,7 @@ impl Session {
                 } else {
                     Unmet::NoVerifiedPolicy
                 };
-                let mut r = local_reply(Unmet::CODE, Unmet::STATUS, unmet.reply_text(&self.host));
-                r.host = self.host.clone();
+                let r = local_reply(Unmet::CODE, Unmet::STATUS, unmet.reply_text(&self.host));
                 return Err(Box::new(r));
             }
             mail.push_str(" REQUIRETLS");

@@ -54,14 +54,15 @@ impl Unmet {
         }
     }
 
-    /// The local reply recorded for the recipient (a permanent failure, RFC 8689 §5).
-    pub fn reply_text(self, domain: &str) -> String {
+    /// The local reply recorded for the recipient (a permanent failure, RFC 8689 §5);
+    /// `about`: the destination domain, or the MX host that did not offer REQUIRETLS.
+    pub fn reply_text(self, about: &str) -> String {
         match self {
             Unmet::NoVerifiedPolicy => format!(
-                "REQUIRETLS support required: {domain} has no MTA-STS or DANE policy to verify its servers"
+                "REQUIRETLS support required: no MTA-STS or DANE policy verifies the servers of {about}"
             ),
             Unmet::NotAdvertised => {
-                "REQUIRETLS support required: the server does not offer REQUIRETLS".into()
+                format!("REQUIRETLS support required: {about} does not offer REQUIRETLS")
             }
         }
     }
