@@ -14,6 +14,9 @@ use super::{
 };
 use crate::config::{Config, TlsPolicy};
 use crate::routing::Destination;
+use crate::state::State;
+use hickory_resolver::TokioResolver;
+use tokio_rustls::TlsConnector;
 
 /// What holds for a whole destination domain before its MX hosts are looked at.
 #[derive(Debug, Clone)]
@@ -44,10 +47,16 @@ pub struct Policies {
 }
 
 impl Policies {
-    pub fn new(config: &Config) -> Result<Policies, String> {
+    /// `verifying`: the web PKI connector (policy fetches use it); `state`: where MTA-STS
+    /// policies persist.
+    pub fn new(
+        config: &Config,
+        verifying: Option<TlsConnector>,
+        state: Option<Arc<State>>,
+    ) -> Result<Policies, String> {
         Ok(Policies {
             dane: Dane::new(config)?,
-            sts: MtaSts::new(config)?,
+            sts: MtaSts::new(config, verifying, state),
             results: ArcSwap::from_pointee(Box::new(NoResults)),
         })
     }
@@ -61,8 +70,13 @@ impl Policies {
         &self.dane
     }
 
-    /// The policy of `domain`, whose recipients go to `dest`.
-    pub async fn for_domain(&self, domain: &str, dest: &Destination) -> DomainPolicy {
+    /// The policy of `domain`, whose recipients go to `dest` (`resolver`: delivery's).
+    pub async fn for_domain(
+        &self,
+        domain: &str,
+        dest: &Destination,
+        resolver: &TokioResolver,
+    ) -> DomainPolicy {
         let mut p = DomainPolicy {
             domain: domain.to_string(),
             fixed: None,
@@ -73,7 +87,7 @@ impl Policies {
             p.fixed = Some(dest.tls);
             return p;
         }
-        match self.sts.lookup(domain).await {
+        match self.sts.lookup(domain, resolver).await {
             Found::None => {}
             Found::Policy(a) => p.sts = Some(a),
             Found::Failed(f, why) => {
@@ -198,7 +212,7 @@ impl Policies {
 
     fn record(&self, r: SessionResult) {
         let result = r.result.err().map_or("success", TlsFailure::as_str);
-        tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result, "TLS session result");
+        tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result = %result, "TLS session result");
         self.results.load().record(r);
     }
 }
