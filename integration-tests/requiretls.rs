@@ -1,8 +1,9 @@
 //! REQUIRETLS (RFC 8689) through the real binary: offered and accepted only inside TLS, refused
 //! in plaintext, kept in the spool envelope; `TLS-Required: No` kept too (REQUIRETLS wins).
 //!
-//! These configs route every domain to a closed port, so accepted messages stay in the queue
-//! where the tests read their envelopes.
+//! The inbound tests route every domain to a closed port, so accepted messages stay in the
+//! queue where the tests read their envelopes. The delivery tests use their own loopback
+//! addresses (127.0.0.20–24, 127.0.0.40–42) so their sinks never share a port by accident.
 
 mod common;
 
@@ -239,4 +240,103 @@ fn requiretls_goes_only_to_verified_servers_that_offer_it_else_bounces() {
         plain.transcripts()
     );
     assert_eq!(plain.sessions().len(), 1, "{}", plain.transcripts());
+}
+
+fn sts_policy(mode: &str, mx: &str) -> Served {
+    Served::text(&format!(
+        "version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"
+    ))
+}
+
+/// MTA-STS verifies the MX: `enforce` carries REQUIRETLS to a server offering it; `testing`
+/// counts as `enforce` for REQUIRETLS (RFC 8689 §4.2.1), so a certificate for the wrong name
+/// defers it instead of the opportunistic delivery a plain message gets.
+#[test]
+fn requiretls_over_mta_sts_enforce_and_testing_counted_as_enforce() {
+    let dir = tempdir("requiretls-sts");
+    let names = [
+        HOST,
+        "mx.good.test",
+        "mta-sts.enforce.test",
+        "mta-sts.testing.test",
+    ];
+    let certs = make_certs(&dir, &names);
+    let dns = DnsServer::start();
+    let port = free_port_on(&[lo(40), lo(41)]);
+    let good = Sink::builder(&[lo(40)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    // Offers REQUIRETLS, but its certificate is not valid for mx.wrongname.test.
+    let wrong = Sink::builder(&[lo(41)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    let web = HttpsServer::start(lo(42), &certs);
+    dns.add_ip("mx.good.test", lo(40));
+    dns.add_ip("mx.wrongname.test", lo(41));
+    for (domain, mode, mx) in [
+        ("enforce.test", "enforce", "mx.good.test"),
+        ("testing.test", "testing", "mx.wrongname.test"),
+    ] {
+        dns.add_mx(domain, 10, mx);
+        dns.add_txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=1;");
+        dns.add_ip(&format!("mta-sts.{domain}"), lo(42));
+        web.set(&format!("mta-sts.{domain}"), sts_policy(mode, mx));
+    }
+    let cfg = RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(&dns)
+        .delivery_port(port)
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
+        // A long retry: the deferral stays visible in the queue.
+        .delivery("retry", "[\"1h\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let relay = Relay::start(&dir, &cfg.to_toml());
+
+    submit_tls(&relay, &certs, true, &["a@enforce.test"], "enforced");
+    let m = good.wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some());
+    assert!(
+        m[0].mail_params
+            .split_whitespace()
+            .any(|p| p == "REQUIRETLS"),
+        "{:?}",
+        m[0].mail_params
+    );
+
+    // The control: without REQUIRETLS, testing mode delivers despite the wrong name.
+    submit_tls(&relay, &certs, false, &["b@testing.test"], "control");
+    let m = wrong.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].subject(), "control");
+    submit_tls(&relay, &certs, true, &["c@testing.test"], "secret");
+    let deferred = || {
+        relay.queued_envelopes().into_iter().any(|e| {
+            let r = &e["recipients"][0];
+            r["address"] == "c@testing.test" && r["attempts"] == 1
+        })
+    };
+    assert!(wait_until(WAIT, deferred), "{}", relay.plain_log());
+    let env = relay
+        .queued_envelopes()
+        .into_iter()
+        .find(|e| e["recipients"][0]["address"] == "c@testing.test")
+        .unwrap();
+    assert_eq!(env["recipients"][0]["state"], "pending", "{env}");
+    assert_eq!(
+        env["recipients"][0]["last_reply"]["status"], "4.7.5",
+        "{env}"
+    );
+    assert_eq!(
+        wrong.messages().len(),
+        1,
+        "only the control: {}",
+        wrong.transcripts()
+    );
 }
