@@ -308,9 +308,6 @@ impl Config {
                     .into(),
             );
         }
-        for (key, message) in self.tls_reports.problems() {
-            err(("tls_reports", key), message);
-        }
         if self.delivery.retry.is_empty() {
             err(("delivery", "retry"), "needs at least one interval".into());
         }
@@ -348,6 +345,16 @@ impl Config {
             for (key, message) in cluster.problems() {
                 err(("cluster", key), message);
             }
+        }
+        for (key, message) in self.tls_reports.problems() {
+            // A required key that is missing: the line of its `[tls_reports]` table.
+            let line = ranges::key_line(text, "tls_reports", key)
+                .or_else(|| find_key_line(text, "tls_reports"));
+            errors.push(ConfigError {
+                file: path.to_owned(),
+                line,
+                message: format!("tls_reports.{key}: {message}"),
+            });
         }
         errors
     }

@@ -93,3 +93,44 @@ fn default_interval() -> DurationStr {
 fn default_http_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(30))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const MIN: &str = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+
+    fn errors(extra: &str) -> Vec<String> {
+        match crate::config::Config::parse(Path::new("t.toml"), &format!("{MIN}{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_line() {
+        assert!(errors("").is_empty());
+        assert!(
+            errors("[tls_reports]\norganization = \"\"\n").is_empty(),
+            "off: unchecked"
+        );
+        assert_eq!(
+            errors("[tls_reports]\nenabled = true\n"),
+            [
+                "t.toml:6: tls_reports.organization: required when enabled (the report's organization-name)"
+            ]
+        );
+        let e = errors("[tls_reports]\nenabled = true\norganization = \"O\"\ninterval = \"0s\"\n");
+        assert_eq!(e, ["t.toml:9: tls_reports.interval: must be at least 1s"]);
+        let e = errors("[tls_reports]\nenabled = true\norganization = \"O\"\nfrom = \"nobody\"\n");
+        assert_eq!(
+            e,
+            ["t.toml:9: tls_reports.from: \"nobody\" is not an address"]
+        );
+        let e = errors("[tls_reports]\nenabld = true\n");
+        assert!(
+            e[0].starts_with("t.toml:7:") && e[0].contains("enabld"),
+            "{e:?}"
+        );
+    }
+}
