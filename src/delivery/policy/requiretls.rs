@@ -121,11 +121,12 @@ pub fn for_message(policy: &HostPolicy, request: TlsRequest) -> ForMessage {
                     policy.requirement = Requirement::Opportunistic;
                     policy.report_only = true;
                 }
-                (_, Requirement::Dane(_) | Requirement::Refuse(_) | Requirement::WebPki) => {
+                (_, Requirement::Plain | Requirement::Opportunistic) => {}
+                // DANE, a refusal, anything mandatory a policy asked: opportunistic.
+                _ => {
                     policy.requirement = Requirement::Opportunistic;
                     policy.report_only = false;
                 }
-                (_, Requirement::Plain | Requirement::Opportunistic) => {}
             }
             ForMessage::Go {
                 policy,
