@@ -8,6 +8,9 @@
 //! - 127.0.0.21 `mx.wrongname.test`: STARTTLS with the same certificate (wrong name there);
 //! - 127.0.0.22 `mx.plain.test`: no STARTTLS (as when an attacker strips it);
 //! - 127.0.0.23 `mx.other.test`: STARTTLS, valid certificate, never in an `mx` pattern.
+//!
+//! Pure Rust except `a_farm_shares_fetched_policies_through_redis`, which runs a real
+//! `redis-server` and is `#[ignore]`d (run by .ci/run).
 
 mod common;
 
@@ -47,6 +50,7 @@ impl World {
                 "mta-sts.cache.test",
                 "mta-sts.hang.test",
                 "mta-sts.fast.test",
+                "mta-sts.farm.test",
             ],
         );
         let dns = DnsServer::start();
@@ -91,6 +95,11 @@ impl World {
 
     /// One pool IP (127.0.0.10), so a session can be reused by the next message.
     fn config(&self, fetch_timeout: &str) -> RelayConfig {
+        self.config_from(fetch_timeout, 10)
+    }
+
+    /// `config` with the pool IP 127.0.0.`ip`.
+    fn config_from(&self, fetch_timeout: &str, ip: u8) -> RelayConfig {
         RelayConfig::new()
             .dns(&self.dns)
             .delivery_port(self.port)
@@ -102,7 +111,10 @@ impl World {
                     self.web.port()
                 ),
             )
-            .pool("default", &[PoolIp::new(10, "out1.relay.test")])
+            .pool(
+                "default",
+                &[PoolIp::new(ip, &format!("out{ip}.relay.test"))],
+            )
     }
 }
 
@@ -173,7 +185,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         "1",
         policy("testing", &["mx.wrongname.test"]),
     );
-    let relay = Relay::start(&dir, &w.config("10s").to_toml());
+    let (relay, admin) = admin::start(&dir, &w.config("10s").admin(), WAIT);
 
     submit(&relay, "a@enforce.test", "enforce");
     submit(&relay, "b@wrongname.test", "wrongname");
@@ -240,6 +252,15 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
     }
     // The policy is fetched once per domain and kept (same id).
     assert_eq!(w.web.requests_for("mta-sts.enforce.test"), 1);
+
+    let metrics = admin::get_text(admin, "/metrics");
+    for needle in [
+        "poolrelay_tls_deliveries_total{policy=\"mta-sts\",result=\"tls\"} 2",
+        "poolrelay_tls_deliveries_total{policy=\"mta-sts\",result=\"certificate-host-mismatch\"}",
+        "poolrelay_tls_deliveries_total{policy=\"mta-sts\",result=\"starttls-not-supported\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle}:\n{metrics}");
+    }
 }
 
 #[test]
@@ -355,5 +376,145 @@ fn a_hanging_policy_does_not_delay_another_domain_on_the_same_mx() {
     assert!(
         to(w.sink(GOOD), "a@hang.test").is_empty(),
         "hang.test still waits for its policy"
+    );
+}
+
+/// The check named `name` of domain `domain` in `poolrelay doctor --json` output.
+fn doctor_check(report: &serde_json::Value, domain: &str, name: &str) -> serde_json::Value {
+    report["domains"]
+        .as_array()
+        .expect("domains")
+        .iter()
+        .find(|d| d["domain"] == domain)
+        .and_then(|d| d["checks"].as_array())
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{domain} {name}: {report:#}"))
+}
+
+#[test]
+fn doctor_fetches_and_checks_the_operators_own_policies() {
+    let dir = tempdir("mta-sts-doctor");
+    let w = World::start(&dir);
+    w.dns.add_mx("enforce.test", 10, "mx.good.test");
+    w.publish("enforce.test", "1", policy("enforce", &["mx.good.test"]));
+    w.dns.add_txt(
+        "_smtp._tls.enforce.test",
+        "v=TLSRPTv1; rua=mailto:tls@enforce.test",
+    );
+    // An enforce policy that leaves out one of the domain's MX hosts.
+    w.dns.add_mx("stripped.test", 10, "mx.good.test");
+    w.dns.add_mx("stripped.test", 20, "mx.plain.test");
+    w.publish("stripped.test", "1", policy("enforce", &["mx.good.test"]));
+    w.publish("cache.test", "1", Served::text("<html>not a policy</html>"));
+    std::fs::write(dir.join("poolrelay.toml"), w.config("10s").to_toml()).unwrap();
+    let mut args = vec![
+        "doctor",
+        "--config",
+        "poolrelay.toml",
+        "--json",
+        "--no-probe",
+    ];
+    for d in ["enforce.test", "stripped.test", "cache.test"] {
+        args.extend(["--domain", d]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(&args)
+        .current_dir(&dir)
+        .output()
+        .expect("run poolrelay doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+
+    let c = doctor_check(&r, "enforce.test", "mta_sts");
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("id=1"), "{c}");
+    let c = doctor_check(&r, "enforce.test", "mta_sts_policy");
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mode=enforce, mx=mx.good.test, max_age=86400"),
+        "{c}"
+    );
+    assert_eq!(
+        doctor_check(&r, "enforce.test", "tls_rpt")["status"],
+        "pass"
+    );
+
+    let c = doctor_check(&r, "stripped.test", "mta_sts_policy");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("mx.plain.test"),
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().contains("mx: mx.plain.test"),
+        "{c}"
+    );
+
+    let c = doctor_check(&r, "cache.test", "mta_sts_policy");
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        c["detail"].as_str().unwrap().contains("sts-policy-invalid"),
+        "{c}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server (installed and run by .ci/run)"]
+fn a_farm_shares_fetched_policies_through_redis() {
+    let dir = tempdir("mta-sts-farm");
+    let w = World::start(&dir);
+    let redis = RedisServer::start(&dir);
+    w.dns.add_mx("farm.test", 10, "mx.good.test");
+    w.publish("farm.test", "1", policy("enforce", &["mx.good.test"]));
+    let node = |name: &str, ip: u8| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = w.config_from("10s", ip).section(&format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nprefix = \"farm\"\n",
+            redis.url()
+        ));
+        let relay = Relay::start(&d, &cfg.to_toml());
+        assert!(
+            relay.wait_for_log("cluster: Redis up", WAIT),
+            "{}",
+            relay.log()
+        );
+        relay
+    };
+    let a = node("a", 10);
+    submit(&a, "x@farm.test", "from-a");
+    let m = w.sink(GOOD).wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some());
+    assert_eq!(w.web.requests_for("mta-sts.farm.test"), 1);
+    let shared: Option<String> = redis.query(&["GET", "farm:mta-sts:farm.test"]);
+    assert!(
+        shared
+            .as_deref()
+            .is_some_and(|j| j.contains("\"id\":\"1\"")),
+        "{shared:?}"
+    );
+
+    // Another relay of the farm takes the policy from Redis: no second fetch, and the policy
+    // is in force there (the plaintext MX it leaves out is not contacted).
+    w.dns.add_mx("farm.test", 5, "mx.plain.test");
+    let b = node("b", 11);
+    submit(&b, "y@farm.test", "from-b");
+    let m = w.sink(GOOD).wait_for_messages(2, WAIT);
+    assert_eq!(m[1].rcpt_to, ["y@farm.test"]);
+    assert_eq!(
+        w.web.requests_for("mta-sts.farm.test"),
+        1,
+        "{}",
+        b.plain_log()
+    );
+    assert!(
+        w.sink(PLAIN).sessions().is_empty(),
+        "{}",
+        w.sink(PLAIN).transcripts()
     );
 }

@@ -151,6 +151,9 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         let sink = crate::tls_reports::Sink(t.collector().clone());
         deliverer.policies.set_results(Box::new(sink));
     }
+    if let Some(c) = &cluster {
+        deliverer.policies.share_through(c.clone());
+    }
     let listeners =
         Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
     tracing::info!(hostname = %config.hostname, "poolrelay ready");

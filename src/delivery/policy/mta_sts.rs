@@ -11,13 +11,16 @@
 //! - One fetch per domain at a time (later lookups wait for it, bounded by `fetch_timeout`);
 //!   domains never wait for each other. A failed fetch is not repeated within `RETRY_FAILED`
 //!   for the same `id`.
-//! - Policies persist in the state store, so a restart keeps them.
+//! - Policies persist in the state store, so a restart keeps them; with `[cluster]` they are
+//!   shared through Redis too (`PREFIX:mta-sts:DOMAIN`, expiring with the policy): a relay
+//!   whose cache lacks the TXT's `id` takes the farm's copy before fetching, and publishes
+//!   what it fetches. Redis down: each relay fetches for itself.
 
 mod fetch;
 mod parse;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use parse::{MAX_AGE_LIMIT, Mode, Policy};
 
 use super::{PolicyKind, ReportPolicy, TlsFailure};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::spool::now_unix;
 use crate::state::State;
@@ -94,6 +98,8 @@ pub struct MtaSts {
     enabled: bool,
     fetcher: fetch::Fetcher,
     state: Option<Arc<State>>,
+    /// The farm's Redis, once `share_through` was called.
+    farm: OnceLock<Arc<Cluster>>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -112,8 +118,14 @@ impl MtaSts {
                 timeout: s.fetch_timeout.0,
             },
             state,
+            farm: OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shares policies with the other relays of the farm from now on.
+    pub fn share_through(&self, cluster: Arc<Cluster>) {
+        let _ = self.farm.set(cluster);
     }
 
     /// The policy for `domain`; see the rules at the top of this file.
@@ -145,6 +157,16 @@ impl MtaSts {
         {
             return Found::Policy(a.clone());
         }
+        if let Some(stored) = self.farm_get(&domain).await
+            && stored.id == id
+            && stored.expires_at() > now
+        {
+            tracing::debug!(domain = %domain, id = %id, "MTA-STS policy taken from the farm");
+            self.save(&domain, &stored);
+            let active = Arc::new(Active::new(&domain, id, stored.policy.clone()));
+            slot.cached = Some((stored, active.clone()));
+            return Found::Policy(active);
+        }
         if let Some((failed_id, until, f, why)) = &slot.failed
             && *failed_id == id
             && now < *until
@@ -163,6 +185,7 @@ impl MtaSts {
                     fetched_at: now,
                 };
                 self.save(&domain, &stored);
+                self.farm_put(&domain, &stored).await;
                 let active = Arc::new(Active::new(&domain, id, policy));
                 slot.cached = Some((stored, active.clone()));
                 slot.failed = None;
@@ -185,6 +208,15 @@ impl MtaSts {
         }
     }
 
+    /// Fetches and parses the policy of `domain` now, past the cache (the doctor).
+    pub async fn fetch_now(
+        &self,
+        domain: &str,
+        resolver: &TokioResolver,
+    ) -> Result<Policy, (TlsFailure, String)> {
+        self.fetcher.fetch(domain, resolver).await
+    }
+
     fn slot(&self, domain: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         self.slots
             .lock()
@@ -192,6 +224,28 @@ impl MtaSts {
             .entry(domain.to_string())
             .or_default()
             .clone()
+    }
+
+    async fn farm_get(&self, domain: &str) -> Option<Stored> {
+        let farm = self.farm.get()?;
+        let key = farm.key(&format!("mta-sts:{domain}"));
+        let json: Option<String> = farm
+            .run("MTA-STS policy", |mut conn| async move {
+                redis::AsyncCommands::get(&mut conn, key).await
+            })
+            .await?;
+        serde_json::from_str(&json?).ok()
+    }
+
+    async fn farm_put(&self, domain: &str, stored: &Stored) {
+        let Some(farm) = self.farm.get() else { return };
+        let key = farm.key(&format!("mta-sts:{domain}"));
+        let json = serde_json::to_string(stored).expect("serializable");
+        let ttl = stored.expires_at().saturating_sub(now_unix()).max(1);
+        farm.run("MTA-STS policy", |mut conn| async move {
+            redis::AsyncCommands::set_ex::<_, _, ()>(&mut conn, key, json, ttl).await
+        })
+        .await;
     }
 
     fn load(&self, domain: &str) -> Option<(Stored, Arc<Active>)> {
@@ -216,7 +270,7 @@ impl MtaSts {
 
 /// The `id` of the domain's `_mta-sts` TXT record: None when there is no single valid one
 /// (or DNS failed).
-async fn txt_id(domain: &str, resolver: &TokioResolver) -> Option<String> {
+pub async fn txt_id(domain: &str, resolver: &TokioResolver) -> Option<String> {
     let name = format!("_mta-sts.{domain}.");
     let lookup = match resolver.txt_lookup(name.as_str()).await {
         Ok(l) => l,
