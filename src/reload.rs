@@ -67,6 +67,7 @@ const RESTART_KEYS: &[&str] = &[
     "doctor",
     "shutdown_grace",
     "cluster",
+    "tls_reports",
 ];
 
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
@@ -100,6 +101,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         dbg(&old.doctor) != dbg(&new.doctor),
         old.shutdown_grace != new.shutdown_grace,
         cluster(old) != cluster(new),
+        dbg(&old.tls_reports) != dbg(&new.tls_reports),
     ];
     RESTART_KEYS
         .iter()
@@ -302,6 +304,8 @@ mod tests {
         );
         let redis = parse("[cluster]\nredis = \"redis://:a@h:1\"");
         assert_eq!(restart_needed(&old, &redis), ["cluster"]);
+        let reports = parse("[tls_reports]\ncontact = \"mailto:a@b.test\"");
+        assert_eq!(restart_needed(&old, &reports), ["tls_reports"]);
         let password = parse("[cluster]\nredis = \"redis://:b@h:1\"");
         assert_eq!(restart_needed(&redis, &password), ["cluster"]);
         // Applied by the reload: no restart.
