@@ -7,12 +7,15 @@
 //! World (one sink port, the relay's `delivery.port`; one certificate for the names listed):
 //! - 127.0.0.20 `mx.good.test`: STARTTLS, valid certificate;
 //! - 127.0.0.21 `mx.wrongname.test`: STARTTLS with a certificate not valid for that name;
+//! - 127.0.0.22 `mx.plain.test`: no STARTTLS (as when an attacker strips it);
 //! - 127.0.0.24 `mx.rua.test`: where `mailto:tlsrpt@rua.test` goes (plain);
 //! - 127.0.0.30: HTTPS for `mta-sts.*.test` and `reports.test` (the `https:` report URI).
 //!
 //! Domains: `enforce.test` (MTA-STS enforce, MX mx.good.test: one success; reports to https
 //! and mailto), `testing.test` (testing, MX mx.wrongname.test: one certificate-host-mismatch;
-//! reports to https), `quiet.test` (enforce, no `_smtp._tls` record: no report).
+//! reports to https), `stripped.test` (enforce, MX mx.plain.test: starttls-not-supported at
+//! every retry, never delivered; reports to https), `quiet.test` (enforce, no `_smtp._tls`
+//! record: no report).
 
 mod common;
 
@@ -25,6 +28,7 @@ use mail_parser::MimeHeaders;
 const WAIT: Duration = Duration::from_secs(20);
 const GOOD: u8 = 20;
 const WRONG: u8 = 21;
+const PLAIN: u8 = 22;
 const RUA: u8 = 24;
 const WEB: u8 = 30;
 
@@ -87,11 +91,12 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
             "mta-sts.enforce.test",
             "mta-sts.testing.test",
             "mta-sts.quiet.test",
+            "mta-sts.stripped.test",
             "reports.test",
         ],
     );
     let dns = DnsServer::start();
-    let port = free_port_on(&[lo(GOOD), lo(WRONG), lo(RUA)]);
+    let port = free_port_on(&[lo(GOOD), lo(WRONG), lo(PLAIN), lo(RUA)]);
     let good = Sink::builder(&[lo(GOOD)])
         .port(port)
         .starttls(&certs)
@@ -100,10 +105,12 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         .port(port)
         .starttls(&certs)
         .start();
+    let plain = Sink::builder(&[lo(PLAIN)]).port(port).start();
     let rua = Sink::builder(&[lo(RUA)]).port(port).start();
     let web = HttpsServer::start(lo(WEB), &certs);
     dns.add_ip("mx.good.test", lo(GOOD));
     dns.add_ip("mx.wrongname.test", lo(WRONG));
+    dns.add_ip("mx.plain.test", lo(PLAIN));
     dns.add_mx("rua.test", 10, "mx.rua.test");
     dns.add_ip("mx.rua.test", lo(RUA));
     dns.add_ip("reports.test", lo(WEB));
@@ -116,6 +123,7 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         ("enforce", "enforce", "mx.good.test"),
         ("testing", "testing", "mx.wrongname.test"),
         ("quiet", "enforce", "mx.good.test"),
+        ("stripped", "enforce", "mx.plain.test"),
     ] {
         let d = format!("{domain}.test");
         dns.add_mx(&d, 10, mx);
@@ -127,10 +135,10 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         "_smtp._tls.enforce.test",
         &format!("v=TLSRPTv1; rua={https_rua},mailto:tlsrpt@rua.test"),
     );
-    dns.add_txt(
-        "_smtp._tls.testing.test",
-        &format!("v=TLSRPTv1;rua={https_rua}"),
-    );
+    for d in ["testing", "stripped"] {
+        let rua = format!("v=TLSRPTv1;rua={https_rua}");
+        dns.add_txt(&format!("_smtp._tls.{d}.test"), &rua);
+    }
     // Reports are mailed From: tlsrpt@relay.test, signed with this key.
     let (key, txt) = keygen(&dir, "relay.test", "s1", "ed25519");
     dns.add_txt("s1._domainkey.relay.test", &txt);
@@ -157,8 +165,15 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
     submit(&relay, "a@enforce.test", "enforce");
     submit(&relay, "b@testing.test", "testing");
     submit(&relay, "c@quiet.test", "quiet");
+    submit(&relay, "d@stripped.test", "stripped");
     good.wait_for_messages(2, WAIT);
     wrong.wait_for_messages(1, WAIT);
+    let refused = || {
+        relay
+            .plain_log()
+            .contains("tls_failure=starttls-not-supported")
+    };
+    assert!(wait_until(WAIT, refused), "{}", relay.plain_log());
     // A clean restart: the counts come back from the state store.
     relay.stop();
     relay.restart();
@@ -176,7 +191,11 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         .filter_map(|r| r["domain"].as_str())
         .collect();
     domains.sort();
-    assert_eq!(domains, ["enforce.test", "testing.test"], "{sent}");
+    assert_eq!(
+        domains,
+        ["enforce.test", "stripped.test", "testing.test"],
+        "{sent}"
+    );
     for r in &reports {
         for t in r["to"].as_array().unwrap() {
             assert_eq!(t["ok"], true, "{sent}");
@@ -185,7 +204,7 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
 
     // https: one POST per domain, gzip JSON as RFC 8460 §5.1 says.
     let posts = web.posts();
-    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert_eq!(posts.len(), 3, "{posts:?}");
     let mut by_domain = std::collections::HashMap::new();
     for p in &posts {
         assert_eq!(p.path, "/v1/tlsrpt");
@@ -227,6 +246,21 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
     assert_eq!(detail["receiving-mx-hostname"], "mx.wrongname.test");
     assert_eq!(detail["receiving-ip"], "127.0.0.21");
     assert_eq!(detail["sending-mta-ip"], "127.0.0.10");
+
+    // Each retry to the stripped MX is one more failed session of the same kind.
+    let stripped = &by_domain["stripped.test"]["policies"][0];
+    let failures = stripped["summary"]["total-failure-session-count"]
+        .as_u64()
+        .unwrap();
+    assert!(failures >= 1, "{stripped}");
+    let detail = &stripped["failure-details"][0];
+    assert_eq!(
+        detail["result-type"], "starttls-not-supported",
+        "{stripped}"
+    );
+    assert_eq!(detail["failed-session-count"].as_u64(), Some(failures));
+    assert_eq!(detail["receiving-ip"], "127.0.0.22");
+    assert!(plain.messages().is_empty(), "never in plaintext");
 
     // mailto: through the queue, signed, in the RFC 8460 §5.3 format.
     let mail = rua.wait_for_messages(1, WAIT);
@@ -281,7 +315,8 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
     assert_eq!(r["report-id"], id.as_str());
     assert_report_header(&r);
 
-    // Reported results are forgotten: nothing to send now (the CLI says so).
+    // Reported results are forgotten: the CLI sends only what came since, the retries to the
+    // stripped MX (if one happened meanwhile).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
         .args(["tls-report", "send", "--config"])
         .arg(dir.join("poolrelay.toml"))
@@ -294,6 +329,18 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("no results to report"), "{stdout}");
-    assert_eq!(web.posts().len(), 2);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines == ["no results to report"]
+            || lines
+                .iter()
+                .all(|l| l.starts_with("stripped.test https://") && l.contains(" sent HTTP 200")),
+        "{stdout}"
+    );
+    let again = lines
+        .iter()
+        .filter(|l| l.starts_with("stripped.test"))
+        .count();
+    assert_eq!(web.posts().len(), 3 + again);
+    assert_eq!(rua.messages().len(), 1, "enforce.test reported once");
 }
