@@ -250,9 +250,10 @@ fn sts_policy(mode: &str, mx: &str) -> Served {
 
 /// MTA-STS verifies the MX: `enforce` carries REQUIRETLS to a server offering it; `testing`
 /// counts as `enforce` for REQUIRETLS (RFC 8689 §4.2.1), so a certificate for the wrong name
-/// defers it instead of the opportunistic delivery a plain message gets.
+/// defers it instead of the opportunistic delivery a plain message gets. `TLS-Required: No`
+/// lets a message pass an enforce policy's certificate failure (opportunistic STARTTLS).
 #[test]
-fn requiretls_over_mta_sts_enforce_and_testing_counted_as_enforce() {
+fn requiretls_over_mta_sts_testing_counts_as_enforce_and_tls_required_no_relaxes_it() {
     let dir = tempdir("requiretls-sts");
     let names = [
         HOST,
@@ -280,6 +281,7 @@ fn requiretls_over_mta_sts_enforce_and_testing_counted_as_enforce() {
     for (domain, mode, mx) in [
         ("enforce.test", "enforce", "mx.good.test"),
         ("testing.test", "testing", "mx.wrongname.test"),
+        ("strict.test", "enforce", "mx.wrongname.test"),
     ] {
         dns.add_mx(domain, 10, mx);
         dns.add_txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=1;");
