@@ -17,7 +17,8 @@ pub struct Settings {
     /// `organization-name` of every report (required when enabled).
     #[serde(default)]
     pub organization: String,
-    /// `contact-info`: an address or URL where the receiving domain can reach the operator.
+    /// `contact-info`: an address or URL where the receiving domain can reach the operator
+    /// (required when enabled).
     #[serde(default)]
     pub contact: String,
     /// Length of one report period, aligned on the Unix epoch (so `1d` = UTC days, as RFC 8460
@@ -56,6 +57,13 @@ impl Settings {
             out.push((
                 "organization",
                 "required when enabled (the report's organization-name)".into(),
+            ));
+        }
+        if self.contact.trim().is_empty() {
+            out.push((
+                "contact",
+                "required when enabled (the report's contact-info, e.g. mailto:tls@example.net)"
+                    .into(),
             ));
         }
         if self.interval.0 < Duration::from_secs(1) {
@@ -114,18 +122,25 @@ mod tests {
             errors("[tls_reports]\norganization = \"\"\n").is_empty(),
             "off: unchecked"
         );
+        let e = errors("[tls_reports]\nenabled = true\n");
+        assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(
-            errors("[tls_reports]\nenabled = true\n"),
-            [
-                "t.toml:6: tls_reports.organization: required when enabled (the report's organization-name)"
-            ]
+            e[0],
+            "t.toml:6: tls_reports.organization: required when enabled (the report's organization-name)"
         );
-        let e = errors("[tls_reports]\nenabled = true\norganization = \"O\"\ninterval = \"0s\"\n");
-        assert_eq!(e, ["t.toml:9: tls_reports.interval: must be at least 1s"]);
-        let e = errors("[tls_reports]\nenabled = true\norganization = \"O\"\nfrom = \"nobody\"\n");
+        assert!(
+            e[1].starts_with("t.toml:6: tls_reports.contact: required"),
+            "{e:?}"
+        );
+        let ok =
+            "[tls_reports]\nenabled = true\norganization = \"O\"\ncontact = \"mailto:a@b.test\"\n";
+        assert!(errors(ok).is_empty());
+        let e = errors(&format!("{ok}interval = \"0s\"\n"));
+        assert_eq!(e, ["t.toml:10: tls_reports.interval: must be at least 1s"]);
+        let e = errors(&format!("{ok}from = \"nobody\"\n"));
         assert_eq!(
             e,
-            ["t.toml:9: tls_reports.from: \"nobody\" is not an address"]
+            ["t.toml:10: tls_reports.from: \"nobody\" is not an address"]
         );
         let e = errors("[tls_reports]\nenabld = true\n");
         assert!(
