@@ -219,7 +219,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         r["last_reply"]["text"]
             .as_str()
             .unwrap()
-            .contains("TLS handshake with mx.wrongname.test"),
+            .contains("mta-sts policy: TLS handshake with mx.wrongname.test"),
         "{r}"
     );
     let env = deferred(&relay, "c@stripped.test", 2);
@@ -290,6 +290,35 @@ fn an_opportunistic_session_is_not_reused_for_an_enforced_delivery() {
     submit(&relay, "c@enforce.test", "third");
     let m = w.sink(GOOD).wait_for_messages(3, WAIT);
     assert_eq!(m[1].session, m[2].session, "{}", w.sink(GOOD).transcripts());
+}
+
+#[test]
+fn a_route_tls_setting_wins_over_the_domain_policy() {
+    let dir = tempdir("mta-sts-route");
+    let w = World::start(&dir);
+    // enforce.test's policy allows only mx.good.test; the route sends to the wrong name with
+    // opportunistic TLS, and the route wins.
+    w.dns.add_mx("enforce.test", 10, "mx.good.test");
+    w.publish("enforce.test", "1", policy("enforce", &["mx.good.test"]));
+    let cfg = w.config("10s").section(&format!(
+        "[[route]]\ndomain = \"enforce.test\"\nhost = \"mx.wrongname.test:{}\"\ntls = \"opportunistic\"",
+        w.port
+    ));
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    submit(&relay, "a@enforce.test", "routed");
+    let m = w.sink(WRONG).wait_for_messages(1, WAIT);
+    assert_eq!(m[0].rcpt_to, ["a@enforce.test"]);
+    assert!(w.sink(GOOD).messages().is_empty());
+    assert_eq!(
+        w.web.requests_for("mta-sts.enforce.test"),
+        0,
+        "no policy looked up"
+    );
+    assert!(
+        relay.plain_log().contains("tls_policy=route"),
+        "{}",
+        relay.plain_log()
+    );
 }
 
 #[test]

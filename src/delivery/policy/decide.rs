@@ -129,37 +129,8 @@ impl Policies {
                 report: None,
             };
         }
-        match self.dane.lookup(mx).await {
-            DaneLookup::Usable(tlsa) => {
-                return HostPolicy {
-                    applied: Applied::Dane,
-                    requirement: Requirement::Dane(tlsa),
-                    report_only: false,
-                    report: Some(Arc::new(ReportPolicy {
-                        domain: domain.domain.clone(),
-                        kind: PolicyKind::Tlsa,
-                        strings: Vec::new(),
-                        mx_patterns: Vec::new(),
-                    })),
-                };
-            }
-            DaneLookup::Bogus(why) => {
-                return HostPolicy {
-                    applied: Applied::Dane,
-                    requirement: Requirement::Refuse(Refusal {
-                        failure: TlsFailure::DnssecInvalid,
-                        reason: format!("DANE: TLSA lookup for {mx} failed validation: {why}"),
-                    }),
-                    report_only: false,
-                    report: Some(Arc::new(ReportPolicy {
-                        domain: domain.domain.clone(),
-                        kind: PolicyKind::Tlsa,
-                        strings: Vec::new(),
-                        mx_patterns: Vec::new(),
-                    })),
-                };
-            }
-            DaneLookup::Insecure | DaneLookup::Absent => {}
+        if let Some(dane) = self.dane_policy(domain, mx).await {
+            return dane;
         }
         let Some(sts) = &domain.sts else {
             return HostPolicy::opportunistic();
@@ -192,6 +163,29 @@ impl Policies {
             },
             Mode::None => HostPolicy::opportunistic(),
         }
+    }
+
+    /// The DANE policy of `mx`, when its TLSA lookup is usable or bogus.
+    async fn dane_policy(&self, domain: &DomainPolicy, mx: &str) -> Option<HostPolicy> {
+        let requirement = match self.dane.lookup(mx).await {
+            DaneLookup::Usable(tlsa) => Requirement::Dane(tlsa),
+            DaneLookup::Bogus(why) => Requirement::Refuse(Refusal {
+                failure: TlsFailure::DnssecInvalid,
+                reason: format!("DANE: TLSA lookup for {mx} failed validation: {why}"),
+            }),
+            DaneLookup::Insecure | DaneLookup::Absent => return None,
+        };
+        Some(HostPolicy {
+            applied: Applied::Dane,
+            requirement,
+            report_only: false,
+            report: Some(Arc::new(ReportPolicy {
+                domain: domain.domain.clone(),
+                kind: PolicyKind::Tlsa,
+                strings: Vec::new(),
+                mx_patterns: Vec::new(),
+            })),
+        })
     }
 
     /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.

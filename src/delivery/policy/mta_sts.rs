@@ -38,6 +38,8 @@ use crate::state::State;
 
 /// How long a failed fetch (same `id`, nothing cached) is not tried again.
 const RETRY_FAILED: Duration = Duration::from_secs(60);
+/// Domains in the in-memory cache past which empty entries are dropped.
+const PRUNE_AT: usize = 4096;
 
 /// A domain's policy in force.
 #[derive(Debug, Clone)]
@@ -88,6 +90,8 @@ impl Stored {
 /// One domain's cache slot; its lock is held across that domain's fetch only.
 #[derive(Default)]
 struct Slot {
+    /// The state store was read for this domain.
+    loaded: bool,
     cached: Option<(Stored, Arc<Active>)>,
     /// A fetch that failed: (id, not again before, why).
     failed: Option<(String, u64, TlsFailure, String)>,
@@ -138,8 +142,9 @@ impl MtaSts {
         let slot = self.slot(&domain);
         let mut slot = slot.lock().await;
         let now = now_unix();
-        if slot.cached.is_none() {
+        if !slot.loaded {
             slot.cached = self.load(&domain);
+            slot.loaded = true;
         }
         if slot
             .cached
@@ -176,7 +181,21 @@ impl MtaSts {
                 None => Found::Failed(*f, why.clone()),
             };
         }
-        match self.fetcher.fetch(&domain, resolver).await {
+        self.fetch_into(&mut slot, &domain, id, cached.map(|(_, a)| a), resolver)
+            .await
+    }
+
+    /// Fetches the policy under TXT `id` into `slot`; on failure `cached` stays in force.
+    async fn fetch_into(
+        &self,
+        slot: &mut Slot,
+        domain: &str,
+        id: String,
+        cached: Option<Arc<Active>>,
+        resolver: &TokioResolver,
+    ) -> Found {
+        let now = now_unix();
+        match self.fetcher.fetch(domain, resolver).await {
             Ok(policy) => {
                 tracing::info!(domain = %domain, id = %id, mode = policy.mode.as_str(), max_age = policy.max_age, "MTA-STS policy fetched");
                 let stored = Stored {
@@ -184,9 +203,9 @@ impl MtaSts {
                     policy: policy.clone(),
                     fetched_at: now,
                 };
-                self.save(&domain, &stored);
-                self.farm_put(&domain, &stored).await;
-                let active = Arc::new(Active::new(&domain, id, policy));
+                self.save(domain, &stored);
+                self.farm_put(domain, &stored).await;
+                let active = Arc::new(Active::new(domain, id, policy));
                 slot.cached = Some((stored, active.clone()));
                 slot.failed = None;
                 Found::Policy(active)
@@ -195,7 +214,7 @@ impl MtaSts {
                 let until = now + RETRY_FAILED.as_secs();
                 slot.failed = Some((id.clone(), until, f, why.clone()));
                 match cached {
-                    Some((_, a)) => {
+                    Some(a) => {
                         tracing::warn!(domain = %domain, id = %id, tls_failure = %f, error = %why, "MTA-STS policy fetch failed, keeping the cached policy");
                         Found::Policy(a)
                     }
@@ -218,12 +237,16 @@ impl MtaSts {
     }
 
     fn slot(&self, domain: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        self.slots
-            .lock()
-            .expect("lock")
-            .entry(domain.to_string())
-            .or_default()
-            .clone()
+        let mut slots = self.slots.lock().expect("lock");
+        if slots.len() >= PRUNE_AT && !slots.contains_key(domain) {
+            // Domains without a policy leave empty slots: drop those nobody holds.
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1
+                    || s.try_lock()
+                        .map_or(true, |g| g.cached.is_some() || g.failed.is_some())
+            });
+        }
+        slots.entry(domain.to_string()).or_default().clone()
     }
 
     async fn farm_get(&self, domain: &str) -> Option<Stored> {
