@@ -202,6 +202,14 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         }
     }
 
+    let metrics = admin::get_text(admin_addr, "/metrics");
+    for line in [
+        "poolrelay_tls_reports_sent_total{scheme=\"https\",result=\"ok\"} 3",
+        "poolrelay_tls_reports_sent_total{scheme=\"mailto\",result=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
+
     // https: one POST per domain, gzip JSON as RFC 8460 §5.1 says.
     let posts = web.posts();
     assert_eq!(posts.len(), 3, "{posts:?}");

@@ -179,6 +179,14 @@ impl Service {
                 to.push(self.post(url, &gz).await);
             }
         }
+        for t in &to {
+            let scheme = if t.uri.starts_with("mailto:") {
+                "mailto"
+            } else {
+                "https"
+            };
+            crate::metrics::tls_report_sent(scheme, t.ok);
+        }
         tracing::info!(
             domain = %dp.domain,
             report_id = %report.report_id,
