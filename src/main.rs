@@ -83,6 +83,14 @@ enum Command {
     },
     /// Provider feeds (SNDS, Postmaster Tools) of a running relay: `status`, or `poll` now.
     Feeds(poolrelay::reputation::feeds::cli::FeedsArgs),
+    /// TLS reports (RFC 8460) of a running relay, through its admin API (`[admin] listen`).
+    TlsReport {
+        /// Config file (TOML), read for `admin.listen`.
+        #[arg(long, short, default_value = "config/poolrelay.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: TlsReportCommand,
+    },
     /// Source IP pool of a running relay, through its admin API (`[admin] listen`).
     Pool {
         /// Config file (TOML), read for `admin.listen`.
@@ -126,6 +134,13 @@ enum PoolCommand {
 }
 
 #[derive(Subcommand)]
+enum TlsReportCommand {
+    /// Send the reports collected so far now (the current period up to now included), instead
+    /// of at the period's end; one line per report and URI, exit 1 if one failed.
+    Send,
+}
+
+#[derive(Subcommand)]
 enum DkimCommand {
     /// Generate a signing key (PKCS#8 PEM, mode 0600) and print the DNS TXT record to publish.
     Keygen {
@@ -157,6 +172,13 @@ fn main() -> ExitCode {
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Feeds(args) => poolrelay::reputation::feeds::cli::run(args),
         Command::Reload { config } => poolrelay::reload::command(&config),
+        Command::TlsReport {
+            config,
+            command: TlsReportCommand::Send,
+        } => match load_or_report(&config) {
+            Ok(c) => poolrelay::admin::tls_reports::command(&c),
+            Err(code) => code,
+        },
         Command::Queue {
             config,
             count,

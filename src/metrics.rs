@@ -67,6 +67,12 @@ struct TlsDelivery {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsReportSent {
+    scheme: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoctorStatus {
     status: &'static str,
 }
@@ -114,6 +120,7 @@ struct Events {
     outcomes: Family<Outcome, Counter>,
     outbound: Family<Tls, Counter>,
     tls_deliveries: Family<TlsDelivery, Counter>,
+    tls_reports: Family<TlsReportSent, Counter>,
     dkim: Family<Dkim, Counter>,
     sessions: Gauge,
     warmup_decisions: Family<RampDecision, Counter>,
@@ -131,6 +138,7 @@ fn events() -> &'static Events {
             outcomes: Family::default(),
             outbound: Family::default(),
             tls_deliveries: Family::default(),
+            tls_reports: Family::default(),
             dkim: Family::default(),
             sessions: Gauge::default(),
             warmup_decisions: Family::default(),
@@ -160,6 +168,11 @@ fn events() -> &'static Events {
             "tls_deliveries",
             "Outbound delivery attempts per recipient by TLS policy (route, dane, mta-sts, opportunistic) and result (tls, plaintext, or the RFC 8460 failure type)",
             e.tls_deliveries.clone(),
+        );
+        registry.register(
+            "tls_reports_sent",
+            "TLS reports (RFC 8460) handed to a report URI, by scheme (mailto: queued, https: POSTed) and result (ok, failed)",
+            e.tls_reports.clone(),
         );
         registry.register(
             "dkim_messages",
@@ -242,6 +255,15 @@ pub fn tls_delivery(policy: &'static str, result: &'static str) {
     events()
         .tls_deliveries
         .get_or_create(&TlsDelivery { policy, result })
+        .inc();
+}
+
+/// One TLS report to one URI: `scheme` mailto or https.
+pub fn tls_report_sent(scheme: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    events()
+        .tls_reports
+        .get_or_create(&TlsReportSent { scheme, result })
         .inc();
 }
 

@@ -68,6 +68,7 @@ const RESTART_KEYS: &[&str] = &[
     "shutdown_grace",
     "cluster",
     "feeds",
+    "tls_reports",
 ];
 
 fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
@@ -109,6 +110,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.shutdown_grace != new.shutdown_grace,
         cluster(old) != cluster(new),
         feeds(old) != feeds(new),
+        dbg(&old.tls_reports) != dbg(&new.tls_reports),
     ];
     RESTART_KEYS
         .iter()
@@ -311,6 +313,8 @@ mod tests {
         );
         let redis = parse("[cluster]\nredis = \"redis://:a@h:1\"");
         assert_eq!(restart_needed(&old, &redis), ["cluster"]);
+        let reports = parse("[tls_reports]\ncontact = \"mailto:a@b.test\"");
+        assert_eq!(restart_needed(&old, &reports), ["tls_reports"]);
         let password = parse("[cluster]\nredis = \"redis://:b@h:1\"");
         assert_eq!(restart_needed(&redis, &password), ["cluster"]);
         // Applied by the reload: no restart.

@@ -115,6 +115,11 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
+    let tls_reports =
+        crate::tls_reports::Service::new(&config, state.clone(), spool.clone(), signer.clone())?;
+    if let Some(t) = &tls_reports {
+        crate::tls_reports::send::start(t.clone());
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     // Domain verdicts reach the accounts stage through `feeds.subscribe(…)`.
@@ -130,6 +135,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             config: config.clone(),
             reload: Some(crate::reload::Trigger(reload_tx)),
             feeds: feeds.clone(),
+            tls_reports: tls_reports.clone(),
         };
         crate::admin::start(admin, admin_state).await?;
     }
@@ -145,6 +151,10 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         control,
     )
     .await?;
+    if let Some(t) = &tls_reports {
+        let sink = crate::tls_reports::Sink(t.collector().clone());
+        deliverer.policies.set_results(Box::new(sink));
+    }
     if let Some(c) = &cluster {
         deliverer.policies.share_through(c.clone());
     }
@@ -176,6 +186,11 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         tracing::warn!("stop: deliveries still in flight; their recipients stay queued");
     }
     let flush = tokio::task::spawn_blocking(move || {
+        if let Some(t) = &tls_reports
+            && let Err(e) = t.collector().flush()
+        {
+            tracing::error!(error = %e, "tls-reports: cannot save results");
+        }
         pools.flush();
         history.flush(&pools);
         suppressions.flush();

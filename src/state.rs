@@ -14,6 +14,9 @@ const QUEUE_HOLD: TableDefinition<&str, u64> = TableDefinition::new("queue_hold"
 const HISTORY_HOURS: TableDefinition<&str, &str> = TableDefinition::new("history_hours");
 /// Hold change events keyed `IP|AT|SEQ` (JSON).
 const HISTORY_EVENTS: TableDefinition<&str, &str> = TableDefinition::new("history_events");
+/// TLS-RPT results (src/tls_reports/store.rs): one RFC 8460 policy entry (JSON) per
+/// `PERIOD|DOMAIN|POLICY`.
+const TLS_REPORTS: TableDefinition<&str, &str> = TableDefinition::new("tls_reports");
 /// MTA-STS policies (src/delivery/policy/mta_sts.rs) keyed by recipient domain (JSON).
 const MTA_STS: TableDefinition<&str, &str> = TableDefinition::new("mta_sts");
 
@@ -60,6 +63,7 @@ impl State {
         tx.open_table(QUEUE_HOLD).map_err(err)?;
         tx.open_table(HISTORY_HOURS).map_err(err)?;
         tx.open_table(HISTORY_EVENTS).map_err(err)?;
+        tx.open_table(TLS_REPORTS).map_err(err)?;
         tx.open_table(MTA_STS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
@@ -324,6 +328,57 @@ impl State {
                         events.remove(k.as_str()).map_err(err)?;
                     }
                 }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// Every TLS-RPT record (key, JSON).
+    pub fn tls_reports_load(&self) -> Result<Vec<(String, String)>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(TLS_REPORTS).map_err(err)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(err)? {
+            let (k, v) = r.map_err(err)?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Folds `entries` into the TLS-RPT records in one transaction: `merge(old, new)` gives the
+    /// value to keep for a key that exists already.
+    pub fn tls_reports_merge(
+        &self,
+        entries: &[(String, String)],
+        merge: impl Fn(&str, &str) -> String,
+    ) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(TLS_REPORTS).map_err(err)?;
+            for (key, value) in entries {
+                let old = table
+                    .get(key.as_str())
+                    .map_err(err)?
+                    .map(|v| v.value().to_string());
+                let keep = match old {
+                    Some(old) => merge(&old, value),
+                    None => value.clone(),
+                };
+                table.insert(key.as_str(), keep.as_str()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Removes TLS-RPT records (reported ones).
+    pub fn tls_reports_remove(&self, keys: &[String]) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(TLS_REPORTS).map_err(err)?;
+            for key in keys {
+                table.remove(key.as_str()).map_err(err)?;
             }
         }
         tx.commit().map_err(err)

@@ -1,6 +1,6 @@
 //! An in-process HTTPS server on one loopback address (test CA certificate from `certs.rs`),
-//! answering per `Host` name what the test sets: MTA-STS policy files now, any small text
-//! resource later. Runs on its own tokio runtime; stops when dropped.
+//! answering per `Host` name what the test sets: MTA-STS policy files, TLS-RPT report
+//! endpoints (every POST is kept: `posts()`). Runs on its own tokio runtime; stops when dropped.
 //!
 //! ```ignore
 //! let web = HttpsServer::start(lo(30), &certs);           // certs valid for mta-sts.*.test
@@ -43,6 +43,17 @@ struct Shared {
     served: Mutex<HashMap<String, Served>>,
     /// (host, path) of every request, in order.
     requests: Mutex<Vec<(String, String)>>,
+    /// Every POST, in order.
+    posts: Mutex<Vec<Posted>>,
+}
+
+/// One POST request as received.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub host: String,
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
 }
 
 pub struct HttpsServer {
@@ -111,6 +122,11 @@ impl HttpsServer {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// Every POST so far (TLS-RPT reports).
+    pub fn posts(&self) -> Vec<Posted> {
+        self.shared.posts.lock().unwrap().clone()
+    }
+
     /// How many requests asked for `host`.
     pub fn requests_for(&self, host: &str) -> usize {
         self.requests().iter().filter(|(h, _)| h == host).count()
@@ -139,7 +155,29 @@ async fn answer(
         .unwrap_or("")
         .to_ascii_lowercase();
     let path = req.uri().path().to_string();
-    s.requests.lock().unwrap().push((host.clone(), path));
+    s.requests
+        .lock()
+        .unwrap()
+        .push((host.clone(), path.clone()));
+    if req.method() == hyper::Method::POST {
+        use http_body_util::BodyExt;
+        let content_type = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        s.posts.lock().unwrap().push(Posted {
+            host: host.clone(),
+            path,
+            content_type,
+            body,
+        });
+    }
     let served = s.served.lock().unwrap().get(&host).cloned();
     let (status, ctype, body) = match served {
         Some(Served::Reply(status, ctype, body)) => (status, ctype, body),

@@ -71,7 +71,8 @@
 //!   `421 4.7.28` / `451 4.7.650`, blocks `550 5.7.1`); `days(ip)`, `accepted(ip)`, `blocks(ip)`.
 //! - `HttpsServer::start(lo(30), &certs)` (`https.rs`): HTTPS on a free port of that address,
 //!   answering per `Host` what `set(host, Served::text(..) | Served::Reply(status, type, body) |
-//!   Served::Hang)` says (404 otherwise); `port()`, `requests()`, `requests_for(host)`.
+//!   Served::Hang)` says (404 otherwise); `port()`, `requests()`, `requests_for(host)`,
+//!   `posts()` (every POST: host, path, content type, body).
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
@@ -96,7 +97,7 @@ pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
 pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
-pub use https::{HttpsServer, Served};
+pub use https::{HttpsServer, Posted, Served};
 pub use keys::{keygen, txt_of, verify_dkim};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, strip_ansi, write_users};

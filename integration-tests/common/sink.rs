@@ -135,9 +135,15 @@ pub struct SinkBuilder {
     tls: SinkTls,
     script: Option<Script>,
     hostname: String,
+    requiretls: bool,
 }
 
 impl SinkBuilder {
+    /// Advertise REQUIRETLS (RFC 8689) in the EHLO reply after STARTTLS.
+    pub fn requiretls(mut self) -> Self {
+        self.requiretls = true;
+        self
+    }
     /// Use this port (default: one free on all addresses).
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
@@ -194,6 +200,7 @@ struct Ctx {
     tls: SinkTls,
     script: Arc<RwLock<Option<Script>>>,
     hostname: String,
+    requiretls: bool,
 }
 
 /// Running sinks; stopped when dropped.
@@ -218,6 +225,7 @@ impl Sink {
             tls: SinkTls::None,
             script: None,
             hostname: "sink.test".into(),
+            requiretls: false,
         }
     }
 
@@ -248,6 +256,7 @@ impl Sink {
             tls: b.tls,
             script: script.clone(),
             hostname: b.hostname,
+            requiretls: b.requiretls,
         });
         // std bind + from_std under `enter`: works even when called from an async test.
         let guard = rt.enter();
@@ -548,6 +557,9 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         ];
                         if offer_tls {
                             caps.push("STARTTLS".into());
+                        }
+                        if st.ctx.requiretls && st.tls.is_some() {
+                            caps.push("REQUIRETLS".into());
                         }
                         let n = caps.len();
                         caps.iter()

@@ -9,7 +9,8 @@
 //!   (`reputation.rs`);
 //! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
 //! - `GET /api/feeds`, `POST /api/feeds/poll`: provider feeds' status, a poll now (`feeds.rs`);
-//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
+//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`);
+//! - `POST /api/tls-reports/send`: send the TLS reports collected so far now (`tls_reports.rs`).
 //!
 //! `client` is the CLI side.
 
@@ -31,6 +32,7 @@ mod serve;
 mod settings;
 mod slots;
 mod tally;
+pub mod tls_reports;
 pub mod token;
 
 pub use settings::{Settings, TlsMode};
@@ -63,6 +65,8 @@ pub struct AdminState {
     pub reload: Option<crate::reload::Trigger>,
     /// Provider feeds (`None`: none configured).
     pub feeds: Option<Arc<crate::reputation::feeds::Feeds>>,
+    /// TLS reporting (`[tls_reports]`); `None`: not enabled.
+    pub tls_reports: Option<Arc<crate::tls_reports::Service>>,
 }
 
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
@@ -120,6 +124,7 @@ fn router(state: AdminState, guarded: serve::Guarded) -> Router {
         .merge(history::routes())
         .merge(page::routes())
         .merge(reload::routes())
+        .merge(tls_reports::routes())
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

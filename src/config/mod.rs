@@ -74,6 +74,9 @@ pub struct Config {
     pub cluster: Option<crate::cluster::Settings>,
     /// Provider feeds, SNDS and Postmaster Tools (`reputation::feeds::Settings`); absent = none.
     pub feeds: Option<crate::reputation::feeds::Settings>,
+    /// TLS reporting (RFC 8460) to destination domains (`tls_reports::Settings`).
+    #[serde(default)]
+    pub tls_reports: crate::tls_reports::Settings,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -349,6 +352,16 @@ impl Config {
             for (section, key, message) in feeds.problems() {
                 err((section, key), message);
             }
+        }
+        for (key, message) in self.tls_reports.problems() {
+            // A required key that is missing: the line of its `[tls_reports]` table.
+            let line = ranges::key_line(text, "tls_reports", key)
+                .or_else(|| find_key_line(text, "tls_reports"));
+            errors.push(ConfigError {
+                file: path.to_owned(),
+                line,
+                message: format!("tls_reports.{key}: {message}"),
+            });
         }
         errors
     }

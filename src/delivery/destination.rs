@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::client::{OpenError, Session, local_reply};
 use super::deliverer::Deliverer;
-use super::policy::{Applied, DomainPolicy, HostPolicy, Requirement, TlsFailure};
+use super::policy::{Applied, DomainPolicy, HostPolicy, Requirement, TlsFailure, requiretls};
 use crate::outcome::{Outcome, Status};
 use crate::pool::{Held, Pick, Selection, Source};
 use crate::routing::{Destination, Host};
@@ -163,6 +163,18 @@ impl Deliverer {
         'hosts: for host in &dest.hosts {
             let hp = self.policies.for_host(policy, &host.name).await;
             tried.policy = Some(hp.applied);
+            // The sender's TLS request (RFC 8689) on top of the destination's policy.
+            let hp = match requiretls::for_message(&hp, env.tls_request) {
+                requiretls::ForMessage::Go { policy, .. } => policy,
+                requiretls::ForMessage::Bounce(unmet) => {
+                    tracing::warn!(queue_id = %env.id, mx = %host.name, tls_policy = hp.applied.as_str(), requiretls = unmet.as_str(), "REQUIRETLS message not sent to this MX host");
+                    let text = unmet.reply_text(&policy.domain);
+                    // A local verdict: no host said it (the DSN must not claim one did).
+                    let r = local_reply(requiretls::Unmet::CODE, requiretls::Unmet::STATUS, text);
+                    tried.error(r);
+                    continue;
+                }
+            };
             if let Requirement::Refuse(refusal) = &hp.requirement {
                 tracing::warn!(queue_id = %env.id, mx = %host.name, tls_policy = %hp.applied.as_str(), tls_failure = %refusal.failure, reason = %refusal.reason, "MX host refused by TLS policy, not contacted");
                 self.policies

@@ -4,12 +4,17 @@
 
 use std::time::Duration;
 
-use smtp_proto::{EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8};
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_DSN, EXT_PIPELINING, EXT_REQUIRE_TLS, EXT_SIZE, EXT_SMTP_UTF8,
+};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{Session, err_reply, local_reply, to_reply};
 use super::dotstuff::{dot_stuffed, write_dot_stuffed};
-use crate::spool::{Body, Envelope, RemoteReply};
+use super::policy::Assurance;
+use super::policy::requiretls::Unmet;
+use crate::spool::{Body, Envelope, RemoteReply, TlsRequest};
 
 /// A session that broke before every reply of the exchange came.
 struct BrokenOff {
@@ -170,6 +175,20 @@ impl Session {
             )));
         }
         let mut mail = format!("MAIL FROM:<{}>", env.sender);
+        if env.tls_request == TlsRequest::Required {
+            // RFC 8689 §4.2.1: only over verified TLS, to a server that offers REQUIRETLS.
+            let verified = matches!(self.assurance, Assurance::WebPki | Assurance::Dane);
+            if !verified || self.caps & EXT_REQUIRE_TLS == 0 {
+                let unmet = if verified {
+                    Unmet::NotAdvertised
+                } else {
+                    Unmet::NoVerifiedPolicy
+                };
+                let r = local_reply(Unmet::CODE, Unmet::STATUS, unmet.reply_text(&self.host));
+                return Err(Box::new(r));
+            }
+            mail.push_str(" REQUIRETLS");
+        }
         if env.body_8bit && self.caps & EXT_8BIT_MIME != 0 {
             mail.push_str(" BODY=8BITMIME");
         }

@@ -22,6 +22,8 @@ pub(super) struct Tx {
     pub(super) bdat: Option<Bdat>,
     /// `SIZE=` from MAIL FROM, 0 if none.
     pub(super) declared_size: u64,
+    /// `REQUIRETLS` on MAIL FROM (RFC 8689), only accepted inside TLS.
+    pub(super) requiretls: bool,
 }
 
 impl Session {
@@ -81,6 +83,7 @@ impl Session {
             rcpts: Vec::new(),
             bdat: None,
             declared_size: 0,
+            requiretls: false,
         };
         let max = self.cfg().limits.message_size.0;
         for (key, value) in params {
@@ -118,9 +121,14 @@ impl Session {
                 ("ENVID", Some(e)) if e.len() <= 100 && is_xtext(e) => {
                     tx.envid = Some(e.to_string());
                 }
+                // RFC 8689 §4.1: only over TLS; kept with the message for every later hop.
+                ("REQUIRETLS", None) if self.tls.is_some() => tx.requiretls = true,
+                ("REQUIRETLS", None) => {
+                    return self.refuse("mail", requiretls_needs_tls());
+                }
                 // RFC 4954 §5: accepted and not passed on (we are not a trusted submitter).
                 ("AUTH", Some(a)) if a == "<>" || is_xtext(a) => {}
-                ("SIZE" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH", _) => {
+                ("SIZE" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH" | "REQUIRETLS", _) => {
                     return self.send(Reply::new(501, "5.5.4", format!("Bad {key} parameter")));
                 }
                 _ => {
@@ -223,6 +231,11 @@ impl Session {
 
 pub(super) fn relay_denied() -> Reply {
     Reply::new(554, "5.7.1", "Relay access denied")
+}
+
+/// REQUIRETLS asked in a plaintext session (RFC 8689 §4.1; 5.7.10 "Encryption needed").
+fn requiretls_needs_tls() -> Reply {
+    Reply::new(530, "5.7.10", "REQUIRETLS needed: start TLS first")
 }
 
 fn needs_utf8() -> Reply {

@@ -411,6 +411,10 @@ impl Session {
             is_dsn: false,
             pool: None,
             delay_warned: false,
+            tls_request: crate::delivery::policy::requiretls::request(
+                tx.requiretls,
+                signed.tls_required_no,
+            ),
         };
         match writer.commit(envelope).await {
             Ok(env) => {
@@ -425,6 +429,7 @@ impl Session {
                     size = env.size,
                     tls = %self.tls.as_ref().map(|t| t.0.as_str()).unwrap_or("no"),
                     dkim = %signed.summary(),
+                    tls_request = env.tls_request.as_str(),
                     "message accepted"
                 );
                 self.send(Reply::new(

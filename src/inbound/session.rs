@@ -553,6 +553,10 @@ impl Session {
         if self.tls.is_some() && self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
+        // RFC 8689 §4: offered only where it can be used, inside TLS.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".to_string());
+        }
         self.send(Reply::new(250, "", lines.join("\n")))
     }
 

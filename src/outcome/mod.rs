@@ -186,6 +186,11 @@ pub async fn send_dsn(
         is_dsn: true,
         pool: env.pool.clone(),
         delay_warned: false,
+        // RFC 8689 §5: the DSN of a REQUIRETLS message is protected like the message was.
+        tls_request: match env.tls_request {
+            crate::spool::TlsRequest::Required => crate::spool::TlsRequest::Required,
+            _ => crate::spool::TlsRequest::None,
+        },
     };
     let stored = spool.store(dsn_env, &bytes).await?;
     tracing::info!(

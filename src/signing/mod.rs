@@ -96,6 +96,9 @@ pub struct Signed {
     pub signed_by: Vec<(String, String)>,
     /// `(d=, s=)` of keys skipped because the message already carries their signature.
     pub already_signed: Vec<(String, String)>,
+    /// The header section has `TLS-Required: No` (RFC 8689 §5): read in this one pass over the
+    /// headers, acted on by delivery (`delivery::policy::requiretls`).
+    pub tls_required_no: bool,
 }
 
 impl Signed {
@@ -321,6 +324,7 @@ impl Signer {
         scan.authors.check_owned(from_ok)?;
         let mut signed = Signed {
             from_domain: scan.authors.signing_domain().map(normalize_domain),
+            tls_required_no: scan.tls_required_no,
             ..Signed::default()
         };
         let Some(domain) = signed.from_domain.clone() else {
@@ -504,6 +508,7 @@ struct Scan {
     names: Vec<String>,
     /// `(d=, s=)` of the DKIM-Signatures already present.
     existing: Vec<(String, String)>,
+    tls_required_no: bool,
 }
 
 /// mail-parser reads the header section (folding, names, offsets); `author` reads `From:` and
@@ -514,12 +519,14 @@ fn scan(message: &[u8]) -> Result<Scan, Reply> {
             authors: Authors::Missing,
             names: Vec::new(),
             existing: Vec::new(),
+            tls_required_no: false,
         });
     };
     let mut scan = Scan {
         authors: Authors::read(message, parsed.headers())?,
         names: Vec::new(),
         existing: Vec::new(),
+        tls_required_no: false,
     };
     for header in parsed.headers() {
         let name = header.name.as_str();
@@ -531,6 +538,12 @@ fn scan(message: &[u8]) -> Result<Scan, Reply> {
                 scan.existing
                     .push((normalize_domain(&sig.d), sig.s.trim().to_string()));
             }
+        }
+        if name.eq_ignore_ascii_case("TLS-Required") {
+            let raw = message
+                .get(header.offset_start as usize..header.offset_end as usize)
+                .unwrap_or_default();
+            scan.tls_required_no |= crate::delivery::policy::requiretls::is_tls_required_no(raw);
         }
         scan.names.push(name.to_string());
     }

@@ -41,6 +41,38 @@ pub struct Envelope {
     pub pool: Option<String>,
     #[serde(default)]
     pub delay_warned: bool,
+    /// What the sender asked of TLS on the way out (RFC 8689); absent in older spools.
+    #[serde(default, skip_serializing_if = "TlsRequest::is_none")]
+    pub tls_request: TlsRequest,
+}
+
+/// The sender's TLS request for one message (RFC 8689). The delivery rules that follow from it
+/// are in `delivery::policy::requiretls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsRequest {
+    /// Nothing asked: the destination's policies decide.
+    #[default]
+    None,
+    /// `MAIL FROM:<..> REQUIRETLS`: verified TLS to a REQUIRETLS server on every hop, or a bounce.
+    Required,
+    /// A `TLS-Required: No` header field (and no REQUIRETLS): MTA-STS and DANE failures do not
+    /// stop delivery.
+    NotRequired,
+}
+
+impl TlsRequest {
+    pub fn is_none(&self) -> bool {
+        *self == TlsRequest::None
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsRequest::None => "none",
+            TlsRequest::Required => "requiretls",
+            TlsRequest::NotRequired => "tls-required-no",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

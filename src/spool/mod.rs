@@ -16,7 +16,7 @@ mod inspect;
 mod log;
 mod writer;
 
-pub use envelope::{Envelope, RcptState, Recipient, RemoteReply, now_unix};
+pub use envelope::{Envelope, RcptState, Recipient, RemoteReply, TlsRequest, now_unix};
 pub use inspect::{count_queued, inspect, inspect_envelopes};
 use writer::GroupSync;
 pub use writer::MessageWriter;
@@ -678,6 +678,7 @@ pub(crate) fn test_envelope(id: &str) -> Envelope {
         is_dsn: false,
         pool: None,
         delay_warned: false,
+        tls_request: Default::default(),
     }
 }
 

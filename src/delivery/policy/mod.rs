@@ -16,6 +16,7 @@
 pub mod dane;
 mod decide;
 pub mod mta_sts;
+pub mod requiretls;
 mod results;
 
 use std::sync::Arc;
