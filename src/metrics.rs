@@ -239,6 +239,8 @@ pub struct Levels {
     pub dnsbl_zones: Vec<String>,
     /// The background doctor's last round: checks per status (pass, info, warn, fail).
     pub doctor: Option<crate::doctor::report::Summary>,
+    /// Logins and sender domains (`reputation::accounts`).
+    pub accounts: Vec<crate::reputation::accounts::AccountView>,
     pub now: u64,
 }
 
@@ -312,6 +314,7 @@ fn levels_registry(l: &Levels) -> Registry {
             checks,
         );
     }
+    crate::reputation::accounts::metrics::register(&mut r, &l.accounts);
     let Some(view) = &l.pools else { return r };
     let used = Family::<IpProvider, Gauge>::default();
     let cap = Family::<IpProvider, Gauge>::default();

@@ -94,13 +94,30 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     if let Some(c) = &cluster {
         history.share(c.clone());
     }
+    let accounts = Arc::new(crate::reputation::accounts::Accounts::new(
+        config.accounts.clone(),
+        Some(state.clone()),
+    ));
+    {
+        // Counts reach the store once a second; a change of standing is written at once.
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let a = accounts.clone();
+                let _ = tokio::task::spawn_blocking(move || a.flush()).await;
+            }
+        });
+    }
     let reputation = Arc::new(
         crate::reputation::rates::Tracker::new(
             &config.reputation,
             pools.clone(),
             suppressions.clone(),
         )?
-        .with_history(history.clone()),
+        .with_history(history.clone())
+        .with_accounts(accounts.clone()),
     );
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
@@ -140,8 +157,17 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         control,
     )
     .await?;
-    let listeners =
-        Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
+    let listeners = Arc::new(
+        crate::inbound::start(
+            config.clone(),
+            spool,
+            state,
+            signer,
+            cluster,
+            accounts.clone(),
+        )
+        .await?,
+    );
     tracing::info!(hostname = %config.hostname, "poolrelay ready");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
@@ -171,6 +197,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         pools.flush();
         history.flush(&pools);
         suppressions.flush();
+        accounts.flush();
     });
     let _ = flush.await;
     tracing::info!("poolrelay stopped");

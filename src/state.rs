@@ -14,6 +14,8 @@ const QUEUE_HOLD: TableDefinition<&str, u64> = TableDefinition::new("queue_hold"
 const HISTORY_HOURS: TableDefinition<&str, &str> = TableDefinition::new("history_hours");
 /// Hold change events keyed `IP|AT|SEQ` (JSON).
 const HISTORY_EVENTS: TableDefinition<&str, &str> = TableDefinition::new("history_events");
+/// Accounts (src/reputation/accounts/): one JSON record per `login|NAME` and `domain|NAME`.
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 
 pub struct State {
     db: Database,
@@ -44,6 +46,7 @@ impl State {
         tx.open_table(QUEUE_HOLD).map_err(err)?;
         tx.open_table(HISTORY_HOURS).map_err(err)?;
         tx.open_table(HISTORY_EVENTS).map_err(err)?;
+        tx.open_table(ACCOUNTS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
     }
@@ -127,6 +130,42 @@ impl State {
         let tx = self.db.begin_write().map_err(err)?;
         {
             let mut table = tx.open_table(POOL).map_err(err)?;
+            for (k, v) in records {
+                match v {
+                    Some(v) => {
+                        table.insert(k.as_str(), v.as_str()).map_err(err)?;
+                    }
+                    None => {
+                        table.remove(k.as_str()).map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// Every account record `(key, json)`.
+    pub fn accounts_load(&self) -> Result<Vec<(String, String)>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(ACCOUNTS).map_err(err)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(err)? {
+            let (k, v) = r.map_err(err)?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Writes (`Some`) or removes (`None`) account records in one transaction.
+    pub fn accounts_write(&self, records: &[(String, Option<String>)]) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(ACCOUNTS).map_err(err)?;
             for (k, v) in records {
                 match v {
                     Some(v) => {

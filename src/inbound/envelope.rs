@@ -150,6 +150,10 @@ impl Session {
         {
             return self.refuse("mail", r);
         }
+        let domain = crate::reputation::accounts::sender_domain(None, &tx.sender);
+        if let Some(r) = self.ctx.accounts.gate(self.user.as_deref(), domain).reply() {
+            return self.refuse("mail", r);
+        }
         self.tx = Some(tx);
         self.send(Reply::new(250, "2.1.0", "Ok"))
     }

@@ -380,6 +380,12 @@ impl Session {
             Ok(s) => s,
             Err(r) => return self.refuse_msg(&id, size, &tx, r),
         };
+        // MAIL FROM asked about its own domain; a `From:` domain of another account is asked now.
+        if let Some(from) = signed.from_domain.as_deref()
+            && let Some(r) = self.ctx.accounts.gate(None, Some(from)).reply()
+        {
+            return self.refuse_msg(&id, size, &tx, r);
+        }
         // The state store fsyncs its commits: keep that off the async workers.
         let reserved = match self.user.clone() {
             Some(user) => {
@@ -411,10 +417,16 @@ impl Session {
             is_dsn: false,
             pool: None,
             delay_warned: false,
+            from_domain: signed.from_domain.clone(),
         };
         match writer.commit(envelope).await {
             Ok(env) => {
                 crate::metrics::accepted(self.tls.is_some(), !signed.signed_by.is_empty());
+                let domain = crate::reputation::accounts::sender_domain(
+                    env.from_domain.as_deref(),
+                    &env.sender,
+                );
+                self.ctx.accounts.accepted(env.user.as_deref(), domain);
                 // One event for the state change, DKIM outcome included.
                 tracing::info!(
                     queue_id = %env.id,

@@ -60,6 +60,8 @@ pub(crate) struct Inbound {
     pub slots: Arc<admission::Slots>,
     /// The farm's Redis (`[cluster]`): the daily cap counts across relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Standing per login and sender domain: MAIL FROM refuses throttled and suspended ones.
+    pub accounts: Arc<crate::reputation::accounts::Accounts>,
 }
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
@@ -72,6 +74,7 @@ pub(crate) fn build(
     stop: tokio::sync::watch::Receiver<Stop>,
     prev: Option<&Inbound>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    accounts: Arc<crate::reputation::accounts::Accounts>,
 ) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
@@ -147,6 +150,7 @@ pub(crate) fn build(
         guard,
         cap: limits::DailyCap::new(config.limits.per_user_daily, cluster.clone()),
         cluster,
+        accounts,
         anvil,
         slots,
         config,
@@ -167,8 +171,9 @@ pub async fn start(
     state: Arc<State>,
     signer: Arc<Signer>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    accounts: Arc<crate::reputation::accounts::Accounts>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer, cluster).await
+    Listeners::start(config, spool, state, signer, cluster, accounts).await
 }
 
 async fn accept_loop(

@@ -41,6 +41,10 @@ pub struct Envelope {
     pub pool: Option<String>,
     #[serde(default)]
     pub delay_warned: bool,
+    /// The `From:` domain (lower case) read at acceptance: the message's sender domain for
+    /// the accounts (`reputation::accounts`), before MAIL FROM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
