@@ -33,6 +33,11 @@ enum Command {
     Classify(poolrelay::reputation::cli::ClassifyArgs),
     /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
+    /// Authenticated logins of a running relay: counts, rates, standing; release a throttled or
+    /// suspended one.
+    Login(poolrelay::reputation::accounts::cli::AccountArgs),
+    /// Sender domains of a running relay, as `login` does for logins.
+    SenderDomain(poolrelay::reputation::accounts::cli::AccountArgs),
     /// DKIM key management.
     Dkim {
         #[command(subcommand)]
@@ -137,6 +142,14 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
+        Command::Login(args) => poolrelay::reputation::accounts::cli::run(
+            args,
+            poolrelay::reputation::accounts::Kind::Login,
+        ),
+        Command::SenderDomain(args) => poolrelay::reputation::accounts::cli::run(
+            args,
+            poolrelay::reputation::accounts::Kind::Domain,
+        ),
         Command::Doctor(args) => poolrelay::doctor::cli::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Reload { config } => poolrelay::reload::command(&config),

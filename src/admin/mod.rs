@@ -7,11 +7,15 @@
 //!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
+//! - `GET /api/logins`, `GET /api/sender-domains`, `POST /api/logins/release` with
+//!   `{"login": "…", "by": "…"}`, `POST /api/sender-domains/release` with `{"domain": "…"}`
+//!   (`accounts.rs`);
 //! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
 //! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
 //!
 //! `client` is the CLI side.
 
+mod accounts;
 pub mod client;
 mod doctor;
 pub mod guard;
@@ -109,6 +113,7 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
 fn router(state: AdminState, guarded: serve::Guarded) -> Router {
     pool::routes()
         .merge(reputation::routes())
+        .merge(accounts::routes())
         .merge(doctor::routes())
         .merge(queue::routes())
         .merge(metrics::routes())

@@ -302,12 +302,9 @@ impl Deliverer {
                     let verdict = self
                         .reputation
                         .observe(ip, provider, sender, "", sent_at_ms, &mut r);
-                    self.reputation.accounts().observe(
-                        msg.env,
-                        code,
-                        &st,
-                        &verdict.classification,
-                    );
+                    self.reputation
+                        .accounts()
+                        .observe(msg.env, code, &st, &verdict.classification);
                     status = verdict.status;
                 }
                 self.session_refused(id, host, addr, source, &r);
@@ -359,14 +356,9 @@ impl Deliverer {
                         self.pools.record_reply(ip, &provider, &reply);
                         let (code, st) = (reply.code, reply.status.clone());
                         // Block replies become "retry from another IP" here.
-                        let verdict = self.reputation.observe(
-                            ip,
-                            &provider,
-                            sender,
-                            rcpt,
-                            sent_at_ms,
-                            &mut reply,
-                        );
+                        let verdict = self
+                            .reputation
+                            .observe(ip, &provider, sender, rcpt, sent_at_ms, &mut reply);
                         self.reputation.accounts().observe(
                             msg.env,
                             code,

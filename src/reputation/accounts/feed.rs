@@ -45,7 +45,10 @@ impl OnComplaint for Accounts {
         let blamed = standings.iter().any(|(_, standing, breach)| {
             *standing != Standing::Good && breach.is_some_and(|b| b.rate == Rate::Complaint)
         });
-        let accounts: Vec<String> = standings.iter().map(|(k, s, _)| format!("{k} ({})", s.as_str())).collect();
+        let accounts: Vec<String> = standings
+            .iter()
+            .map(|(k, s, _)| format!("{k} ({})", s.as_str()))
+            .collect();
         tracing::info!(queue_id = c.queue_id.as_deref().unwrap_or("-"), accounts = %accounts.join(", "), blamed, "complaint counted against the sender's accounts");
         if blamed {
             Charge::Blamed

@@ -2,9 +2,10 @@
 //! complaints, so one customer's list does not burn the pool's IPs for everyone. `counts` (daily
 //! buckets), `policy` (the rules: throttle, suspend), `gate` (the MAIL FROM answer), `feed`
 //! (delivery replies and complaints in), `book` (the accounts, kept in the state store),
-//! `settings` (`[accounts]`).
+//! `settings` (`[accounts]`), `cli` (`poolrelay login`, `poolrelay sender-domain`).
 
 mod book;
+pub mod cli;
 mod counts;
 mod feed;
 mod gate;

@@ -91,7 +91,12 @@ pub fn judge(c: &Counts, s: &Settings) -> Verdict {
             c.delivered,
             s.max_complaint_rate,
         ),
-        (Rate::Bounce, c.hard_bounces(), c.volume(), s.max_bounce_rate),
+        (
+            Rate::Bounce,
+            c.hard_bounces(),
+            c.volume(),
+            s.max_bounce_rate,
+        ),
         (Rate::Block, c.blocked, c.attempts(), s.max_block_rate),
     ];
     let mut throttle = None;

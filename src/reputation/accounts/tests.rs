@@ -46,7 +46,10 @@ fn standing(a: &Accounts, k: &Key) -> Standing {
 #[test]
 fn replies_count_as_the_customer_sees_its_fault() {
     let of = Outcome::of_reply;
-    assert_eq!(of(250, Class::Other, Signal::None), Some(Outcome::Delivered));
+    assert_eq!(
+        of(250, Class::Other, Signal::None),
+        Some(Outcome::Delivered)
+    );
     // Unknown recipients are the list's fault: the account's, not the IP's.
     assert_eq!(
         of(550, Class::BadRecipient, Signal::None),
@@ -56,7 +59,10 @@ fn replies_count_as_the_customer_sees_its_fault() {
         of(552, Class::MailboxFull, Signal::None),
         Some(Outcome::RecipientSide)
     );
-    assert_eq!(of(554, Class::Content, Signal::None), Some(Outcome::Bounced));
+    assert_eq!(
+        of(554, Class::Content, Signal::None),
+        Some(Outcome::Bounced)
+    );
     assert_eq!(of(550, Class::Block, Signal::Block), Some(Outcome::Blocked));
     assert_eq!(of(451, Class::Transient, Signal::None), None);
 }
@@ -87,7 +93,10 @@ fn rates_need_the_minimum_volume_then_throttle_then_suspend() {
     let Verdict::Suspend(b) = judge(&c, &s) else {
         panic!()
     };
-    assert_eq!(b.to_string(), "complaint rate 1.2 % (12 of 1000) over 0.3 %");
+    assert_eq!(
+        b.to_string(),
+        "complaint rate 1.2 % (12 of 1000) over 0.3 %"
+    );
     // Bounces: unknown recipients count.
     let c = Counts {
         delivered: 80,
@@ -113,13 +122,18 @@ fn one_logins_complaints_suspend_it_and_take_the_blame_others_keep_sending() {
     // is blamed on the account too.
     assert_eq!(charges, vec![Charge::Blamed; 3]);
     assert_eq!(standing(&a, &alice), Standing::Suspended);
-    assert_eq!(standing(&a, &Key::domain("alice.test")), Standing::Suspended);
+    assert_eq!(
+        standing(&a, &Key::domain("alice.test")),
+        Standing::Suspended
+    );
     let gate = a.gate(Some("alice"), Some("alice.test"));
     let r = gate.reply().expect("refused");
     assert_eq!((r.code, r.status.as_str()), (550, "5.7.1"));
     assert!(
         // The reason is the rate that suspended it.
-        r.text.starts_with("login alice suspended: complaint rate 5 % (1 of 20) over 0.3 % in 7 days"),
+        r.text.starts_with(
+            "login alice suspended: complaint rate 5 % (1 of 20) over 0.3 % in 7 days"
+        ),
         "{r}"
     );
     assert!(a.gate(Some("bob"), Some("bob.test")).is_open());
@@ -128,7 +142,11 @@ fn one_logins_complaints_suspend_it_and_take_the_blame_others_keep_sending() {
     impl OnComplaint for Ip {
         fn complaint(&self, _c: &Complaint, blamed: bool) -> Charge {
             self.0.lock().unwrap().push(blamed);
-            if blamed { Charge::Passed } else { Charge::Counted }
+            if blamed {
+                Charge::Passed
+            } else {
+                Charge::Counted
+            }
         }
     }
     let accounts = Arc::new(a);
@@ -198,7 +216,8 @@ fn without_limits_accounts_are_counted_never_held() {
 
 #[test]
 fn suspension_survives_a_restart_until_released_and_release_is_in_the_history() {
-    let dir = std::env::temp_dir().join(format!("poolrelay-acct-{}", crate::spool::Spool::new_id()));
+    let dir =
+        std::env::temp_dir().join(format!("poolrelay-acct-{}", crate::spool::Spool::new_id()));
     let state = Arc::new(crate::state::State::open(&dir).unwrap());
     {
         let a = Accounts::new(Some(settings(10)), Some(state.clone()));
@@ -210,7 +229,9 @@ fn suspension_survives_a_restart_until_released_and_release_is_in_the_history() 
     let frank = Key::login("frank");
     assert_eq!(standing(&a, &frank), Standing::Suspended);
     assert_eq!(a.get(&Key::domain("f.test")).unwrap().counts.delivered, 10);
-    let v = a.release(&frank, "ops-anna", Some("127.0.0.1:5000")).unwrap();
+    let v = a
+        .release(&frank, "ops-anna", Some("127.0.0.1:5000"))
+        .unwrap();
     assert_eq!(v.standing, Standing::Good);
     assert_eq!(v.counts, Counts::default(), "the window starts afresh");
     let last = v.events.last().unwrap();
@@ -239,7 +260,12 @@ fn sender_domains_are_bounded_and_a_held_one_is_never_forgotten() {
     a.count(&[Key::domain("bad.test")], Outcome::Bounced, now, None);
     assert_eq!(standing(&a, &Key::domain("bad.test")), Standing::Suspended);
     for i in 0..10 {
-        a.count(&[Key::domain(&format!("d{i}.test"))], Outcome::Delivered, now, None);
+        a.count(
+            &[Key::domain(&format!("d{i}.test"))],
+            Outcome::Delivered,
+            now,
+            None,
+        );
     }
     let names: Vec<String> = a.list(Kind::Domain).into_iter().map(|v| v.name).collect();
     assert_eq!(names.len(), 3, "{names:?}");
@@ -247,6 +273,9 @@ fn sender_domains_are_bounded_and_a_held_one_is_never_forgotten() {
     // Domains compare without case; MAIL FROM's domain stands in for a missing From: domain.
     assert_eq!(Key::domain("Bad.TEST."), Key::domain("bad.test"));
     assert_eq!(sender_domain(None, "x@Mail.test"), Some("Mail.test"));
-    assert_eq!(sender_domain(Some("from.test"), "x@mail.test"), Some("from.test"));
+    assert_eq!(
+        sender_domain(Some("from.test"), "x@mail.test"),
+        Some("from.test")
+    );
     assert_eq!(sender_domain(None, ""), None);
 }
