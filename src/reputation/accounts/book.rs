@@ -48,9 +48,25 @@ struct Record {
 #[derive(Default)]
 struct Account {
     rec: Record,
-    /// (clock hour, messages accepted in it) for the throttle.
-    hour: (u64, u64),
     dirty: bool,
+}
+
+/// Messages accepted per account in the current clock hour (for the throttle; this relay's
+/// own count, in memory: a restart starts the hour again).
+#[derive(Default)]
+struct Hour {
+    hour: u64,
+    sent: HashMap<Key, u64>,
+}
+
+impl Hour {
+    fn sent(&self, k: &Key, hour: u64) -> u64 {
+        if self.hour == hour {
+            self.sent.get(k).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    }
 }
 
 /// One account as the API shows it.
@@ -75,6 +91,7 @@ pub struct Accounts {
     settings: ArcSwapOption<Settings>,
     store: Option<Arc<State>>,
     book: Mutex<HashMap<Key, Account>>,
+    hour: Mutex<Hour>,
 }
 
 fn day_of(unix: u64) -> u64 {
@@ -127,6 +144,7 @@ impl Accounts {
             settings: ArcSwapOption::new(settings.map(Arc::new)),
             store,
             book: Mutex::new(book),
+            hour: Mutex::default(),
         }
     }
 
@@ -215,7 +233,7 @@ impl Accounts {
                 }
                 let Some(breach) = a.rec.breach else { continue };
                 let days = settings.days();
-                let sent = if a.hour.0 == now / 3600 { a.hour.1 } else { 0 };
+                let sent = self.hour.lock().expect("hour lock").sent(k, now / 3600);
                 gate = match a.rec.standing {
                     Standing::Suspended => Gate::Suspended {
                         account: k.clone(),
@@ -240,16 +258,15 @@ impl Accounts {
     /// A message of these accounts was queued (the throttle counts it).
     pub fn accepted(&self, login: Option<&str>, domain: Option<&str>) {
         let hour = crate::spool::now_unix() / 3600;
-        let mut book = self.book.lock().expect("accounts lock");
+        let mut h = self.hour.lock().expect("hour lock");
+        if h.hour != hour {
+            *h = Hour {
+                hour,
+                sent: HashMap::new(),
+            };
+        }
         for k in Self::keys(login, domain) {
-            // Only accounts that exist: a new sender domain starts with its first outcome.
-            if let Some(a) = book.get_mut(&k) {
-                a.hour = if a.hour.0 == hour {
-                    (hour, a.hour.1 + 1)
-                } else {
-                    (hour, 1)
-                };
-            }
+            *h.sent.entry(k).or_default() += 1;
         }
     }
 
@@ -278,7 +295,7 @@ impl Accounts {
             a.dirty = false;
             tracing::warn!(account = %key, was = was.as_str(), by, peer = peer.unwrap_or("-"), "account released");
             (
-                view(key, a, self.window_days(), now),
+                view(key, a, self.window_days(), now, 0),
                 serde_json::to_string(&a.rec).ok(),
             )
         };
@@ -290,11 +307,19 @@ impl Accounts {
     pub fn list(&self, kind: Kind) -> Vec<AccountView> {
         let now = crate::spool::now_unix();
         let days = self.window_days();
+        // Never both locks at once here: `gate_at` takes them the other way round.
+        let hour = {
+            let h = self.hour.lock().expect("hour lock");
+            Hour {
+                hour: h.hour,
+                sent: h.sent.clone(),
+            }
+        };
         let book = self.book.lock().expect("accounts lock");
         let mut v: Vec<AccountView> = book
             .iter()
             .filter(|(k, _)| k.kind == kind)
-            .map(|(k, a)| view(k, a, days, now))
+            .map(|(k, a)| view(k, a, days, now, hour.sent(k, now / 3600)))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -302,9 +327,11 @@ impl Accounts {
 
     /// One account, if known.
     pub fn get(&self, key: &Key) -> Option<AccountView> {
+        let now = crate::spool::now_unix();
+        let sent = self.hour.lock().expect("hour lock").sent(key, now / 3600);
         let book = self.book.lock().expect("accounts lock");
         book.get(key)
-            .map(|a| view(key, a, self.window_days(), crate::spool::now_unix()))
+            .map(|a| view(key, a, self.window_days(), now, sent))
     }
 
     /// Writes the records counted since the last flush.
@@ -398,7 +425,7 @@ fn evict_domain(book: &mut HashMap<Key, Account>, max: usize) -> Option<Key> {
     Some(gone)
 }
 
-fn view(k: &Key, a: &Account, days: u64, now: u64) -> AccountView {
+fn view(k: &Key, a: &Account, days: u64, now: u64, sent_this_hour: u64) -> AccountView {
     let mut d = a.rec.days.clone();
     let c = d.window(day_of(now), days);
     let rate = |n: u64, of: u64| (of > 0).then(|| n as f64 / of as f64);
@@ -416,7 +443,7 @@ fn view(k: &Key, a: &Account, days: u64, now: u64) -> AccountView {
         bounce_rate: rate(c.hard_bounces(), c.volume()),
         block_rate: rate(c.blocked, c.attempts()),
         counts: c,
-        sent_this_hour: if a.hour.0 == now / 3600 { a.hour.1 } else { 0 },
+        sent_this_hour,
         events: a.rec.events.clone(),
     }
 }
