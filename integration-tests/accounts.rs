@@ -1,0 +1,324 @@
+//! Accountability per login and sender domain (issue 26): one customer's bounces, blocks and
+//! complaints throttle or suspend that customer, never the pool's IPs that everyone shares.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::admin::{get, hold, http};
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const USERS: [(&str, &str); 3] = [
+    ("alice", "secret-a"),
+    ("bob", "secret-b"),
+    ("carol", "secret-c"),
+];
+
+/// A relay with AUTH (alice, bob and carol, each with its own domain), sending from
+/// 127.0.0.10 and 127.0.0.11 to the bench's sink, `[accounts]` from `accounts`.
+fn start(name: &str, b: &Bench, accounts: &str) -> (Relay, SocketAddr, Certs) {
+    let dir = tempdir(name);
+    let certs = make_certs(&dir, &["relay.test"]);
+    let users = write_users(&dir, &USERS);
+    let cfg = b
+        .config()
+        .listen("starttls", "optional")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&users)
+        .sender_login("alice", &["alice.test"])
+        .sender_login("bob", &["bob.test"])
+        .sender_login("carol", &["carol.test"])
+        .delivery("idle_timeout", "\"0s\"")
+        .pool(
+            "default",
+            &[PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")],
+        )
+        .section(&format!("[accounts]\n{accounts}"));
+    let (relay, admin) = admin::start(&dir, &cfg, WAIT);
+    (relay, admin, certs)
+}
+
+/// One authenticated session of `user` from the untrusted 127.0.0.66.
+fn login(relay: &Relay, certs: &Certs, user: &str) -> SmtpClient {
+    let pass = USERS.iter().find(|(u, _)| *u == user).unwrap().1;
+    let mut c = SmtpClient::connect_from(relay.addr(), lo(66));
+    c.ehlo("client.test");
+    c.starttls("relay.test", &certs.ca);
+    c.ehlo("client.test");
+    c.auth_plain(user, pass).expect(235);
+    c
+}
+
+fn body(from: &str, to: &str) -> Vec<u8> {
+    format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: for {to}\r\n\r\nHello.\r\n").into_bytes()
+}
+
+/// `user` sends one message per recipient from `user@user.test`; every reply is returned.
+fn send_as(relay: &Relay, certs: &Certs, user: &str, rcpts: &[String]) -> Vec<Reply> {
+    let from = format!("{user}@{user}.test");
+    let mut c = login(relay, certs, user);
+    let replies = rcpts
+        .iter()
+        .map(|r| {
+            let reply = c.send_mail(&from, &[r.as_str()], &body(&from, r));
+            if reply.code != 250 {
+                c.cmd("RSET");
+            }
+            reply
+        })
+        .collect();
+    c.quit();
+    replies
+}
+
+/// The receiver: `unknown…@` is a user it does not have.
+fn unknown_users(s: &Step) -> Option<String> {
+    match &s.stage {
+        Stage::RcptTo(a) if a.starts_with("unknown") => Some(format!(
+            "550 5.1.1 <{a}>: Recipient address rejected: User unknown in virtual mailbox table"
+        )),
+        _ => None,
+    }
+}
+
+fn rcpts(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@a.test")).collect()
+}
+
+fn account(admin: SocketAddr, path: &str, list: &str, name: &str) -> Option<Value> {
+    get(admin, path)[list]
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["name"] == name).cloned())
+}
+
+fn login_of(admin: SocketAddr, name: &str) -> Option<Value> {
+    account(admin, "/api/logins", "logins", name)
+}
+
+fn volume(v: &Value) -> u64 {
+    let c = &v["counts"];
+    ["delivered", "bounced", "bad_recipients", "recipient_side"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn poolrelay_cli(relay: &Relay, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(args)
+        .args(["--config", "poolrelay.toml"])
+        .current_dir(relay.dir())
+        .output()
+        .expect("run poolrelay")
+}
+
+/// Unknown recipients are the customer's list: alice's suspend alice (and her domain) while bob
+/// sends on through the same two IPs, a restart keeps the suspension, and the operator's
+/// release (CLI, named) lets her send again.
+#[test]
+fn a_logins_bad_list_suspends_it_while_others_send_until_the_operator_releases_it() {
+    let b = bench(Some(unknown_users));
+    let (mut relay, admin, certs) = start(
+        "acct-suspend",
+        &b,
+        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_per_hour = 100\n",
+    );
+    for r in send_as(&relay, &certs, "alice", &rcpts("unknown", 4)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    assert!(
+        wait_until(WAIT, || login_of(admin, "alice")
+            .is_some_and(|v| v["standing"] == "suspended")),
+        "{}\n{}",
+        get(admin, "/api/logins"),
+        relay.log()
+    );
+    let v = login_of(admin, "alice").unwrap();
+    assert_eq!(v["counts"]["bad_recipients"], 4, "{v}");
+    assert_eq!(
+        v["why"], "bounce rate 100 % (4 of 4) over 50 % in 7 days",
+        "{v}"
+    );
+    let domain = account(admin, "/api/sender-domains", "sender_domains", "alice.test").unwrap();
+    assert_eq!(domain["standing"], "suspended", "{domain}");
+    assert!(relay.log().contains("account suspended"), "{}", relay.log());
+
+    // The state store keeps it over a restart.
+    relay.restart();
+    let mut c = login(&relay, &certs, "alice");
+    let r = c.cmd("MAIL FROM:<alice@alice.test>");
+    assert_eq!(
+        (r.code, r.lines()[0]),
+        (
+            550,
+            "5.7.1 login alice suspended: bounce rate 100 % (4 of 4) over 50 % in 7 days; sending stays refused until the relay's operator releases it"
+        ),
+        "{r}"
+    );
+    c.quit();
+    // Her domain from a trusted client without a login: refused too.
+    let mut t = SmtpClient::connect(relay.addr());
+    t.ehlo("client.test");
+    let r = t.cmd("MAIL FROM:<news@alice.test>");
+    assert_eq!(r.code, 550, "{r}");
+    assert!(r.text.contains("sender domain alice.test suspended"), "{r}");
+    t.quit();
+
+    // Bob sends on, through the same IPs, which carry no hold.
+    b.sink.clear();
+    for r in send_as(&relay, &certs, "bob", &rcpts("bob", 6)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let got = b.sink.wait_for_messages(6, WAIT);
+    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
+    for ip in ["127.0.0.10", "127.0.0.11"] {
+        assert!(hold(admin, ip, "alpha").is_none(), "{ip} held");
+        assert!(hold(admin, ip, "all").is_none(), "{ip} held");
+    }
+    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+
+    // The operator releases her, by name; the release is logged and in her history.
+    let out = poolrelay_cli(&relay, &["login", "release", "alice", "--by", "ops-anna"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "login alice: released, now good"
+    );
+    assert!(relay.wait_for_log("account released", WAIT));
+    let line = relay
+        .plain_log()
+        .lines()
+        .find(|l| l.contains("account released"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("by=\"ops-anna\"") || line.contains("by=ops-anna"),
+        "{line}"
+    );
+    let v = login_of(admin, "alice").unwrap();
+    let last = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["standing"].as_str(), last["by"].as_str()),
+        (Some("good"), Some("ops-anna")),
+        "{v}"
+    );
+    assert!(
+        last["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    // The API's release records the peer and defaults `by`; unknown logins are a 404.
+    let (code, v) = http(
+        admin,
+        "POST",
+        "/api/sender-domains/release",
+        Some(json!({"domain": "alice.test"})),
+    );
+    assert_eq!((code, v["standing"].as_str()), (200, Some("good")), "{v}");
+    let (code, _) = http(
+        admin,
+        "POST",
+        "/api/logins/release",
+        Some(json!({"login": "nobody"})),
+    );
+    assert_eq!(code, 404);
+    let (code, _) = http(
+        admin,
+        "POST",
+        "/api/logins/release",
+        Some(json!({"user": "alice"})),
+    );
+    assert_eq!(code, 400);
+
+    // Alice sends again; her window started afresh.
+    b.sink.clear();
+    let r = send_as(&relay, &certs, "alice", &["ok@a.test".to_string()]);
+    assert_eq!(r[0].code, 250, "{}", r[0]);
+    b.sink.wait_for_messages(1, WAIT);
+    let list = poolrelay_cli(&relay, &["login", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("alice") && l.contains("good")),
+        "{text}"
+    );
+}
+
+/// Waits, if need be, for a new clock hour with two minutes ahead (the throttle counts per
+/// clock hour).
+fn clear_of_the_hour_end() {
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 3600
+    };
+    assert!(wait_until(Duration::from_secs(200), || secs() < 3600 - 120));
+}
+
+/// Over the warning level a login is throttled: it may start `throttle_per_hour` messages an
+/// hour, then MAIL FROM says 450 4.7.1 and why; bob is not throttled.
+#[test]
+fn a_throttled_login_sends_a_few_an_hour_then_hears_why() {
+    clear_of_the_hour_end();
+    let b = bench(Some(unknown_users));
+    let (relay, admin, _certs) = start(
+        "acct-throttle",
+        &b,
+        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = 6\n",
+    );
+    let certs = &_certs;
+    let mut to = rcpts("ok", 3);
+    to.extend(rcpts("unknown", 2));
+    for r in send_as(&relay, certs, "carol", &to) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    // 2 of 5 = 40 %: over 25 % (half the limit), under 50 %.
+    assert!(
+        wait_until(WAIT, || login_of(admin, "carol")
+            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
+        "{}",
+        get(admin, "/api/logins")
+    );
+    assert_eq!(login_of(admin, "carol").unwrap()["sent_this_hour"], 5);
+    // One more fits in this hour; the next is refused with the reason.
+    let r = send_as(
+        &relay,
+        certs,
+        "carol",
+        &["ok9@a.test".to_string(), "ok10@a.test".to_string()],
+    );
+    assert_eq!(r[0].code, 250, "{}", r[0]);
+    assert_eq!(r[1].code, 450, "{}", r[1]);
+    assert_eq!(
+        r[1].lines()[0],
+        "4.7.1 login carol throttled: bounce rate 40 % (2 of 5) over 25 % in 7 days; at most 6 messages an hour"
+    );
+    let r = send_as(&relay, certs, "bob", &rcpts("bob", 2));
+    assert!(r.iter().all(|r| r.code == 250), "{r:?}");
+    let text = get_metrics(admin);
+    assert!(
+        text.contains(
+            "poolrelay_account_standing{kind=\"login\",name=\"carol\",standing=\"throttled\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("poolrelay_accounts{kind=\"login\",standing=\"throttled\"} 1"),
+        "{text}"
+    );
+}
+
+fn get_metrics(admin: SocketAddr) -> String {
+    common::admin::get_text(admin, "/metrics")
+}
