@@ -66,6 +66,7 @@ pub(crate) struct Inbound {
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
 /// is the running snapshot on reload: its AUTH lockouts carry over while their settings stay.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     config: Arc<Config>,
     spool: Arc<Spool>,
