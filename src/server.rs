@@ -81,10 +81,15 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         &config.data_dir,
     ));
     suppressions.start_flusher();
+    let accounts = Arc::new(crate::reputation::accounts::Accounts::new(
+        config.accounts.clone(),
+        Some(state.clone()),
+    ));
     if let (Some(c), Some(settings)) = (&cluster, &config.cluster) {
         let shared = crate::cluster::sync::Shared {
             pools: pools.clone(),
             suppressions: suppressions.clone(),
+            accounts: accounts.clone(),
         };
         crate::cluster::sync::start(c.clone(), shared, settings.resync_interval.0);
     }
@@ -94,10 +99,6 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     if let Some(c) = &cluster {
         history.share(c.clone());
     }
-    let accounts = Arc::new(crate::reputation::accounts::Accounts::new(
-        config.accounts.clone(),
-        Some(state.clone()),
-    ));
     {
         // Counts reach the store once a second; a change of standing is written at once.
         let accounts = accounts.clone();

@@ -3,7 +3,7 @@
 //! second, a change of standing at once).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
@@ -35,20 +35,24 @@ pub struct Event {
 
 /// What the store keeps per account.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Record {
-    days: Days,
-    standing: Standing,
+pub(super) struct Record {
+    pub(super) days: Days,
+    pub(super) standing: Standing,
     /// The rate behind a throttle or suspension.
-    breach: Option<Breach>,
+    pub(super) breach: Option<Breach>,
     /// Since when the standing holds (unix s).
-    since: u64,
-    events: Vec<Event>,
+    pub(super) since: u64,
+    pub(super) events: Vec<Event>,
+    /// When the last suspension or release was decided (unix ms; 0: never): the farm's merge
+    /// stamp (`farm.rs`).
+    #[serde(default)]
+    pub(super) decided_ms: u64,
 }
 
 #[derive(Default)]
-struct Account {
-    rec: Record,
-    dirty: bool,
+pub(super) struct Account {
+    pub(super) rec: Record,
+    pub(super) dirty: bool,
 }
 
 /// Messages accepted per account in the current clock hour (for the throttle; this relay's
@@ -90,19 +94,21 @@ pub struct Accounts {
     /// `None`: count only, never throttle or suspend.
     settings: ArcSwapOption<Settings>,
     store: Option<Arc<State>>,
-    book: Mutex<HashMap<Key, Account>>,
+    pub(super) book: Mutex<HashMap<Key, Account>>,
     hour: Mutex<Hour>,
+    /// Where suspensions and releases go to the farm (`[cluster]`), set once at start.
+    pub(super) outbox: OnceLock<crate::cluster::events::Outbox>,
 }
 
 fn day_of(unix: u64) -> u64 {
     unix / 86_400
 }
 
-fn store_key(k: &Key) -> String {
+pub(super) fn store_key(k: &Key) -> String {
     format!("{}|{}", k.kind.as_str(), k.name)
 }
 
-fn parse_key(s: &str) -> Option<Key> {
+pub(super) fn parse_key(s: &str) -> Option<Key> {
     let (kind, name) = s.split_once('|')?;
     let kind = match kind {
         "login" => Kind::Login,
@@ -145,6 +151,7 @@ impl Accounts {
             store,
             book: Mutex::new(book),
             hour: Mutex::default(),
+            outbox: OnceLock::new(),
         }
     }
 
@@ -201,6 +208,9 @@ impl Accounts {
                 if let Some(s) = &settings
                     && rejudge(k, a, s, now, queue_id)
                 {
+                    if a.rec.standing == Standing::Suspended {
+                        self.decided(k, a);
+                    }
                     changed.push((store_key(k), serde_json::to_string(&a.rec).ok()));
                     a.dirty = false;
                 }
@@ -293,6 +303,7 @@ impl Accounts {
                 },
             );
             a.dirty = false;
+            self.decided(key, a);
             tracing::warn!(account = %key, was = was.as_str(), by, peer = peer.unwrap_or("-"), "account released");
             (
                 view(key, a, self.window_days(), now, 0),
@@ -349,7 +360,7 @@ impl Accounts {
         self.write(&records);
     }
 
-    fn write(&self, records: &[(String, Option<String>)]) {
+    pub(super) fn write(&self, records: &[(String, Option<String>)]) {
         if let Some(s) = &self.store
             && let Err(e) = s.accounts_write(records)
         {
@@ -404,7 +415,7 @@ fn rejudge(k: &Key, a: &mut Account, s: &Settings, now: u64, queue_id: Option<&s
     true
 }
 
-fn push_event(rec: &mut Record, e: Event) {
+pub(super) fn push_event(rec: &mut Record, e: Event) {
     rec.events.push(e);
     let excess = rec.events.len().saturating_sub(MAX_EVENTS);
     rec.events.drain(..excess);

@@ -2,11 +2,12 @@
 //! complaints, so one customer's list does not burn the pool's IPs for everyone. `counts` (daily
 //! buckets), `policy` (the rules: throttle, suspend), `gate` (the MAIL FROM answer), `feed`
 //! (delivery replies and complaints in), `book` (the accounts, kept in the state store),
-//! `settings` (`[accounts]`), `cli` (`poolrelay login`, `poolrelay sender-domain`).
+//! `farm` (suspensions and releases shared through `[cluster]`), `settings` (`[accounts]`), `cli` (`poolrelay login`, `poolrelay sender-domain`).
 
 mod book;
 pub mod cli;
 mod counts;
+mod farm;
 mod feed;
 mod gate;
 mod key;
@@ -18,6 +19,7 @@ mod tests;
 
 pub use book::{AccountView, Accounts, Event};
 pub use counts::{Counts, Outcome};
+pub use farm::Decision;
 pub use gate::Gate;
 pub use key::{Key, Kind, Standing, sender_domain};
 pub use policy::{Breach, Rate, Verdict, judge, percent};

@@ -279,3 +279,64 @@ fn sender_domains_are_bounded_and_a_held_one_is_never_forgotten() {
     );
     assert_eq!(sender_domain(None, ""), None);
 }
+
+#[test]
+fn the_farm_shares_suspensions_and_releases_and_the_later_one_wins() {
+    use crate::cluster::events::{Change, Outbox};
+    let one = Accounts::new(Some(settings(10)), None);
+    let two = Accounts::new(Some(settings(10)), None);
+    let (outbox, mut sent) = Outbox::new("relay-1");
+    one.share(outbox);
+    deliver(&one, "gina", "g.test", 10);
+    one.complaint(&complaint(Some("gina"), None), false);
+    // Suspended on relay 1: the decision went out, for the login and its domain untouched.
+    let event = sent.try_recv().expect("shared");
+    let Change::Account { account, decision } = event.change.clone() else {
+        panic!("{event:?}")
+    };
+    assert_eq!(account, "login|gina");
+    assert_eq!(decision.standing, Standing::Suspended);
+    assert!(sent.try_recv().is_err(), "only the suspension is shared");
+    // Relay 2 applies it: gina is refused there too, though relay 2 sent none of her mail.
+    assert!(two.apply_remote(&account, decision.clone(), "relay-1", event.at_ms));
+    let r = two
+        .gate(Some("gina"), None)
+        .reply()
+        .expect("refused on relay 2");
+    assert_eq!(r.code, 550, "{r}");
+    let v = two.get(&Key::login("gina")).unwrap();
+    assert!(v.events[0].why.ends_with("(on relay-1)"), "{:?}", v.events);
+    // The same event again (event and resync both carry it): nothing more.
+    assert!(!two.apply_remote(&account, decision.clone(), "relay-1", event.at_ms));
+    // Released on relay 2, later: relay 1 takes the release; the old suspension loses.
+    two.release(&Key::login("gina"), "ops", None).unwrap();
+    let (change, at_ms) = two.changes().into_iter().next().unwrap();
+    assert!(at_ms > event.at_ms);
+    let Change::Account {
+        account,
+        decision: release,
+    } = change
+    else {
+        panic!()
+    };
+    assert_eq!(release.by.as_deref(), Some("ops"));
+    assert!(one.apply_remote(&account, release, "relay-2", at_ms));
+    assert!(one.gate(Some("gina"), None).is_open());
+    assert_eq!(
+        one.get(&Key::login("gina")).unwrap().counts,
+        Counts::default()
+    );
+    assert!(!one.apply_remote(&account, decision, "relay-1", event.at_ms));
+    assert!(one.gate(Some("gina"), None).is_open());
+    assert!(!one.apply_remote(
+        "nonsense",
+        Decision {
+            standing: Standing::Good,
+            breach: None,
+            why: String::new(),
+            by: None
+        },
+        "x",
+        1
+    ));
+}
