@@ -322,3 +322,85 @@ fn a_throttled_login_sends_a_few_an_hour_then_hears_why() {
 fn get_metrics(admin: SocketAddr) -> String {
     common::admin::get_text(admin, "/metrics")
 }
+
+/// A relay of a farm sharing `redis`, trusting 127.0.0.1, `[accounts]` strict.
+fn farm_node(
+    dir: &std::path::Path,
+    b: &Bench,
+    redis: &RedisServer,
+    node: &str,
+) -> (Relay, SocketAddr) {
+    let dir = dir.join(node);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = b
+        .config()
+        .delivery("idle_timeout", "\"0s\"")
+        .pool("default", &[PoolIp::new(10, "out10.test")])
+        .section(&format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[accounts]\nmin_volume = 3\nmax_bounce_rate = 0.5\n",
+            redis.url()
+        ));
+    let (relay, admin) = admin::start(&dir, &cfg, WAIT);
+    assert!(
+        relay.wait_for_log("cluster: subscribed to the farm's changes", WAIT),
+        "{}",
+        relay.log()
+    );
+    (relay, admin)
+}
+
+fn mail_from(relay: &Relay, from: &str) -> Reply {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    c.quit();
+    r
+}
+
+/// With `[cluster]` a suspension made on one relay refuses the account on every relay, and a
+/// release made on another lets it send everywhere again (needs `redis-server`).
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn a_suspension_on_one_relay_holds_on_the_farm_and_a_release_anywhere_ends_it() {
+    let dir = tempdir("acct-farm");
+    let redis = RedisServer::start(&dir);
+    let b = bench(Some(unknown_users));
+    let (one, _admin1) = farm_node(&dir, &b, &redis, "relay-1");
+    let (two, admin2) = farm_node(&dir, &b, &redis, "relay-2");
+    let mut c = SmtpClient::connect(one.addr());
+    c.ehlo("client.test");
+    for to in rcpts("unknown", 3) {
+        let from = "news@spam.test";
+        c.send_mail(from, &[to.as_str()], &body(from, &to))
+            .expect(250);
+    }
+    c.quit();
+    // Suspended on relay 1 by its own bounces; relay 2 sent none of that mail.
+    assert!(
+        wait_until(WAIT, || mail_from(&two, "news@spam.test").code == 550),
+        "{}\n{}",
+        one.log(),
+        two.log()
+    );
+    let r = mail_from(&two, "other@spam.test");
+    assert!(r.text.contains("sender domain spam.test suspended"), "{r}");
+    assert_eq!(mail_from(&two, "news@fine.test").code, 250);
+    // Released on relay 2: relay 1 lets the domain send again.
+    let (code, v) = http(
+        admin2,
+        "POST",
+        "/api/sender-domains/release",
+        Some(json!({"domain": "spam.test", "by": "ops"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        wait_until(WAIT, || mail_from(&one, "news@spam.test").code == 250),
+        "{}",
+        one.log()
+    );
+    assert!(
+        one.log().contains("account released (from the farm)"),
+        "{}",
+        one.log()
+    );
+}
