@@ -148,6 +148,20 @@ fn a_logins_bad_list_suspends_it_while_others_send_until_the_operator_releases_i
     let domain = account(admin, "/api/sender-domains", "sender_domains", "alice.test").unwrap();
     assert_eq!(domain["standing"], "suspended", "{domain}");
     assert!(relay.log().contains("account suspended"), "{}", relay.log());
+    // The pool page lists her, with why.
+    let page = common::admin::get_text(admin, "/api/page");
+    let row = page
+        .split("<tr class=\"account\"")
+        .find(|r| r.contains("data-account=\"login alice\""))
+        .unwrap_or_else(|| panic!("{page}"));
+    assert!(
+        row.contains("<td>suspended</td>") && row.contains("bounce rate 100 %"),
+        "{row}"
+    );
+    assert!(
+        page.contains("Logins: 0 good, 0 throttled, 1 suspended"),
+        "{page}"
+    );
 
     // The state store keeps it over a restart.
     relay.restart();

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::{AdminState, error};
-use crate::reputation::accounts::{AccountView, Key, Kind};
+use crate::reputation::accounts::{AccountView, Accounts, Key, Kind, Standing, percent};
 
 pub(super) fn routes() -> Router<AdminState> {
     Router::new()
@@ -107,4 +107,54 @@ async fn release(st: AdminState, peer: SocketAddr, body: String, kind: Kind) -> 
         Some(v) => axum::Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no such {field}: {name:?}")),
     }
+}
+
+/// Rows the pool page shows at most.
+const PAGE_ROWS: usize = 100;
+
+/// The pool page's accounts section: how many stand where, and every throttled or suspended
+/// login and sender domain with why (`page.rs`; `esc` escapes for HTML).
+pub(super) fn page_section(out: &mut String, accounts: &Accounts, esc: fn(&str) -> String) {
+    use std::fmt::Write as _;
+    let mut all = accounts.list(Kind::Login);
+    all.extend(accounts.list(Kind::Domain));
+    let count = |kind: Kind, s: Standing| {
+        all.iter()
+            .filter(|a| a.kind == kind && a.standing == s)
+            .count()
+    };
+    let _ = write!(
+        out,
+        "<section class=\"accounts\"><h1>Accounts</h1><p>Logins: {} good, {} throttled, {} suspended · sender domains: {} good, {} throttled, {} suspended · release with <code>poolrelay login release NAME</code></p>",
+        count(Kind::Login, Standing::Good),
+        count(Kind::Login, Standing::Throttled),
+        count(Kind::Login, Standing::Suspended),
+        count(Kind::Domain, Standing::Good),
+        count(Kind::Domain, Standing::Throttled),
+        count(Kind::Domain, Standing::Suspended),
+    );
+    let held: Vec<&AccountView> = all
+        .iter()
+        .filter(|a| a.standing != Standing::Good)
+        .take(PAGE_ROWS)
+        .collect();
+    if !held.is_empty() {
+        out.push_str("<div class=\"tbl\"><table><tr><th>account</th><th>standing</th><th>complaints</th><th>bounces</th><th>blocks</th><th>why</th></tr>");
+        let rate = |r: Option<f64>| r.map(percent).unwrap_or_else(|| "–".into());
+        for a in held {
+            let _ = write!(
+                out,
+                "<tr class=\"account\" data-account=\"{kind} {name}\"><td>{kind} {name}</td><td>{standing}</td><td>{c}</td><td>{b}</td><td>{k}</td><td>{why}</td></tr>",
+                kind = a.kind.as_str(),
+                name = esc(&a.name),
+                standing = a.standing.as_str(),
+                c = rate(a.complaint_rate),
+                b = rate(a.bounce_rate),
+                k = rate(a.block_rate),
+                why = esc(a.why.as_deref().unwrap_or("")),
+            );
+        }
+        out.push_str("</table></div>");
+    }
+    out.push_str("</section>");
 }
