@@ -30,6 +30,11 @@ struct Setup {
 /// from pool "b" (127.0.0.12), to a.test (provider alpha, sink on 127.0.0.20). Only 127.0.0.1
 /// is trusted: the tests' reporters on other loopback addresses are strangers.
 fn setup(name: &str, feedback_extra: &str) -> Setup {
+    setup_with(name, feedback_extra, "")
+}
+
+/// `setup` with more sections (`[cluster]`).
+fn setup_with(name: &str, feedback_extra: &str, sections: &str) -> Setup {
     let dir = tempdir(name);
     let certs = make_certs(&dir, &["relay.test"]);
     let users = write_users(&dir, &[("alice", "secret"), ("bob", "secret")]);
@@ -52,6 +57,7 @@ fn setup(name: &str, feedback_extra: &str) -> Setup {
             key.display()
         ))
         .section("[doctor]\nbackground = false")
+        .section(sections)
         .section(&format!(
             "[feedback]\naddresses = [\"{FBL}\"]\nfeedback_id = [\"login\", \"sender-domain\", \"pool\"]\n\
              sender_id = \"poolrelay\"\n{feedback_extra}"
@@ -428,6 +434,36 @@ fn strangers_may_only_give_feedback_recipients_within_size_and_rate() {
     let r = s.report_smtp(78, b"Subject: other\r\n\r\nhi\r\n");
     assert_eq!(r.code, 250, "{r}");
     assert!(s.bench.sink.messages().is_empty());
+}
+
+/// Two relays of one farm (a real redis-server): a report about a message one relay sent,
+/// arriving at the other, verifies with the farm's key and names the login and queue id.
+#[test]
+#[ignore = "needs redis-server (run by .ci/run)"]
+fn a_farm_shares_the_trace_key() {
+    let redis_dir = tempdir("fb-farm-redis");
+    let redis = RedisServer::start(&redis_dir);
+    let farm = |node: &str| {
+        format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"",
+            redis.url()
+        )
+    };
+    let one = setup_with("fb-farm-1", "", &farm("one"));
+    let two = setup_with("fb-farm-2", "", &farm("two"));
+    let alice = one.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let r = two.report_smtp(77, &jmrp(&as_received(&alice, "one@a.test")));
+    assert_eq!(r.code, 250, "{r}\n{}", two.relay.log());
+    let c = two.complaint_of(&alice.queue_id);
+    assert_eq!(c["evidence"], "trace");
+    assert_eq!(c["login"], "alice");
+    // The other relay has no delivery record: the receiver's Received names the IP.
+    assert_eq!(c["source_ip"], "127.0.0.11");
+    // Both seal with the same key, kept in each relay's state store.
+    let bob = two.send_as("bob", "bob@other.test", "two@a.test", "m2");
+    let r = one.report_smtp(78, &cfl(&bob.delivered, "text/rfc822-headers"));
+    assert_eq!(r.code, 250, "{r}\n{}", one.relay.log());
+    assert_eq!(one.complaint_of(&bob.queue_id)["login"], "bob");
 }
 
 /// Runs `poolrelay feedback` in the relay's directory with `input` on stdin.

@@ -121,6 +121,10 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     let feedback =
         crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
     feedback.start_flusher();
+    if let Some(c) = &cluster {
+        // Before the listeners: messages are sealed with the farm's key from the start.
+        crate::feedback::farm::start(feedback.clone(), c.clone()).await;
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);

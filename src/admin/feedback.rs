@@ -93,6 +93,17 @@ async fn report(State(st): State<AdminState>, body: axum::Json<ReportBody>) -> R
                         reason: Some(format!("{why}; it attributes nothing")),
                     },
                 ),
+                Handled::UnknownKey => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ReportResult {
+                        result,
+                        complaint: None,
+                        reason: Some(
+                            "sealed with a trace key this relay does not know yet; try again later"
+                                .into(),
+                        ),
+                    },
+                ),
                 Handled::NotAReport(why) => (
                     StatusCode::OK,
                     ReportResult {

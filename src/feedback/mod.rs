@@ -17,6 +17,7 @@
 
 pub mod cli;
 mod complaint;
+pub mod farm;
 pub mod report;
 pub mod service;
 pub mod settings;

@@ -65,6 +65,9 @@ pub enum Handled {
     NotAReport(&'static str),
     /// Its trace header did not open: refused, attributed to nobody.
     Forged(Forged),
+    /// Sealed with a key this relay does not know while it is part of a farm (`farm`): maybe
+    /// a relay's key not shared yet. Refused for now (the sender tries again).
+    UnknownKey,
 }
 
 impl Handled {
@@ -76,6 +79,7 @@ impl Handled {
             Handled::Untraced { .. } => "untraced",
             Handled::NotAReport(_) => "not-a-report",
             Handled::Forged(_) => "forged",
+            Handled::UnknownKey => "deferred",
         }
     }
 }
@@ -98,10 +102,14 @@ pub struct Feedback {
     /// `[feedback]`, or the defaults when absent (then nothing is stamped).
     settings: Settings,
     enabled: bool,
+    /// Part of a farm (`[cluster]`): keys may arrive late (`Handled::UnknownKey`).
+    farm: bool,
     hostname: String,
     state: Arc<State>,
     pools: Arc<Pools>,
     keys: ArcSwap<Keys>,
+    /// The keys as stored (base64, newest first): what `keys` was made from.
+    stored: Mutex<Vec<String>>,
     actors: Vec<Arc<dyn OnComplaint>>,
     pending: Mutex<Vec<Delivery>>,
     /// Reports per client IP in the current hour: `(hour, count)`.
@@ -119,7 +127,8 @@ impl Feedback {
         actors: Vec<Arc<dyn OnComplaint>>,
     ) -> Result<Arc<Feedback>, String> {
         store::create(&state).map_err(|e| e.to_string())?;
-        let keys = load_or_make_keys(&state).map_err(|e| e.to_string())?;
+        let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
+        let keys = keys_from(&stored).ok_or("feedback: unreadable trace key in the state store")?;
         let settings = config.feedback.clone().unwrap_or_default();
         let recent = store::recent_complaints(&state, settings.recent)
             .map_err(|e| e.to_string())?
@@ -128,11 +137,13 @@ impl Feedback {
             .collect();
         Ok(Arc::new(Feedback {
             enabled: config.feedback.is_some(),
+            farm: config.cluster.is_some(),
             settings,
             hostname: config.hostname.clone(),
             state,
             pools,
             keys: ArcSwap::from_pointee(keys),
+            stored: Mutex::new(stored),
             actors,
             pending: Mutex::default(),
             clients: Mutex::default(),
@@ -147,6 +158,41 @@ impl Feedback {
             return String::new();
         }
         trace::header_lines(&self.keys.load(), &self.settings, &self.hostname, s)
+    }
+
+    /// The trace keys as stored (base64, newest first).
+    pub fn stored_keys(&self) -> Vec<String> {
+        self.stored.lock().expect("feedback keys").clone()
+    }
+
+    /// Seals with `current` from now on and opens with every key of `all` too (`farm`); stores
+    /// the change. Blocking. True when the keys are the farm's.
+    pub fn adopt_keys(&self, current: &str, all: &[String]) -> bool {
+        let mut stored = self.stored.lock().expect("feedback keys");
+        let mut next = vec![current.to_string()];
+        for k in all.iter().chain(stored.iter()) {
+            if !next.contains(k) {
+                next.push(k.clone());
+            }
+        }
+        if next == *stored {
+            return true;
+        }
+        let Some(keys) = keys_from(&next) else {
+            tracing::error!("feedback: the farm's trace key is unreadable; keeping this relay's");
+            return false;
+        };
+        if let Err(e) = store::save_keys(&self.state, &next) {
+            tracing::error!(error = %e, "feedback: cannot store the farm's trace keys");
+            return false;
+        }
+        let changed = keys.current_id() != self.keys.load().current_id();
+        self.keys.store(Arc::new(keys));
+        if changed {
+            tracing::info!(key = %self.keys.load().current_id(), keys = next.len(), "feedback: sealing with the farm's trace key");
+        }
+        *stored = next;
+        true
     }
 
     /// The pool `[[pool_rule]]` picks for a message (for `Feedback-ID`).
@@ -247,6 +293,7 @@ impl Feedback {
         let handled = match report::parse(raw) {
             Parsed::NotAReport(why) => Handled::NotAReport(why),
             Parsed::Report(r) => match self.trace(&r)? {
+                Err(Forged::UnknownKey) if self.farm => Handled::UnknownKey,
                 Err(forged) => Handled::Forged(forged),
                 Ok(None) => Handled::Untraced {
                     feedback_type: r.feedback_type.clone(),
@@ -415,15 +462,15 @@ fn trace_in(prepend: &str) -> Option<String> {
     Some(value)
 }
 
-/// The trace keys from the state store; a new one on first start.
-fn load_or_make_keys(state: &State) -> Result<Keys, StateError> {
+/// The trace keys from the state store (base64, newest first); a new one on first start.
+fn load_or_make_keys(state: &State) -> Result<Vec<String>, StateError> {
     let mut stored = store::load_keys(state)?;
     if stored.is_empty() {
         stored.push(B64.encode(trace::new_secret()));
         store::save_keys(state, &stored)?;
         tracing::info!("feedback: new trace key made");
     }
-    keys_from(&stored).ok_or_else(|| StateError("feedback: unreadable trace key".into()))
+    Ok(stored)
 }
 
 /// Newest first; the first seals.
@@ -472,6 +519,14 @@ fn log(h: &Handled, via: Via, client: &str) {
                 client,
                 result = h.result(),
                 "feedback: not a report (accepted, dropped)"
+            );
+        }
+        Handled::UnknownKey => {
+            tracing::warn!(
+                via,
+                client,
+                result = h.result(),
+                "feedback: report sealed with a key not known here yet, refused for now"
             );
         }
         Handled::Forged(why) => {

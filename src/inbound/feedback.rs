@@ -7,7 +7,8 @@
 //!   (`450 4.7.1` past it); a report over `max_size` gets `552 5.3.4`.
 //! - The report is read, traced and dispatched before the reply: `250` once handled (also for
 //!   mail that is not a report), `550 5.7.1` when its trace reference is forged, `451 4.3.0`
-//!   when the state store failed. Nothing is spooled.
+//!   when the state store failed or (in a farm) the reference's key is not known here yet.
+//!   Nothing is spooled.
 
 use super::address::{parse_path, split_command};
 use super::envelope::Tx;
@@ -128,6 +129,16 @@ impl Session {
                     550,
                     "5.7.1",
                     format!("Report refused: {why}; it attributes nothing"),
+                ),
+            ),
+            Ok(Ok(Handled::UnknownKey)) => self.refuse_msg(
+                &id,
+                size,
+                &tx,
+                Reply::new(
+                    451,
+                    "4.7.0",
+                    "Trace reference sealed with a key this relay does not know yet, try again later",
                 ),
             ),
             Ok(Ok(h)) => self.send(Reply::new(
