@@ -61,6 +61,11 @@ struct IpProviderState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedbackResult {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoctorStatus {
     status: &'static str,
 }
@@ -104,6 +109,7 @@ struct Events {
     dkim: Family<Dkim, Counter>,
     sessions: Gauge,
     warmup_decisions: Family<RampDecision, Counter>,
+    feedback_reports: Family<FeedbackResult, Counter>,
 }
 
 fn events() -> &'static Events {
@@ -119,6 +125,7 @@ fn events() -> &'static Events {
             dkim: Family::default(),
             sessions: Gauge::default(),
             warmup_decisions: Family::default(),
+            feedback_reports: Family::default(),
         };
         registry.register(
             "messages_accepted",
@@ -154,6 +161,11 @@ fn events() -> &'static Events {
             "warmup_decisions",
             "Warm-up ramp decisions per source IP and provider (advanced, held, stepped-back, rewarmed)",
             e.warmup_decisions.clone(),
+        );
+        registry.register(
+            "feedback_reports",
+            "Complaint reports received, by result (complaint, not-a-complaint, untraced, not-a-report, forged)",
+            e.feedback_reports.clone(),
         );
         Events { registry, ..e }
     })
@@ -197,6 +209,14 @@ pub fn warmup_decision(ip: &str, provider: &str, decision: &'static str) {
             provider: provider.to_string(),
             decision,
         })
+        .inc();
+}
+
+/// One complaint report handled (`feedback::Handled::result`).
+pub fn feedback_report(result: &'static str) {
+    events()
+        .feedback_reports
+        .get_or_create(&FeedbackResult { result })
         .inc();
 }
 

@@ -132,6 +132,17 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
+    // Who acts on a traced complaint, in order (`feedback::dispatch`): the accounts of the
+    // login and sender domain first (they may take the blame), then the IP × provider windows
+    // and suppression. Adding one is one line here.
+    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> = vec![accounts.clone()];
+    let feedback =
+        crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
+    feedback.start_flusher();
+    if let Some(c) = &cluster {
+        // Before the listeners: messages are sealed with the farm's key from the start.
+        crate::feedback::farm::start(feedback.clone(), c.clone()).await;
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
@@ -144,6 +155,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             spool: spool.clone(),
             config: config.clone(),
             reload: Some(crate::reload::Trigger(reload_tx)),
+            feedback: Some(feedback.clone()),
         };
         crate::admin::start(admin, admin_state).await?;
     }
@@ -156,6 +168,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         committed,
         recovered,
         control,
+        Some(feedback.clone()),
     )
     .await?;
     let listeners = Arc::new(
@@ -166,6 +179,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             signer,
             cluster,
             accounts.clone(),
+            feedback.clone(),
         )
         .await?,
     );
@@ -199,6 +213,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         history.flush(&pools);
         suppressions.flush();
         accounts.flush();
+        feedback.flush(false);
     });
     let _ = flush.await;
     tracing::info!("poolrelay stopped");

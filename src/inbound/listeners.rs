@@ -64,6 +64,7 @@ impl Listeners {
         signer: Arc<Signer>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
         accounts: Arc<crate::reputation::accounts::Accounts>,
+        feedback: Arc<crate::feedback::Feedback>,
     ) -> Result<Listeners, String> {
         let (stop, stop_rx) = watch::channel(Stop::Running);
         let ctx = build(
@@ -75,6 +76,7 @@ impl Listeners {
             None,
             cluster,
             accounts,
+            feedback,
         )?;
         let bound = bind(&config.listen, &[]).await?;
         let max = config.limits.max_sessions.max(1);
@@ -116,6 +118,7 @@ impl Listeners {
             Some(&old),
             old.cluster.clone(),
             old.accounts.clone(),
+            old.feedback.clone(),
         )?;
         let open: Vec<SocketAddr> = self
             .open

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod author;
 pub mod data;
 mod envelope;
+mod feedback;
 pub mod limits;
 mod listeners;
 pub mod mailbox;
@@ -62,6 +63,8 @@ pub(crate) struct Inbound {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Standing per login and sender domain: MAIL FROM refuses throttled and suspended ones.
     pub accounts: Arc<crate::reputation::accounts::Accounts>,
+    /// Takes complaint reports and stamps the trace headers (`feedback`).
+    pub feedback: Arc<crate::feedback::Feedback>,
 }
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
@@ -76,6 +79,7 @@ pub(crate) fn build(
     prev: Option<&Inbound>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
     accounts: Arc<crate::reputation::accounts::Accounts>,
+    feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
@@ -161,6 +165,7 @@ pub(crate) fn build(
         users,
         tls,
         stop,
+        feedback,
     })
 }
 
@@ -173,8 +178,9 @@ pub async fn start(
     signer: Arc<Signer>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
     accounts: Arc<crate::reputation::accounts::Accounts>,
+    feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer, cluster, accounts).await
+    Listeners::start(config, spool, state, signer, cluster, accounts, feedback).await
 }
 
 async fn accept_loop(
