@@ -22,6 +22,11 @@ const USERS: [(&str, &str); 3] = [
 /// A relay with AUTH (alice, bob and carol, each with its own domain), sending from
 /// 127.0.0.10 and 127.0.0.11 to the bench's sink, `[accounts]` from `accounts`.
 fn start(name: &str, b: &Bench, accounts: &str) -> (Relay, SocketAddr, Certs) {
+    start_with(name, b, accounts, "")
+}
+
+/// `start` with more sections (`[feedback]`).
+fn start_with(name: &str, b: &Bench, accounts: &str, more: &str) -> (Relay, SocketAddr, Certs) {
     let dir = tempdir(name);
     let certs = make_certs(&dir, &["relay.test"]);
     let users = write_users(&dir, &USERS);
@@ -39,7 +44,8 @@ fn start(name: &str, b: &Bench, accounts: &str) -> (Relay, SocketAddr, Certs) {
             "default",
             &[PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")],
         )
-        .section(&format!("[accounts]\n{accounts}"));
+        .section(&format!("[accounts]\n{accounts}"))
+        .section(more);
     let (relay, admin) = admin::start(&dir, &cfg, WAIT);
     (relay, admin, certs)
 }
@@ -335,6 +341,122 @@ fn a_throttled_login_sends_a_few_an_hour_then_hears_why() {
 
 fn get_metrics(admin: SocketAddr) -> String {
     common::admin::get_text(admin, "/metrics")
+}
+
+const FBL: &str = "fbl@relay.test";
+
+/// A receiver's ARF report (RFC 5965) about `original`, the message as it arrived there.
+fn arf(original: &[u8]) -> Vec<u8> {
+    let mut r = b"From: feedback@provider.test\r\nTo: fbl@relay.test\r\nSubject: complaint\r\n\
+        Date: Mon, 07 Dec 2026 18:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/report; report-type=feedback-report; boundary=\"arf_b\"\r\n\r\n\
+        --arf_b\r\nContent-Type: text/plain\r\n\r\nA user marked this message as spam.\r\n\
+        --arf_b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n\
+        User-Agent: ProviderFBL/1.0\r\nVersion: 1\r\n\r\n\
+        --arf_b\r\nContent-Type: message/rfc822\r\n\r\n"
+        .to_vec();
+    r.extend_from_slice(original);
+    r.extend_from_slice(b"\r\n--arf_b--\r\n");
+    r
+}
+
+/// Sends `report` to the feedback address from 127.0.0.77 (a stranger, no AUTH).
+fn report(relay: &Relay, report: &[u8]) -> Reply {
+    let mut c = SmtpClient::connect_from(relay.addr(), lo(77));
+    c.ehlo("reporter.test");
+    let r = c.send_mail("", &[FBL], report);
+    c.quit();
+    r
+}
+
+fn complaints(admin: SocketAddr) -> Vec<Value> {
+    get(admin, "/api/complaints")["complaints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The issue's test: real complaint reports about alice's relayed messages suspend alice (the
+/// accounts take the blame, so the IP windows are told not to count them) while bob keeps
+/// sending through the same two IPs, which carry no hold.
+#[test]
+fn one_logins_complaints_suspend_it_while_others_send_through_the_same_ips() {
+    let b = bench(None);
+    let (relay, admin, certs) = start_with(
+        "acct-complaints",
+        &b,
+        "min_volume = 10\n",
+        &format!("[feedback]\naddresses = [\"{FBL}\"]\n"),
+    );
+    for r in send_as(&relay, &certs, "alice", &rcpts("a", 10)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    for r in send_as(&relay, &certs, "bob", &rcpts("b", 10)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let got = b.sink.wait_for_messages(20, WAIT);
+    let from_ip = |who: &str, ip: u8| {
+        got.iter()
+            .filter(|m| m.mail_from.starts_with(who) && m.peer == lo(ip))
+            .count()
+    };
+    assert!(
+        from_ip("bob", 10) + from_ip("alice", 10) > 0
+            && from_ip("bob", 11) + from_ip("alice", 11) > 0,
+        "both IPs in use"
+    );
+    assert!(wait_until(WAIT, || login_of(admin, "alice")
+        .is_some_and(|v| v["counts"]["delivered"] == 10)));
+    // Two recipients of alice's mail complain; the receiver sends the reports.
+    let alice: Vec<&Message> = got
+        .iter()
+        .filter(|m| m.mail_from == "alice@alice.test")
+        .collect();
+    for m in &alice[..2] {
+        let r = report(&relay, &arf(&m.data));
+        assert_eq!(r.code, 250, "{r}\n{}", relay.log());
+    }
+    assert!(
+        wait_until(WAIT, || complaints(admin).len() == 2),
+        "{:?}\n{}",
+        complaints(admin),
+        relay.log()
+    );
+    for c in complaints(admin) {
+        assert_eq!(c["login"], "alice", "{c}");
+        assert_eq!(c["evidence"], "trace", "{c}");
+        // The account took the blame: the IP × provider windows do not count it.
+        assert_eq!(c["blamed"], true, "{c}");
+    }
+    let v = login_of(admin, "alice").unwrap();
+    assert_eq!(v["standing"], "suspended", "{v}");
+    assert_eq!(v["counts"]["complained"], 2, "{v}");
+    assert_eq!(
+        v["why"], "complaint rate 10 % (1 of 10) over 0.3 % in 7 days",
+        "{v}"
+    );
+    let mut c = login(&relay, &certs, "alice");
+    let r = c.cmd("MAIL FROM:<alice@alice.test>");
+    assert_eq!(r.code, 550, "{r}");
+    assert!(
+        r.lines()[0].starts_with("5.7.1 login alice suspended: complaint rate 10 %"),
+        "{r}"
+    );
+    c.quit();
+
+    // Bob goes on through the same IPs; neither IP is held for alice's complaints.
+    b.sink.clear();
+    for r in send_as(&relay, &certs, "bob", &rcpts("c", 6)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let got = b.sink.wait_for_messages(6, WAIT);
+    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
+    for ip in ["127.0.0.10", "127.0.0.11"] {
+        for scope in ["alpha", "all"] {
+            assert!(hold(admin, ip, scope).is_none(), "{ip} held for {scope}");
+        }
+    }
+    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
 }
 
 /// A relay of a farm sharing `redis`, trusting 127.0.0.1, `[accounts]` strict.
