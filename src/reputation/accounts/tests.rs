@@ -340,3 +340,38 @@ fn the_farm_shares_suspensions_and_releases_and_the_later_one_wins() {
         1
     ));
 }
+
+#[test]
+fn metrics_keep_per_account_series_bounded() {
+    let a = Accounts::new(Some(settings(1)), None);
+    let now = crate::spool::now_unix();
+    for i in 0..150 {
+        a.count(
+            &[Key::login(&format!("u{i:03}"))],
+            Outcome::Bounced,
+            now,
+            None,
+        );
+    }
+    a.count(&[Key::domain("fine.test")], Outcome::Delivered, now, None);
+    let mut accounts = a.list(Kind::Login);
+    accounts.extend(a.list(Kind::Domain));
+    let text = crate::metrics::render(&crate::metrics::Levels {
+        accounts,
+        ..Default::default()
+    });
+    assert_eq!(
+        text.matches("poolrelay_account_standing{").count(),
+        metrics::MAX_SERIES,
+        "{text}"
+    );
+    assert!(text.contains(
+        "poolrelay_account_standing{kind=\"login\",name=\"u000\",standing=\"suspended\"} 1"
+    ));
+    for want in [
+        "poolrelay_accounts{kind=\"login\",standing=\"suspended\"} 150",
+        "poolrelay_accounts{kind=\"domain\",standing=\"good\"} 1",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+}
