@@ -124,14 +124,12 @@ fn poolrelay_cli(relay: &Relay, args: &[&str]) -> std::process::Output {
         .expect("run poolrelay")
 }
 
-/// Unknown recipients are the customer's list: alice's suspend alice (and her domain) while bob
-/// sends on through the same two IPs, a restart keeps the suspension, and the operator's
-/// release (CLI, named) lets her send again.
-#[test]
-fn a_logins_bad_list_suspends_it_while_others_send_until_the_operator_releases_it() {
+/// Alice mails a list of unknown users (the sink knows none of them) until her bounce rate
+/// suspends her: 4 of 4 over 50 %.
+fn suspend_alice_by_a_bad_list(name: &str) -> (Bench, Relay, SocketAddr, Certs) {
     let b = bench(Some(unknown_users));
-    let (mut relay, admin, certs) = start(
-        "acct-suspend",
+    let (relay, admin, certs) = start(
+        name,
         &b,
         "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_per_hour = 100\n",
     );
@@ -145,6 +143,14 @@ fn a_logins_bad_list_suspends_it_while_others_send_until_the_operator_releases_i
         get(admin, "/api/logins"),
         relay.log()
     );
+    (b, relay, admin, certs)
+}
+
+/// Unknown recipients are the customer's list: alice's suspend alice (and her domain) while bob
+/// sends on through the same two IPs, and a restart keeps the suspension.
+#[test]
+fn a_logins_bad_list_suspends_it_while_others_send_and_a_restart_keeps_it() {
+    let (b, mut relay, admin, certs) = suspend_alice_by_a_bad_list("acct-suspend");
     let v = login_of(admin, "alice").unwrap();
     assert_eq!(v["counts"]["bad_recipients"], 4, "{v}");
     assert_eq!(
@@ -202,8 +208,14 @@ fn a_logins_bad_list_suspends_it_while_others_send_until_the_operator_releases_i
         assert!(hold(admin, ip, "all").is_none(), "{ip} held");
     }
     assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+}
 
-    // The operator releases her, by name; the release is logged and in her history.
+/// The operator's release (CLI with a name, or API) lets a suspended account send again, logged
+/// and in its history.
+#[test]
+fn the_operators_release_by_cli_or_api_lets_it_send_again() {
+    let (b, relay, admin, certs) = suspend_alice_by_a_bad_list("acct-release");
+    // By name; the release is logged and in her history.
     let out = poolrelay_cli(&relay, &["login", "release", "alice", "--by", "ops-anna"]);
     assert!(
         out.status.success(),

@@ -4,8 +4,9 @@
 //! - Three rates, each over the `[accounts] window` (daily buckets): complaints per delivered
 //!   message, hard bounces (unknown recipients included) per message with a final answer, block
 //!   replies per attempt. A rate counts once its denominator reaches `min_volume`.
-//! - A rate over its `max_*_rate` suspends; over `throttle_at` × that limit throttles. The worst
-//!   rate decides; ties go to complaints, then bounces, then blocks.
+//! - A rate over its `max_*_rate` suspends; over `throttle_at` × that limit throttles.
+//!   Suspension beats throttling; at one level complaints name the reason first, then bounces,
+//!   then blocks.
 //! - Throttled lifts by itself once every rate is back under the warning level. Suspended stays
 //!   until the operator releases the account; a release starts its window afresh.
 
