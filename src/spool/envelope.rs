@@ -41,8 +41,7 @@ pub struct Envelope {
     pub pool: Option<String>,
     #[serde(default)]
     pub delay_warned: bool,
-    /// The `From:` domain (lower case) read at acceptance: the message's sender domain for
-    /// the accounts (`reputation::accounts`), before MAIL FROM's.
+    /// The `From:` domain, lower case (what complaints name as the sender domain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_domain: Option<String>,
 }
