@@ -99,9 +99,8 @@ pub struct Sent<'a> {
 }
 
 pub struct Feedback {
-    /// `[feedback]`, or the defaults when absent (then nothing is stamped).
-    settings: Settings,
-    enabled: bool,
+    /// `[feedback]` (`None`: absent, nothing is stamped), replaced on reload.
+    settings: ArcSwap<Option<Settings>>,
     /// Part of a farm (`[cluster]`): keys may arrive late (`Handled::UnknownKey`).
     farm: bool,
     hostname: String,
@@ -129,16 +128,15 @@ impl Feedback {
         store::create(&state).map_err(|e| e.to_string())?;
         let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
         let keys = keys_from(&stored).ok_or("feedback: unreadable trace key in the state store")?;
-        let settings = config.feedback.clone().unwrap_or_default();
-        let recent = store::recent_complaints(&state, settings.recent)
+        let keep = config.feedback.clone().unwrap_or_default().recent;
+        let recent = store::recent_complaints(&state, keep)
             .map_err(|e| e.to_string())?
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
         Ok(Arc::new(Feedback {
-            enabled: config.feedback.is_some(),
+            settings: ArcSwap::from_pointee(config.feedback.clone()),
             farm: config.cluster.is_some(),
-            settings,
             hostname: config.hostname.clone(),
             state,
             pools,
@@ -154,10 +152,22 @@ impl Feedback {
     /// The header lines to stamp on a message (trace, `Feedback-ID`); empty without
     /// `[feedback]` or with `trace = false`.
     pub fn stamp(&self, s: &Stamp<'_>) -> String {
-        if !self.enabled || !self.settings.trace {
-            return String::new();
+        match &**self.settings.load() {
+            Some(settings) if settings.trace => {
+                trace::header_lines(&self.keys.load(), settings, &self.hostname, s)
+            }
+            _ => String::new(),
         }
-        trace::header_lines(&self.keys.load(), &self.settings, &self.hostname, s)
+    }
+
+    /// `[feedback]` of a reloaded config, from now on (`Listeners::reload`).
+    pub fn reload(&self, config: &Config) {
+        self.settings.store(Arc::new(config.feedback.clone()));
+    }
+
+    /// `[feedback]` now, or its defaults.
+    fn settings(&self) -> Settings {
+        (**self.settings.load()).clone().unwrap_or_default()
     }
 
     /// The trace keys as stored (base64, newest first).
@@ -202,7 +212,7 @@ impl Feedback {
 
     /// One report more from `client` this hour, unless it is past `per_client_hourly`.
     pub fn allow_client(&self, client: IpAddr) -> bool {
-        let limit = self.settings.per_client_hourly;
+        let limit = self.settings().per_client_hourly;
         if limit == 0 {
             return true;
         }
@@ -250,8 +260,9 @@ impl Feedback {
             tracing::error!(error = %e, records = batch.len(), "feedback: cannot write delivery records");
         }
         if prune {
-            let cutoff = now_unix().saturating_sub(self.settings.keep_records.0.as_secs());
-            match store::prune(&self.state, cutoff, self.settings.max_records) {
+            let settings = self.settings();
+            let cutoff = now_unix().saturating_sub(settings.keep_records.0.as_secs());
+            match store::prune(&self.state, cutoff, settings.max_records) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(dropped = n, "feedback: old delivery records dropped"),
                 Err(e) => tracing::error!(error = %e, "feedback: cannot prune delivery records"),
@@ -325,12 +336,12 @@ impl Feedback {
             &self.state,
             traced.complaint.arrived_at,
             &json,
-            self.settings.recent,
+            self.settings().recent,
         )?;
         {
             let mut recent = self.recent.lock().expect("feedback recent");
             recent.push_back(traced.clone());
-            while recent.len() > self.settings.recent {
+            while recent.len() > self.settings().recent {
                 recent.pop_front();
             }
         }
