@@ -432,6 +432,82 @@ fn log(h: &Handled, via: Via, client: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::{Charge, Evidence};
+
+    /// Remembers what it was handed; blames when told to.
+    struct Actor {
+        seen: Mutex<Vec<(Complaint, bool)>>,
+        blame: bool,
+    }
+
+    impl OnComplaint for Actor {
+        fn complaint(&self, c: &Complaint, blamed: bool) -> Charge {
+            self.seen.lock().unwrap().push((c.clone(), blamed));
+            if self.blame {
+                Charge::Blamed
+            } else {
+                Charge::Counted
+            }
+        }
+    }
+
+    fn report(feedback_type: &str, original: &str) -> Vec<u8> {
+        format!(
+            "From: fbl@isp.test\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: {feedback_type}\r\n\
+             User-Agent: test/1\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
+             {original}\r\n--b--\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn traced_complaints_go_to_every_actor_in_order() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbsvc-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\naddresses = [\"f@relay.test\"]\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let first = Arc::new(Actor {
+            seen: Mutex::default(),
+            blame: true,
+        });
+        let second = Arc::new(Actor {
+            seen: Mutex::default(),
+            blame: false,
+        });
+        let actors: Vec<Arc<dyn OnComplaint>> = vec![first.clone(), second.clone()];
+        let f = Feedback::open(&config, state, pools, actors).unwrap();
+        let original = "Received: from o1 (o1 [127.0.0.10]) by mx.isp.test\r\n\
+                        From: a@shop.test\r\nTo: u@isp.test\r\nSubject: s\r\n\r\nhi";
+        let h = f.handle(&report("abuse", original), Via::Api, "t").unwrap();
+        let Handled::Complaint(t) = h else {
+            panic!("{h:?}")
+        };
+        assert!(t.blamed && t.dispatched);
+        assert_eq!(t.complaint.evidence, Evidence::Received);
+        assert_eq!(t.complaint.source_ip, Some("127.0.0.10".parse().unwrap()));
+        assert_eq!(t.complaint.recipient.as_deref(), Some("u@isp.test"));
+        // The second actor learns that the first took the blame.
+        assert_eq!(first.seen.lock().unwrap()[0].1, false);
+        assert_eq!(second.seen.lock().unwrap()[0].1, true);
+        // Not a complaint type: listed, not dispatched.
+        let h = f
+            .handle(&report("not-spam", original), Via::Api, "t")
+            .unwrap();
+        assert!(matches!(h, Handled::NotAComplaint(_)), "{h:?}");
+        // Not ours: untraced, not dispatched.
+        let other = original.replace("127.0.0.10", "192.0.2.1");
+        let h = f.handle(&report("abuse", &other), Via::Api, "t").unwrap();
+        assert!(matches!(h, Handled::Untraced { .. }), "{h:?}");
+        assert_eq!(second.seen.lock().unwrap().len(), 1);
+        assert_eq!(f.recent().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn trace_header_read_back_from_the_prepend() {
