@@ -20,11 +20,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
+use super::attribute::{self, trace_in};
 use super::report::{self, Parsed, Report, Shape};
 use super::settings::Settings;
 use super::store::{self, Delivery};
 use super::trace::{self, Forged, Key, Keys, Stamp};
-use super::{Complaint, Evidence, OnComplaint};
+use super::{Complaint, OnComplaint};
 use crate::config::Config;
 use crate::pool::Pools;
 use crate::spool::now_unix;
@@ -99,9 +100,8 @@ pub struct Sent<'a> {
 }
 
 pub struct Feedback {
-    /// `[feedback]`, or the defaults when absent (then nothing is stamped).
-    settings: Settings,
-    enabled: bool,
+    /// `[feedback]` (`None`: absent, nothing is stamped), replaced on reload.
+    settings: ArcSwap<Option<Settings>>,
     /// Part of a farm (`[cluster]`): keys may arrive late (`Handled::UnknownKey`).
     farm: bool,
     hostname: String,
@@ -129,16 +129,15 @@ impl Feedback {
         store::create(&state).map_err(|e| e.to_string())?;
         let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
         let keys = keys_from(&stored).ok_or("feedback: unreadable trace key in the state store")?;
-        let settings = config.feedback.clone().unwrap_or_default();
-        let recent = store::recent_complaints(&state, settings.recent)
+        let keep = config.feedback.clone().unwrap_or_default().recent;
+        let recent = store::recent_complaints(&state, keep)
             .map_err(|e| e.to_string())?
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
         Ok(Arc::new(Feedback {
-            enabled: config.feedback.is_some(),
+            settings: ArcSwap::from_pointee(config.feedback.clone()),
             farm: config.cluster.is_some(),
-            settings,
             hostname: config.hostname.clone(),
             state,
             pools,
@@ -154,10 +153,22 @@ impl Feedback {
     /// The header lines to stamp on a message (trace, `Feedback-ID`); empty without
     /// `[feedback]` or with `trace = false`.
     pub fn stamp(&self, s: &Stamp<'_>) -> String {
-        if !self.enabled || !self.settings.trace {
-            return String::new();
+        match &**self.settings.load() {
+            Some(settings) if settings.trace => {
+                trace::header_lines(&self.keys.load(), settings, &self.hostname, s)
+            }
+            _ => String::new(),
         }
-        trace::header_lines(&self.keys.load(), &self.settings, &self.hostname, s)
+    }
+
+    /// `[feedback]` of a reloaded config, from now on (`Listeners::reload`).
+    pub fn reload(&self, config: &Config) {
+        self.settings.store(Arc::new(config.feedback.clone()));
+    }
+
+    /// `[feedback]` now, or its defaults.
+    fn settings(&self) -> Settings {
+        (**self.settings.load()).clone().unwrap_or_default()
     }
 
     /// The trace keys as stored (base64, newest first).
@@ -202,7 +213,7 @@ impl Feedback {
 
     /// One report more from `client` this hour, unless it is past `per_client_hourly`.
     pub fn allow_client(&self, client: IpAddr) -> bool {
-        let limit = self.settings.per_client_hourly;
+        let limit = self.settings().per_client_hourly;
         if limit == 0 {
             return true;
         }
@@ -250,8 +261,9 @@ impl Feedback {
             tracing::error!(error = %e, records = batch.len(), "feedback: cannot write delivery records");
         }
         if prune {
-            let cutoff = now_unix().saturating_sub(self.settings.keep_records.0.as_secs());
-            match store::prune(&self.state, cutoff, self.settings.max_records) {
+            let settings = self.settings();
+            let cutoff = now_unix().saturating_sub(settings.keep_records.0.as_secs());
+            match store::prune(&self.state, cutoff, settings.max_records) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(dropped = n, "feedback: old delivery records dropped"),
                 Err(e) => tracing::error!(error = %e, "feedback: cannot prune delivery records"),
@@ -292,14 +304,16 @@ impl Feedback {
         self.flush(false);
         let handled = match report::parse(raw) {
             Parsed::NotAReport(why) => Handled::NotAReport(why),
-            Parsed::Report(r) => match self.trace(&r)? {
-                Err(Forged::UnknownKey) if self.farm => Handled::UnknownKey,
-                Err(forged) => Handled::Forged(forged),
-                Ok(None) => Handled::Untraced {
-                    feedback_type: r.feedback_type.clone(),
-                },
-                Ok(Some(complaint)) => self.deliver(complaint, &r, via)?,
-            },
+            Parsed::Report(r) => {
+                match attribute::trace(&r, &self.keys.load(), &self.state, &self.pools.ips())? {
+                    Err(Forged::UnknownKey) if self.farm => Handled::UnknownKey,
+                    Err(forged) => Handled::Forged(forged),
+                    Ok(None) => Handled::Untraced {
+                        feedback_type: r.feedback_type.clone(),
+                    },
+                    Ok(Some(complaint)) => self.deliver(complaint, &r, via)?,
+                }
+            }
         };
         crate::metrics::feedback_report(handled.result());
         log(&handled, via, client);
@@ -325,12 +339,12 @@ impl Feedback {
             &self.state,
             traced.complaint.arrived_at,
             &json,
-            self.settings.recent,
+            self.settings().recent,
         )?;
         {
             let mut recent = self.recent.lock().expect("feedback recent");
             recent.push_back(traced.clone());
-            while recent.len() > self.settings.recent {
+            while recent.len() > self.settings().recent {
                 recent.pop_front();
             }
         }
@@ -340,126 +354,6 @@ impl Feedback {
             Handled::NotAComplaint(Box::new(traced))
         })
     }
-
-    /// The rules of the module doc. `Ok(Err)`: forged; `Ok(Ok(None))`: untraced.
-    #[allow(clippy::type_complexity)]
-    fn trace(&self, r: &Report) -> Result<Result<Option<Complaint>, Forged>, StateError> {
-        let pool_ips = self.pools.ips();
-        let ours = |ip: &IpAddr| pool_ips.contains(ip);
-        let recipient = r
-            .rcpt_to
-            .iter()
-            .chain(r.original.recipient.iter())
-            .find(|a| a.contains('@') && !a.contains("redacted"))
-            .cloned();
-        let mut c = Complaint {
-            feedback_type: r.feedback_type.clone(),
-            reporter: r.reporter.clone(),
-            provider: None,
-            source_ip: None,
-            queue_id: None,
-            login: None,
-            sender_domain: r.original.from_domain.clone(),
-            recipient: recipient.clone(),
-            arrived_at: now_unix(),
-            evidence: Evidence::Trace,
-        };
-        let mut evidence = None;
-        let mut record = None;
-        if let Some(value) = r.original.traces.first() {
-            let facts = match self.keys.load().open(value) {
-                Ok(f) => f,
-                Err(forged) => return Ok(Err(forged)),
-            };
-            evidence = Some(Evidence::Trace);
-            let records = store::by_queue(&self.state, &facts.queue_id)?;
-            record = pick(records, recipient.as_deref(), r.source_ip);
-            c.queue_id = Some(facts.queue_id);
-            c.login = facts.login;
-            c.sender_domain = facts.sender_domain.or(c.sender_domain);
-        }
-        if c.source_ip.is_none() && record.is_none() {
-            if let Some(ip) = r.source_ip.filter(|ip| ours(ip)) {
-                c.source_ip = Some(ip);
-                evidence.get_or_insert(Evidence::SourceIp);
-            } else if let Some(ip) = r.original.received_ips.iter().find(|ip| ours(ip)) {
-                c.source_ip = Some(*ip);
-                evidence.get_or_insert(Evidence::Received);
-            }
-        }
-        if record.is_none() && c.queue_id.is_none() {
-            let mut found = Vec::new();
-            if let Some(mid) = &r.original.message_id {
-                found = store::by_message_id(&self.state, &trace::message_id_hash(mid))?;
-            }
-            if found.is_empty()
-                && let Some(rcpt) = &recipient
-            {
-                found = store::by_recipient(&self.state, rcpt)?;
-                // The newest delivery to them (from the named IP, when one is known).
-                found.retain(|d| c.source_ip.is_none_or(|ip| ip == d.source_ip));
-                found = found.pop().into_iter().collect();
-            }
-            record = pick(found, recipient.as_deref(), c.source_ip);
-            if record.is_some() {
-                evidence.get_or_insert(Evidence::Records);
-            }
-        }
-        let Some(evidence) = evidence else {
-            return Ok(Ok(None));
-        };
-        c.evidence = evidence;
-        if let Some(d) = record {
-            c.source_ip = c.source_ip.or(Some(d.source_ip));
-            c.provider = Some(d.provider);
-            c.queue_id = c.queue_id.or(Some(d.queue_id));
-            if evidence != Evidence::Trace {
-                c.login = c.login.or(d.login);
-                c.sender_domain = d.sender_domain.or(c.sender_domain);
-            }
-            c.recipient = c.recipient.or(Some(d.recipient));
-        }
-        Ok(Ok(Some(c)))
-    }
-}
-
-/// The record for this complaint among a message's: the named recipient's, else the one from
-/// the report's source IP, else the only IP the message left from.
-fn pick(records: Vec<Delivery>, rcpt: Option<&str>, ip: Option<IpAddr>) -> Option<Delivery> {
-    if let Some(rcpt) = rcpt
-        && let Some(d) = records.iter().find(|d| d.recipient == rcpt)
-    {
-        return Some(d.clone());
-    }
-    if let Some(ip) = ip
-        && let Some(d) = records.iter().find(|d| d.source_ip == ip)
-    {
-        return Some(d.clone());
-    }
-    let first = records.first()?;
-    records
-        .iter()
-        .all(|d| d.source_ip == first.source_ip)
-        .then(|| first.clone())
-}
-
-/// The value of our trace header among CRLF header lines (the envelope's `prepend`).
-fn trace_in(prepend: &str) -> Option<String> {
-    let mut lines = prepend.split("\r\n");
-    let name = format!("{}:", trace::TRACE_HEADER);
-    let first = lines.find(|l| {
-        l.get(..name.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(&name))
-    })?;
-    let mut value = first[name.len()..].to_string();
-    for l in lines {
-        if l.starts_with([' ', '\t']) {
-            value.push_str(l);
-        } else {
-            break;
-        }
-    }
-    Some(value)
 }
 
 /// The trace keys from the state store (base64, newest first); a new one on first start.
@@ -538,6 +432,82 @@ fn log(h: &Handled, via: Via, client: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::{Charge, Evidence};
+
+    /// Remembers what it was handed; blames when told to.
+    struct Actor {
+        seen: Mutex<Vec<(Complaint, bool)>>,
+        blame: bool,
+    }
+
+    impl OnComplaint for Actor {
+        fn complaint(&self, c: &Complaint, blamed: bool) -> Charge {
+            self.seen.lock().unwrap().push((c.clone(), blamed));
+            if self.blame {
+                Charge::Blamed
+            } else {
+                Charge::Counted
+            }
+        }
+    }
+
+    fn report(feedback_type: &str, original: &str) -> Vec<u8> {
+        format!(
+            "From: fbl@isp.test\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: {feedback_type}\r\n\
+             User-Agent: test/1\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
+             {original}\r\n--b--\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn traced_complaints_go_to_every_actor_in_order() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbsvc-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\naddresses = [\"f@relay.test\"]\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let first = Arc::new(Actor {
+            seen: Mutex::default(),
+            blame: true,
+        });
+        let second = Arc::new(Actor {
+            seen: Mutex::default(),
+            blame: false,
+        });
+        let actors: Vec<Arc<dyn OnComplaint>> = vec![first.clone(), second.clone()];
+        let f = Feedback::open(&config, state, pools, actors).unwrap();
+        let original = "Received: from o1 (o1 [127.0.0.10]) by mx.isp.test\r\n\
+                        From: a@shop.test\r\nTo: u@isp.test\r\nSubject: s\r\n\r\nhi";
+        let h = f.handle(&report("abuse", original), Via::Api, "t").unwrap();
+        let Handled::Complaint(t) = h else {
+            panic!("{h:?}")
+        };
+        assert!(t.blamed && t.dispatched);
+        assert_eq!(t.complaint.evidence, Evidence::Received);
+        assert_eq!(t.complaint.source_ip, Some("127.0.0.10".parse().unwrap()));
+        assert_eq!(t.complaint.recipient.as_deref(), Some("u@isp.test"));
+        // The second actor learns that the first took the blame.
+        assert_eq!(first.seen.lock().unwrap()[0].1, false);
+        assert_eq!(second.seen.lock().unwrap()[0].1, true);
+        // Not a complaint type: listed, not dispatched.
+        let h = f
+            .handle(&report("not-spam", original), Via::Api, "t")
+            .unwrap();
+        assert!(matches!(h, Handled::NotAComplaint(_)), "{h:?}");
+        // Not ours: untraced, not dispatched.
+        let other = original.replace("127.0.0.10", "192.0.2.1");
+        let h = f.handle(&report("abuse", &other), Via::Api, "t").unwrap();
+        assert!(matches!(h, Handled::Untraced { .. }), "{h:?}");
+        assert_eq!(second.seen.lock().unwrap().len(), 1);
+        assert_eq!(f.recent().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn trace_header_read_back_from_the_prepend() {

@@ -123,3 +123,49 @@ fn default_max_records() -> usize {
 fn default_recent() -> usize {
     1000
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Checked;
+
+    const MIN: &str = "hostname = \"r.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+
+    fn errors(dir: &Path, extra: &str) -> Vec<String> {
+        let file = dir.join("c.toml");
+        std::fs::write(&file, format!("{MIN}{extra}")).unwrap();
+        match Checked::load(&file) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_feedback_settings_are_named_at_their_line() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbcfg-{}", crate::spool::Spool::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = dir.join("c.toml").display().to_string();
+        assert!(errors(&dir, "[feedback]\naddresses = [\"fbl@relay.test\"]\n").is_empty());
+        let e = errors(
+            &dir,
+            "[feedback]\naddresses = [\"fbl@relay.test\", \"nobody\"]\nsender_id = \"a b\"\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("{c}:7: feedback.addresses:")),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with(&format!("{c}:8: feedback.sender_id:")),
+            "{e:?}"
+        );
+        let e = errors(&dir, "[feedback]\nfeedback_id = [\"login\", \"ip\"]\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(&format!("{c}:7:")), "{e:?}");
+        let e = errors(&dir, "[feedback]\nadresses = []\n");
+        assert!(e[0].contains("adresses"), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
