@@ -91,9 +91,10 @@ async fn release(st: AdminState, peer: SocketAddr, body: String, kind: Kind) -> 
         Kind::Login => Key::login(&name),
         Kind::Domain => Key::domain(&name),
     };
-    let by = req
+    // A name for the log and the history, not a document.
+    let by: String = req
         .by
-        .map(|b| b.trim().to_string())
+        .map(|b| b.trim().chars().take(MAX_BY).collect::<String>())
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| "api".to_string());
     let accounts = st.reputation.accounts().clone();
@@ -108,6 +109,9 @@ async fn release(st: AdminState, peer: SocketAddr, body: String, kind: Kind) -> 
         None => error(StatusCode::NOT_FOUND, format!("no such {field}: {name:?}")),
     }
 }
+
+/// Characters of `by` kept.
+const MAX_BY: usize = 100;
 
 /// Rows the pool page shows at most.
 const PAGE_ROWS: usize = 100;
