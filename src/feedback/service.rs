@@ -510,8 +510,8 @@ mod tests {
         assert_eq!(t.complaint.source_ip, Some("127.0.0.10".parse().unwrap()));
         assert_eq!(t.complaint.recipient.as_deref(), Some("u@isp.test"));
         // The second actor learns that the first took the blame.
-        assert_eq!(first.seen.lock().unwrap()[0].1, false);
-        assert_eq!(second.seen.lock().unwrap()[0].1, true);
+        assert!(!first.seen.lock().unwrap()[0].1);
+        assert!(second.seen.lock().unwrap()[0].1);
         // Not a complaint type: listed, not dispatched.
         let h = f
             .handle(&report("not-spam", original), Via::Api, "t")
