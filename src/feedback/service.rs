@@ -206,6 +206,23 @@ impl Feedback {
         true
     }
 
+    /// Whether messages get the trace headers (`[feedback]` with `trace = true`).
+    pub fn stamps(&self) -> bool {
+        self.settings
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_some_and(|s| s.trace)
+    }
+
+    /// Whether `Feedback-ID` names the pool.
+    pub fn wants_pool(&self) -> bool {
+        self.settings.load().as_ref().as_ref().is_some_and(|s| {
+            s.feedback_id
+                .contains(&super::settings::FeedbackIdField::Pool)
+        })
+    }
+
     /// The pool `[[pool_rule]]` picks for a message (for `Feedback-ID`).
     pub fn pool_for(&self, user: Option<&str>, sender: &str) -> Option<String> {
         self.pools.pool_for(None, user, sender)
