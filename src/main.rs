@@ -35,6 +35,9 @@ enum Command {
     HashPassword,
     /// Explain an SMTP reply or a bounce message: class, whom it blames, the rule that matched.
     Classify(poolrelay::reputation::cli::ClassifyArgs),
+    /// Hand one complaint report (ARF, on stdin) to the running relay; `--list` the recent
+    /// traced complaints.
+    Feedback(poolrelay::feedback::cli::FeedbackArgs),
     /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
     /// A local SMTP destination for trying routes: one .eml file per message received.
@@ -45,6 +48,11 @@ enum Command {
     Capture(poolrelay::capture::CaptureArgs),
     /// Submit one test message to a relay listener that trusts this address (no TLS, no AUTH).
     Send(poolrelay::send::SendArgs),
+    /// Authenticated logins of a running relay: counts, rates, standing; release a throttled or
+    /// suspended one.
+    Login(poolrelay::reputation::accounts::cli::AccountArgs),
+    /// Sender domains of a running relay, as `login` does for logins.
+    SenderDomain(poolrelay::reputation::accounts::cli::AccountArgs),
     /// DKIM key management.
     Dkim {
         #[command(subcommand)]
@@ -166,6 +174,15 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
+        Command::Login(args) => poolrelay::reputation::accounts::cli::run(
+            args,
+            poolrelay::reputation::accounts::Kind::Login,
+        ),
+        Command::SenderDomain(args) => poolrelay::reputation::accounts::cli::run(
+            args,
+            poolrelay::reputation::accounts::Kind::Domain,
+        ),
+        Command::Feedback(args) => poolrelay::feedback::cli::run(args),
         Command::Doctor(args) => poolrelay::doctor::cli::run(args),
         Command::Capture(args) => poolrelay::capture::run(args),
         Command::Send(args) => poolrelay::send::run(args),

@@ -73,6 +73,11 @@ struct TlsReportSent {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedbackResult {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoctorStatus {
     status: &'static str,
 }
@@ -125,6 +130,7 @@ struct Events {
     sessions: Gauge,
     warmup_decisions: Family<RampDecision, Counter>,
     feed_fetches: Family<FeedFetch, Counter>,
+    feedback_reports: Family<FeedbackResult, Counter>,
 }
 
 fn events() -> &'static Events {
@@ -143,6 +149,7 @@ fn events() -> &'static Events {
             sessions: Gauge::default(),
             warmup_decisions: Family::default(),
             feed_fetches: Family::default(),
+            feedback_reports: Family::default(),
         };
         registry.register(
             "messages_accepted",
@@ -193,6 +200,11 @@ fn events() -> &'static Events {
             "feed_fetches",
             "Provider feed polls (snds, postmaster) by result (ok, error)",
             e.feed_fetches.clone(),
+        );
+        registry.register(
+            "feedback_reports",
+            "Complaint reports received, by result (complaint, not-a-complaint, untraced, not-a-report, forged)",
+            e.feedback_reports.clone(),
         );
         Events { registry, ..e }
     })
@@ -267,6 +279,14 @@ pub fn tls_report_sent(scheme: &'static str, ok: bool) {
         .inc();
 }
 
+/// One complaint report handled (`feedback::Handled::result`).
+pub fn feedback_report(result: &'static str) {
+    events()
+        .feedback_reports
+        .get_or_create(&FeedbackResult { result })
+        .inc();
+}
+
 /// One recipient's delivery result over a session with (or without) TLS.
 pub fn outbound(tls: bool) {
     events()
@@ -306,6 +326,8 @@ pub struct Levels {
     pub dnsbl_zones: Vec<String>,
     /// The background doctor's last round: checks per status (pass, info, warn, fail).
     pub doctor: Option<crate::doctor::report::Summary>,
+    /// Logins and sender domains (`reputation::accounts`).
+    pub accounts: Vec<crate::reputation::accounts::AccountView>,
     pub now: u64,
 }
 
@@ -415,6 +437,7 @@ fn levels_registry(l: &Levels) -> Registry {
             checks,
         );
     }
+    crate::reputation::accounts::metrics::register(&mut r, &l.accounts);
     let Some(view) = &l.pools else { return r };
     let used = Family::<IpProvider, Gauge>::default();
     let cap = Family::<IpProvider, Gauge>::default();

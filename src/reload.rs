@@ -7,7 +7,8 @@
 //! - Then it applies without dropping a session or a queued message: listeners, users,
 //!   networks, limits, TLS certificate and DKIM keys for the next sessions; routes, DNS servers,
 //!   providers, pools, weights and warm-up schedules for the next picks; reply classification
-//!   and rate thresholds for the next replies. Counters, warm-up days and holds are kept.
+//!   and rate thresholds for the next replies; `[accounts]` limits for the next verdicts.
+//!   Counters, warm-up days, holds and account standings are kept.
 //! - What only a restart applies (`RESTART_KEYS`) is logged and returned as a list.
 //! - One reload at a time: requests queue on a channel served by the server loop.
 
@@ -161,6 +162,7 @@ impl Reloader {
             tracing::error!(error = %e, "reload: reply rules not replaced (the rest applied)");
         }
         self.pools.reload(&new);
+        self.reputation.accounts().reload(new.accounts.clone());
         let restart_needed = restart_needed(&self.current, &new);
         if !restart_needed.is_empty() {
             tracing::warn!(settings = %restart_needed.join("; "), "reload: these changes take effect at the next restart");

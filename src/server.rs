@@ -82,10 +82,15 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         &config.data_dir,
     ));
     suppressions.start_flusher();
+    let accounts = Arc::new(crate::reputation::accounts::Accounts::new(
+        config.accounts.clone(),
+        Some(state.clone()),
+    ));
     if let (Some(c), Some(settings)) = (&cluster, &config.cluster) {
         let shared = crate::cluster::sync::Shared {
             pools: pools.clone(),
             suppressions: suppressions.clone(),
+            accounts: accounts.clone(),
         };
         crate::cluster::sync::start(c.clone(), shared, settings.resync_interval.0);
     }
@@ -95,13 +100,26 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     if let Some(c) = &cluster {
         history.share(c.clone());
     }
+    {
+        // Counts reach the store once a second; a change of standing is written at once.
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let a = accounts.clone();
+                let _ = tokio::task::spawn_blocking(move || a.flush()).await;
+            }
+        });
+    }
     let reputation = Arc::new(
         crate::reputation::rates::Tracker::new(
             &config.reputation,
             pools.clone(),
             suppressions.clone(),
         )?
-        .with_history(history.clone()),
+        .with_history(history.clone())
+        .with_accounts(accounts.clone()),
     );
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
@@ -120,6 +138,17 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     if let Some(t) = &tls_reports {
         crate::tls_reports::send::start(t.clone());
     }
+    // Who acts on a traced complaint, in order (`feedback::dispatch`): the accounts of the
+    // login and sender domain first (they may take the blame), then the IP × provider windows
+    // and suppression. Adding one is one line here.
+    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> = vec![accounts.clone()];
+    let feedback =
+        crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
+    feedback.start_flusher();
+    if let Some(c) = &cluster {
+        // Before the listeners: messages are sealed with the farm's key from the start.
+        crate::feedback::farm::start(feedback.clone(), c.clone()).await;
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     // Domain verdicts reach the accounts stage through `feeds.subscribe(…)`.
@@ -136,6 +165,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             reload: Some(crate::reload::Trigger(reload_tx)),
             feeds: feeds.clone(),
             tls_reports: tls_reports.clone(),
+            feedback: Some(feedback.clone()),
         };
         crate::admin::start(admin, admin_state).await?;
     }
@@ -149,6 +179,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         committed,
         recovered,
         control,
+        Some(feedback.clone()),
     )
     .await?;
     if let Some(t) = &tls_reports {
@@ -158,8 +189,18 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     if let Some(c) = &cluster {
         deliverer.policies.share_through(c.clone());
     }
-    let listeners =
-        Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
+    let listeners = Arc::new(
+        crate::inbound::start(
+            config.clone(),
+            spool,
+            state,
+            signer,
+            cluster,
+            accounts.clone(),
+            feedback.clone(),
+        )
+        .await?,
+    );
     tracing::info!(hostname = %config.hostname, "poolrelay ready");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
@@ -194,6 +235,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         pools.flush();
         history.flush(&pools);
         suppressions.flush();
+        accounts.flush();
+        feedback.flush(false);
     });
     let _ = flush.await;
     tracing::info!("poolrelay stopped");

@@ -19,6 +19,8 @@ const HISTORY_EVENTS: TableDefinition<&str, &str> = TableDefinition::new("histor
 const TLS_REPORTS: TableDefinition<&str, &str> = TableDefinition::new("tls_reports");
 /// MTA-STS policies (src/delivery/policy/mta_sts.rs) keyed by recipient domain (JSON).
 const MTA_STS: TableDefinition<&str, &str> = TableDefinition::new("mta_sts");
+/// Accounts (src/reputation/accounts/): one JSON record per `login|NAME` and `domain|NAME`.
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 
 pub struct State {
     db: Database,
@@ -65,6 +67,7 @@ impl State {
         tx.open_table(HISTORY_EVENTS).map_err(err)?;
         tx.open_table(TLS_REPORTS).map_err(err)?;
         tx.open_table(MTA_STS).map_err(err)?;
+        tx.open_table(ACCOUNTS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
     }
@@ -131,6 +134,13 @@ impl State {
 }
 
 impl State {
+    /// The database itself, for a stage that keeps its own tables (`feedback::store`).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl State {
     /// Every pool record.
     pub fn pool_load(&self) -> Result<Vec<(String, String)>, StateError> {
         let tx = self.db.begin_read().map_err(err)?;
@@ -181,6 +191,40 @@ impl State {
             .map_err(err)?
             .insert(domain, record)
             .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Every account record `(key, json)`.
+    pub fn accounts_load(&self) -> Result<Vec<(String, String)>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(ACCOUNTS).map_err(err)?;
+        let mut out = Vec::new();
+        for r in table.iter().map_err(err)? {
+            let (k, v) = r.map_err(err)?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Writes (`Some`) or removes (`None`) account records in one transaction.
+    pub fn accounts_write(&self, records: &[(String, Option<String>)]) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = tx.open_table(ACCOUNTS).map_err(err)?;
+            for (k, v) in records {
+                match v {
+                    Some(v) => {
+                        table.insert(k.as_str(), v.as_str()).map_err(err)?;
+                    }
+                    None => {
+                        table.remove(k.as_str()).map_err(err)?;
+                    }
+                }
+            }
+        }
         tx.commit().map_err(err)
     }
 }

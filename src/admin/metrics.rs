@@ -34,6 +34,13 @@ async fn scrape(State(st): State<AdminState>, headers: HeaderMap) -> Response {
             .doctor
             .as_ref()
             .and_then(|d| d.view().report.map(|r| r.summary)),
+        accounts: {
+            use crate::reputation::accounts::Kind;
+            let a = st.reputation.accounts();
+            let mut all = a.list(Kind::Login);
+            all.extend(a.list(Kind::Domain));
+            all
+        },
         now: crate::spool::now_unix(),
     };
     let accept = headers

@@ -7,16 +7,23 @@
 //!   `POST /api/pool/{ip}/drain` (`undrain`, `reinstate`) with an optional body (`pool.rs`);
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
+//! - `GET /api/logins`, `GET /api/sender-domains`, `POST /api/logins/release` with
+//!   `{"login": "…", "by": "…"}`, `POST /api/sender-domains/release` with `{"domain": "…"}`
+//!   (`accounts.rs`);
 //! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
 //! - `GET /api/feeds`, `POST /api/feeds/poll`: provider feeds' status, a poll now (`feeds.rs`);
 //! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`);
-//! - `POST /api/tls-reports/send`: send the TLS reports collected so far now (`tls_reports.rs`).
+//! - `POST /api/tls-reports/send`: send the TLS reports collected so far now (`tls_reports.rs`);
+//! - `POST /api/feedback` with `{"report_base64": "…"}` (or `{"report": "…"}`): one complaint
+//!   report; `GET /api/complaints`: the recent traced complaints (`feedback.rs`).
 //!
 //! `client` is the CLI side.
 
+mod accounts;
 pub mod client;
 mod doctor;
 mod feeds;
+mod feedback;
 pub mod guard;
 mod history;
 pub mod host;
@@ -67,6 +74,8 @@ pub struct AdminState {
     pub feeds: Option<Arc<crate::reputation::feeds::Feeds>>,
     /// TLS reporting (`[tls_reports]`); `None`: not enabled.
     pub tls_reports: Option<Arc<crate::tls_reports::Service>>,
+    /// Complaint intake (`POST /api/feedback`, `GET /api/complaints`); `None`: not offered.
+    pub feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
@@ -91,6 +100,7 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
         token: token.secret().to_string(),
         loopback_pool_status_without_token: settings.loopback_pool_status_without_token,
         max_body: settings::MAX_BODY,
+        max_report_body: feedback::max_body(&state.config),
     };
     let tally = Arc::new(std::sync::Mutex::new(tally::Tally::new(
         std::time::Instant::now(),
@@ -117,6 +127,7 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
 fn router(state: AdminState, guarded: serve::Guarded) -> Router {
     pool::routes()
         .merge(reputation::routes())
+        .merge(accounts::routes())
         .merge(doctor::routes())
         .merge(feeds::routes())
         .merge(queue::routes())
@@ -125,6 +136,7 @@ fn router(state: AdminState, guarded: serve::Guarded) -> Router {
         .merge(page::routes())
         .merge(reload::routes())
         .merge(tls_reports::routes())
+        .merge(feedback::routes(&state.config))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

@@ -3,7 +3,7 @@
 //! That fragment holds every IP with its state, reason and evidence, per provider its warm-up
 //! day, today's used/cap, the window's bounce and deferral rates and the ramp's last decision;
 //! two plots per IP (`plot.rs`; ramp decisions marked on the warm-up one); drain and undrain
-//! buttons (JSON POSTs with the token). Everything is inline: it works with no internet access.
+//! buttons (JSON POSTs with the token); the accounts throttled or suspended (`accounts.rs`). Everything is inline: it works with no internet access.
 
 use std::fmt::Write as _;
 
@@ -130,6 +130,7 @@ async fn content(State(st): State<AdminState>) -> Response {
     if let Some(farm) = &view.farm {
         farm_section(&mut body, farm, now);
     }
+    super::accounts::page_section(&mut body, st.reputation.accounts(), esc);
     for pool in &view.pools {
         let _ = write!(body, "<h1>Pool {}</h1>", esc(&pool.name));
         for ip in &pool.ips {

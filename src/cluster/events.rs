@@ -1,5 +1,6 @@
-//! State changes the farm shares: a hold record (drain, quarantine, probation, release) or a
-//! suppression (added, removed), each stamped with when it was made.
+//! State changes the farm shares: a hold record (drain, quarantine, probation, release), a
+//! suppression (added, removed) or an account's suspension or release, each stamped with when
+//! it was made.
 //!
 //! Rules (the merge rule, also for a node that changed things while Redis was down):
 //! - Redis keeps one record per hold key (`IP|SCOPE|CAUSE`) or suppressed address, keyed by what
@@ -16,6 +17,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{Cause, Hold};
+use crate::reputation::accounts::{Decision, Standing};
 use crate::reputation::suppress::Entry;
 
 /// Removals stay in Redis this long, so a node that was away for less still learns of them.
@@ -26,15 +28,17 @@ pub const TOMBSTONE_KEEP_MS: u64 = 7 * 86_400 * 1000;
 pub enum Table {
     Holds,
     Suppressions,
+    Accounts,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::Holds, Table::Suppressions];
+    pub const ALL: [Table; 3] = [Table::Holds, Table::Suppressions, Table::Accounts];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Holds => "holds",
             Table::Suppressions => "suppressions",
+            Table::Accounts => "accounts",
         }
     }
 }
@@ -53,6 +57,8 @@ pub enum Change {
         address: String,
         entry: Option<Entry>,
     },
+    /// A login's or sender domain's suspension or release (`kind|name`, e.g. `login|alice`).
+    Account { account: String, decision: Decision },
 }
 
 impl Change {
@@ -60,6 +66,7 @@ impl Change {
         match self {
             Change::Hold { .. } => Table::Holds,
             Change::Suppression { .. } => Table::Suppressions,
+            Change::Account { .. } => Table::Accounts,
         }
     }
 
@@ -70,6 +77,7 @@ impl Change {
                 ip, scope, cause, ..
             } => format!("{ip}|{scope}|{cause}"),
             Change::Suppression { address, .. } => address.clone(),
+            Change::Account { account, .. } => account.clone(),
         }
     }
 
@@ -86,6 +94,8 @@ impl Change {
         match self {
             Change::Hold { hold, .. } => hold.is_none(),
             Change::Suppression { entry, .. } => entry.is_none(),
+            // A release ends a suspension: kept like a removal, then pruned.
+            Change::Account { decision, .. } => decision.standing != Standing::Suspended,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Holds and suppressions shared by the farm. Redis is the source of truth (one hash per table,
+//! Holds, suppressions and account suspensions shared by the farm. Redis is the source of truth (one hash per table,
 //! keyed by what a record is about, `cluster::events`); each node keeps its local copy (redb,
 //! `suppressions.json`) so it works on while Redis is down.
 //!
@@ -28,6 +28,7 @@ use crate::reputation::suppress::Suppressions;
 pub struct Shared {
     pub pools: Arc<Pools>,
     pub suppressions: Arc<Suppressions>,
+    pub accounts: Arc<crate::reputation::accounts::Accounts>,
 }
 
 impl Shared {
@@ -35,6 +36,7 @@ impl Shared {
         match table {
             Table::Holds => self.pools.hold_changes(),
             Table::Suppressions => self.suppressions.changes(),
+            Table::Accounts => self.accounts.changes(),
         }
     }
 
@@ -51,6 +53,10 @@ impl Shared {
                 .apply_remote((ip, scope, cause), hold, event.at_ms),
             Change::Suppression { address, entry } => {
                 self.suppressions.apply_remote(&address, entry, event.at_ms)
+            }
+            Change::Account { account, decision } => {
+                self.accounts
+                    .apply_remote(&account, decision, &event.node, event.at_ms)
             }
         }
     }
@@ -69,7 +75,8 @@ fn channel(cluster: &Cluster) -> String {
 pub fn start(cluster: Arc<Cluster>, shared: Shared, resync_every: Duration) {
     let (outbox, rx) = Outbox::new(cluster.node());
     shared.pools.share_holds(outbox.clone());
-    shared.suppressions.share(outbox);
+    shared.suppressions.share(outbox.clone());
+    shared.accounts.share(outbox);
     let resync = Arc::new(Notify::new());
     tokio::spawn(push_loop(cluster.clone(), rx));
     tokio::spawn(subscribe_loop(

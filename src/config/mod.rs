@@ -62,6 +62,9 @@ pub struct Config {
     /// DNSBL monitoring, reply classification rules, outcome rates (`config/reputation.rs`).
     #[serde(default)]
     pub reputation: reputation::Settings,
+    /// Limits per login and sender domain (`reputation::accounts::Settings`); absent = counted
+    /// and listed, never throttled or suspended.
+    pub accounts: Option<crate::reputation::accounts::Settings>,
     /// Receiver-side checks of IPs and domains (see `doctor::Settings`).
     #[serde(default)]
     pub doctor: crate::doctor::Settings,
@@ -77,6 +80,8 @@ pub struct Config {
     /// TLS reporting (RFC 8460) to destination domains (`tls_reports::Settings`).
     #[serde(default)]
     pub tls_reports: crate::tls_reports::Settings,
+    /// Complaint reports in, trace headers out (`feedback::Settings`); absent = neither.
+    pub feedback: Option<crate::feedback::Settings>,
 }
 
 fn default_data_dir() -> PathBuf {

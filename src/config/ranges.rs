@@ -112,6 +112,19 @@ fn counts(c: &Config) -> Vec<(&'static str, &'static str, u64, u64, u64)> {
         ("reputation", "probe_per_hour", r.probe_per_hour, 0, BILLION),
         ("reputation", "throttle_cuts", r.throttle_cuts.into(), 1, 64),
     ];
+    let mut v = v;
+    if let Some(a) = &c.accounts {
+        v.push(("accounts", "min_volume", a.min_volume, 1, TERA));
+        v.push((
+            "accounts",
+            "throttle_per_hour",
+            a.throttle_per_hour,
+            0,
+            BILLION,
+        ));
+        let domains = a.max_sender_domains as u64;
+        v.push(("accounts", "max_sender_domains", domains, 1, 10 * MILLION));
+    }
     v
 }
 
@@ -200,6 +213,15 @@ fn timers(c: &Config) -> Vec<(&'static str, &'static str, Duration, Duration)> {
             MIN_TIMER,
         ),
     ];
+    if let Some(a) = &c.accounts {
+        // Counts are kept per day: a shorter window is one day.
+        v.push((
+            "accounts",
+            "window",
+            a.window.0,
+            Duration::from_secs(86_400),
+        ));
+    }
     if let Some(w) = d.delay_warning {
         v.push(("delivery", "delay_warning", w.0, Duration::from_secs(1)));
     }
@@ -262,6 +284,22 @@ pub(super) fn check(c: &Config, path: &std::path::Path, text: &str) -> Vec<Confi
                 key,
                 format!("{rate} is not a share from 0 to 1"),
             );
+        }
+    }
+    if let Some(a) = &c.accounts {
+        for (key, rate) in [
+            ("max_complaint_rate", a.max_complaint_rate),
+            ("max_bounce_rate", a.max_bounce_rate),
+            ("max_block_rate", a.max_block_rate),
+            ("throttle_at", a.throttle_at),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                err(
+                    "accounts",
+                    key,
+                    format!("{rate} is not a share from 0 to 1"),
+                );
+            }
         }
     }
     errors.append(&mut entries);
@@ -399,6 +437,22 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn account_limits_are_shares_and_the_window_at_least_a_day() {
+        let e = errors("[accounts]\nmax_complaint_rate = 3\nwindow = \"1h\"\nmin_volume = 0\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        for want in [
+            "t.toml:7: accounts.max_complaint_rate: 3 is not a share",
+            "t.toml:8: accounts.window: 1h is too short",
+            "t.toml:9: accounts.min_volume: 0 is out of range",
+        ] {
+            assert!(e.iter().any(|l| l.starts_with(want)), "{want} in {e:?}");
+        }
+        assert!(errors("[accounts]\nmax_complaint_rate = 0.003\n").is_empty());
+        let e = errors("[accounts]\nmax_complaint = 0.003\n");
+        assert!(e[0].contains("unknown field"), "{e:?}");
     }
 
     #[test]

@@ -400,6 +400,7 @@ mod tests {
             pool: None,
             delay_warned: false,
             tls_request: Default::default(),
+            from_domain: None,
         };
         let r = session
             .send(

@@ -340,10 +340,14 @@ impl Deliverer {
                     self.pools.record_reply(ip, provider, &r);
                     // A blocked greeting quarantines the IP: the next MX gets another one.
                     let sender = msg.env.user.as_deref().unwrap_or(&msg.env.sender);
-                    status = self
+                    let (code, st) = (r.code, r.status.clone());
+                    let verdict = self
                         .reputation
-                        .observe(ip, provider, sender, "", sent_at_ms, &mut r)
-                        .status;
+                        .observe(ip, provider, sender, "", sent_at_ms, &mut r);
+                    self.reputation
+                        .accounts()
+                        .observe(msg.env, code, &st, &verdict.classification);
+                    status = verdict.status;
                 }
                 self.session_refused(id, host, addr, source, &r);
                 tried.errors.push(Outcome { reply: r, status });
@@ -398,10 +402,18 @@ impl Deliverer {
                 let status = match s.source.ip {
                     Some(ip) => {
                         self.pools.record_reply(ip, &provider, &reply);
+                        let (code, st) = (reply.code, reply.status.clone());
                         // Block replies become "retry from another IP" here.
-                        self.reputation
-                            .observe(ip, &provider, sender, rcpt, sent_at_ms, &mut reply)
-                            .status
+                        let verdict = self
+                            .reputation
+                            .observe(ip, &provider, sender, rcpt, sent_at_ms, &mut reply);
+                        self.reputation.accounts().observe(
+                            msg.env,
+                            code,
+                            &st,
+                            &verdict.classification,
+                        );
+                        verdict.status
                     }
                     None => Status::of_code(reply.code),
                 };

@@ -42,8 +42,11 @@ pub async fn start(
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
+    feedback: Option<Arc<crate::feedback::Feedback>>,
 ) -> Result<Arc<Deliverer>, String> {
-    let d = Arc::new(Deliverer::new(config, spool, pools, reputation, state)?);
+    let d = Arc::new(Deliverer::new(
+        config, spool, pools, reputation, state, feedback,
+    )?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     let deliverer = d.clone();
     tokio::spawn(async move {

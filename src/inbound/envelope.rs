@@ -24,6 +24,8 @@ pub(super) struct Tx {
     pub(super) declared_size: u64,
     /// `REQUIRETLS` on MAIL FROM (RFC 8689), only accepted inside TLS.
     pub(super) requiretls: bool,
+    /// Its recipients are `[feedback] addresses`: a report, handled, not relayed.
+    pub(super) feedback: bool,
 }
 
 impl Session {
@@ -84,6 +86,7 @@ impl Session {
             bdat: None,
             declared_size: 0,
             requiretls: false,
+            feedback: false,
         };
         let max = self.cfg().limits.message_size.0;
         for (key, value) in params {
@@ -160,6 +163,10 @@ impl Session {
         {
             return self.refuse("mail", r);
         }
+        let domain = crate::reputation::accounts::sender_domain(None, &tx.sender);
+        if let Some(r) = self.ctx.accounts.gate(self.user.as_deref(), domain).reply() {
+            return self.refuse("mail", r);
+        }
         self.tx = Some(tx);
         self.mail_from = None;
         self.send(Reply::new(250, "2.1.0", "Ok"))
@@ -171,6 +178,10 @@ impl Session {
         };
         if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
             return self.send(Reply::new(503, "5.5.1", "RCPT after BDAT"));
+        }
+        // Feedback addresses take reports from anyone (`inbound::feedback`).
+        if let Some(flow) = self.feedback_rcpt(args, smtputf8) {
+            return flow;
         }
         // Whatever the address looks like: no relay without AUTH or a trusted address.
         if !self.may_relay() {

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod author;
 pub mod data;
 mod envelope;
+mod feedback;
 pub mod limits;
 mod listeners;
 pub mod mailbox;
@@ -60,10 +61,15 @@ pub(crate) struct Inbound {
     pub slots: Arc<admission::Slots>,
     /// The farm's Redis (`[cluster]`): the daily cap counts across relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Standing per login and sender domain: MAIL FROM refuses throttled and suspended ones.
+    pub accounts: Arc<crate::reputation::accounts::Accounts>,
+    /// Takes complaint reports and stamps the trace headers (`feedback`).
+    pub feedback: Arc<crate::feedback::Feedback>,
 }
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
 /// is the running snapshot on reload: its AUTH lockouts carry over while their settings stay.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     config: Arc<Config>,
     spool: Arc<Spool>,
@@ -72,6 +78,8 @@ pub(crate) fn build(
     stop: tokio::sync::watch::Receiver<Stop>,
     prev: Option<&Inbound>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    accounts: Arc<crate::reputation::accounts::Accounts>,
+    feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
@@ -147,6 +155,7 @@ pub(crate) fn build(
         guard,
         cap: limits::DailyCap::new(config.limits.per_user_daily, cluster.clone()),
         cluster,
+        accounts,
         anvil,
         slots,
         config,
@@ -156,6 +165,7 @@ pub(crate) fn build(
         users,
         tls,
         stop,
+        feedback,
     })
 }
 
@@ -167,8 +177,10 @@ pub async fn start(
     state: Arc<State>,
     signer: Arc<Signer>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    accounts: Arc<crate::reputation::accounts::Accounts>,
+    feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer, cluster).await
+    Listeners::start(config, spool, state, signer, cluster, accounts, feedback).await
 }
 
 async fn accept_loop(

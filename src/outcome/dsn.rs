@@ -362,6 +362,7 @@ mod tests {
             pool: None,
             delay_warned: false,
             tls_request: Default::default(),
+            from_domain: None,
         }
     }
 

@@ -191,6 +191,7 @@ pub async fn send_dsn(
             crate::spool::TlsRequest::Required => crate::spool::TlsRequest::Required,
             _ => crate::spool::TlsRequest::None,
         },
+        from_domain: None,
     };
     let stored = spool.store(dsn_env, &bytes).await?;
     tracing::info!(

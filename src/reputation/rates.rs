@@ -202,6 +202,8 @@ pub struct Tracker {
     suppressions: Arc<Suppressions>,
     /// Hourly outcome counts per IP × provider (in memory only unless `with_history`).
     history: Arc<super::history::History>,
+    /// Per login and sender domain (counting only, in memory, unless `with_accounts`).
+    accounts: Arc<super::accounts::Accounts>,
 }
 
 /// What delivery does with one reply.
@@ -226,6 +228,7 @@ impl Tracker {
             senders: Mutex::new(HashMap::new()),
             suppressions,
             history: Arc::new(super::history::History::new(None)),
+            accounts: Arc::new(super::accounts::Accounts::new(None, None)),
         })
     }
 
@@ -233,6 +236,16 @@ impl Tracker {
     pub fn with_history(mut self, history: Arc<super::history::History>) -> Tracker {
         self.history = history;
         self
+    }
+
+    /// Counts each recipient's reply for its login and sender domain too.
+    pub fn with_accounts(mut self, accounts: Arc<super::accounts::Accounts>) -> Tracker {
+        self.accounts = accounts;
+        self
+    }
+
+    pub fn accounts(&self) -> &Arc<super::accounts::Accounts> {
+        &self.accounts
     }
 
     pub fn history(&self) -> &Arc<super::history::History> {

@@ -44,6 +44,9 @@ pub struct Envelope {
     /// What the sender asked of TLS on the way out (RFC 8689); absent in older spools.
     #[serde(default, skip_serializing_if = "TlsRequest::is_none")]
     pub tls_request: TlsRequest,
+    /// The `From:` domain, lower case (what complaints name as the sender domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_domain: Option<String>,
 }
 
 /// The sender's TLS request for one message (RFC 8689). The delivery rules that follow from it

@@ -679,6 +679,7 @@ pub(crate) fn test_envelope(id: &str) -> Envelope {
         pool: None,
         delay_warned: false,
         tls_request: Default::default(),
+        from_domain: None,
     }
 }
 

@@ -246,6 +246,7 @@ impl Service {
             pool: None,
             delay_warned: false,
             tls_request: TlsRequest::NotRequired,
+            from_domain: signed.from_domain.clone(),
         };
         match self.spool.store(env, &bytes).await {
             Ok(stored) => {

@@ -1,0 +1,123 @@
+//! Suspensions and releases shared by the farm (`[cluster]`, `cluster::sync`).
+//!
+//! Rules:
+//! - A suspension decided here and an operator's release made here go to the farm as a
+//!   `Decision`, stamped (unix ms) and kept in the account's record, so a restart still knows it.
+//! - The later stamp wins (`cluster::events::newer`): a suspension on any relay refuses the
+//!   account on every relay, and a release made later on any relay lets it send everywhere.
+//! - Counts and throttles stay per relay: each relay judges the mail it sent and the complaints
+//!   it received.
+
+use serde::{Deserialize, Serialize};
+
+use super::book::{Account, Accounts, Event, parse_key, push_event, store_key};
+use super::counts::Days;
+use super::policy::Breach;
+use super::{Key, Standing};
+use crate::cluster::events::{Change, Newer, Outbox, newer};
+use crate::pool::warmup::Clock;
+
+/// A suspension (`standing` suspended, with its `breach`) or a release (`standing` good).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub standing: Standing,
+    pub breach: Option<Breach>,
+    pub why: String,
+    /// Who released it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+fn decision_of(a: &Account) -> Decision {
+    let last = a.rec.events.last();
+    Decision {
+        standing: a.rec.standing,
+        breach: a.rec.breach,
+        why: last.map(|e| e.why.clone()).unwrap_or_default(),
+        by: last.and_then(|e| e.by.clone()),
+    }
+}
+
+impl Accounts {
+    /// Suspensions and releases made here go to the farm from now on.
+    pub fn share(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Stamps the suspension or release `a` just got and hands it to the farm (under the
+    /// book's lock).
+    pub(super) fn decided(&self, key: &Key, a: &mut Account) {
+        let stamp = Clock::now_ms().max(a.rec.decided_ms + 1);
+        a.rec.decided_ms = stamp;
+        if let Some(outbox) = self.outbox.get() {
+            let change = Change::Account {
+                account: store_key(key),
+                decision: decision_of(a),
+            };
+            outbox.send(change, stamp);
+        }
+    }
+
+    /// Every decision this relay knows, with its stamp: what a resync compares.
+    pub fn changes(&self) -> Vec<(Change, u64)> {
+        let book = self.book.lock().expect("accounts lock");
+        book.iter()
+            .filter(|(_, a)| a.rec.decided_ms > 0)
+            .map(|(k, a)| {
+                let change = Change::Account {
+                    account: store_key(k),
+                    decision: decision_of(a),
+                };
+                (change, a.rec.decided_ms)
+            })
+            .collect()
+    }
+
+    /// A decision made on relay `node`: applied when later than this relay's. Returns whether
+    /// it changed anything here.
+    pub fn apply_remote(&self, account: &str, d: Decision, node: &str, at_ms: u64) -> bool {
+        let Some(key) = parse_key(account) else {
+            return false;
+        };
+        let now = crate::spool::now_unix();
+        let record = {
+            let mut book = self.book.lock().expect("accounts lock");
+            let a = book.entry(key.clone()).or_default();
+            let local = Some(a.rec.decided_ms).filter(|&ms| ms > 0);
+            if newer(local, Some(at_ms)) != Newer::Remote {
+                return false;
+            }
+            a.rec.decided_ms = at_ms;
+            let suspend = d.standing == Standing::Suspended;
+            if suspend == (a.rec.standing == Standing::Suspended) {
+                // Already so here: only the stamp moves.
+                a.dirty = true;
+                return false;
+            }
+            if suspend {
+                a.rec.breach = d.breach;
+                tracing::warn!(account = %key, node, why = %d.why, "account suspended (from the farm)");
+            } else {
+                a.rec.days = Days::default();
+                a.rec.breach = None;
+                tracing::warn!(account = %key, node, by = d.by.as_deref().unwrap_or("-"), "account released (from the farm)");
+            }
+            a.rec.standing = d.standing;
+            a.rec.since = now;
+            push_event(
+                &mut a.rec,
+                Event {
+                    at: now,
+                    standing: d.standing,
+                    why: format!("{} (on {node})", d.why),
+                    by: d.by,
+                    peer: None,
+                },
+            );
+            a.dirty = false;
+            serde_json::to_string(&a.rec).ok()
+        };
+        self.write(&[(store_key(&key), record)]);
+        true
+    }
+}

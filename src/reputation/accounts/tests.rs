@@ -1,0 +1,377 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::feedback::{Charge, Complaint, Evidence, OnComplaint, dispatch};
+use crate::outcome::classify::{Class, Signal};
+
+fn settings(min_volume: u64) -> Settings {
+    Settings {
+        min_volume,
+        throttle_per_hour: 2,
+        ..Settings::default()
+    }
+}
+
+fn complaint(login: Option<&str>, domain: Option<&str>) -> Complaint {
+    Complaint {
+        feedback_type: "abuse".into(),
+        reporter: "fbl.example".into(),
+        provider: Some("microsoft".into()),
+        source_ip: Some("127.0.0.10".parse().unwrap()),
+        queue_id: Some("Q1".into()),
+        login: login.map(str::to_string),
+        sender_domain: domain.map(str::to_string),
+        recipient: None,
+        arrived_at: crate::spool::now_unix(),
+        evidence: Evidence::Trace,
+    }
+}
+
+fn deliver(a: &Accounts, login: &str, domain: &str, n: usize) {
+    let now = crate::spool::now_unix();
+    for _ in 0..n {
+        a.count(
+            &Accounts::keys(Some(login), Some(domain)),
+            Outcome::Delivered,
+            now,
+            None,
+        );
+    }
+}
+
+fn standing(a: &Accounts, k: &Key) -> Standing {
+    a.get(k).map(|v| v.standing).unwrap_or(Standing::Good)
+}
+
+#[test]
+fn replies_count_as_the_customer_sees_its_fault() {
+    let of = Outcome::of_reply;
+    assert_eq!(
+        of(250, Class::Other, Signal::None),
+        Some(Outcome::Delivered)
+    );
+    // Unknown recipients are the list's fault: the account's, not the IP's.
+    assert_eq!(
+        of(550, Class::BadRecipient, Signal::None),
+        Some(Outcome::BadRecipient)
+    );
+    assert_eq!(
+        of(552, Class::MailboxFull, Signal::None),
+        Some(Outcome::RecipientSide)
+    );
+    assert_eq!(
+        of(554, Class::Content, Signal::None),
+        Some(Outcome::Bounced)
+    );
+    assert_eq!(of(550, Class::Block, Signal::Block), Some(Outcome::Blocked));
+    assert_eq!(of(451, Class::Transient, Signal::None), None);
+}
+
+#[test]
+fn rates_need_the_minimum_volume_then_throttle_then_suspend() {
+    let s = Settings {
+        min_volume: 100,
+        ..Settings::default()
+    };
+    let mut c = Counts {
+        delivered: 99,
+        complained: 50,
+        ..Counts::default()
+    };
+    assert_eq!(judge(&c, &s), Verdict::Good, "below min_volume");
+    c.delivered = 1000;
+    c.complained = 2; // 0.2 % > 0.15 % (half of 0.3 %)
+    let Verdict::Throttle(b) = judge(&c, &s) else {
+        panic!("{:?}", judge(&c, &s))
+    };
+    assert_eq!((b.rate, b.count, b.of), (Rate::Complaint, 2, 1000));
+    assert_eq!(
+        b.to_string(),
+        "complaint rate 0.2 % (2 of 1000) over 0.15 %"
+    );
+    c.complained = 12;
+    let Verdict::Suspend(b) = judge(&c, &s) else {
+        panic!()
+    };
+    assert_eq!(
+        b.to_string(),
+        "complaint rate 1.2 % (12 of 1000) over 0.3 %"
+    );
+    // Bounces: unknown recipients count.
+    let c = Counts {
+        delivered: 80,
+        bad_recipients: 20,
+        ..Counts::default()
+    };
+    assert!(matches!(judge(&c, &s), Verdict::Suspend(b) if b.rate == Rate::Bounce));
+    assert_eq!(percent(0.003), "0.3 %");
+    assert_eq!(percent(0.05), "5 %");
+}
+
+#[test]
+fn one_logins_complaints_suspend_it_and_take_the_blame_others_keep_sending() {
+    let a = Accounts::new(Some(settings(10)), None);
+    deliver(&a, "alice", "alice.test", 20);
+    deliver(&a, "bob", "bob.test", 20);
+    let alice = Key::login("alice");
+    let mut charges = Vec::new();
+    for _ in 0..3 {
+        charges.push(a.complaint(&complaint(Some("alice"), Some("alice.test")), false));
+    }
+    // 1 of 20 = 5 % is already over 0.3 %: suspended at the first, and every one after it
+    // is blamed on the account too.
+    assert_eq!(charges, vec![Charge::Blamed; 3]);
+    assert_eq!(standing(&a, &alice), Standing::Suspended);
+    assert_eq!(
+        standing(&a, &Key::domain("alice.test")),
+        Standing::Suspended
+    );
+    let gate = a.gate(Some("alice"), Some("alice.test"));
+    let r = gate.reply().expect("refused");
+    assert_eq!((r.code, r.status.as_str()), (550, "5.7.1"));
+    assert!(
+        // The reason is the rate that suspended it.
+        r.text.starts_with(
+            "login alice suspended: complaint rate 5 % (1 of 20) over 0.3 % in 7 days"
+        ),
+        "{r}"
+    );
+    assert!(a.gate(Some("bob"), Some("bob.test")).is_open());
+    // Through dispatch: a later actor (the IP windows) hears that the account took the blame.
+    struct Ip(std::sync::Mutex<Vec<bool>>);
+    impl OnComplaint for Ip {
+        fn complaint(&self, _c: &Complaint, blamed: bool) -> Charge {
+            self.0.lock().unwrap().push(blamed);
+            if blamed {
+                Charge::Passed
+            } else {
+                Charge::Counted
+            }
+        }
+    }
+    let accounts = Arc::new(a);
+    let ip = Arc::new(Ip(Default::default()));
+    let actors: Vec<Arc<dyn OnComplaint>> = vec![accounts.clone(), ip.clone()];
+    assert!(dispatch(&actors, &complaint(Some("alice"), None)));
+    assert!(!dispatch(&actors, &complaint(None, None)));
+    assert_eq!(*ip.0.lock().unwrap(), vec![true, false]);
+}
+
+#[test]
+fn below_the_minimum_volume_a_complaint_is_counted_not_blamed() {
+    let a = Accounts::new(Some(settings(100)), None);
+    deliver(&a, "carol", "c.test", 20);
+    let charge = a.complaint(&complaint(Some("carol"), None), false);
+    assert_eq!(charge, Charge::Counted);
+    assert_eq!(a.get(&Key::login("carol")).unwrap().counts.complained, 1);
+    // A complaint naming no account is none of the accounts' business.
+    assert_eq!(a.complaint(&complaint(None, None), false), Charge::Passed);
+}
+
+#[test]
+fn throttled_accounts_send_a_few_an_hour_and_the_throttle_lifts() {
+    let s = Settings {
+        max_bounce_rate: 0.5,
+        ..settings(10)
+    };
+    let a = Accounts::new(Some(s), None);
+    let now = crate::spool::now_unix();
+    let keys = Accounts::keys(Some("dave"), None);
+    for _ in 0..7 {
+        a.count(&keys, Outcome::Delivered, now, None);
+    }
+    for _ in 0..3 {
+        a.count(&keys, Outcome::BadRecipient, now, Some("Q9"));
+    }
+    // 30 % > 25 % (half of 50 %), under 50 %.
+    assert_eq!(standing(&a, &keys[0]), Standing::Throttled);
+    assert!(a.gate(Some("dave"), None).is_open());
+    a.accepted(Some("dave"), None);
+    a.accepted(Some("dave"), None);
+    let r = a.gate(Some("dave"), None).reply().expect("throttled");
+    assert_eq!((r.code, r.status.as_str()), (450, "4.7.1"));
+    assert_eq!(
+        r.text,
+        "login dave throttled: bounce rate 30 % (3 of 10) over 25 % in 7 days; at most 2 messages an hour"
+    );
+    for _ in 0..10 {
+        a.count(&keys, Outcome::Delivered, now, None);
+    }
+    assert_eq!(standing(&a, &keys[0]), Standing::Good);
+    let v = a.get(&keys[0]).unwrap();
+    assert_eq!(v.events.len(), 2, "{:?}", v.events);
+}
+
+#[test]
+fn without_limits_accounts_are_counted_never_held() {
+    let a = Accounts::new(None, None);
+    deliver(&a, "erin", "e.test", 200);
+    for _ in 0..100 {
+        a.complaint(&complaint(Some("erin"), None), false);
+    }
+    assert_eq!(standing(&a, &Key::login("erin")), Standing::Good);
+    assert!(a.gate(Some("erin"), None).is_open());
+    assert_eq!(a.list(Kind::Login)[0].counts.complained, 100);
+}
+
+#[test]
+fn suspension_survives_a_restart_until_released_and_release_is_in_the_history() {
+    let dir =
+        std::env::temp_dir().join(format!("poolrelay-acct-{}", crate::spool::Spool::new_id()));
+    let state = Arc::new(crate::state::State::open(&dir).unwrap());
+    {
+        let a = Accounts::new(Some(settings(10)), Some(state.clone()));
+        deliver(&a, "frank", "f.test", 10);
+        a.complaint(&complaint(Some("frank"), None), false);
+        a.flush();
+    }
+    let a = Accounts::new(Some(settings(10)), Some(state.clone()));
+    let frank = Key::login("frank");
+    assert_eq!(standing(&a, &frank), Standing::Suspended);
+    assert_eq!(a.get(&Key::domain("f.test")).unwrap().counts.delivered, 10);
+    let v = a
+        .release(&frank, "ops-anna", Some("127.0.0.1:5000"))
+        .unwrap();
+    assert_eq!(v.standing, Standing::Good);
+    assert_eq!(v.counts, Counts::default(), "the window starts afresh");
+    let last = v.events.last().unwrap();
+    assert_eq!(
+        (last.by.as_deref(), last.peer.as_deref()),
+        (Some("ops-anna"), Some("127.0.0.1:5000"))
+    );
+    assert!(last.why.contains("released"), "{last:?}");
+    assert!(a.release(&Key::login("nobody"), "x", None).is_none());
+    drop(a);
+    let a = Accounts::new(Some(settings(10)), Some(state));
+    assert_eq!(standing(&a, &frank), Standing::Good);
+    assert!(a.gate(Some("frank"), None).is_open());
+    assert_eq!(a.get(&frank).unwrap().events.len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sender_domains_are_bounded_and_a_held_one_is_never_forgotten() {
+    let s = Settings {
+        max_sender_domains: 3,
+        ..settings(1)
+    };
+    let a = Accounts::new(Some(s), None);
+    let now = crate::spool::now_unix();
+    a.count(&[Key::domain("bad.test")], Outcome::Bounced, now, None);
+    assert_eq!(standing(&a, &Key::domain("bad.test")), Standing::Suspended);
+    for i in 0..10 {
+        a.count(
+            &[Key::domain(&format!("d{i}.test"))],
+            Outcome::Delivered,
+            now,
+            None,
+        );
+    }
+    let names: Vec<String> = a.list(Kind::Domain).into_iter().map(|v| v.name).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"bad.test".to_string()), "{names:?}");
+    // Domains compare without case; MAIL FROM's domain stands in for a missing From: domain.
+    assert_eq!(Key::domain("Bad.TEST."), Key::domain("bad.test"));
+    assert_eq!(sender_domain(None, "x@Mail.test"), Some("Mail.test"));
+    assert_eq!(
+        sender_domain(Some("from.test"), "x@mail.test"),
+        Some("from.test")
+    );
+    assert_eq!(sender_domain(None, ""), None);
+}
+
+#[test]
+fn the_farm_shares_suspensions_and_releases_and_the_later_one_wins() {
+    use crate::cluster::events::{Change, Outbox};
+    let one = Accounts::new(Some(settings(10)), None);
+    let two = Accounts::new(Some(settings(10)), None);
+    let (outbox, mut sent) = Outbox::new("relay-1");
+    one.share(outbox);
+    deliver(&one, "gina", "g.test", 10);
+    one.complaint(&complaint(Some("gina"), None), false);
+    // Suspended on relay 1: the decision went out, for the login and its domain untouched.
+    let event = sent.try_recv().expect("shared");
+    let Change::Account { account, decision } = event.change.clone() else {
+        panic!("{event:?}")
+    };
+    assert_eq!(account, "login|gina");
+    assert_eq!(decision.standing, Standing::Suspended);
+    assert!(sent.try_recv().is_err(), "only the suspension is shared");
+    // Relay 2 applies it: gina is refused there too, though relay 2 sent none of her mail.
+    assert!(two.apply_remote(&account, decision.clone(), "relay-1", event.at_ms));
+    let r = two
+        .gate(Some("gina"), None)
+        .reply()
+        .expect("refused on relay 2");
+    assert_eq!(r.code, 550, "{r}");
+    let v = two.get(&Key::login("gina")).unwrap();
+    assert!(v.events[0].why.ends_with("(on relay-1)"), "{:?}", v.events);
+    // The same event again (event and resync both carry it): nothing more.
+    assert!(!two.apply_remote(&account, decision.clone(), "relay-1", event.at_ms));
+    // Released on relay 2, later: relay 1 takes the release; the old suspension loses.
+    two.release(&Key::login("gina"), "ops", None).unwrap();
+    let (change, at_ms) = two.changes().into_iter().next().unwrap();
+    assert!(at_ms > event.at_ms);
+    let Change::Account {
+        account,
+        decision: release,
+    } = change
+    else {
+        panic!()
+    };
+    assert_eq!(release.by.as_deref(), Some("ops"));
+    assert!(one.apply_remote(&account, release, "relay-2", at_ms));
+    assert!(one.gate(Some("gina"), None).is_open());
+    assert_eq!(
+        one.get(&Key::login("gina")).unwrap().counts,
+        Counts::default()
+    );
+    assert!(!one.apply_remote(&account, decision, "relay-1", event.at_ms));
+    assert!(one.gate(Some("gina"), None).is_open());
+    assert!(!one.apply_remote(
+        "nonsense",
+        Decision {
+            standing: Standing::Good,
+            breach: None,
+            why: String::new(),
+            by: None
+        },
+        "x",
+        1
+    ));
+}
+
+#[test]
+fn metrics_keep_per_account_series_bounded() {
+    let a = Accounts::new(Some(settings(1)), None);
+    let now = crate::spool::now_unix();
+    for i in 0..150 {
+        a.count(
+            &[Key::login(&format!("u{i:03}"))],
+            Outcome::Bounced,
+            now,
+            None,
+        );
+    }
+    a.count(&[Key::domain("fine.test")], Outcome::Delivered, now, None);
+    let mut accounts = a.list(Kind::Login);
+    accounts.extend(a.list(Kind::Domain));
+    let text = crate::metrics::render(&crate::metrics::Levels {
+        accounts,
+        ..Default::default()
+    });
+    assert_eq!(
+        text.matches("poolrelay_account_standing{").count(),
+        metrics::MAX_SERIES,
+        "{text}"
+    );
+    assert!(text.contains(
+        "poolrelay_account_standing{kind=\"login\",name=\"u000\",standing=\"suspended\"} 1"
+    ));
+    for want in [
+        "poolrelay_accounts{kind=\"login\",standing=\"suspended\"} 150",
+        "poolrelay_accounts{kind=\"domain\",standing=\"good\"} 1",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+}
