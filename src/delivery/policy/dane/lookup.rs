@@ -1,0 +1,279 @@
+//! The TLSA lookup of one MX host (RFC 7672 §2.2), on a resolver that validates DNSSEC itself:
+//! - the MX host's own address records decide first (§2.2.2): insecure → DANE does not apply;
+//!   bogus → defer; not found → nothing to secure;
+//! - then `_25._tcp.<host>` (always port 25, whatever port delivery uses): a secure RRset with a
+//!   usable record → `Usable`; secure but none usable → `Unusable`; secure denial → `Absent`;
+//!   insecure → `Insecure`; bogus → `Bogus`; a failed lookup → `Failed` (defer, never downgrade);
+//! - the MX RRset's own security does not matter: §2.2.1 lets a client use the TLSA records of
+//!   MX hosts it found through an insecure MX RRset (a hosted domain, a signed provider).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::lookup::Lookup;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
+
+use super::record::Tlsa;
+use super::settings::Settings;
+
+/// What DANE says about one MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Secure TLSA RRset with a usable record: TLS is mandatory and the certificate must match.
+    Usable(Arc<Tlsa>),
+    /// Secure TLSA RRset, but every record is unusable for SMTP (PKIX usages, unknown types).
+    Unusable,
+    /// The host's address records or its TLSA RRset are unsigned: DANE does not apply.
+    Insecure,
+    /// Secure proof that the host has no TLSA records.
+    Absent,
+    /// Validation failed (bad signatures, a broken chain, an unproven denial).
+    Bogus(String),
+    /// The lookup itself failed (timeout, SERVFAIL): DNSSEC status unknown.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Whether delivery to this host must wait: a bogus or unknown answer may be an attack.
+    pub fn defers(&self) -> bool {
+        matches!(self, Outcome::Bogus(_) | Outcome::Failed(_))
+    }
+
+    /// For logs: `usable`, `unusable`, `insecure`, `absent`, `bogus`, `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Usable(_) => "usable",
+            Outcome::Unusable => "unusable",
+            Outcome::Insecure => "insecure",
+            Outcome::Absent => "absent",
+            Outcome::Bogus(_) => "bogus",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The DNSSEC status of one lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// Every record of the answer is secure.
+    Secure(Vec<Record>),
+    /// Secure proof that the name or the type does not exist.
+    Denied,
+    /// Unsigned answer or denial.
+    Insecure,
+    Bogus(String),
+    Failed(String),
+}
+
+/// The validating resolver DANE asks.
+pub struct Dane {
+    resolver: TokioResolver,
+}
+
+impl Dane {
+    /// `None` when `[delivery.dane]` is off.
+    pub fn new(nameservers: &[SocketAddr], settings: &Settings) -> Result<Option<Dane>, String> {
+        if !settings.enabled {
+            return Ok(None);
+        }
+        let mut builder = crate::routing::resolver_builder(nameservers)?;
+        builder.options_mut().validate = true;
+        if let Some(path) = &settings.trust_anchor {
+            let anchors = load_trust_anchor(path)?;
+            builder = builder.with_trust_anchor(Arc::new(anchors));
+        }
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("DANE resolver: {e}"))?;
+        Ok(Some(Dane { resolver }))
+    }
+
+    /// RFC 7672 §2.2 for the MX host `host`.
+    pub async fn lookup(&self, host: &str) -> Outcome {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match self.address_security(&host).await {
+            Security::Secure(_) => {}
+            Security::Insecure => return Outcome::Insecure,
+            // No address at all: routing reports it; there is no connection to secure.
+            Security::Denied => return Outcome::Absent,
+            Security::Bogus(e) => {
+                return Outcome::Bogus(format!("address records of {host} are bogus: {e}"));
+            }
+            Security::Failed(e) => {
+                return Outcome::Failed(format!("address lookup of {host} failed: {e}"));
+            }
+        }
+        let name = format!("_25._tcp.{host}.");
+        match self.security(&name, RecordType::TLSA).await {
+            Security::Secure(records) => {
+                let fields = records.iter().filter_map(|r| match &r.data {
+                    RData::TLSA(t) => Some((
+                        u8::from(t.cert_usage),
+                        u8::from(t.selector),
+                        u8::from(t.matching),
+                        t.cert_data.as_slice(),
+                    )),
+                    _ => None,
+                });
+                match Tlsa::from_fields(&host, fields) {
+                    Some(tlsa) => Outcome::Usable(Arc::new(tlsa)),
+                    None => Outcome::Unusable,
+                }
+            }
+            Security::Denied => Outcome::Absent,
+            Security::Insecure => Outcome::Insecure,
+            Security::Bogus(e) => Outcome::Bogus(format!("TLSA lookup bogus for {host}: {e}")),
+            Security::Failed(e) => Outcome::Failed(format!("TLSA lookup failed for {host}: {e}")),
+        }
+    }
+
+    /// A, then AAAA: secure only if every address record found is.
+    async fn address_security(&self, host: &str) -> Security {
+        let name = format!("{host}.");
+        let a = self.security(&name, RecordType::A).await;
+        let aaaa = self.security(&name, RecordType::AAAA).await;
+        match (a, aaaa) {
+            (b @ (Security::Bogus(_) | Security::Failed(_)), _)
+            | (_, b @ (Security::Bogus(_) | Security::Failed(_))) => b,
+            (Security::Insecure, _) | (_, Security::Insecure) => Security::Insecure,
+            (Security::Secure(mut a), Security::Secure(b)) => {
+                a.extend(b);
+                Security::Secure(a)
+            }
+            (Security::Secure(a), Security::Denied) | (Security::Denied, Security::Secure(a)) => {
+                Security::Secure(a)
+            }
+            (Security::Denied, Security::Denied) => Security::Denied,
+        }
+    }
+
+    /// One validated lookup and its DNSSEC status.
+    pub async fn security(&self, name: &str, rtype: RecordType) -> Security {
+        classify(self.resolver.lookup(name, rtype).await)
+    }
+}
+
+/// Zone-file DNSKEY lines as trust anchors. `keymgr` prints them without TTL and class, which
+/// hickory's parser needs: those are added where missing.
+pub fn load_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("delivery.dane.trust_anchor: {}: {e}", path.display()))?;
+    let lines: Vec<String> = text.lines().map(with_ttl_and_class).collect();
+    let anchors: TrustAnchors = lines
+        .join("\n")
+        .parse()
+        .map_err(|e| format!("delivery.dane.trust_anchor: {}: {e}", path.display()))?;
+    if anchors.is_empty() && text.lines().all(|l| !l.contains("DNSKEY")) {
+        return Err(format!(
+            "delivery.dane.trust_anchor: {}: no DNSKEY record",
+            path.display()
+        ));
+    }
+    Ok(anchors)
+}
+
+/// `name DNSKEY …` → `name 3600 IN DNSKEY …`; lines that have them (or are not DNSKEY) stay.
+fn with_ttl_and_class(line: &str) -> String {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields.as_slice() {
+        [name, "DNSKEY", rest @ ..] => format!("{name} 3600 IN DNSKEY {}", rest.join(" ")),
+        [name, ttl, "DNSKEY", rest @ ..] if ttl.parse::<u32>().is_ok() => {
+            format!("{name} {ttl} IN DNSKEY {}", rest.join(" "))
+        }
+        [name, "IN", "DNSKEY", rest @ ..] => format!("{name} 3600 IN DNSKEY {}", rest.join(" ")),
+        _ => line.to_string(),
+    }
+}
+
+/// The DNSSEC status of a validated lookup's result.
+pub fn classify(result: Result<Lookup, NetError>) -> Security {
+    match result {
+        Ok(lookup) => {
+            let records: Vec<Record> = lookup
+                .answers()
+                .iter()
+                .filter(|r| r.record_type() != RecordType::RRSIG)
+                .cloned()
+                .collect();
+            if records.is_empty() {
+                return denial(lookup.authorities());
+            }
+            match weakest(&records) {
+                Proof::Secure => Security::Secure(records),
+                Proof::Insecure => Security::Insecure,
+                Proof::Bogus => Security::Bogus("bad or missing signatures".into()),
+                _ => Security::Failed("DNSSEC status indeterminate".into()),
+            }
+        }
+        Err(NetError::Dns(DnsError::NoRecordsFound(no))) => {
+            denial(no.authorities.as_deref().unwrap_or(&[]))
+        }
+        Err(NetError::Dns(DnsError::Nsec { proof, .. })) => match proof {
+            Proof::Secure => Security::Denied,
+            Proof::Insecure => Security::Insecure,
+            Proof::Bogus => Security::Bogus("denial of existence not proven".into()),
+            _ => Security::Failed("DNSSEC status indeterminate".into()),
+        },
+        Err(NetError::Dns(DnsError::DnssecBogus)) => {
+            Security::Bogus("DNSSEC validation failed".into())
+        }
+        Err(e) => Security::Failed(e.to_string()),
+    }
+}
+
+/// A negative answer: secure only when its authority records (SOA, NSEC/NSEC3) all are.
+fn denial(authorities: &[Record]) -> Security {
+    let records: Vec<Record> = authorities
+        .iter()
+        .filter(|r| r.record_type() != RecordType::RRSIG)
+        .cloned()
+        .collect();
+    if records.is_empty() {
+        return Security::Insecure;
+    }
+    match weakest(&records) {
+        Proof::Secure => Security::Denied,
+        Proof::Insecure => Security::Insecure,
+        Proof::Bogus => Security::Bogus("denial of existence not proven".into()),
+        _ => Security::Failed("DNSSEC status indeterminate".into()),
+    }
+}
+
+/// The weakest proof among records: Bogus < Indeterminate < Insecure < Secure.
+fn weakest(records: &[Record]) -> Proof {
+    let rank = |p: Proof| match p {
+        Proof::Bogus => 0,
+        Proof::Insecure => 2,
+        Proof::Secure => 3,
+        _ => 1,
+    };
+    records
+        .iter()
+        .map(|r| r.proof)
+        .min_by_key(|p| rank(*p))
+        .unwrap_or(Proof::Indeterminate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keymgr_lines_get_ttl_and_class() {
+        assert_eq!(
+            with_ttl_and_class("test. DNSKEY 257 3 13 abc=="),
+            "test. 3600 IN DNSKEY 257 3 13 abc=="
+        );
+        assert_eq!(
+            with_ttl_and_class("test. 60 IN DNSKEY 257 3 13 abc=="),
+            "test. 60 IN DNSKEY 257 3 13 abc=="
+        );
+        assert_eq!(
+            with_ttl_and_class("test. 60 DNSKEY 257 3 13 abc=="),
+            "test. 60 IN DNSKEY 257 3 13 abc=="
+        );
+    }
+}
