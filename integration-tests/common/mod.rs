@@ -69,6 +69,8 @@
 //! - `Receiver::start(&[lo(20)], day_ms, Model { .. })` (`receiver.rs`): a simulated receiving
 //!   provider with a hidden acceptance model per source IP (allowance, hourly pace, throttling
 //!   `421 4.7.28` / `451 4.7.650`, blocks `550 5.7.1`); `days(ip)`, `accepted(ip)`, `blocks(ip)`.
+//! - `Knot::start(dir, &[Zone::signed(..), Zone::unsigned(..).ns_in(..), ..])` (`knot.rs`): a real
+//!   knotd serving DNSSEC-signed test zones (DANE); `nameserver()`, `trust_anchor(zone)`, `dig`.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
@@ -79,6 +81,7 @@ pub mod client;
 pub mod config;
 pub mod dns;
 pub mod keys;
+pub mod knot;
 pub mod net;
 pub mod receiver;
 pub mod redis;
@@ -92,6 +95,7 @@ pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
 pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
 pub use keys::{keygen, txt_of, verify_dkim};
+pub use knot::{Knot, Zone};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, strip_ansi, write_users};
 pub use sink::{Message, Session, Sink, SinkTls, Stage, Step, tagged_message};
