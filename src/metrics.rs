@@ -61,6 +61,12 @@ struct IpProviderState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsDelivery {
+    policy: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoctorStatus {
     status: &'static str,
 }
@@ -101,6 +107,7 @@ struct Events {
     refused: Family<Refused, Counter>,
     outcomes: Family<Outcome, Counter>,
     outbound: Family<Tls, Counter>,
+    tls_deliveries: Family<TlsDelivery, Counter>,
     dkim: Family<Dkim, Counter>,
     sessions: Gauge,
     warmup_decisions: Family<RampDecision, Counter>,
@@ -116,6 +123,7 @@ fn events() -> &'static Events {
             refused: Family::default(),
             outcomes: Family::default(),
             outbound: Family::default(),
+            tls_deliveries: Family::default(),
             dkim: Family::default(),
             sessions: Gauge::default(),
             warmup_decisions: Family::default(),
@@ -139,6 +147,11 @@ fn events() -> &'static Events {
             "outbound_transactions",
             "Outbound delivery results per recipient, by whether the session used TLS",
             e.outbound.clone(),
+        );
+        registry.register(
+            "tls_deliveries",
+            "Outbound delivery attempts per recipient by TLS policy (route, dane, mta-sts, opportunistic) and result (tls, plaintext, or the RFC 8460 failure type)",
+            e.tls_deliveries.clone(),
         );
         registry.register(
             "dkim_messages",
@@ -197,6 +210,15 @@ pub fn warmup_decision(ip: &str, provider: &str, decision: &'static str) {
             provider: provider.to_string(),
             decision,
         })
+        .inc();
+}
+
+/// One recipient's delivery attempt under TLS `policy`, with `result` (`tls`, `plaintext`, or
+/// an RFC 8460 failure type).
+pub fn tls_delivery(policy: &'static str, result: &'static str) {
+    events()
+        .tls_deliveries
+        .get_or_create(&TlsDelivery { policy, result })
         .inc();
 }
 

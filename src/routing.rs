@@ -33,6 +33,8 @@ pub struct Destination {
     pub key: String,
     pub hosts: Vec<Host>,
     pub tls: TlsPolicy,
+    /// `tls` is all that decides (a route or an address literal): no DANE, no MTA-STS.
+    pub static_tls: bool,
 }
 
 pub struct Router {
@@ -128,6 +130,7 @@ impl Router {
                 key: format!("route:{}", route.host.to_ascii_lowercase()),
                 hosts: vec![resolved],
                 tls: route.tls.unwrap_or(self.default_tls),
+                static_tls: true,
             });
         }
         // Address literal `[1.2.3.4]` / `[IPv6:…]`: straight to that address.
@@ -148,6 +151,7 @@ impl Router {
                     error: None,
                 }],
                 tls: self.default_tls,
+                static_tls: true,
             });
         }
         let fqdn = format!("{domain}.");
@@ -199,6 +203,7 @@ impl Router {
                 key: format!("a:{domain}:{}", self.port),
                 hosts: vec![h],
                 tls: self.default_tls,
+                static_tls: false,
             });
         }
         let mut hosts = Vec::with_capacity(mxs.len());
@@ -211,6 +216,7 @@ impl Router {
             key: format!("mx:{}:{}", names.join(","), self.port),
             hosts,
             tls: self.default_tls,
+            static_tls: false,
         })
     }
 

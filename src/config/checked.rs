@@ -147,6 +147,11 @@ fn system(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
             format!("delivery.ca_file: {e}"),
         );
     }
+    if let Some(anchor) = &config.delivery.dane.trust_anchor
+        && let Err(e) = crate::delivery::policy::dane::lookup::load_trust_anchor(anchor)
+    {
+        at(key_line(text, "delivery.dane", "trust_anchor"), e);
+    }
     if config.dns.nameservers.is_empty()
         && let Err(e) = hickory_resolver::system_conf::read_system_conf()
     {

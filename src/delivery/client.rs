@@ -14,8 +14,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::policy::{Assurance, TlsFailure};
 use super::recorded::Recorded;
-use crate::config::TlsPolicy;
 use crate::pool::Source;
 use crate::spool::RemoteReply;
 use crate::tls::MaybeTls;
@@ -33,10 +33,24 @@ pub enum OpenError {
     Connect(RemoteReply),
     /// The server refused us at greeting or EHLO: next MX.
     Refused(RemoteReply),
-    /// STARTTLS handshake failed (opportunistic: reconnect in plaintext).
-    Handshake(RemoteReply),
-    /// `tls = "required"` not satisfiable here: defer (4.7.5), try the next MX.
-    TlsRequired(RemoteReply),
+    /// Opportunistic STARTTLS handshake failed (the caller may reconnect in plaintext).
+    Handshake(RemoteReply, TlsFailure),
+    /// Mandatory TLS not had here (no STARTTLS, refused, handshake or certificate failed):
+    /// defer (4.7.5), try the next MX; never plaintext.
+    TlsRequired(RemoteReply, TlsFailure),
+}
+
+/// How `open` treats STARTTLS.
+#[derive(Clone, Copy)]
+pub enum StartTls<'a> {
+    /// Never (a route's `tls = "none"`).
+    Off,
+    /// When offered, with this connector (any certificate); a failed handshake is
+    /// `OpenError::Handshake`.
+    Opportunistic(&'a TlsConnector),
+    /// Mandatory, verified by this connector, which proves this; anything less is
+    /// `OpenError::TlsRequired`.
+    Mandatory(&'a TlsConnector, Assurance),
 }
 
 pub struct Timeouts {
@@ -53,6 +67,8 @@ pub struct Session {
     pub addr: SocketAddr,
     /// "TLSv1_3/TLS13_AES_256_GCM_SHA384" or "none".
     pub tls: String,
+    /// What the TLS proved about the peer: reuse carries only deliveries it satisfies.
+    pub assurance: Assurance,
     pub transactions: u32,
     /// Reused without an RSET first: if it turns out closed before any reply, `send` says
     /// `stale` and the caller takes another connection.
@@ -90,8 +106,7 @@ pub async fn open(
     host: &str,
     addr: SocketAddr,
     source: &Source,
-    tls: TlsPolicy,
-    connector: Option<&TlsConnector>,
+    starttls: StartTls<'_>,
     timeouts: &Timeouts,
 ) -> Result<Session, OpenError> {
     let tag = |mut r: RemoteReply| {
@@ -168,80 +183,47 @@ pub async fn open(
     let mut ehlo = hello(&mut client, &source.helo)
         .await
         .map_err(|r| OpenError::Refused(tag(r)))?;
-    let mut tls_info = "none".to_string();
-    if tls != TlsPolicy::None {
+    let (connector, mandatory) = match starttls {
+        StartTls::Off => (None, None),
+        StartTls::Opportunistic(c) => (Some(c), None),
+        StartTls::Mandatory(c, a) => (Some(c), Some(a)),
+    };
+    let (mut tls_info, mut assurance) = ("none".to_string(), Assurance::Plain);
+    // A TLS failure: the end of this session when TLS is mandatory, else the caller's choice.
+    let failed = |text: String, failure: TlsFailure| {
+        let reply = tag(local_reply(451, "4.7.5", text));
+        if mandatory.is_some() {
+            OpenError::TlsRequired(reply, failure)
+        } else {
+            OpenError::Handshake(reply, failure)
+        }
+    };
+    if let Some(connector) = connector {
         if !ehlo.has_capability(EXT_START_TLS) {
-            if tls == TlsPolicy::Required {
+            if mandatory.is_some() {
                 quick_quit(&mut client).await;
-                return Err(OpenError::TlsRequired(tag(local_reply(
-                    451,
-                    "4.7.5",
-                    format!("TLS is required but {host} does not offer STARTTLS"),
-                ))));
+                let text = format!("TLS is required but {host} does not offer STARTTLS");
+                return Err(failed(text, TlsFailure::StarttlsNotSupported));
             }
-        } else if let Some(connector) = connector {
+        } else {
             let r = client.cmd(b"STARTTLS\r\n").await.map_err(|e| {
                 OpenError::Connect(tag(err_reply(&client.stream, &e, "after STARTTLS")))
             })?;
             if r.code != 220 {
-                if tls == TlsPolicy::Required {
-                    return Err(OpenError::TlsRequired(tag(local_reply(
-                        451,
-                        "4.7.5",
-                        format!("STARTTLS refused: {} {}", r.code, r.message.trim()),
-                    ))));
+                if mandatory.is_some() {
+                    let text = format!("STARTTLS refused: {} {}", r.code, r.message.trim());
+                    return Err(failed(text, TlsFailure::StarttlsNotSupported));
                 }
                 // Opportunistic: the session is still usable in plaintext.
             } else {
                 let MaybeTls::Plain(tcp) = client.stream.into_inner() else {
                     unreachable!("STARTTLS on a plain stream only")
                 };
-                let name = ServerName::try_from(host.to_string())
-                    .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
-                let tls_stream = match tokio::time::timeout(
-                    timeouts.command,
-                    connector.connect(name, tcp),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let reply = tag(local_reply(
-                            451,
-                            "4.7.5",
-                            format!("TLS handshake with {host}[{addr}] failed: {e}"),
-                        ));
-                        return Err(if tls == TlsPolicy::Required {
-                            OpenError::TlsRequired(reply)
-                        } else {
-                            OpenError::Handshake(reply)
-                        });
-                    }
-                    Err(_) => {
-                        let reply = tag(local_reply(
-                            451,
-                            "4.7.5",
-                            format!("TLS handshake with {host}[{addr}] timed out"),
-                        ));
-                        return Err(if tls == TlsPolicy::Required {
-                            OpenError::TlsRequired(reply)
-                        } else {
-                            OpenError::Handshake(reply)
-                        });
-                    }
-                };
-                {
-                    let conn = tls_stream.get_ref().1;
-                    tls_info = format!(
-                        "{}/{}",
-                        conn.protocol_version()
-                            .map(|v| format!("{v:?}"))
-                            .unwrap_or_default(),
-                        conn.negotiated_cipher_suite()
-                            .map(|c| format!("{:?}", c.suite()))
-                            .unwrap_or_default()
-                    );
-                }
+                let tls_stream = handshake(connector, host, addr, tcp, timeouts.command)
+                    .await
+                    .map_err(|(text, f)| failed(text, f))?;
+                tls_info = describe(&tls_stream);
+                assurance = mandatory.unwrap_or(Assurance::Encrypted);
                 client = SmtpClient {
                     stream: Recorded::new(MaybeTls::Tls(Box::new(tls_stream))),
                     timeout: timeouts.command,
@@ -250,12 +232,6 @@ pub async fn open(
                     .await
                     .map_err(|r| OpenError::Refused(tag(r)))?;
             }
-        } else if tls == TlsPolicy::Required {
-            return Err(OpenError::TlsRequired(tag(local_reply(
-                451,
-                "4.7.5",
-                "TLS is required but no CA certificates are available",
-            ))));
         }
     }
     Ok(Session {
@@ -266,9 +242,47 @@ pub async fn open(
         host: host.to_string(),
         addr,
         tls: tls_info,
+        assurance,
         transactions: 0,
         unchecked: false,
     })
+}
+
+/// The TLS handshake after `220` to STARTTLS; Err: what to say, and the failure type.
+async fn handshake(
+    connector: &TlsConnector,
+    host: &str,
+    addr: SocketAddr,
+    tcp: TcpStream,
+    limit: Duration,
+) -> Result<TlsStream<TcpStream>, (String, TlsFailure)> {
+    let name = ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+    match tokio::time::timeout(limit, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err((
+            format!("TLS handshake with {host}[{addr}] failed: {e}"),
+            TlsFailure::of_handshake(&e),
+        )),
+        Err(_) => Err((
+            format!("TLS handshake with {host}[{addr}] timed out"),
+            TlsFailure::ValidationFailure,
+        )),
+    }
+}
+
+/// "TLSv1_3/TLS13_AES_256_GCM_SHA384".
+fn describe(s: &TlsStream<TcpStream>) -> String {
+    let conn = s.get_ref().1;
+    format!(
+        "{}/{}",
+        conn.protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        conn.negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default()
+    )
 }
 
 /// QUIT without waiting long for a server that is already refusing us.
@@ -360,16 +374,9 @@ mod tests {
             connect: Duration::from_secs(5),
             command: Duration::from_secs(5),
         };
-        let mut session = open(
-            "mx.test",
-            addr,
-            &source,
-            TlsPolicy::Opportunistic,
-            None,
-            &timeouts,
-        )
-        .await
-        .unwrap();
+        let mut session = open("mx.test", addr, &source, StartTls::Off, &timeouts)
+            .await
+            .unwrap();
         assert_eq!(session.tls, "none");
         let dir = std::env::temp_dir().join(format!("poolrelay-client-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -25,19 +25,28 @@ impl Connections {
         }
     }
 
-    /// An idle session from `source` to `destination`, and how long it sat idle.
-    pub fn take(&self, source: &Source, destination: &str) -> Option<(Session, Duration)> {
+    /// An idle session from `source` to `destination` that `fits` (the delivery's TLS
+    /// requirement), and how long it sat idle; the others stay for other deliveries.
+    pub fn take(
+        &self,
+        source: &Source,
+        destination: &str,
+        fits: impl Fn(&Session) -> bool,
+    ) -> Option<(Session, Duration)> {
         let key = (source.label(), destination.to_string());
         let mut map = self.idle.lock().expect("lock");
         let list = map.get_mut(&key)?;
-        while let Some((s, since)) = list.pop() {
-            let idle = since.elapsed();
-            if idle < self.ttl {
-                return Some((s, idle));
-            }
+        // Expired ones go first, whatever they fit.
+        let (old, keep): (Vec<_>, Vec<_>) = list
+            .drain(..)
+            .partition(|(_, since)| since.elapsed() >= self.ttl);
+        *list = keep;
+        for (s, _) in old {
             tokio::spawn(s.quit());
         }
-        None
+        let i = list.iter().rposition(|(s, _)| fits(s))?;
+        let (s, since) = list.remove(i);
+        Some((s, since.elapsed()))
     }
 
     /// Keeps the session for reuse; hands it back when reuse is off.

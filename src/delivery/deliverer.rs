@@ -9,6 +9,8 @@ use tokio::sync::Semaphore;
 
 use super::client::{Timeouts, local_reply};
 use super::connections::Connections;
+use super::destination::TlsUsed;
+use super::policy::{DomainPolicy, Policies};
 use super::tls;
 use crate::config::Config;
 use crate::outcome::{self, DsnKind, Outcome, Status};
@@ -16,6 +18,9 @@ use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
 use crate::routing::{Destination, Router, domain_of};
 use crate::spool::{Envelope, RcptState, Spool, now_unix};
+
+/// The recipients of one destination transaction: where, under which policy, who.
+type Group = (Destination, DomainPolicy, Vec<usize>);
 
 /// What an attempt left of a message.
 pub enum Attempted {
@@ -70,6 +75,8 @@ pub struct Deliverer {
     /// Messages held because no pool IP could take them: woken when an IP comes back.
     held: Mutex<HashSet<String>>,
     pub(super) tls: tls::Connectors,
+    /// Which TLS each destination domain and MX host needs; TLS-RPT plugs its sink here.
+    pub policies: Arc<Policies>,
     pub(super) timeouts: Timeouts,
     pub(super) global: Arc<Semaphore>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -100,6 +107,7 @@ impl Deliverer {
             pools,
             held: Mutex::new(HashSet::new()),
             tls: tls::connectors(&config.delivery)?,
+            policies: Arc::new(Policies::new(&config)?),
             timeouts: Timeouts {
                 connect: config.delivery.connect_timeout.0,
                 command: config.delivery.command_timeout.0,
@@ -201,7 +209,7 @@ impl Deliverer {
         for i in due {
             // An address that hard-bounced as unknown before fails at once, saying why.
             if let Some(reply) = self.reputation.suppressed(&env.recipients[i].address) {
-                self.record(env, i, Outcome::of_reply(reply), "none");
+                self.record(env, i, Outcome::of_reply(reply), &TlsUsed::none());
                 suppressed.push(i);
                 continue;
             }
@@ -210,23 +218,39 @@ impl Deliverer {
                 .or_default()
                 .push(i);
         }
-        let mut groups: HashMap<String, (Destination, Vec<usize>)> = HashMap::new();
+        let mut groups: HashMap<String, Group> = HashMap::new();
         let mut routing_failed = suppressed;
+        let mut routed = Vec::new();
         for (domain, idxs) in by_domain {
             match self.router.load_full().resolve(&domain).await {
-                Ok(dest) => groups
-                    .entry(dest.key.clone())
-                    .or_insert_with(|| (dest, Vec::new()))
-                    .1
-                    .extend(idxs),
+                Ok(dest) => routed.push((domain, dest, idxs)),
                 Err(reply) => {
                     let reply = local_reply(reply.code, &reply.status, reply.text);
                     for i in idxs {
-                        self.record(env, i, Outcome::of_reply(reply.clone()), "none");
+                        self.record(env, i, Outcome::of_reply(reply.clone()), &TlsUsed::none());
                         routing_failed.push(i);
                     }
                 }
             }
+        }
+        // Every domain's policy at once: one slow policy fetch costs the others no more.
+        let policies = futures_util::future::join_all(
+            routed
+                .iter()
+                .map(|(domain, dest, _)| self.policies.for_domain(domain, dest)),
+        )
+        .await;
+        for ((_, dest, idxs), policy) in routed.into_iter().zip(policies) {
+            // A domain with a policy of its own goes in a transaction of its own.
+            let key = match policy.own_group() {
+                Some(domain) => format!("{}|{domain}", dest.key),
+                None => dest.key.clone(),
+            };
+            groups
+                .entry(key)
+                .or_insert_with(|| (dest, policy, Vec::new()))
+                .2
+                .extend(idxs);
         }
         if !routing_failed.is_empty() {
             self.bounce(env, &routing_failed).await;
@@ -238,16 +262,16 @@ impl Deliverer {
         let mut inline = None;
         let mut tasks = tokio::task::JoinSet::new();
         if groups.len() == 1 {
-            for (_, (dest, idxs)) in groups {
-                let attempt = self.deliver_to(&dest, &snapshot, &idxs).await;
+            for (_, (dest, policy, idxs)) in groups {
+                let attempt = self.deliver_to(&dest, &policy, &snapshot, &idxs).await;
                 inline = Some((idxs, attempt));
             }
         } else {
-            for (_, (dest, idxs)) in groups {
+            for (_, (dest, policy, idxs)) in groups {
                 let me = self.clone();
                 let snapshot = snapshot.clone();
                 tasks.spawn(async move {
-                    let attempt = me.deliver_to(&dest, &snapshot, &idxs).await;
+                    let attempt = me.deliver_to(&dest, &policy, &snapshot, &idxs).await;
                     (idxs, attempt)
                 });
             }
@@ -366,7 +390,8 @@ impl Deliverer {
     }
 
     /// Applies one outcome to one recipient and logs it.
-    fn record(&self, env: &mut Envelope, i: usize, outcome: Outcome, tls: &str) {
+    fn record(&self, env: &mut Envelope, i: usize, outcome: Outcome, used: &TlsUsed) {
+        let tls = used.tls.as_str();
         let now = now_unix();
         let received_at = env.received_at;
         let rcpt = &mut env.recipients[i];
@@ -386,13 +411,24 @@ impl Deliverer {
         if !r.addr.is_empty() {
             crate::metrics::outbound(tls != "none");
         }
+        if let Some(policy) = used.policy {
+            let result = match used.failure {
+                Some(f) => f.as_str(),
+                None if tls != "none" => "tls",
+                None => "plaintext",
+            };
+            crate::metrics::tls_delivery(policy.as_str(), result);
+        }
+        let tls_policy = used.policy.map_or("none", |p| p.as_str());
+        let tls_failure = used.failure.map_or("", |f| f.as_str());
         let delay = now.saturating_sub(received_at);
         // Display (unquoted) for single-token fields; the reply text stays quoted.
         macro_rules! attempt_event {
             ($level:ident) => {
                 tracing::$level!(
                     queue_id = %env.id, recipient = %rcpt.address, source_ip = %r.source_ip,
-                    mx = %r.host, addr = %r.addr, tls = %tls, reply = ?line,
+                    mx = %r.host, addr = %r.addr, tls = %tls, tls_policy, tls_failure,
+                    reply = ?line,
                     status = status.as_str(), delay, attempt = rcpt.attempts,
                     next_attempt = rcpt.next_attempt, "delivery attempt"
                 )

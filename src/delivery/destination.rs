@@ -16,9 +16,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::client::{self, OpenError, Session, local_reply};
+use super::client::{OpenError, Session, local_reply};
 use super::deliverer::Deliverer;
-use crate::config::TlsPolicy;
+use super::policy::{Applied, DomainPolicy, HostPolicy, Requirement, TlsFailure};
 use crate::outcome::{Outcome, Status};
 use crate::pool::{Held, Pick, Selection, Source};
 use crate::routing::{Destination, Host};
@@ -31,7 +31,28 @@ const REUSE_WITHOUT_RSET: Duration = Duration::from_secs(2);
 /// What one destination attempt gave each of its recipients, and the TLS used.
 pub(super) struct Attempt {
     pub outcomes: Vec<Outcome>,
+    pub tls: TlsUsed,
+}
+
+/// The TLS of an attempt, for its log line and metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TlsUsed {
+    /// "TLSv1_3/TLS13_AES_256_GCM_SHA384" or "none".
     pub tls: String,
+    /// The policy of the host the attempt ended with; None when no host was tried.
+    pub policy: Option<Applied>,
+    /// Why no transaction happened, when TLS was the reason (last such failure).
+    pub failure: Option<TlsFailure>,
+}
+
+impl TlsUsed {
+    pub fn none() -> TlsUsed {
+        TlsUsed {
+            tls: "none".into(),
+            policy: None,
+            failure: None,
+        }
+    }
 }
 
 /// The message as one destination transaction sends it.
@@ -49,6 +70,9 @@ struct Tried {
     errors: Vec<Outcome>,
     held: Option<Held>,
     unbindable: Vec<IpAddr>,
+    /// The policy of the last host tried, and the last TLS failure.
+    policy: Option<Applied>,
+    tls_failure: Option<TlsFailure>,
 }
 
 impl Tried {
@@ -82,7 +106,11 @@ impl Tried {
         };
         Attempt {
             outcomes: vec![outcome; n],
-            tls: "none".into(),
+            tls: TlsUsed {
+                tls: "none".into(),
+                policy: self.policy,
+                failure: self.tls_failure,
+            },
         }
     }
 }
@@ -101,6 +129,7 @@ impl Deliverer {
     pub(super) async fn deliver_to(
         &self,
         dest: &Destination,
+        policy: &DomainPolicy,
         env: &Envelope,
         idxs: &[usize],
     ) -> Attempt {
@@ -114,7 +143,7 @@ impl Deliverer {
                 let reply = local_reply(451, "4.3.0", "cannot read the queued message");
                 return Attempt {
                     outcomes: vec![Outcome::of_reply(reply); idxs.len()],
-                    tls: "none".into(),
+                    tls: TlsUsed::none(),
                 };
             }
         };
@@ -132,6 +161,18 @@ impl Deliverer {
         };
         let mut tried = Tried::default();
         'hosts: for host in &dest.hosts {
+            let hp = self.policies.for_host(policy, &host.name).await;
+            tried.policy = Some(hp.applied);
+            if let Requirement::Refuse(refusal) = &hp.requirement {
+                tracing::warn!(queue_id = %env.id, mx = %host.name, tls_policy = hp.applied.as_str(), tls_failure = %refusal.failure, reason = %refusal.reason, "MX host refused by TLS policy, not contacted");
+                self.policies
+                    .report(&hp, &host.name, None, None, Err(refusal.failure));
+                let mut r = local_reply(451, "4.7.5", refusal.reason.clone());
+                r.host = host.name.clone();
+                tried.tls_failure = Some(refusal.failure);
+                tried.error(r);
+                continue;
+            }
             if host.addrs.is_empty() {
                 let mut r = host.error.clone().map_or_else(
                     || local_reply(451, "4.4.4", format!("no address for {}", host.name)),
@@ -143,7 +184,7 @@ impl Deliverer {
             }
             for ip in &host.addrs {
                 let addr = SocketAddr::new(*ip, host.port);
-                match self.via_address(&msg, host, addr, &mut tried).await {
+                match self.via_address(&msg, host, &hp, addr, &mut tried).await {
                     Next::Done(attempt) => return attempt,
                     Next::Address => {}
                     Next::Host => continue 'hosts,
@@ -159,6 +200,7 @@ impl Deliverer {
         &self,
         msg: &Message<'_>,
         host: &Host,
+        policy: &HostPolicy,
         addr: SocketAddr,
         tried: &mut Tried,
     ) -> Next {
@@ -188,11 +230,11 @@ impl Deliverer {
             // The delivery attempt begins: its replies belong to any quarantine that ends later
             // (reputation's incidents).
             let sent_at_ms = crate::pool::warmup::Clock::now_ms();
-            if let Some(attempt) = self.reuse(msg, &source, sent_at_ms).await {
+            if let Some(attempt) = self.reuse(msg, host, policy, &source, sent_at_ms).await {
                 return Next::Done(attempt);
             }
-            let error = match self.open(&host.name, addr, &source, msg.dest.tls).await {
-                Ok(s) => match self.transact(s, msg, sent_at_ms).await {
+            let error = match self.open_as(&host.name, addr, &source, policy).await {
+                Ok(s) => match self.transact(s, msg, policy.applied, sent_at_ms).await {
                     Some(attempt) => return Next::Done(attempt),
                     // A new session is never stale; should it be, the next source goes.
                     None => continue,
@@ -224,9 +266,18 @@ impl Deliverer {
         }
     }
 
-    /// Sends over an idle session of `source` to this destination, if one is still open.
-    async fn reuse(&self, msg: &Message<'_>, source: &Source, sent_at_ms: u64) -> Option<Attempt> {
-        while let Some((mut s, idle)) = self.connections.take(source, &msg.dest.key) {
+    /// Sends over an idle session of `source` to this destination, if one is still open and
+    /// its TLS satisfies `policy` (an opportunistic session never carries an enforced one).
+    async fn reuse(
+        &self,
+        msg: &Message<'_>,
+        host: &Host,
+        policy: &HostPolicy,
+        source: &Source,
+        sent_at_ms: u64,
+    ) -> Option<Attempt> {
+        let fits = |s: &Session| policy.requirement.accepts(&host.name, &s.host, s.assurance);
+        while let Some((mut s, idle)) = self.connections.take(source, &msg.dest.key, fits) {
             // One used a moment ago goes without the RSET round trip; if the server closed it
             // meanwhile, `send` finds out before anything is sent and it is dropped.
             if idle < REUSE_WITHOUT_RSET {
@@ -235,32 +286,11 @@ impl Deliverer {
                 continue;
             }
             tracing::debug!(queue_id = %msg.env.id, mx = %s.host, source_ip = %source.label(), "reusing connection");
-            if let Some(attempt) = self.transact(s, msg, sent_at_ms).await {
+            if let Some(attempt) = self.transact(s, msg, policy.applied, sent_at_ms).await {
                 return Some(attempt);
             }
         }
         None
-    }
-
-    /// Opens a session; an opportunistic STARTTLS whose handshake fails is retried in plaintext.
-    async fn open(
-        &self,
-        host: &str,
-        addr: SocketAddr,
-        source: &Source,
-        policy: TlsPolicy,
-    ) -> Result<Session, OpenError> {
-        let connector = match policy {
-            TlsPolicy::Required => self.tls.required.as_ref(),
-            _ => Some(&self.tls.opportunistic),
-        };
-        match client::open(host, addr, source, policy, connector, &self.timeouts).await {
-            Err(OpenError::Handshake(r)) => {
-                tracing::warn!(mx = %host, %addr, source_ip = %source.label(), error = %r.text, "TLS handshake failed, delivering in plaintext");
-                client::open(host, addr, source, TlsPolicy::None, None, &self.timeouts).await
-            }
-            other => other,
-        }
     }
 
     /// Records why a session could not be opened and says what to try next.
@@ -307,8 +337,9 @@ impl Deliverer {
                 tried.errors.push(Outcome { reply: r, status });
                 Failure::Host
             }
-            OpenError::TlsRequired(r) | OpenError::Handshake(r) => {
-                self.session_refused(id, host, addr, source, &r);
+            OpenError::TlsRequired(r, failure) | OpenError::Handshake(r, failure) => {
+                tracing::warn!(queue_id = %id, source_ip = %source.label(), mx = %host.name, %addr, tls_policy = tried.policy.map_or("none", Applied::as_str), tls_failure = %failure, reply = %format!("{} {} {}", r.code, r.status, r.text), "TLS not had, trying the next MX");
+                tried.tls_failure = Some(failure);
                 tried.error(r);
                 Failure::Host
             }
@@ -333,6 +364,7 @@ impl Deliverer {
         &self,
         mut s: Session,
         msg: &Message<'_>,
+        policy: Applied,
         sent_at_ms: u64,
     ) -> Option<Attempt> {
         let result = s.send(msg.env, &msg.rcpts, &msg.body).await;
@@ -360,7 +392,11 @@ impl Deliverer {
                 Outcome { reply, status }
             })
             .collect();
-        let tls = s.tls.clone();
+        let tls = TlsUsed {
+            tls: s.tls.clone(),
+            policy: Some(policy),
+            failure: None,
+        };
         let max = self.pools.max_per_connection(&provider);
         let under_max = max == 0 || s.transactions < max;
         if !under_max && result.reusable {

@@ -4,6 +4,8 @@
 //!   recipient's outcome, DSNs, removal);
 //! - `destination` is one destination transaction: the pool picks the source IP for the
 //!   message, then a session of that IP is reused (`connections`) or opened (`client`).
+//! - `policy` decides which TLS each MX host needs (route, DANE, MTA-STS, opportunistic);
+//!   `secure` opens the session that way.
 //! - `recorded` keeps the bytes of the replies a session reads, so an enhanced status code is
 //!   read whole (smtp-proto 0.2 cuts a detail past 255: `4.7.650` → `4.7.255`).
 
@@ -15,6 +17,7 @@ mod dotstuff;
 pub mod policy;
 pub mod queue;
 pub(crate) mod recorded;
+mod secure;
 pub mod tls;
 mod transaction;
 
@@ -40,6 +43,9 @@ pub async fn start(
 ) -> Result<Arc<Deliverer>, String> {
     let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
+    // Said once, before any DANE mail waits on a resolver that strips DNSSEC.
+    let checked = d.clone();
+    tokio::spawn(async move { policy::dane::check::run(checked.policies.dane()).await });
     let deliverer = d.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -1,7 +1,9 @@
 //! Which TLS one delivery needs (issue 27): decided per destination domain, then per MX host.
 //!
 //! Rules, first match wins:
-//! - A route's `tls` setting (`none`, `opportunistic`, `required`) overrides everything.
+//! - A route's `tls` setting (`none`, `opportunistic`, `required`) overrides everything; so
+//!   does `[delivery] tls` when set to `none` or `required`, and an address literal `[ip]`
+//!   (no domain to hold a policy) keeps `[delivery] tls`.
 //! - DANE (RFC 7672): a DNSSEC-secure TLSA RRset for `_25._tcp.MX` with usable records → TLS
 //!   is mandatory and the certificate must match a record; a bogus lookup → defer.
 //! - MTA-STS (RFC 8461): `enforce` → only MX hosts matching the policy's `mx` patterns, over TLS
@@ -12,9 +14,14 @@
 //!   REQUIRETLS (RFC 8689): it needs `Requirement::WebPki` or `Requirement::Dane`, else bounces.
 
 pub mod dane;
+mod decide;
 pub mod mta_sts;
+mod results;
 
 use std::sync::Arc;
+
+pub use decide::{DomainPolicy, Policies};
+pub use results::{NoResults, PolicyKind, ReportPolicy, SessionResult, TlsFailure, TlsResults};
 
 /// Which policy applied to a delivery: in every log line, outcome and metric (`policy=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -48,8 +55,15 @@ pub enum Requirement {
     WebPki,
     /// TLS with a certificate matching these TLSA records; else no delivery.
     Dane(Arc<dane::Tlsa>),
-    /// Do not connect to this host; defer with this reason (`4.7.5`-ish local reply).
-    Refuse(String),
+    /// Do not connect to this host; defer (`451 4.7.5`) with this reason.
+    Refuse(Refusal),
+}
+
+/// Why a host may not be contacted at all, typed for TLS-RPT and readable for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub failure: TlsFailure,
+    pub reason: String,
 }
 
 impl Requirement {
@@ -57,6 +71,32 @@ impl Requirement {
     pub fn verified(&self) -> bool {
         matches!(self, Requirement::WebPki | Requirement::Dane(_))
     }
+
+    /// Whether an open session to `host` that reached `assurance` may carry this delivery
+    /// (connection reuse): a verified requirement takes only a session verified the same way
+    /// for the same host name.
+    pub fn accepts(&self, host: &str, session_host: &str, assurance: Assurance) -> bool {
+        let same = host.eq_ignore_ascii_case(session_host);
+        match self {
+            Requirement::Plain | Requirement::Opportunistic => true,
+            Requirement::WebPki => same && assurance == Assurance::WebPki,
+            Requirement::Dane(_) => same && assurance == Assurance::Dane,
+            Requirement::Refuse(_) => false,
+        }
+    }
+}
+
+/// What an open session's TLS proved about the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assurance {
+    /// No TLS.
+    Plain,
+    /// TLS with any certificate (opportunistic).
+    Encrypted,
+    /// TLS with a certificate valid (web PKI) for the host name.
+    WebPki,
+    /// TLS with a certificate matching the host's TLSA records.
+    Dane,
 }
 
 /// The policy for one MX host of one destination domain.
@@ -66,4 +106,18 @@ pub struct HostPolicy {
     pub requirement: Requirement,
     /// MTA-STS `testing`: failures are reported (TLS-RPT) but do not stop delivery.
     pub report_only: bool,
+    /// The policy session results are reported under (DANE, MTA-STS); None: not reported.
+    pub report: Option<Arc<ReportPolicy>>,
+}
+
+impl HostPolicy {
+    /// No policy: STARTTLS when offered.
+    pub fn opportunistic() -> HostPolicy {
+        HostPolicy {
+            applied: Applied::Opportunistic,
+            requirement: Requirement::Opportunistic,
+            report_only: false,
+            report: None,
+        }
+    }
 }

@@ -59,8 +59,13 @@ pub async fn validation(dane: &Dane, settings: &Settings) -> Verdict {
     }
 }
 
-/// Runs the check and logs its verdict once.
-pub async fn run(dane: &Dane, settings: &Settings) -> Verdict {
+/// Runs the check with the service's own settings and logs its verdict once; nothing when DANE
+/// is off.
+pub async fn run(dane: &Dane) -> Option<Verdict> {
+    if !dane.enabled() {
+        return None;
+    }
+    let settings = dane.settings();
     let verdict = validation(dane, settings).await;
     match &verdict {
         Verdict::Works => tracing::info!(
@@ -75,5 +80,5 @@ pub async fn run(dane: &Dane, settings: &Settings) -> Verdict {
         ),
         Verdict::Skipped => tracing::info!("DANE: start-up DNSSEC check skipped (no check names)"),
     }
-    verdict
+    Some(verdict)
 }

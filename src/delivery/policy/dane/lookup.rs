@@ -30,9 +30,9 @@ pub enum Outcome {
     Insecure,
     /// Secure proof that the host has no TLSA records.
     Absent,
-    /// Validation failed (bad signatures, a broken chain, an unproven denial).
+    /// Validation failed (bad signatures, a broken chain, an unproven denial): why.
     Bogus(String),
-    /// The lookup itself failed (timeout, SERVFAIL): DNSSEC status unknown.
+    /// The lookup itself failed (timeout, SERVFAIL): DNSSEC status unknown; why.
     Failed(String),
 }
 
@@ -68,16 +68,25 @@ pub enum Security {
     Failed(String),
 }
 
-/// The validating resolver DANE asks.
+/// The validating resolver DANE asks; without `[delivery.dane] enabled` every host is
+/// `Absent` and nothing is asked.
 pub struct Dane {
-    resolver: TokioResolver,
+    resolver: Option<TokioResolver>,
+    settings: Settings,
 }
 
 impl Dane {
-    /// `None` when `[delivery.dane]` is off.
-    pub fn new(nameservers: &[SocketAddr], settings: &Settings) -> Result<Option<Dane>, String> {
+    pub fn new(config: &crate::config::Config) -> Result<Dane, String> {
+        Dane::with(&config.dns.nameservers, &config.delivery.dane)
+    }
+
+    /// A DANE service asking `nameservers` (empty: the system's resolver).
+    pub fn with(nameservers: &[SocketAddr], settings: &Settings) -> Result<Dane, String> {
         if !settings.enabled {
-            return Ok(None);
+            return Ok(Dane {
+                resolver: None,
+                settings: settings.clone(),
+            });
         }
         let mut builder = crate::routing::resolver_builder(nameservers)?;
         builder.options_mut().validate = true;
@@ -88,11 +97,30 @@ impl Dane {
         let resolver = builder
             .build()
             .map_err(|e| format!("DANE resolver: {e}"))?;
-        Ok(Some(Dane { resolver }))
+        Ok(Dane {
+            resolver: Some(resolver),
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.resolver.is_some()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The connector for a session that must match `tlsa`.
+    pub fn connector(&self, tlsa: &Tlsa) -> Result<tokio_rustls::TlsConnector, String> {
+        super::verify::connector(Arc::new(tlsa.clone()))
     }
 
     /// RFC 7672 §2.2 for the MX host `host`.
     pub async fn lookup(&self, host: &str) -> Outcome {
+        if self.resolver.is_none() {
+            return Outcome::Absent;
+        }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         match self.address_security(&host).await {
             Security::Secure(_) => {}
@@ -100,10 +128,10 @@ impl Dane {
             // No address at all: routing reports it; there is no connection to secure.
             Security::Denied => return Outcome::Absent,
             Security::Bogus(e) => {
-                return Outcome::Bogus(format!("address records of {host} are bogus: {e}"));
+                return Outcome::Bogus(format!("its address records: {e}"));
             }
             Security::Failed(e) => {
-                return Outcome::Failed(format!("address lookup of {host} failed: {e}"));
+                return Outcome::Failed(format!("its address records: {e}"));
             }
         }
         let name = format!("_25._tcp.{host}.");
@@ -125,8 +153,8 @@ impl Dane {
             }
             Security::Denied => Outcome::Absent,
             Security::Insecure => Outcome::Insecure,
-            Security::Bogus(e) => Outcome::Bogus(format!("TLSA lookup bogus for {host}: {e}")),
-            Security::Failed(e) => Outcome::Failed(format!("TLSA lookup failed for {host}: {e}")),
+            Security::Bogus(e) => Outcome::Bogus(e),
+            Security::Failed(e) => Outcome::Failed(e),
         }
     }
 
@@ -152,7 +180,10 @@ impl Dane {
 
     /// One validated lookup and its DNSSEC status.
     pub async fn security(&self, name: &str, rtype: RecordType) -> Security {
-        classify(self.resolver.lookup(name, rtype).await)
+        match &self.resolver {
+            Some(r) => classify(r.lookup(name, rtype).await),
+            None => Security::Failed("DANE is off".into()),
+        }
     }
 }
 
