@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use poolrelay::delivery::policy::dane::{self, Dane, Outcome};
@@ -82,8 +82,11 @@ fn world(dir: &Path) -> World {
         &[
             Zone::signed("test.", &[]),
             Zone::signed("d.test.", &d).ds_in("test."),
-            Zone::unsigned("plain.test.", &["@ MX 10 mx.plain.test.", "mx A 127.0.0.21"])
-                .ns_in("test."),
+            Zone::unsigned(
+                "plain.test.",
+                &["@ MX 10 mx.plain.test.", "mx A 127.0.0.21"],
+            )
+            .ns_in("test."),
             Zone::signed(
                 "bogus.test.",
                 &[
@@ -120,8 +123,7 @@ fn lookup_outcomes_from_a_signed_tree() {
     let w = world(&dir);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let dane = Dane::with(&[w.knot.nameserver()], &settings(&w))
-            .expect("resolver");
+        let dane = Dane::with(&[w.knot.nameserver()], &settings(&w)).expect("resolver");
         match dane.lookup("mx1.d.test").await {
             Outcome::Usable(t) => {
                 assert_eq!(t.host, "mx1.d.test");
@@ -130,7 +132,10 @@ fn lookup_outcomes_from_a_signed_tree() {
             }
             other => panic!("mx1.d.test: {other:?}\n{}", w.knot.log()),
         }
-        assert!(matches!(dane.lookup("mx5.d.test").await, Outcome::Usable(_)));
+        assert!(matches!(
+            dane.lookup("mx5.d.test").await,
+            Outcome::Usable(_)
+        ));
         assert_eq!(dane.lookup("mx4.d.test").await, Outcome::Absent);
         assert_eq!(dane.lookup("mx.plain.test").await, Outcome::Insecure);
         match dane.lookup("mx.bogus.test").await {
@@ -145,10 +150,177 @@ fn lookup_outcomes_from_a_signed_tree() {
             trust_anchor: None,
             ..settings(&w)
         };
-        let dane = Dane::with(&[w.knot.nameserver()], &unanchored)
-            .expect("resolver");
+        let dane = Dane::with(&[w.knot.nameserver()], &unanchored).expect("resolver");
         let verdict = dane::check::validation(&dane, &unanchored).await;
         assert!(!verdict.works(), "{verdict:?}");
     });
-    let _ = (&w.certs1, &w.certs2, Arc::new(()));
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Sink 1 (127.0.0.20, the certificate the records name), sink 2 (127.0.0.21, another key),
+/// sink 3 (127.0.0.22, no STARTTLS), all on one port.
+fn sinks(w: &World) -> (Sink, Sink, Sink) {
+    let port = free_port_on(&[lo(20), lo(21), lo(22)]);
+    let s1 = Sink::builder(&[lo(20)])
+        .port(port)
+        .starttls(&w.certs1)
+        .start();
+    let s2 = Sink::builder(&[lo(21)])
+        .port(port)
+        .starttls(&w.certs2)
+        .start();
+    let s3 = Sink::builder(&[lo(22)]).port(port).start();
+    (s1, s2, s3)
+}
+
+fn relay_config(w: &World, port: u16) -> RelayConfig {
+    let s = settings(w);
+    RelayConfig::new()
+        .nameserver(w.knot.nameserver())
+        .delivery_port(port)
+        .section(&format!(
+            "[delivery.dane]\nenabled = true\ntrust_anchor = \"{}\"\ncheck_secure = \"{}\"\ncheck_bogus = \"{}\"",
+            s.trust_anchor.expect("anchor").display(),
+            s.check_secure,
+            s.check_bogus
+        ))
+}
+
+fn submit(relay: &Relay, rcpt: &str, subject: &str) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    let r = c.send_mail("a@src.test", &[rcpt], &tagged_message(subject));
+    assert_eq!(r.code, 250, "submit: {r}");
+    c.quit();
+}
+
+/// The `delivery attempt` lines of one recipient.
+fn attempts(relay: &Relay, rcpt: &str) -> Vec<String> {
+    let needle = format!("recipient={rcpt} ");
+    relay
+        .plain_log()
+        .lines()
+        .filter(|l| l.contains(&needle) && l.contains("delivery attempt"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits for a deferred attempt of `rcpt` and returns its line.
+fn deferred(relay: &Relay, rcpt: &str) -> String {
+    let mut line = None;
+    let found = wait_until(WAIT, || {
+        line = attempts(relay, rcpt)
+            .into_iter()
+            .find(|l| l.contains("deferred"));
+        line.is_some()
+    });
+    assert!(found, "{rcpt} not deferred:\n{}", relay.plain_log());
+    line.unwrap_or_default()
+}
+
+fn subjects(sink: &Sink) -> Vec<String> {
+    sink.messages().iter().map(Message::subject).collect()
+}
+
+/// Matching MX → TLS; DANE-TA → TLS; no match → deferred, nothing sent; STARTTLS stripped →
+/// never plaintext; bogus → deferred; unsigned domain and secure denial → opportunistic.
+#[test]
+#[ignore]
+fn dane_decides_each_mx_host() {
+    let dir = tempdir("dane-relay");
+    let w = world(&dir);
+    let (s1, s2, s3) = sinks(&w);
+    let relay = Relay::start(&dir, &relay_config(&w, s1.port()).to_toml());
+    assert!(
+        relay.wait_for_log("DANE: DNSSEC validation works", WAIT),
+        "{}",
+        relay.plain_log()
+    );
+    for (rcpt, subject) in [
+        ("r@good.d.test", "good"),
+        ("r@ta.d.test", "ta"),
+        ("r@wrong.d.test", "wrong"),
+        ("r@strip.d.test", "strip"),
+        ("r@none.d.test", "none"),
+        ("r@plain.test", "plain"),
+        ("r@bogus.test", "bogus"),
+    ] {
+        submit(&relay, rcpt, subject);
+    }
+
+    // Delivered: DANE-EE and DANE-TA over TLS to sink 1; no TLSA (secure denial) and the
+    // unsigned domain opportunistically (TLS with sink 2's certificate, which no record names).
+    let m1 = s1.wait_for_messages(2, WAIT);
+    let m2 = s2.wait_for_messages(2, WAIT);
+    for m in m1.iter().chain(&m2) {
+        assert!(m.tls.is_some(), "{m:?}");
+    }
+    let mut got1 = subjects(&s1);
+    got1.sort();
+    assert_eq!(got1, ["good", "ta"]);
+    let mut got2 = subjects(&s2);
+    got2.sort();
+    assert_eq!(got2, ["none", "plain"]);
+    for rcpt in ["r@good.d.test", "r@ta.d.test"] {
+        let sent = attempts(&relay, rcpt);
+        assert!(
+            sent.iter()
+                .any(|l| l.contains("sent") && l.contains("dane")),
+            "{rcpt}: {sent:?}"
+        );
+    }
+    for rcpt in ["r@none.d.test", "r@plain.test"] {
+        let sent = attempts(&relay, rcpt);
+        assert!(
+            sent.iter()
+                .any(|l| l.contains("sent") && !l.contains("dane")),
+            "{rcpt}: {sent:?}"
+        );
+    }
+
+    // Deferred, each for its reason, and nothing of theirs reached a sink.
+    let wrong = deferred(&relay, "r@wrong.d.test");
+    assert!(
+        wrong.contains("the certificate of mx2.d.test matches no TLSA record")
+            && wrong.contains("tls_failure=\"tlsa-invalid\""),
+        "{wrong}"
+    );
+    let strip = deferred(&relay, "r@strip.d.test");
+    assert!(
+        strip.contains("tls_policy=\"dane\"")
+            && strip.contains("tls_failure=\"starttls-not-supported\""),
+        "{strip}"
+    );
+    let bogus = deferred(&relay, "r@bogus.test");
+    assert!(
+        bogus.contains("DANE: TLSA lookup bogus for mx.bogus.test"),
+        "{bogus}"
+    );
+    // A second round of attempts: still nothing sent in any other way.
+    for rcpt in ["r@wrong.d.test", "r@strip.d.test", "r@bogus.test"] {
+        assert!(
+            wait_until(WAIT, || attempts(&relay, rcpt).len() >= 2),
+            "{rcpt}: no retry\n{}",
+            relay.plain_log()
+        );
+    }
+    assert_eq!(subjects(&s1).len(), 2, "{:?}", subjects(&s1));
+    assert_eq!(subjects(&s2).len(), 2, "{:?}", subjects(&s2));
+    assert!(s3.messages().is_empty(), "plaintext to a DANE host");
+    assert!(
+        !s3.sessions().is_empty(),
+        "the stripped host was never contacted"
+    );
+    let t3 = s3.transcripts();
+    assert!(!t3.contains("MAIL FROM"), "{t3}");
+    let queued = relay.queued_ids();
+    assert_eq!(queued.len(), 3, "{queued:?}");
+    assert_eq!(
+        relay
+            .plain_log()
+            .matches("DANE: DNSSEC validation works")
+            .count(),
+        1
+    );
 }

@@ -96,7 +96,9 @@ pub fn knot_tool(name: &str) -> PathBuf {
         .chain(["/usr/sbin", "/sbin", "/usr/bin"])
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed (apt-get install knot knot-dnsutils; .ci/run does)"))
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed (apt-get install knot knot-dnsutils; .ci/run does)")
+        })
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -259,7 +261,13 @@ impl Knot {
     pub fn dig(&self, name: &str, rtype: &str) -> String {
         let out = Command::new(knot_tool("kdig"))
             .arg(format!("@127.0.0.1"))
-            .args(["-p", &self.port.to_string(), "+short", "+time=1", "+retry=0"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "+short",
+                "+time=1",
+                "+retry=0",
+            ])
             .args([name, rtype])
             .stdin(Stdio::null())
             .output()

@@ -47,7 +47,10 @@ pub async fn validation(dane: &Dane, settings: &Settings) -> Verdict {
     let bogus = dane.security(&fqdn(bad), RecordType::SOA).await;
     let mut problems = Vec::new();
     if !matches!(secure, Security::Secure(_)) {
-        problems.push(format!("{good} should be secure but is {}", status(&secure)));
+        problems.push(format!(
+            "{good} should be secure but is {}",
+            status(&secure)
+        ));
     }
     if !matches!(bogus, Security::Bogus(_)) {
         problems.push(format!("{bad} should be bogus but is {}", status(&bogus)));

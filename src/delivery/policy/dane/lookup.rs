@@ -94,9 +94,7 @@ impl Dane {
             let anchors = load_trust_anchor(path)?;
             builder = builder.with_trust_anchor(Arc::new(anchors));
         }
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("DANE resolver: {e}"))?;
+        let resolver = builder.build().map_err(|e| format!("DANE resolver: {e}"))?;
         Ok(Dane {
             resolver: Some(resolver),
             settings: settings.clone(),

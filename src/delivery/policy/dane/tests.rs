@@ -42,7 +42,9 @@ fn sha512(b: &[u8]) -> Vec<u8> {
 
 fn verifier(records: Vec<Record>) -> DaneVerifier {
     crate::tls::install_crypto_provider();
-    let provider = rustls::crypto::CryptoProvider::get_default().unwrap().clone();
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .unwrap()
+        .clone();
     let tlsa = Tlsa {
         host: "mx.d.test".into(),
         records,
@@ -88,7 +90,10 @@ fn another_key_does_not_match() {
     assert!(!accepts(vec![rec(3, 1, 1, &sha256(&other_key))], &c));
     assert!(!accepts(vec![rec(3, 0, 0, &other.leaf)], &c));
     // The CA's own key named as an end entity is not the leaf.
-    assert!(!accepts(vec![rec(3, 1, 1, &sha256(&spki(&c.ca).unwrap()))], &c));
+    assert!(!accepts(
+        vec![rec(3, 1, 1, &sha256(&spki(&c.ca).unwrap()))],
+        &c
+    ));
     let err = verifier(vec![rec(3, 1, 1, &sha256(&other_key))])
         .check(&c.leaf, &[], UnixTime::now())
         .unwrap_err();
@@ -109,18 +114,18 @@ fn dane_ta_needs_the_chain_and_the_name() {
     let wrong = chain(&["other.d.test"]);
     let wrong_ta = sha256(&spki(&wrong.ca).unwrap());
     let err = verifier(vec![rec(2, 1, 1, &wrong_ta)])
-        .check(&wrong.leaf, std::slice::from_ref(&wrong.ca), UnixTime::now())
+        .check(
+            &wrong.leaf,
+            std::slice::from_ref(&wrong.ca),
+            UnixTime::now(),
+        )
         .unwrap_err();
     assert!(err.detail.is_some(), "{err}");
     // A leaf signed by another CA does not chain to this anchor.
     let stranger = chain(&["mx.d.test"]);
     assert!(
         verifier(vec![rec(2, 1, 1, &ta_key)])
-            .check(
-                &stranger.leaf,
-                std::slice::from_ref(&c.ca),
-                UnixTime::now()
-            )
+            .check(&stranger.leaf, std::slice::from_ref(&c.ca), UnixTime::now())
             .is_err()
     );
 }
@@ -131,10 +136,22 @@ fn pkix_usages_and_bad_digests_are_unusable() {
     assert!(Record::usable(0, 1, 1, &d32).is_none(), "PKIX-TA");
     assert!(Record::usable(1, 1, 1, &d32).is_none(), "PKIX-EE");
     assert!(Record::usable(4, 1, 1, &d32).is_none(), "unassigned usage");
-    assert!(Record::usable(3, 2, 1, &d32).is_none(), "unassigned selector");
-    assert!(Record::usable(3, 1, 3, &d32).is_none(), "unassigned matching");
-    assert!(Record::usable(3, 1, 1, &d32[..31]).is_none(), "short SHA-256");
-    assert!(Record::usable(3, 1, 2, &d32).is_none(), "SHA-512 of 32 bytes");
+    assert!(
+        Record::usable(3, 2, 1, &d32).is_none(),
+        "unassigned selector"
+    );
+    assert!(
+        Record::usable(3, 1, 3, &d32).is_none(),
+        "unassigned matching"
+    );
+    assert!(
+        Record::usable(3, 1, 1, &d32[..31]).is_none(),
+        "short SHA-256"
+    );
+    assert!(
+        Record::usable(3, 1, 2, &d32).is_none(),
+        "SHA-512 of 32 bytes"
+    );
     assert!(Record::usable(3, 1, 0, &[]).is_none(), "empty exact");
     assert!(Record::usable(3, 1, 1, &d32).is_some());
     assert!(Tlsa::from_fields("mx.d.test", [(1u8, 1u8, 1u8, &d32[..])]).is_none());
