@@ -260,7 +260,7 @@ impl Knot {
     /// `kdig +short` of one query.
     pub fn dig(&self, name: &str, rtype: &str) -> String {
         let out = Command::new(knot_tool("kdig"))
-            .arg(format!("@127.0.0.1"))
+            .arg("@127.0.0.1")
             .args([
                 "-p",
                 &self.port.to_string(),
