@@ -1,7 +1,7 @@
 //! DANE (RFC 7672, issue 27) against a real knotd serving a DNSSEC-signed tree of test zones,
 //! with poolrelay validating DNSSEC itself from the tree's key as trust anchor. Every test is
 //! `#[ignore]`d (needs `knot` and `knot-dnsutils`; `.ci/run` installs them and runs these with
-//! `-- --ignored`); a missing knotd fails the test.
+//! `-- --ignored`; the trusted-resolver test needs `unbound` too); a missing tool fails the test.
 //!
 //! The tree (`test.` signed, its DNSKEY the trust anchor):
 //! - `d.test.` signed, DS in `test.`:
@@ -323,4 +323,80 @@ fn dane_decides_each_mx_host() {
             .count(),
         1
     );
+}
+
+/// `trusted_resolver = true`: a real validating resolver (unbound, anchored at the tree's key)
+/// sits in front of knotd and poolrelay believes its AD bit; asked of knotd directly (no AD)
+/// the same records are not trusted.
+#[test]
+#[ignore]
+fn a_trusted_validating_resolver_is_believed() {
+    let dir = tempdir("dane-trusted");
+    let w = world(&dir);
+    let unbound = Unbound::start(&dir, &w.knot, "test.");
+    let trusted = dane::Settings {
+        enabled: true,
+        trusted_resolver: true,
+        trust_anchor: None,
+        check_secure: "d.test".into(),
+        check_bogus: "bogus.test".into(),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let dane = Dane::with(&[unbound.nameserver()], &trusted).expect("resolver");
+        match dane.lookup("mx1.d.test").await {
+            Outcome::Usable(t) => assert_eq!(t.host, "mx1.d.test"),
+            other => panic!("mx1.d.test: {other:?}\n{}", unbound.log()),
+        }
+        assert!(matches!(
+            dane.lookup("mx5.d.test").await,
+            Outcome::Usable(_)
+        ));
+        assert_eq!(dane.lookup("mx.plain.test").await, Outcome::Insecure);
+        let none = dane.lookup("mx4.d.test").await;
+        assert!(
+            matches!(none, Outcome::Insecure | Outcome::Absent),
+            "{none:?}"
+        );
+        assert!(matches!(
+            dane.lookup("mx.bogus.test").await,
+            Outcome::Bogus(_)
+        ));
+        let verdict = dane::check::validation(&dane, &trusted).await;
+        assert_eq!(verdict, dane::check::Verdict::Works, "{}", unbound.log());
+
+        // knotd sets no AD bit: nothing it says is believed.
+        let direct = Dane::with(&[w.knot.nameserver()], &trusted).expect("resolver");
+        assert_eq!(direct.lookup("mx1.d.test").await, Outcome::Insecure);
+        let verdict = dane::check::validation(&direct, &trusted).await;
+        assert!(!verdict.works(), "{verdict:?}");
+    });
+
+    let (s1, s2, _s3) = sinks(&w);
+    let cfg = RelayConfig::new()
+        .nameserver(unbound.nameserver())
+        .delivery_port(s1.port())
+        .section(
+            "[delivery.dane]\nenabled = true\ntrusted_resolver = true\n\
+             check_secure = \"d.test\"\ncheck_bogus = \"bogus.test\"",
+        );
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    assert!(
+        relay.wait_for_log("DANE: DNSSEC validation works", WAIT),
+        "{}",
+        relay.plain_log()
+    );
+    submit(&relay, "r@good.d.test", "good");
+    submit(&relay, "r@wrong.d.test", "wrong");
+    let m = &s1.wait_for_messages(1, WAIT)[0];
+    assert_eq!(m.subject(), "good");
+    assert!(m.tls.is_some(), "{m:?}");
+    let sent = attempts(&relay, "r@good.d.test");
+    assert!(
+        sent.iter().any(|l| l.contains("tls_policy=\"dane\"")),
+        "{sent:?}"
+    );
+    let wrong = deferred(&relay, "r@wrong.d.test");
+    assert!(wrong.contains("matches no TLSA record"), "{wrong}");
+    assert!(s2.messages().is_empty(), "{:?}", subjects(&s2));
 }

@@ -302,3 +302,83 @@ impl Drop for Knot {
         let _ = self.child.wait();
     }
 }
+
+/// A real validating resolver (`unbound`) in front of a `Knot` tree: it validates from the
+/// tree's key and sets AD on secure answers, SERVFAIL on bogus ones (DANE's
+/// `trusted_resolver`). Needs the Debian package `unbound`; killed when dropped.
+pub struct Unbound {
+    dir: PathBuf,
+    port: u16,
+    child: Child,
+}
+
+impl Unbound {
+    /// Forwards (as a stub zone) every name under `zone` to `knot`; `zone`'s DNSKEY is the
+    /// trust anchor.
+    pub fn start(dir: &Path, knot: &Knot, zone: &str) -> Unbound {
+        let dir = dir.join("unbound");
+        std::fs::create_dir_all(&dir).expect("unbound dir");
+        let keys = knot.keymgr(zone, "dnskey");
+        // unbound reads zone-file lines: give keymgr's lines a TTL and class.
+        let anchor: String = keys
+            .lines()
+            .filter_map(|l| l.split_once(" DNSKEY "))
+            .map(|(name, key)| format!("{name} 3600 IN DNSKEY {key}\n"))
+            .collect();
+        std::fs::write(dir.join("anchor"), anchor).expect("anchor");
+        let port = free_port_on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        let d = dir.display();
+        let conf = format!(
+            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-ip6: no\n  username: \"\"\n\
+             \x20 chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n\
+             \x20 use-syslog: no\n  logfile: \"{d}/unbound.log\"\n  verbosity: 1\n\
+             \x20 do-not-query-localhost: no\n  module-config: \"validator iterator\"\n\
+             \x20 trust-anchor-file: \"{d}/anchor\"\n  local-zone: \"{zone}\" nodefault\n\
+             \x20 access-control: 127.0.0.0/8 allow\n\
+             stub-zone:\n  name: \"{zone}\"\n  stub-addr: 127.0.0.1@{kp}\n",
+            kp = knot.port
+        );
+        let conf_path = dir.join("unbound.conf");
+        std::fs::write(&conf_path, conf).expect("unbound.conf");
+        let out = std::fs::File::create(dir.join("unbound.out")).expect("unbound.out");
+        let child = Command::new(knot_tool("unbound"))
+            .args(["-d", "-c"])
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("out"))
+            .stderr(out)
+            .spawn()
+            .expect("start unbound");
+        let u = Unbound { dir, port, child };
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let o = Command::new(knot_tool("kdig"))
+                    .arg("@127.0.0.1")
+                    .args(["-p", &port.to_string(), "+time=1", "+retry=0", zone, "SOA"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("kdig");
+                String::from_utf8_lossy(&o.stdout).contains("status: NOERROR")
+            }),
+            "unbound does not answer for {zone}: {}",
+            u.log()
+        );
+        u
+    }
+
+    pub fn nameserver(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("unbound.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.join("unbound.out")).unwrap_or_default()
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -95,7 +95,7 @@ pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
 pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
 pub use keys::{keygen, txt_of, verify_dkim};
-pub use knot::{Knot, Zone};
+pub use knot::{Knot, Unbound, Zone};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, strip_ansi, write_users};
 pub use sink::{Message, Session, Sink, SinkTls, Stage, Step, tagged_message};

@@ -152,14 +152,6 @@ fn system(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
     {
         at(key_line(text, "delivery.dane", "trust_anchor"), e);
     }
-    if config.delivery.dane.trusted_resolver {
-        at(
-            key_line(text, "delivery.dane", "trusted_resolver"),
-            "delivery.dane.trusted_resolver: not supported yet; poolrelay validates DNSSEC \
-             itself (leave it false)"
-                .into(),
-        );
-    }
     if config.dns.nameservers.is_empty()
         && let Err(e) = hickory_resolver::system_conf::read_system_conf()
     {

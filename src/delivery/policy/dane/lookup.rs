@@ -18,6 +18,7 @@ use hickory_resolver::proto::rr::{RData, Record, RecordType};
 
 use super::record::Tlsa;
 use super::settings::Settings;
+use super::trusted::TrustedResolver;
 
 /// What DANE says about one MX host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +69,18 @@ pub enum Security {
     Failed(String),
 }
 
-/// The validating resolver DANE asks; without `[delivery.dane] enabled` every host is
-/// `Absent` and nothing is asked.
+/// Who judges DNSSEC.
+enum Validator {
+    /// hickory validates every answer from the trust anchor down.
+    Here(TokioResolver),
+    /// The configured resolver validates; its AD bit is believed (`trusted_resolver`).
+    Resolver(TrustedResolver),
+}
+
+/// The resolver DANE asks; without `[delivery.dane] enabled` every host is `Absent` and
+/// nothing is asked.
 pub struct Dane {
-    resolver: Option<TokioResolver>,
+    validator: Option<Validator>,
     settings: Settings,
 }
 
@@ -82,27 +91,19 @@ impl Dane {
 
     /// A DANE service asking `nameservers` (empty: the system's resolver).
     pub fn with(nameservers: &[SocketAddr], settings: &Settings) -> Result<Dane, String> {
-        if !settings.enabled {
-            return Ok(Dane {
-                resolver: None,
-                settings: settings.clone(),
-            });
-        }
-        let mut builder = crate::routing::resolver_builder(nameservers)?;
-        builder.options_mut().validate = true;
-        if let Some(path) = &settings.trust_anchor {
-            let anchors = load_trust_anchor(path)?;
-            builder = builder.with_trust_anchor(Arc::new(anchors));
-        }
-        let resolver = builder.build().map_err(|e| format!("DANE resolver: {e}"))?;
+        let validator = match (settings.enabled, settings.trusted_resolver) {
+            (false, _) => None,
+            (true, true) => Some(Validator::Resolver(TrustedResolver::new(nameservers)?)),
+            (true, false) => Some(Validator::Here(validating_resolver(nameservers, settings)?)),
+        };
         Ok(Dane {
-            resolver: Some(resolver),
+            validator,
             settings: settings.clone(),
         })
     }
 
     pub fn enabled(&self) -> bool {
-        self.resolver.is_some()
+        self.validator.is_some()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -116,7 +117,7 @@ impl Dane {
 
     /// RFC 7672 §2.2 for the MX host `host`.
     pub async fn lookup(&self, host: &str) -> Outcome {
-        if self.resolver.is_none() {
+        if self.validator.is_none() {
             return Outcome::Absent;
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -178,11 +179,26 @@ impl Dane {
 
     /// One validated lookup and its DNSSEC status.
     pub async fn security(&self, name: &str, rtype: RecordType) -> Security {
-        match &self.resolver {
-            Some(r) => classify(r.lookup(name, rtype).await),
+        match &self.validator {
+            Some(Validator::Here(r)) => classify(r.lookup(name, rtype).await),
+            Some(Validator::Resolver(r)) => r.security(name, rtype).await,
             None => Security::Failed("DANE is off".into()),
         }
     }
+}
+
+/// The routing resolver's settings, validating, anchored at `trust_anchor` (else the root).
+fn validating_resolver(
+    nameservers: &[SocketAddr],
+    settings: &Settings,
+) -> Result<TokioResolver, String> {
+    let mut builder = crate::routing::resolver_builder(nameservers)?;
+    builder.options_mut().validate = true;
+    if let Some(path) = &settings.trust_anchor {
+        let anchors = load_trust_anchor(path)?;
+        builder = builder.with_trust_anchor(Arc::new(anchors));
+    }
+    builder.build().map_err(|e| format!("DANE resolver: {e}"))
 }
 
 /// Zone-file DNSKEY lines as trust anchors. `keymgr` prints them without TTL and class, which

@@ -4,12 +4,14 @@
 //! - `record`: which records SMTP may use, and whether a certificate matches one;
 //! - `verify`: the rustls verifier and connector built from a host's records;
 //! - `check`: the start-up check that validation works behind the configured resolver;
+//! - `trusted`: `trusted_resolver = true`, the configured resolver's AD bit believed;
 //! - `settings`: `[delivery.dane]`.
 
 pub mod check;
 pub mod lookup;
 pub mod record;
 pub mod settings;
+pub mod trusted;
 pub mod verify;
 
 #[cfg(test)]

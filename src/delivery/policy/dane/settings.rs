@@ -15,7 +15,8 @@ pub struct Settings {
     /// built-in root keys. Tests and private roots point it at their own zone's key.
     #[serde(default)]
     pub trust_anchor: Option<PathBuf>,
-    /// The configured resolver is local and trusted: accept its AD bit instead of validating.
+    /// The configured resolver validates and the path to it is trusted (localhost): believe its
+    /// AD bit instead of validating here.
     #[serde(default)]
     pub trusted_resolver: bool,
     /// A name that must validate as secure; checked once at start.
