@@ -72,7 +72,7 @@ pub enum Security {
 /// Who judges DNSSEC.
 enum Validator {
     /// hickory validates every answer from the trust anchor down.
-    Here(TokioResolver),
+    Here(Box<TokioResolver>),
     /// The configured resolver validates; its AD bit is believed (`trusted_resolver`).
     Resolver(TrustedResolver),
 }
@@ -94,7 +94,10 @@ impl Dane {
         let validator = match (settings.enabled, settings.trusted_resolver) {
             (false, _) => None,
             (true, true) => Some(Validator::Resolver(TrustedResolver::new(nameservers)?)),
-            (true, false) => Some(Validator::Here(validating_resolver(nameservers, settings)?)),
+            (true, false) => Some(Validator::Here(Box::new(validating_resolver(
+                nameservers,
+                settings,
+            )?))),
         };
         Ok(Dane {
             validator,
