@@ -9,7 +9,9 @@
 //!   `wrong` → mx2 (127.0.0.21, sink 2, TLSA of sink 1's key: no match),
 //!   `strip` → mx3 (127.0.0.22, no STARTTLS, TLSA of sink 1's key),
 //!   `none` → mx4 (127.0.0.21, no TLSA: secure denial),
-//!   `ta` → mx5 (127.0.0.20, TLSA `2 0 1` of sink 1's CA);
+//!   `ta` → mx5 (127.0.0.20, TLSA `2 0 1` of sink 1's CA),
+//!   `unusable` → mx6 (127.0.0.22, no STARTTLS, only a PKIX-EE record),
+//!   `pkix` → mx7 (127.0.0.21, only a PKIX-TA record);
 //! - `plain.test.` unsigned (no DS in `test.`): MX → 127.0.0.21;
 //! - `bogus.test.` signed, but `test.` holds a DS matching none of its keys: MX → 127.0.0.20.
 
@@ -75,6 +77,13 @@ fn world(dir: &Path) -> World {
         "ta MX 10 mx5.d.test.".into(),
         "mx5 A 127.0.0.20".into(),
         format!("_25._tcp.mx5 TLSA 2 0 1 {ta}"),
+        // PKIX-EE and PKIX-TA only: unusable for SMTP, TLS still mandatory.
+        "unusable MX 10 mx6.d.test.".into(),
+        "mx6 A 127.0.0.22".into(),
+        format!("_25._tcp.mx6 TLSA 1 1 1 {ee}"),
+        "pkix MX 10 mx7.d.test.".into(),
+        "mx7 A 127.0.0.21".into(),
+        format!("_25._tcp.mx7 TLSA 0 0 1 {ta}"),
     ];
     let d: Vec<&str> = d.iter().map(String::as_str).collect();
     let knot = Knot::start(
@@ -137,6 +146,7 @@ fn lookup_outcomes_from_a_signed_tree() {
             Outcome::Usable(_)
         ));
         assert_eq!(dane.lookup("mx4.d.test").await, Outcome::Absent);
+        assert_eq!(dane.lookup("mx6.d.test").await, Outcome::Unusable);
         assert_eq!(dane.lookup("mx.plain.test").await, Outcome::Insecure);
         match dane.lookup("mx.bogus.test").await {
             Outcome::Bogus(why) => assert!(!why.is_empty()),
@@ -224,7 +234,8 @@ fn subjects(sink: &Sink) -> Vec<String> {
 }
 
 /// Matching MX → TLS; DANE-TA → TLS; no match → deferred, nothing sent; STARTTLS stripped →
-/// never plaintext; bogus → deferred; unsigned domain and secure denial → opportunistic.
+/// never plaintext; bogus → deferred; unsigned domain and secure denial → opportunistic;
+/// unusable records only → TLS mandatory without a certificate check.
 #[test]
 #[ignore]
 fn dane_decides_each_mx_host() {
@@ -245,6 +256,8 @@ fn dane_decides_each_mx_host() {
         ("r@none.d.test", "none"),
         ("r@plain.test", "plain"),
         ("r@bogus.test", "bogus"),
+        ("r@unusable.d.test", "unusable"),
+        ("r@pkix.d.test", "pkix"),
     ] {
         submit(&relay, rcpt, subject);
     }
@@ -252,7 +265,7 @@ fn dane_decides_each_mx_host() {
     // Delivered: DANE-EE and DANE-TA over TLS to sink 1; no TLSA (secure denial) and the
     // unsigned domain opportunistically (TLS with sink 2's certificate, which no record names).
     let m1 = s1.wait_for_messages(2, WAIT);
-    let m2 = s2.wait_for_messages(2, WAIT);
+    let m2 = s2.wait_for_messages(3, WAIT);
     for m in m1.iter().chain(&m2) {
         assert!(m.tls.is_some(), "{m:?}");
     }
@@ -261,7 +274,7 @@ fn dane_decides_each_mx_host() {
     assert_eq!(got1, ["good", "ta"]);
     let mut got2 = subjects(&s2);
     got2.sort();
-    assert_eq!(got2, ["none", "plain"]);
+    assert_eq!(got2, ["none", "pkix", "plain"]);
     for rcpt in ["r@good.d.test", "r@ta.d.test"] {
         let sent = attempts(&relay, rcpt);
         assert!(
@@ -270,6 +283,13 @@ fn dane_decides_each_mx_host() {
             "{rcpt}: {sent:?}"
         );
     }
+    // Unusable records only: TLS mandatory, any certificate.
+    let pkix = attempts(&relay, "r@pkix.d.test");
+    assert!(
+        pkix.iter()
+            .any(|l| l.contains("sent") && l.contains("tls_policy=\"dane\"")),
+        "{pkix:?}"
+    );
     for rcpt in ["r@none.d.test", "r@plain.test"] {
         let sent = attempts(&relay, rcpt);
         assert!(
@@ -292,13 +312,24 @@ fn dane_decides_each_mx_host() {
             && strip.contains("tls_failure=\"starttls-not-supported\""),
         "{strip}"
     );
+    let unusable = deferred(&relay, "r@unusable.d.test");
+    assert!(
+        unusable.contains("tls_policy=\"dane\"")
+            && unusable.contains("tls_failure=\"starttls-not-supported\""),
+        "{unusable}"
+    );
     let bogus = deferred(&relay, "r@bogus.test");
     assert!(
         bogus.contains("DANE: TLSA lookup bogus for mx.bogus.test"),
         "{bogus}"
     );
     // A second round of attempts: still nothing sent in any other way.
-    for rcpt in ["r@wrong.d.test", "r@strip.d.test", "r@bogus.test"] {
+    for rcpt in [
+        "r@wrong.d.test",
+        "r@strip.d.test",
+        "r@bogus.test",
+        "r@unusable.d.test",
+    ] {
         assert!(
             wait_until(WAIT, || attempts(&relay, rcpt).len() >= 2),
             "{rcpt}: no retry\n{}",
@@ -306,7 +337,7 @@ fn dane_decides_each_mx_host() {
         );
     }
     assert_eq!(subjects(&s1).len(), 2, "{:?}", subjects(&s1));
-    assert_eq!(subjects(&s2).len(), 2, "{:?}", subjects(&s2));
+    assert_eq!(subjects(&s2).len(), 3, "{:?}", subjects(&s2));
     assert!(s3.messages().is_empty(), "plaintext to a DANE host");
     assert!(
         !s3.sessions().is_empty(),
@@ -315,7 +346,7 @@ fn dane_decides_each_mx_host() {
     let t3 = s3.transcripts();
     assert!(!t3.contains("MAIL FROM"), "{t3}");
     let queued = relay.queued_ids();
-    assert_eq!(queued.len(), 3, "{queued:?}");
+    assert_eq!(queued.len(), 4, "{queued:?}");
     assert_eq!(
         relay
             .plain_log()

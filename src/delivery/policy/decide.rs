@@ -127,7 +127,7 @@ impl Policies {
             report_only: false,
             report: dane_report(),
         };
-        match self.dane.lookup(mx).await {
+        let unusable = match self.dane.lookup(mx).await {
             Outcome::Usable(tlsa) => {
                 return HostPolicy {
                     applied: Applied::Dane,
@@ -143,39 +143,20 @@ impl Policies {
             Outcome::Failed(why) => {
                 return refused(format!("DANE: TLSA lookup failed for {mx}: {why}"));
             }
-            Outcome::Unusable | Outcome::Insecure | Outcome::Absent => {}
-        }
-        let Some(sts) = &domain.sts else {
-            return HostPolicy::opportunistic();
+            Outcome::Unusable => true,
+            Outcome::Insecure | Outcome::Absent => false,
         };
-        let report = Some(sts.report.clone());
-        match sts.policy.mode {
-            Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
-                applied: Applied::MtaSts,
-                requirement: Requirement::WebPki,
+        let policy = sts_host(domain, mx);
+        // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
+        if unusable && matches!(policy.requirement, Requirement::Opportunistic) {
+            return HostPolicy {
+                applied: Applied::Dane,
+                requirement: Requirement::Encrypted,
                 report_only: false,
-                report,
-            },
-            Mode::Enforce => HostPolicy {
-                applied: Applied::MtaSts,
-                requirement: Requirement::Refuse(Refusal {
-                    failure: TlsFailure::ValidationFailure,
-                    reason: format!(
-                        "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
-                        domain.domain
-                    ),
-                }),
-                report_only: false,
-                report,
-            },
-            Mode::Testing => HostPolicy {
-                applied: Applied::MtaSts,
-                requirement: Requirement::Opportunistic,
-                report_only: true,
-                report,
-            },
-            Mode::None => HostPolicy::opportunistic(),
+                report: dane_report(),
+            };
         }
+        policy
     }
 
     /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.
@@ -203,5 +184,40 @@ impl Policies {
         let result = r.result.err().map_or("success", TlsFailure::as_str);
         tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result, "TLS session result");
         self.results.load().record(r);
+    }
+}
+
+/// The MTA-STS policy for one MX host of the domain (opportunistic without one).
+fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
+    let Some(sts) = &domain.sts else {
+        return HostPolicy::opportunistic();
+    };
+    let report = Some(sts.report.clone());
+    match sts.policy.mode {
+        Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
+            applied: Applied::MtaSts,
+            requirement: Requirement::WebPki,
+            report_only: false,
+            report,
+        },
+        Mode::Enforce => HostPolicy {
+            applied: Applied::MtaSts,
+            requirement: Requirement::Refuse(Refusal {
+                failure: TlsFailure::ValidationFailure,
+                reason: format!(
+                    "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                    domain.domain
+                ),
+            }),
+            report_only: false,
+            report,
+        },
+        Mode::Testing => HostPolicy {
+            applied: Applied::MtaSts,
+            requirement: Requirement::Opportunistic,
+            report_only: true,
+            report,
+        },
+        Mode::None => HostPolicy::opportunistic(),
     }
 }

@@ -25,7 +25,8 @@ use super::trusted::TrustedResolver;
 pub enum Outcome {
     /// Secure TLSA RRset with a usable record: TLS is mandatory and the certificate must match.
     Usable(Arc<Tlsa>),
-    /// Secure TLSA RRset, but every record is unusable for SMTP (PKIX usages, unknown types).
+    /// Secure TLSA RRset, but every record is unusable for SMTP (PKIX usages, unknown types):
+    /// TLS stays mandatory, without a certificate check (RFC 7672 §2.2).
     Unusable,
     /// The host's address records or its TLSA RRset are unsigned: DANE does not apply.
     Insecure,
