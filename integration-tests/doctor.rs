@@ -123,6 +123,11 @@ fn assert_good(r: &Value) {
     );
     assert!(good("dmarc", None).contains("p=reject"));
     assert!(
+        good("mta_sts_policy", None).contains("mode=enforce, mx=mx.good.test"),
+        "{}",
+        good("mta_sts_policy", None)
+    );
+    assert!(
         good("spf_lookups", None).contains("1 of 10"),
         "{}",
         good("spf_lookups", None)
@@ -266,13 +271,14 @@ fn every_check_passes_for_the_good_ip_and_domain_and_fails_each_broken_one() {
     let dir = tempdir("doctor-all");
     let dns = DnsServer::start();
     let sink = sinks(&dir);
+    let (_web, ca, sts) = policy_server(&dns, &dir);
     let mut dkim = publish_good(&dns, &dir);
     publish_broken_ips(&dns);
     dkim.push_str(&publish_broken_domains(&dns, &dir));
-    let rest = format!("{dkim}{BROKEN}");
+    let rest = format!("{dkim}{BROKEN}{sts}");
     std::fs::write(
         dir.join("poolrelay.toml"),
-        base_config(&dns, sink.port(), &rest),
+        config_with(&dns, sink.port(), &ca, &rest),
     )
     .unwrap();
 
@@ -346,13 +352,14 @@ fn all_good_exits_zero_and_usage_errors_exit_two() {
     let dir = tempdir("doctor-good");
     let dns = DnsServer::start();
     let sink = sinks(&dir);
+    let (_web, ca, sts) = policy_server(&dns, &dir);
     let dkim = publish_good(&dns, &dir);
     let rest = format!(
-        "{dkim}\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"out10.good.test\"\n"
+        "{dkim}\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"out10.good.test\"\n{sts}"
     );
     std::fs::write(
         dir.join("poolrelay.toml"),
-        base_config(&dns, sink.port(), &rest),
+        config_with(&dns, sink.port(), &ca, &rest),
     )
     .unwrap();
     let (code, out, err) = doctor(&dir, &["--config", "poolrelay.toml"]);
@@ -393,7 +400,11 @@ fn all_good_exits_zero_and_usage_errors_exit_two() {
     let port = sink.port();
     let routed =
         format!("{rest}\n[[route]]\ndomain = \"routed.test\"\nhost = \"[127.0.0.20]:{port}\"\n");
-    std::fs::write(dir.join("routed.toml"), base_config(&dns, port, &routed)).unwrap();
+    std::fs::write(
+        dir.join("routed.toml"),
+        config_with(&dns, port, &ca, &routed),
+    )
+    .unwrap();
     let (code, out, err) = doctor(
         &dir,
         &[

@@ -107,6 +107,11 @@ impl Router {
         })
     }
 
+    /// The resolver delivery uses (MTA-STS lookups go through it too).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// The static route for a domain: exact match, then the longest `*.suffix`, then `*`.
     pub fn route_for(&self, domain: &str) -> Option<&Route> {
         find_route(&self.routes, domain)

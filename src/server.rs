@@ -135,6 +135,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         spool.clone(),
         pools.clone(),
         reputation.clone(),
+        Some(state.clone()),
         committed,
         recovered,
         control,

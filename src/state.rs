@@ -14,6 +14,8 @@ const QUEUE_HOLD: TableDefinition<&str, u64> = TableDefinition::new("queue_hold"
 const HISTORY_HOURS: TableDefinition<&str, &str> = TableDefinition::new("history_hours");
 /// Hold change events keyed `IP|AT|SEQ` (JSON).
 const HISTORY_EVENTS: TableDefinition<&str, &str> = TableDefinition::new("history_events");
+/// MTA-STS policies (src/delivery/policy/mta_sts.rs) keyed by recipient domain (JSON).
+const MTA_STS: TableDefinition<&str, &str> = TableDefinition::new("mta_sts");
 
 pub struct State {
     db: Database,
@@ -44,6 +46,7 @@ impl State {
         tx.open_table(QUEUE_HOLD).map_err(err)?;
         tx.open_table(HISTORY_HOURS).map_err(err)?;
         tx.open_table(HISTORY_EVENTS).map_err(err)?;
+        tx.open_table(MTA_STS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(State { db })
     }
@@ -138,6 +141,28 @@ impl State {
                 }
             }
         }
+        tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// The cached MTA-STS policy record of `domain`.
+    pub fn mta_sts_get(&self, domain: &str) -> Result<Option<String>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(MTA_STS).map_err(err)?;
+        Ok(table
+            .get(domain)
+            .map_err(err)?
+            .map(|v| v.value().to_string()))
+    }
+
+    /// Stores the MTA-STS policy record of `domain`.
+    pub fn mta_sts_put(&self, domain: &str, record: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(MTA_STS)
+            .map_err(err)?
+            .insert(domain, record)
+            .map_err(err)?;
         tx.commit().map_err(err)
     }
 }

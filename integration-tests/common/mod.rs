@@ -71,6 +71,9 @@
 //!   `421 4.7.28` / `451 4.7.650`, blocks `550 5.7.1`); `days(ip)`, `accepted(ip)`, `blocks(ip)`.
 //! - `Knot::start(dir, &[Zone::signed(..), Zone::unsigned(..).ns_in(..), ..])` (`knot.rs`): a real
 //!   knotd serving DNSSEC-signed test zones (DANE); `nameserver()`, `trust_anchor(zone)`, `dig`.
+//! - `HttpsServer::start(lo(30), &certs)` (`https.rs`): HTTPS on a free port of that address,
+//!   answering per `Host` what `set(host, Served::text(..) | Served::Reply(status, type, body) |
+//!   Served::Hang)` says (404 otherwise); `port()`, `requests()`, `requests_for(host)`.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
@@ -80,6 +83,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod https;
 pub mod keys;
 pub mod knot;
 pub mod net;
@@ -94,6 +98,7 @@ pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
 pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
+pub use https::{HttpsServer, Served};
 pub use keys::{keygen, txt_of, verify_dkim};
 pub use knot::{Knot, Unbound, Zone};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};

@@ -58,6 +58,11 @@ pub fn publish_good(dns: &DnsServer, dir: &Path) -> String {
 }
 
 pub fn base_config(dns: &DnsServer, sink_port: u16, rest: &str) -> String {
+    config_with(dns, sink_port, "", rest)
+}
+
+/// `base_config` with `delivery` lines added to `[delivery]`.
+pub fn config_with(dns: &DnsServer, sink_port: u16, delivery: &str, rest: &str) -> String {
     format!(
         r#"
 hostname = "relay.test"
@@ -76,6 +81,7 @@ nameservers = ["{ns}"]
 
 [delivery]
 port = {sink_port}
+{delivery}
 
 [reputation]
 dnsbl = ["bl.test"]
@@ -89,7 +95,7 @@ dnsbl = ["bl.test"]
 
 /// Sinks offering STARTTLS: 127.0.0.20 accepts every RCPT; 127.0.0.21 refuses postmaster@.
 pub fn sinks(dir: &Path) -> Sink {
-    let certs = make_certs(dir, &["mx.good.test"]);
+    let certs = make_certs(dir, &["mx.good.test", "mta-sts.good.test"]);
     Sink::builder(&[lo(20), lo(21)])
         .starttls(&certs)
         .script(|s: &Step| match &s.stage {
@@ -99,6 +105,27 @@ pub fn sinks(dir: &Path) -> Sink {
             _ => None,
         })
         .start()
+}
+
+/// good.test's MTA-STS policy (`enforce`, its MX) over HTTPS on 127.0.0.30 with the sinks'
+/// certificate (call `sinks` first). Returns the server (keep it) and the `[delivery]` lines
+/// and section that make the relay trust and reach it.
+pub fn policy_server(dns: &DnsServer, dir: &Path) -> (HttpsServer, String, String) {
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        chain: dir.join("chain.pem"),
+    };
+    let web = HttpsServer::start(lo(30), &certs);
+    dns.add_ip("mta-sts.good.test", lo(30));
+    web.set(
+        "mta-sts.good.test",
+        Served::text("version: STSv1\nmode: enforce\nmx: mx.good.test\nmax_age: 86400\n"),
+    );
+    let delivery = "ca_file = \"ca.pem\"\n".to_string();
+    let section = format!("\n[delivery.mta_sts]\nhttps_port = {}\n", web.port());
+    (web, delivery, section)
 }
 
 /// Pool IPs broken in each way (127.0.0.10 from `publish_good` and ::1 are in order).

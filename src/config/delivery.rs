@@ -62,6 +62,44 @@ pub struct Delivery {
     /// `[delivery.dane]`: TLSA records of MX hosts, DNSSEC validated here (RFC 7672).
     #[serde(default)]
     pub dane: crate::delivery::policy::dane::Settings,
+    /// MTA-STS (RFC 8461) for recipient domains.
+    #[serde(default)]
+    pub mta_sts: MtaSts,
+}
+
+/// `[delivery.mta_sts]`: how recipient domains' MTA-STS policies are fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtaSts {
+    /// Look policies up and apply them; false = every domain as if it had none.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long one policy fetch (address lookup, TLS, HTTP) may take in all.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: DurationStr,
+    /// TEST ONLY: the HTTPS port of `mta-sts.DOMAIN` (RFC 8461 says 443).
+    #[serde(default = "default_https_port")]
+    pub https_port: u16,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_fetch_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(10))
+}
+fn default_https_port() -> u16 {
+    443
+}
+
+impl Default for MtaSts {
+    fn default() -> Self {
+        MtaSts {
+            enabled: true,
+            fetch_timeout: default_fetch_timeout(),
+            https_port: default_https_port(),
+        }
+    }
 }
 
 fn default_active_limit() -> usize {
@@ -114,6 +152,7 @@ impl Default for Delivery {
             idle_timeout: default_idle_timeout(),
             active_limit: default_active_limit(),
             dane: Default::default(),
+            mta_sts: MtaSts::default(),
         }
     }
 }

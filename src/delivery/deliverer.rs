@@ -92,7 +92,9 @@ impl Deliverer {
         spool: Arc<Spool>,
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
+        state: Option<Arc<crate::state::State>>,
     ) -> Result<Deliverer, String> {
+        let tls = tls::connectors(&config.delivery)?;
         // Its own copy of the keys (the inbound side has one too): loaded once, at start.
         let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
             errs.iter()
@@ -106,8 +108,8 @@ impl Deliverer {
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
-            tls: tls::connectors(&config.delivery)?,
-            policies: Arc::new(Policies::new(&config)?),
+            policies: Arc::new(Policies::new(&config, tls.required.clone(), state)?),
+            tls,
             timeouts: Timeouts {
                 connect: config.delivery.connect_timeout.0,
                 command: config.delivery.command_timeout.0,
@@ -234,12 +236,12 @@ impl Deliverer {
             }
         }
         // Every domain's policy at once: one slow policy fetch costs the others no more.
-        let policies = futures_util::future::join_all(
-            routed
-                .iter()
-                .map(|(domain, dest, _)| self.policies.for_domain(domain, dest)),
-        )
-        .await;
+        let router = self.router.load_full();
+        let policies =
+            futures_util::future::join_all(routed.iter().map(|(domain, dest, _)| {
+                self.policies.for_domain(domain, dest, router.resolver())
+            }))
+            .await;
         for ((_, dest, idxs), policy) in routed.into_iter().zip(policies) {
             // A domain with a policy of its own goes in a transaction of its own.
             let key = match policy.own_group() {
@@ -427,7 +429,7 @@ impl Deliverer {
             ($level:ident) => {
                 tracing::$level!(
                     queue_id = %env.id, recipient = %rcpt.address, source_ip = %r.source_ip,
-                    mx = %r.host, addr = %r.addr, tls = %tls, tls_policy, tls_failure,
+                    mx = %r.host, addr = %r.addr, tls = %tls, tls_policy = %tls_policy, tls_failure = %tls_failure,
                     reply = ?line,
                     status = status.as_str(), delay, attempt = rcpt.attempts,
                     next_attempt = rcpt.next_attempt, "delivery attempt"

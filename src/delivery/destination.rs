@@ -164,7 +164,7 @@ impl Deliverer {
             let hp = self.policies.for_host(policy, &host.name).await;
             tried.policy = Some(hp.applied);
             if let Requirement::Refuse(refusal) = &hp.requirement {
-                tracing::warn!(queue_id = %env.id, mx = %host.name, tls_policy = hp.applied.as_str(), tls_failure = %refusal.failure, reason = %refusal.reason, "MX host refused by TLS policy, not contacted");
+                tracing::warn!(queue_id = %env.id, mx = %host.name, tls_policy = %hp.applied.as_str(), tls_failure = %refusal.failure, reason = %refusal.reason, "MX host refused by TLS policy, not contacted");
                 self.policies
                     .report(&hp, &host.name, None, None, Err(refusal.failure));
                 let mut r = local_reply(451, "4.7.5", refusal.reason.clone());
@@ -338,7 +338,7 @@ impl Deliverer {
                 Failure::Host
             }
             OpenError::TlsRequired(r, failure) | OpenError::Handshake(r, failure) => {
-                tracing::warn!(queue_id = %id, source_ip = %source.label(), mx = %host.name, %addr, tls_policy = tried.policy.map_or("none", Applied::as_str), tls_failure = %failure, reply = %format!("{} {} {}", r.code, r.status, r.text), "TLS not had, trying the next MX");
+                tracing::warn!(queue_id = %id, source_ip = %source.label(), mx = %host.name, %addr, tls_policy = %tried.policy.map_or("none", Applied::as_str), tls_failure = %failure, reply = %format!("{} {} {}", r.code, r.status, r.text), "TLS not had, trying the next MX");
                 tried.tls_failure = Some(failure);
                 tried.error(r);
                 Failure::Host

@@ -32,16 +32,18 @@ use crate::spool::{Envelope, Spool};
 
 pub use deliverer::{Attempted, Deliverer, Written};
 
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: Arc<Config>,
     spool: Arc<Spool>,
     pools: Arc<Pools>,
     reputation: Arc<Tracker>,
+    state: Option<Arc<crate::state::State>>,
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
 ) -> Result<Arc<Deliverer>, String> {
-    let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
+    let d = Arc::new(Deliverer::new(config, spool, pools, reputation, state)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     // Said once, before any DANE mail waits on a resolver that strips DNSSEC.
     let checked = d.clone();

@@ -129,7 +129,7 @@ impl Deliverer {
         self.report_open(policy, host, addr, source, &verified);
         match verified {
             Err(OpenError::TlsRequired(r, failure)) => {
-                tracing::warn!(mx = %host, %addr, source_ip = %source.label(), tls_policy = "mta-sts", tls_failure = %failure, error = %r.text, "MTA-STS testing: TLS would fail under enforce, delivering opportunistically");
+                tracing::warn!(mx = %host, %addr, source_ip = %source.label(), tls_policy = %"mta-sts", tls_failure = %failure, error = %r.text, "MTA-STS testing: TLS would fail under enforce, delivering opportunistically");
                 self.open_opportunistic(host, addr, source).await
             }
             other => other,

@@ -1,6 +1,6 @@
 //! `poolrelay doctor`: what receivers check about a sender, checked before they refuse — per
 //! pool IP (PTR, forward-confirmed reverse DNS, HELO name, DNSBLs) and per sending domain (SPF
-//! evaluated for every sending IP, DKIM keys as published, DMARC, MX, MTA-STS, TLS-RPT, and
+//! evaluated for every sending IP, DKIM keys as published, DMARC, MX, MTA-STS (record and policy file), TLS-RPT, and
 //! postmaster@/abuse@ at RCPT). Run from the CLI, and by `serve` in the background, where it
 //! can keep an IP failing FCrDNS or SPF out of rotation (`[doctor] enforce`).
 
@@ -17,6 +17,7 @@ pub mod report;
 pub mod run;
 pub mod settings;
 pub mod spf;
+pub mod sts_policy;
 pub mod targets;
 
 pub use monitor::{Latest, LatestView, REASON, start};

@@ -10,8 +10,9 @@ use tokio_rustls::TlsConnector;
 use super::dns::PtrClient;
 use super::report::{DomainReport, IpReport, Report};
 use super::targets::{self, DomainTarget, IpTarget};
-use super::{blocklist, dkim, dmarc, mx, probe, ptr, spf};
+use super::{blocklist, dkim, dmarc, mx, probe, ptr, spf, sts_policy};
 use crate::config::Config;
+use crate::delivery::policy::mta_sts::MtaSts;
 use crate::reputation::dnsbl::List;
 use crate::routing::Router;
 
@@ -31,6 +32,8 @@ pub struct Doctor {
     lists: Vec<List>,
     router: Router,
     tls: Option<TlsConnector>,
+    /// Fetches the operator's own MTA-STS policies as delivery would.
+    sts: MtaSts,
 }
 
 impl Doctor {
@@ -38,10 +41,14 @@ impl Doctor {
         let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
         let lists = List::from_settings(&config.reputation)?;
         let router = Router::new(&config)?;
-        let tls = crate::delivery::tls::connectors(&config.delivery)
-            .ok()
-            .map(|c| c.opportunistic);
+        let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
+        let (tls, verifying) = match connectors {
+            Some(c) => (Some(c.opportunistic), c.required),
+            None => (None, None),
+        };
+        let sts = MtaSts::new(&config, verifying, None);
         Ok(Doctor {
+            sts,
             ptrs: PtrClient::new(&config.dns.nameservers)?,
             config,
             resolver,
@@ -138,18 +145,21 @@ impl Doctor {
             };
             prober.check(d, source).await
         };
-        let (spf, dkim, dmarc, mx, sts, rpt, rcpt) = tokio::join!(
+        let (spf, dkim, dmarc, mx, sts, sts_policy, rpt, rcpt) = tokio::join!(
             spf::check(&auth, d, &t.senders, &self.config.hostname),
             dkim_checks,
             dmarc::check(&self.resolver, d),
             mx::check_mx(&self.resolver, d),
             mx::check_mta_sts(&self.resolver, d),
+            sts_policy::check(&self.resolver, &self.sts, d),
             mx::check_tls_rpt(&self.resolver, d),
             probes,
         );
         let mut checks = spf;
         checks.extend(dkim);
-        checks.extend([dmarc, mx, sts, rpt]);
+        checks.extend([dmarc, mx, sts]);
+        checks.extend(sts_policy);
+        checks.push(rpt);
         checks.extend(rcpt);
         DomainReport {
             ips: t.senders.iter().map(|s| s.ip).collect(),

@@ -14,6 +14,9 @@ use super::{
 };
 use crate::config::{Config, TlsPolicy};
 use crate::routing::Destination;
+use crate::state::State;
+use hickory_resolver::TokioResolver;
+use tokio_rustls::TlsConnector;
 
 /// What holds for a whole destination domain before its MX hosts are looked at.
 #[derive(Debug, Clone)]
@@ -44,10 +47,16 @@ pub struct Policies {
 }
 
 impl Policies {
-    pub fn new(config: &Config) -> Result<Policies, String> {
+    /// `verifying`: the web PKI connector (policy fetches use it); `state`: where MTA-STS
+    /// policies persist.
+    pub fn new(
+        config: &Config,
+        verifying: Option<TlsConnector>,
+        state: Option<Arc<State>>,
+    ) -> Result<Policies, String> {
         Ok(Policies {
             dane: Dane::new(config)?,
-            sts: MtaSts::new(config)?,
+            sts: MtaSts::new(config, verifying, state),
             results: ArcSwap::from_pointee(Box::new(NoResults)),
         })
     }
@@ -61,8 +70,13 @@ impl Policies {
         &self.dane
     }
 
-    /// The policy of `domain`, whose recipients go to `dest`.
-    pub async fn for_domain(&self, domain: &str, dest: &Destination) -> DomainPolicy {
+    /// The policy of `domain`, whose recipients go to `dest` (`resolver`: delivery's).
+    pub async fn for_domain(
+        &self,
+        domain: &str,
+        dest: &Destination,
+        resolver: &TokioResolver,
+    ) -> DomainPolicy {
         let mut p = DomainPolicy {
             domain: domain.to_string(),
             fixed: None,
@@ -73,7 +87,7 @@ impl Policies {
             p.fixed = Some(dest.tls);
             return p;
         }
-        match self.sts.lookup(domain).await {
+        match self.sts.lookup(domain, resolver).await {
             Found::None => {}
             Found::Policy(a) => p.sts = Some(a),
             Found::Failed(f, why) => {
@@ -182,7 +196,7 @@ impl Policies {
 
     fn record(&self, r: SessionResult) {
         let result = r.result.err().map_or("success", TlsFailure::as_str);
-        tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result, "TLS session result");
+        tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result = %result, "TLS session result");
         self.results.load().record(r);
     }
 }
@@ -219,5 +233,114 @@ fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
             report,
         },
         Mode::None => HostPolicy::opportunistic(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Assurance;
+    use super::*;
+
+    fn policies() -> Policies {
+        let config: Config = toml::from_str("hostname = \"relay.test\"").expect("config");
+        Policies::new(&config, None, None).expect("policies")
+    }
+
+    fn domain(fixed: Option<TlsPolicy>, policy: Option<&str>) -> DomainPolicy {
+        DomainPolicy {
+            domain: "d.test".into(),
+            fixed,
+            sts: policy.map(|text| {
+                let p = mta_sts::Policy::parse(text).expect("policy");
+                Arc::new(mta_sts::Active::new("d.test", "1".into(), p))
+            }),
+            sts_failure: None,
+        }
+    }
+
+    const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.d.test\nmax_age: 60\n";
+
+    #[tokio::test]
+    async fn a_static_setting_wins_over_a_policy() {
+        let p = policies();
+        for (tls, plain) in [(TlsPolicy::None, true), (TlsPolicy::Required, false)] {
+            let h = p
+                .for_host(&domain(Some(tls), Some(ENFORCE)), "other.test")
+                .await;
+            assert_eq!(h.applied, Applied::Route);
+            assert!(h.report.is_none());
+            assert_eq!(matches!(h.requirement, Requirement::Plain), plain);
+            assert_eq!(matches!(h.requirement, Requirement::WebPki), !plain);
+        }
+    }
+
+    #[tokio::test]
+    async fn enforce_verifies_listed_hosts_and_refuses_the_others() {
+        let p = policies();
+        let d = domain(None, Some(ENFORCE));
+        let h = p.for_host(&d, "MX1.d.test").await;
+        assert_eq!(h.applied, Applied::MtaSts);
+        assert!(matches!(h.requirement, Requirement::WebPki));
+        assert!(!h.report_only);
+        assert_eq!(h.report.as_ref().unwrap().mx_patterns, ["*.d.test"]);
+        let h = p.for_host(&d, "mx.elsewhere.test").await;
+        let Requirement::Refuse(r) = h.requirement else {
+            panic!("{h:?}")
+        };
+        assert_eq!(r.failure, TlsFailure::ValidationFailure);
+        assert!(r.reason.contains("mx.elsewhere.test"), "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn testing_reports_only_and_none_or_absent_is_opportunistic() {
+        let p = policies();
+        let testing = ENFORCE.replace("enforce", "testing");
+        let h = p
+            .for_host(&domain(None, Some(&testing)), "mx.other.test")
+            .await;
+        assert!(matches!(h.requirement, Requirement::Opportunistic));
+        assert!(h.report_only && h.report.is_some());
+        let none = "version: STSv1\nmode: none\nmax_age: 60\n";
+        for d in [domain(None, Some(none)), domain(None, None)] {
+            let h = p.for_host(&d, "mx.d.test").await;
+            assert_eq!(h.applied, Applied::Opportunistic);
+            assert!(!h.report_only && h.report.is_none());
+        }
+    }
+
+    #[test]
+    fn reuse_needs_the_same_verification_for_the_same_host() {
+        let web = Requirement::WebPki;
+        assert!(web.accepts("mx.d.test", "MX.d.test", Assurance::WebPki));
+        assert!(!web.accepts("mx.d.test", "mx.d.test", Assurance::Encrypted));
+        assert!(!web.accepts("mx.d.test", "mx2.d.test", Assurance::WebPki));
+        assert!(!web.accepts("mx.d.test", "mx.d.test", Assurance::Dane));
+        for a in [Assurance::Plain, Assurance::Encrypted, Assurance::WebPki] {
+            assert!(Requirement::Opportunistic.accepts("a", "b", a));
+        }
+    }
+
+    #[test]
+    fn handshake_errors_map_to_rfc_8460_result_types() {
+        use rustls::CertificateError as C;
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        for (e, want) in [
+            (C::NotValidForName, TlsFailure::CertificateHostMismatch),
+            (C::Expired, TlsFailure::CertificateExpired),
+            (C::UnknownIssuer, TlsFailure::CertificateNotTrusted),
+            (C::BadEncoding, TlsFailure::ValidationFailure),
+        ] {
+            let got = TlsFailure::of_handshake(&io(rustls::Error::InvalidCertificate(e)));
+            assert_eq!(got, want);
+        }
+        let other = std::io::Error::other("reset");
+        assert_eq!(
+            TlsFailure::of_handshake(&other),
+            TlsFailure::ValidationFailure
+        );
+        assert_eq!(
+            TlsFailure::StarttlsNotSupported.as_str(),
+            "starttls-not-supported"
+        );
     }
 }

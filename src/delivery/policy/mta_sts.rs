@@ -1,14 +1,39 @@
 //! MTA-STS (RFC 8461): the `_mta-sts` TXT record, the policy fetched over HTTPS, its cache, and
 //! which MX hosts it allows.
+//!
+//! Rules (§3, §5.1):
+//! - `_mta-sts.DOMAIN` TXT: of the records starting `v=STSv1`, exactly one must parse (else as
+//!   if there were none); its `id` names the policy version.
+//! - A cached policy still within its `max_age` (capped at one year) and fetched under the same
+//!   `id` is used as is; a new `id` (or none cached) fetches the policy.
+//! - A failed fetch, no TXT record, or a DNS failure keep a cached unexpired policy; without
+//!   one the domain has no policy (the fetch failure is reported, delivery goes on).
+//! - One fetch per domain at a time (later lookups wait for it, bounded by `fetch_timeout`);
+//!   domains never wait for each other. A failed fetch is not repeated within `RETRY_FAILED`
+//!   for the same `id`.
+//! - Policies persist in the state store, so a restart keeps them.
 
+mod fetch;
 mod parse;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
+use mail_auth::common::parse::TxtRecordParser;
+use serde::{Deserialize, Serialize};
 
 pub use parse::{MAX_AGE_LIMIT, Mode, Policy};
 
 use super::{PolicyKind, ReportPolicy, TlsFailure};
 use crate::config::Config;
+use crate::spool::now_unix;
+use crate::state::State;
+
+/// How long a failed fetch (same `id`, nothing cached) is not tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(60);
 
 /// A domain's policy in force.
 #[derive(Debug, Clone)]
@@ -42,16 +67,186 @@ pub enum Found {
     Failed(TlsFailure, String),
 }
 
+/// A cached policy as the state store keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    id: String,
+    policy: Policy,
+    fetched_at: u64,
+}
+
+impl Stored {
+    fn expires_at(&self) -> u64 {
+        self.fetched_at + self.policy.max_age.min(MAX_AGE_LIMIT)
+    }
+}
+
+/// One domain's cache slot; its lock is held across that domain's fetch only.
+#[derive(Default)]
+struct Slot {
+    cached: Option<(Stored, Arc<Active>)>,
+    /// A fetch that failed: (id, not again before, why).
+    failed: Option<(String, u64, TlsFailure, String)>,
+}
+
 /// The MTA-STS lookups and their cache.
-pub struct MtaSts {}
+pub struct MtaSts {
+    enabled: bool,
+    fetcher: fetch::Fetcher,
+    state: Option<Arc<State>>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
 
 impl MtaSts {
-    pub fn new(_config: &Config) -> Result<MtaSts, String> {
-        Ok(MtaSts {})
+    pub fn new(
+        config: &Config,
+        connector: Option<tokio_rustls::TlsConnector>,
+        state: Option<Arc<State>>,
+    ) -> MtaSts {
+        let s = &config.delivery.mta_sts;
+        MtaSts {
+            enabled: s.enabled,
+            fetcher: fetch::Fetcher {
+                connector,
+                port: s.https_port,
+                timeout: s.fetch_timeout.0,
+            },
+            state,
+            slots: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The policy for `domain`.
-    pub async fn lookup(&self, _domain: &str) -> Found {
-        Found::None
+    /// The policy for `domain`; see the rules at the top of this file.
+    pub async fn lookup(&self, domain: &str, resolver: &TokioResolver) -> Found {
+        if !self.enabled {
+            return Found::None;
+        }
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let record = txt_id(&domain, resolver).await;
+        let slot = self.slot(&domain);
+        let mut slot = slot.lock().await;
+        let now = now_unix();
+        if slot.cached.is_none() {
+            slot.cached = self.load(&domain);
+        }
+        if slot
+            .cached
+            .as_ref()
+            .is_some_and(|(s, _)| s.expires_at() <= now)
+        {
+            slot.cached = None;
+        }
+        let cached = slot.cached.as_ref().map(|(s, a)| (s.id.clone(), a.clone()));
+        let Some(id) = record else {
+            return cached.map_or(Found::None, |(_, a)| Found::Policy(a));
+        };
+        if let Some((cached_id, a)) = &cached
+            && *cached_id == id
+        {
+            return Found::Policy(a.clone());
+        }
+        if let Some((failed_id, until, f, why)) = &slot.failed
+            && *failed_id == id
+            && now < *until
+        {
+            return match cached {
+                Some((_, a)) => Found::Policy(a),
+                None => Found::Failed(*f, why.clone()),
+            };
+        }
+        match self.fetcher.fetch(&domain, resolver).await {
+            Ok(policy) => {
+                tracing::info!(domain = %domain, id = %id, mode = policy.mode.as_str(), max_age = policy.max_age, "MTA-STS policy fetched");
+                let stored = Stored {
+                    id: id.clone(),
+                    policy: policy.clone(),
+                    fetched_at: now,
+                };
+                self.save(&domain, &stored);
+                let active = Arc::new(Active::new(&domain, id, policy));
+                slot.cached = Some((stored, active.clone()));
+                slot.failed = None;
+                Found::Policy(active)
+            }
+            Err((f, why)) => {
+                let until = now + RETRY_FAILED.as_secs();
+                slot.failed = Some((id.clone(), until, f, why.clone()));
+                match cached {
+                    Some((_, a)) => {
+                        tracing::warn!(domain = %domain, id = %id, tls_failure = %f, error = %why, "MTA-STS policy fetch failed, keeping the cached policy");
+                        Found::Policy(a)
+                    }
+                    None => {
+                        tracing::warn!(domain = %domain, id = %id, tls_failure = %f, error = %why, "MTA-STS policy fetch failed, delivering as without a policy");
+                        Found::Failed(f, why)
+                    }
+                }
+            }
+        }
     }
+
+    /// Fetches and parses the policy of `domain` now, past the cache (the doctor).
+    pub async fn fetch_now(
+        &self,
+        domain: &str,
+        resolver: &TokioResolver,
+    ) -> Result<Policy, (TlsFailure, String)> {
+        self.fetcher.fetch(domain, resolver).await
+    }
+
+    fn slot(&self, domain: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots
+            .lock()
+            .expect("lock")
+            .entry(domain.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn load(&self, domain: &str) -> Option<(Stored, Arc<Active>)> {
+        let json = self.state.as_ref()?.mta_sts_get(domain).ok()??;
+        let stored: Stored = serde_json::from_str(&json).ok()?;
+        let active = Arc::new(Active::new(
+            domain,
+            stored.id.clone(),
+            stored.policy.clone(),
+        ));
+        Some((stored, active))
+    }
+
+    fn save(&self, domain: &str, stored: &Stored) {
+        let Some(state) = &self.state else { return };
+        let json = serde_json::to_string(stored).expect("serializable");
+        if let Err(e) = state.mta_sts_put(domain, &json) {
+            tracing::warn!(domain = %domain, error = %e, "cannot store the MTA-STS policy");
+        }
+    }
+}
+
+/// The `id` of the domain's `_mta-sts` TXT record: None when there is no single valid one
+/// (or DNS failed).
+pub async fn txt_id(domain: &str, resolver: &TokioResolver) -> Option<String> {
+    let name = format!("_mta-sts.{domain}.");
+    let lookup = match resolver.txt_lookup(name.as_str()).await {
+        Ok(l) => l,
+        Err(e) => {
+            if !e.is_nx_domain() && !e.is_no_records_found() {
+                tracing::debug!(domain = %domain, error = %e, "MTA-STS TXT lookup failed");
+            }
+            return None;
+        }
+    };
+    let records: Vec<Vec<u8>> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(txt.txt_data.concat()),
+            _ => None,
+        })
+        .filter(|t| t.starts_with(b"v=STSv1"))
+        .collect();
+    let [record] = records.as_slice() else {
+        return None;
+    };
+    mail_auth::mta_sts::MtaSts::parse(record).ok().map(|r| r.id)
 }
