@@ -124,6 +124,12 @@ impl Dane {
         if self.validator.is_none() {
             return Outcome::Absent;
         }
+        let outcome = self.lookup_enabled(host).await;
+        tracing::debug!(mx = %host, dane = outcome.as_str(), "DANE lookup");
+        outcome
+    }
+
+    async fn lookup_enabled(&self, host: &str) -> Outcome {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         match self.address_security(&host).await {
             Security::Secure(_) => {}
