@@ -247,7 +247,8 @@ fn dane_decides_each_mx_host() {
     let dir = tempdir("dane-relay");
     let w = world(&dir);
     let (s1, s2, s3) = sinks(&w);
-    let relay = Relay::start(&dir, &relay_config(&w, s1.port()).to_toml());
+    let cfg = relay_config(&w, s1.port()).admin();
+    let (relay, admin) = admin::start(&dir, &cfg, WAIT);
     assert!(
         relay.wait_for_log("DANE: DNSSEC validation works", WAIT),
         "{}",
@@ -275,6 +276,15 @@ fn dane_decides_each_mx_host() {
     assert_eq!(queued.len(), 4, "{queued:?}");
     let log = relay.plain_log();
     assert_eq!(log.matches("DANE: DNSSEC validation works").count(), 1);
+    let metrics = admin::get_text(admin, "/metrics");
+    for needle in [
+        "poolrelay_tls_deliveries_total{policy=\"dane\",result=\"tls\"} 3",
+        "poolrelay_tls_deliveries_total{policy=\"dane\",result=\"tlsa-invalid\"}",
+        "poolrelay_tls_deliveries_total{policy=\"dane\",result=\"starttls-not-supported\"}",
+        "poolrelay_tls_deliveries_total{policy=\"dane\",result=\"dnssec-invalid\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle}:\n{metrics}");
+    }
 }
 
 /// DANE-EE and DANE-TA over TLS to sink 1; PKIX-only records over TLS (any certificate) to
