@@ -212,22 +212,29 @@ fn validating_resolver(
 }
 
 /// Zone-file DNSKEY lines as trust anchors. `keymgr` prints them without TTL and class, which
-/// hickory's parser needs: those are added where missing.
+/// hickory's parser needs: those are added where missing. Blank lines and `;` comments are
+/// skipped; any other record (a DS, say) is an error naming its line.
 pub fn load_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("delivery.dane.trust_anchor: {}: {e}", path.display()))?;
-    let lines: Vec<String> = text.lines().map(with_ttl_and_class).collect();
-    let anchors: TrustAnchors = lines
-        .join("\n")
-        .parse()
-        .map_err(|e| format!("delivery.dane.trust_anchor: {}: {e}", path.display()))?;
-    if anchors.is_empty() && text.lines().all(|l| !l.contains("DNSKEY")) {
-        return Err(format!(
-            "delivery.dane.trust_anchor: {}: no DNSKEY record",
-            path.display()
-        ));
+    let at = |e: String| format!("delivery.dane.trust_anchor: {}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    let mut lines = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with(';') {
+            continue;
+        }
+        if !l.split_whitespace().any(|f| f == "DNSKEY") {
+            return Err(at(format!(
+                "line {}: only DNSKEY records are trust anchors (`keymgr ZONE dnskey` prints them)",
+                n + 1
+            )));
+        }
+        lines.push(with_ttl_and_class(l));
     }
-    Ok(anchors)
+    if lines.is_empty() {
+        return Err(at("no DNSKEY record".into()));
+    }
+    lines.join("\n").parse().map_err(|e| at(format!("{e}")))
 }
 
 /// `name DNSKEY …` → `name 3600 IN DNSKEY …`; lines that have them (or are not DNSKEY) stay.
