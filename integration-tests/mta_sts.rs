@@ -8,6 +8,9 @@
 //! - 127.0.0.21 `mx.wrongname.test`: STARTTLS with the same certificate (wrong name there);
 //! - 127.0.0.22 `mx.plain.test`: no STARTTLS (as when an attacker strips it);
 //! - 127.0.0.23 `mx.other.test`: STARTTLS, valid certificate, never in an `mx` pattern.
+//!
+//! Pure Rust except `a_farm_shares_fetched_policies_through_redis`, which runs a real
+//! `redis-server` and is `#[ignore]`d (run by .ci/run).
 
 mod common;
 
@@ -47,6 +50,7 @@ impl World {
                 "mta-sts.cache.test",
                 "mta-sts.hang.test",
                 "mta-sts.fast.test",
+                "mta-sts.farm.test",
             ],
         );
         let dns = DnsServer::start();
@@ -91,6 +95,11 @@ impl World {
 
     /// One pool IP (127.0.0.10), so a session can be reused by the next message.
     fn config(&self, fetch_timeout: &str) -> RelayConfig {
+        self.config_from(fetch_timeout, 10)
+    }
+
+    /// `config` with the pool IP 127.0.0.`ip`.
+    fn config_from(&self, fetch_timeout: &str, ip: u8) -> RelayConfig {
         RelayConfig::new()
             .dns(&self.dns)
             .delivery_port(self.port)
@@ -102,7 +111,10 @@ impl World {
                     self.web.port()
                 ),
             )
-            .pool("default", &[PoolIp::new(10, "out1.relay.test")])
+            .pool(
+                "default",
+                &[PoolIp::new(ip, &format!("out{ip}.relay.test"))],
+            )
     }
 }
 
@@ -207,7 +219,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         r["last_reply"]["text"]
             .as_str()
             .unwrap()
-            .contains("TLS handshake with mx.wrongname.test"),
+            .contains("mta-sts policy: TLS handshake with mx.wrongname.test"),
         "{r}"
     );
     let env = deferred(&relay, "c@stripped.test", 2);
@@ -278,6 +290,35 @@ fn an_opportunistic_session_is_not_reused_for_an_enforced_delivery() {
     submit(&relay, "c@enforce.test", "third");
     let m = w.sink(GOOD).wait_for_messages(3, WAIT);
     assert_eq!(m[1].session, m[2].session, "{}", w.sink(GOOD).transcripts());
+}
+
+#[test]
+fn a_route_tls_setting_wins_over_the_domain_policy() {
+    let dir = tempdir("mta-sts-route");
+    let w = World::start(&dir);
+    // enforce.test's policy allows only mx.good.test; the route sends to the wrong name with
+    // opportunistic TLS, and the route wins.
+    w.dns.add_mx("enforce.test", 10, "mx.good.test");
+    w.publish("enforce.test", "1", policy("enforce", &["mx.good.test"]));
+    let cfg = w.config("10s").section(&format!(
+        "[[route]]\ndomain = \"enforce.test\"\nhost = \"mx.wrongname.test:{}\"\ntls = \"opportunistic\"",
+        w.port
+    ));
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    submit(&relay, "a@enforce.test", "routed");
+    let m = w.sink(WRONG).wait_for_messages(1, WAIT);
+    assert_eq!(m[0].rcpt_to, ["a@enforce.test"]);
+    assert!(w.sink(GOOD).messages().is_empty());
+    assert_eq!(
+        w.web.requests_for("mta-sts.enforce.test"),
+        0,
+        "no policy looked up"
+    );
+    assert!(
+        relay.plain_log().contains("tls_policy=route"),
+        "{}",
+        relay.plain_log()
+    );
 }
 
 #[test]
@@ -448,5 +489,61 @@ fn doctor_fetches_and_checks_the_operators_own_policies() {
     assert!(
         c["detail"].as_str().unwrap().contains("sts-policy-invalid"),
         "{c}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server (installed and run by .ci/run)"]
+fn a_farm_shares_fetched_policies_through_redis() {
+    let dir = tempdir("mta-sts-farm");
+    let w = World::start(&dir);
+    let redis = RedisServer::start(&dir);
+    w.dns.add_mx("farm.test", 10, "mx.good.test");
+    w.publish("farm.test", "1", policy("enforce", &["mx.good.test"]));
+    let node = |name: &str, ip: u8| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = w.config_from("10s", ip).section(&format!(
+            "[cluster]\nredis = \"{}\"\nnode = \"{name}\"\nprefix = \"farm\"\n",
+            redis.url()
+        ));
+        let relay = Relay::start(&d, &cfg.to_toml());
+        assert!(
+            relay.wait_for_log("cluster: Redis up", WAIT),
+            "{}",
+            relay.log()
+        );
+        relay
+    };
+    let a = node("a", 10);
+    submit(&a, "x@farm.test", "from-a");
+    let m = w.sink(GOOD).wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some());
+    assert_eq!(w.web.requests_for("mta-sts.farm.test"), 1);
+    let shared: Option<String> = redis.query(&["GET", "farm:mta-sts:farm.test"]);
+    assert!(
+        shared
+            .as_deref()
+            .is_some_and(|j| j.contains("\"id\":\"1\"")),
+        "{shared:?}"
+    );
+
+    // Another relay of the farm takes the policy from Redis: no second fetch, and the policy
+    // is in force there (the plaintext MX it leaves out is not contacted).
+    w.dns.add_mx("farm.test", 5, "mx.plain.test");
+    let b = node("b", 11);
+    submit(&b, "y@farm.test", "from-b");
+    let m = w.sink(GOOD).wait_for_messages(2, WAIT);
+    assert_eq!(m[1].rcpt_to, ["y@farm.test"]);
+    assert_eq!(
+        w.web.requests_for("mta-sts.farm.test"),
+        1,
+        "{}",
+        b.plain_log()
+    );
+    assert!(
+        w.sink(PLAIN).sessions().is_empty(),
+        "{}",
+        w.sink(PLAIN).transcripts()
     );
 }

@@ -141,6 +141,9 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         control,
     )
     .await?;
+    if let Some(c) = &cluster {
+        deliverer.policies.share_through(c.clone());
+    }
     let listeners =
         Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
     tracing::info!(hostname = %config.hostname, "poolrelay ready");

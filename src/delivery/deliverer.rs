@@ -220,40 +220,8 @@ impl Deliverer {
                 .or_default()
                 .push(i);
         }
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        let mut routing_failed = suppressed;
-        let mut routed = Vec::new();
-        for (domain, idxs) in by_domain {
-            match self.router.load_full().resolve(&domain).await {
-                Ok(dest) => routed.push((domain, dest, idxs)),
-                Err(reply) => {
-                    let reply = local_reply(reply.code, &reply.status, reply.text);
-                    for i in idxs {
-                        self.record(env, i, Outcome::of_reply(reply.clone()), &TlsUsed::none());
-                        routing_failed.push(i);
-                    }
-                }
-            }
-        }
-        // Every domain's policy at once: one slow policy fetch costs the others no more.
-        let router = self.router.load_full();
-        let policies =
-            futures_util::future::join_all(routed.iter().map(|(domain, dest, _)| {
-                self.policies.for_domain(domain, dest, router.resolver())
-            }))
-            .await;
-        for ((_, dest, idxs), policy) in routed.into_iter().zip(policies) {
-            // A domain with a policy of its own goes in a transaction of its own.
-            let key = match policy.own_group() {
-                Some(domain) => format!("{}|{domain}", dest.key),
-                None => dest.key.clone(),
-            };
-            groups
-                .entry(key)
-                .or_insert_with(|| (dest, policy, Vec::new()))
-                .2
-                .extend(idxs);
-        }
+        let (groups, mut routing_failed) = self.route_all(env, by_domain).await;
+        routing_failed.extend(suppressed);
         if !routing_failed.is_empty() {
             self.bounce(env, &routing_failed).await;
             self.save(env).await;
@@ -315,6 +283,50 @@ impl Deliverer {
             }
         }
         self.written(env, saved, every_pending_due).await
+    }
+
+    /// Routes every domain and looks up its TLS policy, grouping recipients per transaction;
+    /// those whose domain cannot be routed get the reply recorded and are returned apart.
+    async fn route_all(
+        &self,
+        env: &mut Envelope,
+        by_domain: BTreeMap<String, Vec<usize>>,
+    ) -> (HashMap<String, Group>, Vec<usize>) {
+        let router = self.router.load_full();
+        let mut failed = Vec::new();
+        let mut routed = Vec::new();
+        for (domain, idxs) in by_domain {
+            match router.resolve(&domain).await {
+                Ok(dest) => routed.push((domain, dest, idxs)),
+                Err(reply) => {
+                    let reply = local_reply(reply.code, &reply.status, reply.text);
+                    for i in idxs {
+                        self.record(env, i, Outcome::of_reply(reply.clone()), &TlsUsed::none());
+                        failed.push(i);
+                    }
+                }
+            }
+        }
+        // Every domain's policy at once: one slow policy fetch costs the others no more.
+        let policies =
+            futures_util::future::join_all(routed.iter().map(|(domain, dest, _)| {
+                self.policies.for_domain(domain, dest, router.resolver())
+            }))
+            .await;
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        for ((_, dest, idxs), policy) in routed.into_iter().zip(policies) {
+            // A domain with a policy of its own goes in a transaction of its own.
+            let key = match policy.own_group() {
+                Some(domain) => format!("{}|{domain}", dest.key),
+                None => dest.key.clone(),
+            };
+            groups
+                .entry(key)
+                .or_insert_with(|| (dest, policy, Vec::new()))
+                .2
+                .extend(idxs);
+        }
+        (groups, failed)
     }
 
     /// How an attempt ends up in the spool: saved already, nothing to write (the removal that

@@ -337,7 +337,11 @@ impl Deliverer {
                 tried.errors.push(Outcome { reply: r, status });
                 Failure::Host
             }
-            OpenError::TlsRequired(r, failure) | OpenError::Handshake(r, failure) => {
+            OpenError::TlsRequired(mut r, failure) | OpenError::Handshake(mut r, failure) => {
+                // The reply (and any DSN) says which policy wanted the TLS it did not get.
+                if let Some(p) = tried.policy {
+                    r.text = format!("{} policy: {}", p.as_str(), r.text);
+                }
                 tracing::warn!(queue_id = %id, source_ip = %source.label(), mx = %host.name, %addr, tls_policy = %tried.policy.map_or("none", Applied::as_str), tls_failure = %failure, reply = %format!("{} {} {}", r.code, r.status, r.text), "TLS not had, trying the next MX");
                 tried.tls_failure = Some(failure);
                 tried.error(r);

@@ -66,6 +66,11 @@ impl Policies {
         self.results.store(Arc::new(sink));
     }
 
+    /// Shares MTA-STS policies with the farm (`[cluster]`).
+    pub fn share_through(&self, cluster: Arc<crate::cluster::Cluster>) {
+        self.sts.share_through(cluster);
+    }
+
     pub fn dane(&self) -> &Dane {
         &self.dane
     }
@@ -124,50 +129,18 @@ impl Policies {
                 report: None,
             };
         }
-        let dane_report = || {
-            Some(Arc::new(ReportPolicy {
-                domain: domain.domain.clone(),
-                kind: PolicyKind::Tlsa,
-                strings: Vec::new(),
-                mx_patterns: Vec::new(),
-            }))
-        };
-        let refused = |reason: String| HostPolicy {
-            applied: Applied::Dane,
-            requirement: Requirement::Refuse(Refusal {
-                failure: TlsFailure::DnssecInvalid,
-                reason,
-            }),
-            report_only: false,
-            report: dane_report(),
-        };
-        let unusable = match self.dane.lookup(mx).await {
-            Outcome::Usable(tlsa) => {
-                return HostPolicy {
-                    applied: Applied::Dane,
-                    requirement: Requirement::Dane(tlsa),
-                    report_only: false,
-                    report: dane_report(),
-                };
-            }
-            Outcome::Bogus(why) => {
-                return refused(format!("DANE: TLSA lookup bogus for {mx}: {why}"));
-            }
-            // Unknown is not insecure: a lookup an attacker can make fail must not downgrade.
-            Outcome::Failed(why) => {
-                return refused(format!("DANE: TLSA lookup failed for {mx}: {why}"));
-            }
-            Outcome::Unusable => true,
-            Outcome::Insecure | Outcome::Absent => false,
-        };
+        let dane = self.dane.lookup(mx).await;
+        if let Some(decided) = dane_policy(domain, mx, &dane) {
+            return decided;
+        }
         let policy = sts_host(domain, mx);
         // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
-        if unusable && matches!(policy.requirement, Requirement::Opportunistic) {
+        if dane == Outcome::Unusable && matches!(policy.requirement, Requirement::Opportunistic) {
             return HostPolicy {
                 applied: Applied::Dane,
                 requirement: Requirement::Encrypted,
                 report_only: false,
-                report: dane_report(),
+                report: tlsa_report(domain),
             };
         }
         policy
@@ -199,6 +172,39 @@ impl Policies {
         tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result = %result, "TLS session result");
         self.results.load().record(r);
     }
+}
+
+/// DANE's decision for `mx` when it makes one: usable records, or a lookup that failed.
+fn dane_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> Option<HostPolicy> {
+    let refuse = |reason: String| {
+        Requirement::Refuse(Refusal {
+            failure: TlsFailure::DnssecInvalid,
+            reason,
+        })
+    };
+    let requirement = match dane {
+        Outcome::Usable(tlsa) => Requirement::Dane(tlsa.clone()),
+        Outcome::Bogus(why) => refuse(format!("DANE: TLSA lookup bogus for {mx}: {why}")),
+        // Unknown is not insecure: a lookup an attacker can make fail must not downgrade.
+        Outcome::Failed(why) => refuse(format!("DANE: TLSA lookup failed for {mx}: {why}")),
+        Outcome::Unusable | Outcome::Insecure | Outcome::Absent => return None,
+    };
+    Some(HostPolicy {
+        applied: Applied::Dane,
+        requirement,
+        report_only: false,
+        report: tlsa_report(domain),
+    })
+}
+
+/// Results under DANE are reported as the domain's `tlsa` policy (RFC 8460).
+fn tlsa_report(domain: &DomainPolicy) -> Option<Arc<ReportPolicy>> {
+    Some(Arc::new(ReportPolicy {
+        domain: domain.domain.clone(),
+        kind: PolicyKind::Tlsa,
+        strings: Vec::new(),
+        mx_patterns: Vec::new(),
+    }))
 }
 
 /// The MTA-STS policy for one MX host of the domain (opportunistic without one).

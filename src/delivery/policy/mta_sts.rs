@@ -11,13 +11,16 @@
 //! - One fetch per domain at a time (later lookups wait for it, bounded by `fetch_timeout`);
 //!   domains never wait for each other. A failed fetch is not repeated within `RETRY_FAILED`
 //!   for the same `id`.
-//! - Policies persist in the state store, so a restart keeps them.
+//! - Policies persist in the state store, so a restart keeps them; with `[cluster]` they are
+//!   shared through Redis too (`PREFIX:mta-sts:DOMAIN`, expiring with the policy): a relay
+//!   whose cache lacks the TXT's `id` takes the farm's copy before fetching, and publishes
+//!   what it fetches. Redis down: each relay fetches for itself.
 
 mod fetch;
 mod parse;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -28,12 +31,15 @@ use serde::{Deserialize, Serialize};
 pub use parse::{MAX_AGE_LIMIT, Mode, Policy};
 
 use super::{PolicyKind, ReportPolicy, TlsFailure};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::spool::now_unix;
 use crate::state::State;
 
 /// How long a failed fetch (same `id`, nothing cached) is not tried again.
 const RETRY_FAILED: Duration = Duration::from_secs(60);
+/// Domains in the in-memory cache past which empty entries are dropped.
+const PRUNE_AT: usize = 4096;
 
 /// A domain's policy in force.
 #[derive(Debug, Clone)]
@@ -84,6 +90,8 @@ impl Stored {
 /// One domain's cache slot; its lock is held across that domain's fetch only.
 #[derive(Default)]
 struct Slot {
+    /// The state store was read for this domain.
+    loaded: bool,
     cached: Option<(Stored, Arc<Active>)>,
     /// A fetch that failed: (id, not again before, why).
     failed: Option<(String, u64, TlsFailure, String)>,
@@ -94,6 +102,8 @@ pub struct MtaSts {
     enabled: bool,
     fetcher: fetch::Fetcher,
     state: Option<Arc<State>>,
+    /// The farm's Redis, once `share_through` was called.
+    farm: OnceLock<Arc<Cluster>>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -112,8 +122,14 @@ impl MtaSts {
                 timeout: s.fetch_timeout.0,
             },
             state,
+            farm: OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shares policies with the other relays of the farm from now on.
+    pub fn share_through(&self, cluster: Arc<Cluster>) {
+        let _ = self.farm.set(cluster);
     }
 
     /// The policy for `domain`; see the rules at the top of this file.
@@ -126,8 +142,9 @@ impl MtaSts {
         let slot = self.slot(&domain);
         let mut slot = slot.lock().await;
         let now = now_unix();
-        if slot.cached.is_none() {
+        if !slot.loaded {
             slot.cached = self.load(&domain);
+            slot.loaded = true;
         }
         if slot
             .cached
@@ -145,6 +162,16 @@ impl MtaSts {
         {
             return Found::Policy(a.clone());
         }
+        if let Some(stored) = self.farm_get(&domain).await
+            && stored.id == id
+            && stored.expires_at() > now
+        {
+            tracing::debug!(domain = %domain, id = %id, "MTA-STS policy taken from the farm");
+            self.save(&domain, &stored);
+            let active = Arc::new(Active::new(&domain, id, stored.policy.clone()));
+            slot.cached = Some((stored, active.clone()));
+            return Found::Policy(active);
+        }
         if let Some((failed_id, until, f, why)) = &slot.failed
             && *failed_id == id
             && now < *until
@@ -154,7 +181,21 @@ impl MtaSts {
                 None => Found::Failed(*f, why.clone()),
             };
         }
-        match self.fetcher.fetch(&domain, resolver).await {
+        self.fetch_into(&mut slot, &domain, id, cached.map(|(_, a)| a), resolver)
+            .await
+    }
+
+    /// Fetches the policy under TXT `id` into `slot`; on failure `cached` stays in force.
+    async fn fetch_into(
+        &self,
+        slot: &mut Slot,
+        domain: &str,
+        id: String,
+        cached: Option<Arc<Active>>,
+        resolver: &TokioResolver,
+    ) -> Found {
+        let now = now_unix();
+        match self.fetcher.fetch(domain, resolver).await {
             Ok(policy) => {
                 tracing::info!(domain = %domain, id = %id, mode = policy.mode.as_str(), max_age = policy.max_age, "MTA-STS policy fetched");
                 let stored = Stored {
@@ -162,8 +203,9 @@ impl MtaSts {
                     policy: policy.clone(),
                     fetched_at: now,
                 };
-                self.save(&domain, &stored);
-                let active = Arc::new(Active::new(&domain, id, policy));
+                self.save(domain, &stored);
+                self.farm_put(domain, &stored).await;
+                let active = Arc::new(Active::new(domain, id, policy));
                 slot.cached = Some((stored, active.clone()));
                 slot.failed = None;
                 Found::Policy(active)
@@ -172,7 +214,7 @@ impl MtaSts {
                 let until = now + RETRY_FAILED.as_secs();
                 slot.failed = Some((id.clone(), until, f, why.clone()));
                 match cached {
-                    Some((_, a)) => {
+                    Some(a) => {
                         tracing::warn!(domain = %domain, id = %id, tls_failure = %f, error = %why, "MTA-STS policy fetch failed, keeping the cached policy");
                         Found::Policy(a)
                     }
@@ -195,12 +237,38 @@ impl MtaSts {
     }
 
     fn slot(&self, domain: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        self.slots
-            .lock()
-            .expect("lock")
-            .entry(domain.to_string())
-            .or_default()
-            .clone()
+        let mut slots = self.slots.lock().expect("lock");
+        if slots.len() >= PRUNE_AT && !slots.contains_key(domain) {
+            // Domains without a policy leave empty slots: drop those nobody holds.
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1
+                    || s.try_lock()
+                        .map_or(true, |g| g.cached.is_some() || g.failed.is_some())
+            });
+        }
+        slots.entry(domain.to_string()).or_default().clone()
+    }
+
+    async fn farm_get(&self, domain: &str) -> Option<Stored> {
+        let farm = self.farm.get()?;
+        let key = farm.key(&format!("mta-sts:{domain}"));
+        let json: Option<String> = farm
+            .run("MTA-STS policy", |mut conn| async move {
+                redis::AsyncCommands::get(&mut conn, key).await
+            })
+            .await?;
+        serde_json::from_str(&json?).ok()
+    }
+
+    async fn farm_put(&self, domain: &str, stored: &Stored) {
+        let Some(farm) = self.farm.get() else { return };
+        let key = farm.key(&format!("mta-sts:{domain}"));
+        let json = serde_json::to_string(stored).expect("serializable");
+        let ttl = stored.expires_at().saturating_sub(now_unix()).max(1);
+        farm.run("MTA-STS policy", |mut conn| async move {
+            redis::AsyncCommands::set_ex::<_, _, ()>(&mut conn, key, json, ttl).await
+        })
+        .await;
     }
 
     fn load(&self, domain: &str) -> Option<(Stored, Arc<Active>)> {
