@@ -13,7 +13,9 @@
 //!   `unusable` → mx6 (127.0.0.22, no STARTTLS, only a PKIX-EE record),
 //!   `pkix` → mx7 (127.0.0.21, only a PKIX-TA record);
 //! - `plain.test.` unsigned (no DS in `test.`): MX → 127.0.0.21;
-//! - `bogus.test.` signed, but `test.` holds a DS matching none of its keys: MX → 127.0.0.20.
+//! - `bogus.test.` signed, but `test.` holds a DS matching none of its keys: MX → 127.0.0.20;
+//! - `t.test.` signed with its DS, but its TLSA record (sink 1's key) changed after signing:
+//!   the address is secure, the TLSA RRset bogus. MX → 127.0.0.20.
 
 mod common;
 
@@ -105,6 +107,16 @@ fn world(dir: &Path) -> World {
                 ],
             )
             .wrong_ds_in("test."),
+            Zone::signed(
+                "t.test.",
+                &[
+                    "@ MX 10 mx.t.test.",
+                    "mx A 127.0.0.20",
+                    &format!("_25._tcp.mx TLSA 3 1 1 {ee}"),
+                ],
+            )
+            .ds_in("test.")
+            .tampered("_25._tcp.mx"),
         ],
     );
     World {
@@ -151,6 +163,10 @@ fn lookup_outcomes_from_a_signed_tree() {
         match dane.lookup("mx.bogus.test").await {
             Outcome::Bogus(why) => assert!(!why.is_empty()),
             other => panic!("mx.bogus.test: {other:?}"),
+        }
+        match dane.lookup("mx.t.test").await {
+            Outcome::Bogus(why) => assert!(!why.contains("address"), "{why}"),
+            other => panic!("mx.t.test: {other:?}"),
         }
         let verdict = dane::check::validation(&dane, &settings(&w)).await;
         assert_eq!(verdict, dane::check::Verdict::Works);
@@ -264,6 +280,7 @@ fn dane_decides_each_mx_host() {
         ("r@bogus.test", "bogus"),
         ("r@unusable.d.test", "unusable"),
         ("r@pkix.d.test", "pkix"),
+        ("r@t.test", "tampered"),
     ] {
         submit(&relay, rcpt, subject);
     }
@@ -273,7 +290,7 @@ fn dane_decides_each_mx_host() {
     assert_eq!(subjects(&s1).len(), 2, "{:?}", subjects(&s1));
     assert_eq!(subjects(&s2).len(), 3, "{:?}", subjects(&s2));
     let queued = relay.queued_ids();
-    assert_eq!(queued.len(), 4, "{queued:?}");
+    assert_eq!(queued.len(), 5, "{queued:?}");
     let log = relay.plain_log();
     assert_eq!(log.matches("DANE: DNSSEC validation works").count(), 1);
     let metrics = admin::get_text(admin, "/metrics");
@@ -338,11 +355,17 @@ fn deferred_as_dane_says(relay: &Relay, s3: &Sink) {
         bogus.contains("DANE: TLSA lookup bogus for mx.bogus.test"),
         "{bogus}"
     );
+    let tampered = deferred(relay, "r@t.test");
+    assert!(
+        tampered.contains("DANE: TLSA lookup bogus for mx.t.test"),
+        "{tampered}"
+    );
     for rcpt in [
         "r@wrong.d.test",
         "r@strip.d.test",
         "r@bogus.test",
         "r@unusable.d.test",
+        "r@t.test",
     ] {
         assert!(
             wait_until(WAIT, || attempts(relay, rcpt).len() >= 2),
@@ -392,10 +415,10 @@ fn a_trusted_validating_resolver_is_believed() {
             matches!(none, Outcome::Insecure | Outcome::Absent),
             "{none:?}"
         );
-        assert!(matches!(
-            dane.lookup("mx.bogus.test").await,
-            Outcome::Bogus(_)
-        ));
+        for bogus in ["mx.bogus.test", "mx.t.test"] {
+            let o = dane.lookup(bogus).await;
+            assert!(matches!(o, Outcome::Bogus(_)), "{bogus}: {o:?}");
+        }
         let verdict = dane::check::validation(&dane, &trusted).await;
         assert_eq!(verdict, dane::check::Verdict::Works, "{}", unbound.log());
 

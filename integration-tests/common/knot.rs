@@ -41,6 +41,8 @@ pub struct Zone {
     signed: bool,
     records: Vec<String>,
     delegation: Delegation,
+    /// Owner (relative) of a TLSA RRset whose data is changed after signing: bogus.
+    tampered: Option<String>,
 }
 
 impl Zone {
@@ -51,6 +53,7 @@ impl Zone {
             signed: true,
             records: records.iter().map(|r| r.to_string()).collect(),
             delegation: Delegation::Top,
+            tampered: None,
         }
     }
 
@@ -70,6 +73,13 @@ impl Zone {
     /// Delegated from `parent` without DS (insecure).
     pub fn ns_in(mut self, parent: &str) -> Zone {
         self.delegation = Delegation::Unsigned(parent.into());
+        self
+    }
+
+    /// Served with the TLSA RRset at `owner` (relative) changed after signing: its signature
+    /// no longer matches (bogus), the rest of the zone stays secure.
+    pub fn tampered(mut self, owner: &str) -> Zone {
+        self.tampered = Some(owner.into());
         self
     }
 
@@ -115,6 +125,43 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// knot.conf; with `tampered`, zones to tamper are served from their dumps, unsigned.
+fn conf(dir: &Path, port: u16, zones: &[Zone], tampered: bool) -> String {
+    let mut conf = format!(
+        "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\n\
+         policy:\n  - id: csk\n    single-type-signing: on\n\
+         template:\n  - id: default\n    storage: {d}/zones\n    file: \"%s.zone\"\n\
+         \x20 - id: signed\n    storage: {d}/zones\n    file: \"%s.zone\"\n    dnssec-signing: on\n    dnssec-policy: csk\n\
+         \x20   zonefile-sync: -1\n    zonefile-load: difference-no-serial\n    journal-content: all\n\
+         log:\n  - target: {d}/knot.log\n    any: info\nzone:\n",
+        d = dir.display()
+    );
+    for z in zones {
+        conf.push_str(&format!("  - domain: {}\n", z.name));
+        if tampered && z.tampered.is_some() {
+            conf.push_str(&format!(
+                "    file: \"{}tampered\"\n    journal-content: none\n    zonefile-load: whole\n",
+                z.name
+            ));
+        } else if z.signed {
+            conf.push_str("    template: signed\n");
+        }
+    }
+    conf
+}
+
+fn spawn_knotd(dir: &Path, conf: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("knotd.out")).expect("knotd.out");
+    Command::new(knot_tool("knotd"))
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start knotd")
+}
+
 fn file_of(dir: &Path, zone: &str) -> PathBuf {
     dir.join("zones").join(format!("{}zone", zone))
 }
@@ -148,33 +195,10 @@ impl Knot {
             }
             std::fs::write(file_of(&dir, &z.name), text).expect("zone file");
         }
-        let mut conf = format!(
-            "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\ndatabase:\n    storage: {d}/db\n\
-             policy:\n  - id: csk\n    single-type-signing: on\n\
-             template:\n  - id: default\n    storage: {d}/zones\n    file: \"%s.zone\"\n\
-             \x20 - id: signed\n    storage: {d}/zones\n    file: \"%s.zone\"\n    dnssec-signing: on\n    dnssec-policy: csk\n\
-             \x20   zonefile-sync: -1\n    zonefile-load: difference-no-serial\n    journal-content: all\n\
-             log:\n  - target: {d}/knot.log\n    any: info\nzone:\n",
-            d = dir.display()
-        );
-        for z in zones {
-            conf.push_str(&format!("  - domain: {}\n", z.name));
-            if z.signed {
-                conf.push_str("    template: signed\n");
-            }
-        }
         let conf_path = dir.join("knot.conf");
-        std::fs::write(&conf_path, conf).expect("knot.conf");
-        let log = std::fs::File::create(dir.join("knotd.out")).expect("knotd.out");
-        let child = Command::new(knot_tool("knotd"))
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start knotd");
-        let knot = Knot {
+        std::fs::write(&conf_path, conf(&dir, port, zones, false)).expect("knot.conf");
+        let child = spawn_knotd(&dir, &conf_path);
+        let mut knot = Knot {
             dir,
             conf: conf_path,
             port,
@@ -190,7 +214,54 @@ impl Knot {
             );
         }
         knot.add_ds_records();
+        if zones.iter().any(|z| z.tampered.is_some()) {
+            knot.serve_tampered();
+        }
         knot
+    }
+
+    /// Dumps each zone to tamper as knotd serves it (signed), changes its TLSA data, and
+    /// restarts knotd serving those dumps as they are (no signing).
+    fn serve_tampered(&mut self) {
+        for z in self.zones.iter().filter(|z| z.tampered.is_some()) {
+            let owner = format!("{}.{}", z.tampered.as_deref().unwrap_or(""), z.name);
+            let out = run(Command::new(knot_tool("knotc"))
+                .arg("-c")
+                .arg(&self.conf)
+                .args(["zone-read", &z.name]));
+            let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut changed = false;
+            let lines: Vec<String> = dump
+                .lines()
+                .map(|l| l.split_once("] ").map_or(l, |(_, r)| r).to_string())
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    if f.len() > 3 && f[0] == owner && f[2] == "TLSA" {
+                        changed = true;
+                        // Flip the last hex digit of the association data.
+                        let last = if l.ends_with('0') { '1' } else { '0' };
+                        format!("{}{last}", &l[..l.len() - 1])
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            assert!(changed, "no TLSA at {owner} in\n{dump}");
+            let path = self.dir.join("zones").join(format!("{}tampered", z.name));
+            std::fs::write(&path, lines.join("\n") + "\n").expect("tampered zone");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::write(&self.conf, conf(&self.dir, self.port, &self.zones, true)).expect("conf");
+        self.child = spawn_knotd(&self.dir, &self.conf);
+        for z in &self.zones {
+            assert!(
+                wait_until(Duration::from_secs(20), || self.answers(&z.name, "SOA")),
+                "knotd does not serve {} after the restart: {}",
+                z.name,
+                self.log()
+            );
+        }
     }
 
     /// Puts each signed child's DS (or a wrong one) into its parent and waits until served.
