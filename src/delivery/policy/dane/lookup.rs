@@ -1,4 +1,5 @@
-//! The TLSA lookup of one MX host (RFC 7672 §2.2), on a resolver that validates DNSSEC itself:
+//! The TLSA lookup of one MX host (RFC 7672 §2.2), DNSSEC validated here (hickory, from the
+//! trust anchor down) or, with `trusted_resolver`, by the configured resolver (`trusted`):
 //! - the MX host's own address records decide first (§2.2.2): insecure → DANE does not apply;
 //!   bogus → defer; not found → nothing to secure;
 //! - then `_25._tcp.<host>` (always port 25, whatever port delivery uses): a secure RRset with a
