@@ -266,6 +266,54 @@ mod tests {
 
     const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.d.test\nmax_age: 60\n";
 
+    #[test]
+    fn dane_decides_usable_bogus_and_failed_hosts_and_leaves_the_rest() {
+        let d = domain(None, Some(ENFORCE));
+        let tlsa = super::super::dane::Tlsa::from_fields("mx.d.test", [(3, 1, 1, &[7u8; 32][..])])
+            .expect("usable");
+        let usable = dane_policy(&d, "mx.d.test", &Outcome::Usable(Arc::new(tlsa)));
+        let usable = usable.expect("decided");
+        assert_eq!(usable.applied, Applied::Dane);
+        assert!(matches!(usable.requirement, Requirement::Dane(_)));
+        assert!(usable.report.is_some());
+        for (outcome, text) in [
+            (
+                Outcome::Bogus("bad sig".into()),
+                "DANE: TLSA lookup bogus for mx.d.test: bad sig",
+            ),
+            (
+                Outcome::Failed("timeout".into()),
+                "DANE: TLSA lookup failed for mx.d.test: timeout",
+            ),
+        ] {
+            let p = dane_policy(&d, "mx.d.test", &outcome).expect("decided");
+            match p.requirement {
+                Requirement::Refuse(r) => {
+                    assert_eq!(r.reason, text);
+                    assert_eq!(r.failure, TlsFailure::DnssecInvalid);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for outcome in [Outcome::Insecure, Outcome::Absent, Outcome::Unusable] {
+            assert!(
+                dane_policy(&d, "mx.d.test", &outcome).is_none(),
+                "{outcome:?}"
+            );
+        }
+        // DANE off (the default): every host goes to MTA-STS.
+        assert!(!policies().dane().enabled());
+    }
+
+    #[test]
+    fn encrypted_takes_any_tls_session_and_is_not_verified() {
+        let e = Requirement::Encrypted;
+        assert!(!e.accepts("mx.d.test", "mx.d.test", Assurance::Plain));
+        assert!(e.accepts("mx.d.test", "other.test", Assurance::Encrypted));
+        assert!(e.accepts("mx.d.test", "mx.d.test", Assurance::Dane));
+        assert!(!e.verified(), "REQUIRETLS needs a verified peer");
+    }
+
     #[tokio::test]
     async fn a_static_setting_wins_over_a_policy() {
         let p = policies();
