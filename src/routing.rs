@@ -4,11 +4,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
 
 use crate::config::{Config, Route, TlsPolicy};
@@ -56,6 +56,15 @@ pub fn domain_of(address: &str) -> String {
 
 /// One shared resolver: `dns.nameservers` (UDP + TCP, no system config), else the system's.
 pub fn build_resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, String> {
+    resolver_builder(nameservers)?
+        .build()
+        .map_err(|e| format!("DNS resolver: {e}"))
+}
+
+/// The builder `build_resolver` uses, for resolvers that add to it (DANE's validating one).
+pub fn resolver_builder(
+    nameservers: &[SocketAddr],
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
     let mut builder = if nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
     } else {
@@ -81,7 +90,7 @@ pub fn build_resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, Strin
     // Test zones change during a run; a short cap keeps stale answers from lingering.
     opts.positive_max_ttl = Some(Duration::from_secs(300));
     opts.negative_max_ttl = Some(Duration::from_secs(30));
-    builder.build().map_err(|e| format!("DNS resolver: {e}"))
+    Ok(builder)
 }
 
 fn dns_temp(what: &str, e: &NetError) -> Reply {

@@ -69,6 +69,8 @@
 //! - `Receiver::start(&[lo(20)], day_ms, Model { .. })` (`receiver.rs`): a simulated receiving
 //!   provider with a hidden acceptance model per source IP (allowance, hourly pace, throttling
 //!   `421 4.7.28` / `451 4.7.650`, blocks `550 5.7.1`); `days(ip)`, `accepted(ip)`, `blocks(ip)`.
+//! - `Knot::start(dir, &[Zone::signed(..), Zone::unsigned(..).ns_in(..), ..])` (`knot.rs`): a real
+//!   knotd serving DNSSEC-signed test zones (DANE); `nameserver()`, `trust_anchor(zone)`, `dig`.
 //! - `HttpsServer::start(lo(30), &certs)` (`https.rs`): HTTPS on a free port of that address,
 //!   answering per `Host` what `set(host, Served::text(..) | Served::Reply(status, type, body) |
 //!   Served::Hang)` says (404 otherwise); `port()`, `requests()`, `requests_for(host)`,
@@ -85,6 +87,7 @@ pub mod dns;
 pub mod feeds;
 pub mod https;
 pub mod keys;
+pub mod knot;
 pub mod net;
 pub mod receiver;
 pub mod redis;
@@ -99,6 +102,7 @@ pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
 pub use https::{HttpsServer, Posted, Served};
 pub use keys::{keygen, txt_of, verify_dkim};
+pub use knot::{Knot, Unbound, Zone};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{Relay, listen_addresses, strip_ansi, write_users};
 pub use sink::{Message, Session, Sink, SinkTls, Stage, Step, tagged_message};

@@ -147,6 +147,11 @@ fn system(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
             format!("delivery.ca_file: {e}"),
         );
     }
+    if let Some(anchor) = &config.delivery.dane.trust_anchor
+        && let Err(e) = crate::delivery::policy::dane::lookup::load_trust_anchor(anchor)
+    {
+        at(key_line(text, "delivery.dane", "trust_anchor"), e);
+    }
     if config.dns.nameservers.is_empty()
         && let Err(e) = hickory_resolver::system_conf::read_system_conf()
     {
@@ -215,6 +220,42 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_dane_trust_anchor_is_read_at_load() {
+        let dir = std::env::temp_dir().join(format!("poolrelay-anchor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = dir.join("c.toml").display().to_string();
+        let anchor = dir.join("anchor");
+        let section = format!(
+            "[delivery.dane]\nenabled = true\ntrust_anchor = \"{}\"\n",
+            anchor.display()
+        );
+        let e = load(&dir, &section);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("{c}:8: delivery.dane.trust_anchor:")),
+            "{e:?}"
+        );
+        std::fs::write(&anchor, "; keys\n\n").unwrap();
+        let e = load(&dir, &section);
+        assert!(e.len() == 1 && e[0].contains("no DNSKEY record"), "{e:?}");
+        std::fs::write(&anchor, "test. DS 1 13 2 00\n").unwrap();
+        let e = load(&dir, &section);
+        assert!(
+            e.len() == 1 && e[0].contains("anchor: line 1: only DNSKEY records"),
+            "{e:?}"
+        );
+        // As `keymgr ZONE dnskey` prints it: no TTL, no class.
+        std::fs::write(
+            &anchor,
+            "test. DNSKEY 257 3 13 8hVvSPH4VV75KdOAk9Tuk1/hQC4CZPU/8MBM9Zm0KbJ5/tIwJat26pNPtE7MHkb6SuxzLlZnsSjlQSZ+U3xIng==\n",
+        )
+        .unwrap();
+        assert!(load(&dir, &section).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

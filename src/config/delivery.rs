@@ -59,6 +59,9 @@ pub struct Delivery {
     /// `qmgr_message_active_limit`; the rest of the queue waits as small index entries.
     #[serde(default = "default_active_limit")]
     pub active_limit: usize,
+    /// `[delivery.dane]`: TLSA records of MX hosts, DNSSEC validated here (RFC 7672).
+    #[serde(default)]
+    pub dane: crate::delivery::policy::dane::Settings,
     /// MTA-STS (RFC 8461) for recipient domains.
     #[serde(default)]
     pub mta_sts: MtaSts,
@@ -148,6 +151,7 @@ impl Default for Delivery {
             helo: None,
             idle_timeout: default_idle_timeout(),
             active_limit: default_active_limit(),
+            dane: Default::default(),
             mta_sts: MtaSts::default(),
         }
     }

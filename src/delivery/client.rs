@@ -261,7 +261,10 @@ async fn handshake(
     match tokio::time::timeout(limit, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err((
-            format!("TLS handshake with {host}[{addr}] failed: {e}"),
+            format!(
+                "TLS handshake with {host}[{addr}] failed: {}",
+                handshake_error(&e)
+            ),
             TlsFailure::of_handshake(&e),
         )),
         Err(_) => Err((
@@ -269,6 +272,15 @@ async fn handshake(
             TlsFailure::ValidationFailure,
         )),
     }
+}
+
+/// A failed handshake for a reply: DANE's own words when no TLSA record matched (rustls
+/// would print its error's debug form).
+fn handshake_error(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(super::policy::dane::no_match)
+        .map_or_else(|| e.to_string(), |m| m.to_string())
 }
 
 /// "TLSv1_3/TLS13_AES_256_GCM_SHA384".

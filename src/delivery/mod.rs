@@ -48,6 +48,9 @@ pub async fn start(
         config, spool, pools, reputation, state, feedback,
     )?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
+    // Said once, before any DANE mail waits on a resolver that strips DNSSEC.
+    let checked = d.clone();
+    tokio::spawn(async move { policy::dane::check::run(checked.policies.dane()).await });
     let deliverer = d.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

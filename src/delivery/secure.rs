@@ -2,7 +2,8 @@
 //!
 //! Rules:
 //! - `Plain`: no STARTTLS. `Opportunistic`: STARTTLS when offered, any certificate; a failed
-//!   handshake is retried in plaintext (only here).
+//!   handshake is retried in plaintext (only here). `Encrypted`: STARTTLS mandatory, any
+//!   certificate.
 //! - `WebPki` and `Dane`: STARTTLS is mandatory and the certificate verified (web PKI roots
 //!   from `[delivery] ca_file` + the system store, or the TLSA records); a missing STARTTLS,
 //!   a refusal or a failed check ends the session with `OpenError::TlsRequired`: never
@@ -43,6 +44,10 @@ impl Deliverer {
             }
             Requirement::Opportunistic => {
                 return self.open_opportunistic(host, addr, source).await;
+            }
+            Requirement::Encrypted => {
+                let starttls = StartTls::Mandatory(&self.tls.opportunistic, Assurance::Encrypted);
+                client::open(host, addr, source, starttls, &self.timeouts).await
             }
             Requirement::WebPki => self.open_webpki(host, addr, source).await,
             Requirement::Dane(tlsa) => match self.policies.dane().connector(tlsa) {

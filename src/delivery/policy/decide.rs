@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::dane::{Dane, DaneLookup};
+use super::dane::{Dane, Outcome};
 use super::mta_sts::{self, Found, Mode, MtaSts};
 use super::{
     Applied, HostPolicy, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement, SessionResult,
@@ -129,63 +129,21 @@ impl Policies {
                 report: None,
             };
         }
-        if let Some(dane) = self.dane_policy(domain, mx).await {
-            return dane;
+        let dane = self.dane.lookup(mx).await;
+        if let Some(decided) = dane_policy(domain, mx, &dane) {
+            return decided;
         }
-        let Some(sts) = &domain.sts else {
-            return HostPolicy::opportunistic();
-        };
-        let report = Some(sts.report.clone());
-        match sts.policy.mode {
-            Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
-                applied: Applied::MtaSts,
-                requirement: Requirement::WebPki,
+        let policy = sts_host(domain, mx);
+        // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
+        if dane == Outcome::Unusable && matches!(policy.requirement, Requirement::Opportunistic) {
+            return HostPolicy {
+                applied: Applied::Dane,
+                requirement: Requirement::Encrypted,
                 report_only: false,
-                report,
-            },
-            Mode::Enforce => HostPolicy {
-                applied: Applied::MtaSts,
-                requirement: Requirement::Refuse(Refusal {
-                    failure: TlsFailure::ValidationFailure,
-                    reason: format!(
-                        "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
-                        domain.domain
-                    ),
-                }),
-                report_only: false,
-                report,
-            },
-            Mode::Testing => HostPolicy {
-                applied: Applied::MtaSts,
-                requirement: Requirement::Opportunistic,
-                report_only: true,
-                report,
-            },
-            Mode::None => HostPolicy::opportunistic(),
+                report: tlsa_report(domain),
+            };
         }
-    }
-
-    /// The DANE policy of `mx`, when its TLSA lookup is usable or bogus.
-    async fn dane_policy(&self, domain: &DomainPolicy, mx: &str) -> Option<HostPolicy> {
-        let requirement = match self.dane.lookup(mx).await {
-            DaneLookup::Usable(tlsa) => Requirement::Dane(tlsa),
-            DaneLookup::Bogus(why) => Requirement::Refuse(Refusal {
-                failure: TlsFailure::DnssecInvalid,
-                reason: format!("DANE: TLSA lookup for {mx} failed validation: {why}"),
-            }),
-            DaneLookup::Insecure | DaneLookup::Absent => return None,
-        };
-        Some(HostPolicy {
-            applied: Applied::Dane,
-            requirement,
-            report_only: false,
-            report: Some(Arc::new(ReportPolicy {
-                domain: domain.domain.clone(),
-                kind: PolicyKind::Tlsa,
-                strings: Vec::new(),
-                mx_patterns: Vec::new(),
-            })),
-        })
+        policy
     }
 
     /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.
@@ -216,6 +174,74 @@ impl Policies {
     }
 }
 
+/// DANE's decision for `mx` when it makes one: usable records, or a lookup that failed.
+fn dane_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> Option<HostPolicy> {
+    let refuse = |reason: String| {
+        Requirement::Refuse(Refusal {
+            failure: TlsFailure::DnssecInvalid,
+            reason,
+        })
+    };
+    let requirement = match dane {
+        Outcome::Usable(tlsa) => Requirement::Dane(tlsa.clone()),
+        Outcome::Bogus(why) => refuse(format!("DANE: TLSA lookup bogus for {mx}: {why}")),
+        // Unknown is not insecure: a lookup an attacker can make fail must not downgrade.
+        Outcome::Failed(why) => refuse(format!("DANE: TLSA lookup failed for {mx}: {why}")),
+        Outcome::Unusable | Outcome::Insecure | Outcome::Absent => return None,
+    };
+    Some(HostPolicy {
+        applied: Applied::Dane,
+        requirement,
+        report_only: false,
+        report: tlsa_report(domain),
+    })
+}
+
+/// Results under DANE are reported as the domain's `tlsa` policy (RFC 8460).
+fn tlsa_report(domain: &DomainPolicy) -> Option<Arc<ReportPolicy>> {
+    Some(Arc::new(ReportPolicy {
+        domain: domain.domain.clone(),
+        kind: PolicyKind::Tlsa,
+        strings: Vec::new(),
+        mx_patterns: Vec::new(),
+    }))
+}
+
+/// The MTA-STS policy for one MX host of the domain (opportunistic without one).
+fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
+    let Some(sts) = &domain.sts else {
+        return HostPolicy::opportunistic();
+    };
+    let report = Some(sts.report.clone());
+    match sts.policy.mode {
+        Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
+            applied: Applied::MtaSts,
+            requirement: Requirement::WebPki,
+            report_only: false,
+            report,
+        },
+        Mode::Enforce => HostPolicy {
+            applied: Applied::MtaSts,
+            requirement: Requirement::Refuse(Refusal {
+                failure: TlsFailure::ValidationFailure,
+                reason: format!(
+                    "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                    domain.domain
+                ),
+            }),
+            report_only: false,
+            report,
+        },
+        Mode::Testing => HostPolicy {
+            applied: Applied::MtaSts,
+            requirement: Requirement::Opportunistic,
+            report_only: true,
+            report,
+        },
+        Mode::None => HostPolicy::opportunistic(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Assurance;
@@ -239,6 +265,54 @@ mod tests {
     }
 
     const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.d.test\nmax_age: 60\n";
+
+    #[test]
+    fn dane_decides_usable_bogus_and_failed_hosts_and_leaves_the_rest() {
+        let d = domain(None, Some(ENFORCE));
+        let tlsa = super::super::dane::Tlsa::from_fields("mx.d.test", [(3, 1, 1, &[7u8; 32][..])])
+            .expect("usable");
+        let usable = dane_policy(&d, "mx.d.test", &Outcome::Usable(Arc::new(tlsa)));
+        let usable = usable.expect("decided");
+        assert_eq!(usable.applied, Applied::Dane);
+        assert!(matches!(usable.requirement, Requirement::Dane(_)));
+        assert!(usable.report.is_some());
+        for (outcome, text) in [
+            (
+                Outcome::Bogus("bad sig".into()),
+                "DANE: TLSA lookup bogus for mx.d.test: bad sig",
+            ),
+            (
+                Outcome::Failed("timeout".into()),
+                "DANE: TLSA lookup failed for mx.d.test: timeout",
+            ),
+        ] {
+            let p = dane_policy(&d, "mx.d.test", &outcome).expect("decided");
+            match p.requirement {
+                Requirement::Refuse(r) => {
+                    assert_eq!(r.reason, text);
+                    assert_eq!(r.failure, TlsFailure::DnssecInvalid);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for outcome in [Outcome::Insecure, Outcome::Absent, Outcome::Unusable] {
+            assert!(
+                dane_policy(&d, "mx.d.test", &outcome).is_none(),
+                "{outcome:?}"
+            );
+        }
+        // DANE off (the default): every host goes to MTA-STS.
+        assert!(!policies().dane().enabled());
+    }
+
+    #[test]
+    fn encrypted_takes_any_tls_session_and_is_not_verified() {
+        let e = Requirement::Encrypted;
+        assert!(!e.accepts("mx.d.test", "mx.d.test", Assurance::Plain));
+        assert!(e.accepts("mx.d.test", "other.test", Assurance::Encrypted));
+        assert!(e.accepts("mx.d.test", "mx.d.test", Assurance::Dane));
+        assert!(!e.verified(), "REQUIRETLS needs a verified peer");
+    }
 
     #[tokio::test]
     async fn a_static_setting_wins_over_a_policy() {

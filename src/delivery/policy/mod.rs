@@ -5,7 +5,9 @@
 //!   does `[delivery] tls` when set to `none` or `required`, and an address literal `[ip]`
 //!   (no domain to hold a policy) keeps `[delivery] tls`.
 //! - DANE (RFC 7672): a DNSSEC-secure TLSA RRset for `_25._tcp.MX` with usable records → TLS
-//!   is mandatory and the certificate must match a record; a bogus lookup → defer.
+//!   is mandatory and the certificate must match a record; a bogus or failed lookup → defer;
+//!   a secure RRset with only unusable records → TLS mandatory, any certificate (unless
+//!   MTA-STS asks for more).
 //! - MTA-STS (RFC 8461): `enforce` → only MX hosts matching the policy's `mx` patterns, over TLS
 //!   with a certificate valid (web PKI) for that name, else defer; `testing` → as opportunistic,
 //!   failures reported; `none` or absent → opportunistic.
@@ -52,6 +54,8 @@ pub enum Requirement {
     Plain,
     /// STARTTLS when offered, any certificate; plaintext when it is not offered or fails.
     Opportunistic,
+    /// TLS with any certificate; no plaintext (DANE with only unusable TLSA records).
+    Encrypted,
     /// TLS with a certificate valid (web PKI) for the MX host's name; else no delivery.
     WebPki,
     /// TLS with a certificate matching these TLSA records; else no delivery.
@@ -80,6 +84,7 @@ impl Requirement {
         let same = host.eq_ignore_ascii_case(session_host);
         match self {
             Requirement::Plain | Requirement::Opportunistic => true,
+            Requirement::Encrypted => assurance != Assurance::Plain,
             Requirement::WebPki => same && assurance == Assurance::WebPki,
             Requirement::Dane(_) => same && assurance == Assurance::Dane,
             Requirement::Refuse(_) => false,

@@ -56,6 +56,10 @@ impl TlsFailure {
             return TlsFailure::ValidationFailure;
         };
         match c {
+            // DANE: the certificate matched none of the host's TLSA records.
+            C::Other(o) if o.0.downcast_ref::<super::dane::NoMatch>().is_some() => {
+                TlsFailure::TlsaInvalid
+            }
             C::NotValidForName | C::NotValidForNameContext { .. } => {
                 TlsFailure::CertificateHostMismatch
             }
