@@ -77,7 +77,7 @@ async fn report(State(st): State<AdminState>, body: axum::Json<ReportBody>) -> R
         Ok(Ok(h)) => {
             let result = h.result();
             match h {
-                Handled::Complaint(t) | Handled::NotAComplaint(t) => (
+                Handled::Complaint(t) | Handled::NotAComplaint(t) | Handled::Duplicate(t) => (
                     StatusCode::OK,
                     ReportResult {
                         result,
