@@ -250,10 +250,14 @@ impl Feedback {
     }
 
     /// A receiver took a recipient (250): remembered for tracing.
+    /// Nothing without `[feedback]`.
     pub fn delivered(&self, s: Sent<'_>) {
         let Ok(source_ip) = s.source_ip.parse() else {
             return;
         };
+        if self.settings.load().is_none() {
+            return;
+        }
         let facts = trace_in(s.prepend).and_then(|v| self.keys.load().open(&v).ok());
         let sender_domain = s
             .sender
