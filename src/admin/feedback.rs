@@ -13,7 +13,7 @@ use super::{AdminState, error};
 use crate::config::Config;
 use crate::feedback::{Handled, Traced, Via};
 
-pub(super) const PATH: &str = "/api/feedback";
+use super::guard::REPORT_PATH as PATH;
 
 /// The body limit of `PATH`: the largest report, base64-encoded, in JSON.
 pub(super) fn max_body(config: &Config) -> usize {
