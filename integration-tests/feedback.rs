@@ -351,7 +351,9 @@ fn reports_that_lost_the_trace_fall_back_to_received_and_the_records() {
         ),
     );
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["result"], "complaint", "{v}");
+    // Traced, but the message (one recipient) drew its complaint already: not counted twice.
+    assert_eq!(v["result"], "duplicate", "{v}");
+    assert_eq!(v["complaint"]["dispatched"], false);
     assert_eq!(v["complaint"]["evidence"], "records");
     assert_eq!(v["complaint"]["queue_id"], alice.queue_id.as_str());
     assert_eq!(v["complaint"]["source_ip"], "127.0.0.11");
@@ -374,6 +376,9 @@ fn reports_that_lost_the_trace_fall_back_to_received_and_the_records() {
     assert_eq!(v["complaint"]["source_ip"], "127.0.0.11");
     assert_eq!(v["complaint"]["queue_id"], alice.queue_id.as_str());
     assert_eq!(v["complaint"]["provider"], "alpha");
+    assert_eq!(s.reports_counted("complaint"), 1);
+    assert_eq!(s.reports_counted("duplicate"), 2);
+    assert_eq!(s.complaints().len(), 1);
 }
 
 #[test]

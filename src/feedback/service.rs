@@ -66,6 +66,9 @@ pub enum Handled {
     NotAReport(&'static str),
     /// Its trace header did not open: refused, attributed to nobody.
     Forged(Forged),
+    /// A complaint this message already drew from that recipient, or more complaints than
+    /// recipients it was delivered to: listed nowhere, dispatched never.
+    Duplicate(Box<Traced>),
     /// Sealed with a key this relay does not know while it is part of a farm (`farm`): maybe
     /// a relay's key not shared yet. Refused for now (the sender tries again).
     UnknownKey,
@@ -81,6 +84,7 @@ impl Handled {
             Handled::NotAReport(_) => "not-a-report",
             Handled::Forged(_) => "forged",
             Handled::UnknownKey => "deferred",
+            Handled::Duplicate(_) => "duplicate",
         }
     }
 }
@@ -246,10 +250,14 @@ impl Feedback {
     }
 
     /// A receiver took a recipient (250): remembered for tracing.
+    /// Nothing without `[feedback]`.
     pub fn delivered(&self, s: Sent<'_>) {
         let Ok(source_ip) = s.source_ip.parse() else {
             return;
         };
+        if self.settings.load().is_none() {
+            return;
+        }
         let facts = trace_in(s.prepend).and_then(|v| self.keys.load().open(&v).ok());
         let sender_domain = s
             .sender
@@ -343,6 +351,19 @@ impl Feedback {
             complaint.feedback_type.as_str(),
             "abuse" | "fraud" | "virus" | "other"
         );
+        if is_complaint && let Some(qid) = &complaint.queue_id {
+            let delivered = store::by_queue(&self.state, qid)?.len();
+            let rcpt = complaint.recipient.as_deref();
+            if !store::charge(&self.state, qid, rcpt, delivered, complaint.arrived_at)? {
+                return Ok(Handled::Duplicate(Box::new(Traced {
+                    complaint,
+                    shape: r.shape,
+                    via,
+                    dispatched: false,
+                    blamed: false,
+                })));
+            }
+        }
         let blamed = is_complaint && super::dispatch(&self.actors, &complaint);
         let traced = Traced {
             complaint,
@@ -401,7 +422,7 @@ fn log(h: &Handled, via: Via, client: &str) {
         Via::Api => "api",
     };
     match h {
-        Handled::Complaint(t) | Handled::NotAComplaint(t) => {
+        Handled::Complaint(t) | Handled::NotAComplaint(t) | Handled::Duplicate(t) => {
             let c = &t.complaint;
             tracing::info!(
                 queue_id = c.queue_id.as_deref().unwrap_or(""),
