@@ -392,6 +392,7 @@ mod tests {
             is_dsn: false,
             pool: None,
             delay_warned: false,
+            from_domain: None,
         };
         let r = session
             .send(

@@ -411,6 +411,7 @@ impl Session {
             is_dsn: false,
             pool: None,
             delay_warned: false,
+            from_domain: signed.from_domain.clone(),
         };
         match writer.commit(envelope).await {
             Ok(env) => {

@@ -361,6 +361,7 @@ mod tests {
             is_dsn: false,
             pool: None,
             delay_warned: false,
+            from_domain: None,
         }
     }
 

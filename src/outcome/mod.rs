@@ -186,6 +186,7 @@ pub async fn send_dsn(
         is_dsn: true,
         pool: env.pool.clone(),
         delay_warned: false,
+        from_domain: None,
     };
     let stored = spool.store(dsn_env, &bytes).await?;
     tracing::info!(

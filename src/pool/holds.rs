@@ -2,8 +2,9 @@
 //!
 //! Rules:
 //! - Every cause is its own record per IP × scope: an operator drain, a DNSBL listing (one per
-//!   zone), a block reply, a hard-bounce rate, a deferral rate, a failing doctor check. The IP
-//!   takes mail for a provider only when no record for that provider or for `all` is in force.
+//!   zone), a block reply, a hard-bounce rate, a deferral rate, a complaint rate, a failing
+//!   doctor check. The IP takes mail for a provider only when no record for that provider or
+//!   for `all` is in force.
 //! - A quarantine (any reputation cause) ends by its `until` or when its cause is released (a
 //!   DNSBL delisting). Either way the record stays, expired: the IP × provider is then on
 //!   probation (a trickle of `probe_per_hour`) until clean outcomes end it (`end_probation`).
@@ -73,6 +74,9 @@ pub enum Cause {
     DeferralRate,
     /// Throttling replies that went on after the pace was cut `throttle_cuts` times in a day.
     Throttling,
+    /// Feedback-loop complaints over `max_complaint_rate` of what the IP delivered to the
+    /// provider (`reputation::complaints`).
+    Complaints,
 }
 
 impl Cause {
@@ -91,6 +95,7 @@ impl Cause {
             "bounce-rate" => Cause::BounceRate,
             "deferral-rate" => Cause::DeferralRate,
             "throttling" => Cause::Throttling,
+            "complaints" => Cause::Complaints,
             _ => Cause::Dnsbl(s.strip_prefix("dnsbl:")?.to_string()),
         })
     }
@@ -106,6 +111,7 @@ impl fmt::Display for Cause {
             Cause::BounceRate => f.write_str("bounce-rate"),
             Cause::DeferralRate => f.write_str("deferral-rate"),
             Cause::Throttling => f.write_str("throttling"),
+            Cause::Complaints => f.write_str("complaints"),
         }
     }
 }
@@ -168,6 +174,8 @@ pub fn incident_evidence(evidence: &str, cause: &Cause, replies: u32) -> String 
         (Cause::BlockReply, _) => "block replies",
         (Cause::Throttling, 1) => "throttling reply",
         (Cause::Throttling, _) => "throttling replies",
+        (Cause::Complaints, 1) => "complaint",
+        (Cause::Complaints, _) => "complaints",
         (_, 1) => "reply",
         _ => "replies",
     };

@@ -282,13 +282,18 @@ pub struct SuppressionArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SuppressionCommand {
-    /// Every suppressed address with the bounce that caused it and when it ends.
+    /// Every suppressed address with its scope, the bounce or complaint that caused it and when
+    /// it ends.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Lets mail to ADDRESS be tried again.
-    Remove { address: String },
+    /// Lets mail to ADDRESS be tried again (from every sender, or only SENDER_DOMAIN's).
+    Remove {
+        address: String,
+        #[arg(long)]
+        sender_domain: Option<String>,
+    },
 }
 
 /// `poolrelay suppression …`, through the running relay's admin API.
@@ -309,10 +314,13 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
     }
     let (method, path, body) = match &args.command {
         SuppressionCommand::List { .. } => ("GET", "/api/suppressions", None),
-        SuppressionCommand::Remove { address } => (
+        SuppressionCommand::Remove {
+            address,
+            sender_domain,
+        } => (
             "POST",
             "/api/suppressions/remove",
-            Some(json!({ "address": address })),
+            Some(json!({ "address": address, "sender_domain": sender_domain })),
         ),
     };
     let (code, text) = match client::request(&config, method, path, body.as_ref()) {
@@ -335,9 +343,14 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
                 println!("no suppressed recipients");
             }
             for i in items {
+                let scope = match i["sender_domain"].as_str() {
+                    Some(d) => format!("mail from {d}"),
+                    None => "all mail".to_string(),
+                };
                 println!(
-                    "{}  until {}  {}",
+                    "{}  {}  until {}  {}",
                     Escaped(i["address"].as_str().unwrap_or("")),
+                    Escaped(&scope),
                     humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH
                             + std::time::Duration::from_secs(i["until"].as_u64().unwrap_or(0))
@@ -346,7 +359,7 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
                 );
             }
         }
-        SuppressionCommand::Remove { address } => {
+        SuppressionCommand::Remove { address, .. } => {
             if v["removed"] == true {
                 println!("{}: suppression removed", Escaped(&address));
             } else {

@@ -41,6 +41,22 @@ pub struct Envelope {
     pub pool: Option<String>,
     #[serde(default)]
     pub delay_warned: bool,
+    /// The `From:` domain, lower case (what complaints name as the sender domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_domain: Option<String>,
+}
+
+impl Envelope {
+    /// The sender domains a per-sender-domain suppression matches: the `From:` domain and the
+    /// envelope sender's.
+    pub fn sender_domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.from_domain.iter().cloned().collect();
+        let env = crate::routing::domain_of(&self.sender);
+        if !env.is_empty() && !d.contains(&env) {
+            d.push(env);
+        }
+        d
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -678,6 +678,7 @@ pub(crate) fn test_envelope(id: &str) -> Envelope {
         is_dsn: false,
         pool: None,
         delay_warned: false,
+        from_domain: None,
     }
 }
 
