@@ -481,7 +481,11 @@ impl Tracker {
                 "its owner reported mail from this sender domain as spam",
                 format!(" --sender-domain {d}"),
             ),
-            (Why::Complained, None) => ("5.7.1", "its owner reported our mail as spam", String::new()),
+            (Why::Complained, None) => (
+                "5.7.1",
+                "its owner reported our mail as spam",
+                String::new(),
+            ),
         };
         let scope = match &e.sender_domain {
             Some(d) => format!(" for mail from {d}"),

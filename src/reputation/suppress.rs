@@ -63,7 +63,9 @@ fn key(address: &str, sender_domain: Option<&str>) -> String {
 /// The address of a map key.
 fn address_of<'a>(key: &'a str, e: &Entry) -> &'a str {
     match &e.sender_domain {
-        Some(d) => key.strip_suffix(d.as_str()).and_then(|k| k.strip_suffix('|')),
+        Some(d) => key
+            .strip_suffix(d.as_str())
+            .and_then(|k| k.strip_suffix('|')),
         None => None,
     }
     .unwrap_or(key)
@@ -412,8 +414,13 @@ mod tests {
         s.add_complainer("eve@example.net", Some("shop.example"), "complained", 3600);
         assert!(s.get("eve@example.net").is_none());
         assert!(s.get_for("eve@example.net", &["other.example"]).is_none());
-        let e = s.get_for("EVE@example.net", &["other.example", "shop.example"]).unwrap();
-        assert_eq!((e.why, e.sender_domain.as_deref()), (Why::Complained, Some("shop.example")));
+        let e = s
+            .get_for("EVE@example.net", &["other.example", "shop.example"])
+            .unwrap();
+        assert_eq!(
+            (e.why, e.sender_domain.as_deref()),
+            (Why::Complained, Some("shop.example"))
+        );
         // Listed by address with its scope; kept across a restart.
         let listed = Suppressions::open(&dir).list();
         assert_eq!(listed.len(), 1);

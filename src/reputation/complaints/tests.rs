@@ -121,7 +121,10 @@ fn complaints_over_the_rate_quarantine_that_ip_and_provider_with_evidence() {
     deliver(t, "gmail", 1000);
     deliver(t, "microsoft", 1000);
     assert_eq!(complain(t, "gmail", 3), [Charge::Counted; 3]);
-    assert!(complaints_hold(t, "gmail").is_none(), "0.3 % is not over 0.3 %");
+    assert!(
+        complaints_hold(t, "gmail").is_none(),
+        "0.3 % is not over 0.3 %"
+    );
     complain(t, "gmail", 1);
     let h = complaints_hold(t, "gmail").expect("quarantined for gmail");
     assert_eq!((h.reason.as_str(), h.offence), ("complaint rate", 1));
@@ -228,7 +231,11 @@ fn complaints_during_the_quarantine_are_one_incident() {
     complain(t, "gmail", 5);
     let h = complaints_hold(t, "gmail").unwrap();
     assert_eq!((h.offence, h.since, h.until), (1, first.since, first.until));
-    assert!(h.evidence.ends_with("; 6 complaints in one incident"), "{}", h.evidence);
+    assert!(
+        h.evidence.ends_with("; 6 complaints in one incident"),
+        "{}",
+        h.evidence
+    );
     // Not in the rate either: the window restarts after the quarantine.
     assert_eq!(t.history.window(ip(), "gmail", 0).complaints, 4);
 }
@@ -267,14 +274,26 @@ fn complainers_are_suppressed_for_the_sender_domain_or_the_farm() {
         "{}",
         r.text
     );
-    assert!(r.text.contains("--sender-domain shop.example"), "{}", r.text);
+    assert!(
+        r.text.contains("--sender-domain shop.example"),
+        "{}",
+        r.text
+    );
     assert!(t.suppressed("u0@example.net", &["other.example"]).is_none());
 
     let farm = fixture("suppress_complainers = \"farm\"");
     complain(&farm.tracker, "gmail", 1);
-    assert!(farm.tracker.suppressed("u0@example.net", &["other.example"]).is_some());
+    assert!(
+        farm.tracker
+            .suppressed("u0@example.net", &["other.example"])
+            .is_some()
+    );
 
     let off = fixture("suppress_complainers = \"off\"");
     complain(&off.tracker, "gmail", 1);
-    assert!(off.tracker.suppressed("u0@example.net", &["shop.example"]).is_none());
+    assert!(
+        off.tracker
+            .suppressed("u0@example.net", &["shop.example"])
+            .is_none()
+    );
 }
