@@ -171,7 +171,7 @@ impl Tracker {
         }
         self.history.count(ip, provider, Count::Complaint);
         let settings = self.settings.load_full();
-        let (rate, from) = self.complaint_rate(ip, provider, now, &settings);
+        let (rate, _) = self.complaint_rate(ip, provider, now, &settings);
         let level = rate.level(&settings);
         tracing::info!(queue_id, source_ip = %ip, provider, complaints = rate.complaints, delivered = rate.delivered, level = ?level, "complaint counted");
         let window = humantime::format_duration(settings.complaint_window.0).to_string();
@@ -200,7 +200,7 @@ impl Tracker {
         if let Some(until) = self.offend(ip, provider, Cause::Complaints, reason, evidence) {
             let mut rates = self.complaints.0.lock().expect("lock");
             let seen = rates.entry((ip, provider.to_string())).or_default();
-            seen.from = seen.from.max(from).max(until);
+            seen.from = until;
             seen.warned = false;
         }
     }
@@ -217,12 +217,12 @@ impl Tracker {
             .map(|seen| seen.from);
         // First time since the start: the end of the last complaints quarantine, if any.
         let from = known.unwrap_or_else(|| self.last_complaints_quarantine(ip, provider, start));
-        let mut rates = self.complaints.0.lock().expect("lock");
-        let seen = rates.entry((ip, provider.to_string())).or_default();
+        if known.is_none() {
+            let mut rates = self.complaints.0.lock().expect("lock");
+            rates.entry((ip, provider.to_string())).or_default().from = from;
+        }
         // Over before its time (an operator reinstated it): counting starts now.
-        seen.from = from.min(now);
-        let from = seen.from.max(start);
-        drop(rates);
+        let from = from.min(now).max(start);
         let b = self.history.window(ip, provider, from);
         let rate = Rate {
             complaints: b.complaints,

@@ -297,3 +297,22 @@ fn complainers_are_suppressed_for_the_sender_domain_or_the_farm() {
             .is_none()
     );
 }
+
+#[test]
+fn after_a_restart_the_window_still_starts_at_the_quarantines_end() {
+    let f = fixture("");
+    let t = &f.tracker;
+    deliver(t, "gmail", 1000);
+    complain(t, "gmail", 4);
+    let until = complaints_hold(t, "gmail").unwrap().until.unwrap();
+    // A new tracker on the same store (the relay restarted): read back from the events.
+    let again = Tracker::new(
+        &Settings::default(),
+        t.pools.clone(),
+        t.suppressions.clone(),
+    )
+    .unwrap()
+    .with_history(Arc::new(History::new(Some(f.state.clone()))));
+    assert_eq!(again.last_complaints_quarantine(ip(), "gmail", 0), until);
+    assert_eq!(again.last_complaints_quarantine(ip(), "microsoft", 0), 0);
+}
