@@ -130,12 +130,12 @@ pub struct Rates(Mutex<HashMap<(IpAddr, String), Seen>>);
 
 impl OnComplaint for Tracker {
     fn complaint(&self, c: &Complaint, blamed: bool) -> Charge {
-        crate::metrics::complaint(c.provider.as_deref().unwrap_or("unknown"));
         let queue_id = c.queue_id.as_deref().unwrap_or("");
         if !is_complaint(&c.feedback_type) {
             tracing::info!(queue_id, feedback_type = %c.feedback_type, "feedback report is not a complaint: not counted");
             return Charge::Passed;
         }
+        crate::metrics::complaint(c.provider.as_deref().unwrap_or("unknown"));
         self.suppress_complainer(c);
         let (Some(ip), Some(provider)) = (c.source_ip, c.provider.as_deref()) else {
             tracing::info!(queue_id, reporter = %c.reporter, "complaint not traced to a source IP and provider: no rate counts it");
