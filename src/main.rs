@@ -31,6 +31,9 @@ enum Command {
     HashPassword,
     /// Explain an SMTP reply or a bounce message: class, whom it blames, the rule that matched.
     Classify(poolrelay::reputation::cli::ClassifyArgs),
+    /// Hand one complaint report (ARF, on stdin) to the running relay; `--list` the recent
+    /// traced complaints.
+    Feedback(poolrelay::feedback::cli::FeedbackArgs),
     /// Suppressed recipients (bad-recipient hard bounces) of a running relay.
     Suppression(poolrelay::reputation::cli::SuppressionArgs),
     /// DKIM key management.
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Classify(args) => poolrelay::reputation::cli::run(args),
         Command::Suppression(args) => poolrelay::reputation::cli::suppression(args),
+        Command::Feedback(args) => poolrelay::feedback::cli::run(args),
         Command::Doctor(args) => poolrelay::doctor::cli::run(args),
         Command::Pool { config, command } => pool_command(&config, command),
         Command::Reload { config } => poolrelay::reload::command(&config),

@@ -67,6 +67,11 @@ struct IpProviderState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedbackResult {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoctorStatus {
     status: &'static str,
 }
@@ -112,6 +117,7 @@ struct Events {
     warmup_decisions: Family<RampDecision, Counter>,
     complaints: Family<Provider, Counter>,
     complaint_rate: Family<IpProvider, Gauge<f64, AtomicU64>>,
+    feedback_reports: Family<FeedbackResult, Counter>,
 }
 
 fn events() -> &'static Events {
@@ -129,6 +135,7 @@ fn events() -> &'static Events {
             warmup_decisions: Family::default(),
             complaints: Family::default(),
             complaint_rate: Family::default(),
+            feedback_reports: Family::default(),
         };
         registry.register(
             "messages_accepted",
@@ -174,6 +181,11 @@ fn events() -> &'static Events {
             "complaint_rate",
             "Complaints / messages delivered per source IP and provider within complaint_window, as last computed",
             e.complaint_rate.clone(),
+        );
+        registry.register(
+            "feedback_reports",
+            "Complaint reports received, by result (complaint, not-a-complaint, untraced, not-a-report, forged)",
+            e.feedback_reports.clone(),
         );
         Events { registry, ..e }
     })
@@ -236,6 +248,14 @@ pub fn complaint_rate(ip: &str, provider: &str, rate: f64) {
         provider: provider.to_string(),
     };
     events().complaint_rate.get_or_create(&labels).set(rate);
+}
+
+/// One complaint report handled (`feedback::Handled::result`).
+pub fn feedback_report(result: &'static str) {
+    events()
+        .feedback_reports
+        .get_or_create(&FeedbackResult { result })
+        .inc();
 }
 
 /// One recipient's delivery result over a session with (or without) TLS.

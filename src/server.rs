@@ -114,6 +114,17 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
+    // Who acts on a traced complaint, in order (`feedback::dispatch`): the accounts of the
+    // login and sender domain first (they may take the blame), then the IP × provider windows
+    // and suppression. Adding one is one line here.
+    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> = Vec::new();
+    let feedback =
+        crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
+    feedback.start_flusher();
+    if let Some(c) = &cluster {
+        // Before the listeners: messages are sealed with the farm's key from the start.
+        crate::feedback::farm::start(feedback.clone(), c.clone()).await;
+    }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
@@ -126,6 +137,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             spool: spool.clone(),
             config: config.clone(),
             reload: Some(crate::reload::Trigger(reload_tx)),
+            feedback: Some(feedback.clone()),
         };
         crate::admin::start(admin, admin_state).await?;
     }
@@ -138,10 +150,20 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         committed,
         recovered,
         control,
+        Some(feedback.clone()),
     )
     .await?;
-    let listeners =
-        Arc::new(crate::inbound::start(config.clone(), spool, state, signer, cluster).await?);
+    let listeners = Arc::new(
+        crate::inbound::start(
+            config.clone(),
+            spool,
+            state,
+            signer,
+            cluster,
+            feedback.clone(),
+        )
+        .await?,
+    );
     tracing::info!(hostname = %config.hostname, "poolrelay ready");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
@@ -171,6 +193,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         pools.flush();
         history.flush(&pools);
         suppressions.flush();
+        feedback.flush(false);
     });
     let _ = flush.await;
     tracing::info!("poolrelay stopped");

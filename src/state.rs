@@ -110,6 +110,13 @@ impl State {
 }
 
 impl State {
+    /// The database itself, for a stage that keeps its own tables (`feedback::store`).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl State {
     /// Every pool record.
     pub fn pool_load(&self) -> Result<Vec<(String, String)>, StateError> {
         let tx = self.db.begin_read().map_err(err)?;

@@ -27,6 +27,8 @@ pub struct Policy {
     pub token: String,
     pub loopback_pool_status_without_token: bool,
     pub max_body: usize,
+    /// The body limit of `POST /api/feedback` (a whole report, base64 in JSON).
+    pub max_report_body: usize,
 }
 
 /// The parts of a request the rules look at.
@@ -115,7 +117,12 @@ pub fn check(req: &RequestHead<'_>, policy: &Policy) -> Result<(), Refusal> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > policy.max_body as u64) {
+    let max = if req.path == super::feedback::PATH {
+        policy.max_report_body.max(policy.max_body)
+    } else {
+        policy.max_body
+    };
+    if declared.is_some_and(|n| n > max as u64) {
         return Err(Refusal::TooLarge);
     }
     Ok(())
@@ -196,6 +203,7 @@ mod tests {
             token: TOKEN.into(),
             loopback_pool_status_without_token: open_pool,
             max_body: 64 * 1024,
+            max_report_body: 64 * 1024,
         }
     }
 

@@ -8,12 +8,15 @@
 //! - `GET /api/reputation`, `GET /api/suppressions`, `POST /api/suppressions/remove`
 //!   (`reputation.rs`);
 //! - `GET /api/doctor`: the background doctor's last report (`doctor.rs`);
-//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`).
+//! - `POST /api/reload` with an optional `{"config": "/path"}`: hot reload (`reload.rs`);
+//! - `POST /api/feedback` with `{"report_base64": "…"}` (or `{"report": "…"}`): one complaint
+//!   report; `GET /api/complaints`: the recent traced complaints (`feedback.rs`).
 //!
 //! `client` is the CLI side.
 
 pub mod client;
 mod doctor;
+mod feedback;
 pub mod guard;
 mod history;
 pub mod host;
@@ -59,6 +62,8 @@ pub struct AdminState {
     pub config: Arc<Config>,
     /// Hot reload requests (`POST /api/reload`); `None`: not offered.
     pub reload: Option<crate::reload::Trigger>,
+    /// Complaint intake (`POST /api/feedback`, `GET /api/complaints`); `None`: not offered.
+    pub feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
@@ -83,6 +88,7 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
         token: token.secret().to_string(),
         loopback_pool_status_without_token: settings.loopback_pool_status_without_token,
         max_body: settings::MAX_BODY,
+        max_report_body: feedback::max_body(&state.config),
     };
     let tally = Arc::new(std::sync::Mutex::new(tally::Tally::new(
         std::time::Instant::now(),
@@ -115,6 +121,7 @@ fn router(state: AdminState, guarded: serve::Guarded) -> Router {
         .merge(history::routes())
         .merge(page::routes())
         .merge(reload::routes())
+        .merge(feedback::routes(&state.config))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

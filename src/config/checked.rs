@@ -173,6 +173,11 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
             message: format!("{key}: {message}"),
         })
     };
+    if let Some(feedback) = &config.feedback {
+        for (key, message) in feedback.problems() {
+            at(key, message);
+        }
+    }
     if let Some(users) = &config.access.users_file
         && let Err(e) = crate::inbound::users::Users::load(users)
     {

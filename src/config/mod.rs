@@ -72,6 +72,8 @@ pub struct Config {
     /// Several relays sharing counters and state through Redis (`cluster::Settings`); absent =
     /// this relay alone, everything in the local state store.
     pub cluster: Option<crate::cluster::Settings>,
+    /// Complaint reports in, trace headers out (`feedback::Settings`); absent = neither.
+    pub feedback: Option<crate::feedback::Settings>,
 }
 
 fn default_data_dir() -> PathBuf {

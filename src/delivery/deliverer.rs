@@ -77,6 +77,8 @@ pub struct Deliverer {
     pub(super) connections: Connections,
     /// Signs the DSNs the relay writes (key for the hostname's domain).
     pub(super) signer: arc_swap::ArcSwap<crate::signing::Signer>,
+    /// Keeps a record of each recipient a receiver took, for tracing complaints.
+    feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
 impl Deliverer {
@@ -85,6 +87,7 @@ impl Deliverer {
         spool: Arc<Spool>,
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
+        feedback: Option<Arc<crate::feedback::Feedback>>,
     ) -> Result<Deliverer, String> {
         // Its own copy of the keys (the inbound side has one too): loaded once, at start.
         let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
@@ -109,6 +112,7 @@ impl Deliverer {
             connections: Connections::new(config.delivery.idle_timeout.0),
             config,
             spool,
+            feedback,
         })
     }
 
@@ -387,6 +391,20 @@ impl Deliverer {
                 tracing::info!(queue_id = %env.id, recipient = %rcpt.address, reason = %r.text, next_attempt = until, status = "held", "delivery held");
             }
             return;
+        }
+        if matches!(status, Status::Sent)
+            && let Some(feedback) = &self.feedback
+        {
+            // Before the log event: a complaint traced once the event is out finds the record.
+            feedback.delivered(crate::feedback::service::Sent {
+                queue_id: &env.id,
+                user: env.user.as_deref(),
+                sender: &env.sender,
+                prepend: &env.prepend,
+                recipient: &rcpt.address,
+                source_ip: &r.source_ip,
+                mx_host: &r.host,
+            });
         }
         let line = format!("{} {} {}", r.code, r.status, r.text);
         if !r.addr.is_empty() {

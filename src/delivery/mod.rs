@@ -29,6 +29,7 @@ use crate::spool::{Envelope, Spool};
 
 pub use deliverer::{Attempted, Deliverer, Written};
 
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: Arc<Config>,
     spool: Arc<Spool>,
@@ -37,8 +38,9 @@ pub async fn start(
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
+    feedback: Option<Arc<crate::feedback::Feedback>>,
 ) -> Result<Arc<Deliverer>, String> {
-    let d = Arc::new(Deliverer::new(config, spool, pools, reputation)?);
+    let d = Arc::new(Deliverer::new(config, spool, pools, reputation, feedback)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     let deliverer = d.clone();
     tokio::spawn(async move {

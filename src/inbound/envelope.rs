@@ -22,6 +22,8 @@ pub(super) struct Tx {
     pub(super) bdat: Option<Bdat>,
     /// `SIZE=` from MAIL FROM, 0 if none.
     pub(super) declared_size: u64,
+    /// Its recipients are `[feedback] addresses`: a report, handled, not relayed.
+    pub(super) feedback: bool,
 }
 
 impl Session {
@@ -79,6 +81,7 @@ impl Session {
             rcpts: Vec::new(),
             bdat: None,
             declared_size: 0,
+            feedback: false,
         };
         let max = self.cfg().limits.message_size.0;
         for (key, value) in params {
@@ -160,6 +163,10 @@ impl Session {
         };
         if self.tx.as_ref().is_some_and(|t| t.bdat.is_some()) {
             return self.send(Reply::new(503, "5.5.1", "RCPT after BDAT"));
+        }
+        // Feedback addresses take reports from anyone (`inbound::feedback`).
+        if let Some(flow) = self.feedback_rcpt(args, smtputf8) {
+            return flow;
         }
         // Whatever the address looks like: no relay without AUTH or a trusted address.
         if !self.may_relay() {

@@ -63,9 +63,19 @@ impl Listeners {
         state: Arc<State>,
         signer: Arc<Signer>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
+        feedback: Arc<crate::feedback::Feedback>,
     ) -> Result<Listeners, String> {
         let (stop, stop_rx) = watch::channel(Stop::Running);
-        let ctx = build(config.clone(), spool, state, signer, stop_rx, None, cluster)?;
+        let ctx = build(
+            config.clone(),
+            spool,
+            state,
+            signer,
+            stop_rx,
+            None,
+            cluster,
+            feedback,
+        )?;
         let bound = bind(&config.listen, &[]).await?;
         let max = config.limits.max_sessions.max(1);
         let listeners = Listeners {
@@ -105,6 +115,7 @@ impl Listeners {
             self.stop.subscribe(),
             Some(&old),
             old.cluster.clone(),
+            old.feedback.clone(),
         )?;
         let open: Vec<SocketAddr> = self
             .open
@@ -115,6 +126,7 @@ impl Listeners {
             .collect();
         let bound = bind(&config.listen, &open).await?;
         // Nothing below can fail.
+        ctx.feedback.reload(&config);
         self.live.store(Arc::new(ctx));
         self.resize(config.limits.max_sessions.max(1));
         self.open

@@ -173,8 +173,8 @@ impl Session {
                 }
             }
         }
+        let max = self.message_limit();
         let mut st = self.tx.as_mut().and_then(|t| t.bdat.take());
-        let max = self.cfg().limits.message_size.0;
         let timeout = self.cfg().limits.data_timeout.0;
         let mut left = size;
         let mut pending = Vec::with_capacity(size.min(CHUNK as u64) as usize + READ_SIZE);
@@ -272,8 +272,7 @@ impl Session {
         };
         self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
 
-        let limits = &self.cfg().limits;
-        let mut reader = DataReader::new(limits.message_size.0, limits.header_size.0);
+        let mut reader = DataReader::new(self.message_limit(), self.cfg().limits.header_size.0);
         let mut writer = Some(writer);
         let mut chunk = Vec::with_capacity(CHUNK + READ_SIZE);
         let timeout = self.cfg().limits.data_timeout.0;
@@ -335,7 +334,7 @@ impl Session {
     }
 
     /// One log event per refused message, with the same fields as an accepted one.
-    fn refuse_msg(&mut self, id: &str, size: u64, tx: &Tx, r: Reply) -> Flow {
+    pub(super) fn refuse_msg(&mut self, id: &str, size: u64, tx: &Tx, r: Reply) -> Flow {
         crate::metrics::refused("data", r.code);
         tracing::info!(
             queue_id = %id,
@@ -354,19 +353,26 @@ impl Session {
 
     /// Signs, reserves the daily-cap slot and commits; 250 only after the commit.
     async fn queue(&mut self, id: String, mut writer: MessageWriter, tx: Tx) -> Flow {
+        if tx.feedback {
+            return self.feedback_report(id, writer, tx).await;
+        }
         let size = writer.len();
         let signer = self.ctx.signer.clone();
         // `From:` is checked against the login before a key is chosen (sender_login).
         let senders = self.senders();
+        // The trace headers go in under the signatures (`feedback::trace`).
+        let stamp = self.stamp(&id, &tx);
         let signed = match writer.finish().await {
             // In memory (most messages): signed right here, a few hundred microseconds at most
             // (RSA-2048), cheaper than a trip to the blocking pool.
-            Ok(Finished::Memory(bytes)) => signer.sign_checked(bytes, &|a| senders.allows(a)),
+            Ok(Finished::Memory(bytes)) => {
+                signer.sign_stamped(bytes, &|a| senders.allows(a), Some(&stamp))
+            }
             // DKIM reads a large message's file in chunks (memory stays bounded).
             Ok(Finished::File(path)) => {
                 let path = path.to_path_buf();
                 tokio::task::spawn_blocking(move || {
-                    signer.sign_file_checked(&path, &|a| senders.allows(a))
+                    signer.sign_file_stamped(&path, &|a| senders.allows(a), Some(&stamp))
                 })
                 .await
                 .unwrap_or_else(|_| Err(Reply::new(451, "4.3.0", "Temporary local problem")))

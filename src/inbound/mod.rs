@@ -19,6 +19,7 @@ pub mod auth;
 pub mod author;
 pub mod data;
 mod envelope;
+mod feedback;
 pub mod limits;
 mod listeners;
 pub mod mailbox;
@@ -60,10 +61,13 @@ pub(crate) struct Inbound {
     pub slots: Arc<admission::Slots>,
     /// The farm's Redis (`[cluster]`): the daily cap counts across relays.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Takes complaint reports and stamps the trace headers (`feedback`).
+    pub feedback: Arc<crate::feedback::Feedback>,
 }
 
 /// Loads the users file and TLS material of a checked config into what sessions share. `prev`
 /// is the running snapshot on reload: its AUTH lockouts carry over while their settings stay.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     config: Arc<Config>,
     spool: Arc<Spool>,
@@ -72,6 +76,7 @@ pub(crate) fn build(
     stop: tokio::sync::watch::Receiver<Stop>,
     prev: Option<&Inbound>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
@@ -156,6 +161,7 @@ pub(crate) fn build(
         users,
         tls,
         stop,
+        feedback,
     })
 }
 
@@ -167,8 +173,9 @@ pub async fn start(
     state: Arc<State>,
     signer: Arc<Signer>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer, cluster).await
+    Listeners::start(config, spool, state, signer, cluster, feedback).await
 }
 
 async fn accept_loop(

@@ -85,6 +85,16 @@ impl SigningKey for SharedKey {
 /// Whether one `From:` address may be used (see `sign_checked`).
 pub type FromCheck<'a> = &'a dyn Fn(&str) -> bool;
 
+/// Header lines to add in front of the message and under every signature (`feedback::trace`),
+/// made once the `From:` domain and Message-ID are known.
+pub type StampFn<'a> = &'a dyn Fn(&Signed) -> String;
+
+/// The names a stamp may add; each is listed in `h=` when the stamp has it.
+const STAMP_HEADERS: &[&str] = &[
+    crate::feedback::trace::TRACE_HEADER,
+    crate::feedback::trace::FEEDBACK_ID_HEADER,
+];
+
 /// What signing added to a message.
 #[derive(Debug, Default)]
 pub struct Signed {
@@ -96,6 +106,8 @@ pub struct Signed {
     pub signed_by: Vec<(String, String)>,
     /// `(d=, s=)` of keys skipped because the message already carries their signature.
     pub already_signed: Vec<(String, String)>,
+    /// The message's `Message-ID:` value, trimmed (for the stamp).
+    pub message_id: Option<String>,
 }
 
 impl Signed {
@@ -191,9 +203,20 @@ impl Signer {
     /// `sign`, refusing (`550 5.7.1`) a message with a `From:` or `Sender:` address `from_ok`
     /// rejects.
     pub fn sign_checked(&self, message: &[u8], from_ok: FromCheck<'_>) -> Result<Signed, Reply> {
+        self.sign_stamped(message, from_ok, None)
+    }
+
+    /// `sign_checked`, adding `stamp`'s header lines in front (`Signed.headers`, after the
+    /// signatures) and under every signature.
+    pub fn sign_stamped(
+        &self,
+        message: &[u8],
+        from_ok: FromCheck<'_>,
+        stamp: Option<StampFn<'_>>,
+    ) -> Result<Signed, Reply> {
         // In memory: no copy of the header section, no read buffer.
         let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
-        self.sign_with(&message[..header_end], message, from_ok, |_| Ok(()))
+        self.sign_with(&message[..header_end], message, from_ok, stamp, |_| Ok(()))
     }
 
     /// `sign` for a spooled message file, read in 64 KiB chunks: memory stays at the header
@@ -205,23 +228,34 @@ impl Signer {
 
     /// `sign_file` with the `From:` check of `sign_checked`.
     pub fn sign_file_checked(&self, path: &Path, from_ok: FromCheck<'_>) -> Result<Signed, Reply> {
+        self.sign_file_stamped(path, from_ok, None)
+    }
+
+    /// `sign_file_checked` with `sign_stamped`'s stamp.
+    pub fn sign_file_stamped(
+        &self,
+        path: &Path,
+        from_ok: FromCheck<'_>,
+        stamp: Option<StampFn<'_>>,
+    ) -> Result<Signed, Reply> {
         let file = std::fs::File::open(path).map_err(|e| {
             tracing::error!(file = %path.display(), error = %e, "dkim: cannot read message");
             read_failure()
         })?;
-        self.sign_reader_checked(file, from_ok)
+        self.sign_reader_checked(file, from_ok, stamp)
     }
 
     /// `sign` over any reader: the header section is read first (it decides the keys), then the
     /// body is streamed through one mail-auth signing stream per key.
     pub fn sign_reader(&self, reader: impl Read) -> Result<Signed, Reply> {
-        self.sign_reader_checked(reader, &|_| true)
+        self.sign_reader_checked(reader, &|_| true, None)
     }
 
     fn sign_reader_checked(
         &self,
         mut reader: impl Read,
         from_ok: FromCheck<'_>,
+        stamp: Option<StampFn<'_>>,
     ) -> Result<Signed, Reply> {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut head = Vec::with_capacity(8 * 1024);
@@ -236,7 +270,7 @@ impl Signer {
                 break from + p + 4;
             }
         };
-        self.sign_with(&head[..header_end], &head, from_ok, |write| {
+        self.sign_with(&head[..header_end], &head, from_ok, stamp, |write| {
             loop {
                 let n = read_some(&mut reader, &mut chunk)?;
                 if n == 0 {
@@ -254,11 +288,23 @@ impl Signer {
         header: &[u8],
         start: &[u8],
         from_ok: FromCheck<'_>,
+        stamp: Option<StampFn<'_>>,
         rest: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), Reply>,
     ) -> Result<Signed, Reply> {
-        let (mut signed, keys, h) = self.plan(header, from_ok)?;
+        let (mut signed, keys, mut h) = self.plan(header, from_ok)?;
+        let stamped = stamp.map(|f| f(&signed)).unwrap_or_default();
         if keys.is_empty() {
+            signed.headers = stamped;
             return Ok(signed);
+        }
+        for name in STAMP_HEADERS {
+            let field = format!("{name}:").to_ascii_lowercase();
+            if stamped
+                .split("\r\n")
+                .any(|l| l.to_ascii_lowercase().starts_with(&field))
+            {
+                h.push(name);
+            }
         }
 
         let signers: Vec<_> = keys
@@ -279,6 +325,8 @@ impl Signer {
             .collect();
         let mut streams: Vec<_> = signers.iter().map(|s| s.sign_streaming()).collect();
         for stream in &mut streams {
+            // The stamp is part of the header section every signature covers.
+            stream.write(stamped.as_bytes());
             stream.write(start);
         }
         rest(&mut |piece: &[u8]| {
@@ -304,6 +352,7 @@ impl Signer {
                 }
             }
         }
+        signed.headers.push_str(&stamped);
         Ok(signed)
     }
 
@@ -321,6 +370,7 @@ impl Signer {
         scan.authors.check_owned(from_ok)?;
         let mut signed = Signed {
             from_domain: scan.authors.signing_domain().map(normalize_domain),
+            message_id: scan.message_id.clone(),
             ..Signed::default()
         };
         let Some(domain) = signed.from_domain.clone() else {
@@ -504,6 +554,7 @@ struct Scan {
     names: Vec<String>,
     /// `(d=, s=)` of the DKIM-Signatures already present.
     existing: Vec<(String, String)>,
+    message_id: Option<String>,
 }
 
 /// mail-parser reads the header section (folding, names, offsets); `author` reads `From:` and
@@ -514,12 +565,14 @@ fn scan(message: &[u8]) -> Result<Scan, Reply> {
             authors: Authors::Missing,
             names: Vec::new(),
             existing: Vec::new(),
+            message_id: None,
         });
     };
     let mut scan = Scan {
         authors: Authors::read(message, parsed.headers())?,
         names: Vec::new(),
         existing: Vec::new(),
+        message_id: None,
     };
     for header in parsed.headers() {
         let name = header.name.as_str();
@@ -531,6 +584,13 @@ fn scan(message: &[u8]) -> Result<Scan, Reply> {
                 scan.existing
                     .push((normalize_domain(&sig.d), sig.s.trim().to_string()));
             }
+        }
+        if name.eq_ignore_ascii_case("Message-ID") && scan.message_id.is_none() {
+            let raw = message
+                .get(header.offset_start as usize..header.offset_end as usize)
+                .unwrap_or_default();
+            let id = String::from_utf8_lossy(raw).trim().to_string();
+            scan.message_id = (!id.is_empty()).then_some(id);
         }
         scan.names.push(name.to_string());
     }

@@ -1,0 +1,559 @@
+//! The `Feedback` service: takes a report (SMTP, CLI, API), traces it, hands the complaint to
+//! the actors; stamps outgoing messages; keeps the delivery records.
+//!
+//! Rules:
+//! - Tracing order: poolrelay's trace header (a header that does not open → the report is
+//!   refused as forged and attributes nothing), then the report's `Source-IP` when it is one
+//!   of our pool IPs, then a pool IP in the original's `Received:`, then the delivery records
+//!   by Message-ID, then by recipient. `Evidence` names the first that matched; later ones only
+//!   fill in what is still unknown.
+//! - Complaint types (`abuse`, `fraud`, `virus`, `other`) go to the actors; `not-spam` and
+//!   `auth-failure` are traced and listed but not dispatched.
+//! - One log event and one `poolrelay_feedback_reports_total{result}` count per report.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use super::report::{self, Parsed, Report, Shape};
+use super::settings::Settings;
+use super::store::{self, Delivery};
+use super::trace::{self, Forged, Key, Keys, Stamp};
+use super::{Complaint, Evidence, OnComplaint};
+use crate::config::Config;
+use crate::pool::Pools;
+use crate::spool::now_unix;
+use crate::state::{State, StateError};
+
+/// Where a report came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    Smtp,
+    Api,
+}
+
+/// A traced complaint as `GET /api/complaints` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Traced {
+    #[serde(flatten)]
+    pub complaint: Complaint,
+    pub shape: Shape,
+    pub via: Via,
+    /// Handed to the actors (complaint types only).
+    pub dispatched: bool,
+    /// An actor took the blame (`feedback::dispatch`).
+    pub blamed: bool,
+}
+
+/// What became of one report.
+#[derive(Debug, Clone)]
+pub enum Handled {
+    /// Traced and handed to the actors.
+    Complaint(Box<Traced>),
+    /// Traced, but its type is not a complaint (`not-spam`, `auth-failure`).
+    NotAComplaint(Box<Traced>),
+    /// A report nothing could trace to a message of ours.
+    Untraced {
+        feedback_type: String,
+    },
+    NotAReport(&'static str),
+    /// Its trace header did not open: refused, attributed to nobody.
+    Forged(Forged),
+    /// Sealed with a key this relay does not know while it is part of a farm (`farm`): maybe
+    /// a relay's key not shared yet. Refused for now (the sender tries again).
+    UnknownKey,
+}
+
+impl Handled {
+    /// The `result` label of `poolrelay_feedback_reports_total`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Handled::Complaint(_) => "complaint",
+            Handled::NotAComplaint(_) => "not-a-complaint",
+            Handled::Untraced { .. } => "untraced",
+            Handled::NotAReport(_) => "not-a-report",
+            Handled::Forged(_) => "forged",
+            Handled::UnknownKey => "deferred",
+        }
+    }
+}
+
+/// One recipient a receiver took, as delivery knows it.
+pub struct Sent<'a> {
+    pub queue_id: &'a str,
+    /// The login that submitted the message.
+    pub user: Option<&'a str>,
+    /// MAIL FROM.
+    pub sender: &'a str,
+    /// The envelope's `prepend` (signatures and the trace header).
+    pub prepend: &'a str,
+    pub recipient: &'a str,
+    pub source_ip: &'a str,
+    pub mx_host: &'a str,
+}
+
+pub struct Feedback {
+    /// `[feedback]` (`None`: absent, nothing is stamped), replaced on reload.
+    settings: ArcSwap<Option<Settings>>,
+    /// Part of a farm (`[cluster]`): keys may arrive late (`Handled::UnknownKey`).
+    farm: bool,
+    hostname: String,
+    state: Arc<State>,
+    pools: Arc<Pools>,
+    keys: ArcSwap<Keys>,
+    /// The keys as stored (base64, newest first): what `keys` was made from.
+    stored: Mutex<Vec<String>>,
+    actors: Vec<Arc<dyn OnComplaint>>,
+    pending: Mutex<Vec<Delivery>>,
+    /// Reports per client IP in the current hour: `(hour, count)`.
+    clients: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    recent: Mutex<VecDeque<Traced>>,
+}
+
+impl Feedback {
+    /// Opens the tables and the trace keys (made on first start). `actors` act on every traced
+    /// complaint, in order.
+    pub fn open(
+        config: &Config,
+        state: Arc<State>,
+        pools: Arc<Pools>,
+        actors: Vec<Arc<dyn OnComplaint>>,
+    ) -> Result<Arc<Feedback>, String> {
+        store::create(&state).map_err(|e| e.to_string())?;
+        let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
+        let keys = keys_from(&stored).ok_or("feedback: unreadable trace key in the state store")?;
+        let keep = config.feedback.clone().unwrap_or_default().recent;
+        let recent = store::recent_complaints(&state, keep)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        Ok(Arc::new(Feedback {
+            settings: ArcSwap::from_pointee(config.feedback.clone()),
+            farm: config.cluster.is_some(),
+            hostname: config.hostname.clone(),
+            state,
+            pools,
+            keys: ArcSwap::from_pointee(keys),
+            stored: Mutex::new(stored),
+            actors,
+            pending: Mutex::default(),
+            clients: Mutex::default(),
+            recent: Mutex::new(recent),
+        }))
+    }
+
+    /// The header lines to stamp on a message (trace, `Feedback-ID`); empty without
+    /// `[feedback]` or with `trace = false`.
+    pub fn stamp(&self, s: &Stamp<'_>) -> String {
+        match &**self.settings.load() {
+            Some(settings) if settings.trace => {
+                trace::header_lines(&self.keys.load(), settings, &self.hostname, s)
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// `[feedback]` of a reloaded config, from now on (`Listeners::reload`).
+    pub fn reload(&self, config: &Config) {
+        self.settings.store(Arc::new(config.feedback.clone()));
+    }
+
+    /// `[feedback]` now, or its defaults.
+    fn settings(&self) -> Settings {
+        (**self.settings.load()).clone().unwrap_or_default()
+    }
+
+    /// The trace keys as stored (base64, newest first).
+    pub fn stored_keys(&self) -> Vec<String> {
+        self.stored.lock().expect("feedback keys").clone()
+    }
+
+    /// Seals with `current` from now on and opens with every key of `all` too (`farm`); stores
+    /// the change. Blocking. True when the keys are the farm's.
+    pub fn adopt_keys(&self, current: &str, all: &[String]) -> bool {
+        let mut stored = self.stored.lock().expect("feedback keys");
+        let mut next = vec![current.to_string()];
+        for k in all.iter().chain(stored.iter()) {
+            if !next.contains(k) {
+                next.push(k.clone());
+            }
+        }
+        if next == *stored {
+            return true;
+        }
+        let Some(keys) = keys_from(&next) else {
+            tracing::error!("feedback: the farm's trace key is unreadable; keeping this relay's");
+            return false;
+        };
+        if let Err(e) = store::save_keys(&self.state, &next) {
+            tracing::error!(error = %e, "feedback: cannot store the farm's trace keys");
+            return false;
+        }
+        let changed = keys.current_id() != self.keys.load().current_id();
+        self.keys.store(Arc::new(keys));
+        if changed {
+            tracing::info!(key = %self.keys.load().current_id(), keys = next.len(), "feedback: sealing with the farm's trace key");
+        }
+        *stored = next;
+        true
+    }
+
+    /// The pool `[[pool_rule]]` picks for a message (for `Feedback-ID`).
+    pub fn pool_for(&self, user: Option<&str>, sender: &str) -> Option<String> {
+        self.pools.pool_for(None, user, sender)
+    }
+
+    /// One report more from `client` this hour, unless it is past `per_client_hourly`.
+    pub fn allow_client(&self, client: IpAddr) -> bool {
+        let limit = self.settings().per_client_hourly;
+        if limit == 0 {
+            return true;
+        }
+        let hour = now_unix() / 3600;
+        let mut clients = self.clients.lock().expect("feedback clients");
+        clients.retain(|_, (h, _)| *h == hour);
+        let (_, n) = clients.entry(client).or_insert((hour, 0));
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A receiver took a recipient (250): remembered for tracing.
+    pub fn delivered(&self, s: Sent<'_>) {
+        let Ok(source_ip) = s.source_ip.parse() else {
+            return;
+        };
+        let facts = trace_in(s.prepend).and_then(|v| self.keys.load().open(&v).ok());
+        let sender_domain = s
+            .sender
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase());
+        let d = Delivery {
+            queue_id: s.queue_id.to_string(),
+            recipient: s.recipient.to_ascii_lowercase(),
+            source_ip,
+            provider: self.pools.provider_of(s.mx_host),
+            login: s.user.map(str::to_string),
+            sender_domain: facts
+                .as_ref()
+                .and_then(|f| f.sender_domain.clone())
+                .or(sender_domain),
+            message_id: facts.and_then(|f| f.message_id),
+            at: now_unix(),
+        };
+        self.pending.lock().expect("feedback pending").push(d);
+    }
+
+    /// Writes buffered delivery records; prunes old ones when `prune`. Blocking.
+    pub fn flush(&self, prune: bool) {
+        let batch = std::mem::take(&mut *self.pending.lock().expect("feedback pending"));
+        if let Err(e) = store::write_deliveries(&self.state, &batch) {
+            tracing::error!(error = %e, records = batch.len(), "feedback: cannot write delivery records");
+        }
+        if prune {
+            let settings = self.settings();
+            let cutoff = now_unix().saturating_sub(settings.keep_records.0.as_secs());
+            match store::prune(&self.state, cutoff, settings.max_records) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(dropped = n, "feedback: old delivery records dropped"),
+                Err(e) => tracing::error!(error = %e, "feedback: cannot prune delivery records"),
+            }
+        }
+    }
+
+    /// Flushes once a second, prunes once an hour.
+    pub fn start_flusher(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                let prune = n.is_multiple_of(3600);
+                n += 1;
+                let m = me.clone();
+                let _ = tokio::task::spawn_blocking(move || m.flush(prune)).await;
+            }
+        });
+    }
+
+    /// The newest traced complaints, oldest first.
+    pub fn recent(&self) -> Vec<Traced> {
+        self.recent
+            .lock()
+            .expect("feedback recent")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Reads, traces and dispatches one report. Blocking (the state store). `Err`: the store
+    /// failed, the report was not handled (the sender should try again).
+    pub fn handle(&self, raw: &[u8], via: Via, client: &str) -> Result<Handled, StateError> {
+        // Records of the last second must be findable.
+        self.flush(false);
+        let handled = match report::parse(raw) {
+            Parsed::NotAReport(why) => Handled::NotAReport(why),
+            Parsed::Report(r) => match self.trace(&r)? {
+                Err(Forged::UnknownKey) if self.farm => Handled::UnknownKey,
+                Err(forged) => Handled::Forged(forged),
+                Ok(None) => Handled::Untraced {
+                    feedback_type: r.feedback_type.clone(),
+                },
+                Ok(Some(complaint)) => self.deliver(complaint, &r, via)?,
+            },
+        };
+        crate::metrics::feedback_report(handled.result());
+        log(&handled, via, client);
+        Ok(handled)
+    }
+
+    /// Dispatches (complaint types), lists and stores a traced complaint.
+    fn deliver(&self, complaint: Complaint, r: &Report, via: Via) -> Result<Handled, StateError> {
+        let is_complaint = matches!(
+            complaint.feedback_type.as_str(),
+            "abuse" | "fraud" | "virus" | "other"
+        );
+        let blamed = is_complaint && super::dispatch(&self.actors, &complaint);
+        let traced = Traced {
+            complaint,
+            shape: r.shape,
+            via,
+            dispatched: is_complaint,
+            blamed,
+        };
+        let json = serde_json::to_string(&traced).map_err(|e| StateError(e.to_string()))?;
+        store::push_complaint(
+            &self.state,
+            traced.complaint.arrived_at,
+            &json,
+            self.settings().recent,
+        )?;
+        {
+            let mut recent = self.recent.lock().expect("feedback recent");
+            recent.push_back(traced.clone());
+            while recent.len() > self.settings().recent {
+                recent.pop_front();
+            }
+        }
+        Ok(if is_complaint {
+            Handled::Complaint(Box::new(traced))
+        } else {
+            Handled::NotAComplaint(Box::new(traced))
+        })
+    }
+
+    /// The rules of the module doc. `Ok(Err)`: forged; `Ok(Ok(None))`: untraced.
+    #[allow(clippy::type_complexity)]
+    fn trace(&self, r: &Report) -> Result<Result<Option<Complaint>, Forged>, StateError> {
+        let pool_ips = self.pools.ips();
+        let ours = |ip: &IpAddr| pool_ips.contains(ip);
+        let recipient = r
+            .rcpt_to
+            .iter()
+            .chain(r.original.recipient.iter())
+            .find(|a| a.contains('@') && !a.contains("redacted"))
+            .cloned();
+        let mut c = Complaint {
+            feedback_type: r.feedback_type.clone(),
+            reporter: r.reporter.clone(),
+            provider: None,
+            source_ip: None,
+            queue_id: None,
+            login: None,
+            sender_domain: r.original.from_domain.clone(),
+            recipient: recipient.clone(),
+            arrived_at: now_unix(),
+            evidence: Evidence::Trace,
+        };
+        let mut evidence = None;
+        let mut record = None;
+        if let Some(value) = r.original.traces.first() {
+            let facts = match self.keys.load().open(value) {
+                Ok(f) => f,
+                Err(forged) => return Ok(Err(forged)),
+            };
+            evidence = Some(Evidence::Trace);
+            let records = store::by_queue(&self.state, &facts.queue_id)?;
+            record = pick(records, recipient.as_deref(), r.source_ip);
+            c.queue_id = Some(facts.queue_id);
+            c.login = facts.login;
+            c.sender_domain = facts.sender_domain.or(c.sender_domain);
+        }
+        if c.source_ip.is_none() && record.is_none() {
+            if let Some(ip) = r.source_ip.filter(|ip| ours(ip)) {
+                c.source_ip = Some(ip);
+                evidence.get_or_insert(Evidence::SourceIp);
+            } else if let Some(ip) = r.original.received_ips.iter().find(|ip| ours(ip)) {
+                c.source_ip = Some(*ip);
+                evidence.get_or_insert(Evidence::Received);
+            }
+        }
+        if record.is_none() && c.queue_id.is_none() {
+            let mut found = Vec::new();
+            if let Some(mid) = &r.original.message_id {
+                found = store::by_message_id(&self.state, &trace::message_id_hash(mid))?;
+            }
+            if found.is_empty()
+                && let Some(rcpt) = &recipient
+            {
+                found = store::by_recipient(&self.state, rcpt)?;
+                // The newest delivery to them (from the named IP, when one is known).
+                found.retain(|d| c.source_ip.is_none_or(|ip| ip == d.source_ip));
+                found = found.pop().into_iter().collect();
+            }
+            record = pick(found, recipient.as_deref(), c.source_ip);
+            if record.is_some() {
+                evidence.get_or_insert(Evidence::Records);
+            }
+        }
+        let Some(evidence) = evidence else {
+            return Ok(Ok(None));
+        };
+        c.evidence = evidence;
+        if let Some(d) = record {
+            c.source_ip = c.source_ip.or(Some(d.source_ip));
+            c.provider = Some(d.provider);
+            c.queue_id = c.queue_id.or(Some(d.queue_id));
+            if evidence != Evidence::Trace {
+                c.login = c.login.or(d.login);
+                c.sender_domain = d.sender_domain.or(c.sender_domain);
+            }
+            c.recipient = c.recipient.or(Some(d.recipient));
+        }
+        Ok(Ok(Some(c)))
+    }
+}
+
+/// The record for this complaint among a message's: the named recipient's, else the one from
+/// the report's source IP, else the only IP the message left from.
+fn pick(records: Vec<Delivery>, rcpt: Option<&str>, ip: Option<IpAddr>) -> Option<Delivery> {
+    if let Some(rcpt) = rcpt
+        && let Some(d) = records.iter().find(|d| d.recipient == rcpt)
+    {
+        return Some(d.clone());
+    }
+    if let Some(ip) = ip
+        && let Some(d) = records.iter().find(|d| d.source_ip == ip)
+    {
+        return Some(d.clone());
+    }
+    let first = records.first()?;
+    records
+        .iter()
+        .all(|d| d.source_ip == first.source_ip)
+        .then(|| first.clone())
+}
+
+/// The value of our trace header among CRLF header lines (the envelope's `prepend`).
+fn trace_in(prepend: &str) -> Option<String> {
+    let mut lines = prepend.split("\r\n");
+    let name = format!("{}:", trace::TRACE_HEADER);
+    let first = lines.find(|l| {
+        l.get(..name.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(&name))
+    })?;
+    let mut value = first[name.len()..].to_string();
+    for l in lines {
+        if l.starts_with([' ', '\t']) {
+            value.push_str(l);
+        } else {
+            break;
+        }
+    }
+    Some(value)
+}
+
+/// The trace keys from the state store (base64, newest first); a new one on first start.
+fn load_or_make_keys(state: &State) -> Result<Vec<String>, StateError> {
+    let mut stored = store::load_keys(state)?;
+    if stored.is_empty() {
+        stored.push(B64.encode(trace::new_secret()));
+        store::save_keys(state, &stored)?;
+        tracing::info!("feedback: new trace key made");
+    }
+    Ok(stored)
+}
+
+/// Newest first; the first seals.
+fn keys_from(stored: &[String]) -> Option<Keys> {
+    let mut keys = stored
+        .iter()
+        .filter_map(|s| B64.decode(s).ok())
+        .filter_map(|s| Key::new(&s));
+    let current = keys.next()?;
+    Some(Keys::new(current, keys.collect()))
+}
+
+/// One event per report.
+fn log(h: &Handled, via: Via, client: &str) {
+    let via = match via {
+        Via::Smtp => "smtp",
+        Via::Api => "api",
+    };
+    match h {
+        Handled::Complaint(t) | Handled::NotAComplaint(t) => {
+            let c = &t.complaint;
+            tracing::info!(
+                queue_id = c.queue_id.as_deref().unwrap_or(""),
+                login = c.login.as_deref().unwrap_or(""),
+                source_ip = %c.source_ip.map(|i| i.to_string()).unwrap_or_default(),
+                provider = c.provider.as_deref().unwrap_or(""),
+                sender_domain = c.sender_domain.as_deref().unwrap_or(""),
+                recipient = c.recipient.as_deref().unwrap_or(""),
+                feedback_type = %c.feedback_type,
+                reporter = %c.reporter,
+                evidence = ?c.evidence,
+                dispatched = t.dispatched,
+                blamed = t.blamed,
+                via, client,
+                result = h.result(),
+                "feedback: complaint traced"
+            );
+        }
+        Handled::Untraced { feedback_type } => {
+            tracing::warn!(feedback_type = %feedback_type, via, client, result = h.result(), "feedback: report names no message of ours");
+        }
+        Handled::NotAReport(why) => {
+            tracing::info!(
+                reason = *why,
+                via,
+                client,
+                result = h.result(),
+                "feedback: not a report (accepted, dropped)"
+            );
+        }
+        Handled::UnknownKey => {
+            tracing::warn!(
+                via,
+                client,
+                result = h.result(),
+                "feedback: report sealed with a key not known here yet, refused for now"
+            );
+        }
+        Handled::Forged(why) => {
+            tracing::warn!(reason = %why, via, client, result = h.result(), "feedback: report refused, trace reference does not authenticate");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_header_read_back_from_the_prepend() {
+        let p = "DKIM-Signature: v=1;\r\n b=x\r\nX-Poolrelay-Trace: v1.ab.\r\n CD\r\nFeedback-ID: a:b\r\n";
+        assert_eq!(trace_in(p).as_deref(), Some(" v1.ab. CD"));
+        assert_eq!(trace_in("Feedback-ID: a\r\n"), None);
+    }
+}
