@@ -117,7 +117,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     // Who acts on a traced complaint, in order (`feedback::dispatch`): the accounts of the
     // login and sender domain first (they may take the blame), then the IP × provider windows
     // and suppression. Adding one is one line here.
-    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> = Vec::new();
+    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> = vec![reputation.clone()];
     let feedback =
         crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
     feedback.start_flusher();
