@@ -149,6 +149,7 @@ impl Reloader {
         if let Err(e) = self.reputation.reload(&new.reputation) {
             tracing::error!(error = %e, "reload: reply rules not replaced (the rest applied)");
         }
+        self.reputation.set_complainers(new.feedback.as_ref());
         self.pools.reload(&new);
         let restart_needed = restart_needed(&self.current, &new);
         if !restart_needed.is_empty() {

@@ -102,6 +102,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         )?
         .with_history(history.clone()),
     );
+    reputation.set_complainers(config.feedback.as_ref());
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
         let (history, pools) = (history.clone(), pools.clone());

@@ -79,25 +79,6 @@ pub struct Settings {
     /// Fewer messages delivered by the IP to the provider within the window: no rate verdict.
     #[serde(default = "default_complaint_min_delivered")]
     pub complaint_min_delivered: u64,
-    /// Who stops getting mail after complaining: `sender-domain` (the complained-about sender
-    /// domain only), `farm` (every sender) or `off`.
-    #[serde(default)]
-    pub suppress_complainers: ComplainerScope,
-    /// How long a complainer stays suppressed.
-    #[serde(default = "default_suppress_complainers_for")]
-    pub suppress_complainers_for: DurationStr,
-}
-
-/// `suppress_complainers`: whom a complaining recipient is suppressed for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ComplainerScope {
-    /// Only for the sender domain the report was about (every sender when the report names none).
-    #[default]
-    SenderDomain,
-    /// For every sender of the farm.
-    Farm,
-    Off,
 }
 
 impl Default for Settings {
@@ -157,9 +138,6 @@ fn default_complaint_window() -> DurationStr {
 }
 fn default_complaint_min_delivered() -> u64 {
     1000
-}
-fn default_suppress_complainers_for() -> DurationStr {
-    DurationStr(Duration::from_secs(365 * 24 * 3600))
 }
 fn default_max_cooldown() -> DurationStr {
     DurationStr(Duration::from_secs(24 * 3600))

@@ -23,9 +23,9 @@
 //! - One incident: complaints arriving while a complaints quarantine of the IP × provider is in
 //!   force are about mail sent before it: counted in its record, never a new offence. After it
 //!   the window starts again at its end (read back from the history's events after a restart).
-//! - The complainer (when the report names it) is suppressed, blamed or not, by
-//!   `suppress_complainers`: `sender-domain` (for the sender domain complained about; for every
-//!   sender when the report names none), `farm` (every sender), `off`.
+//! - The complainer (when the report names it) is suppressed, blamed or not, by `[feedback]
+//!   suppress`: `sender-domain` (for the sender domain complained about; for every sender when
+//!   the report names none), `farm` (every sender), `off`; for `[feedback] suppress_for`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::Settings;
 use super::history::{Count, Event};
 use super::rates::Tracker;
-use crate::config::reputation::ComplainerScope;
+use crate::feedback::settings::ComplainerScope;
 use crate::feedback::{Charge, Complaint, OnComplaint};
 use crate::pool::Cause;
 use crate::spool::now_unix;
@@ -124,9 +124,37 @@ struct Seen {
     warned: bool,
 }
 
-/// What the tracker remembers of complaint rates: per IP × provider complained about.
-#[derive(Default)]
-pub struct Rates(Mutex<HashMap<(IpAddr, String), Seen>>);
+/// Whom complainers are suppressed for, and how long (`[feedback] suppress`, `suppress_for`).
+#[derive(Debug, Clone, Copy)]
+struct Complainers {
+    scope: ComplainerScope,
+    for_secs: u64,
+}
+
+impl From<&crate::feedback::Settings> for Complainers {
+    fn from(s: &crate::feedback::Settings) -> Self {
+        Complainers {
+            scope: s.suppress,
+            for_secs: s.suppress_for.0.as_secs(),
+        }
+    }
+}
+
+/// What the tracker keeps for complaints: the rates per IP × provider complained about, and
+/// the complainers' suppression settings.
+pub struct Rates {
+    seen: Mutex<HashMap<(IpAddr, String), Seen>>,
+    complainers: Mutex<Complainers>,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            seen: Mutex::default(),
+            complainers: Mutex::new((&crate::feedback::Settings::default()).into()),
+        }
+    }
+}
 
 impl OnComplaint for Tracker {
     fn complaint(&self, c: &Complaint, blamed: bool) -> Charge {
@@ -198,7 +226,7 @@ impl Tracker {
         let evidence = rate.evidence(ip, provider, &window, settings.max_complaint_rate);
         let reason = "complaint rate".to_string();
         if let Some(until) = self.offend(ip, provider, Cause::Complaints, reason, evidence) {
-            let mut rates = self.complaints.0.lock().expect("lock");
+            let mut rates = self.complaints.seen.lock().expect("lock");
             let seen = rates.entry((ip, provider.to_string())).or_default();
             seen.from = until;
             seen.warned = false;
@@ -210,7 +238,7 @@ impl Tracker {
         let start = now.saturating_sub(s.complaint_window.0.as_secs());
         let known = self
             .complaints
-            .0
+            .seen
             .lock()
             .expect("lock")
             .get(&(ip, provider.to_string()))
@@ -218,7 +246,7 @@ impl Tracker {
         // First time since the start: the end of the last complaints quarantine, if any.
         let from = known.unwrap_or_else(|| self.last_complaints_quarantine(ip, provider, start));
         if known.is_none() {
-            let mut rates = self.complaints.0.lock().expect("lock");
+            let mut rates = self.complaints.seen.lock().expect("lock");
             rates.entry((ip, provider.to_string())).or_default().from = from;
         }
         // Over before its time (an operator reinstated it): counting starts now.
@@ -248,7 +276,7 @@ impl Tracker {
 
     /// Whether `level` crossed the warning line just now (and remembers it).
     fn note_warning(&self, ip: IpAddr, provider: &str, level: Level) -> bool {
-        let mut rates = self.complaints.0.lock().expect("lock");
+        let mut rates = self.complaints.seen.lock().expect("lock");
         let seen = rates.entry((ip, provider.to_string())).or_default();
         let over = matches!(level, Level::Warning | Level::Over);
         let crossed = over && !seen.warned;
@@ -256,27 +284,35 @@ impl Tracker {
         crossed
     }
 
-    /// Suppresses the complaining recipient by `suppress_complainers` (module doc).
+    /// Start and reload: `[feedback] suppress` and `suppress_for` (defaults without it).
+    pub fn set_complainers(&self, feedback: Option<&crate::feedback::Settings>) {
+        let c = match feedback {
+            Some(f) => f.into(),
+            None => (&crate::feedback::Settings::default()).into(),
+        };
+        *self.complaints.complainers.lock().expect("lock") = c;
+    }
+
+    /// Suppresses the complaining recipient by `[feedback] suppress` (module doc).
     fn suppress_complainer(&self, c: &Complaint) {
-        let settings = self.settings.load();
+        let complainers = *self.complaints.complainers.lock().expect("lock");
         let Some(recipient) = c.recipient.as_deref().filter(|r| r.contains('@')) else {
             return;
         };
-        let sender_domain = match settings.suppress_complainers {
+        let sender_domain = match complainers.scope {
             ComplainerScope::Off => return,
             ComplainerScope::Farm => None,
             ComplainerScope::SenderDomain => c.sender_domain.as_deref(),
         };
         let reason = format!("complained (feedback report from {})", c.reporter);
-        let secs = settings.suppress_complainers_for.0.as_secs();
         self.suppressions
-            .add_complainer(recipient, sender_domain, &reason, secs);
+            .add_complainer(recipient, sender_domain, &reason, complainers.for_secs);
     }
 
     /// The complaint rates of every IP × provider complained about since the start.
     pub fn complaint_rates(&self) -> Vec<RateView> {
         let keys: Vec<(IpAddr, String)> = {
-            let rates = self.complaints.0.lock().expect("lock");
+            let rates = self.complaints.seen.lock().expect("lock");
             rates.keys().cloned().collect()
         };
         let settings = self.settings.load_full();

@@ -1,9 +1,8 @@
 //! Suppression: an address that hard-bounced as a bad recipient is not tried again for
 //! `reputation.suppress_for`; later mail to it fails at once with a DSN saying why (so a stale
 //! list does not keep hurting the pool's reputation). A recipient who complained (a feedback
-//! report, `reputation::complaints`) is suppressed the same way for
-//! `suppress_complainers_for`, for the sender domain complained about or for every sender
-//! (`suppress_complainers`). Listed and removable through the admin API (`GET
+//! report, `reputation::complaints`) is suppressed the same way for `[feedback] suppress_for`,
+//! for the sender domain complained about or for every sender (`[feedback] suppress`). Listed and removable through the admin API (`GET
 //! /api/suppressions`, `POST /api/suppressions/remove {"address": …, "sender_domain": …}`) and
 //! `poolrelay suppression list|remove`; a removal without a sender domain lifts every scope.
 //!

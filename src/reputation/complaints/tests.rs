@@ -260,6 +260,11 @@ fn the_rate_counts_only_the_time_window() {
     assert_eq!((v.complaints, v.delivered), (3, 1000));
 }
 
+/// `[feedback]` with `extra`.
+fn feedback(extra: &str) -> crate::feedback::Settings {
+    toml::from_str(extra).unwrap()
+}
+
 #[test]
 fn complainers_are_suppressed_for_the_sender_domain_or_the_farm() {
     let f = fixture("");
@@ -281,15 +286,22 @@ fn complainers_are_suppressed_for_the_sender_domain_or_the_farm() {
     );
     assert!(t.suppressed("u0@example.net", &["other.example"]).is_none());
 
-    let farm = fixture("suppress_complainers = \"farm\"");
+    let farm = fixture("");
+    farm.tracker.set_complainers(Some(&feedback(
+        "suppress = \"farm\"\nsuppress_for = \"1h\"",
+    )));
     complain(&farm.tracker, "gmail", 1);
     assert!(
         farm.tracker
             .suppressed("u0@example.net", &["other.example"])
             .is_some()
     );
+    let e = farm.tracker.suppressions.get("u0@example.net").unwrap();
+    assert_eq!(e.until - e.since, 3600);
 
-    let off = fixture("suppress_complainers = \"off\"");
+    let off = fixture("");
+    off.tracker
+        .set_complainers(Some(&feedback("suppress = \"off\"")));
     complain(&off.tracker, "gmail", 1);
     assert!(
         off.tracker
