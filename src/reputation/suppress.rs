@@ -432,4 +432,35 @@ mod tests {
         assert!(s.get("eve@example.net.x").is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_complainer_suppressed_on_one_node_is_suppressed_on_the_others() {
+        let dirs: Vec<PathBuf> = (0..2)
+            .map(|_| {
+                let d = std::env::temp_dir().join(format!(
+                    "poolrelay-suppress-{}",
+                    crate::spool::Spool::new_id()
+                ));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect();
+        let (here, there) = (Suppressions::open(&dirs[0]), Suppressions::open(&dirs[1]));
+        let (outbox, mut rx) = Outbox::new("here");
+        here.share(outbox);
+        here.add_complainer("eve@example.net", Some("shop.example"), "complained", 3600);
+        let sent = rx.try_recv().unwrap();
+        let Change::Suppression { address, entry } = sent.change else {
+            panic!("not a suppression");
+        };
+        assert_eq!(address, "eve@example.net|shop.example");
+        assert!(there.apply_remote(&address, entry, sent.at_ms));
+        let e = there.get_for("eve@example.net", &["shop.example"]).unwrap();
+        assert_eq!(e.why, Why::Complained);
+        assert!(there.get("eve@example.net").is_none());
+        assert_eq!(there.list()[0].0, "eve@example.net");
+        for d in dirs {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }
