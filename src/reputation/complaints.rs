@@ -145,6 +145,8 @@ impl From<&crate::feedback::Settings> for Complainers {
 pub struct Rates {
     seen: Mutex<HashMap<(IpAddr, String), Seen>>,
     complainers: Mutex<Complainers>,
+    /// One complaint judged at a time: two reports at once must not make two offences.
+    judging: Mutex<()>,
 }
 
 impl Default for Rates {
@@ -152,6 +154,7 @@ impl Default for Rates {
         Rates {
             seen: Mutex::default(),
             complainers: Mutex::new((&crate::feedback::Settings::default()).into()),
+            judging: Mutex::new(()),
         }
     }
 }
@@ -185,6 +188,8 @@ impl OnComplaint for Tracker {
 impl Tracker {
     /// Counts one complaint against `ip` × `provider` and judges the rate (module doc).
     fn count_complaint(&self, ip: IpAddr, provider: &str, queue_id: &str) {
+        // Held until the quarantine is stored: the next one sees it in force.
+        let _one = self.complaints.judging.lock().expect("lock");
         let now = now_unix();
         let key = (ip, provider.to_string(), Cause::Complaints);
         let in_force = self

@@ -328,3 +328,32 @@ fn after_a_restart_the_window_still_starts_at_the_quarantines_end() {
     assert_eq!(again.last_complaints_quarantine(ip(), "gmail", 0), until);
     assert_eq!(again.last_complaints_quarantine(ip(), "microsoft", 0), 0);
 }
+
+#[test]
+fn complaints_at_once_make_one_offence() {
+    let f = fixture("");
+    let t = &f.tracker;
+    deliver(t, "gmail", 1000);
+    complain(t, "gmail", 3);
+    // 32 reports at once, each over the line: one quarantine, the rest in its incident.
+    let barrier = std::sync::Barrier::new(32);
+    std::thread::scope(|s| {
+        for _ in 0..32 {
+            s.spawn(|| {
+                let mut c = complaint("gmail", "");
+                c.recipient = None;
+                barrier.wait();
+                for _ in 0..2 {
+                    assert_eq!(t.complaint(&c, false), Charge::Counted);
+                }
+            });
+        }
+    });
+    let h = complaints_hold(t, "gmail").unwrap();
+    assert_eq!(h.offence, 1, "{h:?}");
+    assert!(
+        h.evidence.ends_with("; 64 complaints in one incident"),
+        "{}",
+        h.evidence
+    );
+}
