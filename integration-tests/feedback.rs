@@ -351,11 +351,34 @@ fn reports_that_lost_the_trace_fall_back_to_received_and_the_records() {
         ),
     );
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["result"], "complaint", "{v}");
+    // Traced, but the message (one recipient) drew its complaint already: not counted twice.
+    assert_eq!(v["result"], "duplicate", "{v}");
+    assert_eq!(v["complaint"]["dispatched"], false);
     assert_eq!(v["complaint"]["evidence"], "records");
     assert_eq!(v["complaint"]["queue_id"], alice.queue_id.as_str());
     assert_eq!(v["complaint"]["source_ip"], "127.0.0.11");
     assert_eq!(v["complaint"]["login"], "alice");
+    // The report's own Source-IP names our IP; the records fill in the rest.
+    let with_ip = String::from_utf8(cfl(bare.as_bytes(), "message/rfc822"))
+        .unwrap()
+        .replace(
+            "Version: 0.1\r\n",
+            "Version: 0.1\r\nSource-IP: 127.0.0.11\r\n",
+        );
+    let (code, v) = admin::http(
+        s.admin,
+        "POST",
+        "/api/feedback",
+        Some(json!({ "report": with_ip })),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["complaint"]["evidence"], "source-ip", "{v}");
+    assert_eq!(v["complaint"]["source_ip"], "127.0.0.11");
+    assert_eq!(v["complaint"]["queue_id"], alice.queue_id.as_str());
+    assert_eq!(v["complaint"]["provider"], "alpha");
+    assert_eq!(s.reports_counted("complaint"), 1);
+    assert_eq!(s.reports_counted("duplicate"), 2);
+    assert_eq!(s.complaints().len(), 1);
 }
 
 #[test]
@@ -429,6 +452,14 @@ fn strangers_may_only_give_feedback_recipients_within_size_and_rate() {
     c.cmd("MAIL FROM:<x@stranger.test>").expect(250);
     let r = c.cmd(&format!("RCPT TO:<{FBL}>"));
     assert_eq!((r.code, r.text.contains("4.7.1")), (450, true), "{r}");
+    c.quit();
+    // A client that may relay keeps reports and mail apart.
+    let mut c = SmtpClient::connect(s.relay.addr());
+    c.ehlo("trusted.test");
+    c.cmd("MAIL FROM:<x@shop.test>").expect(250);
+    c.cmd("RCPT TO:<one@a.test>").expect(250);
+    let r = c.cmd(&format!("RCPT TO:<{FBL}>"));
+    assert_eq!((r.code, r.text.contains("4.5.3")), (452, true), "{r}");
     c.quit();
     // Another client is not held back.
     let r = s.report_smtp(78, b"Subject: other\r\n\r\nhi\r\n");

@@ -184,7 +184,7 @@ fn events() -> &'static Events {
         );
         registry.register(
             "feedback_reports",
-            "Complaint reports received, by result (complaint, not-a-complaint, untraced, not-a-report, forged)",
+            "Complaint reports received, by result (complaint, duplicate, not-a-complaint, untraced, not-a-report, forged, deferred)",
             e.feedback_reports.clone(),
         );
         Events { registry, ..e }

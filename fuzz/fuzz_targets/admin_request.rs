@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         token: TOKEN.into(),
         loopback_pool_status_without_token: flags & 2 != 0,
         max_body: MAX_BODY,
+        max_report_body: MAX_BODY,
     };
     let head = RequestHead {
         method: &method,

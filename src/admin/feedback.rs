@@ -13,7 +13,7 @@ use super::{AdminState, error};
 use crate::config::Config;
 use crate::feedback::{Handled, Traced, Via};
 
-pub(super) const PATH: &str = "/api/feedback";
+use super::guard::REPORT_PATH as PATH;
 
 /// The body limit of `PATH`: the largest report, base64-encoded, in JSON.
 pub(super) fn max_body(config: &Config) -> usize {
@@ -77,7 +77,7 @@ async fn report(State(st): State<AdminState>, body: axum::Json<ReportBody>) -> R
         Ok(Ok(h)) => {
             let result = h.result();
             match h {
-                Handled::Complaint(t) | Handled::NotAComplaint(t) => (
+                Handled::Complaint(t) | Handled::NotAComplaint(t) | Handled::Duplicate(t) => (
                     StatusCode::OK,
                     ReportResult {
                         result,

@@ -31,6 +31,9 @@ pub struct Policy {
     pub max_report_body: usize,
 }
 
+/// `POST` a whole complaint report here (`admin::feedback`): its own body limit.
+pub const REPORT_PATH: &str = "/api/feedback";
+
 /// The parts of a request the rules look at.
 pub struct RequestHead<'a> {
     pub method: &'a Method,
@@ -117,7 +120,7 @@ pub fn check(req: &RequestHead<'_>, policy: &Policy) -> Result<(), Refusal> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let max = if req.path == super::feedback::PATH {
+    let max = if req.path == REPORT_PATH {
         policy.max_report_body.max(policy.max_body)
     } else {
         policy.max_body

@@ -13,8 +13,10 @@
 //!
 //! One file per concern: `complaint` (the shared types), `settings` (`[feedback]`), `trace`
 //! (the headers stamped at signing), `report` (reading reports), `store` (delivery records and
-//! keys in the state store), `service` (intake, tracing, dispatch).
+//! keys in the state store), `attribute` (tracing one report), `service` (intake, dispatch),
+//! `farm` (the farm's key), `cli` (`poolrelay feedback`).
 
+mod attribute;
 pub mod cli;
 mod complaint;
 pub mod farm;

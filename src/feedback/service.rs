@@ -20,11 +20,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
+use super::attribute::{self, trace_in};
 use super::report::{self, Parsed, Report, Shape};
 use super::settings::Settings;
 use super::store::{self, Delivery};
 use super::trace::{self, Forged, Key, Keys, Stamp};
-use super::{Complaint, Evidence, OnComplaint};
+use super::{Complaint, OnComplaint};
 use crate::config::Config;
 use crate::pool::Pools;
 use crate::spool::now_unix;
@@ -65,6 +66,9 @@ pub enum Handled {
     NotAReport(&'static str),
     /// Its trace header did not open: refused, attributed to nobody.
     Forged(Forged),
+    /// A complaint this message already drew from that recipient, or more complaints than
+    /// recipients it was delivered to: listed nowhere, dispatched never.
+    Duplicate(Box<Traced>),
     /// Sealed with a key this relay does not know while it is part of a farm (`farm`): maybe
     /// a relay's key not shared yet. Refused for now (the sender tries again).
     UnknownKey,
@@ -80,6 +84,7 @@ impl Handled {
             Handled::NotAReport(_) => "not-a-report",
             Handled::Forged(_) => "forged",
             Handled::UnknownKey => "deferred",
+            Handled::Duplicate(_) => "duplicate",
         }
     }
 }
@@ -205,6 +210,23 @@ impl Feedback {
         true
     }
 
+    /// Whether messages get the trace headers (`[feedback]` with `trace = true`).
+    pub fn stamps(&self) -> bool {
+        self.settings
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_some_and(|s| s.trace)
+    }
+
+    /// Whether `Feedback-ID` names the pool.
+    pub fn wants_pool(&self) -> bool {
+        self.settings.load().as_ref().as_ref().is_some_and(|s| {
+            s.feedback_id
+                .contains(&super::settings::FeedbackIdField::Pool)
+        })
+    }
+
     /// The pool `[[pool_rule]]` picks for a message (for `Feedback-ID`).
     pub fn pool_for(&self, user: Option<&str>, sender: &str) -> Option<String> {
         self.pools.pool_for(None, user, sender)
@@ -228,10 +250,14 @@ impl Feedback {
     }
 
     /// A receiver took a recipient (250): remembered for tracing.
+    /// Nothing without `[feedback]`.
     pub fn delivered(&self, s: Sent<'_>) {
         let Ok(source_ip) = s.source_ip.parse() else {
             return;
         };
+        if self.settings.load().is_none() {
+            return;
+        }
         let facts = trace_in(s.prepend).and_then(|v| self.keys.load().open(&v).ok());
         let sender_domain = s
             .sender
@@ -303,14 +329,16 @@ impl Feedback {
         self.flush(false);
         let handled = match report::parse(raw) {
             Parsed::NotAReport(why) => Handled::NotAReport(why),
-            Parsed::Report(r) => match self.trace(&r)? {
-                Err(Forged::UnknownKey) if self.farm => Handled::UnknownKey,
-                Err(forged) => Handled::Forged(forged),
-                Ok(None) => Handled::Untraced {
-                    feedback_type: r.feedback_type.clone(),
-                },
-                Ok(Some(complaint)) => self.deliver(complaint, &r, via)?,
-            },
+            Parsed::Report(r) => {
+                match attribute::trace(&r, &self.keys.load(), &self.state, &self.pools.ips())? {
+                    Err(Forged::UnknownKey) if self.farm => Handled::UnknownKey,
+                    Err(forged) => Handled::Forged(forged),
+                    Ok(None) => Handled::Untraced {
+                        feedback_type: r.feedback_type.clone(),
+                    },
+                    Ok(Some(complaint)) => self.deliver(complaint, &r, via)?,
+                }
+            }
         };
         crate::metrics::feedback_report(handled.result());
         log(&handled, via, client);
@@ -323,6 +351,19 @@ impl Feedback {
             complaint.feedback_type.as_str(),
             "abuse" | "fraud" | "virus" | "other"
         );
+        if is_complaint && let Some(qid) = &complaint.queue_id {
+            let delivered = store::by_queue(&self.state, qid)?.len();
+            let rcpt = complaint.recipient.as_deref();
+            if !store::charge(&self.state, qid, rcpt, delivered, complaint.arrived_at)? {
+                return Ok(Handled::Duplicate(Box::new(Traced {
+                    complaint,
+                    shape: r.shape,
+                    via,
+                    dispatched: false,
+                    blamed: false,
+                })));
+            }
+        }
         let blamed = is_complaint && super::dispatch(&self.actors, &complaint);
         let traced = Traced {
             complaint,
@@ -351,126 +392,6 @@ impl Feedback {
             Handled::NotAComplaint(Box::new(traced))
         })
     }
-
-    /// The rules of the module doc. `Ok(Err)`: forged; `Ok(Ok(None))`: untraced.
-    #[allow(clippy::type_complexity)]
-    fn trace(&self, r: &Report) -> Result<Result<Option<Complaint>, Forged>, StateError> {
-        let pool_ips = self.pools.ips();
-        let ours = |ip: &IpAddr| pool_ips.contains(ip);
-        let recipient = r
-            .rcpt_to
-            .iter()
-            .chain(r.original.recipient.iter())
-            .find(|a| a.contains('@') && !a.contains("redacted"))
-            .cloned();
-        let mut c = Complaint {
-            feedback_type: r.feedback_type.clone(),
-            reporter: r.reporter.clone(),
-            provider: None,
-            source_ip: None,
-            queue_id: None,
-            login: None,
-            sender_domain: r.original.from_domain.clone(),
-            recipient: recipient.clone(),
-            arrived_at: now_unix(),
-            evidence: Evidence::Trace,
-        };
-        let mut evidence = None;
-        let mut record = None;
-        if let Some(value) = r.original.traces.first() {
-            let facts = match self.keys.load().open(value) {
-                Ok(f) => f,
-                Err(forged) => return Ok(Err(forged)),
-            };
-            evidence = Some(Evidence::Trace);
-            let records = store::by_queue(&self.state, &facts.queue_id)?;
-            record = pick(records, recipient.as_deref(), r.source_ip);
-            c.queue_id = Some(facts.queue_id);
-            c.login = facts.login;
-            c.sender_domain = facts.sender_domain.or(c.sender_domain);
-        }
-        if c.source_ip.is_none() && record.is_none() {
-            if let Some(ip) = r.source_ip.filter(|ip| ours(ip)) {
-                c.source_ip = Some(ip);
-                evidence.get_or_insert(Evidence::SourceIp);
-            } else if let Some(ip) = r.original.received_ips.iter().find(|ip| ours(ip)) {
-                c.source_ip = Some(*ip);
-                evidence.get_or_insert(Evidence::Received);
-            }
-        }
-        if record.is_none() && c.queue_id.is_none() {
-            let mut found = Vec::new();
-            if let Some(mid) = &r.original.message_id {
-                found = store::by_message_id(&self.state, &trace::message_id_hash(mid))?;
-            }
-            if found.is_empty()
-                && let Some(rcpt) = &recipient
-            {
-                found = store::by_recipient(&self.state, rcpt)?;
-                // The newest delivery to them (from the named IP, when one is known).
-                found.retain(|d| c.source_ip.is_none_or(|ip| ip == d.source_ip));
-                found = found.pop().into_iter().collect();
-            }
-            record = pick(found, recipient.as_deref(), c.source_ip);
-            if record.is_some() {
-                evidence.get_or_insert(Evidence::Records);
-            }
-        }
-        let Some(evidence) = evidence else {
-            return Ok(Ok(None));
-        };
-        c.evidence = evidence;
-        if let Some(d) = record {
-            c.source_ip = c.source_ip.or(Some(d.source_ip));
-            c.provider = Some(d.provider);
-            c.queue_id = c.queue_id.or(Some(d.queue_id));
-            if evidence != Evidence::Trace {
-                c.login = c.login.or(d.login);
-                c.sender_domain = d.sender_domain.or(c.sender_domain);
-            }
-            c.recipient = c.recipient.or(Some(d.recipient));
-        }
-        Ok(Ok(Some(c)))
-    }
-}
-
-/// The record for this complaint among a message's: the named recipient's, else the one from
-/// the report's source IP, else the only IP the message left from.
-fn pick(records: Vec<Delivery>, rcpt: Option<&str>, ip: Option<IpAddr>) -> Option<Delivery> {
-    if let Some(rcpt) = rcpt
-        && let Some(d) = records.iter().find(|d| d.recipient == rcpt)
-    {
-        return Some(d.clone());
-    }
-    if let Some(ip) = ip
-        && let Some(d) = records.iter().find(|d| d.source_ip == ip)
-    {
-        return Some(d.clone());
-    }
-    let first = records.first()?;
-    records
-        .iter()
-        .all(|d| d.source_ip == first.source_ip)
-        .then(|| first.clone())
-}
-
-/// The value of our trace header among CRLF header lines (the envelope's `prepend`).
-fn trace_in(prepend: &str) -> Option<String> {
-    let mut lines = prepend.split("\r\n");
-    let name = format!("{}:", trace::TRACE_HEADER);
-    let first = lines.find(|l| {
-        l.get(..name.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(&name))
-    })?;
-    let mut value = first[name.len()..].to_string();
-    for l in lines {
-        if l.starts_with([' ', '\t']) {
-            value.push_str(l);
-        } else {
-            break;
-        }
-    }
-    Some(value)
 }
 
 /// The trace keys from the state store (base64, newest first); a new one on first start.
@@ -501,7 +422,7 @@ fn log(h: &Handled, via: Via, client: &str) {
         Via::Api => "api",
     };
     match h {
-        Handled::Complaint(t) | Handled::NotAComplaint(t) => {
+        Handled::Complaint(t) | Handled::NotAComplaint(t) | Handled::Duplicate(t) => {
             let c = &t.complaint;
             tracing::info!(
                 queue_id = c.queue_id.as_deref().unwrap_or(""),
@@ -549,6 +470,82 @@ fn log(h: &Handled, via: Via, client: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::{Charge, Evidence};
+
+    /// Remembers what it was handed; blames when told to.
+    struct Actor {
+        seen: Mutex<Vec<(Complaint, bool)>>,
+        blame: bool,
+    }
+
+    impl OnComplaint for Actor {
+        fn complaint(&self, c: &Complaint, blamed: bool) -> Charge {
+            self.seen.lock().unwrap().push((c.clone(), blamed));
+            if self.blame {
+                Charge::Blamed
+            } else {
+                Charge::Counted
+            }
+        }
+    }
+
+    fn report(feedback_type: &str, original: &str) -> Vec<u8> {
+        format!(
+            "From: fbl@isp.test\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: {feedback_type}\r\n\
+             User-Agent: test/1\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
+             {original}\r\n--b--\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn traced_complaints_go_to_every_actor_in_order() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbsvc-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\naddresses = [\"f@relay.test\"]\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let first = Arc::new(Actor {
+            seen: Mutex::default(),
+            blame: true,
+        });
+        let second = Arc::new(Actor {
+            seen: Mutex::default(),
+            blame: false,
+        });
+        let actors: Vec<Arc<dyn OnComplaint>> = vec![first.clone(), second.clone()];
+        let f = Feedback::open(&config, state, pools, actors).unwrap();
+        let original = "Received: from o1 (o1 [127.0.0.10]) by mx.isp.test\r\n\
+                        From: a@shop.test\r\nTo: u@isp.test\r\nSubject: s\r\n\r\nhi";
+        let h = f.handle(&report("abuse", original), Via::Api, "t").unwrap();
+        let Handled::Complaint(t) = h else {
+            panic!("{h:?}")
+        };
+        assert!(t.blamed && t.dispatched);
+        assert_eq!(t.complaint.evidence, Evidence::Received);
+        assert_eq!(t.complaint.source_ip, Some("127.0.0.10".parse().unwrap()));
+        assert_eq!(t.complaint.recipient.as_deref(), Some("u@isp.test"));
+        // The second actor learns that the first took the blame.
+        assert!(!first.seen.lock().unwrap()[0].1);
+        assert!(second.seen.lock().unwrap()[0].1);
+        // Not a complaint type: listed, not dispatched.
+        let h = f
+            .handle(&report("not-spam", original), Via::Api, "t")
+            .unwrap();
+        assert!(matches!(h, Handled::NotAComplaint(_)), "{h:?}");
+        // Not ours: untraced, not dispatched.
+        let other = original.replace("127.0.0.10", "192.0.2.1");
+        let h = f.handle(&report("abuse", &other), Via::Api, "t").unwrap();
+        assert!(matches!(h, Handled::Untraced { .. }), "{h:?}");
+        assert_eq!(second.seen.lock().unwrap().len(), 1);
+        assert_eq!(f.recent().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn trace_header_read_back_from_the_prepend() {

@@ -25,6 +25,9 @@ const BY_TIME: TableDefinition<&str, &str> = TableDefinition::new("feedback_by_t
 const BY_MESSAGE_ID: TableDefinition<&str, &str> = TableDefinition::new("feedback_by_message_id");
 /// `RCPT|AT|QUEUE_ID` → "".
 const BY_RCPT: TableDefinition<&str, &str> = TableDefinition::new("feedback_by_rcpt");
+/// `QUEUE_ID|RCPT` (or `QUEUE_ID|#N` for an unnamed recipient) → unix seconds: complaints
+/// charged to a message.
+const CHARGED: TableDefinition<&str, u64> = TableDefinition::new("feedback_charged");
 /// `AT(10 digits)|NANOS|SEQ` → JSON traced complaint.
 const COMPLAINTS: TableDefinition<&str, &str> = TableDefinition::new("feedback_complaints");
 
@@ -69,6 +72,7 @@ pub fn create(state: &State) -> Result<(), StateError> {
     ] {
         tx.open_table(t).map_err(err)?;
     }
+    tx.open_table(CHARGED).map_err(err)?;
     tx.commit().map_err(err)
 }
 
@@ -197,6 +201,8 @@ pub fn prune(state: &State, cutoff: u64, max: usize) -> Result<usize, StateError
     let tx = state.database().begin_write().map_err(err)?;
     let dropped;
     {
+        let mut charged = tx.open_table(CHARGED).map_err(err)?;
+        charged.retain(|_, at| at >= cutoff).map_err(err)?;
         let mut main = tx.open_table(DELIVERIES).map_err(err)?;
         let mut by_time = tx.open_table(BY_TIME).map_err(err)?;
         let mut by_mid = tx.open_table(BY_MESSAGE_ID).map_err(err)?;
@@ -235,6 +241,41 @@ pub fn prune(state: &State, cutoff: u64, max: usize) -> Result<usize, StateError
     }
     tx.commit().map_err(err)?;
     Ok(dropped)
+}
+
+/// Charges one complaint to message `queue_id`: false when that recipient's complaint was
+/// charged already, or the message has drawn `limit` complaints (the recipients it was
+/// delivered to), so a report sent again, or replayed by someone who got the message, counts
+/// once.
+pub fn charge(
+    state: &State,
+    queue_id: &str,
+    rcpt: Option<&str>,
+    limit: usize,
+    at: u64,
+) -> Result<bool, StateError> {
+    let tx = state.database().begin_write().map_err(err)?;
+    let charged = {
+        let mut t = tx.open_table(CHARGED).map_err(err)?;
+        let prefix = format!("{queue_id}|");
+        let end = format!("{queue_id}}}");
+        let mut keys = Vec::new();
+        for r in t.range(prefix.as_str()..end.as_str()).map_err(err)? {
+            keys.push(r.map_err(err)?.0.value().to_string());
+        }
+        let key = match rcpt {
+            Some(r) => format!("{prefix}{r}"),
+            None => format!("{prefix}#{}", keys.len()),
+        };
+        if keys.contains(&key) || keys.len() >= limit.max(1) {
+            false
+        } else {
+            t.insert(key.as_str(), at).map_err(err)?;
+            true
+        }
+    };
+    tx.commit().map_err(err)?;
+    Ok(charged)
 }
 
 /// Appends a traced complaint (JSON) and keeps the newest `keep`.
@@ -332,6 +373,20 @@ mod tests {
         assert_eq!(prune(&s, 0, 1).unwrap(), 1);
         assert!(by_queue(&s, "Q2").unwrap().is_empty());
         assert_eq!(by_queue(&s, "Q3").unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_message_draws_at_most_one_complaint_per_recipient() {
+        let (s, dir) = state();
+        assert!(charge(&s, "Q1", Some("a@x.test"), 2, 100).unwrap());
+        assert!(!charge(&s, "Q1", Some("a@x.test"), 2, 100).unwrap());
+        assert!(charge(&s, "Q1", None, 2, 100).unwrap());
+        assert!(!charge(&s, "Q1", Some("b@x.test"), 2, 100).unwrap());
+        assert!(charge(&s, "Q10", None, 1, 100).unwrap());
+        assert!(!charge(&s, "Q10", None, 1, 100).unwrap());
+        prune(&s, 200, 10).unwrap();
+        assert!(charge(&s, "Q1", Some("a@x.test"), 2, 300).unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

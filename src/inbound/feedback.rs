@@ -76,10 +76,16 @@ impl Session {
         let (queue_id, login, sender) = (id.to_string(), self.user.clone(), tx.sender.clone());
         let at = crate::spool::now_unix();
         move |signed| {
+            if !feedback.stamps() {
+                return String::new();
+            }
             let mail_from = sender
                 .rsplit_once('@')
                 .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
-            let pool = feedback.pool_for(login.as_deref(), &sender);
+            let pool = feedback
+                .wants_pool()
+                .then(|| feedback.pool_for(login.as_deref(), &sender))
+                .flatten();
             feedback.stamp(&crate::feedback::trace::Stamp {
                 queue_id: &queue_id,
                 login: login.as_deref(),

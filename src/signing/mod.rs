@@ -8,6 +8,8 @@
 //! Every message's `From:` and `Sender:` are read first (`inbound::author`): a malformed one is
 //! refused, never signed. The `_checked` variants also ask whether those addresses may be used
 //! by the sender's login (`inbound::sender_login`): a refusal comes before any key is chosen.
+//! The `_stamped` variants add header lines of their own in front (`feedback::trace`: the trace
+//! reference and `Feedback-ID`), covered by every signature made, also on an unsigned message.
 
 pub mod keygen;
 
