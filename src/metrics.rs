@@ -6,6 +6,7 @@
 //! the admin side takes, so they are never stale and cost nothing between scrapes.
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -40,6 +41,11 @@ struct RampDecision {
     ip: String,
     provider: String,
     decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Provider {
+    provider: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +136,8 @@ struct Events {
     sessions: Gauge,
     warmup_decisions: Family<RampDecision, Counter>,
     feed_fetches: Family<FeedFetch, Counter>,
+    complaints: Family<Provider, Counter>,
+    complaint_rate: Family<IpProvider, Gauge<f64, AtomicU64>>,
     feedback_reports: Family<FeedbackResult, Counter>,
 }
 
@@ -149,6 +157,8 @@ fn events() -> &'static Events {
             sessions: Gauge::default(),
             warmup_decisions: Family::default(),
             feed_fetches: Family::default(),
+            complaints: Family::default(),
+            complaint_rate: Family::default(),
             feedback_reports: Family::default(),
         };
         registry.register(
@@ -200,6 +210,16 @@ fn events() -> &'static Events {
             "feed_fetches",
             "Provider feed polls (snds, postmaster) by result (ok, error)",
             e.feed_fetches.clone(),
+        );
+        registry.register(
+            "complaints",
+            "Traced feedback-loop complaints, by provider (\"unknown\" when not traced to one)",
+            e.complaints.clone(),
+        );
+        registry.register(
+            "complaint_rate",
+            "Complaints / messages delivered per source IP and provider within complaint_window, as last computed",
+            e.complaint_rate.clone(),
         );
         registry.register(
             "feedback_reports",
@@ -277,6 +297,24 @@ pub fn tls_report_sent(scheme: &'static str, ok: bool) {
         .tls_reports
         .get_or_create(&TlsReportSent { scheme, result })
         .inc();
+}
+
+/// A traced complaint about mail sent to `provider`.
+pub fn complaint(provider: &str) {
+    let provider = provider.to_string();
+    events()
+        .complaints
+        .get_or_create(&Provider { provider })
+        .inc();
+}
+
+/// The complaint rate of `ip` × `provider` (a share: 0.003 is 0.3 %).
+pub fn complaint_rate(ip: &str, provider: &str, rate: f64) {
+    let labels = IpProvider {
+        ip: ip.to_string(),
+        provider: provider.to_string(),
+    };
+    events().complaint_rate.get_or_create(&labels).set(rate);
 }
 
 /// One complaint report handled (`feedback::Handled::result`).
@@ -520,6 +558,8 @@ mod tests {
         outcome("192.0.2.1", "gmail", Class::Block);
         warmup_decision("192.0.2.1", "gmail", "held");
         outcome("192.0.2.1", "gmail", Class::Throttle);
+        complaint("gmail");
+        complaint_rate("192.0.2.1", "gmail", 0.004);
         let _s = session();
         let text = render(&Levels {
             queue_messages: 3,
@@ -534,6 +574,8 @@ mod tests {
             "poolrelay_delivery_outcomes_total{ip=\"192.0.2.1\",provider=\"gmail\",class=\"throttle\"}",
             "poolrelay_dkim_messages_total{result=\"unsigned\"}",
             "poolrelay_warmup_decisions_total{ip=\"192.0.2.1\",provider=\"gmail\",decision=\"held\"} 1",
+            "poolrelay_complaints_total{provider=\"gmail\"} 1",
+            "poolrelay_complaint_rate{ip=\"192.0.2.1\",provider=\"gmail\"} 0.004",
             "poolrelay_queue_messages 3",
             "poolrelay_queue_oldest_age_seconds 60",
             "poolrelay_inbound_sessions ",

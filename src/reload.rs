@@ -161,6 +161,7 @@ impl Reloader {
         if let Err(e) = self.reputation.reload(&new.reputation) {
             tracing::error!(error = %e, "reload: reply rules not replaced (the rest applied)");
         }
+        self.reputation.set_complainers(new.feedback.as_ref());
         self.pools.reload(&new);
         self.reputation.accounts().reload(new.accounts.clone());
         let restart_needed = restart_needed(&self.current, &new);

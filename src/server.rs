@@ -121,6 +121,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         .with_history(history.clone())
         .with_accounts(accounts.clone()),
     );
+    reputation.set_complainers(config.feedback.as_ref());
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
         let (history, pools) = (history.clone(), pools.clone());
@@ -141,7 +142,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     // Who acts on a traced complaint, in order (`feedback::dispatch`): the accounts of the
     // login and sender domain first (they may take the blame), then the IP × provider windows
     // and suppression. Adding one is one line here.
-    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> = vec![accounts.clone()];
+    let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> =
+        vec![accounts.clone(), reputation.clone()];
     let feedback =
         crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
     feedback.start_flusher();

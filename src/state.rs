@@ -331,6 +331,26 @@ impl State {
         Ok((hours, events.into_iter().map(|(_, v)| v).collect()))
     }
 
+    /// Hourly buckets `(key, json)` of one IP × provider from the hour `from` (unix seconds) on.
+    pub fn history_hours_from(
+        &self,
+        ip: &str,
+        provider: &str,
+        from: u64,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(HISTORY_HOURS).map_err(err)?;
+        // Keys are `ip|provider|hour` with the hour zero-padded to 12 digits: one range.
+        let start = format!("{ip}|{provider}|{from:012}");
+        let end = format!("{ip}|{provider}}}");
+        let mut out = Vec::new();
+        for r in table.range(start.as_str()..end.as_str()).map_err(err)? {
+            let (k, v) = r.map_err(err)?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
     /// Drops buckets of hours before `cutoff` (unix seconds), events before it, and the oldest
     /// events of an IP past `max_events`.
     pub fn history_prune(&self, cutoff: u64, max_events: usize) -> Result<(), StateError> {

@@ -1,9 +1,10 @@
 //! The pool page. `GET /` is a shell without data: it asks for the admin token once (kept in the
 //! tab's sessionStorage; a `#token=…` link fills it too) and loads `GET /api/page` with it.
 //! That fragment holds every IP with its state, reason and evidence, per provider its warm-up
-//! day, today's used/cap, the window's bounce and deferral rates and the ramp's last decision;
-//! two plots per IP (`plot.rs`; ramp decisions marked on the warm-up one); drain and undrain
-//! buttons (JSON POSTs with the token); the accounts throttled or suspended (`accounts.rs`). Everything is inline: it works with no internet access.
+//! day, today's used/cap, the window's bounce and deferral rates, the complaint rate and the
+//! ramp's last decision; two plots per IP (`plot.rs`; ramp decisions marked on the warm-up
+//! one); drain and undrain buttons (JSON POSTs with the token); the accounts throttled or
+//! suspended (`accounts.rs`). Everything is inline: it works with no internet access.
 
 use std::fmt::Write as _;
 
@@ -205,7 +206,7 @@ fn ip_section(
     );
     hold_lines(out, ip, now);
     doctor_lines(out, st, &ip.ip);
-    out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>sent</th><th>warm-up ramp</th></tr>");
+    out.push_str("<div class=\"tbl\"><table><tr><th>provider</th><th>state</th><th>warm-up day</th><th>today used/cap</th><th>bounce rate</th><th>deferral rate</th><th>complaint rate</th><th>sent</th><th>warm-up ramp</th></tr>");
     for (name, p) in &ip.providers {
         let w = windows
             .windows
@@ -215,6 +216,12 @@ fn ip_section(
             Some(w) => (pct(w.hard_bounces, w.samples), pct(w.deferred, w.samples)),
             None => ("-".into(), "-".into()),
         };
+        let complaints = windows
+            .complaint_rates
+            .iter()
+            .find(|c| c.ip == ip.ip && &c.provider == name)
+            .map(|c| format!("{:.2}% ({}/{})", 100.0 * c.rate, c.complaints, c.delivered))
+            .unwrap_or_else(|| "-".into());
         let cap = p
             .cap_today
             .map(|c| c.to_string())
@@ -226,7 +233,7 @@ fn ip_section(
         let s = state_name(p.state);
         let _ = write!(
             out,
-            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}{farm}</td><td>{bounce}</td><td>{defer}</td><td>{}</td><td class=\"ramp\">{ramp}</td></tr>",
+            "<tr class=\"provider\" data-provider=\"{n}\"><td>{n}</td><td><span class=\"state {s}\">{s}</span></td><td>{day}</td><td>{}/{cap}{farm}</td><td>{bounce}</td><td>{defer}</td><td>{complaints}</td><td>{}</td><td class=\"ramp\">{ramp}</td></tr>",
             p.used_today,
             p.sent,
             n = esc(name),

@@ -24,6 +24,12 @@ async fn windows(State(st): State<AdminState>) -> Response {
 #[derive(Serialize)]
 struct Suppressed {
     address: String,
+    /// `all` (every sender) or `sender-domain`.
+    scope: &'static str,
+    /// The sender domain whose mail is refused, when `scope` is `sender-domain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender_domain: Option<String>,
+    why: crate::reputation::suppress::Why,
     reason: String,
     since: u64,
     until: u64,
@@ -42,6 +48,12 @@ async fn list(State(st): State<AdminState>) -> Response {
         .into_iter()
         .map(|(address, e)| Suppressed {
             address,
+            scope: match e.sender_domain {
+                Some(_) => "sender-domain",
+                None => "all",
+            },
+            sender_domain: e.sender_domain,
+            why: e.why,
             reason: e.reason,
             since: e.since,
             until: e.until,
@@ -53,6 +65,9 @@ async fn list(State(st): State<AdminState>) -> Response {
 #[derive(Deserialize)]
 struct RemoveRequest {
     address: String,
+    /// Lift only the suppression for this sender domain (absent: every one of the address).
+    #[serde(default)]
+    sender_domain: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -63,9 +78,13 @@ struct Removed {
 
 async fn remove(State(st): State<AdminState>, body: String) -> Response {
     let Ok(req) = serde_json::from_str::<RemoveRequest>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"address\": \"…\"}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"address\": \"…\"} (optional \"sender_domain\": \"…\")",
+        );
     };
     let address = req.address.trim().to_string();
-    let removed = st.reputation.suppressions().remove(&address);
+    let domain = req.sender_domain.as_deref().map(str::trim);
+    let removed = st.reputation.suppressions().remove(&address, domain);
     axum::Json(Removed { address, removed }).into_response()
 }

@@ -259,6 +259,8 @@ mod tests {
                     reason: "550 5.1.1 no such user".into(),
                     since: 1,
                     until: 2,
+                    why: Default::default(),
+                    sender_domain: Some("shop.example".into()),
                 }),
             },
             ..removed.clone()

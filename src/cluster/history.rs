@@ -35,6 +35,7 @@ pub async fn push_hours(c: &Cluster, buckets: &[((IpAddr, String, u64), Bucket)]
             ("hard_bounces", b.hard_bounces),
             ("recipient_bounces", b.recipient_bounces),
             ("blocks", b.blocks),
+            ("complaints", b.complaints),
         ] {
             if n > 0 {
                 pipe.hincr(&key, field(metric), n).ignore();
@@ -103,6 +104,7 @@ pub async fn read(c: &Cluster, ip: IpAddr) -> Option<(Vec<(String, u64, Bucket)>
             "hard_bounces" => b.hard_bounces = n,
             "recipient_bounces" => b.recipient_bounces = n,
             "blocks" => b.blocks = n,
+            "complaints" => b.complaints = n,
             "cap" => b.cap = Some(n),
             _ => {}
         }

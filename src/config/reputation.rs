@@ -66,6 +66,19 @@ pub struct Settings {
     /// How long a bad-recipient hard bounce suppresses the address ("0s": never).
     #[serde(default = "default_suppress_for")]
     pub suppress_for: DurationStr,
+    /// Complaints over this share of what an IP delivered to a provider within
+    /// `complaint_window` quarantine the IP × provider (cause `complaints`).
+    #[serde(default = "default_max_complaint_rate")]
+    pub max_complaint_rate: f64,
+    /// Complaints over this share log a warning and record a history event, once per crossing.
+    #[serde(default = "default_warn_complaint_rate")]
+    pub warn_complaint_rate: f64,
+    /// The time window of the complaint rate (complaints arrive hours or days after delivery).
+    #[serde(default = "default_complaint_window")]
+    pub complaint_window: DurationStr,
+    /// Fewer messages delivered by the IP to the provider within the window: no rate verdict.
+    #[serde(default = "default_complaint_min_delivered")]
+    pub complaint_min_delivered: u64,
 }
 
 impl Default for Settings {
@@ -112,6 +125,19 @@ fn default_probe_per_hour() -> u64 {
 }
 fn default_suppress_for() -> DurationStr {
     DurationStr(Duration::from_secs(30 * 24 * 3600))
+}
+/// Google's bulk-sender guideline: keep the user-reported spam rate under 0.3 % (aim for 0.1 %).
+fn default_max_complaint_rate() -> f64 {
+    0.003
+}
+fn default_warn_complaint_rate() -> f64 {
+    0.001
+}
+fn default_complaint_window() -> DurationStr {
+    DurationStr(Duration::from_secs(7 * 24 * 3600))
+}
+fn default_complaint_min_delivered() -> u64 {
+    1000
 }
 fn default_max_cooldown() -> DurationStr {
     DurationStr(Duration::from_secs(24 * 3600))

@@ -212,9 +212,15 @@ impl Deliverer {
         let mut saved = false;
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut suppressed = Vec::new();
+        let sender_domains = env.sender_domains();
+        let sender_domains: Vec<&str> = sender_domains.iter().map(String::as_str).collect();
         for i in due {
-            // An address that hard-bounced as unknown before fails at once, saying why.
-            if let Some(reply) = self.reputation.suppressed(&env.recipients[i].address) {
+            // An address that hard-bounced as unknown, or complained about this sender, fails
+            // at once, saying why.
+            if let Some(reply) = self
+                .reputation
+                .suppressed(&env.recipients[i].address, &sender_domains)
+            {
                 self.record(env, i, Outcome::of_reply(reply), &TlsUsed::none());
                 suppressed.push(i);
                 continue;

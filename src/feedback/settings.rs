@@ -35,6 +35,24 @@ pub struct Settings {
     /// Traced complaints `GET /api/complaints` lists (the most recent).
     #[serde(default = "default_recent")]
     pub recent: usize,
+    /// Whom a complaining recipient stops getting mail from (`reputation::complaints`).
+    #[serde(default)]
+    pub suppress: ComplainerScope,
+    /// How long a complainer stays suppressed.
+    #[serde(default = "default_suppress_for")]
+    pub suppress_for: DurationStr,
+}
+
+/// `suppress`: whom a complaining recipient is suppressed for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComplainerScope {
+    /// The sender domain complained about (every sender when the report names none).
+    #[default]
+    SenderDomain,
+    /// Every sender of the farm.
+    Farm,
+    Off,
 }
 
 /// One identifier of `Feedback-ID`.
@@ -61,6 +79,8 @@ impl Default for Settings {
             keep_records: default_keep_records(),
             max_records: default_max_records(),
             recent: default_recent(),
+            suppress: ComplainerScope::default(),
+            suppress_for: default_suppress_for(),
         }
     }
 }
@@ -122,6 +142,9 @@ fn default_max_records() -> usize {
 }
 fn default_recent() -> usize {
     1000
+}
+fn default_suppress_for() -> DurationStr {
+    DurationStr(std::time::Duration::from_secs(365 * 86400))
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! Rules:
 //! - Every cause is its own record per IP × scope: an operator drain, a DNSBL listing (one per
-//!   zone), a block reply, a hard-bounce rate, a deferral rate, a failing doctor check. The IP
-//!   takes mail for a provider only when no record for that provider or for `all` is in force.
+//!   zone), a block reply, a hard-bounce rate, a deferral rate, a complaint rate, a failing
+//!   doctor check. The IP takes mail for a provider only when no record for that provider or
+//!   for `all` is in force.
 //! - A quarantine (any reputation cause) ends by its `until` or when its cause is released (a
 //!   DNSBL delisting). Either way the record stays, expired: the IP × provider is then on
 //!   probation (a trickle of `probe_per_hour`) until clean outcomes end it (`end_probation`).
@@ -75,6 +76,9 @@ pub enum Cause {
     Throttling,
     /// A provider's feed (`reputation::feeds`): `snds`, `postmaster`.
     Feed(String),
+    /// Feedback-loop complaints over `max_complaint_rate` of what the IP delivered to the
+    /// provider (`reputation::complaints`).
+    Complaints,
 }
 
 impl Cause {
@@ -93,6 +97,7 @@ impl Cause {
             "bounce-rate" => Cause::BounceRate,
             "deferral-rate" => Cause::DeferralRate,
             "throttling" => Cause::Throttling,
+            "complaints" => Cause::Complaints,
             _ => match s.strip_prefix("feed:") {
                 Some(feed) => Cause::Feed(feed.to_string()),
                 None => Cause::Dnsbl(s.strip_prefix("dnsbl:")?.to_string()),
@@ -112,6 +117,7 @@ impl fmt::Display for Cause {
             Cause::DeferralRate => f.write_str("deferral-rate"),
             Cause::Throttling => f.write_str("throttling"),
             Cause::Feed(feed) => write!(f, "feed:{feed}"),
+            Cause::Complaints => f.write_str("complaints"),
         }
     }
 }
@@ -174,6 +180,8 @@ pub fn incident_evidence(evidence: &str, cause: &Cause, replies: u32) -> String 
         (Cause::BlockReply, _) => "block replies",
         (Cause::Throttling, 1) => "throttling reply",
         (Cause::Throttling, _) => "throttling replies",
+        (Cause::Complaints, 1) => "complaint",
+        (Cause::Complaints, _) => "complaints",
         (_, 1) => "reply",
         _ => "replies",
     };

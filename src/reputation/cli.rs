@@ -282,13 +282,18 @@ pub struct SuppressionArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SuppressionCommand {
-    /// Every suppressed address with the bounce that caused it and when it ends.
+    /// Every suppressed address with its scope, the bounce or complaint that caused it and when
+    /// it ends.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Lets mail to ADDRESS be tried again.
-    Remove { address: String },
+    /// Lets mail to ADDRESS be tried again (from every sender, or only SENDER_DOMAIN's).
+    Remove {
+        address: String,
+        #[arg(long)]
+        sender_domain: Option<String>,
+    },
 }
 
 /// `poolrelay suppression …`, through the running relay's admin API.
@@ -309,10 +314,13 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
     }
     let (method, path, body) = match &args.command {
         SuppressionCommand::List { .. } => ("GET", "/api/suppressions", None),
-        SuppressionCommand::Remove { address } => (
+        SuppressionCommand::Remove {
+            address,
+            sender_domain,
+        } => (
             "POST",
             "/api/suppressions/remove",
-            Some(json!({ "address": address })),
+            Some(json!({ "address": address, "sender_domain": sender_domain })),
         ),
     };
     let (code, text) = match client::request(&config, method, path, body.as_ref()) {
@@ -333,7 +341,7 @@ pub fn suppression(args: SuppressionArgs) -> ExitCode {
             let items = v["suppressions"].as_array().cloned().unwrap_or_default();
             print!("{}", format_suppressions(&items, crate::spool::now_unix()));
         }
-        SuppressionCommand::Remove { address } => {
+        SuppressionCommand::Remove { address, .. } => {
             if v["removed"] == true {
                 println!("{}: suppression removed", Escaped(&address));
             } else {
@@ -355,13 +363,18 @@ fn format_suppressions(items: &[serde_json::Value], now: u64) -> String {
         format!("{} ({})", utc(t), relative(t, now))
     };
     let mut rows = vec![
-        ["ADDRESS", "SINCE", "UNTIL", "REASON"]
+        ["ADDRESS", "SCOPE", "SINCE", "UNTIL", "REASON"]
             .map(String::from)
             .to_vec(),
     ];
     for i in items {
         rows.push(vec![
             escape(i["address"].as_str().unwrap_or("")).into_owned(),
+            // A complainer is suppressed for one sender domain; a bad recipient for all mail.
+            match i["sender_domain"].as_str() {
+                Some(d) => format!("mail from {}", escape(d)),
+                None => "all mail".to_string(),
+            },
             at(&i["since"]),
             at(&i["until"]),
             escape(i["reason"].as_str().unwrap_or("")).into_owned(),
@@ -386,7 +399,7 @@ mod tests {
         ];
         let t = super::format_suppressions(&items, now);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("ADDRESS      SINCE"), "{t}");
+        assert!(lines[0].starts_with("ADDRESS      SCOPE     SINCE"), "{t}");
         assert!(
             lines[1].contains(
                 "2026-12-07 12:03:12 UTC (2h ago)  2027-01-05 14:03:12 UTC (in 29d)  550 5.1.1"

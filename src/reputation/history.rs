@@ -38,6 +38,10 @@ pub struct Bucket {
     pub recipient_bounces: u64,
     /// Block or reputation replies.
     pub blocks: u64,
+    /// Feedback-loop complaints counted against the IP (not those an account took the blame
+    /// for), by the hour they arrived.
+    #[serde(default)]
+    pub complaints: u64,
     /// The day's warm-up cap while this hour was sampled (None: not capped).
     #[serde(default)]
     pub cap: Option<u64>,
@@ -50,6 +54,7 @@ impl Bucket {
         self.hard_bounces += o.hard_bounces;
         self.recipient_bounces += o.recipient_bounces;
         self.blocks += o.blocks;
+        self.complaints += o.complaints;
         if o.cap.is_some() {
             self.cap = o.cap;
         }
@@ -64,6 +69,7 @@ pub enum Count {
     HardBounce,
     RecipientBounce,
     Block,
+    Complaint,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,7 +178,57 @@ impl History {
             Count::HardBounce => b.hard_bounces += 1,
             Count::RecipientBounce => b.recipient_bounces += 1,
             Count::Block => b.blocks += 1,
+            Count::Complaint => b.complaints += 1,
         }
+    }
+
+    /// This node's counts of `ip` × `provider` since `since` (unix seconds; from the start of
+    /// its hour), stored and not yet flushed: what the complaint rate is computed from.
+    pub fn window(&self, ip: IpAddr, provider: &str, since: u64) -> Bucket {
+        let from = since / HOUR * HOUR;
+        let mut sum = Bucket::default();
+        if let Some(state) = &self.state {
+            match state.history_hours_from(&ip.to_string(), provider, from) {
+                Ok(hours) => {
+                    for (_, json) in hours {
+                        sum.add(&serde_json::from_str(&json).unwrap_or_default());
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read history"),
+            }
+        }
+        let p = self.pending.lock().expect("lock");
+        for ((_, _, _), b) in p
+            .iter()
+            .filter(|((i, p, h), _)| *i == ip && p == provider && *h >= from)
+        {
+            sum.add(b);
+        }
+        sum.cap = None;
+        sum
+    }
+
+    /// This node's stored events of `ip` (oldest first), from the hour `since` on.
+    pub fn local_events(&self, ip: IpAddr, since: u64) -> Vec<Event> {
+        let Some(state) = &self.state else {
+            return Vec::new();
+        };
+        match state.history_of(&ip.to_string()) {
+            Ok((_, events)) => parse_events(&events, since),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read history");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Records one event of `ip` that is not a hold change (a complaint-rate warning), stored
+    /// and shared like hold events.
+    pub fn event(&self, ip: IpAddr, e: &Event) {
+        let (Some(state), Ok(json)) = (&self.state, serde_json::to_string(e)) else {
+            return;
+        };
+        store_events(state, self.cluster.get(), vec![(ip.to_string(), json)]);
     }
 
     /// Notes today's warm-up caps and writes the gathered counts (blocking I/O); prunes old

@@ -1,9 +1,11 @@
 //! Is each pool IP still good: DNSBL checks of every pool IP, reply classes and outcome windows
-//! per IP × provider, and the quarantines they lead to (through the pool's API).
+//! per IP × provider, complaint rates, and the quarantines they lead to (through the pool's
+//! API).
 
 pub mod accounts;
 pub mod bounce;
 pub mod cli;
+pub mod complaints;
 pub mod dnsbl;
 pub mod feeds;
 pub mod history;

@@ -33,7 +33,7 @@ use crate::outcome::classify::{Class, Classification, Classifier, Signal};
 use crate::pool::throttle::PaceCut;
 use crate::pool::{Cause, Hold, HoldKey, Pools, RampOutcome};
 use crate::reputation::Settings;
-use crate::reputation::suppress::Suppressions;
+use crate::reputation::suppress::{Suppressions, Why};
 use crate::spool::RemoteReply;
 
 /// Senders tracked for list hygiene at most.
@@ -184,6 +184,9 @@ pub struct WindowView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowsView {
     pub windows: Vec<WindowView>,
+    /// Complaint rates of the IP × providers complained about since the relay started.
+    #[serde(default)]
+    pub complaint_rates: Vec<super::complaints::RateView>,
 }
 
 #[derive(Default)]
@@ -195,13 +198,15 @@ struct Hygiene {
 pub struct Tracker {
     /// Rules and thresholds: replaced on reload; windows and quarantines stay.
     classifier: ArcSwap<Classifier>,
-    settings: ArcSwap<Settings>,
-    pools: Arc<Pools>,
+    pub(super) settings: ArcSwap<Settings>,
+    pub(super) pools: Arc<Pools>,
     windows: Windows,
     senders: Mutex<HashMap<String, Hygiene>>,
-    suppressions: Arc<Suppressions>,
+    pub(super) suppressions: Arc<Suppressions>,
     /// Hourly outcome counts per IP × provider (in memory only unless `with_history`).
-    history: Arc<super::history::History>,
+    pub(super) history: Arc<super::history::History>,
+    /// What the complaint rates last were (`reputation::complaints`).
+    pub(super) complaints: super::complaints::Rates,
     /// Per login and sender domain (counting only, in memory, unless `with_accounts`).
     accounts: Arc<super::accounts::Accounts>,
 }
@@ -229,6 +234,7 @@ impl Tracker {
             suppressions,
             history: Arc::new(super::history::History::new(None)),
             accounts: Arc::new(super::accounts::Accounts::new(None, None)),
+            complaints: Default::default(),
         })
     }
 
@@ -278,7 +284,11 @@ impl Tracker {
             })
             .collect();
         windows.sort_by(|a, b| (&a.ip, &a.provider).cmp(&(&b.ip, &b.provider)));
-        WindowsView { windows }
+        drop(w);
+        WindowsView {
+            windows,
+            complaint_rates: self.complaint_rates(),
+        }
     }
 
     pub fn classifier(&self) -> Arc<Classifier> {
@@ -468,19 +478,37 @@ impl Tracker {
         Judged::Judged { quarantined }
     }
 
-    /// The immediate failure for a suppressed recipient, saying why and how to lift it.
-    pub fn suppressed(&self, recipient: &str) -> Option<RemoteReply> {
-        let e = self.suppressions.get(recipient)?;
+    /// The immediate failure for a suppressed recipient of mail from `sender_domains` (the
+    /// From: and envelope sender domains), saying why and how to lift it.
+    pub fn suppressed(&self, recipient: &str, sender_domains: &[&str]) -> Option<RemoteReply> {
+        let e = self.suppressions.get_for(recipient, sender_domains)?;
         let date = |t: u64| {
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
             )
         };
+        let (status, why, lift) = match (&e.why, &e.sender_domain) {
+            (Why::BadRecipient, _) => ("5.1.1", "it bounced as unknown", String::new()),
+            (Why::Complained, Some(d)) => (
+                "5.7.1",
+                "its owner reported mail from this sender domain as spam",
+                format!(" --sender-domain {d}"),
+            ),
+            (Why::Complained, None) => (
+                "5.7.1",
+                "its owner reported our mail as spam",
+                String::new(),
+            ),
+        };
+        let scope = match &e.sender_domain {
+            Some(d) => format!(" for mail from {d}"),
+            None => String::new(),
+        };
         Some(RemoteReply {
             code: 550,
-            status: "5.1.1".into(),
+            status: status.into(),
             text: format!(
-                "recipient suppressed until {}: it bounced as unknown on {} (\"{}\"); lift with `poolrelay suppression remove {recipient}`",
+                "recipient suppressed{scope} until {}: {why} on {} (\"{}\"); lift with `poolrelay suppression remove {recipient}{lift}`",
                 date(e.until),
                 date(e.since),
                 e.reason

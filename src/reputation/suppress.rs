@@ -1,8 +1,13 @@
 //! Suppression: an address that hard-bounced as a bad recipient is not tried again for
 //! `reputation.suppress_for`; later mail to it fails at once with a DSN saying why (so a stale
-//! list does not keep hurting the pool's reputation). Listed and removable through the admin API
-//! (`GET /api/suppressions`, `POST /api/suppressions/remove {"address": …}`) and
-//! `poolrelay suppression list|remove`.
+//! list does not keep hurting the pool's reputation). A recipient who complained (a feedback
+//! report, `reputation::complaints`) is suppressed the same way for `[feedback] suppress_for`,
+//! for the sender domain complained about or for every sender (`[feedback] suppress`). Listed and removable through the admin API (`GET
+//! /api/suppressions`, `POST /api/suppressions/remove {"address": …, "sender_domain": …}`) and
+//! `poolrelay suppression list|remove`; a removal without a sender domain lifts every scope.
+//!
+//! One entry per address and scope: the key is the address, or `address|sender-domain` for a
+//! suppression of one sender domain's mail.
 //!
 //! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed). With
 //! `[cluster]`, additions and removals go to the farm too (`cluster::sync`), and the farm's are
@@ -20,13 +25,49 @@ use crate::cluster::events::{Change, Newer, Outbox, newer};
 use crate::pool::warmup::Clock;
 use crate::spool::now_unix;
 
+/// Why an address is suppressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Why {
+    /// It hard-bounced as an unknown recipient.
+    #[default]
+    BadRecipient,
+    /// Its owner reported our mail as spam.
+    Complained,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
-    /// The reply that caused it.
+    /// The reply that caused it, or the complaint's summary.
     pub reason: String,
     /// Unix seconds.
     pub since: u64,
     pub until: u64,
+    #[serde(default)]
+    pub why: Why,
+    /// Only mail from this sender domain is refused; `None`: all mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_domain: Option<String>,
+}
+
+/// The map key of `address` suppressed for `sender_domain` (module doc).
+fn key(address: &str, sender_domain: Option<&str>) -> String {
+    let address = address.to_ascii_lowercase();
+    match sender_domain {
+        Some(d) => format!("{address}|{}", d.to_ascii_lowercase()),
+        None => address,
+    }
+}
+
+/// The address of a map key.
+fn address_of<'a>(key: &'a str, e: &Entry) -> &'a str {
+    match &e.sender_domain {
+        Some(d) => key
+            .strip_suffix(d.as_str())
+            .and_then(|k| k.strip_suffix('|')),
+        None => None,
+    }
+    .unwrap_or(key)
 }
 
 pub struct Suppressions {
@@ -148,20 +189,46 @@ impl Suppressions {
             .collect()
     }
 
+    /// A bad recipient: suppressed for every sender.
     pub fn add(&self, address: &str, reason: &str, for_secs: u64) {
+        self.insert(address, Why::BadRecipient, None, reason, for_secs);
+    }
+
+    /// A complainer: suppressed for `sender_domain`, or every sender when `None`.
+    pub fn add_complainer(
+        &self,
+        address: &str,
+        sender_domain: Option<&str>,
+        reason: &str,
+        for_secs: u64,
+    ) {
+        self.insert(address, Why::Complained, sender_domain, reason, for_secs);
+    }
+
+    fn insert(
+        &self,
+        address: &str,
+        why: Why,
+        sender_domain: Option<&str>,
+        reason: &str,
+        for_secs: u64,
+    ) {
         let now = now_unix();
         let entry = Entry {
             reason: reason.to_string(),
             since: now,
             until: now + for_secs,
+            why,
+            sender_domain: sender_domain.map(str::to_ascii_lowercase),
         };
         {
-            let address = address.to_ascii_lowercase();
+            let key = key(address, sender_domain);
             let mut map = self.map.lock().expect("lock");
-            map.insert(address.clone(), entry.clone());
-            self.changed(&address, Some(entry.clone()));
+            map.insert(key.clone(), entry.clone());
+            self.changed(&key, Some(entry.clone()));
         }
-        tracing::warn!(recipient = %address, reason, until = entry.until, "recipient suppressed");
+        let scope = sender_domain.unwrap_or("all senders");
+        tracing::warn!(recipient = %address, reason, scope, until = entry.until, "recipient suppressed");
         if self.batched.load(Ordering::Relaxed) {
             self.dirty.store(true, Ordering::Relaxed);
         } else {
@@ -196,37 +263,64 @@ impl Suppressions {
         }
     }
 
-    /// The suppression in force for `address`, if any.
+    /// The suppression in force for `address` and every sender, if any.
     pub fn get(&self, address: &str) -> Option<Entry> {
+        self.get_for(address, &[])
+    }
+
+    /// The suppression in force for `address` from a sender of `sender_domains` (or for every
+    /// sender), if any: the one for every sender first.
+    pub fn get_for(&self, address: &str, sender_domains: &[&str]) -> Option<Entry> {
+        let now = now_unix();
         let map = self.map.lock().expect("lock");
-        map.get(&address.to_ascii_lowercase())
-            .filter(|e| e.until > now_unix())
+        std::iter::once(None)
+            .chain(sender_domains.iter().map(|d| Some(*d)))
+            .filter_map(|d| map.get(&key(address, d)))
+            .find(|e| e.until > now)
             .cloned()
     }
 
-    pub fn remove(&self, address: &str) -> bool {
+    /// Lifts the suppression of `address` for `sender_domain`, or every one of `address` when
+    /// `None`. Returns whether there was one.
+    pub fn remove(&self, address: &str, sender_domain: Option<&str>) -> bool {
         let removed = {
-            let address = address.to_ascii_lowercase();
             let mut map = self.map.lock().expect("lock");
-            let removed = map.remove(&address).is_some();
-            if removed {
-                self.changed(&address, None);
+            let keys: Vec<String> = match sender_domain {
+                Some(d) => vec![key(address, Some(d))],
+                None => {
+                    let a = address.to_ascii_lowercase();
+                    map.range(a.clone()..)
+                        .map(|(k, _)| k)
+                        .take_while(|k| k.starts_with(&a))
+                        .filter(|k| k.len() == a.len() || k[a.len()..].starts_with('|'))
+                        .cloned()
+                        .collect()
+                }
+            };
+            let mut removed = false;
+            for k in keys {
+                if map.remove(&k).is_some() {
+                    self.changed(&k, None);
+                    removed = true;
+                }
             }
             removed
         };
         if removed {
-            tracing::info!(recipient = %address, "suppression removed");
+            let scope = sender_domain.unwrap_or("every scope");
+            tracing::info!(recipient = %address, scope, "suppression removed");
             self.save();
         }
         removed
     }
 
+    /// Suppressions in force: address and entry (its scope in `sender_domain`).
     pub fn list(&self) -> Vec<(String, Entry)> {
         let now = now_unix();
         let map = self.map.lock().expect("lock");
         map.iter()
             .filter(|(_, e)| e.until > now)
-            .map(|(a, e)| (a.clone(), e.clone()))
+            .map(|(k, e)| (address_of(k, e).to_string(), e.clone()))
             .collect()
     }
 
@@ -295,11 +389,78 @@ mod tests {
             reason: "550 5.1.1".into(),
             since: now_unix(),
             until: now_unix() + 60,
+            why: Why::BadRecipient,
+            sender_domain: None,
         };
         assert!(s.apply_remote("new@example.com", Some(entry), Clock::now_ms()));
         assert!(s.get("new@example.com").is_some());
         assert!(rx.try_recv().is_err());
         assert_eq!(s.changes().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_complainer_is_suppressed_for_its_sender_domain_only() {
+        let dir = std::env::temp_dir().join(format!(
+            "poolrelay-suppress-{}",
+            crate::spool::Spool::new_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Suppressions::open(&dir);
+        s.add_complainer("Eve@Example.net", Some("Shop.example"), "complained", 3600);
+        s.add("eve@example.net", "550 5.1.1 no such user", 60);
+        assert!(s.remove("eve@example.net", None));
+        s.add_complainer("eve@example.net", Some("shop.example"), "complained", 3600);
+        assert!(s.get("eve@example.net").is_none());
+        assert!(s.get_for("eve@example.net", &["other.example"]).is_none());
+        let e = s
+            .get_for("EVE@example.net", &["other.example", "shop.example"])
+            .unwrap();
+        assert_eq!(
+            (e.why, e.sender_domain.as_deref()),
+            (Why::Complained, Some("shop.example"))
+        );
+        // Listed by address with its scope; kept across a restart.
+        let listed = Suppressions::open(&dir).list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, "eve@example.net");
+        assert_eq!(listed[0].1.sender_domain.as_deref(), Some("shop.example"));
+        // Another address with the same start is not lifted with it.
+        s.add_complainer("eve@example.net.x", None, "complained", 3600);
+        assert!(s.remove("eve@example.net", Some("shop.example")));
+        assert!(!s.remove("eve@example.net", None));
+        assert!(s.get("eve@example.net.x").is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_complainer_suppressed_on_one_node_is_suppressed_on_the_others() {
+        let dirs: Vec<PathBuf> = (0..2)
+            .map(|_| {
+                let d = std::env::temp_dir().join(format!(
+                    "poolrelay-suppress-{}",
+                    crate::spool::Spool::new_id()
+                ));
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            })
+            .collect();
+        let (here, there) = (Suppressions::open(&dirs[0]), Suppressions::open(&dirs[1]));
+        let (outbox, mut rx) = Outbox::new("here");
+        here.share(outbox);
+        here.add_complainer("eve@example.net", Some("shop.example"), "complained", 3600);
+        let sent = rx.try_recv().unwrap();
+        let Change::Suppression { address, entry } = sent.change else {
+            panic!("not a suppression");
+        };
+        assert_eq!(address, "eve@example.net|shop.example");
+        assert!(there.apply_remote(&address, entry, sent.at_ms));
+        let e = there.get_for("eve@example.net", &["shop.example"]).unwrap();
+        assert_eq!(e.why, Why::Complained);
+        assert!(there.get("eve@example.net").is_none());
+        assert_eq!(there.list()[0].0, "eve@example.net");
+        for d in dirs {
+            std::fs::remove_dir_all(d).unwrap();
+        }
     }
 }

@@ -78,6 +78,19 @@ impl TlsRequest {
     }
 }
 
+impl Envelope {
+    /// The sender domains a per-sender-domain suppression matches: the `From:` domain and the
+    /// envelope sender's.
+    pub fn sender_domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = self.from_domain.iter().cloned().collect();
+        let env = crate::routing::domain_of(&self.sender);
+        if !env.is_empty() && !d.contains(&env) {
+            d.push(env);
+        }
+        d
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RcptState {

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use super::{Tracker, Window};
 use crate::outcome::classify::Signal;
+use crate::pool::warmup::Clock;
 use crate::pool::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident};
 
 /// A quarantine to make: why, and which offence it is.
@@ -82,6 +83,38 @@ impl Tracker {
             .min(settings.max_cooldown.0);
         w.probe_from = now + cool.as_secs().max(1);
         (w.offences, cool)
+    }
+
+    /// A quarantine judged outside the reply path (the complaint rate): the next offence of
+    /// `ip` × `provider`, made and stored. Returns when it ends (unix s), `None` if it could
+    /// not be made.
+    pub(in crate::reputation) fn offend(
+        &self,
+        ip: IpAddr,
+        provider: &str,
+        cause: Cause,
+        reason: String,
+        evidence: String,
+    ) -> Option<u64> {
+        let now = crate::spool::now_unix();
+        let mut windows = self.windows.lock().expect("lock");
+        let incident = self.pools.incident(ip, provider, Clock::now_ms());
+        let w = windows.entry((ip, provider.to_string())).or_default();
+        let (number, cool) = self.next_offence(w, &incident, now);
+        let o = Offence {
+            cause,
+            reason,
+            evidence,
+            replies: 0,
+            number,
+            cool,
+        };
+        let written = self.quarantine(ip, provider, o);
+        drop(windows);
+        if let Err(e) = self.pools.persist_holds(written?) {
+            tracing::error!(source_ip = %ip, error = %e, "cannot store a quarantine");
+        }
+        Some(now + cool.as_secs().max(1))
     }
 
     /// Makes the quarantine in the pool's memory only (under the windows' lock, so the next
