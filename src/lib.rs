@@ -25,3 +25,4 @@ pub mod spool;
 pub mod state;
 pub mod text;
 pub mod tls;
+pub mod util;
