@@ -26,3 +26,4 @@ pub mod state;
 pub mod text;
 pub mod tls;
 pub mod tls_reports;
+pub mod util;

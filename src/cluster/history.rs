@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use futures_util::future::BoxFuture;
+
 use super::{Cluster, RunError};
-use crate::reputation::history::{Bucket, KEEP_DAYS, MAX_EVENTS_PER_IP};
+use crate::reputation::history::{Bucket, Farm, FarmCopy, KEEP_DAYS, MAX_EVENTS_PER_IP};
 
 const KEEP_S: i64 = (KEEP_DAYS * 86_400) as i64;
 
@@ -17,6 +19,31 @@ fn hours_key(c: &Cluster, ip: IpAddr) -> String {
 
 fn events_key(c: &Cluster, ip: IpAddr) -> String {
     c.key(&format!("history:events:{ip}"))
+}
+
+impl Farm for Cluster {
+    fn is_up(&self) -> bool {
+        Cluster::is_up(self)
+    }
+
+    fn push_hours<'a>(
+        &'a self,
+        buckets: &'a [((IpAddr, String, u64), Bucket)],
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(push_hours(self, buckets))
+    }
+
+    fn prune<'a>(&'a self, ips: &'a [IpAddr], cutoff: u64) -> BoxFuture<'a, ()> {
+        Box::pin(prune(self, ips, cutoff))
+    }
+
+    fn read(&self, ip: IpAddr) -> BoxFuture<'_, Option<FarmCopy>> {
+        Box::pin(read(self, ip))
+    }
+
+    fn push_events(&self, events: Vec<(IpAddr, String)>) -> BoxFuture<'_, bool> {
+        Box::pin(push_events(self, events))
+    }
 }
 
 /// Adds counts to the farm's buckets; false when Redis did not take them (kept for the next;
@@ -75,8 +102,7 @@ pub async fn push_events(c: &Cluster, events: Vec<(IpAddr, String)>) -> bool {
 
 /// One IP's buckets (`(provider, hour, bucket)`) and events (JSON, oldest first); `None` when
 /// Redis did not answer.
-#[allow(clippy::type_complexity)]
-pub async fn read(c: &Cluster, ip: IpAddr) -> Option<(Vec<(String, u64, Bucket)>, Vec<String>)> {
+pub async fn read(c: &Cluster, ip: IpAddr) -> Option<FarmCopy> {
     let (hk, ek) = (hours_key(c, ip), events_key(c, ip));
     let (fields, events): (Vec<(String, u64)>, Vec<String>) = c
         .run("history", |mut conn| async move {

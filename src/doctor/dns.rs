@@ -86,12 +86,7 @@ pub async fn txt(resolver: &TokioResolver, name: &str) -> Found<String> {
 
 /// The reverse-DNS name of an address: `10.0.0.127.in-addr.arpa`, nibbles under `ip6.arpa`.
 pub fn reverse_name(ip: IpAddr) -> String {
-    let zone = if ip.is_ipv4() {
-        "in-addr.arpa"
-    } else {
-        "ip6.arpa"
-    };
-    format!("{}.{zone}", crate::reputation::dnsbl::reversed(ip))
+    Name::from(ip).to_ascii().trim_end_matches('.').to_owned()
 }
 
 /// PTR lookups sent to the nameservers themselves. hickory's resolver answers `localhost` for
@@ -134,11 +129,7 @@ impl PtrClient {
     /// PTR names of `ip` (lower case, no trailing dot).
     pub async fn ptr(&self, ip: IpAddr) -> Found<String> {
         let rname = reverse_name(ip);
-        let name = match Name::from_ascii(fqdn(&rname)) {
-            Ok(n) => n,
-            Err(e) => return Found::Error(format!("{rname}: {e}")),
-        };
-        let query = Query::query(name, RecordType::PTR);
+        let query = Query::query(Name::from(ip), RecordType::PTR);
         let mut responses = self.0.lookup(query, DnsRequestOptions::default());
         match responses.next().await {
             Some(Ok(r)) if r.metadata.response_code == ResponseCode::NXDomain => Found::NxDomain,
@@ -237,6 +228,35 @@ mod tests {
         );
         assert!(reverse_name("::1".parse().unwrap()).ends_with(".0.ip6.arpa"));
         assert!(reverse_name("::1".parse().unwrap()).starts_with("1.0.0.0."));
+    }
+
+    #[test]
+    fn reverse_names_as_built_by_hand() {
+        for ip in [
+            "127.0.0.10",
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::",
+            "::1",
+            "2001:db8::1",
+            "2001:db8:abcd:12:ffff:0:a0f:1",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let zone = if ip.is_ipv4() {
+                "in-addr.arpa"
+            } else {
+                "ip6.arpa"
+            };
+            let by_hand = format!("{}.{zone}", crate::reputation::dnsbl::reversed(ip));
+            assert_eq!(reverse_name(ip), by_hand, "{ip}");
+            assert_eq!(
+                Name::from(ip),
+                Name::from_ascii(fqdn(&by_hand)).unwrap(),
+                "{ip}"
+            );
+        }
     }
 
     #[test]

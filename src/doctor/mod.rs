@@ -9,6 +9,7 @@ pub mod cli;
 pub mod dkim;
 pub mod dmarc;
 pub mod dns;
+pub mod feeds;
 pub mod monitor;
 pub mod mx;
 pub mod probe;

@@ -119,7 +119,7 @@ pub struct Report {
     pub summary: Summary,
     pub ips: Vec<IpReport>,
     pub domains: Vec<DomainReport>,
-    /// Provider feeds' last polls and domain spam rates (`reputation::feeds::doctor`).
+    /// Provider feeds' last polls and domain spam rates (`doctor::feeds`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<Check>,
 }

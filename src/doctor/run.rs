@@ -79,7 +79,7 @@ impl Doctor {
         Ok(Report::with_feeds(
             ip_reports.into_iter().map(|(_, r)| r).collect(),
             domain_reports.into_iter().map(|(_, r)| r).collect(),
-            crate::reputation::feeds::doctor::checks(&self.config),
+            super::feeds::checks(&self.config),
         ))
     }
 

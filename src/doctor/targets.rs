@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use crate::config::Config;
-use crate::pool::rules::glob;
+use crate::util::glob::glob;
 
 use super::dns::norm;
 use super::spf::Sender;

@@ -71,34 +71,9 @@ pub fn header(r: &ReceivedInfo<'_>) -> String {
     h
 }
 
-/// `Mon, 23 Nov 2026 17:29:01 +0000` from Unix seconds (UTC).
+/// `Mon, 23 Nov 2026 17:29:01 +0000` from Unix seconds (UTC), as `outcome::dsn` writes its dates.
 pub fn rfc5322_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days.rem_euclid(7)) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    mail_parser::DateTime::from_timestamp(unix as i64).to_rfc822()
 }
 
 #[cfg(test)]
@@ -113,6 +88,57 @@ mod tests {
             "Mon, 23 Nov 2026 17:30:00 +0000"
         );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    /// The hand-written formatter mail-parser replaced, kept as the oracle for byte identity.
+    fn civil_date(unix: u64) -> String {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let days = (unix / 86400) as i64;
+        let secs = unix % 86400;
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!(
+            "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+            DAYS[(days.rem_euclid(7)) as usize],
+            d,
+            MONTHS[(m - 1) as usize],
+            y,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
+
+    #[test]
+    fn mail_parser_dates_are_byte_identical() {
+        let mut stamps = vec![
+            0,
+            1,
+            86_399,
+            86_400,
+            951_782_400,
+            951_868_799,
+            1_795_455_000,
+            4_107_542_399,
+            4_102_444_800,
+            253_402_300_799,
+        ];
+        // Every day from 1970 to 2200 at a moving second of the day.
+        stamps.extend((0..84_000u64).map(|d| d * 86_400 + (d * 7_919) % 86_400));
+        for t in stamps {
+            assert_eq!(rfc5322_date(t), civil_date(t), "{t}");
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::pool::rules::glob;
 use crate::reply::Reply;
+use crate::util::glob::glob;
 
 /// One `[[access.sender_login]]` entry: a user or a network, and its sender patterns.
 #[derive(Debug, Clone, Deserialize)]

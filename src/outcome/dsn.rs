@@ -11,6 +11,8 @@
 
 use std::fmt::Write as _;
 
+use memchr::memmem;
+
 use crate::spool::{Envelope, Recipient, RemoteReply};
 
 /// The most of the original message a DSN returns: its header section up to 64 KiB.
@@ -186,7 +188,7 @@ fn build_dsn_at(
 
 /// The header section of `message_head` (up to, not including, the blank line), CRLF-terminated.
 fn header_block(message_head: &[u8]) -> Vec<u8> {
-    let end = find(message_head, b"\r\n\r\n")
+    let end = memmem::find(message_head, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(message_head.len());
     let mut head = message_head[..end].to_vec();
@@ -200,7 +202,7 @@ fn header_block(message_head: &[u8]) -> Vec<u8> {
 /// followed by a continuation line.
 pub(super) fn last_field_end(head: &[u8]) -> usize {
     let mut end = head.len();
-    while let Some(p) = head[..end].windows(2).rposition(|w| w == b"\r\n") {
+    while let Some(p) = memmem::rfind(&head[..end], b"\r\n") {
         let cut = p + 2;
         if cut == head.len() || !matches!(head[cut], b' ' | b'\t') {
             return cut;
@@ -208,10 +210,6 @@ pub(super) fn last_field_end(head: &[u8]) -> usize {
         end = p;
     }
     0
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A random boundary that does not occur in the enclosed headers.
@@ -222,7 +220,7 @@ fn boundary_for(head: &[u8]) -> String {
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        if find(head, b.as_bytes()).is_none() {
+        if memmem::find(head, b.as_bytes()).is_none() {
             return b;
         }
     }

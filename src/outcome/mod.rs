@@ -220,9 +220,7 @@ async fn read_head(spool: &Spool, id: &str, prepend: &str) -> Vec<u8> {
         Err(e) => tracing::error!(queue_id = id, error = %e, "dsn: cannot read the message"),
     }
     // No blank line within the bound: keep the whole fields only.
-    let end = chunk
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
+    let end = memchr::memmem::find(&chunk, b"\r\n\r\n")
         .map(|p| p + 2)
         .unwrap_or_else(|| match chunk.len() {
             LIMIT => dsn::last_field_end(&chunk),

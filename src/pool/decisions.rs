@@ -58,7 +58,7 @@ impl Pools {
         if let Some(state) = &self.state {
             crate::reputation::history::warmup_event(
                 state,
-                self.cluster(),
+                self.history_farm(),
                 ip,
                 provider,
                 d.kind(),

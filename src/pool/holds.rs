@@ -516,7 +516,7 @@ impl Pools {
         }
         self.store_current(w.keys)?;
         if let Some(state) = &self.state {
-            crate::reputation::history::hold_events(state, self.cluster(), &w.events);
+            crate::reputation::history::hold_events(state, self.history_farm(), &w.events);
         }
         self.wake.notify_one();
         Ok(())

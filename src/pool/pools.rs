@@ -302,6 +302,13 @@ impl Pools {
         self.cluster.get()
     }
 
+    /// The farm's history (`[cluster]`), as `reputation::history` takes it.
+    pub(super) fn history_farm(&self) -> Option<Arc<dyn crate::reputation::history::Farm>> {
+        self.cluster
+            .get()
+            .map(|c| Arc::clone(c) as Arc<dyn crate::reputation::history::Farm>)
+    }
+
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
         self.conf.load()
     }

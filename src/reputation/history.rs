@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Cluster;
 use crate::pool::{Hold, HoldKind, Pools};
 use crate::spool::now_unix;
 use crate::state::State;
@@ -107,13 +107,32 @@ pub struct HistoryView {
 
 type Key = (IpAddr, String, u64);
 
+/// One IP's history in the farm: buckets (`(provider, hour, bucket)`) and events (JSON, oldest
+/// first).
+pub type FarmCopy = (Vec<(String, u64, Bucket)>, Vec<String>);
+
+/// The farm's shared copy of the history (`[cluster]`), implemented for `cluster::Cluster` in
+/// `cluster::history`: the cluster depends on this module, never the reverse.
+pub trait Farm: Send + Sync + 'static {
+    /// Redis answers.
+    fn is_up(&self) -> bool;
+    /// Adds counts to the farm's buckets; false when Redis did not take them.
+    fn push_hours<'a>(&'a self, buckets: &'a [(Key, Bucket)]) -> BoxFuture<'a, bool>;
+    /// Drops the farm's buckets of `ips` older than `cutoff` (unix seconds).
+    fn prune<'a>(&'a self, ips: &'a [IpAddr], cutoff: u64) -> BoxFuture<'a, ()>;
+    /// One IP's history; `None` when Redis did not answer.
+    fn read(&self, ip: IpAddr) -> BoxFuture<'_, Option<FarmCopy>>;
+    /// Appends hold changes (`(ip, json)`) to the farm's event lists.
+    fn push_events(&self, events: Vec<(IpAddr, String)>) -> BoxFuture<'_, bool>;
+}
+
 pub struct History {
     state: Option<Arc<State>>,
     pending: Mutex<HashMap<Key, Bucket>>,
     /// Hour of the last pruning.
     pruned: Mutex<u64>,
     /// The farm (`[cluster]`), set once at start.
-    cluster: OnceLock<Arc<Cluster>>,
+    cluster: OnceLock<Arc<dyn Farm>>,
     /// Counts Redis has not taken yet (it was down).
     unshared: Mutex<HashMap<Key, Bucket>>,
 }
@@ -134,7 +153,7 @@ impl History {
     }
 
     /// Shares counts and events with the farm from now on, and shows the farm's.
-    pub fn share(&self, cluster: Arc<Cluster>) {
+    pub fn share(&self, cluster: Arc<dyn Farm>) {
         let _ = self.cluster.set(cluster);
     }
 
@@ -159,11 +178,11 @@ impl History {
             .iter()
             .map(|(k, b)| (k.clone(), b.clone()))
             .collect();
-        if rt.block_on(crate::cluster::history::push_hours(cluster, &buckets)) {
+        if rt.block_on(cluster.push_hours(&buckets)) {
             unshared.clear();
         }
         if let Some((ips, cutoff)) = prune_before {
-            rt.block_on(crate::cluster::history::prune(cluster, &ips, cutoff));
+            rt.block_on(cluster.prune(&ips, cutoff));
         }
     }
 
@@ -335,14 +354,13 @@ impl History {
     }
 
     /// The farm's history of `ip` while Redis answers (blocking, like `view`).
-    #[allow(clippy::type_complexity)]
-    fn farm_view(&self, ip: IpAddr) -> Option<(Vec<(String, u64, Bucket)>, Vec<String>)> {
+    fn farm_view(&self, ip: IpAddr) -> Option<FarmCopy> {
         let cluster = self.cluster.get()?;
         if !cluster.is_up() {
             return None;
         }
         let rt = tokio::runtime::Handle::try_current().ok()?;
-        rt.block_on(crate::cluster::history::read(cluster, ip))
+        rt.block_on(cluster.read(ip))
     }
 }
 
@@ -386,7 +404,7 @@ fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> Option<&'stat
 /// history too with `[cluster]` (in the background; lost there, not here, if Redis is down).
 pub fn hold_events(
     state: &State,
-    cluster: Option<&Arc<Cluster>>,
+    cluster: Option<Arc<dyn Farm>>,
     changes: &[(IpAddr, Option<Hold>, Option<Hold>)],
 ) {
     let now = now_unix();
@@ -413,7 +431,7 @@ pub fn hold_events(
 /// reason: its text, evidence: the day's counts), stored and shared like hold events.
 pub fn warmup_event(
     state: &State,
-    cluster: Option<&Arc<Cluster>>,
+    cluster: Option<Arc<dyn Farm>>,
     ip: IpAddr,
     provider: &str,
     kind: &str,
@@ -436,17 +454,16 @@ pub fn warmup_event(
 
 /// Writes events (IP, JSON) here, and to the farm's history with `[cluster]` (in the
 /// background; lost there, not here, if Redis is down).
-fn store_events(state: &State, cluster: Option<&Arc<Cluster>>, records: Vec<(String, String)>) {
+fn store_events(state: &State, cluster: Option<Arc<dyn Farm>>, records: Vec<(String, String)>) {
     if let Err(e) = state.history_events(&records) {
         tracing::error!(error = %e, "cannot store pool history events");
     }
     if let (Some(c), Ok(rt)) = (cluster, tokio::runtime::Handle::try_current()) {
-        let c = c.clone();
         let events: Vec<(IpAddr, String)> = records
             .into_iter()
             .filter_map(|(ip, json)| Some((ip.parse().ok()?, json)))
             .collect();
-        rt.spawn(async move { crate::cluster::history::push_events(&c, events).await });
+        rt.spawn(async move { c.push_events(events).await });
     }
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use mail_auth::common::crypto::{DkimKey as AuthKey, Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner, Signature};
+use memchr::memmem;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -220,7 +221,7 @@ impl Signer {
         stamp: Option<StampFn<'_>>,
     ) -> Result<Signed, Reply> {
         // In memory: no copy of the header section, no read buffer.
-        let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
+        let header_end = memmem::find(message, b"\r\n\r\n").map_or(message.len(), |p| p + 4);
         self.sign_with(&message[..header_end], message, from_ok, stamp, |_| Ok(()))
     }
 
@@ -271,7 +272,7 @@ impl Signer {
             }
             let from = head.len().saturating_sub(3);
             head.extend_from_slice(&chunk[..n]);
-            if let Some(p) = find(&head[from..], b"\r\n\r\n") {
+            if let Some(p) = memmem::find(&head[from..], b"\r\n\r\n") {
                 break from + p + 4;
             }
         };
@@ -471,10 +472,6 @@ fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, Reply> {
             }
         }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn normalize_domain(d: &str) -> String {

@@ -6,10 +6,10 @@
 //! - `snds`, `postmaster`: each feed's format and rules;
 //! - `verdict`: the typed verdicts, how the pool hears them, `OnDomainVerdict`;
 //! - `poller`: the schedule, the status (`GET /api/feeds`), `POST /api/feeds/poll`;
-//! - `doctor`: the feeds' section of `poolrelay doctor`; `cli`: `poolrelay feeds status|poll`.
+//! - `cli`: `poolrelay feeds status|poll` (the feeds' section of `poolrelay doctor` is
+//!   `doctor::feeds`).
 
 pub mod cli;
-pub mod doctor;
 pub mod fetch;
 pub mod poller;
 pub mod postmaster;

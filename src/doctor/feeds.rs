@@ -4,9 +4,8 @@
 
 use crate::config::Config;
 use crate::doctor::Check;
-
-use super::poller::{FeedsView, status_path};
-use super::verdict::Level;
+use crate::reputation::feeds::poller::{FeedsView, status_path};
+use crate::reputation::feeds::verdict::Level;
 
 /// One check per configured feed and per domain verdict; empty without `[feeds]`.
 pub fn checks(config: &Config) -> Vec<Check> {

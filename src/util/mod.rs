@@ -1,0 +1,4 @@
+//! Small helpers with no `crate::` dependencies: the bottom layer, usable from `config/` and
+//! every stage without making an import cycle.
+
+pub mod glob;
