@@ -26,7 +26,8 @@
 //! ```
 //!
 //! - `Relay::start(dir, toml)` writes `dir/poolrelay.toml`, runs the binary with cwd `dir`,
-//!   `POOLRELAY_LOG=debug`, output in `dir/relay.log`, and waits for every `[[listen]]` address.
+//!   `POOLRELAY_LOG=debug`, output in `dir/relay.log`, and waits for every `[[listen]]` address
+//!   and the `poolrelay ready` line (a relay that exits first fails the test with its log).
 //!   `kill()` = crash (SIGKILL), `stop()` = SIGTERM, `restart()`, `log()`, `log_current()`,
 //!   `wait_for_log(needle, timeout)` (current run), `data_dir()`, `queued_ids()`, `addr()`.
 //!   `Relay::start_expect_exit(dir, toml, timeout)` for configs that must be refused.

@@ -1,7 +1,9 @@
 //! Temp dirs, free ports, polling.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,12 +24,19 @@ pub fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-/// A TCP port currently free on 127.0.0.1.
+/// A TCP port currently free on 127.0.0.1, never one handed out before in this test process
+/// (so a relay's SMTP and admin ports always differ).
 pub fn free_port() -> u16 {
     free_port_on(&[IpAddr::V4(Ipv4Addr::LOCALHOST)])
 }
 
-/// A TCP port free on every one of `addrs` (e.g. all sink addresses sharing one port).
+/// Every port `free_port_on` has handed out in this process: a port is found free by binding
+/// port 0 and closing it, so the kernel may offer it again before its taker binds it (a
+/// relay's SMTP and admin ports were once equal: the relay refused to start).
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A TCP port free on every one of `addrs` (e.g. all sink addresses sharing one port), never
+/// one handed out before in this test process.
 pub fn free_port_on(addrs: &[IpAddr]) -> u16 {
     assert!(!addrs.is_empty(), "free_port_on needs an address");
     for _ in 0..200 {
@@ -37,7 +46,13 @@ pub fn free_port_on(addrs: &[IpAddr]) -> u16 {
             .iter()
             .map(|a| TcpListener::bind(SocketAddr::new(*a, port)))
             .collect();
-        if others.is_ok() && udp_free(addrs, port) {
+        if others.is_ok()
+            && udp_free(addrs, port)
+            && HANDED_OUT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(port)
+        {
             return port;
         }
     }
