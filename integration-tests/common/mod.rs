@@ -73,6 +73,9 @@
 //! - `HttpsServer::start(lo(30), &certs)` (`https.rs`): HTTPS on a free port of that address,
 //!   answering per `Host` what `set(host, Served::text(..) | Served::Reply(status, type, body) |
 //!   Served::Hang)` says (404 otherwise); `port()`, `requests()`, `requests_for(host)`.
+//! - `tempdir(name)`: a fresh dir under the system temp dir, removed when the test passes, kept
+//!   (path printed) when it fails or with `POOLRELAY_KEEP_TEST_DIRS=1`; `free_port()` never
+//!   hands out the same port twice in one test process.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 
