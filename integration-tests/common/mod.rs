@@ -26,7 +26,8 @@
 //! ```
 //!
 //! - `Relay::start(dir, toml)` writes `dir/poolrelay.toml`, runs the binary with cwd `dir`,
-//!   `POOLRELAY_LOG=debug`, output in `dir/relay.log`, and waits for every `[[listen]]` address.
+//!   `POOLRELAY_LOG=debug`, output in `dir/relay.log`, and waits for every `[[listen]]` address
+//!   and the `poolrelay ready` line (a relay that exits first fails the test with its log).
 //!   `kill()` = crash (SIGKILL), `stop()` = SIGTERM, `restart()`, `log()`, `log_current()`,
 //!   `wait_for_log(needle, timeout)` (current run), `data_dir()`, `queued_ids()`, `addr()`.
 //!   `Relay::start_expect_exit(dir, toml, timeout)` for configs that must be refused.
@@ -75,6 +76,9 @@
 //!   answering per `Host` what `set(host, Served::text(..) | Served::Reply(status, type, body) |
 //!   Served::Hang)` says (404 otherwise); `port()`, `requests()`, `requests_for(host)`,
 //!   `posts()` (every POST: host, path, content type, body).
+//! - `tempdir(name)`: a fresh dir under the system temp dir, removed when the test passes, kept
+//!   (path printed) when it fails or with `POOLRELAY_KEEP_TEST_DIRS=1`; `free_port()` never
+//!   hands out the same port twice in one test process.
 //! - `wait_until(timeout, || cond)` polls; `lo(n)` = 127.0.0.n; `free_port_on(&[ips])`.
 #![allow(dead_code, unused_imports)]
 

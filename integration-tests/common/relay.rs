@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::net::wait_until;
 
+/// The line `poolrelay serve` logs once its admin API and listeners are bound.
+const READY: &str = "poolrelay ready";
+
 /// A running `poolrelay serve` with its config in `dir/poolrelay.toml`, cwd `dir`, log in
 /// `dir/relay.log` (appended across restarts). Dropping it kills the process.
 pub struct Relay {
@@ -20,8 +23,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Writes the config, starts the relay and waits until every `[[listen]]` address accepts
-    /// TCP connections (20 s; panics with the log otherwise).
+    /// Writes the config, starts the relay and waits until it is ready: every `[[listen]]`
+    /// address accepts TCP connections and it logged `poolrelay ready` (20 s; panics with the
+    /// log otherwise, at once with "relay exited before ready" if the process ends first).
     pub fn start(dir: &Path, config_toml: &str) -> Relay {
         let mut r = Relay {
             dir: dir.to_path_buf(),
@@ -91,30 +95,54 @@ impl Relay {
         self.child = Some(child);
     }
 
+    /// Starts the process and waits until it is ready: every `[[listen]]` address accepts TCP
+    /// connections and the current run logged `poolrelay ready` (after the admin API and the
+    /// listeners are bound). A process that exits first fails the test at once with its log:
+    /// a port answering is not enough, another process (or the relay's own admin API) may
+    /// hold it while the relay is refusing to start.
     fn spawn(&mut self) {
         self.spawn_child();
         let addrs = listen_addresses(&self.config);
         let deadline = Instant::now() + Duration::from_secs(20);
-        for addr in addrs {
-            loop {
+        let mut waiting = addrs.as_slice();
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                panic!(
+                    "relay exited before ready ({status}); log:\n{}",
+                    self.log_current()
+                );
+            }
+            while let Some(addr) = waiting.first() {
+                if TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err() {
+                    break;
+                }
+                waiting = &waiting[1..];
+            }
+            if waiting.is_empty() && self.log_current().contains(READY) {
+                // Exited right after the line (a late fatal error): still not ready.
                 if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                     self.child = None;
                     panic!(
-                        "poolrelay exited ({status}) before listening on {addr}; log:\n{}",
-                        self.log()
+                        "relay exited before ready ({status}); log:\n{}",
+                        self.log_current()
                     );
                 }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    panic!(
+                return;
+            }
+            if Instant::now() >= deadline {
+                match waiting.first() {
+                    Some(addr) => panic!(
                         "poolrelay not listening on {addr} after 20 s; log:\n{}",
                         self.log()
-                    );
+                    ),
+                    None => panic!(
+                        "poolrelay not ready (no `{READY}` line) after 20 s; log:\n{}",
+                        self.log()
+                    ),
                 }
-                std::thread::sleep(Duration::from_millis(25));
             }
+            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
