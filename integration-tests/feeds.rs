@@ -644,3 +644,123 @@ fn bad_feed_settings_are_config_errors_with_file_and_line() {
         assert!(err.contains(&expected), "{expected}\n{err}");
     }
 }
+
+/// v2 spam rate for `domain`: `rate` on 2026-12-`day`.
+fn spam_rate_on(domain: &str, day: u32, rate: f64) -> Answer {
+    let body = serde_json::json!({"domainStats": [
+        {"name": format!("domains/{domain}/domainStats/a{day}"), "metric": "spam_rate",
+         "value": {"doubleValue": rate}, "date": {"year": 2026, "month": 12, "day": day}}
+    ]});
+    Answer::Body(200, body.to_string())
+}
+
+/// With `[accounts]`, Postmaster's verdict holds the sender domain over 0.3 % (its evidence
+/// answers MAIL FROM for that domain, whoever logs in for it), the login's other domain still
+/// sends, a restart keeps the hold, and a good rate polled through `poolrelay feeds poll`
+/// lifts it.
+#[test]
+fn postmaster_over_holds_that_sender_domain_for_its_logins_until_a_good_rate() {
+    let w = world();
+    let dir = tempdir("feeds-pm-acct");
+    let (pem, public) = feeds::rsa_key();
+    let server = FeedServer::start(&dir, public);
+    let key_file = dir.join("service-account.json");
+    write_key_file(&key_file, &pem, &server.token_uri());
+    server.set("/token", Answer::Token);
+    let stats = |d: &str| format!("/v2/domains/{d}/domainStats:query");
+    server.set(&stats("snd.test"), spam_rate_on("snd.test", 6, 0.0042));
+    server.set(&stats("good.test"), spam_rate_on("good.test", 6, 0.0004));
+
+    let relay_dir = tempdir("feeds-pm-acct-relay");
+    let certs = make_certs(&relay_dir, &["relay.test"]);
+    let users = write_users(&relay_dir, &[("alice", "secret-a")]);
+    let cfg = RelayConfig::new()
+        .dns(&w.dns)
+        .delivery_port(w.sink.port())
+        .admin()
+        .listen("starttls", "optional")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .users_file(&users)
+        .sender_login("alice", &["snd.test", "good.test"])
+        .pool("default", &[PoolIp::new(10, "out10.test")])
+        // No allowance an hour: a held domain's MAIL FROM is refused at once.
+        .section("[accounts]\nthrottle_per_hour = 0\n")
+        .section(&format!(
+            "[feeds]\nfirst_poll = \"10h\"\ntimeout = \"2s\"\nca_file = \"{}\"\n\
+             [feeds.postmaster]\nkey_file = \"{}\"\ndomains = [\"snd.test\", \"good.test\"]\n\
+             api_base = \"{}\"\nip_reputation = false\n",
+            server.ca.display(),
+            key_file.display(),
+            server.url("")
+        ));
+    let (mut relay, admin) = admin::start(&relay_dir, &cfg, WAIT);
+    let smtp = relay.addr();
+    let mail_from = |from: &str| {
+        let mut c = SmtpClient::connect_from(smtp, lo(66));
+        c.ehlo("client.test");
+        c.starttls("relay.test", &certs.ca);
+        c.ehlo("client.test");
+        c.auth_plain("alice", "secret-a").expect(235);
+        let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+        c.quit();
+        r
+    };
+    let domain = |name: &str| {
+        get(admin, "/api/sender-domains")["sender_domains"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["name"] == name).cloned())
+    };
+    assert_eq!(mail_from("alice@snd.test").code, 250, "nothing heard yet");
+
+    let v = poll(admin);
+    assert_eq!(feed(&v, "postmaster")["result"], "ok", "{v}");
+    let evidence = "Postmaster 2026-12-06 snd.test: spam rate 0.42 %";
+    let r = mail_from("alice@snd.test");
+    assert_eq!(
+        r.text,
+        format!(
+            "450 4.7.1 sender domain snd.test throttled: {evidence}, over Google's spam-rate \
+             action line; at most 0 messages an hour"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(mail_from("alice@good.test").code, 250);
+    let held = domain("snd.test").expect("an account for snd.test");
+    assert_eq!(held["standing"], "throttled", "{held}");
+    assert!(
+        held["why"].as_str().unwrap().starts_with(evidence),
+        "{held}"
+    );
+    assert_eq!(held["postmaster"]["level"], "over", "{held}");
+    assert!(
+        domain("good.test").is_none(),
+        "an `Ok` domain gets no account"
+    );
+
+    // A restart without the feed's saved verdicts still holds: the accounts keep it.
+    relay.stop();
+    std::fs::remove_file(relay.data_dir().join("feeds.json")).unwrap();
+    relay.restart();
+    assert!(wait_until(WAIT, || std::net::TcpStream::connect(admin).is_ok()));
+    assert_eq!(mail_from("alice@snd.test").code, 450);
+
+    // Google's rate back under 0.1 %: `poolrelay feeds poll` lifts the hold.
+    server.set(&stats("snd.test"), spam_rate_on("snd.test", 7, 0.0005));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(["feeds", "poll", "--config", "poolrelay.toml"])
+        .current_dir(relay.dir())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(mail_from("alice@snd.test").code, 250);
+    let lifted = domain("snd.test").unwrap();
+    assert_eq!(lifted["standing"], "good", "{lifted}");
+    assert_eq!(lifted["postmaster"]["level"], "ok", "{lifted}");
+}

@@ -153,8 +153,12 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
-    // Domain verdicts reach the accounts stage through `feeds.subscribe(…)`.
     let feeds = crate::reputation::feeds::start(&config, pools.clone());
+    // Postmaster's domain verdicts reach the accounts (`accounts/verdict.rs`); subscribing
+    // re-tells the latest ones, so a restart keeps a verdict's hold.
+    if let Some(f) = &feeds {
+        f.subscribe(accounts.clone());
+    }
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     if let Some(admin) = &config.admin {
         let admin_state = crate::admin::AdminState {

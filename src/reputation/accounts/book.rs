@@ -13,6 +13,7 @@ use super::gate::Gate;
 use super::policy::{self, Breach, Verdict};
 use super::settings::Settings;
 use super::{Key, Kind, Standing};
+use crate::reputation::feeds::DomainVerdict;
 use crate::state::State;
 
 /// Events kept per account.
@@ -47,6 +48,12 @@ pub(super) struct Record {
     /// stamp (`farm.rs`).
     #[serde(default)]
     pub(super) decided_ms: u64,
+    /// The latest Postmaster verdict on this sender domain (`verdict.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) postmaster: Option<DomainVerdict>,
+    /// The evidence of the Postmaster verdict holding the account (`None`: no verdict hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) feed_hold: Option<String>,
 }
 
 #[derive(Default)]
@@ -87,12 +94,15 @@ pub struct AccountView {
     pub bounce_rate: Option<f64>,
     pub block_rate: Option<f64>,
     pub sent_this_hour: u64,
+    /// The latest Postmaster verdict on the domain, whatever its level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postmaster: Option<DomainVerdict>,
     pub events: Vec<Event>,
 }
 
 pub struct Accounts {
     /// `None`: count only, never throttle or suspend.
-    settings: ArcSwapOption<Settings>,
+    pub(super) settings: ArcSwapOption<Settings>,
     store: Option<Arc<State>>,
     pub(super) book: Mutex<HashMap<Key, Account>>,
     hour: Mutex<Hour>,
@@ -241,20 +251,26 @@ impl Accounts {
                     changed.push((store_key(k), serde_json::to_string(&a.rec).ok()));
                     a.dirty = false;
                 }
-                let Some(breach) = a.rec.breach else { continue };
                 let days = settings.days();
                 let sent = self.hour.lock().expect("hour lock").sent(k, now / 3600);
-                gate = match a.rec.standing {
-                    Standing::Suspended => Gate::Suspended {
+                let per_hour = settings.throttle_per_hour;
+                gate = match (a.rec.standing, a.rec.breach, &a.rec.feed_hold) {
+                    (Standing::Suspended, Some(breach), _) => Gate::Suspended {
                         account: k.clone(),
                         breach,
                         days,
                     },
-                    Standing::Throttled if sent >= settings.throttle_per_hour => Gate::Throttled {
+                    (Standing::Throttled, _, _) if sent < per_hour => continue,
+                    (Standing::Throttled, Some(breach), _) => Gate::Throttled {
                         account: k.clone(),
                         breach,
-                        per_hour: settings.throttle_per_hour,
+                        per_hour,
                         days,
+                    },
+                    (Standing::Throttled, None, Some(evidence)) => Gate::FeedThrottled {
+                        account: k.clone(),
+                        evidence: evidence.clone(),
+                        per_hour,
                     },
                     _ => continue,
                 };
@@ -291,6 +307,8 @@ impl Accounts {
             a.rec.days = Days::default();
             a.rec.standing = Standing::Good;
             a.rec.breach = None;
+            // The operator overrides a verdict too; the next day's `Over` holds again.
+            a.rec.feed_hold = None;
             a.rec.since = now;
             push_event(
                 &mut a.rec,
@@ -370,24 +388,35 @@ impl Accounts {
 }
 
 /// Judges `a` under `s` (`policy`); true when its standing changed (logged, in its history).
-fn rejudge(k: &Key, a: &mut Account, s: &Settings, now: u64, queue_id: Option<&str>) -> bool {
+pub(super) fn rejudge(
+    k: &Key,
+    a: &mut Account,
+    s: &Settings,
+    now: u64,
+    queue_id: Option<&str>,
+) -> bool {
     if a.rec.standing == Standing::Suspended {
         return false;
     }
     let counts = a.rec.days.window(day_of(now), s.days());
     let (standing, breach) = match policy::judge(&counts, s) {
+        // The account's own rates within limits: a Postmaster verdict may still hold it.
+        Verdict::Good if a.rec.feed_hold.is_some() => (Standing::Throttled, None),
         Verdict::Good => (Standing::Good, None),
         Verdict::Throttle(b) => (Standing::Throttled, Some(b)),
         Verdict::Suspend(b) => (Standing::Suspended, Some(b)),
     };
     // A throttle's numbers move with every message: kept current, not a change.
+    let was_feed = a.rec.standing == Standing::Throttled && a.rec.breach.is_none();
     a.rec.breach = breach;
     if standing == a.rec.standing {
         return false;
     }
-    let why = match &breach {
-        Some(b) => format!("{b} in {} days", s.days()),
-        None => "every rate back under its warning level".to_string(),
+    let why = match (&breach, &a.rec.feed_hold) {
+        (Some(b), _) => format!("{b} in {} days", s.days()),
+        (None, Some(evidence)) => feed_why(evidence),
+        (None, None) if was_feed => "Postmaster spam rate back under the warning line".to_string(),
+        (None, None) => "every rate back under its warning level".to_string(),
     };
     match standing {
         Standing::Suspended => {
@@ -415,6 +444,11 @@ fn rejudge(k: &Key, a: &mut Account, s: &Settings, now: u64, queue_id: Option<&s
     true
 }
 
+/// Why a Postmaster verdict holds an account (the reply at MAIL FROM and the API say it).
+pub(super) fn feed_why(evidence: &str) -> String {
+    format!("{evidence}, over Google's spam-rate action line")
+}
+
 pub(super) fn push_event(rec: &mut Record, e: Event) {
     rec.events.push(e);
     let excess = rec.events.len().saturating_sub(MAX_EVENTS);
@@ -422,14 +456,16 @@ pub(super) fn push_event(rec: &mut Record, e: Event) {
 }
 
 /// Makes room for one more sender domain: forgets the quietest one in good standing.
-fn evict_domain(book: &mut HashMap<Key, Account>, max: usize) -> Option<Key> {
+pub(super) fn evict_domain(book: &mut HashMap<Key, Account>, max: usize) -> Option<Key> {
     let domains = book.keys().filter(|k| k.kind == Kind::Domain).count();
     if domains < max.max(1) {
         return None;
     }
     let gone = book
         .iter()
-        .filter(|(k, a)| k.kind == Kind::Domain && a.rec.standing == Standing::Good)
+        .filter(|(k, a)| {
+            k.kind == Kind::Domain && a.rec.standing == Standing::Good && a.rec.feed_hold.is_none()
+        })
         .min_by_key(|(_, a)| a.rec.days.0.values().map(Counts::attempts).sum::<u64>())
         .map(|(k, _)| k.clone())?;
     book.remove(&gone);
@@ -444,10 +480,12 @@ fn view(k: &Key, a: &Account, days: u64, now: u64, sent_this_hour: u64) -> Accou
         kind: k.kind,
         name: k.name.clone(),
         standing: a.rec.standing,
-        why: (a.rec.standing != Standing::Good)
-            .then_some(a.rec.breach)
-            .flatten()
-            .map(|b| format!("{b} in {days} days")),
+        why: match (a.rec.standing, a.rec.breach, &a.rec.feed_hold) {
+            (Standing::Good, _, _) => None,
+            (_, Some(b), _) => Some(format!("{b} in {days} days")),
+            (_, None, Some(evidence)) => Some(feed_why(evidence)),
+            (_, None, None) => None,
+        },
         since: a.rec.since,
         window_days: days,
         complaint_rate: rate(c.complained, c.delivered),
@@ -455,6 +493,7 @@ fn view(k: &Key, a: &Account, days: u64, now: u64, sent_this_hour: u64) -> Accou
         block_rate: rate(c.blocked, c.attempts()),
         counts: c,
         sent_this_hour,
+        postmaster: a.rec.postmaster.clone(),
         events: a.rec.events.clone(),
     }
 }

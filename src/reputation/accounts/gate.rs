@@ -6,6 +6,8 @@
 //!   looks, instead of queueing for days and flooding out on release.
 //! - Throttled: `450 4.7.1` once the account has started `throttle_per_hour` messages in the
 //!   current clock hour, saying why and how many an hour; below that the message goes.
+//! - Throttled by a Postmaster verdict (`verdict.rs`): the same `450 4.7.1` and hourly
+//!   allowance, with the feed's evidence as the reason.
 //! - The login is asked first, then the sender domain.
 
 use super::policy::Breach;
@@ -26,6 +28,12 @@ pub enum Gate {
         account: Key,
         breach: Breach,
         days: u64,
+    },
+    /// Held by a provider feed's verdict on the sender domain, not by its own rates.
+    FeedThrottled {
+        account: Key,
+        evidence: String,
+        per_hour: u64,
     },
 }
 
@@ -62,6 +70,19 @@ impl Gate {
                     who(account),
                     breach,
                     in_days(*days)
+                ),
+            )),
+            Gate::FeedThrottled {
+                account,
+                evidence,
+                per_hour,
+            } => Some(Reply::new(
+                450,
+                "4.7.1",
+                format!(
+                    "{} throttled: {}; at most {per_hour} messages an hour",
+                    who(account),
+                    super::book::feed_why(evidence)
                 ),
             )),
             Gate::Suspended {

@@ -2,7 +2,9 @@
 //! complaints, so one customer's list does not burn the pool's IPs for everyone. `counts` (daily
 //! buckets), `policy` (the rules: throttle, suspend), `gate` (the MAIL FROM answer), `feed`
 //! (delivery replies and complaints in), `book` (the accounts, kept in the state store),
-//! `farm` (suspensions and releases shared through `[cluster]`), `settings` (`[accounts]`), `cli` (`poolrelay login`, `poolrelay sender-domain`).
+//! `farm` (suspensions and releases shared through `[cluster]`), `verdict` (Postmaster's
+//! spam-rate verdicts per sender domain), `settings` (`[accounts]`), `cli` (`poolrelay login`,
+//! `poolrelay sender-domain`).
 
 mod book;
 pub mod cli;
@@ -16,6 +18,7 @@ mod policy;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
 pub use book::{AccountView, Accounts, Event};
 pub use counts::{Counts, Outcome};

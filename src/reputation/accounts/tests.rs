@@ -375,3 +375,143 @@ fn metrics_keep_per_account_series_bounded() {
         assert!(text.contains(want), "{want} in {text}");
     }
 }
+
+fn postmaster(domain: &str, date: &str, rate: f64) -> crate::reputation::feeds::DomainVerdict {
+    use crate::reputation::feeds::Level;
+    let level = if rate >= 0.003 {
+        Level::Over
+    } else if rate >= 0.001 {
+        Level::Warning
+    } else {
+        Level::Ok
+    };
+    crate::reputation::feeds::DomainVerdict {
+        domain: domain.into(),
+        spam_rate: rate,
+        level,
+        date: date.into(),
+        evidence: format!(
+            "Postmaster {date} {domain}: spam rate {:.2} %",
+            rate * 100.0
+        ),
+    }
+}
+
+#[test]
+fn postmaster_over_throttles_the_domain_and_through_it_its_logins() {
+    use crate::reputation::feeds::OnDomainVerdict;
+    let a = Accounts::new(Some(settings(10)), None);
+    a.on_domain_verdict(&postmaster("held.test", "2026-12-06", 0.0045));
+    a.on_domain_verdict(&postmaster("fine.test", "2026-12-06", 0.0002));
+    let held = Key::domain("held.test");
+    assert_eq!(standing(&a, &held), Standing::Throttled);
+    // An `Ok` verdict on a domain never seen makes no account.
+    assert!(a.get(&Key::domain("fine.test")).is_none());
+    // The throttle's hourly allowance first, then the feed's evidence at MAIL FROM.
+    assert!(a.gate(Some("hank"), Some("held.test")).is_open());
+    a.accepted(Some("hank"), Some("held.test"));
+    a.accepted(Some("ivy"), Some("held.test"));
+    let r = a
+        .gate(Some("hank"), Some("held.test"))
+        .reply()
+        .expect("held");
+    assert_eq!((r.code, r.status.as_str()), (450, "4.7.1"));
+    assert_eq!(
+        r.text,
+        "sender domain held.test throttled: Postmaster 2026-12-06 held.test: spam rate 0.45 %, \
+         over Google's spam-rate action line; at most 2 messages an hour"
+    );
+    // The login is not held itself: its other domains still send.
+    assert!(a.gate(Some("hank"), Some("other.test")).is_open());
+    let v = a.get(&held).unwrap();
+    assert_eq!(
+        v.why.as_deref(),
+        Some(
+            "Postmaster 2026-12-06 held.test: spam rate 0.45 %, over Google's spam-rate action line"
+        )
+    );
+    assert_eq!(v.postmaster.as_ref().map(|p| p.spam_rate), Some(0.0045));
+    assert_eq!(v.events.len(), 1, "{:?}", v.events);
+}
+
+#[test]
+fn postmaster_warning_shows_ok_lifts_only_the_verdicts_hold() {
+    use crate::reputation::feeds::{Level, OnDomainVerdict};
+    let a = Accounts::new(Some(settings(10)), None);
+    let warned = Key::domain("warn.test");
+    a.on_domain_verdict(&postmaster("warn.test", "2026-12-05", 0.0015));
+    let v = a.get(&warned).unwrap();
+    assert_eq!(v.standing, Standing::Good, "a warning holds nothing");
+    assert_eq!(v.postmaster.map(|p| p.level), Some(Level::Warning));
+    assert!(a.gate(None, Some("warn.test")).is_open());
+
+    // Over, then a warning: still held (it lifts under the warning line), then `Ok` lifts it.
+    let d = Key::domain("d.test");
+    a.on_domain_verdict(&postmaster("d.test", "2026-12-05", 0.004));
+    a.on_domain_verdict(&postmaster("d.test", "2026-12-06", 0.002));
+    assert_eq!(standing(&a, &d), Standing::Throttled);
+    a.on_domain_verdict(&postmaster("d.test", "2026-12-07", 0.0001));
+    let v = a.get(&d).unwrap();
+    assert_eq!(v.standing, Standing::Good);
+    assert!(
+        v.events.last().unwrap().why.contains("back under"),
+        "{:?}",
+        v.events
+    );
+
+    // A throttle of the account's own rates is not the verdict's to lift.
+    let s = Settings {
+        max_bounce_rate: 0.5,
+        ..settings(10)
+    };
+    let b = Accounts::new(Some(s), None);
+    let own = Key::domain("own.test");
+    let now = crate::spool::now_unix();
+    for o in [Outcome::Delivered; 7]
+        .into_iter()
+        .chain([Outcome::BadRecipient; 3])
+    {
+        b.count(std::slice::from_ref(&own), o, now, None);
+    }
+    assert_eq!(standing(&b, &own), Standing::Throttled);
+    b.on_domain_verdict(&postmaster("own.test", "2026-12-06", 0.005));
+    b.on_domain_verdict(&postmaster("own.test", "2026-12-07", 0.0));
+    let v = b.get(&own).unwrap();
+    assert_eq!(v.standing, Standing::Throttled);
+    assert!(v.why.unwrap().starts_with("bounce rate 30 %"));
+}
+
+#[test]
+fn a_postmaster_hold_survives_a_restart_acts_once_and_yields_to_a_release() {
+    use crate::reputation::feeds::OnDomainVerdict;
+    let dir =
+        std::env::temp_dir().join(format!("poolrelay-acct-{}", crate::spool::Spool::new_id()));
+    let state = Arc::new(crate::state::State::open(&dir).unwrap());
+    let k = Key::domain("pm.test");
+    let over = postmaster("pm.test", "2026-12-06", 0.006);
+    {
+        let a = Accounts::new(Some(settings(10)), Some(state.clone()));
+        a.on_domain_verdict(&over);
+    }
+    let a = Accounts::new(Some(settings(10)), Some(state.clone()));
+    assert_eq!(standing(&a, &k), Standing::Throttled);
+    // The feed re-tells the latest verdict to a new listener and every poll: no new event.
+    a.on_domain_verdict(&over);
+    assert_eq!(a.get(&k).unwrap().events.len(), 1);
+    a.release(&k, "ops-anna", None).unwrap();
+    a.on_domain_verdict(&over);
+    assert_eq!(
+        standing(&a, &k),
+        Standing::Good,
+        "the same day's verdict acted"
+    );
+    a.on_domain_verdict(&postmaster("pm.test", "2026-12-07", 0.006));
+    assert_eq!(standing(&a, &k), Standing::Throttled);
+    // Without `[accounts]` the verdict is recorded, never held.
+    let none = Accounts::new(None, None);
+    none.on_domain_verdict(&over);
+    let v = none.get(&k).unwrap();
+    assert_eq!((v.standing, v.postmaster.is_some()), (Standing::Good, true));
+    assert!(none.gate(None, Some("pm.test")).is_open());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
