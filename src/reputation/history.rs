@@ -247,7 +247,11 @@ impl History {
         let (Some(state), Ok(json)) = (&self.state, serde_json::to_string(e)) else {
             return;
         };
-        store_events(state, self.cluster.get().cloned(), vec![(ip.to_string(), json)]);
+        store_events(
+            state,
+            self.cluster.get().cloned(),
+            vec![(ip.to_string(), json)],
+        );
     }
 
     /// Notes today's warm-up caps and writes the gathered counts (blocking I/O); prunes old
