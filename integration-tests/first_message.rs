@@ -217,17 +217,6 @@ fn the_readme_first_message_is_delivered_signed_from_the_pool_ip() {
     assert!(dsn.contains("bounce@example.test"), "{dsn}");
 }
 
-/// The docs for features being merged in parallel; the lead removes this allowance at merge.
-const PENDING_DOCS: &[&str] = &[
-    "complaints.md",
-    "complaint-rates.md",
-    "accounts.md",
-    "feeds.md",
-    "tls-policy.md",
-    "dane.md",
-    "tls-reports.md",
-];
-
 /// Relative link targets of a Markdown text: `](target)`, outside code blocks, without the
 /// `#anchor`; URLs with a scheme and pure anchors are left out.
 fn relative_links(text: &str) -> Vec<String> {
@@ -281,11 +270,7 @@ fn every_relative_link_in_the_readme_and_docs_resolves() {
             if target.exists() {
                 continue;
             }
-            let pending = target.parent().and_then(|p| p.file_name()) == Some("docs".as_ref())
-                && PENDING_DOCS.iter().any(|d| target.ends_with(d));
-            if !pending {
-                broken.push(format!("{}: {link}", file.display()));
-            }
+            broken.push(format!("{}: {link}", file.display()));
         }
     }
     assert!(
