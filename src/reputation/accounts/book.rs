@@ -3,6 +3,7 @@
 //! second, a change of standing at once).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwapOption;
@@ -160,6 +161,14 @@ impl Accounts {
         self.settings.store(settings.map(Arc::new));
     }
 
+    /// Sender domains tracked at most (`[accounts] max_sender_domains`).
+    pub(super) fn max_sender_domains(&self) -> usize {
+        self.settings.load().as_ref().map_or_else(
+            || Settings::default().max_sender_domains,
+            |s| s.max_sender_domains,
+        )
+    }
+
     fn window_days(&self) -> u64 {
         self.settings
             .load()
@@ -194,13 +203,11 @@ impl Accounts {
             let mut book = self.book.lock().expect("accounts lock");
             for k in keys {
                 if k.kind == Kind::Domain && !book.contains_key(k) {
-                    let max = settings.as_ref().map_or_else(
-                        || Settings::default().max_sender_domains,
-                        |s| s.max_sender_domains,
-                    );
-                    if let Some(gone) = evict_domain(&mut book, max) {
-                        changed.push((store_key(&gone), None));
-                    }
+                    let Some(gone) = make_room(&mut book, self.max_sender_domains()) else {
+                        not_tracked(k, now);
+                        continue;
+                    };
+                    changed.extend(gone.iter().map(|g| (store_key(g), None)));
                 }
                 let a = book.entry(k.clone()).or_default();
                 a.rec.days.add(day_of(now), o);
@@ -421,19 +428,52 @@ pub(super) fn push_event(rec: &mut Record, e: Event) {
     rec.events.drain(..excess);
 }
 
-/// Makes room for one more sender domain: forgets the quietest one in good standing.
-fn evict_domain(book: &mut HashMap<Key, Account>, max: usize) -> Option<Key> {
-    let domains = book.keys().filter(|k| k.kind == Kind::Domain).count();
-    if domains < max.max(1) {
-        return None;
+/// Makes room for one more sender domain under the cap `max`: forgets the quietest domains in
+/// good standing, 1 % of the cap at once (the scan is paid once per that many new domains);
+/// a held one (throttled, suspended) is never forgotten. Returns the forgotten ones; `None`
+/// when too many are held to make room (the new domain is then not tracked).
+pub(super) fn make_room(book: &mut HashMap<Key, Account>, max: usize) -> Option<Vec<Key>> {
+    let max = max.max(1);
+    if book.len() < max {
+        return Some(Vec::new());
     }
-    let gone = book
+    let domains = book.keys().filter(|k| k.kind == Kind::Domain).count();
+    if domains < max {
+        return Some(Vec::new());
+    }
+    let mut good: Vec<(u64, &Key)> = book
         .iter()
         .filter(|(k, a)| k.kind == Kind::Domain && a.rec.standing == Standing::Good)
-        .min_by_key(|(_, a)| a.rec.days.0.values().map(Counts::attempts).sum::<u64>())
-        .map(|(k, _)| k.clone())?;
-    book.remove(&gone);
+        .map(|(k, a)| (a.rec.days.0.values().map(Counts::attempts).sum::<u64>(), k))
+        .collect();
+    let needed = domains + 1 - max;
+    if good.len() < needed {
+        return None;
+    }
+    let n = needed.max(max / 100).min(good.len());
+    if n < good.len() {
+        good.select_nth_unstable(n - 1);
+    }
+    let gone: Vec<Key> = good[..n].iter().map(|(_, k)| (*k).clone()).collect();
+    for k in &gone {
+        book.remove(k);
+    }
     Some(gone)
+}
+
+/// A new sender domain found no room: not tracked; logged at most once a minute.
+pub(super) fn not_tracked(k: &Key, now: u64) {
+    static SKIPPED: AtomicU64 = AtomicU64::new(0);
+    static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+    let skipped = SKIPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let last = LOGGED_AT.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + 60)
+        && LOGGED_AT
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(account = %k, skipped, "accounts: every tracked sender domain is held (max_sender_domains); a new one is not tracked");
+    }
 }
 
 fn view(k: &Key, a: &Account, days: u64, now: u64, sent_this_hour: u64) -> AccountView {

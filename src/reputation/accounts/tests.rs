@@ -375,3 +375,56 @@ fn metrics_keep_per_account_series_bounded() {
         assert!(text.contains(want), "{want} in {text}");
     }
 }
+
+#[test]
+fn the_sender_domain_cap_holds_for_local_mail_and_the_farm_and_never_forgets_a_held_one() {
+    let s = Settings {
+        max_sender_domains: 10,
+        ..settings(1)
+    };
+    let a = Accounts::new(Some(s), None);
+    let now = crate::spool::now_unix();
+    let domains = |a: &Accounts| a.list(Kind::Domain);
+    // Local mail: 15 domains under a cap of 10.
+    for i in 0..15 {
+        a.count(
+            &[Key::domain(&format!("d{i}.test"))],
+            Outcome::Delivered,
+            now,
+            None,
+        );
+        assert!(domains(&a).len() <= 10, "{}", domains(&a).len());
+    }
+    // The farm: suspensions of 12 domains this relay never saw.
+    let suspend = Decision {
+        standing: Standing::Suspended,
+        breach: None,
+        why: "complaint rate".into(),
+        by: None,
+    };
+    for i in 0..12 {
+        a.apply_remote(
+            &format!("domain|far{i}.test"),
+            suspend.clone(),
+            "relay-2",
+            1_000 + i,
+        );
+        assert!(domains(&a).len() <= 10, "{}", domains(&a).len());
+    }
+    // Every place is held now: the held ones stay, a new domain is not tracked.
+    let held: Vec<String> = domains(&a).into_iter().map(|v| v.name).collect();
+    assert_eq!(held.len(), 10);
+    assert!(
+        domains(&a)
+            .iter()
+            .all(|v| v.standing == Standing::Suspended)
+    );
+    let out = a.count(&[Key::domain("late.test")], Outcome::Delivered, now, None);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(!a.apply_remote("domain|later.test", suspend, "relay-2", 5_000));
+    let after: Vec<String> = domains(&a).into_iter().map(|v| v.name).collect();
+    assert_eq!(after, held);
+    // Logins are not sender domains: still counted.
+    let out = a.count(&[Key::login("zed")], Outcome::Delivered, now, None);
+    assert_eq!(out.len(), 1);
+}
