@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
@@ -65,11 +65,47 @@ struct Hour {
 }
 
 impl Hour {
+    /// The counts of `hour`, started afresh when the clock hour moved on.
+    fn at(&mut self, hour: u64) -> &mut HashMap<Key, u64> {
+        if self.hour != hour {
+            *self = Hour {
+                hour,
+                sent: HashMap::new(),
+            };
+        }
+        &mut self.sent
+    }
+
     fn sent(&self, k: &Key, hour: u64) -> u64 {
         if self.hour == hour {
             self.sent.get(k).copied().unwrap_or(0)
         } else {
             0
+        }
+    }
+}
+
+/// A message's place in the hour's count, taken at MAIL FROM (`Accounts::admit`) so that
+/// transactions in parallel see each other's and together cannot pass the throttle. Given back
+/// when dropped with its transaction (RSET, QUIT, a refusal, a failed DATA); a queued message is
+/// counted by `accepted` before its place is given back.
+pub struct Slot {
+    hour: Arc<Mutex<Hour>>,
+    keys: Vec<Key>,
+    /// The clock hour it counts in.
+    at: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut h = self.hour.lock().unwrap_or_else(PoisonError::into_inner);
+        if h.hour != self.at {
+            return;
+        }
+        for k in &self.keys {
+            if let Some(n) = h.sent.get_mut(k) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 }
@@ -96,7 +132,7 @@ pub struct Accounts {
     settings: ArcSwapOption<Settings>,
     store: Option<Arc<State>>,
     pub(super) book: Mutex<HashMap<Key, Account>>,
-    hour: Mutex<Hour>,
+    hour: Arc<Mutex<Hour>>,
     /// Where suspensions and releases go to the farm (`[cluster]`), set once at start.
     pub(super) outbox: OnceLock<crate::cluster::events::Outbox>,
 }
@@ -151,7 +187,7 @@ impl Accounts {
             settings: ArcSwapOption::new(settings.map(Arc::new)),
             store,
             book: Mutex::new(book),
-            hour: Mutex::default(),
+            hour: Arc::default(),
             outbox: OnceLock::new(),
         }
     }
@@ -234,11 +270,31 @@ impl Accounts {
     }
 
     pub fn gate_at(&self, keys: &[Key], now: u64) -> Gate {
+        self.judge_gate(keys, now, false).0
+    }
+
+    /// At MAIL FROM: the gate, and when it is open the message's place in the hour's count,
+    /// held until the transaction ends (`Slot`).
+    pub fn admit(&self, login: Option<&str>, domain: Option<&str>) -> Result<Slot, Gate> {
+        self.admit_at(Self::keys(login, domain), crate::spool::now_unix())
+    }
+
+    pub fn admit_at(&self, keys: Vec<Key>, now: u64) -> Result<Slot, Gate> {
+        match self.judge_gate(&keys, now, true) {
+            (_, Some(slot)) => Ok(slot),
+            (gate, None) => Err(gate),
+        }
+    }
+
+    /// The gate for `keys`; with `take`, when open, a place in the hour's count taken under the
+    /// same lock as the answer (two sessions cannot both take the last place).
+    fn judge_gate(&self, keys: &[Key], now: u64, take: bool) -> (Gate, Option<Slot>) {
         let Some(settings) = self.settings.load_full() else {
-            return Gate::Open;
+            return (Gate::Open, take.then(|| self.take_slot(keys, now)));
         };
         let mut changed = Vec::new();
         let mut gate = Gate::Open;
+        let mut slot = None;
         {
             let mut book = self.book.lock().expect("accounts lock");
             for k in keys {
@@ -267,23 +323,36 @@ impl Accounts {
                 };
                 break;
             }
+            if gate.is_open() && take {
+                slot = Some(self.take_slot(keys, now));
+            }
         }
         self.write(&changed);
-        gate
+        (gate, slot)
     }
 
-    /// A message of these accounts was queued (the throttle counts it).
+    fn take_slot(&self, keys: &[Key], now: u64) -> Slot {
+        let at = now / 3600;
+        let mut h = self.hour.lock().expect("hour lock");
+        let sent = h.at(at);
+        for k in keys {
+            *sent.entry(k.clone()).or_default() += 1;
+        }
+        Slot {
+            hour: self.hour.clone(),
+            keys: keys.to_vec(),
+            at,
+        }
+    }
+
+    /// A message of these accounts was queued (the throttle counts it; its `Slot` is given back
+    /// after this).
     pub fn accepted(&self, login: Option<&str>, domain: Option<&str>) {
         let hour = crate::spool::now_unix() / 3600;
         let mut h = self.hour.lock().expect("hour lock");
-        if h.hour != hour {
-            *h = Hour {
-                hour,
-                sent: HashMap::new(),
-            };
-        }
+        let sent = h.at(hour);
         for k in Self::keys(login, domain) {
-            *h.sent.entry(k).or_default() += 1;
+            *sent.entry(k).or_default() += 1;
         }
     }
 

@@ -6,6 +6,8 @@
 //!   looks, instead of queueing for days and flooding out on release.
 //! - Throttled: `450 4.7.1` once the account has started `throttle_per_hour` messages in the
 //!   current clock hour, saying why and how many an hour; below that the message goes.
+//! - A message counts from its MAIL FROM (`Slot`), so sessions in parallel share the hour's
+//!   places; a transaction that ends without queueing (RSET, QUIT, refusal) gives its place back.
 //! - The login is asked first, then the sender domain.
 
 use super::policy::Breach;

@@ -17,7 +17,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use book::{AccountView, Accounts, Event};
+pub use book::{AccountView, Accounts, Event, Slot};
 pub use counts::{Counts, Outcome};
 pub use farm::Decision;
 pub use gate::Gate;

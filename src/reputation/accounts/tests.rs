@@ -428,3 +428,44 @@ fn the_sender_domain_cap_holds_for_local_mail_and_the_farm_and_never_forgets_a_h
     let out = a.count(&[Key::login("zed")], Outcome::Delivered, now, None);
     assert_eq!(out.len(), 1);
 }
+
+#[test]
+fn parallel_transactions_share_the_throttle_and_one_that_ends_unqueued_gives_its_place_back() {
+    let s = Settings {
+        max_bounce_rate: 0.5,
+        throttle_per_hour: 3,
+        ..settings(10)
+    };
+    let a = Accounts::new(Some(s), None);
+    let now = crate::spool::now_unix();
+    let keys = Accounts::keys(Some("hal"), None);
+    for _ in 0..7 {
+        a.count(&keys, Outcome::Delivered, now, None);
+    }
+    for _ in 0..3 {
+        a.count(&keys, Outcome::BadRecipient, now, None);
+    }
+    assert_eq!(standing(&a, &keys[0]), Standing::Throttled);
+    // Six sessions pass MAIL FROM before any of them queues: three places an hour.
+    let mut tries: Vec<Result<Slot, Gate>> = (0..6).map(|_| a.admit(Some("hal"), None)).collect();
+    let refused: Vec<u16> = tries
+        .iter()
+        .filter_map(|t| t.as_ref().err())
+        .map(|g| g.reply().expect("refused").code)
+        .collect();
+    assert_eq!(refused, vec![450; 3]);
+    let mut slots: Vec<Slot> = tries.drain(..).filter_map(Result::ok).collect();
+    assert_eq!(slots.len(), 3);
+    assert_eq!(a.get(&keys[0]).unwrap().sent_this_hour, 3);
+    // One RSETs: its place is given back and the next MAIL FROM takes it.
+    drop(slots.pop());
+    assert_eq!(a.get(&keys[0]).unwrap().sent_this_hour, 2);
+    slots.push(a.admit(Some("hal"), None).expect("a place was given back"));
+    // All three are queued: counted, their places given back, the hour stays full.
+    for slot in slots {
+        a.accepted(Some("hal"), None);
+        drop(slot);
+    }
+    assert_eq!(a.get(&keys[0]).unwrap().sent_this_hour, 3);
+    assert!(a.admit(Some("hal"), None).is_err());
+}
