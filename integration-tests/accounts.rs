@@ -552,3 +552,46 @@ fn a_suspension_on_one_relay_holds_on_the_farm_and_a_release_anywhere_ends_it() 
         one.log()
     );
 }
+
+/// MAIL FROM takes a place in a throttled login's hour: sessions in parallel cannot pass the
+/// throttle together, and one that RSETs gives its place back.
+#[test]
+fn parallel_sessions_of_a_throttled_login_share_its_places_and_rset_gives_one_back() {
+    clear_of_the_hour_end();
+    let b = bench(Some(unknown_users));
+    let (relay, admin, certs) = start(
+        "acct-parallel",
+        &b,
+        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = 8\n",
+    );
+    let mut to = rcpts("ok", 3);
+    to.extend(rcpts("unknown", 2));
+    for r in send_as(&relay, &certs, "carol", &to) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    assert!(
+        wait_until(WAIT, || login_of(admin, "carol")
+            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
+        "{}",
+        get(admin, "/api/logins")
+    );
+    // 5 of 8 this hour: of six sessions at MAIL FROM before any queues, three pass.
+    let mut sessions: Vec<SmtpClient> = (0..6).map(|_| login(&relay, &certs, "carol")).collect();
+    let codes: Vec<u16> = sessions
+        .iter_mut()
+        .map(|c| c.cmd("MAIL FROM:<carol@carol.test>").code)
+        .collect();
+    assert_eq!(codes, vec![250, 250, 250, 450, 450, 450]);
+    // One RSETs: its place goes to the next MAIL FROM, and only to that one.
+    sessions[0].cmd("RSET").expect(250);
+    sessions[3].cmd("MAIL FROM:<carol@carol.test>").expect(250);
+    assert_eq!(sessions[4].cmd("MAIL FROM:<carol@carol.test>").code, 450);
+    // One leaves without queueing: its place is given back too.
+    sessions.remove(1).quit();
+    assert!(wait_until(WAIT, || login_of(admin, "carol")
+        .is_some_and(|v| v["sent_this_hour"] == 7)));
+    sessions[3].cmd("MAIL FROM:<carol@carol.test>").expect(250);
+    for c in sessions {
+        c.quit();
+    }
+}

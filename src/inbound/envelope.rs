@@ -26,6 +26,8 @@ pub(super) struct Tx {
     pub(super) requiretls: bool,
     /// Its recipients are `[feedback] addresses`: a report, handled, not relayed.
     pub(super) feedback: bool,
+    /// Its place in the accounts' hourly count: given back when the transaction is dropped.
+    pub(super) slot: Option<crate::reputation::accounts::Slot>,
 }
 
 impl Session {
@@ -87,6 +89,7 @@ impl Session {
             declared_size: 0,
             requiretls: false,
             feedback: false,
+            slot: None,
         };
         let max = self.cfg().limits.message_size.0;
         for (key, value) in params {
@@ -164,8 +167,13 @@ impl Session {
             return self.refuse("mail", r);
         }
         let domain = crate::reputation::accounts::sender_domain(None, &tx.sender);
-        if let Some(r) = self.ctx.accounts.gate(self.user.as_deref(), domain).reply() {
-            return self.refuse("mail", r);
+        match self.ctx.accounts.admit(self.user.as_deref(), domain) {
+            Ok(slot) => tx.slot = Some(slot),
+            Err(gate) => {
+                if let Some(r) = gate.reply() {
+                    return self.refuse("mail", r);
+                }
+            }
         }
         self.tx = Some(tx);
         self.mail_from = None;

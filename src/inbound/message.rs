@@ -386,12 +386,24 @@ impl Session {
             Ok(s) => s,
             Err(r) => return self.refuse_msg(&id, size, &tx, r),
         };
-        // MAIL FROM asked about its own domain; a `From:` domain of another account is asked now.
-        if let Some(from) = signed.from_domain.as_deref()
-            && let Some(r) = self.ctx.accounts.gate(None, Some(from)).reply()
-        {
-            return self.refuse_msg(&id, size, &tx, r);
-        }
+        // MAIL FROM asked about its own domain; a `From:` domain of another account is asked now
+        // (and holds a place in its hourly count until the message is queued or refused).
+        let mail_from = crate::reputation::accounts::sender_domain(None, &tx.sender);
+        let _from_slot = match signed.from_domain.as_deref() {
+            Some(from)
+                if mail_from.map(crate::reputation::accounts::Key::domain)
+                    != Some(crate::reputation::accounts::Key::domain(from)) =>
+            {
+                match self.ctx.accounts.admit(None, Some(from)) {
+                    Ok(slot) => Some(slot),
+                    Err(gate) => match gate.reply() {
+                        Some(r) => return self.refuse_msg(&id, size, &tx, r),
+                        None => None,
+                    },
+                }
+            }
+            _ => None,
+        };
         // The state store fsyncs its commits: keep that off the async workers.
         let reserved = match self.user.clone() {
             Some(user) => {

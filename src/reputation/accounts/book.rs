@@ -3,7 +3,8 @@
 //! second, a change of standing at once).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
@@ -71,11 +72,47 @@ struct Hour {
 }
 
 impl Hour {
+    /// The counts of `hour`, started afresh when the clock hour moved on.
+    fn at(&mut self, hour: u64) -> &mut HashMap<Key, u64> {
+        if self.hour != hour {
+            *self = Hour {
+                hour,
+                sent: HashMap::new(),
+            };
+        }
+        &mut self.sent
+    }
+
     fn sent(&self, k: &Key, hour: u64) -> u64 {
         if self.hour == hour {
             self.sent.get(k).copied().unwrap_or(0)
         } else {
             0
+        }
+    }
+}
+
+/// A message's place in the hour's count, taken at MAIL FROM (`Accounts::admit`) so that
+/// transactions in parallel see each other's and together cannot pass the throttle. Given back
+/// when dropped with its transaction (RSET, QUIT, a refusal, a failed DATA); a queued message is
+/// counted by `accepted` before its place is given back.
+pub struct Slot {
+    hour: Arc<Mutex<Hour>>,
+    keys: Vec<Key>,
+    /// The clock hour it counts in.
+    at: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut h = self.hour.lock().unwrap_or_else(PoisonError::into_inner);
+        if h.hour != self.at {
+            return;
+        }
+        for k in &self.keys {
+            if let Some(n) = h.sent.get_mut(k) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 }
@@ -105,7 +142,7 @@ pub struct Accounts {
     pub(super) settings: ArcSwapOption<Settings>,
     store: Option<Arc<State>>,
     pub(super) book: Mutex<HashMap<Key, Account>>,
-    hour: Mutex<Hour>,
+    hour: Arc<Mutex<Hour>>,
     /// Where suspensions and releases go to the farm (`[cluster]`), set once at start.
     pub(super) outbox: OnceLock<crate::cluster::events::Outbox>,
 }
@@ -160,7 +197,7 @@ impl Accounts {
             settings: ArcSwapOption::new(settings.map(Arc::new)),
             store,
             book: Mutex::new(book),
-            hour: Mutex::default(),
+            hour: Arc::default(),
             outbox: OnceLock::new(),
         }
     }
@@ -168,6 +205,14 @@ impl Accounts {
     /// Reload: new limits for the next verdicts; counts and standings stay.
     pub fn reload(&self, settings: Option<Settings>) {
         self.settings.store(settings.map(Arc::new));
+    }
+
+    /// Sender domains tracked at most (`[accounts] max_sender_domains`).
+    pub(super) fn max_sender_domains(&self) -> usize {
+        self.settings.load().as_ref().map_or_else(
+            || Settings::default().max_sender_domains,
+            |s| s.max_sender_domains,
+        )
     }
 
     fn window_days(&self) -> u64 {
@@ -204,13 +249,11 @@ impl Accounts {
             let mut book = self.book.lock().expect("accounts lock");
             for k in keys {
                 if k.kind == Kind::Domain && !book.contains_key(k) {
-                    let max = settings.as_ref().map_or_else(
-                        || Settings::default().max_sender_domains,
-                        |s| s.max_sender_domains,
-                    );
-                    if let Some(gone) = evict_domain(&mut book, max) {
-                        changed.push((store_key(&gone), None));
-                    }
+                    let Some(gone) = make_room(&mut book, self.max_sender_domains()) else {
+                        not_tracked(k, now);
+                        continue;
+                    };
+                    changed.extend(gone.iter().map(|g| (store_key(g), None)));
                 }
                 let a = book.entry(k.clone()).or_default();
                 a.rec.days.add(day_of(now), o);
@@ -237,11 +280,31 @@ impl Accounts {
     }
 
     pub fn gate_at(&self, keys: &[Key], now: u64) -> Gate {
+        self.judge_gate(keys, now, false).0
+    }
+
+    /// At MAIL FROM: the gate, and when it is open the message's place in the hour's count,
+    /// held until the transaction ends (`Slot`).
+    pub fn admit(&self, login: Option<&str>, domain: Option<&str>) -> Result<Slot, Gate> {
+        self.admit_at(Self::keys(login, domain), crate::spool::now_unix())
+    }
+
+    pub fn admit_at(&self, keys: Vec<Key>, now: u64) -> Result<Slot, Gate> {
+        match self.judge_gate(&keys, now, true) {
+            (_, Some(slot)) => Ok(slot),
+            (gate, None) => Err(gate),
+        }
+    }
+
+    /// The gate for `keys`; with `take`, when open, a place in the hour's count taken under the
+    /// same lock as the answer (two sessions cannot both take the last place).
+    fn judge_gate(&self, keys: &[Key], now: u64, take: bool) -> (Gate, Option<Slot>) {
         let Some(settings) = self.settings.load_full() else {
-            return Gate::Open;
+            return (Gate::Open, take.then(|| self.take_slot(keys, now)));
         };
         let mut changed = Vec::new();
         let mut gate = Gate::Open;
+        let mut slot = None;
         {
             let mut book = self.book.lock().expect("accounts lock");
             for k in keys {
@@ -276,23 +339,36 @@ impl Accounts {
                 };
                 break;
             }
+            if gate.is_open() && take {
+                slot = Some(self.take_slot(keys, now));
+            }
         }
         self.write(&changed);
-        gate
+        (gate, slot)
     }
 
-    /// A message of these accounts was queued (the throttle counts it).
+    fn take_slot(&self, keys: &[Key], now: u64) -> Slot {
+        let at = now / 3600;
+        let mut h = self.hour.lock().expect("hour lock");
+        let sent = h.at(at);
+        for k in keys {
+            *sent.entry(k.clone()).or_default() += 1;
+        }
+        Slot {
+            hour: self.hour.clone(),
+            keys: keys.to_vec(),
+            at,
+        }
+    }
+
+    /// A message of these accounts was queued (the throttle counts it; its `Slot` is given back
+    /// after this).
     pub fn accepted(&self, login: Option<&str>, domain: Option<&str>) {
         let hour = crate::spool::now_unix() / 3600;
         let mut h = self.hour.lock().expect("hour lock");
-        if h.hour != hour {
-            *h = Hour {
-                hour,
-                sent: HashMap::new(),
-            };
-        }
+        let sent = h.at(hour);
         for k in Self::keys(login, domain) {
-            *h.sent.entry(k).or_default() += 1;
+            *sent.entry(k).or_default() += 1;
         }
     }
 
@@ -455,21 +531,54 @@ pub(super) fn push_event(rec: &mut Record, e: Event) {
     rec.events.drain(..excess);
 }
 
-/// Makes room for one more sender domain: forgets the quietest one in good standing.
-pub(super) fn evict_domain(book: &mut HashMap<Key, Account>, max: usize) -> Option<Key> {
-    let domains = book.keys().filter(|k| k.kind == Kind::Domain).count();
-    if domains < max.max(1) {
-        return None;
+/// Makes room for one more sender domain under the cap `max`: forgets the quietest domains in
+/// good standing, 1 % of the cap at once (the scan is paid once per that many new domains);
+/// a held one (throttled, suspended, or under a Postmaster verdict) is never forgotten. Returns the forgotten ones; `None`
+/// when too many are held to make room (the new domain is then not tracked).
+pub(super) fn make_room(book: &mut HashMap<Key, Account>, max: usize) -> Option<Vec<Key>> {
+    let max = max.max(1);
+    if book.len() < max {
+        return Some(Vec::new());
     }
-    let gone = book
+    let domains = book.keys().filter(|k| k.kind == Kind::Domain).count();
+    if domains < max {
+        return Some(Vec::new());
+    }
+    let mut good: Vec<(u64, &Key)> = book
         .iter()
         .filter(|(k, a)| {
             k.kind == Kind::Domain && a.rec.standing == Standing::Good && a.rec.feed_hold.is_none()
         })
-        .min_by_key(|(_, a)| a.rec.days.0.values().map(Counts::attempts).sum::<u64>())
-        .map(|(k, _)| k.clone())?;
-    book.remove(&gone);
+        .map(|(k, a)| (a.rec.days.0.values().map(Counts::attempts).sum::<u64>(), k))
+        .collect();
+    let needed = domains + 1 - max;
+    if good.len() < needed {
+        return None;
+    }
+    let n = needed.max(max / 100).min(good.len());
+    if n < good.len() {
+        good.select_nth_unstable(n - 1);
+    }
+    let gone: Vec<Key> = good[..n].iter().map(|(_, k)| (*k).clone()).collect();
+    for k in &gone {
+        book.remove(k);
+    }
     Some(gone)
+}
+
+/// A new sender domain found no room: not tracked; logged at most once a minute.
+pub(super) fn not_tracked(k: &Key, now: u64) {
+    static SKIPPED: AtomicU64 = AtomicU64::new(0);
+    static LOGGED_AT: AtomicU64 = AtomicU64::new(0);
+    let skipped = SKIPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    let last = LOGGED_AT.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + 60)
+        && LOGGED_AT
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(account = %k, skipped, "accounts: every tracked sender domain is held (max_sender_domains); a new one is not tracked");
+    }
 }
 
 fn view(k: &Key, a: &Account, days: u64, now: u64, sent_this_hour: u64) -> AccountView {

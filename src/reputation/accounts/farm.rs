@@ -7,13 +7,17 @@
 //!   account on every relay, and a release made later on any relay lets it send everywhere.
 //! - Counts and throttles stay per relay: each relay judges the mail it sent and the complaints
 //!   it received.
+//! - A decision for a sender domain not tracked here takes a place under `max_sender_domains`
+//!   as local mail does (`book::make_room`): when every place is held it is not kept (logged).
 
 use serde::{Deserialize, Serialize};
 
-use super::book::{Account, Accounts, Event, parse_key, push_event, store_key};
+use super::book::{
+    Account, Accounts, Event, make_room, not_tracked, parse_key, push_event, store_key,
+};
 use super::counts::Days;
 use super::policy::Breach;
-use super::{Key, Standing};
+use super::{Key, Kind, Standing};
 use crate::cluster::events::{Change, Newer, Outbox, newer};
 use crate::pool::warmup::Clock;
 
@@ -80,8 +84,16 @@ impl Accounts {
             return false;
         };
         let now = crate::spool::now_unix();
+        let mut records = Vec::new();
         let record = {
             let mut book = self.book.lock().expect("accounts lock");
+            if key.kind == Kind::Domain && !book.contains_key(&key) {
+                let Some(gone) = make_room(&mut book, self.max_sender_domains()) else {
+                    not_tracked(&key, now);
+                    return false;
+                };
+                records.extend(gone.iter().map(|g| (store_key(g), None)));
+            }
             let a = book.entry(key.clone()).or_default();
             let local = Some(a.rec.decided_ms).filter(|&ms| ms > 0);
             if newer(local, Some(at_ms)) != Newer::Remote {
@@ -92,6 +104,10 @@ impl Accounts {
             if suspend == (a.rec.standing == Standing::Suspended) {
                 // Already so here: only the stamp moves.
                 a.dirty = true;
+                drop(book);
+                if !records.is_empty() {
+                    self.write(&records);
+                }
                 return false;
             }
             if suspend {
@@ -117,7 +133,8 @@ impl Accounts {
             a.dirty = false;
             serde_json::to_string(&a.rec).ok()
         };
-        self.write(&[(store_key(&key), record)]);
+        records.push((store_key(&key), record));
+        self.write(&records);
         true
     }
 }

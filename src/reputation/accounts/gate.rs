@@ -8,6 +8,8 @@
 //!   current clock hour, saying why and how many an hour; below that the message goes.
 //! - Throttled by a Postmaster verdict (`verdict.rs`): the same `450 4.7.1` and hourly
 //!   allowance, with the feed's evidence as the reason.
+//! - A message counts from its MAIL FROM (`Slot`), so sessions in parallel share the hour's
+//!   places; a transaction that ends without queueing (RSET, QUIT, refusal) gives its place back.
 //! - The login is asked first, then the sender domain.
 
 use super::policy::Breach;

@@ -20,7 +20,7 @@ mod settings;
 mod tests;
 mod verdict;
 
-pub use book::{AccountView, Accounts, Event};
+pub use book::{AccountView, Accounts, Event, Slot};
 pub use counts::{Counts, Outcome};
 pub use farm::Decision;
 pub use gate::Gate;

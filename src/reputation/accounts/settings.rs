@@ -34,7 +34,8 @@ pub struct Settings {
     #[serde(default = "default_throttle_per_hour")]
     pub throttle_per_hour: u64,
     /// Sender domains tracked at most (logins are bounded by the users file); past it the
-    /// quietest domain in good standing is forgotten.
+    /// quietest domains in good standing are forgotten (1 % of it at once), a held one never;
+    /// when every one is held a new domain is not tracked.
     #[serde(default = "default_max_sender_domains")]
     pub max_sender_domains: usize,
 }

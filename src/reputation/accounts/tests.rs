@@ -515,3 +515,97 @@ fn a_postmaster_hold_survives_a_restart_acts_once_and_yields_to_a_release() {
     assert!(none.gate(None, Some("pm.test")).is_open());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_sender_domain_cap_holds_for_local_mail_and_the_farm_and_never_forgets_a_held_one() {
+    let s = Settings {
+        max_sender_domains: 10,
+        ..settings(1)
+    };
+    let a = Accounts::new(Some(s), None);
+    let now = crate::spool::now_unix();
+    let domains = |a: &Accounts| a.list(Kind::Domain);
+    // Local mail: 15 domains under a cap of 10.
+    for i in 0..15 {
+        a.count(
+            &[Key::domain(&format!("d{i}.test"))],
+            Outcome::Delivered,
+            now,
+            None,
+        );
+        assert!(domains(&a).len() <= 10, "{}", domains(&a).len());
+    }
+    // The farm: suspensions of 12 domains this relay never saw.
+    let suspend = Decision {
+        standing: Standing::Suspended,
+        breach: None,
+        why: "complaint rate".into(),
+        by: None,
+    };
+    for i in 0..12 {
+        a.apply_remote(
+            &format!("domain|far{i}.test"),
+            suspend.clone(),
+            "relay-2",
+            1_000 + i,
+        );
+        assert!(domains(&a).len() <= 10, "{}", domains(&a).len());
+    }
+    // Every place is held now: the held ones stay, a new domain is not tracked.
+    let held: Vec<String> = domains(&a).into_iter().map(|v| v.name).collect();
+    assert_eq!(held.len(), 10);
+    assert!(
+        domains(&a)
+            .iter()
+            .all(|v| v.standing == Standing::Suspended)
+    );
+    let out = a.count(&[Key::domain("late.test")], Outcome::Delivered, now, None);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(!a.apply_remote("domain|later.test", suspend, "relay-2", 5_000));
+    let after: Vec<String> = domains(&a).into_iter().map(|v| v.name).collect();
+    assert_eq!(after, held);
+    // Logins are not sender domains: still counted.
+    let out = a.count(&[Key::login("zed")], Outcome::Delivered, now, None);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn parallel_transactions_share_the_throttle_and_one_that_ends_unqueued_gives_its_place_back() {
+    let s = Settings {
+        max_bounce_rate: 0.5,
+        throttle_per_hour: 3,
+        ..settings(10)
+    };
+    let a = Accounts::new(Some(s), None);
+    let now = crate::spool::now_unix();
+    let keys = Accounts::keys(Some("hal"), None);
+    for _ in 0..7 {
+        a.count(&keys, Outcome::Delivered, now, None);
+    }
+    for _ in 0..3 {
+        a.count(&keys, Outcome::BadRecipient, now, None);
+    }
+    assert_eq!(standing(&a, &keys[0]), Standing::Throttled);
+    // Six sessions pass MAIL FROM before any of them queues: three places an hour.
+    let mut tries: Vec<Result<Slot, Gate>> = (0..6).map(|_| a.admit(Some("hal"), None)).collect();
+    let refused: Vec<u16> = tries
+        .iter()
+        .filter_map(|t| t.as_ref().err())
+        .map(|g| g.reply().expect("refused").code)
+        .collect();
+    assert_eq!(refused, vec![450; 3]);
+    let mut slots: Vec<Slot> = tries.drain(..).filter_map(Result::ok).collect();
+    assert_eq!(slots.len(), 3);
+    assert_eq!(a.get(&keys[0]).unwrap().sent_this_hour, 3);
+    // One RSETs: its place is given back and the next MAIL FROM takes it.
+    drop(slots.pop());
+    assert_eq!(a.get(&keys[0]).unwrap().sent_this_hour, 2);
+    slots.push(a.admit(Some("hal"), None).expect("a place was given back"));
+    // All three are queued: counted, their places given back, the hour stays full.
+    for slot in slots {
+        a.accepted(Some("hal"), None);
+        drop(slot);
+    }
+    assert_eq!(a.get(&keys[0]).unwrap().sent_this_hour, 3);
+    assert!(a.admit(Some("hal"), None).is_err());
+}

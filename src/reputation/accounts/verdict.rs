@@ -21,7 +21,7 @@
 //! - Without `[accounts]` the verdict is recorded and shown, never held (like the rates).
 
 use super::book::{
-    Account, Accounts, Event, evict_domain, feed_why, push_event, rejudge, store_key,
+    Account, Accounts, Event, feed_why, make_room, not_tracked, push_event, rejudge, store_key,
 };
 use super::{Key, Settings};
 use crate::reputation::feeds::{DomainVerdict, Level, OnDomainVerdict};
@@ -56,9 +56,11 @@ impl Accounts {
                     || Settings::default().max_sender_domains,
                     |s| s.max_sender_domains,
                 );
-                if let Some(gone) = evict_domain(&mut book, max) {
-                    records.push((store_key(&gone), None));
-                }
+                let Some(gone) = make_room(&mut book, max) else {
+                    not_tracked(&key, now);
+                    return;
+                };
+                records.extend(gone.iter().map(|g| (store_key(g), None)));
             }
             let a = book.entry(key.clone()).or_default();
             if heard(a, v) {
