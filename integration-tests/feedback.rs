@@ -581,3 +581,63 @@ fn base64_of(raw: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
+
+/// The last complaint `GET /api/complaints` lists.
+fn last_complaint(s: &Setup) -> Value {
+    s.complaints().pop().expect("a complaint")
+}
+
+/// A stranger's report without a trace header, naming a pool IP (`Source-IP`, or a
+/// `Received:` of the original) and a victim's `From:`: counts against the IP, names nobody.
+#[test]
+fn a_report_without_a_trace_names_no_customer_from_its_own_content() {
+    let s = setup("fb-untraced-content", "");
+    s.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let forged = b"From: x@shop.test\r\nTo: someone@a.test\r\nSubject: framed\r\n\
+        Message-ID: <made-up@shop.test>\r\n\r\nhi\r\n";
+    let report = String::from_utf8(cfl(forged, "message/rfc822"))
+        .unwrap()
+        .replace(
+            "Version: 0.1\r\n",
+            "Version: 0.1\r\nSource-IP: 127.0.0.11\r\n",
+        );
+    let r = s.report_smtp(77, report.as_bytes());
+    assert_eq!(r.code, 250, "{r}");
+    let c = last_complaint(&s);
+    assert_eq!(c["evidence"], "source-ip", "{c}");
+    assert_eq!(c["source_ip"], "127.0.0.11", "{c}");
+    assert_eq!(c["sender_domain"], Value::Null, "{c}");
+    assert_eq!(c["login"], Value::Null, "{c}");
+    assert_eq!(c["queue_id"], Value::Null, "{c}");
+    // The same through a Received: naming bob's pool IP.
+    let forged = b"Received: from out (out [127.0.0.12]) by mx.a.test\r\n\
+        From: y@other.test\r\nTo: someone@a.test\r\nSubject: framed 2\r\n\r\nhi\r\n";
+    let r = s.report_smtp(78, &jmrp(forged));
+    assert_eq!(r.code, 250, "{r}");
+    let c = last_complaint(&s);
+    assert_eq!(c["evidence"], "received", "{c}");
+    assert_eq!(c["source_ip"], "127.0.0.12", "{c}");
+    assert_eq!(c["sender_domain"], Value::Null, "{c}");
+    assert_eq!(c["login"], Value::Null, "{c}");
+    assert_eq!(s.reports_counted("complaint"), 2);
+}
+
+/// A genuine Message-ID without the recipient it went to finds where the message went (IP,
+/// provider), not who sent it: Message-IDs are seen by every recipient.
+#[test]
+fn a_message_id_alone_does_not_name_the_login() {
+    let s = setup("fb-mid-alone", "");
+    let alice = s.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let bare = String::from_utf8_lossy(&alice.delivered)
+        .replace("X-Poolrelay-Trace:", "X-Dropped:")
+        .replace("To: <one@a.test>\r\n", "");
+    let r = s.report_smtp(77, &cfl(bare.as_bytes(), "message/rfc822"));
+    assert_eq!(r.code, 250, "{r}");
+    let c = last_complaint(&s);
+    assert_eq!(c["evidence"], "records", "{c}");
+    assert_eq!(c["source_ip"], "127.0.0.11", "{c}");
+    assert_eq!(c["provider"], "alpha", "{c}");
+    assert_eq!(c["login"], Value::Null, "{c}");
+    assert_eq!(c["sender_domain"], Value::Null, "{c}");
+    assert_eq!(c["queue_id"], Value::Null, "{c}");
+}

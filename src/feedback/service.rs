@@ -6,7 +6,8 @@
 //!   refused as forged and attributes nothing), then the report's `Source-IP` when it is one
 //!   of our pool IPs, then a pool IP in the original's `Received:`, then the delivery records
 //!   by Message-ID, then by recipient. `Evidence` names the first that matched; later ones only
-//!   fill in what is still unknown.
+//!   fill in what is still unknown. Login, sender domain and queue id come only from the trace
+//!   header or our own record of the original (`attribute`), never from the report's content.
 //! - Complaint types (`abuse`, `fraud`, `virus`, `other`) go to the actors; `not-spam` and
 //!   `auth-failure` are traced and listed but not dispatched.
 //! - One log event and one `poolrelay_feedback_reports_total{result}` count per report.
