@@ -641,3 +641,24 @@ fn a_message_id_alone_does_not_name_the_login() {
     assert_eq!(c["sender_domain"], Value::Null, "{c}");
     assert_eq!(c["queue_id"], Value::Null, "{c}");
 }
+
+/// A genuine trace header copied onto another message (as a client can when stamping is off)
+/// is passed over: the report traces to the message it is about, by its own records.
+#[test]
+fn a_trace_header_copied_onto_another_message_is_passed_over() {
+    let s = setup("fb-copied-trace", "");
+    let alice = s.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let bob = s.send_as("bob", "bob@other.test", "two@a.test", "m2");
+    let alices = header_value(&alice.delivered, "X-Poolrelay-Trace").unwrap();
+    // bob's message as a relay with `trace = false` delivers it: alice's header on top.
+    let copied = with_trace(&bob.delivered, |_| alices.clone());
+    let r = s.report_smtp(77, &jmrp(&copied));
+    assert_eq!(r.code, 250, "{r}\n{}", s.relay.log());
+    let c = last_complaint(&s);
+    assert_ne!(c["login"], "alice", "{c}");
+    assert_eq!(c["evidence"], "records", "{c}");
+    assert_eq!(c["queue_id"], bob.queue_id.as_str(), "{c}");
+    assert_eq!(c["login"], "bob", "{c}");
+    assert_eq!(c["sender_domain"], "other.test", "{c}");
+    assert!(s.relay.log().contains("trace header of another message"));
+}

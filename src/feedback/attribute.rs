@@ -10,12 +10,16 @@
 //! - A report with only `Source-IP`/`Received:` evidence (or a record found by Message-ID
 //!   alone, or by recipient alone) counts against the pool IP × provider, with no login,
 //!   sender domain or queue id.
+//! - The topmost trace header counts, and only on the message it was sealed for: when it
+//!   carries a Message-ID hash, the original's Message-ID must have that hash; a genuine
+//!   header copied onto another message is passed over (the other evidence traces the report),
+//!   one that does not open refuses the report.
 
 use std::net::IpAddr;
 
 use super::report::Report;
 use super::store::{self, Delivery};
-use super::trace::{self, Forged, Keys};
+use super::trace::{self, Facts, Forged, Keys};
 use super::{Complaint, Evidence};
 use crate::spool::now_unix;
 use crate::state::{State, StateError};
@@ -57,12 +61,14 @@ pub(super) fn trace(
             Ok(f) => f,
             Err(forged) => return Ok(Err(forged)),
         };
-        evidence = Some(Evidence::Trace);
-        let records = store::by_queue(state, &facts.queue_id)?;
-        record = pick(records, recipient.as_deref(), r.source_ip);
-        c.queue_id = Some(facts.queue_id);
-        c.login = facts.login;
-        c.sender_domain = facts.sender_domain;
+        if sealed_for(&facts, r) {
+            evidence = Some(Evidence::Trace);
+            let records = store::by_queue(state, &facts.queue_id)?;
+            record = pick(records, recipient.as_deref(), r.source_ip);
+            c.queue_id = Some(facts.queue_id);
+            c.login = facts.login;
+            c.sender_domain = facts.sender_domain;
+        }
     }
     if record.is_none() {
         if let Some(ip) = r.source_ip.filter(|ip| ours(ip)) {
@@ -100,6 +106,23 @@ pub(super) fn trace(
         c.provider = Some(d.provider);
     }
     Ok(Ok(Some(c)))
+}
+
+/// Whether an opened trace header was sealed for the original it is on (its Message-ID hash,
+/// when it has one, is the original's).
+fn sealed_for(facts: &Facts, r: &Report) -> bool {
+    let Some(sealed) = &facts.message_id else {
+        return true;
+    };
+    let original = r.original.message_id.as_deref().map(trace::message_id_hash);
+    if original.as_ref() == Some(sealed) {
+        return true;
+    }
+    tracing::warn!(
+        queue_id = %facts.queue_id,
+        "feedback: trace header of another message (Message-ID differs), passed over"
+    );
+    false
 }
 
 /// Our delivery record of the original: its Message-ID hash and the named recipient.
