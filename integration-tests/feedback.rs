@@ -662,3 +662,60 @@ fn a_trace_header_copied_onto_another_message_is_passed_over() {
     assert_eq!(c["sender_domain"], "other.test", "{c}");
     assert!(s.relay.log().contains("trace header of another message"));
 }
+
+/// One traced message to three recipients: reports naming recipients it never went to draw one
+/// complaint between them; each real recipient's report counts once.
+#[test]
+fn made_up_recipients_draw_one_complaint_per_message() {
+    let s = setup("fb-made-up-rcpts", "");
+    let before = s.bench.sink.messages().len();
+    let mut c = SmtpClient::connect_from(s.relay.addr(), lo(66));
+    c.ehlo("client.test");
+    c.starttls("relay.test", &s.certs.ca);
+    c.ehlo("client.test");
+    c.auth_plain("alice", "secret").expect(235);
+    let rcpts = ["one@a.test", "two@a.test", "three@a.test"];
+    let msg = "From: <alice@shop.test>\r\nTo: <list@shop.test>\r\nSubject: m3\r\n\
+               Date: Mon, 07 Dec 2026 17:00:00 +0000\r\nMessage-ID: <m3@shop.test>\r\n\r\nBuy.\r\n";
+    let r = c.send_mail("alice@shop.test", &rcpts, msg.as_bytes());
+    assert_eq!(r.code, 250, "{r}");
+    let queue_id = r.text.rsplit(' ').next().unwrap().trim().to_string();
+    c.quit();
+    let msgs = s.bench.sink.wait_for_messages(before + 1, WAIT);
+    let m = msgs.iter().find(|m| m.subject() == "m3").unwrap().clone();
+    assert!(
+        wait_until(WAIT, || s
+            .relay
+            .log()
+            .lines()
+            .any(|l| l.contains(&queue_id) && l.contains("delivery attempt"))),
+        "{}",
+        s.relay.log()
+    );
+    let sent = Sent {
+        queue_id: queue_id.clone(),
+        delivered: m.data,
+        peer: m.peer,
+    };
+    let results: Vec<u16> = ["x1@a.test", "x2@a.test", "x3@a.test"]
+        .iter()
+        .map(|fake| s.report_smtp(77, &jmrp(&as_received(&sent, fake))).code)
+        .collect();
+    assert_eq!(results, [250, 250, 250]);
+    assert_eq!(s.reports_counted("complaint"), 1, "{}", s.relay.log());
+    assert_eq!(s.reports_counted("duplicate"), 2);
+    // A recipient it went to counts, once.
+    s.report_smtp(78, &jmrp(&as_received(&sent, "two@a.test")))
+        .expect(250);
+    s.report_smtp(78, &jmrp(&as_received(&sent, "two@a.test")))
+        .expect(250);
+    assert_eq!(s.reports_counted("complaint"), 2);
+    assert_eq!(s.reports_counted("duplicate"), 3);
+    let charged: Vec<Value> = s
+        .complaints()
+        .into_iter()
+        .filter(|c| c["queue_id"] == queue_id.as_str())
+        .collect();
+    assert_eq!(charged.len(), 2, "{charged:?}");
+    assert_eq!(charged[1]["recipient"], "two@a.test");
+}

@@ -67,7 +67,8 @@ pub enum Handled {
     NotAReport(&'static str),
     /// Its trace header did not open: refused, attributed to nobody.
     Forged(Forged),
-    /// A complaint this message already drew from that recipient, or more complaints than
+    /// A complaint this message already drew from that recipient (a recipient it was not
+    /// delivered to, or none, counts as one unnamed recipient), or more complaints than
     /// recipients it was delivered to: listed nowhere, dispatched never.
     Duplicate(Box<Traced>),
     /// Sealed with a key this relay does not know while it is part of a farm (`farm`): maybe
@@ -353,9 +354,19 @@ impl Feedback {
             "abuse" | "fraud" | "virus" | "other"
         );
         if is_complaint && let Some(qid) = &complaint.queue_id {
-            let delivered = store::by_queue(&self.state, qid)?.len();
-            let rcpt = complaint.recipient.as_deref();
-            if !store::charge(&self.state, qid, rcpt, delivered, complaint.arrived_at)? {
+            let delivered = store::by_queue(&self.state, qid)?;
+            // Named only when the message went there; any other name is the unnamed one.
+            let rcpt = complaint
+                .recipient
+                .as_deref()
+                .filter(|r| delivered.iter().any(|d| d.recipient == *r));
+            if !store::charge(
+                &self.state,
+                qid,
+                rcpt,
+                delivered.len(),
+                complaint.arrived_at,
+            )? {
                 return Ok(Handled::Duplicate(Box::new(Traced {
                     complaint,
                     shape: r.shape,
