@@ -118,7 +118,8 @@ pub struct Feedback {
     stored: Mutex<Vec<String>>,
     actors: Vec<Arc<dyn OnComplaint>>,
     pending: Mutex<Vec<Delivery>>,
-    /// Reports per client IP in the current hour: `(hour, count)`.
+    /// Reports per client (IPv4 address, IPv6 /64: `client_key`) in the current hour:
+    /// `(hour, count)`.
     clients: Mutex<HashMap<IpAddr, (u64, u32)>>,
     recent: Mutex<VecDeque<Traced>>,
 }
@@ -234,7 +235,8 @@ impl Feedback {
         self.pools.pool_for(None, user, sender)
     }
 
-    /// One report more from `client` this hour, unless it is past `per_client_hourly`.
+    /// One report more from `client` this hour, unless it is past `per_client_hourly`. IPv6
+    /// clients count by /64 (one host can use its whole /64).
     pub fn allow_client(&self, client: IpAddr) -> bool {
         let limit = self.settings().per_client_hourly;
         if limit == 0 {
@@ -243,7 +245,7 @@ impl Feedback {
         let hour = now_unix() / 3600;
         let mut clients = self.clients.lock().expect("feedback clients");
         clients.retain(|_, (h, _)| *h == hour);
-        let (_, n) = clients.entry(client).or_insert((hour, 0));
+        let (_, n) = clients.entry(client_key(client)).or_insert((hour, 0));
         if *n >= limit {
             return false;
         }
@@ -417,6 +419,15 @@ fn load_or_make_keys(state: &State) -> Result<Vec<String>, StateError> {
     Ok(stored)
 }
 
+/// What `per_client_hourly` counts by: the IPv4 address (also written IPv4-mapped), the /64
+/// of an IPv6 one.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// Newest first; the first seals.
 fn keys_from(stored: &[String]) -> Option<Keys> {
     let mut keys = stored
@@ -556,6 +567,29 @@ mod tests {
         assert!(matches!(h, Handled::Untraced { .. }), "{h:?}");
         assert_eq!(second.seen.lock().unwrap().len(), 1);
         assert_eq!(f.recent().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbv6-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
+                    addresses = [\"f@relay.test\"]\nper_client_hourly = 1\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let f = Feedback::open(&config, state, pools, Vec::new()).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(f.allow_client(ip("2001:db8:1:2::1")));
+        // Another address of the same /64: the same client.
+        assert!(!f.allow_client(ip("2001:db8:1:2:ffff::9")));
+        assert!(f.allow_client(ip("2001:db8:1:3::1")));
+        assert!(f.allow_client(ip("192.0.2.1")));
+        assert!(!f.allow_client(ip("::ffff:192.0.2.1")));
+        assert!(f.allow_client(ip("192.0.2.2")));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
