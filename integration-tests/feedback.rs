@@ -429,6 +429,15 @@ fn a_message_that_is_not_a_report_is_accepted_counted_and_never_relayed() {
     assert!(s.bench.sink.messages().is_empty());
 }
 
+/// The state store holds the trace keys: nobody but poolrelay's user reads it.
+#[test]
+fn the_state_store_with_the_trace_keys_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup("fb-private-state", "");
+    let meta = std::fs::metadata(s.dir.join("data/state.redb")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
 #[test]
 fn strangers_may_only_give_feedback_recipients_within_size_and_rate() {
     let s = setup("fb-limits", "max_size = \"16KiB\"\nper_client_hourly = 2");
