@@ -436,6 +436,16 @@ fn the_state_store_with_the_trace_keys_is_private() {
     let s = setup("fb-private-state", "");
     let meta = std::fs::metadata(s.dir.join("data/state.redb")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // The first start makes the key, and says so (its id, never the key).
+    let log = s.relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("made a new one"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("refused as forged") && line.contains("key="),
+        "{line}"
+    );
 }
 
 #[test]

@@ -135,7 +135,7 @@ impl Feedback {
     ) -> Result<Arc<Feedback>, String> {
         store::create(&state).map_err(|e| e.to_string())?;
         let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
-        let keys = keys_from(&stored).ok_or("feedback: unreadable trace key in the state store")?;
+        let keys = keys_from(&stored)?;
         let keep = config.feedback.clone().unwrap_or_default().recent;
         let recent = store::recent_complaints(&state, keep)
             .map_err(|e| e.to_string())?
@@ -196,9 +196,12 @@ impl Feedback {
         if next == *stored {
             return true;
         }
-        let Some(keys) = keys_from(&next) else {
-            tracing::error!("feedback: the farm's trace key is unreadable; keeping this relay's");
-            return false;
+        let keys = match keys_from(&next) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "feedback: the farm's trace keys are unreadable; keeping this relay's");
+                return false;
+            }
         };
         if let Err(e) = store::save_keys(&self.state, &next) {
             tracing::error!(error = %e, "feedback: cannot store the farm's trace keys");
@@ -412,9 +415,18 @@ impl Feedback {
 fn load_or_make_keys(state: &State) -> Result<Vec<String>, StateError> {
     let mut stored = store::load_keys(state)?;
     if stored.is_empty() {
-        stored.push(B64.encode(trace::new_secret()));
+        let secret = trace::new_secret();
+        let id = Key::new(&secret)
+            .map(|k| k.id().to_string())
+            .unwrap_or_default();
+        stored.push(B64.encode(secret));
         store::save_keys(state, &stored)?;
-        tracing::info!("feedback: new trace key made");
+        // The id only (it is in every trace header), never the key.
+        tracing::warn!(
+            key = %id,
+            "feedback: no trace key in the state store, made a new one; reports about mail \
+             sealed with an earlier key (a state.redb lost or replaced) will be refused as forged"
+        );
     }
     Ok(stored)
 }
@@ -428,14 +440,30 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Newest first; the first seals.
-fn keys_from(stored: &[String]) -> Option<Keys> {
-    let mut keys = stored
-        .iter()
-        .filter_map(|s| B64.decode(s).ok())
-        .filter_map(|s| Key::new(&s));
-    let current = keys.next()?;
-    Some(Keys::new(current, keys.collect()))
+/// Newest first; the first seals. Every stored key must read: one that does not is an error
+/// (never skipped, which would seal or open with another key than the operator thinks).
+fn keys_from(stored: &[String]) -> Result<Keys, String> {
+    let mut keys = Vec::with_capacity(stored.len());
+    for (i, s) in stored.iter().enumerate() {
+        let key = B64
+            .decode(s)
+            .ok()
+            .and_then(|s| Key::new(&s))
+            .ok_or_else(|| {
+                format!(
+                    "feedback: trace key {} of {} in the state store is unreadable (not base64 of \
+                 32 bytes); restore state.redb from a backup",
+                    i + 1,
+                    stored.len()
+                )
+            })?;
+        keys.push(key);
+    }
+    let mut keys = keys.into_iter();
+    let current = keys
+        .next()
+        .ok_or("feedback: no trace key in the state store")?;
+    Ok(Keys::new(current, keys.collect()))
 }
 
 /// One event per report.
@@ -590,6 +618,36 @@ mod tests {
         assert!(f.allow_client(ip("192.0.2.1")));
         assert!(!f.allow_client(ip("::ffff:192.0.2.1")));
         assert!(f.allow_client(ip("192.0.2.2")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_stored_key_stops_the_start() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbkey-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
+                    addresses = [\"f@relay.test\"]\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        store::create(&state).unwrap();
+        let good = B64.encode(trace::new_secret());
+        for bad in ["not base64!", "AAAA"] {
+            // An older key that does not read, and one that seals.
+            store::save_keys(&state, &[good.clone(), bad.to_string()]).unwrap();
+            let e = Feedback::open(&config, state.clone(), pools.clone(), Vec::new())
+                .err()
+                .expect("refused");
+            assert!(
+                e.contains("trace key 2 of 2") && e.contains("unreadable"),
+                "{e}"
+            );
+            assert!(!e.contains(&good) && !e.contains(bad), "never the key: {e}");
+        }
+        store::save_keys(&state, &[good]).unwrap();
+        assert!(Feedback::open(&config, state, pools, Vec::new()).is_ok());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
