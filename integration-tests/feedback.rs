@@ -429,6 +429,25 @@ fn a_message_that_is_not_a_report_is_accepted_counted_and_never_relayed() {
     assert!(s.bench.sink.messages().is_empty());
 }
 
+/// The state store holds the trace keys: nobody but poolrelay's user reads it.
+#[test]
+fn the_state_store_with_the_trace_keys_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup("fb-private-state", "");
+    let meta = std::fs::metadata(s.dir.join("data/state.redb")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // The first start makes the key, and says so (its id, never the key).
+    let log = s.relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("made a new one"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("refused as forged") && line.contains("key="),
+        "{line}"
+    );
+}
+
 #[test]
 fn strangers_may_only_give_feedback_recipients_within_size_and_rate() {
     let s = setup("fb-limits", "max_size = \"16KiB\"\nper_client_hourly = 2");
@@ -580,4 +599,142 @@ fn corpus_feedback_reports_are_read() {
 fn base64_of(raw: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// The last complaint `GET /api/complaints` lists.
+fn last_complaint(s: &Setup) -> Value {
+    s.complaints().pop().expect("a complaint")
+}
+
+/// A stranger's report without a trace header, naming a pool IP (`Source-IP`, or a
+/// `Received:` of the original) and a victim's `From:`: counts against the IP, names nobody.
+#[test]
+fn a_report_without_a_trace_names_no_customer_from_its_own_content() {
+    let s = setup("fb-untraced-content", "");
+    s.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let forged = b"From: x@shop.test\r\nTo: someone@a.test\r\nSubject: framed\r\n\
+        Message-ID: <made-up@shop.test>\r\n\r\nhi\r\n";
+    let report = String::from_utf8(cfl(forged, "message/rfc822"))
+        .unwrap()
+        .replace(
+            "Version: 0.1\r\n",
+            "Version: 0.1\r\nSource-IP: 127.0.0.11\r\n",
+        );
+    let r = s.report_smtp(77, report.as_bytes());
+    assert_eq!(r.code, 250, "{r}");
+    let c = last_complaint(&s);
+    assert_eq!(c["evidence"], "source-ip", "{c}");
+    assert_eq!(c["source_ip"], "127.0.0.11", "{c}");
+    assert_eq!(c["sender_domain"], Value::Null, "{c}");
+    assert_eq!(c["login"], Value::Null, "{c}");
+    assert_eq!(c["queue_id"], Value::Null, "{c}");
+    // The same through a Received: naming bob's pool IP.
+    let forged = b"Received: from out (out [127.0.0.12]) by mx.a.test\r\n\
+        From: y@other.test\r\nTo: someone@a.test\r\nSubject: framed 2\r\n\r\nhi\r\n";
+    let r = s.report_smtp(78, &jmrp(forged));
+    assert_eq!(r.code, 250, "{r}");
+    let c = last_complaint(&s);
+    assert_eq!(c["evidence"], "received", "{c}");
+    assert_eq!(c["source_ip"], "127.0.0.12", "{c}");
+    assert_eq!(c["sender_domain"], Value::Null, "{c}");
+    assert_eq!(c["login"], Value::Null, "{c}");
+    assert_eq!(s.reports_counted("complaint"), 2);
+}
+
+/// A genuine Message-ID without the recipient it went to finds where the message went (IP,
+/// provider), not who sent it: Message-IDs are seen by every recipient.
+#[test]
+fn a_message_id_alone_does_not_name_the_login() {
+    let s = setup("fb-mid-alone", "");
+    let alice = s.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let bare = String::from_utf8_lossy(&alice.delivered)
+        .replace("X-Poolrelay-Trace:", "X-Dropped:")
+        .replace("To: <one@a.test>\r\n", "");
+    let r = s.report_smtp(77, &cfl(bare.as_bytes(), "message/rfc822"));
+    assert_eq!(r.code, 250, "{r}");
+    let c = last_complaint(&s);
+    assert_eq!(c["evidence"], "records", "{c}");
+    assert_eq!(c["source_ip"], "127.0.0.11", "{c}");
+    assert_eq!(c["provider"], "alpha", "{c}");
+    assert_eq!(c["login"], Value::Null, "{c}");
+    assert_eq!(c["sender_domain"], Value::Null, "{c}");
+    assert_eq!(c["queue_id"], Value::Null, "{c}");
+}
+
+/// A genuine trace header copied onto another message (as a client can when stamping is off)
+/// is passed over: the report traces to the message it is about, by its own records.
+#[test]
+fn a_trace_header_copied_onto_another_message_is_passed_over() {
+    let s = setup("fb-copied-trace", "");
+    let alice = s.send_as("alice", "alice@shop.test", "one@a.test", "m1");
+    let bob = s.send_as("bob", "bob@other.test", "two@a.test", "m2");
+    let alices = header_value(&alice.delivered, "X-Poolrelay-Trace").unwrap();
+    // bob's message as a relay with `trace = false` delivers it: alice's header on top.
+    let copied = with_trace(&bob.delivered, |_| alices.clone());
+    let r = s.report_smtp(77, &jmrp(&copied));
+    assert_eq!(r.code, 250, "{r}\n{}", s.relay.log());
+    let c = last_complaint(&s);
+    assert_ne!(c["login"], "alice", "{c}");
+    assert_eq!(c["evidence"], "records", "{c}");
+    assert_eq!(c["queue_id"], bob.queue_id.as_str(), "{c}");
+    assert_eq!(c["login"], "bob", "{c}");
+    assert_eq!(c["sender_domain"], "other.test", "{c}");
+    assert!(s.relay.log().contains("trace header of another message"));
+}
+
+/// One traced message to three recipients: reports naming recipients it never went to draw one
+/// complaint between them; each real recipient's report counts once.
+#[test]
+fn made_up_recipients_draw_one_complaint_per_message() {
+    let s = setup("fb-made-up-rcpts", "");
+    let before = s.bench.sink.messages().len();
+    let mut c = SmtpClient::connect_from(s.relay.addr(), lo(66));
+    c.ehlo("client.test");
+    c.starttls("relay.test", &s.certs.ca);
+    c.ehlo("client.test");
+    c.auth_plain("alice", "secret").expect(235);
+    let rcpts = ["one@a.test", "two@a.test", "three@a.test"];
+    let msg = "From: <alice@shop.test>\r\nTo: <list@shop.test>\r\nSubject: m3\r\n\
+               Date: Mon, 07 Dec 2026 17:00:00 +0000\r\nMessage-ID: <m3@shop.test>\r\n\r\nBuy.\r\n";
+    let r = c.send_mail("alice@shop.test", &rcpts, msg.as_bytes());
+    assert_eq!(r.code, 250, "{r}");
+    let queue_id = r.text.rsplit(' ').next().unwrap().trim().to_string();
+    c.quit();
+    let msgs = s.bench.sink.wait_for_messages(before + 1, WAIT);
+    let m = msgs.iter().find(|m| m.subject() == "m3").unwrap().clone();
+    assert!(
+        wait_until(WAIT, || s
+            .relay
+            .log()
+            .lines()
+            .any(|l| l.contains(&queue_id) && l.contains("delivery attempt"))),
+        "{}",
+        s.relay.log()
+    );
+    let sent = Sent {
+        queue_id: queue_id.clone(),
+        delivered: m.data,
+        peer: m.peer,
+    };
+    let results: Vec<u16> = ["x1@a.test", "x2@a.test", "x3@a.test"]
+        .iter()
+        .map(|fake| s.report_smtp(77, &jmrp(&as_received(&sent, fake))).code)
+        .collect();
+    assert_eq!(results, [250, 250, 250]);
+    assert_eq!(s.reports_counted("complaint"), 1, "{}", s.relay.log());
+    assert_eq!(s.reports_counted("duplicate"), 2);
+    // A recipient it went to counts, once.
+    s.report_smtp(78, &jmrp(&as_received(&sent, "two@a.test")))
+        .expect(250);
+    s.report_smtp(78, &jmrp(&as_received(&sent, "two@a.test")))
+        .expect(250);
+    assert_eq!(s.reports_counted("complaint"), 2);
+    assert_eq!(s.reports_counted("duplicate"), 3);
+    let charged: Vec<Value> = s
+        .complaints()
+        .into_iter()
+        .filter(|c| c["queue_id"] == queue_id.as_str())
+        .collect();
+    assert_eq!(charged.len(), 2, "{charged:?}");
+    assert_eq!(charged[1]["recipient"], "two@a.test");
 }

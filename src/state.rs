@@ -1,6 +1,12 @@
 //! Small durable state that is not a message: counters that must survive restarts (per-user daily
 //! caps now; warm-up days, outcome windows and quarantine records later). Kept in redb.
+//!
+//! Rules:
+//! - `state.redb` holds secrets (the complaint trace keys): it is created 0600 and an existing
+//!   one readable by group or others is made 0600 at start; a `data_dir` poolrelay creates is
+//!   0700 (one that exists, e.g. systemd's `StateDirectory=`, keeps its mode).
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -43,8 +49,15 @@ fn err(e: impl std::fmt::Display) -> StateError {
 
 impl State {
     pub fn open(data_dir: &Path) -> Result<State, StateError> {
-        std::fs::create_dir_all(data_dir).map_err(err)?;
+        if !data_dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .map_err(|e| StateError(format!("{}: {e}", data_dir.display())))?;
+        }
         let path = data_dir.join("state.redb");
+        private(&path)?;
         let db = Database::create(&path).map_err(|e| match e {
             // redb's own words ("Database already open") do not say who holds it.
             redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -131,6 +144,26 @@ impl State {
         }
         tx.commit().map_err(err)
     }
+}
+
+/// Creates `path` 0600 when it is missing; makes an existing one 0600 when group or others may
+/// read it.
+fn private(path: &Path) -> Result<(), StateError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StateError(format!("{}: {e}", path.display())))?;
+    let mode = file.metadata().map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StateError(format!("{}: cannot make it 0600: {e}", path.display())))?;
+        tracing::warn!(file = %path.display(), "state store was readable by group or others (it holds the trace keys): made it 0600");
+    }
+    Ok(())
 }
 
 impl State {
@@ -452,6 +485,23 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_and_a_new_data_dir_are_private() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-state-{}", crate::spool::Spool::new_id()));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(State::open(&dir).unwrap());
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("state.redb")), 0o600);
+        // One made before (umask 022): made private at the next start.
+        let file = dir.join("state.redb");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = State::open(&dir).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn counters_respect_limit_and_persist() {

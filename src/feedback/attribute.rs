@@ -1,11 +1,25 @@
 //! Tracing one report to what poolrelay sent (the order is `service`'s rules): the trace
 //! header, `Source-IP`, `Received:`, then the delivery records.
+//!
+//! Rules:
+//! - Who sent it (login, sender domain) and which message (queue id) come only from what
+//!   poolrelay itself wrote: an opened trace header, or a delivery record matched by the
+//!   original's Message-ID hash and the named recipient together (or the record of a queue id
+//!   a trace header gave). Nothing the report says (`From:`, `Source-IP`, `Received:`, a
+//!   Message-ID or a recipient alone) names a customer: anyone can write those.
+//! - A report with only `Source-IP`/`Received:` evidence (or a record found by Message-ID
+//!   alone, or by recipient alone) counts against the pool IP × provider, with no login,
+//!   sender domain or queue id.
+//! - The topmost trace header counts, and only on the message it was sealed for: when it
+//!   carries a Message-ID hash, the original's Message-ID must have that hash; a genuine
+//!   header copied onto another message is passed over (the other evidence traces the report),
+//!   one that does not open refuses the report.
 
 use std::net::IpAddr;
 
 use super::report::Report;
 use super::store::{self, Delivery};
-use super::trace::{self, Forged, Keys};
+use super::trace::{self, Facts, Forged, Keys};
 use super::{Complaint, Evidence};
 use crate::spool::now_unix;
 use crate::state::{State, StateError};
@@ -32,26 +46,31 @@ pub(super) fn trace(
         source_ip: None,
         queue_id: None,
         login: None,
-        sender_domain: r.original.from_domain.clone(),
+        sender_domain: None,
         recipient: recipient.clone(),
         arrived_at: now_unix(),
         evidence: Evidence::Trace,
     };
     let mut evidence = None;
+    // Our record of the original: may name the login, sender domain and queue id.
     let mut record = None;
+    // A record that only says where a message went (IP, provider).
+    let mut hint = None;
     if let Some(value) = r.original.traces.first() {
         let facts = match keys.open(value) {
             Ok(f) => f,
             Err(forged) => return Ok(Err(forged)),
         };
-        evidence = Some(Evidence::Trace);
-        let records = store::by_queue(state, &facts.queue_id)?;
-        record = pick(records, recipient.as_deref(), r.source_ip);
-        c.queue_id = Some(facts.queue_id);
-        c.login = facts.login;
-        c.sender_domain = facts.sender_domain.or(c.sender_domain);
+        if sealed_for(&facts, r) {
+            evidence = Some(Evidence::Trace);
+            let records = store::by_queue(state, &facts.queue_id)?;
+            record = pick(records, recipient.as_deref(), r.source_ip);
+            c.queue_id = Some(facts.queue_id);
+            c.login = facts.login;
+            c.sender_domain = facts.sender_domain;
+        }
     }
-    if c.source_ip.is_none() && record.is_none() {
+    if record.is_none() {
         if let Some(ip) = r.source_ip.filter(|ip| ours(ip)) {
             c.source_ip = Some(ip);
             evidence.get_or_insert(Evidence::SourceIp);
@@ -61,8 +80,11 @@ pub(super) fn trace(
         }
     }
     if record.is_none() && c.queue_id.is_none() {
-        record = from_records(state, r, recipient.as_deref(), c.source_ip)?;
-        if record.is_some() {
+        record = matched(state, r, recipient.as_deref())?;
+        if record.is_none() {
+            hint = hinted(state, r, recipient.as_deref(), c.source_ip)?;
+        }
+        if record.is_some() || hint.is_some() {
             evidence.get_or_insert(Evidence::Records);
         }
     }
@@ -73,19 +95,53 @@ pub(super) fn trace(
     if let Some(d) = record {
         c.source_ip = c.source_ip.or(Some(d.source_ip));
         c.provider = Some(d.provider);
-        c.queue_id = c.queue_id.or(Some(d.queue_id));
-        if evidence != Evidence::Trace {
-            c.login = c.login.or(d.login);
-            c.sender_domain = d.sender_domain.or(c.sender_domain);
+        if c.queue_id.is_none() {
+            c.queue_id = Some(d.queue_id);
+            c.login = d.login;
         }
+        c.sender_domain = c.sender_domain.or(d.sender_domain);
         c.recipient = c.recipient.or(Some(d.recipient));
+    } else if let Some(d) = hint {
+        c.source_ip = c.source_ip.or(Some(d.source_ip));
+        c.provider = Some(d.provider);
     }
     Ok(Ok(Some(c)))
 }
 
-/// The delivery record of the original by its Message-ID, else the newest delivery to the
-/// recipient (from `ip`, when known).
-fn from_records(
+/// Whether an opened trace header was sealed for the original it is on (its Message-ID hash,
+/// when it has one, is the original's).
+fn sealed_for(facts: &Facts, r: &Report) -> bool {
+    let Some(sealed) = &facts.message_id else {
+        return true;
+    };
+    let original = r.original.message_id.as_deref().map(trace::message_id_hash);
+    if original.as_ref() == Some(sealed) {
+        return true;
+    }
+    tracing::warn!(
+        queue_id = %facts.queue_id,
+        "feedback: trace header of another message (Message-ID differs), passed over"
+    );
+    false
+}
+
+/// Our delivery record of the original: its Message-ID hash and the named recipient.
+fn matched(
+    state: &State,
+    r: &Report,
+    recipient: Option<&str>,
+) -> Result<Option<Delivery>, StateError> {
+    let (Some(mid), Some(rcpt)) = (&r.original.message_id, recipient) else {
+        return Ok(None);
+    };
+    Ok(store::by_message_id(state, &trace::message_id_hash(mid))?
+        .into_iter()
+        .find(|d| d.recipient == rcpt))
+}
+
+/// A record that says where the original went, not who sent it: by its Message-ID alone,
+/// else the newest delivery to the recipient (from `ip`, when known).
+fn hinted(
     state: &State,
     r: &Report,
     recipient: Option<&str>,

@@ -8,6 +8,8 @@
 //! - Tracing prefers the trace header poolrelay signed into the message (a reference
 //!   authenticated with a key in the state store: a forged one is refused), then the report's
 //!   `Source-IP`, the receiver's `Received:` in the original, then poolrelay's delivery records.
+//!   A login, sender domain or queue id comes only from the trace header or poolrelay's own
+//!   record of the original (`attribute`), never from what the report says.
 //! - A traced `Complaint` goes to every `OnComplaint` in order: the login's and sender domain's
 //!   accounts first (they may take the blame), then the IP × provider windows and suppression.
 //!

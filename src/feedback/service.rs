@@ -6,7 +6,8 @@
 //!   refused as forged and attributes nothing), then the report's `Source-IP` when it is one
 //!   of our pool IPs, then a pool IP in the original's `Received:`, then the delivery records
 //!   by Message-ID, then by recipient. `Evidence` names the first that matched; later ones only
-//!   fill in what is still unknown.
+//!   fill in what is still unknown. Login, sender domain and queue id come only from the trace
+//!   header or our own record of the original (`attribute`), never from the report's content.
 //! - Complaint types (`abuse`, `fraud`, `virus`, `other`) go to the actors; `not-spam` and
 //!   `auth-failure` are traced and listed but not dispatched.
 //! - One log event and one `poolrelay_feedback_reports_total{result}` count per report.
@@ -66,7 +67,8 @@ pub enum Handled {
     NotAReport(&'static str),
     /// Its trace header did not open: refused, attributed to nobody.
     Forged(Forged),
-    /// A complaint this message already drew from that recipient, or more complaints than
+    /// A complaint this message already drew from that recipient (a recipient it was not
+    /// delivered to, or none, counts as one unnamed recipient), or more complaints than
     /// recipients it was delivered to: listed nowhere, dispatched never.
     Duplicate(Box<Traced>),
     /// Sealed with a key this relay does not know while it is part of a farm (`farm`): maybe
@@ -116,7 +118,8 @@ pub struct Feedback {
     stored: Mutex<Vec<String>>,
     actors: Vec<Arc<dyn OnComplaint>>,
     pending: Mutex<Vec<Delivery>>,
-    /// Reports per client IP in the current hour: `(hour, count)`.
+    /// Reports per client (IPv4 address, IPv6 /64: `client_key`) in the current hour:
+    /// `(hour, count)`.
     clients: Mutex<HashMap<IpAddr, (u64, u32)>>,
     recent: Mutex<VecDeque<Traced>>,
 }
@@ -132,7 +135,7 @@ impl Feedback {
     ) -> Result<Arc<Feedback>, String> {
         store::create(&state).map_err(|e| e.to_string())?;
         let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
-        let keys = keys_from(&stored).ok_or("feedback: unreadable trace key in the state store")?;
+        let keys = keys_from(&stored)?;
         let keep = config.feedback.clone().unwrap_or_default().recent;
         let recent = store::recent_complaints(&state, keep)
             .map_err(|e| e.to_string())?
@@ -193,9 +196,12 @@ impl Feedback {
         if next == *stored {
             return true;
         }
-        let Some(keys) = keys_from(&next) else {
-            tracing::error!("feedback: the farm's trace key is unreadable; keeping this relay's");
-            return false;
+        let keys = match keys_from(&next) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "feedback: the farm's trace keys are unreadable; keeping this relay's");
+                return false;
+            }
         };
         if let Err(e) = store::save_keys(&self.state, &next) {
             tracing::error!(error = %e, "feedback: cannot store the farm's trace keys");
@@ -232,7 +238,8 @@ impl Feedback {
         self.pools.pool_for(None, user, sender)
     }
 
-    /// One report more from `client` this hour, unless it is past `per_client_hourly`.
+    /// One report more from `client` this hour, unless it is past `per_client_hourly`. IPv6
+    /// clients count by /64 (one host can use its whole /64).
     pub fn allow_client(&self, client: IpAddr) -> bool {
         let limit = self.settings().per_client_hourly;
         if limit == 0 {
@@ -241,7 +248,7 @@ impl Feedback {
         let hour = now_unix() / 3600;
         let mut clients = self.clients.lock().expect("feedback clients");
         clients.retain(|_, (h, _)| *h == hour);
-        let (_, n) = clients.entry(client).or_insert((hour, 0));
+        let (_, n) = clients.entry(client_key(client)).or_insert((hour, 0));
         if *n >= limit {
             return false;
         }
@@ -352,9 +359,19 @@ impl Feedback {
             "abuse" | "fraud" | "virus" | "other"
         );
         if is_complaint && let Some(qid) = &complaint.queue_id {
-            let delivered = store::by_queue(&self.state, qid)?.len();
-            let rcpt = complaint.recipient.as_deref();
-            if !store::charge(&self.state, qid, rcpt, delivered, complaint.arrived_at)? {
+            let delivered = store::by_queue(&self.state, qid)?;
+            // Named only when the message went there; any other name is the unnamed one.
+            let rcpt = complaint
+                .recipient
+                .as_deref()
+                .filter(|r| delivered.iter().any(|d| d.recipient == *r));
+            if !store::charge(
+                &self.state,
+                qid,
+                rcpt,
+                delivered.len(),
+                complaint.arrived_at,
+            )? {
                 return Ok(Handled::Duplicate(Box::new(Traced {
                     complaint,
                     shape: r.shape,
@@ -398,21 +415,55 @@ impl Feedback {
 fn load_or_make_keys(state: &State) -> Result<Vec<String>, StateError> {
     let mut stored = store::load_keys(state)?;
     if stored.is_empty() {
-        stored.push(B64.encode(trace::new_secret()));
+        let secret = trace::new_secret();
+        let id = Key::new(&secret)
+            .map(|k| k.id().to_string())
+            .unwrap_or_default();
+        stored.push(B64.encode(secret));
         store::save_keys(state, &stored)?;
-        tracing::info!("feedback: new trace key made");
+        // The id only (it is in every trace header), never the key.
+        tracing::warn!(
+            key = %id,
+            "feedback: no trace key in the state store, made a new one; reports about mail \
+             sealed with an earlier key (a state.redb lost or replaced) will be refused as forged"
+        );
     }
     Ok(stored)
 }
 
-/// Newest first; the first seals.
-fn keys_from(stored: &[String]) -> Option<Keys> {
-    let mut keys = stored
-        .iter()
-        .filter_map(|s| B64.decode(s).ok())
-        .filter_map(|s| Key::new(&s));
-    let current = keys.next()?;
-    Some(Keys::new(current, keys.collect()))
+/// What `per_client_hourly` counts by: the IPv4 address (also written IPv4-mapped), the /64
+/// of an IPv6 one.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// Newest first; the first seals. Every stored key must read: one that does not is an error
+/// (never skipped, which would seal or open with another key than the operator thinks).
+fn keys_from(stored: &[String]) -> Result<Keys, String> {
+    let mut keys = Vec::with_capacity(stored.len());
+    for (i, s) in stored.iter().enumerate() {
+        let key = B64
+            .decode(s)
+            .ok()
+            .and_then(|s| Key::new(&s))
+            .ok_or_else(|| {
+                format!(
+                    "feedback: trace key {} of {} in the state store is unreadable (not base64 of \
+                 32 bytes); restore state.redb from a backup",
+                    i + 1,
+                    stored.len()
+                )
+            })?;
+        keys.push(key);
+    }
+    let mut keys = keys.into_iter();
+    let current = keys
+        .next()
+        .ok_or("feedback: no trace key in the state store")?;
+    Ok(Keys::new(current, keys.collect()))
 }
 
 /// One event per report.
@@ -544,6 +595,59 @@ mod tests {
         assert!(matches!(h, Handled::Untraced { .. }), "{h:?}");
         assert_eq!(second.seen.lock().unwrap().len(), 1);
         assert_eq!(f.recent().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbv6-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
+                    addresses = [\"f@relay.test\"]\nper_client_hourly = 1\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let f = Feedback::open(&config, state, pools, Vec::new()).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(f.allow_client(ip("2001:db8:1:2::1")));
+        // Another address of the same /64: the same client.
+        assert!(!f.allow_client(ip("2001:db8:1:2:ffff::9")));
+        assert!(f.allow_client(ip("2001:db8:1:3::1")));
+        assert!(f.allow_client(ip("192.0.2.1")));
+        assert!(!f.allow_client(ip("::ffff:192.0.2.1")));
+        assert!(f.allow_client(ip("192.0.2.2")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_stored_key_stops_the_start() {
+        let dir =
+            std::env::temp_dir().join(format!("poolrelay-fbkey-{}", crate::spool::Spool::new_id()));
+        let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
+                    tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
+                    address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
+                    addresses = [\"f@relay.test\"]\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let state = Arc::new(State::open(&dir).unwrap());
+        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        store::create(&state).unwrap();
+        let good = B64.encode(trace::new_secret());
+        for bad in ["not base64!", "AAAA"] {
+            // An older key that does not read, and one that seals.
+            store::save_keys(&state, &[good.clone(), bad.to_string()]).unwrap();
+            let e = Feedback::open(&config, state.clone(), pools.clone(), Vec::new())
+                .err()
+                .expect("refused");
+            assert!(
+                e.contains("trace key 2 of 2") && e.contains("unreadable"),
+                "{e}"
+            );
+            assert!(!e.contains(&good) && !e.contains(bad), "never the key: {e}");
+        }
+        store::save_keys(&state, &[good]).unwrap();
+        assert!(Feedback::open(&config, state, pools, Vec::new()).is_ok());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

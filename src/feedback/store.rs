@@ -7,6 +7,8 @@
 //!   buffered and written once a second (a crash loses at most that second), dropped after
 //!   `keep_records` and, past `max_records`, oldest first.
 //! - Lookups: by queue id, by Message-ID hash, by recipient (newest last).
+//! - Complaints charged to a message: one per recipient among its delivery records, one
+//!   naming no such recipient, never more than the recipients it was delivered to.
 
 use std::net::IpAddr;
 
@@ -25,7 +27,7 @@ const BY_TIME: TableDefinition<&str, &str> = TableDefinition::new("feedback_by_t
 const BY_MESSAGE_ID: TableDefinition<&str, &str> = TableDefinition::new("feedback_by_message_id");
 /// `RCPT|AT|QUEUE_ID` → "".
 const BY_RCPT: TableDefinition<&str, &str> = TableDefinition::new("feedback_by_rcpt");
-/// `QUEUE_ID|RCPT` (or `QUEUE_ID|#N` for an unnamed recipient) → unix seconds: complaints
+/// `QUEUE_ID|RCPT` (or `QUEUE_ID|#` for the one unnamed complaint) → unix seconds: complaints
 /// charged to a message.
 const CHARGED: TableDefinition<&str, u64> = TableDefinition::new("feedback_charged");
 /// `AT(10 digits)|NANOS|SEQ` → JSON traced complaint.
@@ -246,7 +248,9 @@ pub fn prune(state: &State, cutoff: u64, max: usize) -> Result<usize, StateError
 /// Charges one complaint to message `queue_id`: false when that recipient's complaint was
 /// charged already, or the message has drawn `limit` complaints (the recipients it was
 /// delivered to), so a report sent again, or replayed by someone who got the message, counts
-/// once.
+/// once. `rcpt` is one of the message's delivery records (the caller checks); `None` (no name,
+/// or a name it was not delivered to) is charged once per message, so made-up names cannot
+/// draw a complaint per delivered recipient.
 pub fn charge(
     state: &State,
     queue_id: &str,
@@ -265,7 +269,7 @@ pub fn charge(
         }
         let key = match rcpt {
             Some(r) => format!("{prefix}{r}"),
-            None => format!("{prefix}#{}", keys.len()),
+            None => format!("{prefix}#"),
         };
         if keys.contains(&key) || keys.len() >= limit.max(1) {
             false
@@ -385,6 +389,10 @@ mod tests {
         assert!(!charge(&s, "Q1", Some("b@x.test"), 2, 100).unwrap());
         assert!(charge(&s, "Q10", None, 1, 100).unwrap());
         assert!(!charge(&s, "Q10", None, 1, 100).unwrap());
+        // Unnamed: once per message, however many recipients it had.
+        assert!(charge(&s, "Q20", None, 5, 100).unwrap());
+        assert!(!charge(&s, "Q20", None, 5, 100).unwrap());
+        assert!(charge(&s, "Q20", Some("a@x.test"), 5, 100).unwrap());
         prune(&s, 200, 10).unwrap();
         assert!(charge(&s, "Q1", Some("a@x.test"), 2, 300).unwrap());
         std::fs::remove_dir_all(dir).unwrap();

@@ -6,9 +6,14 @@
 //!   state store (the farm's key with `[cluster]`). Recipients learn nothing from it; nobody
 //!   without the key can make or alter one, so a forged report cannot frame another customer.
 //! - Both headers go in front of the message and are covered by every DKIM signature.
-//! - Keys rotate by adding: the newest seals, every known key opens (by its id).
-//! - In a report, the first (topmost) trace header of the original counts: ours is prepended
-//!   above anything the client wrote, including a copy of someone else's.
+//! - Keys rotate by adding: the newest seals, every known key opens (by its id). A stored
+//!   key that does not read stops the start (`service`); a key made because the store had
+//!   none is logged with its id (never the key): earlier references will not open.
+//! - In a report, the first (topmost) trace header of the original counts, and only when the
+//!   Message-ID hash it seals is the original's Message-ID's: with stamping on, ours is
+//!   prepended above anything the client wrote; with it off (`trace = false`, or turned off by
+//!   a reload) a client's copy of someone else's header can be topmost, and the Message-ID
+//!   check passes it over. A header sealed without a Message-ID cannot be checked so.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine as _;

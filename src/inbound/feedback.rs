@@ -3,8 +3,8 @@
 //!   not (a listener with `auth = "required"` still wants AUTH before MAIL); it is never
 //!   relayed. A transaction holds feedback recipients only, or none (`452 4.5.3` for the
 //!   other kind, which the client sends again in a new transaction).
-//! - One report per transaction counts against the client's `per_client_hourly`
-//!   (`450 4.7.1` past it); a report over `max_size` gets `552 5.3.4`.
+//! - One report per transaction counts against the client's `per_client_hourly` (an IPv6
+//!   client's by its /64; `450 4.7.1` past it); a report over `max_size` gets `552 5.3.4`.
 //! - The report is read, traced and dispatched before the reply: `250` once handled (also for
 //!   mail that is not a report), `550 5.7.1` when its trace reference is forged, `451 4.3.0`
 //!   when the state store failed or (in a farm) the reference's key is not known here yet.
