@@ -22,8 +22,8 @@
 mod accounts;
 pub mod client;
 mod doctor;
-mod feeds;
 mod feedback;
+mod feeds;
 pub mod guard;
 mod history;
 pub mod host;

@@ -9,8 +9,8 @@ use arc_swap::ArcSwap;
 use super::dane::{Dane, Outcome};
 use super::mta_sts::{self, Found, Mode, MtaSts};
 use super::{
-    Applied, HostPolicy, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement, SessionResult,
-    TlsFailure, TlsResults,
+    Applied, HostPolicy, MxCheck, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement,
+    SessionResult, TlsFailure, TlsResults,
 };
 use crate::config::{Config, TlsPolicy};
 use crate::routing::Destination;
@@ -127,6 +127,7 @@ impl Policies {
                 },
                 report_only: false,
                 report: None,
+                mx_check: MxCheck::Passed,
             };
         }
         let dane = self.dane.lookup(mx).await;
@@ -141,6 +142,7 @@ impl Policies {
                 requirement: Requirement::Encrypted,
                 report_only: false,
                 report: tlsa_report(domain),
+                mx_check: policy.mx_check,
             };
         }
         policy
@@ -194,6 +196,7 @@ fn dane_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> Option<HostPo
         requirement,
         report_only: false,
         report: tlsa_report(domain),
+        mx_check: MxCheck::Passed,
     })
 }
 
@@ -210,35 +213,46 @@ fn tlsa_report(domain: &DomainPolicy) -> Option<Arc<ReportPolicy>> {
 /// The MTA-STS policy for one MX host of the domain (opportunistic without one).
 fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
     let Some(sts) = &domain.sts else {
-        return HostPolicy::opportunistic();
-    };
-    let report = Some(sts.report.clone());
-    match sts.policy.mode {
-        Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
-            applied: Applied::MtaSts,
-            requirement: Requirement::WebPki,
-            report_only: false,
-            report,
-        },
-        Mode::Enforce => HostPolicy {
-            applied: Applied::MtaSts,
-            requirement: Requirement::Refuse(Refusal {
-                failure: TlsFailure::ValidationFailure,
+        let mut p = HostPolicy::opportunistic();
+        if let Some((failure, why)) = &domain.sts_failure {
+            // RFC 8461 §5 delivers on; REQUIRETLS waits for the policy (RFC 8689 §4.2.1).
+            p.mx_check = MxCheck::Refused(Refusal {
+                failure: *failure,
                 reason: format!(
-                    "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                    "MTA-STS: the policy of {} could not be fetched: {why}",
                     domain.domain
                 ),
-            }),
-            report_only: false,
-            report,
-        },
-        Mode::Testing => HostPolicy {
-            applied: Applied::MtaSts,
-            requirement: Requirement::Opportunistic,
-            report_only: true,
-            report,
-        },
-        Mode::None => HostPolicy::opportunistic(),
+            });
+        }
+        return p;
+    };
+    if sts.policy.mode == Mode::None {
+        return HostPolicy::opportunistic();
+    }
+    let report = Some(sts.report.clone());
+    let mx_check = if sts.policy.allows(mx) {
+        MxCheck::Passed
+    } else {
+        MxCheck::Refused(Refusal {
+            failure: TlsFailure::ValidationFailure,
+            reason: format!(
+                "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                domain.domain
+            ),
+        })
+    };
+    let (requirement, report_only) = match (&sts.policy.mode, &mx_check) {
+        (Mode::Enforce, MxCheck::Refused(r)) => (Requirement::Refuse(r.clone()), false),
+        (Mode::Enforce, _) => (Requirement::WebPki, false),
+        // `testing`: reported only; whether the host matched is kept for REQUIRETLS.
+        _ => (Requirement::Opportunistic, true),
+    };
+    HostPolicy {
+        applied: Applied::MtaSts,
+        requirement,
+        report_only,
+        report,
+        mx_check,
     }
 }
 
@@ -354,6 +368,13 @@ mod tests {
             .await;
         assert!(matches!(h.requirement, Requirement::Opportunistic));
         assert!(h.report_only && h.report.is_some());
+        // Whether the host matched is kept: REQUIRETLS treats `testing` as `enforce`.
+        assert!(
+            matches!(&h.mx_check, MxCheck::Refused(r) if r.reason.contains("mx.other.test")),
+            "{h:?}"
+        );
+        let h = p.for_host(&domain(None, Some(&testing)), "mx.d.test").await;
+        assert_eq!(h.mx_check, MxCheck::Passed);
         let none = "version: STSv1\nmode: none\nmax_age: 60\n";
         for d in [domain(None, Some(none)), domain(None, None)] {
             let h = p.for_host(&d, "mx.d.test").await;
@@ -396,5 +417,36 @@ mod tests {
             TlsFailure::StarttlsNotSupported.as_str(),
             "starttls-not-supported"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_policy_fetch_delivers_on_but_holds_requiretls() {
+        use super::super::requiretls::{ForMessage, for_message};
+        use crate::spool::TlsRequest;
+        let p = policies();
+        let mut d = domain(None, None);
+        d.sts_failure = Some((TlsFailure::StsPolicyFetchError, "timeout".into()));
+        let h = p.for_host(&d, "mx.d.test").await;
+        assert!(matches!(h.requirement, Requirement::Opportunistic));
+        // RFC 8689 §4.2.1 over a fetch that may work next time: defer, not bounce.
+        match for_message(&h, TlsRequest::Required) {
+            ForMessage::Go { policy, .. } => {
+                let Requirement::Refuse(r) = policy.requirement else {
+                    panic!("{policy:?}")
+                };
+                assert_eq!(r.failure, TlsFailure::StsPolicyFetchError);
+                assert_eq!(
+                    r.reason,
+                    "MTA-STS: the policy of d.test could not be fetched: timeout"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // No fetch failure, no policy: still a bounce (nothing to wait for).
+        let h = p.for_host(&domain(None, None), "mx.d.test").await;
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Bounce(_)
+        ));
     }
 }
