@@ -3,7 +3,7 @@
 //!
 //! The inbound tests route every domain to a closed port, so accepted messages stay in the
 //! queue where the tests read their envelopes. The delivery tests use their own loopback
-//! addresses (127.0.0.20–24, 127.0.0.40–42) so their sinks never share a port by accident.
+//! addresses (127.0.0.20–24, 127.0.0.40–45) so their sinks never share a port by accident.
 
 mod common;
 
@@ -341,4 +341,88 @@ fn requiretls_over_mta_sts_testing_counts_as_enforce_and_tls_required_no_relaxes
         "only the control: {}",
         wrong.transcripts()
     );
+}
+
+/// The pending recipient `rcpt` once its first attempt is recorded.
+fn deferred_once(relay: &Relay, rcpt: &str) -> serde_json::Value {
+    let find = || {
+        relay.queued_envelopes().into_iter().find(|e| {
+            let r = &e["recipients"][0];
+            r["address"] == rcpt && r["attempts"] == 1
+        })
+    };
+    assert!(
+        wait_until(WAIT, || find().is_some()),
+        "{}",
+        relay.plain_log()
+    );
+    find().unwrap()["recipients"][0].clone()
+}
+
+/// RFC 8689 §4.2.1: `testing` counts as `enforce` for REQUIRETLS, the `mx` patterns too, so an
+/// MX host the policy does not list gets no REQUIRETLS message even with a valid certificate
+/// (deferred, never contacted); a plain message still goes there. A policy that cannot be
+/// fetched defers a REQUIRETLS message (the next try may get it) instead of bouncing it.
+#[test]
+fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_fetch() {
+    let dir = tempdir("requiretls-sts-mx");
+    let names = [HOST, "mx.outside.test", "mta-sts.outside.test"];
+    let certs = make_certs(&dir, &names);
+    let dns = DnsServer::start();
+    let port = free_port_on(&[lo(43)]);
+    // Offers REQUIRETLS with a certificate valid for its name: only the policy keeps it out.
+    let outside = Sink::builder(&[lo(43)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    let web = HttpsServer::start(lo(44), &certs);
+    dns.add_ip("mx.outside.test", lo(43));
+    dns.add_mx("outside.test", 10, "mx.outside.test");
+    dns.add_txt("_mta-sts.outside.test", "v=STSv1; id=1;");
+    dns.add_ip("mta-sts.outside.test", lo(44));
+    web.set(
+        "mta-sts.outside.test",
+        sts_policy("testing", "mx.listed.test"),
+    );
+    // A policy announced whose host has no address: every fetch fails.
+    dns.add_mx("nofetch.test", 10, "mx.outside.test");
+    dns.add_txt("_mta-sts.nofetch.test", "v=STSv1; id=1;");
+    let cfg = RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(&dns)
+        .delivery_port(port)
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
+        .delivery("retry", "[\"1h\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let relay = Relay::start(&dir, &cfg.to_toml());
+
+    submit_tls(&relay, &certs, true, &["a@outside.test"], "secret");
+    let r = deferred_once(&relay, "a@outside.test");
+    assert_eq!(r["state"], "pending", "{r}");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("mx.outside.test is not an MX host allowed by the policy of outside.test"),
+        "{r}"
+    );
+    // The control: a plain message goes there (testing only reports).
+    submit_tls(&relay, &certs, false, &["b@outside.test"], "control");
+    let m = outside.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].subject(), "control");
+
+    submit_tls(&relay, &certs, true, &["c@nofetch.test"], "fetch");
+    let r = deferred_once(&relay, "c@nofetch.test");
+    assert_eq!(r["state"], "pending", "not bounced: {r}");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("the policy of nofetch.test could not be fetched"),
+        "{r}"
+    );
+    assert_eq!(outside.messages().len(), 1, "{}", outside.transcripts());
 }
