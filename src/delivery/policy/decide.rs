@@ -1,12 +1,14 @@
 //! The decision per destination domain, then per MX host, in the order of the rules in
-//! `policy/mod.rs`: route, DANE, MTA-STS, opportunistic.
+//! `policy/mod.rs`: route, DANE, MTA-STS, opportunistic. With DANE on, the domain's MX RRset
+//! is looked up validated too: DANE on a host from an insecure MX RRset does not override an
+//! MTA-STS refusal (RFC 7672 §2.2.1).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::dane::{Dane, Outcome};
+use super::dane::{Dane, Outcome, Security};
 use super::mta_sts::{self, Found, Mode, MtaSts};
 use super::{
     Applied, HostPolicy, MxCheck, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement,
@@ -16,6 +18,7 @@ use crate::config::{Config, TlsPolicy};
 use crate::routing::Destination;
 use crate::state::State;
 use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RecordType;
 use tokio_rustls::TlsConnector;
 
 /// What holds for a whole destination domain before its MX hosts are looked at.
@@ -29,6 +32,9 @@ pub struct DomainPolicy {
     pub sts: Option<Arc<mta_sts::Active>>,
     /// The MTA-STS policy could not be had (none cached): reported, delivery goes on.
     pub sts_failure: Option<(TlsFailure, String)>,
+    /// The domain's MX RRset is DNSSEC-secure (or securely denied): its MX host names are the
+    /// domain's own. Looked up only with DANE on; false when unknown.
+    pub mx_secure: bool,
 }
 
 impl DomainPolicy {
@@ -87,6 +93,7 @@ impl Policies {
             fixed: None,
             sts: None,
             sts_failure: None,
+            mx_secure: false,
         };
         if dest.static_tls || dest.tls != TlsPolicy::Opportunistic {
             p.fixed = Some(dest.tls);
@@ -112,6 +119,13 @@ impl Policies {
                 p.sts_failure = Some((f, why));
             }
         }
+        if self.dane.enabled() {
+            let name = format!("{}.", domain.trim_end_matches('.'));
+            p.mx_secure = matches!(
+                self.dane.security(&name, RecordType::MX).await,
+                Security::Secure(_) | Security::Denied
+            );
+        }
         p
     }
 
@@ -131,21 +145,7 @@ impl Policies {
             };
         }
         let dane = self.dane.lookup(mx).await;
-        if let Some(decided) = dane_policy(domain, mx, &dane) {
-            return decided;
-        }
-        let policy = sts_host(domain, mx);
-        // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
-        if dane == Outcome::Unusable && matches!(policy.requirement, Requirement::Opportunistic) {
-            return HostPolicy {
-                applied: Applied::Dane,
-                requirement: Requirement::Encrypted,
-                report_only: false,
-                report: tlsa_report(domain),
-                mx_check: policy.mx_check,
-            };
-        }
-        policy
+        host_policy(domain, mx, &dane)
     }
 
     /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.
@@ -174,6 +174,35 @@ impl Policies {
         tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result = %result, "TLS session result");
         self.results.load().record(r);
     }
+}
+
+/// DANE, then MTA-STS, for one MX host whose TLSA lookup gave `dane`.
+fn host_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> HostPolicy {
+    let policy = sts_host(domain, mx);
+    if let Some(mut decided) = dane_policy(domain, mx, dane) {
+        if domain.mx_secure || !matches!(decided.requirement, Requirement::Dane(_)) {
+            return decided;
+        }
+        // RFC 7672 §2.2.1: an insecure MX RRset may be spoofed to a host with TLSA records of
+        // its own; DANE is used, but the MTA-STS policy still decides which hosts may be used,
+        // and whether the name is vouched for (REQUIRETLS).
+        if matches!(policy.requirement, Requirement::Refuse(_)) {
+            return policy;
+        }
+        decided.mx_check = policy.mx_check;
+        return decided;
+    }
+    // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
+    if *dane == Outcome::Unusable && matches!(policy.requirement, Requirement::Opportunistic) {
+        return HostPolicy {
+            applied: Applied::Dane,
+            requirement: Requirement::Encrypted,
+            report_only: false,
+            report: tlsa_report(domain),
+            mx_check: policy.mx_check,
+        };
+    }
+    policy
 }
 
 /// DANE's decision for `mx` when it makes one: usable records, or a lookup that failed.
@@ -275,6 +304,7 @@ mod tests {
                 Arc::new(mta_sts::Active::new("d.test", "1".into(), p))
             }),
             sts_failure: None,
+            mx_secure: false,
         }
     }
 
@@ -447,6 +477,54 @@ mod tests {
         assert!(matches!(
             for_message(&h, TlsRequest::Required),
             ForMessage::Bounce(_)
+        ));
+    }
+
+    /// A domain with MTA-STS `enforce` and an unsigned MX RRset: a spoofed MX pointing to a
+    /// host with TLSA records of its own must not win over the policy.
+    #[test]
+    fn dane_on_an_insecure_mx_does_not_bypass_mta_sts() {
+        use super::super::requiretls::{ForMessage, for_message};
+        use crate::spool::TlsRequest;
+        let tlsa = |host: &str| {
+            let t = super::super::dane::Tlsa::from_fields(host, [(3, 1, 1, &[7u8; 32][..])]);
+            Outcome::Usable(Arc::new(t.expect("usable")))
+        };
+        let mut d = domain(None, Some(ENFORCE));
+        let h = host_policy(&d, "mx.evil.test", &tlsa("mx.evil.test"));
+        let Requirement::Refuse(r) = &h.requirement else {
+            panic!("{h:?}")
+        };
+        assert_eq!(r.failure, TlsFailure::ValidationFailure);
+        assert!(r.reason.contains("mx.evil.test"), "{}", r.reason);
+        // A listed host keeps DANE, and counts for REQUIRETLS.
+        let h = host_policy(&d, "mx.d.test", &tlsa("mx.d.test"));
+        assert!(matches!(h.requirement, Requirement::Dane(_)), "{h:?}");
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Go {
+                requiretls: true,
+                ..
+            }
+        ));
+        // No MTA-STS and an insecure MX: DANE is used, but nothing vouches for the name.
+        let none = domain(None, None);
+        let h = host_policy(&none, "mx.evil.test", &tlsa("mx.evil.test"));
+        assert!(matches!(h.requirement, Requirement::Dane(_)), "{h:?}");
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Bounce(_)
+        ));
+        // A DNSSEC-secure MX RRset: the MX hosts are the domain's own, DANE decides.
+        d.mx_secure = true;
+        let h = host_policy(&d, "mx.elsewhere.test", &tlsa("mx.elsewhere.test"));
+        assert!(matches!(h.requirement, Requirement::Dane(_)), "{h:?}");
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Go {
+                requiretls: true,
+                ..
+            }
         ));
     }
 }

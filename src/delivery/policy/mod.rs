@@ -7,7 +7,9 @@
 //! - DANE (RFC 7672): a DNSSEC-secure TLSA RRset for `_25._tcp.MX` with usable records → TLS
 //!   is mandatory and the certificate must match a record; a bogus or failed lookup → defer;
 //!   a secure RRset with only unusable records → TLS mandatory, any certificate (unless
-//!   MTA-STS asks for more).
+//!   MTA-STS asks for more). When the domain's MX RRset is not DNSSEC-secure, DANE does not
+//!   bypass MTA-STS: a host an `enforce` policy does not list is refused even with usable
+//!   TLSA records, and the name counts as vouched for (REQUIRETLS) only if the policy lists it.
 //! - MTA-STS (RFC 8461): `enforce` → only MX hosts matching the policy's `mx` patterns, over TLS
 //!   with a certificate valid (web PKI) for that name, else defer; `testing` → as opportunistic,
 //!   failures reported (whether the host matched the `mx` patterns is kept, `MxCheck`, for
