@@ -88,6 +88,8 @@ impl Policies {
         dest: &Destination,
         resolver: &TokioResolver,
     ) -> DomainPolicy {
+        // A Unicode (SMTPUTF8) domain's policy lives under its A-labels: TLS-RPT too.
+        let domain = &mta_sts::a_label(domain);
         let mut p = DomainPolicy {
             domain: domain.to_string(),
             fixed: None,
