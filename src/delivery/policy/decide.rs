@@ -26,8 +26,11 @@ use tokio_rustls::TlsConnector;
 pub struct DomainPolicy {
     /// The recipient domain (TLS-RPT `policy-domain`).
     pub domain: String,
-    /// A static setting decides every host (route, `[delivery] tls`, address literal).
+    /// A static setting decides every host (route, address literal, `[delivery] tls = "none"`).
     pub fixed: Option<TlsPolicy>,
+    /// `[delivery] tls = "required"` for an MX destination: a floor under DANE and MTA-STS
+    /// (web PKI at least); their refusals still apply.
+    pub tls_floor: bool,
     /// The MTA-STS policy in force, if any.
     pub sts: Option<Arc<mta_sts::Active>>,
     /// The MTA-STS policy could not be had (none cached): reported, delivery goes on.
@@ -93,14 +96,16 @@ impl Policies {
         let mut p = DomainPolicy {
             domain: domain.to_string(),
             fixed: None,
+            tls_floor: false,
             sts: None,
             sts_failure: None,
             mx_secure: false,
         };
-        if dest.static_tls || dest.tls != TlsPolicy::Opportunistic {
+        if dest.static_tls || dest.tls == TlsPolicy::None {
             p.fixed = Some(dest.tls);
             return p;
         }
+        p.tls_floor = dest.tls == TlsPolicy::Required;
         match self.sts.lookup(domain, resolver).await {
             Found::None => {}
             Found::Policy(a) => p.sts = Some(a),
@@ -147,7 +152,16 @@ impl Policies {
             };
         }
         let dane = self.dane.lookup(mx).await;
-        host_policy(domain, mx, &dane)
+        let mut p = host_policy(domain, mx, &dane);
+        if domain.tls_floor
+            && matches!(
+                p.requirement,
+                Requirement::Opportunistic | Requirement::Encrypted
+            )
+        {
+            raise_to_floor(&mut p);
+        }
+        p
     }
 
     /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.
@@ -176,6 +190,15 @@ impl Policies {
         tracing::debug!(policy_domain = %r.policy.domain, mx = %r.mx_host, result = %result, "TLS session result");
         self.results.load().record(r);
     }
+}
+
+/// `[delivery] tls = "required"` where no policy asks as much: web PKI, decided as a route
+/// (`tls_policy=route`). The host's name stays as vouched for as it was (`mx_check`): the
+/// global setting alone does not make it good enough for REQUIRETLS.
+fn raise_to_floor(p: &mut HostPolicy) {
+    p.applied = Applied::Route;
+    p.requirement = Requirement::WebPki;
+    p.report_only = false;
 }
 
 /// DANE, then MTA-STS, for one MX host whose TLSA lookup gave `dane`.
@@ -301,6 +324,7 @@ mod tests {
         DomainPolicy {
             domain: "d.test".into(),
             fixed,
+            tls_floor: false,
             sts: policy.map(|text| {
                 let p = mta_sts::Policy::parse(text).expect("policy");
                 Arc::new(mta_sts::Active::new("d.test", "1".into(), p))
@@ -528,5 +552,63 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// `[delivery] tls = "required"` for an MX destination is a floor: DANE and MTA-STS still
+    /// decide above it (refusals included), and it alone does not satisfy REQUIRETLS.
+    #[tokio::test]
+    async fn a_global_required_is_a_floor_under_the_policies() {
+        use super::super::requiretls::{ForMessage, for_message};
+        use crate::spool::TlsRequest;
+        let p = policies();
+        let mut d = domain(None, Some(ENFORCE));
+        d.tls_floor = true;
+        let h = p.for_host(&d, "mx.elsewhere.test").await;
+        assert!(matches!(h.requirement, Requirement::Refuse(_)), "{h:?}");
+        let h = p.for_host(&d, "mx.d.test").await;
+        assert_eq!(h.applied, Applied::MtaSts);
+        assert!(matches!(h.requirement, Requirement::WebPki));
+        let mut none = domain(None, None);
+        none.tls_floor = true;
+        let h = p.for_host(&none, "mx.d.test").await;
+        assert_eq!(h.applied, Applied::Route);
+        assert!(matches!(h.requirement, Requirement::WebPki));
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Bounce(_)
+        ));
+        // A route's own `required` still satisfies it.
+        let route = p
+            .for_host(&domain(Some(TlsPolicy::Required), None), "mx.d.test")
+            .await;
+        assert!(matches!(
+            for_message(&route, TlsRequest::Required),
+            ForMessage::Go {
+                requiretls: true,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_floor_comes_from_delivery_tls_only_for_mx_destinations() {
+        // No MTA-STS, no DANE: nothing is asked of the (unreachable) resolver.
+        let config: Config =
+            toml::from_str("hostname = \"relay.test\"\n[delivery.mta_sts]\nenabled = false")
+                .expect("config");
+        let p = Policies::new(&config, None, None).expect("policies");
+        let resolver =
+            crate::routing::build_resolver(&["127.0.0.1:9".parse().unwrap()]).expect("resolver");
+        for (static_tls, fixed, floor) in [(true, true, false), (false, false, true)] {
+            let dest = Destination {
+                key: "k".into(),
+                hosts: Vec::new(),
+                tls: TlsPolicy::Required,
+                static_tls,
+            };
+            let d = p.for_domain("d.test", &dest, &resolver).await;
+            assert_eq!(d.fixed.is_some(), fixed);
+            assert_eq!(d.tls_floor, floor);
+        }
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Rules, first match wins:
 //! - A route's `tls` setting (`none`, `opportunistic`, `required`) overrides everything; so
-//!   does `[delivery] tls` when set to `none` or `required`, and an address literal `[ip]`
-//!   (no domain to hold a policy) keeps `[delivery] tls`.
+//!   does `[delivery] tls = "none"`, and an address literal `[ip]` (no domain to hold a
+//!   policy) keeps `[delivery] tls`.
+//! - `[delivery] tls = "required"` for an MX destination is a floor under the rules below:
+//!   where they would allow an unverified session, web PKI is required instead
+//!   (`Applied::Route`); their refusals and DANE stay. It does not vouch for the MX host's name,
+//!   so alone it does not satisfy REQUIRETLS.
 //! - DANE (RFC 7672): a DNSSEC-secure TLSA RRset for `_25._tcp.MX` with usable records → TLS
 //!   is mandatory and the certificate must match a record; a bogus or failed lookup → defer;
 //!   a secure RRset with only unusable records → TLS mandatory, any certificate (unless

@@ -5,7 +5,8 @@
 //!   kept with the message (`TlsRequest::Required`); `REQUIRETLS` is advertised only after TLS.
 //! - A REQUIRETLS message goes only to an MX host whose identity the policy verifies: DANE
 //!   (`Requirement::Dane`) or web PKI (`Requirement::WebPki`: MTA-STS, or a route's `required`),
-//!   and whose name is vouched for (`MxCheck::Passed`).
+//!   and whose name is vouched for (`MxCheck::Passed`). `[delivery] tls = "required"` alone
+//!   does not vouch for an MX host's name (an unsigned MX RRset may be spoofed).
 //!   An MTA-STS policy in `testing` mode counts as `enforce` for it (§4.2.1): failures stop it,
 //!   and an MX host the policy does not list is refused (defer, `451 4.7.5`), as under `enforce`.
 //! - An MTA-STS policy that could not be fetched (none cached) → defer, `451 4.7.5`: the next
