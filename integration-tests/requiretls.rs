@@ -3,7 +3,7 @@
 //!
 //! The inbound tests route every domain to a closed port, so accepted messages stay in the
 //! queue where the tests read their envelopes. The delivery tests use their own loopback
-//! addresses (127.0.0.20–24, 127.0.0.40–45) so their sinks never share a port by accident.
+//! addresses (127.0.0.20–24, 127.0.0.40–47) so their sinks never share a port by accident.
 
 mod common;
 
@@ -425,4 +425,75 @@ fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_
         "{r}"
     );
     assert_eq!(outside.messages().len(), 1, "{}", outside.transcripts());
+}
+
+/// `[delivery] tls = "required"` is a floor for MX destinations, not a policy: an MTA-STS
+/// `enforce` policy still refuses an MX host it does not list, and a REQUIRETLS message to a
+/// destination with no policy bounces (the MX name comes from DNS nobody vouched for), while a
+/// plain message there goes over verified TLS.
+#[test]
+fn a_global_required_is_a_floor_and_does_not_satisfy_requiretls() {
+    let dir = tempdir("requiretls-floor");
+    let names = [HOST, "mx.floor.test", "mta-sts.strict.test"];
+    let certs = make_certs(&dir, &names);
+    let dns = DnsServer::start();
+    let port = free_port_on(&[lo(46)]);
+    let mx = Sink::builder(&[lo(46)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    let web = HttpsServer::start(lo(47), &certs);
+    dns.add_ip("mx.floor.test", lo(46));
+    dns.add_mx("nopolicy.test", 10, "mx.floor.test");
+    dns.add_mx("strict.test", 10, "mx.floor.test");
+    dns.add_txt("_mta-sts.strict.test", "v=STSv1; id=1;");
+    dns.add_ip("mta-sts.strict.test", lo(47));
+    web.set(
+        "mta-sts.strict.test",
+        sts_policy("enforce", "mx.listed.test"),
+    );
+    let cfg = RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(&dns)
+        .delivery_port(port)
+        .delivery("tls", "\"required\"")
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
+        .delivery("retry", "[\"1h\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let relay = Relay::start(&dir, &cfg.to_toml());
+
+    submit_tls(&relay, &certs, false, &["a@nopolicy.test"], "control");
+    let m = mx.wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some(), "{}", mx.transcripts());
+
+    // The policy's refusal stands under the global `required` (before: delivered as a route).
+    submit_tls(&relay, &certs, false, &["b@strict.test"], "strict");
+    let r = deferred_once(&relay, "b@strict.test");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("mx.floor.test is not an MX host allowed by the policy of strict.test"),
+        "{r}"
+    );
+
+    submit_tls(&relay, &certs, true, &["c@nopolicy.test"], "secret");
+    let skipped = || {
+        relay.plain_log().lines().any(|l| {
+            l.contains("recipient=c@nopolicy.test")
+                && l.contains("550 5.7.30 REQUIRETLS support required")
+                && l.contains("status=\"bounced\"")
+        })
+    };
+    assert!(wait_until(WAIT, skipped), "{}", relay.plain_log());
+    assert_eq!(
+        mx.messages().len(),
+        1,
+        "only the control: {}",
+        mx.transcripts()
+    );
 }
