@@ -149,10 +149,12 @@ impl Policies {
                 report_only: false,
                 report: None,
                 mx_check: MxCheck::Passed,
+                tls_floor: false,
             };
         }
         let dane = self.dane.lookup(mx).await;
         let mut p = host_policy(domain, mx, &dane);
+        p.tls_floor = domain.tls_floor;
         if domain.tls_floor
             && matches!(
                 p.requirement,
@@ -195,7 +197,7 @@ impl Policies {
 /// `[delivery] tls = "required"` where no policy asks as much: web PKI, decided as a route
 /// (`tls_policy=route`). The host's name stays as vouched for as it was (`mx_check`): the
 /// global setting alone does not make it good enough for REQUIRETLS.
-fn raise_to_floor(p: &mut HostPolicy) {
+pub(super) fn raise_to_floor(p: &mut HostPolicy) {
     p.applied = Applied::Route;
     p.requirement = Requirement::WebPki;
     p.report_only = false;
@@ -225,6 +227,7 @@ fn host_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> HostPolicy {
             report_only: false,
             report: tlsa_report(domain),
             mx_check: policy.mx_check,
+            tls_floor: false,
         };
     }
     policy
@@ -251,6 +254,7 @@ fn dane_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> Option<HostPo
         report_only: false,
         report: tlsa_report(domain),
         mx_check: MxCheck::Passed,
+        tls_floor: false,
     })
 }
 
@@ -307,6 +311,7 @@ fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
         report_only,
         report,
         mx_check,
+        tls_floor: false,
     }
 }
 

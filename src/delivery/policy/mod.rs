@@ -126,6 +126,9 @@ pub struct HostPolicy {
     /// Whether the MX host's name is vouched for (what REQUIRETLS needs besides a verified
     /// certificate).
     pub mx_check: MxCheck,
+    /// `[delivery] tls = "required"` applies (an MX destination): `TLS-Required: No` relaxes
+    /// policies only down to it.
+    pub tls_floor: bool,
 }
 
 /// Whether an MX host's name is vouched for: a certificate verified for a spoofed name proves
@@ -151,6 +154,7 @@ impl HostPolicy {
             report_only: false,
             report: None,
             mx_check: MxCheck::Unchecked,
+            tls_floor: false,
         }
     }
 }

@@ -22,7 +22,8 @@
 //!   not stop delivery. Honoured, with STARTTLS still used whenever offered: an MTA-STS host is
 //!   handled as under `testing` (verified first, a failure reported, then opportunistic); a
 //!   DANE host and a host refused by MTA-STS or DANE become opportunistic. A route's own `tls`
-//!   setting is the operator's and stays. With REQUIRETLS too, the header is ignored (§4.1).
+//!   setting is the operator's and stays, and so does `[delivery] tls = "required"` (web PKI,
+//!   as a route). With REQUIRETLS too, the header is ignored (§4.1).
 
 use super::{Applied, HostPolicy, MxCheck, Requirement};
 use crate::spool::TlsRequest;
@@ -143,6 +144,10 @@ pub fn for_message(policy: &HostPolicy, request: TlsRequest) -> ForMessage {
                     policy.report_only = false;
                 }
             }
+            if policy.tls_floor && matches!(policy.requirement, Requirement::Opportunistic) {
+                // The operator's `[delivery] tls = "required"` stays, as a route's would.
+                super::decide::raise_to_floor(&mut policy);
+            }
             ForMessage::Go {
                 policy,
                 requiretls: false,
@@ -166,6 +171,7 @@ mod tests {
             report_only,
             report: None,
             mx_check,
+            tls_floor: false,
         }
     }
 
@@ -279,6 +285,22 @@ mod tests {
                 for_message(&p, TlsRequest::None),
                 ForMessage::Go { policy, .. } if matches!(policy.requirement, Requirement::Opportunistic)
             ));
+        }
+    }
+
+    #[test]
+    fn tls_required_no_keeps_the_global_required_floor() {
+        for applied in [Applied::MtaSts, Applied::Dane] {
+            let mut p = policy(applied, Requirement::WebPki, false);
+            p.tls_floor = true;
+            match for_message(&p, TlsRequest::NotRequired) {
+                ForMessage::Go { policy, .. } => {
+                    assert_eq!(policy.applied, Applied::Route);
+                    assert!(matches!(policy.requirement, Requirement::WebPki));
+                    assert!(!policy.report_only);
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 }
