@@ -13,6 +13,8 @@
 //!   `unusable` → mx6 (127.0.0.22, no STARTTLS, only a PKIX-EE record),
 //!   `pkix` → mx7 (127.0.0.21, only a PKIX-TA record);
 //! - `plain.test.` unsigned (no DS in `test.`): MX → 127.0.0.21;
+//! - `sts.test.` unsigned, with an MTA-STS `enforce` policy listing only `mx.sts.test`, but its
+//!   MX spoofed to `mx1.d.test` (secure, usable TLSA): DANE must not bypass the policy;
 //! - `bogus.test.` signed, but `test.` holds a DS matching none of its keys: MX → 127.0.0.20;
 //! - `t.test.` signed with its DS, but its TLSA record (sink 1's key) changed after signing:
 //!   the address is secure, the TLSA RRset bogus. MX → 127.0.0.20.
@@ -96,6 +98,15 @@ fn world(dir: &Path) -> World {
             Zone::unsigned(
                 "plain.test.",
                 &["@ MX 10 mx.plain.test.", "mx A 127.0.0.21"],
+            )
+            .ns_in("test."),
+            Zone::unsigned(
+                "sts.test.",
+                &[
+                    "@ MX 10 mx1.d.test.",
+                    "_mta-sts TXT \"v=STSv1; id=1;\"",
+                    "mta-sts A 127.0.0.31",
+                ],
             )
             .ns_in("test."),
             Zone::signed(
@@ -462,4 +473,37 @@ fn trusted_relay_delivers(dir: &Path, w: &World, unbound: &Unbound) {
     let wrong = deferred(&relay, "r@wrong.d.test");
     assert!(wrong.contains("matches no TLSA record"), "{wrong}");
     assert!(s2.messages().is_empty(), "{:?}", subjects(&s2));
+}
+
+/// RFC 7672 §2.2.1 with an MTA-STS `enforce` domain whose MX RRset is unsigned: the MX is
+/// spoofed to a host in a signed zone with usable TLSA records of its own (sink 1's key). DANE
+/// would verify that host; the policy, which does not list it, refuses it all the same.
+#[test]
+#[ignore]
+fn dane_on_an_insecure_mx_does_not_bypass_mta_sts_enforce() {
+    let dir = tempdir("dane-sts");
+    let w = world(&dir);
+    let (s1, _s2, _s3) = sinks(&w);
+    let web_certs = make_certs(&dir.join("c3"), &["mta-sts.sts.test"]);
+    let web = HttpsServer::start(lo(31), &web_certs);
+    web.set(
+        "mta-sts.sts.test",
+        Served::text("version: STSv1\r\nmode: enforce\r\nmx: mx.sts.test\r\nmax_age: 86400\r\n"),
+    );
+    let cfg = relay_config(&w, s1.port())
+        .delivery("ca_file", format!("\"{}\"", web_certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()));
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    submit(&relay, "r@sts.test", "spoofed");
+    submit(&relay, "r@good.d.test", "good");
+    let line = deferred(&relay, "r@sts.test");
+    assert!(
+        line.contains("mx1.d.test is not an MX host allowed by the policy of sts.test"),
+        "{line}"
+    );
+    assert!(has(&line, "tls_policy", "mta-sts"), "{line}");
+    // A domain whose MX RRset is secure: DANE decides as before.
+    s1.wait_for_messages(1, WAIT);
+    assert_eq!(subjects(&s1), ["good"]);
+    assert!(web.requests_for("mta-sts.sts.test") >= 1);
 }

@@ -51,6 +51,7 @@ impl World {
                 "mta-sts.hang.test",
                 "mta-sts.fast.test",
                 "mta-sts.farm.test",
+                "mta-sts.xn--bcher-kva.test",
             ],
         );
         let dns = DnsServer::start();
@@ -546,4 +547,52 @@ fn a_farm_shares_fetched_policies_through_redis() {
         "{}",
         w.sink(PLAIN).transcripts()
     );
+}
+
+/// A recipient domain in Unicode (SMTPUTF8) gets its MTA-STS policy, looked up and fetched under
+/// its A-labels (`bücher.test` → `xn--bcher-kva.test`): `enforce` keeps the message from an MX
+/// host the policy does not list (before: the fetch failed and it went opportunistically).
+#[test]
+fn a_unicode_domain_gets_its_policy_under_its_a_labels() {
+    let dir = tempdir("mta-sts-idna");
+    let w = World::start(&dir);
+    w.dns.add_mx("xn--bcher-kva.test", 10, "mx.plain.test");
+    w.publish(
+        "xn--bcher-kva.test",
+        "1",
+        policy("enforce", &["mx.good.test"]),
+    );
+    let cfg = w.config("10s").delivery("retry", "[\"1h\"]");
+    let relay = Relay::start(&dir, &cfg.to_toml());
+    let rcpt = "a@bücher.test";
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<sender@snd.test> SMTPUTF8").expect(250);
+    c.cmd(&format!("RCPT TO:<{rcpt}>")).expect(250);
+    let r = c.data(b"From: <sender@snd.test>\r\nSubject: idna\r\n\r\nHello.\r\n");
+    assert_eq!(r.code, 250, "{r}");
+    c.quit();
+    let find = || {
+        relay.queued_envelopes().into_iter().find(|e| {
+            let r = &e["recipients"][0];
+            r["address"] == rcpt && r["attempts"] == 1
+        })
+    };
+    assert!(
+        wait_until(WAIT, || find().is_some()),
+        "{}",
+        relay.plain_log()
+    );
+    let r = find().unwrap()["recipients"][0].clone();
+    assert_eq!(r["state"], "pending", "{r}");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(
+            "mx.plain.test is not an MX host allowed by the policy of xn--bcher-kva.test"
+        ),
+        "{r}"
+    );
+    assert!(w.web.requests_for("mta-sts.xn--bcher-kva.test") >= 1);
+    assert!(w.sink(PLAIN).messages().is_empty());
 }

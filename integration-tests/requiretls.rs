@@ -3,7 +3,7 @@
 //!
 //! The inbound tests route every domain to a closed port, so accepted messages stay in the
 //! queue where the tests read their envelopes. The delivery tests use their own loopback
-//! addresses (127.0.0.20–24, 127.0.0.40–42) so their sinks never share a port by accident.
+//! addresses (127.0.0.20–24, 127.0.0.40–47) so their sinks never share a port by accident.
 
 mod common;
 
@@ -340,5 +340,160 @@ fn requiretls_over_mta_sts_testing_counts_as_enforce_and_tls_required_no_relaxes
         1,
         "only the control: {}",
         wrong.transcripts()
+    );
+}
+
+/// The pending recipient `rcpt` once its first attempt is recorded.
+fn deferred_once(relay: &Relay, rcpt: &str) -> serde_json::Value {
+    let find = || {
+        relay.queued_envelopes().into_iter().find(|e| {
+            let r = &e["recipients"][0];
+            r["address"] == rcpt && r["attempts"] == 1
+        })
+    };
+    assert!(
+        wait_until(WAIT, || find().is_some()),
+        "{}",
+        relay.plain_log()
+    );
+    find().unwrap()["recipients"][0].clone()
+}
+
+/// RFC 8689 §4.2.1: `testing` counts as `enforce` for REQUIRETLS, the `mx` patterns too, so an
+/// MX host the policy does not list gets no REQUIRETLS message even with a valid certificate
+/// (deferred, never contacted); a plain message still goes there. A policy that cannot be
+/// fetched defers a REQUIRETLS message (the next try may get it) instead of bouncing it.
+#[test]
+fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_fetch() {
+    let dir = tempdir("requiretls-sts-mx");
+    let names = [HOST, "mx.outside.test", "mta-sts.outside.test"];
+    let certs = make_certs(&dir, &names);
+    let dns = DnsServer::start();
+    let port = free_port_on(&[lo(43)]);
+    // Offers REQUIRETLS with a certificate valid for its name: only the policy keeps it out.
+    let outside = Sink::builder(&[lo(43)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    let web = HttpsServer::start(lo(44), &certs);
+    dns.add_ip("mx.outside.test", lo(43));
+    dns.add_mx("outside.test", 10, "mx.outside.test");
+    dns.add_txt("_mta-sts.outside.test", "v=STSv1; id=1;");
+    dns.add_ip("mta-sts.outside.test", lo(44));
+    web.set(
+        "mta-sts.outside.test",
+        sts_policy("testing", "mx.listed.test"),
+    );
+    // A policy announced whose host has no address: every fetch fails.
+    dns.add_mx("nofetch.test", 10, "mx.outside.test");
+    dns.add_txt("_mta-sts.nofetch.test", "v=STSv1; id=1;");
+    let cfg = RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(&dns)
+        .delivery_port(port)
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
+        .delivery("retry", "[\"1h\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let relay = Relay::start(&dir, &cfg.to_toml());
+
+    submit_tls(&relay, &certs, true, &["a@outside.test"], "secret");
+    let r = deferred_once(&relay, "a@outside.test");
+    assert_eq!(r["state"], "pending", "{r}");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("mx.outside.test is not an MX host allowed by the policy of outside.test"),
+        "{r}"
+    );
+    // The control: a plain message goes there (testing only reports).
+    submit_tls(&relay, &certs, false, &["b@outside.test"], "control");
+    let m = outside.wait_for_messages(1, WAIT);
+    assert_eq!(m[0].subject(), "control");
+
+    submit_tls(&relay, &certs, true, &["c@nofetch.test"], "fetch");
+    let r = deferred_once(&relay, "c@nofetch.test");
+    assert_eq!(r["state"], "pending", "not bounced: {r}");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("the policy of nofetch.test could not be fetched"),
+        "{r}"
+    );
+    assert_eq!(outside.messages().len(), 1, "{}", outside.transcripts());
+}
+
+/// `[delivery] tls = "required"` is a floor for MX destinations, not a policy: an MTA-STS
+/// `enforce` policy still refuses an MX host it does not list, and a REQUIRETLS message to a
+/// destination with no policy bounces (the MX name comes from DNS nobody vouched for), while a
+/// plain message there goes over verified TLS.
+#[test]
+fn a_global_required_is_a_floor_and_does_not_satisfy_requiretls() {
+    let dir = tempdir("requiretls-floor");
+    let names = [HOST, "mx.floor.test", "mta-sts.strict.test"];
+    let certs = make_certs(&dir, &names);
+    let dns = DnsServer::start();
+    let port = free_port_on(&[lo(46)]);
+    let mx = Sink::builder(&[lo(46)])
+        .port(port)
+        .starttls(&certs)
+        .requiretls()
+        .start();
+    let web = HttpsServer::start(lo(47), &certs);
+    dns.add_ip("mx.floor.test", lo(46));
+    dns.add_mx("nopolicy.test", 10, "mx.floor.test");
+    dns.add_mx("strict.test", 10, "mx.floor.test");
+    dns.add_txt("_mta-sts.strict.test", "v=STSv1; id=1;");
+    dns.add_ip("mta-sts.strict.test", lo(47));
+    web.set(
+        "mta-sts.strict.test",
+        sts_policy("enforce", "mx.listed.test"),
+    );
+    let cfg = RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(&certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(&dns)
+        .delivery_port(port)
+        .delivery("tls", "\"required\"")
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
+        .delivery("retry", "[\"1h\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let relay = Relay::start(&dir, &cfg.to_toml());
+
+    submit_tls(&relay, &certs, false, &["a@nopolicy.test"], "control");
+    let m = mx.wait_for_messages(1, WAIT);
+    assert!(m[0].tls.is_some(), "{}", mx.transcripts());
+
+    // The policy's refusal stands under the global `required` (before: delivered as a route).
+    submit_tls(&relay, &certs, false, &["b@strict.test"], "strict");
+    let r = deferred_once(&relay, "b@strict.test");
+    assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
+    let text = r["last_reply"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("mx.floor.test is not an MX host allowed by the policy of strict.test"),
+        "{r}"
+    );
+
+    submit_tls(&relay, &certs, true, &["c@nopolicy.test"], "secret");
+    let skipped = || {
+        relay.plain_log().lines().any(|l| {
+            l.contains("recipient=c@nopolicy.test")
+                && l.contains("550 5.7.30 REQUIRETLS support required")
+                && l.contains("status=\"bounced\"")
+        })
+    };
+    assert!(wait_until(WAIT, skipped), "{}", relay.plain_log());
+    assert_eq!(
+        mx.messages().len(),
+        1,
+        "only the control: {}",
+        mx.transcripts()
     );
 }

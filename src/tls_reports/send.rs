@@ -7,6 +7,9 @@
 //!   roots plus `ca_file`), the host resolved with the relay's own resolver. Not retried: a
 //!   failed POST is logged and counted in the reply.
 //!
+//! At most `MAX_RUA` URIs of a record get the report (the first ones, in the record's order);
+//! the others are logged as skipped: a destination's DNS must not make us send without bound.
+//!
 //! Results are forgotten once their report went out (a domain without a record: at once).
 
 use std::net::{IpAddr, SocketAddr};
@@ -120,7 +123,10 @@ impl Service {
         for dp in periods {
             let end = (dp.start + self.collector.interval() - 1).min(now.max(dp.start));
             match self.lookup_rua(&dp.domain).await {
-                Ok(Some(rua)) => sent.push(self.report(&dp, end, rua).await),
+                Ok(Some(rua)) => {
+                    let rua = capped(&dp.domain, rua);
+                    sent.push(self.report(&dp, end, rua).await)
+                }
                 Ok(None) => {
                     tracing::debug!(domain = %dp.domain, "tls-reports: no TLSRPT record, results dropped")
                 }
@@ -396,4 +402,38 @@ pub fn start(service: Arc<Service>) {
 }
 
 /// How often counted results reach the state store (a crash loses at most this much).
+/// How many `rua=` URIs of one record get a report.
+pub const MAX_RUA: usize = 5;
+
+/// The first `MAX_RUA` URIs of `rua`; the rest are logged as skipped.
+fn capped(domain: &str, mut rua: Vec<ReportUri>) -> Vec<ReportUri> {
+    if rua.len() > MAX_RUA {
+        for u in &rua[MAX_RUA..] {
+            let uri = match u {
+                ReportUri::Mail(m) => format!("mailto:{m}"),
+                ReportUri::Http(h) => h.clone(),
+            };
+            tracing::warn!(domain = %domain, uri = %uri, max = MAX_RUA, "tls-reports: too many rua URIs, this one skipped");
+        }
+        rua.truncate(MAX_RUA);
+    }
+    rua
+}
+
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_max_rua_uris_get_a_report() {
+        let rua: Vec<ReportUri> = (0..8)
+            .map(|i| ReportUri::Mail(format!("tlsrpt{i}@d.test")))
+            .chain([ReportUri::Http("https://r.d.test/".into())])
+            .collect();
+        let kept = capped("d.test", rua.clone());
+        assert_eq!(kept, rua[..MAX_RUA]);
+        assert_eq!(capped("d.test", rua[..2].to_vec()), rua[..2]);
+    }
+}

@@ -1,21 +1,24 @@
 //! The decision per destination domain, then per MX host, in the order of the rules in
-//! `policy/mod.rs`: route, DANE, MTA-STS, opportunistic.
+//! `policy/mod.rs`: route, DANE, MTA-STS, opportunistic. With DANE on, the domain's MX RRset
+//! is looked up validated too: DANE on a host from an insecure MX RRset does not override an
+//! MTA-STS refusal (RFC 7672 §2.2.1).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::dane::{Dane, Outcome};
+use super::dane::{Dane, Outcome, Security};
 use super::mta_sts::{self, Found, Mode, MtaSts};
 use super::{
-    Applied, HostPolicy, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement, SessionResult,
-    TlsFailure, TlsResults,
+    Applied, HostPolicy, MxCheck, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement,
+    SessionResult, TlsFailure, TlsResults,
 };
 use crate::config::{Config, TlsPolicy};
 use crate::routing::Destination;
 use crate::state::State;
 use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RecordType;
 use tokio_rustls::TlsConnector;
 
 /// What holds for a whole destination domain before its MX hosts are looked at.
@@ -23,12 +26,18 @@ use tokio_rustls::TlsConnector;
 pub struct DomainPolicy {
     /// The recipient domain (TLS-RPT `policy-domain`).
     pub domain: String,
-    /// A static setting decides every host (route, `[delivery] tls`, address literal).
+    /// A static setting decides every host (route, address literal, `[delivery] tls = "none"`).
     pub fixed: Option<TlsPolicy>,
+    /// `[delivery] tls = "required"` for an MX destination: a floor under DANE and MTA-STS
+    /// (web PKI at least); their refusals still apply.
+    pub tls_floor: bool,
     /// The MTA-STS policy in force, if any.
     pub sts: Option<Arc<mta_sts::Active>>,
     /// The MTA-STS policy could not be had (none cached): reported, delivery goes on.
     pub sts_failure: Option<(TlsFailure, String)>,
+    /// The domain's MX RRset is DNSSEC-secure (or securely denied): its MX host names are the
+    /// domain's own. Looked up only with DANE on; false when unknown.
+    pub mx_secure: bool,
 }
 
 impl DomainPolicy {
@@ -82,16 +91,21 @@ impl Policies {
         dest: &Destination,
         resolver: &TokioResolver,
     ) -> DomainPolicy {
+        // A Unicode (SMTPUTF8) domain's policy lives under its A-labels: TLS-RPT too.
+        let domain = &mta_sts::a_label(domain);
         let mut p = DomainPolicy {
             domain: domain.to_string(),
             fixed: None,
+            tls_floor: false,
             sts: None,
             sts_failure: None,
+            mx_secure: false,
         };
-        if dest.static_tls || dest.tls != TlsPolicy::Opportunistic {
+        if dest.static_tls || dest.tls == TlsPolicy::None {
             p.fixed = Some(dest.tls);
             return p;
         }
+        p.tls_floor = dest.tls == TlsPolicy::Required;
         match self.sts.lookup(domain, resolver).await {
             Found::None => {}
             Found::Policy(a) => p.sts = Some(a),
@@ -112,6 +126,13 @@ impl Policies {
                 p.sts_failure = Some((f, why));
             }
         }
+        if self.dane.enabled() {
+            let name = format!("{}.", domain.trim_end_matches('.'));
+            p.mx_secure = matches!(
+                self.dane.security(&name, RecordType::MX).await,
+                Security::Secure(_) | Security::Denied
+            );
+        }
         p
     }
 
@@ -127,23 +148,22 @@ impl Policies {
                 },
                 report_only: false,
                 report: None,
+                mx_check: MxCheck::Passed,
+                tls_floor: false,
             };
         }
         let dane = self.dane.lookup(mx).await;
-        if let Some(decided) = dane_policy(domain, mx, &dane) {
-            return decided;
+        let mut p = host_policy(domain, mx, &dane);
+        p.tls_floor = domain.tls_floor;
+        if domain.tls_floor
+            && matches!(
+                p.requirement,
+                Requirement::Opportunistic | Requirement::Encrypted
+            )
+        {
+            raise_to_floor(&mut p);
         }
-        let policy = sts_host(domain, mx);
-        // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
-        if dane == Outcome::Unusable && matches!(policy.requirement, Requirement::Opportunistic) {
-            return HostPolicy {
-                applied: Applied::Dane,
-                requirement: Requirement::Encrypted,
-                report_only: false,
-                report: tlsa_report(domain),
-            };
-        }
-        policy
+        p
     }
 
     /// Reports one session result (or refusal) of `mx` under its policy; no-op without one.
@@ -174,6 +194,45 @@ impl Policies {
     }
 }
 
+/// `[delivery] tls = "required"` where no policy asks as much: web PKI, decided as a route
+/// (`tls_policy=route`). The host's name stays as vouched for as it was (`mx_check`): the
+/// global setting alone does not make it good enough for REQUIRETLS.
+pub(super) fn raise_to_floor(p: &mut HostPolicy) {
+    p.applied = Applied::Route;
+    p.requirement = Requirement::WebPki;
+    p.report_only = false;
+}
+
+/// DANE, then MTA-STS, for one MX host whose TLSA lookup gave `dane`.
+fn host_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> HostPolicy {
+    let policy = sts_host(domain, mx);
+    if let Some(mut decided) = dane_policy(domain, mx, dane) {
+        if domain.mx_secure || !matches!(decided.requirement, Requirement::Dane(_)) {
+            return decided;
+        }
+        // RFC 7672 §2.2.1: an insecure MX RRset may be spoofed to a host with TLSA records of
+        // its own; DANE is used, but the MTA-STS policy still decides which hosts may be used,
+        // and whether the name is vouched for (REQUIRETLS).
+        if matches!(policy.requirement, Requirement::Refuse(_)) {
+            return policy;
+        }
+        decided.mx_check = policy.mx_check;
+        return decided;
+    }
+    // RFC 7672 §2.2: secure TLSA records, none usable: TLS stays mandatory, unverified.
+    if *dane == Outcome::Unusable && matches!(policy.requirement, Requirement::Opportunistic) {
+        return HostPolicy {
+            applied: Applied::Dane,
+            requirement: Requirement::Encrypted,
+            report_only: false,
+            report: tlsa_report(domain),
+            mx_check: policy.mx_check,
+            tls_floor: false,
+        };
+    }
+    policy
+}
+
 /// DANE's decision for `mx` when it makes one: usable records, or a lookup that failed.
 fn dane_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> Option<HostPolicy> {
     let refuse = |reason: String| {
@@ -194,6 +253,8 @@ fn dane_policy(domain: &DomainPolicy, mx: &str, dane: &Outcome) -> Option<HostPo
         requirement,
         report_only: false,
         report: tlsa_report(domain),
+        mx_check: MxCheck::Passed,
+        tls_floor: false,
     })
 }
 
@@ -210,35 +271,47 @@ fn tlsa_report(domain: &DomainPolicy) -> Option<Arc<ReportPolicy>> {
 /// The MTA-STS policy for one MX host of the domain (opportunistic without one).
 fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
     let Some(sts) = &domain.sts else {
-        return HostPolicy::opportunistic();
-    };
-    let report = Some(sts.report.clone());
-    match sts.policy.mode {
-        Mode::Enforce if sts.policy.allows(mx) => HostPolicy {
-            applied: Applied::MtaSts,
-            requirement: Requirement::WebPki,
-            report_only: false,
-            report,
-        },
-        Mode::Enforce => HostPolicy {
-            applied: Applied::MtaSts,
-            requirement: Requirement::Refuse(Refusal {
-                failure: TlsFailure::ValidationFailure,
+        let mut p = HostPolicy::opportunistic();
+        if let Some((failure, why)) = &domain.sts_failure {
+            // RFC 8461 §5 delivers on; REQUIRETLS waits for the policy (RFC 8689 §4.2.1).
+            p.mx_check = MxCheck::Refused(Refusal {
+                failure: *failure,
                 reason: format!(
-                    "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                    "MTA-STS: the policy of {} could not be fetched: {why}",
                     domain.domain
                 ),
-            }),
-            report_only: false,
-            report,
-        },
-        Mode::Testing => HostPolicy {
-            applied: Applied::MtaSts,
-            requirement: Requirement::Opportunistic,
-            report_only: true,
-            report,
-        },
-        Mode::None => HostPolicy::opportunistic(),
+            });
+        }
+        return p;
+    };
+    if sts.policy.mode == Mode::None {
+        return HostPolicy::opportunistic();
+    }
+    let report = Some(sts.report.clone());
+    let mx_check = if sts.policy.allows(mx) {
+        MxCheck::Passed
+    } else {
+        MxCheck::Refused(Refusal {
+            failure: TlsFailure::ValidationFailure,
+            reason: format!(
+                "MTA-STS: {mx} is not an MX host allowed by the policy of {}",
+                domain.domain
+            ),
+        })
+    };
+    let (requirement, report_only) = match (&sts.policy.mode, &mx_check) {
+        (Mode::Enforce, MxCheck::Refused(r)) => (Requirement::Refuse(r.clone()), false),
+        (Mode::Enforce, _) => (Requirement::WebPki, false),
+        // `testing`: reported only; whether the host matched is kept for REQUIRETLS.
+        _ => (Requirement::Opportunistic, true),
+    };
+    HostPolicy {
+        applied: Applied::MtaSts,
+        requirement,
+        report_only,
+        report,
+        mx_check,
+        tls_floor: false,
     }
 }
 
@@ -256,11 +329,13 @@ mod tests {
         DomainPolicy {
             domain: "d.test".into(),
             fixed,
+            tls_floor: false,
             sts: policy.map(|text| {
                 let p = mta_sts::Policy::parse(text).expect("policy");
                 Arc::new(mta_sts::Active::new("d.test", "1".into(), p))
             }),
             sts_failure: None,
+            mx_secure: false,
         }
     }
 
@@ -354,6 +429,13 @@ mod tests {
             .await;
         assert!(matches!(h.requirement, Requirement::Opportunistic));
         assert!(h.report_only && h.report.is_some());
+        // Whether the host matched is kept: REQUIRETLS treats `testing` as `enforce`.
+        assert!(
+            matches!(&h.mx_check, MxCheck::Refused(r) if r.reason.contains("mx.other.test")),
+            "{h:?}"
+        );
+        let h = p.for_host(&domain(None, Some(&testing)), "mx.d.test").await;
+        assert_eq!(h.mx_check, MxCheck::Passed);
         let none = "version: STSv1\nmode: none\nmax_age: 60\n";
         for d in [domain(None, Some(none)), domain(None, None)] {
             let h = p.for_host(&d, "mx.d.test").await;
@@ -396,5 +478,142 @@ mod tests {
             TlsFailure::StarttlsNotSupported.as_str(),
             "starttls-not-supported"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_policy_fetch_delivers_on_but_holds_requiretls() {
+        use super::super::requiretls::{ForMessage, for_message};
+        use crate::spool::TlsRequest;
+        let p = policies();
+        let mut d = domain(None, None);
+        d.sts_failure = Some((TlsFailure::StsPolicyFetchError, "timeout".into()));
+        let h = p.for_host(&d, "mx.d.test").await;
+        assert!(matches!(h.requirement, Requirement::Opportunistic));
+        // RFC 8689 §4.2.1 over a fetch that may work next time: defer, not bounce.
+        match for_message(&h, TlsRequest::Required) {
+            ForMessage::Go { policy, .. } => {
+                let Requirement::Refuse(r) = policy.requirement else {
+                    panic!("{policy:?}")
+                };
+                assert_eq!(r.failure, TlsFailure::StsPolicyFetchError);
+                assert_eq!(
+                    r.reason,
+                    "MTA-STS: the policy of d.test could not be fetched: timeout"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // No fetch failure, no policy: still a bounce (nothing to wait for).
+        let h = p.for_host(&domain(None, None), "mx.d.test").await;
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Bounce(_)
+        ));
+    }
+
+    /// A domain with MTA-STS `enforce` and an unsigned MX RRset: a spoofed MX pointing to a
+    /// host with TLSA records of its own must not win over the policy.
+    #[test]
+    fn dane_on_an_insecure_mx_does_not_bypass_mta_sts() {
+        use super::super::requiretls::{ForMessage, for_message};
+        use crate::spool::TlsRequest;
+        let tlsa = |host: &str| {
+            let t = super::super::dane::Tlsa::from_fields(host, [(3, 1, 1, &[7u8; 32][..])]);
+            Outcome::Usable(Arc::new(t.expect("usable")))
+        };
+        let mut d = domain(None, Some(ENFORCE));
+        let h = host_policy(&d, "mx.evil.test", &tlsa("mx.evil.test"));
+        let Requirement::Refuse(r) = &h.requirement else {
+            panic!("{h:?}")
+        };
+        assert_eq!(r.failure, TlsFailure::ValidationFailure);
+        assert!(r.reason.contains("mx.evil.test"), "{}", r.reason);
+        // A listed host keeps DANE, and counts for REQUIRETLS.
+        let h = host_policy(&d, "mx.d.test", &tlsa("mx.d.test"));
+        assert!(matches!(h.requirement, Requirement::Dane(_)), "{h:?}");
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Go {
+                requiretls: true,
+                ..
+            }
+        ));
+        // No MTA-STS and an insecure MX: DANE is used, but nothing vouches for the name.
+        let none = domain(None, None);
+        let h = host_policy(&none, "mx.evil.test", &tlsa("mx.evil.test"));
+        assert!(matches!(h.requirement, Requirement::Dane(_)), "{h:?}");
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Bounce(_)
+        ));
+        // A DNSSEC-secure MX RRset: the MX hosts are the domain's own, DANE decides.
+        d.mx_secure = true;
+        let h = host_policy(&d, "mx.elsewhere.test", &tlsa("mx.elsewhere.test"));
+        assert!(matches!(h.requirement, Requirement::Dane(_)), "{h:?}");
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Go {
+                requiretls: true,
+                ..
+            }
+        ));
+    }
+
+    /// `[delivery] tls = "required"` for an MX destination is a floor: DANE and MTA-STS still
+    /// decide above it (refusals included), and it alone does not satisfy REQUIRETLS.
+    #[tokio::test]
+    async fn a_global_required_is_a_floor_under_the_policies() {
+        use super::super::requiretls::{ForMessage, for_message};
+        use crate::spool::TlsRequest;
+        let p = policies();
+        let mut d = domain(None, Some(ENFORCE));
+        d.tls_floor = true;
+        let h = p.for_host(&d, "mx.elsewhere.test").await;
+        assert!(matches!(h.requirement, Requirement::Refuse(_)), "{h:?}");
+        let h = p.for_host(&d, "mx.d.test").await;
+        assert_eq!(h.applied, Applied::MtaSts);
+        assert!(matches!(h.requirement, Requirement::WebPki));
+        let mut none = domain(None, None);
+        none.tls_floor = true;
+        let h = p.for_host(&none, "mx.d.test").await;
+        assert_eq!(h.applied, Applied::Route);
+        assert!(matches!(h.requirement, Requirement::WebPki));
+        assert!(matches!(
+            for_message(&h, TlsRequest::Required),
+            ForMessage::Bounce(_)
+        ));
+        // A route's own `required` still satisfies it.
+        let route = p
+            .for_host(&domain(Some(TlsPolicy::Required), None), "mx.d.test")
+            .await;
+        assert!(matches!(
+            for_message(&route, TlsRequest::Required),
+            ForMessage::Go {
+                requiretls: true,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_floor_comes_from_delivery_tls_only_for_mx_destinations() {
+        // No MTA-STS, no DANE: nothing is asked of the (unreachable) resolver.
+        let config: Config =
+            toml::from_str("hostname = \"relay.test\"\n[delivery.mta_sts]\nenabled = false")
+                .expect("config");
+        let p = Policies::new(&config, None, None).expect("policies");
+        let resolver =
+            crate::routing::build_resolver(&["127.0.0.1:9".parse().unwrap()]).expect("resolver");
+        for (static_tls, fixed, floor) in [(true, true, false), (false, false, true)] {
+            let dest = Destination {
+                key: "k".into(),
+                hosts: Vec::new(),
+                tls: TlsPolicy::Required,
+                static_tls,
+            };
+            let d = p.for_domain("d.test", &dest, &resolver).await;
+            assert_eq!(d.fixed.is_some(), fixed);
+            assert_eq!(d.tls_floor, floor);
+        }
     }
 }

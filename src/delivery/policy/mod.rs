@@ -2,18 +2,27 @@
 //!
 //! Rules, first match wins:
 //! - A route's `tls` setting (`none`, `opportunistic`, `required`) overrides everything; so
-//!   does `[delivery] tls` when set to `none` or `required`, and an address literal `[ip]`
-//!   (no domain to hold a policy) keeps `[delivery] tls`.
+//!   does `[delivery] tls = "none"`, and an address literal `[ip]` (no domain to hold a
+//!   policy) keeps `[delivery] tls`.
+//! - `[delivery] tls = "required"` for an MX destination is a floor under the rules below:
+//!   where they would allow an unverified session, web PKI is required instead
+//!   (`Applied::Route`); their refusals and DANE stay. It does not vouch for the MX host's name,
+//!   so alone it does not satisfy REQUIRETLS.
 //! - DANE (RFC 7672): a DNSSEC-secure TLSA RRset for `_25._tcp.MX` with usable records → TLS
 //!   is mandatory and the certificate must match a record; a bogus or failed lookup → defer;
 //!   a secure RRset with only unusable records → TLS mandatory, any certificate (unless
-//!   MTA-STS asks for more).
+//!   MTA-STS asks for more). When the domain's MX RRset is not DNSSEC-secure, DANE does not
+//!   bypass MTA-STS: a host an `enforce` policy does not list is refused even with usable
+//!   TLSA records, and the name counts as vouched for (REQUIRETLS) only if the policy lists it.
 //! - MTA-STS (RFC 8461): `enforce` → only MX hosts matching the policy's `mx` patterns, over TLS
 //!   with a certificate valid (web PKI) for that name, else defer; `testing` → as opportunistic,
-//!   failures reported; `none` or absent → opportunistic.
+//!   failures reported (whether the host matched the `mx` patterns is kept, `MxCheck`, for
+//!   REQUIRETLS); `none` or absent → opportunistic. A policy that could not be fetched (none
+//!   cached) → opportunistic, the failure reported, REQUIRETLS deferred.
 //! - Opportunistic: STARTTLS whenever offered, any certificate; plaintext when not offered.
 //! - Never plaintext, and never an unverified certificate, for a message that asked for
-//!   REQUIRETLS (RFC 8689): it needs `Requirement::WebPki` or `Requirement::Dane`, else bounces.
+//!   REQUIRETLS (RFC 8689): it needs `Requirement::WebPki` or `Requirement::Dane` on a host whose
+//!   name is vouched for (`MxCheck::Passed`), else bounces or defers (`requiretls.rs`).
 
 pub mod dane;
 mod decide;
@@ -114,6 +123,26 @@ pub struct HostPolicy {
     pub report_only: bool,
     /// The policy session results are reported under (DANE, MTA-STS); None: not reported.
     pub report: Option<Arc<ReportPolicy>>,
+    /// Whether the MX host's name is vouched for (what REQUIRETLS needs besides a verified
+    /// certificate).
+    pub mx_check: MxCheck,
+    /// `[delivery] tls = "required"` applies (an MX destination): `TLS-Required: No` relaxes
+    /// policies only down to it.
+    pub tls_floor: bool,
+}
+
+/// Whether an MX host's name is vouched for: a certificate verified for a spoofed name proves
+/// nothing, so REQUIRETLS needs this besides a verified requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxCheck {
+    /// A route's host, a host listed by the domain's MTA-STS policy (`enforce` or `testing`),
+    /// or an MX host from a DNSSEC-secure MX RRset.
+    Passed,
+    /// Nothing vouches for the name: no MTA-STS policy and an MX RRset not known secure.
+    Unchecked,
+    /// REQUIRETLS must not go there now: the MTA-STS policy (any mode) does not list the host,
+    /// or it could not be fetched; the message defers (`451 4.7.5`) with this refusal.
+    Refused(Refusal),
 }
 
 impl HostPolicy {
@@ -124,6 +153,8 @@ impl HostPolicy {
             requirement: Requirement::Opportunistic,
             report_only: false,
             report: None,
+            mx_check: MxCheck::Unchecked,
+            tls_floor: false,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! which MX hosts it allows.
 //!
 //! Rules (§3, §5.1):
+//! - A domain in Unicode (SMTPUTF8) is looked up, fetched, cached and reported under its
+//!   A-labels (`xn--…`), as is every domain.
 //! - `_mta-sts.DOMAIN` TXT: of the records starting `v=STSv1`, exactly one must parse (else as
 //!   if there were none); its `id` names the policy version.
 //! - A cached policy still within its `max_age` (capped at one year) and fetched under the same
@@ -137,7 +139,7 @@ impl MtaSts {
         if !self.enabled {
             return Found::None;
         }
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = a_label(domain);
         let record = txt_id(&domain, resolver).await;
         let slot = self.slot(&domain);
         let mut slot = slot.lock().await;
@@ -289,6 +291,14 @@ impl MtaSts {
             tracing::warn!(domain = %domain, error = %e, "cannot store the MTA-STS policy");
         }
     }
+}
+
+/// The domain as A-labels, lowercased, without a final dot (`Bücher.example.` →
+/// `xn--bcher-kva.example`): the form DNS, the `mta-sts.` host's certificate, the cache, Redis
+/// and TLS-RPT all use. A name IDNA refuses stays lowercased as it was.
+pub fn a_label(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.');
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
 }
 
 /// The `id` of the domain's `_mta-sts` TXT record: None when there is no single valid one

@@ -4,8 +4,13 @@
 //! - `MAIL FROM:<..> REQUIRETLS` is accepted only inside TLS (`530 5.7.10` in plaintext) and is
 //!   kept with the message (`TlsRequest::Required`); `REQUIRETLS` is advertised only after TLS.
 //! - A REQUIRETLS message goes only to an MX host whose identity the policy verifies: DANE
-//!   (`Requirement::Dane`) or web PKI (`Requirement::WebPki`: MTA-STS, or a route's `required`).
-//!   An MTA-STS policy in `testing` mode counts as `enforce` for it (§4.2.1): failures stop it.
+//!   (`Requirement::Dane`) or web PKI (`Requirement::WebPki`: MTA-STS, or a route's `required`),
+//!   and whose name is vouched for (`MxCheck::Passed`). `[delivery] tls = "required"` alone
+//!   does not vouch for an MX host's name (an unsigned MX RRset may be spoofed).
+//!   An MTA-STS policy in `testing` mode counts as `enforce` for it (§4.2.1): failures stop it,
+//!   and an MX host the policy does not list is refused (defer, `451 4.7.5`), as under `enforce`.
+//! - An MTA-STS policy that could not be fetched (none cached) → defer, `451 4.7.5`: the next
+//!   try may get it.
 //! - No verified policy for the host (opportunistic, plain) → bounce at once, `5.7.30`: retrying
 //!   will not make the destination publish one. Never plaintext, never an unverified certificate.
 //! - The server must advertise `REQUIRETLS` in its EHLO reply after STARTTLS, and `REQUIRETLS`
@@ -17,9 +22,10 @@
 //!   not stop delivery. Honoured, with STARTTLS still used whenever offered: an MTA-STS host is
 //!   handled as under `testing` (verified first, a failure reported, then opportunistic); a
 //!   DANE host and a host refused by MTA-STS or DANE become opportunistic. A route's own `tls`
-//!   setting is the operator's and stays. With REQUIRETLS too, the header is ignored (§4.1).
+//!   setting is the operator's and stays, and so does `[delivery] tls = "required"` (web PKI,
+//!   as a route). With REQUIRETLS too, the header is ignored (§4.1).
 
-use super::{Applied, HostPolicy, Requirement};
+use super::{Applied, HostPolicy, MxCheck, Requirement};
 use crate::spool::TlsRequest;
 
 /// The request kept in the envelope, from the MAIL FROM parameter and the header field.
@@ -99,12 +105,22 @@ pub fn for_message(policy: &HostPolicy, request: TlsRequest) -> ForMessage {
                     requiretls: true,
                 };
             }
+            if let MxCheck::Refused(refusal) = &policy.mx_check {
+                // §4.2.1: an MX host the MTA-STS policy does not list (`testing` included),
+                // or a policy that could not be fetched now: defer, never bounce at once.
+                policy.requirement = Requirement::Refuse(refusal.clone());
+                policy.report_only = false;
+                return ForMessage::Go {
+                    policy,
+                    requiretls: true,
+                };
+            }
             if policy.applied == Applied::MtaSts && policy.report_only {
                 // §4.2.1: `testing` is `enforce` for REQUIRETLS.
                 policy.requirement = Requirement::WebPki;
             }
             policy.report_only = false;
-            if policy.requirement.verified() {
+            if policy.requirement.verified() && policy.mx_check == MxCheck::Passed {
                 ForMessage::Go {
                     policy,
                     requiretls: true,
@@ -128,6 +144,10 @@ pub fn for_message(policy: &HostPolicy, request: TlsRequest) -> ForMessage {
                     policy.report_only = false;
                 }
             }
+            if policy.tls_floor && matches!(policy.requirement, Requirement::Opportunistic) {
+                // The operator's `[delivery] tls = "required"` stays, as a route's would.
+                super::decide::raise_to_floor(&mut policy);
+            }
             ForMessage::Go {
                 policy,
                 requiretls: false,
@@ -141,11 +161,17 @@ mod tests {
     use super::*;
 
     fn policy(applied: Applied, requirement: Requirement, report_only: bool) -> HostPolicy {
+        let mx_check = match applied {
+            Applied::Opportunistic => MxCheck::Unchecked,
+            _ => MxCheck::Passed,
+        };
         HostPolicy {
             applied,
             requirement,
             report_only,
             report: None,
+            mx_check,
+            tls_floor: false,
         }
     }
 
@@ -220,5 +246,61 @@ mod tests {
             for_message(&route, TlsRequest::NotRequired),
             ForMessage::Go { policy, .. } if !policy.report_only
         ));
+    }
+
+    #[test]
+    fn requiretls_defers_for_a_host_outside_a_testing_policy_or_a_failed_fetch() {
+        for (failure, why) in [
+            (
+                super::super::TlsFailure::ValidationFailure,
+                "MTA-STS: mx.evil.test is not an MX host allowed by the policy of d.test",
+            ),
+            (
+                super::super::TlsFailure::StsPolicyFetchError,
+                "MTA-STS: the policy of d.test could not be fetched: timeout",
+            ),
+        ] {
+            let refusal = super::super::Refusal {
+                failure,
+                reason: why.into(),
+            };
+            let (applied, report_only) = match failure {
+                super::super::TlsFailure::ValidationFailure => (Applied::MtaSts, true),
+                _ => (Applied::Opportunistic, false),
+            };
+            let mut p = policy(applied, Requirement::Opportunistic, report_only);
+            p.mx_check = MxCheck::Refused(refusal.clone());
+            match for_message(&p, TlsRequest::Required) {
+                ForMessage::Go { policy, requiretls } => {
+                    assert!(requiretls && !policy.report_only);
+                    let Requirement::Refuse(r) = &policy.requirement else {
+                        panic!("{policy:?}")
+                    };
+                    assert_eq!(r, &refusal);
+                }
+                other => panic!("{other:?}"),
+            }
+            // Without REQUIRETLS the host is still tried (testing, or no policy).
+            assert!(matches!(
+                for_message(&p, TlsRequest::None),
+                ForMessage::Go { policy, .. } if matches!(policy.requirement, Requirement::Opportunistic)
+            ));
+        }
+    }
+
+    #[test]
+    fn tls_required_no_keeps_the_global_required_floor() {
+        for applied in [Applied::MtaSts, Applied::Dane] {
+            let mut p = policy(applied, Requirement::WebPki, false);
+            p.tls_floor = true;
+            match for_message(&p, TlsRequest::NotRequired) {
+                ForMessage::Go { policy, .. } => {
+                    assert_eq!(policy.applied, Applied::Route);
+                    assert!(matches!(policy.requirement, Requirement::WebPki));
+                    assert!(!policy.report_only);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -5,8 +5,12 @@
 //! - then `_25._tcp.<host>` (always port 25, whatever port delivery uses): a secure RRset with a
 //!   usable record → `Usable`; secure but none usable → `Unusable`; secure denial → `Absent`;
 //!   insecure → `Insecure`; bogus → `Bogus`; a failed lookup → `Failed` (defer, never downgrade);
-//! - the MX RRset's own security does not matter: §2.2.1 lets a client use the TLSA records of
-//!   MX hosts it found through an insecure MX RRset (a hosted domain, a signed provider).
+//! - the MX RRset's own security does not change the outcome: §2.2.1 lets a client use the
+//!   TLSA records of MX hosts it found through an insecure MX RRset (a hosted domain, a signed
+//!   provider). But such a host name may be spoofed, so `decide.rs` looks the MX RRset up too
+//!   (`Security` of `DOMAIN MX`): when it is not secure, DANE does not bypass the domain's
+//!   MTA-STS policy (a host it does not list is refused under `enforce`), and DANE alone does
+//!   not make the host good enough for REQUIRETLS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
