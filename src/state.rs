@@ -173,11 +173,14 @@ impl State {
     }
 }
 
+/// A table of text keys and text values (JSON, most of them).
+type TextTable = TableDefinition<'static, &'static str, &'static str>;
+
 impl State {
-    /// Every pool record.
-    pub fn pool_load(&self) -> Result<Vec<(String, String)>, StateError> {
+    /// Every record `(key, value)` of `table`.
+    fn load_all(&self, table: TextTable) -> Result<Vec<(String, String)>, StateError> {
         let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(POOL).map_err(err)?;
+        let table = tx.open_table(table).map_err(err)?;
         let mut out = Vec::new();
         for r in table.iter().map_err(err)? {
             let (k, v) = r.map_err(err)?;
@@ -186,11 +189,15 @@ impl State {
         Ok(out)
     }
 
-    /// Writes (`Some`) or removes (`None`) pool records in one transaction.
-    pub fn pool_write(&self, records: &[(String, Option<String>)]) -> Result<(), StateError> {
+    /// Writes (`Some`) or removes (`None`) records of `table` in one transaction.
+    fn write_records(
+        &self,
+        table: TextTable,
+        records: &[(String, Option<String>)],
+    ) -> Result<(), StateError> {
         let tx = self.db.begin_write().map_err(err)?;
         {
-            let mut table = tx.open_table(POOL).map_err(err)?;
+            let mut table = tx.open_table(table).map_err(err)?;
             for (k, v) in records {
                 match v {
                     Some(v) => {
@@ -203,6 +210,18 @@ impl State {
             }
         }
         tx.commit().map_err(err)
+    }
+}
+
+impl State {
+    /// Every pool record.
+    pub fn pool_load(&self) -> Result<Vec<(String, String)>, StateError> {
+        self.load_all(POOL)
+    }
+
+    /// Writes (`Some`) or removes (`None`) pool records in one transaction.
+    pub fn pool_write(&self, records: &[(String, Option<String>)]) -> Result<(), StateError> {
+        self.write_records(POOL, records)
     }
 }
 
@@ -229,14 +248,7 @@ impl State {
 
     /// Every account record `(key, json)`.
     pub fn accounts_load(&self) -> Result<Vec<(String, String)>, StateError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(ACCOUNTS).map_err(err)?;
-        let mut out = Vec::new();
-        for r in table.iter().map_err(err)? {
-            let (k, v) = r.map_err(err)?;
-            out.push((k.value().to_string(), v.value().to_string()));
-        }
-        Ok(out)
+        self.load_all(ACCOUNTS)
     }
 
     /// Writes (`Some`) or removes (`None`) account records in one transaction.
@@ -244,21 +256,7 @@ impl State {
         if records.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(err)?;
-        {
-            let mut table = tx.open_table(ACCOUNTS).map_err(err)?;
-            for (k, v) in records {
-                match v {
-                    Some(v) => {
-                        table.insert(k.as_str(), v.as_str()).map_err(err)?;
-                    }
-                    None => {
-                        table.remove(k.as_str()).map_err(err)?;
-                    }
-                }
-            }
-        }
-        tx.commit().map_err(err)
+        self.write_records(ACCOUNTS, records)
     }
 }
 
@@ -434,14 +432,7 @@ impl State {
 impl State {
     /// Every TLS-RPT record (key, JSON).
     pub fn tls_reports_load(&self) -> Result<Vec<(String, String)>, StateError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(TLS_REPORTS).map_err(err)?;
-        let mut out = Vec::new();
-        for r in table.iter().map_err(err)? {
-            let (k, v) = r.map_err(err)?;
-            out.push((k.value().to_string(), v.value().to_string()));
-        }
-        Ok(out)
+        self.load_all(TLS_REPORTS)
     }
 
     /// Folds `entries` into the TLS-RPT records in one transaction: `merge(old, new)` gives the

@@ -5,6 +5,8 @@
 //! certificates in `[tls] certificate` (so a self-signed relay certificate works as it is).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,6 +15,25 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::Config;
+
+/// The config at `path` for `poolrelay {command}`, which talks to the admin API: its errors, or
+/// a missing `[admin] listen`, are printed and give exit code 2.
+pub fn load_config(path: &Path, command: &str) -> Result<Config, ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return Err(ExitCode::from(2));
+        }
+    };
+    if config.admin.is_none() {
+        eprintln!("poolrelay {command}: the config has no [admin] listen address");
+        return Err(ExitCode::from(2));
+    }
+    Ok(config)
+}
 
 /// Sends one request to the API of `config` and returns (status code, body).
 pub fn request(

@@ -207,13 +207,17 @@ fn trust_anchors(ca: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// For the tests of every settings section: a minimal config and the errors of loading it.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use std::path::Path;
 
-    const MIN: &str = "hostname = \"r.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+    use super::Checked;
 
-    fn load(dir: &Path, extra: &str) -> Vec<String> {
+    pub(crate) const MIN: &str = "hostname = \"r.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
+
+    /// What `Checked::load` says of `MIN` followed by `extra`, written to `dir/c.toml`.
+    pub(crate) fn load_errors(dir: &Path, extra: &str) -> Vec<String> {
         let file = dir.join("c.toml");
         std::fs::write(&file, format!("{MIN}{extra}")).unwrap();
         match Checked::load(&file) {
@@ -221,6 +225,12 @@ mod tests {
             Err(e) => e.iter().map(|e| e.to_string()).collect(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{MIN, load_errors as load};
+    use super::*;
 
     #[test]
     fn a_dane_trust_anchor_is_read_at_load() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
@@ -18,7 +18,8 @@ pub struct Connectors {
     pub required: Option<TlsConnector>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The process's crypto provider (installed first if need be).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     crate::tls::install_crypto_provider();
     CryptoProvider::get_default()
         .cloned()
@@ -31,7 +32,7 @@ pub fn connectors(delivery: &Delivery) -> Result<Connectors, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider.clone())))
+        .with_custom_certificate_verifier(Arc::new(AnyCert(HandshakeSignatures::of(&provider))))
         .with_no_client_auth();
 
     let mut roots = rustls::RootCertStore::empty();
@@ -63,7 +64,7 @@ pub fn connectors(delivery: &Delivery) -> Result<Connectors, String> {
 
 /// Accepts any certificate, but the handshake signature must still be valid for the key in it.
 #[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
+struct AnyCert(HandshakeSignatures);
 
 impl ServerCertVerifier for AnyCert {
     fn verify_server_cert(
@@ -83,12 +84,7 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -97,15 +93,43 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
+    }
+}
+
+/// Handshake-signature checks with a provider's algorithms, as every verifier here makes them
+/// whatever it thinks of the certificate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandshakeSignatures(WebPkiSupportedAlgorithms);
+
+impl HandshakeSignatures {
+    pub(crate) fn of(provider: &CryptoProvider) -> HandshakeSignatures {
+        HandshakeSignatures(provider.signature_verification_algorithms)
+    }
+
+    pub(crate) fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    pub(crate) fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    pub(crate) fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
     }
 }

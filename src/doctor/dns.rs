@@ -2,16 +2,13 @@
 //! "could not ask" kept apart: only the first two are verdicts.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
-use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::DnsHandle;
 use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
-use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
+use hickory_resolver::{NameServerPool, TokioResolver};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found<T> {
@@ -98,32 +95,7 @@ pub struct PtrClient(NameServerPool<TokioRuntimeProvider>);
 impl PtrClient {
     /// The same servers as `routing::build_resolver`: `[dns] nameservers`, else the system's.
     pub fn new(nameservers: &[SocketAddr]) -> Result<PtrClient, String> {
-        let servers: Vec<NameServerConfig> = if nameservers.is_empty() {
-            let (config, _) = hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| format!("system DNS configuration: {e}"))?;
-            config.name_servers().to_vec()
-        } else {
-            nameservers
-                .iter()
-                .map(|sa| {
-                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
-                    for c in &mut ns.connections {
-                        c.port = sa.port();
-                    }
-                    ns
-                })
-                .collect()
-        };
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        let tls = TlsConfig::new().map_err(|e| format!("DNS client: {e}"))?;
-        let cx = Arc::new(PoolContext::new(opts, tls));
-        Ok(PtrClient(NameServerPool::from_config(
-            servers,
-            cx,
-            TokioRuntimeProvider::default(),
-        )))
+        crate::util::nameservers::pool(nameservers, "DNS client").map(PtrClient)
     }
 
     /// PTR names of `ip` (lower case, no trailing dot).

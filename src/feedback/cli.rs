@@ -31,19 +31,10 @@ const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
 
 pub fn run(args: FeedbackArgs) -> ExitCode {
-    let config = match crate::config::Config::load(&args.config) {
+    let config = match crate::admin::client::load_config(&args.config, "feedback") {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if config.admin.is_none() {
-        eprintln!("poolrelay feedback: the config has no [admin] listen address");
-        return ExitCode::from(2);
-    }
     if args.list {
         return list(&config, args.json);
     }

@@ -149,20 +149,7 @@ fn default_suppress_for() -> DurationStr {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use crate::config::Checked;
-
-    const MIN: &str = "hostname = \"r.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
-
-    fn errors(dir: &Path, extra: &str) -> Vec<String> {
-        let file = dir.join("c.toml");
-        std::fs::write(&file, format!("{MIN}{extra}")).unwrap();
-        match Checked::load(&file) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
-        }
-    }
+    use crate::config::checked::test_support::load_errors as errors;
 
     #[test]
     fn bad_feedback_settings_are_named_at_their_line() {

@@ -299,19 +299,10 @@ pub enum SuppressionCommand {
 /// `poolrelay suppression …`, through the running relay's admin API.
 pub fn suppression(args: SuppressionArgs) -> ExitCode {
     use crate::admin::client;
-    let config = match crate::config::Config::load(&args.config) {
+    let config = match client::load_config(&args.config, "suppression") {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if config.admin.is_none() {
-        eprintln!("poolrelay suppression: the config has no [admin] listen address");
-        return ExitCode::from(2);
-    }
     let (method, path, body) = match &args.command {
         SuppressionCommand::List { .. } => ("GET", "/api/suppressions", None),
         SuppressionCommand::Remove {

@@ -2,3 +2,4 @@
 //! every stage without making an import cycle.
 
 pub mod glob;
+pub mod nameservers;

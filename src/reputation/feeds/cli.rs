@@ -30,19 +30,10 @@ pub enum FeedsCommand {
 /// `poolrelay feeds …`: exit 0 when every feed's last poll was ok, 1 otherwise, 2 on a usage
 /// or config error.
 pub fn run(args: FeedsArgs) -> ExitCode {
-    let config = match crate::config::Config::load(&args.config) {
+    let config = match crate::admin::client::load_config(&args.config, "feeds") {
         Ok(c) => c,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if config.admin.is_none() {
-        eprintln!("poolrelay feeds: the config has no [admin] listen address");
-        return ExitCode::from(2);
-    }
     let (method, path) = match args.command {
         FeedsCommand::Status => ("GET", "/api/feeds"),
         FeedsCommand::Poll => ("POST", "/api/feeds/poll"),

@@ -8,17 +8,14 @@
 //! - only safe when the path to the resolver is trusted (localhost, a private link).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
-use hickory_resolver::config::{NameServerConfig, ResolverOpts};
+use hickory_resolver::NameServerPool;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::DnsHandle;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, Record, RecordType};
-use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
 use super::lookup::Security;
 
@@ -29,32 +26,7 @@ pub struct TrustedResolver(NameServerPool<TokioRuntimeProvider>);
 impl TrustedResolver {
     /// `[dns] nameservers`, else the system's.
     pub fn new(nameservers: &[SocketAddr]) -> Result<TrustedResolver, String> {
-        let servers: Vec<NameServerConfig> = if nameservers.is_empty() {
-            let (config, _) = hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| format!("system DNS configuration: {e}"))?;
-            config.name_servers().to_vec()
-        } else {
-            nameservers
-                .iter()
-                .map(|sa| {
-                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
-                    for c in &mut ns.connections {
-                        c.port = sa.port();
-                    }
-                    ns
-                })
-                .collect()
-        };
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        let tls = TlsConfig::new().map_err(|e| format!("DANE resolver: {e}"))?;
-        let cx = Arc::new(PoolContext::new(opts, tls));
-        Ok(TrustedResolver(NameServerPool::from_config(
-            servers,
-            cx,
-            TokioRuntimeProvider::default(),
-        )))
+        crate::util::nameservers::pool(nameservers, "DANE resolver").map(TrustedResolver)
     }
 
     /// One lookup and what the resolver's AD bit says of it.

@@ -20,6 +20,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
 use super::record::{Tlsa, Usage};
+use crate::delivery::tls::{HandshakeSignatures, provider};
 
 /// The peer's certificate matched no usable TLSA record.
 #[derive(Debug, Clone)]
@@ -136,12 +137,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        HandshakeSignatures::of(&self.provider).tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -150,26 +146,12 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        HandshakeSignatures::of(&self.provider).tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        HandshakeSignatures::of(&self.provider).schemes()
     }
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    crate::tls::install_crypto_provider();
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// A connector that accepts only a chain matching `tlsa`. Connect with the MX host name as the
