@@ -357,6 +357,15 @@ fn a_broken_policy_keeps_the_cached_one_and_a_new_id_replaces_it() {
         relay.plain_log()
     );
 
+    // The sink counts a message before the relay hears its 250: wait for the relay to finish it,
+    // or the kill below makes it deliver "two" again.
+    assert!(wait_until(WAIT, || {
+        relay
+            .plain_log()
+            .matches("message finished, removed from queue")
+            .count()
+            >= 2
+    }));
     // The policy survives a restart (state store), the server now failing with 500.
     w.web.set(
         "mta-sts.cache.test",
