@@ -134,27 +134,15 @@ fn requiretls_goes_only_to_verified_servers_that_offer_it_else_bounces() {
     let ips = [lo(20), lo(21), lo(22), lo(23), lo(24)];
     let port = free_port_on(&ips);
     // Verified (route tls = required), offers REQUIRETLS: the one place it may go.
-    let secure = Sink::builder(&[lo(20)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let secure = requiretls_sink(lo(20), port, &certs);
     // Verified, but no REQUIRETLS in its EHLO reply.
     let norq = Sink::builder(&[lo(21)]).port(port).starttls(&certs).start();
     // Opportunistic (MX, no policy), even though it offers STARTTLS and REQUIRETLS.
-    let opp = Sink::builder(&[lo(22)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let opp = requiretls_sink(lo(22), port, &certs);
     // No STARTTLS at all.
     let plain = Sink::builder(&[lo(23)]).port(port).start();
     // The sender's domain, verified and offering REQUIRETLS: where the DSN goes.
-    let back = Sink::builder(&[lo(24)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let back = requiretls_sink(lo(24), port, &certs);
     dns.add_ip("mx.secure.test", lo(20));
     dns.add_ip("mx.norq.test", lo(21));
     dns.add_mx("opp.test", 10, "mx.opp.test");
@@ -242,6 +230,31 @@ fn requiretls_goes_only_to_verified_servers_that_offer_it_else_bounces() {
     assert_eq!(plain.sessions().len(), 1, "{}", plain.transcripts());
 }
 
+/// The relay of the MTA-STS tests: STARTTLS listener, test DNS and CA, policies fetched from
+/// `web`, deliveries to `port`, one pool IP, a long retry (a deferral stays in the queue).
+fn sts_config(certs: &Certs, dns: &DnsServer, port: u16, web: &HttpsServer) -> RelayConfig {
+    RelayConfig::new()
+        .hostname(HOST)
+        .listen("starttls", "none")
+        .tls(certs)
+        .networks(&["127.0.0.1/32"])
+        .dns(dns)
+        .delivery_port(port)
+        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
+        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
+        .delivery("retry", "[\"1h\"]")
+        .pool("default", &[PoolIp::new(10, "out1.relay.test")])
+}
+
+/// An MX sink on `ip` with STARTTLS (the test CA's certificate) that offers REQUIRETLS.
+fn requiretls_sink(ip: std::net::IpAddr, port: u16, certs: &Certs) -> Sink {
+    Sink::builder(&[ip])
+        .port(port)
+        .starttls(certs)
+        .requiretls()
+        .start()
+}
+
 fn sts_policy(mode: &str, mx: &str) -> Served {
     Served::text(&format!(
         "version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"
@@ -264,17 +277,9 @@ fn requiretls_over_mta_sts_testing_counts_as_enforce_and_tls_required_no_relaxes
     let certs = make_certs(&dir, &names);
     let dns = DnsServer::start();
     let port = free_port_on(&[lo(40), lo(41)]);
-    let good = Sink::builder(&[lo(40)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let good = requiretls_sink(lo(40), port, &certs);
     // Offers REQUIRETLS, but its certificate is not valid for mx.wrongname.test.
-    let wrong = Sink::builder(&[lo(41)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let wrong = requiretls_sink(lo(41), port, &certs);
     let web = HttpsServer::start(lo(42), &certs);
     dns.add_ip("mx.good.test", lo(40));
     dns.add_ip("mx.wrongname.test", lo(41));
@@ -288,18 +293,8 @@ fn requiretls_over_mta_sts_testing_counts_as_enforce_and_tls_required_no_relaxes
         dns.add_ip(&format!("mta-sts.{domain}"), lo(42));
         web.set(&format!("mta-sts.{domain}"), sts_policy(mode, mx));
     }
-    let cfg = RelayConfig::new()
-        .hostname(HOST)
-        .listen("starttls", "none")
-        .tls(&certs)
-        .networks(&["127.0.0.1/32"])
-        .dns(&dns)
-        .delivery_port(port)
-        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
-        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
-        // A long retry: the deferral stays visible in the queue.
-        .delivery("retry", "[\"1h\"]")
-        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    // A long retry: the deferral stays visible in the queue.
+    let cfg = sts_config(&certs, &dns, port, &web);
     let relay = Relay::start(&dir, &cfg.to_toml());
 
     submit_tls(&relay, &certs, true, &["a@enforce.test"], "enforced");
@@ -371,11 +366,7 @@ fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_
     let dns = DnsServer::start();
     let port = free_port_on(&[lo(43)]);
     // Offers REQUIRETLS with a certificate valid for its name: only the policy keeps it out.
-    let outside = Sink::builder(&[lo(43)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let outside = requiretls_sink(lo(43), port, &certs);
     let web = HttpsServer::start(lo(44), &certs);
     dns.add_ip("mx.outside.test", lo(43));
     dns.add_mx("outside.test", 10, "mx.outside.test");
@@ -388,17 +379,7 @@ fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_
     // A policy announced whose host has no address: every fetch fails.
     dns.add_mx("nofetch.test", 10, "mx.outside.test");
     dns.add_txt("_mta-sts.nofetch.test", "v=STSv1; id=1;");
-    let cfg = RelayConfig::new()
-        .hostname(HOST)
-        .listen("starttls", "none")
-        .tls(&certs)
-        .networks(&["127.0.0.1/32"])
-        .dns(&dns)
-        .delivery_port(port)
-        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
-        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
-        .delivery("retry", "[\"1h\"]")
-        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let cfg = sts_config(&certs, &dns, port, &web);
     let relay = Relay::start(&dir, &cfg.to_toml());
 
     submit_tls(&relay, &certs, true, &["a@outside.test"], "secret");
@@ -438,11 +419,7 @@ fn a_global_required_is_a_floor_and_does_not_satisfy_requiretls() {
     let certs = make_certs(&dir, &names);
     let dns = DnsServer::start();
     let port = free_port_on(&[lo(46)]);
-    let mx = Sink::builder(&[lo(46)])
-        .port(port)
-        .starttls(&certs)
-        .requiretls()
-        .start();
+    let mx = requiretls_sink(lo(46), port, &certs);
     let web = HttpsServer::start(lo(47), &certs);
     dns.add_ip("mx.floor.test", lo(46));
     dns.add_mx("nopolicy.test", 10, "mx.floor.test");
@@ -453,18 +430,7 @@ fn a_global_required_is_a_floor_and_does_not_satisfy_requiretls() {
         "mta-sts.strict.test",
         sts_policy("enforce", "mx.listed.test"),
     );
-    let cfg = RelayConfig::new()
-        .hostname(HOST)
-        .listen("starttls", "none")
-        .tls(&certs)
-        .networks(&["127.0.0.1/32"])
-        .dns(&dns)
-        .delivery_port(port)
-        .delivery("tls", "\"required\"")
-        .delivery("ca_file", format!("\"{}\"", certs.ca.display()))
-        .delivery("mta_sts", format!("{{ https_port = {} }}", web.port()))
-        .delivery("retry", "[\"1h\"]")
-        .pool("default", &[PoolIp::new(10, "out1.relay.test")]);
+    let cfg = sts_config(&certs, &dns, port, &web).delivery("tls", "\"required\"");
     let relay = Relay::start(&dir, &cfg.to_toml());
 
     submit_tls(&relay, &certs, false, &["a@nopolicy.test"], "control");
