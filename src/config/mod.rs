@@ -1,7 +1,6 @@
 //! The TOML configuration: the contract (docs/configuration.md). Unknown keys are errors; every
 //! error names the file, the line and the key.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -135,84 +134,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// A duration written like `90s`, `15m`, `24h`, `5d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationStr(pub Duration);
-
-impl<'de> Deserialize<'de> for DurationStr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let d = humantime::parse_duration(s.trim())
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))?;
-        if d > ranges::MAX_DURATION {
-            return Err(serde::de::Error::custom(format!(
-                "duration {s:?} is too long (at most {})",
-                humantime::format_duration(ranges::MAX_DURATION)
-            )));
-        }
-        Ok(DurationStr(d))
-    }
-}
-
-/// A byte size written like `50MB`, `512KB`, `1GiB` or a plain number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
-
-impl Size {
-    pub fn parse(s: &str) -> Option<u64> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().ok()?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "m" | "mb" => 1000 * 1000,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "kib" => 1 << 10,
-            "mib" => 1 << 20,
-            "gib" => 1 << 30,
-            _ => return None,
-        };
-        n.checked_mul(mult)
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => Size::parse(&s)
-                .map(Size)
-                .ok_or_else(|| serde::de::Error::custom(format!("bad size {s:?} (e.g. \"50MB\")"))),
-        }
-    }
-}
-
-/// A config error pointing at the file, line and key.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::util::settings::{ConfigError, DurationStr, Size};
 
 /// A config file's text, or the error saying it cannot be read.
 pub(crate) fn read_text(path: &Path) -> Result<String, Vec<ConfigError>> {

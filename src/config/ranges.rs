@@ -12,7 +12,7 @@ use super::{Config, ConfigError};
 
 /// The longest duration any key takes (10 years): far beyond any timeout or retention, and far
 /// from overflowing a deadline (`Instant + Duration`) or a count of milliseconds.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86400);
+pub use crate::util::settings::MAX_DURATION;
 
 const MIN_TIMER: Duration = Duration::from_millis(100);
 const MILLION: u64 = 1_000_000;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::DurationStr;
+use crate::util::settings::DurationStr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,13 +42,13 @@ pub struct Settings {
 pub fn check_config(
     path: &std::path::Path,
     config: &crate::config::Config,
-) -> Result<(), Vec<crate::config::ConfigError>> {
+) -> Result<(), Vec<crate::util::settings::ConfigError>> {
     let errors: Vec<_> = config
         .doctor
         .domains
         .iter()
         .filter(|d| !super::targets::valid_domain(&super::dns::norm(d)))
-        .map(|d| crate::config::ConfigError {
+        .map(|d| crate::util::settings::ConfigError {
             file: path.to_path_buf(),
             line: None,
             message: format!("doctor.domains: {d:?} is not a domain name"),

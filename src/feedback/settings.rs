@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{DurationStr, Size};
+use crate::util::settings::{DurationStr, Size};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -68,7 +68,7 @@ impl Outcome {
 
 /// The wait before attempt `attempts + 1`, after `attempts` failed ones (1-based into the
 /// schedule; the last interval repeats).
-pub fn retry_delay(retry: &[crate::config::DurationStr], attempts: u32) -> Duration {
+pub fn retry_delay(retry: &[crate::util::settings::DurationStr], attempts: u32) -> Duration {
     let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
     retry
         .get(i)
@@ -234,7 +234,7 @@ async fn read_head(spool: &Spool, id: &str, prepend: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DurationStr;
+    use crate::util::settings::DurationStr;
 
     fn delivery() -> Delivery {
         Delivery {

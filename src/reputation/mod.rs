@@ -26,14 +26,14 @@ impl Settings {
 pub fn check_config(
     path: &std::path::Path,
     config: &crate::config::Config,
-) -> Result<(), Vec<crate::config::ConfigError>> {
+) -> Result<(), Vec<crate::util::settings::ConfigError>> {
     let checked = config
         .reputation
         .classifier()
         .map(|_| ())
         .and_then(|_| dnsbl::List::from_settings(&config.reputation).map(|_| ()));
     checked.map_err(|e| {
-        vec![crate::config::ConfigError {
+        vec![crate::util::settings::ConfigError {
             file: path.to_path_buf(),
             line: None,
             message: format!("reputation: {e}"),

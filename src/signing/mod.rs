@@ -24,9 +24,10 @@ use memchr::memmem;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::inbound::author::{self, Authors, MissingFrom};
 use crate::reply::Reply;
+use crate::util::settings::ConfigError;
 
 /// Headers signed when present (`h=`). Absent ones are not listed, so a receiver's later
 /// additions (e.g. a mailing list's List-Unsubscribe) do not break the signature.

@@ -618,9 +618,9 @@ fn expire_sets_x() {
     let dir = tempdir("expire");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
     let mut cfg = config(&[("example.com", "ed", &ed, false)], false);
-    cfg.dkim[0].expire = Some(crate::config::DurationStr(std::time::Duration::from_secs(
-        86400,
-    )));
+    cfg.dkim[0].expire = Some(crate::util::settings::DurationStr(
+        std::time::Duration::from_secs(86400),
+    ));
     let signed = Signer::from_config(&cfg).unwrap().sign(MESSAGE).unwrap();
     let t = tags(&signed.headers);
     let (ts, x): (u64, u64) = (t["t"].parse().unwrap(), t["x"].parse().unwrap());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{DurationStr, Size};
+use crate::util::settings::{DurationStr, Size};
 
 /// `[feeds]` in the config; absent = no feed is polled.
 #[derive(Debug, Clone, Deserialize)]
