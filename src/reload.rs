@@ -145,7 +145,7 @@ impl Reloader {
             Ok(Err(errors)) => return Err(self.refuse(errors.iter().map(|e| e.to_string()))),
             Err(e) => return Err(self.refuse([format!("{}: {e}", path.display())])),
         };
-        let signer = crate::signing::Signer::from_config(&new)
+        let signer = crate::signing::Signer::new(&new.dkim, &new.signing)
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
         let signer = Arc::new(signer);
         // A larger max_sessions needs its descriptors now, as it would at start.

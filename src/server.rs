@@ -50,7 +50,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         });
     }
     let signer = Arc::new(
-        crate::signing::Signer::from_config(&config).map_err(|errs| {
+        crate::signing::Signer::new(&config.dkim, &config.signing).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()

@@ -99,12 +99,13 @@ impl Deliverer {
     ) -> Result<Deliverer, String> {
         let tls = tls::connectors(&config.delivery)?;
         // Its own copy of the keys (the inbound side has one too): loaded once, at start.
-        let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        let signer =
+            crate::signing::Signer::new(&config.dkim, &config.signing).map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
         Ok(Deliverer {
             signer: arc_swap::ArcSwap::from_pointee(signer),
             router: arc_swap::ArcSwap::from_pointee(Router::new(&config)?),

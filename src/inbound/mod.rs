@@ -5,8 +5,7 @@
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
 //! `received` (the Received header), `anvil` (per-client and per-network counters), `admission`
 //! (session slots, their reserve, shedding unauthenticated sessions), `sender_login` (which
-//! senders each login may use), `author` (the `From:` and `Sender:` rules, read strictly by
-//! `mailbox`).
+//! senders each login may use). The `From:` and `Sender:` rules are signing's (`signing::author`).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -16,13 +15,11 @@ pub mod address;
 pub mod admission;
 pub mod anvil;
 pub mod auth;
-pub mod author;
 pub mod data;
 mod envelope;
 mod feedback;
 pub mod limits;
 mod listeners;
-pub mod mailbox;
 mod message;
 pub mod received;
 pub mod sender_login;
