@@ -155,7 +155,10 @@ impl Reloader {
             .reload(new.clone(), signer.clone())
             .await
             .map_err(|e| self.refuse([format!("{}: {e}", path.display())]))?;
-        if let Err(e) = self.deliverer.reload(&new, signer) {
+        if let Err(e) = self
+            .deliverer
+            .reload(&crate::server::delivery_settings(&new), signer)
+        {
             tracing::error!(error = %e, "reload: routes not replaced (the rest applied)");
         }
         if let Err(e) = self.reputation.reload(&new.reputation) {

@@ -177,7 +177,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     crate::reputation::dnsbl::start(&config, pools.clone())?;
     let deliverer = crate::delivery::start(
-        config.clone(),
+        delivery_settings(&config),
+        signer.clone(),
         spool.clone(),
         pools.clone(),
         reputation.clone(),
@@ -247,6 +248,16 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     let _ = flush.await;
     tracing::info!("poolrelay stopped");
     Ok(())
+}
+
+/// What the delivery stage reads from the config; start and every reload build it.
+pub(crate) fn delivery_settings(config: &Config) -> crate::delivery::settings::Settings {
+    crate::delivery::settings::Settings {
+        hostname: config.hostname.clone(),
+        delivery: config.delivery.clone(),
+        dns: config.dns.clone(),
+        route: config.route.clone(),
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);

@@ -7,16 +7,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod checked;
-pub mod delivery;
 mod entries;
 pub mod inbound;
 pub mod pool;
 pub mod ranges;
 pub mod reputation;
 
+pub use crate::delivery::settings::{Delivery, MtaSts};
+pub use crate::routing::settings::{Dns, Route, TlsPolicy};
 pub use crate::signing::settings::{DkimKey, Signing};
 pub use checked::Checked;
-pub use delivery::{Delivery, Dns, Route, TlsPolicy};
 pub use inbound::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
 pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
 
