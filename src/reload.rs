@@ -152,7 +152,7 @@ impl Reloader {
         crate::server::raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
-            .reload(new.clone(), signer.clone())
+            .reload(crate::server::inbound_settings(&new), signer.clone())
             .await
             .map_err(|e| self.refuse([format!("{}: {e}", path.display())]))?;
         if let Err(e) = self

@@ -198,7 +198,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let listeners = Arc::new(
         crate::inbound::start(
-            config.clone(),
+            inbound_settings(&config),
             spool,
             state,
             signer,
@@ -248,6 +248,18 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     let _ = flush.await;
     tracing::info!("poolrelay stopped");
     Ok(())
+}
+
+/// What the inbound stage reads from the config; start and every reload build it.
+pub(crate) fn inbound_settings(config: &Config) -> crate::inbound::Settings {
+    crate::inbound::Settings {
+        hostname: config.hostname.clone(),
+        listen: config.listen.clone(),
+        tls: config.tls.clone(),
+        access: config.access.clone(),
+        limits: config.limits.clone(),
+        feedback: config.feedback.clone(),
+    }
 }
 
 /// What the delivery stage reads from the config; start and every reload build it.

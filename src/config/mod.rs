@@ -8,16 +8,15 @@ use serde::Deserialize;
 
 pub mod checked;
 mod entries;
-pub mod inbound;
 pub mod pool;
 pub mod ranges;
 pub mod reputation;
 
 pub use crate::delivery::settings::{Delivery, MtaSts};
+pub use crate::inbound::settings::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
 pub use crate::routing::settings::{Dns, Route, TlsPolicy};
 pub use crate::signing::settings::{DkimKey, Signing};
 pub use checked::Checked;
-pub use inbound::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
 pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,6 +24,7 @@ mod message;
 pub mod received;
 pub mod sender_login;
 mod session;
+pub mod settings;
 pub mod users;
 
 use std::sync::Arc;
@@ -34,17 +35,17 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, Listen, ListenTls};
 use crate::signing::Signer;
 use crate::spool::Spool;
 use crate::state::State;
 
 pub use listeners::{Listeners, Stop};
+pub use settings::{Listen, ListenAuth, ListenTls, Settings};
 
-/// What every session shares: a snapshot of the config taken when the session starts (a reload
+/// What every session shares: a snapshot of the settings taken when the session starts (a reload
 /// swaps in a new one for the next sessions; see `listeners`).
 pub(crate) struct Inbound {
-    pub config: Arc<Config>,
+    pub settings: Settings,
     pub spool: Arc<Spool>,
     pub state: Arc<State>,
     pub signer: Arc<Signer>,
@@ -68,7 +69,7 @@ pub(crate) struct Inbound {
 /// is the running snapshot on reload: its AUTH lockouts carry over while their settings stay.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
-    config: Arc<Config>,
+    settings: Settings,
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
@@ -78,23 +79,23 @@ pub(crate) fn build(
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Inbound, String> {
-    let users = match &config.access.users_file {
+    let users = match &settings.access.users_file {
         Some(path) => {
             let u = users::Users::load(path)?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
-            sender_login::warn_logins_without_senders(u.names(), &config.access.sender_login);
+            sender_login::warn_logins_without_senders(u.names(), &settings.access.sender_login);
             Some(Arc::new(u))
         }
         None => None,
     };
-    let tls = match &config.tls {
+    let tls = match &settings.tls {
         Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
             &files.certificate,
             &files.private_key,
         )?)),
         None => None,
     };
-    for l in &config.listen {
+    for l in &settings.listen {
         if l.tls == ListenTls::Implicit && tls.is_none() {
             return Err(format!(
                 "listener {}: implicit TLS needs [tls] certificate and key",
@@ -105,11 +106,11 @@ pub(crate) fn build(
             tracing::warn!(address = %l.address, "tls = \"starttls\" but no [tls]: STARTTLS and AUTH are not offered");
         }
     }
-    let access = &config.access;
+    let access = &settings.access;
     let guard = match prev {
         Some(p)
-            if p.config.access.auth_max_failures == access.auth_max_failures
-                && p.config.access.auth_lockout == access.auth_lockout =>
+            if p.settings.access.auth_max_failures == access.auth_max_failures
+                && p.settings.access.auth_lockout == access.auth_lockout =>
         {
             p.guard.clone()
         }
@@ -120,15 +121,15 @@ pub(crate) fn build(
     };
     // Per-client counters and the session slots carry over while their settings stay: a reload
     // must not forget who holds what.
-    let limits = &config.limits;
+    let limits = &settings.limits;
     let anvil = match prev {
         Some(p)
-            if p.config.limits.client_sessions == limits.client_sessions
-                && p.config.limits.client_connection_rate == limits.client_connection_rate
-                && p.config.limits.client_message_rate == limits.client_message_rate
-                && p.config.limits.network_sessions == limits.network_sessions
-                && p.config.limits.network_prefix_v4 == limits.network_prefix_v4
-                && p.config.limits.network_prefix_v6 == limits.network_prefix_v6 =>
+            if p.settings.limits.client_sessions == limits.client_sessions
+                && p.settings.limits.client_connection_rate == limits.client_connection_rate
+                && p.settings.limits.client_message_rate == limits.client_message_rate
+                && p.settings.limits.network_sessions == limits.network_sessions
+                && p.settings.limits.network_prefix_v4 == limits.network_prefix_v4
+                && p.settings.limits.network_prefix_v6 == limits.network_prefix_v6 =>
         {
             p.anvil.clone()
         }
@@ -136,9 +137,9 @@ pub(crate) fn build(
     };
     let slots = match prev {
         Some(p)
-            if p.config.limits.max_sessions == limits.max_sessions
-                && p.config.limits.reserved() == limits.reserved()
-                && p.config.limits.preauth_timeout == limits.preauth_timeout =>
+            if p.settings.limits.max_sessions == limits.max_sessions
+                && p.settings.limits.reserved() == limits.reserved()
+                && p.settings.limits.preauth_timeout == limits.preauth_timeout =>
         {
             p.slots.clone()
         }
@@ -150,12 +151,12 @@ pub(crate) fn build(
     };
     Ok(Inbound {
         guard,
-        cap: limits::DailyCap::new(config.limits.per_user_daily, cluster.clone()),
+        cap: limits::DailyCap::new(settings.limits.per_user_daily, cluster.clone()),
         cluster,
         accounts,
         anvil,
         slots,
-        config,
+        settings,
         spool,
         state,
         signer,
@@ -169,7 +170,7 @@ pub(crate) fn build(
 /// Binds every listener (an error naming the address if one cannot be bound) and spawns their
 /// accept loops; the handle reloads and stops them.
 pub async fn start(
-    config: Arc<Config>,
+    settings: Settings,
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
@@ -177,7 +178,7 @@ pub async fn start(
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer, cluster, accounts, feedback).await
+    Listeners::start(settings, spool, state, signer, cluster, accounts, feedback).await
 }
 
 async fn accept_loop(
@@ -195,14 +196,14 @@ async fn accept_loop(
                 // The config as it is now: a reload applies from the next session on.
                 let ctx = live.load_full();
                 let listen = ctx
-                    .config
+                    .settings
                     .listen
                     .iter()
                     .find(|l| l.address == listen.address)
                     .unwrap_or(&listen)
                     .clone();
                 let trusted =
-                    access::is_trusted(&ctx.config.access.networks, access::normalise(peer.ip()));
+                    access::is_trusted(&ctx.settings.access.networks, access::normalise(peer.ip()));
                 tokio::spawn(admit(ctx, listen, stream, peer, sessions.clone(), trusted));
             }
             Err(e) => {
@@ -241,15 +242,14 @@ async fn admit(
                 if let Some(unlogged) = log {
                     tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
                 }
-                let reply = why.reply(&ctx.config.hostname, ip);
+                let reply = why.reply(&ctx.settings.hostname, ip);
                 crate::metrics::refused("connect", reply.code);
                 return session::refuse_connection(ctx, listen, stream, reply).await;
             }
         }
     };
     // AUTH needs TLS: without a certificate no client here can ever log in.
-    let auth_offered =
-        listen.auth != crate::config::ListenAuth::None && ctx.users.is_some() && ctx.tls.is_some();
+    let auth_offered = listen.auth != ListenAuth::None && ctx.users.is_some() && ctx.tls.is_some();
     let network = ctx.anvil.network(ip);
     let now = std::time::Instant::now();
     let admitted = ctx
@@ -284,7 +284,7 @@ async fn admit(
             if ctx.slots.log_busy() {
                 tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
             }
-            let reply = session::busy_reply(&ctx.config.hostname);
+            let reply = session::busy_reply(&ctx.settings.hostname);
             crate::metrics::refused("connect", reply.code);
             session::refuse_connection(ctx, listen, stream, reply).await
         }
