@@ -5,7 +5,8 @@
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
 //! `received` (the Received header), `anvil` (per-client and per-network counters), `admission`
 //! (session slots, their reserve, shedding unauthenticated sessions), `sender_login` (which
-//! senders each login may use). The `From:` and `Sender:` rules are signing's (`signing::author`).
+//! senders each login may use), `settings` (its part of the config file). The `From:` and
+//! `Sender:` rules are signing's (`signing::author`).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
