@@ -145,17 +145,20 @@ impl Reloader {
             Ok(Err(errors)) => return Err(self.refuse(errors.iter().map(|e| e.to_string()))),
             Err(e) => return Err(self.refuse([format!("{}: {e}", path.display())])),
         };
-        let signer = crate::signing::Signer::from_config(&new)
+        let signer = crate::signing::Signer::new(&new.dkim, &new.signing)
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
         let signer = Arc::new(signer);
         // A larger max_sessions needs its descriptors now, as it would at start.
         crate::server::raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
-            .reload(new.clone(), signer.clone())
+            .reload(crate::server::inbound_settings(&new), signer.clone())
             .await
             .map_err(|e| self.refuse([format!("{}: {e}", path.display())]))?;
-        if let Err(e) = self.deliverer.reload(&new, signer) {
+        if let Err(e) = self
+            .deliverer
+            .reload(&crate::server::delivery_settings(&new), signer)
+        {
             tracing::error!(error = %e, "reload: routes not replaced (the rest applied)");
         }
         if let Err(e) = self.reputation.reload(&new.reputation) {

@@ -50,7 +50,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         });
     }
     let signer = Arc::new(
-        crate::signing::Signer::from_config(&config).map_err(|errs| {
+        crate::signing::Signer::new(&config.dkim, &config.signing).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
@@ -177,7 +177,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     crate::reputation::dnsbl::start(&config, pools.clone())?;
     let deliverer = crate::delivery::start(
-        config.clone(),
+        delivery_settings(&config),
+        signer.clone(),
         spool.clone(),
         pools.clone(),
         reputation.clone(),
@@ -197,7 +198,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let listeners = Arc::new(
         crate::inbound::start(
-            config.clone(),
+            inbound_settings(&config),
             spool,
             state,
             signer,
@@ -247,6 +248,28 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     let _ = flush.await;
     tracing::info!("poolrelay stopped");
     Ok(())
+}
+
+/// What the inbound stage reads from the config; start and every reload build it.
+pub(crate) fn inbound_settings(config: &Config) -> crate::inbound::Settings {
+    crate::inbound::Settings {
+        hostname: config.hostname.clone(),
+        listen: config.listen.clone(),
+        tls: config.tls.clone(),
+        access: config.access.clone(),
+        limits: config.limits.clone(),
+        feedback: config.feedback.clone(),
+    }
+}
+
+/// What the delivery stage reads from the config; start and every reload build it.
+pub(crate) fn delivery_settings(config: &Config) -> crate::delivery::settings::Settings {
+    crate::delivery::settings::Settings {
+        hostname: config.hostname.clone(),
+        delivery: config.delivery.clone(),
+        dns: config.dns.clone(),
+        route: config.route.clone(),
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);

@@ -165,7 +165,7 @@ fn system(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
 fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for result in [
-        crate::signing::Signer::from_config(config).map(|_| ()),
+        crate::signing::Signer::new(&config.dkim, &config.signing).map(|_| ()),
         crate::reputation::check_config(path, config),
         crate::doctor::check_config(path, config),
     ] {

@@ -7,16 +7,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod checked;
-pub mod delivery;
 mod entries;
-pub mod inbound;
 pub mod pool;
 pub mod ranges;
 pub mod reputation;
 
+pub use crate::delivery::settings::{Delivery, MtaSts};
+pub use crate::inbound::settings::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
+pub use crate::routing::settings::{Dns, Route, TlsPolicy};
+pub use crate::signing::settings::{DkimKey, Signing};
 pub use checked::Checked;
-pub use delivery::{Delivery, Dns, Route, TlsPolicy};
-pub use inbound::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
 pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,31 +88,6 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_shutdown_grace() -> DurationStr {
     DurationStr(Duration::from_secs(30))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DkimKey {
-    pub domain: String,
-    pub selector: String,
-    pub private_key: PathBuf,
-    /// Also sign for subdomains of `domain`.
-    #[serde(default)]
-    pub subdomains: bool,
-    /// Signature lifetime (`x=`); unset = no expiry.
-    pub expire: Option<DurationStr>,
-}
-
-/// `[[dkim]]` is an array of keys, so the signing policy lives in its own table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Signing {
-    /// Refuse (5xx at DATA) a message whose From domain has no key.
-    #[serde(default)]
-    pub require: bool,
-    /// A message without `From:`: refused (default) or accepted unsigned (`inbound::author`).
-    #[serde(default)]
-    pub missing_from: crate::inbound::author::MissingFrom,
 }
 
 /// `[admin]`, beside its code.
@@ -229,7 +204,7 @@ impl Config {
             }
         }
         if self.signing.require
-            && self.signing.missing_from == crate::inbound::author::MissingFrom::AcceptUnsigned
+            && self.signing.missing_from == crate::signing::author::MissingFrom::AcceptUnsigned
         {
             err(
                 ("signing", "missing_from"),

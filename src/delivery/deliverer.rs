@@ -11,8 +11,8 @@ use super::client::{Timeouts, local_reply};
 use super::connections::Connections;
 use super::destination::TlsUsed;
 use super::policy::{DomainPolicy, Policies};
+use super::settings::Settings;
 use super::tls;
-use crate::config::Config;
 use crate::outcome::{self, DsnKind, Outcome, Status};
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
@@ -65,7 +65,7 @@ impl Durable {
 }
 
 pub struct Deliverer {
-    pub(super) config: Arc<Config>,
+    pub(super) settings: Settings,
     pub(super) spool: Arc<Spool>,
     /// Routes and resolver: replaced on reload; an attempt keeps the one it started with.
     router: arc_swap::ArcSwap<Router>,
@@ -90,37 +90,36 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(
-        config: Arc<Config>,
+        settings: Settings,
+        signer: Arc<crate::signing::Signer>,
         spool: Arc<Spool>,
         pools: Arc<Pools>,
         reputation: Arc<Tracker>,
         state: Option<Arc<crate::state::State>>,
         feedback: Option<Arc<crate::feedback::Feedback>>,
     ) -> Result<Deliverer, String> {
-        let tls = tls::connectors(&config.delivery)?;
-        // Its own copy of the keys (the inbound side has one too): loaded once, at start.
-        let signer = crate::signing::Signer::from_config(&config).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        let tls = tls::connectors(&settings.delivery)?;
         Ok(Deliverer {
-            signer: arc_swap::ArcSwap::from_pointee(signer),
-            router: arc_swap::ArcSwap::from_pointee(Router::new(&config)?),
+            signer: arc_swap::ArcSwap::new(signer),
+            router: arc_swap::ArcSwap::from_pointee(settings.router()?),
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
-            policies: Arc::new(Policies::new(&config, tls.required.clone(), state)?),
+            policies: Arc::new(Policies::new(
+                &settings.delivery,
+                &settings.dns,
+                tls.required.clone(),
+                state,
+            )?),
             tls,
             timeouts: Timeouts {
-                connect: config.delivery.connect_timeout.0,
-                command: config.delivery.command_timeout.0,
+                connect: settings.delivery.connect_timeout.0,
+                command: settings.delivery.command_timeout.0,
             },
-            global: Arc::new(Semaphore::new(config.delivery.concurrency.max(1))),
+            global: Arc::new(Semaphore::new(settings.delivery.concurrency.max(1))),
             per_destination: Mutex::new(HashMap::new()),
-            connections: Connections::new(config.delivery.idle_timeout.0),
-            config,
+            connections: Connections::new(settings.delivery.idle_timeout.0),
+            settings,
             spool,
             feedback,
         })
@@ -129,18 +128,18 @@ impl Deliverer {
     /// Reload: new routes and DNS servers for the next attempts, new keys for the next DSNs.
     pub fn reload(
         &self,
-        config: &Config,
+        settings: &Settings,
         signer: Arc<crate::signing::Signer>,
     ) -> Result<(), String> {
         self.signer.store(signer);
-        self.router.store(Arc::new(Router::new(config)?));
+        self.router.store(Arc::new(settings.router()?));
         Ok(())
     }
 
     /// Graceful stop: waits up to `grace` for the transactions in flight, and lets no new one
     /// start (they queue behind this for every permit). `false` when the grace ran out.
     pub async fn quiesce(&self, grace: std::time::Duration) -> bool {
-        let all = self.config.delivery.concurrency.max(1) as u32;
+        let all = self.settings.delivery.concurrency.max(1) as u32;
         match tokio::time::timeout(grace, self.global.clone().acquire_many_owned(all)).await {
             Ok(Ok(permits)) => {
                 // Never given back: nothing new starts before exit.
@@ -156,7 +155,7 @@ impl Deliverer {
         map.entry(key.to_string())
             .or_insert_with(|| {
                 Arc::new(Semaphore::new(
-                    self.config.delivery.concurrency_per_destination.max(1),
+                    self.settings.delivery.concurrency_per_destination.max(1),
                 ))
             })
             .clone()
@@ -385,7 +384,7 @@ impl Deliverer {
         }
         let rcpts: Vec<_> = bounced.iter().map(|&i| &env.recipients[i]).collect();
         if let Err(e) = outcome::send_dsn(
-            &self.config,
+            &self.settings.hostname,
             &self.spool,
             &self.signer.load_full(),
             env,
@@ -420,7 +419,13 @@ impl Deliverer {
         let received_at = env.received_at;
         let rcpt = &mut env.recipients[i];
         let was_held = rcpt.held;
-        let status = outcome::apply(rcpt, outcome, &self.config.delivery, received_at, now);
+        let status = outcome::apply(
+            rcpt,
+            outcome,
+            &self.settings.delivery.schedule(),
+            received_at,
+            now,
+        );
         let r = rcpt.last_reply.as_ref().expect("apply sets last_reply");
         if let Status::Held { until } = status {
             // Held is not an attempt: one line when it starts, debug while it lasts.
@@ -486,7 +491,7 @@ impl Deliverer {
 
     /// True when it saved the envelope.
     async fn maybe_delay_warning(&self, env: &mut Envelope) -> bool {
-        let Some(after) = self.config.delivery.delay_warning else {
+        let Some(after) = self.settings.delivery.delay_warning else {
             return false;
         };
         if env.delay_warned || now_unix() < env.received_at + after.0.as_secs() {
@@ -502,7 +507,7 @@ impl Deliverer {
         }
         let signer = self.signer.load_full();
         let dsn = outcome::send_dsn(
-            &self.config,
+            &self.settings.hostname,
             &self.spool,
             &signer,
             env,

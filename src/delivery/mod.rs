@@ -18,6 +18,7 @@ pub mod policy;
 pub mod queue;
 pub(crate) mod recorded;
 mod secure;
+pub mod settings;
 pub mod tls;
 mod transaction;
 
@@ -25,7 +26,6 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::config::Config;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
 use crate::spool::{Envelope, Spool};
@@ -34,7 +34,8 @@ pub use deliverer::{Attempted, Deliverer, Written};
 
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
-    config: Arc<Config>,
+    settings: settings::Settings,
+    signer: Arc<crate::signing::Signer>,
     spool: Arc<Spool>,
     pools: Arc<Pools>,
     reputation: Arc<Tracker>,
@@ -45,7 +46,7 @@ pub async fn start(
     feedback: Option<Arc<crate::feedback::Feedback>>,
 ) -> Result<Arc<Deliverer>, String> {
     let d = Arc::new(Deliverer::new(
-        config, spool, pools, reputation, state, feedback,
+        settings, signer, spool, pools, reputation, state, feedback,
     )?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     // Said once, before any DANE mail waits on a resolver that strips DNSSEC.

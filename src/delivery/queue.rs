@@ -62,7 +62,7 @@ pub async fn run(
     mut recovered: mpsc::Receiver<Vec<Envelope>>,
     mut control: control::Control,
 ) {
-    let limits = &d.config.delivery;
+    let limits = &d.settings.delivery;
     let mut queue = Queue {
         index: Index::new(limits.active_limit, 2 * limits.concurrency_per_destination),
         fresh: HashMap::new(),

@@ -10,7 +10,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
-use crate::config::Delivery;
+use crate::delivery::settings::Delivery;
 
 pub struct Connectors {
     pub opportunistic: TlsConnector,

@@ -40,13 +40,18 @@ impl Doctor {
     pub fn new(config: Arc<Config>) -> Result<Doctor, String> {
         let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
         let lists = List::from_settings(&config.reputation)?;
-        let router = Router::new(&config)?;
+        let router = Router::new(
+            &config.route,
+            &config.dns,
+            config.delivery.port,
+            config.delivery.tls,
+        )?;
         let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
         let (tls, verifying) = match connectors {
             Some(c) => (Some(c.opportunistic), c.required),
             None => (None, None),
         };
-        let sts = MtaSts::new(&config, verifying, None);
+        let sts = MtaSts::new(&config.delivery.mta_sts, verifying, None);
         Ok(Doctor {
             sts,
             ptrs: PtrClient::new(&config.dns.nameservers)?,

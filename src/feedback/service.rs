@@ -169,8 +169,8 @@ impl Feedback {
     }
 
     /// `[feedback]` of a reloaded config, from now on (`Listeners::reload`).
-    pub fn reload(&self, config: &Config) {
-        self.settings.store(Arc::new(config.feedback.clone()));
+    pub fn reload(&self, settings: Option<Settings>) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// `[feedback]` now, or its defaults.

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::Limits;
+use super::settings::Limits;
 use crate::reply::Reply;
 
 const WINDOW: Duration = Duration::from_secs(60);

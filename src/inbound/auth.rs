@@ -254,8 +254,8 @@ impl Session {
             Failure::LockedOut => {
                 tracing::warn!(
                     client = %self.peer,
-                    failures = self.cfg().access.auth_max_failures,
-                    lockout = ?self.cfg().access.auth_lockout.0,
+                    failures = self.settings().access.auth_max_failures,
+                    lockout = ?self.settings().access.auth_lockout.0,
                     "AUTH lockout: too many failed attempts from this address"
                 );
                 self.close_with(lockout_reply())

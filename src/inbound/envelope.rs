@@ -3,7 +3,7 @@
 use super::address::{AddrError, is_xtext, parse_params, parse_path, split_command};
 use super::message::Bdat;
 use super::session::{Flow, Session};
-use crate::config::ListenAuth;
+use super::settings::ListenAuth;
 use crate::reply::Reply;
 use crate::spool::Recipient;
 
@@ -71,7 +71,7 @@ impl Session {
         if !self.trusted
             && let Err((why, log)) = self.ctx.anvil.message(self.peer, std::time::Instant::now())
         {
-            let r = why.reply(&self.cfg().hostname, self.peer);
+            let r = why.reply(&self.settings().hostname, self.peer);
             crate::metrics::refused("mail", r.code);
             if let Some(unlogged) = log {
                 tracing::warn!(client = %self.peer, user = self.user.as_deref().unwrap_or(""), limit = why.as_str(), unlogged, reply = %r, "per-client limit reached, message refused");
@@ -91,7 +91,7 @@ impl Session {
             feedback: false,
             slot: None,
         };
-        let max = self.cfg().limits.message_size.0;
+        let max = self.settings().limits.message_size.0;
         for (key, value) in params {
             let v = value.as_deref();
             match (key.as_str(), v) {
@@ -230,7 +230,7 @@ impl Session {
             }
         };
         let count = self.tx.as_ref().map(|t| t.rcpts.len()).unwrap_or(0);
-        if count >= self.cfg().limits.recipients_per_message {
+        if count >= self.settings().limits.recipients_per_message {
             return self.refuse("rcpt", Reply::new(452, "4.5.3", "Too many recipients"));
         }
         if let Some(user) = self.user.clone()

@@ -21,7 +21,7 @@ impl Session {
     /// RCPT TO a feedback address: the reply; `None` when `args` is not one (nor a second kind
     /// of recipient in a feedback transaction).
     pub(super) fn feedback_rcpt(&mut self, args: &str, smtputf8: bool) -> Option<Flow> {
-        let settings = self.cfg().feedback.as_ref()?;
+        let settings = self.settings().feedback.as_ref()?;
         if settings.addresses.is_empty() {
             return None;
         }
@@ -58,8 +58,8 @@ impl Session {
 
     /// The size limit of the transaction in progress: `[feedback] max_size` for a report.
     pub(super) fn message_limit(&self) -> u64 {
-        let max = self.cfg().limits.message_size.0;
-        match (&self.cfg().feedback, &self.tx) {
+        let max = self.settings().limits.message_size.0;
+        match (&self.settings().feedback, &self.tx) {
             (Some(f), Some(tx)) if tx.feedback => max.min(f.max_size.0),
             _ => max,
         }

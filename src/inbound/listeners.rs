@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::settings::{Listen, Settings};
 use super::{Inbound, accept_loop, build};
-use crate::config::{Config, Listen};
 use crate::signing::Signer;
 use crate::spool::Spool;
 use crate::state::State;
@@ -58,7 +58,7 @@ async fn bind(
 
 impl Listeners {
     pub(super) async fn start(
-        config: Arc<Config>,
+        settings: Settings,
         spool: Arc<Spool>,
         state: Arc<State>,
         signer: Arc<Signer>,
@@ -67,19 +67,12 @@ impl Listeners {
         feedback: Arc<crate::feedback::Feedback>,
     ) -> Result<Listeners, String> {
         let (stop, stop_rx) = watch::channel(Stop::Running);
+        let listen = settings.listen.clone();
+        let max = settings.limits.max_sessions.max(1);
         let ctx = build(
-            config.clone(),
-            spool,
-            state,
-            signer,
-            stop_rx,
-            None,
-            cluster,
-            accounts,
-            feedback,
+            settings, spool, state, signer, stop_rx, None, cluster, accounts, feedback,
         )?;
-        let bound = bind(&config.listen, &[]).await?;
-        let max = config.limits.max_sessions.max(1);
+        let bound = bind(&listen, &[]).await?;
         let listeners = Listeners {
             live: Arc::new(ArcSwap::from_pointee(ctx)),
             sessions: Arc::new(Semaphore::new(max)),
@@ -107,10 +100,13 @@ impl Listeners {
 
     /// Applies a checked config to the next sessions: users, networks, limits, TLS certificate,
     /// DKIM keys (`signer`), listeners. On error nothing has changed.
-    pub async fn reload(&self, config: Arc<Config>, signer: Arc<Signer>) -> Result<(), String> {
+    pub async fn reload(&self, settings: Settings, signer: Arc<Signer>) -> Result<(), String> {
         let old = self.live.load_full();
+        let listen = settings.listen.clone();
+        let max = settings.limits.max_sessions.max(1);
+        let feedback = settings.feedback.clone();
         let ctx = build(
-            config.clone(),
+            settings,
             old.spool.clone(),
             old.state.clone(),
             signer,
@@ -127,16 +123,16 @@ impl Listeners {
             .keys()
             .copied()
             .collect();
-        let bound = bind(&config.listen, &open).await?;
+        let bound = bind(&listen, &open).await?;
         // Nothing below can fail.
-        ctx.feedback.reload(&config);
+        ctx.feedback.reload(feedback);
         self.live.store(Arc::new(ctx));
-        self.resize(config.limits.max_sessions.max(1));
+        self.resize(max);
         self.open
             .lock()
             .expect("listeners lock")
             .retain(|address, task| {
-                let keep = config.listen.iter().any(|l| l.address == *address);
+                let keep = listen.iter().any(|l| l.address == *address);
                 if !keep {
                     // The accept loop owns the socket: aborting it closes the socket, while
                     // the sessions it started are their own tasks and finish.

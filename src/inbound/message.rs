@@ -75,7 +75,7 @@ impl Session {
     /// `452 4.3.1` unless the spool's filesystem has room for `size` bytes beyond
     /// `limits.spool_min_free`.
     pub(super) fn spool_has_room(&self, size: u64) -> Result<(), Reply> {
-        let need = self.cfg().limits.spool_min_free.0.saturating_add(size);
+        let need = self.settings().limits.spool_min_free.0.saturating_add(size);
         match self.ctx.spool.free_space() {
             Ok(free) if free >= need => Ok(()),
             Ok(free) => {
@@ -103,7 +103,7 @@ impl Session {
             header(&ReceivedInfo {
                 helo: self.helo.as_deref().unwrap_or(""),
                 ip: self.peer,
-                hostname: &self.ctx.config.hostname,
+                hostname: &self.ctx.settings.hostname,
                 esmtp: self.esmtp,
                 smtputf8: tx.smtputf8,
                 tls: self.tls.as_ref().map(|(v, c)| (v.as_str(), c.as_str())),
@@ -111,7 +111,7 @@ impl Session {
                 show_user: self
                     .user
                     .as_deref()
-                    .filter(|_| self.ctx.config.access.received_auth_user),
+                    .filter(|_| self.ctx.settings.access.received_auth_user),
                 id: &id,
                 rcpt: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
                 now: now_unix(),
@@ -154,7 +154,7 @@ impl Session {
         if problem.is_none() && self.tx.as_ref().is_some_and(|t| t.bdat.is_none()) {
             match self.start_message().await {
                 Ok((id, writer)) => {
-                    let max_header = self.cfg().limits.header_size.0;
+                    let max_header = self.settings().limits.header_size.0;
                     if let Some(t) = self.tx.as_mut() {
                         t.bdat = Some(Bdat {
                             id,
@@ -175,7 +175,7 @@ impl Session {
         }
         let max = self.message_limit();
         let mut st = self.tx.as_mut().and_then(|t| t.bdat.take());
-        let timeout = self.cfg().limits.data_timeout.0;
+        let timeout = self.settings().limits.data_timeout.0;
         let mut left = size;
         let mut pending = Vec::with_capacity(size.min(CHUNK as u64) as usize + READ_SIZE);
         while left > 0 {
@@ -272,10 +272,11 @@ impl Session {
         };
         self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"))?;
 
-        let mut reader = DataReader::new(self.message_limit(), self.cfg().limits.header_size.0);
+        let mut reader =
+            DataReader::new(self.message_limit(), self.settings().limits.header_size.0);
         let mut writer = Some(writer);
         let mut chunk = Vec::with_capacity(CHUNK + READ_SIZE);
-        let timeout = self.cfg().limits.data_timeout.0;
+        let timeout = self.settings().limits.data_timeout.0;
         loop {
             let done = match reader.feed(&self.rbuf[self.rpos..], &mut chunk) {
                 Some(n) => {

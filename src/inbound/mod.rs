@@ -5,8 +5,8 @@
 //! and parameter parsing), `data` (streaming DATA reader), `limits` (per-user daily cap),
 //! `received` (the Received header), `anvil` (per-client and per-network counters), `admission`
 //! (session slots, their reserve, shedding unauthenticated sessions), `sender_login` (which
-//! senders each login may use), `author` (the `From:` and `Sender:` rules, read strictly by
-//! `mailbox`).
+//! senders each login may use), `settings` (its part of the config file). The `From:` and
+//! `Sender:` rules are signing's (`signing::author`).
 //!
 //! smtp-proto parses the command verbs and their simple arguments; MAIL and RCPT arguments, DATA
 //! and line framing are ours because they must be stricter than it is (see `address`, `data`).
@@ -16,17 +16,16 @@ pub mod address;
 pub mod admission;
 pub mod anvil;
 pub mod auth;
-pub mod author;
 pub mod data;
 mod envelope;
 mod feedback;
 pub mod limits;
 mod listeners;
-pub mod mailbox;
 mod message;
 pub mod received;
 pub mod sender_login;
 mod session;
+pub mod settings;
 pub mod users;
 
 use std::sync::Arc;
@@ -37,17 +36,17 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, Listen, ListenTls};
 use crate::signing::Signer;
 use crate::spool::Spool;
 use crate::state::State;
 
 pub use listeners::{Listeners, Stop};
+pub use settings::{Listen, ListenAuth, ListenTls, Settings};
 
-/// What every session shares: a snapshot of the config taken when the session starts (a reload
+/// What every session shares: a snapshot of the settings taken when the session starts (a reload
 /// swaps in a new one for the next sessions; see `listeners`).
 pub(crate) struct Inbound {
-    pub config: Arc<Config>,
+    pub settings: Settings,
     pub spool: Arc<Spool>,
     pub state: Arc<State>,
     pub signer: Arc<Signer>,
@@ -71,7 +70,7 @@ pub(crate) struct Inbound {
 /// is the running snapshot on reload: its AUTH lockouts carry over while their settings stay.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
-    config: Arc<Config>,
+    settings: Settings,
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
@@ -81,23 +80,23 @@ pub(crate) fn build(
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Inbound, String> {
-    let users = match &config.access.users_file {
+    let users = match &settings.access.users_file {
         Some(path) => {
             let u = users::Users::load(path)?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
-            sender_login::warn_logins_without_senders(u.names(), &config.access.sender_login);
+            sender_login::warn_logins_without_senders(u.names(), &settings.access.sender_login);
             Some(Arc::new(u))
         }
         None => None,
     };
-    let tls = match &config.tls {
+    let tls = match &settings.tls {
         Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
             &files.certificate,
             &files.private_key,
         )?)),
         None => None,
     };
-    for l in &config.listen {
+    for l in &settings.listen {
         if l.tls == ListenTls::Implicit && tls.is_none() {
             return Err(format!(
                 "listener {}: implicit TLS needs [tls] certificate and key",
@@ -108,11 +107,11 @@ pub(crate) fn build(
             tracing::warn!(address = %l.address, "tls = \"starttls\" but no [tls]: STARTTLS and AUTH are not offered");
         }
     }
-    let access = &config.access;
+    let access = &settings.access;
     let guard = match prev {
         Some(p)
-            if p.config.access.auth_max_failures == access.auth_max_failures
-                && p.config.access.auth_lockout == access.auth_lockout =>
+            if p.settings.access.auth_max_failures == access.auth_max_failures
+                && p.settings.access.auth_lockout == access.auth_lockout =>
         {
             p.guard.clone()
         }
@@ -123,15 +122,15 @@ pub(crate) fn build(
     };
     // Per-client counters and the session slots carry over while their settings stay: a reload
     // must not forget who holds what.
-    let limits = &config.limits;
+    let limits = &settings.limits;
     let anvil = match prev {
         Some(p)
-            if p.config.limits.client_sessions == limits.client_sessions
-                && p.config.limits.client_connection_rate == limits.client_connection_rate
-                && p.config.limits.client_message_rate == limits.client_message_rate
-                && p.config.limits.network_sessions == limits.network_sessions
-                && p.config.limits.network_prefix_v4 == limits.network_prefix_v4
-                && p.config.limits.network_prefix_v6 == limits.network_prefix_v6 =>
+            if p.settings.limits.client_sessions == limits.client_sessions
+                && p.settings.limits.client_connection_rate == limits.client_connection_rate
+                && p.settings.limits.client_message_rate == limits.client_message_rate
+                && p.settings.limits.network_sessions == limits.network_sessions
+                && p.settings.limits.network_prefix_v4 == limits.network_prefix_v4
+                && p.settings.limits.network_prefix_v6 == limits.network_prefix_v6 =>
         {
             p.anvil.clone()
         }
@@ -139,9 +138,9 @@ pub(crate) fn build(
     };
     let slots = match prev {
         Some(p)
-            if p.config.limits.max_sessions == limits.max_sessions
-                && p.config.limits.reserved() == limits.reserved()
-                && p.config.limits.preauth_timeout == limits.preauth_timeout =>
+            if p.settings.limits.max_sessions == limits.max_sessions
+                && p.settings.limits.reserved() == limits.reserved()
+                && p.settings.limits.preauth_timeout == limits.preauth_timeout =>
         {
             p.slots.clone()
         }
@@ -153,12 +152,12 @@ pub(crate) fn build(
     };
     Ok(Inbound {
         guard,
-        cap: limits::DailyCap::new(config.limits.per_user_daily, cluster.clone()),
+        cap: limits::DailyCap::new(settings.limits.per_user_daily, cluster.clone()),
         cluster,
         accounts,
         anvil,
         slots,
-        config,
+        settings,
         spool,
         state,
         signer,
@@ -172,7 +171,7 @@ pub(crate) fn build(
 /// Binds every listener (an error naming the address if one cannot be bound) and spawns their
 /// accept loops; the handle reloads and stops them.
 pub async fn start(
-    config: Arc<Config>,
+    settings: Settings,
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
@@ -180,7 +179,7 @@ pub async fn start(
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Listeners, String> {
-    Listeners::start(config, spool, state, signer, cluster, accounts, feedback).await
+    Listeners::start(settings, spool, state, signer, cluster, accounts, feedback).await
 }
 
 async fn accept_loop(
@@ -198,14 +197,14 @@ async fn accept_loop(
                 // The config as it is now: a reload applies from the next session on.
                 let ctx = live.load_full();
                 let listen = ctx
-                    .config
+                    .settings
                     .listen
                     .iter()
                     .find(|l| l.address == listen.address)
                     .unwrap_or(&listen)
                     .clone();
                 let trusted =
-                    access::is_trusted(&ctx.config.access.networks, access::normalise(peer.ip()));
+                    access::is_trusted(&ctx.settings.access.networks, access::normalise(peer.ip()));
                 tokio::spawn(admit(ctx, listen, stream, peer, sessions.clone(), trusted));
             }
             Err(e) => {
@@ -244,15 +243,14 @@ async fn admit(
                 if let Some(unlogged) = log {
                     tracing::warn!(client = %ip, limit = why.as_str(), unlogged, "per-client limit reached, connection refused");
                 }
-                let reply = why.reply(&ctx.config.hostname, ip);
+                let reply = why.reply(&ctx.settings.hostname, ip);
                 crate::metrics::refused("connect", reply.code);
                 return session::refuse_connection(ctx, listen, stream, reply).await;
             }
         }
     };
     // AUTH needs TLS: without a certificate no client here can ever log in.
-    let auth_offered =
-        listen.auth != crate::config::ListenAuth::None && ctx.users.is_some() && ctx.tls.is_some();
+    let auth_offered = listen.auth != ListenAuth::None && ctx.users.is_some() && ctx.tls.is_some();
     let network = ctx.anvil.network(ip);
     let now = std::time::Instant::now();
     let admitted = ctx
@@ -287,7 +285,7 @@ async fn admit(
             if ctx.slots.log_busy() {
                 tracing::warn!(client = %ip, in_use = ctx.slots.in_use(), "session limit reached, connection refused (logged once a second)");
             }
-            let reply = session::busy_reply(&ctx.config.hostname);
+            let reply = session::busy_reply(&ctx.settings.hostname);
             crate::metrics::refused("connect", reply.code);
             session::refuse_connection(ctx, listen, stream, reply).await
         }

@@ -121,11 +121,6 @@ pub fn login_domain(login: &str) -> Option<String> {
     (!local.is_empty() && plain).then(|| domain.to_ascii_lowercase())
 }
 
-/// `From:` refused at the end of DATA.
-pub fn from_refused() -> Reply {
-    Reply::new(550, "5.7.1", "From: address not owned by this login")
-}
-
 fn matches(pattern: &str, address: &str) -> bool {
     if pattern.contains('@') {
         return glob(pattern, address);

@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 use super::Inbound;
 use super::admission::Place;
 use super::envelope::{Tx, relay_denied};
-use crate::config::{Listen, ListenAuth, ListenTls};
+use super::settings::{Listen, ListenAuth, ListenTls};
 use crate::reply::Reply;
 
 /// Longest command line accepted, CRLF excluded (RFC 5321 asks for at least 512).
@@ -120,7 +120,7 @@ pub async fn run(
     place: Place,
 ) {
     let ip = super::access::normalise(peer.ip());
-    let trusted = super::access::is_trusted(&ctx.config.access.networks, ip);
+    let trusted = super::access::is_trusted(&ctx.settings.access.networks, ip);
     tracing::debug!(client = %ip, listener = %listen.address, trusted, "session start");
     // Shedding (`admission`) may end the session at any await, the TLS handshakes included.
     let shed = place.slot.shed_notice();
@@ -173,7 +173,7 @@ pub async fn run(
         errors: 0,
         place,
     };
-    let greeting = format!("220 {} ESMTP poolrelay\r\n", s.ctx.config.hostname);
+    let greeting = format!("220 {} ESMTP poolrelay\r\n", s.ctx.settings.hostname);
     s.out.extend_from_slice(greeting.as_bytes());
     let was_shed = tokio::select! {
         _ = s.serve() => false,
@@ -183,7 +183,7 @@ pub async fn run(
     if was_shed {
         goodbye = SHED_GOODBYE;
         tracing::debug!(client = %s.peer, "unauthenticated session shed to make room");
-        let host = s.cfg().hostname.clone();
+        let host = s.settings().hostname.clone();
         s.out.clear();
         let _ = s.close_with(Reply::new(
             421,
@@ -199,14 +199,14 @@ pub async fn run(
 }
 
 impl Session {
-    pub(super) fn cfg(&self) -> &crate::config::Config {
-        &self.ctx.config
+    pub(super) fn settings(&self) -> &super::Settings {
+        &self.ctx.settings
     }
 
     /// The senders this client may use now (`[[access.sender_login]]`).
     pub(super) fn senders(&self) -> super::sender_login::Senders {
         super::sender_login::Senders::for_client(
-            &self.cfg().access.sender_login,
+            &self.settings().access.sender_login,
             self.user.as_deref(),
             self.peer,
         )
@@ -225,14 +225,14 @@ impl Session {
         self.out.extend_from_slice(r.to_wire().as_bytes());
         if r.code >= 400 {
             self.errors += 1;
-            if self.errors > self.cfg().limits.max_errors {
+            if self.errors > self.settings().limits.max_errors {
                 tracing::info!(client = %self.peer, errors = self.errors, "too many errors, closing");
                 let bye = Reply::new(
                     421,
                     "4.7.0",
                     format!(
                         "{} Too many errors, closing connection",
-                        self.cfg().hostname
+                        self.settings().hostname
                     ),
                 );
                 self.out.extend_from_slice(bye.to_wire().as_bytes());
@@ -272,7 +272,7 @@ impl Session {
             return Ok(());
         }
         let conn = self.conn.as_mut().ok_or(End)?;
-        let timeout = self.ctx.config.limits.command_timeout.0;
+        let timeout = self.ctx.settings.limits.command_timeout.0;
         let res = tokio::time::timeout(timeout, async {
             conn.write_all(&self.out).await?;
             conn.flush().await
@@ -338,7 +338,7 @@ impl Session {
 
     fn timed_out(&mut self) -> Result<bool, End> {
         tracing::info!(client = %self.peer, "timeout, closing");
-        let host = self.cfg().hostname.clone();
+        let host = self.settings().hostname.clone();
         self.close_with(Reply::new(
             421,
             "4.4.2",
@@ -377,7 +377,7 @@ impl Session {
                 "4.3.2",
                 format!(
                     "{} Service shutting down, try again later",
-                    self.cfg().hostname
+                    self.settings().hostname
                 ),
             )
         })
@@ -419,7 +419,7 @@ impl Session {
     /// When the next command line must be complete: `command_timeout`, shorter under stress
     /// (`admission`).
     fn command_deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
-        let limits = &self.cfg().limits;
+        let limits = &self.settings().limits;
         let mut timeout = limits.command_timeout.0;
         if self.ctx.slots.stressed() {
             timeout = timeout.min(limits.stress_command_timeout.0);
@@ -443,7 +443,7 @@ impl Session {
             self.rpos = self.rbuf.len();
             if skipped > MAX_DISCARD {
                 tracing::info!(client = %self.peer, "endless command line, closing");
-                let host = self.cfg().hostname.clone();
+                let host = self.settings().hostname.clone();
                 return self
                     .close_with(Reply::new(
                         421,
@@ -534,14 +534,14 @@ impl Session {
         self.helo = Some(host);
         self.esmtp = esmtp;
         self.tx = None;
-        let hostname = self.cfg().hostname.clone();
+        let hostname = self.settings().hostname.clone();
         if !esmtp {
             return self.send(Reply::new(250, "", hostname));
         }
         let mut lines = vec![
             hostname,
             "PIPELINING".to_string(),
-            format!("SIZE {}", self.cfg().limits.message_size.0),
+            format!("SIZE {}", self.settings().limits.message_size.0),
             "8BITMIME".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),

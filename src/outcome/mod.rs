@@ -7,8 +7,8 @@ pub mod dsn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Delivery};
 use crate::spool::{Envelope, RcptState, Recipient, RemoteReply, Spool};
+use crate::util::settings::DurationStr;
 
 pub use dsn::DsnKind;
 
@@ -68,12 +68,19 @@ impl Outcome {
 
 /// The wait before attempt `attempts + 1`, after `attempts` failed ones (1-based into the
 /// schedule; the last interval repeats).
-pub fn retry_delay(retry: &[crate::util::settings::DurationStr], attempts: u32) -> Duration {
+pub fn retry_delay(retry: &[DurationStr], attempts: u32) -> Duration {
     let i = (attempts.max(1) as usize - 1).min(retry.len().saturating_sub(1));
     retry
         .get(i)
         .map(|d| d.0)
         .unwrap_or(Duration::from_secs(300))
+}
+
+/// The retry schedule and expiry of `[delivery]` (`retry`, `max_age`) that `apply` follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule<'a> {
+    pub retry: &'a [DurationStr],
+    pub max_age: Duration,
 }
 
 /// Records one try on a recipient and returns what became of it. A hold is not an attempt (it
@@ -82,7 +89,7 @@ pub fn retry_delay(retry: &[crate::util::settings::DurationStr], attempts: u32) 
 pub fn apply(
     rcpt: &mut Recipient,
     outcome: Outcome,
-    delivery: &Delivery,
+    schedule: &Schedule<'_>,
     received_at: u64,
     now: u64,
 ) -> Status {
@@ -95,12 +102,12 @@ pub fn apply(
     }
     rcpt.held = false;
     rcpt.attempts += 1;
-    let expires = received_at + delivery.max_age.0.as_secs();
+    let expires = received_at + schedule.max_age.as_secs();
     let status = match status {
         Status::Deferred | Status::RetryElsewhere if now >= expires => {
             reply.text = format!(
                 "message expired after {}; last reply: {} {} {}",
-                humantime::format_duration(delivery.max_age.0),
+                humantime::format_duration(schedule.max_age),
                 reply.code,
                 reply.status,
                 reply.text
@@ -119,7 +126,7 @@ pub fn apply(
             let wait = if status == Status::RetryElsewhere {
                 1
             } else {
-                retry_delay(&delivery.retry, rcpt.attempts).as_secs()
+                retry_delay(schedule.retry, rcpt.attempts).as_secs()
             };
             rcpt.next_attempt = (now + wait).min(expires.max(now + 1));
         }
@@ -145,7 +152,7 @@ fn wants(rcpt: &Recipient, kind: DsnKind) -> bool {
 /// Queues a DSN about `recipients` to the envelope sender, unless the sender is null, the
 /// message is itself a DSN, or no recipient asked for one. Returns the DSN's queue id.
 pub async fn send_dsn(
-    config: &Config,
+    hostname: &str,
     spool: &Arc<Spool>,
     signer: &crate::signing::Signer,
     env: &Envelope,
@@ -164,7 +171,7 @@ pub async fn send_dsn(
         return Ok(None);
     }
     let head = read_head(spool, &env.id, &env.prepend).await;
-    let bytes = dsn::build_dsn(&config.hostname, env, &head, &recipients, kind);
+    let bytes = dsn::build_dsn(hostname, env, &head, &recipients, kind);
     // From: MAILER-DAEMON@hostname: signed when a key covers the hostname's domain. Without one
     // the DSN still goes (unsigned), even with `signing.require`: a bounce is never dropped.
     let signed = signer.sign(&bytes).unwrap_or_default();
@@ -234,7 +241,7 @@ async fn read_head(spool: &Spool, id: &str, prepend: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::settings::DurationStr;
+    use crate::delivery::settings::Delivery;
 
     fn delivery() -> Delivery {
         Delivery {
@@ -261,6 +268,7 @@ mod tests {
     #[test]
     fn schedule_and_expiry() {
         let d = delivery();
+        let d = d.schedule();
         let mut r = Recipient::new("a@b".into());
         assert_eq!(
             apply(&mut r, Outcome::of_reply(reply(451)), &d, 1000, 1000),
@@ -296,6 +304,7 @@ mod tests {
     #[test]
     fn a_hold_is_not_an_attempt_and_retry_elsewhere_goes_at_once() {
         let d = delivery();
+        let d = d.schedule();
         let mut r = Recipient::new("a@b".into());
         let held = Outcome {
             reply: reply(451),

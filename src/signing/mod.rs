@@ -5,13 +5,16 @@
 //! mail-auth does the canonicalisation (relaxed/relaxed) and the crypto (aws-lc-rs); this module
 //! only picks keys and headers. Signing never touches the message: `sign` returns the
 //! `DKIM-Signature:` lines that delivery sends in front of the spooled bytes.
-//! Every message's `From:` and `Sender:` are read first (`inbound::author`): a malformed one is
+//! Every message's `From:` and `Sender:` are read first (`author`): a malformed one is
 //! refused, never signed. The `_checked` variants also ask whether those addresses may be used
 //! by the sender's login (`inbound::sender_login`): a refusal comes before any key is chosen.
 //! The `_stamped` variants add header lines of their own in front (`feedback::trace`: the trace
 //! reference and `Feedback-ID`), covered by every signature made, also on an unsigned message.
 
+pub mod author;
 pub mod keygen;
+mod mailbox;
+pub mod settings;
 
 use std::io::Read;
 use std::path::Path;
@@ -24,10 +27,10 @@ use memchr::memmem;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::config::Config;
-use crate::inbound::author::{self, Authors, MissingFrom};
 use crate::reply::Reply;
 use crate::util::settings::ConfigError;
+use author::{Authors, MissingFrom};
+pub use settings::{DkimKey, Signing};
 
 /// Headers signed when present (`h=`). Absent ones are not listed, so a receiver's later
 /// additions (e.g. a mailing list's List-Unsubscribe) do not break the signature.
@@ -149,10 +152,10 @@ impl Signed {
 
 impl Signer {
     /// Loads and checks every `[[dkim]]` key. Each error names the key file.
-    pub fn from_config(config: &Config) -> Result<Signer, Vec<ConfigError>> {
+    pub fn new(dkim: &[DkimKey], signing: &Signing) -> Result<Signer, Vec<ConfigError>> {
         let mut keys = Vec::new();
         let mut errors = Vec::new();
-        for entry in &config.dkim {
+        for entry in dkim {
             let domain = normalize_domain(&entry.domain);
             let what = format!(
                 "[[dkim]] domain {:?} selector {:?}",
@@ -187,8 +190,8 @@ impl Signer {
         if errors.is_empty() {
             Ok(Signer {
                 keys,
-                require: config.signing.require,
-                missing_from: config.signing.missing_from,
+                require: signing.require,
+                missing_from: signing.missing_from,
             })
         } else {
             Err(errors)
@@ -596,7 +599,7 @@ fn scan(message: &[u8]) -> Result<Scan, Reply> {
             let raw = message
                 .get(header.offset_start as usize..header.offset_end as usize)
                 .unwrap_or_default();
-            scan.tls_required_no |= crate::delivery::policy::requiretls::is_tls_required_no(raw);
+            scan.tls_required_no |= is_tls_required_no(raw);
         }
         if name.eq_ignore_ascii_case("Message-ID") && scan.message_id.is_none() {
             let raw = message
@@ -608,6 +611,12 @@ fn scan(message: &[u8]) -> Result<Scan, Reply> {
         scan.names.push(name.to_string());
     }
     Ok(scan)
+}
+
+/// Whether a `TLS-Required:` field value says `No` (its only defined value; case-insensitive,
+/// folding whitespace allowed). Read here, in signing's one pass over the headers.
+pub fn is_tls_required_no(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"no")
 }
 
 #[cfg(test)]

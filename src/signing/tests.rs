@@ -11,6 +11,7 @@ use mail_auth::{
 
 use super::keygen::{self, Algorithm};
 use super::*;
+use crate::config::Config;
 
 const RSA_PKCS1: &str = include_str!("testdata/rsa2048-pkcs1.pem");
 const RSA_1024: &str = include_str!("testdata/rsa1024-pkcs1.pem");
@@ -60,6 +61,11 @@ fn config(entries: &[(&str, &str, &Path, bool)], require: bool) -> Config {
     }
     let config: Config = toml::from_str(&toml).unwrap();
     config
+}
+
+/// The signer of a config's `[[dkim]]` keys and `[signing]`.
+fn signer_of(config: &Config) -> Result<Signer, Vec<ConfigError>> {
+    Signer::new(&config.dkim, &config.signing)
 }
 
 /// A TXT "resolver" answering from a table, so verification needs no network.
@@ -159,8 +165,7 @@ fn signature_lines(signed: &Signed) -> Vec<String> {
 fn rsa_pkcs1_signature_verifies_and_message_is_untouched() {
     let dir = tempdir("pkcs1");
     let key = write(&dir, "k.pem", RSA_PKCS1);
-    let signer =
-        Signer::from_config(&config(&[("example.com", "s1", &key, false)], false)).unwrap();
+    let signer = signer_of(&config(&[("example.com", "s1", &key, false)], false)).unwrap();
     let original = MESSAGE.to_vec();
     let signed = signer.sign(MESSAGE).unwrap();
     assert_eq!(MESSAGE, &original[..], "sign() must not change the message");
@@ -215,11 +220,10 @@ fn rsa_keys_under_2048_bits_are_refused_with_the_reason() {
     let pkcs1 = write(&dir, "k1.pem", RSA_1024);
     let pkcs8 = write(&dir, "k8.pem", RSA_1024_PKCS8);
     for key in [&pkcs1, &pkcs8] {
-        let errors =
-            match Signer::from_config(&config(&[("example.com", "old", key, false)], false)) {
-                Err(e) => e,
-                Ok(_) => panic!("a 1024-bit key must be refused: {}", key.display()),
-            };
+        let errors = match signer_of(&config(&[("example.com", "old", key, false)], false)) {
+            Err(e) => e,
+            Ok(_) => panic!("a 1024-bit key must be refused: {}", key.display()),
+        };
         assert_eq!(errors.len(), 1);
         let text = errors[0].to_string();
         assert_eq!(&errors[0].file, key);
@@ -246,7 +250,7 @@ fn ed25519_and_rsa_side_by_side_give_two_signatures() {
         "rsa.pem",
         &keygen::generate(Algorithm::Rsa2048).unwrap(),
     );
-    let signer = Signer::from_config(&config(
+    let signer = signer_of(&config(
         &[
             ("example.com", "ed", &ed, false),
             ("example.com", "rsa", &rsa, false),
@@ -281,7 +285,7 @@ fn ed25519_and_rsa_side_by_side_give_two_signatures() {
 fn tampered_body_does_not_pass() {
     let dir = tempdir("tamper");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
-    let signer = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
+    let signer = signer_of(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
     let signed = signer.sign(MESSAGE).unwrap();
     let mut bytes = joined(&signed, MESSAGE);
     let pos = bytes.windows(5).position(|w| w == b"Hello").unwrap();
@@ -301,7 +305,7 @@ fn tampered_body_does_not_pass() {
 fn a_second_from_added_later_breaks_the_signature() {
     let dir = tempdir("oversign");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
-    let signer = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
+    let signer = signer_of(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
     let signed = signer.sign(MESSAGE).unwrap();
     let table = Table::default();
     table.add(
@@ -352,8 +356,7 @@ fn keygen_output_loads_signs_and_publishes() {
             assert!(strings.len() >= 3, "{record}");
         }
 
-        let signer =
-            Signer::from_config(&config(&[("example.com", "k", &path, false)], false)).unwrap();
+        let signer = signer_of(&config(&[("example.com", "k", &path, false)], false)).unwrap();
         let signed = signer.sign(MESSAGE).unwrap();
         let table = Table::default();
         table.add("example.com", "k", &txt);
@@ -394,7 +397,7 @@ fn key_loading_errors_name_the_file() {
         ("localhost", "h", &ok, false),
         ("example.com", "bad selector", &ok, false),
     ];
-    let errors = match Signer::from_config(&config(&entries, false)) {
+    let errors = match signer_of(&config(&entries, false)) {
         Err(e) => e,
         Ok(_) => panic!("bad keys must be config errors"),
     };
@@ -422,11 +425,11 @@ fn existing_signature_with_same_domain_and_selector_is_not_repeated() {
     let dir = tempdir("dedupe");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
     let rsa = write(&dir, "rsa.pem", RSA_PKCS1);
-    let one = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
+    let one = signer_of(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
     let first = joined(&one.sign(MESSAGE).unwrap(), MESSAGE);
 
     // Same d= and s=: nothing added. Another selector still signs.
-    let both = Signer::from_config(&config(
+    let both = signer_of(&config(
         &[
             ("example.com", "ed", &ed, false),
             ("Example.COM", "rsa", &rsa, false),
@@ -476,7 +479,7 @@ impl ReplaceBytes for Vec<u8> {
 fn key_choice_by_from_domain_and_subdomains() {
     let dir = tempdir("choice");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
-    let signer = Signer::from_config(&config(
+    let signer = signer_of(&config(
         &[
             ("example.com", "parent", &ed, true),
             ("mail.example.com", "child", &ed, true),
@@ -533,7 +536,7 @@ fn key_choice_by_from_domain_and_subdomains() {
 fn require_refuses_unsigned_mail_with_5xx() {
     let dir = tempdir("require");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
-    let signer = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], true)).unwrap();
+    let signer = signer_of(&config(&[("example.com", "ed", &ed, false)], true)).unwrap();
     let r = signer
         .sign(b"From: a@other.test\r\nSubject: x\r\n\r\nbody\r\n")
         .unwrap_err();
@@ -554,7 +557,7 @@ fn require_refuses_unsigned_mail_with_5xx() {
     // Without require a From domain without a key passes unsigned; a message without From: is
     // still refused unless `missing_from = "accept-unsigned"`.
     let mut cfg = config(&[("example.com", "ed", &ed, false)], false);
-    let lax = Signer::from_config(&cfg).unwrap();
+    let lax = signer_of(&cfg).unwrap();
     let other = lax
         .sign(b"From: a@other.test\r\nSubject: x\r\n\r\nbody\r\n")
         .unwrap();
@@ -562,7 +565,7 @@ fn require_refuses_unsigned_mail_with_5xx() {
     let no_from = b"Subject: no from\r\n\r\nbody\r\n";
     assert_eq!(lax.sign(no_from).unwrap_err().status, "5.6.0");
     cfg.signing.missing_from = MissingFrom::AcceptUnsigned;
-    let lax = Signer::from_config(&cfg).unwrap();
+    let lax = signer_of(&cfg).unwrap();
     let unsigned = lax.sign(no_from).unwrap();
     assert!(unsigned.headers.is_empty() && !unsigned.is_signed());
     assert_eq!(unsigned.summary(), "unsigned: no From: domain");
@@ -578,7 +581,7 @@ fn require_refuses_unsigned_mail_with_5xx() {
 fn checked_signing_refuses_malformed_and_foreign_authors() {
     let dir = tempdir("authors");
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
-    let signer = Signer::from_config(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
+    let signer = signer_of(&config(&[("example.com", "ed", &ed, false)], false)).unwrap();
     let ours = |a: &str| a.to_ascii_lowercase().ends_with("@example.com");
     let sign = |headers: &str| {
         let msg = format!("{headers}Subject: x\r\n\r\nbody\r\n");
@@ -621,7 +624,7 @@ fn expire_sets_x() {
     cfg.dkim[0].expire = Some(crate::util::settings::DurationStr(
         std::time::Duration::from_secs(86400),
     ));
-    let signed = Signer::from_config(&cfg).unwrap().sign(MESSAGE).unwrap();
+    let signed = signer_of(&cfg).unwrap().sign(MESSAGE).unwrap();
     let t = tags(&signed.headers);
     let (ts, x): (u64, u64) = (t["t"].parse().unwrap(), t["x"].parse().unwrap());
     assert_eq!(x - ts, 86400);
@@ -631,8 +634,7 @@ fn expire_sets_x() {
 fn long_folded_headers_and_8bit_body_verify() {
     let dir = tempdir("folded");
     let rsa = write(&dir, "rsa.pem", RSA_PKCS1);
-    let signer =
-        Signer::from_config(&config(&[("example.com", "rsa", &rsa, false)], false)).unwrap();
+    let signer = signer_of(&config(&[("example.com", "rsa", &rsa, false)], false)).unwrap();
     let to: Vec<String> = (0..40).map(|i| format!("user{i}@dest.test")).collect();
     let msg = format!(
         "From: alice@example.com\r\nTo: {}\r\nSubject: a very long subject line\r\n\t  that is folded   with tabs\r\n\r\nGrüße, ünïcödé body\r\n",
@@ -685,7 +687,7 @@ fn sign_cost() {
             ],
         ),
     ] {
-        let signer = Signer::from_config(&config(&entries, false)).unwrap();
+        let signer = signer_of(&config(&entries, false)).unwrap();
         for _ in 0..50 {
             signer.sign(&msg).unwrap();
         }
@@ -722,7 +724,7 @@ fn streaming_from_a_file_and_odd_chunks_verifies() {
     let dir = tempdir("stream");
     let rsa = write(&dir, "rsa.pem", RSA_PKCS1);
     let ed = write(&dir, "ed.pem", ED25519_OPENSSL);
-    let signer = Signer::from_config(&config(
+    let signer = signer_of(&config(
         &[
             ("example.com", "rsa", &rsa, false),
             ("example.com", "ed", &ed, false),

@@ -14,8 +14,9 @@ use super::{
     Applied, HostPolicy, MxCheck, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement,
     SessionResult, TlsFailure, TlsResults,
 };
-use crate::config::{Config, TlsPolicy};
+use crate::delivery::settings::Delivery;
 use crate::routing::Destination;
+use crate::routing::{Dns, TlsPolicy};
 use crate::state::State;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RecordType;
@@ -59,13 +60,14 @@ impl Policies {
     /// `verifying`: the web PKI connector (policy fetches use it); `state`: where MTA-STS
     /// policies persist.
     pub fn new(
-        config: &Config,
+        delivery: &Delivery,
+        dns: &Dns,
         verifying: Option<TlsConnector>,
         state: Option<Arc<State>>,
     ) -> Result<Policies, String> {
         Ok(Policies {
-            dane: Dane::new(config)?,
-            sts: MtaSts::new(config, verifying, state),
+            dane: Dane::with(&dns.nameservers, &delivery.dane)?,
+            sts: MtaSts::new(&delivery.mta_sts, verifying, state),
             results: ArcSwap::from_pointee(Box::new(NoResults)),
         })
     }
@@ -319,10 +321,11 @@ fn sts_host(domain: &DomainPolicy, mx: &str) -> HostPolicy {
 mod tests {
     use super::super::Assurance;
     use super::*;
+    use crate::config::Config;
 
     fn policies() -> Policies {
         let config: Config = toml::from_str("hostname = \"relay.test\"").expect("config");
-        Policies::new(&config, None, None).expect("policies")
+        Policies::new(&config.delivery, &config.dns, None, None).expect("policies")
     }
 
     fn domain(fixed: Option<TlsPolicy>, policy: Option<&str>) -> DomainPolicy {
@@ -601,7 +604,7 @@ mod tests {
         let config: Config =
             toml::from_str("hostname = \"relay.test\"\n[delivery.mta_sts]\nenabled = false")
                 .expect("config");
-        let p = Policies::new(&config, None, None).expect("policies");
+        let p = Policies::new(&config.delivery, &config.dns, None, None).expect("policies");
         let resolver =
             crate::routing::build_resolver(&["127.0.0.1:9".parse().unwrap()]).expect("resolver");
         for (static_tls, fixed, floor) in [(true, true, false), (false, false, true)] {

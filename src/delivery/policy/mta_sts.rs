@@ -34,7 +34,7 @@ pub use parse::{MAX_AGE_LIMIT, Mode, Policy};
 
 use super::{PolicyKind, ReportPolicy, TlsFailure};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::delivery::settings::MtaSts as StsSettings;
 use crate::spool::now_unix;
 use crate::state::State;
 
@@ -111,11 +111,10 @@ pub struct MtaSts {
 
 impl MtaSts {
     pub fn new(
-        config: &Config,
+        s: &StsSettings,
         connector: Option<tokio_rustls::TlsConnector>,
         state: Option<Arc<State>>,
     ) -> MtaSts {
-        let s = &config.delivery.mta_sts;
         MtaSts {
             enabled: s.enabled,
             fetcher: fetch::Fetcher {

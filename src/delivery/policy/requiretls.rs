@@ -37,11 +37,8 @@ pub fn request(requiretls: bool, tls_required_no: bool) -> TlsRequest {
     }
 }
 
-/// Whether a `TLS-Required:` field value says `No` (its only defined value; case-insensitive,
-/// folding whitespace allowed).
-pub fn is_tls_required_no(value: &[u8]) -> bool {
-    value.trim_ascii().eq_ignore_ascii_case(b"no")
-}
+/// The `TLS-Required: No` reading is signing's (its one pass over the headers).
+pub use crate::signing::is_tls_required_no;
 
 /// Why a REQUIRETLS message cannot go to a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -418,7 +418,7 @@ async fn delete(d: &Deliverer, id: &str, dsn: bool) -> std::io::Result<()> {
             .filter(|r| r.last_reply.as_ref() == Some(&reply))
             .collect();
         outcome::send_dsn(
-            &d.config,
+            &d.settings.hostname,
             &d.spool,
             &d.signer.load_full(),
             &env,

@@ -91,10 +91,6 @@ pub struct Dane {
 }
 
 impl Dane {
-    pub fn new(config: &crate::config::Config) -> Result<Dane, String> {
-        Dane::with(&config.dns.nameservers, &config.delivery.dane)
-    }
-
     /// A DANE service asking `nameservers` (empty: the system's resolver).
     pub fn with(nameservers: &[SocketAddr], settings: &Settings) -> Result<Dane, String> {
         let validator = match (settings.enabled, settings.trusted_resolver) {

@@ -1,29 +1,15 @@
-//! Settings of the delivery and routing stages: resolvers, TLS policy, retries, routes.
+//! `[delivery]`: TLS policy, retries, timeouts, concurrency, DANE and MTA-STS (routes and
+//! resolvers are routing's: `routing::settings`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::DurationStr;
-use super::inbound::default_command_timeout;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Dns {
-    /// `ip:port` of resolvers; empty = the system resolver.
-    #[serde(default)]
-    pub nameservers: Vec<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsPolicy {
-    None,
-    Opportunistic,
-    Required,
-}
+use crate::outcome::Schedule;
+use crate::routing::Router;
+use crate::routing::settings::{Dns, Route, TlsPolicy};
+use crate::util::settings::DurationStr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +47,7 @@ pub struct Delivery {
     pub active_limit: usize,
     /// `[delivery.dane]`: TLSA records of MX hosts, DNSSEC validated here (RFC 7672).
     #[serde(default)]
-    pub dane: crate::delivery::policy::dane::Settings,
+    pub dane: super::policy::dane::Settings,
     /// MTA-STS (RFC 8461) for recipient domains.
     #[serde(default)]
     pub mta_sts: MtaSts,
@@ -134,6 +120,20 @@ fn default_concurrency() -> usize {
 fn default_connect_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(30))
 }
+/// RFC 5321 §4.5.3.2 (as `[limits] command_timeout` inbound).
+fn default_command_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(300))
+}
+
+impl Delivery {
+    /// What `outcome::apply` reads: the retry schedule and the expiry.
+    pub fn schedule(&self) -> Schedule<'_> {
+        Schedule {
+            retry: &self.retry,
+            max_age: self.max_age.0,
+        }
+    }
+}
 
 impl Default for Delivery {
     fn default() -> Self {
@@ -157,27 +157,24 @@ impl Default for Delivery {
     }
 }
 
-/// A static route, like a Postfix transport map entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// `example.org`, `*.example.org`, or `*` for everything.
-    pub domain: String,
-    /// `host:port` or `[ip]:port`; a host name is resolved with A/AAAA (no MX).
-    pub host: String,
-    /// Overrides `delivery.tls` for this route.
-    pub tls: Option<TlsPolicy>,
+/// What the delivery stage reads from the config (built by the caller from `Config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// DSNs: `Reporting-MTA` and `MAILER-DAEMON@`.
+    pub hostname: String,
+    pub delivery: Delivery,
+    pub dns: Dns,
+    pub route: Vec<Route>,
 }
 
-impl Route {
-    /// The target as (host, port): `host:port` or `[ip]:port`.
-    pub fn target(&self) -> Option<(String, u16)> {
-        let (host, port) = self.host.rsplit_once(':')?;
-        let port: u16 = port.parse().ok()?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return None;
-        }
-        Some((host.to_string(), port))
+impl Settings {
+    /// The routes and resolver of these settings (MX hosts on `[delivery] port`).
+    pub fn router(&self) -> Result<Router, String> {
+        Router::new(
+            &self.route,
+            &self.dns,
+            self.delivery.port,
+            self.delivery.tls,
+        )
     }
 }

@@ -11,8 +11,11 @@ use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
 
-use crate::config::{Config, Route, TlsPolicy};
 use crate::reply::Reply;
+
+pub mod settings;
+
+pub use settings::{Dns, Route, TlsPolicy};
 
 /// One host to connect to (an MX, the route target, or the domain itself for A fallback).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,12 +101,18 @@ fn dns_temp(what: &str, e: &NetError) -> Reply {
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Result<Router, String> {
+    /// `port` and `default_tls` are `[delivery]`'s, for MX hosts and routes without `tls`.
+    pub fn new(
+        routes: &[Route],
+        dns: &Dns,
+        port: u16,
+        default_tls: TlsPolicy,
+    ) -> Result<Router, String> {
         Ok(Router {
-            routes: config.route.clone(),
-            resolver: build_resolver(&config.dns.nameservers)?,
-            port: config.delivery.port,
-            default_tls: config.delivery.tls,
+            routes: routes.to_vec(),
+            resolver: build_resolver(&dns.nameservers)?,
+            port,
+            default_tls,
         })
     }
 
@@ -334,7 +343,7 @@ mod tests {
     }
 
     fn parse_route_host(host: &str) -> Option<(String, u16)> {
-        crate::config::Route {
+        Route {
             domain: "*".into(),
             host: host.into(),
             tls: None,

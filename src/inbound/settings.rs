@@ -7,7 +7,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{DurationStr, Size};
+use super::sender_login::SenderLogin;
+use crate::util::settings::{DurationStr, Size};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,7 +75,7 @@ pub struct Access {
     /// Which senders each user (or network) may use beyond a login's own domain (see
     /// `inbound::sender_login`).
     #[serde(default)]
-    pub sender_login: Vec<crate::inbound::sender_login::SenderLogin>,
+    pub sender_login: Vec<SenderLogin>,
 }
 
 impl Default for Access {
@@ -198,7 +199,7 @@ fn default_max_sessions() -> usize {
 fn default_max_errors() -> u32 {
     10
 }
-pub(super) fn default_command_timeout() -> DurationStr {
+fn default_command_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(300))
 }
 fn default_spool_min_free() -> Size {
@@ -231,4 +232,18 @@ impl Default for Limits {
             preauth_timeout: default_preauth_timeout(),
         }
     }
+}
+
+/// What the inbound stage reads from the config (built by the caller from `Config`); each
+/// session keeps the one it started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Banner, Received, replies.
+    pub hostname: String,
+    pub listen: Vec<Listen>,
+    pub tls: Option<TlsFiles>,
+    pub access: Access,
+    pub limits: Limits,
+    /// Complaint reports taken at DATA (`inbound::feedback`).
+    pub feedback: Option<crate::feedback::Settings>,
 }

@@ -9,7 +9,7 @@
 //! - At most one `Sender:`, holding exactly one valid mailbox: else `550 5.6.0`.
 //! - A `From:` with several mailboxes needs a `Sender:` (RFC 5322 §3.6.2): else `550 5.6.0`.
 //! - Every `From:` mailbox and the `Sender:` mailbox must be allowed for the login
-//!   (`sender_login`): else `550 5.7.1`.
+//!   (`inbound::sender_login`): else `550 5.7.1`.
 //! - No `From:` at all: `[signing] missing_from = "refuse"` (the default) gives `550 5.6.0`;
 //!   `"accept-unsigned"` accepts the message and never signs it.
 //! - DKIM signs for the domain of the first `From:` mailbox.
@@ -95,7 +95,11 @@ impl Authors {
             return Ok(());
         };
         if !from.iter().all(|m| allowed(&m.address())) {
-            return Err(super::sender_login::from_refused());
+            return Err(Reply::new(
+                550,
+                "5.7.1",
+                "From: address not owned by this login",
+            ));
         }
         match sender {
             Some(s) if !allowed(&s.address()) => Err(Reply::new(
