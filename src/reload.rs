@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Checked, Config};
+use crate::config::{Checked, Config, checked};
 use crate::delivery::Deliverer;
 use crate::inbound::Listeners;
 use crate::pool::Pools;
@@ -149,7 +149,7 @@ impl Reloader {
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
         let signer = Arc::new(signer);
         // A larger max_sessions needs its descriptors now, as it would at start.
-        crate::server::raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
+        raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
             .reload(new.clone(), signer.clone())
@@ -184,6 +184,33 @@ impl Reloader {
         }
         errors
     }
+}
+
+/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);
+/// `Checked` made sure the hard limit allows it. Start and every reload call it.
+pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
+    let need = checked::open_files_needed(config);
+    let (soft, hard) =
+        checked::open_file_limits().map_err(|e| format!("cannot read the open file limit: {e}"))?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        return Err(checked::open_file_problem(config).unwrap_or_default());
+    }
+    let lim = libc::rlimit {
+        rlim_cur: need,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "cannot raise the open file limit to {need}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!(from = soft, to = need, "open file limit raised");
+    Ok(())
 }
 
 /// `poolrelay reload --config FILE`: asks the relay at the file's `admin.listen` to load FILE.

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Checked, Config, checked};
+use crate::config::Checked;
 use crate::spool::Spool;
 use crate::state::State;
 
 /// Runs the relay from `config` (read from `path`, which SIGHUP reads again) until SIGTERM/SIGINT.
 pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
-    raise_open_file_limit(&config)?;
+    crate::reload::raise_open_file_limit(&config)?;
     let config = Arc::new(config.into_inner());
     // The state store's lock first: a second relay on this data_dir stops before the spool.
     let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
@@ -246,33 +246,6 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     });
     let _ = flush.await;
     tracing::info!("poolrelay stopped");
-    Ok(())
-}
-
-/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);
-/// `Checked` made sure the hard limit allows it. Start and every reload call it.
-pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
-    let need = checked::open_files_needed(config);
-    let (soft, hard) =
-        checked::open_file_limits().map_err(|e| format!("cannot read the open file limit: {e}"))?;
-    if soft >= need {
-        return Ok(());
-    }
-    if hard < need {
-        return Err(checked::open_file_problem(config).unwrap_or_default());
-    }
-    let lim = libc::rlimit {
-        rlim_cur: need,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(format!(
-            "cannot raise the open file limit to {need}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    tracing::info!(from = soft, to = need, "open file limit raised");
     Ok(())
 }
 
