@@ -17,10 +17,9 @@
 //! - `POST /api/feedback` with `{"report_base64": "…"}` (or `{"report": "…"}`): one complaint
 //!   report; `GET /api/complaints`: the recent traced complaints (`feedback.rs`).
 //!
-//! `client` is the CLI side.
+//! The CLI side (`poolrelay pool …`, `queue …`, `reload` …) is `cli`.
 
 mod accounts;
-pub mod client;
 mod doctor;
 mod feedback;
 mod feeds;
@@ -32,7 +31,6 @@ mod page;
 mod plot;
 mod pool;
 mod queue;
-pub mod queue_cli;
 mod reload;
 mod reputation;
 mod serve;
