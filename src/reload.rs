@@ -15,48 +15,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
-
+pub use crate::admin::{Applied, Refused, Request, Trigger};
 use crate::config::{Checked, Config, checked};
 use crate::delivery::Deliverer;
 use crate::inbound::Listeners;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
-
-/// What a reload did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Applied {
-    pub config: PathBuf,
-    /// Changed settings that take effect only after a restart.
-    pub restart_needed: Vec<String>,
-}
-
-/// A refused reload: every error, `file:line: message`.
-pub type Refused = Vec<String>;
-
-/// One reload request: an optional other config file, and where the answer goes.
-pub struct Request {
-    pub config: Option<PathBuf>,
-    pub reply: oneshot::Sender<Result<Applied, Refused>>,
-}
-
-/// Asks the server loop for a reload (the admin API holds one).
-#[derive(Clone)]
-pub struct Trigger(pub mpsc::Sender<Request>);
-
-impl Trigger {
-    pub async fn reload(&self, config: Option<PathBuf>) -> Result<Applied, Refused> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(Request { config, reply })
-            .await
-            .map_err(|_| vec!["the relay is stopping".to_string()])?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(vec!["the relay is stopping".to_string()]))
-    }
-}
 
 /// Settings a reload does not apply: (name, its part of the config).
 const RESTART_KEYS: &[&str] = &[

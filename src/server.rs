@@ -167,7 +167,16 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             doctor,
             queue,
             spool: spool.clone(),
-            config: config.clone(),
+            relay: Arc::new(crate::admin::Relay {
+                hostname: config.hostname.clone(),
+                data_dir: config.data_dir.clone(),
+                tls: config.tls.as_ref().map(|t| crate::admin::CertFiles {
+                    certificate: t.certificate.clone(),
+                    private_key: t.private_key.clone(),
+                }),
+                reputation: config.reputation.clone(),
+                feedback: config.feedback.clone().unwrap_or_default(),
+            }),
             reload: Some(crate::reload::Trigger(reload_tx)),
             feeds: feeds.clone(),
             tls_reports: tls_reports.clone(),
