@@ -12,51 +12,15 @@
 //! - What only a restart applies (`RESTART_KEYS`) is logged and returned as a list.
 //! - One reload at a time: requests queue on a channel served by the server loop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
-
-use crate::config::{Checked, Config};
+pub use crate::admin::{Applied, Refused, Request, Trigger};
+use crate::config::{Checked, Config, checked};
 use crate::delivery::Deliverer;
 use crate::inbound::Listeners;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
-
-/// What a reload did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Applied {
-    pub config: PathBuf,
-    /// Changed settings that take effect only after a restart.
-    pub restart_needed: Vec<String>,
-}
-
-/// A refused reload: every error, `file:line: message`.
-pub type Refused = Vec<String>;
-
-/// One reload request: an optional other config file, and where the answer goes.
-pub struct Request {
-    pub config: Option<PathBuf>,
-    pub reply: oneshot::Sender<Result<Applied, Refused>>,
-}
-
-/// Asks the server loop for a reload (the admin API holds one).
-#[derive(Clone)]
-pub struct Trigger(pub mpsc::Sender<Request>);
-
-impl Trigger {
-    pub async fn reload(&self, config: Option<PathBuf>) -> Result<Applied, Refused> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(Request { config, reply })
-            .await
-            .map_err(|_| vec!["the relay is stopping".to_string()])?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(vec!["the relay is stopping".to_string()]))
-    }
-}
 
 /// Settings a reload does not apply: (name, its part of the config).
 const RESTART_KEYS: &[&str] = &[
@@ -149,7 +113,7 @@ impl Reloader {
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
         let signer = Arc::new(signer);
         // A larger max_sessions needs its descriptors now, as it would at start.
-        crate::server::raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
+        raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
             .reload(crate::server::inbound_settings(&new), signer.clone())
@@ -189,114 +153,37 @@ impl Reloader {
     }
 }
 
-/// `poolrelay reload --config FILE`: asks the relay at the file's `admin.listen` to load FILE.
-/// Exit 0 when applied, 2 when the config is refused (each error printed), 1 when the relay
-/// cannot be reached.
-pub fn command(path: &Path) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let Some(admin) = admin_config(path) else {
-        // Not even the admin address is readable: the relay would refuse it the same way.
-        if let Err(errors) = Config::load(path) {
-            for e in errors {
-                eprintln!("{e}");
-            }
-        } else {
-            eprintln!("poolrelay reload: the config has no [admin] listen address");
-        }
-        return ExitCode::from(2);
+/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);
+/// `Checked` made sure the hard limit allows it. Start and every reload call it.
+pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
+    let need = checked::open_files_needed(config);
+    let (soft, hard) =
+        checked::open_file_limits().map_err(|e| format!("cannot read the open file limit: {e}"))?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        return Err(checked::open_file_problem(config).unwrap_or_default());
+    }
+    let lim = libc::rlimit {
+        rlim_cur: need,
+        rlim_max: hard,
     };
-    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let body = serde_json::json!({ "config": file });
-    let (code, text) =
-        match crate::admin::client::request(&admin, "POST", "/api/reload", Some(&body)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("poolrelay reload: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    match code {
-        200 => {
-            println!("reloaded {}", file.display());
-            for s in value["restart_needed"].as_array().into_iter().flatten() {
-                println!(
-                    "changed, applies at the next restart: {}",
-                    s.as_str().unwrap_or("?")
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        422 => {
-            for e in value["errors"].as_array().into_iter().flatten() {
-                eprintln!("{}", e.as_str().unwrap_or("?"));
-            }
-            eprintln!("poolrelay reload: refused; the relay keeps its running config");
-            ExitCode::from(2)
-        }
-        _ => {
-            let msg = value["error"].as_str().unwrap_or(text.as_str());
-            eprintln!("poolrelay reload: {msg} (HTTP {code})");
-            ExitCode::FAILURE
-        }
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!(
+            "cannot raise the open file limit to {need}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-}
-
-/// The part of a config file that reaching the admin API needs (listen, TLS, token file), even
-/// when the file has errors elsewhere, so a refused reload still reaches the relay, which logs why.
-fn admin_config(path: &Path) -> Option<Config> {
-    if let Ok(c) = Config::load(path) {
-        return c.admin.is_some().then_some(c);
-    }
-    let text = std::fs::read_to_string(path).ok()?;
-    let table: toml::Table = toml::from_str(&text)
-        .or_else(|_| toml::from_str(&reach_lines(&text)))
-        .ok()?;
-    let mut reach = toml::Table::new();
-    for key in ["hostname", "data_dir", "admin", "tls"] {
-        if let Some(value) = table.get(key) {
-            reach.insert(key.to_owned(), value.clone());
-        }
-    }
-    // Only the admin address matters here; the relay checks the real file.
-    reach
-        .entry("hostname")
-        .or_insert_with(|| "reload.invalid".into());
-    let text = format!(
-        "{}\n[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\nauth = \"none\"\n",
-        toml::to_string(&reach).ok()?
-    );
-    Config::parse(path, &text)
-        .ok()
-        .filter(|c| c.admin.is_some())
-}
-
-/// The lines of `data_dir`, `[admin]` and `[tls]` of a file that is not TOML as a whole:
-/// enough to reach the relay when the error is elsewhere.
-fn reach_lines(text: &str) -> String {
-    // The table a line is in; None before the first header.
-    let mut table: Option<String> = None;
-    let mut out = String::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.starts_with('[') {
-            table = Some(l.replace(' ', ""));
-        }
-        let keep = match table.as_deref() {
-            None => l.starts_with("data_dir") && toml::from_str::<toml::Table>(l).is_ok(),
-            Some(t) => t == "[admin]" || t == "[tls]",
-        };
-        if keep {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    tracing::info!(from = soft, to = need, "open file limit raised");
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(extra: &str) -> Config {
         let text = format!(

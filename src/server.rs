@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Checked, Config, checked};
+use crate::config::{Checked, Config};
 use crate::spool::Spool;
 use crate::state::State;
 
 /// Runs the relay from `config` (read from `path`, which SIGHUP reads again) until SIGTERM/SIGINT.
 pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
-    raise_open_file_limit(&config)?;
+    crate::reload::raise_open_file_limit(&config)?;
     let config = Arc::new(config.into_inner());
     // The state store's lock first: a second relay on this data_dir stops before the spool.
     let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
@@ -167,7 +167,16 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             doctor,
             queue,
             spool: spool.clone(),
-            config: config.clone(),
+            relay: Arc::new(crate::admin::Relay {
+                hostname: config.hostname.clone(),
+                data_dir: config.data_dir.clone(),
+                tls: config.tls.as_ref().map(|t| crate::admin::CertFiles {
+                    certificate: t.certificate.clone(),
+                    private_key: t.private_key.clone(),
+                }),
+                reputation: config.reputation.clone(),
+                feedback: config.feedback.clone().unwrap_or_default(),
+            }),
             reload: Some(crate::reload::Trigger(reload_tx)),
             feeds: feeds.clone(),
             tls_reports: tls_reports.clone(),
@@ -270,33 +279,6 @@ pub(crate) fn delivery_settings(config: &Config) -> crate::delivery::settings::S
         dns: config.dns.clone(),
         route: config.route.clone(),
     }
-}
-
-/// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);
-/// `Checked` made sure the hard limit allows it. Start and every reload call it.
-pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
-    let need = checked::open_files_needed(config);
-    let (soft, hard) =
-        checked::open_file_limits().map_err(|e| format!("cannot read the open file limit: {e}"))?;
-    if soft >= need {
-        return Ok(());
-    }
-    if hard < need {
-        return Err(checked::open_file_problem(config).unwrap_or_default());
-    }
-    let lim = libc::rlimit {
-        rlim_cur: need,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(format!(
-            "cannot raise the open file limit to {need}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    tracing::info!(from = soft, to = need, "open file limit raised");
-    Ok(())
 }
 
 /// Serves reloads (SIGHUP, the admin API) until SIGTERM or SIGINT.

@@ -10,22 +10,21 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::{AdminState, error};
-use crate::config::Config;
-use crate::feedback::{Handled, Traced, Via};
+use crate::feedback::{Handled, Settings, Traced, Via};
 
 use super::guard::REPORT_PATH as PATH;
 
 /// The body limit of `PATH`: the largest report, base64-encoded, in JSON.
-pub(super) fn max_body(config: &Config) -> usize {
-    let report = config.feedback.clone().unwrap_or_default().max_size.0;
+pub(super) fn max_body(settings: &Settings) -> usize {
+    let report = settings.max_size.0;
     usize::try_from(report.saturating_mul(4) / 3).unwrap_or(usize::MAX) + 64 * 1024
 }
 
-pub(super) fn routes(config: &Config) -> Router<AdminState> {
+pub(super) fn routes(settings: &Settings) -> Router<AdminState> {
     Router::new()
         .route(
             PATH,
-            post(report).layer(DefaultBodyLimit::max(max_body(config))),
+            post(report).layer(DefaultBodyLimit::max(max_body(settings))),
         )
         .route("/api/complaints", get(complaints))
 }
@@ -65,7 +64,7 @@ async fn report(State(st): State<AdminState>, body: axum::Json<ReportBody>) -> R
             );
         }
     };
-    let max = st.config.feedback.clone().unwrap_or_default().max_size.0;
+    let max = st.relay.feedback.max_size.0;
     if raw.len() as u64 > max {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,

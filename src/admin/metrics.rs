@@ -27,7 +27,7 @@ async fn scrape(State(st): State<AdminState>, headers: HeaderMap) -> Response {
         spool_bytes: num("bytes").unwrap_or(0),
         spool_free_bytes: st.spool.free_space().ok(),
         pools: view,
-        dnsbl_zones: crate::reputation::dnsbl::List::from_settings(&st.config.reputation)
+        dnsbl_zones: crate::reputation::dnsbl::List::from_settings(&st.relay.reputation)
             .map(|lists| lists.into_iter().map(|l| l.zone).collect())
             .unwrap_or_default(),
         doctor: st

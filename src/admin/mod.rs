@@ -17,10 +17,9 @@
 //! - `POST /api/feedback` with `{"report_base64": "…"}` (or `{"report": "…"}`): one complaint
 //!   report; `GET /api/complaints`: the recent traced complaints (`feedback.rs`).
 //!
-//! `client` is the CLI side.
+//! The CLI side (`poolrelay pool …`, `queue …`, `reload` …) is `cli`.
 
 mod accounts;
-pub mod client;
 mod doctor;
 mod feedback;
 mod feeds;
@@ -32,7 +31,6 @@ mod page;
 mod plot;
 mod pool;
 mod queue;
-pub mod queue_cli;
 mod reload;
 mod reputation;
 mod serve;
@@ -42,8 +40,10 @@ mod tally;
 pub mod tls_reports;
 pub mod token;
 
+pub use reload::{Applied, Refused, Request, Trigger};
 pub use settings::{Settings, TlsMode};
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -51,7 +51,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::delivery::queue::QueueHandle;
 use crate::pool::Pools;
 use crate::reputation::rates::Tracker;
@@ -67,9 +66,10 @@ pub struct AdminState {
     /// Commands into the delivery scheduler, which owns the queued envelopes.
     pub queue: QueueHandle,
     pub spool: Arc<Spool>,
-    pub config: Arc<Config>,
+    /// What the handlers read of the config the relay started with.
+    pub relay: Arc<Relay>,
     /// Hot reload requests (`POST /api/reload`); `None`: not offered.
-    pub reload: Option<crate::reload::Trigger>,
+    pub reload: Option<Trigger>,
     /// Provider feeds (`None`: none configured).
     pub feeds: Option<Arc<crate::reputation::feeds::Feeds>>,
     /// TLS reporting (`[tls_reports]`); `None`: not enabled.
@@ -78,13 +78,34 @@ pub struct AdminState {
     pub feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
+/// The config the relay started with, as far as the API reads it (server fills it in; a reload
+/// does not change it, as before).
+pub struct Relay {
+    /// The relay's name: the page's title, a `Host` the API answers to.
+    pub hostname: String,
+    /// Where the token file is by default.
+    pub data_dir: PathBuf,
+    /// `[tls]`, for the API off loopback.
+    pub tls: Option<CertFiles>,
+    /// `[reputation]`: the DNSBL zones `/metrics` names, the thresholds the page plots.
+    pub reputation: crate::reputation::Settings,
+    /// `[feedback]` (its defaults when absent): the largest report `POST /api/feedback` takes.
+    pub feedback: crate::feedback::Settings,
+}
+
+/// A certificate chain and its private key (PEM files).
+pub struct CertFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
 /// A bind, token or certificate failure stops the start.
 pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String> {
     let listen = settings.listen;
-    let token = token::load_or_create(&settings.token_path(&state.config.data_dir))?;
+    let token = token::load_or_create(&settings.token_path(&state.relay.data_dir))?;
     let tls = if settings.uses_tls() {
-        let files = state.config.tls.as_ref().ok_or_else(|| {
+        let files = state.relay.tls.as_ref().ok_or_else(|| {
             format!("admin: listen {listen} needs TLS but [tls] has no certificate")
         })?;
         let config = crate::tls::server_config(&files.certificate, &files.private_key)?;
@@ -96,11 +117,11 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
         .await
         .map_err(|e| format!("admin: cannot listen on {listen}: {e}"))?;
     let policy = guard::Policy {
-        hosts: host::Allowed::new(listen.ip(), &state.config.hostname, &settings.allowed_hosts),
+        hosts: host::Allowed::new(listen.ip(), &state.relay.hostname, &settings.allowed_hosts),
         token: token.secret().to_string(),
         loopback_pool_status_without_token: settings.loopback_pool_status_without_token,
         max_body: settings::MAX_BODY,
-        max_report_body: feedback::max_body(&state.config),
+        max_report_body: feedback::max_body(&state.relay.feedback),
     };
     let tally = Arc::new(std::sync::Mutex::new(tally::Tally::new(
         std::time::Instant::now(),
@@ -136,7 +157,7 @@ fn router(state: AdminState, guarded: serve::Guarded) -> Router {
         .merge(page::routes())
         .merge(reload::routes())
         .merge(tls_reports::routes())
-        .merge(feedback::routes(&state.config))
+        .merge(feedback::routes(&state.relay.feedback))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(settings::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(

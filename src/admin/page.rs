@@ -141,7 +141,7 @@ async fn content(State(st): State<AdminState>) -> Response {
     }
     Html(format!(
         "<p>poolrelay {} · {} IPs · metrics at <code>/metrics</code> (with the token)</p>{body}",
-        esc(&st.config.hostname),
+        esc(&st.relay.hostname),
         view.pools.iter().map(|p| p.ips.len()).sum::<usize>(),
     ))
     .into_response()
@@ -242,7 +242,7 @@ fn ip_section(
         );
     }
     out.push_str("</table></div><div class=\"plots\">");
-    let r = &st.config.reputation;
+    let r = &st.relay.reputation;
     match h {
         Some(h) => {
             let _ = write!(

@@ -1,6 +1,7 @@
 //! `POST /api/reload`: hot reload of the config file in use, or of `{"config": "/path"}`.
 //! 200 with what needs a restart; 422 with every error (`file:line: …`) when the new config is
-//! refused (the running one stays).
+//! refused (the running one stays). The request travels on a channel (`Trigger`) to the server
+//! loop, where `crate::reload` does the work.
 
 use std::path::PathBuf;
 
@@ -10,9 +11,44 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{AdminState, error};
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub config: PathBuf,
+    /// Changed settings that take effect only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// A refused reload: every error, `file:line: message`.
+pub type Refused = Vec<String>;
+
+/// One reload request: an optional other config file, and where the answer goes.
+pub struct Request {
+    pub config: Option<PathBuf>,
+    pub reply: oneshot::Sender<Result<Applied, Refused>>,
+}
+
+/// Asks the server loop for a reload (the admin API holds one; `crate::reload` answers).
+#[derive(Clone)]
+pub struct Trigger(pub mpsc::Sender<Request>);
+
+impl Trigger {
+    pub async fn reload(&self, config: Option<PathBuf>) -> Result<Applied, Refused> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Request { config, reply })
+            .await
+            .map_err(|_| vec!["the relay is stopping".to_string()])?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(vec!["the relay is stopping".to_string()]))
+    }
+}
 
 pub(super) fn routes() -> Router<AdminState> {
     Router::new().route("/api/reload", post(reload))

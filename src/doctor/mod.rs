@@ -5,7 +5,6 @@
 //! can keep an IP failing FCrDNS or SPF out of rotation (`[doctor] enforce`).
 
 pub mod blocklist;
-pub mod cli;
 pub mod dkim;
 pub mod dmarc;
 pub mod dns;

@@ -16,10 +16,9 @@
 //! One file per concern: `complaint` (the shared types), `settings` (`[feedback]`), `trace`
 //! (the headers stamped at signing), `report` (reading reports), `store` (delivery records and
 //! keys in the state store), `attribute` (tracing one report), `service` (intake, dispatch),
-//! `farm` (the farm's key), `cli` (`poolrelay feedback`).
+//! `farm` (the farm's key). `poolrelay feedback` is `cli::feedback`.
 
 mod attribute;
-pub mod cli;
 mod complaint;
 pub mod farm;
 pub mod report;

@@ -4,7 +4,6 @@
 
 pub mod accounts;
 pub mod bounce;
-pub mod cli;
 pub mod complaints;
 pub mod dnsbl;
 pub mod feeds;

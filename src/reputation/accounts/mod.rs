@@ -3,11 +3,10 @@
 //! buckets), `policy` (the rules: throttle, suspend), `gate` (the MAIL FROM answer), `feed`
 //! (delivery replies and complaints in), `book` (the accounts, kept in the state store),
 //! `farm` (suspensions and releases shared through `[cluster]`), `verdict` (Postmaster's
-//! spam-rate verdicts per sender domain), `settings` (`[accounts]`), `cli` (`poolrelay login`,
-//! `poolrelay sender-domain`).
+//! spam-rate verdicts per sender domain), `settings` (`[accounts]`). `poolrelay login` and
+//! `poolrelay sender-domain` are `cli::accounts`.
 
 mod book;
-pub mod cli;
 mod counts;
 mod farm;
 mod feed;

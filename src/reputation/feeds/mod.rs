@@ -5,11 +5,11 @@
 //! - `fetch`: HTTPS with verified certificates, time and size limits;
 //! - `snds`, `postmaster`: each feed's format and rules;
 //! - `verdict`: the typed verdicts, how the pool hears them, `OnDomainVerdict`;
-//! - `poller`: the schedule, the status (`GET /api/feeds`), `POST /api/feeds/poll`;
-//! - `cli`: `poolrelay feeds status|poll` (the feeds' section of `poolrelay doctor` is
-//!   `doctor::feeds`).
+//! - `poller`: the schedule, the status (`GET /api/feeds`), `POST /api/feeds/poll`.
+//!
+//! `poolrelay feeds status|poll` is `cli::feeds`; the feeds' section of `poolrelay doctor` is
+//! `doctor::feeds`.
 
-pub mod cli;
 pub mod fetch;
 pub mod poller;
 pub mod postmaster;

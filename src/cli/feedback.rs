@@ -31,7 +31,7 @@ const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
 
 pub fn run(args: FeedbackArgs) -> ExitCode {
-    let config = match crate::admin::client::load_config(&args.config, "feedback") {
+    let config = match super::client::load_config(&args.config, "feedback") {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -49,14 +49,13 @@ pub fn run(args: FeedbackArgs) -> ExitCode {
         return ExitCode::from(EX_DATAERR);
     }
     let body = json!({ "report_base64": base64::engine::general_purpose::STANDARD.encode(&raw) });
-    let (code, text) =
-        match crate::admin::client::request(&config, "POST", "/api/feedback", Some(&body)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("poolrelay feedback: {e}");
-                return ExitCode::from(EX_TEMPFAIL);
-            }
-        };
+    let (code, text) = match super::client::request(&config, "POST", "/api/feedback", Some(&body)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("poolrelay feedback: {e}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+    };
     let v: Value = serde_json::from_str(&text).unwrap_or_default();
     if args.json {
         println!("{}", crate::text::json(&v.to_string()));
@@ -107,7 +106,7 @@ fn summary(v: &Value) -> String {
 }
 
 fn list(config: &crate::config::Config, as_json: bool) -> ExitCode {
-    let (code, text) = match crate::admin::client::request(config, "GET", "/api/complaints", None) {
+    let (code, text) = match super::client::request(config, "GET", "/api/complaints", None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poolrelay feedback: {e}");

@@ -46,7 +46,7 @@ pub fn request(
         .admin
         .as_ref()
         .ok_or("the config has no [admin] listen address")?;
-    let token = super::token::read(&admin.token_path(&config.data_dir)).map_err(|e| {
+    let token = crate::admin::token::read(&admin.token_path(&config.data_dir)).map_err(|e| {
         format!("{e} (the relay creates it on first start; run this as the relay's user)")
     })?;
     let addr = connect_address(admin.listen);

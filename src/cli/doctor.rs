@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::run::{Doctor, Options};
+use crate::doctor::{Doctor, Options};
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -39,7 +39,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = super::targets::domains(&config, &args.domains) {
+    if let Err(e) = crate::doctor::targets::domains(&config, &args.domains) {
         return usage(format!("--domain / [doctor] domains: {e}"));
     }
     crate::tls::install_crypto_provider();

@@ -1,6 +1,8 @@
 //! `poolrelay queue show|retry|hold|release|delete` and `queue --summary`: requests to the
-//! running relay's `/api/queue` (the scheduler owns the queue; the CLI never edits the spool).
+//! running relay's `/api/queue` (the scheduler owns the queue; the CLI never edits the spool);
+//! plain `queue` reads the spool itself (`local`).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -56,6 +58,49 @@ impl Target {
         }
         v
     }
+}
+
+/// `queue` without `--summary` or a subcommand: the spool under `data_dir`, read without
+/// changing anything (`--count`: the number only).
+pub fn local(config: &Path, count: bool, json: bool) -> ExitCode {
+    let config = match super::load_or_report(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if count {
+        // From file names and log headers: no envelope is read (a million in seconds).
+        return match crate::spool::count_queued(&config.data_dir) {
+            Ok(n) => {
+                println!("{n}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "poolrelay queue: cannot read the spool under {}: {e}",
+                    config.data_dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let queued = match crate::spool::inspect_envelopes(&config.data_dir) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!(
+                "poolrelay queue: cannot read the spool under {}: {e}",
+                config.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&queued).unwrap_or_default();
+        println!("{}", crate::text::json(&text));
+    } else {
+        let now = crate::spool::now_unix();
+        print!("{}", format_listing(&queued, now));
+    }
+    ExitCode::SUCCESS
 }
 
 /// Runs one command (or the summary when `command` is None) against `[admin] listen`.

@@ -30,7 +30,7 @@ pub enum FeedsCommand {
 /// `poolrelay feeds …`: exit 0 when every feed's last poll was ok, 1 otherwise, 2 on a usage
 /// or config error.
 pub fn run(args: FeedsArgs) -> ExitCode {
-    let config = match crate::admin::client::load_config(&args.config, "feeds") {
+    let config = match super::client::load_config(&args.config, "feeds") {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -38,7 +38,7 @@ pub fn run(args: FeedsArgs) -> ExitCode {
         FeedsCommand::Status => ("GET", "/api/feeds"),
         FeedsCommand::Poll => ("POST", "/api/feeds/poll"),
     };
-    let (code, text) = match crate::admin::client::request(&config, method, path, None) {
+    let (code, text) = match super::client::request(&config, method, path, None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poolrelay feeds: {e}");

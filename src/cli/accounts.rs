@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use super::Kind;
+use crate::reputation::accounts::Kind;
 use crate::text::Escaped;
 
 #[derive(clap::Args, Debug)]
@@ -79,7 +79,7 @@ pub fn run(args: AccountArgs, kind: Kind) -> ExitCode {
             ("POST", release_path, Some(json!({ field: name, "by": by })))
         }
     };
-    let (code, text) = match crate::admin::client::request(&config, method, path, body.as_ref()) {
+    let (code, text) = match super::client::request(&config, method, path, body.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poolrelay {command}: {e}");
@@ -119,7 +119,7 @@ fn line(a: &Value) -> String {
     let n = |k: &str| c[k].as_u64().unwrap_or(0);
     let rate = a["complaint_rate"]
         .as_f64()
-        .map(|r| format!(" ({})", super::percent(r)))
+        .map(|r| format!(" ({})", crate::reputation::accounts::percent(r)))
         .unwrap_or_default();
     format!(
         "{:<24} {:<9}  delivered {} bounced {} blocked {} complaints {}{}{}",
