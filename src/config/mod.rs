@@ -12,7 +12,8 @@ mod entries;
 pub mod inbound;
 pub mod pool;
 pub mod ranges;
-pub mod reputation;
+/// `[reputation]`, beside its code.
+pub use crate::reputation::settings as reputation;
 
 pub use checked::Checked;
 pub use delivery::{Delivery, Dns, Route, TlsPolicy};
@@ -58,7 +59,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
-    /// DNSBL monitoring, reply classification rules, outcome rates (`config/reputation.rs`).
+    /// DNSBL monitoring, reply classification rules, outcome rates (`reputation/settings.rs`).
     #[serde(default)]
     pub reputation: reputation::Settings,
     /// Limits per login and sender domain (`reputation::accounts::Settings`); absent = counted

@@ -10,11 +10,12 @@ pub mod dnsbl;
 pub mod feeds;
 pub mod history;
 pub mod rates;
+pub mod settings;
 pub mod suppress;
 
 use crate::outcome::classify::Classifier;
 
-pub use crate::config::reputation::{Dnsbl, DnsblSpec, Settings};
+pub use settings::{Dnsbl, DnsblSpec, Settings};
 
 impl Settings {
     pub fn classifier(&self) -> Result<Classifier, String> {

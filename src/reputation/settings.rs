@@ -1,13 +1,14 @@
 //! `[reputation]`: DNSBL zones, reply classification rules, outcome windows and quarantine
-//! thresholds. Read by the reputation stage (`reputation::rates::Tracker`, the DNSBL monitor).
+//! thresholds. Read by the reputation stage (`reputation::rates::Tracker`, the DNSBL monitor);
+//! `config::reputation` re-exports it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::DurationStr;
 use crate::outcome::classify::RuleSpec;
+use crate::util::settings::DurationStr;
 
 /// `[reputation]` in the config.
 #[derive(Debug, Clone, Deserialize)]
