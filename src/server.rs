@@ -153,7 +153,12 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(config.clone(), pools.clone())?;
-    let feeds = crate::reputation::feeds::start(&config, pools.clone());
+    let feeds = crate::reputation::feeds::start(
+        config.feeds.as_ref(),
+        &config.reputation,
+        &config.data_dir,
+        pools.clone(),
+    );
     // Postmaster's domain verdicts reach the accounts (`accounts/verdict.rs`); subscribing
     // re-tells the latest ones, so a restart keeps a verdict's hold.
     if let Some(f) = &feeds {
@@ -175,7 +180,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         };
         crate::admin::start(admin, admin_state).await?;
     }
-    crate::reputation::dnsbl::start(&config, pools.clone())?;
+    crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())?;
     let deliverer = crate::delivery::start(
         config.clone(),
         spool.clone(),

@@ -166,7 +166,7 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for result in [
         crate::signing::Signer::from_config(config).map(|_| ()),
-        crate::reputation::check_config(path, config),
+        crate::reputation::check_config(path, &config.reputation),
         crate::doctor::check_config(path, config),
     ] {
         errors.extend(result.err().unwrap_or_default());

@@ -26,13 +26,12 @@ impl Settings {
 /// What only building the rules can check (regexes, the rules file), as config errors.
 pub fn check_config(
     path: &std::path::Path,
-    config: &crate::config::Config,
+    settings: &Settings,
 ) -> Result<(), Vec<crate::util::settings::ConfigError>> {
-    let checked = config
-        .reputation
+    let checked = settings
         .classifier()
         .map(|_| ())
-        .and_then(|_| dnsbl::List::from_settings(&config.reputation).map(|_| ()));
+        .and_then(|_| dnsbl::List::from_settings(settings).map(|_| ()));
     checked.map_err(|e| {
         vec![crate::util::settings::ConfigError {
             file: path.to_path_buf(),
