@@ -152,7 +152,11 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         crate::feedback::farm::start(feedback.clone(), c.clone()).await;
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
-    let doctor = crate::doctor::start(config.clone(), pools.clone())?;
+    let doctor = crate::doctor::start(
+        doctor_inputs(&config),
+        || doctor_tools(&config),
+        pools.clone(),
+    )?;
     let feeds = crate::reputation::feeds::start(
         config.feeds.as_ref(),
         &config.reputation,
@@ -313,4 +317,69 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
+}
+
+/// What the doctor reads from the config (`serve`'s background checks, `poolrelay doctor`).
+pub fn doctor_inputs(config: &Config) -> crate::doctor::Inputs {
+    use crate::doctor::inputs::{DkimKey, Pool, PoolRule};
+    crate::doctor::Inputs {
+        hostname: config.hostname.clone(),
+        helo: config.delivery.helo.clone(),
+        settings: config.doctor.clone(),
+        pools: config
+            .pool
+            .iter()
+            .map(|p| Pool {
+                name: p.name.clone(),
+                ips: p
+                    .ip
+                    .iter()
+                    .map(|ip| (ip.address, ip.helo.clone()))
+                    .collect(),
+            })
+            .collect(),
+        rules: config
+            .pool_rule
+            .iter()
+            .map(|r| PoolRule {
+                pool: r.pool.clone(),
+                user: r.user.clone(),
+                sender_domain: r.sender_domain.clone(),
+                sender: r.sender.clone(),
+            })
+            .collect(),
+        dkim: config
+            .dkim
+            .iter()
+            .map(|k| DkimKey {
+                domain: k.domain.clone(),
+                selector: k.selector.clone(),
+                private_key: k.private_key.clone(),
+            })
+            .collect(),
+        feeds: config.feeds.clone(),
+        data_dir: config.data_dir.clone(),
+    }
+}
+
+/// What the doctor's checks go through: the relay's resolver, DNSBLs, routes, TLS and MTA-STS,
+/// as delivery builds them.
+pub fn doctor_tools(config: &Config) -> Result<crate::doctor::Tools, String> {
+    let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+    let lists = crate::reputation::dnsbl::List::from_settings(&config.reputation)?;
+    let router = crate::routing::Router::new(config)?;
+    let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
+    let (tls, verifying) = match connectors {
+        Some(c) => (Some(c.opportunistic), c.required),
+        None => (None, None),
+    };
+    let sts = crate::delivery::policy::mta_sts::MtaSts::new(config, verifying, None);
+    Ok(crate::doctor::Tools {
+        sts,
+        ptrs: crate::doctor::dns::PtrClient::new(&config.dns.nameservers)?,
+        resolver,
+        lists,
+        router,
+        tls,
+    })
 }

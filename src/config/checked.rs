@@ -167,7 +167,7 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
     for result in [
         crate::signing::Signer::from_config(config).map(|_| ()),
         crate::reputation::check_config(path, &config.reputation),
-        crate::doctor::check_config(path, config),
+        crate::doctor::check_config(path, &config.doctor),
     ] {
         errors.extend(result.err().unwrap_or_default());
     }
