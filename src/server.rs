@@ -134,8 +134,14 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
-    let tls_reports =
-        crate::tls_reports::Service::new(&config, state.clone(), spool.clone(), signer.clone())?;
+    let tls_reports = crate::tls_reports::Service::new(
+        config.tls_reports.clone(),
+        &config.hostname,
+        &config.dns.nameservers,
+        state.clone(),
+        spool.clone(),
+        signer.clone(),
+    )?;
     if let Some(t) = &tls_reports {
         crate::tls_reports::send::start(t.clone());
     }
@@ -144,8 +150,14 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     // and suppression. Adding one is one line here.
     let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> =
         vec![accounts.clone(), reputation.clone()];
-    let feedback =
-        crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
+    let feedback = crate::feedback::Feedback::open(
+        config.feedback.clone(),
+        &config.hostname,
+        config.cluster.is_some(),
+        state.clone(),
+        pools.clone(),
+        complaint_actors,
+    )?;
     feedback.start_flusher();
     if let Some(c) = &cluster {
         // Before the listeners: messages are sealed with the farm's key from the start.

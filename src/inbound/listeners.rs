@@ -129,7 +129,7 @@ impl Listeners {
             .collect();
         let bound = bind(&config.listen, &open).await?;
         // Nothing below can fail.
-        ctx.feedback.reload(&config);
+        ctx.feedback.reload(config.feedback.clone());
         self.live.store(Arc::new(ctx));
         self.resize(config.limits.max_sessions.max(1));
         self.open
