@@ -121,7 +121,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         .with_history(history.clone())
         .with_accounts(accounts.clone()),
     );
-    reputation.set_complainers(config.feedback.as_ref());
+    let complainers = config.feedback.clone().unwrap_or_default();
+    reputation.set_complainers(complainers.suppress, complainers.suppress_for.0);
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
         let (history, pools) = (history.clone(), pools.clone());

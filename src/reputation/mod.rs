@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod bounce;
 pub mod cli;
+pub mod complaint;
 pub mod complaints;
 pub mod dnsbl;
 pub mod feeds;
