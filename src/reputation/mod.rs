@@ -14,30 +14,4 @@ pub mod rates;
 pub mod settings;
 pub mod suppress;
 
-use crate::outcome::classify::Classifier;
-
-pub use settings::{Dnsbl, DnsblSpec, Settings};
-
-impl Settings {
-    pub fn classifier(&self) -> Result<Classifier, String> {
-        Classifier::from_sources(&self.rule, self.rules_file.as_deref())
-    }
-}
-
-/// What only building the rules can check (regexes, the rules file), as config errors.
-pub fn check_config(
-    path: &std::path::Path,
-    settings: &Settings,
-) -> Result<(), Vec<crate::util::settings::ConfigError>> {
-    let checked = settings
-        .classifier()
-        .map(|_| ())
-        .and_then(|_| dnsbl::List::from_settings(settings).map(|_| ()));
-    checked.map_err(|e| {
-        vec![crate::util::settings::ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            message: format!("reputation: {e}"),
-        }]
-    })
-}
+pub use settings::{Dnsbl, DnsblSpec, Settings, check_config};
