@@ -2,8 +2,9 @@
 //!
 //! Events are counted where they happen, one call each, into one process-wide set of counters
 //! (like a global recorder: the hot paths need no handle threaded through them). Levels (queue,
-//! spool, pool states, warm-up, DNSBL listings) are read when scraped, from a `Levels` snapshot
-//! the admin side takes, so they are never stale and cost nothing between scrapes.
+//! spool, and the stages' gauges: pool states, warm-up, DNSBL listings) are read when scraped,
+//! from a `Levels` snapshot the admin side takes, so they are never stale and cost nothing
+//! between scrapes. This module sits below the stages: it knows none of their types.
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -14,8 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::pool::{IpState, PoolsView};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Tls {
@@ -60,13 +59,6 @@ struct IpProvider {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IpProviderState {
-    ip: String,
-    provider: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsDelivery {
     policy: &'static str,
     result: &'static str,
@@ -84,20 +76,9 @@ struct FeedbackResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DoctorStatus {
-    status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FeedFetch {
     feed: &'static str,
     result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IpZone {
-    ip: String,
-    zone: String,
 }
 
 /// Delivery outcome classes (label `class`).
@@ -359,30 +340,23 @@ pub struct Levels {
     pub queue_oldest: Option<u64>,
     pub spool_bytes: u64,
     pub spool_free_bytes: Option<u64>,
-    pub pools: Option<PoolsView>,
-    /// Configured DNSBL zones (a listed IP without a hold for a zone reads 0).
-    pub dnsbl_zones: Vec<String>,
-    /// The background doctor's last round: checks per status (pass, info, warn, fail).
-    pub doctor: Option<crate::doctor::report::Summary>,
-    /// Logins and sender domains (`reputation::accounts`).
-    pub accounts: Vec<crate::reputation::accounts::AccountView>,
     pub now: u64,
+    /// The stages' gauges (doctor, accounts, pools), registered by the admin side into a
+    /// `stage_registry()`; encoded after the queue and spool levels.
+    pub stages: Registry,
 }
 
-const STATES: [(IpState, &str); 6] = [
-    (IpState::Active, "active"),
-    (IpState::Warming, "warming"),
-    (IpState::Probation, "probation"),
-    (IpState::Backoff, "backoff"),
-    (IpState::Quarantined, "quarantined"),
-    (IpState::Drained, "drained"),
-];
+/// A registry for the stages' gauges, named like every other series (`poolrelay_…`).
+pub fn stage_registry() -> Registry {
+    Registry::with_prefix("poolrelay")
+}
 
 /// The text exposition: the event counters, then the levels.
 pub fn render(levels: &Levels) -> String {
     let mut out = String::new();
     let _ = encode_registry(&mut out, &events().registry);
     let _ = encode_registry(&mut out, &levels_registry(levels));
+    let _ = encode_registry(&mut out, &levels.stages);
     let _ = encode_eof(&mut out);
     out
 }
@@ -457,93 +431,6 @@ fn levels_registry(l: &Levels) -> Registry {
         let help = "Bytes free on the spool's filesystem";
         gauge(&mut r, "spool_free", help, Some(Unit::Bytes), n(free));
     }
-    if let Some(d) = &l.doctor {
-        let checks = Family::<DoctorStatus, Gauge>::default();
-        for (status, count) in [
-            ("pass", d.pass),
-            ("info", d.info),
-            ("warn", d.warn),
-            ("fail", d.fail),
-        ] {
-            checks
-                .get_or_create(&DoctorStatus { status })
-                .set(n(count as u64));
-        }
-        r.register(
-            "doctor_checks",
-            "Checks of the background doctor's last round, by status (see GET /api/doctor)",
-            checks,
-        );
-    }
-    crate::reputation::accounts::metrics::register(&mut r, &l.accounts);
-    let Some(view) = &l.pools else { return r };
-    let used = Family::<IpProvider, Gauge>::default();
-    let cap = Family::<IpProvider, Gauge>::default();
-    let ramp_day = Family::<IpProvider, Gauge>::default();
-    let state = Family::<IpProviderState, Gauge>::default();
-    let dnsbl = Family::<IpZone, Gauge>::default();
-    for ip in view.pools.iter().flat_map(|p| &p.ips) {
-        let states = std::iter::once(("all", ip.state))
-            .chain(ip.providers.iter().map(|(p, v)| (p.as_str(), v.state)));
-        for (provider, s) in states {
-            for (st, name) in STATES {
-                let labels = IpProviderState {
-                    ip: ip.ip.clone(),
-                    provider: provider.to_string(),
-                    state: name,
-                };
-                state.get_or_create(&labels).set(i64::from(st == s));
-            }
-        }
-        for (provider, p) in &ip.providers {
-            let labels = IpProvider {
-                ip: ip.ip.clone(),
-                provider: provider.clone(),
-            };
-            used.get_or_create(&labels).set(n(p.used_today));
-            if let Some(c) = p.cap_today {
-                cap.get_or_create(&labels).set(n(c));
-            }
-            if let Some(d) = p.warmup_day {
-                ramp_day.get_or_create(&labels).set(i64::from(d));
-            }
-        }
-        for zone in &l.dnsbl_zones {
-            let listed = ip.holds.iter().any(|h| {
-                matches!(&h.cause, crate::pool::Cause::Dnsbl(z) if z == zone) && h.in_force(l.now)
-            });
-            let labels = IpZone {
-                ip: ip.ip.clone(),
-                zone: zone.clone(),
-            };
-            dnsbl.get_or_create(&labels).set(i64::from(listed));
-        }
-    }
-    r.register(
-        "warmup_used_today",
-        "Messages sent today per source IP and provider (counted against the warm-up cap)",
-        used,
-    );
-    r.register(
-        "warmup_cap_today",
-        "Today's warm-up cap per source IP and provider (absent when not capped)",
-        cap,
-    );
-    r.register(
-        "warmup_day",
-        "The warm-up ramp's day (index into its schedule) per source IP and provider",
-        ramp_day,
-    );
-    r.register(
-        "ip_state",
-        "1 for the state a source IP is in, per provider (provider=\"all\": the IP overall)",
-        state,
-    );
-    r.register(
-        "dnsbl_listed",
-        "1 while a source IP is listed on a DNSBL zone",
-        dnsbl,
-    );
     r
 }
 

@@ -128,7 +128,9 @@ impl Reloader {
         if let Err(e) = self.reputation.reload(&new.reputation) {
             tracing::error!(error = %e, "reload: reply rules not replaced (the rest applied)");
         }
-        self.reputation.set_complainers(new.feedback.as_ref());
+        let complainers = new.feedback.clone().unwrap_or_default();
+        self.reputation
+            .set_complainers(complainers.suppress, complainers.suppress_for.0);
         self.pools.reload(&new);
         self.reputation.accounts().reload(new.accounts.clone());
         let restart_needed = restart_needed(&self.current, &new);

@@ -121,7 +121,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         .with_history(history.clone())
         .with_accounts(accounts.clone()),
     );
-    reputation.set_complainers(config.feedback.as_ref());
+    let complainers = config.feedback.clone().unwrap_or_default();
+    reputation.set_complainers(complainers.suppress, complainers.suppress_for.0);
     {
         // Outcome counts reach the history every 10 s (a crash loses at most that much).
         let (history, pools) = (history.clone(), pools.clone());
@@ -134,8 +135,14 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
-    let tls_reports =
-        crate::tls_reports::Service::new(&config, state.clone(), spool.clone(), signer.clone())?;
+    let tls_reports = crate::tls_reports::Service::new(
+        config.tls_reports.clone(),
+        &config.hostname,
+        &config.dns.nameservers,
+        state.clone(),
+        spool.clone(),
+        signer.clone(),
+    )?;
     if let Some(t) = &tls_reports {
         crate::tls_reports::send::start(t.clone());
     }
@@ -144,16 +151,31 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     // and suppression. Adding one is one line here.
     let complaint_actors: Vec<Arc<dyn crate::feedback::OnComplaint>> =
         vec![accounts.clone(), reputation.clone()];
-    let feedback =
-        crate::feedback::Feedback::open(&config, state.clone(), pools.clone(), complaint_actors)?;
+    let feedback = crate::feedback::Feedback::open(
+        config.feedback.clone(),
+        &config.hostname,
+        config.cluster.is_some(),
+        state.clone(),
+        pools.clone(),
+        complaint_actors,
+    )?;
     feedback.start_flusher();
     if let Some(c) = &cluster {
         // Before the listeners: messages are sealed with the farm's key from the start.
         crate::feedback::farm::start(feedback.clone(), c.clone()).await;
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
-    let doctor = crate::doctor::start(config.clone(), pools.clone())?;
-    let feeds = crate::reputation::feeds::start(&config, pools.clone());
+    let doctor = crate::doctor::start(
+        doctor_inputs(&config),
+        || doctor_tools(&config),
+        pools.clone(),
+    )?;
+    let feeds = crate::reputation::feeds::start(
+        config.feeds.as_ref(),
+        &config.reputation,
+        &config.data_dir,
+        pools.clone(),
+    );
     // Postmaster's domain verdicts reach the accounts (`accounts/verdict.rs`); subscribing
     // re-tells the latest ones, so a restart keeps a verdict's hold.
     if let Some(f) = &feeds {
@@ -184,7 +206,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         };
         crate::admin::start(admin, admin_state).await?;
     }
-    crate::reputation::dnsbl::start(&config, pools.clone())?;
+    crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())?;
     let deliverer = crate::delivery::start(
         delivery_settings(&config),
         signer.clone(),
@@ -313,4 +335,75 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
+}
+
+/// What the doctor reads from the config (`serve`'s background checks, `poolrelay doctor`).
+pub fn doctor_inputs(config: &Config) -> crate::doctor::Inputs {
+    use crate::doctor::inputs::{DkimKey, Pool, PoolRule};
+    crate::doctor::Inputs {
+        hostname: config.hostname.clone(),
+        helo: config.delivery.helo.clone(),
+        settings: config.doctor.clone(),
+        pools: config
+            .pool
+            .iter()
+            .map(|p| Pool {
+                name: p.name.clone(),
+                ips: p
+                    .ip
+                    .iter()
+                    .map(|ip| (ip.address, ip.helo.clone()))
+                    .collect(),
+            })
+            .collect(),
+        rules: config
+            .pool_rule
+            .iter()
+            .map(|r| PoolRule {
+                pool: r.pool.clone(),
+                user: r.user.clone(),
+                sender_domain: r.sender_domain.clone(),
+                sender: r.sender.clone(),
+            })
+            .collect(),
+        dkim: config
+            .dkim
+            .iter()
+            .map(|k| DkimKey {
+                domain: k.domain.clone(),
+                selector: k.selector.clone(),
+                private_key: k.private_key.clone(),
+            })
+            .collect(),
+        feeds: config.feeds.clone(),
+        data_dir: config.data_dir.clone(),
+    }
+}
+
+/// What the doctor's checks go through: the relay's resolver, DNSBLs, routes, TLS and MTA-STS,
+/// as delivery builds them.
+pub fn doctor_tools(config: &Config) -> Result<crate::doctor::Tools, String> {
+    let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+    let lists = crate::reputation::dnsbl::List::from_settings(&config.reputation)?;
+    let router = crate::routing::Router::new(
+        &config.route,
+        &config.dns,
+        config.delivery.port,
+        config.delivery.tls,
+    )?;
+    let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
+    let (tls, verifying) = match connectors {
+        Some(c) => (Some(c.opportunistic), c.required),
+        None => (None, None),
+    };
+    let sts =
+        crate::delivery::policy::mta_sts::MtaSts::new(&config.delivery.mta_sts, verifying, None);
+    Ok(crate::doctor::Tools {
+        sts,
+        ptrs: crate::doctor::dns::PtrClient::new(&config.dns.nameservers)?,
+        resolver,
+        lists,
+        router,
+        tls,
+    })
 }

@@ -1,14 +1,21 @@
-//! `GET /metrics`: Prometheus text exposition (`crate::metrics`), levels read now.
+//! `GET /metrics`: Prometheus text exposition (`crate::metrics`), levels read now. The stages'
+//! gauges (doctor, accounts, pools) are registered here, where their state is at hand, so
+//! `crate::metrics` stays below the stages.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::AdminState;
 use crate::delivery::queue::Request;
 use crate::metrics::Levels;
+use crate::pool::{IpState, PoolsView};
 
 pub(super) fn routes() -> Router<AdminState> {
     Router::new().route("/metrics", get(scrape))
@@ -21,11 +28,8 @@ async fn scrape(State(st): State<AdminState>, headers: HeaderMap) -> Response {
     let view = tokio::task::spawn_blocking(move || pools.status())
         .await
         .ok();
-    let levels = Levels {
-        queue_messages: num("messages").unwrap_or(0),
-        queue_oldest: num("oldest"),
-        spool_bytes: num("bytes").unwrap_or(0),
-        spool_free_bytes: st.spool.free_space().ok(),
+    let now = crate::spool::now_unix();
+    let stages = Stages {
         pools: view,
         dnsbl_zones: crate::reputation::dnsbl::List::from_settings(&st.relay.reputation)
             .map(|lists| lists.into_iter().map(|l| l.zone).collect())
@@ -41,7 +45,15 @@ async fn scrape(State(st): State<AdminState>, headers: HeaderMap) -> Response {
             all.extend(a.list(Kind::Domain));
             all
         },
-        now: crate::spool::now_unix(),
+        now,
+    };
+    let levels = Levels {
+        queue_messages: num("messages").unwrap_or(0),
+        queue_oldest: num("oldest"),
+        spool_bytes: num("bytes").unwrap_or(0),
+        spool_free_bytes: st.spool.free_space().ok(),
+        now,
+        stages: stage_gauges(&stages),
     };
     let accept = headers
         .get(header::ACCEPT)
@@ -66,6 +78,145 @@ async fn scrape(State(st): State<AdminState>, headers: HeaderMap) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The stages' state read for one scrape.
+struct Stages {
+    pools: Option<PoolsView>,
+    /// Configured DNSBL zones (a listed IP without a hold for a zone reads 0).
+    dnsbl_zones: Vec<String>,
+    /// The background doctor's last round: checks per status (pass, info, warn, fail).
+    doctor: Option<crate::doctor::report::Summary>,
+    /// Logins and sender domains (`reputation::accounts`).
+    accounts: Vec<crate::reputation::accounts::AccountView>,
+    now: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpProvider {
+    ip: String,
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpProviderState {
+    ip: String,
+    provider: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DoctorStatus {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpZone {
+    ip: String,
+    zone: String,
+}
+
+const STATES: [(IpState, &str); 6] = [
+    (IpState::Active, "active"),
+    (IpState::Warming, "warming"),
+    (IpState::Probation, "probation"),
+    (IpState::Backoff, "backoff"),
+    (IpState::Quarantined, "quarantined"),
+    (IpState::Drained, "drained"),
+];
+
+/// The stages' gauges, in the order `/metrics` has always listed them.
+fn stage_gauges(l: &Stages) -> Registry {
+    let mut r = crate::metrics::stage_registry();
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    if let Some(d) = &l.doctor {
+        let checks = Family::<DoctorStatus, Gauge>::default();
+        for (status, count) in [
+            ("pass", d.pass),
+            ("info", d.info),
+            ("warn", d.warn),
+            ("fail", d.fail),
+        ] {
+            checks
+                .get_or_create(&DoctorStatus { status })
+                .set(n(count as u64));
+        }
+        r.register(
+            "doctor_checks",
+            "Checks of the background doctor's last round, by status (see GET /api/doctor)",
+            checks,
+        );
+    }
+    crate::reputation::accounts::metrics::register(&mut r, &l.accounts);
+    let Some(view) = &l.pools else { return r };
+    let used = Family::<IpProvider, Gauge>::default();
+    let cap = Family::<IpProvider, Gauge>::default();
+    let ramp_day = Family::<IpProvider, Gauge>::default();
+    let state = Family::<IpProviderState, Gauge>::default();
+    let dnsbl = Family::<IpZone, Gauge>::default();
+    for ip in view.pools.iter().flat_map(|p| &p.ips) {
+        let states = std::iter::once(("all", ip.state))
+            .chain(ip.providers.iter().map(|(p, v)| (p.as_str(), v.state)));
+        for (provider, s) in states {
+            for (st, name) in STATES {
+                let labels = IpProviderState {
+                    ip: ip.ip.clone(),
+                    provider: provider.to_string(),
+                    state: name,
+                };
+                state.get_or_create(&labels).set(i64::from(st == s));
+            }
+        }
+        for (provider, p) in &ip.providers {
+            let labels = IpProvider {
+                ip: ip.ip.clone(),
+                provider: provider.clone(),
+            };
+            used.get_or_create(&labels).set(n(p.used_today));
+            if let Some(c) = p.cap_today {
+                cap.get_or_create(&labels).set(n(c));
+            }
+            if let Some(d) = p.warmup_day {
+                ramp_day.get_or_create(&labels).set(i64::from(d));
+            }
+        }
+        for zone in &l.dnsbl_zones {
+            let listed = ip.holds.iter().any(|h| {
+                matches!(&h.cause, crate::pool::Cause::Dnsbl(z) if z == zone) && h.in_force(l.now)
+            });
+            let labels = IpZone {
+                ip: ip.ip.clone(),
+                zone: zone.clone(),
+            };
+            dnsbl.get_or_create(&labels).set(i64::from(listed));
+        }
+    }
+    r.register(
+        "warmup_used_today",
+        "Messages sent today per source IP and provider (counted against the warm-up cap)",
+        used,
+    );
+    r.register(
+        "warmup_cap_today",
+        "Today's warm-up cap per source IP and provider (absent when not capped)",
+        cap,
+    );
+    r.register(
+        "warmup_day",
+        "The warm-up ramp's day (index into its schedule) per source IP and provider",
+        ramp_day,
+    );
+    r.register(
+        "ip_state",
+        "1 for the state a source IP is in, per provider (provider=\"all\": the IP overall)",
+        state,
+    );
+    r.register(
+        "dnsbl_listed",
+        "1 while a source IP is listed on a DNSBL zone",
+        dnsbl,
+    );
+    r
 }
 
 /// True when `accept` prefers `text/plain` (Prometheus text 0.0.4) over OpenMetrics, by q

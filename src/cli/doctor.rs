@@ -39,7 +39,9 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = crate::doctor::targets::domains(&config, &args.domains) {
+    if let Err(e) =
+        crate::doctor::targets::domains(&crate::server::doctor_inputs(&config), &args.domains)
+    {
         return usage(format!("--domain / [doctor] domains: {e}"));
     }
     crate::tls::install_crypto_provider();
@@ -59,7 +61,10 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         probe: config.doctor.probe && !args.no_probe,
     };
     let report = runtime.block_on(async {
-        let doctor = Arc::new(Doctor::new(config.clone())?);
+        let doctor = Arc::new(Doctor::new(
+            crate::server::doctor_inputs(&config),
+            crate::server::doctor_tools(&config)?,
+        ));
         doctor.run(&opts).await
     });
     let report = match report {

@@ -166,8 +166,8 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for result in [
         crate::signing::Signer::new(&config.dkim, &config.signing).map(|_| ()),
-        crate::reputation::check_config(path, config),
-        crate::doctor::check_config(path, config),
+        crate::reputation::check_config(path, &config.reputation),
+        crate::doctor::check_config(path, &config.doctor),
     ] {
         errors.extend(result.err().unwrap_or_default());
     }

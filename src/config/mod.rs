@@ -10,7 +10,8 @@ pub mod checked;
 mod entries;
 pub mod pool;
 pub mod ranges;
-pub mod reputation;
+/// `[reputation]`, beside its code.
+pub use crate::reputation::settings as reputation;
 
 pub use crate::delivery::settings::{Delivery, MtaSts};
 pub use crate::inbound::settings::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
@@ -58,7 +59,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
-    /// DNSBL monitoring, reply classification rules, outcome rates (`config/reputation.rs`).
+    /// DNSBL monitoring, reply classification rules, outcome rates (`reputation/settings.rs`).
     #[serde(default)]
     pub reputation: reputation::Settings,
     /// Limits per login and sender domain (`reputation::accounts::Settings`); absent = counted

@@ -10,8 +10,8 @@ use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 
 use super::dns::{self, Found};
+use super::inputs::DkimKey;
 use super::report::Check;
-use crate::config::DkimKey;
 use crate::signing::keygen;
 
 /// `k=` and the decoded `p=` of a DKIM key record (RFC 6376 §3.6.1 tag list). mail-auth parses

@@ -2,17 +2,20 @@
 //! (`data_dir/feeds.json`): each configured feed's last poll (never, failed, stale, ok) and
 //! each domain's spam-rate level.
 
-use crate::config::Config;
 use crate::doctor::Check;
 use crate::reputation::feeds::poller::{FeedsView, status_path};
 use crate::reputation::feeds::verdict::Level;
 
 /// One check per configured feed and per domain verdict; empty without `[feeds]`.
-pub fn checks(config: &Config) -> Vec<Check> {
-    let Some(settings) = &config.feeds else {
+/// `data_dir`: where the relay writes the feeds' status.
+pub fn checks(
+    settings: Option<&crate::reputation::feeds::Settings>,
+    data_dir: &std::path::Path,
+) -> Vec<Check> {
+    let Some(settings) = settings else {
         return Vec::new();
     };
-    let view: Option<FeedsView> = std::fs::read(status_path(&config.data_dir))
+    let view: Option<FeedsView> = std::fs::read(status_path(data_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let now = crate::spool::now_unix();

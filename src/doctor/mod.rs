@@ -9,6 +9,7 @@ pub mod dkim;
 pub mod dmarc;
 pub mod dns;
 pub mod feeds;
+pub mod inputs;
 pub mod monitor;
 pub mod mx;
 pub mod probe;
@@ -20,7 +21,8 @@ pub mod spf;
 pub mod sts_policy;
 pub mod targets;
 
+pub use inputs::Inputs;
 pub use monitor::{Latest, LatestView, REASON, start};
 pub use report::{Check, DomainReport, IpReport, Report, Status};
-pub use run::{Doctor, Options};
+pub use run::{Doctor, Options, Tools};
 pub use settings::{Settings, check_config};

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::Inputs;
 use super::report::{Report, Status};
-use super::run::{Doctor, Options};
-use crate::config::Config;
+use super::run::{Doctor, Options, Tools};
 use crate::pool::{Cause, Pools, Scope};
 
 /// The reason of the drains the doctor makes (how it recognises its own).
@@ -73,8 +73,13 @@ impl Latest {
 }
 
 /// Starts the background checks when `[doctor] background` is on; returns their shared state.
-pub fn start(config: Arc<Config>, pools: Arc<Pools>) -> Result<Option<Arc<Latest>>, String> {
-    let settings = &config.doctor;
+/// `tools` builds what the checks go through, only when they run.
+pub fn start(
+    inputs: Inputs,
+    tools: impl FnOnce() -> Result<Tools, String>,
+    pools: Arc<Pools>,
+) -> Result<Option<Arc<Latest>>, String> {
+    let settings = inputs.settings.clone();
     if !settings.enforce {
         release_all(&pools);
     }
@@ -82,11 +87,11 @@ pub fn start(config: Arc<Config>, pools: Arc<Pools>) -> Result<Option<Arc<Latest
         return Ok(None);
     }
     // Bad `[doctor] domains` stop the start, like any config error.
-    let domains = super::targets::domains(&config, &[])?;
-    if domains.is_empty() && super::targets::ips(&config).is_empty() {
+    let domains = super::targets::domains(&inputs, &[])?;
+    if domains.is_empty() && super::targets::ips(&inputs).is_empty() {
         return Ok(None);
     }
-    let doctor = Arc::new(Doctor::new(config.clone())?);
+    let doctor = Arc::new(Doctor::new(inputs, tools()?));
     let opts = Options {
         domains: Vec::new(),
         probe: settings.probe && settings.background_probe,
@@ -257,7 +262,7 @@ mod tests {
         let text = format!(
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"{A}\"\nhelo = \"a.test\"\n[[pool.ip]]\naddress = \"{B}\"\nhelo = \"b.test\"\n"
         );
-        Pools::from_config(&Config::parse(Path::new("t.toml"), &text).unwrap())
+        Pools::from_config(&crate::config::Config::parse(Path::new("t.toml"), &text).unwrap())
     }
 
     /// A report where A passes everything and B's FCrDNS and SPF are as given.

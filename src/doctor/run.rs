@@ -10,8 +10,7 @@ use tokio_rustls::TlsConnector;
 use super::dns::PtrClient;
 use super::report::{DomainReport, IpReport, Report};
 use super::targets::{self, DomainTarget, IpTarget};
-use super::{blocklist, dkim, dmarc, mx, probe, ptr, spf, sts_policy};
-use crate::config::Config;
+use super::{Inputs, blocklist, dkim, dmarc, mx, probe, ptr, spf, sts_policy};
 use crate::delivery::policy::mta_sts::MtaSts;
 use crate::reputation::dnsbl::List;
 use crate::routing::Router;
@@ -26,47 +25,32 @@ pub struct Options {
 }
 
 pub struct Doctor {
-    config: Arc<Config>,
-    resolver: TokioResolver,
-    ptrs: PtrClient,
-    lists: Vec<List>,
-    router: Router,
-    tls: Option<TlsConnector>,
+    inputs: Inputs,
+    tools: Tools,
+}
+
+/// What the checks go through, built by the caller (`server::doctor_tools`) as delivery's are.
+pub struct Tools {
+    /// The relay's own resolver (`[dns] nameservers`).
+    pub resolver: TokioResolver,
+    pub ptrs: PtrClient,
+    /// `[reputation] dnsbl`.
+    pub lists: Vec<List>,
+    pub router: Router,
+    pub tls: Option<TlsConnector>,
     /// Fetches the operator's own MTA-STS policies as delivery would.
-    sts: MtaSts,
+    pub sts: MtaSts,
 }
 
 impl Doctor {
-    pub fn new(config: Arc<Config>) -> Result<Doctor, String> {
-        let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
-        let lists = List::from_settings(&config.reputation)?;
-        let router = Router::new(
-            &config.route,
-            &config.dns,
-            config.delivery.port,
-            config.delivery.tls,
-        )?;
-        let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
-        let (tls, verifying) = match connectors {
-            Some(c) => (Some(c.opportunistic), c.required),
-            None => (None, None),
-        };
-        let sts = MtaSts::new(&config.delivery.mta_sts, verifying, None);
-        Ok(Doctor {
-            sts,
-            ptrs: PtrClient::new(&config.dns.nameservers)?,
-            config,
-            resolver,
-            lists,
-            router,
-            tls,
-        })
+    pub fn new(inputs: Inputs, tools: Tools) -> Doctor {
+        Doctor { inputs, tools }
     }
 
     /// All checks; `Err` only for bad input (a `--domain` that is not a domain name).
     pub async fn run(self: &Arc<Self>, opts: &Options) -> Result<Report, String> {
-        let ips = targets::ips(&self.config);
-        let domains = targets::domains(&self.config, &opts.domains)?;
+        let ips = targets::ips(&self.inputs);
+        let domains = targets::domains(&self.inputs, &opts.domains)?;
         let mut ip_jobs = tokio::task::JoinSet::new();
         for (i, t) in ips.into_iter().enumerate() {
             let me = self.clone();
@@ -84,16 +68,17 @@ impl Doctor {
         Ok(Report::with_feeds(
             ip_reports.into_iter().map(|(_, r)| r).collect(),
             domain_reports.into_iter().map(|(_, r)| r).collect(),
-            super::feeds::checks(&self.config),
+            super::feeds::checks(self.inputs.feeds.as_ref(), &self.inputs.data_dir),
         ))
     }
 
     async fn check_ip(&self, t: IpTarget) -> IpReport {
-        let auth = MessageAuthenticator(self.resolver.clone());
+        let tools = &self.tools;
+        let auth = MessageAuthenticator(tools.resolver.clone());
         let (mut checks, helo_spf, listed) = tokio::join!(
-            ptr::check(&self.resolver, &self.ptrs, t.ip, &t.helo),
-            spf::check_helo(&auth, t.ip, &t.helo, &self.config.hostname),
-            blocklist::check(&self.resolver, &self.lists, t.ip)
+            ptr::check(&tools.resolver, &tools.ptrs, t.ip, &t.helo),
+            spf::check_helo(&auth, t.ip, &t.helo, &self.inputs.hostname),
+            blocklist::check(&tools.resolver, &tools.lists, t.ip)
         );
         checks.push(helo_spf);
         checks.extend(listed);
@@ -107,9 +92,10 @@ impl Doctor {
 
     async fn check_domain(&self, t: DomainTarget, probe: bool) -> DomainReport {
         let d = t.domain.as_str();
-        let auth = MessageAuthenticator(self.resolver.clone());
+        let tools = &self.tools;
+        let auth = MessageAuthenticator(tools.resolver.clone());
         let keys: Vec<_> = self
-            .config
+            .inputs
             .dkim
             .iter()
             .filter(|k| super::dns::norm(&k.domain) == d)
@@ -117,7 +103,7 @@ impl Doctor {
         let dkim_checks = async {
             let mut v = Vec::new();
             for k in keys {
-                v.push(dkim::check(&self.resolver, k).await);
+                v.push(dkim::check(&tools.resolver, k).await);
             }
             v
         };
@@ -131,20 +117,15 @@ impl Doctor {
                     })
                     .collect();
             }
-            let sender = self.config.doctor.probe_sender.trim();
+            let sender = self.inputs.settings.probe_sender.trim();
             let prober = probe::Prober {
-                router: &self.router,
-                tls: self.tls.as_ref(),
+                router: &tools.router,
+                tls: tools.tls.as_ref(),
                 sender,
-                timeout: self.config.doctor.probe_timeout.0,
+                timeout: self.inputs.settings.probe_timeout.0,
             };
             // No pool: the OS picks the address, the relay says its own name.
-            let fallback = self
-                .config
-                .delivery
-                .helo
-                .as_deref()
-                .unwrap_or(&self.config.hostname);
+            let fallback = self.inputs.helo.as_deref().unwrap_or(&self.inputs.hostname);
             let source = match t.senders.first() {
                 Some(s) => (Some(s.ip), s.helo.as_str()),
                 None => (None, fallback),
@@ -152,13 +133,13 @@ impl Doctor {
             prober.check(d, source).await
         };
         let (spf, dkim, dmarc, mx, sts, sts_policy, rpt, rcpt) = tokio::join!(
-            spf::check(&auth, d, &t.senders, &self.config.hostname),
+            spf::check(&auth, d, &t.senders, &self.inputs.hostname),
             dkim_checks,
-            dmarc::check(&self.resolver, d),
-            mx::check_mx(&self.resolver, d),
-            mx::check_mta_sts(&self.resolver, d),
-            sts_policy::check(&self.resolver, &self.sts, d),
-            mx::check_tls_rpt(&self.resolver, d),
+            dmarc::check(&tools.resolver, d),
+            mx::check_mx(&tools.resolver, d),
+            mx::check_mta_sts(&tools.resolver, d),
+            sts_policy::check(&tools.resolver, &tools.sts, d),
+            mx::check_tls_rpt(&tools.resolver, d),
             probes,
         );
         let mut checks = spf;

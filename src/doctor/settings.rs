@@ -41,10 +41,9 @@ pub struct Settings {
 /// `check-config` and `serve` agree).
 pub fn check_config(
     path: &std::path::Path,
-    config: &crate::config::Config,
+    settings: &Settings,
 ) -> Result<(), Vec<crate::util::settings::ConfigError>> {
-    let errors: Vec<_> = config
-        .doctor
+    let errors: Vec<_> = settings
         .domains
         .iter()
         .filter(|d| !super::targets::valid_domain(&super::dns::norm(d)))

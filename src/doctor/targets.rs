@@ -1,4 +1,4 @@
-//! What to check, read from the config: every pool IP with its EHLO name, and every sending
+//! What to check, read from the config (`Inputs`): every pool IP with its EHLO name, and every sending
 //! domain with the pool IPs that can send for it.
 //!
 //! Sending domains: `[[dkim]]` domains, pool-rule sender domains (and the domain of `sender`
@@ -9,9 +9,9 @@
 
 use std::net::IpAddr;
 
-use crate::config::Config;
 use crate::util::glob::glob;
 
+use super::Inputs;
 use super::dns::norm;
 use super::spf::Sender;
 
@@ -30,15 +30,15 @@ pub struct DomainTarget {
 }
 
 /// Every pool IP once, in config order (the first `helo` given for it).
-pub fn ips(config: &Config) -> Vec<IpTarget> {
+pub fn ips(inputs: &Inputs) -> Vec<IpTarget> {
     let mut out: Vec<IpTarget> = Vec::new();
-    for pool in &config.pool {
-        for ip in &pool.ip {
-            match out.iter_mut().find(|t| t.ip == ip.address) {
+    for pool in &inputs.pools {
+        for (address, helo) in &pool.ips {
+            match out.iter_mut().find(|t| t.ip == *address) {
                 Some(t) => t.pools.push(pool.name.clone()),
                 None => out.push(IpTarget {
-                    ip: ip.address,
-                    helo: norm(&ip.helo),
+                    ip: *address,
+                    helo: norm(helo),
                     pools: vec![pool.name.clone()],
                 }),
             }
@@ -67,7 +67,7 @@ pub fn valid_domain(d: &str) -> bool {
 }
 
 /// Sending domains with why each is checked, in first-seen order. `Err` names a bad domain.
-pub fn domains(config: &Config, extra: &[String]) -> Result<Vec<DomainTarget>, String> {
+pub fn domains(inputs: &Inputs, extra: &[String]) -> Result<Vec<DomainTarget>, String> {
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
     let mut add = |d: &str, why: &str| {
         let d = norm(d);
@@ -77,10 +77,10 @@ pub fn domains(config: &Config, extra: &[String]) -> Result<Vec<DomainTarget>, S
             None => found.push((d, vec![why.to_string()])),
         }
     };
-    for k in &config.dkim {
+    for k in &inputs.dkim {
         add(&k.domain, "dkim");
     }
-    for r in &config.pool_rule {
+    for r in &inputs.rules {
         if let Some(d) = r.sender_domain.as_deref().filter(|d| !is_pattern(d)) {
             add(d, "pool_rule");
         }
@@ -91,7 +91,7 @@ pub fn domains(config: &Config, extra: &[String]) -> Result<Vec<DomainTarget>, S
         }
     }
     for (list, why) in [
-        (&config.doctor.domains, "config"),
+        (&inputs.settings.domains, "config"),
         (&extra.to_vec(), "argument"),
     ] {
         for d in list {
@@ -104,7 +104,7 @@ pub fn domains(config: &Config, extra: &[String]) -> Result<Vec<DomainTarget>, S
     Ok(found
         .into_iter()
         .map(|(domain, sources)| DomainTarget {
-            senders: senders_for(config, &domain),
+            senders: senders_for(inputs, &domain),
             domain,
             sources,
         })
@@ -112,14 +112,14 @@ pub fn domains(config: &Config, extra: &[String]) -> Result<Vec<DomainTarget>, S
 }
 
 /// The pools that mail from `domain` can use, by the rules (see the module summary).
-pub fn pools_for(config: &Config, domain: &str) -> Vec<String> {
+pub fn pools_for(inputs: &Inputs, domain: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut push = |p: &str| {
         if !out.iter().any(|x| x == p) {
             out.push(p.to_string());
         }
     };
-    for r in &config.pool_rule {
+    for r in &inputs.rules {
         let by_domain = r.sender_domain.as_deref().is_none_or(|p| glob(p, domain));
         let by_sender = r
             .sender
@@ -133,26 +133,26 @@ pub fn pools_for(config: &Config, domain: &str) -> Vec<String> {
             return out;
         }
     }
-    let default = config
-        .pool
+    let default = inputs
+        .pools
         .iter()
         .find(|p| p.name == "default")
-        .or(config.pool.first());
+        .or(inputs.pools.first());
     if let Some(p) = default {
         push(&p.name);
     }
     out
 }
 
-fn senders_for(config: &Config, domain: &str) -> Vec<Sender> {
+fn senders_for(inputs: &Inputs, domain: &str) -> Vec<Sender> {
     let mut out: Vec<Sender> = Vec::new();
-    for name in pools_for(config, domain) {
-        for pool in config.pool.iter().filter(|p| p.name == name) {
-            for ip in &pool.ip {
-                if !out.iter().any(|s| s.ip == ip.address) {
+    for name in pools_for(inputs, domain) {
+        for pool in inputs.pools.iter().filter(|p| p.name == name) {
+            for (address, helo) in &pool.ips {
+                if !out.iter().any(|s| s.ip == *address) {
                     out.push(Sender {
-                        ip: ip.address,
-                        helo: norm(&ip.helo),
+                        ip: *address,
+                        helo: norm(helo),
                     });
                 }
             }
@@ -166,11 +166,13 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn config(extra: &str) -> Config {
+    fn config(extra: &str) -> Inputs {
         let text = format!(
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n{extra}"
         );
-        Config::parse(Path::new("t.toml"), &text).unwrap()
+        crate::server::doctor_inputs(
+            &crate::config::Config::parse(Path::new("t.toml"), &text).unwrap(),
+        )
     }
 
     const POOLS: &str = "[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o10.test\"\n[[pool]]\nname = \"bulk\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"O11.test.\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"other\"\n[[pool]]\nname = \"vip\"\n[[pool.ip]]\naddress = \"127.0.0.12\"\nhelo = \"o12.test\"\n";

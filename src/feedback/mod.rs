@@ -13,13 +13,12 @@
 //! - A traced `Complaint` goes to every `OnComplaint` in order: the login's and sender domain's
 //!   accounts first (they may take the blame), then the IP × provider windows and suppression.
 //!
-//! One file per concern: `complaint` (the shared types), `settings` (`[feedback]`), `trace`
+//! One file per concern (the shared types are `reputation::complaint`): `settings` (`[feedback]`), `trace`
 //! (the headers stamped at signing), `report` (reading reports), `store` (delivery records and
 //! keys in the state store), `attribute` (tracing one report), `service` (intake, dispatch),
 //! `farm` (the farm's key). `poolrelay feedback` is `cli::feedback`.
 
 mod attribute;
-mod complaint;
 pub mod farm;
 pub mod report;
 pub mod service;
@@ -27,6 +26,6 @@ pub mod settings;
 pub mod store;
 pub mod trace;
 
-pub use complaint::{Charge, Complaint, Evidence, OnComplaint, dispatch};
+pub use crate::reputation::complaint::{Charge, Complaint, Evidence, OnComplaint, dispatch};
 pub use service::{Feedback, Handled, Traced, Via};
 pub use settings::Settings;

@@ -27,7 +27,6 @@ use super::settings::Settings;
 use super::store::{self, Delivery};
 use super::trace::{self, Forged, Key, Keys, Stamp};
 use super::{Complaint, OnComplaint};
-use crate::config::Config;
 use crate::pool::Pools;
 use crate::spool::now_unix;
 use crate::state::{State, StateError};
@@ -125,10 +124,13 @@ pub struct Feedback {
 }
 
 impl Feedback {
-    /// Opens the tables and the trace keys (made on first start). `actors` act on every traced
+    /// Opens the tables and the trace keys (made on first start). `settings`: `[feedback]`;
+    /// `hostname`: the relay's; `farm`: `[cluster]` is on. `actors` act on every traced
     /// complaint, in order.
     pub fn open(
-        config: &Config,
+        settings: Option<Settings>,
+        hostname: &str,
+        farm: bool,
         state: Arc<State>,
         pools: Arc<Pools>,
         actors: Vec<Arc<dyn OnComplaint>>,
@@ -136,16 +138,16 @@ impl Feedback {
         store::create(&state).map_err(|e| e.to_string())?;
         let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
         let keys = keys_from(&stored)?;
-        let keep = config.feedback.clone().unwrap_or_default().recent;
+        let keep = settings.clone().unwrap_or_default().recent;
         let recent = store::recent_complaints(&state, keep)
             .map_err(|e| e.to_string())?
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
         Ok(Arc::new(Feedback {
-            settings: ArcSwap::from_pointee(config.feedback.clone()),
-            farm: config.cluster.is_some(),
-            hostname: config.hostname.clone(),
+            settings: ArcSwap::from_pointee(settings),
+            farm,
+            hostname: hostname.to_string(),
             state,
             pools,
             keys: ArcSwap::from_pointee(keys),
@@ -558,7 +560,7 @@ mod tests {
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
                     tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\naddresses = [\"f@relay.test\"]\n";
-        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let state = Arc::new(State::open(&dir).unwrap());
         let pools = Arc::new(Pools::new(&config, None).unwrap());
         let first = Arc::new(Actor {
@@ -570,7 +572,15 @@ mod tests {
             blame: false,
         });
         let actors: Vec<Arc<dyn OnComplaint>> = vec![first.clone(), second.clone()];
-        let f = Feedback::open(&config, state, pools, actors).unwrap();
+        let f = Feedback::open(
+            config.feedback.clone(),
+            &config.hostname,
+            config.cluster.is_some(),
+            state,
+            pools,
+            actors,
+        )
+        .unwrap();
         let original = "Received: from o1 (o1 [127.0.0.10]) by mx.isp.test\r\n\
                         From: a@shop.test\r\nTo: u@isp.test\r\nSubject: s\r\n\r\nhi";
         let h = f.handle(&report("abuse", original), Via::Api, "t").unwrap();
@@ -606,10 +616,18 @@ mod tests {
                     tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
                     addresses = [\"f@relay.test\"]\nper_client_hourly = 1\n";
-        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let state = Arc::new(State::open(&dir).unwrap());
         let pools = Arc::new(Pools::new(&config, None).unwrap());
-        let f = Feedback::open(&config, state, pools, Vec::new()).unwrap();
+        let f = Feedback::open(
+            config.feedback.clone(),
+            &config.hostname,
+            config.cluster.is_some(),
+            state,
+            pools,
+            Vec::new(),
+        )
+        .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(f.allow_client(ip("2001:db8:1:2::1")));
         // Another address of the same /64: the same client.
@@ -629,7 +647,7 @@ mod tests {
                     tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
                     addresses = [\"f@relay.test\"]\n";
-        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let state = Arc::new(State::open(&dir).unwrap());
         let pools = Arc::new(Pools::new(&config, None).unwrap());
         store::create(&state).unwrap();
@@ -637,9 +655,16 @@ mod tests {
         for bad in ["not base64!", "AAAA"] {
             // An older key that does not read, and one that seals.
             store::save_keys(&state, &[good.clone(), bad.to_string()]).unwrap();
-            let e = Feedback::open(&config, state.clone(), pools.clone(), Vec::new())
-                .err()
-                .expect("refused");
+            let e = Feedback::open(
+                config.feedback.clone(),
+                &config.hostname,
+                config.cluster.is_some(),
+                state.clone(),
+                pools.clone(),
+                Vec::new(),
+            )
+            .err()
+            .expect("refused");
             assert!(
                 e.contains("trace key 2 of 2") && e.contains("unreadable"),
                 "{e}"
@@ -647,7 +672,17 @@ mod tests {
             assert!(!e.contains(&good) && !e.contains(bad), "never the key: {e}");
         }
         store::save_keys(&state, &[good]).unwrap();
-        assert!(Feedback::open(&config, state, pools, Vec::new()).is_ok());
+        assert!(
+            Feedback::open(
+                config.feedback.clone(),
+                &config.hostname,
+                config.cluster.is_some(),
+                state,
+                pools,
+                Vec::new()
+            )
+            .is_ok()
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -43,17 +43,9 @@ pub struct Settings {
     pub suppress_for: DurationStr,
 }
 
-/// `suppress`: whom a complaining recipient is suppressed for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ComplainerScope {
-    /// The sender domain complained about (every sender when the report names none).
-    #[default]
-    SenderDomain,
-    /// Every sender of the farm.
-    Farm,
-    Off,
-}
+/// `suppress`: whom a complaining recipient is suppressed for (acted on by
+/// `reputation::complaints`).
+pub use crate::reputation::complaints::ComplainerScope;
 
 /// One identifier of `Feedback-ID`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -144,7 +136,7 @@ fn default_recent() -> usize {
     1000
 }
 fn default_suppress_for() -> DurationStr {
-    DurationStr(std::time::Duration::from_secs(365 * 86400))
+    DurationStr(crate::reputation::complaints::DEFAULT_SUPPRESS_FOR)
 }
 
 #[cfg(test)]

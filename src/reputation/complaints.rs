@@ -30,15 +30,15 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::Settings;
 use super::history::{Count, Event};
 use super::rates::Tracker;
-use crate::feedback::settings::ComplainerScope;
-use crate::feedback::{Charge, Complaint, OnComplaint};
 use crate::pool::Cause;
+use crate::reputation::complaint::{Charge, Complaint, OnComplaint};
 use crate::spool::now_unix;
 
 /// Whether a Feedback-Type is a user's complaint (module doc).
@@ -124,20 +124,26 @@ struct Seen {
     warned: bool,
 }
 
+/// `[feedback] suppress`: whom a complaining recipient is suppressed for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComplainerScope {
+    /// The sender domain complained about (every sender when the report names none).
+    #[default]
+    SenderDomain,
+    /// Every sender of the farm.
+    Farm,
+    Off,
+}
+
+/// `[feedback] suppress_for` when not set: how long a complainer stays suppressed.
+pub const DEFAULT_SUPPRESS_FOR: Duration = Duration::from_secs(365 * 86400);
+
 /// Whom complainers are suppressed for, and how long (`[feedback] suppress`, `suppress_for`).
 #[derive(Debug, Clone, Copy)]
 struct Complainers {
     scope: ComplainerScope,
     for_secs: u64,
-}
-
-impl From<&crate::feedback::Settings> for Complainers {
-    fn from(s: &crate::feedback::Settings) -> Self {
-        Complainers {
-            scope: s.suppress,
-            for_secs: s.suppress_for.0.as_secs(),
-        }
-    }
 }
 
 /// What the tracker keeps for complaints: the rates per IP × provider complained about, and
@@ -153,7 +159,10 @@ impl Default for Rates {
     fn default() -> Self {
         Rates {
             seen: Mutex::default(),
-            complainers: Mutex::new((&crate::feedback::Settings::default()).into()),
+            complainers: Mutex::new(Complainers {
+                scope: ComplainerScope::default(),
+                for_secs: DEFAULT_SUPPRESS_FOR.as_secs(),
+            }),
             judging: Mutex::new(()),
         }
     }
@@ -289,11 +298,12 @@ impl Tracker {
         crossed
     }
 
-    /// Start and reload: `[feedback] suppress` and `suppress_for` (defaults without it).
-    pub fn set_complainers(&self, feedback: Option<&crate::feedback::Settings>) {
-        let c = match feedback {
-            Some(f) => f.into(),
-            None => (&crate::feedback::Settings::default()).into(),
+    /// Start and reload: `[feedback] suppress` and `suppress_for` (their defaults without
+    /// `[feedback]`).
+    pub fn set_complainers(&self, scope: ComplainerScope, suppress_for: Duration) {
+        let c = Complainers {
+            scope,
+            for_secs: suppress_for.as_secs(),
         };
         *self.complaints.complainers.lock().expect("lock") = c;
     }

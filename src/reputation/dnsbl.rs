@@ -5,14 +5,13 @@
 //! quarantine. DNS errors, timeouts and a list's "query refused" codes are never listings.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{RData, RecordType};
 
-use crate::config::Config;
 use crate::pool::{Cause, Pools, Scope};
 use crate::reputation::Settings;
 
@@ -205,17 +204,22 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(config: &Config, pools: Arc<Pools>) -> Result<Option<Monitor>, String> {
-        let lists = List::from_settings(&config.reputation)?;
+    /// `nameservers`: `[dns] nameservers` (empty: the system's).
+    pub fn new(
+        settings: &Settings,
+        nameservers: &[SocketAddr],
+        pools: Arc<Pools>,
+    ) -> Result<Option<Monitor>, String> {
+        let lists = List::from_settings(settings)?;
         if lists.is_empty() || pools.ips().is_empty() {
             return Ok(None);
         }
-        let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+        let resolver = crate::routing::build_resolver(nameservers)?;
         let mut m = Monitor {
             resolver,
             lists,
             pools,
-            clean_checks: config.reputation.clean_checks.max(1),
+            clean_checks: settings.clean_checks.max(1),
             states: HashMap::new(),
             applied: HashMap::new(),
         };
@@ -333,15 +337,15 @@ impl Monitor {
 }
 
 /// Starts the periodic checks (first one at once) when lists are configured.
-pub fn start(config: &Config, pools: Arc<Pools>) -> Result<(), String> {
-    let Some(mut m) = Monitor::new(config, pools)? else {
+pub fn start(
+    settings: &Settings,
+    nameservers: &[SocketAddr],
+    pools: Arc<Pools>,
+) -> Result<(), String> {
+    let Some(mut m) = Monitor::new(settings, nameservers, pools)? else {
         return Ok(());
     };
-    let every = config
-        .reputation
-        .check_interval
-        .0
-        .max(Duration::from_millis(100));
+    let every = settings.check_interval.0.max(Duration::from_millis(100));
     tracing::info!(lists = m.lists.len(), interval = %humantime::format_duration(every), "DNSBL monitor started");
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

@@ -61,14 +61,16 @@ pub struct Service {
 }
 
 impl Service {
-    /// `None` when `[tls_reports]` is not enabled.
+    /// `None` when `[tls_reports]` (`settings`) is not enabled. `hostname`: the relay's;
+    /// `nameservers`: `[dns] nameservers`.
     pub fn new(
-        config: &crate::config::Config,
+        settings: Settings,
+        hostname: &str,
+        nameservers: &[SocketAddr],
         state: Arc<crate::state::State>,
         spool: Arc<Spool>,
         signer: Arc<Signer>,
     ) -> Result<Option<Arc<Service>>, String> {
-        let settings = config.tls_reports.clone();
         if !settings.enabled {
             return Ok(None);
         }
@@ -85,8 +87,8 @@ impl Service {
         }
         let collector = Arc::new(Collector::new(Some(state), settings.interval.0));
         Ok(Some(Arc::new(Service {
-            resolver: crate::routing::build_resolver(&config.dns.nameservers)?,
-            hostname: config.hostname.clone(),
+            resolver: crate::routing::build_resolver(nameservers)?,
+            hostname: hostname.to_string(),
             settings,
             collector,
             spool,

@@ -12,8 +12,8 @@ use super::book::Accounts;
 use super::counts::Outcome;
 use super::key::{Standing, sender_domain};
 use super::policy::Rate;
-use crate::feedback::{Charge, Complaint, OnComplaint};
 use crate::outcome::classify::Classification;
+use crate::reputation::complaint::{Charge, Complaint, OnComplaint};
 use crate::spool::Envelope;
 
 impl Accounts {

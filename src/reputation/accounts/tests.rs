@@ -356,8 +356,10 @@ fn metrics_keep_per_account_series_bounded() {
     a.count(&[Key::domain("fine.test")], Outcome::Delivered, now, None);
     let mut accounts = a.list(Kind::Login);
     accounts.extend(a.list(Kind::Domain));
+    let mut stages = crate::metrics::stage_registry();
+    metrics::register(&mut stages, &accounts);
     let text = crate::metrics::render(&crate::metrics::Levels {
-        accounts,
+        stages,
         ..Default::default()
     });
     assert_eq!(

@@ -287,9 +287,8 @@ fn complainers_are_suppressed_for_the_sender_domain_or_the_farm() {
     assert!(t.suppressed("u0@example.net", &["other.example"]).is_none());
 
     let farm = fixture("");
-    farm.tracker.set_complainers(Some(&feedback(
-        "suppress = \"farm\"\nsuppress_for = \"1h\"",
-    )));
+    let f = feedback("suppress = \"farm\"\nsuppress_for = \"1h\"");
+    farm.tracker.set_complainers(f.suppress, f.suppress_for.0);
     complain(&farm.tracker, "gmail", 1);
     assert!(
         farm.tracker
@@ -300,8 +299,8 @@ fn complainers_are_suppressed_for_the_sender_domain_or_the_farm() {
     assert_eq!(e.until - e.since, 3600);
 
     let off = fixture("");
-    off.tracker
-        .set_complainers(Some(&feedback("suppress = \"off\"")));
+    let f = feedback("suppress = \"off\"");
+    off.tracker.set_complainers(f.suppress, f.suppress_for.0);
     complain(&off.tracker, "gmail", 1);
     assert!(
         off.tracker

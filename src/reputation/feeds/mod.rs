@@ -23,18 +23,18 @@ pub use verdict::{DomainVerdict, IpVerdict, Level, OnDomainVerdict, Verdict};
 
 use std::sync::Arc;
 
-/// Starts the feeds `config` names (`None`: no `[feeds]` feed configured).
-pub fn start(config: &crate::config::Config, pools: Arc<crate::pool::Pools>) -> Option<Arc<Feeds>> {
-    let settings = config.feeds.clone()?;
+/// Starts the feeds `settings` names (`None`: no `[feeds]` feed configured).
+pub fn start(
+    settings: Option<&Settings>,
+    reputation: &crate::reputation::Settings,
+    data_dir: &std::path::Path,
+    pools: Arc<crate::pool::Pools>,
+) -> Option<Arc<Feeds>> {
+    let settings = settings.cloned()?;
     if settings.snds.is_none() && settings.postmaster.is_none() {
         return None;
     }
-    let feeds = Arc::new(Feeds::new(
-        settings,
-        pools,
-        &config.reputation,
-        &config.data_dir,
-    ));
+    let feeds = Arc::new(Feeds::new(settings, pools, reputation, data_dir));
     feeds.start();
     Some(feeds)
 }

@@ -1,13 +1,14 @@
 //! `[reputation]`: DNSBL zones, reply classification rules, outcome windows and quarantine
-//! thresholds. Read by the reputation stage (`reputation::rates::Tracker`, the DNSBL monitor).
+//! thresholds. Read by the reputation stage (`reputation::rates::Tracker`, the DNSBL monitor);
+//! `config::reputation` re-exports it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::DurationStr;
-use crate::outcome::classify::RuleSpec;
+use crate::outcome::classify::{Classifier, RuleSpec};
+use crate::util::settings::DurationStr;
 
 /// `[reputation]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +86,30 @@ impl Default for Settings {
     fn default() -> Self {
         toml::from_str("").expect("defaults")
     }
+}
+
+impl Settings {
+    pub fn classifier(&self) -> Result<Classifier, String> {
+        Classifier::from_sources(&self.rule, self.rules_file.as_deref())
+    }
+}
+
+/// What only building the rules can check (regexes, the rules file), as config errors.
+pub fn check_config(
+    path: &std::path::Path,
+    settings: &Settings,
+) -> Result<(), Vec<crate::util::settings::ConfigError>> {
+    let checked = settings
+        .classifier()
+        .map(|_| ())
+        .and_then(|_| super::dnsbl::List::from_settings(settings).map(|_| ()));
+    checked.map_err(|e| {
+        vec![crate::util::settings::ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("reputation: {e}"),
+        }]
+    })
 }
 
 fn default_check_interval() -> DurationStr {

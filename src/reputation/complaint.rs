@@ -1,5 +1,7 @@
 //! The traced complaint handed between stages, and the actors that act on it (the interface
-//! shared with accounts, the IP × provider windows and suppression).
+//! shared with accounts, the IP × provider windows and suppression). It lives here, below
+//! `feedback` (which traces complaints and re-exports it), so the actors need not import
+//! `feedback`.
 
 use std::net::IpAddr;
 
