@@ -2,7 +2,7 @@
 //! suppression (added, removed) or an account's suspension or release, each stamped with when
 //! it was made.
 //!
-//! Rules (the merge rule, also for a node that changed things while Redis was down):
+//! Rules (the merge rule, `util::merge`, also for a node that changed things while Redis was down):
 //! - Redis keeps one record per hold key (`IP|SCOPE|CAUSE`) or suppressed address, keyed by what
 //!   it is about, never by node: the latest change, a removal included (a tombstone, pruned after
 //!   `TOMBSTONE_KEEP_MS`).
@@ -19,9 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::pool::{Cause, Hold};
 use crate::reputation::accounts::{Decision, Standing};
 use crate::reputation::suppress::Entry;
-
-/// Removals stay in Redis this long, so a node that was away for less still learns of them.
-pub const TOMBSTONE_KEEP_MS: u64 = 7 * 86_400 * 1000;
+pub use crate::util::merge::{Newer, TOMBSTONE_KEEP_MS, newer};
 
 /// Which Redis hash a change lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,25 +159,6 @@ impl Outbox {
     }
 }
 
-/// Which side of a merge holds the later change of one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Newer {
-    Local,
-    Remote,
-    Same,
-}
-
-/// The merge rule: the later stamp wins; no local stamp means the node never knew the record.
-pub fn newer(local_ms: Option<u64>, remote_ms: Option<u64>) -> Newer {
-    match (local_ms, remote_ms) {
-        (Some(l), Some(r)) if l > r => Newer::Local,
-        (Some(l), Some(r)) if l < r => Newer::Remote,
-        (Some(_), None) => Newer::Local,
-        (None, Some(_)) => Newer::Remote,
-        _ => Newer::Same,
-    }
-}
-
 /// Lua: writes `ARGV[2]` (a record) into hash `KEYS[1]` at field `ARGV[1]` unless the record
 /// there is later (its `AT_MS|` prefix), then publishes `ARGV[4]` on channel `ARGV[3]`.
 /// Returns 1 when written, 0 when a later change was there.
@@ -283,16 +262,5 @@ mod tests {
         assert!(Event::from_record("no stamp").is_err());
         let unknown = r#"{"node":"n","at_ms":1,"kind":"hold","ip":"192.0.2.1","scope":"all","cause":"gremlins","hold":null}"#;
         assert!(Event::from_json(unknown).is_err());
-    }
-
-    #[test]
-    fn the_later_change_wins_and_a_tie_keeps_what_is_there() {
-        assert_eq!(newer(Some(2), Some(1)), Newer::Local);
-        assert_eq!(newer(Some(1), Some(2)), Newer::Remote);
-        assert_eq!(newer(Some(2), Some(2)), Newer::Same);
-        // Only one side knows the record: that side's change stands.
-        assert_eq!(newer(Some(1), None), Newer::Local);
-        assert_eq!(newer(None, Some(1)), Newer::Remote);
-        assert_eq!(newer(None, None), Newer::Same);
     }
 }

@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::pools::{Inner, Pools, now_s};
 use super::warmup::Clock;
-use crate::cluster::events::{Change, Newer, newer};
+use crate::cluster::events::Change;
+use crate::util::merge::{Newer, newer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -392,7 +393,7 @@ impl Pools {
     }
 
     /// A change made on another node (an event or a resync): applied when it is later than
-    /// what this node has (the merge rule in `cluster::events`). Returns whether it was.
+    /// what this node has (the merge rule in `util::merge`). Returns whether it was.
     pub fn apply_remote(&self, key: HoldKey, hold: Option<Hold>, at_ms: u64) -> bool {
         {
             let mut inner = self.lock();

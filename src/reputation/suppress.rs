@@ -11,7 +11,7 @@
 //!
 //! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed). With
 //! `[cluster]`, additions and removals go to the farm too (`cluster::sync`), and the farm's are
-//! applied here by the merge rule of `cluster::events` (the later change wins).
+//! applied here by the merge rule of `util::merge` (the later change wins).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::events::{Change, Newer, Outbox, newer};
+use crate::cluster::events::{Change, Outbox};
 use crate::pool::warmup::Clock;
 use crate::spool::now_unix;
+use crate::util::merge::{Newer, newer};
 
 /// Why an address is suppressed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,7 +332,7 @@ impl Suppressions {
             let now = now_unix();
             map.retain(|_, e| e.until > now);
             // Stamps of what is gone are kept only as long as the farm keeps removals.
-            let keep_ms = crate::cluster::events::TOMBSTONE_KEEP_MS;
+            let keep_ms = crate::util::merge::TOMBSTONE_KEEP_MS;
             let now_ms = Clock::now_ms();
             self.stamps
                 .lock()

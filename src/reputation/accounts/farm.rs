@@ -3,7 +3,7 @@
 //! Rules:
 //! - A suspension decided here and an operator's release made here go to the farm as a
 //!   `Decision`, stamped (unix ms) and kept in the account's record, so a restart still knows it.
-//! - The later stamp wins (`cluster::events::newer`): a suspension on any relay refuses the
+//! - The later stamp wins (`util::merge::newer`): a suspension on any relay refuses the
 //!   account on every relay, and a release made later on any relay lets it send everywhere.
 //! - Counts and throttles stay per relay: each relay judges the mail it sent and the complaints
 //!   it received.
@@ -18,8 +18,9 @@ use super::book::{
 use super::counts::Days;
 use super::policy::Breach;
 use super::{Key, Kind, Standing};
-use crate::cluster::events::{Change, Newer, Outbox, newer};
+use crate::cluster::events::{Change, Outbox};
 use crate::pool::warmup::Clock;
+use crate::util::merge::{Newer, newer};
 
 /// A suspension (`standing` suspended, with its `breach`) or a release (`standing` good).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
