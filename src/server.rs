@@ -58,7 +58,18 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         })?,
     );
 
-    let pools = Arc::new(crate::pool::Pools::new(&config, Some(state.clone()))?);
+    // The farm's outbox before the stages that send to it; its receiver goes to the sync task.
+    let (outbox, changes) = match &config.cluster {
+        Some(settings) => {
+            let (outbox, rx) = crate::cluster::events::Outbox::new(&settings.node);
+            (Some(Arc::new(outbox)), Some(rx))
+        }
+        None => (None, None),
+    };
+    let pools = Arc::new(
+        crate::pool::Pools::new(&config, Some(state.clone()))?
+            .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>)),
+    );
     let cluster = match &config.cluster {
         Some(settings) => Some(crate::cluster::Cluster::start(settings, pools.ips()).await),
         None => None,
@@ -78,21 +89,23 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
-    let suppressions = Arc::new(crate::reputation::suppress::Suppressions::open(
-        &config.data_dir,
-    ));
+    let suppressions = Arc::new(
+        crate::reputation::suppress::Suppressions::open(&config.data_dir).sharing(
+            (outbox.clone()).map(|o| o as Arc<dyn crate::reputation::suppress::SuppressionSink>),
+        ),
+    );
     suppressions.start_flusher();
-    let accounts = Arc::new(crate::reputation::accounts::Accounts::new(
-        config.accounts.clone(),
-        Some(state.clone()),
-    ));
-    if let (Some(c), Some(settings)) = (&cluster, &config.cluster) {
+    let accounts = Arc::new(
+        crate::reputation::accounts::Accounts::new(config.accounts.clone(), Some(state.clone()))
+            .sharing(outbox.map(|o| o as Arc<dyn crate::reputation::accounts::DecisionSink>)),
+    );
+    if let (Some(c), Some(settings), Some(rx)) = (&cluster, &config.cluster, changes) {
         let shared = crate::cluster::sync::Shared {
             pools: pools.clone(),
             suppressions: suppressions.clone(),
             accounts: accounts.clone(),
         };
-        crate::cluster::sync::start(c.clone(), shared, settings.resync_interval.0);
+        crate::cluster::sync::start(c.clone(), shared, rx, settings.resync_interval.0);
     }
     let history = Arc::new(crate::reputation::history::History::new(Some(
         state.clone(),

@@ -16,9 +16,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{Cause, Hold};
-use crate::reputation::accounts::{Decision, Standing};
-use crate::reputation::suppress::Entry;
+use crate::pool::{Cause, Hold, HoldKey, HoldSink};
+use crate::reputation::accounts::{Decision, DecisionSink, Standing};
+use crate::reputation::suppress::{Entry, SuppressionSink};
 pub use crate::util::merge::{Newer, TOMBSTONE_KEEP_MS, newer};
 
 /// Which Redis hash a change lives in.
@@ -60,6 +60,16 @@ pub enum Change {
 }
 
 impl Change {
+    /// A hold record's change (`None`: removed).
+    pub fn hold(k: &HoldKey, hold: Option<Hold>) -> Change {
+        Change::Hold {
+            ip: k.0,
+            scope: k.1.clone(),
+            cause: k.2.clone(),
+            hold,
+        }
+    }
+
     pub fn table(&self) -> Table {
         match self {
             Change::Hold { .. } => Table::Holds,
@@ -136,6 +146,8 @@ impl Event {
 }
 
 /// Where a node's own changes go: the sync task writes them to Redis and publishes them.
+/// Made before the stages (`server`), which take it as their sink; the receiver goes to
+/// `sync::start`.
 #[derive(Clone)]
 pub struct Outbox {
     node: String,
@@ -156,6 +168,24 @@ impl Outbox {
             at_ms,
             change,
         });
+    }
+}
+
+impl HoldSink for Outbox {
+    fn send_hold(&self, key: &HoldKey, hold: Option<Hold>, at_ms: u64) {
+        self.send(Change::hold(key, hold), at_ms);
+    }
+}
+
+impl SuppressionSink for Outbox {
+    fn send_suppression(&self, address: String, entry: Option<Entry>, at_ms: u64) {
+        self.send(Change::Suppression { address, entry }, at_ms);
+    }
+}
+
+impl DecisionSink for Outbox {
+    fn send_decision(&self, account: String, decision: Decision, at_ms: u64) {
+        self.send(Change::Account { account, decision }, at_ms);
     }
 }
 

@@ -4,19 +4,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
 use tokio::sync::Notify;
 
+use super::farm::HoldSink;
 use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
 use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
-use crate::cluster::events::Outbox;
 use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
@@ -98,8 +98,8 @@ pub struct Pools {
     pub(super) store_lock: Mutex<()>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
-    /// Where hold changes go to the farm (`[cluster]`), set once at start.
-    pub(super) outbox: OnceLock<Outbox>,
+    /// Where hold changes go to the farm (`[cluster]`; `None` = this relay alone).
+    pub(super) outbox: Option<Arc<dyn HoldSink>>,
     /// The farm's Redis (`[cluster]`), set once at start; `None` = this relay alone.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
@@ -256,7 +256,7 @@ impl Pools {
             inner: Mutex::new(inner),
             store_lock: Mutex::new(()),
             wake: Notify::new(),
-            outbox: OnceLock::new(),
+            outbox: None,
             cluster: std::sync::OnceLock::new(),
         })
     }
@@ -287,9 +287,10 @@ impl Pools {
         self.wake.notify_one();
     }
 
-    /// Hold changes made here go to the farm from now on.
-    pub fn share_holds(&self, outbox: Outbox) {
-        let _ = self.outbox.set(outbox);
+    /// Hold changes made here go to `outbox` (the farm's, `[cluster]`), handed while built.
+    pub fn sharing_holds(mut self, outbox: Option<Arc<dyn HoldSink>>) -> Pools {
+        self.outbox = outbox;
+        self
     }
 
     /// Shares counters and state with the farm from now on (once, at start).
