@@ -58,7 +58,15 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         })?,
     );
 
-    // The farm's outbox before the stages that send to it; its receiver goes to the sync task.
+    // The farm first, then the stages it is handed to; its outbox before the stages that send
+    // to it (its receiver goes to the sync task, which applies the farm's changes to them).
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let ips = crate::pool::Pools::ips_of(&config);
+            Some(crate::cluster::Cluster::start(settings, ips).await)
+        }
+        None => None,
+    };
     let (outbox, changes) = match &config.cluster {
         Some(settings) => {
             let (outbox, rx) = crate::cluster::events::Outbox::new(&settings.node);
@@ -68,15 +76,10 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     };
     let pools = Arc::new(
         crate::pool::Pools::new(&config, Some(state.clone()))?
-            .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>)),
+            .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
+            .with_farm(cluster.clone()),
     );
-    let cluster = match &config.cluster {
-        Some(settings) => Some(crate::cluster::Cluster::start(settings, pools.ips()).await),
-        None => None,
-    };
-    if let Some(c) = &cluster {
-        pools.set_cluster(c.clone());
-    }
+    pools.watch_farm();
     {
         // Counters reach the store once a second (a crash loses at most that much).
         let pools = pools.clone();

@@ -447,10 +447,7 @@ impl Pools {
     /// An IP of this node's pools, or (`[cluster]`) of another node's: a farm's operator
     /// holds any of them from any node.
     fn knows(&self, ip: IpAddr) -> Result<(), String> {
-        let on_farm = || {
-            self.cluster()
-                .is_some_and(|c| c.nodes().iter().any(|n| n.ips.contains(&ip)))
-        };
+        let on_farm = || self.farm().is_some_and(|f| f.sends_from(ip));
         if self.ips().contains(&ip) || on_farm() {
             Ok(())
         } else {

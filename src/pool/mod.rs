@@ -29,13 +29,14 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
-pub use farm::HoldSink;
+pub use farm::{Farm, HoldSink, Limit, ProgressMove, Refused, RunError, Taken};
+pub use farm_ramp::{FarmRamp, FarmState, Rolled, tally_ttl};
 pub use holds::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
 pub use view::CountsFrom;
-pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};
+pub use view::{FarmView, IpState, IpView, NodeView, PoolView, PoolsView, ProviderView};
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::Notify;
 
-use super::farm::HoldSink;
+use super::farm::{Farm, HoldSink};
 use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
@@ -100,8 +100,10 @@ pub struct Pools {
     pub wake: Notify,
     /// Where hold changes go to the farm (`[cluster]`; `None` = this relay alone).
     pub(super) outbox: Option<Arc<dyn HoldSink>>,
-    /// The farm's Redis (`[cluster]`), set once at start; `None` = this relay alone.
-    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The farm's Redis (`[cluster]`), handed while built; `None` = this relay alone.
+    farm: Option<Arc<dyn Farm>>,
+    /// The same farm as the history shares through it.
+    history_farm: Option<Arc<dyn crate::reputation::history::Farm>>,
 }
 
 pub(super) fn now_s() -> u64 {
@@ -257,7 +259,8 @@ impl Pools {
             store_lock: Mutex::new(()),
             wake: Notify::new(),
             outbox: None,
-            cluster: std::sync::OnceLock::new(),
+            farm: None,
+            history_farm: None,
         })
     }
 
@@ -280,8 +283,8 @@ impl Pools {
             inner.swrr.clear();
             inner.warned.clear();
         }
-        if let Some(c) = self.cluster() {
-            c.set_ips(new);
+        if let Some(f) = self.farm() {
+            f.set_ips(new);
         }
         // Held mail may fit on an added IP or a raised cap.
         self.wake.notify_one();
@@ -293,21 +296,24 @@ impl Pools {
         self
     }
 
-    /// Shares counters and state with the farm from now on (once, at start).
-    pub fn set_cluster(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>) {
-        self.watch_cluster(&cluster);
-        let _ = self.cluster.set(cluster);
+    /// Shares counters and state with `farm` (`[cluster]`), handed while built; start
+    /// `watch_farm` once the pools are shared.
+    pub fn with_farm<F>(mut self, farm: Option<Arc<F>>) -> Pools
+    where
+        F: Farm + crate::reputation::history::Farm,
+    {
+        self.history_farm = (farm.clone()).map(|f| f as Arc<dyn crate::reputation::history::Farm>);
+        self.farm = farm.map(|f| f as Arc<dyn Farm>);
+        self
     }
 
-    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
-        self.cluster.get()
+    pub(super) fn farm(&self) -> Option<&Arc<dyn Farm>> {
+        self.farm.as_ref()
     }
 
     /// The farm's history (`[cluster]`), as `reputation::history` takes it.
     pub(super) fn history_farm(&self) -> Option<Arc<dyn crate::reputation::history::Farm>> {
-        self.cluster
-            .get()
-            .map(|c| Arc::clone(c) as Arc<dyn crate::reputation::history::Farm>)
+        self.history_farm.clone()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
@@ -427,12 +433,22 @@ impl Pools {
     /// Every pool IP once (for DNSBL checks and the like).
     pub fn ips(&self) -> Vec<IpAddr> {
         let conf = self.conf();
-        let mut v: Vec<IpAddr> = Vec::new();
-        for c in conf.pools.iter().flat_map(|p| &p.ips) {
-            if !v.contains(&c.address) {
-                v.push(c.address);
-            }
-        }
-        v
+        once_each(conf.pools.iter().flat_map(|p| &p.ips).map(|c| c.address))
     }
+
+    /// Every pool IP of `config` once, in the order `ips` gives (before the pools are built:
+    /// the farm's heartbeat names them).
+    pub fn ips_of(config: &Config) -> Vec<IpAddr> {
+        once_each(config.pool.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
+    }
+}
+
+fn once_each(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = Vec::new();
+    for ip in ips {
+        if !v.contains(&ip) {
+            v.push(ip);
+        }
+    }
+    v
 }
