@@ -110,12 +110,10 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         };
         crate::cluster::sync::start(c.clone(), shared, rx, settings.resync_interval.0);
     }
-    let history = Arc::new(crate::reputation::history::History::new(Some(
-        state.clone(),
-    )));
-    if let Some(c) = &cluster {
-        history.share(c.clone());
-    }
+    let history = Arc::new(
+        crate::reputation::history::History::new(Some(state.clone()))
+            .sharing((cluster.clone()).map(|c| c as Arc<dyn crate::reputation::history::Farm>)),
+    );
     {
         // Counts reach the store once a second; a change of standing is written at once.
         let accounts = accounts.clone();
@@ -202,14 +200,12 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         recovered,
         control,
         Some(feedback.clone()),
+        (cluster.clone()).map(|c| c as Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>),
     )
     .await?;
     if let Some(t) = &tls_reports {
         let sink = crate::tls_reports::Sink(t.collector().clone());
         deliverer.policies.set_results(Box::new(sink));
-    }
-    if let Some(c) = &cluster {
-        deliverer.policies.share_through(c.clone());
     }
     let listeners = Arc::new(
         crate::inbound::start(

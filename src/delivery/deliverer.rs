@@ -96,6 +96,7 @@ impl Deliverer {
         reputation: Arc<Tracker>,
         state: Option<Arc<crate::state::State>>,
         feedback: Option<Arc<crate::feedback::Feedback>>,
+        farm: Option<Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>>,
     ) -> Result<Deliverer, String> {
         let tls = tls::connectors(&config.delivery)?;
         // Its own copy of the keys (the inbound side has one too): loaded once, at start.
@@ -111,7 +112,7 @@ impl Deliverer {
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
-            policies: Arc::new(Policies::new(&config, tls.required.clone(), state)?),
+            policies: Arc::new(Policies::new(&config, tls.required.clone(), state)?.sharing(farm)),
             tls,
             timeouts: Timeouts {
                 connect: config.delivery.connect_timeout.0,
