@@ -213,7 +213,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             spool,
             state,
             signer,
-            cluster,
+            cluster.map(|c| c as Arc<dyn crate::pool::Counters>),
             accounts.clone(),
             feedback.clone(),
         )

@@ -30,13 +30,31 @@ impl Cluster {
     }
 }
 
-/// The pools' calls on the farm (`pool::Farm`): the counters (`counters`), the ramp (`ramp`)
-/// and the heartbeats.
-impl crate::pool::Farm for Cluster {
+/// The pools' and inbound's calls on the farm (`pool::Counters`, `pool::Farm`): the counters
+/// (`counters`), the ramp (`ramp`) and the heartbeats.
+impl crate::pool::Counters for Cluster {
     fn key(&self, rest: &str) -> String {
         Cluster::key(self, rest)
     }
 
+    fn take<'a>(
+        &'a self,
+        limits: &'a [Limit],
+        progress: Option<&'a ProgressMove>,
+    ) -> BoxFuture<'a, Result<Taken, Refused>> {
+        Box::pin(Cluster::take(self, limits, progress))
+    }
+
+    fn give_back<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, ()> {
+        Box::pin(Cluster::give_back(self, keys))
+    }
+
+    fn seen_at_cap(&self, key: &str, cap: u64) -> bool {
+        Cluster::seen_at_cap(self, key, cap)
+    }
+}
+
+impl crate::pool::Farm for Cluster {
     fn up_changes(&self) -> watch::Receiver<bool> {
         Cluster::up_changes(self)
     }
@@ -51,18 +69,6 @@ impl crate::pool::Farm for Cluster {
 
     fn view(&self) -> FarmView {
         Cluster::view(self)
-    }
-
-    fn take<'a>(
-        &'a self,
-        limits: &'a [Limit],
-        progress: Option<&'a ProgressMove>,
-    ) -> BoxFuture<'a, Result<Taken, Refused>> {
-        Box::pin(Cluster::take(self, limits, progress))
-    }
-
-    fn give_back<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, ()> {
-        Box::pin(Cluster::give_back(self, keys))
     }
 
     fn counts<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, (Vec<Option<u64>>, bool)> {

@@ -19,19 +19,11 @@ pub trait HoldSink: Send + Sync {
     fn send_hold(&self, key: &HoldKey, hold: Option<Hold>, at_ms: u64);
 }
 
-/// The farm's Redis as the pools use it: counters taken and given back, the ramp decided once,
-/// the nodes and their IPs.
-pub trait Farm: Send + Sync + 'static {
+/// Counters the farm shares (`[cluster]`): the pools' caps, and the per-user daily cap
+/// (`inbound`). A message takes one on every counter at once, or none.
+pub trait Counters: Send + Sync + 'static {
     /// `<prefix>:<rest>`: a key of the farm's Redis.
     fn key(&self, rest: &str) -> String;
-    /// Changes of whether Redis answers (true on return).
-    fn up_changes(&self) -> watch::Receiver<bool>;
-    /// Which IPs this node sends from (on reload).
-    fn set_ips(&self, ips: Vec<IpAddr>);
-    /// Whether a node last seen sends from `ip`.
-    fn sends_from(&self, ip: IpAddr) -> bool;
-    /// The nodes as the operator sees them.
-    fn view(&self) -> FarmView;
     /// Takes one message on every counter of `limits` (all or none), moving `progress`.
     fn take<'a>(
         &'a self,
@@ -40,6 +32,22 @@ pub trait Farm: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Taken, Refused>>;
     /// Gives one message back on `keys` (Redis keys and their lifetimes).
     fn give_back<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, ()>;
+    /// The farm count last read for `key` has reached `cap` (an early refusal without a round
+    /// trip; the take decides).
+    fn seen_at_cap(&self, key: &str, cap: u64) -> bool;
+}
+
+/// The farm's Redis as the pools use it: counters taken and given back, the ramp decided once,
+/// the nodes and their IPs.
+pub trait Farm: Counters {
+    /// Changes of whether Redis answers (true on return).
+    fn up_changes(&self) -> watch::Receiver<bool>;
+    /// Which IPs this node sends from (on reload).
+    fn set_ips(&self, ips: Vec<IpAddr>);
+    /// Whether a node last seen sends from `ip`.
+    fn sends_from(&self, ip: IpAddr) -> bool;
+    /// The nodes as the operator sees them.
+    fn view(&self) -> FarmView;
     /// The farm's counts of `keys`, and whether they were read now.
     fn counts<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, (Vec<Option<u64>>, bool)>;
     /// The counter of messages taken on `day` (a `Limit` without cap, `tally_ttl` long).

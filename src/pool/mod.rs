@@ -29,7 +29,7 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
-pub use farm::{Farm, HoldSink, Limit, ProgressMove, Refused, RunError, Taken};
+pub use farm::{Counters, Farm, HoldSink, Limit, ProgressMove, Refused, RunError, Taken};
 pub use farm_ramp::{FarmRamp, FarmState, Rolled, tally_ttl};
 pub use holds::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident, Scope};
 pub use pools::{Pools, Source};
