@@ -56,7 +56,6 @@ pub trait Farm: Counters {
     fn ramp_count(&self, ip: IpAddr, provider: &str, day: u64, o: RampOutcome, ttl_ms: u64);
     /// Rolls the farm's ramp of `ip` × `provider` to `today`: `local` seeds it when the farm has
     /// none, `decide` makes a day's decision from the state and the farm's tally of its day.
-    #[allow(clippy::type_complexity)]
     fn ramp_roll<'a>(
         &'a self,
         ip: IpAddr,

@@ -4,7 +4,7 @@
 //! Rules:
 //! - The local pick moves this relay's ramp as a relay alone would, but with `[cluster]` it
 //!   keeps a new sending day's decision back (`LocalRoll`, in the lease): the farm decides the
-//!   day once, on the farm's tally of the last sending day (`Cluster::ramp_roll`), and every
+//!   day once, on the farm's tally of the last sending day (`Farm::ramp_roll`), and every
 //!   relay takes the farm's state, its last decision included.
 //! - Only the relay whose decision was stored tells it (history, log, metric): one event per
 //!   decision for the farm.
