@@ -58,14 +58,28 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         })?,
     );
 
-    let pools = Arc::new(crate::pool::Pools::new(&config, Some(state.clone()))?);
+    // The farm first, then the stages it is handed to; its outbox before the stages that send
+    // to it (its receiver goes to the sync task, which applies the farm's changes to them).
     let cluster = match &config.cluster {
-        Some(settings) => Some(crate::cluster::Cluster::start(settings, pools.ips()).await),
+        Some(settings) => {
+            let ips = crate::pool::Pools::ips_of(&config);
+            Some(crate::cluster::Cluster::start(settings, ips).await)
+        }
         None => None,
     };
-    if let Some(c) = &cluster {
-        pools.set_cluster(c.clone());
-    }
+    let (outbox, changes) = match &config.cluster {
+        Some(settings) => {
+            let (outbox, rx) = crate::cluster::events::Outbox::new(&settings.node);
+            (Some(Arc::new(outbox)), Some(rx))
+        }
+        None => (None, None),
+    };
+    let pools = Arc::new(
+        crate::pool::Pools::new(&config, Some(state.clone()))?
+            .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
+            .with_farm(cluster.clone()),
+    );
+    pools.watch_farm();
     {
         // Counters reach the store once a second (a crash loses at most that much).
         let pools = pools.clone();
@@ -78,28 +92,28 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             }
         });
     }
-    let suppressions = Arc::new(crate::reputation::suppress::Suppressions::open(
-        &config.data_dir,
-    ));
+    let suppressions = Arc::new(
+        crate::reputation::suppress::Suppressions::open(&config.data_dir).sharing(
+            (outbox.clone()).map(|o| o as Arc<dyn crate::reputation::suppress::SuppressionSink>),
+        ),
+    );
     suppressions.start_flusher();
-    let accounts = Arc::new(crate::reputation::accounts::Accounts::new(
-        config.accounts.clone(),
-        Some(state.clone()),
-    ));
-    if let (Some(c), Some(settings)) = (&cluster, &config.cluster) {
+    let accounts = Arc::new(
+        crate::reputation::accounts::Accounts::new(config.accounts.clone(), Some(state.clone()))
+            .sharing(outbox.map(|o| o as Arc<dyn crate::reputation::accounts::DecisionSink>)),
+    );
+    if let (Some(c), Some(settings), Some(rx)) = (&cluster, &config.cluster, changes) {
         let shared = crate::cluster::sync::Shared {
             pools: pools.clone(),
             suppressions: suppressions.clone(),
             accounts: accounts.clone(),
         };
-        crate::cluster::sync::start(c.clone(), shared, settings.resync_interval.0);
+        crate::cluster::sync::start(c.clone(), shared, rx, settings.resync_interval.0);
     }
-    let history = Arc::new(crate::reputation::history::History::new(Some(
-        state.clone(),
-    )));
-    if let Some(c) = &cluster {
-        history.share(c.clone());
-    }
+    let history = Arc::new(
+        crate::reputation::history::History::new(Some(state.clone()))
+            .sharing((cluster.clone()).map(|c| c as Arc<dyn crate::reputation::history::Farm>)),
+    );
     {
         // Counts reach the store once a second; a change of standing is written at once.
         let accounts = accounts.clone();
@@ -218,14 +232,12 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         recovered,
         control,
         Some(feedback.clone()),
+        (cluster.clone()).map(|c| c as Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>),
     )
     .await?;
     if let Some(t) = &tls_reports {
         let sink = crate::tls_reports::Sink(t.collector().clone());
         deliverer.policies.set_results(Box::new(sink));
-    }
-    if let Some(c) = &cluster {
-        deliverer.policies.share_through(c.clone());
     }
     let listeners = Arc::new(
         crate::inbound::start(
@@ -233,7 +245,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
             spool,
             state,
             signer,
-            cluster,
+            cluster.map(|c| c as Arc<dyn crate::pool::Counters>),
             accounts.clone(),
             feedback.clone(),
         )

@@ -25,16 +25,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node not heard from for this long is gone (the key's expiry).
 pub const NODE_TTL: Duration = Duration::from_secs(10);
 
-/// Why a Redis call gave no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunError {
-    /// Down already: nothing was sent.
-    Down,
-    /// Redis answered with an error, or the connection broke: not applied.
-    Failed,
-    /// No answer in time: Redis may still apply it once it answers again.
-    TimedOut,
-}
+pub use crate::pool::RunError;
 
 /// One node's heartbeat as last read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

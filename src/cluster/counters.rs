@@ -21,50 +21,12 @@ use std::sync::Mutex;
 
 use super::{Cluster, RunError};
 use crate::pool::warmup::Progress;
+pub use crate::pool::{Limit, ProgressMove, Refused, Taken};
 
 /// cap ÷ nodes, rounded down, at least 1 (a node alone gets the whole cap; a tiny cap still
 /// lets each node send one).
 pub fn share(cap: u64, nodes: usize) -> u64 {
     (cap / nodes.max(1) as u64).max(1)
-}
-
-/// One counter a message takes.
-#[derive(Debug, Clone)]
-pub struct Limit {
-    /// The Redis key, window included (`Cluster::key`).
-    pub key: String,
-    pub cap: Option<u64>,
-    /// How long the key lives (two windows).
-    pub ttl_ms: u64,
-    /// This node's own count in the window before this message (for its share while down).
-    pub own: u64,
-}
-
-/// The warm-up progress a take moves: hash field and day.
-#[derive(Debug, Clone)]
-pub struct ProgressMove {
-    pub field: String,
-    pub today: u64,
-    pub idle_days: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Taken {
-    /// Counted in Redis; the farm's warm-up progress after it (when a move was asked).
-    Shared(Option<Progress>),
-    /// Redis down: within this node's share, counted locally until Redis returns.
-    Local,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// `limits[index]` is at its cap in the farm; the farm's progress (unchanged).
-    Farm {
-        index: usize,
-        progress: Option<Box<Progress>>,
-    },
-    /// Redis down and this node's share of `limits[index]` is used up.
-    Share { index: usize },
 }
 
 /// KEYS: the counters, then the progress hash (optional). ARGV: n, by, check (1/0), cap and

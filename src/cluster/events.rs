@@ -2,7 +2,7 @@
 //! suppression (added, removed) or an account's suspension or release, each stamped with when
 //! it was made.
 //!
-//! Rules (the merge rule, also for a node that changed things while Redis was down):
+//! Rules (the merge rule, `util::merge`, also for a node that changed things while Redis was down):
 //! - Redis keeps one record per hold key (`IP|SCOPE|CAUSE`) or suppressed address, keyed by what
 //!   it is about, never by node: the latest change, a removal included (a tombstone, pruned after
 //!   `TOMBSTONE_KEEP_MS`).
@@ -16,12 +16,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{Cause, Hold};
-use crate::reputation::accounts::{Decision, Standing};
-use crate::reputation::suppress::Entry;
-
-/// Removals stay in Redis this long, so a node that was away for less still learns of them.
-pub const TOMBSTONE_KEEP_MS: u64 = 7 * 86_400 * 1000;
+use crate::pool::{Cause, Hold, HoldKey, HoldSink};
+use crate::reputation::accounts::{Decision, DecisionSink, Standing};
+use crate::reputation::suppress::{Entry, SuppressionSink};
+pub use crate::util::merge::{Newer, TOMBSTONE_KEEP_MS, newer};
 
 /// Which Redis hash a change lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +60,16 @@ pub enum Change {
 }
 
 impl Change {
+    /// A hold record's change (`None`: removed).
+    pub fn hold(k: &HoldKey, hold: Option<Hold>) -> Change {
+        Change::Hold {
+            ip: k.0,
+            scope: k.1.clone(),
+            cause: k.2.clone(),
+            hold,
+        }
+    }
+
     pub fn table(&self) -> Table {
         match self {
             Change::Hold { .. } => Table::Holds,
@@ -138,6 +146,8 @@ impl Event {
 }
 
 /// Where a node's own changes go: the sync task writes them to Redis and publishes them.
+/// Made before the stages (`server`), which take it as their sink; the receiver goes to
+/// `sync::start`.
 #[derive(Clone)]
 pub struct Outbox {
     node: String,
@@ -161,22 +171,21 @@ impl Outbox {
     }
 }
 
-/// Which side of a merge holds the later change of one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Newer {
-    Local,
-    Remote,
-    Same,
+impl HoldSink for Outbox {
+    fn send_hold(&self, key: &HoldKey, hold: Option<Hold>, at_ms: u64) {
+        self.send(Change::hold(key, hold), at_ms);
+    }
 }
 
-/// The merge rule: the later stamp wins; no local stamp means the node never knew the record.
-pub fn newer(local_ms: Option<u64>, remote_ms: Option<u64>) -> Newer {
-    match (local_ms, remote_ms) {
-        (Some(l), Some(r)) if l > r => Newer::Local,
-        (Some(l), Some(r)) if l < r => Newer::Remote,
-        (Some(_), None) => Newer::Local,
-        (None, Some(_)) => Newer::Remote,
-        _ => Newer::Same,
+impl SuppressionSink for Outbox {
+    fn send_suppression(&self, address: String, entry: Option<Entry>, at_ms: u64) {
+        self.send(Change::Suppression { address, entry }, at_ms);
+    }
+}
+
+impl DecisionSink for Outbox {
+    fn send_decision(&self, account: String, decision: Decision, at_ms: u64) {
+        self.send(Change::Account { account, decision }, at_ms);
     }
 }
 
@@ -283,16 +292,5 @@ mod tests {
         assert!(Event::from_record("no stamp").is_err());
         let unknown = r#"{"node":"n","at_ms":1,"kind":"hold","ip":"192.0.2.1","scope":"all","cause":"gremlins","hold":null}"#;
         assert!(Event::from_json(unknown).is_err());
-    }
-
-    #[test]
-    fn the_later_change_wins_and_a_tie_keeps_what_is_there() {
-        assert_eq!(newer(Some(2), Some(1)), Newer::Local);
-        assert_eq!(newer(Some(1), Some(2)), Newer::Remote);
-        assert_eq!(newer(Some(2), Some(2)), Newer::Same);
-        // Only one side knows the record: that side's change stands.
-        assert_eq!(newer(Some(1), None), Newer::Local);
-        assert_eq!(newer(None, Some(1)), Newer::Remote);
-        assert_eq!(newer(None, None), Newer::Same);
     }
 }

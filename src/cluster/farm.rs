@@ -1,34 +1,23 @@
-//! The farm as the operator sees it (`poolrelay pool status`, the pool page): every node last
-//! seen by its heartbeat, the IPs it sends from, and so the node each IP is on.
+//! The farm as the operator sees it (`poolrelay pool status`, the pool page), built from the
+//! heartbeats: the records are the pools' (`pool::FarmView`).
 
-use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
 
 use super::Cluster;
+use crate::pool::ramp::DayTally;
+use crate::pool::{FarmState, Limit, ProgressMove, RampOutcome, Refused, Rolled, RunError, Taken};
+pub use crate::pool::{FarmView, NodeView};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FarmView {
-    /// This node.
-    pub node: String,
-    /// Whether Redis answers now (holds and suppressions are then shared at once).
-    pub redis_up: bool,
-    /// Every node last seen, by name.
-    pub nodes: Vec<NodeView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeView {
-    pub name: String,
-    /// Unix seconds of its last heartbeat.
-    pub last_seen: u64,
-    pub ips: Vec<String>,
-}
-
-impl FarmView {
-    pub fn of(cluster: &Cluster) -> FarmView {
+impl Cluster {
+    /// Every node last seen and the IPs it sends from.
+    pub fn view(&self) -> FarmView {
         FarmView {
-            node: cluster.node().to_string(),
-            redis_up: cluster.is_up(),
-            nodes: cluster
+            node: self.node().to_string(),
+            redis_up: self.is_up(),
+            nodes: self
                 .nodes()
                 .into_iter()
                 .map(|n| NodeView {
@@ -39,41 +28,69 @@ impl FarmView {
                 .collect(),
         }
     }
+}
 
-    /// The nodes sending from `ip` (more than one while an IP moves), `None` if none does.
-    pub fn node_of(&self, ip: &str) -> Option<String> {
-        let on: Vec<&str> = self
-            .nodes
-            .iter()
-            .filter(|n| n.ips.iter().any(|i| i == ip))
-            .map(|n| n.name.as_str())
-            .collect();
-        (!on.is_empty()).then(|| on.join(", "))
+/// The pools' and inbound's calls on the farm (`pool::Counters`, `pool::Farm`): the counters
+/// (`counters`), the ramp (`ramp`) and the heartbeats.
+impl crate::pool::Counters for Cluster {
+    fn key(&self, rest: &str) -> String {
+        Cluster::key(self, rest)
+    }
+
+    fn take<'a>(
+        &'a self,
+        limits: &'a [Limit],
+        progress: Option<&'a ProgressMove>,
+    ) -> BoxFuture<'a, Result<Taken, Refused>> {
+        Box::pin(Cluster::take(self, limits, progress))
+    }
+
+    fn give_back<'a>(&'a self, keys: &'a [(String, u64)]) -> BoxFuture<'a, ()> {
+        Box::pin(Cluster::give_back(self, keys))
+    }
+
+    fn seen_at_cap(&self, key: &str, cap: u64) -> bool {
+        Cluster::seen_at_cap(self, key, cap)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl crate::pool::Farm for Cluster {
+    fn up_changes(&self) -> watch::Receiver<bool> {
+        Cluster::up_changes(self)
+    }
 
-    #[test]
-    fn each_ip_is_on_the_nodes_that_send_from_it() {
-        let node = |name: &str, ips: &[&str]| NodeView {
-            name: name.into(),
-            last_seen: 1,
-            ips: ips.iter().map(|s| s.to_string()).collect(),
-        };
-        let farm = FarmView {
-            node: "a".into(),
-            redis_up: true,
-            nodes: vec![
-                node("a", &["192.0.2.1"]),
-                node("b", &["192.0.2.2", "192.0.2.3"]),
-                node("c", &["192.0.2.3"]),
-            ],
-        };
-        assert_eq!(farm.node_of("192.0.2.1").as_deref(), Some("a"));
-        assert_eq!(farm.node_of("192.0.2.3").as_deref(), Some("b, c"));
-        assert_eq!(farm.node_of("192.0.2.9"), None);
+    fn set_ips(&self, ips: Vec<IpAddr>) {
+        Cluster::set_ips(self, ips)
+    }
+
+    fn sends_from(&self, ip: IpAddr) -> bool {
+        self.nodes().iter().any(|n| n.ips.contains(&ip))
+    }
+
+    fn view(&self) -> FarmView {
+        Cluster::view(self)
+    }
+
+    fn counts<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, (Vec<Option<u64>>, bool)> {
+        Box::pin(Cluster::counts(self, keys))
+    }
+
+    fn ramp_taken_key(&self, ip: IpAddr, provider: &str, day: u64) -> String {
+        Cluster::ramp_taken_key(self, ip, provider, day)
+    }
+
+    fn ramp_count(&self, ip: IpAddr, provider: &str, day: u64, o: RampOutcome, ttl_ms: u64) {
+        Cluster::ramp_count(self, ip, provider, day, o, ttl_ms)
+    }
+
+    fn ramp_roll<'a>(
+        &'a self,
+        ip: IpAddr,
+        provider: &'a str,
+        today: u64,
+        local: &'a FarmState,
+        decide: &'a (dyn Fn(&FarmState, &DayTally) -> FarmState + Send + Sync),
+    ) -> BoxFuture<'a, Result<Rolled<FarmState>, RunError>> {
+        Box::pin(Cluster::ramp_roll(self, ip, provider, today, local, decide))
     }
 }

@@ -36,6 +36,7 @@ use crate::pool::RampOutcome;
 
 /// One IP × provider's replies on one sending day: the ramp's own tally.
 pub use crate::pool::ramp::DayTally as Tally;
+pub use crate::pool::{FarmRamp, Rolled, tally_ttl};
 
 const FIELDS: [&str; 5] = ["accepted", "throttled", "deferred", "bounced", "blocked"];
 
@@ -101,23 +102,6 @@ impl Tally {
     }
 }
 
-/// A ramp state the farm shares: the ramp's own, stored as JSON.
-pub trait FarmRamp: Serialize + DeserializeOwned + Clone {
-    /// The sending day this state is for (its decision used the day before it); `None` before
-    /// any send.
-    fn day(&self) -> Option<u64>;
-}
-
-/// What `roll` found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rolled<S> {
-    /// This relay decided the day for the farm: from `before`, with the farm's `tally` of
-    /// `before`'s day.
-    Decided { state: S, before: S, tally: Tally },
-    /// The farm's state, already for today (another relay decided it, or none was due).
-    Farm(S),
-}
-
 /// Counts waiting for the next batch, per tally key.
 #[derive(Debug, Clone, Default)]
 struct Waiting {
@@ -154,11 +138,6 @@ fn now_ms() -> u64 {
 /// The hash field of an IP × provider.
 pub fn field(ip: IpAddr, provider: &str) -> String {
     format!("{ip}|{provider}")
-}
-
-/// How long a day's tally is kept: `idle_days + 2` days of `day_ms`.
-pub fn tally_ttl(day_ms: u64, idle_days: u64) -> u64 {
-    day_ms.saturating_mul(idle_days.saturating_add(2))
 }
 
 fn parse<S: DeserializeOwned>(raw: &str) -> Option<S> {

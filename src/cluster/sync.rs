@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Cluster;
-use super::events::{Change, Event, Newer, Outbox, Table, WRITE_SCRIPT, newer};
+use super::events::{Change, Event, Newer, Table, WRITE_SCRIPT, newer};
 use crate::pool::Pools;
 use crate::pool::warmup::Clock;
 use crate::reputation::suppress::Suppressions;
@@ -34,9 +34,15 @@ pub struct Shared {
 impl Shared {
     fn local(&self, table: Table) -> Vec<(Change, u64)> {
         match table {
-            Table::Holds => self.pools.hold_changes(),
-            Table::Suppressions => self.suppressions.changes(),
-            Table::Accounts => self.accounts.changes(),
+            Table::Holds => (self.pools.hold_changes().into_iter())
+                .map(|(k, hold, at)| (Change::hold(&k, hold), at))
+                .collect(),
+            Table::Suppressions => (self.suppressions.changes().into_iter())
+                .map(|(address, entry, at)| (Change::Suppression { address, entry }, at))
+                .collect(),
+            Table::Accounts => (self.accounts.changes().into_iter())
+                .map(|(account, decision, at)| (Change::Account { account, decision }, at))
+                .collect(),
         }
     }
 
@@ -71,12 +77,14 @@ fn channel(cluster: &Cluster) -> String {
     cluster.key("events")
 }
 
-/// Starts sharing: changes made here from now on go to the farm, the farm's come here.
-pub fn start(cluster: Arc<Cluster>, shared: Shared, resync_every: Duration) {
-    let (outbox, rx) = Outbox::new(cluster.node());
-    shared.pools.share_holds(outbox.clone());
-    shared.suppressions.share(outbox.clone());
-    shared.accounts.share(outbox);
+/// Starts sharing: the changes the stages made here (sent to the `Outbox` they were built
+/// with, received on `rx`) go to the farm, the farm's come here.
+pub fn start(
+    cluster: Arc<Cluster>,
+    shared: Shared,
+    rx: UnboundedReceiver<Event>,
+    resync_every: Duration,
+) {
     let resync = Arc::new(Notify::new());
     tokio::spawn(push_loop(cluster.clone(), rx));
     tokio::spawn(subscribe_loop(

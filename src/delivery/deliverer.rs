@@ -97,6 +97,7 @@ impl Deliverer {
         reputation: Arc<Tracker>,
         state: Option<Arc<crate::state::State>>,
         feedback: Option<Arc<crate::feedback::Feedback>>,
+        farm: Option<Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>>,
     ) -> Result<Deliverer, String> {
         let tls = tls::connectors(&settings.delivery)?;
         Ok(Deliverer {
@@ -105,12 +106,15 @@ impl Deliverer {
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
-            policies: Arc::new(Policies::new(
-                &settings.delivery,
-                &settings.dns,
-                tls.required.clone(),
-                state,
-            )?),
+            policies: Arc::new(
+                Policies::new(
+                    &settings.delivery,
+                    &settings.dns,
+                    tls.required.clone(),
+                    state,
+                )?
+                .sharing(farm),
+            ),
             tls,
             timeouts: Timeouts {
                 connect: settings.delivery.connect_timeout.0,

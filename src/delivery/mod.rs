@@ -44,9 +44,10 @@ pub async fn start(
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
     feedback: Option<Arc<crate::feedback::Feedback>>,
+    farm: Option<Arc<dyn policy::mta_sts::PolicyFarm>>,
 ) -> Result<Arc<Deliverer>, String> {
     let d = Arc::new(Deliverer::new(
-        settings, signer, spool, pools, reputation, state, feedback,
+        settings, signer, spool, pools, reputation, state, feedback, farm,
     )?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     // Said once, before any DANE mail waits on a resolver that strips DNSSEC.

@@ -4,12 +4,13 @@
 //!
 //! With `[cluster]` the state store keeps this relay's own count and the farm's count is in
 //! Redis (`<prefix>:user:<user>:d:<day>`): a message needs room in both, so 300 a day is 300
-//! across the farm. Redis down: this relay's share of the cap (`cluster::counters::share`).
+//! across the farm. Redis down: this relay's share of the cap (`cluster::counters::share`). The farm is
+//! handed in as `pool::Counters`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cluster::{Cluster, Limit};
+use crate::pool::{Counters, Limit};
 use crate::reply::Reply;
 use crate::state::State;
 
@@ -17,7 +18,7 @@ pub struct DailyCap {
     limit: u64,
     /// Last UTC day whose older counters were pruned.
     pruned_day: AtomicU64,
-    cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<dyn Counters>>,
 }
 
 /// A farm key lives two days (the day and the next, for late give-backs).
@@ -39,7 +40,7 @@ fn key(day: u64, user: &str) -> String {
 }
 
 impl DailyCap {
-    pub fn new(limit: u64, cluster: Option<Arc<Cluster>>) -> DailyCap {
+    pub fn new(limit: u64, cluster: Option<Arc<dyn Counters>>) -> DailyCap {
         DailyCap {
             limit,
             pruned_day: AtomicU64::new(0),
@@ -48,7 +49,7 @@ impl DailyCap {
     }
 
     /// The farm's counter of `user` on `day`.
-    fn farm_key(cluster: &Cluster, day: u64, user: &str) -> String {
+    fn farm_key(cluster: &dyn Counters, day: u64, user: &str) -> String {
         cluster.key(&format!("user:{user}:d:{day}"))
     }
 
@@ -70,7 +71,7 @@ impl DailyCap {
         }
         let day = today();
         if let Some(c) = &self.cluster
-            && c.seen_at_cap(&Self::farm_key(c, day, user), self.limit)
+            && c.seen_at_cap(&Self::farm_key(c.as_ref(), day, user), self.limit)
         {
             return Err(self.refusal(user));
         }
@@ -104,7 +105,7 @@ impl DailyCap {
             return Ok(Some(k));
         };
         let limit = Limit {
-            key: Self::farm_key(c, day, user),
+            key: Self::farm_key(c.as_ref(), day, user),
             cap: Some(self.limit),
             ttl_ms: FARM_TTL_MS,
             own: own.saturating_sub(1),
@@ -135,7 +136,7 @@ impl DailyCap {
         else {
             return;
         };
-        let farm = [(Self::farm_key(c, day, user), FARM_TTL_MS)];
+        let farm = [(Self::farm_key(c.as_ref(), day, user), FARM_TTL_MS)];
         tokio::runtime::Handle::current().block_on(c.give_back(&farm));
     }
 }

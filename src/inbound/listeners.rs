@@ -62,7 +62,7 @@ impl Listeners {
         spool: Arc<Spool>,
         state: Arc<State>,
         signer: Arc<Signer>,
-        cluster: Option<Arc<crate::cluster::Cluster>>,
+        cluster: Option<Arc<dyn crate::pool::Counters>>,
         accounts: Arc<crate::reputation::accounts::Accounts>,
         feedback: Arc<crate::feedback::Feedback>,
     ) -> Result<Listeners, String> {

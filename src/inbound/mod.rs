@@ -59,7 +59,7 @@ pub(crate) struct Inbound {
     pub anvil: Arc<anvil::Anvil>,
     pub slots: Arc<admission::Slots>,
     /// The farm's Redis (`[cluster]`): the daily cap counts across relays.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub cluster: Option<Arc<dyn crate::pool::Counters>>,
     /// Standing per login and sender domain: MAIL FROM refuses throttled and suspended ones.
     pub accounts: Arc<crate::reputation::accounts::Accounts>,
     /// Takes complaint reports and stamps the trace headers (`feedback`).
@@ -76,7 +76,7 @@ pub(crate) fn build(
     signer: Arc<Signer>,
     stop: tokio::sync::watch::Receiver<Stop>,
     prev: Option<&Inbound>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    cluster: Option<Arc<dyn crate::pool::Counters>>,
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Inbound, String> {
@@ -175,7 +175,7 @@ pub async fn start(
     spool: Arc<Spool>,
     state: Arc<State>,
     signer: Arc<Signer>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    cluster: Option<Arc<dyn crate::pool::Counters>>,
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
 ) -> Result<Listeners, String> {

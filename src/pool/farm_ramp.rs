@@ -4,7 +4,7 @@
 //! Rules:
 //! - The local pick moves this relay's ramp as a relay alone would, but with `[cluster]` it
 //!   keeps a new sending day's decision back (`LocalRoll`, in the lease): the farm decides the
-//!   day once, on the farm's tally of the last sending day (`Cluster::ramp_roll`), and every
+//!   day once, on the farm's tally of the last sending day (`Farm::ramp_roll`), and every
 //!   relay takes the farm's state, its last decision included.
 //! - Only the relay whose decision was stored tells it (history, log, metric): one event per
 //!   decision for the farm.
@@ -17,16 +17,42 @@
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::farm::Farm;
 use super::pools::{Key, Pools};
 use super::ramp::{self, DayTally, Decision, RampOutcome, RampState};
-use crate::cluster::Cluster;
-use crate::cluster::ramp::{FarmRamp, Rolled, Tally, tally_ttl};
+
+/// A ramp state the farm shares: the ramp's own, stored as JSON.
+pub trait FarmRamp: Serialize + DeserializeOwned + Clone {
+    /// The sending day this state is for (its decision used the day before it); `None` before
+    /// any send.
+    fn day(&self) -> Option<u64>;
+}
+
+/// What the farm's `ramp_roll` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rolled<S> {
+    /// This relay decided the day for the farm: from `before`, with the farm's `tally` of
+    /// `before`'s day.
+    Decided {
+        state: S,
+        before: S,
+        tally: DayTally,
+    },
+    /// The farm's state, already for today (another relay decided it, or none was due).
+    Farm(S),
+}
+
+/// How long a day's tally is kept: `idle_days + 2` days of `day_ms`.
+pub fn tally_ttl(day_ms: u64, idle_days: u64) -> u64 {
+    day_ms.saturating_mul(idle_days.saturating_add(2))
+}
 
 /// The ramp state the farm stores per IP × provider.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct FarmState {
+pub struct FarmState {
     pub day_index: u32,
     #[serde(default)]
     pub cap: Option<u64>,
@@ -73,7 +99,7 @@ pub(super) struct LocalRoll {
 
 impl Pools {
     /// The farm decides the new sending day `roll` began on `key` (see the module's rules).
-    pub(super) async fn farm_roll(&self, cluster: &Cluster, key: &Key, roll: LocalRoll) {
+    pub(super) async fn farm_roll(&self, farm: &dyn Farm, key: &Key, roll: LocalRoll) {
         let conf = self.conf();
         let Some(ip) = conf
             .pools
@@ -88,7 +114,7 @@ impl Pools {
         };
         let (today, now_s) = (roll.today, super::pools::now_s());
         let made: Mutex<Option<(Decision, DayTally, Option<u64>)>> = Mutex::new(None);
-        let decide = |s: &FarmState, t: &Tally| {
+        let decide = |s: &FarmState, t: &DayTally| {
             let (state, tally) = (s.state(), *t);
             let d = ramp::decide(rules, table, &state, &tally, today);
             let next = match d {
@@ -102,7 +128,7 @@ impl Pools {
             next
         };
         let seed = FarmState::of(roll.before, None);
-        let rolled = cluster.ramp_roll(key.0, &key.1, today, &seed, decide).await;
+        let rolled = farm.ramp_roll(key.0, &key.1, today, &seed, &decide).await;
         let told = match rolled {
             Ok(Rolled::Decided { state, .. }) => {
                 self.set_ramp(key, &state);
@@ -149,7 +175,7 @@ impl Pools {
     /// `[cluster]`: one reply into the farm's tally of `day` (`ramp_outcome` chose it; IPs on a
     /// schedule only).
     pub(super) fn farm_outcome(&self, ip: IpAddr, provider: &str, day: u64, o: RampOutcome) {
-        let Some(cluster) = self.cluster() else {
+        let Some(farm) = self.farm() else {
             return;
         };
         let conf = self.conf();
@@ -160,7 +186,7 @@ impl Pools {
             .any(|i| i.address == ip && conf.ramp_of(i).is_some());
         if on_schedule {
             let ttl = tally_ttl(conf.clock.day_ms, conf.idle_days);
-            cluster.ramp_count(ip, provider, day, o, ttl);
+            farm.ramp_count(ip, provider, day, o, ttl);
         }
     }
 }
@@ -189,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_farms_tally_is_read_as_the_ramps_day() {
-        let t = Tally {
+        let t = DayTally {
             taken: 10,
             accepted: 8,
             throttled: 1,

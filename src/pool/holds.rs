@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pools::{Inner, Pools, now_s};
 use super::warmup::Clock;
-use crate::cluster::events::{Change, Newer, newer};
+use crate::util::merge::{Newer, newer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,16 +209,6 @@ pub struct HoldWrite {
 /// (IP, scope, cause): one hold record.
 pub type HoldKey = (IpAddr, String, Cause);
 
-/// A hold record's change as the farm shares it.
-pub fn hold_change(k: &HoldKey, hold: Option<Hold>) -> Change {
-    Change::Hold {
-        ip: k.0,
-        scope: k.1.clone(),
-        cause: k.2.clone(),
-        hold,
-    }
-}
-
 impl Inner {
     /// Records of `ip` covering `provider` (its own scope and `all`).
     fn covering<'a>(
@@ -323,8 +313,8 @@ impl Pools {
                 };
                 let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
                 inner.stamps.insert(k.clone(), stamp);
-                if let Some(outbox) = self.outbox.get() {
-                    outbox.send(hold_change(k, Some(h)), stamp);
+                if let Some(outbox) = &self.outbox {
+                    outbox.send_hold(k, Some(h), stamp);
                 }
             }
             keys
@@ -392,7 +382,7 @@ impl Pools {
     }
 
     /// A change made on another node (an event or a resync): applied when it is later than
-    /// what this node has (the merge rule in `cluster::events`). Returns whether it was.
+    /// what this node has (the merge rule in `util::merge`). Returns whether it was.
     pub fn apply_remote(&self, key: HoldKey, hold: Option<Hold>, at_ms: u64) -> bool {
         {
             let mut inner = self.lock();
@@ -435,7 +425,7 @@ impl Pools {
 
     /// Every hold record this node knows, removals included, each with its stamp: what a
     /// resync compares with the farm's.
-    pub fn hold_changes(&self) -> Vec<(Change, u64)> {
+    pub fn hold_changes(&self) -> Vec<(HoldKey, Option<Hold>, u64)> {
         let inner = self.lock();
         let mut keys: Vec<&HoldKey> = inner.holds.keys().chain(inner.stamps.keys()).collect();
         keys.sort();
@@ -449,7 +439,7 @@ impl Pools {
                     .copied()
                     .or_else(|| hold.as_ref().map(|h| h.since * 1000))
                     .unwrap_or(0);
-                (hold_change(k, hold), stamp)
+                (k.clone(), hold, stamp)
             })
             .collect()
     }
@@ -457,10 +447,7 @@ impl Pools {
     /// An IP of this node's pools, or (`[cluster]`) of another node's: a farm's operator
     /// holds any of them from any node.
     fn knows(&self, ip: IpAddr) -> Result<(), String> {
-        let on_farm = || {
-            self.cluster()
-                .is_some_and(|c| c.nodes().iter().any(|n| n.ips.contains(&ip)))
-        };
+        let on_farm = || self.farm().is_some_and(|f| f.sends_from(ip));
         if self.ips().contains(&ip) || on_farm() {
             Ok(())
         } else {
@@ -498,8 +485,8 @@ impl Pools {
             let stamp = inner.stamps.get(k).map_or(at_ms, |s| at_ms.max(s + 1));
             inner.stamps.insert(k.clone(), stamp);
             events.push((k.0, old, h.clone()));
-            if let Some(outbox) = self.outbox.get() {
-                outbox.send(hold_change(k, h.clone()), stamp);
+            if let Some(outbox) = &self.outbox {
+                outbox.send_hold(k, h.clone(), stamp);
             }
         }
         HoldWrite {

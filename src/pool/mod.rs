@@ -6,6 +6,7 @@
 //!
 //! - `pools`: the configured pools, live state behind one lock, caps and checks;
 //! - `select`: the per-message pick and its lease;
+//! - `farm`: what the pools ask of the farm (`[cluster]`), implemented by `cluster`;
 //! - `shared`: the pick's farm counters with `[cluster]`, `farm_max_per_hour`;
 //! - `farm_ramp`: the ramp's state and day decisions shared by the farm (`[cluster]`);
 //! - `ramp`: the warm-up ramp's rules (a pure decision per sending day), `decisions` its record;
@@ -14,6 +15,7 @@
 //! - `view`: the operator's view (`GET /api/pool`).
 
 mod decisions;
+mod farm;
 mod farm_ramp;
 pub mod holds;
 mod pools;
@@ -27,12 +29,14 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
+pub use farm::{Counters, Farm, HoldSink, Limit, ProgressMove, Refused, RunError, Taken};
+pub use farm_ramp::{FarmRamp, FarmState, Rolled, tally_ttl};
 pub use holds::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
 pub use view::CountsFrom;
-pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};
+pub use view::{FarmView, IpState, IpView, NodeView, PoolView, PoolsView, ProviderView};
 
 #[cfg(test)]
 mod tests;

@@ -4,19 +4,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
 use tokio::sync::Notify;
 
+use super::farm::{Farm, HoldSink};
 use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
 use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
-use crate::cluster::events::Outbox;
 use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
@@ -98,10 +98,12 @@ pub struct Pools {
     pub(super) store_lock: Mutex<()>,
     /// Signalled when an IP comes back (undrain, reinstate): the queue retries held mail.
     pub wake: Notify,
-    /// Where hold changes go to the farm (`[cluster]`), set once at start.
-    pub(super) outbox: OnceLock<Outbox>,
-    /// The farm's Redis (`[cluster]`), set once at start; `None` = this relay alone.
-    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Where hold changes go to the farm (`[cluster]`; `None` = this relay alone).
+    pub(super) outbox: Option<Arc<dyn HoldSink>>,
+    /// The farm's Redis (`[cluster]`), handed while built; `None` = this relay alone.
+    farm: Option<Arc<dyn Farm>>,
+    /// The same farm as the history shares through it.
+    history_farm: Option<Arc<dyn crate::reputation::history::Farm>>,
 }
 
 pub(super) fn now_s() -> u64 {
@@ -256,8 +258,9 @@ impl Pools {
             inner: Mutex::new(inner),
             store_lock: Mutex::new(()),
             wake: Notify::new(),
-            outbox: OnceLock::new(),
-            cluster: std::sync::OnceLock::new(),
+            outbox: None,
+            farm: None,
+            history_farm: None,
         })
     }
 
@@ -280,33 +283,37 @@ impl Pools {
             inner.swrr.clear();
             inner.warned.clear();
         }
-        if let Some(c) = self.cluster() {
-            c.set_ips(new);
+        if let Some(f) = self.farm() {
+            f.set_ips(new);
         }
         // Held mail may fit on an added IP or a raised cap.
         self.wake.notify_one();
     }
 
-    /// Hold changes made here go to the farm from now on.
-    pub fn share_holds(&self, outbox: Outbox) {
-        let _ = self.outbox.set(outbox);
+    /// Hold changes made here go to `outbox` (the farm's, `[cluster]`), handed while built.
+    pub fn sharing_holds(mut self, outbox: Option<Arc<dyn HoldSink>>) -> Pools {
+        self.outbox = outbox;
+        self
     }
 
-    /// Shares counters and state with the farm from now on (once, at start).
-    pub fn set_cluster(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>) {
-        self.watch_cluster(&cluster);
-        let _ = self.cluster.set(cluster);
+    /// Shares counters and state with `farm` (`[cluster]`), handed while built; start
+    /// `watch_farm` once the pools are shared.
+    pub fn with_farm<F>(mut self, farm: Option<Arc<F>>) -> Pools
+    where
+        F: Farm + crate::reputation::history::Farm,
+    {
+        self.history_farm = (farm.clone()).map(|f| f as Arc<dyn crate::reputation::history::Farm>);
+        self.farm = farm.map(|f| f as Arc<dyn Farm>);
+        self
     }
 
-    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
-        self.cluster.get()
+    pub(super) fn farm(&self) -> Option<&Arc<dyn Farm>> {
+        self.farm.as_ref()
     }
 
     /// The farm's history (`[cluster]`), as `reputation::history` takes it.
     pub(super) fn history_farm(&self) -> Option<Arc<dyn crate::reputation::history::Farm>> {
-        self.cluster
-            .get()
-            .map(|c| Arc::clone(c) as Arc<dyn crate::reputation::history::Farm>)
+        self.history_farm.clone()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
@@ -426,12 +433,22 @@ impl Pools {
     /// Every pool IP once (for DNSBL checks and the like).
     pub fn ips(&self) -> Vec<IpAddr> {
         let conf = self.conf();
-        let mut v: Vec<IpAddr> = Vec::new();
-        for c in conf.pools.iter().flat_map(|p| &p.ips) {
-            if !v.contains(&c.address) {
-                v.push(c.address);
-            }
-        }
-        v
+        once_each(conf.pools.iter().flat_map(|p| &p.ips).map(|c| c.address))
     }
+
+    /// Every pool IP of `config` once, in the order `ips` gives (before the pools are built:
+    /// the farm's heartbeat names them).
+    pub fn ips_of(config: &Config) -> Vec<IpAddr> {
+        once_each(config.pool.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
+    }
+}
+
+fn once_each(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = Vec::new();
+    for ip in ips {
+        if !v.contains(&ip) {
+            v.push(ip);
+        }
+    }
+    v
 }

@@ -47,10 +47,7 @@ pub struct Lease {
 impl Lease {
     pub fn refund(mut self) {
         let farm = std::mem::take(&mut self.farm);
-        if let (Some(c), false) = (
-            self.pools.as_ref().and_then(|p| p.cluster()),
-            farm.is_empty(),
-        ) {
+        if let (Some(c), false) = (self.pools.as_ref().and_then(|p| p.farm()), farm.is_empty()) {
             let c = c.clone();
             tokio::spawn(async move { c.give_back(&farm).await });
         }
@@ -206,7 +203,7 @@ impl Pools {
             Some((d, rules.adaptive))
         });
         // `[cluster]`: the farm decides the day (`farm_ramp`); this decision waits for it.
-        let ramp = (self.cluster().is_some()
+        let ramp = (self.farm().is_some()
             && conf.ramp_of(ip).is_some()
             && before.last_send_day != Some(today))
         .then(|| {

@@ -21,13 +21,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::farm::{Farm, Limit, ProgressMove, Refused, Taken};
+use super::farm_ramp::tally_ttl;
 use super::pools::{Inner, Key, Pools};
 use super::select::{Held, Selection};
 use super::throttle::Full;
 use super::view::{CountsFrom, PoolsView, ProviderView};
 use super::warmup::{Clock, Progress};
-use crate::cluster::ramp::tally_ttl;
-use crate::cluster::{Cluster, Limit, ProgressMove, Refused, Taken};
 
 /// Why an IP × provider is full, per counter: (the farm refused, the local share is used up).
 const WHY: [(&str, &str); 3] = [
@@ -46,16 +46,16 @@ const WHY: [(&str, &str); 3] = [
 ];
 
 /// The farm's counter keys of an IP × provider (day, hour) and of a provider's hour.
-fn day_key(cluster: &Cluster, ip: IpAddr, provider: &str, day: u64) -> String {
-    cluster.key(&format!("ipp:{ip}|{provider}:d:{day}"))
+fn day_key(farm: &dyn Farm, ip: IpAddr, provider: &str, day: u64) -> String {
+    farm.key(&format!("ipp:{ip}|{provider}:d:{day}"))
 }
 
-fn hour_key(cluster: &Cluster, ip: IpAddr, provider: &str, hour: u64) -> String {
-    cluster.key(&format!("ipp:{ip}|{provider}:h:{hour}"))
+fn hour_key(farm: &dyn Farm, ip: IpAddr, provider: &str, hour: u64) -> String {
+    farm.key(&format!("ipp:{ip}|{provider}:h:{hour}"))
 }
 
-fn provider_key(cluster: &Cluster, provider: &str, hour: u64) -> String {
-    cluster.key(&format!("provider:{provider}:h:{hour}"))
+fn provider_key(farm: &dyn Farm, provider: &str, hour: u64) -> String {
+    farm.key(&format!("provider:{provider}:h:{hour}"))
 }
 
 /// What one message takes in the farm's counters.
@@ -103,7 +103,7 @@ impl Pools {
         want_v6: bool,
         exclude: &[IpAddr],
     ) -> Selection {
-        let Some(cluster) = self.cluster().cloned() else {
+        let Some(farm) = self.farm().cloned() else {
             return self.pick(pool, provider, want_v6, exclude);
         };
         let ips = self.conf().pools.iter().map(|p| p.ips.len()).max();
@@ -117,12 +117,12 @@ impl Pools {
             };
             // A new sending day: the farm's ramp first, so the caps below are the farm's.
             if let Some(roll) = pick.lease.ramp.take() {
-                self.farm_roll(&cluster, &key, *roll).await;
+                self.farm_roll(farm.as_ref(), &key, *roll).await;
             }
-            let Some(plan) = self.plan(&cluster, &key) else {
+            let Some(plan) = self.plan(farm.as_ref(), &key) else {
                 return Selection::Picked(pick);
             };
-            match cluster.take(&plan.limits, plan.progress.as_ref()).await {
+            match farm.take(&plan.limits, plan.progress.as_ref()).await {
                 Ok(taken) => {
                     if let Taken::Shared(Some(p)) = taken {
                         self.set_progress(&key, p);
@@ -146,7 +146,7 @@ impl Pools {
                     // day, or an IP new to this relay): the cap it asked with is stale.
                     let cap = |p: &Plan| p.limits.first().and_then(|l| l.cap);
                     if self
-                        .plan(&cluster, &key)
+                        .plan(farm.as_ref(), &key)
                         .is_some_and(|now| cap(&now) != cap(&plan))
                     {
                         continue;
@@ -170,7 +170,7 @@ impl Pools {
     }
 
     /// The farm counters of the message just picked on `key` (its local slot already taken).
-    fn plan(&self, cluster: &Cluster, key: &Key) -> Option<Plan> {
+    fn plan(&self, farm: &dyn Farm, key: &Key) -> Option<Plan> {
         let conf = self.conf();
         let ip = conf
             .pools
@@ -187,13 +187,13 @@ impl Pools {
         let (ip_s, provider) = (key.0, key.1.as_str());
         let mut limits = vec![
             Limit {
-                key: day_key(cluster, ip_s, provider, day),
+                key: day_key(farm, ip_s, provider, day),
                 cap: caps.daily,
                 ttl_ms: day_ttl,
                 own: counters.used_today(&clock, now).saturating_sub(1),
             },
             Limit {
-                key: hour_key(cluster, ip_s, provider, hour),
+                key: hour_key(farm, ip_s, provider, hour),
                 cap: caps.hourly,
                 ttl_ms: hour_ttl,
                 own: counters.used_hour(&clock, now).saturating_sub(1),
@@ -209,7 +209,7 @@ impl Pools {
             .map_or(0, |p| p.farm_max_per_hour);
         if farm_max > 0 {
             limits.push(Limit {
-                key: provider_key(cluster, provider, hour),
+                key: provider_key(farm, provider, hour),
                 cap: Some(farm_max),
                 ttl_ms: hour_ttl,
                 own: inner.provider_hour(provider, &clock, now).saturating_sub(1),
@@ -220,7 +220,7 @@ impl Pools {
         let ramp = conf.ramp_of(ip).is_some();
         if ramp {
             limits.push(Limit {
-                key: cluster.ramp_taken_key(ip_s, provider, day),
+                key: farm.ramp_taken_key(ip_s, provider, day),
                 cap: None,
                 ttl_ms: tally_ttl(clock.day_ms, conf.idle_days),
                 own: 0,
@@ -255,8 +255,9 @@ impl Pools {
     }
 
     /// Redis is back: the local shares no longer apply; held mail may go.
-    pub(super) fn watch_cluster(self: &Arc<Self>, cluster: &Cluster) {
-        let mut up = cluster.up_changes();
+    pub fn watch_farm(self: &Arc<Self>) {
+        let Some(farm) = self.farm() else { return };
+        let mut up = farm.up_changes();
         let pools = Arc::downgrade(self);
         tokio::spawn(async move {
             while up.changed().await.is_ok() {
@@ -326,7 +327,7 @@ impl Pools {
     /// With `[cluster]`, the farm's counts and refusals in `view` (see the module's rules);
     /// without it, nothing changes.
     pub async fn farm_counts(&self, view: &mut PoolsView) {
-        let Some(cluster) = self.cluster().cloned() else {
+        let Some(farm) = self.farm().cloned() else {
             return;
         };
         let conf = self.conf();
@@ -345,16 +346,16 @@ impl Pools {
                 continue;
             };
             for provider in ip.providers.keys() {
-                keys.push(day_key(&cluster, addr, provider, day));
-                keys.push(hour_key(&cluster, addr, provider, hour));
+                keys.push(day_key(farm.as_ref(), addr, provider, day));
+                keys.push(hour_key(farm.as_ref(), addr, provider, hour));
                 if farm_max(provider) > 0 && !capped.contains(provider) {
                     capped.push(provider.clone());
                 }
             }
         }
         let ipp = keys.len();
-        keys.extend(capped.iter().map(|p| provider_key(&cluster, p, hour)));
-        let (counts, live) = cluster.counts(&keys).await;
+        keys.extend(capped.iter().map(|p| provider_key(farm.as_ref(), p, hour)));
+        let (counts, live) = farm.counts(&keys).await;
         let (day_end, hour_end) = (
             clock.next_day_start(now) / 1000,
             clock.next_hour_start(now) / 1000,

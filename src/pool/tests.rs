@@ -408,9 +408,8 @@ fn ip_on_probation_takes_only_a_trickle_until_reinstated() {
 
 #[test]
 fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
     let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
-    p.share_holds(outbox);
+    let p = Arc::new(Pools::from_config(&config(TWO)).sharing_holds(Some(Arc::new(outbox))));
     let a = ip("127.0.0.10");
     p.drain(a, Scope::All, "maintenance").unwrap();
     let sent = rx.try_recv().expect("the drain goes to the farm");
@@ -428,7 +427,7 @@ fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
     // The removal is remembered with its stamp, for the next resync.
     let known = p.hold_changes();
     assert_eq!(known.len(), 1, "{known:?}");
-    assert!(known[0].0.is_removal() && known[0].1 == sent.at_ms + 1);
+    assert!(known[0].1.is_none() && known[0].2 == sent.at_ms + 1);
 
     // A quarantine from the farm of an IP this node does not send from is kept too (it may
     // move here).
@@ -626,9 +625,8 @@ fn a_throttling_quarantine_starts_the_pace_cuts_over() {
 
 #[test]
 fn incident_counts_go_out_once_per_flush() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
     let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
-    p.share_holds(outbox);
+    let p = Arc::new(Pools::from_config(&config(TWO)).sharing_holds(Some(Arc::new(outbox))));
     let a = ip("127.0.0.10");
     let now = now_s();
     let hold = Hold {
@@ -659,7 +657,7 @@ fn incident_counts_go_out_once_per_flush() {
     }
     assert!(rx.try_recv().is_err());
     let known = p.hold_changes();
-    assert_eq!(known[0].1, counted.at_ms);
+    assert_eq!(known[0].2, counted.at_ms);
     p.flush();
     assert!(rx.try_recv().is_err(), "nothing new, nothing sent");
 }

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use super::holds::{Hold, HoldKind};
 use super::pools::{Conf, Inner, IpConf, Pools};
 use super::warmup::Clock;
-use crate::cluster::farm::FarmView;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolsView {
@@ -120,7 +119,7 @@ impl Pools {
         let now = Clock::now_ms();
         let conf = self.conf();
         let today = conf.clock.day(now);
-        let farm = self.cluster().map(|c| FarmView::of(c));
+        let farm = self.farm().map(|f| f.view());
         let inner = self.lock();
         let mut view = PoolsView {
             day_ms: conf.clock.day_ms,
@@ -248,5 +247,64 @@ fn ip_view(conf: &Conf, inner: &Inner, ip: &IpConf, now: u64, today: u64) -> IpV
         holds,
         providers,
         node: None,
+    }
+}
+
+/// The farm as the operator sees it (`[cluster]`: `poolrelay pool status`, the pool page):
+/// every node last seen by its heartbeat, the IPs it sends from, and so the node each IP is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FarmView {
+    /// This node.
+    pub node: String,
+    /// Whether Redis answers now (holds and suppressions are then shared at once).
+    pub redis_up: bool,
+    /// Every node last seen, by name.
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    /// Unix seconds of its last heartbeat.
+    pub last_seen: u64,
+    pub ips: Vec<String>,
+}
+
+impl FarmView {
+    /// The nodes sending from `ip` (more than one while an IP moves), `None` if none does.
+    pub fn node_of(&self, ip: &str) -> Option<String> {
+        let on: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.ips.iter().any(|i| i == ip))
+            .map(|n| n.name.as_str())
+            .collect();
+        (!on.is_empty()).then(|| on.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_ip_is_on_the_nodes_that_send_from_it() {
+        let node = |name: &str, ips: &[&str]| NodeView {
+            name: name.into(),
+            last_seen: 1,
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+        };
+        let farm = FarmView {
+            node: "a".into(),
+            redis_up: true,
+            nodes: vec![
+                node("a", &["192.0.2.1"]),
+                node("b", &["192.0.2.2", "192.0.2.3"]),
+                node("c", &["192.0.2.3"]),
+            ],
+        };
+        assert_eq!(farm.node_of("192.0.2.1").as_deref(), Some("a"));
+        assert_eq!(farm.node_of("192.0.2.3").as_deref(), Some("b, c"));
+        assert_eq!(farm.node_of("192.0.2.9"), None);
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -131,8 +131,8 @@ pub struct History {
     pending: Mutex<HashMap<Key, Bucket>>,
     /// Hour of the last pruning.
     pruned: Mutex<u64>,
-    /// The farm (`[cluster]`), set once at start.
-    cluster: OnceLock<Arc<dyn Farm>>,
+    /// The farm (`[cluster]`), handed while built; `None` = this relay alone.
+    cluster: Option<Arc<dyn Farm>>,
     /// Counts Redis has not taken yet (it was down).
     unshared: Mutex<HashMap<Key, Bucket>>,
 }
@@ -147,14 +147,15 @@ impl History {
             state,
             pending: Mutex::default(),
             pruned: Mutex::new(0),
-            cluster: OnceLock::new(),
+            cluster: None,
             unshared: Mutex::default(),
         }
     }
 
-    /// Shares counts and events with the farm from now on, and shows the farm's.
-    pub fn share(&self, cluster: Arc<dyn Farm>) {
-        let _ = self.cluster.set(cluster);
+    /// Shares counts and events with `cluster` (`[cluster]`), and shows the farm's.
+    pub fn sharing(mut self, cluster: Option<Arc<dyn Farm>>) -> History {
+        self.cluster = cluster;
+        self
     }
 
     /// Sends the counts not yet in Redis (blocking: called where `flush` is, off the runtime's
@@ -164,7 +165,7 @@ impl History {
         pending: &HashMap<Key, Bucket>,
         prune_before: Option<(Vec<IpAddr>, u64)>,
     ) {
-        let Some(cluster) = self.cluster.get() else {
+        let Some(cluster) = &self.cluster else {
             return;
         };
         let mut unshared = self.unshared.lock().expect("lock");
@@ -247,11 +248,7 @@ impl History {
         let (Some(state), Ok(json)) = (&self.state, serde_json::to_string(e)) else {
             return;
         };
-        store_events(
-            state,
-            self.cluster.get().cloned(),
-            vec![(ip.to_string(), json)],
-        );
+        store_events(state, self.cluster.clone(), vec![(ip.to_string(), json)]);
     }
 
     /// Notes today's warm-up caps and writes the gathered counts (blocking I/O); prunes old
@@ -359,7 +356,7 @@ impl History {
 
     /// The farm's history of `ip` while Redis answers (blocking, like `view`).
     fn farm_view(&self, ip: IpAddr) -> Option<FarmCopy> {
-        let cluster = self.cluster.get()?;
+        let cluster = self.cluster.as_ref()?;
         if !cluster.is_up() {
             return None;
         }

@@ -11,19 +11,19 @@
 //!
 //! Kept in `data_dir/suppressions.json` (written to a temp file, fsynced, renamed). With
 //! `[cluster]`, additions and removals go to the farm too (`cluster::sync`), and the farm's are
-//! applied here by the merge rule of `cluster::events` (the later change wins).
+//! applied here by the merge rule of `util::merge` (the later change wins).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::events::{Change, Newer, Outbox, newer};
 use crate::pool::warmup::Clock;
 use crate::spool::now_unix;
+use crate::util::merge::{Newer, newer};
 
 /// Why an address is suppressed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +82,14 @@ pub struct Suppressions {
     /// When each address's suppression last changed (unix millis), removals included; locked
     /// after `map`.
     stamps: Mutex<HashMap<String, u64>>,
-    /// Where changes go to the farm (`[cluster]`), set once at start.
-    outbox: OnceLock<Outbox>,
+    /// Where changes go to the farm (`[cluster]`; `None` = this relay alone).
+    outbox: Option<Arc<dyn SuppressionSink>>,
+}
+
+/// Where suppressions added or removed here go to the farm (`[cluster]`, implemented by
+/// `cluster`): the entry as it is now (`None`: removed), stamped (unix millis).
+pub trait SuppressionSink: Send + Sync {
+    fn send_suppression(&self, address: String, entry: Option<Entry>, at_ms: u64);
 }
 
 impl Suppressions {
@@ -100,13 +106,15 @@ impl Suppressions {
             batched: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             stamps: Mutex::default(),
-            outbox: OnceLock::new(),
+            outbox: None,
         }
     }
 
-    /// Additions and removals made here go to the farm from now on.
-    pub fn share(&self, outbox: Outbox) {
-        let _ = self.outbox.set(outbox);
+    /// Additions and removals made here go to `outbox` (the farm's, `[cluster]`), handed
+    /// while built.
+    pub fn sharing(mut self, outbox: Option<Arc<dyn SuppressionSink>>) -> Suppressions {
+        self.outbox = outbox;
+        self
     }
 
     /// Stamps a change made here and hands it to the farm (called under the `map` lock).
@@ -115,9 +123,8 @@ impl Suppressions {
         let now = Clock::now_ms();
         let stamp = stamps.get(address).map_or(now, |s| now.max(s + 1));
         stamps.insert(address.to_string(), stamp);
-        if let Some(outbox) = self.outbox.get() {
-            let address = address.to_string();
-            outbox.send(Change::Suppression { address, entry }, stamp);
+        if let Some(outbox) = &self.outbox {
+            outbox.send_suppression(address.to_string(), entry, stamp);
         }
     }
 
@@ -165,7 +172,7 @@ impl Suppressions {
 
     /// Every suppression this node knows, removals included, each with its stamp: what a
     /// resync compares with the farm's.
-    pub fn changes(&self) -> Vec<(Change, u64)> {
+    pub fn changes(&self) -> Vec<(String, Option<Entry>, u64)> {
         let map = self.map.lock().expect("lock");
         let stamps = self.stamps.lock().expect("lock");
         let mut addresses: Vec<&String> = map.keys().chain(stamps.keys()).collect();
@@ -180,11 +187,7 @@ impl Suppressions {
                     .copied()
                     .or_else(|| entry.as_ref().map(|e| e.since * 1000))
                     .unwrap_or(0);
-                let change = Change::Suppression {
-                    address: a.clone(),
-                    entry,
-                };
-                (change, stamp)
+                (a.clone(), entry, stamp)
             })
             .collect()
     }
@@ -331,7 +334,7 @@ impl Suppressions {
             let now = now_unix();
             map.retain(|_, e| e.until > now);
             // Stamps of what is gone are kept only as long as the farm keeps removals.
-            let keep_ms = crate::cluster::events::TOMBSTONE_KEEP_MS;
+            let keep_ms = crate::util::merge::TOMBSTONE_KEEP_MS;
             let now_ms = Clock::now_ms();
             self.stamps
                 .lock()
@@ -359,6 +362,7 @@ impl Suppressions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::events::{Change, Outbox};
 
     #[test]
     fn farm_suppressions_apply_by_the_later_stamp() {
@@ -367,9 +371,8 @@ mod tests {
             crate::spool::Spool::new_id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let s = Suppressions::open(&dir);
         let (outbox, mut rx) = Outbox::new("here");
-        s.share(outbox);
+        let s = Suppressions::open(&dir).sharing(Some(Arc::new(outbox)));
         s.add("Bad@Example.com", "550 5.1.1 no such user", 3600);
         let added = rx.try_recv().unwrap();
         assert_eq!(added.change.field(), "bad@example.com");
@@ -445,9 +448,9 @@ mod tests {
                 d
             })
             .collect();
-        let (here, there) = (Suppressions::open(&dirs[0]), Suppressions::open(&dirs[1]));
         let (outbox, mut rx) = Outbox::new("here");
-        here.share(outbox);
+        let here = Suppressions::open(&dirs[0]).sharing(Some(Arc::new(outbox)));
+        let there = Suppressions::open(&dirs[1]);
         here.add_complainer("eve@example.net", Some("shop.example"), "complained", 3600);
         let sent = rx.try_recv().unwrap();
         let Change::Suppression { address, entry } = sent.change else {

@@ -2,5 +2,6 @@
 //! every stage without making an import cycle.
 
 pub mod glob;
+pub mod merge;
 pub mod nameservers;
 pub mod settings;

@@ -77,9 +77,10 @@ impl Policies {
         self.results.store(Arc::new(sink));
     }
 
-    /// Shares MTA-STS policies with the farm (`[cluster]`).
-    pub fn share_through(&self, cluster: Arc<crate::cluster::Cluster>) {
-        self.sts.share_through(cluster);
+    /// Shares MTA-STS policies with `farm` (`[cluster]`), handed while built.
+    pub fn sharing(mut self, farm: Option<Arc<dyn super::mta_sts::PolicyFarm>>) -> Policies {
+        self.sts = self.sts.sharing(farm);
+        self
     }
 
     pub fn dane(&self) -> &Dane {

@@ -22,9 +22,10 @@ mod fetch;
 mod parse;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 use mail_auth::common::parse::TxtRecordParser;
@@ -33,7 +34,6 @@ use serde::{Deserialize, Serialize};
 pub use parse::{MAX_AGE_LIMIT, Mode, Policy};
 
 use super::{PolicyKind, ReportPolicy, TlsFailure};
-use crate::cluster::Cluster;
 use crate::delivery::settings::MtaSts as StsSettings;
 use crate::spool::now_unix;
 use crate::state::State;
@@ -99,13 +99,22 @@ struct Slot {
     failed: Option<(String, u64, TlsFailure, String)>,
 }
 
+/// The farm's shared copy of the policies (`[cluster]`, implemented by `cluster`): each
+/// domain's stored policy as JSON, expiring with the policy.
+pub trait PolicyFarm: Send + Sync {
+    /// The farm's copy for `domain`; `None`: none, or Redis did not answer.
+    fn get_policy<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Option<String>>;
+    /// Publishes `json` for `domain`, kept `ttl` seconds.
+    fn put_policy<'a>(&'a self, domain: &'a str, json: String, ttl: u64) -> BoxFuture<'a, ()>;
+}
+
 /// The MTA-STS lookups and their cache.
 pub struct MtaSts {
     enabled: bool,
     fetcher: fetch::Fetcher,
     state: Option<Arc<State>>,
-    /// The farm's Redis, once `share_through` was called.
-    farm: OnceLock<Arc<Cluster>>,
+    /// The farm (`[cluster]`), handed while built; `None` = this relay alone.
+    farm: Option<Arc<dyn PolicyFarm>>,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -123,14 +132,15 @@ impl MtaSts {
                 timeout: s.fetch_timeout.0,
             },
             state,
-            farm: OnceLock::new(),
+            farm: None,
             slots: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Shares policies with the other relays of the farm from now on.
-    pub fn share_through(&self, cluster: Arc<Cluster>) {
-        let _ = self.farm.set(cluster);
+    /// Shares policies with the other relays of `farm` (`[cluster]`).
+    pub fn sharing(mut self, farm: Option<Arc<dyn PolicyFarm>>) -> MtaSts {
+        self.farm = farm;
+        self
     }
 
     /// The policy for `domain`; see the rules at the top of this file.
@@ -251,25 +261,15 @@ impl MtaSts {
     }
 
     async fn farm_get(&self, domain: &str) -> Option<Stored> {
-        let farm = self.farm.get()?;
-        let key = farm.key(&format!("mta-sts:{domain}"));
-        let json: Option<String> = farm
-            .run("MTA-STS policy", |mut conn| async move {
-                redis::AsyncCommands::get(&mut conn, key).await
-            })
-            .await?;
-        serde_json::from_str(&json?).ok()
+        let json = self.farm.as_ref()?.get_policy(domain).await?;
+        serde_json::from_str(&json).ok()
     }
 
     async fn farm_put(&self, domain: &str, stored: &Stored) {
-        let Some(farm) = self.farm.get() else { return };
-        let key = farm.key(&format!("mta-sts:{domain}"));
+        let Some(farm) = &self.farm else { return };
         let json = serde_json::to_string(stored).expect("serializable");
         let ttl = stored.expires_at().saturating_sub(now_unix()).max(1);
-        farm.run("MTA-STS policy", |mut conn| async move {
-            redis::AsyncCommands::set_ex::<_, _, ()>(&mut conn, key, json, ttl).await
-        })
-        .await;
+        farm.put_policy(domain, json, ttl).await;
     }
 
     fn load(&self, domain: &str) -> Option<(Stored, Arc<Active>)> {

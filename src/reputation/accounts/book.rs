@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use serde::{Deserialize, Serialize};
@@ -143,8 +143,8 @@ pub struct Accounts {
     store: Option<Arc<State>>,
     pub(super) book: Mutex<HashMap<Key, Account>>,
     hour: Arc<Mutex<Hour>>,
-    /// Where suspensions and releases go to the farm (`[cluster]`), set once at start.
-    pub(super) outbox: OnceLock<crate::cluster::events::Outbox>,
+    /// Where suspensions and releases go to the farm (`[cluster]`; `None` = this relay alone).
+    pub(super) outbox: Option<Arc<dyn super::farm::DecisionSink>>,
 }
 
 fn day_of(unix: u64) -> u64 {
@@ -198,7 +198,7 @@ impl Accounts {
             store,
             book: Mutex::new(book),
             hour: Arc::default(),
-            outbox: OnceLock::new(),
+            outbox: None,
         }
     }
 

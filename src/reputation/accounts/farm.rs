@@ -3,7 +3,7 @@
 //! Rules:
 //! - A suspension decided here and an operator's release made here go to the farm as a
 //!   `Decision`, stamped (unix ms) and kept in the account's record, so a restart still knows it.
-//! - The later stamp wins (`cluster::events::newer`): a suspension on any relay refuses the
+//! - The later stamp wins (`util::merge::newer`): a suspension on any relay refuses the
 //!   account on every relay, and a release made later on any relay lets it send everywhere.
 //! - Counts and throttles stay per relay: each relay judges the mail it sent and the complaints
 //!   it received.
@@ -18,8 +18,8 @@ use super::book::{
 use super::counts::Days;
 use super::policy::Breach;
 use super::{Key, Kind, Standing};
-use crate::cluster::events::{Change, Newer, Outbox, newer};
 use crate::pool::warmup::Clock;
+use crate::util::merge::{Newer, newer};
 
 /// A suspension (`standing` suspended, with its `breach`) or a release (`standing` good).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,10 +42,18 @@ fn decision_of(a: &Account) -> Decision {
     }
 }
 
+/// Where suspensions and releases made here go to the farm (`[cluster]`, implemented by
+/// `cluster`): the account's store key (`kind|name`) and its decision, stamped (unix millis).
+pub trait DecisionSink: Send + Sync {
+    fn send_decision(&self, account: String, decision: Decision, at_ms: u64);
+}
+
 impl Accounts {
-    /// Suspensions and releases made here go to the farm from now on.
-    pub fn share(&self, outbox: Outbox) {
-        let _ = self.outbox.set(outbox);
+    /// Suspensions and releases made here go to `outbox` (the farm's, `[cluster]`), handed
+    /// while built.
+    pub fn sharing(mut self, outbox: Option<std::sync::Arc<dyn DecisionSink>>) -> Accounts {
+        self.outbox = outbox;
+        self
     }
 
     /// Stamps the suspension or release `a` just got and hands it to the farm (under the
@@ -53,27 +61,17 @@ impl Accounts {
     pub(super) fn decided(&self, key: &Key, a: &mut Account) {
         let stamp = Clock::now_ms().max(a.rec.decided_ms + 1);
         a.rec.decided_ms = stamp;
-        if let Some(outbox) = self.outbox.get() {
-            let change = Change::Account {
-                account: store_key(key),
-                decision: decision_of(a),
-            };
-            outbox.send(change, stamp);
+        if let Some(outbox) = &self.outbox {
+            outbox.send_decision(store_key(key), decision_of(a), stamp);
         }
     }
 
     /// Every decision this relay knows, with its stamp: what a resync compares.
-    pub fn changes(&self) -> Vec<(Change, u64)> {
+    pub fn changes(&self) -> Vec<(String, Decision, u64)> {
         let book = self.book.lock().expect("accounts lock");
         book.iter()
             .filter(|(_, a)| a.rec.decided_ms > 0)
-            .map(|(k, a)| {
-                let change = Change::Account {
-                    account: store_key(k),
-                    decision: decision_of(a),
-                };
-                (change, a.rec.decided_ms)
-            })
+            .map(|(k, a)| (store_key(k), decision_of(a), a.rec.decided_ms))
             .collect()
     }
 

@@ -21,7 +21,7 @@ mod verdict;
 
 pub use book::{AccountView, Accounts, Event, Slot};
 pub use counts::{Counts, Outcome};
-pub use farm::Decision;
+pub use farm::{Decision, DecisionSink};
 pub use gate::Gate;
 pub use key::{Key, Kind, Standing, sender_domain};
 pub use policy::{Breach, Rate, Verdict, judge, percent};

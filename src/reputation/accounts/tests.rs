@@ -283,10 +283,9 @@ fn sender_domains_are_bounded_and_a_held_one_is_never_forgotten() {
 #[test]
 fn the_farm_shares_suspensions_and_releases_and_the_later_one_wins() {
     use crate::cluster::events::{Change, Outbox};
-    let one = Accounts::new(Some(settings(10)), None);
-    let two = Accounts::new(Some(settings(10)), None);
     let (outbox, mut sent) = Outbox::new("relay-1");
-    one.share(outbox);
+    let one = Accounts::new(Some(settings(10)), None).sharing(Some(Arc::new(outbox)));
+    let two = Accounts::new(Some(settings(10)), None);
     deliver(&one, "gina", "g.test", 10);
     one.complaint(&complaint(Some("gina"), None), false);
     // Suspended on relay 1: the decision went out, for the login and its domain untouched.
@@ -310,15 +309,8 @@ fn the_farm_shares_suspensions_and_releases_and_the_later_one_wins() {
     assert!(!two.apply_remote(&account, decision.clone(), "relay-1", event.at_ms));
     // Released on relay 2, later: relay 1 takes the release; the old suspension loses.
     two.release(&Key::login("gina"), "ops", None).unwrap();
-    let (change, at_ms) = two.changes().into_iter().next().unwrap();
+    let (account, release, at_ms) = two.changes().into_iter().next().unwrap();
     assert!(at_ms > event.at_ms);
-    let Change::Account {
-        account,
-        decision: release,
-    } = change
-    else {
-        panic!()
-    };
     assert_eq!(release.by.as_deref(), Some("ops"));
     assert!(one.apply_remote(&account, release, "relay-2", at_ms));
     assert!(one.gate(Some("gina"), None).is_open());
