@@ -27,10 +27,11 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
-pub use holds::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident, Scope};
+pub use holds::{Cause, Hold, HoldError, HoldKey, HoldKind, HoldWrite, Incident, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
+pub use store::StoreError;
 pub use view::CountsFrom;
 pub use view::{IpState, IpView, PoolView, PoolsView, ProviderView};
 

@@ -286,7 +286,7 @@ impl Feeds {
                 }
                 Err(e) => {
                     tracing::error!(feed, source_ip = %v.ip, error = %e, "provider feed: cannot act on a verdict");
-                    (Done::Failed, Some(e))
+                    (Done::Failed, Some(e.to_string()))
                 }
             }
         };
