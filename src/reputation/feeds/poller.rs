@@ -372,7 +372,7 @@ fn poll_postmaster(client: &Client, s: &Postmaster, pool: &[IpAddr]) -> Round {
     let token = match token {
         Ok(t) => t,
         Err(e) => {
-            round.errors.push(e);
+            round.errors.push(e.to_string());
             return round;
         }
     };
