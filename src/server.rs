@@ -135,7 +135,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         });
     }
     let tls_reports =
-        crate::tls_reports::Service::new(&config, state.clone(), spool.clone(), signer.clone())?;
+        crate::tls_reports::Service::new(&config, state.clone(), spool.clone(), signer.clone())
+            .map_err(|e| e.to_string())?;
     if let Some(t) = &tls_reports {
         crate::tls_reports::send::start(t.clone());
     }
@@ -152,7 +153,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         crate::feedback::farm::start(feedback.clone(), c.clone()).await;
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
-    let doctor = crate::doctor::start(config.clone(), pools.clone())?;
+    let doctor = crate::doctor::start(config.clone(), pools.clone()).map_err(|e| e.to_string())?;
     let feeds = crate::reputation::feeds::start(&config, pools.clone());
     // Postmaster's domain verdicts reach the accounts (`accounts/verdict.rs`); subscribing
     // re-tells the latest ones, so a restart keeps a verdict's hold.
@@ -175,7 +176,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         };
         crate::admin::start(admin, admin_state).await?;
     }
-    crate::reputation::dnsbl::start(&config, pools.clone())?;
+    crate::reputation::dnsbl::start(&config, pools.clone()).map_err(|e| e.to_string())?;
     let deliverer = crate::delivery::start(
         config.clone(),
         spool.clone(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::report::{Report, Status};
-use super::run::{Doctor, Options};
+use super::run::{Doctor, DoctorError, Options};
 use crate::config::Config;
 use crate::pool::{Cause, Pools, Scope};
 
@@ -73,7 +73,7 @@ impl Latest {
 }
 
 /// Starts the background checks when `[doctor] background` is on; returns their shared state.
-pub fn start(config: Arc<Config>, pools: Arc<Pools>) -> Result<Option<Arc<Latest>>, String> {
+pub fn start(config: Arc<Config>, pools: Arc<Pools>) -> Result<Option<Arc<Latest>>, DoctorError> {
     let settings = &config.doctor;
     if !settings.enforce {
         release_all(&pools);

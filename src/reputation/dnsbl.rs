@@ -19,6 +19,18 @@ use crate::reputation::Settings;
 /// The reason text of DNSBL quarantines (how they are recognised after a restart).
 pub const REASON: &str = "dnsbl listing";
 
+/// Why the lists cannot be checked: a list's settings, or no resolver.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsblError {
+    #[error("empty DNSBL zone")]
+    EmptyZone,
+    #[error("bad DNSBL answer range {0:?}")]
+    BadRange(String),
+    /// As the resolver's builder words it.
+    #[error("{0}")]
+    Resolver(String),
+}
+
 /// One list as checked.
 #[derive(Debug, Clone)]
 pub struct List {
@@ -47,26 +59,26 @@ fn is_spamhaus(zone: &str) -> bool {
     z.ends_with("spamhaus.org") || z.ends_with("spamhaus.net") || z.contains(".spamhaus.")
 }
 
-fn range(s: &str) -> Result<(u32, u32), String> {
+fn range(s: &str) -> Result<(u32, u32), DnsblError> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
     let p = |x: &str| {
         x.trim()
             .parse::<Ipv4Addr>()
             .map(u32::from)
-            .map_err(|_| format!("bad DNSBL answer range {s:?}"))
+            .map_err(|_| DnsblError::BadRange(s.to_string()))
     };
     Ok((p(a)?, p(b)?))
 }
 
 impl List {
-    pub fn from_settings(s: &Settings) -> Result<Vec<List>, String> {
+    pub fn from_settings(s: &Settings) -> Result<Vec<List>, DnsblError> {
         s.dnsbl
             .iter()
             .map(|spec| {
                 let d = spec.dnsbl();
                 let zone = d.zone.trim().trim_end_matches('.').to_ascii_lowercase();
                 if zone.is_empty() {
-                    return Err("empty DNSBL zone".to_string());
+                    return Err(DnsblError::EmptyZone);
                 }
                 let spamhaus = is_spamhaus(&zone);
                 let query_zone = match (&s.spamhaus_dqs_key, zone.strip_suffix(".spamhaus.org")) {
@@ -205,12 +217,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(config: &Config, pools: Arc<Pools>) -> Result<Option<Monitor>, String> {
+    pub fn new(config: &Config, pools: Arc<Pools>) -> Result<Option<Monitor>, DnsblError> {
         let lists = List::from_settings(&config.reputation)?;
         if lists.is_empty() || pools.ips().is_empty() {
             return Ok(None);
         }
-        let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+        let resolver = crate::routing::build_resolver(&config.dns.nameservers)
+            .map_err(DnsblError::Resolver)?;
         let mut m = Monitor {
             resolver,
             lists,
@@ -333,7 +346,7 @@ impl Monitor {
 }
 
 /// Starts the periodic checks (first one at once) when lists are configured.
-pub fn start(config: &Config, pools: Arc<Pools>) -> Result<(), String> {
+pub fn start(config: &Config, pools: Arc<Pools>) -> Result<(), DnsblError> {
     let Some(mut m) = Monitor::new(config, pools)? else {
         return Ok(());
     };

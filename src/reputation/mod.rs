@@ -27,11 +27,11 @@ pub fn check_config(
     path: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<(), Vec<crate::util::settings::ConfigError>> {
-    let checked = config
-        .reputation
-        .classifier()
-        .map(|_| ())
-        .and_then(|_| dnsbl::List::from_settings(&config.reputation).map(|_| ()));
+    let checked = config.reputation.classifier().map(|_| ()).and_then(|_| {
+        dnsbl::List::from_settings(&config.reputation)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     checked.map_err(|e| {
         vec![crate::util::settings::ConfigError {
             file: path.to_path_buf(),
