@@ -31,10 +31,10 @@ pub struct Options {
 pub enum DoctorError {
     /// The resolver (`[dns] nameservers`).
     #[error("{0}")]
-    Dns(String),
+    Resolver(String),
     /// The PTR client (the same nameservers).
     #[error(transparent)]
-    Ptr(#[from] DnsError),
+    PtrClient(#[from] DnsError),
     #[error(transparent)]
     Dnsbl(#[from] DnsblError),
     /// The routes (`[[route]]`).
@@ -57,8 +57,8 @@ pub struct Doctor {
 
 impl Doctor {
     pub fn new(config: Arc<Config>) -> Result<Doctor, DoctorError> {
-        let resolver =
-            crate::routing::build_resolver(&config.dns.nameservers).map_err(DoctorError::Dns)?;
+        let resolver = crate::routing::build_resolver(&config.dns.nameservers)
+            .map_err(DoctorError::Resolver)?;
         let lists = List::from_settings(&config.reputation)?;
         let router = Router::new(&config).map_err(DoctorError::Routing)?;
         let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
