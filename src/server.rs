@@ -156,7 +156,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         state.clone(),
         spool.clone(),
         signer.clone(),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     if let Some(t) = &tls_reports {
         crate::tls_reports::send::start(t.clone());
     }
@@ -183,7 +184,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         doctor_inputs(&config),
         || doctor_tools(&config),
         pools.clone(),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let feeds = crate::reputation::feeds::start(
         config.feeds.as_ref(),
         &config.reputation,
@@ -220,7 +222,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         };
         crate::admin::start(admin, admin_state).await?;
     }
-    crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())?;
+    crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())
+        .map_err(|e| e.to_string())?;
     let deliverer = crate::delivery::start(
         delivery_settings(&config),
         signer.clone(),
@@ -394,15 +397,18 @@ pub fn doctor_inputs(config: &Config) -> crate::doctor::Inputs {
 
 /// What the doctor's checks go through: the relay's resolver, DNSBLs, routes, TLS and MTA-STS,
 /// as delivery builds them.
-pub fn doctor_tools(config: &Config) -> Result<crate::doctor::Tools, String> {
-    let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+pub fn doctor_tools(config: &Config) -> Result<crate::doctor::Tools, crate::doctor::DoctorError> {
+    use crate::doctor::DoctorError;
+    let resolver =
+        crate::routing::build_resolver(&config.dns.nameservers).map_err(DoctorError::Resolver)?;
     let lists = crate::reputation::dnsbl::List::from_settings(&config.reputation)?;
     let router = crate::routing::Router::new(
         &config.route,
         &config.dns,
         config.delivery.port,
         config.delivery.tls,
-    )?;
+    )
+    .map_err(DoctorError::Routing)?;
     let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
     let (tls, verifying) = match connectors {
         Some(c) => (Some(c.opportunistic), c.required),

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::{AdminState, error};
-use crate::pool::Scope;
+use crate::pool::{HoldError, Scope};
 
 pub(super) fn routes() -> Router<AdminState> {
     Router::new()
@@ -116,10 +116,9 @@ async fn change(st: AdminState, ip: Option<String>, action: &str, body: String) 
         Action::Undrain => pools.undrain(addr, scope2),
         Action::Reinstate => pools.reinstate(addr, scope2),
     })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    .await;
     match result {
-        Ok(changed) => axum::Json(ChangeReply {
+        Ok(Ok(changed)) => axum::Json(ChangeReply {
             ok: true,
             ip: addr.to_string(),
             scope: scope.as_str().to_string(),
@@ -127,7 +126,8 @@ async fn change(st: AdminState, ip: Option<String>, action: &str, body: String) 
             changed,
         })
         .into_response(),
-        Err(e) if e.contains("not in any pool") => error(StatusCode::NOT_FOUND, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e @ HoldError::NotInPool(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -21,6 +21,6 @@ async fn send(State(st): State<AdminState>) -> Response {
     };
     match service.send_now().await {
         Ok(sent) => axum::Json(serde_json::json!({ "reports": sent })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -69,7 +69,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     });
     let report = match report {
         Ok(r) => r,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e.to_string()),
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {

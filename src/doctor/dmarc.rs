@@ -7,7 +7,7 @@ use hickory_resolver::TokioResolver;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::dmarc::{Dmarc, Policy};
 
-use super::dns::{self, Found};
+use super::dns::{self, DnsError, Found};
 use super::report::Check;
 
 fn policy_name(p: Policy) -> &'static str {
@@ -20,9 +20,9 @@ fn policy_name(p: Policy) -> &'static str {
 }
 
 /// The DMARC TXT records at `_dmarc.name`.
-async fn records(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, String> {
+async fn records(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, DnsError> {
     match dns::txt(resolver, &format!("_dmarc.{name}")).await {
-        Found::Error(e) => Err(e),
+        Found::Error(e) => Err(DnsError::Lookup(e)),
         f => Ok(dns::with_prefix(
             f.records().unwrap_or_default(),
             "v=DMARC1",
@@ -57,7 +57,7 @@ fn with_policy(record: &str, policy: &str) -> String {
 async fn find(
     resolver: &TokioResolver,
     domain: &str,
-) -> Result<Option<(String, Vec<String>)>, String> {
+) -> Result<Option<(String, Vec<String>)>, DnsError> {
     let labels: Vec<&str> = domain.split('.').collect();
     for skip in 0..labels.len().saturating_sub(1) {
         let at = labels[skip..].join(".");

@@ -10,6 +10,17 @@ use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{NameServerPool, TokioResolver};
 
+/// A lookup that could not be made (not a verdict), or no client to make it with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// As `Found::Error` words it: the name, the type, why.
+    #[error("{0}")]
+    Lookup(String),
+    /// As the nameserver pool's builder words it.
+    #[error("{0}")]
+    Client(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found<T> {
     Records(Vec<T>),
@@ -22,11 +33,11 @@ pub enum Found<T> {
 
 impl<T> Found<T> {
     /// The records, none for NXDOMAIN / no data; `Err` for a failed lookup.
-    pub fn records(self) -> Result<Vec<T>, String> {
+    pub fn records(self) -> Result<Vec<T>, DnsError> {
         match self {
             Found::Records(v) => Ok(v),
             Found::NoData | Found::NxDomain => Ok(Vec::new()),
-            Found::Error(e) => Err(e),
+            Found::Error(e) => Err(DnsError::Lookup(e)),
         }
     }
 }
@@ -94,8 +105,10 @@ pub struct PtrClient(NameServerPool<TokioRuntimeProvider>);
 
 impl PtrClient {
     /// The same servers as `routing::build_resolver`: `[dns] nameservers`, else the system's.
-    pub fn new(nameservers: &[SocketAddr]) -> Result<PtrClient, String> {
-        crate::util::nameservers::pool(nameservers, "DNS client").map(PtrClient)
+    pub fn new(nameservers: &[SocketAddr]) -> Result<PtrClient, DnsError> {
+        crate::util::nameservers::pool(nameservers, "DNS client")
+            .map(PtrClient)
+            .map_err(DnsError::Client)
     }
 
     /// PTR names of `ip` (lower case, no trailing dot).

@@ -24,5 +24,5 @@ pub mod targets;
 pub use inputs::Inputs;
 pub use monitor::{Latest, LatestView, REASON, start};
 pub use report::{Check, DomainReport, IpReport, Report, Status};
-pub use run::{Doctor, Options, Tools};
+pub use run::{Doctor, DoctorError, Options, Tools};
 pub use settings::{Settings, check_config};

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::Inputs;
 use super::report::{Report, Status};
-use super::run::{Doctor, Options, Tools};
+use super::run::{Doctor, DoctorError, Options, Tools};
 use crate::pool::{Cause, Pools, Scope};
 
 /// The reason of the drains the doctor makes (how it recognises its own).
@@ -76,9 +76,9 @@ impl Latest {
 /// `tools` builds what the checks go through, only when they run.
 pub fn start(
     inputs: Inputs,
-    tools: impl FnOnce() -> Result<Tools, String>,
+    tools: impl FnOnce() -> Result<Tools, DoctorError>,
     pools: Arc<Pools>,
-) -> Result<Option<Arc<Latest>>, String> {
+) -> Result<Option<Arc<Latest>>, DoctorError> {
     let settings = inputs.settings.clone();
     if !settings.enforce {
         release_all(&pools);

@@ -216,7 +216,9 @@ impl Prober<'_> {
                 answer(&client, &greeting).text
             )));
         }
-        let ehlo = hello(&mut client, helo).await.map_err(other)?;
+        let ehlo = hello(&mut client, helo)
+            .await
+            .map_err(|e| other(e.to_string()))?;
         match tls {
             Some(connector) if ehlo & EXT_START_TLS != 0 => {
                 let plain = SmtpClient {
@@ -229,7 +231,9 @@ impl Prober<'_> {
                         .await
                         .map_err(|e| Unasked::Tls(format!("STARTTLS: {e}")))?,
                 );
-                hello(&mut client, helo).await.map_err(Unasked::Tls)?;
+                hello(&mut client, helo)
+                    .await
+                    .map_err(|e| Unasked::Tls(e.to_string()))?;
                 Ok(self.transaction(&mut client, domain).await)
             }
             _ => Ok(self.transaction(&mut client, domain).await),
@@ -270,25 +274,37 @@ async fn quit<T: AsyncRead + AsyncWrite + Unpin>(client: &mut SmtpClient<T>) {
     let _ = tokio::time::timeout(Duration::from_secs(5), client.cmd(b"QUIT\r\n")).await;
 }
 
+/// Why the server would not say hello.
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("EHLO: {0}")]
+    Ehlo(#[source] mail_send::Error),
+    #[error("HELO: {0}")]
+    Helo(#[source] mail_send::Error),
+    /// The server's reply, quoted.
+    #[error("HELO refused: {0}")]
+    HeloRefused(String),
+}
+
 /// EHLO (HELO if EHLO is refused); the capability bits.
 async fn hello<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<Recorded<T>>,
     name: &str,
-) -> Result<u32, String> {
+) -> Result<u32, HelloError> {
     match client.ehlo(name).await {
         Ok(r) => Ok(r.capabilities),
         Err(mail_send::Error::UnexpectedReply(r)) if r.code >= 500 => {
             let h = client
                 .cmd(format!("HELO {name}\r\n"))
                 .await
-                .map_err(|e| format!("HELO: {e}"))?;
+                .map_err(HelloError::Helo)?;
             if h.code == 250 {
                 Ok(0)
             } else {
-                Err(format!("HELO refused: {}", answer(client, &h).text))
+                Err(HelloError::HeloRefused(answer(client, &h).text))
             }
         }
-        Err(e) => Err(format!("EHLO: {e}")),
+        Err(e) => Err(HelloError::Ehlo(e)),
     }
 }
 

@@ -7,12 +7,12 @@ use hickory_resolver::TokioResolver;
 use mail_auth::MessageAuthenticator;
 use tokio_rustls::TlsConnector;
 
-use super::dns::PtrClient;
+use super::dns::{DnsError, PtrClient};
 use super::report::{DomainReport, IpReport, Report};
-use super::targets::{self, DomainTarget, IpTarget};
+use super::targets::{self, DomainTarget, IpTarget, TargetError};
 use super::{Inputs, blocklist, dkim, dmarc, mx, probe, ptr, spf, sts_policy};
 use crate::delivery::policy::mta_sts::MtaSts;
-use crate::reputation::dnsbl::List;
+use crate::reputation::dnsbl::{DnsblError, List};
 use crate::routing::Router;
 
 /// What one round covers besides the config.
@@ -22,6 +22,25 @@ pub struct Options {
     pub domains: Vec<String>,
     /// Probe postmaster@/abuse@ at RCPT.
     pub probe: bool,
+}
+
+/// Why the checks cannot run: their resolver, lists or routes cannot be built, or a target
+/// is not a domain name. Texts as the parts word them.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    /// The resolver (`[dns] nameservers`).
+    #[error("{0}")]
+    Resolver(String),
+    /// The PTR client (the same nameservers).
+    #[error(transparent)]
+    PtrClient(#[from] DnsError),
+    #[error(transparent)]
+    Dnsbl(#[from] DnsblError),
+    /// The routes (`[[route]]`).
+    #[error("{0}")]
+    Routing(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
 }
 
 pub struct Doctor {
@@ -48,7 +67,7 @@ impl Doctor {
     }
 
     /// All checks; `Err` only for bad input (a `--domain` that is not a domain name).
-    pub async fn run(self: &Arc<Self>, opts: &Options) -> Result<Report, String> {
+    pub async fn run(self: &Arc<Self>, opts: &Options) -> Result<Report, DoctorError> {
         let ips = targets::ips(&self.inputs);
         let domains = targets::domains(&self.inputs, &opts.domains)?;
         let mut ip_jobs = tokio::task::JoinSet::new();

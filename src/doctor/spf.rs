@@ -124,7 +124,7 @@ pub async fn check(
         }
     };
     let basis =
-        match strict(&text).and_then(|_| Spf::parse(text.as_bytes()).map_err(|e| e.to_string())) {
+        match strict(&text).and_then(|_| Spf::parse(text.as_bytes()).map_err(SpfError::Parse)) {
             Ok(spf) => {
                 out.push(Check::pass("spf", format!("\"{text}\"")));
                 out.push(lookups(resolver, domain, spf, &ips).await);
@@ -157,12 +157,23 @@ enum Basis<'a> {
     PermError(String),
 }
 
+/// Why a published SPF record is not valid.
+#[derive(Debug, thiserror::Error)]
+enum SpfError {
+    /// Against RFC 7208 §12 (`strict`).
+    #[error("bad term {0:?}")]
+    BadTerm(String),
+    /// Refused by mail-auth's parser.
+    #[error("{0}")]
+    Parse(#[source] mail_auth::Error),
+}
+
 /// RFC 7208 §12 term syntax, stricter than mail-auth's parser (it accepts unknown mechanisms
 /// and out-of-range addresses, which libspf2 and pyspf receivers reject as permerror).
-fn strict(record: &str) -> Result<(), String> {
+fn strict(record: &str) -> Result<(), SpfError> {
     let cidr = |s: &str, max: u8| s.parse::<u8>().ok().filter(|n| *n <= max).is_some();
     for t in record.split_ascii_whitespace().skip(1) {
-        let bad = || Err(format!("bad term {t:?}"));
+        let bad = || Err(SpfError::BadTerm(t.to_string()));
         let qualified = t.starts_with(['+', '-', '~', '?']);
         let body = if qualified { &t[1..] } else { t };
         let name_end = body.find([':', '/', '=']).unwrap_or(body.len());

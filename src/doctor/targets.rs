@@ -66,8 +66,15 @@ pub fn valid_domain(d: &str) -> bool {
         })
 }
 
+/// A target the config or the command line names that cannot be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0:?} is not a domain name")]
+    NotADomain(String),
+}
+
 /// Sending domains with why each is checked, in first-seen order. `Err` names a bad domain.
-pub fn domains(inputs: &Inputs, extra: &[String]) -> Result<Vec<DomainTarget>, String> {
+pub fn domains(inputs: &Inputs, extra: &[String]) -> Result<Vec<DomainTarget>, TargetError> {
     let mut found: Vec<(String, Vec<String>)> = Vec::new();
     let mut add = |d: &str, why: &str| {
         let d = norm(d);
@@ -96,7 +103,7 @@ pub fn domains(inputs: &Inputs, extra: &[String]) -> Result<Vec<DomainTarget>, S
     ] {
         for d in list {
             if !valid_domain(&norm(d)) {
-                return Err(format!("{d:?} is not a domain name"));
+                return Err(TargetError::NotADomain(d.clone()));
             }
             add(d, why);
         }

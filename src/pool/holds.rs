@@ -28,6 +28,17 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::pools::{Inner, Pools, now_s};
+use super::store::StoreError;
+
+/// Why a hold could not be set or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// Neither this node's pools nor (`[cluster]`) another node's have the IP.
+    #[error("{0} is not in any pool")]
+    NotInPool(IpAddr),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 use super::warmup::Clock;
 use crate::util::merge::{Newer, newer};
 
@@ -302,7 +313,7 @@ impl Pools {
 
     /// Incident counts since the last call to the farm and the store, one write per record
     /// (twenty replies in flight: one commit, not twenty). Called by `flush`, once a second.
-    pub(super) fn flush_counts(&self) -> Result<(), String> {
+    pub(super) fn flush_counts(&self) -> Result<(), StoreError> {
         let keys: Vec<HoldKey> = {
             let mut inner = self.lock();
             let keys: Vec<HoldKey> = inner.counted.drain().collect();
@@ -332,7 +343,7 @@ impl Pools {
 
     /// The probes went well: `ip` takes its full share for `provider` again (expired quarantine
     /// records of that provider and of `all` are removed). Returns whether it was on probation.
-    pub fn end_probation(&self, ip: IpAddr, provider: &str) -> Result<bool, String> {
+    pub fn end_probation(&self, ip: IpAddr, provider: &str) -> Result<bool, HoldError> {
         if !self.in_probation(ip, provider) {
             return Ok(false);
         }
@@ -356,7 +367,7 @@ impl Pools {
 
     /// Stores what memory holds now for `keys`, one writer at a time: writes finishing out of
     /// order never leave an older record in the store.
-    fn store_current(&self, keys: Vec<HoldKey>) -> Result<(), String> {
+    fn store_current(&self, keys: Vec<HoldKey>) -> Result<(), StoreError> {
         let _store = self.store_lock.lock().expect("lock");
         let changes: Vec<(HoldKey, Option<Hold>)> = {
             let inner = self.lock();
@@ -446,18 +457,18 @@ impl Pools {
 
     /// An IP of this node's pools, or (`[cluster]`) of another node's: a farm's operator
     /// holds any of them from any node.
-    fn knows(&self, ip: IpAddr) -> Result<(), String> {
+    fn knows(&self, ip: IpAddr) -> Result<(), HoldError> {
         let on_farm = || self.farm().is_some_and(|f| f.sends_from(ip));
         if self.ips().contains(&ip) || on_farm() {
             Ok(())
         } else {
-            Err(format!("{ip} is not in any pool"))
+            Err(HoldError::NotInPool(ip))
         }
     }
 
     /// Sets (`Some`) or removes (`None`) hold records, in memory and in the store, and wakes
     /// the queue: held mail may go now (or elsewhere).
-    fn write_holds(&self, changes: Vec<(HoldKey, Option<Hold>)>) -> Result<(), String> {
+    fn write_holds(&self, changes: Vec<(HoldKey, Option<Hold>)>) -> Result<(), HoldError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -497,7 +508,7 @@ impl Pools {
 
     /// The slow half of `write_holds`, outside any lock: the store, the history, the queue's
     /// wake.
-    pub fn persist_holds(&self, w: HoldWrite) -> Result<(), String> {
+    pub fn persist_holds(&self, w: HoldWrite) -> Result<(), HoldError> {
         if w.keys.is_empty() {
             return Ok(());
         }
@@ -517,7 +528,7 @@ impl Pools {
         reason: &str,
         evidence: &str,
         until: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), HoldError> {
         self.knows(ip)?;
         let hold = Hold {
             kind: cause.kind(),
@@ -535,7 +546,7 @@ impl Pools {
 
     /// A reputation quarantine as the reputation stage made it (offence number, replies):
     /// `hold.scope` and `hold.cause` name the record.
-    pub fn quarantine_record(&self, ip: IpAddr, hold: Hold) -> Result<(), String> {
+    pub fn quarantine_record(&self, ip: IpAddr, hold: Hold) -> Result<(), HoldError> {
         let written = self.quarantine_in_memory(ip, hold)?;
         self.persist_holds(written)
     }
@@ -543,7 +554,7 @@ impl Pools {
     /// `quarantine_record` in memory only (`incident` sees it at once); the caller persists
     /// the result (`persist_holds`) once it holds no lock of its own. A throttling quarantine
     /// starts its IP × provider's pace cuts over (`Counters::quarantined`).
-    pub fn quarantine_in_memory(&self, ip: IpAddr, hold: Hold) -> Result<HoldWrite, String> {
+    pub fn quarantine_in_memory(&self, ip: IpAddr, hold: Hold) -> Result<HoldWrite, HoldError> {
         self.knows(ip)?;
         tracing::warn!(source_ip = %ip, scope = %hold.scope, cause = %hold.cause, reason = %hold.reason, evidence = %hold.evidence, until = hold.until, offence = hold.offence, "pool IP quarantined");
         let key = (ip, hold.scope.clone(), hold.cause.clone());
@@ -570,7 +581,7 @@ impl Pools {
         reason: &str,
         evidence: &str,
         until: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), HoldError> {
         tracing::warn!(source_ip = %ip, scope = scope.as_str(), cause = %cause, reason, evidence, until, "pool IP quarantined");
         self.put(ip, &scope, cause, reason, evidence, until)
     }
@@ -586,7 +597,7 @@ impl Pools {
         cause: Cause,
         reason: &str,
         evidence: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, HoldError> {
         self.knows(ip)?;
         let now = now_s();
         if self.lock().hold_of(ip, scope.as_str(), now).is_some() {
@@ -611,7 +622,7 @@ impl Pools {
     /// One cause of a quarantine is over (a delisting): its record expires now, so the IP goes
     /// on probation for that scope unless other records still hold it. Returns whether there
     /// was such a record in force.
-    pub fn release(&self, ip: IpAddr, scope: Scope, cause: Cause) -> Result<bool, String> {
+    pub fn release(&self, ip: IpAddr, scope: Scope, cause: Cause) -> Result<bool, HoldError> {
         let key = (ip, scope.as_str().to_string(), cause);
         let now = now_s();
         let hold = self.lock().holds.get(&key).cloned();
@@ -630,7 +641,7 @@ impl Pools {
 
     /// Operator: ends every quarantine of `ip` for `scope` at once, without probation. Returns
     /// whether there was one.
-    pub fn reinstate(&self, ip: IpAddr, scope: Scope) -> Result<bool, String> {
+    pub fn reinstate(&self, ip: IpAddr, scope: Scope) -> Result<bool, HoldError> {
         self.knows(ip)?;
         let keys: Vec<HoldKey> = self
             .lock()
@@ -657,18 +668,18 @@ impl Pools {
         scope: Scope,
         cause: Cause,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), HoldError> {
         tracing::warn!(source_ip = %ip, scope = scope.as_str(), cause = %cause, reason, "pool IP drained");
         self.put(ip, &scope, cause, reason, "", None)
     }
 
     /// Operator drain.
-    pub fn drain(&self, ip: IpAddr, scope: Scope, reason: &str) -> Result<(), String> {
+    pub fn drain(&self, ip: IpAddr, scope: Scope, reason: &str) -> Result<(), HoldError> {
         self.drain_for(ip, scope, Cause::Operator, reason)
     }
 
     /// Ends a drain of `cause` for `scope`. Returns whether there was one.
-    pub fn undrain_for(&self, ip: IpAddr, scope: Scope, cause: Cause) -> Result<bool, String> {
+    pub fn undrain_for(&self, ip: IpAddr, scope: Scope, cause: Cause) -> Result<bool, HoldError> {
         self.knows(ip)?;
         let key = (ip, scope.as_str().to_string(), cause);
         if !self.lock().holds.contains_key(&key) {
@@ -680,7 +691,7 @@ impl Pools {
     }
 
     /// Ends the operator's drain of `ip` for `scope`; quarantines stay (see `reinstate`).
-    pub fn undrain(&self, ip: IpAddr, scope: Scope) -> Result<bool, String> {
+    pub fn undrain(&self, ip: IpAddr, scope: Scope) -> Result<bool, HoldError> {
         self.undrain_for(ip, scope, Cause::Operator)
     }
 }

@@ -31,10 +31,11 @@ pub mod warmup;
 
 pub use farm::{Counters, Farm, HoldSink, Limit, ProgressMove, Refused, RunError, Taken};
 pub use farm_ramp::{FarmRamp, FarmState, Rolled, tally_ttl};
-pub use holds::{Cause, Hold, HoldKey, HoldKind, HoldWrite, Incident, Scope};
+pub use holds::{Cause, Hold, HoldError, HoldKey, HoldKind, HoldWrite, Incident, Scope};
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
+pub use store::StoreError;
 pub use view::CountsFrom;
 pub use view::{FarmView, IpState, IpView, NodeView, PoolView, PoolsView, ProviderView};
 

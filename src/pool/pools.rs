@@ -249,7 +249,7 @@ impl Pools {
     /// Pools with their state loaded from the store.
     pub fn new(config: &Config, state: Option<Arc<State>>) -> Result<Pools, String> {
         let inner = match &state {
-            Some(st) => super::store::load(st)?,
+            Some(st) => super::store::load(st).map_err(|e| e.to_string())?,
             None => Inner::default(),
         };
         Ok(Pools {

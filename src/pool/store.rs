@@ -9,7 +9,14 @@ use std::net::IpAddr;
 use super::holds::{Cause, Hold, HoldKey, HoldKind};
 use super::pools::{Inner, Key, Pools};
 use super::throttle::Counters;
-use crate::state::State;
+use crate::state::{State, StateError};
+
+/// The pool's records could not be read from or written to the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 fn counter_key(ip: IpAddr, provider: &str) -> String {
     format!("ipp|{ip}|{provider}")
@@ -33,10 +40,10 @@ fn legacy_cause(v: &serde_json::Value) -> Option<Cause> {
     })
 }
 
-pub(super) fn load(st: &State) -> Result<Inner, String> {
+pub(super) fn load(st: &State) -> Result<Inner, StoreError> {
     let mut inner = Inner::default();
     let mut rewrite = Vec::new();
-    for (k, v) in st.pool_load().map_err(|e| e.to_string())? {
+    for (k, v) in st.pool_load()? {
         let mut parts = k.splitn(3, '|');
         let (Some(kind), Some(ip), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
@@ -74,7 +81,7 @@ pub(super) fn load(st: &State) -> Result<Inner, String> {
         }
     }
     if !rewrite.is_empty() {
-        st.pool_write(&rewrite).map_err(|e| e.to_string())?;
+        st.pool_write(&rewrite)?;
     }
     for ((ip, scope, cause), h) in &inner.holds {
         tracing::info!(source_ip = %ip, scope = %scope, cause = %cause, kind = ?h.kind, reason = %h.reason, "pool IP held (from the state store)");
@@ -87,7 +94,10 @@ fn hold_json(h: &Hold) -> String {
 }
 
 impl Pools {
-    pub(super) fn store_holds(&self, changes: &[(HoldKey, Option<Hold>)]) -> Result<(), String> {
+    pub(super) fn store_holds(
+        &self,
+        changes: &[(HoldKey, Option<Hold>)],
+    ) -> Result<(), StoreError> {
         let Some(st) = &self.state else {
             return Ok(());
         };
@@ -95,7 +105,7 @@ impl Pools {
             .iter()
             .map(|(k, h)| (hold_key(k), h.as_ref().map(hold_json)))
             .collect();
-        st.pool_write(&records).map_err(|e| e.to_string())
+        Ok(st.pool_write(&records)?)
     }
 
     /// Writes changed counters and incident counts (`flush_counts`) to the store.

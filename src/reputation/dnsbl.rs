@@ -18,6 +18,18 @@ use crate::reputation::Settings;
 /// The reason text of DNSBL quarantines (how they are recognised after a restart).
 pub const REASON: &str = "dnsbl listing";
 
+/// Why the lists cannot be checked: a list's settings, or no resolver.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsblError {
+    #[error("empty DNSBL zone")]
+    EmptyZone,
+    #[error("bad DNSBL answer range {0:?}")]
+    BadRange(String),
+    /// As the resolver's builder words it.
+    #[error("{0}")]
+    Resolver(String),
+}
+
 /// One list as checked.
 #[derive(Debug, Clone)]
 pub struct List {
@@ -46,26 +58,26 @@ fn is_spamhaus(zone: &str) -> bool {
     z.ends_with("spamhaus.org") || z.ends_with("spamhaus.net") || z.contains(".spamhaus.")
 }
 
-fn range(s: &str) -> Result<(u32, u32), String> {
+fn range(s: &str) -> Result<(u32, u32), DnsblError> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
     let p = |x: &str| {
         x.trim()
             .parse::<Ipv4Addr>()
             .map(u32::from)
-            .map_err(|_| format!("bad DNSBL answer range {s:?}"))
+            .map_err(|_| DnsblError::BadRange(s.to_string()))
     };
     Ok((p(a)?, p(b)?))
 }
 
 impl List {
-    pub fn from_settings(s: &Settings) -> Result<Vec<List>, String> {
+    pub fn from_settings(s: &Settings) -> Result<Vec<List>, DnsblError> {
         s.dnsbl
             .iter()
             .map(|spec| {
                 let d = spec.dnsbl();
                 let zone = d.zone.trim().trim_end_matches('.').to_ascii_lowercase();
                 if zone.is_empty() {
-                    return Err("empty DNSBL zone".to_string());
+                    return Err(DnsblError::EmptyZone);
                 }
                 let spamhaus = is_spamhaus(&zone);
                 let query_zone = match (&s.spamhaus_dqs_key, zone.strip_suffix(".spamhaus.org")) {
@@ -209,12 +221,12 @@ impl Monitor {
         settings: &Settings,
         nameservers: &[SocketAddr],
         pools: Arc<Pools>,
-    ) -> Result<Option<Monitor>, String> {
+    ) -> Result<Option<Monitor>, DnsblError> {
         let lists = List::from_settings(settings)?;
         if lists.is_empty() || pools.ips().is_empty() {
             return Ok(None);
         }
-        let resolver = crate::routing::build_resolver(nameservers)?;
+        let resolver = crate::routing::build_resolver(nameservers).map_err(DnsblError::Resolver)?;
         let mut m = Monitor {
             resolver,
             lists,
@@ -341,7 +353,7 @@ pub fn start(
     settings: &Settings,
     nameservers: &[SocketAddr],
     pools: Arc<Pools>,
-) -> Result<(), String> {
+) -> Result<(), DnsblError> {
     let Some(mut m) = Monitor::new(settings, nameservers, pools)? else {
         return Ok(());
     };

@@ -99,10 +99,11 @@ pub fn check_config(
     path: &std::path::Path,
     settings: &Settings,
 ) -> Result<(), Vec<crate::util::settings::ConfigError>> {
-    let checked = settings
-        .classifier()
-        .map(|_| ())
-        .and_then(|_| super::dnsbl::List::from_settings(settings).map(|_| ()));
+    let checked = settings.classifier().map(|_| ()).and_then(|_| {
+        super::dnsbl::List::from_settings(settings)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     checked.map_err(|e| {
         vec![crate::util::settings::ConfigError {
             file: path.to_path_buf(),

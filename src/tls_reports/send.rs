@@ -23,11 +23,55 @@ use serde::Serialize;
 use super::report::{self, Reporter};
 use super::settings::Settings;
 use super::store::{Collector, DomainPeriod};
+use crate::doctor::dns::DnsError;
 use crate::signing::Signer;
 use crate::spool::{Envelope, Recipient, Spool, TlsRequest, now_unix};
+use crate::state::StateError;
 
 /// `client` of the envelope of a report mail: its own sessions are not reported (§5.1 SHOULD).
 pub const REPORT_CLIENT: &str = "local:tls-report";
+
+/// Why no report went out (a round), or why one POST failed (its `Target::detail`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportSendError {
+    /// As the certificate loader words it (with the path).
+    #[error("tls_reports.ca_file: {0}")]
+    CaFile(String),
+    /// As the resolver's builder words it.
+    #[error("{0}")]
+    Resolver(String),
+    #[error(transparent)]
+    Store(#[from] StateError),
+    /// A blocking task that panicked.
+    #[error("{0}")]
+    Crashed(#[source] tokio::task::JoinError),
+    /// The `_smtp._tls` lookup.
+    #[error(transparent)]
+    Lookup(#[from] DnsError),
+    #[error("bad URI {url:?}: {source}")]
+    BadUri {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("{0:?} is not https")]
+    NotHttps(String),
+    #[error("no host in {0:?}")]
+    NoHost(String),
+    #[error("{host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: hickory_resolver::net::NetError,
+    },
+    #[error("{0}: no address")]
+    NoAddress(String),
+    #[error("{0}")]
+    Http(#[source] ureq::Error),
+    /// An answer other than 2xx.
+    #[error("HTTP {0}")]
+    Status(u16),
+}
 
 /// One report and what became of it at each URI.
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +114,7 @@ impl Service {
         state: Arc<crate::state::State>,
         spool: Arc<Spool>,
         signer: Arc<Signer>,
-    ) -> Result<Option<Arc<Service>>, String> {
+    ) -> Result<Option<Arc<Service>>, ReportSendError> {
         if !settings.enabled {
             return Ok(None);
         }
@@ -81,13 +125,14 @@ impl Service {
                 .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
                 .collect();
         if let Some(ca) = &settings.ca_file {
-            for c in crate::tls::load_certs(ca).map_err(|e| format!("tls_reports.ca_file: {e}"))? {
+            for c in crate::tls::load_certs(ca).map_err(ReportSendError::CaFile)? {
                 anchors.push(ureq::tls::Certificate::from_der(c.as_ref()).to_owned());
             }
         }
         let collector = Arc::new(Collector::new(Some(state), settings.interval.0));
         Ok(Some(Arc::new(Service {
-            resolver: crate::routing::build_resolver(nameservers)?,
+            resolver: crate::routing::build_resolver(nameservers)
+                .map_err(ReportSendError::Resolver)?,
             hostname: hostname.to_string(),
             settings,
             collector,
@@ -104,23 +149,22 @@ impl Service {
     }
 
     /// Reports every period that is over.
-    pub async fn send_due(&self) -> Result<Vec<Sent>, String> {
+    pub async fn send_due(&self) -> Result<Vec<Sent>, ReportSendError> {
         let now = now_unix();
         self.send(Some(self.collector.period_of(now)), now).await
     }
 
     /// Reports everything collected, the current period up to now included.
-    pub async fn send_now(&self) -> Result<Vec<Sent>, String> {
+    pub async fn send_now(&self) -> Result<Vec<Sent>, ReportSendError> {
         self.send(None, now_unix()).await
     }
 
-    async fn send(&self, before: Option<u64>, now: u64) -> Result<Vec<Sent>, String> {
+    async fn send(&self, before: Option<u64>, now: u64) -> Result<Vec<Sent>, ReportSendError> {
         let _round = self.round.lock().await;
         let c = self.collector.clone();
         let periods = tokio::task::spawn_blocking(move || c.collected(before))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(ReportSendError::Crashed)??;
         let mut sent = Vec::new();
         for dp in periods {
             let end = (dp.start + self.collector.interval() - 1).min(now.max(dp.start));
@@ -147,7 +191,7 @@ impl Service {
         Ok(sent)
     }
 
-    async fn lookup_rua(&self, domain: &str) -> Result<Option<Vec<ReportUri>>, String> {
+    async fn lookup_rua(&self, domain: &str) -> Result<Option<Vec<ReportUri>>, DnsError> {
         let name = format!("_smtp._tls.{domain}");
         let records = crate::doctor::dns::txt(&self.resolver, &name)
             .await
@@ -282,7 +326,7 @@ impl Service {
                     post_blocking(&url2, &body, addrs, anchors, timeout)
                 })
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()))
+                .unwrap_or_else(|e| Err(ReportSendError::Crashed(e)))
             }
             Err(e) => Err(e),
         };
@@ -292,17 +336,22 @@ impl Service {
         Target {
             uri: url.to_string(),
             ok: result.is_ok(),
-            detail: result.unwrap_or_else(|e| e),
+            detail: result.unwrap_or_else(|e| e.to_string()),
         }
     }
 
     /// The URL's host resolved with the relay's resolver (an IP literal as it is).
-    async fn resolve(&self, url: &str) -> Result<Vec<SocketAddr>, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("bad URI {url:?}: {e}"))?;
+    async fn resolve(&self, url: &str) -> Result<Vec<SocketAddr>, ReportSendError> {
+        let uri: http::Uri = url.parse().map_err(|source| ReportSendError::BadUri {
+            url: url.to_string(),
+            source,
+        })?;
         if uri.scheme_str() != Some("https") {
-            return Err(format!("{url:?} is not https"));
+            return Err(ReportSendError::NotHttps(url.to_string()));
         }
-        let host = uri.host().ok_or_else(|| format!("no host in {url:?}"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| ReportSendError::NoHost(url.to_string()))?;
         let port = uri.port_u16().unwrap_or(443);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
@@ -312,10 +361,13 @@ impl Service {
             .resolver
             .lookup_ip(crate::doctor::dns::fqdn(host))
             .await
-            .map_err(|e| format!("{host}: {e}"))?;
+            .map_err(|source| ReportSendError::Resolve {
+                host: host.to_string(),
+                source,
+            })?;
         let addrs: Vec<SocketAddr> = found.iter().map(|ip| SocketAddr::new(ip, port)).collect();
         if addrs.is_empty() {
-            return Err(format!("{host}: no address"));
+            return Err(ReportSendError::NoAddress(host.to_string()));
         }
         Ok(addrs)
     }
@@ -327,7 +379,7 @@ fn post_blocking(
     addrs: Vec<SocketAddr>,
     anchors: Vec<ureq::tls::Certificate<'static>>,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, ReportSendError> {
     use ureq::tls::{RootCerts, TlsConfig};
     crate::tls::install_crypto_provider();
     let config = ureq::Agent::config_builder()
@@ -348,12 +400,12 @@ fn post_blocking(
         .post(url)
         .header("Content-Type", "application/tlsrpt+gzip")
         .send(body)
-        .map_err(|e| e.to_string())?;
+        .map_err(ReportSendError::Http)?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         Ok(format!("HTTP {status}"))
     } else {
-        Err(format!("HTTP {status}"))
+        Err(ReportSendError::Status(status))
     }
 }
 

@@ -37,6 +37,16 @@ impl std::fmt::Display for FetchError {
     }
 }
 
+impl std::error::Error for FetchError {}
+
+/// No HTTPS client: the CA file `[feeds] ca_file` names cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The reason as the certificate loader words it (with the path).
+    #[error("{0}")]
+    CaFile(String),
+}
+
 /// `url` with every occurrence of `secret` replaced, for messages.
 pub fn redact(url: &str, secret: &str) -> String {
     if secret.is_empty() {
@@ -53,10 +63,11 @@ pub enum Body<'a> {
 }
 
 impl Client {
-    pub fn new(settings: &Settings) -> Result<Client, String> {
+    pub fn new(settings: &Settings) -> Result<Client, ClientError> {
         crate::tls::install_crypto_provider();
         let anchors: Vec<Certificate<'static>> = match &settings.ca_file {
-            Some(file) => crate::tls::load_certs(file)?
+            Some(file) => crate::tls::load_certs(file)
+                .map_err(ClientError::CaFile)?
                 .iter()
                 .map(|c| Certificate::from_der(c.as_ref()).to_owned())
                 .collect(),

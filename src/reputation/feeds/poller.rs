@@ -286,7 +286,7 @@ impl Feeds {
                 }
                 Err(e) => {
                     tracing::error!(feed, source_ip = %v.ip, error = %e, "provider feed: cannot act on a verdict");
-                    (Done::Failed, Some(e))
+                    (Done::Failed, Some(e.to_string()))
                 }
             }
         };
@@ -372,7 +372,7 @@ fn poll_postmaster(client: &Client, s: &Postmaster, pool: &[IpAddr]) -> Round {
     let token = match token {
         Ok(t) => t,
         Err(e) => {
-            round.errors.push(e);
+            round.errors.push(e.to_string());
             return round;
         }
     };

@@ -18,18 +18,66 @@
 //!   fraction) is an error for that request: no verdict from it.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::fetch::{Body, Client};
+use super::fetch::{Body, Client, FetchError};
 use super::settings::Postmaster;
 use super::verdict::{DomainVerdict, IpVerdict, Level, Verdict};
 
 pub const SCOPES: &str = "https://www.googleapis.com/auth/postmaster.traffic.readonly https://www.googleapis.com/auth/postmaster.readonly";
+
+/// Why there is no token, or an answer cannot be read (module doc). No text quotes the key.
+#[derive(Debug, thiserror::Error)]
+pub enum PostmasterError {
+    #[error("key_file {}: {source}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "key_file {}: not a service-account key (client_email, private_key, token_uri): line {line} column {column}",
+        path.display()
+    )]
+    NotServiceAccount {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+    },
+    #[error("key_file: private_key is not a PKCS#8 PEM key")]
+    NotPkcs8,
+    #[error("key_file: private_key is not an RSA key")]
+    NotRsa,
+    #[error("cannot sign the token request")]
+    Sign,
+    #[error("token refused: {0}")]
+    TokenRefused(#[source] FetchError),
+    #[error("{uri}: the token answer is not JSON")]
+    TokenNotJson { uri: String },
+    #[error("{uri}: no access_token in the answer")]
+    NoAccessToken { uri: String },
+    #[error("answer is not JSON")]
+    NotJson,
+    /// A field that must be a list (`domainStats`, `ipReputations`, `sampleIps`).
+    #[error("{0} is not a list")]
+    NotList(&'static str),
+    #[error("a domainStat has no date")]
+    NoDate,
+    #[error("a spam_rate has no doubleValue/floatValue")]
+    NoRate,
+    #[error("spam rate {0} is not a fraction")]
+    NotFraction(f64),
+    #[error("unknown IP reputation {0:?}")]
+    UnknownReputation(String),
+    /// The sample as JSON.
+    #[error("sample IP {0} is not an IP address")]
+    SampleNotIp(String),
+}
 
 /// The fields of a service-account key file this needs.
 #[derive(Deserialize)]
@@ -41,27 +89,27 @@ pub struct ServiceAccount {
 
 impl ServiceAccount {
     /// Reads the key file; errors never quote its contents.
-    pub fn load(path: &Path) -> Result<ServiceAccount, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("key_file {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "key_file {}: not a service-account key (client_email, private_key, token_uri): line {} column {}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
+    pub fn load(path: &Path) -> Result<ServiceAccount, PostmasterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PostmasterError::KeyFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // The line and column only: serde's message may quote the key.
+        serde_json::from_str(&text).map_err(|e| PostmasterError::NotServiceAccount {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
         })
     }
 
     /// The signed JWT for the bearer grant, valid an hour from `now`.
-    pub fn assertion(&self, now: u64) -> Result<String, String> {
+    pub fn assertion(&self, now: u64) -> Result<String, PostmasterError> {
         use rustls_pki_types::PrivatePkcs8KeyDer;
         use rustls_pki_types::pem::PemObject;
         let der = PrivatePkcs8KeyDer::from_pem_slice(self.private_key.as_bytes())
-            .map_err(|_| "key_file: private_key is not a PKCS#8 PEM key".to_string())?;
+            .map_err(|_| PostmasterError::NotPkcs8)?;
         let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
-            .map_err(|_| "key_file: private_key is not an RSA key".to_string())?;
+            .map_err(|_| PostmasterError::NotRsa)?;
         let header = json!({"alg": "RS256", "typ": "JWT"});
         let claims = json!({
             "iss": self.client_email,
@@ -82,12 +130,12 @@ impl ServiceAccount {
             signed.as_bytes(),
             &mut sig,
         )
-        .map_err(|_| "cannot sign the token request".to_string())?;
+        .map_err(|_| PostmasterError::Sign)?;
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 
     /// An access token from `token_uri`.
-    pub fn token(&self, client: &Client, now: u64) -> Result<String, String> {
+    pub fn token(&self, client: &Client, now: u64) -> Result<String, PostmasterError> {
         let assertion = self.assertion(now)?;
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
@@ -95,14 +143,17 @@ impl ServiceAccount {
         ];
         let text = client
             .request(&self.token_uri, &self.token_uri, None, Body::Form(&form))
-            .map_err(|e| format!("token refused: {e}"))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|_| format!("{}: the token answer is not JSON", self.token_uri))?;
+            .map_err(PostmasterError::TokenRefused)?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| PostmasterError::TokenNotJson {
+            uri: self.token_uri.clone(),
+        })?;
         v["access_token"]
             .as_str()
             .filter(|t| !t.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| format!("{}: no access_token in the answer", self.token_uri))
+            .ok_or_else(|| PostmasterError::NoAccessToken {
+                uri: self.token_uri.clone(),
+            })
     }
 }
 
@@ -162,22 +213,24 @@ pub fn spam_rate_query(days: &[Day]) -> Value {
 }
 
 /// The latest day's spam rate in a v2 `QueryDomainStatsResponse`; `Ok(None)`: no day in it.
-pub fn parse_spam_rate(text: &str) -> Result<Option<(Day, f64)>, String> {
-    let v: Value = serde_json::from_str(text).map_err(|_| "answer is not JSON".to_string())?;
+pub fn parse_spam_rate(text: &str) -> Result<Option<(Day, f64)>, PostmasterError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| PostmasterError::NotJson)?;
     let Some(stats) = v.get("domainStats") else {
         return Ok(None);
     };
-    let stats = stats.as_array().ok_or("domainStats is not a list")?;
+    let stats = stats
+        .as_array()
+        .ok_or(PostmasterError::NotList("domainStats"))?;
     let mut latest: Option<(Day, f64)> = None;
     for s in stats.iter().filter(|s| s["metric"] == "spam_rate") {
-        let day = Day::from_json(&s["date"]).ok_or("a domainStat has no date")?;
+        let day = Day::from_json(&s["date"]).ok_or(PostmasterError::NoDate)?;
         let value = &s["value"];
         let rate = value["doubleValue"]
             .as_f64()
             .or_else(|| value["floatValue"].as_f64())
-            .ok_or("a spam_rate has no doubleValue/floatValue")?;
+            .ok_or(PostmasterError::NoRate)?;
         if !(0.0..=1.0).contains(&rate) {
-            return Err(format!("spam rate {rate} is not a fraction"));
+            return Err(PostmasterError::NotFraction(rate));
         }
         if latest.is_none_or(|(d, _)| day > d) {
             latest = Some((day, rate));
@@ -196,12 +249,14 @@ pub enum Bucket {
 }
 
 /// `ipReputations[]` of a v1 `TrafficStats`: (bucket, sample IPs).
-pub fn parse_ip_reputations(text: &str) -> Result<Vec<(Bucket, Vec<IpAddr>)>, String> {
-    let v: Value = serde_json::from_str(text).map_err(|_| "answer is not JSON".to_string())?;
+pub fn parse_ip_reputations(text: &str) -> Result<Vec<(Bucket, Vec<IpAddr>)>, PostmasterError> {
+    let v: Value = serde_json::from_str(text).map_err(|_| PostmasterError::NotJson)?;
     let Some(reps) = v.get("ipReputations") else {
         return Ok(Vec::new());
     };
-    let reps = reps.as_array().ok_or("ipReputations is not a list")?;
+    let reps = reps
+        .as_array()
+        .ok_or(PostmasterError::NotList("ipReputations"))?;
     let mut out = Vec::new();
     for r in reps {
         let bucket = match r["reputation"].as_str().unwrap_or("") {
@@ -211,18 +266,18 @@ pub fn parse_ip_reputations(text: &str) -> Result<Vec<(Bucket, Vec<IpAddr>)>, St
             "BAD" => Bucket::Bad,
             // Google's "no value" enum member: nothing to judge.
             "REPUTATION_CATEGORY_UNSPECIFIED" => continue,
-            other => return Err(format!("unknown IP reputation {other:?}")),
+            other => return Err(PostmasterError::UnknownReputation(other.to_string())),
         };
         let ips = match r.get("sampleIps") {
             None => Vec::new(),
             Some(list) => list
                 .as_array()
-                .ok_or("sampleIps is not a list")?
+                .ok_or(PostmasterError::NotList("sampleIps"))?
                 .iter()
                 .map(|ip| {
                     ip.as_str()
                         .and_then(|s| s.parse::<IpAddr>().ok())
-                        .ok_or_else(|| format!("sample IP {ip} is not an IP address"))
+                        .ok_or_else(|| PostmasterError::SampleNotIp(ip.to_string()))
                 })
                 .collect::<Result<_, _>>()?,
         };

@@ -19,6 +19,31 @@ use std::net::IpAddr;
 
 use super::verdict::{IpVerdict, Verdict};
 
+/// Why an SNDS file is not trusted (module doc): the first row that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SndsError {
+    #[error("not CSV: {0}")]
+    NotCsv(#[source] csv::Error),
+    #[error("line {line}: {got} columns, expected at least {want}")]
+    Columns {
+        line: usize,
+        got: usize,
+        want: usize,
+    },
+    #[error("line {line}: {text:?} is not an IP address")]
+    NotIp { line: usize, text: String },
+    #[error("line {line}: unknown filter result {text:?}")]
+    Filter { line: usize, text: String },
+    #[error("line {line}: {what} {text:?} is not a count")]
+    NotCount {
+        line: usize,
+        what: &'static str,
+        text: String,
+    },
+    #[error("line {line}: blocked is {text:?}, not Yes/No")]
+    Blocked { line: usize, text: String },
+}
+
 /// SNDS's filter result for an IP in one period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Filter {
@@ -69,7 +94,7 @@ pub struct StatusRow {
 
 const DATA_COLUMNS: usize = 11;
 
-fn records(text: &str) -> Result<Vec<csv::StringRecord>, String> {
+fn records(text: &str) -> Result<Vec<csv::StringRecord>, SndsError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -77,7 +102,7 @@ fn records(text: &str) -> Result<Vec<csv::StringRecord>, String> {
         .from_reader(text.as_bytes());
     let mut out = Vec::new();
     for r in reader.records() {
-        let r = r.map_err(|e| format!("not CSV: {e}"))?;
+        let r = r.map_err(SndsError::NotCsv)?;
         if r.iter().all(str::is_empty) {
             continue;
         }
@@ -92,17 +117,20 @@ fn is_header(r: &csv::StringRecord) -> bool {
         .is_some_and(|f| f.to_ascii_lowercase().starts_with("ip") && f.parse::<IpAddr>().is_err())
 }
 
-fn count(field: Option<&str>, line: usize, what: &str) -> Result<u64, String> {
+fn count(field: Option<&str>, line: usize, what: &'static str) -> Result<u64, SndsError> {
     let f = field.unwrap_or("").trim();
     if f.is_empty() {
         return Ok(0);
     }
-    f.parse()
-        .map_err(|_| format!("line {line}: {what} {f:?} is not a count"))
+    f.parse().map_err(|_| SndsError::NotCount {
+        line,
+        what,
+        text: f.to_string(),
+    })
 }
 
 /// Reads the data file (module doc); `Err` when any row cannot be read.
-pub fn parse_data(text: &str) -> Result<Vec<DataRow>, String> {
+pub fn parse_data(text: &str) -> Result<Vec<DataRow>, SndsError> {
     let mut rows = Vec::new();
     for (i, r) in records(text)?.iter().enumerate() {
         let line = i + 1;
@@ -110,16 +138,20 @@ pub fn parse_data(text: &str) -> Result<Vec<DataRow>, String> {
             continue;
         }
         if r.len() < DATA_COLUMNS {
-            return Err(format!(
-                "line {line}: {} columns, expected at least {DATA_COLUMNS}",
-                r.len()
-            ));
+            return Err(SndsError::Columns {
+                line,
+                got: r.len(),
+                want: DATA_COLUMNS,
+            });
         }
-        let ip = r[0]
-            .parse::<IpAddr>()
-            .map_err(|_| format!("line {line}: {:?} is not an IP address", &r[0]))?;
-        let filter = Filter::parse(&r[6])
-            .ok_or_else(|| format!("line {line}: unknown filter result {:?}", &r[6]))?;
+        let ip = r[0].parse::<IpAddr>().map_err(|_| SndsError::NotIp {
+            line,
+            text: r[0].to_string(),
+        })?;
+        let filter = Filter::parse(&r[6]).ok_or_else(|| SndsError::Filter {
+            line,
+            text: r[6].to_string(),
+        })?;
         count(r.get(3), line, "RCPT commands")?;
         count(r.get(4), line, "DATA commands")?;
         rows.push(DataRow {
@@ -136,7 +168,7 @@ pub fn parse_data(text: &str) -> Result<Vec<DataRow>, String> {
 }
 
 /// Reads the IP status file (module doc); `Err` when any row cannot be read.
-pub fn parse_status(text: &str) -> Result<Vec<StatusRow>, String> {
+pub fn parse_status(text: &str) -> Result<Vec<StatusRow>, SndsError> {
     let mut rows = Vec::new();
     for (i, r) in records(text)?.iter().enumerate() {
         let line = i + 1;
@@ -144,19 +176,27 @@ pub fn parse_status(text: &str) -> Result<Vec<StatusRow>, String> {
             continue;
         }
         if r.len() < 3 {
-            return Err(format!(
-                "line {line}: {} columns, expected at least 3",
-                r.len()
-            ));
+            return Err(SndsError::Columns {
+                line,
+                got: r.len(),
+                want: 3,
+            });
         }
         let ip = |f: &str| {
-            f.parse::<IpAddr>()
-                .map_err(|_| format!("line {line}: {f:?} is not an IP address"))
+            f.parse::<IpAddr>().map_err(|_| SndsError::NotIp {
+                line,
+                text: f.to_string(),
+            })
         };
         let blocked = match r[2].to_ascii_lowercase().as_str() {
             "yes" | "blocked" | "true" => true,
             "no" | "false" => false,
-            other => return Err(format!("line {line}: blocked is {other:?}, not Yes/No")),
+            other => {
+                return Err(SndsError::Blocked {
+                    line,
+                    text: other.to_string(),
+                });
+            }
         };
         rows.push(StatusRow {
             first: ip(&r[0])?,
@@ -310,6 +350,7 @@ mod tests {
         assert!(
             parse_data(shifted)
                 .unwrap_err()
+                .to_string()
                 .contains("unknown filter result")
         );
         assert!(parse_data("<html>Service unavailable</html>\n").is_err());

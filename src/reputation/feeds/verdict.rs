@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{Cause, Hold, HoldKind, Pools, Scope};
+use crate::pool::{Cause, Hold, HoldError, HoldKind, Pools, Scope};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +70,7 @@ pub fn apply(
     feed: &str,
     v: &IpVerdict,
     now: u64,
-) -> Result<Applied, String> {
+) -> Result<Applied, HoldError> {
     let cause = Cause::Feed(feed.to_string());
     let reason = format!("{feed} feed");
     match v.verdict {
