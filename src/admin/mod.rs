@@ -87,7 +87,8 @@ pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String>
         let files = state.config.tls.as_ref().ok_or_else(|| {
             format!("admin: listen {listen} needs TLS but [tls] has no certificate")
         })?;
-        let config = crate::tls::server_config(&files.certificate, &files.private_key)?;
+        let config = crate::tls::server_config(&files.certificate, &files.private_key)
+            .map_err(|e| e.to_string())?;
         Some(tokio_rustls::TlsAcceptor::from(config))
     } else {
         None

@@ -107,11 +107,15 @@ impl Deliverer {
         })?;
         Ok(Deliverer {
             signer: arc_swap::ArcSwap::from_pointee(signer),
-            router: arc_swap::ArcSwap::from_pointee(Router::new(&config)?),
+            router: arc_swap::ArcSwap::from_pointee(
+                Router::new(&config).map_err(|e| e.to_string())?,
+            ),
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
-            policies: Arc::new(Policies::new(&config, tls.required.clone(), state)?),
+            policies: Arc::new(
+                Policies::new(&config, tls.required.clone(), state).map_err(|e| e.to_string())?,
+            ),
             tls,
             timeouts: Timeouts {
                 connect: config.delivery.connect_timeout.0,
@@ -133,7 +137,8 @@ impl Deliverer {
         signer: Arc<crate::signing::Signer>,
     ) -> Result<(), String> {
         self.signer.store(signer);
-        self.router.store(Arc::new(Router::new(config)?));
+        self.router
+            .store(Arc::new(Router::new(config).map_err(|e| e.to_string())?));
         Ok(())
     }
 

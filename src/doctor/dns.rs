@@ -95,7 +95,9 @@ pub struct PtrClient(NameServerPool<TokioRuntimeProvider>);
 impl PtrClient {
     /// The same servers as `routing::build_resolver`: `[dns] nameservers`, else the system's.
     pub fn new(nameservers: &[SocketAddr]) -> Result<PtrClient, String> {
-        crate::util::nameservers::pool(nameservers, "DNS client").map(PtrClient)
+        crate::util::nameservers::pool(nameservers, "DNS client")
+            .map(PtrClient)
+            .map_err(|e| e.to_string())
     }
 
     /// PTR names of `ip` (lower case, no trailing dot).

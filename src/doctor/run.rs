@@ -38,9 +38,10 @@ pub struct Doctor {
 
 impl Doctor {
     pub fn new(config: Arc<Config>) -> Result<Doctor, String> {
-        let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+        let resolver =
+            crate::routing::build_resolver(&config.dns.nameservers).map_err(|e| e.to_string())?;
         let lists = List::from_settings(&config.reputation)?;
-        let router = Router::new(&config)?;
+        let router = Router::new(&config).map_err(|e| e.to_string())?;
         let connectors = crate::delivery::tls::connectors(&config.delivery).ok();
         let (tls, verifying) = match connectors {
             Some(c) => (Some(c.opportunistic), c.required),

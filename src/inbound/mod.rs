@@ -91,10 +91,10 @@ pub(crate) fn build(
         None => None,
     };
     let tls = match &config.tls {
-        Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
-            &files.certificate,
-            &files.private_key,
-        )?)),
+        Some(files) => Some(TlsAcceptor::from(
+            crate::tls::server_config(&files.certificate, &files.private_key)
+                .map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     for l in &config.listen {

@@ -210,7 +210,8 @@ impl Monitor {
         if lists.is_empty() || pools.ips().is_empty() {
             return Ok(None);
         }
-        let resolver = crate::routing::build_resolver(&config.dns.nameservers)?;
+        let resolver =
+            crate::routing::build_resolver(&config.dns.nameservers).map_err(|e| e.to_string())?;
         let mut m = Monitor {
             resolver,
             lists,

@@ -85,7 +85,8 @@ impl Service {
         }
         let collector = Arc::new(Collector::new(Some(state), settings.interval.0));
         Ok(Some(Arc::new(Service {
-            resolver: crate::routing::build_resolver(&config.dns.nameservers)?,
+            resolver: crate::routing::build_resolver(&config.dns.nameservers)
+                .map_err(|e| e.to_string())?,
             hostname: config.hostname.clone(),
             settings,
             collector,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::dane::{Dane, Outcome, Security};
+use super::dane::{Dane, DaneError, Outcome, Security};
 use super::mta_sts::{self, Found, Mode, MtaSts};
 use super::{
     Applied, HostPolicy, MxCheck, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement,
@@ -62,7 +62,7 @@ impl Policies {
         config: &Config,
         verifying: Option<TlsConnector>,
         state: Option<Arc<State>>,
-    ) -> Result<Policies, String> {
+    ) -> Result<Policies, DaneError> {
         Ok(Policies {
             dane: Dane::new(config)?,
             sts: MtaSts::new(config, verifying, state),

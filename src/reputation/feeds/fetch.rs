@@ -56,7 +56,8 @@ impl Client {
     pub fn new(settings: &Settings) -> Result<Client, String> {
         crate::tls::install_crypto_provider();
         let anchors: Vec<Certificate<'static>> = match &settings.ca_file {
-            Some(file) => crate::tls::load_certs(file)?
+            Some(file) => crate::tls::load_certs(file)
+                .map_err(|e| e.to_string())?
                 .iter()
                 .map(|c| Certificate::from_der(c.as_ref()).to_owned())
                 .collect(),
