@@ -18,7 +18,7 @@ pub use crate::config::reputation::{Dnsbl, DnsblSpec, Settings};
 
 impl Settings {
     pub fn classifier(&self) -> Result<Classifier, String> {
-        Classifier::from_sources(&self.rule, self.rules_file.as_deref())
+        Classifier::from_sources(&self.rule, self.rules_file.as_deref()).map_err(|e| e.to_string())
     }
 }
 
