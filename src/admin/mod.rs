@@ -82,7 +82,8 @@ pub struct AdminState {
 /// A bind, token or certificate failure stops the start.
 pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String> {
     let listen = settings.listen;
-    let token = token::load_or_create(&settings.token_path(&state.config.data_dir))?;
+    let token = token::load_or_create(&settings.token_path(&state.config.data_dir))
+        .map_err(|e| e.to_string())?;
     let tls = if settings.uses_tls() {
         let files = state.config.tls.as_ref().ok_or_else(|| {
             format!("admin: listen {listen} needs TLS but [tls] has no certificate")

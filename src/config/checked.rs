@@ -189,7 +189,7 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
     if let Some(users) = &config.access.users_file
         && let Err(e) = crate::inbound::users::Users::load(users)
     {
-        at("access.users_file", e);
+        at("access.users_file", e.to_string());
     }
     if let Some(tls) = &config.tls
         && let Err(e) = crate::tls::server_config(&tls.certificate, &tls.private_key)

@@ -83,7 +83,7 @@ pub(crate) fn build(
 ) -> Result<Inbound, String> {
     let users = match &config.access.users_file {
         Some(path) => {
-            let u = users::Users::load(path)?;
+            let u = users::Users::load(path).map_err(|e| e.to_string())?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
             sender_login::warn_logins_without_senders(u.names(), &config.access.sender_login);
             Some(Arc::new(u))
