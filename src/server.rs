@@ -227,15 +227,18 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     let deliverer = crate::delivery::start(
         delivery_settings(&config),
         signer.clone(),
-        spool.clone(),
-        pools.clone(),
-        reputation.clone(),
-        Some(state.clone()),
+        crate::delivery::Stages {
+            spool: spool.clone(),
+            pools: pools.clone(),
+            reputation: reputation.clone(),
+            state: Some(state.clone()),
+            feedback: Some(feedback.clone()),
+            farm: (cluster.clone())
+                .map(|c| c as Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>),
+        },
         committed,
         recovered,
         control,
-        Some(feedback.clone()),
-        (cluster.clone()).map(|c| c as Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>),
     )
     .await?;
     if let Some(t) = &tls_reports {

@@ -1,7 +1,7 @@
 //! TLS material: one rustls crypto provider for the whole process, server config from PEM files.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,23 +15,52 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why a PEM certificate or key file gave no TLS material; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    /// rustls refused the certificate and key together (`path`: the certificate).
+    #[error("{}: {source}", path.display())]
+    Rejected {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+fn pem_error(path: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsFileError + '_ {
+    move |source| TlsFileError::Pem {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(pem_error(path))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(pem_error(path))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", path.display()));
+        return Err(TlsFileError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
 
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
+    PrivateKeyDer::from_pem_file(path).map_err(pem_error(path))
 }
 
 /// Server config for inbound STARTTLS / implicit TLS: TLS 1.2 and 1.3.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
     install_crypto_provider();
     let config = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
@@ -39,7 +68,10 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     ])
     .with_no_client_auth()
     .with_single_cert(load_certs(cert)?, load_key(key)?)
-    .map_err(|e| format!("{}: {e}", cert.display()))?;
+    .map_err(|source| TlsFileError::Rejected {
+        path: cert.to_path_buf(),
+        source,
+    })?;
     Ok(Arc::new(config))
 }
 

@@ -103,12 +103,14 @@ pub struct CertFiles {
 /// A bind, token or certificate failure stops the start.
 pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String> {
     let listen = settings.listen;
-    let token = token::load_or_create(&settings.token_path(&state.relay.data_dir))?;
+    let token = token::load_or_create(&settings.token_path(&state.relay.data_dir))
+        .map_err(|e| e.to_string())?;
     let tls = if settings.uses_tls() {
         let files = state.relay.tls.as_ref().ok_or_else(|| {
             format!("admin: listen {listen} needs TLS but [tls] has no certificate")
         })?;
-        let config = crate::tls::server_config(&files.certificate, &files.private_key)?;
+        let config = crate::tls::server_config(&files.certificate, &files.private_key)
+            .map_err(|e| e.to_string())?;
         Some(tokio_rustls::TlsAcceptor::from(config))
     } else {
         None

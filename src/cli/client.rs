@@ -115,7 +115,7 @@ fn trust_anchors(config: &Config) -> Result<RootCerts, String> {
         .into_iter()
         .chain(config.tls.as_ref().map(|t| t.certificate.clone()));
     for file in files {
-        for c in crate::tls::load_certs(&file)? {
+        for c in crate::tls::load_certs(&file).map_err(|e| e.to_string())? {
             anchors.push(Certificate::from_der(c.as_ref()).to_owned());
         }
     }

@@ -150,7 +150,10 @@ fn system(config: &Config, path: &Path, text: &str) -> Vec<ConfigError> {
     if let Some(anchor) = &config.delivery.dane.trust_anchor
         && let Err(e) = crate::delivery::policy::dane::lookup::load_trust_anchor(anchor)
     {
-        at(key_line(text, "delivery.dane", "trust_anchor"), e);
+        at(
+            key_line(text, "delivery.dane", "trust_anchor"),
+            e.to_string(),
+        );
     }
     if config.dns.nameservers.is_empty()
         && let Err(e) = hickory_resolver::system_conf::read_system_conf()
@@ -186,12 +189,12 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
     if let Some(users) = &config.access.users_file
         && let Err(e) = crate::inbound::users::Users::load(users)
     {
-        at("access.users_file", e);
+        at("access.users_file", e.to_string());
     }
     if let Some(tls) = &config.tls
         && let Err(e) = crate::tls::server_config(&tls.certificate, &tls.private_key)
     {
-        at("tls", e);
+        at("tls", e.to_string());
     }
     errors
 }
@@ -199,7 +202,7 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
 /// The certificates of a CA file, as delivery loads them.
 fn trust_anchors(ca: &Path) -> Result<(), String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in crate::tls::load_certs(ca)? {
+    for cert in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
         roots
             .add(cert)
             .map_err(|e| format!("{}: {e}", ca.display()))?;

@@ -88,21 +88,37 @@ pub struct Deliverer {
     feedback: Option<Arc<crate::feedback::Feedback>>,
 }
 
+/// What delivery works with, built before it by the caller.
+pub struct Stages {
+    pub spool: Arc<Spool>,
+    pub pools: Arc<Pools>,
+    pub reputation: Arc<Tracker>,
+    /// Where policies and caches persist (`None` in some tests).
+    pub state: Option<Arc<crate::state::State>>,
+    /// Keeps a record of each recipient a receiver took, for tracing complaints.
+    pub feedback: Option<Arc<crate::feedback::Feedback>>,
+    /// The farm's MTA-STS policy cache (`None` without `[cluster]`).
+    pub farm: Option<Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>>,
+}
+
 impl Deliverer {
     pub fn new(
         settings: Settings,
         signer: Arc<crate::signing::Signer>,
-        spool: Arc<Spool>,
-        pools: Arc<Pools>,
-        reputation: Arc<Tracker>,
-        state: Option<Arc<crate::state::State>>,
-        feedback: Option<Arc<crate::feedback::Feedback>>,
-        farm: Option<Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>>,
+        with: Stages,
     ) -> Result<Deliverer, String> {
+        let Stages {
+            spool,
+            pools,
+            reputation,
+            state,
+            feedback,
+            farm,
+        } = with;
         let tls = tls::connectors(&settings.delivery)?;
         Ok(Deliverer {
             signer: arc_swap::ArcSwap::new(signer),
-            router: arc_swap::ArcSwap::from_pointee(settings.router()?),
+            router: arc_swap::ArcSwap::from_pointee(settings.router().map_err(|e| e.to_string())?),
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
@@ -112,7 +128,8 @@ impl Deliverer {
                     &settings.dns,
                     tls.required.clone(),
                     state,
-                )?
+                )
+                .map_err(|e| e.to_string())?
                 .sharing(farm),
             ),
             tls,
@@ -136,7 +153,8 @@ impl Deliverer {
         signer: Arc<crate::signing::Signer>,
     ) -> Result<(), String> {
         self.signer.store(signer);
-        self.router.store(Arc::new(settings.router()?));
+        self.router
+            .store(Arc::new(settings.router().map_err(|e| e.to_string())?));
         Ok(())
     }
 

@@ -26,29 +26,19 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::pool::Pools;
-use crate::reputation::rates::Tracker;
-use crate::spool::{Envelope, Spool};
+use crate::spool::Envelope;
 
-pub use deliverer::{Attempted, Deliverer, Written};
+pub use deliverer::{Attempted, Deliverer, Stages, Written};
 
-#[allow(clippy::too_many_arguments)]
 pub async fn start(
     settings: settings::Settings,
     signer: Arc<crate::signing::Signer>,
-    spool: Arc<Spool>,
-    pools: Arc<Pools>,
-    reputation: Arc<Tracker>,
-    state: Option<Arc<crate::state::State>>,
+    with: Stages,
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
-    feedback: Option<Arc<crate::feedback::Feedback>>,
-    farm: Option<Arc<dyn policy::mta_sts::PolicyFarm>>,
 ) -> Result<Arc<Deliverer>, String> {
-    let d = Arc::new(Deliverer::new(
-        settings, signer, spool, pools, reputation, state, feedback, farm,
-    )?);
+    let d = Arc::new(Deliverer::new(settings, signer, with)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     // Said once, before any DANE mail waits on a resolver that strips DNSSEC.
     let checked = d.clone();

@@ -55,7 +55,7 @@ impl Deliverer {
                     let starttls = StartTls::Mandatory(&c, Assurance::Dane);
                     client::open(host, addr, source, starttls, &self.timeouts).await
                 }
-                Err(e) => Err(no_connector(host, addr, source, e)),
+                Err(e) => Err(no_connector(host, addr, source, e.to_string())),
             },
         };
         self.report_open(policy, host, addr, source, &result);

@@ -169,7 +169,7 @@ pub struct Settings {
 
 impl Settings {
     /// The routes and resolver of these settings (MX hosts on `[delivery] port`).
-    pub fn router(&self) -> Result<Router, String> {
+    pub fn router(&self) -> Result<Router, crate::routing::ResolverError> {
         Router::new(
             &self.route,
             &self.dns,

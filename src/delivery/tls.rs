@@ -37,7 +37,7 @@ pub fn connectors(delivery: &Delivery) -> Result<Connectors, String> {
 
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &delivery.ca_file {
-        for cert in crate::tls::load_certs(ca)? {
+        for cert in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
             roots
                 .add(cert)
                 .map_err(|e| format!("{}: {e}", ca.display()))?;

@@ -64,7 +64,7 @@ pub async fn check(resolver: &TokioResolver, key: &DkimKey) -> Check {
     let about = key.selector.clone();
     let expected = match std::fs::read(&key.private_key)
         .map_err(|e| format!("cannot read {}: {e}", key.private_key.display()))
-        .and_then(|pem| keygen::txt_value(&pem))
+        .and_then(|pem| keygen::txt_value(&pem).map_err(|e| e.to_string()))
     {
         Ok(v) => v,
         Err(e) => {

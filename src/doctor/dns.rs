@@ -108,7 +108,7 @@ impl PtrClient {
     pub fn new(nameservers: &[SocketAddr]) -> Result<PtrClient, DnsError> {
         crate::util::nameservers::pool(nameservers, "DNS client")
             .map(PtrClient)
-            .map_err(DnsError::Client)
+            .map_err(|e| DnsError::Client(e.to_string()))
     }
 
     /// PTR names of `ip` (lower case, no trailing dot).

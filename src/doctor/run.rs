@@ -29,16 +29,16 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
     /// The resolver (`[dns] nameservers`).
-    #[error("{0}")]
-    Resolver(String),
+    #[error(transparent)]
+    Resolver(crate::routing::ResolverError),
     /// The PTR client (the same nameservers).
     #[error(transparent)]
     PtrClient(#[from] DnsError),
     #[error(transparent)]
     Dnsbl(#[from] DnsblError),
     /// The routes (`[[route]]`).
-    #[error("{0}")]
-    Routing(String),
+    #[error(transparent)]
+    Routing(crate::routing::ResolverError),
     #[error(transparent)]
     Target(#[from] TargetError),
 }

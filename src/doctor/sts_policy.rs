@@ -21,7 +21,8 @@ pub async fn check(resolver: &TokioResolver, sts: &MtaSts, domain: &str) -> Opti
     let url = format!("https://mta-sts.{domain}/.well-known/mta-sts.txt");
     let policy = match sts.fetch_now(domain, resolver).await {
         Ok(p) => p,
-        Err((failure, why)) => {
+        Err(e) => {
+            let (failure, why) = (e.failure(), e);
             return Some(
                 Check::warn(NAME, format!("{url}: {why} ({failure}): senders ignore the policy"))
                     .fix(format!(

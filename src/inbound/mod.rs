@@ -82,7 +82,7 @@ pub(crate) fn build(
 ) -> Result<Inbound, String> {
     let users = match &settings.access.users_file {
         Some(path) => {
-            let u = users::Users::load(path)?;
+            let u = users::Users::load(path).map_err(|e| e.to_string())?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
             sender_login::warn_logins_without_senders(u.names(), &settings.access.sender_login);
             Some(Arc::new(u))
@@ -90,10 +90,10 @@ pub(crate) fn build(
         None => None,
     };
     let tls = match &settings.tls {
-        Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
-            &files.certificate,
-            &files.private_key,
-        )?)),
+        Some(files) => Some(TlsAcceptor::from(
+            crate::tls::server_config(&files.certificate, &files.private_key)
+                .map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     for l in &settings.listen {

@@ -5,7 +5,7 @@
 //! (never the password itself).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,35 @@ const CACHE_MAX: usize = 10_000;
 /// Verified against for unknown users, so a wrong user name costs as much as a wrong password.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$6zqZ8d9Q2w4m1tq3rj3n4B0mX6cQk0bXxOQ8f0s3y3E";
 
+/// Why a password could not be hashed or the users file not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// (password-hash's error is no `std::error::Error` without its `std` feature: no source.)
+    #[error("{0}")]
+    Hash(argon2::password_hash::Error),
+    #[error("{}: cannot read users file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `line`: 1-based; 0 when no line is at fault (the process could not set up checks).
+    #[error("{}:{line}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
 /// An argon2id hash (PHC string) with a random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
     use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
     let salt = SaltString::generate(&mut OsRng);
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(UsersError::Hash)
 }
 
 pub struct Users {
@@ -60,10 +81,16 @@ fn start_checkers() -> std::io::Result<std::sync::mpsc::Sender<Job>> {
 
 impl Users {
     /// Loads `user:hash` lines (blank lines and `#` comments ignored). Errors name file and line.
-    pub fn load(path: &Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read users file: {e}", path.display()))?;
-        Self::parse(&text).map_err(|(line, msg)| format!("{}:{line}: {msg}", path.display()))
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|(line, message)| UsersError::Parse {
+            path: path.to_path_buf(),
+            line,
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Users, (usize, String)> {

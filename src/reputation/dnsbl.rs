@@ -26,8 +26,8 @@ pub enum DnsblError {
     #[error("bad DNSBL answer range {0:?}")]
     BadRange(String),
     /// As the resolver's builder words it.
-    #[error("{0}")]
-    Resolver(String),
+    #[error(transparent)]
+    Resolver(crate::routing::ResolverError),
 }
 
 /// One list as checked.

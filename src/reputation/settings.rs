@@ -90,7 +90,7 @@ impl Default for Settings {
 
 impl Settings {
     pub fn classifier(&self) -> Result<Classifier, String> {
-        Classifier::from_sources(&self.rule, self.rules_file.as_deref())
+        Classifier::from_sources(&self.rule, self.rules_file.as_deref()).map_err(|e| e.to_string())
     }
 }
 

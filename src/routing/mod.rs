@@ -57,19 +57,28 @@ pub fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Why no resolver could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error("system DNS configuration: {0}")]
+    SystemConf(#[source] NetError),
+    #[error("DNS resolver: {0}")]
+    Build(#[source] NetError),
+}
+
 /// One shared resolver: `dns.nameservers` (UDP + TCP, no system config), else the system's.
-pub fn build_resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, String> {
+pub fn build_resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, ResolverError> {
     resolver_builder(nameservers)?
         .build()
-        .map_err(|e| format!("DNS resolver: {e}"))
+        .map_err(ResolverError::Build)
 }
 
 /// The builder `build_resolver` uses, for resolvers that add to it (DANE's validating one).
 pub fn resolver_builder(
     nameservers: &[SocketAddr],
-) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, ResolverError> {
     let mut builder = if nameservers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
+        TokioResolver::builder_tokio().map_err(ResolverError::SystemConf)?
     } else {
         let servers = nameservers
             .iter()
@@ -107,7 +116,7 @@ impl Router {
         dns: &Dns,
         port: u16,
         default_tls: TlsPolicy,
-    ) -> Result<Router, String> {
+    ) -> Result<Router, ResolverError> {
         Ok(Router {
             routes: routes.to_vec(),
             resolver: build_resolver(&dns.nameservers)?,

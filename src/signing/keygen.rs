@@ -2,12 +2,57 @@
 //! that publishes its public half.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+
+/// Why no key (or no TXT record for a key) came out.
+#[derive(Debug, thiserror::Error)]
+pub enum KeygenError {
+    #[error("unknown algorithm {0:?}: ed25519, rsa2048 or rsa4096")]
+    UnknownAlgorithm(String),
+    /// `what`: "an Ed25519 key", "an RSA key".
+    #[error("cannot generate {what}")]
+    Generate {
+        what: &'static str,
+        #[source]
+        source: aws_lc_rs::error::Unspecified,
+    },
+    /// `what`: "the RSA key", "the public key".
+    #[error("cannot encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: aws_lc_rs::error::Unspecified,
+    },
+    /// The key as the relay would load it (`signing::parse_key`'s words).
+    #[error("{0}")]
+    Key(String),
+    #[error(transparent)]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    #[error("unsupported key type")]
+    UnsupportedKeyType,
+    #[error("not an RSA key: {0}")]
+    NotRsa(#[source] aws_lc_rs::error::KeyRejected),
+    #[error("--domain {0:?} is not a domain name")]
+    BadDomain(String),
+    #[error("--selector {0:?}: use letters, digits, '-' and '.' (e.g. s2026)")]
+    BadSelector(String),
+    #[error(
+        "{} already exists; a published key is never overwritten (choose another --selector or --out)",
+        path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -17,26 +62,27 @@ pub enum Algorithm {
 }
 
 impl std::str::FromStr for Algorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = KeygenError;
+    fn from_str(s: &str) -> Result<Self, KeygenError> {
         match s.to_ascii_lowercase().as_str() {
             "ed25519" => Ok(Algorithm::Ed25519),
             "rsa2048" | "rsa" => Ok(Algorithm::Rsa2048),
             "rsa4096" => Ok(Algorithm::Rsa4096),
-            _ => Err(format!(
-                "unknown algorithm {s:?}: ed25519, rsa2048 or rsa4096"
-            )),
+            _ => Err(KeygenError::UnknownAlgorithm(s.to_string())),
         }
     }
 }
 
 /// A fresh private key as PKCS#8 PEM.
-pub fn generate(algorithm: Algorithm) -> Result<String, String> {
+pub fn generate(algorithm: Algorithm) -> Result<String, KeygenError> {
     let der: Vec<u8> = match algorithm {
         Algorithm::Ed25519 => {
             let rng = aws_lc_rs::rand::SystemRandom::new();
             aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-                .map_err(|_| "cannot generate an Ed25519 key".to_string())?
+                .map_err(|source| KeygenError::Generate {
+                    what: "an Ed25519 key",
+                    source,
+                })?
                 .as_ref()
                 .to_vec()
         }
@@ -46,11 +92,16 @@ pub fn generate(algorithm: Algorithm) -> Result<String, String> {
             } else {
                 aws_lc_rs::rsa::KeySize::Rsa4096
             };
-            let kp = aws_lc_rs::rsa::KeyPair::generate(size)
-                .map_err(|_| "cannot generate an RSA key".to_string())?;
-            let der: Pkcs8V1Der = kp
-                .as_der()
-                .map_err(|_| "cannot encode the RSA key".to_string())?;
+            let kp = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|source| {
+                KeygenError::Generate {
+                    what: "an RSA key",
+                    source,
+                }
+            })?;
+            let der: Pkcs8V1Der = kp.as_der().map_err(|source| KeygenError::Encode {
+                what: "the RSA key",
+                source,
+            })?;
             der.as_ref().to_vec()
         }
     };
@@ -69,12 +120,12 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// The TXT record value (`v=DKIM1; k=…; p=…`) for a PEM private key.
-pub fn txt_value(private_pem: &[u8]) -> Result<String, String> {
+pub fn txt_value(private_pem: &[u8]) -> Result<String, KeygenError> {
     use rustls_pki_types::PrivateKeyDer;
     use rustls_pki_types::pem::PemObject;
     // Check it the same way the relay will load it.
-    super::parse_key(private_pem)?;
-    let der = PrivateKeyDer::from_pem_slice(private_pem).map_err(|e| e.to_string())?;
+    super::parse_key(private_pem).map_err(KeygenError::Key)?;
+    let der = PrivateKeyDer::from_pem_slice(private_pem)?;
     let (k, public) = match &der {
         PrivateKeyDer::Pkcs8(p) => {
             match aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(
@@ -86,24 +137,27 @@ pub fn txt_value(private_pem: &[u8]) -> Result<String, String> {
             }
         }
         PrivateKeyDer::Pkcs1(_) => ("rsa", rsa_spki(&der)?),
-        _ => return Err("unsupported key type".into()),
+        _ => return Err(KeygenError::UnsupportedKeyType),
     };
     Ok(format!("v=DKIM1; k={k}; p={}", B64.encode(public)))
 }
 
 /// RSA: p= is the SubjectPublicKeyInfo DER, as every DKIM verifier expects.
-fn rsa_spki(der: &rustls_pki_types::PrivateKeyDer<'_>) -> Result<Vec<u8>, String> {
+fn rsa_spki(der: &rustls_pki_types::PrivateKeyDer<'_>) -> Result<Vec<u8>, KeygenError> {
     use rustls_pki_types::PrivateKeyDer;
     let kp = match der {
         PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
-        _ => return Err("unsupported key type".into()),
+        _ => return Err(KeygenError::UnsupportedKeyType),
     }
-    .map_err(|e| format!("not an RSA key: {e}"))?;
-    let spki: PublicKeyX509Der = kp
-        .public_key()
-        .as_der()
-        .map_err(|_| "cannot encode the public key".to_string())?;
+    .map_err(KeygenError::NotRsa)?;
+    let spki: PublicKeyX509Der =
+        kp.public_key()
+            .as_der()
+            .map_err(|source| KeygenError::Encode {
+                what: "the public key",
+                source,
+            })?;
     Ok(spki.as_ref().to_vec())
 }
 
@@ -138,8 +192,8 @@ pub fn write_private_key(path: &Path, pem: &str) -> std::io::Result<()> {
 }
 
 /// Default key path: `config/dkim/DOMAIN.SELECTOR.pem`.
-pub fn default_path(domain: &str, selector: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!(
+pub fn default_path(domain: &str, selector: &str) -> PathBuf {
+    PathBuf::from(format!(
         "config/dkim/{}.{selector}.pem",
         domain.trim().trim_end_matches('.').to_ascii_lowercase()
     ))
@@ -151,27 +205,25 @@ pub fn run(
     selector: &str,
     algorithm: Algorithm,
     out: Option<&Path>,
-) -> Result<(std::path::PathBuf, String), String> {
+) -> Result<(PathBuf, String), KeygenError> {
     let domain = super::normalize_domain(domain);
     if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
-        return Err(format!("--domain {domain:?} is not a domain name"));
+        return Err(KeygenError::BadDomain(domain));
     }
     if !super::is_selector(selector) {
-        return Err(format!(
-            "--selector {selector:?}: use letters, digits, '-' and '.' (e.g. s2026)"
-        ));
+        return Err(KeygenError::BadSelector(selector.to_string()));
     }
     let path = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_path(&domain, selector));
     let pem = generate(algorithm)?;
     let txt = txt_value(pem.as_bytes())?;
-    write_private_key(&path, &pem).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => format!(
-            "{} already exists; a published key is never overwritten (choose another --selector or --out)",
-            path.display()
-        ),
-        _ => format!("cannot write {}: {e}", path.display()),
+    write_private_key(&path, &pem).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => KeygenError::Exists { path: path.clone() },
+        _ => KeygenError::Write {
+            path: path.clone(),
+            source,
+        },
     })?;
     Ok((path, dns_record(&domain, selector, &txt)))
 }

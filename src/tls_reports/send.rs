@@ -36,10 +36,10 @@ pub const REPORT_CLIENT: &str = "local:tls-report";
 pub enum ReportSendError {
     /// As the certificate loader words it (with the path).
     #[error("tls_reports.ca_file: {0}")]
-    CaFile(String),
+    CaFile(#[source] crate::tls::TlsFileError),
     /// As the resolver's builder words it.
-    #[error("{0}")]
-    Resolver(String),
+    #[error(transparent)]
+    Resolver(crate::routing::ResolverError),
     #[error(transparent)]
     Store(#[from] StateError),
     /// A blocking task that panicked.

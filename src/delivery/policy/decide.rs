@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::dane::{Dane, Outcome, Security};
+use super::dane::{Dane, DaneError, Outcome, Security};
 use super::mta_sts::{self, Found, Mode, MtaSts};
 use super::{
     Applied, HostPolicy, MxCheck, NoResults, PolicyKind, Refusal, ReportPolicy, Requirement,
@@ -64,7 +64,7 @@ impl Policies {
         dns: &Dns,
         verifying: Option<TlsConnector>,
         state: Option<Arc<State>>,
-    ) -> Result<Policies, String> {
+    ) -> Result<Policies, DaneError> {
         Ok(Policies {
             dane: Dane::with(&dns.nameservers, &delivery.dane)?,
             sts: MtaSts::new(&delivery.mta_sts, verifying, state),

@@ -31,7 +31,8 @@ use hickory_resolver::proto::rr::RData;
 use mail_auth::common::parse::TxtRecordParser;
 use serde::{Deserialize, Serialize};
 
-pub use parse::{MAX_AGE_LIMIT, Mode, Policy};
+pub use fetch::{FetchError, PolicyFetchError};
+pub use parse::{MAX_AGE_LIMIT, Mode, Policy, PolicyError};
 
 use super::{PolicyKind, ReportPolicy, TlsFailure};
 use crate::delivery::settings::MtaSts as StsSettings;
@@ -221,7 +222,8 @@ impl MtaSts {
                 slot.failed = None;
                 Found::Policy(active)
             }
-            Err((f, why)) => {
+            Err(e) => {
+                let (f, why) = (e.failure(), e.to_string());
                 let until = now + RETRY_FAILED.as_secs();
                 slot.failed = Some((id.clone(), until, f, why.clone()));
                 match cached {
@@ -243,7 +245,7 @@ impl MtaSts {
         &self,
         domain: &str,
         resolver: &TokioResolver,
-    ) -> Result<Policy, (TlsFailure, String)> {
+    ) -> Result<Policy, FetchError> {
         self.fetcher.fetch(domain, resolver).await
     }
 

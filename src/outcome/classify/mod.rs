@@ -31,7 +31,7 @@ pub mod status;
 
 pub use reply::{ParsedReply, is_status, parse_reply};
 use rules::{Rule, compile};
-pub use rules::{RuleSpec, parse_rules};
+pub use rules::{RuleError, RuleSpec, parse_rules};
 pub use stage::Stage;
 
 /// The shipped rules, also built into the binary.
@@ -250,15 +250,20 @@ impl Classifier {
     pub fn from_sources(
         extra: &[RuleSpec],
         rules_file: Option<&Path>,
-    ) -> Result<Classifier, String> {
+    ) -> Result<Classifier, RuleError> {
         let mut specs: Vec<RuleSpec> = extra.to_vec();
         if let Some(path) = rules_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("rules file {}: {e}", path.display()))?;
-            specs.extend(parse_rules(&text).map_err(|e| format!("{}: {e}", path.display()))?);
+            let text = std::fs::read_to_string(path).map_err(|source| RuleError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            specs.extend(parse_rules(&text).map_err(|source| RuleError::FileSyntax {
+                path: path.to_path_buf(),
+                source,
+            })?);
         }
         let operator = specs.len();
-        specs.extend(parse_rules(DEFAULT_RULES).map_err(|e| format!("built-in rules: {e}"))?);
+        specs.extend(parse_rules(DEFAULT_RULES).map_err(RuleError::BuiltinSyntax)?);
         let rules = specs
             .iter()
             .enumerate()

@@ -1,10 +1,43 @@
 //! The rules as data: `[[rule]]` tables as written (`RuleSpec`), read from TOML and compiled to
 //! the regexes `Classifier` runs.
 
+use std::path::PathBuf;
+
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{Class, Classification, Scope, Stage, Tier};
+
+/// Why the rules did not compile: a rules file unread or not TOML, or a rule that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rules file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    FileSyntax {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("built-in rules: {0}")]
+    BuiltinSyntax(#[source] toml::de::Error),
+    #[error("rule {rule:?}: needs at least one of code, status, text, stage")]
+    NoMatcher { rule: String },
+    /// `what`: the field (`code`, `status`, `text`).
+    #[error("rule {rule:?}: bad {what} regex: {source}")]
+    BadRegex {
+        rule: String,
+        what: &'static str,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("rule {rule:?}: unknown stage {stage:?} (connect, helo, mail, rcpt, data, unknown)")]
+    UnknownStage { rule: String, stage: String },
+}
 
 /// One rule as written in TOML (`[[rule]]` in a rules file, `[[reputation.rule]]` in the config).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -86,21 +119,20 @@ pub(super) fn stage_bit(s: Stage) -> u8 {
     1 << (s as u8)
 }
 
-pub fn parse_rules(text: &str) -> Result<Vec<RuleSpec>, String> {
-    let f: RulesFile = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_rules(text: &str) -> Result<Vec<RuleSpec>, toml::de::Error> {
+    let f: RulesFile = toml::from_str(text)?;
     Ok(f.rule)
 }
 
 /// `builtin`: the text regex is lower-cased and matched case-sensitively against the lower-cased
 /// text (the built-in patterns use no upper-case escapes such as `\S`; a test checks).
-pub(super) fn compile(s: &RuleSpec, builtin: bool) -> Result<Rule, String> {
+pub(super) fn compile(s: &RuleSpec, builtin: bool) -> Result<Rule, RuleError> {
     if s.code.is_none() && s.status.is_none() && s.text.is_none() && s.stage.is_none() {
-        return Err(format!(
-            "rule {:?}: needs at least one of code, status, text, stage",
-            s.name
-        ));
+        return Err(RuleError::NoMatcher {
+            rule: s.name.clone(),
+        });
     }
-    let re = |what: &str, p: &Option<String>| -> Result<Option<Regex>, String> {
+    let re = |what: &'static str, p: &Option<String>| -> Result<Option<Regex>, RuleError> {
         p.as_deref()
             .map(|p| {
                 let lower = builtin && what == "text";
@@ -111,17 +143,19 @@ pub(super) fn compile(s: &RuleSpec, builtin: bool) -> Result<Rule, String> {
                 })
                 .case_insensitive(!lower)
                 .build()
-                .map_err(|e| format!("rule {:?}: bad {what} regex: {e}", s.name))
+                .map_err(|source| RuleError::BadRegex {
+                    rule: s.name.clone(),
+                    what,
+                    source,
+                })
             })
             .transpose()
     };
     let mut stages = 0u8;
     for name in s.stage.iter().flatten() {
-        let st = Stage::parse(name).ok_or_else(|| {
-            format!(
-                "rule {:?}: unknown stage {name:?} (connect, helo, mail, rcpt, data, unknown)",
-                s.name
-            )
+        let st = Stage::parse(name).ok_or_else(|| RuleError::UnknownStage {
+            rule: s.name.clone(),
+            stage: name.clone(),
         })?;
         stages |= stage_bit(st);
     }

@@ -562,7 +562,9 @@ fn operator_rules_come_first_and_bad_regex_is_an_error() {
     assert_eq!((got.class, got.rule.as_str()), (Class::Block, "mine"));
     let mut bad = extra.clone();
     bad[0].text = Some("(".into());
-    let e = Classifier::from_sources(&bad, None).unwrap_err();
+    let e = Classifier::from_sources(&bad, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("mine") && e.contains("text regex"), "{e}");
 }
 

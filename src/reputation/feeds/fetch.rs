@@ -43,8 +43,8 @@ impl std::error::Error for FetchError {}
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The reason as the certificate loader words it (with the path).
-    #[error("{0}")]
-    CaFile(String),
+    #[error(transparent)]
+    CaFile(crate::tls::TlsFileError),
 }
 
 /// `url` with every occurrence of `secret` replaced, for messages.

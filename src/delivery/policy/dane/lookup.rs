@@ -13,6 +13,7 @@
 //!   not make the host good enough for REQUIRETLS.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
@@ -20,10 +21,41 @@ use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_resolver::proto::serialize::txt::ParseError;
 
 use super::record::Tlsa;
 use super::settings::Settings;
 use super::trusted::TrustedResolver;
+
+/// Why DANE could not be set up: its resolver or its trust anchor file.
+#[derive(Debug, thiserror::Error)]
+pub enum DaneError {
+    #[error(transparent)]
+    Resolver(#[from] crate::routing::ResolverError),
+    #[error(transparent)]
+    NameServers(#[from] crate::util::nameservers::NameServerError),
+    #[error("DANE resolver: {0}")]
+    Build(#[source] NetError),
+    #[error("delivery.dane.trust_anchor: {}: {source}", path.display())]
+    AnchorRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "delivery.dane.trust_anchor: {}: line {line}: only DNSKEY records are trust anchors (`keymgr ZONE dnskey` prints them)",
+        path.display()
+    )]
+    AnchorNotDnskey { path: PathBuf, line: usize },
+    #[error("delivery.dane.trust_anchor: {}: no DNSKEY record", path.display())]
+    AnchorEmpty { path: PathBuf },
+    #[error("delivery.dane.trust_anchor: {}: {source}", path.display())]
+    AnchorParse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+}
 
 /// What DANE says about one MX host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +124,7 @@ pub struct Dane {
 
 impl Dane {
     /// A DANE service asking `nameservers` (empty: the system's resolver).
-    pub fn with(nameservers: &[SocketAddr], settings: &Settings) -> Result<Dane, String> {
+    pub fn with(nameservers: &[SocketAddr], settings: &Settings) -> Result<Dane, DaneError> {
         let validator = match (settings.enabled, settings.trusted_resolver) {
             (false, _) => None,
             (true, true) => Some(Validator::Resolver(TrustedResolver::new(nameservers)?)),
@@ -116,7 +148,7 @@ impl Dane {
     }
 
     /// The connector for a session that must match `tlsa`.
-    pub fn connector(&self, tlsa: &Tlsa) -> Result<tokio_rustls::TlsConnector, String> {
+    pub fn connector(&self, tlsa: &Tlsa) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
         super::verify::connector(Arc::new(tlsa.clone()))
     }
 
@@ -202,22 +234,25 @@ impl Dane {
 fn validating_resolver(
     nameservers: &[SocketAddr],
     settings: &Settings,
-) -> Result<TokioResolver, String> {
+) -> Result<TokioResolver, DaneError> {
     let mut builder = crate::routing::resolver_builder(nameservers)?;
     builder.options_mut().validate = true;
     if let Some(path) = &settings.trust_anchor {
         let anchors = load_trust_anchor(path)?;
         builder = builder.with_trust_anchor(Arc::new(anchors));
     }
-    builder.build().map_err(|e| format!("DANE resolver: {e}"))
+    builder.build().map_err(DaneError::Build)
 }
 
 /// Zone-file DNSKEY lines as trust anchors. `keymgr` prints them without TTL and class, which
 /// hickory's parser needs: those are added where missing. Blank lines and `;` comments are
 /// skipped; any other record (a DS, say) is an error naming its line.
-pub fn load_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, String> {
-    let at = |e: String| format!("delivery.dane.trust_anchor: {}: {e}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+pub fn load_trust_anchor(path: &Path) -> Result<TrustAnchors, DaneError> {
+    let path_buf = || path.to_path_buf();
+    let text = std::fs::read_to_string(path).map_err(|source| DaneError::AnchorRead {
+        path: path_buf(),
+        source,
+    })?;
     let mut lines = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let l = line.trim();
@@ -225,17 +260,23 @@ pub fn load_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, String>
             continue;
         }
         if !l.split_whitespace().any(|f| f == "DNSKEY") {
-            return Err(at(format!(
-                "line {}: only DNSKEY records are trust anchors (`keymgr ZONE dnskey` prints them)",
-                n + 1
-            )));
+            return Err(DaneError::AnchorNotDnskey {
+                path: path_buf(),
+                line: n + 1,
+            });
         }
         lines.push(with_ttl_and_class(l));
     }
     if lines.is_empty() {
-        return Err(at("no DNSKEY record".into()));
+        return Err(DaneError::AnchorEmpty { path: path_buf() });
     }
-    lines.join("\n").parse().map_err(|e| at(format!("{e}")))
+    lines
+        .join("\n")
+        .parse()
+        .map_err(|source| DaneError::AnchorParse {
+            path: path_buf(),
+            source,
+        })
 }
 
 /// `name DNSKEY …` → `name 3600 IN DNSKEY …`; lines that have them (or are not DNSKEY) stay.

@@ -17,7 +17,7 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use lookup::{Dane, Outcome, Security};
+pub use lookup::{Dane, DaneError, Outcome, Security};
 pub use record::{Matching, Record, Selector, Tlsa, Usage};
 pub use settings::Settings;
 pub use verify::{DaneVerifier, NoMatch, connector, no_match};

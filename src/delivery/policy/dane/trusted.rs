@@ -18,6 +18,7 @@ use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, Record, RecordType};
 
 use super::lookup::Security;
+use crate::util::nameservers::NameServerError;
 
 /// Asks the configured resolvers themselves (no cache: their own caches serve).
 #[derive(Clone)]
@@ -25,7 +26,7 @@ pub struct TrustedResolver(NameServerPool<TokioRuntimeProvider>);
 
 impl TrustedResolver {
     /// `[dns] nameservers`, else the system's.
-    pub fn new(nameservers: &[SocketAddr]) -> Result<TrustedResolver, String> {
+    pub fn new(nameservers: &[SocketAddr]) -> Result<TrustedResolver, NameServerError> {
         crate::util::nameservers::pool(nameservers, "DANE resolver").map(TrustedResolver)
     }
 

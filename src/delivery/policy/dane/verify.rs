@@ -156,11 +156,10 @@ impl ServerCertVerifier for DaneVerifier {
 
 /// A connector that accepts only a chain matching `tlsa`. Connect with the MX host name as the
 /// server name: RFC 7672 §8.1 wants it sent as SNI.
-pub fn connector(tlsa: Arc<Tlsa>) -> Result<TlsConnector, String> {
+pub fn connector(tlsa: Arc<Tlsa>) -> Result<TlsConnector, rustls::Error> {
     let provider = provider();
     let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(DaneVerifier::new(tlsa, provider)))
         .with_no_client_auth();

@@ -31,6 +31,29 @@ impl Mode {
     }
 }
 
+/// What is wrong with a policy file (TLS-RPT `sts-policy-invalid`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("line without a colon: {0:?}")]
+    NoColon(String),
+    #[error("unknown mode {0:?}")]
+    UnknownMode(String),
+    #[error("bad max_age {0:?}")]
+    BadMaxAge(String),
+    #[error("bad mx pattern {0:?}")]
+    BadMx(String),
+    #[error("unknown version {0:?}")]
+    UnknownVersion(String),
+    #[error("no version")]
+    NoVersion,
+    #[error("no mode")]
+    NoMode,
+    #[error("no max_age")]
+    NoMaxAge,
+    #[error("no mx")]
+    NoMx,
+}
+
 /// A parsed policy file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -45,7 +68,7 @@ pub struct Policy {
 
 impl Policy {
     /// Parses a policy file; Err says what is wrong (TLS-RPT `sts-policy-invalid`).
-    pub fn parse(text: &str) -> Result<Policy, String> {
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         let (mut version, mut mode, mut max_age) = (None, None, None);
         let mut mx = Vec::new();
         let mut lines = Vec::new();
@@ -56,7 +79,7 @@ impl Policy {
             }
             lines.push(line.to_string());
             let Some((key, value)) = line.split_once(':') else {
-                return Err(format!("line without a colon: {line:?}"));
+                return Err(PolicyError::NoColon(line.to_string()));
             };
             let value = value.trim();
             match key.trim() {
@@ -66,7 +89,7 @@ impl Policy {
                         "enforce" => Mode::Enforce,
                         "testing" => Mode::Testing,
                         "none" => Mode::None,
-                        other => return Err(format!("unknown mode {other:?}")),
+                        other => return Err(PolicyError::UnknownMode(other.to_string())),
                     })
                 }
                 "max_age" if max_age.is_none() => {
@@ -77,7 +100,7 @@ impl Policy {
                         .parse()
                         .ok()
                         .filter(|_| ok)
-                        .ok_or_else(|| format!("bad max_age {value:?}"))?;
+                        .ok_or_else(|| PolicyError::BadMaxAge(value.to_string()))?;
                     max_age = Some(n.min(MAX_AGE_LIMIT));
                 }
                 "mx" => mx.push(pattern(value)?),
@@ -86,13 +109,13 @@ impl Policy {
         }
         match version.as_deref() {
             Some("STSv1") => {}
-            Some(v) => return Err(format!("unknown version {v:?}")),
-            None => return Err("no version".into()),
+            Some(v) => return Err(PolicyError::UnknownVersion(v.to_string())),
+            None => return Err(PolicyError::NoVersion),
         }
-        let mode = mode.ok_or("no mode")?;
-        let max_age = max_age.ok_or("no max_age")?;
+        let mode = mode.ok_or(PolicyError::NoMode)?;
+        let max_age = max_age.ok_or(PolicyError::NoMaxAge)?;
         if mx.is_empty() && mode != Mode::None {
-            return Err("no mx".into());
+            return Err(PolicyError::NoMx);
         }
         Ok(Policy {
             mode,
@@ -109,7 +132,7 @@ impl Policy {
     }
 }
 
-fn pattern(value: &str) -> Result<String, String> {
+fn pattern(value: &str) -> Result<String, PolicyError> {
     let p = value.trim_end_matches('.').to_ascii_lowercase();
     let name = p.strip_prefix("*.").unwrap_or(&p);
     let ok = !name.is_empty()
@@ -119,7 +142,7 @@ fn pattern(value: &str) -> Result<String, String> {
     if ok {
         Ok(p)
     } else {
-        Err(format!("bad mx pattern {value:?}"))
+        Err(PolicyError::BadMx(value.to_string()))
     }
 }
 
@@ -176,7 +199,7 @@ mod tests {
             ),
         ];
         for (text, why) in bad {
-            let e = Policy::parse(text).unwrap_err();
+            let e = Policy::parse(text).unwrap_err().to_string();
             assert!(e.contains(why), "{text:?}: {e}");
         }
     }
