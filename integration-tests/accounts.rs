@@ -103,6 +103,29 @@ fn account(admin: SocketAddr, path: &str, list: &str, name: &str) -> Option<Valu
         .and_then(|a| a.iter().find(|v| v["name"] == name).cloned())
 }
 
+/// Asserts that bob, in good standing, gets 6 messages (recipients named from `prefix`) through
+/// both pool IPs, neither of which holds anything for alpha or for all providers.
+fn assert_bob_sends_unheld(
+    b: &Bench,
+    relay: &Relay,
+    certs: &Certs,
+    admin: SocketAddr,
+    prefix: &str,
+) {
+    b.sink.clear();
+    for r in send_as(relay, certs, "bob", &rcpts(prefix, 6)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let got = b.sink.wait_for_messages(6, WAIT);
+    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
+    for ip in ["127.0.0.10", "127.0.0.11"] {
+        for scope in ["alpha", "all"] {
+            assert!(hold(admin, ip, scope).is_none(), "{ip} held for {scope}");
+        }
+    }
+    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+}
+
 fn login_of(admin: SocketAddr, name: &str) -> Option<Value> {
     account(admin, "/api/logins", "logins", name)
 }
@@ -197,17 +220,7 @@ fn a_logins_bad_list_suspends_it_while_others_send_and_a_restart_keeps_it() {
     t.quit();
 
     // Bob sends on, through the same IPs, which carry no hold.
-    b.sink.clear();
-    for r in send_as(&relay, &certs, "bob", &rcpts("bob", 6)) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    let got = b.sink.wait_for_messages(6, WAIT);
-    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
-    for ip in ["127.0.0.10", "127.0.0.11"] {
-        assert!(hold(admin, ip, "alpha").is_none(), "{ip} held");
-        assert!(hold(admin, ip, "all").is_none(), "{ip} held");
-    }
-    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+    assert_bob_sends_unheld(&b, &relay, &certs, admin, "bob");
 }
 
 /// The operator's release (CLI with a name, or API) lets a suspended account send again, logged
@@ -457,18 +470,7 @@ fn one_logins_complaints_suspend_it_while_others_send_through_the_same_ips() {
     c.quit();
 
     // Bob goes on through the same IPs; neither IP is held for alice's complaints.
-    b.sink.clear();
-    for r in send_as(&relay, &certs, "bob", &rcpts("c", 6)) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    let got = b.sink.wait_for_messages(6, WAIT);
-    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
-    for ip in ["127.0.0.10", "127.0.0.11"] {
-        for scope in ["alpha", "all"] {
-            assert!(hold(admin, ip, scope).is_none(), "{ip} held for {scope}");
-        }
-    }
-    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+    assert_bob_sends_unheld(&b, &relay, &certs, admin, "c");
 }
 
 /// A relay of a farm sharing `redis`, trusting 127.0.0.1, `[accounts]` strict.
@@ -480,14 +482,11 @@ fn farm_node(
 ) -> (Relay, SocketAddr) {
     let dir = dir.join(node);
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = b
-        .config()
-        .delivery("idle_timeout", "\"0s\"")
-        .pool("default", &[PoolIp::new(10, "out10.test")])
-        .section(&format!(
-            "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[accounts]\nmin_volume = 3\nmax_bounce_rate = 0.5\n",
-            redis.url()
-        ));
+    let rest = format!(
+        "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[accounts]\nmin_volume = 3\nmax_bounce_rate = 0.5\n",
+        redis.url()
+    );
+    let cfg = b.pooled(&[PoolIp::new(10, "out10.test")], &rest);
     let (relay, admin) = admin::start(&dir, &cfg, WAIT);
     assert!(
         relay.wait_for_log("cluster: subscribed to the farm's changes", WAIT),
