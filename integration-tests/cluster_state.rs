@@ -310,17 +310,8 @@ fn a_suppression_made_on_one_node_refuses_on_another() {
 
 fn reload(relay: &mut Relay, toml: &str) {
     relay.set_config(toml);
-    let o = Command::new(BIN)
-        .current_dir(relay.dir())
-        .args(["reload", "--config", "poolrelay.toml"])
-        .output()
-        .expect("run poolrelay reload");
-    assert!(
-        o.status.success(),
-        "reload: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (code, out) = run_poolrelay(relay.dir(), &["reload", "--config", "poolrelay.toml"]);
+    assert!(code == 0, "reload: {out}");
 }
 
 fn history(admin: SocketAddr, ip: &str) -> Value {

@@ -359,17 +359,7 @@ fn errors_of(out: &str, at: &str, needle: &str) -> usize {
 }
 
 fn run_cli(dir: &Path, args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().unwrap_or(-1), text)
+    run_poolrelay(dir, args)
 }
 
 #[test]

@@ -214,36 +214,8 @@ print(json.dumps([ok(i) for i in range(count)]))
 /// dkimpy's verdict for each signature, keys from the bench's records. Fails if dkimpy (or
 /// PyNaCl, which it needs for Ed25519) is missing.
 fn verify_dkimpy(b: &Bench, data: &[u8], tag: &str) -> Vec<bool> {
-    let check = Command::new("python3")
-        .args(["-c", "import dkim, dns, nacl"])
-        .output()
-        .expect("python3 must be installed for the dkimpy interop tests");
-    assert!(
-        check.status.success(),
-        "dkimpy missing: pip install dkimpy dnspython pynacl\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let msg = b.dir.join(format!("{tag}.eml"));
-    std::fs::write(&msg, data).unwrap();
-    let recs = b.dir.join("records.json");
-    let map: serde_json::Map<String, serde_json::Value> = b
-        .records
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    std::fs::write(&recs, serde_json::to_vec(&map).unwrap()).unwrap();
-    let o = Command::new("python3")
-        .args(["-c", DKIMPY])
-        .arg(&msg)
-        .arg(&recs)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "dkimpy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("dkimpy output")
+    let out = run_dkimpy(&b.dir, "dkim, dns, nacl", DKIMPY, tag, data, &b.records);
+    serde_json::from_slice(&out).expect("dkimpy output")
 }
 
 fn tamper(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {

@@ -423,3 +423,26 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// One message from `from` to `to` with that `From:` header and `subject`, sent to `addr` (a
+/// trusted client, no login); asserts the 250.
+pub fn send_from(addr: SocketAddr, from: &str, to: &str, subject: &str) {
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let body = format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nHello.\r\n");
+    c.send_mail(from, &[to], body.as_bytes()).expect(250);
+    c.quit();
+}
+
+/// One message from sender@snd.test to `rcpt` (a trusted client, no login), its subject and
+/// Message-ID `<subject@snd.test>` telling it apart; asserts the 250.
+pub fn submit_one(addr: SocketAddr, rcpt: &str, subject: &str) {
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let body = format!(
+        "From: <sender@snd.test>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nHello.\r\n"
+    );
+    let r = c.send_mail("sender@snd.test", &[rcpt], body.as_bytes());
+    assert_eq!(r.code, 250, "submit: {r}");
+    c.quit();
+}

@@ -58,3 +58,46 @@ pub fn verify_dkim(dns: &DnsServer, data: &[u8]) -> Vec<DkimResult> {
             .collect()
     })
 }
+
+/// Runs the dkimpy `script` (argv: the message file, a JSON map of DNS name → TXT value) on
+/// `data`, written as `dir/<name>.eml` beside `dir/records.json`; returns its stdout. Asserts
+/// that python3 can `import <modules>` (dkimpy is a verifier we did not write; .ci/run installs
+/// it) and that the script exited 0.
+pub fn run_dkimpy(
+    dir: &Path,
+    modules: &str,
+    script: &str,
+    name: &str,
+    data: &[u8],
+    records: &[(String, String)],
+) -> Vec<u8> {
+    let check = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .expect("python3 must be installed for the dkimpy interop tests");
+    assert!(
+        check.status.success(),
+        "dkimpy missing: pip install dkimpy dnspython pynacl\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let msg = dir.join(format!("{name}.eml"));
+    std::fs::write(&msg, data).unwrap();
+    let recs = dir.join("records.json");
+    let map: serde_json::Map<String, serde_json::Value> = records
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    std::fs::write(&recs, serde_json::to_vec(&map).unwrap()).unwrap();
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(&msg)
+        .arg(&recs)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}

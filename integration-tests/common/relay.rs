@@ -343,3 +343,41 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Runs the `poolrelay` binary with `args`, cwd `dir` (where a relative `--config` and the
+/// config's data_dir are found): (exit code, -1 for a signal; stdout then stderr).
+pub fn run_poolrelay(dir: &Path, args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run poolrelay");
+    (o.status.code().unwrap_or(-1), output_text(&o))
+}
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `poolrelay suppression ARGS` against the relay's config; asserts that it succeeded and
+/// returns its stdout.
+pub fn suppression_cli(relay: &Relay, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .arg("suppression")
+        .args(args)
+        .args(["--config", "poolrelay.toml"])
+        .current_dir(relay.dir())
+        .output()
+        .expect("run poolrelay suppression");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
