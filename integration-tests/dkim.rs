@@ -389,15 +389,8 @@ fn bad_key_is_a_config_error_naming_the_file() {
          [[dkim]]\ndomain = \"example.com\"\nselector = \"s1\"\nprivate_key = \"{}\"\n",
         bad.display()
     );
-    let file = dir.join("check.toml");
-    std::fs::write(&file, &config).unwrap();
-    let o = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = check_config(&dir, &config);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&bad.display().to_string()), "{err}");
     assert!(err.contains("example.com"), "{err}");
 
@@ -409,17 +402,9 @@ fn bad_key_is_a_config_error_naming_the_file() {
 
     // A good key passes check-config.
     let (good, _) = keygen(&dir, "example.com", "s1", "ed25519");
-    std::fs::write(
-        &file,
-        config.replace(&bad.display().to_string(), &good.display().to_string()),
-    )
-    .unwrap();
-    let o = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let good_config = config.replace(&bad.display().to_string(), &good.display().to_string());
+    let (code, err) = check_config(&dir, &good_config);
+    assert!(code == Some(0), "{err}");
 }
 
 /// Issue 25: DKIM signs through aws-lc-rs only. A 1024-bit RSA key is refused by `check-config`,
@@ -442,15 +427,8 @@ fn rsa_keys_under_2048_bits_are_refused_everywhere_with_the_reason() {
         ))
     };
     let bad = cfg(&short).to_toml();
-    let file = dir.join("check.toml");
-    std::fs::write(&file, &bad).unwrap();
-    let o = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = check_config(&dir, &bad);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(REASON) && err.contains("RFC 8301"), "{err}");
     assert!(err.contains("rsa1024.pem"), "{err}");
 

@@ -570,18 +570,7 @@ fn a_unicode_domain_gets_its_policy_under_its_a_labels() {
     let r = c.data(b"From: <sender@snd.test>\r\nSubject: idna\r\n\r\nHello.\r\n");
     assert_eq!(r.code, 250, "{r}");
     c.quit();
-    let find = || {
-        relay.queued_envelopes().into_iter().find(|e| {
-            let r = &e["recipients"][0];
-            r["address"] == rcpt && r["attempts"] == 1
-        })
-    };
-    assert!(
-        wait_until(WAIT, || find().is_some()),
-        "{}",
-        relay.plain_log()
-    );
-    let r = find().unwrap()["recipients"][0].clone();
+    let r = deferred_once(&relay, rcpt, WAIT);
     assert_eq!(r["state"], "pending", "{r}");
     assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
     let text = r["last_reply"]["text"].as_str().unwrap_or_default();

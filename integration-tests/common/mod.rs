@@ -109,6 +109,7 @@ pub use keys::{keygen, run_dkimpy, txt_of, verify_dkim};
 pub use knot::{Knot, Unbound, Zone};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
 pub use relay::{
-    Relay, listen_addresses, output_text, run_poolrelay, strip_ansi, suppression_cli, write_users,
+    Relay, check_config, deferred_once, listen_addresses, output_text, run_poolrelay, strip_ansi,
+    suppression_cli, write_users,
 };
 pub use sink::{Message, Session, Sink, SinkTls, Stage, Step, tagged_message};

@@ -381,3 +381,36 @@ pub fn suppression_cli(relay: &Relay, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Writes `toml` as `dir/check.toml` and runs `poolrelay check-config` on that path: (exit
+/// code, stderr). Its messages name the file as `<dir>/check.toml`.
+pub fn check_config(dir: &Path, toml: &str) -> (Option<i32>, String) {
+    let file = dir.join("check.toml");
+    std::fs::write(&file, toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The queued recipient `rcpt` (first of its envelope) once its first attempt is recorded;
+/// panics with the log if that takes longer than `wait`.
+pub fn deferred_once(relay: &Relay, rcpt: &str, wait: Duration) -> serde_json::Value {
+    let find = || {
+        relay.queued_envelopes().into_iter().find(|e| {
+            let r = &e["recipients"][0];
+            r["address"] == rcpt && r["attempts"] == 1
+        })
+    };
+    assert!(
+        wait_until(wait, || find().is_some()),
+        "{}",
+        relay.plain_log()
+    );
+    find().unwrap()["recipients"][0].clone()
+}
