@@ -98,7 +98,7 @@ pub mod redis;
 pub mod relay;
 pub mod sink;
 
-pub use self::redis::RedisServer;
+pub use self::redis::{RedisServer, farm};
 pub use bench::{Bench, bench};
 pub use certs::{Certs, make_certs};
 pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider, send_from, submit_one};
