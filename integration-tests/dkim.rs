@@ -192,14 +192,6 @@ fn signers(data: &[u8]) -> Vec<String> {
 }
 
 const DKIMPY: &str = r#"
-import json, sys
-import dkim
-raw = open(sys.argv[1], 'rb').read()
-records = json.load(open(sys.argv[2]))
-def dnsfunc(name, timeout=5):
-    n = (name.decode() if isinstance(name, bytes) else name).rstrip('.').lower()
-    v = records.get(n)
-    return v.encode() if v is not None else None
 headers, _ = dkim.rfc822_parse(raw)
 count = sum(1 for h in headers if h[0].lower() == b'dkim-signature')
 def ok(i):

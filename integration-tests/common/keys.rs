@@ -59,7 +59,19 @@ pub fn verify_dkim(dns: &DnsServer, data: &[u8]) -> Vec<DkimResult> {
     })
 }
 
-/// Runs the dkimpy `script` (argv: the message file, a JSON map of DNS name → TXT value) on
+/// What every dkimpy script starts with: the message as `raw`, and `dnsfunc` answering TXT
+/// look-ups from the records file (argv: the message file, a JSON map of DNS name → TXT value).
+const DKIMPY_PRELUDE: &str = r#"
+import json, sys, dkim
+raw = open(sys.argv[1], 'rb').read()
+records = json.load(open(sys.argv[2]))
+def dnsfunc(name, timeout=5):
+    n = (name.decode() if isinstance(name, bytes) else name).rstrip('.').lower()
+    v = records.get(n)
+    return v.encode() if v is not None else None
+"#;
+
+/// Runs the dkimpy `script` (after `DKIMPY_PRELUDE`, which gives it `raw` and `dnsfunc`) on
 /// `data`, written as `dir/<name>.eml` beside `dir/records.json`; returns its stdout. Asserts
 /// that python3 can `import <modules>` (dkimpy is a verifier we did not write; .ci/run installs
 /// it) and that the script exited 0.
@@ -89,7 +101,7 @@ pub fn run_dkimpy(
         .collect();
     std::fs::write(&recs, serde_json::to_vec(&map).unwrap()).unwrap();
     let o = Command::new("python3")
-        .args(["-c", script])
+        .args(["-c", &format!("{DKIMPY_PRELUDE}{script}")])
         .arg(&msg)
         .arg(&recs)
         .output()
