@@ -127,16 +127,7 @@ impl SmtpClient {
     }
 
     pub fn try_connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<SmtpClient> {
-        let mut c = SmtpClient {
-            stream: Stream::Plain(tcp(addr, local)?),
-            buf: Vec::new(),
-            greeting: Reply {
-                code: 0,
-                text: String::new(),
-            },
-        };
-        c.greeting = c.try_read_reply()?;
-        Ok(c)
+        Self::greeted(Stream::Plain(tcp(addr, local)?))
     }
 
     /// Implicit TLS (465-style): handshake verifying `server_name` against `ca`, then greeting.
@@ -162,8 +153,13 @@ impl SmtpClient {
         ca: &Path,
     ) -> io::Result<SmtpClient> {
         let s = tls_wrap(tcp(addr, local)?, server_name, ca)?;
+        Self::greeted(Stream::Tls(Box::new(s)))
+    }
+
+    /// A client on `stream` once the server's greeting is read.
+    fn greeted(stream: Stream) -> io::Result<SmtpClient> {
         let mut c = SmtpClient {
-            stream: Stream::Tls(Box::new(s)),
+            stream,
             buf: Vec::new(),
             greeting: Reply {
                 code: 0,

@@ -27,13 +27,7 @@ impl Relay {
     /// address accepts TCP connections and it logged `poolrelay ready` (20 s; panics with the
     /// log otherwise, at once with "relay exited before ready" if the process ends first).
     pub fn start(dir: &Path, config_toml: &str) -> Relay {
-        let mut r = Relay {
-            dir: dir.to_path_buf(),
-            config: config_toml.to_string(),
-            child: None,
-            log_start: 0,
-        };
-        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        let mut r = Relay::configured(dir, config_toml);
         r.spawn();
         r
     }
@@ -45,13 +39,7 @@ impl Relay {
         config_toml: &str,
         timeout: Duration,
     ) -> (Option<std::process::ExitStatus>, String) {
-        let mut r = Relay {
-            dir: dir.to_path_buf(),
-            config: config_toml.to_string(),
-            child: None,
-            log_start: 0,
-        };
-        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        let mut r = Relay::configured(dir, config_toml);
         r.spawn_child();
         let mut status = None;
         wait_until(timeout, || {
@@ -62,6 +50,17 @@ impl Relay {
             r.child = None;
         }
         (status, r.log())
+    }
+
+    /// Not running yet: the config written to `dir/poolrelay.toml`.
+    fn configured(dir: &Path, config_toml: &str) -> Relay {
+        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        Relay {
+            dir: dir.to_path_buf(),
+            config: config_toml.to_string(),
+            child: None,
+            log_start: 0,
+        }
     }
 
     fn log_path(&self) -> PathBuf {
