@@ -169,6 +169,33 @@ fn suspend_alice_by_a_bad_list(name: &str) -> (Bench, Relay, SocketAddr, Certs) 
     (b, relay, admin, certs)
 }
 
+/// Carol throttled (at most `per_hour` messages an hour), clear of the hour's end: 2 unknown of
+/// her 5 recipients = 40 %, over 25 % (half the limit), under 50 %. Asserts that she is
+/// throttled with those 5 counted.
+fn throttle_carol_by_a_bad_list(name: &str, per_hour: u32) -> (Bench, Relay, SocketAddr, Certs) {
+    clear_of_the_hour_end();
+    let b = bench(Some(unknown_users));
+    let (relay, admin, certs) = start(
+        name,
+        &b,
+        &format!(
+            "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = {per_hour}\n"
+        ),
+    );
+    let mut to = rcpts("ok", 3);
+    to.extend(rcpts("unknown", 2));
+    for r in send_as(&relay, &certs, "carol", &to) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    assert!(
+        wait_until(WAIT, || login_of(admin, "carol")
+            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
+        "{}",
+        get(admin, "/api/logins")
+    );
+    (b, relay, admin, certs)
+}
+
 /// Unknown recipients are the customer's list: alice's suspend alice (and her domain) while bob
 /// sends on through the same two IPs, and a restart keeps the suspension.
 #[test]
@@ -315,26 +342,8 @@ fn clear_of_the_hour_end() {
 /// hour, then MAIL FROM says 450 4.7.1 and why; bob is not throttled.
 #[test]
 fn a_throttled_login_sends_a_few_an_hour_then_hears_why() {
-    clear_of_the_hour_end();
-    let b = bench(Some(unknown_users));
-    let (relay, admin, _certs) = start(
-        "acct-throttle",
-        &b,
-        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = 6\n",
-    );
+    let (_b, relay, admin, _certs) = throttle_carol_by_a_bad_list("acct-throttle", 6);
     let certs = &_certs;
-    let mut to = rcpts("ok", 3);
-    to.extend(rcpts("unknown", 2));
-    for r in send_as(&relay, certs, "carol", &to) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    // 2 of 5 = 40 %: over 25 % (half the limit), under 50 %.
-    assert!(
-        wait_until(WAIT, || login_of(admin, "carol")
-            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
-        "{}",
-        get(admin, "/api/logins")
-    );
     assert_eq!(login_of(admin, "carol").unwrap()["sent_this_hour"], 5);
     // One more fits in this hour; the next is refused with the reason.
     let r = send_as(
@@ -556,24 +565,7 @@ fn a_suspension_on_one_relay_holds_on_the_farm_and_a_release_anywhere_ends_it() 
 /// throttle together, and one that RSETs gives its place back.
 #[test]
 fn parallel_sessions_of_a_throttled_login_share_its_places_and_rset_gives_one_back() {
-    clear_of_the_hour_end();
-    let b = bench(Some(unknown_users));
-    let (relay, admin, certs) = start(
-        "acct-parallel",
-        &b,
-        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = 8\n",
-    );
-    let mut to = rcpts("ok", 3);
-    to.extend(rcpts("unknown", 2));
-    for r in send_as(&relay, &certs, "carol", &to) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    assert!(
-        wait_until(WAIT, || login_of(admin, "carol")
-            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
-        "{}",
-        get(admin, "/api/logins")
-    );
+    let (_b, relay, admin, certs) = throttle_carol_by_a_bad_list("acct-parallel", 8);
     // 5 of 8 this hour: of six sessions at MAIL FROM before any queues, three pass.
     let mut sessions: Vec<SmtpClient> = (0..6).map(|_| login(&relay, &certs, "carol")).collect();
     let codes: Vec<u16> = sessions
