@@ -241,29 +241,10 @@ fn a_delisting_leaves_a_block_reply_quarantine_in_place_and_means_probation() {
     );
     b.dns
         .add_ip("10.0.0.127.dnsbl.test", "127.0.0.2".parse().unwrap());
-    assert!(
-        wait_until(WAIT, || hold_of(
-            admin,
-            "127.0.0.10",
-            "all",
-            "dnsbl:dnsbl.test"
-        )
-        .is_some()),
-        "{}",
-        relay.log()
-    );
+    let dnsbl_held = || hold_of(admin, "127.0.0.10", "all", "dnsbl:dnsbl.test").is_some();
+    assert!(wait_until(WAIT, dnsbl_held), "{}", relay.log());
     b.dns.remove_name("10.0.0.127.dnsbl.test");
-    assert!(
-        wait_until(WAIT, || hold_of(
-            admin,
-            "127.0.0.10",
-            "all",
-            "dnsbl:dnsbl.test"
-        )
-        .is_none()),
-        "{}",
-        relay.log()
-    );
+    assert!(wait_until(WAIT, || !dnsbl_held()), "{}", relay.log());
     assert!(relay.log().contains("DNSBL delisted: on probation"));
     let ip10 = ip_entry(&pool_status(admin), "127.0.0.10");
     assert!(
