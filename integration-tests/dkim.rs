@@ -453,18 +453,16 @@ fn rsa_keys_under_2048_bits_are_refused_everywhere_with_the_reason() {
 fn keygen_writes_a_private_0600_key_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir("dkim-keygen");
-    let o = Command::new(BIN)
-        .current_dir(&dir)
-        .args([
-            "dkim",
-            "keygen",
-            "--domain",
-            "Example.COM",
-            "--selector",
-            "s2026",
-        ])
-        .output()
-        .unwrap();
+    // `dkim keygen` for `domain`, selector s2026, in `dir`.
+    let keygen_cli = |domain: &str, more: &[&str]| {
+        Command::new(BIN)
+            .current_dir(&dir)
+            .args(["dkim", "keygen", "--domain", domain, "--selector", "s2026"])
+            .args(more)
+            .output()
+            .unwrap()
+    };
+    let o = keygen_cli("Example.COM", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let path = dir.join("config/dkim/example.com.s2026.pem");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -477,19 +475,7 @@ fn keygen_writes_a_private_0600_key_and_never_overwrites() {
     assert!(stdout.trim_end().ends_with("\" )"), "{stdout}");
     assert!(stdout.split('"').skip(1).step_by(2).all(|s| s.len() <= 255));
     let before = std::fs::read(&path).unwrap();
-    let o = Command::new(BIN)
-        .current_dir(&dir)
-        .args([
-            "dkim",
-            "keygen",
-            "--domain",
-            "example.com",
-            "--selector",
-            "s2026",
-        ])
-        .args(["--algorithm", "ed25519"])
-        .output()
-        .unwrap();
+    let o = keygen_cli("example.com", &["--algorithm", "ed25519"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
     assert_eq!(std::fs::read(&path).unwrap(), before);
