@@ -56,6 +56,14 @@ fn simple(name: &str) -> (Env, Relay) {
     simple_with(name, |c| c)
 }
 
+/// `simple`, and a client that has said EHLO client.test.
+fn session(name: &str) -> (Env, Relay, SmtpClient) {
+    let (e, relay) = simple(name);
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    (e, relay, c)
+}
+
 /// `simple` with `tune` applied to the config.
 fn simple_with(name: &str, tune: impl FnOnce(RelayConfig) -> RelayConfig) -> (Env, Relay) {
     let e = env(name);
@@ -498,9 +506,7 @@ fn trusted_network_relays_without_auth_and_addresses_are_strict() {
 
 #[test]
 fn null_sender_and_envelope_parameters() {
-    let (_e, relay) = simple("params");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, relay, mut c) = session("params");
     c.cmd("MAIL FROM:<> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=QQ+2B1 AUTH=<>")
         .expect(250);
     c.cmd("RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.org")
@@ -536,9 +542,7 @@ fn null_sender_and_envelope_parameters() {
 
 #[test]
 fn utf8_addresses_need_smtputf8() {
-    let (_e, relay) = simple("utf8");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, relay, mut c) = session("utf8");
     let r = c.cmd("MAIL FROM:<jörg@exämple.de>").expect(553);
     assert!(r.text.contains("5.6.7"), "{r}");
     c.cmd("MAIL FROM:<a@example.com>").expect(250);
@@ -658,9 +662,7 @@ fn per_user_daily_cap_survives_restart() {
 
 #[test]
 fn bare_lf_and_bare_cr_in_data_are_refused() {
-    let (_e, relay) = simple("bare");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, relay, mut c) = session("bare");
     for body in [
         &b"Subject: lf\r\n\r\nline\nline\r\n"[..],
         b"Subject: cr\r\n\r\nline\rline\r\n",
@@ -693,9 +695,7 @@ fn bare_lf_and_bare_cr_in_data_are_refused() {
 
 #[test]
 fn bare_lf_and_bare_cr_in_commands_are_not_executed() {
-    let (_e, relay) = simple("barecmd");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, _relay, mut c) = session("barecmd");
     c.send_raw(b"MAIL FROM:<a@example.com>\n");
     let r = c.read_reply();
     assert_eq!(r.code, 500, "{r}");
@@ -712,9 +712,7 @@ fn bare_lf_and_bare_cr_in_commands_are_not_executed() {
 
 #[test]
 fn smtp_smuggling_is_impossible() {
-    let (_e, relay) = simple("smuggle");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, relay, mut c) = session("smuggle");
     let smuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n\
                     Subject: smuggled\r\n\r\nevil\r\n.\r\n";
     for fake_end in [
@@ -752,9 +750,7 @@ fn smtp_smuggling_is_impossible() {
 
 #[test]
 fn dot_unstuffing_is_exact() {
-    let (_e, relay) = simple("dots");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, relay, mut c) = session("dots");
     let body = b"Subject: dots\r\n\r\n.\r\n..\r\n...x\r\n.y\r\nmid.dle\r\n. \r\n\r\n.\r\nend";
     let r = c.send_mail("a@example.com", &["b@example.org"], body);
     let id = queued(&relay, &r);
@@ -1236,9 +1232,7 @@ fn hundreds_of_concurrent_sessions_cost_no_thread_each() {
 /// the octets after it would be taken as commands.
 #[test]
 fn bdat_chunk_size_too_large_to_represent_is_not_misread() {
-    let (_e, relay) = simple("bdatbig");
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
+    let (_e, relay, mut c) = session("bdatbig");
     c.cmd("MAIL FROM:<a@example.com>").expect(250);
     c.cmd("RCPT TO:<b@example.org>").expect(250);
     c.send_raw(b"BDAT 999999999999999999995 LAST\r\nhello");

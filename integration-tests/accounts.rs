@@ -103,6 +103,29 @@ fn account(admin: SocketAddr, path: &str, list: &str, name: &str) -> Option<Valu
         .and_then(|a| a.iter().find(|v| v["name"] == name).cloned())
 }
 
+/// Asserts that bob, in good standing, gets 6 messages (recipients named from `prefix`) through
+/// both pool IPs, neither of which holds anything for alpha or for all providers.
+fn assert_bob_sends_unheld(
+    b: &Bench,
+    relay: &Relay,
+    certs: &Certs,
+    admin: SocketAddr,
+    prefix: &str,
+) {
+    b.sink.clear();
+    for r in send_as(relay, certs, "bob", &rcpts(prefix, 6)) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let got = b.sink.wait_for_messages(6, WAIT);
+    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
+    for ip in ["127.0.0.10", "127.0.0.11"] {
+        for scope in ["alpha", "all"] {
+            assert!(hold(admin, ip, scope).is_none(), "{ip} held for {scope}");
+        }
+    }
+    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+}
+
 fn login_of(admin: SocketAddr, name: &str) -> Option<Value> {
     account(admin, "/api/logins", "logins", name)
 }
@@ -142,6 +165,33 @@ fn suspend_alice_by_a_bad_list(name: &str) -> (Bench, Relay, SocketAddr, Certs) 
         "{}\n{}",
         get(admin, "/api/logins"),
         relay.log()
+    );
+    (b, relay, admin, certs)
+}
+
+/// Carol throttled (at most `per_hour` messages an hour), clear of the hour's end: 2 unknown of
+/// her 5 recipients = 40 %, over 25 % (half the limit), under 50 %. Asserts that she is
+/// throttled with those 5 counted.
+fn throttle_carol_by_a_bad_list(name: &str, per_hour: u32) -> (Bench, Relay, SocketAddr, Certs) {
+    clear_of_the_hour_end();
+    let b = bench(Some(unknown_users));
+    let (relay, admin, certs) = start(
+        name,
+        &b,
+        &format!(
+            "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = {per_hour}\n"
+        ),
+    );
+    let mut to = rcpts("ok", 3);
+    to.extend(rcpts("unknown", 2));
+    for r in send_as(&relay, &certs, "carol", &to) {
+        assert_eq!(r.code, 250, "{r}");
+    }
+    assert!(
+        wait_until(WAIT, || login_of(admin, "carol")
+            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
+        "{}",
+        get(admin, "/api/logins")
     );
     (b, relay, admin, certs)
 }
@@ -197,17 +247,7 @@ fn a_logins_bad_list_suspends_it_while_others_send_and_a_restart_keeps_it() {
     t.quit();
 
     // Bob sends on, through the same IPs, which carry no hold.
-    b.sink.clear();
-    for r in send_as(&relay, &certs, "bob", &rcpts("bob", 6)) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    let got = b.sink.wait_for_messages(6, WAIT);
-    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
-    for ip in ["127.0.0.10", "127.0.0.11"] {
-        assert!(hold(admin, ip, "alpha").is_none(), "{ip} held");
-        assert!(hold(admin, ip, "all").is_none(), "{ip} held");
-    }
-    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+    assert_bob_sends_unheld(&b, &relay, &certs, admin, "bob");
 }
 
 /// The operator's release (CLI with a name, or API) lets a suspended account send again, logged
@@ -302,26 +342,8 @@ fn clear_of_the_hour_end() {
 /// hour, then MAIL FROM says 450 4.7.1 and why; bob is not throttled.
 #[test]
 fn a_throttled_login_sends_a_few_an_hour_then_hears_why() {
-    clear_of_the_hour_end();
-    let b = bench(Some(unknown_users));
-    let (relay, admin, _certs) = start(
-        "acct-throttle",
-        &b,
-        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = 6\n",
-    );
+    let (_b, relay, admin, _certs) = throttle_carol_by_a_bad_list("acct-throttle", 6);
     let certs = &_certs;
-    let mut to = rcpts("ok", 3);
-    to.extend(rcpts("unknown", 2));
-    for r in send_as(&relay, certs, "carol", &to) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    // 2 of 5 = 40 %: over 25 % (half the limit), under 50 %.
-    assert!(
-        wait_until(WAIT, || login_of(admin, "carol")
-            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
-        "{}",
-        get(admin, "/api/logins")
-    );
     assert_eq!(login_of(admin, "carol").unwrap()["sent_this_hour"], 5);
     // One more fits in this hour; the next is refused with the reason.
     let r = send_as(
@@ -457,18 +479,7 @@ fn one_logins_complaints_suspend_it_while_others_send_through_the_same_ips() {
     c.quit();
 
     // Bob goes on through the same IPs; neither IP is held for alice's complaints.
-    b.sink.clear();
-    for r in send_as(&relay, &certs, "bob", &rcpts("c", 6)) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    let got = b.sink.wait_for_messages(6, WAIT);
-    assert!(got.iter().all(|m| m.mail_from == "bob@bob.test"));
-    for ip in ["127.0.0.10", "127.0.0.11"] {
-        for scope in ["alpha", "all"] {
-            assert!(hold(admin, ip, scope).is_none(), "{ip} held for {scope}");
-        }
-    }
-    assert_eq!(login_of(admin, "bob").unwrap()["standing"], "good");
+    assert_bob_sends_unheld(&b, &relay, &certs, admin, "c");
 }
 
 /// A relay of a farm sharing `redis`, trusting 127.0.0.1, `[accounts]` strict.
@@ -480,14 +491,11 @@ fn farm_node(
 ) -> (Relay, SocketAddr) {
     let dir = dir.join(node);
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = b
-        .config()
-        .delivery("idle_timeout", "\"0s\"")
-        .pool("default", &[PoolIp::new(10, "out10.test")])
-        .section(&format!(
-            "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[accounts]\nmin_volume = 3\nmax_bounce_rate = 0.5\n",
-            redis.url()
-        ));
+    let rest = format!(
+        "[cluster]\nredis = \"{}\"\nnode = \"{node}\"\nprefix = \"farm\"\nresync_interval = \"2s\"\n\n[accounts]\nmin_volume = 3\nmax_bounce_rate = 0.5\n",
+        redis.url()
+    );
+    let cfg = b.pooled(&[PoolIp::new(10, "out10.test")], &rest);
     let (relay, admin) = admin::start(&dir, &cfg, WAIT);
     assert!(
         relay.wait_for_log("cluster: subscribed to the farm's changes", WAIT),
@@ -557,24 +565,7 @@ fn a_suspension_on_one_relay_holds_on_the_farm_and_a_release_anywhere_ends_it() 
 /// throttle together, and one that RSETs gives its place back.
 #[test]
 fn parallel_sessions_of_a_throttled_login_share_its_places_and_rset_gives_one_back() {
-    clear_of_the_hour_end();
-    let b = bench(Some(unknown_users));
-    let (relay, admin, certs) = start(
-        "acct-parallel",
-        &b,
-        "min_volume = 4\nmax_bounce_rate = 0.5\nthrottle_at = 0.5\nthrottle_per_hour = 8\n",
-    );
-    let mut to = rcpts("ok", 3);
-    to.extend(rcpts("unknown", 2));
-    for r in send_as(&relay, &certs, "carol", &to) {
-        assert_eq!(r.code, 250, "{r}");
-    }
-    assert!(
-        wait_until(WAIT, || login_of(admin, "carol")
-            .is_some_and(|v| volume(&v) == 5 && v["standing"] == "throttled")),
-        "{}",
-        get(admin, "/api/logins")
-    );
+    let (_b, relay, admin, certs) = throttle_carol_by_a_bad_list("acct-parallel", 8);
     // 5 of 8 this hour: of six sessions at MAIL FROM before any queues, three pass.
     let mut sessions: Vec<SmtpClient> = (0..6).map(|_| login(&relay, &certs, "carol")).collect();
     let codes: Vec<u16> = sessions

@@ -18,10 +18,7 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config() -> RelayConfig {
-    RelayConfig::new()
-        .no_delivery()
-        .admin()
-        .pool("default", &[PoolIp::new(10, "out10.test")])
+    adm::api_only_config()
 }
 
 fn state(admin: SocketAddr) -> String {
@@ -32,18 +29,9 @@ fn state(admin: SocketAddr) -> String {
 }
 
 fn cli(dir: &std::path::Path, config: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .args(args)
-        .args(["--config", config])
-        .current_dir(dir)
-        .output()
-        .expect("run poolrelay");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let args: Vec<&str> = args.iter().copied().chain(["--config", config]).collect();
+    let (code, text) = run_poolrelay(dir, &args);
+    (code == 0, text)
 }
 
 #[test]

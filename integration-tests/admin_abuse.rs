@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,25 +16,29 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config() -> RelayConfig {
-    RelayConfig::new()
-        .no_delivery()
-        .admin()
-        .pool("default", &[PoolIp::new(10, "out10.test")])
+    adm::api_only_config()
+}
+
+/// A relay whose admin API holds at most `max` connections, 2 a client, and waits 60 s for a
+/// request's headers; with its `Bearer` authorization value.
+fn capped(name: &str, max: u32) -> (Relay, SocketAddr, String) {
+    let cfg = config()
+        .admin_key("header_timeout", "\"60s\"")
+        .admin_key("max_connections", max)
+        .admin_key("max_connections_per_client", 2);
+    let (relay, admin) = adm::start(&tempdir(name), &cfg, WAIT);
+    let bearer = format!("Bearer {}", token(admin));
+    (relay, admin, bearer)
 }
 
 fn cli(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .args(args)
-        .args(["--config", "poolrelay.toml"])
-        .current_dir(dir)
-        .output()
-        .expect("run poolrelay");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--config", "poolrelay.toml"])
+        .collect();
+    let (code, text) = run_poolrelay(dir, &args);
+    (code == 0, text)
 }
 
 fn log_len(relay: &Relay) -> u64 {
@@ -166,13 +170,7 @@ fn closed(s: &TcpStream) -> bool {
 /// with the CLI and with the token from another address.
 #[test]
 fn idle_connections_never_lock_the_operator_out() {
-    let dir = tempdir("admin-cap");
-    let cfg = config()
-        .admin_key("header_timeout", "\"60s\"")
-        .admin_key("max_connections", 6)
-        .admin_key("max_connections_per_client", 2);
-    let (relay, admin) = adm::start(&dir, &cfg, WAIT);
-    let bearer = format!("Bearer {}", token(admin));
+    let (relay, admin, bearer) = capped("admin-cap", 6);
 
     // Client A: 8 idle connections from 127.0.0.9; it keeps at most 2 (its newest).
     let a: Vec<TcpStream> = (0..8).map(|_| connect_from(admin, lo(9))).collect();
@@ -202,13 +200,7 @@ fn idle_connections_never_lock_the_operator_out() {
 /// connections from one and from many addresses writes a few lines.
 #[test]
 fn connection_flood_at_the_cap_is_logged_in_bounded_lines() {
-    let dir = tempdir("admin-503");
-    let cfg = config()
-        .admin_key("header_timeout", "\"60s\"")
-        .admin_key("max_connections", 2)
-        .admin_key("max_connections_per_client", 2);
-    let (relay, admin) = adm::start(&dir, &cfg, WAIT);
-    let bearer = format!("Bearer {}", token(admin));
+    let (relay, admin, bearer) = capped("admin-503", 2);
     // Two POSTs whose bodies never finish: busy until they end. `100 Continue` tells that the
     // handler is reading the body (before that, an idle connection would be closed for a probe).
     let busy: Vec<TcpStream> = (0..2)

@@ -239,9 +239,7 @@ fn day_count(redis: &RedisServer, ip: &str, provider: &str) -> u64 {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn two_nodes_through_one_warming_ip_stay_within_its_cap() {
-    let dir = tempdir("cluster-warming");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-warming", None);
     let a = Relay::start(
         &node_dir(&dir, "a"),
         &warming_node(&b, &redis, "a", "[10, 40]").to_toml(),
@@ -277,9 +275,7 @@ fn two_nodes_through_one_warming_ip_stay_within_its_cap() {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn farm_max_per_hour_caps_a_provider_across_nodes() {
-    let dir = tempdir("cluster-farm-max");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-farm-max", None);
     let node = |name: &str, ip: u8| {
         b.config()
             .provider_key("alpha", "farm_max_per_hour", 6)
@@ -379,9 +375,7 @@ fn a_per_user_cap_holds_across_nodes() {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn redis_killed_mid_run_falls_back_to_shares_and_reconciles() {
-    let dir = tempdir("cluster-outage");
-    let mut redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, mut redis, b) = farm("cluster-outage", None);
     let a = Relay::start(
         &node_dir(&dir, "a"),
         &warming_node(&b, &redis, "a", "[20, 40]").to_toml(),
@@ -436,9 +430,7 @@ fn redis_killed_mid_run_falls_back_to_shares_and_reconciles() {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn a_hung_redis_costs_a_timeout_then_the_local_share() {
-    let dir = tempdir("cluster-hung");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-hung", None);
     let a = Relay::start(
         &node_dir(&dir, "a"),
         &warming_node(&b, &redis, "a", "[20, 40]").to_toml(),
@@ -478,9 +470,7 @@ fn pool_status_cli(relay: &Relay) -> String {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn both_relays_show_the_farms_counts_and_its_refusal() {
-    let dir = tempdir("cluster-view");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-view", None);
     let node = |name: &str| {
         b.config()
             .pool("default", &[PoolIp::new(12, "o12.test").warmup("new")])

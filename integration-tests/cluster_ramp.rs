@@ -315,9 +315,7 @@ fn logged(relays: &[&Relay], needle: &str) -> usize {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn two_relays_through_one_ip_move_on_the_farms_ramp() {
-    let dir = tempdir("cluster-ramp-relays");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-ramp-relays", None);
     let ((a, a_admin), (bb, b_admin), d) = two_relays_after_day_0(&dir, &b, &redis);
     send(&a, &b.sink, "d1-a", 1);
     send(&bb, &b.sink, "d1-b", 1);
@@ -350,9 +348,7 @@ fn two_relays_through_one_ip_move_on_the_farms_ramp() {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn with_redis_down_each_relay_decides_on_its_own_replies() {
-    let dir = tempdir("cluster-ramp-down");
-    let mut redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, mut redis, b) = farm("cluster-ramp-down", None);
     let ((a, a_admin), (bb, b_admin), _) = two_relays_after_day_0(&dir, &b, &redis);
     redis.kill();
     for r in [&a, &bb] {

@@ -151,9 +151,7 @@ fn drained(admin: SocketAddr, ip: &str) -> bool {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn a_drain_or_quarantine_on_one_node_stops_the_ip_on_the_others_within_a_second() {
-    let dir = tempdir("cluster-holds");
-    let redis = RedisServer::start(&dir);
-    let b = bench(Some(greeting_block_10_at_alpha));
+    let (dir, redis, b) = farm("cluster-holds", Some(greeting_block_10_at_alpha));
     // Node a sends from 127.0.0.10 only; b and c share it with 127.0.0.11 (NAT, or an IP
     // that moves).
     let a = start_node(&dir, &b, &redis, "a", &[10]);
@@ -264,9 +262,7 @@ fn suppressed(admin: SocketAddr, address: &str) -> bool {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn a_suppression_made_on_one_node_refuses_on_another() {
-    let dir = tempdir("cluster-suppress");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-suppress", None);
     // The senders' domain is deliverable, so the DSNs land at the sink.
     b.dns.add_mx("c.test", 10, "mx.beta.test");
     let a = start_node(&dir, &b, &redis, "a", &[10]);
@@ -310,17 +306,8 @@ fn a_suppression_made_on_one_node_refuses_on_another() {
 
 fn reload(relay: &mut Relay, toml: &str) {
     relay.set_config(toml);
-    let o = Command::new(BIN)
-        .current_dir(relay.dir())
-        .args(["reload", "--config", "poolrelay.toml"])
-        .output()
-        .expect("run poolrelay reload");
-    assert!(
-        o.status.success(),
-        "reload: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (code, out) = run_poolrelay(relay.dir(), &["reload", "--config", "poolrelay.toml"]);
+    assert!(code == 0, "reload: {out}");
 }
 
 fn history(admin: SocketAddr, ip: &str) -> Value {
@@ -339,9 +326,7 @@ fn sent_in(h: &Value) -> u64 {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn an_ip_moved_by_reload_keeps_its_hold_and_history() {
-    let dir = tempdir("cluster-move");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-move", None);
     let mut a = start_node(&dir, &b, &redis, "a", &[10, 12]);
     let mut n_b = start_node(&dir, &b, &redis, "b", &[11]);
     wait_for_farm(&[&a, &n_b]);
@@ -423,9 +408,7 @@ fn an_ip_moved_by_reload_keeps_its_hold_and_history() {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn redis_killed_and_restarted_local_changes_meet_and_the_later_one_wins() {
-    let dir = tempdir("cluster-outage");
-    let mut redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, mut redis, b) = farm("cluster-outage", None);
     let a = start_node(&dir, &b, &redis, "a", &[10, 11]);
     let n_b = start_node(&dir, &b, &redis, "b", &[10, 11]);
     wait_for_farm(&[&a, &n_b]);
@@ -534,9 +517,7 @@ fn warming_pool(base: &RelayConfig, ip: u8) -> RelayConfig {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn an_ip_moved_by_reload_keeps_its_warmup_day_and_todays_count() {
-    let dir = tempdir("cluster-move-warmup");
-    let redis = RedisServer::start(&dir);
-    let b = bench(None);
+    let (dir, redis, b) = farm("cluster-move-warmup", None);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -610,9 +591,7 @@ fn delayed_block_at_alpha(s: &Step) -> Option<String> {
 #[test]
 #[ignore = "needs redis-server (run by .ci/run)"]
 fn two_relays_seeing_one_block_at_once_make_one_offence() {
-    let dir = tempdir("cluster-incident");
-    let redis = RedisServer::start(&dir);
-    let b = bench(Some(delayed_block_at_alpha));
+    let (dir, redis, b) = farm("cluster-incident", Some(delayed_block_at_alpha));
     let nodes: Vec<Node> = ["a", "b"]
         .into_iter()
         .map(|name| {

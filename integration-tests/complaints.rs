@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use common::admin::{get, get_text, hold_of, http};
@@ -25,36 +24,8 @@ fn now_s() -> u64 {
 
 /// A relay sending from 127.0.0.10 to alpha (a.test) and beta (b.test); `rest` adds sections.
 fn start(dir: &std::path::Path, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
-    let cfg = b
-        .config()
-        .delivery("idle_timeout", "\"0s\"")
-        .pool("default", &[PoolIp::new(10, "out10.test")])
-        .section(rest);
+    let cfg = b.pooled(&[PoolIp::new(10, "out10.test")], rest);
     admin::start(dir, &cfg, WAIT)
-}
-
-fn send(relay: &Relay, from: &str, to: &str, subject: &str) {
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
-    let body = format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nHello.\r\n");
-    c.send_mail(from, &[to], body.as_bytes()).expect(250);
-    c.quit();
-}
-
-fn suppression_cli(relay: &Relay, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .arg("suppression")
-        .args(args)
-        .args(["--config", "poolrelay.toml"])
-        .current_dir(relay.dir())
-        .output()
-        .expect("run poolrelay suppression");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// DSNs the sink got for `sender`.
@@ -111,7 +82,7 @@ fn a_complainer_is_refused_mail_from_that_sender_domain_with_a_dsn_saying_why() 
     );
 
     // From shop.test (envelope and From:): fails at once, nothing sent, a DSN says why.
-    send(&relay, "news@shop.test", "Eve@a.test", "first");
+    send_from(relay.addr(), "news@shop.test", "Eve@a.test", "first");
     b.sink.wait_for_messages(1, WAIT);
     let dsns = dsns_to(&b.sink, "news@shop.test");
     assert_eq!(dsns.len(), 1, "{dsns:?}");
@@ -126,7 +97,7 @@ fn a_complainer_is_refused_mail_from_that_sender_domain_with_a_dsn_saying_why() 
     assert_eq!(rcpt_attempts(&b.sink, "eve@a.test"), 0);
 
     // From another sender domain: delivered.
-    send(&relay, "hello@other.test", "eve@a.test", "second");
+    send_from(relay.addr(), "hello@other.test", "eve@a.test", "second");
     assert!(
         wait_until(WAIT, || rcpt_attempts(&b.sink, "eve@a.test") == 1),
         "{}",
@@ -142,7 +113,7 @@ fn a_complainer_is_refused_mail_from_that_sender_domain_with_a_dsn_saying_why() 
     assert!(out.contains("suppression removed"), "{out}");
     let (_, v) = http(admin, "GET", "/api/suppressions", None);
     assert_eq!(v["suppressions"], Value::Array(vec![]), "{v}");
-    send(&relay, "news@shop.test", "eve@a.test", "third");
+    send_from(relay.addr(), "news@shop.test", "eve@a.test", "third");
     assert!(
         wait_until(WAIT, || rcpt_attempts(&b.sink, "eve@a.test") == 2),
         "{}",
@@ -209,14 +180,14 @@ fn complaints_over_the_rate_quarantine_the_ip_for_that_provider_and_suppress_the
                 [feedback]\naddresses = [\"fbl@relay.test\"]\n";
     let (relay, admin) = start(&dir, &b, rest);
     for i in 0..10 {
-        send(
-            &relay,
+        send_from(
+            relay.addr(),
             "news@shop.test",
             &format!("u{i}@a.test"),
             &format!("m{i}"),
         );
     }
-    send(&relay, "news@shop.test", "v0@b.test", "to beta");
+    send_from(relay.addr(), "news@shop.test", "v0@b.test", "to beta");
     b.sink.wait_for_messages(11, WAIT);
     // Counted once the relay has read the sink's replies.
     assert!(wait_until(WAIT, || sent_from_10(admin, "alpha") == 10));
@@ -298,7 +269,7 @@ fn complaints_over_the_rate_quarantine_the_ip_for_that_provider_and_suppress_the
     );
 
     // The complainers get no more mail from shop.test: a DSN at once, nothing sent.
-    send(&relay, "news@shop.test", "u1@a.test", "again");
+    send_from(relay.addr(), "news@shop.test", "u1@a.test", "again");
     assert!(
         wait_until(WAIT, || dsns_to(&b.sink, "news@shop.test")
             .iter()

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 
 use common::*;
@@ -171,19 +170,13 @@ fn config_with(dir: &Path, at: At, key: &str, value: &str) -> String {
 fn check_case(n: usize, at: At, key: &str, value: &str) -> Option<String> {
     let dir = tempdir(&format!("ranges-{n}"));
     let toml = config_with(&dir, at, key, value);
+    let (code, err) = check_config(&dir, &toml);
     let file = dir.join("check.toml");
-    std::fs::write(&file, &toml).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
     let case = format!("{key} = {value}");
     if err.contains("panicked") {
         return Some(format!("{case}: check-config panicked: {err}"));
     }
-    match o.status.code() {
+    match code {
         Some(2) => {
             // `check.toml:LINE: …` naming the key.
             let located = err.lines().any(|l| {
@@ -359,17 +352,7 @@ fn errors_of(out: &str, at: &str, needle: &str) -> usize {
 }
 
 fn run_cli(dir: &Path, args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().unwrap_or(-1), text)
+    run_poolrelay(dir, args)
 }
 
 #[test]

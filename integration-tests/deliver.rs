@@ -37,6 +37,14 @@ fn pooled(dns: &DnsServer, sink_port: u16) -> RelayConfig {
     config(dns, sink_port).pool("default", &pool_ips())
 }
 
+/// `config` with one pool IP and idle sessions kept 30 s, so every message may reuse one
+/// connection.
+fn reusing(dns: &DnsServer, sink_port: u16) -> RelayConfig {
+    config(dns, sink_port)
+        .delivery("idle_timeout", "\"30s\"")
+        .pool("default", &pool_ips()[..1])
+}
+
 fn start(dir: &Path, cfg: &RelayConfig) -> Relay {
     Relay::start(dir, &cfg.to_toml())
 }
@@ -89,6 +97,13 @@ fn ip(n: u8) -> IpAddr {
     lo(n)
 }
 
+/// `domain`'s one MX (preference 10), `mx.<domain>` at 127.0.0.`n`.
+fn mx(dns: &DnsServer, domain: &str, n: u8) {
+    let host = format!("mx.{domain}");
+    dns.add_mx(domain, 10, &host);
+    dns.add_ip(&host, ip(n));
+}
+
 fn at(sink: &Sink, n: u8) -> Vec<Message> {
     sink.messages()
         .into_iter()
@@ -122,8 +137,7 @@ fn source_ip_helo_round_robin_and_starttls() {
     let certs = make_certs(&dir, &["mx.dest.test"]);
     let dns = DnsServer::start();
     let sink = Sink::builder(&[ip(20)]).starttls(&certs).start();
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     // No connection reuse here: each message opens its own session, so round-robin shows.
     let relay = start(
         &dir,
@@ -172,8 +186,7 @@ fn unbindable_pool_ip_fails_over_to_the_next() {
     let dir = tempdir("deliver-bind");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let pool = [
         PoolIp::at("192.0.2.1", "unbindable.relay.test"),
         PoolIp::new(11, "out2.relay.test"),
@@ -209,10 +222,8 @@ fn plaintext_without_starttls_and_after_a_broken_handshake() {
         .port(port)
         .tls(SinkTls::BrokenGarbage)
         .start();
-    dns.add_mx("plain.test", 10, "mx.plain.test");
-    dns.add_ip("mx.plain.test", ip(20));
-    dns.add_mx("broken.test", 10, "mx.broken.test");
-    dns.add_ip("mx.broken.test", ip(21));
+    mx(&dns, "plain.test", 20);
+    mx(&dns, "broken.test", 21);
     let relay = start(&dir, &pooled(&dns, port));
     submit(&relay, "sender@snd.test", &["a@plain.test"], "p");
     submit(&relay, "sender@snd.test", &["b@broken.test"], "b");
@@ -245,8 +256,7 @@ fn required_tls_defers_without_starttls_and_verifies_the_mx_name() {
     let port = free_port_on(&[ip(20), ip(21)]);
     let plain = Sink::builder(&[ip(20)]).port(port).start();
     let secure = Sink::builder(&[ip(21)]).port(port).starttls(&certs).start();
-    dns.add_mx("plain.test", 10, "mx.plain.test");
-    dns.add_ip("mx.plain.test", ip(20));
+    mx(&dns, "plain.test", 20);
     dns.add_ip("mx.secure.test", ip(21));
     dns.add_ip("mx.wrong.test", ip(21));
     let mut cfg = pooled(&dns, port)
@@ -337,8 +347,7 @@ fn null_mx_nxdomain_bounce_a_fallback_delivers_and_one_dsn_reports_both() {
     let sink = Sink::start(&[ip(20), ip(24)]);
     dns.add_ip("nomx.test", ip(20)); // no MX: the A record is the implicit MX
     dns.null_mx("null.test");
-    dns.add_mx("snd.test", 10, "mx.snd.test");
-    dns.add_ip("mx.snd.test", ip(24));
+    mx(&dns, "snd.test", 24);
     let relay = start(&dir, &pooled(&dns, sink.port()));
     submit(
         &relay,
@@ -379,8 +388,7 @@ fn temporary_failure_then_success_on_retry() {
             _ => None,
         })
         .start();
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let relay = start(
         &dir,
         &pooled(&dns, sink.port()).delivery("idle_timeout", "\"0s\""),
@@ -399,10 +407,8 @@ fn permanent_failure_sends_rfc3464_dsn_but_never_for_the_null_sender() {
     let dir = tempdir("deliver-dsn");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20), ip(24)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
-    dns.add_mx("snd.test", 10, "mx.snd.test");
-    dns.add_ip("mx.snd.test", ip(24));
+    mx(&dns, "dest.test", 20);
+    mx(&dns, "snd.test", 24);
     let relay = start(&dir, &pooled(&dns, sink.port()));
     submit(
         &relay,
@@ -464,8 +470,7 @@ fn restart_keeps_attempts_and_next_attempt() {
         Stage::RcptTo(_) if r2.load(Ordering::SeqCst) => Some("451 4.3.0 later".into()),
         _ => None,
     })));
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let cfg = pooled(&dns, sink.port()).delivery("retry", "[\"3s\"]");
     let mut relay = start(&dir, &cfg);
     submit(&relay, "sender@snd.test", &["a@dest.test"], "r");
@@ -511,8 +516,7 @@ fn kill_during_delivery_loses_nothing() {
         }
         None
     })));
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let mut relay = start(&dir, &pooled(&dns, sink.port()));
     submit(&relay, "sender@snd.test", &["a@dest.test"], "k");
     assert!(wait_until(WAIT, || sink.transcripts().contains("C: DATA")));
@@ -570,14 +574,8 @@ fn connection_reused_for_the_next_message() {
     let dir = tempdir("deliver-reuse");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
-    let relay = start(
-        &dir,
-        &config(&dns, sink.port())
-            .delivery("idle_timeout", "\"30s\"")
-            .pool("default", &pool_ips()[..1]),
-    );
+    mx(&dns, "dest.test", 20);
+    let relay = start(&dir, &reusing(&dns, sink.port()));
     submit(&relay, "sender@snd.test", &["a@dest.test"], "u1");
     sink.wait_for_messages(1, WAIT);
     // Logged after the session went back to the idle pool.
@@ -624,14 +622,8 @@ fn a_reused_connection_found_closed_is_replaced_without_deferral() {
             _ => None,
         })
         .start();
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
-    let relay = start(
-        &dir,
-        &config(&dns, sink.port())
-            .delivery("idle_timeout", "\"30s\"")
-            .pool("default", &pool_ips()[..1]),
-    );
+    mx(&dns, "dest.test", 20);
+    let relay = start(&dir, &reusing(&dns, sink.port()));
     submit(&relay, "sender@snd.test", &["a@dest.test"], "s1");
     sink.wait_for_messages(1, WAIT);
     assert!(wait_until(WAIT, || log_text(&relay).contains("status=\"sent\"")));
@@ -653,10 +645,8 @@ fn delay_warning_once_then_expiry_bounce() {
     let dir = tempdir("deliver-expire");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20), ip(24)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
-    dns.add_mx("snd.test", 10, "mx.snd.test");
-    dns.add_ip("mx.snd.test", ip(24));
+    mx(&dns, "dest.test", 20);
+    mx(&dns, "snd.test", 24);
     let relay = start(
         &dir,
         &pooled(&dns, sink.port())
@@ -694,8 +684,7 @@ fn ipv6_pool_address_for_an_ipv6_destination() {
     let sink = Sink::builder(&[ip(20), v6]).port(port).start();
     dns.add_mx("six.test", 10, "mx.six.test");
     dns.add_ip("mx.six.test", v6);
-    dns.add_mx("four.test", 10, "mx.four.test");
-    dns.add_ip("mx.four.test", ip(20));
+    mx(&dns, "four.test", 20);
     let pool = [
         PoolIp::new(10, "out4.relay.test"),
         PoolIp::at("::1", "out6.relay.test"),
@@ -727,8 +716,7 @@ fn eight_bit_and_smtputf8_parameters_are_passed_on() {
     let dir = tempdir("deliver-8bit");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let relay = start(&dir, &pooled(&dns, sink.port()));
     let mut c = SmtpClient::connect(relay.addr());
     c.ehlo("client.test");
@@ -779,8 +767,7 @@ fn per_destination_concurrency_limit() {
             None
         })
         .start();
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let relay = start(
         &dir,
         &pooled(&dns, sink.port())
@@ -806,10 +793,8 @@ fn bounce_is_reported_while_other_recipients_wait_for_retry() {
     let dir = tempdir("deliver-early-dsn");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20), ip(24)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
-    dns.add_mx("snd.test", 10, "mx.snd.test");
-    dns.add_ip("mx.snd.test", ip(24));
+    mx(&dns, "dest.test", 20);
+    mx(&dns, "snd.test", 24);
     let cfg = pooled(&dns, sink.port()).delivery("retry", "[\"1h\"]");
     let relay = start(&dir, &cfg);
     submit(
@@ -838,8 +823,7 @@ fn dns_failure_defers_and_never_bounces() {
     let dir = tempdir("deliver-servfail");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     dns.set_fail("dest.test", true);
     let relay = start(&dir, &pooled(&dns, sink.port()));
     submit(&relay, "sender@snd.test", &["a@dest.test"], "sf");
@@ -864,8 +848,7 @@ fn a_burst_shares_a_few_reused_connections() {
     let dir = tempdir("deliver-burst");
     let dns = DnsServer::start();
     let sink = Sink::start(&[ip(20)]);
-    dns.add_mx("dest.test", 10, "mx.dest.test");
-    dns.add_ip("mx.dest.test", ip(20));
+    mx(&dns, "dest.test", 20);
     let relay = start(
         &dir,
         &pooled(&dns, sink.port())
@@ -998,8 +981,7 @@ fn three_digit_status_detail_is_kept_whole_in_the_dsn() {
         .start();
     dns.add_mx("m.test", 10, "mx.microsoft.test");
     dns.add_ip("mx.microsoft.test", ip(20));
-    dns.add_mx("snd.test", 10, "mx.snd.test");
-    dns.add_ip("mx.snd.test", ip(24));
+    mx(&dns, "snd.test", 24);
     // No pool: the refusal is the recipient's answer (a pool IP would be blamed and retried).
     let relay = start(&dir, &config(&dns, sink.port()));
     submit(&relay, "sender@snd.test", &["banned@m.test"], "dsn-st");

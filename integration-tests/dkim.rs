@@ -192,14 +192,6 @@ fn signers(data: &[u8]) -> Vec<String> {
 }
 
 const DKIMPY: &str = r#"
-import json, sys
-import dkim
-raw = open(sys.argv[1], 'rb').read()
-records = json.load(open(sys.argv[2]))
-def dnsfunc(name, timeout=5):
-    n = (name.decode() if isinstance(name, bytes) else name).rstrip('.').lower()
-    v = records.get(n)
-    return v.encode() if v is not None else None
 headers, _ = dkim.rfc822_parse(raw)
 count = sum(1 for h in headers if h[0].lower() == b'dkim-signature')
 def ok(i):
@@ -214,36 +206,8 @@ print(json.dumps([ok(i) for i in range(count)]))
 /// dkimpy's verdict for each signature, keys from the bench's records. Fails if dkimpy (or
 /// PyNaCl, which it needs for Ed25519) is missing.
 fn verify_dkimpy(b: &Bench, data: &[u8], tag: &str) -> Vec<bool> {
-    let check = Command::new("python3")
-        .args(["-c", "import dkim, dns, nacl"])
-        .output()
-        .expect("python3 must be installed for the dkimpy interop tests");
-    assert!(
-        check.status.success(),
-        "dkimpy missing: pip install dkimpy dnspython pynacl\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let msg = b.dir.join(format!("{tag}.eml"));
-    std::fs::write(&msg, data).unwrap();
-    let recs = b.dir.join("records.json");
-    let map: serde_json::Map<String, serde_json::Value> = b
-        .records
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    std::fs::write(&recs, serde_json::to_vec(&map).unwrap()).unwrap();
-    let o = Command::new("python3")
-        .args(["-c", DKIMPY])
-        .arg(&msg)
-        .arg(&recs)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "dkimpy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("dkimpy output")
+    let out = run_dkimpy(&b.dir, "dkim, dns, nacl", DKIMPY, tag, data, &b.records);
+    serde_json::from_slice(&out).expect("dkimpy output")
 }
 
 fn tamper(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
@@ -417,15 +381,8 @@ fn bad_key_is_a_config_error_naming_the_file() {
          [[dkim]]\ndomain = \"example.com\"\nselector = \"s1\"\nprivate_key = \"{}\"\n",
         bad.display()
     );
-    let file = dir.join("check.toml");
-    std::fs::write(&file, &config).unwrap();
-    let o = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = check_config(&dir, &config);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&bad.display().to_string()), "{err}");
     assert!(err.contains("example.com"), "{err}");
 
@@ -437,17 +394,9 @@ fn bad_key_is_a_config_error_naming_the_file() {
 
     // A good key passes check-config.
     let (good, _) = keygen(&dir, "example.com", "s1", "ed25519");
-    std::fs::write(
-        &file,
-        config.replace(&bad.display().to_string(), &good.display().to_string()),
-    )
-    .unwrap();
-    let o = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let good_config = config.replace(&bad.display().to_string(), &good.display().to_string());
+    let (code, err) = check_config(&dir, &good_config);
+    assert!(code == Some(0), "{err}");
 }
 
 /// Issue 25: DKIM signs through aws-lc-rs only. A 1024-bit RSA key is refused by `check-config`,
@@ -470,15 +419,8 @@ fn rsa_keys_under_2048_bits_are_refused_everywhere_with_the_reason() {
         ))
     };
     let bad = cfg(&short).to_toml();
-    let file = dir.join("check.toml");
-    std::fs::write(&file, &bad).unwrap();
-    let o = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, err) = check_config(&dir, &bad);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(REASON) && err.contains("RFC 8301"), "{err}");
     assert!(err.contains("rsa1024.pem"), "{err}");
 
@@ -511,18 +453,16 @@ fn rsa_keys_under_2048_bits_are_refused_everywhere_with_the_reason() {
 fn keygen_writes_a_private_0600_key_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir("dkim-keygen");
-    let o = Command::new(BIN)
-        .current_dir(&dir)
-        .args([
-            "dkim",
-            "keygen",
-            "--domain",
-            "Example.COM",
-            "--selector",
-            "s2026",
-        ])
-        .output()
-        .unwrap();
+    // `dkim keygen` for `domain`, selector s2026, in `dir`.
+    let keygen_cli = |domain: &str, more: &[&str]| {
+        Command::new(BIN)
+            .current_dir(&dir)
+            .args(["dkim", "keygen", "--domain", domain, "--selector", "s2026"])
+            .args(more)
+            .output()
+            .unwrap()
+    };
+    let o = keygen_cli("Example.COM", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let path = dir.join("config/dkim/example.com.s2026.pem");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -535,19 +475,7 @@ fn keygen_writes_a_private_0600_key_and_never_overwrites() {
     assert!(stdout.trim_end().ends_with("\" )"), "{stdout}");
     assert!(stdout.split('"').skip(1).step_by(2).all(|s| s.len() <= 255));
     let before = std::fs::read(&path).unwrap();
-    let o = Command::new(BIN)
-        .current_dir(&dir)
-        .args([
-            "dkim",
-            "keygen",
-            "--domain",
-            "example.com",
-            "--selector",
-            "s2026",
-        ])
-        .args(["--algorithm", "ed25519"])
-        .output()
-        .unwrap();
+    let o = keygen_cli("example.com", &["--algorithm", "ed25519"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
     assert_eq!(std::fs::read(&path).unwrap(), before);

@@ -747,18 +747,11 @@ fn postmaster_over_holds_that_sender_domain_for_its_logins_until_a_good_rate() {
 
     // Google's rate back under 0.1 %: `poolrelay feeds poll` lifts the hold.
     server.set(&stats("snd.test"), spam_rate_on("snd.test", 7, 0.0005));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_poolrelay"))
-        .args(["feeds", "poll", "--config", "poolrelay.toml"])
-        .current_dir(relay.dir())
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let (code, out) = run_poolrelay(
+        relay.dir(),
+        &["feeds", "poll", "--config", "poolrelay.toml"],
     );
+    assert_eq!(code, 0, "{out}");
     assert_eq!(mail_from("alice@snd.test").code, 250);
     let lifted = domain("snd.test").unwrap();
     assert_eq!(lifted["standing"], "good", "{lifted}");

@@ -29,11 +29,7 @@ fn delayed_block(s: &Step) -> Option<String> {
 
 /// One source IP (127.0.0.10), providers alpha and beta, `rest` appended.
 fn start(name: &str, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
-    let cfg = b
-        .config()
-        .delivery("idle_timeout", "\"0s\"")
-        .pool("default", &[PoolIp::new(10, "out10.test")])
-        .section(rest);
+    let cfg = b.pooled(&[PoolIp::new(10, "out10.test")], rest);
     admin::start(&tempdir(name), &cfg, WAIT)
 }
 

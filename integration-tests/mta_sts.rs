@@ -128,17 +128,6 @@ fn policy(mode: &str, mx: &[&str]) -> Served {
     Served::text(&text)
 }
 
-fn submit(relay: &Relay, rcpt: &str, subject: &str) {
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
-    let body = format!(
-        "From: <sender@snd.test>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nHello.\r\n"
-    );
-    let r = c.send_mail("sender@snd.test", &[rcpt], body.as_bytes());
-    assert_eq!(r.code, 250, "submit: {r}");
-    c.quit();
-}
-
 fn to(sink: &Sink, rcpt: &str) -> Vec<Message> {
     sink.messages()
         .into_iter()
@@ -188,10 +177,10 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
     );
     let (relay, admin) = admin::start(&dir, &w.config("10s").admin(), WAIT);
 
-    submit(&relay, "a@enforce.test", "enforce");
-    submit(&relay, "b@wrongname.test", "wrongname");
-    submit(&relay, "c@stripped.test", "stripped");
-    submit(&relay, "d@testing.test", "testing");
+    submit_one(relay.addr(), "a@enforce.test", "enforce");
+    submit_one(relay.addr(), "b@wrongname.test", "wrongname");
+    submit_one(relay.addr(), "c@stripped.test", "stripped");
+    submit_one(relay.addr(), "d@testing.test", "testing");
 
     // enforce + valid certificate: delivered over TLS to the listed MX only.
     let good = w.sink(GOOD).wait_for_messages(1, WAIT);
@@ -273,13 +262,13 @@ fn an_opportunistic_session_is_not_reused_for_an_enforced_delivery() {
     w.dns.add_mx("enforce.test", 10, "mx.good.test");
     w.publish("enforce.test", "1", policy("enforce", &["mx.good.test"]));
     let relay = Relay::start(&dir, &w.config("10s").to_toml());
-    submit(&relay, "a@nopolicy.test", "first");
+    submit_one(relay.addr(), "a@nopolicy.test", "first");
     let m = w.sink(GOOD).wait_for_messages(1, WAIT);
     assert!(
         m[0].tls.is_some(),
         "opportunistic TLS, certificate unchecked"
     );
-    submit(&relay, "b@enforce.test", "second");
+    submit_one(relay.addr(), "b@enforce.test", "second");
     let m = w.sink(GOOD).wait_for_messages(2, WAIT);
     assert_ne!(
         m[0].session,
@@ -288,7 +277,7 @@ fn an_opportunistic_session_is_not_reused_for_an_enforced_delivery() {
         w.sink(GOOD).transcripts()
     );
     // And a verified session may carry a delivery without a policy.
-    submit(&relay, "c@enforce.test", "third");
+    submit_one(relay.addr(), "c@enforce.test", "third");
     let m = w.sink(GOOD).wait_for_messages(3, WAIT);
     assert_eq!(m[1].session, m[2].session, "{}", w.sink(GOOD).transcripts());
 }
@@ -306,7 +295,7 @@ fn a_route_tls_setting_wins_over_the_domain_policy() {
         w.port
     ));
     let relay = Relay::start(&dir, &cfg.to_toml());
-    submit(&relay, "a@enforce.test", "routed");
+    submit_one(relay.addr(), "a@enforce.test", "routed");
     let m = w.sink(WRONG).wait_for_messages(1, WAIT);
     assert_eq!(m[0].rcpt_to, ["a@enforce.test"]);
     assert!(w.sink(GOOD).messages().is_empty());
@@ -329,7 +318,7 @@ fn a_broken_policy_keeps_the_cached_one_and_a_new_id_replaces_it() {
     w.dns.add_mx("cache.test", 20, "mx.good.test");
     w.publish("cache.test", "1", policy("enforce", &["mx.good.test"]));
     let mut relay = Relay::start(&dir, &w.config("10s").to_toml());
-    submit(&relay, "a@cache.test", "one");
+    submit_one(relay.addr(), "a@cache.test", "one");
     let m = w.sink(GOOD).wait_for_messages(1, WAIT);
     assert!(m[0].tls.is_some());
 
@@ -337,7 +326,7 @@ fn a_broken_policy_keeps_the_cached_one_and_a_new_id_replaces_it() {
     // policy stays in force: mx.plain.test is not in it, so it is never contacted.
     w.dns.add_mx("cache.test", 10, "mx.plain.test");
     w.publish("cache.test", "2", Served::text("<html>maintenance</html>"));
-    submit(&relay, "b@cache.test", "two");
+    submit_one(relay.addr(), "b@cache.test", "two");
     w.sink(GOOD).wait_for_messages(2, WAIT);
     assert_eq!(
         w.web.requests_for("mta-sts.cache.test"),
@@ -372,7 +361,7 @@ fn a_broken_policy_keeps_the_cached_one_and_a_new_id_replaces_it() {
         Served::Reply(500, "text/plain".into(), "down".into()),
     );
     relay.restart();
-    submit(&relay, "c@cache.test", "three");
+    submit_one(relay.addr(), "c@cache.test", "three");
     w.sink(GOOD).wait_for_messages(3, WAIT);
     assert!(
         w.sink(PLAIN).sessions().is_empty(),
@@ -383,7 +372,7 @@ fn a_broken_policy_keeps_the_cached_one_and_a_new_id_replaces_it() {
     // A new id with a valid policy replaces it: now only mx.other.test is allowed.
     w.dns.add_mx("cache.test", 30, "mx.other.test");
     w.publish("cache.test", "3", policy("enforce", &["mx.other.test"]));
-    submit(&relay, "d@cache.test", "four");
+    submit_one(relay.addr(), "d@cache.test", "four");
     let m = w.sink(OTHER).wait_for_messages(1, WAIT);
     assert_eq!(m[0].rcpt_to, ["d@cache.test"]);
     assert!(m[0].tls.is_some());
@@ -400,14 +389,14 @@ fn a_hanging_policy_does_not_delay_another_domain_on_the_same_mx() {
     w.publish("fast.test", "1", policy("enforce", &["mx.good.test"]));
     // A fetch limit far beyond the wait below: only independence lets fast.test through.
     let relay = Relay::start(&dir, &w.config("120s").to_toml());
-    submit(&relay, "a@hang.test", "hang");
+    submit_one(relay.addr(), "a@hang.test", "hang");
     assert!(
         wait_until(WAIT, || w.web.requests_for("mta-sts.hang.test") >= 1),
         "{}",
         relay.plain_log()
     );
     let started = Instant::now();
-    submit(&relay, "b@fast.test", "fast");
+    submit_one(relay.addr(), "b@fast.test", "fast");
     let m = w.sink(GOOD).wait_for_messages(1, WAIT);
     assert_eq!(m[0].rcpt_to, ["b@fast.test"]);
     assert!(m[0].tls.is_some());
@@ -526,7 +515,7 @@ fn a_farm_shares_fetched_policies_through_redis() {
         relay
     };
     let a = node("a", 10);
-    submit(&a, "x@farm.test", "from-a");
+    submit_one(a.addr(), "x@farm.test", "from-a");
     let m = w.sink(GOOD).wait_for_messages(1, WAIT);
     assert!(m[0].tls.is_some());
     assert_eq!(w.web.requests_for("mta-sts.farm.test"), 1);
@@ -542,7 +531,7 @@ fn a_farm_shares_fetched_policies_through_redis() {
     // is in force there (the plaintext MX it leaves out is not contacted).
     w.dns.add_mx("farm.test", 5, "mx.plain.test");
     let b = node("b", 11);
-    submit(&b, "y@farm.test", "from-b");
+    submit_one(b.addr(), "y@farm.test", "from-b");
     let m = w.sink(GOOD).wait_for_messages(2, WAIT);
     assert_eq!(m[1].rcpt_to, ["y@farm.test"]);
     assert_eq!(
@@ -581,18 +570,7 @@ fn a_unicode_domain_gets_its_policy_under_its_a_labels() {
     let r = c.data(b"From: <sender@snd.test>\r\nSubject: idna\r\n\r\nHello.\r\n");
     assert_eq!(r.code, 250, "{r}");
     c.quit();
-    let find = || {
-        relay.queued_envelopes().into_iter().find(|e| {
-            let r = &e["recipients"][0];
-            r["address"] == rcpt && r["attempts"] == 1
-        })
-    };
-    assert!(
-        wait_until(WAIT, || find().is_some()),
-        "{}",
-        relay.plain_log()
-    );
-    let r = find().unwrap()["recipients"][0].clone();
+    let r = deferred_once(&relay, rcpt, WAIT);
     assert_eq!(r["state"], "pending", "{r}");
     assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
     let text = r["last_reply"]["text"].as_str().unwrap_or_default();

@@ -27,6 +27,25 @@ fn bench(name: &str, script: fn(&Step) -> Option<String>, retry: &str, rest: &st
     bench_with(name, script, retry, rest, &ips)
 }
 
+/// `bench` where alpha blocks 127.0.0.10 and the block holds for an hour.
+fn blocking_bench(name: &str) -> Bench {
+    bench(
+        name,
+        block_10_at_alpha,
+        "1s",
+        "[reputation]\ncooldown = \"1h\"",
+    )
+}
+
+/// A refused command for the counters: a null recipient, refused with 501.
+fn refused_null_rcpt(relay: &Relay) {
+    let mut c = SmtpClient::connect(relay.addr());
+    c.ehlo("client.test");
+    c.cmd("MAIL FROM:<s@snd.test>").expect(250);
+    c.cmd("RCPT TO:<>").expect(501);
+    c.quit();
+}
+
 fn bench_with(
     name: &str,
     script: fn(&Step) -> Option<String>,
@@ -139,18 +158,8 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f
 
 #[test]
 fn metrics_count_known_traffic() {
-    let b = bench(
-        "observe-metrics",
-        block_10_at_alpha,
-        "1s",
-        "[reputation]\ncooldown = \"1h\"",
-    );
-    // A refused command: a null recipient.
-    let mut c = SmtpClient::connect(b.relay.addr());
-    c.ehlo("client.test");
-    c.cmd("MAIL FROM:<s@snd.test>").expect(250);
-    c.cmd("RCPT TO:<>").expect(501);
-    c.quit();
+    let b = blocking_bench("observe-metrics");
+    refused_null_rcpt(&b.relay);
     submit(&b.relay, &rcpts("a", "a.test", 4));
     submit(&b.relay, &rcpts("b", "b.test", 2));
     b.sink.wait_for_messages(6, WAIT);
@@ -284,17 +293,8 @@ fn metrics_count_known_traffic() {
 #[test]
 #[ignore = "needs promtool; run by .ci/run"]
 fn metrics_pass_promtool() {
-    let b = bench(
-        "observe-promtool",
-        block_10_at_alpha,
-        "1s",
-        "[reputation]\ncooldown = \"1h\"",
-    );
-    let mut c = SmtpClient::connect(b.relay.addr());
-    c.ehlo("client.test");
-    c.cmd("MAIL FROM:<s@snd.test>").expect(250);
-    c.cmd("RCPT TO:<>").expect(501);
-    c.quit();
+    let b = blocking_bench("observe-promtool");
+    refused_null_rcpt(&b.relay);
     submit(&b.relay, &rcpts("a", "a.test", 2));
     b.sink.wait_for_messages(2, WAIT);
     assert!(wait_until(WAIT, || {
@@ -552,12 +552,7 @@ fn hour_sum(v: &Value, provider: &str, key: &str) -> u64 {
 
 #[test]
 fn history_after_quarantine_and_reinstatement_survives_a_restart() {
-    let mut b = bench(
-        "observe-history",
-        block_10_at_alpha,
-        "1s",
-        "[reputation]\ncooldown = \"1h\"",
-    );
+    let mut b = blocking_bench("observe-history");
     submit(&b.relay, &rcpts("a", "a.test", 4));
     b.sink.wait_for_messages(4, WAIT);
     assert!(wait_until(WAIT, || {

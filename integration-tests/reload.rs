@@ -8,7 +8,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,21 +18,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 const WAIT: Duration = Duration::from_secs(30);
-const BIN: &str = env!("CARGO_BIN_EXE_poolrelay");
 
 /// `poolrelay reload --config DIR/poolrelay.toml`: (exit code, stdout + stderr).
 fn reload_cli(relay: &Relay) -> (i32, String) {
-    let o = Command::new(BIN)
-        .current_dir(relay.dir())
-        .args(["reload", "--config", "poolrelay.toml"])
-        .output()
-        .expect("run poolrelay reload");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().unwrap_or(-1), text)
+    run_poolrelay(relay.dir(), &["reload", "--config", "poolrelay.toml"])
 }
 
 fn signal(relay: &Relay, sig: i32) {
@@ -65,6 +53,14 @@ fn reload_to(relay: &mut Relay, toml: &str) {
     relay.set_config(toml);
     let (code, out) = reload_cli(relay);
     assert_eq!(code, 0, "reload refused: {out}\n{}", relay.log_current());
+}
+
+/// A relay with the admin API that routes every domain to `sink` at 127.0.0.20.
+fn routed(sink: &Sink) -> RelayConfig {
+    RelayConfig::new()
+        .delivery_port(sink.port())
+        .admin()
+        .route("*", &format!("[127.0.0.20]:{}", sink.port()))
 }
 
 fn send_one(addr: SocketAddr, id: &str) {
@@ -261,10 +257,7 @@ fn reload_under_load_refuses_and_drops_nothing() {
 fn reload_adds_and_removes_pool_ips_keeping_drains_and_counters() {
     let dir = tempdir("reload-pool");
     let sink = Sink::start(&[lo(20)]);
-    let base = RelayConfig::new()
-        .delivery_port(sink.port())
-        .admin()
-        .route("*", &format!("[127.0.0.20]:{}", sink.port()));
+    let base = routed(&sink);
     let cfg = base
         .clone()
         .pool("default", &[PoolIp::new(10, "out10.test")]);
@@ -483,56 +476,18 @@ fn reload_swaps_the_dkim_key() {
 #[ignore]
 fn reload_swaps_the_dkim_key_dkimpy() {
     let s = dkim_swap("reload-dkimpy");
-    let check = Command::new("python3")
-        .args(["-c", "import dkim, dns"])
-        .output()
-        .expect("python3 must be installed for the dkimpy interop tests");
-    assert!(
-        check.status.success(),
-        "dkimpy missing: pip install dkimpy dnspython pynacl\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let msg = s.dir.join("after.eml");
-    std::fs::write(&msg, &s.after).unwrap();
-    let recs = s.dir.join("records.json");
-    let map: serde_json::Map<String, serde_json::Value> = s
-        .records
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    std::fs::write(&recs, serde_json::to_vec(&map).unwrap()).unwrap();
     const VERIFY: &str = r#"
-import json, sys, dkim
-raw = open(sys.argv[1], 'rb').read()
-records = json.load(open(sys.argv[2]))
-def dnsfunc(name, timeout=5):
-    n = (name.decode() if isinstance(name, bytes) else name).rstrip('.').lower()
-    v = records.get(n)
-    return v.encode() if v is not None else None
 print(json.dumps(bool(dkim.DKIM(raw).verify(idx=0, dnsfunc=dnsfunc))))
 "#;
-    let o = Command::new("python3")
-        .args(["-c", VERIFY])
-        .arg(&msg)
-        .arg(&recs)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "dkimpy: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "true");
+    let out = run_dkimpy(&s.dir, "dkim, dns", VERIFY, "after", &s.after, &s.records);
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "true");
 }
 
 #[test]
 fn broken_config_is_refused_with_file_line_and_the_old_one_stays() {
     let dir = tempdir("reload-broken");
     let sink = Sink::start(&[lo(20)]);
-    let cfg = RelayConfig::new()
-        .delivery_port(sink.port())
-        .admin()
-        .route("*", &format!("[127.0.0.20]:{}", sink.port()));
+    let cfg = routed(&sink);
     let (mut relay, _admin) = admin::start(&dir, &cfg, WAIT);
     let good = cfg.to_toml();
 
@@ -588,10 +543,7 @@ fn broken_config_is_refused_with_file_line_and_the_old_one_stays() {
 fn reload_opens_added_listeners_and_closes_removed_ones() {
     let dir = tempdir("reload-listen");
     let sink = Sink::start(&[lo(20)]);
-    let cfg = RelayConfig::new()
-        .delivery_port(sink.port())
-        .admin()
-        .route("*", &format!("[127.0.0.20]:{}", sink.port()));
+    let cfg = routed(&sink);
     let (mut relay, _admin) = admin::start(&dir, &cfg, WAIT);
     let old = cfg.addr();
     let mut open = SmtpClient::connect(old);

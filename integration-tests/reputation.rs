@@ -290,15 +290,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A relay sending from 127.0.0.10 and 127.0.0.11, providers alpha and beta, admin API on;
 /// `rest` adds `[reputation]`.
 fn start(name: &str, b: &Bench, rest: &str) -> (Relay, SocketAddr) {
-    let cfg = b
-        .config()
-        .delivery("idle_timeout", "\"0s\"")
-        .pool(
-            "default",
-            &[PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")],
-        )
-        .section(rest);
-    admin::start(&tempdir(name), &cfg, WAIT)
+    let ips = [PoolIp::new(10, "out10.test"), PoolIp::new(11, "out11.test")];
+    admin::start(&tempdir(name), &b.pooled(&ips, rest), WAIT)
 }
 
 fn submit(relay: &Relay, rcpts: &[String]) {
@@ -638,37 +631,13 @@ fn rcpt_attempts(sink: &Sink, addr: &str) -> usize {
         .count()
 }
 
-fn suppression_cli(relay: &Relay, args: &[&str]) -> String {
-    let out = poolrelay()
-        .arg("suppression")
-        .args(args)
-        .args(["--config", "poolrelay.toml"])
-        .current_dir(relay.dir())
-        .output()
-        .expect("run poolrelay suppression");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn send_from(relay: &Relay, from: &str, to: &str, subject: &str) {
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
-    let body = format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nHello.\r\n");
-    c.send_mail(from, &[to], body.as_bytes()).expect(250);
-    c.quit();
-}
-
 #[test]
 fn bad_recipient_bounce_suppresses_the_address_until_removed() {
     let b = bench(None);
     // The sender's domain is deliverable, so the DSNs land at the sink.
     b.dns.add_mx("c.test", 10, "mx.beta.test");
     let (mut relay, admin) = start("rep-suppress", &b, "[reputation]\nsuppress_for = \"1h\"\n");
-    send_from(&relay, "s@c.test", "permfail@b.test", "first");
+    send_from(relay.addr(), "s@c.test", "permfail@b.test", "first");
     let dsn_about = |n: usize| {
         b.sink.wait_for_messages(n, WAIT);
         b.sink
@@ -697,7 +666,7 @@ fn bad_recipient_bounce_suppresses_the_address_until_removed() {
     );
 
     // The next message to it fails at once, with a DSN that says why; nothing is sent.
-    send_from(&relay, "s@c.test", "PermFail@b.test", "second");
+    send_from(relay.addr(), "s@c.test", "PermFail@b.test", "second");
     let dsns = dsn_about(2);
     assert_eq!(dsns.len(), 2, "{dsns:?}");
     assert!(
@@ -711,7 +680,7 @@ fn bad_recipient_bounce_suppresses_the_address_until_removed() {
     let out = suppression_cli(&relay, &["remove", "permfail@b.test"]);
     assert!(out.contains("suppression removed"), "{out}");
     assert!(suppression_cli(&relay, &["list"]).contains("no suppressed recipients"));
-    send_from(&relay, "s@c.test", "permfail@b.test", "third");
+    send_from(relay.addr(), "s@c.test", "permfail@b.test", "third");
     assert!(
         wait_until(WAIT, || rcpt_attempts(&b.sink, "permfail@b.test") == 2),
         "{}",

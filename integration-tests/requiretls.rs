@@ -338,22 +338,6 @@ fn requiretls_over_mta_sts_testing_counts_as_enforce_and_tls_required_no_relaxes
     );
 }
 
-/// The pending recipient `rcpt` once its first attempt is recorded.
-fn deferred_once(relay: &Relay, rcpt: &str) -> serde_json::Value {
-    let find = || {
-        relay.queued_envelopes().into_iter().find(|e| {
-            let r = &e["recipients"][0];
-            r["address"] == rcpt && r["attempts"] == 1
-        })
-    };
-    assert!(
-        wait_until(WAIT, || find().is_some()),
-        "{}",
-        relay.plain_log()
-    );
-    find().unwrap()["recipients"][0].clone()
-}
-
 /// RFC 8689 §4.2.1: `testing` counts as `enforce` for REQUIRETLS, the `mx` patterns too, so an
 /// MX host the policy does not list gets no REQUIRETLS message even with a valid certificate
 /// (deferred, never contacted); a plain message still goes there. A policy that cannot be
@@ -383,7 +367,7 @@ fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_
     let relay = Relay::start(&dir, &cfg.to_toml());
 
     submit_tls(&relay, &certs, true, &["a@outside.test"], "secret");
-    let r = deferred_once(&relay, "a@outside.test");
+    let r = deferred_once(&relay, "a@outside.test", WAIT);
     assert_eq!(r["state"], "pending", "{r}");
     assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
     let text = r["last_reply"]["text"].as_str().unwrap_or_default();
@@ -397,7 +381,7 @@ fn requiretls_defers_for_an_mx_outside_a_testing_policy_and_for_a_failed_policy_
     assert_eq!(m[0].subject(), "control");
 
     submit_tls(&relay, &certs, true, &["c@nofetch.test"], "fetch");
-    let r = deferred_once(&relay, "c@nofetch.test");
+    let r = deferred_once(&relay, "c@nofetch.test", WAIT);
     assert_eq!(r["state"], "pending", "not bounced: {r}");
     assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
     let text = r["last_reply"]["text"].as_str().unwrap_or_default();
@@ -439,7 +423,7 @@ fn a_global_required_is_a_floor_and_does_not_satisfy_requiretls() {
 
     // The policy's refusal stands under the global `required` (before: delivered as a route).
     submit_tls(&relay, &certs, false, &["b@strict.test"], "strict");
-    let r = deferred_once(&relay, "b@strict.test");
+    let r = deferred_once(&relay, "b@strict.test", WAIT);
     assert_eq!(r["last_reply"]["status"], "4.7.5", "{r}");
     let text = r["last_reply"]["text"].as_str().unwrap_or_default();
     assert!(

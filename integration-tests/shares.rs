@@ -79,6 +79,12 @@ fn from(sink: &Sink, src: u8, dst: u8) -> usize {
         .count()
 }
 
+/// `from` for three source IPs to one destination, in that order.
+fn from_each(sink: &Sink, srcs: [u8; 3], dst: u8) -> (usize, usize, usize) {
+    let [a, b, c] = srcs.map(|src| from(sink, src, dst));
+    (a, b, c)
+}
+
 fn sessions_to(sink: &Sink, dst: u8) -> usize {
     sink.sessions()
         .iter()
@@ -150,24 +156,10 @@ fn a_warming_ip_gets_exactly_its_cap_at_concurrency_one_and_twenty() {
     );
     assert_eq!(code, 200, "{v}");
     send_one_by_one(&relay, &b.sink, "a.test", 20);
-    assert_eq!(
-        (
-            from(&b.sink, 10, 20),
-            from(&b.sink, 12, 20),
-            from(&b.sink, 11, 20)
-        ),
-        (17, 3, 0)
-    );
+    assert_eq!(from_each(&b.sink, [10, 12, 11], 20), (17, 3, 0));
     send_concurrently(&relay, "b.test", 20, 20);
     b.sink.wait_for_messages(40, WAIT);
-    assert_eq!(
-        (
-            from(&b.sink, 10, 21),
-            from(&b.sink, 12, 21),
-            from(&b.sink, 11, 21)
-        ),
-        (17, 3, 0)
-    );
+    assert_eq!(from_each(&b.sink, [10, 12, 11], 21), (17, 3, 0));
     let p = &ip_entry(&pool_status(admin), "127.0.0.12")["providers"];
     assert_eq!(
         (
@@ -218,14 +210,7 @@ fn an_ip_quarantined_for_one_provider_keeps_its_share_elsewhere() {
     assert_eq!(from(&b.sink, 12, 20), 0);
     // Another destination: all three IPs in rotation, equal shares.
     send_one_by_one(&relay, &b.sink, "b.test", 12);
-    assert_eq!(
-        (
-            from(&b.sink, 10, 21),
-            from(&b.sink, 11, 21),
-            from(&b.sink, 12, 21)
-        ),
-        (4, 4, 4)
-    );
+    assert_eq!(from_each(&b.sink, [10, 11, 12], 21), (4, 4, 4));
     // And alpha still never gets .12.
     send_one_by_one(&relay, &b.sink, "a.test", 4);
     assert_eq!(from(&b.sink, 12, 20), 0);
@@ -256,29 +241,10 @@ fn a_delisting_leaves_a_block_reply_quarantine_in_place_and_means_probation() {
     );
     b.dns
         .add_ip("10.0.0.127.dnsbl.test", "127.0.0.2".parse().unwrap());
-    assert!(
-        wait_until(WAIT, || hold_of(
-            admin,
-            "127.0.0.10",
-            "all",
-            "dnsbl:dnsbl.test"
-        )
-        .is_some()),
-        "{}",
-        relay.log()
-    );
+    let dnsbl_held = || hold_of(admin, "127.0.0.10", "all", "dnsbl:dnsbl.test").is_some();
+    assert!(wait_until(WAIT, dnsbl_held), "{}", relay.log());
     b.dns.remove_name("10.0.0.127.dnsbl.test");
-    assert!(
-        wait_until(WAIT, || hold_of(
-            admin,
-            "127.0.0.10",
-            "all",
-            "dnsbl:dnsbl.test"
-        )
-        .is_none()),
-        "{}",
-        relay.log()
-    );
+    assert!(wait_until(WAIT, || !dnsbl_held()), "{}", relay.log());
     assert!(relay.log().contains("DNSBL delisted: on probation"));
     let ip10 = ip_entry(&pool_status(admin), "127.0.0.10");
     assert!(

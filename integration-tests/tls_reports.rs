@@ -38,17 +38,6 @@ fn policy(mode: &str, mx: &str) -> Served {
     ))
 }
 
-fn submit(relay: &Relay, rcpt: &str, subject: &str) {
-    let mut c = SmtpClient::connect(relay.addr());
-    c.ehlo("client.test");
-    let body = format!(
-        "From: <sender@snd.test>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nHello.\r\n"
-    );
-    let r = c.send_mail("sender@snd.test", &[rcpt], body.as_bytes());
-    assert_eq!(r.code, 250, "submit: {r}");
-    c.quit();
-}
-
 fn gunzip(bytes: &[u8]) -> serde_json::Value {
     let mut json = String::new();
     flate2::read::GzDecoder::new(bytes)
@@ -162,10 +151,10 @@ fn reports_go_to_https_and_mailto_uris_with_the_rfc_8460_fields() {
         ));
     let (mut relay, admin_addr) = admin::start(&dir, &cfg, WAIT);
 
-    submit(&relay, "a@enforce.test", "enforce");
-    submit(&relay, "b@testing.test", "testing");
-    submit(&relay, "c@quiet.test", "quiet");
-    submit(&relay, "d@stripped.test", "stripped");
+    submit_one(relay.addr(), "a@enforce.test", "enforce");
+    submit_one(relay.addr(), "b@testing.test", "testing");
+    submit_one(relay.addr(), "c@quiet.test", "quiet");
+    submit_one(relay.addr(), "d@stripped.test", "stripped");
     good.wait_for_messages(2, WAIT);
     wrong.wait_for_messages(1, WAIT);
     let refused = || {

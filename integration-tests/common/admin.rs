@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::config::RelayConfig;
+use super::config::{PoolIp, RelayConfig};
 use super::net::wait_until;
 use super::relay::Relay;
 
@@ -68,6 +68,15 @@ pub fn token(admin: SocketAddr) -> String {
     });
     assert!(!token.is_empty(), "no token in {}", file.display());
     token
+}
+
+/// A relay for the admin API's own tests: delivers nothing, one pool IP (127.0.0.10,
+/// out10.test).
+pub fn api_only_config() -> RelayConfig {
+    RelayConfig::new()
+        .no_delivery()
+        .admin()
+        .pool("default", &[PoolIp::new(10, "out10.test")])
 }
 
 /// Starts the relay of `cfg` (built with `.admin()`) in `dir`; waits up to `wait` for the admin

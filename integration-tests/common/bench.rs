@@ -1,7 +1,7 @@
 //! Two destinations for the pool tests: `a.test` → mx.alpha.test (127.0.0.20, provider alpha),
 //! `b.test` → mx.beta.test (127.0.0.21, provider beta), in a test DNS, one sink on both.
 
-use super::config::RelayConfig;
+use super::config::{PoolIp, RelayConfig};
 use super::dns::DnsServer;
 use super::net::lo;
 use super::sink::{Sink, Step};
@@ -36,5 +36,14 @@ impl Bench {
             .admin()
             .provider("alpha", &["alpha.test"])
             .provider("beta", &["beta.test"])
+    }
+
+    /// `config` sending from `ips` (pool "default"), a new session for every message, `rest`
+    /// appended.
+    pub fn pooled(&self, ips: &[PoolIp], rest: &str) -> RelayConfig {
+        self.config()
+            .delivery("idle_timeout", "\"0s\"")
+            .pool("default", ips)
+            .section(rest)
     }
 }

@@ -127,16 +127,7 @@ impl SmtpClient {
     }
 
     pub fn try_connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<SmtpClient> {
-        let mut c = SmtpClient {
-            stream: Stream::Plain(tcp(addr, local)?),
-            buf: Vec::new(),
-            greeting: Reply {
-                code: 0,
-                text: String::new(),
-            },
-        };
-        c.greeting = c.try_read_reply()?;
-        Ok(c)
+        Self::greeted(Stream::Plain(tcp(addr, local)?))
     }
 
     /// Implicit TLS (465-style): handshake verifying `server_name` against `ca`, then greeting.
@@ -162,8 +153,13 @@ impl SmtpClient {
         ca: &Path,
     ) -> io::Result<SmtpClient> {
         let s = tls_wrap(tcp(addr, local)?, server_name, ca)?;
+        Self::greeted(Stream::Tls(Box::new(s)))
+    }
+
+    /// A client on `stream` once the server's greeting is read.
+    fn greeted(stream: Stream) -> io::Result<SmtpClient> {
         let mut c = SmtpClient {
-            stream: Stream::Tls(Box::new(s)),
+            stream,
             buf: Vec::new(),
             greeting: Reply {
                 code: 0,
@@ -422,4 +418,27 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// One message from `from` to `to` with that `From:` header and `subject`, sent to `addr` (a
+/// trusted client, no login); asserts the 250.
+pub fn send_from(addr: SocketAddr, from: &str, to: &str, subject: &str) {
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let body = format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nHello.\r\n");
+    c.send_mail(from, &[to], body.as_bytes()).expect(250);
+    c.quit();
+}
+
+/// One message from sender@snd.test to `rcpt` (a trusted client, no login), its subject and
+/// Message-ID `<subject@snd.test>` telling it apart; asserts the 250.
+pub fn submit_one(addr: SocketAddr, rcpt: &str, subject: &str) {
+    let mut c = SmtpClient::connect(addr);
+    c.ehlo("client.test");
+    let body = format!(
+        "From: <sender@snd.test>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@snd.test>\r\n\r\nHello.\r\n"
+    );
+    let r = c.send_mail("sender@snd.test", &[rcpt], body.as_bytes());
+    assert_eq!(r.code, 250, "submit: {r}");
+    c.quit();
 }

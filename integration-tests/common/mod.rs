@@ -98,15 +98,18 @@ pub mod redis;
 pub mod relay;
 pub mod sink;
 
-pub use self::redis::RedisServer;
+pub use self::redis::{RedisServer, farm};
 pub use bench::{Bench, bench};
 pub use certs::{Certs, make_certs};
-pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider};
+pub use client::{Reply, SmtpClient, dot_stuff, install_crypto_provider, send_from, submit_one};
 pub use config::{PoolIp, RelayConfig};
 pub use dns::{DnsServer, RecordType};
 pub use https::{HttpsServer, Posted, Served};
-pub use keys::{keygen, txt_of, verify_dkim};
+pub use keys::{keygen, run_dkimpy, txt_of, verify_dkim};
 pub use knot::{Knot, Unbound, Zone};
 pub use net::{free_port, free_port_on, lo, tempdir, wait_until};
-pub use relay::{Relay, listen_addresses, strip_ansi, write_users};
+pub use relay::{
+    Relay, check_config, deferred_once, listen_addresses, output_text, run_poolrelay, strip_ansi,
+    suppression_cli, write_users,
+};
 pub use sink::{Message, Session, Sink, SinkTls, Stage, Step, tagged_message};

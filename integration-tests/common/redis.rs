@@ -250,3 +250,15 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A farm test's set-up: a fresh dir `name`, a private redis-server in it, and the bench (its
+/// sink with `script` if given).
+pub fn farm(
+    name: &str,
+    script: Option<fn(&super::sink::Step) -> Option<String>>,
+) -> (PathBuf, RedisServer, super::bench::Bench) {
+    let dir = super::net::tempdir(name);
+    let redis = RedisServer::start(&dir);
+    let b = super::bench::bench(script);
+    (dir, redis, b)
+}

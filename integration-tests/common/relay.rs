@@ -27,13 +27,7 @@ impl Relay {
     /// address accepts TCP connections and it logged `poolrelay ready` (20 s; panics with the
     /// log otherwise, at once with "relay exited before ready" if the process ends first).
     pub fn start(dir: &Path, config_toml: &str) -> Relay {
-        let mut r = Relay {
-            dir: dir.to_path_buf(),
-            config: config_toml.to_string(),
-            child: None,
-            log_start: 0,
-        };
-        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        let mut r = Relay::configured(dir, config_toml);
         r.spawn();
         r
     }
@@ -45,13 +39,7 @@ impl Relay {
         config_toml: &str,
         timeout: Duration,
     ) -> (Option<std::process::ExitStatus>, String) {
-        let mut r = Relay {
-            dir: dir.to_path_buf(),
-            config: config_toml.to_string(),
-            child: None,
-            log_start: 0,
-        };
-        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        let mut r = Relay::configured(dir, config_toml);
         r.spawn_child();
         let mut status = None;
         wait_until(timeout, || {
@@ -62,6 +50,17 @@ impl Relay {
             r.child = None;
         }
         (status, r.log())
+    }
+
+    /// Not running yet: the config written to `dir/poolrelay.toml`.
+    fn configured(dir: &Path, config_toml: &str) -> Relay {
+        std::fs::write(dir.join("poolrelay.toml"), config_toml).expect("write poolrelay.toml");
+        Relay {
+            dir: dir.to_path_buf(),
+            config: config_toml.to_string(),
+            child: None,
+            log_start: 0,
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -342,4 +341,75 @@ pub fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Runs the `poolrelay` binary with `args`, cwd `dir` (where a relative `--config` and the
+/// config's data_dir are found): (exit code, -1 for a signal; stdout then stderr).
+pub fn run_poolrelay(dir: &Path, args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run poolrelay");
+    (o.status.code().unwrap_or(-1), output_text(&o))
+}
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `poolrelay suppression ARGS` against the relay's config; asserts that it succeeded and
+/// returns its stdout.
+pub fn suppression_cli(relay: &Relay, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .arg("suppression")
+        .args(args)
+        .args(["--config", "poolrelay.toml"])
+        .current_dir(relay.dir())
+        .output()
+        .expect("run poolrelay suppression");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `toml` as `dir/check.toml` and runs `poolrelay check-config` on that path: (exit
+/// code, stderr). Its messages name the file as `<dir>/check.toml`.
+pub fn check_config(dir: &Path, toml: &str) -> (Option<i32>, String) {
+    let file = dir.join("check.toml");
+    std::fs::write(&file, toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_poolrelay"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The queued recipient `rcpt` (first of its envelope) once its first attempt is recorded;
+/// panics with the log if that takes longer than `wait`.
+pub fn deferred_once(relay: &Relay, rcpt: &str, wait: Duration) -> serde_json::Value {
+    let find = || {
+        relay.queued_envelopes().into_iter().find(|e| {
+            let r = &e["recipients"][0];
+            r["address"] == rcpt && r["attempts"] == 1
+        })
+    };
+    assert!(
+        wait_until(wait, || find().is_some()),
+        "{}",
+        relay.plain_log()
+    );
+    find().unwrap()["recipients"][0].clone()
 }

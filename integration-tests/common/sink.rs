@@ -519,15 +519,8 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let offer_tls = !matches!(st.ctx.tls, SinkTls::None) && st.tls.is_none();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match tokio::time::timeout(
-            Duration::from_secs(120),
-            reader.read_until(b'\n', &mut line),
-        )
-        .await
-        {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return End::Close,
+        if !read_line(reader, &mut line).await {
+            return End::Close;
         }
         let text = String::from_utf8_lossy(&line)
             .trim_end_matches(['\r', '\n'])
@@ -673,20 +666,22 @@ async fn delayed(reply: String) -> String {
     reply
 }
 
+/// Reads one line (its CRLF kept) into `line`, waiting up to 120 s; false on EOF or timeout.
+async fn read_line<S: AsyncRead + Unpin>(reader: &mut BufReader<S>, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(120), reader.read_until(b'\n', line)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
 /// Reads DATA lines up to `.` CRLF and undoes dot-stuffing; `None` on EOF/timeout.
 async fn read_data<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> Option<Vec<u8>> {
     let mut data = Vec::new();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match tokio::time::timeout(
-            Duration::from_secs(120),
-            reader.read_until(b'\n', &mut line),
-        )
-        .await
-        {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
+        if !read_line(reader, &mut line).await {
+            return None;
         }
         if line == b".\r\n" {
             return Some(data);

@@ -2,7 +2,11 @@
 
 use super::*;
 
-const B1: &str = "From: <abusedesk@example.com>\r\n\
+/// The opening both Appendix B examples share: the reporter's headers, the human-readable
+/// part and the first lines of the feedback report.
+macro_rules! b_head {
+    () => {
+        "From: <abusedesk@example.com>\r\n\
 Date: Thu, 8 Mar 2005 17:40:36 EDT\r\n\
 Subject: FW: Earn money\r\n\
 To: <abuse@example.net>\r\n\
@@ -23,8 +27,13 @@ Content-Type: message/feedback-report\r\n\
 \r\n\
 Feedback-Type: abuse\r\n\
 User-Agent: SomeGenerator/1.0\r\n\
-Version: 1\r\n\
-\r\n\
+Version: 1\r\n"
+    };
+}
+
+const B1: &str = concat!(
+    b_head!(),
+    "\r\n\
 --part1_13d.2e68ed54_boundary\r\n\
 Content-Type: message/rfc822\r\n\
 Content-Disposition: inline\r\n\
@@ -43,31 +52,12 @@ Date: Thu, 02 Sep 2004 12:31:03 -0500\r\n\
 \r\n\
 Spam Spam Spam\r\n\
 Spam Spam Spam\r\n\
---part1_13d.2e68ed54_boundary--\r\n";
+--part1_13d.2e68ed54_boundary--\r\n"
+);
 
-const B2_HEAD: &str = "From: <abusedesk@example.com>\r\n\
-Date: Thu, 8 Mar 2005 17:40:36 EDT\r\n\
-Subject: FW: Earn money\r\n\
-To: <abuse@example.net>\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/report; report-type=feedback-report;\r\n\
-\x20    boundary=\"part1_13d.2e68ed54_boundary\"\r\n\
-\r\n\
---part1_13d.2e68ed54_boundary\r\n\
-Content-Type: text/plain; charset=\"US-ASCII\"\r\n\
-Content-Transfer-Encoding: 7bit\r\n\
-\r\n\
-This is an email abuse report for an email message received from IP\r\n\
-192.0.2.1 on Thu, 8 Mar 2005 14:00:00 EDT.  For more information\r\n\
-about this format please see http://www.mipassoc.org/arf/.\r\n\
-\r\n\
---part1_13d.2e68ed54_boundary\r\n\
-Content-Type: message/feedback-report\r\n\
-\r\n\
-Feedback-Type: abuse\r\n\
-User-Agent: SomeGenerator/1.0\r\n\
-Version: 1\r\n\
-Original-Mail-From: <somespammer@example.net>\r\n\
+const B2_HEAD: &str = concat!(
+    b_head!(),
+    "Original-Mail-From: <somespammer@example.net>\r\n\
 Original-Rcpt-To: <user@example.com>\r\n\
 Arrival-Date: Thu, 8 Mar 2005 14:00:00 EDT\r\n\
 Reporting-MTA: dns; mail.example.com\r\n\
@@ -79,7 +69,8 @@ Reported-Uri: http://example.net/earn_money.html\r\n\
 Reported-Uri: mailto:user@example.com\r\n\
 Removal-Recipient: user@example.com\r\n\
 \r\n\
---part1_13d.2e68ed54_boundary\r\n";
+--part1_13d.2e68ed54_boundary\r\n"
+);
 
 const B2_ORIGINAL: &str = "From: <somespammer@example.net>\r\n\
 Received: from mailserver.example.net (mailserver.example.net\r\n\
