@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::admin::{Applied, Refused, Request, Trigger};
-use crate::config::{Checked, Config, checked};
+use crate::config::checked::{self, OpenFileError};
+use crate::config::{Checked, Config};
 use crate::delivery::Deliverer;
 use crate::inbound::Listeners;
 use crate::pool::Pools;
@@ -113,7 +114,7 @@ impl Reloader {
             .map_err(|errs| self.refuse(errs.iter().map(|e| e.to_string())))?;
         let signer = Arc::new(signer);
         // A larger max_sessions needs its descriptors now, as it would at start.
-        raise_open_file_limit(&new).map_err(|e| self.refuse([e]))?;
+        raise_open_file_limit(&new).map_err(|e| self.refuse([e.to_string()]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
             .reload(crate::server::inbound_settings(&new), signer.clone())
@@ -157,15 +158,19 @@ impl Reloader {
 
 /// Raises the soft RLIMIT_NOFILE to what `max_sessions` and delivery need (never lowers it);
 /// `Checked` made sure the hard limit allows it. Start and every reload call it.
-pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
+pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), OpenFileError> {
     let need = checked::open_files_needed(config);
-    let (soft, hard) =
-        checked::open_file_limits().map_err(|e| format!("cannot read the open file limit: {e}"))?;
+    let (soft, hard) = checked::open_file_limits().map_err(OpenFileError::Read)?;
     if soft >= need {
         return Ok(());
     }
     if hard < need {
-        return Err(checked::open_file_problem(config).unwrap_or_default());
+        return Err(OpenFileError::TooLow {
+            max_sessions: config.limits.max_sessions,
+            concurrency: config.delivery.concurrency,
+            need,
+            hard,
+        });
     }
     let lim = libc::rlimit {
         rlim_cur: need,
@@ -173,10 +178,10 @@ pub(crate) fn raise_open_file_limit(config: &Config) -> Result<(), String> {
     };
     // SAFETY: setrlimit only reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(format!(
-            "cannot raise the open file limit to {need}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(OpenFileError::Raise {
+            need,
+            source: std::io::Error::last_os_error(),
+        });
     }
     tracing::info!(from = soft, to = need, "open file limit raised");
     Ok(())

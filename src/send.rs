@@ -48,7 +48,7 @@ pub fn run(args: SendArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("poolrelay send: {}", Escaped(&e));
+            eprintln!("poolrelay send: {}", Escaped(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -76,21 +76,54 @@ pub fn message(from: &str, to: &[String], subject: &str) -> String {
     )
 }
 
-async fn submit(args: &SendArgs) -> Result<String, String> {
+/// Why the message was not accepted; `step` names the SMTP step (`greeting`, `EHLO`…).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("bad address {0:?}")]
+    BadAddress(String),
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: SocketAddr,
+        #[source]
+        source: mail_send::Error,
+    },
+    #[error("{step}: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: mail_send::Error,
+    },
+    /// The relay's reply (`wire`) was not the one wanted.
+    #[error("{step}: {reply}")]
+    Refused { step: String, reply: String },
+    #[error("sending the message: {0}")]
+    Message(#[source] std::io::Error),
+}
+
+async fn submit(args: &SendArgs) -> Result<String, SendError> {
     for a in std::iter::once(&args.from).chain(&args.to) {
         // One line per header and command: no CR, LF or angle brackets inside an address.
         if a.chars().any(|c| c.is_control() || c == '<' || c == '>') {
-            return Err(format!("bad address {a:?}"));
+            return Err(SendError::BadAddress(a.clone()));
         }
     }
     let timeout = Duration::from_secs(60);
     let mut client = SmtpClient::connect(args.server, timeout)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", args.server))?;
+        .map_err(|source| SendError::Connect {
+            server: args.server,
+            source,
+        })?;
     let step = |what: &str, r: mail_send::Result<smtp_proto::Response<String>>, want: u16| {
-        let r = r.map_err(|e| format!("{what}: {e}"))?;
+        let r = r.map_err(|source| SendError::Step {
+            step: what.to_string(),
+            source,
+        })?;
         if r.code != want {
-            return Err(format!("{what}: {}", wire(&r)));
+            return Err(SendError::Refused {
+                step: what.to_string(),
+                reply: wire(&r),
+            });
         }
         Ok(r)
     };
@@ -117,7 +150,7 @@ async fn submit(args: &SendArgs) -> Result<String, String> {
     client
         .write_message(text.as_bytes())
         .await
-        .map_err(|e| format!("sending the message: {e}"))?;
+        .map_err(SendError::Message)?;
     let r = step("end of data", client.read().await, 250)?;
     let _ = client.cmd(b"QUIT\r\n").await;
     Ok(wire(&r))

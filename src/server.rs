@@ -3,21 +3,67 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Checked, Config};
+use crate::config::{Checked, Config, ConfigError};
 use crate::spool::Spool;
 use crate::state::State;
 
+/// Why the relay did not start: the stage that failed, in its own words.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    OpenFiles(#[from] crate::config::checked::OpenFileError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot open spool under {}: {source}", data_dir.display())]
+    Spool {
+        data_dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spool recovery failed: {0}")]
+    SpoolRecovery(#[source] std::io::Error),
+    /// Every DKIM key that did not load, one a line.
+    #[error("{}", one_a_line(.0))]
+    Signing(Vec<ConfigError>),
+    #[error("{0}")]
+    Pools(String),
+    #[error(transparent)]
+    Rules(#[from] crate::outcome::classify::RuleError),
+    #[error(transparent)]
+    TlsReports(#[from] crate::tls_reports::send::ReportSendError),
+    #[error("{0}")]
+    Feedback(String),
+    #[error(transparent)]
+    Doctor(#[from] crate::doctor::DoctorError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::StartError),
+    #[error(transparent)]
+    Dnsbl(#[from] crate::reputation::dnsbl::DnsblError),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::StartError),
+    #[error(transparent)]
+    Listen(#[from] crate::inbound::ListenError),
+}
+
+fn one_a_line(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs the relay from `config` (read from `path`, which SIGHUP reads again) until SIGTERM/SIGINT.
-pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
+pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
     crate::reload::raise_open_file_limit(&config)?;
     let config = Arc::new(config.into_inner());
     // The state store's lock first: a second relay on this data_dir stops before the spool.
-    let state = Arc::new(State::open(&config.data_dir).map_err(|e| e.to_string())?);
-    let (spool, committed) = Spool::open(&config.data_dir)
-        .map_err(|e| format!("cannot open spool under {}: {e}", config.data_dir.display()))?;
-    spool
-        .clean_tmp()
-        .map_err(|e| format!("spool recovery failed: {e}"))?;
+    let state = Arc::new(State::open(&config.data_dir)?);
+    let (spool, committed) = Spool::open(&config.data_dir).map_err(|source| StartError::Spool {
+        data_dir: config.data_dir.clone(),
+        source,
+    })?;
+    spool.clean_tmp().map_err(StartError::SpoolRecovery)?;
     // The queue is indexed in the background (a million messages take a while to read);
     // new mail is accepted and delivered meanwhile.
     let (recovered_tx, recovered) = tokio::sync::mpsc::channel(8);
@@ -50,12 +96,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         });
     }
     let signer = Arc::new(
-        crate::signing::Signer::new(&config.dkim, &config.signing).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?,
+        crate::signing::Signer::new(&config.dkim, &config.signing).map_err(StartError::Signing)?,
     );
 
     // The farm first, then the stages it is handed to; its outbox before the stages that send
@@ -75,7 +116,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         None => (None, None),
     };
     let pools = Arc::new(
-        crate::pool::Pools::new(&config, Some(state.clone()))?
+        crate::pool::Pools::new(&config, Some(state.clone()))
+            .map_err(StartError::Pools)?
             .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
             .with_farm(cluster.clone()),
     );
@@ -156,8 +198,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         state.clone(),
         spool.clone(),
         signer.clone(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if let Some(t) = &tls_reports {
         crate::tls_reports::send::start(t.clone());
     }
@@ -173,7 +214,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         state.clone(),
         pools.clone(),
         complaint_actors,
-    )?;
+    )
+    .map_err(StartError::Feedback)?;
     feedback.start_flusher();
     if let Some(c) = &cluster {
         // Before the listeners: messages are sealed with the farm's key from the start.
@@ -184,8 +226,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         doctor_inputs(&config),
         || doctor_tools(&config),
         pools.clone(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let feeds = crate::reputation::feeds::start(
         config.feeds.as_ref(),
         &config.reputation,
@@ -222,8 +263,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         };
         crate::admin::start(admin, admin_state).await?;
     }
-    crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())
-        .map_err(|e| e.to_string())?;
+    crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())?;
     let deliverer = crate::delivery::start(
         delivery_settings(&config),
         signer.clone(),

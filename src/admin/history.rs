@@ -23,21 +23,32 @@ struct HistoryQuery {
     days: Option<u64>,
 }
 
+/// Why an IP's history could not be read (the same words as the store's or the task's error).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LoadError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The history of each of `ips` over the last `days` days, with what is still in memory
 /// written first (one flush for all).
 pub(super) async fn load(
     st: &AdminState,
     ips: Vec<IpAddr>,
     days: u64,
-) -> Result<Vec<HistoryView>, String> {
+) -> Result<Vec<HistoryView>, LoadError> {
     let (h, pools) = (st.reputation.history().clone(), st.pools.clone());
     let since = crate::spool::now_unix().saturating_sub(days.clamp(1, KEEP_DAYS) * 86_400);
     tokio::task::spawn_blocking(move || {
         h.flush(&pools);
-        ips.into_iter().map(|ip| h.view(ip, since)).collect()
+        ips.into_iter()
+            .map(|ip| h.view(ip, since))
+            .collect::<Result<_, _>>()
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
+    .map_err(LoadError::from)
 }
 
 async fn history(State(st): State<AdminState>, Query(q): Query<HistoryQuery>) -> Response {
@@ -55,6 +66,6 @@ async fn history(State(st): State<AdminState>, Query(q): Query<HistoryQuery>) ->
     }
     match load(&st, vec![addr], q.days.unwrap_or(KEEP_DAYS)).await {
         Ok(mut v) => axum::Json(v.pop()).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

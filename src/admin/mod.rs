@@ -99,25 +99,42 @@ pub struct CertFiles {
     pub private_key: PathBuf,
 }
 
+/// Why the admin API could not start: the relay does not start either.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
+    #[error("admin: listen {listen} needs TLS but [tls] has no certificate")]
+    NoCertificate { listen: std::net::SocketAddr },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsFileError),
+    #[error("admin: cannot listen on {listen}: {source}")]
+    Bind {
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Loads (or creates) the token, binds `[admin] listen` and serves the API in the background.
 /// A bind, token or certificate failure stops the start.
-pub async fn start(settings: &Settings, state: AdminState) -> Result<(), String> {
+pub async fn start(settings: &Settings, state: AdminState) -> Result<(), StartError> {
     let listen = settings.listen;
-    let token = token::load_or_create(&settings.token_path(&state.relay.data_dir))
-        .map_err(|e| e.to_string())?;
+    let token = token::load_or_create(&settings.token_path(&state.relay.data_dir))?;
     let tls = if settings.uses_tls() {
-        let files = state.relay.tls.as_ref().ok_or_else(|| {
-            format!("admin: listen {listen} needs TLS but [tls] has no certificate")
-        })?;
-        let config = crate::tls::server_config(&files.certificate, &files.private_key)
-            .map_err(|e| e.to_string())?;
+        let files = state
+            .relay
+            .tls
+            .as_ref()
+            .ok_or(StartError::NoCertificate { listen })?;
+        let config = crate::tls::server_config(&files.certificate, &files.private_key)?;
         Some(tokio_rustls::TlsAcceptor::from(config))
     } else {
         None
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("admin: cannot listen on {listen}: {e}"))?;
+        .map_err(|source| StartError::Bind { listen, source })?;
     let policy = guard::Policy {
         hosts: host::Allowed::new(listen.ip(), &state.relay.hostname, &settings.allowed_hosts),
         token: token.secret().to_string(),

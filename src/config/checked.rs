@@ -56,20 +56,46 @@ pub fn open_files_needed(config: &Config) -> u64 {
         .saturating_add(FD_MARGIN)
 }
 
+/// Why the open-file limit cannot serve the config, or could not be raised for it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFileError {
+    #[error("cannot read the open file limit: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(
+        "open file limit too low: limits.max_sessions ({max_sessions}) + delivery.concurrency ({concurrency}) + {margin} \
+         need {need} descriptors, the hard limit is {hard}; raise it (systemd: LimitNOFILE={need}; \
+         shell: ulimit -n {need}) or lower max_sessions",
+        margin = FD_MARGIN
+    )]
+    TooLow {
+        max_sessions: usize,
+        concurrency: usize,
+        need: u64,
+        hard: u64,
+    },
+    #[error("cannot raise the open file limit to {need}: {source}")]
+    Raise {
+        need: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Why the open-file limit cannot serve `config` (start raises the soft limit up to the hard one).
 pub fn open_file_problem(config: &Config) -> Option<String> {
     let need = open_files_needed(config);
     let hard = match open_file_limits() {
         Ok((_, hard)) => hard,
-        Err(e) => return Some(format!("cannot read the open file limit: {e}")),
+        Err(e) => return Some(OpenFileError::Read(e).to_string()),
     };
     (hard < need).then(|| {
-        format!(
-            "open file limit too low: limits.max_sessions ({}) + delivery.concurrency ({}) + {FD_MARGIN} \
-             need {need} descriptors, the hard limit is {hard}; raise it (systemd: LimitNOFILE={need}; \
-             shell: ulimit -n {need}) or lower max_sessions",
-            config.limits.max_sessions, config.delivery.concurrency
-        )
+        OpenFileError::TooLow {
+            max_sessions: config.limits.max_sessions,
+            concurrency: config.delivery.concurrency,
+            need,
+            hard,
+        }
+        .to_string()
     })
 }
 
@@ -200,14 +226,8 @@ fn loaded(config: &Config, path: &Path) -> Vec<ConfigError> {
 }
 
 /// The certificates of a CA file, as delivery loads them.
-fn trust_anchors(ca: &Path) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    Ok(())
+fn trust_anchors(ca: &Path) -> Result<(), crate::delivery::tls::ConnectorError> {
+    crate::delivery::tls::add_ca_file(&mut rustls::RootCertStore::empty(), ca)
 }
 
 /// For the tests of every settings section: a minimal config and the errors of loading it.

@@ -101,12 +101,23 @@ pub struct Stages {
     pub farm: Option<Arc<dyn crate::delivery::policy::mta_sts::PolicyFarm>>,
 }
 
+/// Why delivery could not start: its TLS connectors, resolver or DANE (each error's own words).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] super::tls::ConnectorError),
+    #[error(transparent)]
+    Resolver(#[from] crate::routing::ResolverError),
+    #[error(transparent)]
+    Dane(#[from] crate::delivery::policy::dane::DaneError),
+}
+
 impl Deliverer {
     pub fn new(
         settings: Settings,
         signer: Arc<crate::signing::Signer>,
         with: Stages,
-    ) -> Result<Deliverer, String> {
+    ) -> Result<Deliverer, StartError> {
         let Stages {
             spool,
             pools,
@@ -118,7 +129,7 @@ impl Deliverer {
         let tls = tls::connectors(&settings.delivery)?;
         Ok(Deliverer {
             signer: arc_swap::ArcSwap::new(signer),
-            router: arc_swap::ArcSwap::from_pointee(settings.router().map_err(|e| e.to_string())?),
+            router: arc_swap::ArcSwap::from_pointee(settings.router()?),
             reputation,
             pools,
             held: Mutex::new(HashSet::new()),
@@ -128,8 +139,7 @@ impl Deliverer {
                     &settings.dns,
                     tls.required.clone(),
                     state,
-                )
-                .map_err(|e| e.to_string())?
+                )?
                 .sharing(farm),
             ),
             tls,
@@ -151,10 +161,9 @@ impl Deliverer {
         &self,
         settings: &Settings,
         signer: Arc<crate::signing::Signer>,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::routing::ResolverError> {
         self.signer.store(signer);
-        self.router
-            .store(Arc::new(settings.router().map_err(|e| e.to_string())?));
+        self.router.store(Arc::new(settings.router()?));
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::spool::Envelope;
 
-pub use deliverer::{Attempted, Deliverer, Stages, Written};
+pub use deliverer::{Attempted, Deliverer, Stages, StartError, Written};
 
 pub async fn start(
     settings: settings::Settings,
@@ -37,7 +37,7 @@ pub async fn start(
     committed: mpsc::UnboundedReceiver<Envelope>,
     recovered: mpsc::Receiver<Vec<Envelope>>,
     control: queue::Control,
-) -> Result<Arc<Deliverer>, String> {
+) -> Result<Arc<Deliverer>, StartError> {
     let d = Arc::new(Deliverer::new(settings, signer, with)?);
     tokio::spawn(queue::run(d.clone(), committed, recovered, control));
     // Said once, before any DANE mail waits on a resolver that strips DNSSEC.

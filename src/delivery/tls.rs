@@ -2,6 +2,7 @@
 //! encryption beats plaintext) but still checks handshake signatures, and a verifying one for
 //! `tls = "required"` (trust anchors: `delivery.ca_file` plus the system store).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -26,22 +27,33 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-pub fn connectors(delivery: &Delivery) -> Result<Connectors, String> {
+/// Why the outbound TLS connectors could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    #[error(transparent)]
+    CaFile(#[from] crate::tls::TlsFileError),
+    /// `delivery.ca_file` holds a certificate the trust store refused.
+    #[error("{}: {source}", path.display())]
+    CaRejected {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+pub fn connectors(delivery: &Delivery) -> Result<Connectors, ConnectorError> {
     let provider = provider();
     let opportunistic = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(HandshakeSignatures::of(&provider))))
         .with_no_client_auth();
 
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &delivery.ca_file {
-        for cert in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
-        }
+        add_ca_file(&mut roots, ca)?;
     }
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
@@ -50,8 +62,7 @@ pub fn connectors(delivery: &Delivery) -> Result<Connectors, String> {
         None
     } else {
         let c = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Some(TlsConnector::from(Arc::new(c)))
@@ -60,6 +71,20 @@ pub fn connectors(delivery: &Delivery) -> Result<Connectors, String> {
         opportunistic: TlsConnector::from(Arc::new(opportunistic)),
         required,
     })
+}
+
+/// Adds the certificates of the PEM file `ca` to `roots` (`check-config` loads
+/// `delivery.ca_file` this way too).
+pub fn add_ca_file(roots: &mut rustls::RootCertStore, ca: &Path) -> Result<(), ConnectorError> {
+    for cert in crate::tls::load_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|source| ConnectorError::CaRejected {
+                path: ca.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Accepts any certificate, but the handshake signature must still be valid for the key in it.

@@ -41,16 +41,36 @@ pub struct Listeners {
     stop: watch::Sender<Stop>,
 }
 
+/// Why the listeners could not start or reload: nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Users(#[from] super::users::UsersError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsFileError),
+    #[error("listener {address}: implicit TLS needs [tls] certificate and key")]
+    ImplicitTlsWithoutCert { address: SocketAddr },
+}
+
 /// Binds the addresses of `wanted` not in `open`; an error names the address.
 async fn bind(
     wanted: &[Listen],
     open: &[SocketAddr],
-) -> Result<Vec<(Listen, TcpListener)>, String> {
+) -> Result<Vec<(Listen, TcpListener)>, ListenError> {
     let mut bound = Vec::new();
     for l in wanted.iter().filter(|l| !open.contains(&l.address)) {
         let sock = TcpListener::bind(l.address)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+            .map_err(|source| ListenError::Bind {
+                address: l.address,
+                source,
+            })?;
         bound.push((l.clone(), sock));
     }
     Ok(bound)
@@ -65,7 +85,7 @@ impl Listeners {
         cluster: Option<Arc<dyn crate::pool::Counters>>,
         accounts: Arc<crate::reputation::accounts::Accounts>,
         feedback: Arc<crate::feedback::Feedback>,
-    ) -> Result<Listeners, String> {
+    ) -> Result<Listeners, ListenError> {
         let (stop, stop_rx) = watch::channel(Stop::Running);
         let listen = settings.listen.clone();
         let max = settings.limits.max_sessions.max(1);
@@ -100,7 +120,7 @@ impl Listeners {
 
     /// Applies a checked config to the next sessions: users, networks, limits, TLS certificate,
     /// DKIM keys (`signer`), listeners. On error nothing has changed.
-    pub async fn reload(&self, settings: Settings, signer: Arc<Signer>) -> Result<(), String> {
+    pub async fn reload(&self, settings: Settings, signer: Arc<Signer>) -> Result<(), ListenError> {
         let old = self.live.load_full();
         let listen = settings.listen.clone();
         let max = settings.limits.max_sessions.max(1);

@@ -40,7 +40,7 @@ use crate::signing::Signer;
 use crate::spool::Spool;
 use crate::state::State;
 
-pub use listeners::{Listeners, Stop};
+pub use listeners::{ListenError, Listeners, Stop};
 pub use settings::{Listen, ListenAuth, ListenTls, Settings};
 
 /// What every session shares: a snapshot of the settings taken when the session starts (a reload
@@ -79,10 +79,10 @@ pub(crate) fn build(
     cluster: Option<Arc<dyn crate::pool::Counters>>,
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
-) -> Result<Inbound, String> {
+) -> Result<Inbound, ListenError> {
     let users = match &settings.access.users_file {
         Some(path) => {
-            let u = users::Users::load(path).map_err(|e| e.to_string())?;
+            let u = users::Users::load(path)?;
             tracing::info!(users = u.len(), file = %path.display(), "users file loaded");
             sender_login::warn_logins_without_senders(u.names(), &settings.access.sender_login);
             Some(Arc::new(u))
@@ -90,18 +90,15 @@ pub(crate) fn build(
         None => None,
     };
     let tls = match &settings.tls {
-        Some(files) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&files.certificate, &files.private_key)
-                .map_err(|e| e.to_string())?,
-        )),
+        Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(
+            &files.certificate,
+            &files.private_key,
+        )?)),
         None => None,
     };
     for l in &settings.listen {
         if l.tls == ListenTls::Implicit && tls.is_none() {
-            return Err(format!(
-                "listener {}: implicit TLS needs [tls] certificate and key",
-                l.address
-            ));
+            return Err(ListenError::ImplicitTlsWithoutCert { address: l.address });
         }
         if l.tls == ListenTls::Starttls && tls.is_none() {
             tracing::warn!(address = %l.address, "tls = \"starttls\" but no [tls]: STARTTLS and AUTH are not offered");
@@ -178,7 +175,7 @@ pub async fn start(
     cluster: Option<Arc<dyn crate::pool::Counters>>,
     accounts: Arc<crate::reputation::accounts::Accounts>,
     feedback: Arc<crate::feedback::Feedback>,
-) -> Result<Listeners, String> {
+) -> Result<Listeners, ListenError> {
     Listeners::start(settings, spool, state, signer, cluster, accounts, feedback).await
 }
 

@@ -303,7 +303,7 @@ impl History {
     }
 
     /// `ip`'s buckets and events since `since` (unix seconds), oldest first.
-    pub fn view(&self, ip: IpAddr, since: u64) -> Result<HistoryView, String> {
+    pub fn view(&self, ip: IpAddr, since: u64) -> Result<HistoryView, crate::state::StateError> {
         let ip_s = ip.to_string();
         let mut view = HistoryView {
             ip: ip_s.clone(),
@@ -329,7 +329,7 @@ impl History {
         let Some(state) = &self.state else {
             return Ok(view);
         };
-        let (hours, events) = state.history_of(&ip_s).map_err(|e| e.to_string())?;
+        let (hours, events) = state.history_of(&ip_s)?;
         for (k, v) in hours {
             let mut parts = k.rsplitn(2, '|');
             let hour: u64 = parts.next().and_then(|h| h.parse().ok()).unwrap_or(0);

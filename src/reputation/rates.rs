@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::Status;
-use crate::outcome::classify::{Class, Classification, Classifier, Signal};
+use crate::outcome::classify::{Class, Classification, Classifier, RuleError, Signal};
 use crate::pool::throttle::PaceCut;
 use crate::pool::{Cause, Hold, HoldKey, Pools, RampOutcome};
 use crate::reputation::Settings;
@@ -224,7 +224,7 @@ impl Tracker {
         settings: &Settings,
         pools: Arc<Pools>,
         suppressions: Arc<Suppressions>,
-    ) -> Result<Tracker, String> {
+    ) -> Result<Tracker, RuleError> {
         Ok(Tracker {
             classifier: ArcSwap::from_pointee(settings.classifier()?),
             settings: ArcSwap::from_pointee(settings.clone()),
@@ -296,7 +296,7 @@ impl Tracker {
     }
 
     /// Reload: new classification rules and rate thresholds for the next replies.
-    pub fn reload(&self, settings: &Settings) -> Result<(), String> {
+    pub fn reload(&self, settings: &Settings) -> Result<(), RuleError> {
         let classifier = settings.classifier()?;
         self.classifier.store(Arc::new(classifier));
         self.settings.store(Arc::new(settings.clone()));

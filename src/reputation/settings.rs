@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::outcome::classify::{Classifier, RuleSpec};
+use crate::outcome::classify::{Classifier, RuleError, RuleSpec};
 use crate::util::settings::DurationStr;
 
 /// `[reputation]` in the config.
@@ -89,8 +89,8 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn classifier(&self) -> Result<Classifier, String> {
-        Classifier::from_sources(&self.rule, self.rules_file.as_deref()).map_err(|e| e.to_string())
+    pub fn classifier(&self) -> Result<Classifier, RuleError> {
+        Classifier::from_sources(&self.rule, self.rules_file.as_deref())
     }
 }
 
@@ -99,11 +99,15 @@ pub fn check_config(
     path: &std::path::Path,
     settings: &Settings,
 ) -> Result<(), Vec<crate::util::settings::ConfigError>> {
-    let checked = settings.classifier().map(|_| ()).and_then(|_| {
-        super::dnsbl::List::from_settings(settings)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
+    let checked = settings
+        .classifier()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            super::dnsbl::List::from_settings(settings)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
     checked.map_err(|e| {
         vec![crate::util::settings::ConfigError {
             file: path.to_path_buf(),
