@@ -150,8 +150,10 @@ fn the_readme_first_message_is_delivered_signed_from_the_pool_ip() {
     // The README: `poolrelay send --from demo@example.com --to you@example.test`.
     let server = format!("127.0.0.1:{smtp}");
     send(&server, "you@example.test");
+    // Capture prints its line after the file's rename: wait for both.
     assert!(
-        wait_until(WAIT, || cap.files().len() == 1),
+        wait_until(WAIT, || cap.files().len() == 1
+            && cap.lines().iter().any(|l| l.contains(".eml"))),
         "nothing captured; capture said {:?}; relay log:\n{}",
         cap.lines(),
         relay.log()
