@@ -479,8 +479,7 @@ mod tests {
 
     #[test]
     fn the_store_and_a_new_data_dir_are_private() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-state-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("state").join("data");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         drop(State::open(&dir).unwrap());
         assert_eq!(mode(&dir), 0o700);
@@ -496,8 +495,7 @@ mod tests {
 
     #[test]
     fn counters_respect_limit_and_persist() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-state-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("state").join("data");
         {
             let s = State::open(&dir).unwrap();
             assert_eq!(s.add_within("u|1", 1, 2).unwrap(), Some(1));

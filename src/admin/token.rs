@@ -137,8 +137,7 @@ mod tests {
 
     #[test]
     fn created_once_private_and_reused() {
-        let dir = std::env::temp_dir().join(format!("poolrelay-token-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::util::test_dir::tempdir("token");
         let path = dir.join("sub/admin.token");
         let a = load_or_create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -152,9 +151,7 @@ mod tests {
 
     #[test]
     fn check_refuses_what_serve_cannot_use_and_changes_nothing() {
-        let dir = std::env::temp_dir().join(format!("poolrelay-tcheck-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir::tempdir("tcheck");
         for bad in [dir.as_path(), Path::new("/dev/null")] {
             let e = check(bad).unwrap_err().to_string();
             assert!(e.contains("not a regular file"), "{e}");
@@ -171,7 +168,7 @@ mod tests {
 
     #[test]
     fn short_token_file_refused() {
-        let path = std::env::temp_dir().join(format!("poolrelay-short-{}", std::process::id()));
+        let path = crate::util::test_dir::tempdir("short").join("token");
         std::fs::write(&path, "abc\n").unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("at least 16"));
         std::fs::remove_file(&path).unwrap();

@@ -257,9 +257,7 @@ mod tests {
 
     #[test]
     fn a_dane_trust_anchor_is_read_at_load() {
-        let dir = std::env::temp_dir().join(format!("poolrelay-anchor-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir::tempdir("anchor");
         let c = dir.join("c.toml").display().to_string();
         let anchor = dir.join("anchor");
         let section = format!(
@@ -293,9 +291,7 @@ mod tests {
 
     #[test]
     fn what_start_refuses_is_refused_at_its_line_and_nothing_is_created() {
-        let dir = std::env::temp_dir().join(format!("poolrelay-checked-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir::tempdir("checked");
         let c = dir.join("c.toml").display().to_string();
         let admin =
             |token: &str| format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_file = \"{token}\"\n");

@@ -390,8 +390,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(session.tls, "none");
-        let dir = std::env::temp_dir().join(format!("poolrelay-client-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir::tempdir("client");
         let msg = dir.join("m.msg");
         std::fs::write(&msg, b"Subject: x\r\n\r\nbody\r\n").unwrap();
         let env = Envelope {

@@ -32,13 +32,7 @@ Hello Bob.\r\n\
 \r\n";
 
 fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "poolrelay-signing-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::util::test_dir::tempdir(&format!("signing-{name}"))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

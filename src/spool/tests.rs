@@ -278,7 +278,5 @@ fn ids_are_unique_and_sortable() {
 }
 
 pub(super) fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("poolrelay-spool-{}", Spool::new_id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::util::test_dir::tempdir("spool")
 }

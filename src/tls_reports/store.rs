@@ -269,8 +269,7 @@ mod tests {
 
     #[test]
     fn counts_per_period_domain_and_failure_and_survive_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("poolrelay-tlsrpt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::util::test_dir::tempdir("tlsrpt").join("data");
         let day = std::time::Duration::from_secs(86_400);
         {
             let state = Arc::new(State::open(&dir).unwrap());

@@ -5,3 +5,5 @@ pub mod glob;
 pub mod merge;
 pub mod nameservers;
 pub mod settings;
+#[cfg(test)]
+pub(crate) mod test_dir;

@@ -216,8 +216,7 @@ fn without_limits_accounts_are_counted_never_held() {
 
 #[test]
 fn suspension_survives_a_restart_until_released_and_release_is_in_the_history() {
-    let dir =
-        std::env::temp_dir().join(format!("poolrelay-acct-{}", crate::spool::Spool::new_id()));
+    let dir = crate::util::test_dir::tempdir("acct").join("data");
     let state = Arc::new(crate::state::State::open(&dir).unwrap());
     {
         let a = Accounts::new(Some(settings(10)), Some(state.clone()));
@@ -478,8 +477,7 @@ fn postmaster_warning_shows_ok_lifts_only_the_verdicts_hold() {
 #[test]
 fn a_postmaster_hold_survives_a_restart_acts_once_and_yields_to_a_release() {
     use crate::reputation::feeds::OnDomainVerdict;
-    let dir =
-        std::env::temp_dir().join(format!("poolrelay-acct-{}", crate::spool::Spool::new_id()));
+    let dir = crate::util::test_dir::tempdir("acct").join("data");
     let state = Arc::new(crate::state::State::open(&dir).unwrap());
     let k = Key::domain("pm.test");
     let over = postmaster("pm.test", "2026-12-06", 0.006);

@@ -30,11 +30,7 @@ fn fixture(extra: &str) -> Fixture {
         "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"p\"\n[[pool.ip]]\naddress = \"{IP}\"\nhelo = \"o\"\n[reputation]\n{extra}"
     );
     let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "poolrelay-complaints-{}",
-        crate::spool::Spool::new_id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::util::test_dir::tempdir("complaints");
     let state = Arc::new(State::open(&dir).unwrap());
     let pools = Arc::new(Pools::new(&config, Some(state.clone())).unwrap());
     let suppressions = Arc::new(Suppressions::open(&dir));

@@ -424,8 +424,7 @@ mod tests {
 
     #[test]
     fn listeners_hear_every_domain_verdict_and_a_late_one_the_latest() {
-        let dir = std::env::temp_dir().join(format!("poolrelay-feeds-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir::tempdir("feeds-unit");
         let f = feeds(&dir);
         let early = Arc::new(Heard(Mutex::new(Vec::new())));
         f.subscribe(early.clone());

@@ -10,9 +10,7 @@ fn tracker(extra: &str) -> Tracker {
     );
     let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
     let pools = Arc::new(Pools::new(&config, None).unwrap());
-    let dir =
-        std::env::temp_dir().join(format!("poolrelay-rates-{}", crate::spool::Spool::new_id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::util::test_dir::tempdir("rates");
     let suppressions = Arc::new(Suppressions::open(&dir));
     Tracker::new(&config.reputation, pools, suppressions).unwrap()
 }

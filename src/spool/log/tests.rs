@@ -5,12 +5,7 @@ fn env(id: &str) -> Envelope {
 }
 
 fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "poolrelay-log-{name}-{}",
-        crate::spool::Spool::new_id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::util::test_dir::tempdir(&format!("log-{name}"))
 }
 
 fn ids(found: &[Found]) -> Vec<&str> {
