@@ -96,11 +96,13 @@ pub type FromCheck<'a> = &'a dyn Fn(&str) -> bool;
 /// made once the `From:` domain and Message-ID are known.
 pub type StampFn<'a> = &'a dyn Fn(&Signed) -> String;
 
+/// The trace reference's header (`feedback::trace` seals and opens its value).
+pub const TRACE_HEADER: &str = "X-Poolrelay-Trace";
+/// Google's feedback loop header (`feedback::trace` writes its value).
+pub const FEEDBACK_ID_HEADER: &str = "Feedback-ID";
+
 /// The names a stamp may add; each is listed in `h=` when the stamp has it.
-const STAMP_HEADERS: &[&str] = &[
-    crate::feedback::trace::TRACE_HEADER,
-    crate::feedback::trace::FEEDBACK_ID_HEADER,
-];
+const STAMP_HEADERS: &[&str] = &[TRACE_HEADER, FEEDBACK_ID_HEADER];
 
 /// What signing added to a message.
 #[derive(Debug, Default)]
