@@ -181,7 +181,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(
-        doctor_inputs(&config),
+        config.doctor_inputs(),
         || doctor_tools(&config),
         pools.clone(),
     )
@@ -225,7 +225,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())
         .map_err(|e| e.to_string())?;
     let deliverer = crate::delivery::start(
-        delivery_settings(&config),
+        config.delivery_settings(),
         signer.clone(),
         crate::delivery::Stages {
             spool: spool.clone(),
@@ -247,7 +247,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     }
     let listeners = Arc::new(
         crate::inbound::start(
-            inbound_settings(&config),
+            config.inbound_settings(),
             spool,
             state,
             signer,
@@ -299,28 +299,6 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-/// What the inbound stage reads from the config; start and every reload build it.
-pub(crate) fn inbound_settings(config: &Config) -> crate::inbound::Settings {
-    crate::inbound::Settings {
-        hostname: config.hostname.clone(),
-        listen: config.listen.clone(),
-        tls: config.tls.clone(),
-        access: config.access.clone(),
-        limits: config.limits.clone(),
-        feedback: config.feedback.clone(),
-    }
-}
-
-/// What the delivery stage reads from the config; start and every reload build it.
-pub(crate) fn delivery_settings(config: &Config) -> crate::delivery::settings::Settings {
-    crate::delivery::settings::Settings {
-        hostname: config.hostname.clone(),
-        delivery: config.delivery.clone(),
-        dns: config.dns.clone(),
-        route: config.route.clone(),
-    }
-}
-
 /// Serves reloads (SIGHUP, the admin API) until SIGTERM or SIGINT.
 async fn serve_signals(
     reloader: &mut crate::reload::Reloader,
@@ -352,49 +330,6 @@ async fn serve_signals(
 fn notify_systemd(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::debug!(error = %e, "sd_notify failed");
-    }
-}
-
-/// What the doctor reads from the config (`serve`'s background checks, `poolrelay doctor`).
-pub fn doctor_inputs(config: &Config) -> crate::doctor::Inputs {
-    use crate::doctor::inputs::{DkimKey, Pool, PoolRule};
-    crate::doctor::Inputs {
-        hostname: config.hostname.clone(),
-        helo: config.delivery.helo.clone(),
-        settings: config.doctor.clone(),
-        pools: config
-            .pool
-            .iter()
-            .map(|p| Pool {
-                name: p.name.clone(),
-                ips: p
-                    .ip
-                    .iter()
-                    .map(|ip| (ip.address, ip.helo.clone()))
-                    .collect(),
-            })
-            .collect(),
-        rules: config
-            .pool_rule
-            .iter()
-            .map(|r| PoolRule {
-                pool: r.pool.clone(),
-                user: r.user.clone(),
-                sender_domain: r.sender_domain.clone(),
-                sender: r.sender.clone(),
-            })
-            .collect(),
-        dkim: config
-            .dkim
-            .iter()
-            .map(|k| DkimKey {
-                domain: k.domain.clone(),
-                selector: k.selector.clone(),
-                private_key: k.private_key.clone(),
-            })
-            .collect(),
-        feeds: config.feeds.clone(),
-        data_dir: config.data_dir.clone(),
     }
 }
 
