@@ -173,7 +173,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         state.clone(),
         pools.clone(),
         complaint_actors,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     feedback.start_flusher();
     if let Some(c) = &cluster {
         // Before the listeners: messages are sealed with the farm's key from the start.
