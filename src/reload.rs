@@ -117,13 +117,10 @@ impl Reloader {
         raise_open_file_limit(&new).map_err(|e| self.refuse([e.to_string()]))?;
         // Listeners first: binding a new address is what can fail, and then nothing changed.
         self.listeners
-            .reload(crate::server::inbound_settings(&new), signer.clone())
+            .reload(new.inbound_settings(), signer.clone())
             .await
             .map_err(|e| self.refuse([format!("{}: {e}", path.display())]))?;
-        if let Err(e) = self
-            .deliverer
-            .reload(&crate::server::delivery_settings(&new), signer)
-        {
+        if let Err(e) = self.deliverer.reload(&new.delivery_settings(), signer) {
             tracing::error!(error = %e, "reload: routes not replaced (the rest applied)");
         }
         if let Err(e) = self.reputation.reload(&new.reputation) {

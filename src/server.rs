@@ -31,8 +31,8 @@ pub enum StartError {
     Rules(#[from] crate::outcome::classify::RuleError),
     #[error(transparent)]
     TlsReports(#[from] crate::tls_reports::send::ReportSendError),
-    #[error("{0}")]
-    Feedback(String),
+    #[error(transparent)]
+    Feedback(#[from] crate::feedback::OpenError),
     #[error(transparent)]
     Doctor(#[from] crate::doctor::DoctorError),
     #[error(transparent)]
@@ -214,8 +214,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
         state.clone(),
         pools.clone(),
         complaint_actors,
-    )
-    .map_err(StartError::Feedback)?;
+    )?;
     feedback.start_flusher();
     if let Some(c) = &cluster {
         // Before the listeners: messages are sealed with the farm's key from the start.
@@ -223,7 +222,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
     }
     let (queue, control) = crate::delivery::queue::channel(Some(state.clone()));
     let doctor = crate::doctor::start(
-        doctor_inputs(&config),
+        config.doctor_inputs(),
         || doctor_tools(&config),
         pools.clone(),
     )?;
@@ -265,7 +264,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
     }
     crate::reputation::dnsbl::start(&config.reputation, &config.dns.nameservers, pools.clone())?;
     let deliverer = crate::delivery::start(
-        delivery_settings(&config),
+        config.delivery_settings(),
         signer.clone(),
         crate::delivery::Stages {
             spool: spool.clone(),
@@ -287,7 +286,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
     }
     let listeners = Arc::new(
         crate::inbound::start(
-            inbound_settings(&config),
+            config.inbound_settings(),
             spool,
             state,
             signer,
@@ -339,28 +338,6 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
     Ok(())
 }
 
-/// What the inbound stage reads from the config; start and every reload build it.
-pub(crate) fn inbound_settings(config: &Config) -> crate::inbound::Settings {
-    crate::inbound::Settings {
-        hostname: config.hostname.clone(),
-        listen: config.listen.clone(),
-        tls: config.tls.clone(),
-        access: config.access.clone(),
-        limits: config.limits.clone(),
-        feedback: config.feedback.clone(),
-    }
-}
-
-/// What the delivery stage reads from the config; start and every reload build it.
-pub(crate) fn delivery_settings(config: &Config) -> crate::delivery::settings::Settings {
-    crate::delivery::settings::Settings {
-        hostname: config.hostname.clone(),
-        delivery: config.delivery.clone(),
-        dns: config.dns.clone(),
-        route: config.route.clone(),
-    }
-}
-
 /// Serves reloads (SIGHUP, the admin API) until SIGTERM or SIGINT.
 async fn serve_signals(
     reloader: &mut crate::reload::Reloader,
@@ -392,49 +369,6 @@ async fn serve_signals(
 fn notify_systemd(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::debug!(error = %e, "sd_notify failed");
-    }
-}
-
-/// What the doctor reads from the config (`serve`'s background checks, `poolrelay doctor`).
-pub fn doctor_inputs(config: &Config) -> crate::doctor::Inputs {
-    use crate::doctor::inputs::{DkimKey, Pool, PoolRule};
-    crate::doctor::Inputs {
-        hostname: config.hostname.clone(),
-        helo: config.delivery.helo.clone(),
-        settings: config.doctor.clone(),
-        pools: config
-            .pool
-            .iter()
-            .map(|p| Pool {
-                name: p.name.clone(),
-                ips: p
-                    .ip
-                    .iter()
-                    .map(|ip| (ip.address, ip.helo.clone()))
-                    .collect(),
-            })
-            .collect(),
-        rules: config
-            .pool_rule
-            .iter()
-            .map(|r| PoolRule {
-                pool: r.pool.clone(),
-                user: r.user.clone(),
-                sender_domain: r.sender_domain.clone(),
-                sender: r.sender.clone(),
-            })
-            .collect(),
-        dkim: config
-            .dkim
-            .iter()
-            .map(|k| DkimKey {
-                domain: k.domain.clone(),
-                selector: k.selector.clone(),
-                private_key: k.private_key.clone(),
-            })
-            .collect(),
-        feeds: config.feeds.clone(),
-        data_dir: config.data_dir.clone(),
     }
 }
 

@@ -39,9 +39,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) =
-        crate::doctor::targets::domains(&crate::server::doctor_inputs(&config), &args.domains)
-    {
+    if let Err(e) = crate::doctor::targets::domains(&config.doctor_inputs(), &args.domains) {
         return usage(format!("--domain / [doctor] domains: {e}"));
     }
     crate::tls::install_crypto_provider();
@@ -62,7 +60,7 @@ pub fn run(args: DoctorArgs) -> ExitCode {
     };
     let report = runtime.block_on(async {
         let doctor = Arc::new(Doctor::new(
-            crate::server::doctor_inputs(&config),
+            config.doctor_inputs(),
             crate::server::doctor_tools(&config)?,
         ));
         doctor.run(&opts).await

@@ -129,10 +129,10 @@ impl Event {
         )
     }
 
-    pub fn from_record(record: &str) -> Result<Event, String> {
+    pub fn from_record(record: &str) -> Result<Event, BadEvent> {
         let (_, json) = record
             .split_once('|')
-            .ok_or_else(|| format!("not a cluster record: {record:?}"))?;
+            .ok_or_else(|| BadEvent::NotARecord(record.to_string()))?;
         Event::from_json(json)
     }
 
@@ -140,9 +140,18 @@ impl Event {
         serde_json::to_string(self).expect("events serialise")
     }
 
-    pub fn from_json(json: &str) -> Result<Event, String> {
-        serde_json::from_str(json).map_err(|e| format!("bad cluster event: {e}"))
+    pub fn from_json(json: &str) -> Result<Event, BadEvent> {
+        serde_json::from_str(json).map_err(BadEvent::Json)
     }
+}
+
+/// Why a record or message from Redis is not an event (logged, then skipped).
+#[derive(Debug, thiserror::Error)]
+pub enum BadEvent {
+    #[error("not a cluster record: {0:?}")]
+    NotARecord(String),
+    #[error("bad cluster event: {0}")]
+    Json(#[source] serde_json::Error),
 }
 
 /// Where a node's own changes go: the sync task writes them to Redis and publishes them.

@@ -99,17 +99,16 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
-    pub fn parse(s: &str) -> Result<RedisUrl, String> {
+    pub fn parse(s: &str) -> Result<RedisUrl, BadRedisUrl> {
         let s = s.trim();
         let scheme = s.split("://").next().unwrap_or("");
         if !s.contains("://") || !matches!(scheme, "redis" | "rediss") {
-            return Err(format!(
-                "bad Redis URL {}: must start with redis:// or rediss:// (TLS)",
-                redact(s)
-            ));
+            return Err(BadRedisUrl::Scheme(redact(s)));
         }
-        redis::Client::open(s)
-            .map_err(|e| format!("bad Redis URL {}: {}", redact(s), e.detail().unwrap_or("")))?;
+        redis::Client::open(s).map_err(|e| BadRedisUrl::Client {
+            url: redact(s),
+            detail: e.detail().unwrap_or("").to_string(),
+        })?;
         Ok(RedisUrl { url: s.to_string() })
     }
 
@@ -121,6 +120,16 @@ impl RedisUrl {
     pub fn is_tls(&self) -> bool {
         self.url.starts_with("rediss://")
     }
+}
+
+/// Why a `redis` URL is refused; the URL is shown redacted (`redact`).
+#[derive(Debug, thiserror::Error)]
+pub enum BadRedisUrl {
+    #[error("bad Redis URL {0}: must start with redis:// or rediss:// (TLS)")]
+    Scheme(String),
+    /// `detail`: what the Redis client says is wrong.
+    #[error("bad Redis URL {url}: {detail}")]
+    Client { url: String, detail: String },
 }
 
 /// `scheme://user:***@host…`: the password (whatever sits between the first `:` and the last
@@ -186,7 +195,7 @@ mod tests {
             "redis://:pw@host:notaport",
             "redis://:p/w@host:6379/0",
         ] {
-            let e = RedisUrl::parse(bad).unwrap_err();
+            let e = RedisUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains("bad Redis URL"), "{bad}: {e}");
             assert!(!e.contains("pw@") && !e.contains("p/w"), "{e}");
         }

@@ -10,6 +10,7 @@ pub mod checked;
 mod entries;
 pub mod pool;
 pub mod ranges;
+mod stages;
 /// `[reputation]`, beside its code.
 pub use crate::reputation::settings as reputation;
 

@@ -1,4 +1,4 @@
-//! What the doctor reads from the config, built by the caller (`server::doctor_inputs`): the
+//! What the doctor reads from the config, built by the caller (`Config::doctor_inputs`): the
 //! doctor never sees `Config`, only these facts.
 
 use std::net::IpAddr;

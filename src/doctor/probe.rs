@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
 use super::report::{Check, Status};
-use crate::config::TlsPolicy;
 use crate::delivery::recorded::Recorded;
 use crate::routing::Router;
+use crate::routing::TlsPolicy;
 
 /// Where and how to probe from.
 pub struct Prober<'a> {

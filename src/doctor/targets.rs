@@ -177,9 +177,9 @@ mod tests {
         let text = format!(
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n{extra}"
         );
-        crate::server::doctor_inputs(
-            &crate::config::Config::parse(Path::new("t.toml"), &text).unwrap(),
-        )
+        crate::config::Config::parse(Path::new("t.toml"), &text)
+            .unwrap()
+            .doctor_inputs()
     }
 
     const POOLS: &str = "[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o10.test\"\n[[pool]]\nname = \"bulk\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"O11.test.\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"other\"\n[[pool]]\nname = \"vip\"\n[[pool.ip]]\naddress = \"127.0.0.12\"\nhelo = \"o12.test\"\n";

@@ -13,38 +13,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use super::Feedback;
-use crate::cluster::Cluster;
 
 const REFRESH: Duration = Duration::from_secs(10);
 
+/// The farm's trace keys (`[cluster]`, implemented by `cluster`).
+pub trait KeyFarm: Send + Sync {
+    /// Offers `mine` as the farm's sealing key (kept only if none is set yet), adds `local` to
+    /// the farm's set, and answers (the farm's sealing key, every key of the set). `None`:
+    /// Redis did not answer.
+    fn exchange_keys(
+        &self,
+        mine: String,
+        local: Vec<String>,
+    ) -> BoxFuture<'_, Option<(Option<String>, Vec<String>)>>;
+}
+
 /// One exchange with the farm: offers our keys, adopts the farm's. False when Redis did not
 /// answer.
-pub async fn share(feedback: &Arc<Feedback>, cluster: &Cluster) -> bool {
+pub async fn share(feedback: &Arc<Feedback>, farm: &dyn KeyFarm) -> bool {
     let local = feedback.stored_keys();
     let Some(mine) = local.first().cloned() else {
         return false;
     };
-    let (current_key, all_key) = (
-        cluster.key("feedback:trace-key"),
-        cluster.key("feedback:trace-keys"),
-    );
-    let answer: Option<(Option<String>, Vec<String>)> = cluster
-        .run("feedback keys", |mut conn| async move {
-            redis::pipe()
-                .cmd("SET")
-                .arg(&current_key)
-                .arg(&mine)
-                .arg("NX")
-                .ignore()
-                .sadd(&all_key, &local)
-                .ignore()
-                .get(&current_key)
-                .smembers(&all_key)
-                .query_async(&mut conn)
-                .await
-        })
-        .await;
+    let answer = farm.exchange_keys(mine, local).await;
     let Some((Some(current), all)) = answer else {
         return false;
     };
@@ -55,8 +49,8 @@ pub async fn share(feedback: &Arc<Feedback>, cluster: &Cluster) -> bool {
 }
 
 /// Shares now (bounded by the Redis timeout), then every `REFRESH` in the background.
-pub async fn start(feedback: Arc<Feedback>, cluster: Arc<Cluster>) {
-    if !share(&feedback, &cluster).await {
+pub async fn start(feedback: Arc<Feedback>, farm: Arc<dyn KeyFarm>) {
+    if !share(&feedback, farm.as_ref()).await {
         tracing::warn!(
             "feedback: farm trace keys not reached; sealing with this relay's own key until Redis answers"
         );
@@ -64,7 +58,7 @@ pub async fn start(feedback: Arc<Feedback>, cluster: Arc<Cluster>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(REFRESH).await;
-            share(&feedback, &cluster).await;
+            share(&feedback, farm.as_ref()).await;
         }
     });
 }

@@ -27,5 +27,5 @@ pub mod store;
 pub mod trace;
 
 pub use crate::reputation::complaint::{Charge, Complaint, Evidence, OnComplaint, dispatch};
-pub use service::{Feedback, Handled, Traced, Via};
+pub use service::{Feedback, Handled, OpenError, Traced, Via};
 pub use settings::Settings;

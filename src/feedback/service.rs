@@ -134,13 +134,12 @@ impl Feedback {
         state: Arc<State>,
         pools: Arc<Pools>,
         actors: Vec<Arc<dyn OnComplaint>>,
-    ) -> Result<Arc<Feedback>, String> {
-        store::create(&state).map_err(|e| e.to_string())?;
-        let stored = load_or_make_keys(&state).map_err(|e| e.to_string())?;
+    ) -> Result<Arc<Feedback>, OpenError> {
+        store::create(&state)?;
+        let stored = load_or_make_keys(&state)?;
         let keys = keys_from(&stored)?;
         let keep = settings.clone().unwrap_or_default().recent;
-        let recent = store::recent_complaints(&state, keep)
-            .map_err(|e| e.to_string())?
+        let recent = store::recent_complaints(&state, keep)?
             .iter()
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
@@ -444,28 +443,38 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 /// Newest first; the first seals. Every stored key must read: one that does not is an error
 /// (never skipped, which would seal or open with another key than the operator thinks).
-fn keys_from(stored: &[String]) -> Result<Keys, String> {
+fn keys_from(stored: &[String]) -> Result<Keys, OpenError> {
     let mut keys = Vec::with_capacity(stored.len());
     for (i, s) in stored.iter().enumerate() {
-        let key = B64
-            .decode(s)
-            .ok()
-            .and_then(|s| Key::new(&s))
-            .ok_or_else(|| {
-                format!(
-                    "feedback: trace key {} of {} in the state store is unreadable (not base64 of \
-                 32 bytes); restore state.redb from a backup",
-                    i + 1,
-                    stored.len()
-                )
-            })?;
+        let key =
+            B64.decode(s)
+                .ok()
+                .and_then(|s| Key::new(&s))
+                .ok_or(OpenError::UnreadableKey {
+                    n: i + 1,
+                    of: stored.len(),
+                })?;
         keys.push(key);
     }
     let mut keys = keys.into_iter();
-    let current = keys
-        .next()
-        .ok_or("feedback: no trace key in the state store")?;
+    let current = keys.next().ok_or(OpenError::NoKey)?;
     Ok(Keys::new(current, keys.collect()))
+}
+
+/// Why the complaint tables or trace keys cannot be opened (the relay does not start). Never
+/// shows a key.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The `n`th of `of` stored keys.
+    #[error(
+        "feedback: trace key {n} of {of} in the state store is unreadable (not base64 of \
+                 32 bytes); restore state.redb from a backup"
+    )]
+    UnreadableKey { n: usize, of: usize },
+    #[error("feedback: no trace key in the state store")]
+    NoKey,
 }
 
 /// One event per report.
@@ -664,7 +673,8 @@ mod tests {
                 Vec::new(),
             )
             .err()
-            .expect("refused");
+            .expect("refused")
+            .to_string();
             assert!(
                 e.contains("trace key 2 of 2") && e.contains("unreadable"),
                 "{e}"

@@ -21,9 +21,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 
 use super::settings::{FeedbackIdField, Settings};
-
-pub const TRACE_HEADER: &str = "X-Poolrelay-Trace";
-pub const FEEDBACK_ID_HEADER: &str = "Feedback-ID";
+/// Signing lists these names in `h=`, so they are signing's.
+pub use crate::signing::{FEEDBACK_ID_HEADER, TRACE_HEADER};
 const VERSION: &str = "v1";
 /// Binds a sealed reference to its purpose (no other use of the key can be replayed here).
 const AAD: &[u8] = b"poolrelay trace v1";

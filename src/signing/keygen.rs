@@ -30,7 +30,7 @@ pub enum KeygenError {
     },
     /// The key as the relay would load it (`signing::parse_key`'s words).
     #[error("{0}")]
-    Key(String),
+    Key(super::KeyError),
     #[error(transparent)]
     Pem(#[from] rustls_pki_types::pem::Error),
     #[error("unsupported key type")]

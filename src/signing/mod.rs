@@ -96,11 +96,13 @@ pub type FromCheck<'a> = &'a dyn Fn(&str) -> bool;
 /// made once the `From:` domain and Message-ID are known.
 pub type StampFn<'a> = &'a dyn Fn(&Signed) -> String;
 
+/// The trace reference's header (`feedback::trace` seals and opens its value).
+pub const TRACE_HEADER: &str = "X-Poolrelay-Trace";
+/// Google's feedback loop header (`feedback::trace` writes its value).
+pub const FEEDBACK_ID_HEADER: &str = "Feedback-ID";
+
 /// The names a stamp may add; each is listed in `h=` when the stamp has it.
-const STAMP_HEADERS: &[&str] = &[
-    crate::feedback::trace::TRACE_HEADER,
-    crate::feedback::trace::FEEDBACK_ID_HEADER,
-];
+const STAMP_HEADERS: &[&str] = &[TRACE_HEADER, FEEDBACK_ID_HEADER];
 
 /// What signing added to a message.
 #[derive(Debug, Default)]
@@ -184,7 +186,7 @@ impl Signer {
                     expire: entry.expire.map(|d| d.0.as_secs().max(1)).unwrap_or(0),
                     key: SharedKey(Arc::new(key)),
                 }),
-                Err(e) => err(e),
+                Err(e) => err(e.to_string()),
             }
         }
         if errors.is_empty() {
@@ -499,16 +501,49 @@ pub(crate) fn is_selector(s: &str) -> bool {
         })
 }
 
+/// Why a DKIM private key cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(
+        "not a PEM private key ({0}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\""
+    )]
+    NotPem(#[source] rustls_pki_types::pem::Error),
+    #[error("unsupported key type (only RSA and Ed25519 keys can sign DKIM)")]
+    Unsupported,
+    /// An RSA parse of a key that is neither PKCS#1 nor PKCS#8 (not reached: `parse_key` sorts).
+    #[error("unsupported key type")]
+    NotRsa,
+    /// Its size in bits.
+    #[error("RSA key of {0} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits", RSA_MIN_BITS = RSA_MIN_BITS, RSA_MAX_BITS = RSA_MAX_BITS)]
+    RsaSize(usize),
+    /// aws-lc-rs does not parse a key under 2048 bits, so its size is unknown.
+    #[error(
+        "RSA key under {RSA_MIN_BITS} bits: RSA keys under {RSA_MIN_BITS} bits are not allowed for \
+         DKIM signing (RFC 8301: signers MUST use at least 1024 bits and SHOULD use at least \
+         2048; poolrelay signs with {RSA_MIN_BITS} to {RSA_MAX_BITS}); make a new key with \
+         `poolrelay dkim keygen` and publish it under a new selector",
+        RSA_MIN_BITS = RSA_MIN_BITS,
+        RSA_MAX_BITS = RSA_MAX_BITS
+    )]
+    RsaTooSmall,
+    #[error("RSA key larger than {RSA_MAX_BITS} bits", RSA_MAX_BITS = RSA_MAX_BITS)]
+    RsaTooLarge,
+    #[error("unusable RSA key: {0}")]
+    RsaUnusable(#[source] mail_auth::Error),
+    #[error("not a valid RSA or Ed25519 private key ({0})")]
+    Invalid(#[source] aws_lc_rs::error::KeyRejected),
+}
+
 /// Reads a PEM private key: RSA (PKCS#1 or PKCS#8, 2048–4096 bits) or Ed25519 (PKCS#8).
-pub(crate) fn load_key(path: &Path) -> Result<AuthKey, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read key file: {e}"))?;
+pub(crate) fn load_key(path: &Path) -> Result<AuthKey, KeyError> {
+    let pem = std::fs::read(path).map_err(KeyError::Read)?;
     parse_key(&pem)
 }
 
-pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
-    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
-        format!("not a PEM private key ({e}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"")
-    })?;
+pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, KeyError> {
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(KeyError::NotPem)?;
     match der {
         PrivateKeyDer::Pkcs1(pkcs1) => rsa_key(PrivateKeyDer::Pkcs1(pkcs1)),
         PrivateKeyDer::Pkcs8(pkcs8) => {
@@ -518,40 +553,27 @@ pub(crate) fn parse_key(pem: &[u8]) -> Result<AuthKey, String> {
             }
             rsa_key(PrivateKeyDer::Pkcs8(pkcs8))
         }
-        _ => Err("unsupported key type (only RSA and Ed25519 keys can sign DKIM)".into()),
+        _ => Err(KeyError::Unsupported),
     }
 }
 
-fn rsa_key(der: PrivateKeyDer<'_>) -> Result<AuthKey, String> {
+fn rsa_key(der: PrivateKeyDer<'_>) -> Result<AuthKey, KeyError> {
     let parsed = match &der {
         PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
-        _ => return Err("unsupported key type".into()),
+        _ => return Err(KeyError::NotRsa),
     };
     match parsed {
-        Ok(k) if k.public_modulus_len() * 8 > RSA_MAX_BITS => Err(format!(
-            "RSA key of {} bits; use {RSA_MIN_BITS} to {RSA_MAX_BITS} bits",
-            k.public_modulus_len() * 8
-        )),
+        Ok(k) if k.public_modulus_len() * 8 > RSA_MAX_BITS => {
+            Err(KeyError::RsaSize(k.public_modulus_len() * 8))
+        }
         Ok(_) => RsaKey::<Sha256>::from_key_der(der)
             .map(AuthKey::Rsa)
-            .map_err(|e| format!("unusable RSA key: {e}")),
-        Err(e) if e.description_() == "TooSmall" => Err(too_small()),
-        Err(e) if e.description_() == "TooLarge" => {
-            Err(format!("RSA key larger than {RSA_MAX_BITS} bits"))
-        }
-        Err(e) => Err(format!("not a valid RSA or Ed25519 private key ({e})")),
+            .map_err(KeyError::RsaUnusable),
+        Err(e) if e.description_() == "TooSmall" => Err(KeyError::RsaTooSmall),
+        Err(e) if e.description_() == "TooLarge" => Err(KeyError::RsaTooLarge),
+        Err(e) => Err(KeyError::Invalid(e)),
     }
-}
-
-/// Why a key under 2048 bits is refused (aws-lc-rs does not parse it, so its size is unknown).
-fn too_small() -> String {
-    format!(
-        "RSA key under {RSA_MIN_BITS} bits: RSA keys under {RSA_MIN_BITS} bits are not allowed for \
-         DKIM signing (RFC 8301: signers MUST use at least 1024 bits and SHOULD use at least \
-         2048; poolrelay signs with {RSA_MIN_BITS} to {RSA_MAX_BITS}); make a new key with \
-         `poolrelay dkim keygen` and publish it under a new selector"
-    )
 }
 
 /// What signing needs to know about the message's header section.
