@@ -235,8 +235,7 @@ mod tests {
 
     #[test]
     fn checked_load_loads_the_users_file() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-reload-unit-{}", std::process::id()));
+        let dir = crate::util::test_dir::tempdir("reload-unit").join("data");
         std::fs::create_dir_all(&dir).unwrap();
         let users = dir.join("users");
         std::fs::write(&users, "alice:not-a-hash\n").unwrap();

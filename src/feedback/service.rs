@@ -564,8 +564,7 @@ mod tests {
 
     #[test]
     fn traced_complaints_go_to_every_actor_in_order() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-fbsvc-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("fbsvc").join("data");
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
                     tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\naddresses = [\"f@relay.test\"]\n";
@@ -619,8 +618,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_count_by_their_64() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-fbv6-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("fbv6").join("data");
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
                     tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\
@@ -650,8 +648,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_stored_key_stops_the_start() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-fbkey-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("fbkey").join("data");
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\n\
                     tls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\n\
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\n\

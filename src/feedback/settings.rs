@@ -145,8 +145,7 @@ mod tests {
 
     #[test]
     fn bad_feedback_settings_are_named_at_their_line() {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-fbcfg-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("fbcfg").join("data");
         std::fs::create_dir_all(&dir).unwrap();
         let c = dir.join("c.toml").display().to_string();
         assert!(errors(&dir, "[feedback]\naddresses = [\"fbl@relay.test\"]\n").is_empty());

@@ -329,8 +329,7 @@ mod tests {
     use super::*;
 
     fn state() -> (State, std::path::PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("poolrelay-fb-{}", crate::spool::Spool::new_id()));
+        let dir = crate::util::test_dir::tempdir("fb").join("data");
         let s = State::open(&dir).unwrap();
         create(&s).unwrap();
         (s, dir)

@@ -366,10 +366,7 @@ mod tests {
 
     #[test]
     fn farm_suppressions_apply_by_the_later_stamp() {
-        let dir = std::env::temp_dir().join(format!(
-            "poolrelay-suppress-{}",
-            crate::spool::Spool::new_id()
-        ));
+        let dir = crate::util::test_dir::tempdir("suppress").join("data");
         std::fs::create_dir_all(&dir).unwrap();
         let (outbox, mut rx) = Outbox::new("here");
         let s = Suppressions::open(&dir).sharing(Some(Arc::new(outbox)));
@@ -404,10 +401,7 @@ mod tests {
 
     #[test]
     fn a_complainer_is_suppressed_for_its_sender_domain_only() {
-        let dir = std::env::temp_dir().join(format!(
-            "poolrelay-suppress-{}",
-            crate::spool::Spool::new_id()
-        ));
+        let dir = crate::util::test_dir::tempdir("suppress").join("data");
         std::fs::create_dir_all(&dir).unwrap();
         let s = Suppressions::open(&dir);
         s.add_complainer("Eve@Example.net", Some("Shop.example"), "complained", 3600);
@@ -440,10 +434,7 @@ mod tests {
     fn a_complainer_suppressed_on_one_node_is_suppressed_on_the_others() {
         let dirs: Vec<PathBuf> = (0..2)
             .map(|_| {
-                let d = std::env::temp_dir().join(format!(
-                    "poolrelay-suppress-{}",
-                    crate::spool::Spool::new_id()
-                ));
+                let d = crate::util::test_dir::tempdir("suppress").join("data");
                 std::fs::create_dir_all(&d).unwrap();
                 d
             })
