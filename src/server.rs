@@ -62,7 +62,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
     // to it (its receiver goes to the sync task, which applies the farm's changes to them).
     let cluster = match &config.cluster {
         Some(settings) => {
-            let ips = crate::pool::Pools::ips_of(&config);
+            let ips = crate::pool::Pools::ips_of(&config.pool);
             Some(crate::cluster::Cluster::start(settings, ips).await)
         }
         None => None,
@@ -75,7 +75,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         None => (None, None),
     };
     let pools = Arc::new(
-        crate::pool::Pools::new(&config, Some(state.clone()))?
+        crate::pool::Pools::new(&config.pool_settings(), Some(state.clone()))?
             .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
             .with_farm(cluster.clone()),
     );

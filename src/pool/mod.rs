@@ -11,6 +11,7 @@
 //! - `farm_ramp`: the ramp's state and day decisions shared by the farm (`[cluster]`);
 //! - `ramp`: the warm-up ramp's rules (a pure decision per sending day), `decisions` its record;
 //! - `holds`: drains, quarantines and probation;
+//! - `settings`: its config sections (`[[pool]]`, `[[provider]]`, `[warmup]`, `[throttle]`);
 //! - `store`: persistence in the redb store;
 //! - `view`: the operator's view (`GET /api/pool`).
 
@@ -23,6 +24,7 @@ pub mod provider;
 pub mod ramp;
 pub mod rules;
 mod select;
+pub mod settings;
 mod shared;
 mod store;
 pub mod throttle;
@@ -35,6 +37,7 @@ pub use holds::{Cause, Hold, HoldError, HoldKey, HoldKind, HoldWrite, Incident, 
 pub use pools::{Pools, Source};
 pub use ramp::{Decision, RampOutcome};
 pub use select::{Held, Lease, Pick, Selection};
+pub use settings::Settings;
 pub use store::StoreError;
 pub use view::CountsFrom;
 pub use view::{FarmView, IpState, IpView, NodeView, PoolView, PoolsView, ProviderView};

@@ -15,9 +15,9 @@ use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
+use super::settings::{Pool, PoolRule, Settings};
 use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
-use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
 use crate::state::State;
@@ -111,8 +111,8 @@ pub(super) fn now_s() -> u64 {
 }
 
 impl Conf {
-    fn new(config: &Config) -> Conf {
-        let pools: Vec<PoolConf> = config
+    fn new(settings: &Settings) -> Conf {
+        let pools: Vec<PoolConf> = settings
             .pool
             .iter()
             .map(|p| PoolConf {
@@ -136,14 +136,14 @@ impl Conf {
         Conf {
             pools,
             default,
-            rules: config.pool_rule.clone(),
-            providers: Providers::from_config(config),
-            schedules: warmup::schedules(config).into_iter().collect(),
-            ramps: warmup::schedules(config)
+            rules: settings.pool_rule.clone(),
+            providers: Providers::new(&settings.provider, settings.throttle.backoff.0),
+            schedules: warmup::schedules(&settings.warmup).into_iter().collect(),
+            ramps: warmup::schedules(&settings.warmup)
                 .into_iter()
                 .map(|(name, _)| {
-                    let idle = config.warmup.idle_days;
-                    let rules = config
+                    let idle = settings.warmup.idle_days;
+                    let rules = settings
                         .warmup
                         .schedule
                         .iter()
@@ -152,16 +152,12 @@ impl Conf {
                     (name, rules)
                 })
                 .collect(),
-            clock: Clock::from_config(config),
-            idle_days: config.warmup.idle_days,
-            burst: config.warmup.burst,
-            probe_per_hour: config.reputation.probe_per_hour.max(1),
-            hold_warning_ms: config.throttle.hold_warning_interval.0.as_millis() as u64,
-            fallback_helo: config
-                .delivery
-                .helo
-                .clone()
-                .unwrap_or_else(|| config.hostname.clone()),
+            clock: Clock::of(&settings.warmup),
+            idle_days: settings.warmup.idle_days,
+            burst: settings.warmup.burst,
+            probe_per_hour: settings.probe_per_hour.max(1),
+            hold_warning_ms: settings.throttle.hold_warning_interval.0.as_millis() as u64,
+            fallback_helo: settings.fallback_helo.clone(),
         }
     }
 
@@ -242,18 +238,18 @@ impl Conf {
 
 impl Pools {
     /// Pools without persistence (unit tests).
-    pub fn from_config(config: &Config) -> Pools {
-        Pools::new(config, None).expect("no store, no error")
+    pub fn without_store(settings: &Settings) -> Pools {
+        Pools::new(settings, None).expect("no store, no error")
     }
 
     /// Pools with their state loaded from the store.
-    pub fn new(config: &Config, state: Option<Arc<State>>) -> Result<Pools, String> {
+    pub fn new(settings: &Settings, state: Option<Arc<State>>) -> Result<Pools, String> {
         let inner = match &state {
             Some(st) => super::store::load(st).map_err(|e| e.to_string())?,
             None => Inner::default(),
         };
         Ok(Pools {
-            conf: ArcSwap::from_pointee(Conf::new(config)),
+            conf: ArcSwap::from_pointee(Conf::new(settings)),
             state,
             inner: Mutex::new(inner),
             store_lock: Mutex::new(()),
@@ -267,9 +263,9 @@ impl Pools {
     /// Applies a reloaded config: pools, IPs, weights, rules, providers, warm-up schedules at
     /// once. Counters, warm-up days and holds of IPs that stay are kept; a removed IP is no
     /// longer picked (its leases in flight finish); an added one starts on its schedule.
-    pub fn reload(&self, config: &Config) {
+    pub fn reload(&self, settings: &Settings) {
         let old = self.ips();
-        self.conf.store(Arc::new(Conf::new(config)));
+        self.conf.store(Arc::new(Conf::new(settings)));
         let new = self.ips();
         for ip in new.iter().filter(|ip| !old.contains(ip)) {
             tracing::info!(source_ip = %ip, "reload: pool IP added");
@@ -436,10 +432,10 @@ impl Pools {
         once_each(conf.pools.iter().flat_map(|p| &p.ips).map(|c| c.address))
     }
 
-    /// Every pool IP of `config` once, in the order `ips` gives (before the pools are built:
-    /// the farm's heartbeat names them).
-    pub fn ips_of(config: &Config) -> Vec<IpAddr> {
-        once_each(config.pool.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
+    /// Every IP of the `[[pool]]` sections once, in the order `ips` gives (before the pools
+    /// are built: the farm's heartbeat names them).
+    pub fn ips_of(pools: &[Pool]) -> Vec<IpAddr> {
+        once_each(pools.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
     }
 }
 

@@ -502,7 +502,7 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
         let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
-        let pools = Pools::from_config(&config);
+        let pools = Pools::without_store(&config.pool_settings());
         for what in [Count::Sent, Count::Sent, Count::Block] {
             h.count(ip, "gmail", what);
         }

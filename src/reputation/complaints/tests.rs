@@ -36,7 +36,7 @@ fn fixture(extra: &str) -> Fixture {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let state = Arc::new(State::open(&dir).unwrap());
-    let pools = Arc::new(Pools::new(&config, Some(state.clone())).unwrap());
+    let pools = Arc::new(Pools::new(&config.pool_settings(), Some(state.clone())).unwrap());
     let suppressions = Arc::new(Suppressions::open(&dir));
     let tracker = Tracker::new(&config.reputation, pools, suppressions)
         .unwrap()

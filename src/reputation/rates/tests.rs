@@ -9,7 +9,7 @@ fn tracker(extra: &str) -> Tracker {
         "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"p\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o\"\n[reputation]\n{extra}"
     );
     let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
-    let pools = Arc::new(Pools::new(&config, None).unwrap());
+    let pools = Arc::new(Pools::new(&config.pool_settings(), None).unwrap());
     let dir =
         std::env::temp_dir().join(format!("poolrelay-rates-{}", crate::spool::Spool::new_id()));
     std::fs::create_dir_all(&dir).unwrap();
