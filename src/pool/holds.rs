@@ -514,7 +514,7 @@ impl Pools {
         }
         self.store_current(w.keys)?;
         if let Some(state) = &self.state {
-            crate::reputation::history::hold_events(state, self.history_farm(), &w.events);
+            super::events::hold_events(state, self.event_sink(), &w.events);
         }
         self.wake.notify_one();
         Ok(())

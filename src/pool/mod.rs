@@ -10,12 +10,14 @@
 //! - `shared`: the pick's farm counters with `[cluster]`, `farm_max_per_hour`;
 //! - `farm_ramp`: the ramp's state and day decisions shared by the farm (`[cluster]`);
 //! - `ramp`: the warm-up ramp's rules (a pure decision per sending day), `decisions` its record;
+//! - `events`: the history events of hold changes and ramp decisions;
 //! - `holds`: drains, quarantines and probation;
 //! - `settings`: its config sections (`[[pool]]`, `[[provider]]`, `[warmup]`, `[throttle]`);
 //! - `store`: persistence in the redb store;
 //! - `view`: the operator's view (`GET /api/pool`).
 
 mod decisions;
+pub mod events;
 mod farm;
 mod farm_ramp;
 pub mod holds;
@@ -31,6 +33,7 @@ pub mod throttle;
 mod view;
 pub mod warmup;
 
+pub use events::EventSink;
 pub use farm::{Counters, Farm, HoldSink, Limit, ProgressMove, Refused, RunError, Taken};
 pub use farm_ramp::{FarmRamp, FarmState, Rolled, tally_ttl};
 pub use holds::{Cause, Hold, HoldError, HoldKey, HoldKind, HoldWrite, Incident, Scope};

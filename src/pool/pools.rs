@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::Notify;
 
+use super::events::EventSink;
 use super::farm::{Farm, HoldSink};
 use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
@@ -102,8 +103,8 @@ pub struct Pools {
     pub(super) outbox: Option<Arc<dyn HoldSink>>,
     /// The farm's Redis (`[cluster]`), handed while built; `None` = this relay alone.
     farm: Option<Arc<dyn Farm>>,
-    /// The same farm as the history shares through it.
-    history_farm: Option<Arc<dyn crate::reputation::history::Farm>>,
+    /// The same farm, where history events go.
+    event_sink: Option<Arc<dyn EventSink>>,
 }
 
 pub(super) fn now_s() -> u64 {
@@ -256,7 +257,7 @@ impl Pools {
             wake: Notify::new(),
             outbox: None,
             farm: None,
-            history_farm: None,
+            event_sink: None,
         })
     }
 
@@ -296,9 +297,9 @@ impl Pools {
     /// `watch_farm` once the pools are shared.
     pub fn with_farm<F>(mut self, farm: Option<Arc<F>>) -> Pools
     where
-        F: Farm + crate::reputation::history::Farm,
+        F: Farm + EventSink,
     {
-        self.history_farm = (farm.clone()).map(|f| f as Arc<dyn crate::reputation::history::Farm>);
+        self.event_sink = (farm.clone()).map(|f| f as Arc<dyn EventSink>);
         self.farm = farm.map(|f| f as Arc<dyn Farm>);
         self
     }
@@ -307,9 +308,9 @@ impl Pools {
         self.farm.as_ref()
     }
 
-    /// The farm's history (`[cluster]`), as `reputation::history` takes it.
-    pub(super) fn history_farm(&self) -> Option<Arc<dyn crate::reputation::history::Farm>> {
-        self.history_farm.clone()
+    /// Where history events go in the farm (`[cluster]`).
+    pub(super) fn event_sink(&self) -> Option<Arc<dyn EventSink>> {
+        self.event_sink.clone()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
