@@ -75,7 +75,8 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), String> {
         None => (None, None),
     };
     let pools = Arc::new(
-        crate::pool::Pools::new(&config.pool_settings(), Some(state.clone()))?
+        crate::pool::Pools::new(&config.pool_settings(), Some(state.clone()))
+            .map_err(|e| e.to_string())?
             .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
             .with_farm(cluster.clone()),
     );

@@ -17,6 +17,7 @@ use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
 use super::settings::{Pool, PoolRule, Settings};
+use super::store::StoreError;
 use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
 use crate::outcome::Status;
@@ -244,9 +245,9 @@ impl Pools {
     }
 
     /// Pools with their state loaded from the store.
-    pub fn new(settings: &Settings, state: Option<Arc<State>>) -> Result<Pools, String> {
+    pub fn new(settings: &Settings, state: Option<Arc<State>>) -> Result<Pools, StoreError> {
         let inner = match &state {
-            Some(st) => super::store::load(st).map_err(|e| e.to_string())?,
+            Some(st) => super::store::load(st)?,
             None => Inner::default(),
         };
         Ok(Pools {
