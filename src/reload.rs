@@ -129,7 +129,7 @@ impl Reloader {
         let complainers = new.feedback.clone().unwrap_or_default();
         self.reputation
             .set_complainers(complainers.suppress, complainers.suppress_for.0);
-        self.pools.reload(&new);
+        self.pools.reload(&new.pool_settings());
         self.reputation.accounts().reload(new.accounts.clone());
         let restart_needed = restart_needed(&self.current, &new);
         if !restart_needed.is_empty() {

@@ -25,8 +25,8 @@ pub enum StartError {
     /// Every DKIM key that did not load, one a line.
     #[error("{}", one_a_line(.0))]
     Signing(Vec<ConfigError>),
-    #[error("{0}")]
-    Pools(String),
+    #[error(transparent)]
+    Pools(#[from] crate::pool::StoreError),
     #[error(transparent)]
     Rules(#[from] crate::outcome::classify::RuleError),
     #[error(transparent)]
@@ -103,7 +103,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
     // to it (its receiver goes to the sync task, which applies the farm's changes to them).
     let cluster = match &config.cluster {
         Some(settings) => {
-            let ips = crate::pool::Pools::ips_of(&config);
+            let ips = crate::pool::Pools::ips_of(&config.pool);
             Some(crate::cluster::Cluster::start(settings, ips).await)
         }
         None => None,
@@ -116,8 +116,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
         None => (None, None),
     };
     let pools = Arc::new(
-        crate::pool::Pools::new(&config, Some(state.clone()))
-            .map_err(StartError::Pools)?
+        crate::pool::Pools::new(&config.pool_settings(), Some(state.clone()))?
             .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
             .with_farm(cluster.clone()),
     );

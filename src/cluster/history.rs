@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use futures_util::future::BoxFuture;
 
 use super::{Cluster, RunError};
+use crate::pool::EventSink;
 use crate::reputation::history::{Bucket, Farm, FarmCopy, KEEP_DAYS, MAX_EVENTS_PER_IP};
 
 const KEEP_S: i64 = (KEEP_DAYS * 86_400) as i64;
@@ -40,7 +41,9 @@ impl Farm for Cluster {
     fn read(&self, ip: IpAddr) -> BoxFuture<'_, Option<FarmCopy>> {
         Box::pin(read(self, ip))
     }
+}
 
+impl EventSink for Cluster {
     fn push_events(&self, events: Vec<(IpAddr, String)>) -> BoxFuture<'_, bool> {
         Box::pin(push_events(self, events))
     }

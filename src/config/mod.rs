@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 pub mod checked;
 mod entries;
-pub mod pool;
 pub mod ranges;
 mod stages;
 /// `[reputation]`, beside its code.
@@ -16,10 +15,12 @@ pub use crate::reputation::settings as reputation;
 
 pub use crate::delivery::settings::{Delivery, MtaSts};
 pub use crate::inbound::settings::{Access, Limits, Listen, ListenAuth, ListenTls, TlsFiles};
+pub use crate::pool::settings::{
+    Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule,
+};
 pub use crate::routing::settings::{Dns, Route, TlsPolicy};
 pub use crate::signing::settings::{DkimKey, Signing};
 pub use checked::Checked;
-pub use pool::{Pool, PoolIp, PoolRule, Provider, Throttle, Warmup, WarmupSchedule};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +130,23 @@ impl Config {
     /// current directory, as Postfix does, so the README's commands run from the checkout.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         Self::parse(path, &read_text(path)?)
+    }
+
+    /// What the pool stage reads (its sections, `probe_per_hour` and the fallback EHLO name).
+    pub fn pool_settings(&self) -> crate::pool::Settings {
+        crate::pool::Settings {
+            pool: self.pool.clone(),
+            pool_rule: self.pool_rule.clone(),
+            provider: self.provider.clone(),
+            warmup: self.warmup.clone(),
+            throttle: self.throttle.clone(),
+            probe_per_hour: self.reputation.probe_per_hour,
+            fallback_helo: self
+                .delivery
+                .helo
+                .clone()
+                .unwrap_or_else(|| self.hostname.clone()),
+        }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {

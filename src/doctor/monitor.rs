@@ -262,7 +262,11 @@ mod tests {
         let text = format!(
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"{A}\"\nhelo = \"a.test\"\n[[pool.ip]]\naddress = \"{B}\"\nhelo = \"b.test\"\n"
         );
-        Pools::from_config(&crate::config::Config::parse(Path::new("t.toml"), &text).unwrap())
+        Pools::without_store(
+            &crate::config::Config::parse(Path::new("t.toml"), &text)
+                .unwrap()
+                .pool_settings(),
+        )
     }
 
     /// A report where A passes everything and B's FCrDNS and SPF are as given.

@@ -570,7 +570,7 @@ mod tests {
                     address = \"127.0.0.10\"\nhelo = \"o1\"\n[feedback]\naddresses = [\"f@relay.test\"]\n";
         let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let state = Arc::new(State::open(&dir).unwrap());
-        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let pools = Arc::new(Pools::new(&config.pool_settings(), None).unwrap());
         let first = Arc::new(Actor {
             seen: Mutex::default(),
             blame: true,
@@ -625,7 +625,7 @@ mod tests {
                     addresses = [\"f@relay.test\"]\nper_client_hourly = 1\n";
         let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let state = Arc::new(State::open(&dir).unwrap());
-        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let pools = Arc::new(Pools::new(&config.pool_settings(), None).unwrap());
         let f = Feedback::open(
             config.feedback.clone(),
             &config.hostname,
@@ -655,7 +655,7 @@ mod tests {
                     addresses = [\"f@relay.test\"]\n";
         let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
         let state = Arc::new(State::open(&dir).unwrap());
-        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let pools = Arc::new(Pools::new(&config.pool_settings(), None).unwrap());
         store::create(&state).unwrap();
         let good = B64.encode(trace::new_secret());
         for bad in ["not base64!", "AAAA"] {

@@ -56,9 +56,9 @@ impl Pools {
         tracing::info!(source_ip = %ip, provider, decision = d.kind(), day = d.day(), cap = ?d.cap(), adaptive, evidence = %evidence, "warm-up: {text}");
         crate::metrics::warmup_decision(&ip.to_string(), provider, d.kind());
         if let Some(state) = &self.state {
-            crate::reputation::history::warmup_event(
+            super::events::warmup_event(
                 state,
-                self.history_farm(),
+                self.event_sink(),
                 ip,
                 provider,
                 d.kind(),

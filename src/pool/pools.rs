@@ -10,14 +10,16 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::Notify;
 
+use super::events::EventSink;
 use super::farm::{Farm, HoldSink};
 use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
+use super::settings::{Pool, PoolRule, Settings};
+use super::store::StoreError;
 use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
-use crate::config::{Config, PoolRule};
 use crate::outcome::Status;
 use crate::spool::RemoteReply;
 use crate::state::State;
@@ -102,8 +104,8 @@ pub struct Pools {
     pub(super) outbox: Option<Arc<dyn HoldSink>>,
     /// The farm's Redis (`[cluster]`), handed while built; `None` = this relay alone.
     farm: Option<Arc<dyn Farm>>,
-    /// The same farm as the history shares through it.
-    history_farm: Option<Arc<dyn crate::reputation::history::Farm>>,
+    /// The same farm, where history events go.
+    event_sink: Option<Arc<dyn EventSink>>,
 }
 
 pub(super) fn now_s() -> u64 {
@@ -111,8 +113,8 @@ pub(super) fn now_s() -> u64 {
 }
 
 impl Conf {
-    fn new(config: &Config) -> Conf {
-        let pools: Vec<PoolConf> = config
+    fn new(settings: &Settings) -> Conf {
+        let pools: Vec<PoolConf> = settings
             .pool
             .iter()
             .map(|p| PoolConf {
@@ -136,14 +138,14 @@ impl Conf {
         Conf {
             pools,
             default,
-            rules: config.pool_rule.clone(),
-            providers: Providers::from_config(config),
-            schedules: warmup::schedules(config).into_iter().collect(),
-            ramps: warmup::schedules(config)
+            rules: settings.pool_rule.clone(),
+            providers: Providers::new(&settings.provider, settings.throttle.backoff.0),
+            schedules: warmup::schedules(&settings.warmup).into_iter().collect(),
+            ramps: warmup::schedules(&settings.warmup)
                 .into_iter()
                 .map(|(name, _)| {
-                    let idle = config.warmup.idle_days;
-                    let rules = config
+                    let idle = settings.warmup.idle_days;
+                    let rules = settings
                         .warmup
                         .schedule
                         .iter()
@@ -152,16 +154,12 @@ impl Conf {
                     (name, rules)
                 })
                 .collect(),
-            clock: Clock::from_config(config),
-            idle_days: config.warmup.idle_days,
-            burst: config.warmup.burst,
-            probe_per_hour: config.reputation.probe_per_hour.max(1),
-            hold_warning_ms: config.throttle.hold_warning_interval.0.as_millis() as u64,
-            fallback_helo: config
-                .delivery
-                .helo
-                .clone()
-                .unwrap_or_else(|| config.hostname.clone()),
+            clock: Clock::of(&settings.warmup),
+            idle_days: settings.warmup.idle_days,
+            burst: settings.warmup.burst,
+            probe_per_hour: settings.probe_per_hour.max(1),
+            hold_warning_ms: settings.throttle.hold_warning_interval.0.as_millis() as u64,
+            fallback_helo: settings.fallback_helo.clone(),
         }
     }
 
@@ -242,34 +240,34 @@ impl Conf {
 
 impl Pools {
     /// Pools without persistence (unit tests).
-    pub fn from_config(config: &Config) -> Pools {
-        Pools::new(config, None).expect("no store, no error")
+    pub fn without_store(settings: &Settings) -> Pools {
+        Pools::new(settings, None).expect("no store, no error")
     }
 
     /// Pools with their state loaded from the store.
-    pub fn new(config: &Config, state: Option<Arc<State>>) -> Result<Pools, String> {
+    pub fn new(settings: &Settings, state: Option<Arc<State>>) -> Result<Pools, StoreError> {
         let inner = match &state {
-            Some(st) => super::store::load(st).map_err(|e| e.to_string())?,
+            Some(st) => super::store::load(st)?,
             None => Inner::default(),
         };
         Ok(Pools {
-            conf: ArcSwap::from_pointee(Conf::new(config)),
+            conf: ArcSwap::from_pointee(Conf::new(settings)),
             state,
             inner: Mutex::new(inner),
             store_lock: Mutex::new(()),
             wake: Notify::new(),
             outbox: None,
             farm: None,
-            history_farm: None,
+            event_sink: None,
         })
     }
 
     /// Applies a reloaded config: pools, IPs, weights, rules, providers, warm-up schedules at
     /// once. Counters, warm-up days and holds of IPs that stay are kept; a removed IP is no
     /// longer picked (its leases in flight finish); an added one starts on its schedule.
-    pub fn reload(&self, config: &Config) {
+    pub fn reload(&self, settings: &Settings) {
         let old = self.ips();
-        self.conf.store(Arc::new(Conf::new(config)));
+        self.conf.store(Arc::new(Conf::new(settings)));
         let new = self.ips();
         for ip in new.iter().filter(|ip| !old.contains(ip)) {
             tracing::info!(source_ip = %ip, "reload: pool IP added");
@@ -300,9 +298,9 @@ impl Pools {
     /// `watch_farm` once the pools are shared.
     pub fn with_farm<F>(mut self, farm: Option<Arc<F>>) -> Pools
     where
-        F: Farm + crate::reputation::history::Farm,
+        F: Farm + EventSink,
     {
-        self.history_farm = (farm.clone()).map(|f| f as Arc<dyn crate::reputation::history::Farm>);
+        self.event_sink = (farm.clone()).map(|f| f as Arc<dyn EventSink>);
         self.farm = farm.map(|f| f as Arc<dyn Farm>);
         self
     }
@@ -311,9 +309,9 @@ impl Pools {
         self.farm.as_ref()
     }
 
-    /// The farm's history (`[cluster]`), as `reputation::history` takes it.
-    pub(super) fn history_farm(&self) -> Option<Arc<dyn crate::reputation::history::Farm>> {
-        self.history_farm.clone()
+    /// Where history events go in the farm (`[cluster]`).
+    pub(super) fn event_sink(&self) -> Option<Arc<dyn EventSink>> {
+        self.event_sink.clone()
     }
 
     pub(super) fn conf(&self) -> arc_swap::Guard<Arc<Conf>> {
@@ -436,10 +434,10 @@ impl Pools {
         once_each(conf.pools.iter().flat_map(|p| &p.ips).map(|c| c.address))
     }
 
-    /// Every pool IP of `config` once, in the order `ips` gives (before the pools are built:
-    /// the farm's heartbeat names them).
-    pub fn ips_of(config: &Config) -> Vec<IpAddr> {
-        once_each(config.pool.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
+    /// Every IP of the `[[pool]]` sections once, in the order `ips` gives (before the pools
+    /// are built: the farm's heartbeat names them).
+    pub fn ips_of(pools: &[Pool]) -> Vec<IpAddr> {
+        once_each(pools.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
     }
 }
 

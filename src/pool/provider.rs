@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Provider};
+use super::settings::Provider;
 
 const BUILT_IN: &str = include_str!("../../config/providers.toml");
 
@@ -27,10 +27,11 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn from_config(config: &Config) -> Providers {
+    /// The built-in table extended by `configured`; `default_backoff` is `[throttle] backoff`.
+    pub fn new(configured: &[Provider], default_backoff: Duration) -> Providers {
         let file: File = toml::from_str(BUILT_IN).expect("built-in config/providers.toml parses");
         let mut list = file.provider;
-        for p in &config.provider {
+        for p in configured {
             match list.iter_mut().find(|q| q.name == p.name) {
                 Some(q) => *q = p.clone(),
                 None => list.push(p.clone()),
@@ -62,7 +63,7 @@ impl Providers {
         Providers {
             list,
             suffixes,
-            default_backoff: config.throttle.backoff.0,
+            default_backoff,
         }
     }
 
@@ -106,7 +107,8 @@ mod tests {
         let text = format!(
             "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n{extra}"
         );
-        Providers::from_config(&Config::parse(Path::new("t.toml"), &text).unwrap())
+        let c = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
+        Providers::new(&c.provider, c.throttle.backoff.0)
     }
 
     #[test]

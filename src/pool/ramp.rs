@@ -29,7 +29,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::config::WarmupSchedule;
+use super::settings::WarmupSchedule;
 
 /// What one reply to a delivery from an IP × provider meant for its ramp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

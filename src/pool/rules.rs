@@ -1,7 +1,7 @@
 //! `[[pool_rule]]`: which pool a message uses, by authenticated user, sender domain or sender
 //! address pattern. First matching rule wins; no match → the default pool.
 
-use crate::config::PoolRule;
+use super::settings::PoolRule;
 
 pub use crate::util::glob::glob;
 

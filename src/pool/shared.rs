@@ -484,8 +484,10 @@ mod tests {
     #[test]
     fn farm_max_per_hour_without_a_cluster_caps_this_relays_ips_together() {
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[[provider]]\nname = \"alpha\"\nmx_suffixes = [\"alpha.test\"]\nfarm_max_per_hour = 3\n";
-        let p = Arc::new(Pools::from_config(
-            &Config::parse(Path::new("t.toml"), text).unwrap(),
+        let p = Arc::new(Pools::without_store(
+            &Config::parse(Path::new("t.toml"), text)
+                .unwrap()
+                .pool_settings(),
         ));
         let mut from = Vec::new();
         for _ in 0..3 {

@@ -53,7 +53,7 @@ fn round_robin_per_family_and_exclusions() {
     let c = config(&format!(
         "{TWO}[[pool.ip]]\naddress = \"::1\"\nhelo = \"o6\"\n"
     ));
-    let p = Arc::new(Pools::from_config(&c));
+    let p = Arc::new(Pools::without_store(&c.pool_settings()));
     let first = pick(&p, "other").unwrap();
     let second = pick(&p, "other").unwrap();
     assert_ne!(first, second);
@@ -70,7 +70,7 @@ fn round_robin_per_family_and_exclusions() {
         pick_except(&p, "other", &[ip("127.0.0.10"), ip("127.0.0.11")]).unwrap(),
         "exhausted"
     );
-    let only_v4 = Arc::new(Pools::from_config(&config(TWO)));
+    let only_v4 = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     assert!(matches!(
         only_v4.pick(Some("a"), "other", true, &[]),
         Selection::NoFamily
@@ -79,7 +79,7 @@ fn round_robin_per_family_and_exclusions() {
 
 #[test]
 fn no_pool_lets_the_os_pick() {
-    let p = Arc::new(Pools::from_config(&config("")));
+    let p = Arc::new(Pools::without_store(&config("").pool_settings()));
     assert_eq!(p.pool_for(None, None, "a@b"), None);
     let Selection::Picked(pk) = p.pick(None, "other", false, &[]) else {
         panic!("no pool picks the OS's address")
@@ -98,7 +98,7 @@ fn weighted_selection_is_smooth_and_deterministic() {
     let c = config(
         "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\nweight = 3\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n",
     );
-    let p = Arc::new(Pools::from_config(&c));
+    let p = Arc::new(Pools::without_store(&c.pool_settings()));
     let picks: Vec<String> = (0..8).map(|_| pick(&p, "other").unwrap()).collect();
     assert_eq!(
         picks,
@@ -117,7 +117,7 @@ fn weighted_selection_is_smooth_and_deterministic() {
 
 #[test]
 fn equal_weights_share_exactly_while_messages_are_in_flight() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let p = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     // Twenty picks held at once (twenty concurrent deliveries), then released.
     for round in 1..=5u32 {
         let leases: Vec<Pick> = (0..20)
@@ -144,7 +144,7 @@ fn warming_ip_gets_its_cap_then_overflow_goes_to_warm_ips_then_hold() {
     let c = config(
         "[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\nwarmup = \"t\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[warmup]\nday = \"240h\"\nburst = 100\n[[warmup.schedule]]\nname = \"t\"\ndaily = [3]\n[[provider]]\nname = \"p\"\nmx_suffixes = [\"p.test\"]\nmax_per_hour = 5\n",
     );
-    let p = Arc::new(Pools::from_config(&c));
+    let p = Arc::new(Pools::without_store(&c.pool_settings()));
     let mut count: HashMap<String, u32> = HashMap::new();
     let mut held = None;
     for _ in 0..20 {
@@ -175,7 +175,7 @@ fn warming_ip_gets_its_cap_then_overflow_goes_to_warm_ips_then_hold() {
 
 #[test]
 fn drained_and_quarantined_ips_take_nothing_for_their_scope() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let p = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     let (ip10, ip11) = (ip("127.0.0.10"), ip("127.0.0.11"));
     p.quarantine(
         ip10,
@@ -205,7 +205,7 @@ fn drained_and_quarantined_ips_take_nothing_for_their_scope() {
 #[test]
 fn each_cause_is_its_own_record_and_a_delisting_means_probation() {
     let c = config(&format!("{TWO}[reputation]\nprobe_per_hour = 2\n"));
-    let p = Arc::new(Pools::from_config(&c));
+    let p = Arc::new(Pools::without_store(&c.pool_settings()));
     let ip10 = ip("127.0.0.10");
     let gmail = || Scope::Provider("gmail".into());
     let zone = || Cause::Dnsbl("zen.test".into());
@@ -259,7 +259,7 @@ fn expired_quarantine_ends_by_itself_and_holds_persist() {
     let ip10 = ip("127.0.0.10");
     {
         let st = Arc::new(State::open(&dir).unwrap());
-        let p = Arc::new(Pools::new(&c, Some(st.clone())).unwrap());
+        let p = Arc::new(Pools::new(&c.pool_settings(), Some(st.clone())).unwrap());
         p.quarantine(
             ip10,
             Scope::All,
@@ -285,7 +285,7 @@ fn expired_quarantine_ends_by_itself_and_holds_persist() {
             .unwrap();
     }
     let st = Arc::new(State::open(&dir).unwrap());
-    let p = Arc::new(Pools::new(&c, Some(st)).unwrap());
+    let p = Arc::new(Pools::new(&c.pool_settings(), Some(st)).unwrap());
     let mut holds = p.holds();
     holds.sort_by_key(|(_, h)| h.scope.clone());
     assert_eq!(holds.len(), 2, "the expired one is not in force: {holds:?}");
@@ -308,7 +308,7 @@ fn pool_rules_first_match_else_default() {
     let c = config(
         "[[pool]]\nname = \"main\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[[pool]]\nname = \"default\"\n[[pool.ip]]\naddress = \"127.0.0.11\"\nhelo = \"o2\"\n[[pool]]\nname = \"bulk\"\n[[pool.ip]]\naddress = \"127.0.0.12\"\nhelo = \"o3\"\n[[pool_rule]]\nuser = \"newsletter\"\npool = \"bulk\"\n[[pool_rule]]\nsender_domain = \"*.news.test\"\npool = \"bulk\"\n[[pool_rule]]\nsender = \"*@main.test\"\npool = \"main\"\n",
     );
-    let p = Pools::from_config(&c);
+    let p = Pools::without_store(&c.pool_settings());
     assert_eq!(
         p.pool_for(None, Some("newsletter"), "a@x.test").as_deref(),
         Some("bulk")
@@ -333,7 +333,7 @@ fn pool_rules_first_match_else_default() {
 
 #[test]
 fn throttling_reply_backs_off_that_ip_for_that_provider() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let p = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     let r = RemoteReply {
         code: 421,
         status: "4.7.28".into(),
@@ -368,7 +368,7 @@ fn throttling_reply_backs_off_that_ip_for_that_provider() {
 #[test]
 fn ip_on_probation_takes_only_a_trickle_until_reinstated() {
     let c = config(&format!("{TWO}[reputation]\nprobe_per_hour = 2\n"));
-    let p = Arc::new(Pools::from_config(&c));
+    let p = Arc::new(Pools::without_store(&c.pool_settings()));
     let ip10 = ip("127.0.0.10");
     // Cool-down over: probation.
     p.quarantine(
@@ -409,7 +409,9 @@ fn ip_on_probation_takes_only_a_trickle_until_reinstated() {
 #[test]
 fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
     let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
-    let p = Arc::new(Pools::from_config(&config(TWO)).sharing_holds(Some(Arc::new(outbox))));
+    let p = Arc::new(
+        Pools::without_store(&config(TWO).pool_settings()).sharing_holds(Some(Arc::new(outbox))),
+    );
     let a = ip("127.0.0.10");
     p.drain(a, Scope::All, "maintenance").unwrap();
     let sent = rx.try_recv().expect("the drain goes to the farm");
@@ -458,12 +460,12 @@ fn farm_changes_apply_by_the_later_stamp_and_every_local_change_goes_out() {
 /// number of IPs; the next pick with the new config (one IP more) must not index past it.
 #[test]
 fn a_round_robin_list_from_before_a_reload_is_started_over() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let p = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     pick(&p, "other").unwrap();
     let three = config(&format!(
         "{TWO}[[pool.ip]]\naddress = \"127.0.0.12\"\nhelo = \"o3\"\n"
     ));
-    p.reload(&three);
+    p.reload(&three.pool_settings());
     // As the racing pick would have left it: the list for two IPs, after the reload's clear.
     p.lock().swrr.insert("a|other|false".into(), vec![0, 0]);
     let seen: std::collections::HashSet<String> =
@@ -475,7 +477,7 @@ const ADAPTIVE: &str = "[warmup]\nburst = 24\n[[pool]]\nname = \"a\"\n[[pool.ip]
 
 #[test]
 fn ramp_counts_replies_into_the_day_their_delivery_began() {
-    let p = Arc::new(Pools::from_config(&config(ADAPTIVE)));
+    let p = Arc::new(Pools::without_store(&config(ADAPTIVE).pool_settings()));
     let (a, key) = (ip("127.0.0.10"), (ip("127.0.0.10"), "alpha".to_string()));
     let now = super::warmup::Clock::now_ms();
     for _ in 0..2 {
@@ -506,7 +508,7 @@ fn ramp_counts_replies_into_the_day_their_delivery_began() {
 
 #[test]
 fn a_late_block_or_throttling_reply_counts_in_the_open_day() {
-    let p = Arc::new(Pools::from_config(&config(ADAPTIVE)));
+    let p = Arc::new(Pools::without_store(&config(ADAPTIVE).pool_settings()));
     let (a, key) = (ip("127.0.0.10"), (ip("127.0.0.10"), "alpha".to_string()));
     let now = super::warmup::Clock::now_ms();
     // Today is the open day: yesterday was decided at today's first pick.
@@ -542,7 +544,7 @@ fn counters_stored_before_the_ramp_still_load() {
 
 #[test]
 fn a_late_count_never_writes_an_older_offence_over_a_newer_one() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let p = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     let a = ip("127.0.0.10");
     let key = (a, "gmail".to_string(), Cause::BlockReply);
     let now = now_s();
@@ -580,7 +582,7 @@ fn a_late_count_never_writes_an_older_offence_over_a_newer_one() {
 
 #[test]
 fn a_throttling_quarantine_starts_the_pace_cuts_over() {
-    let p = Arc::new(Pools::from_config(&config(TWO)));
+    let p = Arc::new(Pools::without_store(&config(TWO).pool_settings()));
     let a = ip("127.0.0.10");
     let r = RemoteReply {
         code: 451,
@@ -626,7 +628,9 @@ fn a_throttling_quarantine_starts_the_pace_cuts_over() {
 #[test]
 fn incident_counts_go_out_once_per_flush() {
     let (outbox, mut rx) = crate::cluster::events::Outbox::new("here");
-    let p = Arc::new(Pools::from_config(&config(TWO)).sharing_holds(Some(Arc::new(outbox))));
+    let p = Arc::new(
+        Pools::without_store(&config(TWO).pool_settings()).sharing_holds(Some(Arc::new(outbox))),
+    );
     let a = ip("127.0.0.10");
     let now = now_s();
     let hold = Hold {

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::ramp::{self, DayTally, Decision, RampState, Rules};
-use crate::config::Config;
+use super::settings::Warmup;
 
 /// SparkPost-style ramp: daily messages per IP × provider on day 0, 1, 2, …; after the last day
 /// the IP is active (no warm-up cap).
@@ -22,9 +22,9 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn from_config(config: &Config) -> Clock {
+    pub fn of(warmup: &Warmup) -> Clock {
         Clock {
-            day_ms: (config.warmup.day.0.as_millis() as u64).max(24),
+            day_ms: (warmup.day.0.as_millis() as u64).max(24),
         }
     }
 
@@ -57,9 +57,8 @@ impl Clock {
 }
 
 /// Named schedules: `standard` plus `[[warmup.schedule]]` (which may redefine `standard`).
-pub fn schedules(config: &Config) -> Vec<(String, Vec<u64>)> {
-    let mut v: Vec<(String, Vec<u64>)> = config
-        .warmup
+pub fn schedules(warmup: &Warmup) -> Vec<(String, Vec<u64>)> {
+    let mut v: Vec<(String, Vec<u64>)> = warmup
         .schedule
         .iter()
         .map(|s| (s.name.clone(), s.daily.clone()))

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{Hold, HoldKind, Pools};
+use crate::pool::Pools;
+pub use crate::pool::events::{Event, hold_events, warmup_event};
+use crate::pool::events::{EventSink, store_events};
 use crate::spool::now_unix;
 use crate::state::State;
 
@@ -81,22 +83,6 @@ pub struct HourView {
     pub bucket: Bucket,
 }
 
-/// One change of a hold, or a warm-up ramp decision.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    pub at: u64,
-    /// quarantined, extended, probation, reinstated, drained, undrained; `warmup` for a ramp
-    /// decision (cause: advanced, held, stepped-back, rewarmed).
-    pub event: String,
-    /// `all` or a provider.
-    pub scope: String,
-    pub cause: String,
-    pub reason: String,
-    pub evidence: String,
-    /// A quarantine's end, if it ends by itself.
-    pub until: Option<u64>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryView {
     pub ip: String,
@@ -113,7 +99,7 @@ pub type FarmCopy = (Vec<(String, u64, Bucket)>, Vec<String>);
 
 /// The farm's shared copy of the history (`[cluster]`), implemented for `cluster::Cluster` in
 /// `cluster::history`: the cluster depends on this module, never the reverse.
-pub trait Farm: Send + Sync + 'static {
+pub trait Farm: EventSink {
     /// Redis answers.
     fn is_up(&self) -> bool;
     /// Adds counts to the farm's buckets; false when Redis did not take them.
@@ -122,8 +108,6 @@ pub trait Farm: Send + Sync + 'static {
     fn prune<'a>(&'a self, ips: &'a [IpAddr], cutoff: u64) -> BoxFuture<'a, ()>;
     /// One IP's history; `None` when Redis did not answer.
     fn read(&self, ip: IpAddr) -> BoxFuture<'_, Option<FarmCopy>>;
-    /// Appends hold changes (`(ip, json)`) to the farm's event lists.
-    fn push_events(&self, events: Vec<(IpAddr, String)>) -> BoxFuture<'_, bool>;
 }
 
 pub struct History {
@@ -248,7 +232,8 @@ impl History {
         let (Some(state), Ok(json)) = (&self.state, serde_json::to_string(e)) else {
             return;
         };
-        store_events(state, self.cluster.clone(), vec![(ip.to_string(), json)]);
+        let sink = self.cluster.clone().map(|c| c as Arc<dyn EventSink>);
+        store_events(state, sink, vec![(ip.to_string(), json)]);
     }
 
     /// Notes today's warm-up caps and writes the gathered counts (blocking I/O); prunes old
@@ -373,105 +358,10 @@ fn parse_events(events: &[String], since: u64) -> Vec<Event> {
         .collect()
 }
 
-/// What a hold change means, for the event log: `old` → `new` of one record. `None`: no event
-/// (the same quarantine with more replies counted in its incident).
-fn event_name(old: Option<&Hold>, new: Option<&Hold>, now: u64) -> Option<&'static str> {
-    Some(match (old, new) {
-        // More replies counted in the same quarantine's incident (in force or over).
-        (Some(o), Some(n))
-            if o.kind == HoldKind::Quarantined
-                && o.replies != n.replies
-                && (o.since, o.until, o.offence) == (n.since, n.until, n.offence) =>
-        {
-            return None;
-        }
-        (_, Some(h)) if h.kind == HoldKind::Drained => "drained",
-        (_, Some(h)) if h.until.is_some_and(|u| u <= now) => "probation",
-        // Another offence while quarantined: a longer cool-down.
-        (Some(o), Some(n))
-            if o.kind == HoldKind::Quarantined
-                && o.in_force(now)
-                && n.until.is_none_or(|u| o.until.is_some_and(|ou| u > ou)) =>
-        {
-            "extended"
-        }
-        (_, Some(_)) => "quarantined",
-        (Some(h), None) if h.kind == HoldKind::Drained => "undrained",
-        _ => "reinstated",
-    })
-}
-
-/// Writes one event per hold change (called by the pool as it changes holds), to the farm's
-/// history too with `[cluster]` (in the background; lost there, not here, if Redis is down).
-pub fn hold_events(
-    state: &State,
-    cluster: Option<Arc<dyn Farm>>,
-    changes: &[(IpAddr, Option<Hold>, Option<Hold>)],
-) {
-    let now = now_unix();
-    let records: Vec<(String, String)> = changes
-        .iter()
-        .filter_map(|(ip, old, new)| {
-            let h = new.as_ref().or(old.as_ref())?;
-            let e = Event {
-                at: now,
-                event: event_name(old.as_ref(), new.as_ref(), now)?.to_string(),
-                scope: h.scope.clone(),
-                cause: h.cause.to_string(),
-                reason: h.reason.clone(),
-                evidence: h.evidence.clone(),
-                until: new.as_ref().and_then(|n| n.until),
-            };
-            Some((ip.to_string(), serde_json::to_string(&e).ok()?))
-        })
-        .collect();
-    store_events(state, cluster, records);
-}
-
-/// One warm-up ramp decision of `ip` × `provider` (event `warmup`, cause: the decision's kind,
-/// reason: its text, evidence: the day's counts), stored and shared like hold events.
-pub fn warmup_event(
-    state: &State,
-    cluster: Option<Arc<dyn Farm>>,
-    ip: IpAddr,
-    provider: &str,
-    kind: &str,
-    text: &str,
-    evidence: &str,
-) {
-    let e = Event {
-        at: now_unix(),
-        event: "warmup".into(),
-        scope: provider.to_string(),
-        cause: kind.to_string(),
-        reason: text.to_string(),
-        evidence: evidence.to_string(),
-        until: None,
-    };
-    if let Ok(json) = serde_json::to_string(&e) {
-        store_events(state, cluster, vec![(ip.to_string(), json)]);
-    }
-}
-
-/// Writes events (IP, JSON) here, and to the farm's history with `[cluster]` (in the
-/// background; lost there, not here, if Redis is down).
-fn store_events(state: &State, cluster: Option<Arc<dyn Farm>>, records: Vec<(String, String)>) {
-    if let Err(e) = state.history_events(&records) {
-        tracing::error!(error = %e, "cannot store pool history events");
-    }
-    if let (Some(c), Ok(rt)) = (cluster, tokio::runtime::Handle::try_current()) {
-        let events: Vec<(IpAddr, String)> = records
-            .into_iter()
-            .filter_map(|(ip, json)| Some((ip.parse().ok()?, json)))
-            .collect();
-        rt.spawn(async move { c.push_events(events).await });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::Cause;
+    use crate::pool::{Cause, Hold, HoldKind};
 
     fn hold(kind: HoldKind, until: Option<u64>) -> Hold {
         Hold {
@@ -502,7 +392,7 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n";
         let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
-        let pools = Pools::from_config(&config);
+        let pools = Pools::without_store(&config.pool_settings());
         for what in [Count::Sent, Count::Sent, Count::Block] {
             h.count(ip, "gmail", what);
         }
@@ -520,37 +410,5 @@ mod tests {
         assert_eq!(names, ["quarantined", "reinstated"]);
         assert_eq!(v.events[0].evidence, "550 5.7.1 S3150");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn event_names() {
-        let now = 100;
-        let d = hold(HoldKind::Drained, None);
-        let q = hold(HoldKind::Quarantined, Some(200));
-        let ended = hold(HoldKind::Quarantined, Some(100));
-        assert_eq!(event_name(None, Some(&d), now), Some("drained"));
-        assert_eq!(event_name(Some(&d), None, now), Some("undrained"));
-        assert_eq!(event_name(None, Some(&q), now), Some("quarantined"));
-        assert_eq!(event_name(Some(&q), Some(&ended), now), Some("probation"));
-        let longer = Hold {
-            until: Some(400),
-            offence: 2,
-            ..q.clone()
-        };
-        assert_eq!(event_name(Some(&q), Some(&longer), now), Some("extended"));
-        // More replies counted in the same incident: no event, least of all "extended".
-        let counted = Hold {
-            replies: 5,
-            evidence: "…; 5 block replies in one incident".into(),
-            ..q.clone()
-        };
-        assert_eq!(event_name(Some(&q), Some(&counted), now), None);
-        // … also once it is over: not another "probation".
-        let counted_after = Hold {
-            replies: 6,
-            ..ended.clone()
-        };
-        assert_eq!(event_name(Some(&ended), Some(&counted_after), now), None);
-        assert_eq!(event_name(Some(&q), None, now), Some("reinstated"));
     }
 }

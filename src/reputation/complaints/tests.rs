@@ -32,7 +32,7 @@ fn fixture(extra: &str) -> Fixture {
     let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
     let dir = crate::util::test_dir::tempdir("complaints");
     let state = Arc::new(State::open(&dir).unwrap());
-    let pools = Arc::new(Pools::new(&config, Some(state.clone())).unwrap());
+    let pools = Arc::new(Pools::new(&config.pool_settings(), Some(state.clone())).unwrap());
     let suppressions = Arc::new(Suppressions::open(&dir));
     let tracker = Tracker::new(&config.reputation, pools, suppressions)
         .unwrap()

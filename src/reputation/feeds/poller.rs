@@ -403,7 +403,7 @@ mod tests {
     fn feeds(dir: &std::path::Path) -> Feeds {
         let text = "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n[feeds]\n";
         let config = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
-        let pools = Arc::new(Pools::new(&config, None).unwrap());
+        let pools = Arc::new(Pools::new(&config.pool_settings(), None).unwrap());
         Feeds::new(
             config.feeds.clone().unwrap(),
             pools,

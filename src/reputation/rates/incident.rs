@@ -123,7 +123,7 @@ impl Tracker {
         let now = crate::spool::now_unix();
         let until = now + o.cool.as_secs().max(1);
         let evidence = if o.replies > 0 {
-            crate::pool::holds::incident_evidence(&o.evidence, &o.cause, o.replies)
+            crate::pool::incidents::incident_evidence(&o.evidence, &o.cause, o.replies)
         } else {
             o.evidence
         };

@@ -9,7 +9,7 @@ fn tracker(extra: &str) -> Tracker {
         "hostname = \"relay.test\"\n[[listen]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[[pool]]\nname = \"p\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o\"\n[reputation]\n{extra}"
     );
     let config = crate::config::Config::parse(Path::new("t.toml"), &text).unwrap();
-    let pools = Arc::new(Pools::new(&config, None).unwrap());
+    let pools = Arc::new(Pools::new(&config.pool_settings(), None).unwrap());
     let dir = crate::util::test_dir::tempdir("rates");
     let suppressions = Arc::new(Suppressions::open(&dir));
     Tracker::new(&config.reputation, pools, suppressions).unwrap()

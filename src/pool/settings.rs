@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::DurationStr;
+use crate::util::settings::DurationStr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,4 +176,18 @@ fn default_backoff() -> DurationStr {
 }
 fn default_hold_warning() -> DurationStr {
     DurationStr(Duration::from_secs(300))
+}
+
+/// What the pool stage reads from the config (built by the caller from `Config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pool: Vec<Pool>,
+    pub pool_rule: Vec<PoolRule>,
+    pub provider: Vec<Provider>,
+    pub warmup: Warmup,
+    pub throttle: Throttle,
+    /// `[reputation] probe_per_hour`: the hourly trickle of an IP on probation.
+    pub probe_per_hour: u64,
+    /// EHLO name when no pool is configured: `[delivery] helo`, else `hostname`.
+    pub fallback_helo: String,
 }
