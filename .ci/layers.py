@@ -7,7 +7,8 @@ Reads `crate::X` paths (use lines, `crate::{a, b}` groups on one line, inline pa
 code (a file stops at its first `#[cfg(test)]`; tests.rs files and tests/ folders are skipped),
 and prints the groups of modules that reach each other (strongly connected components), then
 every pair that imports both ways with file:line of each side. `-v`: every edge with its count
-and first place. Exit status 1 when a cycle remains. Not run by .ci/run (yet).
+and first place. Exit status 1 when a cycle remains. The same check runs in `cargo test` as
+integration-tests/layers.rs (Rust only); this script is for reading the whole graph.
 """
 import os, re, sys, collections
 args = [a for a in sys.argv[1:] if not a.startswith('-')]

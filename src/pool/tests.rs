@@ -252,8 +252,7 @@ fn each_cause_is_its_own_record_and_a_delisting_means_probation() {
 
 #[test]
 fn expired_quarantine_ends_by_itself_and_holds_persist() {
-    let dir =
-        std::env::temp_dir().join(format!("poolrelay-pool-{}", crate::spool::Spool::new_id()));
+    let dir = crate::util::test_dir::tempdir("pool").join("data");
     let c =
         config("[[pool]]\nname = \"a\"\n[[pool.ip]]\naddress = \"127.0.0.10\"\nhelo = \"o1\"\n");
     let ip10 = ip("127.0.0.10");

@@ -383,10 +383,7 @@ mod tests {
 
     #[test]
     fn counts_merge_into_hourly_buckets_and_events_persist() {
-        let dir = std::env::temp_dir().join(format!(
-            "poolrelay-history-{}",
-            crate::spool::Spool::new_id()
-        ));
+        let dir = crate::util::test_dir::tempdir("history").join("data");
         let state = Arc::new(State::open(&dir).unwrap());
         let h = History::new(Some(state.clone()));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
