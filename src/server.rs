@@ -99,13 +99,13 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
         crate::signing::Signer::new(&config.dkim, &config.signing).map_err(StartError::Signing)?,
     );
 
-    // The farm first, then the stages it is handed to; its outbox before the stages that send
-    // to it (its receiver goes to the sync task, which applies the farm's changes to them).
+    // The pools from the store first (a bad store stops the start before this node joins the
+    // farm and advertises its IPs), then the farm, then the farm handed to the stages; its
+    // outbox before the stages that send to it (its receiver goes to the sync task, which
+    // applies the farm's changes to them).
+    let pools = crate::pool::Pools::new(&config.pool_settings(), Some(state.clone()))?;
     let cluster = match &config.cluster {
-        Some(settings) => {
-            let ips = crate::pool::Pools::ips_of(&config.pool);
-            Some(crate::cluster::Cluster::start(settings, ips).await)
-        }
+        Some(settings) => Some(crate::cluster::Cluster::start(settings, pools.ips()).await),
         None => None,
     };
     let (outbox, changes) = match &config.cluster {
@@ -116,7 +116,7 @@ pub async fn run(config: Checked, path: PathBuf) -> Result<(), StartError> {
         None => (None, None),
     };
     let pools = Arc::new(
-        crate::pool::Pools::new(&config.pool_settings(), Some(state.clone()))?
+        pools
             .sharing_holds(outbox.clone().map(|o| o as Arc<dyn crate::pool::HoldSink>))
             .with_farm(cluster.clone()),
     );
