@@ -16,7 +16,7 @@ use super::holds::{Hold, HoldKey, HoldKind};
 use super::provider::Providers;
 use super::ramp::Rules;
 use super::rules;
-use super::settings::{Pool, PoolRule, Settings};
+use super::settings::{PoolRule, Settings};
 use super::store::StoreError;
 use super::throttle::{Caps, Counters, Full, PaceCut};
 use super::warmup::{self, Clock};
@@ -432,12 +432,6 @@ impl Pools {
     pub fn ips(&self) -> Vec<IpAddr> {
         let conf = self.conf();
         once_each(conf.pools.iter().flat_map(|p| &p.ips).map(|c| c.address))
-    }
-
-    /// Every IP of the `[[pool]]` sections once, in the order `ips` gives (before the pools
-    /// are built: the farm's heartbeat names them).
-    pub fn ips_of(pools: &[Pool]) -> Vec<IpAddr> {
-        once_each(pools.iter().flat_map(|p| &p.ip).map(|ip| ip.address))
     }
 }
 
