@@ -137,11 +137,12 @@ pub fn store_events(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pool::Cause;
 
-    fn hold(kind: HoldKind, until: Option<u64>) -> Hold {
+    /// A hold for tests (reputation's history tests use it too).
+    pub(crate) fn hold(kind: HoldKind, until: Option<u64>) -> Hold {
         Hold {
             kind,
             scope: "gmail".into(),

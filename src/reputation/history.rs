@@ -361,25 +361,8 @@ fn parse_events(events: &[String], since: u64) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::{Cause, Hold, HoldKind};
-
-    fn hold(kind: HoldKind, until: Option<u64>) -> Hold {
-        Hold {
-            kind,
-            scope: "gmail".into(),
-            cause: if kind == HoldKind::Drained {
-                Cause::Operator
-            } else {
-                Cause::BlockReply
-            },
-            reason: "block reply".into(),
-            evidence: "550 5.7.1 S3150".into(),
-            since: 1,
-            until,
-            offence: 1,
-            replies: 0,
-        }
-    }
+    use crate::pool::HoldKind;
+    use crate::pool::events::tests::hold;
 
     #[test]
     fn counts_merge_into_hourly_buckets_and_events_persist() {
